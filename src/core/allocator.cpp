@@ -1,0 +1,58 @@
+// Storage allocation (64-byte aligned host memory, or CUDA memory through the backend's
+// runtime hooks) and copy_bytes, the single place bytes cross between devices.
+#include <cstdlib>
+#include <cstring>
+
+#include "nibble/error.h"
+#include "nibble/tensor.h"
+
+#ifdef NIBBLE_WITH_CUDA
+#include "backends/cuda/runtime.h"
+#endif
+
+namespace nibble {
+
+using detail::str;
+
+std::shared_ptr<Storage> Storage::allocate(size_t nbytes, Device dev) {
+  if (dev.is_cpu()) {
+    size_t rounded = (std::max<size_t>(nbytes, 1) + 63) / 64 * 64;
+    void* p = std::aligned_alloc(64, rounded);
+    if (!p) throw Error(str("out of host memory allocating ", nbytes, " bytes"));
+    return std::make_shared<Storage>(p, nbytes, dev, std::shared_ptr<void>(p, std::free));
+  }
+#ifdef NIBBLE_WITH_CUDA
+  int d = dev.index;
+  void* p = cuda::device_malloc(std::max<size_t>(nbytes, 1), d);
+  return std::make_shared<Storage>(p, nbytes, dev, std::shared_ptr<void>(p, [d](void* q) { cuda::device_free(q, d); }));
+#else
+  throw UnsupportedError(str("cannot allocate on ", dev.str(), ": this build has no CUDA backend"));
+#endif
+}
+
+void copy_bytes(void* dst, Device dst_dev, const void* src, Device src_dev, size_t n) {
+  if (n == 0) return;
+  if (dst_dev.is_cpu() && src_dev.is_cpu()) {
+    std::memcpy(dst, src, n);
+    return;
+  }
+#ifdef NIBBLE_WITH_CUDA
+  if (src_dev.is_cpu()) cuda::memcpy_sync(dst, src, n, 0, dst_dev.index);
+  else if (dst_dev.is_cpu()) cuda::memcpy_sync(dst, src, n, 1, src_dev.index);
+  else cuda::memcpy_sync(dst, src, n, 2, dst_dev.index);
+#else
+  throw UnsupportedError(str("copy between ", src_dev.str(), " and ", dst_dev.str(), ": this build has no CUDA backend"));
+#endif
+}
+
+int cuda_device_count() {
+#ifdef NIBBLE_WITH_CUDA
+  return cuda::device_count();
+#else
+  return 0;
+#endif
+}
+
+bool cuda_available() { return cuda_device_count() > 0; }
+
+}  // namespace nibble

@@ -1,0 +1,57 @@
+#include "test_support.h"
+
+#include <chrono>
+#include <cstdlib>
+#include <fstream>
+
+#include "nibble/error.h"
+
+namespace fs = std::filesystem;
+
+namespace nibble::test {
+
+fs::path shared_root() { return fs::path(NIBBLE_SOURCE_DIR) / ".." / "shared"; }
+
+fs::path fixtures_root() {
+  if (const char* e = std::getenv("NIBBLE_FIXTURES"); e && *e) return fs::path(e);
+  return shared_root() / "fixtures";
+}
+
+TempDir::TempDir() {
+  static int counter = 0;
+  auto stamp = std::chrono::steady_clock::now().time_since_epoch().count();
+  path_ = fs::temp_directory_path() /
+          ("nibble-test-" + std::to_string(stamp) + "-" + std::to_string(++counter));
+  fs::create_directories(path_);
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  fs::remove_all(path_, ec);
+}
+
+uint64_t fresh_seed() {
+  if (const char* e = std::getenv("NIBBLE_TEST_SEED"); e && *e) return std::strtoull(e, nullptr, 10);
+  return std::random_device{}() ^ uint64_t(std::chrono::steady_clock::now().time_since_epoch().count());
+}
+
+Tensor random_normal(const Shape& shape, DType dtype, std::mt19937_64& rng, float scale) {
+  Tensor t = Tensor::empty(shape, dtype);
+  std::normal_distribution<float> nd(0.0f, scale);
+  for (int64_t i = 0; i < t.numel(); ++i) store_from_f32(t.data_ptr(), dtype, i, nd(rng));
+  return t;
+}
+
+std::vector<uint8_t> read_file(const fs::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  if (!f) throw IoError("cannot read " + p.string());
+  return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
+}
+
+void write_file(const fs::path& p, const std::vector<uint8_t>& bytes) {
+  std::ofstream f(p, std::ios::binary | std::ios::trunc);
+  f.write(reinterpret_cast<const char*>(bytes.data()), std::streamsize(bytes.size()));
+  if (!f) throw IoError("cannot write " + p.string());
+}
+
+}  // namespace nibble::test

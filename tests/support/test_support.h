@@ -1,0 +1,42 @@
+// Shared helpers for the test tiers: fixture paths (NIBBLE_FIXTURES, default
+// ../shared/fixtures beside the project root), temporary folders, random inputs.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "nibble/tensor.h"
+
+namespace nibble::test {
+
+// $NIBBLE_FIXTURES, or <project>/../shared/fixtures.
+std::filesystem::path fixtures_root();
+// <project>/../shared (models, tools).
+std::filesystem::path shared_root();
+
+// A fresh empty folder under the system temp dir, removed when the object dies.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  const std::filesystem::path& path() const { return path_; }
+  std::filesystem::path operator/(const std::string& s) const { return path_ / s; }
+
+ private:
+  std::filesystem::path path_;
+};
+
+// A seed that differs per run (printed on failure through the test's SCOPED_TRACE), unless
+// NIBBLE_TEST_SEED is set.
+uint64_t fresh_seed();
+
+// Host tensor of `dtype` (f32/f16/bf16) holding normal(0, scale) values.
+Tensor random_normal(const Shape& shape, DType dtype, std::mt19937_64& rng, float scale = 1.0f);
+
+std::vector<uint8_t> read_file(const std::filesystem::path& p);
+void write_file(const std::filesystem::path& p, const std::vector<uint8_t>& bytes);
+
+}  // namespace nibble::test

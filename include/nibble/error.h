@@ -58,7 +58,7 @@ namespace detail {
 template <typename... Args>
 std::string str(const Args&... args) {
   std::ostringstream os;
-  (os << ... << args);
+  if constexpr (sizeof...(Args) > 0) (os << ... << args);
   return os.str();
 }
 }  // namespace detail

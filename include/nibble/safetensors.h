@@ -70,12 +70,16 @@ class Checkpoint {
   const std::vector<SafetensorsFile>& files() const { return files_; }
 
  private:
+  std::filesystem::path dir_;
   std::vector<SafetensorsFile> files_;
   std::map<std::string, size_t> where_;  // tensor name -> index into files_
 };
 
 struct SaveOptions {
   std::map<std::string, std::string> metadata;  // merged into {"format": "pt"}
+  // Add {"format": "pt"} as transformers does. false writes `metadata` alone, and no
+  // "__metadata__" at all when it is empty (as safetensors.torch.save_file(t) without metadata).
+  bool format_pt = true;
 };
 // Writes host tensors (any strides; written contiguous) atomically to `path`.
 void save_safetensors(const std::filesystem::path& path, const std::map<std::string, Tensor>& tensors,

@@ -1,6 +1,7 @@
 // Tensor views, copies and conversions (host side); device memory comes through Storage.
 #include "nibble/tensor.h"
 
+#include <cmath>
 #include <cstring>
 #include <sstream>
 
@@ -75,6 +76,9 @@ int64_t Tensor::size(int64_t d) const {
 }
 
 bool Tensor::is_contiguous() const {
+  // A tensor without elements is contiguous whatever its strides (as in torch); the stride
+  // walk below would otherwise reject fresh zero-size tensors such as [2, 0, 4].
+  if (numel_ == 0) return true;
   int64_t s = 1;
   for (size_t i = shape_.size(); i-- > 0;) {
     if (shape_[i] != 1 && strides_[i] != s) return false;
@@ -203,6 +207,42 @@ Tensor Tensor::to(Device dev) const {
   return out;
 }
 
+namespace {
+bool is_integral(DType t) {
+  DTypeKind k = traits(t).kind;
+  return k == DTypeKind::SignedInt || k == DTypeKind::UnsignedInt || k == DTypeKind::Bool;
+}
+
+int64_t load_int(const void* p, DType t, int64_t i) {
+  switch (t) {
+    case DType::I64: return static_cast<const int64_t*>(p)[i];
+    case DType::I32: return static_cast<const int32_t*>(p)[i];
+    case DType::I16: return static_cast<const int16_t*>(p)[i];
+    case DType::I8: return static_cast<const int8_t*>(p)[i];
+    default: return static_cast<const uint8_t*>(p)[i];  // U8, Bool
+  }
+}
+
+// Narrowing integer stores wrap (two's complement), as torch's integer casts do.
+void store_int(void* p, DType t, int64_t i, int64_t v) {
+  switch (t) {
+    case DType::I64: static_cast<int64_t*>(p)[i] = v; return;
+    case DType::I32: static_cast<int32_t*>(p)[i] = int32_t(uint32_t(v)); return;
+    case DType::I16: static_cast<int16_t*>(p)[i] = int16_t(uint16_t(v)); return;
+    case DType::I8: static_cast<int8_t*>(p)[i] = int8_t(uint8_t(v)); return;
+    case DType::U8: static_cast<uint8_t*>(p)[i] = uint8_t(v); return;
+    default: static_cast<uint8_t*>(p)[i] = v != 0; return;  // Bool
+  }
+}
+
+// Float -> integer: round half to even like store_from_f32; NaN and out-of-range values give
+// INT64_MIN (what x86's conversion, and so torch on CPU, produces) instead of UB.
+int64_t round_to_int(double v) {
+  if (!(v >= -9223372036854775808.0 && v < 9223372036854775808.0)) return INT64_MIN;
+  return int64_t(std::nearbyint(v));
+}
+}  // namespace
+
 Tensor Tensor::to(DType dt) const {
   if (dt == dtype_) return *this;
   if (!device().is_cpu()) throw UnsupportedError("dtype conversion of a device tensor: copy to the host first");
@@ -212,19 +252,22 @@ Tensor Tensor::to(DType dt) const {
   Tensor out = empty(shape_, dt);
   const void* s = src.data_ptr();
   void* d = out.data_ptr();
-  if (dtype_ == DType::F64 || dt == DType::F64 || dt == DType::I64 || dtype_ == DType::I64) {
-    // avoid the f32 detour where it would lose precision
-    for (int64_t i = 0; i < numel_; ++i) {
-      double v = dtype_ == DType::F64 ? static_cast<const double*>(s)[i]
-                 : dtype_ == DType::I64 ? double(static_cast<const int64_t*>(s)[i])
-                                        : double(load_as_f32(s, dtype_, i));
-      if (dt == DType::F64) static_cast<double*>(d)[i] = v;
-      else if (dt == DType::I64) static_cast<int64_t*>(d)[i] = int64_t(v);
-      else store_from_f32(d, dt, i, float(v));
-    }
-    return out;
+  const bool int_src = is_integral(dtype_), int_dst = is_integral(dt);
+  // Integer sources are read exactly and f64 is read as f64, so no value takes a lossy f32
+  // detour (an i32 of 2^24 + 1 widened to i64 stays 2^24 + 1).
+  auto load_wide = [&](int64_t i) {
+    return int_src ? double(load_int(s, dtype_, i))
+           : dtype_ == DType::F64 ? static_cast<const double*>(s)[i]
+                                  : double(load_as_f32(s, dtype_, i));
+  };
+  for (int64_t i = 0; i < numel_; ++i) {
+    if (int_src && int_dst) store_int(d, dt, i, load_int(s, dtype_, i));
+    else if (dt == DType::Bool) store_int(d, dt, i, load_wide(i) != 0.0);  // NaN is true, as in torch
+    else if (int_dst) store_int(d, dt, i, round_to_int(load_wide(i)));
+    else if (dt == DType::F64) static_cast<double*>(d)[i] = load_wide(i);
+    else if (int_src) store_from_f32(d, dt, i, float(load_int(s, dtype_, i)));  // one rounding
+    else store_from_f32(d, dt, i, dtype_ == DType::F64 ? float(load_wide(i)) : load_as_f32(s, dtype_, i));
   }
-  for (int64_t i = 0; i < numel_; ++i) store_from_f32(d, dt, i, load_as_f32(s, dtype_, i));
   return out;
 }
 

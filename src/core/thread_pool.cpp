@@ -44,11 +44,17 @@ class Pool {
     if (n <= 0) return;
     grain = std::max<int64_t>(grain, 1);
     int64_t max_chunks = (n + grain - 1) / grain;
-    if (max_chunks <= 1 || workers_.empty() || in_worker_) {
+    // Nested calls (from a worker, or from the caller while it runs chunks) run serially:
+    // the caller holds run_mu_, so a nested region could never start anyway.
+    if (max_chunks <= 1 || workers_.empty() || in_region_) {
       fn(0, n);
       return;
     }
     std::lock_guard<std::mutex> run_lock(run_mu_);  // one parallel region at a time
+    struct RegionFlag {
+      RegionFlag() { in_region_ = true; }
+      ~RegionFlag() { in_region_ = false; }
+    } region_flag;
     auto job = std::make_shared<Job>();
     job->fn = &fn;
     job->n = n;
@@ -78,7 +84,7 @@ class Pool {
   }
 
   void loop() {
-    in_worker_ = true;
+    in_region_ = true;  // a worker is always inside some region
     uint64_t seen = 0;
     for (;;) {
       std::shared_ptr<Job> job;
@@ -116,10 +122,10 @@ class Pool {
   std::shared_ptr<Job> job_;
   uint64_t generation_ = 0;
   bool stopping_ = false;
-  static thread_local bool in_worker_;
+  static thread_local bool in_region_;  // this thread is a worker or is running a region's chunks
 };
 
-thread_local bool Pool::in_worker_ = false;
+thread_local bool Pool::in_region_ = false;
 
 int default_threads() {
   if (const char* e = std::getenv("NIBBLE_NUM_THREADS")) {

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# CUDA quantization backend: build here, run on the GPU machine (which lacks the gtest,
+# benchmark and JSON dev packages, so it only runs what was built here).
+#   dev/cuda_run.sh build    here: configure + build test_cuda and quant_gpu (static cudart),
+#                            the torch-mean checker, and stage fixtures into .devcarry/
+#   dev/cuda_run.sh device [profile]   on the GPU machine, from the repo root: CUDA tests, torch-mean
+#                            check against real torch, quantization benchmark; logs to $OUT;
+#                            `profile` adds the hot kernels' SASS and an Nsight Compute pass
+# Carry: build/cuda/tests/test_cuda build/cuda/bin/quant_gpu .devcarry
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+case "${1:-}" in
+  build)
+    set -e
+    # CMake 3.25 knows no CUDA20 dialect flag for nvcc; nvcc 13 accepts -std=c++20.
+    cmake -S . -B build/cuda -G Ninja -DNIBBLE_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES='80;90' -DNIBBLE_WERROR=ON \
+      -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_COMPILER=/usr/local/cuda/bin/nvcc \
+      -DCMAKE_CUDA20_STANDARD_COMPILE_OPTION=-std=c++20 -DCMAKE_CUDA20_EXTENSION_COMPILE_OPTION=-std=c++20
+    cmake --build build/cuda --target test_cuda quant_gpu
+    mkdir -p .devcarry/fixtures
+    rm -rf .devcarry/fixtures/bnb && cp -r ../shared/fixtures/bnb .devcarry/fixtures/bnb
+    g++ -std=c++20 -O2 -ffp-contract=off -Wall -Wextra -Isrc dev/torch_mean_check.cpp -o .devcarry/torch_mean_check
+    ldd build/cuda/tests/test_cuda build/cuda/bin/quant_gpu | grep -v -E 'linux-vdso|ld-linux|lib(c|m|gcc_s|stdc\+\+|pthread|dl|rt)\.so' || true
+    du -shc build/cuda/tests/test_cuda build/cuda/bin/quant_gpu .devcarry
+    ;;
+  device)
+    OUT="${OUT:-/tmp/out}"
+    mkdir -p "$OUT"
+    nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$OUT/device.txt"
+    export NIBBLE_FIXTURES="$PWD/.devcarry/fixtures"
+    rc=0
+    echo "== test_cuda"
+    ./build/cuda/tests/test_cuda 2>&1 | tee "$OUT/test_cuda.log" | grep -E '^\[( +OK|  FAILED|  PASSED|  SKIPPED) |seed|Failure|error|got 0x' | head -60
+    [ "${PIPESTATUS[0]}" = 0 ] || rc=1
+    echo "== torch mean"
+    PYTHONUNBUFFERED=1 python3 dev/torch_mean_dump.py /tmp/torch_mean && ./.devcarry/torch_mean_check /tmp/torch_mean 2>&1 | tee "$OUT/torch_mean.log" || rc=1
+    echo "== bench"
+    ./build/cuda/bin/quant_gpu --json "$OUT/quant_gpu.json" 2>&1 | tee "$OUT/bench.log" || rc=1
+    if [ "${2:-}" = profile ]; then
+      echo "== sass + ncu"
+      # the hot kernels' SASS (bf16 input/output, blocksize 64, NF4) and their opcode histograms
+      cuobjdump -sass -arch sm_90 build/cuda/bin/quant_gpu > /tmp/all.sass 2>/dev/null
+      for k in quantize_4bit_kernelINS0_3dev4BF16ELi64ELb1E dequantize_4bit_kernelINS0_3dev4BF16E; do
+        awk -v k="$k" '/Function :/ {p = index($0, k) > 0 && index($0, "de" k) == 0} p' /tmp/all.sass > "$OUT/sass_${k:0:12}.txt"
+        echo "-- $k: $(grep -cE '^ +/\*[0-9a-f]{4}\*/' "$OUT/sass_${k:0:12}.txt") instructions"
+        grep -oE '^ +/\*[0-9a-f]{4}\*/ +(@!?U?P[0-9T] +)?[A-Z0-9_]+' "$OUT/sass_${k:0:12}.txt" | awk '{print $NF}' |
+          sort | uniq -c | sort -rn | head -16 | tr '\n' ' '
+        echo
+      done
+      if command -v ncu >/dev/null; then
+        timeout 240 ncu --clock-control none -k 'regex:quantize_4bit_kernel' -c 4 --section SpeedOfLight \
+          --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section Occupancy \
+          ./build/cuda/bin/quant_gpu --reps 5 > "$OUT/ncu.txt" 2>&1
+        grep -E 'quantize_4bit_kernel|Duration|Throughput|Busy|Achieved Occupancy|Executed Ipc|Issue Slots' "$OUT/ncu.txt" | head -60
+      fi
+    fi
+    exit $rc
+    ;;
+  *)
+    echo "usage: dev/cuda_run.sh build|device" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,101 @@
+// CPU quantization: parallel over blocks (4-bit, 8-bit) or rows (int8). Full 4-bit blocks go
+// through the AVX2 kernels when the CPU has them; partial blocks and other CPUs use the
+// scalar reference on the same block range, so every path yields the reference's bytes.
+#include "backends/cpu/quant_cpu.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+
+#include "nibble/thread_pool.h"
+#include "quant/reference.h"
+
+namespace nibble::cpu {
+
+namespace ref = nibble::quant::ref;
+
+bool has_avx2() {
+  static const bool ok = [] {
+    const char* isa = std::getenv("NIBBLE_CPU_ISA");
+    if (isa && std::strcmp(isa, "scalar") == 0) return false;
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+  }();
+  return ok;
+}
+
+namespace {
+
+// Offsets a typed pointer by i elements of dt.
+const void* at(const void* p, DType dt, int64_t i) { return static_cast<const char*>(p) + i * dtype_bits(dt) / 8; }
+void* at(void* p, DType dt, int64_t i) { return static_cast<char*>(p) + i * dtype_bits(dt) / 8; }
+
+// Blocks per task so that each task touches roughly 64K values.
+int64_t grain_blocks(int64_t blocksize) { return std::max<int64_t>(1, 65536 / blocksize); }
+
+}  // namespace
+
+void quantize_4bit(const void* x, DType dt, int64_t n, int64_t blocksize, DType quant_type, uint8_t* packed,
+                   float* absmax) {
+  int64_t nb = (n + blocksize - 1) / blocksize;
+  const bool simd = has_avx2();
+  parallel_for(nb, grain_blocks(blocksize), [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      int64_t begin = b * blocksize, count = std::min(blocksize, n - begin);
+      if (simd && count == blocksize) {
+        avx2::quantize_4bit_block(x, dt, begin, count, quant_type, packed, absmax + b);
+      } else {
+        // the reference on this block alone: element 0 of the block is even, so bytes align
+        ref::quantize_4bit(at(x, dt, begin), dt, count, blocksize, quant_type, packed + begin / 2, absmax + b);
+      }
+    }
+  });
+}
+
+void dequantize_4bit(const uint8_t* packed, const float* absmax, int64_t n, int64_t blocksize, DType quant_type,
+                     void* out, DType out_dt) {
+  int64_t nb = (n + blocksize - 1) / blocksize;
+  const bool simd = has_avx2();
+  parallel_for(nb, grain_blocks(blocksize), [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      int64_t begin = b * blocksize, count = std::min(blocksize, n - begin);
+      int64_t fast = simd ? count / 8 * 8 : 0;
+      if (fast) avx2::dequantize_4bit_run(packed, absmax[b], begin, fast, quant_type, out, out_dt);
+      if (fast < count)
+        ref::dequantize_4bit(packed + (begin + fast) / 2, absmax + b, count - fast, blocksize, quant_type,
+                             at(out, out_dt, begin + fast), out_dt);
+    }
+  });
+}
+
+void quantize_blockwise8(const void* x, DType dt, int64_t n, int64_t blocksize, const float* code, uint8_t* q,
+                         float* absmax) {
+  int64_t nb = (n + blocksize - 1) / blocksize;
+  parallel_for(nb, grain_blocks(blocksize), [&](int64_t b0, int64_t b1) {
+    int64_t begin = b0 * blocksize, end = std::min(n, b1 * blocksize);
+    ref::quantize_blockwise8(at(x, dt, begin), dt, end - begin, blocksize, code, q + begin, absmax + b0);
+  });
+}
+
+void dequantize_blockwise8(const uint8_t* q, const float* absmax, const float* code, int64_t n, int64_t blocksize,
+                           void* out, DType out_dt) {
+  int64_t nb = (n + blocksize - 1) / blocksize;
+  parallel_for(nb, grain_blocks(blocksize), [&](int64_t b0, int64_t b1) {
+    int64_t begin = b0 * blocksize, end = std::min(n, b1 * blocksize);
+    ref::dequantize_blockwise8(q + begin, absmax + b0, code, end - begin, blocksize, at(out, out_dt, begin), out_dt);
+  });
+}
+
+void int8_vectorwise_quant(const uint16_t* a, int64_t rows, int64_t cols, float threshold, int8_t* ca, float* sca,
+                           std::vector<int64_t>* outlier_cols) {
+  if (threshold > 0.0f) {
+    // Outlier columns couple rows (a column is zeroed everywhere), so this stays one pass.
+    ref::int8_vectorwise_quant(a, rows, cols, threshold, ca, sca, outlier_cols);
+    return;
+  }
+  parallel_for(rows, std::max<int64_t>(1, 65536 / std::max<int64_t>(cols, 1)), [&](int64_t r0, int64_t r1) {
+    ref::int8_vectorwise_quant(a + r0 * cols, r1 - r0, cols, 0.0f, ca + r0 * cols, sca + r0, nullptr);
+  });
+}
+
+}  // namespace nibble::cpu

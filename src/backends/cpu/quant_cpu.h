@@ -1,0 +1,35 @@
+// CPU backend of the quantization ops: threads over blocks/rows, an AVX2+F16C path chosen at
+// run time for the 4-bit kernels, a portable path otherwise. Same signatures and the same
+// bytes as the scalar reference (quant/reference.h).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "nibble/dtype.h"
+
+namespace nibble::cpu {
+
+bool has_avx2();  // AVX2 + F16C available and not disabled by NIBBLE_CPU_ISA=scalar
+
+void quantize_4bit(const void* x, DType dt, int64_t n, int64_t blocksize, DType quant_type, uint8_t* packed,
+                   float* absmax);
+void dequantize_4bit(const uint8_t* packed, const float* absmax, int64_t n, int64_t blocksize, DType quant_type,
+                     void* out, DType out_dt);
+void quantize_blockwise8(const void* x, DType dt, int64_t n, int64_t blocksize, const float* code, uint8_t* q,
+                         float* absmax);
+void dequantize_blockwise8(const uint8_t* q, const float* absmax, const float* code, int64_t n, int64_t blocksize,
+                           void* out, DType out_dt);
+void int8_vectorwise_quant(const uint16_t* a, int64_t rows, int64_t cols, float threshold, int8_t* ca, float* sca,
+                           std::vector<int64_t>* outlier_cols);
+
+namespace avx2 {
+// One full block (count a multiple of 16, even start) of f32/f16/bf16 input.
+void quantize_4bit_block(const void* x, DType dt, int64_t begin, int64_t count, DType quant_type, uint8_t* packed,
+                         float* absmax_out);
+// count values starting at even index begin (count a multiple of 8), one absmax.
+void dequantize_4bit_run(const uint8_t* packed, float absmax, int64_t begin, int64_t count, DType quant_type,
+                         void* out, DType out_dt);
+}  // namespace avx2
+
+}  // namespace nibble::cpu

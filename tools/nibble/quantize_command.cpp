@@ -1,0 +1,148 @@
+// `nibble quantize MODEL [OUT] [quant flags]`: quantizes a checkpoint's Linear weights and
+// prints what was done (per tensor and totals); with OUT, writes the bitsandbytes-layout
+// model.safetensors and config.json (with quantization_config) there, atomically.
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "commands.h"
+#include "nibble/error.h"
+#include "nibble/quantize.h"
+#include "nibble/thread_pool.h"
+
+namespace fs = std::filesystem;
+
+namespace nibble::cli {
+
+BitsAndBytesConfig QuantFlags::to_config() const {
+  BitsAndBytesConfig c;
+  c.load_in_4bit = load_in_4bit;
+  c.load_in_8bit = load_in_8bit;
+  c.bnb_4bit_quant_type = quant_type;
+  c.bnb_4bit_use_double_quant = double_quant;
+  if (!compute_dtype.empty()) c.bnb_4bit_compute_dtype = compute_dtype;
+  if (!quant_storage.empty()) c.bnb_4bit_quant_storage = quant_storage;
+  c.llm_int8_threshold = int8_threshold;
+  if (!skip_modules.empty()) c.llm_int8_skip_modules = skip_modules;
+  c.validate();
+  return c;
+}
+
+void add_quant_flags(CLI::App& cmd, QuantFlags& f) {
+  cmd.add_flag("--load-in-4bit", f.load_in_4bit, "quantize Linear weights to 4 bits (NF4/FP4)");
+  cmd.add_flag("--load-in-8bit", f.load_in_8bit, "quantize Linear weights with LLM.int8");
+  cmd.add_option("--bnb-4bit-quant-type", f.quant_type, "nf4 or fp4 (default fp4, as transformers)");
+  cmd.add_flag("--bnb-4bit-use-double-quant", f.double_quant, "quantize the absmax too (~0.37 bit/param saved)");
+  cmd.add_option("--bnb-4bit-compute-dtype", f.compute_dtype, "float32 | bfloat16 | float16");
+  cmd.add_option("--bnb-4bit-quant-storage", f.quant_storage, "storage dtype of packed weights (default uint8)");
+  cmd.add_option("--llm-int8-threshold", f.int8_threshold, "outlier threshold of LLM.int8 (default 6.0)");
+  cmd.add_option("--llm-int8-skip-modules", f.skip_modules, "modules left unquantized (default: the output head)");
+}
+
+void add_quantize_command(CLI::App& app, QuantizeArgs& a) {
+  CLI::App* cmd = app.add_subcommand("quantize", "quantize a checkpoint's Linear weights (bitsandbytes layout)");
+  cmd->add_option("MODEL", a.model, "model folder (config.json + safetensors)")->required();
+  cmd->add_option("OUT", a.out, "output folder for the quantized checkpoint (optional)");
+  add_quant_flags(*cmd, a.q);
+  cmd->add_flag("--json", a.json, "machine-readable summary");
+}
+
+namespace {
+
+std::string human(double bytes) {
+  const char* u[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int i = 0;
+  while (bytes >= 1024 && i < 4) bytes /= 1024, ++i;
+  char b[32];
+  std::snprintf(b, sizeof b, i ? "%.2f %s" : "%.0f %s", bytes, u[i]);
+  return b;
+}
+
+void write_outputs(const fs::path& model, const fs::path& out, const CheckpointQuantization& r,
+                   const BitsAndBytesConfig& qc) {
+  fs::create_directories(out);
+  std::ifstream cf(model / "config.json");
+  if (!cf) throw IoError("cannot read " + (model / "config.json").string());
+  nlohmann::ordered_json config = nlohmann::ordered_json::parse(cf, nullptr, false);
+  if (config.is_discarded() || !config.is_object())
+    throw FormatError((model / "config.json").string() + ": not a JSON object");
+  config["quantization_config"] = nlohmann::ordered_json(qc.to_dict());
+  std::string text = config.dump(2) + "\n";
+  // weights first: config.json naming a quantization appears only once the weights exist
+  save_safetensors(out / "model.safetensors", r.state_dict);
+  write_file_atomic(out / "config.json", text.data(), text.size());
+  if (fs::exists(model / "generation_config.json"))
+    fs::copy_file(model / "generation_config.json", out / "generation_config.json",
+                  fs::copy_options::overwrite_existing);
+}
+
+}  // namespace
+
+int run_quantize(const QuantizeArgs& a) {
+  BitsAndBytesConfig qc = a.q.to_config();
+  if (!qc.is_quantizable()) throw ConfigError("quantize: give --load-in-4bit or --load-in-8bit");
+  Checkpoint ck = Checkpoint::open(a.model);
+  CheckpointQuantization r = quantize_checkpoint(ck, qc);
+  if (!a.out.empty()) write_outputs(a.model, a.out, r, qc);
+
+  int64_t qbytes = 0, qstate = 0;
+  for (const auto& t : r.tensors)
+    if (t.format != "kept") qbytes += t.bytes_after, qstate += t.state_bytes;
+  double bits = r.params_quantized ? 8.0 * double(qbytes + qstate) / double(r.params_quantized) : 0;
+  std::string method = qc.quantization_method().value_or("none");
+  if (a.json) {
+    nlohmann::ordered_json j;
+    j["model"] = a.model;
+    j["quantization_method"] = method;
+    j["double_quant"] = qc.bnb_4bit_use_double_quant;
+    j["threads"] = num_threads();
+    j["seconds"] = r.seconds;
+    j["params_total"] = r.params_total;
+    j["params_quantized"] = r.params_quantized;
+    j["bytes_before"] = r.bytes_before;
+    j["bytes_after"] = r.bytes_after;
+    j["bits_per_quantized_param"] = bits;
+    nlohmann::ordered_json ts = nlohmann::ordered_json::array();
+    for (const auto& t : r.tensors) {
+      nlohmann::ordered_json e;
+      e["name"] = t.name;
+      e["shape"] = t.shape;
+      e["dtype"] = dtype_name(t.dtype);
+      e["format"] = t.format;
+      if (!t.skip_reason.empty()) e["skip_reason"] = t.skip_reason;
+      e["bytes_before"] = t.bytes_before;
+      e["bytes_after"] = t.bytes_after;
+      e["state_bytes"] = t.state_bytes;
+      if (t.format != "kept") e["rel_error"] = t.rel_error, e["max_abs_error"] = t.max_abs_error;
+      ts.push_back(e);
+    }
+    j["tensors"] = ts;
+    if (!a.out.empty()) j["out"] = a.out;
+    std::printf("%s\n", j.dump(2).c_str());
+    return 0;
+  }
+  std::printf("%-44s %-14s %-5s %10s %10s %9s\n", "tensor", "shape", "fmt", "before", "after", "rel.err");
+  for (const auto& t : r.tensors) {
+    if (t.shape.size() != 2) continue;
+    std::string shape = std::to_string(t.shape[0]) + "x" + std::to_string(t.shape[1]);
+    std::string fmt = t.format == "kept" ? "-" : t.format;
+    std::string err = t.format == "kept" ? t.skip_reason : std::to_string(t.rel_error).substr(0, 7);
+    std::printf("%-44s %-14s %-5s %10s %10s  %s\n", t.name.c_str(), shape.c_str(), fmt.c_str(),
+                human(double(t.bytes_before)).c_str(), human(double(t.bytes_after + t.state_bytes)).c_str(),
+                err.c_str());
+  }
+  std::printf("\nquantization: %s%s, blocksize 64 | %lld of %lld parameters quantized\n", method.c_str(),
+              qc.bnb_4bit_use_double_quant && qc.load_in_4bit ? " + double quant" : "",
+              static_cast<long long>(r.params_quantized), static_cast<long long>(r.params_total));
+  std::printf("size: %s -> %s (%.2fx smaller) | quantized layers: %.3f bits/param incl. state\n",
+              human(double(r.bytes_before)).c_str(), human(double(r.bytes_after)).c_str(),
+              double(r.bytes_before) / double(std::max<int64_t>(r.bytes_after, 1)), bits);
+  std::printf("time: %.2f ms on %d thread(s)%s\n", r.seconds * 1e3, num_threads(),
+              a.out.empty() ? "" : (" | written to " + a.out).c_str());
+  return 0;
+}
+
+}  // namespace nibble::cli

@@ -109,9 +109,11 @@ CheckpointQuantization quantize_checkpoint(const Checkpoint& ck, const BitsAndBy
       quant_seconds += std::chrono::duration<double>(t1 - t0).count();
       r.state_dict[name] = q.CA;
       r.state_dict[module + ".SCB"] = q.SCA;
+      // transformers saves the layout tag too: a uint8 scalar, 0 = row-major ("row")
+      r.state_dict[module + ".weight_format"] = Tensor::from_vector<uint8_t>({}, DType::U8, {0});
       rep.format = "int8";
       rep.bytes_after = int64_t(q.CA.nbytes());
-      rep.state_bytes = int64_t(q.SCA.nbytes());
+      rep.state_bytes = int64_t(q.SCA.nbytes()) + 1;
       if (opts.measure_error) restored = int8_vectorwise_dequant(q.CA, q.SCA);
     }
     r.params_quantized += w.numel();

@@ -16,6 +16,7 @@
 
 #include "nibble/quant.h"
 #include "nibble/thread_pool.h"
+#include "backends/cpu/quant_cpu.h"
 #include "quant/reference.h"
 
 using namespace nibble;
@@ -86,16 +87,24 @@ int main(int argc, char** argv) {
       struct Op { const char* name; std::function<void()> f; };
       Tensor fresh = random_bf16(r, c, seed++);
       Quantized4 qq = quantize_4bit(fresh, DType::NF4, 64, true);
+      // kernels into preallocated buffers, then the public ops (allocation included)
+      Tensor packed = Tensor::empty({fresh.numel() / 2}, DType::U8), absmax = Tensor::empty({fresh.numel() / 64}, DType::F32);
+      Tensor deq = Tensor::empty(fresh.shape(), DType::BF16);
+      Tensor am = dequantize_absmax(qq.state);
+      std::memset(deq.data_ptr(), 0, deq.nbytes());
+      std::memset(packed.data_ptr(), 0, packed.nbytes());
       std::vector<Op> ops = {
-          {"quantize nf4", [&] { quantize_4bit(fresh, DType::NF4, 64, false); }},
-          {"quantize nf4+dq", [&] { quantize_4bit(fresh, DType::NF4, 64, true); }},
-          {"dequantize nf4+dq->bf16", [&] { dequantize_4bit(qq.packed, qq.state); }},
+          {"kernel quantize nf4", [&] { cpu::quantize_4bit(fresh.data_ptr(), DType::BF16, fresh.numel(), 64, DType::NF4, packed.data<uint8_t>(), absmax.data<float>()); }},
+          {"kernel dequantize nf4", [&] { cpu::dequantize_4bit(qq.packed.data<uint8_t>(), am.data<float>(), fresh.numel(), 64, DType::NF4, deq.data_ptr(), DType::BF16); }},
+          {"op quantize nf4", [&] { quantize_4bit(fresh, DType::NF4, 64, false); }},
+          {"op quantize nf4+dq", [&] { quantize_4bit(fresh, DType::NF4, 64, true); }},
+          {"op dequantize nf4+dq", [&] { dequantize_4bit(qq.packed, qq.state); }},
       };
       for (auto& op : ops) {
         double s = median_seconds(reps, op.f);
         char shape[32];
         std::snprintf(shape, sizeof shape, "%lldx%lld", static_cast<long long>(r), static_cast<long long>(c));
-        std::printf("%-12s %-22s %7d %10.2f %9.2f\n", shape, op.name, threads, s * 1e3, bytes / s / 1e9);
+        std::printf("%-12s %-24s %7d %10.2f %9.2f\n", shape, op.name, threads, s * 1e3, bytes / s / 1e9);
         rows.push_back({{"shape", {r, c}}, {"op", op.name}, {"threads", threads}, {"ms", s * 1e3},
                         {"gbps", bytes / s / 1e9}, {"gbps_per_thread", bytes / s / 1e9 / threads}});
       }

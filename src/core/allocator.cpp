@@ -1,5 +1,7 @@
 // Storage allocation (64-byte aligned host memory, or CUDA memory through the backend's
 // runtime hooks) and copy_bytes, the single place bytes cross between devices.
+#include <sys/mman.h>
+
 #include <cstdlib>
 #include <cstring>
 
@@ -16,9 +18,14 @@ using detail::str;
 
 std::shared_ptr<Storage> Storage::allocate(size_t nbytes, Device dev) {
   if (dev.is_cpu()) {
-    size_t rounded = (std::max<size_t>(nbytes, 1) + 63) / 64 * 64;
-    void* p = std::aligned_alloc(64, rounded);
+    // Large buffers are 2 MiB aligned and marked for transparent huge pages: a fresh 32 MiB
+    // output then costs 16 page faults instead of 8192, which dominated whole-tensor ops.
+    constexpr size_t kHuge = size_t(2) << 20;
+    size_t align = nbytes >= kHuge ? kHuge : 64;
+    size_t rounded = (std::max<size_t>(nbytes, 1) + align - 1) / align * align;
+    void* p = std::aligned_alloc(align, rounded);
     if (!p) throw Error(str("out of host memory allocating ", nbytes, " bytes"));
+    if (align == kHuge) (void)madvise(p, rounded, MADV_HUGEPAGE);
     return std::make_shared<Storage>(p, nbytes, dev, std::shared_ptr<void>(p, std::free));
   }
 #ifdef NIBBLE_WITH_CUDA

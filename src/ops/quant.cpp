@@ -63,10 +63,10 @@ Quantized4 quantize_4bit(const Tensor& x_in, DType quant_type, int64_t blocksize
     cpu::quantize_4bit(x.data_ptr(), x.dtype(), n, blocksize, quant_type, r.packed.data<uint8_t>(),
                        absmax.data<float>());
     if (double_quant) {
-      auto nq = quant::ref::double_quantize_absmax(absmax.data<float>(), nb);
-      st.offset = nq.offset;
-      st.absmax = Tensor::from_vector<uint8_t>({nb}, DType::U8, nq.q);
-      st.nested_absmax = Tensor::from_vector<float>({int64_t(nq.absmax2.size())}, DType::F32, nq.absmax2);
+      st.absmax = Tensor::empty({nb}, DType::U8);
+      st.nested_absmax = Tensor::empty({(nb + 255) / 256}, DType::F32);
+      st.offset = cpu::double_quantize_absmax(absmax.data<float>(), nb, st.absmax.data<uint8_t>(),
+                                              st.nested_absmax.data<float>());
     } else {
       st.absmax = absmax;
     }
@@ -93,7 +93,7 @@ Tensor dequantize_absmax(const QuantState4& st) {
   Tensor out = Tensor::empty({nb}, DType::F32, st.absmax.device());
   if (!on_cuda(st.absmax)) {
     Tensor q = st.absmax.contiguous(), a2 = st.nested_absmax.contiguous();
-    quant::ref::dequantize_nested_absmax(q.data<uint8_t>(), a2.data<float>(), st.offset, nb, out.data<float>());
+    cpu::dequantize_nested_absmax(q.data<uint8_t>(), a2.data<float>(), st.offset, nb, out.data<float>());
     return out;
   }
 #ifdef NIBBLE_WITH_CUDA

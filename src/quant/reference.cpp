@@ -29,20 +29,18 @@ uint8_t quantize_fp4(float x) {
 uint8_t quantize_dynamic(const float* code, float x) {
   // Binary search over indices 0..255 starting at 127 with steps 64..1, remembering the
   // nearest entries seen below and above; then pick by midpoint. Mirrors bitsandbytes'
-  // kernel so that ties and out-of-range values land on the same code.
+  // kernel so that ties and out-of-range values land on the same code. Written with
+  // selects rather than branches: the comparisons are data-dependent and mispredict.
   int pivot = 127, upper_pivot = 255, lower_pivot = 0;
   float lower = -1.0f, upper = 1.0f;
   float val = code[pivot];
   for (int step = 64; step > 0; step >>= 1) {
-    if (x > val) {
-      lower_pivot = pivot;
-      lower = val;
-      pivot += step;
-    } else {
-      upper_pivot = pivot;
-      upper = val;
-      pivot -= step;
-    }
+    bool gt = x > val;
+    lower_pivot = gt ? pivot : lower_pivot;
+    lower = gt ? val : lower;
+    upper_pivot = gt ? upper_pivot : pivot;
+    upper = gt ? upper : val;
+    pivot += gt ? step : -step;
     val = code[pivot];
   }
   if (upper_pivot == 255) upper = code[upper_pivot];

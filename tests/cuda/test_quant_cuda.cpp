@@ -264,7 +264,7 @@ const Vectors& vectors() {
 
 // Every bitsandbytes fixture case through the GPU: packed bytes, (nested) absmax, offset and
 // dequantized values equal bitsandbytes' own CUDA output, for our quantization and for the
-// fixture's serialized state uploaded to the device.
+// fixture's packed data and state uploaded to the device.
 TEST(QuantCuda, BnbFixtureVectors) {
   SKIP_WITHOUT_CUDA();
   const auto& f = vectors().file;
@@ -285,11 +285,13 @@ TEST(QuantCuda, BnbFixtureVectors) {
         EXPECT_TRUE(same(q.state.nested_absmax, f.get(name + ".qs.nested_absmax")));
       }
       EXPECT_TRUE(same(dequantize_4bit(q.packed, q.state), f.get(name + ".dequant")));
-      std::map<std::string, Tensor> fd;
-      for (const auto& k : c.at("qs_keys")) fd[k] = f.get(name + ".qs." + k.get<std::string>());
-      QuantState4 st = quant_state_from_dict(fd, name);
-      st.absmax = st.absmax.to(Device::cuda());
-      if (st.nested) st.nested_absmax = st.nested_absmax.to(Device::cuda());
+      // the fixture's own state (bitsandbytes' absmax / nested absmax / offset) on the device
+      QuantState4 st = q.state;
+      st.absmax = f.get(name + ".qs.absmax").to(Device::cuda());
+      if (dq) {
+        st.nested_absmax = f.get(name + ".qs.nested_absmax").to(Device::cuda());
+        st.offset = float(c.at("nested_offset").get<double>());
+      }
       EXPECT_TRUE(same(dequantize_4bit(f.get(name + ".packed").to(Device::cuda()), st), f.get(name + ".dequant")));
     } else if (name.starts_with("q8b_")) {
       ++n8;

@@ -118,27 +118,67 @@ NIBBLE_AVX2 void quantize_4bit_block(const void* x, DType dt, int64_t begin, int
 
 NIBBLE_AVX2 void dequantize_4bit_run(const uint8_t* packed, float absmax, int64_t begin, int64_t count,
                                      DType quant_type, void* out, DType out_dt) {
-  // Pair table: byte -> (code[hi], code[lo]) as one 64-bit item, gathered 4 bytes at a time.
-  alignas(32) static thread_local float pairs[2][512];
-  static thread_local bool ready[2] = {false, false};
-  int t = quant_type == DType::NF4 ? 0 : 1;
-  if (!ready[t]) {
-    const float* code = dequant_table_4bit(quant_type);
-    for (int b = 0; b < 256; ++b) {
-      pairs[t][2 * b] = code[b >> 4];
-      pairs[t][2 * b + 1] = code[b & 15];
-    }
-    ready[t] = true;
-  }
-  const long long* lut = reinterpret_cast<const long long*>(pairs[t]);
+  // 16-entry lookup with two 8-lane permutes and a blend on bit 3 of the code; the codes of 4
+  // bytes are spread to 8 lanes as [b0>>4, b0&15, b1>>4, b1&15, ...] by duplicating each byte
+  // and shifting even lanes right by 4.
+  const float* code = dequant_table_4bit(quant_type);
+  const __m256 lo_tab = _mm256_loadu_ps(code), hi_tab = _mm256_loadu_ps(code + 8);
+  const __m128i dup = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, -1, -1, -1, -1, -1, -1, -1, -1);
+  const __m256i shifts = _mm256_setr_epi32(4, 0, 4, 0, 4, 0, 4, 0);
+  const __m256i low4 = _mm256_set1_epi32(15);
   __m256 am = _mm256_set1_ps(quant::ftz(absmax));
   const uint8_t* src = packed + begin / 2;
   for (int64_t i = 0; i < count; i += 8) {
     uint32_t four;
     std::memcpy(&four, src + i / 2, 4);
-    __m128i idx = _mm_cvtepu8_epi32(_mm_cvtsi32_si128(int(four)));
-    __m256 v = _mm256_castsi256_ps(_mm256_i32gather_epi64(lut, idx, 8));
+    __m128i bytes = _mm_shuffle_epi8(_mm_cvtsi32_si128(int(four)), dup);
+    __m256i idx = _mm256_and_si256(_mm256_srlv_epi32(_mm256_cvtepu8_epi32(bytes), shifts), low4);
+    __m256 lo = _mm256_permutevar8x32_ps(lo_tab, idx), hi = _mm256_permutevar8x32_ps(hi_tab, idx);
+    __m256 v = _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
     store8(out, out_dt, begin + i, ftz8(_mm256_mul_ps(v, am)));
+  }
+}
+
+NIBBLE_AVX2 void quantize_blockwise8_run(const void* x, DType dt, int64_t begin, int64_t count, const float* code,
+                                         float inv, uint8_t* q) {
+  // quant::ref::quantize_dynamic on 8 lanes: the same 7-step search with gathers, the same
+  // remembered neighbours and midpoint rule, blends instead of branches.
+  const __m256 vinv = _mm256_set1_ps(inv);
+  const __m256 code0 = _mm256_set1_ps(code[0]), code255 = _mm256_set1_ps(code[255]);
+  const __m256 half = _mm256_set1_ps(0.5f);
+  for (int64_t i = 0; i < count; i += 8) {
+    __m256 xv = ftz8(_mm256_mul_ps(ftz8(load8(x, dt, begin + i)), vinv));
+    __m256i pivot = _mm256_set1_epi32(127), upper_p = _mm256_set1_epi32(255), lower_p = _mm256_setzero_si256();
+    __m256 lower = _mm256_set1_ps(-1.0f), upper = _mm256_set1_ps(1.0f);
+    __m256 val = _mm256_set1_ps(code[127]);
+    for (int step = 64; step > 0; step >>= 1) {
+      __m256 gt = _mm256_cmp_ps(xv, val, _CMP_GT_OQ);
+      __m256i gti = _mm256_castps_si256(gt);
+      lower_p = _mm256_blendv_epi8(lower_p, pivot, gti);
+      lower = _mm256_blendv_ps(lower, val, gt);
+      upper_p = _mm256_blendv_epi8(pivot, upper_p, gti);
+      upper = _mm256_blendv_ps(val, upper, gt);
+      __m256i st = _mm256_set1_epi32(step);
+      pivot = _mm256_blendv_epi8(_mm256_sub_epi32(pivot, st), _mm256_add_epi32(pivot, st), gti);
+      val = _mm256_i32gather_ps(code, pivot, 4);
+    }
+    upper = _mm256_blendv_ps(upper, code255,
+                             _mm256_castsi256_ps(_mm256_cmpeq_epi32(upper_p, _mm256_set1_epi32(255))));
+    lower = _mm256_blendv_ps(lower, code0, _mm256_castsi256_ps(_mm256_cmpeq_epi32(lower_p, _mm256_setzero_si256())));
+    __m256 gt = _mm256_cmp_ps(xv, val, _CMP_GT_OQ);
+    __m256 mid_up = _mm256_mul_ps(_mm256_add_ps(upper, val), half);
+    __m256 mid_lo = _mm256_mul_ps(_mm256_add_ps(lower, val), half);
+    __m256i take_up = _mm256_castps_si256(_mm256_cmp_ps(xv, mid_up, _CMP_GT_OQ));
+    __m256i take_lo = _mm256_castps_si256(_mm256_cmp_ps(xv, mid_lo, _CMP_LT_OQ));
+    __m256i r_gt = _mm256_blendv_epi8(pivot, upper_p, take_up);
+    __m256i r_le = _mm256_blendv_epi8(pivot, lower_p, take_lo);
+    __m256i r = _mm256_blendv_epi8(r_le, r_gt, _mm256_castps_si256(gt));
+    // 8 x int32 (0..255) -> 8 bytes
+    __m256i p16 = _mm256_packus_epi32(r, r);
+    __m256i p8 = _mm256_packus_epi16(p16, p16);
+    uint32_t lo = uint32_t(_mm256_extract_epi32(p8, 0)), hi = uint32_t(_mm256_extract_epi32(p8, 4));
+    std::memcpy(q + begin + i, &lo, 4);
+    std::memcpy(q + begin + i + 4, &hi, 4);
   }
 }
 

@@ -4,11 +4,15 @@
 #include "backends/cpu/quant_cpu.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 
 #include "nibble/thread_pool.h"
+#include "nibble/quant.h"
+#include "quant/gpu_float.h"
 #include "quant/reference.h"
+#include "quant/torch_mean.h"
 
 namespace nibble::cpu {
 
@@ -71,9 +75,26 @@ void dequantize_4bit(const uint8_t* packed, const float* absmax, int64_t n, int6
 void quantize_blockwise8(const void* x, DType dt, int64_t n, int64_t blocksize, const float* code, uint8_t* q,
                          float* absmax) {
   int64_t nb = (n + blocksize - 1) / blocksize;
+  const bool simd = has_avx2();
   parallel_for(nb, grain_blocks(blocksize), [&](int64_t b0, int64_t b1) {
-    int64_t begin = b0 * blocksize, end = std::min(n, b1 * blocksize);
-    ref::quantize_blockwise8(at(x, dt, begin), dt, end - begin, blocksize, code, q + begin, absmax + b0);
+    for (int64_t b = b0; b < b1; ++b) {
+      int64_t begin = b * blocksize, count = std::min(blocksize, n - begin);
+      int64_t fast = simd && count == blocksize ? count / 8 * 8 : 0;
+      if (fast == 0) {
+        ref::quantize_blockwise8(at(x, dt, begin), dt, count, blocksize, code, q + begin, absmax + b);
+        continue;
+      }
+      // the block absmax exactly as the reference takes it (a full block: no padding zeros)
+      float m = -3.402823466e38f;
+      for (int64_t i = begin; i < begin + count; ++i) m = std::fmax(m, std::fabs(quant::ftz(load_as_f32(x, dt, i))));
+      absmax[b] = m;
+      avx2::quantize_blockwise8_run(x, dt, begin, fast, code, quant::rcp_approx(m), q);
+      if (fast < count) {
+        float inv = quant::rcp_approx(m);
+        for (int64_t i = begin + fast; i < begin + count; ++i)
+          q[i] = ref::quantize_dynamic(code, quant::mul_ftz(load_as_f32(x, dt, i), inv));
+      }
+    }
   });
 }
 
@@ -83,6 +104,22 @@ void dequantize_blockwise8(const uint8_t* q, const float* absmax, const float* c
   parallel_for(nb, grain_blocks(blocksize), [&](int64_t b0, int64_t b1) {
     int64_t begin = b0 * blocksize, end = std::min(n, b1 * blocksize);
     ref::dequantize_blockwise8(q + begin, absmax + b0, code, end - begin, blocksize, at(out, out_dt, begin), out_dt);
+  });
+}
+
+float double_quantize_absmax(const float* absmax, int64_t nb, uint8_t* q, float* absmax2) {
+  float offset = quant::torch_cuda_mean_f32(absmax, nb);
+  std::vector<float> centered(static_cast<size_t>(nb));  // [nb]
+  for (int64_t i = 0; i < nb; ++i) centered[size_t(i)] = absmax[i] - offset;
+  quantize_blockwise8(centered.data(), DType::F32, nb, 256, dynamic_map_signed().data(), q, absmax2);
+  return offset;
+}
+
+void dequantize_nested_absmax(const uint8_t* q, const float* absmax2, float offset, int64_t nb, float* absmax) {
+  parallel_for(nb, 65536, [&](int64_t b0, int64_t b1) {
+    // chunks start at multiples of 256 only by accident; the reference indexes absmax2 by
+    // absolute position, so hand it the whole arrays and a sub-range through offsets
+    for (int64_t i = b0; i < b1; ++i) quant::ref::dequantize_nested_absmax(q + i, absmax2 + i / 256, offset, 1, absmax + i);
   });
 }
 

@@ -20,6 +20,9 @@ void quantize_blockwise8(const void* x, DType dt, int64_t n, int64_t blocksize, 
                          float* absmax);
 void dequantize_blockwise8(const uint8_t* q, const float* absmax, const float* code, int64_t n, int64_t blocksize,
                            void* out, DType out_dt);
+// Double quantization of an absmax vector: returns the offset, fills q [nb], absmax2 [ceil(nb/256)].
+float double_quantize_absmax(const float* absmax, int64_t nb, uint8_t* q, float* absmax2);
+void dequantize_nested_absmax(const uint8_t* q, const float* absmax2, float offset, int64_t nb, float* absmax);
 void int8_vectorwise_quant(const uint16_t* a, int64_t rows, int64_t cols, float threshold, int8_t* ca, float* sca,
                            std::vector<int64_t>* outlier_cols);
 
@@ -30,6 +33,9 @@ void quantize_4bit_block(const void* x, DType dt, int64_t begin, int64_t count, 
 // count values starting at even index begin (count a multiple of 8), one absmax.
 void dequantize_4bit_run(const uint8_t* packed, float absmax, int64_t begin, int64_t count, DType quant_type,
                          void* out, DType out_dt);
+// 8-bit dynamic-map codes of count values (a multiple of 8) scaled by inv (one block).
+void quantize_blockwise8_run(const void* x, DType dt, int64_t begin, int64_t count, const float* code, float inv,
+                             uint8_t* q);
 }  // namespace avx2
 
 }  // namespace nibble::cpu

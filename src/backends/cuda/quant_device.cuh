@@ -116,28 +116,42 @@ __device__ __forceinline__ void store8(void* __restrict__ base, int64_t e0, int6
 }
 
 // ---- code searches -----------------------------------------------------------------------------
-// NF4: the number of the 15 ascending boundaries strictly below x, as a 4-step binary search
-// over a boundary table in shared memory (16 words in distinct banks: conflict-free for any
-// access pattern). `b7` is bound[7] held in a register. NaN fails every ">" and gives 0, as
-// the reference's count does.
-__device__ __forceinline__ uint32_t nf4_code(float x, float b7, const float* bound) {
-  uint32_t c = x > b7 ? 8u : 0u;
-  c += x > bound[c + 3] ? 4u : 0u;
-  c += x > bound[c + 1] ? 2u : 0u;
-  c += x > bound[c] ? 1u : 0u;
-  return c;
+// off + kStep when x > t (ordered compare: false for NaN), else off. Written as a predicated
+// add so that each search level costs one compare and one add.
+template <uint32_t kStep>
+__device__ __forceinline__ uint32_t add_if_greater(uint32_t off, float x, float t) {
+  asm("{\n\t.reg .pred p;\n\tsetp.gt.f32 p, %1, %2;\n\t@p add.u32 %0, %0, %3;\n\t}"
+      : "+r"(off)
+      : "f"(x), "f"(t), "n"(kStep));
+  return off;
+}
+
+__device__ __forceinline__ float lds_at(const char* table, uint32_t byte_off) {
+  return *reinterpret_cast<const float*>(table + byte_off);
+}
+
+// NF4: 4 * (the number of the 15 ascending boundaries strictly below x), as a 4-step binary
+// search whose state is the byte offset into the boundary table `bound` (shared memory; 16
+// words in distinct banks, so conflict-free for any access pattern). `b7` is bound[7] held in
+// a register. NaN fails every ">" and gives 0, as the reference's count does.
+__device__ __forceinline__ uint32_t nf4_code4(float x, float b7, const char* bound) {
+  uint32_t off = x > b7 ? 32u : 0u;
+  off = add_if_greater<16>(off, x, lds_at(bound, off + 12));
+  off = add_if_greater<8>(off, x, lds_at(bound, off + 4));
+  off = add_if_greater<4>(off, x, lds_at(bound, off));
+  return off;
 }
 
 // FP4: sign bit (x < 0; NaN and -0 give 0) | E2M1 code of the magnitude bin, the bin being the
-// number of the 7 magnitude boundaries strictly below |x| (3-step binary search). bin_code
-// holds the 3-bit code of bin k in bits 4k..4k+2.
-__device__ __forceinline__ uint32_t fp4_code(float x, float b3, const float* bound, uint32_t bin_code) {
-  uint32_t sign = x < 0.0f ? 8u : 0u;
-  float a = fabsf(x);
-  uint32_t bin = a > b3 ? 4u : 0u;
-  bin += a > bound[bin + 1] ? 2u : 0u;
-  bin += a > bound[bin] ? 1u : 0u;
-  return sign | ((bin_code >> (4u * bin)) & 7u);
+// number of the 7 magnitude boundaries strictly below |x| (3-step binary search, byte offsets
+// as above). bin_code holds the 3-bit code of bin k in bits 4k..4k+2, so the offset 4*bin is
+// also the shift that extracts it.
+__device__ __forceinline__ uint32_t fp4_code(float x, float b3, const char* bound, uint32_t bin_code) {
+  const float a = fabsf(x);
+  uint32_t off = a > b3 ? 16u : 0u;
+  off = add_if_greater<8>(off, a, lds_at(bound, off + 4));
+  off = add_if_greater<4>(off, a, lds_at(bound, off));
+  return ((bin_code >> off) & 7u) | (x < 0.0f ? 8u : 0u);
 }
 
 // bitsandbytes' 8-bit dynamic-map search (reference quantize_dynamic), code in shared memory.

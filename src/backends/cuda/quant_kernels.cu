@@ -71,7 +71,7 @@ __global__ void __launch_bounds__(QuantShape<kB>::kThreads)
                          float* __restrict__ absmax, bool vec_in, bool vec_out) {
   using S = QuantShape<kB>;
   static_assert(S::kThreads % (S::kBlockWarps * 32) == 0 || S::kLanes <= 32, "a quant block spans whole warps");
-  __shared__ float s_bound[16];
+  __shared__ __align__(64) float s_bound[16];
   __shared__ float s_red[kQuantTiles][S::kWarps];  // per-warp maxima, used when kLanes > 32
   if (threadIdx.x < 16) s_bound[threadIdx.x] = tab.bound[threadIdx.x];
 
@@ -107,17 +107,29 @@ __global__ void __launch_bounds__(QuantShape<kB>::kThreads)
   }
 
   const float b_mid = kNf4 ? s_bound[7] : s_bound[3];
+  const char* bound = reinterpret_cast<const char*>(s_bound);
 #pragma unroll
   for (int u = 0; u < kQuantTiles; ++u) {
     const int64_t e0 = cta0 + int64_t(u) * S::kTile;
     if (e0 >= n) continue;
     const float inv = __frcp_rn(m[u]);  // == 1.0f / m: correctly rounded, as the reference
     uint32_t word = 0;
+    if constexpr (kNf4) {
+      // the search yields 4*code; sum the codes of bytes 0-1 and 2-3 separately so that
+      // 4*code << shift cannot overflow, then drop the factor 4
+      uint32_t lo = 0, hi = 0;
 #pragma unroll
-    for (int k = 0; k < 8; ++k) {
-      const float s = __fmul_rn(v[u][k], inv);
-      const uint32_t c = kNf4 ? dev::nf4_code(s, b_mid, s_bound) : dev::fp4_code(s, b_mid, s_bound, tab.fp4_bin_code);
-      word |= c << nibble_shift(k);
+      for (int k = 0; k < 8; ++k) {
+        const uint32_t c4 = dev::nf4_code4(__fmul_rn(v[u][k], inv), b_mid, bound);
+        const int sh = nibble_shift(k);
+        if (sh < 16) lo += c4 << sh;
+        else hi += c4 << (sh - 16);
+      }
+      word = (lo >> 2) | (hi << 14);
+    } else {
+#pragma unroll
+      for (int k = 0; k < 8; ++k)
+        word |= dev::fp4_code(__fmul_rn(v[u][k], inv), b_mid, bound, tab.fp4_bin_code) << nibble_shift(k);
     }
     if (e0 + 8 <= n && vec_out) {
       *reinterpret_cast<uint32_t*>(packed + e0 / 2) = word;

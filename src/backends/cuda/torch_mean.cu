@@ -37,31 +37,42 @@ __device__ float block_tree(float* s) {
   return s[0];
 }
 
-// x: [n]; cta_total: [gridDim.x]. nthreads = bw * ctas.
-__global__ void torch_mean_partial_kernel(const float* __restrict__ x, int64_t n, bool vectorized,
+// Vector v of x (elements 4v..4v+3): one 16-byte load when x is 16-byte aligned.
+__device__ __forceinline__ float4 load_vec(const float* __restrict__ x, int64_t v, bool vec) {
+  if (vec) return reinterpret_cast<const float4*>(x)[v];
+  return make_float4(x[4 * v], x[4 * v + 1], x[4 * v + 2], x[4 * v + 3]);
+}
+
+// x: [n]; cta_total: [gridDim.x]. Thread (c, l) of bw * ctas threads.
+__global__ void torch_mean_partial_kernel(const float* __restrict__ x, int64_t n, bool vectorized, bool vec,
                                           float* __restrict__ cta_total) {
   extern __shared__ float s[];  // [bw]
   const int64_t bw = blockDim.x, l = threadIdx.x, c = blockIdx.x;
   float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
+  auto add = [&](float4 p) {
+    a0 = __fadd_rn(a0, p.x);
+    a1 = __fadd_rn(a1, p.y);
+    a2 = __fadd_rn(a2, p.z);
+    a3 = __fadd_rn(a3, p.w);
+  };
   if (vectorized) {
-    const int64_t nvec = n / 4, nthreads = bw * gridDim.x;
-    for (int64_t v = c * bw + l; v < nvec; v += nthreads) {
-      const float* p = x + 4 * v;
-      a0 = __fadd_rn(a0, p[0]);
-      a1 = __fadd_rn(a1, p[1]);
-      a2 = __fadd_rn(a2, p[2]);
-      a3 = __fadd_rn(a3, p[3]);
+    const int64_t nvec = n / 4, stride = bw * gridDim.x;
+    int64_t v = c * bw + l;
+    // four vectors' loads in flight before their adds, which stay in the reference's order
+    for (; v + 3 * stride < nvec; v += 4 * stride) {
+      const float4 p0 = load_vec(x, v, vec), p1 = load_vec(x, v + stride, vec), p2 = load_vec(x, v + 2 * stride, vec),
+                   p3 = load_vec(x, v + 3 * stride, vec);
+      add(p0);
+      add(p1);
+      add(p2);
+      add(p3);
     }
+    for (; v < nvec; v += stride) add(load_vec(x, v, vec));
     const int64_t rem = n % 4;
     if (c == 0 && l < rem) a0 = __fadd_rn(a0, x[n - rem + l]);
   } else {  // n < 128, one CTA: groups of four strided elements
     int64_t i = l;
-    for (; i + 3 * bw < n; i += 4 * bw) {
-      a0 = __fadd_rn(a0, x[i]);
-      a1 = __fadd_rn(a1, x[i + bw]);
-      a2 = __fadd_rn(a2, x[i + 2 * bw]);
-      a3 = __fadd_rn(a3, x[i + 3 * bw]);
-    }
+    for (; i + 3 * bw < n; i += 4 * bw) add(make_float4(x[i], x[i + bw], x[i + 2 * bw], x[i + 3 * bw]));
     if (i < n) a0 = __fadd_rn(a0, x[i]);
     if (i + bw < n) a1 = __fadd_rn(a1, x[i + bw]);
     if (i + 2 * bw < n) a2 = __fadd_rn(a2, x[i + 2 * bw]);
@@ -104,7 +115,8 @@ void torch_mean_f32(const float* x, int64_t n, float* out, void* stream) {
   const float factor = 1.0f / static_cast<float>(n);  // the reference's host-side float factor
   float* cta_total = nullptr;
   NIBBLE_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&cta_total), size_t(cfg.ctas) * sizeof(float), st));
-  torch_mean_partial_kernel<<<unsigned(cfg.ctas), bw, bw * sizeof(float), st>>>(x, n, cfg.vectorized, cta_total);
+  torch_mean_partial_kernel<<<unsigned(cfg.ctas), bw, bw * sizeof(float), st>>>(x, n, cfg.vectorized, aligned(x, 16),
+                                                                              cta_total);
   NIBBLE_CUDA_CHECK_LAUNCH();
   torch_mean_final_kernel<<<1, bw, bw * sizeof(float), st>>>(cta_total, cfg.ctas, factor, out);
   NIBBLE_CUDA_CHECK_LAUNCH();

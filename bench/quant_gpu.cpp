@@ -165,6 +165,14 @@ int main(int argc, char** argv) {
                                       absmax.data<float>(), nullptr);
         }, reps),
         2 * n + n / 2 + 4 * nb);
+    // the same kernel with one CTA per group (no cross-group prefetch), for comparison
+    setenv("NIBBLE_CUDA_QUANT4_GRID", "full", 1);
+    add("quantize nf4 (one CTA per group)", median_us([&](int r) {
+          cuda::launch::quantize_4bit(xin(r), DType::BF16, n, kBlock, DType::NF4, packed.data<uint8_t>(),
+                                      absmax.data<float>(), nullptr);
+        }, reps),
+        2 * n + n / 2 + 4 * nb);
+    unsetenv("NIBBLE_CUDA_QUANT4_GRID");
     add("quantize nf4 + double quant", median_us([&](int r) {
           cuda::launch::quantize_4bit(xin(r), DType::BF16, n, kBlock, DType::NF4, packed.data<uint8_t>(),
                                       absmax.data<float>(), nullptr);

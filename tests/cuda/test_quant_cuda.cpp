@@ -6,10 +6,13 @@
 //
 // Float outputs compare bit for bit except that any NaN equals any NaN: the reference's NaN
 // from 0 * inf carries x86's default payload (sign set), the GPU's the canonical 0x7fffffff.
+// The reference models bitsandbytes' fast-math kernels (flushed denormals, approximate
+// reciprocal), so kind-4 inputs exercise those paths.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 
@@ -55,12 +58,14 @@ bool is_nan_elem(const uint8_t* p, DType dt) {
   for (size_t i = 0; i < nbytes; i += es) {
     if (std::memcmp(a + i, b + i, es) == 0) continue;
     if (es > 1 && is_nan_elem(a + i, dt) && is_nan_elem(b + i, dt)) continue;
-    ::testing::AssertionResult r = ::testing::AssertionFailure();
-    r << "element " << i / es << " of " << nbytes / es << ": got 0x";
-    for (size_t k = es; k-- > 0;) r << std::hex << int(a[i + k] >> 4) << int(a[i + k] & 15);
-    r << " want 0x";
-    for (size_t k = es; k-- > 0;) r << std::hex << int(b[i + k] >> 4) << int(b[i + k] & 15);
-    return r;
+    auto hex = [es](const uint8_t* p) {
+      std::string h;
+      char buf[3];
+      for (size_t k = es; k-- > 0;) std::snprintf(buf, sizeof buf, "%02x", p[k]), h += buf;
+      return h;
+    };
+    return ::testing::AssertionFailure() << "element " << i / es << " of " << nbytes / es << ": got 0x" << hex(a + i)
+                                         << " want 0x" << hex(b + i);
   }
   return ::testing::AssertionSuccess();
 }
@@ -77,19 +82,27 @@ template <typename T>
 }
 
 // normal(0, 0.05) values; kind 1: a run of zeros covering whole blocks; kind 2: outliers,
-// signed zeros, ±inf, NaN and tiny values at random places; kind 3: a whole block of NaN.
+// signed zeros, ±inf, NaN, tiny and (f32) denormal values at random places; kind 3: a whole
+// block of NaN; kind 4: the first block scaled to ~1e-37 (f32: products that flush to zero),
+// another all denormal.
 Tensor awkward_input(int64_t n, DType dt, std::mt19937_64& rng, int kind, int64_t bs) {
   Tensor x = test::random_normal({n}, dt, rng, 0.05f);
   std::uniform_int_distribution<int64_t> pos(0, n - 1);
   if (kind == 1)
     for (int64_t i = 0; i < std::min<int64_t>(n, 2 * bs + 7); ++i) store_from_f32(x.data_ptr(), dt, i, 0.0f);
   if (kind == 2)
-    for (int k = 0; k < 12; ++k) {
-      const float v[] = {20.0f, -0.0f, 0.0f, INFINITY, -INFINITY, NAN, 1e-30f, -7.0f, -NAN, 1e-40f, 65504.0f, -3e38f};
+    for (int k = 0; k < 14; ++k) {
+      const float v[] = {20.0f, -0.0f, 0.0f,    INFINITY, -INFINITY, NAN,    1e-30f,
+                         -7.0f, -NAN,  1e-40f, 65504.0f, -3e38f,    -1e-39f, 6e-8f};
       store_from_f32(x.data_ptr(), dt, pos(rng), v[k]);
     }
   if (kind == 3)
     for (int64_t i = 0; i < std::min<int64_t>(n, bs); ++i) store_from_f32(x.data_ptr(), dt, i, NAN);
+  if (kind == 4 && dt == DType::F32) {
+    float* p = x.data<float>();
+    for (int64_t i = 0; i < std::min<int64_t>(n, bs); ++i) p[i] *= 2e-36f;
+    for (int64_t i = bs; i < std::min<int64_t>(n, 2 * bs); ++i) p[i] *= 1e-38f;
+  }
   return x;
 }
 
@@ -140,10 +153,10 @@ TEST(QuantCuda, FourBitMatchesReference) {
   for (DType qt : {DType::NF4, DType::FP4})
     for (DType dt : {DType::F32, DType::F16, DType::BF16})
       for (int64_t bs = 32; bs <= 4096; bs *= 2)
-        for (int kind = 0; kind < 4; ++kind) {
+        for (int kind = 0; kind < 5; ++kind) {
           int64_t n = std::uniform_int_distribution<int64_t>(1, 40000)(rng);
           if (kind == 0) n = std::max<int64_t>(bs, n / bs * bs) + (n % 2);  // whole blocks, sometimes an odd tail
-          if (kind == 3) n = std::max(n, bs);
+          if (kind >= 3) n = std::max(n, 2 * bs);
           SCOPED_TRACE(testing::Message() << dtype_name(qt) << " " << dtype_name(dt) << " bs=" << bs << " n=" << n
                                           << " kind=" << kind);
           Tensor x = awkward_input(n, dt, rng, kind, bs);
@@ -180,6 +193,33 @@ TEST(QuantCuda, FourBitSmallOddLargeAndUnaligned) {
     }
 }
 
+// Sizes beyond one wave of the persistent quantize kernel (each CTA then prefetches its next
+// group while coding the current one), and the same with one CTA per group.
+TEST(QuantCuda, FourBitMultiWave) {
+  SKIP_WITHOUT_CUDA();
+  const uint64_t seed = test::fresh_seed();
+  SCOPED_TRACE(testing::Message() << "seed " << seed);
+  std::printf("FourBitMultiWave seed %llu\n", static_cast<unsigned long long>(seed));
+  std::mt19937_64 rng(seed);
+  struct Case {
+    DType dt, qt;
+    int64_t bs;
+    const char* grid;
+  };
+  const Case cases[] = {{DType::BF16, DType::NF4, 64, ""},  {DType::F32, DType::NF4, 4096, ""},
+                        {DType::F16, DType::FP4, 512, ""},  {DType::BF16, DType::NF4, 32, ""},
+                        {DType::BF16, DType::NF4, 64, "full"}};
+  for (const Case& c : cases) {
+    const int64_t n = 9500003;
+    SCOPED_TRACE(testing::Message() << dtype_name(c.qt) << " " << dtype_name(c.dt) << " bs=" << c.bs << " grid=" << c.grid);
+    if (*c.grid) setenv("NIBBLE_CUDA_QUANT4_GRID", c.grid, 1);
+    Tensor x = awkward_input(n, c.dt, rng, 2, c.bs);
+    check_4bit_case(x, x.to(Device::cuda()), c.qt, c.bs);
+    unsetenv("NIBBLE_CUDA_QUANT4_GRID");
+    if (HasFatalFailure()) return;
+  }
+}
+
 TEST(QuantCuda, Blockwise8MatchesReference) {
   SKIP_WITHOUT_CUDA();
   const uint64_t seed = test::fresh_seed();
@@ -189,9 +229,9 @@ TEST(QuantCuda, Blockwise8MatchesReference) {
   const std::vector<float> code(dynamic_map_signed().begin(), dynamic_map_signed().end());
   for (int64_t bs : {1, 7, 32, 64, 100, 256, 1000, 2048, 4096, 5000})
     for (DType dt : {DType::F32, DType::F16, DType::BF16})
-      for (int kind = 0; kind < 4; ++kind) {
+      for (int kind = 0; kind < 5; ++kind) {
         int64_t n = std::uniform_int_distribution<int64_t>(1, 30000)(rng);
-        if (kind == 3) n = std::max(n, bs);
+        if (kind >= 3) n = std::max(n, 2 * bs);
         SCOPED_TRACE(testing::Message() << dtype_name(dt) << " bs=" << bs << " n=" << n << " kind=" << kind);
         Tensor x = awkward_input(n, dt, rng, kind, bs);
         const int64_t nb = (n + bs - 1) / bs;

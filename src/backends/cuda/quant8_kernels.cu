@@ -4,6 +4,7 @@
 // Blockwise 8-bit serves any positive blocksize (the op accepts any; bitsandbytes uses powers
 // of two): a CTA walks quant blocks, reduces the block absmax over strided elements, then
 // maps every value with bitsandbytes' binary search over the 256-entry code in shared memory.
+// Float operations are bitsandbytes' fast-math ones (quant_device.cuh).
 // Its main user here is double quantization (blocksize 256 over the 4-bit absmax), whose
 // offset, torch's CUDA mean, is computed on the device in torch's order (torch_mean.cu) and
 // subtracted on the fly, so the whole step needs no round trip through the host.
@@ -53,11 +54,11 @@ __global__ void quantize_blockwise8_kernel(const void* __restrict__ x, int64_t n
     const int64_t begin = b * blocksize, end = min(n, begin + blocksize);
     // a partial last block starts from 0: the kernel's zero padding (reference block_absmax)
     float m = end - begin < blocksize ? 0.0f : -FLT_MAX;
-    for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) m = fmaxf(m, fabsf(value(i)));
+    for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) m = dev::max_ftz(m, fabsf(value(i)));
     m = cta_max(m, s_red);  // its first barrier also publishes s_code
-    const float inv = __frcp_rn(m);
+    const float inv = dev::rcp_approx_ftz(m);
     for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x)
-      q[i] = uint8_t(dev::dynamic_code(s_code, __fmul_rn(value(i), inv)));
+      q[i] = uint8_t(dev::dynamic_code(s_code, dev::mul_ftz(value(i), inv)));
     if (threadIdx.x == 0) absmax[b] = m;
   }
 }
@@ -88,12 +89,13 @@ __global__ void __launch_bounds__(256)
   for (int k = 0; k < 8; ++k) {
     const int64_t i = min(e0 + k, n - 1);
     const int64_t b = log2b >= 0 ? i >> log2b : i / blocksize;
-    v[k] = __fmul_rn(s_code[c[k]], absmax[b]);
+    v[k] = dev::mul_ftz(s_code[c[k]], absmax[b]);
   }
   dev::store8<Out>(out, e0, n, vec_out, v);
 }
 
-// absmax[i] = code[q[i]] * absmax2[i / 256] + offset, two rounded f32 operations.
+// absmax[i] = code[q[i]] * absmax2[i / 256] + offset: bitsandbytes' (flushing) multiply, then
+// torch's plain add.
 __global__ void __launch_bounds__(256)
     dequantize_nested_absmax_kernel(const uint8_t* __restrict__ q, const float* __restrict__ absmax2, float offset,
                                     int64_t nb, const float* __restrict__ code, float* __restrict__ absmax) {
@@ -101,7 +103,7 @@ __global__ void __launch_bounds__(256)
   s_code[threadIdx.x] = code[threadIdx.x];
   __syncthreads();
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i < nb) absmax[i] = __fadd_rn(__fmul_rn(s_code[q[i]], absmax2[i >> 8]), offset);
+  if (i < nb) absmax[i] = __fadd_rn(dev::mul_ftz(s_code[q[i]], absmax2[i >> 8]), offset);  // torch's add: no flush
 }
 
 int threads_for_blocksize(int64_t blocksize) {

@@ -1,8 +1,10 @@
-// Device helpers shared by the quantization kernels: loading 8 consecutive elements of an
-// f32/f16/bf16 tensor as floats (one or two 16-byte loads when aligned and in range, zero
-// padding past n otherwise), storing 8 floats rounded to the output dtype, and the exact
-// code searches of the scalar reference (quant/reference.cpp), written so that they give the
-// same answer for every float including NaN, ±inf, ±0 and subnormals.
+// Device helpers shared by the quantization kernels: the float operations of bitsandbytes'
+// kernels, which are built with --use_fast_math (max/mul with denormals flushed, the
+// approximate reciprocal: quant/gpu_float.h emulates these on the CPU), loading 8 consecutive
+// elements of an f32/f16/bf16 tensor as floats (one or two 16-byte loads when aligned and in
+// range, zero padding past n otherwise), storing 8 floats rounded to the output dtype, and
+// the code searches of the scalar reference (quant/reference.cpp), written so that they give
+// the same answer for every float including NaN, ±inf, ±0 and subnormals.
 #pragma once
 
 #include <cfloat>
@@ -14,6 +16,24 @@
 #include <cuda_runtime.h>
 
 namespace nibble::cuda::dev {
+
+// ---- bitsandbytes' fast-math float operations --------------------------------------------------
+// Explicit PTX, independent of this build's -ftz/-prec-div flags.
+__device__ __forceinline__ float max_ftz(float a, float b) {  // fmaxf (NaN skipped), denormals as 0
+  float r;
+  asm("max.ftz.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+  return r;
+}
+__device__ __forceinline__ float mul_ftz(float a, float b) {
+  float r;
+  asm("mul.rn.ftz.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+  return r;
+}
+__device__ __forceinline__ float rcp_approx_ftz(float a) {  // what 1.0f / a compiles to there
+  float r;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(a));
+  return r;
+}
 
 // ---- element types ---------------------------------------------------------------------------
 // Tags select the load/store code at compile time; kBytes is the element size.
@@ -75,6 +95,61 @@ __device__ __forceinline__ void load8(const void* __restrict__ base, int64_t e0,
   for (int k = 0; k < 8; ++k) v[k] = e0 + k < n ? load1<T>(base, e0 + k) : 0.0f;
 }
 
+// 8 consecutive elements as loaded, before conversion: the registers a prefetch keeps in
+// flight (16 bytes for f16/bf16, 32 for f32).
+template <class T>
+struct Raw8 {
+  uint4 w;  // 16-bit elements, element 2k in the low half of word k
+};
+template <>
+struct Raw8<F32> {
+  float4 a, b;
+};
+
+// The chunk at e0 (a multiple of 8): vector loads when `vec` and the chunk is whole, else
+// guarded scalar loads with zeros past n.
+template <class T>
+__device__ __forceinline__ Raw8<T> load_raw8(const void* __restrict__ base, int64_t e0, int64_t n, bool vec) {
+  Raw8<T> r;
+  if constexpr (T::kBytes == 4) {
+    const float* p = static_cast<const float*>(base) + e0;
+    if (vec && e0 + 8 <= n) {
+      r.a = reinterpret_cast<const float4*>(p)[0];
+      r.b = reinterpret_cast<const float4*>(p)[1];
+    } else {
+      float t[8];
+#pragma unroll
+      for (int k = 0; k < 8; ++k) t[k] = e0 + k < n ? p[k] : 0.0f;
+      r.a = make_float4(t[0], t[1], t[2], t[3]);
+      r.b = make_float4(t[4], t[5], t[6], t[7]);
+    }
+  } else {
+    const uint16_t* p = static_cast<const uint16_t*>(base) + e0;
+    if (vec && e0 + 8 <= n) {
+      r.w = *reinterpret_cast<const uint4*>(p);
+    } else {
+      uint32_t t[4];
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+        t[j] = (e0 + 2 * j < n ? uint32_t(p[2 * j]) : 0u) | (e0 + 2 * j + 1 < n ? uint32_t(p[2 * j + 1]) << 16 : 0u);
+      r.w = make_uint4(t[0], t[1], t[2], t[3]);
+    }
+  }
+  return r;
+}
+
+template <class T>
+__device__ __forceinline__ void unpack8(const Raw8<T>& r, float (&v)[8]) {
+  if constexpr (T::kBytes == 4) {
+    v[0] = r.a.x, v[1] = r.a.y, v[2] = r.a.z, v[3] = r.a.w, v[4] = r.b.x, v[5] = r.b.y, v[6] = r.b.z, v[7] = r.b.w;
+  } else {
+    unpack2<T>(r.w.x, v[0], v[1]);
+    unpack2<T>(r.w.y, v[2], v[3]);
+    unpack2<T>(r.w.z, v[4], v[5]);
+    unpack2<T>(r.w.w, v[6], v[7]);
+  }
+}
+
 // Round-to-nearest-even conversions. The hardware conversions keep subnormals and turn the
 // (always canonical, 0x7fffffff) NaN of GPU arithmetic into 0x7fff, which is what the
 // reference's bit formulas give for that NaN.
@@ -126,32 +201,39 @@ __device__ __forceinline__ uint32_t add_if_greater(uint32_t off, float x, float 
   return off;
 }
 
-__device__ __forceinline__ float lds_at(const char* table, uint32_t byte_off) {
-  return *reinterpret_cast<const float*>(table + byte_off);
+// The float at shared-memory address `addr` + kOff. Volatile: it must stay after the barrier
+// that published the table.
+template <int kOff>
+__device__ __forceinline__ float lds_at(uint32_t addr) {
+  float t;
+  asm volatile("ld.shared.f32 %0, [%1+%2];" : "=f"(t) : "r"(addr), "n"(kOff));
+  return t;
 }
 
-// NF4: 4 * (the number of the 15 ascending boundaries strictly below x), as a 4-step binary
-// search whose state is the byte offset into the boundary table `bound` (shared memory; 16
-// words in distinct banks, so conflict-free for any access pattern). `b7` is bound[7] held in
-// a register. NaN fails every ">" and gives 0, as the reference's count does.
-__device__ __forceinline__ uint32_t nf4_code4(float x, float b7, const char* bound) {
-  uint32_t off = x > b7 ? 32u : 0u;
-  off = add_if_greater<16>(off, x, lds_at(bound, off + 12));
-  off = add_if_greater<8>(off, x, lds_at(bound, off + 4));
-  off = add_if_greater<4>(off, x, lds_at(bound, off));
-  return off;
+// NF4: the shared-memory address of bound[code], code = the number of the 15 ascending
+// boundaries strictly below x, found by a 4-step binary search that walks the address itself
+// (no index arithmetic). `bound` is the table's address, 64-byte aligned, so the result minus
+// `bound` is 4*code; the 16 words sit in distinct banks, so any access pattern is
+// conflict-free. `b7` is bound[7] in a register. NaN fails every ">" and gives code 0, as the
+// reference's count does.
+__device__ __forceinline__ uint32_t nf4_code_addr(float x, float b7, uint32_t bound) {
+  uint32_t a = x > b7 ? bound + 32u : bound;
+  a = add_if_greater<16>(a, x, lds_at<12>(a));
+  a = add_if_greater<8>(a, x, lds_at<4>(a));
+  a = add_if_greater<4>(a, x, lds_at<0>(a));
+  return a;
 }
 
 // FP4: sign bit (x < 0; NaN and -0 give 0) | E2M1 code of the magnitude bin, the bin being the
-// number of the 7 magnitude boundaries strictly below |x| (3-step binary search, byte offsets
-// as above). bin_code holds the 3-bit code of bin k in bits 4k..4k+2, so the offset 4*bin is
+// number of the 7 magnitude boundaries strictly below |x| (3-step binary search over
+// addresses as above). bin_code holds the 3-bit code of bin k in bits 4k..4k+2, so 4*bin is
 // also the shift that extracts it.
-__device__ __forceinline__ uint32_t fp4_code(float x, float b3, const char* bound, uint32_t bin_code) {
+__device__ __forceinline__ uint32_t fp4_code(float x, float b3, uint32_t bound, uint32_t bin_code) {
   const float a = fabsf(x);
-  uint32_t off = a > b3 ? 16u : 0u;
-  off = add_if_greater<8>(off, a, lds_at(bound, off + 4));
-  off = add_if_greater<4>(off, a, lds_at(bound, off));
-  return ((bin_code >> off) & 7u) | (x < 0.0f ? 8u : 0u);
+  uint32_t p = a > b3 ? bound + 16u : bound;
+  p = add_if_greater<8>(p, a, lds_at<4>(p));
+  p = add_if_greater<4>(p, a, lds_at<0>(p));
+  return ((bin_code >> (p - bound)) & 7u) | (x < 0.0f ? 8u : 0u);
 }
 
 // bitsandbytes' 8-bit dynamic-map search (reference quantize_dynamic), code in shared memory.

@@ -2,16 +2,22 @@
 // scalar reference's bytes (quant/reference.cpp).
 //
 // Quantize: a thread owns a chunk of 8 consecutive elements (one 16-byte load for f16/bf16,
-// two for f32) in each of kU tiles of the CTA, so every load of the warp is coalesced and
-// several are in flight before the first use. The blocksize/8 lanes covering one quant block
+// two for f32) in each of kQuantTiles tiles of a group, so every load of the warp is
+// coalesced. A persistent grid walks the groups and loads the next group while coding the
+// current one: the code search costs about as much issue time as the bytes cost memory time,
+// so the two must overlap to approach copy bandwidth. The blocksize/8 lanes covering one quant block
 // reduce its absmax with xor shuffles (and through shared memory when a block spans several
 // warps, blocksize > 256), then each lane scales its 8 values by the reciprocal, looks the codes
 // up by binary search in a shared boundary table and writes 4 packed bytes as one word:
 //   word (little endian) = byte0 | byte1 << 8 | ..., byte j = code(x[2j]) << 4 | code(x[2j+1])
 // Dequantize: a thread expands kU chunks of 4 packed bytes (8 values, one absmax each since
 // blocksize >= 32 is a multiple of 8) with a 16-entry shared code table and writes 16- or
-// 32-byte vectors.
+// 32-byte vectors. All float operations are bitsandbytes' fast-math ones (quant_device.cuh).
+#include <algorithm>
 #include <cfloat>
+#include <cstdlib>
+#include <limits>
+#include <string_view>
 #include <type_traits>
 
 #include "backends/cuda/launch_util.cuh"
@@ -65,6 +71,9 @@ __device__ __forceinline__ int nibble_shift(int k) { return 8 * (k / 2) + ((k & 
 
 // x: [n] elements of T; packed: [(n + 1) / 2]; absmax: [ceil(n / kB)].
 // vec_in: x is 16-byte aligned; vec_out: packed is 4-byte aligned.
+// The CTA walks groups of kQuantTiles tiles, g = blockIdx.x, + gridDim.x, ...; the loads of
+// the next group are issued before the math of the current one, so memory stays busy while
+// the codes are computed (a grid of one CTA per group degenerates to a plain one-pass kernel).
 template <class T, int kB, bool kNf4>
 __global__ void __launch_bounds__(QuantShape<kB>::kThreads)
     quantize_4bit_kernel(const void* __restrict__ x, int64_t n, Quant4Tables tab, uint8_t* __restrict__ packed,
@@ -72,77 +81,96 @@ __global__ void __launch_bounds__(QuantShape<kB>::kThreads)
   using S = QuantShape<kB>;
   static_assert(S::kThreads % (S::kBlockWarps * 32) == 0 || S::kLanes <= 32, "a quant block spans whole warps");
   __shared__ __align__(64) float s_bound[16];
-  __shared__ float s_red[kQuantTiles][S::kWarps];  // per-warp maxima, used when kLanes > 32
+  __shared__ float s_red[2][kQuantTiles][S::kWarps];  // [parity][tile][warp] maxima, when kLanes > 32
   if (threadIdx.x < 16) s_bound[threadIdx.x] = tab.bound[threadIdx.x];
+  __syncthreads();  // publishes s_bound; warps run independently from here (kLanes <= 32)
 
   const int tid = int(threadIdx.x), lane = tid & 31, warp = tid >> 5;
-  const int64_t cta0 = int64_t(blockIdx.x) * kQuantTiles * S::kTile + int64_t(tid) * 8;
+  const float b_mid = kNf4 ? s_bound[7] : s_bound[3];
+  const uint32_t bound = static_cast<uint32_t>(__cvta_generic_to_shared(s_bound));
+  const int64_t group_elems = int64_t(kQuantTiles) * S::kTile;
+  const int64_t ngroups = (n + group_elems - 1) / group_elems;
 
-  float v[kQuantTiles][8];  // [tile][element]
+  dev::Raw8<T> cur[kQuantTiles], nxt[kQuantTiles];  // [tile]
+  int64_t g = blockIdx.x;
 #pragma unroll
-  for (int u = 0; u < kQuantTiles; ++u) dev::load8<T>(x, cta0 + int64_t(u) * S::kTile, n, vec_in, v[u]);
+  for (int u = 0; u < kQuantTiles; ++u)
+    cur[u] = dev::load_raw8<T>(x, g * group_elems + int64_t(u) * S::kTile + tid * 8, n, vec_in);
+  for (int parity = 0; g < ngroups; g += gridDim.x, parity ^= 1) {
+    const int64_t cta0 = g * group_elems + int64_t(tid) * 8;
+    if (g + gridDim.x < ngroups) {
+#pragma unroll
+      for (int u = 0; u < kQuantTiles; ++u)
+        nxt[u] = dev::load_raw8<T>(x, cta0 + int64_t(gridDim.x) * group_elems + int64_t(u) * S::kTile, n, vec_in);
+    }
+    float v[kQuantTiles][8];  // [tile][element]
+#pragma unroll
+    for (int u = 0; u < kQuantTiles; ++u) dev::unpack8<T>(cur[u], v[u]);
 
-  // Block absmax: fmaxf from -FLT_MAX over |x|; elements past n load as 0, which is exactly
-  // the reference's padding of a partial last block.
-  float m[kQuantTiles];
-#pragma unroll
-  for (int u = 0; u < kQuantTiles; ++u) {
-    m[u] = -FLT_MAX;
-#pragma unroll
-    for (int k = 0; k < 8; ++k) m[u] = fmaxf(m[u], fabsf(v[u][k]));
-    m[u] = dev::group_max<S::kGroup>(m[u]);
-    if constexpr (S::kLanes > 32)
-      if (lane == 0) s_red[u][warp] = m[u];
-  }
-  __syncthreads();  // publishes s_bound and s_red
-  if constexpr (S::kLanes > 32) {
-    const int first = warp / S::kBlockWarps * S::kBlockWarps;  // first warp of this quant block
+    // Block absmax: fmaxf from -FLT_MAX over |x| with denormals flushed; elements past n
+    // load as 0, which is exactly the reference's padding of a partial last block.
+    float m[kQuantTiles];
 #pragma unroll
     for (int u = 0; u < kQuantTiles; ++u) {
-      float r = s_red[u][first];
+      m[u] = -FLT_MAX;
 #pragma unroll
-      for (int w = 1; w < S::kBlockWarps; ++w) r = fmaxf(r, s_red[u][first + w]);
-      m[u] = r;
+      for (int k = 0; k < 8; ++k) m[u] = dev::max_ftz(m[u], fabsf(v[u][k]));
+      m[u] = dev::group_max<S::kGroup>(m[u]);
     }
-  }
-
-  const float b_mid = kNf4 ? s_bound[7] : s_bound[3];
-  const char* bound = reinterpret_cast<const char*>(s_bound);
+    if constexpr (S::kLanes > 32) {  // a quant block spans several warps: via shared memory
 #pragma unroll
-  for (int u = 0; u < kQuantTiles; ++u) {
-    const int64_t e0 = cta0 + int64_t(u) * S::kTile;
-    if (e0 >= n) continue;
-    const float inv = __frcp_rn(m[u]);  // == 1.0f / m: correctly rounded, as the reference
-    uint32_t word = 0;
-    if constexpr (kNf4) {
-      // the search yields 4*code; sum the codes of bytes 0-1 and 2-3 separately so that
-      // 4*code << shift cannot overflow, then drop the factor 4
-      uint32_t lo = 0, hi = 0;
+      for (int u = 0; u < kQuantTiles; ++u)
+        if (lane == 0) s_red[parity][u][warp] = m[u];
+      __syncthreads();  // (the other parity buffer is still being read: no second barrier)
+      const int first = warp / S::kBlockWarps * S::kBlockWarps;  // first warp of this quant block
 #pragma unroll
-      for (int k = 0; k < 8; ++k) {
-        const uint32_t c4 = dev::nf4_code4(__fmul_rn(v[u][k], inv), b_mid, bound);
-        const int sh = nibble_shift(k);
-        if (sh < 16) lo += c4 << sh;
-        else hi += c4 << (sh - 16);
+      for (int u = 0; u < kQuantTiles; ++u) {
+        float r = s_red[parity][u][first];
+#pragma unroll
+        for (int w = 1; w < S::kBlockWarps; ++w) r = fmaxf(r, s_red[parity][u][first + w]);
+        m[u] = r;
       }
-      word = (lo >> 2) | (hi << 14);
-    } else {
-#pragma unroll
-      for (int k = 0; k < 8; ++k)
-        word |= dev::fp4_code(__fmul_rn(v[u][k], inv), b_mid, bound, tab.fp4_bin_code) << nibble_shift(k);
     }
-    if (e0 + 8 <= n && vec_out) {
-      *reinterpret_cast<uint32_t*>(packed + e0 / 2) = word;
-    } else {
-      // tail: nibbles of elements past n stay 0 (an odd n leaves the last low nibble 0)
+
 #pragma unroll
-      for (int k = 0; k < 8; ++k)
-        if (e0 + k >= n) word &= ~(0xfu << nibble_shift(k));
+    for (int u = 0; u < kQuantTiles; ++u) {
+      const int64_t e0 = cta0 + int64_t(u) * S::kTile;
+      if (e0 >= n) continue;
+      const float inv = dev::rcp_approx_ftz(m[u]);  // bitsandbytes' 1.0f / m under fast math
+      uint32_t word = 0;
+      if constexpr (kNf4) {
+        // The search yields addr = bound + 4*code. Sum addr << shift for bytes 0-1 and 2-3
+        // separately (4*code << shift stays below 2^32), subtract the sum of bound << shift
+        // (exact modulo 2^32), then drop the factor 4.
+        uint32_t lo = 0, hi = 0, base_lo = 0, base_hi = 0;
 #pragma unroll
-      for (int j = 0; j < 4; ++j)
-        if (e0 + 2 * j < n) packed[e0 / 2 + j] = uint8_t(word >> (8 * j));
+        for (int k = 0; k < 8; ++k) {
+          const uint32_t a = dev::nf4_code_addr(dev::mul_ftz(v[u][k], inv), b_mid, bound);
+          const int sh = nibble_shift(k);
+          if (sh < 16) lo += a << sh, base_lo += bound << sh;
+          else hi += a << (sh - 16), base_hi += bound << (sh - 16);
+        }
+        word = ((lo - base_lo) >> 2) | ((hi - base_hi) << 14);
+      } else {
+#pragma unroll
+        for (int k = 0; k < 8; ++k)
+          word |= dev::fp4_code(dev::mul_ftz(v[u][k], inv), b_mid, bound, tab.fp4_bin_code) << nibble_shift(k);
+      }
+      if (e0 + 8 <= n && vec_out) {
+        *reinterpret_cast<uint32_t*>(packed + e0 / 2) = word;
+      } else {
+        // tail: nibbles of elements past n stay 0 (an odd n leaves the last low nibble 0)
+#pragma unroll
+        for (int k = 0; k < 8; ++k)
+          if (e0 + k >= n) word &= ~(0xfu << nibble_shift(k));
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+          if (e0 + 2 * j < n) packed[e0 / 2 + j] = uint8_t(word >> (8 * j));
+      }
+      if (tid % S::kLanes == 0) absmax[e0 >> S::kLog2B] = m[u];
     }
-    if (tid % S::kLanes == 0) absmax[e0 >> S::kLog2B] = m[u];
+#pragma unroll
+    for (int u = 0; u < kQuantTiles; ++u) cur[u] = nxt[u];
   }
 }
 
@@ -178,9 +206,27 @@ __global__ void __launch_bounds__(256)
     if (e0[u] >= n) continue;
     float v[8];
 #pragma unroll
-    for (int k = 0; k < 8; ++k) v[k] = __fmul_rn(s_code[(w[u] >> nibble_shift(k)) & 0xfu], a[u]);
+    for (int k = 0; k < 8; ++k) v[k] = dev::mul_ftz(s_code[(w[u] >> nibble_shift(k)) & 0xfu], a[u]);
     dev::store8<Out>(out, e0[u], n, vec_out, v);
   }
+}
+
+// Grid of the quantize kernel: as many CTAs as fit on the device at once (persistent), at
+// most one per group. Environment knob for experiments: NIBBLE_CUDA_QUANT4_GRID=full launches
+// one CTA per group (no prefetch across groups).
+template <class T, int kB, bool kNf4>
+int64_t quantize_grid(int64_t ngroups) {
+  if (const char* e = std::getenv("NIBBLE_CUDA_QUANT4_GRID"); e && std::string_view(e) == "full") return ngroups;
+  static const int per_sm = [] {
+    int p = 0;
+    NIBBLE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&p, quantize_4bit_kernel<T, kB, kNf4>,
+                                                                    QuantShape<kB>::kThreads, 0));
+    return std::max(p, 1);
+  }();
+  int dev_id = 0, sms = 0;
+  NIBBLE_CUDA_CHECK(cudaGetDevice(&dev_id));
+  NIBBLE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev_id));
+  return std::min(ngroups, int64_t(sms) * per_sm);
 }
 
 template <class F>
@@ -218,13 +264,13 @@ void quantize_4bit(const void* x, DType dt, int64_t n, int64_t blocksize, DType 
     with_blocksize_4bit(blocksize, [&](auto bsc) {
       constexpr int kB = decltype(bsc)::value;
       using S = QuantShape<kB>;
-      const int64_t grid = ceil_div(n, int64_t(kQuantTiles) * S::kTile);
+      const int64_t ngroups = ceil_div(n, int64_t(kQuantTiles) * S::kTile);
       if (quant_type == DType::NF4)
-        quantize_4bit_kernel<T, kB, true>
-            <<<unsigned(grid), S::kThreads, 0, as_stream(stream)>>>(x, n, tab, packed, absmax, vec_in, vec_out);
+        quantize_4bit_kernel<T, kB, true><<<unsigned(quantize_grid<T, kB, true>(ngroups)), S::kThreads, 0,
+                                            as_stream(stream)>>>(x, n, tab, packed, absmax, vec_in, vec_out);
       else
-        quantize_4bit_kernel<T, kB, false>
-            <<<unsigned(grid), S::kThreads, 0, as_stream(stream)>>>(x, n, tab, packed, absmax, vec_in, vec_out);
+        quantize_4bit_kernel<T, kB, false><<<unsigned(quantize_grid<T, kB, false>(ngroups)), S::kThreads, 0,
+                                             as_stream(stream)>>>(x, n, tab, packed, absmax, vec_in, vec_out);
       NIBBLE_CUDA_CHECK_LAUNCH();
     });
   });
@@ -237,7 +283,7 @@ void dequantize_4bit(const uint8_t* packed, const float* absmax, int64_t n, int6
     throw ConfigError(detail::str("dequantize_4bit (CUDA): blocksize ", blocksize, " is not a power of two in 32..4096"));
   if (n <= 0) return;
   Code16 code{};
-  const float* table = code_table_4bit(quant_type);
+  const float* table = dequant_table_4bit(quant_type);  // FP4 code 8 is -0.0 here
   for (int i = 0; i < 16; ++i) code.v[i] = table[i];
   const int log2b = dev::ilog2(blocksize);
   const bool vec_in = aligned(packed, 4), vec_out = aligned(out, 16);

@@ -1,0 +1,72 @@
+// A causal language model loaded from a Hugging Face checkpoint folder, optionally quantized
+// while loading (BitsAndBytesConfig) or loaded pre-quantized (folders saved by transformers +
+// bitsandbytes), run on the CPU with a KV cache.
+//
+//   auto model = AutoModelForCausalLM::from_pretrained("path", {.quantization_config = qc});
+//   Tensor logits = model.forward(ids);            // [T, vocab] f32
+//   auto out = model.generate_greedy(ids, 10);     // prompt + 10 tokens
+#pragma once
+
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "nibble/bnb_config.h"
+#include "nibble/model_config.h"
+#include "nibble/tensor.h"
+
+namespace nibble {
+
+struct LoadOptions {
+  std::optional<BitsAndBytesConfig> quantization_config;
+  std::string device_map = "cpu";
+};
+
+// One leaf module as transformers names it, with its class.
+struct ModuleInfo {
+  std::string name;   // "model.layers.0.self_attn.q_proj"
+  std::string klass;  // "Linear4bit", "Embedding", "LlamaRMSNorm", ...
+};
+
+class KVCache;
+
+class CausalLM {
+ public:
+  CausalLM();
+  ~CausalLM();
+  CausalLM(CausalLM&&) noexcept;
+  CausalLM& operator=(CausalLM&&) noexcept;
+
+  const ModelConfig& config() const;
+  const std::optional<BitsAndBytesConfig>& quantization_config() const;
+  bool is_quantized() const { return quantization_config().has_value(); }
+
+  // Logits [T, vocab] (f32) for ids appended after whatever the cache already holds; a fresh
+  // cache is used when cache is null.
+  Tensor forward(const std::vector<int64_t>& ids, KVCache* cache = nullptr) const;
+  std::unique_ptr<KVCache> new_cache() const;
+  // prompt followed by max_new_tokens greedy tokens (stops early at an eos id when stop_at_eos).
+  std::vector<int64_t> generate_greedy(const std::vector<int64_t>& prompt, int64_t max_new_tokens,
+                                       bool stop_at_eos = false) const;
+  // Mean next-token negative log-likelihood of ids (labels shifted as transformers does).
+  double mean_nll(const std::vector<int64_t>& ids) const;
+
+  std::vector<ModuleInfo> modules() const;  // Linear/Embedding/norm leaves in module order
+  int64_t get_memory_footprint() const;     // transformers' semantics
+  void save_pretrained(const std::filesystem::path& dir) const;
+
+  struct Impl;
+  Impl& impl() const { return *impl_; }
+
+ private:
+  std::unique_ptr<Impl> impl_;
+  friend struct AutoModelForCausalLM;
+};
+
+struct AutoModelForCausalLM {
+  static CausalLM from_pretrained(const std::filesystem::path& dir, const LoadOptions& opts = {});
+};
+
+}  // namespace nibble

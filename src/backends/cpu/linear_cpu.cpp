@@ -1,0 +1,261 @@
+// CPU linear ops: thread partition over output features, the epilogues (bias, rounding, the
+// LLM.int8 dequantization) and the portable inner kernels. The AVX2 kernels live in
+// linear_avx2.cpp; both compute the same sums, only the summation order differs.
+#include "backends/cpu/linear_cpu.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <vector>
+
+#include "backends/cpu/quant_cpu.h"
+#include "nibble/error.h"
+#include "nibble/quant.h"
+#include "nibble/thread_pool.h"
+#include "quant/gpu_float.h"
+
+namespace nibble::cpu {
+
+namespace {
+std::atomic<bool> g_portable{false};
+}  // namespace
+
+bool use_avx2_kernels() { return has_avx2() && !g_portable.load(std::memory_order_relaxed); }
+void set_portable_kernels(bool on) { g_portable.store(on); }
+
+namespace {
+
+int64_t elem_size(DType dt) { return dtype_bits(dt) / 8; }
+const char* row_ptr(const void* w, DType dt, int64_t row, int64_t K) {
+  return static_cast<const char*>(w) + row * K * elem_size(dt);
+}
+
+// v rounded to dt (F32: unchanged), as torch's cast to that dtype.
+inline float round_to_dtype(float v, DType dt) {
+  switch (dt) {
+    case DType::BF16: return bf16_to_f32(f32_to_bf16(v));
+    case DType::F16: return f16_to_f32(f32_to_f16(v));
+    default: return v;
+  }
+}
+
+// x [M, K] rounded to dt, or x itself when dt is F32.
+const float* rounded_input(const float* x, int64_t M, int64_t K, DType dt, std::vector<float>& buf) {
+  if (dt == DType::F32) return x;
+  buf.resize(size_t(M * K));
+  parallel_for(M * K, 1 << 16, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) buf[size_t(i)] = round_to_dtype(x[i], dt);
+  });
+  return buf.data();
+}
+
+// bias [N] as f32, rounded to round_to (transformers casts the bias to the compute dtype).
+std::vector<float> bias_f32(const void* bias, DType bias_dt, int64_t N, DType round_to) {
+  std::vector<float> b;
+  if (!bias) return b;
+  b.resize(size_t(N));
+  for (int64_t n = 0; n < N; ++n) b[size_t(n)] = round_to_dtype(load_as_f32(bias, bias_dt, n), round_to);
+  return b;
+}
+
+// out[:, n0:n1) = round(out + bias)
+void epilogue(float* out, int64_t M, int64_t N, int64_t n0, int64_t n1, const std::vector<float>& bias,
+              DType round_to) {
+  for (int64_t m = 0; m < M; ++m) {
+    float* o = out + m * N;
+    for (int64_t n = n0; n < n1; ++n) {
+      float v = bias.empty() ? o[n] : o[n] + bias[size_t(n)];
+      o[n] = round_to_dtype(v, round_to);
+    }
+  }
+}
+
+// Units of work per task: at least ~64K multiply-adds, so small ops stay on one thread.
+int64_t grain_for(int64_t unit_macs) { return std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(unit_macs, 1)); }
+
+// ---- portable kernels -------------------------------------------------------------------
+// 8 independent lanes so the compiler can vectorize without reassociating a single sum.
+float dot_portable(const float* a, const float* b, int64_t n) {
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int l = 0; l < 8; ++l) acc[l] += a[i + l] * b[i + l];
+  float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+void gemm_xwt_portable(const float* x, int64_t M, int64_t K, const void* w, DType wdt, int64_t N, float* out,
+                       int64_t ldo) {
+  std::vector<float> row(static_cast<size_t>(K));  // [K] one W row widened to f32
+  for (int64_t n = 0; n < N; ++n) {
+    if (wdt == DType::F32) {
+      std::copy_n(reinterpret_cast<const float*>(row_ptr(w, wdt, n, K)), K, row.data());
+    } else {
+      const uint16_t* h = reinterpret_cast<const uint16_t*>(row_ptr(w, wdt, n, K));
+      if (wdt == DType::F16)
+        for (int64_t k = 0; k < K; ++k) row[size_t(k)] = f16_to_f32(h[k]);
+      else
+        for (int64_t k = 0; k < K; ++k) row[size_t(k)] = bf16_to_f32(h[k]);
+    }
+    for (int64_t m = 0; m < M; ++m) out[m * ldo + n] = dot_portable(x + m * K, row.data(), K);
+  }
+}
+
+}  // namespace
+
+void gemm_xwt_block(const float* x, int64_t M, int64_t K, const void* w, DType wdt, int64_t N, float* out,
+                    int64_t ldo) {
+  if (use_avx2_kernels())
+    avx2::gemm_xwt_block(x, M, K, w, wdt, N, out, ldo);
+  else
+    gemm_xwt_portable(x, M, K, w, wdt, N, out, ldo);
+}
+
+void dequantize_4bit_range(const uint8_t* packed, const float* absmax, int64_t blocksize, DType quant_type,
+                           int64_t e0, int64_t e1, void* out, DType out_dt) {
+  const float* code = dequant_table_4bit(quant_type);
+  const bool simd = use_avx2_kernels();
+  const int64_t es = elem_size(out_dt);
+  auto scalar = [&](int64_t i) {
+    uint8_t byte = packed[i / 2];
+    uint8_t c = i % 2 == 0 ? byte >> 4 : byte & 0x0f;
+    store_from_f32(out, out_dt, i - e0, quant::mul_ftz(code[c], absmax[i / blocksize]));
+  };
+  // Walk block segments: blocks may straddle rows, so the range is cut at block boundaries.
+  for (int64_t i = e0; i < e1;) {
+    const int64_t seg_end = std::min(e1, (i / blocksize + 1) * blocksize);
+    if (simd) {
+      if (i % 2) scalar(i++);
+      const int64_t fast = (seg_end - i) / 8 * 8;
+      if (fast > 0) {
+        avx2::dequant_4bit_span(packed, absmax[i / blocksize], quant_type, i, fast,
+                                static_cast<char*>(out) + (i - e0) * es, out_dt);
+        i += fast;
+      }
+    }
+    for (; i < seg_end; ++i) scalar(i);
+  }
+}
+
+void gemm_i8_block(const int8_t* a, int64_t M, int64_t K, const int8_t* b, int64_t N, int32_t* out, int64_t ldo) {
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) {
+      int32_t acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      const int8_t* ar = a + m * K;
+      const int8_t* br = b + n * K;
+      int64_t k = 0;
+      for (; k + 8 <= K; k += 8)
+        for (int l = 0; l < 8; ++l) acc[l] += int32_t(ar[k + l]) * int32_t(br[k + l]);
+      int32_t s = 0;
+      for (int l = 0; l < 8; ++l) s += acc[l];
+      for (; k < K; ++k) s += int32_t(ar[k]) * int32_t(br[k]);
+      out[m * ldo + n] = s;
+    }
+}
+
+// ---- whole ops ------------------------------------------------------------------------------
+
+void linear(const float* x_in, int64_t M, int64_t K, const void* w, DType wdt, int64_t N, const void* bias,
+            DType bias_dt, DType round_to, float* out) {
+  std::vector<float> xbuf;  // [M, K] x rounded to round_to
+  const float* x = rounded_input(x_in, M, K, round_to, xbuf);
+  const std::vector<float> b = bias_f32(bias, bias_dt, N, round_to);
+  constexpr int64_t kUnit = 8;  // output features per unit of work
+  const int64_t units = (N + kUnit - 1) / kUnit;
+  parallel_for(units, grain_for(kUnit * M * K), [&](int64_t u0, int64_t u1) {
+    const int64_t n0 = u0 * kUnit, n1 = std::min(N, u1 * kUnit);
+    gemm_xwt_block(x, M, K, row_ptr(w, wdt, n0, K), wdt, n1 - n0, out + n0, N);
+    epilogue(out, M, N, n0, n1, b, round_to);
+  });
+}
+
+void linear_4bit(const float* x_in, int64_t M, int64_t K, const uint8_t* packed, const float* absmax,
+                 int64_t blocksize, DType quant_type, int64_t N, const void* bias, DType bias_dt,
+                 DType compute_dtype, float* out) {
+  std::vector<float> xbuf;  // [M, K]
+  const float* x = rounded_input(x_in, M, K, compute_dtype, xbuf);
+  const std::vector<float> b = bias_f32(bias, bias_dt, N, compute_dtype);
+  // Rows of W dequantized per step: a few for GEMV (buffer in L1/L2), more when many rows of
+  // x pass over each chunk; a multiple of 8, and small enough to give every thread work.
+  const int64_t target = M < 4 ? (int64_t(1) << 15) : (int64_t(1) << 18);
+  int64_t rows = std::clamp<int64_t>(target / std::max<int64_t>(K, 1) / 8 * 8, 8, 256);
+  const int64_t per_thread = (N + 2 * num_threads() - 1) / (2 * num_threads());
+  rows = std::max<int64_t>(8, std::min(rows, (per_thread + 7) / 8 * 8));
+  const int64_t units = (N + rows - 1) / rows;
+  const int64_t es = elem_size(compute_dtype);
+  parallel_for(units, grain_for(rows * M * K), [&](int64_t u0, int64_t u1) {
+    static thread_local std::vector<char> wbuf;  // [rows, K] dequantized weight rows, compute dtype
+    wbuf.resize(size_t(rows * K * es));
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t r0 = u * rows, r1 = std::min(N, r0 + rows);
+      dequantize_4bit_range(packed, absmax, blocksize, quant_type, r0 * K, r1 * K, wbuf.data(), compute_dtype);
+      gemm_xwt_block(x, M, K, wbuf.data(), compute_dtype, r1 - r0, out + r0, N);
+    }
+    epilogue(out, M, N, u0 * rows, std::min(N, u1 * rows), b, compute_dtype);
+  });
+}
+
+void linear_int8(const float* x, int64_t M, int64_t K, const int8_t* cb, const float* scb, int64_t N,
+                 const void* bias, DType bias_dt, float threshold, DType act_dtype, float* out) {
+  // 1. A.to(float16), then bitsandbytes' row-wise quantization (outlier columns zeroed).
+  std::vector<uint16_t> xh(static_cast<size_t>(M * K));  // [M, K] f16 bits
+  parallel_for(M * K, 1 << 16, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) xh[size_t(i)] = f32_to_f16(x[i]);
+  });
+  std::vector<int8_t> ca(static_cast<size_t>(M * K));  // [M, K]
+  std::vector<float> sca(static_cast<size_t>(M));       // [M]
+  std::vector<int64_t> outliers;                        // outlier column indices
+  int8_vectorwise_quant(xh.data(), M, K, threshold, ca.data(), sca.data(), &outliers);
+  if (threshold <= 0.0f) outliers.clear();
+  const bool simd = use_avx2_kernels();
+  std::vector<int16_t> ca16;  // [M, K] widened once for the AVX2 kernel
+  if (simd) ca16.assign(ca.begin(), ca.end());
+
+  // Outlier part, in act_dtype: subA = A[:, cols] (the input in its own dtype) and
+  // subB = (CB[:, cols] * SCB * (1/127)).to(act_dtype), as int8_mixed_scaled_mm.
+  const int64_t n_out = int64_t(outliers.size());
+  std::vector<float> sub_a(static_cast<size_t>(M * n_out));  // [M, n_out]
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t c = 0; c < n_out; ++c)
+      sub_a[size_t(m * n_out + c)] = round_to_dtype(x[m * K + outliers[size_t(c)]], act_dtype);
+
+  const bool fused_bias = bias && bias_dt == DType::F16;
+  const std::vector<float> bias_v = bias_f32(bias, bias_dt, N, DType::F32);  // [N] exact values
+  constexpr int64_t kCols = 64;  // columns per int32 tile
+  const int64_t units = (N + kCols - 1) / kCols;
+  parallel_for(units, grain_for(kCols * M * K), [&](int64_t u0, int64_t u1) {
+    static thread_local std::vector<int32_t> acc;  // [M, kCols] int32 products
+    acc.resize(size_t(M * kCols));
+    std::vector<float> sub_b(static_cast<size_t>(n_out));  // [n_out] one column of subB
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t n0 = u * kCols, nc = std::min(N, n0 + kCols) - n0;
+      if (simd)
+        avx2::gemm_i8_block(ca16.data(), M, K, cb + n0 * K, nc, acc.data(), kCols);
+      else
+        gemm_i8_block(ca.data(), M, K, cb + n0 * K, nc, acc.data(), kCols);
+      for (int64_t j = 0; j < nc; ++j) {
+        const int64_t n = n0 + j;
+        // kdequant_mm_int32_fp16 (built with fast math: ftz): fmaf(v * SCA * SCB, 1/127^2, bias)
+        const float bias_h = fused_bias ? bias_v[size_t(n)] : 0.0f;
+        for (int64_t c = 0; c < n_out; ++c)
+          sub_b[size_t(c)] = round_to_dtype(float(cb[n * K + outliers[size_t(c)]]) * scb[n] * 7.874015718698502e-3f,
+                                            act_dtype);
+        for (int64_t m = 0; m < M; ++m) {
+          float p = quant::mul_ftz(quant::mul_ftz(float(acc[size_t(m * kCols + j)]), sca[size_t(m)]), scb[n]);
+          float v = round_to_dtype(quant::ftz(std::fma(p, 6.200012e-05f, bias_h)), DType::F16);
+          if (bias && !fused_bias) v = round_to_dtype(v + bias_v[size_t(n)], DType::F16);  // out.add_(bias)
+          v = round_to_dtype(v, act_dtype);                                                           // .to(A.dtype)
+          if (n_out > 0) {  // output.addmm(subA, subB): f32 accumulation, one rounding
+            float s = 0.0f;
+            for (int64_t c = 0; c < n_out; ++c) s += sub_a[size_t(m * n_out + c)] * sub_b[size_t(c)];
+            v = round_to_dtype(v + s, act_dtype);
+          }
+          out[m * N + n] = v;
+        }
+      }
+    }
+  });
+}
+
+}  // namespace nibble::cpu

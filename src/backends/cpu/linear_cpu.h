@@ -1,0 +1,62 @@
+// CPU backend of the linear ops (dense f32/f16/bf16, bitsandbytes 4-bit, LLM.int8). The
+// main idea: every variant reduces to one blocked kernel, out[M, n-range] = x · W[n-range]^T,
+// run per thread on a contiguous range of output features (so W is streamed once per call);
+// 4-bit weights are first dequantized a few rows at a time into a thread-local buffer of the
+// compute dtype and fed to the same kernel. An AVX2+FMA+F16C version of each inner kernel is
+// picked at run time (has_avx2()); the portable one is plain C++ with 8-lane arrays.
+#pragma once
+
+#include <cstdint>
+
+#include "nibble/dtype.h"
+
+namespace nibble::cpu {
+
+// The AVX2 kernels of this file and nn_cpu.h run when has_avx2() and not switched off here;
+// tests switch them off to check the portable kernels on the same machine.
+bool use_avx2_kernels();
+void set_portable_kernels(bool on);
+
+// ---- whole ops (threaded; pointers are contiguous host buffers) -----------------------------
+// out[M, N] = round(round(x) · W^T + round(bias)), rounding to round_to (F32: none). W: [N, K]
+// of wdt (f32/f16/bf16); bias: [N] of bias_dt or nullptr.
+void linear(const float* x, int64_t M, int64_t K, const void* w, DType wdt, int64_t N, const void* bias,
+            DType bias_dt, DType round_to, float* out);
+
+// The same with a packed 4-bit weight ([N, K] flattened; absmax f32 per block of the
+// flattened tensor), dequantized to compute_dtype exactly as bitsandbytes' dequantize_4bit.
+void linear_4bit(const float* x, int64_t M, int64_t K, const uint8_t* packed, const float* absmax,
+                 int64_t blocksize, DType quant_type, int64_t N, const void* bias, DType bias_dt,
+                 DType compute_dtype, float* out);
+
+// LLM.int8 (bitsandbytes MatMul8bitLt inference). act_dtype is the dtype of the activations
+// in the model (A.dtype in bitsandbytes): the f16 result of the int8 part is converted to it
+// and the outlier part is computed in it. See nn_ops.h.
+void linear_int8(const float* x, int64_t M, int64_t K, const int8_t* cb, const float* scb, int64_t N,
+                 const void* bias, DType bias_dt, float threshold, DType act_dtype, float* out);
+
+// ---- building blocks (single-threaded unless noted) ----------------------------------------
+// out[m * ldo + n] = sum_k x[m * K + k] * w[n * K + k] for m < M, n < N (w: N rows of wdt),
+// f32 accumulation.
+void gemm_xwt_block(const float* x, int64_t M, int64_t K, const void* w, DType wdt, int64_t N, float* out,
+                    int64_t ldo);
+// Elements [e0, e1) of a flattened 4-bit tensor, each quant_map[code] * absmax[i / blocksize]
+// in f32 (flush-to-zero, as the reference) then rounded to out_dt; out[0] is element e0.
+void dequantize_4bit_range(const uint8_t* packed, const float* absmax, int64_t blocksize, DType quant_type,
+                           int64_t e0, int64_t e1, void* out, DType out_dt);
+// out[m * ldo + n] = sum_k a[m * K + k] * b[n * K + k] in int32 (exact).
+void gemm_i8_block(const int8_t* a, int64_t M, int64_t K, const int8_t* b, int64_t N, int32_t* out,
+                   int64_t ldo);
+
+namespace avx2 {
+void gemm_xwt_block(const float* x, int64_t M, int64_t K, const void* w, DType wdt, int64_t N, float* out,
+                    int64_t ldo);
+// count values from element e (even; count a multiple of 8), all in one block (one absmax).
+void dequant_4bit_span(const uint8_t* packed, float absmax, DType quant_type, int64_t e, int64_t count,
+                       void* out, DType out_dt);
+// a16: the int8 activations widened to int16 ([M, K]).
+void gemm_i8_block(const int16_t* a16, int64_t M, int64_t K, const int8_t* b, int64_t N, int32_t* out,
+                   int64_t ldo);
+}  // namespace avx2
+
+}  // namespace nibble::cpu

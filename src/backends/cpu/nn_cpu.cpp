@@ -1,0 +1,179 @@
+// CPU norms, activations, rotary embedding and attention. The float operations follow
+// transformers' f32 code path (LlamaRMSNorm, torch's layer_norm/silu/gelu, HF rotate_half,
+// eager attention) in the same order where that order changes a rounding; reductions
+// (norm statistics) are taken in double, which is at least as close to torch's f32 sums as
+// any other order.
+#include "backends/cpu/nn_cpu.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "backends/cpu/linear_cpu.h"
+#include "nibble/thread_pool.h"
+
+namespace nibble::cpu {
+
+namespace {
+
+// Rows per task so that each task touches at least ~32K values.
+int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(cols, 1)); }
+
+std::vector<float> to_f32(const void* p, DType dt, int64_t n) {
+  std::vector<float> v(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) v[size_t(i)] = load_as_f32(p, dt, i);
+  return v;
+}
+
+inline float act1(float x, Act a) {
+  switch (a) {
+    case Act::SiLU: return x / (1.0f + std::exp(-x));
+    case Act::GeluErf: return x * 0.5f * (1.0f + std::erf(x * 0.707106781186547524f));
+    case Act::GeluTanh: {
+      const float beta = 0.797884560802865355f, kappa = 0.044715f;  // sqrt(2/pi)
+      float inner = beta * (x + kappa * (x * x * x));
+      return 0.5f * x * (1.0f + std::tanh(inner));
+    }
+    case Act::ReLU: return (x > 0.0f || std::isnan(x)) ? x : 0.0f;
+  }
+  return x;
+}
+
+float dot_portable(const float* a, const float* b, int64_t n) {
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int l = 0; l < 8; ++l) acc[l] += a[i + l] * b[i + l];
+  float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+}  // namespace
+
+void rms_norm(const float* x, int64_t M, int64_t C, const void* w, DType wdt, float eps, bool add_unit_offset,
+              float* out) {
+  std::vector<float> wf = to_f32(w, wdt, C);  // [C]
+  if (add_unit_offset)
+    for (float& v : wf) v = 1.0f + v;  // Gemma: (1.0 + weight.float())
+  parallel_for(M, row_grain(C), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* xr = x + r * C;
+      double ss = 0.0;
+      for (int64_t c = 0; c < C; ++c) ss += double(xr[c] * xr[c]);
+      const float variance = float(ss / double(C));
+      const float inv = 1.0f / std::sqrt(variance + eps);  // torch.rsqrt
+      float* o = out + r * C;
+      for (int64_t c = 0; c < C; ++c) o[c] = wf[size_t(c)] * (xr[c] * inv);
+    }
+  });
+}
+
+void layer_norm(const float* x, int64_t M, int64_t C, const void* w, DType wdt, const void* b, DType bdt, float eps,
+                float* out) {
+  std::vector<float> wf = to_f32(w, wdt, C), bf = b ? to_f32(b, bdt, C) : std::vector<float>(size_t(C), 0.0f);
+  parallel_for(M, row_grain(C), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* xr = x + r * C;
+      double s = 0.0;
+      for (int64_t c = 0; c < C; ++c) s += xr[c];
+      const double mean = s / double(C);
+      double ss = 0.0;
+      for (int64_t c = 0; c < C; ++c) ss += (xr[c] - mean) * (xr[c] - mean);
+      const float rstd = 1.0f / std::sqrt(float(ss / double(C)) + eps);  // biased variance
+      const float mean_f = float(mean);
+      float* o = out + r * C;
+      for (int64_t c = 0; c < C; ++c) o[c] = (xr[c] - mean_f) * rstd * wf[size_t(c)] + bf[size_t(c)];
+    }
+  });
+}
+
+void activate(float* x, int64_t n, Act a) {
+  parallel_for(n, 16384, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) x[i] = act1(x[i], a);
+  });
+}
+
+void gated_activation(const float* gate, const float* up, int64_t n, Act a, float* out) {
+  parallel_for(n, 16384, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) out[i] = act1(gate[i], a) * up[i];
+  });
+}
+
+void apply_rope(float* x, int64_t T, int64_t H, int64_t D, const float* cos, const float* sin, int64_t rot_dim) {
+  const int64_t half = rot_dim / 2;
+  parallel_for(T * H, row_grain(rot_dim), [&](int64_t b, int64_t e) {
+    for (int64_t th = b; th < e; ++th) {
+      const int64_t t = th / H;
+      float* v = x + th * D;
+      const float* c = cos + t * half;
+      const float* s = sin + t * half;
+      for (int64_t d = 0; d < half; ++d) {
+        // q * cos + rotate_half(q) * sin, two rounded products then one add (as torch)
+        const float a = v[d], bb = v[d + half];
+        v[d] = a * c[d] - bb * s[d];
+        v[d + half] = bb * c[d] + a * s[d];
+      }
+    }
+  });
+}
+
+void attention(const float* q, const float* k, const float* v, const AttentionShape& a, float* out) {
+  const int64_t group = a.Hq / a.Hkv;
+  const int64_t ldq = a.Hq * a.D, ldk = a.Hkv * a.D, ldv = a.Hkv * a.Dv;
+  const bool simd = use_avx2_kernels();
+  // Work items ordered (head, row): consecutive items share the head's K/V in cache.
+  parallel_for(a.Hq * a.T, std::max<int64_t>(1, 4096 / std::max<int64_t>(a.S * a.D, 1)), [&](int64_t b, int64_t e) {
+    static thread_local std::vector<float> scores;  // [S] scores, then probabilities
+    static thread_local std::vector<float> acc;     // [Dv]
+    scores.resize(size_t(std::max<int64_t>(a.S, 1)));
+    acc.resize(size_t(std::max<int64_t>(a.Dv, 1)));
+    for (int64_t item = b; item < e; ++item) {
+      const int64_t h = item / a.T, i = item % a.T, kvh = h / group;
+      const int64_t pos = a.q_offset + i;
+      const int64_t hi = std::min(a.S - 1, pos);  // causal: j <= pos
+      const int64_t lo = a.window > 0 ? std::max<int64_t>(0, pos - a.window + 1) : 0;
+      float* o = out + (i * a.Hq + h) * a.Dv;
+      if (hi < lo) {  // no visible key: zeros (torch would give NaN)
+        std::fill(o, o + a.Dv, 0.0f);
+        continue;
+      }
+      const int64_t n = hi - lo + 1;
+      const float* qi = q + i * ldq + h * a.D;
+      const float* k0 = k + lo * ldk + kvh * a.D;
+      const float* v0 = v + lo * ldv + kvh * a.Dv;
+      float* s = scores.data();
+      if (simd) {
+        avx2::qk_dots(qi, k0, ldk, a.D, n, s);
+      } else {
+        for (int64_t j = 0; j < n; ++j) s[j] = dot_portable(qi, k0 + j * ldk, a.D);
+      }
+      float mx = -std::numeric_limits<float>::infinity();
+      const float slope = a.alibi ? a.alibi[h] : 0.0f;
+      for (int64_t j = 0; j < n; ++j) {
+        float x = s[j] * a.scale;
+        if (a.softcap > 0.0f) x = std::tanh(x / a.softcap) * a.softcap;  // Gemma2, before the mask
+        if (a.alibi) x += slope * float(lo + j);                          // Bloom: slope * key index
+        s[j] = x;
+        mx = std::max(mx, x);
+      }
+      float sum = 0.0f;
+      for (int64_t j = 0; j < n; ++j) {
+        s[j] = std::exp(s[j] - mx);
+        sum += s[j];
+      }
+      if (simd) {
+        avx2::pv_sum(s, v0, ldv, a.Dv, n, acc.data());
+      } else {
+        std::fill(acc.begin(), acc.end(), 0.0f);
+        for (int64_t j = 0; j < n; ++j)
+          for (int64_t d = 0; d < a.Dv; ++d) acc[size_t(d)] += s[j] * v0[j * ldv + d];
+      }
+      const float inv = 1.0f / sum;
+      for (int64_t d = 0; d < a.Dv; ++d) o[d] = acc[size_t(d)] * inv;
+    }
+  });
+}
+
+}  // namespace nibble::cpu

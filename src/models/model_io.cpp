@@ -1,0 +1,136 @@
+// What a loaded CausalLM reports and writes: its module list (names and transformers' class
+// names), get_memory_footprint, and save_pretrained in the layout transformers + bitsandbytes
+// write (config.json with the full quantization_config, generation_config.json, weights with
+// bitsandbytes' serialized quant state), every file written atomically.
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "models/causal_lm_impl.h"
+#include "nibble/error.h"
+
+namespace nibble {
+
+using detail::str;
+
+std::vector<ModuleInfo> CausalLM::modules() const {
+  const Impl& m = *impl_;
+  const models::ArchSpec& s = *m.spec;
+  std::vector<ModuleInfo> out;
+  const std::string P = s.prefix;
+  out.push_back({P + s.embed, "Embedding"});
+  if (m.pos_embed.defined()) out.push_back({P + s.pos_embed, s.pos_offset ? "OPTLearnedPositionalEmbedding" : "Embedding"});
+  if (m.embed_norm.defined()) out.push_back({P + s.embed_norm, s.norm_class});
+  for (size_t i = 0; i < m.layers.size(); ++i) {
+    const DecoderLayer& L = m.layers[i];
+    std::string lp = P + s.layers + "." + std::to_string(i) + ".";
+    out.push_back({lp + s.attn_norm, s.norm_class});
+    for (const auto& l : L.qkv) out.push_back({l.name, l.lin.class_name()});
+    out.push_back({L.o.name, L.o.lin.class_name()});
+    if (L.q_norm.defined()) {
+      out.push_back({lp + s.attn + "." + s.q_norm, s.norm_class});
+      out.push_back({lp + s.attn + "." + s.k_norm, s.norm_class});
+    }
+    if (L.post_attn_norm.defined()) out.push_back({lp + s.post_attn_norm, s.norm_class});
+    out.push_back({lp + s.mlp_norm, s.norm_class});
+    for (const auto& l : L.mlp) out.push_back({l.name, l.lin.class_name()});
+    if (L.post_mlp_norm.defined()) out.push_back({lp + s.post_mlp_norm, s.norm_class});
+  }
+  out.push_back({P + s.final_norm, s.norm_class});
+  out.push_back({m.lm_head.name, m.lm_head.lin.class_name()});
+  return out;
+}
+
+int64_t CausalLM::get_memory_footprint() const {
+  const Impl& m = *impl_;
+  auto bytes = [](const Tensor& t) { return t.defined() ? int64_t(t.nbytes()) : 0; };
+  auto norm_bytes = [&](const Norm& n) { return bytes(n.w) + bytes(n.b); };
+  int64_t b = bytes(m.embed) + bytes(m.pos_embed) + norm_bytes(m.embed_norm) + norm_bytes(m.final_norm);
+  for (const auto& L : m.layers) {
+    for (const Norm* n : {&L.attn_norm, &L.mlp_norm, &L.post_attn_norm, &L.post_mlp_norm, &L.q_norm, &L.k_norm})
+      b += norm_bytes(*n);
+    for (const auto& l : L.qkv) b += l.lin.footprint_bytes();
+    b += L.o.lin.footprint_bytes();
+    for (const auto& l : L.mlp) b += l.lin.footprint_bytes();
+  }
+  if (!m.tied_head) b += m.lm_head.lin.footprint_bytes();
+  // buffers: the rotary embedding keeps inv_freq and original_inv_freq (f32, rot_dim / 2 each)
+  if (m.spec->pos == models::PosKind::Rope) b += 2 * ((m.config.rope_dim() + 1) / 2) * 4;
+  return b;
+}
+
+namespace {
+
+void put_linear(std::map<std::string, Tensor>& sd, const NamedLinear& nl) {
+  const nn::Linear& l = nl.lin;
+  if (l.bias().defined()) sd[nl.name + ".bias"] = l.bias();
+  switch (l.format()) {
+    case nn::WeightFormat::Fp: sd[nl.name + ".weight"] = l.weight(); break;
+    case nn::WeightFormat::Nf4:
+    case nn::WeightFormat::Fp4:
+      sd[nl.name + ".weight"] = l.weight();
+      for (auto& [k, v] : quant_state_to_dict(l.quant_state())) sd[nl.name + ".weight." + k] = v;
+      break;
+    case nn::WeightFormat::Int8:
+      sd[nl.name + ".weight"] = l.weight();
+      sd[nl.name + ".SCB"] = l.scb();
+      sd[nl.name + ".weight_format"] = Tensor::from_vector<uint8_t>({}, DType::U8, {0});
+      break;
+  }
+}
+
+void put_norm(std::map<std::string, Tensor>& sd, const std::string& name, const Norm& n) {
+  if (!n.defined()) return;
+  sd[name + ".weight"] = n.w;
+  if (n.b.defined()) sd[name + ".bias"] = n.b;
+}
+
+void write_json(const std::filesystem::path& p, const nlohmann::ordered_json& j) {
+  std::string text = j.dump(2) + "\n";
+  write_file_atomic(p, text.data(), text.size());
+}
+
+}  // namespace
+
+void CausalLM::save_pretrained(const std::filesystem::path& dir) const {
+  const Impl& m = *impl_;
+  const models::ArchSpec& s = *m.spec;
+  if (s.conv1d && m.qc)
+    throw UnsupportedError("save_pretrained: quantized GPT-2 (Conv1D) checkpoints are not written yet");
+  std::map<std::string, Tensor> sd;
+  const std::string P = s.prefix;
+  sd[P + s.embed + ".weight"] = m.embed;
+  if (m.pos_embed.defined()) sd[P + s.pos_embed + ".weight"] = m.pos_embed;
+  put_norm(sd, P + s.embed_norm, m.embed_norm);
+  for (size_t i = 0; i < m.layers.size(); ++i) {
+    const DecoderLayer& L = m.layers[i];
+    std::string lp = P + s.layers + "." + std::to_string(i) + ".";
+    put_norm(sd, lp + s.attn_norm, L.attn_norm);
+    put_norm(sd, lp + s.mlp_norm, L.mlp_norm);
+    put_norm(sd, lp + s.post_attn_norm, L.post_attn_norm);
+    put_norm(sd, lp + s.post_mlp_norm, L.post_mlp_norm);
+    put_norm(sd, lp + s.attn + "." + s.q_norm, L.q_norm);
+    put_norm(sd, lp + s.attn + "." + s.k_norm, L.k_norm);
+    for (const auto& l : L.qkv) put_linear(sd, l);
+    put_linear(sd, L.o);
+    for (const auto& l : L.mlp) put_linear(sd, l);
+  }
+  put_norm(sd, P + s.final_norm, m.final_norm);
+  if (!m.tied_head) put_linear(sd, m.lm_head);
+  if (s.conv1d)  // back to Conv1D's [in, out]
+    for (auto& [k, v] : sd)
+      if (k.ends_with(".weight") && v.dim() == 2 && k.find(s.embed) == std::string::npos &&
+          k.find(s.pos_embed.empty() ? "\x01" : s.pos_embed) == std::string::npos)
+        v = v.transpose(0, 1).contiguous();
+
+  std::filesystem::create_directories(dir);
+  save_safetensors(dir / "model.safetensors", sd);
+  nlohmann::ordered_json config = m.config.raw;
+  if (m.qc) config["quantization_config"] = nlohmann::ordered_json(m.qc->to_dict());
+  write_json(dir / "config.json", config);
+  nlohmann::ordered_json gen = m.generation.raw.is_null() ? nlohmann::ordered_json::object()
+                                                           : nlohmann::ordered_json(m.generation.raw);
+  write_json(dir / "generation_config.json", gen);
+}
+
+}  // namespace nibble

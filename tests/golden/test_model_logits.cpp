@@ -1,0 +1,104 @@
+// Every model under $NIBBLE_FIXTURES/models/: logits and greedy tokens of nibble's CPU forward
+// pass against transformers' (reference.safetensors), for fp32, for the fp32 weights quantized
+// while loading (nf4 + double quant, fp4, int8, with the configs transformers used), and for
+// the folders transformers + bitsandbytes saved. Tolerance: max |diff| / max |logit|.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+
+#include "nibble/bnb_config.h"
+#include "nibble/model.h"
+#include "nibble/safetensors.h"
+#include "test_support.h"
+
+namespace fs = std::filesystem;
+using namespace nibble;
+
+namespace {
+
+std::vector<fs::path> model_dirs() {
+  std::vector<fs::path> out;
+  for (const auto& e : fs::directory_iterator(test::fixtures_root() / "models"))
+    if (fs::exists(e.path() / "reference.safetensors")) out.push_back(e.path());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+std::vector<int64_t> row(const Tensor& t, int64_t r, int64_t n) {
+  std::vector<int64_t> v;
+  for (int64_t i = 0; i < n; ++i) v.push_back(t.data<int64_t>()[r * t.size(1) + i]);
+  return v;
+}
+
+double tolerance(const std::string& variant) {
+  if (variant == "fp32") return 1e-4;
+  if (variant == "int8") return 2e-2;
+  return 1e-3;
+}
+
+
+void check_model(const fs::path& dir, const std::string& variant, const CausalLM& model, bool check_greedy) {
+  SafetensorsFile ref = SafetensorsFile::open(dir / "reference.safetensors");
+  Tensor ids = ref.get("input_ids");  // [B, T]
+  Tensor want = ref.get(variant + ".logits");
+  const int64_t B = ids.size(0), T = ids.size(1), V = want.size(2);
+  double max_ref = 0, max_diff = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    Tensor logits = model.forward(row(ids, b, T));
+    ASSERT_EQ(logits.shape(), (Shape{T, V}));
+    for (int64_t i = 0; i < T * V; ++i) {
+      double w = want.data<float>()[b * T * V + i];
+      max_ref = std::max(max_ref, std::fabs(w));
+      max_diff = std::max(max_diff, std::fabs(w - double(logits.data<float>()[i])));
+    }
+  }
+  double rel = max_diff / max_ref;
+  EXPECT_LE(rel, tolerance(variant)) << "max diff " << max_diff << " of max |logit| " << max_ref;
+  std::printf("[ logits ] %-10s %-7s max|diff|/max|logit| = %.3e\n", dir.filename().string().c_str(), variant.c_str(), rel);
+  Tensor greedy = ref.get(variant + ".greedy");  // [1, 8 + 16]
+  std::vector<int64_t> prompt = row(ids, 0, 8);
+  std::vector<int64_t> got = model.generate_greedy(prompt, greedy.size(1) - 8);
+  std::vector<int64_t> expect = row(greedy, 0, greedy.size(1));
+  if (check_greedy) {
+    EXPECT_EQ(got, expect);
+  } else if (got != expect) {
+    std::cout << "[ info ] " << dir.filename().string() << "/" << variant << ": greedy tokens differ from transformers' (reported, not required)\n";
+  }
+}
+
+}  // namespace
+
+TEST(ModelLogits, Fp32) {
+  for (const auto& dir : model_dirs()) {
+    SCOPED_TRACE(dir.filename().string());
+    CausalLM model = AutoModelForCausalLM::from_pretrained(dir / "fp32");
+    check_model(dir, "fp32", model, true);
+  }
+}
+
+TEST(ModelLogits, QuantizedWhileLoading) {
+  for (const auto& dir : model_dirs()) {
+    for (const char* variant : {"nf4_dq", "fp4", "int8"}) {
+      if (!fs::exists(dir / variant / "config.json")) continue;
+      SCOPED_TRACE(dir.filename().string() + "/" + variant + " (quantized while loading)");
+      LoadOptions opts;
+      opts.quantization_config = BitsAndBytesConfig::from_config_json(dir / variant / "config.json");
+      CausalLM model = AutoModelForCausalLM::from_pretrained(dir / "fp32", opts);
+      check_model(dir, variant, model, std::string(variant) != "int8");
+    }
+  }
+}
+
+TEST(ModelLogits, SavedQuantizedFolders) {
+  for (const auto& dir : model_dirs()) {
+    for (const char* variant : {"nf4_dq", "fp4", "int8"}) {
+      if (!fs::exists(dir / variant / "config.json")) continue;
+      SCOPED_TRACE(dir.filename().string() + "/" + variant + " (saved by bitsandbytes)");
+      CausalLM model = AutoModelForCausalLM::from_pretrained(dir / variant);
+      ASSERT_TRUE(model.is_quantized());
+      check_model(dir, variant, model, std::string(variant) != "int8");
+    }
+  }
+}

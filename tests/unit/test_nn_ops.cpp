@@ -1,0 +1,308 @@
+// The linear ops (dense, 4-bit, LLM.int8) against the scalar references of ops/nn_ref.h on
+// fresh random inputs and awkward shapes (M = 1, odd M, K and N off every SIMD width and
+// blocksize), through the public op and through the backend with a NaN-poisoned output
+// buffer; the AVX2 and portable kernels must agree with the reference alike. Also the
+// shape/dtype errors.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "backends/cpu/linear_cpu.h"
+#include "backends/cpu/quant_cpu.h"
+#include "nibble/quant.h"
+#include "nibble/thread_pool.h"
+#include "ops/nn_ops.h"
+#include "ops/nn_ref.h"
+#include "quant/reference.h"
+#include "test_support.h"
+
+using namespace nibble;
+
+namespace {
+
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+
+// Spacing of dt's values around v (the error one output rounding may add).
+double ulp(DType dt, double v) {
+  const int mant = dt == DType::BF16 ? 7 : dt == DType::F16 ? 10 : 23;
+  const int min_exp = dt == DType::F16 ? -14 : -126;
+  int e = v == 0.0 ? min_exp : std::max(min_exp, std::ilogb(v));
+  return std::ldexp(1.0, e - mant);
+}
+
+// y (f32 [M, N]) against the exact ref: f32 accumulation error (bounded by the lane-wise
+// summation over K) plus one rounding to round_to.
+void expect_close(const float* y, const Tensor& ref, const Tensor& mag, int64_t K, DType round_to) {
+  const double gamma = (double(K) / 8 + double(K) / 512 + 8) * std::ldexp(1.0, -24);
+  const int64_t n = ref.numel();
+  int bad = 0;
+  for (int64_t i = 0; i < n && bad < 5; ++i) {
+    const double r = ref.data<double>()[i], m = mag.data<double>()[i];
+    const double tol = gamma * m + (round_to == DType::F32 ? 0.0 : ulp(round_to, std::fabs(r) + gamma * m)) + 1e-30;
+    if (!(std::fabs(double(y[i]) - r) <= tol)) {
+      ADD_FAILURE() << "element " << i << ": got " << y[i] << ", reference " << r << " (tolerance " << tol << ")";
+      ++bad;
+    }
+  }
+}
+
+struct Shape3 {
+  int64_t M, N, K;
+};
+
+// Hand-picked awkward shapes plus a few random ones.
+std::vector<Shape3> shapes(std::mt19937_64& rng) {
+  std::vector<Shape3> s = {{1, 1, 1},   {1, 9, 7},    {1, 33, 64},  {1, 100, 517}, {2, 17, 65},
+                           {3, 5, 63},  {4, 8, 8},    {5, 31, 129}, {7, 40, 1000}, {13, 3, 520},
+                           {67, 45, 96}, {1, 256, 1024}, {9, 70, 33}};
+  std::uniform_int_distribution<int64_t> m(1, 20), n(1, 80), k(1, 700);
+  for (int i = 0; i < 4; ++i) s.push_back({m(rng), n(rng), k(rng)});
+  return s;
+}
+
+// Selects the portable kernels for its lifetime (the AVX2 ones otherwise, where the CPU has them).
+struct KernelMode {
+  explicit KernelMode(bool portable) { cpu::set_portable_kernels(portable); }
+  ~KernelMode() { cpu::set_portable_kernels(false); }
+};
+
+Tensor random_bias(int64_t N, int kind, std::mt19937_64& rng) {
+  if (kind == 0) return Tensor();
+  return test::random_normal({N}, kind == 1 ? DType::F32 : DType::BF16, rng);
+}
+
+}  // namespace
+
+TEST(NnOpsLinear, MatchesReference) {
+  const uint64_t seed = test::fresh_seed();
+  SCOPED_TRACE(testing::Message() << "seed " << seed);
+  std::mt19937_64 rng(seed);
+  for (const Shape3& s : shapes(rng))
+    for (DType wdt : {DType::F32, DType::F16, DType::BF16})
+      for (DType rt : {DType::F32, DType::BF16, DType::F16}) {
+        SCOPED_TRACE(testing::Message() << "M=" << s.M << " N=" << s.N << " K=" << s.K << " w=" << dtype_name(wdt)
+                                        << " round_to=" << dtype_name(rt));
+        Tensor x = test::random_normal({s.M, s.K}, DType::F32, rng);
+        Tensor w = test::random_normal({s.N, s.K}, wdt, rng, 0.2f);
+        Tensor b = random_bias(s.N, int(rng() % 3), rng);
+        Tensor mag;
+        Tensor ref = ops::ref::linear(x, w, b, rt, &mag);
+        for (bool portable : {false, true}) {
+          SCOPED_TRACE(portable ? "portable kernels" : "default kernels");
+          KernelMode mode(portable);
+          Tensor y = ops::linear(x, w, b, rt);
+          ASSERT_EQ(y.shape(), (Shape{s.M, s.N}));
+          expect_close(y.data<float>(), ref, mag, s.K, rt);
+          // the backend with a poisoned output: every element must be written
+          std::vector<float> out(static_cast<size_t>(s.M * s.N), kNaN);
+          cpu::linear(x.data<float>(), s.M, s.K, w.data_ptr(), wdt, s.N, b.defined() ? b.data_ptr() : nullptr,
+                      b.defined() ? b.dtype() : DType::F32, rt, out.data());
+          expect_close(out.data(), ref, mag, s.K, rt);
+        }
+      }
+}
+
+TEST(NnOpsLinear, BlockKernelEdges) {
+  // The blocked kernel on its tile edges (M around the 4-row block, K around KC = 512, N not
+  // a multiple of the tile width) into a wider output: no write outside the block.
+  const uint64_t seed = test::fresh_seed();
+  SCOPED_TRACE(testing::Message() << "seed " << seed);
+  std::mt19937_64 rng(seed);
+  for (bool portable : {false, true})
+  for (int64_t M : {1, 2, 3, 4, 5, 6, 8, 11})
+    for (int64_t K : {511, 512, 513, 1031})
+      for (DType wdt : {DType::F32, DType::F16, DType::BF16}) {
+        KernelMode mode(portable);
+        const int64_t N = 37, ldo = N + 3;
+        SCOPED_TRACE(testing::Message() << "M=" << M << " K=" << K << " " << dtype_name(wdt) << " portable=" << portable);
+        Tensor x = test::random_normal({M, K}, DType::F32, rng);
+        Tensor w = test::random_normal({N, K}, wdt, rng);
+        std::vector<float> out(static_cast<size_t>(M * ldo), kNaN);
+        cpu::gemm_xwt_block(x.data<float>(), M, K, w.data_ptr(), wdt, N, out.data(), ldo);
+        Tensor mag;
+        Tensor ref = ops::ref::linear(x, w, Tensor(), DType::F32, &mag);
+        std::vector<float> packed(static_cast<size_t>(M * N));
+        for (int64_t m = 0; m < M; ++m)
+          for (int64_t n = 0; n < ldo; ++n) {
+            if (n < N)
+              packed[size_t(m * N + n)] = out[size_t(m * ldo + n)];
+            else
+              EXPECT_TRUE(std::isnan(out[size_t(m * ldo + n)])) << "wrote past the block at " << m << "," << n;
+          }
+        expect_close(packed.data(), ref, mag, K, DType::F32);
+      }
+}
+
+TEST(NnOpsLinear, ThreadCountDoesNotMatterAndLeadingDims) {
+  std::mt19937_64 rng(test::fresh_seed());
+  Tensor x = test::random_normal({2, 3, 300}, DType::F32, rng);
+  Tensor w = test::random_normal({77, 300}, DType::BF16, rng);
+  const int before = num_threads();
+  set_num_threads(1);
+  Tensor a = ops::linear(x, w, Tensor());
+  set_num_threads(3);
+  Tensor b = ops::linear(x, w, Tensor());
+  set_num_threads(before);
+  ASSERT_EQ(a.shape(), (Shape{2, 3, 77}));
+  EXPECT_EQ(0, std::memcmp(a.data_ptr(), b.data_ptr(), a.nbytes()));
+}
+
+TEST(NnOpsLinear4bit, MatchesDequantizeThenMatmul) {
+  const uint64_t seed = test::fresh_seed();
+  SCOPED_TRACE(testing::Message() << "seed " << seed);
+  std::mt19937_64 rng(seed);
+  const std::vector<Shape3> cases = {{1, 7, 64},  {1, 64, 100},  {3, 9, 30},   {4, 33, 128}, {1, 5, 31},
+                                     {7, 21, 200}, {2, 130, 512}, {18, 40, 96}, {1, 300, 1000}};
+  for (const Shape3& s : cases)
+    for (DType qt : {DType::NF4, DType::FP4})
+      for (bool dq : {false, true})
+        for (DType cdt : {DType::F32, DType::BF16, DType::F16}) {
+          const int64_t bs = (rng() % 2) ? 64 : int64_t(32) << (rng() % 4);
+          SCOPED_TRACE(testing::Message() << "M=" << s.M << " N=" << s.N << " K=" << s.K << " " << dtype_name(qt)
+                                          << " dq=" << dq << " bs=" << bs << " compute=" << dtype_name(cdt));
+          Tensor w = test::random_normal({s.N, s.K}, DType::BF16, rng, 0.1f);
+          Quantized4 q = quantize_4bit(w, qt, bs, dq);
+          Tensor x = test::random_normal({s.M, s.K}, DType::F32, rng);
+          Tensor b = random_bias(s.N, int(rng() % 3), rng);
+          Tensor mag;
+          Tensor ref = ops::ref::linear_4bit(x, q.packed, q.state, b, cdt, &mag);
+          KernelMode mode(rng() % 2 == 0);  // AVX2 or portable, at random
+          Tensor y = ops::linear_4bit(x, q.packed, q.state, b, cdt);
+          expect_close(y.data<float>(), ref, mag, s.K, cdt);
+          // the cached-absmax overload and the backend with a poisoned output
+          Tensor absmax = dequantize_absmax(q.state);
+          Tensor y2 = ops::linear_4bit(x, q.packed, q.state, absmax, b, cdt);
+          EXPECT_EQ(0, std::memcmp(y.data_ptr(), y2.data_ptr(), y.nbytes()));
+          std::vector<float> out(static_cast<size_t>(s.M * s.N), kNaN);
+          cpu::linear_4bit(x.data<float>(), s.M, s.K, q.packed.data<uint8_t>(), absmax.data<float>(), bs, qt, s.N,
+                           b.defined() ? b.data_ptr() : nullptr, b.defined() ? b.dtype() : DType::F32, cdt,
+                           out.data());
+          expect_close(out.data(), ref, mag, s.K, cdt);
+        }
+}
+
+TEST(NnOpsLinear4bit, DequantizeRangeMatchesReference) {
+  // Arbitrary element ranges (odd starts, blocks straddling rows) give the reference's values.
+  const uint64_t seed = test::fresh_seed();
+  SCOPED_TRACE(testing::Message() << "seed " << seed);
+  std::mt19937_64 rng(seed);
+  const int64_t n = 5001;
+  Tensor w = test::random_normal({n}, DType::F32, rng);
+  for (DType qt : {DType::NF4, DType::FP4})
+    for (int64_t bs : {32, 64, 256}) {
+      Quantized4 q = quantize_4bit(w, qt, bs, false);
+      for (DType odt : {DType::F32, DType::F16, DType::BF16}) {
+        KernelMode mode(rng() % 2 == 0);
+        Tensor full = Tensor::empty({n}, odt);
+        quant::ref::dequantize_4bit(q.packed.data<uint8_t>(), q.state.absmax.data<float>(), n, bs, qt,
+                                    full.data_ptr(), odt);
+        for (int t = 0; t < 20; ++t) {
+          int64_t e0 = int64_t(rng() % n), e1 = std::min<int64_t>(n, e0 + int64_t(rng() % 700));
+          SCOPED_TRACE(testing::Message() << dtype_name(qt) << " bs=" << bs << " " << dtype_name(odt) << " [" << e0
+                                          << ", " << e1 << ")");
+          const int64_t es = dtype_bits(odt) / 8;
+          std::vector<uint8_t> out(static_cast<size_t>((e1 - e0 + 1) * es), 0xff);
+          cpu::dequantize_4bit_range(q.packed.data<uint8_t>(), q.state.absmax.data<float>(), bs, qt, e0, e1,
+                                     out.data(), odt);
+          ASSERT_EQ(0, std::memcmp(out.data(), static_cast<char*>(full.data_ptr()) + e0 * es, size_t((e1 - e0) * es)));
+          ASSERT_EQ(0xff, out[size_t((e1 - e0) * es)]) << "wrote past the range";
+        }
+      }
+    }
+}
+
+TEST(NnOpsLinearInt8, MatchesBitsandbytesAlgorithm) {
+  const uint64_t seed = test::fresh_seed();
+  SCOPED_TRACE(testing::Message() << "seed " << seed);
+  std::mt19937_64 rng(seed);
+  const std::vector<Shape3> cases = {{1, 7, 64}, {1, 50, 33}, {3, 9, 30},   {4, 33, 128},
+                                     {7, 21, 200}, {2, 130, 515}, {18, 40, 96}, {1, 200, 1000}};
+  for (const Shape3& s : cases)
+    for (float threshold : {0.0f, 6.0f})
+      for (DType act : {DType::F16, DType::F32, DType::BF16})
+        for (int bias_kind = 0; bias_kind < 3; ++bias_kind) {
+          SCOPED_TRACE(testing::Message() << "M=" << s.M << " N=" << s.N << " K=" << s.K << " threshold=" << threshold
+                                          << " act=" << dtype_name(act) << " bias=" << bias_kind);
+          Tensor w = test::random_normal({s.N, s.K}, DType::F16, rng, 0.05f);
+          Int8Rowwise wq = int8_vectorwise_quant(w, 0.0f);
+          Tensor x = test::random_normal({s.M, s.K}, DType::F32, rng);
+          // a few outlier columns (|x| >= 6) in some rows
+          for (int o = 0; o < 3; ++o) {
+            int64_t m = int64_t(rng() % s.M), k = int64_t(rng() % s.K);
+            x.data<float>()[m * s.K + k] = (rng() % 2 ? 1.0f : -1.0f) * (6.0f + float(rng() % 100) / 10.0f);
+          }
+          Tensor b = bias_kind == 0 ? Tensor() : test::random_normal({s.N}, bias_kind == 1 ? DType::F16 : DType::F32, rng);
+          Tensor ref = ops::ref::linear_int8(x, wq.CA, wq.SCA, b, threshold, act);
+          KernelMode mode(rng() % 2 == 0);
+          Tensor y = ops::linear_int8(x, wq.CA, wq.SCA, b, threshold, act);
+          std::vector<float> out(static_cast<size_t>(s.M * s.N), kNaN);
+          cpu::linear_int8(x.data<float>(), s.M, s.K, wq.CA.data<int8_t>(), wq.SCA.data<float>(), s.N,
+                           b.defined() ? b.data_ptr() : nullptr, b.defined() ? b.dtype() : DType::F32, threshold, act,
+                           out.data());
+          double scale = 0.0;
+          for (int64_t i = 0; i < s.M * s.N; ++i) scale = std::max(scale, double(std::fabs(ref.data<float>()[i])));
+          for (int64_t i = 0; i < s.M * s.N; ++i) {
+            const float r = ref.data<float>()[i];
+            // the int8 part is bit exact; the outlier sum (f32 here, double in the reference) may
+            // differ in its last bits, which can move the final rounding by one step of act_dtype
+            const double tol = threshold > 0.0f ? ulp(act, std::fabs(r)) * 1.01 + 1e-6 * scale : 0.0;
+            ASSERT_LE(std::fabs(double(y.data<float>()[i]) - r), tol) << "element " << i;
+            ASSERT_LE(std::fabs(double(out[size_t(i)]) - r), tol) << "element " << i << " (backend)";
+          }
+        }
+}
+
+TEST(NnOpsLinearInt8, CloseToFloatMatmulWithOutliers) {
+  // Sanity of the decomposition itself: with outliers split off, the result stays within
+  // int8 quantization error of the f32 matmul of the dequantized weight; without the split
+  // (threshold 0) an outlier of 50 destroys the other columns' resolution.
+  std::mt19937_64 rng(test::fresh_seed());
+  const int64_t M = 4, N = 64, K = 256;
+  Tensor w = test::random_normal({N, K}, DType::F16, rng, 0.05f);
+  Int8Rowwise wq = int8_vectorwise_quant(w, 0.0f);
+  Tensor wdq = int8_vectorwise_dequant(wq.CA, wq.SCA);
+  Tensor x = test::random_normal({M, K}, DType::F32, rng);
+  for (int64_t m = 0; m < M; ++m) x.data<float>()[m * K + 17] = 50.0f;
+  Tensor exact = ops::ref::linear(x, wdq, Tensor(), DType::F32);
+  Tensor with = ops::linear_int8(x, wq.CA, wq.SCA, Tensor(), 6.0f);
+  Tensor without = ops::linear_int8(x, wq.CA, wq.SCA, Tensor(), 0.0f);
+  double err_with = 0, err_without = 0, scale = 0;
+  for (int64_t i = 0; i < M * N; ++i) {
+    scale = std::max(scale, std::fabs(exact.data<double>()[i]));
+    err_with = std::max(err_with, std::fabs(with.data<float>()[i] - exact.data<double>()[i]));
+    err_without = std::max(err_without, std::fabs(without.data<float>()[i] - exact.data<double>()[i]));
+  }
+  EXPECT_LT(err_with, 0.02 * scale);
+  EXPECT_GT(err_without, 2 * err_with);
+}
+
+TEST(NnOpsErrors, WrongShapesAndDtypesThrow) {
+  std::mt19937_64 rng(1);
+  Tensor x = test::random_normal({3, 8}, DType::F32, rng);
+  Tensor w = test::random_normal({5, 8}, DType::BF16, rng);
+  EXPECT_THROW(ops::linear(x, test::random_normal({5, 9}, DType::F32, rng), Tensor()), ShapeError);
+  EXPECT_THROW(ops::linear(x.to(DType::F16), w, Tensor()), ShapeError);
+  EXPECT_THROW(ops::linear(x, Tensor::zeros({5, 8}, DType::I32), Tensor()), ShapeError);
+  EXPECT_THROW(ops::linear(x, w, Tensor::zeros({4}, DType::F32)), ShapeError);
+  EXPECT_THROW(ops::linear(x, w, Tensor(), DType::I8), ShapeError);
+  EXPECT_THROW(ops::linear(Tensor(), w, Tensor()), ShapeError);
+
+  Quantized4 q = quantize_4bit(w, DType::NF4, 64, true);
+  EXPECT_THROW(ops::linear_4bit(test::random_normal({3, 7}, DType::F32, rng), q.packed, q.state, Tensor(),
+                                DType::F32),
+               ShapeError);
+  EXPECT_THROW(ops::linear_4bit(x, q.packed.slice(0, 0, 10), q.state, Tensor(), DType::F32), ShapeError);
+  EXPECT_THROW(ops::linear_4bit(x, q.packed, q.state, Tensor::zeros({3}, DType::F32), Tensor(), DType::F32),
+               ShapeError);
+  EXPECT_THROW(ops::linear_4bit(x, q.packed, q.state, Tensor(), DType::I8), ShapeError);
+
+  Int8Rowwise wq = int8_vectorwise_quant(w.to(DType::F16), 0.0f);
+  EXPECT_THROW(ops::linear_int8(x, wq.CA.to(DType::F32), wq.SCA, Tensor(), 6.0f), ShapeError);
+  EXPECT_THROW(ops::linear_int8(x, wq.CA, Tensor::zeros({4}, DType::F32), Tensor(), 6.0f), ShapeError);
+  EXPECT_THROW(ops::linear_int8(x, wq.CA, wq.SCA, Tensor(), -1.0f), ShapeError);
+  EXPECT_THROW(ops::linear_int8(test::random_normal({3, 9}, DType::F32, rng), wq.CA, wq.SCA, Tensor(), 6.0f),
+               ShapeError);
+}

@@ -61,7 +61,8 @@ double copy_bandwidth_gbs() {
   NIBBLE_CUDA_CHECK(cudaMalloc(&a, bytes));
   NIBBLE_CUDA_CHECK(cudaMalloc(&b, bytes));
   NIBBLE_CUDA_CHECK(cudaMemset(a, 1, bytes));
-  double us = median_us([&](int) { NIBBLE_CUDA_CHECK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice)); }, 20, 3);
+  double us = median_us(
+      [&](int) { NIBBLE_CUDA_CHECK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice)); }, 20, 3);
   NIBBLE_CUDA_CHECK(cudaFree(a));
   NIBBLE_CUDA_CHECK(cudaFree(b));
   return 2.0 * double(bytes) / (us * 1e-6) / 1e9;
@@ -99,8 +100,10 @@ int main(int argc, char** argv) {
   int reps = 100;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
-    if (a == "--json" && i + 1 < argc) json_path = argv[++i];
-    else if (a == "--reps" && i + 1 < argc) reps = std::max(1, std::atoi(argv[++i]));
+    if (a == "--json" && i + 1 < argc)
+      json_path = argv[++i];
+    else if (a == "--reps" && i + 1 < argc)
+      reps = std::max(1, std::atoi(argv[++i]));
     else {
       std::fprintf(stderr, "usage: quant_gpu [--json PATH] [--reps N]\n");
       return 2;
@@ -118,8 +121,8 @@ int main(int argc, char** argv) {
   cudaDeviceProp prop{};
   NIBBLE_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
   const double copy_gbs = copy_bandwidth_gbs();
-  std::printf("device: %s, %d SMs; copy bandwidth (read+write): %.0f GB/s\n", prop.name, prop.multiProcessorCount,
-              copy_gbs);
+  std::printf("device: %s, %d SMs; copy bandwidth (read+write): %.0f GB/s\n", prop.name,
+              prop.multiProcessorCount, copy_gbs);
 
   constexpr int64_t kBlock = 64;
   constexpr int kInputs = 4;  // rotated inputs: 4 x 32..90 MB > L2
@@ -129,16 +132,21 @@ int main(int argc, char** argv) {
     const int64_t n = rows_n * cols_n, nb = (n + kBlock - 1) / kBlock, nb2 = (nb + 255) / 256;
     const std::string shape = std::to_string(rows_n) + "x" + std::to_string(cols_n);
     std::vector<Tensor> xs;
-    for (int k = 0; k < kInputs; ++k) xs.push_back(random_bf16(n, uint64_t(rows_n * 7 + k)).view({rows_n, cols_n}));
+    for (int k = 0; k < kInputs; ++k)
+      xs.push_back(random_bf16(n, uint64_t(rows_n * 7 + k)).view({rows_n, cols_n}));
     std::vector<Tensor> xd;
     for (auto& x : xs) xd.push_back(x.to(Device::cuda()));
 
     // Check once against the CPU backend (itself tested against the scalar reference).
-    Quantized4 gq = quantize_4bit(xd[0], DType::NF4, kBlock, false), cq = quantize_4bit(xs[0], DType::NF4, kBlock, false);
-    Quantized4 gd = quantize_4bit(xd[0], DType::NF4, kBlock, true), cd = quantize_4bit(xs[0], DType::NF4, kBlock, true);
+    Quantized4 gq = quantize_4bit(xd[0], DType::NF4, kBlock, false),
+               cq = quantize_4bit(xs[0], DType::NF4, kBlock, false);
+    Quantized4 gd = quantize_4bit(xd[0], DType::NF4, kBlock, true),
+               cd = quantize_4bit(xs[0], DType::NF4, kBlock, true);
     bool ok = same_bytes(gq.packed, cq.packed) && same_bytes(gq.state.absmax, cq.state.absmax) &&
-              same_bytes(gd.state.absmax, cd.state.absmax) && same_bytes(gd.state.nested_absmax, cd.state.nested_absmax) &&
-              gd.state.offset == cd.state.offset && same_bytes(dequantize_4bit(gq.packed, gq.state), dequantize_4bit(cq.packed, cq.state)) &&
+              same_bytes(gd.state.absmax, cd.state.absmax) &&
+              same_bytes(gd.state.nested_absmax, cd.state.nested_absmax) &&
+              gd.state.offset == cd.state.offset &&
+              same_bytes(dequantize_4bit(gq.packed, gq.state), dequantize_4bit(cq.packed, cq.state)) &&
               same_bytes(dequantize_4bit(gd.packed, gd.state), dequantize_4bit(cd.packed, cd.state));
     std::printf("%s: GPU output %s the CPU backend's\n", shape.c_str(), ok ? "matches" : "DIFFERS FROM");
     all_ok = all_ok && ok;
@@ -152,45 +160,64 @@ int main(int argc, char** argv) {
     std::vector<Tensor> outs;
     for (int k = 0; k < kInputs; ++k) outs.push_back(Tensor::empty({n}, DType::BF16, Device::cuda()));
     std::vector<Tensor> packs;  // quantized copies of every input, for dequantization
-    for (int k = 0; k < kInputs; ++k) packs.push_back(quantize_4bit(xd[size_t(k)], DType::NF4, kBlock, true).packed);
+    for (int k = 0; k < kInputs; ++k)
+      packs.push_back(quantize_4bit(xd[size_t(k)], DType::NF4, kBlock, true).packed);
     Tensor abs_plain = gq.state.absmax;  // [nb] f32 on the device
 
     auto add = [&](const std::string& op, double us, int64_t bytes) {
-      rows.push_back({shape, op, us, 2.0 * double(n) / (us * 1e-6) / 1e9, double(bytes) / (us * 1e-6) / 1e9 / copy_gbs,
-                      bytes});
+      rows.push_back({shape, op, us, 2.0 * double(n) / (us * 1e-6) / 1e9,
+                      double(bytes) / (us * 1e-6) / 1e9 / copy_gbs, bytes});
     };
     auto xin = [&](int r) { return xd[size_t(r % kInputs)].data_ptr(); };
-    add("quantize nf4", median_us([&](int r) {
-          cuda::launch::quantize_4bit(xin(r), DType::BF16, n, kBlock, DType::NF4, packed.data<uint8_t>(),
-                                      absmax.data<float>(), nullptr);
-        }, reps),
+    add("quantize nf4",
+        median_us(
+            [&](int r) {
+              cuda::launch::quantize_4bit(xin(r), DType::BF16, n, kBlock, DType::NF4, packed.data<uint8_t>(),
+                                          absmax.data<float>(), nullptr);
+            },
+            reps),
         2 * n + n / 2 + 4 * nb);
     // the same kernel with one CTA per group (no cross-group prefetch), for comparison
     setenv("NIBBLE_CUDA_QUANT4_GRID", "full", 1);
-    add("quantize nf4 (one CTA per group)", median_us([&](int r) {
-          cuda::launch::quantize_4bit(xin(r), DType::BF16, n, kBlock, DType::NF4, packed.data<uint8_t>(),
-                                      absmax.data<float>(), nullptr);
-        }, reps),
+    add("quantize nf4 (one CTA per group)",
+        median_us(
+            [&](int r) {
+              cuda::launch::quantize_4bit(xin(r), DType::BF16, n, kBlock, DType::NF4, packed.data<uint8_t>(),
+                                          absmax.data<float>(), nullptr);
+            },
+            reps),
         2 * n + n / 2 + 4 * nb);
     unsetenv("NIBBLE_CUDA_QUANT4_GRID");
-    add("quantize nf4 + double quant", median_us([&](int r) {
-          cuda::launch::quantize_4bit(xin(r), DType::BF16, n, kBlock, DType::NF4, packed.data<uint8_t>(),
-                                      absmax.data<float>(), nullptr);
-          cuda::launch::double_quantize_absmax(absmax.data<float>(), nb, q8.data<uint8_t>(), absmax2.data<float>(),
-                                               offset.data<float>(), nullptr);
-        }, reps),
+    add("quantize nf4 + double quant",
+        median_us(
+            [&](int r) {
+              cuda::launch::quantize_4bit(xin(r), DType::BF16, n, kBlock, DType::NF4, packed.data<uint8_t>(),
+                                          absmax.data<float>(), nullptr);
+              cuda::launch::double_quantize_absmax(absmax.data<float>(), nb, q8.data<uint8_t>(),
+                                                   absmax2.data<float>(), offset.data<float>(), nullptr);
+            },
+            reps),
         2 * n + n / 2 + nb + 4 * nb2 + 4);
-    add("dequantize nf4 -> bf16", median_us([&](int r) {
-          cuda::launch::dequantize_4bit(packs[size_t(r % kInputs)].data<uint8_t>(), abs_plain.data<float>(), n, kBlock,
-                                        DType::NF4, outs[size_t(r % kInputs)].data_ptr(), DType::BF16, nullptr);
-        }, reps),
+    add("dequantize nf4 -> bf16",
+        median_us(
+            [&](int r) {
+              cuda::launch::dequantize_4bit(packs[size_t(r % kInputs)].data<uint8_t>(),
+                                            abs_plain.data<float>(), n, kBlock, DType::NF4,
+                                            outs[size_t(r % kInputs)].data_ptr(), DType::BF16, nullptr);
+            },
+            reps),
         n / 2 + 4 * nb + 2 * n);
-    add("dequantize nf4 (nested absmax) -> bf16", median_us([&](int r) {
-          cuda::launch::dequantize_nested_absmax(gd.state.absmax.data<uint8_t>(), gd.state.nested_absmax.data<float>(),
-                                                 gd.state.offset, nb, absmax.data<float>(), nullptr);
-          cuda::launch::dequantize_4bit(packs[size_t(r % kInputs)].data<uint8_t>(), absmax.data<float>(), n, kBlock,
-                                        DType::NF4, outs[size_t(r % kInputs)].data_ptr(), DType::BF16, nullptr);
-        }, reps),
+    add("dequantize nf4 (nested absmax) -> bf16",
+        median_us(
+            [&](int r) {
+              cuda::launch::dequantize_nested_absmax(gd.state.absmax.data<uint8_t>(),
+                                                     gd.state.nested_absmax.data<float>(), gd.state.offset,
+                                                     nb, absmax.data<float>(), nullptr);
+              cuda::launch::dequantize_4bit(packs[size_t(r % kInputs)].data<uint8_t>(), absmax.data<float>(),
+                                            n, kBlock, DType::NF4, outs[size_t(r % kInputs)].data_ptr(),
+                                            DType::BF16, nullptr);
+            },
+            reps),
         n / 2 + nb + 4 * nb2 + 2 * n);
   }
   NIBBLE_CUDA_CHECK(cudaDeviceSynchronize());
@@ -208,11 +235,17 @@ int main(int argc, char** argv) {
     j["reps"] = reps;
     j["blocksize"] = kBlock;
     j["checked_against_cpu"] = all_ok;
-    j["notes"] = "us: median over reps of back-to-back runs (CUDA events), inputs rotated among 4; gbs_input: bytes of "
-                 "the bf16 input / time; frac_copy: (input + output bytes) / time / copy_gbs";
+    j["notes"] =
+        "us: median over reps of back-to-back runs (CUDA events), inputs rotated among 4; gbs_input: bytes "
+        "of "
+        "the bf16 input / time; frac_copy: (input + output bytes) / time / copy_gbs";
     for (const auto& r : rows)
-      j["rows"].push_back({{"shape", r.shape}, {"op", r.op}, {"us", r.us}, {"gbs_input", r.gbs_input},
-                           {"bytes_moved", r.bytes_moved}, {"frac_copy", r.frac_copy}});
+      j["rows"].push_back({{"shape", r.shape},
+                           {"op", r.op},
+                           {"us", r.us},
+                           {"gbs_input", r.gbs_input},
+                           {"bytes_moved", r.bytes_moved},
+                           {"frac_copy", r.frac_copy}});
     std::ofstream(json_path) << j.dump(2) << "\n";
   }
   return all_ok ? 0 : 1;

@@ -49,7 +49,8 @@ int main(int argc, char** argv) {
     ++total;
     match += got == want;
     std::printf("n=%-9lld torch %08x (%.9g)  emulation(%d SMs) %08x  default(132) %08x  %s\n",
-                static_cast<long long>(n), want, double(want_f), sms, got, def, got == want ? "MATCH" : "DIFFER");
+                static_cast<long long>(n), want, double(want_f), sms, got, def,
+                got == want ? "MATCH" : "DIFFER");
   }
   std::printf("torch mean emulation: %d/%d sizes match bit-exactly\n", match, total);
   return match == total ? 0 : 1;

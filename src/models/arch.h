@@ -31,7 +31,8 @@ struct ArchSpec {
   std::string embed_norm;    // Bloom: "word_embeddings_layernorm"
   std::string layers;        // "layers" or "h"
   std::string final_norm;    // "norm", "ln_f", "final_layer_norm"
-  std::string lm_head;       // "lm_head" or "embed_out" (top level)
+  std::string lm_head = "lm_head";  // the output head's module name
+  std::string lm_head_tensor;       // its tensor prefix in files when it differs (GPT-NeoX: "embed_out")
   NormKind norm = NormKind::RMS;
   std::string norm_class;    // transformers' class name: "LlamaRMSNorm", "LayerNorm", ...
   // per layer, relative to "<prefix><layers>.<i>."

@@ -90,7 +90,7 @@ std::map<std::string, ArchSpec> build() {
     s.embed = "embed_in";
     s.layers = "layers";
     s.final_norm = "final_layer_norm";
-    s.lm_head = "embed_out";
+    s.lm_head_tensor = "embed_out";  // transformers 5 names the module lm_head, files keep embed_out
     s.norm = NormKind::Layer;
     s.norm_class = "LayerNorm";
     s.attn_norm = "input_layernorm";

@@ -56,12 +56,14 @@ const Family kFamilies[] = {
     {"gpt2",     "n_embd", "n_layer", "n_head", "n_positions",           1024,    "layer_norm_epsilon", 1e-5, "activation_function", "gelu_new",          true,  0,  0,   50256, 50256, none,  none,   false, false, false},
     {"opt",      nullptr, nullptr,  nullptr,  "max_position_embeddings", 2048,    nullptr,              1e-5, "activation_function", "relu",              true,  0,  0,   2,     2,     1,     none,   false, false, false},
     {"bloom",    "n_embed", "n_layer", "n_head", nullptr,                0,       "layer_norm_epsilon", 1e-5, nullptr,               "bloom_gelu",        true,  0,  0,   1,     2,     none,  none,   false, false, false},
+    // any other model_type: llama's names and defaults, hidden % heads checked only to derive head_dim
+    {"",         nullptr, nullptr,  nullptr,  "max_position_embeddings", 2048,    "rms_norm_eps",       1e-6, "hidden_act",          "silu",              false, 0,  0,   1,     2,     none,  none,   true, false, false},
 };
 
 const Family& family_of(const std::string& model_type) {
   for (const auto& f : kFamilies)
     if (model_type == f.model_type) return f;
-  return kFamilies[0];  // unknown: llama's names and defaults
+  return kFamilies[std::size(kFamilies) - 1];
 }
 
 bool is_mha_family(const std::string& t) {

@@ -116,7 +116,11 @@ void CausalLM::save_pretrained(const std::filesystem::path& dir) const {
     for (const auto& l : L.mlp) put_linear(sd, l);
   }
   put_norm(sd, P + s.final_norm, m.final_norm);
-  if (!m.tied_head) put_linear(sd, m.lm_head);
+  if (!m.tied_head) {
+    NamedLinear head = m.lm_head;
+    if (!s.lm_head_tensor.empty()) head.name = s.lm_head_tensor;
+    put_linear(sd, head);
+  }
   if (s.conv1d)  // back to Conv1D's [in, out]
     for (auto& [k, v] : sd)
       if (k.ends_with(".weight") && v.dim() == 2 && k.find(s.embed) == std::string::npos &&

@@ -95,8 +95,9 @@ struct Loader {
     return false;
   }
 
-  NamedLinear linear(const std::string& module, int64_t out, int64_t in, bool allow_quant = true) {
-    NamedLinear nl{module, {}};
+  // module: tensor prefix in the file; module_name: transformers' module path when it differs.
+  NamedLinear linear(const std::string& module, int64_t out, int64_t in, const std::string& module_name = "") {
+    NamedLinear nl{module_name.empty() ? module : module_name, {}};
     Tensor bias = take_opt(module + ".bias");
     if (bias.defined()) expect_shape(bias, {out}, module + ".bias");
     std::string w = module + ".weight";
@@ -143,7 +144,7 @@ struct Loader {
     } else {
       expect_shape(weight, {out, in}, w);
     }
-    if (quantize_on_load && allow_quant && !skipped(module)) {
+    if (quantize_on_load && !skipped(nl.name)) {
       const BitsAndBytesConfig& qc = *m.qc;
       if (qc.load_in_4bit) {
         Tensor x = weight.dtype() == DType::F64 || weight.dtype() == DType::F8_E4M3 || weight.dtype() == DType::F8_E5M2
@@ -273,11 +274,11 @@ CausalLM AutoModelForCausalLM::from_pretrained(const std::filesystem::path& dir,
   m.final_norm = L.norm(P + spec.final_norm, C, ln);
 
   // The output head: its own weight, or the embedding when tied and the head is absent.
-  std::string head = spec.lm_head;
+  std::string head = spec.lm_head_tensor.empty() ? spec.lm_head : spec.lm_head_tensor;
   if (src.has(head + ".weight")) {
-    m.lm_head = L.linear(head, V, C);
+    m.lm_head = L.linear(head, V, C, spec.lm_head);
   } else if (c.tie_word_embeddings) {
-    m.lm_head = NamedLinear{head, nn::Linear::fp(m.embed, Tensor())};
+    m.lm_head = NamedLinear{spec.lm_head, nn::Linear::fp(m.embed, Tensor())};
   } else {
     throw FormatError(str("checkpoint lacks tensor '", head, ".weight' (and tie_word_embeddings is false)"));
   }

@@ -34,7 +34,9 @@ namespace {
 #define SKIP_WITHOUT_CUDA() \
   if (!cuda_available()) GTEST_SKIP() << "no CUDA device"
 
-Tensor host(const Tensor& t) { return t.to(Device::cpu()).contiguous(); }
+Tensor host(const Tensor& t) {
+  return t.to(Device::cpu()).contiguous();
+}
 
 bool is_nan_elem(const uint8_t* p, DType dt) {
   if (dt == DType::F32) {
@@ -51,7 +53,8 @@ bool is_nan_elem(const uint8_t* p, DType dt) {
 // Bytes of `got` (any device) equal `want` (host bytes); float dtypes: NaN matches NaN.
 ::testing::AssertionResult same(const Tensor& got, const void* want, size_t nbytes, DType dt) {
   Tensor g = host(got);
-  if (g.nbytes() != nbytes) return ::testing::AssertionFailure() << g.str() << " has " << g.nbytes() << " bytes, want " << nbytes;
+  if (g.nbytes() != nbytes)
+    return ::testing::AssertionFailure() << g.str() << " has " << g.nbytes() << " bytes, want " << nbytes;
   const uint8_t* a = static_cast<const uint8_t*>(g.data_ptr());
   const uint8_t* b = static_cast<const uint8_t*>(want);
   const size_t es = is_float(dt) ? size_t(dtype_nbytes(dt, 1)) : 1;
@@ -64,8 +67,8 @@ bool is_nan_elem(const uint8_t* p, DType dt) {
       for (size_t k = es; k-- > 0;) std::snprintf(buf, sizeof buf, "%02x", p[k]), h += buf;
       return h;
     };
-    return ::testing::AssertionFailure() << "element " << i / es << " of " << nbytes / es << ": got 0x" << hex(a + i)
-                                         << " want 0x" << hex(b + i);
+    return ::testing::AssertionFailure() << "element " << i / es << " of " << nbytes / es << ": got 0x"
+                                         << hex(a + i) << " want 0x" << hex(b + i);
   }
   return ::testing::AssertionSuccess();
 }
@@ -92,7 +95,7 @@ Tensor awkward_input(int64_t n, DType dt, std::mt19937_64& rng, int kind, int64_
     for (int64_t i = 0; i < std::min<int64_t>(n, 2 * bs + 7); ++i) store_from_f32(x.data_ptr(), dt, i, 0.0f);
   if (kind == 2)
     for (int k = 0; k < 14; ++k) {
-      const float v[] = {20.0f, -0.0f, 0.0f,    INFINITY, -INFINITY, NAN,    1e-30f,
+      const float v[] = {20.0f, -0.0f, 0.0f,   INFINITY, -INFINITY, NAN,     1e-30f,
                          -7.0f, -NAN,  1e-40f, 65504.0f, -3e38f,    -1e-39f, 6e-8f};
       store_from_f32(x.data_ptr(), dt, pos(rng), v[k]);
     }
@@ -155,10 +158,11 @@ TEST(QuantCuda, FourBitMatchesReference) {
       for (int64_t bs = 32; bs <= 4096; bs *= 2)
         for (int kind = 0; kind < 5; ++kind) {
           int64_t n = std::uniform_int_distribution<int64_t>(1, 40000)(rng);
-          if (kind == 0) n = std::max<int64_t>(bs, n / bs * bs) + (n % 2);  // whole blocks, sometimes an odd tail
+          if (kind == 0)
+            n = std::max<int64_t>(bs, n / bs * bs) + (n % 2);  // whole blocks, sometimes an odd tail
           if (kind >= 3) n = std::max(n, 2 * bs);
-          SCOPED_TRACE(testing::Message() << dtype_name(qt) << " " << dtype_name(dt) << " bs=" << bs << " n=" << n
-                                          << " kind=" << kind);
+          SCOPED_TRACE(testing::Message() << dtype_name(qt) << " " << dtype_name(dt) << " bs=" << bs
+                                          << " n=" << n << " kind=" << kind);
           Tensor x = awkward_input(n, dt, rng, kind, bs);
           check_4bit_case(x, x.to(Device::cuda()), qt, bs);
           if (HasFatalFailure()) return;
@@ -206,12 +210,15 @@ TEST(QuantCuda, FourBitMultiWave) {
     int64_t bs;
     const char* grid;
   };
-  const Case cases[] = {{DType::BF16, DType::NF4, 64, ""},  {DType::F32, DType::NF4, 4096, ""},
-                        {DType::F16, DType::FP4, 512, ""},  {DType::BF16, DType::NF4, 32, ""},
+  const Case cases[] = {{DType::BF16, DType::NF4, 64, ""},
+                        {DType::F32, DType::NF4, 4096, ""},
+                        {DType::F16, DType::FP4, 512, ""},
+                        {DType::BF16, DType::NF4, 32, ""},
                         {DType::BF16, DType::NF4, 64, "full"}};
   for (const Case& c : cases) {
     const int64_t n = 9500003;
-    SCOPED_TRACE(testing::Message() << dtype_name(c.qt) << " " << dtype_name(c.dt) << " bs=" << c.bs << " grid=" << c.grid);
+    SCOPED_TRACE(testing::Message() << dtype_name(c.qt) << " " << dtype_name(c.dt) << " bs=" << c.bs
+                                    << " grid=" << c.grid);
     if (*c.grid) setenv("NIBBLE_CUDA_QUANT4_GRID", c.grid, 1);
     Tensor x = awkward_input(n, c.dt, rng, 2, c.bs);
     check_4bit_case(x, x.to(Device::cuda()), c.qt, c.bs);
@@ -245,7 +252,8 @@ TEST(QuantCuda, Blockwise8MatchesReference) {
           SCOPED_TRACE(dtype_name(out_dt));
           r.dtype = out_dt;
           Tensor want = Tensor::empty({n}, out_dt);
-          quant::ref::dequantize_blockwise8(q.data(), absmax.data(), code.data(), n, bs, want.data_ptr(), out_dt);
+          quant::ref::dequantize_blockwise8(q.data(), absmax.data(), code.data(), n, bs, want.data_ptr(),
+                                            out_dt);
           ASSERT_TRUE(same(dequantize_blockwise8(r), want));
         }
       }
@@ -259,11 +267,13 @@ TEST(QuantCuda, DoubleQuantOffsetMatchesTorchMeanEmulation) {
   SKIP_WITHOUT_CUDA();
   const uint64_t seed = test::fresh_seed();
   SCOPED_TRACE(testing::Message() << "seed " << seed);
-  std::printf("DoubleQuantOffsetMatchesTorchMeanEmulation seed %llu\n", static_cast<unsigned long long>(seed));
+  std::printf("DoubleQuantOffsetMatchesTorchMeanEmulation seed %llu\n",
+              static_cast<unsigned long long>(seed));
   std::mt19937_64 rng(seed);
-  std::vector<int64_t> sizes = {1, 2, 3, 4, 5, 31, 32, 33, 127, 128, 129, 255, 256, 257, 511, 512, 513, 1000,
-                                2047, 2048, 4096, 65535, 65536, 130560, 130561, 131072, 262144, 1000003,
-                                2000000, 4194304 + 3};
+  std::vector<int64_t> sizes = {1,      2,      3,      4,       5,       31,         32,    33,
+                                127,    128,    129,    255,     256,     257,        511,   512,
+                                513,    1000,   2047,   2048,    4096,    65535,      65536, 130560,
+                                130561, 131072, 262144, 1000003, 2000000, 4194304 + 3};
   for (int i = 0; i < 40; ++i) sizes.push_back(std::uniform_int_distribution<int64_t>(1, 300000)(rng));
   for (int64_t nb : sizes) {
     SCOPED_TRACE(testing::Message() << "nb=" << nb);
@@ -273,7 +283,8 @@ TEST(QuantCuda, DoubleQuantOffsetMatchesTorchMeanEmulation) {
     Tensor a_dev = a.to(Device::cuda());
     Tensor q = Tensor::empty({nb}, DType::U8, Device::cuda());
     Tensor a2 = Tensor::empty({(nb + 255) / 256}, DType::F32, Device::cuda());
-    const float off = cuda::double_quantize_absmax(a_dev.data<float>(), nb, q.data<uint8_t>(), a2.data<float>());
+    const float off =
+        cuda::double_quantize_absmax(a_dev.data<float>(), nb, q.data<uint8_t>(), a2.data<float>());
     auto want = quant::ref::double_quantize_absmax(p, nb);
     ASSERT_EQ(f32_bits(off), f32_bits(quant::torch_cuda_mean_f32(p, nb)));
     ASSERT_EQ(f32_bits(off), f32_bits(want.offset));
@@ -332,7 +343,8 @@ TEST(QuantCuda, BnbFixtureVectors) {
         st.nested_absmax = f.get(name + ".qs.nested_absmax").to(Device::cuda());
         st.offset = float(c.at("nested_offset").get<double>());
       }
-      EXPECT_TRUE(same(dequantize_4bit(f.get(name + ".packed").to(Device::cuda()), st), f.get(name + ".dequant")));
+      EXPECT_TRUE(
+          same(dequantize_4bit(f.get(name + ".packed").to(Device::cuda()), st), f.get(name + ".dequant")));
     } else if (name.starts_with("q8b_")) {
       ++n8;
       auto r = quantize_blockwise8(f.get(name + ".input").to(Device::cuda()), c.at("blocksize"));

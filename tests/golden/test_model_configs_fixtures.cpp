@@ -124,7 +124,9 @@ TEST(ModelConfigFixtures, EveryFixtureConfigParses) {
       if (!fs::exists(p)) continue;
       ModelConfig c = ModelConfig::from_file(p);
       EXPECT_EQ(c.origin, p.string());
-      if (c.rope) EXPECT_NO_THROW(rope_init(c)) << p;
+      if (c.rope) {
+        EXPECT_NO_THROW(rope_init(c)) << p;
+      }
       if (std::string(variant) == "fp32") {
         check_fixture(arch, c);
         ++checked;

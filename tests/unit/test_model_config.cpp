@@ -6,6 +6,7 @@
 #include "nibble/error.h"
 #include "nibble/generation_config.h"
 #include "nibble/model_config.h"
+#include "test_support.h"
 
 namespace nibble {
 namespace {
@@ -334,11 +335,31 @@ TEST(ModelConfig, UnknownModelTypeParsesGenericFields) {
   j["model_type"] = "granite";
   j["architectures"] = {"GraniteForCausalLM"};
   j["num_key_value_heads"] = 2;
+  j["num_attention_heads"] = 6;  // with an explicit head_dim no divisibility is needed
+  j["head_dim"] = 16;
   ModelConfig c = parse(j);
   EXPECT_EQ(c.architecture, "GraniteForCausalLM");
+  EXPECT_EQ(c.head_dim, 16);
   EXPECT_EQ(c.hidden_size, 64);
   EXPECT_EQ(c.num_key_value_heads, 2);
   EXPECT_TRUE(c.rope);
+}
+
+TEST(ModelConfig, FromFileErrors) {
+  test::TempDir dir;
+  EXPECT_THROW(ModelConfig::from_file(dir / "config.json"), IoError);
+  test::write_file(dir / "config.json", {'{', 'x'});
+  try {
+    ModelConfig::from_file(dir / "config.json");
+    ADD_FAILURE();
+  } catch (const FormatError& e) {
+    EXPECT_NE(std::string(e.what()).find((dir / "config.json").string()), std::string::npos) << e.what();
+  }
+  const std::string text = llama_json().dump();
+  test::write_file(dir / "config.json", std::vector<uint8_t>(text.begin(), text.end()));
+  EXPECT_EQ(ModelConfig::from_file(dir / "config.json").origin, (dir / "config.json").string());
+  // No generation_config.json: from_pretrained falls back to the model config's ids.
+  EXPECT_EQ(GenerationConfig::from_pretrained(dir.path(), ModelConfig::from_file(dir / "config.json")).bos_token_id, 1);
 }
 
 TEST(GenerationConfig, FieldsDefaultsAndTypes) {

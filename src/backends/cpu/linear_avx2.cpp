@@ -140,6 +140,87 @@ NIBBLE_AVX2 void gemm_block_t(const float* x, int64_t M, int64_t K, const char* 
   }
 }
 
+// Flush-to-zero as the GPU's .ftz ops: |v| < FLT_MIN becomes a zero of the same sign.
+NIBBLE_AVX2 inline __m256 ftz8(__m256 v) {
+  const __m256 sign = _mm256_castsi256_ps(_mm256_set1_epi32(int(0x80000000u)));
+  __m256 keep = _mm256_cmp_ps(_mm256_andnot_ps(sign, v), _mm256_set1_ps(1.17549435e-38f), _CMP_NLT_UQ);
+  return _mm256_or_ps(_mm256_and_ps(v, keep), _mm256_and_ps(v, sign));
+}
+
+// f32 -> bf16 -> f32, round to nearest even; NaN becomes a quiet NaN (as f32_to_bf16).
+NIBBLE_AVX2 inline __m256 round_bf16(__m256 v) {
+  __m256i u = _mm256_castps_si256(v);
+  __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  __m256i r = _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), lsb);
+  __m256i qnan = _mm256_or_si256(u, _mm256_set1_epi32(0x00400000));
+  r = _mm256_blendv_epi8(r, qnan, _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
+  return _mm256_castsi256_ps(_mm256_and_si256(r, _mm256_set1_epi32(int(0xffff0000u))));
+}
+
+// A block's 16 values, code * absmax with flush-to-zero (quant::mul_ftz; the codes are
+// normal or zero), rounded to dt and kept as exact f32 so that a lookup yields the final value.
+NIBBLE_AVX2 inline void block_table(const float* code, float absmax, DType dt, __m256& lo, __m256& hi) {
+  const __m256 am = _mm256_set1_ps(quant::ftz(absmax));
+  lo = ftz8(_mm256_mul_ps(_mm256_loadu_ps(code), am));
+  hi = ftz8(_mm256_mul_ps(_mm256_loadu_ps(code + 8), am));
+  if (dt == DType::BF16) {
+    lo = round_bf16(lo);
+    hi = round_bf16(hi);
+  } else if (dt == DType::F16) {  // exact round trip through binary16 (F16C rounds to nearest even)
+    lo = _mm256_cvtph_ps(_mm256_cvtps_ph(lo, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    hi = _mm256_cvtph_ps(_mm256_cvtps_ph(hi, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+}
+
+// The values of the 8 codes in 4 packed bytes [b0>>4, b0&15, b1>>4, ...]: each byte
+// duplicated, even lanes shifted right by 4, then a 16-entry lookup as two 8-lane permutes
+// blended on bit 3 of the code.
+NIBBLE_AVX2 inline __m256 lookup8(const uint8_t* src, __m256 lo_tab, __m256 hi_tab) {
+  const __m128i dup = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, -1, -1, -1, -1, -1, -1, -1, -1);
+  const __m256i shifts = _mm256_setr_epi32(4, 0, 4, 0, 4, 0, 4, 0);
+  uint32_t four;
+  std::memcpy(&four, src, 4);
+  __m128i bytes = _mm_shuffle_epi8(_mm_cvtsi32_si128(int(four)), dup);
+  __m256i idx = _mm256_and_si256(_mm256_srlv_epi32(_mm256_cvtepu8_epi32(bytes), shifts), _mm256_set1_epi32(15));
+  __m256 lo = _mm256_permutevar8x32_ps(lo_tab, idx), hi = _mm256_permutevar8x32_ps(hi_tab, idx);
+  return _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
+}
+
+// GEMV on packed rows: each 8 weights decoded once and used by all MR rows of x.
+template <int MR>
+NIBBLE_AVX2 void gemv_4bit_t(const float* x, int64_t K, const uint8_t* packed, const float* absmax, int64_t blocksize,
+                             const float* code, DType cdt, int64_t r0, int64_t nrows, float* out, int64_t ldo) {
+  for (int64_t r = 0; r < nrows; ++r) {
+    __m256 acc[MR][2];
+#pragma GCC unroll 4
+    for (int m = 0; m < MR; ++m) acc[m][0] = acc[m][1] = _mm256_setzero_ps();
+    const int64_t base = (r0 + r) * K;  // element index of the row start (a multiple of 8)
+    for (int64_t k = 0; k < K;) {
+      const int64_t b = (base + k) / blocksize;
+      const int64_t seg = std::min(K, (b + 1) * blocksize - base);  // end of this block within the row
+      __m256 lo_tab, hi_tab;
+      block_table(code, absmax[b], cdt, lo_tab, hi_tab);
+      const uint8_t* src = packed + (base + k) / 2;
+      for (; k + 16 <= seg; k += 16, src += 8) {
+        const __m256 w0 = lookup8(src, lo_tab, hi_tab), w1 = lookup8(src + 4, lo_tab, hi_tab);
+#pragma GCC unroll 4
+        for (int m = 0; m < MR; ++m) {
+          acc[m][0] = _mm256_fmadd_ps(_mm256_loadu_ps(x + m * K + k), w0, acc[m][0]);
+          acc[m][1] = _mm256_fmadd_ps(_mm256_loadu_ps(x + m * K + k + 8), w1, acc[m][1]);
+        }
+      }
+      if (k < seg) {  // one group of 8 left in the block
+        const __m256 w0 = lookup8(src, lo_tab, hi_tab);
+#pragma GCC unroll 4
+        for (int m = 0; m < MR; ++m) acc[m][0] = _mm256_fmadd_ps(_mm256_loadu_ps(x + m * K + k), w0, acc[m][0]);
+        k += 8;
+      }
+    }
+#pragma GCC unroll 4
+    for (int m = 0; m < MR; ++m) out[m * ldo + r] = hsum8(_mm256_add_ps(acc[m][0], acc[m][1]));
+  }
+}
+
 // ---- int8 -----------------------------------------------------------------------------------
 template <int MR, int NR>
 NIBBLE_AVX2 void tile_i8(const int16_t* a, int64_t K, const int8_t* b, int32_t* out, int64_t ldo) {
@@ -191,32 +272,11 @@ NIBBLE_AVX2 void gemm_xwt_block(const float* x, int64_t M, int64_t K, const void
 
 NIBBLE_AVX2 void dequant_4bit_span(const uint8_t* packed, float absmax, DType quant_type, int64_t e, int64_t count,
                                    void* out, DType out_dt) {
-  // The block's 16 values, code * absmax with flush-to-zero (quant::mul_ftz), rounded to
-  // out_dt and kept as exact f32 so a lookup yields the final value.
-  const float* code = dequant_table_4bit(quant_type);
-  float tab[16];
-  for (int c = 0; c < 16; ++c) {
-    float v = quant::mul_ftz(code[c], absmax);
-    if (out_dt == DType::BF16) v = bf16_to_f32(f32_to_bf16(v));
-    tab[c] = v;
-  }
-  __m256 lo_tab = _mm256_loadu_ps(tab), hi_tab = _mm256_loadu_ps(tab + 8);
-  if (out_dt == DType::F16) {  // exact round trip through binary16 (F16C rounds to nearest even)
-    lo_tab = _mm256_cvtph_ps(_mm256_cvtps_ph(lo_tab, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-    hi_tab = _mm256_cvtph_ps(_mm256_cvtps_ph(hi_tab, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-  }
-  // 4 bytes -> 8 codes [b0>>4, b0&15, b1>>4, ...]: duplicate each byte, shift even lanes by 4.
-  const __m128i dup = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, -1, -1, -1, -1, -1, -1, -1, -1);
-  const __m256i shifts = _mm256_setr_epi32(4, 0, 4, 0, 4, 0, 4, 0);
-  const __m256i low4 = _mm256_set1_epi32(15);
+  __m256 lo_tab, hi_tab;
+  block_table(dequant_table_4bit(quant_type), absmax, out_dt, lo_tab, hi_tab);
   const uint8_t* src = packed + e / 2;
   for (int64_t i = 0; i < count; i += 8) {
-    uint32_t four;
-    std::memcpy(&four, src + i / 2, 4);
-    __m128i bytes = _mm_shuffle_epi8(_mm_cvtsi32_si128(int(four)), dup);
-    __m256i idx = _mm256_and_si256(_mm256_srlv_epi32(_mm256_cvtepu8_epi32(bytes), shifts), low4);
-    __m256 lo = _mm256_permutevar8x32_ps(lo_tab, idx), hi = _mm256_permutevar8x32_ps(hi_tab, idx);
-    __m256 v = _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
+    const __m256 v = lookup8(src + i / 2, lo_tab, hi_tab);
     switch (out_dt) {
       case DType::F32: _mm256_storeu_ps(static_cast<float*>(out) + i, v); break;
       case DType::F16:
@@ -230,6 +290,17 @@ NIBBLE_AVX2 void dequant_4bit_span(const uint8_t* packed, float absmax, DType qu
         break;
       }
     }
+  }
+}
+
+NIBBLE_AVX2 void gemv_4bit(const float* x, int64_t M, int64_t K, const uint8_t* packed, const float* absmax,
+                           int64_t blocksize, DType quant_type, DType compute_dtype, int64_t r0, int64_t nrows,
+                           float* out, int64_t ldo) {
+  const float* code = dequant_table_4bit(quant_type);
+  switch (M) {
+    case 1: gemv_4bit_t<1>(x, K, packed, absmax, blocksize, code, compute_dtype, r0, nrows, out, ldo); break;
+    case 2: gemv_4bit_t<2>(x, K, packed, absmax, blocksize, code, compute_dtype, r0, nrows, out, ldo); break;
+    default: gemv_4bit_t<3>(x, K, packed, absmax, blocksize, code, compute_dtype, r0, nrows, out, ldo); break;
   }
 }
 

@@ -176,6 +176,16 @@ void linear_4bit(const float* x_in, int64_t M, int64_t K, const uint8_t* packed,
   std::vector<float> xbuf;  // [M, K]
   const float* x = rounded_input(x_in, M, K, compute_dtype, xbuf);
   const std::vector<float> b = bias_f32(bias, bias_dt, N, compute_dtype);
+  if (M <= 3 && K % 8 == 0 && use_avx2_kernels()) {  // GEMV: decode in registers, no buffer
+    constexpr int64_t kRows = 8;
+    const int64_t units = (N + kRows - 1) / kRows;
+    parallel_for(units, grain_for(kRows * M * K), [&](int64_t u0, int64_t u1) {
+      const int64_t n0 = u0 * kRows, n1 = std::min(N, u1 * kRows);
+      avx2::gemv_4bit(x, M, K, packed, absmax, blocksize, quant_type, compute_dtype, n0, n1 - n0, out + n0, N);
+      epilogue(out, M, N, n0, n1, b, compute_dtype);
+    });
+    return;
+  }
   // Rows of W dequantized per step: a few for GEMV (buffer in L1/L2), more when many rows of
   // x pass over each chunk; a multiple of 8, and small enough to give every thread work.
   const int64_t target = M < 4 ? (int64_t(1) << 15) : (int64_t(1) << 18);

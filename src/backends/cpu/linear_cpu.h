@@ -54,6 +54,10 @@ void gemm_xwt_block(const float* x, int64_t M, int64_t K, const void* w, DType w
 // count values from element e (even; count a multiple of 8), all in one block (one absmax).
 void dequant_4bit_span(const uint8_t* packed, float absmax, DType quant_type, int64_t e, int64_t count,
                        void* out, DType out_dt);
+// out[m * ldo + r] = x[m] . dequant(row r0 + r) for m < M (1..3), r < nrows, the 4-bit rows
+// decoded in registers (values as dequantize_4bit_range to compute_dtype). K % 8 == 0.
+void gemv_4bit(const float* x, int64_t M, int64_t K, const uint8_t* packed, const float* absmax, int64_t blocksize,
+               DType quant_type, DType compute_dtype, int64_t r0, int64_t nrows, float* out, int64_t ldo);
 // a16: the int8 activations widened to int16 ([M, K]).
 void gemm_i8_block(const int16_t* a16, int64_t M, int64_t K, const int8_t* b, int64_t N, int32_t* out,
                    int64_t ldo);

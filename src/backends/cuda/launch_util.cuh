@@ -14,11 +14,17 @@
 
 namespace nibble::cuda {
 
-inline cudaStream_t as_stream(void* s) { return static_cast<cudaStream_t>(s); }
+inline cudaStream_t as_stream(void* s) {
+  return static_cast<cudaStream_t>(s);
+}
 
-inline bool aligned(const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
+inline bool aligned(const void* p, uintptr_t bytes) {
+  return reinterpret_cast<uintptr_t>(p) % bytes == 0;
+}
 
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline int64_t ceil_div(int64_t a, int64_t b) {
+  return (a + b - 1) / b;
+}
 
 // Makes the device owning `p` current (tensors on cuda:1 may be passed while cuda:0 is
 // current) and restores the previous device on exit.
@@ -49,15 +55,24 @@ class DeviceGuard {
 template <class F>
 void with_float_dtype(const char* op, DType dt, F&& f) {
   switch (dt) {
-    case DType::F32: f(dev::F32{}); return;
-    case DType::F16: f(dev::F16{}); return;
-    case DType::BF16: f(dev::BF16{}); return;
-    default: throw UnsupportedError(detail::str(op, ": no CUDA kernel for dtype ", dtype_name(dt)));
+    case DType::F32:
+      f(dev::F32{});
+      return;
+    case DType::F16:
+      f(dev::F16{});
+      return;
+    case DType::BF16:
+      f(dev::BF16{});
+      return;
+    default:
+      throw UnsupportedError(detail::str(op, ": no CUDA kernel for dtype ", dtype_name(dt)));
   }
 }
 
 // The public entry points are synchronous: wait for the legacy default stream, surfacing any
 // asynchronous kernel fault here, at the call that caused it.
-inline void finish() { NIBBLE_CUDA_CHECK(cudaStreamSynchronize(nullptr)); }
+inline void finish() {
+  NIBBLE_CUDA_CHECK(cudaStreamSynchronize(nullptr));
+}
 
 }  // namespace nibble::cuda

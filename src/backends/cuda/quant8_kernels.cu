@@ -97,13 +97,15 @@ __global__ void __launch_bounds__(256)
 // absmax[i] = code[q[i]] * absmax2[i / 256] + offset: bitsandbytes' (flushing) multiply, then
 // torch's plain add.
 __global__ void __launch_bounds__(256)
-    dequantize_nested_absmax_kernel(const uint8_t* __restrict__ q, const float* __restrict__ absmax2, float offset,
-                                    int64_t nb, const float* __restrict__ code, float* __restrict__ absmax) {
+    dequantize_nested_absmax_kernel(const uint8_t* __restrict__ q, const float* __restrict__ absmax2,
+                                    float offset, int64_t nb, const float* __restrict__ code,
+                                    float* __restrict__ absmax) {
   __shared__ float s_code[256];
   s_code[threadIdx.x] = code[threadIdx.x];
   __syncthreads();
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i < nb) absmax[i] = __fadd_rn(dev::mul_ftz(s_code[q[i]], absmax2[i >> 8]), offset);  // torch's add: no flush
+  if (i < nb)
+    absmax[i] = __fadd_rn(dev::mul_ftz(s_code[q[i]], absmax2[i >> 8]), offset);  // torch's add: no flush
 }
 
 int threads_for_blocksize(int64_t blocksize) {
@@ -125,7 +127,8 @@ const float* device_dynamic_map() {
   if (!maps[size_t(dev_id)]) {
     float* p = nullptr;
     NIBBLE_CUDA_CHECK(cudaMalloc(&p, 256 * sizeof(float)));
-    NIBBLE_CUDA_CHECK(cudaMemcpy(p, dynamic_map_signed().data(), 256 * sizeof(float), cudaMemcpyHostToDevice));
+    NIBBLE_CUDA_CHECK(
+        cudaMemcpy(p, dynamic_map_signed().data(), 256 * sizeof(float), cudaMemcpyHostToDevice));
     maps[size_t(dev_id)] = p;
   }
   return maps[size_t(dev_id)];
@@ -135,7 +138,8 @@ namespace launch {
 
 void quantize_blockwise8(const void* x, DType dt, int64_t n, int64_t blocksize, const float* code,
                          const float* offset, uint8_t* q, float* absmax, void* stream) {
-  if (blocksize <= 0) throw ConfigError(detail::str("quantize_blockwise8 (CUDA): blocksize must be positive"));
+  if (blocksize <= 0)
+    throw ConfigError(detail::str("quantize_blockwise8 (CUDA): blocksize must be positive"));
   if (offset && dt != DType::F32) throw InternalError("quantize_blockwise8 (CUDA): offset needs f32 input");
   if (n <= 0) return;
   const int64_t nb = ceil_div(n, blocksize);
@@ -148,9 +152,10 @@ void quantize_blockwise8(const void* x, DType dt, int64_t n, int64_t blocksize, 
   });
 }
 
-void dequantize_blockwise8(const uint8_t* q, const float* absmax, const float* code, int64_t n, int64_t blocksize,
-                           void* out, DType out_dt, void* stream) {
-  if (blocksize <= 0) throw ConfigError(detail::str("dequantize_blockwise8 (CUDA): blocksize must be positive"));
+void dequantize_blockwise8(const uint8_t* q, const float* absmax, const float* code, int64_t n,
+                           int64_t blocksize, void* out, DType out_dt, void* stream) {
+  if (blocksize <= 0)
+    throw ConfigError(detail::str("dequantize_blockwise8 (CUDA): blocksize must be positive"));
   if (n <= 0) return;
   const int log2b = (blocksize & (blocksize - 1)) == 0 ? dev::ilog2(blocksize) : -1;
   const int64_t grid = ceil_div(ceil_div(n, 8), 256);
@@ -187,8 +192,8 @@ void quantize_blockwise8(const void* x, DType dt, int64_t n, int64_t blocksize, 
   finish();
 }
 
-void dequantize_blockwise8(const uint8_t* q, const float* absmax, const float* code, int64_t n, int64_t blocksize,
-                           void* out, DType out_dt) {
+void dequantize_blockwise8(const uint8_t* q, const float* absmax, const float* code, int64_t n,
+                           int64_t blocksize, void* out, DType out_dt) {
   if (n <= 0) return;
   DeviceGuard g(q);
   launch::dequantize_blockwise8(q, absmax, code, n, blocksize, out, out_dt, nullptr);
@@ -200,15 +205,21 @@ float double_quantize_absmax(const float* absmax, int64_t nb, uint8_t* q, float*
   DeviceGuard g(absmax);
   float* d_offset = nullptr;
   NIBBLE_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&d_offset), sizeof(float), nullptr));
-  launch::double_quantize_absmax(absmax, nb, q, absmax2, d_offset, nullptr);
   float offset = 0.0f;
-  NIBBLE_CUDA_CHECK(cudaMemcpyAsync(&offset, d_offset, sizeof(float), cudaMemcpyDeviceToHost, nullptr));
+  try {
+    launch::double_quantize_absmax(absmax, nb, q, absmax2, d_offset, nullptr);
+    NIBBLE_CUDA_CHECK(cudaMemcpyAsync(&offset, d_offset, sizeof(float), cudaMemcpyDeviceToHost, nullptr));
+  } catch (...) {
+    cudaFreeAsync(d_offset, nullptr);
+    throw;
+  }
   NIBBLE_CUDA_CHECK(cudaFreeAsync(d_offset, nullptr));
   finish();
   return offset;
 }
 
-void dequantize_nested_absmax(const uint8_t* q, const float* absmax2, float offset, int64_t nb, float* absmax) {
+void dequantize_nested_absmax(const uint8_t* q, const float* absmax2, float offset, int64_t nb,
+                              float* absmax) {
   if (nb <= 0) return;
   DeviceGuard g(q);
   launch::dequantize_nested_absmax(q, absmax2, offset, nb, absmax, nullptr);

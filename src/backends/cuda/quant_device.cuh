@@ -47,7 +47,9 @@ struct BF16 {
   static constexpr int kBytes = 2;
 };
 
-__device__ __forceinline__ float bf16_bits_to_f32(uint32_t h) { return __uint_as_float(h << 16); }
+__device__ __forceinline__ float bf16_bits_to_f32(uint32_t h) {
+  return __uint_as_float(h << 16);
+}
 __device__ __forceinline__ float f16_bits_to_f32(uint32_t h) {
   return __half2float(__ushort_as_half(static_cast<unsigned short>(h)));
 }
@@ -55,9 +57,12 @@ __device__ __forceinline__ float f16_bits_to_f32(uint32_t h) {
 // One element i of a tensor (no bounds check).
 template <class T>
 __device__ __forceinline__ float load1(const void* base, int64_t i) {
-  if constexpr (T::kBytes == 4) return static_cast<const float*>(base)[i];
-  else if constexpr (std::is_same_v<T, F16>) return f16_bits_to_f32(static_cast<const uint16_t*>(base)[i]);
-  else return bf16_bits_to_f32(static_cast<const uint16_t*>(base)[i]);
+  if constexpr (T::kBytes == 4)
+    return static_cast<const float*>(base)[i];
+  else if constexpr (std::is_same_v<T, F16>)
+    return f16_bits_to_f32(static_cast<const uint16_t*>(base)[i]);
+  else
+    return bf16_bits_to_f32(static_cast<const uint16_t*>(base)[i]);
 }
 
 // Two 16-bit elements packed in a word (element 2k in the low half: little endian).
@@ -71,28 +76,6 @@ __device__ __forceinline__ void unpack2(uint32_t w, float& lo, float& hi) {
     lo = f.x;
     hi = f.y;
   }
-}
-
-// v[k] = x[e0 + k] for k < 8, 0 past n. `vec`: base is 16-byte aligned, so a chunk starting
-// at a multiple of 8 elements may be read with vector loads.
-template <class T>
-__device__ __forceinline__ void load8(const void* __restrict__ base, int64_t e0, int64_t n, bool vec, float (&v)[8]) {
-  if (vec && e0 + 8 <= n) {
-    if constexpr (T::kBytes == 4) {
-      const float4* p = reinterpret_cast<const float4*>(static_cast<const float*>(base) + e0);
-      float4 a = p[0], b = p[1];
-      v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
-    } else {
-      uint4 w = *reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(base) + e0);
-      unpack2<T>(w.x, v[0], v[1]);
-      unpack2<T>(w.y, v[2], v[3]);
-      unpack2<T>(w.z, v[4], v[5]);
-      unpack2<T>(w.w, v[6], v[7]);
-    }
-    return;
-  }
-#pragma unroll
-  for (int k = 0; k < 8; ++k) v[k] = e0 + k < n ? load1<T>(base, e0 + k) : 0.0f;
 }
 
 // 8 consecutive elements as loaded, before conversion: the registers a prefetch keeps in
@@ -131,7 +114,8 @@ __device__ __forceinline__ Raw8<T> load_raw8(const void* __restrict__ base, int6
       uint32_t t[4];
 #pragma unroll
       for (int j = 0; j < 4; ++j)
-        t[j] = (e0 + 2 * j < n ? uint32_t(p[2 * j]) : 0u) | (e0 + 2 * j + 1 < n ? uint32_t(p[2 * j + 1]) << 16 : 0u);
+        t[j] = (e0 + 2 * j < n ? uint32_t(p[2 * j]) : 0u) |
+               (e0 + 2 * j + 1 < n ? uint32_t(p[2 * j + 1]) << 16 : 0u);
       r.w = make_uint4(t[0], t[1], t[2], t[3]);
     }
   }
@@ -141,7 +125,8 @@ __device__ __forceinline__ Raw8<T> load_raw8(const void* __restrict__ base, int6
 template <class T>
 __device__ __forceinline__ void unpack8(const Raw8<T>& r, float (&v)[8]) {
   if constexpr (T::kBytes == 4) {
-    v[0] = r.a.x, v[1] = r.a.y, v[2] = r.a.z, v[3] = r.a.w, v[4] = r.b.x, v[5] = r.b.y, v[6] = r.b.z, v[7] = r.b.w;
+    v[0] = r.a.x, v[1] = r.a.y, v[2] = r.a.z, v[3] = r.a.w, v[4] = r.b.x, v[5] = r.b.y, v[6] = r.b.z,
+    v[7] = r.b.w;
   } else {
     unpack2<T>(r.w.x, v[0], v[1]);
     unpack2<T>(r.w.y, v[2], v[3]);
@@ -166,21 +151,26 @@ __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
 
 template <class T>
 __device__ __forceinline__ void store1(void* base, int64_t i, float v) {
-  if constexpr (T::kBytes == 4) static_cast<float*>(base)[i] = v;
-  else if constexpr (std::is_same_v<T, F16>) static_cast<uint16_t*>(base)[i] = __half_as_ushort(__float2half_rn(v));
-  else static_cast<uint16_t*>(base)[i] = __bfloat16_as_ushort(__float2bfloat16_rn(v));
+  if constexpr (T::kBytes == 4)
+    static_cast<float*>(base)[i] = v;
+  else if constexpr (std::is_same_v<T, F16>)
+    static_cast<uint16_t*>(base)[i] = __half_as_ushort(__float2half_rn(v));
+  else
+    static_cast<uint16_t*>(base)[i] = __bfloat16_as_ushort(__float2bfloat16_rn(v));
 }
 
 // out[e0 + k] = v[k] for k < 8 and e0 + k < n; vector stores when `vec` and the chunk is whole.
 template <class T>
-__device__ __forceinline__ void store8(void* __restrict__ base, int64_t e0, int64_t n, bool vec, const float (&v)[8]) {
+__device__ __forceinline__ void store8(void* __restrict__ base, int64_t e0, int64_t n, bool vec,
+                                       const float (&v)[8]) {
   if (vec && e0 + 8 <= n) {
     if constexpr (T::kBytes == 4) {
       float4* p = reinterpret_cast<float4*>(static_cast<float*>(base) + e0);
       p[0] = make_float4(v[0], v[1], v[2], v[3]);
       p[1] = make_float4(v[4], v[5], v[6], v[7]);
     } else {
-      uint4 w = make_uint4(pack2<T>(v[0], v[1]), pack2<T>(v[2], v[3]), pack2<T>(v[4], v[5]), pack2<T>(v[6], v[7]));
+      uint4 w =
+          make_uint4(pack2<T>(v[0], v[1]), pack2<T>(v[2], v[3]), pack2<T>(v[4], v[5]), pack2<T>(v[6], v[7]));
       *reinterpret_cast<uint4*>(static_cast<uint16_t*>(base) + e0) = w;
     }
     return;

@@ -5,12 +5,13 @@
 // two for f32) in each of kQuantTiles tiles of a group, so every load of the warp is
 // coalesced. A persistent grid walks the groups and loads the next group while coding the
 // current one: the code search costs about as much issue time as the bytes cost memory time,
-// so the two must overlap to approach copy bandwidth. The blocksize/8 lanes covering one quant block
-// reduce its absmax with xor shuffles (and through shared memory when a block spans several
-// warps, blocksize > 256), then each lane scales its 8 values by the reciprocal, looks the codes
-// up by binary search in a shared boundary table and writes 4 packed bytes as one word:
+// so the two must overlap to approach copy bandwidth. The blocksize/8 lanes covering one quant
+// block reduce its absmax with xor shuffles (and through shared memory when a block spans
+// several warps, blocksize > 256), then each lane scales its 8 values by the reciprocal, looks
+// the codes up by binary search in a shared boundary table and writes 4 packed bytes as one
+// word:
 //   word (little endian) = byte0 | byte1 << 8 | ..., byte j = code(x[2j]) << 4 | code(x[2j+1])
-// Dequantize: a thread expands kU chunks of 4 packed bytes (8 values, one absmax each since
+// Dequantize: a thread expands kDequantTiles chunks of 4 packed bytes (8 values, one absmax each since
 // blocksize >= 32 is a multiple of 8) with a 16-entry shared code table and writes 16- or
 // 32-byte vectors. All float operations are bitsandbytes' fast-math ones (quant_device.cuh).
 #include <algorithm>
@@ -57,17 +58,19 @@ constexpr int kDequantTiles = 4;  // chunks of 4 packed bytes per thread
 
 template <int kB>
 struct QuantShape {
-  static constexpr int kLanes = kB / 8;                        // lanes per quant block
+  static constexpr int kLanes = kB / 8;                         // lanes per quant block
   static constexpr int kThreads = kLanes > 256 ? kLanes : 256;  // CTA size
-  static constexpr int kTile = kThreads * 8;                   // elements per tile
-  static constexpr int kGroup = kLanes < 32 ? kLanes : 32;     // shuffle width
+  static constexpr int kTile = kThreads * 8;                    // elements per tile
+  static constexpr int kGroup = kLanes < 32 ? kLanes : 32;      // shuffle width
   static constexpr int kBlockWarps = kLanes > 32 ? kLanes / 32 : 1;
   static constexpr int kWarps = kThreads / 32;
   static constexpr int kLog2B = dev::ilog2(kB);
 };
 
 // Nibble k (0..7) of a chunk's word: byte k/2, high nibble for even k.
-__device__ __forceinline__ int nibble_shift(int k) { return 8 * (k / 2) + ((k & 1) ? 0 : 4); }
+__device__ __forceinline__ int nibble_shift(int k) {
+  return 8 * (k / 2) + ((k & 1) ? 0 : 4);
+}
 
 // x: [n] elements of T; packed: [(n + 1) / 2]; absmax: [ceil(n / kB)].
 // vec_in: x is 16-byte aligned; vec_out: packed is 4-byte aligned.
@@ -76,10 +79,12 @@ __device__ __forceinline__ int nibble_shift(int k) { return 8 * (k / 2) + ((k & 
 // the codes are computed (a grid of one CTA per group degenerates to a plain one-pass kernel).
 template <class T, int kB, bool kNf4>
 __global__ void __launch_bounds__(QuantShape<kB>::kThreads)
-    quantize_4bit_kernel(const void* __restrict__ x, int64_t n, Quant4Tables tab, uint8_t* __restrict__ packed,
-                         float* __restrict__ absmax, bool vec_in, bool vec_out) {
+    quantize_4bit_kernel(const void* __restrict__ x, int64_t n, Quant4Tables tab,
+                         uint8_t* __restrict__ packed, float* __restrict__ absmax, bool vec_in,
+                         bool vec_out) {
   using S = QuantShape<kB>;
-  static_assert(S::kThreads % (S::kBlockWarps * 32) == 0 || S::kLanes <= 32, "a quant block spans whole warps");
+  static_assert(S::kThreads % (S::kBlockWarps * 32) == 0 || S::kLanes <= 32,
+                "a quant block spans whole warps");
   __shared__ __align__(64) float s_bound[16];
   __shared__ float s_red[2][kQuantTiles][S::kWarps];  // [parity][tile][warp] maxima, when kLanes > 32
   if (threadIdx.x < 16) s_bound[threadIdx.x] = tab.bound[threadIdx.x];
@@ -101,7 +106,8 @@ __global__ void __launch_bounds__(QuantShape<kB>::kThreads)
     if (g + gridDim.x < ngroups) {
 #pragma unroll
       for (int u = 0; u < kQuantTiles; ++u)
-        nxt[u] = dev::load_raw8<T>(x, cta0 + int64_t(gridDim.x) * group_elems + int64_t(u) * S::kTile, n, vec_in);
+        nxt[u] =
+            dev::load_raw8<T>(x, cta0 + int64_t(gridDim.x) * group_elems + int64_t(u) * S::kTile, n, vec_in);
     }
     float v[kQuantTiles][8];  // [tile][element]
 #pragma unroll
@@ -147,14 +153,17 @@ __global__ void __launch_bounds__(QuantShape<kB>::kThreads)
         for (int k = 0; k < 8; ++k) {
           const uint32_t a = dev::nf4_code_addr(dev::mul_ftz(v[u][k], inv), b_mid, bound);
           const int sh = nibble_shift(k);
-          if (sh < 16) lo += a << sh, base_lo += bound << sh;
-          else hi += a << (sh - 16), base_hi += bound << (sh - 16);
+          if (sh < 16)
+            lo += a << sh, base_lo += bound << sh;
+          else
+            hi += a << (sh - 16), base_hi += bound << (sh - 16);
         }
         word = ((lo - base_lo) >> 2) | ((hi - base_hi) << 14);
       } else {
 #pragma unroll
         for (int k = 0; k < 8; ++k)
-          word |= dev::fp4_code(dev::mul_ftz(v[u][k], inv), b_mid, bound, tab.fp4_bin_code) << nibble_shift(k);
+          word |= dev::fp4_code(dev::mul_ftz(v[u][k], inv), b_mid, bound, tab.fp4_bin_code)
+                  << nibble_shift(k);
       }
       if (e0 + 8 <= n && vec_out) {
         *reinterpret_cast<uint32_t*>(packed + e0 / 2) = word;
@@ -178,8 +187,8 @@ __global__ void __launch_bounds__(QuantShape<kB>::kThreads)
 // vec_in: packed is 4-byte aligned; vec_out: out is 16-byte aligned.
 template <class Out>
 __global__ void __launch_bounds__(256)
-    dequantize_4bit_kernel(const uint8_t* __restrict__ packed, const float* __restrict__ absmax, int64_t n, int log2b,
-                           Code16 code, void* __restrict__ out, bool vec_in, bool vec_out) {
+    dequantize_4bit_kernel(const uint8_t* __restrict__ packed, const float* __restrict__ absmax, int64_t n,
+                           int log2b, Code16 code, void* __restrict__ out, bool vec_in, bool vec_out) {
   __shared__ float s_code[16];
   if (threadIdx.x < 16) s_code[threadIdx.x] = code.v[threadIdx.x];
   __syncthreads();
@@ -216,7 +225,8 @@ __global__ void __launch_bounds__(256)
 // one CTA per group (no prefetch across groups).
 template <class T, int kB, bool kNf4>
 int64_t quantize_grid(int64_t ngroups) {
-  if (const char* e = std::getenv("NIBBLE_CUDA_QUANT4_GRID"); e && std::string_view(e) == "full") return ngroups;
+  if (const char* e = std::getenv("NIBBLE_CUDA_QUANT4_GRID"); e && std::string_view(e) == "full")
+    return ngroups;
   static const int per_sm = [] {
     int p = 0;
     NIBBLE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&p, quantize_4bit_kernel<T, kB, kNf4>,
@@ -232,15 +242,33 @@ int64_t quantize_grid(int64_t ngroups) {
 template <class F>
 void with_blocksize_4bit(int64_t bs, F&& f) {
   switch (bs) {
-    case 32: f(std::integral_constant<int, 32>{}); return;
-    case 64: f(std::integral_constant<int, 64>{}); return;
-    case 128: f(std::integral_constant<int, 128>{}); return;
-    case 256: f(std::integral_constant<int, 256>{}); return;
-    case 512: f(std::integral_constant<int, 512>{}); return;
-    case 1024: f(std::integral_constant<int, 1024>{}); return;
-    case 2048: f(std::integral_constant<int, 2048>{}); return;
-    case 4096: f(std::integral_constant<int, 4096>{}); return;
-    default: throw ConfigError(detail::str("quantize_4bit (CUDA): blocksize ", bs, " is not a power of two in 32..4096"));
+    case 32:
+      f(std::integral_constant<int, 32>{});
+      return;
+    case 64:
+      f(std::integral_constant<int, 64>{});
+      return;
+    case 128:
+      f(std::integral_constant<int, 128>{});
+      return;
+    case 256:
+      f(std::integral_constant<int, 256>{});
+      return;
+    case 512:
+      f(std::integral_constant<int, 512>{});
+      return;
+    case 1024:
+      f(std::integral_constant<int, 1024>{});
+      return;
+    case 2048:
+      f(std::integral_constant<int, 2048>{});
+      return;
+    case 4096:
+      f(std::integral_constant<int, 4096>{});
+      return;
+    default:
+      throw ConfigError(
+          detail::str("quantize_4bit (CUDA): blocksize ", bs, " is not a power of two in 32..4096"));
   }
 }
 
@@ -266,21 +294,24 @@ void quantize_4bit(const void* x, DType dt, int64_t n, int64_t blocksize, DType 
       using S = QuantShape<kB>;
       const int64_t ngroups = ceil_div(n, int64_t(kQuantTiles) * S::kTile);
       if (quant_type == DType::NF4)
-        quantize_4bit_kernel<T, kB, true><<<unsigned(quantize_grid<T, kB, true>(ngroups)), S::kThreads, 0,
-                                            as_stream(stream)>>>(x, n, tab, packed, absmax, vec_in, vec_out);
+        quantize_4bit_kernel<T, kB, true>
+            <<<unsigned(quantize_grid<T, kB, true>(ngroups)), S::kThreads, 0, as_stream(stream)>>>(
+                x, n, tab, packed, absmax, vec_in, vec_out);
       else
-        quantize_4bit_kernel<T, kB, false><<<unsigned(quantize_grid<T, kB, false>(ngroups)), S::kThreads, 0,
-                                             as_stream(stream)>>>(x, n, tab, packed, absmax, vec_in, vec_out);
+        quantize_4bit_kernel<T, kB, false>
+            <<<unsigned(quantize_grid<T, kB, false>(ngroups)), S::kThreads, 0, as_stream(stream)>>>(
+                x, n, tab, packed, absmax, vec_in, vec_out);
       NIBBLE_CUDA_CHECK_LAUNCH();
     });
   });
 }
 
-void dequantize_4bit(const uint8_t* packed, const float* absmax, int64_t n, int64_t blocksize, DType quant_type,
-                     void* out, DType out_dt, void* stream) {
+void dequantize_4bit(const uint8_t* packed, const float* absmax, int64_t n, int64_t blocksize,
+                     DType quant_type, void* out, DType out_dt, void* stream) {
   check_quant_type("dequantize_4bit (CUDA)", quant_type);
   if (!valid_blocksize_4bit(blocksize))
-    throw ConfigError(detail::str("dequantize_4bit (CUDA): blocksize ", blocksize, " is not a power of two in 32..4096"));
+    throw ConfigError(
+        detail::str("dequantize_4bit (CUDA): blocksize ", blocksize, " is not a power of two in 32..4096"));
   if (n <= 0) return;
   Code16 code{};
   const float* table = dequant_table_4bit(quant_type);  // FP4 code 8 is -0.0 here
@@ -305,8 +336,8 @@ void quantize_4bit(const void* x, DType dt, int64_t n, int64_t blocksize, DType 
   finish();
 }
 
-void dequantize_4bit(const uint8_t* packed, const float* absmax, int64_t n, int64_t blocksize, DType quant_type,
-                     void* out, DType out_dt) {
+void dequantize_4bit(const uint8_t* packed, const float* absmax, int64_t n, int64_t blocksize,
+                     DType quant_type, void* out, DType out_dt) {
   if (n <= 0) return;
   DeviceGuard g(packed);
   launch::dequantize_4bit(packed, absmax, n, blocksize, quant_type, out, out_dt, nullptr);

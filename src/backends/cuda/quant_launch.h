@@ -13,13 +13,13 @@ namespace nibble::cuda::launch {
 
 void quantize_4bit(const void* x, DType dt, int64_t n, int64_t blocksize, DType quant_type, uint8_t* packed,
                    float* absmax, void* stream);
-void dequantize_4bit(const uint8_t* packed, const float* absmax, int64_t n, int64_t blocksize, DType quant_type,
-                     void* out, DType out_dt, void* stream);
+void dequantize_4bit(const uint8_t* packed, const float* absmax, int64_t n, int64_t blocksize,
+                     DType quant_type, void* out, DType out_dt, void* stream);
 // offset (nullable, device f32 scalar): quantize x - *offset instead of x (f32 input only).
 void quantize_blockwise8(const void* x, DType dt, int64_t n, int64_t blocksize, const float* code,
                          const float* offset, uint8_t* q, float* absmax, void* stream);
-void dequantize_blockwise8(const uint8_t* q, const float* absmax, const float* code, int64_t n, int64_t blocksize,
-                           void* out, DType out_dt, void* stream);
+void dequantize_blockwise8(const uint8_t* q, const float* absmax, const float* code, int64_t n,
+                           int64_t blocksize, void* out, DType out_dt, void* stream);
 // *out = torch's CUDA float32 mean of x[0..n) (quant::torch_cuda_mean_f32, 132 SMs), computed
 // on the device in the same order; scratch comes from the stream's memory pool.
 void torch_mean_f32(const float* x, int64_t n, float* out, void* stream);

@@ -60,8 +60,8 @@ __global__ void torch_mean_partial_kernel(const float* __restrict__ x, int64_t n
     int64_t v = c * bw + l;
     // four vectors' loads in flight before their adds, which stay in the reference's order
     for (; v + 3 * stride < nvec; v += 4 * stride) {
-      const float4 p0 = load_vec(x, v, vec), p1 = load_vec(x, v + stride, vec), p2 = load_vec(x, v + 2 * stride, vec),
-                   p3 = load_vec(x, v + 3 * stride, vec);
+      const float4 p0 = load_vec(x, v, vec), p1 = load_vec(x, v + stride, vec),
+                   p2 = load_vec(x, v + 2 * stride, vec), p3 = load_vec(x, v + 3 * stride, vec);
       add(p0);
       add(p1);
       add(p2);
@@ -114,9 +114,10 @@ void torch_mean_f32(const float* x, int64_t n, float* out, void* stream) {
   const unsigned bw = unsigned(cfg.block_width);
   const float factor = 1.0f / static_cast<float>(n);  // the reference's host-side float factor
   float* cta_total = nullptr;
-  NIBBLE_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&cta_total), size_t(cfg.ctas) * sizeof(float), st));
-  torch_mean_partial_kernel<<<unsigned(cfg.ctas), bw, bw * sizeof(float), st>>>(x, n, cfg.vectorized, aligned(x, 16),
-                                                                              cta_total);
+  NIBBLE_CUDA_CHECK(
+      cudaMallocAsync(reinterpret_cast<void**>(&cta_total), size_t(cfg.ctas) * sizeof(float), st));
+  torch_mean_partial_kernel<<<unsigned(cfg.ctas), bw, bw * sizeof(float), st>>>(x, n, cfg.vectorized,
+                                                                                aligned(x, 16), cta_total);
   NIBBLE_CUDA_CHECK_LAUNCH();
   torch_mean_final_kernel<<<1, bw, bw * sizeof(float), st>>>(cta_total, cfg.ctas, factor, out);
   NIBBLE_CUDA_CHECK_LAUNCH();

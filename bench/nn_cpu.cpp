@@ -22,7 +22,11 @@ using namespace nibble;
 
 namespace {
 
-double median_seconds(const std::function<void()>& fn, double budget_s) {
+struct Timing {
+  double median, best;
+};
+
+Timing time_runs(const std::function<void()>& fn, double budget_s) {
   fn();  // warm-up
   std::vector<double> t;
   auto start = std::chrono::steady_clock::now();
@@ -31,10 +35,11 @@ double median_seconds(const std::function<void()>& fn, double budget_s) {
     fn();
     auto b = std::chrono::steady_clock::now();
     t.push_back(std::chrono::duration<double>(b - a).count());
-  } while (t.size() < 3 || (std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() < budget_s &&
-                            t.size() < 50));
+  } while (t.size() < 3 ||
+           (std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() < budget_s &&
+            t.size() < 50));
   std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
+  return {t[t.size() / 2], t.front()};
 }
 
 Tensor randn(const Shape& s, DType dt, std::mt19937_64& rng, float scale = 1.0f) {
@@ -49,13 +54,15 @@ double copy_gbps(double budget) {
   const size_t n = size_t(256) << 20;
   std::vector<char> a(n, 1), b(n, 2);
   const int64_t chunks = 64;
-  double s = median_seconds(
-      [&] {
-        parallel_for(chunks, 1, [&](int64_t c0, int64_t c1) {
-          for (int64_t c = c0; c < c1; ++c) std::memcpy(b.data() + c * (n / chunks), a.data() + c * (n / chunks), n / chunks);
-        });
-      },
-      budget);
+  double s = time_runs(
+                 [&] {
+                   parallel_for(chunks, 1, [&](int64_t c0, int64_t c1) {
+                     for (int64_t c = c0; c < c1; ++c)
+                       std::memcpy(b.data() + c * (n / chunks), a.data() + c * (n / chunks), n / chunks);
+                   });
+                 },
+                 budget)
+                 .best;
   return 2.0 * double(n) / s / 1e9;
 }
 
@@ -76,10 +83,12 @@ int main(int argc, char** argv) {
 
   const int all = num_threads();
   std::printf("nibble CPU ops, %lld x %lld weight; threads available: %d\n", (long long)N, (long long)K, all);
-  std::printf("%-34s %8s %10s %10s %10s\n", "case", "threads", "ms", "weight GB/s", "GFLOP/s");
+  std::printf("median (best) of timed runs; weight GB/s and GFLOP/s from the median\n");
+  std::printf("%-34s %8s %18s %11s %10s\n", "case", "threads", "ms", "weight GB/s", "GFLOP/s");
   for (int threads : {1, all}) {
     set_num_threads(threads);
-    std::printf("%-34s %8d %10s %10.1f %10s\n", "memcpy (read+write GB/s)", threads, "-", copy_gbps(budget), "-");
+    std::printf("%-34s %8d %18s %11.1f %10s\n", "memcpy (read+write, best)", threads, "-", copy_gbps(budget),
+                "-");
     for (int64_t M : {int64_t(1), int64_t(128)}) {
       Tensor x = randn({M, K}, DType::F32, rng);
       const double flop = 2.0 * double(M) * double(N) * double(K);
@@ -89,17 +98,19 @@ int main(int argc, char** argv) {
         std::function<void()> fn;
       };
       const std::vector<Case> cases = {
-          {"bf16 linear (round_to bf16)", bytes_bf16, [&] { ops::linear(x, w_bf16, Tensor(), DType::BF16); }},
-          {"nf4+dq linear_4bit (compute bf16)", bytes_nf4,
+          {"bf16 linear (round bf16)", bytes_bf16, [&] { ops::linear(x, w_bf16, Tensor(), DType::BF16); }},
+          {"nf4+dq 4bit (compute bf16)", bytes_nf4,
            [&] { ops::linear_4bit(x, q.packed, q.state, absmax, Tensor(), DType::BF16); }},
-          {"nf4+dq linear_4bit (compute f32)", bytes_nf4,
+          {"nf4+dq 4bit (compute f32)", bytes_nf4,
            [&] { ops::linear_4bit(x, q.packed, q.state, absmax, Tensor(), DType::F32); }},
-          {"int8 linear_int8 (threshold 6)", bytes_i8, [&] { ops::linear_int8(x, w8.CA, w8.SCA, Tensor(), 6.0f); }},
+          {"int8 (threshold 6)", bytes_i8, [&] { ops::linear_int8(x, w8.CA, w8.SCA, Tensor(), 6.0f); }},
       };
       for (const Case& c : cases) {
-        double s = median_seconds(c.fn, budget);
-        std::printf("%-28s M=%-4lld %8d %10.2f %10.2f %10.1f\n", c.name, (long long)M, threads, s * 1e3,
-                    c.bytes / s / 1e9, flop / s / 1e9);
+        Timing t = time_runs(c.fn, budget);
+        char name[64];
+        std::snprintf(name, sizeof name, "%s M=%lld", c.name, (long long)M);
+        std::printf("%-34s %8d %9.2f (%6.2f) %11.2f %10.1f\n", name, threads, t.median * 1e3, t.best * 1e3,
+                    c.bytes / t.median / 1e9, flop / t.median / 1e9);
       }
     }
     // attention, Llama-2-7B head shape (32 heads of 128), f32
@@ -109,12 +120,13 @@ int main(int argc, char** argv) {
       ops::AttentionOptions o;
       o.scale = 1.0f / std::sqrt(128.0f);
       o.q_offset = S - T;
-      double s = median_seconds([&] { ops::attention(qa, k, v, o); }, budget);
+      Timing t = time_runs([&] { ops::attention(qa, k, v, o); }, budget);
       double pairs = T == 1 ? double(S) : double(T) * double(T + 1) / 2;  // causal (query, key) pairs
       double fl = 2.0 * 2.0 * 128.0 * 32.0 * pairs;
       char name[64];
       std::snprintf(name, sizeof name, "attention T=%lld S=%lld", (long long)T, (long long)S);
-      std::printf("%-34s %8d %10.2f %10s %10.1f\n", name, threads, s * 1e3, "-", fl / s / 1e9);
+      std::printf("%-34s %8d %9.2f (%6.2f) %11s %10.1f\n", name, threads, t.median * 1e3, t.best * 1e3, "-",
+                  fl / t.median / 1e9);
     }
   }
   set_num_threads(all);

@@ -50,15 +50,16 @@ struct ModelConfig {
   std::string model_type;
 
   int64_t vocab_size = 0;
-  int64_t hidden_size = 0;           // gpt2: n_embd; bloom: also n_embed
-  int64_t intermediate_size = 0;     // MLP width. opt: ffn_dim; gpt2: n_inner or 4*hidden; bloom: 4*hidden
-  int64_t num_hidden_layers = 0;     // gpt2/bloom: n_layer
-  int64_t num_attention_heads = 0;   // gpt2/bloom: n_head
-  int64_t num_key_value_heads = 0;   // = num_attention_heads for MHA families
-  int64_t head_dim = 0;              // config.json's head_dim, else the family default, else hidden/heads
+  int64_t hidden_size = 0;              // gpt2: n_embd; bloom: also n_embed
+  int64_t intermediate_size = 0;        // MLP width. opt: ffn_dim; gpt2: n_inner or 4*hidden; bloom: 4*hidden
+  int64_t num_hidden_layers = 0;        // gpt2/bloom: n_layer
+  int64_t num_attention_heads = 0;      // gpt2/bloom: n_head
+  int64_t num_key_value_heads = 0;      // = num_attention_heads for MHA families
+  int64_t head_dim = 0;                 // config.json's head_dim, else the family default, else hidden/heads
   int64_t max_position_embeddings = 0;  // gpt2: n_positions; 0 for bloom (alibi, no limit)
 
-  double norm_eps = 1e-6;  // rms_norm_eps | layer_norm_eps (gpt_neox) | layer_norm_epsilon (gpt2, bloom) | 1e-5 (opt)
+  // rms_norm_eps | layer_norm_eps (gpt_neox) | layer_norm_epsilon (gpt2, bloom) | fixed 1e-5 (opt)
+  double norm_eps = 1e-6;
   // Activation name as transformers' ACT2FN spells it: hidden_act, or gemma2's hidden_activation,
   // or gpt2/opt's activation_function. bloom has none in its config: "bloom_gelu" (tanh form).
   std::string hidden_act;
@@ -117,9 +118,7 @@ struct ModelConfig {
   // default rope). 0 without rope.
   int64_t rope_dim() const;
 
-  bool layer_is_sliding(int64_t layer) const {
-    return layer_types.at(size_t(layer)) == "sliding_attention";
-  }
+  bool layer_is_sliding(int64_t layer) const { return layer_types.at(size_t(layer)) == "sliding_attention"; }
 
   // Throws IoError (unreadable), FormatError (not JSON), ConfigError (a field missing, of the
   // wrong JSON type, or inconsistent: heads not dividing hidden_size, kv heads not dividing

@@ -26,6 +26,7 @@ struct ArchSpec {
   std::string architecture;  // "LlamaForCausalLM"
   std::string prefix;        // "model." — the base model's module path
   std::string embed;         // "embed_tokens"
+  std::string embed_class = "Embedding";  // Gemma-2: Gemma2TextScaledWordEmbedding (+ an f32 scale buffer)
   std::string pos_embed;     // learned positions ("wpe", "embed_positions") or ""
   int pos_offset = 0;        // OPT stores positions shifted by 2
   std::string embed_norm;    // Bloom: "word_embeddings_layernorm"

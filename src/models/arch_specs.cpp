@@ -46,6 +46,7 @@ std::map<std::string, ArchSpec> build() {
     s.post_attn_norm = "post_attention_layernorm";
     s.post_mlp_norm = "post_feedforward_layernorm";
     s.scale_embeddings = true;
+    s.embed_class = "Gemma2TextScaledWordEmbedding";
     s.norm_unit_offset = true;
     s.default_act = "gelu_pytorch_tanh";
     m[s.architecture] = s;

@@ -24,18 +24,18 @@ namespace {
 // may leave out. Key names: nullptr = the family has no such key (a fixed value is used).
 struct Family {
   const char* model_type;
-  const char* hidden_key;     // alias tried after "hidden_size" (gpt2: n_embd)
-  const char* layers_key;     // alias tried after "num_hidden_layers"
-  const char* heads_key;      // alias tried after "num_attention_heads"
-  const char* max_pos_key;    // where max_position_embeddings lives
-  int64_t max_pos;            // its default (0: none)
+  const char* hidden_key;   // alias tried after "hidden_size" (gpt2: n_embd)
+  const char* layers_key;   // alias tried after "num_hidden_layers"
+  const char* heads_key;    // alias tried after "num_attention_heads"
+  const char* max_pos_key;  // where max_position_embeddings lives
+  int64_t max_pos;          // its default (0: none)
   const char* eps_key;
   double eps;
   const char* act_key;
   const char* act;
   bool tie;
-  int64_t kv_heads;           // default num_key_value_heads; 0: = num_attention_heads
-  int64_t head_dim;           // default head_dim; 0: hidden_size / num_attention_heads
+  int64_t kv_heads;  // default num_key_value_heads; 0: = num_attention_heads
+  int64_t head_dim;  // default head_dim; 0: hidden_size / num_attention_heads
   std::optional<int64_t> bos, eos, pad;
   std::optional<int64_t> sliding_window;  // default window (mistral, qwen, gemma2)
   bool has_rope;
@@ -44,6 +44,7 @@ struct Family {
 };
 
 constexpr auto none = std::nullopt;
+// clang-format off
 const Family kFamilies[] = {
     // model_type  hidden   layers    heads     max_pos_key                max_pos  eps_key               eps   act_key                act                  tie    kv  hd   bos    eos    pad    sliding rope  partial div
     {"llama",    nullptr, nullptr,  nullptr,  "max_position_embeddings", 2048,    "rms_norm_eps",       1e-6, "hidden_act",          "silu",              false, 0,  0,   1,     2,     none,  none,   true, false, true},
@@ -59,6 +60,7 @@ const Family kFamilies[] = {
     // any other model_type: llama's names and defaults, hidden % heads checked only to derive head_dim
     {"",         nullptr, nullptr,  nullptr,  "max_position_embeddings", 2048,    "rms_norm_eps",       1e-6, "hidden_act",          "silu",              false, 0,  0,   1,     2,     none,  none,   true, false, false},
 };
+// clang-format on
 
 const Family& family_of(const std::string& model_type) {
   for (const auto& f : kFamilies)
@@ -109,17 +111,23 @@ std::optional<RopeParameters> parse_rope(const JsonFields& f, const ModelConfig&
   RopeParameters r;
   const bool is_neox = c.model_type == "gpt_neox", is_phi3 = c.model_type == "phi3";
   // rope_theta: the dict's, else the top-level key (gpt_neox: rotary_emb_base), else 10000.
-  if (auto t = d.opt_num("rope_theta")) r.rope_theta = *t;
-  else r.rope_theta = f.num_or(is_neox ? "rotary_emb_base" : "rope_theta", 10000.0);
+  if (auto t = d.opt_num("rope_theta"))
+    r.rope_theta = *t;
+  else
+    r.rope_theta = f.num_or(is_neox ? "rotary_emb_base" : "rope_theta", 10000.0);
   // partial_rotary_factor: the dict's, else top level (gpt_neox: rotary_pct, default 0.25).
-  if (auto p = d.opt_num("partial_rotary_factor")) r.partial_rotary_factor = *p;
-  else if (is_neox) r.partial_rotary_factor = f.num_or("rotary_pct", 0.25);
-  else r.partial_rotary_factor = f.num_or("partial_rotary_factor", 1.0);
+  if (auto p = d.opt_num("partial_rotary_factor"))
+    r.partial_rotary_factor = *p;
+  else if (is_neox)
+    r.partial_rotary_factor = f.num_or("rotary_pct", 0.25);
+  else
+    r.partial_rotary_factor = f.num_or("partial_rotary_factor", 1.0);
 
   r.rope_type = d.str_or("rope_type", d.str_or("type", "default"));
   // Phi3Config renames the Phi-3 spellings of LongRoPE.
   if (is_phi3 && (r.rope_type == "su" || r.rope_type == "yarn")) r.rope_type = "longrope";
-  if (std::none_of(std::begin(kRopeTypes), std::end(kRopeTypes), [&](const char* t) { return r.rope_type == t; }))
+  if (std::none_of(std::begin(kRopeTypes), std::end(kRopeTypes),
+                   [&](const char* t) { return r.rope_type == t; }))
     d.fail(d.has("rope_type") ? "rope_type" : "type",
            "'" + r.rope_type + "' is not supported (default, linear, dynamic, yarn, longrope, llama3)");
 
@@ -141,9 +149,12 @@ std::optional<RopeParameters> parse_rope(const JsonFields& f, const ModelConfig&
     // A top-level original_max_position_embeddings (Phi3Config has it as a field, default
     // 4096; for other classes it is an extra attribute that the rope init's second
     // standardization sees) overrides the dict's; else the dict's, else max_position_embeddings.
-    if (is_phi3) r.original_max_position_embeddings = f.int_or("original_max_position_embeddings", 4096);
-    else if (auto o = f.opt_int("original_max_position_embeddings")) r.original_max_position_embeddings = o;
-    else if (!r.original_max_position_embeddings) r.original_max_position_embeddings = c.max_position_embeddings;
+    if (is_phi3)
+      r.original_max_position_embeddings = f.int_or("original_max_position_embeddings", 4096);
+    else if (auto o = f.opt_int("original_max_position_embeddings"))
+      r.original_max_position_embeddings = o;
+    else if (!r.original_max_position_embeddings)
+      r.original_max_position_embeddings = c.max_position_embeddings;
     if (*r.original_max_position_embeddings <= 0)
       d.fail("original_max_position_embeddings", "must be positive");
   }
@@ -154,13 +165,15 @@ std::optional<RopeParameters> parse_rope(const JsonFields& f, const ModelConfig&
   if (!(r.partial_rotary_factor > 0 && r.partial_rotary_factor <= 1))
     d.fail("partial_rotary_factor", "must be in (0, 1]");
   const std::string& t = r.rope_type;
-  if ((t == "linear" || t == "dynamic" || t == "llama3") && !r.factor) d.fail("factor", "missing (required for " + t + ")");
+  if ((t == "linear" || t == "dynamic" || t == "llama3") && !r.factor)
+    d.fail("factor", "missing (required for " + t + ")");
   if (t == "yarn" && !d.json().contains("factor")) d.fail("factor", "missing (required for yarn)");
   if (r.factor && !(*r.factor > 0)) d.fail("factor", "must be positive");
   if (t == "llama3") {
     if (!r.low_freq_factor) d.fail("low_freq_factor", "missing (required for llama3)");
     if (!r.high_freq_factor) d.fail("high_freq_factor", "missing (required for llama3)");
-    if (*r.high_freq_factor == *r.low_freq_factor) d.fail("high_freq_factor", "must differ from low_freq_factor");
+    if (*r.high_freq_factor == *r.low_freq_factor)
+      d.fail("high_freq_factor", "must differ from low_freq_factor");
   }
   if (t == "longrope") {
     if (!d.has("short_factor")) d.fail("short_factor", "missing (required for longrope)");
@@ -193,7 +206,8 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& origin) {
     const json& a = j.at("architectures");
     if (!a.is_array()) f.fail("architectures", "expected a list of strings, got " + JsonFields::type_of(a));
     for (const auto& s : a)
-      if (!s.is_string()) f.fail("architectures", "expected a list of strings, found " + JsonFields::type_of(s));
+      if (!s.is_string())
+        f.fail("architectures", "expected a list of strings, found " + JsonFields::type_of(s));
     if (!a.empty()) c.architecture = a[0].get<std::string>();
   }
   auto mt = f.opt_str("model_type");
@@ -217,29 +231,40 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& origin) {
   c.num_hidden_layers = shape_field(f, lay_field, lay_override).value;
   const Shape heads = shape_field(f, head_field, head_override);
   c.num_attention_heads = heads.value;
-  if (t == "gpt2") c.intermediate_size = f.has("n_inner") ? shape_field(f, "n_inner").value : 4 * c.hidden_size;
-  else if (t == "bloom") c.intermediate_size = 4 * c.hidden_size;
-  else if (t == "opt") c.intermediate_size = shape_field(f, "ffn_dim").value;
-  else c.intermediate_size = shape_field(f, "intermediate_size").value;
+  if (t == "gpt2")
+    c.intermediate_size = f.has("n_inner") ? shape_field(f, "n_inner").value : 4 * c.hidden_size;
+  else if (t == "bloom")
+    c.intermediate_size = 4 * c.hidden_size;
+  else if (t == "opt")
+    c.intermediate_size = shape_field(f, "ffn_dim").value;
+  else
+    c.intermediate_size = shape_field(f, "intermediate_size").value;
 
   if (fam.max_pos_key) {
-    std::string k = t == "gpt2" && f.has("max_position_embeddings") ? "max_position_embeddings" : fam.max_pos_key;  // attribute_map
+    std::string k = t == "gpt2" && f.has("max_position_embeddings") ? "max_position_embeddings"
+                                                                    : fam.max_pos_key;  // attribute_map
     c.max_position_embeddings = f.int_or(k, fam.max_pos);
     if (c.max_position_embeddings <= 0) f.fail(k, "must be positive");
   }
 
   const bool explicit_head_dim = !is_mha_family(t) && f.has("head_dim");
-  if (explicit_head_dim) c.head_dim = f.req_int("head_dim");
-  else if (fam.head_dim) c.head_dim = fam.head_dim;
-  else c.head_dim = c.hidden_size / c.num_attention_heads;
+  if (explicit_head_dim)
+    c.head_dim = f.req_int("head_dim");
+  else if (fam.head_dim)
+    c.head_dim = fam.head_dim;
+  else
+    c.head_dim = c.hidden_size / c.num_attention_heads;
   if (c.head_dim <= 0) f.fail("head_dim", "must be positive");
   if ((fam.head_dim == 0 && !explicit_head_dim) || fam.checks_divisible) {
     if (c.hidden_size % c.num_attention_heads != 0)
       f.fail(heads.key, "hidden_size " + std::to_string(c.hidden_size) + " is not a multiple of " +
                             std::to_string(c.num_attention_heads) + " attention heads");
   }
-  if (is_mha_family(t)) c.num_key_value_heads = c.num_attention_heads;
-  else c.num_key_value_heads = f.int_or("num_key_value_heads", fam.kv_heads ? fam.kv_heads : c.num_attention_heads);
+  if (is_mha_family(t))
+    c.num_key_value_heads = c.num_attention_heads;
+  else
+    c.num_key_value_heads =
+        f.int_or("num_key_value_heads", fam.kv_heads ? fam.kv_heads : c.num_attention_heads);
   if (c.num_key_value_heads <= 0 || c.num_attention_heads % c.num_key_value_heads != 0)
     f.fail("num_key_value_heads", std::to_string(c.num_key_value_heads) + " does not divide " +
                                       std::to_string(c.num_attention_heads) + " attention heads");
@@ -278,8 +303,10 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& origin) {
   // ---- family specifics ----
   if (t == "gemma2") {
     c.query_pre_attn_scalar = f.num_or("query_pre_attn_scalar", 256);
-    c.final_logit_softcapping = j.contains("final_logit_softcapping") ? f.opt_num("final_logit_softcapping") : 30.0;
-    c.attn_logit_softcapping = j.contains("attn_logit_softcapping") ? f.opt_num("attn_logit_softcapping") : 50.0;
+    c.final_logit_softcapping =
+        j.contains("final_logit_softcapping") ? f.opt_num("final_logit_softcapping") : 30.0;
+    c.attn_logit_softcapping =
+        j.contains("attn_logit_softcapping") ? f.opt_num("attn_logit_softcapping") : 50.0;
   }
   if (t == "gpt_neox") c.use_parallel_residual = f.bool_or("use_parallel_residual", true);
   if (t == "gpt2") {
@@ -324,7 +351,8 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& origin) {
     const json& lt = j.at("layer_types");
     if (!lt.is_array()) f.fail("layer_types", "expected a list of strings, got " + JsonFields::type_of(lt));
     if (int64_t(lt.size()) != L)
-      f.fail("layer_types", "has " + std::to_string(lt.size()) + " entries for " + std::to_string(L) + " layers");
+      f.fail("layer_types",
+             "has " + std::to_string(lt.size()) + " entries for " + std::to_string(L) + " layers");
     for (size_t i = 0; i < lt.size(); ++i) {
       if (!lt[i].is_string() || (lt[i] != "full_attention" && lt[i] != "sliding_attention"))
         f.fail("layer_types", "entry " + std::to_string(i) + " is " + lt[i].dump() +
@@ -342,13 +370,17 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& origin) {
     if (dim < 2 || dim % 2)
       f.fail(c.rope->partial_rotary_factor != 1.0 ? "partial_rotary_factor" : "head_dim",
              "gives " + std::to_string(dim) + " rotary dims per head (need an even number >= 2)");
-    if (c.rope->rope_type == "dynamic" && dim == 2) f.fail("head_dim", "dynamic rope needs more than 2 rotary dims");
+    if (c.rope->rope_type == "dynamic" && dim == 2)
+      f.fail("head_dim", "dynamic rope needs more than 2 rotary dims");
     if (c.rope->rope_type == "longrope") {
       const size_t want = size_t(dim / 2);
-      const char* src = f.has("rope_scaling") && !j.at("rope_scaling").empty() ? "rope_scaling." : "rope_parameters.";
-      for (auto [name, v] : {std::pair{"short_factor", &c.rope->short_factor}, {"long_factor", &c.rope->long_factor}})
+      const char* src =
+          f.has("rope_scaling") && !j.at("rope_scaling").empty() ? "rope_scaling." : "rope_parameters.";
+      for (auto [name, v] :
+           {std::pair{"short_factor", &c.rope->short_factor}, {"long_factor", &c.rope->long_factor}})
         if (v->size() != want)
-          f.fail(std::string(src) + name, "has " + std::to_string(v->size()) + " entries, expected " + std::to_string(want));
+          f.fail(std::string(src) + name,
+                 "has " + std::to_string(v->size()) + " entries, expected " + std::to_string(want));
     }
   }
 

@@ -18,7 +18,7 @@ std::vector<ModuleInfo> CausalLM::modules() const {
   const models::ArchSpec& s = *m.spec;
   std::vector<ModuleInfo> out;
   const std::string P = s.prefix;
-  out.push_back({P + s.embed, "Embedding"});
+  out.push_back({P + s.embed, s.embed_class});
   if (m.pos_embed.defined()) out.push_back({P + s.pos_embed, s.pos_offset ? "OPTLearnedPositionalEmbedding" : "Embedding"});
   if (m.embed_norm.defined()) out.push_back({P + s.embed_norm, s.norm_class});
   for (size_t i = 0; i < m.layers.size(); ++i) {
@@ -56,16 +56,19 @@ int64_t CausalLM::get_memory_footprint() const {
   if (!m.tied_head) b += m.lm_head.lin.footprint_bytes();
   // buffers: the rotary embedding keeps inv_freq and original_inv_freq (f32, rot_dim / 2 each)
   if (m.spec->pos == models::PosKind::Rope) b += 2 * ((m.config.rope_dim() + 1) / 2) * 4;
+  if (m.spec->scale_embeddings) b += 4;  // the scaled embedding's embed_scale (an f32 scalar)
   return b;
 }
 
 namespace {
 
-void put_linear(std::map<std::string, Tensor>& sd, const NamedLinear& nl) {
+// conv1d: GPT-2 keeps unquantized projections as Conv1D, stored [in, out]; quantized ones
+// became bitsandbytes Linear layers and are stored as such.
+void put_linear(std::map<std::string, Tensor>& sd, const NamedLinear& nl, bool conv1d = false) {
   const nn::Linear& l = nl.lin;
   if (l.bias().defined()) sd[nl.name + ".bias"] = l.bias();
   switch (l.format()) {
-    case nn::WeightFormat::Fp: sd[nl.name + ".weight"] = l.weight(); break;
+    case nn::WeightFormat::Fp: sd[nl.name + ".weight"] = conv1d ? l.weight().transpose(0, 1).contiguous() : l.weight(); break;
     case nn::WeightFormat::Nf4:
     case nn::WeightFormat::Fp4:
       sd[nl.name + ".weight"] = l.weight();
@@ -95,8 +98,6 @@ void write_json(const std::filesystem::path& p, const nlohmann::ordered_json& j)
 void CausalLM::save_pretrained(const std::filesystem::path& dir) const {
   const Impl& m = *impl_;
   const models::ArchSpec& s = *m.spec;
-  if (s.conv1d && m.qc)
-    throw UnsupportedError("save_pretrained: quantized GPT-2 (Conv1D) checkpoints are not written yet");
   std::map<std::string, Tensor> sd;
   const std::string P = s.prefix;
   sd[P + s.embed + ".weight"] = m.embed;
@@ -111,9 +112,9 @@ void CausalLM::save_pretrained(const std::filesystem::path& dir) const {
     put_norm(sd, lp + s.post_mlp_norm, L.post_mlp_norm);
     put_norm(sd, lp + s.attn + "." + s.q_norm, L.q_norm);
     put_norm(sd, lp + s.attn + "." + s.k_norm, L.k_norm);
-    for (const auto& l : L.qkv) put_linear(sd, l);
-    put_linear(sd, L.o);
-    for (const auto& l : L.mlp) put_linear(sd, l);
+    for (const auto& l : L.qkv) put_linear(sd, l, s.conv1d);
+    put_linear(sd, L.o, s.conv1d);
+    for (const auto& l : L.mlp) put_linear(sd, l, s.conv1d);
   }
   put_norm(sd, P + s.final_norm, m.final_norm);
   if (!m.tied_head) {
@@ -121,12 +122,6 @@ void CausalLM::save_pretrained(const std::filesystem::path& dir) const {
     if (!s.lm_head_tensor.empty()) head.name = s.lm_head_tensor;
     put_linear(sd, head);
   }
-  if (s.conv1d)  // back to Conv1D's [in, out]
-    for (auto& [k, v] : sd)
-      if (k.ends_with(".weight") && v.dim() == 2 && k.find(s.embed) == std::string::npos &&
-          k.find(s.pos_embed.empty() ? "\x01" : s.pos_embed) == std::string::npos)
-        v = v.transpose(0, 1).contiguous();
-
   std::filesystem::create_directories(dir);
   save_safetensors(dir / "model.safetensors", sd);
   nlohmann::ordered_json config = m.config.raw;

@@ -82,10 +82,12 @@ RopeTables yarn(const ModelConfig& c, int64_t dim) {
   const double orig = double(*r.original_max_position_embeddings);
   const double factor = r.factor ? *r.factor : double(c.max_position_embeddings) / orig;
   double attention_factor;
-  if (r.attention_factor) attention_factor = *r.attention_factor;
+  if (r.attention_factor)
+    attention_factor = *r.attention_factor;
   else if (r.mscale.value_or(0) != 0 && r.mscale_all_dim.value_or(0) != 0)  // Python truthiness
     attention_factor = yarn_get_mscale(factor, *r.mscale) / yarn_get_mscale(factor, *r.mscale_all_dim);
-  else attention_factor = yarn_get_mscale(factor, 1);
+  else
+    attention_factor = yarn_get_mscale(factor, 1);
   const double beta_fast = r.beta_fast.value_or(0) != 0 ? *r.beta_fast : 32;  // `.get(..) or 32`
   const double beta_slow = r.beta_slow.value_or(0) != 0 ? *r.beta_slow : 1;
 
@@ -125,9 +127,12 @@ RopeTables longrope(const ModelConfig& c, int64_t dim, int64_t seq_len) {
   const double orig = double(*r.original_max_position_embeddings);
   const double factor = r.factor ? *r.factor : double(c.max_position_embeddings) / orig;
   double attention_factor;
-  if (r.attention_factor) attention_factor = *r.attention_factor;
-  else if (factor <= 1.0) attention_factor = 1.0;
-  else attention_factor = std::sqrt(1 + std::log(factor) / std::log(orig));
+  if (r.attention_factor)
+    attention_factor = *r.attention_factor;
+  else if (factor <= 1.0)
+    attention_factor = 1.0;
+  else
+    attention_factor = std::sqrt(1 + std::log(factor) / std::log(orig));
   const std::vector<double>& ext = seq_len > 0 && double(seq_len) > orig ? r.long_factor : r.short_factor;
   const std::vector<float> p = pow_base(r.rope_theta, exponents(dim));
   RopeTables t;
@@ -146,8 +151,8 @@ std::vector<float> llama3_inv_freq(const RopeParameters& r, int64_t dim) {
   const float f_factor = float(factor), f_two_pi = float(2 * std::numbers::pi);
   const float f_old_ctx = float(old_ctx), f_low_ff = float(low_ff), f_span = float(high_ff - low_ff);
   for (float& x : inv) {
-    const float wavelen = (1.0f / x) * f_two_pi;                 // 2 * math.pi / inv_freq
-    float llama = wavelen > low_wavelen ? x / f_factor : x;      // torch.where(...)
+    const float wavelen = (1.0f / x) * f_two_pi;             // 2 * math.pi / inv_freq
+    float llama = wavelen > low_wavelen ? x / f_factor : x;  // torch.where(...)
     const float smooth = ((1.0f / wavelen) * f_old_ctx - f_low_ff) / f_span;
     const float smoothed = (1.0f - smooth) * llama / f_factor + smooth * llama;
     const bool medium = !(wavelen < high_wavelen) && !(wavelen > low_wavelen);

@@ -22,9 +22,9 @@
 namespace nibble {
 
 struct RopeTables {
-  std::vector<float> inv_freq;      // [(rot_dim + 1) / 2]: arange(0, rot_dim, 2)
-  float attention_scaling = 1.0f;   // multiplies cos and sin (yarn, longrope); float32 as in torch
-  int64_t rot_dim = 0;              // leading dims of each head that rotate (ModelConfig::rope_dim)
+  std::vector<float> inv_freq;     // [(rot_dim + 1) / 2]: arange(0, rot_dim, 2)
+  float attention_scaling = 1.0f;  // multiplies cos and sin (yarn, longrope); float32 as in torch
+  int64_t rot_dim = 0;             // leading dims of each head that rotate (ModelConfig::rope_dim)
 };
 
 // transformers' rope init for the config (the rotary module's __init__, or for "default" the

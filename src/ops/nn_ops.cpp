@@ -15,7 +15,9 @@ using detail::str;
 
 namespace {
 
-bool is_compute_float(DType t) { return t == DType::F32 || t == DType::F16 || t == DType::BF16; }
+bool is_compute_float(DType t) {
+  return t == DType::F32 || t == DType::F16 || t == DType::BF16;
+}
 
 // Host-only for now: every input must be on the CPU.
 void require_cpu(const char* op, const Tensor& t) {
@@ -41,7 +43,8 @@ void require_vector(const char* op, const char* what, const Tensor& t, int64_t n
 }
 
 void require_round_dtype(const char* op, DType t) {
-  if (!is_compute_float(t)) throw ShapeError(str(op, ": dtype must be f32, f16 or bf16, got ", dtype_name(t)));
+  if (!is_compute_float(t))
+    throw ShapeError(str(op, ": dtype must be f32, f16 or bf16, got ", dtype_name(t)));
 }
 
 // x [..., K] -> (M, K) and the output shape [..., N].
@@ -61,8 +64,12 @@ Rows rows_of(const char* op, const Tensor& x, int64_t K, int64_t N) {
   return r;
 }
 
-const void* ptr_or_null(const Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
-DType dtype_or_f32(const Tensor& t) { return t.defined() ? t.dtype() : DType::F32; }
+const void* ptr_or_null(const Tensor& t) {
+  return t.defined() ? t.data_ptr() : nullptr;
+}
+DType dtype_or_f32(const Tensor& t) {
+  return t.defined() ? t.dtype() : DType::F32;
+}
 
 }  // namespace
 
@@ -71,15 +78,17 @@ Tensor linear(const Tensor& x_in, const Tensor& w_in, const Tensor& bias_in, DTy
   require_f32(op, "input", x_in);
   require_cpu(op, w_in);
   if (!w_in.defined() || w_in.dim() != 2 || !is_compute_float(w_in.dtype()))
-    throw ShapeError(str(op, ": weight must be f32/f16/bf16 [N, K], got ", w_in.defined() ? w_in.str() : "undefined"));
+    throw ShapeError(
+        str(op, ": weight must be f32/f16/bf16 [N, K], got ", w_in.defined() ? w_in.str() : "undefined"));
   const int64_t N = w_in.size(0), K = w_in.size(1);
   require_vector(op, "bias", bias_in, N, true);
   require_round_dtype(op, round_to);
   Rows r = rows_of(op, x_in, K, N);
-  Tensor x = x_in.contiguous(), w = w_in.contiguous(), bias = bias_in.defined() ? bias_in.contiguous() : Tensor();
+  Tensor x = x_in.contiguous(), w = w_in.contiguous(),
+         bias = bias_in.defined() ? bias_in.contiguous() : Tensor();
   Tensor out = Tensor::empty(r.out_shape, DType::F32);
-  cpu::linear(x.data<float>(), r.M, K, w.data_ptr(), w.dtype(), N, ptr_or_null(bias), dtype_or_f32(bias), round_to,
-              out.data<float>());
+  cpu::linear(x.data<float>(), r.M, K, w.data_ptr(), w.dtype(), N, ptr_or_null(bias), dtype_or_f32(bias),
+              round_to, out.data<float>());
   return out;
 }
 
@@ -90,8 +99,8 @@ Tensor linear_4bit(const Tensor& x, const Tensor& packed, const QuantState4& sta
   return linear_4bit(x, packed, state, dequantize_absmax(state), bias, compute_dtype);
 }
 
-Tensor linear_4bit(const Tensor& x_in, const Tensor& packed_in, const QuantState4& state, const Tensor& absmax_in,
-                   const Tensor& bias_in, DType compute_dtype) {
+Tensor linear_4bit(const Tensor& x_in, const Tensor& packed_in, const QuantState4& state,
+                   const Tensor& absmax_in, const Tensor& bias_in, DType compute_dtype) {
   const char* op = "linear_4bit";
   require_f32(op, "input", x_in);
   require_cpu(op, packed_in);
@@ -115,7 +124,8 @@ Tensor linear_4bit(const Tensor& x_in, const Tensor& packed_in, const QuantState
   Tensor bias = bias_in.defined() ? bias_in.contiguous() : Tensor();
   Tensor out = Tensor::empty(r.out_shape, DType::F32);
   cpu::linear_4bit(x.data<float>(), r.M, K, packed.data<uint8_t>(), absmax.data<float>(), state.blocksize,
-                   state.quant_type, N, ptr_or_null(bias), dtype_or_f32(bias), compute_dtype, out.data<float>());
+                   state.quant_type, N, ptr_or_null(bias), dtype_or_f32(bias), compute_dtype,
+                   out.data<float>());
   return out;
 }
 
@@ -125,7 +135,8 @@ Tensor linear_int8(const Tensor& x_in, const Tensor& cb_in, const Tensor& scb_in
   require_f32(op, "input", x_in);
   require_cpu(op, cb_in);
   if (!cb_in.defined() || cb_in.dtype() != DType::I8 || cb_in.dim() != 2)
-    throw ShapeError(str(op, ": weight must be i8 [N, K], got ", cb_in.defined() ? cb_in.str() : "undefined"));
+    throw ShapeError(
+        str(op, ": weight must be i8 [N, K], got ", cb_in.defined() ? cb_in.str() : "undefined"));
   const int64_t N = cb_in.size(0), K = cb_in.size(1);
   require_f32(op, "SCB", scb_in);
   if (scb_in.numel() != N) throw ShapeError(str(op, ": SCB ", scb_in.str(), " does not have ", N, " rows"));
@@ -170,10 +181,14 @@ Tensor layer_norm(const Tensor& x_in, const Tensor& w_in, const Tensor& b_in, fl
 namespace {
 cpu::Act to_cpu(Activation a) {
   switch (a) {
-    case Activation::SiLU: return cpu::Act::SiLU;
-    case Activation::GeluErf: return cpu::Act::GeluErf;
-    case Activation::GeluTanh: return cpu::Act::GeluTanh;
-    case Activation::ReLU: return cpu::Act::ReLU;
+    case Activation::SiLU:
+      return cpu::Act::SiLU;
+    case Activation::GeluErf:
+      return cpu::Act::GeluErf;
+    case Activation::GeluTanh:
+      return cpu::Act::GeluTanh;
+    case Activation::ReLU:
+      return cpu::Act::ReLU;
   }
   throw ShapeError("activation: unknown kind");
 }
@@ -209,8 +224,8 @@ void apply_rope_(Tensor& x, const Tensor& cos_in, const Tensor& sin_in, int64_t 
     throw ShapeError(str(op, ": rot_dim ", rot_dim, " must be even and in (0, ", D, "]"));
   const Shape cs{T, rot_dim / 2};
   if (cos_in.shape() != cs || sin_in.shape() != cs)
-    throw ShapeError(str(op, ": cos/sin must be [", T, ", ", rot_dim / 2, "], got ", cos_in.str(), " and ",
-                         sin_in.str()));
+    throw ShapeError(
+        str(op, ": cos/sin must be [", T, ", ", rot_dim / 2, "], got ", cos_in.str(), " and ", sin_in.str()));
   Tensor c = cos_in.contiguous(), s = sin_in.contiguous();
   cpu::apply_rope(x.data<float>(), T, H, D, c.data<float>(), s.data<float>(), rot_dim);
 }
@@ -221,8 +236,8 @@ Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, con
   require_f32(op, "k", k_in);
   require_f32(op, "v", v_in);
   if (q_in.dim() != 3 || k_in.dim() != 3 || v_in.dim() != 3)
-    throw ShapeError(str(op, ": q, k, v must be [T, Hq, D], [S, Hkv, D], [S, Hkv, Dv]; got ", q_in.str(), ", ",
-                         k_in.str(), ", ", v_in.str()));
+    throw ShapeError(str(op, ": q, k, v must be [T, Hq, D], [S, Hkv, D], [S, Hkv, Dv]; got ", q_in.str(),
+                         ", ", k_in.str(), ", ", v_in.str()));
   cpu::AttentionShape a;
   a.T = q_in.size(0);
   a.Hq = q_in.size(1);

@@ -34,8 +34,10 @@ Tensor linear_4bit(const Tensor& x, const Tensor& packed, const QuantState4& sta
 // int8_vectorwise_quant(x, threshold); out = (CA · CB^T) * SCA ⊗ SCB / (127*127) in f32 then
 // f16, plus bias (f16); columns of x holding any |x| >= threshold (threshold > 0) are zeroed in
 // CA and contributed as x[:, cols] · (CB[:, cols] * SCB / 127)^T in f16. Output f32 [M, N].
-// act_dtype is the model's activation dtype (bitsandbytes' A.dtype; F16 above): the f16
-// result is cast to it and the outlier product is computed in it (x rounded to it, f32 sums).
+// act_dtype is the model's activation dtype (bitsandbytes' A.dtype; F16 above): the bias is
+// cast to it first (Linear8bitLt does; only an f16 bias is fused into the f16 dequantization,
+// any other is added to the f16 result), the f16 result is cast to it, and the outlier product
+// is computed in it (x rounded to it, f32 sums).
 Tensor linear_int8(const Tensor& x, const Tensor& cb, const Tensor& scb, const Tensor& bias, float threshold,
                    DType act_dtype = DType::F16);
 

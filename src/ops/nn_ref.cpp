@@ -18,14 +18,21 @@ namespace {
 double rnd(double v, DType dt) {
   float f = float(v);
   switch (dt) {
-    case DType::BF16: return bf16_to_f32(f32_to_bf16(f));
-    case DType::F16: return f16_to_f32(f32_to_f16(f));
-    default: return f;
+    case DType::BF16:
+      return bf16_to_f32(f32_to_bf16(f));
+    case DType::F16:
+      return f16_to_f32(f32_to_f16(f));
+    default:
+      return f;
   }
 }
-float rndf(float v, DType dt) { return float(rnd(v, dt)); }
+float rndf(float v, DType dt) {
+  return float(rnd(v, dt));
+}
 
-double at(const Tensor& t, int64_t i) { return load_as_f32(t.data_ptr(), t.dtype(), i); }
+double at(const Tensor& t, int64_t i) {
+  return load_as_f32(t.data_ptr(), t.dtype(), i);
+}
 
 }  // namespace
 
@@ -84,10 +91,12 @@ Tensor linear_int8(const Tensor& x_in, const Tensor& cb_in, const Tensor& scb_in
       for (int64_t k = 0; k < K; ++k) acc += int64_t(ca[size_t(m * K + k)]) * int64_t(CB[n * K + k]);
       // int8_mm_dequant (CUDA kernel, fast math): __float2half(fmaf(v * SCA * SCB, C, bias_f16))
       float v = quant::mul_ftz(quant::mul_ftz(float(int32_t(acc)), sca[size_t(m)]), SCB[n]);
-      const bool f16_bias = bias_in.defined() && bias_in.dtype() == DType::F16;
-      float b = f16_bias ? float(at(bias_in, n)) : 0.0f;
-      float o = rndf(quant::ftz(std::fma(v, 6.200012e-05f, b)), DType::F16);
-      if (bias_in.defined() && !f16_bias) o = rndf(o + float(at(bias_in, n)), DType::F16);
+      // Linear8bitLt: bias.to(x.dtype); an f16 bias is fused, others added to the f16 output
+      const bool has_bias = bias_in.defined();
+      const float bias = has_bias ? rndf(float(at(bias_in, n)), act_dtype) : 0.0f;
+      const bool fused = has_bias && act_dtype == DType::F16;
+      float o = rndf(quant::ftz(std::fma(v, 6.200012e-05f, fused ? bias : 0.0f)), DType::F16);
+      if (has_bias && !fused) o = rndf(o + bias, DType::F16);
       o = rndf(o, act_dtype);
       if (!cols.empty()) {  // output.addmm(A[:, cols], dequant(CB[:, cols]).to(A.dtype).t())
         double s = 0.0;
@@ -138,11 +147,14 @@ Tensor layer_norm(const Tensor& x_in, const Tensor& w, const Tensor& b, float ep
 
 double activation(double x, Activation a) {
   switch (a) {
-    case Activation::SiLU: return x / (1.0 + std::exp(-x));
-    case Activation::GeluErf: return 0.5 * x * (1.0 + std::erf(x / std::sqrt(2.0)));
+    case Activation::SiLU:
+      return x / (1.0 + std::exp(-x));
+    case Activation::GeluErf:
+      return 0.5 * x * (1.0 + std::erf(x / std::sqrt(2.0)));
     case Activation::GeluTanh:
       return 0.5 * x * (1.0 + std::tanh(std::sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x)));
-    case Activation::ReLU: return x > 0.0 ? x : 0.0;
+    case Activation::ReLU:
+      return x > 0.0 ? x : 0.0;
   }
   throw InternalError("ref::activation: unknown kind");
 }

@@ -30,7 +30,7 @@ Tensor linear_int8(const Tensor& x, const Tensor& cb, const Tensor& scb, const T
                    DType act_dtype = DType::F16);
 
 Tensor rms_norm(const Tensor& x, const Tensor& w, float eps, bool add_unit_offset = false);  // f64
-Tensor layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, float eps);              // f64
+Tensor layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, float eps);             // f64
 double activation(double x, Activation a);
 // x [T, H, D] -> f64 [T, H, D].
 Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin, int64_t rot_dim);

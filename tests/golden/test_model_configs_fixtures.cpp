@@ -23,7 +23,9 @@ namespace {
 
 namespace fs = std::filesystem;
 
-fs::path model_dir(const std::string& arch) { return test::fixtures_root() / "models" / arch / "fp32"; }
+fs::path model_dir(const std::string& arch) {
+  return test::fixtures_root() / "models" / arch / "fp32";
+}
 
 // What transformers' config classes hold for the fixture configs (tools/refgen/hf_models.py).
 void check_fixture(const std::string& arch, const ModelConfig& c) {
@@ -98,7 +100,8 @@ void check_fixture(const std::string& arch, const ModelConfig& c) {
     EXPECT_EQ(c.word_embed_proj_dim, 64);
     EXPECT_EQ(c.max_position_embeddings, 256);
     EXPECT_EQ(c.hidden_act, "relu");
-    EXPECT_TRUE(c.do_layer_norm_before && c.layer_norm_elementwise_affine && c.attention_bias && c.tie_word_embeddings);
+    EXPECT_TRUE(c.do_layer_norm_before && c.layer_norm_elementwise_affine && c.attention_bias &&
+                c.tie_word_embeddings);
     EXPECT_FALSE(c._remove_final_layer_norm);
     EXPECT_EQ(c.pad_token_id, 1);
     EXPECT_EQ(c.bos_token_id, 2);
@@ -178,12 +181,17 @@ TEST(ModelConfigFixtures, Bloom1b7Config) {
 
 TEST(GenerationConfigFixtures, EachFixtureFolder) {
   // bos, eos, pad as each fp32/generation_config.json holds them (absent = none).
-  const std::map<std::string, std::tuple<std::optional<int64_t>, std::vector<int64_t>, std::optional<int64_t>>> want = {
-      {"llama", {1, {2}, std::nullopt}},        {"qwen2", {std::nullopt, {}, std::nullopt}},
-      {"gpt2", {50256, {50256}, std::nullopt}}, {"phi3", {1, {32000}, 0}},
-      {"gpt_neox", {0, {2}, std::nullopt}},     {"bloom", {1, {2}, std::nullopt}},
-      {"opt", {2, {2}, 1}},
-  };
+  const std::map<std::string,
+                 std::tuple<std::optional<int64_t>, std::vector<int64_t>, std::optional<int64_t>>>
+      want = {
+          {"llama", {1, {2}, std::nullopt}},
+          {"qwen2", {std::nullopt, {}, std::nullopt}},
+          {"gpt2", {50256, {50256}, std::nullopt}},
+          {"phi3", {1, {32000}, 0}},
+          {"gpt_neox", {0, {2}, std::nullopt}},
+          {"bloom", {1, {2}, std::nullopt}},
+          {"opt", {2, {2}, 1}},
+      };
   int checked = 0;
   for (const auto& [arch, ids] : want) {
     const fs::path dir = model_dir(arch);
@@ -213,13 +221,16 @@ uint32_t bits(float f) {
   std::memcpy(&u, &f, 4);
   return u;
 }
-int64_t ulp_diff(float a, uint32_t b) { return std::abs(int64_t(int32_t(bits(a))) - int64_t(int32_t(b))); }
+int64_t ulp_diff(float a, uint32_t b) {
+  return std::abs(int64_t(int32_t(bits(a))) - int64_t(int32_t(b)));
+}
 
 struct Agreement {
   int64_t exact = 0, total = 0;
 };
 
-void expect_table(const std::vector<float>& got, const uint32_t* want, size_t n, Agreement& a, const char* what) {
+void expect_table(const std::vector<float>& got, const uint32_t* want, size_t n, Agreement& a,
+                  const char* what) {
   ASSERT_EQ(got.size(), n) << what;
   for (size_t i = 0; i < n; ++i) {
     EXPECT_LE(ulp_diff(got[i], want[i]), 2) << what << " [" << i << "]";

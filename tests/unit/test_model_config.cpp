@@ -18,7 +18,9 @@ json llama_json() {
     "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4})");
 }
 
-ModelConfig parse(const json& j) { return ModelConfig::from_json(j, "dir/config.json"); }
+ModelConfig parse(const json& j) {
+  return ModelConfig::from_json(j, "dir/config.json");
+}
 
 // Expects a ConfigError whose message holds every one of `parts`.
 void expect_error(const json& j, std::initializer_list<const char*> parts) {
@@ -143,8 +145,8 @@ TEST(ModelConfig, QwenAndMistralSlidingLayouts) {
   j["max_window_layers"] = 2;
   c = parse(j);
   EXPECT_EQ(c.sliding_window, 32);
-  EXPECT_EQ(c.layer_types,
-            (std::vector<std::string>{"full_attention", "full_attention", "sliding_attention", "sliding_attention"}));
+  EXPECT_EQ(c.layer_types, (std::vector<std::string>{"full_attention", "full_attention", "sliding_attention",
+                                                     "sliding_attention"}));
   j["layer_types"] = {"full_attention", "sliding_attention"};
   expect_error(j, {"layer_types", "2 entries for 4 layers"});
   j["layer_types"] = {"full_attention", "full_attention", "chunked_attention", "full_attention"};
@@ -198,7 +200,8 @@ TEST(ModelConfig, BloomOptNeox) {
   EXPECT_EQ(b.hidden_act, "bloom_gelu");
   EXPECT_FALSE(b.rope);
 
-  ModelConfig o = parse(json::parse(R"({"model_type": "opt", "vocab_size": 512, "hidden_size": 64, "ffn_dim": 96,
+  ModelConfig o =
+      parse(json::parse(R"({"model_type": "opt", "vocab_size": 512, "hidden_size": 64, "ffn_dim": 96,
       "num_hidden_layers": 2, "num_attention_heads": 4, "enable_bias": false, "_remove_final_layer_norm": true})"));
   EXPECT_EQ(o.intermediate_size, 96);
   EXPECT_EQ(o.word_embed_proj_dim, 64);  // None -> hidden_size
@@ -241,9 +244,9 @@ TEST(ModelConfig, LegacyRopeSpelling) {
 
 TEST(ModelConfig, V5RopeParametersAndPriority) {
   json j = llama_json();
-  j["rope_parameters"] = json{{"rope_type", "llama3"}, {"rope_theta", 500000.0}, {"factor", 8.0},
-                              {"low_freq_factor", 1.0}, {"high_freq_factor", 4.0},
-                              {"original_max_position_embeddings", 64}};
+  j["rope_parameters"] =
+      json{{"rope_type", "llama3"},  {"rope_theta", 500000.0},  {"factor", 8.0},
+           {"low_freq_factor", 1.0}, {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 64}};
   j["rope_theta"] = 1.0;  // the dict's value wins over a top-level one
   ModelConfig c = parse(j);
   EXPECT_EQ(c.rope->rope_type, "llama3");
@@ -285,7 +288,8 @@ TEST(ModelConfig, RopeErrors) {
   j["rope_scaling"] = "linear";
   expect_error(j, {"rope_scaling", "object"});
   j.erase("rope_scaling");
-  j["rope_parameters"] = json{{"rope_type", "longrope"}, {"short_factor", {1.0, 1.0}}, {"long_factor", {1.0, 1.0}}};
+  j["rope_parameters"] =
+      json{{"rope_type", "longrope"}, {"short_factor", {1.0, 1.0}}, {"long_factor", {1.0, 1.0}}};
   expect_error(j, {"short_factor", "expected 8"});
   j["rope_parameters"] = json{{"rope_type", "default"}, {"partial_rotary_factor", 1.5}};
   expect_error(j, {"partial_rotary_factor"});
@@ -298,11 +302,13 @@ TEST(ModelConfig, Phi3LongropeQuirks) {
   j["model_type"] = "phi3";
   j["max_position_embeddings"] = 131072;
   j["original_max_position_embeddings"] = 4096;
-  j["rope_scaling"] = json{{"type", "su"}, {"short_factor", std::vector<double>(8, 1.0)},
-                           {"long_factor", std::vector<double>(8, 2.0)}, {"original_max_position_embeddings", 99}};
+  j["rope_scaling"] = json{{"type", "su"},
+                           {"short_factor", std::vector<double>(8, 1.0)},
+                           {"long_factor", std::vector<double>(8, 2.0)},
+                           {"original_max_position_embeddings", 99}};
   ModelConfig c = parse(j);
-  EXPECT_EQ(c.rope->rope_type, "longrope");                        // "su" is renamed
-  EXPECT_EQ(c.rope->original_max_position_embeddings, 4096);       // the top-level field wins
+  EXPECT_EQ(c.rope->rope_type, "longrope");                   // "su" is renamed
+  EXPECT_EQ(c.rope->original_max_position_embeddings, 4096);  // the top-level field wins
   EXPECT_EQ(c.rope->long_factor, std::vector<double>(8, 2.0));
   EXPECT_EQ(c.eos_token_id, std::vector<int64_t>{32000});
   EXPECT_EQ(c.pad_token_id, 32000);
@@ -359,7 +365,9 @@ TEST(ModelConfig, FromFileErrors) {
   test::write_file(dir / "config.json", std::vector<uint8_t>(text.begin(), text.end()));
   EXPECT_EQ(ModelConfig::from_file(dir / "config.json").origin, (dir / "config.json").string());
   // No generation_config.json: from_pretrained falls back to the model config's ids.
-  EXPECT_EQ(GenerationConfig::from_pretrained(dir.path(), ModelConfig::from_file(dir / "config.json")).bos_token_id, 1);
+  EXPECT_EQ(
+      GenerationConfig::from_pretrained(dir.path(), ModelConfig::from_file(dir / "config.json")).bos_token_id,
+      1);
 }
 
 TEST(GenerationConfig, FieldsDefaultsAndTypes) {

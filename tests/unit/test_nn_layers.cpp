@@ -27,7 +27,9 @@ struct KernelMode {
   ~KernelMode() { cpu::set_portable_kernels(false); }
 };
 
-double f(const Tensor& t, int64_t i) { return load_as_f32(t.data_ptr(), t.dtype(), i); }
+double f(const Tensor& t, int64_t i) {
+  return load_as_f32(t.data_ptr(), t.dtype(), i);
+}
 
 }  // namespace
 
@@ -39,7 +41,8 @@ TEST(NnOpsNorm, RmsNormMatchesReference) {
     for (int64_t C : {1, 7, 64, 1000})
       for (DType wdt : {DType::F32, DType::BF16, DType::F16})
         for (bool unit : {false, true}) {
-          SCOPED_TRACE(testing::Message() << "M=" << M << " C=" << C << " w=" << dtype_name(wdt) << " unit=" << unit);
+          SCOPED_TRACE(testing::Message()
+                       << "M=" << M << " C=" << C << " w=" << dtype_name(wdt) << " unit=" << unit);
           Tensor x = test::random_normal({M, C}, DType::F32, rng, 3.0f);
           Tensor w = test::random_normal({C}, wdt, rng);
           const float eps = C == 1 ? 1e-2f : 1e-6f;
@@ -65,19 +68,22 @@ TEST(NnOpsNorm, LayerNormMatchesReference) {
         SCOPED_TRACE(testing::Message() << "M=" << M << " C=" << C << " bias=" << bias);
         Tensor x = test::random_normal({M, C}, DType::F32, rng);
         for (int64_t i = 0; i < M * C; ++i) x.data<float>()[i] += 4.0f;  // a mean to subtract
-        Tensor w = test::random_normal({C}, DType::F32, rng), b = bias ? test::random_normal({C}, DType::BF16, rng) : Tensor();
+        Tensor w = test::random_normal({C}, DType::F32, rng),
+               b = bias ? test::random_normal({C}, DType::BF16, rng) : Tensor();
         Tensor ref = ops::ref::layer_norm(x, w, b, 1e-5f);
         Tensor y = ops::layer_norm(x, w, b, 1e-5f);
         for (int64_t m = 0; m < M; ++m) {
           double mean = 0, var = 0;
           for (int64_t c = 0; c < C; ++c) mean += f(x, m * C + c) / double(C);
-          for (int64_t c = 0; c < C; ++c) var += (f(x, m * C + c) - mean) * (f(x, m * C + c) - mean) / double(C);
+          for (int64_t c = 0; c < C; ++c)
+            var += (f(x, m * C + c) - mean) * (f(x, m * C + c) - mean) / double(C);
           const double rstd = 1.0 / std::sqrt(var + 1e-5);
           for (int64_t c = 0; c < C; ++c) {
             const int64_t i = m * C + c;
             // (x - mean) loses the rounding of mean and x relative to |x| + |mean|
             const double tol = 2e-6 * (std::fabs(f(w, c)) * rstd * (std::fabs(f(x, i)) + std::fabs(mean)) +
-                                       (bias ? std::fabs(f(b, c)) : 0.0)) + 1e-30;
+                                       (bias ? std::fabs(f(b, c)) : 0.0)) +
+                               1e-30;
             ASSERT_LE(std::fabs(y.data<float>()[i] - ref.data<double>()[i]), tol) << i;
           }
         }
@@ -92,7 +98,8 @@ TEST(NnOpsActivation, MatchReference) {
   Tensor g = test::random_normal({n}, DType::F32, rng, 4.0f), u = test::random_normal({n}, DType::F32, rng);
   const float specials[] = {0.0f, -0.0f, 30.0f, -30.0f, 1e-20f, -1e-20f, 88.0f, -100.0f};
   for (int i = 0; i < 8; ++i) g.data<float>()[i] = specials[i];
-  for (auto a : {ops::Activation::SiLU, ops::Activation::GeluErf, ops::Activation::GeluTanh, ops::Activation::ReLU}) {
+  for (auto a :
+       {ops::Activation::SiLU, ops::Activation::GeluErf, ops::Activation::GeluTanh, ops::Activation::ReLU}) {
     SCOPED_TRACE(testing::Message() << "activation " << int(a));
     Tensor x = g.clone();
     ops::activate_(x, a);
@@ -102,7 +109,8 @@ TEST(NnOpsActivation, MatchReference) {
       // 1 - erf / 1 + tanh cancel for negative x in f32, as in torch: error up to ~eps * |x|
       const double tol = 2e-6 * std::fabs(r) + 2e-7 * std::fabs(xi) + 1e-37;
       ASSERT_LE(std::fabs(x.data<float>()[i] - r), tol) << "x=" << xi;
-      ASSERT_LE(std::fabs(gu.data<float>()[i] - r * u.data<float>()[i]), tol * std::fabs(u.data<float>()[i]) + 1e-37)
+      ASSERT_LE(std::fabs(gu.data<float>()[i] - r * u.data<float>()[i]),
+                tol * std::fabs(u.data<float>()[i]) + 1e-37)
           << "x=" << xi;
     }
   }
@@ -112,8 +120,8 @@ TEST(NnOpsRope, MatchesReference) {
   const uint64_t seed = test::fresh_seed();
   SCOPED_TRACE(testing::Message() << "seed " << seed);
   std::mt19937_64 rng(seed);
-  for (auto [T, H, D, rot] : std::vector<std::array<int64_t, 4>>{{1, 1, 2, 2}, {5, 3, 64, 64}, {7, 4, 80, 20},
-                                                                 {3, 2, 130, 96}, {9, 1, 10, 4}}) {
+  for (auto [T, H, D, rot] : std::vector<std::array<int64_t, 4>>{
+           {1, 1, 2, 2}, {5, 3, 64, 64}, {7, 4, 80, 20}, {3, 2, 130, 96}, {9, 1, 10, 4}}) {
     SCOPED_TRACE(testing::Message() << "T=" << T << " H=" << H << " D=" << D << " rot=" << rot);
     Tensor x = test::random_normal({T, H, D}, DType::F32, rng);
     Tensor ang = test::random_normal({T, rot / 2}, DType::F32, rng, 3.0f);
@@ -130,7 +138,8 @@ TEST(NnOpsRope, MatchesReference) {
         for (int64_t d = 0; d < D; ++d) {
           const int64_t i = (t * H + h) * D + d;
           if (d >= rot) {
-            ASSERT_EQ(f32_bits(y.data<float>()[i]), f32_bits(x.data<float>()[i])) << "dim past rot_dim changed";
+            ASSERT_EQ(f32_bits(y.data<float>()[i]), f32_bits(x.data<float>()[i]))
+                << "dim past rot_dim changed";
             continue;
           }
           const int64_t half = rot / 2, j = d % half;
@@ -149,9 +158,9 @@ TEST(NnOpsAttention, MatchesReference) {
     int64_t T, q_offset, S, Hq, Hkv, D, Dv;
   };
   const std::vector<Case> cases = {
-      {1, 0, 1, 1, 1, 8, 8},      {1, 40, 41, 4, 4, 64, 64},  {5, 0, 5, 4, 2, 13, 13},   {17, 3, 20, 8, 2, 80, 80},
-      {7, 0, 7, 2, 1, 16, 24},    {4, 9, 13, 6, 3, 33, 33},   {33, 0, 33, 4, 1, 64, 64}, {3, 0, 2, 2, 2, 8, 8},
-      {1, 150, 151, 8, 2, 128, 128}};
+      {1, 0, 1, 1, 1, 8, 8},     {1, 40, 41, 4, 4, 64, 64}, {5, 0, 5, 4, 2, 13, 13},
+      {17, 3, 20, 8, 2, 80, 80}, {7, 0, 7, 2, 1, 16, 24},   {4, 9, 13, 6, 3, 33, 33},
+      {33, 0, 33, 4, 1, 64, 64}, {3, 0, 2, 2, 2, 8, 8},     {1, 150, 151, 8, 2, 128, 128}};
   for (const Case& c : cases)
     for (int variant = 0; variant < 6; ++variant) {
       ops::AttentionOptions o;
@@ -163,11 +172,13 @@ TEST(NnOpsAttention, MatchesReference) {
         o.scale = 1.0f;  // scores of a few units, so the cap bends them
       }
       std::vector<float> slopes(static_cast<size_t>(c.Hq));
-      for (int64_t h = 0; h < c.Hq; ++h) slopes[size_t(h)] = std::pow(2.0f, -8.0f * float(h + 1) / float(c.Hq));
+      for (int64_t h = 0; h < c.Hq; ++h)
+        slopes[size_t(h)] = std::pow(2.0f, -8.0f * float(h + 1) / float(c.Hq));
       if (variant == 3 || variant == 5) o.alibi_slopes = slopes.data();
       const bool portable = variant % 2 == 1;
-      SCOPED_TRACE(testing::Message() << "T=" << c.T << " off=" << c.q_offset << " S=" << c.S << " Hq=" << c.Hq
-                                      << " Hkv=" << c.Hkv << " D=" << c.D << " Dv=" << c.Dv << " variant=" << variant);
+      SCOPED_TRACE(testing::Message()
+                   << "T=" << c.T << " off=" << c.q_offset << " S=" << c.S << " Hq=" << c.Hq
+                   << " Hkv=" << c.Hkv << " D=" << c.D << " Dv=" << c.Dv << " variant=" << variant);
       Tensor q = test::random_normal({c.T, c.Hq, c.D}, DType::F32, rng);
       Tensor k = test::random_normal({c.S, c.Hkv, c.D}, DType::F32, rng);
       Tensor v = test::random_normal({c.S, c.Hkv, c.Dv}, DType::F32, rng);
@@ -177,8 +188,17 @@ TEST(NnOpsAttention, MatchesReference) {
       KernelMode mode(portable);
       Tensor y = ops::attention(q, k, v, o);
       ASSERT_EQ(y.shape(), (Shape{c.T, c.Hq, c.Dv}));
-      cpu::AttentionShape a{c.T, c.S, c.Hq, c.Hkv, c.D, c.Dv, o.scale, o.q_offset, o.sliding_window.value_or(0),
-                            o.softcap.value_or(0.0f), o.alibi_slopes};
+      cpu::AttentionShape a{c.T,
+                            c.S,
+                            c.Hq,
+                            c.Hkv,
+                            c.D,
+                            c.Dv,
+                            o.scale,
+                            o.q_offset,
+                            o.sliding_window.value_or(0),
+                            o.softcap.value_or(0.0f),
+                            o.alibi_slopes};
       std::vector<float> out(static_cast<size_t>(y.numel()), kNaN);
       cpu::attention(q.data<float>(), k.data<float>(), v.data<float>(), a, out.data());
       // score errors of a few f32 ulps of sum |q k| (times the alibi/scale magnitudes) move the
@@ -196,7 +216,8 @@ TEST(NnOpsAttention, DecodeRowEqualsLastPrefillRow) {
   std::mt19937_64 rng(test::fresh_seed());
   const int64_t S = 70, Hq = 4, Hkv = 2, D = 32;
   Tensor q = test::random_normal({S, Hq, D}, DType::F32, rng);
-  Tensor k = test::random_normal({S, Hkv, D}, DType::F32, rng), v = test::random_normal({S, Hkv, D}, DType::F32, rng);
+  Tensor k = test::random_normal({S, Hkv, D}, DType::F32, rng),
+         v = test::random_normal({S, Hkv, D}, DType::F32, rng);
   ops::AttentionOptions o;
   o.scale = 0.2f;
   o.sliding_window = 50;
@@ -211,8 +232,10 @@ TEST(NnOpsErrors, LayerOpsThrowOnBadShapes) {
   Tensor x = test::random_normal({3, 8}, DType::F32, rng);
   EXPECT_THROW(ops::rms_norm(x, Tensor::zeros({7}, DType::F32), 1e-6f), ShapeError);
   EXPECT_THROW(ops::rms_norm(x.to(DType::BF16), Tensor::zeros({8}, DType::F32), 1e-6f), ShapeError);
-  EXPECT_THROW(ops::layer_norm(x, Tensor::zeros({8}, DType::F32), Tensor::zeros({9}, DType::F32), 1e-5f), ShapeError);
-  EXPECT_THROW(ops::gated_activation(x, Tensor::zeros({3, 9}, DType::F32), ops::Activation::SiLU), ShapeError);
+  EXPECT_THROW(ops::layer_norm(x, Tensor::zeros({8}, DType::F32), Tensor::zeros({9}, DType::F32), 1e-5f),
+               ShapeError);
+  EXPECT_THROW(ops::gated_activation(x, Tensor::zeros({3, 9}, DType::F32), ops::Activation::SiLU),
+               ShapeError);
   Tensor xt = x.transpose(0, 1);
   EXPECT_THROW(ops::activate_(xt, ops::Activation::ReLU), ShapeError);
 
@@ -227,7 +250,8 @@ TEST(NnOpsErrors, LayerOpsThrowOnBadShapes) {
   Tensor q = test::random_normal({2, 6, 8}, DType::F32, rng);
   Tensor k = test::random_normal({5, 4, 8}, DType::F32, rng);  // 6 % 4 != 0
   EXPECT_THROW(ops::attention(q, k, k, {}), ShapeError);
-  Tensor k2 = test::random_normal({5, 3, 8}, DType::F32, rng), v2 = test::random_normal({4, 3, 8}, DType::F32, rng);
+  Tensor k2 = test::random_normal({5, 3, 8}, DType::F32, rng),
+         v2 = test::random_normal({4, 3, 8}, DType::F32, rng);
   EXPECT_THROW(ops::attention(q, k2, v2, {}), ShapeError);
   ops::AttentionOptions bad;
   bad.sliding_window = 0;

@@ -33,17 +33,20 @@ double ulp(DType dt, double v) {
   return std::ldexp(1.0, e - mant);
 }
 
-// y (f32 [M, N]) against the exact ref: f32 accumulation error (bounded by the lane-wise
-// summation over K) plus one rounding to round_to.
+// y (f32 [M, N]) against the exact ref: the worst-case f32 accumulation error of the kernels'
+// summation orders (8 lanes along K in slices of 512, or sequential sums over slices of 256 in
+// the packed GEMM), relative to mag = sum |x w|, plus one rounding to round_to.
 void expect_close(const float* y, const Tensor& ref, const Tensor& mag, int64_t K, DType round_to) {
-  const double gamma = (double(K) / 8 + double(K) / 512 + 8) * std::ldexp(1.0, -24);
+  const double gamma = (double(std::min<int64_t>(K, 256)) + double(K) / 8 + 8) * std::ldexp(1.0, -24);
   const int64_t n = ref.numel();
   int bad = 0;
   for (int64_t i = 0; i < n && bad < 5; ++i) {
     const double r = ref.data<double>()[i], m = mag.data<double>()[i];
-    const double tol = gamma * m + (round_to == DType::F32 ? 0.0 : ulp(round_to, std::fabs(r) + gamma * m)) + 1e-30;
+    const double tol =
+        gamma * m + (round_to == DType::F32 ? 0.0 : ulp(round_to, std::fabs(r) + gamma * m)) + 1e-30;
     if (!(std::fabs(double(y[i]) - r) <= tol)) {
-      ADD_FAILURE() << "element " << i << ": got " << y[i] << ", reference " << r << " (tolerance " << tol << ")";
+      ADD_FAILURE() << "element " << i << ": got " << y[i] << ", reference " << r << " (tolerance " << tol
+                    << ")";
       ++bad;
     }
   }
@@ -55,9 +58,9 @@ struct Shape3 {
 
 // Hand-picked awkward shapes plus a few random ones.
 std::vector<Shape3> shapes(std::mt19937_64& rng) {
-  std::vector<Shape3> s = {{1, 1, 1},   {1, 9, 7},    {1, 33, 64},  {1, 100, 517}, {2, 17, 65},
-                           {3, 5, 63},  {4, 8, 8},    {5, 31, 129}, {7, 40, 1000}, {13, 3, 520},
-                           {67, 45, 96}, {1, 256, 1024}, {9, 70, 33}};
+  std::vector<Shape3> s = {{1, 1, 1},    {1, 9, 7},      {1, 33, 64},  {1, 100, 517},  {2, 17, 65},
+                           {3, 5, 63},   {4, 8, 8},      {5, 31, 129}, {7, 40, 1000},  {13, 3, 520},
+                           {67, 45, 96}, {1, 256, 1024}, {9, 70, 33},  {30, 150, 600}, {25, 17, 257}};
   std::uniform_int_distribution<int64_t> m(1, 20), n(1, 80), k(1, 700);
   for (int i = 0; i < 4; ++i) s.push_back({m(rng), n(rng), k(rng)});
   return s;
@@ -83,8 +86,8 @@ TEST(NnOpsLinear, MatchesReference) {
   for (const Shape3& s : shapes(rng))
     for (DType wdt : {DType::F32, DType::F16, DType::BF16})
       for (DType rt : {DType::F32, DType::BF16, DType::F16}) {
-        SCOPED_TRACE(testing::Message() << "M=" << s.M << " N=" << s.N << " K=" << s.K << " w=" << dtype_name(wdt)
-                                        << " round_to=" << dtype_name(rt));
+        SCOPED_TRACE(testing::Message() << "M=" << s.M << " N=" << s.N << " K=" << s.K
+                                        << " w=" << dtype_name(wdt) << " round_to=" << dtype_name(rt));
         Tensor x = test::random_normal({s.M, s.K}, DType::F32, rng);
         Tensor w = test::random_normal({s.N, s.K}, wdt, rng, 0.2f);
         Tensor b = random_bias(s.N, int(rng() % 3), rng);
@@ -106,34 +109,37 @@ TEST(NnOpsLinear, MatchesReference) {
 }
 
 TEST(NnOpsLinear, BlockKernelEdges) {
-  // The blocked kernel on its tile edges (M around the 4-row block, K around KC = 512, N not
-  // a multiple of the tile width) into a wider output: no write outside the block.
+  // The blocked kernels on their tile edges (M around the 4- and 6-row blocks and the packed
+  // GEMM's threshold, K around the K slices, N not a multiple of the tile width) into a wider
+  // output: no write outside the block.
   const uint64_t seed = test::fresh_seed();
   SCOPED_TRACE(testing::Message() << "seed " << seed);
   std::mt19937_64 rng(seed);
   for (bool portable : {false, true})
-  for (int64_t M : {1, 2, 3, 4, 5, 6, 8, 11})
-    for (int64_t K : {511, 512, 513, 1031})
-      for (DType wdt : {DType::F32, DType::F16, DType::BF16}) {
-        KernelMode mode(portable);
-        const int64_t N = 37, ldo = N + 3;
-        SCOPED_TRACE(testing::Message() << "M=" << M << " K=" << K << " " << dtype_name(wdt) << " portable=" << portable);
-        Tensor x = test::random_normal({M, K}, DType::F32, rng);
-        Tensor w = test::random_normal({N, K}, wdt, rng);
-        std::vector<float> out(static_cast<size_t>(M * ldo), kNaN);
-        cpu::gemm_xwt_block(x.data<float>(), M, K, w.data_ptr(), wdt, N, out.data(), ldo);
-        Tensor mag;
-        Tensor ref = ops::ref::linear(x, w, Tensor(), DType::F32, &mag);
-        std::vector<float> packed(static_cast<size_t>(M * N));
-        for (int64_t m = 0; m < M; ++m)
-          for (int64_t n = 0; n < ldo; ++n) {
-            if (n < N)
-              packed[size_t(m * N + n)] = out[size_t(m * ldo + n)];
-            else
-              EXPECT_TRUE(std::isnan(out[size_t(m * ldo + n)])) << "wrote past the block at " << m << "," << n;
-          }
-        expect_close(packed.data(), ref, mag, K, DType::F32);
-      }
+    for (int64_t M : {1, 2, 3, 4, 5, 6, 8, 11, 24, 29})
+      for (int64_t K : {511, 512, 513, 1031})
+        for (DType wdt : {DType::F32, DType::F16, DType::BF16}) {
+          KernelMode mode(portable);
+          const int64_t N = 37, ldo = N + 3;
+          SCOPED_TRACE(testing::Message()
+                       << "M=" << M << " K=" << K << " " << dtype_name(wdt) << " portable=" << portable);
+          Tensor x = test::random_normal({M, K}, DType::F32, rng);
+          Tensor w = test::random_normal({N, K}, wdt, rng);
+          std::vector<float> out(static_cast<size_t>(M * ldo), kNaN);
+          cpu::gemm_xwt_block(x.data<float>(), M, K, w.data_ptr(), wdt, N, out.data(), ldo);
+          Tensor mag;
+          Tensor ref = ops::ref::linear(x, w, Tensor(), DType::F32, &mag);
+          std::vector<float> packed(static_cast<size_t>(M * N));
+          for (int64_t m = 0; m < M; ++m)
+            for (int64_t n = 0; n < ldo; ++n) {
+              if (n < N)
+                packed[size_t(m * N + n)] = out[size_t(m * ldo + n)];
+              else
+                EXPECT_TRUE(std::isnan(out[size_t(m * ldo + n)]))
+                    << "wrote past the block at " << m << "," << n;
+            }
+          expect_close(packed.data(), ref, mag, K, DType::F32);
+        }
 }
 
 TEST(NnOpsLinear, ThreadCountDoesNotMatterAndLeadingDims) {
@@ -150,19 +156,35 @@ TEST(NnOpsLinear, ThreadCountDoesNotMatterAndLeadingDims) {
   EXPECT_EQ(0, std::memcmp(a.data_ptr(), b.data_ptr(), a.nbytes()));
 }
 
+TEST(NnOpsLinear, EmptyDimensions) {
+  std::mt19937_64 rng(test::fresh_seed());
+  Tensor b = test::random_normal({5}, DType::F32, rng);
+  Tensor y = ops::linear(Tensor::zeros({3, 0}, DType::F32), Tensor::zeros({5, 0}, DType::BF16), b);
+  ASSERT_EQ(y.shape(), (Shape{3, 5}));
+  for (int64_t i = 0; i < 15; ++i) EXPECT_EQ(y.data<float>()[i], b.data<float>()[i % 5]);
+  EXPECT_EQ(
+      ops::linear(Tensor::zeros({0, 4}, DType::F32), Tensor::zeros({5, 4}, DType::F32), Tensor()).shape(),
+      (Shape{0, 5}));
+  EXPECT_EQ(
+      ops::linear(Tensor::zeros({2, 4}, DType::F32), Tensor::zeros({0, 4}, DType::F32), Tensor()).shape(),
+      (Shape{2, 0}));
+}
+
 TEST(NnOpsLinear4bit, MatchesDequantizeThenMatmul) {
   const uint64_t seed = test::fresh_seed();
   SCOPED_TRACE(testing::Message() << "seed " << seed);
   std::mt19937_64 rng(seed);
-  const std::vector<Shape3> cases = {{1, 7, 64},  {1, 64, 100},  {3, 9, 30},   {4, 33, 128}, {1, 5, 31},
-                                     {7, 21, 200}, {2, 130, 512}, {18, 40, 96}, {1, 300, 1000}};
+  const std::vector<Shape3> cases = {{1, 7, 64},     {1, 64, 100}, {3, 9, 30},    {4, 33, 128},
+                                     {1, 5, 31},     {7, 21, 200}, {2, 130, 512}, {18, 40, 96},
+                                     {1, 300, 1000}, {26, 70, 300}};
   for (const Shape3& s : cases)
     for (DType qt : {DType::NF4, DType::FP4})
       for (bool dq : {false, true})
         for (DType cdt : {DType::F32, DType::BF16, DType::F16}) {
           const int64_t bs = (rng() % 2) ? 64 : int64_t(32) << (rng() % 4);
-          SCOPED_TRACE(testing::Message() << "M=" << s.M << " N=" << s.N << " K=" << s.K << " " << dtype_name(qt)
-                                          << " dq=" << dq << " bs=" << bs << " compute=" << dtype_name(cdt));
+          SCOPED_TRACE(testing::Message()
+                       << "M=" << s.M << " N=" << s.N << " K=" << s.K << " " << dtype_name(qt) << " dq=" << dq
+                       << " bs=" << bs << " compute=" << dtype_name(cdt));
           Tensor w = test::random_normal({s.N, s.K}, DType::BF16, rng, 0.1f);
           Quantized4 q = quantize_4bit(w, qt, bs, dq);
           Tensor x = test::random_normal({s.M, s.K}, DType::F32, rng);
@@ -177,10 +199,37 @@ TEST(NnOpsLinear4bit, MatchesDequantizeThenMatmul) {
           Tensor y2 = ops::linear_4bit(x, q.packed, q.state, absmax, b, cdt);
           EXPECT_EQ(0, std::memcmp(y.data_ptr(), y2.data_ptr(), y.nbytes()));
           std::vector<float> out(static_cast<size_t>(s.M * s.N), kNaN);
-          cpu::linear_4bit(x.data<float>(), s.M, s.K, q.packed.data<uint8_t>(), absmax.data<float>(), bs, qt, s.N,
-                           b.defined() ? b.data_ptr() : nullptr, b.defined() ? b.dtype() : DType::F32, cdt,
-                           out.data());
+          cpu::linear_4bit(x.data<float>(), s.M, s.K, q.packed.data<uint8_t>(), absmax.data<float>(), bs, qt,
+                           s.N, b.defined() ? b.data_ptr() : nullptr, b.defined() ? b.dtype() : DType::F32,
+                           cdt, out.data());
           expect_close(out.data(), ref, mag, s.K, cdt);
+        }
+}
+
+TEST(NnOpsLinear4bit, GemvPathsMatchReference) {
+  // M <= 4 with K % 8 == 0 takes the in-register decoder: every compute dtype (three decode
+  // modes), rows that straddle blocks, segments that are not a multiple of 32.
+  const uint64_t seed = test::fresh_seed();
+  SCOPED_TRACE(testing::Message() << "seed " << seed);
+  std::mt19937_64 rng(seed);
+  for (int64_t M : {1, 2, 3, 4})
+    for (int64_t K : {8, 24, 40, 64, 200, 1032})
+      for (int64_t bs : {32, 64, 128})
+        for (DType cdt : {DType::F32, DType::BF16, DType::F16}) {
+          const int64_t N = 1 + int64_t(rng() % 19);
+          const DType qt = rng() % 2 ? DType::NF4 : DType::FP4;
+          SCOPED_TRACE(testing::Message() << "M=" << M << " N=" << N << " K=" << K << " bs=" << bs << " "
+                                          << dtype_name(qt) << " compute=" << dtype_name(cdt));
+          Tensor w = test::random_normal({N, K}, DType::F32, rng, 0.1f);
+          Quantized4 q = quantize_4bit(w, qt, bs, false);
+          Tensor x = test::random_normal({M, K}, DType::F32, rng);
+          Tensor mag;
+          Tensor ref = ops::ref::linear_4bit(x, q.packed, q.state, Tensor(), cdt, &mag);
+          for (bool portable : {false, true}) {
+            KernelMode mode(portable);
+            Tensor y = ops::linear_4bit(x, q.packed, q.state, Tensor(), cdt);
+            expect_close(y.data<float>(), ref, mag, K, cdt);
+          }
         }
 }
 
@@ -201,13 +250,14 @@ TEST(NnOpsLinear4bit, DequantizeRangeMatchesReference) {
                                     full.data_ptr(), odt);
         for (int t = 0; t < 20; ++t) {
           int64_t e0 = int64_t(rng() % n), e1 = std::min<int64_t>(n, e0 + int64_t(rng() % 700));
-          SCOPED_TRACE(testing::Message() << dtype_name(qt) << " bs=" << bs << " " << dtype_name(odt) << " [" << e0
-                                          << ", " << e1 << ")");
+          SCOPED_TRACE(testing::Message() << dtype_name(qt) << " bs=" << bs << " " << dtype_name(odt) << " ["
+                                          << e0 << ", " << e1 << ")");
           const int64_t es = dtype_bits(odt) / 8;
           std::vector<uint8_t> out(static_cast<size_t>((e1 - e0 + 1) * es), 0xff);
           cpu::dequantize_4bit_range(q.packed.data<uint8_t>(), q.state.absmax.data<float>(), bs, qt, e0, e1,
                                      out.data(), odt);
-          ASSERT_EQ(0, std::memcmp(out.data(), static_cast<char*>(full.data_ptr()) + e0 * es, size_t((e1 - e0) * es)));
+          ASSERT_EQ(0, std::memcmp(out.data(), static_cast<char*>(full.data_ptr()) + e0 * es,
+                                   size_t((e1 - e0) * es)));
           ASSERT_EQ(0xff, out[size_t((e1 - e0) * es)]) << "wrote past the range";
         }
       }
@@ -218,14 +268,15 @@ TEST(NnOpsLinearInt8, MatchesBitsandbytesAlgorithm) {
   const uint64_t seed = test::fresh_seed();
   SCOPED_TRACE(testing::Message() << "seed " << seed);
   std::mt19937_64 rng(seed);
-  const std::vector<Shape3> cases = {{1, 7, 64}, {1, 50, 33}, {3, 9, 30},   {4, 33, 128},
+  const std::vector<Shape3> cases = {{1, 7, 64},   {1, 50, 33},   {3, 9, 30},   {4, 33, 128},
                                      {7, 21, 200}, {2, 130, 515}, {18, 40, 96}, {1, 200, 1000}};
   for (const Shape3& s : cases)
     for (float threshold : {0.0f, 6.0f})
       for (DType act : {DType::F16, DType::F32, DType::BF16})
         for (int bias_kind = 0; bias_kind < 3; ++bias_kind) {
-          SCOPED_TRACE(testing::Message() << "M=" << s.M << " N=" << s.N << " K=" << s.K << " threshold=" << threshold
-                                          << " act=" << dtype_name(act) << " bias=" << bias_kind);
+          SCOPED_TRACE(testing::Message()
+                       << "M=" << s.M << " N=" << s.N << " K=" << s.K << " threshold=" << threshold
+                       << " act=" << dtype_name(act) << " bias=" << bias_kind);
           Tensor w = test::random_normal({s.N, s.K}, DType::F16, rng, 0.05f);
           Int8Rowwise wq = int8_vectorwise_quant(w, 0.0f);
           Tensor x = test::random_normal({s.M, s.K}, DType::F32, rng);
@@ -234,16 +285,19 @@ TEST(NnOpsLinearInt8, MatchesBitsandbytesAlgorithm) {
             int64_t m = int64_t(rng() % s.M), k = int64_t(rng() % s.K);
             x.data<float>()[m * s.K + k] = (rng() % 2 ? 1.0f : -1.0f) * (6.0f + float(rng() % 100) / 10.0f);
           }
-          Tensor b = bias_kind == 0 ? Tensor() : test::random_normal({s.N}, bias_kind == 1 ? DType::F16 : DType::F32, rng);
+          Tensor b = bias_kind == 0
+                         ? Tensor()
+                         : test::random_normal({s.N}, bias_kind == 1 ? DType::F16 : DType::F32, rng);
           Tensor ref = ops::ref::linear_int8(x, wq.CA, wq.SCA, b, threshold, act);
           KernelMode mode(rng() % 2 == 0);
           Tensor y = ops::linear_int8(x, wq.CA, wq.SCA, b, threshold, act);
           std::vector<float> out(static_cast<size_t>(s.M * s.N), kNaN);
           cpu::linear_int8(x.data<float>(), s.M, s.K, wq.CA.data<int8_t>(), wq.SCA.data<float>(), s.N,
-                           b.defined() ? b.data_ptr() : nullptr, b.defined() ? b.dtype() : DType::F32, threshold, act,
-                           out.data());
+                           b.defined() ? b.data_ptr() : nullptr, b.defined() ? b.dtype() : DType::F32,
+                           threshold, act, out.data());
           double scale = 0.0;
-          for (int64_t i = 0; i < s.M * s.N; ++i) scale = std::max(scale, double(std::fabs(ref.data<float>()[i])));
+          for (int64_t i = 0; i < s.M * s.N; ++i)
+            scale = std::max(scale, double(std::fabs(ref.data<float>()[i])));
           for (int64_t i = 0; i < s.M * s.N; ++i) {
             const float r = ref.data<float>()[i];
             // the int8 part is bit exact; the outlier sum (f32 here, double in the reference) may
@@ -291,9 +345,9 @@ TEST(NnOpsErrors, WrongShapesAndDtypesThrow) {
   EXPECT_THROW(ops::linear(Tensor(), w, Tensor()), ShapeError);
 
   Quantized4 q = quantize_4bit(w, DType::NF4, 64, true);
-  EXPECT_THROW(ops::linear_4bit(test::random_normal({3, 7}, DType::F32, rng), q.packed, q.state, Tensor(),
-                                DType::F32),
-               ShapeError);
+  EXPECT_THROW(
+      ops::linear_4bit(test::random_normal({3, 7}, DType::F32, rng), q.packed, q.state, Tensor(), DType::F32),
+      ShapeError);
   EXPECT_THROW(ops::linear_4bit(x, q.packed.slice(0, 0, 10), q.state, Tensor(), DType::F32), ShapeError);
   EXPECT_THROW(ops::linear_4bit(x, q.packed, q.state, Tensor::zeros({3}, DType::F32), Tensor(), DType::F32),
                ShapeError);

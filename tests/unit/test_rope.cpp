@@ -19,9 +19,15 @@ constexpr double kPi = std::numbers::pi;
 
 ModelConfig make(int64_t hidden, int64_t heads, int64_t max_pos, const json& rope_parameters,
                  const char* model_type = "llama") {
-  json j = {{"model_type", model_type}, {"vocab_size", 10}, {"hidden_size", hidden}, {"intermediate_size", 8},
-            {"num_hidden_layers", 1}, {"num_attention_heads", heads}, {"num_key_value_heads", heads},
-            {"max_position_embeddings", max_pos}, {"rope_parameters", rope_parameters}};
+  json j = {{"model_type", model_type},
+            {"vocab_size", 10},
+            {"hidden_size", hidden},
+            {"intermediate_size", 8},
+            {"num_hidden_layers", 1},
+            {"num_attention_heads", heads},
+            {"num_key_value_heads", heads},
+            {"max_position_embeddings", max_pos},
+            {"rope_parameters", rope_parameters}};
   return ModelConfig::from_json(j, "test");
 }
 
@@ -41,8 +47,11 @@ std::vector<double> ref_default(double base, int64_t dim) {
 }
 
 TEST(Rope, DefaultMatchesFormula) {
-  for (auto [hidden, heads, theta] : {std::tuple{4096, 32, 10000.0}, {2560, 32, 10000.0}, {896, 14, 1e6},
-                                      {96, 6, 500000.0}, {64, 4, 10000.0}}) {
+  for (auto [hidden, heads, theta] : {std::tuple{4096, 32, 10000.0},
+                                      {2560, 32, 10000.0},
+                                      {896, 14, 1e6},
+                                      {96, 6, 500000.0},
+                                      {64, 4, 10000.0}}) {
     ModelConfig c = make(hidden, heads, 2048, {{"rope_type", "default"}, {"rope_theta", theta}});
     RopeTables r = rope_init(c);
     EXPECT_EQ(r.rot_dim, hidden / heads);
@@ -54,12 +63,14 @@ TEST(Rope, DefaultMatchesFormula) {
 
 TEST(Rope, PartialRotaryForPhi3AndNeox) {
   // gpt_neox/phi3 apply partial_rotary_factor to their default rope: dim = int(head_dim * f).
-  ModelConfig c = make(2048, 16, 2048, {{"rope_type", "default"}, {"rope_theta", 10000.0}, {"partial_rotary_factor", 0.25}},
-                       "gpt_neox");
+  ModelConfig c =
+      make(2048, 16, 2048,
+           {{"rope_type", "default"}, {"rope_theta", 10000.0}, {"partial_rotary_factor", 0.25}}, "gpt_neox");
   RopeTables r = rope_init(c);
   EXPECT_EQ(r.rot_dim, 32);
   expect_near_formula(r.inv_freq, ref_default(10000.0, 32), "neox partial");
-  c = make(3072, 32, 4096, {{"rope_type", "default"}, {"rope_theta", 10000.0}, {"partial_rotary_factor", 0.5}}, "phi3");
+  c = make(3072, 32, 4096,
+           {{"rope_type", "default"}, {"rope_theta", 10000.0}, {"partial_rotary_factor", 0.5}}, "phi3");
   EXPECT_EQ(rope_init(c).rot_dim, 48);
 }
 
@@ -88,8 +99,12 @@ TEST(Rope, DynamicNtk) {
 TEST(Rope, Llama3Smoothing) {
   const double factor = 8, low = 1, high = 4, old_ctx = 8192;
   ModelConfig c = make(4096, 32, 131072,
-                       {{"rope_type", "llama3"}, {"factor", factor}, {"low_freq_factor", low}, {"high_freq_factor", high},
-                        {"original_max_position_embeddings", 8192}, {"rope_theta", 500000.0}});
+                       {{"rope_type", "llama3"},
+                        {"factor", factor},
+                        {"low_freq_factor", low},
+                        {"high_freq_factor", high},
+                        {"original_max_position_embeddings", 8192},
+                        {"rope_theta", 500000.0}});
   ModelConfig d = make(4096, 32, 131072, {{"rope_type", "default"}, {"rope_theta", 500000.0}});
   const std::vector<float> got = rope_init(c).inv_freq, plain = rope_init(d).inv_freq;
   const std::vector<double> base = ref_default(500000.0, 128);
@@ -115,8 +130,8 @@ TEST(Rope, Llama3Smoothing) {
 }
 
 // Yarn in double, from the paper's formulas as transformers writes them.
-std::vector<double> ref_yarn(double base, int64_t dim, double factor, double orig, double beta_fast, double beta_slow,
-                             bool truncate) {
+std::vector<double> ref_yarn(double base, int64_t dim, double factor, double orig, double beta_fast,
+                             double beta_slow, bool truncate) {
   auto corr = [&](double rot) { return dim * std::log(orig / (rot * 2 * kPi)) / (2 * std::log(base)); };
   double lo = corr(beta_fast), hi = corr(beta_slow);
   if (truncate) lo = std::floor(lo), hi = std::ceil(hi);
@@ -131,7 +146,10 @@ std::vector<double> ref_yarn(double base, int64_t dim, double factor, double ori
 }
 
 TEST(Rope, YarnTruncateAndMscale) {
-  json p = {{"rope_type", "yarn"}, {"factor", 4.0}, {"original_max_position_embeddings", 32768}, {"rope_theta", 1e6}};
+  json p = {{"rope_type", "yarn"},
+            {"factor", 4.0},
+            {"original_max_position_embeddings", 32768},
+            {"rope_theta", 1e6}};
   RopeTables r = rope_init(make(5120, 40, 131072, p, "qwen2"));
   expect_near_formula(r.inv_freq, ref_yarn(1e6, 128, 4, 32768, 32, 1, true), "yarn");
   EXPECT_FLOAT_EQ(r.attention_scaling, float(0.1 * std::log(4.0) + 1));
@@ -147,14 +165,18 @@ TEST(Rope, YarnTruncateAndMscale) {
   EXPECT_EQ(rope_init(make(5120, 40, 131072, p, "qwen2")).inv_freq, r.inv_freq);
 
   // mscale / mscale_all_dim (DeepSeek style) set the attention factor as a ratio.
-  p = {{"rope_type", "yarn"}, {"factor", 40.0}, {"original_max_position_embeddings", 4096}, {"rope_theta", 10000.0},
-       {"mscale", 1.0}, {"mscale_all_dim", 0.707}};
+  p = {{"rope_type", "yarn"},   {"factor", 40.0}, {"original_max_position_embeddings", 4096},
+       {"rope_theta", 10000.0}, {"mscale", 1.0},  {"mscale_all_dim", 0.707}};
   auto mscale = [](double s, double m) { return 0.1 * m * std::log(s) + 1; };
-  EXPECT_FLOAT_EQ(rope_init(make(2048, 16, 163840, p)).attention_scaling, float(mscale(40, 1.0) / mscale(40, 0.707)));
+  EXPECT_FLOAT_EQ(rope_init(make(2048, 16, 163840, p)).attention_scaling,
+                  float(mscale(40, 1.0) / mscale(40, 0.707)));
   p["attention_factor"] = 0.5;  // explicit value wins
   EXPECT_EQ(rope_init(make(2048, 16, 163840, p)).attention_scaling, 0.5f);
   // factor null: max_position_embeddings / original_max_position_embeddings.
-  p = {{"rope_type", "yarn"}, {"factor", nullptr}, {"original_max_position_embeddings", 4096}, {"rope_theta", 10000.0}};
+  p = {{"rope_type", "yarn"},
+       {"factor", nullptr},
+       {"original_max_position_embeddings", 4096},
+       {"rope_theta", 10000.0}};
   RopeTables rn = rope_init(make(2048, 16, 16384, p));
   expect_near_formula(rn.inv_freq, ref_yarn(10000, 128, 4, 4096, 32, 1, true), "yarn factor from lengths");
 }
@@ -162,7 +184,10 @@ TEST(Rope, YarnTruncateAndMscale) {
 TEST(Rope, LongropeShortLong) {
   std::vector<double> s_f, l_f;
   for (int i = 0; i < 48; ++i) s_f.push_back(1 + 0.05 * i), l_f.push_back(1 + 0.5 * i);
-  json p = {{"rope_type", "longrope"}, {"short_factor", s_f}, {"long_factor", l_f}, {"rope_theta", 10000.0},
+  json p = {{"rope_type", "longrope"},
+            {"short_factor", s_f},
+            {"long_factor", l_f},
+            {"rope_theta", 10000.0},
             {"original_max_position_embeddings", 4096}};
   ModelConfig c = make(3072, 32, 131072, p);
   const std::vector<double> base = ref_default(10000, 96);
@@ -179,7 +204,10 @@ TEST(Rope, LongropeShortLong) {
 }
 
 TEST(Rope, CosSinLayoutAndScaling) {
-  json p = {{"rope_type", "yarn"}, {"factor", 4.0}, {"original_max_position_embeddings", 64}, {"rope_theta", 10000.0}};
+  json p = {{"rope_type", "yarn"},
+            {"factor", 4.0},
+            {"original_max_position_embeddings", 64},
+            {"rope_theta", 10000.0}};
   RopeTables r = rope_init(make(64, 4, 256, p));
   ASSERT_EQ(r.inv_freq.size(), 8u);
   const int64_t pos[] = {0, 3, 255, 70000};
@@ -203,13 +231,15 @@ TEST(Rope, StateFollowsDynamicUpdate) {
   EXPECT_EQ(st.update(8191).inv_freq, rope_init(c, 8192).inv_freq);  // growth
   EXPECT_EQ(st.update(4999).inv_freq, rope_init(c, 8192).inv_freq);  // no shrink above 2048
   EXPECT_EQ(st.update(2047).inv_freq, rope_init(c, 8192).inv_freq);  // seq 2048 is not < 2048
-  EXPECT_EQ(st.update(100).inv_freq, init);                           // reset
+  EXPECT_EQ(st.update(100).inv_freq, init);                          // reset
   EXPECT_EQ(st.update(4999).inv_freq, rope_init(c, 5000).inv_freq);
 }
 
 TEST(Rope, StateFollowsLongrope) {
-  json p = {{"rope_type", "longrope"}, {"short_factor", std::vector<double>(8, 1.0)},
-            {"long_factor", std::vector<double>(8, 4.0)}, {"original_max_position_embeddings", 64}};
+  json p = {{"rope_type", "longrope"},
+            {"short_factor", std::vector<double>(8, 1.0)},
+            {"long_factor", std::vector<double>(8, 4.0)},
+            {"original_max_position_embeddings", 64}};
   ModelConfig c = make(64, 4, 256, p);
   RopeState st(c);
   const RopeTables init = rope_init(c);
@@ -222,7 +252,8 @@ TEST(Rope, StateFollowsLongrope) {
 
 TEST(Rope, NoRopeIsAnError) {
   ModelConfig c = ModelConfig::from_json(
-      json::parse(R"({"model_type": "gpt2", "vocab_size": 10, "n_embd": 8, "n_layer": 1, "n_head": 2})"), "g");
+      json::parse(R"({"model_type": "gpt2", "vocab_size": 10, "n_embd": 8, "n_layer": 1, "n_head": 2})"),
+      "g");
   EXPECT_EQ(c.rope_dim(), 0);
   EXPECT_THROW(rope_init(c), ConfigError);
 }

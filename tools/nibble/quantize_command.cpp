@@ -1,19 +1,19 @@
-// `nibble quantize MODEL [OUT] [quant flags]`: quantizes a checkpoint's Linear weights and
-// prints what was done (per tensor and totals); with OUT, writes the bitsandbytes-layout
-// model.safetensors and config.json (with quantization_config) there, atomically.
+// `nibble quantize MODEL [OUT] [quant flags]`: without OUT, quantizes a checkpoint's Linear
+// weights and prints what was done per tensor (error, sizes) and in total; with OUT, loads the
+// model quantized and save_pretrained()s it there (what transformers + bitsandbytes write).
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
 #include "nibble/error.h"
+#include "nibble/model.h"
 #include "nibble/quantize.h"
 #include "nibble/thread_pool.h"
 
-namespace fs = std::filesystem;
 
 namespace nibble::cli {
 
@@ -61,32 +61,36 @@ std::string human(double bytes) {
   return b;
 }
 
-void write_outputs(const fs::path& model, const fs::path& out, const CheckpointQuantization& r,
-                   const BitsAndBytesConfig& qc) {
-  fs::create_directories(out);
-  std::ifstream cf(model / "config.json");
-  if (!cf) throw IoError("cannot read " + (model / "config.json").string());
-  nlohmann::ordered_json config = nlohmann::ordered_json::parse(cf, nullptr, false);
-  if (config.is_discarded() || !config.is_object())
-    throw FormatError((model / "config.json").string() + ": not a JSON object");
-  config["quantization_config"] = nlohmann::ordered_json(qc.to_dict());
-  std::string text = config.dump(2) + "\n";
-  // weights first: config.json naming a quantization appears only once the weights exist
-  save_safetensors(out / "model.safetensors", r.state_dict);
-  write_file_atomic(out / "config.json", text.data(), text.size());
-  if (fs::exists(model / "generation_config.json"))
-    fs::copy_file(model / "generation_config.json", out / "generation_config.json",
-                  fs::copy_options::overwrite_existing);
-}
-
 }  // namespace
 
 int run_quantize(const QuantizeArgs& a) {
   BitsAndBytesConfig qc = a.q.to_config();
   if (!qc.is_quantizable()) throw ConfigError("quantize: give --load-in-4bit or --load-in-8bit");
+  if (!a.out.empty()) {
+    // save_pretrained of the quantized model: the folder transformers + bitsandbytes would write
+    auto t0 = std::chrono::steady_clock::now();
+    CausalLM model = AutoModelForCausalLM::from_pretrained(a.model, {.quantization_config = qc});
+    model.save_pretrained(a.out);
+    double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    int64_t q = 0, all = 0;
+    for (const auto& m : model.modules()) {
+      all += m.klass.starts_with("Linear");
+      q += m.klass == "Linear4bit" || m.klass == "Linear8bitLt";
+    }
+    if (a.json) {
+      nlohmann::ordered_json j{{"model", a.model}, {"out", a.out}, {"quantization_method", qc.quantization_method().value_or("none")},
+                               {"quantized_linear_layers", q}, {"linear_layers", all},
+                               {"footprint_bytes", model.get_memory_footprint()}, {"seconds", secs}};
+      std::printf("%s\n", j.dump(2).c_str());
+    } else {
+      std::printf("quantized %lld of %lld linear layers (%s); footprint %s; saved to %s in %.2f s\n",
+                  static_cast<long long>(q), static_cast<long long>(all), qc.quantization_method().value_or("none").c_str(),
+                  human(double(model.get_memory_footprint())).c_str(), a.out.c_str(), secs);
+    }
+    return 0;
+  }
   Checkpoint ck = Checkpoint::open(a.model);
   CheckpointQuantization r = quantize_checkpoint(ck, qc);
-  if (!a.out.empty()) write_outputs(a.model, a.out, r, qc);
 
   int64_t qbytes = 0, qstate = 0;
   for (const auto& t : r.tensors)
@@ -120,7 +124,6 @@ int run_quantize(const QuantizeArgs& a) {
       ts.push_back(e);
     }
     j["tensors"] = ts;
-    if (!a.out.empty()) j["out"] = a.out;
     std::printf("%s\n", j.dump(2).c_str());
     return 0;
   }
@@ -140,8 +143,7 @@ int run_quantize(const QuantizeArgs& a) {
   std::printf("size: %s -> %s (%.2fx smaller) | quantized layers: %.3f bits/param incl. state\n",
               human(double(r.bytes_before)).c_str(), human(double(r.bytes_after)).c_str(),
               double(r.bytes_before) / double(std::max<int64_t>(r.bytes_after, 1)), bits);
-  std::printf("time: %.2f ms on %d thread(s)%s\n", r.seconds * 1e3, num_threads(),
-              a.out.empty() ? "" : (" | written to " + a.out).c_str());
+  std::printf("time: %.2f ms on %d thread(s)\n", r.seconds * 1e3, num_threads());
   return 0;
 }
 

@@ -20,12 +20,18 @@ namespace {
 std::atomic<bool> g_portable{false};
 }  // namespace
 
-bool use_avx2_kernels() { return has_avx2() && !g_portable.load(std::memory_order_relaxed); }
-void set_portable_kernels(bool on) { g_portable.store(on); }
+bool use_avx2_kernels() {
+  return has_avx2() && !g_portable.load(std::memory_order_relaxed);
+}
+void set_portable_kernels(bool on) {
+  g_portable.store(on);
+}
 
 namespace {
 
-int64_t elem_size(DType dt) { return dtype_bits(dt) / 8; }
+int64_t elem_size(DType dt) {
+  return dtype_bits(dt) / 8;
+}
 const char* row_ptr(const void* w, DType dt, int64_t row, int64_t K) {
   return static_cast<const char*>(w) + row * K * elem_size(dt);
 }
@@ -33,9 +39,12 @@ const char* row_ptr(const void* w, DType dt, int64_t row, int64_t K) {
 // v rounded to dt (F32: unchanged), as torch's cast to that dtype.
 inline float round_to_dtype(float v, DType dt) {
   switch (dt) {
-    case DType::BF16: return bf16_to_f32(f32_to_bf16(v));
-    case DType::F16: return f16_to_f32(f32_to_f16(v));
-    default: return v;
+    case DType::BF16:
+      return bf16_to_f32(f32_to_bf16(v));
+    case DType::F16:
+      return f16_to_f32(f32_to_f16(v));
+    default:
+      return v;
   }
 }
 
@@ -71,7 +80,9 @@ void epilogue(float* out, int64_t M, int64_t N, int64_t n0, int64_t n1, const st
 }
 
 // Units of work per task: at least ~64K multiply-adds, so small ops stay on one thread.
-int64_t grain_for(int64_t unit_macs) { return std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(unit_macs, 1)); }
+int64_t grain_for(int64_t unit_macs) {
+  return std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(unit_macs, 1));
+}
 
 // ---- portable kernels -------------------------------------------------------------------
 // 8 independent lanes so the compiler can vectorize without reassociating a single sum.
@@ -106,6 +117,10 @@ void gemm_xwt_portable(const float* x, int64_t M, int64_t K, const void* w, DTyp
 
 void gemm_xwt_block(const float* x, int64_t M, int64_t K, const void* w, DType wdt, int64_t N, float* out,
                     int64_t ldo) {
+  if (K == 0) {  // empty sums (the blocked kernel's K loop would not touch out)
+    for (int64_t m = 0; m < M; ++m) std::fill_n(out + m * ldo, N, 0.0f);
+    return;
+  }
   if (use_avx2_kernels())
     avx2::gemm_xwt_block(x, M, K, w, wdt, N, out, ldo);
   else
@@ -138,7 +153,8 @@ void dequantize_4bit_range(const uint8_t* packed, const float* absmax, int64_t b
   }
 }
 
-void gemm_i8_block(const int8_t* a, int64_t M, int64_t K, const int8_t* b, int64_t N, int32_t* out, int64_t ldo) {
+void gemm_i8_block(const int8_t* a, int64_t M, int64_t K, const int8_t* b, int64_t N, int32_t* out,
+                   int64_t ldo) {
   for (int64_t m = 0; m < M; ++m)
     for (int64_t n = 0; n < N; ++n) {
       int32_t acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -176,12 +192,15 @@ void linear_4bit(const float* x_in, int64_t M, int64_t K, const uint8_t* packed,
   std::vector<float> xbuf;  // [M, K]
   const float* x = rounded_input(x_in, M, K, compute_dtype, xbuf);
   const std::vector<float> b = bias_f32(bias, bias_dt, N, compute_dtype);
-  if (M <= 3 && K % 8 == 0 && use_avx2_kernels()) {  // GEMV: decode in registers, no buffer
+  if (M <= 4 && K % 8 == 0 && use_avx2_kernels()) {     // GEMV: decode in registers, no buffer
+    std::vector<float> xp(static_cast<size_t>(M * K));  // [M, K] in the decoder's weight order
+    avx2::gemv_4bit_pack_x(x, M, K, compute_dtype, xp.data());
     constexpr int64_t kRows = 8;
     const int64_t units = (N + kRows - 1) / kRows;
     parallel_for(units, grain_for(kRows * M * K), [&](int64_t u0, int64_t u1) {
       const int64_t n0 = u0 * kRows, n1 = std::min(N, u1 * kRows);
-      avx2::gemv_4bit(x, M, K, packed, absmax, blocksize, quant_type, compute_dtype, n0, n1 - n0, out + n0, N);
+      avx2::gemv_4bit(xp.data(), M, K, packed, absmax, blocksize, quant_type, compute_dtype, n0, n1 - n0,
+                      out + n0, N);
       epilogue(out, M, N, n0, n1, b, compute_dtype);
     });
     return;
@@ -199,7 +218,8 @@ void linear_4bit(const float* x_in, int64_t M, int64_t K, const uint8_t* packed,
     wbuf.resize(size_t(rows * K * es));
     for (int64_t u = u0; u < u1; ++u) {
       const int64_t r0 = u * rows, r1 = std::min(N, r0 + rows);
-      dequantize_4bit_range(packed, absmax, blocksize, quant_type, r0 * K, r1 * K, wbuf.data(), compute_dtype);
+      dequantize_4bit_range(packed, absmax, blocksize, quant_type, r0 * K, r1 * K, wbuf.data(),
+                            compute_dtype);
       gemm_xwt_block(x, M, K, wbuf.data(), compute_dtype, r1 - r0, out + r0, N);
     }
     epilogue(out, M, N, u0 * rows, std::min(N, u1 * rows), b, compute_dtype);
@@ -214,8 +234,8 @@ void linear_int8(const float* x, int64_t M, int64_t K, const int8_t* cb, const f
     for (int64_t i = b; i < e; ++i) xh[size_t(i)] = f32_to_f16(x[i]);
   });
   std::vector<int8_t> ca(static_cast<size_t>(M * K));  // [M, K]
-  std::vector<float> sca(static_cast<size_t>(M));       // [M]
-  std::vector<int64_t> outliers;                        // outlier column indices
+  std::vector<float> sca(static_cast<size_t>(M));      // [M]
+  std::vector<int64_t> outliers;                       // outlier column indices
   int8_vectorwise_quant(xh.data(), M, K, threshold, ca.data(), sca.data(), &outliers);
   if (threshold <= 0.0f) outliers.clear();
   const bool simd = use_avx2_kernels();
@@ -230,9 +250,11 @@ void linear_int8(const float* x, int64_t M, int64_t K, const int8_t* cb, const f
     for (int64_t c = 0; c < n_out; ++c)
       sub_a[size_t(m * n_out + c)] = round_to_dtype(x[m * K + outliers[size_t(c)]], act_dtype);
 
-  const bool fused_bias = bias && bias_dt == DType::F16;
-  const std::vector<float> bias_v = bias_f32(bias, bias_dt, N, DType::F32);  // [N] exact values
-  constexpr int64_t kCols = 64;  // columns per int32 tile
+  // Linear8bitLt casts the bias to x.dtype; int8_mm_dequant fuses an f16 bias into its fma and
+  // adds any other after the f16 rounding.
+  const bool fused_bias = bias && act_dtype == DType::F16;
+  const std::vector<float> bias_v = bias_f32(bias, bias_dt, N, act_dtype);  // [N]
+  constexpr int64_t kCols = 64;                                             // columns per int32 tile
   const int64_t units = (N + kCols - 1) / kCols;
   parallel_for(units, grain_for(kCols * M * K), [&](int64_t u0, int64_t u1) {
     static thread_local std::vector<int32_t> acc;  // [M, kCols] int32 products
@@ -249,13 +271,13 @@ void linear_int8(const float* x, int64_t M, int64_t K, const int8_t* cb, const f
         // kdequant_mm_int32_fp16 (built with fast math: ftz): fmaf(v * SCA * SCB, 1/127^2, bias)
         const float bias_h = fused_bias ? bias_v[size_t(n)] : 0.0f;
         for (int64_t c = 0; c < n_out; ++c)
-          sub_b[size_t(c)] = round_to_dtype(float(cb[n * K + outliers[size_t(c)]]) * scb[n] * 7.874015718698502e-3f,
-                                            act_dtype);
+          sub_b[size_t(c)] = round_to_dtype(
+              float(cb[n * K + outliers[size_t(c)]]) * scb[n] * 7.874015718698502e-3f, act_dtype);
         for (int64_t m = 0; m < M; ++m) {
           float p = quant::mul_ftz(quant::mul_ftz(float(acc[size_t(m * kCols + j)]), sca[size_t(m)]), scb[n]);
           float v = round_to_dtype(quant::ftz(std::fma(p, 6.200012e-05f, bias_h)), DType::F16);
           if (bias && !fused_bias) v = round_to_dtype(v + bias_v[size_t(n)], DType::F16);  // out.add_(bias)
-          v = round_to_dtype(v, act_dtype);                                                           // .to(A.dtype)
+          v = round_to_dtype(v, act_dtype);                                                // .to(A.dtype)
           if (n_out > 0) {  // output.addmm(subA, subB): f32 accumulation, one rounding
             float s = 0.0f;
             for (int64_t c = 0; c < n_out; ++c) s += sub_a[size_t(m * n_out + c)] * sub_b[size_t(c)];

@@ -1,9 +1,12 @@
 // CPU backend of the linear ops (dense f32/f16/bf16, bitsandbytes 4-bit, LLM.int8). The
-// main idea: every variant reduces to one blocked kernel, out[M, n-range] = x · W[n-range]^T,
-// run per thread on a contiguous range of output features (so W is streamed once per call);
-// 4-bit weights are first dequantized a few rows at a time into a thread-local buffer of the
-// compute dtype and fed to the same kernel. An AVX2+FMA+F16C version of each inner kernel is
-// picked at run time (has_avx2()); the portable one is plain C++ with 8-lane arrays.
+// main idea: every variant is out[M, n-range] = x · W[n-range]^T computed per thread on a
+// contiguous range of output features, so W is streamed from memory once per call whatever M
+// is. Inner kernels by shape (AVX2+FMA+F16C, picked at run time; a portable C++ fallback):
+//   M < 24   register tiles of dot products along K over W's rows as stored (GEMV at M = 1);
+//   M >= 24  a packed GEMM (W panels widened and transposed once, 6 x 16 register tile);
+//   4-bit, M <= 4: weights decoded in registers by table lookup (no buffer);
+//   4-bit, larger M: a few rows dequantized into a thread-local compute-dtype buffer, then
+//            the dense kernels.
 #pragma once
 
 #include <cstdint>
@@ -49,15 +52,22 @@ void gemm_i8_block(const int8_t* a, int64_t M, int64_t K, const int8_t* b, int64
                    int64_t ldo);
 
 namespace avx2 {
+// M >= 24 rows go to gemm_packed (W widened and transposed panel by panel), fewer to
+// register tiles of dot products over W's rows.
 void gemm_xwt_block(const float* x, int64_t M, int64_t K, const void* w, DType wdt, int64_t N, float* out,
                     int64_t ldo);
+void gemm_packed(const float* x, int64_t M, int64_t K, const void* w, DType wdt, int64_t N, float* out,
+                 int64_t ldo);
 // count values from element e (even; count a multiple of 8), all in one block (one absmax).
 void dequant_4bit_span(const uint8_t* packed, float absmax, DType quant_type, int64_t e, int64_t count,
                        void* out, DType out_dt);
-// out[m * ldo + r] = x[m] . dequant(row r0 + r) for m < M (1..3), r < nrows, the 4-bit rows
-// decoded in registers (values as dequantize_4bit_range to compute_dtype). K % 8 == 0.
-void gemv_4bit(const float* x, int64_t M, int64_t K, const uint8_t* packed, const float* absmax, int64_t blocksize,
-               DType quant_type, DType compute_dtype, int64_t r0, int64_t nrows, float* out, int64_t ldo);
+// out[m * ldo + r] = x[m] . dequant(row r0 + r) for m < M (1..4), r < nrows, the 4-bit rows
+// decoded in registers (values as dequantize_4bit_range to compute_dtype). K % 8 == 0; xp is
+// x [M, K] rearranged by gemv_4bit_pack_x (the order the decoder produces weights in).
+void gemv_4bit_pack_x(const float* x, int64_t M, int64_t K, DType compute_dtype, float* xp);
+void gemv_4bit(const float* x, int64_t M, int64_t K, const uint8_t* packed, const float* absmax,
+               int64_t blocksize, DType quant_type, DType compute_dtype, int64_t r0, int64_t nrows,
+               float* out, int64_t ldo);
 // a16: the int8 activations widened to int16 ([M, K]).
 void gemm_i8_block(const int16_t* a16, int64_t M, int64_t K, const int8_t* b, int64_t N, int32_t* out,
                    int64_t ldo);

@@ -1,8 +1,11 @@
 // AVX2 + FMA kernels of attention's two inner loops (per-function target attributes; callers
 // check has_avx2()). Scores: 4 keys per pass so each q vector load serves 4 FMAs, the four
 // 8-lane sums reduced together with hadd. Weighted sum of V: the output row is cut into
-// 64-float chunks held in 8 accumulator registers while all keys stream past.
+// 64-float chunks held in 8 accumulator registers while all keys stream past. Softmax's
+// exponentials: a vector exp (range reduction + polynomial, ~1 ulp).
 #include <immintrin.h>
+
+#include <cmath>
 
 #include "backends/cpu/nn_cpu.h"
 
@@ -69,11 +72,46 @@ NIBBLE_AVX2 void qk_dots(const float* q, const float* k, int64_t ldk, int64_t D,
   for (; j < n; ++j) {
     const float* kj = k + j * ldk;
     __m256 a0 = _mm256_setzero_ps();
-    for (int64_t d = 0; d < d8; d += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), _mm256_loadu_ps(kj + d), a0);
+    for (int64_t d = 0; d < d8; d += 8)
+      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), _mm256_loadu_ps(kj + d), a0);
     float r = hsum8(a0);
     for (int64_t d = d8; d < D; ++d) r += q[d] * kj[d];
     s[j] = r;
   }
+}
+
+NIBBLE_AVX2 float exp_sum(float* s, int64_t n, float mx) {
+  // exp(x) = 2^k * e^r, k = round(x log2 e), r = x - k ln 2 (ln 2 split in two for an exact
+  // product), e^r by Cephes' degree-6 polynomial: about 1 ulp. x < -87.3 gives 0.
+  const __m256 log2e = _mm256_set1_ps(1.44269504088896341f), c1 = _mm256_set1_ps(0.693359375f),
+               c2 = _mm256_set1_ps(-2.12194440e-4f), lo = _mm256_set1_ps(-87.3f), one = _mm256_set1_ps(1.0f);
+  const __m256 m = _mm256_set1_ps(mx);
+  __m256 sum = _mm256_setzero_ps();
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    __m256 x = _mm256_sub_ps(_mm256_loadu_ps(s + j), m);
+    __m256 keep = _mm256_cmp_ps(x, lo, _CMP_GE_OQ);
+    x = _mm256_max_ps(x, lo);
+    __m256 k = _mm256_round_ps(_mm256_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(k, c2, _mm256_fnmadd_ps(k, c1, x));
+    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507e-3f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
+    y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, one));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+    y = _mm256_and_ps(_mm256_mul_ps(y, _mm256_castsi256_ps(e)), keep);
+    _mm256_storeu_ps(s + j, y);
+    sum = _mm256_add_ps(sum, y);
+  }
+  float total = hsum8(sum);
+  for (; j < n; ++j) {
+    s[j] = std::exp(s[j] - mx);
+    total += s[j];
+  }
+  return total;
 }
 
 NIBBLE_AVX2 void pv_sum(const float* p, const float* v, int64_t ldv, int64_t Dv, int64_t n, float* acc) {

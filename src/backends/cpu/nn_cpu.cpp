@@ -18,7 +18,9 @@ namespace nibble::cpu {
 namespace {
 
 // Rows per task so that each task touches at least ~32K values.
-int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(cols, 1)); }
+int64_t row_grain(int64_t cols) {
+  return std::max<int64_t>(1, 32768 / std::max<int64_t>(cols, 1));
+}
 
 std::vector<float> to_f32(const void* p, DType dt, int64_t n) {
   std::vector<float> v(static_cast<size_t>(n));
@@ -28,14 +30,17 @@ std::vector<float> to_f32(const void* p, DType dt, int64_t n) {
 
 inline float act1(float x, Act a) {
   switch (a) {
-    case Act::SiLU: return x / (1.0f + std::exp(-x));
-    case Act::GeluErf: return x * 0.5f * (1.0f + std::erf(x * 0.707106781186547524f));
+    case Act::SiLU:
+      return x / (1.0f + std::exp(-x));
+    case Act::GeluErf:
+      return x * 0.5f * (1.0f + std::erf(x * 0.707106781186547524f));
     case Act::GeluTanh: {
       const float beta = 0.797884560802865355f, kappa = 0.044715f;  // sqrt(2/pi)
       float inner = beta * (x + kappa * (x * x * x));
       return 0.5f * x * (1.0f + std::tanh(inner));
     }
-    case Act::ReLU: return (x > 0.0f || std::isnan(x)) ? x : 0.0f;
+    case Act::ReLU:
+      return (x > 0.0f || std::isnan(x)) ? x : 0.0f;
   }
   return x;
 }
@@ -70,8 +75,8 @@ void rms_norm(const float* x, int64_t M, int64_t C, const void* w, DType wdt, fl
   });
 }
 
-void layer_norm(const float* x, int64_t M, int64_t C, const void* w, DType wdt, const void* b, DType bdt, float eps,
-                float* out) {
+void layer_norm(const float* x, int64_t M, int64_t C, const void* w, DType wdt, const void* b, DType bdt,
+                float eps, float* out) {
   std::vector<float> wf = to_f32(w, wdt, C), bf = b ? to_f32(b, bdt, C) : std::vector<float>(size_t(C), 0.0f);
   parallel_for(M, row_grain(C), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
@@ -101,7 +106,8 @@ void gated_activation(const float* gate, const float* up, int64_t n, Act a, floa
   });
 }
 
-void apply_rope(float* x, int64_t T, int64_t H, int64_t D, const float* cos, const float* sin, int64_t rot_dim) {
+void apply_rope(float* x, int64_t T, int64_t H, int64_t D, const float* cos, const float* sin,
+                int64_t rot_dim) {
   const int64_t half = rot_dim / 2;
   parallel_for(T * H, row_grain(rot_dim), [&](int64_t b, int64_t e) {
     for (int64_t th = b; th < e; ++th) {
@@ -124,56 +130,62 @@ void attention(const float* q, const float* k, const float* v, const AttentionSh
   const int64_t ldq = a.Hq * a.D, ldk = a.Hkv * a.D, ldv = a.Hkv * a.Dv;
   const bool simd = use_avx2_kernels();
   // Work items ordered (head, row): consecutive items share the head's K/V in cache.
-  parallel_for(a.Hq * a.T, std::max<int64_t>(1, 4096 / std::max<int64_t>(a.S * a.D, 1)), [&](int64_t b, int64_t e) {
-    static thread_local std::vector<float> scores;  // [S] scores, then probabilities
-    static thread_local std::vector<float> acc;     // [Dv]
-    scores.resize(size_t(std::max<int64_t>(a.S, 1)));
-    acc.resize(size_t(std::max<int64_t>(a.Dv, 1)));
-    for (int64_t item = b; item < e; ++item) {
-      const int64_t h = item / a.T, i = item % a.T, kvh = h / group;
-      const int64_t pos = a.q_offset + i;
-      const int64_t hi = std::min(a.S - 1, pos);  // causal: j <= pos
-      const int64_t lo = a.window > 0 ? std::max<int64_t>(0, pos - a.window + 1) : 0;
-      float* o = out + (i * a.Hq + h) * a.Dv;
-      if (hi < lo) {  // no visible key: zeros (torch would give NaN)
-        std::fill(o, o + a.Dv, 0.0f);
-        continue;
-      }
-      const int64_t n = hi - lo + 1;
-      const float* qi = q + i * ldq + h * a.D;
-      const float* k0 = k + lo * ldk + kvh * a.D;
-      const float* v0 = v + lo * ldv + kvh * a.Dv;
-      float* s = scores.data();
-      if (simd) {
-        avx2::qk_dots(qi, k0, ldk, a.D, n, s);
-      } else {
-        for (int64_t j = 0; j < n; ++j) s[j] = dot_portable(qi, k0 + j * ldk, a.D);
-      }
-      float mx = -std::numeric_limits<float>::infinity();
-      const float slope = a.alibi ? a.alibi[h] : 0.0f;
-      for (int64_t j = 0; j < n; ++j) {
-        float x = s[j] * a.scale;
-        if (a.softcap > 0.0f) x = std::tanh(x / a.softcap) * a.softcap;  // Gemma2, before the mask
-        if (a.alibi) x += slope * float(lo + j);                          // Bloom: slope * key index
-        s[j] = x;
-        mx = std::max(mx, x);
-      }
-      float sum = 0.0f;
-      for (int64_t j = 0; j < n; ++j) {
-        s[j] = std::exp(s[j] - mx);
-        sum += s[j];
-      }
-      if (simd) {
-        avx2::pv_sum(s, v0, ldv, a.Dv, n, acc.data());
-      } else {
-        std::fill(acc.begin(), acc.end(), 0.0f);
-        for (int64_t j = 0; j < n; ++j)
-          for (int64_t d = 0; d < a.Dv; ++d) acc[size_t(d)] += s[j] * v0[j * ldv + d];
-      }
-      const float inv = 1.0f / sum;
-      for (int64_t d = 0; d < a.Dv; ++d) o[d] = acc[size_t(d)] * inv;
-    }
-  });
+  parallel_for(a.Hq * a.T, std::max<int64_t>(1, 4096 / std::max<int64_t>(a.S * a.D, 1)),
+               [&](int64_t b, int64_t e) {
+                 static thread_local std::vector<float> scores;  // [S] scores, then probabilities
+                 static thread_local std::vector<float> acc;     // [Dv]
+                 scores.resize(size_t(std::max<int64_t>(a.S, 1)));
+                 acc.resize(size_t(std::max<int64_t>(a.Dv, 1)));
+                 for (int64_t item = b; item < e; ++item) {
+                   const int64_t h = item / a.T, i = item % a.T, kvh = h / group;
+                   const int64_t pos = a.q_offset + i;
+                   const int64_t hi = std::min(a.S - 1, pos);  // causal: j <= pos
+                   const int64_t lo = a.window > 0 ? std::max<int64_t>(0, pos - a.window + 1) : 0;
+                   float* o = out + (i * a.Hq + h) * a.Dv;
+                   if (hi < lo) {  // no visible key: zeros (torch would give NaN)
+                     std::fill(o, o + a.Dv, 0.0f);
+                     continue;
+                   }
+                   const int64_t n = hi - lo + 1;
+                   const float* qi = q + i * ldq + h * a.D;
+                   const float* k0 = k + lo * ldk + kvh * a.D;
+                   const float* v0 = v + lo * ldv + kvh * a.Dv;
+                   float* s = scores.data();
+                   if (simd) {
+                     avx2::qk_dots(qi, k0, ldk, a.D, n, s);
+                   } else {
+                     for (int64_t j = 0; j < n; ++j) s[j] = dot_portable(qi, k0 + j * ldk, a.D);
+                   }
+                   float mx = -std::numeric_limits<float>::infinity();
+                   const float slope = a.alibi ? a.alibi[h] : 0.0f;
+                   for (int64_t j = 0; j < n; ++j) {
+                     float x = s[j] * a.scale;
+                     if (a.softcap > 0.0f)
+                       x = std::tanh(x / a.softcap) * a.softcap;  // Gemma2, before the mask
+                     if (a.alibi) x += slope * float(lo + j);     // Bloom: slope * key index
+                     s[j] = x;
+                     mx = std::max(mx, x);
+                   }
+                   float sum = 0.0f;
+                   if (simd) {
+                     sum = avx2::exp_sum(s, n, mx);
+                   } else {
+                     for (int64_t j = 0; j < n; ++j) {
+                       s[j] = std::exp(s[j] - mx);
+                       sum += s[j];
+                     }
+                   }
+                   if (simd) {
+                     avx2::pv_sum(s, v0, ldv, a.Dv, n, acc.data());
+                   } else {
+                     std::fill(acc.begin(), acc.end(), 0.0f);
+                     for (int64_t j = 0; j < n; ++j)
+                       for (int64_t d = 0; d < a.Dv; ++d) acc[size_t(d)] += s[j] * v0[j * ldv + d];
+                   }
+                   const float inv = 1.0f / sum;
+                   for (int64_t d = 0; d < a.Dv; ++d) o[d] = acc[size_t(d)] * inv;
+                 }
+               });
 }
 
 }  // namespace nibble::cpu

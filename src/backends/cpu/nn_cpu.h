@@ -2,7 +2,7 @@
 // attention, on contiguous f32 host buffers. Row-wise ops thread over rows; attention threads
 // over (head, query row) pairs with the rows of one head kept together so that head's K/V
 // stay in cache. Math is as transformers does it in f32 (see nn_ops.h for the definitions);
-// only attention's dot products and weighted sums have an AVX2 version.
+// attention's dot products, exponentials and weighted sums have AVX2 versions.
 #pragma once
 
 #include <cstdint>
@@ -14,24 +14,25 @@ namespace nibble::cpu {
 // out[M, C]; w, b: [C] of wdt / bdt (b may be nullptr for layer_norm).
 void rms_norm(const float* x, int64_t M, int64_t C, const void* w, DType wdt, float eps, bool add_unit_offset,
               float* out);
-void layer_norm(const float* x, int64_t M, int64_t C, const void* w, DType wdt, const void* b, DType bdt, float eps,
-                float* out);
+void layer_norm(const float* x, int64_t M, int64_t C, const void* w, DType wdt, const void* b, DType bdt,
+                float eps, float* out);
 
 enum class Act { SiLU, GeluErf, GeluTanh, ReLU };
 void activate(float* x, int64_t n, Act a);
 void gated_activation(const float* gate, const float* up, int64_t n, Act a, float* out);
 
 // x [T, H, D] in place, rotate_half on dims [0, rot_dim); cos/sin [T, rot_dim / 2].
-void apply_rope(float* x, int64_t T, int64_t H, int64_t D, const float* cos, const float* sin, int64_t rot_dim);
+void apply_rope(float* x, int64_t T, int64_t H, int64_t D, const float* cos, const float* sin,
+                int64_t rot_dim);
 
 struct AttentionShape {
-  int64_t T = 0, S = 0;      // query rows, keys
-  int64_t Hq = 0, Hkv = 0;   // heads; Hq % Hkv == 0
-  int64_t D = 0, Dv = 0;     // head dims of q/k and of v
+  int64_t T = 0, S = 0;     // query rows, keys
+  int64_t Hq = 0, Hkv = 0;  // heads; Hq % Hkv == 0
+  int64_t D = 0, Dv = 0;    // head dims of q/k and of v
   float scale = 1.0f;
   int64_t q_offset = 0;
-  int64_t window = 0;        // > 0: sliding window; 0: none
-  float softcap = 0.0f;      // > 0: cap * tanh(s / cap)
+  int64_t window = 0;            // > 0: sliding window; 0: none
+  float softcap = 0.0f;          // > 0: cap * tanh(s / cap)
   const float* alibi = nullptr;  // [Hq] slopes or nullptr
 };
 // q [T, Hq, D], k [S, Hkv, D], v [S, Hkv, Dv] -> out [T, Hq, Dv].
@@ -40,6 +41,8 @@ void attention(const float* q, const float* k, const float* v, const AttentionSh
 namespace avx2 {
 // s[j] = q . k[j * ldk + 0:D] for j < n.
 void qk_dots(const float* q, const float* k, int64_t ldk, int64_t D, int64_t n, float* s);
+// s[j] = exp(s[j] - mx) for j < n; returns the sum.
+float exp_sum(float* s, int64_t n, float mx);
 // acc[0:Dv] = sum_j p[j] * v[j * ldv + 0:Dv].
 void pv_sum(const float* p, const float* v, int64_t ldv, int64_t Dv, int64_t n, float* acc);
 }  // namespace avx2

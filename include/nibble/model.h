@@ -55,7 +55,9 @@ class CausalLM {
 
   std::vector<ModuleInfo> modules() const;  // Linear/Embedding/norm leaves in module order
   int64_t get_memory_footprint() const;     // transformers' semantics
-  void save_pretrained(const std::filesystem::path& dir) const;
+  // Above max_shard_size bytes the weights go to model-0000i-of-0000n.safetensors shards plus
+  // model.safetensors.index.json, as transformers writes them.
+  void save_pretrained(const std::filesystem::path& dir, int64_t max_shard_size = 5'000'000'000) const;
 
   struct Impl;
   Impl& impl() const { return *impl_; }

@@ -2,6 +2,7 @@
 // names), get_memory_footprint, and save_pretrained in the layout transformers + bitsandbytes
 // write (config.json with the full quantization_config, generation_config.json, weights with
 // bitsandbytes' serialized quant state), every file written atomically.
+#include <cstdio>
 #include <fstream>
 
 #include <nlohmann/json.hpp>
@@ -95,7 +96,44 @@ void write_json(const std::filesystem::path& p, const nlohmann::ordered_json& j)
 
 }  // namespace
 
-void CausalLM::save_pretrained(const std::filesystem::path& dir) const {
+namespace {
+
+// Greedy sharding in name order, as transformers splits a state dict: a new shard starts when
+// the next tensor would push the current one past the limit (a lone oversized tensor gets its
+// own shard).
+void save_weights(const std::filesystem::path& dir, const std::map<std::string, Tensor>& sd, int64_t max_shard) {
+  int64_t total = 0;
+  for (const auto& [k, v] : sd) total += int64_t(v.nbytes());
+  if (total <= max_shard) {
+    save_safetensors(dir / "model.safetensors", sd);
+    return;
+  }
+  std::vector<std::map<std::string, Tensor>> shards(1);
+  int64_t cur = 0;
+  for (const auto& [k, v] : sd) {
+    int64_t b = int64_t(v.nbytes());
+    if (cur > 0 && cur + b > max_shard) {
+      shards.emplace_back();
+      cur = 0;
+    }
+    shards.back()[k] = v;
+    cur += b;
+  }
+  nlohmann::ordered_json weight_map = nlohmann::ordered_json::object();
+  char name[64];
+  for (size_t i = 0; i < shards.size(); ++i) {
+    std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", i + 1, shards.size());
+    save_safetensors(dir / name, shards[i]);
+    for (const auto& [k, v] : shards[i]) weight_map[k] = name;
+  }
+  nlohmann::ordered_json index{{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
+  std::string text = index.dump(2) + "\n";
+  write_file_atomic(dir / "model.safetensors.index.json", text.data(), text.size());
+}
+
+}  // namespace
+
+void CausalLM::save_pretrained(const std::filesystem::path& dir, int64_t max_shard_size) const {
   const Impl& m = *impl_;
   const models::ArchSpec& s = *m.spec;
   std::map<std::string, Tensor> sd;
@@ -123,7 +161,7 @@ void CausalLM::save_pretrained(const std::filesystem::path& dir) const {
     put_linear(sd, head);
   }
   std::filesystem::create_directories(dir);
-  save_safetensors(dir / "model.safetensors", sd);
+  save_weights(dir, sd, max_shard_size);
   nlohmann::ordered_json config = m.config.raw;
   if (m.qc) config["quantization_config"] = nlohmann::ordered_json(m.qc->to_dict());
   write_json(dir / "config.json", config);

@@ -181,7 +181,24 @@ std::vector<float> bloom_alibi_slopes(int64_t n_heads) {
 
 }  // namespace
 
+namespace {
+CausalLM load(const std::filesystem::path& dir, const LoadOptions& opts);
+}
+
 CausalLM AutoModelForCausalLM::from_pretrained(const std::filesystem::path& dir, const LoadOptions& opts) {
+  // Tensor-level errors get the folder they came from; config errors already name the file.
+  try {
+    return load(dir, opts);
+  } catch (const FormatError& e) {
+    std::string msg = e.what();
+    if (msg.find(dir.string()) != std::string::npos) throw;
+    throw FormatError(dir.string() + ": " + msg);
+  }
+}
+
+namespace {
+
+CausalLM load(const std::filesystem::path& dir, const LoadOptions& opts) {
   if (opts.device_map != "cpu" && opts.device_map != "auto")
     throw ConfigError(str("from_pretrained: device_map '", opts.device_map, "' is not supported yet (use cpu)"));
   CausalLM model;
@@ -306,5 +323,7 @@ CausalLM AutoModelForCausalLM::from_pretrained(const std::filesystem::path& dir,
   }
   return model;
 }
+
+}  // namespace
 
 }  // namespace nibble

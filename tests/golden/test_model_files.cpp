@@ -6,6 +6,7 @@
 
 #include <cstring>
 #include <fstream>
+#include <set>
 
 #include <nlohmann/json.hpp>
 
@@ -114,4 +115,21 @@ TEST(ModelFiles, SavePretrainedRoundTrip) {
       EXPECT_EQ(0, std::memcmp(a.data_ptr(), b.data_ptr(), a.nbytes()));
     }
   }
+}
+
+TEST(ModelFiles, ShardedSaveLoadsBack) {
+  fs::path dir = test::fixtures_root() / "models" / "llama";
+  CausalLM model = load_variant(dir, "nf4_dq");
+  test::TempDir out;
+  model.save_pretrained(out.path(), 60'000);  // forces several shards
+  EXPECT_FALSE(fs::exists(out / "model.safetensors"));
+  ASSERT_TRUE(fs::exists(out / "model.safetensors.index.json"));
+  nlohmann::json index = read_json(out / "model.safetensors.index.json");
+  std::set<std::string> shards;
+  for (const auto& [k, v] : index.at("weight_map").items()) shards.insert(v.get<std::string>());
+  EXPECT_GT(shards.size(), 2u);
+  CausalLM back = AutoModelForCausalLM::from_pretrained(out.path());
+  std::vector<int64_t> ids = {3, 1, 4, 1, 5, 9, 2, 6};
+  Tensor a = model.forward(ids), b = back.forward(ids);
+  EXPECT_EQ(0, std::memcmp(a.data_ptr(), b.data_ptr(), a.nbytes()));
 }

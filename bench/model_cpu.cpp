@@ -1,0 +1,552 @@
+// Whole-model CPU benchmark: for each model, unquantized (stored dtype) and NF4 + double quant,
+// load (+ quantize) wall time, RSS after load and peak RSS (VmHWM) next to
+// get_memory_footprint(), prefill tokens/s (one forward of T random ids, median of 3 after a
+// first, checked forward) and decode tokens/s (N greedy single-token forwards through the KV
+// cache after a prefill). Each (model, variant) runs in a fresh child process (fork + exec of
+// this binary) so that its VmHWM is its own. A further child times the two parts of the NF4
+// load separately: touching every checkpoint page, and quantize_4bit over the Linear weights.
+//
+//   model_cpu [--tinystories DIR] [--model DIR]... [--llama1b] [--no-tinystories]
+//             [--threads N] [--prefill T[,T...]] [--decode N] [--decode-1b N] [--tmp DIR]
+//             [--json PATH]
+//
+// --llama1b writes a random-weight model of Llama-3.2-1B shape (bf16, ~2.5 GB) into a temporary
+// folder (under --tmp, default /tmp), benchmarks it, and deletes it at the end.
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "nibble/bnb_config.h"
+#include "nibble/model.h"
+#include "nibble/quant.h"
+#include "nibble/safetensors.h"
+#include "nibble/thread_pool.h"
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using namespace nibble;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+// ---- /proc readers --------------------------------------------------------------------------
+int64_t proc_status_kb(const char* key) {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  const size_t n = std::strlen(key);
+  while (std::getline(f, line))
+    if (line.compare(0, n, key) == 0 && line.size() > n && line[n] == ':') return std::atoll(line.c_str() + n + 1);
+  return -1;
+}
+double mib_of_kb(int64_t kb) { return double(kb) / 1024.0; }
+
+std::vector<double> loadavg() {
+  std::ifstream f("/proc/loadavg");
+  double a = 0, b = 0, c = 0;
+  f >> a >> b >> c;
+  return {a, b, c};
+}
+
+json machine_info() {
+  json m;
+  std::ifstream f("/proc/cpuinfo");
+  std::string line, model, flags;
+  while (std::getline(f, line)) {
+    if (model.empty() && line.rfind("model name", 0) == 0) model = line.substr(line.find(':') + 2);
+    if (flags.empty() && line.rfind("flags", 0) == 0) flags = line.substr(line.find(':') + 2);
+  }
+  std::vector<std::string> simd;
+  for (const char* fl : {"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_bf16", "avx512_vnni", "amx_bf16"}) {
+    std::istringstream is(flags);
+    std::string w;
+    while (is >> w)
+      if (w == fl) simd.push_back(fl);
+  }
+  m["cpu"] = model;
+  m["logical_cores"] = std::thread::hardware_concurrency();
+  m["simd"] = simd;
+  std::ifstream mi("/proc/meminfo");
+  std::string k;
+  int64_t v = 0;
+  while (mi >> k >> v) {
+    if (k == "MemTotal:") m["mem_total_gib"] = double(v) / (1024.0 * 1024.0);
+    std::getline(mi, line);
+  }
+  return m;
+}
+
+// ---- fast PRNG -------------------------------------------------------------------------------
+struct SplitMix64 {
+  uint64_t s;
+  uint64_t next() {
+    uint64_t z = (s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+  }
+};
+
+// Fills n bf16 values with normal(0, sd) (Box-Muller on 2 x 32 random bits), on all threads.
+void fill_normal_bf16(uint16_t* out, int64_t n, float sd, uint64_t seed) {
+  const int64_t chunk = int64_t(1) << 20;
+  parallel_for((n + chunk - 1) / chunk, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      SplitMix64 rng{seed * 0x100000001b3ull + uint64_t(c)};
+      const int64_t b = c * chunk, e = std::min(n, b + chunk);
+      for (int64_t i = b; i < e; i += 2) {
+        uint64_t r = rng.next();
+        float u1 = (float(uint32_t(r >> 40)) + 0.5f) * (1.0f / 16777216.0f);  // (0, 1)
+        float u2 = float(uint32_t(r) >> 8) * (1.0f / 16777216.0f);            // [0, 1)
+        float rad = sd * std::sqrt(-2.0f * std::log(u1));
+        float th = 6.28318530718f * u2;
+        out[i] = f32_to_bf16(rad * std::cos(th));
+        if (i + 1 < e) out[i + 1] = f32_to_bf16(rad * std::sin(th));
+      }
+    }
+  });
+}
+
+// ---- the random Llama-3.2-1B-shape checkpoint ------------------------------------------------
+void write_llama1b(const fs::path& dir) {
+  const int64_t C = 2048, F = 8192, L = 16, Hq = 32, Hkv = 8, D = 64, V = 128256;
+  fs::create_directories(dir);
+  json cfg = {
+      {"architectures", {"LlamaForCausalLM"}},
+      {"model_type", "llama"},
+      {"attention_bias", false},
+      {"attention_dropout", 0.0},
+      {"bos_token_id", 128000},
+      {"eos_token_id", 128001},
+      {"head_dim", D},
+      {"hidden_act", "silu"},
+      {"hidden_size", C},
+      {"initializer_range", 0.02},
+      {"intermediate_size", F},
+      {"max_position_embeddings", 131072},
+      {"mlp_bias", false},
+      {"num_attention_heads", Hq},
+      {"num_hidden_layers", L},
+      {"num_key_value_heads", Hkv},
+      {"pretraining_tp", 1},
+      {"rms_norm_eps", 1e-5},
+      {"rope_scaling",
+       {{"factor", 32.0},
+        {"high_freq_factor", 4.0},
+        {"low_freq_factor", 1.0},
+        {"original_max_position_embeddings", 8192},
+        {"rope_type", "llama3"}}},
+      {"rope_theta", 500000.0},
+      {"tie_word_embeddings", true},
+      {"torch_dtype", "bfloat16"},
+      {"use_cache", true},
+      {"vocab_size", V},
+  };
+  std::ofstream(dir / "config.json") << cfg.dump(2) << "\n";
+
+  std::map<std::string, Tensor> t;
+  uint64_t seed = 1;
+  auto randn = [&](const std::string& name, const Shape& s) {
+    Tensor x = Tensor::empty(s, DType::BF16);
+    fill_normal_bf16(x.data<uint16_t>(), x.numel(), 0.02f, seed++);
+    t[name] = x;
+  };
+  auto ones = [&](const std::string& name, int64_t n) {
+    std::vector<uint16_t> v(static_cast<size_t>(n), f32_to_bf16(1.0f));
+    t[name] = Tensor::from_vector({n}, DType::BF16, v);
+  };
+  randn("model.embed_tokens.weight", {V, C});
+  for (int64_t l = 0; l < L; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    ones(p + "input_layernorm.weight", C);
+    ones(p + "post_attention_layernorm.weight", C);
+    randn(p + "self_attn.q_proj.weight", {Hq * D, C});
+    randn(p + "self_attn.k_proj.weight", {Hkv * D, C});
+    randn(p + "self_attn.v_proj.weight", {Hkv * D, C});
+    randn(p + "self_attn.o_proj.weight", {C, Hq * D});
+    randn(p + "mlp.gate_proj.weight", {F, C});
+    randn(p + "mlp.up_proj.weight", {F, C});
+    randn(p + "mlp.down_proj.weight", {C, F});
+  }
+  ones("model.norm.weight", C);
+  save_safetensors(dir / "model.safetensors", t);
+}
+
+// ---- one measurement (runs in a child process) ---------------------------------------------
+std::vector<int64_t> random_ids(int64_t n, int64_t vocab, uint64_t seed) {
+  SplitMix64 r{seed};
+  std::vector<int64_t> ids(static_cast<size_t>(n));
+  for (auto& x : ids) x = int64_t(r.next() % uint64_t(vocab));
+  return ids;
+}
+
+bool all_finite(const Tensor& logits) {
+  const float* p = logits.data<float>();
+  for (int64_t i = 0; i < logits.numel(); ++i)
+    if (!std::isfinite(p[i])) return false;
+  return true;
+}
+
+int64_t argmax_last(const Tensor& logits) {
+  const int64_t V = logits.size(1);
+  const float* p = logits.data<float>() + (logits.size(0) - 1) * V;
+  return int64_t(std::max_element(p, p + V) - p);
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+}
+
+std::optional<BitsAndBytesConfig> nf4_config(const ModelConfig& c) {
+  // bf16 compute for a bf16 checkpoint, f32 otherwise (as one would pick in transformers).
+  const bool bf16 = c.raw.value("torch_dtype", std::string()) == "bfloat16";
+  return BitsAndBytesConfig{.load_in_4bit = true,
+                            .bnb_4bit_compute_dtype = bf16 ? "bfloat16" : "float32",
+                            .bnb_4bit_quant_type = "nf4",
+                            .bnb_4bit_use_double_quant = true};
+}
+
+json run_child(const fs::path& dir, const std::string& variant, const std::vector<int64_t>& prefills, int64_t decode) {
+  json r;
+  r["loadavg_start"] = loadavg();
+  LoadOptions opts;
+  if (variant == "nf4") opts.quantization_config = nf4_config(ModelConfig::from_file(dir / "config.json"));
+  auto t0 = Clock::now();
+  CausalLM model = AutoModelForCausalLM::from_pretrained(dir, opts);
+  r["load_s"] = seconds_since(t0);
+  r["rss_after_load_mib"] = mib_of_kb(proc_status_kb("VmRSS"));
+  r["peak_rss_after_load_mib"] = mib_of_kb(proc_status_kb("VmHWM"));
+  r["footprint_mib"] = double(model.get_memory_footprint()) / (1024.0 * 1024.0);
+  if (opts.quantization_config) r["quantization_config"] = opts.quantization_config->to_dict();
+  const int64_t V = model.config().vocab_size;
+
+  json pf = json::array();
+  for (size_t i = 0; i < prefills.size(); ++i) {
+    const int64_t T = prefills[i];
+    auto ids = random_ids(T, V, 1000 + uint64_t(T));
+    auto a = Clock::now();
+    Tensor logits = model.forward(ids);
+    double first = seconds_since(a);
+    if (logits.dim() != 2 || logits.size(0) != T || logits.size(1) != V)
+      throw std::runtime_error("prefill logits have shape " + shape_str(logits.shape()));
+    if (!all_finite(logits)) throw std::runtime_error("prefill logits are not all finite (T=" + std::to_string(T) + ")");
+    std::vector<double> ts;
+    for (int k = 0; k < 3; ++k) {
+      auto b = Clock::now();
+      Tensor l2 = model.forward(ids);
+      ts.push_back(seconds_since(b));
+    }
+    double m = median(ts);
+    pf.push_back({{"tokens", T}, {"first_forward_s", first}, {"median_s", m}, {"tokens_per_s", double(T) / m},
+                  {"runs_s", ts}});
+  }
+  r["prefill"] = pf;
+
+  if (decode > 0) {
+    const int64_t T = prefills.front();
+    auto ids = random_ids(T, V, 1000 + uint64_t(T));
+    auto cache = model.new_cache();
+    Tensor logits = model.forward(ids, cache.get());
+    std::vector<double> steps;
+    bool finite = true;
+    auto a = Clock::now();
+    for (int64_t s = 0; s < decode; ++s) {
+      std::vector<int64_t> next{argmax_last(logits)};
+      auto b = Clock::now();
+      logits = model.forward(next, cache.get());
+      steps.push_back(seconds_since(b));
+      if (!all_finite(logits)) finite = false;
+    }
+    double total = seconds_since(a);
+    if (!finite) throw std::runtime_error("decode logits are not all finite");
+    r["decode"] = {{"context", T},
+                   {"steps", decode},
+                   {"total_s", total},
+                   {"tokens_per_s", double(decode) / total},
+                   {"median_step_ms", median(steps) * 1e3}};
+  }
+  r["rss_end_mib"] = mib_of_kb(proc_status_kb("VmRSS"));
+  r["peak_rss_mib"] = mib_of_kb(proc_status_kb("VmHWM"));
+  r["loadavg_end"] = loadavg();
+  return r;
+}
+
+// The two parts of an NF4 load, timed apart: faulting in every page of the checkpoint (warm
+// page cache: the copy from the page cache into this process's mapping), then quantize_4bit
+// (NF4, blocksize 64, double quant) of every weight from_pretrained would quantize.
+json run_breakdown(const fs::path& dir) {
+  json r;
+  auto t0 = Clock::now();
+  Checkpoint ck = Checkpoint::open(dir);
+  std::vector<std::string> names = ck.names();
+  uint64_t sum = 0;
+  size_t bytes = 0;
+  for (const auto& n : names) {
+    Tensor x = ck.get(n);
+    auto b = x.bytes();
+    for (size_t i = 0; i < b.size(); i += 4096) sum += b[i];
+    bytes += b.size();
+  }
+  r["touch_pages_s"] = seconds_since(t0);
+  r["checkpoint_mib"] = double(bytes) / (1024.0 * 1024.0);
+  r["checksum"] = sum;
+  double q = 0;
+  size_t qbytes = 0;
+  for (const auto& n : names) {
+    if (n.find("_proj.weight") == std::string::npos && n.find("fc") == std::string::npos) continue;
+    Tensor x = ck.get(n);
+    if (x.dim() != 2) continue;
+    auto a = Clock::now();
+    Quantized4 qq = quantize_4bit(x, DType::NF4, 64, true);
+    q += seconds_since(a);
+    qbytes += x.nbytes();
+  }
+  r["quantize_s"] = q;
+  r["quantized_input_mib"] = double(qbytes) / (1024.0 * 1024.0);
+  r["quantize_input_gbs"] = double(qbytes) / q / 1e9;
+  return r;
+}
+
+// ---- parent ----------------------------------------------------------------------------------
+std::vector<int64_t> parse_list(const std::string& s) {
+  std::vector<int64_t> v;
+  std::stringstream ss(s);
+  std::string x;
+  while (std::getline(ss, x, ','))
+    if (!x.empty()) v.push_back(std::stoll(x));
+  return v;
+}
+
+std::string join(const std::vector<int64_t>& v) {
+  std::string s;
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? "," : "") + std::to_string(v[i]);
+  return s;
+}
+
+// Runs this binary with args in a fresh process; returns the JSON it wrote.
+json spawn(const std::vector<std::string>& args) {
+  fs::path out = fs::temp_directory_path() / ("model_cpu_child_" + std::to_string(getpid()) + ".json");
+  std::vector<std::string> a = {"/proc/self/exe", "--child-out", out.string()};
+  a.insert(a.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& s : a) argv.push_back(s.data());
+  argv.push_back(nullptr);
+  std::fflush(stdout);
+  std::fflush(stderr);
+  pid_t pid = fork();
+  if (pid < 0) throw std::runtime_error("fork failed");
+  if (pid == 0) {
+    execv("/proc/self/exe", argv.data());
+    std::perror("execv");
+    _exit(127);
+  }
+  int st = 0;
+  waitpid(pid, &st, 0);
+  if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+    std::error_code ec;
+    fs::remove(out, ec);
+    return json{{"error", "child failed (status " + std::to_string(st) + ")"}};
+  }
+  json j = json::parse(std::ifstream(out));
+  fs::remove(out);
+  return j;
+}
+
+fs::path default_tinystories() {
+  // The project root is two levels above bench/model_cpu.cpp; models live in ../shared/models.
+  fs::path src = fs::path(__FILE__).parent_path().parent_path();
+  return src.parent_path() / "shared" / "models" / "tinystories-656k";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  fs::path tinystories = default_tinystories();
+  std::vector<fs::path> models;
+  bool use_tiny = true, llama1b = false;
+  int threads = 0;
+  std::vector<int64_t> prefills;  // empty: per-model default
+  int64_t decode = 32, decode_1b = -1;
+  fs::path tmp = "/tmp", json_path, child_out, child_dir;
+  std::string child_variant;
+  bool breakdown = false;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    auto val = [&]() -> std::string {
+      if (i + 1 >= args.size()) {
+        std::fprintf(stderr, "model_cpu: %s needs a value\n", a.c_str());
+        std::exit(2);
+      }
+      return args[++i];
+    };
+    if (a == "--tinystories") tinystories = val();
+    else if (a == "--no-tinystories") use_tiny = false;
+    else if (a == "--model") models.emplace_back(val());
+    else if (a == "--llama1b") llama1b = true;
+    else if (a == "--threads") threads = std::stoi(val());
+    else if (a == "--prefill") prefills = parse_list(val());
+    else if (a == "--decode") decode = std::stoll(val());
+    else if (a == "--decode-1b") decode_1b = std::stoll(val());
+    else if (a == "--tmp") tmp = val();
+    else if (a == "--json") json_path = val();
+    else if (a == "--child-out") child_out = val();
+    else if (a == "--child-dir") child_dir = val();
+    else if (a == "--child-variant") child_variant = val();
+    else if (a == "--child-breakdown") breakdown = true;
+    else {
+      std::fprintf(stderr,
+                   "usage: model_cpu [--tinystories DIR] [--no-tinystories] [--model DIR]... [--llama1b]\n"
+                   "                 [--threads N] [--prefill T[,T..]] [--decode N] [--decode-1b N] [--tmp DIR]\n"
+                   "                 [--json PATH]\n");
+      return 2;
+    }
+  }
+  set_num_threads(threads);
+
+  if (!child_out.empty()) {  // child: one measurement
+    try {
+      json r = breakdown ? run_breakdown(child_dir) : run_child(child_dir, child_variant, prefills, decode);
+      std::ofstream(child_out) << r.dump();
+      return 0;
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "model_cpu child (%s, %s): %s\n", child_dir.c_str(), child_variant.c_str(), e.what());
+      return 1;
+    }
+  }
+
+  struct Job {
+    std::string name;
+    fs::path dir;
+    std::vector<int64_t> prefills;
+    int64_t decode;
+    bool generated;
+  };
+  std::vector<Job> jobs;
+  if (use_tiny) jobs.push_back({"tinystories-656k", tinystories, prefills.empty() ? std::vector<int64_t>{128, 512} : prefills,
+                                decode, false});
+  for (const auto& m : models)
+    jobs.push_back({m.filename().string(), m, prefills.empty() ? std::vector<int64_t>{128} : prefills, decode, false});
+
+  json out;
+  out["bench"] = "model_cpu";
+  out["machine"] = machine_info();
+  out["threads"] = num_threads();
+  out["loadavg_start"] = loadavg();
+  out["notes"] =
+      "Each (model, variant) in a fresh process. load_s: from_pretrained wall time, page cache warm "
+      "(unquantized loads mmap the safetensors file, so their weights are paged in by the first forward: "
+      "see prefill first_forward_s). peak_rss_mib: VmHWM over load + all forwards, which counts the "
+      "mmap'd checkpoint pages touched (file-backed, reclaimable). footprint_mib: get_memory_footprint(). "
+      "prefill: forward of T random ids with a fresh cache, median of 3 after a first (checked-finite) "
+      "forward. decode: greedy single-token forwards through the KV cache after a prefill of `context` "
+      "random ids; tokens_per_s = steps / total time. nf4: NF4, blocksize 64, double quant, lm_head "
+      "(tied embedding) left unquantized as transformers does; compute bf16 for the bf16 checkpoint, f32 "
+      "for the f32 one.";
+
+  fs::path gen_dir;
+  if (llama1b) {
+    gen_dir = tmp / ("nibble_llama1b_" + std::to_string(getpid()));
+    auto sp = fs::space(tmp);
+    if (sp.available < (uint64_t(6) << 30)) {
+      std::fprintf(stderr, "model_cpu: %s has %.1f GiB free; the 1B model needs ~2.5 GiB (6 wanted)\n", tmp.c_str(),
+                   double(sp.available) / double(1ull << 30));
+      return 1;
+    }
+    std::printf("generating random Llama-3.2-1B-shape bf16 checkpoint in %s ...\n", gen_dir.c_str());
+    auto t0 = Clock::now();
+    write_llama1b(gen_dir);
+    double g = seconds_since(t0);
+    std::printf("  %.1f s, %.2f GiB\n", g, double(fs::file_size(gen_dir / "model.safetensors")) / double(1ull << 30));
+    out["llama1b_generate_s"] = g;
+    jobs.push_back({"llama-3.2-1b-shape (random bf16)", gen_dir, prefills.empty() ? std::vector<int64_t>{128} : prefills,
+                    decode_1b >= 0 ? decode_1b : decode, true});
+  }
+
+  json results = json::array();
+  for (const auto& job : jobs) {
+    json mj;
+    mj["model"] = job.name;
+    mj["path"] = job.generated ? std::string("(generated, deleted)") : job.dir.string();
+    ModelConfig cfg = ModelConfig::from_file(job.dir / "config.json");
+    mj["stored_dtype"] = cfg.raw.value("torch_dtype", std::string("?"));
+    int64_t fbytes = 0;
+    for (const auto& e : fs::directory_iterator(job.dir))
+      if (e.path().extension() == ".safetensors") fbytes += int64_t(e.file_size());
+    mj["checkpoint_mib"] = double(fbytes) / (1024.0 * 1024.0);
+    json vars = json::object();
+    for (const char* v : {"stored", "nf4"}) {
+      std::printf("%s / %s ...\n", job.name.c_str(), v);
+      std::vector<std::string> a = {"--child-dir", job.dir.string(), "--child-variant", v, "--threads",
+                                    std::to_string(num_threads()), "--prefill", join(job.prefills), "--decode",
+                                    std::to_string(job.decode)};
+      vars[v] = spawn(a);
+    }
+    std::printf("%s / nf4 load breakdown ...\n", job.name.c_str());
+    vars["nf4_load_breakdown"] = spawn({"--child-dir", job.dir.string(), "--child-breakdown", "--threads",
+                                        std::to_string(num_threads())});
+    mj["variants"] = vars;
+    results.push_back(mj);
+  }
+  out["results"] = results;
+  out["loadavg_end"] = loadavg();
+  if (!gen_dir.empty()) {
+    std::error_code ec;
+    fs::remove_all(gen_dir, ec);
+  }
+
+  // Table.
+  std::printf("\nthreads %d, %s (%d logical cores)\n", num_threads(), out["machine"]["cpu"].get<std::string>().c_str(),
+              out["machine"]["logical_cores"].get<int>());
+  std::printf("%-34s %-6s %8s %9s %9s %9s %11s %11s %11s\n", "model", "var", "load s", "RSS MiB", "peak MiB",
+              "fprnt MiB", "prefill t/s", "", "decode t/s");
+  for (const auto& mj : results) {
+    for (const char* v : {"stored", "nf4"}) {
+      const json& r = mj["variants"][v];
+      if (r.contains("error")) {
+        std::printf("%-34s %-6s %s\n", mj["model"].get<std::string>().c_str(), v, r["error"].get<std::string>().c_str());
+        continue;
+      }
+      std::string pfs;
+      for (const auto& p : r["prefill"]) {
+        char b[64];
+        std::snprintf(b, sizeof b, "%s%.1f@%lld", pfs.empty() ? "" : " ", p["tokens_per_s"].get<double>(),
+                      static_cast<long long>(p["tokens"].get<int64_t>()));
+        pfs += b;
+      }
+      std::string var = v == std::string("stored") ? mj["stored_dtype"].get<std::string>() : "nf4";
+      if (var == "bfloat16") var = "bf16";
+      if (var == "float32") var = "f32";
+      std::printf("%-34s %-6s %8.3f %9.1f %9.1f %9.1f %23s %11.2f\n", mj["model"].get<std::string>().c_str(),
+                  var.c_str(), r["load_s"].get<double>(), r["rss_after_load_mib"].get<double>(),
+                  r["peak_rss_mib"].get<double>(), r["footprint_mib"].get<double>(), pfs.c_str(),
+                  r.contains("decode") ? r["decode"]["tokens_per_s"].get<double>() : 0.0);
+    }
+    const json& b = mj["variants"]["nf4_load_breakdown"];
+    if (!b.contains("error"))
+      std::printf("  nf4 load parts: touch checkpoint pages %.3f s, quantize_4bit %.3f s (%.2f GB/s of input)\n",
+                  b["touch_pages_s"].get<double>(), b["quantize_s"].get<double>(), b["quantize_input_gbs"].get<double>());
+  }
+  if (!json_path.empty()) {
+    std::ofstream(json_path) << out.dump(2) << "\n";
+    std::printf("wrote %s\n", json_path.c_str());
+  }
+  return 0;
+}

@@ -31,6 +31,9 @@
 
 #include <nlohmann/json.hpp>
 
+// KVCache is only forward-declared in nibble/model.h; destroying the unique_ptr new_cache()
+// returns needs its definition.
+#include "models/causal_lm_impl.h"
 #include "nibble/bnb_config.h"
 #include "nibble/model.h"
 #include "nibble/quant.h"

@@ -36,6 +36,10 @@ class SafetensorsFile {
   const TensorInfo& info(const std::string& name) const;  // throws FormatError if absent
   // Zero-copy host view into the mapping; the mapping lives as long as any view.
   Tensor get(const std::string& name) const;
+  // Drops the resident pages of a tensor's bytes (madvise DONTNEED on the whole pages inside
+  // its range) once a caller has consumed it, e.g. quantized it: peak memory then stays near
+  // the output plus one tensor. Later reads fault the bytes back in from the file.
+  void release(const std::string& name) const;
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   size_t file_size() const;
 
@@ -64,6 +68,7 @@ class Checkpoint {
   std::vector<std::string> names() const;  // all tensor names, sorted
   bool contains(const std::string& name) const { return where_.count(name) > 0; }
   Tensor get(const std::string& name) const;
+  void release(const std::string& name) const;  // see SafetensorsFile::release
   const TensorInfo& info(const std::string& name) const;
   // __metadata__ of the first shard (aliases such as tied weights live there).
   const std::map<std::string, std::string>& metadata() const;

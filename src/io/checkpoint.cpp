@@ -119,6 +119,11 @@ Tensor Checkpoint::get(const std::string& name) const {
   return files_[it->second].get(name);
 }
 
+void Checkpoint::release(const std::string& name) const {
+  auto it = where_.find(name);
+  if (it != where_.end()) files_[it->second].release(name);
+}
+
 const std::map<std::string, std::string>& Checkpoint::metadata() const {
   static const std::map<std::string, std::string> none;
   return files_.empty() ? none : files_.front().metadata();

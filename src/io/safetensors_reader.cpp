@@ -296,6 +296,15 @@ Tensor SafetensorsFile::get(const std::string& name) const {
   return Tensor::from_storage(map_, data_start_ + size_t(t.begin), t.shape, t.dtype);
 }
 
+void SafetensorsFile::release(const std::string& name) const {
+  const TensorInfo& t = info(name);
+  const size_t page = size_t(::sysconf(_SC_PAGESIZE));
+  auto base = reinterpret_cast<uintptr_t>(map_->data());
+  uintptr_t begin = base + data_start_ + size_t(t.begin), end = base + data_start_ + size_t(t.end);
+  uintptr_t first = (begin + page - 1) / page * page, last = end / page * page;
+  if (last > first) (void)::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+}
+
 size_t SafetensorsFile::file_size() const { return map_ ? map_->nbytes() : 0; }
 
 }  // namespace nibble

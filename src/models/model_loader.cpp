@@ -49,6 +49,7 @@ class WeightSource {
     throw FormatError(str("checkpoint lacks tensor '", name, "'"));
   }
   Tensor get_or_none(const std::string& name) const { return has(name) ? get(name) : Tensor(); }
+  void release(const std::string& name) const { ck_.release(name); }
 
  private:
   const Checkpoint& ck_;
@@ -157,6 +158,7 @@ struct Loader {
         Int8Rowwise q = int8_vectorwise_quant(weight.to(DType::F16), 0.0f);
         nl.lin = nn::Linear::int8(q.CA, q.SCA, bias, float(qc.llm_int8_threshold));
       }
+      src.release(w);  // the original bytes are no longer needed in memory
       return nl;
     }
     nl.lin = nn::Linear::fp(weight, bias);

@@ -20,14 +20,6 @@ using namespace nibble;
 
 namespace {
 
-std::vector<fs::path> model_dirs() {
-  std::vector<fs::path> out;
-  for (const auto& e : fs::directory_iterator(test::fixtures_root() / "models"))
-    if (fs::exists(e.path() / "fp32" / "model.safetensors")) out.push_back(e.path());
-  std::sort(out.begin(), out.end());
-  return out;
-}
-
 bool same_bytes(const Tensor& a, const Tensor& b) {
   Tensor x = a.contiguous(), y = b.contiguous();
   return x.dtype() == y.dtype() && x.nbytes() == y.nbytes() &&
@@ -37,7 +29,7 @@ bool same_bytes(const Tensor& a, const Tensor& b) {
 }  // namespace
 
 TEST(CheckpointQuant, ReproducesBitsandbytesCheckpoints) {
-  auto dirs = model_dirs();
+  auto dirs = test::fixture_model_dirs("fp32/model.safetensors");
   ASSERT_GE(dirs.size(), 1u);
   int compared = 0;
   for (const auto& dir : dirs) {

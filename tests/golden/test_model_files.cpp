@@ -20,14 +20,6 @@ using namespace nibble;
 
 namespace {
 
-std::vector<fs::path> model_dirs() {
-  std::vector<fs::path> out;
-  for (const auto& e : fs::directory_iterator(test::fixtures_root() / "models"))
-    if (fs::exists(e.path() / "reference.json")) out.push_back(e.path());
-  std::sort(out.begin(), out.end());
-  return out;
-}
-
 nlohmann::json read_json(const fs::path& p) {
   std::ifstream f(p);
   return nlohmann::json::parse(f);
@@ -49,7 +41,7 @@ CausalLM load_variant(const fs::path& dir, const std::string& variant) {
 }  // namespace
 
 TEST(ModelFiles, ModulesAndFootprintMatchTransformers) {
-  for (const auto& dir : model_dirs()) {
+  for (const auto& dir : test::fixture_model_dirs("reference.json")) {
     nlohmann::json ref = read_json(dir / "reference.json");
     for (const char* variant : {"fp32", "nf4_dq", "fp4", "int8"}) {
       if (!ref.contains(std::string(variant) + "_modules")) continue;
@@ -70,7 +62,7 @@ TEST(ModelFiles, ModulesAndFootprintMatchTransformers) {
 }
 
 TEST(ModelFiles, SavePretrainedWritesWhatBitsandbytesWrote) {
-  for (const auto& dir : model_dirs()) {
+  for (const auto& dir : test::fixture_model_dirs("reference.json")) {
     for (const char* variant : {"nf4_dq", "fp4", "int8"}) {
       if (!fs::exists(dir / variant / "model.safetensors")) continue;
       SCOPED_TRACE(dir.filename().string() + "/" + variant);
@@ -96,7 +88,7 @@ TEST(ModelFiles, SavePretrainedWritesWhatBitsandbytesWrote) {
 }
 
 TEST(ModelFiles, SavePretrainedRoundTrip) {
-  for (const auto& dir : model_dirs()) {
+  for (const auto& dir : test::fixture_model_dirs("reference.json")) {
     for (const char* variant : {"fp32", "nf4_dq", "fp4", "int8"}) {
       SCOPED_TRACE(dir.filename().string() + "/" + variant);
       CausalLM model = load_variant(dir, variant);

@@ -18,14 +18,6 @@ using namespace nibble;
 
 namespace {
 
-std::vector<fs::path> model_dirs() {
-  std::vector<fs::path> out;
-  for (const auto& e : fs::directory_iterator(test::fixtures_root() / "models"))
-    if (fs::exists(e.path() / "reference.safetensors")) out.push_back(e.path());
-  std::sort(out.begin(), out.end());
-  return out;
-}
-
 std::vector<int64_t> row(const Tensor& t, int64_t r, int64_t n) {
   std::vector<int64_t> v;
   for (int64_t i = 0; i < n; ++i) v.push_back(t.data<int64_t>()[r * t.size(1) + i]);
@@ -71,7 +63,7 @@ void check_model(const fs::path& dir, const std::string& variant, const CausalLM
 }  // namespace
 
 TEST(ModelLogits, Fp32) {
-  for (const auto& dir : model_dirs()) {
+  for (const auto& dir : test::fixture_model_dirs("reference.safetensors")) {
     SCOPED_TRACE(dir.filename().string());
     CausalLM model = AutoModelForCausalLM::from_pretrained(dir / "fp32");
     check_model(dir, "fp32", model, true);
@@ -79,7 +71,7 @@ TEST(ModelLogits, Fp32) {
 }
 
 TEST(ModelLogits, QuantizedWhileLoading) {
-  for (const auto& dir : model_dirs()) {
+  for (const auto& dir : test::fixture_model_dirs("reference.safetensors")) {
     for (const char* variant : {"nf4_dq", "fp4", "int8"}) {
       if (!fs::exists(dir / variant / "config.json")) continue;
       SCOPED_TRACE(dir.filename().string() + "/" + variant + " (quantized while loading)");
@@ -92,7 +84,7 @@ TEST(ModelLogits, QuantizedWhileLoading) {
 }
 
 TEST(ModelLogits, SavedQuantizedFolders) {
-  for (const auto& dir : model_dirs()) {
+  for (const auto& dir : test::fixture_model_dirs("reference.safetensors")) {
     for (const char* variant : {"nf4_dq", "fp4", "int8"}) {
       if (!fs::exists(dir / variant / "config.json")) continue;
       SCOPED_TRACE(dir.filename().string() + "/" + variant + " (saved by bitsandbytes)");

@@ -1,5 +1,6 @@
 #include "test_support.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
@@ -15,6 +16,14 @@ fs::path shared_root() { return fs::path(NIBBLE_SOURCE_DIR) / ".." / "shared"; }
 fs::path fixtures_root() {
   if (const char* e = std::getenv("NIBBLE_FIXTURES"); e && *e) return fs::path(e);
   return shared_root() / "fixtures";
+}
+
+std::vector<fs::path> fixture_model_dirs(const std::string& must_have) {
+  std::vector<fs::path> out;
+  for (const auto& e : fs::directory_iterator(fixtures_root() / "models"))
+    if (fs::exists(e.path() / must_have)) out.push_back(e.path());
+  std::sort(out.begin(), out.end());
+  return out;
 }
 
 TempDir::TempDir() {

@@ -16,6 +16,8 @@ namespace nibble::test {
 std::filesystem::path fixtures_root();
 // <project>/../shared (models, tools).
 std::filesystem::path shared_root();
+// The folders under fixtures_root()/models holding `must_have`, sorted.
+std::vector<std::filesystem::path> fixture_model_dirs(const std::string& must_have);
 
 // A fresh empty folder under the system temp dir, removed when the object dies.
 class TempDir {

@@ -125,67 +125,93 @@ void apply_rope(float* x, int64_t T, int64_t H, int64_t D, const float* cos, con
   });
 }
 
+namespace {
+
+// One query row against keys [lo, lo + n): k0/v0 point at key lo of this row's kv head, rows
+// ldk/ldv floats apart. s: [n] scratch; acc: [Dv] scratch; o: [Dv] output.
+void attend_row(const float* qi, const float* k0, int64_t ldk, const float* v0, int64_t ldv, int64_t lo,
+                int64_t n, float slope, const AttentionShape& a, bool simd, float* s, float* acc, float* o) {
+  if (simd) {
+    avx2::qk_dots(qi, k0, ldk, a.D, n, s);
+  } else {
+    for (int64_t j = 0; j < n; ++j) s[j] = dot_portable(qi, k0 + j * ldk, a.D);
+  }
+  float mx = -std::numeric_limits<float>::infinity();
+  for (int64_t j = 0; j < n; ++j) {
+    float x = s[j] * a.scale;
+    if (a.softcap > 0.0f) x = std::tanh(x / a.softcap) * a.softcap;  // Gemma2, before the mask
+    if (a.alibi) x += slope * float(lo + j);                         // Bloom: slope * key index
+    s[j] = x;
+    mx = std::max(mx, x);
+  }
+  float sum = 0.0f;
+  if (simd) {
+    sum = avx2::exp_sum(s, n, mx);
+    avx2::pv_sum(s, v0, ldv, a.Dv, n, acc);
+  } else {
+    for (int64_t j = 0; j < n; ++j) {
+      s[j] = std::exp(s[j] - mx);
+      sum += s[j];
+    }
+    std::fill(acc, acc + a.Dv, 0.0f);
+    for (int64_t j = 0; j < n; ++j)
+      for (int64_t d = 0; d < a.Dv; ++d) acc[d] += s[j] * v0[j * ldv + d];
+  }
+  const float inv = 1.0f / sum;
+  for (int64_t d = 0; d < a.Dv; ++d) o[d] = acc[d] * inv;
+}
+
+}  // namespace
+
 void attention(const float* q, const float* k, const float* v, const AttentionShape& a, float* out) {
   const int64_t group = a.Hq / a.Hkv;
   const int64_t ldq = a.Hq * a.D, ldk = a.Hkv * a.D, ldv = a.Hkv * a.Dv;
   const bool simd = use_avx2_kernels();
+  // Keys any query row can see: [0, min(S, q_offset + T)).
+  const int64_t s_used = std::min(a.S, a.q_offset + a.T);
+  // With many query rows per head, a task first copies its kv head's K and V rows into
+  // contiguous buffers: in [S, Hkv, D] one head's rows are Hkv * D floats apart, a stride
+  // that maps them onto few cache sets, so they would not stay cached across query rows.
+  const bool copy_kv = a.T >= 8 && a.Hkv > 1;
   // Work items ordered (head, row): consecutive items share the head's K/V in cache.
-  parallel_for(a.Hq * a.T, std::max<int64_t>(1, 4096 / std::max<int64_t>(a.S * a.D, 1)),
-               [&](int64_t b, int64_t e) {
-                 static thread_local std::vector<float> scores;  // [S] scores, then probabilities
-                 static thread_local std::vector<float> acc;     // [Dv]
-                 scores.resize(size_t(std::max<int64_t>(a.S, 1)));
-                 acc.resize(size_t(std::max<int64_t>(a.Dv, 1)));
-                 for (int64_t item = b; item < e; ++item) {
-                   const int64_t h = item / a.T, i = item % a.T, kvh = h / group;
-                   const int64_t pos = a.q_offset + i;
-                   const int64_t hi = std::min(a.S - 1, pos);  // causal: j <= pos
-                   const int64_t lo = a.window > 0 ? std::max<int64_t>(0, pos - a.window + 1) : 0;
-                   float* o = out + (i * a.Hq + h) * a.Dv;
-                   if (hi < lo) {  // no visible key: zeros (torch would give NaN)
-                     std::fill(o, o + a.Dv, 0.0f);
-                     continue;
-                   }
-                   const int64_t n = hi - lo + 1;
-                   const float* qi = q + i * ldq + h * a.D;
-                   const float* k0 = k + lo * ldk + kvh * a.D;
-                   const float* v0 = v + lo * ldv + kvh * a.Dv;
-                   float* s = scores.data();
-                   if (simd) {
-                     avx2::qk_dots(qi, k0, ldk, a.D, n, s);
-                   } else {
-                     for (int64_t j = 0; j < n; ++j) s[j] = dot_portable(qi, k0 + j * ldk, a.D);
-                   }
-                   float mx = -std::numeric_limits<float>::infinity();
-                   const float slope = a.alibi ? a.alibi[h] : 0.0f;
-                   for (int64_t j = 0; j < n; ++j) {
-                     float x = s[j] * a.scale;
-                     if (a.softcap > 0.0f)
-                       x = std::tanh(x / a.softcap) * a.softcap;  // Gemma2, before the mask
-                     if (a.alibi) x += slope * float(lo + j);     // Bloom: slope * key index
-                     s[j] = x;
-                     mx = std::max(mx, x);
-                   }
-                   float sum = 0.0f;
-                   if (simd) {
-                     sum = avx2::exp_sum(s, n, mx);
-                   } else {
-                     for (int64_t j = 0; j < n; ++j) {
-                       s[j] = std::exp(s[j] - mx);
-                       sum += s[j];
-                     }
-                   }
-                   if (simd) {
-                     avx2::pv_sum(s, v0, ldv, a.Dv, n, acc.data());
-                   } else {
-                     std::fill(acc.begin(), acc.end(), 0.0f);
-                     for (int64_t j = 0; j < n; ++j)
-                       for (int64_t d = 0; d < a.Dv; ++d) acc[size_t(d)] += s[j] * v0[j * ldv + d];
-                   }
-                   const float inv = 1.0f / sum;
-                   for (int64_t d = 0; d < a.Dv; ++d) o[d] = acc[size_t(d)] * inv;
-                 }
-               });
+  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(a.S * a.D, 1));
+  parallel_for(a.Hq * a.T, grain, [&](int64_t b, int64_t e) {
+    static thread_local std::vector<float> scores, acc, kbuf, vbuf;  // [S], [Dv], [S, D], [S, Dv]
+    scores.resize(size_t(std::max<int64_t>(a.S, 1)));
+    acc.resize(size_t(std::max<int64_t>(a.Dv, 1)));
+    int64_t copied = -1;  // kv head now in kbuf/vbuf
+    for (int64_t item = b; item < e; ++item) {
+      const int64_t h = item / a.T, i = item % a.T, kvh = h / group;
+      const int64_t pos = a.q_offset + i;
+      const int64_t hi = std::min(a.S - 1, pos);  // causal: j <= pos
+      const int64_t lo = a.window > 0 ? std::max<int64_t>(0, pos - a.window + 1) : 0;
+      float* o = out + (i * a.Hq + h) * a.Dv;
+      if (hi < lo) {  // no visible key: zeros (torch would give NaN)
+        std::fill(o, o + a.Dv, 0.0f);
+        continue;
+      }
+      const float* kh = k + kvh * a.D;  // key 0 of this kv head
+      const float* vh = v + kvh * a.Dv;
+      int64_t lk = ldk, lv = ldv;
+      if (copy_kv) {
+        if (copied != kvh) {
+          kbuf.resize(size_t(s_used * a.D));
+          vbuf.resize(size_t(s_used * a.Dv));
+          for (int64_t j = 0; j < s_used; ++j) {
+            std::copy_n(kh + j * ldk, a.D, kbuf.data() + j * a.D);
+            std::copy_n(vh + j * ldv, a.Dv, vbuf.data() + j * a.Dv);
+          }
+          copied = kvh;
+        }
+        kh = kbuf.data();
+        vh = vbuf.data();
+        lk = a.D;
+        lv = a.Dv;
+      }
+      attend_row(q + i * ldq + h * a.D, kh + lo * lk, lk, vh + lo * lv, lv, lo, hi - lo + 1,
+                 a.alibi ? a.alibi[h] : 0.0f, a, simd, scores.data(), acc.data(), o);
+    }
+  });
 }
 
 }  // namespace nibble::cpu

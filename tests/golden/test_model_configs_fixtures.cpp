@@ -30,14 +30,42 @@ fs::path model_dir(const std::string& arch) {
 // What transformers' config classes hold for the fixture configs (tools/refgen/hf_models.py).
 void check_fixture(const std::string& arch, const ModelConfig& c) {
   SCOPED_TRACE(arch);
-  EXPECT_EQ(c.model_type, arch);
-  EXPECT_EQ(c.vocab_size, 512);
-  EXPECT_EQ(c.hidden_size, 64);
-  EXPECT_EQ(c.num_hidden_layers, 2);
-  EXPECT_EQ(c.num_attention_heads, 4);
+  // hf_models.py's second llama has odd sizes, three layers and llama-3 rope scaling.
+  const bool llama3 = arch == "llama3_rope";
+  EXPECT_EQ(c.model_type, llama3 ? "llama" : arch);
+  EXPECT_EQ(c.vocab_size, llama3 ? 1000 : 512);
+  EXPECT_EQ(c.hidden_size, llama3 ? 96 : 64);
+  EXPECT_EQ(c.num_hidden_layers, llama3 ? 3 : 2);
+  EXPECT_EQ(c.num_attention_heads, llama3 ? 6 : 4);
   EXPECT_EQ(c.torch_dtype, DType::F32);
-  EXPECT_EQ(c.layer_types.size(), 2u);
-  if (arch == "llama") {
+  EXPECT_EQ(c.layer_types.size(), llama3 ? 3u : 2u);
+  if (llama3) {
+    EXPECT_EQ(c.architecture, "LlamaForCausalLM");
+    EXPECT_EQ(c.intermediate_size, 200);
+    EXPECT_EQ(c.num_key_value_heads, 2);
+    EXPECT_EQ(c.head_dim, 16);
+    EXPECT_TRUE(c.tie_word_embeddings);
+    ASSERT_TRUE(c.rope);
+    EXPECT_EQ(c.rope->rope_type, "llama3");
+    EXPECT_EQ(c.rope->rope_theta, 500000.0);
+    EXPECT_EQ(c.rope->original_max_position_embeddings, 64);
+  } else if (arch == "mistral") {
+    EXPECT_EQ(c.architecture, "MistralForCausalLM");
+    EXPECT_EQ(c.sliding_window, 16);
+    EXPECT_TRUE(c.layer_is_sliding(0) && c.layer_is_sliding(1));
+    EXPECT_FALSE(c.tie_word_embeddings);
+  } else if (arch == "qwen3") {
+    EXPECT_EQ(c.architecture, "Qwen3ForCausalLM");
+    EXPECT_TRUE(c.tie_word_embeddings);
+    EXPECT_FALSE(c.layer_is_sliding(0) || c.layer_is_sliding(1));
+  } else if (arch == "gemma2") {
+    EXPECT_EQ(c.architecture, "Gemma2ForCausalLM");
+    EXPECT_EQ(c.query_pre_attn_scalar, 16.0);
+    EXPECT_EQ(c.attn_logit_softcapping, 50.0);
+    EXPECT_EQ(c.final_logit_softcapping, 30.0);
+    EXPECT_TRUE(c.layer_is_sliding(0));
+    EXPECT_FALSE(c.layer_is_sliding(1));
+  } else if (arch == "llama") {
     EXPECT_EQ(c.architecture, "LlamaForCausalLM");
     EXPECT_EQ(c.intermediate_size, 128);
     EXPECT_EQ(c.num_key_value_heads, 2);

@@ -31,9 +31,9 @@ namespace nibble {
 struct VerifyOptions {
   // The unquantized model. Default: the folder the model was loaded from when it was quantized
   // on load; a pre-quantized model without it gets no per-layer error or logit checks.
-  std::optional<std::filesystem::path> reference;
+  std::optional<std::filesystem::path> reference = {};
   // Generation: greedy continuation of prompt_ids (no generation check when empty).
-  std::vector<int64_t> prompt_ids;
+  std::vector<int64_t> prompt_ids = {};
   int64_t max_new_tokens = 10;  // as transformers' bitsandbytes tests
   // The generation check fails when fewer than this fraction of the new tokens equal the
   // reference's greedy tokens (0: agreement is reported only).
@@ -41,10 +41,10 @@ struct VerifyOptions {
   // Acceptable decoded outputs (prompt + continuation, as transformers' tests decode them);
   // when non-empty the output must be one of them. decode turns ids into that text; without
   // it the ids are written as decimal numbers separated by single spaces.
-  std::vector<std::string> expected_outputs;
-  std::function<std::string(const std::vector<int64_t>&)> decode;
+  std::vector<std::string> expected_outputs = {};
+  std::function<std::string(const std::vector<int64_t>&)> decode = {};
   // Logit agreement over these ids (no logit check when fewer than 2), in chunks.
-  std::vector<int64_t> text_ids;
+  std::vector<int64_t> text_ids = {};
   int64_t chunk_tokens = 512;  // capped by max_position_embeddings
   // Pass criteria. KL is the measure that holds for any model; top-1 agreement is reported but
   // by default not required, since near-uniform next-token distributions (random-weight or
@@ -53,7 +53,7 @@ struct VerifyOptions {
   double min_top1 = 0.0;  // fraction of positions whose argmax agrees
   // Serialization round trip through a temporary folder (save_pretrained + load).
   bool round_trip = true;
-  std::optional<std::filesystem::path> work_dir;  // default: the system temp folder
+  std::optional<std::filesystem::path> work_dir = {};  // default: the system temp folder
 };
 
 struct VerifyCheck {

@@ -134,3 +134,20 @@ FootprintReport footprint_from_config(const ModelConfig& config, const std::opti
                                       DType param_dtype = DType::F16);
 
 }  // namespace nibble
+
+namespace nibble {
+
+// One leaf module of a loaded model for `nibble inspect`: what transformers' module tree shows
+// plus its storage. bytes is what get_memory_footprint counts (0 for a head tied to the
+// embedding); state_bytes the quantization state beyond that.
+struct ModuleReport {
+  std::string name, klass;
+  std::string dtype;           // the weight's stored dtype (uint8 for packed 4-bit)
+  std::vector<int64_t> shape;  // the weight's logical shape ([out, in] for Linear)
+  int64_t params = 0;          // weight + bias elements (logical)
+  int64_t bytes = 0;
+  int64_t state_bytes = 0;
+};
+std::vector<ModuleReport> module_report(const CausalLM& model);
+
+}  // namespace nibble

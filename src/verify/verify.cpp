@@ -471,10 +471,11 @@ struct Verifier {
     else generation();
     if (!m.qc) r.notes.push_back("round_trip: not run (the model is not quantized)");
     else if (o.round_trip) round_trip();
-    if (!ref_dir) r.notes.push_back("layer_error, logits: not run (a pre-quantized model needs --reference)");
+    if (!m.qc) r.notes.push_back("layer_error, logits: not run (the model is not quantized)");
+    else if (!ref_dir) r.notes.push_back("layer_error, logits: not run (a pre-quantized model needs --reference)");
     else if (m.qc) layer_error();
-    if (ref_dir && o.text_ids.size() >= 2) logits();
-    else if (ref_dir) r.notes.push_back("logits: not run (no text)");
+    if (m.qc && ref_dir && o.text_ids.size() >= 2) logits();
+    else if (m.qc && ref_dir) r.notes.push_back("logits: not run (no text)");
   }
 };
 

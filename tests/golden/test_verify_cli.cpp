@@ -80,7 +80,9 @@ TEST(VerifyCli, InspectModelFootprints) {
     listed.insert(m.at("name").get<std::string>());
   }
   for (const auto& [name, klass] : mods.items())
-    if (klass.get<std::string>().starts_with("Linear")) EXPECT_TRUE(listed.count(name)) << name;
+    if (klass.get<std::string>().starts_with("Linear")) {
+      EXPECT_TRUE(listed.count(name)) << name;
+    }
   CliRun t = nibble_cli("inspect " + q(dir / "int8") + " --tensors --json");
   ASSERT_EQ(t.rc, 0);
   EXPECT_GT(nlohmann::json::parse(t.out).at("tensors").size(), 0u);

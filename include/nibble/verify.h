@@ -49,7 +49,9 @@ struct VerifyOptions {
   // Pass criteria. KL is the measure that holds for any model; top-1 agreement is reported but
   // by default not required, since near-uniform next-token distributions (random-weight or
   // undertrained models) flip their argmax under any perturbation.
-  double max_kl = 0.05;   // mean KL(reference || quantized) in nats per position
+  // Measured: TinyStories-656k (hidden 128) NF4 + double quant 0.065, LLM.int8 0.001; with
+  // every absmax scaled by 1.5 (tests/golden/test_verify_broken.cpp) far above.
+  double max_kl = 0.1;    // mean KL(reference || quantized) in nats per position
   double min_top1 = 0.0;  // fraction of positions whose argmax agrees
   // Serialization round trip through a temporary folder (save_pretrained + load).
   bool round_trip = true;

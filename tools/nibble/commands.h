@@ -39,7 +39,7 @@ struct VerifyArgs {
   std::string model, reference, prompt, prompt_ids, expected_outputs, text_file;
   QuantFlags q;
   int64_t max_new_tokens = 10;
-  double max_kl = 0.05, min_top1 = 0.0, min_token_agreement = 0.0;
+  double max_kl = 0.1, min_top1 = 0.0, min_token_agreement = 0.0;
   bool no_round_trip = false, json = false;
 };
 void add_verify_command(CLI::App& app, VerifyArgs& a);

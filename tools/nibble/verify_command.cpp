@@ -28,7 +28,7 @@ void add_verify_command(CLI::App& app, VerifyArgs& a) {
   cmd->add_option("--max-new-tokens", a.max_new_tokens, "new tokens for the generation check (default 10)");
   cmd->add_option("--expected-outputs", a.expected_outputs, "file of acceptable outputs (prompt + continuation), one per line");
   cmd->add_option("--text-file", a.text_file, "text for KL divergence, top-1 agreement and perplexities");
-  cmd->add_option("--max-kl", a.max_kl, "largest acceptable mean KL in nats (default 0.05)");
+  cmd->add_option("--max-kl", a.max_kl, "largest acceptable mean KL in nats (default 0.1)");
   cmd->add_option("--min-top1", a.min_top1, "smallest acceptable top-1 agreement (default 0: reported only)");
   cmd->add_option("--min-token-agreement", a.min_token_agreement, "smallest acceptable greedy token agreement (default 0)");
   cmd->add_flag("--no-round-trip", a.no_round_trip, "skip the save_pretrained + load round trip");

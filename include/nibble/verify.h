@@ -151,5 +151,7 @@ struct ModuleReport {
   int64_t state_bytes = 0;
 };
 std::vector<ModuleReport> module_report(const CausalLM& model);
+// The footprint figures of a loaded model (what verify() reports), without running any check.
+FootprintReport footprint_report(const CausalLM& model);
 
 }  // namespace nibble

@@ -128,25 +128,10 @@ struct Verifier {
 
   void footprint() {
     FootprintReport& f = r.footprint;
-    f.footprint_bytes = model.get_memory_footprint();
+    f = footprint_report(model);
     const DType stored = m.embed.dtype();
     FootprintReport predicted = footprint_from_config(m.config, m.qc, stored);
     FootprintReport unquantized = footprint_from_config(m.config, std::nullopt, stored);
-    f.footprint_16bit_bytes = predicted.footprint_16bit_bytes;
-    f.ratio_vs_16bit = double(f.footprint_16bit_bytes) / double(f.footprint_bytes);
-    f.params_total = predicted.params_total;
-    int64_t q_bytes = 0, state = 0;
-    for (const NamedLinear* nl : m.linears()) {
-      const nn::Linear& l = nl->lin;
-      if (!is_quantized(l)) continue;
-      int64_t s = is_4bit(l) ? l.quant_state().state_bytes() : int64_t(l.scb().nbytes());
-      state += s;
-      q_bytes += int64_t(l.weight().nbytes()) + s;
-      f.params_quantized += l.out_features() * l.in_features();
-    }
-    f.true_bytes = f.footprint_bytes + state;
-    f.bits_per_param = f.params_quantized ? 8.0 * double(q_bytes) / double(f.params_quantized) : 0.0;
-
     std::vector<std::string> bad;
     if (f.footprint_bytes != predicted.footprint_bytes)
       bad.push_back(str("footprint ", f.footprint_bytes, " B differs from the ", predicted.footprint_bytes,
@@ -368,6 +353,7 @@ struct Verifier {
       std::string module = lins[i]->name;
       if (module == m.spec->lm_head && !m.spec->lm_head_tensor.empty()) module = m.spec->lm_head_tensor;
       std::string wname = module + ".weight";
+      if (!ck.contains(wname) && lins[i] == &m.lm_head && m.tied_head) wname = m.spec->prefix + m.spec->embed + ".weight";
       if (!ck.contains(wname)) throw FormatError(str(ref_dir->string(), ": reference lacks tensor '", wname, "'"));
       Tensor w = ck.get(wname);
       if (!is_float(w.dtype()))
@@ -480,6 +466,28 @@ struct Verifier {
 };
 
 }  // namespace
+
+FootprintReport footprint_report(const CausalLM& model) {
+  const CausalLM::Impl& m = model.impl();
+  FootprintReport f;
+  f.footprint_bytes = model.get_memory_footprint();
+  FootprintReport predicted = footprint_from_config(m.config, m.qc, m.embed.dtype());
+  f.footprint_16bit_bytes = predicted.footprint_16bit_bytes;
+  f.ratio_vs_16bit = double(f.footprint_16bit_bytes) / double(f.footprint_bytes);
+  f.params_total = predicted.params_total;
+  int64_t q_bytes = 0, state = 0;
+  for (const NamedLinear* nl : m.linears()) {
+    const nn::Linear& l = nl->lin;
+    if (!is_quantized(l)) continue;
+    int64_t s = is_4bit(l) ? l.quant_state().state_bytes() : int64_t(l.scb().nbytes());
+    state += s;
+    q_bytes += int64_t(l.weight().nbytes()) + s;
+    f.params_quantized += l.out_features() * l.in_features();
+  }
+  f.true_bytes = f.footprint_bytes + state;
+  f.bits_per_param = f.params_quantized ? 8.0 * double(q_bytes) / double(f.params_quantized) : 0.0;
+  return f;
+}
 
 VerifyReport verify(const CausalLM& model, const VerifyOptions& options) {
   VerifyReport r;

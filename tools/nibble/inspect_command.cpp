@@ -86,9 +86,7 @@ int run_inspect(const InspectArgs& a) {
   if (qc.is_quantizable()) lo.quantization_config = qc;
   CausalLM model = AutoModelForCausalLM::from_pretrained(a.model, lo);
   std::vector<ModuleReport> mods = module_report(model);
-  VerifyOptions vo;
-  vo.round_trip = false;
-  FootprintReport f = verify(model, vo).footprint;
+  FootprintReport f = footprint_report(model);
   if (a.json) {
     nlohmann::ordered_json list = nlohmann::ordered_json::array();
     for (const auto& m : mods)

@@ -118,3 +118,27 @@ TEST(Verify, FixturesPrequantizedWithReference) {
     }
   }
 }
+
+TEST(Verify, UserSkipListIsReportedWithItsReason) {
+  fs::path dir = test::fixtures_root() / "models/llama";
+  BitsAndBytesConfig qc{.load_in_4bit = true, .bnb_4bit_quant_type = "nf4"};
+  qc.llm_int8_skip_modules = std::vector<std::string>{"lm_head", "model.layers.0.mlp.down_proj"};
+  CausalLM model = AutoModelForCausalLM::from_pretrained(dir / "fp32", {.quantization_config = qc});
+  VerifyReport r = verify(model, {.prompt_ids = {1, 2, 3}});
+  EXPECT_TRUE(r.passed()) << r.to_table();
+  const std::string& d = r.check("layer_types")->detail;
+  EXPECT_NE(d.find("13 of 15 Linear layers are Linear4bit"), std::string::npos) << d;
+  EXPECT_NE(d.find("model.layers.0.mlp.down_proj (user list)"), std::string::npos) << d;
+  EXPECT_NE(d.find("lm_head (user list)"), std::string::npos) << d;
+  // The footprint the config predicts follows the same list.
+  FootprintReport f = footprint_from_config(model.config(), qc, DType::F32);
+  EXPECT_EQ(r.footprint.footprint_bytes, f.footprint_bytes);
+  EXPECT_EQ(f.params_quantized, r.footprint.params_quantized);
+  // A list that leaves the head out makes transformers quantize it: nibble does too, and says so.
+  BitsAndBytesConfig all = qc;
+  all.llm_int8_skip_modules = std::vector<std::string>{};
+  CausalLM q_all = AutoModelForCausalLM::from_pretrained(dir / "fp32", {.quantization_config = all});
+  VerifyReport ra = verify(q_all, {.prompt_ids = {1, 2, 3}});
+  EXPECT_TRUE(ra.passed()) << ra.to_table();
+  EXPECT_NE(ra.check("layer_types")->detail.find("15 of 15"), std::string::npos) << ra.check("layer_types")->detail;
+}

@@ -80,9 +80,9 @@ struct FootprintReport {
 
 struct LayerReport {
   std::string name;
-  std::string klass;        // Linear, Linear4bit, Linear8bitLt
-  std::string format;       // nf4, fp4, int8, fp
-  std::string dtype;        // of the stored weight (uint8 packed, int8, or the float dtype)
+  std::string klass;   // Linear, Linear4bit, Linear8bitLt
+  std::string format;  // nf4, fp4, int8, fp
+  std::string dtype;   // of the stored weight (uint8 packed, int8, or the float dtype)
   std::string compute_dtype;
   std::vector<int64_t> shape;  // [out, in]
   int64_t bytes = 0;           // counted by get_memory_footprint (weight + bias)
@@ -106,8 +106,8 @@ struct LogitReport {
 
 struct GenerationReport {
   std::vector<int64_t> output, reference_output;  // prompt + new tokens
-  int64_t agreeing = 0, compared = 0;              // new tokens equal at the same position
-  int64_t first_divergence = -1;                   // index among the new tokens, -1 when none
+  int64_t agreeing = 0, compared = 0;             // new tokens equal at the same position
+  int64_t first_divergence = -1;                  // index among the new tokens, -1 when none
   std::string text;
 };
 

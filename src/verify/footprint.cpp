@@ -112,8 +112,10 @@ FootprintReport footprint_from_config(const ModelConfig& c, const std::optional<
       w = (n + 1) / 2;
       int64_t blocks = (n + 63) / 64;
       s = 16 * 4;  // quant_map
-      if (qc->bnb_4bit_use_double_quant) s += blocks + (blocks + 255) / 256 * 4 + 256 * 4 + 4;
-      else s += blocks * 4;
+      if (qc->bnb_4bit_use_double_quant)
+        s += blocks + (blocks + 255) / 256 * 4 + 256 * 4 + 4;
+      else
+        s += blocks * 4;
     } else {
       w = n;
       s = l.out * 4;  // SCB

@@ -31,16 +31,24 @@ namespace {
 
 const char* format_name(nn::WeightFormat f) {
   switch (f) {
-    case nn::WeightFormat::Fp: return "fp";
-    case nn::WeightFormat::Nf4: return "nf4";
-    case nn::WeightFormat::Fp4: return "fp4";
-    case nn::WeightFormat::Int8: return "int8";
+    case nn::WeightFormat::Fp:
+      return "fp";
+    case nn::WeightFormat::Nf4:
+      return "nf4";
+    case nn::WeightFormat::Fp4:
+      return "fp4";
+    case nn::WeightFormat::Int8:
+      return "int8";
   }
   return "fp";
 }
 
-bool is_4bit(const nn::Linear& l) { return l.format() == nn::WeightFormat::Nf4 || l.format() == nn::WeightFormat::Fp4; }
-bool is_quantized(const nn::Linear& l) { return l.format() != nn::WeightFormat::Fp; }
+bool is_4bit(const nn::Linear& l) {
+  return l.format() == nn::WeightFormat::Nf4 || l.format() == nn::WeightFormat::Fp4;
+}
+bool is_quantized(const nn::Linear& l) {
+  return l.format() != nn::WeightFormat::Fp;
+}
 
 std::string join(const std::vector<std::string>& v, size_t max_items = 6) {
   std::string s;
@@ -61,16 +69,23 @@ std::string fixed(double v, int digits = 4) {
 // to the same bound.
 double error_limit(nn::WeightFormat f) {
   switch (f) {
-    case nn::WeightFormat::Nf4: return 1.5 * 0.0728;
-    case nn::WeightFormat::Fp4: return 1.5 * 0.0965;
-    case nn::WeightFormat::Int8: return 1.5 * 0.011;
-    default: return 0;
+    case nn::WeightFormat::Nf4:
+      return 1.5 * 0.0728;
+    case nn::WeightFormat::Fp4:
+      return 1.5 * 0.0965;
+    case nn::WeightFormat::Int8:
+      return 1.5 * 0.011;
+    default:
+      return 0;
   }
 }
 
 // The weight a quantized Linear computes with, as f32 [out, in].
 Tensor dequantized_weight(const nn::Linear& l) {
-  if (is_4bit(l)) return dequantize_4bit(l.weight(), l.quant_state()).to(DType::F32).view({l.out_features(), l.in_features()});
+  if (is_4bit(l))
+    return dequantize_4bit(l.weight(), l.quant_state())
+        .to(DType::F32)
+        .view({l.out_features(), l.in_features()});
   if (l.format() == nn::WeightFormat::Int8) return int8_vectorwise_dequant(l.weight(), l.scb());
   return l.weight().to(DType::F32);
 }
@@ -89,17 +104,21 @@ struct Verifier {
   std::optional<std::filesystem::path> ref_dir;
   std::unique_ptr<CausalLM> ref;  // loaded on first use
 
-  void add(const std::string& name, bool passed, const std::string& detail) { r.checks.push_back({name, passed, detail}); }
+  void add(const std::string& name, bool passed, const std::string& detail) {
+    r.checks.push_back({name, passed, detail});
+  }
 
   const CausalLM& reference() {
     if (!ref) {
       ref = std::make_unique<CausalLM>(AutoModelForCausalLM::from_pretrained(*ref_dir));
       if (ref->is_quantized())
-        throw ConfigError(str("reference model ", ref_dir->string(), " is itself quantized; give the unquantized one"));
-      if (ref->config().vocab_size != m.config.vocab_size || ref->config().architecture != m.config.architecture)
-        throw ConfigError(str("reference model ", ref_dir->string(), " (", ref->config().architecture, ", vocab ",
-                              ref->config().vocab_size, ") does not match the model (", m.config.architecture,
-                              ", vocab ", m.config.vocab_size, ")"));
+        throw ConfigError(
+            str("reference model ", ref_dir->string(), " is itself quantized; give the unquantized one"));
+      if (ref->config().vocab_size != m.config.vocab_size ||
+          ref->config().architecture != m.config.architecture)
+        throw ConfigError(str("reference model ", ref_dir->string(), " (", ref->config().architecture,
+                              ", vocab ", ref->config().vocab_size, ") does not match the model (",
+                              m.config.architecture, ", vocab ", m.config.vocab_size, ")"));
     }
     return *ref;
   }
@@ -137,10 +156,12 @@ struct Verifier {
       bad.push_back(str("footprint ", f.footprint_bytes, " B differs from the ", predicted.footprint_bytes,
                         " B the config predicts for this quantization"));
     if (m.qc && f.footprint_bytes >= unquantized.footprint_bytes)
-      bad.push_back(str("footprint ", f.footprint_bytes, " B is not below the unquantized ", unquantized.footprint_bytes, " B"));
-    std::string detail = str(f.footprint_bytes, " B (", fixed(double(unquantized.footprint_bytes) / double(f.footprint_bytes), 3),
-                             "x smaller than unquantized in ", dtype_name(stored), ", ", fixed(f.ratio_vs_16bit, 3),
-                             "x vs 16-bit); with quant state ", f.true_bytes, " B");
+      bad.push_back(str("footprint ", f.footprint_bytes, " B is not below the unquantized ",
+                        unquantized.footprint_bytes, " B"));
+    std::string detail = str(
+        f.footprint_bytes, " B (", fixed(double(unquantized.footprint_bytes) / double(f.footprint_bytes), 3),
+        "x smaller than unquantized in ", dtype_name(stored), ", ", fixed(f.ratio_vs_16bit, 3),
+        "x vs 16-bit); with quant state ", f.true_bytes, " B");
     if (f.params_quantized) detail += str("; quantized layers ", fixed(f.bits_per_param, 3), " bits/param");
     add("footprint", bad.empty(), bad.empty() ? detail : join(bad));
   }
@@ -155,8 +176,10 @@ struct Verifier {
       std::string why = expected_skip(nl->name);
       std::string klass = nl->lin.class_name();
       if (why.empty()) {
-        if (klass != want) bad.push_back(str(nl->name, " is ", klass, ", expected ", want));
-        else ++n_q;
+        if (klass != want)
+          bad.push_back(str(nl->name, " is ", klass, ", expected ", want));
+        else
+          ++n_q;
       } else if (klass != "Linear") {
         bad.push_back(str(nl->name, " is ", klass, " but transformers keeps it unquantized (", why, ")"));
       } else {
@@ -164,7 +187,9 @@ struct Verifier {
       }
     }
     if (!bad.empty()) return add("layer_types", false, join(bad));
-    add("layer_types", true, str(n_q, " of ", n_all, " Linear layers are ", want, "; skipped: ", skipped.empty() ? "none" : join(skipped)));
+    add("layer_types", true,
+        str(n_q, " of ", n_all, " Linear layers are ", want,
+            "; skipped: ", skipped.empty() ? "none" : join(skipped)));
   }
 
   void weight_dtypes() {
@@ -177,12 +202,15 @@ struct Verifier {
       DType d = l.weight().dtype();
       if (is_4bit(l)) {
         if (d != DType::U8 && d != storage)
-          bad.push_back(str(nl->name, ": packed weight is ", dtype_name(d), ", expected uint8 (or ", dtype_name(storage), ")"));
+          bad.push_back(str(nl->name, ": packed weight is ", dtype_name(d), ", expected uint8 (or ",
+                            dtype_name(storage), ")"));
         if (l.compute_dtype() != compute)
-          bad.push_back(str(nl->name, ": compute dtype ", dtype_name(l.compute_dtype()), ", configured ", dtype_name(compute)));
+          bad.push_back(str(nl->name, ": compute dtype ", dtype_name(l.compute_dtype()), ", configured ",
+                            dtype_name(compute)));
       } else if (l.format() == nn::WeightFormat::Int8) {
         if (d != DType::I8) bad.push_back(str(nl->name, ": weight is ", dtype_name(d), ", expected int8"));
-        if (l.scb().dtype() != DType::F32) bad.push_back(str(nl->name, ": SCB is ", dtype_name(l.scb().dtype()), ", expected float32"));
+        if (l.scb().dtype() != DType::F32)
+          bad.push_back(str(nl->name, ": SCB is ", dtype_name(l.scb().dtype()), ", expected float32"));
       } else {
         if (!is_float(d)) bad.push_back(str(nl->name, ": unquantized weight is ", dtype_name(d)));
         kept.insert(dtype_name(d));
@@ -191,8 +219,9 @@ struct Verifier {
     if (!bad.empty()) return add("weight_dtypes", false, join(bad));
     std::string kept_s;
     for (const auto& k : kept) kept_s += (kept_s.empty() ? "" : "/") + k;
-    std::string d = m.qc->load_in_4bit ? str("4-bit weights packed ", dtype_name(storage), ", compute ", dtype_name(compute))
-                                       : std::string("8-bit weights int8 with float32 SCB");
+    std::string d = m.qc->load_in_4bit
+                        ? str("4-bit weights packed ", dtype_name(storage), ", compute ", dtype_name(compute))
+                        : std::string("8-bit weights int8 with float32 SCB");
     if (!kept_s.empty()) d += str("; unquantized Linear weights ", kept_s);
     add("weight_dtypes", true, d);
   }
@@ -207,7 +236,8 @@ struct Verifier {
       const nlohmann::json& raw = m.config.raw.at("quantization_config");
       if (!raw.contains("quant_method") || raw["quant_method"] != "bitsandbytes")
         bad.push_back(str(m.config.origin, ": quantization_config.quant_method is ",
-                          raw.contains("quant_method") ? raw["quant_method"].dump() : "absent", ", expected \"bitsandbytes\""));
+                          raw.contains("quant_method") ? raw["quant_method"].dump() : "absent",
+                          ", expected \"bitsandbytes\""));
     }
     // Every layer's quantization state must be what the config says.
     for (const NamedLinear* nl : m.linears()) {
@@ -221,11 +251,14 @@ struct Verifier {
         const QuantState4& st = l.quant_state();
         const char* t = st.quant_type == DType::NF4 ? "nf4" : "fp4";
         if (qc.bnb_4bit_quant_type != t)
-          bad.push_back(str(nl->name, ": quant_state is ", t, ", config bnb_4bit_quant_type is ", qc.bnb_4bit_quant_type));
+          bad.push_back(str(nl->name, ": quant_state is ", t, ", config bnb_4bit_quant_type is ",
+                            qc.bnb_4bit_quant_type));
         if (st.nested != qc.bnb_4bit_use_double_quant)
-          bad.push_back(str(nl->name, ": quant_state ", st.nested ? "is" : "is not", " double-quantized, config bnb_4bit_use_double_quant is ",
+          bad.push_back(str(nl->name, ": quant_state ", st.nested ? "is" : "is not",
+                            " double-quantized, config bnb_4bit_use_double_quant is ",
                             qc.bnb_4bit_use_double_quant ? "true" : "false"));
-        if (st.blocksize != 64) bad.push_back(str(nl->name, ": blocksize ", st.blocksize, ", transformers uses 64"));
+        if (st.blocksize != 64)
+          bad.push_back(str(nl->name, ": blocksize ", st.blocksize, ", transformers uses 64"));
       } else if (!qc.load_in_8bit) {
         bad.push_back(str(nl->name, " holds LLM.int8 state but the config is ", method));
       }
@@ -250,8 +283,10 @@ struct Verifier {
     std::vector<std::string> bad;
     // (a) the config through its JSON and back
     BitsAndBytesConfig back = BitsAndBytesConfig::from_dict(nlohmann::json::parse(qc.to_json_string(false)));
-    if (back.to_dict() != qc.to_dict()) bad.push_back("BitsAndBytesConfig differs after to_json_string / from_dict");
-    if (back.to_json_string() != qc.to_json_string()) bad.push_back("to_json_string differs after a round trip");
+    if (back.to_dict() != qc.to_dict())
+      bad.push_back("BitsAndBytesConfig differs after to_json_string / from_dict");
+    if (back.to_json_string() != qc.to_json_string())
+      bad.push_back("to_json_string differs after a round trip");
     // (b) save_pretrained, load, compare everything
     std::filesystem::path base = o.work_dir ? *o.work_dir : std::filesystem::temp_directory_path();
     std::random_device rd;
@@ -266,7 +301,8 @@ struct Verifier {
     model.save_pretrained(dir);
     CausalLM again = AutoModelForCausalLM::from_pretrained(dir);
     const CausalLM::Impl& a = again.impl();
-    if (!a.qc || a.qc->to_dict() != qc.to_dict()) bad.push_back("quantization_config differs after save_pretrained + load");
+    if (!a.qc || a.qc->to_dict() != qc.to_dict())
+      bad.push_back("quantization_config differs after save_pretrained + load");
     auto same = [](const Tensor& x, const Tensor& y) {
       if (x.defined() != y.defined()) return false;
       if (!x.defined()) return true;
@@ -291,16 +327,19 @@ struct Verifier {
         for (const auto& [k, t] : dx) eq = eq && dy.count(k) && same(t, dy.at(k));
         if (!eq) bad.push_back(str(n, ": quantization state differs"));
       }
-      if (x.format() == nn::WeightFormat::Int8 && !same(x.scb(), y.scb())) bad.push_back(str(n, ": SCB differs"));
+      if (x.format() == nn::WeightFormat::Int8 && !same(x.scb(), y.scb()))
+        bad.push_back(str(n, ": SCB differs"));
     }
     if (!same(m.embed, a.embed)) bad.push_back("embedding differs");
-    if (model.get_memory_footprint() != again.get_memory_footprint()) bad.push_back("footprint differs after reload");
+    if (model.get_memory_footprint() != again.get_memory_footprint())
+      bad.push_back("footprint differs after reload");
     std::vector<int64_t> ids = probe_ids();
     Tensor x = model.forward(ids), y = again.forward(ids);
     if (!same(x, y)) bad.push_back(str("logits of ", ids.size(), " tokens differ after reload"));
     if (!bad.empty()) return add("round_trip", false, join(bad));
-    add("round_trip", true, str("config JSON round trip equal; save_pretrained + load: quantization state, weights and logits (",
-                                ids.size(), " tokens) bit-identical"));
+    add("round_trip", true,
+        str("config JSON round trip equal; save_pretrained + load: quantization state, weights and logits (",
+            ids.size(), " tokens) bit-identical"));
   }
 
   void generation() {
@@ -314,22 +353,30 @@ struct Verifier {
       g.reference_output = reference().generate_greedy(o.prompt_ids, o.max_new_tokens);
       for (int64_t i = P; i < int64_t(std::min(g.output.size(), g.reference_output.size())); ++i) {
         ++g.compared;
-        if (g.output[size_t(i)] == g.reference_output[size_t(i)]) ++g.agreeing;
-        else if (g.first_divergence < 0) g.first_divergence = i - P;
+        if (g.output[size_t(i)] == g.reference_output[size_t(i)])
+          ++g.agreeing;
+        else if (g.first_divergence < 0)
+          g.first_divergence = i - P;
       }
       double agree = g.compared ? double(g.agreeing) / double(g.compared) : 1.0;
       info.push_back(str(g.agreeing, "/", g.compared, " new tokens agree with the unquantized model",
-                         g.first_divergence >= 0 ? str(", first divergence at new token ", g.first_divergence) : std::string()));
+                         g.first_divergence >= 0 ? str(", first divergence at new token ", g.first_divergence)
+                                                 : std::string()));
       if (agree < o.min_token_agreement)
-        bad.push_back(str("token agreement ", fixed(agree, 3), " is below ", fixed(o.min_token_agreement, 3), " (",
-                          g.agreeing, "/", g.compared, ")"));
+        bad.push_back(str("token agreement ", fixed(agree, 3), " is below ", fixed(o.min_token_agreement, 3),
+                          " (", g.agreeing, "/", g.compared, ")"));
     }
     if (!o.expected_outputs.empty()) {
-      bool found = std::find(o.expected_outputs.begin(), o.expected_outputs.end(), g.text) != o.expected_outputs.end();
-      if (found) info.push_back(str("output is one of the ", o.expected_outputs.size(), " expected"));
-      else bad.push_back(str("output \"", g.text, "\" is not among the ", o.expected_outputs.size(), " expected outputs"));
+      bool found =
+          std::find(o.expected_outputs.begin(), o.expected_outputs.end(), g.text) != o.expected_outputs.end();
+      if (found)
+        info.push_back(str("output is one of the ", o.expected_outputs.size(), " expected"));
+      else
+        bad.push_back(
+            str("output \"", g.text, "\" is not among the ", o.expected_outputs.size(), " expected outputs"));
     }
-    if (info.empty() && bad.empty()) info.push_back(str("generated ", int64_t(g.output.size()) - P, " tokens: \"", g.text, "\""));
+    if (info.empty() && bad.empty())
+      info.push_back(str("generated ", int64_t(g.output.size()) - P, " tokens: \"", g.text, "\""));
     r.generation = g;
     if (!bad.empty()) {
       for (auto& i : info) bad.push_back(i);
@@ -353,15 +400,19 @@ struct Verifier {
       std::string module = lins[i]->name;
       if (module == m.spec->lm_head && !m.spec->lm_head_tensor.empty()) module = m.spec->lm_head_tensor;
       std::string wname = module + ".weight";
-      if (!ck.contains(wname) && lins[i] == &m.lm_head && m.tied_head) wname = m.spec->prefix + m.spec->embed + ".weight";
-      if (!ck.contains(wname)) throw FormatError(str(ref_dir->string(), ": reference lacks tensor '", wname, "'"));
+      if (!ck.contains(wname) && lins[i] == &m.lm_head && m.tied_head)
+        wname = m.spec->prefix + m.spec->embed + ".weight";
+      if (!ck.contains(wname))
+        throw FormatError(str(ref_dir->string(), ": reference lacks tensor '", wname, "'"));
       Tensor w = ck.get(wname);
       if (!is_float(w.dtype()))
-        throw FormatError(str(ref_dir->string(), ": reference tensor '", wname, "' is ", dtype_name(w.dtype()), ", not a float weight"));
+        throw FormatError(str(ref_dir->string(), ": reference tensor '", wname, "' is ",
+                              dtype_name(w.dtype()), ", not a float weight"));
       w = w.to(DType::F32);
       if (m.spec->conv1d) w = w.transpose(0, 1).contiguous();
       if (w.shape() != Shape{l.out_features(), l.in_features()})
-        throw FormatError(str(ref_dir->string(), ": reference tensor '", wname, "' has shape ", shape_str(w.shape())));
+        throw FormatError(
+            str(ref_dir->string(), ": reference tensor '", wname, "' has shape ", shape_str(w.shape())));
       Tensor d = dequantized_weight(l);
       const float *pw = w.data<float>(), *pd = d.data<float>();
       double e2 = 0, w2 = 0, eabs = 0, wabs = 0, emax = 0;
@@ -382,15 +433,20 @@ struct Verifier {
       lr.error_limit = error_limit(l.format());
       lr.flagged = !(lr.norm_mean_abs_error <= lr.error_limit);
       ++measured;
-      if (lr.norm_mean_abs_error > worst || worst_name.empty()) 
+      if (lr.norm_mean_abs_error > worst || worst_name.empty())
         worst = lr.norm_mean_abs_error, worst_name = lr.name, worst_limit = lr.error_limit;
       if (lr.flagged)
-        flagged.push_back(str(lr.name, ": mean abs error ", fixed(lr.norm_mean_abs_error), " sigma > ", fixed(lr.error_limit),
-                              " (rel ", fixed(lr.rel_error), ", SNR ", fixed(lr.snr_db, 1), " dB)"));
+        flagged.push_back(str(lr.name, ": mean abs error ", fixed(lr.norm_mean_abs_error), " sigma > ",
+                              fixed(lr.error_limit), " (rel ", fixed(lr.rel_error), ", SNR ",
+                              fixed(lr.snr_db, 1), " dB)"));
     }
-    if (!flagged.empty()) return add("layer_error", false, str(flagged.size(), " of ", measured, " layers outside bitsandbytes' yardstick: ", join(flagged)));
-    add("layer_error", true, str(measured, " layers within bitsandbytes' yardsticks; worst ", worst_name, " mean abs error ",
-                                 fixed(worst), " sigma (limit ", fixed(worst_limit), ")"));
+    if (!flagged.empty())
+      return add(
+          "layer_error", false,
+          str(flagged.size(), " of ", measured, " layers outside bitsandbytes' yardstick: ", join(flagged)));
+    add("layer_error", true,
+        str(measured, " layers within bitsandbytes' yardsticks; worst ", worst_name, " mean abs error ",
+            fixed(worst), " sigma (limit ", fixed(worst_limit), ")"));
   }
 
   void logits() {
@@ -410,8 +466,9 @@ struct Verifier {
       for (int64_t j = 0; j < V; ++j) out[size_t(j)] = double(row[j]) - lse;
     };
     for (size_t start = 0; start < ids.size(); start += size_t(chunk)) {
-      std::vector<int64_t> part(ids.begin() + long(start), ids.begin() + long(std::min(ids.size(), start + size_t(chunk))));
-      if (part.size() < 2 && start > 0) break;  // a lone trailing token predicts nothing
+      std::vector<int64_t> part(ids.begin() + long(start),
+                                ids.begin() + long(std::min(ids.size(), start + size_t(chunk))));
+      if (part.size() < 2 && start > 0) break;                 // a lone trailing token predicts nothing
       Tensor q = model.forward(part), p = refm.forward(part);  // [T, V] each
       for (int64_t t = 0; t < int64_t(part.size()); ++t) {
         const float* qr = q.data<float>() + t * V;
@@ -435,33 +492,45 @@ struct Verifier {
     lr.perplexity = std::exp(nll_q / double(std::max<int64_t>(targets, 1)));
     lr.reference_perplexity = std::exp(nll_p / double(std::max<int64_t>(targets, 1)));
     r.logits = lr;
-    std::string d = str("over ", lr.positions, " positions (chunks of ", chunk, "): KL ", fixed(lr.mean_kl, 5), " nats, top-1 ",
-                        fixed(lr.top1_agreement, 4), ", perplexity ", fixed(lr.perplexity, 3), " vs ",
-                        fixed(lr.reference_perplexity, 3), " unquantized");
+    std::string d = str("over ", lr.positions, " positions (chunks of ", chunk, "): KL ",
+                        fixed(lr.mean_kl, 5), " nats, top-1 ", fixed(lr.top1_agreement, 4), ", perplexity ",
+                        fixed(lr.perplexity, 3), " vs ", fixed(lr.reference_perplexity, 3), " unquantized");
     std::vector<std::string> bad;
     if (!(lr.mean_kl <= o.max_kl)) bad.push_back(str("mean KL ", fixed(lr.mean_kl, 5), " > ", o.max_kl));
-    if (!(lr.top1_agreement >= o.min_top1)) bad.push_back(str("top-1 agreement ", fixed(lr.top1_agreement, 4), " < ", o.min_top1));
+    if (!(lr.top1_agreement >= o.min_top1))
+      bad.push_back(str("top-1 agreement ", fixed(lr.top1_agreement, 4), " < ", o.min_top1));
     if (!bad.empty()) return add("logits", false, join(bad) + "; " + d);
     add("logits", true, d);
   }
 
   void run() {
-    if (o.reference) ref_dir = *o.reference;
-    else if (m.qc && !m.prequantized) ref_dir = m.source_dir;
+    if (o.reference)
+      ref_dir = *o.reference;
+    else if (m.qc && !m.prequantized)
+      ref_dir = m.source_dir;
     layer_list();
     footprint();
     layer_types();
     weight_dtypes();
     configuration();
-    if (o.prompt_ids.empty()) r.notes.push_back("generation: not run (no prompt)");
-    else generation();
-    if (!m.qc) r.notes.push_back("round_trip: not run (the model is not quantized)");
-    else if (o.round_trip) round_trip();
-    if (!m.qc) r.notes.push_back("layer_error, logits: not run (the model is not quantized)");
-    else if (!ref_dir) r.notes.push_back("layer_error, logits: not run (a pre-quantized model needs --reference)");
-    else if (m.qc) layer_error();
-    if (m.qc && ref_dir && o.text_ids.size() >= 2) logits();
-    else if (m.qc && ref_dir) r.notes.push_back("logits: not run (no text)");
+    if (o.prompt_ids.empty())
+      r.notes.push_back("generation: not run (no prompt)");
+    else
+      generation();
+    if (!m.qc)
+      r.notes.push_back("round_trip: not run (the model is not quantized)");
+    else if (o.round_trip)
+      round_trip();
+    if (!m.qc)
+      r.notes.push_back("layer_error, logits: not run (the model is not quantized)");
+    else if (!ref_dir)
+      r.notes.push_back("layer_error, logits: not run (a pre-quantized model needs --reference)");
+    else if (m.qc)
+      layer_error();
+    if (m.qc && ref_dir && o.text_ids.size() >= 2)
+      logits();
+    else if (m.qc && ref_dir)
+      r.notes.push_back("logits: not run (no text)");
   }
 };
 
@@ -492,9 +561,11 @@ FootprintReport footprint_report(const CausalLM& model) {
 VerifyReport verify(const CausalLM& model, const VerifyOptions& options) {
   VerifyReport r;
   for (int64_t id : options.prompt_ids)
-    if (id < 0 || id >= model.config().vocab_size) throw ShapeError(str("verify: prompt id ", id, " is outside the vocabulary"));
+    if (id < 0 || id >= model.config().vocab_size)
+      throw ShapeError(str("verify: prompt id ", id, " is outside the vocabulary"));
   for (int64_t id : options.text_ids)
-    if (id < 0 || id >= model.config().vocab_size) throw ShapeError(str("verify: text id ", id, " is outside the vocabulary"));
+    if (id < 0 || id >= model.config().vocab_size)
+      throw ShapeError(str("verify: text id ", id, " is outside the vocabulary"));
   Verifier v{model, model.impl(), options, r, std::nullopt, nullptr};
   v.run();
   return r;

@@ -54,10 +54,12 @@ VerifyOptions fixture_options(const fs::path& dir, const std::string& variant) {
   return o;
 }
 
-void expect_all_pass(const VerifyReport& r, const nlohmann::json& refj, const std::string& variant, bool with_reference) {
+void expect_all_pass(const VerifyReport& r, const nlohmann::json& refj, const std::string& variant,
+                     bool with_reference) {
   for (const auto& c : r.checks) EXPECT_TRUE(c.passed) << c.name << ": " << c.detail;
   EXPECT_TRUE(r.passed());
-  std::vector<std::string> want = {"footprint", "layer_types", "weight_dtypes", "configuration", "generation", "round_trip"};
+  std::vector<std::string> want = {"footprint",     "layer_types", "weight_dtypes",
+                                   "configuration", "generation",  "round_trip"};
   if (with_reference) want.insert(want.end(), {"layer_error", "logits"});
   for (const auto& n : want) EXPECT_NE(r.check(n), nullptr) << n << " was not run";
   EXPECT_EQ(r.footprint.footprint_bytes, refj.at(variant + "_footprint").get<int64_t>());
@@ -68,9 +70,10 @@ void expect_all_pass(const VerifyReport& r, const nlohmann::json& refj, const st
     EXPECT_EQ(l.klass, mods.at(l.name).get<std::string>()) << l.name;
   }
   if (r.logits) {
-    std::printf("[ verify ] %-24s KL %.5f top1 %.3f ppl %.2f/%.2f gen %lld/%lld\n", variant.c_str(), r.logits->mean_kl,
-                r.logits->top1_agreement, r.logits->perplexity, r.logits->reference_perplexity,
-                static_cast<long long>(r.generation->agreeing), static_cast<long long>(r.generation->compared));
+    std::printf("[ verify ] %-24s KL %.5f top1 %.3f ppl %.2f/%.2f gen %lld/%lld\n", variant.c_str(),
+                r.logits->mean_kl, r.logits->top1_agreement, r.logits->perplexity,
+                r.logits->reference_perplexity, static_cast<long long>(r.generation->agreeing),
+                static_cast<long long>(r.generation->compared));
   }
 }
 
@@ -140,5 +143,6 @@ TEST(Verify, UserSkipListIsReportedWithItsReason) {
   CausalLM q_all = AutoModelForCausalLM::from_pretrained(dir / "fp32", {.quantization_config = all});
   VerifyReport ra = verify(q_all, {.prompt_ids = {1, 2, 3}});
   EXPECT_TRUE(ra.passed()) << ra.to_table();
-  EXPECT_NE(ra.check("layer_types")->detail.find("15 of 15"), std::string::npos) << ra.check("layer_types")->detail;
+  EXPECT_NE(ra.check("layer_types")->detail.find("15 of 15"), std::string::npos)
+      << ra.check("layer_types")->detail;
 }

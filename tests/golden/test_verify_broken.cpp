@@ -21,7 +21,9 @@ using namespace nibble;
 
 namespace {
 
-fs::path model_dir(const std::string& arch) { return test::fixtures_root() / "models" / arch; }
+fs::path model_dir(const std::string& arch) {
+  return test::fixtures_root() / "models" / arch;
+}
 
 std::map<std::string, Tensor> read_all(const fs::path& file) {
   SafetensorsFile f = SafetensorsFile::open(file);
@@ -31,7 +33,8 @@ std::map<std::string, Tensor> read_all(const fs::path& file) {
 }
 
 // A copy of `src` in `dst` with its tensors and config.json passed through the editors.
-void copy_model(const fs::path& src, const fs::path& dst, const std::function<void(std::map<std::string, Tensor>&)>& edit_tensors,
+void copy_model(const fs::path& src, const fs::path& dst,
+                const std::function<void(std::map<std::string, Tensor>&)>& edit_tensors,
                 const std::function<void(nlohmann::json&)>& edit_config = nullptr) {
   fs::create_directories(dst);
   fs::copy_file(src / "generation_config.json", dst / "generation_config.json");
@@ -44,7 +47,9 @@ void copy_model(const fs::path& src, const fs::path& dst, const std::function<vo
   save_safetensors(dst / "model.safetensors", tensors);
 }
 
-std::vector<int64_t> prompt() { return {1, 17, 42, 99, 3, 250, 7, 11}; }
+std::vector<int64_t> prompt() {
+  return {1, 17, 42, 99, 3, 250, 7, 11};
+}
 
 std::vector<int64_t> text() {
   std::vector<int64_t> t;
@@ -78,7 +83,9 @@ TEST(VerifyBroken, AbsmaxScaledFailsLayerErrorAndLogits) {
   EXPECT_TRUE(good.passed()) << good.to_table();
   const VerifyCheck& le = get(bad, "layer_error");
   EXPECT_FALSE(le.passed);
-  EXPECT_NE(le.detail.find(std::to_string(scaled) + " of " + std::to_string(scaled) + " layers outside"), std::string::npos) << le.detail;
+  EXPECT_NE(le.detail.find(std::to_string(scaled) + " of " + std::to_string(scaled) + " layers outside"),
+            std::string::npos)
+      << le.detail;
   EXPECT_NE(le.detail.find("model.layers.0.self_attn.q_proj"), std::string::npos) << le.detail;
   for (const auto& l : bad.layers)
     if (l.klass == "Linear4bit") {
@@ -92,7 +99,8 @@ TEST(VerifyBroken, AbsmaxScaledFailsLayerErrorAndLogits) {
   EXPECT_TRUE(get(bad, "layer_types").passed);
   EXPECT_TRUE(get(bad, "configuration").passed);
   EXPECT_FALSE(bad.passed());
-  std::printf("[ absmax x1.5 ] KL %.5f (intact %.5f); %s\n", bad.logits->mean_kl, good.logits->mean_kl, le.detail.substr(0, 160).c_str());
+  std::printf("[ absmax x1.5 ] KL %.5f (intact %.5f); %s\n", bad.logits->mean_kl, good.logits->mean_kl,
+              le.detail.substr(0, 160).c_str());
 }
 
 TEST(VerifyBroken, LayerLeftUnquantizedFailsLayerTypes) {
@@ -128,12 +136,14 @@ TEST(VerifyBroken, TamperedConfigFailsConfiguration) {
     nlohmann::json value;
     const char* expect;  // in the detail
   };
-  for (const Case& c : {Case{"bnb_4bit_quant_type", "fp4", "quant_state is nf4, config bnb_4bit_quant_type is fp4"},
-                        Case{"bnb_4bit_use_double_quant", false, "config bnb_4bit_use_double_quant is false"},
-                        Case{"quant_method", "gptq", "quant_method is \"gptq\""}}) {
+  for (const Case& c :
+       {Case{"bnb_4bit_quant_type", "fp4", "quant_state is nf4, config bnb_4bit_quant_type is fp4"},
+        Case{"bnb_4bit_use_double_quant", false, "config bnb_4bit_use_double_quant is false"},
+        Case{"quant_method", "gptq", "quant_method is \"gptq\""}}) {
     SCOPED_TRACE(c.key);
     test::TempDir tmp;
-    copy_model(src, tmp / "m", nullptr, [&](nlohmann::json& j) { j["quantization_config"][c.key] = c.value; });
+    copy_model(src, tmp / "m", nullptr,
+               [&](nlohmann::json& j) { j["quantization_config"][c.key] = c.value; });
     VerifyReport r = verify(AutoModelForCausalLM::from_pretrained(tmp / "m"), {.prompt_ids = prompt()});
     const VerifyCheck& cc = get(r, "configuration");
     EXPECT_FALSE(cc.passed);
@@ -155,7 +165,8 @@ TEST(VerifyBroken, OutputNotInExpectedSetFailsGeneration) {
   other.back() = (other.back() + 1) % 512;
   o.expected_outputs = {"something else"};
   o.expected_outputs.push_back("");
-  for (size_t i = 0; i < other.size(); ++i) o.expected_outputs.back() += (i ? " " : "") + std::to_string(other[i]);
+  for (size_t i = 0; i < other.size(); ++i)
+    o.expected_outputs.back() += (i ? " " : "") + std::to_string(other[i]);
   VerifyReport r = verify(model, o);
   const VerifyCheck& g = get(r, "generation");
   EXPECT_FALSE(g.passed);
@@ -169,8 +180,10 @@ TEST(VerifyBroken, OutputNotInExpectedSetFailsGeneration) {
   ASSERT_TRUE(a.generation);
   if (a.generation->agreeing < a.generation->compared) {
     EXPECT_FALSE(get(a, "generation").passed);
-    EXPECT_NE(get(a, "generation").detail.find("first divergence at new token " + std::to_string(a.generation->first_divergence)),
-              std::string::npos);
+    EXPECT_NE(
+        get(a, "generation")
+            .detail.find("first divergence at new token " + std::to_string(a.generation->first_divergence)),
+        std::string::npos);
   } else {
     EXPECT_TRUE(get(a, "generation").passed);
   }
@@ -217,6 +230,7 @@ TEST(VerifyBroken, TrainedModelAbsmaxScaledFailsLogits) {
   EXPECT_NE(lg.detail.find("mean KL"), std::string::npos) << lg.detail;
   EXPECT_FALSE(get(bad, "layer_error").passed);
   ASSERT_TRUE(good.logits && bad.logits);
-  std::printf("[ tinystories absmax x1.5 ] KL %.4f (intact %.4f), ppl %.2f (intact %.2f, fp32 %.2f)\n", bad.logits->mean_kl,
-              good.logits->mean_kl, bad.logits->perplexity, good.logits->perplexity, good.logits->reference_perplexity);
+  std::printf("[ tinystories absmax x1.5 ] KL %.4f (intact %.4f), ppl %.2f (intact %.2f, fp32 %.2f)\n",
+              bad.logits->mean_kl, good.logits->mean_kl, bad.logits->perplexity, good.logits->perplexity,
+              good.logits->reference_perplexity);
 }

@@ -5,11 +5,11 @@
 
 #include <sys/wait.h>
 
-#include <cstdio>
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
-#include <set>
 #include <fstream>
+#include <set>
 
 #include <nlohmann/json.hpp>
 
@@ -40,7 +40,9 @@ CliRun nibble_cli(const std::string& args) {
   return r;
 }
 
-std::string q(const fs::path& p) { return "'" + p.string() + "'"; }
+std::string q(const fs::path& p) {
+  return "'" + p.string() + "'";
+}
 
 nlohmann::json reference_json(const fs::path& dir) {
   std::ifstream f(dir / "reference.json");
@@ -55,8 +57,9 @@ TEST(VerifyCli, InspectConfigOnlyBloomRatios) {
   ASSERT_EQ(r4.rc, 0) << r4.out;
   auto j4 = nlohmann::json::parse(r4.out);
   EXPECT_NEAR(j4.at("ratio_vs_16bit").get<double>(), 2.109659552692574, 1e-5);
-  EXPECT_EQ(j4.at("footprint_16bit_bytes").get<int64_t>(),
-            std::llround(j4.at("ratio_vs_16bit").get<double>() * double(j4.at("footprint_bytes").get<int64_t>())));
+  EXPECT_EQ(
+      j4.at("footprint_16bit_bytes").get<int64_t>(),
+      std::llround(j4.at("ratio_vs_16bit").get<double>() * double(j4.at("footprint_bytes").get<int64_t>())));
   CliRun r8 = nibble_cli("inspect --config-only " + q(cfg) + " --load-in-8bit --json");
   ASSERT_EQ(r8.rc, 0) << r8.out;
   EXPECT_NEAR(nlohmann::json::parse(r8.out).at("ratio_vs_16bit").get<double>(), 1.540025, 1e-5);
@@ -66,7 +69,8 @@ TEST(VerifyCli, InspectConfigOnlyBloomRatios) {
 TEST(VerifyCli, InspectModelFootprints) {
   fs::path dir = test::fixtures_root() / "models/llama";
   nlohmann::json refj = reference_json(dir);
-  CliRun r = nibble_cli("inspect " + q(dir / "fp32") + " --load-in-4bit --bnb-4bit-quant-type nf4 --bnb-4bit-use-double-quant --json");
+  CliRun r = nibble_cli("inspect " + q(dir / "fp32") +
+                        " --load-in-4bit --bnb-4bit-quant-type nf4 --bnb-4bit-use-double-quant --json");
   ASSERT_EQ(r.rc, 0);
   auto j = nlohmann::json::parse(r.out);
   EXPECT_EQ(j.at("footprint_bytes").get<int64_t>(), refj.at("nf4_dq_footprint").get<int64_t>());
@@ -93,7 +97,8 @@ TEST(VerifyCli, VerifyExitCodesAndJson) {
   nlohmann::json refj = reference_json(dir);
   const std::string ids = "--prompt-ids 1,17,42,99,3,250,7,11";
   // 0: a pre-quantized folder against its fp32 original.
-  CliRun ok = nibble_cli("verify " + q(dir / "nf4_dq") + " --reference " + q(dir / "fp32") + " " + ids + " --json");
+  CliRun ok =
+      nibble_cli("verify " + q(dir / "nf4_dq") + " --reference " + q(dir / "fp32") + " " + ids + " --json");
   ASSERT_EQ(ok.rc, 0) << ok.out;
   auto j = nlohmann::json::parse(ok.out);
   ASSERT_TRUE(j.at("checks").is_array());
@@ -104,9 +109,11 @@ TEST(VerifyCli, VerifyExitCodesAndJson) {
     EXPECT_TRUE(c.at("detail").is_string());
     names.insert(c.at("name").get<std::string>());
   }
-  for (const char* n : {"footprint", "layer_types", "weight_dtypes", "configuration", "generation", "round_trip", "layer_error"})
+  for (const char* n : {"footprint", "layer_types", "weight_dtypes", "configuration", "generation",
+                        "round_trip", "layer_error"})
     EXPECT_TRUE(names.count(n)) << n;
-  EXPECT_EQ(j.at("footprint").at("footprint_bytes").get<int64_t>(), refj.at("nf4_dq_footprint").get<int64_t>());
+  EXPECT_EQ(j.at("footprint").at("footprint_bytes").get<int64_t>(),
+            refj.at("nf4_dq_footprint").get<int64_t>());
   EXPECT_TRUE(j.at("footprint").contains("ratio_vs_16bit"));
   EXPECT_EQ(j.at("layers").size(), 15u);
   // The table form passes too.
@@ -117,7 +124,8 @@ TEST(VerifyCli, VerifyExitCodesAndJson) {
   // 1: expected outputs that do not hold the real continuation.
   test::TempDir tmp;
   std::ofstream(tmp / "expected.txt") << "1 17 42 99 3 250 7 11 0 0 0 0 0 0 0 0 0 0\n";
-  CliRun bad = nibble_cli("verify " + q(dir / "nf4_dq") + " " + ids + " --expected-outputs " + q(tmp / "expected.txt") + " --json");
+  CliRun bad = nibble_cli("verify " + q(dir / "nf4_dq") + " " + ids + " --expected-outputs " +
+                          q(tmp / "expected.txt") + " --json");
   ASSERT_EQ(bad.rc, 1) << bad.out;
   for (const auto& c : nlohmann::json::parse(bad.out).at("checks"))
     EXPECT_EQ(c.at("passed").get<bool>(), c.at("name") != "generation") << c.dump();

@@ -28,8 +28,8 @@ TEST(VerifyFootprint, Bloom1b7RatiosAsTransformersTests) {
   EXPECT_EQ(f4.footprint_16bit_bytes, f16.footprint_bytes);
   EXPECT_DOUBLE_EQ(f16.ratio_vs_16bit, 1.0);
   std::printf("[ bloom-1b7 ] 16-bit %lld B, 4-bit %lld B (ratio %.9f), 8-bit %lld B (ratio %.9f)\n",
-              static_cast<long long>(f16.footprint_bytes), static_cast<long long>(f4.footprint_bytes), f4.ratio_vs_16bit,
-              static_cast<long long>(f8.footprint_bytes), f8.ratio_vs_16bit);
+              static_cast<long long>(f16.footprint_bytes), static_cast<long long>(f4.footprint_bytes),
+              f4.ratio_vs_16bit, static_cast<long long>(f8.footprint_bytes), f8.ratio_vs_16bit);
 }
 
 TEST(VerifyFootprint, BitsPerParameter) {
@@ -54,7 +54,8 @@ TEST(VerifyFootprint, FixtureFootprintsFromConfigAndLoaded) {
     std::ifstream f(dir / "reference.json");
     nlohmann::json refj = nlohmann::json::parse(f);
     ModelConfig c = ModelConfig::from_file(dir / "fp32/config.json");
-    EXPECT_EQ(footprint_from_config(c, std::nullopt, DType::F32).footprint_bytes, refj.at("fp32_footprint").get<int64_t>());
+    EXPECT_EQ(footprint_from_config(c, std::nullopt, DType::F32).footprint_bytes,
+              refj.at("fp32_footprint").get<int64_t>());
     for (const char* variant : {"nf4_dq", "fp4", "int8"}) {
       if (!fs::exists(dir / variant / "config.json")) continue;
       SCOPED_TRACE(variant);

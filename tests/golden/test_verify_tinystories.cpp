@@ -55,26 +55,32 @@ struct Fixture {
 
 void expect_pass(const VerifyReport& r, int64_t footprint) {
   for (const auto& c : r.checks) EXPECT_TRUE(c.passed) << c.name << ": " << c.detail;
-  for (const char* n : {"footprint", "layer_types", "weight_dtypes", "configuration", "generation", "round_trip", "layer_error", "logits"})
+  for (const char* n : {"footprint", "layer_types", "weight_dtypes", "configuration", "generation",
+                        "round_trip", "layer_error", "logits"})
     EXPECT_NE(r.check(n), nullptr) << n;
   EXPECT_EQ(r.footprint.footprint_bytes, footprint);
-  EXPECT_NE(r.check("layer_types")->detail.find("lm_head (output head (tied))"), std::string::npos) << r.check("layer_types")->detail;
+  EXPECT_NE(r.check("layer_types")->detail.find("lm_head (output head (tied))"), std::string::npos)
+      << r.check("layer_types")->detail;
   ASSERT_TRUE(r.logits);
   double worst = 0;
   for (const auto& l : r.layers) worst = std::max(worst, l.norm_mean_abs_error);
-  std::printf("[ tinystories ] KL %.5f top1 %.3f ppl %.3f vs %.3f, gen %lld/%lld, worst layer error %.4f sigma, %.3f bits/param\n",
-              r.logits->mean_kl, r.logits->top1_agreement, r.logits->perplexity, r.logits->reference_perplexity,
-              static_cast<long long>(r.generation->agreeing), static_cast<long long>(r.generation->compared), worst,
-              r.footprint.bits_per_param);
+  std::printf(
+      "[ tinystories ] KL %.5f top1 %.3f ppl %.3f vs %.3f, gen %lld/%lld, worst layer error %.4f sigma, %.3f "
+      "bits/param\n",
+      r.logits->mean_kl, r.logits->top1_agreement, r.logits->perplexity, r.logits->reference_perplexity,
+      static_cast<long long>(r.generation->agreeing), static_cast<long long>(r.generation->compared), worst,
+      r.footprint.bits_per_param);
 }
 
 }  // namespace
 
 TEST(VerifyTinyStories, QuantizedWhileLoading) {
   Fixture fx;
-  BitsAndBytesConfig nf4{.load_in_4bit = true, .bnb_4bit_quant_type = "nf4", .bnb_4bit_use_double_quant = true};
+  BitsAndBytesConfig nf4{
+      .load_in_4bit = true, .bnb_4bit_quant_type = "nf4", .bnb_4bit_use_double_quant = true};
   BitsAndBytesConfig int8{.load_in_8bit = true};
-  for (const auto& [variant, qc] : {std::pair{std::string("nf4_dq"), nf4}, std::pair{std::string("int8"), int8}}) {
+  for (const auto& [variant, qc] :
+       {std::pair{std::string("nf4_dq"), nf4}, std::pair{std::string("int8"), int8}}) {
     SCOPED_TRACE(variant);
     CausalLM model = AutoModelForCausalLM::from_pretrained(fx.model, {.quantization_config = qc});
     expect_pass(verify(model, fx.options(variant)), fx.ref.at(variant).at("footprint").get<int64_t>());

@@ -9,7 +9,8 @@ namespace nibble::cli {
 std::optional<TextCodec> load_text_codec(const std::vector<std::filesystem::path>& dirs) {
   for (const auto& d : dirs)
     if (!d.empty() && std::filesystem::exists(d / "tokenizer.json"))
-      throw UnsupportedError(d.string() + "/tokenizer.json: this build has no tokenizer yet (give --prompt-ids)");
+      throw UnsupportedError(d.string() +
+                             "/tokenizer.json: this build has no tokenizer yet (give --prompt-ids)");
   return std::nullopt;
 }
 

@@ -521,6 +521,8 @@ struct Verifier {
       r.notes.push_back("round_trip: not run (the model is not quantized)");
     else if (o.round_trip)
       round_trip();
+    else
+      r.notes.push_back("round_trip: skipped (switched off)");
     if (!m.qc)
       r.notes.push_back("layer_error, logits: not run (the model is not quantized)");
     else if (!ref_dir)

@@ -27,7 +27,7 @@ std::string skip_reason(const models::ArchSpec& spec, const BitsAndBytesConfig& 
       if (matches_module(module, k)) return "user list";
     return "";
   }
-  if (matches_module(module, spec.lm_head)) return tied_head ? "output head (tied)" : "output head";
+  if (matches_module(module, spec.lm_head)) return tied_head ? "output head, tied" : "output head";
   return "";
 }
 

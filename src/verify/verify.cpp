@@ -375,8 +375,7 @@ struct Verifier {
         bad.push_back(
             str("output \"", g.text, "\" is not among the ", o.expected_outputs.size(), " expected outputs"));
     }
-    if (info.empty() && bad.empty())
-      info.push_back(str("generated ", int64_t(g.output.size()) - P, " tokens: \"", g.text, "\""));
+    if (bad.empty()) info.push_back(str("output \"", g.text, "\""));
     r.generation = g;
     if (!bad.empty()) {
       for (auto& i : info) bad.push_back(i);

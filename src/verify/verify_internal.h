@@ -14,7 +14,7 @@
 namespace nibble::verify_detail {
 
 // Why transformers leaves `module` unquantized under qc ("" when it quantizes it):
-// "user list" (llm_int8_skip_modules), "output head" / "output head (tied)", "keep-in-fp32".
+// "user list" (llm_int8_skip_modules), "output head" / "output head, tied", "keep-in-fp32".
 // A module matches a key when its name equals it or contains key + "." (FORMATS.md §4).
 std::string skip_reason(const models::ArchSpec& spec, const BitsAndBytesConfig& qc, const std::string& module,
                         bool tied_head);

@@ -59,7 +59,7 @@ void expect_pass(const VerifyReport& r, int64_t footprint) {
                         "round_trip", "layer_error", "logits"})
     EXPECT_NE(r.check(n), nullptr) << n;
   EXPECT_EQ(r.footprint.footprint_bytes, footprint);
-  EXPECT_NE(r.check("layer_types")->detail.find("lm_head (output head (tied))"), std::string::npos)
+  EXPECT_NE(r.check("layer_types")->detail.find("lm_head (output head, tied)"), std::string::npos)
       << r.check("layer_types")->detail;
   ASSERT_TRUE(r.logits);
   double worst = 0;

@@ -4,8 +4,11 @@
 
 #include "models/causal_lm_impl.h"
 #include "nibble/verify.h"
+#include "verify/verify_internal.h"
 
 namespace nibble {
+
+using verify_detail::torch_dtype_name;
 
 std::vector<ModuleReport> module_report(const CausalLM& model) {
   const CausalLM::Impl& m = model.impl();
@@ -14,7 +17,7 @@ std::vector<ModuleReport> module_report(const CausalLM& model) {
   auto tensor_module = [&](const std::string& name, const Tensor& w, const Tensor& b) {
     if (!w.defined()) return;
     ModuleReport r;
-    r.dtype = dtype_name(w.dtype());
+    r.dtype = torch_dtype_name(w.dtype());
     r.shape = w.shape();
     r.params = w.numel() + (b.defined() ? b.numel() : 0);
     r.bytes = int64_t(w.nbytes()) + (b.defined() ? int64_t(b.nbytes()) : 0);
@@ -39,7 +42,7 @@ std::vector<ModuleReport> module_report(const CausalLM& model) {
   for (const NamedLinear* nl : m.linears()) {
     const nn::Linear& l = nl->lin;
     ModuleReport r;
-    r.dtype = dtype_name(l.weight().dtype());
+    r.dtype = torch_dtype_name(l.weight().dtype());
     r.shape = {l.out_features(), l.in_features()};
     r.params = l.out_features() * l.in_features() + (l.bias().defined() ? l.bias().numel() : 0);
     r.bytes = (nl == &m.lm_head && m.tied_head) ? 0 : l.footprint_bytes();

@@ -25,6 +25,8 @@
 
 namespace nibble {
 
+using verify_detail::torch_dtype_name;
+
 using detail::str;
 
 namespace {
@@ -134,8 +136,8 @@ struct Verifier {
       lr.name = nl->name;
       lr.klass = l.class_name();
       lr.format = format_name(l.format());
-      lr.dtype = dtype_name(l.weight().dtype());
-      if (is_4bit(l)) lr.compute_dtype = dtype_name(l.compute_dtype());
+      lr.dtype = torch_dtype_name(l.weight().dtype());
+      if (is_4bit(l)) lr.compute_dtype = torch_dtype_name(l.compute_dtype());
       lr.shape = {l.out_features(), l.in_features()};
       lr.bytes = (nl == &m.lm_head && m.tied_head) ? 0 : l.footprint_bytes();
       if (is_4bit(l)) lr.state_bytes = l.quant_state().state_bytes();
@@ -160,7 +162,7 @@ struct Verifier {
                         unquantized.footprint_bytes, " B"));
     std::string detail = str(
         f.footprint_bytes, " B (", fixed(double(unquantized.footprint_bytes) / double(f.footprint_bytes), 3),
-        "x smaller than unquantized in ", dtype_name(stored), ", ", fixed(f.ratio_vs_16bit, 3),
+        "x smaller than unquantized in ", torch_dtype_name(stored), ", ", fixed(f.ratio_vs_16bit, 3),
         "x vs 16-bit); with quant state ", f.true_bytes, " B");
     if (f.params_quantized) detail += str("; quantized layers ", fixed(f.bits_per_param, 3), " bits/param");
     add("footprint", bad.empty(), bad.empty() ? detail : join(bad));
@@ -202,26 +204,27 @@ struct Verifier {
       DType d = l.weight().dtype();
       if (is_4bit(l)) {
         if (d != DType::U8 && d != storage)
-          bad.push_back(str(nl->name, ": packed weight is ", dtype_name(d), ", expected uint8 (or ",
-                            dtype_name(storage), ")"));
+          bad.push_back(str(nl->name, ": packed weight is ", torch_dtype_name(d), ", expected uint8 (or ",
+                            torch_dtype_name(storage), ")"));
         if (l.compute_dtype() != compute)
-          bad.push_back(str(nl->name, ": compute dtype ", dtype_name(l.compute_dtype()), ", configured ",
-                            dtype_name(compute)));
+          bad.push_back(str(nl->name, ": compute dtype ", torch_dtype_name(l.compute_dtype()),
+                            ", configured ", torch_dtype_name(compute)));
       } else if (l.format() == nn::WeightFormat::Int8) {
-        if (d != DType::I8) bad.push_back(str(nl->name, ": weight is ", dtype_name(d), ", expected int8"));
+        if (d != DType::I8)
+          bad.push_back(str(nl->name, ": weight is ", torch_dtype_name(d), ", expected int8"));
         if (l.scb().dtype() != DType::F32)
-          bad.push_back(str(nl->name, ": SCB is ", dtype_name(l.scb().dtype()), ", expected float32"));
+          bad.push_back(str(nl->name, ": SCB is ", torch_dtype_name(l.scb().dtype()), ", expected float32"));
       } else {
-        if (!is_float(d)) bad.push_back(str(nl->name, ": unquantized weight is ", dtype_name(d)));
-        kept.insert(dtype_name(d));
+        if (!is_float(d)) bad.push_back(str(nl->name, ": unquantized weight is ", torch_dtype_name(d)));
+        kept.insert(torch_dtype_name(d));
       }
     }
     if (!bad.empty()) return add("weight_dtypes", false, join(bad));
     std::string kept_s;
     for (const auto& k : kept) kept_s += (kept_s.empty() ? "" : "/") + k;
-    std::string d = m.qc->load_in_4bit
-                        ? str("4-bit weights packed ", dtype_name(storage), ", compute ", dtype_name(compute))
-                        : std::string("8-bit weights int8 with float32 SCB");
+    std::string d = m.qc->load_in_4bit ? str("4-bit weights packed ", torch_dtype_name(storage), ", compute ",
+                                             torch_dtype_name(compute))
+                                       : std::string("8-bit weights int8 with float32 SCB");
     if (!kept_s.empty()) d += str("; unquantized Linear weights ", kept_s);
     add("weight_dtypes", true, d);
   }
@@ -406,7 +409,7 @@ struct Verifier {
       Tensor w = ck.get(wname);
       if (!is_float(w.dtype()))
         throw FormatError(str(ref_dir->string(), ": reference tensor '", wname, "' is ",
-                              dtype_name(w.dtype()), ", not a float weight"));
+                              torch_dtype_name(w.dtype()), ", not a float weight"));
       w = w.to(DType::F32);
       if (m.spec->conv1d) w = w.transpose(0, 1).contiguous();
       if (w.shape() != Shape{l.out_features(), l.in_features()})

@@ -9,9 +9,15 @@
 
 #include "models/arch.h"
 #include "nibble/bnb_config.h"
+#include "nibble/dtype.h"
 #include "nibble/model_config.h"
 
 namespace nibble::verify_detail {
+
+// Dtypes as transformers users know them: "uint8", "float32", "bfloat16".
+inline const char* torch_dtype_name(DType t) {
+  return traits(t).torch;
+}
 
 // Why transformers leaves `module` unquantized under qc ("" when it quantizes it):
 // "user list" (llm_int8_skip_modules), "output head" / "output head, tied", "keep-in-fp32".

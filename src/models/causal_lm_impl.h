@@ -2,6 +2,7 @@
 // the loader (model_loader.cpp), the forward pass (causal_lm.cpp) and save_pretrained.
 #pragma once
 
+#include <filesystem>
 #include <optional>
 #include <string>
 #include <vector>
@@ -49,6 +50,8 @@ struct CausalLM::Impl {
   const models::ArchSpec* spec = nullptr;
   std::optional<BitsAndBytesConfig> qc;
   std::optional<Checkpoint> checkpoint;  // keeps the mmap'd views alive
+  std::filesystem::path source_dir;      // the folder it was loaded from
+  bool prequantized = false;             // quantization state read from the files (not made on load)
 
   Tensor embed, pos_embed;  // as stored
   Norm embed_norm, final_norm;
@@ -64,6 +67,18 @@ struct CausalLM::Impl {
   std::optional<float> attn_softcap, final_softcap;
   bool parallel_residual = false;
   int64_t head_dim = 0, n_heads = 0, n_kv_heads = 0;
+
+  // Every Linear in module order, the output head last.
+  std::vector<const NamedLinear*> linears() const {
+    std::vector<const NamedLinear*> out;
+    for (const auto& L : layers) {
+      for (const auto& l : L.qkv) out.push_back(&l);
+      out.push_back(&L.o);
+      for (const auto& l : L.mlp) out.push_back(&l);
+    }
+    out.push_back(&lm_head);
+    return out;
+  }
 
   Tensor forward(const std::vector<int64_t>& ids, KVCache& cache) const;
   void ensure_capacity(KVCache& cache, int64_t needed) const;

@@ -219,6 +219,8 @@ CausalLM load(const std::filesystem::path& dir, const LoadOptions& opts) {
   }
 
   m.checkpoint.emplace(Checkpoint::open(dir));
+  m.source_dir = dir;
+  m.prequantized = prequantized && m.qc.has_value();
   WeightSource src(*m.checkpoint);
   std::set<std::string> used;
   Loader L{m, src, spec};

@@ -28,10 +28,21 @@ void add_quantize_command(CLI::App& app, QuantizeArgs& a);
 int run_quantize(const QuantizeArgs& a);
 
 struct InspectArgs {
-  std::string model;
-  bool json = false;
+  std::string model, config_only;
+  QuantFlags q;
+  bool json = false, tensors = false;
 };
 void add_inspect_command(CLI::App& app, InspectArgs& a);
 int run_inspect(const InspectArgs& a);
+
+struct VerifyArgs {
+  std::string model, reference, prompt, prompt_ids, expected_outputs, text_file;
+  QuantFlags q;
+  int64_t max_new_tokens = 10;
+  double max_kl = 0.1, min_top1 = 0.0, min_token_agreement = 0.0;
+  bool no_round_trip = false, json = false;
+};
+void add_verify_command(CLI::App& app, VerifyArgs& a);
+int run_verify(const VerifyArgs& a);  // 0: every check passed, 1: one failed
 
 }  // namespace nibble::cli

@@ -18,15 +18,18 @@ int main(int argc, char** argv) {
   nibble::cli::add_quantize_command(app, qargs);
   nibble::cli::InspectArgs iargs;
   nibble::cli::add_inspect_command(app, iargs);
+  nibble::cli::VerifyArgs vargs;
+  nibble::cli::add_verify_command(app, vargs);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    return app.exit(e) == 0 ? 0 : 2;  // --help is 0; a usage error is an error (2)
   }
   try {
     if (threads > 0) nibble::set_num_threads(threads);
     if (app.got_subcommand("quantize")) return nibble::cli::run_quantize(qargs);
     if (app.got_subcommand("inspect")) return nibble::cli::run_inspect(iargs);
+    if (app.got_subcommand("verify")) return nibble::cli::run_verify(vargs);
   } catch (const nibble::Error& e) {
     std::fprintf(stderr, "nibble: error: %s\n", e.what());
     return 2;

@@ -13,6 +13,7 @@
 #include <unicode/uchar.h>
 #include <unicode/unistr.h>
 
+#include "io/utf8.h"
 #include "nibble/error.h"
 #include "tokenizer/tok_internal.h"
 
@@ -235,7 +236,7 @@ std::string utf8_lossy(std::string_view s) {
   return out;
 }
 
-bool valid_utf8(std::string_view s) { return utf8_lossy(s) == s; }
+bool valid_utf8(std::string_view s) { return io::valid_utf8(s.data(), s.size()); }
 
 // ---------------------------------------------------------------- Regex
 

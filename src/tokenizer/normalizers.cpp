@@ -157,6 +157,25 @@ class BertN : public Normalizer {
   }
 };
 
+// sentencepiece's NMT rules: drop ASCII controls, map other whitespace-like code points to ' '.
+class NmtN : public Normalizer {
+ public:
+  std::string normalize(std::string s) const override {
+    return map_chars(s, [](char32_t c, std::string& o) {
+      if ((c >= 0x01 && c <= 0x08) || c == 0x0B || (c >= 0x0E && c <= 0x1F) || c == 0x7F || c == 0x8F || c == 0x9F)
+        return;
+      bool space = c == 0x09 || c == 0x0A || c == 0x0C || c == 0x0D || c == 0x1680 || (c >= 0x200B && c <= 0x200F) ||
+                   c == 0x2028 || c == 0x2029 || c == 0x2581 || c == 0xFEFF || c == 0xFFFD;
+      append_utf8(o, space ? U' ' : c);
+    });
+  }
+};
+
+class ByteLevelN : public Normalizer {
+ public:
+  std::string normalize(std::string s) const override { return byte_level_encode(s); }
+};
+
 }  // namespace
 
 std::unique_ptr<Normalizer> make_normalizer(const Json& j, const Where& w) {
@@ -186,6 +205,8 @@ std::unique_ptr<Normalizer> make_normalizer(const Json& j, const Where& w) {
     return n;
   }
   if (type == "Replace") return std::make_unique<ReplaceN>(j, w);
+  if (type == "Nmt") return std::make_unique<NmtN>();
+  if (type == "ByteLevel") return std::make_unique<ByteLevelN>();
   if (type == "BertNormalizer") {
     auto n = std::make_unique<BertN>();
     n->clean_text = get_bool_or(j, "clean_text", true, w);

@@ -137,6 +137,14 @@ std::unique_ptr<PreTokenizer> make_pre_tokenizer(const Json& j, const Where& w) 
     p->split = get_bool_or(j, "split", true, w);
     return p;
   }
+  if (type == "CharDelimiterSplit") {
+    std::string d = get_string(j, "delimiter", w);
+    size_t i = 0;
+    if (d.empty() || (next_cp(d, i), i != d.size())) format_error(w.at("delimiter"), "must be one character");
+    i = 0;
+    char32_t delim = next_cp(d, i);
+    return char_split([delim](char32_t c) { return c == delim; }, SplitBehavior::Removed);
+  }
   if (type == "Whitespace") return std::make_unique<WhitespaceP>();
   if (type == "WhitespaceSplit") return char_split([](char32_t c) { return is_whitespace(c); }, SplitBehavior::Removed);
   if (type == "Punctuation") {

@@ -198,3 +198,42 @@ TEST(TokenizerAddedTokens, LongestMatchAndStrip) {
   EXPECT_EQ(t.decode({1, 2, 3}, true), "x <a><b>");  // no decoder: tokens joined by spaces
   EXPECT_EQ(t.vocab_size(), 4);
 }
+
+TEST(TokenizerNormalizers, BertLowercaseAndUnicodeForms) {
+  tok::Where w{"t.json", "normalizer"};
+  auto bert = tok::make_normalizer(json{{"type", "BertNormalizer"}, {"clean_text", true},
+                                        {"handle_chinese_chars", true}, {"strip_accents", nullptr}, {"lowercase", true}},
+                                   w);
+  // Control char dropped, tab -> space, CJK spaced, accents stripped (follows lowercase), lowercased.
+  EXPECT_EQ(bert->normalize("A\x01\tCaf\xC3\xA9\xE6\xBC\xA2"), "a cafe \xE6\xBC\xA2 ");
+  // Lowercase maps char by char: a final capital sigma becomes σ (U+03C3), not ς.
+  auto lower = tok::make_normalizer(json{{"type", "Lowercase"}}, w);
+  EXPECT_EQ(lower->normalize("\xCE\x91\xCE\xA3"), "\xCE\xB1\xCF\x83");
+  EXPECT_EQ(tok::make_normalizer(json{{"type", "NFKC"}}, w)->normalize("\xEF\xAC\x81"), "fi");  // ﬁ ligature
+  EXPECT_EQ(tok::make_normalizer(json{{"type", "NFC"}}, w)->normalize("e\xCC\x81"), "\xC3\xA9");
+  EXPECT_EQ(tok::make_normalizer(json{{"type", "NFD"}}, w)->normalize("\xC3\xA9"), "e\xCC\x81");
+  auto strip = tok::make_normalizer(json{{"type", "Strip"}, {"strip_left", false}, {"strip_right", true}}, w);
+  EXPECT_EQ(strip->normalize("  a \xE3\x80\x80"), "  a");  // U+3000 is whitespace
+  auto seq = tok::make_normalizer(json::parse(R"({"type":"Sequence","normalizers":[
+      {"type":"Prepend","prepend":"\u2581"},{"type":"Replace","pattern":{"Regex":" +"},"content":"\u2581"}]})"),
+                                  w);
+  EXPECT_EQ(seq->normalize("a  b c"), kMeta + "a" + kMeta + "b" + kMeta + "c");
+  EXPECT_EQ(seq->normalize(""), "");  // Prepend leaves empty text alone
+  EXPECT_EQ(tok::make_normalizer(json{{"type", "Precompiled"}, {"precompiled_charsmap", ""}}, w)->normalize("Ab"),
+            "Ab");
+}
+
+TEST(TokenizerSplit, UnicodeClassesInPcre2) {
+  // The Qwen2 pattern: letters with an optional leading non-letter, single digits, CJK as letters.
+  auto p = tok::make_pre_tokenizer(
+      json{{"type", "Split"},
+           {"pattern",
+            {{"Regex",
+              R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)"}}},
+           {"behavior", "Isolated"},
+           {"invert", false}},
+      {"t.json", "pre_tokenizer"});
+  std::vector<tok::Piece> pieces{{"I'M 42 \xE6\xBC\xA2\xE5\xAD\x97!\n", true, -1}};
+  p->pre_tokenize(pieces);
+  EXPECT_EQ(texts(pieces), (std::vector<std::string>{"I", "'M", " ", "4", "2", " \xE6\xBC\xA2\xE5\xAD\x97", "!\n"}));
+}

@@ -56,7 +56,8 @@ std::vector<std::string> make_documents(size_t total_bytes, const std::vector<st
   std::vector<double> weights;
   for (size_t i = 0; i < words.size(); ++i) weights.push_back(1.0 / double(i + 1));
   std::discrete_distribution<size_t> pick(weights.begin(), weights.end());
-  const char* code[] = {"def f(x):\n    return x * 2  # comment\n", "for (int i = 0; i < n; ++i) { sum += a[i]; }\n",
+  const char* code[] = {"def f(x):\n    return x * 2  # comment\n",
+                        "for (int i = 0; i < n; ++i) { sum += a[i]; }\n",
                         "<html><body class=\"a\">text</body></html>\n", "if err != nil {\n\treturn err\n}\n",
                         "https://example.com/path?q=1&r=2#frag "};
   std::uniform_int_distribution<int> kind(0, 19), digits(1, 12), u(0, int(unicode.size()) - 1), c(0, 4);
@@ -111,8 +112,10 @@ int main(int argc, char** argv) {
   double mb = 4;
   std::vector<fs::path> dirs;
   for (int i = 1; i < argc; ++i) {
-    if (!std::strcmp(argv[i], "--mb") && i + 1 < argc) mb = std::atof(argv[++i]);
-    else if (!std::strcmp(argv[i], "--dir") && i + 1 < argc) dirs.emplace_back(argv[++i]);
+    if (!std::strcmp(argv[i], "--mb") && i + 1 < argc)
+      mb = std::atof(argv[++i]);
+    else if (!std::strcmp(argv[i], "--dir") && i + 1 < argc)
+      dirs.emplace_back(argv[++i]);
     else {
       std::fprintf(stderr, "usage: tokenizer_cpu [--mb N] [--dir TOKENIZER_DIR]...\n");
       return 2;

@@ -71,7 +71,8 @@ class Bpe : public Model {
     const Json& v = field(j, "vocab", w);
     if (!v.is_object()) format_error(w.at("vocab"), "is not an object");
     for (auto it = v.begin(); it != v.end(); ++it) {
-      if (!it.value().is_number_integer()) format_error(w.at("vocab"), "entry '" + it.key() + "' is not an integer id");
+      if (!it.value().is_number_integer())
+        format_error(w.at("vocab"), "entry '" + it.key() + "' is not an integer id");
       vocab_.add(it.key(), it.value().get<int64_t>());
     }
     unk_ = get_string_or(j, "unk_token", "", w);
@@ -119,7 +120,8 @@ class Bpe : public Model {
     }
   }
 
-  void tokenize(std::string_view word, std::vector<int64_t>& ids, std::vector<std::string>& tokens) const override {
+  void tokenize(std::string_view word, std::vector<int64_t>& ids,
+                std::vector<std::string>& tokens) const override {
     if (word.empty()) return;
     if (ignore_merges_) {
       if (const int64_t* id = vocab_.find(word)) {
@@ -273,6 +275,8 @@ class Bpe : public Model {
 
 }  // namespace
 
-std::unique_ptr<Model> make_bpe(const Json& j, const Where& w) { return std::make_unique<Bpe>(j, w); }
+std::unique_ptr<Model> make_bpe(const Json& j, const Where& w) {
+  return std::make_unique<Bpe>(j, w);
+}
 
 }  // namespace nibble::tok

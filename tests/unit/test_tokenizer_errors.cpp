@@ -15,12 +15,14 @@ using nlohmann::json;
 namespace {
 
 json minimal() {
-  return json{{"added_tokens", json::array()},
-              {"normalizer", nullptr},
-              {"pre_tokenizer", nullptr},
-              {"post_processor", nullptr},
-              {"decoder", nullptr},
-              {"model", {{"type", "BPE"}, {"vocab", {{"a", 0}, {"b", 1}, {"ab", 2}}}, {"merges", json::array({"a b"})}}}};
+  return json{
+      {"added_tokens", json::array()},
+      {"normalizer", nullptr},
+      {"pre_tokenizer", nullptr},
+      {"post_processor", nullptr},
+      {"decoder", nullptr},
+      {"model",
+       {{"type", "BPE"}, {"vocab", {{"a", 0}, {"b", 1}, {"ab", 2}}}, {"merges", json::array({"a b"})}}}};
 }
 
 template <typename E>
@@ -57,9 +59,11 @@ TEST(TokenizerErrors, UnknownTypesNameTheField) {
   test::TempDir dir;
   json j = minimal();
   j["pre_tokenizer"] = {{"type", "Foo"}};
-  EXPECT_EQ(error_of<UnsupportedError>(dir, j.dump()), "tokenizer.json: pre_tokenizer.type 'Foo' is not supported");
+  EXPECT_EQ(error_of<UnsupportedError>(dir, j.dump()),
+            "tokenizer.json: pre_tokenizer.type 'Foo' is not supported");
   j = minimal();
-  j["normalizer"] = {{"type", "Sequence"}, {"normalizers", json::array({json{{"type", "NFC"}}, json{{"type", "Bar"}}})}};
+  j["normalizer"] = {{"type", "Sequence"},
+                     {"normalizers", json::array({json{{"type", "NFC"}}, json{{"type", "Bar"}}})}};
   EXPECT_EQ(error_of<UnsupportedError>(dir, j.dump()),
             "tokenizer.json: normalizer.normalizers[1].type 'Bar' is not supported");
   j = minimal();
@@ -70,7 +74,8 @@ TEST(TokenizerErrors, UnknownTypesNameTheField) {
   EXPECT_EQ(error_of<UnsupportedError>(dir, j.dump()), "tokenizer.json: model.type 'Qux' is not supported");
   j = minimal();
   j["post_processor"] = {{"type", "Quux"}};
-  EXPECT_EQ(error_of<UnsupportedError>(dir, j.dump()), "tokenizer.json: post_processor.type 'Quux' is not supported");
+  EXPECT_EQ(error_of<UnsupportedError>(dir, j.dump()),
+            "tokenizer.json: post_processor.type 'Quux' is not supported");
 }
 
 TEST(TokenizerErrors, BadFields) {
@@ -106,7 +111,8 @@ TEST(TokenizerErrors, MissingFileAndBadText) {
     Tokenizer::from_pretrained(dir.path());
     ADD_FAILURE() << "no exception";
   } catch (const FormatError& e) {
-    EXPECT_NE(std::string(e.what()).find("tokenizer_config.json: malformed JSON"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("tokenizer_config.json: malformed JSON"), std::string::npos)
+        << e.what();
   }
   std::ofstream(dir / "tokenizer_config.json") << R"({"bos_token": {"content": "<s>"}, "eos_token": "</s>"})";
   Tokenizer t = Tokenizer::from_pretrained(dir.path());

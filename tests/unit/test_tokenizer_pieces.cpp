@@ -17,10 +17,11 @@ using nlohmann::json;
 namespace {
 
 // A tokenizer.json with the given model and optional stages, loaded through the public API.
-Tokenizer load(const test::TempDir& dir, json model, json pre = nullptr, json norm = nullptr, json dec = nullptr,
-               json added = json::array()) {
-  json j = {{"version", "1.0"},      {"added_tokens", added}, {"normalizer", norm}, {"pre_tokenizer", pre},
-            {"post_processor", nullptr}, {"decoder", dec},     {"model", model}};
+Tokenizer load(const test::TempDir& dir, json model, json pre = nullptr, json norm = nullptr,
+               json dec = nullptr, json added = json::array()) {
+  json j = {{"version", "1.0"},     {"added_tokens", added},     {"normalizer", norm},
+            {"pre_tokenizer", pre}, {"post_processor", nullptr}, {"decoder", dec},
+            {"model", model}};
   std::ofstream(dir / "tokenizer.json") << j.dump();
   return Tokenizer::from_file(dir / "tokenizer.json");
 }
@@ -54,7 +55,9 @@ TEST(TokenizerByteLevel, Gpt2Table) {
     EXPECT_EQ(tok::char_to_byte(tok::next_cp(u, i)), b);
   }
   EXPECT_EQ(tok::char_to_byte(U'\u2581'), -1);
-  EXPECT_EQ(tok::byte_level_encode("a b\xC3\xA9"), "a\xC4\xA0" "b\xC3\x83\xC2\xA9");
+  EXPECT_EQ(tok::byte_level_encode("a b\xC3\xA9"),
+            "a\xC4\xA0"
+            "b\xC3\x83\xC2\xA9");
 }
 
 TEST(TokenizerSplit, Behaviours) {
@@ -72,11 +75,14 @@ TEST(TokenizerSplit, Behaviours) {
 
 TEST(TokenizerSplit, RegexPreTokenizerWithLookahead) {
   // GPT-2's "\s+(?!\S)" leaves the last space of a run to the following word.
-  auto p = tok::make_pre_tokenizer(json{{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", true}},
-                                   {"t.json", "pre_tokenizer"});
+  auto p =
+      tok::make_pre_tokenizer(json{{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", true}},
+                              {"t.json", "pre_tokenizer"});
   std::vector<tok::Piece> pieces{{"a   b", true, -1}};
   p->pre_tokenize(pieces);
-  EXPECT_EQ(texts(pieces), (std::vector<std::string>{"a", "\xC4\xA0\xC4\xA0", "\xC4\xA0" "b"}));
+  EXPECT_EQ(texts(pieces), (std::vector<std::string>{"a", "\xC4\xA0\xC4\xA0",
+                                                     "\xC4\xA0"
+                                                     "b"}));
 }
 
 TEST(TokenizerMetaspace, PrependSchemes) {
@@ -100,16 +106,21 @@ TEST(TokenizerBpe, MergesApplyByRankNotPosition) {
   test::TempDir dir;
   json vocab = {{"a", 0}, {"b", 1}, {"c", 2}, {"ab", 3}, {"bc", 4}, {"abc", 5}};
   // "b c" outranks "a b": abc -> a + bc, and (a, bc) has no merge.
-  Tokenizer t1 = load(dir, {{"type", "BPE"}, {"vocab", vocab}, {"merges", json::array({"b c", "a b", "ab c"})}});
+  Tokenizer t1 =
+      load(dir, {{"type", "BPE"}, {"vocab", vocab}, {"merges", json::array({"b c", "a b", "ab c"})}});
   EXPECT_EQ(t1.encode("abc").tokens, (std::vector<std::string>{"a", "bc"}));
   // Pair form of merges; "a b" first, then "ab c".
-  Tokenizer t2 = load(dir, {{"type", "BPE"}, {"vocab", vocab}, {"merges", json::array({json::array({"a", "b"}), json::array({"b", "c"}), json::array({"ab", "c"})})}});
+  Tokenizer t2 = load(dir, {{"type", "BPE"},
+                            {"vocab", vocab},
+                            {"merges", json::array({json::array({"a", "b"}), json::array({"b", "c"}),
+                                                    json::array({"ab", "c"})})}});
   EXPECT_EQ(t2.encode("abc").ids, (std::vector<int64_t>{5}));
 }
 
 TEST(TokenizerBpe, EqualRanksMergeLeftmostFirst) {
   test::TempDir dir;
-  Tokenizer t = load(dir, {{"type", "BPE"}, {"vocab", {{"a", 0}, {"aa", 1}}}, {"merges", json::array({"a a"})}});
+  Tokenizer t =
+      load(dir, {{"type", "BPE"}, {"vocab", {{"a", 0}, {"aa", 1}}}, {"merges", json::array({"a a"})}});
   EXPECT_EQ(t.encode("aaa").tokens, (std::vector<std::string>{"aa", "a"}));
   EXPECT_EQ(t.encode("aaaa").tokens, (std::vector<std::string>{"aa", "aa"}));
 }
@@ -117,11 +128,18 @@ TEST(TokenizerBpe, EqualRanksMergeLeftmostFirst) {
 TEST(TokenizerBpe, ByteFallbackAndFusedUnk) {
   test::TempDir dir;
   json vocab = {{"<unk>", 0}, {"a", 1}, {"<0xC3>", 2}, {"<0xA9>", 3}};
-  Tokenizer fb = load(dir, {{"type", "BPE"}, {"vocab", vocab}, {"merges", json::array()}, {"unk_token", "<unk>"},
-                            {"byte_fallback", true}, {"fuse_unk", true}});
+  Tokenizer fb = load(dir, {{"type", "BPE"},
+                            {"vocab", vocab},
+                            {"merges", json::array()},
+                            {"unk_token", "<unk>"},
+                            {"byte_fallback", true},
+                            {"fuse_unk", true}});
   EXPECT_EQ(fb.encode("a\xC3\xA9").ids, (std::vector<int64_t>{1, 2, 3}));  // é -> <0xC3> <0xA9>
-  EXPECT_EQ(fb.encode("axya").ids, (std::vector<int64_t>{1, 0, 1}));        // x, y: no byte tokens -> one unk
-  Tokenizer nofuse = load(dir, {{"type", "BPE"}, {"vocab", vocab}, {"merges", json::array()}, {"unk_token", "<unk>"},
+  EXPECT_EQ(fb.encode("axya").ids, (std::vector<int64_t>{1, 0, 1}));       // x, y: no byte tokens -> one unk
+  Tokenizer nofuse = load(dir, {{"type", "BPE"},
+                                {"vocab", vocab},
+                                {"merges", json::array()},
+                                {"unk_token", "<unk>"},
                                 {"fuse_unk", false}});
   EXPECT_EQ(nofuse.encode("axya").ids, (std::vector<int64_t>{1, 0, 0, 1}));
 }
@@ -129,8 +147,11 @@ TEST(TokenizerBpe, ByteFallbackAndFusedUnk) {
 TEST(TokenizerBpe, PrefixAndSuffix) {
   test::TempDir dir;
   json vocab = {{"a", 0}, {"##b", 1}, {"##b</w>", 2}, {"a##b", 3}, {"ab</w>", 4}};
-  Tokenizer t = load(dir, {{"type", "BPE"}, {"vocab", vocab}, {"merges", json::array()},
-                           {"continuing_subword_prefix", "##"}, {"end_of_word_suffix", "</w>"}});
+  Tokenizer t = load(dir, {{"type", "BPE"},
+                           {"vocab", vocab},
+                           {"merges", json::array()},
+                           {"continuing_subword_prefix", "##"},
+                           {"end_of_word_suffix", "</w>"}});
   EXPECT_EQ(t.encode("abb").tokens, (std::vector<std::string>{"a", "##b", "##b</w>"}));
 }
 
@@ -150,7 +171,8 @@ TEST(TokenizerUnigram, ViterbiPicksBestScore) {
   auto model = [](double ab) {
     return json{{"type", "Unigram"},
                 {"unk_id", 0},
-                {"vocab", json::array({json::array({"<unk>", 0.0}), json::array({"a", -1.0}), json::array({"b", -1.0}), json::array({"ab", ab})})}};
+                {"vocab", json::array({json::array({"<unk>", 0.0}), json::array({"a", -1.0}),
+                                       json::array({"b", -1.0}), json::array({"ab", ab})})}};
   };
   Tokenizer t1 = load(dir, model(-1.5));
   EXPECT_EQ(t1.encode("abab").tokens, (std::vector<std::string>{"ab", "ab"}));  // -3 beats -4
@@ -182,13 +204,24 @@ TEST(TokenizerDecoders, ByteLevelLossy) {
 TEST(TokenizerAddedTokens, LongestMatchAndStrip) {
   test::TempDir dir;
   json added = json::array({
-      {{"id", 2}, {"content", "<a>"}, {"special", true}, {"normalized", false}, {"lstrip", false}, {"rstrip", true},
+      {{"id", 2},
+       {"content", "<a>"},
+       {"special", true},
+       {"normalized", false},
+       {"lstrip", false},
+       {"rstrip", true},
        {"single_word", false}},
-      {{"id", 3}, {"content", "<a><b>"}, {"special", false}, {"normalized", false}, {"lstrip", true},
-       {"rstrip", false}, {"single_word", false}},
+      {{"id", 3},
+       {"content", "<a><b>"},
+       {"special", false},
+       {"normalized", false},
+       {"lstrip", true},
+       {"rstrip", false},
+       {"single_word", false}},
   });
-  Tokenizer t = load(dir, {{"type", "WordLevel"}, {"vocab", {{"[UNK]", 0}, {"x", 1}}}, {"unk_token", "[UNK]"}},
-                     {{"type", "WhitespaceSplit"}}, nullptr, nullptr, added);
+  Tokenizer t =
+      load(dir, {{"type", "WordLevel"}, {"vocab", {{"[UNK]", 0}, {"x", 1}}}, {"unk_token", "[UNK]"}},
+           {{"type", "WhitespaceSplit"}}, nullptr, nullptr, added);
   EXPECT_EQ(t.encode("x  <a><b>x").ids, (std::vector<int64_t>{1, 3, 1}));  // longest wins, lstrip eats spaces
   Encoding e = t.encode("x<a>  x");
   EXPECT_EQ(e.ids, (std::vector<int64_t>{1, 2, 1}));
@@ -201,8 +234,11 @@ TEST(TokenizerAddedTokens, LongestMatchAndStrip) {
 
 TEST(TokenizerNormalizers, BertLowercaseAndUnicodeForms) {
   tok::Where w{"t.json", "normalizer"};
-  auto bert = tok::make_normalizer(json{{"type", "BertNormalizer"}, {"clean_text", true},
-                                        {"handle_chinese_chars", true}, {"strip_accents", nullptr}, {"lowercase", true}},
+  auto bert = tok::make_normalizer(json{{"type", "BertNormalizer"},
+                                        {"clean_text", true},
+                                        {"handle_chinese_chars", true},
+                                        {"strip_accents", nullptr},
+                                        {"lowercase", true}},
                                    w);
   // Control char dropped, tab -> space, CJK spaced, accents stripped (follows lowercase), lowercased.
   EXPECT_EQ(bert->normalize("A\x01\tCaf\xC3\xA9\xE6\xBC\xA2"), "a cafe \xE6\xBC\xA2 ");
@@ -219,21 +255,24 @@ TEST(TokenizerNormalizers, BertLowercaseAndUnicodeForms) {
                                   w);
   EXPECT_EQ(seq->normalize("a  b c"), kMeta + "a" + kMeta + "b" + kMeta + "c");
   EXPECT_EQ(seq->normalize(""), "");  // Prepend leaves empty text alone
-  EXPECT_EQ(tok::make_normalizer(json{{"type", "Precompiled"}, {"precompiled_charsmap", ""}}, w)->normalize("Ab"),
-            "Ab");
+  EXPECT_EQ(
+      tok::make_normalizer(json{{"type", "Precompiled"}, {"precompiled_charsmap", ""}}, w)->normalize("Ab"),
+      "Ab");
 }
 
 TEST(TokenizerSplit, UnicodeClassesInPcre2) {
   // The Qwen2 pattern: letters with an optional leading non-letter, single digits, CJK as letters.
   auto p = tok::make_pre_tokenizer(
-      json{{"type", "Split"},
-           {"pattern",
-            {{"Regex",
-              R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)"}}},
-           {"behavior", "Isolated"},
-           {"invert", false}},
+      json{
+          {"type", "Split"},
+          {"pattern",
+           {{"Regex",
+             R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)"}}},
+          {"behavior", "Isolated"},
+          {"invert", false}},
       {"t.json", "pre_tokenizer"});
   std::vector<tok::Piece> pieces{{"I'M 42 \xE6\xBC\xA2\xE5\xAD\x97!\n", true, -1}};
   p->pre_tokenize(pieces);
-  EXPECT_EQ(texts(pieces), (std::vector<std::string>{"I", "'M", " ", "4", "2", " \xE6\xBC\xA2\xE5\xAD\x97", "!\n"}));
+  EXPECT_EQ(texts(pieces),
+            (std::vector<std::string>{"I", "'M", " ", "4", "2", " \xE6\xBC\xA2\xE5\xAD\x97", "!\n"}));
 }

@@ -5,7 +5,8 @@
 // pass 1 starts with an empty BPE cache, pass 2 reuses it; then all hardware threads encode
 // disjoint documents in parallel (the tokenizer is shared, encode is const).
 //
-//   tokenizer_cpu [--mb N] [--dir TOKENIZER_DIR]...   (default: fixtures gpt2 and llama2)
+//   tokenizer_cpu [--mb N] [--dir TOKENIZER_DIR]... [--dump DOCS.json]
+//   (default: fixtures gpt2 and llama2; --dump writes the documents, e.g. to time HF on them)
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -111,13 +112,16 @@ double run(const Tokenizer& tok, const std::vector<std::string>& docs, unsigned 
 int main(int argc, char** argv) {
   double mb = 4;
   std::vector<fs::path> dirs;
+  std::string dump;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--mb") && i + 1 < argc)
       mb = std::atof(argv[++i]);
+    else if (!std::strcmp(argv[i], "--dump") && i + 1 < argc)
+      dump = argv[++i];
     else if (!std::strcmp(argv[i], "--dir") && i + 1 < argc)
       dirs.emplace_back(argv[++i]);
     else {
-      std::fprintf(stderr, "usage: tokenizer_cpu [--mb N] [--dir TOKENIZER_DIR]...\n");
+      std::fprintf(stderr, "usage: tokenizer_cpu [--mb N] [--dir TOKENIZER_DIR]... [--dump DOCS.json]\n");
       return 2;
     }
   }
@@ -136,6 +140,7 @@ int main(int argc, char** argv) {
   auto docs = make_documents(size_t(mb * 1e6), unicode);
   size_t bytes = 0;
   for (const auto& d : docs) bytes += d.size();
+  if (!dump.empty()) std::ofstream(dump) << nlohmann::json(docs).dump();
   unsigned hw = std::max(1u, std::thread::hardware_concurrency());
   std::printf("machine: %s, %u hardware threads\n", cpu_model().c_str(), hw);
   std::printf("input: %zu documents, %.2f MB of mixed text\n", docs.size(), double(bytes) / 1e6);

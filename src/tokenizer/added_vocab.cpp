@@ -56,9 +56,12 @@ void AddedVocab::load(const Json& list, const Where& w, const Model& model, cons
     a.normalized = get_bool_or(t, "normalized", !a.special, wi);
     if (a.content.empty()) continue;
     // HF numbers a token by the model's vocab when it is there, otherwise the next free id.
-    if (auto it = by_content_.find(a.content); it != by_content_.end()) a.id = it->second;
-    else if (auto mid = model.token_to_id(a.content)) a.id = *mid;
-    else a.id = next_id++;
+    if (auto it = by_content_.find(a.content); it != by_content_.end())
+      a.id = it->second;
+    else if (auto mid = model.token_to_id(a.content))
+      a.id = *mid;
+    else
+      a.id = next_id++;
     a.decode_form = a.content;
     if (a.normalized && normalizer) a.decode_form = normalizer->normalize(a.content);
     by_content_[a.content] = a.id;
@@ -66,8 +69,10 @@ void AddedVocab::load(const Json& list, const Where& w, const Model& model, cons
     by_id_[a.id] = a;
   }
   for (const auto& [id, a] : by_id_) {
-    if (a.normalized) norm_trie_.insert(a.decode_form, id);
-    else raw_trie_.insert(a.content, id);
+    if (a.normalized)
+      norm_trie_.insert(a.decode_form, id);
+    else
+      raw_trie_.insert(a.content, id);
   }
 }
 

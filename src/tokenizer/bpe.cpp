@@ -2,6 +2,7 @@
 // prefix / end-of-word suffix, byte fallback <0xXX>, fused unk), then pairs merge lowest rank
 // first through a priority queue over a linked list of symbols (O(n log n) per word); merged
 // words are cached, since natural text repeats words a lot.
+#include <algorithm>
 #include <cstdio>
 #include <mutex>
 #include <queue>
@@ -14,13 +15,64 @@
 namespace nibble::tok {
 namespace {
 
+// Open-addressing (linear probing) map from a merge pair to (rank, merged id): the merge loop
+// does one lookup per candidate pair, and std::unordered_map's modulo + node chasing made
+// those lookups most of the encode time.
+class MergeMap {
+ public:
+  struct Value {
+    int32_t rank, new_id;
+  };
+  void reserve(size_t n) {
+    size_t cap = 16;
+    while (cap < n * 2) cap <<= 1;
+    keys_.assign(cap, kEmpty);
+    vals_.assign(cap, Value{0, 0});
+    shift_ = 64 - __builtin_ctzll(cap);
+  }
+  void insert_or_assign(uint64_t k, Value v) {
+    if ((size_ + 1) * 2 > keys_.size()) grow();
+    size_t i = slot(k);
+    if (keys_[i] == kEmpty) ++size_;
+    keys_[i] = k;
+    vals_[i] = v;
+  }
+  const Value* find(uint64_t k) const {
+    if (keys_.empty()) return nullptr;
+    size_t i = slot(k);
+    return keys_[i] == k ? &vals_[i] : nullptr;
+  }
+
+ private:
+  static constexpr uint64_t kEmpty = ~uint64_t(0);
+  size_t slot(uint64_t k) const {
+    size_t mask = keys_.size() - 1;
+    size_t i = size_t((k * 0x9E3779B97F4A7C15ull) >> shift_);
+    while (keys_[i] != kEmpty && keys_[i] != k) i = (i + 1) & mask;
+    return i;
+  }
+  void grow() {
+    std::vector<uint64_t> old_keys = std::move(keys_);
+    std::vector<Value> old_vals = std::move(vals_);
+    reserve(std::max<size_t>(16, old_keys.size()));
+    size_ = 0;
+    for (size_t i = 0; i < old_keys.size(); ++i)
+      if (old_keys[i] != kEmpty) insert_or_assign(old_keys[i], old_vals[i]);
+  }
+  std::vector<uint64_t> keys_;
+  std::vector<Value> vals_;
+  size_t size_ = 0;
+  int shift_ = 60;
+};
+
 class Bpe : public Model {
  public:
   Bpe(const Json& j, const Where& w) {
     const Json& v = field(j, "vocab", w);
     if (!v.is_object()) format_error(w.at("vocab"), "is not an object");
     for (auto it = v.begin(); it != v.end(); ++it) {
-      if (!it.value().is_number_integer()) format_error(w.at("vocab"), "entry '" + it.key() + "' is not an integer id");
+      if (!it.value().is_number_integer())
+        format_error(w.at("vocab"), "entry '" + it.key() + "' is not an integer id");
       vocab_.add(it.key(), it.value().get<int64_t>());
     }
     unk_ = get_string_or(j, "unk_token", "", w);
@@ -39,7 +91,7 @@ class Bpe : public Model {
 
     const Json& m = field(j, "merges", w);
     if (!m.is_array()) format_error(w.at("merges"), "is not an array");
-    merges_.reserve(m.size() * 2);
+    merges_.reserve(m.size());
     int32_t rank = 0;
     for (size_t i = 0; i < m.size(); ++i) {
       std::string a, b;
@@ -63,12 +115,13 @@ class Bpe : public Model {
       const int64_t* in = vocab_.find(joined);
       if (!ia || !ib || !in)
         format_error(w.at("merges").at(i), "'" + a + " " + b + "' names a token missing from the vocab");
-      merges_.insert_or_assign(key(*ia, *ib), std::pair<int32_t, int32_t>(rank, int32_t(*in)));
+      merges_.insert_or_assign(key(*ia, *ib), MergeMap::Value{rank, int32_t(*in)});
       ++rank;
     }
   }
 
-  void tokenize(std::string_view word, std::vector<int64_t>& ids, std::vector<std::string>& tokens) const override {
+  void tokenize(std::string_view word, std::vector<int64_t>& ids,
+                std::vector<std::string>& tokens) const override {
     if (word.empty()) return;
     if (ignore_merges_) {
       if (const int64_t* id = vocab_.find(word)) {
@@ -183,12 +236,9 @@ class Bpe : public Model {
       bool operator<(const Cand& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
     };
     std::priority_queue<Cand> q;
-    auto lookup = [&](int32_t a, int32_t b) -> const std::pair<int32_t, int32_t>* {
-      auto it = merges_.find(key(a, b));
-      return it == merges_.end() ? nullptr : &it->second;
-    };
+    auto lookup = [&](int32_t a, int32_t b) { return merges_.find(key(a, b)); };
     for (size_t k = 0; k + 1 < sym.size(); ++k)
-      if (auto m = lookup(sym[k].id, sym[k + 1].id)) q.push({m->first, int32_t(k), m->second});
+      if (auto m = lookup(sym[k].id, sym[k + 1].id)) q.push({m->rank, int32_t(k), m->new_id});
     while (!q.empty()) {
       Cand top = q.top();
       q.pop();
@@ -197,16 +247,16 @@ class Bpe : public Model {
       int32_t next_pos = cur.next;
       Symbol right = sym[size_t(next_pos)];
       auto m = lookup(cur.id, right.id);
-      if (!m || m->second != top.new_id) continue;  // stale entry
+      if (!m || m->new_id != top.new_id) continue;  // stale entry
       cur.id = top.new_id;
       cur.len += right.len;
       cur.next = right.next;
       sym[size_t(next_pos)].len = 0;
       if (right.next >= 0) sym[size_t(right.next)].prev = top.pos;
       if (cur.prev >= 0)
-        if (auto pm = lookup(sym[size_t(cur.prev)].id, cur.id)) q.push({pm->first, cur.prev, pm->second});
+        if (auto pm = lookup(sym[size_t(cur.prev)].id, cur.id)) q.push({pm->rank, cur.prev, pm->new_id});
       if (cur.next >= 0)
-        if (auto nm = lookup(cur.id, sym[size_t(cur.next)].id)) q.push({nm->first, top.pos, nm->second});
+        if (auto nm = lookup(cur.id, sym[size_t(cur.next)].id)) q.push({nm->rank, top.pos, nm->new_id});
     }
     std::vector<int32_t> out;
     for (const Symbol& x : sym)
@@ -215,7 +265,7 @@ class Bpe : public Model {
   }
 
   Vocab vocab_;
-  std::unordered_map<uint64_t, std::pair<int32_t, int32_t>> merges_;  // (a, b) -> (rank, merged id)
+  MergeMap merges_;  // (a, b) -> (rank, merged id)
   std::string unk_, prefix_, suffix_;
   bool has_unk_ = false, has_prefix_ = false, has_suffix_ = false;
   bool fuse_unk_ = false, byte_fallback_ = false, ignore_merges_ = false;
@@ -225,6 +275,8 @@ class Bpe : public Model {
 
 }  // namespace
 
-std::unique_ptr<Model> make_bpe(const Json& j, const Where& w) { return std::make_unique<Bpe>(j, w); }
+std::unique_ptr<Model> make_bpe(const Json& j, const Where& w) {
+  return std::make_unique<Bpe>(j, w);
+}
 
 }  // namespace nibble::tok

@@ -23,7 +23,7 @@ std::string replace_all(std::string_view s, std::string_view from, std::string_v
 // HF's wordpiece::cleanup: undo the spaces BERT-style tokenization leaves around punctuation.
 std::string cleanup(std::string s) {
   static const std::pair<const char*, const char*> kRules[] = {
-      {" .", "."},   {" ?", "?"},   {" !", "!"},          {" ,", ","},    {" ' ", "'"},   {" n't", "n't"},
+      {" .", "."},   {" ?", "?"},           {" !", "!"},   {" ,", ","},     {" ' ", "'"},   {" n't", "n't"},
       {" 'm", "'m"}, {" do not", " don't"}, {" 's", "'s"}, {" 've", "'ve"}, {" 're", "'re"}};
   for (auto [from, to] : kRules) s = replace_all(s, from, to);
   return s;
@@ -114,7 +114,8 @@ class ByteFallbackD : public Decoder {
     std::string pending;
     auto flush = [&] {
       if (pending.empty()) return;
-      if (valid_utf8(pending)) out.push_back(pending);
+      if (valid_utf8(pending))
+        out.push_back(pending);
       else
         for (size_t i = 0; i < pending.size(); ++i) out.push_back("\xEF\xBF\xBD");
       pending.clear();
@@ -158,7 +159,8 @@ class StripD : public Decoder {
       while (i < t.size()) cs.push_back(next_cp(t, i));
       size_t b = 0, e = cs.size();
       for (size_t k = 0; k < start && k < cs.size() && cs[k] == content; ++k) b = k + 1;
-      for (size_t k = 0; k < stop && k < cs.size() && cs[cs.size() - 1 - k] == content; ++k) e = cs.size() - 1 - k;
+      for (size_t k = 0; k < stop && k < cs.size() && cs[cs.size() - 1 - k] == content; ++k)
+        e = cs.size() - 1 - k;
       std::string out;
       for (size_t k = b; k < e; ++k) append_utf8(out, cs[k]);
       t = std::move(out);
@@ -208,7 +210,8 @@ class BpeD : public Decoder {
  public:
   std::string suffix = "</w>";
   Tokens decode_chain(Tokens tokens) const override {
-    for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = replace_all(tokens[i], suffix, i + 1 == tokens.size() ? "" : " ");
+    for (size_t i = 0; i < tokens.size(); ++i)
+      tokens[i] = replace_all(tokens[i], suffix, i + 1 == tokens.size() ? "" : " ");
     return tokens;
   }
 };
@@ -229,7 +232,8 @@ std::unique_ptr<Decoder> make_decoder(const Json& j, const Where& w) {
     auto seq = std::make_unique<SequenceD>();
     const Json& list = field(j, "decoders", w);
     if (!list.is_array()) format_error(w.at("decoders"), "is not an array");
-    for (size_t i = 0; i < list.size(); ++i) seq->parts.push_back(make_decoder(list[i], w.at("decoders").at(i)));
+    for (size_t i = 0; i < list.size(); ++i)
+      seq->parts.push_back(make_decoder(list[i], w.at("decoders").at(i)));
     return seq;
   }
   if (type == "ByteLevel") return std::make_unique<ByteLevelD>();

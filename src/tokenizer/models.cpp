@@ -19,7 +19,8 @@ void read_object_vocab(const Json& j, const Where& w, Vocab& vocab) {
   const Json& v = field(j, "vocab", w);
   if (!v.is_object()) format_error(w.at("vocab"), "is not an object");
   for (auto it = v.begin(); it != v.end(); ++it) {
-    if (!it.value().is_number_integer()) format_error(w.at("vocab"), "entry '" + it.key() + "' is not an integer id");
+    if (!it.value().is_number_integer())
+      format_error(w.at("vocab"), "entry '" + it.key() + "' is not an integer id");
     vocab.add(it.key(), it.value().get<int64_t>());
   }
 }
@@ -34,7 +35,8 @@ class WordPiece : public Model {
     max_chars_ = size_t(get_int_or(j, "max_input_chars_per_word", 100, w));
   }
 
-  void tokenize(std::string_view word, std::vector<int64_t>& ids, std::vector<std::string>& tokens) const override {
+  void tokenize(std::string_view word, std::vector<int64_t>& ids,
+                std::vector<std::string>& tokens) const override {
     size_t nchars = 0;
     for (char c : word) nchars += (static_cast<unsigned char>(c) & 0xc0) != 0x80;
     size_t mark_ids = ids.size();
@@ -89,7 +91,8 @@ class WordLevel : public Model {
     read_object_vocab(j, w, vocab_);
     unk_ = get_string(j, "unk_token", w);
   }
-  void tokenize(std::string_view word, std::vector<int64_t>& ids, std::vector<std::string>& tokens) const override {
+  void tokenize(std::string_view word, std::vector<int64_t>& ids,
+                std::vector<std::string>& tokens) const override {
     if (const int64_t* id = vocab_.find(word)) {
       ids.push_back(*id);
       tokens.push_back(std::string(word));
@@ -138,7 +141,8 @@ class Unigram : public Model {
     byte_fallback_ = get_bool_or(j, "byte_fallback", false, w);
   }
 
-  void tokenize(std::string_view s, std::vector<int64_t>& ids, std::vector<std::string>& tokens) const override {
+  void tokenize(std::string_view s, std::vector<int64_t>& ids,
+                std::vector<std::string>& tokens) const override {
     if (s.empty()) return;
     for (const std::string& piece : encode(s)) {
       if (const int64_t* id = vocab_.find(piece)) {
@@ -163,7 +167,8 @@ class Unigram : public Model {
           continue;
         }
       }
-      if (unk_id_ < 0) throw FormatError("tokenizer.json: model.unk_id is needed for '" + piece + "' but is not set");
+      if (unk_id_ < 0)
+        throw FormatError("tokenizer.json: model.unk_id is needed for '" + piece + "' but is not set");
       ids.push_back(unk_id_);
       tokens.push_back(piece);  // HF keeps the text of an unknown piece as its token string
     }

@@ -1,7 +1,7 @@
 // Normalizers of tokenizer.json: each rewrites a piece of text as HF `tokenizers` does (NFC &
 // co. and case mapping through ICU; BertNormalizer's cleaning rules; literal/regex Replace).
-#include <unicode/unistr.h>
 #include <unicode/locid.h>
+#include <unicode/unistr.h>
 
 #include "nibble/error.h"
 #include "tokenizer/tok_internal.h"
@@ -157,6 +157,27 @@ class BertN : public Normalizer {
   }
 };
 
+// sentencepiece's NMT rules: drop ASCII controls, map other whitespace-like code points to ' '.
+class NmtN : public Normalizer {
+ public:
+  std::string normalize(std::string s) const override {
+    return map_chars(s, [](char32_t c, std::string& o) {
+      if ((c >= 0x01 && c <= 0x08) || c == 0x0B || (c >= 0x0E && c <= 0x1F) || c == 0x7F || c == 0x8F ||
+          c == 0x9F)
+        return;
+      bool space = c == 0x09 || c == 0x0A || c == 0x0C || c == 0x0D || c == 0x1680 ||
+                   (c >= 0x200B && c <= 0x200F) || c == 0x2028 || c == 0x2029 || c == 0x2581 || c == 0xFEFF ||
+                   c == 0xFFFD;
+      append_utf8(o, space ? U' ' : c);
+    });
+  }
+};
+
+class ByteLevelN : public Normalizer {
+ public:
+  std::string normalize(std::string s) const override { return byte_level_encode(s); }
+};
+
 }  // namespace
 
 std::unique_ptr<Normalizer> make_normalizer(const Json& j, const Where& w) {
@@ -165,7 +186,8 @@ std::unique_ptr<Normalizer> make_normalizer(const Json& j, const Where& w) {
     auto seq = std::make_unique<SequenceN>();
     const Json& list = field(j, "normalizers", w);
     if (!list.is_array()) format_error(w.at("normalizers"), "is not an array");
-    for (size_t i = 0; i < list.size(); ++i) seq->parts.push_back(make_normalizer(list[i], w.at("normalizers").at(i)));
+    for (size_t i = 0; i < list.size(); ++i)
+      seq->parts.push_back(make_normalizer(list[i], w.at("normalizers").at(i)));
     return seq;
   }
   if (type == "NFC") return std::make_unique<UnicodeN>('C');
@@ -186,6 +208,8 @@ std::unique_ptr<Normalizer> make_normalizer(const Json& j, const Where& w) {
     return n;
   }
   if (type == "Replace") return std::make_unique<ReplaceN>(j, w);
+  if (type == "Nmt") return std::make_unique<NmtN>();
+  if (type == "ByteLevel") return std::make_unique<ByteLevelN>();
   if (type == "BertNormalizer") {
     auto n = std::make_unique<BertN>();
     n->clean_text = get_bool_or(j, "clean_text", true, w);

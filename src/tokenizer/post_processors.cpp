@@ -91,12 +91,15 @@ std::unique_ptr<PostProcessor> make_template(const Json& j, const Where& w) {
       std::string s = p.get<std::string>();
       size_t colon = s.rfind(':');
       if (colon != std::string::npos && colon > 0) s = s.substr(0, colon);
-      if (!s.empty() && s[0] == '$') t->single.emplace_back(std::nullopt);
-      else t->single.emplace_back(special(s, ws.at(i)));
+      if (!s.empty() && s[0] == '$')
+        t->single.emplace_back(std::nullopt);
+      else
+        t->single.emplace_back(special(s, ws.at(i)));
     } else if (p.is_object() && p.contains("Sequence")) {
       t->single.emplace_back(std::nullopt);
     } else if (p.is_object() && p.contains("SpecialToken")) {
-      t->single.emplace_back(special(get_string(p["SpecialToken"], "id", ws.at(i).at("SpecialToken")), ws.at(i)));
+      t->single.emplace_back(
+          special(get_string(p["SpecialToken"], "id", ws.at(i).at("SpecialToken")), ws.at(i)));
     } else {
       format_error(ws.at(i), "is neither a Sequence nor a SpecialToken");
     }

@@ -61,15 +61,18 @@ class MetaspaceP : public PreTokenizer {
       std::string r;
       r.reserve(text.size() + 8);
       for (char c : text) {
-        if (c == ' ') r += replacement;
-        else r += c;
+        if (c == ' ')
+          r += replacement;
+        else
+          r += c;
       }
       bool starts = r.compare(0, replacement.size(), replacement) == 0;
       if (!starts && (scheme == Always || (scheme == First && at_start))) r.insert(0, replacement);
       text = std::move(r);
       if (!split) return Ranges{{0, text.size()}};
       Ranges m;
-      for (size_t pos = 0; (pos = text.find(replacement, pos)) != std::string::npos; pos += replacement.size())
+      for (size_t pos = 0; (pos = text.find(replacement, pos)) != std::string::npos;
+           pos += replacement.size())
         m.emplace_back(pos, pos + replacement.size());
       return split_ranges(text, m, SplitBehavior::MergedWithNext);
     });
@@ -84,8 +87,9 @@ class CharSplitP : public PreTokenizer {
   F pred;
   SplitBehavior behavior;
   void pre_tokenize(std::vector<Piece>& pieces) const override {
-    split_pieces(pieces,
-                 [&](std::string& text, bool) { return split_ranges(text, char_matches(text, pred), behavior); });
+    split_pieces(pieces, [&](std::string& text, bool) {
+      return split_ranges(text, char_matches(text, pred), behavior);
+    });
   }
 };
 template <typename F>
@@ -126,19 +130,34 @@ std::unique_ptr<PreTokenizer> make_pre_tokenizer(const Json& j, const Where& w) 
     auto p = std::make_unique<MetaspaceP>();
     std::string rep = get_string_or(j, "replacement", "\xE2\x96\x81", w);
     size_t i = 0;
-    if (rep.empty() || (next_cp(rep, i), i != rep.size())) format_error(w.at("replacement"), "must be one character");
+    if (rep.empty() || (next_cp(rep, i), i != rep.size()))
+      format_error(w.at("replacement"), "must be one character");
     p->replacement = rep;
     std::string scheme = get_string_or(j, "prepend_scheme", "always", w);
-    if (scheme == "always") p->scheme = MetaspaceP::Always;
-    else if (scheme == "first") p->scheme = MetaspaceP::First;
-    else if (scheme == "never") p->scheme = MetaspaceP::Never;
-    else format_error(w.at("prepend_scheme"), "'" + scheme + "' is not one of always/first/never");
-    if (j.contains("add_prefix_space") && !get_bool_or(j, "add_prefix_space", true, w)) p->scheme = MetaspaceP::Never;
+    if (scheme == "always")
+      p->scheme = MetaspaceP::Always;
+    else if (scheme == "first")
+      p->scheme = MetaspaceP::First;
+    else if (scheme == "never")
+      p->scheme = MetaspaceP::Never;
+    else
+      format_error(w.at("prepend_scheme"), "'" + scheme + "' is not one of always/first/never");
+    if (j.contains("add_prefix_space") && !get_bool_or(j, "add_prefix_space", true, w))
+      p->scheme = MetaspaceP::Never;
     p->split = get_bool_or(j, "split", true, w);
     return p;
   }
+  if (type == "CharDelimiterSplit") {
+    std::string d = get_string(j, "delimiter", w);
+    size_t i = 0;
+    if (d.empty() || (next_cp(d, i), i != d.size())) format_error(w.at("delimiter"), "must be one character");
+    i = 0;
+    char32_t delim = next_cp(d, i);
+    return char_split([delim](char32_t c) { return c == delim; }, SplitBehavior::Removed);
+  }
   if (type == "Whitespace") return std::make_unique<WhitespaceP>();
-  if (type == "WhitespaceSplit") return char_split([](char32_t c) { return is_whitespace(c); }, SplitBehavior::Removed);
+  if (type == "WhitespaceSplit")
+    return char_split([](char32_t c) { return is_whitespace(c); }, SplitBehavior::Removed);
   if (type == "Punctuation") {
     auto b = parse_behavior(get_string_or(j, "behavior", "Isolated", w), w.at("behavior"));
     return char_split([](char32_t c) { return is_punctuation(c); }, b);

@@ -67,8 +67,10 @@ class Precompiled : public Normalizer {
         size_t b = i;
         next_cp(g, i);
         std::string_view part = g.substr(b, i - b);
-        if (auto r = transform(part)) out += *r;
-        else out += part;
+        if (auto r = transform(part))
+          out += *r;
+        else
+          out += part;
       }
     }
     return out;

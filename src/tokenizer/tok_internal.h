@@ -18,7 +18,7 @@ using Json = nlohmann::json;
 
 // Where a JSON value came from, for error messages: "tokenizer.json: pre_tokenizer.type ...".
 struct Where {
-  std::string file;  // "tokenizer.json"
+  std::string file;   // "tokenizer.json"
   std::string field;  // "pre_tokenizer.pretokenizers[1]"
   Where at(const std::string& key) const { return {file, field.empty() ? key : field + "." + key}; }
   Where at(size_t i) const { return {file, field + "[" + std::to_string(i) + "]"}; }
@@ -46,14 +46,14 @@ struct Piece {
 char32_t next_cp(std::string_view s, size_t& i);
 void append_utf8(std::string& out, char32_t c);
 size_t utf8_len(unsigned char lead);
-bool is_whitespace(char32_t c);    // Rust char::is_whitespace (White_Space)
-bool is_alphanumeric(char32_t c);  // Rust char::is_alphanumeric
-bool is_numeric(char32_t c);       // Rust char::is_numeric (Nd, Nl, No)
-bool is_punctuation(char32_t c);   // Unicode P* or ASCII punctuation
+bool is_whitespace(char32_t c);        // Rust char::is_whitespace (White_Space)
+bool is_alphanumeric(char32_t c);      // Rust char::is_alphanumeric
+bool is_numeric(char32_t c);           // Rust char::is_numeric (Nd, Nl, No)
+bool is_punctuation(char32_t c);       // Unicode P* or ASCII punctuation
 bool is_control_or_other(char32_t c);  // C* categories
-bool is_separator(char32_t c);     // Z* categories
+bool is_separator(char32_t c);         // Z* categories
 bool is_mark_nonspacing(char32_t c);
-bool is_mark(char32_t c);  // M* categories
+bool is_mark(char32_t c);                                      // M* categories
 std::string unicode_normalize(std::string_view s, char form);  // form: 'C','D','c'(NFKC),'d'(NFKD)
 std::string to_lower(std::string_view s);
 std::vector<std::string_view> graphemes(std::string_view s);
@@ -151,7 +151,8 @@ void split_pieces(std::vector<Piece>& pieces, F fn) {
 class Model {
  public:
   virtual ~Model() = default;
-  virtual void tokenize(std::string_view word, std::vector<int64_t>& ids, std::vector<std::string>& tokens) const = 0;
+  virtual void tokenize(std::string_view word, std::vector<int64_t>& ids,
+                        std::vector<std::string>& tokens) const = 0;
   virtual std::optional<int64_t> token_to_id(std::string_view token) const = 0;
   virtual const std::string* id_to_token(int64_t id) const = 0;
   virtual int64_t vocab_size() const = 0;

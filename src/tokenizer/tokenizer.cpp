@@ -45,7 +45,8 @@ Json read_json(const fs::path& p) {
 // AddedToken dict {"content": ...}.
 std::optional<std::string> token_text(const Json& j) {
   if (j.is_string()) return j.get<std::string>();
-  if (j.is_object() && j.contains("content") && j["content"].is_string()) return j["content"].get<std::string>();
+  if (j.is_object() && j.contains("content") && j["content"].is_string())
+    return j["content"].get<std::string>();
   return std::nullopt;
 }
 
@@ -68,13 +69,16 @@ Tokenizer Tokenizer::from_file(const fs::path& tokenizer_json) {
       return it == j.end() || it->is_null() ? nullptr : &*it;
     };
     if (auto n = part("normalizer")) m.normalizer = tok::make_normalizer(*n, root.at("normalizer"));
-    if (auto p = part("pre_tokenizer")) m.pre_tokenizer = tok::make_pre_tokenizer(*p, root.at("pre_tokenizer"));
+    if (auto p = part("pre_tokenizer"))
+      m.pre_tokenizer = tok::make_pre_tokenizer(*p, root.at("pre_tokenizer"));
     auto mj = part("model");
     if (!mj) tok::format_error(root.at("model"), "is missing");
     m.model = tok::make_model(*mj, root.at("model"));
-    if (auto p = part("post_processor")) m.post_processor = tok::make_post_processor(*p, root.at("post_processor"));
+    if (auto p = part("post_processor"))
+      m.post_processor = tok::make_post_processor(*p, root.at("post_processor"));
     if (auto d = part("decoder")) m.decoder = tok::make_decoder(*d, root.at("decoder"));
-    if (auto a = part("added_tokens")) m.added.load(*a, root.at("added_tokens"), *m.model, m.normalizer.get());
+    if (auto a = part("added_tokens"))
+      m.added.load(*a, root.at("added_tokens"), *m.model, m.normalizer.get());
   } catch (const Json::exception& e) {
     throw FormatError(root.file + ": " + e.what());
   }
@@ -95,11 +99,12 @@ Tokenizer Tokenizer::from_pretrained(const fs::path& dir) {
     map = read_json(dir / "special_tokens_map.json");
     if (!map.is_object()) throw FormatError("special_tokens_map.json: top level is not a JSON object");
   }
+  // transformers lets special_tokens_map.json override tokenizer_config.json.
   auto pick = [&](const char* key) -> std::optional<std::string> {
-    if (m.config.contains(key))
-      if (auto s = token_text(m.config[key])) return s;
     if (map.contains(key))
       if (auto s = token_text(map[key])) return s;
+    if (m.config.contains(key))
+      if (auto s = token_text(m.config[key])) return s;
     return std::nullopt;
   };
   m.bos = pick("bos_token");
@@ -135,8 +140,10 @@ std::string Tokenizer::decode(const std::vector<int64_t>& ids, bool skip_special
   tokens.reserve(ids.size());
   for (int64_t id : ids) {
     const std::string* s = nullptr;
-    if (const tok::AddedToken* a = m.added.by_id(id)) s = &a->decode_form;
-    else s = m.model->id_to_token(id);
+    if (const tok::AddedToken* a = m.added.by_id(id))
+      s = &a->decode_form;
+    else
+      s = m.model->id_to_token(id);
     if (!s) continue;  // HF drops ids it does not know
     if (skip_special_tokens && m.added.is_special_content(*s)) continue;
     tokens.push_back(*s);
@@ -174,10 +181,20 @@ bool Tokenizer::is_special(int64_t id) const {
   return a && a->special;
 }
 
-std::optional<std::string> Tokenizer::bos_token() const { return impl_->bos; }
-std::optional<std::string> Tokenizer::eos_token() const { return impl_->eos; }
-std::optional<std::string> Tokenizer::unk_token() const { return impl_->unk; }
-std::optional<std::string> Tokenizer::pad_token() const { return impl_->pad; }
-const nlohmann::json& Tokenizer::tokenizer_config() const { return impl_->config; }
+std::optional<std::string> Tokenizer::bos_token() const {
+  return impl_->bos;
+}
+std::optional<std::string> Tokenizer::eos_token() const {
+  return impl_->eos;
+}
+std::optional<std::string> Tokenizer::unk_token() const {
+  return impl_->unk;
+}
+std::optional<std::string> Tokenizer::pad_token() const {
+  return impl_->pad;
+}
+const nlohmann::json& Tokenizer::tokenizer_config() const {
+  return impl_->config;
+}
 
 }  // namespace nibble

@@ -13,6 +13,7 @@
 #include <unicode/uchar.h>
 #include <unicode/unistr.h>
 
+#include "io/utf8.h"
 #include "nibble/error.h"
 #include "tokenizer/tok_internal.h"
 
@@ -118,14 +119,23 @@ bool is_alphanumeric(char32_t c) {
 }
 
 bool is_punctuation(char32_t c) {
-  if (c < 0x80) return (c >= 33 && c <= 47) || (c >= 58 && c <= 64) || (c >= 91 && c <= 96) || (c >= 123 && c <= 126);
+  if (c < 0x80)
+    return (c >= 33 && c <= 47) || (c >= 58 && c <= 64) || (c >= 91 && c <= 96) || (c >= 123 && c <= 126);
   return (U_GET_GC_MASK(UChar32(c)) & U_GC_P_MASK) != 0;
 }
 
-bool is_control_or_other(char32_t c) { return (U_GET_GC_MASK(UChar32(c)) & U_GC_C_MASK) != 0; }
-bool is_separator(char32_t c) { return (U_GET_GC_MASK(UChar32(c)) & U_GC_Z_MASK) != 0; }
-bool is_mark_nonspacing(char32_t c) { return u_charType(UChar32(c)) == U_NON_SPACING_MARK; }
-bool is_mark(char32_t c) { return (U_GET_GC_MASK(UChar32(c)) & U_GC_M_MASK) != 0; }
+bool is_control_or_other(char32_t c) {
+  return (U_GET_GC_MASK(UChar32(c)) & U_GC_C_MASK) != 0;
+}
+bool is_separator(char32_t c) {
+  return (U_GET_GC_MASK(UChar32(c)) & U_GC_Z_MASK) != 0;
+}
+bool is_mark_nonspacing(char32_t c) {
+  return u_charType(UChar32(c)) == U_NON_SPACING_MARK;
+}
+bool is_mark(char32_t c) {
+  return (U_GET_GC_MASK(UChar32(c)) & U_GC_M_MASK) != 0;
+}
 
 static icu::UnicodeString to_icu(std::string_view s) {
   return icu::UnicodeString::fromUTF8(icu::StringPiece(s.data(), int32_t(s.size())));
@@ -208,14 +218,22 @@ std::string utf8_lossy(std::string_view s) {
     // Length and the valid range of the second byte (Unicode table 3-7).
     size_t n = 0;
     unsigned char lo = 0x80, hi = 0xbf;
-    if (c >= 0xc2 && c <= 0xdf) n = 2;
-    else if (c == 0xe0) n = 3, lo = 0xa0;
-    else if (c >= 0xe1 && c <= 0xec) n = 3;
-    else if (c == 0xed) n = 3, hi = 0x9f;
-    else if (c >= 0xee && c <= 0xef) n = 3;
-    else if (c == 0xf0) n = 4, lo = 0x90;
-    else if (c >= 0xf1 && c <= 0xf3) n = 4;
-    else if (c == 0xf4) n = 4, hi = 0x8f;
+    if (c >= 0xc2 && c <= 0xdf)
+      n = 2;
+    else if (c == 0xe0)
+      n = 3, lo = 0xa0;
+    else if (c >= 0xe1 && c <= 0xec)
+      n = 3;
+    else if (c == 0xed)
+      n = 3, hi = 0x9f;
+    else if (c >= 0xee && c <= 0xef)
+      n = 3;
+    else if (c == 0xf0)
+      n = 4, lo = 0x90;
+    else if (c >= 0xf1 && c <= 0xf3)
+      n = 4;
+    else if (c == 0xf4)
+      n = 4, hi = 0x8f;
     if (n == 0) {
       out += "\xEF\xBF\xBD";
       ++i;
@@ -228,22 +246,26 @@ std::string utf8_lossy(std::string_view s) {
       if (!ok) break;
       ++k;
     }
-    if (k == n) out.append(s.substr(i, n));
-    else out += "\xEF\xBF\xBD";
+    if (k == n)
+      out.append(s.substr(i, n));
+    else
+      out += "\xEF\xBF\xBD";
     i += k;
   }
   return out;
 }
 
-bool valid_utf8(std::string_view s) { return utf8_lossy(s) == s; }
+bool valid_utf8(std::string_view s) {
+  return io::valid_utf8(s.data(), s.size());
+}
 
 // ---------------------------------------------------------------- Regex
 
 Regex::Regex(const std::string& pattern, const Where& w) {
   int err = 0;
   PCRE2_SIZE off = 0;
-  auto* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(), PCRE2_UTF | PCRE2_UCP,
-                             &err, &off, nullptr);
+  auto* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
+                             PCRE2_UTF | PCRE2_UCP, &err, &off, nullptr);
   if (!code) {
     PCRE2_UCHAR buf[256];
     pcre2_get_error_message(err, buf, sizeof(buf));
@@ -253,7 +275,9 @@ Regex::Regex(const std::string& pattern, const Where& w) {
   code_ = code;
 }
 
-Regex::~Regex() { pcre2_code_free(static_cast<pcre2_code*>(code_)); }
+Regex::~Regex() {
+  pcre2_code_free(static_cast<pcre2_code*>(code_));
+}
 
 std::vector<std::pair<size_t, size_t>> Regex::find_all(std::string_view s) const {
   std::vector<std::pair<size_t, size_t>> out;
@@ -267,8 +291,17 @@ std::vector<std::pair<size_t, size_t>> Regex::find_all(std::string_view s) const
   size_t pos = 0;
   while (pos <= s.size()) {
     // The input is valid UTF-8 (checked at encode), so skip PCRE2's re-check.
-    int rc = pcre2_match(code, reinterpret_cast<PCRE2_SPTR>(s.data()), s.size(), pos, PCRE2_NO_UTF_CHECK, md, nullptr);
-    if (rc < 0) break;
+    int rc = pcre2_match(code, reinterpret_cast<PCRE2_SPTR>(s.data()), s.size(), pos, PCRE2_NO_UTF_CHECK, md,
+                         nullptr);
+    if (rc == PCRE2_ERROR_JIT_STACKLIMIT)  // the interpreter keeps its backtracking on the heap
+      rc = pcre2_match(code, reinterpret_cast<PCRE2_SPTR>(s.data()), s.size(), pos,
+                       PCRE2_NO_UTF_CHECK | PCRE2_NO_JIT, md, nullptr);
+    if (rc == PCRE2_ERROR_NOMATCH) break;
+    if (rc < 0) {
+      PCRE2_UCHAR buf[256];
+      pcre2_get_error_message(rc, buf, sizeof(buf));
+      throw Error(std::string("tokenizer: regex match failed: ") + reinterpret_cast<char*>(buf));
+    }
     PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md);
     size_t b = ov[0], e = ov[1];
     out.emplace_back(b, e);
@@ -351,8 +384,10 @@ std::vector<std::pair<size_t, size_t>> split_ranges(std::string_view s,
     case SplitBehavior::Contiguous: {
       bool prev = false;
       for (auto sp : spans) {
-        if (sp.m == prev && !acc.empty()) acc.back().e = sp.e;
-        else acc.push_back({sp.b, sp.e, false});
+        if (sp.m == prev && !acc.empty())
+          acc.back().e = sp.e;
+        else
+          acc.push_back({sp.b, sp.e, false});
         prev = sp.m;
       }
       break;
@@ -360,8 +395,10 @@ std::vector<std::pair<size_t, size_t>> split_ranges(std::string_view s,
     case SplitBehavior::MergedWithPrevious: {
       bool prev = false;
       for (auto sp : spans) {
-        if (sp.m && !prev && !acc.empty()) acc.back().e = sp.e;
-        else acc.push_back({sp.b, sp.e, false});
+        if (sp.m && !prev && !acc.empty())
+          acc.back().e = sp.e;
+        else
+          acc.push_back({sp.b, sp.e, false});
         prev = sp.m;
       }
       break;
@@ -369,8 +406,10 @@ std::vector<std::pair<size_t, size_t>> split_ranges(std::string_view s,
     case SplitBehavior::MergedWithNext: {
       bool prev = false;
       for (auto it = spans.rbegin(); it != spans.rend(); ++it) {
-        if (it->m && !prev && !acc.empty()) acc.back().b = it->b;
-        else acc.push_back({it->b, it->e, false});
+        if (it->m && !prev && !acc.empty())
+          acc.back().b = it->b;
+        else
+          acc.push_back({it->b, it->e, false});
         prev = it->m;
       }
       std::reverse(acc.begin(), acc.end());
@@ -407,7 +446,9 @@ const ByteTable& byte_table() {
 }
 }  // namespace
 
-const std::string& byte_to_char_utf8(uint8_t b) { return byte_table().utf8[b]; }
+const std::string& byte_to_char_utf8(uint8_t b) {
+  return byte_table().utf8[b];
+}
 
 int char_to_byte(char32_t c) {
   const auto& m = byte_table().back;

@@ -56,7 +56,8 @@ int check_cases(const Tokenizer& tok, const nlohmann::json& cases, const std::st
     std::string dec = tok.decode(ids, true), keep = tok.decode(ids, false);
     EXPECT_EQ(dec, c.at("decoded").get<std::string>()) << "decoded";
     EXPECT_EQ(keep, c.at("decoded_keep_special").get<std::string>()) << "decoded_keep_special";
-    ok &= dec == c.at("decoded").get<std::string>() && keep == c.at("decoded_keep_special").get<std::string>();
+    ok &=
+        dec == c.at("decoded").get<std::string>() && keep == c.at("decoded_keep_special").get<std::string>();
     passed += ok;
   }
   return passed;
@@ -74,8 +75,8 @@ TEST(TokenizerFixtures, EveryFolderMatchesHf) {
     SCOPED_TRACE(d.filename().string());
     Tokenizer tok = Tokenizer::from_pretrained(d);
     int passed = check_cases(tok, ref["cases"], d.filename().string());
-    std::printf("[ info ] tokenizers/%s: %d of %zu cases identical to HF\n", d.filename().string().c_str(), passed,
-                ref["cases"].size());
+    std::printf("[ info ] tokenizers/%s: %d of %zu cases identical to HF\n", d.filename().string().c_str(),
+                passed, ref["cases"].size());
     ++folders_checked;
   }
   EXPECT_GE(folders_checked, 1);

@@ -17,6 +17,12 @@ void rethrow_with_line(const TemplateError& err, int line) {
   throw TemplateError(detail::str("chat template line ", line, ": ", msg));
 }
 
+void rethrow_unsupported_with_line(const UnsupportedError& err, int line) {
+  std::string msg = err.what();
+  if (msg.rfind("chat template line ", 0) == 0) throw;
+  throw UnsupportedError(detail::str("chat template line ", line, ": ", msg));
+}
+
 std::string Interpreter::render(const Body& body, Scope& globals) {
   std::string out;
   exec(body, globals, out);
@@ -216,6 +222,8 @@ Value Interpreter::call(const Value& fn, CallArgs& args, int line) {
     return (*fn.fn)(args);
   } catch (const TemplateError& e) {
     rethrow_with_line(e, line);
+  } catch (const UnsupportedError& e) {
+    rethrow_unsupported_with_line(e, line);
   }
 }
 
@@ -227,6 +235,8 @@ Value Interpreter::apply_filter(const std::string& name, Value v, CallArgs& args
     return it->second(*this, v, args);
   } catch (const TemplateError& e) {
     rethrow_with_line(e, line);
+  } catch (const UnsupportedError& e) {
+    rethrow_unsupported_with_line(e, line);
   }
 }
 
@@ -238,6 +248,8 @@ bool Interpreter::apply_test(const std::string& name, const Value& v, CallArgs& 
     return it->second(*this, v, args);
   } catch (const TemplateError& e) {
     rethrow_with_line(e, line);
+  } catch (const UnsupportedError& e) {
+    rethrow_unsupported_with_line(e, line);
   }
 }
 
@@ -462,6 +474,8 @@ Value Interpreter::binary(const Expr& e, Scope& s) {
         return Value::string(percent_format(a.s, b));
       } catch (const TemplateError& err) {
         rethrow_with_line(err, e.line);
+      } catch (const UnsupportedError& err) {
+        rethrow_unsupported_with_line(err, e.line);
       }
     }
     if (!nums) return fail();

@@ -63,7 +63,9 @@ Value f_default(Interpreter&, Value& v, CallArgs& a) {
 Value f_length(Interpreter&, Value& v, CallArgs&) {
   switch (v.kind) {
     case Kind::String: return Value::integer(static_cast<int64_t>(utf8_length(v.s)));
-    case Kind::Array: return Value::integer(static_cast<int64_t>(v.list->size()));
+    case Kind::Array:
+      if (v.single_pass()) throw TemplateError(detail::str("object of type '", type_name(v), "' has no len()"));
+      return Value::integer(static_cast<int64_t>(v.list->size()));
     case Kind::Map: return Value::integer(static_cast<int64_t>(v.dict->size()));
     case Kind::Undefined: return Value::integer(0);
     default: throw TemplateError(detail::str("object of type '", type_name(v), "' has no len()"));
@@ -151,11 +153,16 @@ Value f_title(Interpreter&, Value& v, CallArgs&) {
 }
 
 Value f_first(Interpreter&, Value& v, CallArgs&) {
+  if (v.single_pass()) {  // next(iter(gen)) takes one item
+    if (*v.cursor >= v.list->size()) return Value::undefined("No first item, sequence was empty.");
+    return (*v.list)[(*v.cursor)++];
+  }
   List items = iterate(v);
   return items.empty() ? Value::undefined("No first item, sequence was empty.") : items.front();
 }
 
 Value f_last(Interpreter&, Value& v, CallArgs&) {
+  if (v.single_pass()) throw TemplateError(detail::str("'", type_name(v), "' object is not reversible"));
   List items = iterate(v);
   return items.empty() ? Value::undefined("No last item, sequence was empty.") : items.back();
 }
@@ -249,11 +256,11 @@ Value f_indent(Interpreter&, Value& v, CallArgs& a) {
 Value f_list(Interpreter&, Value& v, CallArgs&) { return Value::make_list(iterate(v)); }
 
 Value f_items(Interpreter&, Value& v, CallArgs&) {
-  if (v.is_undefined()) return Value::make_list();
+  if (v.is_undefined()) return Value::make_iter({}, Iter::Generator);
   if (!v.is_dict()) throw TemplateError("Can only get item pairs from a mapping.");
   List out;
   for (const auto& [k, x] : *v.dict) out.push_back(Value::make_list({key_value(k), x}, true));
-  return Value::make_list(std::move(out));
+  return Value::make_iter(std::move(out), Iter::Generator);
 }
 
 Value f_escape(Interpreter&, Value& v, CallArgs&) { return html_escape(v); }
@@ -269,7 +276,7 @@ Value f_unique(Interpreter&, Value& v, CallArgs& a) {
       out.push_back(x);
     }
   }
-  return Value::make_list(std::move(out));
+  return Value::make_iter(std::move(out), Iter::Generator);
 }
 
 Value f_sort(Interpreter&, Value& v, CallArgs& a) {
@@ -305,9 +312,12 @@ Value f_reverse(Interpreter&, Value& v, CallArgs&) {
     std::reverse(u.begin(), u.end());
     return Value::string(utf8_encode(u));
   }
+  // reversed(seq) for sequences (an iterator); a generator is listed, then reversed.
+  bool was_single_pass = v.single_pass();
   List items = iterate(v);
   std::reverse(items.begin(), items.end());
-  return Value::make_list(std::move(items));
+  if (was_single_pass || v.is_dict()) return Value::make_list(std::move(items));
+  return Value::make_iter(std::move(items), Iter::Reverse);
 }
 
 Value f_batch(Interpreter&, Value& v, CallArgs& a) {
@@ -327,7 +337,7 @@ Value f_batch(Interpreter&, Value& v, CallArgs& a) {
       while (static_cast<int64_t>(cur.size()) < n) cur.push_back(*fill);
     out.push_back(Value::make_list(std::move(cur)));
   }
-  return Value::make_list(std::move(out));
+  return Value::make_iter(std::move(out), Iter::Generator);
 }
 
 Value f_wordcount(Interpreter&, Value& v, CallArgs&) {
@@ -407,7 +417,7 @@ Value select_impl(Interpreter& in, Value& v, CallArgs& a, bool by_attr, bool kee
     targs.kwargs = a.kwargs;
   }
   List out;
-  if (!truthy(v)) return Value::make_list();  // jinja2: `if seq:` before iterating
+  if (!truthy(v)) return Value::make_iter({}, Iter::Generator);  // jinja2: `if seq:` before iterating
   for (const Value& x : iterate(v)) {
     Value probe = by_attr ? attr_path(x, attribute) : x;
     bool r;
@@ -419,7 +429,7 @@ Value select_impl(Interpreter& in, Value& v, CallArgs& a, bool by_attr, bool kee
     }
     if (r == keep_when) out.push_back(x);
   }
-  return Value::make_list(std::move(out));
+  return Value::make_iter(std::move(out), Iter::Generator);
 }
 
 Value f_map(Interpreter& in, Value& v, CallArgs& a) {
@@ -430,13 +440,13 @@ Value f_map(Interpreter& in, Value& v, CallArgs& a) {
     if (k == "default") def = &x;
   }
   List out;
-  if (!truthy(v)) return Value::make_list();  // jinja2: `if seq:` before iterating
+  if (!truthy(v)) return Value::make_iter({}, Iter::Generator);  // jinja2: `if seq:` before iterating
   if (attribute) {
     for (const Value& x : iterate(v)) {
       Value y = attr_path(x, *attribute);
       out.push_back(y.is_undefined() && def ? *def : y);
     }
-    return Value::make_list(std::move(out));
+    return Value::make_iter(std::move(out), Iter::Generator);
   }
   if (a.args.empty()) throw TemplateError("map requires a filter argument");
   std::string name = to_str(a.args[0]);
@@ -447,7 +457,7 @@ Value f_map(Interpreter& in, Value& v, CallArgs& a) {
     CallArgs copy = fargs;
     out.push_back(in.apply_filter(name, x, copy, 0));
   }
-  return Value::make_list(std::move(out));
+  return Value::make_iter(std::move(out), Iter::Generator);
 }
 
 }  // namespace
@@ -513,7 +523,9 @@ const Value& test_arg(CallArgs& a, const char* test) {
   return a.args[0];
 }
 
-bool t_sequence(Interpreter&, const Value& v, CallArgs&) { return v.is_string() || v.is_list() || (v.is_dict() && !v.is_namespace); }
+bool t_sequence(Interpreter&, const Value& v, CallArgs&) {
+  return v.is_string() || (v.is_list() && (v.iter == Iter::None || v.iter == Iter::Range)) || (v.is_dict() && !v.is_namespace);
+}
 
 }  // namespace
 

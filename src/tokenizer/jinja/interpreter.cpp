@@ -31,7 +31,14 @@ std::string Interpreter::render(const Body& body, Scope& globals) {
 
 Interpreter::Flow Interpreter::exec(const Body& body, Scope& s, std::string& out) {
   for (const auto& n : body) {
-    Flow f = exec_node(*n, s, out);
+    Flow f;
+    try {
+      f = exec_node(*n, s, out);
+    } catch (const TemplateError& e) {  // errors from deeper nodes already carry their line
+      rethrow_with_line(e, n->line);
+    } catch (const UnsupportedError& e) {
+      rethrow_unsupported_with_line(e, n->line);
+    }
     if (f != Flow::Normal) return f;
   }
   return Flow::Normal;
@@ -267,7 +274,7 @@ static Value slice_of(const Value& obj, const Value& a, const Value& b, const Va
   std::vector<std::string> chars;
   if (obj.is_string()) {
     chars = utf8_chars(obj.s);
-  } else if (obj.is_list()) {
+  } else if (obj.is_list() && (obj.iter == Iter::None || obj.iter == Iter::Range)) {
     src = *obj.list;
   } else {
     throw TemplateError(detail::str("chat template line ", line, ": '", type_name(obj), "' object is not subscriptable"));
@@ -433,7 +440,7 @@ Value Interpreter::binary(const Expr& e, Scope& s) {
       r.is_markup = true;
       return r;
     }
-    if (a.is_list() && b.is_list()) {
+    if (a.is_plain_list() && b.is_plain_list()) {
       List items = *a.list;
       items.insert(items.end(), b.list->begin(), b.list->end());
       return Value::make_list(std::move(items), a.is_tuple);
@@ -448,9 +455,9 @@ Value Interpreter::binary(const Expr& e, Scope& s) {
   if (op == "*") {
     if (ints) return Value::integer(ai * bi);
     if (nums) return Value::real(af * bf);
-    const Value* seq = a.is_string() || a.is_list() ? &a : &b;
+    const Value* seq = a.is_string() || a.is_plain_list() ? &a : &b;
     const Value* cnt = seq == &a ? &b : &a;
-    if ((seq->is_string() || seq->is_list()) && (cnt->kind == Kind::Int || cnt->kind == Kind::Bool)) {
+    if ((seq->is_string() || seq->is_plain_list()) && (cnt->kind == Kind::Int || cnt->kind == Kind::Bool)) {
       int64_t times = cnt->kind == Kind::Bool ? cnt->b : cnt->i;
       if (seq->is_string()) {
         std::string r;

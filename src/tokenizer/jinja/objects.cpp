@@ -214,7 +214,7 @@ Value string_method(const Value& self, const std::string& name) {
 Value dict_items(const Value& d) {
   List out;
   for (const auto& [k, v] : *d.dict) out.push_back(Value::make_list({key_value(k), v}, true));
-  return Value::make_list(std::move(out));
+  return Value::make_iter(std::move(out), Iter::DictItems);
 }
 
 Value dict_method(const Value& self, const std::string& name) {
@@ -223,13 +223,13 @@ Value dict_method(const Value& self, const std::string& name) {
     return bound(self, [](const Value& d, CallArgs&) {
       List out;
       for (const auto& kv : *d.dict) out.push_back(key_value(kv.first));
-      return Value::make_list(std::move(out));
+      return Value::make_iter(std::move(out), Iter::DictKeys);
     });
   if (name == "values")
     return bound(self, [](const Value& d, CallArgs&) {
       List out;
       for (const auto& kv : *d.dict) out.push_back(kv.second);
-      return Value::make_list(std::move(out));
+      return Value::make_iter(std::move(out), Iter::DictValues);
     });
   if (name == "get")
     return bound(self, [](const Value& d, CallArgs& a) {
@@ -246,6 +246,8 @@ Value dict_method(const Value& self, const std::string& name) {
 }
 
 Value list_method(const Value& self, const std::string& name) {
+  if (self.iter != Iter::None && self.iter != Iter::Range)
+    return Value::undefined(detail::str("'", type_name(self), " object' has no attribute '", name, "'"));
   if (name == "index")
     return bound(self, [](const Value& l, CallArgs& a) {
       const Value* x = arg(a, 0, "value");
@@ -296,6 +298,8 @@ Value get_item(const Value& obj, const Value& key) {
     if (const Value* v = obj.find(key_of(key))) return *v;
     return Value::undefined(detail::str("'dict object' has no attribute ", key.i));
   }
+  if (obj.is_list() && obj.iter != Iter::None && obj.iter != Iter::Range)  // not subscriptable
+    return Value::undefined(detail::str("'", type_name(obj), " object' has no element ", repr(key)));
   if ((obj.is_list() || obj.is_string()) && (key.kind == Kind::Int || key.kind == Kind::Bool)) {
     int64_t k = key.kind == Kind::Bool ? key.b : key.i;
     if (obj.is_list()) {
@@ -321,7 +325,7 @@ bool contains(const Value& container, const Value& x) {
         throw TemplateError(detail::str("'in <string>' requires string as left operand, not ", type_name(x)));
       return container.s.find(x.s) != std::string::npos;
     case Kind::Array:
-      for (const Value& v : *container.list)
+      for (const Value& v : iterate(container))
         if (equals(v, x)) return true;
       return false;
     case Kind::Map: return (x.is_string() || x.kind == Kind::Int) && container.find(key_of(x)) != nullptr;
@@ -333,7 +337,13 @@ bool contains(const Value& container, const Value& x) {
 List iterate(const Value& v) {
   switch (v.kind) {
     case Kind::Undefined: return {};
-    case Kind::Array: return *v.list;
+    case Kind::Array: {
+      if (!v.single_pass()) return *v.list;
+      // A generator yields each item once: later iterations see only what is left.
+      size_t from = std::min(*v.cursor, v.list->size());
+      *v.cursor = v.list->size();
+      return List(v.list->begin() + static_cast<std::ptrdiff_t>(from), v.list->end());
+    }
     case Kind::Map: {
       List out;
       if (v.is_namespace) throw TemplateError("'Namespace' object is not iterable");
@@ -443,7 +453,7 @@ void add_globals(Scope& scope) {
       out.push_back(Value::integer(k));
       if (out.size() > 100000) throw TemplateError("range too big");
     }
-    return Value::make_list(std::move(out));
+    return Value::make_iter(std::move(out), Iter::Range);
   });
   scope.vars["namespace"] = Value::function([](CallArgs& a) -> Value {
     Value ns = Value::make_dict();

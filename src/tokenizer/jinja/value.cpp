@@ -48,7 +48,16 @@ std::string type_name(const Value& v) {
     case Kind::Int: return "int";
     case Kind::Float: return "float";
     case Kind::String: return "str";
-    case Kind::Array: return v.is_tuple ? "tuple" : "list";
+    case Kind::Array:
+      switch (v.iter) {
+        case Iter::Generator: return "generator";
+        case Iter::Reverse: return "list_reverseiterator";
+        case Iter::DictItems: return "dict_items";
+        case Iter::DictKeys: return "dict_keys";
+        case Iter::DictValues: return "dict_values";
+        case Iter::Range: return "range";
+        default: return v.is_tuple ? "tuple" : "list";
+      }
     case Kind::Map: return v.is_namespace ? "Namespace" : "dict";
     case Kind::Callable: return "function";
   }
@@ -63,7 +72,7 @@ bool truthy(const Value& v) {
     case Kind::Int: return v.i != 0;
     case Kind::Float: return v.f != 0;
     case Kind::String: return !v.s.empty();
-    case Kind::Array: return !v.list->empty();
+    case Kind::Array: return v.single_pass() || !v.list->empty();
     case Kind::Map: return v.is_namespace || !v.dict->empty();
     case Kind::Callable: return true;
   }
@@ -134,6 +143,13 @@ static std::string repr_string(const std::string& s) {
 }
 
 std::string repr(const Value& v) {
+  if (v.kind == Kind::Array && v.iter != Iter::None) {
+    if (v.single_pass() || v.iter == Iter::Range)
+      throw UnsupportedError(detail::str("printing a ", type_name(v),
+                                         " object (jinja2 prints its memory address or bounds); add |list"));
+    Value plain = Value::make_list(*v.list);
+    return type_name(v) + "(" + repr(plain) + ")";
+  }
   switch (v.kind) {
     case Kind::String: return repr_string(v.s);
     case Kind::Array: {
@@ -191,6 +207,10 @@ bool equals(const Value& a, const Value& b) {
     return as_double(a, "==") == as_double(b, "==");
   }
   if (a.kind != b.kind) return false;
+  if (a.kind == Kind::Array && (a.iter != Iter::None || b.iter != Iter::None)) {
+    if (a.iter != b.iter) return false;
+    if (a.single_pass()) return a.list == b.list;
+  }
   switch (a.kind) {
     case Kind::Undefined:
     case Kind::None: return true;
@@ -335,6 +355,7 @@ static void json_dump(std::string& out, const Value& v, int indent, int level, c
       return;
     case Kind::String: ascii ? json_string_ascii(out, v.s) : json_string(out, v.s); return;
     case Kind::Array: {
+      if (v.iter != Iter::None) break;
       if (v.list->empty()) {
         out += "[]";
         return;

@@ -25,7 +25,8 @@ class ChatTemplate {
   // Throws IoError / FormatError when the folder has no chat template.
   static ChatTemplate from_pretrained(const std::filesystem::path& dir);
   // source: the template text; special: bos_token, eos_token, ... as the template sees them.
-  static ChatTemplate from_string(const std::string& source, const nlohmann::json& special = nlohmann::json::object());
+  static ChatTemplate from_string(const std::string& source,
+                                  const nlohmann::json& special = nlohmann::json::object());
 
   // messages: [{"role": ..., "content": ...}, ...]; extra: further variables (tools,
   // enable_thinking, ...), passed to the template as transformers passes kwargs.

@@ -523,6 +523,14 @@ const Case kCases[] = {
      R"J({{ none|selectattr('a')|list }}{{ none|map(attribute='a')|list }}{{ ''|select|list }})J",
      R"J({})J",
      R"J([][][])J"},
+    {"chained_compare",
+     R"J({{ 1 < 2 < 3 }}{{ 1 < 3 < 2 }}{{ 1 == 1 != 2 }}{{ 0 <= x < 10 }}{{ 'a' in 'abc' in 'xabcx' }})J",
+     R"J({"x": 5})J",
+     R"J(TrueFalseTrueTrueTrue)J"},
+    {"joiner",
+     R"J({% set j = joiner(' | ') %}{% for x in [1, 2, 3] %}{{ j() }}{{ x }}{% endfor %})J",
+     R"J({})J",
+     R"J(1 | 2 | 3)J"},
 };
 // clang-format on
 
@@ -566,6 +574,7 @@ const ErrorCase kErrorCases[] = {
     {"err_gen_last", R"J({{ [1]|select|last }})J", R"J({})J", R"J(TypeError: 'generator' object is not reversible)J"},
     {"err_view_tojson", R"J({{ {'a': 1}.items()|tojson }})J", R"J({})J", R"J(TypeError: Object of type dict_items is not JSON serializable)J"},
     {"err_gen_plus_list", R"J({{ [1]|select + [2] }})J", R"J({})J", R"J(TypeError: unsupported operand type(s) for +: 'generator' and 'list')J"},
+    {"err_undefined_compare", R"J({{ x < 1 }})J", R"J({})J", R"J(UndefinedError: 'x' is undefined)J"},
 };
 // clang-format on
 
@@ -577,7 +586,9 @@ TEST_P(JinjaErrorTable, ThrowsWhereJinja2Throws) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Jinja, JinjaErrorTable, ::testing::ValuesIn(kErrorCases),
-                         [](const ::testing::TestParamInfo<ErrorCase>& p) { return std::string(p.param.name); });
+                         [](const ::testing::TestParamInfo<ErrorCase>& p) {
+                           return std::string(p.param.name);
+                         });
 
 std::string error_of(const std::string& source, const ojson& vars = ojson::object()) {
   try {
@@ -602,9 +613,11 @@ TEST(JinjaErrors, RuntimeErrorsNameTheLine) {
   EXPECT_NE(error_of("{{ d.a.b }}", {{"d", ojson::object()}}).find("'dict object' has no attribute 'a'"),
             std::string::npos);
   // ImmutableSandboxedEnvironment refuses list mutation.
-  EXPECT_NE(error_of("{% set l = [] %}{{ l.append(1) }}").find("access to attribute 'append' of 'list' object is unsafe"),
+  EXPECT_NE(error_of("{% set l = [] %}{{ l.append(1) }}")
+                .find("access to attribute 'append' of 'list' object is unsafe"),
             std::string::npos);
-  EXPECT_NE(error_of("{{ 1 + 'a' }}").find("unsupported operand type(s) for +: 'int' and 'str'"), std::string::npos);
+  EXPECT_NE(error_of("{{ 1 + 'a' }}").find("unsupported operand type(s) for +: 'int' and 'str'"),
+            std::string::npos);
   EXPECT_NE(error_of("{{ 1 // 0 }}").find("division"), std::string::npos);
   EXPECT_NE(error_of("{% for x in 5 %}{% endfor %}").find("'int' object is not iterable"), std::string::npos);
   EXPECT_NE(error_of("{% set d = {} %}{% set d.x = 1 %}").find("non-namespace"), std::string::npos);
@@ -655,8 +668,9 @@ TEST(ChatTemplateLoad, SpecialTokensFromStringsAndAddedTokenDicts) {
       {"pad_token", nullptr},
       {"add_bos_token", true},
       {"image_token", "<img>"},
-      {"chat_template", "{{ bos_token }}|{{ eos_token }}|{{ pad_token is defined }}|{{ image_token }}|"
-                        "{{ add_bos_token is defined }}|{{ tools }}|{{ documents }}|{{ messages[0].content }}"},
+      {"chat_template",
+       "{{ bos_token }}|{{ eos_token }}|{{ pad_token is defined }}|{{ image_token }}|"
+       "{{ add_bos_token is defined }}|{{ tools }}|{{ documents }}|{{ messages[0].content }}"},
   };
   std::ofstream(dir / "tokenizer_config.json") << config.dump();
   ChatTemplate t = ChatTemplate::from_pretrained(dir.path());
@@ -667,7 +681,8 @@ TEST(ChatTemplateLoad, SpecialTokensFromStringsAndAddedTokenDicts) {
 TEST(ChatTemplateLoad, JinjaFileWinsAndKwargsReachTheTemplate) {
   test::TempDir dir;
   std::ofstream(dir / "tokenizer_config.json") << R"({"eos_token": "E", "chat_template": "from config"})";
-  std::ofstream(dir / "chat_template.jinja") << "{{ eos_token }}{% if enable_thinking %}T{% endif %}{{ add_generation_prompt }}\n";
+  std::ofstream(dir / "chat_template.jinja")
+      << "{{ eos_token }}{% if enable_thinking %}T{% endif %}{{ add_generation_prompt }}\n";
   ChatTemplate t = ChatTemplate::from_pretrained(dir.path());
   EXPECT_EQ(t.apply(ojson::array(), true, {{"enable_thinking", true}}), "ETTrue");
   EXPECT_EQ(t.apply(nlohmann::json::array(), false), "EFalse");
@@ -692,7 +707,8 @@ TEST(ChatTemplateLoad, MissingTemplateIsAClearError) {
 TEST(ChatTemplateApply, KeyOrderOfOrderedJsonIsKept) {
   // Python dicts keep insertion order; tojson must print keys as given.
   ChatTemplate t = ChatTemplate::from_string("{{ tools|tojson }}");
-  EXPECT_EQ(t.apply(ojson::array(), false, ojson::parse(R"({"tools": [{"z": 1, "a": 2}]})")), R"([{"z": 1, "a": 2}])");
+  EXPECT_EQ(t.apply(ojson::array(), false, ojson::parse(R"({"tools": [{"z": 1, "a": 2}]})")),
+            R"([{"z": 1, "a": 2}])");
 }
 
 }  // namespace

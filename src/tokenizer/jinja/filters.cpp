@@ -29,7 +29,9 @@ int64_t arg_int(CallArgs& a, size_t pos, const char* name, int64_t def) {
   return static_cast<int64_t>(as_double(*v, name));
 }
 
-std::string need_str(const Value& v) { return to_str(v); }
+std::string need_str(const Value& v) {
+  return to_str(v);
+}
 
 // attribute="a.b" or an integer index, as jinja2's make_attrgetter.
 Value attr_path(const Value& item, const Value& attribute) {
@@ -40,7 +42,8 @@ Value attr_path(const Value& item, const Value& attribute) {
   while (true) {
     size_t q = path.find('.', p);
     std::string part = path.substr(p, q == std::string::npos ? std::string::npos : q - p);
-    bool digits = !part.empty() && std::all_of(part.begin(), part.end(), [](char c) { return c >= '0' && c <= '9'; });
+    bool digits =
+        !part.empty() && std::all_of(part.begin(), part.end(), [](char c) { return c >= '0' && c <= '9'; });
     cur = digits ? get_item(cur, Value::integer(std::stoll(part))) : get_item(cur, Value::string(part));
     if (q == std::string::npos) return cur;
     p = q + 1;
@@ -62,13 +65,18 @@ Value f_default(Interpreter&, Value& v, CallArgs& a) {
 
 Value f_length(Interpreter&, Value& v, CallArgs&) {
   switch (v.kind) {
-    case Kind::String: return Value::integer(static_cast<int64_t>(utf8_length(v.s)));
+    case Kind::String:
+      return Value::integer(static_cast<int64_t>(utf8_length(v.s)));
     case Kind::Array:
-      if (v.single_pass()) throw TemplateError(detail::str("object of type '", type_name(v), "' has no len()"));
+      if (v.single_pass())
+        throw TemplateError(detail::str("object of type '", type_name(v), "' has no len()"));
       return Value::integer(static_cast<int64_t>(v.list->size()));
-    case Kind::Map: return Value::integer(static_cast<int64_t>(v.dict->size()));
-    case Kind::Undefined: return Value::integer(0);
-    default: throw TemplateError(detail::str("object of type '", type_name(v), "' has no len()"));
+    case Kind::Map:
+      return Value::integer(static_cast<int64_t>(v.dict->size()));
+    case Kind::Undefined:
+      return Value::integer(0);
+    default:
+      throw TemplateError(detail::str("object of type '", type_name(v), "' has no len()"));
   }
 }
 
@@ -79,8 +87,10 @@ Value f_tojson(Interpreter&, Value& v, CallArgs& a) {
   const Value* ind = arg(a, 1, "indent");
   int indent = -1;
   if (ind && !ind->is_none()) {
-    if (ind->kind == Kind::Int) indent = static_cast<int>(std::max<int64_t>(0, ind->i));
-    else throw UnsupportedError("tojson indent other than an integer is not supported");
+    if (ind->kind == Kind::Int)
+      indent = static_cast<int>(std::max<int64_t>(0, ind->i));
+    else
+      throw UnsupportedError("tojson indent other than an integer is not supported");
   }
   std::string item_sep = indent >= 0 ? "," : ", ", key_sep = ": ";
   if (const Value* sep = arg(a, 2, "separators"); sep && !sep->is_none()) {
@@ -138,7 +148,9 @@ Value f_replace(Interpreter&, Value& v, CallArgs& a) {
 // jinja2's title: capitalise each word, words split at whitespace, '-', brackets.
 Value f_title(Interpreter&, Value& v, CallArgs&) {
   std::u32string u = utf8_decode(need_str(v));
-  auto is_sep = [](char32_t c) { return py_isspace(c) || c == '-' || c == '(' || c == '{' || c == '[' || c == '<'; };
+  auto is_sep = [](char32_t c) {
+    return py_isspace(c) || c == '-' || c == '(' || c == '{' || c == '[' || c == '<';
+  };
   std::string out;
   size_t k = 0;
   while (k < u.size()) {
@@ -172,9 +184,12 @@ Value f_int(Interpreter&, Value& v, CallArgs& a) {
   Value fallback = def ? *def : Value::integer(0);
   int64_t base = arg_int(a, 1, "base", 10);
   switch (v.kind) {
-    case Kind::Int: return v;
-    case Kind::Bool: return Value::integer(v.b);
-    case Kind::Float: return std::isfinite(v.f) ? Value::integer(static_cast<int64_t>(v.f)) : fallback;
+    case Kind::Int:
+      return v;
+    case Kind::Bool:
+      return Value::integer(v.b);
+    case Kind::Float:
+      return std::isfinite(v.f) ? Value::integer(static_cast<int64_t>(v.f)) : fallback;
     case Kind::String: {
       std::string s = py_strip(v.s, nullptr, true, true);
       try {
@@ -191,7 +206,8 @@ Value f_int(Interpreter&, Value& v, CallArgs& a) {
       }
       return fallback;
     }
-    default: return fallback;
+    default:
+      return fallback;
   }
 }
 
@@ -199,9 +215,12 @@ Value f_float(Interpreter&, Value& v, CallArgs& a) {
   const Value* def = arg(a, 0, "default");
   Value fallback = def ? *def : Value::real(0.0);
   switch (v.kind) {
-    case Kind::Int: return Value::real(static_cast<double>(v.i));
-    case Kind::Bool: return Value::real(v.b);
-    case Kind::Float: return v;
+    case Kind::Int:
+      return Value::real(static_cast<double>(v.i));
+    case Kind::Bool:
+      return Value::real(v.b);
+    case Kind::Float:
+      return v;
     case Kind::String: {
       std::string s = py_strip(v.s, nullptr, true, true);
       try {
@@ -212,7 +231,8 @@ Value f_float(Interpreter&, Value& v, CallArgs& a) {
       }
       return fallback;
     }
-    default: return fallback;
+    default:
+      return fallback;
   }
 }
 
@@ -232,13 +252,16 @@ Value f_round(Interpreter&, Value& v, CallArgs& a) {
 }
 
 Value f_abs(Interpreter&, Value& v, CallArgs&) {
-  if (v.kind == Kind::Int || v.kind == Kind::Bool) return Value::integer(std::llabs(v.kind == Kind::Bool ? v.b : v.i));
+  if (v.kind == Kind::Int || v.kind == Kind::Bool)
+    return Value::integer(std::llabs(v.kind == Kind::Bool ? v.b : v.i));
   return Value::real(std::fabs(as_double(v, "abs")));
 }
 
 Value f_indent(Interpreter&, Value& v, CallArgs& a) {
   const Value* w = arg(a, 0, "width");
-  std::string indention = !w ? "    " : w->is_string() ? w->s : std::string(static_cast<size_t>(as_double(*w, "width")), ' ');
+  std::string indention = !w               ? "    "
+                          : w->is_string() ? w->s
+                                           : std::string(static_cast<size_t>(as_double(*w, "width")), ' ');
   bool first = arg_bool(a, 1, "first", false), blank = arg_bool(a, 2, "blank", false);
   std::string s = need_str(v) + "\n";  // jinja2 appends a newline so splitlines keeps a trailing empty line
   std::vector<std::string> lines = py_splitlines(s);
@@ -253,7 +276,9 @@ Value f_indent(Interpreter&, Value& v, CallArgs& a) {
   return Value::string(rv);
 }
 
-Value f_list(Interpreter&, Value& v, CallArgs&) { return Value::make_list(iterate(v)); }
+Value f_list(Interpreter&, Value& v, CallArgs&) {
+  return Value::make_list(iterate(v));
+}
 
 Value f_items(Interpreter&, Value& v, CallArgs&) {
   if (v.is_undefined()) return Value::make_iter({}, Iter::Generator);
@@ -263,7 +288,9 @@ Value f_items(Interpreter&, Value& v, CallArgs&) {
   return Value::make_iter(std::move(out), Iter::Generator);
 }
 
-Value f_escape(Interpreter&, Value& v, CallArgs&) { return html_escape(v); }
+Value f_escape(Interpreter&, Value& v, CallArgs&) {
+  return html_escape(v);
+}
 
 Value f_unique(Interpreter&, Value& v, CallArgs& a) {
   bool cs = arg_bool(a, 0, "case_sensitive", false);
@@ -368,8 +395,10 @@ Value f_sum(Interpreter&, Value& v, CallArgs& a) {
   Value total = start ? *start : Value::integer(0);
   for (const Value& x : iterate(v)) {
     Value y = attribute ? attr_path(x, *attribute) : x;
-    if ((total.kind == Kind::Int || total.kind == Kind::Bool) && (y.kind == Kind::Int || y.kind == Kind::Bool))
-      total = Value::integer((total.kind == Kind::Bool ? total.b : total.i) + (y.kind == Kind::Bool ? y.b : y.i));
+    if ((total.kind == Kind::Int || total.kind == Kind::Bool) &&
+        (y.kind == Kind::Int || y.kind == Kind::Bool))
+      total =
+          Value::integer((total.kind == Kind::Bool ? total.b : total.i) + (y.kind == Kind::Bool ? y.b : y.i));
     else
       total = Value::real(as_double(total, "sum") + as_double(y, "sum"));
   }
@@ -380,7 +409,9 @@ Value min_max(Value& v, CallArgs& a, bool want_max) {
   bool cs = arg_bool(a, 0, "case_sensitive", false);
   const Value* attribute = arg(a, 1, "attribute");
   List items = iterate(v);
-  if (items.empty()) return Value::undefined(want_max ? "No aggregated item, sequence was empty." : "No aggregated item, sequence was empty.");
+  if (items.empty())
+    return Value::undefined(want_max ? "No aggregated item, sequence was empty."
+                                     : "No aggregated item, sequence was empty.");
   size_t best = 0;
   for (size_t k = 1; k < items.size(); ++k) {
     Value kb = sort_key(attribute ? attr_path(items[best], *attribute) : items[best], cs);
@@ -465,9 +496,11 @@ Value f_map(Interpreter& in, Value& v, CallArgs& a) {
 const std::map<std::string, FilterFn>& filters() {
   static const std::map<std::string, FilterFn> table = {
       {"abs", f_abs},
-      {"attr", [](Interpreter&, Value& v, CallArgs& a) { return get_attr(v, a.args.empty() ? "" : to_str(a.args[0])); }},
+      {"attr", [](Interpreter&, Value& v,
+                  CallArgs& a) { return get_attr(v, a.args.empty() ? "" : to_str(a.args[0])); }},
       {"batch", f_batch},
-      {"capitalize", [](Interpreter&, Value& v, CallArgs&) { return Value::string(py_capitalize(to_str(v))); }},
+      {"capitalize",
+       [](Interpreter&, Value& v, CallArgs&) { return Value::string(py_capitalize(to_str(v))); }},
       {"center", f_center},
       {"count", f_length},
       {"d", f_default},
@@ -491,7 +524,8 @@ const std::map<std::string, FilterFn>& filters() {
       {"max", [](Interpreter&, Value& v, CallArgs& a) { return min_max(v, a, true); }},
       {"min", [](Interpreter&, Value& v, CallArgs& a) { return min_max(v, a, false); }},
       {"reject", [](Interpreter& in, Value& v, CallArgs& a) { return select_impl(in, v, a, false, false); }},
-      {"rejectattr", [](Interpreter& in, Value& v, CallArgs& a) { return select_impl(in, v, a, true, false); }},
+      {"rejectattr",
+       [](Interpreter& in, Value& v, CallArgs& a) { return select_impl(in, v, a, true, false); }},
       {"replace", f_replace},
       {"reverse", f_reverse},
       {"round", f_round},
@@ -502,7 +536,8 @@ const std::map<std::string, FilterFn>& filters() {
          return m;
        }},
       {"select", [](Interpreter& in, Value& v, CallArgs& a) { return select_impl(in, v, a, false, true); }},
-      {"selectattr", [](Interpreter& in, Value& v, CallArgs& a) { return select_impl(in, v, a, true, true); }},
+      {"selectattr",
+       [](Interpreter& in, Value& v, CallArgs& a) { return select_impl(in, v, a, true, true); }},
       {"sort", f_sort},
       {"string", [](Interpreter&, Value& v, CallArgs&) { return Value::string(to_str(v)); }},
       {"sum", f_sum},
@@ -524,7 +559,8 @@ const Value& test_arg(CallArgs& a, const char* test) {
 }
 
 bool t_sequence(Interpreter&, const Value& v, CallArgs&) {
-  return v.is_string() || (v.is_list() && (v.iter == Iter::None || v.iter == Iter::Range)) || (v.is_dict() && !v.is_namespace);
+  return v.is_string() || (v.is_list() && (v.iter == Iter::None || v.iter == Iter::Range)) ||
+         (v.is_dict() && !v.is_namespace);
 }
 
 }  // namespace
@@ -558,23 +594,28 @@ const std::map<std::string, TestFn>& tests() {
          return equals(v, o);
        }},
       {"eq", [](Interpreter&, const Value& v, CallArgs& a) { return equals(v, test_arg(a, "eq")); }},
-      {"equalto", [](Interpreter&, const Value& v, CallArgs& a) { return equals(v, test_arg(a, "equalto")); }},
+      {"equalto",
+       [](Interpreter&, const Value& v, CallArgs& a) { return equals(v, test_arg(a, "equalto")); }},
       {"==", [](Interpreter&, const Value& v, CallArgs& a) { return equals(v, test_arg(a, "==")); }},
       {"ne", [](Interpreter&, const Value& v, CallArgs& a) { return !equals(v, test_arg(a, "ne")); }},
       {"!=", [](Interpreter&, const Value& v, CallArgs& a) { return !equals(v, test_arg(a, "!=")); }},
       {"lt", [](Interpreter&, const Value& v, CallArgs& a) { return less(v, test_arg(a, "lt")); }},
-      {"lessthan", [](Interpreter&, const Value& v, CallArgs& a) { return less(v, test_arg(a, "lessthan")); }},
+      {"lessthan",
+       [](Interpreter&, const Value& v, CallArgs& a) { return less(v, test_arg(a, "lessthan")); }},
       {"<", [](Interpreter&, const Value& v, CallArgs& a) { return less(v, test_arg(a, "<")); }},
       {"le", [](Interpreter&, const Value& v, CallArgs& a) { return !less(test_arg(a, "le"), v); }},
       {"<=", [](Interpreter&, const Value& v, CallArgs& a) { return !less(test_arg(a, "<="), v); }},
       {"gt", [](Interpreter&, const Value& v, CallArgs& a) { return less(test_arg(a, "gt"), v); }},
-      {"greaterthan", [](Interpreter&, const Value& v, CallArgs& a) { return less(test_arg(a, "greaterthan"), v); }},
+      {"greaterthan",
+       [](Interpreter&, const Value& v, CallArgs& a) { return less(test_arg(a, "greaterthan"), v); }},
       {">", [](Interpreter&, const Value& v, CallArgs& a) { return less(test_arg(a, ">"), v); }},
       {"ge", [](Interpreter&, const Value& v, CallArgs& a) { return !less(v, test_arg(a, "ge")); }},
       {">=", [](Interpreter&, const Value& v, CallArgs& a) { return !less(v, test_arg(a, ">=")); }},
       {"in", [](Interpreter&, const Value& v, CallArgs& a) { return contains(test_arg(a, "in"), v); }},
-      {"odd", [](Interpreter&, const Value& v, CallArgs&) { return (static_cast<int64_t>(as_double(v, "odd")) & 1) == 1; }},
-      {"even", [](Interpreter&, const Value& v, CallArgs&) { return (static_cast<int64_t>(as_double(v, "even")) & 1) == 0; }},
+      {"odd", [](Interpreter&, const Value& v,
+                 CallArgs&) { return (static_cast<int64_t>(as_double(v, "odd")) & 1) == 1; }},
+      {"even", [](Interpreter&, const Value& v,
+                  CallArgs&) { return (static_cast<int64_t>(as_double(v, "even")) & 1) == 0; }},
       {"divisibleby",
        [](Interpreter&, const Value& v, CallArgs& a) {
          int64_t d = static_cast<int64_t>(as_double(test_arg(a, "divisibleby"), "divisibleby"));
@@ -585,7 +626,8 @@ const std::map<std::string, TestFn>& tests() {
       {"upper", [](Interpreter&, const Value& v, CallArgs&) { return py_isupper(to_str(v)); }},
       {"filter",
        [](Interpreter&, const Value& v, CallArgs&) { return v.is_string() && filters().count(v.s) > 0; }},
-      {"test", [](Interpreter&, const Value& v, CallArgs&) { return v.is_string() && tests().count(v.s) > 0; }},
+      {"test",
+       [](Interpreter&, const Value& v, CallArgs&) { return v.is_string() && tests().count(v.s) > 0; }},
   };
   return table;
 }

@@ -46,16 +46,25 @@ Interpreter::Flow Interpreter::exec(const Body& body, Scope& s, std::string& out
 
 Interpreter::Flow Interpreter::exec_node(const Node& n, Scope& s, std::string& out) {
   switch (n.kind) {
-    case NodeKind::Text: out += n.text; return Flow::Normal;
-    case NodeKind::Output: out += to_str(eval(*n.expr, s)); return Flow::Normal;
+    case NodeKind::Text:
+      out += n.text;
+      return Flow::Normal;
+    case NodeKind::Output:
+      out += to_str(eval(*n.expr, s));
+      return Flow::Normal;
     case NodeKind::If:
       for (size_t k = 0; k < n.conds.size(); ++k)
         if (truthy(eval(*n.conds[k], s))) return exec(n.bodies[k], s, out);
       if (n.bodies.size() > n.conds.size()) return exec(n.bodies.back(), s, out);
       return Flow::Normal;
-    case NodeKind::For: return exec_for(n, s, out);
-    case NodeKind::Set: exec_set(n, s); return Flow::Normal;
-    case NodeKind::Macro: s.vars[n.name] = make_macro(n, s); return Flow::Normal;
+    case NodeKind::For:
+      return exec_for(n, s, out);
+    case NodeKind::Set:
+      exec_set(n, s);
+      return Flow::Normal;
+    case NodeKind::Macro:
+      s.vars[n.name] = make_macro(n, s);
+      return Flow::Normal;
     case NodeKind::CallBlock: {
       // The body becomes `caller`, a macro taking the call block's parameters.
       Value caller = make_macro(n, s);
@@ -66,8 +75,10 @@ Interpreter::Flow Interpreter::exec_node(const Node& n, Scope& s, std::string& o
       out += to_str(call(fn, args, n.line));
       return Flow::Normal;
     }
-    case NodeKind::Break: return Flow::Break;
-    case NodeKind::Continue: return Flow::Continue;
+    case NodeKind::Break:
+      return Flow::Break;
+    case NodeKind::Continue:
+      return Flow::Continue;
     case NodeKind::FilterBlock: {
       std::string inner;
       Scope local{{}, &s};
@@ -86,7 +97,8 @@ Interpreter::Flow Interpreter::exec_node(const Node& n, Scope& s, std::string& o
       for (size_t k = 0; k < n.targets.size(); ++k) local.vars[n.targets[k]] = eval(*n.values[k], s);
       return exec(n.body, local, out);
     }
-    case NodeKind::Scope: return exec(n.body, s, out);
+    case NodeKind::Scope:
+      return exec(n.body, s, out);
   }
   return Flow::Normal;
 }
@@ -98,14 +110,16 @@ static void assign(Scope& s, const Node& n, const Value& v) {
   }
   List items = iterate(v);
   if (items.size() != n.targets.size())
-    throw TemplateError(detail::str("cannot unpack ", items.size(), " values into ", n.targets.size(), " names"));
+    throw TemplateError(
+        detail::str("cannot unpack ", items.size(), " values into ", n.targets.size(), " names"));
   for (size_t k = 0; k < items.size(); ++k) s.vars[n.targets[k]] = items[k];
 }
 
 Interpreter::Flow Interpreter::exec_for(const Node& n, Scope& s, std::string& out) {
   Value seq = eval(*n.expr, s);
   if (seq.is_none() || seq.kind == Kind::Int || seq.kind == Kind::Float || seq.kind == Kind::Bool)
-    throw TemplateError(detail::str("chat template line ", n.line, ": '", type_name(seq), "' object is not iterable"));
+    throw TemplateError(
+        detail::str("chat template line ", n.line, ": '", type_name(seq), "' object is not iterable"));
   List items = iterate(seq);
   if (n.cond) {  // `for x in xs if cond`: filtered before the loop, so loop.length counts survivors
     List kept;
@@ -152,8 +166,9 @@ void Interpreter::exec_set(const Node& n, Scope& s) {
   if (!n.attr.empty()) {
     const Value* ns = s.lookup(n.targets[0]);
     if (!ns || !ns->is_namespace)
-      throw TemplateError(detail::str("chat template line ", n.line, ": cannot assign attribute on non-namespace object '",
-                                      n.targets[0], "'"));
+      throw TemplateError(detail::str("chat template line ", n.line,
+                                      ": cannot assign attribute on non-namespace object '", n.targets[0],
+                                      "'"));
     Value target = *ns;  // shares the namespace's dict
     target.set(n.attr, eval(*n.expr, s));
     return;
@@ -189,16 +204,21 @@ Value Interpreter::make_macro(const Node& n, Scope& s) {
     size_t np = node->params.size();
     List varargs;
     for (size_t k = 0; k < a.args.size(); ++k) {
-      if (k < np) local.vars[node->params[k].first] = a.args[k];
-      else varargs.push_back(a.args[k]);
+      if (k < np)
+        local.vars[node->params[k].first] = a.args[k];
+      else
+        varargs.push_back(a.args[k]);
     }
     Dict extra;
     for (auto& [key, v] : a.kwargs) {
       bool is_param = false;
       for (const auto& p : node->params) is_param = is_param || p.first == key;
-      if (is_param) local.vars[key] = v;
-      else if (key == "caller") local.vars["caller"] = v;
-      else extra.emplace_back(key, v);
+      if (is_param)
+        local.vars[key] = v;
+      else if (key == "caller")
+        local.vars["caller"] = v;
+      else
+        extra.emplace_back(key, v);
     }
     for (const auto& [pname, def] : node->params)
       if (!local.vars.count(pname))
@@ -222,8 +242,10 @@ CallArgs Interpreter::eval_args(const Expr& e, Scope& s, size_t first) {
 Value Interpreter::call(const Value& fn, CallArgs& args, int line) {
   if (fn.kind != Kind::Callable) {
     if (fn.is_undefined())
-      throw TemplateError(detail::str("chat template line ", line, ": ", fn.s.empty() ? "value is undefined" : fn.s));
-    throw TemplateError(detail::str("chat template line ", line, ": '", type_name(fn), "' object is not callable"));
+      throw TemplateError(
+          detail::str("chat template line ", line, ": ", fn.s.empty() ? "value is undefined" : fn.s));
+    throw TemplateError(
+        detail::str("chat template line ", line, ": '", type_name(fn), "' object is not callable"));
   }
   try {
     return (*fn.fn)(args);
@@ -237,7 +259,8 @@ Value Interpreter::call(const Value& fn, CallArgs& args, int line) {
 Value Interpreter::apply_filter(const std::string& name, Value v, CallArgs& args, int line) {
   auto it = filters().find(name);
   if (it == filters().end())
-    throw UnsupportedError(detail::str("chat template line ", line, ": filter '", name, "' is not supported"));
+    throw UnsupportedError(
+        detail::str("chat template line ", line, ": filter '", name, "' is not supported"));
   try {
     return it->second(*this, v, args);
   } catch (const TemplateError& e) {
@@ -260,6 +283,26 @@ bool Interpreter::apply_test(const std::string& name, const Value& v, CallArgs& 
   }
 }
 
+// One comparison of a chain; Undefined operands of an ordering raise UndefinedError in jinja2.
+static bool compare(const std::string& op, const Value& a, const Value& b, int line) {
+  try {
+    if (op == "==") return equals(a, b);
+    if (op == "!=") return !equals(a, b);
+    if (op == "<") return less(a, b);
+    if (op == ">") return less(b, a);
+    if (op == "<=") return !less(b, a);
+    if (op == ">=") return !less(a, b);
+    if (op == "in") return contains(b, a);
+    if (op == "not in") return !contains(b, a);
+  } catch (const TemplateError& err) {
+    if (a.is_undefined()) throw TemplateError(detail::str("chat template line ", line, ": ", a.s));
+    if (b.is_undefined()) throw TemplateError(detail::str("chat template line ", line, ": ", b.s));
+    rethrow_with_line(err, line);
+  }
+  throw UnsupportedError(
+      detail::str("chat template line ", line, ": comparison '", op, "' is not supported"));
+}
+
 static Value slice_of(const Value& obj, const Value& a, const Value& b, const Value& c, int line) {
   auto idx = [&](const Value& v, const char* what) -> std::optional<int64_t> {
     if (v.is_none() || v.is_undefined()) return std::nullopt;
@@ -277,7 +320,8 @@ static Value slice_of(const Value& obj, const Value& a, const Value& b, const Va
   } else if (obj.is_list() && (obj.iter == Iter::None || obj.iter == Iter::Range)) {
     src = *obj.list;
   } else {
-    throw TemplateError(detail::str("chat template line ", line, ": '", type_name(obj), "' object is not subscriptable"));
+    throw TemplateError(
+        detail::str("chat template line ", line, ": '", type_name(obj), "' object is not subscriptable"));
   }
   const int64_t n = obj.is_string() ? static_cast<int64_t>(chars.size()) : static_cast<int64_t>(src.size());
   // Python's slice.indices().
@@ -292,8 +336,10 @@ static Value slice_of(const Value& obj, const Value& a, const Value& b, const Va
   std::string s;
   List out;
   for (int64_t k = lo; step > 0 ? k < hi : k > hi; k += step) {
-    if (obj.is_string()) s += chars[k];
-    else out.push_back(src[k]);
+    if (obj.is_string())
+      s += chars[k];
+    else
+      out.push_back(src[k]);
   }
   if (obj.is_string()) return Value::string(s);
   return Value::make_list(std::move(out), obj.is_tuple);
@@ -301,7 +347,8 @@ static Value slice_of(const Value& obj, const Value& a, const Value& b, const Va
 
 Value Interpreter::eval(const Expr& e, Scope& s) {
   switch (e.kind) {
-    case ExprKind::Literal: return e.value;
+    case ExprKind::Literal:
+      return e.value;
     case ExprKind::Name: {
       const Value* v = s.lookup(e.name);
       return v ? *v : Value::undefined(detail::str("'", e.name, "' is undefined"));
@@ -358,10 +405,20 @@ Value Interpreter::eval(const Expr& e, Scope& s) {
         return Value::integer(e.name == "-" ? -x : x);
       }
       if (v.kind == Kind::Float) return Value::real(e.name == "-" ? -v.f : v.f);
-      throw TemplateError(detail::str("chat template line ", e.line, ": bad operand type for unary ", e.name, ": '",
-                                      type_name(v), "'"));
+      throw TemplateError(detail::str("chat template line ", e.line, ": bad operand type for unary ", e.name,
+                                      ": '", type_name(v), "'"));
     }
-    case ExprKind::Binary: return binary(e, s);
+    case ExprKind::Binary:
+      return binary(e, s);
+    case ExprKind::Compare: {
+      Value left = eval(*e.children[0], s);
+      for (size_t k = 0; k < e.ops.size(); ++k) {
+        Value right = eval(*e.children[k + 1], s);
+        if (!compare(e.ops[k], left, right, e.line)) return Value::boolean(false);
+        left = std::move(right);
+      }
+      return Value::boolean(true);
+    }
     case ExprKind::CondExpr: {
       if (truthy(eval(*e.children[1], s))) return eval(*e.children[0], s);
       if (e.children[2]) return eval(*e.children[2], s);
@@ -409,23 +466,10 @@ Value Interpreter::binary(const Expr& e, Scope& s) {
   auto fail = [&]() -> Value {
     if (a.is_undefined()) throw TemplateError(detail::str("chat template line ", e.line, ": ", a.s));
     if (b.is_undefined()) throw TemplateError(detail::str("chat template line ", e.line, ": ", b.s));
-    throw TemplateError(detail::str("chat template line ", e.line, ": unsupported operand type(s) for ", op, ": '",
-                                    type_name(a), "' and '", type_name(b), "'"));
+    throw TemplateError(detail::str("chat template line ", e.line, ": unsupported operand type(s) for ", op,
+                                    ": '", type_name(a), "' and '", type_name(b), "'"));
   };
-  try {
-    if (op == "~") return Value::string(to_str(a) + to_str(b));
-    if (op == "==") return Value::boolean(equals(a, b));
-    if (op == "!=") return Value::boolean(!equals(a, b));
-    if (op == "<") return Value::boolean(less(a, b));
-    if (op == ">") return Value::boolean(less(b, a));
-    if (op == "<=") return Value::boolean(!less(b, a));
-    if (op == ">=") return Value::boolean(!less(a, b));
-    if (op == "in") return Value::boolean(contains(b, a));
-    if (op == "not in") return Value::boolean(!contains(b, a));
-  } catch (const TemplateError& err) {
-    if (a.is_undefined() || b.is_undefined()) fail();
-    rethrow_with_line(err, e.line);
-  }
+  if (op == "~") return Value::string(to_str(a) + to_str(b));
   bool ints = (a.kind == Kind::Int || a.kind == Kind::Bool) && (b.kind == Kind::Int || b.kind == Kind::Bool);
   int64_t ai = a.kind == Kind::Bool ? a.b : a.i, bi = b.kind == Kind::Bool ? b.b : b.i;
   bool nums = a.is_number() && b.is_number();
@@ -477,7 +521,8 @@ Value Interpreter::binary(const Expr& e, Scope& s) {
   }
   if (op == "//") {
     if (!nums) return fail();
-    if (bf == 0) throw TemplateError(detail::str("chat template line ", e.line, ": integer division or modulo by zero"));
+    if (bf == 0)
+      throw TemplateError(detail::str("chat template line ", e.line, ": integer division or modulo by zero"));
     if (ints) return Value::integer(floor_div(ai, bi));
     return Value::real(std::floor(af / bf));
   }
@@ -505,7 +550,8 @@ Value Interpreter::binary(const Expr& e, Scope& s) {
       }
     }
     if (!nums) return fail();
-    if (bf == 0) throw TemplateError(detail::str("chat template line ", e.line, ": integer division or modulo by zero"));
+    if (bf == 0)
+      throw TemplateError(detail::str("chat template line ", e.line, ": integer division or modulo by zero"));
     if (ints) return Value::integer(ai - floor_div(ai, bi) * bi);
     double m = std::fmod(af, bf);
     if (m != 0 && ((m < 0) != (bf < 0))) m += bf;
@@ -520,7 +566,8 @@ Value Interpreter::binary(const Expr& e, Scope& s) {
     if (nums) return Value::real(std::pow(af, bf));
     return fail();
   }
-  throw UnsupportedError(detail::str("chat template line ", e.line, ": operator '", op, "' is not supported"));
+  throw UnsupportedError(
+      detail::str("chat template line ", e.line, ": operator '", op, "' is not supported"));
 }
 
 }  // namespace nibble::jinja

@@ -61,10 +61,14 @@ class Parser {
   }
   std::string describe() const {
     switch (cur().type) {
-      case Tok::Eof: return "end of template";
-      case Tok::BlockEnd: return "%}";
-      case Tok::VarEnd: return "}}";
-      default: return cur().text;
+      case Tok::Eof:
+        return "end of template";
+      case Tok::BlockEnd:
+        return "%}";
+      case Tok::VarEnd:
+        return "}}";
+      default:
+        return cur().text;
     }
   }
 
@@ -117,7 +121,8 @@ class Parser {
           body.push_back(parse_statement());
           break;
         }
-        default: fail(detail::str("unexpected token '", describe(), "'"));
+        default:
+          fail(detail::str("unexpected token '", describe(), "'"));
       }
     }
   }
@@ -143,8 +148,8 @@ class Parser {
       expect_block_end();
       return make_node(kw == "break" ? NodeKind::Break : NodeKind::Continue, ln);
     }
-    static const std::set<std::string> known = {"extends", "include", "import", "from", "block", "autoescape",
-                                                 "do", "trans", "pluralize", "debug"};
+    static const std::set<std::string> known = {"extends",    "include", "import", "from",      "block",
+                                                "autoescape", "do",      "trans",  "pluralize", "debug"};
     --p_;
     if (known.count(kw)) unsupported(detail::str("the '{% ", kw, " %}' tag"));
     fail(detail::str("unknown tag '", kw, "'"));
@@ -365,14 +370,12 @@ class Parser {
   ExprPtr parse_compare() {
     int ln = line();
     ExprPtr e = parse_math1();
-    // Chained comparisons (a < b < c) are rare in templates; jinja2 evaluates them pairwise
-    // with `and`, which is what nesting the first operand would get wrong, so reject them.
-    int n = 0;
+    // a < b < c means (a < b) and (b < c), b evaluated once, as in Python.
+    ExprPtr chain;
     while (true) {
       std::string op;
-      if (cur().type == Tok::Op &&
-          (cur().text == "==" || cur().text == "!=" || cur().text == "<" || cur().text == ">" ||
-           cur().text == "<=" || cur().text == ">=")) {
+      if (cur().type == Tok::Op && (cur().text == "==" || cur().text == "!=" || cur().text == "<" ||
+                                    cur().text == ">" || cur().text == "<=" || cur().text == ">=")) {
         op = cur().text;
         ++p_;
       } else if (is_name("in")) {
@@ -384,10 +387,14 @@ class Parser {
       } else {
         break;
       }
-      if (++n > 1) unsupported("a chained comparison");
-      e = binary(op, std::move(e), parse_math1(), ln);
+      if (!chain) {
+        chain = make(ExprKind::Compare, ln);
+        chain->children.push_back(std::move(e));
+      }
+      chain->ops.push_back(op);
+      chain->children.push_back(parse_math1());
     }
-    return e;
+    return chain ? std::move(chain) : std::move(e);
   }
 
   ExprPtr parse_math1() {
@@ -450,9 +457,12 @@ class Parser {
     if (tk.type == Tok::Name) {
       ++p_;
       auto e = make(ExprKind::Literal, ln);
-      if (tk.text == "true" || tk.text == "True") e->value = Value::boolean(true);
-      else if (tk.text == "false" || tk.text == "False") e->value = Value::boolean(false);
-      else if (tk.text == "none" || tk.text == "None") e->value = Value::none();
+      if (tk.text == "true" || tk.text == "True")
+        e->value = Value::boolean(true);
+      else if (tk.text == "false" || tk.text == "False")
+        e->value = Value::boolean(false);
+      else if (tk.text == "none" || tk.text == "None")
+        e->value = Value::none();
       else {
         e->kind = ExprKind::Name;
         e->name = tk.text;
@@ -470,7 +480,8 @@ class Parser {
       ++p_;
       auto e = make(ExprKind::Literal, ln);
       try {
-        e->value = tk.type == Tok::Int ? Value::integer(std::stoll(tk.text)) : Value::real(std::stod(tk.text));
+        e->value =
+            tk.type == Tok::Int ? Value::integer(std::stoll(tk.text)) : Value::real(std::stod(tk.text));
       } catch (const std::exception&) {
         fail(detail::str("number out of range: ", tk.text));
       }
@@ -649,6 +660,8 @@ class Parser {
 
 }  // namespace
 
-Body parse(const std::vector<Token>& tokens) { return Parser(tokens).parse_template(); }
+Body parse(const std::vector<Token>& tokens) {
+  return Parser(tokens).parse_template();
+}
 
 }  // namespace nibble::jinja

@@ -51,7 +51,8 @@ struct Value {
   bool is_namespace = false;  // a Dict made by namespace(): attribute assignment allowed
   bool is_markup = false;
   Iter iter = Iter::None;
-  std::shared_ptr<size_t> cursor;  // Generator / Reverse: items already consumed     // a String that is markupsafe.Markup (from |safe, |escape): `+` escapes the other side
+  std::shared_ptr<size_t> cursor;  // Generator / Reverse: items already consumed     // a String that is
+                                   // markupsafe.Markup (from |safe, |escape): `+` escapes the other side
   int64_t i = 0;
   double f = 0;
   std::string s;  // String text (UTF-8); for Undefined, the name that was missing (for errors)

@@ -531,6 +531,42 @@ const Case kCases[] = {
      R"J({% set j = joiner(' | ') %}{% for x in [1, 2, 3] %}{{ j() }}{{ x }}{% endfor %})J",
      R"J({})J",
      R"J(1 | 2 | 3)J"},
+    {"scope_read_before_set",
+     R"J({% set x = 1 %}{% for i in [1, 2] %}{{ x }}{% set x = 2 %}{{ x }}{% endfor %}{{ x }})J",
+     R"J({})J",
+     R"J(12121)J"},
+    {"scope_if_set",
+     R"J({% if true %}{% set y = 3 %}{% endif %}{{ y }})J",
+     R"J({})J",
+     R"J(3)J"},
+    {"scope_macro_sees_later_global",
+     R"J({% macro m() %}{{ g }}{% endmacro %}{% set g = 'late' %}{{ m() }})J",
+     R"J({})J",
+     R"J(late)J"},
+    {"scope_macro_arg_shadow",
+     R"J({% set a = 'outer' %}{% macro m(a) %}{{ a }}{% endmacro %}{{ m('inner') }}{{ a }})J",
+     R"J({})J",
+     R"J(innerouter)J"},
+    {"scope_with_set",
+     R"J({% with %}{% set w = 1 %}{{ w }}{% endwith %}[{{ w }}])J",
+     R"J({})J",
+     R"J(1[])J"},
+    {"scope_nested_loop_outer_var",
+     R"J({% for i in [1, 2] %}{% set outer = i %}{% for j in [1] %}{{ outer }}{% endfor %}{% endfor %})J",
+     R"J({})J",
+     R"J(12)J"},
+    {"scope_macro_in_loop",
+     R"J({% for i in [1, 2] %}{% macro m() %}{{ i }}{% endmacro %}{{ m() }}{% endfor %})J",
+     R"J({})J",
+     R"J(12)J"},
+    {"scope_call_block_sees_locals",
+     R"J({% macro w() %}[{{ caller() }}]{% endmacro %}{% for i in [7] %}{% call w() %}{{ i }}{% endcall %}{% endfor %})J",
+     R"J({})J",
+     R"J([7])J"},
+    {"macro_in_namespace_same_scope",
+     R"J({% set ns = namespace() %}{% macro m() %}M{% endmacro %}{% set ns.f = m %}{{ ns.f() }})J",
+     R"J({})J",
+     R"J(M)J"},
 };
 // clang-format on
 
@@ -656,6 +692,12 @@ TEST(JinjaErrors, UnsupportedConstructsAreNamed) {
   unsupported("{{ '{:>4}'.format(1) }}", "format specs");
   // jinja2 prints a generator's memory address: no output could match it.
   unsupported("{{ [1]|map('string') }}", "printing a generator");
+  // jinja2 renders its internal `missing` sentinel here; nibble refuses instead.
+  unsupported(
+      "{% set ns = namespace() %}{% for i in [1] %}{% macro m() %}{{ i }}{% endmacro %}"
+      "{% set ns.f = m %}{% endfor %}{{ ns.f() }}",
+      "after the scope that defined it ended");
+  unsupported("{{ cycler(1, 2) }}", "cycler");
 }
 
 // --- ChatTemplate loading ----------------------------------------------------------------

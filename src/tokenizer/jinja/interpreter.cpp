@@ -195,7 +195,11 @@ void Interpreter::exec_set(const Node& n, Scope& s) {
 Value Interpreter::make_macro(const Node& n, Scope& s) {
   const Node* node = &n;
   Scope* defining = &s;
-  return Value::function([this, node, defining](CallArgs& a) -> Value {
+  std::shared_ptr<bool> alive = s.alive;
+  return Value::function([this, node, defining, alive](CallArgs& a) -> Value {
+    if (!*alive)
+      throw UnsupportedError(detail::str("calling macro '", node->name.empty() ? "caller" : node->name,
+                                         "' after the scope that defined it ended"));
     if (++depth_ > 200) {
       depth_ = 0;
       throw TemplateError("macro recursion too deep");

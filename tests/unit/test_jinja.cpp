@@ -567,6 +567,26 @@ const Case kCases[] = {
      R"J({% set ns = namespace() %}{% macro m() %}M{% endmacro %}{% set ns.f = m %}{{ ns.f() }})J",
      R"J({})J",
      R"J(M)J"},
+    {"float_tests",
+     R"J({{ 2.5 is divisibleby 2 }}{{ 0.1 is even }}{{ 0.1 is not even }}{{ 3.0 is odd }}{{ -3 is odd }}{{ 4.5 is divisibleby 1.5 }})J",
+     R"J({})J",
+     R"J(FalseFalseTrueTrueTrueTrue)J"},
+    {"undefined_is_sequence",
+     R"J({{ x is sequence }}{{ x is iterable }}{{ x is mapping }})J",
+     R"J({})J",
+     R"J(TrueTrueFalse)J"},
+    {"markup_repr",
+     R"J({{ ['a'|e, 'b'] }})J",
+     R"J({})J",
+     R"J([Markup('a'), 'b'])J"},
+    {"percent_list_arg",
+     R"J({{ 'a' % [1] }}|{{ 'x%sy' % 'z' }})J",
+     R"J({})J",
+     R"J(a|xzy)J"},
+    {"unique_tuples",
+     R"J({{ [(1, 2), (1, 2), (3, 4)]|unique|list }}{{ (1, 2) in {'a': 1} }})J",
+     R"J({})J",
+     R"J([(1, 2), (3, 4)]False)J"},
 };
 // clang-format on
 
@@ -611,6 +631,13 @@ const ErrorCase kErrorCases[] = {
     {"err_view_tojson", R"J({{ {'a': 1}.items()|tojson }})J", R"J({})J", R"J(TypeError: Object of type dict_items is not JSON serializable)J"},
     {"err_gen_plus_list", R"J({{ [1]|select + [2] }})J", R"J({})J", R"J(TypeError: unsupported operand type(s) for +: 'generator' and 'list')J"},
     {"err_undefined_compare", R"J({{ x < 1 }})J", R"J({})J", R"J(UndefinedError: 'x' is undefined)J"},
+    {"err_slice_var", R"J({{ x[:2] }})J", R"J({"x": 1.5})J", R"J(TypeError: 'float' object is not subscriptable)J"},
+    {"err_slice_dict", R"J({{ d[::-1] }})J", R"J({"d": {"a": 1}})J", R"J(TypeError: unhashable type: 'slice')J"},
+    {"err_list_tuple_lt", R"J({{ [1] < (1,) }})J", R"J({})J", R"J(TypeError: '<' not supported between instances of 'list' and 'tuple')J"},
+    {"err_unique_lists", R"J({{ [[1], [1]]|unique|list }})J", R"J({})J", R"J(TypeError: unhashable type: 'list')J"},
+    {"err_int_undefined", R"J({{ x|int }})J", R"J({})J", R"J(UndefinedError: 'x' is undefined)J"},
+    {"err_indent_list", R"J({{ [1]|indent }})J", R"J({})J", R"J(AttributeError: 'list' object has no attribute 'splitlines')J"},
+    {"err_list_plus_tuple", R"J({{ [1] + (2,) }})J", R"J({})J", R"J(TypeError: can only concatenate list (not "tuple") to list)J"},
 };
 // clang-format on
 

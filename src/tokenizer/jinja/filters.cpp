@@ -183,13 +183,19 @@ Value f_int(Interpreter&, Value& v, CallArgs& a) {
   const Value* def = arg(a, 0, "default");
   Value fallback = def ? *def : Value::integer(0);
   int64_t base = arg_int(a, 1, "base", 10);
+  if (v.is_undefined()) throw TemplateError(v.s.empty() ? "value is undefined" : v.s);  // Undefined.__int__
+  auto from_double = [&](double x) -> Value {
+    if (!std::isfinite(x)) return fallback;
+    if (std::fabs(x) >= 9.2e18) throw UnsupportedError("int() of a value beyond 64 bits");
+    return Value::integer(static_cast<int64_t>(x));
+  };
   switch (v.kind) {
     case Kind::Int:
       return v;
     case Kind::Bool:
       return Value::integer(v.b);
     case Kind::Float:
-      return std::isfinite(v.f) ? Value::integer(static_cast<int64_t>(v.f)) : fallback;
+      return from_double(v.f);
     case Kind::String: {
       std::string s = py_strip(v.s, nullptr, true, true);
       try {
@@ -201,7 +207,7 @@ Value f_int(Interpreter&, Value& v, CallArgs& a) {
       try {
         size_t used = 0;
         double x = std::stod(s, &used);
-        if (used == s.size() && std::isfinite(x)) return Value::integer(static_cast<int64_t>(x));
+        if (used == s.size() && std::isfinite(x)) return from_double(x);
       } catch (const std::exception&) {
       }
       return fallback;
@@ -214,6 +220,7 @@ Value f_int(Interpreter&, Value& v, CallArgs& a) {
 Value f_float(Interpreter&, Value& v, CallArgs& a) {
   const Value* def = arg(a, 0, "default");
   Value fallback = def ? *def : Value::real(0.0);
+  if (v.is_undefined()) throw TemplateError(v.s.empty() ? "value is undefined" : v.s);  // Undefined.__float__
   switch (v.kind) {
     case Kind::Int:
       return Value::real(static_cast<double>(v.i));
@@ -263,6 +270,8 @@ Value f_indent(Interpreter&, Value& v, CallArgs& a) {
                           : w->is_string() ? w->s
                                            : std::string(static_cast<size_t>(as_double(*w, "width")), ' ');
   bool first = arg_bool(a, 1, "first", false), blank = arg_bool(a, 2, "blank", false);
+  if (!v.is_string())
+    throw TemplateError(detail::str("can only concatenate str (not \"", type_name(v), "\") to str"));
   std::string s = need_str(v) + "\n";  // jinja2 appends a newline so splitlines keeps a trailing empty line
   std::vector<std::string> lines = py_splitlines(s);
   std::string rv;
@@ -298,6 +307,8 @@ Value f_unique(Interpreter&, Value& v, CallArgs& a) {
   List out, seen;
   for (const Value& x : iterate(v)) {
     Value key = sort_key(attribute ? attr_path(x, *attribute) : x, cs);
+    if ((key.is_list() && !key.is_tuple) || key.is_dict())
+      throw TemplateError(detail::str("unhashable type: '", type_name(key), "'"));
     if (std::none_of(seen.begin(), seen.end(), [&](const Value& s) { return equals(s, key); })) {
       seen.push_back(key);
       out.push_back(x);
@@ -558,9 +569,25 @@ const Value& test_arg(CallArgs& a, const char* test) {
   return a.args[0];
 }
 
+// value % divisor == want, with Python's modulo (sign of the divisor; floats allowed).
+bool py_mod_equals(const Value& v, const Value& divisor, int64_t want) {
+  double x = as_double(v, "%"), d = as_double(divisor, "%");
+  if (d == 0) throw TemplateError("integer division or modulo by zero");
+  if (v.kind != Kind::Float && divisor.kind != Kind::Float) {
+    int64_t xi = static_cast<int64_t>(x), di = static_cast<int64_t>(d);
+    int64_t m = xi % di;
+    if (m != 0 && ((m < 0) != (di < 0))) m += di;
+    return m == want;
+  }
+  double m = std::fmod(x, d);
+  if (m != 0 && ((m < 0) != (d < 0))) m += d;
+  return m == static_cast<double>(want);
+}
+
 bool t_sequence(Interpreter&, const Value& v, CallArgs&) {
-  return v.is_string() || (v.is_list() && (v.iter == Iter::None || v.iter == Iter::Range)) ||
-         (v.is_dict() && !v.is_namespace);
+  // Undefined has __len__ and a class-level __getitem__, so jinja2 counts it a sequence.
+  return v.is_string() || v.is_undefined() ||
+         (v.is_list() && (v.iter == Iter::None || v.iter == Iter::Range)) || (v.is_dict() && !v.is_namespace);
 }
 
 }  // namespace
@@ -612,16 +639,11 @@ const std::map<std::string, TestFn>& tests() {
       {"ge", [](Interpreter&, const Value& v, CallArgs& a) { return !less(v, test_arg(a, "ge")); }},
       {">=", [](Interpreter&, const Value& v, CallArgs& a) { return !less(v, test_arg(a, ">=")); }},
       {"in", [](Interpreter&, const Value& v, CallArgs& a) { return contains(test_arg(a, "in"), v); }},
-      {"odd", [](Interpreter&, const Value& v,
-                 CallArgs&) { return (static_cast<int64_t>(as_double(v, "odd")) & 1) == 1; }},
-      {"even", [](Interpreter&, const Value& v,
-                  CallArgs&) { return (static_cast<int64_t>(as_double(v, "even")) & 1) == 0; }},
-      {"divisibleby",
-       [](Interpreter&, const Value& v, CallArgs& a) {
-         int64_t d = static_cast<int64_t>(as_double(test_arg(a, "divisibleby"), "divisibleby"));
-         if (d == 0) throw TemplateError("integer division or modulo by zero");
-         return static_cast<int64_t>(as_double(v, "divisibleby")) % d == 0;
-       }},
+      {"odd", [](Interpreter&, const Value& v, CallArgs&) { return py_mod_equals(v, Value::integer(2), 1); }},
+      {"even",
+       [](Interpreter&, const Value& v, CallArgs&) { return py_mod_equals(v, Value::integer(2), 0); }},
+      {"divisibleby", [](Interpreter&, const Value& v,
+                         CallArgs& a) { return py_mod_equals(v, test_arg(a, "divisibleby"), 0); }},
       {"lower", [](Interpreter&, const Value& v, CallArgs&) { return py_islower(to_str(v)); }},
       {"upper", [](Interpreter&, const Value& v, CallArgs&) { return py_isupper(to_str(v)); }},
       {"filter",

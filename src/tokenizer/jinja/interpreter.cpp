@@ -323,9 +323,10 @@ static Value slice_of(const Value& obj, const Value& a, const Value& b, const Va
     chars = utf8_chars(obj.s);
   } else if (obj.is_list() && (obj.iter == Iter::None || obj.iter == Iter::Range)) {
     src = *obj.list;
-  } else {
-    throw TemplateError(
-        detail::str("chat template line ", line, ": '", type_name(obj), "' object is not subscriptable"));
+  } else {  // a slice is a plain Python subscript in jinja2's compiled code: TypeError
+    throw TemplateError(detail::str("chat template line ", line, ": ",
+                                    obj.is_dict() ? std::string("unhashable type: 'slice'")
+                                                  : "'" + type_name(obj) + "' object is not subscriptable"));
   }
   const int64_t n = obj.is_string() ? static_cast<int64_t>(chars.size()) : static_cast<int64_t>(src.size());
   // Python's slice.indices().
@@ -478,17 +479,22 @@ Value Interpreter::binary(const Expr& e, Scope& s) {
   int64_t ai = a.kind == Kind::Bool ? a.b : a.i, bi = b.kind == Kind::Bool ? b.b : b.i;
   bool nums = a.is_number() && b.is_number();
   double af = nums ? as_double(a, op.c_str()) : 0, bf = nums ? as_double(b, op.c_str()) : 0;
+  int64_t r = 0;
+  auto overflow = [&]() -> Value {
+    throw UnsupportedError(detail::str("chat template line ", e.line, ": integer result of '", op,
+                                       "' beyond 64 bits (Python integers are unbounded)"));
+  };
   if (op == "+") {
-    if (ints) return Value::integer(ai + bi);
+    if (ints) return __builtin_add_overflow(ai, bi, &r) ? overflow() : Value::integer(r);
     if (nums) return Value::real(af + bf);
     if (a.is_string() && b.is_string()) {
       if (!a.is_markup && !b.is_markup) return Value::string(a.s + b.s);
       // Markup + str escapes the str (markupsafe), even with autoescape off.
-      Value r = Value::string(html_escape(a).s + html_escape(b).s);
-      r.is_markup = true;
-      return r;
+      Value m = Value::string(html_escape(a).s + html_escape(b).s);
+      m.is_markup = true;
+      return m;
     }
-    if (a.is_plain_list() && b.is_plain_list()) {
+    if (a.is_plain_list() && b.is_plain_list() && a.is_tuple == b.is_tuple) {
       List items = *a.list;
       items.insert(items.end(), b.list->begin(), b.list->end());
       return Value::make_list(std::move(items), a.is_tuple);
@@ -496,21 +502,21 @@ Value Interpreter::binary(const Expr& e, Scope& s) {
     return fail();
   }
   if (op == "-") {
-    if (ints) return Value::integer(ai - bi);
+    if (ints) return __builtin_sub_overflow(ai, bi, &r) ? overflow() : Value::integer(r);
     if (nums) return Value::real(af - bf);
     return fail();
   }
   if (op == "*") {
-    if (ints) return Value::integer(ai * bi);
+    if (ints) return __builtin_mul_overflow(ai, bi, &r) ? overflow() : Value::integer(r);
     if (nums) return Value::real(af * bf);
     const Value* seq = a.is_string() || a.is_plain_list() ? &a : &b;
     const Value* cnt = seq == &a ? &b : &a;
     if ((seq->is_string() || seq->is_plain_list()) && (cnt->kind == Kind::Int || cnt->kind == Kind::Bool)) {
       int64_t times = cnt->kind == Kind::Bool ? cnt->b : cnt->i;
       if (seq->is_string()) {
-        std::string r;
-        for (int64_t k = 0; k < times; ++k) r += seq->s;
-        return Value::string(r);
+        std::string rep;
+        for (int64_t k = 0; k < times; ++k) rep += seq->s;
+        return Value::string(rep);
       }
       List items;
       for (int64_t k = 0; k < times; ++k) items.insert(items.end(), seq->list->begin(), seq->list->end());
@@ -542,9 +548,9 @@ Value Interpreter::binary(const Expr& e, Scope& s) {
           } else if (b.is_string()) {
             args = html_escape(b);
           }
-          Value r = Value::string(percent_format(a.s, args));
-          r.is_markup = true;
-          return r;
+          Value m = Value::string(percent_format(a.s, args));
+          m.is_markup = true;
+          return m;
         }
         return Value::string(percent_format(a.s, b));
       } catch (const TemplateError& err) {
@@ -563,11 +569,18 @@ Value Interpreter::binary(const Expr& e, Scope& s) {
   }
   if (op == "**") {
     if (ints && bi >= 0) {
-      int64_t r = 1;
-      for (int64_t k = 0; k < bi; ++k) r *= ai;
+      r = 1;
+      for (int64_t k = 0; k < bi && r != 0 && !(r == 1 && ai == 1); ++k)
+        if (__builtin_mul_overflow(r, ai, &r)) return overflow();
       return Value::integer(r);
     }
-    if (nums) return Value::real(std::pow(af, bf));
+    if (nums) {
+      double p = std::pow(af, bf);
+      if (std::isinf(p) && std::isfinite(af) && std::isfinite(bf))
+        throw TemplateError(
+            detail::str("chat template line ", e.line, ": (34, 'Numerical result out of range')"));
+      return Value::real(p);
+    }
     return fail();
   }
   throw UnsupportedError(

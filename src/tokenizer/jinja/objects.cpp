@@ -343,6 +343,8 @@ bool contains(const Value& container, const Value& x) {
         if (equals(v, x)) return true;
       return false;
     case Kind::Map:
+      if ((x.is_list() && !x.is_tuple) || x.is_dict())
+        throw TemplateError(detail::str("unhashable type: '", type_name(x), "'"));
       return (x.is_string() || x.kind == Kind::Int) && container.find(key_of(x)) != nullptr;
     case Kind::Undefined:
       return false;
@@ -454,7 +456,9 @@ std::string percent_format(const std::string& fmt, const Value& args) {
         throw UnsupportedError(detail::str("printf-style format '%", type, "' is not supported"));
     }
   }
-  if (!mapping && next < positional.size())
+  // Python treats any non-tuple with __getitem__ (list, dict) as a mapping: unused is fine.
+  bool mapping_like = mapping || (args.is_list() && !args.is_tuple) || args.is_undefined();
+  if (!mapping_like && next < positional.size())
     throw TemplateError("not all arguments converted during string formatting");
   return out;
 }

@@ -175,7 +175,7 @@ std::string repr(const Value& v) {
   }
   switch (v.kind) {
     case Kind::String:
-      return repr_string(v.s);
+      return v.is_markup ? "Markup(" + repr_string(v.s) + ")" : repr_string(v.s);
     case Kind::Array: {
       std::string out = v.is_tuple ? "(" : "[";
       for (size_t k = 0; k < v.list->size(); ++k) {
@@ -282,7 +282,8 @@ bool less(const Value& a, const Value& b) {
     return as_double(a, "<") < as_double(b, "<");
   }
   if (a.is_string() && b.is_string()) return a.s < b.s;  // UTF-8 byte order = code point order
-  if (a.is_list() && b.is_list()) {
+  if (a.is_list() && b.is_list() && a.is_tuple == b.is_tuple && a.iter == Iter::None &&
+      b.iter == Iter::None) {
     size_t n = std::min(a.list->size(), b.list->size());
     for (size_t k = 0; k < n; ++k) {
       const Value &x = (*a.list)[k], &y = (*b.list)[k];

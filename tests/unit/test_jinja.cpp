@@ -587,6 +587,14 @@ const Case kCases[] = {
      R"J({{ [(1, 2), (1, 2), (3, 4)]|unique|list }}{{ (1, 2) in {'a': 1} }})J",
      R"J({})J",
      R"J([(1, 2), (3, 4)]False)J"},
+    {"continue_in_if",
+     R"J({% for i in [1, 2] %}{% if true %}{% continue %}{% endif %}x{% endfor %}y)J",
+     R"J({})J",
+     R"J(y)J"},
+    {"break_in_nested_for_else",
+     R"J({% for i in [1, 2] %}{% for j in [] %}{% else %}{% break %}{% endfor %}{{ i }}{% endfor %}z)J",
+     R"J({})J",
+     R"J(z)J"},
 };
 // clang-format on
 
@@ -638,6 +646,8 @@ const ErrorCase kErrorCases[] = {
     {"err_int_undefined", R"J({{ x|int }})J", R"J({})J", R"J(UndefinedError: 'x' is undefined)J"},
     {"err_indent_list", R"J({{ [1]|indent }})J", R"J({})J", R"J(AttributeError: 'list' object has no attribute 'splitlines')J"},
     {"err_list_plus_tuple", R"J({{ [1] + (2,) }})J", R"J({})J", R"J(TypeError: can only concatenate list (not "tuple") to list)J"},
+    {"err_break_outside", R"J(a{% break %}b)J", R"J({})J", R"J(SyntaxError: 'break' outside loop (<template>, line 12))J"},
+    {"err_break_in_macro", R"J({% for i in [1] %}{% macro m() %}{% break %}{% endmacro %}{% endfor %})J", R"J({})J", R"J(SyntaxError: 'break' outside loop (<template>, line 18))J"},
 };
 // clang-format on
 

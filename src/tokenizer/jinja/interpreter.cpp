@@ -156,8 +156,9 @@ Interpreter::Flow Interpreter::exec_for(const Node& n, Scope& s, std::string& ou
     if (f == Flow::Break) break;
   }
   if (len == 0 && !n.else_body.empty()) {
+    // The else body runs after the loop: a break/continue there belongs to an enclosing loop.
     Scope local{{}, &s};
-    exec(n.else_body, local, out);
+    return exec(n.else_body, local, out);
   }
   return Flow::Normal;
 }

@@ -5,6 +5,7 @@
 #include "tokenizer/jinja/parser.h"
 
 #include <set>
+#include <utility>
 
 #include "nibble/error.h"
 
@@ -26,6 +27,7 @@ class Parser {
  private:
   const std::vector<Token>& t_;
   size_t p_ = 0;
+  int loop_depth_ = 0;  // for-loop bodies enclosing the current statement (break/continue)
 
   const Token& cur() const { return t_[p_]; }
   const Token& peek(size_t k = 1) const { return t_[std::min(p_ + k, t_.size() - 1)]; }
@@ -145,6 +147,8 @@ class Parser {
       return n;
     }
     if (kw == "break" || kw == "continue") {
+      // Python compiles jinja2's loop controls, so one outside a loop body is a syntax error.
+      if (loop_depth_ == 0) fail(detail::str("'", kw, "' outside loop"));
       expect_block_end();
       return make_node(kw == "break" ? NodeKind::Break : NodeKind::Continue, ln);
     }
@@ -201,7 +205,9 @@ class Parser {
     if (skip_name("if")) n->cond = parse_tuple(true);
     if (is_name("recursive")) unsupported("a recursive for loop");
     expect_block_end();
+    ++loop_depth_;
     std::string end = parse_body(n->body, {"endfor", "else"});
+    --loop_depth_;
     if (end == "else") {
       expect_block_end();
       parse_body(n->else_body, {"endfor"});
@@ -254,7 +260,9 @@ class Parser {
     n->name = expect_name();
     parse_params(*n);
     expect_block_end();
+    int outer_loops = std::exchange(loop_depth_, 0);  // a macro body is its own function
     parse_body(n->body, {"endmacro"});
+    loop_depth_ = outer_loops;
     if (cur().type == Tok::Name) ++p_;  // {% endmacro name %}
     expect_block_end();
     return n;
@@ -266,7 +274,9 @@ class Parser {
     n->expr = parse_expression(true);
     if (n->expr->kind != ExprKind::Call) fail("expected a call after '{% call'");
     expect_block_end();
+    int outer_loops = std::exchange(loop_depth_, 0);  // the body becomes the `caller` macro
     parse_body(n->body, {"endcall"});
+    loop_depth_ = outer_loops;
     expect_block_end();
     return n;
   }

@@ -595,6 +595,10 @@ const Case kCases[] = {
      R"J({% for i in [1, 2] %}{% for j in [] %}{% else %}{% break %}{% endfor %}{{ i }}{% endfor %}z)J",
      R"J({})J",
      R"J(z)J"},
+    {"range_repr",
+     R"J({{ range(3) }}|{{ range(1, 7, 2) }}|{{ range(5, 0, -2) }}|{{ range(3) == range(3) }})J",
+     R"J({})J",
+     R"J(range(0, 3)|range(1, 7, 2)|range(5, 0, -2)|True)J"},
 };
 // clang-format on
 
@@ -709,6 +713,17 @@ TEST(JinjaErrors, SyntaxErrorsAreFormatErrorsWithLine) {
   } catch (const FormatError& e) {
     EXPECT_NE(std::string(e.what()).find("line 3"), std::string::npos) << e.what();
   }
+}
+
+TEST(JinjaErrors, HostileNestingIsRefusedNotACrash) {
+  EXPECT_THROW(
+      ChatTemplate::from_string("{{ " + std::string(5000, '(') + "1" + std::string(5000, ')') + " }}"),
+      FormatError);
+  std::string ifs;
+  for (int k = 0; k < 2000; ++k) ifs += "{% if true %}";
+  EXPECT_THROW(ChatTemplate::from_string(ifs), FormatError);
+  // Ordinary depth is fine.
+  EXPECT_EQ(render("{{ " + std::string(50, '(') + "1" + std::string(50, ')') + " }}"), "1");
 }
 
 TEST(JinjaErrors, UnsupportedConstructsAreNamed) {

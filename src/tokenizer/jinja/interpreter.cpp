@@ -348,6 +348,7 @@ static Value slice_of(const Value& obj, const Value& a, const Value& b, const Va
       out.push_back(src[k]);
   }
   if (obj.is_string()) return Value::string(s);
+  if (obj.iter == Iter::Range) return Value::make_iter(std::move(out), Iter::Range);  // a range, repr unknown
   return Value::make_list(std::move(out), obj.is_tuple);
 }
 

@@ -486,7 +486,10 @@ void add_globals(Scope& scope) {
       out.push_back(Value::integer(k));
       if (out.size() > 100000) throw TemplateError("range too big");
     }
-    return Value::make_iter(std::move(out), Iter::Range);
+    Value r = Value::make_iter(std::move(out), Iter::Range);
+    r.s = step == 1 ? detail::str("range(", start, ", ", stop, ")")
+                    : detail::str("range(", start, ", ", stop, ", ", step, ")");
+    return r;
   });
   scope.vars["namespace"] = Value::function([](CallArgs& a) -> Value {
     Value ns = Value::make_dict();

@@ -28,6 +28,15 @@ class Parser {
   const std::vector<Token>& t_;
   size_t p_ = 0;
   int loop_depth_ = 0;  // for-loop bodies enclosing the current statement (break/continue)
+  int nesting_ = 0;     // recursion depth, bounded so a hostile template cannot overflow the stack
+
+  struct DepthGuard {
+    Parser& p;
+    explicit DepthGuard(Parser& parser) : p(parser) {
+      if (++p.nesting_ > 400) p.fail("template nested too deeply");
+    }
+    ~DepthGuard() { --p.nesting_; }
+  };
 
   const Token& cur() const { return t_[p_]; }
   const Token& peek(size_t k = 1) const { return t_[std::min(p_ + k, t_.size() - 1)]; }
@@ -90,6 +99,7 @@ class Parser {
   // Parses statements into `body` until a block tag named in `ends`; returns that name with
   // the parser positioned after it (the caller consumes the rest of that tag). "" at EOF.
   std::string parse_body(Body& body, const std::set<std::string>& ends) {
+    DepthGuard guard(*this);
     while (true) {
       const Token& tk = cur();
       switch (tk.type) {
@@ -448,6 +458,7 @@ class Parser {
   }
 
   ExprPtr parse_unary(bool with_filter) {
+    DepthGuard guard(*this);
     ExprPtr e;
     if (is_op("-") || is_op("+")) {
       e = make(ExprKind::Unary, line());

@@ -167,6 +167,7 @@ static std::string repr_string(const std::string& s) {
 
 std::string repr(const Value& v) {
   if (v.kind == Kind::Array && v.iter != Iter::None) {
+    if (v.iter == Iter::Range && !v.s.empty()) return v.s;  // repr(range(...)), kept at creation
     if (v.single_pass() || v.iter == Iter::Range)
       throw UnsupportedError(detail::str("printing a ", type_name(v),
                                          " object (jinja2 prints its memory address or bounds); add |list"));

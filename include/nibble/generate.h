@@ -8,7 +8,8 @@
 //   Generation g = generate(model, prompt_ids, o);   // g.ids = prompt + new tokens
 //
 // Logits processors run in transformers' order (_get_logits_processor): repetition penalty ->
-// min_length -> min_new_tokens, then when sampling temperature -> top-k -> top-p -> min-p.
+// no_repeat_ngram -> min_length -> min_new_tokens, then when sampling temperature -> top-k ->
+// top-p -> min-p -> typical-p. Beam search (num_beams > 1) is not supported.
 // Sampling draws from nibble's own RNG (std::mt19937_64): the same seed gives the same tokens,
 // not torch's.
 #pragma once
@@ -59,8 +60,8 @@ struct Generation {
 // The settings one sequence decodes with, after defaults and validation.
 struct DecodingParams {
   bool do_sample = false;
-  double temperature = 1.0, top_p = 1.0, repetition_penalty = 1.0;
-  int64_t top_k = 0;
+  double temperature = 1.0, top_p = 1.0, typical_p = 1.0, repetition_penalty = 1.0;
+  int64_t top_k = 0, no_repeat_ngram_size = 0;
   std::optional<double> min_p;
   int64_t max_new_tokens = 20, min_new_tokens = 0, min_length = 0;  // min_length counts the prompt
   std::vector<int64_t> eos_token_id;
@@ -81,6 +82,8 @@ namespace logits {
 // Tokens in `seen` (prompt included): positive logits divided by penalty, negative multiplied.
 void repetition_penalty(std::span<float> x, std::span<const int64_t> seen, double penalty);
 void suppress(std::span<float> x, std::span<const int64_t> ids);  // -inf (min_length, min_new_tokens)
+// Bans every token that would repeat an n-gram already in seq (NoRepeatNGramLogitsProcessor).
+void no_repeat_ngram(std::span<float> x, std::span<const int64_t> seq, int64_t n);
 void temperature(std::span<float> x, double t);
 // Keeps every logit >= the k-th largest (ties at the k-th value all kept).
 void top_k(std::span<float> x, int64_t k, int64_t min_tokens_to_keep = 1);
@@ -89,6 +92,9 @@ void top_k(std::span<float> x, int64_t k, int64_t min_tokens_to_keep = 1);
 void top_p(std::span<float> x, double p, int64_t min_tokens_to_keep = 1);
 // Removes tokens whose probability is below min_p * the largest probability.
 void min_p(std::span<float> x, double p, int64_t min_tokens_to_keep = 1);
+// Keeps the tokens whose surprise -log p is closest to the entropy until their probability
+// reaches mass (TypicalLogitsWarper).
+void typical_p(std::span<float> x, double mass, int64_t min_tokens_to_keep = 1);
 int64_t argmax(std::span<const float> x);  // the first maximum, as torch.argmax
 // Draws a token from softmax(x) (masked entries have probability 0).
 int64_t sample(std::span<const float> x, std::mt19937_64& rng);

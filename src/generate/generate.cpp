@@ -33,6 +33,10 @@ DecodingParams resolve_decoding(const GenerationConfig& g, const GenerateOptions
   d.min_p = o.min_p ? o.min_p : g.min_p;
   d.repetition_penalty = o.repetition_penalty.value_or(g.repetition_penalty);
   d.eos_token_id = o.eos_token_id.value_or(g.eos_token_id);
+  d.typical_p = g.typical_p;
+  d.no_repeat_ngram_size = g.no_repeat_ngram_size;
+  if (g.num_beams > 1)
+    throw UnsupportedError(detail::str("generation: num_beams = ", g.num_beams, " (beam search) is not supported"));
 
   auto bad = [](const char* field, const auto& v, const char* rule) {
     throw ConfigError(detail::str("generation: ", field, " ", rule, ", got ", v));
@@ -42,6 +46,8 @@ DecodingParams resolve_decoding(const GenerationConfig& g, const GenerateOptions
   if (!(d.top_p >= 0 && d.top_p <= 1)) bad("top_p", d.top_p, "must be in [0, 1]");
   if (d.min_p && !(*d.min_p >= 0 && *d.min_p <= 1)) bad("min_p", *d.min_p, "must be in [0, 1]");
   if (!(d.repetition_penalty > 0)) bad("repetition_penalty", d.repetition_penalty, "must be > 0");
+  if (!(d.typical_p > 0 && d.typical_p <= 1)) bad("typical_p", d.typical_p, "must be in (0, 1]");
+  if (d.no_repeat_ngram_size < 0) bad("no_repeat_ngram_size", d.no_repeat_ngram_size, "must be >= 0");
 
   if (auto n = o.max_new_tokens ? o.max_new_tokens : g.max_new_tokens) {
     if (*n <= 0) bad("max_new_tokens", *n, "must be greater than 0");
@@ -132,6 +138,7 @@ std::vector<Generation> generate(const CausalLM& model, const std::vector<std::v
       const int64_t n_new = int64_t(s.ids.size() - s.prompt_length);
       // Processors, in _get_logits_processor's order.
       if (d.repetition_penalty != 1.0) logits::repetition_penalty(x, s.ids, d.repetition_penalty);
+      if (d.no_repeat_ngram_size > 0) logits::no_repeat_ngram(x, s.ids, d.no_repeat_ngram_size);
       if (int64_t(s.ids.size()) < d.min_length) logits::suppress(x, d.eos_token_id);
       if (n_new < d.min_new_tokens) logits::suppress(x, d.eos_token_id);
       int64_t token;
@@ -140,6 +147,7 @@ std::vector<Generation> generate(const CausalLM& model, const std::vector<std::v
         if (d.top_k != 0) logits::top_k(x, d.top_k);
         if (d.top_p < 1.0) logits::top_p(x, d.top_p);
         if (d.min_p) logits::min_p(x, *d.min_p);
+        if (d.typical_p < 1.0) logits::typical_p(x, d.typical_p);
         token = logits::sample(x, s.rng);
       } else {
         token = logits::argmax(x);

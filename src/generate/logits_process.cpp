@@ -49,6 +49,20 @@ void suppress(std::span<float> x, std::span<const int64_t> ids) {
     if (id >= 0 && size_t(id) < x.size()) x[size_t(id)] = kNegInf;
 }
 
+void no_repeat_ngram(std::span<float> x, std::span<const int64_t> seq, int64_t n) {
+  if (n <= 0) throw ConfigError(detail::str("no_repeat_ngram_size must be > 0, got ", n));
+  const size_t N = size_t(n), len = seq.size();
+  if (len + 1 < N) return;
+  // Every earlier n-gram whose first n-1 tokens equal the sequence's last n-1 bans its last token.
+  const size_t tail = len - (N - 1);
+  for (size_t start = 0; start + N <= len; ++start) {
+    if (std::equal(seq.begin() + int64_t(start), seq.begin() + int64_t(start + N - 1), seq.begin() + int64_t(tail))) {
+      const int64_t banned = seq[start + N - 1];
+      if (banned >= 0 && size_t(banned) < x.size()) x[size_t(banned)] = kNegInf;
+    }
+  }
+}
+
 void temperature(std::span<float> x, double t) {
   if (!(t > 0)) throw ConfigError(detail::str("temperature must be strictly positive, got ", t));
   for (float& v : x) v = float(double(v) / t);
@@ -90,6 +104,32 @@ void min_p(std::span<float> x, double p, int64_t min_tokens_to_keep) {
   std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return x[a] > x[b]; });
   for (size_t r = size_t(std::max<int64_t>(min_tokens_to_keep, 0)); r < order.size(); ++r)
     if (prob[order[r]] < threshold) x[order[r]] = kNegInf;
+}
+
+void typical_p(std::span<float> x, double mass, int64_t min_tokens_to_keep) {
+  if (!(mass > 0 && mass < 1)) throw ConfigError(detail::str("typical_p must be a float in (0, 1), got ", mass));
+  std::vector<double> prob = softmax(x);
+  double entropy = 0;
+  for (double p : prob)
+    if (p > 0) entropy -= p * std::log(p);
+  // |-log p - H|: how far each token's surprise is from the expected surprise
+  std::vector<double> shifted(x.size());
+  for (size_t i = 0; i < x.size(); ++i)
+    shifted[i] = prob[i] > 0 ? std::fabs(-std::log(prob[i]) - entropy) : std::numeric_limits<double>::infinity();
+  std::vector<size_t> order(x.size());
+  std::iota(order.begin(), order.end(), size_t(0));
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return shifted[a] < shifted[b]; });
+  // last_ind = how many of the most typical tokens have cumulative probability < mass
+  size_t last = 0;
+  double cum = 0;
+  for (size_t r = 0; r < order.size(); ++r) {
+    cum += prob[order[r]];
+    if (cum < mass) ++last;
+  }
+  last = std::min(last, order.size() - 1);
+  const double cut = shifted[order[last]];
+  for (size_t r = size_t(std::max<int64_t>(min_tokens_to_keep, 0)); r < order.size(); ++r)
+    if (shifted[order[r]] > cut) x[order[r]] = kNegInf;
 }
 
 int64_t argmax(std::span<const float> x) {

@@ -210,6 +210,8 @@ TEST(GenerateDecoding, LengthsAndDefaults) {
   throws([](GenerateOptions& b) { b.repetition_penalty = 0.0; });
   throws([](GenerateOptions& b) { b.max_new_tokens = 0; });
   throws([](GenerateOptions& b) { b.min_new_tokens = -1; });
+  g.num_beams = 4;  // beam search: refused, never silently greedy
+  EXPECT_THROW(resolve_decoding(g, {}, 10, 512), UnsupportedError);
 }
 
 namespace {
@@ -261,4 +263,33 @@ TEST(GenerateStreamer, FlushReleasesAnIncompleteTail) {
   TextStreamer s(fake_decode);
   EXPECT_EQ(s.push(std::vector<int64_t>{0, 10}), "");
   EXPECT_EQ(s.flush(), "Hello\xEF\xBF\xBD");
+}
+
+TEST(GenerateLogits, NoRepeatNgramBansCompletions) {
+  const std::vector<int64_t> seq{1, 2, 3, 1, 2, 4, 1, 2};
+  std::vector<float> x(8, 0.0f);
+  logits::no_repeat_ngram(x, seq, 3);  // (1, 2) was followed by 3 and by 4
+  EXPECT_EQ(kept(x), (std::vector<bool>{true, true, true, false, false, true, true, true}));
+  x.assign(8, 0.0f);
+  logits::no_repeat_ngram(x, seq, 1);  // every token already present
+  EXPECT_EQ(kept(x), (std::vector<bool>{true, false, false, false, false, true, true, true}));
+  x.assign(8, 0.0f);
+  logits::no_repeat_ngram(x, std::vector<int64_t>{1, 2}, 4);  // shorter than n - 1: nothing
+  EXPECT_EQ(kept(x), std::vector<bool>(8, true));
+}
+
+TEST(GenerateLogits, TypicalKeepsTokensNearTheEntropy) {
+  // p = {0.5, 0.3, 0.15, 0.05}: entropy H = 1.1422; |-log p - H| = {0.449, 0.062, 0.755, 1.853},
+  // so the most typical order is 1, 0, 2, 3 with cumulative probability 0.3, 0.8, 0.95, 1.
+  const std::vector<double> p{0.5, 0.3, 0.15, 0.05};
+  auto x = log_probs(p);
+  logits::typical_p(x, 0.5);  // one token below 0.5 -> keep up to the second
+  EXPECT_EQ(kept(x), (std::vector<bool>{true, true, false, false}));
+  x = log_probs(p);
+  logits::typical_p(x, 0.2);
+  EXPECT_EQ(kept(x), (std::vector<bool>{false, true, false, false}));
+  x = log_probs(p);
+  logits::typical_p(x, 0.9);
+  EXPECT_EQ(kept(x), (std::vector<bool>{true, true, true, false}));
+  EXPECT_THROW(logits::typical_p(x, 1.0), ConfigError);
 }

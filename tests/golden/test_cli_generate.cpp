@@ -14,7 +14,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include "nibble/chat_template.h"
+#include "nibble/generate.h"
 #include "nibble/model.h"
+#include "nibble/tokenizer.h"
 #include "test_support.h"
 
 namespace fs = std::filesystem;
@@ -214,4 +217,60 @@ TEST(CliGenerate, HelpForEachCommand) {
   for (const char* flag : {"--max-new-tokens", "--do-sample", "--top-p", "--min-p", "--repetition-penalty", "--seed", "--stop",
                            "--load-in-4bit", "--bnb-4bit-quant-type", "--json"})
     EXPECT_NE(g.out.find(flag), std::string::npos) << flag;
+}
+
+TEST(CliChat, RenderChatEqualsTransformers) {
+  test::TempDir tmp;
+  int checked = 0;
+  for (const auto& entry : fs::directory_iterator(test::fixtures_root() / "tokenizers")) {
+    std::ifstream f(entry.path() / "reference.json");
+    if (!f) continue;
+    const nlohmann::json ref = nlohmann::json::parse(f);
+    if (!ref.contains("chat")) continue;
+    for (const auto& c : ref.at("chat")) {
+      SCOPED_TRACE(entry.path().filename().string() + ": " + c.at("messages").dump());
+      const fs::path m = tmp / "messages.json";
+      std::ofstream(m) << c.at("messages").dump();
+      std::vector<std::string> args{"render-chat", entry.path().string(), "--messages", m.string()};
+      if (c.at("add_generation_prompt").get<bool>()) args.push_back("--add-generation-prompt");
+      CliRun r = run_cli(args);
+      EXPECT_EQ(r.rc, 0) << r.err;
+      EXPECT_EQ(r.out, c.at("text").get<std::string>());
+      ++checked;
+    }
+  }
+  EXPECT_GT(checked, 0);
+}
+
+TEST(CliChat, ReplKeepsHistory) {
+  // A model folder pairing the tiny llama fixture (vocab 512) with a tokenizer that fits it and
+  // has a chat template (gemma_cropped_tiny, 93 tokens).
+  test::TempDir tmp;
+  const fs::path model = test::fixtures_root() / "models" / "llama" / "fp32", tokd = test::fixtures_root() / "tokenizers" / "gemma_cropped_tiny";
+  const fs::path dir = tmp / "chatmodel";
+  fs::create_directory(dir);
+  for (const char* f : {"config.json", "model.safetensors", "generation_config.json"}) fs::create_symlink(model / f, dir / f);
+  for (const char* f : {"tokenizer.json", "tokenizer_config.json"}) fs::create_symlink(tokd / f, dir / f);
+
+  CliRun r = run_cli({"chat", dir.string(), "--max-new-tokens", "6"}, "Hi there\n\nHow are you?\n/exit\nnever read\n");
+  ASSERT_EQ(r.rc, 0) << r.err;
+
+  // The same conversation through the library: each turn renders the whole history.
+  Tokenizer tok = Tokenizer::from_pretrained(dir);
+  ChatTemplate tmpl = ChatTemplate::from_pretrained(dir);
+  CausalLM lm = AutoModelForCausalLM::from_pretrained(dir);
+  nlohmann::json messages = nlohmann::json::array();
+  std::string want;
+  for (const char* user : {"Hi there", "How are you?"}) {
+    messages.push_back({{"role", "user"}, {"content", user}});
+    auto prompt = tok.encode(tmpl.apply(messages, true), false).ids;
+    GenerateOptions o;
+    o.max_new_tokens = 6;
+    Generation g = generate(lm, prompt, o);
+    auto reply = g.new_ids();
+    if (g.finish_reason == FinishReason::Eos) reply.pop_back();
+    want += tok.decode(g.new_ids(), true) + "\n";
+    messages.push_back({{"role", "assistant"}, {"content", tok.decode(reply, true)}});
+  }
+  EXPECT_EQ(r.out, want);
 }

@@ -1,0 +1,272 @@
+// The WordPiece, WordLevel and Unigram models, and the model factory (which, like HF, also
+// recognises a model JSON without "type" by its fields).
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <limits>
+
+#include "nibble/error.h"
+#include "tokenizer/tok_internal.h"
+#include "tokenizer/vocab.h"
+
+namespace nibble::tok {
+
+std::unique_ptr<Model> make_bpe(const Json& j, const Where& w);
+
+namespace {
+
+void read_object_vocab(const Json& j, const Where& w, Vocab& vocab) {
+  const Json& v = field(j, "vocab", w);
+  if (!v.is_object()) format_error(w.at("vocab"), "is not an object");
+  for (auto it = v.begin(); it != v.end(); ++it) {
+    if (!it.value().is_number_integer())
+      format_error(w.at("vocab"), "entry '" + it.key() + "' is not an integer id");
+    vocab.add(it.key(), it.value().get<int64_t>());
+  }
+}
+
+// Greedy longest-match-first from the left; a word that cannot be covered becomes one unk.
+class WordPiece : public Model {
+ public:
+  WordPiece(const Json& j, const Where& w) {
+    read_object_vocab(j, w, vocab_);
+    unk_ = get_string_or(j, "unk_token", "[UNK]", w);
+    prefix_ = get_string_or(j, "continuing_subword_prefix", "##", w);
+    max_chars_ = size_t(get_int_or(j, "max_input_chars_per_word", 100, w));
+  }
+
+  void tokenize(std::string_view word, std::vector<int64_t>& ids,
+                std::vector<std::string>& tokens) const override {
+    size_t nchars = 0;
+    for (char c : word) nchars += (static_cast<unsigned char>(c) & 0xc0) != 0x80;
+    size_t mark_ids = ids.size();
+    bool bad = nchars > max_chars_;
+    std::string sub;
+    size_t start = 0;
+    while (!bad && start < word.size()) {
+      size_t end = word.size();
+      bool found = false;
+      while (start < end) {
+        sub.clear();
+        if (start > 0) sub += prefix_;
+        sub.append(word.substr(start, end - start));
+        if (const int64_t* id = vocab_.find(sub)) {
+          ids.push_back(*id);
+          tokens.push_back(sub);
+          found = true;
+          break;
+        }
+        size_t k = end - 1;
+        while (k > start && (static_cast<unsigned char>(word[k]) & 0xc0) == 0x80) --k;
+        end = k;
+      }
+      if (!found) bad = true;
+      start = end;
+    }
+    if (bad) {
+      ids.resize(mark_ids);
+      tokens.resize(mark_ids);
+      const int64_t* uid = vocab_.find(unk_);
+      if (!uid) throw FormatError("tokenizer.json: model.unk_token '" + unk_ + "' is not in the vocab");
+      ids.push_back(*uid);
+      tokens.push_back(unk_);
+    }
+  }
+  std::optional<int64_t> token_to_id(std::string_view t) const override {
+    if (const int64_t* id = vocab_.find(t)) return *id;
+    return std::nullopt;
+  }
+  const std::string* id_to_token(int64_t id) const override { return vocab_.token(id); }
+  int64_t vocab_size() const override { return vocab_.size(); }
+
+ private:
+  Vocab vocab_;
+  std::string unk_, prefix_;
+  size_t max_chars_ = 100;
+};
+
+class WordLevel : public Model {
+ public:
+  WordLevel(const Json& j, const Where& w) {
+    read_object_vocab(j, w, vocab_);
+    unk_ = get_string(j, "unk_token", w);
+  }
+  void tokenize(std::string_view word, std::vector<int64_t>& ids,
+                std::vector<std::string>& tokens) const override {
+    if (const int64_t* id = vocab_.find(word)) {
+      ids.push_back(*id);
+      tokens.push_back(std::string(word));
+      return;
+    }
+    const int64_t* uid = vocab_.find(unk_);
+    if (!uid) throw FormatError("tokenizer.json: model.unk_token '" + unk_ + "' is not in the vocab");
+    ids.push_back(*uid);
+    tokens.push_back(unk_);
+  }
+  std::optional<int64_t> token_to_id(std::string_view t) const override {
+    if (const int64_t* id = vocab_.find(t)) return *id;
+    return std::nullopt;
+  }
+  const std::string* id_to_token(int64_t id) const override { return vocab_.token(id); }
+  int64_t vocab_size() const override { return vocab_.size(); }
+
+ private:
+  Vocab vocab_;
+  std::string unk_;
+};
+
+// Viterbi over all vocab pieces that start at each char boundary; a char no piece covers
+// becomes unk with score min_score - 10; consecutive unks fuse; unknown pieces may fall back
+// to <0xXX> byte tokens.
+class Unigram : public Model {
+ public:
+  Unigram(const Json& j, const Where& w) {
+    const Json& v = field(j, "vocab", w);
+    if (!v.is_array()) format_error(w.at("vocab"), "is not an array");
+    scores_.reserve(v.size());
+    for (size_t i = 0; i < v.size(); ++i) {
+      const Json& e = v[i];
+      if (!e.is_array() || e.size() != 2 || !e[0].is_string() || !e[1].is_number())
+        format_error(w.at("vocab").at(i), "is not [piece, score]");
+      const std::string& piece = e[0].get_ref<const std::string&>();
+      vocab_.add(piece, int64_t(i));
+      scores_.push_back(e[1].get<double>());
+      min_score_ = std::min(min_score_, scores_.back());
+      max_len_ = std::max(max_len_, piece.size());
+    }
+    if (j.contains("unk_id") && !j["unk_id"].is_null()) {
+      unk_id_ = get_int_or(j, "unk_id", -1, w);
+      if (unk_id_ < 0 || unk_id_ >= int64_t(v.size())) format_error(w.at("unk_id"), "is outside the vocab");
+    }
+    byte_fallback_ = get_bool_or(j, "byte_fallback", false, w);
+  }
+
+  void tokenize(std::string_view s, std::vector<int64_t>& ids,
+                std::vector<std::string>& tokens) const override {
+    if (s.empty()) return;
+    for (const std::string& piece : encode(s)) {
+      if (const int64_t* id = vocab_.find(piece)) {
+        ids.push_back(*id);
+        tokens.push_back(piece);
+        continue;
+      }
+      if (byte_fallback_) {
+        std::vector<std::pair<int64_t, std::string>> bytes;
+        for (char c : piece) {
+          char code[8];
+          std::snprintf(code, sizeof(code), "<0x%02X>", unsigned(static_cast<unsigned char>(c)));
+          const int64_t* id = vocab_.find(code);
+          if (!id) break;
+          bytes.emplace_back(*id, code);
+        }
+        if (bytes.size() == piece.size()) {
+          for (auto& [id, t] : bytes) {
+            ids.push_back(id);
+            tokens.push_back(std::move(t));
+          }
+          continue;
+        }
+      }
+      if (unk_id_ < 0)
+        throw FormatError("tokenizer.json: model.unk_id is needed for '" + piece + "' but is not set");
+      ids.push_back(unk_id_);
+      tokens.push_back(piece);  // HF keeps the text of an unknown piece as its token string
+    }
+  }
+  std::optional<int64_t> token_to_id(std::string_view t) const override {
+    if (const int64_t* id = vocab_.find(t)) return *id;
+    return std::nullopt;
+  }
+  const std::string* id_to_token(int64_t id) const override { return vocab_.token(id); }
+  int64_t vocab_size() const override { return int64_t(scores_.size()); }
+
+ private:
+  std::vector<std::string> encode(std::string_view s) const {
+    struct Node {
+      int64_t id = 0;
+      double score = 0;
+      int64_t start = -1;
+    };
+    const double unk_score = min_score_ - 10.0;
+    std::vector<Node> best(s.size() + 1);
+    size_t pos = 0;
+    while (pos < s.size()) {
+      double here = best[pos].score;
+      size_t mblen = utf8_len(static_cast<unsigned char>(s[pos]));
+      bool single = false;
+      size_t limit = std::min(max_len_, s.size() - pos);
+      for (size_t len = 1; len <= limit; ++len) {
+        const int64_t* id = vocab_.find(s.substr(pos, len));
+        if (!id) continue;
+        Node& t = best[pos + len];
+        double cand = scores_[size_t(*id)] + here;
+        if (t.start < 0 || cand > t.score) t = {*id, cand, int64_t(pos)};
+        if (len == mblen) single = true;
+      }
+      if (!single) {
+        if (unk_id_ < 0) throw FormatError("tokenizer.json: model.unk_id is needed but is not set");
+        Node& t = best[pos + mblen];
+        double cand = unk_score + here;
+        if (t.start < 0 || cand > t.score) t = {unk_id_, cand, int64_t(pos)};
+      }
+      pos += mblen;
+    }
+    std::vector<std::string> out;
+    std::string unk_run;
+    bool in_unk = false;
+    size_t end = s.size();
+    while (end > 0) {
+      const Node& n = best[end];
+      size_t start = size_t(n.start);
+      if (unk_id_ >= 0 && n.id == unk_id_) {
+        unk_run.insert(0, s.substr(start, end - start));
+        in_unk = true;
+      } else {
+        if (in_unk) {
+          out.push_back(std::move(unk_run));
+          unk_run.clear();
+          in_unk = false;
+        }
+        out.emplace_back(s.substr(start, end - start));
+      }
+      end = start;
+    }
+    if (in_unk) out.push_back(std::move(unk_run));
+    std::reverse(out.begin(), out.end());
+    return out;
+  }
+
+  Vocab vocab_;
+  std::vector<double> scores_;
+  double min_score_ = std::numeric_limits<double>::infinity();
+  size_t max_len_ = 0;
+  int64_t unk_id_ = -1;
+  bool byte_fallback_ = false;
+};
+
+}  // namespace
+
+std::unique_ptr<Model> make_model(const Json& j, const Where& w) {
+  if (!j.is_object()) format_error(w, "is not a JSON object");
+  std::string type;
+  if (j.contains("type")) {
+    type = type_of(j, w);
+  } else if (j.contains("merges")) {  // HF's untagged fallback, tried in its order
+    type = "BPE";
+  } else if (j.contains("vocab") && j["vocab"].is_array()) {
+    type = "Unigram";
+  } else if (j.contains("continuing_subword_prefix") || j.contains("max_input_chars_per_word")) {
+    type = "WordPiece";
+  } else if (j.contains("vocab")) {
+    type = "WordLevel";
+  } else {
+    format_error(w, "has no type and is no known model");
+  }
+  if (type == "BPE") return make_bpe(j, w);
+  if (type == "WordPiece") return std::make_unique<WordPiece>(j, w);
+  if (type == "WordLevel") return std::make_unique<WordLevel>(j, w);
+  if (type == "Unigram") return std::make_unique<Unigram>(j, w);
+  unsupported_type(w, type);
+}
+
+}  // namespace nibble::tok

@@ -31,6 +31,14 @@ class ChatTemplate {
   // enable_thinking, ...), passed to the template as transformers passes kwargs.
   std::string apply(const nlohmann::json& messages, bool add_generation_prompt,
                     const nlohmann::json& extra = nlohmann::json::object()) const;
+  // The same with key order kept: nlohmann::json sorts object keys, Python dicts do not, so
+  // anything the template prints whole (tools via tojson, tool-call arguments) needs this one
+  // to match transformers byte for byte.
+  std::string apply(const nlohmann::ordered_json& messages, bool add_generation_prompt,
+                    const nlohmann::ordered_json& extra = nlohmann::ordered_json::object()) const;
+
+  // The template text as loaded.
+  const std::string& source() const;
 
  private:
   struct Impl;

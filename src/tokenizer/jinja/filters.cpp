@@ -1,0 +1,588 @@
+// jinja2's built-in filters and tests, each following jinja2/filters.py and tests.py (argument
+// names, defaults, Undefined handling), with `tojson` replaced by transformers' override:
+// json.dumps(x, ensure_ascii=False, indent=indent, separators=separators, sort_keys=sort_keys).
+#include <algorithm>
+#include <cmath>
+
+#include "tokenizer/jinja/interpreter.h"
+#include "tokenizer/jinja/strings.h"
+
+namespace nibble::jinja {
+
+namespace {
+
+const Value* arg(CallArgs& a, size_t pos, const char* name) {
+  if (pos < a.args.size()) return &a.args[pos];
+  for (auto& [k, v] : a.kwargs)
+    if (k == name) return &v;
+  return nullptr;
+}
+
+bool arg_bool(CallArgs& a, size_t pos, const char* name, bool def) {
+  const Value* v = arg(a, pos, name);
+  return v ? truthy(*v) : def;
+}
+
+int64_t arg_int(CallArgs& a, size_t pos, const char* name, int64_t def) {
+  const Value* v = arg(a, pos, name);
+  if (!v) return def;
+  return static_cast<int64_t>(as_double(*v, name));
+}
+
+std::string need_str(const Value& v) { return to_str(v); }
+
+// attribute="a.b" or an integer index, as jinja2's make_attrgetter.
+Value attr_path(const Value& item, const Value& attribute) {
+  if (attribute.kind == Kind::Int) return get_item(item, attribute);
+  Value cur = item;
+  std::string path = to_str(attribute);
+  size_t p = 0;
+  while (true) {
+    size_t q = path.find('.', p);
+    std::string part = path.substr(p, q == std::string::npos ? std::string::npos : q - p);
+    bool digits = !part.empty() && std::all_of(part.begin(), part.end(), [](char c) { return c >= '0' && c <= '9'; });
+    cur = digits ? get_item(cur, Value::integer(std::stoll(part))) : get_item(cur, Value::string(part));
+    if (q == std::string::npos) return cur;
+    p = q + 1;
+  }
+}
+
+// The sort key jinja2 uses: strings lower-cased unless case_sensitive.
+Value sort_key(const Value& v, bool case_sensitive) {
+  if (!case_sensitive && v.is_string()) return Value::string(py_lower(v.s));
+  return v;
+}
+
+Value f_default(Interpreter&, Value& v, CallArgs& a) {
+  const Value* def = arg(a, 0, "default_value");
+  bool boolean = arg_bool(a, 1, "boolean", false);
+  if (v.is_undefined() || (boolean && !truthy(v))) return def ? *def : Value::string("");
+  return v;
+}
+
+Value f_length(Interpreter&, Value& v, CallArgs&) {
+  switch (v.kind) {
+    case Kind::String: return Value::integer(static_cast<int64_t>(utf8_length(v.s)));
+    case Kind::Array: return Value::integer(static_cast<int64_t>(v.list->size()));
+    case Kind::Map: return Value::integer(static_cast<int64_t>(v.dict->size()));
+    case Kind::Undefined: return Value::integer(0);
+    default: throw TemplateError(detail::str("object of type '", type_name(v), "' has no len()"));
+  }
+}
+
+Value f_tojson(Interpreter&, Value& v, CallArgs& a) {
+  const Value* ind = arg(a, 2, "indent");
+  const Value* ensure_ascii = arg(a, 1, "ensure_ascii");
+  if (ensure_ascii && truthy(*ensure_ascii))
+    throw UnsupportedError("tojson(ensure_ascii=True) is not supported");
+  int indent = -1;
+  std::string indent_str;
+  if (ind && !ind->is_none()) {
+    if (ind->kind != Kind::Int) throw UnsupportedError("tojson indent other than an integer is not supported");
+    indent = static_cast<int>(std::max<int64_t>(0, ind->i));
+  }
+  std::string item_sep = indent >= 0 ? "," : ", ", key_sep = ": ";
+  if (const Value* sep = arg(a, 3, "separators"); sep && !sep->is_none()) {
+    if (!sep->is_list() || sep->list->size() != 2) throw TemplateError("tojson separators must be a pair");
+    item_sep = to_str((*sep->list)[0]);
+    key_sep = to_str((*sep->list)[1]);
+  }
+  if (arg_bool(a, 4, "sort_keys", false)) {
+    std::function<Value(const Value&)> sorted = [&](const Value& x) -> Value {
+      if (x.is_list()) {
+        List items;
+        for (const Value& y : *x.list) items.push_back(sorted(y));
+        return Value::make_list(std::move(items), x.is_tuple);
+      }
+      if (x.is_dict() && !x.is_namespace) {
+        Dict d = *x.dict;
+        std::stable_sort(d.begin(), d.end(), [](const auto& p, const auto& q) { return p.first < q.first; });
+        for (auto& kv : d) kv.second = sorted(kv.second);
+        return Value::make_dict(std::move(d));
+      }
+      return x;
+    };
+    return Value::string(to_json(sorted(v), indent, item_sep, key_sep));
+  }
+  return Value::string(to_json(v, indent, item_sep, key_sep));
+}
+
+Value f_join(Interpreter&, Value& v, CallArgs& a) {
+  const Value* d = arg(a, 0, "d");
+  const Value* attribute = arg(a, 1, "attribute");
+  std::string sep = d ? to_str(*d) : "";
+  std::string out;
+  bool first = true;
+  for (const Value& x : iterate(v)) {
+    if (!first) out += sep;
+    first = false;
+    out += to_str(attribute ? attr_path(x, *attribute) : x);
+  }
+  return Value::string(out);
+}
+
+Value f_trim(Interpreter&, Value& v, CallArgs& a) {
+  const Value* chars = arg(a, 0, "chars");
+  std::string s = need_str(v);
+  return Value::string(py_strip(s, chars && chars->is_string() ? &chars->s : nullptr, true, true));
+}
+
+Value f_replace(Interpreter&, Value& v, CallArgs& a) {
+  const Value* old = arg(a, 0, "old");
+  const Value* repl = arg(a, 1, "new");
+  if (!old || !repl) throw TemplateError("replace() needs old and new");
+  return Value::string(py_replace(need_str(v), to_str(*old), to_str(*repl), arg_int(a, 2, "count", -1)));
+}
+
+// jinja2's title: capitalise each word, words split at whitespace, '-', brackets.
+Value f_title(Interpreter&, Value& v, CallArgs&) {
+  std::u32string u = utf8_decode(need_str(v));
+  auto is_sep = [](char32_t c) { return py_isspace(c) || c == '-' || c == '(' || c == '{' || c == '[' || c == '<'; };
+  std::string out;
+  size_t k = 0;
+  while (k < u.size()) {
+    size_t e = k;
+    bool sep = is_sep(u[k]);
+    while (e < u.size() && is_sep(u[e]) == sep) ++e;
+    std::string part = utf8_encode(u.substr(k, e - k));
+    out += sep ? part : py_capitalize(part);
+    k = e;
+  }
+  return Value::string(out);
+}
+
+Value f_first(Interpreter&, Value& v, CallArgs&) {
+  List items = iterate(v);
+  return items.empty() ? Value::undefined("No first item, sequence was empty.") : items.front();
+}
+
+Value f_last(Interpreter&, Value& v, CallArgs&) {
+  List items = iterate(v);
+  return items.empty() ? Value::undefined("No last item, sequence was empty.") : items.back();
+}
+
+Value f_int(Interpreter&, Value& v, CallArgs& a) {
+  const Value* def = arg(a, 0, "default");
+  Value fallback = def ? *def : Value::integer(0);
+  int64_t base = arg_int(a, 1, "base", 10);
+  switch (v.kind) {
+    case Kind::Int: return v;
+    case Kind::Bool: return Value::integer(v.b);
+    case Kind::Float: return std::isfinite(v.f) ? Value::integer(static_cast<int64_t>(v.f)) : fallback;
+    case Kind::String: {
+      std::string s = py_strip(v.s, nullptr, true, true);
+      try {
+        size_t used = 0;
+        int64_t x = std::stoll(s, &used, static_cast<int>(base));
+        if (used == s.size()) return Value::integer(x);
+      } catch (const std::exception&) {
+      }
+      try {
+        size_t used = 0;
+        double x = std::stod(s, &used);
+        if (used == s.size() && std::isfinite(x)) return Value::integer(static_cast<int64_t>(x));
+      } catch (const std::exception&) {
+      }
+      return fallback;
+    }
+    default: return fallback;
+  }
+}
+
+Value f_float(Interpreter&, Value& v, CallArgs& a) {
+  const Value* def = arg(a, 0, "default");
+  Value fallback = def ? *def : Value::real(0.0);
+  switch (v.kind) {
+    case Kind::Int: return Value::real(static_cast<double>(v.i));
+    case Kind::Bool: return Value::real(v.b);
+    case Kind::Float: return v;
+    case Kind::String: {
+      std::string s = py_strip(v.s, nullptr, true, true);
+      try {
+        size_t used = 0;
+        double x = std::stod(s, &used);
+        if (used == s.size()) return Value::real(x);
+      } catch (const std::exception&) {
+      }
+      return fallback;
+    }
+    default: return fallback;
+  }
+}
+
+Value f_round(Interpreter&, Value& v, CallArgs& a) {
+  int64_t precision = arg_int(a, 0, "precision", 0);
+  const Value* m = arg(a, 1, "method");
+  std::string method = m ? to_str(*m) : "common";
+  double x = as_double(v, "round");
+  double scale = std::pow(10.0, static_cast<double>(precision));
+  if (method == "common") {
+    if (v.kind == Kind::Int || v.kind == Kind::Bool) return Value::integer(static_cast<int64_t>(x));
+    return Value::real(std::nearbyint(x * scale) / scale);  // Python's round: half to even
+  }
+  if (method == "ceil") return Value::real(std::ceil(x * scale) / scale);
+  if (method == "floor") return Value::real(std::floor(x * scale) / scale);
+  throw TemplateError("method must be common, ceil or floor");
+}
+
+Value f_abs(Interpreter&, Value& v, CallArgs&) {
+  if (v.kind == Kind::Int || v.kind == Kind::Bool) return Value::integer(std::llabs(v.kind == Kind::Bool ? v.b : v.i));
+  return Value::real(std::fabs(as_double(v, "abs")));
+}
+
+Value f_indent(Interpreter&, Value& v, CallArgs& a) {
+  const Value* w = arg(a, 0, "width");
+  std::string indention = !w ? "    " : w->is_string() ? w->s : std::string(static_cast<size_t>(as_double(*w, "width")), ' ');
+  bool first = arg_bool(a, 1, "first", false), blank = arg_bool(a, 2, "blank", false);
+  std::string s = need_str(v) + "\n";  // jinja2 appends a newline so splitlines keeps a trailing empty line
+  std::vector<std::string> lines = py_splitlines(s);
+  std::string rv;
+  if (blank) {
+    for (size_t k = 0; k < lines.size(); ++k) rv += (k ? "\n" + indention : "") + lines[k];
+  } else {
+    rv = lines.empty() ? "" : lines[0];
+    for (size_t k = 1; k < lines.size(); ++k) rv += "\n" + (lines[k].empty() ? "" : indention + lines[k]);
+  }
+  if (first) rv = indention + rv;
+  return Value::string(rv);
+}
+
+Value f_list(Interpreter&, Value& v, CallArgs&) { return Value::make_list(iterate(v)); }
+
+Value f_items(Interpreter&, Value& v, CallArgs&) {
+  if (v.is_undefined()) return Value::make_list();
+  if (!v.is_dict()) throw TemplateError("Can only get item pairs from a mapping.");
+  List out;
+  for (const auto& [k, x] : *v.dict) out.push_back(Value::make_list({Value::string(k), x}, true));
+  return Value::make_list(std::move(out));
+}
+
+Value f_escape(Interpreter&, Value& v, CallArgs&) {
+  std::string out;
+  for (char c : to_str(v)) {
+    switch (c) {
+      case '&': out += "&amp;"; break;
+      case '<': out += "&lt;"; break;
+      case '>': out += "&gt;"; break;
+      case '"': out += "&#34;"; break;
+      case '\'': out += "&#39;"; break;
+      default: out += c;
+    }
+  }
+  return Value::string(out);
+}
+
+Value f_unique(Interpreter&, Value& v, CallArgs& a) {
+  bool cs = arg_bool(a, 0, "case_sensitive", false);
+  const Value* attribute = arg(a, 1, "attribute");
+  List out, seen;
+  for (const Value& x : iterate(v)) {
+    Value key = sort_key(attribute ? attr_path(x, *attribute) : x, cs);
+    if (std::none_of(seen.begin(), seen.end(), [&](const Value& s) { return equals(s, key); })) {
+      seen.push_back(key);
+      out.push_back(x);
+    }
+  }
+  return Value::make_list(std::move(out));
+}
+
+Value f_sort(Interpreter&, Value& v, CallArgs& a) {
+  bool reverse = arg_bool(a, 0, "reverse", false), cs = arg_bool(a, 1, "case_sensitive", false);
+  const Value* attribute = arg(a, 2, "attribute");
+  List items = iterate(v);
+  std::stable_sort(items.begin(), items.end(), [&](const Value& x, const Value& y) {
+    Value kx = sort_key(attribute ? attr_path(x, *attribute) : x, cs);
+    Value ky = sort_key(attribute ? attr_path(y, *attribute) : y, cs);
+    return reverse ? less(ky, kx) : less(kx, ky);
+  });
+  return Value::make_list(std::move(items));
+}
+
+Value f_dictsort(Interpreter&, Value& v, CallArgs& a) {
+  bool cs = arg_bool(a, 0, "case_sensitive", false);
+  const Value* by = arg(a, 1, "by");
+  bool by_value = by && to_str(*by) == "value";
+  bool reverse = arg_bool(a, 2, "reverse", false);
+  if (!v.is_dict()) throw TemplateError("You can only sort by either \"key\" or \"value\"");
+  List items;
+  for (const auto& [k, x] : *v.dict) items.push_back(Value::make_list({Value::string(k), x}, true));
+  std::stable_sort(items.begin(), items.end(), [&](const Value& x, const Value& y) {
+    Value kx = sort_key((*x.list)[by_value], cs), ky = sort_key((*y.list)[by_value], cs);
+    return reverse ? less(ky, kx) : less(kx, ky);
+  });
+  return Value::make_list(std::move(items));
+}
+
+Value f_reverse(Interpreter&, Value& v, CallArgs&) {
+  if (v.is_string()) {
+    std::u32string u = utf8_decode(v.s);
+    std::reverse(u.begin(), u.end());
+    return Value::string(utf8_encode(u));
+  }
+  List items = iterate(v);
+  std::reverse(items.begin(), items.end());
+  return Value::make_list(std::move(items));
+}
+
+Value f_batch(Interpreter&, Value& v, CallArgs& a) {
+  int64_t n = arg_int(a, 0, "linecount", 1);
+  if (n <= 0) throw TemplateError("batch size must be positive");
+  const Value* fill = arg(a, 1, "fill_with");
+  List out, cur;
+  for (const Value& x : iterate(v)) {
+    cur.push_back(x);
+    if (static_cast<int64_t>(cur.size()) == n) {
+      out.push_back(Value::make_list(std::move(cur)));
+      cur.clear();
+    }
+  }
+  if (!cur.empty()) {
+    if (fill && !fill->is_none())
+      while (static_cast<int64_t>(cur.size()) < n) cur.push_back(*fill);
+    out.push_back(Value::make_list(std::move(cur)));
+  }
+  return Value::make_list(std::move(out));
+}
+
+Value f_wordcount(Interpreter&, Value& v, CallArgs&) {
+  // len(re.findall(r"\w+", s)): runs of letters, digits and underscores.
+  std::u32string u = utf8_decode(to_str(v));
+  int64_t n = 0;
+  bool in = false;
+  for (char32_t c : u) {
+    bool w = c == '_' || (c < 128 ? std::isalnum(static_cast<int>(c)) != 0 : !py_isspace(c));
+    if (w && !in) ++n;
+    in = w;
+  }
+  return Value::integer(n);
+}
+
+Value f_center(Interpreter&, Value& v, CallArgs& a) {
+  int64_t width = arg_int(a, 0, "width", 80);
+  std::string s = to_str(v);
+  int64_t len = static_cast<int64_t>(utf8_length(s));
+  if (width <= len) return Value::string(s);
+  int64_t total = width - len, left = total / 2 + (total & width & 1);
+  return Value::string(std::string(left, ' ') + s + std::string(total - left, ' '));
+}
+
+Value f_sum(Interpreter&, Value& v, CallArgs& a) {
+  const Value* attribute = arg(a, 0, "attribute");
+  const Value* start = arg(a, 1, "start");
+  Value total = start ? *start : Value::integer(0);
+  for (const Value& x : iterate(v)) {
+    Value y = attribute ? attr_path(x, *attribute) : x;
+    if ((total.kind == Kind::Int || total.kind == Kind::Bool) && (y.kind == Kind::Int || y.kind == Kind::Bool))
+      total = Value::integer((total.kind == Kind::Bool ? total.b : total.i) + (y.kind == Kind::Bool ? y.b : y.i));
+    else
+      total = Value::real(as_double(total, "sum") + as_double(y, "sum"));
+  }
+  return total;
+}
+
+Value min_max(Value& v, CallArgs& a, bool want_max) {
+  bool cs = arg_bool(a, 0, "case_sensitive", false);
+  const Value* attribute = arg(a, 1, "attribute");
+  List items = iterate(v);
+  if (items.empty()) return Value::undefined(want_max ? "No aggregated item, sequence was empty." : "No aggregated item, sequence was empty.");
+  size_t best = 0;
+  for (size_t k = 1; k < items.size(); ++k) {
+    Value kb = sort_key(attribute ? attr_path(items[best], *attribute) : items[best], cs);
+    Value kk = sort_key(attribute ? attr_path(items[k], *attribute) : items[k], cs);
+    if (want_max ? less(kb, kk) : less(kk, kb)) best = k;
+  }
+  return items[best];
+}
+
+Value f_format(Interpreter&, Value& v, CallArgs& a) {
+  if (!a.kwargs.empty() && !a.args.empty())
+    throw TemplateError("can't handle positional and keyword arguments at the same time");
+  if (!a.kwargs.empty()) {
+    Dict d(a.kwargs.begin(), a.kwargs.end());
+    return Value::string(percent_format(to_str(v), Value::make_dict(std::move(d))));
+  }
+  return Value::string(percent_format(to_str(v), Value::make_list(a.args, true)));
+}
+
+// select/reject/selectattr/rejectattr share one loop: `attr` picks the tested value,
+// `keep_when` is the test result that keeps an item.
+Value select_impl(Interpreter& in, Value& v, CallArgs& a, bool by_attr, bool keep_when) {
+  size_t k = 0;
+  Value attribute;
+  if (by_attr) {
+    if (a.args.empty()) throw TemplateError("selectattr/rejectattr need an attribute name");
+    attribute = a.args[k++];
+  }
+  std::string test;
+  CallArgs targs;
+  if (k < a.args.size()) {
+    test = to_str(a.args[k++]);
+    targs.args.assign(a.args.begin() + static_cast<std::ptrdiff_t>(k), a.args.end());
+    targs.kwargs = a.kwargs;
+  }
+  List out;
+  for (const Value& x : iterate(v)) {
+    Value probe = by_attr ? attr_path(x, attribute) : x;
+    bool r;
+    if (test.empty()) {
+      r = truthy(probe);
+    } else {
+      CallArgs copy = targs;
+      r = in.apply_test(test, probe, copy, 0);
+    }
+    if (r == keep_when) out.push_back(x);
+  }
+  return Value::make_list(std::move(out));
+}
+
+Value f_map(Interpreter& in, Value& v, CallArgs& a) {
+  const Value* attribute = nullptr;
+  const Value* def = nullptr;
+  for (auto& [k, x] : a.kwargs) {
+    if (k == "attribute") attribute = &x;
+    if (k == "default") def = &x;
+  }
+  List out;
+  if (attribute) {
+    for (const Value& x : iterate(v)) {
+      Value y = attr_path(x, *attribute);
+      out.push_back(y.is_undefined() && def ? *def : y);
+    }
+    return Value::make_list(std::move(out));
+  }
+  if (a.args.empty()) throw TemplateError("map requires a filter argument");
+  std::string name = to_str(a.args[0]);
+  CallArgs fargs;
+  fargs.args.assign(a.args.begin() + 1, a.args.end());
+  fargs.kwargs = a.kwargs;
+  for (const Value& x : iterate(v)) {
+    CallArgs copy = fargs;
+    out.push_back(in.apply_filter(name, x, copy, 0));
+  }
+  return Value::make_list(std::move(out));
+}
+
+}  // namespace
+
+const std::map<std::string, FilterFn>& filters() {
+  static const std::map<std::string, FilterFn> table = {
+      {"abs", f_abs},
+      {"attr", [](Interpreter&, Value& v, CallArgs& a) { return get_attr(v, a.args.empty() ? "" : to_str(a.args[0])); }},
+      {"batch", f_batch},
+      {"capitalize", [](Interpreter&, Value& v, CallArgs&) { return Value::string(py_capitalize(to_str(v))); }},
+      {"center", f_center},
+      {"count", f_length},
+      {"d", f_default},
+      {"default", f_default},
+      {"dictsort", f_dictsort},
+      {"e", f_escape},
+      {"escape", f_escape},
+      {"first", f_first},
+      {"float", f_float},
+      {"forceescape", f_escape},
+      {"format", f_format},
+      {"indent", f_indent},
+      {"int", f_int},
+      {"items", f_items},
+      {"join", f_join},
+      {"last", f_last},
+      {"length", f_length},
+      {"list", f_list},
+      {"lower", [](Interpreter&, Value& v, CallArgs&) { return Value::string(py_lower(to_str(v))); }},
+      {"map", f_map},
+      {"max", [](Interpreter&, Value& v, CallArgs& a) { return min_max(v, a, true); }},
+      {"min", [](Interpreter&, Value& v, CallArgs& a) { return min_max(v, a, false); }},
+      {"reject", [](Interpreter& in, Value& v, CallArgs& a) { return select_impl(in, v, a, false, false); }},
+      {"rejectattr", [](Interpreter& in, Value& v, CallArgs& a) { return select_impl(in, v, a, true, false); }},
+      {"replace", f_replace},
+      {"reverse", f_reverse},
+      {"round", f_round},
+      {"safe", [](Interpreter&, Value& v, CallArgs&) { return v; }},
+      {"select", [](Interpreter& in, Value& v, CallArgs& a) { return select_impl(in, v, a, false, true); }},
+      {"selectattr", [](Interpreter& in, Value& v, CallArgs& a) { return select_impl(in, v, a, true, true); }},
+      {"sort", f_sort},
+      {"string", [](Interpreter&, Value& v, CallArgs&) { return Value::string(to_str(v)); }},
+      {"sum", f_sum},
+      {"title", f_title},
+      {"tojson", f_tojson},
+      {"trim", f_trim},
+      {"unique", f_unique},
+      {"upper", [](Interpreter&, Value& v, CallArgs&) { return Value::string(py_upper(to_str(v))); }},
+      {"wordcount", f_wordcount},
+  };
+  return table;
+}
+
+namespace {
+
+const Value& test_arg(CallArgs& a, const char* test) {
+  if (a.args.empty()) throw TemplateError(detail::str("test '", test, "' needs an argument"));
+  return a.args[0];
+}
+
+bool t_sequence(Interpreter&, const Value& v, CallArgs&) { return v.is_string() || v.is_list() || (v.is_dict() && !v.is_namespace); }
+
+}  // namespace
+
+const std::map<std::string, TestFn>& tests() {
+  static const std::map<std::string, TestFn> table = {
+      {"defined", [](Interpreter&, const Value& v, CallArgs&) { return !v.is_undefined(); }},
+      {"undefined", [](Interpreter&, const Value& v, CallArgs&) { return v.is_undefined(); }},
+      {"none", [](Interpreter&, const Value& v, CallArgs&) { return v.is_none(); }},
+      {"boolean", [](Interpreter&, const Value& v, CallArgs&) { return v.kind == Kind::Bool; }},
+      {"true", [](Interpreter&, const Value& v, CallArgs&) { return v.kind == Kind::Bool && v.b; }},
+      {"false", [](Interpreter&, const Value& v, CallArgs&) { return v.kind == Kind::Bool && !v.b; }},
+      {"integer", [](Interpreter&, const Value& v, CallArgs&) { return v.kind == Kind::Int; }},
+      {"float", [](Interpreter&, const Value& v, CallArgs&) { return v.kind == Kind::Float; }},
+      {"number", [](Interpreter&, const Value& v, CallArgs&) { return v.is_number(); }},
+      {"string", [](Interpreter&, const Value& v, CallArgs&) { return v.is_string(); }},
+      {"mapping", [](Interpreter&, const Value& v, CallArgs&) { return v.is_dict() && !v.is_namespace; }},
+      {"iterable",
+       [](Interpreter&, const Value& v, CallArgs&) {
+         return v.is_string() || v.is_list() || (v.is_dict() && !v.is_namespace) || v.is_undefined();
+       }},
+      {"sequence", t_sequence},
+      {"callable", [](Interpreter&, const Value& v, CallArgs&) { return v.kind == Kind::Callable; }},
+      {"escaped", [](Interpreter&, const Value&, CallArgs&) { return false; }},
+      {"sameas",
+       [](Interpreter&, const Value& v, CallArgs& a) {
+         const Value& o = test_arg(a, "sameas");
+         if (v.kind != o.kind) return false;
+         if (v.is_list()) return v.list == o.list;
+         if (v.is_dict()) return v.dict == o.dict;
+         return equals(v, o);
+       }},
+      {"eq", [](Interpreter&, const Value& v, CallArgs& a) { return equals(v, test_arg(a, "eq")); }},
+      {"equalto", [](Interpreter&, const Value& v, CallArgs& a) { return equals(v, test_arg(a, "equalto")); }},
+      {"==", [](Interpreter&, const Value& v, CallArgs& a) { return equals(v, test_arg(a, "==")); }},
+      {"ne", [](Interpreter&, const Value& v, CallArgs& a) { return !equals(v, test_arg(a, "ne")); }},
+      {"!=", [](Interpreter&, const Value& v, CallArgs& a) { return !equals(v, test_arg(a, "!=")); }},
+      {"lt", [](Interpreter&, const Value& v, CallArgs& a) { return less(v, test_arg(a, "lt")); }},
+      {"lessthan", [](Interpreter&, const Value& v, CallArgs& a) { return less(v, test_arg(a, "lessthan")); }},
+      {"<", [](Interpreter&, const Value& v, CallArgs& a) { return less(v, test_arg(a, "<")); }},
+      {"le", [](Interpreter&, const Value& v, CallArgs& a) { return !less(test_arg(a, "le"), v); }},
+      {"<=", [](Interpreter&, const Value& v, CallArgs& a) { return !less(test_arg(a, "<="), v); }},
+      {"gt", [](Interpreter&, const Value& v, CallArgs& a) { return less(test_arg(a, "gt"), v); }},
+      {"greaterthan", [](Interpreter&, const Value& v, CallArgs& a) { return less(test_arg(a, "greaterthan"), v); }},
+      {">", [](Interpreter&, const Value& v, CallArgs& a) { return less(test_arg(a, ">"), v); }},
+      {"ge", [](Interpreter&, const Value& v, CallArgs& a) { return !less(v, test_arg(a, "ge")); }},
+      {">=", [](Interpreter&, const Value& v, CallArgs& a) { return !less(v, test_arg(a, ">=")); }},
+      {"in", [](Interpreter&, const Value& v, CallArgs& a) { return contains(test_arg(a, "in"), v); }},
+      {"odd", [](Interpreter&, const Value& v, CallArgs&) { return (static_cast<int64_t>(as_double(v, "odd")) & 1) == 1; }},
+      {"even", [](Interpreter&, const Value& v, CallArgs&) { return (static_cast<int64_t>(as_double(v, "even")) & 1) == 0; }},
+      {"divisibleby",
+       [](Interpreter&, const Value& v, CallArgs& a) {
+         int64_t d = static_cast<int64_t>(as_double(test_arg(a, "divisibleby"), "divisibleby"));
+         if (d == 0) throw TemplateError("integer division or modulo by zero");
+         return static_cast<int64_t>(as_double(v, "divisibleby")) % d == 0;
+       }},
+      {"lower", [](Interpreter&, const Value& v, CallArgs&) { return py_islower(to_str(v)); }},
+      {"upper", [](Interpreter&, const Value& v, CallArgs&) { return py_isupper(to_str(v)); }},
+      {"filter",
+       [](Interpreter&, const Value& v, CallArgs&) { return v.is_string() && filters().count(v.s) > 0; }},
+      {"test", [](Interpreter&, const Value& v, CallArgs&) { return v.is_string() && tests().count(v.s) > 0; }},
+  };
+  return table;
+}
+
+}  // namespace nibble::jinja

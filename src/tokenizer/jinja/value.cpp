@@ -1,0 +1,359 @@
+// Python semantics of the interpreter's values: truthiness, str()/repr(), ==, <, and
+// json.dumps as transformers' tojson filter calls it. Byte-identical output to jinja2 depends
+// on these matching CPython exactly (float repr, string quoting, separators).
+#include "tokenizer/jinja/value.h"
+
+#include <charconv>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+
+namespace nibble::jinja {
+
+const Value* Value::find(const std::string& key) const {
+  if (kind != Kind::Map) return nullptr;
+  for (const auto& [k, v] : *dict)
+    if (k == key) return &v;
+  return nullptr;
+}
+
+void Value::set(const std::string& key, Value v) {
+  for (auto& [k, old] : *dict)
+    if (k == key) {
+      old = std::move(v);
+      return;
+    }
+  dict->emplace_back(key, std::move(v));
+}
+
+std::string type_name(const Value& v) {
+  switch (v.kind) {
+    case Kind::Undefined: return "Undefined";
+    case Kind::None: return "NoneType";
+    case Kind::Bool: return "bool";
+    case Kind::Int: return "int";
+    case Kind::Float: return "float";
+    case Kind::String: return "str";
+    case Kind::Array: return v.is_tuple ? "tuple" : "list";
+    case Kind::Map: return v.is_namespace ? "Namespace" : "dict";
+    case Kind::Callable: return "function";
+  }
+  return "?";
+}
+
+bool truthy(const Value& v) {
+  switch (v.kind) {
+    case Kind::Undefined:
+    case Kind::None: return false;
+    case Kind::Bool: return v.b;
+    case Kind::Int: return v.i != 0;
+    case Kind::Float: return v.f != 0;
+    case Kind::String: return !v.s.empty();
+    case Kind::Array: return !v.list->empty();
+    case Kind::Map: return v.is_namespace || !v.dict->empty();
+    case Kind::Callable: return true;
+  }
+  return false;
+}
+
+std::string float_repr(double x) {
+  if (std::isnan(x)) return "nan";
+  if (std::isinf(x)) return x > 0 ? "inf" : "-inf";
+  char buf[64];
+  auto res = std::to_chars(buf, buf + sizeof buf, x, std::chars_format::scientific);
+  std::string sci(buf, res.ptr);
+  // sci = [-]d[.ddd]e[+-]XX: split into sign, digits, exponent.
+  std::string sign;
+  size_t p = 0;
+  if (sci[0] == '-') {
+    sign = "-";
+    p = 1;
+  }
+  size_t e = sci.find('e');
+  std::string mant = sci.substr(p, e - p);
+  int exp = std::stoi(sci.substr(e + 1));
+  std::string digits;
+  for (char c : mant)
+    if (c != '.') digits += c;
+  while (digits.size() > 1 && digits.back() == '0') digits.pop_back();
+  if (exp < -4 || exp >= 16) {
+    std::string out = sign + digits.substr(0, 1);
+    if (digits.size() > 1) out += "." + digits.substr(1);
+    char eb[16];
+    std::snprintf(eb, sizeof eb, "e%c%02d", exp < 0 ? '-' : '+', std::abs(exp));
+    return out + eb;
+  }
+  if (exp >= 0) {
+    std::string ip = digits.substr(0, std::min<size_t>(digits.size(), exp + 1));
+    while (ip.size() < static_cast<size_t>(exp + 1)) ip += '0';
+    std::string fp = digits.size() > static_cast<size_t>(exp + 1) ? digits.substr(exp + 1) : "0";
+    return sign + ip + "." + fp;
+  }
+  return sign + "0." + std::string(-exp - 1, '0') + digits;
+}
+
+static std::string repr_string(const std::string& s) {
+  bool has_single = s.find('\'') != std::string::npos;
+  bool has_double = s.find('"') != std::string::npos;
+  char q = (has_single && !has_double) ? '"' : '\'';
+  std::string out(1, q);
+  for (unsigned char c : s) {
+    if (c == static_cast<unsigned char>(q) || c == '\\') {
+      out += '\\';
+      out += static_cast<char>(c);
+    } else if (c == '\n') {
+      out += "\\n";
+    } else if (c == '\r') {
+      out += "\\r";
+    } else if (c == '\t') {
+      out += "\\t";
+    } else if (c < 0x20 || c == 0x7f) {
+      char b[8];
+      std::snprintf(b, sizeof b, "\\x%02x", c);
+      out += b;
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  out += q;
+  return out;
+}
+
+std::string repr(const Value& v) {
+  switch (v.kind) {
+    case Kind::String: return repr_string(v.s);
+    case Kind::Array: {
+      std::string out = v.is_tuple ? "(" : "[";
+      for (size_t k = 0; k < v.list->size(); ++k) {
+        if (k) out += ", ";
+        out += repr((*v.list)[k]);
+      }
+      if (v.is_tuple && v.list->size() == 1) out += ",";
+      return out + (v.is_tuple ? ")" : "]");
+    }
+    case Kind::Map: {
+      if (v.is_namespace) return "<Namespace>";
+      std::string out = "{";
+      bool first = true;
+      for (const auto& [k, x] : *v.dict) {
+        if (!first) out += ", ";
+        first = false;
+        out += repr_string(k) + ": " + repr(x);
+      }
+      return out + "}";
+    }
+    default: return to_str(v);
+  }
+}
+
+std::string to_str(const Value& v) {
+  switch (v.kind) {
+    case Kind::Undefined: return "";
+    case Kind::None: return "None";
+    case Kind::Bool: return v.b ? "True" : "False";
+    case Kind::Int: return std::to_string(v.i);
+    case Kind::Float: return float_repr(v.f);
+    case Kind::String: return v.s;
+    case Kind::Callable: return "<function>";
+    default: return repr(v);
+  }
+}
+
+double as_double(const Value& v, const char* what) {
+  switch (v.kind) {
+    case Kind::Int: return static_cast<double>(v.i);
+    case Kind::Float: return v.f;
+    case Kind::Bool: return v.b ? 1 : 0;
+    default: throw TemplateError(detail::str(what, ": expected a number, got ", type_name(v)));
+  }
+}
+
+bool equals(const Value& a, const Value& b) {
+  if (a.is_number() && b.is_number()) {
+    if (a.kind != Kind::Float && b.kind != Kind::Float) {
+      int64_t x = a.kind == Kind::Bool ? a.b : a.i, y = b.kind == Kind::Bool ? b.b : b.i;
+      return x == y;
+    }
+    return as_double(a, "==") == as_double(b, "==");
+  }
+  if (a.kind != b.kind) return false;
+  switch (a.kind) {
+    case Kind::Undefined:
+    case Kind::None: return true;
+    case Kind::String: return a.s == b.s;
+    case Kind::Array: {
+      if (a.is_tuple != b.is_tuple || a.list->size() != b.list->size()) return false;
+      for (size_t k = 0; k < a.list->size(); ++k)
+        if (!equals((*a.list)[k], (*b.list)[k])) return false;
+      return true;
+    }
+    case Kind::Map: {
+      if (a.is_namespace || b.is_namespace) return a.dict == b.dict;
+      if (a.dict->size() != b.dict->size()) return false;
+      for (const auto& [k, x] : *a.dict) {
+        const Value* y = b.find(k);
+        if (!y || !equals(x, *y)) return false;
+      }
+      return true;
+    }
+    case Kind::Callable: return a.fn == b.fn;
+    default: return false;
+  }
+}
+
+bool less(const Value& a, const Value& b) {
+  if (a.is_number() && b.is_number()) {
+    if (a.kind == Kind::Int && b.kind == Kind::Int) return a.i < b.i;
+    return as_double(a, "<") < as_double(b, "<");
+  }
+  if (a.is_string() && b.is_string()) return a.s < b.s;  // UTF-8 byte order = code point order
+  if (a.is_list() && b.is_list()) {
+    size_t n = std::min(a.list->size(), b.list->size());
+    for (size_t k = 0; k < n; ++k) {
+      const Value &x = (*a.list)[k], &y = (*b.list)[k];
+      if (!equals(x, y)) return less(x, y);
+    }
+    return a.list->size() < b.list->size();
+  }
+  throw TemplateError(
+      detail::str("'<' not supported between instances of '", type_name(a), "' and '", type_name(b), "'"));
+}
+
+template <typename J>
+static Value from_json_any(const J& j) {
+  switch (j.type()) {
+    case nlohmann::json::value_t::null: return Value::none();
+    case nlohmann::json::value_t::boolean: return Value::boolean(j.template get<bool>());
+    case nlohmann::json::value_t::number_integer: return Value::integer(j.template get<int64_t>());
+    case nlohmann::json::value_t::number_unsigned:
+      return Value::integer(static_cast<int64_t>(j.template get<uint64_t>()));
+    case nlohmann::json::value_t::number_float: return Value::real(j.template get<double>());
+    case nlohmann::json::value_t::string: return Value::string(j.template get<std::string>());
+    case nlohmann::json::value_t::array: {
+      List items;
+      for (const auto& x : j) items.push_back(from_json_any(x));
+      return Value::make_list(std::move(items));
+    }
+    case nlohmann::json::value_t::object: {
+      Dict items;
+      for (auto it = j.begin(); it != j.end(); ++it) items.emplace_back(it.key(), from_json_any(it.value()));
+      return Value::make_dict(std::move(items));
+    }
+    default: throw FormatError("chat template input: JSON value of unsupported type (binary)");
+  }
+}
+
+Value from_json(const nlohmann::ordered_json& j) { return from_json_any(j); }
+Value from_json(const nlohmann::json& j) { return from_json_any(j); }
+
+static void json_string(std::string& out, const std::string& s) {
+  out += '"';
+  for (unsigned char c : s) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
+      case '\b': out += "\\b"; break;
+      case '\f': out += "\\f"; break;
+      default:
+        if (c < 0x20) {
+          char b[8];
+          std::snprintf(b, sizeof b, "\\u%04x", c);
+          out += b;
+        } else {
+          out += static_cast<char>(c);
+        }
+    }
+  }
+  out += '"';
+}
+
+static void json_dump(std::string& out, const Value& v, int indent, int level, const std::string& item_sep,
+                      const std::string& key_sep) {
+  auto newline = [&](int lv) {
+    out += '\n';
+    out.append(static_cast<size_t>(indent) * lv, ' ');
+  };
+  switch (v.kind) {
+    case Kind::None: out += "null"; return;
+    case Kind::Bool: out += v.b ? "true" : "false"; return;
+    case Kind::Int: out += std::to_string(v.i); return;
+    case Kind::Float:
+      if (std::isnan(v.f)) out += "NaN";
+      else if (std::isinf(v.f)) out += v.f > 0 ? "Infinity" : "-Infinity";
+      else out += float_repr(v.f);
+      return;
+    case Kind::String: json_string(out, v.s); return;
+    case Kind::Array: {
+      if (v.list->empty()) {
+        out += "[]";
+        return;
+      }
+      out += '[';
+      for (size_t k = 0; k < v.list->size(); ++k) {
+        if (k) out += item_sep;
+        if (indent >= 0) newline(level + 1);
+        json_dump(out, (*v.list)[k], indent, level + 1, item_sep, key_sep);
+      }
+      if (indent >= 0) newline(level);
+      out += ']';
+      return;
+    }
+    case Kind::Map: {
+      if (v.is_namespace) break;
+      if (v.dict->empty()) {
+        out += "{}";
+        return;
+      }
+      out += '{';
+      bool first = true;
+      for (const auto& [k, x] : *v.dict) {
+        if (!first) out += item_sep;
+        first = false;
+        if (indent >= 0) newline(level + 1);
+        json_string(out, k);
+        out += key_sep;
+        json_dump(out, x, indent, level + 1, item_sep, key_sep);
+      }
+      if (indent >= 0) newline(level);
+      out += '}';
+      return;
+    }
+    default: break;
+  }
+  throw TemplateError(detail::str("tojson: Object of type ", type_name(v), " is not JSON serializable"));
+}
+
+std::string to_json(const Value& v, int indent, const std::string& item_sep, const std::string& key_sep) {
+  std::string out;
+  json_dump(out, v, indent, 0, item_sep, key_sep);
+  return out;
+}
+
+static size_t utf8_step(unsigned char c) {
+  if (c < 0x80) return 1;
+  if ((c >> 5) == 0x6) return 2;
+  if ((c >> 4) == 0xe) return 3;
+  if ((c >> 3) == 0x1e) return 4;
+  return 1;  // stray continuation byte: count it alone
+}
+
+std::vector<std::string> utf8_chars(const std::string& s) {
+  std::vector<std::string> out;
+  for (size_t p = 0; p < s.size();) {
+    size_t n = std::min(utf8_step(static_cast<unsigned char>(s[p])), s.size() - p);
+    out.push_back(s.substr(p, n));
+    p += n;
+  }
+  return out;
+}
+
+size_t utf8_length(const std::string& s) {
+  size_t n = 0;
+  for (size_t p = 0; p < s.size(); ++n) p += utf8_step(static_cast<unsigned char>(s[p]));
+  return n;
+}
+
+}  // namespace nibble::jinja

@@ -1,5 +1,5 @@
-// `nibble detokenize MODEL --ids 1,2,3 [--skip-special-tokens]`: the text of token ids, as HF
-// `tokenizers` decodes it.
+// `nibble detokenize MODEL --ids 1,2,3 [--skip-special-tokens]`: the text of token ids, as
+// transformers' tokenizer.decode gives it.
 #include <cstdio>
 
 #include "commands.h"
@@ -48,7 +48,7 @@ int run_detokenize(const DetokenizeArgs& a) {
     if (id >= tok.vocab_size())
       throw ConfigError("detokenize: id " + std::to_string(id) + " is outside the vocabulary (" +
                         std::to_string(tok.vocab_size()) + " tokens)");
-  std::string text = tok.decode(ids, a.skip_special_tokens);
+  std::string text = a.skip_special_tokens ? decode_text(tok, SpecialIds(tok), ids) : tok.decode(ids, false);
   std::fwrite(text.data(), 1, text.size(), stdout);
   std::fputc('\n', stdout);
   return 0;

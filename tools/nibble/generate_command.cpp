@@ -75,13 +75,14 @@ int run_generate(const GenerateArgs& a) {
   if (a.prompt.empty() && a.prompt_file.empty()) throw ConfigError("generate: give a prompt with -p TEXT or --prompt-file F");
   const std::string prompt = a.prompt_file.empty() ? a.prompt : read_text_file(a.prompt_file);
   Tokenizer tok = load_tokenizer(a.model);
+  const SpecialIds special(tok);
   CausalLM model = load_model(a.model, a.q);
   const std::vector<int64_t> prompt_ids = tok.encode(prompt, /*add_special_tokens=*/true).ids;
 
   GenerateOptions o = a.g.to_options();
   // Stop strings are matched on the text as the tokens spell it, special tokens included.
   o.decode = [&](const std::vector<int64_t>& ids) { return tok.decode(ids, /*skip_special_tokens=*/false); };
-  TextStreamer streamer([&](const std::vector<int64_t>& ids) { return tok.decode(ids, /*skip_special_tokens=*/true); });
+  TextStreamer streamer([&](const std::vector<int64_t>& ids) { return decode_text(tok, special, ids); });
   Timing timing;
   o.on_token = [&](size_t, int64_t t) {
     timing.on_token();
@@ -102,7 +103,7 @@ int run_generate(const GenerateArgs& a) {
   if (a.json) {
     nlohmann::ordered_json j{{"prompt_ids", prompt_ids},
                              {"ids", g.ids},
-                             {"text", tok.decode(g.ids, /*skip_special_tokens=*/true)},
+                             {"text", decode_text(tok, special, g.ids)},
                              {"finish_reason", finish_reason_name(g.finish_reason)}};
     std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
   } else {

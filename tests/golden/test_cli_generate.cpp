@@ -234,6 +234,10 @@ TEST(CliChat, RenderChatEqualsTransformers) {
       std::vector<std::string> args{"render-chat", entry.path().string(), "--messages", m.string()};
       if (c.at("add_generation_prompt").get<bool>()) args.push_back("--add-generation-prompt");
       CliRun r = run_cli(args);
+      if (c.contains("error")) {  // the template raised in transformers: one line naming it here
+        expect_one_line_error(r);
+        continue;
+      }
       EXPECT_EQ(r.rc, 0) << r.err;
       EXPECT_EQ(r.out, c.at("text").get<std::string>());
       ++checked;

@@ -9,6 +9,7 @@
 
 #include "commands.h"
 #include "nibble/error.h"
+#include "nibble/generation_config.h"
 #include "nibble/model.h"
 #include "nibble/thread_pool.h"
 #include "nibble/tokenizer.h"
@@ -82,6 +83,8 @@ int run_generate(const GenerateArgs& a) {
   GenerateOptions o = a.g.to_options();
   // Stop strings are matched on the text as the tokens spell it, special tokens included.
   o.decode = [&](const std::vector<int64_t>& ids) { return tok.decode(ids, /*skip_special_tokens=*/false); };
+  // Settings are checked before anything is printed, so a bad one is the only output.
+  resolve_decoding(model.generation_config(), o, int64_t(prompt_ids.size()), model.config().max_position_embeddings);
   TextStreamer streamer([&](const std::vector<int64_t>& ids) { return decode_text(tok, special, ids); });
   Timing timing;
   o.on_token = [&](size_t, int64_t t) {

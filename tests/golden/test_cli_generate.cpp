@@ -120,7 +120,7 @@ TEST(CliGenerate, StreamedTextEqualsJsonText) {
 TEST(CliGenerate, StopStringAndSeeds) {
   const auto& c = reference().at("fp32").at("greedy").at(0);
   auto want = c.at("ids").get<std::vector<int64_t>>();
-  nlohmann::json j = parse_json(run_cli({"generate", model_dir(), "-p", "Once upon a time", "-n", "40", "--stop", "Lily", "--json"}));
+  nlohmann::json j = parse_json(run_cli({"generate", "--stop", "never-seen", model_dir(), "-p", "Once upon a time", "-n", "40", "--stop", "Lily", "--json"}));
   auto ids = j.value("ids", std::vector<int64_t>{});
   EXPECT_EQ(j.value("finish_reason", std::string()), "stop_string");
   ASSERT_LT(ids.size(), want.size());

@@ -26,7 +26,8 @@ void add_gen_flags(CLI::App& cmd, GenFlags& f) {
   cmd.add_option("--min-p", f.min_p, "drop tokens below min_p x the top probability (sampling)");
   cmd.add_option("--repetition-penalty", f.repetition_penalty, "penalize tokens already in the sequence (1 = off)");
   cmd.add_option("--seed", f.seed, "random seed of the sampler (default 0)");
-  cmd.add_option("--stop", f.stop, "stop after the token that completes this string (repeatable)");
+  cmd.add_option("--stop", f.stop, "stop after the token that completes this string (repeatable)")
+      ->allow_extra_args(false);  // one string per --stop, so MODEL after it stays positional
   cmd.add_flag("--timing", f.timing, "print prefill / decode speed on stderr");
 }
 

@@ -45,10 +45,9 @@ CausalLM load_model(const std::string& dir, const QuantFlags& q) {
   if (q.any()) opts.quantization_config = q.to_config();
   const bool progress = stderr_is_terminal();
   if (progress) {
-    std::string how = opts.quantization_config ? " (quantizing: " + opts.quantization_config->quantization_method().value_or("") +
-                                                     (q.load_in_4bit ? " " + q.quant_type : "") +
-                                                     (q.load_in_4bit && q.double_quant ? " + double quant" : "") + ")"
-                                               : "";
+    std::string how;
+    if (q.load_in_4bit) how = " (quantizing to 4-bit " + q.quant_type + (q.double_quant ? " + double quant)" : ")");
+    if (q.load_in_8bit) how = " (quantizing to LLM.int8)";
     std::fprintf(stderr, "loading %s%s ...", dir.c_str(), how.c_str());
     std::fflush(stderr);
   }

@@ -5,20 +5,24 @@
 #include <algorithm>
 #include <memory>
 
+#include "models/causal_lm_impl.h"  // KVCache must be complete to own one
 #include "nibble/error.h"
 #include "nibble/generate.h"
 #include "nibble/generation_config.h"
-#include "models/causal_lm_impl.h"  // KVCache must be complete to own one
 #include "nibble/model.h"
 
 namespace nibble {
 
 const char* finish_reason_name(FinishReason r) {
   switch (r) {
-    case FinishReason::Length: return "length";
-    case FinishReason::Eos: return "eos";
-    case FinishReason::StopString: return "stop_string";
-    case FinishReason::Callback: return "callback";
+    case FinishReason::Length:
+      return "length";
+    case FinishReason::Eos:
+      return "eos";
+    case FinishReason::StopString:
+      return "stop_string";
+    case FinishReason::Callback:
+      return "callback";
   }
   return "?";
 }
@@ -36,12 +40,14 @@ DecodingParams resolve_decoding(const GenerationConfig& g, const GenerateOptions
   d.typical_p = g.typical_p;
   d.no_repeat_ngram_size = g.no_repeat_ngram_size;
   if (g.num_beams > 1)
-    throw UnsupportedError(detail::str("generation: num_beams = ", g.num_beams, " (beam search) is not supported"));
+    throw UnsupportedError(
+        detail::str("generation: num_beams = ", g.num_beams, " (beam search) is not supported"));
 
   auto bad = [](const char* field, const auto& v, const char* rule) {
     throw ConfigError(detail::str("generation: ", field, " ", rule, ", got ", v));
   };
-  if (d.do_sample && !(d.temperature > 0)) bad("temperature", d.temperature, "must be strictly positive when sampling");
+  if (d.do_sample && !(d.temperature > 0))
+    bad("temperature", d.temperature, "must be strictly positive when sampling");
   if (d.top_k < 0) bad("top_k", d.top_k, "must be >= 0");
   if (!(d.top_p >= 0 && d.top_p <= 1)) bad("top_p", d.top_p, "must be in [0, 1]");
   if (d.min_p && !(*d.min_p >= 0 && *d.min_p <= 1)) bad("min_p", *d.min_p, "must be in [0, 1]");
@@ -60,7 +66,8 @@ DecodingParams resolve_decoding(const GenerationConfig& g, const GenerateOptions
     // model's max_position_embeddings in total.
     d.max_new_tokens = 20;
     if (max_position_embeddings > 0)
-      d.max_new_tokens = std::max<int64_t>(std::min(prompt_length + 20, max_position_embeddings) - prompt_length, 1);
+      d.max_new_tokens =
+          std::max<int64_t>(std::min(prompt_length + 20, max_position_embeddings) - prompt_length, 1);
   }
   d.min_new_tokens = o.min_new_tokens.value_or(g.min_new_tokens.value_or(0));
   if (d.min_new_tokens < 0) bad("min_new_tokens", d.min_new_tokens, "must be >= 0");
@@ -126,7 +133,8 @@ std::vector<Generation> generate(const CausalLM& model, const std::vector<std::v
     std::seed_seq seq{uint32_t(o.seed), uint32_t(o.seed >> 32), uint32_t(i), uint32_t(uint64_t(i) >> 32)};
     s.rng.seed(seq);
   }
-  for (size_t i = 0; i < seqs.size(); ++i) copy_last_row(model.forward(seqs[i].ids, seqs[i].cache.get()), seqs[i].last);
+  for (size_t i = 0; i < seqs.size(); ++i)
+    copy_last_row(model.forward(seqs[i].ids, seqs[i].cache.get()), seqs[i].last);
 
   for (bool any = !seqs.empty(); any;) {
     any = false;
@@ -155,10 +163,12 @@ std::vector<Generation> generate(const CausalLM& model, const std::vector<std::v
       s.ids.push_back(token);
 
       // Stopping criteria, as transformers checks them after appending the token.
-      if (int64_t(s.ids.size() - s.prompt_length) >= d.max_new_tokens) s.done = true, s.reason = FinishReason::Length;
+      if (int64_t(s.ids.size() - s.prompt_length) >= d.max_new_tokens)
+        s.done = true, s.reason = FinishReason::Length;
       if (std::find(d.eos_token_id.begin(), d.eos_token_id.end(), token) != d.eos_token_id.end())
         s.done = true, s.reason = FinishReason::Eos;
-      if (!s.done && !o.stop_strings.empty() && hits_stop_string(o, s)) s.done = true, s.reason = FinishReason::StopString;
+      if (!s.done && !o.stop_strings.empty() && hits_stop_string(o, s))
+        s.done = true, s.reason = FinishReason::StopString;
       if (o.on_token && !o.on_token(i, token) && !s.done) s.done = true, s.reason = FinishReason::Callback;
       if (s.done) {
         s.cache.reset();

@@ -56,7 +56,8 @@ void no_repeat_ngram(std::span<float> x, std::span<const int64_t> seq, int64_t n
   // Every earlier n-gram whose first n-1 tokens equal the sequence's last n-1 bans its last token.
   const size_t tail = len - (N - 1);
   for (size_t start = 0; start + N <= len; ++start) {
-    if (std::equal(seq.begin() + int64_t(start), seq.begin() + int64_t(start + N - 1), seq.begin() + int64_t(tail))) {
+    if (std::equal(seq.begin() + int64_t(start), seq.begin() + int64_t(start + N - 1),
+                   seq.begin() + int64_t(tail))) {
       const int64_t banned = seq[start + N - 1];
       if (banned >= 0 && size_t(banned) < x.size()) x[size_t(banned)] = kNegInf;
     }
@@ -85,7 +86,8 @@ void top_p(std::span<float> x, double p, int64_t min_tokens_to_keep) {
   std::vector<size_t> order(x.size());
   std::iota(order.begin(), order.end(), size_t(0));
   std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return x[a] < x[b]; });
-  const size_t keep_tail = size_t(std::min<int64_t>(std::max<int64_t>(min_tokens_to_keep, 0), int64_t(x.size())));
+  const size_t keep_tail =
+      size_t(std::min<int64_t>(std::max<int64_t>(min_tokens_to_keep, 0), int64_t(x.size())));
   double cum = 0;
   for (size_t r = 0; r < order.size(); ++r) {
     cum += prob[order[r]];
@@ -107,7 +109,8 @@ void min_p(std::span<float> x, double p, int64_t min_tokens_to_keep) {
 }
 
 void typical_p(std::span<float> x, double mass, int64_t min_tokens_to_keep) {
-  if (!(mass > 0 && mass < 1)) throw ConfigError(detail::str("typical_p must be a float in (0, 1), got ", mass));
+  if (!(mass > 0 && mass < 1))
+    throw ConfigError(detail::str("typical_p must be a float in (0, 1), got ", mass));
   std::vector<double> prob = softmax(x);
   double entropy = 0;
   for (double p : prob)
@@ -115,7 +118,8 @@ void typical_p(std::span<float> x, double mass, int64_t min_tokens_to_keep) {
   // |-log p - H|: how far each token's surprise is from the expected surprise
   std::vector<double> shifted(x.size());
   for (size_t i = 0; i < x.size(); ++i)
-    shifted[i] = prob[i] > 0 ? std::fabs(-std::log(prob[i]) - entropy) : std::numeric_limits<double>::infinity();
+    shifted[i] =
+        prob[i] > 0 ? std::fabs(-std::log(prob[i]) - entropy) : std::numeric_limits<double>::infinity();
   std::vector<size_t> order(x.size());
   std::iota(order.begin(), order.end(), size_t(0));
   std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return shifted[a] < shifted[b]; });

@@ -66,9 +66,12 @@ const nlohmann::json& reference() {
   return j;
 }
 
-std::string model_dir() { return (test::shared_root() / "models" / "tinystories-656k").string(); }
+std::string model_dir() {
+  return (test::shared_root() / "models" / "tinystories-656k").string();
+}
 
-const std::vector<std::string> kNf4Flags{"--load-in-4bit", "--bnb-4bit-quant-type", "nf4", "--bnb-4bit-use-double-quant"};
+const std::vector<std::string> kNf4Flags{"--load-in-4bit", "--bnb-4bit-quant-type", "nf4",
+                                         "--bnb-4bit-use-double-quant"};
 
 nlohmann::json parse_json(const CliRun& r) {
   EXPECT_EQ(r.rc, 0) << r.err;
@@ -96,8 +99,13 @@ TEST(CliGenerate, JsonGreedyEqualsTransformers) {
       SCOPED_TRACE(std::string(variant) + ": " + c.at("prompt").get<std::string>());
       auto want = c.at("ids").get<std::vector<int64_t>>();
       auto prompt_ids = c.at("prompt_ids").get<std::vector<int64_t>>();
-      std::vector<std::string> args{"generate", model_dir(), "-p", c.at("prompt").get<std::string>(), "--max-new-tokens",
-                                    std::to_string(want.size() - prompt_ids.size()), "--json"};
+      std::vector<std::string> args{"generate",
+                                    model_dir(),
+                                    "-p",
+                                    c.at("prompt").get<std::string>(),
+                                    "--max-new-tokens",
+                                    std::to_string(want.size() - prompt_ids.size()),
+                                    "--json"};
       if (std::string(variant) == "nf4_dq") args.insert(args.end(), kNf4Flags.begin(), kNf4Flags.end());
       nlohmann::json j = parse_json(run_cli(args));
       EXPECT_EQ(j.value("prompt_ids", std::vector<int64_t>{}), prompt_ids);
@@ -108,7 +116,8 @@ TEST(CliGenerate, JsonGreedyEqualsTransformers) {
 }
 
 TEST(CliGenerate, StreamedTextEqualsJsonText) {
-  const std::vector<std::string> base{"generate", model_dir(), "-p", "Lily and Ben went to the park. They", "-n", "60"};
+  const std::vector<std::string> base{"generate", model_dir(), "-p", "Lily and Ben went to the park. They",
+                                      "-n",       "60"};
   CliRun streamed = run_cli(base);
   ASSERT_EQ(streamed.rc, 0) << streamed.err;
   auto args = base;
@@ -120,7 +129,8 @@ TEST(CliGenerate, StreamedTextEqualsJsonText) {
 TEST(CliGenerate, StopStringAndSeeds) {
   const auto& c = reference().at("fp32").at("greedy").at(0);
   auto want = c.at("ids").get<std::vector<int64_t>>();
-  nlohmann::json j = parse_json(run_cli({"generate", "--stop", "never-seen", model_dir(), "-p", "Once upon a time", "-n", "40", "--stop", "Lily", "--json"}));
+  nlohmann::json j = parse_json(run_cli({"generate", "--stop", "never-seen", model_dir(), "-p",
+                                         "Once upon a time", "-n", "40", "--stop", "Lily", "--json"}));
   auto ids = j.value("ids", std::vector<int64_t>{});
   EXPECT_EQ(j.value("finish_reason", std::string()), "stop_string");
   ASSERT_LT(ids.size(), want.size());
@@ -134,8 +144,8 @@ TEST(CliGenerate, StopStringAndSeeds) {
   EXPECT_EQ(before.out.find("Lily"), std::string::npos) << before.out;
 
   auto sample = [&](const char* seed) {
-    return parse_json(run_cli({"generate", model_dir(), "-p", "Once upon a time", "-n", "30", "--do-sample", "--top-p", "0.95",
-                               "--temperature", "0.9", "--seed", seed, "--json"}))
+    return parse_json(run_cli({"generate", model_dir(), "-p", "Once upon a time", "-n", "30", "--do-sample",
+                               "--top-p", "0.95", "--temperature", "0.9", "--seed", seed, "--json"}))
         .value("ids", std::vector<int64_t>{});
   };
   auto a = sample("3"), b = sample("3"), d = sample("4");
@@ -165,7 +175,8 @@ TEST(CliGenerate, PerplexityJsonAgreesWithTheLibrary) {
     double total = 0;
     for (size_t s = 0; s + 1 < ids.size();) {
       size_t e = std::min<size_t>(s + 512, ids.size());
-      total += model.mean_nll(std::vector<int64_t>(ids.begin() + int64_t(s), ids.begin() + int64_t(e))) * double(e - s - 1);
+      total += model.mean_nll(std::vector<int64_t>(ids.begin() + int64_t(s), ids.begin() + int64_t(e))) *
+               double(e - s - 1);
       s = e - 1;
     }
     EXPECT_NEAR(nll, total / double(ids.size() - 1), 1e-12);
@@ -189,7 +200,8 @@ TEST(CliGenerate, TokenizeDetokenizeRoundTrip) {
     ASSERT_EQ(d.rc, 0) << d.err;
     EXPECT_EQ(d.out, e.at("decoded_keep_special").get<std::string>() + "\n");
   }
-  nlohmann::json t = parse_json(run_cli({"tokenize", model_dir(), "--text", "Hello world", "--no-special", "--json"}));
+  nlohmann::json t =
+      parse_json(run_cli({"tokenize", model_dir(), "--text", "Hello world", "--no-special", "--json"}));
   auto with = reference().at("tokenizer").at(0).at("ids").get<std::vector<int64_t>>();
   EXPECT_EQ(t.value("ids", std::vector<int64_t>{}), std::vector<int64_t>(with.begin() + 1, with.end()));
 }
@@ -208,14 +220,15 @@ TEST(CliGenerate, ErrorsAreOneLineWithNonZeroExit) {
 }
 
 TEST(CliGenerate, HelpForEachCommand) {
-  for (const char* cmd : {"generate", "chat", "render-chat", "perplexity", "tokenize", "detokenize", "quantize", "inspect"}) {
+  for (const char* cmd :
+       {"generate", "chat", "render-chat", "perplexity", "tokenize", "detokenize", "quantize", "inspect"}) {
     CliRun r = run_cli({cmd, "--help"});
     EXPECT_EQ(r.rc, 0) << cmd;
     EXPECT_NE(r.out.find("Usage"), std::string::npos) << cmd << ": " << r.out;
   }
   CliRun g = run_cli({"generate", "--help"});
-  for (const char* flag : {"--max-new-tokens", "--do-sample", "--top-p", "--min-p", "--repetition-penalty", "--seed", "--stop",
-                           "--load-in-4bit", "--bnb-4bit-quant-type", "--json"})
+  for (const char* flag : {"--max-new-tokens", "--do-sample", "--top-p", "--min-p", "--repetition-penalty",
+                           "--seed", "--stop", "--load-in-4bit", "--bnb-4bit-quant-type", "--json"})
     EXPECT_NE(g.out.find(flag), std::string::npos) << flag;
 }
 
@@ -250,13 +263,16 @@ TEST(CliChat, ReplKeepsHistory) {
   // A model folder pairing the tiny llama fixture (vocab 512) with a tokenizer that fits it and
   // has a chat template (gemma_cropped_tiny, 93 tokens).
   test::TempDir tmp;
-  const fs::path model = test::fixtures_root() / "models" / "llama" / "fp32", tokd = test::fixtures_root() / "tokenizers" / "gemma_cropped_tiny";
+  const fs::path model = test::fixtures_root() / "models" / "llama" / "fp32",
+                 tokd = test::fixtures_root() / "tokenizers" / "gemma_cropped_tiny";
   const fs::path dir = tmp / "chatmodel";
   fs::create_directory(dir);
-  for (const char* f : {"config.json", "model.safetensors", "generation_config.json"}) fs::create_symlink(model / f, dir / f);
+  for (const char* f : {"config.json", "model.safetensors", "generation_config.json"})
+    fs::create_symlink(model / f, dir / f);
   for (const char* f : {"tokenizer.json", "tokenizer_config.json"}) fs::create_symlink(tokd / f, dir / f);
 
-  CliRun r = run_cli({"chat", dir.string(), "--max-new-tokens", "6"}, "Hi there\n\nHow are you?\n/exit\nnever read\n");
+  CliRun r = run_cli({"chat", dir.string(), "--max-new-tokens", "6"},
+                     "Hi there\n\nHow are you?\n/exit\nnever read\n");
   ASSERT_EQ(r.rc, 0) << r.err;
 
   // The same conversation through the library: each turn renders the whole history.

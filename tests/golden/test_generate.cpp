@@ -37,7 +37,8 @@ const nlohmann::json& tinystories_ref() {
 }
 
 const CausalLM& tinystories() {
-  static const CausalLM m = AutoModelForCausalLM::from_pretrained(test::shared_root() / "models" / "tinystories-656k");
+  static const CausalLM m =
+      AutoModelForCausalLM::from_pretrained(test::shared_root() / "models" / "tinystories-656k");
   return m;
 }
 
@@ -79,7 +80,8 @@ TEST(Generate, GreedyEqualsFixtureModels) {
 TEST(Generate, TinyStoriesGreedyContinuations) {
   for (const char* variant : {"fp32", "nf4_dq"}) {
     CausalLM nf4;
-    if (std::string(variant) == "nf4_dq") nf4 = AutoModelForCausalLM::from_pretrained(test::fixtures_root() / "tinystories" / "nf4_dq");
+    if (std::string(variant) == "nf4_dq")
+      nf4 = AutoModelForCausalLM::from_pretrained(test::fixtures_root() / "tinystories" / "nf4_dq");
     const CausalLM& model = std::string(variant) == "fp32" ? tinystories() : nf4;
     for (const auto& c : tinystories_ref().at(variant).at("greedy")) {
       auto prompt = c.at("prompt_ids").get<std::vector<int64_t>>();
@@ -221,7 +223,8 @@ TEST(Generate, BatchOfDifferentLengthsEqualsEachPromptAlone) {
     auto alone = generate(tinystories(), prompts[i], o);
     if (i == 2) {
       EXPECT_EQ(batch[i].new_ids().size(), 5u);
-      EXPECT_EQ(batch[i].ids, std::vector<int64_t>(alone.ids.begin(), alone.ids.begin() + int64_t(batch[i].ids.size())));
+      EXPECT_EQ(batch[i].ids,
+                std::vector<int64_t>(alone.ids.begin(), alone.ids.begin() + int64_t(batch[i].ids.size())));
     } else {
       EXPECT_EQ(batch[i].ids, alone.ids) << "prompt " << i;
     }

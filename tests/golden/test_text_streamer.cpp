@@ -31,7 +31,9 @@ TEST(TextStreamer, RealTokenizersStreamTheFullDecode) {
     for (const auto& c : ref.at("cases")) {
       SCOPED_TRACE(c.at("text").get<std::string>());
       const auto ids = c.at("ids").get<std::vector<int64_t>>();
-      auto decode = [&](const std::vector<int64_t>& v) { return tok.decode(v, /*skip_special_tokens=*/true); };
+      auto decode = [&](const std::vector<int64_t>& v) {
+        return tok.decode(v, /*skip_special_tokens=*/true);
+      };
       TextStreamer s(decode);
       std::string streamed;
       size_t bad = 0;

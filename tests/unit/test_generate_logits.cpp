@@ -126,12 +126,14 @@ TEST(GenerateLogits, TopPRandomRowsSatisfyTheDefinition) {
     logits::top_p(x, p);
     double in = 0, smallest_in = 1, largest_out = 0;
     for (size_t i = 0; i < x.size(); ++i) {
-      if (x[i] != -kInf) in += prob[i], smallest_in = std::min(smallest_in, prob[i]);
-      else largest_out = std::max(largest_out, prob[i]);
+      if (x[i] != -kInf)
+        in += prob[i], smallest_in = std::min(smallest_in, prob[i]);
+      else
+        largest_out = std::max(largest_out, prob[i]);
     }
-    EXPECT_GE(in, p - 1e-6);                 // the kept set reaches p
-    EXPECT_LT(in - smallest_in, p + 1e-6);   // and is the smallest such set
-    EXPECT_LE(largest_out, smallest_in);     // made of the largest tokens
+    EXPECT_GE(in, p - 1e-6);                // the kept set reaches p
+    EXPECT_LT(in - smallest_in, p + 1e-6);  // and is the smallest such set
+    EXPECT_LE(largest_out, smallest_in);    // made of the largest tokens
   }
 }
 
@@ -220,19 +222,26 @@ namespace {
 // sentencepiece's Metaspace decoder), ids 10 and 11 are the two bytes of "é" (byte fallback);
 // an incomplete UTF-8 sequence decodes to U+FFFD.
 std::string fake_decode(const std::vector<int64_t>& ids) {
-  static const std::vector<std::string> pieces{"\xE2\x96\x81Hello", "\xE2\x96\x81w", "orld", "!", "\xE2\x96\x81" "caf"};
+  static const std::vector<std::string> pieces{"\xE2\x96\x81Hello", "\xE2\x96\x81w", "orld", "!",
+                                               "\xE2\x96\x81"
+                                               "caf"};
   std::string bytes;
   for (int64_t id : ids) {
-    if (id == 10) bytes += "\xC3";
-    else if (id == 11) bytes += "\xA9";
-    else bytes += pieces.at(size_t(id));
+    if (id == 10)
+      bytes += "\xC3";
+    else if (id == 11)
+      bytes += "\xA9";
+    else
+      bytes += pieces.at(size_t(id));
   }
   std::string out;
   for (size_t i = 0; i < bytes.size();) {
-    if (bytes.compare(i, 3, "\xE2\x96\x81") == 0) out += ' ', i += 3;
+    if (bytes.compare(i, 3, "\xE2\x96\x81") == 0)
+      out += ' ', i += 3;
     else if (uint8_t(bytes[i]) == 0xC3 && (i + 1 >= bytes.size() || (uint8_t(bytes[i + 1]) & 0xC0) != 0x80))
       out += "\xEF\xBF\xBD", i += 1;
-    else out += bytes[i++];
+    else
+      out += bytes[i++];
   }
   if (!out.empty() && out[0] == ' ') out.erase(0, 1);
   return out;
@@ -254,8 +263,8 @@ TEST(GenerateStreamer, SpacesAndMultiByteCharacters) {
   streamed += s.flush();
   EXPECT_EQ(streamed, fake_decode(ids));
   EXPECT_EQ(streamed, "Hello world caf\xC3\xA9!");
-  EXPECT_EQ(chunks[1], " w");   // the space of a non-first token is kept
-  EXPECT_EQ(chunks[4], "");     // the first byte of "é" is held back
+  EXPECT_EQ(chunks[1], " w");  // the space of a non-first token is kept
+  EXPECT_EQ(chunks[4], "");    // the first byte of "é" is held back
   EXPECT_EQ(chunks[5], "\xC3\xA9");
 }
 

@@ -17,7 +17,8 @@
 namespace nibble::cli {
 
 void add_chat_command(CLI::App& app, ChatArgs& a) {
-  CLI::App* cmd = app.add_subcommand("chat", "chat with a model on stdin (its chat template; /exit or EOF ends)");
+  CLI::App* cmd =
+      app.add_subcommand("chat", "chat with a model on stdin (its chat template; /exit or EOF ends)");
   cmd->add_option("MODEL", a.model, "model folder with a chat template")->required();
   cmd->add_option("--system", a.system, "a system message opening the conversation");
   add_gen_flags(*cmd, a.g);

@@ -30,7 +30,8 @@ std::vector<int64_t> parse_ids(const std::string& s) {
     } catch (const std::exception&) {
       used = 0;
     }
-    if (used == 0 || v < 0) throw ConfigError("detokenize: --ids must be comma-separated non-negative integers, got '" + s + "'");
+    if (used == 0 || v < 0)
+      throw ConfigError("detokenize: --ids must be comma-separated non-negative integers, got '" + s + "'");
     ids.push_back(v);
     i += used;
     if (i < s.size() && s[i] != ',' && s[i] != ' ' && s[i] != ']')

@@ -17,14 +17,18 @@
 namespace nibble::cli {
 
 void add_gen_flags(CLI::App& cmd, GenFlags& f) {
-  cmd.add_option("--max-new-tokens,-n", f.max_new_tokens, "tokens to generate (default: generation_config.json, else 20)");
-  cmd.add_option("--min-new-tokens", f.min_new_tokens, "eos is kept out until this many tokens are generated");
+  cmd.add_option("--max-new-tokens,-n", f.max_new_tokens,
+                 "tokens to generate (default: generation_config.json, else 20)");
+  cmd.add_option("--min-new-tokens", f.min_new_tokens,
+                 "eos is kept out until this many tokens are generated");
   cmd.add_flag("--do-sample", f.do_sample, "sample instead of greedy search");
   cmd.add_option("--temperature", f.temperature, "divides the logits (sampling)");
   cmd.add_option("--top-k", f.top_k, "keep the k most likely tokens (sampling; 0 disables)");
-  cmd.add_option("--top-p", f.top_p, "keep the smallest set of tokens whose probability reaches p (sampling)");
+  cmd.add_option("--top-p", f.top_p,
+                 "keep the smallest set of tokens whose probability reaches p (sampling)");
   cmd.add_option("--min-p", f.min_p, "drop tokens below min_p x the top probability (sampling)");
-  cmd.add_option("--repetition-penalty", f.repetition_penalty, "penalize tokens already in the sequence (1 = off)");
+  cmd.add_option("--repetition-penalty", f.repetition_penalty,
+                 "penalize tokens already in the sequence (1 = off)");
   cmd.add_option("--seed", f.seed, "random seed of the sampler (default 0)");
   cmd.add_option("--stop", f.stop, "stop after the token that completes this string (repeatable)")
       ->allow_extra_args(false);  // one string per --stop, so MODEL after it stays positional
@@ -67,14 +71,17 @@ struct Timing {
   void report(size_t prompt_tokens) const {
     using secs = std::chrono::duration<double>;
     double prefill = secs(first - start).count(), decode = secs(last - first).count();
-    std::fprintf(stderr, "[timing] prompt %zu tokens + first token: %.1f ms | decode %lld tokens: %.1f tok/s | %d threads\n",
-                 prompt_tokens, prefill * 1e3, static_cast<long long>(tokens - 1),
-                 tokens > 1 && decode > 0 ? double(tokens - 1) / decode : 0.0, num_threads());
+    std::fprintf(
+        stderr,
+        "[timing] prompt %zu tokens + first token: %.1f ms | decode %lld tokens: %.1f tok/s | %d threads\n",
+        prompt_tokens, prefill * 1e3, static_cast<long long>(tokens - 1),
+        tokens > 1 && decode > 0 ? double(tokens - 1) / decode : 0.0, num_threads());
   }
 };
 
 int run_generate(const GenerateArgs& a) {
-  if (a.prompt.empty() && a.prompt_file.empty()) throw ConfigError("generate: give a prompt with -p TEXT or --prompt-file F");
+  if (a.prompt.empty() && a.prompt_file.empty())
+    throw ConfigError("generate: give a prompt with -p TEXT or --prompt-file F");
   const std::string prompt = a.prompt_file.empty() ? a.prompt : read_text_file(a.prompt_file);
   Tokenizer tok = load_tokenizer(a.model);
   const SpecialIds special(tok);
@@ -85,7 +92,8 @@ int run_generate(const GenerateArgs& a) {
   // Stop strings are matched on the text as the tokens spell it, special tokens included.
   o.decode = [&](const std::vector<int64_t>& ids) { return tok.decode(ids, /*skip_special_tokens=*/false); };
   // Settings are checked before anything is printed, so a bad one is the only output.
-  resolve_decoding(model.generation_config(), o, int64_t(prompt_ids.size()), model.config().max_position_embeddings);
+  resolve_decoding(model.generation_config(), o, int64_t(prompt_ids.size()),
+                   model.config().max_position_embeddings);
   TextStreamer streamer([&](const std::vector<int64_t>& ids) { return decode_text(tok, special, ids); });
   Timing timing;
   o.on_token = [&](size_t, int64_t t) {

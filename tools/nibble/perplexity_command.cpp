@@ -30,8 +30,11 @@ int run_perplexity(const PerplexityArgs& a) {
   CausalLM model = load_model(a.model, a.q);
   const std::vector<int64_t> ids = tok.encode(text, /*add_special_tokens=*/true).ids;
   if (ids.size() < 2)
-    throw ConfigError(a.text_file + ": the text gives " + std::to_string(ids.size()) + " token(s); perplexity needs at least 2");
-  const size_t window = model.config().max_position_embeddings > 1 ? size_t(model.config().max_position_embeddings) : ids.size();
+    throw ConfigError(a.text_file + ": the text gives " + std::to_string(ids.size()) +
+                      " token(s); perplexity needs at least 2");
+  const size_t window = model.config().max_position_embeddings > 1
+                            ? size_t(model.config().max_position_embeddings)
+                            : ids.size();
   double total = 0;
   for (size_t start = 0; start + 1 < ids.size();) {
     const size_t end = std::min(start + window, ids.size());

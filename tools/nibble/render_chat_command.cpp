@@ -13,9 +13,12 @@
 namespace nibble::cli {
 
 void add_render_chat_command(CLI::App& app, RenderChatArgs& a) {
-  CLI::App* cmd = app.add_subcommand("render-chat", "print a conversation rendered with the model's chat template");
-  cmd->add_option("MODEL", a.model, "model folder (tokenizer_config.json or chat_template.jinja)")->required();
-  cmd->add_option("--messages", a.messages, "JSON file: [{\"role\": ..., \"content\": ...}, ...]")->required();
+  CLI::App* cmd =
+      app.add_subcommand("render-chat", "print a conversation rendered with the model's chat template");
+  cmd->add_option("MODEL", a.model, "model folder (tokenizer_config.json or chat_template.jinja)")
+      ->required();
+  cmd->add_option("--messages", a.messages, "JSON file: [{\"role\": ..., \"content\": ...}, ...]")
+      ->required();
   cmd->add_flag("--add-generation-prompt", a.add_generation_prompt, "end with the assistant turn's opening");
 }
 
@@ -33,7 +36,8 @@ int run_render_chat(const RenderChatArgs& a) {
     for (auto it = j.begin(); it != j.end(); ++it)
       if (it.key() != "messages") extra[it.key()] = it.value();
   }
-  if (!messages.is_array()) throw FormatError(a.messages + ": \"messages\" must be a list of {\"role\", \"content\"} objects");
+  if (!messages.is_array())
+    throw FormatError(a.messages + ": \"messages\" must be a list of {\"role\", \"content\"} objects");
   ChatTemplate t = ChatTemplate::from_pretrained(a.model);
   std::string out = t.apply(messages, a.add_generation_prompt, extra);
   std::fwrite(out.data(), 1, out.size(), stdout);

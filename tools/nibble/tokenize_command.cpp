@@ -27,7 +27,10 @@ int run_tokenize(const TokenizeArgs& a) {
   }
   for (size_t i = 0; i < e.ids.size(); ++i) {
     // the token as a JSON string, so spaces, newlines and control bytes stay visible
-    std::string t = i < e.tokens.size() ? nlohmann::json(e.tokens[i]).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) : "";
+    std::string t =
+        i < e.tokens.size()
+            ? nlohmann::json(e.tokens[i]).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)
+            : "";
     std::printf("%lld\t%s\n", static_cast<long long>(e.ids[i]), t.c_str());
   }
   return 0;

@@ -99,11 +99,12 @@ Tokenizer Tokenizer::from_pretrained(const fs::path& dir) {
     map = read_json(dir / "special_tokens_map.json");
     if (!map.is_object()) throw FormatError("special_tokens_map.json: top level is not a JSON object");
   }
+  // transformers lets special_tokens_map.json override tokenizer_config.json.
   auto pick = [&](const char* key) -> std::optional<std::string> {
-    if (m.config.contains(key))
-      if (auto s = token_text(m.config[key])) return s;
     if (map.contains(key))
       if (auto s = token_text(map[key])) return s;
+    if (m.config.contains(key))
+      if (auto s = token_text(m.config[key])) return s;
     return std::nullopt;
   };
   m.bos = pick("bos_token");

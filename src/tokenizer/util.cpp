@@ -293,7 +293,15 @@ std::vector<std::pair<size_t, size_t>> Regex::find_all(std::string_view s) const
     // The input is valid UTF-8 (checked at encode), so skip PCRE2's re-check.
     int rc = pcre2_match(code, reinterpret_cast<PCRE2_SPTR>(s.data()), s.size(), pos, PCRE2_NO_UTF_CHECK, md,
                          nullptr);
-    if (rc < 0) break;
+    if (rc == PCRE2_ERROR_JIT_STACKLIMIT)  // the interpreter keeps its backtracking on the heap
+      rc = pcre2_match(code, reinterpret_cast<PCRE2_SPTR>(s.data()), s.size(), pos,
+                       PCRE2_NO_UTF_CHECK | PCRE2_NO_JIT, md, nullptr);
+    if (rc == PCRE2_ERROR_NOMATCH) break;
+    if (rc < 0) {
+      PCRE2_UCHAR buf[256];
+      pcre2_get_error_message(rc, buf, sizeof(buf));
+      throw Error(std::string("tokenizer: regex match failed: ") + reinterpret_cast<char*>(buf));
+    }
     PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md);
     size_t b = ov[0], e = ov[1];
     out.emplace_back(b, e);

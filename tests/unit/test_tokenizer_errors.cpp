@@ -118,5 +118,12 @@ TEST(TokenizerErrors, MissingFileAndBadText) {
   Tokenizer t = Tokenizer::from_pretrained(dir.path());
   EXPECT_EQ(t.bos_token(), "<s>");
   EXPECT_EQ(t.eos_token(), "</s>");
+  EXPECT_FALSE(t.pad_token().has_value());
+  // special_tokens_map.json wins over tokenizer_config.json, as in transformers.
+  std::ofstream(dir / "special_tokens_map.json") << R"({"eos_token": {"content": "<eos>"}, "pad_token": "<pad>"})";
+  Tokenizer t2 = Tokenizer::from_pretrained(dir.path());
+  EXPECT_EQ(t2.bos_token(), "<s>");
+  EXPECT_EQ(t2.eos_token(), "<eos>");
+  EXPECT_EQ(t2.pad_token(), "<pad>");
   EXPECT_THROW(t.encode("a\xFF"), FormatError);
 }

@@ -70,24 +70,23 @@ Value f_length(Interpreter&, Value& v, CallArgs&) {
   }
 }
 
+// transformers' tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+// positional filter arguments bind in that order.
 Value f_tojson(Interpreter&, Value& v, CallArgs& a) {
-  const Value* ind = arg(a, 2, "indent");
-  const Value* ensure_ascii = arg(a, 1, "ensure_ascii");
-  if (ensure_ascii && truthy(*ensure_ascii))
-    throw UnsupportedError("tojson(ensure_ascii=True) is not supported");
+  const bool ascii = arg_bool(a, 0, "ensure_ascii", false);
+  const Value* ind = arg(a, 1, "indent");
   int indent = -1;
-  std::string indent_str;
   if (ind && !ind->is_none()) {
-    if (ind->kind != Kind::Int) throw UnsupportedError("tojson indent other than an integer is not supported");
-    indent = static_cast<int>(std::max<int64_t>(0, ind->i));
+    if (ind->kind == Kind::Int) indent = static_cast<int>(std::max<int64_t>(0, ind->i));
+    else throw UnsupportedError("tojson indent other than an integer is not supported");
   }
   std::string item_sep = indent >= 0 ? "," : ", ", key_sep = ": ";
-  if (const Value* sep = arg(a, 3, "separators"); sep && !sep->is_none()) {
+  if (const Value* sep = arg(a, 2, "separators"); sep && !sep->is_none()) {
     if (!sep->is_list() || sep->list->size() != 2) throw TemplateError("tojson separators must be a pair");
     item_sep = to_str((*sep->list)[0]);
     key_sep = to_str((*sep->list)[1]);
   }
-  if (arg_bool(a, 4, "sort_keys", false)) {
+  if (arg_bool(a, 3, "sort_keys", false)) {
     std::function<Value(const Value&)> sorted = [&](const Value& x) -> Value {
       if (x.is_list()) {
         List items;
@@ -102,9 +101,9 @@ Value f_tojson(Interpreter&, Value& v, CallArgs& a) {
       }
       return x;
     };
-    return Value::string(to_json(sorted(v), indent, item_sep, key_sep));
+    return Value::string(to_json(sorted(v), indent, item_sep, key_sep, ascii));
   }
-  return Value::string(to_json(v, indent, item_sep, key_sep));
+  return Value::string(to_json(v, indent, item_sep, key_sep, ascii));
 }
 
 Value f_join(Interpreter&, Value& v, CallArgs& a) {
@@ -253,24 +252,11 @@ Value f_items(Interpreter&, Value& v, CallArgs&) {
   if (v.is_undefined()) return Value::make_list();
   if (!v.is_dict()) throw TemplateError("Can only get item pairs from a mapping.");
   List out;
-  for (const auto& [k, x] : *v.dict) out.push_back(Value::make_list({Value::string(k), x}, true));
+  for (const auto& [k, x] : *v.dict) out.push_back(Value::make_list({key_value(k), x}, true));
   return Value::make_list(std::move(out));
 }
 
-Value f_escape(Interpreter&, Value& v, CallArgs&) {
-  std::string out;
-  for (char c : to_str(v)) {
-    switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&#34;"; break;
-      case '\'': out += "&#39;"; break;
-      default: out += c;
-    }
-  }
-  return Value::string(out);
-}
+Value f_escape(Interpreter&, Value& v, CallArgs&) { return html_escape(v); }
 
 Value f_unique(Interpreter&, Value& v, CallArgs& a) {
   bool cs = arg_bool(a, 0, "case_sensitive", false);
@@ -305,7 +291,7 @@ Value f_dictsort(Interpreter&, Value& v, CallArgs& a) {
   bool reverse = arg_bool(a, 2, "reverse", false);
   if (!v.is_dict()) throw TemplateError("You can only sort by either \"key\" or \"value\"");
   List items;
-  for (const auto& [k, x] : *v.dict) items.push_back(Value::make_list({Value::string(k), x}, true));
+  for (const auto& [k, x] : *v.dict) items.push_back(Value::make_list({key_value(k), x}, true));
   std::stable_sort(items.begin(), items.end(), [&](const Value& x, const Value& y) {
     Value kx = sort_key((*x.list)[by_value], cs), ky = sort_key((*y.list)[by_value], cs);
     return reverse ? less(ky, kx) : less(kx, ky);
@@ -421,6 +407,7 @@ Value select_impl(Interpreter& in, Value& v, CallArgs& a, bool by_attr, bool kee
     targs.kwargs = a.kwargs;
   }
   List out;
+  if (!truthy(v)) return Value::make_list();  // jinja2: `if seq:` before iterating
   for (const Value& x : iterate(v)) {
     Value probe = by_attr ? attr_path(x, attribute) : x;
     bool r;
@@ -443,6 +430,7 @@ Value f_map(Interpreter& in, Value& v, CallArgs& a) {
     if (k == "default") def = &x;
   }
   List out;
+  if (!truthy(v)) return Value::make_list();  // jinja2: `if seq:` before iterating
   if (attribute) {
     for (const Value& x : iterate(v)) {
       Value y = attr_path(x, *attribute);
@@ -497,7 +485,12 @@ const std::map<std::string, FilterFn>& filters() {
       {"replace", f_replace},
       {"reverse", f_reverse},
       {"round", f_round},
-      {"safe", [](Interpreter&, Value& v, CallArgs&) { return v; }},
+      {"safe",
+       [](Interpreter&, Value& v, CallArgs&) {
+         Value m = Value::string(to_str(v));
+         m.is_markup = true;
+         return m;
+       }},
       {"select", [](Interpreter& in, Value& v, CallArgs& a) { return select_impl(in, v, a, false, true); }},
       {"selectattr", [](Interpreter& in, Value& v, CallArgs& a) { return select_impl(in, v, a, true, true); }},
       {"sort", f_sort},

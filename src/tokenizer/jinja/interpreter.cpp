@@ -17,6 +17,12 @@ void rethrow_with_line(const TemplateError& err, int line) {
   throw TemplateError(detail::str("chat template line ", line, ": ", msg));
 }
 
+void rethrow_unsupported_with_line(const UnsupportedError& err, int line) {
+  std::string msg = err.what();
+  if (msg.rfind("chat template line ", 0) == 0) throw;
+  throw UnsupportedError(detail::str("chat template line ", line, ": ", msg));
+}
+
 std::string Interpreter::render(const Body& body, Scope& globals) {
   std::string out;
   exec(body, globals, out);
@@ -216,6 +222,8 @@ Value Interpreter::call(const Value& fn, CallArgs& args, int line) {
     return (*fn.fn)(args);
   } catch (const TemplateError& e) {
     rethrow_with_line(e, line);
+  } catch (const UnsupportedError& e) {
+    rethrow_unsupported_with_line(e, line);
   }
 }
 
@@ -227,6 +235,8 @@ Value Interpreter::apply_filter(const std::string& name, Value v, CallArgs& args
     return it->second(*this, v, args);
   } catch (const TemplateError& e) {
     rethrow_with_line(e, line);
+  } catch (const UnsupportedError& e) {
+    rethrow_unsupported_with_line(e, line);
   }
 }
 
@@ -238,6 +248,8 @@ bool Interpreter::apply_test(const std::string& name, const Value& v, CallArgs& 
     return it->second(*this, v, args);
   } catch (const TemplateError& e) {
     rethrow_with_line(e, line);
+  } catch (const UnsupportedError& e) {
+    rethrow_unsupported_with_line(e, line);
   }
 }
 
@@ -358,10 +370,10 @@ Value Interpreter::eval(const Expr& e, Scope& s) {
       Value d = Value::make_dict();
       for (size_t k = 0; k + 1 < e.children.size(); k += 2) {
         Value key = eval(*e.children[k], s);
-        if (!key.is_string())
-          throw UnsupportedError(
-              detail::str("chat template line ", e.line, ": dict literal keys other than strings are not supported"));
-        d.set(key.s, eval(*e.children[k + 1], s));
+        if (!key.is_string() && key.kind != Kind::Int)
+          throw UnsupportedError(detail::str("chat template line ", e.line, ": dict literal keys of type ",
+                                             type_name(key), " are not supported"));
+        d.set(key_of(key), eval(*e.children[k + 1], s));
       }
       return d;
     }
@@ -414,7 +426,13 @@ Value Interpreter::binary(const Expr& e, Scope& s) {
   if (op == "+") {
     if (ints) return Value::integer(ai + bi);
     if (nums) return Value::real(af + bf);
-    if (a.is_string() && b.is_string()) return Value::string(a.s + b.s);
+    if (a.is_string() && b.is_string()) {
+      if (!a.is_markup && !b.is_markup) return Value::string(a.s + b.s);
+      // Markup + str escapes the str (markupsafe), even with autoescape off.
+      Value r = Value::string(html_escape(a).s + html_escape(b).s);
+      r.is_markup = true;
+      return r;
+    }
     if (a.is_list() && b.is_list()) {
       List items = *a.list;
       items.insert(items.end(), b.list->begin(), b.list->end());
@@ -459,9 +477,24 @@ Value Interpreter::binary(const Expr& e, Scope& s) {
   if (op == "%") {
     if (a.is_string()) {
       try {
+        if (a.is_markup) {  // Markup % args escapes the arguments
+          Value args = b;
+          if (b.is_list() && b.is_tuple) {
+            List esc;
+            for (const Value& x : *b.list) esc.push_back(x.is_string() ? html_escape(x) : x);
+            args = Value::make_list(std::move(esc), true);
+          } else if (b.is_string()) {
+            args = html_escape(b);
+          }
+          Value r = Value::string(percent_format(a.s, args));
+          r.is_markup = true;
+          return r;
+        }
         return Value::string(percent_format(a.s, b));
       } catch (const TemplateError& err) {
         rethrow_with_line(err, e.line);
+      } catch (const UnsupportedError& err) {
+        rethrow_unsupported_with_line(err, e.line);
       }
     }
     if (!nums) return fail();

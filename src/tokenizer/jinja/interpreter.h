@@ -79,5 +79,6 @@ class Interpreter {
 
 // Prefixes a runtime error with its template line, once.
 [[noreturn]] void rethrow_with_line(const TemplateError& err, int line);
+[[noreturn]] void rethrow_unsupported_with_line(const UnsupportedError& err, int line);
 
 }  // namespace nibble::jinja

@@ -179,7 +179,7 @@ struct Lexer {
     char m = 0;
     if (q < src.size() && (src[q] == '-' || src[q] == '+')) m = src[q++];
     if (src.compare(q, 2, "%}") != 0) return false;
-    consume_tag_end(q + 2, m, true);
+    consume_tag_end(q + 2, m, false);  // jinja2's raw_begin rule has no trim_blocks newline
     // Find `{%[-+]? endraw [-+]?%}`.
     for (size_t s = src.find("{%", pos); s != std::string::npos; s = src.find("{%", s + 2)) {
       size_t a = s + 2;

@@ -213,7 +213,7 @@ Value string_method(const Value& self, const std::string& name) {
 
 Value dict_items(const Value& d) {
   List out;
-  for (const auto& [k, v] : *d.dict) out.push_back(Value::make_list({Value::string(k), v}, true));
+  for (const auto& [k, v] : *d.dict) out.push_back(Value::make_list({key_value(k), v}, true));
   return Value::make_list(std::move(out));
 }
 
@@ -222,7 +222,7 @@ Value dict_method(const Value& self, const std::string& name) {
   if (name == "keys")
     return bound(self, [](const Value& d, CallArgs&) {
       List out;
-      for (const auto& kv : *d.dict) out.push_back(Value::string(kv.first));
+      for (const auto& kv : *d.dict) out.push_back(key_value(kv.first));
       return Value::make_list(std::move(out));
     });
   if (name == "values")
@@ -236,7 +236,7 @@ Value dict_method(const Value& self, const std::string& name) {
       const Value* k = arg(a, 0, "key");
       if (!k) throw TemplateError("get expected at least 1 argument, got 0");
       const Value* def = arg(a, 1, "default");
-      const Value* v = k->is_string() ? d.find(k->s) : nullptr;
+      const Value* v = (k->is_string() || k->kind == Kind::Int) ? d.find(key_of(*k)) : nullptr;
       return v ? *v : (def ? *def : Value::none());
     });
   if (name == "copy") return bound(self, [](const Value& d, CallArgs&) { return Value::make_dict(*d.dict); });
@@ -292,6 +292,10 @@ Value get_item(const Value& obj, const Value& key) {
     if (const Value* v = obj.find(key.s)) return *v;
     return get_attr(obj, key.s);
   }
+  if (obj.is_dict() && key.kind == Kind::Int) {
+    if (const Value* v = obj.find(key_of(key))) return *v;
+    return Value::undefined(detail::str("'dict object' has no attribute ", key.i));
+  }
   if ((obj.is_list() || obj.is_string()) && (key.kind == Kind::Int || key.kind == Kind::Bool)) {
     int64_t k = key.kind == Kind::Bool ? key.b : key.i;
     if (obj.is_list()) {
@@ -320,7 +324,7 @@ bool contains(const Value& container, const Value& x) {
       for (const Value& v : *container.list)
         if (equals(v, x)) return true;
       return false;
-    case Kind::Map: return x.is_string() && container.find(x.s) != nullptr;
+    case Kind::Map: return (x.is_string() || x.kind == Kind::Int) && container.find(key_of(x)) != nullptr;
     case Kind::Undefined: return false;
     default: throw TemplateError(detail::str("argument of type '", type_name(container), "' is not iterable"));
   }
@@ -333,7 +337,7 @@ List iterate(const Value& v) {
     case Kind::Map: {
       List out;
       if (v.is_namespace) throw TemplateError("'Namespace' object is not iterable");
-      for (const auto& kv : *v.dict) out.push_back(Value::string(kv.first));
+      for (const auto& kv : *v.dict) out.push_back(key_value(kv.first));
       return out;
     }
     case Kind::String: {

@@ -188,8 +188,11 @@ static char32_t to_lower(char32_t c) {
 static bool is_cased(char32_t c) { return to_upper(c) != c || to_lower(c) != c; }
 
 std::string py_upper(const std::string& s) {
-  std::u32string u = utf8_decode(s);
-  for (auto& c : u) c = to_upper(c);
+  std::u32string u, in = utf8_decode(s);
+  for (char32_t c : in) {
+    if (c == 0xdf) u += U"SS";  // str.upper() expands the sharp s
+    else u += to_upper(c);
+  }
   return utf8_encode(u);
 }
 

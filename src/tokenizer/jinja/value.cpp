@@ -26,6 +26,20 @@ void Value::set(const std::string& key, Value v) {
   dict->emplace_back(key, std::move(v));
 }
 
+static const char kIntKey[] = "\x01int:";
+
+std::string key_of(const Value& key) {
+  if (key.is_string()) return key.s;
+  if (key.kind == Kind::Int) return kIntKey + std::to_string(key.i);
+  if (key.kind == Kind::Bool) return kIntKey + std::to_string(key.b ? 1 : 0);
+  throw UnsupportedError(detail::str("dict keys of type ", type_name(key), " are not supported"));
+}
+
+Value key_value(const std::string& stored) {
+  if (stored.rfind(kIntKey, 0) == 0) return Value::integer(std::stoll(stored.substr(sizeof kIntKey - 1)));
+  return Value::string(stored);
+}
+
 std::string type_name(const Value& v) {
   switch (v.kind) {
     case Kind::Undefined: return "Undefined";
@@ -138,7 +152,7 @@ std::string repr(const Value& v) {
       for (const auto& [k, x] : *v.dict) {
         if (!first) out += ", ";
         first = false;
-        out += repr_string(k) + ": " + repr(x);
+        out += repr(key_value(k)) + ": " + repr(x);
       }
       return out + "}";
     }
@@ -246,6 +260,40 @@ static Value from_json_any(const J& j) {
 Value from_json(const nlohmann::ordered_json& j) { return from_json_any(j); }
 Value from_json(const nlohmann::json& j) { return from_json_any(j); }
 
+static void json_string_ascii(std::string& out, const std::string& s) {
+  out += '"';
+  for (size_t p = 0; p < s.size();) {
+    unsigned char c = static_cast<unsigned char>(s[p]);
+    size_t n = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 1;
+    if (p + n > s.size()) n = 1;
+    uint32_t cp = n == 1 ? c : n == 2 ? (c & 0x1f) : n == 3 ? (c & 0x0f) : (c & 0x07);
+    for (size_t k = 1; k < n; ++k) cp = (cp << 6) | (static_cast<unsigned char>(s[p + k]) & 0x3f);
+    p += n;
+    char b[16];
+    switch (cp) {
+      case '"': out += "\\\""; continue;
+      case '\\': out += "\\\\"; continue;
+      case '\n': out += "\\n"; continue;
+      case '\r': out += "\\r"; continue;
+      case '\t': out += "\\t"; continue;
+      case '\b': out += "\\b"; continue;
+      case '\f': out += "\\f"; continue;
+      default: break;
+    }
+    if (cp >= 0x20 && cp <= 0x7e) {
+      out += static_cast<char>(cp);
+    } else if (cp < 0x10000) {
+      std::snprintf(b, sizeof b, "\\u%04x", cp);
+      out += b;
+    } else {
+      uint32_t v = cp - 0x10000;
+      std::snprintf(b, sizeof b, "\\u%04x\\u%04x", 0xd800 + (v >> 10), 0xdc00 + (v & 0x3ff));
+      out += b;
+    }
+  }
+  out += '"';
+}
+
 static void json_string(std::string& out, const std::string& s) {
   out += '"';
   for (unsigned char c : s) {
@@ -271,7 +319,7 @@ static void json_string(std::string& out, const std::string& s) {
 }
 
 static void json_dump(std::string& out, const Value& v, int indent, int level, const std::string& item_sep,
-                      const std::string& key_sep) {
+                      const std::string& key_sep, bool ascii) {
   auto newline = [&](int lv) {
     out += '\n';
     out.append(static_cast<size_t>(indent) * lv, ' ');
@@ -285,7 +333,7 @@ static void json_dump(std::string& out, const Value& v, int indent, int level, c
       else if (std::isinf(v.f)) out += v.f > 0 ? "Infinity" : "-Infinity";
       else out += float_repr(v.f);
       return;
-    case Kind::String: json_string(out, v.s); return;
+    case Kind::String: ascii ? json_string_ascii(out, v.s) : json_string(out, v.s); return;
     case Kind::Array: {
       if (v.list->empty()) {
         out += "[]";
@@ -295,7 +343,7 @@ static void json_dump(std::string& out, const Value& v, int indent, int level, c
       for (size_t k = 0; k < v.list->size(); ++k) {
         if (k) out += item_sep;
         if (indent >= 0) newline(level + 1);
-        json_dump(out, (*v.list)[k], indent, level + 1, item_sep, key_sep);
+        json_dump(out, (*v.list)[k], indent, level + 1, item_sep, key_sep, ascii);
       }
       if (indent >= 0) newline(level);
       out += ']';
@@ -313,9 +361,9 @@ static void json_dump(std::string& out, const Value& v, int indent, int level, c
         if (!first) out += item_sep;
         first = false;
         if (indent >= 0) newline(level + 1);
-        json_string(out, k);
+        ascii ? json_string_ascii(out, to_str(key_value(k))) : json_string(out, to_str(key_value(k)));  // json.dumps writes int keys as strings
         out += key_sep;
-        json_dump(out, x, indent, level + 1, item_sep, key_sep);
+        json_dump(out, x, indent, level + 1, item_sep, key_sep, ascii);
       }
       if (indent >= 0) newline(level);
       out += '}';
@@ -326,10 +374,29 @@ static void json_dump(std::string& out, const Value& v, int indent, int level, c
   throw TemplateError(detail::str("tojson: Object of type ", type_name(v), " is not JSON serializable"));
 }
 
-std::string to_json(const Value& v, int indent, const std::string& item_sep, const std::string& key_sep) {
+std::string to_json(const Value& v, int indent, const std::string& item_sep, const std::string& key_sep,
+                    bool ensure_ascii) {
   std::string out;
-  json_dump(out, v, indent, 0, item_sep, key_sep);
+  json_dump(out, v, indent, 0, item_sep, key_sep, ensure_ascii);
   return out;
+}
+
+Value html_escape(const Value& v) {
+  if (v.is_string() && v.is_markup) return v;
+  std::string out;
+  for (char c : to_str(v)) {
+    switch (c) {
+      case '&': out += "&amp;"; break;
+      case '<': out += "&lt;"; break;
+      case '>': out += "&gt;"; break;
+      case '"': out += "&#34;"; break;
+      case '\'': out += "&#39;"; break;
+      default: out += c;
+    }
+  }
+  Value r = Value::string(std::move(out));
+  r.is_markup = true;
+  return r;
 }
 
 static size_t utf8_step(unsigned char c) {

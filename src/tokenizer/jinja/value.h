@@ -43,6 +43,7 @@ struct Value {
   bool b = false;
   bool is_tuple = false;      // a List that Python would print as (a, b)
   bool is_namespace = false;  // a Dict made by namespace(): attribute assignment allowed
+  bool is_markup = false;     // a String that is markupsafe.Markup (from |safe, |escape): `+` escapes the other side
   int64_t i = 0;
   double f = 0;
   std::string s;  // String text (UTF-8); for Undefined, the name that was missing (for errors)
@@ -117,6 +118,12 @@ struct Value {
   void set(const std::string& key, Value v);  // dict insert-or-assign
 };
 
+// Dict keys are strings; an int key (`{512: 128}`) is stored under an encoded string so the
+// ordered string-keyed Dict serves both. key_of encodes (str or int, else UnsupportedError),
+// key_value decodes back to the Python key.
+std::string key_of(const Value& key);
+Value key_value(const std::string& stored);
+
 // Python's type name ("str", "int", "list", "dict", "NoneType", ...), for error messages.
 std::string type_name(const Value& v);
 // Python truthiness; Undefined is false.
@@ -139,7 +146,12 @@ Value from_json(const nlohmann::ordered_json& j);
 Value from_json(const nlohmann::json& j);
 // json.dumps(v, ensure_ascii=False, indent=indent, separators=...) as transformers' tojson
 // calls it; indent < 0 means None. Throws TemplateError for values JSON cannot hold.
-std::string to_json(const Value& v, int indent, const std::string& item_sep, const std::string& key_sep);
+// ensure_ascii escapes every character outside ' '..'~' as \uXXXX (surrogate pairs above the BMP).
+std::string to_json(const Value& v, int indent, const std::string& item_sep, const std::string& key_sep,
+                    bool ensure_ascii = false);
+
+// markupsafe.escape: & < > " ' become entities; the result is Markup.
+Value html_escape(const Value& v);
 
 // UTF-8 helpers: strings are indexed, sliced and measured in code points, as Python does.
 std::vector<std::string> utf8_chars(const std::string& s);

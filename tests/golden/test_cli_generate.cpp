@@ -124,6 +124,12 @@ TEST(CliGenerate, StreamedTextEqualsJsonText) {
   args.push_back("--json");
   nlohmann::json j = parse_json(run_cli(args));
   EXPECT_EQ(streamed.out, j.value("text", std::string("?")) + "\n");
+  // the same prompt from a file
+  test::TempDir tmp;
+  std::ofstream(tmp / "prompt.txt") << "Lily and Ben went to the park. They";
+  CliRun from_file =
+      run_cli({"generate", model_dir(), "--prompt-file", (tmp / "prompt.txt").string(), "-n", "60"});
+  EXPECT_EQ(from_file.out, streamed.out) << from_file.err;
 }
 
 TEST(CliGenerate, StopStringAndSeeds) {

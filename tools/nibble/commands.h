@@ -62,7 +62,8 @@ void add_inspect_command(CLI::App& app, InspectArgs& a);
 int run_inspect(const InspectArgs& a);
 
 struct GenerateArgs {
-  std::string model, prompt, prompt_file;
+  std::string model, prompt_file;
+  std::optional<std::string> prompt;  // "" is a prompt (the special tokens alone)
   QuantFlags q;
   GenFlags g;
   bool json = false;

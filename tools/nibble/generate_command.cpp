@@ -80,9 +80,9 @@ struct Timing {
 };
 
 int run_generate(const GenerateArgs& a) {
-  if (a.prompt.empty() && a.prompt_file.empty())
+  if (!a.prompt && a.prompt_file.empty())
     throw ConfigError("generate: give a prompt with -p TEXT or --prompt-file F");
-  const std::string prompt = a.prompt_file.empty() ? a.prompt : read_text_file(a.prompt_file);
+  const std::string prompt = a.prompt ? *a.prompt : read_text_file(a.prompt_file);
   Tokenizer tok = load_tokenizer(a.model);
   const SpecialIds special(tok);
   CausalLM model = load_model(a.model, a.q);

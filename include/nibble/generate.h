@@ -37,9 +37,10 @@ struct GenerateOptions {
   // Sequence i of a batch samples from its own stream seeded with (seed, i), so a prompt alone
   // and the same prompt first in a batch give the same tokens.
   uint64_t seed = 0;
-  // Generation stops after the token that completes one of these in decode(new tokens); the
-  // stop string stays in the output (transformers' StopStringCriteria). decode is required
-  // when stop_strings is not empty.
+  // Generation stops after the token that completes one of these in the decoded text (the new
+  // tokens, after a few prompt tokens so a stop string may straddle the prompt's end); the stop
+  // string stays in the output (transformers' StopStringCriteria). decode is required when
+  // stop_strings is not empty.
   std::vector<std::string> stop_strings;
   std::function<std::string(const std::vector<int64_t>&)> decode;
   // Called for every new token, in order; returning false finishes that sequence (the token

@@ -177,6 +177,14 @@ TEST(Generate, StopStringsEndTheSequenceAfterTheCompletingToken) {
   ASSERT_LE(g.ids.size(), P + 6);
   EXPECT_NE(bracket_decode(g.new_ids()).find(span), std::string::npos);
   EXPECT_EQ(g.ids, std::vector<int64_t>(greedy.ids.begin(), greedy.ids.begin() + int64_t(g.ids.size())));
+  // One straddling the prompt's end stops after the first new token; one inside the prompt
+  // alone never fires.
+  o.stop_strings = {std::to_string(greedy.ids[P - 1]) + "][" + std::to_string(greedy.ids[P])};
+  EXPECT_EQ(generate(tinystories(), ts_prompt(0), o).ids.size(), P + 1);
+  o.stop_strings = {"[" + std::to_string(greedy.ids[0]) + "][" + std::to_string(greedy.ids[1]) + "]"};
+  auto inside = generate(tinystories(), ts_prompt(0), o);
+  EXPECT_EQ(inside.finish_reason, FinishReason::Length);
+  EXPECT_EQ(inside.ids, greedy.ids);
   // Without a decode function, stop strings are an error.
   o.decode = nullptr;
   EXPECT_THROW(generate(tinystories(), ts_prompt(0), o), ConfigError);

@@ -29,9 +29,9 @@ std::string read_text_file(const std::string& path) {
 }
 
 // transformers' tokenizer.decode(skip_special_tokens=True) also skips the tokens that
-// tokenizer_config.json marks special (added_tokens_decoder) and the named bos/eos/unk/pad
-// tokens, which tokenizer.json alone may not flag (TinyStories' <|start_story|>); the raw
-// `tokenizers` decode keeps them. The commands print what transformers prints.
+// tokenizer_config.json marks special (added_tokens_decoder, additional_special_tokens) and the
+// named bos/eos/unk/pad tokens, which tokenizer.json alone may not flag (TinyStories' <|start_story|>); the
+// raw `tokenizers` decode keeps them. The commands print what transformers prints.
 SpecialIds::SpecialIds(const Tokenizer& tok) {
   const nlohmann::json& cfg = tok.tokenizer_config();
   if (auto it = cfg.find("added_tokens_decoder"); it != cfg.end() && it->is_object()) {
@@ -42,6 +42,15 @@ SpecialIds::SpecialIds(const Tokenizer& tok) {
       } catch (const std::exception&) {
         // a key that is not an id: transformers would fail to load it; nothing to skip
       }
+    }
+  }
+  if (auto it = cfg.find("additional_special_tokens"); it != cfg.end() && it->is_array()) {
+    for (const auto& t : *it) {
+      std::string content = t.is_string()   ? t.get<std::string>()
+                            : t.is_object() ? t.value("content", "")
+                                            : "";
+      if (!content.empty())
+        if (auto id = tok.token_to_id(content)) ids.insert(*id);
     }
   }
   for (const auto& t : {tok.bos_token(), tok.eos_token(), tok.unk_token(), tok.pad_token()})

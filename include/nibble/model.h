@@ -31,6 +31,7 @@ struct ModuleInfo {
 };
 
 class KVCache;
+struct GenerationConfig;
 
 class CausalLM {
  public:
@@ -40,6 +41,8 @@ class CausalLM {
   CausalLM& operator=(CausalLM&&) noexcept;
 
   const ModelConfig& config() const;
+  // generation_config.json (or GenerationConfig::from_model_config): generate()'s defaults.
+  const GenerationConfig& generation_config() const;
   const std::optional<BitsAndBytesConfig>& quantization_config() const;
   bool is_quantized() const { return quantization_config().has_value(); }
 

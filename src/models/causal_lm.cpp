@@ -19,6 +19,7 @@ CausalLM::CausalLM(CausalLM&&) noexcept = default;
 CausalLM& CausalLM::operator=(CausalLM&&) noexcept = default;
 
 const ModelConfig& CausalLM::config() const { return impl_->config; }
+const GenerationConfig& CausalLM::generation_config() const { return impl_->generation; }
 const std::optional<BitsAndBytesConfig>& CausalLM::quantization_config() const { return impl_->qc; }
 
 std::unique_ptr<KVCache> CausalLM::new_cache() const { return std::make_unique<KVCache>(); }

@@ -3,9 +3,18 @@
 
 #include <CLI/CLI.hpp>
 
+#include <optional>
+#include <set>
 #include <string>
+#include <vector>
 
 #include "nibble/bnb_config.h"
+#include "nibble/generate.h"
+
+namespace nibble {
+class CausalLM;
+class Tokenizer;
+}  // namespace nibble
 
 namespace nibble::cli {
 
@@ -16,8 +25,26 @@ struct QuantFlags {
   double int8_threshold = 6.0;
   std::vector<std::string> skip_modules;
   BitsAndBytesConfig to_config() const;  // validated
+  bool any() const;                      // --load-in-4bit or --load-in-8bit given
 };
 void add_quant_flags(CLI::App& cmd, QuantFlags& f);
+
+// The model of folder `dir`, quantized while loading when q asks for it; progress on stderr
+// when stderr is a terminal.
+CausalLM load_model(const std::string& dir, const QuantFlags& q);
+bool stderr_is_terminal();
+
+// The decoding flags of generate and chat (transformers' generate() kwargs); unset ones keep
+// the model's generation_config.json values.
+struct GenFlags {
+  std::optional<int64_t> max_new_tokens, min_new_tokens, top_k;
+  std::optional<double> temperature, top_p, min_p, repetition_penalty;
+  bool do_sample = false, timing = false;
+  uint64_t seed = 0;
+  std::vector<std::string> stop;
+  GenerateOptions to_options() const;
+};
+void add_gen_flags(CLI::App& cmd, GenFlags& f);
 
 struct QuantizeArgs {
   std::string model, out;
@@ -44,5 +71,64 @@ struct VerifyArgs {
 };
 void add_verify_command(CLI::App& app, VerifyArgs& a);
 int run_verify(const VerifyArgs& a);  // 0: every check passed, 1: one failed
+
+struct GenerateArgs {
+  std::string model, prompt_file;
+  std::optional<std::string> prompt;  // "" is a prompt (the special tokens alone)
+  QuantFlags q;
+  GenFlags g;
+  bool json = false;
+};
+void add_generate_command(CLI::App& app, GenerateArgs& a);
+int run_generate(const GenerateArgs& a);
+
+struct ChatArgs {
+  std::string model, system;
+  QuantFlags q;
+  GenFlags g;
+};
+void add_chat_command(CLI::App& app, ChatArgs& a);
+int run_chat(const ChatArgs& a);
+
+struct RenderChatArgs {
+  std::string model, messages;
+  bool add_generation_prompt = false;
+};
+void add_render_chat_command(CLI::App& app, RenderChatArgs& a);
+int run_render_chat(const RenderChatArgs& a);
+
+struct PerplexityArgs {
+  std::string model, text_file;
+  QuantFlags q;
+  bool json = false;
+};
+void add_perplexity_command(CLI::App& app, PerplexityArgs& a);
+int run_perplexity(const PerplexityArgs& a);
+
+struct TokenizeArgs {
+  std::string model, text;
+  bool no_special = false, json = false;
+};
+void add_tokenize_command(CLI::App& app, TokenizeArgs& a);
+int run_tokenize(const TokenizeArgs& a);
+
+struct DetokenizeArgs {
+  std::string model, ids;
+  bool skip_special_tokens = false;
+};
+void add_detokenize_command(CLI::App& app, DetokenizeArgs& a);
+int run_detokenize(const DetokenizeArgs& a);
+
+// A tokenizer from a model folder, or from a tokenizer.json given directly.
+Tokenizer load_tokenizer(const std::string& model);
+std::string read_text_file(const std::string& path);
+// The ids transformers' decode(skip_special_tokens=True) skips beyond tokenizer.json's own
+// special flags: tokenizer_config.json's special added tokens and the named special tokens.
+struct SpecialIds {
+  explicit SpecialIds(const Tokenizer& tok);
+  std::set<int64_t> ids;
+};
+// decode(ids, skip_special_tokens=True) as transformers' tokenizer does it.
+std::string decode_text(const Tokenizer& tok, const SpecialIds& special, const std::vector<int64_t>& ids);
 
 }  // namespace nibble::cli

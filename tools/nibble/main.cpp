@@ -1,5 +1,6 @@
 // The nibble command line: thin over the library — parse flags (spelled as transformers'
-// names), call the library, print. Errors become one line on stderr and a non-zero exit.
+// names), call the library, print. Errors (bad flags included) become one line on stderr and a
+// non-zero exit; --help prints a command's usage.
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
@@ -10,29 +11,47 @@
 #include "nibble/thread_pool.h"
 
 int main(int argc, char** argv) {
+  using namespace nibble::cli;
   CLI::App app{"nibble: load, quantize (bitsandbytes NF4/FP4/int8) and run Hugging Face causal LMs"};
   app.require_subcommand(1);
   int threads = 0;
   app.add_option("--threads", threads, "CPU threads (default: all cores)");
-  nibble::cli::QuantizeArgs qargs;
-  nibble::cli::add_quantize_command(app, qargs);
-  nibble::cli::InspectArgs iargs;
-  nibble::cli::add_inspect_command(app, iargs);
-  nibble::cli::VerifyArgs vargs;
-  nibble::cli::add_verify_command(app, vargs);
+  QuantizeArgs qargs;
+  add_quantize_command(app, qargs);
+  InspectArgs iargs;
+  add_inspect_command(app, iargs);
+  GenerateArgs gargs;
+  add_generate_command(app, gargs);
+  ChatArgs cargs;
+  add_chat_command(app, cargs);
+  RenderChatArgs rargs;
+  add_render_chat_command(app, rargs);
+  PerplexityArgs pargs;
+  add_perplexity_command(app, pargs);
+  TokenizeArgs targs;
+  add_tokenize_command(app, targs);
+  DetokenizeArgs dargs;
+  add_detokenize_command(app, dargs);
+  VerifyArgs vargs;
+  add_verify_command(app, vargs);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e) == 0 ? 0 : 2;  // --help is 0; a usage error is an error (2)
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help
+    std::fprintf(stderr, "nibble: error: %s (see --help)\n", e.what());
+    return 2;
   }
   try {
     if (threads > 0) nibble::set_num_threads(threads);
-    if (app.got_subcommand("quantize")) return nibble::cli::run_quantize(qargs);
-    if (app.got_subcommand("inspect")) return nibble::cli::run_inspect(iargs);
-    if (app.got_subcommand("verify")) return nibble::cli::run_verify(vargs);
-  } catch (const nibble::Error& e) {
-    std::fprintf(stderr, "nibble: error: %s\n", e.what());
-    return 2;
+    if (app.got_subcommand("quantize")) return run_quantize(qargs);
+    if (app.got_subcommand("inspect")) return run_inspect(iargs);
+    if (app.got_subcommand("generate")) return run_generate(gargs);
+    if (app.got_subcommand("chat")) return run_chat(cargs);
+    if (app.got_subcommand("render-chat")) return run_render_chat(rargs);
+    if (app.got_subcommand("perplexity")) return run_perplexity(pargs);
+    if (app.got_subcommand("tokenize")) return run_tokenize(targs);
+    if (app.got_subcommand("detokenize")) return run_detokenize(dargs);
+    if (app.got_subcommand("verify")) return run_verify(vargs);  // 0 all passed, 1 one failed
   } catch (const std::exception& e) {
     std::fprintf(stderr, "nibble: error: %s\n", e.what());
     return 2;

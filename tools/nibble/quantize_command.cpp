@@ -14,33 +14,7 @@
 #include "nibble/quantize.h"
 #include "nibble/thread_pool.h"
 
-
 namespace nibble::cli {
-
-BitsAndBytesConfig QuantFlags::to_config() const {
-  BitsAndBytesConfig c;
-  c.load_in_4bit = load_in_4bit;
-  c.load_in_8bit = load_in_8bit;
-  c.bnb_4bit_quant_type = quant_type;
-  c.bnb_4bit_use_double_quant = double_quant;
-  if (!compute_dtype.empty()) c.bnb_4bit_compute_dtype = compute_dtype;
-  if (!quant_storage.empty()) c.bnb_4bit_quant_storage = quant_storage;
-  c.llm_int8_threshold = int8_threshold;
-  if (!skip_modules.empty()) c.llm_int8_skip_modules = skip_modules;
-  c.validate();
-  return c;
-}
-
-void add_quant_flags(CLI::App& cmd, QuantFlags& f) {
-  cmd.add_flag("--load-in-4bit", f.load_in_4bit, "quantize Linear weights to 4 bits (NF4/FP4)");
-  cmd.add_flag("--load-in-8bit", f.load_in_8bit, "quantize Linear weights with LLM.int8");
-  cmd.add_option("--bnb-4bit-quant-type", f.quant_type, "nf4 or fp4 (default fp4, as transformers)");
-  cmd.add_flag("--bnb-4bit-use-double-quant", f.double_quant, "quantize the absmax too (~0.37 bit/param saved)");
-  cmd.add_option("--bnb-4bit-compute-dtype", f.compute_dtype, "float32 | bfloat16 | float16");
-  cmd.add_option("--bnb-4bit-quant-storage", f.quant_storage, "storage dtype of packed weights (default uint8)");
-  cmd.add_option("--llm-int8-threshold", f.int8_threshold, "outlier threshold of LLM.int8 (default 6.0)");
-  cmd.add_option("--llm-int8-skip-modules", f.skip_modules, "modules left unquantized (default: the output head)");
-}
 
 void add_quantize_command(CLI::App& app, QuantizeArgs& a) {
   CLI::App* cmd = app.add_subcommand("quantize", "quantize a checkpoint's Linear weights (bitsandbytes layout)");

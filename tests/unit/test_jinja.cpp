@@ -607,6 +607,10 @@ const Case kCases[] = {
      R"J({% macro m() %}{% if caller %}{{ caller() }}{% else %}none{% endif %}{% endmacro %}{{ m() }}|{% call m() %}C{% endcall %})J",
      R"J({})J",
      R"J(none|C)J"},
+    {"str_method_kwargs",
+     R"J({{ 'a,b,c'.split(',', maxsplit=1) }})J",
+     R"J({})J",
+     R"J(['a', 'b,c'])J"},
 };
 // clang-format on
 
@@ -762,6 +766,8 @@ TEST(JinjaErrors, UnsupportedConstructsAreNamed) {
       "{% set ns.f = m %}{% endfor %}{{ ns.f() }}",
       "after the scope that defined it ended");
   unsupported("{{ cycler(1, 2) }}", "cycler");
+  // start/end offsets would otherwise be ignored: refused instead.
+  unsupported("{{ 'abc'.startswith('b', 1) }}", "str.startswith() with 2 arguments");
 }
 
 // --- ChatTemplate loading ----------------------------------------------------------------

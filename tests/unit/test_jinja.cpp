@@ -599,6 +599,18 @@ const Case kCases[] = {
      R"J({{ range(3) }}|{{ range(1, 7, 2) }}|{{ range(5, 0, -2) }}|{{ range(3) == range(3) }})J",
      R"J({})J",
      R"J(range(0, 3)|range(1, 7, 2)|range(5, 0, -2)|True)J"},
+    {"macro_varargs_kwargs",
+     R"J({% macro m(a) %}{{ a }}{{ varargs }}{{ kwargs }}{% endmacro %}{{ m(1, 2, 3, k='v') }})J",
+     R"J({})J",
+     R"J(1(2, 3){'k': 'v'})J"},
+    {"macro_caller_optional",
+     R"J({% macro m() %}{% if caller %}{{ caller() }}{% else %}none{% endif %}{% endmacro %}{{ m() }}|{% call m() %}C{% endcall %})J",
+     R"J({})J",
+     R"J(none|C)J"},
+    {"str_method_kwargs",
+     R"J({{ 'a,b,c'.split(',', maxsplit=1) }})J",
+     R"J({})J",
+     R"J(['a', 'b,c'])J"},
 };
 // clang-format on
 
@@ -652,6 +664,10 @@ const ErrorCase kErrorCases[] = {
     {"err_list_plus_tuple", R"J({{ [1] + (2,) }})J", R"J({})J", R"J(TypeError: can only concatenate list (not "tuple") to list)J"},
     {"err_break_outside", R"J(a{% break %}b)J", R"J({})J", R"J(SyntaxError: 'break' outside loop (<template>, line 12))J"},
     {"err_break_in_macro", R"J({% for i in [1] %}{% macro m() %}{% break %}{% endmacro %}{% endfor %})J", R"J({})J", R"J(SyntaxError: 'break' outside loop (<template>, line 18))J"},
+    {"err_macro_too_many", R"J({% macro m(a) %}{{ a }}{% endmacro %}{{ m(1, 2) }})J", R"J({})J", R"J(TypeError: macro 'm' takes not more than 1 argument(s))J"},
+    {"err_macro_unknown_kwarg", R"J({% macro m(a) %}{{ a }}{% endmacro %}{{ m(b=2) }})J", R"J({})J", R"J(TypeError: macro 'm' takes no keyword argument 'b')J"},
+    {"err_macro_dup_arg", R"J({% macro m(a) %}{{ a }}{% endmacro %}{{ m(1, a=2) }})J", R"J({})J", R"J(TypeError: macro 'm' takes no keyword argument 'a')J"},
+    {"err_macro_no_caller", R"J({% macro m() %}x{% endmacro %}{% call m() %}C{% endcall %})J", R"J({})J", R"J(TypeError: macro 'm' was invoked with two values for the special caller argument. This is most likely a bug.)J"},
 };
 // clang-format on
 
@@ -750,6 +766,8 @@ TEST(JinjaErrors, UnsupportedConstructsAreNamed) {
       "{% set ns.f = m %}{% endfor %}{{ ns.f() }}",
       "after the scope that defined it ended");
   unsupported("{{ cycler(1, 2) }}", "cycler");
+  // start/end offsets would otherwise be ignored: refused instead.
+  unsupported("{{ 'abc'.startswith('b', 1) }}", "str.startswith() with 2 arguments");
 }
 
 // --- ChatTemplate loading ----------------------------------------------------------------

@@ -420,9 +420,7 @@ Value min_max(Value& v, CallArgs& a, bool want_max) {
   bool cs = arg_bool(a, 0, "case_sensitive", false);
   const Value* attribute = arg(a, 1, "attribute");
   List items = iterate(v);
-  if (items.empty())
-    return Value::undefined(want_max ? "No aggregated item, sequence was empty."
-                                     : "No aggregated item, sequence was empty.");
+  if (items.empty()) return Value::undefined("No aggregated item, sequence was empty.");
   size_t best = 0;
   for (size_t k = 1; k < items.size(); ++k) {
     Value kb = sort_key(attribute ? attr_path(items[best], *attribute) : items[best], cs);

@@ -193,11 +193,47 @@ void Interpreter::exec_set(const Node& n, Scope& s) {
   s.vars[n.targets[0]] = v;
 }
 
+// Whether `name` is read anywhere under the node or expression (jinja2's find_undeclared):
+// a macro accepts extra positional / keyword arguments or a caller only if its body reads
+// varargs / kwargs / caller.
+static bool reads_name(const Expr& e, const std::string& name);
+static bool reads_name(const Body& body, const std::string& name);
+
+static bool reads_name(const Expr& e, const std::string& name) {
+  if (e.kind == ExprKind::Name && e.name == name) return true;
+  for (const auto& c : e.children)
+    if (c && reads_name(*c, name)) return true;
+  for (const auto& kv : e.kwargs)
+    if (kv.second && reads_name(*kv.second, name)) return true;
+  return false;
+}
+
+static bool reads_name(const Body& body, const std::string& name) {
+  for (const auto& n : body) {
+    for (const Expr* e : {n->expr.get(), n->cond.get()})
+      if (e && reads_name(*e, name)) return true;
+    for (const auto& e : n->conds)
+      if (reads_name(*e, name)) return true;
+    for (const auto& e : n->values)
+      if (reads_name(*e, name)) return true;
+    for (const auto& p : n->params)
+      if (p.second && reads_name(*p.second, name)) return true;
+    for (const auto& b : n->bodies)
+      if (reads_name(b, name)) return true;
+    if (reads_name(n->body, name) || reads_name(n->else_body, name)) return true;
+  }
+  return false;
+}
+
 Value Interpreter::make_macro(const Node& n, Scope& s) {
   const Node* node = &n;
   Scope* defining = &s;
   std::shared_ptr<bool> alive = s.alive;
-  return Value::function([this, node, defining, alive](CallArgs& a) -> Value {
+  const bool takes_varargs = reads_name(n.body, "varargs"), takes_kwargs = reads_name(n.body, "kwargs"),
+             takes_caller = reads_name(n.body, "caller");
+  return Value::function([this, node, defining, alive, takes_varargs, takes_kwargs,
+                          takes_caller](CallArgs& a) -> Value {
+    const std::string mname = node->name.empty() ? "caller" : node->name;
     if (!*alive)
       throw UnsupportedError(detail::str("calling macro '", node->name.empty() ? "caller" : node->name,
                                          "' after the scope that defined it ended"));
@@ -208,6 +244,8 @@ Value Interpreter::make_macro(const Node& n, Scope& s) {
     Scope local{{}, defining};
     size_t np = node->params.size();
     List varargs;
+    if (a.args.size() > np && !takes_varargs)
+      throw TemplateError(detail::str("macro '", mname, "' takes not more than ", np, " argument(s)"));
     for (size_t k = 0; k < a.args.size(); ++k) {
       if (k < np)
         local.vars[node->params[k].first] = a.args[k];
@@ -218,16 +256,22 @@ Value Interpreter::make_macro(const Node& n, Scope& s) {
     for (auto& [key, v] : a.kwargs) {
       bool is_param = false;
       for (const auto& p : node->params) is_param = is_param || p.first == key;
+      if (is_param && local.vars.count(key))
+        throw TemplateError(detail::str("macro '", mname, "' got multiple values for argument '", key, "'"));
       if (is_param)
         local.vars[key] = v;
-      else if (key == "caller")
+      else if (key == "caller" && takes_caller)
         local.vars["caller"] = v;
-      else
+      else if (takes_kwargs)
         extra.emplace_back(key, v);
+      else
+        throw TemplateError(detail::str("macro '", mname, "' takes no keyword argument '", key, "'"));
     }
     for (const auto& [pname, def] : node->params)
       if (!local.vars.count(pname))
         local.vars[pname] = def ? eval(*def, local) : Value::undefined("'" + pname + "' is undefined");
+    if (takes_caller && !local.vars.count("caller"))
+      local.vars["caller"] = Value::undefined("No caller defined");
     local.vars["varargs"] = Value::make_list(varargs, true);
     local.vars["kwargs"] = Value::make_dict(extra);
     std::string out;

@@ -52,9 +52,10 @@ Value str_split(const Value& self, CallArgs& a, bool from_right) {
   const Value* sep = arg(a, 0, "sep");
   const Value* maxv = arg(a, 1, "maxsplit");
   int64_t maxsplit = maxv ? maxv->i : -1;
+  if (sep && sep->is_string() && sep->s.empty()) throw TemplateError("empty separator");
+  if (sep && !sep->is_string() && !sep->is_none()) throw TemplateError("must be str or None");
   std::vector<std::string> parts =
       py_split(self.s, sep && sep->is_string() ? &sep->s : nullptr, maxsplit, from_right);
-  if (sep && sep->is_string() && sep->s.empty()) throw TemplateError("empty separator");
   List out;
   for (auto& p : parts) out.push_back(Value::string(p));
   return Value::make_list(std::move(out));
@@ -217,7 +218,24 @@ Value string_method(const Value& self, const std::string& name) {
   };
   auto it = methods.find(name);
   if (it == methods.end()) return Value::undefined(detail::str("'str object' has no attribute '", name, "'"));
-  return bound(self, it->second);
+  // Arguments the implementations above read; more (start/end offsets, keepends, ...) would be
+  // ignored silently, so they are refused.
+  static const std::map<std::string, size_t> max_args = {
+      {"strip", 1},      {"lstrip", 1},     {"rstrip", 1},       {"split", 2},        {"rsplit", 2},
+      {"splitlines", 0}, {"startswith", 1}, {"endswith", 1},     {"upper", 0},        {"lower", 0},
+      {"title", 0},      {"capitalize", 0}, {"replace", 3},      {"find", 1},         {"rfind", 1},
+      {"count", 1},      {"join", 1},       {"removeprefix", 1}, {"removesuffix", 1}, {"isdigit", 0},
+      {"isalpha", 0},    {"isspace", 0},    {"islower", 0},      {"isupper", 0}};
+  auto limit = max_args.find(name);
+  Value (*fn)(const Value&, CallArgs&) = it->second;
+  if (limit == max_args.end()) return bound(self, fn);
+  size_t most = limit->second;
+  return Value::function([self, fn, name, most](CallArgs& a) -> Value {
+    if (a.args.size() + a.kwargs.size() > most)
+      throw UnsupportedError(detail::str("str.", name, "() with ", a.args.size() + a.kwargs.size(),
+                                         " arguments is not supported"));
+    return fn(self, a);
+  });
 }
 
 Value dict_items(const Value& d) {

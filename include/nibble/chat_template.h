@@ -25,10 +25,14 @@ class ChatTemplate {
   // Throws IoError / FormatError when the folder has no chat template.
   static ChatTemplate from_pretrained(const std::filesystem::path& dir);
   // source: the template text; special: bos_token, eos_token, ... as the template sees them.
-  static ChatTemplate from_string(const std::string& source, const nlohmann::json& special = nlohmann::json::object());
+  static ChatTemplate from_string(const std::string& source,
+                                  const nlohmann::json& special = nlohmann::json::object());
 
   // messages: [{"role": ..., "content": ...}, ...]; extra: further variables (tools,
-  // enable_thinking, ...), passed to the template as transformers passes kwargs.
+  // enable_thinking, ...), passed to the template as transformers passes kwargs (`tools` and
+  // `documents` are None unless given). Errors: the template's raise_exception(msg) throws a
+  // nibble::Error whose what() is msg; other runtime failures throw nibble::Error naming the
+  // template line; constructs nibble does not implement throw UnsupportedError.
   std::string apply(const nlohmann::json& messages, bool add_generation_prompt,
                     const nlohmann::json& extra = nlohmann::json::object()) const;
   // The same with key order kept: nlohmann::json sorts object keys, Python dicts do not, so

@@ -62,7 +62,8 @@ bool token_string(const nlohmann::ordered_json& v, std::string& out) {
   return false;
 }
 
-void set_special(std::vector<std::pair<std::string, Value>>& special, const std::string& key, const std::string& val) {
+void set_special(std::vector<std::pair<std::string, Value>>& special, const std::string& key,
+                 const std::string& val) {
   for (auto& [k, v] : special)
     if (k == key) {
       v = Value::string(val);
@@ -106,7 +107,8 @@ ChatTemplate ChatTemplate::from_pretrained(const fs::path& dir) {
     // Named templates: [{"name": "default", "template": ...}, {"name": "tool_use", ...}].
     for (const auto& entry : config["chat_template"]) {
       if (!entry.is_object() || !entry.contains("name") || !entry.contains("template"))
-        throw FormatError(detail::str(config_path.string(), ": chat_template entries need 'name' and 'template'"));
+        throw FormatError(
+            detail::str(config_path.string(), ": chat_template entries need 'name' and 'template'"));
       std::string name = entry["name"].get<std::string>();
       if (name == "default") im.source = entry["template"].get<std::string>();
       if (name == "tool_use") im.tool_use_source = entry["template"].get<std::string>();
@@ -115,9 +117,11 @@ ChatTemplate ChatTemplate::from_pretrained(const fs::path& dir) {
       throw FormatError(detail::str(config_path.string(), ": chat_template has no template named 'default'"));
     im.origin = config_path.string() + " chat_template";
   } else if (!fs::exists(config_path)) {
-    throw IoError(detail::str(dir.string(), ": no chat template (neither chat_template.jinja nor tokenizer_config.json)"));
+    throw IoError(detail::str(dir.string(),
+                              ": no chat template (neither chat_template.jinja nor tokenizer_config.json)"));
   } else {
-    throw FormatError(detail::str(config_path.string(), ": no chat_template (and no chat_template.jinja beside it)"));
+    throw FormatError(
+        detail::str(config_path.string(), ": no chat_template (and no chat_template.jinja beside it)"));
   }
 
   // Special tokens as transformers 5 collects them: the named ones and any other *_token
@@ -139,7 +143,8 @@ ChatTemplate ChatTemplate::from_pretrained(const fs::path& dir) {
     nlohmann::ordered_json map = read_json(map_path);
     for (auto it = map.begin(); it != map.end(); ++it) {
       std::string val;
-      if (it.key().size() > 6 && it.key().compare(it.key().size() - 6, 6, "_token") == 0 && token_string(it.value(), val))
+      if (it.key().size() > 6 && it.key().compare(it.key().size() - 6, 6, "_token") == 0 &&
+          token_string(it.value(), val))
         set_special(im.special, it.key(), val);
     }
   }
@@ -155,16 +160,19 @@ ChatTemplate ChatTemplate::from_string(const std::string& source, const nlohmann
   im.source = source;
   im.origin = "chat template";
   for (auto it = special.begin(); it != special.end(); ++it) {
-    if (it.value().is_string()) set_special(im.special, it.key(), it.value().get<std::string>());
+    if (it.value().is_string())
+      set_special(im.special, it.key(), it.value().get<std::string>());
     else if (it.value().is_object() && it.value().contains("content"))
       set_special(im.special, it.key(), it.value()["content"].get<std::string>());
-    else im.special.emplace_back(it.key(), jinja::from_json(it.value()));
+    else
+      im.special.emplace_back(it.key(), jinja::from_json(it.value()));
   }
   im.body = compile(source, im.origin);
   return t;
 }
 
-std::string ChatTemplate::Impl::render(const Value& messages, bool add_generation_prompt, const Value& extra) const {
+std::string ChatTemplate::Impl::render(const Value& messages, bool add_generation_prompt,
+                                       const Value& extra) const {
   const Impl& im = *this;
   jinja::Scope globals;
   jinja::add_globals(globals);
@@ -176,7 +184,8 @@ std::string ChatTemplate::Impl::render(const Value& messages, bool add_generatio
   globals.vars["messages"] = messages;
   globals.vars["add_generation_prompt"] = Value::boolean(add_generation_prompt);
   const Value* tools = extra.find("tools");
-  const jinja::Body& chosen = (tools && !tools->is_none() && !im.tool_use_body.empty()) ? im.tool_use_body : im.body;
+  const jinja::Body& chosen =
+      (tools && !tools->is_none() && !im.tool_use_body.empty()) ? im.tool_use_body : im.body;
   jinja::Interpreter interp;
   try {
     return interp.render(chosen, globals);
@@ -191,14 +200,16 @@ std::string ChatTemplate::Impl::render(const Value& messages, bool add_generatio
 
 std::string ChatTemplate::apply(const nlohmann::json& messages, bool add_generation_prompt,
                                 const nlohmann::json& extra) const {
-  return impl_->render( jinja::from_json(messages), add_generation_prompt, jinja::from_json(extra));
+  return impl_->render(jinja::from_json(messages), add_generation_prompt, jinja::from_json(extra));
 }
 
 std::string ChatTemplate::apply(const nlohmann::ordered_json& messages, bool add_generation_prompt,
                                 const nlohmann::ordered_json& extra) const {
-  return impl_->render( jinja::from_json(messages), add_generation_prompt, jinja::from_json(extra));
+  return impl_->render(jinja::from_json(messages), add_generation_prompt, jinja::from_json(extra));
 }
 
-const std::string& ChatTemplate::source() const { return impl_->source; }
+const std::string& ChatTemplate::source() const {
+  return impl_->source;
+}
 
 }  // namespace nibble

@@ -125,8 +125,8 @@ TEST(ChatTemplateFixtures, EveryExtraTemplateRendersAConversation) {
     }
     rendered.insert(dir.filename().string());
   }
-  for (const char* name : {"qwen3", "deepseek", "gpt-oss", "models_gemma-4", "models_phi-4", "phi-4-mini-reasoning",
-                           "v5_smollm3", "nvidia-mistral"})
+  for (const char* name : {"qwen3", "deepseek", "gpt-oss", "models_gemma-4", "models_phi-4",
+                           "phi-4-mini-reasoning", "v5_smollm3", "nvidia-mistral"})
     EXPECT_TRUE(rendered.count(name)) << name << " was not rendered";
 }
 

@@ -26,6 +26,7 @@ enum class ExprKind {
   Test,      // a is [not] name(args)
   Unary,     // op a: "not", "-", "+"
   Binary,    // a op b: and or + - * / // % ** ~ in "not in" == != < <= > >=
+  Compare,   // a op1 b op2 c ...: chained comparison, ops in `ops`, operands in children
   CondExpr,  // a if b else c (c may be null)
   ListLit,   // [a, b] or tuple (a, b)
   DictLit,   // {k: v, ...}: children k0, v0, k1, v1, ...
@@ -34,11 +35,12 @@ enum class ExprKind {
 struct Expr {
   ExprKind kind;
   int line = 0;
-  std::string name;  // Name / GetAttr / Filter / Test / Unary / Binary operator
+  std::string name;      // Name / GetAttr / Filter / Test / Unary / Binary operator
   bool negated = false;  // Test: `is not`
   bool tuple = false;    // ListLit written as a tuple
   Value value;           // Literal
   std::vector<ExprPtr> children;
+  std::vector<std::string> ops;                         // Compare
   std::vector<std::pair<std::string, ExprPtr>> kwargs;  // Call / Filter / Test keyword arguments
 };
 
@@ -47,13 +49,13 @@ using NodePtr = std::unique_ptr<Node>;
 using Body = std::vector<NodePtr>;
 
 enum class NodeKind {
-  Text,         // text
-  Output,       // {{ expr }}
-  If,           // conds[i] -> bodies[i]; bodies.back() is else when bodies.size() > conds.size()
-  For,          // targets in expr [if cond] body [else else_body]
-  Set,          // targets = expr; or target.attr = expr (attr non-empty); or block set (body)
-  Macro,        // name(params) body
-  CallBlock,    // {% call(params) expr %} body
+  Text,       // text
+  Output,     // {{ expr }}
+  If,         // conds[i] -> bodies[i]; bodies.back() is else when bodies.size() > conds.size()
+  For,        // targets in expr [if cond] body [else else_body]
+  Set,        // targets = expr; or target.attr = expr (attr non-empty); or block set (body)
+  Macro,      // name(params) body
+  CallBlock,  // {% call(params) expr %} body
   Break,
   Continue,
   FilterBlock,  // {% filter f %} body: expr is the filter chain with a null innermost operand
@@ -75,7 +77,7 @@ struct Node {
   std::string attr;                  // Set: namespace attribute
   std::string name;                  // Macro name
   std::vector<std::pair<std::string, ExprPtr>> params;  // Macro / CallBlock parameters (default may be null)
-  std::vector<ExprPtr> values;       // With values
+  std::vector<ExprPtr> values;                          // With values
 };
 
 }  // namespace nibble::jinja

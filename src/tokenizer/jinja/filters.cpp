@@ -29,7 +29,9 @@ int64_t arg_int(CallArgs& a, size_t pos, const char* name, int64_t def) {
   return static_cast<int64_t>(as_double(*v, name));
 }
 
-std::string need_str(const Value& v) { return to_str(v); }
+std::string need_str(const Value& v) {
+  return to_str(v);
+}
 
 // attribute="a.b" or an integer index, as jinja2's make_attrgetter.
 Value attr_path(const Value& item, const Value& attribute) {
@@ -40,7 +42,8 @@ Value attr_path(const Value& item, const Value& attribute) {
   while (true) {
     size_t q = path.find('.', p);
     std::string part = path.substr(p, q == std::string::npos ? std::string::npos : q - p);
-    bool digits = !part.empty() && std::all_of(part.begin(), part.end(), [](char c) { return c >= '0' && c <= '9'; });
+    bool digits =
+        !part.empty() && std::all_of(part.begin(), part.end(), [](char c) { return c >= '0' && c <= '9'; });
     cur = digits ? get_item(cur, Value::integer(std::stoll(part))) : get_item(cur, Value::string(part));
     if (q == std::string::npos) return cur;
     p = q + 1;
@@ -62,11 +65,18 @@ Value f_default(Interpreter&, Value& v, CallArgs& a) {
 
 Value f_length(Interpreter&, Value& v, CallArgs&) {
   switch (v.kind) {
-    case Kind::String: return Value::integer(static_cast<int64_t>(utf8_length(v.s)));
-    case Kind::Array: return Value::integer(static_cast<int64_t>(v.list->size()));
-    case Kind::Map: return Value::integer(static_cast<int64_t>(v.dict->size()));
-    case Kind::Undefined: return Value::integer(0);
-    default: throw TemplateError(detail::str("object of type '", type_name(v), "' has no len()"));
+    case Kind::String:
+      return Value::integer(static_cast<int64_t>(utf8_length(v.s)));
+    case Kind::Array:
+      if (v.single_pass())
+        throw TemplateError(detail::str("object of type '", type_name(v), "' has no len()"));
+      return Value::integer(static_cast<int64_t>(v.list->size()));
+    case Kind::Map:
+      return Value::integer(static_cast<int64_t>(v.dict->size()));
+    case Kind::Undefined:
+      return Value::integer(0);
+    default:
+      throw TemplateError(detail::str("object of type '", type_name(v), "' has no len()"));
   }
 }
 
@@ -77,8 +87,10 @@ Value f_tojson(Interpreter&, Value& v, CallArgs& a) {
   const Value* ind = arg(a, 1, "indent");
   int indent = -1;
   if (ind && !ind->is_none()) {
-    if (ind->kind == Kind::Int) indent = static_cast<int>(std::max<int64_t>(0, ind->i));
-    else throw UnsupportedError("tojson indent other than an integer is not supported");
+    if (ind->kind == Kind::Int)
+      indent = static_cast<int>(std::max<int64_t>(0, ind->i));
+    else
+      throw UnsupportedError("tojson indent other than an integer is not supported");
   }
   std::string item_sep = indent >= 0 ? "," : ", ", key_sep = ": ";
   if (const Value* sep = arg(a, 2, "separators"); sep && !sep->is_none()) {
@@ -136,7 +148,9 @@ Value f_replace(Interpreter&, Value& v, CallArgs& a) {
 // jinja2's title: capitalise each word, words split at whitespace, '-', brackets.
 Value f_title(Interpreter&, Value& v, CallArgs&) {
   std::u32string u = utf8_decode(need_str(v));
-  auto is_sep = [](char32_t c) { return py_isspace(c) || c == '-' || c == '(' || c == '{' || c == '[' || c == '<'; };
+  auto is_sep = [](char32_t c) {
+    return py_isspace(c) || c == '-' || c == '(' || c == '{' || c == '[' || c == '<';
+  };
   std::string out;
   size_t k = 0;
   while (k < u.size()) {
@@ -151,11 +165,16 @@ Value f_title(Interpreter&, Value& v, CallArgs&) {
 }
 
 Value f_first(Interpreter&, Value& v, CallArgs&) {
+  if (v.single_pass()) {  // next(iter(gen)) takes one item
+    if (*v.cursor >= v.list->size()) return Value::undefined("No first item, sequence was empty.");
+    return (*v.list)[(*v.cursor)++];
+  }
   List items = iterate(v);
   return items.empty() ? Value::undefined("No first item, sequence was empty.") : items.front();
 }
 
 Value f_last(Interpreter&, Value& v, CallArgs&) {
+  if (v.single_pass()) throw TemplateError(detail::str("'", type_name(v), "' object is not reversible"));
   List items = iterate(v);
   return items.empty() ? Value::undefined("No last item, sequence was empty.") : items.back();
 }
@@ -164,10 +183,19 @@ Value f_int(Interpreter&, Value& v, CallArgs& a) {
   const Value* def = arg(a, 0, "default");
   Value fallback = def ? *def : Value::integer(0);
   int64_t base = arg_int(a, 1, "base", 10);
+  if (v.is_undefined()) throw TemplateError(v.s.empty() ? "value is undefined" : v.s);  // Undefined.__int__
+  auto from_double = [&](double x) -> Value {
+    if (!std::isfinite(x)) return fallback;
+    if (std::fabs(x) >= 9.2e18) throw UnsupportedError("int() of a value beyond 64 bits");
+    return Value::integer(static_cast<int64_t>(x));
+  };
   switch (v.kind) {
-    case Kind::Int: return v;
-    case Kind::Bool: return Value::integer(v.b);
-    case Kind::Float: return std::isfinite(v.f) ? Value::integer(static_cast<int64_t>(v.f)) : fallback;
+    case Kind::Int:
+      return v;
+    case Kind::Bool:
+      return Value::integer(v.b);
+    case Kind::Float:
+      return from_double(v.f);
     case Kind::String: {
       std::string s = py_strip(v.s, nullptr, true, true);
       try {
@@ -179,22 +207,27 @@ Value f_int(Interpreter&, Value& v, CallArgs& a) {
       try {
         size_t used = 0;
         double x = std::stod(s, &used);
-        if (used == s.size() && std::isfinite(x)) return Value::integer(static_cast<int64_t>(x));
+        if (used == s.size() && std::isfinite(x)) return from_double(x);
       } catch (const std::exception&) {
       }
       return fallback;
     }
-    default: return fallback;
+    default:
+      return fallback;
   }
 }
 
 Value f_float(Interpreter&, Value& v, CallArgs& a) {
   const Value* def = arg(a, 0, "default");
   Value fallback = def ? *def : Value::real(0.0);
+  if (v.is_undefined()) throw TemplateError(v.s.empty() ? "value is undefined" : v.s);  // Undefined.__float__
   switch (v.kind) {
-    case Kind::Int: return Value::real(static_cast<double>(v.i));
-    case Kind::Bool: return Value::real(v.b);
-    case Kind::Float: return v;
+    case Kind::Int:
+      return Value::real(static_cast<double>(v.i));
+    case Kind::Bool:
+      return Value::real(v.b);
+    case Kind::Float:
+      return v;
     case Kind::String: {
       std::string s = py_strip(v.s, nullptr, true, true);
       try {
@@ -205,7 +238,8 @@ Value f_float(Interpreter&, Value& v, CallArgs& a) {
       }
       return fallback;
     }
-    default: return fallback;
+    default:
+      return fallback;
   }
 }
 
@@ -225,14 +259,19 @@ Value f_round(Interpreter&, Value& v, CallArgs& a) {
 }
 
 Value f_abs(Interpreter&, Value& v, CallArgs&) {
-  if (v.kind == Kind::Int || v.kind == Kind::Bool) return Value::integer(std::llabs(v.kind == Kind::Bool ? v.b : v.i));
+  if (v.kind == Kind::Int || v.kind == Kind::Bool)
+    return Value::integer(std::llabs(v.kind == Kind::Bool ? v.b : v.i));
   return Value::real(std::fabs(as_double(v, "abs")));
 }
 
 Value f_indent(Interpreter&, Value& v, CallArgs& a) {
   const Value* w = arg(a, 0, "width");
-  std::string indention = !w ? "    " : w->is_string() ? w->s : std::string(static_cast<size_t>(as_double(*w, "width")), ' ');
+  std::string indention = !w               ? "    "
+                          : w->is_string() ? w->s
+                                           : std::string(static_cast<size_t>(as_double(*w, "width")), ' ');
   bool first = arg_bool(a, 1, "first", false), blank = arg_bool(a, 2, "blank", false);
+  if (!v.is_string())
+    throw TemplateError(detail::str("can only concatenate str (not \"", type_name(v), "\") to str"));
   std::string s = need_str(v) + "\n";  // jinja2 appends a newline so splitlines keeps a trailing empty line
   std::vector<std::string> lines = py_splitlines(s);
   std::string rv;
@@ -246,17 +285,21 @@ Value f_indent(Interpreter&, Value& v, CallArgs& a) {
   return Value::string(rv);
 }
 
-Value f_list(Interpreter&, Value& v, CallArgs&) { return Value::make_list(iterate(v)); }
+Value f_list(Interpreter&, Value& v, CallArgs&) {
+  return Value::make_list(iterate(v));
+}
 
 Value f_items(Interpreter&, Value& v, CallArgs&) {
-  if (v.is_undefined()) return Value::make_list();
+  if (v.is_undefined()) return Value::make_iter({}, Iter::Generator);
   if (!v.is_dict()) throw TemplateError("Can only get item pairs from a mapping.");
   List out;
   for (const auto& [k, x] : *v.dict) out.push_back(Value::make_list({key_value(k), x}, true));
-  return Value::make_list(std::move(out));
+  return Value::make_iter(std::move(out), Iter::Generator);
 }
 
-Value f_escape(Interpreter&, Value& v, CallArgs&) { return html_escape(v); }
+Value f_escape(Interpreter&, Value& v, CallArgs&) {
+  return html_escape(v);
+}
 
 Value f_unique(Interpreter&, Value& v, CallArgs& a) {
   bool cs = arg_bool(a, 0, "case_sensitive", false);
@@ -264,12 +307,14 @@ Value f_unique(Interpreter&, Value& v, CallArgs& a) {
   List out, seen;
   for (const Value& x : iterate(v)) {
     Value key = sort_key(attribute ? attr_path(x, *attribute) : x, cs);
+    if ((key.is_list() && !key.is_tuple) || key.is_dict())
+      throw TemplateError(detail::str("unhashable type: '", type_name(key), "'"));
     if (std::none_of(seen.begin(), seen.end(), [&](const Value& s) { return equals(s, key); })) {
       seen.push_back(key);
       out.push_back(x);
     }
   }
-  return Value::make_list(std::move(out));
+  return Value::make_iter(std::move(out), Iter::Generator);
 }
 
 Value f_sort(Interpreter&, Value& v, CallArgs& a) {
@@ -305,9 +350,12 @@ Value f_reverse(Interpreter&, Value& v, CallArgs&) {
     std::reverse(u.begin(), u.end());
     return Value::string(utf8_encode(u));
   }
+  // reversed(seq) for sequences (an iterator); a generator is listed, then reversed.
+  bool was_single_pass = v.single_pass();
   List items = iterate(v);
   std::reverse(items.begin(), items.end());
-  return Value::make_list(std::move(items));
+  if (was_single_pass || v.is_dict()) return Value::make_list(std::move(items));
+  return Value::make_iter(std::move(items), Iter::Reverse);
 }
 
 Value f_batch(Interpreter&, Value& v, CallArgs& a) {
@@ -327,7 +375,7 @@ Value f_batch(Interpreter&, Value& v, CallArgs& a) {
       while (static_cast<int64_t>(cur.size()) < n) cur.push_back(*fill);
     out.push_back(Value::make_list(std::move(cur)));
   }
-  return Value::make_list(std::move(out));
+  return Value::make_iter(std::move(out), Iter::Generator);
 }
 
 Value f_wordcount(Interpreter&, Value& v, CallArgs&) {
@@ -358,8 +406,10 @@ Value f_sum(Interpreter&, Value& v, CallArgs& a) {
   Value total = start ? *start : Value::integer(0);
   for (const Value& x : iterate(v)) {
     Value y = attribute ? attr_path(x, *attribute) : x;
-    if ((total.kind == Kind::Int || total.kind == Kind::Bool) && (y.kind == Kind::Int || y.kind == Kind::Bool))
-      total = Value::integer((total.kind == Kind::Bool ? total.b : total.i) + (y.kind == Kind::Bool ? y.b : y.i));
+    if ((total.kind == Kind::Int || total.kind == Kind::Bool) &&
+        (y.kind == Kind::Int || y.kind == Kind::Bool))
+      total =
+          Value::integer((total.kind == Kind::Bool ? total.b : total.i) + (y.kind == Kind::Bool ? y.b : y.i));
     else
       total = Value::real(as_double(total, "sum") + as_double(y, "sum"));
   }
@@ -370,7 +420,7 @@ Value min_max(Value& v, CallArgs& a, bool want_max) {
   bool cs = arg_bool(a, 0, "case_sensitive", false);
   const Value* attribute = arg(a, 1, "attribute");
   List items = iterate(v);
-  if (items.empty()) return Value::undefined(want_max ? "No aggregated item, sequence was empty." : "No aggregated item, sequence was empty.");
+  if (items.empty()) return Value::undefined("No aggregated item, sequence was empty.");
   size_t best = 0;
   for (size_t k = 1; k < items.size(); ++k) {
     Value kb = sort_key(attribute ? attr_path(items[best], *attribute) : items[best], cs);
@@ -407,7 +457,7 @@ Value select_impl(Interpreter& in, Value& v, CallArgs& a, bool by_attr, bool kee
     targs.kwargs = a.kwargs;
   }
   List out;
-  if (!truthy(v)) return Value::make_list();  // jinja2: `if seq:` before iterating
+  if (!truthy(v)) return Value::make_iter({}, Iter::Generator);  // jinja2: `if seq:` before iterating
   for (const Value& x : iterate(v)) {
     Value probe = by_attr ? attr_path(x, attribute) : x;
     bool r;
@@ -419,7 +469,7 @@ Value select_impl(Interpreter& in, Value& v, CallArgs& a, bool by_attr, bool kee
     }
     if (r == keep_when) out.push_back(x);
   }
-  return Value::make_list(std::move(out));
+  return Value::make_iter(std::move(out), Iter::Generator);
 }
 
 Value f_map(Interpreter& in, Value& v, CallArgs& a) {
@@ -430,13 +480,13 @@ Value f_map(Interpreter& in, Value& v, CallArgs& a) {
     if (k == "default") def = &x;
   }
   List out;
-  if (!truthy(v)) return Value::make_list();  // jinja2: `if seq:` before iterating
+  if (!truthy(v)) return Value::make_iter({}, Iter::Generator);  // jinja2: `if seq:` before iterating
   if (attribute) {
     for (const Value& x : iterate(v)) {
       Value y = attr_path(x, *attribute);
       out.push_back(y.is_undefined() && def ? *def : y);
     }
-    return Value::make_list(std::move(out));
+    return Value::make_iter(std::move(out), Iter::Generator);
   }
   if (a.args.empty()) throw TemplateError("map requires a filter argument");
   std::string name = to_str(a.args[0]);
@@ -447,7 +497,7 @@ Value f_map(Interpreter& in, Value& v, CallArgs& a) {
     CallArgs copy = fargs;
     out.push_back(in.apply_filter(name, x, copy, 0));
   }
-  return Value::make_list(std::move(out));
+  return Value::make_iter(std::move(out), Iter::Generator);
 }
 
 }  // namespace
@@ -455,9 +505,11 @@ Value f_map(Interpreter& in, Value& v, CallArgs& a) {
 const std::map<std::string, FilterFn>& filters() {
   static const std::map<std::string, FilterFn> table = {
       {"abs", f_abs},
-      {"attr", [](Interpreter&, Value& v, CallArgs& a) { return get_attr(v, a.args.empty() ? "" : to_str(a.args[0])); }},
+      {"attr", [](Interpreter&, Value& v,
+                  CallArgs& a) { return get_attr(v, a.args.empty() ? "" : to_str(a.args[0])); }},
       {"batch", f_batch},
-      {"capitalize", [](Interpreter&, Value& v, CallArgs&) { return Value::string(py_capitalize(to_str(v))); }},
+      {"capitalize",
+       [](Interpreter&, Value& v, CallArgs&) { return Value::string(py_capitalize(to_str(v))); }},
       {"center", f_center},
       {"count", f_length},
       {"d", f_default},
@@ -481,7 +533,8 @@ const std::map<std::string, FilterFn>& filters() {
       {"max", [](Interpreter&, Value& v, CallArgs& a) { return min_max(v, a, true); }},
       {"min", [](Interpreter&, Value& v, CallArgs& a) { return min_max(v, a, false); }},
       {"reject", [](Interpreter& in, Value& v, CallArgs& a) { return select_impl(in, v, a, false, false); }},
-      {"rejectattr", [](Interpreter& in, Value& v, CallArgs& a) { return select_impl(in, v, a, true, false); }},
+      {"rejectattr",
+       [](Interpreter& in, Value& v, CallArgs& a) { return select_impl(in, v, a, true, false); }},
       {"replace", f_replace},
       {"reverse", f_reverse},
       {"round", f_round},
@@ -492,7 +545,8 @@ const std::map<std::string, FilterFn>& filters() {
          return m;
        }},
       {"select", [](Interpreter& in, Value& v, CallArgs& a) { return select_impl(in, v, a, false, true); }},
-      {"selectattr", [](Interpreter& in, Value& v, CallArgs& a) { return select_impl(in, v, a, true, true); }},
+      {"selectattr",
+       [](Interpreter& in, Value& v, CallArgs& a) { return select_impl(in, v, a, true, true); }},
       {"sort", f_sort},
       {"string", [](Interpreter&, Value& v, CallArgs&) { return Value::string(to_str(v)); }},
       {"sum", f_sum},
@@ -513,7 +567,26 @@ const Value& test_arg(CallArgs& a, const char* test) {
   return a.args[0];
 }
 
-bool t_sequence(Interpreter&, const Value& v, CallArgs&) { return v.is_string() || v.is_list() || (v.is_dict() && !v.is_namespace); }
+// value % divisor == want, with Python's modulo (sign of the divisor; floats allowed).
+bool py_mod_equals(const Value& v, const Value& divisor, int64_t want) {
+  double x = as_double(v, "%"), d = as_double(divisor, "%");
+  if (d == 0) throw TemplateError("integer division or modulo by zero");
+  if (v.kind != Kind::Float && divisor.kind != Kind::Float) {
+    int64_t xi = static_cast<int64_t>(x), di = static_cast<int64_t>(d);
+    int64_t m = xi % di;
+    if (m != 0 && ((m < 0) != (di < 0))) m += di;
+    return m == want;
+  }
+  double m = std::fmod(x, d);
+  if (m != 0 && ((m < 0) != (d < 0))) m += d;
+  return m == static_cast<double>(want);
+}
+
+bool t_sequence(Interpreter&, const Value& v, CallArgs&) {
+  // Undefined has __len__ and a class-level __getitem__, so jinja2 counts it a sequence.
+  return v.is_string() || v.is_undefined() ||
+         (v.is_list() && (v.iter == Iter::None || v.iter == Iter::Range)) || (v.is_dict() && !v.is_namespace);
+}
 
 }  // namespace
 
@@ -546,34 +619,35 @@ const std::map<std::string, TestFn>& tests() {
          return equals(v, o);
        }},
       {"eq", [](Interpreter&, const Value& v, CallArgs& a) { return equals(v, test_arg(a, "eq")); }},
-      {"equalto", [](Interpreter&, const Value& v, CallArgs& a) { return equals(v, test_arg(a, "equalto")); }},
+      {"equalto",
+       [](Interpreter&, const Value& v, CallArgs& a) { return equals(v, test_arg(a, "equalto")); }},
       {"==", [](Interpreter&, const Value& v, CallArgs& a) { return equals(v, test_arg(a, "==")); }},
       {"ne", [](Interpreter&, const Value& v, CallArgs& a) { return !equals(v, test_arg(a, "ne")); }},
       {"!=", [](Interpreter&, const Value& v, CallArgs& a) { return !equals(v, test_arg(a, "!=")); }},
       {"lt", [](Interpreter&, const Value& v, CallArgs& a) { return less(v, test_arg(a, "lt")); }},
-      {"lessthan", [](Interpreter&, const Value& v, CallArgs& a) { return less(v, test_arg(a, "lessthan")); }},
+      {"lessthan",
+       [](Interpreter&, const Value& v, CallArgs& a) { return less(v, test_arg(a, "lessthan")); }},
       {"<", [](Interpreter&, const Value& v, CallArgs& a) { return less(v, test_arg(a, "<")); }},
       {"le", [](Interpreter&, const Value& v, CallArgs& a) { return !less(test_arg(a, "le"), v); }},
       {"<=", [](Interpreter&, const Value& v, CallArgs& a) { return !less(test_arg(a, "<="), v); }},
       {"gt", [](Interpreter&, const Value& v, CallArgs& a) { return less(test_arg(a, "gt"), v); }},
-      {"greaterthan", [](Interpreter&, const Value& v, CallArgs& a) { return less(test_arg(a, "greaterthan"), v); }},
+      {"greaterthan",
+       [](Interpreter&, const Value& v, CallArgs& a) { return less(test_arg(a, "greaterthan"), v); }},
       {">", [](Interpreter&, const Value& v, CallArgs& a) { return less(test_arg(a, ">"), v); }},
       {"ge", [](Interpreter&, const Value& v, CallArgs& a) { return !less(v, test_arg(a, "ge")); }},
       {">=", [](Interpreter&, const Value& v, CallArgs& a) { return !less(v, test_arg(a, ">=")); }},
       {"in", [](Interpreter&, const Value& v, CallArgs& a) { return contains(test_arg(a, "in"), v); }},
-      {"odd", [](Interpreter&, const Value& v, CallArgs&) { return (static_cast<int64_t>(as_double(v, "odd")) & 1) == 1; }},
-      {"even", [](Interpreter&, const Value& v, CallArgs&) { return (static_cast<int64_t>(as_double(v, "even")) & 1) == 0; }},
-      {"divisibleby",
-       [](Interpreter&, const Value& v, CallArgs& a) {
-         int64_t d = static_cast<int64_t>(as_double(test_arg(a, "divisibleby"), "divisibleby"));
-         if (d == 0) throw TemplateError("integer division or modulo by zero");
-         return static_cast<int64_t>(as_double(v, "divisibleby")) % d == 0;
-       }},
+      {"odd", [](Interpreter&, const Value& v, CallArgs&) { return py_mod_equals(v, Value::integer(2), 1); }},
+      {"even",
+       [](Interpreter&, const Value& v, CallArgs&) { return py_mod_equals(v, Value::integer(2), 0); }},
+      {"divisibleby", [](Interpreter&, const Value& v,
+                         CallArgs& a) { return py_mod_equals(v, test_arg(a, "divisibleby"), 0); }},
       {"lower", [](Interpreter&, const Value& v, CallArgs&) { return py_islower(to_str(v)); }},
       {"upper", [](Interpreter&, const Value& v, CallArgs&) { return py_isupper(to_str(v)); }},
       {"filter",
        [](Interpreter&, const Value& v, CallArgs&) { return v.is_string() && filters().count(v.s) > 0; }},
-      {"test", [](Interpreter&, const Value& v, CallArgs&) { return v.is_string() && tests().count(v.s) > 0; }},
+      {"test",
+       [](Interpreter&, const Value& v, CallArgs&) { return v.is_string() && tests().count(v.s) > 0; }},
   };
   return table;
 }

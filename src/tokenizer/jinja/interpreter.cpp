@@ -31,7 +31,14 @@ std::string Interpreter::render(const Body& body, Scope& globals) {
 
 Interpreter::Flow Interpreter::exec(const Body& body, Scope& s, std::string& out) {
   for (const auto& n : body) {
-    Flow f = exec_node(*n, s, out);
+    Flow f;
+    try {
+      f = exec_node(*n, s, out);
+    } catch (const TemplateError& e) {  // errors from deeper nodes already carry their line
+      rethrow_with_line(e, n->line);
+    } catch (const UnsupportedError& e) {
+      rethrow_unsupported_with_line(e, n->line);
+    }
     if (f != Flow::Normal) return f;
   }
   return Flow::Normal;
@@ -39,16 +46,25 @@ Interpreter::Flow Interpreter::exec(const Body& body, Scope& s, std::string& out
 
 Interpreter::Flow Interpreter::exec_node(const Node& n, Scope& s, std::string& out) {
   switch (n.kind) {
-    case NodeKind::Text: out += n.text; return Flow::Normal;
-    case NodeKind::Output: out += to_str(eval(*n.expr, s)); return Flow::Normal;
+    case NodeKind::Text:
+      out += n.text;
+      return Flow::Normal;
+    case NodeKind::Output:
+      out += to_str(eval(*n.expr, s));
+      return Flow::Normal;
     case NodeKind::If:
       for (size_t k = 0; k < n.conds.size(); ++k)
         if (truthy(eval(*n.conds[k], s))) return exec(n.bodies[k], s, out);
       if (n.bodies.size() > n.conds.size()) return exec(n.bodies.back(), s, out);
       return Flow::Normal;
-    case NodeKind::For: return exec_for(n, s, out);
-    case NodeKind::Set: exec_set(n, s); return Flow::Normal;
-    case NodeKind::Macro: s.vars[n.name] = make_macro(n, s); return Flow::Normal;
+    case NodeKind::For:
+      return exec_for(n, s, out);
+    case NodeKind::Set:
+      exec_set(n, s);
+      return Flow::Normal;
+    case NodeKind::Macro:
+      s.vars[n.name] = make_macro(n, s);
+      return Flow::Normal;
     case NodeKind::CallBlock: {
       // The body becomes `caller`, a macro taking the call block's parameters.
       Value caller = make_macro(n, s);
@@ -59,8 +75,10 @@ Interpreter::Flow Interpreter::exec_node(const Node& n, Scope& s, std::string& o
       out += to_str(call(fn, args, n.line));
       return Flow::Normal;
     }
-    case NodeKind::Break: return Flow::Break;
-    case NodeKind::Continue: return Flow::Continue;
+    case NodeKind::Break:
+      return Flow::Break;
+    case NodeKind::Continue:
+      return Flow::Continue;
     case NodeKind::FilterBlock: {
       std::string inner;
       Scope local{{}, &s};
@@ -79,7 +97,8 @@ Interpreter::Flow Interpreter::exec_node(const Node& n, Scope& s, std::string& o
       for (size_t k = 0; k < n.targets.size(); ++k) local.vars[n.targets[k]] = eval(*n.values[k], s);
       return exec(n.body, local, out);
     }
-    case NodeKind::Scope: return exec(n.body, s, out);
+    case NodeKind::Scope:
+      return exec(n.body, s, out);
   }
   return Flow::Normal;
 }
@@ -91,14 +110,16 @@ static void assign(Scope& s, const Node& n, const Value& v) {
   }
   List items = iterate(v);
   if (items.size() != n.targets.size())
-    throw TemplateError(detail::str("cannot unpack ", items.size(), " values into ", n.targets.size(), " names"));
+    throw TemplateError(
+        detail::str("cannot unpack ", items.size(), " values into ", n.targets.size(), " names"));
   for (size_t k = 0; k < items.size(); ++k) s.vars[n.targets[k]] = items[k];
 }
 
 Interpreter::Flow Interpreter::exec_for(const Node& n, Scope& s, std::string& out) {
   Value seq = eval(*n.expr, s);
   if (seq.is_none() || seq.kind == Kind::Int || seq.kind == Kind::Float || seq.kind == Kind::Bool)
-    throw TemplateError(detail::str("chat template line ", n.line, ": '", type_name(seq), "' object is not iterable"));
+    throw TemplateError(
+        detail::str("chat template line ", n.line, ": '", type_name(seq), "' object is not iterable"));
   List items = iterate(seq);
   if (n.cond) {  // `for x in xs if cond`: filtered before the loop, so loop.length counts survivors
     List kept;
@@ -135,8 +156,9 @@ Interpreter::Flow Interpreter::exec_for(const Node& n, Scope& s, std::string& ou
     if (f == Flow::Break) break;
   }
   if (len == 0 && !n.else_body.empty()) {
+    // The else body runs after the loop: a break/continue there belongs to an enclosing loop.
     Scope local{{}, &s};
-    exec(n.else_body, local, out);
+    return exec(n.else_body, local, out);
   }
   return Flow::Normal;
 }
@@ -145,8 +167,9 @@ void Interpreter::exec_set(const Node& n, Scope& s) {
   if (!n.attr.empty()) {
     const Value* ns = s.lookup(n.targets[0]);
     if (!ns || !ns->is_namespace)
-      throw TemplateError(detail::str("chat template line ", n.line, ": cannot assign attribute on non-namespace object '",
-                                      n.targets[0], "'"));
+      throw TemplateError(detail::str("chat template line ", n.line,
+                                      ": cannot assign attribute on non-namespace object '", n.targets[0],
+                                      "'"));
     Value target = *ns;  // shares the namespace's dict
     target.set(n.attr, eval(*n.expr, s));
     return;
@@ -170,10 +193,50 @@ void Interpreter::exec_set(const Node& n, Scope& s) {
   s.vars[n.targets[0]] = v;
 }
 
+// Whether `name` is read anywhere under the node or expression (jinja2's find_undeclared):
+// a macro accepts extra positional / keyword arguments or a caller only if its body reads
+// varargs / kwargs / caller.
+static bool reads_name(const Expr& e, const std::string& name);
+static bool reads_name(const Body& body, const std::string& name);
+
+static bool reads_name(const Expr& e, const std::string& name) {
+  if (e.kind == ExprKind::Name && e.name == name) return true;
+  for (const auto& c : e.children)
+    if (c && reads_name(*c, name)) return true;
+  for (const auto& kv : e.kwargs)
+    if (kv.second && reads_name(*kv.second, name)) return true;
+  return false;
+}
+
+static bool reads_name(const Body& body, const std::string& name) {
+  for (const auto& n : body) {
+    for (const Expr* e : {n->expr.get(), n->cond.get()})
+      if (e && reads_name(*e, name)) return true;
+    for (const auto& e : n->conds)
+      if (reads_name(*e, name)) return true;
+    for (const auto& e : n->values)
+      if (reads_name(*e, name)) return true;
+    for (const auto& p : n->params)
+      if (p.second && reads_name(*p.second, name)) return true;
+    for (const auto& b : n->bodies)
+      if (reads_name(b, name)) return true;
+    if (reads_name(n->body, name) || reads_name(n->else_body, name)) return true;
+  }
+  return false;
+}
+
 Value Interpreter::make_macro(const Node& n, Scope& s) {
   const Node* node = &n;
   Scope* defining = &s;
-  return Value::function([this, node, defining](CallArgs& a) -> Value {
+  std::shared_ptr<bool> alive = s.alive;
+  const bool takes_varargs = reads_name(n.body, "varargs"), takes_kwargs = reads_name(n.body, "kwargs"),
+             takes_caller = reads_name(n.body, "caller");
+  return Value::function([this, node, defining, alive, takes_varargs, takes_kwargs,
+                          takes_caller](CallArgs& a) -> Value {
+    const std::string mname = node->name.empty() ? "caller" : node->name;
+    if (!*alive)
+      throw UnsupportedError(detail::str("calling macro '", node->name.empty() ? "caller" : node->name,
+                                         "' after the scope that defined it ended"));
     if (++depth_ > 200) {
       depth_ = 0;
       throw TemplateError("macro recursion too deep");
@@ -181,21 +244,34 @@ Value Interpreter::make_macro(const Node& n, Scope& s) {
     Scope local{{}, defining};
     size_t np = node->params.size();
     List varargs;
+    if (a.args.size() > np && !takes_varargs)
+      throw TemplateError(detail::str("macro '", mname, "' takes not more than ", np, " argument(s)"));
     for (size_t k = 0; k < a.args.size(); ++k) {
-      if (k < np) local.vars[node->params[k].first] = a.args[k];
-      else varargs.push_back(a.args[k]);
+      if (k < np)
+        local.vars[node->params[k].first] = a.args[k];
+      else
+        varargs.push_back(a.args[k]);
     }
     Dict extra;
     for (auto& [key, v] : a.kwargs) {
       bool is_param = false;
       for (const auto& p : node->params) is_param = is_param || p.first == key;
-      if (is_param) local.vars[key] = v;
-      else if (key == "caller") local.vars["caller"] = v;
-      else extra.emplace_back(key, v);
+      if (is_param && local.vars.count(key))
+        throw TemplateError(detail::str("macro '", mname, "' got multiple values for argument '", key, "'"));
+      if (is_param)
+        local.vars[key] = v;
+      else if (key == "caller" && takes_caller)
+        local.vars["caller"] = v;
+      else if (takes_kwargs)
+        extra.emplace_back(key, v);
+      else
+        throw TemplateError(detail::str("macro '", mname, "' takes no keyword argument '", key, "'"));
     }
     for (const auto& [pname, def] : node->params)
       if (!local.vars.count(pname))
         local.vars[pname] = def ? eval(*def, local) : Value::undefined("'" + pname + "' is undefined");
+    if (takes_caller && !local.vars.count("caller"))
+      local.vars["caller"] = Value::undefined("No caller defined");
     local.vars["varargs"] = Value::make_list(varargs, true);
     local.vars["kwargs"] = Value::make_dict(extra);
     std::string out;
@@ -215,8 +291,10 @@ CallArgs Interpreter::eval_args(const Expr& e, Scope& s, size_t first) {
 Value Interpreter::call(const Value& fn, CallArgs& args, int line) {
   if (fn.kind != Kind::Callable) {
     if (fn.is_undefined())
-      throw TemplateError(detail::str("chat template line ", line, ": ", fn.s.empty() ? "value is undefined" : fn.s));
-    throw TemplateError(detail::str("chat template line ", line, ": '", type_name(fn), "' object is not callable"));
+      throw TemplateError(
+          detail::str("chat template line ", line, ": ", fn.s.empty() ? "value is undefined" : fn.s));
+    throw TemplateError(
+        detail::str("chat template line ", line, ": '", type_name(fn), "' object is not callable"));
   }
   try {
     return (*fn.fn)(args);
@@ -230,7 +308,8 @@ Value Interpreter::call(const Value& fn, CallArgs& args, int line) {
 Value Interpreter::apply_filter(const std::string& name, Value v, CallArgs& args, int line) {
   auto it = filters().find(name);
   if (it == filters().end())
-    throw UnsupportedError(detail::str("chat template line ", line, ": filter '", name, "' is not supported"));
+    throw UnsupportedError(
+        detail::str("chat template line ", line, ": filter '", name, "' is not supported"));
   try {
     return it->second(*this, v, args);
   } catch (const TemplateError& e) {
@@ -253,6 +332,26 @@ bool Interpreter::apply_test(const std::string& name, const Value& v, CallArgs& 
   }
 }
 
+// One comparison of a chain; Undefined operands of an ordering raise UndefinedError in jinja2.
+static bool compare(const std::string& op, const Value& a, const Value& b, int line) {
+  try {
+    if (op == "==") return equals(a, b);
+    if (op == "!=") return !equals(a, b);
+    if (op == "<") return less(a, b);
+    if (op == ">") return less(b, a);
+    if (op == "<=") return !less(b, a);
+    if (op == ">=") return !less(a, b);
+    if (op == "in") return contains(b, a);
+    if (op == "not in") return !contains(b, a);
+  } catch (const TemplateError& err) {
+    if (a.is_undefined()) throw TemplateError(detail::str("chat template line ", line, ": ", a.s));
+    if (b.is_undefined()) throw TemplateError(detail::str("chat template line ", line, ": ", b.s));
+    rethrow_with_line(err, line);
+  }
+  throw UnsupportedError(
+      detail::str("chat template line ", line, ": comparison '", op, "' is not supported"));
+}
+
 static Value slice_of(const Value& obj, const Value& a, const Value& b, const Value& c, int line) {
   auto idx = [&](const Value& v, const char* what) -> std::optional<int64_t> {
     if (v.is_none() || v.is_undefined()) return std::nullopt;
@@ -267,10 +366,12 @@ static Value slice_of(const Value& obj, const Value& a, const Value& b, const Va
   std::vector<std::string> chars;
   if (obj.is_string()) {
     chars = utf8_chars(obj.s);
-  } else if (obj.is_list()) {
+  } else if (obj.is_list() && (obj.iter == Iter::None || obj.iter == Iter::Range)) {
     src = *obj.list;
-  } else {
-    throw TemplateError(detail::str("chat template line ", line, ": '", type_name(obj), "' object is not subscriptable"));
+  } else {  // a slice is a plain Python subscript in jinja2's compiled code: TypeError
+    throw TemplateError(detail::str("chat template line ", line, ": ",
+                                    obj.is_dict() ? std::string("unhashable type: 'slice'")
+                                                  : "'" + type_name(obj) + "' object is not subscriptable"));
   }
   const int64_t n = obj.is_string() ? static_cast<int64_t>(chars.size()) : static_cast<int64_t>(src.size());
   // Python's slice.indices().
@@ -285,16 +386,20 @@ static Value slice_of(const Value& obj, const Value& a, const Value& b, const Va
   std::string s;
   List out;
   for (int64_t k = lo; step > 0 ? k < hi : k > hi; k += step) {
-    if (obj.is_string()) s += chars[k];
-    else out.push_back(src[k]);
+    if (obj.is_string())
+      s += chars[k];
+    else
+      out.push_back(src[k]);
   }
   if (obj.is_string()) return Value::string(s);
+  if (obj.iter == Iter::Range) return Value::make_iter(std::move(out), Iter::Range);  // a range, repr unknown
   return Value::make_list(std::move(out), obj.is_tuple);
 }
 
 Value Interpreter::eval(const Expr& e, Scope& s) {
   switch (e.kind) {
-    case ExprKind::Literal: return e.value;
+    case ExprKind::Literal:
+      return e.value;
     case ExprKind::Name: {
       const Value* v = s.lookup(e.name);
       return v ? *v : Value::undefined(detail::str("'", e.name, "' is undefined"));
@@ -351,10 +456,20 @@ Value Interpreter::eval(const Expr& e, Scope& s) {
         return Value::integer(e.name == "-" ? -x : x);
       }
       if (v.kind == Kind::Float) return Value::real(e.name == "-" ? -v.f : v.f);
-      throw TemplateError(detail::str("chat template line ", e.line, ": bad operand type for unary ", e.name, ": '",
-                                      type_name(v), "'"));
+      throw TemplateError(detail::str("chat template line ", e.line, ": bad operand type for unary ", e.name,
+                                      ": '", type_name(v), "'"));
     }
-    case ExprKind::Binary: return binary(e, s);
+    case ExprKind::Binary:
+      return binary(e, s);
+    case ExprKind::Compare: {
+      Value left = eval(*e.children[0], s);
+      for (size_t k = 0; k < e.ops.size(); ++k) {
+        Value right = eval(*e.children[k + 1], s);
+        if (!compare(e.ops[k], left, right, e.line)) return Value::boolean(false);
+        left = std::move(right);
+      }
+      return Value::boolean(true);
+    }
     case ExprKind::CondExpr: {
       if (truthy(eval(*e.children[1], s))) return eval(*e.children[0], s);
       if (e.children[2]) return eval(*e.children[2], s);
@@ -402,38 +517,30 @@ Value Interpreter::binary(const Expr& e, Scope& s) {
   auto fail = [&]() -> Value {
     if (a.is_undefined()) throw TemplateError(detail::str("chat template line ", e.line, ": ", a.s));
     if (b.is_undefined()) throw TemplateError(detail::str("chat template line ", e.line, ": ", b.s));
-    throw TemplateError(detail::str("chat template line ", e.line, ": unsupported operand type(s) for ", op, ": '",
-                                    type_name(a), "' and '", type_name(b), "'"));
+    throw TemplateError(detail::str("chat template line ", e.line, ": unsupported operand type(s) for ", op,
+                                    ": '", type_name(a), "' and '", type_name(b), "'"));
   };
-  try {
-    if (op == "~") return Value::string(to_str(a) + to_str(b));
-    if (op == "==") return Value::boolean(equals(a, b));
-    if (op == "!=") return Value::boolean(!equals(a, b));
-    if (op == "<") return Value::boolean(less(a, b));
-    if (op == ">") return Value::boolean(less(b, a));
-    if (op == "<=") return Value::boolean(!less(b, a));
-    if (op == ">=") return Value::boolean(!less(a, b));
-    if (op == "in") return Value::boolean(contains(b, a));
-    if (op == "not in") return Value::boolean(!contains(b, a));
-  } catch (const TemplateError& err) {
-    if (a.is_undefined() || b.is_undefined()) fail();
-    rethrow_with_line(err, e.line);
-  }
+  if (op == "~") return Value::string(to_str(a) + to_str(b));
   bool ints = (a.kind == Kind::Int || a.kind == Kind::Bool) && (b.kind == Kind::Int || b.kind == Kind::Bool);
   int64_t ai = a.kind == Kind::Bool ? a.b : a.i, bi = b.kind == Kind::Bool ? b.b : b.i;
   bool nums = a.is_number() && b.is_number();
   double af = nums ? as_double(a, op.c_str()) : 0, bf = nums ? as_double(b, op.c_str()) : 0;
+  int64_t r = 0;
+  auto overflow = [&]() -> Value {
+    throw UnsupportedError(detail::str("chat template line ", e.line, ": integer result of '", op,
+                                       "' beyond 64 bits (Python integers are unbounded)"));
+  };
   if (op == "+") {
-    if (ints) return Value::integer(ai + bi);
+    if (ints) return __builtin_add_overflow(ai, bi, &r) ? overflow() : Value::integer(r);
     if (nums) return Value::real(af + bf);
     if (a.is_string() && b.is_string()) {
       if (!a.is_markup && !b.is_markup) return Value::string(a.s + b.s);
       // Markup + str escapes the str (markupsafe), even with autoescape off.
-      Value r = Value::string(html_escape(a).s + html_escape(b).s);
-      r.is_markup = true;
-      return r;
+      Value m = Value::string(html_escape(a).s + html_escape(b).s);
+      m.is_markup = true;
+      return m;
     }
-    if (a.is_list() && b.is_list()) {
+    if (a.is_plain_list() && b.is_plain_list() && a.is_tuple == b.is_tuple) {
       List items = *a.list;
       items.insert(items.end(), b.list->begin(), b.list->end());
       return Value::make_list(std::move(items), a.is_tuple);
@@ -441,21 +548,21 @@ Value Interpreter::binary(const Expr& e, Scope& s) {
     return fail();
   }
   if (op == "-") {
-    if (ints) return Value::integer(ai - bi);
+    if (ints) return __builtin_sub_overflow(ai, bi, &r) ? overflow() : Value::integer(r);
     if (nums) return Value::real(af - bf);
     return fail();
   }
   if (op == "*") {
-    if (ints) return Value::integer(ai * bi);
+    if (ints) return __builtin_mul_overflow(ai, bi, &r) ? overflow() : Value::integer(r);
     if (nums) return Value::real(af * bf);
-    const Value* seq = a.is_string() || a.is_list() ? &a : &b;
+    const Value* seq = a.is_string() || a.is_plain_list() ? &a : &b;
     const Value* cnt = seq == &a ? &b : &a;
-    if ((seq->is_string() || seq->is_list()) && (cnt->kind == Kind::Int || cnt->kind == Kind::Bool)) {
+    if ((seq->is_string() || seq->is_plain_list()) && (cnt->kind == Kind::Int || cnt->kind == Kind::Bool)) {
       int64_t times = cnt->kind == Kind::Bool ? cnt->b : cnt->i;
       if (seq->is_string()) {
-        std::string r;
-        for (int64_t k = 0; k < times; ++k) r += seq->s;
-        return Value::string(r);
+        std::string rep;
+        for (int64_t k = 0; k < times; ++k) rep += seq->s;
+        return Value::string(rep);
       }
       List items;
       for (int64_t k = 0; k < times; ++k) items.insert(items.end(), seq->list->begin(), seq->list->end());
@@ -470,7 +577,8 @@ Value Interpreter::binary(const Expr& e, Scope& s) {
   }
   if (op == "//") {
     if (!nums) return fail();
-    if (bf == 0) throw TemplateError(detail::str("chat template line ", e.line, ": integer division or modulo by zero"));
+    if (bf == 0)
+      throw TemplateError(detail::str("chat template line ", e.line, ": integer division or modulo by zero"));
     if (ints) return Value::integer(floor_div(ai, bi));
     return Value::real(std::floor(af / bf));
   }
@@ -486,9 +594,9 @@ Value Interpreter::binary(const Expr& e, Scope& s) {
           } else if (b.is_string()) {
             args = html_escape(b);
           }
-          Value r = Value::string(percent_format(a.s, args));
-          r.is_markup = true;
-          return r;
+          Value m = Value::string(percent_format(a.s, args));
+          m.is_markup = true;
+          return m;
         }
         return Value::string(percent_format(a.s, b));
       } catch (const TemplateError& err) {
@@ -498,7 +606,8 @@ Value Interpreter::binary(const Expr& e, Scope& s) {
       }
     }
     if (!nums) return fail();
-    if (bf == 0) throw TemplateError(detail::str("chat template line ", e.line, ": integer division or modulo by zero"));
+    if (bf == 0)
+      throw TemplateError(detail::str("chat template line ", e.line, ": integer division or modulo by zero"));
     if (ints) return Value::integer(ai - floor_div(ai, bi) * bi);
     double m = std::fmod(af, bf);
     if (m != 0 && ((m < 0) != (bf < 0))) m += bf;
@@ -506,14 +615,22 @@ Value Interpreter::binary(const Expr& e, Scope& s) {
   }
   if (op == "**") {
     if (ints && bi >= 0) {
-      int64_t r = 1;
-      for (int64_t k = 0; k < bi; ++k) r *= ai;
+      r = 1;
+      for (int64_t k = 0; k < bi && r != 0 && !(r == 1 && ai == 1); ++k)
+        if (__builtin_mul_overflow(r, ai, &r)) return overflow();
       return Value::integer(r);
     }
-    if (nums) return Value::real(std::pow(af, bf));
+    if (nums) {
+      double p = std::pow(af, bf);
+      if (std::isinf(p) && std::isfinite(af) && std::isfinite(bf))
+        throw TemplateError(
+            detail::str("chat template line ", e.line, ": (34, 'Numerical result out of range')"));
+      return Value::real(p);
+    }
     return fail();
   }
-  throw UnsupportedError(detail::str("chat template line ", e.line, ": operator '", op, "' is not supported"));
+  throw UnsupportedError(
+      detail::str("chat template line ", e.line, ": operator '", op, "' is not supported"));
 }
 
 }  // namespace nibble::jinja

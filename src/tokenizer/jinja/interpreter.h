@@ -7,6 +7,7 @@
 #pragma once
 
 #include <map>
+#include <memory>
 #include <string>
 #include <unordered_map>
 
@@ -25,6 +26,10 @@ class RaisedError : public TemplateError {
 struct Scope {
   std::unordered_map<std::string, Value> vars;
   Scope* parent = nullptr;
+  // Cleared when the scope ends, so a macro that outlives the loop iteration defining it
+  // (stored in a namespace) fails cleanly instead of reading a dead scope.
+  std::shared_ptr<bool> alive = std::make_shared<bool>(true);
+  ~Scope() { *alive = false; }
 
   const Value* lookup(const std::string& name) const {
     for (const Scope* s = this; s; s = s->parent) {

@@ -19,7 +19,9 @@ namespace {
   throw FormatError(detail::str("chat template line ", line, ": ", msg));
 }
 
-bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'; }
+bool is_space(char c) {
+  return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
+}
 
 int count_lines(const std::string& s, size_t a, size_t b) {
   int n = 0;
@@ -67,21 +69,50 @@ std::string unescape(const std::string& raw, int line) {
       append_utf8(out, cp);
     };
     switch (n) {
-      case 'n': out += '\n'; break;
-      case 't': out += '\t'; break;
-      case 'r': out += '\r'; break;
-      case '\\': out += '\\'; break;
-      case '\'': out += '\''; break;
-      case '"': out += '"'; break;
-      case 'a': out += '\a'; break;
-      case 'b': out += '\b'; break;
-      case 'f': out += '\f'; break;
-      case 'v': out += '\v'; break;
-      case '\n': break;  // backslash-newline continues the line
-      case 'x': hex(2); break;
-      case 'u': hex(4); break;
-      case 'U': hex(8); break;
-      case 'N': throw UnsupportedError(detail::str("chat template line ", line, ": \\N{...} escapes are not supported"));
+      case 'n':
+        out += '\n';
+        break;
+      case 't':
+        out += '\t';
+        break;
+      case 'r':
+        out += '\r';
+        break;
+      case '\\':
+        out += '\\';
+        break;
+      case '\'':
+        out += '\'';
+        break;
+      case '"':
+        out += '"';
+        break;
+      case 'a':
+        out += '\a';
+        break;
+      case 'b':
+        out += '\b';
+        break;
+      case 'f':
+        out += '\f';
+        break;
+      case 'v':
+        out += '\v';
+        break;
+      case '\n':
+        break;  // backslash-newline continues the line
+      case 'x':
+        hex(2);
+        break;
+      case 'u':
+        hex(4);
+        break;
+      case 'U':
+        hex(8);
+        break;
+      case 'N':
+        throw UnsupportedError(
+            detail::str("chat template line ", line, ": \\N{...} escapes are not supported"));
       default:
         if (n >= '0' && n <= '7') {
           uint32_t cp = n - '0';
@@ -256,8 +287,9 @@ struct Lexer {
   void lex_number() {
     size_t e = pos;
     auto digits = [&] {
-      while (e < src.size() && (std::isdigit(static_cast<unsigned char>(src[e])) ||
-                                (src[e] == '_' && e + 1 < src.size() && std::isdigit(static_cast<unsigned char>(src[e + 1])))))
+      while (e < src.size() &&
+             (std::isdigit(static_cast<unsigned char>(src[e])) ||
+              (src[e] == '_' && e + 1 < src.size() && std::isdigit(static_cast<unsigned char>(src[e + 1])))))
         ++e;
     };
     digits();

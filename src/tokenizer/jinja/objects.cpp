@@ -37,8 +37,7 @@ Value unsafe_method(const std::string& type, const std::string& name) {
 
 std::string str_arg(CallArgs& a, size_t pos, const char* name, const char* method) {
   const Value* v = arg(a, pos, name);
-  if (!v || !v->is_string())
-    throw TemplateError(detail::str(method, "() argument '", name, "' must be str"));
+  if (!v || !v->is_string()) throw TemplateError(detail::str(method, "() argument '", name, "' must be str"));
   return v->s;
 }
 
@@ -53,9 +52,10 @@ Value str_split(const Value& self, CallArgs& a, bool from_right) {
   const Value* sep = arg(a, 0, "sep");
   const Value* maxv = arg(a, 1, "maxsplit");
   int64_t maxsplit = maxv ? maxv->i : -1;
+  if (sep && sep->is_string() && sep->s.empty()) throw TemplateError("empty separator");
+  if (sep && !sep->is_string() && !sep->is_none()) throw TemplateError("must be str or None");
   std::vector<std::string> parts =
       py_split(self.s, sep && sep->is_string() ? &sep->s : nullptr, maxsplit, from_right);
-  if (sep && sep->is_string() && sep->s.empty()) throw TemplateError("empty separator");
   List out;
   for (auto& p : parts) out.push_back(Value::string(p));
   return Value::make_list(std::move(out));
@@ -63,10 +63,13 @@ Value str_split(const Value& self, CallArgs& a, bool from_right) {
 
 bool affix_match(const Value& self, CallArgs& a, bool prefix) {
   const Value* x = arg(a, 0, "prefix");
-  if (!x) throw TemplateError(prefix ? "startswith() takes at least 1 argument" : "endswith() takes at least 1 argument");
+  if (!x)
+    throw TemplateError(prefix ? "startswith() takes at least 1 argument"
+                               : "endswith() takes at least 1 argument");
   auto one = [&](const std::string& p) {
     if (p.size() > self.s.size()) return false;
-    return prefix ? self.s.compare(0, p.size(), p) == 0 : self.s.compare(self.s.size() - p.size(), p.size(), p) == 0;
+    return prefix ? self.s.compare(0, p.size(), p) == 0
+                  : self.s.compare(self.s.size() - p.size(), p.size(), p) == 0;
   };
   if (x->is_string()) return one(x->s);
   if (x->is_list()) {
@@ -94,14 +97,17 @@ std::string str_format(const std::string& fmt, CallArgs& a) {
       if (e == std::string::npos) throw TemplateError("Single '{' encountered in format string");
       std::string field = fmt.substr(k + 1, e - k - 1);
       if (field.find_first_of(":!.[") != std::string::npos)
-        throw UnsupportedError(detail::str("str.format field '{", field, "}' (format specs) is not supported"));
+        throw UnsupportedError(
+            detail::str("str.format field '{", field, "}' (format specs) is not supported"));
       const Value* v = nullptr;
       if (field.empty()) {
-        if (auto_idx >= a.args.size()) throw TemplateError("Replacement index out of range for positional args tuple");
+        if (auto_idx >= a.args.size())
+          throw TemplateError("Replacement index out of range for positional args tuple");
         v = &a.args[auto_idx++];
       } else if (std::isdigit(static_cast<unsigned char>(field[0]))) {
         size_t idx = std::stoul(field);
-        if (idx >= a.args.size()) throw TemplateError("Replacement index out of range for positional args tuple");
+        if (idx >= a.args.size())
+          throw TemplateError("Replacement index out of range for positional args tuple");
         v = &a.args[idx];
       } else {
         for (auto& [key, x] : a.kwargs)
@@ -142,18 +148,20 @@ Value string_method(const Value& self, const std::string& name) {
       {"replace",
        [](const Value& s, CallArgs& a) {
          const Value* n = arg(a, 2, "count");
-         return Value::string(py_replace(s.s, str_arg(a, 0, "old", "replace"), str_arg(a, 1, "new", "replace"),
-                                         n ? n->i : -1));
+         return Value::string(py_replace(s.s, str_arg(a, 0, "old", "replace"),
+                                         str_arg(a, 1, "new", "replace"), n ? n->i : -1));
        }},
       {"find",
        [](const Value& s, CallArgs& a) {
          size_t p = s.s.find(str_arg(a, 0, "sub", "find"));
-         return Value::integer(p == std::string::npos ? -1 : static_cast<int64_t>(utf8_length(s.s.substr(0, p))));
+         return Value::integer(p == std::string::npos ? -1
+                                                      : static_cast<int64_t>(utf8_length(s.s.substr(0, p))));
        }},
       {"rfind",
        [](const Value& s, CallArgs& a) {
          size_t p = s.s.rfind(str_arg(a, 0, "sub", "rfind"));
-         return Value::integer(p == std::string::npos ? -1 : static_cast<int64_t>(utf8_length(s.s.substr(0, p))));
+         return Value::integer(p == std::string::npos ? -1
+                                                      : static_cast<int64_t>(utf8_length(s.s.substr(0, p))));
        }},
       {"count",
        [](const Value& s, CallArgs& a) {
@@ -186,18 +194,20 @@ Value string_method(const Value& self, const std::string& name) {
       {"removesuffix",
        [](const Value& s, CallArgs& a) {
          std::string p = str_arg(a, 0, "suffix", "removesuffix");
-         bool has = !p.empty() && p.size() <= s.s.size() && s.s.compare(s.s.size() - p.size(), p.size(), p) == 0;
+         bool has =
+             !p.empty() && p.size() <= s.s.size() && s.s.compare(s.s.size() - p.size(), p.size(), p) == 0;
          return Value::string(has ? s.s.substr(0, s.s.size() - p.size()) : s.s);
        }},
       {"isdigit",
        [](const Value& s, CallArgs&) {
-         return Value::boolean(!s.s.empty() && std::all_of(s.s.begin(), s.s.end(), [](char c) { return c >= '0' && c <= '9'; }));
+         return Value::boolean(!s.s.empty() && std::all_of(s.s.begin(), s.s.end(),
+                                                           [](char c) { return c >= '0' && c <= '9'; }));
        }},
       {"isalpha",
        [](const Value& s, CallArgs&) {
          return Value::boolean(!s.s.empty() && std::all_of(s.s.begin(), s.s.end(), [](char c) {
-                                 return std::isalpha(static_cast<unsigned char>(c)) != 0;
-                               }));
+           return std::isalpha(static_cast<unsigned char>(c)) != 0;
+         }));
        }},
       {"isspace",
        [](const Value& s, CallArgs&) {
@@ -208,13 +218,30 @@ Value string_method(const Value& self, const std::string& name) {
   };
   auto it = methods.find(name);
   if (it == methods.end()) return Value::undefined(detail::str("'str object' has no attribute '", name, "'"));
-  return bound(self, it->second);
+  // Arguments the implementations above read; more (start/end offsets, keepends, ...) would be
+  // ignored silently, so they are refused.
+  static const std::map<std::string, size_t> max_args = {
+      {"strip", 1},      {"lstrip", 1},     {"rstrip", 1},       {"split", 2},        {"rsplit", 2},
+      {"splitlines", 0}, {"startswith", 1}, {"endswith", 1},     {"upper", 0},        {"lower", 0},
+      {"title", 0},      {"capitalize", 0}, {"replace", 3},      {"find", 1},         {"rfind", 1},
+      {"count", 1},      {"join", 1},       {"removeprefix", 1}, {"removesuffix", 1}, {"isdigit", 0},
+      {"isalpha", 0},    {"isspace", 0},    {"islower", 0},      {"isupper", 0}};
+  auto limit = max_args.find(name);
+  Value (*fn)(const Value&, CallArgs&) = it->second;
+  if (limit == max_args.end()) return bound(self, fn);
+  size_t most = limit->second;
+  return Value::function([self, fn, name, most](CallArgs& a) -> Value {
+    if (a.args.size() + a.kwargs.size() > most)
+      throw UnsupportedError(detail::str("str.", name, "() with ", a.args.size() + a.kwargs.size(),
+                                         " arguments is not supported"));
+    return fn(self, a);
+  });
 }
 
 Value dict_items(const Value& d) {
   List out;
   for (const auto& [k, v] : *d.dict) out.push_back(Value::make_list({key_value(k), v}, true));
-  return Value::make_list(std::move(out));
+  return Value::make_iter(std::move(out), Iter::DictItems);
 }
 
 Value dict_method(const Value& self, const std::string& name) {
@@ -223,13 +250,13 @@ Value dict_method(const Value& self, const std::string& name) {
     return bound(self, [](const Value& d, CallArgs&) {
       List out;
       for (const auto& kv : *d.dict) out.push_back(key_value(kv.first));
-      return Value::make_list(std::move(out));
+      return Value::make_iter(std::move(out), Iter::DictKeys);
     });
   if (name == "values")
     return bound(self, [](const Value& d, CallArgs&) {
       List out;
       for (const auto& kv : *d.dict) out.push_back(kv.second);
-      return Value::make_list(std::move(out));
+      return Value::make_iter(std::move(out), Iter::DictValues);
     });
   if (name == "get")
     return bound(self, [](const Value& d, CallArgs& a) {
@@ -246,6 +273,8 @@ Value dict_method(const Value& self, const std::string& name) {
 }
 
 Value list_method(const Value& self, const std::string& name) {
+  if (self.iter != Iter::None && self.iter != Iter::Range)
+    return Value::undefined(detail::str("'", type_name(self), " object' has no attribute '", name, "'"));
   if (name == "index")
     return bound(self, [](const Value& l, CallArgs& a) {
       const Value* x = arg(a, 0, "value");
@@ -260,7 +289,8 @@ Value list_method(const Value& self, const std::string& name) {
       for (const Value& v : *l.list) n += x && equals(v, *x);
       return Value::integer(n);
     });
-  static const std::set<std::string> mutators = {"append", "extend", "insert", "pop", "remove", "reverse", "sort", "clear"};
+  static const std::set<std::string> mutators = {"append", "extend",  "insert", "pop",
+                                                 "remove", "reverse", "sort",   "clear"};
   if (mutators.count(name)) return unsafe_method(self.is_tuple ? "tuple" : "list", name);
   return Value::undefined(detail::str("'", type_name(self), " object' has no attribute '", name, "'"));
 }
@@ -269,17 +299,20 @@ Value list_method(const Value& self, const std::string& name) {
 
 Value get_attr(const Value& obj, const std::string& name) {
   switch (obj.kind) {
-    case Kind::Undefined: throw TemplateError(obj.s.empty() ? "value is undefined" : obj.s);
-    case Kind::String: return string_method(obj, name);
-    case Kind::Array: return list_method(obj, name);
+    case Kind::Undefined:
+      throw TemplateError(obj.s.empty() ? "value is undefined" : obj.s);
+    case Kind::String:
+      return string_method(obj, name);
+    case Kind::Array:
+      return list_method(obj, name);
     case Kind::Map: {
       if (!obj.is_namespace) {
         Value m = dict_method(obj, name);
         if (!m.is_undefined()) return m;
       }
       if (const Value* v = obj.find(name)) return *v;
-      return Value::undefined(
-          detail::str("'", obj.is_namespace ? "Namespace" : "dict object", "' has no attribute '", name, "'"));
+      return Value::undefined(detail::str("'", obj.is_namespace ? "Namespace" : "dict object",
+                                          "' has no attribute '", name, "'"));
     }
     default:
       return Value::undefined(detail::str("'", type_name(obj), " object' has no attribute '", name, "'"));
@@ -296,12 +329,15 @@ Value get_item(const Value& obj, const Value& key) {
     if (const Value* v = obj.find(key_of(key))) return *v;
     return Value::undefined(detail::str("'dict object' has no attribute ", key.i));
   }
+  if (obj.is_list() && obj.iter != Iter::None && obj.iter != Iter::Range)  // not subscriptable
+    return Value::undefined(detail::str("'", type_name(obj), " object' has no element ", repr(key)));
   if ((obj.is_list() || obj.is_string()) && (key.kind == Kind::Int || key.kind == Kind::Bool)) {
     int64_t k = key.kind == Kind::Bool ? key.b : key.i;
     if (obj.is_list()) {
       int64_t n = static_cast<int64_t>(obj.list->size());
       if (k < 0) k += n;
-      if (k < 0 || k >= n) return Value::undefined(detail::str("'", type_name(obj), " object' has no element ", key.i));
+      if (k < 0 || k >= n)
+        return Value::undefined(detail::str("'", type_name(obj), " object' has no element ", key.i));
       return (*obj.list)[k];
     }
     std::vector<std::string> chars = utf8_chars(obj.s);
@@ -321,19 +357,31 @@ bool contains(const Value& container, const Value& x) {
         throw TemplateError(detail::str("'in <string>' requires string as left operand, not ", type_name(x)));
       return container.s.find(x.s) != std::string::npos;
     case Kind::Array:
-      for (const Value& v : *container.list)
+      for (const Value& v : iterate(container))
         if (equals(v, x)) return true;
       return false;
-    case Kind::Map: return (x.is_string() || x.kind == Kind::Int) && container.find(key_of(x)) != nullptr;
-    case Kind::Undefined: return false;
-    default: throw TemplateError(detail::str("argument of type '", type_name(container), "' is not iterable"));
+    case Kind::Map:
+      if ((x.is_list() && !x.is_tuple) || x.is_dict())
+        throw TemplateError(detail::str("unhashable type: '", type_name(x), "'"));
+      return (x.is_string() || x.kind == Kind::Int) && container.find(key_of(x)) != nullptr;
+    case Kind::Undefined:
+      return false;
+    default:
+      throw TemplateError(detail::str("argument of type '", type_name(container), "' is not iterable"));
   }
 }
 
 List iterate(const Value& v) {
   switch (v.kind) {
-    case Kind::Undefined: return {};
-    case Kind::Array: return *v.list;
+    case Kind::Undefined:
+      return {};
+    case Kind::Array: {
+      if (!v.single_pass()) return *v.list;
+      // A generator yields each item once: later iterations see only what is left.
+      size_t from = std::min(*v.cursor, v.list->size());
+      *v.cursor = v.list->size();
+      return List(v.list->begin() + static_cast<std::ptrdiff_t>(from), v.list->end());
+    }
     case Kind::Map: {
       List out;
       if (v.is_namespace) throw TemplateError("'Namespace' object is not iterable");
@@ -345,16 +393,20 @@ List iterate(const Value& v) {
       for (auto& c : utf8_chars(v.s)) out.push_back(Value::string(c));
       return out;
     }
-    default: throw TemplateError(detail::str("'", type_name(v), "' object is not iterable"));
+    default:
+      throw TemplateError(detail::str("'", type_name(v), "' object is not iterable"));
   }
 }
 
 std::string percent_format(const std::string& fmt, const Value& args) {
   List positional;
   const Value* mapping = nullptr;
-  if (args.is_list() && args.is_tuple) positional = *args.list;
-  else if (args.is_dict()) mapping = &args;
-  else positional.push_back(args);
+  if (args.is_list() && args.is_tuple)
+    positional = *args.list;
+  else if (args.is_dict())
+    mapping = &args;
+  else
+    positional.push_back(args);
   size_t next = 0;
   std::string out;
   for (size_t k = 0; k < fmt.size(); ++k) {
@@ -372,7 +424,8 @@ std::string percent_format(const std::string& fmt, const Value& args) {
       k = e + 1;
     }
     std::string spec = "%";
-    while (k < fmt.size() && std::string("-+ #0123456789.").find(fmt[k]) != std::string::npos) spec += fmt[k++];
+    while (k < fmt.size() && std::string("-+ #0123456789.").find(fmt[k]) != std::string::npos)
+      spec += fmt[k++];
     if (k >= fmt.size()) throw TemplateError("incomplete format");
     char type = fmt[k];
     if (type == '%') {
@@ -394,7 +447,8 @@ std::string percent_format(const std::string& fmt, const Value& args) {
       }
       case 'd':
       case 'i': {
-        int64_t x = v->kind == Kind::Float ? static_cast<int64_t>(v->f) : static_cast<int64_t>(as_double(*v, "%d"));
+        int64_t x =
+            v->kind == Kind::Float ? static_cast<int64_t>(v->f) : static_cast<int64_t>(as_double(*v, "%d"));
         std::snprintf(buf, sizeof buf, (spec + "lld").c_str(), static_cast<long long>(x));
         out += buf;
         break;
@@ -411,14 +465,19 @@ std::string percent_format(const std::string& fmt, const Value& args) {
       case 'x':
       case 'X':
       case 'o': {
-        std::snprintf(buf, sizeof buf, (spec + "ll" + type).c_str(), static_cast<long long>(as_double(*v, "%x")));
+        std::snprintf(buf, sizeof buf, (spec + "ll" + type).c_str(),
+                      static_cast<long long>(as_double(*v, "%x")));
         out += buf;
         break;
       }
-      default: throw UnsupportedError(detail::str("printf-style format '%", type, "' is not supported"));
+      default:
+        throw UnsupportedError(detail::str("printf-style format '%", type, "' is not supported"));
     }
   }
-  if (!mapping && next < positional.size()) throw TemplateError("not all arguments converted during string formatting");
+  // Python treats any non-tuple with __getitem__ (list, dict) as a mapping: unused is fine.
+  bool mapping_like = mapping || (args.is_list() && !args.is_tuple) || args.is_undefined();
+  if (!mapping_like && next < positional.size())
+    throw TemplateError("not all arguments converted during string formatting");
   return out;
 }
 
@@ -426,10 +485,12 @@ void add_globals(Scope& scope) {
   scope.vars["range"] = Value::function([](CallArgs& a) -> Value {
     int64_t start = 0, stop = 0, step = 1;
     auto num = [](const Value& v) {
-      if (v.kind != Kind::Int && v.kind != Kind::Bool) throw TemplateError("range() arguments must be integers");
+      if (v.kind != Kind::Int && v.kind != Kind::Bool)
+        throw TemplateError("range() arguments must be integers");
       return v.kind == Kind::Bool ? static_cast<int64_t>(v.b) : v.i;
     };
-    if (a.args.size() == 1) stop = num(a.args[0]);
+    if (a.args.size() == 1)
+      stop = num(a.args[0]);
     else if (a.args.size() >= 2) {
       start = num(a.args[0]);
       stop = num(a.args[1]);
@@ -443,7 +504,10 @@ void add_globals(Scope& scope) {
       out.push_back(Value::integer(k));
       if (out.size() > 100000) throw TemplateError("range too big");
     }
-    return Value::make_list(std::move(out));
+    Value r = Value::make_iter(std::move(out), Iter::Range);
+    r.s = step == 1 ? detail::str("range(", start, ", ", stop, ")")
+                    : detail::str("range(", start, ", ", stop, ", ", step, ")");
+    return r;
   });
   scope.vars["namespace"] = Value::function([](CallArgs& a) -> Value {
     Value ns = Value::make_dict();
@@ -462,11 +526,29 @@ void add_globals(Scope& scope) {
     for (auto& [k, v] : a.kwargs) d.set(k, v);
     return d;
   });
+  scope.vars["joiner"] = Value::function([](CallArgs& a) -> Value {
+    std::string sep = a.args.empty() ? ", " : to_str(a.args[0]);
+    auto used = std::make_shared<bool>(false);
+    return Value::function([sep, used](CallArgs&) -> Value {
+      if (!*used) {
+        *used = true;
+        return Value::string("");
+      }
+      return Value::string(sep);
+    });
+  });
+  for (const char* name : {"cycler", "lipsum"}) {
+    std::string n = name;
+    scope.vars[n] = Value::function([n](CallArgs&) -> Value {
+      throw UnsupportedError(detail::str("the global '", n, "()' is not supported"));
+    });
+  }
   scope.vars["raise_exception"] = Value::function([](CallArgs& a) -> Value {
     throw RaisedError(a.args.empty() ? std::string("raise_exception called") : to_str(a.args[0]));
   });
   scope.vars["strftime_now"] = Value::function([](CallArgs& a) -> Value {
-    if (a.args.empty() || !a.args[0].is_string()) throw TemplateError("strftime_now() expects a format string");
+    if (a.args.empty() || !a.args[0].is_string())
+      throw TemplateError("strftime_now() expects a format string");
     std::time_t now = std::time(nullptr);
     std::tm tm{};
     localtime_r(&now, &tm);

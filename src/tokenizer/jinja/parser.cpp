@@ -5,6 +5,7 @@
 #include "tokenizer/jinja/parser.h"
 
 #include <set>
+#include <utility>
 
 #include "nibble/error.h"
 
@@ -26,6 +27,16 @@ class Parser {
  private:
   const std::vector<Token>& t_;
   size_t p_ = 0;
+  int loop_depth_ = 0;  // for-loop bodies enclosing the current statement (break/continue)
+  int nesting_ = 0;     // recursion depth, bounded so a hostile template cannot overflow the stack
+
+  struct DepthGuard {
+    Parser& p;
+    explicit DepthGuard(Parser& parser) : p(parser) {
+      if (++p.nesting_ > 400) p.fail("template nested too deeply");
+    }
+    ~DepthGuard() { --p.nesting_; }
+  };
 
   const Token& cur() const { return t_[p_]; }
   const Token& peek(size_t k = 1) const { return t_[std::min(p_ + k, t_.size() - 1)]; }
@@ -61,10 +72,14 @@ class Parser {
   }
   std::string describe() const {
     switch (cur().type) {
-      case Tok::Eof: return "end of template";
-      case Tok::BlockEnd: return "%}";
-      case Tok::VarEnd: return "}}";
-      default: return cur().text;
+      case Tok::Eof:
+        return "end of template";
+      case Tok::BlockEnd:
+        return "%}";
+      case Tok::VarEnd:
+        return "}}";
+      default:
+        return cur().text;
     }
   }
 
@@ -84,6 +99,7 @@ class Parser {
   // Parses statements into `body` until a block tag named in `ends`; returns that name with
   // the parser positioned after it (the caller consumes the rest of that tag). "" at EOF.
   std::string parse_body(Body& body, const std::set<std::string>& ends) {
+    DepthGuard guard(*this);
     while (true) {
       const Token& tk = cur();
       switch (tk.type) {
@@ -117,7 +133,8 @@ class Parser {
           body.push_back(parse_statement());
           break;
         }
-        default: fail(detail::str("unexpected token '", describe(), "'"));
+        default:
+          fail(detail::str("unexpected token '", describe(), "'"));
       }
     }
   }
@@ -140,11 +157,13 @@ class Parser {
       return n;
     }
     if (kw == "break" || kw == "continue") {
+      // Python compiles jinja2's loop controls, so one outside a loop body is a syntax error.
+      if (loop_depth_ == 0) fail(detail::str("'", kw, "' outside loop"));
       expect_block_end();
       return make_node(kw == "break" ? NodeKind::Break : NodeKind::Continue, ln);
     }
-    static const std::set<std::string> known = {"extends", "include", "import", "from", "block", "autoescape",
-                                                 "do", "trans", "pluralize", "debug"};
+    static const std::set<std::string> known = {"extends",    "include", "import", "from",      "block",
+                                                "autoescape", "do",      "trans",  "pluralize", "debug"};
     --p_;
     if (known.count(kw)) unsupported(detail::str("the '{% ", kw, " %}' tag"));
     fail(detail::str("unknown tag '", kw, "'"));
@@ -196,7 +215,9 @@ class Parser {
     if (skip_name("if")) n->cond = parse_tuple(true);
     if (is_name("recursive")) unsupported("a recursive for loop");
     expect_block_end();
+    ++loop_depth_;
     std::string end = parse_body(n->body, {"endfor", "else"});
+    --loop_depth_;
     if (end == "else") {
       expect_block_end();
       parse_body(n->else_body, {"endfor"});
@@ -249,7 +270,9 @@ class Parser {
     n->name = expect_name();
     parse_params(*n);
     expect_block_end();
+    int outer_loops = std::exchange(loop_depth_, 0);  // a macro body is its own function
     parse_body(n->body, {"endmacro"});
+    loop_depth_ = outer_loops;
     if (cur().type == Tok::Name) ++p_;  // {% endmacro name %}
     expect_block_end();
     return n;
@@ -261,7 +284,9 @@ class Parser {
     n->expr = parse_expression(true);
     if (n->expr->kind != ExprKind::Call) fail("expected a call after '{% call'");
     expect_block_end();
+    int outer_loops = std::exchange(loop_depth_, 0);  // the body becomes the `caller` macro
     parse_body(n->body, {"endcall"});
+    loop_depth_ = outer_loops;
     expect_block_end();
     return n;
   }
@@ -365,14 +390,12 @@ class Parser {
   ExprPtr parse_compare() {
     int ln = line();
     ExprPtr e = parse_math1();
-    // Chained comparisons (a < b < c) are rare in templates; jinja2 evaluates them pairwise
-    // with `and`, which is what nesting the first operand would get wrong, so reject them.
-    int n = 0;
+    // a < b < c means (a < b) and (b < c), b evaluated once, as in Python.
+    ExprPtr chain;
     while (true) {
       std::string op;
-      if (cur().type == Tok::Op &&
-          (cur().text == "==" || cur().text == "!=" || cur().text == "<" || cur().text == ">" ||
-           cur().text == "<=" || cur().text == ">=")) {
+      if (cur().type == Tok::Op && (cur().text == "==" || cur().text == "!=" || cur().text == "<" ||
+                                    cur().text == ">" || cur().text == "<=" || cur().text == ">=")) {
         op = cur().text;
         ++p_;
       } else if (is_name("in")) {
@@ -384,10 +407,14 @@ class Parser {
       } else {
         break;
       }
-      if (++n > 1) unsupported("a chained comparison");
-      e = binary(op, std::move(e), parse_math1(), ln);
+      if (!chain) {
+        chain = make(ExprKind::Compare, ln);
+        chain->children.push_back(std::move(e));
+      }
+      chain->ops.push_back(op);
+      chain->children.push_back(parse_math1());
     }
-    return e;
+    return chain ? std::move(chain) : std::move(e);
   }
 
   ExprPtr parse_math1() {
@@ -431,6 +458,7 @@ class Parser {
   }
 
   ExprPtr parse_unary(bool with_filter) {
+    DepthGuard guard(*this);
     ExprPtr e;
     if (is_op("-") || is_op("+")) {
       e = make(ExprKind::Unary, line());
@@ -450,9 +478,12 @@ class Parser {
     if (tk.type == Tok::Name) {
       ++p_;
       auto e = make(ExprKind::Literal, ln);
-      if (tk.text == "true" || tk.text == "True") e->value = Value::boolean(true);
-      else if (tk.text == "false" || tk.text == "False") e->value = Value::boolean(false);
-      else if (tk.text == "none" || tk.text == "None") e->value = Value::none();
+      if (tk.text == "true" || tk.text == "True")
+        e->value = Value::boolean(true);
+      else if (tk.text == "false" || tk.text == "False")
+        e->value = Value::boolean(false);
+      else if (tk.text == "none" || tk.text == "None")
+        e->value = Value::none();
       else {
         e->kind = ExprKind::Name;
         e->name = tk.text;
@@ -470,7 +501,8 @@ class Parser {
       ++p_;
       auto e = make(ExprKind::Literal, ln);
       try {
-        e->value = tk.type == Tok::Int ? Value::integer(std::stoll(tk.text)) : Value::real(std::stod(tk.text));
+        e->value =
+            tk.type == Tok::Int ? Value::integer(std::stoll(tk.text)) : Value::real(std::stod(tk.text));
       } catch (const std::exception&) {
         fail(detail::str("number out of range: ", tk.text));
       }
@@ -649,6 +681,8 @@ class Parser {
 
 }  // namespace
 
-Body parse(const std::vector<Token>& tokens) { return Parser(tokens).parse_template(); }
+Body parse(const std::vector<Token>& tokens) {
+  return Parser(tokens).parse_template();
+}
 
 }  // namespace nibble::jinja

@@ -45,7 +45,8 @@ std::string utf8_encode(const std::u32string& s) {
 
 bool py_isspace(char32_t c) {
   return (c >= 0x09 && c <= 0x0d) || (c >= 0x1c && c <= 0x20) || c == 0x85 || c == 0xa0 || c == 0x1680 ||
-         (c >= 0x2000 && c <= 0x200a) || c == 0x2028 || c == 0x2029 || c == 0x202f || c == 0x205f || c == 0x3000;
+         (c >= 0x2000 && c <= 0x200a) || c == 0x2028 || c == 0x2029 || c == 0x202f || c == 0x205f ||
+         c == 0x3000;
 }
 
 std::string py_strip(const std::string& s, const std::string* chars, bool left, bool right) {
@@ -60,7 +61,8 @@ std::string py_strip(const std::string& s, const std::string* chars, bool left, 
   return utf8_encode(u.substr(a, b - a));
 }
 
-std::vector<std::string> py_split(const std::string& s, const std::string* sep, int64_t maxsplit, bool from_right) {
+std::vector<std::string> py_split(const std::string& s, const std::string* sep, int64_t maxsplit,
+                                  bool from_right) {
   std::vector<std::string> out;
   if (sep) {
     if (sep->empty()) return out;
@@ -185,13 +187,17 @@ static char32_t to_lower(char32_t c) {
   return c;
 }
 
-static bool is_cased(char32_t c) { return to_upper(c) != c || to_lower(c) != c; }
+static bool is_cased(char32_t c) {
+  return to_upper(c) != c || to_lower(c) != c;
+}
 
 std::string py_upper(const std::string& s) {
   std::u32string u, in = utf8_decode(s);
   for (char32_t c : in) {
-    if (c == 0xdf) u += U"SS";  // str.upper() expands the sharp s
-    else u += to_upper(c);
+    if (c == 0xdf)
+      u += U"SS";  // str.upper() expands the sharp s
+    else
+      u += to_upper(c);
   }
   return utf8_encode(u);
 }

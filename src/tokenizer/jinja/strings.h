@@ -15,7 +15,8 @@ bool py_isspace(char32_t c);
 // str.strip / lstrip / rstrip; chars == nullptr strips whitespace.
 std::string py_strip(const std::string& s, const std::string* chars, bool left, bool right);
 // str.split / rsplit; sep == nullptr splits on whitespace runs and drops empty parts.
-std::vector<std::string> py_split(const std::string& s, const std::string* sep, int64_t maxsplit, bool from_right);
+std::vector<std::string> py_split(const std::string& s, const std::string* sep, int64_t maxsplit,
+                                  bool from_right);
 std::vector<std::string> py_splitlines(const std::string& s);
 std::string py_replace(const std::string& s, const std::string& old, const std::string& repl, int64_t count);
 std::string py_upper(const std::string& s);

@@ -42,15 +42,39 @@ Value key_value(const std::string& stored) {
 
 std::string type_name(const Value& v) {
   switch (v.kind) {
-    case Kind::Undefined: return "Undefined";
-    case Kind::None: return "NoneType";
-    case Kind::Bool: return "bool";
-    case Kind::Int: return "int";
-    case Kind::Float: return "float";
-    case Kind::String: return "str";
-    case Kind::Array: return v.is_tuple ? "tuple" : "list";
-    case Kind::Map: return v.is_namespace ? "Namespace" : "dict";
-    case Kind::Callable: return "function";
+    case Kind::Undefined:
+      return "Undefined";
+    case Kind::None:
+      return "NoneType";
+    case Kind::Bool:
+      return "bool";
+    case Kind::Int:
+      return "int";
+    case Kind::Float:
+      return "float";
+    case Kind::String:
+      return "str";
+    case Kind::Array:
+      switch (v.iter) {
+        case Iter::Generator:
+          return "generator";
+        case Iter::Reverse:
+          return "list_reverseiterator";
+        case Iter::DictItems:
+          return "dict_items";
+        case Iter::DictKeys:
+          return "dict_keys";
+        case Iter::DictValues:
+          return "dict_values";
+        case Iter::Range:
+          return "range";
+        default:
+          return v.is_tuple ? "tuple" : "list";
+      }
+    case Kind::Map:
+      return v.is_namespace ? "Namespace" : "dict";
+    case Kind::Callable:
+      return "function";
   }
   return "?";
 }
@@ -58,14 +82,22 @@ std::string type_name(const Value& v) {
 bool truthy(const Value& v) {
   switch (v.kind) {
     case Kind::Undefined:
-    case Kind::None: return false;
-    case Kind::Bool: return v.b;
-    case Kind::Int: return v.i != 0;
-    case Kind::Float: return v.f != 0;
-    case Kind::String: return !v.s.empty();
-    case Kind::Array: return !v.list->empty();
-    case Kind::Map: return v.is_namespace || !v.dict->empty();
-    case Kind::Callable: return true;
+    case Kind::None:
+      return false;
+    case Kind::Bool:
+      return v.b;
+    case Kind::Int:
+      return v.i != 0;
+    case Kind::Float:
+      return v.f != 0;
+    case Kind::String:
+      return !v.s.empty();
+    case Kind::Array:
+      return v.single_pass() || !v.list->empty();
+    case Kind::Map:
+      return v.is_namespace || !v.dict->empty();
+    case Kind::Callable:
+      return true;
   }
   return false;
 }
@@ -134,8 +166,17 @@ static std::string repr_string(const std::string& s) {
 }
 
 std::string repr(const Value& v) {
+  if (v.kind == Kind::Array && v.iter != Iter::None) {
+    if (v.iter == Iter::Range && !v.s.empty()) return v.s;  // repr(range(...)), kept at creation
+    if (v.single_pass() || v.iter == Iter::Range)
+      throw UnsupportedError(detail::str("printing a ", type_name(v),
+                                         " object (jinja2 prints its memory address or bounds); add |list"));
+    Value plain = Value::make_list(*v.list);
+    return type_name(v) + "(" + repr(plain) + ")";
+  }
   switch (v.kind) {
-    case Kind::String: return repr_string(v.s);
+    case Kind::String:
+      return v.is_markup ? "Markup(" + repr_string(v.s) + ")" : repr_string(v.s);
     case Kind::Array: {
       std::string out = v.is_tuple ? "(" : "[";
       for (size_t k = 0; k < v.list->size(); ++k) {
@@ -156,29 +197,42 @@ std::string repr(const Value& v) {
       }
       return out + "}";
     }
-    default: return to_str(v);
+    default:
+      return to_str(v);
   }
 }
 
 std::string to_str(const Value& v) {
   switch (v.kind) {
-    case Kind::Undefined: return "";
-    case Kind::None: return "None";
-    case Kind::Bool: return v.b ? "True" : "False";
-    case Kind::Int: return std::to_string(v.i);
-    case Kind::Float: return float_repr(v.f);
-    case Kind::String: return v.s;
-    case Kind::Callable: return "<function>";
-    default: return repr(v);
+    case Kind::Undefined:
+      return "";
+    case Kind::None:
+      return "None";
+    case Kind::Bool:
+      return v.b ? "True" : "False";
+    case Kind::Int:
+      return std::to_string(v.i);
+    case Kind::Float:
+      return float_repr(v.f);
+    case Kind::String:
+      return v.s;
+    case Kind::Callable:
+      return "<function>";
+    default:
+      return repr(v);
   }
 }
 
 double as_double(const Value& v, const char* what) {
   switch (v.kind) {
-    case Kind::Int: return static_cast<double>(v.i);
-    case Kind::Float: return v.f;
-    case Kind::Bool: return v.b ? 1 : 0;
-    default: throw TemplateError(detail::str(what, ": expected a number, got ", type_name(v)));
+    case Kind::Int:
+      return static_cast<double>(v.i);
+    case Kind::Float:
+      return v.f;
+    case Kind::Bool:
+      return v.b ? 1 : 0;
+    default:
+      throw TemplateError(detail::str(what, ": expected a number, got ", type_name(v)));
   }
 }
 
@@ -191,10 +245,16 @@ bool equals(const Value& a, const Value& b) {
     return as_double(a, "==") == as_double(b, "==");
   }
   if (a.kind != b.kind) return false;
+  if (a.kind == Kind::Array && (a.iter != Iter::None || b.iter != Iter::None)) {
+    if (a.iter != b.iter) return false;
+    if (a.single_pass()) return a.list == b.list;
+  }
   switch (a.kind) {
     case Kind::Undefined:
-    case Kind::None: return true;
-    case Kind::String: return a.s == b.s;
+    case Kind::None:
+      return true;
+    case Kind::String:
+      return a.s == b.s;
     case Kind::Array: {
       if (a.is_tuple != b.is_tuple || a.list->size() != b.list->size()) return false;
       for (size_t k = 0; k < a.list->size(); ++k)
@@ -210,8 +270,10 @@ bool equals(const Value& a, const Value& b) {
       }
       return true;
     }
-    case Kind::Callable: return a.fn == b.fn;
-    default: return false;
+    case Kind::Callable:
+      return a.fn == b.fn;
+    default:
+      return false;
   }
 }
 
@@ -221,7 +283,8 @@ bool less(const Value& a, const Value& b) {
     return as_double(a, "<") < as_double(b, "<");
   }
   if (a.is_string() && b.is_string()) return a.s < b.s;  // UTF-8 byte order = code point order
-  if (a.is_list() && b.is_list()) {
+  if (a.is_list() && b.is_list() && a.is_tuple == b.is_tuple && a.iter == Iter::None &&
+      b.iter == Iter::None) {
     size_t n = std::min(a.list->size(), b.list->size());
     for (size_t k = 0; k < n; ++k) {
       const Value &x = (*a.list)[k], &y = (*b.list)[k];
@@ -236,13 +299,18 @@ bool less(const Value& a, const Value& b) {
 template <typename J>
 static Value from_json_any(const J& j) {
   switch (j.type()) {
-    case nlohmann::json::value_t::null: return Value::none();
-    case nlohmann::json::value_t::boolean: return Value::boolean(j.template get<bool>());
-    case nlohmann::json::value_t::number_integer: return Value::integer(j.template get<int64_t>());
+    case nlohmann::json::value_t::null:
+      return Value::none();
+    case nlohmann::json::value_t::boolean:
+      return Value::boolean(j.template get<bool>());
+    case nlohmann::json::value_t::number_integer:
+      return Value::integer(j.template get<int64_t>());
     case nlohmann::json::value_t::number_unsigned:
       return Value::integer(static_cast<int64_t>(j.template get<uint64_t>()));
-    case nlohmann::json::value_t::number_float: return Value::real(j.template get<double>());
-    case nlohmann::json::value_t::string: return Value::string(j.template get<std::string>());
+    case nlohmann::json::value_t::number_float:
+      return Value::real(j.template get<double>());
+    case nlohmann::json::value_t::string:
+      return Value::string(j.template get<std::string>());
     case nlohmann::json::value_t::array: {
       List items;
       for (const auto& x : j) items.push_back(from_json_any(x));
@@ -253,12 +321,17 @@ static Value from_json_any(const J& j) {
       for (auto it = j.begin(); it != j.end(); ++it) items.emplace_back(it.key(), from_json_any(it.value()));
       return Value::make_dict(std::move(items));
     }
-    default: throw FormatError("chat template input: JSON value of unsupported type (binary)");
+    default:
+      throw FormatError("chat template input: JSON value of unsupported type (binary)");
   }
 }
 
-Value from_json(const nlohmann::ordered_json& j) { return from_json_any(j); }
-Value from_json(const nlohmann::json& j) { return from_json_any(j); }
+Value from_json(const nlohmann::ordered_json& j) {
+  return from_json_any(j);
+}
+Value from_json(const nlohmann::json& j) {
+  return from_json_any(j);
+}
 
 static void json_string_ascii(std::string& out, const std::string& s) {
   out += '"';
@@ -271,14 +344,29 @@ static void json_string_ascii(std::string& out, const std::string& s) {
     p += n;
     char b[16];
     switch (cp) {
-      case '"': out += "\\\""; continue;
-      case '\\': out += "\\\\"; continue;
-      case '\n': out += "\\n"; continue;
-      case '\r': out += "\\r"; continue;
-      case '\t': out += "\\t"; continue;
-      case '\b': out += "\\b"; continue;
-      case '\f': out += "\\f"; continue;
-      default: break;
+      case '"':
+        out += "\\\"";
+        continue;
+      case '\\':
+        out += "\\\\";
+        continue;
+      case '\n':
+        out += "\\n";
+        continue;
+      case '\r':
+        out += "\\r";
+        continue;
+      case '\t':
+        out += "\\t";
+        continue;
+      case '\b':
+        out += "\\b";
+        continue;
+      case '\f':
+        out += "\\f";
+        continue;
+      default:
+        break;
     }
     if (cp >= 0x20 && cp <= 0x7e) {
       out += static_cast<char>(cp);
@@ -298,13 +386,27 @@ static void json_string(std::string& out, const std::string& s) {
   out += '"';
   for (unsigned char c : s) {
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      case '\b': out += "\\b"; break;
-      case '\f': out += "\\f"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      case '\b':
+        out += "\\b";
+        break;
+      case '\f':
+        out += "\\f";
+        break;
       default:
         if (c < 0x20) {
           char b[8];
@@ -325,16 +427,28 @@ static void json_dump(std::string& out, const Value& v, int indent, int level, c
     out.append(static_cast<size_t>(indent) * lv, ' ');
   };
   switch (v.kind) {
-    case Kind::None: out += "null"; return;
-    case Kind::Bool: out += v.b ? "true" : "false"; return;
-    case Kind::Int: out += std::to_string(v.i); return;
-    case Kind::Float:
-      if (std::isnan(v.f)) out += "NaN";
-      else if (std::isinf(v.f)) out += v.f > 0 ? "Infinity" : "-Infinity";
-      else out += float_repr(v.f);
+    case Kind::None:
+      out += "null";
       return;
-    case Kind::String: ascii ? json_string_ascii(out, v.s) : json_string(out, v.s); return;
+    case Kind::Bool:
+      out += v.b ? "true" : "false";
+      return;
+    case Kind::Int:
+      out += std::to_string(v.i);
+      return;
+    case Kind::Float:
+      if (std::isnan(v.f))
+        out += "NaN";
+      else if (std::isinf(v.f))
+        out += v.f > 0 ? "Infinity" : "-Infinity";
+      else
+        out += float_repr(v.f);
+      return;
+    case Kind::String:
+      ascii ? json_string_ascii(out, v.s) : json_string(out, v.s);
+      return;
     case Kind::Array: {
+      if (v.iter != Iter::None) break;
       if (v.list->empty()) {
         out += "[]";
         return;
@@ -361,7 +475,8 @@ static void json_dump(std::string& out, const Value& v, int indent, int level, c
         if (!first) out += item_sep;
         first = false;
         if (indent >= 0) newline(level + 1);
-        ascii ? json_string_ascii(out, to_str(key_value(k))) : json_string(out, to_str(key_value(k)));  // json.dumps writes int keys as strings
+        ascii ? json_string_ascii(out, to_str(key_value(k)))
+              : json_string(out, to_str(key_value(k)));  // json.dumps writes int keys as strings
         out += key_sep;
         json_dump(out, x, indent, level + 1, item_sep, key_sep, ascii);
       }
@@ -369,7 +484,8 @@ static void json_dump(std::string& out, const Value& v, int indent, int level, c
       out += '}';
       return;
     }
-    default: break;
+    default:
+      break;
   }
   throw TemplateError(detail::str("tojson: Object of type ", type_name(v), " is not JSON serializable"));
 }
@@ -386,12 +502,23 @@ Value html_escape(const Value& v) {
   std::string out;
   for (char c : to_str(v)) {
     switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&#34;"; break;
-      case '\'': out += "&#39;"; break;
-      default: out += c;
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&#34;";
+        break;
+      case '\'':
+        out += "&#39;";
+        break;
+      default:
+        out += c;
     }
   }
   Value r = Value::string(std::move(out));

@@ -38,12 +38,21 @@ using Function = std::function<Value(CallArgs&)>;
 
 enum class Kind { Undefined, None, Bool, Int, Float, String, Array, Map, Callable };
 
+// What Python object an Array stands for besides list/tuple: jinja2's map/select/... filters
+// return generators (single pass, always true, no len(), not JSON), reverse returns a list
+// iterator, dict.items()/keys()/values() return views, range() a range. Templates can tell
+// these apart (`{% if xs|select(...) %}` is always true), so the interpreter keeps track.
+enum class Iter : uint8_t { None, Generator, Reverse, DictItems, DictKeys, DictValues, Range };
+
 struct Value {
   Kind kind = Kind::Undefined;
   bool b = false;
   bool is_tuple = false;      // a List that Python would print as (a, b)
   bool is_namespace = false;  // a Dict made by namespace(): attribute assignment allowed
-  bool is_markup = false;     // a String that is markupsafe.Markup (from |safe, |escape): `+` escapes the other side
+  bool is_markup = false;
+  Iter iter = Iter::None;
+  std::shared_ptr<size_t> cursor;  // Generator / Reverse: items already consumed     // a String that is
+                                   // markupsafe.Markup (from |safe, |escape): `+` escapes the other side
   int64_t i = 0;
   double f = 0;
   std::string s;  // String text (UTF-8); for Undefined, the name that was missing (for errors)
@@ -93,6 +102,12 @@ struct Value {
     v.is_tuple = tuple;
     return v;
   }
+  static Value make_iter(List items, Iter kind) {
+    Value v = make_list(std::move(items));
+    v.iter = kind;
+    if (kind == Iter::Generator || kind == Iter::Reverse) v.cursor = std::make_shared<size_t>(0);
+    return v;
+  }
   static Value make_dict(Dict items = {}) {
     Value v;
     v.kind = Kind::Map;
@@ -110,6 +125,8 @@ struct Value {
   bool is_none() const { return kind == Kind::None; }
   bool is_string() const { return kind == Kind::String; }
   bool is_list() const { return kind == Kind::Array; }
+  bool is_plain_list() const { return kind == Kind::Array && iter == Iter::None; }
+  bool single_pass() const { return cursor != nullptr; }
   bool is_dict() const { return kind == Kind::Map; }
   bool is_number() const { return kind == Kind::Int || kind == Kind::Float || kind == Kind::Bool; }
 

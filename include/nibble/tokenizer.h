@@ -38,7 +38,15 @@ class Tokenizer {
   static Tokenizer from_file(const std::filesystem::path& tokenizer_json);
 
   Encoding encode(std::string_view text, bool add_special_tokens = true) const;
+  // HF `tokenizers`' decode: skip_special_tokens skips the added tokens tokenizer.json marks
+  // special (and, for `normalized` ones, only by their decoded form, as HF does).
   std::string decode(const std::vector<int64_t>& ids, bool skip_special_tokens = false) const;
+  // transformers' tokenizer.decode(ids, skip_special_tokens=True): also skips all_special_ids().
+  std::string decode_text(const std::vector<int64_t>& ids) const;
+  // The ids transformers counts as special beyond tokenizer.json's flags: tokenizer_config.json's
+  // added_tokens_decoder entries marked special, additional_special_tokens, and the named
+  // bos/eos/unk/pad tokens (TinyStories' <|start_story|> is only special there). Sorted.
+  const std::vector<int64_t>& all_special_ids() const;
 
   std::optional<int64_t> token_to_id(std::string_view token) const;
   std::optional<std::string> id_to_token(int64_t id) const;

@@ -3,7 +3,10 @@
 // normalizer, pre-tokenizer, model per piece, post-processor; decode through the decoder.
 #include "nibble/tokenizer.h"
 
+#include <algorithm>
+#include <charconv>
 #include <fstream>
+#include <set>
 #include <sstream>
 
 #include "nibble/error.h"
@@ -25,6 +28,7 @@ struct Tokenizer::Impl {
   tok::AddedVocab added;
   Json config = Json::object();
   std::optional<std::string> bos, eos, unk, pad;
+  std::vector<int64_t> special_ids;  // transformers' all_special_ids (see the header)
 };
 
 namespace {
@@ -48,6 +52,32 @@ std::optional<std::string> token_text(const Json& j) {
   if (j.is_object() && j.contains("content") && j["content"].is_string())
     return j["content"].get<std::string>();
   return std::nullopt;
+}
+
+// tokenizer_config.json's special added_tokens_decoder entries, additional_special_tokens (from
+// special_tokens_map.json when it has them) and the named special tokens, as ids.
+std::vector<int64_t> transformers_special_ids(const Tokenizer& t, const Json& config, const Json& map) {
+  std::set<int64_t> ids;
+  if (auto it = config.find("added_tokens_decoder"); it != config.end() && it->is_object()) {
+    for (auto e = it->begin(); e != it->end(); ++e) {
+      if (!e.value().is_object() || !e.value().value("special", false)) continue;
+      int64_t id = 0;
+      const std::string& key = e.key();
+      auto [end, ec] = std::from_chars(key.data(), key.data() + key.size(), id);
+      if (ec != std::errc() || end != key.data() + key.size())
+        throw FormatError("tokenizer_config.json: added_tokens_decoder key '" + key + "' is not a token id");
+      ids.insert(id);
+    }
+  }
+  const Json& extra = map.contains("additional_special_tokens") ? map : config;
+  if (auto it = extra.find("additional_special_tokens"); it != extra.end() && it->is_array())
+    for (const auto& j : *it)
+      if (auto s = token_text(j))
+        if (auto id = t.token_to_id(*s)) ids.insert(*id);
+  for (const auto& s : {t.bos_token(), t.eos_token(), t.unk_token(), t.pad_token()})
+    if (s)
+      if (auto id = t.token_to_id(*s)) ids.insert(*id);
+  return {ids.begin(), ids.end()};
 }
 
 }  // namespace
@@ -111,6 +141,7 @@ Tokenizer Tokenizer::from_pretrained(const fs::path& dir) {
   m.eos = pick("eos_token");
   m.unk = pick("unk_token");
   m.pad = pick("pad_token");
+  m.special_ids = transformers_special_ids(t, m.config, map);
   return t;
 }
 
@@ -156,6 +187,19 @@ std::string Tokenizer::decode(const std::vector<int64_t>& ids, bool skip_special
   std::string out;
   for (const auto& s : m.decoder->decode_chain(std::move(tokens))) out += s;
   return out;
+}
+
+std::string Tokenizer::decode_text(const std::vector<int64_t>& ids) const {
+  const std::vector<int64_t>& special = impl_->special_ids;
+  std::vector<int64_t> kept;
+  kept.reserve(ids.size());
+  for (int64_t id : ids)
+    if (!std::binary_search(special.begin(), special.end(), id)) kept.push_back(id);
+  return decode(kept, /*skip_special_tokens=*/true);
+}
+
+const std::vector<int64_t>& Tokenizer::all_special_ids() const {
+  return impl_->special_ids;
 }
 
 std::optional<int64_t> Tokenizer::token_to_id(std::string_view token) const {

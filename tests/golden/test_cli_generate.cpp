@@ -295,8 +295,8 @@ TEST(CliChat, ReplKeepsHistory) {
     Generation g = generate(lm, prompt, o);
     auto reply = g.new_ids();
     if (g.finish_reason == FinishReason::Eos) reply.pop_back();
-    want += tok.decode(g.new_ids(), true) + "\n";
-    messages.push_back({{"role", "assistant"}, {"content", tok.decode(reply, true)}});
+    want += tok.decode_text(g.new_ids()) + "\n";
+    messages.push_back({{"role", "assistant"}, {"content", tok.decode_text(reply)}});
   }
   EXPECT_EQ(r.out, want);
 }

@@ -4,6 +4,7 @@
 // model folder, and every folder under fixtures/tokenizers-extra/ loading and round-tripping.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <fstream>
 
 #include <nlohmann/json.hpp>
@@ -88,6 +89,28 @@ TEST(TokenizerFixtures, TinyStoriesModel) {
   ASSERT_TRUE(ref.contains("tokenizer"));
   int passed = check_cases(tok, ref["tokenizer"], "tinystories");
   std::printf("[ info ] tinystories: %d of %zu cases identical to HF\n", passed, ref["tokenizer"].size());
+}
+
+// transformers' decode(skip_special_tokens=True) also skips tokens only tokenizer_config.json
+// marks special (TinyStories' <|start_story|>): the reference's greedy texts are transformers'.
+TEST(TokenizerFixtures, TinyStoriesDecodeTextAsTransformers) {
+  auto ref = read_json(test::fixtures_root() / "tinystories" / "reference.json");
+  Tokenizer tok = Tokenizer::from_pretrained(test::shared_root() / "models" / "tinystories-656k");
+  const std::vector<int64_t>& special = tok.all_special_ids();
+  ASSERT_TRUE(tok.bos_token());
+  const int64_t bos = *tok.token_to_id(*tok.bos_token());
+  EXPECT_TRUE(std::binary_search(special.begin(), special.end(), bos));
+  int checked = 0;
+  for (const char* variant : {"fp32", "nf4_dq", "int8"}) {
+    for (const auto& g : ref[variant]["greedy"]) {
+      auto ids = g["ids"].get<std::vector<int64_t>>();
+      ASSERT_EQ(ids.front(), bos);
+      EXPECT_EQ(tok.decode_text(ids), g["text"].get<std::string>()) << variant;
+      EXPECT_NE(tok.decode(ids, true), g["text"].get<std::string>()) << "HF tokenizers keeps <|start_story|>";
+      ++checked;
+    }
+  }
+  EXPECT_GE(checked, 6);
 }
 
 TEST(TokenizerFixtures, ExtraFoldersLoadAndRoundTrip) {

@@ -59,7 +59,7 @@ TEST(VerifyCliText, PromptTextFileAndExpectedOutputs) {
   auto ids = g.at("ids").get<std::vector<int64_t>>();
   ids.resize(g.at("prompt_ids").size() + 10);
   test::TempDir tmp;
-  std::ofstream(tmp / "expected.txt") << "not this one\n" << tok.decode(ids, true) << "\n";
+  std::ofstream(tmp / "expected.txt") << "not this one\n" << tok.decode_text(ids) << "\n";
   std::ofstream(tmp / "wrong.txt") << "not this one\n";
   std::ofstream(tmp / "story.txt") << ref.at("fp32").at("greedy").at(0).at("text").get<std::string>();
   const std::string base = "verify " + q(model) +
@@ -72,7 +72,7 @@ TEST(VerifyCliText, PromptTextFileAndExpectedOutputs) {
   nlohmann::json j = nlohmann::json::parse(ok.out);
   ASSERT_NE(find_check(j, "generation"), nullptr);
   EXPECT_TRUE(find_check(j, "generation")->at("passed").get<bool>());
-  EXPECT_EQ(j.at("generation").at("text"), tok.decode(ids, true));
+  EXPECT_EQ(j.at("generation").at("text"), tok.decode_text(ids));
   ASSERT_NE(find_check(j, "logits"), nullptr);
   auto story = tok.encode(ref.at("fp32").at("greedy").at(0).at("text").get<std::string>()).ids;
   EXPECT_EQ(j.at("logits").at("positions").get<size_t>(), story.size());

@@ -27,7 +27,6 @@ void add_chat_command(CLI::App& app, ChatArgs& a) {
 
 int run_chat(const ChatArgs& a) {
   Tokenizer tok = load_tokenizer(a.model);
-  const SpecialIds special(tok);
   ChatTemplate tmpl = ChatTemplate::from_pretrained(a.model);
   CausalLM model = load_model(a.model, a.q);
   GenerateOptions o = a.g.to_options();
@@ -47,7 +46,7 @@ int run_chat(const ChatArgs& a) {
     const std::string rendered = tmpl.apply(messages, /*add_generation_prompt=*/true);
     const std::vector<int64_t> prompt = tok.encode(rendered, /*add_special_tokens=*/false).ids;
 
-    TextStreamer streamer([&](const std::vector<int64_t>& ids) { return decode_text(tok, special, ids); });
+    TextStreamer streamer([&](const std::vector<int64_t>& ids) { return tok.decode_text(ids); });
     o.on_token = [&](size_t, int64_t t) {
       std::string s = streamer.push(std::vector<int64_t>{t});
       std::fwrite(s.data(), 1, s.size(), stdout);
@@ -61,7 +60,7 @@ int run_chat(const ChatArgs& a) {
     std::fflush(stdout);
     std::vector<int64_t> reply = g.new_ids();
     if (g.finish_reason == FinishReason::Eos && !reply.empty()) reply.pop_back();  // the end-of-turn token
-    messages.push_back({{"role", "assistant"}, {"content", decode_text(tok, special, reply)}});
+    messages.push_back({{"role", "assistant"}, {"content", tok.decode_text(reply)}});
   }
   return 0;
 }

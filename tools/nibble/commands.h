@@ -122,13 +122,5 @@ int run_detokenize(const DetokenizeArgs& a);
 // A tokenizer from a model folder, or from a tokenizer.json given directly.
 Tokenizer load_tokenizer(const std::string& model);
 std::string read_text_file(const std::string& path);
-// The ids transformers' decode(skip_special_tokens=True) skips beyond tokenizer.json's own
-// special flags: tokenizer_config.json's special added tokens and the named special tokens.
-struct SpecialIds {
-  explicit SpecialIds(const Tokenizer& tok);
-  std::set<int64_t> ids;
-};
-// decode(ids, skip_special_tokens=True) as transformers' tokenizer does it.
-std::string decode_text(const Tokenizer& tok, const SpecialIds& special, const std::vector<int64_t>& ids);
 
 }  // namespace nibble::cli

@@ -49,7 +49,7 @@ int run_detokenize(const DetokenizeArgs& a) {
     if (id >= tok.vocab_size())
       throw ConfigError("detokenize: id " + std::to_string(id) + " is outside the vocabulary (" +
                         std::to_string(tok.vocab_size()) + " tokens)");
-  std::string text = a.skip_special_tokens ? decode_text(tok, SpecialIds(tok), ids) : tok.decode(ids, false);
+  std::string text = a.skip_special_tokens ? tok.decode_text(ids) : tok.decode(ids, false);
   std::fwrite(text.data(), 1, text.size(), stdout);
   std::fputc('\n', stdout);
   return 0;

@@ -84,7 +84,6 @@ int run_generate(const GenerateArgs& a) {
     throw ConfigError("generate: give a prompt with -p TEXT or --prompt-file F");
   const std::string prompt = a.prompt ? *a.prompt : read_text_file(a.prompt_file);
   Tokenizer tok = load_tokenizer(a.model);
-  const SpecialIds special(tok);
   CausalLM model = load_model(a.model, a.q);
   const std::vector<int64_t> prompt_ids = tok.encode(prompt, /*add_special_tokens=*/true).ids;
 
@@ -94,7 +93,7 @@ int run_generate(const GenerateArgs& a) {
   // Settings are checked before anything is printed, so a bad one is the only output.
   resolve_decoding(model.generation_config(), o, int64_t(prompt_ids.size()),
                    model.config().max_position_embeddings);
-  TextStreamer streamer([&](const std::vector<int64_t>& ids) { return decode_text(tok, special, ids); });
+  TextStreamer streamer([&](const std::vector<int64_t>& ids) { return tok.decode_text(ids); });
   Timing timing;
   o.on_token = [&](size_t, int64_t t) {
     timing.on_token();
@@ -115,7 +114,7 @@ int run_generate(const GenerateArgs& a) {
   if (a.json) {
     nlohmann::ordered_json j{{"prompt_ids", prompt_ids},
                              {"ids", g.ids},
-                             {"text", decode_text(tok, special, g.ids)},
+                             {"text", tok.decode_text(g.ids)},
                              {"finish_reason", finish_reason_name(g.finish_reason)}};
     std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
   } else {

@@ -14,7 +14,7 @@ std::optional<TextCodec> load_text_codec(const std::vector<std::filesystem::path
     auto tok = std::make_shared<Tokenizer>(Tokenizer::from_pretrained(d));
     TextCodec c;
     c.encode = [tok](const std::string& s) { return tok->encode(s, true).ids; };
-    c.decode = [tok](const std::vector<int64_t>& ids) { return tok->decode(ids, true); };
+    c.decode = [tok](const std::vector<int64_t>& ids) { return tok->decode_text(ids); };
     return c;
   }
   return std::nullopt;

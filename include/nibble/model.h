@@ -49,6 +49,10 @@ class CausalLM {
   // Logits [T, vocab] (f32) for ids appended after whatever the cache already holds; a fresh
   // cache is used when cache is null.
   Tensor forward(const std::vector<int64_t>& ids, KVCache* cache = nullptr) const;
+  // Logits [B, T, vocab] of B sequences of equal length run as one batch, as transformers runs
+  // input_ids [B, T]. Differs from B calls of forward() only for LLM.int8 weights, whose outlier
+  // columns bitsandbytes chooses over every row of the batch.
+  Tensor forward_batch(const std::vector<std::vector<int64_t>>& batch) const;
   std::unique_ptr<KVCache> new_cache() const;
   // prompt followed by max_new_tokens greedy tokens (stops early at an eos id when stop_at_eos).
   std::vector<int64_t> generate_greedy(const std::vector<int64_t>& prompt, int64_t max_new_tokens,

@@ -1,9 +1,10 @@
-// The generic decoder forward pass (one sequence, KV cache), greedy generation, perplexity,
-// the module list and the memory footprint. Everything architecture-specific comes from the
-// ArchSpec and ModelConfig the loader filled in.
+// The generic decoder forward pass (one sequence or a batch of equal-length ones, KV caches),
+// greedy generation, perplexity, the module list and the memory footprint. Everything
+// architecture-specific comes from the ArchSpec and ModelConfig the loader filled in.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <span>
 
 #include "models/causal_lm_impl.h"
 #include "nibble/error.h"
@@ -82,58 +83,78 @@ void CausalLM::Impl::ensure_capacity(KVCache& cache, int64_t needed) const {
 }
 
 Tensor CausalLM::Impl::forward(const std::vector<int64_t>& ids, KVCache& cache) const {
+  KVCache* caches[] = {&cache};
+  return forward_batch({ids}, caches);
+}
+
+// B sequences of T tokens as one batch, as transformers runs input_ids [B, T]: the per-token
+// work (embeddings, norms, every Linear, the MLP) sees all B * T rows at once and only the
+// attention is per sequence. Row-wise ops give the same result either way, but LLM.int8 picks
+// its outlier columns over all rows of the input, so an int8 model's logits depend on the batch.
+Tensor CausalLM::Impl::forward_batch(const std::vector<std::vector<int64_t>>& batch,
+                                     std::span<KVCache* const> caches) const {
   const models::ArchSpec& s = *spec;
   const ModelConfig& c = config;
-  const int64_t T = int64_t(ids.size()), C = c.hidden_size, D = head_dim, Hq = n_heads, Hkv = n_kv_heads;
+  const int64_t B = int64_t(batch.size()), C = c.hidden_size, D = head_dim, Hq = n_heads, Hkv = n_kv_heads;
+  if (B == 0) throw ShapeError("forward: empty batch");
+  if (int64_t(caches.size()) != B) throw InternalError(str("forward: ", caches.size(), " caches for a batch of ", B));
+  const int64_t T = int64_t(batch[0].size());
   if (T == 0) throw ShapeError("forward: no input ids");
-  const int64_t p0 = cache.len_;
-  ensure_capacity(cache, p0 + T);
+  const int64_t p0 = caches[0]->len_;
+  for (int64_t b = 0; b < B; ++b) {
+    if (int64_t(batch[size_t(b)].size()) != T)
+      throw ShapeError(str("forward: sequence ", b, " has ", batch[size_t(b)].size(), " ids, sequence 0 has ", T,
+                           " (a batch needs equal lengths; no padding)"));
+    if (caches[size_t(b)]->len_ != p0)
+      throw ShapeError(str("forward: cache ", b, " holds ", caches[size_t(b)]->len_, " positions, cache 0 holds ", p0));
+    ensure_capacity(*caches[size_t(b)], p0 + T);
+  }
+  const int64_t R = B * T;  // rows of every per-token tensor, sequence by sequence
+  std::vector<int64_t> ids;
+  ids.reserve(size_t(R));
+  for (const auto& seq : batch) ids.insert(ids.end(), seq.begin(), seq.end());
 
-  Tensor h = gather_rows(embed, ids, 0);  // [T, C]
+  Tensor h = gather_rows(embed, ids, 0);  // [R, C]
   if (s.scale_embeddings) {
     // transformers multiplies by sqrt(hidden) rounded to the activation dtype (f32 here)
     float norm = std::sqrt(float(C));
     for (int64_t i = 0; i < h.numel(); ++i) h.data<float>()[i] *= norm;
   }
-  if (pos_embed.defined()) {
-    std::vector<int64_t> pos(static_cast<size_t>(T));
-    for (int64_t t = 0; t < T; ++t) pos[size_t(t)] = p0 + t;
-    add_(h, gather_rows(pos_embed, pos, s.pos_offset));
-  }
+  std::vector<int64_t> pos(static_cast<size_t>(R));  // position of each row
+  for (int64_t r = 0; r < R; ++r) pos[size_t(r)] = p0 + r % T;
+  if (pos_embed.defined()) add_(h, gather_rows(pos_embed, pos, s.pos_offset));
   if (embed_norm.defined()) h = apply_norm(embed_norm, h, s, c.norm_eps);
 
   Tensor cos, sin;
   int64_t rot_dim = 0;
   if (s.pos == models::PosKind::Rope) {
-    std::vector<int64_t> pos(static_cast<size_t>(T));
-    for (int64_t t = 0; t < T; ++t) pos[size_t(t)] = p0 + t;
     const RopeTables& rt = rope->update(p0 + T - 1);
     rot_dim = rt.rot_dim;
     int64_t half = rt.rot_dim / 2;
-    cos = Tensor::empty({T, half}, DType::F32);
-    sin = Tensor::empty({T, half}, DType::F32);
-    rope_cos_sin(rt, pos.data(), T, cos.data<float>(), sin.data<float>());
+    cos = Tensor::empty({R, half}, DType::F32);
+    sin = Tensor::empty({R, half}, DType::F32);
+    rope_cos_sin(rt, pos.data(), R, cos.data<float>(), sin.data<float>());
   }
 
   for (size_t li = 0; li < layers.size(); ++li) {
     const DecoderLayer& L = layers[li];
-    Tensor x = apply_norm(L.attn_norm, h, s, c.norm_eps);  // [T, C]
+    Tensor x = apply_norm(L.attn_norm, h, s, c.norm_eps);  // [R, C]
     Tensor q, k, v;
     if (L.qkv.size() == 3) {
       q = L.qkv[0].lin.forward(x);
       k = L.qkv[1].lin.forward(x);
       v = L.qkv[2].lin.forward(x);
     } else if (s.qkv == models::QkvKind::Concat) {
-      Tensor y = L.qkv[0].lin.forward(x);  // [T, (Hq + 2 Hkv) D]
+      Tensor y = L.qkv[0].lin.forward(x);  // [R, (Hq + 2 Hkv) D]
       q = columns(y, 0, Hq * D);
       k = columns(y, Hq * D, Hkv * D);
       v = columns(y, (Hq + Hkv) * D, Hkv * D);
     } else {  // per head [q_h | k_h | v_h]
-      Tensor y = L.qkv[0].lin.forward(x);  // [T, H * 3D]
-      q = Tensor::empty({T, Hq * D}, DType::F32);
-      k = Tensor::empty({T, Hkv * D}, DType::F32);
-      v = Tensor::empty({T, Hkv * D}, DType::F32);
-      for (int64_t t = 0; t < T; ++t)
+      Tensor y = L.qkv[0].lin.forward(x);  // [R, H * 3D]
+      q = Tensor::empty({R, Hq * D}, DType::F32);
+      k = Tensor::empty({R, Hkv * D}, DType::F32);
+      v = Tensor::empty({R, Hkv * D}, DType::F32);
+      for (int64_t t = 0; t < R; ++t)
         for (int64_t hh = 0; hh < Hq; ++hh) {
           const float* src = y.data<float>() + t * Hq * 3 * D + hh * 3 * D;
           std::memcpy(q.data<float>() + (t * Hq + hh) * D, src, size_t(D) * 4);
@@ -142,20 +163,16 @@ Tensor CausalLM::Impl::forward(const std::vector<int64_t>& ids, KVCache& cache) 
         }
     }
     if (L.q_norm.defined()) {
-      q = ops::rms_norm(q.view({T * Hq, D}), L.q_norm.w, float(c.norm_eps), s.norm_unit_offset);
-      k = ops::rms_norm(k.view({T * Hkv, D}), L.k_norm.w, float(c.norm_eps), s.norm_unit_offset);
+      q = ops::rms_norm(q.view({R * Hq, D}), L.q_norm.w, float(c.norm_eps), s.norm_unit_offset);
+      k = ops::rms_norm(k.view({R * Hkv, D}), L.k_norm.w, float(c.norm_eps), s.norm_unit_offset);
     }
-    q = q.view({T, Hq, D});
-    k = k.view({T, Hkv, D});
+    q = q.view({R, Hq, D});
+    k = k.view({R, Hkv, D});
     if (s.pos == models::PosKind::Rope) {
       ops::apply_rope_(q, cos, sin, rot_dim);
       ops::apply_rope_(k, cos, sin, rot_dim);
     }
-    // append to the cache, then attend over everything cached
-    size_t row = size_t(Hkv * D) * 4;
-    std::memcpy(cache.k_[li].data<float>() + p0 * Hkv * D, k.data_ptr(), row * size_t(T));
-    std::memcpy(cache.v_[li].data<float>() + p0 * Hkv * D, v.data_ptr(), row * size_t(T));
-    Tensor kk = cache.k_[li].slice(0, 0, p0 + T), vv = cache.v_[li].slice(0, 0, p0 + T);
+    // per sequence: append to its cache, then attend over everything it has cached
     ops::AttentionOptions ao;
     ao.scale = attn_scale;
     if (c.scale_attn_by_inverse_layer_idx) ao.scale /= float(li + 1);
@@ -163,8 +180,21 @@ Tensor CausalLM::Impl::forward(const std::vector<int64_t>& ids, KVCache& cache) 
     if (L.sliding && c.sliding_window) ao.sliding_window = *c.sliding_window;
     ao.softcap = attn_softcap;
     if (!alibi_slopes.empty()) ao.alibi_slopes = alibi_slopes.data();
-    Tensor a = ops::attention(q, kk, vv, ao);  // [T, Hq, D]
-    Tensor o = L.o.lin.forward(a.view({T, Hq * D}));
+    Tensor a = B == 1 ? Tensor() : Tensor::empty({R, Hq, D}, DType::F32);  // [R, Hq, D]
+    const size_t row = size_t(Hkv * D) * 4;
+    for (int64_t b = 0; b < B; ++b) {
+      KVCache& cache = *caches[size_t(b)];
+      Tensor kb = k.slice(0, b * T, (b + 1) * T), vb = v.slice(0, b * T, (b + 1) * T);
+      std::memcpy(cache.k_[li].data<float>() + p0 * Hkv * D, kb.data_ptr(), row * size_t(T));
+      std::memcpy(cache.v_[li].data<float>() + p0 * Hkv * D, vb.data_ptr(), row * size_t(T));
+      Tensor kk = cache.k_[li].slice(0, 0, p0 + T), vv = cache.v_[li].slice(0, 0, p0 + T);
+      Tensor ab = ops::attention(q.slice(0, b * T, (b + 1) * T), kk, vv, ao);  // [T, Hq, D]
+      if (B == 1)
+        a = ab;
+      else
+        std::memcpy(a.data<float>() + b * T * Hq * D, ab.data_ptr(), size_t(T * Hq * D) * 4);
+    }
+    Tensor o = L.o.lin.forward(a.view({R, Hq * D}));
     if (L.post_attn_norm.defined()) o = apply_norm(L.post_attn_norm, o, s, c.norm_eps);
 
     auto mlp = [&](const Tensor& xin) {
@@ -198,9 +228,9 @@ Tensor CausalLM::Impl::forward(const std::vector<int64_t>& ids, KVCache& cache) 
       add_(h, mo);
     }
   }
-  cache.len_ = p0 + T;
+  for (KVCache* cache : caches) cache->len_ = p0 + T;
   h = apply_norm(final_norm, h, s, c.norm_eps);
-  Tensor logits = lm_head.lin.forward(h);  // [T, V]
+  Tensor logits = lm_head.lin.forward(h);  // [R, V]
   if (final_softcap) {
     float cap = *final_softcap;
     for (int64_t i = 0; i < logits.numel(); ++i) logits.data<float>()[i] = std::tanh(logits.data<float>()[i] / cap) * cap;
@@ -212,6 +242,14 @@ Tensor CausalLM::forward(const std::vector<int64_t>& ids, KVCache* cache) const 
   if (cache) return impl_->forward(ids, *cache);
   KVCache fresh;
   return impl_->forward(ids, fresh);
+}
+
+Tensor CausalLM::forward_batch(const std::vector<std::vector<int64_t>>& batch) const {
+  std::vector<KVCache> fresh(batch.size());
+  std::vector<KVCache*> caches;
+  for (KVCache& c : fresh) caches.push_back(&c);
+  Tensor logits = impl_->forward_batch(batch, caches);  // [B * T, V]
+  return logits.view({int64_t(batch.size()), int64_t(batch[0].size()), logits.size(1)});
 }
 
 std::vector<int64_t> CausalLM::generate_greedy(const std::vector<int64_t>& prompt, int64_t max_new_tokens,

@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -81,6 +82,9 @@ struct CausalLM::Impl {
   }
 
   Tensor forward(const std::vector<int64_t>& ids, KVCache& cache) const;
+  // Equal-length sequences, one cache each (all holding the same length): logits [B * T, V].
+  Tensor forward_batch(const std::vector<std::vector<int64_t>>& batch,
+                       std::span<KVCache* const> caches) const;
   void ensure_capacity(KVCache& cache, int64_t needed) const;
 };
 

@@ -127,7 +127,8 @@ TEST(VerifyCli, VerifyExitCodesAndJson) {
   CliRun bad = nibble_cli("verify " + q(dir / "nf4_dq") + " " + ids + " --expected-outputs " +
                           q(tmp / "expected.txt") + " --json");
   ASSERT_EQ(bad.rc, 1) << bad.out;
-  for (const auto& c : nlohmann::json::parse(bad.out).at("checks"))
+  const nlohmann::json bad_report = nlohmann::json::parse(bad.out);  // outlives the loop
+  for (const auto& c : bad_report.at("checks"))
     EXPECT_EQ(c.at("passed").get<bool>(), c.at("name") != "generation") << c.dump();
   // 1: an unquantized model is not verified as quantized.
   EXPECT_EQ(nibble_cli("verify " + q(dir / "fp32") + " " + ids).rc, 1);

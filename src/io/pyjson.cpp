@@ -169,6 +169,10 @@ void dump(std::string& out, const nlohmann::ordered_json& j, const PyDumpOptions
 
 }  // namespace
 
+void put_python_json_string(std::string& out, const std::string& s, bool ensure_ascii) {
+  put_string(out, s, ensure_ascii);
+}
+
 std::string python_json_dumps(const nlohmann::ordered_json& j, const PyDumpOptions& opts) {
   std::string out;
   dump(out, j, opts, 0);

@@ -13,6 +13,9 @@ namespace nibble::io {
 // Python's repr(float): "6.0", "0.1", "1e-05", "1.5e+16", "NaN", "Infinity".
 std::string python_float_repr(double v);
 
+// Appends json.dumps(s) for one string (quotes included), with or without ensure_ascii.
+void put_python_json_string(std::string& out, const std::string& s, bool ensure_ascii);
+
 struct PyDumpOptions {
   int indent = -1;  // -1: one line; otherwise newline + indent spaces per level
   bool sort_keys = false;

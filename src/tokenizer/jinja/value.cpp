@@ -8,6 +8,8 @@
 #include <cstdio>
 #include <cstring>
 
+#include "io/pyjson.h"
+
 namespace nibble::jinja {
 
 const Value* Value::find(const std::string& key) const {
@@ -105,37 +107,7 @@ bool truthy(const Value& v) {
 std::string float_repr(double x) {
   if (std::isnan(x)) return "nan";
   if (std::isinf(x)) return x > 0 ? "inf" : "-inf";
-  char buf[64];
-  auto res = std::to_chars(buf, buf + sizeof buf, x, std::chars_format::scientific);
-  std::string sci(buf, res.ptr);
-  // sci = [-]d[.ddd]e[+-]XX: split into sign, digits, exponent.
-  std::string sign;
-  size_t p = 0;
-  if (sci[0] == '-') {
-    sign = "-";
-    p = 1;
-  }
-  size_t e = sci.find('e');
-  std::string mant = sci.substr(p, e - p);
-  int exp = std::stoi(sci.substr(e + 1));
-  std::string digits;
-  for (char c : mant)
-    if (c != '.') digits += c;
-  while (digits.size() > 1 && digits.back() == '0') digits.pop_back();
-  if (exp < -4 || exp >= 16) {
-    std::string out = sign + digits.substr(0, 1);
-    if (digits.size() > 1) out += "." + digits.substr(1);
-    char eb[16];
-    std::snprintf(eb, sizeof eb, "e%c%02d", exp < 0 ? '-' : '+', std::abs(exp));
-    return out + eb;
-  }
-  if (exp >= 0) {
-    std::string ip = digits.substr(0, std::min<size_t>(digits.size(), exp + 1));
-    while (ip.size() < static_cast<size_t>(exp + 1)) ip += '0';
-    std::string fp = digits.size() > static_cast<size_t>(exp + 1) ? digits.substr(exp + 1) : "0";
-    return sign + ip + "." + fp;
-  }
-  return sign + "0." + std::string(-exp - 1, '0') + digits;
+  return io::python_float_repr(x);  // repr(float) of finite values, as json.dumps writes them
 }
 
 static std::string repr_string(const std::string& s) {
@@ -333,93 +305,6 @@ Value from_json(const nlohmann::json& j) {
   return from_json_any(j);
 }
 
-static void json_string_ascii(std::string& out, const std::string& s) {
-  out += '"';
-  for (size_t p = 0; p < s.size();) {
-    unsigned char c = static_cast<unsigned char>(s[p]);
-    size_t n = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 1;
-    if (p + n > s.size()) n = 1;
-    uint32_t cp = n == 1 ? c : n == 2 ? (c & 0x1f) : n == 3 ? (c & 0x0f) : (c & 0x07);
-    for (size_t k = 1; k < n; ++k) cp = (cp << 6) | (static_cast<unsigned char>(s[p + k]) & 0x3f);
-    p += n;
-    char b[16];
-    switch (cp) {
-      case '"':
-        out += "\\\"";
-        continue;
-      case '\\':
-        out += "\\\\";
-        continue;
-      case '\n':
-        out += "\\n";
-        continue;
-      case '\r':
-        out += "\\r";
-        continue;
-      case '\t':
-        out += "\\t";
-        continue;
-      case '\b':
-        out += "\\b";
-        continue;
-      case '\f':
-        out += "\\f";
-        continue;
-      default:
-        break;
-    }
-    if (cp >= 0x20 && cp <= 0x7e) {
-      out += static_cast<char>(cp);
-    } else if (cp < 0x10000) {
-      std::snprintf(b, sizeof b, "\\u%04x", cp);
-      out += b;
-    } else {
-      uint32_t v = cp - 0x10000;
-      std::snprintf(b, sizeof b, "\\u%04x\\u%04x", 0xd800 + (v >> 10), 0xdc00 + (v & 0x3ff));
-      out += b;
-    }
-  }
-  out += '"';
-}
-
-static void json_string(std::string& out, const std::string& s) {
-  out += '"';
-  for (unsigned char c : s) {
-    switch (c) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\r':
-        out += "\\r";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      case '\b':
-        out += "\\b";
-        break;
-      case '\f':
-        out += "\\f";
-        break;
-      default:
-        if (c < 0x20) {
-          char b[8];
-          std::snprintf(b, sizeof b, "\\u%04x", c);
-          out += b;
-        } else {
-          out += static_cast<char>(c);
-        }
-    }
-  }
-  out += '"';
-}
-
 static void json_dump(std::string& out, const Value& v, int indent, int level, const std::string& item_sep,
                       const std::string& key_sep, bool ascii) {
   auto newline = [&](int lv) {
@@ -445,7 +330,7 @@ static void json_dump(std::string& out, const Value& v, int indent, int level, c
         out += float_repr(v.f);
       return;
     case Kind::String:
-      ascii ? json_string_ascii(out, v.s) : json_string(out, v.s);
+      io::put_python_json_string(out, v.s, ascii);
       return;
     case Kind::Array: {
       if (v.iter != Iter::None) break;
@@ -475,8 +360,7 @@ static void json_dump(std::string& out, const Value& v, int indent, int level, c
         if (!first) out += item_sep;
         first = false;
         if (indent >= 0) newline(level + 1);
-        ascii ? json_string_ascii(out, to_str(key_value(k)))
-              : json_string(out, to_str(key_value(k)));  // json.dumps writes int keys as strings
+        io::put_python_json_string(out, to_str(key_value(k)), ascii);  // json.dumps writes int keys as strings
         out += key_sep;
         json_dump(out, x, indent, level + 1, item_sep, key_sep, ascii);
       }

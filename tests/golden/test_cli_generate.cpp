@@ -5,7 +5,6 @@
 // reference encodings, and bad input gives one line on stderr with a non-zero exit.
 #include <gtest/gtest.h>
 
-#include <sys/wait.h>
 
 #include <cmath>
 #include <cstdio>
@@ -25,37 +24,14 @@ using namespace nibble;
 
 namespace {
 
-struct CliRun {
-  int rc = -1;
-  std::string out, err;
-};
+using CliRun = test::CommandResult;
+using test::shell_quote;
 
-std::string quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
-
-// Runs the CLI with these arguments (stdin from /dev/null unless `input` is given).
+// Runs the CLI with these arguments (stdin from `input`).
 CliRun run_cli(const std::vector<std::string>& args, const std::string& input = "") {
-  test::TempDir tmp;
-  fs::path err = tmp / "stderr", in = tmp / "stdin";
-  std::ofstream(in) << input;
-  std::string cmd = quote(NIBBLE_CLI);
-  for (const auto& a : args) cmd += " " + quote(a);
-  cmd += " <" + quote(in.string()) + " 2>" + quote(err.string());
-  CliRun r;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return r;
-  char buf[4096];
-  for (size_t n; (n = fread(buf, 1, sizeof buf, p)) > 0;) r.out.append(buf, n);
-  int status = pclose(p);
-  r.rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  std::ifstream e(err);
-  std::stringstream ss;
-  ss << e.rdbuf();
-  r.err = ss.str();
-  return r;
+  std::string cmd = shell_quote(NIBBLE_CLI);
+  for (const auto& a : args) cmd += " " + shell_quote(a);
+  return test::run_command(cmd, input);
 }
 
 const nlohmann::json& reference() {

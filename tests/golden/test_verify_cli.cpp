@@ -3,7 +3,6 @@
 // 1 when one fails, 2 on an error, with the documented JSON shape.
 #include <gtest/gtest.h>
 
-#include <sys/wait.h>
 
 #include <cmath>
 #include <cstdio>
@@ -21,27 +20,15 @@ using namespace nibble;
 
 namespace {
 
-struct CliRun {
-  int rc = -1;
-  std::string out;
-};
+using CliRun = test::CommandResult;
 
-// Runs `nibble args` (stderr to /dev/null), returning the exit code and stdout.
+// Runs `nibble args` (a shell-quoted argument string).
 CliRun nibble_cli(const std::string& args) {
-  std::string cmd = std::string(NIBBLE_CLI) + " " + args + " 2>/dev/null";
-  CliRun r;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
-  int status = pclose(p);
-  r.rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
+  return test::run_command(std::string(NIBBLE_CLI) + " " + args);
 }
 
 std::string q(const fs::path& p) {
-  return "'" + p.string() + "'";
+  return test::shell_quote(p.string());
 }
 
 nlohmann::json reference_json(const fs::path& dir) {

@@ -3,7 +3,11 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <cstdio>
 #include <fstream>
+#include <sstream>
+
+#include <sys/wait.h>
 
 #include "nibble/error.h"
 
@@ -61,6 +65,30 @@ void write_file(const fs::path& p, const std::vector<uint8_t>& bytes) {
   std::ofstream f(p, std::ios::binary | std::ios::trunc);
   f.write(reinterpret_cast<const char*>(bytes.data()), std::streamsize(bytes.size()));
   if (!f) throw IoError("cannot write " + p.string());
+}
+
+std::string shell_quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+CommandResult run_command(const std::string& cmd, const std::string& input) {
+  TempDir tmp;
+  const auto in = tmp / "stdin", err = tmp / "stderr";
+  std::ofstream(in) << input;
+  CommandResult r;
+  FILE* p = popen((cmd + " <" + shell_quote(in.string()) + " 2>" + shell_quote(err.string())).c_str(), "r");
+  if (!p) return r;
+  char buf[4096];
+  for (size_t n; (n = fread(buf, 1, sizeof buf, p)) > 0;) r.out.append(buf, n);
+  const int status = pclose(p);
+  r.rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  std::ifstream e(err);
+  std::stringstream ss;
+  ss << e.rdbuf();
+  r.err = ss.str();
+  return r;
 }
 
 }  // namespace nibble::test

@@ -41,4 +41,14 @@ Tensor random_normal(const Shape& shape, DType dtype, std::mt19937_64& rng, floa
 std::vector<uint8_t> read_file(const std::filesystem::path& p);
 void write_file(const std::filesystem::path& p, const std::vector<uint8_t>& bytes);
 
+// A shell command's exit code (-1 when it did not exit normally), stdout and stderr.
+struct CommandResult {
+  int rc = -1;
+  std::string out, err;
+};
+// Runs `cmd` through the shell with `input` on stdin, capturing stdout and stderr.
+CommandResult run_command(const std::string& cmd, const std::string& input = "");
+// s in single quotes for the shell ('\'' for each quote inside).
+std::string shell_quote(const std::string& s);
+
 }  // namespace nibble::test

@@ -10,7 +10,7 @@
 
 #include "nibble/error.h"
 #include "tokenizer/tok_internal.h"
-#include "tokenizer/vocab.h"
+#include "tokenizer/vocab_model.h"
 
 namespace nibble::tok {
 namespace {
@@ -65,7 +65,7 @@ class MergeMap {
   int shift_ = 60;
 };
 
-class Bpe : public Model {
+class Bpe : public VocabModel {
  public:
   Bpe(const Json& j, const Where& w) {
     const Json& v = field(j, "vocab", w);
@@ -151,12 +151,6 @@ class Bpe : public Model {
     }
   }
 
-  std::optional<int64_t> token_to_id(std::string_view t) const override {
-    if (const int64_t* id = vocab_.find(t)) return *id;
-    return std::nullopt;
-  }
-  const std::string* id_to_token(int64_t id) const override { return vocab_.token(id); }
-  int64_t vocab_size() const override { return vocab_.size(); }
 
  private:
   static constexpr size_t kCacheCapacity = 1 << 16;
@@ -264,7 +258,6 @@ class Bpe : public Model {
     return out;
   }
 
-  Vocab vocab_;
   MergeMap merges_;  // (a, b) -> (rank, merged id)
   std::string unk_, prefix_, suffix_;
   bool has_unk_ = false, has_prefix_ = false, has_suffix_ = false;

@@ -7,7 +7,7 @@
 
 #include "nibble/error.h"
 #include "tokenizer/tok_internal.h"
-#include "tokenizer/vocab.h"
+#include "tokenizer/vocab_model.h"
 
 namespace nibble::tok {
 
@@ -26,7 +26,7 @@ void read_object_vocab(const Json& j, const Where& w, Vocab& vocab) {
 }
 
 // Greedy longest-match-first from the left; a word that cannot be covered becomes one unk.
-class WordPiece : public Model {
+class WordPiece : public VocabModel {
  public:
   WordPiece(const Json& j, const Where& w) {
     read_object_vocab(j, w, vocab_);
@@ -66,26 +66,16 @@ class WordPiece : public Model {
     if (bad) {
       ids.resize(mark_ids);
       tokens.resize(mark_ids);
-      const int64_t* uid = vocab_.find(unk_);
-      if (!uid) throw FormatError("tokenizer.json: model.unk_token '" + unk_ + "' is not in the vocab");
-      ids.push_back(*uid);
-      tokens.push_back(unk_);
+      push_unk(unk_, ids, tokens);
     }
   }
-  std::optional<int64_t> token_to_id(std::string_view t) const override {
-    if (const int64_t* id = vocab_.find(t)) return *id;
-    return std::nullopt;
-  }
-  const std::string* id_to_token(int64_t id) const override { return vocab_.token(id); }
-  int64_t vocab_size() const override { return vocab_.size(); }
 
  private:
-  Vocab vocab_;
   std::string unk_, prefix_;
   size_t max_chars_ = 100;
 };
 
-class WordLevel : public Model {
+class WordLevel : public VocabModel {
  public:
   WordLevel(const Json& j, const Where& w) {
     read_object_vocab(j, w, vocab_);
@@ -98,27 +88,17 @@ class WordLevel : public Model {
       tokens.push_back(std::string(word));
       return;
     }
-    const int64_t* uid = vocab_.find(unk_);
-    if (!uid) throw FormatError("tokenizer.json: model.unk_token '" + unk_ + "' is not in the vocab");
-    ids.push_back(*uid);
-    tokens.push_back(unk_);
+    push_unk(unk_, ids, tokens);
   }
-  std::optional<int64_t> token_to_id(std::string_view t) const override {
-    if (const int64_t* id = vocab_.find(t)) return *id;
-    return std::nullopt;
-  }
-  const std::string* id_to_token(int64_t id) const override { return vocab_.token(id); }
-  int64_t vocab_size() const override { return vocab_.size(); }
 
  private:
-  Vocab vocab_;
   std::string unk_;
 };
 
 // Viterbi over all vocab pieces that start at each char boundary; a char no piece covers
 // becomes unk with score min_score - 10; consecutive unks fuse; unknown pieces may fall back
 // to <0xXX> byte tokens.
-class Unigram : public Model {
+class Unigram : public VocabModel {
  public:
   Unigram(const Json& j, const Where& w) {
     const Json& v = field(j, "vocab", w);
@@ -173,11 +153,6 @@ class Unigram : public Model {
       tokens.push_back(piece);  // HF keeps the text of an unknown piece as its token string
     }
   }
-  std::optional<int64_t> token_to_id(std::string_view t) const override {
-    if (const int64_t* id = vocab_.find(t)) return *id;
-    return std::nullopt;
-  }
-  const std::string* id_to_token(int64_t id) const override { return vocab_.token(id); }
   int64_t vocab_size() const override { return int64_t(scores_.size()); }
 
  private:
@@ -236,7 +211,6 @@ class Unigram : public Model {
     return out;
   }
 
-  Vocab vocab_;
   std::vector<double> scores_;
   double min_score_ = std::numeric_limits<double>::infinity();
   size_t max_len_ = 0;

@@ -22,11 +22,7 @@ using namespace nibble;
 
 namespace {
 
-std::vector<int64_t> row(const Tensor& t, int64_t r, int64_t n) {
-  std::vector<int64_t> v;
-  for (int64_t i = 0; i < n; ++i) v.push_back(t.data<int64_t>()[r * t.size(1) + i]);
-  return v;
-}
+using test::row;
 
 const nlohmann::json& tinystories_ref() {
   static const nlohmann::json j = [] {

@@ -67,6 +67,12 @@ void write_file(const fs::path& p, const std::vector<uint8_t>& bytes) {
   if (!f) throw IoError("cannot write " + p.string());
 }
 
+std::vector<int64_t> row(const Tensor& t, int64_t r, int64_t n) {
+  std::vector<int64_t> v;
+  for (int64_t i = 0; i < n; ++i) v.push_back(t.data<int64_t>()[r * t.size(1) + i]);
+  return v;
+}
+
 std::string shell_quote(const std::string& s) {
   std::string q = "'";
   for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);

@@ -41,6 +41,9 @@ Tensor random_normal(const Shape& shape, DType dtype, std::mt19937_64& rng, floa
 std::vector<uint8_t> read_file(const std::filesystem::path& p);
 void write_file(const std::filesystem::path& p, const std::vector<uint8_t>& bytes);
 
+// The first n values of row r of an int64 tensor [rows, cols] (fixture input_ids, greedy ids).
+std::vector<int64_t> row(const Tensor& t, int64_t r, int64_t n);
+
 // A shell command's exit code (-1 when it did not exit normally), stdout and stderr.
 struct CommandResult {
   int rc = -1;

@@ -1,11 +1,32 @@
-// valid_utf8: the well-formedness rule Rust's str enforces (and so the safetensors library on
+// append_utf8: one code point as UTF-8. valid_utf8: the well-formedness rule Rust's str enforces (and so the safetensors library on
 // header text): no overlong forms, no surrogates, nothing above U+10FFFF, no truncated tails.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 namespace nibble::io {
+
+// Appends code point c (at most U+10FFFF) as UTF-8.
+inline void append_utf8(std::string& out, char32_t c) {
+  if (c < 0x80) {
+    out += char(c);
+  } else if (c < 0x800) {
+    out += char(0xc0 | (c >> 6));
+    out += char(0x80 | (c & 0x3f));
+  } else if (c < 0x10000) {
+    out += char(0xe0 | (c >> 12));
+    out += char(0x80 | ((c >> 6) & 0x3f));
+    out += char(0x80 | (c & 0x3f));
+  } else {
+    out += char(0xf0 | (c >> 18));
+    out += char(0x80 | ((c >> 12) & 0x3f));
+    out += char(0x80 | ((c >> 6) & 0x3f));
+    out += char(0x80 | (c & 0x3f));
+  }
+}
+
 
 inline bool valid_utf8(const char* text, size_t n) {
   const auto* s = reinterpret_cast<const uint8_t*>(text);

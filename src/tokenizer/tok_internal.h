@@ -12,6 +12,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "io/utf8.h"
+
 namespace nibble::tok {
 
 using Json = nlohmann::json;
@@ -44,7 +46,7 @@ struct Piece {
 // ---- Unicode helpers (ICU) ----
 // Decodes one code point at s[i] (valid UTF-8 assumed); returns it and advances i.
 char32_t next_cp(std::string_view s, size_t& i);
-void append_utf8(std::string& out, char32_t c);
+using io::append_utf8;
 size_t utf8_len(unsigned char lead);
 bool is_whitespace(char32_t c);        // Rust char::is_whitespace (White_Space)
 bool is_alphanumeric(char32_t c);      // Rust char::is_alphanumeric

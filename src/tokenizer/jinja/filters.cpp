@@ -12,10 +12,7 @@ namespace nibble::jinja {
 namespace {
 
 const Value* arg(CallArgs& a, size_t pos, const char* name) {
-  if (pos < a.args.size()) return &a.args[pos];
-  for (auto& [k, v] : a.kwargs)
-    if (k == name) return &v;
-  return nullptr;
+  return call_arg(a, pos, name);
 }
 
 bool arg_bool(CallArgs& a, size_t pos, const char* name, bool def) {

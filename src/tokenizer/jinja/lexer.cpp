@@ -9,6 +9,7 @@
 
 #include <cctype>
 
+#include "io/utf8.h"
 #include "nibble/error.h"
 
 namespace nibble::jinja {
@@ -29,23 +30,6 @@ int count_lines(const std::string& s, size_t a, size_t b) {
   return n;
 }
 
-void append_utf8(std::string& out, uint32_t cp) {
-  if (cp < 0x80) {
-    out += static_cast<char>(cp);
-  } else if (cp < 0x800) {
-    out += static_cast<char>(0xc0 | (cp >> 6));
-    out += static_cast<char>(0x80 | (cp & 0x3f));
-  } else if (cp < 0x10000) {
-    out += static_cast<char>(0xe0 | (cp >> 12));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3f));
-    out += static_cast<char>(0x80 | (cp & 0x3f));
-  } else {
-    out += static_cast<char>(0xf0 | (cp >> 18));
-    out += static_cast<char>(0x80 | ((cp >> 12) & 0x3f));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3f));
-    out += static_cast<char>(0x80 | (cp & 0x3f));
-  }
-}
 
 // jinja2 decodes string literals with Python's unicode-escape: known escapes are replaced,
 // unknown ones (e.g. "\d") keep their backslash.
@@ -66,7 +50,7 @@ std::string unescape(const std::string& raw, int line) {
         char h = raw[++k];
         cp = cp * 16 + (std::isdigit(static_cast<unsigned char>(h)) ? h - '0' : (std::tolower(h) - 'a' + 10));
       }
-      append_utf8(out, cp);
+      io::append_utf8(out, char32_t(cp));
     };
     switch (n) {
       case 'n':
@@ -118,7 +102,7 @@ std::string unescape(const std::string& raw, int line) {
           uint32_t cp = n - '0';
           for (int d = 0; d < 2 && k + 1 < raw.size() && raw[k + 1] >= '0' && raw[k + 1] <= '7'; ++d)
             cp = cp * 8 + (raw[++k] - '0');
-          append_utf8(out, cp);
+          io::append_utf8(out, char32_t(cp));
         } else {
           out += '\\';
           out += n;

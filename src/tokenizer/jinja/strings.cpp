@@ -5,6 +5,8 @@
 
 #include <algorithm>
 
+#include "io/utf8.h"
+
 namespace nibble::jinja {
 
 std::u32string utf8_decode(const std::string& s) {
@@ -23,23 +25,7 @@ std::u32string utf8_decode(const std::string& s) {
 
 std::string utf8_encode(const std::u32string& s) {
   std::string out;
-  for (char32_t cp : s) {
-    if (cp < 0x80) {
-      out += static_cast<char>(cp);
-    } else if (cp < 0x800) {
-      out += static_cast<char>(0xc0 | (cp >> 6));
-      out += static_cast<char>(0x80 | (cp & 0x3f));
-    } else if (cp < 0x10000) {
-      out += static_cast<char>(0xe0 | (cp >> 12));
-      out += static_cast<char>(0x80 | ((cp >> 6) & 0x3f));
-      out += static_cast<char>(0x80 | (cp & 0x3f));
-    } else {
-      out += static_cast<char>(0xf0 | (cp >> 18));
-      out += static_cast<char>(0x80 | ((cp >> 12) & 0x3f));
-      out += static_cast<char>(0x80 | ((cp >> 6) & 0x3f));
-      out += static_cast<char>(0x80 | (cp & 0x3f));
-    }
-  }
+  for (char32_t cp : s) io::append_utf8(out, cp);
   return out;
 }
 

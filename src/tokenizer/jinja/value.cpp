@@ -104,6 +104,13 @@ bool truthy(const Value& v) {
   return false;
 }
 
+const Value* call_arg(CallArgs& a, size_t pos, const char* name) {
+  if (pos < a.args.size()) return &a.args[pos];
+  for (auto& [k, v] : a.kwargs)
+    if (k == name) return &v;
+  return nullptr;
+}
+
 std::string float_repr(double x) {
   if (std::isnan(x)) return "nan";
   if (std::isinf(x)) return x > 0 ? "inf" : "-inf";

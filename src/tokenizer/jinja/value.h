@@ -35,6 +35,8 @@ struct CallArgs {
   std::vector<std::pair<std::string, Value>> kwargs;
 };
 using Function = std::function<Value(CallArgs&)>;
+// Argument `pos` of a call, or the keyword argument `name`; null when neither was given.
+const Value* call_arg(CallArgs& a, size_t pos, const char* name);
 
 enum class Kind { Undefined, None, Bool, Int, Float, String, Array, Map, Callable };
 

@@ -7,14 +7,13 @@
 
 #include <cstdint>
 #include <filesystem>
-#include <fstream>
 #include <optional>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "io/read_file.h"
 #include "nibble/error.h"
 
 namespace nibble::models {
@@ -129,13 +128,9 @@ class JsonFields {
 
 // The JSON object in a file: IoError when it cannot be read, FormatError when it is not JSON.
 inline nlohmann::json read_json_file(const std::filesystem::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  if (!in) throw IoError("cannot read " + p.string());
-  std::stringstream ss;
-  ss << in.rdbuf();
-  if (in.bad()) throw IoError("cannot read " + p.string());
+  const std::string text = io::read_text_file(p);
   try {
-    return nlohmann::json::parse(ss.str());
+    return nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& e) {
     throw FormatError(p.string() + ": not valid JSON (" + e.what() + ")");
   }

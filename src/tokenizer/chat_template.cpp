@@ -6,9 +6,7 @@
 // The template is parsed once at load, so syntax errors surface at from_pretrained.
 #include "nibble/chat_template.h"
 
-#include <fstream>
-#include <sstream>
-
+#include "io/read_file.h"
 #include "nibble/error.h"
 #include "tokenizer/jinja/interpreter.h"
 #include "tokenizer/jinja/lexer.h"
@@ -33,17 +31,9 @@ struct ChatTemplate::Impl {
 
 namespace {
 
-std::string read_text(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  if (!f) throw IoError(detail::str("cannot open ", p.string()));
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
 nlohmann::ordered_json read_json(const fs::path& p) {
   try {
-    return nlohmann::ordered_json::parse(read_text(p));
+    return nlohmann::ordered_json::parse(io::read_text_file(p));
   } catch (const nlohmann::json::exception& e) {
     throw FormatError(detail::str(p.string(), ": invalid JSON: ", e.what()));
   }
@@ -98,7 +88,7 @@ ChatTemplate ChatTemplate::from_pretrained(const fs::path& dir) {
   if (fs::exists(config_path)) config = read_json(config_path);
 
   if (fs::exists(jinja_path)) {
-    im.source = read_text(jinja_path);
+    im.source = io::read_text_file(jinja_path);
     im.origin = jinja_path.string();
   } else if (config.contains("chat_template") && config["chat_template"].is_string()) {
     im.source = config["chat_template"].get<std::string>();

@@ -5,10 +5,9 @@
 
 #include <algorithm>
 #include <charconv>
-#include <fstream>
 #include <set>
-#include <sstream>
 
+#include "io/read_file.h"
 #include "nibble/error.h"
 #include "tokenizer/added_vocab.h"
 #include "tokenizer/tok_internal.h"
@@ -34,12 +33,9 @@ struct Tokenizer::Impl {
 namespace {
 
 Json read_json(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  if (!f) throw IoError("cannot open " + p.string());
-  std::stringstream ss;
-  ss << f.rdbuf();
+  const std::string text = io::read_text_file(p);
   try {
-    return Json::parse(ss.str());
+    return Json::parse(text);
   } catch (const Json::parse_error& e) {
     throw FormatError(p.filename().string() + ": malformed JSON (" + e.what() + ")");
   }

@@ -17,6 +17,7 @@
 #include "nibble/generate.h"
 #include "nibble/model.h"
 #include "nibble/tokenizer.h"
+#include "cli_run.h"
 #include "test_support.h"
 
 namespace fs = std::filesystem;
@@ -24,15 +25,8 @@ using namespace nibble;
 
 namespace {
 
-using CliRun = test::CommandResult;
-using test::shell_quote;
-
-// Runs the CLI with these arguments (stdin from `input`).
-CliRun run_cli(const std::vector<std::string>& args, const std::string& input = "") {
-  std::string cmd = shell_quote(NIBBLE_CLI);
-  for (const auto& a : args) cmd += " " + shell_quote(a);
-  return test::run_command(cmd, input);
-}
+using test::CliRun;
+using test::run_cli;
 
 const nlohmann::json& reference() {
   static const nlohmann::json j = [] {

@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "nibble/tokenizer.h"
+#include "cli_run.h"
 #include "test_support.h"
 
 namespace fs = std::filesystem;
@@ -19,16 +20,9 @@ using namespace nibble;
 
 namespace {
 
-using CliRun = test::CommandResult;
-
-// Runs `nibble args` (a shell-quoted argument string).
-CliRun nibble_cli(const std::string& args) {
-  return test::run_command(std::string(NIBBLE_CLI) + " " + args);
-}
-
-std::string q(const fs::path& p) {
-  return test::shell_quote(p.string());
-}
+using test::CliRun;
+using test::nibble_cli;
+using test::q;
 
 const nlohmann::json* find_check(const nlohmann::json& j, const std::string& name) {
   for (const auto& c : j.at("checks"))

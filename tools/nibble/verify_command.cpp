@@ -3,7 +3,8 @@
 // flags), runs nibble::verify and prints the table (or one JSON object). Exit 0 when every
 // check passes, 1 when one fails; errors exit 2 through main.
 #include <cstdio>
-#include <fstream>
+#include <filesystem>
+#include <optional>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
@@ -11,8 +12,8 @@
 #include "commands.h"
 #include "nibble/error.h"
 #include "nibble/model.h"
+#include "nibble/tokenizer.h"
 #include "nibble/verify.h"
-#include "text_codec.h"
 
 namespace nibble::cli {
 
@@ -44,12 +45,11 @@ void add_verify_command(CLI::App& app, VerifyArgs& a) {
 
 namespace {
 
-std::string read_text(const std::string& path, const char* flag) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) throw IoError(str(flag, ": cannot read ", path));
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
+// The tokenizer of the first of dirs holding a tokenizer.json (the model, else its reference).
+std::optional<Tokenizer> find_tokenizer(const std::vector<std::string>& dirs) {
+  for (const auto& d : dirs)
+    if (!d.empty() && std::filesystem::exists(std::filesystem::path(d) / "tokenizer.json")) return load_tokenizer(d);
+  return std::nullopt;
 }
 
 std::vector<int64_t> parse_ids(const std::string& s) {
@@ -86,22 +86,21 @@ int run_verify(const VerifyArgs& a) {
 
   const bool needs_text =
       !a.prompt.empty() || !a.text_file.empty() || (!a.expected_outputs.empty() && a.prompt_ids.empty());
-  std::optional<TextCodec> codec;
-  if (needs_text || a.prompt_ids.empty()) codec = load_text_codec({a.model, a.reference});
-  if (needs_text && !codec)
+  std::optional<Tokenizer> tok;
+  if (needs_text || a.prompt_ids.empty()) tok = find_tokenizer({a.model, a.reference});
+  if (needs_text && !tok)
     throw ConfigError(
         str(a.model,
             ": no tokenizer.json for --prompt / --text-file / --expected-outputs (give --prompt-ids and "
             "expected outputs as space-separated ids)"));
   if (!a.prompt_ids.empty()) {
     o.prompt_ids = parse_ids(a.prompt_ids);
-  } else if (codec) {
-    o.prompt_ids =
-        codec->encode(a.prompt.empty() ? "Hello my name is" : a.prompt);  // transformers' bnb tests' prompt
+  } else if (tok) {
+    o.prompt_ids = tok->encode(a.prompt.empty() ? "Hello my name is" : a.prompt).ids;  // transformers' bnb tests' prompt
   }
-  if (codec && a.prompt_ids.empty()) o.decode = codec->decode;
+  if (tok && a.prompt_ids.empty()) o.decode = [&tok](const std::vector<int64_t>& ids) { return tok->decode_text(ids); };
   if (!a.expected_outputs.empty()) {
-    std::istringstream lines(read_text(a.expected_outputs, "--expected-outputs"));
+    std::istringstream lines(read_text_file(a.expected_outputs));
     std::string line;
     while (std::getline(lines, line)) {
       if (!line.empty() && line.back() == '\r') line.pop_back();
@@ -110,7 +109,7 @@ int run_verify(const VerifyArgs& a) {
     if (o.expected_outputs.empty())
       throw ConfigError(str("--expected-outputs: ", a.expected_outputs, " holds no outputs"));
   }
-  if (!a.text_file.empty()) o.text_ids = codec->encode(read_text(a.text_file, "--text-file"));
+  if (!a.text_file.empty()) o.text_ids = tok->encode(read_text_file(a.text_file)).ids;
 
   VerifyReport r = verify(model, o);
   if (a.json)

@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "nibble/bnb_config.h"
+
 namespace nibble::models {
 
 enum class NormKind { RMS, Layer };
@@ -55,6 +57,13 @@ struct ArchSpec {
   std::string default_act;                    // when config has no hidden_act
   std::vector<std::string> keep_in_fp32;      // transformers' _keep_in_fp32_modules
 };
+
+// Why transformers leaves Linear `module` unquantized under qc ("" when it quantizes it):
+// "keep-in-fp32", "user list" (llm_int8_skip_modules, which replaces the default), or
+// "output head" / "output head, tied". A module matches a key when its name equals it or
+// contains key + "." (FORMATS.md §4). The loader and the verification both ask this.
+std::string unquantized_reason(const ArchSpec& spec, const BitsAndBytesConfig& qc, const std::string& module,
+                               bool tied_head);
 
 // The spec for an `architectures` name; ConfigError listing the supported ones otherwise.
 const ArchSpec& arch_spec(const std::string& architecture);

@@ -179,4 +179,23 @@ const ArchSpec& arch_spec(const std::string& architecture) {
   throw ConfigError(detail::str("unsupported architecture '", architecture, "' (supported: ", list, ")"));
 }
 
+namespace {
+bool matches_module(const std::string& module, const std::string& key) {
+  return module == key || module.find(key + ".") != std::string::npos;
+}
+}  // namespace
+
+std::string unquantized_reason(const ArchSpec& spec, const BitsAndBytesConfig& qc, const std::string& module,
+                               bool tied_head) {
+  for (const auto& k : spec.keep_in_fp32)
+    if (matches_module(module, k)) return "keep-in-fp32";
+  if (qc.llm_int8_skip_modules) {
+    for (const auto& k : *qc.llm_int8_skip_modules)
+      if (matches_module(module, k)) return "user list";
+    return "";
+  }
+  if (matches_module(module, spec.lm_head)) return tied_head ? "output head, tied" : "output head";
+  return "";
+}
+
 }  // namespace nibble::models

@@ -21,10 +21,6 @@ using detail::str;
 
 namespace {
 
-bool matches_module(const std::string& module, const std::string& key) {
-  return module == key || module.find(key + ".") != std::string::npos;
-}
-
 ops::Activation activation_for(const std::string& name, const std::string& where) {
   if (name == "silu" || name == "swish") return ops::Activation::SiLU;
   if (name == "gelu") return ops::Activation::GeluErf;
@@ -62,7 +58,6 @@ struct Loader {
   const models::ArchSpec& spec;
   bool quantize_on_load = false;  // quantize fp weights as they are read
   DType compute_dtype = DType::F32;
-  std::vector<std::string> skip = {};    // modules never quantized
   std::set<std::string>* used = nullptr;  // tensor names consumed (to report leftovers)
 
   Tensor take(const std::string& name) {
@@ -91,9 +86,7 @@ struct Loader {
   }
 
   bool skipped(const std::string& module) const {
-    for (const auto& k : skip)
-      if (matches_module(module, k)) return true;
-    return false;
+    return m.qc && !models::unquantized_reason(spec, *m.qc, module, false).empty();
   }
 
   // module: tensor prefix in the file; module_name: transformers' module path when it differs.
@@ -227,9 +220,6 @@ CausalLM load(const std::filesystem::path& dir, const LoadOptions& opts) {
   L.used = &used;
   L.quantize_on_load = m.qc.has_value() && !prequantized;
   L.compute_dtype = m.qc ? m.qc->compute_dtype() : DType::F32;
-  if (m.qc && m.qc->llm_int8_skip_modules) L.skip = *m.qc->llm_int8_skip_modules;
-  else L.skip = {spec.lm_head};
-  for (const auto& k : spec.keep_in_fp32) L.skip.push_back(k);
 
   const int64_t C = c.hidden_size, V = c.vocab_size;
   m.n_heads = c.num_attention_heads;

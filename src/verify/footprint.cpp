@@ -12,25 +12,6 @@ namespace nibble {
 
 namespace verify_detail {
 
-namespace {
-bool matches_module(const std::string& module, const std::string& key) {
-  return module == key || module.find(key + ".") != std::string::npos;
-}
-}  // namespace
-
-std::string skip_reason(const models::ArchSpec& spec, const BitsAndBytesConfig& qc, const std::string& module,
-                        bool tied_head) {
-  for (const auto& k : spec.keep_in_fp32)
-    if (matches_module(module, k)) return "keep-in-fp32";
-  if (qc.llm_int8_skip_modules) {
-    for (const auto& k : *qc.llm_int8_skip_modules)
-      if (matches_module(module, k)) return "user list";
-    return "";
-  }
-  if (matches_module(module, spec.lm_head)) return tied_head ? "output head, tied" : "output head";
-  return "";
-}
-
 std::vector<LinearShape> linear_shapes(const ModelConfig& c, const models::ArchSpec& spec) {
   const int64_t C = c.hidden_size, F = c.intermediate_size, D = c.head_dim;
   const int64_t Hq = c.num_attention_heads, Hkv = c.num_key_value_heads;
@@ -100,7 +81,7 @@ FootprintReport footprint_from_config(const ModelConfig& c, const std::optional<
     const bool is_head = l.name == spec.lm_head;
     if (is_head && c.tie_word_embeddings) continue;  // the embedding's parameter, counted once
     r.params_total += n + nb;
-    std::string why = qc ? verify_detail::skip_reason(spec, *qc, l.name, c.tie_word_embeddings) : "skip";
+    std::string why = qc ? models::unquantized_reason(spec, *qc, l.name, c.tie_word_embeddings) : "skip";
     if (!why.empty()) {
       int64_t eb = why == "keep-in-fp32" ? 4 : pb;
       bytes += (n + nb) * eb;

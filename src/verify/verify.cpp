@@ -126,7 +126,7 @@ struct Verifier {
   }
 
   std::string expected_skip(const std::string& name) const {
-    return m.qc ? verify_detail::skip_reason(*m.spec, *m.qc, name, m.tied_head) : "";
+    return m.qc ? models::unquantized_reason(*m.spec, *m.qc, name, m.tied_head) : "";
   }
 
   void layer_list() {

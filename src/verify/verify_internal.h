@@ -1,6 +1,5 @@
-// Pieces of the verification shared by its source files: transformers' rule for which Linear
-// modules stay unquantized (with the reason), and the module walk of an architecture spec
-// that the config-only footprint arithmetic counts.
+// Pieces of the verification shared by its source files: torch's dtype names and the module
+// walk of an architecture spec that the config-only footprint arithmetic counts.
 #pragma once
 
 #include <optional>
@@ -18,12 +17,6 @@ namespace nibble::verify_detail {
 inline const char* torch_dtype_name(DType t) {
   return traits(t).torch;
 }
-
-// Why transformers leaves `module` unquantized under qc ("" when it quantizes it):
-// "user list" (llm_int8_skip_modules), "output head" / "output head, tied", "keep-in-fp32".
-// A module matches a key when its name equals it or contains key + "." (FORMATS.md §4).
-std::string skip_reason(const models::ArchSpec& spec, const BitsAndBytesConfig& qc, const std::string& module,
-                        bool tied_head);
 
 // One Linear of the architecture a config describes.
 struct LinearShape {

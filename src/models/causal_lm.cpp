@@ -277,9 +277,7 @@ double CausalLM::mean_nll(const std::vector<int64_t>& ids) const {
   double total = 0;
   for (size_t t = 0; t + 1 < ids.size(); ++t) {
     const float* row = logits.data<float>() + int64_t(t) * V;
-    double mx = *std::max_element(row, row + V), sum = 0;
-    for (int64_t j = 0; j < V; ++j) sum += std::exp(double(row[j]) - mx);
-    total += (mx + std::log(sum)) - double(row[ids[t + 1]]);
+    total += ops::log_sum_exp(row, V) - double(row[ids[t + 1]]);
   }
   return total / double(ids.size() - 1);
 }

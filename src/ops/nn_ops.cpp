@@ -3,6 +3,7 @@
 // gets UnsupportedError naming the op and the pair.
 #include "ops/nn_ops.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "backends/cpu/linear_cpu.h"
@@ -263,6 +264,13 @@ Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, con
   Tensor out = Tensor::empty({a.T, a.Hq, a.Dv}, DType::F32);
   cpu::attention(q.data<float>(), k.data<float>(), v.data<float>(), a, out.data<float>());
   return out;
+}
+
+double log_sum_exp(const float* row, int64_t n) {
+  const double mx = *std::max_element(row, row + n);
+  double sum = 0;
+  for (int64_t j = 0; j < n; ++j) sum += std::exp(double(row[j]) - mx);
+  return mx + std::log(sum);
 }
 
 }  // namespace nibble::ops

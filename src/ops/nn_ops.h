@@ -66,4 +66,8 @@ struct AttentionOptions {
 // query i sits at position q_offset + i and sees keys j <= q_offset + i. Out [T, Hq, Dv].
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& opts);
 
+// log(sum(exp(row))) of one logits row, in double with the max subtracted first — the
+// normalizer behind perplexity, KL and log-probabilities (host data, no dispatch).
+double log_sum_exp(const float* row, int64_t n);
+
 }  // namespace nibble::ops

@@ -462,9 +462,7 @@ struct Verifier {
     const int64_t V = m.config.vocab_size;
     std::vector<double> lq(size_t(V), 0.0), lp(size_t(V), 0.0);
     auto log_softmax = [&](const float* row, std::vector<double>& out) {
-      double mx = *std::max_element(row, row + V), s = 0;
-      for (int64_t j = 0; j < V; ++j) s += std::exp(double(row[j]) - mx);
-      double lse = mx + std::log(s);
+      const double lse = ops::log_sum_exp(row, V);
       for (int64_t j = 0; j < V; ++j) out[size_t(j)] = double(row[j]) - lse;
     };
     for (size_t start = 0; start < ids.size(); start += size_t(chunk)) {

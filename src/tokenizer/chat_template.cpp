@@ -8,6 +8,7 @@
 
 #include "io/read_file.h"
 #include "nibble/error.h"
+#include "tokenizer/tok_internal.h"
 #include "tokenizer/jinja/interpreter.h"
 #include "tokenizer/jinja/lexer.h"
 #include "tokenizer/jinja/parser.h"
@@ -37,19 +38,6 @@ nlohmann::ordered_json read_json(const fs::path& p) {
   } catch (const nlohmann::json::exception& e) {
     throw FormatError(detail::str(p.string(), ": invalid JSON: ", e.what()));
   }
-}
-
-// A special token value: a string, or an AddedToken dict whose content is the string.
-bool token_string(const nlohmann::ordered_json& v, std::string& out) {
-  if (v.is_string()) {
-    out = v.get<std::string>();
-    return true;
-  }
-  if (v.is_object() && v.contains("content") && v["content"].is_string()) {
-    out = v["content"].get<std::string>();
-    return true;
-  }
-  return false;
 }
 
 void set_special(std::vector<std::pair<std::string, Value>>& special, const std::string& key,
@@ -119,23 +107,19 @@ ChatTemplate ChatTemplate::from_pretrained(const fs::path& dir) {
   // is only read by the legacy path (no added_tokens_decoder in the config), where it overrides.
   for (auto it = config.begin(); it != config.end(); ++it) {
     const std::string& key = it.key();
-    std::string val;
-    if (key.size() > 6 && key.compare(key.size() - 6, 6, "_token") == 0 && token_string(it.value(), val))
-      set_special(im.special, key, val);
+    if (key.size() > 6 && key.compare(key.size() - 6, 6, "_token") == 0)
+      if (auto val = tok::special_token_text(it.value())) set_special(im.special, key, *val);
   }
   if (config.contains("extra_special_tokens") && config["extra_special_tokens"].is_object())
     for (auto it = config["extra_special_tokens"].begin(); it != config["extra_special_tokens"].end(); ++it) {
-      std::string val;
-      if (token_string(it.value(), val)) set_special(im.special, it.key(), val);
+      if (auto val = tok::special_token_text(it.value())) set_special(im.special, it.key(), *val);
     }
   const fs::path map_path = dir / "special_tokens_map.json";
   if (!config.contains("added_tokens_decoder") && fs::exists(map_path)) {
     nlohmann::ordered_json map = read_json(map_path);
     for (auto it = map.begin(); it != map.end(); ++it) {
-      std::string val;
-      if (it.key().size() > 6 && it.key().compare(it.key().size() - 6, 6, "_token") == 0 &&
-          token_string(it.value(), val))
-        set_special(im.special, it.key(), val);
+      if (it.key().size() > 6 && it.key().compare(it.key().size() - 6, 6, "_token") == 0)
+        if (auto val = tok::special_token_text(it.value())) set_special(im.special, it.key(), *val);
     }
   }
 

@@ -43,6 +43,16 @@ struct Piece {
   int64_t added_id = -1;  // >= 0: an added token already, left alone by later stages
 };
 
+// A special token as tokenizer_config.json / special_tokens_map.json write it: a string or an
+// AddedToken dict {"content": ...} (J: nlohmann::json or ordered_json).
+template <class J>
+std::optional<std::string> special_token_text(const J& j) {
+  if (j.is_string()) return j.template get<std::string>();
+  if (j.is_object() && j.contains("content") && j["content"].is_string())
+    return j["content"].template get<std::string>();
+  return std::nullopt;
+}
+
 // ---- Unicode helpers (ICU) ----
 // Decodes one code point at s[i] (valid UTF-8 assumed); returns it and advances i.
 char32_t next_cp(std::string_view s, size_t& i);

@@ -41,15 +41,6 @@ Json read_json(const fs::path& p) {
   }
 }
 
-// A special token as tokenizer_config.json / special_tokens_map.json write it: a string or an
-// AddedToken dict {"content": ...}.
-std::optional<std::string> token_text(const Json& j) {
-  if (j.is_string()) return j.get<std::string>();
-  if (j.is_object() && j.contains("content") && j["content"].is_string())
-    return j["content"].get<std::string>();
-  return std::nullopt;
-}
-
 // tokenizer_config.json's special added_tokens_decoder entries, additional_special_tokens (from
 // special_tokens_map.json when it has them) and the named special tokens, as ids.
 std::vector<int64_t> transformers_special_ids(const Tokenizer& t, const Json& config, const Json& map) {
@@ -68,7 +59,7 @@ std::vector<int64_t> transformers_special_ids(const Tokenizer& t, const Json& co
   const Json& extra = map.contains("additional_special_tokens") ? map : config;
   if (auto it = extra.find("additional_special_tokens"); it != extra.end() && it->is_array())
     for (const auto& j : *it)
-      if (auto s = token_text(j))
+      if (auto s = tok::special_token_text(j))
         if (auto id = t.token_to_id(*s)) ids.insert(*id);
   for (const auto& s : {t.bos_token(), t.eos_token(), t.unk_token(), t.pad_token()})
     if (s)
@@ -128,9 +119,9 @@ Tokenizer Tokenizer::from_pretrained(const fs::path& dir) {
   // transformers lets special_tokens_map.json override tokenizer_config.json.
   auto pick = [&](const char* key) -> std::optional<std::string> {
     if (map.contains(key))
-      if (auto s = token_text(map[key])) return s;
+      if (auto s = tok::special_token_text(map[key])) return s;
     if (m.config.contains(key))
-      if (auto s = token_text(m.config[key])) return s;
+      if (auto s = tok::special_token_text(m.config[key])) return s;
     return std::nullopt;
   };
   m.bos = pick("bos_token");

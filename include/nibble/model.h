@@ -53,6 +53,10 @@ class CausalLM {
   // input_ids [B, T]. Differs from B calls of forward() only for LLM.int8 weights, whose outlier
   // columns bitsandbytes chooses over every row of the batch.
   Tensor forward_batch(const std::vector<std::vector<int64_t>>& batch) const;
+  // One decode step of B independent sequences, each at its own position: tokens[b] is
+  // appended to caches[b] (which may hold different lengths). Logits [B, vocab] (f32). Results
+  // per sequence equal forward({tokens[b]}, caches[b]) (continuous batching in a server).
+  Tensor decode_batch(const std::vector<int64_t>& tokens, const std::vector<KVCache*>& caches) const;
   std::unique_ptr<KVCache> new_cache() const;
   // prompt followed by max_new_tokens greedy tokens (stops early at an eos id when stop_at_eos).
   std::vector<int64_t> generate_greedy(const std::vector<int64_t>& prompt, int64_t max_new_tokens,

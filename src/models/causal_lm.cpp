@@ -252,6 +252,20 @@ Tensor CausalLM::forward_batch(const std::vector<std::vector<int64_t>>& batch) c
   return logits.view({int64_t(batch.size()), int64_t(batch[0].size()), logits.size(1)});
 }
 
+Tensor CausalLM::decode_batch(const std::vector<int64_t>& tokens, const std::vector<KVCache*>& caches) const {
+  if (tokens.size() != caches.size())
+    throw ShapeError(str("decode_batch: ", tokens.size(), " tokens for ", caches.size(), " caches"));
+  if (tokens.empty()) throw ShapeError("decode_batch: empty batch");
+  const int64_t V = impl_->lm_head.lin.out_features();
+  Tensor out = Tensor::empty({int64_t(tokens.size()), V}, DType::F32);
+  for (size_t b = 0; b < tokens.size(); ++b) {
+    if (!caches[b]) throw ShapeError(str("decode_batch: cache ", b, " is null"));
+    Tensor l = impl_->forward({tokens[b]}, *caches[b]);  // [1, V]
+    std::memcpy(out.data<float>() + int64_t(b) * V, l.data_ptr(), size_t(V) * 4);
+  }
+  return out;
+}
+
 std::vector<int64_t> CausalLM::generate_greedy(const std::vector<int64_t>& prompt, int64_t max_new_tokens,
                                                bool stop_at_eos) const {
   std::vector<int64_t> out = prompt;

@@ -108,8 +108,8 @@ int main(int argc, char** argv) {
     const size_t bytes = size_t(1) << 30;
     Buf a(bytes), b(bytes);
     NIBBLE_CUDA_CHECK(cudaMemset(a.p, 1, bytes));
-    const double us = median_us([&] { NIBBLE_CUDA_CHECK(cudaMemcpyAsync(b.p, a.p, bytes, cudaMemcpyDeviceToDevice)); },
-                                20);
+    const double us =
+        median_us([&] { NIBBLE_CUDA_CHECK(cudaMemcpyAsync(b.p, a.p, bytes, cudaMemcpyDeviceToDevice)); }, 20);
     copy_gbs = 2.0 * double(bytes) / us * 1e-3;
     rows.push_back({"copy_d2d", "1GiB", us, copy_gbs, 1.0, true});
   }
@@ -124,7 +124,7 @@ int main(int argc, char** argv) {
     }
     // 4 caches rotated so repeated runs do not all hit L2
     const int nbuf = 4;
-    std::vector<std::unique_ptr<Buf>> dk, dv;
+    std::vector<std::unique_ptr<Buf> > dk, dv;
     for (int i = 0; i < nbuf; ++i) {
       dk.push_back(std::make_unique<Buf>(kb.size())), dv.push_back(std::make_unique<Buf>(vb.size()));
       NIBBLE_CUDA_CHECK(cudaMemcpy(dk.back()->p, kb.data(), kb.size(), cudaMemcpyHostToDevice));
@@ -144,7 +144,8 @@ int main(int argc, char** argv) {
     std::vector<float> got(q.size()), ref(q.size());
     NIBBLE_CUDA_CHECK(cudaMemcpy(got.data(), dout.p, got.size() * 4, cudaMemcpyDeviceToHost));
     cpu::AttentionShape sh;
-    sh.T = T, sh.S = S, sh.Hq = Hq, sh.Hkv = Hkv, sh.D = D, sh.Dv = D, sh.scale = a.scale, sh.q_offset = S - T;
+    sh.T = T, sh.S = S, sh.Hq = Hq, sh.Hkv = Hkv, sh.D = D, sh.Dv = D, sh.scale = a.scale,
+    sh.q_offset = S - T;
     cpu::attention(q.data(), k.data(), v.data(), sh, ref.data());
     double mx = 0, err = 0;
     for (size_t i = 0; i < ref.size(); ++i)
@@ -188,15 +189,16 @@ int main(int argc, char** argv) {
     NIBBLE_CUDA_CHECK(cudaMemcpy(got.data(), dout.p, got.size() * 4, cudaMemcpyDeviceToHost));
     cpu::rms_norm(x.data(), M, C, w.data(), DType::F32, 1e-6f, false, ref.data());
     bool ok = true;
-    for (size_t i = 0; i < ref.size(); ++i) ok = ok && std::fabs(got[i] - ref[i]) <= 1e-5f * (1 + std::fabs(ref[i]));
+    for (size_t i = 0; i < ref.size(); ++i)
+      ok = ok && std::fabs(got[i] - ref[i]) <= 1e-5f * (1 + std::fabs(ref[i]));
     all_ok = all_ok && ok;
     const double us = median_us(run, reps * 4);
     const double bytes = double(2 * x.size() * 4);
     rows.push_back({"rms_norm", "[" + std::to_string(M) + ",4096] f32", us, bytes / us * 1e-3,
                     bytes / us * 1e-3 / copy_gbs, ok});
   }
-  std::printf("%s, %d SMs\n%-14s %-34s %10s %10s %10s %4s\n", prop.name, prop.multiProcessorCount, "op", "shape",
-              "us", "GB/s", "frac copy", "ok");
+  std::printf("%s, %d SMs\n%-14s %-34s %10s %10s %10s %4s\n", prop.name, prop.multiProcessorCount, "op",
+              "shape", "us", "GB/s", "frac copy", "ok");
   for (const auto& r : rows)
     std::printf("%-14s %-34s %10.2f %10.0f %9.1f%% %4s\n", r.op.c_str(), r.shape.c_str(), r.us, r.gbs,
                 100.0 * r.frac_copy, r.ok ? "yes" : "NO");
@@ -209,11 +211,16 @@ int main(int argc, char** argv) {
     j["reps"] = reps;
     j["checked_against_cpu"] = all_ok;
     j["notes"] =
-        "us: median of back-to-back runs (CUDA events); attention GB/s: K+V bytes read / time, 4 caches rotated; "
+        "us: median of back-to-back runs (CUDA events); attention GB/s: K+V bytes read / time, 4 caches "
+        "rotated; "
         "rms_norm GB/s: x read + out written / time; frac_copy: GB/s / copy_gbs (read + written)";
     for (const auto& r : rows)
-      j["rows"].push_back(
-          {{"op", r.op}, {"shape", r.shape}, {"us", r.us}, {"gbs", r.gbs}, {"frac_copy", r.frac_copy}, {"ok", r.ok}});
+      j["rows"].push_back({{"op", r.op},
+                           {"shape", r.shape},
+                           {"us", r.us},
+                           {"gbs", r.gbs},
+                           {"frac_copy", r.frac_copy},
+                           {"ok", r.ok}});
     std::ofstream(json_path) << j.dump(2) << "\n";
   }
   return all_ok ? 0 : 1;

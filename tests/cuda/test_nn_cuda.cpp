@@ -127,7 +127,8 @@ TEST(NnCuda, NormsActivationsElementwise) {
       std::vector<float> g(size_t(rows * F)), u(size_t(rows * F)), gref(size_t(rows * F));
       for (int64_t r = 0; r < rows; ++r)
         for (int64_t f = 0; f < F; ++f)
-          g[size_t(r * F + f)] = gu[size_t(r * 2 * F + f)], u[size_t(r * F + f)] = gu[size_t(r * 2 * F + F + f)];
+          g[size_t(r * F + f)] = gu[size_t(r * 2 * F + f)],
+                           u[size_t(r * F + f)] = gu[size_t(r * 2 * F + F + f)];
       cpu::gated_activation(g.data(), u.data(), rows * F, cpu::Act(a), gref.data());
       Dev dgu(gu.size() * 4), dg(gref.size() * 4);
       up(dgu, gu);
@@ -164,7 +165,8 @@ TEST(NnCuda, EmbeddingCopyRopeArgmaxLse) {
     auto got = down<float>(dout, size_t(R * C));
     for (int64_t r = 0; r < R; ++r)
       for (int64_t c = 0; c < C; ++c)
-        ASSERT_EQ(got[size_t(r * C + c)], tab[size_t((ids[size_t(r)] + off) * C + c)] * 0.5f) << r << "," << c;
+        ASSERT_EQ(got[size_t(r * C + c)], tab[size_t((ids[size_t(r)] + off) * C + c)] * 0.5f)
+            << r << "," << c;
     // copy_rows: strided f32 -> dt
     const int64_t rows = 5, cols = 23, lds = 31, ldd = 29;
     auto src = randn(size_t(rows * lds), rng);
@@ -235,11 +237,12 @@ struct AttnCase {
 };
 
 void check_attention(const AttnCase& c, std::mt19937_64& rng) {
-  SCOPED_TRACE(::testing::Message() << "T " << c.T << " S " << c.S << " Hq " << c.Hq << " Hkv " << c.Hkv << " D "
-                                    << c.D << " off " << c.q_offset << " win " << c.window << " cap " << c.softcap
-                                    << " alibi " << c.alibi << " kv " << dtype_name(c.kv));
+  SCOPED_TRACE(::testing::Message() << "T " << c.T << " S " << c.S << " Hq " << c.Hq << " Hkv " << c.Hkv
+                                    << " D " << c.D << " off " << c.q_offset << " win " << c.window << " cap "
+                                    << c.softcap << " alibi " << c.alibi << " kv " << dtype_name(c.kv));
   const int64_t D = c.D, ldq = c.Hq * D + 3, ldk = c.Hkv * D + 8, ldv = c.Hkv * D + 16;
-  auto q = randn(size_t(c.T * ldq), rng), k = randn(size_t(c.S * ldk), rng), v = randn(size_t(c.S * ldv), rng);
+  auto q = randn(size_t(c.T * ldq), rng), k = randn(size_t(c.S * ldk), rng),
+       v = randn(size_t(c.S * ldv), rng);
   auto kb = encode(k, c.kv), vb = encode(v, c.kv);
   std::vector<float> slopes(size_t(c.Hq));
   for (int64_t h = 0; h < c.Hq; ++h) slopes[size_t(h)] = std::pow(2.0f, -8.0f * float(h + 1) / float(c.Hq));
@@ -252,7 +255,8 @@ void check_attention(const AttnCase& c, std::mt19937_64& rng) {
   }
   cpu::AttentionShape sh;
   sh.T = c.T, sh.S = c.S, sh.Hq = c.Hq, sh.Hkv = c.Hkv, sh.D = D, sh.Dv = D;
-  sh.scale = 1.0f / std::sqrt(float(D)), sh.q_offset = c.q_offset, sh.window = c.window, sh.softcap = c.softcap;
+  sh.scale = 1.0f / std::sqrt(float(D)), sh.q_offset = c.q_offset, sh.window = c.window,
+  sh.softcap = c.softcap;
   sh.alibi = c.alibi ? slopes.data() : nullptr;
   std::vector<float> ref(size_t(c.T * c.Hq * D));
   cpu::attention(qc.data(), kc.data(), vc.data(), sh, ref.data());
@@ -263,7 +267,8 @@ void check_attention(const AttnCase& c, std::mt19937_64& rng) {
   up(dout, poison);
   cuda::Attention a;
   a.T = c.T, a.S = c.S, a.Hq = c.Hq, a.Hkv = c.Hkv, a.D = D, a.Dv = D, a.scale = sh.scale;
-  a.q_offset = c.q_offset, a.window = c.window, a.softcap = c.softcap, a.alibi = c.alibi ? ds.as<float>() : nullptr;
+  a.q_offset = c.q_offset, a.window = c.window, a.softcap = c.softcap,
+  a.alibi = c.alibi ? ds.as<float>() : nullptr;
   a.q = dq.as<float>(), a.ldq = ldq, a.k = dk.p, a.v = dv.p, a.kv_dtype = c.kv, a.ldk = ldk, a.ldv = ldv;
   a.out = dout.as<float>();
   const size_t wb = cuda::attention_workspace_bytes(a);
@@ -281,7 +286,8 @@ TEST(NnCuda, Attention) {
   std::mt19937_64 rng(seed);
   for (DType kv : {DType::F32, DType::BF16, DType::F16}) {
     for (int64_t T : {1, 2, 5, 16, 100, 513})
-      for (int64_t off : {int64_t(0), int64_t(37)}) check_attention({T, T + off, 4, 2, 64, off, 0, 0, false, kv}, rng);
+      for (int64_t off : {int64_t(0), int64_t(37)})
+        check_attention({T, T + off, 4, 2, 64, off, 0, 0, false, kv}, rng);
     for (int64_t D : {64, 80, 96, 128, 256, 40, 200})
       check_attention({3, 300, 8, 2, D, 297, 0, 0, false, kv}, rng);
     check_attention({1, 4999, 8, 1, 128, 4998, 0, 0, false, kv}, rng);  // long decode, many splits

@@ -133,8 +133,8 @@ int n_splits(const Attention& a) {
 
 void check(const Attention& a) {
   if (a.D > 32 * kMaxE || a.Dv > 32 * kMaxE || a.D <= 0 || a.Dv <= 0)
-    throw UnsupportedError(detail::str("cuda::attention: head dims D=", a.D, " Dv=", a.Dv, " (at most ",
-                                       32 * kMaxE, ")"));
+    throw UnsupportedError(
+        detail::str("cuda::attention: head dims D=", a.D, " Dv=", a.Dv, " (at most ", 32 * kMaxE, ")"));
   if (a.Hkv <= 0 || a.Hq % a.Hkv != 0)
     throw ShapeError(detail::str("cuda::attention: Hq=", a.Hq, " is not a multiple of Hkv=", a.Hkv));
 }
@@ -155,10 +155,14 @@ void attention(const Launch& l, const Attention& a) {
   const int ns = n_splits(a);
   const size_t need = attention_workspace_bytes(a);
   if (need > l.workspace_bytes || (need && !l.workspace))
-    throw InternalError(detail::str("cuda::attention: workspace of ", l.workspace_bytes, " bytes, need ", need));
-  Params p{a.T,     a.S,     a.Hq, a.Hkv, a.D,     a.Dv,   a.q_offset, a.window, a.ldq,
-           a.ldk,   a.ldv,   ceil_div(std::max<int64_t>(a.S, 1), ns),   a.scale,  a.softcap,
-           a.alibi, a.q,     a.k,  a.v,   a.out,   static_cast<float*>(l.workspace), ns};
+    throw InternalError(
+        detail::str("cuda::attention: workspace of ", l.workspace_bytes, " bytes, need ", need));
+  Params p{a.T,     a.S,       a.Hq,       a.Hkv,
+           a.D,     a.Dv,      a.q_offset, a.window,
+           a.ldq,   a.ldk,     a.ldv,      ceil_div(std::max<int64_t>(a.S, 1), ns),
+           a.scale, a.softcap, a.alibi,    a.q,
+           a.k,     a.v,       a.out,      static_cast<float*>(l.workspace),
+           ns};
   const dim3 grid(unsigned(ns), unsigned(a.T * a.Hq));
   with_float_dtype("cuda::attention", a.kv_dtype, [&](auto KV) {
     attn_split_kernel<decltype(KV)><<<grid, kWarps * 32, 0, as_stream(l.stream)>>>(p);

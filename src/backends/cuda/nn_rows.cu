@@ -19,8 +19,10 @@ class DeviceScope {  // makes l.device current for one entry point
  public:
   explicit DeviceScope(int dev) {
     NIBBLE_CUDA_CHECK(cudaGetDevice(&prev_));
-    if (prev_ != dev) NIBBLE_CUDA_CHECK(cudaSetDevice(dev));
-    else prev_ = -1;
+    if (prev_ != dev)
+      NIBBLE_CUDA_CHECK(cudaSetDevice(dev));
+    else
+      prev_ = -1;
   }
   ~DeviceScope() {
     if (prev_ >= 0) cudaSetDevice(prev_);
@@ -95,39 +97,45 @@ __device__ __forceinline__ float act_f(float x, Act a) {
 }
 
 __global__ void activate_kernel(float* x, int64_t n, Act a) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
     x[i] = act_f(x[i], a);
 }
 
 __global__ void gated_kernel(const float* gate, int64_t ldg, const float* up, int64_t ldu, int64_t F, Act a,
                              float* out) {
   const int64_t r = blockIdx.y;
-  for (int64_t f = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; f < F; f += int64_t(gridDim.x) * blockDim.x)
+  for (int64_t f = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; f < F;
+       f += int64_t(gridDim.x) * blockDim.x)
     out[r * F + f] = act_f(gate[r * ldg + f], a) * up[r * ldu + f];
 }
 
 __global__ void add_kernel(float* a, const float* b, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
     a[i] += b[i];
 }
 
 __global__ void softcap_kernel(float* x, int64_t n, float cap) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
     x[i] = tanhf(x[i] / cap) * cap;
 }
 
 template <class T>
-__global__ void embedding_kernel(const void* table, int64_t C, const int64_t* ids, int64_t offset, float scale,
-                                 float* out) {
+__global__ void embedding_kernel(const void* table, int64_t C, const int64_t* ids, int64_t offset,
+                                 float scale, float* out) {
   const int64_t r = blockIdx.y, row = ids[r] + offset;
-  for (int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; c < C; c += int64_t(gridDim.x) * blockDim.x)
+  for (int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; c < C;
+       c += int64_t(gridDim.x) * blockDim.x)
     out[r * C + c] = dev::load1<T>(table, row * C + c) * scale;
 }
 
 template <class T>
 __global__ void copy_rows_kernel(const float* src, int64_t lds, int64_t cols, void* dst, int64_t ldd) {
   const int64_t r = blockIdx.y;
-  for (int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; c < cols; c += int64_t(gridDim.x) * blockDim.x) {
+  for (int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; c < cols;
+       c += int64_t(gridDim.x) * blockDim.x) {
     const float v = src[r * lds + c];
     if constexpr (T::kBytes == 4)
       static_cast<float*>(dst)[r * ldd + c] = v;
@@ -173,10 +181,14 @@ __global__ void argmax_kernel(const float* x, int64_t V, int64_t* out) {
       const float mv = bv[threadIdx.x];
       const int64_t mi = bi[threadIdx.x];
       bool take;
-      if (oi == V) take = false;
-      else if (mi == V) take = true;
-      else if (isnan(mv) || isnan(ov)) take = isnan(ov) && (!isnan(mv) || oi < mi);
-      else take = ov > mv || (ov == mv && oi < mi);
+      if (oi == V)
+        take = false;
+      else if (mi == V)
+        take = true;
+      else if (isnan(mv) || isnan(ov))
+        take = isnan(ov) && (!isnan(mv) || oi < mi);
+      else
+        take = ov > mv || (ov == mv && oi < mi);
       if (take) bv[threadIdx.x] = ov, bi[threadIdx.x] = oi;
     }
     __syncthreads();
@@ -214,14 +226,14 @@ void rms_norm(const Launch& l, const float* x, int64_t M, int64_t C, const void*
   NIBBLE_CUDA_CHECK_LAUNCH();
 }
 
-void layer_norm(const Launch& l, const float* x, int64_t M, int64_t C, const void* w, DType wdt, const void* b,
-                DType bdt, float eps, float* out) {
+void layer_norm(const Launch& l, const float* x, int64_t M, int64_t C, const void* w, DType wdt,
+                const void* b, DType bdt, float eps, float* out) {
   if (M == 0 || C == 0) return;
   DeviceScope ds(l.device);
   with_float_dtype("cuda::layer_norm", wdt, [&](auto W) {
     with_float_dtype("cuda::layer_norm", b ? bdt : DType::F32, [&](auto B) {
-      layer_norm_kernel<decltype(W), decltype(B)><<<unsigned(M), kRowThreads, 0, as_stream(l.stream)>>>(
-          x, C, w, b, eps, out);
+      layer_norm_kernel<decltype(W), decltype(B)>
+          <<<unsigned(M), kRowThreads, 0, as_stream(l.stream)>>>(x, C, w, b, eps, out);
     });
   });
   NIBBLE_CUDA_CHECK_LAUNCH();
@@ -238,8 +250,8 @@ void gated_activation(const Launch& l, const float* gate, int64_t ld_gate, const
                       int64_t rows, int64_t F, Act a, float* out) {
   if (rows == 0 || F == 0) return;
   DeviceScope ds(l.device);
-  gated_kernel<<<dim3(grid_for(F), unsigned(rows)), 256, 0, as_stream(l.stream)>>>(gate, ld_gate, up, ld_up, F,
-                                                                                    a, out);
+  gated_kernel<<<dim3(grid_for(F), unsigned(rows)), 256, 0, as_stream(l.stream)>>>(gate, ld_gate, up, ld_up,
+                                                                                   F, a, out);
   NIBBLE_CUDA_CHECK_LAUNCH();
 }
 
@@ -262,8 +274,8 @@ void embedding(const Launch& l, const void* table, DType dt, int64_t C, const in
   if (R == 0 || C == 0) return;
   DeviceScope ds(l.device);
   with_float_dtype("cuda::embedding", dt, [&](auto T) {
-    embedding_kernel<decltype(T)><<<dim3(grid_for(C), unsigned(R)), 256, 0, as_stream(l.stream)>>>(
-        table, C, ids, offset, scale, out);
+    embedding_kernel<decltype(T)>
+        <<<dim3(grid_for(C), unsigned(R)), 256, 0, as_stream(l.stream)>>>(table, C, ids, offset, scale, out);
   });
   NIBBLE_CUDA_CHECK_LAUNCH();
 }

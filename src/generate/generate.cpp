@@ -129,12 +129,13 @@ std::vector<Generation> generate(const CausalLM& model, const std::vector<std::v
     Sequence& s = seqs[i];
     s.ids = prompts[i];
     s.prompt_length = prompts[i].size();
-    s.cache = model.new_cache();
+    // one allocation for the whole generation: prompt + the most tokens it may add
+    s.cache = model.new_cache(int64_t(prompts[i].size()) + std::max<int64_t>(params.back().max_new_tokens, 1));
     std::seed_seq seq{uint32_t(o.seed), uint32_t(o.seed >> 32), uint32_t(i), uint32_t(uint64_t(i) >> 32)};
     s.rng.seed(seq);
   }
   for (size_t i = 0; i < seqs.size(); ++i)
-    copy_last_row(model.forward(seqs[i].ids, seqs[i].cache.get()), seqs[i].last);
+    copy_last_row(model.forward_last(seqs[i].ids, seqs[i].cache.get()), seqs[i].last);
 
   for (bool any = !seqs.empty(); any;) {
     any = false;
@@ -175,7 +176,7 @@ std::vector<Generation> generate(const CausalLM& model, const std::vector<std::v
         continue;
       }
       any = true;
-      copy_last_row(model.forward({token}, s.cache.get()), s.last);
+      copy_last_row(model.forward_last({token}, s.cache.get()), s.last);
     }
   }
 

@@ -63,8 +63,8 @@ std::unique_ptr<KVCache> CausalLM::Impl::make_cache(int64_t capacity) const {
   auto c = std::make_unique<KVCache>();
   if (rope) c->rope.emplace(*rope);
   if (capacity > 0) {
-    ensure_capacity(*c, capacity);
     c->fixed_ = true;
+    allocate_cache(*c, capacity);
   }
   return c;
 }
@@ -74,8 +74,10 @@ void CausalLM::Impl::ensure_capacity(KVCache& cache, int64_t needed) const {
   if (cache.fixed_)
     throw ShapeError(str("forward: the KV cache holds ", cache.capacity_, " positions, ", needed,
                          " are needed (make it with new_cache(capacity) large enough)"));
-  int64_t cap = std::max<int64_t>(needed, std::max<int64_t>(64, cache.capacity_ * 2));
-  ExecContext& ctx = ExecContext::current(device);
+  allocate_cache(cache, std::max<int64_t>(needed, std::max<int64_t>(64, cache.capacity_ * 2)));
+}
+
+void CausalLM::Impl::allocate_cache(KVCache& cache, int64_t cap) const {
   for (size_t l = 0; l < layers.size(); ++l) {
     Tensor k = Tensor::empty({cap, n_kv_heads, head_dim}, cache_dtype, device);  // [cap, Hkv, D]
     Tensor v = Tensor::empty({cap, n_kv_heads, head_dim}, cache_dtype, device);
@@ -92,7 +94,6 @@ void CausalLM::Impl::ensure_capacity(KVCache& cache, int64_t needed) const {
       cache.v_[l] = v;
     }
   }
-  (void)ctx;
   cache.capacity_ = cap;
 }
 

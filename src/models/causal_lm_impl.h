@@ -121,6 +121,7 @@ struct CausalLM::Impl {
   // A cache for this model; capacity > 0 preallocates that many positions (never grows).
   std::unique_ptr<KVCache> make_cache(int64_t capacity) const;
   void ensure_capacity(KVCache& cache, int64_t needed) const;
+  void allocate_cache(KVCache& cache, int64_t capacity) const;  // (re)allocates, keeping what it holds
   // Every weight moved to dev (the loader's last step for device_map cuda).
   void to_device(Device dev);
 

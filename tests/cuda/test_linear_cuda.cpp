@@ -1,0 +1,216 @@
+// The CUDA linear ops (backends/cuda/linear_cuda.h) against the CPU backend on fresh random
+// inputs (seed printed): fp weights f32/f16/bf16 under every round_to, NF4/FP4 with plain and
+// nested absmax at blocksizes 32..4096 (K a multiple of the blocksize or not, so blocks
+// straddle rows), M in {1,2,3,7,16,17,64,513}, odd N and K, with and without bias. The output
+// is poisoned with NaN first so every element must be written. Summation order is the only
+// legitimate difference: |gpu - cpu| <= eps(dtype) * |cpu| + 3e-5 * max|cpu|.
+// Skips without a CUDA device.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "backends/cpu/linear_cpu.h"
+#include "nibble/dtype.h"
+#include "nibble/quant.h"
+#include "nibble/tensor.h"
+#include "quant/reference.h"
+#ifdef NIBBLE_WITH_CUDA
+#include <cuda_runtime.h>
+
+#include "backends/cuda/linear_cuda.h"
+#endif
+
+using namespace nibble;
+
+#ifdef NIBBLE_WITH_CUDA
+namespace {
+
+#define SKIP_WITHOUT_CUDA()             \
+  if (!cuda_available()) {              \
+    GTEST_SKIP() << "no CUDA device"; \
+  }
+
+// A device copy of a host vector, freed at scope exit.
+struct DevBuf {
+  void* p = nullptr;
+  DevBuf() = default;
+  explicit DevBuf(size_t bytes, const void* src = nullptr) {
+    EXPECT_EQ(cudaMalloc(&p, bytes ? bytes : 1), cudaSuccess);
+    if (src) {
+      EXPECT_EQ(cudaMemcpy(p, src, bytes, cudaMemcpyHostToDevice), cudaSuccess);
+    }
+  }
+  template <class T>
+  explicit DevBuf(const std::vector<T>& v) : DevBuf(v.size() * sizeof(T), v.data()) {}
+  ~DevBuf() {
+    if (p) cudaFree(p);
+  }
+  DevBuf(const DevBuf&) = delete;
+  DevBuf& operator=(const DevBuf&) = delete;
+  template <class T>
+  T* as() const {
+    return static_cast<T*>(p);
+  }
+};
+
+uint32_t fresh_seed() {
+  uint32_t s = std::random_device{}();
+  std::printf("test_linear_cuda seed %u\n", s);
+  return s;
+}
+
+std::vector<float> randu(std::mt19937& g, int64_t n, float lo = -1.0f, float hi = 1.0f) {
+  std::uniform_real_distribution<float> d(lo, hi);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (auto& x : v) x = d(g);
+  return v;
+}
+
+// v as raw elements of dt (f32/f16/bf16).
+std::vector<uint8_t> encode(const std::vector<float>& v, DType dt) {
+  std::vector<uint8_t> out(v.size() * size_t(dtype_bits(dt) / 8));
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (dt == DType::F32) {
+      std::memcpy(out.data() + 4 * i, &v[i], 4);
+    } else {
+      uint16_t h = dt == DType::F16 ? f32_to_f16(v[i]) : f32_to_bf16(v[i]);
+      std::memcpy(out.data() + 2 * i, &h, 2);
+    }
+  }
+  return out;
+}
+
+float eps_of(DType dt) {
+  return dt == DType::BF16 ? 0x1p-7f : dt == DType::F16 ? 0x1p-10f : 0.0f;
+}
+
+// Downloads out and compares it with ref element by element.
+void expect_close(const DevBuf& d_out, const std::vector<float>& ref, DType out_dt, const char* what) {
+  std::vector<float> got(ref.size());
+  ASSERT_EQ(cudaMemcpy(got.data(), d_out.p, got.size() * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+  float maxref = 0.0f;
+  for (float r : ref) maxref = std::fmax(maxref, std::fabs(r));
+  ASSERT_GT(maxref, 0.0f) << what;
+  int bad = 0;
+  for (size_t i = 0; i < ref.size() && bad < 5; ++i) {
+    const float tol = eps_of(out_dt) * std::fabs(ref[i]) + 3e-5f * maxref;
+    if (!(std::fabs(got[i] - ref[i]) <= tol)) {
+      ADD_FAILURE() << what << ": element " << i << " gpu " << got[i] << " cpu " << ref[i] << " tol " << tol;
+      ++bad;
+    }
+  }
+}
+
+// n floats of NaN, so an element the kernel does not write fails the comparison.
+std::vector<float> poison(int64_t n) {
+  return std::vector<float>(static_cast<size_t>(n), std::nanf(""));
+}
+
+const int64_t kMs[] = {1, 2, 3, 7, 16, 17, 64, 513};
+
+TEST(LinearCuda, DenseMatchesCpu) {
+  SKIP_WITHOUT_CUDA();
+  std::mt19937 g(fresh_seed());
+  const DType dts[] = {DType::F32, DType::F16, DType::BF16};
+  struct Shape {
+    int64_t K, N;
+  };
+  const Shape shapes[] = {{64, 40}, {67, 33}, {256, 129}, {1000, 17}};
+  int cases = 0;
+  for (const Shape s : shapes)
+    for (int64_t M : kMs)
+      for (DType wdt : dts)
+        for (DType rt : dts) {
+          const bool with_bias = (cases % 2) == 0;
+          const DType bdt = dts[cases % 3];
+          auto x = randu(g, M * s.K);
+          auto w = encode(randu(g, s.N * s.K), wdt);
+          auto b = encode(randu(g, s.N), bdt);
+          std::vector<float> ref(size_t(M * s.N));
+          cpu::linear(x.data(), M, s.K, w.data(), wdt, s.N, with_bias ? b.data() : nullptr, bdt, rt, ref.data());
+          DevBuf dx(x), dw(w), db(b);
+          DevBuf dout(poison(M * s.N));
+          cuda::Launch l;
+          cuda::linear(l, dx.as<float>(), M, s.K, dw.p, wdt, s.N, with_bias ? db.p : nullptr, bdt, rt,
+                       dout.as<float>());
+          ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+          char what[160];
+          std::snprintf(what, sizeof what, "linear M=%lld K=%lld N=%lld W=%s round_to=%s bias=%d", (long long)M,
+                        (long long)s.K, (long long)s.N, dtype_name(wdt), dtype_name(rt), int(with_bias));
+          expect_close(dout, ref, rt, what);
+          ++cases;
+        }
+  EXPECT_EQ(cases, 4 * 8 * 9);
+}
+
+TEST(LinearCuda, FourBitMatchesCpu) {
+  SKIP_WITHOUT_CUDA();
+  std::mt19937 g(fresh_seed());
+  struct Shape {
+    int64_t K, N, bs;
+  };
+  // K % bs != 0 in several: blocks of the flattened tensor straddle rows (and K odd).
+  const Shape shapes[] = {{64, 33, 64},   {96, 21, 64},   {256, 37, 32},  {130, 19, 128},
+                          {512, 45, 256}, {320, 23, 512}, {1024, 9, 1024}, {2048, 5, 4096},
+                          {77, 13, 64}};
+  const DType cts[] = {DType::F32, DType::BF16, DType::F16};
+  const DType qts[] = {DType::NF4, DType::FP4};
+  int cases = 0;
+  for (const Shape s : shapes)
+    for (int64_t M : kMs)
+      for (DType qt : qts)
+        for (int nested = 0; nested < 2; ++nested) {
+          const DType ct = cts[cases % 3];
+          const bool with_bias = (cases % 2) == 1;
+          const int64_t n = s.N * s.K, nb = (n + s.bs - 1) / s.bs;
+          auto wf = randu(g, n);
+          std::vector<uint8_t> packed(static_cast<size_t>((n + 1) / 2));
+          std::vector<float> absmax(static_cast<size_t>(nb));
+          quant::ref::quantize_4bit(wf.data(), DType::F32, n, s.bs, qt, packed.data(), absmax.data());
+          quant::ref::NestedAbsmax na;
+          if (nested) {  // the reference uses the nested absmax as decoded
+            na = quant::ref::double_quantize_absmax(absmax.data(), nb);
+            quant::ref::dequantize_nested_absmax(na.q.data(), na.absmax2.data(), na.offset, nb, absmax.data());
+          }
+          auto x = randu(g, M * s.K);
+          auto b = encode(randu(g, s.N), DType::BF16);
+          std::vector<float> ref(size_t(M * s.N));
+          cpu::linear_4bit(x.data(), M, s.K, packed.data(), absmax.data(), s.bs, qt, s.N,
+                           with_bias ? b.data() : nullptr, DType::BF16, ct, ref.data());
+          std::vector<float> qmap(dequant_table_4bit(qt), dequant_table_4bit(qt) + 16);
+          std::vector<float> code2(dynamic_map_signed().begin(), dynamic_map_signed().end());
+          DevBuf dx(x), dp(packed), da(absmax), dq(na.q), da2(na.absmax2), dc2(code2), dm(qmap), db(b);
+          cuda::Quant4Weight q;
+          q.packed = dp.as<uint8_t>();
+          q.blocksize = s.bs;
+          q.quant_type = qt;
+          q.quant_map = dm.as<float>();
+          if (nested) {
+            q.absmax_q = dq.as<uint8_t>();
+            q.absmax2 = da2.as<float>();
+            q.code2 = dc2.as<float>();
+            q.offset = na.offset;
+          } else {
+            q.absmax = da.as<float>();
+          }
+          DevBuf dout(poison(M * s.N));
+          cuda::Launch l;
+          cuda::linear_4bit(l, dx.as<float>(), M, s.K, q, s.N, with_bias ? db.p : nullptr, DType::BF16, ct,
+                            dout.as<float>());
+          ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+          char what[160];
+          std::snprintf(what, sizeof what, "linear_4bit %s nested=%d M=%lld K=%lld N=%lld bs=%lld ct=%s bias=%d",
+                        dtype_name(qt), nested, (long long)M, (long long)s.K, (long long)s.N, (long long)s.bs,
+                        dtype_name(ct), int(with_bias));
+          expect_close(dout, ref, ct, what);
+          ++cases;
+        }
+  EXPECT_EQ(cases, 9 * 8 * 4);
+}
+
+}  // namespace
+#endif

@@ -136,13 +136,11 @@ __global__ void __launch_bounds__(kWarps * 32) linear_fp_kernel(const float* __r
             wv[2 * j] = lo, wv[2 * j + 1] = hi;
           }
         }
-#pragma unroll
-        for (int j = 0; j < C; ++j) wv[j] = round_to<CT>(wv[j]);
         fma_chunk<MT, CT, C>(acc, wv, xm, K, rows, c * C);
       }
     } else {
       for (int64_t k = lane; k < K; k += 32)
-        fma_rows<MT, CT>(acc, round_to<CT>(dev::load1<WT>(w, n * K + k)), xm, K, rows, k);
+        fma_rows<MT, CT>(acc, dev::load1<WT>(w, n * K + k), xm, K, rows, k);
     }
     finish_rows<MT, CT>(acc, bias, bdt, n, N, rows, out + m0 * N, lane);
   }
@@ -154,7 +152,9 @@ __global__ void __launch_bounds__(kWarps * 32) linear_4bit_kernel(const float* _
                                                                   int64_t K, Q4 q, int64_t N, const void* bias,
                                                                   int bdt, float* __restrict__ out, bool vec) {
   __shared__ float lut[16];
+  __shared__ float2 lut2[256];  // both code values of a packed byte: (high nibble, low nibble)
   if (threadIdx.x < 16) lut[threadIdx.x] = q.quant_map[threadIdx.x];
+  if (threadIdx.x < 256) lut2[threadIdx.x] = make_float2(q.quant_map[threadIdx.x >> 4], q.quant_map[threadIdx.x & 15]);
   __syncthreads();
   const int lane = threadIdx.x % 32;
   const int64_t n = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;
@@ -163,22 +163,37 @@ __global__ void __launch_bounds__(kWarps * 32) linear_4bit_kernel(const float* _
     const int rows = M - m0 < MT ? int(M - m0) : MT;
     const float* xm = x + m0 * K;
     float acc[MT] = {};
-    if (vec) {  // K % 32 == 0: 32 codes of one block per 16-byte load
+    if (vec) {  // K % 32 == 0: 32 codes of one block per 16-byte load, kUnroll loads in flight
+      constexpr int kUnroll = 4;
       const uint4* row = reinterpret_cast<const uint4*>(q.packed + n * K / 2);
-      for (int64_t c = lane; c * 32 < K; c += 32) {
-        const uint4 raw = __ldg(row + c);
-        const float am = q.block_absmax((n * K + c * 32) >> q.bs_log2);
-        const uint32_t u[4] = {raw.x, raw.y, raw.z, raw.w};
+      const int64_t chunks = K / 32;
+      for (int64_t c0 = lane; c0 < chunks; c0 += 32 * kUnroll) {
+        uint4 raw[kUnroll];
+        float am[kUnroll];
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          float wv[8];
-#pragma unroll
-          for (int b = 0; b < 4; ++b) {  // byte b of the word: element 2b high nibble, 2b+1 low
-            const uint32_t byte = (u[j] >> (8 * b)) & 0xffu;
-            wv[2 * b] = round_to<CT>(dev::mul_ftz(lut[byte >> 4], am));
-            wv[2 * b + 1] = round_to<CT>(dev::mul_ftz(lut[byte & 0xfu], am));
+        for (int u = 0; u < kUnroll; ++u) {
+          const int64_t c = c0 + 32 * u;
+          if (c < chunks) {
+            raw[u] = __ldg(row + c);
+            am[u] = q.block_absmax((n * K + c * 32) >> q.bs_log2);
           }
-          fma_chunk<MT, CT, 8>(acc, wv, xm, K, rows, c * 32 + 8 * j);
+        }
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+          const int64_t c = c0 + 32 * u;
+          if (c >= chunks) break;
+          const uint32_t w4[4] = {raw[u].x, raw[u].y, raw[u].z, raw[u].w};
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            float wv[8];
+#pragma unroll
+            for (int b = 0; b < 4; ++b) {  // byte b of the word: element 2b high nibble, 2b+1 low
+              const float2 pair = lut2[(w4[j] >> (8 * b)) & 0xffu];
+              wv[2 * b] = round_to<CT>(dev::mul_ftz(pair.x, am[u]));
+              wv[2 * b + 1] = round_to<CT>(dev::mul_ftz(pair.y, am[u]));
+            }
+            fma_chunk<MT, CT, 8>(acc, wv, xm, K, rows, c * 32 + 8 * j);
+          }
         }
       }
     } else {  // any K: element by element over the flattened tensor

@@ -1,7 +1,7 @@
 // CUDA linear ops (linear_cuda.h): one warp per output feature n, computing up to 16 rows of
 // x against W's row n in registers, so W streams from memory once per 16 rows of x (once per
 // call for decode, M <= 16). Weights are read in their stored form and decoded in registers:
-//   fp W    8 (16-bit) or 4 (f32) elements per 16-byte load;
+//   fp W    8 (16-bit) or 4 (f32) elements per 16-byte load, used as stored (not rounded);
 //   4-bit   32 codes per 16-byte load; 32 consecutive elements of a row that K % 32 == 0 keeps
 //           inside one absmax block (blocksizes are multiples of 32), so the (nested) absmax is
 //           decoded once per load. Other K: an element-wise path, correct when blocks of the
@@ -44,7 +44,7 @@ struct Q4 {
   const float* code2;
   const float* quant_map;
   float offset;
-  int bs_log2;       // blocksize is a power of two (64..4096 in bitsandbytes, 32 too)
+  int bs_log2;  // blocksize is a power of two (64..4096 in bitsandbytes, 32 too)
   int64_t blocksize;
   int64_t nested_bs;
 
@@ -107,10 +107,9 @@ __device__ __forceinline__ void finish_rows(float (&acc)[MT], const void* bias, 
 
 // ---- fp weights ------------------------------------------------------------------------------
 template <int MT, class WT, class CT>
-__global__ void __launch_bounds__(kWarps * 32) linear_fp_kernel(const float* __restrict__ x, int64_t M, int64_t K,
-                                                                const void* __restrict__ w, int64_t N,
-                                                                const void* bias, int bdt,
-                                                                float* __restrict__ out, bool vec) {
+__global__ void __launch_bounds__(kWarps * 32)
+    linear_fp_kernel(const float* __restrict__ x, int64_t M, int64_t K, const void* __restrict__ w, int64_t N,
+                     const void* bias, int bdt, float* __restrict__ out, bool vec) {
   const int lane = threadIdx.x % 32;
   const int64_t n = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;
   if (n >= N) return;
@@ -148,13 +147,11 @@ __global__ void __launch_bounds__(kWarps * 32) linear_fp_kernel(const float* __r
 
 // ---- 4-bit weights ---------------------------------------------------------------------------
 template <int MT, class CT>
-__global__ void __launch_bounds__(kWarps * 32) linear_4bit_kernel(const float* __restrict__ x, int64_t M,
-                                                                  int64_t K, Q4 q, int64_t N, const void* bias,
-                                                                  int bdt, float* __restrict__ out, bool vec) {
+__global__ void __launch_bounds__(kWarps * 32)
+    linear_4bit_kernel(const float* __restrict__ x, int64_t M, int64_t K, Q4 q, int64_t N, const void* bias,
+                       int bdt, float* __restrict__ out, bool vec) {
   __shared__ float lut[16];
-  __shared__ float2 lut2[256];  // both code values of a packed byte: (high nibble, low nibble)
   if (threadIdx.x < 16) lut[threadIdx.x] = q.quant_map[threadIdx.x];
-  if (threadIdx.x < 256) lut2[threadIdx.x] = make_float2(q.quant_map[threadIdx.x >> 4], q.quant_map[threadIdx.x & 15]);
   __syncthreads();
   const int lane = threadIdx.x % 32;
   const int64_t n = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;
@@ -163,37 +160,22 @@ __global__ void __launch_bounds__(kWarps * 32) linear_4bit_kernel(const float* _
     const int rows = M - m0 < MT ? int(M - m0) : MT;
     const float* xm = x + m0 * K;
     float acc[MT] = {};
-    if (vec) {  // K % 32 == 0: 32 codes of one block per 16-byte load, kUnroll loads in flight
-      constexpr int kUnroll = 4;
+    if (vec) {  // K % 32 == 0: 32 codes of one block per 16-byte load
       const uint4* row = reinterpret_cast<const uint4*>(q.packed + n * K / 2);
-      const int64_t chunks = K / 32;
-      for (int64_t c0 = lane; c0 < chunks; c0 += 32 * kUnroll) {
-        uint4 raw[kUnroll];
-        float am[kUnroll];
+      for (int64_t c = lane; c * 32 < K; c += 32) {
+        const uint4 raw = __ldg(row + c);
+        const float am = q.block_absmax((n * K + c * 32) >> q.bs_log2);
+        const uint32_t u[4] = {raw.x, raw.y, raw.z, raw.w};
 #pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
-          const int64_t c = c0 + 32 * u;
-          if (c < chunks) {
-            raw[u] = __ldg(row + c);
-            am[u] = q.block_absmax((n * K + c * 32) >> q.bs_log2);
+        for (int j = 0; j < 4; ++j) {
+          float wv[8];
+#pragma unroll
+          for (int b = 0; b < 4; ++b) {  // byte b of the word: element 2b high nibble, 2b+1 low
+            const uint32_t byte = (u[j] >> (8 * b)) & 0xffu;
+            wv[2 * b] = round_to<CT>(dev::mul_ftz(lut[byte >> 4], am));
+            wv[2 * b + 1] = round_to<CT>(dev::mul_ftz(lut[byte & 0xfu], am));
           }
-        }
-#pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
-          const int64_t c = c0 + 32 * u;
-          if (c >= chunks) break;
-          const uint32_t w4[4] = {raw[u].x, raw[u].y, raw[u].z, raw[u].w};
-#pragma unroll
-          for (int j = 0; j < 4; ++j) {
-            float wv[8];
-#pragma unroll
-            for (int b = 0; b < 4; ++b) {  // byte b of the word: element 2b high nibble, 2b+1 low
-              const float2 pair = lut2[(w4[j] >> (8 * b)) & 0xffu];
-              wv[2 * b] = round_to<CT>(dev::mul_ftz(pair.x, am[u]));
-              wv[2 * b + 1] = round_to<CT>(dev::mul_ftz(pair.y, am[u]));
-            }
-            fma_chunk<MT, CT, 8>(acc, wv, xm, K, rows, c * 32 + 8 * j);
-          }
+          fma_chunk<MT, CT, 8>(acc, wv, xm, K, rows, c * 32 + 8 * j);
         }
       }
     } else {  // any K: element by element over the flattened tensor
@@ -214,8 +196,10 @@ class CurrentDevice {
  public:
   explicit CurrentDevice(int device) {
     NIBBLE_CUDA_CHECK(cudaGetDevice(&prev_));
-    if (prev_ != device) NIBBLE_CUDA_CHECK(cudaSetDevice(device));
-    else prev_ = -1;
+    if (prev_ != device)
+      NIBBLE_CUDA_CHECK(cudaSetDevice(device));
+    else
+      prev_ = -1;
   }
   ~CurrentDevice() {
     if (prev_ >= 0) cudaSetDevice(prev_);
@@ -262,8 +246,7 @@ int bias_code(const char* op, const void* bias, DType dt) {
 }
 
 void check_shape(const char* op, int64_t M, int64_t K, int64_t N) {
-  if (M < 0 || K <= 0 || N <= 0)
-    throw ShapeError(detail::str(op, ": bad shape M=", M, " K=", K, " N=", N));
+  if (M < 0 || K <= 0 || N <= 0) throw ShapeError(detail::str(op, ": bad shape M=", M, " K=", K, " N=", N));
 }
 
 }  // namespace
@@ -300,15 +283,16 @@ void linear_4bit(const Launch& l, const float* x, int64_t M, int64_t K, const Qu
                  const void* bias, DType bias_dt, DType compute_dtype, float* out) {
   check_shape("linear_4bit", M, K, N);
   if (w.quant_type != DType::NF4 && w.quant_type != DType::FP4)
-    throw UnsupportedError(detail::str("linear_4bit: quant_type ", dtype_name(w.quant_type), " is not 4-bit"));
+    throw UnsupportedError(
+        detail::str("linear_4bit: quant_type ", dtype_name(w.quant_type), " is not 4-bit"));
   if (w.blocksize <= 0 || (w.blocksize & (w.blocksize - 1)) != 0)
     throw ShapeError(detail::str("linear_4bit: blocksize ", w.blocksize, " is not a power of two"));
   if (!w.packed || !w.quant_map || (!w.absmax && (!w.absmax_q || !w.absmax2 || !w.code2)))
     throw Error("linear_4bit: missing packed weight, quant_map or absmax state");
   if (M == 0) return;
   CurrentDevice dev_guard(l.device);
-  Q4 q{w.packed, w.absmax, w.absmax_q, w.absmax2, w.code2, w.quant_map, w.offset, 0, w.blocksize,
-       w.nested_blocksize};
+  Q4 q{w.packed,    w.absmax, w.absmax_q, w.absmax2,   w.code2,
+       w.quant_map, w.offset, 0,          w.blocksize, w.nested_blocksize};
   while ((int64_t(1) << q.bs_log2) < w.blocksize) ++q.bs_log2;
   const bool vec = K % 32 == 0 && w.blocksize % 32 == 0 && aligned16(w.packed) && aligned16(x);
   const int bdt = bias_code("linear_4bit", bias, bias_dt);
@@ -326,8 +310,8 @@ size_t linear_int8_workspace_bytes(int64_t, int64_t, int64_t) {
   return 0;
 }
 
-void linear_int8(const Launch&, const float*, int64_t, int64_t, const int8_t*, const float*, int64_t, const void*,
-                 DType, float, DType, float*) {
+void linear_int8(const Launch&, const float*, int64_t, int64_t, const int8_t*, const float*, int64_t,
+                 const void*, DType, float, DType, float*) {
   throw UnsupportedError("linear_int8: no CUDA kernel yet (LLM.int8 runs on the CPU backend)");
 }
 

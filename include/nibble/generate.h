@@ -34,6 +34,9 @@ struct GenerateOptions {
   std::optional<double> temperature, top_p, min_p, repetition_penalty;
   std::optional<int64_t> top_k;
   std::optional<std::vector<int64_t>> eos_token_id;
+  // OpenAI's penalties (not transformers settings; 0 = off, each in [-2, 2]): a token already
+  // generated loses presence_penalty once plus frequency_penalty per occurrence.
+  double presence_penalty = 0, frequency_penalty = 0;
   // Sequence i of a batch samples from its own stream seeded with (seed, i), so a prompt alone
   // and the same prompt first in a batch give the same tokens.
   uint64_t seed = 0;
@@ -66,6 +69,7 @@ struct DecodingParams {
   std::optional<double> min_p;
   int64_t max_new_tokens = 20, min_new_tokens = 0, min_length = 0;  // min_length counts the prompt
   std::vector<int64_t> eos_token_id;
+  double presence_penalty = 0, frequency_penalty = 0;
 };
 // Lengths as transformers' _prepare_generated_length: max_new_tokens wins; else max_length
 // (counting the prompt); else 20 new tokens capped at max_position_embeddings in total.
@@ -73,6 +77,36 @@ struct DecodingParams {
 // min_p outside [0, 1], top_k < 0, repetition_penalty <= 0, max_new_tokens <= 0, ...).
 DecodingParams resolve_decoding(const GenerationConfig& g, const GenerateOptions& o, int64_t prompt_length,
                                 int64_t max_position_embeddings);
+
+// One sequence's decoding, a token at a time, for callers that run the model themselves (the
+// generate() loop below, a server's continuous batching): step() takes the logits of the next
+// position, runs the processors in transformers' order, picks the token (greedy or from the
+// sequence's own sampling stream, seeded with (o.seed, index)), appends it and checks the
+// stopping criteria (max_new_tokens, eos, o.stop_strings).
+class SequenceDecoder {
+ public:
+  SequenceDecoder(const DecodingParams& d, std::vector<int64_t> prompt, const GenerateOptions& o,
+                  size_t index = 0);
+  int64_t step(std::span<float> logits);  // logits [vocab], modified in place
+  void finish(FinishReason r);            // ends the sequence for a caller's reason
+  bool done() const { return done_; }
+  FinishReason finish_reason() const { return reason_; }
+  const std::vector<int64_t>& ids() const { return ids_; }  // prompt + new tokens
+  size_t prompt_length() const { return prompt_length_; }
+  int64_t new_tokens() const { return int64_t(ids_.size() - prompt_length_); }
+  const DecodingParams& params() const { return d_; }
+
+ private:
+  bool hits_stop_string() const;
+  DecodingParams d_;
+  std::vector<std::string> stop_strings_;
+  std::function<std::string(const std::vector<int64_t>&)> decode_;
+  std::vector<int64_t> ids_;
+  size_t prompt_length_ = 0;
+  std::mt19937_64 rng_;
+  bool done_ = false;
+  FinishReason reason_ = FinishReason::Length;
+};
 
 Generation generate(const CausalLM& model, const std::vector<int64_t>& prompt, const GenerateOptions& o = {});
 std::vector<Generation> generate(const CausalLM& model, const std::vector<std::vector<int64_t>>& prompts,
@@ -82,6 +116,9 @@ std::vector<Generation> generate(const CausalLM& model, const std::vector<std::v
 namespace logits {
 // Tokens in `seen` (prompt included): positive logits divided by penalty, negative multiplied.
 void repetition_penalty(std::span<float> x, std::span<const int64_t> seen, double penalty);
+// OpenAI's: x[t] -= presence * (count(t) > 0) + frequency * count(t), counts over `generated`.
+void presence_frequency_penalty(std::span<float> x, std::span<const int64_t> generated, double presence,
+                                double frequency);
 void suppress(std::span<float> x, std::span<const int64_t> ids);  // -inf (min_length, min_new_tokens)
 // Bans every token that would repeat an n-gram already in seq (NoRepeatNGramLogitsProcessor).
 void no_repeat_ngram(std::span<float> x, std::span<const int64_t> seq, int64_t n);

@@ -21,8 +21,12 @@ namespace nibble {
 
 struct LoadOptions {
   std::optional<BitsAndBytesConfig> quantization_config;
+  // "cpu", "cuda", "cuda:N", or "auto" (the first GPU when there is one, else the CPU).
   std::string device_map = "cpu";
 };
+
+// The device a device_map string names (ConfigError / UnsupportedError when it names none).
+Device resolve_device_map(const std::string& device_map);
 
 // One leaf module as transformers names it, with its class.
 struct ModuleInfo {
@@ -46,8 +50,8 @@ class CausalLM {
   const std::optional<BitsAndBytesConfig>& quantization_config() const;
   bool is_quantized() const { return quantization_config().has_value(); }
 
-  // Logits [T, vocab] (f32) for ids appended after whatever the cache already holds; a fresh
-  // cache is used when cache is null.
+  // Logits [T, vocab] (f32, on the host) for ids appended after whatever the cache already holds;
+  // a fresh cache is used when cache is null.
   Tensor forward(const std::vector<int64_t>& ids, KVCache* cache = nullptr) const;
   // Logits [B, T, vocab] of B sequences of equal length run as one batch, as transformers runs
   // input_ids [B, T]. Differs from B calls of forward() only for LLM.int8 weights, whose outlier
@@ -57,7 +61,14 @@ class CausalLM {
   // appended to caches[b] (which may hold different lengths). Logits [B, vocab] (f32). Results
   // per sequence equal forward({tokens[b]}, caches[b]) (continuous batching in a server).
   Tensor decode_batch(const std::vector<int64_t>& tokens, const std::vector<KVCache*>& caches) const;
-  std::unique_ptr<KVCache> new_cache() const;
+  // Logits [1, vocab] of the last position only (the output head runs on that row alone: what
+  // generation needs after a prefill).
+  Tensor forward_last(const std::vector<int64_t>& ids, KVCache* cache = nullptr) const;
+  // A KV cache for this model on its device; capacity > 0 preallocates that many positions once
+  // (a forward past it is an error), 0 gives a cache that grows as needed.
+  std::unique_ptr<KVCache> new_cache(int64_t capacity = 0) const;
+  // Where the weights live and the forward pass runs.
+  Device device() const;
   // prompt followed by max_new_tokens greedy tokens (stops early at an eos id when stop_at_eos).
   std::vector<int64_t> generate_greedy(const std::vector<int64_t>& prompt, int64_t max_new_tokens,
                                        bool stop_at_eos = false) const;

@@ -30,8 +30,12 @@ std::shared_ptr<Storage> Storage::allocate(size_t nbytes, Device dev) {
   }
 #ifdef NIBBLE_WITH_CUDA
   int d = dev.index;
-  void* p = cuda::device_malloc(std::max<size_t>(nbytes, 1), d);
-  return std::make_shared<Storage>(p, nbytes, dev, std::shared_ptr<void>(p, [d](void* q) { cuda::device_free(q, d); }));
+  if (d < 0 || d >= cuda::device_count())
+    throw UnsupportedError(str("cannot allocate on ", dev.str(), ": ", cuda::device_count(), " CUDA device(s) visible"));
+  void* stream = nullptr;
+  void* p = cuda::device_malloc(std::max<size_t>(nbytes, 1), d, &stream);
+  return std::make_shared<Storage>(p, nbytes, dev,
+                                   std::shared_ptr<void>(p, [d, stream](void* q) { cuda::device_free(q, d, stream); }));
 #else
   throw UnsupportedError(str("cannot allocate on ", dev.str(), ": this build has no CUDA backend"));
 #endif

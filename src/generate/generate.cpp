@@ -1,7 +1,7 @@
 // The generation loop: resolve the settings against the model's GenerationConfig, then step
-// every unfinished sequence one token at a time — process its last logits row in transformers'
-// order, pick greedily or sample, then check the stopping criteria (max length, eos, stop
-// strings, the caller's callback) before feeding the token back through its own KV cache.
+// every unfinished sequence one token at a time (SequenceDecoder: process its last logits row in
+// transformers' order, pick greedily or sample, check the stopping criteria) and, unless it
+// finished or the caller's callback ended it, feed the token back through its own KV cache.
 #include <algorithm>
 #include <memory>
 
@@ -39,6 +39,8 @@ DecodingParams resolve_decoding(const GenerationConfig& g, const GenerateOptions
   d.eos_token_id = o.eos_token_id.value_or(g.eos_token_id);
   d.typical_p = g.typical_p;
   d.no_repeat_ngram_size = g.no_repeat_ngram_size;
+  d.presence_penalty = o.presence_penalty;
+  d.frequency_penalty = o.frequency_penalty;
   if (g.num_beams > 1)
     throw UnsupportedError(
         detail::str("generation: num_beams = ", g.num_beams, " (beam search) is not supported"));
@@ -53,6 +55,10 @@ DecodingParams resolve_decoding(const GenerationConfig& g, const GenerateOptions
   if (d.min_p && !(*d.min_p >= 0 && *d.min_p <= 1)) bad("min_p", *d.min_p, "must be in [0, 1]");
   if (!(d.repetition_penalty > 0)) bad("repetition_penalty", d.repetition_penalty, "must be > 0");
   if (!(d.typical_p > 0 && d.typical_p <= 1)) bad("typical_p", d.typical_p, "must be in (0, 1]");
+  if (!(d.presence_penalty >= -2 && d.presence_penalty <= 2))
+    bad("presence_penalty", d.presence_penalty, "must be in [-2, 2]");
+  if (!(d.frequency_penalty >= -2 && d.frequency_penalty <= 2))
+    bad("frequency_penalty", d.frequency_penalty, "must be in [-2, 2]");
   if (d.no_repeat_ngram_size < 0) bad("no_repeat_ngram_size", d.no_repeat_ngram_size, "must be >= 0");
 
   if (auto n = o.max_new_tokens ? o.max_new_tokens : g.max_new_tokens) {
@@ -75,36 +81,76 @@ DecodingParams resolve_decoding(const GenerationConfig& g, const GenerateOptions
   return d;
 }
 
-namespace {
-
-struct Sequence {
-  std::vector<int64_t> ids;
-  size_t prompt_length = 0;
-  std::unique_ptr<KVCache> cache;
-  std::vector<float> last;  // [vocab] logits of the next position
-  std::mt19937_64 rng;
-  bool done = false;
-  FinishReason reason = FinishReason::Length;
-};
+SequenceDecoder::SequenceDecoder(const DecodingParams& d, std::vector<int64_t> prompt,
+                                 const GenerateOptions& o, size_t index)
+    : d_(d), stop_strings_(o.stop_strings), decode_(o.decode), ids_(std::move(prompt)) {
+  if (!stop_strings_.empty() && !decode_)
+    throw ConfigError("generation: stop_strings need a decode function (the tokenizer's)");
+  prompt_length_ = ids_.size();
+  std::seed_seq seq{uint32_t(o.seed), uint32_t(o.seed >> 32), uint32_t(index),
+                    uint32_t(uint64_t(index) >> 32)};
+  rng_.seed(seq);
+}
 
 // transformers' StopStringCriteria fires when a token completes a stop string, even with text
 // after it in the same token, and it looks at the prompt too (a stop string may straddle the
 // prompt's end). So: decode a few prompt tokens followed by the new ones and look for an
 // occurrence that ends inside the new text. An occurrence that ended before this token would
 // have stopped the sequence at that step already.
-bool hits_stop_string(const GenerateOptions& o, const Sequence& s) {
-  const size_t ctx = std::min<size_t>(s.prompt_length, 8);
-  std::vector<int64_t> window(s.ids.begin() + int64_t(s.prompt_length - ctx), s.ids.end());
-  const std::string now = o.decode(window);
+bool SequenceDecoder::hits_stop_string() const {
+  const size_t ctx = std::min<size_t>(prompt_length_, 8);
+  std::vector<int64_t> window(ids_.begin() + int64_t(prompt_length_ - ctx), ids_.end());
+  const std::string now = decode_(window);
   window.resize(ctx);
-  const size_t head = ctx ? o.decode(window).size() : 0;
-  for (const std::string& stop : o.stop_strings) {
+  const size_t head = ctx ? decode_(window).size() : 0;
+  for (const std::string& stop : stop_strings_) {
     if (stop.empty()) continue;
     const size_t from = head >= stop.size() ? head - stop.size() + 1 : 0;
     if (now.find(stop, from) != std::string::npos) return true;
   }
   return false;
 }
+
+int64_t SequenceDecoder::step(std::span<float> x) {
+  NIBBLE_CHECK(!done_, "generation: step() on a finished sequence");
+  const DecodingParams& d = d_;
+  const int64_t n_new = new_tokens();
+  // Processors, in _get_logits_processor's order (OpenAI's penalties first: they are not
+  // transformers processors and llama.cpp applies them before the others too).
+  if (d.presence_penalty != 0 || d.frequency_penalty != 0)
+    logits::presence_frequency_penalty(x, std::span(ids_).subspan(prompt_length_), d.presence_penalty,
+                                       d.frequency_penalty);
+  if (d.repetition_penalty != 1.0) logits::repetition_penalty(x, ids_, d.repetition_penalty);
+  if (d.no_repeat_ngram_size > 0) logits::no_repeat_ngram(x, ids_, d.no_repeat_ngram_size);
+  if (int64_t(ids_.size()) < d.min_length) logits::suppress(x, d.eos_token_id);
+  if (n_new < d.min_new_tokens) logits::suppress(x, d.eos_token_id);
+  int64_t token;
+  if (d.do_sample) {
+    if (d.temperature != 1.0) logits::temperature(x, d.temperature);
+    if (d.top_k != 0) logits::top_k(x, d.top_k);
+    if (d.top_p < 1.0) logits::top_p(x, d.top_p);
+    if (d.min_p) logits::min_p(x, *d.min_p);
+    if (d.typical_p < 1.0) logits::typical_p(x, d.typical_p);
+    token = logits::sample(x, rng_);
+  } else {
+    token = logits::argmax(x);
+  }
+  ids_.push_back(token);
+
+  // Stopping criteria, as transformers checks them after appending the token.
+  if (new_tokens() >= d.max_new_tokens) done_ = true, reason_ = FinishReason::Length;
+  if (std::find(d.eos_token_id.begin(), d.eos_token_id.end(), token) != d.eos_token_id.end())
+    done_ = true, reason_ = FinishReason::Eos;
+  if (!done_ && !stop_strings_.empty() && hits_stop_string())
+    done_ = true, reason_ = FinishReason::StopString;
+  return token;
+}
+
+void SequenceDecoder::finish(FinishReason r) {
+  if (!done_) done_ = true, reason_ = r;
+}
+
+namespace {
 
 void copy_last_row(const Tensor& logits, std::vector<float>& out) {
   const int64_t T = logits.size(0), V = logits.size(1);
@@ -121,66 +167,36 @@ std::vector<Generation> generate(const CausalLM& model, const std::vector<std::v
   const GenerationConfig& gc = model.generation_config();
   const int64_t max_pos = model.config().max_position_embeddings;
 
-  std::vector<Sequence> seqs(prompts.size());
-  std::vector<DecodingParams> params;
+  std::vector<SequenceDecoder> seqs;
+  std::vector<std::unique_ptr<KVCache>> caches;
   for (size_t i = 0; i < prompts.size(); ++i) {
     if (prompts[i].empty()) throw ShapeError(detail::str("generation: prompt ", i, " is empty"));
-    params.push_back(resolve_decoding(gc, o, int64_t(prompts[i].size()), max_pos));
-    Sequence& s = seqs[i];
-    s.ids = prompts[i];
-    s.prompt_length = prompts[i].size();
-    s.cache = model.new_cache();
-    std::seed_seq seq{uint32_t(o.seed), uint32_t(o.seed >> 32), uint32_t(i), uint32_t(uint64_t(i) >> 32)};
-    s.rng.seed(seq);
+    DecodingParams d = resolve_decoding(gc, o, int64_t(prompts[i].size()), max_pos);
+    // one allocation for the whole generation: prompt + the most tokens it may add
+    caches.push_back(model.new_cache(int64_t(prompts[i].size()) + std::max<int64_t>(d.max_new_tokens, 1)));
+    seqs.emplace_back(d, prompts[i], o, i);
   }
-  for (size_t i = 0; i < seqs.size(); ++i)
-    copy_last_row(model.forward(seqs[i].ids, seqs[i].cache.get()), seqs[i].last);
+  std::vector<std::vector<float>> last(seqs.size());  // [vocab] logits of each next position
+  for (size_t i = 0; i < seqs.size(); ++i) copy_last_row(model.forward_last(prompts[i], caches[i].get()), last[i]);
 
   for (bool any = !seqs.empty(); any;) {
     any = false;
     for (size_t i = 0; i < seqs.size(); ++i) {
-      Sequence& s = seqs[i];
-      if (s.done) continue;
-      const DecodingParams& d = params[i];
-      std::span<float> x(s.last);
-      const int64_t n_new = int64_t(s.ids.size() - s.prompt_length);
-      // Processors, in _get_logits_processor's order.
-      if (d.repetition_penalty != 1.0) logits::repetition_penalty(x, s.ids, d.repetition_penalty);
-      if (d.no_repeat_ngram_size > 0) logits::no_repeat_ngram(x, s.ids, d.no_repeat_ngram_size);
-      if (int64_t(s.ids.size()) < d.min_length) logits::suppress(x, d.eos_token_id);
-      if (n_new < d.min_new_tokens) logits::suppress(x, d.eos_token_id);
-      int64_t token;
-      if (d.do_sample) {
-        if (d.temperature != 1.0) logits::temperature(x, d.temperature);
-        if (d.top_k != 0) logits::top_k(x, d.top_k);
-        if (d.top_p < 1.0) logits::top_p(x, d.top_p);
-        if (d.min_p) logits::min_p(x, *d.min_p);
-        if (d.typical_p < 1.0) logits::typical_p(x, d.typical_p);
-        token = logits::sample(x, s.rng);
-      } else {
-        token = logits::argmax(x);
-      }
-      s.ids.push_back(token);
-
-      // Stopping criteria, as transformers checks them after appending the token.
-      if (int64_t(s.ids.size() - s.prompt_length) >= d.max_new_tokens)
-        s.done = true, s.reason = FinishReason::Length;
-      if (std::find(d.eos_token_id.begin(), d.eos_token_id.end(), token) != d.eos_token_id.end())
-        s.done = true, s.reason = FinishReason::Eos;
-      if (!s.done && !o.stop_strings.empty() && hits_stop_string(o, s))
-        s.done = true, s.reason = FinishReason::StopString;
-      if (o.on_token && !o.on_token(i, token) && !s.done) s.done = true, s.reason = FinishReason::Callback;
-      if (s.done) {
-        s.cache.reset();
+      SequenceDecoder& s = seqs[i];
+      if (s.done()) continue;
+      const int64_t token = s.step(last[i]);
+      if (o.on_token && !o.on_token(i, token)) s.finish(FinishReason::Callback);
+      if (s.done()) {
+        caches[i].reset();
         continue;
       }
       any = true;
-      copy_last_row(model.forward({token}, s.cache.get()), s.last);
+      copy_last_row(model.forward_last({token}, caches[i].get()), last[i]);
     }
   }
 
   std::vector<Generation> out;
-  for (Sequence& s : seqs) out.push_back({std::move(s.ids), s.prompt_length, s.reason});
+  for (SequenceDecoder& s : seqs) out.push_back({s.ids(), s.prompt_length(), s.finish_reason()});
   return out;
 }
 

@@ -44,6 +44,20 @@ void repetition_penalty(std::span<float> x, std::span<const int64_t> seen, doubl
   }
 }
 
+void presence_frequency_penalty(std::span<float> x, std::span<const int64_t> generated, double presence,
+                                double frequency) {
+  std::vector<int64_t> ids(generated.begin(), generated.end());
+  std::sort(ids.begin(), ids.end());
+  for (size_t i = 0; i < ids.size();) {
+    size_t j = i;
+    while (j < ids.size() && ids[j] == ids[i]) ++j;
+    const int64_t id = ids[i];
+    NIBBLE_CHECK(id >= 0 && size_t(id) < x.size(), "token id ", id, " outside the vocabulary of ", x.size());
+    x[size_t(id)] = float(double(x[size_t(id)]) - presence - frequency * double(j - i));
+    i = j;
+  }
+}
+
 void suppress(std::span<float> x, std::span<const int64_t> ids) {
   for (int64_t id : ids)
     if (id >= 0 && size_t(id) < x.size()) x[size_t(id)] = kNegInf;

@@ -9,6 +9,7 @@
 #include "models/causal_lm_impl.h"
 #include "nibble/error.h"
 #include "nibble/thread_pool.h"
+#include "ops/nn_ops.h"
 
 namespace nibble {
 
@@ -22,54 +23,68 @@ CausalLM& CausalLM::operator=(CausalLM&&) noexcept = default;
 const ModelConfig& CausalLM::config() const { return impl_->config; }
 const GenerationConfig& CausalLM::generation_config() const { return impl_->generation; }
 const std::optional<BitsAndBytesConfig>& CausalLM::quantization_config() const { return impl_->qc; }
-
-std::unique_ptr<KVCache> CausalLM::new_cache() const { return std::make_unique<KVCache>(); }
+Device CausalLM::device() const { return impl_->device; }
 
 namespace {
-
-// Columns [c0, c0 + n) of a row-major [T, N] tensor, as a contiguous [T, n] tensor.
-Tensor columns(const Tensor& y, int64_t c0, int64_t n) {
-  int64_t T = y.size(0), N = y.size(1);
-  Tensor out = Tensor::empty({T, n}, DType::F32);
-  for (int64_t t = 0; t < T; ++t) std::memcpy(out.data<float>() + t * n, y.data<float>() + t * N + c0, size_t(n) * 4);
-  return out;
+Tensor moved(const Tensor& t, Device d) {
+  return t.defined() ? t.to(d) : t;
 }
-
-void add_(Tensor& a, const Tensor& b) {
-  float* p = a.data<float>();
-  const float* q = b.data<float>();
-  for (int64_t i = 0; i < a.numel(); ++i) p[i] += q[i];
+void move_norm(Norm& n, Device d) {
+  n.w = moved(n.w, d);
+  n.b = moved(n.b, d);
 }
-
-Tensor apply_norm(const Norm& n, const Tensor& x, const models::ArchSpec& spec, double eps) {
-  if (spec.norm == models::NormKind::RMS) return ops::rms_norm(x, n.w, float(eps), spec.norm_unit_offset);
-  return ops::layer_norm(x, n.w, n.b, float(eps));
-}
-
-// Rows of an embedding table (any float dtype) gathered to f32 [T, C].
-Tensor gather_rows(const Tensor& table, const std::vector<int64_t>& rows, int64_t offset) {
-  int64_t C = table.size(1), V = table.size(0), T = int64_t(rows.size());
-  Tensor out = Tensor::empty({T, C}, DType::F32);
-  for (int64_t t = 0; t < T; ++t) {
-    int64_t r = rows[size_t(t)] + offset;
-    if (r < 0 || r >= V) throw ShapeError(str("index ", rows[size_t(t)], " is outside the embedding of ", V, " rows"));
-    for (int64_t c = 0; c < C; ++c) out.data<float>()[t * C + c] = load_as_f32(table.data_ptr(), table.dtype(), r * C + c);
-  }
-  return out;
-}
-
 }  // namespace
+
+// Weights to dev, tensor by tensor (each host view of the mmap'd file copied up and released as
+// the Linear is replaced); the KV cache dtype follows the compute dtype there.
+void CausalLM::Impl::to_device(Device dev) {
+  const bool head_is_embed = lm_head.lin.weight().storage() == embed.storage();
+  embed = moved(embed, dev);
+  pos_embed = moved(pos_embed, dev);
+  move_norm(embed_norm, dev);
+  move_norm(final_norm, dev);
+  for (DecoderLayer& L : layers) {
+    for (Norm* n : {&L.attn_norm, &L.mlp_norm, &L.post_attn_norm, &L.post_mlp_norm, &L.q_norm, &L.k_norm})
+      move_norm(*n, dev);
+    for (auto& l : L.qkv) l.lin = l.lin.to(dev);
+    L.o.lin = L.o.lin.to(dev);
+    for (auto& l : L.mlp) l.lin = l.lin.to(dev);
+  }
+  // a tied head stays one tensor with the embedding on the device too
+  lm_head.lin = head_is_embed ? nn::Linear::fp(embed, moved(lm_head.lin.bias(), dev)) : lm_head.lin.to(dev);
+  alibi_slopes = moved(alibi_slopes, dev);
+  device = dev;
+  cache_dtype = dev.is_cpu() ? DType::F32 : (qc && qc->load_in_4bit ? qc->compute_dtype() : DType::F32);
+}
+
+std::unique_ptr<KVCache> CausalLM::new_cache(int64_t capacity) const { return impl_->make_cache(capacity); }
+
+std::unique_ptr<KVCache> CausalLM::Impl::make_cache(int64_t capacity) const {
+  auto c = std::make_unique<KVCache>();
+  if (rope) c->rope.emplace(*rope);
+  if (capacity > 0) {
+    c->fixed_ = true;
+    allocate_cache(*c, capacity);
+  }
+  return c;
+}
 
 void CausalLM::Impl::ensure_capacity(KVCache& cache, int64_t needed) const {
   if (needed <= cache.capacity_) return;
-  int64_t cap = std::max<int64_t>(needed, std::max<int64_t>(64, cache.capacity_ * 2));
+  if (cache.fixed_)
+    throw ShapeError(str("forward: the KV cache holds ", cache.capacity_, " positions, ", needed,
+                         " are needed (make it with new_cache(capacity) large enough)"));
+  allocate_cache(cache, std::max<int64_t>(needed, std::max<int64_t>(64, cache.capacity_ * 2)));
+}
+
+void CausalLM::Impl::allocate_cache(KVCache& cache, int64_t cap) const {
   for (size_t l = 0; l < layers.size(); ++l) {
-    Tensor k = Tensor::empty({cap, n_kv_heads, head_dim}, DType::F32);
-    Tensor v = Tensor::empty({cap, n_kv_heads, head_dim}, DType::F32);
+    Tensor k = Tensor::empty({cap, n_kv_heads, head_dim}, cache_dtype, device);  // [cap, Hkv, D]
+    Tensor v = Tensor::empty({cap, n_kv_heads, head_dim}, cache_dtype, device);
     if (cache.len_ > 0) {
-      size_t bytes = size_t(cache.len_ * n_kv_heads * head_dim) * 4;
-      std::memcpy(k.data_ptr(), cache.k_[l].data_ptr(), bytes);
-      std::memcpy(v.data_ptr(), cache.v_[l].data_ptr(), bytes);
+      size_t bytes = size_t(dtype_nbytes(cache_dtype, cache.len_ * n_kv_heads * head_dim));
+      copy_bytes(k.data_ptr(), device, cache.k_[l].data_ptr(), device, bytes);
+      copy_bytes(v.data_ptr(), device, cache.v_[l].data_ptr(), device, bytes);
     }
     if (cache.k_.size() <= l) {
       cache.k_.push_back(k);
@@ -82,204 +97,324 @@ void CausalLM::Impl::ensure_capacity(KVCache& cache, int64_t needed) const {
   cache.capacity_ = cap;
 }
 
-Tensor CausalLM::Impl::forward(const std::vector<int64_t>& ids, KVCache& cache) const {
-  KVCache* caches[] = {&cache};
-  return forward_batch({ids}, caches);
+namespace {
+
+// A host vector as a tensor on dev.
+template <typename T>
+Tensor upload(const std::vector<T>& v, DType dt, Device dev) {
+  Tensor t = Tensor::from_vector({int64_t(v.size())}, dt, v);
+  return dev.is_cpu() ? t : t.to(dev);
 }
 
-// B sequences of T tokens as one batch, as transformers runs input_ids [B, T]: the per-token
-// work (embeddings, norms, every Linear, the MLP) sees all B * T rows at once and only the
-// attention is per sequence. Row-wise ops give the same result either way, but LLM.int8 picks
-// its outlier columns over all rows of the input, so an int8 model's logits depend on the batch.
-Tensor CausalLM::Impl::forward_batch(const std::vector<std::vector<int64_t>>& batch,
-                                     std::span<KVCache* const> caches) const {
-  const models::ArchSpec& s = *spec;
-  const ModelConfig& c = config;
-  const int64_t B = int64_t(batch.size()), C = c.hidden_size, D = head_dim, Hq = n_heads, Hkv = n_kv_heads;
+Tensor empty_like_rows(int64_t R, int64_t C, Device dev) {
+  return Tensor::empty({R, C}, DType::F32, dev);
+}
+
+}  // namespace
+
+// The per-row inputs of a forward call: stacked ids and positions (checked on the host), each
+// row's rope cos/sin from its own sequence's rope state, caches grown to fit.
+Step CausalLM::Impl::plan(const std::vector<std::vector<int64_t>>& batch, std::span<KVCache* const> caches) const {
+  const int64_t B = int64_t(batch.size());
   if (B == 0) throw ShapeError("forward: empty batch");
   if (int64_t(caches.size()) != B) throw InternalError(str("forward: ", caches.size(), " caches for a batch of ", B));
-  const int64_t T = int64_t(batch[0].size());
-  if (T == 0) throw ShapeError("forward: no input ids");
-  const int64_t p0 = caches[0]->len_;
+  Step st;
+  st.ctx = &ExecContext::current(device);
+  const int64_t V = embed.size(0);
   for (int64_t b = 0; b < B; ++b) {
-    if (int64_t(batch[size_t(b)].size()) != T)
-      throw ShapeError(str("forward: sequence ", b, " has ", batch[size_t(b)].size(), " ids, sequence 0 has ", T,
-                           " (a batch needs equal lengths; no padding)"));
-    if (caches[size_t(b)]->len_ != p0)
-      throw ShapeError(str("forward: cache ", b, " holds ", caches[size_t(b)]->len_, " positions, cache 0 holds ", p0));
-    ensure_capacity(*caches[size_t(b)], p0 + T);
+    const auto& seq = batch[size_t(b)];
+    KVCache* cache = caches[size_t(b)];
+    if (!cache) throw ShapeError(str("forward: cache ", b, " is null"));
+    if (seq.empty()) throw ShapeError(b == 0 && B == 1 ? "forward: no input ids" : str("forward: sequence ", b, " has no ids"));
+    Segment sg{st.R, int64_t(seq.size()), cache->len_, cache};
+    ensure_capacity(*cache, sg.p0 + sg.T);
+    for (int64_t t = 0; t < sg.T; ++t) {
+      const int64_t id = seq[size_t(t)];
+      if (id < 0 || id >= V) throw ShapeError(str("index ", id, " is outside the embedding of ", V, " rows"));
+      st.ids.push_back(id);
+      st.pos.push_back(sg.p0 + t);
+    }
+    st.R += sg.T;
+    st.segs.push_back(sg);
   }
-  const int64_t R = B * T;  // rows of every per-token tensor, sequence by sequence
-  std::vector<int64_t> ids;
-  ids.reserve(size_t(R));
-  for (const auto& seq : batch) ids.insert(ids.end(), seq.begin(), seq.end());
-
-  Tensor h = gather_rows(embed, ids, 0);  // [R, C]
-  if (s.scale_embeddings) {
-    // transformers multiplies by sqrt(hidden) rounded to the activation dtype (f32 here)
-    float norm = std::sqrt(float(C));
-    for (int64_t i = 0; i < h.numel(); ++i) h.data<float>()[i] *= norm;
+  st.ids_dev = upload(st.ids, DType::I64, device);
+  if (spec->pos == models::PosKind::Rope) {
+    // each sequence's rope state follows its own length (dynamic rope, longrope)
+    std::vector<float> cos, sin;
+    for (const Segment& sg : st.segs) {
+      const RopeTables& rt = sg.cache->rope->update(sg.p0 + sg.T - 1);
+      st.rot_dim = rt.rot_dim;
+      const size_t half = size_t(rt.rot_dim / 2), at = cos.size();
+      cos.resize(at + size_t(sg.T) * half);
+      sin.resize(at + size_t(sg.T) * half);
+      rope_cos_sin(rt, st.pos.data() + sg.row0, sg.T, cos.data() + at, sin.data() + at);
+    }
+    const int64_t half = st.rot_dim / 2;
+    st.cos = upload(cos, DType::F32, device).view({st.R, half});
+    st.sin = upload(sin, DType::F32, device).view({st.R, half});
   }
-  std::vector<int64_t> pos(static_cast<size_t>(R));  // position of each row
-  for (int64_t r = 0; r < R; ++r) pos[size_t(r)] = p0 + r % T;
-  if (pos_embed.defined()) add_(h, gather_rows(pos_embed, pos, s.pos_offset));
-  if (embed_norm.defined()) h = apply_norm(embed_norm, h, s, c.norm_eps);
+  return st;
+}
 
-  Tensor cos, sin;
-  int64_t rot_dim = 0;
+void CausalLM::Impl::norm_into(const Norm& n, const Tensor& x, const Tensor& out, const Step& st) const {
+  if (spec->norm == models::NormKind::RMS)
+    ops::rms_norm(*st.ctx, x, n.w, float(config.norm_eps), spec->norm_unit_offset, out);
+  else
+    ops::layer_norm(*st.ctx, x, n.w, n.b, float(config.norm_eps), out);
+}
+
+// ids [R] -> h [R, C]: token embeddings (times sqrt(C) rounded to f32 where the architecture
+// scales them), plus learned positions, then the embedding norm (Bloom).
+Tensor CausalLM::Impl::embed_block(const Step& st) const {
+  const int64_t C = config.hidden_size;
+  ExecContext& ctx = *st.ctx;
+  Tensor h = empty_like_rows(st.R, C, device);  // [R, C]
+  const float scale = spec->scale_embeddings ? std::sqrt(float(C)) : 1.0f;
+  ops::embedding(ctx, embed, st.ids_dev, 0, scale, h);
+  if (pos_embed.defined()) {
+    const int64_t P = pos_embed.size(0);
+    for (int64_t p : st.pos)
+      if (p + spec->pos_offset < 0 || p + spec->pos_offset >= P)
+        throw ShapeError(str("position ", p, " is outside the position embedding of ", P, " rows"));
+    Tensor pe = empty_like_rows(st.R, C, device);  // [R, C]
+    ops::embedding(ctx, pos_embed, upload(st.pos, DType::I64, device), spec->pos_offset, 1.0f, pe);
+    ops::add_(ctx, h, pe);
+  }
+  if (embed_norm.defined()) {
+    Tensor o = empty_like_rows(st.R, C, device);
+    norm_into(embed_norm, h, o, st);
+    h = o;
+  }
+  return h;
+}
+
+// x [R, C] (normed) -> o [R, C]: q/k/v projections (separate, one fused [q | k | v], or fused
+// per head [q_h | k_h | v_h]), q/k norms, rope, each sequence's K/V appended to its cache and
+// attended over, then the output projection (and Gemma-2's post-attention norm).
+Tensor CausalLM::Impl::attention_block(const Step& st, size_t li, const Tensor& x) const {
+  const DecoderLayer& L = layers[li];
+  const models::ArchSpec& s = *spec;
+  ExecContext& ctx = *st.ctx;
+  const int64_t R = st.R, D = head_dim, Hq = n_heads, Hkv = n_kv_heads, C = config.hidden_size;
+  Tensor q = empty_like_rows(R, Hq * D, device), k = empty_like_rows(R, Hkv * D, device),
+         v = empty_like_rows(R, Hkv * D, device);  // [R, H * D] each
+  if (L.qkv.size() == 3) {
+    L.qkv[0].lin.forward(ctx, x, q);
+    L.qkv[1].lin.forward(ctx, x, k);
+    L.qkv[2].lin.forward(ctx, x, v);
+  } else if (s.qkv == models::QkvKind::Concat) {
+    Tensor y = empty_like_rows(R, (Hq + 2 * Hkv) * D, device);  // [R, (Hq + 2 Hkv) D]
+    L.qkv[0].lin.forward(ctx, x, y);
+    ops::copy_(ctx, y.slice(1, 0, Hq * D), q);
+    ops::copy_(ctx, y.slice(1, Hq * D, (Hq + Hkv) * D), k);
+    ops::copy_(ctx, y.slice(1, (Hq + Hkv) * D, (Hq + 2 * Hkv) * D), v);
+  } else {  // per head [q_h | k_h | v_h] (Hq == Hkv)
+    Tensor y = empty_like_rows(R, Hq * 3 * D, device);  // [R, H * 3D]
+    L.qkv[0].lin.forward(ctx, x, y);
+    Tensor yh = y.view({R * Hq, 3 * D});
+    ops::copy_(ctx, yh.slice(1, 0, D), q.view({R * Hq, D}));
+    ops::copy_(ctx, yh.slice(1, D, 2 * D), k.view({R * Hkv, D}));
+    ops::copy_(ctx, yh.slice(1, 2 * D, 3 * D), v.view({R * Hkv, D}));
+  }
+  if (L.q_norm.defined()) {
+    Tensor qn = empty_like_rows(R * Hq, D, device), kn = empty_like_rows(R * Hkv, D, device);
+    ops::rms_norm(ctx, q.view({R * Hq, D}), L.q_norm.w, float(config.norm_eps), s.norm_unit_offset, qn);
+    ops::rms_norm(ctx, k.view({R * Hkv, D}), L.k_norm.w, float(config.norm_eps), s.norm_unit_offset, kn);
+    q = qn.view({R, Hq * D});
+    k = kn.view({R, Hkv * D});
+  }
+  Tensor q3 = q.view({R, Hq, D}), k3 = k.view({R, Hkv, D});
   if (s.pos == models::PosKind::Rope) {
-    const RopeTables& rt = rope->update(p0 + T - 1);
-    rot_dim = rt.rot_dim;
-    int64_t half = rt.rot_dim / 2;
-    cos = Tensor::empty({R, half}, DType::F32);
-    sin = Tensor::empty({R, half}, DType::F32);
-    rope_cos_sin(rt, pos.data(), R, cos.data<float>(), sin.data<float>());
+    ops::apply_rope_(ctx, q3, st.cos, st.sin, st.rot_dim);
+    ops::apply_rope_(ctx, k3, st.cos, st.sin, st.rot_dim);
   }
+  ops::AttentionOptions ao;
+  ao.scale = attn_scale;
+  if (config.scale_attn_by_inverse_layer_idx) ao.scale /= float(li + 1);
+  if (L.sliding && config.sliding_window) ao.sliding_window = *config.sliding_window;
+  ao.softcap = attn_softcap;
+  ao.alibi_slopes = alibi_slopes;
+  Tensor a = empty_like_rows(R, Hq * D, device);  // [R, Hq * D]
+  for (const Segment& sg : st.segs) {
+    // the KV-cache write: rows of this sequence into positions [p0, p0 + T), in the cache dtype
+    KVCache& cache = *sg.cache;
+    Tensor kc = cache.k_[li].view({cache.capacity_, Hkv * D}), vc = cache.v_[li].view({cache.capacity_, Hkv * D});
+    ops::copy_(ctx, k.slice(0, sg.row0, sg.row0 + sg.T), kc.slice(0, sg.p0, sg.p0 + sg.T));
+    ops::copy_(ctx, v.slice(0, sg.row0, sg.row0 + sg.T), vc.slice(0, sg.p0, sg.p0 + sg.T));
+    ao.q_offset = sg.p0;
+    Tensor kk = cache.k_[li].slice(0, 0, sg.p0 + sg.T), vv = cache.v_[li].slice(0, 0, sg.p0 + sg.T);
+    ops::attention(ctx, q3.slice(0, sg.row0, sg.row0 + sg.T), kk, vv, ao,
+                   a.slice(0, sg.row0, sg.row0 + sg.T).view({sg.T, Hq, D}));
+  }
+  Tensor o = empty_like_rows(R, C, device);  // [R, C]
+  L.o.lin.forward(ctx, a, o);
+  if (L.post_attn_norm.defined()) {
+    Tensor on = empty_like_rows(R, C, device);
+    norm_into(L.post_attn_norm, o, on, st);
+    o = on;
+  }
+  return o;
+}
 
-  for (size_t li = 0; li < layers.size(); ++li) {
-    const DecoderLayer& L = layers[li];
-    Tensor x = apply_norm(L.attn_norm, h, s, c.norm_eps);  // [R, C]
-    Tensor q, k, v;
-    if (L.qkv.size() == 3) {
-      q = L.qkv[0].lin.forward(x);
-      k = L.qkv[1].lin.forward(x);
-      v = L.qkv[2].lin.forward(x);
-    } else if (s.qkv == models::QkvKind::Concat) {
-      Tensor y = L.qkv[0].lin.forward(x);  // [R, (Hq + 2 Hkv) D]
-      q = columns(y, 0, Hq * D);
-      k = columns(y, Hq * D, Hkv * D);
-      v = columns(y, (Hq + Hkv) * D, Hkv * D);
-    } else {  // per head [q_h | k_h | v_h]
-      Tensor y = L.qkv[0].lin.forward(x);  // [R, H * 3D]
-      q = Tensor::empty({R, Hq * D}, DType::F32);
-      k = Tensor::empty({R, Hkv * D}, DType::F32);
-      v = Tensor::empty({R, Hkv * D}, DType::F32);
-      for (int64_t t = 0; t < R; ++t)
-        for (int64_t hh = 0; hh < Hq; ++hh) {
-          const float* src = y.data<float>() + t * Hq * 3 * D + hh * 3 * D;
-          std::memcpy(q.data<float>() + (t * Hq + hh) * D, src, size_t(D) * 4);
-          std::memcpy(k.data<float>() + (t * Hkv + hh) * D, src + D, size_t(D) * 4);
-          std::memcpy(v.data<float>() + (t * Hkv + hh) * D, src + 2 * D, size_t(D) * 4);
-        }
+// x [R, C] (normed) -> [R, C]: act(gate) * up -> down (separate or fused gate_up), or
+// act(up) -> down.
+Tensor CausalLM::Impl::mlp_block(const Step& st, size_t li, const Tensor& x) const {
+  const DecoderLayer& L = layers[li];
+  ExecContext& ctx = *st.ctx;
+  const int64_t R = st.R, C = config.hidden_size;
+  Tensor out = empty_like_rows(R, C, device);  // [R, C]
+  switch (spec->mlp_kind) {
+    case models::MlpKind::Gated: {
+      const int64_t F = L.mlp[0].lin.out_features();
+      Tensor g = empty_like_rows(R, F, device), u = empty_like_rows(R, F, device);  // [R, F]
+      L.mlp[0].lin.forward(ctx, x, g);
+      L.mlp[1].lin.forward(ctx, x, u);
+      ops::gated_activation(ctx, g, u, act, g);
+      L.mlp[2].lin.forward(ctx, g, out);
+      break;
     }
-    if (L.q_norm.defined()) {
-      q = ops::rms_norm(q.view({R * Hq, D}), L.q_norm.w, float(c.norm_eps), s.norm_unit_offset);
-      k = ops::rms_norm(k.view({R * Hkv, D}), L.k_norm.w, float(c.norm_eps), s.norm_unit_offset);
+    case models::MlpKind::GatedFused: {
+      const int64_t F = L.mlp[0].lin.out_features() / 2;
+      Tensor y = empty_like_rows(R, 2 * F, device), a = empty_like_rows(R, F, device);  // [R, 2F], [R, F]
+      L.mlp[0].lin.forward(ctx, x, y);
+      ops::gated_activation(ctx, y.slice(1, 0, F), y.slice(1, F, 2 * F), act, a);
+      L.mlp[1].lin.forward(ctx, a, out);
+      break;
     }
-    q = q.view({R, Hq, D});
-    k = k.view({R, Hkv, D});
-    if (s.pos == models::PosKind::Rope) {
-      ops::apply_rope_(q, cos, sin, rot_dim);
-      ops::apply_rope_(k, cos, sin, rot_dim);
+    case models::MlpKind::Plain: {
+      Tensor u = empty_like_rows(R, L.mlp[0].lin.out_features(), device);  // [R, F]
+      L.mlp[0].lin.forward(ctx, x, u);
+      ops::activate_(ctx, u, act);
+      L.mlp[1].lin.forward(ctx, u, out);
+      break;
     }
-    // per sequence: append to its cache, then attend over everything it has cached
-    ops::AttentionOptions ao;
-    ao.scale = attn_scale;
-    if (c.scale_attn_by_inverse_layer_idx) ao.scale /= float(li + 1);
-    ao.q_offset = p0;
-    if (L.sliding && c.sliding_window) ao.sliding_window = *c.sliding_window;
-    ao.softcap = attn_softcap;
-    if (!alibi_slopes.empty()) ao.alibi_slopes = alibi_slopes.data();
-    Tensor a = B == 1 ? Tensor() : Tensor::empty({R, Hq, D}, DType::F32);  // [R, Hq, D]
-    const size_t row = size_t(Hkv * D) * 4;
-    for (int64_t b = 0; b < B; ++b) {
-      KVCache& cache = *caches[size_t(b)];
-      Tensor kb = k.slice(0, b * T, (b + 1) * T), vb = v.slice(0, b * T, (b + 1) * T);
-      std::memcpy(cache.k_[li].data<float>() + p0 * Hkv * D, kb.data_ptr(), row * size_t(T));
-      std::memcpy(cache.v_[li].data<float>() + p0 * Hkv * D, vb.data_ptr(), row * size_t(T));
-      Tensor kk = cache.k_[li].slice(0, 0, p0 + T), vv = cache.v_[li].slice(0, 0, p0 + T);
-      Tensor ab = ops::attention(q.slice(0, b * T, (b + 1) * T), kk, vv, ao);  // [T, Hq, D]
-      if (B == 1)
-        a = ab;
-      else
-        std::memcpy(a.data<float>() + b * T * Hq * D, ab.data_ptr(), size_t(T * Hq * D) * 4);
-    }
-    Tensor o = L.o.lin.forward(a.view({R, Hq * D}));
-    if (L.post_attn_norm.defined()) o = apply_norm(L.post_attn_norm, o, s, c.norm_eps);
+  }
+  return out;
+}
 
-    auto mlp = [&](const Tensor& xin) {
-      switch (s.mlp_kind) {
-        case models::MlpKind::Gated: {
-          Tensor g = L.mlp[0].lin.forward(xin), u = L.mlp[1].lin.forward(xin);
-          return L.mlp[2].lin.forward(ops::gated_activation(g, u, act));
-        }
-        case models::MlpKind::GatedFused: {
-          Tensor y = L.mlp[0].lin.forward(xin);
-          int64_t F = y.size(1) / 2;
-          return L.mlp[1].lin.forward(ops::gated_activation(columns(y, 0, F), columns(y, F, F), act));
-        }
-        case models::MlpKind::Plain:
-        default: {
-          Tensor u = L.mlp[0].lin.forward(xin);
-          ops::activate_(u, act);
-          return L.mlp[1].lin.forward(u);
-        }
-      }
-    };
-    if (parallel_residual) {
-      Tensor mo = mlp(apply_norm(L.mlp_norm, h, s, c.norm_eps));
-      add_(mo, o);  // transformers: mlp_output + attn_output + residual
-      add_(mo, h);
-      h = mo;
-    } else {
-      add_(h, o);
-      Tensor mo = mlp(apply_norm(L.mlp_norm, h, s, c.norm_eps));
-      if (L.post_mlp_norm.defined()) mo = apply_norm(L.post_mlp_norm, mo, s, c.norm_eps);
-      add_(h, mo);
+// h [R, C] in place: pre-norm attention and MLP with residuals (or GPT-NeoX/Phi's parallel
+// residual: h + attn(norm1 h) + mlp(norm2 h)), Gemma-2's post-norms.
+void CausalLM::Impl::decoder_layer(const Step& st, size_t li, Tensor& h) const {
+  const DecoderLayer& L = layers[li];
+  ExecContext& ctx = *st.ctx;
+  const int64_t R = st.R, C = config.hidden_size;
+  Tensor x = empty_like_rows(R, C, device);  // [R, C]
+  norm_into(L.attn_norm, h, x, st);
+  Tensor o = attention_block(st, li, x);
+  if (parallel_residual) {
+    norm_into(L.mlp_norm, h, x, st);
+    Tensor mo = mlp_block(st, li, x);
+    ops::add_(ctx, mo, o);  // transformers: mlp_output + attn_output + residual
+    ops::add_(ctx, mo, h);
+    h = mo;
+    return;
+  }
+  ops::add_(ctx, h, o);
+  norm_into(L.mlp_norm, h, x, st);
+  Tensor mo = mlp_block(st, li, x);
+  if (L.post_mlp_norm.defined()) {
+    Tensor mn = empty_like_rows(R, C, device);
+    norm_into(L.post_mlp_norm, mo, mn, st);
+    mo = mn;
+  }
+  ops::add_(ctx, h, mo);
+}
+
+// h [R, C] -> logits [R, V] (or [B, V] of each sequence's last row): final norm, output head,
+// final soft-capping.
+Tensor CausalLM::Impl::head_block(const Step& st, const Tensor& h, bool last_only) const {
+  ExecContext& ctx = *st.ctx;
+  const int64_t C = config.hidden_size, V = lm_head.lin.out_features();
+  Tensor rows = h;
+  if (last_only && int64_t(st.segs.size()) != st.R) {
+    rows = empty_like_rows(int64_t(st.segs.size()), C, device);  // [B, C]: the batch concat of last rows
+    for (size_t b = 0; b < st.segs.size(); ++b) {
+      const Segment& sg = st.segs[b];
+      ops::copy_(ctx, h.slice(0, sg.row0 + sg.T - 1, sg.row0 + sg.T), rows.slice(0, int64_t(b), int64_t(b) + 1));
     }
   }
-  for (KVCache* cache : caches) cache->len_ = p0 + T;
-  h = apply_norm(final_norm, h, s, c.norm_eps);
-  Tensor logits = lm_head.lin.forward(h);  // [R, V]
-  if (final_softcap) {
-    float cap = *final_softcap;
-    for (int64_t i = 0; i < logits.numel(); ++i) logits.data<float>()[i] = std::tanh(logits.data<float>()[i] / cap) * cap;
-  }
+  Tensor x = empty_like_rows(rows.size(0), C, device);
+  norm_into(final_norm, rows, x, st);
+  Tensor logits = empty_like_rows(rows.size(0), V, device);  // [R or B, V]
+  lm_head.lin.forward(ctx, x, logits);
+  if (final_softcap) ops::softcap_(ctx, logits, *final_softcap);
   return logits;
 }
 
+Tensor CausalLM::Impl::forward(const std::vector<int64_t>& ids, KVCache& cache, bool last_only) const {
+  KVCache* caches[] = {&cache};
+  return forward_batch({ids}, caches, last_only);
+}
+
+// Sequences stacked as rows, as transformers runs input_ids [B, T]: the per-token work
+// (embeddings, norms, every Linear, the MLP) sees all rows at once and only attention is per
+// sequence. Row-wise ops give the same result either way, but LLM.int8 picks its outlier
+// columns over all rows of the input, so an int8 model's logits depend on the batch.
+Tensor CausalLM::Impl::forward_batch(const std::vector<std::vector<int64_t>>& batch,
+                                     std::span<KVCache* const> caches, bool last_only) const {
+  Step st = plan(batch, caches);
+  Tensor h = embed_block(st);  // [R, C]
+  for (size_t li = 0; li < layers.size(); ++li) decoder_layer(st, li, h);
+  for (const Segment& sg : st.segs) sg.cache->len_ = sg.p0 + sg.T;
+  return head_block(st, h, last_only);
+}
+
+namespace {
+Tensor to_host(const Tensor& t) {
+  return t.device().is_cpu() ? t : t.to(Device::cpu());
+}
+}  // namespace
+
 Tensor CausalLM::forward(const std::vector<int64_t>& ids, KVCache* cache) const {
-  if (cache) return impl_->forward(ids, *cache);
-  KVCache fresh;
-  return impl_->forward(ids, fresh);
+  if (cache) return to_host(impl_->forward(ids, *cache));
+  auto fresh = impl_->make_cache(int64_t(ids.size()));
+  return to_host(impl_->forward(ids, *fresh));
+}
+
+Tensor CausalLM::forward_last(const std::vector<int64_t>& ids, KVCache* cache) const {
+  if (cache) return to_host(impl_->forward(ids, *cache, true));
+  auto fresh = impl_->make_cache(int64_t(ids.size()));
+  return to_host(impl_->forward(ids, *fresh, true));
 }
 
 Tensor CausalLM::forward_batch(const std::vector<std::vector<int64_t>>& batch) const {
-  std::vector<KVCache> fresh(batch.size());
+  std::vector<std::unique_ptr<KVCache>> fresh;
   std::vector<KVCache*> caches;
-  for (KVCache& c : fresh) caches.push_back(&c);
-  Tensor logits = impl_->forward_batch(batch, caches);  // [B * T, V]
-  return logits.view({int64_t(batch.size()), int64_t(batch[0].size()), logits.size(1)});
+  for (size_t b = 0; b < batch.size(); ++b) {
+    if (b > 0 && batch[b].size() != batch[0].size())
+      throw ShapeError(str("forward: sequence ", b, " has ", batch[b].size(), " ids, sequence 0 has ", batch[0].size(),
+                           " (a batch needs equal lengths; no padding)"));
+    fresh.push_back(impl_->make_cache(int64_t(batch[b].size())));
+    caches.push_back(fresh.back().get());
+  }
+  Tensor logits = to_host(impl_->forward_batch(batch, caches));  // [B * T, V]
+  return logits.view({int64_t(batch.size()), int64_t(batch.empty() ? 0 : batch[0].size()), logits.size(1)});
 }
 
 Tensor CausalLM::decode_batch(const std::vector<int64_t>& tokens, const std::vector<KVCache*>& caches) const {
   if (tokens.size() != caches.size())
     throw ShapeError(str("decode_batch: ", tokens.size(), " tokens for ", caches.size(), " caches"));
   if (tokens.empty()) throw ShapeError("decode_batch: empty batch");
-  const int64_t V = impl_->lm_head.lin.out_features();
-  Tensor out = Tensor::empty({int64_t(tokens.size()), V}, DType::F32);
-  for (size_t b = 0; b < tokens.size(); ++b) {
-    if (!caches[b]) throw ShapeError(str("decode_batch: cache ", b, " is null"));
-    Tensor l = impl_->forward({tokens[b]}, *caches[b]);  // [1, V]
-    std::memcpy(out.data<float>() + int64_t(b) * V, l.data_ptr(), size_t(V) * 4);
-  }
-  return out;
+  std::vector<std::vector<int64_t>> batch;
+  for (int64_t t : tokens) batch.push_back({t});
+  return to_host(impl_->forward_batch(batch, caches, true));  // [B, V]
 }
 
 std::vector<int64_t> CausalLM::generate_greedy(const std::vector<int64_t>& prompt, int64_t max_new_tokens,
                                                bool stop_at_eos) const {
   std::vector<int64_t> out = prompt;
-  KVCache cache;
-  Tensor logits = impl_->forward(prompt, cache);
-  const int64_t V = logits.size(1);
+  auto cache = impl_->make_cache(int64_t(prompt.size()) + std::max<int64_t>(max_new_tokens, 1));
+  Tensor logits = impl_->forward(prompt, *cache, true);  // [1, V] on the device
+  ExecContext& ctx = ExecContext::current(impl_->device);
+  Tensor best_dev = Tensor::empty({1}, DType::I64, impl_->device);
   for (int64_t n = 0; n < max_new_tokens; ++n) {
-    const float* last = logits.data<float>() + (logits.size(0) - 1) * V;
-    int64_t best = std::max_element(last, last + V) - last;  // first maximum, as torch.argmax
+    ops::argmax_rows(ctx, logits, best_dev);  // first maximum, as torch.argmax; one id crosses back
+    const int64_t best = to_host(best_dev).data<int64_t>()[0];
     out.push_back(best);
     if (stop_at_eos) {
       if (impl_->generation.is_eos(best)) break;
     }
-    if (n + 1 < max_new_tokens) logits = impl_->forward({best}, cache);
+    if (n + 1 < max_new_tokens) logits = impl_->forward({best}, *cache, true);
   }
   return out;
 }

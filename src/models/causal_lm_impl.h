@@ -13,6 +13,7 @@
 #include "nibble/generation_config.h"
 #include "nibble/model.h"
 #include "nibble/safetensors.h"
+#include "core/exec_context.h"
 #include "nn/linear.h"
 #include "ops/nn_ops.h"
 
@@ -36,14 +37,40 @@ struct DecoderLayer {
   bool sliding = false;
 };
 
+// One sequence's keys and values, per layer [capacity, Hkv, D] on the model's device in the
+// cache dtype (f32 on the CPU; the compute dtype on CUDA), plus the sequence's own rope state
+// (dynamic / longrope tables follow its length). A cache made with a capacity is allocated once
+// and never grows; one made without grows by doubling on the host's convenience path.
 class KVCache {
  public:
   int64_t length() const { return len_; }
+  int64_t capacity() const { return capacity_; }
 
  private:
   friend struct CausalLM::Impl;
-  std::vector<Tensor> k_, v_;  // per layer [capacity, Hkv, D] f32
+  std::vector<Tensor> k_, v_;  // per layer [capacity, Hkv, D]
   int64_t len_ = 0, capacity_ = 0;
+  bool fixed_ = false;
+  std::optional<RopeState> rope;
+};
+
+// One sequence of a forward call: its rows [row0, row0 + T) of every per-token tensor, and its
+// cache, which holds p0 positions before the call.
+struct Segment {
+  int64_t row0 = 0, T = 0, p0 = 0;
+  KVCache* cache = nullptr;
+};
+
+// What the blocks of one forward call share: the rows of all sequences stacked ([R, ...]), their
+// positions, the rope tables of each row, and the context the ops run on.
+struct Step {
+  ExecContext* ctx = nullptr;
+  std::vector<Segment> segs;
+  int64_t R = 0;
+  std::vector<int64_t> ids, pos;  // [R] on the host
+  Tensor ids_dev, pos_dev;        // [R] i64 on the device
+  Tensor cos, sin;                // [R, rot_dim / 2] f32 on the device
+  int64_t rot_dim = 0;
 };
 
 struct CausalLM::Impl {
@@ -61,8 +88,10 @@ struct CausalLM::Impl {
   std::vector<DecoderLayer> layers;
 
   GenerationConfig generation;
-  mutable std::optional<RopeState> rope;  // tables follow the sequence length (dynamic rope)
-  std::vector<float> alibi_slopes;  // [Hq]
+  std::optional<RopeState> rope;  // the initial rope state each new cache copies
+  Tensor alibi_slopes;            // f32 [Hq] on the device, or undefined
+  Device device;                  // where every weight lives and the forward runs
+  DType cache_dtype = DType::F32;
   ops::Activation act = ops::Activation::SiLU;
   float attn_scale = 1.0f;
   std::optional<float> attn_softcap, final_softcap;
@@ -81,11 +110,29 @@ struct CausalLM::Impl {
     return out;
   }
 
-  Tensor forward(const std::vector<int64_t>& ids, KVCache& cache) const;
-  // Equal-length sequences, one cache each (all holding the same length): logits [B * T, V].
-  Tensor forward_batch(const std::vector<std::vector<int64_t>>& batch,
-                       std::span<KVCache* const> caches) const;
+  // Logits [T, V] on the device for ids appended to cache.
+  Tensor forward(const std::vector<int64_t>& ids, KVCache& cache, bool last_only = false) const;
+  // Sequences of any lengths, one cache each (each at its own position), run as one batch:
+  // the per-token work sees all rows, attention runs per sequence. Logits [sum T, V] on the
+  // device, or [B, V] of each sequence's last row when last_only (the head runs on those rows
+  // alone).
+  Tensor forward_batch(const std::vector<std::vector<int64_t>>& batch, std::span<KVCache* const> caches,
+                       bool last_only = false) const;
+  // A cache for this model; capacity > 0 preallocates that many positions (never grows).
+  std::unique_ptr<KVCache> make_cache(int64_t capacity) const;
   void ensure_capacity(KVCache& cache, int64_t needed) const;
+  void allocate_cache(KVCache& cache, int64_t capacity) const;  // (re)allocates, keeping what it holds
+  // Every weight moved to dev (the loader's last step for device_map cuda).
+  void to_device(Device dev);
+
+  // ---- the blocks of the forward pass (causal_lm.cpp) ----
+  Step plan(const std::vector<std::vector<int64_t>>& batch, std::span<KVCache* const> caches) const;
+  Tensor embed_block(const Step& st) const;                            // -> h [R, C]
+  void norm_into(const Norm& n, const Tensor& x, const Tensor& out, const Step& st) const;
+  Tensor attention_block(const Step& st, size_t li, const Tensor& x) const;  // x [R, C] normed -> o [R, C]
+  Tensor mlp_block(const Step& st, size_t li, const Tensor& x) const;        // x [R, C] normed -> [R, C]
+  void decoder_layer(const Step& st, size_t li, Tensor& h) const;            // h [R, C] in place
+  Tensor head_block(const Step& st, const Tensor& h, bool last_only) const;  // -> logits [R or B, V]
 };
 
 }  // namespace nibble

@@ -68,19 +68,10 @@ namespace {
 void put_linear(std::map<std::string, Tensor>& sd, const NamedLinear& nl, bool conv1d = false) {
   const nn::Linear& l = nl.lin;
   if (l.bias().defined()) sd[nl.name + ".bias"] = l.bias();
-  switch (l.format()) {
-    case nn::WeightFormat::Fp: sd[nl.name + ".weight"] = conv1d ? l.weight().transpose(0, 1).contiguous() : l.weight(); break;
-    case nn::WeightFormat::Nf4:
-    case nn::WeightFormat::Fp4:
-      sd[nl.name + ".weight"] = l.weight();
-      for (auto& [k, v] : quant_state_to_dict(l.quant_state())) sd[nl.name + ".weight." + k] = v;
-      break;
-    case nn::WeightFormat::Int8:
-      sd[nl.name + ".weight"] = l.weight();
-      sd[nl.name + ".SCB"] = l.scb();
-      sd[nl.name + ".weight_format"] = Tensor::from_vector<uint8_t>({}, DType::U8, {0});
-      break;
-  }
+  std::map<std::string, Tensor> entries;
+  l.traits().state_dict(l, entries);
+  for (auto& [k, v] : entries) sd[nl.name + "." + k] = v;
+  if (conv1d && !l.traits().quantized) sd[nl.name + ".weight"] = l.weight().transpose(0, 1).contiguous();
 }
 
 void put_norm(std::map<std::string, Tensor>& sd, const std::string& name, const Norm& n) {

@@ -194,8 +194,7 @@ CausalLM AutoModelForCausalLM::from_pretrained(const std::filesystem::path& dir,
 namespace {
 
 CausalLM load(const std::filesystem::path& dir, const LoadOptions& opts) {
-  if (opts.device_map != "cpu" && opts.device_map != "auto")
-    throw ConfigError(str("from_pretrained: device_map '", opts.device_map, "' is not supported yet (use cpu)"));
+  const Device device = resolve_device_map(opts.device_map);
   CausalLM model;
   CausalLM::Impl& m = model.impl();
   m.config = ModelConfig::from_file(dir / "config.json");
@@ -298,7 +297,10 @@ CausalLM load(const std::filesystem::path& dir, const LoadOptions& opts) {
   // Positions.
   if (spec.pos == models::PosKind::Rope) m.rope.emplace(c);
   m.generation = GenerationConfig::from_pretrained(dir, c);
-  if (spec.pos == models::PosKind::Alibi) m.alibi_slopes = bloom_alibi_slopes(Hq);
+  if (spec.pos == models::PosKind::Alibi) {
+    std::vector<float> slopes = bloom_alibi_slopes(Hq);
+    m.alibi_slopes = Tensor::from_vector({Hq}, DType::F32, slopes);
+  }
   m.attn_scale = 1.0f / std::sqrt(float(D));
   if (c.query_pre_attn_scalar) m.attn_scale = float(1.0 / std::sqrt(*c.query_pre_attn_scalar));
   m.attn_softcap = c.attn_logit_softcapping ? std::optional<float>(float(*c.attn_logit_softcapping)) : std::nullopt;
@@ -315,9 +317,38 @@ CausalLM load(const std::filesystem::path& dir, const LoadOptions& opts) {
       if (name.ends_with(buf)) alias_used = true;
     if (!alias_used) throw FormatError(str("unexpected tensor '", name, "' in ", dir.string(), " for ", c.architecture));
   }
+  m.device = Device::cpu();
+  if (!device.is_cpu()) m.to_device(device);
   return model;
 }
 
 }  // namespace
+
+Device resolve_device_map(const std::string& map) {
+  if (map == "cpu") return Device::cpu();
+  if (map == "auto") return cuda_available() ? Device::cuda(0) : Device::cpu();
+  if (map == "cuda" || map.starts_with("cuda:")) {
+    int index = 0;
+    if (map.size() > 4) {
+      const std::string n = map.substr(5);
+      if (n.empty() || n.size() > 3 || n.find_first_not_of("0123456789") != std::string::npos)
+        throw ConfigError(str("device_map '", map, "': expected cuda:N"));
+      index = std::stoi(n);
+    }
+    const int count = cuda_device_count();
+    if (count == 0)
+      throw UnsupportedError(str("device_map '", map, "': no CUDA device",
+#ifdef NIBBLE_WITH_CUDA
+                                 " is visible"
+#else
+                                 " (this build has no CUDA backend)"
+#endif
+                                 ));
+    if (index >= count) throw ConfigError(str("device_map '", map, "': only ", count, " CUDA device(s) visible"));
+    return Device::cuda(index);
+  }
+  throw ConfigError(str("device_map '", map, "' is not supported (cpu, cuda, cuda:N or auto; splitting a model over "
+                        "devices is not implemented yet)"));
+}
 
 }  // namespace nibble

@@ -1,14 +1,21 @@
 // Forward-pass ops: the shape/dtype checks (ShapeError naming the op) and the one
-// (device, dtype) dispatch point of each op. Only host kernels exist so far; a CUDA tensor
-// gets UnsupportedError naming the op and the pair.
+// (device, dtype) dispatch point of each op (ops/dispatch.h), into the CPU backend
+// (backends/cpu) or the CUDA backend (backends/cuda). The allocating forms make their output on
+// the inputs' device and call the context forms with that device's current context.
 #include "ops/nn_ops.h"
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "backends/cpu/linear_cpu.h"
 #include "backends/cpu/nn_cpu.h"
 #include "nibble/error.h"
+#include "ops/dispatch.h"
+// CUDA-free declarations; only the CUDA build instantiates the branches that call them.
+#include "backends/cuda/linear_cuda.h"
+#include "backends/cuda/nn_cuda.h"
+#include "backends/cuda/quant_cuda.h"
 
 namespace nibble::ops {
 
@@ -20,16 +27,9 @@ bool is_compute_float(DType t) {
   return t == DType::F32 || t == DType::F16 || t == DType::BF16;
 }
 
-// Host-only for now: every input must be on the CPU.
-void require_cpu(const char* op, const Tensor& t) {
-  if (t.defined() && !t.device().is_cpu())
-    throw UnsupportedError(str(op, ": no kernel for (", t.device().str(), ", ", dtype_name(t.dtype()), ")"));
-}
-
 void require_f32(const char* op, const char* what, const Tensor& t) {
   if (!t.defined()) throw ShapeError(str(op, ": ", what, " is undefined"));
   if (t.dtype() != DType::F32) throw ShapeError(str(op, ": ", what, " must be f32, got ", t.str()));
-  require_cpu(op, t);
 }
 
 // A float vector of n elements (weights, biases); undefined allowed when optional.
@@ -40,29 +40,55 @@ void require_vector(const char* op, const char* what, const Tensor& t, int64_t n
   }
   if (!is_compute_float(t.dtype()) || t.dim() != 1 || t.size(0) != n)
     throw ShapeError(str(op, ": ", what, " must be f32/f16/bf16 [", n, "], got ", t.str()));
-  require_cpu(op, t);
+  if (!t.is_contiguous()) throw ShapeError(str(op, ": ", what, " must be contiguous, got ", t.str()));
 }
 
 void require_round_dtype(const char* op, DType t) {
-  if (!is_compute_float(t))
-    throw ShapeError(str(op, ": dtype must be f32, f16 or bf16, got ", dtype_name(t)));
+  if (!is_compute_float(t)) throw ShapeError(str(op, ": dtype must be f32, f16 or bf16, got ", dtype_name(t)));
 }
 
-// x [..., K] -> (M, K) and the output shape [..., N].
-struct Rows {
-  int64_t M, K;
-  Shape out_shape;
+// A [rows, cols] matrix view with unit column stride: its row stride (ld).
+struct Mat {
+  int64_t rows = 0, cols = 0, ld = 0;
 };
-Rows rows_of(const char* op, const Tensor& x, int64_t K, int64_t N) {
+Mat mat_of(const char* op, const char* what, const Tensor& t) {
+  if (!t.defined()) throw ShapeError(str(op, ": ", what, " is undefined"));
+  if (t.dim() != 2) throw ShapeError(str(op, ": ", what, " must be 2-D, got ", t.str()));
+  if (t.size(1) > 1 && t.strides()[1] != 1)
+    throw ShapeError(str(op, ": ", what, " must have unit column stride, got ", t.str()));
+  return {t.size(0), t.size(1), t.size(0) > 1 ? t.strides()[0] : t.size(1)};
+}
+// The output of an op: contiguous f32 of exactly `shape`.
+void require_out(const char* op, const Tensor& out, const Shape& shape) {
+  if (!out.defined() || out.dtype() != DType::F32 || out.shape() != shape || !out.is_contiguous())
+    throw ShapeError(str(op, ": output must be a contiguous f32 ", shape_str(shape), ", got ",
+                         out.defined() ? out.str() : "undefined"));
+}
+
+// x [..., K] as a 2-D [M, K] view (contiguous inputs of any rank, or 2-D strided rows).
+Tensor as_rows(const char* op, const Tensor& x, int64_t K) {
   if (x.dim() < 1 || x.size(-1) != K)
     throw ShapeError(str(op, ": input ", x.str(), " does not end in the weight's in_features ", K));
-  Rows r{K ? x.numel() / K : 0, K, x.shape()};
-  r.out_shape.back() = N;
-  if (K == 0) {  // numel() is 0, rows are the product of the leading dims
-    r.M = 1;
-    for (int64_t d = 0; d + 1 < x.dim(); ++d) r.M *= x.size(d);
-  }
-  return r;
+  if (x.dim() == 2) return x;
+  if (!x.is_contiguous()) throw ShapeError(str(op, ": input ", x.str(), " must be contiguous"));
+  int64_t M = 1;
+  for (int64_t d = 0; d + 1 < x.dim(); ++d) M *= x.size(d);
+  return x.view({M, K});
+}
+// The output of an allocating linear form: f32 x.shape()[:-1] + [N] on x's device, and its
+// [M, N] view.
+struct RowsOut {
+  Tensor out, view;
+};
+RowsOut rows_out(const char* op, const Tensor& x, int64_t N) {
+  require_f32(op, "input", x);
+  if (x.dim() < 1) throw ShapeError(str(op, ": input must have a feature dimension, got ", x.str()));
+  Shape s = x.shape();
+  s.back() = N;
+  int64_t M = 1;
+  for (int64_t d = 0; d + 1 < x.dim(); ++d) M *= x.size(d);
+  Tensor out = Tensor::empty(s, DType::F32, x.device());
+  return {out, out.view({M, N})};
 }
 
 const void* ptr_or_null(const Tensor& t) {
@@ -71,115 +97,14 @@ const void* ptr_or_null(const Tensor& t) {
 DType dtype_or_f32(const Tensor& t) {
   return t.defined() ? t.dtype() : DType::F32;
 }
-
-}  // namespace
-
-Tensor linear(const Tensor& x_in, const Tensor& w_in, const Tensor& bias_in, DType round_to) {
-  const char* op = "linear";
-  require_f32(op, "input", x_in);
-  require_cpu(op, w_in);
-  if (!w_in.defined() || w_in.dim() != 2 || !is_compute_float(w_in.dtype()))
-    throw ShapeError(
-        str(op, ": weight must be f32/f16/bf16 [N, K], got ", w_in.defined() ? w_in.str() : "undefined"));
-  const int64_t N = w_in.size(0), K = w_in.size(1);
-  require_vector(op, "bias", bias_in, N, true);
-  require_round_dtype(op, round_to);
-  Rows r = rows_of(op, x_in, K, N);
-  Tensor x = x_in.contiguous(), w = w_in.contiguous(),
-         bias = bias_in.defined() ? bias_in.contiguous() : Tensor();
-  Tensor out = Tensor::empty(r.out_shape, DType::F32);
-  cpu::linear(x.data<float>(), r.M, K, w.data_ptr(), w.dtype(), N, ptr_or_null(bias), dtype_or_f32(bias),
-              round_to, out.data<float>());
-  return out;
+// Host kernels take contiguous rows.
+Tensor host_rows(const Tensor& x) {
+  return x.is_contiguous() ? x : x.contiguous();
 }
 
-Tensor linear_4bit(const Tensor& x, const Tensor& packed, const QuantState4& state, const Tensor& bias,
-                   DType compute_dtype) {
-  require_cpu("linear_4bit", state.absmax);
-  if (!state.absmax.defined()) throw ShapeError("linear_4bit: quant state has no absmax");
-  return linear_4bit(x, packed, state, dequantize_absmax(state), bias, compute_dtype);
+[[maybe_unused]] cuda::Act to_cuda(Activation a) {
+  return static_cast<cuda::Act>(static_cast<int>(a));
 }
-
-Tensor linear_4bit(const Tensor& x_in, const Tensor& packed_in, const QuantState4& state,
-                   const Tensor& absmax_in, const Tensor& bias_in, DType compute_dtype) {
-  const char* op = "linear_4bit";
-  require_f32(op, "input", x_in);
-  require_cpu(op, packed_in);
-  if (state.shape.size() != 2)
-    throw ShapeError(str(op, ": quant state shape must be [N, K], got ", shape_str(state.shape)));
-  if (state.quant_type != DType::NF4 && state.quant_type != DType::FP4)
-    throw ShapeError(str(op, ": quant type must be nf4 or fp4, got ", dtype_name(state.quant_type)));
-  if (!valid_blocksize_4bit(state.blocksize))
-    throw ShapeError(str(op, ": invalid blocksize ", state.blocksize));
-  const int64_t N = state.shape[0], K = state.shape[1], n = state.numel();
-  if (!packed_in.defined() || packed_in.dtype() != DType::U8 || packed_in.numel() != (n + 1) / 2)
-    throw ShapeError(str(op, ": packed weight ", packed_in.defined() ? packed_in.str() : "undefined",
-                         " does not hold ", n, " 4-bit values"));
-  require_f32(op, "absmax", absmax_in);
-  if (absmax_in.numel() != state.n_blocks())
-    throw ShapeError(str(op, ": absmax ", absmax_in.str(), " does not have ", state.n_blocks(), " blocks"));
-  require_vector(op, "bias", bias_in, N, true);
-  require_round_dtype(op, compute_dtype);
-  Rows r = rows_of(op, x_in, K, N);
-  Tensor x = x_in.contiguous(), packed = packed_in.contiguous(), absmax = absmax_in.contiguous();
-  Tensor bias = bias_in.defined() ? bias_in.contiguous() : Tensor();
-  Tensor out = Tensor::empty(r.out_shape, DType::F32);
-  cpu::linear_4bit(x.data<float>(), r.M, K, packed.data<uint8_t>(), absmax.data<float>(), state.blocksize,
-                   state.quant_type, N, ptr_or_null(bias), dtype_or_f32(bias), compute_dtype,
-                   out.data<float>());
-  return out;
-}
-
-Tensor linear_int8(const Tensor& x_in, const Tensor& cb_in, const Tensor& scb_in, const Tensor& bias_in,
-                   float threshold, DType act_dtype) {
-  const char* op = "linear_int8";
-  require_f32(op, "input", x_in);
-  require_cpu(op, cb_in);
-  if (!cb_in.defined() || cb_in.dtype() != DType::I8 || cb_in.dim() != 2)
-    throw ShapeError(
-        str(op, ": weight must be i8 [N, K], got ", cb_in.defined() ? cb_in.str() : "undefined"));
-  const int64_t N = cb_in.size(0), K = cb_in.size(1);
-  require_f32(op, "SCB", scb_in);
-  if (scb_in.numel() != N) throw ShapeError(str(op, ": SCB ", scb_in.str(), " does not have ", N, " rows"));
-  require_vector(op, "bias", bias_in, N, true);
-  require_round_dtype(op, act_dtype);
-  if (!(threshold >= 0.0f)) throw ShapeError(str(op, ": threshold must be non-negative, got ", threshold));
-  Rows r = rows_of(op, x_in, K, N);
-  Tensor x = x_in.contiguous(), cb = cb_in.contiguous(), scb = scb_in.contiguous();
-  Tensor bias = bias_in.defined() ? bias_in.contiguous() : Tensor();
-  Tensor out = Tensor::empty(r.out_shape, DType::F32);
-  cpu::linear_int8(x.data<float>(), r.M, K, cb.data<int8_t>(), scb.data<float>(), N, ptr_or_null(bias),
-                   dtype_or_f32(bias), threshold, act_dtype, out.data<float>());
-  return out;
-}
-
-Tensor rms_norm(const Tensor& x_in, const Tensor& w_in, float eps, bool add_unit_offset) {
-  const char* op = "rms_norm";
-  require_f32(op, "input", x_in);
-  if (x_in.dim() < 1) throw ShapeError(str(op, ": input must have a feature dimension, got ", x_in.str()));
-  const int64_t C = x_in.size(-1), M = C ? x_in.numel() / C : 0;
-  require_vector(op, "weight", w_in, C, false);
-  Tensor x = x_in.contiguous(), w = w_in.contiguous();
-  Tensor out = Tensor::empty(x.shape(), DType::F32);
-  cpu::rms_norm(x.data<float>(), M, C, w.data_ptr(), w.dtype(), eps, add_unit_offset, out.data<float>());
-  return out;
-}
-
-Tensor layer_norm(const Tensor& x_in, const Tensor& w_in, const Tensor& b_in, float eps) {
-  const char* op = "layer_norm";
-  require_f32(op, "input", x_in);
-  if (x_in.dim() < 1) throw ShapeError(str(op, ": input must have a feature dimension, got ", x_in.str()));
-  const int64_t C = x_in.size(-1), M = C ? x_in.numel() / C : 0;
-  require_vector(op, "weight", w_in, C, false);
-  require_vector(op, "bias", b_in, C, true);
-  Tensor x = x_in.contiguous(), w = w_in.contiguous(), b = b_in.defined() ? b_in.contiguous() : Tensor();
-  Tensor out = Tensor::empty(x.shape(), DType::F32);
-  cpu::layer_norm(x.data<float>(), M, C, w.data_ptr(), w.dtype(), ptr_or_null(b), dtype_or_f32(b), eps,
-                  out.data<float>());
-  return out;
-}
-
-namespace {
 cpu::Act to_cpu(Activation a) {
   switch (a) {
     case Activation::SiLU:
@@ -193,61 +118,335 @@ cpu::Act to_cpu(Activation a) {
   }
   throw ShapeError("activation: unknown kind");
 }
+
 }  // namespace
 
-void activate_(Tensor& x, Activation a) {
-  require_f32("activate_", "input", x);
-  if (!x.is_contiguous()) throw ShapeError(str("activate_: input must be contiguous, got ", x.str()));
-  cpu::activate(x.data<float>(), x.numel(), to_cpu(a));
+// ---- linear ---------------------------------------------------------------------------------
+
+void linear(ExecContext& ctx, const Tensor& x_in, const Tensor& w, const Tensor& bias, DType round_to,
+            const Tensor& out) {
+  const char* op = "linear";
+  require_f32(op, "input", x_in);
+  if (!w.defined() || w.dim() != 2 || !is_compute_float(w.dtype()) || !w.is_contiguous())
+    throw ShapeError(
+        str(op, ": weight must be a contiguous f32/f16/bf16 [N, K], got ", w.defined() ? w.str() : "undefined"));
+  const int64_t N = w.size(0), K = w.size(1);
+  require_vector(op, "bias", bias, N, true);
+  require_round_dtype(op, round_to);
+  Tensor x = as_rows(op, x_in, K);
+  Mat xm = mat_of(op, "input", x);
+  require_out(op, out, {xm.rows, N});
+  dispatch(
+      op, ctx, w.dtype(), {x, w, bias, out},
+      [&] {
+        Tensor xc = host_rows(x);
+        cpu::linear(xc.data<float>(), xm.rows, K, w.data_ptr(), w.dtype(), N, ptr_or_null(bias), dtype_or_f32(bias),
+                    round_to, out.data<float>());
+      },
+      [&](auto& c) {
+        Tensor xc = xm.ld == K ? x : x.contiguous();
+        cuda::linear(make_launch(c, cuda::linear_workspace_bytes(xm.rows, K, N, w.dtype(), round_to)),
+                     xc.template data<float>(), xm.rows, K, w.data_ptr(), w.dtype(), N, ptr_or_null(bias),
+                     dtype_or_f32(bias), round_to, out.template data<float>());
+      });
 }
 
-Tensor gated_activation(const Tensor& gate_in, const Tensor& up_in, Activation a) {
-  const char* op = "gated_activation";
-  require_f32(op, "gate", gate_in);
-  require_f32(op, "up", up_in);
-  if (gate_in.shape() != up_in.shape())
-    throw ShapeError(str(op, ": gate ", gate_in.str(), " and up ", up_in.str(), " differ in shape"));
-  Tensor gate = gate_in.contiguous(), up = up_in.contiguous();
-  Tensor out = Tensor::empty(gate.shape(), DType::F32);
-  cpu::gated_activation(gate.data<float>(), up.data<float>(), gate.numel(), to_cpu(a), out.data<float>());
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias, DType round_to) {
+  if (!w.defined() || w.dim() != 2)
+    throw ShapeError(str("linear: weight must be f32/f16/bf16 [N, K], got ", w.defined() ? w.str() : "undefined"));
+  RowsOut r = rows_out("linear", x, w.size(0));
+  linear(ExecContext::current(x.device()), x, w, bias, round_to, r.view);
+  return r.out;
+}
+
+namespace {
+void check_4bit(const char* op, const Tensor& packed, const QuantState4& state) {
+  if (state.shape.size() != 2)
+    throw ShapeError(str(op, ": quant state shape must be [N, K], got ", shape_str(state.shape)));
+  if (state.quant_type != DType::NF4 && state.quant_type != DType::FP4)
+    throw ShapeError(str(op, ": quant type must be nf4 or fp4, got ", dtype_name(state.quant_type)));
+  if (!valid_blocksize_4bit(state.blocksize)) throw ShapeError(str(op, ": invalid blocksize ", state.blocksize));
+  const int64_t n = state.numel();
+  if (!packed.defined() || packed.dtype() != DType::U8 || packed.numel() != (n + 1) / 2 || !packed.is_contiguous())
+    throw ShapeError(str(op, ": packed weight ", packed.defined() ? packed.str() : "undefined", " does not hold ", n,
+                         " 4-bit values"));
+}
+}  // namespace
+
+void linear_4bit(ExecContext& ctx, const Tensor& x_in, const Tensor& packed, const QuantState4& state,
+                 const Tensor& absmax_f32, const Tensor& bias, DType compute_dtype, const Tensor& out) {
+  const char* op = "linear_4bit";
+  require_f32(op, "input", x_in);
+  check_4bit(op, packed, state);
+  const int64_t N = state.shape[0], K = state.shape[1];
+  require_vector(op, "bias", bias, N, true);
+  require_round_dtype(op, compute_dtype);
+  Tensor x = as_rows(op, x_in, K);
+  Mat xm = mat_of(op, "input", x);
+  require_out(op, out, {xm.rows, N});
+  dispatch(
+      op, ctx, state.quant_type, {x, packed, bias, out, state.absmax},
+      [&] {
+        require_f32(op, "absmax", absmax_f32);
+        if (absmax_f32.numel() != state.n_blocks())
+          throw ShapeError(str(op, ": absmax ", absmax_f32.str(), " does not have ", state.n_blocks(), " blocks"));
+        Tensor xc = host_rows(x);
+        cpu::linear_4bit(xc.data<float>(), xm.rows, K, packed.data<uint8_t>(), absmax_f32.data<float>(),
+                         state.blocksize, state.quant_type, N, ptr_or_null(bias), dtype_or_f32(bias), compute_dtype,
+                         out.data<float>());
+      },
+      [&](auto& c) {
+        cuda::Quant4Weight w;
+        w.packed = packed.data<uint8_t>();
+        w.blocksize = state.blocksize;
+        w.quant_type = state.quant_type;
+        if (state.nested) {
+          w.absmax_q = state.absmax.template data<uint8_t>();
+          w.absmax2 = state.nested_absmax.template data<float>();
+          w.code2 = cuda::device_dynamic_map();
+          w.offset = state.offset;
+          w.nested_blocksize = state.nested_blocksize;
+        } else {
+          w.absmax = state.absmax.template data<float>();
+        }
+        w.quant_map = cuda::device_quant_map(state.quant_type);
+        Tensor xc = xm.ld == K ? x : x.contiguous();
+        cuda::linear_4bit(make_launch(c, cuda::linear_4bit_workspace_bytes(xm.rows, K, N, compute_dtype)),
+                          xc.template data<float>(), xm.rows, K, w, N, ptr_or_null(bias), dtype_or_f32(bias),
+                          compute_dtype, out.template data<float>());
+      });
+}
+
+Tensor linear_4bit(const Tensor& x, const Tensor& packed, const QuantState4& state, const Tensor& bias,
+                   DType compute_dtype) {
+  if (!state.absmax.defined()) throw ShapeError("linear_4bit: quant state has no absmax");
+  return linear_4bit(x, packed, state, state.absmax.device().is_cpu() ? dequantize_absmax(state) : Tensor(), bias,
+                     compute_dtype);
+}
+
+Tensor linear_4bit(const Tensor& x, const Tensor& packed, const QuantState4& state, const Tensor& absmax_f32,
+                   const Tensor& bias, DType compute_dtype) {
+  check_4bit("linear_4bit", packed, state);
+  RowsOut r = rows_out("linear_4bit", x, state.shape[0]);
+  linear_4bit(ExecContext::current(x.device()), x, packed, state, absmax_f32, bias, compute_dtype, r.view);
+  return r.out;
+}
+
+void linear_int8(ExecContext& ctx, const Tensor& x_in, const Tensor& cb, const Tensor& scb, const Tensor& bias,
+                 float threshold, DType act_dtype, const Tensor& out) {
+  const char* op = "linear_int8";
+  require_f32(op, "input", x_in);
+  if (!cb.defined() || cb.dtype() != DType::I8 || cb.dim() != 2 || !cb.is_contiguous())
+    throw ShapeError(str(op, ": weight must be a contiguous i8 [N, K], got ", cb.defined() ? cb.str() : "undefined"));
+  const int64_t N = cb.size(0), K = cb.size(1);
+  require_f32(op, "SCB", scb);
+  if (scb.numel() != N || !scb.is_contiguous())
+    throw ShapeError(str(op, ": SCB ", scb.str(), " does not have ", N, " rows"));
+  require_vector(op, "bias", bias, N, true);
+  require_round_dtype(op, act_dtype);
+  if (!(threshold >= 0.0f)) throw ShapeError(str(op, ": threshold must be non-negative, got ", threshold));
+  Tensor x = as_rows(op, x_in, K);
+  Mat xm = mat_of(op, "input", x);
+  require_out(op, out, {xm.rows, N});
+  dispatch(
+      op, ctx, DType::I8, {x, cb, scb, bias, out},
+      [&] {
+        Tensor xc = host_rows(x);
+        cpu::linear_int8(xc.data<float>(), xm.rows, K, cb.data<int8_t>(), scb.data<float>(), N, ptr_or_null(bias),
+                         dtype_or_f32(bias), threshold, act_dtype, out.data<float>());
+      },
+      [&](auto& c) {
+        Tensor xc = xm.ld == K ? x : x.contiguous();
+        cuda::linear_int8(make_launch(c, cuda::linear_int8_workspace_bytes(xm.rows, K, N)), xc.template data<float>(),
+                          xm.rows, K, cb.data<int8_t>(), scb.data<float>(), N, ptr_or_null(bias), dtype_or_f32(bias),
+                          threshold, act_dtype, out.template data<float>());
+      });
+}
+
+Tensor linear_int8(const Tensor& x, const Tensor& cb, const Tensor& scb, const Tensor& bias, float threshold,
+                   DType act_dtype) {
+  if (!cb.defined() || cb.dim() != 2)
+    throw ShapeError(str("linear_int8: weight must be a contiguous i8 [N, K], got ", cb.defined() ? cb.str() : "undefined"));
+  RowsOut r = rows_out("linear_int8", x, cb.size(0));
+  linear_int8(ExecContext::current(x.device()), x, cb, scb, bias, threshold, act_dtype, r.view);
+  return r.out;
+}
+
+// ---- norms ------------------------------------------------------------------------------------
+
+namespace {
+// x [..., C] contiguous -> (M, C)
+std::pair<int64_t, int64_t> rows_cols(const char* op, const Tensor& x) {
+  require_f32(op, "input", x);
+  if (x.dim() < 1) throw ShapeError(str(op, ": input must have a feature dimension, got ", x.str()));
+  if (!x.is_contiguous()) throw ShapeError(str(op, ": input must be contiguous, got ", x.str()));
+  const int64_t C = x.size(-1);
+  return {C ? x.numel() / C : 0, C};
+}
+}  // namespace
+
+void rms_norm(ExecContext& ctx, const Tensor& x, const Tensor& w, float eps, bool add_unit_offset, const Tensor& out) {
+  const char* op = "rms_norm";
+  auto [M, C] = rows_cols(op, x);
+  require_vector(op, "weight", w, C, false);
+  require_out(op, out, x.shape());
+  dispatch(
+      op, ctx, w.dtype(), {x, w, out},
+      [&] {
+        cpu::rms_norm(x.data<float>(), M, C, w.data_ptr(), w.dtype(), eps, add_unit_offset, out.data<float>());
+      },
+      [&](auto& c) {
+        cuda::rms_norm(make_launch(c, 0), x.template data<float>(), M, C, w.data_ptr(), w.dtype(), eps,
+                       add_unit_offset, out.template data<float>());
+      });
+}
+
+Tensor rms_norm(const Tensor& x, const Tensor& w, float eps, bool add_unit_offset) {
+  Tensor xc = x.defined() ? x.contiguous() : x;
+  Tensor out = Tensor::empty(xc.shape(), DType::F32, xc.device());
+  rms_norm(ExecContext::current(xc.device()), xc, w, eps, add_unit_offset, out);
   return out;
 }
 
-void apply_rope_(Tensor& x, const Tensor& cos_in, const Tensor& sin_in, int64_t rot_dim) {
+void layer_norm(ExecContext& ctx, const Tensor& x, const Tensor& w, const Tensor& b, float eps, const Tensor& out) {
+  const char* op = "layer_norm";
+  auto [M, C] = rows_cols(op, x);
+  require_vector(op, "weight", w, C, false);
+  require_vector(op, "bias", b, C, true);
+  require_out(op, out, x.shape());
+  dispatch(
+      op, ctx, w.dtype(), {x, w, b, out},
+      [&] {
+        cpu::layer_norm(x.data<float>(), M, C, w.data_ptr(), w.dtype(), ptr_or_null(b), dtype_or_f32(b), eps,
+                        out.data<float>());
+      },
+      [&](auto& c) {
+        cuda::layer_norm(make_launch(c, 0), x.template data<float>(), M, C, w.data_ptr(), w.dtype(), ptr_or_null(b),
+                         dtype_or_f32(b), eps, out.template data<float>());
+      });
+}
+
+Tensor layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, float eps) {
+  Tensor xc = x.defined() ? x.contiguous() : x;
+  Tensor out = Tensor::empty(xc.shape(), DType::F32, xc.device());
+  layer_norm(ExecContext::current(xc.device()), xc, w, b, eps, out);
+  return out;
+}
+
+// ---- activations --------------------------------------------------------------------------------
+
+void activate_(ExecContext& ctx, const Tensor& x, Activation a) {
+  const char* op = "activate_";
+  require_f32(op, "input", x);
+  if (!x.is_contiguous()) throw ShapeError(str(op, ": input must be contiguous, got ", x.str()));
+  dispatch(
+      op, ctx, x.dtype(), {x}, [&] { cpu::activate(x.data<float>(), x.numel(), to_cpu(a)); },
+      [&](auto& c) { cuda::activate(make_launch(c, 0), x.template data<float>(), x.numel(), to_cuda(a)); });
+}
+
+void activate_(Tensor& x, Activation a) {
+  require_f32("activate_", "input", x);
+  activate_(ExecContext::current(x.device()), x, a);
+}
+
+void gated_activation(ExecContext& ctx, const Tensor& gate, const Tensor& up, Activation a, const Tensor& out) {
+  const char* op = "gated_activation";
+  require_f32(op, "gate", gate);
+  require_f32(op, "up", up);
+  if (gate.shape() != up.shape())
+    throw ShapeError(str(op, ": gate ", gate.str(), " and up ", up.str(), " differ in shape"));
+  Tensor g2 = gate.dim() == 2 ? gate : gate.contiguous().view({-1, gate.size(-1)});
+  Tensor u2 = up.dim() == 2 ? up : up.contiguous().view({-1, up.size(-1)});
+  Mat gm = mat_of(op, "gate", g2), um = mat_of(op, "up", u2);
+  require_out(op, out, {gm.rows, gm.cols});
+  dispatch(
+      op, ctx, gate.dtype(), {gate, up, out},
+      [&] {
+        Tensor gc = host_rows(g2), uc = host_rows(u2);
+        cpu::gated_activation(gc.data<float>(), uc.data<float>(), gc.numel(), to_cpu(a), out.data<float>());
+      },
+      [&](auto& c) {
+        cuda::gated_activation(make_launch(c, 0), g2.template data<float>(), gm.ld, u2.template data<float>(), um.ld,
+                               gm.rows, gm.cols, to_cuda(a), out.template data<float>());
+      });
+}
+
+Tensor gated_activation(const Tensor& gate, const Tensor& up, Activation a) {
+  require_f32("gated_activation", "gate", gate);
+  Tensor out = Tensor::empty(gate.shape(), DType::F32, gate.device());
+  gated_activation(ExecContext::current(gate.device()), gate, up, a,
+                   out.view({-1, std::max<int64_t>(gate.size(-1), 1)}));
+  return out;
+}
+
+// ---- rotary embedding ---------------------------------------------------------------------------
+
+void apply_rope_(ExecContext& ctx, const Tensor& x, const Tensor& cos_in, const Tensor& sin_in, int64_t rot_dim) {
   const char* op = "apply_rope_";
   require_f32(op, "input", x);
   require_f32(op, "cos", cos_in);
   require_f32(op, "sin", sin_in);
-  if (x.dim() != 3 || !x.is_contiguous())
-    throw ShapeError(str(op, ": input must be a contiguous [T, H, D], got ", x.str()));
+  if (x.dim() != 3 || x.strides()[2] != 1 || x.strides()[1] != x.size(2))
+    throw ShapeError(str(op, ": input must be [T, H, D] with contiguous heads, got ", x.str()));
   const int64_t T = x.size(0), H = x.size(1), D = x.size(2);
   if (rot_dim <= 0 || rot_dim % 2 != 0 || rot_dim > D)
     throw ShapeError(str(op, ": rot_dim ", rot_dim, " must be even and in (0, ", D, "]"));
   const Shape cs{T, rot_dim / 2};
-  if (cos_in.shape() != cs || sin_in.shape() != cs)
+  if (cos_in.shape() != cs || sin_in.shape() != cs || !cos_in.is_contiguous() || !sin_in.is_contiguous())
     throw ShapeError(
-        str(op, ": cos/sin must be [", T, ", ", rot_dim / 2, "], got ", cos_in.str(), " and ", sin_in.str()));
-  Tensor c = cos_in.contiguous(), s = sin_in.contiguous();
-  cpu::apply_rope(x.data<float>(), T, H, D, c.data<float>(), s.data<float>(), rot_dim);
+        str(op, ": cos/sin must be contiguous [", T, ", ", rot_dim / 2, "], got ", cos_in.str(), " and ", sin_in.str()));
+  const int64_t ld = T > 1 ? x.strides()[0] : H * D;
+  dispatch(
+      op, ctx, x.dtype(), {x, cos_in, sin_in},
+      [&] {
+        if (ld == H * D) {
+          cpu::apply_rope(x.data<float>(), T, H, D, cos_in.data<float>(), sin_in.data<float>(), rot_dim);
+          return;
+        }
+        for (int64_t t = 0; t < T; ++t)  // strided tokens: one token at a time
+          cpu::apply_rope(x.data<float>() + t * ld, 1, H, D, cos_in.data<float>() + t * (rot_dim / 2),
+                          sin_in.data<float>() + t * (rot_dim / 2), rot_dim);
+      },
+      [&](auto& c) {
+        cuda::apply_rope(make_launch(c, 0), x.template data<float>(), ld, T, H, D, cos_in.template data<float>(),
+                         sin_in.template data<float>(), rot_dim);
+      });
 }
 
-Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, const AttentionOptions& opts) {
+void apply_rope_(Tensor& x, const Tensor& cos, const Tensor& sin, int64_t rot_dim) {
+  require_f32("apply_rope_", "input", x);
+  apply_rope_(ExecContext::current(x.device()), x, cos, sin, rot_dim);
+}
+
+// ---- attention ------------------------------------------------------------------------------------
+
+namespace {
+// Token stride of a [S, H, D] view with contiguous heads.
+int64_t token_stride(const char* op, const char* what, const Tensor& t) {
+  if (t.dim() != 3 || t.strides()[2] != 1 || t.strides()[1] != t.size(2))
+    throw ShapeError(str(op, ": ", what, " must be [S, H, D] with contiguous heads, got ", t.str()));
+  return t.size(0) > 1 ? t.strides()[0] : t.size(1) * t.size(2);
+}
+}  // namespace
+
+void attention(ExecContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& opts,
+               const Tensor& out) {
   const char* op = "attention";
-  require_f32(op, "q", q_in);
-  require_f32(op, "k", k_in);
-  require_f32(op, "v", v_in);
-  if (q_in.dim() != 3 || k_in.dim() != 3 || v_in.dim() != 3)
-    throw ShapeError(str(op, ": q, k, v must be [T, Hq, D], [S, Hkv, D], [S, Hkv, Dv]; got ", q_in.str(),
-                         ", ", k_in.str(), ", ", v_in.str()));
+  require_f32(op, "q", q);
+  if (!k.defined() || !v.defined() || k.dtype() != v.dtype() || !is_compute_float(k.dtype()))
+    throw ShapeError(str(op, ": k and v must share one float dtype"));
+  if (q.dim() != 3 || k.dim() != 3 || v.dim() != 3)
+    throw ShapeError(str(op, ": q, k, v must be [T, Hq, D], [S, Hkv, D], [S, Hkv, Dv]; got ", q.str(), ", ", k.str(),
+                         ", ", v.str()));
   cpu::AttentionShape a;
-  a.T = q_in.size(0);
-  a.Hq = q_in.size(1);
-  a.D = q_in.size(2);
-  a.S = k_in.size(0);
-  a.Hkv = k_in.size(1);
-  a.Dv = v_in.size(2);
-  if (k_in.size(2) != a.D || v_in.size(0) != a.S || v_in.size(1) != a.Hkv)
-    throw ShapeError(str(op, ": k ", k_in.str(), " / v ", v_in.str(), " do not fit q ", q_in.str()));
+  a.T = q.size(0);
+  a.Hq = q.size(1);
+  a.D = q.size(2);
+  a.S = k.size(0);
+  a.Hkv = k.size(1);
+  a.Dv = v.size(2);
+  if (k.size(2) != a.D || v.size(0) != a.S || v.size(1) != a.Hkv)
+    throw ShapeError(str(op, ": k ", k.str(), " / v ", v.str(), " do not fit q ", q.str()));
   if (a.Hkv <= 0 || a.Hq % a.Hkv != 0)
     throw ShapeError(str(op, ": query heads ", a.Hq, " are not a multiple of kv heads ", a.Hkv));
   if (opts.q_offset < 0) throw ShapeError(str(op, ": q_offset must be >= 0, got ", opts.q_offset));
@@ -255,15 +454,149 @@ Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, con
     throw ShapeError(str(op, ": sliding_window must be positive, got ", *opts.sliding_window));
   if (opts.softcap && !(*opts.softcap > 0.0f))
     throw ShapeError(str(op, ": softcap must be positive, got ", *opts.softcap));
+  if (opts.alibi_slopes.defined() &&
+      (opts.alibi_slopes.dtype() != DType::F32 || opts.alibi_slopes.numel() != a.Hq))
+    throw ShapeError(str(op, ": alibi slopes must be f32 [", a.Hq, "], got ", opts.alibi_slopes.str()));
+  require_out(op, out, {a.T, a.Hq, a.Dv});
+  const int64_t ldq = token_stride(op, "q", q), ldk = token_stride(op, "k", k), ldv = token_stride(op, "v", v);
   a.scale = opts.scale;
   a.q_offset = opts.q_offset;
   a.window = opts.sliding_window.value_or(0);
   a.softcap = opts.softcap.value_or(0.0f);
-  a.alibi = opts.alibi_slopes;
-  Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
-  Tensor out = Tensor::empty({a.T, a.Hq, a.Dv}, DType::F32);
-  cpu::attention(q.data<float>(), k.data<float>(), v.data<float>(), a, out.data<float>());
+  dispatch(
+      op, ctx, k.dtype(), {q, k, v, out, opts.alibi_slopes},
+      [&] {
+        if (k.dtype() != DType::F32) throw UnsupportedError(str(op, ": no kernel for (cpu, ", dtype_name(k.dtype()), ") K/V"));
+        Tensor qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
+        a.alibi = opts.alibi_slopes.defined() ? opts.alibi_slopes.data<float>() : nullptr;
+        cpu::attention(qc.data<float>(), kc.data<float>(), vc.data<float>(), a, out.data<float>());
+      },
+      [&](auto& c) {
+        cuda::Attention g;
+        g.T = a.T, g.S = a.S, g.Hq = a.Hq, g.Hkv = a.Hkv, g.D = a.D, g.Dv = a.Dv;
+        g.scale = a.scale, g.q_offset = a.q_offset, g.window = a.window, g.softcap = a.softcap;
+        g.alibi = opts.alibi_slopes.defined() ? opts.alibi_slopes.template data<float>() : nullptr;
+        g.q = q.template data<float>(), g.ldq = ldq;
+        g.k = k.data_ptr(), g.v = v.data_ptr(), g.kv_dtype = k.dtype(), g.ldk = ldk, g.ldv = ldv;
+        g.out = out.template data<float>();
+        cuda::attention(make_launch(c, cuda::attention_workspace_bytes(g)), g);
+      });
+}
+
+Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& opts) {
+  require_f32("attention", "q", q);
+  if (q.dim() != 3 || v.dim() != 3)
+    throw ShapeError(str("attention: q, k, v must be [T, Hq, D], [S, Hkv, D], [S, Hkv, Dv]; got ", q.str(), ", ",
+                         k.str(), ", ", v.str()));
+  Tensor out = Tensor::empty({q.size(0), q.size(1), v.size(2)}, DType::F32, q.device());
+  attention(ExecContext::current(q.device()), q, k, v, opts, out);
   return out;
+}
+
+// ---- elementwise and data movement ------------------------------------------------------------------
+
+void add_(ExecContext& ctx, const Tensor& a, const Tensor& b) {
+  const char* op = "add_";
+  require_f32(op, "a", a);
+  require_f32(op, "b", b);
+  if (a.shape() != b.shape() || !a.is_contiguous() || !b.is_contiguous())
+    throw ShapeError(str(op, ": ", a.str(), " and ", b.str(), " must be contiguous and of one shape"));
+  dispatch(
+      op, ctx, a.dtype(), {a, b},
+      [&] {
+        float* p = a.data<float>();
+        const float* q = b.data<float>();
+        for (int64_t i = 0; i < a.numel(); ++i) p[i] += q[i];
+      },
+      [&](auto& c) { cuda::add(make_launch(c, 0), a.template data<float>(), b.template data<float>(), a.numel()); });
+}
+
+void softcap_(ExecContext& ctx, const Tensor& x, float cap) {
+  const char* op = "softcap_";
+  require_f32(op, "input", x);
+  if (!x.is_contiguous()) throw ShapeError(str(op, ": input must be contiguous, got ", x.str()));
+  if (!(cap > 0.0f)) throw ShapeError(str(op, ": softcap must be positive, got ", cap));
+  dispatch(
+      op, ctx, x.dtype(), {x},
+      [&] {
+        float* p = x.data<float>();
+        for (int64_t i = 0; i < x.numel(); ++i) p[i] = std::tanh(p[i] / cap) * cap;
+      },
+      [&](auto& c) { cuda::softcap(make_launch(c, 0), x.template data<float>(), x.numel(), cap); });
+}
+
+void embedding(ExecContext& ctx, const Tensor& table, const Tensor& ids, int64_t offset, float scale,
+               const Tensor& out) {
+  const char* op = "embedding";
+  if (!table.defined() || table.dim() != 2 || !is_float(table.dtype()) || !table.is_contiguous())
+    throw ShapeError(str(op, ": table must be a contiguous float [V, C], got ", table.defined() ? table.str() : "undefined"));
+  if (!ids.defined() || ids.dtype() != DType::I64 || ids.dim() != 1 || !ids.is_contiguous())
+    throw ShapeError(str(op, ": ids must be i64 [R], got ", ids.defined() ? ids.str() : "undefined"));
+  const int64_t V = table.size(0), C = table.size(1), R = ids.size(0);
+  require_out(op, out, {R, C});
+  dispatch(
+      op, ctx, table.dtype(), {table, ids, out},
+      [&] {
+        for (int64_t t = 0; t < R; ++t) {
+          const int64_t r = ids.data<int64_t>()[t] + offset;
+          if (r < 0 || r >= V)
+            throw ShapeError(str("index ", ids.data<int64_t>()[t], " is outside the embedding of ", V, " rows"));
+          float* o = out.data<float>() + t * C;
+          for (int64_t c = 0; c < C; ++c) o[c] = load_as_f32(table.data_ptr(), table.dtype(), r * C + c) * scale;
+        }
+      },
+      [&](auto& c) {
+        cuda::embedding(make_launch(c, 0), table.data_ptr(), table.dtype(), C, ids.template data<int64_t>(), R, offset,
+                        scale, out.template data<float>());
+      });
+}
+
+void copy_(ExecContext& ctx, const Tensor& src, const Tensor& dst) {
+  const char* op = "copy_";
+  require_f32(op, "source", src);
+  if (!dst.defined() || !is_compute_float(dst.dtype()))
+    throw ShapeError(str(op, ": destination must be f32/f16/bf16, got ", dst.defined() ? dst.str() : "undefined"));
+  Mat s = mat_of(op, "source", src), d = mat_of(op, "destination", dst);
+  if (s.rows != d.rows || s.cols != d.cols)
+    throw ShapeError(str(op, ": source ", src.str(), " and destination ", dst.str(), " differ in shape"));
+  dispatch(
+      op, ctx, dst.dtype(), {src, dst},
+      [&] {
+        for (int64_t r = 0; r < s.rows; ++r) {
+          const float* sp = src.data<float>() + r * s.ld;
+          if (dst.dtype() == DType::F32) {
+            std::memcpy(dst.data<float>() + r * d.ld, sp, size_t(s.cols) * 4);
+            continue;
+          }
+          char* dp = static_cast<char*>(dst.data_ptr()) + r * d.ld * 2;
+          for (int64_t c = 0; c < s.cols; ++c) store_from_f32(dp, dst.dtype(), c, sp[c]);
+        }
+      },
+      [&](auto& c) {
+        cuda::copy_rows(make_launch(c, 0), src.template data<float>(), s.ld, s.rows, s.cols, dst.data_ptr(),
+                        dst.dtype(), d.ld);
+      });
+}
+
+void argmax_rows(ExecContext& ctx, const Tensor& x, const Tensor& out) {
+  const char* op = "argmax_rows";
+  require_f32(op, "input", x);
+  Mat m = mat_of(op, "input", x);
+  if (m.ld != m.cols) throw ShapeError(str(op, ": input must be contiguous, got ", x.str()));
+  if (!out.defined() || out.dtype() != DType::I64 || out.numel() != m.rows || !out.is_contiguous())
+    throw ShapeError(str(op, ": output must be i64 [", m.rows, "]"));
+  if (m.cols == 0) throw ShapeError(str(op, ": rows are empty"));
+  dispatch(
+      op, ctx, x.dtype(), {x, out},
+      [&] {
+        for (int64_t r = 0; r < m.rows; ++r) {
+          const float* row = x.data<float>() + r * m.cols;
+          out.data<int64_t>()[r] = std::max_element(row, row + m.cols) - row;  // first maximum, as torch.argmax
+        }
+      },
+      [&](auto& c) {
+        cuda::argmax_rows(make_launch(c, 0), x.template data<float>(), m.rows, m.cols, out.template data<int64_t>());
+      });
 }
 
 double log_sum_exp(const float* row, int64_t n) {

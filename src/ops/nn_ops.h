@@ -1,13 +1,19 @@
-// Forward-pass ops on host tensors (the CUDA versions come later behind the same calls).
-// Activations are f32 [rows, features], row-major and contiguous; weights stay in their
-// stored form (f32/f16/bf16, packed 4-bit, or int8) and are converted on the fly inside
-// the kernels — never a full dequantized copy. Each op checks shapes/dtypes (ShapeError
-// naming the op) and dispatches once on (device, dtype). Accumulation is in f32.
+// Forward-pass ops on the CPU or CUDA. Activations are f32 [rows, features], row-major;
+// weights stay in their stored form (f32/f16/bf16, packed 4-bit, or int8) and are converted
+// on the fly inside the kernels — never a full dequantized copy. Each op checks shapes/dtypes
+// (ShapeError naming the op) and dispatches once on (device, dtype) through ops/dispatch.h.
+// Accumulation is in f32.
+//
+// Every op comes in two forms: `op(ctx, inputs..., out)` runs on the context's device and
+// stream and writes into a caller-provided output (all tensors on ctx's device; nothing is
+// allocated, so a decode step can reuse its buffers and be captured in a CUDA graph), and the
+// allocating `op(inputs...)` that returns a fresh output on the inputs' device.
 #pragma once
 
 #include <cstdint>
 #include <optional>
 
+#include "core/exec_context.h"
 #include "nibble/quant.h"
 #include "nibble/tensor.h"
 
@@ -60,11 +66,49 @@ struct AttentionOptions {
   int64_t q_offset = 0;                    // position of q row 0 among the keys (KV cache)
   std::optional<int64_t> sliding_window;   // key j visible to query i iff i - j < window
   std::optional<float> softcap;            // logits = softcap * tanh(logits / softcap)
-  const float* alibi_slopes = nullptr;     // [Hq]: adds slope * (j) (Bloom), or nullptr
+  Tensor alibi_slopes;                     // f32 [Hq] on q's device: adds slope * j (Bloom), or undefined
 };
 // Causal attention. q [T, Hq, D], k [S, Hkv, D], v [S, Hkv, Dv] (f32; Hq a multiple of Hkv),
 // query i sits at position q_offset + i and sees keys j <= q_offset + i. Out [T, Hq, Dv].
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& opts);
+
+// ---- forms with an execution context and a caller-provided output ------------------------------
+// Outputs are contiguous f32 of the shape the allocating form returns. Inputs x are [M, K] 2-D
+// views whose rows may be strided (stride(1) == 1), e.g. column slices of a fused projection.
+void linear(ExecContext& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, DType round_to,
+            const Tensor& out);
+// The stored bitsandbytes state: on the CPU the f32 absmax (absmax_f32, see above) is used;
+// CUDA reads the stored (nested) absmax directly and ignores absmax_f32.
+void linear_4bit(ExecContext& ctx, const Tensor& x, const Tensor& packed, const QuantState4& state,
+                 const Tensor& absmax_f32, const Tensor& bias, DType compute_dtype, const Tensor& out);
+void linear_int8(ExecContext& ctx, const Tensor& x, const Tensor& cb, const Tensor& scb, const Tensor& bias,
+                 float threshold, DType act_dtype, const Tensor& out);
+void rms_norm(ExecContext& ctx, const Tensor& x, const Tensor& w, float eps, bool add_unit_offset,
+              const Tensor& out);
+void layer_norm(ExecContext& ctx, const Tensor& x, const Tensor& w, const Tensor& b, float eps, const Tensor& out);
+void activate_(ExecContext& ctx, const Tensor& x, Activation a);
+// gate, up: [M, F] views (rows may be strided: the two halves of a fused gate_up output).
+void gated_activation(ExecContext& ctx, const Tensor& gate, const Tensor& up, Activation a, const Tensor& out);
+// x [T, H, D] (token stride may exceed H * D: q/k columns of a fused qkv output).
+void apply_rope_(ExecContext& ctx, const Tensor& x, const Tensor& cos, const Tensor& sin, int64_t rot_dim);
+// k, v: [S, Hkv, D] views of a KV cache (f32; CUDA also f16/bf16), q [T, Hq, D] (token stride
+// may be larger), out [T, Hq, Dv] contiguous.
+void attention(ExecContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& opts,
+               const Tensor& out);
+
+// a += b (same shape, contiguous f32).
+void add_(ExecContext& ctx, const Tensor& a, const Tensor& b);
+// x = softcap * tanh(x / softcap) (contiguous f32).
+void softcap_(ExecContext& ctx, const Tensor& x, float cap);
+// out[r, :] = table[ids[r] + offset, :] * scale (f32 [R, C]); ids: i64 [R] on ctx's device, each
+// in range (the caller checks on the host, where the ids come from).
+void embedding(ExecContext& ctx, const Tensor& table, const Tensor& ids, int64_t offset, float scale,
+               const Tensor& out);
+// dst = src converted to dst's dtype (f32 → f32/f16/bf16); both 2-D [rows, cols] views with
+// unit column stride (head splits, KV-cache writes, the batch concat).
+void copy_(ExecContext& ctx, const Tensor& src, const Tensor& dst);
+// out[r] = first index of the maximum of x[r, :] (torch.argmax); x f32 [R, V], out i64 [R].
+void argmax_rows(ExecContext& ctx, const Tensor& x, const Tensor& out);
 
 // log(sum(exp(row))) of one logits row, in double with the max subtracted first — the
 // normalizer behind perplexity, KL and log-probabilities (host data, no dispatch).

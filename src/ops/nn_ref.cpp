@@ -201,7 +201,7 @@ Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, con
         for (int64_t e = 0; e < D; ++e) d += at(q, (i * Hq + h) * D + e) * at(k, (j * Hkv + g) * D + e);
         d *= opts.scale;
         if (opts.softcap) d = *opts.softcap * std::tanh(d / *opts.softcap);
-        if (opts.alibi_slopes) d += double(opts.alibi_slopes[h]) * double(j);
+        if (opts.alibi_slopes.defined()) d += double(opts.alibi_slopes.data<float>()[h]) * double(j);
         s[size_t(j)] = d;
         mx = std::max(mx, d);
       }

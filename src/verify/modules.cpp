@@ -46,9 +46,7 @@ std::vector<ModuleReport> module_report(const CausalLM& model) {
     r.shape = {l.out_features(), l.in_features()};
     r.params = l.out_features() * l.in_features() + (l.bias().defined() ? l.bias().numel() : 0);
     r.bytes = (nl == &m.lm_head && m.tied_head) ? 0 : l.footprint_bytes();
-    if (l.format() == nn::WeightFormat::Nf4 || l.format() == nn::WeightFormat::Fp4)
-      r.state_bytes = l.quant_state().state_bytes();
-    if (l.format() == nn::WeightFormat::Int8) r.state_bytes = int64_t(l.scb().nbytes());
+    r.state_bytes = l.traits().state_bytes(l);
     by_name[nl->name] = r;
   }
   std::vector<ModuleReport> out;

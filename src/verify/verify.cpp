@@ -32,24 +32,14 @@ using detail::str;
 namespace {
 
 const char* format_name(nn::WeightFormat f) {
-  switch (f) {
-    case nn::WeightFormat::Fp:
-      return "fp";
-    case nn::WeightFormat::Nf4:
-      return "nf4";
-    case nn::WeightFormat::Fp4:
-      return "fp4";
-    case nn::WeightFormat::Int8:
-      return "int8";
-  }
-  return "fp";
+  return nn::format_traits(f).name;
 }
 
 bool is_4bit(const nn::Linear& l) {
-  return l.format() == nn::WeightFormat::Nf4 || l.format() == nn::WeightFormat::Fp4;
+  return l.is_4bit();
 }
 bool is_quantized(const nn::Linear& l) {
-  return l.format() != nn::WeightFormat::Fp;
+  return l.traits().quantized;
 }
 
 std::string join(const std::vector<std::string>& v, size_t max_items = 6) {
@@ -65,31 +55,14 @@ std::string fixed(double v, int digits = 4) {
   return b;
 }
 
-// bitsandbytes' own accuracy yardsticks (FORMATS.md §6: mean abs error of randn 1024x1024 at
-// blocksize 64), scaled by 1.5 for real weights, whose tails are heavier than a normal's. The
-// 8-bit figure is bitsandbytes' bound for blockwise 8-bit; LLM.int8's row-wise absmax is held
-// to the same bound.
+// bitsandbytes' own accuracy yardsticks (FORMATS.md §6), from the format traits table.
 double error_limit(nn::WeightFormat f) {
-  switch (f) {
-    case nn::WeightFormat::Nf4:
-      return 1.5 * 0.0728;
-    case nn::WeightFormat::Fp4:
-      return 1.5 * 0.0965;
-    case nn::WeightFormat::Int8:
-      return 1.5 * 0.011;
-    default:
-      return 0;
-  }
+  return nn::format_traits(f).error_yardstick;
 }
 
 // The weight a quantized Linear computes with, as f32 [out, in].
 Tensor dequantized_weight(const nn::Linear& l) {
-  if (is_4bit(l))
-    return dequantize_4bit(l.weight(), l.quant_state())
-        .to(DType::F32)
-        .view({l.out_features(), l.in_features()});
-  if (l.format() == nn::WeightFormat::Int8) return int8_vectorwise_dequant(l.weight(), l.scb());
-  return l.weight().to(DType::F32);
+  return l.traits().dequantize(l);
 }
 
 std::string default_decode(const std::vector<int64_t>& ids) {
@@ -140,8 +113,7 @@ struct Verifier {
       if (is_4bit(l)) lr.compute_dtype = torch_dtype_name(l.compute_dtype());
       lr.shape = {l.out_features(), l.in_features()};
       lr.bytes = (nl == &m.lm_head && m.tied_head) ? 0 : l.footprint_bytes();
-      if (is_4bit(l)) lr.state_bytes = l.quant_state().state_bytes();
-      if (l.format() == nn::WeightFormat::Int8) lr.state_bytes = int64_t(l.scb().nbytes());
+      lr.state_bytes = l.traits().state_bytes(l);
       if (!is_quantized(l)) lr.skip_reason = expected_skip(nl->name);
       r.layers.push_back(lr);
     }

@@ -302,3 +302,13 @@ TEST(GenerateLogits, TypicalKeepsTokensNearTheEntropy) {
   EXPECT_EQ(kept(x), (std::vector<bool>{true, true, true, false}));
   EXPECT_THROW(logits::typical_p(x, 1.0), ConfigError);
 }
+
+TEST(Logits, PresenceFrequencyPenaltyCountsGeneratedTokens) {
+  std::vector<float> x{1, 2, 3, 4};
+  const std::vector<int64_t> generated{1, 3, 1};
+  nibble::logits::presence_frequency_penalty(x, generated, 0.5, 0.25);
+  EXPECT_FLOAT_EQ(x[0], 1.0f);                  // never generated
+  EXPECT_FLOAT_EQ(x[1], 2 - 0.5f - 2 * 0.25f);  // twice: presence once, frequency twice
+  EXPECT_FLOAT_EQ(x[2], 3.0f);
+  EXPECT_FLOAT_EQ(x[3], 4 - 0.5f - 0.25f);
+}

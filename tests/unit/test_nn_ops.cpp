@@ -1,8 +1,8 @@
 // The linear ops (dense, 4-bit, LLM.int8) against the scalar references of ops/nn_ref.h on
 // fresh random inputs and awkward shapes (M = 1, odd M, K and N off every SIMD width and
 // blocksize), through the public op and through the backend with a NaN-poisoned output
-// buffer; the AVX2 and portable kernels must agree with the reference alike. Also the
-// shape/dtype errors.
+// buffer; every SIMD level's kernels (cpu_isa_mode.h) and the portable ones must agree with the reference
+// alike. Also the shape/dtype errors.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -12,6 +12,7 @@
 
 #include "backends/cpu/linear_cpu.h"
 #include "backends/cpu/quant_cpu.h"
+#include "cpu_isa_mode.h"
 #include "nibble/quant.h"
 #include "nibble/thread_pool.h"
 #include "ops/nn_ops.h"
@@ -36,14 +37,15 @@ double ulp(DType dt, double v) {
 // y (f32 [M, N]) against the exact ref: the worst-case f32 accumulation error of the kernels'
 // summation orders (8 lanes along K in slices of 512, or sequential sums over slices of 256 in
 // the packed GEMM), relative to mag = sum |x w|, plus one rounding to round_to.
-void expect_close(const float* y, const Tensor& ref, const Tensor& mag, int64_t K, DType round_to) {
+void expect_close(const float* y, const Tensor& ref, const Tensor& mag, int64_t K, DType round_to,
+                  double abs_floor = 1e-30) {
   const double gamma = (double(std::min<int64_t>(K, 256)) + double(K) / 8 + 8) * std::ldexp(1.0, -24);
   const int64_t n = ref.numel();
   int bad = 0;
   for (int64_t i = 0; i < n && bad < 5; ++i) {
     const double r = ref.data<double>()[i], m = mag.data<double>()[i];
     const double tol =
-        gamma * m + (round_to == DType::F32 ? 0.0 : ulp(round_to, std::fabs(r) + gamma * m)) + 1e-30;
+        gamma * m + (round_to == DType::F32 ? 0.0 : ulp(round_to, std::fabs(r) + gamma * m)) + abs_floor;
     if (!(std::fabs(double(y[i]) - r) <= tol)) {
       ADD_FAILURE() << "element " << i << ": got " << y[i] << ", reference " << r << " (tolerance " << tol
                     << ")";
@@ -66,11 +68,14 @@ std::vector<Shape3> shapes(std::mt19937_64& rng) {
   return s;
 }
 
-// Selects the portable kernels for its lifetime (the AVX2 ones otherwise, where the CPU has them).
-struct KernelMode {
-  explicit KernelMode(bool portable) { cpu::set_portable_kernels(portable); }
-  ~KernelMode() { cpu::set_portable_kernels(false); }
-};
+using test::cpu_isas;
+using test::IsaMode;
+
+// One of this machine's levels at random.
+cpu::Isa random_isa(std::mt19937_64& rng) {
+  const std::vector<cpu::Isa> v = cpu_isas();
+  return v[rng() % v.size()];
+}
 
 Tensor random_bias(int64_t N, int kind, std::mt19937_64& rng) {
   if (kind == 0) return Tensor();
@@ -93,9 +98,9 @@ TEST(NnOpsLinear, MatchesReference) {
         Tensor b = random_bias(s.N, int(rng() % 3), rng);
         Tensor mag;
         Tensor ref = ops::ref::linear(x, w, b, rt, &mag);
-        for (bool portable : {false, true}) {
-          SCOPED_TRACE(portable ? "portable kernels" : "default kernels");
-          KernelMode mode(portable);
+        for (cpu::Isa isa : cpu_isas()) {
+          SCOPED_TRACE(cpu::isa_name(isa));
+          IsaMode mode(isa);
           Tensor y = ops::linear(x, w, b, rt);
           ASSERT_EQ(y.shape(), (Shape{s.M, s.N}));
           expect_close(y.data<float>(), ref, mag, s.K, rt);
@@ -115,14 +120,14 @@ TEST(NnOpsLinear, BlockKernelEdges) {
   const uint64_t seed = test::fresh_seed();
   SCOPED_TRACE(testing::Message() << "seed " << seed);
   std::mt19937_64 rng(seed);
-  for (bool portable : {false, true})
+  for (cpu::Isa isa : cpu_isas())
     for (int64_t M : {1, 2, 3, 4, 5, 6, 8, 11, 24, 29})
       for (int64_t K : {511, 512, 513, 1031})
         for (DType wdt : {DType::F32, DType::F16, DType::BF16}) {
-          KernelMode mode(portable);
+          IsaMode mode(isa);
           const int64_t N = 37, ldo = N + 3;
           SCOPED_TRACE(testing::Message()
-                       << "M=" << M << " K=" << K << " " << dtype_name(wdt) << " portable=" << portable);
+                       << "M=" << M << " K=" << K << " " << dtype_name(wdt) << " isa=" << cpu::isa_name(isa));
           Tensor x = test::random_normal({M, K}, DType::F32, rng);
           Tensor w = test::random_normal({N, K}, wdt, rng);
           std::vector<float> out(static_cast<size_t>(M * ldo), kNaN);
@@ -191,7 +196,9 @@ TEST(NnOpsLinear4bit, MatchesDequantizeThenMatmul) {
           Tensor b = random_bias(s.N, int(rng() % 3), rng);
           Tensor mag;
           Tensor ref = ops::ref::linear_4bit(x, q.packed, q.state, b, cdt, &mag);
-          KernelMode mode(rng() % 2 == 0);  // AVX2 or portable, at random
+          const cpu::Isa isa = random_isa(rng);
+          SCOPED_TRACE(cpu::isa_name(isa));
+          IsaMode mode(isa);
           Tensor y = ops::linear_4bit(x, q.packed, q.state, b, cdt);
           expect_close(y.data<float>(), ref, mag, s.K, cdt);
           // the cached-absmax overload and the backend with a poisoned output
@@ -225,12 +232,78 @@ TEST(NnOpsLinear4bit, GemvPathsMatchReference) {
           Tensor x = test::random_normal({M, K}, DType::F32, rng);
           Tensor mag;
           Tensor ref = ops::ref::linear_4bit(x, q.packed, q.state, Tensor(), cdt, &mag);
-          for (bool portable : {false, true}) {
-            KernelMode mode(portable);
+          for (cpu::Isa isa : cpu_isas()) {
+            SCOPED_TRACE(cpu::isa_name(isa));
+            IsaMode mode(isa);
             Tensor y = ops::linear_4bit(x, q.packed, q.state, Tensor(), cdt);
             expect_close(y.data<float>(), ref, mag, K, cdt);
           }
         }
+}
+
+TEST(NnOpsLinear4bit, WideGemvKernelsMatchReference) {
+  // The AVX-512 decoders step 32 (f32 table) or 64 (bf16 table) weights at a time and run
+  // 2-4 rows of W per pass: K and blocksizes on and off those steps, blocks straddling rows
+  // (K % blocksize != 0: one row at a time), N off the row groups, nested absmax.
+  const uint64_t seed = test::fresh_seed();
+  SCOPED_TRACE(testing::Message() << "seed " << seed);
+  std::mt19937_64 rng(seed);
+  for (int64_t M : {1, 2, 3, 4})
+    for (int64_t K : {32, 64, 96, 192, 448, 1024})
+      for (int64_t bs : {32, 64, 128, 256})
+        for (DType cdt : {DType::F32, DType::BF16, DType::F16}) {
+          const int64_t N = 1 + int64_t(rng() % 41);
+          const DType qt = rng() % 2 ? DType::NF4 : DType::FP4;
+          const bool dq = rng() % 2;
+          SCOPED_TRACE(testing::Message()
+                       << "M=" << M << " N=" << N << " K=" << K << " bs=" << bs << " " << dtype_name(qt)
+                       << " dq=" << dq << " compute=" << dtype_name(cdt));
+          Tensor w = test::random_normal({N, K}, DType::BF16, rng, 0.1f);
+          Quantized4 q = quantize_4bit(w, qt, bs, dq);
+          Tensor absmax = dequantize_absmax(q.state);
+          Tensor x = test::random_normal({M, K}, DType::F32, rng);
+          Tensor mag;
+          Tensor ref = ops::ref::linear_4bit(x, q.packed, q.state, Tensor(), cdt, &mag);
+          for (cpu::Isa isa : cpu_isas()) {
+            SCOPED_TRACE(cpu::isa_name(isa));
+            IsaMode mode(isa);
+            std::vector<float> out(static_cast<size_t>(M * N), kNaN);
+            cpu::linear_4bit(x.data<float>(), M, K, q.packed.data<uint8_t>(), absmax.data<float>(), bs, qt, N,
+                             nullptr, DType::F32, cdt, out.data());
+            expect_close(out.data(), ref, mag, K, cdt);
+          }
+        }
+}
+
+TEST(NnOpsLinear4bit, SubnormalInputsAndTinyAbsmax) {
+  // vdpbf16ps reads bf16 subnormals as zero, so x with subnormals must take the f32 kernel;
+  // blocks with absmax near FLT_MIN need the flush-to-zero of dequantize_4bit. Inputs of 1e-39
+  // (subnormal in bf16) times weights of ~0.1 sum to a normal number, so a dropped x shows.
+  const uint64_t seed = test::fresh_seed();
+  SCOPED_TRACE(testing::Message() << "seed " << seed);
+  std::mt19937_64 rng(seed);
+  const int64_t M = 1, N = 19, K = 256, bs = 64;
+  Tensor w = test::random_normal({N, K}, DType::F32, rng, 0.1f);
+  for (int64_t i = 0; i < 2 * K; ++i)
+    w.data<float>()[i] *= 1e-37f;  // rows 0-1: absmax ~3e-38, some weights subnormal
+  for (DType qt : {DType::NF4, DType::FP4}) {
+    Quantized4 q = quantize_4bit(w, qt, bs, false);
+    Tensor x = test::random_normal({M, K}, DType::F32, rng);
+    for (int64_t k = 0; k < K; k += 2) x.data<float>()[k] = (k % 4 ? 1e-39f : -2e-39f) * float(1 + k % 7);
+    for (DType cdt : {DType::BF16, DType::F32}) {
+      Tensor mag;
+      Tensor ref = ops::ref::linear_4bit(x, q.packed, q.state, Tensor(), cdt, &mag);
+      for (cpu::Isa isa : cpu_isas()) {
+        SCOPED_TRACE(testing::Message()
+                     << dtype_name(qt) << " " << dtype_name(cdt) << " " << cpu::isa_name(isa));
+        IsaMode mode(isa);
+        std::vector<float> out(static_cast<size_t>(M * N), kNaN);
+        cpu::linear_4bit(x.data<float>(), M, K, q.packed.data<uint8_t>(), q.state.absmax.data<float>(), bs,
+                         qt, N, nullptr, DType::F32, cdt, out.data());
+        expect_close(out.data(), ref, mag, K, cdt, 0.0);  // no absolute floor: these sums are ~1e-37
+      }
+    }
+  }
 }
 
 TEST(NnOpsLinear4bit, DequantizeRangeMatchesReference) {
@@ -244,7 +317,9 @@ TEST(NnOpsLinear4bit, DequantizeRangeMatchesReference) {
     for (int64_t bs : {32, 64, 256}) {
       Quantized4 q = quantize_4bit(w, qt, bs, false);
       for (DType odt : {DType::F32, DType::F16, DType::BF16}) {
-        KernelMode mode(rng() % 2 == 0);
+        const cpu::Isa isa = random_isa(rng);
+        SCOPED_TRACE(cpu::isa_name(isa));
+        IsaMode mode(isa);
         Tensor full = Tensor::empty({n}, odt);
         quant::ref::dequantize_4bit(q.packed.data<uint8_t>(), q.state.absmax.data<float>(), n, bs, qt,
                                     full.data_ptr(), odt);
@@ -289,7 +364,9 @@ TEST(NnOpsLinearInt8, MatchesBitsandbytesAlgorithm) {
                          ? Tensor()
                          : test::random_normal({s.N}, bias_kind == 1 ? DType::F16 : DType::F32, rng);
           Tensor ref = ops::ref::linear_int8(x, wq.CA, wq.SCA, b, threshold, act);
-          KernelMode mode(rng() % 2 == 0);
+          const cpu::Isa isa = random_isa(rng);
+          SCOPED_TRACE(cpu::isa_name(isa));
+          IsaMode mode(isa);
           Tensor y = ops::linear_int8(x, wq.CA, wq.SCA, b, threshold, act);
           std::vector<float> out(static_cast<size_t>(s.M * s.N), kNaN);
           cpu::linear_int8(x.data<float>(), s.M, s.K, wq.CA.data<int8_t>(), wq.SCA.data<float>(), s.N,

@@ -24,6 +24,7 @@ struct QuantFlags {
   std::string quant_type = "fp4", compute_dtype, quant_storage;
   double int8_threshold = 6.0;
   std::vector<std::string> skip_modules;
+  std::string device_map = "auto";  // cpu | cuda | cuda:N | auto (the first GPU if any)
   BitsAndBytesConfig to_config() const;  // validated
   bool any() const;                      // --load-in-4bit or --load-in-8bit given
 };

@@ -68,14 +68,16 @@ struct Timing {
     last = std::chrono::steady_clock::now();
     if (tokens++ == 0) first = last;
   }
-  void report(size_t prompt_tokens) const {
+  void report(size_t prompt_tokens, double load_s, const CausalLM& model) const {
     using secs = std::chrono::duration<double>;
     double prefill = secs(first - start).count(), decode = secs(last - first).count();
-    std::fprintf(
-        stderr,
-        "[timing] prompt %zu tokens + first token: %.1f ms | decode %lld tokens: %.1f tok/s | %d threads\n",
-        prompt_tokens, prefill * 1e3, static_cast<long long>(tokens - 1),
-        tokens > 1 && decode > 0 ? double(tokens - 1) / decode : 0.0, num_threads());
+    std::fprintf(stderr,
+                 "[timing] load %.2f s | prompt %zu tokens + first token: %.1f ms | decode %lld tokens: %.1f tok/s | "
+                 "%s\n",
+                 load_s, prompt_tokens, prefill * 1e3, static_cast<long long>(tokens - 1),
+                 tokens > 1 && decode > 0 ? double(tokens - 1) / decode : 0.0,
+                 model.device().is_cpu() ? (std::to_string(num_threads()) + " threads").c_str()
+                                         : model.device().str().c_str());
   }
 };
 
@@ -84,7 +86,9 @@ int run_generate(const GenerateArgs& a) {
     throw ConfigError("generate: give a prompt with -p TEXT or --prompt-file F");
   const std::string prompt = a.prompt ? *a.prompt : read_text_file(a.prompt_file);
   Tokenizer tok = load_tokenizer(a.model);
+  const auto t_load = std::chrono::steady_clock::now();
   CausalLM model = load_model(a.model, a.q);
+  const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count();
   const std::vector<int64_t> prompt_ids = tok.encode(prompt, /*add_special_tokens=*/true).ids;
 
   GenerateOptions o = a.g.to_options();
@@ -122,7 +126,7 @@ int run_generate(const GenerateArgs& a) {
     std::fwrite(s.data(), 1, s.size(), stdout);
     std::fputc('\n', stdout);
   }
-  if (a.g.timing) timing.report(prompt_ids.size());
+  if (a.g.timing) timing.report(prompt_ids.size(), load_s, model);
   return 0;
 }
 

@@ -90,6 +90,7 @@ int run_inspect(const InspectArgs& a) {
 
   LoadOptions lo;
   if (qc.is_quantizable()) lo.quantization_config = qc;
+  lo.device_map = a.q.device_map;
   CausalLM model = AutoModelForCausalLM::from_pretrained(a.model, lo);
   std::vector<ModuleReport> mods = module_report(model);
   FootprintReport f = footprint_report(model);

@@ -37,6 +37,8 @@ void add_quant_flags(CLI::App& cmd, QuantFlags& f) {
   cmd.add_option("--llm-int8-threshold", f.int8_threshold, "outlier threshold of LLM.int8 (default 6.0)");
   cmd.add_option("--llm-int8-skip-modules", f.skip_modules,
                  "modules left unquantized (default: the output head)");
+  cmd.add_option("--device-map", f.device_map,
+                 "where the model runs: cpu, cuda, cuda:N or auto (default: the first GPU if any, else cpu)");
 }
 
 bool QuantFlags::any() const {
@@ -50,6 +52,7 @@ bool stderr_is_terminal() {
 CausalLM load_model(const std::string& dir, const QuantFlags& q) {
   LoadOptions opts;
   if (q.any()) opts.quantization_config = q.to_config();
+  opts.device_map = q.device_map;
   const bool progress = stderr_is_terminal();
   if (progress) {
     std::string how;

@@ -74,6 +74,7 @@ int run_verify(const VerifyArgs& a) {
   LoadOptions lo;
   BitsAndBytesConfig qc = a.q.to_config();
   if (qc.is_quantizable()) lo.quantization_config = qc;
+  lo.device_map = a.q.device_map;
   CausalLM model = AutoModelForCausalLM::from_pretrained(a.model, lo);
 
   VerifyOptions o;

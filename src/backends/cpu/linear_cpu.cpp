@@ -8,6 +8,7 @@
 #include <cmath>
 #include <vector>
 
+#include "backends/cpu/isa.h"
 #include "backends/cpu/quant_cpu.h"
 #include "nibble/error.h"
 #include "nibble/quant.h"
@@ -16,15 +17,14 @@
 
 namespace nibble::cpu {
 
-namespace {
-std::atomic<bool> g_portable{false};
-}  // namespace
-
 bool use_avx2_kernels() {
-  return has_avx2() && !g_portable.load(std::memory_order_relaxed);
+  return isa_at_least(Isa::Avx2);
 }
 void set_portable_kernels(bool on) {
-  g_portable.store(on);
+  if (on)
+    set_cpu_isa(Isa::Scalar);
+  else
+    reset_cpu_isa();
 }
 
 namespace {
@@ -189,18 +189,39 @@ void linear(const float* x_in, int64_t M, int64_t K, const void* w, DType wdt, i
 void linear_4bit(const float* x_in, int64_t M, int64_t K, const uint8_t* packed, const float* absmax,
                  int64_t blocksize, DType quant_type, int64_t N, const void* bias, DType bias_dt,
                  DType compute_dtype, float* out) {
-  std::vector<float> xbuf;  // [M, K]
+  static thread_local std::vector<float> xbuf;  // [M, K] x rounded to the compute dtype
   const float* x = rounded_input(x_in, M, K, compute_dtype, xbuf);
   const std::vector<float> b = bias_f32(bias, bias_dt, N, compute_dtype);
-  if (M <= 4 && K % 8 == 0 && use_avx2_kernels()) {     // GEMV: decode in registers, no buffer
-    std::vector<float> xp(static_cast<size_t>(M * K));  // [M, K] in the decoder's weight order
+  const Isa isa = active_isa();
+  constexpr int64_t kRows = 8;  // GEMV rows per unit of work
+  const int64_t gemv_units = (N + kRows - 1) / kRows;
+  if (isa >= Isa::Avx512) {                     // GEMV: decode in registers, no weight buffer
+    static thread_local std::vector<float> xp;  // [M, K] x in the decoder's order (f32 or bf16)
+    xp.resize(size_t(M * K));
+    bool bf16 = isa >= Isa::Avx512Bf16 && compute_dtype == DType::BF16 &&
+                avx512::gemv_4bit_fits(M, K, blocksize, true);
+    if (bf16) bf16 = avx512::gemv_4bit_pack_x(x, M, K, true, xp.data());
+    if (bf16 || avx512::gemv_4bit_fits(M, K, blocksize, false)) {
+      if (!bf16) avx512::gemv_4bit_pack_x(x, M, K, false, xp.data());
+      const float* xpd = xp.data();  // (a thread_local named inside the lambda would be the worker's)
+      parallel_for(gemv_units, grain_for(kRows * M * K), [&](int64_t u0, int64_t u1) {
+        const int64_t n0 = u0 * kRows, n1 = std::min(N, u1 * kRows);
+        avx512::gemv_4bit(xpd, M, K, packed, absmax, blocksize, quant_type, compute_dtype, bf16, n0, n1 - n0,
+                          out + n0, N);
+        epilogue(out, M, N, n0, n1, b, compute_dtype);
+      });
+      return;
+    }
+  }
+  if (M <= 4 && K % 8 == 0 && isa >= Isa::Avx2) {  // the AVX2 decoder
+    static thread_local std::vector<float> xp;     // [M, K] in the decoder's weight order
+    xp.resize(size_t(M * K));
     avx2::gemv_4bit_pack_x(x, M, K, compute_dtype, xp.data());
-    constexpr int64_t kRows = 8;
-    const int64_t units = (N + kRows - 1) / kRows;
-    parallel_for(units, grain_for(kRows * M * K), [&](int64_t u0, int64_t u1) {
+    const float* xpd = xp.data();
+    parallel_for(gemv_units, grain_for(kRows * M * K), [&](int64_t u0, int64_t u1) {
       const int64_t n0 = u0 * kRows, n1 = std::min(N, u1 * kRows);
-      avx2::gemv_4bit(xp.data(), M, K, packed, absmax, blocksize, quant_type, compute_dtype, n0, n1 - n0,
-                      out + n0, N);
+      avx2::gemv_4bit(xpd, M, K, packed, absmax, blocksize, quant_type, compute_dtype, n0, n1 - n0, out + n0,
+                      N);
       epilogue(out, M, N, n0, n1, b, compute_dtype);
     });
     return;

@@ -15,8 +15,9 @@
 
 namespace nibble::cpu {
 
-// The AVX2 kernels of this file and nn_cpu.h run when has_avx2() and not switched off here;
-// tests switch them off to check the portable kernels on the same machine.
+// The SIMD kernels of this file and nn_cpu.h run at the level of isa.h's active_isa();
+// use_avx2_kernels() is active_isa() >= Avx2. set_portable_kernels(true) caps the level at
+// scalar (tests check the portable kernels on the same machine), false lifts the cap.
 bool use_avx2_kernels();
 void set_portable_kernels(bool on);
 
@@ -72,5 +73,19 @@ void gemv_4bit(const float* x, int64_t M, int64_t K, const uint8_t* packed, cons
 void gemm_i8_block(const int16_t* a16, int64_t M, int64_t K, const int8_t* b, int64_t N, int32_t* out,
                    int64_t ldo);
 }  // namespace avx2
+
+namespace avx512 {
+// The in-register 4-bit GEMV (linear4_avx512.cpp). bf16: the AVX512_BF16 kernel (compute dtype
+// bf16 only), else the f32-table kernel (any compute dtype). fits: the shape it takes (M <= 4,
+// K and blocksize multiples of 32, or 64 for bf16). pack_x: x [M, K] (already rounded to the
+// compute dtype) into the decoder's order, f32 or bf16 ([M, K] either way); false if bf16 and
+// some x is a bf16 subnormal (vdpbf16ps would read it as zero: use the f32 kernel then).
+bool gemv_4bit_fits(int64_t M, int64_t K, int64_t blocksize, bool bf16);
+bool gemv_4bit_pack_x(const float* x, int64_t M, int64_t K, bool bf16, void* xp);
+// out[m * ldo + r] = x[m] . dequant(row r0 + r), r < nrows.
+void gemv_4bit(const void* xp, int64_t M, int64_t K, const uint8_t* packed, const float* absmax,
+               int64_t blocksize, DType quant_type, DType compute_dtype, bool bf16, int64_t r0, int64_t nrows,
+               float* out, int64_t ldo);
+}  // namespace avx512
 
 }  // namespace nibble::cpu

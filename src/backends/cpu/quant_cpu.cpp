@@ -3,13 +3,15 @@
 // scalar reference on the same block range, so every path yields the reference's bytes.
 #include "backends/cpu/quant_cpu.h"
 
+#include "backends/cpu/isa.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 
-#include "nibble/thread_pool.h"
 #include "nibble/quant.h"
+#include "nibble/thread_pool.h"
 #include "quant/gpu_float.h"
 #include "quant/reference.h"
 #include "quant/torch_mean.h"
@@ -19,23 +21,23 @@ namespace nibble::cpu {
 namespace ref = nibble::quant::ref;
 
 bool has_avx2() {
-  static const bool ok = [] {
-    const char* isa = std::getenv("NIBBLE_CPU_ISA");
-    if (isa && std::strcmp(isa, "scalar") == 0) return false;
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
-  }();
-  return ok;
+  return isa_at_least(Isa::Avx2);
 }
 
 namespace {
 
 // Offsets a typed pointer by i elements of dt.
-const void* at(const void* p, DType dt, int64_t i) { return static_cast<const char*>(p) + i * dtype_bits(dt) / 8; }
-void* at(void* p, DType dt, int64_t i) { return static_cast<char*>(p) + i * dtype_bits(dt) / 8; }
+const void* at(const void* p, DType dt, int64_t i) {
+  return static_cast<const char*>(p) + i * dtype_bits(dt) / 8;
+}
+void* at(void* p, DType dt, int64_t i) {
+  return static_cast<char*>(p) + i * dtype_bits(dt) / 8;
+}
 
 // Blocks per task so that each task touches roughly 64K values.
-int64_t grain_blocks(int64_t blocksize) { return std::max<int64_t>(1, 65536 / blocksize); }
+int64_t grain_blocks(int64_t blocksize) {
+  return std::max<int64_t>(1, 65536 / blocksize);
+}
 
 }  // namespace
 
@@ -50,14 +52,15 @@ void quantize_4bit(const void* x, DType dt, int64_t n, int64_t blocksize, DType 
         avx2::quantize_4bit_block(x, dt, begin, count, quant_type, packed, absmax + b);
       } else {
         // the reference on this block alone: element 0 of the block is even, so bytes align
-        ref::quantize_4bit(at(x, dt, begin), dt, count, blocksize, quant_type, packed + begin / 2, absmax + b);
+        ref::quantize_4bit(at(x, dt, begin), dt, count, blocksize, quant_type, packed + begin / 2,
+                           absmax + b);
       }
     }
   });
 }
 
-void dequantize_4bit(const uint8_t* packed, const float* absmax, int64_t n, int64_t blocksize, DType quant_type,
-                     void* out, DType out_dt) {
+void dequantize_4bit(const uint8_t* packed, const float* absmax, int64_t n, int64_t blocksize,
+                     DType quant_type, void* out, DType out_dt) {
   int64_t nb = (n + blocksize - 1) / blocksize;
   const bool simd = has_avx2();
   parallel_for(nb, grain_blocks(blocksize), [&](int64_t b0, int64_t b1) {
@@ -86,7 +89,8 @@ void quantize_blockwise8(const void* x, DType dt, int64_t n, int64_t blocksize, 
       }
       // the block absmax exactly as the reference takes it (a full block: no padding zeros)
       float m = -3.402823466e38f;
-      for (int64_t i = begin; i < begin + count; ++i) m = std::fmax(m, std::fabs(quant::ftz(load_as_f32(x, dt, i))));
+      for (int64_t i = begin; i < begin + count; ++i)
+        m = std::fmax(m, std::fabs(quant::ftz(load_as_f32(x, dt, i))));
       absmax[b] = m;
       avx2::quantize_blockwise8_run(x, dt, begin, fast, code, quant::rcp_approx(m), q);
       if (fast < count) {
@@ -98,12 +102,13 @@ void quantize_blockwise8(const void* x, DType dt, int64_t n, int64_t blocksize, 
   });
 }
 
-void dequantize_blockwise8(const uint8_t* q, const float* absmax, const float* code, int64_t n, int64_t blocksize,
-                           void* out, DType out_dt) {
+void dequantize_blockwise8(const uint8_t* q, const float* absmax, const float* code, int64_t n,
+                           int64_t blocksize, void* out, DType out_dt) {
   int64_t nb = (n + blocksize - 1) / blocksize;
   parallel_for(nb, grain_blocks(blocksize), [&](int64_t b0, int64_t b1) {
     int64_t begin = b0 * blocksize, end = std::min(n, b1 * blocksize);
-    ref::dequantize_blockwise8(q + begin, absmax + b0, code, end - begin, blocksize, at(out, out_dt, begin), out_dt);
+    ref::dequantize_blockwise8(q + begin, absmax + b0, code, end - begin, blocksize, at(out, out_dt, begin),
+                               out_dt);
   });
 }
 
@@ -115,16 +120,18 @@ float double_quantize_absmax(const float* absmax, int64_t nb, uint8_t* q, float*
   return offset;
 }
 
-void dequantize_nested_absmax(const uint8_t* q, const float* absmax2, float offset, int64_t nb, float* absmax) {
+void dequantize_nested_absmax(const uint8_t* q, const float* absmax2, float offset, int64_t nb,
+                              float* absmax) {
   parallel_for(nb, 65536, [&](int64_t b0, int64_t b1) {
     // chunks start at multiples of 256 only by accident; the reference indexes absmax2 by
     // absolute position, so hand it the whole arrays and a sub-range through offsets
-    for (int64_t i = b0; i < b1; ++i) quant::ref::dequantize_nested_absmax(q + i, absmax2 + i / 256, offset, 1, absmax + i);
+    for (int64_t i = b0; i < b1; ++i)
+      quant::ref::dequantize_nested_absmax(q + i, absmax2 + i / 256, offset, 1, absmax + i);
   });
 }
 
-void int8_vectorwise_quant(const uint16_t* a, int64_t rows, int64_t cols, float threshold, int8_t* ca, float* sca,
-                           std::vector<int64_t>* outlier_cols) {
+void int8_vectorwise_quant(const uint16_t* a, int64_t rows, int64_t cols, float threshold, int8_t* ca,
+                           float* sca, std::vector<int64_t>* outlier_cols) {
   if (threshold > 0.0f) {
     // Outlier columns couple rows (a column is zeroed everywhere), so this stays one pass.
     ref::int8_vectorwise_quant(a, rows, cols, threshold, ca, sca, outlier_cols);

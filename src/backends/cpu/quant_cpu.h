@@ -10,7 +10,7 @@
 
 namespace nibble::cpu {
 
-bool has_avx2();  // AVX2 + F16C available and not disabled by NIBBLE_CPU_ISA=scalar
+bool has_avx2();  // active_isa() >= Avx2 (isa.h)
 
 void quantize_4bit(const void* x, DType dt, int64_t n, int64_t blocksize, DType quant_type, uint8_t* packed,
                    float* absmax);

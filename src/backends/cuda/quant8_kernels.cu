@@ -116,22 +116,35 @@ int threads_for_blocksize(int64_t blocksize) {
 
 }  // namespace
 
-const float* device_dynamic_map() {
-  // One upload per device, kept for the life of the process.
+namespace {
+// One upload of a code table per device, kept for the life of the process. table: 0 the
+// dynamic map, 1 NF4, 2 FP4.
+const float* device_table(int table, const float* host, size_t n) {
   static std::mutex mu;
-  static std::vector<float*> maps;
+  static std::vector<float*> maps[3];
   int dev_id = 0;
   NIBBLE_CUDA_CHECK(cudaGetDevice(&dev_id));
   std::lock_guard<std::mutex> lock(mu);
-  if (maps.size() <= size_t(dev_id)) maps.resize(size_t(dev_id) + 1, nullptr);
-  if (!maps[size_t(dev_id)]) {
+  std::vector<float*>& m = maps[table];
+  if (m.size() <= size_t(dev_id)) m.resize(size_t(dev_id) + 1, nullptr);
+  if (!m[size_t(dev_id)]) {
     float* p = nullptr;
-    NIBBLE_CUDA_CHECK(cudaMalloc(&p, 256 * sizeof(float)));
-    NIBBLE_CUDA_CHECK(
-        cudaMemcpy(p, dynamic_map_signed().data(), 256 * sizeof(float), cudaMemcpyHostToDevice));
-    maps[size_t(dev_id)] = p;
+    NIBBLE_CUDA_CHECK(cudaMalloc(&p, n * sizeof(float)));
+    NIBBLE_CUDA_CHECK(cudaMemcpy(p, host, n * sizeof(float), cudaMemcpyHostToDevice));
+    m[size_t(dev_id)] = p;
   }
-  return maps[size_t(dev_id)];
+  return m[size_t(dev_id)];
+}
+}  // namespace
+
+const float* device_dynamic_map() {
+  return device_table(0, dynamic_map_signed().data(), 256);
+}
+
+const float* device_quant_map(DType quant_type) {
+  if (quant_type != DType::NF4 && quant_type != DType::FP4)
+    throw ShapeError(detail::str("device_quant_map: not a 4-bit type: ", dtype_name(quant_type)));
+  return device_table(quant_type == DType::NF4 ? 1 : 2, code_table_4bit(quant_type), 16);
 }
 
 namespace launch {

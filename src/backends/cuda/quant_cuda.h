@@ -24,5 +24,7 @@ float double_quantize_absmax(const float* absmax, int64_t nb, uint8_t* q, float*
 void dequantize_nested_absmax(const uint8_t* q, const float* absmax2, float offset, int64_t nb, float* absmax);
 // The 256-entry signed dynamic map, resident on the device.
 const float* device_dynamic_map();
+// The 16 NF4 or FP4 code values (bitsandbytes' quant_map), resident on the current device.
+const float* device_quant_map(DType quant_type);
 
 }  // namespace nibble::cuda

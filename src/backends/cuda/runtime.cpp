@@ -1,38 +1,154 @@
-// CUDA runtime hooks for the core: device count, allocation and synchronous copies, every
-// call checked.
+// CUDA runtime hooks for the core: device queries, the caching (stream-ordered pool) allocator,
+// per-thread streams and copies, every call checked.
 #include "backends/cuda/runtime.h"
 
 #include <cuda_runtime.h>
+
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <vector>
 
 #include "backends/cuda/check.h"
 
 namespace nibble::cuda {
 
 int device_count() {
-  int n = 0;
-  if (cudaGetDeviceCount(&n) != cudaSuccess) {
-    (void)cudaGetLastError();  // clear the sticky "no device" error
-    return 0;
-  }
+  static const int n = [] {
+    int c = 0;
+    if (cudaGetDeviceCount(&c) != cudaSuccess) {
+      (void)cudaGetLastError();  // clear the sticky "no device" error
+      return 0;
+    }
+    return c;
+  }();
   return n;
 }
 
-void* device_malloc(size_t nbytes, int device) {
+void mem_info(int device, size_t* free_bytes, size_t* total_bytes) {
   NIBBLE_CUDA_CHECK(cudaSetDevice(device));
+  NIBBLE_CUDA_CHECK(cudaMemGetInfo(free_bytes, total_bytes));
+}
+
+const char* device_name(int device) {
+  static std::mutex mu;
+  static std::vector<std::string> names;
+  std::lock_guard<std::mutex> lock(mu);
+  if (names.empty()) {
+    for (int d = 0; d < device_count(); ++d) {
+      cudaDeviceProp p{};
+      NIBBLE_CUDA_CHECK(cudaGetDeviceProperties(&p, d));
+      names.emplace_back(p.name);
+    }
+  }
+  return device >= 0 && device < int(names.size()) ? names[size_t(device)].c_str() : "?";
+}
+
+namespace {
+
+// Keeps freed blocks in the device's default pool instead of returning them to the driver.
+void init_pool(int device) {
+  static std::once_flag flags[64];
+  std::call_once(flags[device & 63], [device] {
+    cudaMemPool_t pool;
+    NIBBLE_CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, device));
+    uint64_t threshold = UINT64_MAX;
+    NIBBLE_CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold));
+  });
+}
+
+struct ThreadStreams {
+  std::vector<cudaStream_t> s;
+  ~ThreadStreams() {
+    for (cudaStream_t st : s)
+      if (st) cudaStreamDestroy(st);
+  }
+};
+
+}  // namespace
+
+void* thread_stream(int device) {
+  thread_local ThreadStreams ts;
+  if (int(ts.s.size()) <= device) ts.s.resize(size_t(device) + 1, nullptr);
+  if (!ts.s[size_t(device)]) {
+    NIBBLE_CUDA_CHECK(cudaSetDevice(device));
+    NIBBLE_CUDA_CHECK(cudaStreamCreate(&ts.s[size_t(device)]));
+  }
+  return ts.s[size_t(device)];
+}
+
+void stream_synchronize(void* stream, int device) {
+  NIBBLE_CUDA_CHECK(cudaSetDevice(device));
+  NIBBLE_CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(stream)));
+}
+
+void* device_malloc(size_t nbytes, int device, void** stream) {
+  NIBBLE_CUDA_CHECK(cudaSetDevice(device));
+  init_pool(device);
+  void* st = thread_stream(device);
   void* p = nullptr;
-  NIBBLE_CUDA_CHECK(cudaMalloc(&p, nbytes));
+  cudaError_t e = cudaMallocAsync(&p, nbytes, static_cast<cudaStream_t>(st));
+  if (e == cudaErrorMemoryAllocation) {
+    (void)cudaGetLastError();
+    size_t fr = 0, tot = 0;
+    cudaMemGetInfo(&fr, &tot);
+    throw Error(detail::str("CUDA out of memory on cuda:", device, ": asked for ", nbytes, " bytes, ", fr,
+                            " of ", tot, " bytes free"));
+  }
+  NIBBLE_CUDA_CHECK(e);
+  *stream = st;
   return p;
 }
 
-void device_free(void* p, int device) noexcept {
+void device_free(void* p, int device, void* stream) noexcept {
   cudaSetDevice(device);
-  cudaFree(p);
+  cudaFreeAsync(p, static_cast<cudaStream_t>(stream));
+}
+
+PoolStats pool_stats(int device) {
+  init_pool(device);
+  cudaMemPool_t pool;
+  NIBBLE_CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, device));
+  PoolStats s;
+  NIBBLE_CUDA_CHECK(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemCurrent, &s.used));
+  NIBBLE_CUDA_CHECK(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &s.used_high));
+  NIBBLE_CUDA_CHECK(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReservedMemCurrent, &s.reserved));
+  return s;
+}
+
+void reset_pool_peak(int device) {
+  init_pool(device);
+  cudaMemPool_t pool;
+  NIBBLE_CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, device));
+  uint64_t zero = 0;
+  NIBBLE_CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &zero));
+}
+
+void* host_pinned_malloc(size_t nbytes) {
+  void* p = nullptr;
+  NIBBLE_CUDA_CHECK(cudaMallocHost(&p, nbytes));
+  return p;
+}
+
+void host_pinned_free(void* p) noexcept {
+  cudaFreeHost(p);
+}
+
+namespace {
+cudaMemcpyKind kind_of(int kind) {
+  return kind == 0 ? cudaMemcpyHostToDevice : kind == 1 ? cudaMemcpyDeviceToHost : cudaMemcpyDeviceToDevice;
+}
+}  // namespace
+
+void memcpy_async(void* dst, const void* src, size_t n, int kind, int device, void* stream) {
+  NIBBLE_CUDA_CHECK(cudaSetDevice(device));
+  NIBBLE_CUDA_CHECK(cudaMemcpyAsync(dst, src, n, kind_of(kind), static_cast<cudaStream_t>(stream)));
 }
 
 void memcpy_sync(void* dst, const void* src, size_t n, int kind, int device) {
-  NIBBLE_CUDA_CHECK(cudaSetDevice(device));
-  cudaMemcpyKind k = kind == 0 ? cudaMemcpyHostToDevice : kind == 1 ? cudaMemcpyDeviceToHost : cudaMemcpyDeviceToDevice;
-  NIBBLE_CUDA_CHECK(cudaMemcpy(dst, src, n, k));
+  void* st = thread_stream(device);
+  memcpy_async(dst, src, n, kind, device, st);
+  NIBBLE_CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(st)));
 }
 
 }  // namespace nibble::cuda

@@ -1,0 +1,253 @@
+// AVX-512 4-bit GEMV (M <= 4): bitsandbytes NF4/FP4 rows decoded in registers by 16-entry
+// table lookups, never written to memory. Per block the 16 final values (code * absmax,
+// flush-to-zero, rounded to the compute dtype: exactly dequantize_4bit's) form the table; a
+// whole table fits one zmm (16 f32) or half of one (16 bf16), so one permute decodes 16 or
+// 32 weights. Two kernels:
+//
+//   f32 table (AVX-512 F/BW, any compute dtype): 16 packed bytes -> vpmovzxbd -> dwords d;
+//     vpermps takes the low 4 bits of each index, so the dword itself indexes the odd element
+//     2d+1 (low nibble) and dword >> 4 the even element 2d; vfmadd231ps with x.
+//   bf16 table (AVX512_BF16, compute dtype bf16): 32 packed bytes -> vpmovzxbw -> words d;
+//     vpermw (5-bit indices, so the low nibble is masked) decodes 32 bf16 weights per
+//     permute, vdpbf16ps multiplies pairs of them by bf16 x. Products of two bf16 values are
+//     exact in f32, so this differs from the f32 path only in summation order and in that
+//     vdpbf16ps flushes subnormals (inputs and each result): x with a bf16 subnormal is sent
+//     to the f32 path by the caller; a partial sum or product below 2^-126 in magnitude may
+//     become zero (an absolute change under 2^-126, far below the summation-order error).
+//
+// Both decoders emit even elements then odd ones, so x is rearranged once per call into that
+// order (gemv_4bit_pack_x). NR rows of W go through one pass so every x load serves NR rows
+// and NR x MR x 2 independent accumulation chains hide the FMA latency.
+// GCC 12's AVX-512 headers start intrinsics from _mm512_undefined_*() values, which -Wall
+// reports as uninitialized (GCC PR 105593, fixed in 13).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "backends/cpu/linear_cpu.h"
+#include "nibble/quant.h"
+#include "quant/gpu_float.h"
+
+#define NIBBLE_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
+#define NIBBLE_AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c")))
+
+namespace nibble::cpu::avx512 {
+
+namespace {
+
+// |absmax| at least this: no product code * absmax is subnormal (the smallest nonzero code
+// magnitude is FP4's 1/192) and absmax itself is normal, so flush-to-zero changes nothing.
+constexpr float kNoFlushAbsmax = 1e-35f;
+
+// v with subnormal lanes replaced by zeros of the same sign (quant::ftz on each lane).
+NIBBLE_AVX512 inline __m512 ftz16(__m512 v) {
+  const __mmask16 sub = _mm512_fpclass_ps_mask(v, 0x20);  // denormal class
+  return _mm512_castsi512_ps(_mm512_mask_and_epi32(_mm512_castps_si512(v), sub, _mm512_castps_si512(v),
+                                                   _mm512_set1_epi32(int(0x80000000u))));
+}
+
+// code * absmax as quant::mul_ftz for all 16 codes.
+NIBBLE_AVX512 inline __m512 scaled_codes(__m512 code, float absmax) {
+  if (std::fabs(absmax) >= kNoFlushAbsmax) return _mm512_mul_ps(code, _mm512_set1_ps(absmax));
+  return ftz16(_mm512_mul_ps(code, _mm512_set1_ps(quant::ftz(absmax))));
+}
+
+// f32 -> bf16 -> f32, round to nearest even, NaN to quiet NaN (as f32_to_bf16).
+NIBBLE_AVX512 inline __m512 round_bf16(__m512 v) {
+  const __m512i u = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), lsb);
+  const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+  r = _mm512_mask_or_epi32(r, nan, u, _mm512_set1_epi32(0x00400000));
+  return _mm512_castsi512_ps(_mm512_and_si512(r, _mm512_set1_epi32(int(0xffff0000u))));
+}
+
+// The f32 table of one block: its 16 values rounded to dt, kept as exact f32.
+NIBBLE_AVX512 inline __m512 table_f32(__m512 code, float absmax, DType dt) {
+  __m512 t = scaled_codes(code, absmax);
+  if (dt == DType::BF16) return round_bf16(t);
+  if (dt == DType::F16)
+    return _mm512_cvtph_ps(_mm512_cvtps_ph(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  return t;
+}
+
+NIBBLE_AVX512 inline float hsum(__m512 v) {
+  __m256 s = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+  __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_add_ss(h, _mm_movehdup_ps(h));
+  return _mm_cvtss_f32(h);
+}
+
+// Rows r0 .. r0 + NR of W (x in pack order, fp32: 32 elements per step). Every NR rows see
+// block boundaries at the same offsets (the caller guarantees K % blocksize == 0 when NR > 1).
+template <int MR, int NR>
+NIBBLE_AVX512 void rows_f32(const float* xp, int64_t K, const uint8_t* packed, const float* absmax,
+                            int64_t blocksize, __m512 code, DType cdt, int64_t row, float* out, int64_t ldo) {
+  __m512 acc[MR][NR][2];
+#pragma GCC unroll 16
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 16
+    for (int r = 0; r < NR; ++r) acc[m][r][0] = acc[m][r][1] = _mm512_setzero_ps();
+  const int64_t base = row * K;
+  for (int64_t k = 0; k < K;) {
+    const int64_t b = (base + k) / blocksize;
+    const int64_t seg = std::min(K, (b + 1) * blocksize - base);
+    __m512 tab[NR];
+#pragma GCC unroll 16
+    for (int r = 0; r < NR; ++r) tab[r] = table_f32(code, absmax[b + r * K / blocksize], cdt);
+    for (; k < seg; k += 32) {
+      __m512 xv[MR][2];
+#pragma GCC unroll 16
+      for (int m = 0; m < MR; ++m) {
+        xv[m][0] = _mm512_loadu_ps(xp + m * K + k);
+        xv[m][1] = _mm512_loadu_ps(xp + m * K + k + 16);
+      }
+#pragma GCC unroll 16
+      for (int r = 0; r < NR; ++r) {
+        const uint8_t* src = packed + (base + r * K + k) / 2;
+        const __m512i idx = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src)));
+        const __m512 w_even = _mm512_permutexvar_ps(_mm512_srli_epi32(idx, 4), tab[r]);
+        const __m512 w_odd = _mm512_permutexvar_ps(idx, tab[r]);
+#pragma GCC unroll 16
+        for (int m = 0; m < MR; ++m) {
+          acc[m][r][0] = _mm512_fmadd_ps(xv[m][0], w_even, acc[m][r][0]);
+          acc[m][r][1] = _mm512_fmadd_ps(xv[m][1], w_odd, acc[m][r][1]);
+        }
+      }
+    }
+  }
+#pragma GCC unroll 16
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 16
+    for (int r = 0; r < NR; ++r) out[m * ldo + r] = hsum(_mm512_add_ps(acc[m][r][0], acc[m][r][1]));
+}
+
+// The same with bf16 tables and vdpbf16ps (xp: bf16 in pack order, 64 elements per step).
+template <int MR, int NR>
+NIBBLE_AVX512BF16 void rows_bf16(const uint16_t* xp, int64_t K, const uint8_t* packed, const float* absmax,
+                                 int64_t blocksize, __m512 code, int64_t row, float* out, int64_t ldo) {
+  __m512 acc[MR][NR][2];
+#pragma GCC unroll 16
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 16
+    for (int r = 0; r < NR; ++r) acc[m][r][0] = acc[m][r][1] = _mm512_setzero_ps();
+  const __m512i low4 = _mm512_set1_epi16(15);
+  const int64_t base = row * K;
+  for (int64_t k = 0; k < K;) {
+    const int64_t b = (base + k) / blocksize;
+    const int64_t seg = std::min(K, (b + 1) * blocksize - base);
+    __m512i tab[NR];
+#pragma GCC unroll 16
+    for (int r = 0; r < NR; ++r) {
+      // vcvtneps2bf16 rounds to nearest even and quiets NaNs as f32_to_bf16; its input is
+      // flushed already and a normal f32 never rounds to a bf16 subnormal.
+      const __m256bh t = _mm512_cvtneps_pbh(scaled_codes(code, absmax[b + r * K / blocksize]));
+      __m256i ti;
+      std::memcpy(&ti, &t, sizeof ti);
+      tab[r] = _mm512_castsi256_si512(ti);  // upper half unused: indices are < 16
+    }
+    for (; k < seg; k += 64) {
+      __m512i xv[MR][2];
+#pragma GCC unroll 16
+      for (int m = 0; m < MR; ++m) {
+        xv[m][0] = _mm512_loadu_si512(xp + m * K + k);
+        xv[m][1] = _mm512_loadu_si512(xp + m * K + k + 32);
+      }
+#pragma GCC unroll 16
+      for (int r = 0; r < NR; ++r) {
+        const uint8_t* src = packed + (base + r * K + k) / 2;
+        const __m512i bytes = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src)));
+        const __m512i w_even = _mm512_permutexvar_epi16(_mm512_srli_epi16(bytes, 4), tab[r]);
+        const __m512i w_odd = _mm512_permutexvar_epi16(_mm512_and_si512(bytes, low4), tab[r]);
+#pragma GCC unroll 16
+        for (int m = 0; m < MR; ++m) {
+          acc[m][r][0] = _mm512_dpbf16_ps(acc[m][r][0], (__m512bh)xv[m][0], (__m512bh)w_even);
+          acc[m][r][1] = _mm512_dpbf16_ps(acc[m][r][1], (__m512bh)xv[m][1], (__m512bh)w_odd);
+        }
+      }
+    }
+  }
+#pragma GCC unroll 16
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 16
+    for (int r = 0; r < NR; ++r) out[m * ldo + r] = hsum(_mm512_add_ps(acc[m][r][0], acc[m][r][1]));
+}
+
+// NR-row groups while they fit (and blocks line up across rows), then single rows.
+template <int MR, int NR, bool BF16>
+NIBBLE_AVX512 void gemv_t(const void* xp, int64_t K, const uint8_t* packed, const float* absmax,
+                          int64_t blocksize, DType quant_type, DType cdt, int64_t r0, int64_t nrows,
+                          float* out, int64_t ldo) {
+  const __m512 code = _mm512_loadu_ps(dequant_table_4bit(quant_type));
+  int64_t r = 0;
+  auto one = [&](auto nr) {
+    constexpr int kNr = decltype(nr)::value;
+    if constexpr (BF16)
+      rows_bf16<MR, kNr>(static_cast<const uint16_t*>(xp), K, packed, absmax, blocksize, code, r0 + r,
+                         out + r, ldo);
+    else
+      rows_f32<MR, kNr>(static_cast<const float*>(xp), K, packed, absmax, blocksize, code, cdt, r0 + r,
+                        out + r, ldo);
+  };
+  if (K % blocksize == 0)
+    for (; r + NR <= nrows; r += NR) one(std::integral_constant<int, NR>{});
+  for (; r < nrows; ++r) one(std::integral_constant<int, 1>{});
+}
+
+template <bool BF16>
+void gemv_m(const void* xp, int64_t M, int64_t K, const uint8_t* packed, const float* absmax,
+            int64_t blocksize, DType quant_type, DType cdt, int64_t r0, int64_t nrows, float* out,
+            int64_t ldo) {
+  switch (M) {
+    case 1:
+      return gemv_t<1, 4, BF16>(xp, K, packed, absmax, blocksize, quant_type, cdt, r0, nrows, out, ldo);
+    case 2:
+      return gemv_t<2, 4, BF16>(xp, K, packed, absmax, blocksize, quant_type, cdt, r0, nrows, out, ldo);
+    case 3:
+      return gemv_t<3, 2, BF16>(xp, K, packed, absmax, blocksize, quant_type, cdt, r0, nrows, out, ldo);
+    default:
+      return gemv_t<4, 2, BF16>(xp, K, packed, absmax, blocksize, quant_type, cdt, r0, nrows, out, ldo);
+  }
+}
+
+}  // namespace
+
+bool gemv_4bit_fits(int64_t M, int64_t K, int64_t blocksize, bool bf16) {
+  const int64_t step = bf16 ? 64 : 32;
+  return M >= 1 && M <= 4 && K % step == 0 && blocksize % step == 0;
+}
+
+bool gemv_4bit_pack_x(const float* x, int64_t M, int64_t K, bool bf16, void* xp) {
+  const int64_t step = bf16 ? 64 : 32, half = step / 2;
+  for (int64_t c = 0; c < M * K; c += step)
+    for (int64_t d = 0; d < half; ++d)
+      for (int64_t odd = 0; odd < 2; ++odd) {
+        const float v = x[c + 2 * d + odd];
+        if (!bf16) {
+          static_cast<float*>(xp)[c + odd * half + d] = v;
+          continue;
+        }
+        // x is bf16-exact already; vdpbf16ps would read a subnormal as zero
+        if (v != 0.0f && std::fabs(v) < 1.17549435e-38f) return false;
+        uint32_t u;
+        std::memcpy(&u, &v, 4);
+        static_cast<uint16_t*>(xp)[c + odd * half + d] = uint16_t(u >> 16);
+      }
+  return true;
+}
+
+void gemv_4bit(const void* xp, int64_t M, int64_t K, const uint8_t* packed, const float* absmax,
+               int64_t blocksize, DType quant_type, DType compute_dtype, bool bf16, int64_t r0, int64_t nrows,
+               float* out, int64_t ldo) {
+  if (bf16)
+    gemv_m<true>(xp, M, K, packed, absmax, blocksize, quant_type, compute_dtype, r0, nrows, out, ldo);
+  else
+    gemv_m<false>(xp, M, K, packed, absmax, blocksize, quant_type, compute_dtype, r0, nrows, out, ldo);
+}
+
+}  // namespace nibble::cpu::avx512

@@ -1,0 +1,304 @@
+// CUDA kernels of the row-wise, elementwise and data-movement forward ops (nn_cuda.h): one
+// block per row for the reductions, grid-stride loops for the elementwise ops; f32 math as
+// the CPU backend (backends/cpu/nn_cpu.cpp) does it.
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cfloat>
+
+#include "backends/cuda/check.h"
+#include "backends/cuda/launch_util.cuh"
+#include "backends/cuda/nn_cuda.h"
+
+namespace nibble::cuda {
+namespace {
+
+constexpr int kRowThreads = 256;
+
+class DeviceScope {  // makes l.device current for one entry point
+ public:
+  explicit DeviceScope(int dev) {
+    NIBBLE_CUDA_CHECK(cudaGetDevice(&prev_));
+    if (prev_ != dev) NIBBLE_CUDA_CHECK(cudaSetDevice(dev));
+    else prev_ = -1;
+  }
+  ~DeviceScope() {
+    if (prev_ >= 0) cudaSetDevice(prev_);
+  }
+
+ private:
+  int prev_ = -1;
+};
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets it.
+__device__ float block_sum(float v, float* red) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  const int w = threadIdx.x / 32, nw = blockDim.x / 32;
+  __syncthreads();  // red may still be read by a previous call
+  if ((threadIdx.x & 31) == 0) red[w] = v;
+  __syncthreads();
+  float t = 0.0f;
+  for (int i = 0; i < nw; ++i) t += red[i];
+  return t;
+}
+__device__ float block_max(float v, float* red) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  const int w = threadIdx.x / 32, nw = blockDim.x / 32;
+  __syncthreads();
+  if ((threadIdx.x & 31) == 0) red[w] = v;
+  __syncthreads();
+  float t = -FLT_MAX;
+  for (int i = 0; i < nw; ++i) t = fmaxf(t, red[i]);
+  return t;
+}
+
+template <class W>
+__global__ void rms_norm_kernel(const float* __restrict__ x, int64_t C, const void* __restrict__ w, float eps,
+                                float unit, float* out) {
+  __shared__ float red[32];
+  const float* xr = x + blockIdx.x * C;
+  float ss = 0.0f;
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) ss += xr[c] * xr[c];
+  ss = block_sum(ss, red);
+  const float inv = rsqrtf(ss / float(C) + eps);
+  float* o = out + blockIdx.x * C;
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) o[c] = (dev::load1<W>(w, c) + unit) * (xr[c] * inv);
+}
+
+template <class W, class B>
+__global__ void layer_norm_kernel(const float* __restrict__ x, int64_t C, const void* __restrict__ w,
+                                  const void* __restrict__ b, float eps, float* out) {
+  __shared__ float red[32];
+  const float* xr = x + blockIdx.x * C;
+  float s = 0.0f;
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) s += xr[c];
+  const float mean = block_sum(s, red) / float(C);
+  float v = 0.0f;
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) v += (xr[c] - mean) * (xr[c] - mean);
+  const float rstd = rsqrtf(block_sum(v, red) / float(C) + eps);
+  float* o = out + blockIdx.x * C;
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x)
+    o[c] = (xr[c] - mean) * rstd * dev::load1<W>(w, c) + (b ? dev::load1<B>(b, c) : 0.0f);
+}
+
+__device__ __forceinline__ float act_f(float x, Act a) {
+  switch (a) {
+    case Act::SiLU:
+      return x / (1.0f + expf(-x));
+    case Act::GeluErf:
+      return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
+    case Act::GeluTanh:
+      return 0.5f * x * (1.0f + tanhf(0.79788456080286536f * (x + 0.044715f * x * x * x)));
+    default:
+      return x > 0.0f ? x : 0.0f;
+  }
+}
+
+__global__ void activate_kernel(float* x, int64_t n, Act a) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    x[i] = act_f(x[i], a);
+}
+
+__global__ void gated_kernel(const float* gate, int64_t ldg, const float* up, int64_t ldu, int64_t F, Act a,
+                             float* out) {
+  const int64_t r = blockIdx.y;
+  for (int64_t f = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; f < F; f += int64_t(gridDim.x) * blockDim.x)
+    out[r * F + f] = act_f(gate[r * ldg + f], a) * up[r * ldu + f];
+}
+
+__global__ void add_kernel(float* a, const float* b, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    a[i] += b[i];
+}
+
+__global__ void softcap_kernel(float* x, int64_t n, float cap) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    x[i] = tanhf(x[i] / cap) * cap;
+}
+
+template <class T>
+__global__ void embedding_kernel(const void* table, int64_t C, const int64_t* ids, int64_t offset, float scale,
+                                 float* out) {
+  const int64_t r = blockIdx.y, row = ids[r] + offset;
+  for (int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; c < C; c += int64_t(gridDim.x) * blockDim.x)
+    out[r * C + c] = dev::load1<T>(table, row * C + c) * scale;
+}
+
+template <class T>
+__global__ void copy_rows_kernel(const float* src, int64_t lds, int64_t cols, void* dst, int64_t ldd) {
+  const int64_t r = blockIdx.y;
+  for (int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; c < cols; c += int64_t(gridDim.x) * blockDim.x) {
+    const float v = src[r * lds + c];
+    if constexpr (T::kBytes == 4)
+      static_cast<float*>(dst)[r * ldd + c] = v;
+    else if constexpr (std::is_same_v<T, dev::F16>)
+      static_cast<__half*>(dst)[r * ldd + c] = __float2half_rn(v);
+    else
+      static_cast<__nv_bfloat16*>(dst)[r * ldd + c] = __float2bfloat16_rn(v);
+  }
+}
+
+// One block per (token, head); thread d < rot_dim / 2 rotates the pair (d, d + half).
+__global__ void rope_kernel(float* x, int64_t ldx, int64_t H, int64_t D, const float* cos, const float* sin,
+                            int64_t half) {
+  const int64_t t = blockIdx.x / H, h = blockIdx.x % H;
+  float* v = x + t * ldx + h * D;
+  const float* c = cos + t * half;
+  const float* s = sin + t * half;
+  for (int64_t d = threadIdx.x; d < half; d += blockDim.x) {
+    const float a = v[d], b = v[d + half];
+    v[d] = __fsub_rn(__fmul_rn(a, c[d]), __fmul_rn(b, s[d]));
+    v[d + half] = __fadd_rn(__fmul_rn(b, c[d]), __fmul_rn(a, s[d]));
+  }
+}
+
+__global__ void argmax_kernel(const float* x, int64_t V, int64_t* out) {
+  __shared__ float bv[kRowThreads];
+  __shared__ int64_t bi[kRowThreads];
+  const float* xr = x + blockIdx.x * V;
+  float best = -INFINITY;
+  int64_t idx = V;  // no element yet
+  for (int64_t c = threadIdx.x; c < V; c += blockDim.x) {
+    const float v = xr[c];
+    // torch.argmax: NaN is the maximum; the first occurrence wins
+    if (idx == V || v > best || (isnan(v) && !isnan(best))) best = v, idx = c;
+  }
+  bv[threadIdx.x] = best;
+  bi[threadIdx.x] = idx;
+  __syncthreads();
+  for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+    if (threadIdx.x < s) {
+      const float ov = bv[threadIdx.x + s];
+      const int64_t oi = bi[threadIdx.x + s];
+      const float mv = bv[threadIdx.x];
+      const int64_t mi = bi[threadIdx.x];
+      bool take;
+      if (oi == V) take = false;
+      else if (mi == V) take = true;
+      else if (isnan(mv) || isnan(ov)) take = isnan(ov) && (!isnan(mv) || oi < mi);
+      else take = ov > mv || (ov == mv && oi < mi);
+      if (take) bv[threadIdx.x] = ov, bi[threadIdx.x] = oi;
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) out[blockIdx.x] = bi[0] == V ? 0 : bi[0];
+}
+
+__global__ void lse_kernel(const float* x, int64_t V, float* out) {
+  __shared__ float red[32];
+  const float* xr = x + blockIdx.x * V;
+  float m = -INFINITY;
+  for (int64_t c = threadIdx.x; c < V; c += blockDim.x) m = fmaxf(m, xr[c]);
+  m = block_max(m, red);
+  float s = 0.0f;
+  if (m != -INFINITY)
+    for (int64_t c = threadIdx.x; c < V; c += blockDim.x) s += expf(xr[c] - m);
+  s = block_sum(s, red);
+  if (threadIdx.x == 0) out[blockIdx.x] = m == -INFINITY ? m : m + logf(s);
+}
+
+unsigned grid_for(int64_t n, int threads = 256) {
+  return unsigned(std::min<int64_t>(std::max<int64_t>(ceil_div(n, threads), 1), 65535));
+}
+
+}  // namespace
+
+void rms_norm(const Launch& l, const float* x, int64_t M, int64_t C, const void* w, DType wdt, float eps,
+              bool add_unit_offset, float* out) {
+  if (M == 0 || C == 0) return;
+  DeviceScope ds(l.device);
+  with_float_dtype("cuda::rms_norm", wdt, [&](auto W) {
+    rms_norm_kernel<decltype(W)><<<unsigned(M), kRowThreads, 0, as_stream(l.stream)>>>(
+        x, C, w, eps, add_unit_offset ? 1.0f : 0.0f, out);
+  });
+  NIBBLE_CUDA_CHECK_LAUNCH();
+}
+
+void layer_norm(const Launch& l, const float* x, int64_t M, int64_t C, const void* w, DType wdt, const void* b,
+                DType bdt, float eps, float* out) {
+  if (M == 0 || C == 0) return;
+  DeviceScope ds(l.device);
+  with_float_dtype("cuda::layer_norm", wdt, [&](auto W) {
+    with_float_dtype("cuda::layer_norm", b ? bdt : DType::F32, [&](auto B) {
+      layer_norm_kernel<decltype(W), decltype(B)><<<unsigned(M), kRowThreads, 0, as_stream(l.stream)>>>(
+          x, C, w, b, eps, out);
+    });
+  });
+  NIBBLE_CUDA_CHECK_LAUNCH();
+}
+
+void activate(const Launch& l, float* x, int64_t n, Act a) {
+  if (n == 0) return;
+  DeviceScope ds(l.device);
+  activate_kernel<<<grid_for(n), 256, 0, as_stream(l.stream)>>>(x, n, a);
+  NIBBLE_CUDA_CHECK_LAUNCH();
+}
+
+void gated_activation(const Launch& l, const float* gate, int64_t ld_gate, const float* up, int64_t ld_up,
+                      int64_t rows, int64_t F, Act a, float* out) {
+  if (rows == 0 || F == 0) return;
+  DeviceScope ds(l.device);
+  gated_kernel<<<dim3(grid_for(F), unsigned(rows)), 256, 0, as_stream(l.stream)>>>(gate, ld_gate, up, ld_up, F,
+                                                                                    a, out);
+  NIBBLE_CUDA_CHECK_LAUNCH();
+}
+
+void add(const Launch& l, float* a, const float* b, int64_t n) {
+  if (n == 0) return;
+  DeviceScope ds(l.device);
+  add_kernel<<<grid_for(n), 256, 0, as_stream(l.stream)>>>(a, b, n);
+  NIBBLE_CUDA_CHECK_LAUNCH();
+}
+
+void softcap(const Launch& l, float* x, int64_t n, float cap) {
+  if (n == 0) return;
+  DeviceScope ds(l.device);
+  softcap_kernel<<<grid_for(n), 256, 0, as_stream(l.stream)>>>(x, n, cap);
+  NIBBLE_CUDA_CHECK_LAUNCH();
+}
+
+void embedding(const Launch& l, const void* table, DType dt, int64_t C, const int64_t* ids, int64_t R,
+               int64_t offset, float scale, float* out) {
+  if (R == 0 || C == 0) return;
+  DeviceScope ds(l.device);
+  with_float_dtype("cuda::embedding", dt, [&](auto T) {
+    embedding_kernel<decltype(T)><<<dim3(grid_for(C), unsigned(R)), 256, 0, as_stream(l.stream)>>>(
+        table, C, ids, offset, scale, out);
+  });
+  NIBBLE_CUDA_CHECK_LAUNCH();
+}
+
+void copy_rows(const Launch& l, const float* src, int64_t ld_src, int64_t rows, int64_t cols, void* dst,
+               DType dst_dt, int64_t ld_dst) {
+  if (rows == 0 || cols == 0) return;
+  DeviceScope ds(l.device);
+  with_float_dtype("cuda::copy_rows", dst_dt, [&](auto T) {
+    copy_rows_kernel<decltype(T)><<<dim3(grid_for(cols), unsigned(rows)), 256, 0, as_stream(l.stream)>>>(
+        src, ld_src, cols, dst, ld_dst);
+  });
+  NIBBLE_CUDA_CHECK_LAUNCH();
+}
+
+void apply_rope(const Launch& l, float* x, int64_t ld_x, int64_t T, int64_t H, int64_t D, const float* cos,
+                const float* sin, int64_t rot_dim) {
+  if (T == 0 || H == 0 || rot_dim < 2) return;
+  DeviceScope ds(l.device);
+  rope_kernel<<<unsigned(T * H), 128, 0, as_stream(l.stream)>>>(x, ld_x, H, D, cos, sin, rot_dim / 2);
+  NIBBLE_CUDA_CHECK_LAUNCH();
+}
+
+void argmax_rows(const Launch& l, const float* x, int64_t rows, int64_t V, int64_t* out) {
+  if (rows == 0) return;
+  DeviceScope ds(l.device);
+  argmax_kernel<<<unsigned(rows), kRowThreads, 0, as_stream(l.stream)>>>(x, V, out);
+  NIBBLE_CUDA_CHECK_LAUNCH();
+}
+
+void log_sum_exp_rows(const Launch& l, const float* x, int64_t rows, int64_t V, float* out) {
+  if (rows == 0) return;
+  DeviceScope ds(l.device);
+  lse_kernel<<<unsigned(rows), kRowThreads, 0, as_stream(l.stream)>>>(x, V, out);
+  NIBBLE_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace nibble::cuda

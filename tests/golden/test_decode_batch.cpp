@@ -1,0 +1,105 @@
+// decode_batch: one decode step of several sequences, each at its own position in its own KV
+// cache, run as one batch (continuous batching). Its logits must equal running each sequence
+// alone, for fp32 and 4-bit fixture models; a preallocated cache refuses to grow.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+
+#include "models/causal_lm_impl.h"  // KVCache
+#include "nibble/bnb_config.h"
+#include "nibble/error.h"
+#include "nibble/model.h"
+#include "nibble/safetensors.h"
+#include "test_support.h"
+
+namespace fs = std::filesystem;
+using namespace nibble;
+
+namespace {
+
+double max_abs_diff(const Tensor& a, const float* b, int64_t n) {
+  double d = 0;
+  for (int64_t i = 0; i < n; ++i) d = std::max(d, std::fabs(double(a.data<float>()[i]) - double(b[i])));
+  return d;
+}
+
+void check_decode_batch(const CausalLM& model, const Tensor& ids) {
+  const int64_t T = ids.size(1);
+  // three sequences at different positions: prompts of 3, 5 and T ids
+  std::vector<std::vector<int64_t>> prompts = {test::row(ids, 0, 3), test::row(ids, 1 % ids.size(0), 5),
+                                               test::row(ids, 0, T)};
+  std::vector<std::unique_ptr<KVCache>> batched, alone;
+  std::vector<int64_t> next;
+  for (const auto& p : prompts) {
+    batched.push_back(model.new_cache(64));
+    alone.push_back(model.new_cache(64));
+    Tensor a = model.forward_last(p, batched.back().get());
+    Tensor b = model.forward(p, alone.back().get());
+    const int64_t V = a.size(1);
+    ASSERT_EQ(a.shape(), (Shape{1, V}));
+    // forward_last equals the last row of the full forward
+    EXPECT_LE(max_abs_diff(a, b.data<float>() + (int64_t(p.size()) - 1) * V, V), 1e-6);
+    next.push_back(int64_t(p.size()) % V);
+  }
+  int checked = 0;
+  for (int step = 0; step < 4; ++step) {
+    std::vector<KVCache*> caches;
+    for (auto& c : batched) caches.push_back(c.get());
+    Tensor all = model.decode_batch(next, caches);  // [3, V]
+    const int64_t V = all.size(1);
+    ASSERT_EQ(all.shape(), (Shape{3, V}));
+    for (size_t b = 0; b < next.size(); ++b) {
+      Tensor one = model.forward({next[b]}, alone[b].get());  // [1, V]
+      double scale = 0;
+      for (int64_t i = 0; i < V; ++i) scale = std::max(scale, std::fabs(double(one.data<float>()[i])));
+      EXPECT_LE(max_abs_diff(one, all.data<float>() + int64_t(b) * V, V), 1e-5 * scale)
+          << "sequence " << b << " step " << step;
+      EXPECT_EQ(batched[b]->length(), alone[b]->length());
+      ++checked;
+    }
+    for (size_t b = 0; b < next.size(); ++b) next[b] = (next[b] * 7 + 3) % V;
+  }
+  EXPECT_EQ(checked, 12);
+}
+
+}  // namespace
+
+TEST(DecodeBatch, EqualsSequencesAlone) {
+  int models = 0;
+  for (const auto& dir : test::fixture_model_dirs("reference.safetensors")) {
+    Tensor ids = SafetensorsFile::open(dir / "reference.safetensors").get("input_ids");
+    for (const char* variant : {"fp32", "nf4_dq"}) {
+      if (!fs::exists(dir / variant / "config.json")) continue;
+      SCOPED_TRACE(dir.filename().string() + "/" + variant);
+      CausalLM model = AutoModelForCausalLM::from_pretrained(dir / variant);
+      check_decode_batch(model, ids);
+      ++models;
+    }
+  }
+  EXPECT_GE(models, 7);
+}
+
+TEST(DecodeBatch, PreallocatedCacheDoesNotGrow) {
+  const auto dirs = test::fixture_model_dirs("reference.safetensors");
+  ASSERT_FALSE(dirs.empty());
+  CausalLM model = AutoModelForCausalLM::from_pretrained(dirs.front() / "fp32");
+  auto cache = model.new_cache(4);
+  EXPECT_EQ(cache->capacity(), 4);
+  model.forward({1, 2, 3}, cache.get());
+  model.forward({4}, cache.get());
+  EXPECT_EQ(cache->length(), 4);
+  EXPECT_THROW(model.forward({5}, cache.get()), ShapeError);
+  EXPECT_THROW(model.decode_batch({1, 2}, {cache.get()}), ShapeError);
+}
+
+TEST(DeviceMap, NamesAreResolvedOrRefused) {
+  EXPECT_EQ(resolve_device_map("cpu"), Device::cpu());
+  EXPECT_EQ(resolve_device_map("auto"), cuda_available() ? Device::cuda(0) : Device::cpu());
+  EXPECT_THROW(resolve_device_map("tpu"), ConfigError);
+  EXPECT_THROW(resolve_device_map("cuda:x"), ConfigError);
+  if (!cuda_available()) {
+    EXPECT_THROW(resolve_device_map("cuda"), UnsupportedError);
+    EXPECT_THROW(resolve_device_map("cuda:0"), UnsupportedError);
+  }
+}

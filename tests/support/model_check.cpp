@@ -1,0 +1,58 @@
+// See model_check.h.
+#include "model_check.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <iostream>
+
+#include "nibble/safetensors.h"
+#include "test_support.h"
+
+namespace nibble::test {
+
+double tolerance(const std::string& variant) {
+  if (variant == "fp32") return 1e-4;
+  // LLM.int8 casts activations to fp16: an fp32 value on an fp16 rounding tie goes either way
+  // on a last-bit difference from the GPU's fp32 (mistral: one element of layer 1's o_proj
+  // input, 5e-3 in the logits of one token).
+  if (variant == "int8") return 2e-2;
+  return 1e-3;
+}
+
+double check_model(const std::filesystem::path& dir, const std::string& variant, const CausalLM& model, bool check_greedy) {
+  SafetensorsFile ref = SafetensorsFile::open(dir / "reference.safetensors");
+  Tensor ids = ref.get("input_ids");  // [B, T]
+  Tensor want = ref.get(variant + ".logits");
+  const int64_t B = ids.size(0), T = ids.size(1), V = want.size(2);
+  // One batch, as transformers ran input_ids [B, T]: LLM.int8 chooses its outlier columns over
+  // all B * T rows, so one sequence at a time can give other int8 logits (an outlier column of
+  // one sequence changes the other's quantization).
+  std::vector<std::vector<int64_t>> batch;
+  for (int64_t b = 0; b < B; ++b) batch.push_back(row(ids, b, T));
+  Tensor logits = model.forward_batch(batch);
+  EXPECT_EQ(logits.shape(), (Shape{B, T, V}));
+  if (logits.shape() != Shape{B, T, V}) return INFINITY;
+  double max_ref = 0, max_diff = 0;
+  for (int64_t i = 0; i < B * T * V; ++i) {
+    double w = want.data<float>()[i];
+    max_ref = std::max(max_ref, std::fabs(w));
+    max_diff = std::max(max_diff, std::fabs(w - double(logits.data<float>()[i])));
+  }
+  double rel = max_diff / max_ref;
+  EXPECT_LE(rel, tolerance(variant)) << "max diff " << max_diff << " of max |logit| " << max_ref;
+  std::printf("[ logits ] %-10s %-7s max|diff|/max|logit| = %.3e\n", dir.filename().string().c_str(), variant.c_str(), rel);
+  Tensor greedy = ref.get(variant + ".greedy");  // [1, 8 + 16]
+  std::vector<int64_t> prompt = row(ids, 0, 8);
+  std::vector<int64_t> got = model.generate_greedy(prompt, greedy.size(1) - 8);
+  std::vector<int64_t> expect = row(greedy, 0, greedy.size(1));
+  if (check_greedy) {
+    EXPECT_EQ(got, expect);
+  } else if (got != expect) {
+    std::cout << "[ info ] " << dir.filename().string() << "/" << variant << ": greedy tokens differ from transformers' (reported, not required)\n";
+  }
+  return rel;
+}
+
+}  // namespace nibble::test

@@ -72,8 +72,8 @@ double copy_bandwidth_gbs(int reps) {
   NIBBLE_CUDA_CHECK(cudaMalloc(&a, bytes));
   NIBBLE_CUDA_CHECK(cudaMalloc(&b, bytes));
   NIBBLE_CUDA_CHECK(cudaMemset(a, 1, bytes));
-  double us = median_us([&](int) { NIBBLE_CUDA_CHECK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice)); },
-                        reps, 3);
+  double us = median_us(
+      [&](int) { NIBBLE_CUDA_CHECK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice)); }, reps, 3);
   cudaFree(a);
   cudaFree(b);
   return 2.0 * double(bytes) / us * 1e-3;
@@ -101,8 +101,10 @@ int main(int argc, char** argv) {
   std::string json_path;
   int reps = 200;
   for (int i = 1; i < argc; ++i) {
-    if (!std::strcmp(argv[i], "--json") && i + 1 < argc) json_path = argv[++i];
-    else if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::atoi(argv[++i]);
+    if (!std::strcmp(argv[i], "--json") && i + 1 < argc)
+      json_path = argv[++i];
+    else if (!std::strcmp(argv[i], "--reps") && i + 1 < argc)
+      reps = std::atoi(argv[++i]);
   }
   if (!cuda_available()) {
     std::printf("no CUDA device\n");
@@ -177,7 +179,8 @@ int main(int argc, char** argv) {
         }
         const double us = median_us(
             [&](int r) {
-              cuda::linear_4bit(l, d_x, M, K, ws[size_t(r % copies)], N, nullptr, DType::BF16, DType::BF16, d_out);
+              cuda::linear_4bit(l, d_x, M, K, ws[size_t(r % copies)], N, nullptr, DType::BF16, DType::BF16,
+                                d_out);
             },
             reps);
         const double bytes = double(wbytes) + double(M * K * 4) + double(M * N * 4);
@@ -215,8 +218,8 @@ int main(int argc, char** argv) {
     }
     const double us = median_us(
         [&](int r) {
-          cuda::linear(l, d_x, 1, K, ws[size_t(r % copies)], DType::BF16, N, nullptr, DType::BF16, DType::BF16,
-                       d_out);
+          cuda::linear(l, d_x, 1, K, ws[size_t(r % copies)], DType::BF16, N, nullptr, DType::BF16,
+                       DType::BF16, d_out);
         },
         reps);
     const double gbs = (double(wbytes) + K * 4 + N * 4) / us * 1e-3;
@@ -230,9 +233,17 @@ int main(int argc, char** argv) {
   for (const Row& r : rows) {
     std::printf("%-10s %-7s %4lld %7lld %6lld %9.2f %8.0f %5.1f%%\n", r.kind.c_str(), r.fmt.c_str(),
                 (long long)r.M, (long long)r.N, (long long)r.K, r.us, r.gbs, 100 * r.frac);
-    out.push_back({{"machine", prop.name}, {"kind", r.kind}, {"format", r.fmt}, {"M", r.M}, {"N", r.N},
-                   {"K", r.K}, {"compute", "bf16"}, {"median_us", r.us}, {"gbs", r.gbs},
-                   {"copy_gbs", copy_gbs}, {"fraction_of_copy", r.frac}});
+    out.push_back({{"machine", prop.name},
+                   {"kind", r.kind},
+                   {"format", r.fmt},
+                   {"M", r.M},
+                   {"N", r.N},
+                   {"K", r.K},
+                   {"compute", "bf16"},
+                   {"median_us", r.us},
+                   {"gbs", r.gbs},
+                   {"copy_gbs", copy_gbs},
+                   {"fraction_of_copy", r.frac}});
   }
   if (!json_path.empty()) std::ofstream(json_path) << out.dump(1) << "\n";
   return 0;

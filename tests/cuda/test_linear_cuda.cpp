@@ -29,8 +29,8 @@ using namespace nibble;
 #ifdef NIBBLE_WITH_CUDA
 namespace {
 
-#define SKIP_WITHOUT_CUDA()             \
-  if (!cuda_available()) {              \
+#define SKIP_WITHOUT_CUDA()           \
+  if (!cuda_available()) {            \
     GTEST_SKIP() << "no CUDA device"; \
   }
 
@@ -131,7 +131,8 @@ TEST(LinearCuda, DenseMatchesCpu) {
           auto w = encode(randu(g, s.N * s.K), wdt);
           auto b = encode(randu(g, s.N), bdt);
           std::vector<float> ref(size_t(M * s.N));
-          cpu::linear(x.data(), M, s.K, w.data(), wdt, s.N, with_bias ? b.data() : nullptr, bdt, rt, ref.data());
+          cpu::linear(x.data(), M, s.K, w.data(), wdt, s.N, with_bias ? b.data() : nullptr, bdt, rt,
+                      ref.data());
           DevBuf dx(x), dw(w), db(b);
           DevBuf dout(poison(M * s.N));
           cuda::Launch l;
@@ -139,8 +140,9 @@ TEST(LinearCuda, DenseMatchesCpu) {
                        dout.as<float>());
           ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
           char what[160];
-          std::snprintf(what, sizeof what, "linear M=%lld K=%lld N=%lld W=%s round_to=%s bias=%d", (long long)M,
-                        (long long)s.K, (long long)s.N, dtype_name(wdt), dtype_name(rt), int(with_bias));
+          std::snprintf(what, sizeof what, "linear M=%lld K=%lld N=%lld W=%s round_to=%s bias=%d",
+                        (long long)M, (long long)s.K, (long long)s.N, dtype_name(wdt), dtype_name(rt),
+                        int(with_bias));
           expect_close(dout, ref, rt, what);
           ++cases;
         }
@@ -154,9 +156,8 @@ TEST(LinearCuda, FourBitMatchesCpu) {
     int64_t K, N, bs;
   };
   // K % bs != 0 in several: blocks of the flattened tensor straddle rows (and K odd).
-  const Shape shapes[] = {{64, 33, 64},   {96, 21, 64},   {256, 37, 32},  {130, 19, 128},
-                          {512, 45, 256}, {320, 23, 512}, {1024, 9, 1024}, {2048, 5, 4096},
-                          {77, 13, 64}};
+  const Shape shapes[] = {{64, 33, 64},   {96, 21, 64},    {256, 37, 32},   {130, 19, 128}, {512, 45, 256},
+                          {320, 23, 512}, {1024, 9, 1024}, {2048, 5, 4096}, {77, 13, 64}};
   const DType cts[] = {DType::F32, DType::BF16, DType::F16};
   const DType qts[] = {DType::NF4, DType::FP4};
   int cases = 0;
@@ -174,7 +175,8 @@ TEST(LinearCuda, FourBitMatchesCpu) {
           quant::ref::NestedAbsmax na;
           if (nested) {  // the reference uses the nested absmax as decoded
             na = quant::ref::double_quantize_absmax(absmax.data(), nb);
-            quant::ref::dequantize_nested_absmax(na.q.data(), na.absmax2.data(), na.offset, nb, absmax.data());
+            quant::ref::dequantize_nested_absmax(na.q.data(), na.absmax2.data(), na.offset, nb,
+                                                 absmax.data());
           }
           auto x = randu(g, M * s.K);
           auto b = encode(randu(g, s.N), DType::BF16);
@@ -203,9 +205,10 @@ TEST(LinearCuda, FourBitMatchesCpu) {
                             dout.as<float>());
           ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
           char what[160];
-          std::snprintf(what, sizeof what, "linear_4bit %s nested=%d M=%lld K=%lld N=%lld bs=%lld ct=%s bias=%d",
-                        dtype_name(qt), nested, (long long)M, (long long)s.K, (long long)s.N, (long long)s.bs,
-                        dtype_name(ct), int(with_bias));
+          std::snprintf(what, sizeof what,
+                        "linear_4bit %s nested=%d M=%lld K=%lld N=%lld bs=%lld ct=%s bias=%d", dtype_name(qt),
+                        nested, (long long)M, (long long)s.K, (long long)s.N, (long long)s.bs, dtype_name(ct),
+                        int(with_bias));
           expect_close(dout, ref, ct, what);
           ++cases;
         }

@@ -1,7 +1,7 @@
 // CUDA linear ops (linear_cuda.h): one warp per output feature n, computing up to 16 rows of
 // x against W's row n in registers, so W streams from memory once per 16 rows of x (once per
 // call for decode, M <= 16). Weights are read in their stored form and decoded in registers:
-//   fp W    8 (16-bit) or 4 (f32) elements per 16-byte load;
+//   fp W    8 (16-bit) or 4 (f32) elements per 16-byte load, used as stored (not rounded);
 //   4-bit   32 codes per 16-byte load; 32 consecutive elements of a row that K % 32 == 0 keeps
 //           inside one absmax block (blocksizes are multiples of 32), so the (nested) absmax is
 //           decoded once per load. Other K: an element-wise path, correct when blocks of the
@@ -44,7 +44,7 @@ struct Q4 {
   const float* code2;
   const float* quant_map;
   float offset;
-  int bs_log2;       // blocksize is a power of two (64..4096 in bitsandbytes, 32 too)
+  int bs_log2;  // blocksize is a power of two (64..4096 in bitsandbytes, 32 too)
   int64_t blocksize;
   int64_t nested_bs;
 
@@ -107,10 +107,9 @@ __device__ __forceinline__ void finish_rows(float (&acc)[MT], const void* bias, 
 
 // ---- fp weights ------------------------------------------------------------------------------
 template <int MT, class WT, class CT>
-__global__ void __launch_bounds__(kWarps * 32) linear_fp_kernel(const float* __restrict__ x, int64_t M, int64_t K,
-                                                                const void* __restrict__ w, int64_t N,
-                                                                const void* bias, int bdt,
-                                                                float* __restrict__ out, bool vec) {
+__global__ void __launch_bounds__(kWarps * 32)
+    linear_fp_kernel(const float* __restrict__ x, int64_t M, int64_t K, const void* __restrict__ w, int64_t N,
+                     const void* bias, int bdt, float* __restrict__ out, bool vec) {
   const int lane = threadIdx.x % 32;
   const int64_t n = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;
   if (n >= N) return;
@@ -136,13 +135,11 @@ __global__ void __launch_bounds__(kWarps * 32) linear_fp_kernel(const float* __r
             wv[2 * j] = lo, wv[2 * j + 1] = hi;
           }
         }
-#pragma unroll
-        for (int j = 0; j < C; ++j) wv[j] = round_to<CT>(wv[j]);
         fma_chunk<MT, CT, C>(acc, wv, xm, K, rows, c * C);
       }
     } else {
       for (int64_t k = lane; k < K; k += 32)
-        fma_rows<MT, CT>(acc, round_to<CT>(dev::load1<WT>(w, n * K + k)), xm, K, rows, k);
+        fma_rows<MT, CT>(acc, dev::load1<WT>(w, n * K + k), xm, K, rows, k);
     }
     finish_rows<MT, CT>(acc, bias, bdt, n, N, rows, out + m0 * N, lane);
   }
@@ -150,9 +147,9 @@ __global__ void __launch_bounds__(kWarps * 32) linear_fp_kernel(const float* __r
 
 // ---- 4-bit weights ---------------------------------------------------------------------------
 template <int MT, class CT>
-__global__ void __launch_bounds__(kWarps * 32) linear_4bit_kernel(const float* __restrict__ x, int64_t M,
-                                                                  int64_t K, Q4 q, int64_t N, const void* bias,
-                                                                  int bdt, float* __restrict__ out, bool vec) {
+__global__ void __launch_bounds__(kWarps * 32)
+    linear_4bit_kernel(const float* __restrict__ x, int64_t M, int64_t K, Q4 q, int64_t N, const void* bias,
+                       int bdt, float* __restrict__ out, bool vec) {
   __shared__ float lut[16];
   if (threadIdx.x < 16) lut[threadIdx.x] = q.quant_map[threadIdx.x];
   __syncthreads();
@@ -199,8 +196,10 @@ class CurrentDevice {
  public:
   explicit CurrentDevice(int device) {
     NIBBLE_CUDA_CHECK(cudaGetDevice(&prev_));
-    if (prev_ != device) NIBBLE_CUDA_CHECK(cudaSetDevice(device));
-    else prev_ = -1;
+    if (prev_ != device)
+      NIBBLE_CUDA_CHECK(cudaSetDevice(device));
+    else
+      prev_ = -1;
   }
   ~CurrentDevice() {
     if (prev_ >= 0) cudaSetDevice(prev_);
@@ -247,8 +246,7 @@ int bias_code(const char* op, const void* bias, DType dt) {
 }
 
 void check_shape(const char* op, int64_t M, int64_t K, int64_t N) {
-  if (M < 0 || K <= 0 || N <= 0)
-    throw ShapeError(detail::str(op, ": bad shape M=", M, " K=", K, " N=", N));
+  if (M < 0 || K <= 0 || N <= 0) throw ShapeError(detail::str(op, ": bad shape M=", M, " K=", K, " N=", N));
 }
 
 }  // namespace
@@ -285,15 +283,16 @@ void linear_4bit(const Launch& l, const float* x, int64_t M, int64_t K, const Qu
                  const void* bias, DType bias_dt, DType compute_dtype, float* out) {
   check_shape("linear_4bit", M, K, N);
   if (w.quant_type != DType::NF4 && w.quant_type != DType::FP4)
-    throw UnsupportedError(detail::str("linear_4bit: quant_type ", dtype_name(w.quant_type), " is not 4-bit"));
+    throw UnsupportedError(
+        detail::str("linear_4bit: quant_type ", dtype_name(w.quant_type), " is not 4-bit"));
   if (w.blocksize <= 0 || (w.blocksize & (w.blocksize - 1)) != 0)
     throw ShapeError(detail::str("linear_4bit: blocksize ", w.blocksize, " is not a power of two"));
   if (!w.packed || !w.quant_map || (!w.absmax && (!w.absmax_q || !w.absmax2 || !w.code2)))
     throw Error("linear_4bit: missing packed weight, quant_map or absmax state");
   if (M == 0) return;
   CurrentDevice dev_guard(l.device);
-  Q4 q{w.packed, w.absmax, w.absmax_q, w.absmax2, w.code2, w.quant_map, w.offset, 0, w.blocksize,
-       w.nested_blocksize};
+  Q4 q{w.packed,    w.absmax, w.absmax_q, w.absmax2,   w.code2,
+       w.quant_map, w.offset, 0,          w.blocksize, w.nested_blocksize};
   while ((int64_t(1) << q.bs_log2) < w.blocksize) ++q.bs_log2;
   const bool vec = K % 32 == 0 && w.blocksize % 32 == 0 && aligned16(w.packed) && aligned16(x);
   const int bdt = bias_code("linear_4bit", bias, bias_dt);
@@ -311,8 +310,8 @@ size_t linear_int8_workspace_bytes(int64_t, int64_t, int64_t) {
   return 0;
 }
 
-void linear_int8(const Launch&, const float*, int64_t, int64_t, const int8_t*, const float*, int64_t, const void*,
-                 DType, float, DType, float*) {
+void linear_int8(const Launch&, const float*, int64_t, int64_t, const int8_t*, const float*, int64_t,
+                 const void*, DType, float, DType, float*) {
   throw UnsupportedError("linear_int8: no CUDA kernel yet (LLM.int8 runs on the CPU backend)");
 }
 

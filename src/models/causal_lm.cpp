@@ -38,10 +38,6 @@ void move_norm(Norm& n, Device d) {
 // Weights to dev, tensor by tensor (each host view of the mmap'd file copied up and released as
 // the Linear is replaced); the KV cache dtype follows the compute dtype there.
 void CausalLM::Impl::to_device(Device dev) {
-  if (dev.is_cuda())
-    for (const NamedLinear* nl : linears())
-      if (nl->lin.format() == nn::WeightFormat::Int8)
-        throw UnsupportedError(str(nl->name, ": LLM.int8 (Linear8bitLt) has no CUDA kernel yet; load with device_map cpu"));
   const bool head_is_embed = lm_head.lin.weight().storage() == embed.storage();
   embed = moved(embed, dev);
   pos_embed = moved(pos_embed, dev);

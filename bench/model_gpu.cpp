@@ -17,6 +17,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "models/causal_lm_impl.h"  // KVCache
 #include "nibble/bnb_config.h"
 #include "nibble/model.h"
 #include "nibble/tensor.h"
@@ -113,7 +114,7 @@ void warm_page_cache(const fs::path& dir) {
 
 std::vector<int64_t> random_ids(int64_t n, int64_t V, uint64_t seed) {
   bench::SplitMix64 r{seed};
-  std::vector<int64_t> ids(size_t(n));
+  std::vector<int64_t> ids(static_cast<size_t>(n));
   for (auto& i : ids) i = int64_t(r.next() % uint64_t(V));
   return ids;
 }
@@ -279,7 +280,7 @@ int main(int argc, char** argv) {
       for (int64_t B : batches) {
         std::vector<std::unique_ptr<KVCache>> caches;
         std::vector<KVCache*> cp;
-        std::vector<int64_t> tok(size_t(B));
+        std::vector<int64_t> tok(static_cast<size_t>(B));
         for (int64_t b = 0; b < B; ++b) {
           caches.push_back(model.new_cache(ctx + steps + 8));
           cp.push_back(caches.back().get());

@@ -216,4 +216,26 @@ void memcpy_sync(void* dst, const void* src, size_t n, int kind, int device) {
   NIBBLE_CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(st)));
 }
 
+void graph_capture_begin(void* stream) {
+  NIBBLE_CUDA_CHECK(cudaStreamBeginCapture(static_cast<cudaStream_t>(stream), cudaStreamCaptureModeThreadLocal));
+}
+
+void* graph_capture_end(void* stream) {
+  cudaGraph_t g = nullptr;
+  NIBBLE_CUDA_CHECK(cudaStreamEndCapture(static_cast<cudaStream_t>(stream), &g));
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t err = cudaGraphInstantiate(&exec, g, 0);
+  cudaGraphDestroy(g);
+  NIBBLE_CUDA_CHECK(err);
+  return exec;
+}
+
+void graph_launch(void* exec, void* stream) {
+  NIBBLE_CUDA_CHECK(cudaGraphLaunch(static_cast<cudaGraphExec_t>(exec), static_cast<cudaStream_t>(stream)));
+}
+
+void graph_destroy(void* exec) noexcept {
+  if (exec) cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(exec));
+}
+
 }  // namespace nibble::cuda

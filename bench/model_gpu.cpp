@@ -5,7 +5,7 @@
 // copy bandwidth for decode: the bytes a step must read; cuBLAS bf16 8192^3 rate for prefill: the
 // step's matrix FLOPs) and beside the PEERS.md row measured on the H200 for the same shape.
 //   model_gpu [--shapes llama2_7b,llama32_1b,llama31_8b] [--dir DIR] [--json PATH]
-//             [--batches 1,4,16] [--contexts 128,4096] [--steps N] [--keep]
+//             [--batches 1,4,16] [--contexts 128,4096] [--steps N] [--keep] [--prefill-only]
 // Prints "no CUDA device" and exits 0 without a GPU.
 #include <algorithm>
 #include <chrono>
@@ -155,7 +155,7 @@ int main(int argc, char** argv) {
   std::string json_path;
   std::vector<int64_t> batches = {1, 4, 16}, contexts = {128, 4096};
   int64_t steps = 64;
-  bool keep = false;
+  bool keep = false, prefill_only = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -186,9 +186,11 @@ int main(int argc, char** argv) {
       steps = std::stoll(next());
     } else if (a == "--keep") {
       keep = true;
+    } else if (a == "--prefill-only") {  // one load and one prefill-512 (for a profiler)
+      prefill_only = true;
     } else {
       std::fprintf(stderr, "usage: model_gpu [--shapes a,b] [--dir DIR] [--json PATH] [--batches 1,4,16] "
-                           "[--contexts 128,4096] [--steps N] [--keep]\n");
+                           "[--contexts 128,4096] [--steps N] [--keep] [--prefill-only]\n");
       return 2;
     }
   }
@@ -224,6 +226,14 @@ int main(int argc, char** argv) {
                                                 .bnb_4bit_compute_dtype = "bfloat16",
                                                 .bnb_4bit_quant_type = "nf4",
                                                 .bnb_4bit_use_double_quant = true};
+    if (prefill_only) {
+      CausalLM m1 = AutoModelForCausalLM::from_pretrained(mdir, lo);
+      auto cache = m1.new_cache(512);
+      auto t1 = Clock::now();
+      Tensor lg = m1.forward_last(random_ids(512, s.V, 5), cache.get());
+      std::printf("%s prefill-512 once: %.1f ms\n", s.name, since(t1) * 1e3);
+      continue;
+    }
     // the first load warms the CUDA context and kernels; the second is timed
     { auto warm = AutoModelForCausalLM::from_pretrained(mdir, lo); }
     NIBBLE_CUDA_CHECK(cudaDeviceSynchronize());

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 
 #include "models/causal_lm_impl.h"
@@ -94,6 +95,62 @@ TEST(ModelCuda, GraphDecodeEqualsPlainPath) {
       EXPECT_GE(m.graph_launches() - before, 6u) << "the steps after the second should replay a graph";
       ++models;
     }
+  }
+  EXPECT_GE(models, 7);
+}
+
+// The blocks of the forward pass, one at a time, on the GPU against the CPU for every fixture
+// model in fp32 (2 sequences of 5 and 3 tokens): the first block whose output differs names the
+// culprit when the whole-model check above fails.
+TEST(ModelCuda, BlocksMatchCpuOneByOne) {
+  SKIP_WITHOUT_CUDA();
+  int models = 0;
+  for (const auto& dir : test::fixture_model_dirs("reference.safetensors")) {
+    if (!fs::exists(dir / "fp32" / "config.json")) continue;
+    SCOPED_TRACE(dir.filename().string());
+    LoadOptions lo;
+    lo.device_map = "cuda";
+    CausalLM gpu = AutoModelForCausalLM::from_pretrained(dir / "fp32", lo);
+    CausalLM cpu = AutoModelForCausalLM::from_pretrained(dir / "fp32");
+    const CausalLM::Impl &G = gpu.impl(), &C = cpu.impl();
+    Tensor ids = SafetensorsFile::open(dir / "reference.safetensors").get("input_ids");
+    const std::vector<std::vector<int64_t>> batch = {test::row(ids, 0, 5), test::row(ids, 0, 3)};
+    auto g0 = G.make_cache(16), g1 = G.make_cache(16), c0 = C.make_cache(16), c1 = C.make_cache(16);
+    KVCache* gc[] = {g0.get(), g1.get()};
+    KVCache* cc[] = {c0.get(), c1.get()};
+    Step gs = G.plan(batch, gc), cs = C.plan(batch, cc);
+    auto rel = [](const Tensor& a_dev, const Tensor& b) {
+      Tensor a = a_dev.to(Device::cpu()).contiguous(), bc = b.contiguous();
+      double d = 0, s = 0;
+      for (int64_t i = 0; i < a.numel(); ++i) {
+        d = std::max(d, std::fabs(double(a.data<float>()[i]) - bc.data<float>()[i]));
+        s = std::max(s, std::fabs(double(bc.data<float>()[i])));
+      }
+      return s > 0 ? d / s : d;
+    };
+    Tensor hg = G.embed_block(gs), hc = C.embed_block(cs);
+    EXPECT_LE(rel(hg, hc), 1e-5) << "embed_block";
+    for (size_t li = 0; li < C.layers.size(); ++li) {
+      G.decoder_layer(gs, li, hg);
+      C.decoder_layer(cs, li, hc);
+      EXPECT_LE(rel(hg, hc), 1e-5) << "decoder_layer " << li;
+    }
+    {  // the head's pieces: the weight bytes on the device, then the final norm, then the linear
+      Tensor wg = G.lm_head.lin.weight().to(Device::cpu()).contiguous(), wc = C.lm_head.lin.weight().contiguous();
+      EXPECT_EQ(wg.shape(), wc.shape());
+      EXPECT_EQ(0, std::memcmp(wg.data_ptr(), wc.data_ptr(), std::min(wg.nbytes(), wc.nbytes()))) << "lm_head weight";
+      const int64_t R = hc.size(0), Cw = hc.size(1);
+      Tensor xg = Tensor::empty({R, Cw}, DType::F32, G.device), xc = Tensor::empty({R, Cw}, DType::F32);
+      G.norm_into(G.final_norm, hg, xg, gs);
+      C.norm_into(C.final_norm, hc, xc, cs);
+      EXPECT_LE(rel(xg, xc), 1e-5) << "final norm";
+      Tensor lg = G.lm_head.lin.forward(xg), lc = C.lm_head.lin.forward(xc);
+      EXPECT_LE(rel(lg, lc), 1e-5) << "lm_head linear";
+      Tensor lx = G.lm_head.lin.forward(xc.to(G.device));
+      EXPECT_LE(rel(lx, lc), 1e-5) << "lm_head linear on the CPU's input";
+    }
+    EXPECT_LE(rel(G.head_block(gs, hg, false), C.head_block(cs, hc, false)), 1e-5) << "head_block";
+    ++models;
   }
   EXPECT_GE(models, 7);
 }

@@ -21,6 +21,10 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <cstdlib>
+#include <mutex>
+#include <set>
+#include <utility>
 #include <type_traits>
 
 #include "backends/cuda/check.h"
@@ -33,6 +37,7 @@ namespace {
 
 constexpr int kWarps = 8;
 constexpr int kUnroll = 4;  // 16-byte W loads in flight per row per thread
+constexpr size_t kMaxXsBytes = size_t(64) << 10;  // x staged in shared memory up to this size
 
 template <class CT>
 __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
@@ -125,9 +130,21 @@ __device__ __forceinline__ void x_frag(const float* __restrict__ x, int64_t K, b
   }
 }
 
+// U consecutive 16-byte loads of the thread's two W rows (and their absmax for 4-bit).
+template <int U>
+struct Stage {
+  uint4 wa[U], wb[U];
+  float ama[U], amb[U];
+};
+
 // FOUR: 4-bit codes (32 a load) or 16-bit W (8 a load). NT: x tiles of 8 rows (1 or 2).
-template <bool FOUR, int NT, class CT>
+// U: loads a row per stage; PIPE: the next stage's loads are issued before this stage's math
+// (two stages in registers), else one stage is loaded, then used.
+// XS: x rounded to CT once per block into shared memory as value pairs, row stride K/2 + 4
+// words (rows < M only), so a k-step's B fragment is one 8-byte shared load.
+template <bool FOUR, int NT, class CT, int U, bool PIPE, bool XS>
 __global__ void __launch_bounds__(kWarps * 32, 2) gemv_mma_kernel(Args a) {
+  extern __shared__ uint32_t xs[];
   constexpr int kVals = FOUR ? 32 : 8;   // values per 16-byte load
   constexpr int kSteps = kVals / 4;      // mma k-steps per load
   constexpr int64_t kWin = 4 * kVals;    // k covered by a quad's loads
@@ -138,6 +155,15 @@ __global__ void __launch_bounds__(kWarps * 32, 2) gemv_mma_kernel(Args a) {
   if constexpr (FOUR) {
     if (tid < 16) lut[tid] = a.quant_map[tid];
     if (!a.absmax) code2[tid] = a.code2[tid];  // blockDim == 256
+  }
+  const int64_t xhalf = a.K / 2, xstride = xhalf + 4;
+  if constexpr (XS) {
+    const int rows = a.M < 8 * NT ? a.M : 8 * NT;
+    for (int m = 0; m < rows; ++m)
+      for (int64_t p = tid; p < xhalf; p += kWarps * 32) {
+        const float2 v = __ldg(reinterpret_cast<const float2*>(a.x + m * a.K) + p);
+        xs[m * xstride + p] = pack2<CT>(v.x, v.y);
+      }
   }
   __syncthreads();
 
@@ -154,60 +180,95 @@ __global__ void __launch_bounds__(kWarps * 32, 2) gemv_mma_kernel(Args a) {
   constexpr int kElemBytesNum = FOUR ? 1 : 2, kElemBytesDen = FOUR ? 2 : 1;  // bytes per element
 
   float d[NT][4] = {};
-  for (int64_t it = i0; it < i1; it += kUnroll) {
-    uint4 wa[kUnroll], wb[kUnroll];
-    float ama[kUnroll], amb[kUnroll];
+  auto load = [&](Stage<U>& st, int64_t it) {
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
+    for (int u = 0; u < U; ++u) {
       if (it + u >= i1) break;
       const int64_t k = (it + u) * kWin + q * kVals;
       const int64_t ea = ra * K + k, eb = rb * K + k;  // flat element index
-      wa[u] = ld_stream(wbase + ea * kElemBytesNum / kElemBytesDen);
-      wb[u] = ld_stream(wbase + eb * kElemBytesNum / kElemBytesDen);
+      st.wa[u] = ld_stream(wbase + ea * kElemBytesNum / kElemBytesDen);
+      st.wb[u] = ld_stream(wbase + eb * kElemBytesNum / kElemBytesDen);
       if constexpr (FOUR) {
         const int64_t ba = ea >> a.bs_log2, bb = eb >> a.bs_log2;
         if (a.absmax) {
-          ama[u] = __ldg(a.absmax + ba);
-          amb[u] = __ldg(a.absmax + bb);
+          st.ama[u] = __ldg(a.absmax + ba);
+          st.amb[u] = __ldg(a.absmax + bb);
         } else {
           const int64_t na = a.nbs_log2 >= 0 ? ba >> a.nbs_log2 : ba / a.nested_bs;
           const int64_t nb = a.nbs_log2 >= 0 ? bb >> a.nbs_log2 : bb / a.nested_bs;
-          ama[u] = dev::mul_ftz(code2[__ldg(a.absmax_q + ba)], __ldg(a.absmax2 + na)) + a.offset;
-          amb[u] = dev::mul_ftz(code2[__ldg(a.absmax_q + bb)], __ldg(a.absmax2 + nb)) + a.offset;
+          st.ama[u] = dev::mul_ftz(code2[__ldg(a.absmax_q + ba)], __ldg(a.absmax2 + na)) + a.offset;
+          st.amb[u] = dev::mul_ftz(code2[__ldg(a.absmax_q + bb)], __ldg(a.absmax2 + nb)) + a.offset;
         }
       }
     }
+  };
+  auto compute = [&](const Stage<U>& st, int64_t it) {
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
+    for (int u = 0; u < U; ++u) {
       if (it + u >= i1) break;
       const int64_t kq = (it + u) * kWin + q * kVals;
 #pragma unroll
       for (int s = 0; s < kSteps; ++s) {
         uint32_t af[4];
         if constexpr (FOUR) {
-          // bytes 2s, 2s+1: the half-word s % 2 of word s / 2
-          const uint32_t ha = (word(wa[u], s / 2) >> (16 * (s % 2))) & 0xffffu;
-          const uint32_t hb = (word(wb[u], s / 2) >> (16 * (s % 2))) & 0xffffu;
-          const float A = ama[u], B = amb[u];
-          af[0] = pack2<CT>(dev::mul_ftz(lut[(ha >> 4) & 15], A), dev::mul_ftz(lut[ha & 15], A));
-          af[2] = pack2<CT>(dev::mul_ftz(lut[(ha >> 12) & 15], A), dev::mul_ftz(lut[(ha >> 8) & 15], A));
-          af[1] = pack2<CT>(dev::mul_ftz(lut[(hb >> 4) & 15], B), dev::mul_ftz(lut[hb & 15], B));
-          af[3] = pack2<CT>(dev::mul_ftz(lut[(hb >> 12) & 15], B), dev::mul_ftz(lut[(hb >> 8) & 15], B));
+          // bytes j, j + 1 (j = 2 (s % 2)) of word s / 2. Each nibble times 4 (a byte offset into
+          // lut) sits in its own byte of hi4 / lo4, so a code costs one byte select.
+          const int j = 2 * (s % 2);  // a constant once the loop is unrolled
+          const uint32_t wa = word(st.wa[u], s / 2), wb = word(st.wb[u], s / 2);
+          const uint32_t hia = (wa >> 2) & 0x3c3c3c3cu, loa = (wa << 2) & 0x3c3c3c3cu;
+          const uint32_t hib = (wb >> 2) & 0x3c3c3c3cu, lob = (wb << 2) & 0x3c3c3c3cu;
+          const char* lb = reinterpret_cast<const char*>(lut);
+          auto T = [&](uint32_t v, int byte, float am) {
+            const uint32_t off = __byte_perm(v, 0u, 0x4440u | unsigned(byte));
+            return dev::mul_ftz(*reinterpret_cast<const float*>(lb + off), am);
+          };
+          const float A = st.ama[u], B = st.amb[u];
+          af[0] = pack2<CT>(T(hia, j, A), T(loa, j, A));
+          af[2] = pack2<CT>(T(hia, j + 1, A), T(loa, j + 1, A));
+          af[1] = pack2<CT>(T(hib, j, B), T(lob, j, B));
+          af[3] = pack2<CT>(T(hib, j + 1, B), T(lob, j + 1, B));
         } else {
-          af[0] = word(wa[u], 2 * s);
-          af[2] = word(wa[u], 2 * s + 1);
-          af[1] = word(wb[u], 2 * s);
-          af[3] = word(wb[u], 2 * s + 1);
+          af[0] = word(st.wa[u], 2 * s);
+          af[2] = word(st.wa[u], 2 * s + 1);
+          af[1] = word(st.wb[u], 2 * s);
+          af[3] = word(st.wb[u], 2 * s + 1);
         }
         const int64_t kp = kq + 4 * s;
         uint32_t b0, b1;
-        x_frag<CT>(a.x, K, live0, g, kp, b0, b1);
-        mma<CT>(d[0], af, b0, b1);
-        if constexpr (NT == 2) {
-          x_frag<CT>(a.x, K, live1, g + 8, kp, b0, b1);
-          mma<CT>(d[NT - 1], af, b0, b1);
+        if constexpr (XS) {
+          const uint2 v0 = live0 ? *reinterpret_cast<const uint2*>(xs + g * xstride + kp / 2) : make_uint2(0u, 0u);
+          mma<CT>(d[0], af, v0.x, v0.y);
+          if constexpr (NT == 2) {
+            const uint2 v1 =
+                live1 ? *reinterpret_cast<const uint2*>(xs + (g + 8) * xstride + kp / 2) : make_uint2(0u, 0u);
+            mma<CT>(d[NT - 1], af, v1.x, v1.y);
+          }
+        } else {
+          x_frag<CT>(a.x, K, live0, g, kp, b0, b1);
+          mma<CT>(d[0], af, b0, b1);
+          if constexpr (NT == 2) {
+            x_frag<CT>(a.x, K, live1, g + 8, kp, b0, b1);
+            mma<CT>(d[NT - 1], af, b0, b1);
+          }
         }
       }
+    }
+  };
+  if constexpr (PIPE) {
+    Stage<U> s0, s1;
+    if (i0 < i1) load(s0, i0);
+    for (int64_t it = i0; it < i1; it += 2 * U) {
+      if (it + U < i1) load(s1, it + U);
+      compute(s0, it);
+      if (it + U >= i1) break;
+      if (it + 2 * U < i1) load(s0, it + 2 * U);
+      compute(s1, it + U);
+    }
+  } else {
+    for (int64_t it = i0; it < i1; it += U) {
+      Stage<U> st;
+      load(st, it);
+      compute(st, it);
     }
   }
 
@@ -240,6 +301,15 @@ bool aligned16(const void* p) {
   return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 }
 
+// Once per (kernel, device): allow kMaxXsBytes of dynamic shared memory.
+void allow_xs_bytes(const void* kernel, int device) {
+  static std::mutex mu;
+  static std::set<std::pair<const void*, int>> done;
+  std::lock_guard<std::mutex> lock(mu);
+  if (!done.insert({kernel, device}).second) return;
+  NIBBLE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kMaxXsBytes)));
+}
+
 // K slices per 16-row tile: enough warps to keep HBM busy, at least 2 loads per slice.
 int pick_slices(int64_t N, int64_t iters) {
   const int64_t tiles = (N + 15) / 16;
@@ -254,8 +324,36 @@ void launch(const Launch& l, Args a, DType ct) {
   a.ks = pick_slices(a.N, a.K / win);
   const int rg = kWarps / a.ks;
   const dim3 grid(unsigned((a.N + 16 * rg - 1) / (16 * rg)));
+  // NIBBLE_GEMV_VARIANT (benchmarking): 0 one stage of 4 loads, 1 pipelined 2 x 2, 2 pipelined
+  // 2 x 4, 3 like 0 with x read from global memory
+  static const int variant = [] {
+    const char* e = std::getenv("NIBBLE_GEMV_VARIANT");
+    return e ? std::atoi(e) : 0;
+  }();
+  // x in shared memory when its rows fit in kMaxXsBytes (4-bit weights: the B fragments would
+  // otherwise cost a global load and two conversions per k-step)
+  const int xrows = a.M < 8 ? a.M : 16;
+  const size_t xs_bytes = size_t(xrows) * size_t(a.K / 2 + 4) * 4;
+  const bool xs = FOUR && xs_bytes <= kMaxXsBytes && variant != 3;
   auto go = [&](auto nt, auto ctag) {
-    gemv_mma_kernel<FOUR, decltype(nt)::value, decltype(ctag)><<<grid, kWarps * 32, 0, l.stream>>>(a);
+    constexpr int kNt = decltype(nt)::value;
+    using C = decltype(ctag);
+    auto run = [&](void (*kernel)(Args), bool with_xs) {
+      if (with_xs) allow_xs_bytes(reinterpret_cast<const void*>(kernel), l.device);
+      kernel<<<grid, kWarps * 32, with_xs ? xs_bytes : 0, l.stream>>>(a);
+    };
+    if constexpr (FOUR) {
+      if (xs) {
+        if (variant == 1)
+          run(gemv_mma_kernel<FOUR, kNt, C, 2, true, true>, true);
+        else if (variant == 2)
+          run(gemv_mma_kernel<FOUR, kNt, C, 4, true, true>, true);
+        else
+          run(gemv_mma_kernel<FOUR, kNt, C, kUnroll, false, true>, true);
+        return;
+      }
+    }
+    run(gemv_mma_kernel<FOUR, kNt, C, kUnroll, false, false>, false);
   };
   if (ct == DType::BF16) {
     if (a.M <= 8)

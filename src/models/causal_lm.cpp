@@ -38,7 +38,10 @@ void move_norm(Norm& n, Device d) {
 // Weights to dev, tensor by tensor (each host view of the mmap'd file copied up and released as
 // the Linear is replaced); the KV cache dtype follows the compute dtype there.
 void CausalLM::Impl::to_device(Device dev) {
-  const bool head_is_embed = lm_head.lin.weight().storage() == embed.storage();
+  // the same tensor (not merely the same storage: every weight of a checkpoint file views one
+  // mmap'd storage, so an untied head shares it with the embedding too)
+  const bool head_is_embed = lm_head.lin.weight().data_ptr() == embed.data_ptr() &&
+                             lm_head.lin.weight().shape() == embed.shape() && lm_head.lin.weight().dtype() == embed.dtype();
   embed = moved(embed, dev);
   pos_embed = moved(pos_embed, dev);
   move_norm(embed_norm, dev);

@@ -21,10 +21,6 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
-#include <cstdlib>
-#include <mutex>
-#include <set>
-#include <utility>
 #include <type_traits>
 
 #include "backends/cuda/check.h"
@@ -37,7 +33,6 @@ namespace {
 
 constexpr int kWarps = 8;
 constexpr int kUnroll = 4;  // 16-byte W loads in flight per row per thread
-constexpr size_t kMaxXsBytes = size_t(64) << 10;  // x staged in shared memory up to this size
 
 template <class CT>
 __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
@@ -138,13 +133,12 @@ struct Stage {
 };
 
 // FOUR: 4-bit codes (32 a load) or 16-bit W (8 a load). NT: x tiles of 8 rows (1 or 2).
-// U: loads a row per stage; PIPE: the next stage's loads are issued before this stage's math
-// (two stages in registers), else one stage is loaded, then used.
-// XS: x rounded to CT once per block into shared memory as value pairs, row stride K/2 + 4
-// words (rows < M only), so a k-step's B fragment is one 8-byte shared load.
-template <bool FOUR, int NT, class CT, int U, bool PIPE, bool XS>
+// U: loads a row per stage, all issued before the stage's math. (Measured on an H100: issuing the
+// next stage's loads before this stage's math, or staging x in shared memory, gained nothing.)
+// SPLIT (bf16 W, f32 x and result): x = hi + mid + lo exactly in three bf16 terms, three mma
+// per k-step, so the products are exact and only the f32 summation order differs.
+template <bool FOUR, int NT, class CT, int U, bool SPLIT = false>
 __global__ void __launch_bounds__(kWarps * 32, 2) gemv_mma_kernel(Args a) {
-  extern __shared__ uint32_t xs[];
   constexpr int kVals = FOUR ? 32 : 8;   // values per 16-byte load
   constexpr int kSteps = kVals / 4;      // mma k-steps per load
   constexpr int64_t kWin = 4 * kVals;    // k covered by a quad's loads
@@ -155,15 +149,6 @@ __global__ void __launch_bounds__(kWarps * 32, 2) gemv_mma_kernel(Args a) {
   if constexpr (FOUR) {
     if (tid < 16) lut[tid] = a.quant_map[tid];
     if (!a.absmax) code2[tid] = a.code2[tid];  // blockDim == 256
-  }
-  const int64_t xhalf = a.K / 2, xstride = xhalf + 4;
-  if constexpr (XS) {
-    const int rows = a.M < 8 * NT ? a.M : 8 * NT;
-    for (int m = 0; m < rows; ++m)
-      for (int64_t p = tid; p < xhalf; p += kWarps * 32) {
-        const float2 v = __ldg(reinterpret_cast<const float2*>(a.x + m * a.K) + p);
-        xs[m * xstride + p] = pack2<CT>(v.x, v.y);
-      }
   }
   __syncthreads();
 
@@ -235,13 +220,23 @@ __global__ void __launch_bounds__(kWarps * 32, 2) gemv_mma_kernel(Args a) {
         }
         const int64_t kp = kq + 4 * s;
         uint32_t b0, b1;
-        if constexpr (XS) {
-          const uint2 v0 = live0 ? *reinterpret_cast<const uint2*>(xs + g * xstride + kp / 2) : make_uint2(0u, 0u);
-          mma<CT>(d[0], af, v0.x, v0.y);
-          if constexpr (NT == 2) {
-            const uint2 v1 =
-                live1 ? *reinterpret_cast<const uint2*>(xs + (g + 8) * xstride + kp / 2) : make_uint2(0u, 0u);
-            mma<CT>(d[NT - 1], af, v1.x, v1.y);
+        if constexpr (SPLIT) {
+#pragma unroll
+          for (int t = 0; t < NT; ++t) {
+            const bool live = t == 0 ? live0 : live1;
+            float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+            if (live) v = __ldg(reinterpret_cast<const float4*>(a.x + (g + 8 * t) * K + kp));
+            float r[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+            for (int term = 0; term < 3; ++term) {
+              float h[4];
+#pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                h[e] = round_ct<dev::BF16>(r[e]);
+                r[e] = r[e] - h[e];  // exact: the remainder of a round-to-nearest
+              }
+              mma<dev::BF16>(d[t], af, pack2<dev::BF16>(h[0], h[1]), pack2<dev::BF16>(h[2], h[3]));
+            }
           }
         } else {
           x_frag<CT>(a.x, K, live0, g, kp, b0, b1);
@@ -254,22 +249,10 @@ __global__ void __launch_bounds__(kWarps * 32, 2) gemv_mma_kernel(Args a) {
       }
     }
   };
-  if constexpr (PIPE) {
-    Stage<U> s0, s1;
-    if (i0 < i1) load(s0, i0);
-    for (int64_t it = i0; it < i1; it += 2 * U) {
-      if (it + U < i1) load(s1, it + U);
-      compute(s0, it);
-      if (it + U >= i1) break;
-      if (it + 2 * U < i1) load(s0, it + 2 * U);
-      compute(s1, it + U);
-    }
-  } else {
-    for (int64_t it = i0; it < i1; it += U) {
-      Stage<U> st;
-      load(st, it);
-      compute(st, it);
-    }
+  for (int64_t it = i0; it < i1; it += U) {
+    Stage<U> st;
+    load(st, it);
+    compute(st, it);
   }
 
   // sum the K slices of each row tile in slice order
@@ -292,22 +275,18 @@ __global__ void __launch_bounds__(kWarps * 32, 2) gemv_mma_kernel(Args a) {
       const int m = 8 * t + 2 * q + (j & 1);
       if (n >= N || m >= a.M) continue;
       float v = d[t][j];
-      if (a.bias) v += round_ct<CT>(load_bias(a.bias, a.bdt, n));
-      a.out[int64_t(m) * N + n] = round_ct<CT>(v);
+      if constexpr (SPLIT) {  // f32 result: nothing rounded
+        if (a.bias) v += load_bias(a.bias, a.bdt, n);
+        a.out[int64_t(m) * N + n] = v;
+      } else {
+        if (a.bias) v += round_ct<CT>(load_bias(a.bias, a.bdt, n));
+        a.out[int64_t(m) * N + n] = round_ct<CT>(v);
+      }
     }
 }
 
 bool aligned16(const void* p) {
   return reinterpret_cast<uintptr_t>(p) % 16 == 0;
-}
-
-// Once per (kernel, device): allow kMaxXsBytes of dynamic shared memory.
-void allow_xs_bytes(const void* kernel, int device) {
-  static std::mutex mu;
-  static std::set<std::pair<const void*, int>> done;
-  std::lock_guard<std::mutex> lock(mu);
-  if (!done.insert({kernel, device}).second) return;
-  NIBBLE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kMaxXsBytes)));
 }
 
 // K slices per 16-row tile: enough warps to keep HBM busy, at least 2 loads per slice.
@@ -319,41 +298,21 @@ int pick_slices(int64_t N, int64_t iters) {
 }
 
 template <bool FOUR>
-void launch(const Launch& l, Args a, DType ct) {
+void launch(const Launch& l, Args a, DType ct, bool split = false) {
   const int64_t win = FOUR ? 128 : 32;
   a.ks = pick_slices(a.N, a.K / win);
   const int rg = kWarps / a.ks;
   const dim3 grid(unsigned((a.N + 16 * rg - 1) / (16 * rg)));
-  // NIBBLE_GEMV_VARIANT (benchmarking): 0 one stage of 4 loads, 1 pipelined 2 x 2, 2 pipelined
-  // 2 x 4, 3 like 0 with x read from global memory
-  static const int variant = [] {
-    const char* e = std::getenv("NIBBLE_GEMV_VARIANT");
-    return e ? std::atoi(e) : 0;
-  }();
-  // x in shared memory when its rows fit in kMaxXsBytes (4-bit weights: the B fragments would
-  // otherwise cost a global load and two conversions per k-step)
-  const int xrows = a.M < 8 ? a.M : 16;
-  const size_t xs_bytes = size_t(xrows) * size_t(a.K / 2 + 4) * 4;
-  const bool xs = FOUR && xs_bytes <= kMaxXsBytes && variant != 3;
   auto go = [&](auto nt, auto ctag) {
     constexpr int kNt = decltype(nt)::value;
     using C = decltype(ctag);
-    auto run = [&](void (*kernel)(Args), bool with_xs) {
-      if (with_xs) allow_xs_bytes(reinterpret_cast<const void*>(kernel), l.device);
-      kernel<<<grid, kWarps * 32, with_xs ? xs_bytes : 0, l.stream>>>(a);
-    };
-    if constexpr (FOUR) {
-      if (xs) {
-        if (variant == 1)
-          run(gemv_mma_kernel<FOUR, kNt, C, 2, true, true>, true);
-        else if (variant == 2)
-          run(gemv_mma_kernel<FOUR, kNt, C, 4, true, true>, true);
-        else
-          run(gemv_mma_kernel<FOUR, kNt, C, kUnroll, false, true>, true);
+    if constexpr (!FOUR && std::is_same_v<C, dev::BF16>) {
+      if (split) {
+        gemv_mma_kernel<false, kNt, C, kUnroll, true><<<grid, kWarps * 32, 0, l.stream>>>(a);
         return;
       }
     }
-    run(gemv_mma_kernel<FOUR, kNt, C, kUnroll, false, false>, false);
+    gemv_mma_kernel<FOUR, kNt, C, kUnroll><<<grid, kWarps * 32, 0, l.stream>>>(a);
   };
   if (ct == DType::BF16) {
     if (a.M <= 8)
@@ -377,8 +336,9 @@ bool gemv_mma_4bit_ok(int64_t M, int64_t K, const Quant4Weight& w, DType ct, con
 }
 
 bool gemv_mma_fp_ok(int64_t M, int64_t K, const void* w, DType wdt, DType round_to, const float* x) {
-  return M >= 1 && M <= 16 && K % 32 == 0 && (wdt == DType::BF16 || wdt == DType::F16) && round_to == wdt &&
-         aligned16(w) && aligned16(x);
+  const bool dtypes = ((wdt == DType::BF16 || wdt == DType::F16) && round_to == wdt) ||
+                      (wdt == DType::BF16 && round_to == DType::F32);  // the split-x form
+  return M >= 1 && M <= 16 && K % 32 == 0 && dtypes && aligned16(w) && aligned16(x);
 }
 
 void gemv_mma_4bit(const Launch& l, const float* x, int64_t M, int64_t K, const Quant4Weight& w, int64_t N,
@@ -398,11 +358,11 @@ void gemv_mma_4bit(const Launch& l, const float* x, int64_t M, int64_t K, const 
 }
 
 void gemv_mma_fp(const Launch& l, const float* x, int64_t M, int64_t K, const void* w, DType wdt, int64_t N,
-                 const void* bias, int bias_code, float* out) {
+                 const void* bias, int bias_code, DType round_to, float* out) {
   Args a{};
   a.x = x, a.M = int(M), a.K = K, a.N = N, a.w = w;
   a.bias = bias, a.bdt = bias_code, a.out = out;
-  launch<false>(l, a, wdt);
+  launch<false>(l, a, wdt, round_to == DType::F32);
 }
 
 }  // namespace nibble::cuda

@@ -18,13 +18,16 @@ namespace nibble::cuda {
 struct Quant4Weight;
 
 // True when the mma path takes this call: M in [1, 16], K a multiple of 128 (4-bit) or 32
-// (16-bit W), 16-byte aligned W and x, and a 16-bit compute dtype (for fp W: W's own dtype).
+// (16-bit W), 16-byte aligned W and x, and a 16-bit compute dtype (for fp W: W's own dtype, or
+// f32 with bf16 W).
 bool gemv_mma_4bit_ok(int64_t M, int64_t K, const Quant4Weight& w, DType compute_dtype, const float* x);
 bool gemv_mma_fp_ok(int64_t M, int64_t K, const void* w, DType wdt, DType round_to, const float* x);
 
 void gemv_mma_4bit(const Launch& l, const float* x, int64_t M, int64_t K, const Quant4Weight& w, int64_t N,
                    const void* bias, int bias_code, DType compute_dtype, float* out);
+// round_to == wdt: x rounded to W's dtype; bf16 W with round_to f32: x split into three exact
+// bf16 terms (f32 result, unrounded).
 void gemv_mma_fp(const Launch& l, const float* x, int64_t M, int64_t K, const void* w, DType wdt, int64_t N,
-                 const void* bias, int bias_code, float* out);
+                 const void* bias, int bias_code, DType round_to, float* out);
 
 }  // namespace nibble::cuda

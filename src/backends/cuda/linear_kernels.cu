@@ -265,7 +265,7 @@ void linear(const Launch& l, const float* x, int64_t M, int64_t K, const void* w
   const int64_t C = wdt == DType::F32 ? 4 : 8;
   const bool vec = K % C == 0 && aligned16(w) && aligned16(x);
   const int bdt = bias_code("linear", bias, bias_dt);
-  if (gemv_mma_fp_ok(M, K, w, wdt, round_to, x)) return gemv_mma_fp(l, x, M, K, w, wdt, N, bias, bdt, out);
+  if (gemv_mma_fp_ok(M, K, w, wdt, round_to, x)) return gemv_mma_fp(l, x, M, K, w, wdt, N, bias, bdt, round_to, out);
   if (gemm_fp(l, x, M, K, w, wdt, N, bias, bdt, round_to, out)) return;
   const dim3 grid(unsigned((N + kWarps - 1) / kWarps));
   with_dtype("linear", wdt, [&](auto wt) {

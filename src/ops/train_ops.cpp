@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "nibble/error.h"
+#include "nibble/thread_pool.h"
 
 namespace nibble::ops {
 
@@ -32,55 +33,71 @@ void head_chunk(const float* h, int64_t H, const float* W, int64_t v0, int64_t n
 
 }  // namespace
 
-double causal_lm_loss_backward(const float* h, int64_t T, int64_t H, const float* W, int64_t V,
-                               const int64_t* labels, float softcap, int64_t chunk, float* dh) {
-  if (chunk <= 0) throw ConfigError("causal_lm_loss_backward: chunk must be > 0");
-  std::fill(dh, dh + T * H, 0.0f);
-  int64_t n_targets = 0;
-  for (int64_t t = 0; t + 1 < T; ++t) {
-    const int64_t y = labels[t + 1];
+double cross_entropy_head_backward(const float* h, int64_t T, int64_t H, const float* W, int64_t V,
+                                   const int64_t* targets, float softcap, int64_t chunk, float grad_scale,
+                                   float* dh, int64_t* n_targets) {
+  if (chunk <= 0) throw ConfigError("cross_entropy_head_backward: chunk must be > 0");
+  int64_t n = 0;
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t y = targets[t];
     if (y == -100) continue;
     if (y < 0 || y >= V)
       throw ShapeError("labels: " + std::to_string(y) + " outside the vocabulary [0, " + std::to_string(V) +
                        ")");
-    ++n_targets;
+    ++n;
   }
-  if (n_targets == 0) return std::numeric_limits<double>::quiet_NaN();
-  const float inv_n = 1.0f / float(n_targets);
-  std::vector<float> buf(static_cast<size_t>(chunk)),
-      dcap(static_cast<size_t>(chunk));  // [chunk]: the only logits buffer
-  double loss = 0;
-  for (int64_t t = 0; t + 1 < T; ++t) {
-    const int64_t y = labels[t + 1];
-    if (y == -100) continue;
-    const float* hr = h + t * H;
-    // Pass 1: online logsumexp over the chunks.
-    float mx = -std::numeric_limits<float>::infinity(), target = 0;
-    double sum = 0;
-    for (int64_t v0 = 0; v0 < V; v0 += chunk) {
-      const int64_t nc = std::min(chunk, V - v0);
-      head_chunk(hr, H, W, v0, nc, softcap, buf.data(), dcap.data());
-      const float cm = *std::max_element(buf.begin(), buf.begin() + nc);
-      if (cm > mx) sum *= std::exp(double(mx) - double(cm)), mx = cm;
-      for (int64_t c = 0; c < nc; ++c) sum += std::exp(double(buf[size_t(c)]) - double(mx));
-      if (y >= v0 && y < v0 + nc) target = buf[size_t(y - v0)];
-    }
-    const double lse = double(mx) + std::log(sum);
-    loss += lse - double(target);
-    // Pass 2: d/dlogit = (softmax - onehot) / N, through the softcap, into dh = g · W.
-    float* dr = dh + t * H;
-    for (int64_t v0 = 0; v0 < V; v0 += chunk) {
-      const int64_t nc = std::min(chunk, V - v0);
-      head_chunk(hr, H, W, v0, nc, softcap, buf.data(), dcap.data());
-      for (int64_t c = 0; c < nc; ++c) {
-        const float p = float(std::exp(double(buf[size_t(c)]) - lse));
-        const float g = (p - (v0 + c == y ? 1.0f : 0.0f)) * inv_n * dcap[size_t(c)];
-        const float* wr = W + (v0 + c) * H;
-        for (int64_t k = 0; k < H; ++k) dr[k] += g * wr[k];
+  if (n_targets) *n_targets = n;
+  std::vector<double> row_loss(size_t(T), 0.0);  // [T], summed in order: deterministic
+  parallel_for(T, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<float> buf(static_cast<size_t>(chunk)), dcap(static_cast<size_t>(chunk));  // [chunk]
+    for (int64_t t = t0; t < t1; ++t) {
+      float* dr = dh ? dh + t * H : nullptr;
+      if (dr) std::fill(dr, dr + H, 0.0f);
+      const int64_t y = targets[t];
+      if (y == -100) continue;
+      const float* hr = h + t * H;
+      // Pass 1: online logsumexp over the chunks.
+      float mx = -std::numeric_limits<float>::infinity(), target = 0;
+      double sum = 0;
+      for (int64_t v0 = 0; v0 < V; v0 += chunk) {
+        const int64_t nc = std::min(chunk, V - v0);
+        head_chunk(hr, H, W, v0, nc, softcap, buf.data(), dcap.data());
+        const float cm = *std::max_element(buf.begin(), buf.begin() + nc);
+        if (cm > mx) sum *= std::exp(double(mx) - double(cm)), mx = cm;
+        for (int64_t c = 0; c < nc; ++c) sum += std::exp(double(buf[size_t(c)]) - double(mx));
+        if (y >= v0 && y < v0 + nc) target = buf[size_t(y - v0)];
+      }
+      const double lse = double(mx) + std::log(sum);
+      row_loss[size_t(t)] = lse - double(target);
+      if (!dr) continue;
+      // Pass 2: d/dlogit = (softmax - onehot) * grad_scale, through the softcap, into dh = g . W.
+      for (int64_t v0 = 0; v0 < V; v0 += chunk) {
+        const int64_t nc = std::min(chunk, V - v0);
+        head_chunk(hr, H, W, v0, nc, softcap, buf.data(), dcap.data());
+        for (int64_t c = 0; c < nc; ++c) {
+          const float p = float(std::exp(double(buf[size_t(c)]) - lse));
+          const float g = (p - (v0 + c == y ? 1.0f : 0.0f)) * grad_scale * dcap[size_t(c)];
+          const float* wr = W + (v0 + c) * H;
+          for (int64_t k = 0; k < H; ++k) dr[k] += g * wr[k];
+        }
       }
     }
-  }
-  return loss / double(n_targets);
+  });
+  double loss = 0;
+  for (double l : row_loss) loss += l;
+  return loss;
+}
+
+double causal_lm_loss_backward(const float* h, int64_t T, int64_t H, const float* W, int64_t V,
+                               const int64_t* labels, float softcap, int64_t chunk, float* dh) {
+  std::vector<int64_t> targets(size_t(T), -100);  // [T]: the shift
+  for (int64_t t = 0; t + 1 < T; ++t) targets[size_t(t)] = labels[t + 1];
+  int64_t n = 0;
+  for (int64_t t = 0; t < T; ++t) n += targets[size_t(t)] != -100;
+  const double sum =
+      cross_entropy_head_backward(h, T, H, W, V, targets.data(), softcap, chunk, n ? 1.0f / float(n) : 0.0f, dh, &n);
+  if (n == 0) return std::numeric_limits<double>::quiet_NaN();
+  return sum / double(n);
 }
 
 void rms_norm_backward(const float* x, const float* w, int64_t rows, int64_t n, float eps, float offset,
@@ -107,7 +124,6 @@ void rms_norm_backward(const float* x, const float* w, int64_t rows, int64_t n, 
   }
 }
 
-namespace {
 float act_value(Act a, float x) {
   switch (a) {
     case Act::Silu:
@@ -118,9 +134,13 @@ float act_value(Act a, float x) {
       const float k = float(std::sqrt(2.0 / M_PI));
       return 0.5f * x * (1.0f + std::tanh(k * (x + 0.044715f * x * x * x)));
     }
+    case Act::Relu:
+      return x > 0.0f ? x : 0.0f;
   }
   return 0;
 }
+
+namespace {
 float act_grad(Act a, float x) {
   switch (a) {
     case Act::Silu: {
@@ -135,6 +155,8 @@ float act_grad(Act a, float x) {
       const float u = k * (x + 0.044715f * x * x * x), t = std::tanh(u);
       return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * k * (1.0f + 3.0f * 0.044715f * x * x);
     }
+    case Act::Relu:
+      return x > 0.0f ? 1.0f : 0.0f;
   }
   return 0;
 }
@@ -149,6 +171,41 @@ void gated_act_backward(Act a, const float* gate, const float* up, const float* 
   for (int64_t i = 0; i < n; ++i) {
     dgate[i] = dy[i] * up[i] * act_grad(a, gate[i]);
     dup[i] = dy[i] * act_value(a, gate[i]);
+  }
+}
+
+void layer_norm_backward(const float* x, const float* w, int64_t rows, int64_t n, float eps, const float* dy,
+                         float* dx, float* dw, float* db) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * n;
+    const float* gr = dy + r * n;
+    double mean = 0, var = 0;
+    for (int64_t k = 0; k < n; ++k) mean += xr[k];
+    mean /= double(n);
+    for (int64_t k = 0; k < n; ++k) var += (xr[k] - mean) * (xr[k] - mean);
+    const double rstd = 1.0 / std::sqrt(var / double(n) + double(eps));
+    // xhat = (x - mean) rstd; dxhat = dy w; dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat))
+    double s1 = 0, s2 = 0;
+    for (int64_t k = 0; k < n; ++k) {
+      const double xh = (xr[k] - mean) * rstd, g = double(gr[k]) * w[k];
+      s1 += g;
+      s2 += g * xh;
+      if (dw) dw[k] += float(gr[k] * xh);
+      if (db) db[k] += gr[k];
+    }
+    s1 /= double(n);
+    s2 /= double(n);
+    for (int64_t k = 0; k < n; ++k) {
+      const double xh = (xr[k] - mean) * rstd;
+      dx[r * n + k] = float(rstd * (double(gr[k]) * w[k] - s1 - xh * s2));
+    }
+  }
+}
+
+void softcap_backward_(const float* y, float cap, int64_t n, float* dy) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float t = y[i] / cap;
+    dy[i] *= 1.0f - t * t;
   }
 }
 

@@ -47,6 +47,15 @@ void lora_forward(const float* x, int64_t M, int64_t in, const float* A, const f
   }
 }
 
+void lora_add(ExecContext& ctx, const LoraWeights& w, const Tensor& x, const Tensor& out) {
+  (void)ctx;
+  if (!out.device().is_cpu())
+    throw UnsupportedError("LoRA adapters run on the CPU only for now (the model is on " + out.device().str() + ")");
+  const Tensor xc = x.is_contiguous() ? x : x.contiguous();
+  lora_forward(xc.data<float>(), xc.size(0), xc.size(1), w.A.data<float>(), w.B.data<float>(), w.r(),
+               out.size(1), w.scale, 0.0f, 0, out.data<float>(), nullptr);
+}
+
 void lora_backward(const float* dy, const float* x, int64_t M, int64_t in, const float* A, const float* B,
                    int64_t r, int64_t out, float scale, const LoraSaved& saved, float* dA, float* dB,
                    float* dx) {

@@ -25,10 +25,13 @@ struct QuantFlags {
   double int8_threshold = 6.0;
   std::vector<std::string> skip_modules;
   std::string device_map = "auto";  // cpu | cuda | cuda:N | auto (the first GPU if any)
+  std::string adapter;              // --adapter: a peft LoRA adapter folder attached after loading
   BitsAndBytesConfig to_config() const;  // validated
   bool any() const;                      // --load-in-4bit or --load-in-8bit given
 };
 void add_quant_flags(CLI::App& cmd, QuantFlags& f);
+// --adapter DIR (generate, chat, verify, perplexity): load_model attaches it (CPU).
+void add_adapter_flag(CLI::App& cmd, QuantFlags& f);
 
 // The model of folder `dir`, quantized while loading when q asks for it; progress on stderr
 // when stderr is a terminal.

@@ -87,14 +87,14 @@ void check_arch(const fs::path& dir, bool nf4) {
       ASSERT_GT(gmax, 0.0) << name;
       for (size_t i : {best, size_t(rng() % gv.size())}) {
         float* v = t.data<float>() + i;
-        const float o = *v, h = 2e-2f;
+        const float o = *v, h = 5e-4f;  // small: OPT's ReLU kinks inside +-h bias larger steps
         *v = o + h;
         const double lp = tr.evaluate({b});
         *v = o - h;
         const double lm = tr.evaluate({b});
         *v = o;
         const double fd = (lp - lm) / (double(o + h) - double(o - h));
-        EXPECT_NEAR(gv[i], fd, 0.02 * gmax + 2e-5) << name << (which ? " dB[" : " dA[") << i << "]";
+        EXPECT_NEAR(gv[i], fd, 0.03 * gmax + 1e-3) << name << (which ? " dB[" : " dA[") << i << "]";
         ++checked;
       }
     }

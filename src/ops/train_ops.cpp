@@ -7,31 +7,11 @@
 #include <vector>
 
 #include "nibble/error.h"
+#include "backends/cpu/linear_cpu.h"
 #include "nibble/thread_pool.h"
 
 namespace nibble::ops {
 
-namespace {
-
-// logits[c] for c in [v0, v0 + nc) of row h: softcap(h · W[v]) and d(softcapped)/d(raw).
-void head_chunk(const float* h, int64_t H, const float* W, int64_t v0, int64_t nc, float softcap, float* out,
-                float* dcap) {
-  for (int64_t c = 0; c < nc; ++c) {
-    const float* wr = W + (v0 + c) * H;
-    float acc = 0;
-    for (int64_t k = 0; k < H; ++k) acc += h[k] * wr[k];
-    if (softcap > 0) {
-      const float t = std::tanh(acc / softcap);
-      out[c] = softcap * t;
-      dcap[c] = 1.0f - t * t;
-    } else {
-      out[c] = acc;
-      dcap[c] = 1.0f;
-    }
-  }
-}
-
-}  // namespace
 
 double cross_entropy_head_backward(const float* h, int64_t T, int64_t H, const float* W, int64_t V,
                                    const int64_t* targets, float softcap, int64_t chunk, float grad_scale,
@@ -47,44 +27,85 @@ double cross_entropy_head_backward(const float* h, int64_t T, int64_t H, const f
     ++n;
   }
   if (n_targets) *n_targets = n;
-  std::vector<double> row_loss(size_t(T), 0.0);  // [T], summed in order: deterministic
-  parallel_for(T, 1, [&](int64_t t0, int64_t t1) {
-    std::vector<float> buf(static_cast<size_t>(chunk)), dcap(static_cast<size_t>(chunk));  // [chunk]
-    for (int64_t t = t0; t < t1; ++t) {
-      float* dr = dh ? dh + t * H : nullptr;
-      if (dr) std::fill(dr, dr + H, 0.0f);
-      const int64_t y = targets[t];
-      if (y == -100) continue;
-      const float* hr = h + t * H;
-      // Pass 1: online logsumexp over the chunks.
-      float mx = -std::numeric_limits<float>::infinity(), target = 0;
-      double sum = 0;
-      for (int64_t v0 = 0; v0 < V; v0 += chunk) {
-        const int64_t nc = std::min(chunk, V - v0);
-        head_chunk(hr, H, W, v0, nc, softcap, buf.data(), dcap.data());
-        const float cm = *std::max_element(buf.begin(), buf.begin() + nc);
-        if (cm > mx) sum *= std::exp(double(mx) - double(cm)), mx = cm;
-        for (int64_t c = 0; c < nc; ++c) sum += std::exp(double(buf[size_t(c)]) - double(mx));
-        if (y >= v0 && y < v0 + nc) target = buf[size_t(y - v0)];
-      }
-      const double lse = double(mx) + std::log(sum);
-      row_loss[size_t(t)] = lse - double(target);
-      if (!dr) continue;
-      // Pass 2: d/dlogit = (softmax - onehot) * grad_scale, through the softcap, into dh = g . W.
-      for (int64_t v0 = 0; v0 < V; v0 += chunk) {
-        const int64_t nc = std::min(chunk, V - v0);
-        head_chunk(hr, H, W, v0, nc, softcap, buf.data(), dcap.data());
-        for (int64_t c = 0; c < nc; ++c) {
-          const float p = float(std::exp(double(buf[size_t(c)]) - lse));
-          const float g = (p - (v0 + c == y ? 1.0f : 0.0f)) * grad_scale * dcap[size_t(c)];
-          const float* wr = W + (v0 + c) * H;
-          for (int64_t k = 0; k < H; ++k) dr[k] += g * wr[k];
-        }
+  if (dh) std::fill(dh, dh + T * H, 0.0f);
+  // Rows with a target, in blocks of kRows; logits of a block and a vocabulary chunk come from
+  // the threaded CPU GEMM ([kRows, chunk] is the only logits buffer). One chunk covering the
+  // vocabulary is kept between the two passes; more chunks are recomputed.
+  std::vector<int64_t> rows_used;
+  for (int64_t t = 0; t < T; ++t)
+    if (targets[t] != -100) rows_used.push_back(t);
+  constexpr int64_t kRows = 64;
+  const int64_t nchunks = (V + chunk - 1) / chunk, cw = std::min(chunk, V);
+  std::vector<std::vector<float>> wt;  // per chunk [H, nc]: W^T for dh = G . W
+  if (dh)
+    for (int64_t c = 0; c < nchunks; ++c) {
+      const int64_t v0 = c * chunk, nc = std::min(chunk, V - v0);
+      wt.emplace_back(size_t(H * nc));
+      for (int64_t v = 0; v < nc; ++v)
+        for (int64_t k = 0; k < H; ++k) wt.back()[size_t(k * nc + v)] = W[(v0 + v) * H + k];
+    }
+  std::vector<float> hb(size_t(kRows * H)), logits(size_t(kRows * cw)), dcap(size_t(kRows * cw)),
+      tmp(size_t(kRows * H));  // [kRows, H], [kRows, chunk] x2, [kRows, H]
+  std::vector<double> sum(kRows), lse(kRows);
+  std::vector<float> mx(kRows), tgt(kRows);
+  double loss = 0;
+  auto chunk_logits = [&](int64_t mb, int64_t v0, int64_t nc) {
+    cpu::linear(hb.data(), mb, H, W + v0 * H, DType::F32, nc, nullptr, DType::F32, DType::F32, logits.data());
+    for (int64_t i = 0; i < mb * nc; ++i) {
+      if (softcap > 0) {
+        const float t = std::tanh(logits[size_t(i)] / softcap);
+        logits[size_t(i)] = softcap * t;
+        dcap[size_t(i)] = 1.0f - t * t;
+      } else {
+        dcap[size_t(i)] = 1.0f;
       }
     }
-  });
-  double loss = 0;
-  for (double l : row_loss) loss += l;
+  };
+  for (size_t b0 = 0; b0 < rows_used.size(); b0 += size_t(kRows)) {
+    const int64_t mb = std::min<int64_t>(kRows, int64_t(rows_used.size() - b0));
+    for (int64_t i = 0; i < mb; ++i)
+      std::copy_n(h + rows_used[b0 + size_t(i)] * H, H, hb.begin() + i * H);
+    std::fill(mx.begin(), mx.end(), -std::numeric_limits<float>::infinity());
+    std::fill(sum.begin(), sum.end(), 0.0);
+    // Pass 1: online logsumexp over the chunks.
+    for (int64_t c = 0; c < nchunks; ++c) {
+      const int64_t v0 = c * chunk, nc = std::min(chunk, V - v0);
+      chunk_logits(mb, v0, nc);
+      for (int64_t i = 0; i < mb; ++i) {
+        const float* lr = logits.data() + i * nc;
+        const int64_t y = targets[rows_used[b0 + size_t(i)]];
+        const float cm = *std::max_element(lr, lr + nc);
+        if (cm > mx[size_t(i)]) sum[size_t(i)] *= std::exp(double(mx[size_t(i)]) - double(cm)), mx[size_t(i)] = cm;
+        for (int64_t v = 0; v < nc; ++v) sum[size_t(i)] += std::exp(double(lr[v]) - double(mx[size_t(i)]));
+        if (y >= v0 && y < v0 + nc) tgt[size_t(i)] = lr[y - v0];
+      }
+    }
+    for (int64_t i = 0; i < mb; ++i) {
+      lse[size_t(i)] = double(mx[size_t(i)]) + std::log(sum[size_t(i)]);
+      loss += lse[size_t(i)] - double(tgt[size_t(i)]);
+    }
+    if (!dh) continue;
+    // Pass 2: G = (softmax - onehot) * grad_scale through the softcap; dh += G . W.
+    std::fill(tmp.begin(), tmp.end(), 0.0f);
+    for (int64_t c = 0; c < nchunks; ++c) {
+      const int64_t v0 = c * chunk, nc = std::min(chunk, V - v0);
+      if (nchunks > 1) chunk_logits(mb, v0, nc);
+      for (int64_t i = 0; i < mb; ++i) {
+        const int64_t y = targets[rows_used[b0 + size_t(i)]];
+        float* lr = logits.data() + i * nc;
+        const float* dc = dcap.data() + i * nc;
+        for (int64_t v = 0; v < nc; ++v) {
+          const float p = float(std::exp(double(lr[v]) - lse[size_t(i)]));
+          lr[v] = (p - (v0 + v == y ? 1.0f : 0.0f)) * grad_scale * dc[v];
+        }
+      }
+      std::vector<float> part(size_t(mb * H));
+      cpu::linear(logits.data(), mb, nc, wt[size_t(c)].data(), DType::F32, H, nullptr, DType::F32, DType::F32,
+                  part.data());
+      for (int64_t i = 0; i < mb * H; ++i) tmp[size_t(i)] += part[size_t(i)];
+    }
+    for (int64_t i = 0; i < mb; ++i) std::copy_n(tmp.begin() + i * H, H, dh + rows_used[b0 + size_t(i)] * H);
+  }
   return loss;
 }
 

@@ -173,6 +173,16 @@ TEST(FinetuneCli, TinyStoriesTextAndCompletionThenGenerateWithAdapterEqualsMerge
   r = run_cli(m);
   ASSERT_EQ(r.rc, 0) << r.err;
   EXPECT_LT(nlohmann::json::parse(r.out)["drift_rel"].get<double>(), 1e-4);
+  // re-quantized: a real NF4 + double-quant model again, its drift reported
+  m[5] = (tmp / "merged4").string();
+  m.push_back("--requantize");
+  r = run_cli(m);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const auto rq = nlohmann::json::parse(r.out);
+  EXPECT_GT(rq["drift_rel"].get<double>(), 0.0);
+  EXPECT_GT(rq["drift_mean_kl"].get<double>(), 0.0);
+  EXPECT_NE(r.err.find("re-quantized: logits drift from the unmerged model"), std::string::npos) << r.err;
+  EXPECT_TRUE(nlohmann::json::parse(std::ifstream(tmp / "merged4" / "config.json")).contains("quantization_config"));
   fs::copy_file(tinystories() + "/tokenizer.json", tmp / "merged" / "tokenizer.json");
   std::vector<std::string> g = {"generate", tinystories(), "-p", "Tom the cat", "-n", "12", "--json", "--adapter",
                                 (tmp / "ad").string()};

@@ -87,7 +87,7 @@ int run_verify(const VerifyArgs& a) {
   o.max_kl = a.max_kl;
   o.min_top1 = a.min_top1;
   o.min_token_agreement = a.min_token_agreement;
-  o.round_trip = !a.no_round_trip;
+  o.round_trip = !a.no_round_trip && a.q.adapter.empty();  // the saved model would not carry the adapter
 
   const bool needs_text =
       !a.prompt.empty() || !a.text_file.empty() || (!a.expected_outputs.empty() && a.prompt_ids.empty());

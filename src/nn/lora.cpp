@@ -94,7 +94,9 @@ void lora_backward(const float* dy, const float* x, int64_t M, int64_t in, const
 
 void linear_backward_dx(const Linear& base, const float* dy, int64_t M, float* dx) {
   const int64_t in = base.in_features(), out = base.out_features();
-  constexpr int64_t kTile = 32;  // output rows dequantized at a time: [kTile, in] f32
+  // Output rows dequantized at a time: [kTile, in] f32 of about 1 MiB (a multiple of 32 rows,
+  // at least 32), never the whole weight unless it is that small.
+  const int64_t kTile = std::min(std::max<int64_t>(32, (int64_t(1) << 18) / std::max<int64_t>(in, 1) / 32 * 32), out);
   std::vector<float> tile(size_t(kTile * in));
   Tensor absmax;
   if (base.format() == WeightFormat::Nf4 || base.format() == WeightFormat::Fp4)

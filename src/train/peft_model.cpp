@@ -42,6 +42,8 @@ namespace {
 // Every Linear named in a gets its tensors (shared storage), scaling and dropout; others none.
 void attach_lora(CausalLM::Impl& m, const LoraAdapter& a) {
   const LoraConfig& c = a.config;
+  if (c.use_dora) throw UnsupportedError("LoRA adapter: use_dora (DoRA) is not supported");
+  if (c.lora_bias) throw UnsupportedError("LoRA adapter: lora_bias is not supported");
   for_each_linear(m, [&](NamedLinear& nl) {
     nl.lora = {};
     auto it = a.modules.find(nl.name);

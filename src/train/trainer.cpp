@@ -29,6 +29,11 @@ struct LoraTrainer::Impl {
     CausalLM::Impl& mi = m.model().impl();
     if (mi.lm_head.lora.defined())
       throw UnsupportedError("LoRA training: an adapter on the output head (" + mi.lm_head.name + ") is not supported");
+    const LoraConfig& lc = m.adapter().config;
+    if (lc.bias != "none")
+      throw UnsupportedError("LoraTrainer: bias=\"" + lc.bias + "\" (training the base biases) is not supported; use bias=\"none\"");
+    if (!lc.modules_to_save.empty())
+      throw UnsupportedError("LoraTrainer: modules_to_save (fully trained modules) is not supported");
     head_w = train::head_weight_f32(mi);
     std::vector<train::ParamRef> params;
     for (const NamedLinear* nl : mi.linears()) {

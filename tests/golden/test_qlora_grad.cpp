@@ -116,3 +116,61 @@ TEST(QLoRAGrad, EveryFixtureArchitectureFp32) {
 TEST(QLoRAGrad, LlamaNf4) {
   check_arch(test::fixtures_root() / "models" / "llama", true);
 }
+
+// LoRA dropout: the masks are drawn again identically when a layer is recomputed (gradient
+// checkpointing), and they do change the gradients (the training pass applies them).
+TEST(QLoRAGrad, DropoutMasksReproducibleUnderCheckpointing) {
+  const fs::path dir = test::fixtures_root() / "models" / "llama";
+  LoraConfig cfg;
+  cfg.r = 4;
+  cfg.lora_alpha = 8;
+  cfg.lora_dropout = 0.25;
+  cfg.target_modules_str = "all-linear";
+  cfg.init_lora_weights = "false";
+  PeftModel p = PeftModel::get_peft_model(AutoModelForCausalLM::from_pretrained(dir / "fp32"), cfg, 5);
+  std::mt19937_64 rng(3);
+  const TrainBatch b = make_batch(p.model().config().vocab_size, rng);
+  TrainingArguments a;
+  LoraTrainer plain(p, a, 1);
+  const auto g = plain.gradients(b);
+  a.gradient_checkpointing = true;
+  LoraTrainer ck(p, a, 1);
+  EXPECT_EQ(ck.gradients(b), g);
+  // the same adapter without dropout gives other gradients
+  test::TempDir t;
+  p.save_pretrained(t.path());
+  LoraConfig c0 = LoraConfig::load(t.path());
+  c0.lora_dropout = 0.0;
+  c0.save(t.path());
+  PeftModel q = PeftModel::from_pretrained(AutoModelForCausalLM::from_pretrained(dir / "fp32"), t.path());
+  LoraTrainer nodrop(q, TrainingArguments{}, 1);
+  EXPECT_NE(nodrop.gradients(b), g);
+}
+
+// Gradient accumulation as transformers >= 4.46: the micro-batches' losses are summed over the
+// step's targets, so two micro-batches make the same step as one batch holding both.
+TEST(QLoRAGrad, AccumulationEqualsOneBigBatch) {
+  const fs::path dir = test::fixtures_root() / "models" / "llama";
+  std::mt19937_64 rng(11);
+  const TrainBatch b = make_batch(512, rng);  // sequences of 9 and 6 tokens: unequal targets
+  TrainBatch b0{{b.input_ids[0]}, {b.labels[0]}}, b1{{b.input_ids[1]}, {b.labels[1]}};
+  TrainingArguments a;
+  a.learning_rate = 1e-2;
+  a.adam_epsilon = 1.0;  // update ~ lr * g: compares the gradients (not AdamW's g / |g|)
+  std::vector<LoraAdapter> out;
+  std::vector<double> losses;
+  for (int acc = 0; acc < 2; ++acc) {
+    PeftModel p = PeftModel::from_pretrained(AutoModelForCausalLM::from_pretrained(dir / "nf4_dq"), dir / "lora_init");
+    LoraTrainer tr(p, a, 1);
+    const StepLog s = acc ? tr.train_step({b0, b1}) : tr.train_step({b});
+    losses.push_back(s.loss);
+    EXPECT_EQ(s.n_targets, 8 + 5 - 1);  // one label is -100
+    out.push_back(p.adapter());
+  }
+  EXPECT_NEAR(losses[0], losses[1], 1e-6 * losses[0]);
+  for (const auto& [name, pair] : out[0].modules) {
+    const LoraPair& o = out[1].modules.at(name);
+    for (auto [x, y] : {std::pair{&pair.A, &o.A}, std::pair{&pair.B, &o.B}})
+      for (int64_t i = 0; i < x->numel(); ++i) ASSERT_NEAR(x->data<float>()[i], y->data<float>()[i], 1e-8) << name;
+  }
+}

@@ -43,7 +43,8 @@ void add_finetune_command(CLI::App& app, FinetuneArgs& a) {
   cmd->add_option("--lora-alpha", a.lora_alpha, "LoRA alpha: scaling alpha / r (default 8, as peft)");
   cmd->add_option("--lora-dropout", a.lora_dropout, "dropout on the LoRA input (default 0)");
   cmd->add_option("--target-modules", a.target_modules,
-                  "module names (suffixes) to adapt, or all-linear (default all-linear)");
+                  "module names (suffixes) to adapt, comma or space separated, or all-linear (default all-linear)")
+      ->delimiter(',');
   cmd->add_flag("--use-rslora", a.use_rslora, "scaling alpha / sqrt(r)");
   // transformers TrainingArguments / TRL SFTConfig
   cmd->add_option("--learning-rate", a.learning_rate, "peak learning rate (default 2e-4)");

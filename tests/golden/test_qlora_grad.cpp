@@ -1,16 +1,21 @@
 // The model-level LoRA backward on every fixture architecture (Llama, Qwen2: qkv bias + tied
 // head, GPT-2: learned positions + Conv1D + plain GELU MLP, Phi-3: fused qkv and gate_up,
 // GPT-NeoX: parallel residual + partial rotary, Bloom: alibi + LayerNorm + embedding norm, OPT:
-// ReLU + shifted positions), fp32 and NF4: the training pass's loss equals the inference
+// ReLU + shifted positions; and random Qwen-3 / Gemma-2 checkpoints made here), fp32 and NF4: the training pass's loss equals the inference
 // forward's, the adapters' gradients equal central finite differences of that loss, and
 // gradient checkpointing gives the same gradients bit for bit.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstdio>
+#include <fstream>
+#include <map>
+
+#include <nlohmann/json.hpp>
 
 #include "nibble/bnb_config.h"
 #include "nibble/model.h"
+#include "nibble/safetensors.h"
 #include "nibble/train.h"
 #include "test_support.h"
 
@@ -172,5 +177,82 @@ TEST(QLoRAGrad, AccumulationEqualsOneBigBatch) {
     const LoraPair& o = out[1].modules.at(name);
     for (auto [x, y] : {std::pair{&pair.A, &o.A}, std::pair{&pair.B, &o.B}})
       for (int64_t i = 0; i < x->numel(); ++i) ASSERT_NEAR(x->data<float>()[i], y->data<float>()[i], 1e-8) << name;
+  }
+}
+
+namespace {
+
+// A random Llama-like checkpoint of a family with no fixture folder: Qwen-3 (per-head q/k
+// RMSNorm, untied head) or Gemma-2 (sandwich norms with the unit offset, scaled embeddings,
+// attention and final soft-capping, a sliding-window layer, tanh GELU, tied head). Written to
+// dir/fp32 as save_pretrained would.
+void write_synthetic(const fs::path& dir, bool gemma) {
+  const int64_t C = 32, F = 64, V = 96, Hq = 4, Hkv = 2, D = 8;
+  std::mt19937_64 rng(gemma ? 21 : 22);
+  std::map<std::string, Tensor> sd;
+  auto w = [&](const std::string& n, Shape s, float scale, float shift = 0.0f) {
+    Tensor t = test::random_normal(s, DType::F32, rng, scale);
+    for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] += shift;
+    sd[n] = t;
+  };
+  const float norm_shift = gemma ? 0.0f : 1.0f;  // Gemma applies (1 + w)
+  w("model.embed_tokens.weight", {V, C}, gemma ? 0.2f : 1.0f);
+  for (int l = 0; l < 2; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    w(p + "input_layernorm.weight", {C}, 0.2f, norm_shift);
+    w(p + "post_attention_layernorm.weight", {C}, 0.2f, norm_shift);
+    w(p + "self_attn.q_proj.weight", {Hq * D, C}, 0.4f);
+    w(p + "self_attn.k_proj.weight", {Hkv * D, C}, 0.4f);
+    w(p + "self_attn.v_proj.weight", {Hkv * D, C}, 0.4f);
+    w(p + "self_attn.o_proj.weight", {C, Hq * D}, 0.3f);
+    w(p + "mlp.gate_proj.weight", {F, C}, 0.3f);
+    w(p + "mlp.up_proj.weight", {F, C}, 0.3f);
+    w(p + "mlp.down_proj.weight", {C, F}, 0.2f);
+    if (gemma) {
+      w(p + "pre_feedforward_layernorm.weight", {C}, 0.2f);
+      w(p + "post_feedforward_layernorm.weight", {C}, 0.2f);
+    } else {
+      w(p + "self_attn.q_norm.weight", {D}, 0.2f, 1.0f);
+      w(p + "self_attn.k_norm.weight", {D}, 0.2f, 1.0f);
+    }
+  }
+  w("model.norm.weight", {C}, 0.2f, norm_shift);
+  if (!gemma) w("lm_head.weight", {V, C}, 0.3f);
+  nlohmann::json cfg = {{"architectures", {gemma ? "Gemma2ForCausalLM" : "Qwen3ForCausalLM"}},
+                        {"model_type", gemma ? "gemma2" : "qwen3"},
+                        {"hidden_size", C},
+                        {"intermediate_size", F},
+                        {"num_hidden_layers", 2},
+                        {"num_attention_heads", Hq},
+                        {"num_key_value_heads", Hkv},
+                        {"head_dim", D},
+                        {"vocab_size", V},
+                        {"max_position_embeddings", 64},
+                        {"rms_norm_eps", 1e-6},
+                        {"rope_theta", 10000.0},
+                        {"tie_word_embeddings", gemma}};
+  if (gemma) {
+    cfg["hidden_activation"] = "gelu_pytorch_tanh";
+    cfg["query_pre_attn_scalar"] = D;
+    cfg["sliding_window"] = 4;
+    cfg["attn_logit_softcapping"] = 1.5;
+    cfg["final_logit_softcapping"] = 3.0;
+  } else {
+    cfg["hidden_act"] = "silu";
+  }
+  fs::create_directories(dir / "fp32");
+  save_safetensors(dir / "fp32" / "model.safetensors", sd);
+  std::ofstream(dir / "fp32" / "config.json") << cfg.dump(2);
+}
+
+}  // namespace
+
+// The ops no fixture model has (q/k norms, sandwich norms, soft-capping, a sliding window) at
+// model level: same checks as the fixture architectures.
+TEST(QLoRAGrad, SyntheticQwen3AndGemma2) {
+  for (bool gemma : {false, true}) {
+    test::TempDir t;
+    write_synthetic(t.path(), gemma);
+    check_arch(t.path(), false);
   }
 }

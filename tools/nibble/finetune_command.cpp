@@ -73,11 +73,6 @@ void add_finetune_command(CLI::App& app, FinetuneArgs& a) {
 
 namespace {
 
-// The position of a run: optimizer steps done and what the log window holds.
-struct RunState {
-  int64_t step = 0;
-};
-
 std::string fmt_time(double s) {
   const int64_t t = int64_t(std::max(0.0, s));
   char b[32];

@@ -40,17 +40,22 @@ int main(int argc, char** argv) {
   std::string model = std::string(NIBBLE_BENCH_SOURCE_DIR) + "/../shared/models/tinystories-656k", json_path;
   int64_t steps = 300, batch = 8;
   for (int i = 1; i + 1 < argc; i += 2) {
-    if (!std::strcmp(argv[i], "--model")) model = argv[i + 1];
-    else if (!std::strcmp(argv[i], "--steps")) steps = std::stoll(argv[i + 1]);
-    else if (!std::strcmp(argv[i], "--batch")) batch = std::stoll(argv[i + 1]);
-    else if (!std::strcmp(argv[i], "--json")) json_path = argv[i + 1];
+    if (!std::strcmp(argv[i], "--model"))
+      model = argv[i + 1];
+    else if (!std::strcmp(argv[i], "--steps"))
+      steps = std::stoll(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--batch"))
+      batch = std::stoll(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--json"))
+      json_path = argv[i + 1];
   }
   Tokenizer tok = Tokenizer::from_pretrained(model);
   auto encode = [&](const std::vector<std::string>& texts) {
     std::vector<TrainBatch> out;
     for (size_t i = 0; i < texts.size(); i += size_t(batch)) {
       TrainBatch b;
-      for (size_t j = i; j < std::min(texts.size(), i + size_t(batch)); ++j) b.input_ids.push_back(tok.encode(texts[j]).ids);
+      for (size_t j = i; j < std::min(texts.size(), i + size_t(batch)); ++j)
+        b.input_ids.push_back(tok.encode(texts[j]).ids);
       out.push_back(b);
     }
     return out;
@@ -61,8 +66,8 @@ int main(int argc, char** argv) {
     for (bool ckpt : {false, true}) {
       set_num_threads(threads);
       LoadOptions lo;
-      lo.quantization_config =
-          BitsAndBytesConfig{.load_in_4bit = true, .bnb_4bit_quant_type = "nf4", .bnb_4bit_use_double_quant = true};
+      lo.quantization_config = BitsAndBytesConfig{
+          .load_in_4bit = true, .bnb_4bit_quant_type = "nf4", .bnb_4bit_use_double_quant = true};
       LoraConfig cfg;
       cfg.r = 8;
       cfg.lora_alpha = 16;
@@ -88,10 +93,16 @@ int main(int argc, char** argv) {
       const double after = tr.evaluate(held_out);
       std::sort(rate.begin(), rate.end());
       const double med = rate.empty() ? 0 : rate[rate.size() / 2];
-      nlohmann::json r{{"threads", threads},       {"gradient_checkpointing", ckpt}, {"steps", n},
-                       {"batch", batch},           {"tokens_per_s_median", med},    {"train_loss_first10", first},
-                       {"train_loss_last10", last}, {"heldout_ppl_before", std::exp(before)},
-                       {"heldout_ppl_after", std::exp(after)}, {"peak_rss_mib", peak_rss_mib()}};
+      nlohmann::json r{{"threads", threads},
+                       {"gradient_checkpointing", ckpt},
+                       {"steps", n},
+                       {"batch", batch},
+                       {"tokens_per_s_median", med},
+                       {"train_loss_first10", first},
+                       {"train_loss_last10", last},
+                       {"heldout_ppl_before", std::exp(before)},
+                       {"heldout_ppl_after", std::exp(after)},
+                       {"peak_rss_mib", peak_rss_mib()}};
       std::printf("%s\n", r.dump().c_str());
       std::fflush(stdout);
       runs.push_back(r);

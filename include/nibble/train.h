@@ -93,12 +93,12 @@ struct TrainBatch {
 };
 
 struct StepLog {
-  int64_t step = 0;             // optimizer steps done, this one included
-  double loss = 0;              // mean NLL over the step's targets (all its micro-batches)
-  double learning_rate = 0;     // the LR this step used
-  double grad_norm = 0;         // global L2 norm before clipping
+  int64_t step = 0;          // optimizer steps done, this one included
+  double loss = 0;           // mean NLL over the step's targets (all its micro-batches)
+  double learning_rate = 0;  // the LR this step used
+  double grad_norm = 0;      // global L2 norm before clipping
   int64_t n_tokens = 0, n_targets = 0;
-  double seconds = 0;           // wall time of the step
+  double seconds = 0;  // wall time of the step
 };
 
 // One training example of a supervised fine-tuning data set: ids and labels (-100: no loss).

@@ -55,7 +55,8 @@ void lora_forward(const float* x, int64_t M, int64_t in, const float* A, const f
 void lora_add(ExecContext& ctx, const LoraWeights& w, const Tensor& x, const Tensor& out) {
   (void)ctx;
   if (!out.device().is_cpu())
-    throw UnsupportedError("LoRA adapters run on the CPU only for now (the model is on " + out.device().str() + ")");
+    throw UnsupportedError("LoRA adapters run on the CPU only for now (the model is on " +
+                           out.device().str() + ")");
   const Tensor xc = x.is_contiguous() ? x : x.contiguous();
   lora_forward(xc.data<float>(), xc.size(0), xc.size(1), w.A.data<float>(), w.B.data<float>(), w.r(),
                out.size(1), w.scale, 0.0f, 0, out.data<float>(), nullptr);
@@ -96,11 +97,13 @@ void linear_backward_dx(const Linear& base, const float* dy, int64_t M, float* d
   const int64_t in = base.in_features(), out = base.out_features();
   // Output rows dequantized at a time: [kTile, in] f32 of about 1 MiB (a multiple of 32 rows,
   // at least 32), never the whole weight unless it is that small.
-  const int64_t kTile = std::min(std::max<int64_t>(32, (int64_t(1) << 18) / std::max<int64_t>(in, 1) / 32 * 32), out);
+  const int64_t kTile =
+      std::min(std::max<int64_t>(32, (int64_t(1) << 18) / std::max<int64_t>(in, 1) / 32 * 32), out);
   std::vector<float> tile(size_t(kTile * in));
   Tensor absmax;
   if (base.format() == WeightFormat::Nf4 || base.format() == WeightFormat::Fp4)
-    absmax = base.absmax_f32().defined() ? base.absmax_f32() : dequantize_absmax(base.quant_state());  // [n_blocks] f32
+    absmax = base.absmax_f32().defined() ? base.absmax_f32()
+                                         : dequantize_absmax(base.quant_state());  // [n_blocks] f32
   for (int64_t n0 = 0; n0 < out; n0 += kTile) {
     const int64_t nt = std::min(kTile, out - n0);
     switch (base.format()) {

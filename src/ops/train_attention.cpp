@@ -29,8 +29,8 @@ void rope_backward_(float* dx, int64_t T, int64_t H, int64_t D, const float* cos
 }
 
 void attention_backward(const float* q, const float* k, const float* v, int64_t T, int64_t Hq, int64_t Hkv,
-                        int64_t D, int64_t Dv, const AttnBwdOptions& o, const float* dout, float* dq, float* dk,
-                        float* dv) {
+                        int64_t D, int64_t Dv, const AttnBwdOptions& o, const float* dout, float* dq,
+                        float* dk, float* dv) {
   const int64_t group = Hq / Hkv;
   std::fill(dq, dq + T * Hq * D, 0.0f);
   std::fill(dk, dk + T * Hkv * D, 0.0f);

@@ -6,12 +6,11 @@
 #include <string>
 #include <vector>
 
-#include "nibble/error.h"
 #include "backends/cpu/linear_cpu.h"
+#include "nibble/error.h"
 #include "nibble/thread_pool.h"
 
 namespace nibble::ops {
-
 
 double cross_entropy_head_backward(const float* h, int64_t T, int64_t H, const float* W, int64_t V,
                                    const int64_t* targets, float softcap, int64_t chunk, float grad_scale,
@@ -45,7 +44,8 @@ double cross_entropy_head_backward(const float* h, int64_t T, int64_t H, const f
         for (int64_t k = 0; k < H; ++k) wt.back()[size_t(k * nc + v)] = W[(v0 + v) * H + k];
     }
   std::vector<float> hb(size_t(kRows * H)), logits(size_t(kRows * cw)), dcap(size_t(kRows * cw)),
-      tmp(size_t(kRows * H));  // [kRows, H], [kRows, chunk] x2, [kRows, H]
+      ex(size_t(kRows * cw)),
+      tmp(size_t(kRows * H));  // [kRows, H], [kRows, chunk] x3, [kRows, H]
   std::vector<double> sum(kRows), lse(kRows);
   std::vector<float> mx(kRows), tgt(kRows);
   double loss = 0;
@@ -63,8 +63,7 @@ double cross_entropy_head_backward(const float* h, int64_t T, int64_t H, const f
   };
   for (size_t b0 = 0; b0 < rows_used.size(); b0 += size_t(kRows)) {
     const int64_t mb = std::min<int64_t>(kRows, int64_t(rows_used.size() - b0));
-    for (int64_t i = 0; i < mb; ++i)
-      std::copy_n(h + rows_used[b0 + size_t(i)] * H, H, hb.begin() + i * H);
+    for (int64_t i = 0; i < mb; ++i) std::copy_n(h + rows_used[b0 + size_t(i)] * H, H, hb.begin() + i * H);
     std::fill(mx.begin(), mx.end(), -std::numeric_limits<float>::infinity());
     std::fill(sum.begin(), sum.end(), 0.0);
     // Pass 1: online logsumexp over the chunks.
@@ -75,8 +74,14 @@ double cross_entropy_head_backward(const float* h, int64_t T, int64_t H, const f
         const float* lr = logits.data() + i * nc;
         const int64_t y = targets[rows_used[b0 + size_t(i)]];
         const float cm = *std::max_element(lr, lr + nc);
-        if (cm > mx[size_t(i)]) sum[size_t(i)] *= std::exp(double(mx[size_t(i)]) - double(cm)), mx[size_t(i)] = cm;
-        for (int64_t v = 0; v < nc; ++v) sum[size_t(i)] += std::exp(double(lr[v]) - double(mx[size_t(i)]));
+        if (cm > mx[size_t(i)])
+          sum[size_t(i)] *= std::exp(double(mx[size_t(i)]) - double(cm)), mx[size_t(i)] = cm;
+        float* ei = ex.data() + i * nc;
+        for (int64_t v = 0; v < nc; ++v) {
+          const double e = std::exp(double(lr[v]) - double(mx[size_t(i)]));
+          sum[size_t(i)] += e;
+          if (nchunks == 1) ei[v] = float(e);  // kept for pass 2: one exp per logit
+        }
         if (y >= v0 && y < v0 + nc) tgt[size_t(i)] = lr[y - v0];
       }
     }
@@ -94,8 +99,10 @@ double cross_entropy_head_backward(const float* h, int64_t T, int64_t H, const f
         const int64_t y = targets[rows_used[b0 + size_t(i)]];
         float* lr = logits.data() + i * nc;
         const float* dc = dcap.data() + i * nc;
+        const float* ei = ex.data() + i * nc;
         for (int64_t v = 0; v < nc; ++v) {
-          const float p = float(std::exp(double(lr[v]) - lse[size_t(i)]));
+          const float p = nchunks == 1 ? float(double(ei[v]) / sum[size_t(i)])
+                                       : float(std::exp(double(lr[v]) - lse[size_t(i)]));
           lr[v] = (p - (v0 + v == y ? 1.0f : 0.0f)) * grad_scale * dc[v];
         }
       }
@@ -115,8 +122,8 @@ double causal_lm_loss_backward(const float* h, int64_t T, int64_t H, const float
   for (int64_t t = 0; t + 1 < T; ++t) targets[size_t(t)] = labels[t + 1];
   int64_t n = 0;
   for (int64_t t = 0; t < T; ++t) n += targets[size_t(t)] != -100;
-  const double sum =
-      cross_entropy_head_backward(h, T, H, W, V, targets.data(), softcap, chunk, n ? 1.0f / float(n) : 0.0f, dh, &n);
+  const double sum = cross_entropy_head_backward(h, T, H, W, V, targets.data(), softcap, chunk,
+                                                 n ? 1.0f / float(n) : 0.0f, dh, &n);
   if (n == 0) return std::numeric_limits<double>::quiet_NaN();
   return sum / double(n);
 }

@@ -18,9 +18,9 @@ double causal_lm_loss_backward(const float* h, int64_t T, int64_t H, const float
 
 // The unshifted core of the above for a batch of stacked sequences: targets[t] is the target of
 // row t (-100: none; the caller shifted within each sequence), the gradient of
-// sum(nll) * grad_scale goes to dh (overwritten; null: loss only; grad_scale = 1 / the number of targets of the
-// whole optimizer step, transformers' num_items_in_batch). Returns the summed NLL (double) and
-// the number of targets through n_targets. Rows run in parallel.
+// sum(nll) * grad_scale goes to dh (overwritten; null: loss only; grad_scale = 1 / the number of targets of
+// the whole optimizer step, transformers' num_items_in_batch). Returns the summed NLL (double) and the number
+// of targets through n_targets. Rows run in parallel.
 double cross_entropy_head_backward(const float* h, int64_t T, int64_t H, const float* W, int64_t V,
                                    const int64_t* targets, float softcap, int64_t chunk, float grad_scale,
                                    float* dh, int64_t* n_targets);
@@ -65,8 +65,8 @@ struct AttnBwdOptions {
   const float* alibi_slopes = nullptr;
 };
 void attention_backward(const float* q, const float* k, const float* v, int64_t T, int64_t Hq, int64_t Hkv,
-                        int64_t D, int64_t Dv, const AttnBwdOptions& o, const float* dout, float* dq, float* dk,
-                        float* dv);
+                        int64_t D, int64_t Dv, const AttnBwdOptions& o, const float* dout, float* dq,
+                        float* dk, float* dv);
 
 // Embedding: dW[ids[t]] += dy[t] (scatter-add); ids out of range -> ShapeError.
 void embedding_backward(const int64_t* ids, int64_t T, const float* dy, int64_t H, int64_t V, float* dW);

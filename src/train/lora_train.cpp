@@ -19,17 +19,17 @@ namespace {
 
 // What one decoder layer's backward needs (buffers f32 on the host; shapes in comments).
 struct LayerCache {
-  Tensor h_in;          // [R, C] the layer's input
-  Tensor x1;            // [R, C] attention norm output
-  Tensor q_raw, k_raw;  // [R, H * D] before the q/k norms (only with them)
-  Tensor q, k, v;       // [R, H * D] as attention saw them (normed, rotated)
-  Tensor a;             // [R, Hq * D] attention output (o_proj input)
-  Tensor o_raw;         // [R, C] o_proj output before the post-attention norm (only with it)
-  Tensor h_mid;         // [R, C] h + attention (sequential residual)
-  Tensor x2;            // [R, C] MLP norm output
-  Tensor g, u;          // [R, F] gate / up before the activation (plain MLP: u only)
-  Tensor act;           // [R, F] the down projection's input
-  Tensor m_raw;         // [R, C] MLP output before the post-MLP norm (only with it)
+  Tensor h_in;                      // [R, C] the layer's input
+  Tensor x1;                        // [R, C] attention norm output
+  Tensor q_raw, k_raw;              // [R, H * D] before the q/k norms (only with them)
+  Tensor q, k, v;                   // [R, H * D] as attention saw them (normed, rotated)
+  Tensor a;                         // [R, Hq * D] attention output (o_proj input)
+  Tensor o_raw;                     // [R, C] o_proj output before the post-attention norm (only with it)
+  Tensor h_mid;                     // [R, C] h + attention (sequential residual)
+  Tensor x2;                        // [R, C] MLP norm output
+  Tensor g, u;                      // [R, F] gate / up before the activation (plain MLP: u only)
+  Tensor act;                       // [R, F] the down projection's input
+  Tensor m_raw;                     // [R, C] MLP output before the post-MLP norm (only with it)
   std::vector<nn::LoraSaved> lora;  // per Linear of the layer: qkv..., o, mlp...
 };
 
@@ -74,17 +74,19 @@ struct Pass {
   }
 
   // out = lin(x) (+ LoRA, its saved state in save).
-  void lin_fwd(const NamedLinear& nl, const Tensor& x, const Tensor& out, nn::LoraSaved& save, uint64_t sd) const {
+  void lin_fwd(const NamedLinear& nl, const Tensor& x, const Tensor& out, nn::LoraSaved& save,
+               uint64_t sd) const {
     nl.lin.forward(*ctx, x, out);
     if (!nl.lora.defined()) return;
     const Tensor xc = x.is_contiguous() ? x : x.contiguous();
-    nn::lora_forward(xc.data<float>(), xc.size(0), xc.size(1), nl.lora.A.data<float>(), nl.lora.B.data<float>(),
-                     nl.lora.r(), out.size(1), nl.lora.scale, o.train ? nl.lora.dropout : 0.0f, sd, f(out),
-                     grads ? &save : nullptr);
+    nn::lora_forward(xc.data<float>(), xc.size(0), xc.size(1), nl.lora.A.data<float>(),
+                     nl.lora.B.data<float>(), nl.lora.r(), out.size(1), nl.lora.scale,
+                     o.train ? nl.lora.dropout : 0.0f, sd, f(out), grads ? &save : nullptr);
   }
 
   // dx (may be null: not needed) += d/dx of lin for dy [R, out]; the adapter's grads accumulate.
-  void lin_bwd(const NamedLinear& nl, const Tensor& x, const float* dy, float* dx, const nn::LoraSaved& save) const {
+  void lin_bwd(const NamedLinear& nl, const Tensor& x, const float* dy, float* dx,
+               const nn::LoraSaved& save) const {
     if (dx) nn::linear_backward_dx(nl.lin, dy, R, dx);
     if (!nl.lora.defined()) return;
     LoraGrad& g = (*grads)[&nl];
@@ -105,8 +107,8 @@ struct Pass {
       ops::rms_norm_backward(x.data<float>(), w.data<float>(), rws, c, float(m.config.norm_eps),
                              m.spec->norm_unit_offset ? 1.0f : 0.0f, dy, dx, dw.data());
     } else {
-      ops::layer_norm_backward(x.data<float>(), w.data<float>(), rws, c, float(m.config.norm_eps), dy, dx, nullptr,
-                               nullptr);
+      ops::layer_norm_backward(x.data<float>(), w.data<float>(), rws, c, float(m.config.norm_eps), dy, dx,
+                               nullptr, nullptr);
     }
   }
   // h += norm_bwd(...)
@@ -349,14 +351,16 @@ struct Pass {
     switch (m.spec->mlp_kind) {
       case models::MlpKind::Gated: {
         Tensor dg = rows(R, F), du = rows(R, F);
-        ops::gated_act_backward(a, c.g.data<float>(), c.u.data<float>(), dact.data<float>(), R * F, f(dg), f(du));
+        ops::gated_act_backward(a, c.g.data<float>(), c.u.data<float>(), dact.data<float>(), R * F, f(dg),
+                                f(du));
         lin_bwd(L.mlp[0], c.x2, dg.data<float>(), dx2, c.lora[i0]);
         lin_bwd(L.mlp[1], c.x2, du.data<float>(), dx2, c.lora[i0 + 1]);
         break;
       }
       case models::MlpKind::GatedFused: {
         Tensor dg = rows(R, F), du = rows(R, F), dy = rows(R, 2 * F);
-        ops::gated_act_backward(a, c.g.data<float>(), c.u.data<float>(), dact.data<float>(), R * F, f(dg), f(du));
+        ops::gated_act_backward(a, c.g.data<float>(), c.u.data<float>(), dact.data<float>(), R * F, f(dg),
+                                f(du));
         ops::copy_(*ctx, dg, dy.slice(1, 0, F));
         ops::copy_(*ctx, du, dy.slice(1, F, 2 * F));
         lin_bwd(L.mlp[0], c.x2, dy.data<float>(), dx2, c.lora[i0]);
@@ -406,7 +410,8 @@ std::vector<int64_t> targets_of(const TokenBatch& b) {
 
 PassResult run(const CausalLM::Impl& m, const TokenBatch& b, const Tensor& head_w, GradMap* grads,
                const PassOptions& o) {
-  if (!m.device.is_cpu()) throw UnsupportedError("LoRA training runs on the CPU only for now (load with device_map cpu)");
+  if (!m.device.is_cpu())
+    throw UnsupportedError("LoRA training runs on the CPU only for now (load with device_map cpu)");
   if (m.lm_head.lin.bias().defined()) throw UnsupportedError("LoRA training: an output head with a bias");
   if (!b.labels.empty() && b.labels.size() != b.input_ids.size())
     throw ShapeError(str("labels for ", b.labels.size(), " sequences, input_ids has ", b.input_ids.size()));
@@ -441,9 +446,9 @@ PassResult run(const CausalLM::Impl& m, const TokenBatch& b, const Tensor& head_
   res.n_tokens = R;
   Tensor dxf = rows(R, C);
   const float softcap = m.final_softcap ? *m.final_softcap : 0.0f;
-  res.loss_sum = ops::cross_entropy_head_backward(xf.data<float>(), R, C, head_w.data<float>(), V, targets.data(),
-                                                  softcap, o.vocab_chunk, o.grad_scale, grads ? f(dxf) : nullptr,
-                                                  &res.n_targets);
+  res.loss_sum = ops::cross_entropy_head_backward(xf.data<float>(), R, C, head_w.data<float>(), V,
+                                                  targets.data(), softcap, o.vocab_chunk, o.grad_scale,
+                                                  grads ? f(dxf) : nullptr, &res.n_targets);
   if (!grads) return res;
   Tensor dh = rows(R, C);
   p.norm_bwd(m.final_norm, h, dxf.data<float>(), f(dh));
@@ -474,8 +479,8 @@ Tensor head_weight_f32(const CausalLM::Impl& m) {
   return l.traits().dequantize(l);
 }
 
-PassResult forward_backward(const CausalLM::Impl& m, const TokenBatch& b, const Tensor& head_w, GradMap& grads,
-                            const PassOptions& o) {
+PassResult forward_backward(const CausalLM::Impl& m, const TokenBatch& b, const Tensor& head_w,
+                            GradMap& grads, const PassOptions& o) {
   return run(m, b, head_w, &grads, o);
 }
 

@@ -27,15 +27,15 @@ struct TokenBatch {
 };
 
 struct PassOptions {
-  float grad_scale = 1.0f;        // d(sum of token NLLs * grad_scale): 1 / targets of the step
-  bool checkpointing = false;     // recompute each decoder layer in the backward
-  bool train = true;              // dropout on (a training pass)
-  uint64_t dropout_seed = 0;      // the step's seed for LoRA dropout masks
-  int64_t vocab_chunk = 4096;     // columns of the output head per chunk of the loss
+  float grad_scale = 1.0f;     // d(sum of token NLLs * grad_scale): 1 / targets of the step
+  bool checkpointing = false;  // recompute each decoder layer in the backward
+  bool train = true;           // dropout on (a training pass)
+  uint64_t dropout_seed = 0;   // the step's seed for LoRA dropout masks
+  int64_t vocab_chunk = 4096;  // columns of the output head per chunk of the loss
 };
 
 struct PassResult {
-  double loss_sum = 0;   // summed NLL over the targets
+  double loss_sum = 0;  // summed NLL over the targets
   int64_t n_targets = 0;
   int64_t n_tokens = 0;
 };
@@ -49,8 +49,8 @@ Tensor head_weight_f32(const CausalLM::Impl& m);
 // Forward and backward of one micro-batch: accumulates the adapters' gradients into grads (an
 // entry for every Linear with an adapter; made on first use) and returns the summed loss.
 // head_w: head_weight_f32(m).
-PassResult forward_backward(const CausalLM::Impl& m, const TokenBatch& b, const Tensor& head_w, GradMap& grads,
-                            const PassOptions& o);
+PassResult forward_backward(const CausalLM::Impl& m, const TokenBatch& b, const Tensor& head_w,
+                            GradMap& grads, const PassOptions& o);
 
 // The summed NLL of a batch (no backward, no dropout).
 PassResult eval_loss(const CausalLM::Impl& m, const TokenBatch& b, const Tensor& head_w);

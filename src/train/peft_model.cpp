@@ -15,11 +15,13 @@ std::vector<LinearSite> linear_sites(const CausalLM& model) {
   const auto lins = model.impl().linears();
   std::vector<LinearSite> out;
   for (size_t i = 0; i < lins.size(); ++i)
-    out.push_back({lins[i]->name, lins[i]->lin.in_features(), lins[i]->lin.out_features(), i + 1 == lins.size()});
+    out.push_back(
+        {lins[i]->name, lins[i]->lin.in_features(), lins[i]->lin.out_features(), i + 1 == lins.size()});
   return out;
 }
 
-PeftModel::PeftModel(CausalLM base, LoraAdapter adapter) : base_(std::move(base)), adapter_(std::move(adapter)) {
+PeftModel::PeftModel(CausalLM base, LoraAdapter adapter)
+    : base_(std::move(base)), adapter_(std::move(adapter)) {
   attach();
 }
 PeftModel::PeftModel(PeftModel&&) noexcept = default;
@@ -60,11 +62,14 @@ void attach_lora(CausalLM::Impl& m, const LoraAdapter& a) {
 }
 }  // namespace
 
-void PeftModel::attach() { attach_lora(base_.impl(), adapter_); }
+void PeftModel::attach() {
+  attach_lora(base_.impl(), adapter_);
+}
 
 void attach_adapter(CausalLM& model, const std::filesystem::path& dir) {
   if (!model.device().is_cpu())
-    throw UnsupportedError("--adapter: LoRA adapters run on the CPU only for now (load with --device-map cpu)");
+    throw UnsupportedError(
+        "--adapter: LoRA adapters run on the CPU only for now (load with --device-map cpu)");
   attach_lora(model.impl(), LoraAdapter::load(dir, linear_sites(model)));
 }
 

@@ -17,7 +17,8 @@ using detail::str;
 
 namespace {
 
-std::vector<int64_t> encode(const Tokenizer* tok, const std::string& text, bool special, const std::string& where) {
+std::vector<int64_t> encode(const Tokenizer* tok, const std::string& text, bool special,
+                            const std::string& where) {
   if (!tok) throw ConfigError(where + ": text data needs the model's tokenizer.json");
   return tok->encode(text, special).ids;
 }
@@ -98,7 +99,8 @@ SftData load_sft_jsonl(const std::filesystem::path& file, const Tokenizer* tok, 
       e.input_ids = int_list(o["input_ids"], "input_ids", where);
       e.labels = o.contains("labels") ? int_list(o["labels"], "labels", where) : e.input_ids;
       if (e.labels.size() != e.input_ids.size())
-        throw FormatError(str(where, ": 'labels' has ", e.labels.size(), " entries, 'input_ids' ", e.input_ids.size()));
+        throw FormatError(
+            str(where, ": 'labels' has ", e.labels.size(), " entries, 'input_ids' ", e.input_ids.size()));
     } else if (o.contains("messages")) {
       e = from_messages(o["messages"], tok, tmpl, where);
     } else if (o.contains("prompt") || o.contains("completion")) {
@@ -118,7 +120,8 @@ SftData load_sft_jsonl(const std::filesystem::path& file, const Tokenizer* tok, 
     } else {
       std::string keys;
       for (auto it = o.begin(); it != o.end(); ++it) keys += (keys.empty() ? "" : ", ") + it.key();
-      throw FormatError(where + ": no 'text', 'prompt'+'completion', 'messages' or 'input_ids' field (found: " +
+      throw FormatError(where +
+                        ": no 'text', 'prompt'+'completion', 'messages' or 'input_ids' field (found: " +
                         (keys.empty() ? "none" : keys) + ")");
     }
     if (e.input_ids.empty()) throw FormatError(where + ": the example has no tokens");

@@ -28,10 +28,12 @@ struct LoraTrainer::Impl {
   Impl(PeftModel& m, const TrainingArguments& a, int64_t total) : model(m), args(a), total_steps(total) {
     CausalLM::Impl& mi = m.model().impl();
     if (mi.lm_head.lora.defined())
-      throw UnsupportedError("LoRA training: an adapter on the output head (" + mi.lm_head.name + ") is not supported");
+      throw UnsupportedError("LoRA training: an adapter on the output head (" + mi.lm_head.name +
+                             ") is not supported");
     const LoraConfig& lc = m.adapter().config;
     if (lc.bias != "none")
-      throw UnsupportedError("LoraTrainer: bias=\"" + lc.bias + "\" (training the base biases) is not supported; use bias=\"none\"");
+      throw UnsupportedError("LoraTrainer: bias=\"" + lc.bias +
+                             "\" (training the base biases) is not supported; use bias=\"none\"");
     if (!lc.modules_to_save.empty())
       throw UnsupportedError("LoraTrainer: modules_to_save (fully trained modules) is not supported");
     head_w = train::head_weight_f32(mi);
@@ -50,7 +52,8 @@ struct LoraTrainer::Impl {
     opt = std::make_unique<train::AdamW>(params, a.learning_rate, a.adam_beta1, a.adam_beta2, a.adam_epsilon,
                                          a.weight_decay);
     warmup = train::warmup_steps_for(total_steps, a.warmup_steps, a.warmup_ratio);
-    train::lr_lambda(a.lr_scheduler_type, 0, warmup, std::max<int64_t>(total_steps, 1));  // validates the name
+    train::lr_lambda(a.lr_scheduler_type, 0, warmup,
+                     std::max<int64_t>(total_steps, 1));  // validates the name
   }
 
   std::vector<train::ParamRef> params() const {
@@ -78,14 +81,17 @@ struct LoraTrainer::Impl {
     int64_t n = 0;
     for (const auto& b : micro) n += train::count_targets(tokens(b));
     train::PassResult total;
-    if (n == 0) throw ShapeError("train_step: the batch has no targets (every label is -100, or sequences of one token)");
+    if (n == 0)
+      throw ShapeError(
+          "train_step: the batch has no targets (every label is -100, or sequences of one token)");
     train::PassOptions o;
     o.grad_scale = 1.0f / float(n);
     o.checkpointing = args.gradient_checkpointing;
     zero_grad();
     for (size_t i = 0; i < micro.size(); ++i) {
       o.dropout_seed = args.seed * 1000003ull + uint64_t(step) * 1009ull + i;
-      const train::PassResult r = train::forward_backward(model.model().impl(), tokens(micro[i]), head_w, grads, o);
+      const train::PassResult r =
+          train::forward_backward(model.model().impl(), tokens(micro[i]), head_w, grads, o);
       total.loss_sum += r.loss_sum;
       total.n_targets += r.n_targets;
       total.n_tokens += r.n_tokens;
@@ -98,7 +104,9 @@ LoraTrainer::LoraTrainer(PeftModel& model, const TrainingArguments& args, int64_
     : impl_(std::make_unique<Impl>(model, args, total_steps)) {}
 LoraTrainer::~LoraTrainer() = default;
 
-int64_t LoraTrainer::global_step() const { return impl_->step; }
+int64_t LoraTrainer::global_step() const {
+  return impl_->step;
+}
 
 StepLog LoraTrainer::train_step(const std::vector<TrainBatch>& micro_batches) {
   Impl& I = *impl_;
@@ -113,8 +121,8 @@ StepLog LoraTrainer::train_step(const std::vector<TrainBatch>& micro_batches) {
     throw NonFiniteLossError(str("training loss is ", s.loss, " at step ", I.step + 1));
   const auto params = I.params();
   s.grad_norm = train::clip_grad_norm(params, I.args.max_grad_norm);
-  s.learning_rate =
-      I.args.learning_rate * train::lr_lambda(I.args.lr_scheduler_type, I.step, I.warmup, std::max<int64_t>(I.total_steps, 1));
+  s.learning_rate = I.args.learning_rate * train::lr_lambda(I.args.lr_scheduler_type, I.step, I.warmup,
+                                                            std::max<int64_t>(I.total_steps, 1));
   I.opt->step(s.learning_rate);
   s.step = ++I.step;
   s.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -133,7 +141,8 @@ double LoraTrainer::evaluate(const std::vector<TrainBatch>& batches) const {
   return sum / double(n);
 }
 
-std::map<std::string, std::pair<std::vector<float>, std::vector<float>>> LoraTrainer::gradients(const TrainBatch& b) {
+std::map<std::string, std::pair<std::vector<float>, std::vector<float>>> LoraTrainer::gradients(
+    const TrainBatch& b) {
   impl_->accumulate({b});
   std::map<std::string, std::pair<std::vector<float>, std::vector<float>>> out;
   for (const auto& [nl, g] : impl_->grads) out[nl->name] = {g.A, g.B};
@@ -162,10 +171,12 @@ void LoraTrainer::load_state(const std::filesystem::path& dir) {
   auto& m = impl_->opt->exp_avg();
   auto& v = impl_->opt->exp_avg_sq();
   for (size_t i = 0; i < m.size(); ++i) {
-    for (auto [key, dst] : {std::pair{str("state.", i, ".exp_avg"), &m[i]}, std::pair{str("state.", i, ".exp_avg_sq"), &v[i]}}) {
+    for (auto [key, dst] : {std::pair{str("state.", i, ".exp_avg"), &m[i]},
+                            std::pair{str("state.", i, ".exp_avg_sq"), &v[i]}}) {
       Tensor x = f.get(key);
       if (x.dtype() != DType::F32 || x.numel() != int64_t(dst->size()))
-        throw ShapeError(str(path.string(), ": tensor ", key, " is ", x.str(), ", the optimizer needs f32 [", dst->size(), "]"));
+        throw ShapeError(str(path.string(), ": tensor ", key, " is ", x.str(), ", the optimizer needs f32 [",
+                             dst->size(), "]"));
       std::copy(x.data<float>(), x.data<float>() + x.numel(), dst->begin());
     }
   }

@@ -11,11 +11,11 @@
 
 #include <nlohmann/json.hpp>
 
+#include "cli_run.h"
 #include "nibble/chat_template.h"
 #include "nibble/safetensors.h"
 #include "nibble/tokenizer.h"
 #include "nibble/train.h"
-#include "cli_run.h"
 #include "test_support.h"
 
 namespace fs = std::filesystem;
@@ -72,18 +72,37 @@ void expect_error(const test::CliRun& r, const std::string& what) {
 TEST(FinetuneCli, LogsCheckpointsAdapterAndResumesExactly) {
   test::TempDir tmp;
   write(tmp / "d.jsonl", ids_jsonl(12, 3));
-  const std::vector<std::string> common = {"finetune", llama_nf4(), "--data", (tmp / "d.jsonl").string(),
-                                           "--max-steps", "4", "--per-device-train-batch-size", "4",
-                                           "--gradient-accumulation-steps", "2", "--learning-rate", "1e-3",
-                                           "--logging-steps", "2", "--save-steps", "2", "--seed", "1",
-                                           "--lora-r", "4", "--lora-alpha", "8", "--warmup-steps", "1"};
+  const std::vector<std::string> common = {"finetune",
+                                           llama_nf4(),
+                                           "--data",
+                                           (tmp / "d.jsonl").string(),
+                                           "--max-steps",
+                                           "4",
+                                           "--per-device-train-batch-size",
+                                           "4",
+                                           "--gradient-accumulation-steps",
+                                           "2",
+                                           "--learning-rate",
+                                           "1e-3",
+                                           "--logging-steps",
+                                           "2",
+                                           "--save-steps",
+                                           "2",
+                                           "--seed",
+                                           "1",
+                                           "--lora-r",
+                                           "4",
+                                           "--lora-alpha",
+                                           "8",
+                                           "--warmup-steps",
+                                           "1"};
   auto args = common;
   args.insert(args.end(), {"--output-dir", (tmp / "a").string()});
   auto r = run_cli(args);
   ASSERT_EQ(r.rc, 0) << r.err;
-  for (const char* f : {"adapter_config.json", "adapter_model.safetensors", "checkpoint-2/adapter_model.safetensors",
-                        "checkpoint-2/adapter_config.json", "checkpoint-2/optimizer.safetensors",
-                        "checkpoint-2/trainer_state.json"})
+  for (const char* f : {"adapter_config.json", "adapter_model.safetensors",
+                        "checkpoint-2/adapter_model.safetensors", "checkpoint-2/adapter_config.json",
+                        "checkpoint-2/optimizer.safetensors", "checkpoint-2/trainer_state.json"})
     EXPECT_TRUE(fs::exists(tmp / "a" / f)) << f;
   EXPECT_FALSE(fs::exists(tmp / "a" / "checkpoint-4"));  // the end writes the adapter itself
   const auto log = read_log(tmp / "a" / "training_log.jsonl");
@@ -91,7 +110,8 @@ TEST(FinetuneCli, LogsCheckpointsAdapterAndResumesExactly) {
   for (const auto& j : log)
     if (j.contains("loss")) {
       steps.push_back(j["step"]);
-      for (const char* k : {"step", "loss", "learning_rate", "grad_norm", "tokens_per_s"}) EXPECT_TRUE(j.contains(k)) << k;
+      for (const char* k : {"step", "loss", "learning_rate", "grad_norm", "tokens_per_s"})
+        EXPECT_TRUE(j.contains(k)) << k;
       EXPECT_GT(j["tokens_per_s"].get<double>(), 0.0);
     }
   EXPECT_EQ(steps, (std::vector<int64_t>{2, 4}));
@@ -115,15 +135,18 @@ TEST(FinetuneCli, BadInputOneLineExit2) {
   test::TempDir tmp;
   auto ft = [&](const std::string& data, std::vector<std::string> extra = {}) {
     write(tmp / "d.jsonl", data);
-    std::vector<std::string> a = {"finetune", llama_nf4(), "--data", (tmp / "d.jsonl").string(), "--output-dir",
-                                  (tmp / "o").string(), "--max-steps", "2", "--logging-steps", "1"};
+    std::vector<std::string> a = {
+        "finetune",           llama_nf4(),   "--data", (tmp / "d.jsonl").string(), "--output-dir",
+        (tmp / "o").string(), "--max-steps", "2",      "--logging-steps",          "1"};
     a.insert(a.end(), extra.begin(), extra.end());
     return run_cli(a);
   };
-  expect_error(ft("{\"foo\": 1}\n"), "d.jsonl:1: no 'text', 'prompt'+'completion', 'messages' or 'input_ids' field (found: foo)");
+  expect_error(ft("{\"foo\": 1}\n"),
+               "d.jsonl:1: no 'text', 'prompt'+'completion', 'messages' or 'input_ids' field (found: foo)");
   expect_error(ft("{\"prompt\": \"x\"}\n"), "d.jsonl:1: 'prompt' and 'completion' go together");
   expect_error(ft("\n"), "no training examples");
-  expect_error(ft("{\"input_ids\": [1, 2, 3], \"labels\": [1, 2]}\n"), "'labels' has 2 entries, 'input_ids' 3");
+  expect_error(ft("{\"input_ids\": [1, 2, 3], \"labels\": [1, 2]}\n"),
+               "'labels' has 2 entries, 'input_ids' 3");
   expect_error(ft("not json\n"), "d.jsonl:1: not JSON");
   expect_error(ft("{\"text\": \"hello\"}\n"), "needs the model's tokenizer.json");  // the fixture has none
   const std::string ok = ids_jsonl(4, 9);
@@ -131,8 +154,9 @@ TEST(FinetuneCli, BadInputOneLineExit2) {
                "not found in the base model. Linear modules: model.layers.0.self_attn.q_proj");
   // an adapter made for another base: qwen2's k_proj has 16 outputs, llama's 32
   const auto qwen = (test::fixtures_root() / "models" / "qwen2" / "fp32").string();
-  auto r = run_cli({"finetune", qwen, "--data", (tmp / "d.jsonl").string(), "--output-dir", (tmp / "o").string(),
-                    "--adapter", (test::fixtures_root() / "models" / "llama" / "lora_final").string()});
+  auto r =
+      run_cli({"finetune", qwen, "--data", (tmp / "d.jsonl").string(), "--output-dir", (tmp / "o").string(),
+               "--adapter", (test::fixtures_root() / "models" / "llama" / "lora_final").string()});
   expect_error(r, "the base model needs [");
   EXPECT_NE(r.err.find("tensor base_model.model.model.layers."), std::string::npos) << r.err;
   // a loss that blows up: stop, naming the step and the last good checkpoint
@@ -153,22 +177,39 @@ TEST(FinetuneCli, TinyStoriesTextAndCompletionThenGenerateWithAdapterEqualsMerge
   test::TempDir tmp;
   std::string data;
   for (int i = 0; i < 6; ++i) {
-    data += nlohmann::json{{"text", "Tom the cat had a red ball. Tom liked the red ball a lot."}}.dump() + "\n";
-    data += nlohmann::json{{"prompt", "Once upon a time,"}, {"completion", " there was a dog named Max."}}.dump() + "\n";
+    data +=
+        nlohmann::json{{"text", "Tom the cat had a red ball. Tom liked the red ball a lot."}}.dump() + "\n";
+    data += nlohmann::json{{"prompt", "Once upon a time,"}, {"completion", " there was a dog named Max."}}
+                .dump() +
+            "\n";
   }
   write(tmp / "d.jsonl", data);
-  const std::vector<std::string> quant = {"--load-in-4bit", "--bnb-4bit-quant-type", "nf4", "--bnb-4bit-use-double-quant"};
-  std::vector<std::string> a = {"finetune", tinystories(), "--data", (tmp / "d.jsonl").string(), "--output-dir",
-                                (tmp / "ad").string(), "--max-steps", "8", "--learning-rate", "3e-3",
-                                "--per-device-train-batch-size", "4", "--lora-r", "8", "--lora-alpha", "16"};
+  const std::vector<std::string> quant = {"--load-in-4bit", "--bnb-4bit-quant-type", "nf4",
+                                          "--bnb-4bit-use-double-quant"};
+  std::vector<std::string> a = {"finetune",
+                                tinystories(),
+                                "--data",
+                                (tmp / "d.jsonl").string(),
+                                "--output-dir",
+                                (tmp / "ad").string(),
+                                "--max-steps",
+                                "8",
+                                "--learning-rate",
+                                "3e-3",
+                                "--per-device-train-batch-size",
+                                "4",
+                                "--lora-r",
+                                "8",
+                                "--lora-alpha",
+                                "16"};
   a.insert(a.end(), quant.begin(), quant.end());
   auto r = run_cli(a);
   ASSERT_EQ(r.rc, 0) << r.err;
   const auto end = nlohmann::json::parse(r.out);
   EXPECT_EQ(end["global_step"], 8);
   // merged in 16 bit (dequantized + adapter) generates what base + adapter generates
-  std::vector<std::string> m = {"merge", tinystories(), "--adapter", (tmp / "ad").string(), "--output-dir",
-                                (tmp / "merged").string()};
+  std::vector<std::string> m = {
+      "merge", tinystories(), "--adapter", (tmp / "ad").string(), "--output-dir", (tmp / "merged").string()};
   m.insert(m.end(), quant.begin(), quant.end());
   r = run_cli(m);
   ASSERT_EQ(r.rc, 0) << r.err;
@@ -182,10 +223,11 @@ TEST(FinetuneCli, TinyStoriesTextAndCompletionThenGenerateWithAdapterEqualsMerge
   EXPECT_GT(rq["drift_rel"].get<double>(), 0.0);
   EXPECT_GT(rq["drift_mean_kl"].get<double>(), 0.0);
   EXPECT_NE(r.err.find("re-quantized: logits drift from the unmerged model"), std::string::npos) << r.err;
-  EXPECT_TRUE(nlohmann::json::parse(std::ifstream(tmp / "merged4" / "config.json")).contains("quantization_config"));
+  EXPECT_TRUE(
+      nlohmann::json::parse(std::ifstream(tmp / "merged4" / "config.json")).contains("quantization_config"));
   fs::copy_file(tinystories() + "/tokenizer.json", tmp / "merged" / "tokenizer.json");
-  std::vector<std::string> g = {"generate", tinystories(), "-p", "Tom the cat", "-n", "12", "--json", "--adapter",
-                                (tmp / "ad").string()};
+  std::vector<std::string> g = {"generate", tinystories(), "-p",        "Tom the cat",        "-n",
+                                "12",       "--json",      "--adapter", (tmp / "ad").string()};
   g.insert(g.end(), quant.begin(), quant.end());
   auto with_adapter = run_cli(g);
   ASSERT_EQ(with_adapter.rc, 0) << with_adapter.err;
@@ -231,7 +273,8 @@ TEST(SftData, FormatsAndAssistantOnlyLabels) {
   EXPECT_EQ(p.input_ids.back(), *tok.token_to_id(*tok.eos_token()));
   EXPECT_EQ(p.labels.back(), p.input_ids.back());
   // text: loss everywhere
-  for (size_t i = 0; i < d.examples[2].labels.size(); ++i) EXPECT_EQ(d.examples[2].labels[i], d.examples[2].input_ids[i]);
+  for (size_t i = 0; i < d.examples[2].labels.size(); ++i)
+    EXPECT_EQ(d.examples[2].labels[i], d.examples[2].input_ids[i]);
   // packing: blocks of max length, every token kept
   const auto packed = pack_examples(d.examples, 7);
   size_t total = 0, in = 0;

@@ -100,8 +100,9 @@ void eight_steps(CausalLM base, const char* what) {
       for (int64_t i = 0; i < w->numel(); ++i, ++total)
         if (std::abs(double(g->data<float>()[i]) - double(w->data<float>()[i])) > 1e-4 * mx) {
           ++over;
-          std::printf("  %s %s[%lld] nibble %.9g peft %.9g\n", name.c_str(), g == &got.A ? "lora_A" : "lora_B",
-                      (long long)i, g->data<float>()[i], w->data<float>()[i]);
+          std::printf("  %s %s[%lld] nibble %.9g peft %.9g\n", name.c_str(),
+                      g == &got.A ? "lora_A" : "lora_B", (long long)i, g->data<float>()[i],
+                      w->data<float>()[i]);
         }
     }
   }

@@ -1,9 +1,9 @@
 // The model-level LoRA backward on every fixture architecture (Llama, Qwen2: qkv bias + tied
 // head, GPT-2: learned positions + Conv1D + plain GELU MLP, Phi-3: fused qkv and gate_up,
 // GPT-NeoX: parallel residual + partial rotary, Bloom: alibi + LayerNorm + embedding norm, OPT:
-// ReLU + shifted positions; and random Qwen-3 / Gemma-2 checkpoints made here), fp32 and NF4: the training pass's loss equals the inference
-// forward's, the adapters' gradients equal central finite differences of that loss, and
-// gradient checkpointing gives the same gradients bit for bit.
+// ReLU + shifted positions; and random Qwen-3 / Gemma-2 checkpoints made here), fp32 and NF4: the training
+// pass's loss equals the inference forward's, the adapters' gradients equal central finite differences of
+// that loss, and gradient checkpointing gives the same gradients bit for bit.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -165,7 +165,8 @@ TEST(QLoRAGrad, AccumulationEqualsOneBigBatch) {
   std::vector<LoraAdapter> out;
   std::vector<double> losses;
   for (int acc = 0; acc < 2; ++acc) {
-    PeftModel p = PeftModel::from_pretrained(AutoModelForCausalLM::from_pretrained(dir / "nf4_dq"), dir / "lora_init");
+    PeftModel p =
+        PeftModel::from_pretrained(AutoModelForCausalLM::from_pretrained(dir / "nf4_dq"), dir / "lora_init");
     LoraTrainer tr(p, a, 1);
     const StepLog s = acc ? tr.train_step({b0, b1}) : tr.train_step({b});
     losses.push_back(s.loss);
@@ -176,7 +177,8 @@ TEST(QLoRAGrad, AccumulationEqualsOneBigBatch) {
   for (const auto& [name, pair] : out[0].modules) {
     const LoraPair& o = out[1].modules.at(name);
     for (auto [x, y] : {std::pair{&pair.A, &o.A}, std::pair{&pair.B, &o.B}})
-      for (int64_t i = 0; i < x->numel(); ++i) ASSERT_NEAR(x->data<float>()[i], y->data<float>()[i], 1e-8) << name;
+      for (int64_t i = 0; i < x->numel(); ++i)
+        ASSERT_NEAR(x->data<float>()[i], y->data<float>()[i], 1e-8) << name;
   }
 }
 

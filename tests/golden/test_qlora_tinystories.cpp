@@ -21,8 +21,8 @@ TEST(QLoRATinyStories, LossFallsAndHeldOutPerplexityDrops) {
   const auto dir = test::shared_root() / "models" / "tinystories-656k";
   Tokenizer tok = Tokenizer::from_pretrained(dir);
   LoadOptions lo;
-  lo.quantization_config =
-      BitsAndBytesConfig{.load_in_4bit = true, .bnb_4bit_quant_type = "nf4", .bnb_4bit_use_double_quant = true};
+  lo.quantization_config = BitsAndBytesConfig{
+      .load_in_4bit = true, .bnb_4bit_quant_type = "nf4", .bnb_4bit_use_double_quant = true};
   LoraConfig cfg;
   cfg.r = 8;
   cfg.lora_alpha = 16;
@@ -32,7 +32,8 @@ TEST(QLoRATinyStories, LossFallsAndHeldOutPerplexityDrops) {
     std::vector<TrainBatch> out;
     for (size_t i = 0; i < texts.size(); i += 4) {
       TrainBatch b;
-      for (size_t j = i; j < std::min(texts.size(), i + 4); ++j) b.input_ids.push_back(tok.encode(texts[j]).ids);
+      for (size_t j = i; j < std::min(texts.size(), i + 4); ++j)
+        b.input_ids.push_back(tok.encode(texts[j]).ids);
       out.push_back(b);
     }
     return out;
@@ -55,10 +56,11 @@ TEST(QLoRATinyStories, LossFallsAndHeldOutPerplexityDrops) {
     tokens += l.n_tokens;
   }
   const double after = tr.evaluate(held_out);
-  std::printf("TinyStories NF4+DQ QLoRA r8: train loss %.3f -> %.3f (mean of first/last 10 steps); held-out loss "
-              "%.3f -> %.3f, perplexity %.2f -> %.2f; %lld steps, %.0f tokens/s (%d threads)\n",
-              first, last, before, after, std::exp(before), std::exp(after), (long long)steps,
-              double(tokens) / secs, num_threads());
+  std::printf(
+      "TinyStories NF4+DQ QLoRA r8: train loss %.3f -> %.3f (mean of first/last 10 steps); held-out loss "
+      "%.3f -> %.3f, perplexity %.2f -> %.2f; %lld steps, %.0f tokens/s (%d threads)\n",
+      first, last, before, after, std::exp(before), std::exp(after), (long long)steps, double(tokens) / secs,
+      num_threads());
   EXPECT_LT(last, 0.7 * first);
   EXPECT_LT(std::exp(after), 0.6 * std::exp(before));
 }

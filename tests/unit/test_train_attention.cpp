@@ -44,7 +44,8 @@ std::vector<double> numeric_grad(std::vector<float>& v, const std::function<doub
   return g;
 }
 
-void expect_grad(const std::vector<float>& got, const std::vector<double>& want, double tol, const std::string& what) {
+void expect_grad(const std::vector<float>& got, const std::vector<double>& want, double tol,
+                 const std::string& what) {
   ASSERT_EQ(got.size(), want.size());
   double mx = 0;
   for (double w : want) mx = std::max(mx, std::abs(w));
@@ -53,8 +54,9 @@ void expect_grad(const std::vector<float>& got, const std::vector<double>& want,
 }
 
 // Double forward of causal attention; out [T, Hq, Dv].
-std::vector<double> attn_ref(const std::vector<float>& q, const std::vector<float>& k, const std::vector<float>& v,
-                             int64_t T, int64_t Hq, int64_t Hkv, int64_t D, const AttnBwdOptions& o) {
+std::vector<double> attn_ref(const std::vector<float>& q, const std::vector<float>& k,
+                             const std::vector<float>& v, int64_t T, int64_t Hq, int64_t Hkv, int64_t D,
+                             const AttnBwdOptions& o) {
   std::vector<double> out(size_t(T * Hq * D), 0.0);
   for (int64_t h = 0; h < Hq; ++h) {
     const int64_t g = h / (Hq / Hkv);
@@ -64,7 +66,8 @@ std::vector<double> attn_ref(const std::vector<float>& q, const std::vector<floa
       for (int64_t j = 0; j <= i; ++j) {
         if (o.sliding_window > 0 && i - j >= o.sliding_window) continue;
         double d = 0;
-        for (int64_t e = 0; e < D; ++e) d += double(q[size_t((i * Hq + h) * D + e)]) * k[size_t((j * Hkv + g) * D + e)];
+        for (int64_t e = 0; e < D; ++e)
+          d += double(q[size_t((i * Hq + h) * D + e)]) * k[size_t((j * Hkv + g) * D + e)];
         d *= o.scale;
         if (o.softcap > 0) d = o.softcap * std::tanh(d / o.softcap);
         if (o.alibi_slopes) d += double(o.alibi_slopes[h]) * double(j);
@@ -91,14 +94,15 @@ TEST(TrainAttention, BackwardMatchesFiniteDifferences) {
     float softcap;
     bool alibi;
   };
-  for (const Case c : {Case{"plain", 0, 0.0f, false}, Case{"sliding", 3, 0.0f, false}, Case{"softcap", 0, 1.5f, false},
-                       Case{"alibi+sliding", 4, 0.0f, true}}) {
+  for (const Case c : {Case{"plain", 0, 0.0f, false}, Case{"sliding", 3, 0.0f, false},
+                       Case{"softcap", 0, 1.5f, false}, Case{"alibi+sliding", 4, 0.0f, true}}) {
     AttnBwdOptions o;
     o.scale = 1.0f / std::sqrt(float(D));
     o.sliding_window = c.window;
     o.softcap = c.softcap;
     o.alibi_slopes = c.alibi ? slopes.data() : nullptr;
-    auto q = randv(g, size_t(T * Hq * D)), k = randv(g, size_t(T * Hkv * D)), v = randv(g, size_t(T * Hkv * D));
+    auto q = randv(g, size_t(T * Hq * D)), k = randv(g, size_t(T * Hkv * D)),
+         v = randv(g, size_t(T * Hkv * D));
     auto R = randv(g, size_t(T * Hq * D));
     // nibble's forward op computes the function we differentiate
     AttentionOptions ao;
@@ -106,10 +110,12 @@ TEST(TrainAttention, BackwardMatchesFiniteDifferences) {
     if (c.window) ao.sliding_window = c.window;
     if (c.softcap > 0) ao.softcap = c.softcap;
     if (c.alibi) ao.alibi_slopes = Tensor::from_vector({Hq}, DType::F32, slopes);
-    Tensor out = attention(Tensor::from_vector({T, Hq, D}, DType::F32, q), Tensor::from_vector({T, Hkv, D}, DType::F32, k),
+    Tensor out = attention(Tensor::from_vector({T, Hq, D}, DType::F32, q),
+                           Tensor::from_vector({T, Hkv, D}, DType::F32, k),
                            Tensor::from_vector({T, Hkv, D}, DType::F32, v), ao);
     const auto ref = attn_ref(q, k, v, T, Hq, Hkv, D, o);
-    for (size_t i = 0; i < ref.size(); ++i) ASSERT_NEAR(out.data<float>()[i], ref[i], 1e-5) << c.name << " out " << i;
+    for (size_t i = 0; i < ref.size(); ++i)
+      ASSERT_NEAR(out.data<float>()[i], ref[i], 1e-5) << c.name << " out " << i;
     auto f = [&] {
       const auto y = attn_ref(q, k, v, T, Hq, Hkv, D, o);
       double L = 0;
@@ -117,7 +123,8 @@ TEST(TrainAttention, BackwardMatchesFiniteDifferences) {
       return L;
     };
     std::vector<float> dq(q.size()), dk(k.size()), dv(v.size());
-    attention_backward(q.data(), k.data(), v.data(), T, Hq, Hkv, D, D, o, R.data(), dq.data(), dk.data(), dv.data());
+    attention_backward(q.data(), k.data(), v.data(), T, Hq, Hkv, D, D, o, R.data(), dq.data(), dk.data(),
+                       dv.data());
     expect_grad(dq, numeric_grad(q, f), 2e-3, std::string(c.name) + " dq");
     expect_grad(dk, numeric_grad(k, f), 2e-3, std::string(c.name) + " dk");
     expect_grad(dv, numeric_grad(v, f), 2e-3, std::string(c.name) + " dv");
@@ -129,7 +136,8 @@ TEST(TrainAttention, RopeBackwardFullAndPartial) {
   const int64_t T = 5, H = 3, D = 8;
   for (int64_t rot : {int64_t(8), int64_t(4)}) {
     const int64_t half = rot / 2;
-    auto x = randv(g, size_t(T * H * D)), R = randv(g, size_t(T * H * D)), ang = randv(g, size_t(T * half), 2.0f);
+    auto x = randv(g, size_t(T * H * D)), R = randv(g, size_t(T * H * D)),
+         ang = randv(g, size_t(T * half), 2.0f);
     std::vector<float> cs(ang.size()), sn(ang.size());
     for (size_t i = 0; i < ang.size(); ++i) cs[i] = std::cos(ang[i]) * 1.3f, sn[i] = std::sin(ang[i]) * 1.3f;
     auto fwd = [&](const std::vector<float>& xin) {
@@ -147,7 +155,8 @@ TEST(TrainAttention, RopeBackwardFullAndPartial) {
     };
     // against nibble's forward
     Tensor xt = Tensor::from_vector({T, H, D}, DType::F32, x);
-    apply_rope_(xt, Tensor::from_vector({T, half}, DType::F32, cs), Tensor::from_vector({T, half}, DType::F32, sn), rot);
+    apply_rope_(xt, Tensor::from_vector({T, half}, DType::F32, cs),
+                Tensor::from_vector({T, half}, DType::F32, sn), rot);
     const auto ref = fwd(x);
     for (size_t i = 0; i < ref.size(); ++i) ASSERT_NEAR(xt.data<float>()[i], ref[i], 1e-5);
     auto f = [&] {

@@ -28,22 +28,25 @@ namespace fs = std::filesystem;
 namespace nibble::cli {
 
 void add_finetune_command(CLI::App& app, FinetuneArgs& a) {
-  CLI::App* cmd = app.add_subcommand("finetune", "train a LoRA adapter on a (quantized) model (QLoRA), on the CPU");
+  CLI::App* cmd =
+      app.add_subcommand("finetune", "train a LoRA adapter on a (quantized) model (QLoRA), on the CPU");
   cmd->add_option("MODEL", a.model, "base model folder")->required();
   cmd->add_option("--data", a.data,
                   "JSONL training data: {text} | {prompt, completion} | {messages} | {input_ids[, labels]}")
       ->required();
   cmd->add_option("--output-dir", a.output_dir, "where the adapter, checkpoints and training_log.jsonl go")
       ->required();
-  cmd->add_option("--eval-data", a.eval_data, "JSONL held-out data: eval_loss logged at each save and at the end");
+  cmd->add_option("--eval-data", a.eval_data,
+                  "JSONL held-out data: eval_loss logged at each save and at the end");
   cmd->add_option("--adapter", a.adapter, "start from this peft adapter folder (continued training)");
   cmd->add_option("--resume-from-checkpoint", a.resume, "continue the run saved in this checkpoint-N folder");
   // peft LoraConfig
   cmd->add_option("--lora-r", a.lora_r, "LoRA rank (default 8)");
   cmd->add_option("--lora-alpha", a.lora_alpha, "LoRA alpha: scaling alpha / r (default 8, as peft)");
   cmd->add_option("--lora-dropout", a.lora_dropout, "dropout on the LoRA input (default 0)");
-  cmd->add_option("--target-modules", a.target_modules,
-                  "module names (suffixes) to adapt, comma or space separated, or all-linear (default all-linear)")
+  cmd->add_option(
+         "--target-modules", a.target_modules,
+         "module names (suffixes) to adapt, comma or space separated, or all-linear (default all-linear)")
       ->delimiter(',');
   cmd->add_flag("--use-rslora", a.use_rslora, "scaling alpha / sqrt(r)");
   // transformers TrainingArguments / TRL SFTConfig
@@ -55,9 +58,12 @@ void add_finetune_command(CLI::App& app, FinetuneArgs& a) {
   cmd->add_option("--num-train-epochs", a.num_train_epochs, "epochs (default 3)");
   cmd->add_option("--max-steps", a.max_steps, "optimizer steps; overrides --num-train-epochs when > 0");
   cmd->add_option("--per-device-train-batch-size", a.batch_size, "sequences per micro-batch (default 8)");
-  cmd->add_option("--gradient-accumulation-steps", a.grad_accum, "micro-batches per optimizer step (default 1)");
-  cmd->add_option("--max-seq-length,--max-length", a.max_seq_length, "longer sequences are truncated (default 1024)");
-  cmd->add_option("--packing", a.packing, "true: concatenate examples into max-seq-length blocks (default false)");
+  cmd->add_option("--gradient-accumulation-steps", a.grad_accum,
+                  "micro-batches per optimizer step (default 1)");
+  cmd->add_option("--max-seq-length,--max-length", a.max_seq_length,
+                  "longer sequences are truncated (default 1024)");
+  cmd->add_option("--packing", a.packing,
+                  "true: concatenate examples into max-seq-length blocks (default false)");
   cmd->add_option("--gradient-checkpointing", a.gradient_checkpointing,
                   "true: recompute each decoder layer in the backward (default false)");
   cmd->add_option("--max-grad-norm", a.max_grad_norm, "clip the global gradient norm (0: off; default 1.0)");
@@ -77,7 +83,8 @@ std::string fmt_time(double s) {
   const int64_t t = int64_t(std::max(0.0, s));
   char b[32];
   if (t >= 3600)
-    std::snprintf(b, sizeof b, "%lld:%02lld:%02lld", (long long)(t / 3600), (long long)(t / 60 % 60), (long long)(t % 60));
+    std::snprintf(b, sizeof b, "%lld:%02lld:%02lld", (long long)(t / 3600), (long long)(t / 60 % 60),
+                  (long long)(t % 60));
   else
     std::snprintf(b, sizeof b, "%lld:%02lld", (long long)(t / 60), (long long)(t % 60));
   return b;
@@ -130,7 +137,8 @@ std::vector<TrainBatch> eval_batches(const std::vector<SftExample>& ex, int64_t 
 
 // checkpoint-N: adapter, optimizer state, trainer_state.json; written under a temporary name
 // and renamed, so a checkpoint folder is complete or absent.
-void save_checkpoint(const fs::path& out, const PeftModel& peft, const LoraTrainer& tr, const nlohmann::json& state) {
+void save_checkpoint(const fs::path& out, const PeftModel& peft, const LoraTrainer& tr,
+                     const nlohmann::json& state) {
   const fs::path final_dir = out / ("checkpoint-" + std::to_string(tr.global_step()));
   const fs::path tmp = out / (".checkpoint-" + std::to_string(tr.global_step()) + ".tmp");
   fs::remove_all(tmp);
@@ -160,7 +168,8 @@ int run_finetune(const FinetuneArgs& a) {
   std::vector<SftExample> train = a.packing ? pack_examples(data.examples, a.max_seq_length) : data.examples;
   std::vector<SftExample> eval;
   if (!a.eval_data.empty())
-    eval = load_sft_jsonl(a.eval_data, tok ? &*tok : nullptr, tmpl ? &*tmpl : nullptr, a.max_seq_length).examples;
+    eval = load_sft_jsonl(a.eval_data, tok ? &*tok : nullptr, tmpl ? &*tmpl : nullptr, a.max_seq_length)
+               .examples;
 
   QuantFlags q = a.q;
   if (q.device_map == "auto") q.device_map = "cpu";  // training runs on the CPU
@@ -188,7 +197,9 @@ int run_finetune(const FinetuneArgs& a) {
   const int64_t n = int64_t(train.size()), per_epoch = (n + a.batch_size - 1) / a.batch_size;
   const int64_t steps_per_epoch = std::max<int64_t>(1, (per_epoch + a.grad_accum - 1) / a.grad_accum);
   const int64_t total =
-      a.max_steps > 0 ? a.max_steps : std::max<int64_t>(1, int64_t(std::ceil(a.num_train_epochs * double(steps_per_epoch))));
+      a.max_steps > 0
+          ? a.max_steps
+          : std::max<int64_t>(1, int64_t(std::ceil(a.num_train_epochs * double(steps_per_epoch))));
   TrainingArguments ta;
   ta.learning_rate = a.learning_rate;
   ta.lr_scheduler_type = a.lr_scheduler_type;
@@ -213,11 +224,18 @@ int run_finetune(const FinetuneArgs& a) {
     log.flush();
   };
   if (a.resume.empty())
-    log_line({{"event", "start"}, {"examples", data.examples.size()}, {"sequences", n}, {"truncated", data.truncated},
-              {"max_seq_length", a.max_seq_length}, {"total_steps", total},
-              {"trainable_parameters", peft->num_trainable_parameters()}, {"threads", num_threads()}});
+    log_line({{"event", "start"},
+              {"examples", data.examples.size()},
+              {"sequences", n},
+              {"truncated", data.truncated},
+              {"max_seq_length", a.max_seq_length},
+              {"total_steps", total},
+              {"trainable_parameters", peft->num_trainable_parameters()},
+              {"threads", num_threads()}});
   auto state_json = [&]() {
-    return nlohmann::json{{"global_step", tr.global_step()}, {"total_steps", total}, {"seed", a.seed},
+    return nlohmann::json{{"global_step", tr.global_step()},
+                          {"total_steps", total},
+                          {"seed", a.seed},
                           {"micro_batches_done", tr.global_step() * a.grad_accum},
                           {"epoch", double(tr.global_step()) / double(steps_per_epoch)}};
   };
@@ -243,9 +261,12 @@ int run_finetune(const FinetuneArgs& a) {
     run_tokens += s.n_tokens;
     run_seconds += s.seconds;
     if (s.step % a.logging_steps == 0 || s.step == total) {
-      log_line({{"step", s.step}, {"epoch", double(s.step) / double(steps_per_epoch)},
-                {"loss", win_loss / double(win_targets)}, {"learning_rate", s.learning_rate},
-                {"grad_norm", s.grad_norm}, {"tokens_per_s", double(win_tokens) / std::max(win_seconds, 1e-9)},
+      log_line({{"step", s.step},
+                {"epoch", double(s.step) / double(steps_per_epoch)},
+                {"loss", win_loss / double(win_targets)},
+                {"learning_rate", s.learning_rate},
+                {"grad_norm", s.grad_norm},
+                {"tokens_per_s", double(win_tokens) / std::max(win_seconds, 1e-9)},
                 {"truncated", data.truncated}});
       win_loss = win_seconds = 0;
       win_targets = win_tokens = 0;

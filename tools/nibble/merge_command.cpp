@@ -24,7 +24,8 @@ void add_merge_command(CLI::App& app, MergeArgs& a) {
   cmd->add_option("MODEL", a.model, "base model folder")->required();
   cmd->add_option("--adapter", a.adapter, "peft adapter folder")->required();
   cmd->add_option("--output-dir", a.output_dir, "where the merged model goes")->required();
-  cmd->add_flag("--requantize", a.requantize, "quantize the merged weights again (else: saved unquantized, f32)");
+  cmd->add_flag("--requantize", a.requantize,
+                "quantize the merged weights again (else: saved unquantized, f32)");
   add_quant_flags(*cmd, a.q);
 }
 
@@ -34,7 +35,9 @@ int run_merge(const MergeArgs& a) {
   PeftModel peft = PeftModel::from_pretrained(load_model(a.model, q), a.adapter);
   std::vector<int64_t> probe;
   if (fs::exists(fs::path(a.model) / "tokenizer.json"))
-    probe = Tokenizer::from_pretrained(a.model).encode("Once upon a time, there was a little girl who liked to play.").ids;
+    probe = Tokenizer::from_pretrained(a.model)
+                .encode("Once upon a time, there was a little girl who liked to play.")
+                .ids;
   const int64_t V = peft.model().config().vocab_size;
   if (probe.size() < 2) {
     probe.clear();
@@ -59,15 +62,14 @@ int run_merge(const MergeArgs& a) {
   }
   kl /= double(before.size(0));
   merged.save_pretrained(a.output_dir);
-  nlohmann::json j{{"output_dir", a.output_dir},
-                   {"requantized", a.requantize},
-                   {"drift_max_abs_logit", d},
-                   {"drift_rel", d / std::max(mx, 1e-30)},
-                   {"drift_mean_kl", kl},
-                   {"probe_tokens", probe.size()}};
+  nlohmann::json j{{"output_dir", a.output_dir}, {"requantized", a.requantize},
+                   {"drift_max_abs_logit", d},   {"drift_rel", d / std::max(mx, 1e-30)},
+                   {"drift_mean_kl", kl},        {"probe_tokens", probe.size()}};
   std::printf("%s\n", j.dump().c_str());
-  std::fprintf(stderr, "merged%s: logits drift from the unmerged model max |diff| %.3g (%.2e of max |logit|), KL %.3g\n",
-               a.requantize ? " and re-quantized" : " (unquantized)", d, d / std::max(mx, 1e-30), kl);
+  std::fprintf(
+      stderr,
+      "merged%s: logits drift from the unmerged model max |diff| %.3g (%.2e of max |logit|), KL %.3g\n",
+      a.requantize ? " and re-quantized" : " (unquantized)", d, d / std::max(mx, 1e-30), kl);
   return 0;
 }
 

@@ -285,3 +285,38 @@ TEST(SftData, FormatsAndAssistantOnlyLabels) {
   for (const auto& e : d.examples) in += e.input_ids.size();
   EXPECT_GE(total + 1, in);
 }
+
+// The peft run of the fixtures from the command line: `--adapter lora_init`, the two reference
+// sequences as pre-tokenized data, 8 constant-LR AdamW steps without clipping or weight decay
+// give peft's losses (logged every step) and its lora_final adapter.
+TEST(FinetuneCli, ReproducesThePeftFixtureRun) {
+  test::TempDir tmp;
+  const fs::path llama = test::fixtures_root() / "models" / "llama";
+  Tensor ids = SafetensorsFile::open(llama / "reference.safetensors").get("input_ids");
+  std::string data;
+  for (int64_t r = 0; r < 2; ++r) data += nlohmann::json{{"input_ids", test::row(ids, r, ids.size(1))}}.dump() + "\n";
+  write(tmp / "ref.jsonl", data);
+  auto r = run_cli({"finetune", llama_nf4(), "--data", (tmp / "ref.jsonl").string(), "--adapter",
+                    (llama / "lora_init").string(), "--output-dir", (tmp / "o").string(), "--max-steps", "8",
+                    "--learning-rate", "1e-3", "--lr-scheduler-type", "constant", "--max-grad-norm", "0",
+                    "--weight-decay", "0", "--per-device-train-batch-size", "2", "--logging-steps", "1"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const auto want = nlohmann::json::parse(std::ifstream(llama / "reference.json"))["lora"]["losses"];
+  std::vector<double> got;
+  for (const auto& j : read_log(tmp / "o" / "training_log.jsonl"))
+    if (j.contains("loss")) got.push_back(j["loss"]);
+  ASSERT_EQ(got.size(), 8u);
+  for (size_t i = 0; i < 8; ++i) EXPECT_NEAR(got[i], want[i].get<double>(), 1e-4 * got[i]) << "step " << i + 1;
+  SafetensorsFile a = SafetensorsFile::open(tmp / "o" / "adapter_model.safetensors");
+  SafetensorsFile b = SafetensorsFile::open(llama / "lora_final" / "adapter_model.safetensors");
+  ASSERT_EQ(a.names(), b.names());
+  for (const auto& n : b.names()) {
+    Tensor x = a.get(n), y = b.get(n);
+    double d = 0, m = 0;
+    for (int64_t i = 0; i < y.numel(); ++i) {
+      d = std::max(d, double(std::abs(x.data<float>()[i] - y.data<float>()[i])));
+      m = std::max(m, double(std::abs(y.data<float>()[i])));
+    }
+    EXPECT_LT(d / m, 3e-4) << n;
+  }
+}

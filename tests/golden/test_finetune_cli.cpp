@@ -129,6 +129,9 @@ TEST(FinetuneCli, LogsCheckpointsAdapterAndResumesExactly) {
   ASSERT_EQ(r.rc, 0) << r.err;
   EXPECT_EQ(adapter_bytes(tmp / "b"), adapter_bytes(tmp / "a"));
   EXPECT_NE(adapter_bytes(tmp / "a" / "checkpoint-2"), adapter_bytes(tmp / "a"));
+  // resuming with another seed would be another run
+  *(std::find(args.begin(), args.end(), "--seed") + 1) = "2";
+  expect_error(run_cli(args), "--resume-from-checkpoint: seed is 2, the checkpoint's run had 1");
 }
 
 TEST(FinetuneCli, BadInputOneLineExit2) {
@@ -294,19 +297,39 @@ TEST(FinetuneCli, ReproducesThePeftFixtureRun) {
   const fs::path llama = test::fixtures_root() / "models" / "llama";
   Tensor ids = SafetensorsFile::open(llama / "reference.safetensors").get("input_ids");
   std::string data;
-  for (int64_t r = 0; r < 2; ++r) data += nlohmann::json{{"input_ids", test::row(ids, r, ids.size(1))}}.dump() + "\n";
+  for (int64_t r = 0; r < 2; ++r)
+    data += nlohmann::json{{"input_ids", test::row(ids, r, ids.size(1))}}.dump() + "\n";
   write(tmp / "ref.jsonl", data);
-  auto r = run_cli({"finetune", llama_nf4(), "--data", (tmp / "ref.jsonl").string(), "--adapter",
-                    (llama / "lora_init").string(), "--output-dir", (tmp / "o").string(), "--max-steps", "8",
-                    "--learning-rate", "1e-3", "--lr-scheduler-type", "constant", "--max-grad-norm", "0",
-                    "--weight-decay", "0", "--per-device-train-batch-size", "2", "--logging-steps", "1"});
+  auto r = run_cli({"finetune",
+                    llama_nf4(),
+                    "--data",
+                    (tmp / "ref.jsonl").string(),
+                    "--adapter",
+                    (llama / "lora_init").string(),
+                    "--output-dir",
+                    (tmp / "o").string(),
+                    "--max-steps",
+                    "8",
+                    "--learning-rate",
+                    "1e-3",
+                    "--lr-scheduler-type",
+                    "constant",
+                    "--max-grad-norm",
+                    "0",
+                    "--weight-decay",
+                    "0",
+                    "--per-device-train-batch-size",
+                    "2",
+                    "--logging-steps",
+                    "1"});
   ASSERT_EQ(r.rc, 0) << r.err;
   const auto want = nlohmann::json::parse(std::ifstream(llama / "reference.json"))["lora"]["losses"];
   std::vector<double> got;
   for (const auto& j : read_log(tmp / "o" / "training_log.jsonl"))
     if (j.contains("loss")) got.push_back(j["loss"]);
   ASSERT_EQ(got.size(), 8u);
-  for (size_t i = 0; i < 8; ++i) EXPECT_NEAR(got[i], want[i].get<double>(), 1e-4 * got[i]) << "step " << i + 1;
+  for (size_t i = 0; i < 8; ++i)
+    EXPECT_NEAR(got[i], want[i].get<double>(), 1e-4 * got[i]) << "step " << i + 1;
   SafetensorsFile a = SafetensorsFile::open(tmp / "o" / "adapter_model.safetensors");
   SafetensorsFile b = SafetensorsFile::open(llama / "lora_final" / "adapter_model.safetensors");
   ASSERT_EQ(a.names(), b.names());

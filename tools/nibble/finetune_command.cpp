@@ -213,7 +213,21 @@ int run_finetune(const FinetuneArgs& a) {
   ta.seed = a.seed;
   ta.gradient_checkpointing = a.gradient_checkpointing;
   LoraTrainer tr(*peft, ta, total);
-  if (!a.resume.empty()) tr.load_state(a.resume);
+  if (!a.resume.empty()) {
+    // the data order and the schedule follow from these: a resumed run must keep them
+    const auto st = nlohmann::json::parse(std::ifstream(fs::path(a.resume) / "trainer_state.json"));
+    const std::pair<const char*, int64_t> keep[] = {{"seed", int64_t(a.seed)},
+                                                    {"per_device_train_batch_size", a.batch_size},
+                                                    {"gradient_accumulation_steps", a.grad_accum},
+                                                    {"train_sequences", n},
+                                                    {"total_steps", total}};
+    for (const auto& [k, v] : keep)
+      if (st.contains(k) && st[k].get<int64_t>() != v)
+        throw ConfigError(std::string("--resume-from-checkpoint: ") + k + " is " + std::to_string(v) +
+                          ", the checkpoint's run had " + std::to_string(st[k].get<int64_t>()) +
+                          " (resume with the same data and flags)");
+    tr.load_state(a.resume);
+  }
 
   const fs::path out = a.output_dir;
   fs::create_directories(out);
@@ -236,6 +250,9 @@ int run_finetune(const FinetuneArgs& a) {
     return nlohmann::json{{"global_step", tr.global_step()},
                           {"total_steps", total},
                           {"seed", a.seed},
+                          {"per_device_train_batch_size", a.batch_size},
+                          {"gradient_accumulation_steps", a.grad_accum},
+                          {"train_sequences", n},
                           {"micro_batches_done", tr.global_step() * a.grad_accum},
                           {"epoch", double(tr.global_step()) / double(steps_per_epoch)}};
   };

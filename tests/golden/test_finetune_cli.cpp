@@ -151,6 +151,10 @@ TEST(FinetuneCli, BadInputOneLineExit2) {
   expect_error(ft("{\"input_ids\": [1, 2, 3], \"labels\": [1, 2]}\n"),
                "'labels' has 2 entries, 'input_ids' 3");
   expect_error(ft("not json\n"), "d.jsonl:1: not JSON");
+  expect_error(ft("{\"input_ids\": [1, 2, 3]}\n{\"input_ids\": [1, 600, 3]}\n"),
+               "d.jsonl: example 2: token id 600 is outside the vocabulary of 512");
+  expect_error(ft("{\"input_ids\": [1, 2, 3], \"labels\": [-5, 2, 3]}\n"),
+               "token id -5 is outside the vocabulary");
   expect_error(ft("{\"text\": \"hello\"}\n"), "needs the model's tokenizer.json");  // the fixture has none
   const std::string ok = ids_jsonl(4, 9);
   expect_error(ft(ok, {"--target-modules", "nope"}),

@@ -194,6 +194,18 @@ int run_finetune(const FinetuneArgs& a) {
   }
   if (!a.resume.empty() || !a.adapter.empty()) peft->adapter().config.inference_mode = false;
 
+  // ids and labels against the vocabulary, naming the file and example (not an index error mid-run)
+  const int64_t vocab = peft->model().config().vocab_size;
+  for (const auto& [file, exs] : {std::pair{&a.data, &data.examples}, std::pair{&a.eval_data, &eval}})
+    for (size_t i = 0; i < exs->size(); ++i)
+      for (size_t t = 0; t < (*exs)[i].input_ids.size(); ++t) {
+        const int64_t id = (*exs)[i].input_ids[t], lab = (*exs)[i].labels[t];
+        if (id < 0 || id >= vocab || (lab != -100 && (lab < 0 || lab >= vocab)))
+          throw ConfigError(*file + ": example " + std::to_string(i + 1) + ": token id " +
+                            std::to_string(id < 0 || id >= vocab ? id : lab) +
+                            " is outside the vocabulary of " + std::to_string(vocab) +
+                            " (-100 is the only label allowed outside it)");
+      }
   const int64_t n = int64_t(train.size()), per_epoch = (n + a.batch_size - 1) / a.batch_size;
   const int64_t steps_per_epoch = std::max<int64_t>(1, (per_epoch + a.grad_accum - 1) / a.grad_accum);
   const int64_t total =

@@ -27,29 +27,21 @@ double cross_entropy_head_backward(const float* h, int64_t T, int64_t H, const f
   }
   if (n_targets) *n_targets = n;
   if (dh) std::fill(dh, dh + T * H, 0.0f);
-  // Rows with a target, in blocks of kRows; logits of a block and a vocabulary chunk come from
-  // the threaded CPU GEMM ([kRows, chunk] is the only logits buffer). One chunk covering the
-  // vocabulary is kept between the two passes; more chunks are recomputed.
-  std::vector<int64_t> rows_used;
+  // Rows with a target are taken in blocks of kRows; the logits of a block and a vocabulary
+  // chunk come from the threaded CPU GEMM ([kRows, chunk] is the only logits buffer). Pass 1
+  // (row blocks outer) gives each row's logsumexp; pass 2 (chunks outer) recomputes the
+  // logits, and dh += G . W with the chunk's W transposed once ([H, chunk], the only copy).
+  std::vector<int64_t> rows;
   for (int64_t t = 0; t < T; ++t)
-    if (targets[t] != -100) rows_used.push_back(t);
+    if (targets[t] != -100) rows.push_back(t);
   constexpr int64_t kRows = 64;
-  const int64_t nchunks = (V + chunk - 1) / chunk, cw = std::min(chunk, V);
-  std::vector<std::vector<float>> wt;  // per chunk [H, nc]: W^T for dh = G . W
-  if (dh)
-    for (int64_t c = 0; c < nchunks; ++c) {
-      const int64_t v0 = c * chunk, nc = std::min(chunk, V - v0);
-      wt.emplace_back(size_t(H * nc));
-      for (int64_t v = 0; v < nc; ++v)
-        for (int64_t k = 0; k < H; ++k) wt.back()[size_t(k * nc + v)] = W[(v0 + v) * H + k];
-    }
+  const int64_t nchunks = (V + chunk - 1) / chunk, cw = std::min(chunk, V), R = int64_t(rows.size());
   std::vector<float> hb(size_t(kRows * H)), logits(size_t(kRows * cw)), dcap(size_t(kRows * cw)),
-      ex(size_t(kRows * cw)),
-      tmp(size_t(kRows * H));  // [kRows, H], [kRows, chunk] x3, [kRows, H]
-  std::vector<double> sum(kRows), lse(kRows);
-  std::vector<float> mx(kRows), tgt(kRows);
-  double loss = 0;
-  auto chunk_logits = [&](int64_t mb, int64_t v0, int64_t nc) {
+      part(size_t(kRows * H));  // [kRows, H], [kRows, chunk] x2, [kRows, H]
+  std::vector<double> lse(static_cast<size_t>(R));
+  // logits (softcapped) of rows [b0, b0 + mb) and columns [v0, v0 + nc); dcap = d(capped)/d(raw)
+  auto block_logits = [&](int64_t b0, int64_t mb, int64_t v0, int64_t nc) {
+    for (int64_t i = 0; i < mb; ++i) std::copy_n(h + rows[size_t(b0 + i)] * H, H, hb.begin() + i * H);
     cpu::linear(hb.data(), mb, H, W + v0 * H, DType::F32, nc, nullptr, DType::F32, DType::F32, logits.data());
     for (int64_t i = 0; i < mb * nc; ++i) {
       if (softcap > 0) {
@@ -61,57 +53,56 @@ double cross_entropy_head_backward(const float* h, int64_t T, int64_t H, const f
       }
     }
   };
-  for (size_t b0 = 0; b0 < rows_used.size(); b0 += size_t(kRows)) {
-    const int64_t mb = std::min<int64_t>(kRows, int64_t(rows_used.size() - b0));
-    for (int64_t i = 0; i < mb; ++i) std::copy_n(h + rows_used[b0 + size_t(i)] * H, H, hb.begin() + i * H);
-    std::fill(mx.begin(), mx.end(), -std::numeric_limits<float>::infinity());
-    std::fill(sum.begin(), sum.end(), 0.0);
-    // Pass 1: online logsumexp over the chunks.
+  double loss = 0;
+  // Pass 1: online logsumexp over the chunks.
+  for (int64_t b0 = 0; b0 < R; b0 += kRows) {
+    const int64_t mb = std::min(kRows, R - b0);
+    std::vector<float> mx(size_t(mb), -std::numeric_limits<float>::infinity()), tgt(static_cast<size_t>(mb));
+    std::vector<double> sum(size_t(mb), 0.0);
     for (int64_t c = 0; c < nchunks; ++c) {
       const int64_t v0 = c * chunk, nc = std::min(chunk, V - v0);
-      chunk_logits(mb, v0, nc);
+      block_logits(b0, mb, v0, nc);
       for (int64_t i = 0; i < mb; ++i) {
         const float* lr = logits.data() + i * nc;
-        const int64_t y = targets[rows_used[b0 + size_t(i)]];
+        const int64_t y = targets[rows[size_t(b0 + i)]];
         const float cm = *std::max_element(lr, lr + nc);
         if (cm > mx[size_t(i)])
           sum[size_t(i)] *= std::exp(double(mx[size_t(i)]) - double(cm)), mx[size_t(i)] = cm;
-        float* ei = ex.data() + i * nc;
-        for (int64_t v = 0; v < nc; ++v) {
-          const double e = std::exp(double(lr[v]) - double(mx[size_t(i)]));
-          sum[size_t(i)] += e;
-          if (nchunks == 1) ei[v] = float(e);  // kept for pass 2: one exp per logit
-        }
+        for (int64_t v = 0; v < nc; ++v) sum[size_t(i)] += std::exp(double(lr[v]) - double(mx[size_t(i)]));
         if (y >= v0 && y < v0 + nc) tgt[size_t(i)] = lr[y - v0];
       }
     }
     for (int64_t i = 0; i < mb; ++i) {
-      lse[size_t(i)] = double(mx[size_t(i)]) + std::log(sum[size_t(i)]);
-      loss += lse[size_t(i)] - double(tgt[size_t(i)]);
+      lse[size_t(b0 + i)] = double(mx[size_t(i)]) + std::log(sum[size_t(i)]);
+      loss += lse[size_t(b0 + i)] - double(tgt[size_t(i)]);
     }
-    if (!dh) continue;
-    // Pass 2: G = (softmax - onehot) * grad_scale through the softcap; dh += G . W.
-    std::fill(tmp.begin(), tmp.end(), 0.0f);
-    for (int64_t c = 0; c < nchunks; ++c) {
-      const int64_t v0 = c * chunk, nc = std::min(chunk, V - v0);
-      if (nchunks > 1) chunk_logits(mb, v0, nc);
+  }
+  if (!dh) return loss;
+  // Pass 2: G = (softmax - onehot) * grad_scale through the softcap; dh += G . W.
+  std::vector<float> wt(size_t(H * cw));  // [H, nc]: the chunk's W^T
+  for (int64_t c = 0; c < nchunks; ++c) {
+    const int64_t v0 = c * chunk, nc = std::min(chunk, V - v0);
+    for (int64_t v = 0; v < nc; ++v)
+      for (int64_t k = 0; k < H; ++k) wt[size_t(k * nc + v)] = W[(v0 + v) * H + k];
+    for (int64_t b0 = 0; b0 < R; b0 += kRows) {
+      const int64_t mb = std::min(kRows, R - b0);
+      block_logits(b0, mb, v0, nc);
       for (int64_t i = 0; i < mb; ++i) {
-        const int64_t y = targets[rows_used[b0 + size_t(i)]];
+        const int64_t y = targets[rows[size_t(b0 + i)]];
         float* lr = logits.data() + i * nc;
         const float* dc = dcap.data() + i * nc;
-        const float* ei = ex.data() + i * nc;
         for (int64_t v = 0; v < nc; ++v) {
-          const float p = nchunks == 1 ? float(double(ei[v]) / sum[size_t(i)])
-                                       : float(std::exp(double(lr[v]) - lse[size_t(i)]));
+          const float p = float(std::exp(double(lr[v]) - lse[size_t(b0 + i)]));
           lr[v] = (p - (v0 + v == y ? 1.0f : 0.0f)) * grad_scale * dc[v];
         }
       }
-      std::vector<float> part(size_t(mb * H));
-      cpu::linear(logits.data(), mb, nc, wt[size_t(c)].data(), DType::F32, H, nullptr, DType::F32, DType::F32,
+      cpu::linear(logits.data(), mb, nc, wt.data(), DType::F32, H, nullptr, DType::F32, DType::F32,
                   part.data());
-      for (int64_t i = 0; i < mb * H; ++i) tmp[size_t(i)] += part[size_t(i)];
+      for (int64_t i = 0; i < mb; ++i) {
+        float* dr = dh + rows[size_t(b0 + i)] * H;
+        for (int64_t k = 0; k < H; ++k) dr[k] += part[size_t(i * H + k)];
+      }
     }
-    for (int64_t i = 0; i < mb; ++i) std::copy_n(tmp.begin() + i * H, H, dh + rows_used[b0 + size_t(i)] * H);
   }
   return loss;
 }

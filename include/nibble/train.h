@@ -140,7 +140,8 @@ class LoraTrainer {
   ~LoraTrainer();
   // One optimizer step over micro_batches (gradient accumulation: their number): every
   // micro-batch's gradient of sum(NLL) / (targets of the whole step), summed; clipping;
-  // AdamW at the scheduled LR. NonFiniteLossError (nothing updated) when the loss is not finite.
+  // AdamW at the scheduled LR. NonFiniteLossError (nothing updated) when the loss or the gradient
+  // norm is not finite.
   StepLog train_step(const std::vector<TrainBatch>& micro_batches);
   // Mean NLL over the targets of batches (no dropout, no update).
   double evaluate(const std::vector<TrainBatch>& batches) const;

@@ -121,6 +121,8 @@ StepLog LoraTrainer::train_step(const std::vector<TrainBatch>& micro_batches) {
     throw NonFiniteLossError(str("training loss is ", s.loss, " at step ", I.step + 1));
   const auto params = I.params();
   s.grad_norm = train::clip_grad_norm(params, I.args.max_grad_norm);
+  if (!std::isfinite(s.grad_norm))
+    throw NonFiniteLossError(str("gradient norm is ", s.grad_norm, " at step ", I.step + 1, " (loss ", s.loss, ")"));
   s.learning_rate = I.args.learning_rate * train::lr_lambda(I.args.lr_scheduler_type, I.step, I.warmup,
                                                             std::max<int64_t>(I.total_steps, 1));
   I.opt->step(s.learning_rate);

@@ -5,7 +5,7 @@
 // Each shape rotates among enough weight copies that the working set exceeds 4x the L2;
 // CUDA events around back-to-back runs, median of many runs after warm-up; every shape's
 // output is checked against the CPU backend before timing.
-//   linear_gpu [--json PATH] [--reps N]
+//   linear_gpu [--json PATH] [--reps N] [--quick]
 // Prints "no CUDA device" and exits 0 when the build or the machine has no GPU.
 #include <algorithm>
 #include <cmath>
@@ -100,11 +100,14 @@ constexpr size_t kWorkingSet = size_t(256) << 20;  // > 4x the 60 MB L2
 int main(int argc, char** argv) {
   std::string json_path;
   int reps = 200;
+  bool quick = false;  // --quick: the Llama-2-7B layer shapes only, NF4 + DQ
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--json") && i + 1 < argc)
       json_path = argv[++i];
     else if (!std::strcmp(argv[i], "--reps") && i + 1 < argc)
       reps = std::atoi(argv[++i]);
+    else if (!std::strcmp(argv[i], "--quick"))
+      quick = true;
   }
   if (!cuda_available()) {
     std::printf("no CUDA device\n");
@@ -123,10 +126,11 @@ int main(int argc, char** argv) {
   const std::vector<float> code2(dynamic_map_signed().begin(), dynamic_map_signed().end());
   float* d_code2 = static_cast<float*>(dev_copy(code2.data(), 256 * 4));
   for (auto [N, K] : shapes) {
+    if (quick && N > 11008) continue;
     const int64_t n = N * K, nb = n / 64;
     std::vector<float> wf(static_cast<size_t>(n));
     for (auto& v : wf) v = u(g);
-    for (int fmt = 0; fmt < 2; ++fmt) {  // 0: NF4 + double quant, 1: FP4 plain
+    for (int fmt = 0; fmt < (quick ? 1 : 2); ++fmt) {  // 0: NF4 + double quant, 1: FP4 plain
       const DType qt = fmt == 0 ? DType::NF4 : DType::FP4;
       std::vector<uint8_t> packed(size_t(n / 2));
       std::vector<float> absmax(static_cast<size_t>(nb));
@@ -195,6 +199,7 @@ int main(int argc, char** argv) {
   }
   // bf16 GEMV of an unquantized output head.
   for (int64_t N : {int64_t(32000), int64_t(128256)}) {
+    if (quick && N > 32000) continue;
     const int64_t K = 4096;
     std::vector<uint16_t> w(size_t(N * K));
     for (auto& v : w) v = f32_to_bf16(u(g));

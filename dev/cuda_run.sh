@@ -57,8 +57,50 @@ case "${1:-}" in
     fi
     exit $rc
     ;;
+  infer-build)
+    # here: the inference binaries (CUDA tests, GEMV and model benchmarks), stripped, and the
+    # fixtures they read staged into .devcarry/shared (the tests find it as ../shared there)
+    set -e
+    cmake -S . -B build/cuda -G Ninja -DNIBBLE_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES='90' -DNIBBLE_WERROR=ON \
+      -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_COMPILER=/usr/local/cuda/bin/nvcc \
+      -DCMAKE_CUDA20_STANDARD_COMPILE_OPTION=-std=c++20
+    cmake --build build/cuda --target test_cuda linear_gpu model_gpu nibble_cli
+    mkdir -p .devcarry/bin .devcarry/shared/fixtures .devcarry/shared/models
+    for b in tests/test_cuda bin/linear_gpu bin/model_gpu bin/nibble; do
+      [ -f build/cuda/$b ] && strip -o .devcarry/bin/$(basename $b) build/cuda/$b
+    done
+    for f in bnb models tinystories configs; do
+      rm -rf .devcarry/shared/fixtures/$f && cp -r ../shared/fixtures/$f .devcarry/shared/fixtures/
+    done
+    rm -rf .devcarry/shared/models/tinystories-656k && cp -r ../shared/models/tinystories-656k .devcarry/shared/models/
+    du -shc .devcarry/*
+    ;;
+  infer)
+    # there: CUDA tests (skip with "tests"), the GEMV table and the model benchmark; logs to $OUT
+    OUT="${OUT:-/tmp/out}"
+    mkdir -p "$OUT"
+    nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$OUT/device.txt"
+    # the binaries were built against /work/main: give them ../shared where they look for it
+    mkdir -p /work && { [ -e /work/shared ] || ln -s "$PWD/.devcarry/shared" /work/shared; }
+    export NIBBLE_FIXTURES="$PWD/.devcarry/shared/fixtures"
+    export LD_LIBRARY_PATH="/usr/local/cuda/lib64:$(python3 -c 'import nvidia.cublas, os; print(os.path.dirname(nvidia.cublas.__path__[0]) + "/cublas/lib")' 2>/dev/null):${LD_LIBRARY_PATH:-}"
+    rc=0
+    shift
+    [ $# -gt 0 ] || set -- tests gemv model
+    for what in "$@"; do
+      case "$what" in
+        tests) ./.devcarry/bin/test_cuda 2>&1 | tee "$OUT/test_cuda.log" |
+                 grep -E '^\[( +OK|  FAILED|  PASSED|  SKIPPED) |seed|Failure|error' | head -80
+               [ "${PIPESTATUS[0]}" = 0 ] || rc=1 ;;
+        gemv) ./.devcarry/bin/linear_gpu --json "$OUT/linear_gpu.json" 2>&1 | tee "$OUT/linear_gpu.log" || rc=1 ;;
+        model) ./.devcarry/bin/model_gpu --shapes "${SHAPES:-llama2_7b}" --dir /tmp/models --keep \
+                 --json "$OUT/model_gpu.json" 2>&1 | tee "$OUT/model_gpu.log" || rc=1 ;;
+      esac
+    done
+    exit $rc
+    ;;
   *)
-    echo "usage: dev/cuda_run.sh build|device" >&2
+    echo "usage: dev/cuda_run.sh build|device|infer-build|infer [tests] [gemv] [model]" >&2
     exit 2
     ;;
 esac

@@ -38,10 +38,6 @@ void move_norm(Norm& n, Device d) {
 // Weights to dev, tensor by tensor (each host view of the mmap'd file copied up and released as
 // the Linear is replaced); the KV cache dtype follows the compute dtype there.
 void CausalLM::Impl::to_device(Device dev) {
-  if (dev.is_cuda())
-    for (const NamedLinear* nl : linears())
-      if (nl->lin.format() == nn::WeightFormat::Int8)
-        throw UnsupportedError(str(nl->name, ": LLM.int8 (Linear8bitLt) has no CUDA kernel yet; load with device_map cpu"));
   const bool head_is_embed = lm_head.lin.weight().storage() == embed.storage();
   embed = moved(embed, dev);
   pos_embed = moved(pos_embed, dev);
@@ -118,7 +114,8 @@ Tensor empty_like_rows(int64_t R, int64_t C, Device dev) {
 
 // The per-row inputs of a forward call: stacked ids and positions (checked on the host), each
 // row's rope cos/sin from its own sequence's rope state, caches grown to fit.
-Step CausalLM::Impl::plan(const std::vector<std::vector<int64_t>>& batch, std::span<KVCache* const> caches) const {
+Step CausalLM::Impl::plan_host(const std::vector<std::vector<int64_t>>& batch,
+                               std::span<KVCache* const> caches) const {
   const int64_t B = int64_t(batch.size());
   if (B == 0) throw ShapeError("forward: empty batch");
   if (int64_t(caches.size()) != B) throw InternalError(str("forward: ", caches.size(), " caches for a batch of ", B));
@@ -141,10 +138,10 @@ Step CausalLM::Impl::plan(const std::vector<std::vector<int64_t>>& batch, std::s
     st.R += sg.T;
     st.segs.push_back(sg);
   }
-  st.ids_dev = upload(st.ids, DType::I64, device);
   if (spec->pos == models::PosKind::Rope) {
     // each sequence's rope state follows its own length (dynamic rope, longrope)
-    std::vector<float> cos, sin;
+    std::vector<float>& cos = st.cos_h;
+    std::vector<float>& sin = st.sin_h;
     for (const Segment& sg : st.segs) {
       const RopeTables& rt = sg.cache->rope->update(sg.p0 + sg.T - 1);
       st.rot_dim = rt.rot_dim;
@@ -153,9 +150,17 @@ Step CausalLM::Impl::plan(const std::vector<std::vector<int64_t>>& batch, std::s
       sin.resize(at + size_t(sg.T) * half);
       rope_cos_sin(rt, st.pos.data() + sg.row0, sg.T, cos.data() + at, sin.data() + at);
     }
+  }
+  return st;
+}
+
+Step CausalLM::Impl::plan(const std::vector<std::vector<int64_t>>& batch, std::span<KVCache* const> caches) const {
+  Step st = plan_host(batch, caches);
+  st.ids_dev = upload(st.ids, DType::I64, device);
+  if (spec->pos == models::PosKind::Rope) {
     const int64_t half = st.rot_dim / 2;
-    st.cos = upload(cos, DType::F32, device).view({st.R, half});
-    st.sin = upload(sin, DType::F32, device).view({st.R, half});
+    st.cos = upload(st.cos_h, DType::F32, device).view({st.R, half});
+    st.sin = upload(st.sin_h, DType::F32, device).view({st.R, half});
   }
   return st;
 }
@@ -181,7 +186,8 @@ Tensor CausalLM::Impl::embed_block(const Step& st) const {
       if (p + spec->pos_offset < 0 || p + spec->pos_offset >= P)
         throw ShapeError(str("position ", p, " is outside the position embedding of ", P, " rows"));
     Tensor pe = empty_like_rows(st.R, C, device);  // [R, C]
-    ops::embedding(ctx, pos_embed, upload(st.pos, DType::I64, device), spec->pos_offset, 1.0f, pe);
+    ops::embedding(ctx, pos_embed, st.device_pos ? st.seq_pos : upload(st.pos, DType::I64, device), spec->pos_offset,
+                   1.0f, pe);
     ops::add_(ctx, h, pe);
   }
   if (embed_norm.defined()) {
@@ -243,10 +249,19 @@ Tensor CausalLM::Impl::attention_block(const Step& st, size_t li, const Tensor& 
     // the KV-cache write: rows of this sequence into positions [p0, p0 + T), in the cache dtype
     KVCache& cache = *sg.cache;
     Tensor kc = cache.k_[li].view({cache.capacity_, Hkv * D}), vc = cache.v_[li].view({cache.capacity_, Hkv * D});
-    ops::copy_(ctx, k.slice(0, sg.row0, sg.row0 + sg.T), kc.slice(0, sg.p0, sg.p0 + sg.T));
-    ops::copy_(ctx, v.slice(0, sg.row0, sg.row0 + sg.T), vc.slice(0, sg.p0, sg.p0 + sg.T));
-    ao.q_offset = sg.p0;
-    Tensor kk = cache.k_[li].slice(0, 0, sg.p0 + sg.T), vv = cache.v_[li].slice(0, 0, sg.p0 + sg.T);
+    Tensor kk, vv;
+    if (st.device_pos) {  // the position is read on the device: the whole cache, q_pos
+      const int64_t b = int64_t(&sg - st.segs.data());
+      ao.q_pos = st.seq_pos.slice(0, b, b + 1);
+      ops::copy_at_(ctx, k.slice(0, sg.row0, sg.row0 + sg.T), kc, ao.q_pos);
+      ops::copy_at_(ctx, v.slice(0, sg.row0, sg.row0 + sg.T), vc, ao.q_pos);
+      kk = cache.k_[li], vv = cache.v_[li];
+    } else {
+      ops::copy_(ctx, k.slice(0, sg.row0, sg.row0 + sg.T), kc.slice(0, sg.p0, sg.p0 + sg.T));
+      ops::copy_(ctx, v.slice(0, sg.row0, sg.row0 + sg.T), vc.slice(0, sg.p0, sg.p0 + sg.T));
+      ao.q_offset = sg.p0;
+      kk = cache.k_[li].slice(0, 0, sg.p0 + sg.T), vv = cache.v_[li].slice(0, 0, sg.p0 + sg.T);
+    }
     ops::attention(ctx, q3.slice(0, sg.row0, sg.row0 + sg.T), kk, vv, ao,
                    a.slice(0, sg.row0, sg.row0 + sg.T).view({sg.T, Hq, D}));
   }
@@ -326,7 +341,7 @@ void CausalLM::Impl::decoder_layer(const Step& st, size_t li, Tensor& h) const {
 
 // h [R, C] -> logits [R, V] (or [B, V] of each sequence's last row): final norm, output head,
 // final soft-capping.
-Tensor CausalLM::Impl::head_block(const Step& st, const Tensor& h, bool last_only) const {
+Tensor CausalLM::Impl::head_block(const Step& st, const Tensor& h, bool last_only, const Tensor& out) const {
   ExecContext& ctx = *st.ctx;
   const int64_t C = config.hidden_size, V = lm_head.lin.out_features();
   Tensor rows = h;
@@ -339,7 +354,7 @@ Tensor CausalLM::Impl::head_block(const Step& st, const Tensor& h, bool last_onl
   }
   Tensor x = empty_like_rows(rows.size(0), C, device);
   norm_into(final_norm, rows, x, st);
-  Tensor logits = empty_like_rows(rows.size(0), V, device);  // [R or B, V]
+  Tensor logits = out.defined() ? out : empty_like_rows(rows.size(0), V, device);  // [R or B, V]
   lm_head.forward(ctx, x, logits);
   if (final_softcap) ops::softcap_(ctx, logits, *final_softcap);
   return logits;
@@ -356,6 +371,7 @@ Tensor CausalLM::Impl::forward(const std::vector<int64_t>& ids, KVCache& cache, 
 // columns over all rows of the input, so an int8 model's logits depend on the batch.
 Tensor CausalLM::Impl::forward_batch(const std::vector<std::vector<int64_t>>& batch,
                                      std::span<KVCache* const> caches, bool last_only) const {
+  if (graph_eligible(batch, last_only)) return decode_graphed(batch, caches);
   Step st = plan(batch, caches);
   Tensor h = embed_block(st);  // [R, C]
   for (size_t li = 0; li < layers.size(); ++li) decoder_layer(st, li, h);

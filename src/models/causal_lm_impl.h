@@ -3,6 +3,7 @@
 #pragma once
 
 #include <filesystem>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -79,7 +80,15 @@ struct Step {
   Tensor ids_dev, pos_dev;        // [R] i64 on the device
   Tensor cos, sin;                // [R, rot_dim / 2] f32 on the device
   int64_t rot_dim = 0;
+  std::vector<float> cos_h, sin_h;  // [R, rot_dim / 2] on the host (before the upload)
+  // Decode with positions on the device (a replayed CUDA graph, decode_graph.cpp): every
+  // segment has T == 1, seq_pos [B] i64 on the device holds each one's p0, and the KV write and
+  // attention read it at run time.
+  bool device_pos = false;
+  Tensor seq_pos;
 };
+
+struct DecodeGraphs;  // decode_graph.cpp
 
 struct CausalLM::Impl {
   ModelConfig config;
@@ -134,13 +143,25 @@ struct CausalLM::Impl {
   void to_device(Device dev);
 
   // ---- the blocks of the forward pass (causal_lm.cpp) ----
+  // plan_host: ids, positions and rope rows on the host, caches grown; plan: that plus the upload.
+  Step plan_host(const std::vector<std::vector<int64_t>>& batch, std::span<KVCache* const> caches) const;
   Step plan(const std::vector<std::vector<int64_t>>& batch, std::span<KVCache* const> caches) const;
   Tensor embed_block(const Step& st) const;                            // -> h [R, C]
   void norm_into(const Norm& n, const Tensor& x, const Tensor& out, const Step& st) const;
   Tensor attention_block(const Step& st, size_t li, const Tensor& x) const;  // x [R, C] normed -> o [R, C]
   Tensor mlp_block(const Step& st, size_t li, const Tensor& x) const;        // x [R, C] normed -> [R, C]
   void decoder_layer(const Step& st, size_t li, Tensor& h) const;            // h [R, C] in place
-  Tensor head_block(const Step& st, const Tensor& h, bool last_only) const;  // -> logits [R or B, V]
+  // -> logits [R or B, V] (into out when given)
+  Tensor head_block(const Step& st, const Tensor& h, bool last_only, const Tensor& out = Tensor()) const;
+
+  // ---- decode steps as replayed CUDA graphs (decode_graph.cpp) ----
+  // True when forward_batch(batch, caches, last_only) may run as a graph: CUDA, one token per
+  // sequence, last rows only, at most 16 sequences, NIBBLE_CUDA_GRAPHS not 0.
+  bool graph_eligible(const std::vector<std::vector<int64_t>>& batch, bool last_only) const;
+  // The step's logits [B, V] on the device (valid until the next step of the same caches).
+  Tensor decode_graphed(const std::vector<std::vector<int64_t>>& batch, std::span<KVCache* const> caches) const;
+  mutable std::shared_ptr<DecodeGraphs> graphs;  // captured steps, keyed by batch and cache buffers
+  uint64_t graph_launches() const;               // replays so far (tests, benchmarks)
 };
 
 }  // namespace nibble

@@ -58,6 +58,7 @@ struct Loader {
   const models::ArchSpec& spec;
   bool quantize_on_load = false;  // quantize fp weights as they are read
   DType compute_dtype = DType::F32;
+  Device target = Device::cpu();  // where the model goes: 4-bit weights are quantized there
   std::set<std::string>* used = nullptr;  // tensor names consumed (to report leftovers)
 
   Tensor take(const std::string& name) {
@@ -144,6 +145,10 @@ struct Loader {
         Tensor x = weight.dtype() == DType::F64 || weight.dtype() == DType::F8_E4M3 || weight.dtype() == DType::F8_E5M2
                        ? weight.to(DType::F32)
                        : weight;
+        if (target.is_cuda()) {  // upload the 16-bit weight and quantize it with the GPU kernels
+          x = x.to(target);
+          if (bias.defined()) bias = bias.to(target);
+        }
         Quantized4 q = quantize_4bit(x, qc.bnb_4bit_quant_type == "nf4" ? DType::NF4 : DType::FP4, 64,
                                      qc.bnb_4bit_use_double_quant);
         nl.lin = nn::Linear::four_bit(q.packed, q.state, bias, compute_dtype);
@@ -216,6 +221,7 @@ CausalLM load(const std::filesystem::path& dir, const LoadOptions& opts) {
   WeightSource src(*m.checkpoint);
   std::set<std::string> used;
   Loader L{m, src, spec};
+  L.target = device;
   L.used = &used;
   L.quantize_on_load = m.qc.has_value() && !prequantized;
   L.compute_dtype = m.qc ? m.qc->compute_dtype() : DType::F32;

@@ -458,6 +458,19 @@ void attention(ExecContext& ctx, const Tensor& q, const Tensor& k, const Tensor&
       (opts.alibi_slopes.dtype() != DType::F32 || opts.alibi_slopes.numel() != a.Hq))
     throw ShapeError(str(op, ": alibi slopes must be f32 [", a.Hq, "], got ", opts.alibi_slopes.str()));
   require_out(op, out, {a.T, a.Hq, a.Dv});
+  if (opts.q_pos.defined()) {
+    if (opts.q_pos.dtype() != DType::I64 || opts.q_pos.numel() != 1 || a.T != 1)
+      throw ShapeError(str(op, ": q_pos must be i64 [1] with one query row, got ", opts.q_pos.str(), " and T=", a.T));
+    if (ctx.device().is_cpu()) {  // the position is at hand: the plain form over keys [0, pos]
+      AttentionOptions o = opts;
+      o.q_pos = Tensor();
+      o.q_offset = opts.q_pos.data<int64_t>()[0];
+      if (o.q_offset < 0 || o.q_offset >= a.S)
+        throw ShapeError(str(op, ": q_pos ", o.q_offset, " is outside the cache of ", a.S, " positions"));
+      attention(ctx, q, k.slice(0, 0, o.q_offset + 1), v.slice(0, 0, o.q_offset + 1), o, out);
+      return;
+    }
+  }
   const int64_t ldq = token_stride(op, "q", q), ldk = token_stride(op, "k", k), ldv = token_stride(op, "v", v);
   a.scale = opts.scale;
   a.q_offset = opts.q_offset;
@@ -479,6 +492,7 @@ void attention(ExecContext& ctx, const Tensor& q, const Tensor& k, const Tensor&
         g.q = q.template data<float>(), g.ldq = ldq;
         g.k = k.data_ptr(), g.v = v.data_ptr(), g.kv_dtype = k.dtype(), g.ldk = ldk, g.ldv = ldv;
         g.out = out.template data<float>();
+        g.pos = opts.q_pos.defined() ? opts.q_pos.template data<int64_t>() : nullptr;
         cuda::attention(make_launch(c, cuda::attention_workspace_bytes(g)), g);
       });
 }
@@ -575,6 +589,31 @@ void copy_(ExecContext& ctx, const Tensor& src, const Tensor& dst) {
       [&](auto& c) {
         cuda::copy_rows(make_launch(c, 0), src.template data<float>(), s.ld, s.rows, s.cols, dst.data_ptr(),
                         dst.dtype(), d.ld);
+      });
+}
+
+void copy_at_(ExecContext& ctx, const Tensor& src, const Tensor& dst, const Tensor& row0) {
+  const char* op = "copy_at_";
+  require_f32(op, "source", src);
+  if (!row0.defined() || row0.dtype() != DType::I64 || row0.numel() != 1)
+    throw ShapeError(str(op, ": row0 must be i64 [1], got ", row0.defined() ? row0.str() : "undefined"));
+  if (!dst.defined() || !is_compute_float(dst.dtype()))
+    throw ShapeError(str(op, ": destination must be f32/f16/bf16, got ", dst.defined() ? dst.str() : "undefined"));
+  Mat s = mat_of(op, "source", src), d = mat_of(op, "destination", dst);
+  if (s.cols != d.cols || s.rows > d.rows)
+    throw ShapeError(str(op, ": source ", src.str(), " does not fit destination ", dst.str()));
+  if (ctx.device().is_cpu()) {
+    const int64_t r0 = row0.data<int64_t>()[0];
+    if (r0 < 0 || r0 + s.rows > d.rows)
+      throw ShapeError(str(op, ": rows [", r0, ", ", r0 + s.rows, ") are outside ", dst.str()));
+    copy_(ctx, src, dst.slice(0, r0, r0 + s.rows));
+    return;
+  }
+  dispatch(
+      op, ctx, dst.dtype(), {src, dst, row0}, [] {},
+      [&](auto& c) {
+        cuda::copy_rows(make_launch(c, 0), src.template data<float>(), s.ld, s.rows, s.cols, dst.data_ptr(),
+                        dst.dtype(), d.ld, row0.template data<int64_t>());
       });
 }
 

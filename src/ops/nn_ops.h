@@ -67,6 +67,10 @@ struct AttentionOptions {
   std::optional<int64_t> sliding_window;   // key j visible to query i iff i - j < window
   std::optional<float> softcap;            // logits = softcap * tanh(logits / softcap)
   Tensor alibi_slopes;                     // f32 [Hq] on q's device: adds slope * j (Bloom), or undefined
+  // i64 [1] on q's device, or undefined: one query row (T == 1) whose position is read at run
+  // time (q_offset = *q_pos, keys [0, *q_pos]; k/v are the whole cache), so a replayed CUDA graph
+  // of a decode step stays right as the sequence grows.
+  Tensor q_pos;
 };
 // Causal attention. q [T, Hq, D], k [S, Hkv, D], v [S, Hkv, Dv] (f32; Hq a multiple of Hkv),
 // query i sits at position q_offset + i and sees keys j <= q_offset + i. Out [T, Hq, Dv].
@@ -107,6 +111,9 @@ void embedding(ExecContext& ctx, const Tensor& table, const Tensor& ids, int64_t
 // dst = src converted to dst's dtype (f32 → f32/f16/bf16); both 2-D [rows, cols] views with
 // unit column stride (head splits, KV-cache writes, the batch concat).
 void copy_(ExecContext& ctx, const Tensor& src, const Tensor& dst);
+// dst[*row0 + r, :] = src[r, :], row0 an i64 [1] tensor on the context's device read at run time
+// (the KV-cache write of a replayed decode step).
+void copy_at_(ExecContext& ctx, const Tensor& src, const Tensor& dst, const Tensor& row0);
 // out[r] = first index of the maximum of x[r, :] (torch.argmax); x f32 [R, V], out i64 [R].
 void argmax_rows(ExecContext& ctx, const Tensor& x, const Tensor& out);
 

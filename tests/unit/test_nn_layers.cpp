@@ -227,6 +227,37 @@ TEST(NnOpsAttention, DecodeRowEqualsLastPrefillRow) {
   EXPECT_EQ(0, std::memcmp(last.data_ptr(), full.select(0, S - 1).contiguous().data_ptr(), last.nbytes()));
 }
 
+TEST(NnOpsAttention, DevicePositionFormsEqualPlainForms) {
+  // q_pos (the position read at run time, whole cache given) equals q_offset over keys
+  // [0, pos]; copy_at_ writes the rows at *row0. Bad positions are refused.
+  std::mt19937_64 rng(test::fresh_seed());
+  const int64_t cap = 40, pos = 23, Hq = 4, Hkv = 2, D = 16;
+  Tensor q = test::random_normal({1, Hq, D}, DType::F32, rng);
+  Tensor k = test::random_normal({cap, Hkv, D}, DType::F32, rng),
+         v = test::random_normal({cap, Hkv, D}, DType::F32, rng);
+  ops::AttentionOptions o;
+  o.scale = 0.3f;
+  o.sliding_window = 9;
+  o.q_offset = pos;
+  Tensor plain = ops::attention(q, k.slice(0, 0, pos + 1), v.slice(0, 0, pos + 1), o);
+  ops::AttentionOptions od = o;
+  od.q_offset = 0;
+  od.q_pos = Tensor::from_vector({1}, DType::I64, std::vector<int64_t>{pos});
+  Tensor dev = ops::attention(q, k, v, od);
+  EXPECT_EQ(0, std::memcmp(plain.data_ptr(), dev.data_ptr(), plain.nbytes()));
+  od.q_pos = Tensor::from_vector({1}, DType::I64, std::vector<int64_t>{cap});
+  EXPECT_THROW(ops::attention(q, k, v, od), ShapeError);
+
+  ExecContext& ctx = ExecContext::current(Device::cpu());
+  Tensor src = test::random_normal({2, 8}, DType::F32, rng);
+  Tensor a = Tensor::zeros({10, 8}, DType::BF16), b = Tensor::zeros({10, 8}, DType::BF16);
+  ops::copy_(ctx, src, a.slice(0, 6, 8));
+  ops::copy_at_(ctx, src, b, Tensor::from_vector({1}, DType::I64, std::vector<int64_t>{6}));
+  EXPECT_EQ(0, std::memcmp(a.data_ptr(), b.data_ptr(), a.nbytes()));
+  EXPECT_THROW(ops::copy_at_(ctx, src, b, Tensor::from_vector({1}, DType::I64, std::vector<int64_t>{9})),
+               ShapeError);
+}
+
 TEST(NnOpsErrors, LayerOpsThrowOnBadShapes) {
   std::mt19937_64 rng(2);
   Tensor x = test::random_normal({3, 8}, DType::F32, rng);

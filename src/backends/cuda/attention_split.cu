@@ -28,6 +28,7 @@ struct Params {
   float* out;   // [T, Hq, Dv] when n_split == 1
   float* part;  // [T * Hq, n_split, Dv + 2] partials (acc, m, l) otherwise
   int n_split;
+  const int64_t* pos_dev;  // decode position on the device, or nullptr
 };
 
 template <class KV>
@@ -35,8 +36,9 @@ __global__ void __launch_bounds__(kWarps * 32) attn_split_kernel(Params p) {
   __shared__ float sm[kWarps], sl[kWarps], sacc[kWarps][32 * kMaxE];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t split = blockIdx.x, row = blockIdx.y, i = row / p.Hq, h = row % p.Hq;
-  const int64_t g = h / (p.Hq / p.Hkv), pos = p.q_offset + i;
-  int64_t lo = split * p.chunk, hi = lo + p.chunk < p.S ? lo + p.chunk : p.S;
+  const int64_t q_offset = p.pos_dev ? *p.pos_dev : p.q_offset, S = p.pos_dev ? q_offset + 1 : p.S;
+  const int64_t g = h / (p.Hq / p.Hkv), pos = q_offset + i;
+  int64_t lo = split * p.chunk, hi = lo + p.chunk < S ? lo + p.chunk : S;
   if (hi > pos + 1) hi = pos + 1;
   if (p.window > 0 && lo < pos - p.window + 1) lo = pos - p.window + 1;
   float q[kMaxE], acc[kMaxE];
@@ -124,11 +126,13 @@ int sm_count() {
   return n;
 }
 
-// Splits so that about 4 blocks per multiprocessor run, with at least 64 keys per split.
+// Splits so that about 8 blocks per multiprocessor run, with at least 16 keys per split (4 a
+// warp): each warp walks its keys one after another, so short splits keep the latency of a
+// decode step's attention low even at short contexts.
 int n_splits(const Attention& a) {
   const int64_t rows = a.T * a.Hq;
-  const int64_t want = ceil_div(4 * int64_t(sm_count()), std::max<int64_t>(rows, 1));
-  return int(std::clamp<int64_t>(want, 1, std::max<int64_t>(ceil_div(a.S, 64), 1)));
+  const int64_t want = ceil_div(8 * int64_t(sm_count()), std::max<int64_t>(rows, 1));
+  return int(std::clamp<int64_t>(want, 1, std::max<int64_t>(ceil_div(a.S, 16), 1)));
 }
 
 void check(const Attention& a) {
@@ -137,6 +141,8 @@ void check(const Attention& a) {
         detail::str("cuda::attention: head dims D=", a.D, " Dv=", a.Dv, " (at most ", 32 * kMaxE, ")"));
   if (a.Hkv <= 0 || a.Hq % a.Hkv != 0)
     throw ShapeError(detail::str("cuda::attention: Hq=", a.Hq, " is not a multiple of Hkv=", a.Hkv));
+  if (a.pos && a.T != 1)
+    throw ShapeError(detail::str("cuda::attention: a position on the device needs one query row, got T=", a.T));
 }
 
 }  // namespace
@@ -162,7 +168,7 @@ void attention(const Launch& l, const Attention& a) {
            a.ldq,   a.ldk,     a.ldv,      ceil_div(std::max<int64_t>(a.S, 1), ns),
            a.scale, a.softcap, a.alibi,    a.q,
            a.k,     a.v,       a.out,      static_cast<float*>(l.workspace),
-           ns};
+           ns,      a.pos};
   const dim3 grid(unsigned(ns), unsigned(a.T * a.Hq));
   with_float_dtype("cuda::attention", a.kv_dtype, [&](auto KV) {
     attn_split_kernel<decltype(KV)><<<grid, kWarps * 32, 0, as_stream(l.stream)>>>(p);

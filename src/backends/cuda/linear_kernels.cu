@@ -16,6 +16,8 @@
 #include <algorithm>
 
 #include "backends/cuda/check.h"
+#include "backends/cuda/gemm_cublas.h"
+#include "backends/cuda/gemv_mma.h"
 #include "backends/cuda/linear_cuda.h"
 #include "backends/cuda/quant_device.cuh"
 #include "nibble/error.h"
@@ -251,8 +253,8 @@ void check_shape(const char* op, int64_t M, int64_t K, int64_t N) {
 
 }  // namespace
 
-size_t linear_workspace_bytes(int64_t, int64_t, int64_t, DType, DType) {
-  return 0;
+size_t linear_workspace_bytes(int64_t M, int64_t K, int64_t N, DType wdt, DType round_to) {
+  return gemm_fp_workspace_bytes(M, K, N, wdt, round_to);
 }
 
 void linear(const Launch& l, const float* x, int64_t M, int64_t K, const void* w, DType wdt, int64_t N,
@@ -263,6 +265,8 @@ void linear(const Launch& l, const float* x, int64_t M, int64_t K, const void* w
   const int64_t C = wdt == DType::F32 ? 4 : 8;
   const bool vec = K % C == 0 && aligned16(w) && aligned16(x);
   const int bdt = bias_code("linear", bias, bias_dt);
+  if (gemv_mma_fp_ok(M, K, w, wdt, round_to, x)) return gemv_mma_fp(l, x, M, K, w, wdt, N, bias, bdt, out);
+  if (gemm_fp(l, x, M, K, w, wdt, N, bias, bdt, round_to, out)) return;
   const dim3 grid(unsigned((N + kWarps - 1) / kWarps));
   with_dtype("linear", wdt, [&](auto wt) {
     with_dtype("linear", round_to, [&](auto ct) {
@@ -275,8 +279,8 @@ void linear(const Launch& l, const float* x, int64_t M, int64_t K, const void* w
   });
 }
 
-size_t linear_4bit_workspace_bytes(int64_t, int64_t, int64_t, DType) {
-  return 0;
+size_t linear_4bit_workspace_bytes(int64_t M, int64_t K, int64_t N, DType compute_dtype) {
+  return gemm_4bit_workspace_bytes(M, K, N, compute_dtype);
 }
 
 void linear_4bit(const Launch& l, const float* x, int64_t M, int64_t K, const Quant4Weight& w, int64_t N,
@@ -296,6 +300,9 @@ void linear_4bit(const Launch& l, const float* x, int64_t M, int64_t K, const Qu
   while ((int64_t(1) << q.bs_log2) < w.blocksize) ++q.bs_log2;
   const bool vec = K % 32 == 0 && w.blocksize % 32 == 0 && aligned16(w.packed) && aligned16(x);
   const int bdt = bias_code("linear_4bit", bias, bias_dt);
+  if (gemv_mma_4bit_ok(M, K, w, compute_dtype, x))
+    return gemv_mma_4bit(l, x, M, K, w, N, bias, bdt, compute_dtype, out);
+  if (gemm_4bit(l, x, M, K, w, N, bias, bdt, compute_dtype, out)) return;
   const dim3 grid(unsigned((N + kWarps - 1) / kWarps));
   with_dtype("linear_4bit", compute_dtype, [&](auto ct) {
     with_rows(M, [&](auto mt) {
@@ -304,15 +311,6 @@ void linear_4bit(const Launch& l, const float* x, int64_t M, int64_t K, const Qu
       NIBBLE_CUDA_CHECK_LAUNCH();
     });
   });
-}
-
-size_t linear_int8_workspace_bytes(int64_t, int64_t, int64_t) {
-  return 0;
-}
-
-void linear_int8(const Launch&, const float*, int64_t, int64_t, const int8_t*, const float*, int64_t,
-                 const void*, DType, float, DType, float*) {
-  throw UnsupportedError("linear_int8: no CUDA kernel yet (LLM.int8 runs on the CPU backend)");
 }
 
 }  // namespace nibble::cuda

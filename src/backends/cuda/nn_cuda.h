@@ -33,7 +33,7 @@ void embedding(const Launch& l, const void* table, DType dt, int64_t C, const in
                int64_t offset, float scale, float* out);
 // dst[r * ld_dst + c] = src[r * ld_src + c] converted to dst_dt (f32/f16/bf16), r < rows, c < cols.
 void copy_rows(const Launch& l, const float* src, int64_t ld_src, int64_t rows, int64_t cols, void* dst,
-               DType dst_dt, int64_t ld_dst);
+               DType dst_dt, int64_t ld_dst, const int64_t* dst_row0 = nullptr);
 
 // ---- rotary embedding ------------------------------------------------------------------------
 // x [T, H, D] (row stride ld_x elements between tokens) in place, rotate_half on dims
@@ -61,6 +61,10 @@ struct Attention {
   DType kv_dtype = DType::F32;
   int64_t ldk = 0, ldv = 0;
   float* out = nullptr;
+  // Decode with the position on the device (T == 1; a CUDA graph replays the same launch at
+  // every step): q_offset = *pos and S = *pos + 1 are read at run time; S above is then the
+  // cache capacity, which sizes the splits and the workspace.
+  const int64_t* pos = nullptr;
 };
 size_t attention_workspace_bytes(const Attention& a);
 void attention(const Launch& l, const Attention& a);

@@ -132,8 +132,10 @@ __global__ void embedding_kernel(const void* table, int64_t C, const int64_t* id
 }
 
 template <class T>
-__global__ void copy_rows_kernel(const float* src, int64_t lds, int64_t cols, void* dst, int64_t ldd) {
+__global__ void copy_rows_kernel(const float* src, int64_t lds, int64_t cols, void* dst, int64_t ldd,
+                                 const int64_t* dst_row0) {
   const int64_t r = blockIdx.y;
+  if (dst_row0) dst = static_cast<char*>(dst) + *dst_row0 * ldd * T::kBytes;
   for (int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; c < cols;
        c += int64_t(gridDim.x) * blockDim.x) {
     const float v = src[r * lds + c];
@@ -281,12 +283,12 @@ void embedding(const Launch& l, const void* table, DType dt, int64_t C, const in
 }
 
 void copy_rows(const Launch& l, const float* src, int64_t ld_src, int64_t rows, int64_t cols, void* dst,
-               DType dst_dt, int64_t ld_dst) {
+               DType dst_dt, int64_t ld_dst, const int64_t* dst_row0) {
   if (rows == 0 || cols == 0) return;
   DeviceScope ds(l.device);
   with_float_dtype("cuda::copy_rows", dst_dt, [&](auto T) {
     copy_rows_kernel<decltype(T)><<<dim3(grid_for(cols), unsigned(rows)), 256, 0, as_stream(l.stream)>>>(
-        src, ld_src, cols, dst, ld_dst);
+        src, ld_src, cols, dst, ld_dst, dst_row0);
   });
   NIBBLE_CUDA_CHECK_LAUNCH();
 }

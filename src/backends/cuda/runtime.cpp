@@ -4,12 +4,15 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <mutex>
 #include <string>
 #include <vector>
 
 #include "backends/cuda/check.h"
+#include "nibble/thread_pool.h"
 
 namespace nibble::cuda {
 
@@ -145,10 +148,94 @@ void memcpy_async(void* dst, const void* src, size_t n, int kind, int device, vo
   NIBBLE_CUDA_CHECK(cudaMemcpyAsync(dst, src, n, kind_of(kind), static_cast<cudaStream_t>(stream)));
 }
 
+namespace {
+
+// Large uploads from pageable (e.g. mmap'd) memory go through two pinned staging buffers: the
+// host threads copy chunk i + 1 into one while the DMA engine moves chunk i out of the other,
+// so disk/page cache, host copy and PCIe overlap instead of running one after the other.
+constexpr size_t kStageBytes = size_t(32) << 20;
+
+struct Staging {
+  void* buf[2] = {nullptr, nullptr};
+  cudaEvent_t done[2] = {nullptr, nullptr};
+  int device = -1;
+  ~Staging() {
+    for (int i = 0; i < 2; ++i) {
+      if (buf[i]) cudaFreeHost(buf[i]);
+      if (done[i]) cudaEventDestroy(done[i]);
+    }
+  }
+};
+
+bool is_pinned(const void* p) {
+  cudaPointerAttributes a{};
+  if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  return a.type == cudaMemoryTypeHost;
+}
+
+void upload_staged(void* dst, const void* src, size_t n, int device, cudaStream_t st) {
+  thread_local Staging s;
+  if (s.device != device) {
+    for (int i = 0; i < 2; ++i) {
+      if (!s.buf[i]) NIBBLE_CUDA_CHECK(cudaMallocHost(&s.buf[i], kStageBytes));
+      if (s.done[i]) cudaEventDestroy(s.done[i]);
+      NIBBLE_CUDA_CHECK(cudaEventCreateWithFlags(&s.done[i], cudaEventDisableTiming));
+    }
+    s.device = device;
+  }
+  const char* from = static_cast<const char*>(src);
+  char* to = static_cast<char*>(dst);
+  int b = 0;
+  for (size_t off = 0; off < n; off += kStageBytes, b ^= 1) {
+    const size_t len = std::min(kStageBytes, n - off);
+    NIBBLE_CUDA_CHECK(cudaEventSynchronize(s.done[b]));  // the DMA out of this buffer has finished
+    char* stage = static_cast<char*>(s.buf[b]);
+    const int64_t piece = int64_t(1) << 20;
+    parallel_for((int64_t(len) + piece - 1) / piece, 1, [&](int64_t p0, int64_t p1) {
+      const size_t a = size_t(p0 * piece), e = std::min(len, size_t(p1 * piece));
+      std::memcpy(stage + a, from + off + a, e - a);
+    });
+    NIBBLE_CUDA_CHECK(cudaMemcpyAsync(to + off, stage, len, cudaMemcpyHostToDevice, st));
+    NIBBLE_CUDA_CHECK(cudaEventRecord(s.done[b], st));
+  }
+}
+
+}  // namespace
+
 void memcpy_sync(void* dst, const void* src, size_t n, int kind, int device) {
   void* st = thread_stream(device);
-  memcpy_async(dst, src, n, kind, device, st);
+  if (kind == 0 && n >= 2 * kStageBytes && !is_pinned(src)) {
+    NIBBLE_CUDA_CHECK(cudaSetDevice(device));
+    upload_staged(dst, src, n, device, static_cast<cudaStream_t>(st));
+  } else {
+    memcpy_async(dst, src, n, kind, device, st);
+  }
   NIBBLE_CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(st)));
+}
+
+void graph_capture_begin(void* stream) {
+  NIBBLE_CUDA_CHECK(cudaStreamBeginCapture(static_cast<cudaStream_t>(stream), cudaStreamCaptureModeThreadLocal));
+}
+
+void* graph_capture_end(void* stream) {
+  cudaGraph_t g = nullptr;
+  NIBBLE_CUDA_CHECK(cudaStreamEndCapture(static_cast<cudaStream_t>(stream), &g));
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t err = cudaGraphInstantiate(&exec, g, 0);
+  cudaGraphDestroy(g);
+  NIBBLE_CUDA_CHECK(err);
+  return exec;
+}
+
+void graph_launch(void* exec, void* stream) {
+  NIBBLE_CUDA_CHECK(cudaGraphLaunch(static_cast<cudaGraphExec_t>(exec), static_cast<cudaStream_t>(stream)));
+}
+
+void graph_destroy(void* exec) noexcept {
+  if (exec) cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(exec));
 }
 
 }  // namespace nibble::cuda

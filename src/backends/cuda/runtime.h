@@ -45,4 +45,11 @@ void memcpy_sync(void* dst, const void* src, size_t n, int kind, int device);
 // Enqueued on `stream` without waiting (host memory must be pinned to overlap).
 void memcpy_async(void* dst, const void* src, size_t n, int kind, int device, void* stream);
 
+// CUDA graphs of one stream's work (a decode step): capture what the calling thread enqueues
+// on `stream` between begin and end (nothing may synchronise in between), then replay it.
+void graph_capture_begin(void* stream);
+void* graph_capture_end(void* stream);  // the instantiated graph (cudaGraphExec_t)
+void graph_launch(void* exec, void* stream);
+void graph_destroy(void* exec) noexcept;
+
 }  // namespace nibble::cuda

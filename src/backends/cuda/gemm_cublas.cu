@@ -1,0 +1,257 @@
+// Prefill-shaped linear through cuBLAS (gemm_cublas.h). Workspace layout, each part 256-byte
+// aligned: [W scratch: N x K compute dtype (4-bit only)] [x scratch: M x K compute dtype (16-bit
+// compute only)]. out [M, N] f32 row-major = xs [M, K] . Ws[N, K]^T, which cuBLAS (column-major)
+// computes as out^T [N, M] = op_T(Ws as K x N) . xs as K x M.
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <map>
+#include <type_traits>
+
+#include "backends/cuda/check.h"
+#include "backends/cuda/gemm_cublas.h"
+#include "backends/cuda/linear_cuda.h"
+#include "backends/cuda/quant_device.cuh"
+#include "nibble/error.h"
+
+namespace nibble::cuda {
+namespace {
+
+#define NIBBLE_CUBLAS_CHECK(call)                                                                        \
+  do {                                                                                                   \
+    cublasStatus_t st_ = (call);                                                                         \
+    if (st_ != CUBLAS_STATUS_SUCCESS)                                                                    \
+      throw ::nibble::Error(::nibble::detail::str("cuBLAS error ", int(st_), " (", cublasGetStatusString(st_), \
+                                                  ") in ", #call));                                      \
+  } while (0)
+
+// One handle per (thread, device), created on first use; its stream is set per call.
+cublasHandle_t handle_for(int device) {
+  thread_local std::map<int, cublasHandle_t> handles;
+  auto it = handles.find(device);
+  if (it != handles.end()) return it->second;
+  cublasHandle_t h = nullptr;
+  NIBBLE_CUBLAS_CHECK(cublasCreate(&h));
+  // default math: tensor cores for 16-bit inputs; f32 inputs stay f32 (TF32 only on request)
+  NIBBLE_CUBLAS_CHECK(cublasSetMathMode(h, CUBLAS_DEFAULT_MATH));
+  handles[device] = h;
+  return h;
+}
+
+size_t align256(size_t n) {
+  return (n + 255) / 256 * 256;
+}
+
+template <class CT>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+  uint32_t r;
+  if constexpr (std::is_same_v<CT, dev::BF16>) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    r = *reinterpret_cast<uint32_t*>(&v);
+  } else {
+    __half2 v = __floats2half2_rn(lo, hi);
+    r = *reinterpret_cast<uint32_t*>(&v);
+  }
+  return r;
+}
+
+template <class CT>
+__device__ __forceinline__ float round_ct(float v) {
+  if constexpr (std::is_same_v<CT, dev::BF16>)
+    return __bfloat162float(__float2bfloat16_rn(v));
+  else if constexpr (std::is_same_v<CT, dev::F16>)
+    return __half2float(__float2half_rn(v));
+  else
+    return v;
+}
+
+struct Q4 {
+  const uint8_t* packed;
+  const float* absmax;
+  const uint8_t* absmax_q;
+  const float* absmax2;
+  const float* code2;
+  const float* quant_map;
+  float offset;
+  int bs_log2;
+  int64_t nested_bs;
+};
+
+// 32 codes (16 bytes) a thread, all in one absmax block: out = round(lut[code] * absmax) in CT
+// (f32 CT: the f32 product), as dequantize_4bit computes it.
+template <class CT>
+__global__ void dequant4_kernel(Q4 q, int64_t n32, void* out) {
+  __shared__ float lut[16];
+  if (threadIdx.x < 16) lut[threadIdx.x] = q.quant_map[threadIdx.x];
+  __syncthreads();
+  for (int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; c < n32; c += int64_t(gridDim.x) * blockDim.x) {
+    const uint4 raw = __ldg(reinterpret_cast<const uint4*>(q.packed) + c);
+    const int64_t b = (c * 32) >> q.bs_log2;
+    float am;
+    if (q.absmax) {
+      am = __ldg(q.absmax + b);
+    } else {
+      am = dev::mul_ftz(__ldg(q.code2 + __ldg(q.absmax_q + b)), __ldg(q.absmax2 + b / q.nested_bs)) + q.offset;
+    }
+    const uint32_t u[4] = {raw.x, raw.y, raw.z, raw.w};
+    if constexpr (std::is_same_v<CT, dev::F32>) {
+      float4* o = reinterpret_cast<float4*>(out) + c * 8;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        float v[8];
+#pragma unroll
+        for (int b8 = 0; b8 < 4; ++b8) {
+          const uint32_t byte = (u[j] >> (8 * b8)) & 0xffu;
+          v[2 * b8] = dev::mul_ftz(lut[byte >> 4], am);
+          v[2 * b8 + 1] = dev::mul_ftz(lut[byte & 15u], am);
+        }
+        o[2 * j] = make_float4(v[0], v[1], v[2], v[3]);
+        o[2 * j + 1] = make_float4(v[4], v[5], v[6], v[7]);
+      }
+    } else {
+      uint4* o = reinterpret_cast<uint4*>(out) + c * 4;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        uint32_t p[4];
+#pragma unroll
+        for (int b8 = 0; b8 < 4; ++b8) {
+          const uint32_t byte = (u[j] >> (8 * b8)) & 0xffu;
+          p[b8] = pack2<CT>(dev::mul_ftz(lut[byte >> 4], am), dev::mul_ftz(lut[byte & 15u], am));
+        }
+        o[j] = make_uint4(p[0], p[1], p[2], p[3]);
+      }
+    }
+  }
+}
+
+// xs = round(x) in CT, 2 values a thread.
+template <class CT>
+__global__ void round_x_kernel(const float* __restrict__ x, int64_t n2, uint32_t* __restrict__ xs) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n2; i += int64_t(gridDim.x) * blockDim.x) {
+    const float2 v = __ldg(reinterpret_cast<const float2*>(x) + i);
+    xs[i] = pack2<CT>(v.x, v.y);
+  }
+}
+
+__device__ __forceinline__ float load_bias(const void* bias, int bdt, int64_t n) {
+  if (bdt == 1) return dev::load1<dev::F16>(bias, n);
+  if (bdt == 2) return dev::load1<dev::BF16>(bias, n);
+  return dev::load1<dev::F32>(bias, n);
+}
+
+// out[m, n] = round(out[m, n] + round(bias[n])).
+template <class CT>
+__global__ void epilogue_kernel(float* __restrict__ out, int64_t M, int64_t N, const void* bias, int bdt) {
+  const int64_t total = M * N;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    float v = out[i];
+    if (bias) v += round_ct<CT>(load_bias(bias, bdt, i % N));
+    out[i] = round_ct<CT>(v);
+  }
+}
+
+unsigned grid_for(int64_t n, int threads) {
+  const int64_t b = (n + threads - 1) / threads;
+  return unsigned(b < 4096 ? (b > 0 ? b : 1) : 4096);
+}
+
+cudaDataType_t cuda_type(DType dt) {
+  return dt == DType::BF16 ? CUDA_R_16BF : dt == DType::F16 ? CUDA_R_16F : CUDA_R_32F;
+}
+
+template <class F>
+void with_ct(DType ct, F&& f) {
+  if (ct == DType::BF16) return f(dev::BF16{});
+  if (ct == DType::F16) return f(dev::F16{});
+  return f(dev::F32{});
+}
+
+bool aligned16(const void* p) {
+  return reinterpret_cast<uintptr_t>(p) % 16 == 0;
+}
+
+bool is_float_dt(DType dt) {
+  return dt == DType::F32 || dt == DType::F16 || dt == DType::BF16;
+}
+
+// out = xs . Ws^T (f32 result), then the epilogue.
+void gemm_and_finish(const Launch& l, const void* xs, const void* ws, DType ab_dt, int64_t M, int64_t K, int64_t N,
+                     const void* bias, int bdt, DType ct, float* out) {
+  cublasHandle_t h = handle_for(l.device);
+  NIBBLE_CUBLAS_CHECK(cublasSetStream(h, l.stream));
+  const float alpha = 1.0f, beta = 0.0f;
+  NIBBLE_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, int(N), int(M), int(K), &alpha, ws,
+                                   cuda_type(ab_dt), int(K), xs, cuda_type(ab_dt), int(K), &beta, out, CUDA_R_32F,
+                                   int(N), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  if (bias || ct != DType::F32)
+    with_ct(ct, [&](auto c) {
+      epilogue_kernel<decltype(c)><<<grid_for(M * N, 256), 256, 0, l.stream>>>(out, M, N, bias, bdt);
+      NIBBLE_CUDA_CHECK_LAUNCH();
+    });
+}
+
+// x rounded to ct into xs (16-bit ct); f32 ct uses x itself.
+const void* rounded_x(const Launch& l, const float* x, int64_t M, int64_t K, DType ct, void* xs) {
+  if (ct == DType::F32) return x;
+  with_ct(ct, [&](auto c) {
+    if constexpr (!std::is_same_v<decltype(c), dev::F32>) {
+      round_x_kernel<decltype(c)>
+          <<<grid_for(M * K / 2, 256), 256, 0, l.stream>>>(x, M * K / 2, static_cast<uint32_t*>(xs));
+      NIBBLE_CUDA_CHECK_LAUNCH();
+    }
+  });
+  return xs;
+}
+
+bool gemm_shape_ok(int64_t M, int64_t K, int64_t N) {
+  return M > 16 && K % 32 == 0 && K <= (int64_t(1) << 30) && N <= (int64_t(1) << 30) && M <= (int64_t(1) << 30);
+}
+
+}  // namespace
+
+size_t gemm_4bit_workspace_bytes(int64_t M, int64_t K, int64_t N, DType ct) {
+  if (!gemm_shape_ok(M, K, N) || !is_float_dt(ct)) return 0;
+  const size_t e = size_t(dtype_nbytes(ct, 1));
+  return align256(size_t(N * K) * e) + (ct == DType::F32 ? 0 : align256(size_t(M * K) * e));
+}
+
+size_t gemm_fp_workspace_bytes(int64_t M, int64_t K, int64_t N, DType wdt, DType round_to) {
+  if (!gemm_shape_ok(M, K, N) || wdt != round_to || !is_float_dt(wdt)) return 0;
+  return wdt == DType::F32 ? 0 : align256(size_t(M * K) * size_t(dtype_nbytes(wdt, 1)));
+}
+
+bool gemm_4bit(const Launch& l, const float* x, int64_t M, int64_t K, const Quant4Weight& w, int64_t N,
+               const void* bias, int bias_code, DType ct, float* out) {
+  const size_t need = gemm_4bit_workspace_bytes(M, K, N, ct);
+  if (need == 0 || l.workspace_bytes < need || w.blocksize < 32 || !aligned16(w.packed) || !aligned16(x) ||
+      !aligned16(l.workspace))
+    return false;
+  Q4 q{w.packed, w.absmax, w.absmax_q, w.absmax2, w.code2, w.quant_map, w.offset, 0, w.nested_blocksize};
+  while ((int64_t(1) << q.bs_log2) < w.blocksize) ++q.bs_log2;
+  char* ws = static_cast<char*>(l.workspace);
+  const size_t e = size_t(dtype_nbytes(ct, 1));
+  void* wscratch = ws;
+  void* xs = ws + align256(size_t(N * K) * e);
+  const int64_t n32 = N * K / 32;
+  with_ct(ct, [&](auto c) {
+    dequant4_kernel<decltype(c)><<<grid_for(n32, 256), 256, 0, l.stream>>>(q, n32, wscratch);
+    NIBBLE_CUDA_CHECK_LAUNCH();
+  });
+  const void* xr = rounded_x(l, x, M, K, ct, xs);
+  gemm_and_finish(l, xr, wscratch, ct, M, K, N, bias, bias_code, ct, out);
+  return true;
+}
+
+bool gemm_fp(const Launch& l, const float* x, int64_t M, int64_t K, const void* w, DType wdt, int64_t N,
+             const void* bias, int bias_code, DType round_to, float* out) {
+  if (!gemm_shape_ok(M, K, N) || wdt != round_to || !is_float_dt(wdt) || !aligned16(x) || !aligned16(w)) return false;
+  const size_t need = gemm_fp_workspace_bytes(M, K, N, wdt, round_to);
+  if (l.workspace_bytes < need || (need && !aligned16(l.workspace))) return false;
+  const void* xr = rounded_x(l, x, M, K, wdt, l.workspace);
+  gemm_and_finish(l, xr, w, wdt, M, K, N, bias, bias_code, wdt, out);
+  return true;
+}
+
+}  // namespace nibble::cuda

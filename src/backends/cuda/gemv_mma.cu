@@ -1,0 +1,408 @@
+// Decode-shaped linear on the tensor cores (gemv_mma.h). One warp computes a 16-row tile of W
+// against up to 16 rows of x over a slice of K with mma.m16n8k16 (f32 accumulation):
+//
+//   A (16 x 16, row-major) = W rows n0..n0+15      thread (g = lane/4, q = lane%4) holds rows
+//   B (16 x 8,  col-major) = x rows 0..7 (8..15)     g and g+8 of A, x row g (g+8) of B
+//   D (16 x 8)             = out^T tile            rows n0+g, n0+g+8; x rows 2q, 2q+1
+//
+// The mma's k order is free as long as A and B agree: thread q of a quad loads 16 bytes of
+// its two W rows at window offset q * 16 bytes, i.e. 32 consecutive 4-bit codes (8 16-bit
+// values), and feeds them to 8 (2) k-steps, 4 physical k a step; the B fragment takes x at the
+// same 4 physical k. So a warp's loads are 4 x 16 B contiguous per row, and W streams once.
+//
+//   4-bit: byte j of the load holds codes k = 2j (high nibble) and 2j+1 (low nibble); step s
+//          uses bytes 2s, 2s+1 -> a0 = (k, k+1) of row g, a2 = (k+2, k+3), a1/a3 row g+8.
+//          The 32 codes lie in one absmax block (blocksizes >= 32, K % 128 == 0), decoded once.
+//   16-bit: words 2s, 2s+1 of the load are (k, k+1), (k+2, k+3): used as stored.
+//
+// Warps of a block split K (KS slices) over RG = 8 / KS row tiles; slices are summed in a fixed
+// order through shared memory, so results are deterministic.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdlib>
+#include <mutex>
+#include <set>
+#include <utility>
+#include <type_traits>
+
+#include "backends/cuda/check.h"
+#include "backends/cuda/gemv_mma.h"
+#include "backends/cuda/linear_cuda.h"
+#include "backends/cuda/quant_device.cuh"
+
+namespace nibble::cuda {
+namespace {
+
+constexpr int kWarps = 8;
+constexpr int kUnroll = 4;  // 16-byte W loads in flight per row per thread
+constexpr size_t kMaxXsBytes = size_t(64) << 10;  // x staged in shared memory up to this size
+
+template <class CT>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+  uint32_t r;
+  if constexpr (std::is_same_v<CT, dev::BF16>) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (low half) = lo
+    r = *reinterpret_cast<uint32_t*>(&v);
+  } else {
+    __half2 v = __floats2half2_rn(lo, hi);
+    r = *reinterpret_cast<uint32_t*>(&v);
+  }
+  return r;
+}
+
+template <class CT>
+__device__ __forceinline__ float round_ct(float v) {
+  if constexpr (std::is_same_v<CT, dev::BF16>)
+    return __bfloat162float(__float2bfloat16_rn(v));
+  else
+    return __half2float(__float2half_rn(v));
+}
+
+template <class CT>
+__device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  if constexpr (std::is_same_v<CT, dev::BF16>)
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  else
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// A streamed weight load: read once, so kept out of L1 (x lives there).
+__device__ __forceinline__ uint4 ld_stream(const void* p) {
+  uint4 r;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+               : "l"(p));
+  return r;
+}
+
+__device__ __forceinline__ uint32_t word(const uint4& v, int i) {
+  return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+}
+
+struct Args {
+  const float* x;
+  int M;
+  int64_t K, N;
+  const void* w;  // packed 4-bit codes, or 16-bit W
+  // 4-bit state
+  const float* absmax;  // plain, or nullptr when nested
+  const uint8_t* absmax_q;
+  const float* absmax2;
+  const float* code2;
+  const float* quant_map;
+  float offset;
+  int bs_log2;
+  int nbs_log2;  // nested blocksize as a shift, -1 when not a power of two
+  int64_t nested_bs;
+  // output
+  const void* bias;
+  int bdt;
+  float* out;
+  int ks;  // K slices per row tile (1, 2, 4, 8)
+};
+
+__device__ __forceinline__ float load_bias(const void* bias, int bdt, int64_t n) {
+  if (bdt == 1) return dev::load1<dev::F16>(bias, n);
+  if (bdt == 2) return dev::load1<dev::BF16>(bias, n);
+  return dev::load1<dev::F32>(bias, n);
+}
+
+// B fragment of x row m at physical k (4 consecutive values), rounded to CT; zero rows >= M.
+template <class CT>
+__device__ __forceinline__ void x_frag(const float* __restrict__ x, int64_t K, bool live, int m, int64_t k,
+                                       uint32_t& b0, uint32_t& b1) {
+  if (live) {
+    const float4 v = __ldg(reinterpret_cast<const float4*>(x + m * K + k));
+    b0 = pack2<CT>(v.x, v.y);
+    b1 = pack2<CT>(v.z, v.w);
+  } else {
+    b0 = b1 = 0u;
+  }
+}
+
+// U consecutive 16-byte loads of the thread's two W rows (and their absmax for 4-bit).
+template <int U>
+struct Stage {
+  uint4 wa[U], wb[U];
+  float ama[U], amb[U];
+};
+
+// FOUR: 4-bit codes (32 a load) or 16-bit W (8 a load). NT: x tiles of 8 rows (1 or 2).
+// U: loads a row per stage; PIPE: the next stage's loads are issued before this stage's math
+// (two stages in registers), else one stage is loaded, then used.
+// XS: x rounded to CT once per block into shared memory as value pairs, row stride K/2 + 4
+// words (rows < M only), so a k-step's B fragment is one 8-byte shared load.
+template <bool FOUR, int NT, class CT, int U, bool PIPE, bool XS>
+__global__ void __launch_bounds__(kWarps * 32, 2) gemv_mma_kernel(Args a) {
+  extern __shared__ uint32_t xs[];
+  constexpr int kVals = FOUR ? 32 : 8;   // values per 16-byte load
+  constexpr int kSteps = kVals / 4;      // mma k-steps per load
+  constexpr int64_t kWin = 4 * kVals;    // k covered by a quad's loads
+  __shared__ float lut[16];
+  __shared__ float code2[256];
+  __shared__ float red[kWarps][32][4 * NT];
+  const int tid = threadIdx.x;
+  if constexpr (FOUR) {
+    if (tid < 16) lut[tid] = a.quant_map[tid];
+    if (!a.absmax) code2[tid] = a.code2[tid];  // blockDim == 256
+  }
+  const int64_t xhalf = a.K / 2, xstride = xhalf + 4;
+  if constexpr (XS) {
+    const int rows = a.M < 8 * NT ? a.M : 8 * NT;
+    for (int m = 0; m < rows; ++m)
+      for (int64_t p = tid; p < xhalf; p += kWarps * 32) {
+        const float2 v = __ldg(reinterpret_cast<const float2*>(a.x + m * a.K) + p);
+        xs[m * xstride + p] = pack2<CT>(v.x, v.y);
+      }
+  }
+  __syncthreads();
+
+  const int warp = tid / 32, lane = tid % 32, g = lane / 4, q = lane % 4;
+  const int RG = kWarps / a.ks;
+  const int rt = warp % RG, ks = warp / RG;
+  const int64_t n0 = (int64_t(blockIdx.x) * RG + rt) * 16;
+  const int64_t N = a.N, K = a.K;
+  const int64_t ra = min(n0 + g, N - 1), rb = min(n0 + g + 8, N - 1);  // clamped: rows >= N unused
+  const int64_t iters = K / kWin;
+  const int64_t i0 = iters * ks / a.ks, i1 = iters * (ks + 1) / a.ks;
+  const bool live0 = g < a.M, live1 = g + 8 < a.M;
+  const char* wbase = static_cast<const char*>(a.w);
+  constexpr int kElemBytesNum = FOUR ? 1 : 2, kElemBytesDen = FOUR ? 2 : 1;  // bytes per element
+
+  float d[NT][4] = {};
+  auto load = [&](Stage<U>& st, int64_t it) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      if (it + u >= i1) break;
+      const int64_t k = (it + u) * kWin + q * kVals;
+      const int64_t ea = ra * K + k, eb = rb * K + k;  // flat element index
+      st.wa[u] = ld_stream(wbase + ea * kElemBytesNum / kElemBytesDen);
+      st.wb[u] = ld_stream(wbase + eb * kElemBytesNum / kElemBytesDen);
+      if constexpr (FOUR) {
+        const int64_t ba = ea >> a.bs_log2, bb = eb >> a.bs_log2;
+        if (a.absmax) {
+          st.ama[u] = __ldg(a.absmax + ba);
+          st.amb[u] = __ldg(a.absmax + bb);
+        } else {
+          const int64_t na = a.nbs_log2 >= 0 ? ba >> a.nbs_log2 : ba / a.nested_bs;
+          const int64_t nb = a.nbs_log2 >= 0 ? bb >> a.nbs_log2 : bb / a.nested_bs;
+          st.ama[u] = dev::mul_ftz(code2[__ldg(a.absmax_q + ba)], __ldg(a.absmax2 + na)) + a.offset;
+          st.amb[u] = dev::mul_ftz(code2[__ldg(a.absmax_q + bb)], __ldg(a.absmax2 + nb)) + a.offset;
+        }
+      }
+    }
+  };
+  auto compute = [&](const Stage<U>& st, int64_t it) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      if (it + u >= i1) break;
+      const int64_t kq = (it + u) * kWin + q * kVals;
+#pragma unroll
+      for (int s = 0; s < kSteps; ++s) {
+        uint32_t af[4];
+        if constexpr (FOUR) {
+          // bytes j, j + 1 (j = 2 (s % 2)) of word s / 2. Each nibble times 4 (a byte offset into
+          // lut) sits in its own byte of hi4 / lo4, so a code costs one byte select.
+          const int j = 2 * (s % 2);  // a constant once the loop is unrolled
+          const uint32_t wa = word(st.wa[u], s / 2), wb = word(st.wb[u], s / 2);
+          const uint32_t hia = (wa >> 2) & 0x3c3c3c3cu, loa = (wa << 2) & 0x3c3c3c3cu;
+          const uint32_t hib = (wb >> 2) & 0x3c3c3c3cu, lob = (wb << 2) & 0x3c3c3c3cu;
+          const char* lb = reinterpret_cast<const char*>(lut);
+          auto T = [&](uint32_t v, int byte, float am) {
+            const uint32_t off = __byte_perm(v, 0u, 0x4440u | unsigned(byte));
+            return dev::mul_ftz(*reinterpret_cast<const float*>(lb + off), am);
+          };
+          const float A = st.ama[u], B = st.amb[u];
+          af[0] = pack2<CT>(T(hia, j, A), T(loa, j, A));
+          af[2] = pack2<CT>(T(hia, j + 1, A), T(loa, j + 1, A));
+          af[1] = pack2<CT>(T(hib, j, B), T(lob, j, B));
+          af[3] = pack2<CT>(T(hib, j + 1, B), T(lob, j + 1, B));
+        } else {
+          af[0] = word(st.wa[u], 2 * s);
+          af[2] = word(st.wa[u], 2 * s + 1);
+          af[1] = word(st.wb[u], 2 * s);
+          af[3] = word(st.wb[u], 2 * s + 1);
+        }
+        const int64_t kp = kq + 4 * s;
+        uint32_t b0, b1;
+        if constexpr (XS) {
+          const uint2 v0 = live0 ? *reinterpret_cast<const uint2*>(xs + g * xstride + kp / 2) : make_uint2(0u, 0u);
+          mma<CT>(d[0], af, v0.x, v0.y);
+          if constexpr (NT == 2) {
+            const uint2 v1 =
+                live1 ? *reinterpret_cast<const uint2*>(xs + (g + 8) * xstride + kp / 2) : make_uint2(0u, 0u);
+            mma<CT>(d[NT - 1], af, v1.x, v1.y);
+          }
+        } else {
+          x_frag<CT>(a.x, K, live0, g, kp, b0, b1);
+          mma<CT>(d[0], af, b0, b1);
+          if constexpr (NT == 2) {
+            x_frag<CT>(a.x, K, live1, g + 8, kp, b0, b1);
+            mma<CT>(d[NT - 1], af, b0, b1);
+          }
+        }
+      }
+    }
+  };
+  if constexpr (PIPE) {
+    Stage<U> s0, s1;
+    if (i0 < i1) load(s0, i0);
+    for (int64_t it = i0; it < i1; it += 2 * U) {
+      if (it + U < i1) load(s1, it + U);
+      compute(s0, it);
+      if (it + U >= i1) break;
+      if (it + 2 * U < i1) load(s0, it + 2 * U);
+      compute(s1, it + U);
+    }
+  } else {
+    for (int64_t it = i0; it < i1; it += U) {
+      Stage<U> st;
+      load(st, it);
+      compute(st, it);
+    }
+  }
+
+  // sum the K slices of each row tile in slice order
+#pragma unroll
+  for (int t = 0; t < NT; ++t)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) red[warp][lane][4 * t + j] = d[t][j];
+  __syncthreads();
+  if (ks != 0) return;
+  for (int s = 1; s < a.ks; ++s)
+#pragma unroll
+    for (int t = 0; t < NT; ++t)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) d[t][j] += red[rt + s * RG][lane][4 * t + j];
+#pragma unroll
+  for (int t = 0; t < NT; ++t)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int64_t n = n0 + g + (j >= 2 ? 8 : 0);
+      const int m = 8 * t + 2 * q + (j & 1);
+      if (n >= N || m >= a.M) continue;
+      float v = d[t][j];
+      if (a.bias) v += round_ct<CT>(load_bias(a.bias, a.bdt, n));
+      a.out[int64_t(m) * N + n] = round_ct<CT>(v);
+    }
+}
+
+bool aligned16(const void* p) {
+  return reinterpret_cast<uintptr_t>(p) % 16 == 0;
+}
+
+// Once per (kernel, device): allow kMaxXsBytes of dynamic shared memory.
+void allow_xs_bytes(const void* kernel, int device) {
+  static std::mutex mu;
+  static std::set<std::pair<const void*, int>> done;
+  std::lock_guard<std::mutex> lock(mu);
+  if (!done.insert({kernel, device}).second) return;
+  NIBBLE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kMaxXsBytes)));
+}
+
+// K slices per 16-row tile: enough warps to keep HBM busy, at least 2 loads per slice.
+int pick_slices(int64_t N, int64_t iters) {
+  const int64_t tiles = (N + 15) / 16;
+  int ks = 1;
+  while (ks < kWarps && tiles * ks < 4096 && iters >= 4 * ks) ks *= 2;
+  return ks;
+}
+
+template <bool FOUR>
+void launch(const Launch& l, Args a, DType ct) {
+  const int64_t win = FOUR ? 128 : 32;
+  a.ks = pick_slices(a.N, a.K / win);
+  const int rg = kWarps / a.ks;
+  const dim3 grid(unsigned((a.N + 16 * rg - 1) / (16 * rg)));
+  // NIBBLE_GEMV_VARIANT (benchmarking): 0 one stage of 4 loads, 1 pipelined 2 x 2, 2 pipelined
+  // 2 x 4, 3 like 0 with x read from global memory
+  static const int variant = [] {
+    const char* e = std::getenv("NIBBLE_GEMV_VARIANT");
+    return e ? std::atoi(e) : 0;
+  }();
+  // x in shared memory when its rows fit in kMaxXsBytes (4-bit weights: the B fragments would
+  // otherwise cost a global load and two conversions per k-step)
+  const int xrows = a.M < 8 ? a.M : 16;
+  const size_t xs_bytes = size_t(xrows) * size_t(a.K / 2 + 4) * 4;
+  const bool xs = FOUR && xs_bytes <= kMaxXsBytes && variant != 3;
+  auto go = [&](auto nt, auto ctag) {
+    constexpr int kNt = decltype(nt)::value;
+    using C = decltype(ctag);
+    auto run = [&](void (*kernel)(Args), bool with_xs) {
+      if (with_xs) allow_xs_bytes(reinterpret_cast<const void*>(kernel), l.device);
+      kernel<<<grid, kWarps * 32, with_xs ? xs_bytes : 0, l.stream>>>(a);
+    };
+    if constexpr (FOUR) {
+      if (xs) {
+        if (variant == 1)
+          run(gemv_mma_kernel<FOUR, kNt, C, 2, true, true>, true);
+        else if (variant == 2)
+          run(gemv_mma_kernel<FOUR, kNt, C, 4, true, true>, true);
+        else
+          run(gemv_mma_kernel<FOUR, kNt, C, kUnroll, false, true>, true);
+        return;
+      }
+    }
+    run(gemv_mma_kernel<FOUR, kNt, C, kUnroll, false, false>, false);
+  };
+  if (ct == DType::BF16) {
+    if (a.M <= 8)
+      go(std::integral_constant<int, 1>{}, dev::BF16{});
+    else
+      go(std::integral_constant<int, 2>{}, dev::BF16{});
+  } else {
+    if (a.M <= 8)
+      go(std::integral_constant<int, 1>{}, dev::F16{});
+    else
+      go(std::integral_constant<int, 2>{}, dev::F16{});
+  }
+  NIBBLE_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+bool gemv_mma_4bit_ok(int64_t M, int64_t K, const Quant4Weight& w, DType ct, const float* x) {
+  return M >= 1 && M <= 16 && K % 128 == 0 && (ct == DType::BF16 || ct == DType::F16) && w.blocksize >= 32 &&
+         aligned16(w.packed) && aligned16(x);
+}
+
+bool gemv_mma_fp_ok(int64_t M, int64_t K, const void* w, DType wdt, DType round_to, const float* x) {
+  return M >= 1 && M <= 16 && K % 32 == 0 && (wdt == DType::BF16 || wdt == DType::F16) && round_to == wdt &&
+         aligned16(w) && aligned16(x);
+}
+
+void gemv_mma_4bit(const Launch& l, const float* x, int64_t M, int64_t K, const Quant4Weight& w, int64_t N,
+                   const void* bias, int bias_code, DType ct, float* out) {
+  Args a{};
+  a.x = x, a.M = int(M), a.K = K, a.N = N, a.w = w.packed;
+  a.absmax = w.absmax, a.absmax_q = w.absmax_q, a.absmax2 = w.absmax2, a.code2 = w.code2;
+  a.quant_map = w.quant_map, a.offset = w.offset, a.nested_bs = w.nested_blocksize;
+  while ((int64_t(1) << a.bs_log2) < w.blocksize) ++a.bs_log2;
+  a.nbs_log2 = -1;
+  if (w.nested_blocksize > 0 && (w.nested_blocksize & (w.nested_blocksize - 1)) == 0) {
+    a.nbs_log2 = 0;
+    while ((int64_t(1) << a.nbs_log2) < w.nested_blocksize) ++a.nbs_log2;
+  }
+  a.bias = bias, a.bdt = bias_code, a.out = out;
+  launch<true>(l, a, ct);
+}
+
+void gemv_mma_fp(const Launch& l, const float* x, int64_t M, int64_t K, const void* w, DType wdt, int64_t N,
+                 const void* bias, int bias_code, float* out) {
+  Args a{};
+  a.x = x, a.M = int(M), a.K = K, a.N = N, a.w = w;
+  a.bias = bias, a.bdt = bias_code, a.out = out;
+  launch<false>(l, a, wdt);
+}
+
+}  // namespace nibble::cuda

@@ -347,3 +347,37 @@ TEST(FinetuneCli, ReproducesThePeftFixtureRun) {
     EXPECT_LT(d / m, 3e-4) << n;
   }
 }
+
+// Chat data from the command line: TinyStories given a chat template (a copy of its folder with
+// one added to tokenizer_config.json) trains on `messages`; a conversation without an assistant
+// turn is an error naming the line.
+TEST(FinetuneCli, ChatMessagesTrainOnAssistantTurns) {
+  test::TempDir tmp;
+  const fs::path src = tinystories(), model = tmp / "model";
+  fs::create_directories(model);
+  for (const char* f : {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json"})
+    fs::copy_file(src / f, model / f);
+  auto tc = nlohmann::json::parse(std::ifstream(src / "tokenizer_config.json"));
+  tc["chat_template"] =
+      "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}Question: {{ m['content'] }}\n"
+      "{% else %}Answer: {{ m['content'] }}{{ eos_token }}\n{% endif %}{% endfor %}"
+      "{% if add_generation_prompt %}Answer:{% endif %}";
+  std::ofstream(model / "tokenizer_config.json") << tc.dump();
+  std::string data;
+  for (int i = 0; i < 4; ++i)
+    data += nlohmann::json{{"messages",
+                            {{{"role", "user"}, {"content", "Who is Tom?"}},
+                             {{"role", "assistant"}, {"content", "Tom is a cat who likes to play."}}}}}
+                .dump() +
+            "\n";
+  write(tmp / "chat.jsonl", data);
+  auto r = run_cli({"finetune", model.string(), "--data", (tmp / "chat.jsonl").string(), "--output-dir",
+                    (tmp / "o").string(), "--max-steps", "3", "--learning-rate", "1e-3"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(nlohmann::json::parse(r.out)["global_step"], 3);
+  write(tmp / "bad.jsonl",
+        data + nlohmann::json{{"messages", {{{"role", "user"}, {"content", "Hi"}}}}}.dump() + "\n");
+  expect_error(run_cli({"finetune", model.string(), "--data", (tmp / "bad.jsonl").string(), "--output-dir",
+                        (tmp / "o2").string(), "--max-steps", "1"}),
+               "bad.jsonl:5: 'messages' has no assistant turn to learn from");
+}

@@ -212,18 +212,18 @@ Tensor CausalLM::Impl::attention_block(const Step& st, size_t li, const Tensor& 
   Tensor q = empty_like_rows(R, Hq * D, device), k = empty_like_rows(R, Hkv * D, device),
          v = empty_like_rows(R, Hkv * D, device);  // [R, H * D] each
   if (L.qkv.size() == 3) {
-    L.qkv[0].lin.forward(ctx, x, q);
-    L.qkv[1].lin.forward(ctx, x, k);
-    L.qkv[2].lin.forward(ctx, x, v);
+    L.qkv[0].forward(ctx, x, q);
+    L.qkv[1].forward(ctx, x, k);
+    L.qkv[2].forward(ctx, x, v);
   } else if (s.qkv == models::QkvKind::Concat) {
     Tensor y = empty_like_rows(R, (Hq + 2 * Hkv) * D, device);  // [R, (Hq + 2 Hkv) D]
-    L.qkv[0].lin.forward(ctx, x, y);
+    L.qkv[0].forward(ctx, x, y);
     ops::copy_(ctx, y.slice(1, 0, Hq * D), q);
     ops::copy_(ctx, y.slice(1, Hq * D, (Hq + Hkv) * D), k);
     ops::copy_(ctx, y.slice(1, (Hq + Hkv) * D, (Hq + 2 * Hkv) * D), v);
   } else {  // per head [q_h | k_h | v_h] (Hq == Hkv)
     Tensor y = empty_like_rows(R, Hq * 3 * D, device);  // [R, H * 3D]
-    L.qkv[0].lin.forward(ctx, x, y);
+    L.qkv[0].forward(ctx, x, y);
     Tensor yh = y.view({R * Hq, 3 * D});
     ops::copy_(ctx, yh.slice(1, 0, D), q.view({R * Hq, D}));
     ops::copy_(ctx, yh.slice(1, D, 2 * D), k.view({R * Hkv, D}));
@@ -269,7 +269,7 @@ Tensor CausalLM::Impl::attention_block(const Step& st, size_t li, const Tensor& 
                    a.slice(0, sg.row0, sg.row0 + sg.T).view({sg.T, Hq, D}));
   }
   Tensor o = empty_like_rows(R, C, device);  // [R, C]
-  L.o.lin.forward(ctx, a, o);
+  L.o.forward(ctx, a, o);
   if (L.post_attn_norm.defined()) {
     Tensor on = empty_like_rows(R, C, device);
     norm_into(L.post_attn_norm, o, on, st);
@@ -289,25 +289,25 @@ Tensor CausalLM::Impl::mlp_block(const Step& st, size_t li, const Tensor& x) con
     case models::MlpKind::Gated: {
       const int64_t F = L.mlp[0].lin.out_features();
       Tensor g = empty_like_rows(R, F, device), u = empty_like_rows(R, F, device);  // [R, F]
-      L.mlp[0].lin.forward(ctx, x, g);
-      L.mlp[1].lin.forward(ctx, x, u);
+      L.mlp[0].forward(ctx, x, g);
+      L.mlp[1].forward(ctx, x, u);
       ops::gated_activation(ctx, g, u, act, g);
-      L.mlp[2].lin.forward(ctx, g, out);
+      L.mlp[2].forward(ctx, g, out);
       break;
     }
     case models::MlpKind::GatedFused: {
       const int64_t F = L.mlp[0].lin.out_features() / 2;
       Tensor y = empty_like_rows(R, 2 * F, device), a = empty_like_rows(R, F, device);  // [R, 2F], [R, F]
-      L.mlp[0].lin.forward(ctx, x, y);
+      L.mlp[0].forward(ctx, x, y);
       ops::gated_activation(ctx, y.slice(1, 0, F), y.slice(1, F, 2 * F), act, a);
-      L.mlp[1].lin.forward(ctx, a, out);
+      L.mlp[1].forward(ctx, a, out);
       break;
     }
     case models::MlpKind::Plain: {
       Tensor u = empty_like_rows(R, L.mlp[0].lin.out_features(), device);  // [R, F]
-      L.mlp[0].lin.forward(ctx, x, u);
+      L.mlp[0].forward(ctx, x, u);
       ops::activate_(ctx, u, act);
-      L.mlp[1].lin.forward(ctx, u, out);
+      L.mlp[1].forward(ctx, u, out);
       break;
     }
   }
@@ -358,7 +358,7 @@ Tensor CausalLM::Impl::head_block(const Step& st, const Tensor& h, bool last_onl
   Tensor x = empty_like_rows(rows.size(0), C, device);
   norm_into(final_norm, rows, x, st);
   Tensor logits = out.defined() ? out : empty_like_rows(rows.size(0), V, device);  // [R or B, V]
-  lm_head.lin.forward(ctx, x, logits);
+  lm_head.forward(ctx, x, logits);
   if (final_softcap) ops::softcap_(ctx, logits, *final_softcap);
   return logits;
 }

@@ -16,6 +16,7 @@
 #include "nibble/safetensors.h"
 #include "core/exec_context.h"
 #include "nn/linear.h"
+#include "nn/lora.h"
 #include "ops/nn_ops.h"
 
 namespace nibble {
@@ -28,6 +29,13 @@ struct Norm {
 struct NamedLinear {
   std::string name;  // module path, e.g. model.layers.0.self_attn.q_proj
   nn::Linear lin;
+  nn::LoraWeights lora;  // an attached LoRA adapter (PeftModel), or none
+
+  // out = lin(x) + the LoRA term when an adapter is attached (inference: no dropout).
+  void forward(ExecContext& ctx, const Tensor& x, const Tensor& out) const {
+    lin.forward(ctx, x, out);
+    if (lora.defined()) nn::lora_add(ctx, lora, x, out);
+  }
 };
 
 struct DecoderLayer {

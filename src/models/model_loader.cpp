@@ -92,7 +92,7 @@ struct Loader {
 
   // module: tensor prefix in the file; module_name: transformers' module path when it differs.
   NamedLinear linear(const std::string& module, int64_t out, int64_t in, const std::string& module_name = "") {
-    NamedLinear nl{module_name.empty() ? module : module_name, {}};
+    NamedLinear nl{module_name.empty() ? module : module_name, {}, {}};
     Tensor bias = take_opt(module + ".bias");
     if (bias.defined()) expect_shape(bias, {out}, module + ".bias");
     std::string w = module + ".weight";
@@ -294,7 +294,7 @@ CausalLM load(const std::filesystem::path& dir, const LoadOptions& opts) {
   if (src.has(head + ".weight")) {
     m.lm_head = L.linear(head, V, C, spec.lm_head);
   } else if (c.tie_word_embeddings) {
-    m.lm_head = NamedLinear{spec.lm_head, nn::Linear::fp(m.embed, Tensor())};
+    m.lm_head = NamedLinear{spec.lm_head, nn::Linear::fp(m.embed, Tensor()), {}};
   } else {
     throw FormatError(str("checkpoint lacks tensor '", head, ".weight' (and tie_word_embeddings is false)"));
   }

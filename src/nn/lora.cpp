@@ -8,6 +8,20 @@
 
 namespace nibble::nn {
 
+namespace {
+// out [M, N] = x [M, K] · w [N, K]^T (f32, the threaded CPU GEMM).
+void mm_xwt(const float* x, int64_t M, int64_t K, const float* w, int64_t N, float* out) {
+  cpu::linear(x, M, K, w, DType::F32, N, nullptr, DType::F32, DType::F32, out);
+}
+// [rows, cols] -> [cols, rows]
+std::vector<float> transposed(const float* a, int64_t rows, int64_t cols) {
+  std::vector<float> t(size_t(rows * cols));
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) t[size_t(j * rows + i)] = a[i * cols + j];
+  return t;
+}
+}  // namespace
+
 void lora_forward(const float* x, int64_t M, int64_t in, const float* A, const float* B, int64_t r,
                   int64_t out, float scale, float dropout, uint64_t seed, float* y, LoraSaved* saved) {
   if (!(dropout >= 0.0f && dropout < 1.0f)) throw ConfigError("lora_dropout must be in [0, 1)");
@@ -26,19 +40,10 @@ void lora_forward(const float* x, int64_t M, int64_t in, const float* A, const f
     }
     xs = xd.data();
   }
-  std::vector<float> h(size_t(M * r), 0.0f);  // [M, r]
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t j = 0; j < r; ++j) {
-      float acc = 0;
-      for (int64_t k = 0; k < in; ++k) acc += A[j * in + k] * xs[m * in + k];
-      h[size_t(m * r + j)] = acc;
-    }
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t n = 0; n < out; ++n) {
-      float acc = 0;
-      for (int64_t j = 0; j < r; ++j) acc += B[n * r + j] * h[size_t(m * r + j)];
-      y[m * out + n] += scale * acc;
-    }
+  std::vector<float> h(size_t(M * r)), t(size_t(M * out));  // [M, r], [M, out]
+  mm_xwt(xs, M, in, A, r, h.data());
+  mm_xwt(h.data(), M, r, B, out, t.data());
+  for (int64_t i = 0; i < M * out; ++i) y[i] += scale * t[size_t(i)];
   if (saved) {
     saved->xd = std::move(xd);
     saved->mask = std::move(mask);
@@ -47,50 +52,58 @@ void lora_forward(const float* x, int64_t M, int64_t in, const float* A, const f
   }
 }
 
+void lora_add(ExecContext& ctx, const LoraWeights& w, const Tensor& x, const Tensor& out) {
+  (void)ctx;
+  if (!out.device().is_cpu())
+    throw UnsupportedError("LoRA adapters run on the CPU only for now (the model is on " +
+                           out.device().str() + ")");
+  const Tensor xc = x.is_contiguous() ? x : x.contiguous();
+  lora_forward(xc.data<float>(), xc.size(0), xc.size(1), w.A.data<float>(), w.B.data<float>(), w.r(),
+               out.size(1), w.scale, 0.0f, 0, out.data<float>(), nullptr);
+}
+
 void lora_backward(const float* dy, const float* x, int64_t M, int64_t in, const float* A, const float* B,
                    int64_t r, int64_t out, float scale, const LoraSaved& saved, float* dA, float* dB,
                    float* dx) {
   const float* xs = saved.xd.empty() ? x : saved.xd.data();
   const float* h = saved.h.data();
-  // dB[n, j] += s · sum_m dy[m, n] h[m, j]
-  for (int64_t n = 0; n < out; ++n)
-    for (int64_t j = 0; j < r; ++j) {
-      float acc = 0;
-      for (int64_t m = 0; m < M; ++m) acc += dy[m * out + n] * h[m * r + j];
-      dB[n * r + j] += scale * acc;
-    }
   // dh [M, r] = s · dy · B
-  std::vector<float> dh(size_t(M * r), 0.0f);
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t j = 0; j < r; ++j) {
-      float acc = 0;
-      for (int64_t n = 0; n < out; ++n) acc += dy[m * out + n] * B[n * r + j];
-      dh[size_t(m * r + j)] = scale * acc;
-    }
-  // dA[j, k] += sum_m dh[m, j] xd[m, k]
-  for (int64_t j = 0; j < r; ++j)
-    for (int64_t m = 0; m < M; ++m) {
-      const float d = dh[size_t(m * r + j)];
-      for (int64_t k = 0; k < in; ++k) dA[j * in + k] += d * xs[m * in + k];
-    }
+  std::vector<float> dh(size_t(M * r)), Bt = transposed(B, out, r), tmp;
+  mm_xwt(dy, M, out, Bt.data(), r, dh.data());
+  for (auto& v : dh) v *= scale;
+  // dB [out, r] += s · dy^T · h
+  const std::vector<float> dyt = transposed(dy, M, out), ht = transposed(h, M, r);
+  tmp.resize(size_t(out * r));
+  mm_xwt(dyt.data(), out, M, ht.data(), r, tmp.data());
+  for (int64_t i = 0; i < out * r; ++i) dB[i] += scale * tmp[size_t(i)];
+  // dA [r, in] += dh^T · xd
+  const std::vector<float> dht = transposed(dh.data(), M, r), xst = transposed(xs, M, in);
+  tmp.resize(size_t(r * in));
+  mm_xwt(dht.data(), r, M, xst.data(), in, tmp.data());
+  for (int64_t i = 0; i < r * in; ++i) dA[i] += tmp[size_t(i)];
   if (!dx) return;
-  // dx[m, k] += (dh · A)[m, k] · mask / (1 - p)
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t k = 0; k < in; ++k) {
-      float acc = 0;
-      for (int64_t j = 0; j < r; ++j) acc += dh[size_t(m * r + j)] * A[j * in + k];
-      if (!saved.mask.empty()) acc = saved.mask[size_t(m * in + k)] ? acc * saved.keep_scale : 0.0f;
-      dx[m * in + k] += acc;
-    }
+  // dx [M, in] += (dh · A) · mask / (1 - p)
+  const std::vector<float> At = transposed(A, r, in);
+  tmp.resize(size_t(M * in));
+  mm_xwt(dh.data(), M, r, At.data(), in, tmp.data());
+  for (int64_t i = 0; i < M * in; ++i) {
+    float v = tmp[size_t(i)];
+    if (!saved.mask.empty()) v = saved.mask[size_t(i)] ? v * saved.keep_scale : 0.0f;
+    dx[i] += v;
+  }
 }
 
 void linear_backward_dx(const Linear& base, const float* dy, int64_t M, float* dx) {
   const int64_t in = base.in_features(), out = base.out_features();
-  constexpr int64_t kTile = 32;  // output rows dequantized at a time: [kTile, in] f32
+  // Output rows dequantized at a time: [kTile, in] f32 of about 1 MiB (a multiple of 32 rows,
+  // at least 32), never the whole weight unless it is that small.
+  const int64_t kTile =
+      std::min(std::max<int64_t>(32, (int64_t(1) << 18) / std::max<int64_t>(in, 1) / 32 * 32), out);
   std::vector<float> tile(size_t(kTile * in));
   Tensor absmax;
   if (base.format() == WeightFormat::Nf4 || base.format() == WeightFormat::Fp4)
-    absmax = dequantize_absmax(base.quant_state());  // [n_blocks] f32, small
+    absmax = base.absmax_f32().defined() ? base.absmax_f32()
+                                         : dequantize_absmax(base.quant_state());  // [n_blocks] f32
   for (int64_t n0 = 0; n0 < out; n0 += kTile) {
     const int64_t nt = std::min(kTile, out - n0);
     switch (base.format()) {
@@ -124,14 +137,12 @@ void linear_backward_dx(const Linear& base, const float* dy, int64_t M, float* d
         break;
       }
     }
-    for (int64_t m = 0; m < M; ++m)
-      for (int64_t n = 0; n < nt; ++n) {
-        const float d = dy[m * out + n0 + n];
-        if (d == 0.0f) continue;
-        const float* wr = tile.data() + n * in;
-        float* dr = dx + m * in;
-        for (int64_t k = 0; k < in; ++k) dr[k] += d * wr[k];
-      }
+    // dx [M, in] += dy[:, n0:n0+nt] · tile [nt, in]
+    std::vector<float> dys(size_t(M * nt)), part(size_t(M * in));
+    for (int64_t m = 0; m < M; ++m) std::copy_n(dy + m * out + n0, nt, dys.begin() + m * nt);
+    const std::vector<float> tt = transposed(tile.data(), nt, in);  // [in, nt]
+    mm_xwt(dys.data(), M, nt, tt.data(), in, part.data());
+    for (int64_t i = 0; i < M * in; ++i) dx[i] += part[size_t(i)];
   }
 }
 

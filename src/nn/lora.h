@@ -11,6 +11,21 @@
 
 namespace nibble::nn {
 
+// An adapter attached to one Linear: A f32 [r, in], B f32 [out, r] on the host (shared storage
+// with the adapter that owns them, so an optimizer step is seen by the next forward), the
+// scaling s and the dropout p used when training.
+struct LoraWeights {
+  Tensor A, B;
+  float scale = 0.0f;
+  float dropout = 0.0f;
+  bool defined() const { return A.defined(); }
+  int64_t r() const { return A.size(0); }
+};
+
+// out [M, out] += s · B (A x) for x [M, in] (rows may be strided), no dropout (inference).
+// CPU only: UnsupportedError on another device.
+void lora_add(ExecContext& ctx, const LoraWeights& w, const Tensor& x, const Tensor& out);
+
 // What the backward needs from one forward call.
 struct LoraSaved {
   std::vector<float> xd;      // [M, in] dropout(x) (mask / (1 - p) applied); empty when p == 0

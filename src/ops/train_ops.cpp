@@ -6,81 +6,117 @@
 #include <string>
 #include <vector>
 
+#include "backends/cpu/linear_cpu.h"
 #include "nibble/error.h"
+#include "nibble/thread_pool.h"
 
 namespace nibble::ops {
 
-namespace {
-
-// logits[c] for c in [v0, v0 + nc) of row h: softcap(h · W[v]) and d(softcapped)/d(raw).
-void head_chunk(const float* h, int64_t H, const float* W, int64_t v0, int64_t nc, float softcap, float* out,
-                float* dcap) {
-  for (int64_t c = 0; c < nc; ++c) {
-    const float* wr = W + (v0 + c) * H;
-    float acc = 0;
-    for (int64_t k = 0; k < H; ++k) acc += h[k] * wr[k];
-    if (softcap > 0) {
-      const float t = std::tanh(acc / softcap);
-      out[c] = softcap * t;
-      dcap[c] = 1.0f - t * t;
-    } else {
-      out[c] = acc;
-      dcap[c] = 1.0f;
-    }
-  }
-}
-
-}  // namespace
-
-double causal_lm_loss_backward(const float* h, int64_t T, int64_t H, const float* W, int64_t V,
-                               const int64_t* labels, float softcap, int64_t chunk, float* dh) {
-  if (chunk <= 0) throw ConfigError("causal_lm_loss_backward: chunk must be > 0");
-  std::fill(dh, dh + T * H, 0.0f);
-  int64_t n_targets = 0;
-  for (int64_t t = 0; t + 1 < T; ++t) {
-    const int64_t y = labels[t + 1];
+double cross_entropy_head_backward(const float* h, int64_t T, int64_t H, const float* W, int64_t V,
+                                   const int64_t* targets, float softcap, int64_t chunk, float grad_scale,
+                                   float* dh, int64_t* n_targets) {
+  if (chunk <= 0) throw ConfigError("cross_entropy_head_backward: chunk must be > 0");
+  int64_t n = 0;
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t y = targets[t];
     if (y == -100) continue;
     if (y < 0 || y >= V)
       throw ShapeError("labels: " + std::to_string(y) + " outside the vocabulary [0, " + std::to_string(V) +
                        ")");
-    ++n_targets;
+    ++n;
   }
-  if (n_targets == 0) return std::numeric_limits<double>::quiet_NaN();
-  const float inv_n = 1.0f / float(n_targets);
-  std::vector<float> buf(static_cast<size_t>(chunk)),
-      dcap(static_cast<size_t>(chunk));  // [chunk]: the only logits buffer
-  double loss = 0;
-  for (int64_t t = 0; t + 1 < T; ++t) {
-    const int64_t y = labels[t + 1];
-    if (y == -100) continue;
-    const float* hr = h + t * H;
-    // Pass 1: online logsumexp over the chunks.
-    float mx = -std::numeric_limits<float>::infinity(), target = 0;
-    double sum = 0;
-    for (int64_t v0 = 0; v0 < V; v0 += chunk) {
-      const int64_t nc = std::min(chunk, V - v0);
-      head_chunk(hr, H, W, v0, nc, softcap, buf.data(), dcap.data());
-      const float cm = *std::max_element(buf.begin(), buf.begin() + nc);
-      if (cm > mx) sum *= std::exp(double(mx) - double(cm)), mx = cm;
-      for (int64_t c = 0; c < nc; ++c) sum += std::exp(double(buf[size_t(c)]) - double(mx));
-      if (y >= v0 && y < v0 + nc) target = buf[size_t(y - v0)];
+  if (n_targets) *n_targets = n;
+  if (dh) std::fill(dh, dh + T * H, 0.0f);
+  // Rows with a target are taken in blocks of kRows; the logits of a block and a vocabulary
+  // chunk come from the threaded CPU GEMM ([kRows, chunk] is the only logits buffer). Pass 1
+  // (row blocks outer) gives each row's logsumexp; pass 2 (chunks outer) recomputes the
+  // logits, and dh += G . W with the chunk's W transposed once ([H, chunk], the only copy).
+  std::vector<int64_t> rows;
+  for (int64_t t = 0; t < T; ++t)
+    if (targets[t] != -100) rows.push_back(t);
+  constexpr int64_t kRows = 64;
+  const int64_t nchunks = (V + chunk - 1) / chunk, cw = std::min(chunk, V), R = int64_t(rows.size());
+  std::vector<float> hb(size_t(kRows * H)), logits(size_t(kRows * cw)), dcap(size_t(kRows * cw)),
+      part(size_t(kRows * H));  // [kRows, H], [kRows, chunk] x2, [kRows, H]
+  std::vector<double> lse(static_cast<size_t>(R));
+  // logits (softcapped) of rows [b0, b0 + mb) and columns [v0, v0 + nc); dcap = d(capped)/d(raw)
+  auto block_logits = [&](int64_t b0, int64_t mb, int64_t v0, int64_t nc) {
+    for (int64_t i = 0; i < mb; ++i) std::copy_n(h + rows[size_t(b0 + i)] * H, H, hb.begin() + i * H);
+    cpu::linear(hb.data(), mb, H, W + v0 * H, DType::F32, nc, nullptr, DType::F32, DType::F32, logits.data());
+    for (int64_t i = 0; i < mb * nc; ++i) {
+      if (softcap > 0) {
+        const float t = std::tanh(logits[size_t(i)] / softcap);
+        logits[size_t(i)] = softcap * t;
+        dcap[size_t(i)] = 1.0f - t * t;
+      } else {
+        dcap[size_t(i)] = 1.0f;
+      }
     }
-    const double lse = double(mx) + std::log(sum);
-    loss += lse - double(target);
-    // Pass 2: d/dlogit = (softmax - onehot) / N, through the softcap, into dh = g · W.
-    float* dr = dh + t * H;
-    for (int64_t v0 = 0; v0 < V; v0 += chunk) {
-      const int64_t nc = std::min(chunk, V - v0);
-      head_chunk(hr, H, W, v0, nc, softcap, buf.data(), dcap.data());
-      for (int64_t c = 0; c < nc; ++c) {
-        const float p = float(std::exp(double(buf[size_t(c)]) - lse));
-        const float g = (p - (v0 + c == y ? 1.0f : 0.0f)) * inv_n * dcap[size_t(c)];
-        const float* wr = W + (v0 + c) * H;
-        for (int64_t k = 0; k < H; ++k) dr[k] += g * wr[k];
+  };
+  double loss = 0;
+  // Pass 1: online logsumexp over the chunks.
+  for (int64_t b0 = 0; b0 < R; b0 += kRows) {
+    const int64_t mb = std::min(kRows, R - b0);
+    std::vector<float> mx(size_t(mb), -std::numeric_limits<float>::infinity()), tgt(static_cast<size_t>(mb));
+    std::vector<double> sum(size_t(mb), 0.0);
+    for (int64_t c = 0; c < nchunks; ++c) {
+      const int64_t v0 = c * chunk, nc = std::min(chunk, V - v0);
+      block_logits(b0, mb, v0, nc);
+      for (int64_t i = 0; i < mb; ++i) {
+        const float* lr = logits.data() + i * nc;
+        const int64_t y = targets[rows[size_t(b0 + i)]];
+        const float cm = *std::max_element(lr, lr + nc);
+        if (cm > mx[size_t(i)])
+          sum[size_t(i)] *= std::exp(double(mx[size_t(i)]) - double(cm)), mx[size_t(i)] = cm;
+        for (int64_t v = 0; v < nc; ++v) sum[size_t(i)] += std::exp(double(lr[v]) - double(mx[size_t(i)]));
+        if (y >= v0 && y < v0 + nc) tgt[size_t(i)] = lr[y - v0];
+      }
+    }
+    for (int64_t i = 0; i < mb; ++i) {
+      lse[size_t(b0 + i)] = double(mx[size_t(i)]) + std::log(sum[size_t(i)]);
+      loss += lse[size_t(b0 + i)] - double(tgt[size_t(i)]);
+    }
+  }
+  if (!dh) return loss;
+  // Pass 2: G = (softmax - onehot) * grad_scale through the softcap; dh += G . W.
+  std::vector<float> wt(size_t(H * cw));  // [H, nc]: the chunk's W^T
+  for (int64_t c = 0; c < nchunks; ++c) {
+    const int64_t v0 = c * chunk, nc = std::min(chunk, V - v0);
+    for (int64_t v = 0; v < nc; ++v)
+      for (int64_t k = 0; k < H; ++k) wt[size_t(k * nc + v)] = W[(v0 + v) * H + k];
+    for (int64_t b0 = 0; b0 < R; b0 += kRows) {
+      const int64_t mb = std::min(kRows, R - b0);
+      block_logits(b0, mb, v0, nc);
+      for (int64_t i = 0; i < mb; ++i) {
+        const int64_t y = targets[rows[size_t(b0 + i)]];
+        float* lr = logits.data() + i * nc;
+        const float* dc = dcap.data() + i * nc;
+        for (int64_t v = 0; v < nc; ++v) {
+          const float p = float(std::exp(double(lr[v]) - lse[size_t(b0 + i)]));
+          lr[v] = (p - (v0 + v == y ? 1.0f : 0.0f)) * grad_scale * dc[v];
+        }
+      }
+      cpu::linear(logits.data(), mb, nc, wt.data(), DType::F32, H, nullptr, DType::F32, DType::F32,
+                  part.data());
+      for (int64_t i = 0; i < mb; ++i) {
+        float* dr = dh + rows[size_t(b0 + i)] * H;
+        for (int64_t k = 0; k < H; ++k) dr[k] += part[size_t(i * H + k)];
       }
     }
   }
-  return loss / double(n_targets);
+  return loss;
+}
+
+double causal_lm_loss_backward(const float* h, int64_t T, int64_t H, const float* W, int64_t V,
+                               const int64_t* labels, float softcap, int64_t chunk, float* dh) {
+  std::vector<int64_t> targets(size_t(T), -100);  // [T]: the shift
+  for (int64_t t = 0; t + 1 < T; ++t) targets[size_t(t)] = labels[t + 1];
+  int64_t n = 0;
+  for (int64_t t = 0; t < T; ++t) n += targets[size_t(t)] != -100;
+  const double sum = cross_entropy_head_backward(h, T, H, W, V, targets.data(), softcap, chunk,
+                                                 n ? 1.0f / float(n) : 0.0f, dh, &n);
+  if (n == 0) return std::numeric_limits<double>::quiet_NaN();
+  return sum / double(n);
 }
 
 void rms_norm_backward(const float* x, const float* w, int64_t rows, int64_t n, float eps, float offset,
@@ -107,7 +143,6 @@ void rms_norm_backward(const float* x, const float* w, int64_t rows, int64_t n, 
   }
 }
 
-namespace {
 float act_value(Act a, float x) {
   switch (a) {
     case Act::Silu:
@@ -118,9 +153,13 @@ float act_value(Act a, float x) {
       const float k = float(std::sqrt(2.0 / M_PI));
       return 0.5f * x * (1.0f + std::tanh(k * (x + 0.044715f * x * x * x)));
     }
+    case Act::Relu:
+      return x > 0.0f ? x : 0.0f;
   }
   return 0;
 }
+
+namespace {
 float act_grad(Act a, float x) {
   switch (a) {
     case Act::Silu: {
@@ -135,6 +174,8 @@ float act_grad(Act a, float x) {
       const float u = k * (x + 0.044715f * x * x * x), t = std::tanh(u);
       return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * k * (1.0f + 3.0f * 0.044715f * x * x);
     }
+    case Act::Relu:
+      return x > 0.0f ? 1.0f : 0.0f;
   }
   return 0;
 }
@@ -149,6 +190,41 @@ void gated_act_backward(Act a, const float* gate, const float* up, const float* 
   for (int64_t i = 0; i < n; ++i) {
     dgate[i] = dy[i] * up[i] * act_grad(a, gate[i]);
     dup[i] = dy[i] * act_value(a, gate[i]);
+  }
+}
+
+void layer_norm_backward(const float* x, const float* w, int64_t rows, int64_t n, float eps, const float* dy,
+                         float* dx, float* dw, float* db) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * n;
+    const float* gr = dy + r * n;
+    double mean = 0, var = 0;
+    for (int64_t k = 0; k < n; ++k) mean += xr[k];
+    mean /= double(n);
+    for (int64_t k = 0; k < n; ++k) var += (xr[k] - mean) * (xr[k] - mean);
+    const double rstd = 1.0 / std::sqrt(var / double(n) + double(eps));
+    // xhat = (x - mean) rstd; dxhat = dy w; dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat))
+    double s1 = 0, s2 = 0;
+    for (int64_t k = 0; k < n; ++k) {
+      const double xh = (xr[k] - mean) * rstd, g = double(gr[k]) * w[k];
+      s1 += g;
+      s2 += g * xh;
+      if (dw) dw[k] += float(gr[k] * xh);
+      if (db) db[k] += gr[k];
+    }
+    s1 /= double(n);
+    s2 /= double(n);
+    for (int64_t k = 0; k < n; ++k) {
+      const double xh = (xr[k] - mean) * rstd;
+      dx[r * n + k] = float(rstd * (double(gr[k]) * w[k] - s1 - xh * s2));
+    }
+  }
+}
+
+void softcap_backward_(const float* y, float cap, int64_t n, float* dy) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float t = y[i] / cap;
+    dy[i] *= 1.0f - t * t;
   }
 }
 

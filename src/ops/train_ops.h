@@ -16,17 +16,57 @@ namespace nibble::ops {
 double causal_lm_loss_backward(const float* h, int64_t T, int64_t H, const float* W, int64_t V,
                                const int64_t* labels, float softcap, int64_t chunk, float* dh);
 
+// The unshifted core of the above for a batch of stacked sequences: targets[t] is the target of
+// row t (-100: none; the caller shifted within each sequence), the gradient of
+// sum(nll) * grad_scale goes to dh (overwritten; null: loss only; grad_scale = 1 / the number of targets of
+// the whole optimizer step, transformers' num_items_in_batch). Returns the summed NLL (double) and the number
+// of targets through n_targets. Rows run in parallel.
+double cross_entropy_head_backward(const float* h, int64_t T, int64_t H, const float* W, int64_t V,
+                                   const int64_t* targets, float softcap, int64_t chunk, float grad_scale,
+                                   float* dh, int64_t* n_targets);
+
 // y = x / rms(x) * (offset + w), rms = sqrt(mean(x^2) + eps) (offset 1: Gemma's unit offset).
 // dx [rows, n] overwritten; dw [n] accumulated.
 void rms_norm_backward(const float* x, const float* w, int64_t rows, int64_t n, float eps, float offset,
                        const float* dy, float* dx, float* dw);
 
-// d/dx of silu(x), gelu (erf), gelu (tanh approximation): dx = dy * f'(x).
-enum class Act { Silu, GeluErf, GeluTanh };
+// d/dx of silu(x), gelu (erf), gelu (tanh approximation), relu: dx = dy * f'(x).
+enum class Act { Silu, GeluErf, GeluTanh, Relu };
 void act_backward(Act a, const float* x, const float* dy, int64_t n, float* dx);
 // y = act(gate) * up: dgate, dup overwritten.
 void gated_act_backward(Act a, const float* gate, const float* up, const float* dy, int64_t n, float* dgate,
                         float* dup);
+
+// Forward values of the activations above (what the MLP backward recomputes from gate).
+float act_value(Act a, float x);
+
+// y = (x - mean) / sqrt(var + eps) * w + b over rows of n: dx [rows, n] overwritten; dw, db [n]
+// accumulated (either may be null: frozen).
+void layer_norm_backward(const float* x, const float* w, int64_t rows, int64_t n, float eps, const float* dy,
+                         float* dx, float* dw, float* db);
+
+// y = cap * tanh(x / cap) given the output y: dx = dy * (1 - (y / cap)^2), in place on dy.
+void softcap_backward_(const float* y, float cap, int64_t n, float* dy);
+
+// The inverse rotation of apply_rope_ (HF rotate_half on the first rot_dim dims of each head):
+// dx [T, H, D] in place, cos/sin [T, rot_dim / 2] as the forward used them.
+void rope_backward_(float* dx, int64_t T, int64_t H, int64_t D, const float* cos, const float* sin,
+                    int64_t rot_dim);
+
+// Causal self-attention of one sequence (queries and keys at positions 0..T-1), as
+// ops::attention computes it: s = scale * q.k, softcap, + alibi slope * j, sliding window,
+// softmax, P.V; GQA (Hq a multiple of Hkv). The probabilities are recomputed from q and k
+// (no [H, T, T] buffer is kept). q [T, Hq, D], k [T, Hkv, D], v [T, Hkv, Dv], dout [T, Hq, Dv];
+// dq, dk, dv overwritten. alibi_slopes: [Hq] or null.
+struct AttnBwdOptions {
+  float scale = 1.0f;
+  int64_t sliding_window = 0;  // 0: none
+  float softcap = 0.0f;        // 0: none
+  const float* alibi_slopes = nullptr;
+};
+void attention_backward(const float* q, const float* k, const float* v, int64_t T, int64_t Hq, int64_t Hkv,
+                        int64_t D, int64_t Dv, const AttnBwdOptions& o, const float* dout, float* dq,
+                        float* dk, float* dv);
 
 // Embedding: dW[ids[t]] += dy[t] (scatter-add); ids out of range -> ShapeError.
 void embedding_backward(const int64_t* ids, int64_t T, const float* dy, int64_t H, int64_t V, float* dW);

@@ -27,6 +27,10 @@ class AdamW {
   int64_t steps() const { return t_; }
   const std::vector<std::vector<float>>& exp_avg() const { return m_; }
   const std::vector<std::vector<float>>& exp_avg_sq() const { return v_; }
+  // Restoring a checkpoint: the moments in place and the step count.
+  std::vector<std::vector<float>>& exp_avg() { return m_; }
+  std::vector<std::vector<float>>& exp_avg_sq() { return v_; }
+  void set_steps(int64_t t) { t_ = t; }
 
  private:
   std::vector<ParamRef> p_;

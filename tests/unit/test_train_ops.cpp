@@ -135,6 +135,8 @@ TEST(TrainOps, ActivationsAndGated) {
           return 0.5 * xv * (1 + std::erf(xv / std::sqrt(2.0)));
         case Act::GeluTanh:
           return 0.5 * xv * (1 + std::tanh(std::sqrt(2 / M_PI) * (xv + 0.044715 * xv * xv * xv)));
+        case Act::Relu:
+          return xv > 0 ? xv : 0.0;
       }
       return 0.0;
     };

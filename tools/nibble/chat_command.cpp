@@ -23,6 +23,7 @@ void add_chat_command(CLI::App& app, ChatArgs& a) {
   cmd->add_option("--system", a.system, "a system message opening the conversation");
   add_gen_flags(*cmd, a.g);
   add_quant_flags(*cmd, a.q);
+  add_adapter_flag(*cmd, a.q);
 }
 
 int run_chat(const ChatArgs& a) {

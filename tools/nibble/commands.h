@@ -25,10 +25,13 @@ struct QuantFlags {
   double int8_threshold = 6.0;
   std::vector<std::string> skip_modules;
   std::string device_map = "auto";  // cpu | cuda | cuda:N | auto (the first GPU if any)
+  std::string adapter;              // --adapter: a peft LoRA adapter folder attached after loading
   BitsAndBytesConfig to_config() const;  // validated
   bool any() const;                      // --load-in-4bit or --load-in-8bit given
 };
 void add_quant_flags(CLI::App& cmd, QuantFlags& f);
+// --adapter DIR (generate, chat, verify, perplexity): load_model attaches it (CPU).
+void add_adapter_flag(CLI::App& cmd, QuantFlags& f);
 
 // The model of folder `dir`, quantized while loading when q asks for it; progress on stderr
 // when stderr is a terminal.
@@ -119,6 +122,32 @@ struct DetokenizeArgs {
 };
 void add_detokenize_command(CLI::App& app, DetokenizeArgs& a);
 int run_detokenize(const DetokenizeArgs& a);
+
+struct FinetuneArgs {
+  std::string model, data, output_dir, eval_data, adapter, resume;
+  QuantFlags q;
+  int64_t lora_r = 8;
+  double lora_alpha = 8, lora_dropout = 0.0;
+  std::vector<std::string> target_modules;  // empty: all-linear
+  bool use_rslora = false;
+  double learning_rate = 2e-4, warmup_ratio = 0.0, num_train_epochs = 3.0, max_grad_norm = 1.0, weight_decay = 0.0;
+  double adam_beta1 = 0.9, adam_beta2 = 0.999, adam_epsilon = 1e-8;
+  std::string lr_scheduler_type = "linear";
+  int64_t warmup_steps = 0, max_steps = -1, batch_size = 8, grad_accum = 1, max_seq_length = 1024;
+  int64_t logging_steps = 10, save_steps = 500;
+  bool packing = false, gradient_checkpointing = false;
+  uint64_t seed = 42;
+};
+void add_finetune_command(CLI::App& app, FinetuneArgs& a);
+int run_finetune(const FinetuneArgs& a);
+
+struct MergeArgs {
+  std::string model, adapter, output_dir;
+  QuantFlags q;
+  bool requantize = false;
+};
+void add_merge_command(CLI::App& app, MergeArgs& a);
+int run_merge(const MergeArgs& a);
 
 // A tokenizer from a model folder, or from a tokenizer.json given directly.
 Tokenizer load_tokenizer(const std::string& model);

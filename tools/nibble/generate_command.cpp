@@ -57,6 +57,7 @@ void add_generate_command(CLI::App& app, GenerateArgs& a) {
   cmd->add_option("--prompt-file", a.prompt_file, "read the prompt from this file")->excludes(p);
   add_gen_flags(*cmd, a.g);
   add_quant_flags(*cmd, a.q);
+  add_adapter_flag(*cmd, a.q);
   cmd->add_flag("--json", a.json, R"(print {"prompt_ids", "ids", "text"} instead of streaming text)");
 }
 

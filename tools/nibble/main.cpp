@@ -34,6 +34,10 @@ int main(int argc, char** argv) {
   add_detokenize_command(app, dargs);
   VerifyArgs vargs;
   add_verify_command(app, vargs);
+  FinetuneArgs fargs;
+  add_finetune_command(app, fargs);
+  MergeArgs margs;
+  add_merge_command(app, margs);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -52,6 +56,8 @@ int main(int argc, char** argv) {
     if (app.got_subcommand("tokenize")) return run_tokenize(targs);
     if (app.got_subcommand("detokenize")) return run_detokenize(dargs);
     if (app.got_subcommand("verify")) return run_verify(vargs);  // 0 all passed, 1 one failed
+    if (app.got_subcommand("finetune")) return run_finetune(fargs);
+    if (app.got_subcommand("merge")) return run_merge(margs);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "nibble: error: %s\n", e.what());
     return 2;

@@ -21,6 +21,7 @@ void add_perplexity_command(CLI::App& app, PerplexityArgs& a) {
   cmd->add_option("MODEL", a.model, "model folder (config.json, safetensors, tokenizer.json)")->required();
   cmd->add_option("--text-file", a.text_file, "the text")->required();
   add_quant_flags(*cmd, a.q);
+  add_adapter_flag(*cmd, a.q);
   cmd->add_flag("--json", a.json, R"(print {"tokens": n, "nll": x, "ppl": y})");
 }
 

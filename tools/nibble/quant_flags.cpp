@@ -7,6 +7,7 @@
 #include <cstdio>
 
 #include "commands.h"
+#include "nibble/train.h"
 #include "nibble/model.h"
 
 namespace nibble::cli {
@@ -41,6 +42,10 @@ void add_quant_flags(CLI::App& cmd, QuantFlags& f) {
                  "where the model runs: cpu, cuda, cuda:N or auto (default: the first GPU if any, else cpu)");
 }
 
+void add_adapter_flag(CLI::App& cmd, QuantFlags& f) {
+  cmd.add_option("--adapter", f.adapter, "a peft LoRA adapter folder to apply (adapter_config.json + adapter_model.safetensors)");
+}
+
 bool QuantFlags::any() const {
   return load_in_4bit || load_in_8bit;
 }
@@ -53,6 +58,7 @@ CausalLM load_model(const std::string& dir, const QuantFlags& q) {
   LoadOptions opts;
   if (q.any()) opts.quantization_config = q.to_config();
   opts.device_map = q.device_map;
+  if (!q.adapter.empty() && q.device_map == "auto") opts.device_map = "cpu";  // LoRA runs on the CPU
   const bool progress = stderr_is_terminal();
   if (progress) {
     std::string how;
@@ -64,6 +70,7 @@ CausalLM load_model(const std::string& dir, const QuantFlags& q) {
   }
   auto t0 = std::chrono::steady_clock::now();
   CausalLM model = AutoModelForCausalLM::from_pretrained(dir, opts);
+  if (!q.adapter.empty()) attach_adapter(model, q.adapter);
   if (progress)
     std::fprintf(stderr, " done in %.2f s\n",
                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());

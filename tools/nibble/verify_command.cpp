@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
+#include "nibble/train.h"
 #include "nibble/error.h"
 #include "nibble/model.h"
 #include "nibble/tokenizer.h"
@@ -25,6 +26,7 @@ void add_verify_command(CLI::App& app, VerifyArgs& a) {
   cmd->add_option("MODEL", a.model, "model folder (pre-quantized, or unquantized with quant flags)")
       ->required();
   add_quant_flags(*cmd, a.q);
+  add_adapter_flag(*cmd, a.q);
   cmd->add_option("--reference", a.reference,
                   "the unquantized model (default: MODEL itself when quantized on load)");
   cmd->add_option("--prompt", a.prompt,
@@ -75,7 +77,9 @@ int run_verify(const VerifyArgs& a) {
   BitsAndBytesConfig qc = a.q.to_config();
   if (qc.is_quantizable()) lo.quantization_config = qc;
   lo.device_map = a.q.device_map;
+  if (!a.q.adapter.empty() && lo.device_map == "auto") lo.device_map = "cpu";  // LoRA runs on the CPU
   CausalLM model = AutoModelForCausalLM::from_pretrained(a.model, lo);
+  if (!a.q.adapter.empty()) attach_adapter(model, a.q.adapter);  // the reference stays without it
 
   VerifyOptions o;
   if (!a.reference.empty()) o.reference = a.reference;
@@ -83,7 +87,7 @@ int run_verify(const VerifyArgs& a) {
   o.max_kl = a.max_kl;
   o.min_top1 = a.min_top1;
   o.min_token_agreement = a.min_token_agreement;
-  o.round_trip = !a.no_round_trip;
+  o.round_trip = !a.no_round_trip && a.q.adapter.empty();  // the saved model would not carry the adapter
 
   const bool needs_text =
       !a.prompt.empty() || !a.text_file.empty() || (!a.expected_outputs.empty() && a.prompt_ids.empty());

@@ -1,0 +1,58 @@
+// The training forward and backward of the generic decoder (causal_lm.cpp's blocks, with what
+// the backward needs saved) for LoRA fine-tuning: the base is frozen, so the backward produces
+// only the gradients of the adapters attached to the model's Linears (NamedLinear::lora), and
+// d(loss)/d(hidden) stops at the first decoder layer's input. With gradient checkpointing the
+// forward keeps only each decoder layer's input and the backward recomputes the layer.
+// Host (CPU) f32 only.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <vector>
+
+#include "models/causal_lm_impl.h"
+
+namespace nibble::train {
+
+// Gradients of one adapted Linear: dA [r, in], dB [out, r].
+struct LoraGrad {
+  std::vector<float> A, B;
+};
+using GradMap = std::map<const NamedLinear*, LoraGrad>;
+
+// Sequences (any lengths) and their labels as transformers takes them (same length as the ids,
+// unshifted; -100 ignored). Empty labels: labels = input_ids.
+struct TokenBatch {
+  std::vector<std::vector<int64_t>> input_ids, labels;
+};
+
+struct PassOptions {
+  float grad_scale = 1.0f;     // d(sum of token NLLs * grad_scale): 1 / targets of the step
+  bool checkpointing = false;  // recompute each decoder layer in the backward
+  bool train = true;           // dropout on (a training pass)
+  uint64_t dropout_seed = 0;   // the step's seed for LoRA dropout masks
+  int64_t vocab_chunk = 4096;  // columns of the output head per chunk of the loss
+};
+
+struct PassResult {
+  double loss_sum = 0;  // summed NLL over the targets
+  int64_t n_targets = 0;
+  int64_t n_tokens = 0;
+};
+
+// The targets a batch has: labels shifted within each sequence (transformers' shift).
+int64_t count_targets(const TokenBatch& b);
+
+// f32 [V, C] of the output head as the forward computes with it (converted/dequantized once).
+Tensor head_weight_f32(const CausalLM::Impl& m);
+
+// Forward and backward of one micro-batch: accumulates the adapters' gradients into grads (an
+// entry for every Linear with an adapter; made on first use) and returns the summed loss.
+// head_w: head_weight_f32(m).
+PassResult forward_backward(const CausalLM::Impl& m, const TokenBatch& b, const Tensor& head_w,
+                            GradMap& grads, const PassOptions& o);
+
+// The summed NLL of a batch (no backward, no dropout).
+PassResult eval_loss(const CausalLM::Impl& m, const TokenBatch& b, const Tensor& head_w);
+
+}  // namespace nibble::train

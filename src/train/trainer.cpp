@@ -1,0 +1,190 @@
+// LoraTrainer: transformers' Trainer loop for one optimizer step (gradient accumulation with
+// the loss normalised by the step's number of targets, as num_items_in_batch does since
+// transformers 4.46; clip_grad_norm_; AdamW; get_scheduler's LR), over the training pass of
+// lora_train.cpp.
+#include <chrono>
+#include <cmath>
+
+#include "models/causal_lm_impl.h"
+#include "nibble/safetensors.h"
+#include "nibble/train.h"
+#include "train/lora_train.h"
+#include "train/optim.h"
+
+namespace nibble {
+
+using detail::str;
+
+struct LoraTrainer::Impl {
+  PeftModel& model;
+  TrainingArguments args;
+  int64_t total_steps = 0, warmup = 0;
+  Tensor head_w;  // [V, C] f32, frozen
+  train::GradMap grads;
+  std::vector<std::string> names;  // of the adapted Linears, in grads' parameter order
+  std::unique_ptr<train::AdamW> opt;
+  int64_t step = 0;
+
+  Impl(PeftModel& m, const TrainingArguments& a, int64_t total) : model(m), args(a), total_steps(total) {
+    CausalLM::Impl& mi = m.model().impl();
+    if (mi.lm_head.lora.defined())
+      throw UnsupportedError("LoRA training: an adapter on the output head (" + mi.lm_head.name +
+                             ") is not supported");
+    const LoraConfig& lc = m.adapter().config;
+    if (lc.bias != "none")
+      throw UnsupportedError("LoraTrainer: bias=\"" + lc.bias +
+                             "\" (training the base biases) is not supported; use bias=\"none\"");
+    if (!lc.modules_to_save.empty())
+      throw UnsupportedError("LoraTrainer: modules_to_save (fully trained modules) is not supported");
+    head_w = train::head_weight_f32(mi);
+    std::vector<train::ParamRef> params;
+    for (const NamedLinear* nl : mi.linears()) {
+      if (!nl->lora.defined()) continue;
+      train::LoraGrad& g = grads[nl];
+      g.A.assign(size_t(nl->lora.A.numel()), 0.0f);
+      g.B.assign(size_t(nl->lora.B.numel()), 0.0f);
+      names.push_back(nl->name);
+      // peft's parameter order within a module: lora_A, then lora_B
+      params.push_back({const_cast<float*>(nl->lora.A.data<float>()), g.A.data(), nl->lora.A.numel()});
+      params.push_back({const_cast<float*>(nl->lora.B.data<float>()), g.B.data(), nl->lora.B.numel()});
+    }
+    if (params.empty()) throw ConfigError("LoraTrainer: the model has no LoRA adapter attached");
+    opt = std::make_unique<train::AdamW>(params, a.learning_rate, a.adam_beta1, a.adam_beta2, a.adam_epsilon,
+                                         a.weight_decay);
+    warmup = train::warmup_steps_for(total_steps, a.warmup_steps, a.warmup_ratio);
+    train::lr_lambda(a.lr_scheduler_type, 0, warmup,
+                     std::max<int64_t>(total_steps, 1));  // validates the name
+  }
+
+  std::vector<train::ParamRef> params() const {
+    std::vector<train::ParamRef> p;
+    for (const NamedLinear* nl : model.model().impl().linears()) {
+      if (!nl->lora.defined()) continue;
+      auto& g = const_cast<train::LoraGrad&>(grads.at(nl));
+      p.push_back({const_cast<float*>(nl->lora.A.data<float>()), g.A.data(), nl->lora.A.numel()});
+      p.push_back({const_cast<float*>(nl->lora.B.data<float>()), g.B.data(), nl->lora.B.numel()});
+    }
+    return p;
+  }
+
+  void zero_grad() {
+    for (auto& [nl, g] : grads) {
+      std::fill(g.A.begin(), g.A.end(), 0.0f);
+      std::fill(g.B.begin(), g.B.end(), 0.0f);
+    }
+  }
+
+  static train::TokenBatch tokens(const TrainBatch& b) { return {b.input_ids, b.labels}; }
+
+  // Gradients of sum(NLL) / targets over the micro-batches into grads; loss sum, targets, tokens.
+  train::PassResult accumulate(const std::vector<TrainBatch>& micro) {
+    int64_t n = 0;
+    for (const auto& b : micro) n += train::count_targets(tokens(b));
+    train::PassResult total;
+    if (n == 0)
+      throw ShapeError(
+          "train_step: the batch has no targets (every label is -100, or sequences of one token)");
+    train::PassOptions o;
+    o.grad_scale = 1.0f / float(n);
+    o.checkpointing = args.gradient_checkpointing;
+    zero_grad();
+    for (size_t i = 0; i < micro.size(); ++i) {
+      o.dropout_seed = args.seed * 1000003ull + uint64_t(step) * 1009ull + i;
+      const train::PassResult r =
+          train::forward_backward(model.model().impl(), tokens(micro[i]), head_w, grads, o);
+      total.loss_sum += r.loss_sum;
+      total.n_targets += r.n_targets;
+      total.n_tokens += r.n_tokens;
+    }
+    return total;
+  }
+};
+
+LoraTrainer::LoraTrainer(PeftModel& model, const TrainingArguments& args, int64_t total_steps)
+    : impl_(std::make_unique<Impl>(model, args, total_steps)) {}
+LoraTrainer::~LoraTrainer() = default;
+
+int64_t LoraTrainer::global_step() const {
+  return impl_->step;
+}
+
+StepLog LoraTrainer::train_step(const std::vector<TrainBatch>& micro_batches) {
+  Impl& I = *impl_;
+  if (micro_batches.empty()) throw ShapeError("train_step: no micro-batches");
+  const auto t0 = std::chrono::steady_clock::now();
+  const train::PassResult r = I.accumulate(micro_batches);
+  StepLog s;
+  s.loss = r.loss_sum / double(r.n_targets);
+  s.n_tokens = r.n_tokens;
+  s.n_targets = r.n_targets;
+  if (!std::isfinite(s.loss))
+    throw NonFiniteLossError(str("training loss is ", s.loss, " at step ", I.step + 1));
+  const auto params = I.params();
+  s.grad_norm = train::clip_grad_norm(params, I.args.max_grad_norm);
+  if (!std::isfinite(s.grad_norm))
+    throw NonFiniteLossError(str("gradient norm is ", s.grad_norm, " at step ", I.step + 1, " (loss ", s.loss, ")"));
+  s.learning_rate = I.args.learning_rate * train::lr_lambda(I.args.lr_scheduler_type, I.step, I.warmup,
+                                                            std::max<int64_t>(I.total_steps, 1));
+  I.opt->step(s.learning_rate);
+  s.step = ++I.step;
+  s.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return s;
+}
+
+double LoraTrainer::evaluate(const std::vector<TrainBatch>& batches) const {
+  double sum = 0;
+  int64_t n = 0;
+  for (const auto& b : batches) {
+    const train::PassResult r = train::eval_loss(impl_->model.model().impl(), Impl::tokens(b), impl_->head_w);
+    sum += r.loss_sum;
+    n += r.n_targets;
+  }
+  if (n == 0) throw ShapeError("evaluate: no targets");
+  return sum / double(n);
+}
+
+std::map<std::string, std::pair<std::vector<float>, std::vector<float>>> LoraTrainer::gradients(
+    const TrainBatch& b) {
+  impl_->accumulate({b});
+  std::map<std::string, std::pair<std::vector<float>, std::vector<float>>> out;
+  for (const auto& [nl, g] : impl_->grads) out[nl->name] = {g.A, g.B};
+  return out;
+}
+
+// optimizer.safetensors: state.<i>.exp_avg / exp_avg_sq (f32) per parameter in the optimizer's
+// order, and "step" (i64 [1]).
+void LoraTrainer::save_state(const std::filesystem::path& dir) const {
+  std::map<std::string, Tensor> t;
+  const train::AdamW& opt = *impl_->opt;
+  const auto& m = opt.exp_avg();
+  const auto& v = opt.exp_avg_sq();
+  for (size_t i = 0; i < m.size(); ++i) {
+    t[str("state.", i, ".exp_avg")] = Tensor::from_vector({int64_t(m[i].size())}, DType::F32, m[i]);
+    t[str("state.", i, ".exp_avg_sq")] = Tensor::from_vector({int64_t(v[i].size())}, DType::F32, v[i]);
+  }
+  t["step"] = Tensor::from_vector({1}, DType::I64, std::vector<int64_t>{impl_->step});
+  std::filesystem::create_directories(dir);
+  save_safetensors(dir / "optimizer.safetensors", t);
+}
+
+void LoraTrainer::load_state(const std::filesystem::path& dir) {
+  const auto path = dir / "optimizer.safetensors";
+  SafetensorsFile f = SafetensorsFile::open(path);
+  auto& m = impl_->opt->exp_avg();
+  auto& v = impl_->opt->exp_avg_sq();
+  for (size_t i = 0; i < m.size(); ++i) {
+    for (auto [key, dst] : {std::pair{str("state.", i, ".exp_avg"), &m[i]},
+                            std::pair{str("state.", i, ".exp_avg_sq"), &v[i]}}) {
+      Tensor x = f.get(key);
+      if (x.dtype() != DType::F32 || x.numel() != int64_t(dst->size()))
+        throw ShapeError(str(path.string(), ": tensor ", key, " is ", x.str(), ", the optimizer needs f32 [",
+                             dst->size(), "]"));
+      std::copy(x.data<float>(), x.data<float>() + x.numel(), dst->begin());
+    }
+  }
+  const int64_t s = f.get("step").data<int64_t>()[0];
+  impl_->step = s;
+  impl_->opt->set_steps(s);
+}
+
+}  // namespace nibble

@@ -1,4 +1,5 @@
-// Causal attention over a KV cache (nn_cuda.h), flash-decoding style: the key range [0, S) is
+// Causal attention over a KV cache (nn_cuda.h). Prefill (32 or more query rows): a tiled kernel
+// whose key/value tiles in shared memory serve a block's rows. Otherwise flash-decoding style: the key range [0, S) is
 // cut into n_split chunks; block (split, i * Hq + h) runs an online softmax of query row i,
 // head h over its chunk (one warp per key, lanes over the head dim, lane + 32 e for e < 8 so
 // D <= 256 and the K/V loads of a warp are coalesced), the block's warps merge their
@@ -98,6 +99,100 @@ __global__ void __launch_bounds__(kWarps * 32) attn_split_kernel(Params p) {
   }
 }
 
+// Prefill (many query rows): block (row tile, head) of kPrefillWarps query rows, one a warp,
+// walks the keys in tiles of 32 staged in shared memory as f32 (K rows padded to D + 4 floats so
+// lane j's row reads are conflict-free), shared by the block's rows. Lane j scores key j (an
+// f32 dot over D), the warp keeps an online softmax per row, and lanes own output dims for P.V.
+// Same math as the split kernel (f32, expf); only the summation order differs.
+constexpr int kPrefillWarps = 8;
+
+template <class KV>
+__global__ void __launch_bounds__(kPrefillWarps * 32) attn_prefill_kernel(Params p) {
+  extern __shared__ float sh[];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t D = p.D, Dv = p.Dv, kld = D + 4;
+  float* Ks = sh;                      // [32][D + 4]
+  float* Vs = Ks + 32 * kld;           // [32][Dv]
+  float* Qs = Vs + 32 * Dv;            // [warps][D]
+  float* Ps = Qs + kPrefillWarps * D;  // [warps][32]
+  const int64_t h = blockIdx.y, g = h / (p.Hq / p.Hkv);
+  const int64_t r0 = int64_t(blockIdx.x) * kPrefillWarps, i = r0 + warp;
+  const bool live = i < p.T;
+  const int64_t pos = p.q_offset + i;
+  // the block's keys: up to its last row's position, from its first row's window start
+  const int64_t last = p.q_offset + min(p.T - 1, r0 + kPrefillWarps - 1);
+  const int64_t hi = min(p.S, last + 1);
+  int64_t lo = 0;
+  if (p.window > 0) lo = max(int64_t(0), p.q_offset + r0 - p.window + 1);
+  lo = lo / 32 * 32;
+  for (int64_t d = lane; d < D; d += 32) Qs[warp * D + d] = live ? p.q[i * p.ldq + h * D + d] : 0.0f;
+  const float slope = p.alibi ? p.alibi[h] : 0.0f;
+  float m = -INFINITY, l = 0.0f, acc[kMaxE];
+#pragma unroll
+  for (int e = 0; e < kMaxE; ++e) acc[e] = 0.0f;
+  for (int64_t j0 = lo; j0 < hi; j0 += 32) {
+    __syncthreads();  // the previous tile is consumed (and Qs written)
+    for (int64_t idx = threadIdx.x; idx < 32 * D; idx += blockDim.x) {
+      const int64_t r = idx / D, d = idx % D, j = j0 + r;
+      Ks[r * kld + d] = j < hi ? dev::load1<KV>(p.k, j * p.ldk + g * D + d) : 0.0f;
+    }
+    for (int64_t idx = threadIdx.x; idx < 32 * Dv; idx += blockDim.x) {
+      const int64_t r = idx / Dv, d = idx % Dv, j = j0 + r;
+      Vs[r * Dv + d] = j < hi ? dev::load1<KV>(p.v, j * p.ldv + g * Dv + d) : 0.0f;
+    }
+    __syncthreads();
+    const int64_t j = j0 + lane;
+    const bool valid = live && j < hi && j <= pos && (p.window <= 0 || j > pos - p.window);
+    float s = -INFINITY;
+    if (valid) {
+      const float* qr = Qs + warp * D;
+      const float* kr = Ks + lane * kld;
+      float dot = 0.0f;
+      for (int64_t d = 0; d < D; ++d) dot += qr[d] * kr[d];
+      s = dot * p.scale;
+      if (p.softcap > 0.0f) s = p.softcap * tanhf(s / p.softcap);
+      if (p.alibi) s += slope * float(j);
+    }
+    float tmax = s;
+    for (int o = 16; o > 0; o >>= 1) tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, o));
+    if (tmax == -INFINITY) continue;  // no key of this tile is visible to this row
+    const float mn = fmaxf(m, tmax), corr = expf(m - mn);
+    const float pj = valid ? expf(s - mn) : 0.0f;
+    float psum = pj;
+    for (int o = 16; o > 0; o >>= 1) psum += __shfl_xor_sync(0xffffffffu, psum, o);
+    l = l * corr + psum;
+    Ps[warp * 32 + lane] = pj;
+    __syncwarp();
+#pragma unroll
+    for (int e = 0; e < kMaxE; ++e) acc[e] *= corr;
+    for (int jj = 0; jj < 32; ++jj) {
+      const float pw = Ps[warp * 32 + jj];
+#pragma unroll
+      for (int e = 0; e < kMaxE; ++e) {
+        const int64_t d = lane + 32 * e;
+        if (d < Dv) acc[e] += pw * Vs[jj * Dv + d];
+      }
+    }
+    m = mn;
+    __syncwarp();
+  }
+  if (!live) return;
+#pragma unroll
+  for (int e = 0; e < kMaxE; ++e) {
+    const int64_t d = lane + 32 * e;
+    if (d < Dv) p.out[(i * p.Hq + h) * Dv + d] = l > 0.0f ? acc[e] / l : 0.0f;
+  }
+}
+
+size_t prefill_smem_bytes(const Attention& a) {
+  return size_t(32 * (a.D + 4) + 32 * a.Dv + kPrefillWarps * a.D + kPrefillWarps * 32) * sizeof(float);
+}
+
+// The tiled prefill kernel takes many-row calls whose tiles fit the default 48 KB.
+bool use_prefill(const Attention& a) {
+  return a.T >= 32 && !a.pos && prefill_smem_bytes(a) <= size_t(48) << 10;
+}
+
 // One block per (i, h): merges the n_split partials of that row.
 __global__ void attn_combine_kernel(const float* part, int n_split, int64_t Dv, float* out) {
   const int64_t row = blockIdx.x;
@@ -148,6 +243,7 @@ void check(const Attention& a) {
 }  // namespace
 
 size_t attention_workspace_bytes(const Attention& a) {
+  if (use_prefill(a)) return 0;
   const int ns = n_splits(a);
   return ns == 1 ? 0 : size_t(a.T * a.Hq) * size_t(ns) * size_t(a.Dv + 2) * sizeof(float);
 }
@@ -158,6 +254,18 @@ void attention(const Launch& l, const Attention& a) {
   int prev = 0;
   NIBBLE_CUDA_CHECK(cudaGetDevice(&prev));
   if (prev != l.device) NIBBLE_CUDA_CHECK(cudaSetDevice(l.device));
+  if (use_prefill(a)) {
+    Params p{a.T,     a.S,       a.Hq,    a.Hkv, a.D, a.Dv,   a.q_offset, a.window, a.ldq, a.ldk, a.ldv, 0,
+             a.scale, a.softcap, a.alibi, a.q,   a.k, a.v,    a.out,      nullptr,  1,     nullptr};
+    const dim3 grid(unsigned(ceil_div(a.T, kPrefillWarps)), unsigned(a.Hq));
+    with_float_dtype("cuda::attention", a.kv_dtype, [&](auto KV) {
+      attn_prefill_kernel<decltype(KV)>
+          <<<grid, kPrefillWarps * 32, prefill_smem_bytes(a), as_stream(l.stream)>>>(p);
+    });
+    NIBBLE_CUDA_CHECK_LAUNCH();
+    if (prev != l.device) NIBBLE_CUDA_CHECK(cudaSetDevice(prev));
+    return;
+  }
   const int ns = n_splits(a);
   const size_t need = attention_workspace_bytes(a);
   if (need > l.workspace_bytes || (need && !l.workspace))

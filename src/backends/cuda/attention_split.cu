@@ -132,13 +132,11 @@ __global__ void __launch_bounds__(kPrefillWarps * 32) attn_prefill_kernel(Params
   for (int e = 0; e < kMaxE; ++e) acc[e] = 0.0f;
   for (int64_t j0 = lo; j0 < hi; j0 += 32) {
     __syncthreads();  // the previous tile is consumed (and Qs written)
-    for (int64_t idx = threadIdx.x; idx < 32 * D; idx += blockDim.x) {
-      const int64_t r = idx / D, d = idx % D, j = j0 + r;
-      Ks[r * kld + d] = j < hi ? dev::load1<KV>(p.k, j * p.ldk + g * D + d) : 0.0f;
-    }
-    for (int64_t idx = threadIdx.x; idx < 32 * Dv; idx += blockDim.x) {
-      const int64_t r = idx / Dv, d = idx % Dv, j = j0 + r;
-      Vs[r * Dv + d] = j < hi ? dev::load1<KV>(p.v, j * p.ldv + g * Dv + d) : 0.0f;
+    for (int r = warp; r < 32; r += kPrefillWarps) {  // a warp a key row, lanes over d
+      const int64_t j = j0 + r;
+      for (int64_t d = lane; d < D; d += 32) Ks[r * kld + d] = j < hi ? dev::load1<KV>(p.k, j * p.ldk + g * D + d) : 0.0f;
+      for (int64_t d = lane; d < Dv; d += 32)
+        Vs[r * Dv + d] = j < hi ? dev::load1<KV>(p.v, j * p.ldv + g * Dv + d) : 0.0f;
     }
     __syncthreads();
     const int64_t j = j0 + lane;
@@ -148,7 +146,17 @@ __global__ void __launch_bounds__(kPrefillWarps * 32) attn_prefill_kernel(Params
       const float* qr = Qs + warp * D;
       const float* kr = Ks + lane * kld;
       float dot = 0.0f;
-      for (int64_t d = 0; d < D; ++d) dot += qr[d] * kr[d];
+      if (D % 4 == 0) {  // 16-byte shared loads: the row pitch D + 4 keeps them aligned
+        for (int64_t d = 0; d < D; d += 4) {
+          const float4 a4 = *reinterpret_cast<const float4*>(qr + d), b4 = *reinterpret_cast<const float4*>(kr + d);
+          dot += a4.x * b4.x;
+          dot += a4.y * b4.y;
+          dot += a4.z * b4.z;
+          dot += a4.w * b4.w;
+        }
+      } else {
+        for (int64_t d = 0; d < D; ++d) dot += qr[d] * kr[d];
+      }
       s = dot * p.scale;
       if (p.softcap > 0.0f) s = p.softcap * tanhf(s / p.softcap);
       if (p.alibi) s += slope * float(j);

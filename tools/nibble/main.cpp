@@ -34,6 +34,8 @@ int main(int argc, char** argv) {
   add_detokenize_command(app, dargs);
   VerifyArgs vargs;
   add_verify_command(app, vargs);
+  ServeArgs sargs;
+  add_serve_command(app, sargs);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -51,6 +53,7 @@ int main(int argc, char** argv) {
     if (app.got_subcommand("perplexity")) return run_perplexity(pargs);
     if (app.got_subcommand("tokenize")) return run_tokenize(targs);
     if (app.got_subcommand("detokenize")) return run_detokenize(dargs);
+    if (app.got_subcommand("serve")) return run_serve(sargs);
     if (app.got_subcommand("verify")) return run_verify(vargs);  // 0 all passed, 1 one failed
   } catch (const std::exception& e) {
     std::fprintf(stderr, "nibble: error: %s\n", e.what());

@@ -3,6 +3,7 @@
 // it against the context, submit a Job to the Scheduler, then answer in one JSON body or as
 // Server-Sent Events ending in `data: [DONE]`. A streaming client that goes away cancels its
 // job (a failed write, or the socket found closed while waiting), which frees its slot.
+#include <algorithm>
 #include <chrono>
 
 #include "nibble/chat_template.h"
@@ -25,6 +26,7 @@ enum class Kind { Chat, Text };
 struct Submitted {
   std::shared_ptr<Job> job;
   int64_t prompt_tokens = 0;
+  std::vector<int64_t> eos;
 };
 
 // Decoding settings as OpenAI means them: temperature 0 is greedy, otherwise sampling at the
@@ -63,7 +65,7 @@ Submitted submit(Server::Impl& s, std::vector<int64_t> prompt, const SamplingReq
   if (!s.scheduler->submit(job))
     throw ApiError(503, "The server is busy (request queue full) or shutting down; retry later.", {},
                    "server_error", "queue_full");
-  return {job, n};
+  return {job, n, d.eos_token_id};
 }
 
 const char* finish_name(FinishReason r, bool stop_found) {
@@ -84,21 +86,24 @@ void respond_whole(Server::Impl& s, httplib::Response& res, const Submitted& sub
     out.insert(out.end(), u.tokens.begin(), u.tokens.end());
   } while (!u.done);
   if (!u.error.empty() || u.cancelled) throw job_error(u);
+  const int64_t n_out = int64_t(out.size());
+  if (u.reason == FinishReason::Eos && !out.empty()) out.pop_back();  // the end token is not text
   const std::string full = s.tok->decode_text(out);
   const std::string text = cut_at_stop(full, stops);
   const char* finish = finish_name(u.reason, text.size() != full.size());
-  const int64_t n_out = int64_t(out.size());
   res.set_content(dump(kind == Kind::Chat ? chat_completion(head, text, finish, sub.prompt_tokens, n_out)
                                           : text_completion(head, text, finish, sub.prompt_tokens, n_out)),
                   "application/json");
 }
 
 struct StreamState {
-  StreamState(std::shared_ptr<Job> j, const Tokenizer* tok, std::vector<std::string> stops)
+  StreamState(std::shared_ptr<Job> j, const Tokenizer* tok, std::vector<std::string> stops, std::vector<int64_t> e)
       : job(std::move(j)),
+        eos(std::move(e)),
         streamer([tok](const std::vector<int64_t>& ids) { return tok->decode_text(ids); }),
         trimmer(std::move(stops)) {}
   std::shared_ptr<Job> job;
+  std::vector<int64_t> eos;  // an eos token ends the sequence and is not text
   TextStreamer streamer;
   StopTrimmer trimmer;
   int64_t n_out = 0;
@@ -107,7 +112,7 @@ struct StreamState {
 
 void respond_stream(Server::Impl& s, httplib::Response& res, const Submitted& sub, Kind kind,
                     const std::vector<std::string>& stops, const ResponseHead& head, bool include_usage) {
-  auto st = std::make_shared<StreamState>(sub.job, s.tok, stops);
+  auto st = std::make_shared<StreamState>(sub.job, s.tok, stops, sub.eos);
   const int64_t prompt_tokens = sub.prompt_tokens;
   auto chunk = [=](const std::string& text, const char* finish) {
     if (kind == Kind::Text) return sse(text_chunk(head, text, finish, include_usage));
@@ -131,8 +136,11 @@ void respond_stream(Server::Impl& s, httplib::Response& res, const Submitted& su
         }
         const Job::Update u = st->job->wait(100ms);
         st->n_out += int64_t(u.tokens.size());
+        std::vector<int64_t> tokens;
+        for (int64_t t : u.tokens)
+          if (std::find(st->eos.begin(), st->eos.end(), t) == st->eos.end()) tokens.push_back(t);
         if (!u.tokens.empty()) {
-          const std::string delta = st->trimmer.push(st->streamer.push(u.tokens));
+          const std::string delta = st->trimmer.push(st->streamer.push(tokens));
           if (!delta.empty() && !send(chunk(delta, nullptr))) return false;
         } else if (!u.done && !sink.is_writable()) {
           st->job->cancel();  // closed while we waited for a token

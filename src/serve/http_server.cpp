@@ -6,6 +6,7 @@
 
 #include <sys/socket.h>
 
+#include <charconv>
 #include <chrono>
 
 #include "nibble/chat_template.h"
@@ -48,8 +49,10 @@ namespace {
 using Handler = std::function<void(Server::Impl&, const httplib::Request&, httplib::Response&)>;
 
 // A handler whose exceptions become OpenAI errors: ApiError with its status, anything else 500.
-httplib::Server::Handler guarded(Server::Impl& s, Handler h) {
-  return [&s, h = std::move(h)](const httplib::Request& req, httplib::Response& res) {
+// counted: a generation endpoint, whose answers nibble_requests_total counts (here, before the
+// response is written, so a client that reads /metrics after its answer sees it counted).
+httplib::Server::Handler guarded(Server::Impl& s, Handler h, bool counted = false) {
+  return [&s, h = std::move(h), counted](const httplib::Request& req, httplib::Response& res) {
     try {
       h(s, req, res);
     } catch (const ApiError& e) {
@@ -57,6 +60,7 @@ httplib::Server::Handler guarded(Server::Impl& s, Handler h) {
     } catch (const std::exception& e) {
       set_error(res, ApiError(500, detail::str("Internal server error: ", e.what()), {}, "server_error"));
     }
+    if (counted) s.metrics.on_request(res.status == -1 ? 200 : res.status);
   };
 }
 
@@ -142,6 +146,17 @@ Server::Server(ServerOptions o) : impl_(std::make_unique<Impl>(std::move(o))) {
     s.listen_fd = fd;
   });
   h.set_pre_routing_handler([&s](const httplib::Request& req, httplib::Response& res) {
+    // Runs before httplib reads the body: a declared length past the limit is refused at once,
+    // instead of httplib reading (and dropping) all of it first.
+    const std::string length = req.get_header_value("Content-Length");
+    uint64_t n = 0;
+    const auto [end, ec] = std::from_chars(length.data(), length.data() + length.size(), n);
+    const bool too_long = ec == std::errc::result_out_of_range || (ec == std::errc() && n > s.opt.max_body_bytes);
+    if (!length.empty() && too_long) {
+      set_error(res, ApiError(413, detail::str("The request body is larger than the limit of ", s.opt.max_body_bytes,
+                                               " bytes.")));
+      return httplib::Server::HandlerResponse::Handled;
+    }
     if (s.opt.api_key.empty() || req.path == "/health") return httplib::Server::HandlerResponse::Unhandled;
     const std::string auth = req.get_header_value("Authorization");
     const std::string prefix = "Bearer ";
@@ -163,11 +178,8 @@ Server::Server(ServerOptions o) : impl_(std::make_unique<Impl>(std::move(o))) {
     set_error(res, ApiError(res.status, msg, {}, res.status >= 500 ? "server_error" : "invalid_request_error"));
     return httplib::Server::HandlerResponse::Handled;
   }));
-  h.set_logger([&s](const httplib::Request& req, const httplib::Response& res) {
-    if (req.path.find("completions") != std::string::npos) s.metrics.on_request(res.status);
-  });
-  for (const char* p : {"/v1/chat/completions", "/chat/completions"}) h.Post(p, guarded(s, handle_chat));
-  for (const char* p : {"/v1/completions", "/completions"}) h.Post(p, guarded(s, handle_completion));
+  for (const char* p : {"/v1/chat/completions", "/chat/completions"}) h.Post(p, guarded(s, handle_chat, true));
+  for (const char* p : {"/v1/completions", "/completions"}) h.Post(p, guarded(s, handle_completion, true));
   for (const char* p : {"/v1/models", "/models"}) h.Get(p, guarded(s, models));
   h.Get("/health", guarded(s, health));
   h.Get("/metrics", guarded(s, metrics_text));

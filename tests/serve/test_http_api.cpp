@@ -225,7 +225,9 @@ TEST(ServeApi, ErrorsHaveOpenAIShapeAndStatus) {
 TEST(ServeApi, CtxSizeLimitsPromptAndGeneration) {
   auto s = start_server([] { serve::ServerOptions o; o.ctx_size = 16; return o; }());
   auto c = client(*s);
-  Reply r = post(c, "/v1/completions", json{{"prompt", "Once upon a time there was a big old dog and a cat"}});
+  const std::string prompt = "Once upon a time there was a big old dog and a cat. They played in the park all day long.";
+  ASSERT_GE(tiny_tokenizer().encode(prompt, true).ids.size(), 16u);  // no room for one token
+  Reply r = post(c, "/v1/completions", json{{"prompt", prompt}});
   ASSERT_EQ(r.status, 400);
   EXPECT_NE(r.body["error"]["message"].get<std::string>().find("16 tokens"), std::string::npos) << r.raw;
   // Generation stops at the context: prompt + completion <= 16.
@@ -259,8 +261,10 @@ TEST(ServeApi, MetricsCountRequestsAndTokens) {
   ASSERT_EQ(post(c, "/v1/completions", json{{"prompt", 3}}).status, 400);
   httplib::Result m = c.Get("/metrics");
   ASSERT_TRUE(m);
+  const std::string prompt_tokens =
+      "nibble_prompt_tokens_total " + std::to_string(tiny_tokenizer().encode("Once", true).ids.size());
   for (const char* line : {"nibble_requests_total{status=\"200\"} 1", "nibble_requests_total{status=\"400\"} 1",
-                           "nibble_prompt_tokens_total 2", "nibble_generated_tokens_total 5",
+                           prompt_tokens.c_str(), "nibble_generated_tokens_total 5",
                            "nibble_time_to_first_token_seconds_count 1", "nibble_inter_token_latency_seconds_count 4",
                            "nibble_queue_depth 0"})
     EXPECT_NE(m->body.find(line), std::string::npos) << line << "\n" << m->body;

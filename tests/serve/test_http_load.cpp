@@ -121,7 +121,7 @@ TEST(ServeLoad, FullQueueAnswers503WithRetryAfter) {
 }
 
 TEST(ServeLoad, StalledHalfRequestIsDroppedAndOthersAreServed) {
-  auto s = start_server([] { serve::ServerOptions o; o.read_timeout_s = 1; return o; }());
+  auto s = start_server([] { serve::ServerOptions o; o.read_timeout_s = 1; o.keep_alive_timeout_s = 1; return o; }());
   RawSocket stalled(s->port());
   ASSERT_TRUE(stalled.ok());
   const std::string req = http_post("/v1/completions", R"({"prompt": "Once", "max_tokens": 4})");

@@ -238,9 +238,14 @@ void Server::stop() {
   std::lock_guard lock(s.stop_mu);
   if (s.stopped) return;
   s.stopped = true;
-  if (s.listener.joinable()) s.http.stop();  // no new connections; open ones end after their request
-  if (s.scheduler) s.scheduler->stop(s.opt.grace);
-  if (s.listener.joinable()) s.listener.join();  // every connection thread has returned
+  // Not httplib's stop(): it marks the server as shutting down, and its chunked writer then stops
+  // calling our providers, cutting off every stream in flight. Shutting the listening socket
+  // down makes accept() fail instead: the accept loop closes the socket and waits for the
+  // connection threads, while streams go on until their jobs end.
+  if (s.listener.joinable() && s.listen_fd >= 0) ::shutdown(s.listen_fd, SHUT_RDWR);
+  if (s.scheduler) s.scheduler->stop(s.opt.grace);  // in-flight jobs finish or are cancelled
+  // Every connection thread has returned: streams ended, idle keep-alive connections timed out.
+  if (s.listener.joinable()) s.listener.join();
 }
 
 }  // namespace nibble::serve

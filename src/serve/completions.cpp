@@ -136,13 +136,13 @@ void respond_stream(Server::Impl& s, httplib::Response& res, const Submitted& su
         }
         const Job::Update u = st->job->wait(100ms);
         st->n_out += int64_t(u.tokens.size());
-        std::vector<int64_t> tokens;
-        for (int64_t t : u.tokens)
-          if (std::find(st->eos.begin(), st->eos.end(), t) == st->eos.end()) tokens.push_back(t);
-        if (!u.tokens.empty()) {
-          const std::string delta = st->trimmer.push(st->streamer.push(tokens));
+        // One event per token, as OpenAI sends them (however many arrived since the last wait).
+        for (int64_t t : u.tokens) {
+          if (std::find(st->eos.begin(), st->eos.end(), t) != st->eos.end()) continue;
+          const std::string delta = st->trimmer.push(st->streamer.push(std::span<const int64_t>(&t, 1)));
           if (!delta.empty() && !send(chunk(delta, nullptr))) return false;
-        } else if (!u.done && !sink.is_writable()) {
+        }
+        if (u.tokens.empty() && !u.done && !sink.is_writable()) {
           st->job->cancel();  // closed while we waited for a token
           return false;
         }

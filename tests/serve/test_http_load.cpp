@@ -54,7 +54,7 @@ TEST(ServeLoad, ConcurrentClientsGetWhatGenerateGivesAlone) {
     expect.push_back(reply_text(ids));
     expect_n.push_back(ids.size());
   }
-  const int clients = 32, per_client = 3;
+  const int clients = 32, per_client = 20;  // the load: 640 requests
   std::atomic<int> failures{0}, done{0};
   std::vector<std::thread> threads;
   for (int t = 0; t < clients; ++t)

@@ -127,6 +127,22 @@ TEST(ServeCli, GraceZeroCancelsInFlightAndBadPortFails) {
                                         " --port " + std::to_string(p.port));
   EXPECT_EQ(dup.rc, 2);
   EXPECT_NE(dup.err.find("cannot listen"), std::string::npos) << dup.err;
+  // With no grace, a stream in flight is cancelled: it ends with an error event, not a finish.
+  RawSocket sock(p.port);
+  const std::string body =
+      json{{"prompt", "Once"}, {"max_tokens", 480}, {"temperature", 2}, {"seed", 3}, {"stream", true}}.dump();
+  ASSERT_TRUE(sock.send_all("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: " +
+                            std::to_string(body.size()) + "\r\n\r\n" + body));
+  std::string raw;
+  bool closed = false;
+  for (int i = 0; i < 100 && raw.find("data: {") == std::string::npos && !closed; ++i) raw += sock.read_some(100, closed);
+  ASSERT_NE(raw.find("data: {"), std::string::npos) << raw;
   ASSERT_EQ(kill(p.pid, SIGINT), 0);
+  const auto t0 = std::chrono::steady_clock::now();
+  while (!closed && raw.find("data: [DONE]") == std::string::npos && std::chrono::steady_clock::now() - t0 < 20s)
+    raw += sock.read_some(100, closed);
+  sock.close();
   EXPECT_EQ(p.wait_exit(20s), 0) << p.log();
+  EXPECT_NE(raw.find("shutting down"), std::string::npos) << raw.substr(raw.size() > 600 ? raw.size() - 600 : 0);
+  EXPECT_EQ(raw.find(R"("finish_reason":"length")"), std::string::npos);
 }

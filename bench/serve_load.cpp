@@ -31,14 +31,20 @@ using nlohmann::json;
 
 namespace {
 
-const char* kPrompts[] = {"Once upon a time", "The little dog", "Lily had a red ball", "Tom and Sam went to the park",
-                          "One day, a bird", "The sun was hot", "Mom said", "There was a big tree"};
+const char* kPrompts[] = {"Once upon a time",
+                          "The little dog",
+                          "Lily had a red ball",
+                          "Tom and Sam went to the park",
+                          "One day, a bird",
+                          "The sun was hot",
+                          "Mom said",
+                          "There was a big tree"};
 
 struct Sample {
-  double ttft = 0;      // seconds from sending to the first text event
-  double decode = 0;    // seconds from the first to the last text event
-  int64_t events = 0;   // text events
-  int64_t tokens = 0;   // usage.completion_tokens
+  double ttft = 0;     // seconds from sending to the first text event
+  double decode = 0;   // seconds from the first to the last text event
+  int64_t events = 0;  // text events
+  int64_t tokens = 0;  // usage.completion_tokens
   bool ok = false;
   // Time per output token after the first (TPOT): events can arrive in bursts when the client
   // reads late, so the per-request average says more than gaps between events.
@@ -48,8 +54,12 @@ struct Sample {
 Sample one_request(const std::string& host, int port, size_t i, int max_tokens) {
   httplib::Client c(host, port);
   c.set_read_timeout(300, 0);
-  json body{{"model", "m"}, {"prompt", kPrompts[i % std::size(kPrompts)]}, {"max_tokens", max_tokens},
-            {"temperature", 0}, {"stream", true}, {"stream_options", {{"include_usage", true}}}};
+  json body{{"model", "m"},
+            {"prompt", kPrompts[i % std::size(kPrompts)]},
+            {"max_tokens", max_tokens},
+            {"temperature", 0},
+            {"stream", true},
+            {"stream_options", {{"include_usage", true}}}};
   Sample s;
   std::string buf;
   const Clock::time_point t0 = Clock::now();
@@ -71,13 +81,16 @@ Sample one_request(const std::string& host, int port, size_t i, int max_tokens) 
       }
       const json j = json::parse(ev.substr(6), nullptr, false);
       if (!j.is_object()) continue;
-      if (j.contains("usage") && j["usage"].is_object()) s.tokens = j["usage"]["completion_tokens"].get<int64_t>();
+      if (j.contains("usage") && j["usage"].is_object())
+        s.tokens = j["usage"]["completion_tokens"].get<int64_t>();
       if (!j.contains("choices") || j["choices"].empty()) continue;
       const json& ch = j["choices"][0];
       if (!ch.contains("text") || !ch["text"].is_string() || ch["text"].get<std::string>().empty()) continue;
       const Clock::time_point now = Clock::now();
-      if (first) s.ttft = std::chrono::duration<double>(now - t0).count();
-      else s.decode += std::chrono::duration<double>(now - last).count();
+      if (first)
+        s.ttft = std::chrono::duration<double>(now - t0).count();
+      else
+        s.decode += std::chrono::duration<double>(now - last).count();
       ++s.events;
       first = false;
       last = now;
@@ -102,7 +115,8 @@ json run_level(const std::string& host, int port, int concurrency, int requests,
   std::vector<std::thread> clients;
   for (int c = 0; c < concurrency; ++c)
     clients.emplace_back([&] {
-      for (int i; (i = next.fetch_add(1)) < requests;) samples[size_t(i)] = one_request(host, port, size_t(i), max_tokens);
+      for (int i; (i = next.fetch_add(1)) < requests;)
+        samples[size_t(i)] = one_request(host, port, size_t(i), max_tokens);
     });
   for (auto& t : clients) t.join();
   const double wall = std::chrono::duration<double>(Clock::now() - t0).count();
@@ -154,24 +168,31 @@ int main(int argc, char** argv) {
       if (i + 1 >= argc) throw std::runtime_error(a + " needs a value");
       return argv[++i];
     };
-    if (a == "--url") url = next();
-    else if (a == "--requests") requests = std::stoi(next());
-    else if (a == "--max-tokens") max_tokens = std::stoi(next());
-    else if (a == "--parallel") parallel = std::stoi(next());
-    else if (a == "--machine") machine = next();
+    if (a == "--url")
+      url = next();
+    else if (a == "--requests")
+      requests = std::stoi(next());
+    else if (a == "--max-tokens")
+      max_tokens = std::stoi(next());
+    else if (a == "--parallel")
+      parallel = std::stoi(next());
+    else if (a == "--machine")
+      machine = next();
     else if (a == "--concurrency") {
       levels.clear();
       std::stringstream ss(next());
       for (std::string x; std::getline(ss, x, ',');) levels.push_back(std::stoi(x));
-    } else if (a.rfind("--", 0) != 0) model = a;
+    } else if (a.rfind("--", 0) != 0)
+      model = a;
     else {
       std::fprintf(stderr, "serve_load: unknown option %s\n", a.c_str());
       return 2;
     }
   }
   if (model.empty() == url.empty()) {
-    std::fprintf(stderr, "usage: serve_load MODEL [--parallel N] | --url http://HOST:PORT  [--concurrency 1,8,32] "
-                         "[--requests N] [--max-tokens N] [--machine NAME]\n");
+    std::fprintf(stderr,
+                 "usage: serve_load MODEL [--parallel N] | --url http://HOST:PORT  [--concurrency 1,8,32] "
+                 "[--requests N] [--max-tokens N] [--machine NAME]\n");
     return 2;
   }
   std::unique_ptr<nibble::CausalLM> m;
@@ -196,12 +217,15 @@ int main(int argc, char** argv) {
     port = std::stoi(url.substr(colon + 1));
   }
   one_request(host, port, 0, 4);  // warm-up
-  json out{{"bench", "serve_load"},
-           {"server", model.empty() ? url : "nibble serve (in-process), --parallel " + std::to_string(parallel)},
-           {"model", model.empty() ? "(external)" : model},
-           {"machine", {{"name", machine}, {"cpu", cpu_name()}, {"logical_cores", std::thread::hardware_concurrency()}}},
-           {"request", {{"endpoint", "/v1/completions"}, {"stream", true}, {"temperature", 0}, {"max_tokens", max_tokens}}},
-           {"levels", json::array()}};
+  json out{
+      {"bench", "serve_load"},
+      {"server", model.empty() ? url : "nibble serve (in-process), --parallel " + std::to_string(parallel)},
+      {"model", model.empty() ? "(external)" : model},
+      {"machine",
+       {{"name", machine}, {"cpu", cpu_name()}, {"logical_cores", std::thread::hardware_concurrency()}}},
+      {"request",
+       {{"endpoint", "/v1/completions"}, {"stream", true}, {"temperature", 0}, {"max_tokens", max_tokens}}},
+      {"levels", json::array()}};
   out["loadavg_start"] = loadavg();
   for (int c : levels) {
     out["levels"].push_back(run_level(host, port, c, requests, max_tokens));

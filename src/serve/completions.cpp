@@ -35,11 +35,11 @@ Submitted submit(Server::Impl& s, std::vector<int64_t> prompt, const SamplingReq
   const int64_t n = int64_t(prompt.size());
   if (n == 0) throw ApiError(400, "The prompt is empty.", param);
   if (n >= s.ctx)
-    throw ApiError(400,
-                   detail::str("This model's maximum context length is ", s.ctx, " tokens. However, your ",
-                               param == std::string("messages") ? "messages" : "prompt", " resulted in ", n,
-                               " tokens."),
-                   param, "invalid_request_error", "context_length_exceeded");
+    throw ApiError(
+        400,
+        detail::str("This model's maximum context length is ", s.ctx, " tokens. However, your ",
+                    param == std::string("messages") ? "messages" : "prompt", " resulted in ", n, " tokens."),
+        param, "invalid_request_error", "context_length_exceeded");
   GenerateOptions o;
   o.max_new_tokens = std::min(r.max_tokens.value_or(s.ctx - n), s.ctx - n);
   const double t = r.temperature.value_or(1.0);
@@ -97,7 +97,8 @@ void respond_whole(Server::Impl& s, httplib::Response& res, const Submitted& sub
 }
 
 struct StreamState {
-  StreamState(std::shared_ptr<Job> j, const Tokenizer* tok, std::vector<std::string> stops, std::vector<int64_t> e)
+  StreamState(std::shared_ptr<Job> j, const Tokenizer* tok, std::vector<std::string> stops,
+              std::vector<int64_t> e)
       : job(std::move(j)),
         eos(std::move(e)),
         streamer([tok](const std::vector<int64_t>& ids) { return tok->decode_text(ids); }),
@@ -132,7 +133,8 @@ void respond_stream(Server::Impl& s, httplib::Response& res, const Submitted& su
         if (!st->started) {
           st->started = true;
           if (kind == Kind::Chat)
-            return send(sse(chat_chunk(head, ojson{{"role", "assistant"}, {"content", ""}}, nullptr, include_usage)));
+            return send(
+                sse(chat_chunk(head, ojson{{"role", "assistant"}, {"content", ""}}, nullptr, include_usage)));
         }
         const Job::Update u = st->job->wait(100ms);
         st->n_out += int64_t(u.tokens.size());
@@ -170,13 +172,15 @@ void respond_stream(Server::Impl& s, httplib::Response& res, const Submitted& su
 ResponseHead head_for(Server::Impl& s, Kind kind) {
   ResponseHead h;
   h.id = detail::str(kind == Kind::Chat ? "chatcmpl-" : "cmpl-", s.started_at, "-", s.next_id.fetch_add(1));
-  h.created = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
-                  .count();
+  h.created =
+      std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
+          .count();
   h.model = s.opt.model_name;
   return h;
 }
 
-void answer(Server::Impl& s, httplib::Response& res, const Submitted& sub, Kind kind, const SamplingRequest& r) {
+void answer(Server::Impl& s, httplib::Response& res, const Submitted& sub, Kind kind,
+            const SamplingRequest& r) {
   const ResponseHead head = head_for(s, kind);
   if (r.stream)
     respond_stream(s, res, sub, kind, r.stop, head, r.include_usage);
@@ -195,7 +199,8 @@ void handle_chat(Server::Impl& s, const httplib::Request& req, httplib::Response
   } catch (const Error& e) {  // the template's raise_exception (e.g. roles must alternate)
     throw ApiError(400, detail::str("The chat template rejected the messages: ", e.what()), "messages");
   }
-  Submitted sub = submit(s, s.tok->encode(rendered, /*add_special_tokens=*/false).ids, r.sampling, "messages");
+  Submitted sub =
+      submit(s, s.tok->encode(rendered, /*add_special_tokens=*/false).ids, r.sampling, "messages");
   answer(s, res, sub, Kind::Chat, r.sampling);
 }
 
@@ -210,8 +215,9 @@ void handle_completion(Server::Impl& s, const httplib::Request& req, httplib::Re
     const int64_t vocab = s.model->config().vocab_size;
     for (int64_t id : ids)
       if (id < 0 || id >= vocab)
-        throw ApiError(400, detail::str("Invalid value for 'prompt': token id ", id, " is outside [0, ", vocab, ")."),
-                       "prompt", "invalid_request_error", "invalid_value");
+        throw ApiError(
+            400, detail::str("Invalid value for 'prompt': token id ", id, " is outside [0, ", vocab, ")."),
+            "prompt", "invalid_request_error", "invalid_value");
   }
   Submitted sub = submit(s, std::move(ids), r.sampling, "prompt");
   answer(s, res, sub, Kind::Text, r.sampling);

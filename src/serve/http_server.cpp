@@ -126,9 +126,9 @@ void detokenize(Server::Impl& s, const httplib::Request& req, httplib::Response&
 Server::Server(ServerOptions o) : impl_(std::make_unique<Impl>(std::move(o))) {
   Impl& s = *impl_;
   if (s.opt.model_name.empty()) s.opt.model_name = "nibble";
-  s.started_at = std::chrono::duration_cast<std::chrono::seconds>(
-                     std::chrono::system_clock::now().time_since_epoch())
-                     .count();
+  s.started_at =
+      std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
+          .count();
   httplib::Server& h = s.http;
   h.new_task_queue = [&s] { return new ElasticPool(s.opt.max_threads); };
   h.set_read_timeout(s.opt.read_timeout_s, 0);
@@ -151,10 +151,11 @@ Server::Server(ServerOptions o) : impl_(std::make_unique<Impl>(std::move(o))) {
     const std::string length = req.get_header_value("Content-Length");
     uint64_t n = 0;
     const auto [end, ec] = std::from_chars(length.data(), length.data() + length.size(), n);
-    const bool too_long = ec == std::errc::result_out_of_range || (ec == std::errc() && n > s.opt.max_body_bytes);
+    const bool too_long =
+        ec == std::errc::result_out_of_range || (ec == std::errc() && n > s.opt.max_body_bytes);
     if (!length.empty() && too_long) {
-      set_error(res, ApiError(413, detail::str("The request body is larger than the limit of ", s.opt.max_body_bytes,
-                                               " bytes.")));
+      set_error(res, ApiError(413, detail::str("The request body is larger than the limit of ",
+                                               s.opt.max_body_bytes, " bytes.")));
       return httplib::Server::HandlerResponse::Handled;
     }
     if (s.opt.api_key.empty() || req.path == "/health") return httplib::Server::HandlerResponse::Unhandled;
@@ -163,22 +164,26 @@ Server::Server(ServerOptions o) : impl_(std::make_unique<Impl>(std::move(o))) {
     const bool ok = auth.size() > prefix.size() && auth.compare(0, prefix.size(), prefix) == 0 &&
                     same_secret(auth.substr(prefix.size()), s.opt.api_key);
     if (ok) return httplib::Server::HandlerResponse::Unhandled;
-    set_error(res, ApiError(401,
-                            auth.empty() ? "You didn't provide an API key: pass it as 'Authorization: Bearer KEY'."
-                                         : "Incorrect API key provided.",
-                            {}, "invalid_request_error", "invalid_api_key"));
+    set_error(res,
+              ApiError(401,
+                       auth.empty() ? "You didn't provide an API key: pass it as 'Authorization: Bearer KEY'."
+                                    : "Incorrect API key provided.",
+                       {}, "invalid_request_error", "invalid_api_key"));
     return httplib::Server::HandlerResponse::Handled;
   });
   // Errors httplib answers by itself (no route, body too large, unparsable request) get a body
   // in OpenAI's shape too; handlers' own errors already have one.
-  h.set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request& req, httplib::Response& res) {
-    if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
-    std::string msg = status_message(res.status);
-    if (res.status == 404) msg = detail::str("Unknown endpoint: ", req.method, " ", req.path, ".");
-    set_error(res, ApiError(res.status, msg, {}, res.status >= 500 ? "server_error" : "invalid_request_error"));
-    return httplib::Server::HandlerResponse::Handled;
-  }));
-  for (const char* p : {"/v1/chat/completions", "/chat/completions"}) h.Post(p, guarded(s, handle_chat, true));
+  h.set_error_handler(
+      httplib::Server::HandlerWithResponse([](const httplib::Request& req, httplib::Response& res) {
+        if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+        std::string msg = status_message(res.status);
+        if (res.status == 404) msg = detail::str("Unknown endpoint: ", req.method, " ", req.path, ".");
+        set_error(
+            res, ApiError(res.status, msg, {}, res.status >= 500 ? "server_error" : "invalid_request_error"));
+        return httplib::Server::HandlerResponse::Handled;
+      }));
+  for (const char* p : {"/v1/chat/completions", "/chat/completions"})
+    h.Post(p, guarded(s, handle_chat, true));
   for (const char* p : {"/v1/completions", "/completions"}) h.Post(p, guarded(s, handle_completion, true));
   for (const char* p : {"/v1/models", "/models"}) h.Get(p, guarded(s, models));
   h.Get("/health", guarded(s, health));

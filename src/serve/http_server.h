@@ -32,16 +32,16 @@ class Metrics;
 
 struct ServerOptions {
   std::string host = "127.0.0.1";
-  int port = 8080;           // 0: a free port, port() tells which
-  std::string api_key;       // non-empty: every endpoint but /health needs "Authorization: Bearer KEY"
-  std::string model_name;    // the id GET /v1/models lists and responses carry
-  int64_t ctx_size = 0;      // prompt + generated tokens per request; 0: max_position_embeddings
+  int port = 8080;         // 0: a free port, port() tells which
+  std::string api_key;     // non-empty: every endpoint but /health needs "Authorization: Bearer KEY"
+  std::string model_name;  // the id GET /v1/models lists and responses carry
+  int64_t ctx_size = 0;    // prompt + generated tokens per request; 0: max_position_embeddings
   SchedulerOptions scheduler;
   size_t max_body_bytes = size_t(8) << 20;  // larger request bodies get 413
-  int read_timeout_s = 10;   // a client that stalls mid-request is dropped after this
-  int write_timeout_s = 10;  // a client that stops reading is dropped after this
+  int read_timeout_s = 10;                  // a client that stalls mid-request is dropped after this
+  int write_timeout_s = 10;                 // a client that stops reading is dropped after this
   int keep_alive_timeout_s = 5;
-  size_t max_threads = 1024;  // connections served at once (httplib: a thread per connection)
+  size_t max_threads = 1024;               // connections served at once (httplib: a thread per connection)
   std::chrono::milliseconds grace{10000};  // stop(): how long in-flight requests may finish
 };
 

@@ -22,8 +22,9 @@ const char* type_name(const json& v) {
 }
 
 [[noreturn]] void bad_type(const std::string& name, const json& v, const char* want) {
-  throw ApiError(400, detail::str("Invalid type for '", name, "': expected ", want, ", but got ", type_name(v), "."),
-                 name, "invalid_request_error", "invalid_type");
+  throw ApiError(
+      400, detail::str("Invalid type for '", name, "': expected ", want, ", but got ", type_name(v), "."),
+      name, "invalid_request_error", "invalid_type");
 }
 
 [[noreturn]] void bad_value(const std::string& name, const std::string& why) {
@@ -164,10 +165,12 @@ json parse_body(std::string_view body, int max_depth) {
 ChatRequest parse_chat_request(const json& body) {
   ChatRequest r;
   const json* msgs = field(body, "messages");
-  if (!msgs) throw ApiError(400, "Missing required parameter: 'messages'.", "messages", "invalid_request_error",
-                            "missing_required_parameter");
+  if (!msgs)
+    throw ApiError(400, "Missing required parameter: 'messages'.", "messages", "invalid_request_error",
+                   "missing_required_parameter");
   if (!msgs->is_array()) bad_type("messages", *msgs, "an array");
-  if (msgs->empty()) bad_value("messages", "expected an array with minimum length 1, but got an empty array.");
+  if (msgs->empty())
+    bad_value("messages", "expected an array with minimum length 1, but got an empty array.");
   r.messages = json::array();
   for (size_t i = 0; i < msgs->size(); ++i) {
     const json& m = (*msgs)[i];
@@ -194,16 +197,16 @@ ChatRequest parse_chat_request(const json& body) {
 CompletionRequest parse_completion_request(const json& body) {
   CompletionRequest r;
   const json* p = field(body, "prompt");
-  if (!p) throw ApiError(400, "Missing required parameter: 'prompt'.", "prompt", "invalid_request_error",
-                         "missing_required_parameter");
+  if (!p)
+    throw ApiError(400, "Missing required parameter: 'prompt'.", "prompt", "invalid_request_error",
+                   "missing_required_parameter");
   // A string, or one prompt in an array: [string] or token ids [int, ...] or [[int, ...]].
   const json* one = p;
   if (p->is_array() && p->size() == 1 && ((*p)[0].is_string() || (*p)[0].is_array())) one = &(*p)[0];
   if (one->is_string()) {
     r.prompt = one->get<std::string>();
-  } else if (one->is_array() && !one->empty() && std::all_of(one->begin(), one->end(), [](const json& e) {
-               return e.is_number_integer();
-             })) {
+  } else if (one->is_array() && !one->empty() &&
+             std::all_of(one->begin(), one->end(), [](const json& e) { return e.is_number_integer(); })) {
     r.ids = one->get<std::vector<int64_t>>();
   } else if (p->is_array() && p->size() > 1 && (*p)[0].is_string()) {
     bad_value("prompt", "this server takes one prompt per request.");
@@ -237,8 +240,10 @@ std::vector<int64_t> get_ids(const json& body, const char* name, int64_t vocab_s
   std::vector<int64_t> ids;
   for (const json& e : *v) {
     if (!e.is_number_integer()) bad_type(name, e, "an array of token ids");
-    const int64_t id = e.is_number_unsigned() && e.get<uint64_t>() > uint64_t(INT64_MAX) ? -1 : e.get<int64_t>();
-    if (id < 0 || id >= vocab_size) bad_value(name, detail::str("token id ", e.dump(), " is outside [0, ", vocab_size, ")."));
+    const int64_t id =
+        e.is_number_unsigned() && e.get<uint64_t>() > uint64_t(INT64_MAX) ? -1 : e.get<int64_t>();
+    if (id < 0 || id >= vocab_size)
+      bad_value(name, detail::str("token id ", e.dump(), " is outside [0, ", vocab_size, ")."));
     ids.push_back(id);
   }
   return ids;

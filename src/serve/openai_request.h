@@ -24,7 +24,11 @@ class ApiError : public Error {
  public:
   ApiError(int status, std::string message, std::string param = {},
            std::string type = "invalid_request_error", std::string code = {})
-      : Error(message), status_(status), param_(std::move(param)), type_(std::move(type)), code_(std::move(code)) {}
+      : Error(message),
+        status_(status),
+        param_(std::move(param)),
+        type_(std::move(type)),
+        code_(std::move(code)) {}
   int status() const { return status_; }
   const std::string& param() const { return param_; }
   const std::string& type() const { return type_; }
@@ -44,12 +48,12 @@ nlohmann::json parse_body(std::string_view body, int max_depth = 64);
 
 // The decoding settings common to chat and completions.
 struct SamplingRequest {
-  std::optional<int64_t> max_tokens;      // max_tokens / max_completion_tokens (>= 1)
-  std::optional<double> temperature;      // [0, 2]; 0 = greedy; unset = OpenAI's default, 1
-  std::optional<double> top_p;            // (0, 1]
-  std::optional<int64_t> top_k;           // llama-server's extension; 0 = off
-  std::optional<double> min_p;            // llama-server's extension, [0, 1]
-  std::optional<double> repetition_penalty;  // llama-server's extension, > 0
+  std::optional<int64_t> max_tokens;                   // max_tokens / max_completion_tokens (>= 1)
+  std::optional<double> temperature;                   // [0, 2]; 0 = greedy; unset = OpenAI's default, 1
+  std::optional<double> top_p;                         // (0, 1]
+  std::optional<int64_t> top_k;                        // llama-server's extension; 0 = off
+  std::optional<double> min_p;                         // llama-server's extension, [0, 1]
+  std::optional<double> repetition_penalty;            // llama-server's extension, > 0
   double presence_penalty = 0, frequency_penalty = 0;  // [-2, 2]
   std::optional<uint64_t> seed;
   std::vector<std::string> stop;  // at most 4, none empty
@@ -71,8 +75,8 @@ ChatRequest parse_chat_request(const nlohmann::json& body);
 CompletionRequest parse_completion_request(const nlohmann::json& body);
 
 // Helpers for the small endpoints (/tokenize, /detokenize), same errors.
-std::string get_string(const nlohmann::json& body, const char* name);         // required
-std::optional<bool> get_bool(const nlohmann::json& body, const char* name);    // optional
+std::string get_string(const nlohmann::json& body, const char* name);                            // required
+std::optional<bool> get_bool(const nlohmann::json& body, const char* name);                      // optional
 std::vector<int64_t> get_ids(const nlohmann::json& body, const char* name, int64_t vocab_size);  // required
 
 }  // namespace nibble::serve

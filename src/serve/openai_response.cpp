@@ -76,13 +76,18 @@ ojson chat_completion(const ResponseHead& h, const std::string& text, const char
                       int64_t prompt_tokens, int64_t completion_tokens) {
   ojson message{{"role", "assistant"}, {"content", text}};
   ojson choice{{"index", 0}, {"message", message}, {"logprobs", nullptr}, {"finish_reason", finish_reason}};
-  return {{"id", h.id},          {"object", "chat.completion"},
-          {"created", h.created}, {"model", h.model},
-          {"choices", ojson::array({choice})}, {"usage", usage_json(prompt_tokens, completion_tokens)}};
+  return {{"id", h.id},
+          {"object", "chat.completion"},
+          {"created", h.created},
+          {"model", h.model},
+          {"choices", ojson::array({choice})},
+          {"usage", usage_json(prompt_tokens, completion_tokens)}};
 }
 
 ojson chat_chunk(const ResponseHead& h, ojson delta, const char* finish_reason, bool with_usage) {
-  ojson choice{{"index", 0}, {"delta", std::move(delta)}, {"logprobs", nullptr},
+  ojson choice{{"index", 0},
+               {"delta", std::move(delta)},
+               {"logprobs", nullptr},
                {"finish_reason", finish_value(finish_reason)}};
   ojson j{{"id", h.id},
           {"object", "chat.completion.chunk"},
@@ -96,13 +101,17 @@ ojson chat_chunk(const ResponseHead& h, ojson delta, const char* finish_reason, 
 ojson text_completion(const ResponseHead& h, const std::string& text, const char* finish_reason,
                       int64_t prompt_tokens, int64_t completion_tokens) {
   ojson choice{{"text", text}, {"index", 0}, {"logprobs", nullptr}, {"finish_reason", finish_reason}};
-  return {{"id", h.id},          {"object", "text_completion"},
-          {"created", h.created}, {"model", h.model},
-          {"choices", ojson::array({choice})}, {"usage", usage_json(prompt_tokens, completion_tokens)}};
+  return {{"id", h.id},
+          {"object", "text_completion"},
+          {"created", h.created},
+          {"model", h.model},
+          {"choices", ojson::array({choice})},
+          {"usage", usage_json(prompt_tokens, completion_tokens)}};
 }
 
 ojson text_chunk(const ResponseHead& h, const std::string& text, const char* finish_reason, bool with_usage) {
-  ojson choice{{"text", text}, {"index", 0}, {"logprobs", nullptr}, {"finish_reason", finish_value(finish_reason)}};
+  ojson choice{
+      {"text", text}, {"index", 0}, {"logprobs", nullptr}, {"finish_reason", finish_value(finish_reason)}};
   ojson j{{"id", h.id},
           {"object", "text_completion"},
           {"created", h.created},
@@ -112,7 +121,8 @@ ojson text_chunk(const ResponseHead& h, const std::string& text, const char* fin
   return j;
 }
 
-ojson usage_chunk(const ResponseHead& h, const char* object, int64_t prompt_tokens, int64_t completion_tokens) {
+ojson usage_chunk(const ResponseHead& h, const char* object, int64_t prompt_tokens,
+                  int64_t completion_tokens) {
   return {{"id", h.id},
           {"object", object},
           {"created", h.created},

@@ -46,8 +46,9 @@ struct ResponseHead {
 
 nlohmann::ordered_json usage_json(int64_t prompt_tokens, int64_t completion_tokens);
 // finish_reason: "stop" / "length".
-nlohmann::ordered_json chat_completion(const ResponseHead& h, const std::string& text, const char* finish_reason,
-                                       int64_t prompt_tokens, int64_t completion_tokens);
+nlohmann::ordered_json chat_completion(const ResponseHead& h, const std::string& text,
+                                       const char* finish_reason, int64_t prompt_tokens,
+                                       int64_t completion_tokens);
 // delta: {"role": "assistant", "content": ""} first, {"content": text} after, {} with the finish
 // reason last; finish_reason null while streaming. with_usage: a "usage": null member (what
 // OpenAI sends on every chunk when stream_options.include_usage is set).

@@ -38,7 +38,8 @@ void ElasticPool::shutdown() {
 
 void ElasticPool::reap() {
   for (std::thread::id id : exited_) {
-    auto it = std::find_if(threads_.begin(), threads_.end(), [&](const std::thread& t) { return t.get_id() == id; });
+    auto it = std::find_if(threads_.begin(), threads_.end(),
+                           [&](const std::thread& t) { return t.get_id() == id; });
     if (it != threads_.end()) {
       it->join();  // it has returned from worker(): joining does not block
       threads_.erase(it);

@@ -33,9 +33,9 @@ class ElasticPool : public httplib::TaskQueue {
   std::deque<std::function<void()>> jobs_;
   size_t idle_ = 0, live_ = 0;
   bool shutdown_ = false;
-  std::vector<std::thread> threads_;   // every thread started (joined at shutdown)
+  std::vector<std::thread> threads_;     // every thread started (joined at shutdown)
   std::vector<std::thread::id> exited_;  // threads that returned, to join and drop
-  void reap();  // joins exited threads; mu_ held
+  void reap();                           // joins exited threads; mu_ held
 };
 
 }  // namespace nibble::serve

@@ -86,7 +86,8 @@ std::string streamed_text(const std::vector<json>& events) {
   for (const json& e : events) {
     if (!e.is_object() || !e.contains("choices") || e["choices"].empty()) continue;
     const json& c = e["choices"][0];
-    if (c.contains("delta") && c["delta"].contains("content")) text += c["delta"]["content"].get<std::string>();
+    if (c.contains("delta") && c["delta"].contains("content"))
+      text += c["delta"]["content"].get<std::string>();
     if (c.contains("text")) text += c["text"].get<std::string>();
   }
   return text;

@@ -15,7 +15,11 @@ using nlohmann::json;
 namespace {
 
 serve::Server& shared_server() {
-  static std::unique_ptr<serve::Server> s = start_server([] { serve::ServerOptions o; o.scheduler.parallel = 4; return o; }());
+  static std::unique_ptr<serve::Server> s = start_server([] {
+    serve::ServerOptions o;
+    o.scheduler.parallel = 4;
+    return o;
+  }());
   return *s;
 }
 
@@ -41,8 +45,8 @@ TEST(ServeApi, GreedyCompletionEqualsGenerateAloneWithUsage) {
   auto c = client(shared_server());
   const std::vector<int64_t> ids = tiny_tokenizer().encode(kPrompt, true).ids;
   const std::vector<int64_t> expect = greedy_alone(ids, 30);
-  Reply r = post(c, "/v1/completions", json{{"model", "whatever"}, {"prompt", kPrompt}, {"max_tokens", 30},
-                                            {"temperature", 0}});
+  Reply r = post(c, "/v1/completions",
+                 json{{"model", "whatever"}, {"prompt", kPrompt}, {"max_tokens", 30}, {"temperature", 0}});
   ASSERT_EQ(r.status, 200) << r.raw;
   EXPECT_EQ(r.body["object"], "text_completion");
   EXPECT_EQ(r.body["model"], "tinystories");
@@ -59,8 +63,9 @@ TEST(ServeApi, GreedyCompletionEqualsGenerateAloneWithUsage) {
 
 TEST(ServeApi, ChatUsesTheTemplateAndTokenizeAgrees) {
   auto c = client(shared_server());
-  const json messages = json::array({{{"role", "system"}, {"content", "Tell a story."}},
-                                     {{"role", "user"}, {"content", json::array({{{"type", "text"}, {"text", "A cat"}}})}}});
+  const json messages =
+      json::array({{{"role", "system"}, {"content", "Tell a story."}},
+                   {{"role", "user"}, {"content", json::array({{{"type", "text"}, {"text", "A cat"}}})}}});
   const std::string rendered = ChatTemplate::from_string(serve::chatml_template())
                                    .apply(json::array({{{"role", "system"}, {"content", "Tell a story."}},
                                                        {{"role", "user"}, {"content", "A cat"}}}),
@@ -74,7 +79,8 @@ TEST(ServeApi, ChatUsesTheTemplateAndTokenizeAgrees) {
   EXPECT_EQ(dt.body["content"], tiny_tokenizer().decode(ids));
 
   const std::vector<int64_t> expect = greedy_alone(ids, 24);
-  Reply r = post(c, "/v1/chat/completions", json{{"messages", messages}, {"max_completion_tokens", 24}, {"temperature", 0}});
+  Reply r = post(c, "/v1/chat/completions",
+                 json{{"messages", messages}, {"max_completion_tokens", 24}, {"temperature", 0}});
   ASSERT_EQ(r.status, 200) << r.raw;
   EXPECT_EQ(r.body["object"], "chat.completion");
   EXPECT_EQ(r.body["choices"][0]["message"]["role"], "assistant");
@@ -147,8 +153,9 @@ TEST(ServeApi, StopSequencesAreCutWholeAndStreamed) {
 TEST(ServeApi, SameSeedSameTextOtherSeedOtherText) {
   auto c = client(shared_server());
   auto sample = [&](int seed) {
-    Reply r = post(c, "/v1/completions", json{{"prompt", kPrompt}, {"max_tokens", 40}, {"temperature", 1.0},
-                                              {"top_p", 0.95}, {"seed", seed}});
+    Reply r = post(
+        c, "/v1/completions",
+        json{{"prompt", kPrompt}, {"max_tokens", 40}, {"temperature", 1.0}, {"top_p", 0.95}, {"seed", seed}});
     EXPECT_EQ(r.status, 200) << r.raw;
     return r.body["choices"][0]["text"].get<std::string>();
   };
@@ -156,7 +163,11 @@ TEST(ServeApi, SameSeedSameTextOtherSeedOtherText) {
   EXPECT_EQ(sample(7), a);
   EXPECT_NE(sample(8), a);
   // Penalties change sampling but keep the seed deterministic.
-  json pen{{"prompt", kPrompt}, {"max_tokens", 30}, {"temperature", 0}, {"frequency_penalty", 2}, {"presence_penalty", 2}};
+  json pen{{"prompt", kPrompt},
+           {"max_tokens", 30},
+           {"temperature", 0},
+           {"frequency_penalty", 2},
+           {"presence_penalty", 2}};
   Reply p1 = post(c, "/v1/completions", pen), p2 = post(c, "/v1/completions", pen);
   ASSERT_EQ(p1.status, 200) << p1.raw;
   EXPECT_EQ(p1.body["choices"][0]["text"], p2.body["choices"][0]["text"]);
@@ -223,9 +234,14 @@ TEST(ServeApi, ErrorsHaveOpenAIShapeAndStatus) {
 }
 
 TEST(ServeApi, CtxSizeLimitsPromptAndGeneration) {
-  auto s = start_server([] { serve::ServerOptions o; o.ctx_size = 16; return o; }());
+  auto s = start_server([] {
+    serve::ServerOptions o;
+    o.ctx_size = 16;
+    return o;
+  }());
   auto c = client(*s);
-  const std::string prompt = "Once upon a time there was a big old dog and a cat. They played in the park all day long.";
+  const std::string prompt =
+      "Once upon a time there was a big old dog and a cat. They played in the park all day long.";
   ASSERT_GE(tiny_tokenizer().encode(prompt, true).ids.size(), 16u);  // no room for one token
   Reply r = post(c, "/v1/completions", json{{"prompt", prompt}});
   ASSERT_EQ(r.status, 400);
@@ -237,7 +253,11 @@ TEST(ServeApi, CtxSizeLimitsPromptAndGeneration) {
 }
 
 TEST(ServeApi, ApiKeyIsRequiredExceptForHealth) {
-  auto s = start_server([] { serve::ServerOptions o; o.api_key = "sekrit"; return o; }());
+  auto s = start_server([] {
+    serve::ServerOptions o;
+    o.api_key = "sekrit";
+    return o;
+  }());
   auto c = client(*s);
   const json req{{"prompt", "Once"}, {"max_tokens", 3}};
   Reply none = post(c, "/v1/completions", req);
@@ -257,15 +277,17 @@ TEST(ServeApi, ApiKeyIsRequiredExceptForHealth) {
 TEST(ServeApi, MetricsCountRequestsAndTokens) {
   auto s = start_server();
   auto c = client(*s);
-  ASSERT_EQ(post(c, "/v1/completions", json{{"prompt", "Once"}, {"max_tokens", 5}, {"temperature", 0}}).status, 200);
+  ASSERT_EQ(
+      post(c, "/v1/completions", json{{"prompt", "Once"}, {"max_tokens", 5}, {"temperature", 0}}).status,
+      200);
   ASSERT_EQ(post(c, "/v1/completions", json{{"prompt", 3}}).status, 400);
   httplib::Result m = c.Get("/metrics");
   ASSERT_TRUE(m);
   const std::string prompt_tokens =
       "nibble_prompt_tokens_total " + std::to_string(tiny_tokenizer().encode("Once", true).ids.size());
-  for (const char* line : {"nibble_requests_total{status=\"200\"} 1", "nibble_requests_total{status=\"400\"} 1",
-                           prompt_tokens.c_str(), "nibble_generated_tokens_total 5",
-                           "nibble_time_to_first_token_seconds_count 1", "nibble_inter_token_latency_seconds_count 4",
-                           "nibble_queue_depth 0"})
+  for (const char* line : {"nibble_requests_total{status=\"200\"} 1",
+                           "nibble_requests_total{status=\"400\"} 1", prompt_tokens.c_str(),
+                           "nibble_generated_tokens_total 5", "nibble_time_to_first_token_seconds_count 1",
+                           "nibble_inter_token_latency_seconds_count 4", "nibble_queue_depth 0"})
     EXPECT_NE(m->body.find(line), std::string::npos) << line << "\n" << m->body;
 }

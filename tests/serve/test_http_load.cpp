@@ -34,18 +34,25 @@ json long_request(bool stream) {
 }
 
 std::string http_post(const std::string& path, const std::string& body) {
-  return "POST " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: " +
+  return "POST " + path +
+         " HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: " +
          std::to_string(body.size()) + "\r\n\r\n" + body;
 }
 
 }  // namespace
 
 TEST(ServeLoad, ConcurrentClientsGetWhatGenerateGivesAlone) {
-  auto s = start_server([] { serve::ServerOptions o; o.scheduler.parallel = 8; o.scheduler.max_queue = 64; return o; }());
+  auto s = start_server([] {
+    serve::ServerOptions o;
+    o.scheduler.parallel = 8;
+    o.scheduler.max_queue = 64;
+    return o;
+  }());
   const Tokenizer& tok = tiny_tokenizer();
   std::vector<std::string> prompts;
-  for (const char* p : {"Once upon a time", "The little dog", "Lily had a red ball", "Tom and Sam went to the park",
-                        "One day, a bird", "The sun was hot", "Mom said", "There was a big tree"})
+  for (const char* p :
+       {"Once upon a time", "The little dog", "Lily had a red ball", "Tom and Sam went to the park",
+        "One day, a bird", "The sun was hot", "Mom said", "There was a big tree"})
     prompts.push_back(p);
   std::vector<std::string> expect;
   std::vector<size_t> expect_n;
@@ -63,7 +70,10 @@ TEST(ServeLoad, ConcurrentClientsGetWhatGenerateGivesAlone) {
       for (int k = 0; k < per_client; ++k) {
         const size_t i = size_t(t * per_client + k) % prompts.size();
         const bool stream = (t + k) % 2 == 1;
-        json req{{"prompt", prompts[i]}, {"max_tokens", 16 + int(i % 3) * 8}, {"temperature", 0}, {"stream", stream}};
+        json req{{"prompt", prompts[i]},
+                 {"max_tokens", 16 + int(i % 3) * 8},
+                 {"temperature", 0},
+                 {"stream", stream}};
         httplib::Result r = c.Post("/v1/completions", req.dump(), "application/json");
         std::string text;
         if (r && r->status == 200) {
@@ -72,15 +82,16 @@ TEST(ServeLoad, ConcurrentClientsGetWhatGenerateGivesAlone) {
             text = ev.empty() || ev.back() != "[DONE]" ? "<no [DONE]>" : streamed_text(ev);
           } else {
             json j = json::parse(r->body, nullptr, false);
-            text = j.is_object() && j["usage"]["completion_tokens"] == expect_n[i] ? j["choices"][0]["text"].get<std::string>()
-                                                                                     : "<bad body>";
+            text = j.is_object() && j["usage"]["completion_tokens"] == expect_n[i]
+                       ? j["choices"][0]["text"].get<std::string>()
+                       : "<bad body>";
           }
         }
         if (text != expect[i]) {
           ++failures;
           ADD_FAILURE() << "client " << t << " request " << k << " (" << (stream ? "stream" : "whole")
-                        << "): status " << (r ? r->status : -1) << " text '" << text << "' expected '" << expect[i]
-                        << "'";
+                        << "): status " << (r ? r->status : -1) << " text '" << text << "' expected '"
+                        << expect[i] << "'";
         }
         ++done;
       }
@@ -94,7 +105,12 @@ TEST(ServeLoad, ConcurrentClientsGetWhatGenerateGivesAlone) {
 }
 
 TEST(ServeLoad, FullQueueAnswers503WithRetryAfter) {
-  auto s = start_server([] { serve::ServerOptions o; o.scheduler.parallel = 1; o.scheduler.max_queue = 1; return o; }());
+  auto s = start_server([] {
+    serve::ServerOptions o;
+    o.scheduler.parallel = 1;
+    o.scheduler.max_queue = 1;
+    return o;
+  }());
   std::vector<std::thread> threads;
   std::vector<int> status(6, -1);
   std::vector<std::string> retry(6);
@@ -121,7 +137,12 @@ TEST(ServeLoad, FullQueueAnswers503WithRetryAfter) {
 }
 
 TEST(ServeLoad, StalledHalfRequestIsDroppedAndOthersAreServed) {
-  auto s = start_server([] { serve::ServerOptions o; o.read_timeout_s = 1; o.keep_alive_timeout_s = 1; return o; }());
+  auto s = start_server([] {
+    serve::ServerOptions o;
+    o.read_timeout_s = 1;
+    o.keep_alive_timeout_s = 1;
+    return o;
+  }());
   RawSocket stalled(s->port());
   ASSERT_TRUE(stalled.ok());
   const std::string req = http_post("/v1/completions", R"({"prompt": "Once", "max_tokens": 4})");
@@ -138,14 +159,19 @@ TEST(ServeLoad, StalledHalfRequestIsDroppedAndOthersAreServed) {
 }
 
 TEST(ServeLoad, ClientGoneMidStreamCancelsItsJob) {
-  auto s = start_server([] { serve::ServerOptions o; o.scheduler.parallel = 2; return o; }());
+  auto s = start_server([] {
+    serve::ServerOptions o;
+    o.scheduler.parallel = 2;
+    return o;
+  }());
   auto c = client(*s);
   RawSocket sock(s->port());
   ASSERT_TRUE(sock.ok());
   ASSERT_TRUE(sock.send_all(http_post("/v1/completions", long_request(true).dump())));
   std::string got;
   bool closed = false;
-  for (int i = 0; i < 100 && got.find("data: {") == std::string::npos && !closed; ++i) got += sock.read_some(100, closed);
+  for (int i = 0; i < 100 && got.find("data: {") == std::string::npos && !closed; ++i)
+    got += sock.read_some(100, closed);
   ASSERT_NE(got.find("data: {"), std::string::npos) << got;
   sock.close();
   const auto t0 = std::chrono::steady_clock::now();
@@ -160,7 +186,11 @@ TEST(ServeLoad, ClientGoneMidStreamCancelsItsJob) {
 }
 
 TEST(ServeLoad, OversizeBodyIs413AndServerGoesOn) {
-  auto s = start_server([] { serve::ServerOptions o; o.max_body_bytes = 64 << 10; return o; }());
+  auto s = start_server([] {
+    serve::ServerOptions o;
+    o.max_body_bytes = 64 << 10;
+    return o;
+  }());
   auto c = client(*s);
   const std::string big = json{{"prompt", std::string(256 << 10, 'a')}}.dump();
   Reply r = post(c, "/v1/completions", big);
@@ -173,7 +203,8 @@ TEST(ServeLoad, OversizeBodyIs413AndServerGoesOn) {
   ASSERT_TRUE(sock.send_all("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999\r\n\r\n"));
   bool closed = false;
   std::string got;
-  for (int i = 0; i < 50 && got.find("\r\n\r\n") == std::string::npos && !closed; ++i) got += sock.read_some(100, closed);
+  for (int i = 0; i < 50 && got.find("\r\n\r\n") == std::string::npos && !closed; ++i)
+    got += sock.read_some(100, closed);
   EXPECT_NE(got.find(" 413 "), std::string::npos) << got;
 }
 
@@ -185,7 +216,11 @@ TEST(ServeLoad, ManyIdleConnectionsDoNotBlockOthers) {
   lim.rlim_cur = std::min<rlim_t>(lim.rlim_max, 4096);
   setrlimit(RLIMIT_NOFILE, &lim);
   const int n = int(std::min<rlim_t>(1000, (lim.rlim_cur - 100) / 2));
-  auto s = start_server([] { serve::ServerOptions o; o.keep_alive_timeout_s = 30; return o; }());
+  auto s = start_server([] {
+    serve::ServerOptions o;
+    o.keep_alive_timeout_s = 30;
+    return o;
+  }());
   std::vector<std::unique_ptr<RawSocket>> idle;
   for (int i = 0; i < n; ++i) {
     idle.push_back(std::make_unique<RawSocket>(s->port()));
@@ -201,7 +236,8 @@ TEST(ServeLoad, ManyIdleConnectionsDoNotBlockOthers) {
   ASSERT_TRUE(idle.front()->send_all("GET /health HTTP/1.1\r\nHost: x\r\n\r\n"));
   bool closed = false;
   std::string got;
-  for (int i = 0; i < 50 && got.find("\r\n\r\n") == std::string::npos && !closed; ++i) got += idle.front()->read_some(100, closed);
+  for (int i = 0; i < 50 && got.find("\r\n\r\n") == std::string::npos && !closed; ++i)
+    got += idle.front()->read_some(100, closed);
   EXPECT_NE(got.find(" 200 "), std::string::npos) << got;
   idle.clear();
   std::printf("[ServeLoad] %d idle connections\n", n);

@@ -64,7 +64,8 @@ TEST(OpenAITypes, RequestValidation) {
   EXPECT_EQ(*ids.ids, (std::vector<int64_t>{1, 2, 3}));
   EXPECT_THROW(parse_completion_request(json::parse(R"({"prompt": ["a", "b"]})")), ApiError);
   EXPECT_THROW(parse_completion_request(json::parse(R"({"prompt": [1, "b"]})")), ApiError);
-  EXPECT_THROW(parse_completion_request(json::parse(R"({"prompt": [1], "max_tokens": 18446744073709551615})")),
-               ApiError);
+  EXPECT_THROW(
+      parse_completion_request(json::parse(R"({"prompt": [1], "max_tokens": 18446744073709551615})")),
+      ApiError);
   EXPECT_THROW(get_ids(json::parse(R"({"tokens": [18446744073709551615]})"), "tokens", 10), ApiError);
 }

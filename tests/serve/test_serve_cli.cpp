@@ -35,8 +35,9 @@ struct ServeProcess {
     return ss.str();
   }
   explicit ServeProcess(std::vector<std::string> extra) {
-    std::vector<std::string> args{NIBBLE_CLI, "--threads", "1", "serve",
-                                  (shared_root() / "models" / "tinystories-656k").string(), "--port", "0"};
+    std::vector<std::string> args{
+        NIBBLE_CLI, "--threads", "1", "serve", (shared_root() / "models" / "tinystories-656k").string(),
+        "--port",   "0"};
     args.insert(args.end(), extra.begin(), extra.end());
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
@@ -51,8 +52,10 @@ struct ServeProcess {
     for (int i = 0; i < 200 && pid > 0 && port < 0; ++i) {
       std::smatch m;
       const std::string l = log();
-      if (std::regex_search(l, m, re)) port = std::stoi(m[1]);
-      else std::this_thread::sleep_for(25ms);
+      if (std::regex_search(l, m, re))
+        port = std::stoi(m[1]);
+      else
+        std::this_thread::sleep_for(25ms);
     }
   }
   // The exit status, or -1 if it did not exit within the timeout (then it is killed).
@@ -97,11 +100,13 @@ TEST(ServeCli, SigtermFinishesInFlightStreamThenExitsZero) {
                             std::to_string(body.size()) + "\r\n\r\n" + body));
   std::string raw;
   bool closed = false;
-  for (int i = 0; i < 100 && raw.find("data: {") == std::string::npos && !closed; ++i) raw += sock.read_some(100, closed);
+  for (int i = 0; i < 100 && raw.find("data: {") == std::string::npos && !closed; ++i)
+    raw += sock.read_some(100, closed);
   ASSERT_NE(raw.find("data: {"), std::string::npos) << raw;
   ASSERT_EQ(kill(p.pid, SIGTERM), 0);
   const auto t0 = std::chrono::steady_clock::now();
-  while (!closed && raw.find("data: [DONE]") == std::string::npos && std::chrono::steady_clock::now() - t0 < 20s)
+  while (!closed && raw.find("data: [DONE]") == std::string::npos &&
+         std::chrono::steady_clock::now() - t0 < 20s)
     raw += sock.read_some(100, closed);
   sock.close();  // an idle keep-alive connection would hold the exit for keep_alive_timeout
   const int rc = p.wait_exit(20s);
@@ -122,9 +127,10 @@ TEST(ServeCli, GraceZeroCancelsInFlightAndBadPortFails) {
   for (int i = 0; i < 200 && (h = get(c, "/health")).status != 200; ++i) std::this_thread::sleep_for(25ms);
   ASSERT_EQ(h.status, 200) << p.log();
   // A second server on the same port fails with a clear error (no SO_REUSEPORT sharing).
-  const CommandResult dup = run_command(std::string(NIBBLE_CLI) + " serve " +
-                                        shell_quote((shared_root() / "models" / "tinystories-656k").string()) +
-                                        " --port " + std::to_string(p.port));
+  const CommandResult dup =
+      run_command(std::string(NIBBLE_CLI) + " serve " +
+                  shell_quote((shared_root() / "models" / "tinystories-656k").string()) + " --port " +
+                  std::to_string(p.port));
   EXPECT_EQ(dup.rc, 2);
   EXPECT_NE(dup.err.find("cannot listen"), std::string::npos) << dup.err;
   // With no grace, a stream in flight is cancelled: it ends with an error event, not a finish.
@@ -135,14 +141,17 @@ TEST(ServeCli, GraceZeroCancelsInFlightAndBadPortFails) {
                             std::to_string(body.size()) + "\r\n\r\n" + body));
   std::string raw;
   bool closed = false;
-  for (int i = 0; i < 100 && raw.find("data: {") == std::string::npos && !closed; ++i) raw += sock.read_some(100, closed);
+  for (int i = 0; i < 100 && raw.find("data: {") == std::string::npos && !closed; ++i)
+    raw += sock.read_some(100, closed);
   ASSERT_NE(raw.find("data: {"), std::string::npos) << raw;
   ASSERT_EQ(kill(p.pid, SIGINT), 0);
   const auto t0 = std::chrono::steady_clock::now();
-  while (!closed && raw.find("data: [DONE]") == std::string::npos && std::chrono::steady_clock::now() - t0 < 20s)
+  while (!closed && raw.find("data: [DONE]") == std::string::npos &&
+         std::chrono::steady_clock::now() - t0 < 20s)
     raw += sock.read_some(100, closed);
   sock.close();
   EXPECT_EQ(p.wait_exit(20s), 0) << p.log();
-  EXPECT_NE(raw.find("shutting down"), std::string::npos) << raw.substr(raw.size() > 600 ? raw.size() - 600 : 0);
+  EXPECT_NE(raw.find("shutting down"), std::string::npos)
+      << raw.substr(raw.size() > 600 ? raw.size() - 600 : 0);
   EXPECT_EQ(raw.find(R"("finish_reason":"length")"), std::string::npos);
 }

@@ -27,11 +27,15 @@ void add_serve_command(CLI::App& app, ServeArgs& a) {
   CLI::App* cmd = app.add_subcommand("serve", "serve the model over an OpenAI-compatible HTTP API");
   cmd->add_option("MODEL", a.model, "model folder (config.json, safetensors, tokenizer.json)")->required();
   cmd->add_option("--host", a.host, "address to listen on (default 127.0.0.1)");
-  cmd->add_option("--port", a.port, "port to listen on (default 8080; 0 picks a free one)")->check(CLI::Range(0, 65535));
-  cmd->add_option("--api-key", a.api_key, "require 'Authorization: Bearer KEY' on every endpoint but /health");
-  cmd->add_option("--parallel", a.parallel, "sequences decoded at once, each with its own KV cache (default 4)")
+  cmd->add_option("--port", a.port, "port to listen on (default 8080; 0 picks a free one)")
+      ->check(CLI::Range(0, 65535));
+  cmd->add_option("--api-key", a.api_key,
+                  "require 'Authorization: Bearer KEY' on every endpoint but /health");
+  cmd->add_option("--parallel", a.parallel,
+                  "sequences decoded at once, each with its own KV cache (default 4)")
       ->check(CLI::Range(1, 1024));
-  cmd->add_option("--queue", a.queue, "requests waiting for a slot before 503 (default 64)")->check(CLI::Range(0, 1 << 20));
+  cmd->add_option("--queue", a.queue, "requests waiting for a slot before 503 (default 64)")
+      ->check(CLI::Range(0, 1 << 20));
   cmd->add_option("--ctx-size", a.ctx_size,
                   "prompt + generated tokens per request (default: max_position_embeddings)")
       ->check(CLI::Range(int64_t(1), int64_t(1) << 30));
@@ -62,8 +66,8 @@ int run_serve(const ServeArgs& a) {
   o.grace = std::chrono::milliseconds(int64_t(a.grace_s * 1000));
   serve::Server server(o);
   server.start();
-  std::fprintf(stderr, "nibble serve: listening on http://%s:%d (loading %s)\n", a.host.c_str(), server.port(),
-               a.model.c_str());
+  std::fprintf(stderr, "nibble serve: listening on http://%s:%d (loading %s)\n", a.host.c_str(),
+               server.port(), a.model.c_str());
 
   std::mutex mu;
   std::condition_variable cv;
@@ -96,7 +100,8 @@ int run_serve(const ServeArgs& a) {
   }
   CausalLM model = load_model(a.model, a.q);
   server.attach(model, tok, tmpl.get());
-  std::fprintf(stderr, "nibble serve: ready (%d slots%s)\n", a.parallel, tmpl ? "" : ", ChatML chat template");
+  std::fprintf(stderr, "nibble serve: ready (%d slots%s)\n", a.parallel,
+               tmpl ? "" : ", ChatML chat template");
 
   std::unique_lock lock(mu);
   loaded = true;

@@ -185,6 +185,27 @@ TEST(ServeLoad, ClientGoneMidStreamCancelsItsJob) {
   EXPECT_EQ(whole.body["usage"]["completion_tokens"], 480);
 }
 
+TEST(ServeLoad, ClientGoneBeforeItsWholeAnswerCancelsItsJob) {
+  auto s = start_server([] {
+    serve::ServerOptions o;
+    o.scheduler.parallel = 1;
+    return o;
+  }());
+  auto c = client(*s);
+  RawSocket sock(s->port());
+  ASSERT_TRUE(sock.ok());
+  ASSERT_TRUE(sock.send_all(http_post("/v1/completions", long_request(false).dump())));
+  // Gone once generation is under way (and before its 480 tokens are done).
+  const auto t0 = std::chrono::steady_clock::now();
+  while (metric(c, "nibble_generated_tokens_total") < 1 && std::chrono::steady_clock::now() - t0 < 5s)
+    std::this_thread::sleep_for(1ms);
+  sock.close();
+  while (metric(c, "nibble_sequences_cancelled_total") < 1 && std::chrono::steady_clock::now() - t0 < 5s)
+    std::this_thread::sleep_for(10ms);
+  EXPECT_EQ(metric(c, "nibble_sequences_cancelled_total"), 1);
+  EXPECT_EQ(metric(c, "nibble_sequences_finished_total"), 0);
+}
+
 TEST(ServeLoad, OversizeBodyIs413AndServerGoesOn) {
   auto s = start_server([] {
     serve::ServerOptions o;

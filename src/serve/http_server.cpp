@@ -207,8 +207,12 @@ void Server::start() {
   // httplib listens with its compiled-in backlog of 5: a burst of clients would see dropped SYNs
   // and one-second retransmits. listen() again on a listening socket only resizes the backlog.
   if (s.listen_fd >= 0) ::listen(s.listen_fd, 1024);
-  s.listener = std::thread([&s] { s.http.listen_after_bind(); });
-  while (!s.http.is_running()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  s.listener = std::thread([&s] {
+    s.http.listen_after_bind();
+    s.listen_returned = true;
+  });
+  while (!s.http.is_running() && !s.listen_returned)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
 }
 
 int Server::port() const {

@@ -116,6 +116,10 @@ SamplingRequest parse_sampling(const json& body) {
   if (auto n = get_int(body, "n"); n && *n != 1) bad_value("n", "this server generates one choice (n = 1).");
   refuse_unless(body, "logprobs", false);
   refuse_unless(body, "best_of", 1);
+  refuse_unless(body, "logit_bias", json::object());
+  if (const json* rf = field(body, "response_format"); rf && *rf != json{{"type", "text"}})
+    throw ApiError(400, "'response_format' other than {\"type\": \"text\"} is not supported by this server.",
+                   "response_format", "invalid_request_error", "unsupported_value");
   return s;
 }
 

@@ -23,6 +23,7 @@ struct Server::Impl {
   Metrics metrics;
   httplib::Server http;
   std::thread listener;
+  std::atomic<bool> listen_returned{false};  // listen_after_bind() has returned
   int port = -1;
   int listen_fd = -1;
   int64_t started_at = 0;  // unix seconds, for /v1/models' "created"

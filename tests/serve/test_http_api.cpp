@@ -213,6 +213,9 @@ TEST(ServeApi, ErrorsHaveOpenAIShapeAndStatus) {
   expect_error(chat, "{" + m + R"(, "stop": ["a","b","c","d","e"]})", 400, "stop");
   expect_error(chat, "{" + m + R"(, "seed": "x"})", 400, "seed");
   expect_error(chat, "{" + m + R"(, "n": 2})", 400, "n");
+  expect_error(chat, "{" + m + R"(, "logit_bias": {"5": 100}})", 400, "logit_bias");
+  expect_error(chat, "{" + m + R"(, "response_format": {"type": "json_object"}})", 400, "response_format");
+  expect_error(chat, "{" + m + R"(, "tools": [{"type": "function"}]})", 400, "tools");
   expect_error(chat, "{" + m + R"(, "model": 7})", 400, "model");
   expect_error(chat, "{" + m + R"(, "stream_options": {"include_usage": true}})", 400, "stream_options");
   expect_error(cmpl, R"({"prompt": 5})", 400, "prompt");

@@ -71,11 +71,12 @@ int run_serve(const ServeArgs& a) {
 
   std::mutex mu;
   std::condition_variable cv;
-  bool stop_requested = false, loaded = false;
+  bool stop_requested = false, loaded = false, quit = false;
   std::thread signals([&] {
     int sig = 0;
     sigwait(&set, &sig);
     std::unique_lock lock(mu);
+    if (quit) return;  // loading failed: the error is on its way out
     if (!loaded) {
       // Loading cannot be interrupted and nothing is in flight yet: leave at once.
       std::fprintf(stderr, "nibble serve: %s while loading, exiting\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
@@ -86,20 +87,33 @@ int run_serve(const ServeArgs& a) {
     cv.notify_all();
   });
 
-  Tokenizer tok = load_tokenizer(a.model);
+  Tokenizer tok;
   std::unique_ptr<ChatTemplate> tmpl;
-  if (!a.chat_template.empty()) {
-    tmpl = std::make_unique<ChatTemplate>(ChatTemplate::from_string(read_text_file(a.chat_template)));
-  } else {
-    try {
-      tmpl = std::make_unique<ChatTemplate>(ChatTemplate::from_pretrained(a.model));
-    } catch (const IoError&) {
-    } catch (const FormatError&) {
-      // No template in the folder: the server falls back to ChatML.
+  CausalLM model;
+  try {
+    tok = load_tokenizer(a.model);
+    if (!a.chat_template.empty()) {
+      tmpl = std::make_unique<ChatTemplate>(ChatTemplate::from_string(read_text_file(a.chat_template)));
+    } else {
+      try {
+        tmpl = std::make_unique<ChatTemplate>(ChatTemplate::from_pretrained(a.model));
+      } catch (const IoError&) {
+      } catch (const FormatError&) {
+        // No template in the folder: the server falls back to ChatML.
+      }
     }
+    model = load_model(a.model, a.q);
+    server.attach(model, tok, tmpl.get());
+  } catch (...) {
+    {
+      std::lock_guard lock(mu);
+      quit = true;
+    }
+    pthread_kill(signals.native_handle(), SIGTERM);  // wakes its sigwait()
+    signals.join();
+    server.stop();
+    throw;
   }
-  CausalLM model = load_model(a.model, a.q);
-  server.attach(model, tok, tmpl.get());
   std::fprintf(stderr, "nibble serve: ready (%d slots%s)\n", a.parallel,
                tmpl ? "" : ", ChatML chat template");
 

@@ -32,6 +32,16 @@ std::unique_ptr<serve::Server> start_server(serve::ServerOptions o, bool attach)
   auto s = std::make_unique<serve::Server>(o);
   s->start();
   if (attach) s->attach(tiny_model(), tiny_tokenizer(), nullptr);
+  // One request of each kind before any test sends them concurrently: cpp-httplib (Debian's,
+  // not built with ThreadSanitizer) initializes function-local statics (regexes) on first use,
+  // and TSAN cannot see the guard that orders that with later uses on other threads. Done once
+  // from this thread, every later use is ordered after it. Harmless without TSAN.
+  for (bool stream : {false, true}) {
+    httplib::Client c = client(*s);
+    c.Get("/health");
+    c.Post("/v1/completions", json{{"prompt", "Once"}, {"max_tokens", 2}, {"stream", stream}}.dump(),
+           "application/json");
+  }
   return s;
 }
 
@@ -64,6 +74,14 @@ Reply post(httplib::Client& c, const std::string& path, const json& body) {
 
 Reply get(httplib::Client& c, const std::string& path) {
   return to_reply(c.Get(path.c_str()));
+}
+
+double metric(httplib::Client& c, const std::string& name) {
+  httplib::Result m = c.Get("/metrics");
+  if (!m) return -1;
+  const size_t at = m->body.find("\n" + name + " ");
+  if (at == std::string::npos) return 0;
+  return std::stod(m->body.substr(at + name.size() + 2));
 }
 
 std::vector<json> sse_events(const std::string& body) {

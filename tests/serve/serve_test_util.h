@@ -34,6 +34,9 @@ Reply post(httplib::Client& c, const std::string& path, const std::string& body)
 Reply post(httplib::Client& c, const std::string& path, const nlohmann::json& body);
 Reply get(httplib::Client& c, const std::string& path);
 
+// A metric's value in GET /metrics' Prometheus text (name with its labels, if any); 0 when absent.
+double metric(httplib::Client& c, const std::string& name);
+
 // The JSON payloads of a text/event-stream body; "[DONE]" as a string.
 std::vector<nlohmann::json> sse_events(const std::string& body);
 // The streamed text: content deltas (chat) or text pieces (completions), concatenated.

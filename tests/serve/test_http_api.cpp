@@ -280,17 +280,24 @@ TEST(ServeApi, ApiKeyIsRequiredExceptForHealth) {
 TEST(ServeApi, MetricsCountRequestsAndTokens) {
   auto s = start_server();
   auto c = client(*s);
+  const std::vector<std::string> names{"nibble_requests_total{status=\"200\"}",
+                                       "nibble_requests_total{status=\"400\"}",
+                                       "nibble_prompt_tokens_total",
+                                       "nibble_generated_tokens_total",
+                                       "nibble_time_to_first_token_seconds_count",
+                                       "nibble_inter_token_latency_seconds_count",
+                                       "nibble_sequences_finished_total"};
+  std::vector<double> before;
+  for (const auto& n : names) before.push_back(metric(c, n));
   ASSERT_EQ(
       post(c, "/v1/completions", json{{"prompt", "Once"}, {"max_tokens", 5}, {"temperature", 0}}).status,
       200);
   ASSERT_EQ(post(c, "/v1/completions", json{{"prompt", 3}}).status, 400);
+  const double prompt_tokens = double(tiny_tokenizer().encode("Once", true).ids.size());
+  const std::vector<double> delta{1, 1, prompt_tokens, 5, 1, 4, 1};
+  for (size_t i = 0; i < names.size(); ++i) EXPECT_EQ(metric(c, names[i]) - before[i], delta[i]) << names[i];
+  EXPECT_EQ(metric(c, "nibble_queue_depth"), 0);
   httplib::Result m = c.Get("/metrics");
   ASSERT_TRUE(m);
-  const std::string prompt_tokens =
-      "nibble_prompt_tokens_total " + std::to_string(tiny_tokenizer().encode("Once", true).ids.size());
-  for (const char* line : {"nibble_requests_total{status=\"200\"} 1",
-                           "nibble_requests_total{status=\"400\"} 1", prompt_tokens.c_str(),
-                           "nibble_generated_tokens_total 5", "nibble_time_to_first_token_seconds_count 1",
-                           "nibble_inter_token_latency_seconds_count 4", "nibble_queue_depth 0"})
-    EXPECT_NE(m->body.find(line), std::string::npos) << line << "\n" << m->body;
+  EXPECT_NE(m->body.find("# TYPE nibble_time_to_first_token_seconds histogram"), std::string::npos);
 }

@@ -135,8 +135,8 @@ TEST(ServeCli, GraceZeroCancelsInFlightAndBadPortFails) {
   EXPECT_NE(dup.err.find("cannot listen"), std::string::npos) << dup.err;
   // So does a failure after listening: a bad --ctx-size, a folder that is not a model.
   const std::string cli = std::string(NIBBLE_CLI) + " serve --port 0 ";
-  const CommandResult ctx =
-      run_command(cli + shell_quote((shared_root() / "models" / "tinystories-656k").string()) + " --ctx-size 100000");
+  const CommandResult ctx = run_command(
+      cli + shell_quote((shared_root() / "models" / "tinystories-656k").string()) + " --ctx-size 100000");
   EXPECT_EQ(ctx.rc, 2);
   EXPECT_NE(ctx.err.find("--ctx-size"), std::string::npos) << ctx.err;
   const CommandResult nomodel = run_command(cli + shell_quote(shared_root().string()));

@@ -3,7 +3,8 @@
 # (it re-runs itself through sudo when not root and sudo exists).
 set -eu
 PKGS="build-essential cmake ninja-build pkg-config nlohmann-json3-dev libcli11-dev \
-libgtest-dev libgmock-dev libbenchmark-dev libpcre2-dev libicu-dev zlib1g-dev"
+libgtest-dev libgmock-dev libbenchmark-dev libpcre2-dev libicu-dev zlib1g-dev \
+libcpp-httplib-dev curl python3-venv"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

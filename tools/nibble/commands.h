@@ -149,6 +149,16 @@ struct MergeArgs {
 void add_merge_command(CLI::App& app, MergeArgs& a);
 int run_merge(const MergeArgs& a);
 
+struct ServeArgs {
+  std::string model, host = "127.0.0.1", api_key, chat_template, alias;
+  QuantFlags q;
+  int port = 8080, parallel = 4, queue = 64;
+  int64_t ctx_size = 0;
+  double grace_s = 10;
+};
+void add_serve_command(CLI::App& app, ServeArgs& a);
+int run_serve(const ServeArgs& a);  // returns after SIGINT / SIGTERM
+
 // A tokenizer from a model folder, or from a tokenizer.json given directly.
 Tokenizer load_tokenizer(const std::string& model);
 std::string read_text_file(const std::string& path);

@@ -38,6 +38,8 @@ int main(int argc, char** argv) {
   add_finetune_command(app, fargs);
   MergeArgs margs;
   add_merge_command(app, margs);
+  ServeArgs sargs;
+  add_serve_command(app, sargs);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -55,6 +57,7 @@ int main(int argc, char** argv) {
     if (app.got_subcommand("perplexity")) return run_perplexity(pargs);
     if (app.got_subcommand("tokenize")) return run_tokenize(targs);
     if (app.got_subcommand("detokenize")) return run_detokenize(dargs);
+    if (app.got_subcommand("serve")) return run_serve(sargs);
     if (app.got_subcommand("verify")) return run_verify(vargs);  // 0 all passed, 1 one failed
     if (app.got_subcommand("finetune")) return run_finetune(fargs);
     if (app.got_subcommand("merge")) return run_merge(margs);

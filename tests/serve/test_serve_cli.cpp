@@ -1,0 +1,165 @@
+// The built `nibble serve` binary as a user runs it: it listens on the port it prints, serves,
+// and on SIGTERM stops accepting, lets an in-flight streamed request finish, and exits 0.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <regex>
+#include <sstream>
+#include <thread>
+
+#include "serve_test_util.h"
+#include "test_support.h"
+
+using namespace nibble::test;
+using nlohmann::json;
+using namespace std::chrono_literals;
+
+extern char** environ;
+
+namespace {
+
+// `nibble serve MODEL --port 0 args...` with stderr in a file; the port it printed.
+struct ServeProcess {
+  pid_t pid = -1;
+  int port = -1;
+  TempDir dir;
+  std::string log() const {
+    std::ifstream f(dir / "stderr.txt");
+    std::stringstream ss;
+    ss << f.rdbuf();
+    return ss.str();
+  }
+  explicit ServeProcess(std::vector<std::string> extra) {
+    std::vector<std::string> args{
+        NIBBLE_CLI, "--threads", "1", "serve", (shared_root() / "models" / "tinystories-656k").string(),
+        "--port",   "0"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    const std::string err = (dir / "stderr.txt").string();
+    posix_spawn_file_actions_addopen(&fa, 2, err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (posix_spawn(&pid, NIBBLE_CLI, &fa, nullptr, argv.data(), environ) != 0) pid = -1;
+    posix_spawn_file_actions_destroy(&fa);
+    const std::regex re("listening on http://127\\.0\\.0\\.1:([0-9]+)");
+    for (int i = 0; i < 200 && pid > 0 && port < 0; ++i) {
+      std::smatch m;
+      const std::string l = log();
+      if (std::regex_search(l, m, re))
+        port = std::stoi(m[1]);
+      else
+        std::this_thread::sleep_for(25ms);
+    }
+  }
+  // The exit status, or -1 if it did not exit within the timeout (then it is killed).
+  int wait_exit(std::chrono::milliseconds timeout) {
+    const auto t0 = std::chrono::steady_clock::now();
+    int status = 0;
+    while (std::chrono::steady_clock::now() - t0 < timeout) {
+      if (waitpid(pid, &status, WNOHANG) == pid) {
+        pid = -1;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+      }
+      std::this_thread::sleep_for(10ms);
+    }
+    return -1;
+  }
+  ~ServeProcess() {
+    if (pid > 0) {
+      kill(pid, SIGKILL);
+      waitpid(pid, nullptr, 0);
+    }
+  }
+};
+
+}  // namespace
+
+TEST(ServeCli, SigtermFinishesInFlightStreamThenExitsZero) {
+  ServeProcess p({"--parallel", "2", "--alias", "tiny"});
+  ASSERT_GT(p.port, 0) << p.log();
+  httplib::Client c("127.0.0.1", p.port);
+  c.set_read_timeout(30, 0);
+  Reply h;
+  for (int i = 0; i < 200 && (h = get(c, "/health")).status != 200; ++i) std::this_thread::sleep_for(25ms);
+  ASSERT_EQ(h.status, 200) << p.log();
+  EXPECT_EQ(get(c, "/v1/models").body["data"][0]["id"], "tiny");
+
+  // A long streamed request; SIGTERM arrives once its first tokens did.
+  RawSocket sock(p.port);
+  ASSERT_TRUE(sock.ok());
+  const std::string body =
+      json{{"prompt", "Once"}, {"max_tokens", 480}, {"temperature", 2}, {"seed", 3}, {"stream", true}}.dump();
+  ASSERT_TRUE(sock.send_all("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: " +
+                            std::to_string(body.size()) + "\r\n\r\n" + body));
+  std::string raw;
+  bool closed = false;
+  for (int i = 0; i < 100 && raw.find("data: {") == std::string::npos && !closed; ++i)
+    raw += sock.read_some(100, closed);
+  ASSERT_NE(raw.find("data: {"), std::string::npos) << raw;
+  ASSERT_EQ(kill(p.pid, SIGTERM), 0);
+  const auto t0 = std::chrono::steady_clock::now();
+  while (!closed && raw.find("data: [DONE]") == std::string::npos &&
+         std::chrono::steady_clock::now() - t0 < 20s)
+    raw += sock.read_some(100, closed);
+  sock.close();  // an idle keep-alive connection would hold the exit for keep_alive_timeout
+  const int rc = p.wait_exit(20s);
+  EXPECT_EQ(rc, 0) << p.log();
+  EXPECT_NE(raw.find("data: [DONE]"), std::string::npos) << "the in-flight stream was finished, not cut";
+  EXPECT_NE(raw.find(R"("finish_reason":"length")"), std::string::npos);
+  // Nothing listens any more.
+  httplib::Client after("127.0.0.1", p.port);
+  after.set_connection_timeout(1, 0);
+  EXPECT_FALSE(after.Get("/health"));
+}
+
+TEST(ServeCli, GraceZeroCancelsInFlightAndBadPortFails) {
+  ServeProcess p({"--grace", "0"});
+  ASSERT_GT(p.port, 0) << p.log();
+  httplib::Client c("127.0.0.1", p.port);
+  Reply h;
+  for (int i = 0; i < 200 && (h = get(c, "/health")).status != 200; ++i) std::this_thread::sleep_for(25ms);
+  ASSERT_EQ(h.status, 200) << p.log();
+  // A second server on the same port fails with a clear error (no SO_REUSEPORT sharing).
+  const CommandResult dup =
+      run_command(std::string(NIBBLE_CLI) + " serve " +
+                  shell_quote((shared_root() / "models" / "tinystories-656k").string()) + " --port " +
+                  std::to_string(p.port));
+  EXPECT_EQ(dup.rc, 2);
+  EXPECT_NE(dup.err.find("cannot listen"), std::string::npos) << dup.err;
+  // So does a failure after listening: a bad --ctx-size, a folder that is not a model.
+  const std::string cli = std::string(NIBBLE_CLI) + " serve --port 0 ";
+  const CommandResult ctx = run_command(
+      cli + shell_quote((shared_root() / "models" / "tinystories-656k").string()) + " --ctx-size 100000");
+  EXPECT_EQ(ctx.rc, 2);
+  EXPECT_NE(ctx.err.find("--ctx-size"), std::string::npos) << ctx.err;
+  const CommandResult nomodel = run_command(cli + shell_quote(shared_root().string()));
+  EXPECT_EQ(nomodel.rc, 2) << nomodel.err;
+  // With no grace, a stream in flight is cancelled: it ends with an error event, not a finish.
+  RawSocket sock(p.port);
+  const std::string body =
+      json{{"prompt", "Once"}, {"max_tokens", 480}, {"temperature", 2}, {"seed", 3}, {"stream", true}}.dump();
+  ASSERT_TRUE(sock.send_all("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: " +
+                            std::to_string(body.size()) + "\r\n\r\n" + body));
+  std::string raw;
+  bool closed = false;
+  for (int i = 0; i < 100 && raw.find("data: {") == std::string::npos && !closed; ++i)
+    raw += sock.read_some(100, closed);
+  ASSERT_NE(raw.find("data: {"), std::string::npos) << raw;
+  ASSERT_EQ(kill(p.pid, SIGINT), 0);
+  const auto t0 = std::chrono::steady_clock::now();
+  while (!closed && raw.find("data: [DONE]") == std::string::npos &&
+         std::chrono::steady_clock::now() - t0 < 20s)
+    raw += sock.read_some(100, closed);
+  sock.close();
+  EXPECT_EQ(p.wait_exit(20s), 0) << p.log();
+  EXPECT_NE(raw.find("shutting down"), std::string::npos)
+      << raw.substr(raw.size() > 600 ? raw.size() - 600 : 0);
+  EXPECT_EQ(raw.find(R"("finish_reason":"length")"), std::string::npos);
+}

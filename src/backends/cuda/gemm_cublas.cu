@@ -11,6 +11,7 @@
 #include <type_traits>
 
 #include "backends/cuda/check.h"
+#include "backends/cuda/compute_dtype.cuh"
 #include "backends/cuda/gemm_cublas.h"
 #include "backends/cuda/linear_cuda.h"
 #include "backends/cuda/quant_device.cuh"
@@ -18,6 +19,10 @@
 
 namespace nibble::cuda {
 namespace {
+
+using dev::load_bias;
+using dev::pack2;
+using dev::round_ct;
 
 #define NIBBLE_CUBLAS_CHECK(call)                                                                        \
   do {                                                                                                   \
@@ -42,29 +47,6 @@ cublasHandle_t handle_for(int device) {
 
 size_t align256(size_t n) {
   return (n + 255) / 256 * 256;
-}
-
-template <class CT>
-__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
-  uint32_t r;
-  if constexpr (std::is_same_v<CT, dev::BF16>) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    r = *reinterpret_cast<uint32_t*>(&v);
-  } else {
-    __half2 v = __floats2half2_rn(lo, hi);
-    r = *reinterpret_cast<uint32_t*>(&v);
-  }
-  return r;
-}
-
-template <class CT>
-__device__ __forceinline__ float round_ct(float v) {
-  if constexpr (std::is_same_v<CT, dev::BF16>)
-    return __bfloat162float(__float2bfloat16_rn(v));
-  else if constexpr (std::is_same_v<CT, dev::F16>)
-    return __half2float(__float2half_rn(v));
-  else
-    return v;
 }
 
 struct Q4 {
@@ -133,12 +115,6 @@ __global__ void round_x_kernel(const float* __restrict__ x, int64_t n2, uint32_t
     const float2 v = __ldg(reinterpret_cast<const float2*>(x) + i);
     xs[i] = pack2<CT>(v.x, v.y);
   }
-}
-
-__device__ __forceinline__ float load_bias(const void* bias, int bdt, int64_t n) {
-  if (bdt == 1) return dev::load1<dev::F16>(bias, n);
-  if (bdt == 2) return dev::load1<dev::BF16>(bias, n);
-  return dev::load1<dev::F32>(bias, n);
 }
 
 // out[m, n] = round(out[m, n] + round(bias[n])).

@@ -24,6 +24,7 @@
 #include <type_traits>
 
 #include "backends/cuda/check.h"
+#include "backends/cuda/compute_dtype.cuh"
 #include "backends/cuda/gemv_mma.h"
 #include "backends/cuda/linear_cuda.h"
 #include "backends/cuda/quant_device.cuh"
@@ -31,29 +32,12 @@
 namespace nibble::cuda {
 namespace {
 
+using dev::load_bias;
+using dev::pack2;
+using dev::round_ct;
+
 constexpr int kWarps = 8;
 constexpr int kUnroll = 4;  // 16-byte W loads in flight per row per thread
-
-template <class CT>
-__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
-  uint32_t r;
-  if constexpr (std::is_same_v<CT, dev::BF16>) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (low half) = lo
-    r = *reinterpret_cast<uint32_t*>(&v);
-  } else {
-    __half2 v = __floats2half2_rn(lo, hi);
-    r = *reinterpret_cast<uint32_t*>(&v);
-  }
-  return r;
-}
-
-template <class CT>
-__device__ __forceinline__ float round_ct(float v) {
-  if constexpr (std::is_same_v<CT, dev::BF16>)
-    return __bfloat162float(__float2bfloat16_rn(v));
-  else
-    return __half2float(__float2half_rn(v));
-}
 
 template <class CT>
 __device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
@@ -105,12 +89,6 @@ struct Args {
   float* out;
   int ks;  // K slices per row tile (1, 2, 4, 8)
 };
-
-__device__ __forceinline__ float load_bias(const void* bias, int bdt, int64_t n) {
-  if (bdt == 1) return dev::load1<dev::F16>(bias, n);
-  if (bdt == 2) return dev::load1<dev::BF16>(bias, n);
-  return dev::load1<dev::F32>(bias, n);
-}
 
 // B fragment of x row m at physical k (4 consecutive values), rounded to CT; zero rows >= M.
 template <class CT>

@@ -16,6 +16,7 @@
 #include <algorithm>
 
 #include "backends/cuda/check.h"
+#include "backends/cuda/compute_dtype.cuh"
 #include "backends/cuda/gemm_cublas.h"
 #include "backends/cuda/gemv_mma.h"
 #include "backends/cuda/linear_cuda.h"
@@ -26,16 +27,6 @@ namespace nibble::cuda {
 namespace {
 
 constexpr int kWarps = 8;  // output features per block
-
-template <class T>
-__device__ __forceinline__ float round_to(float v) {
-  if constexpr (std::is_same_v<T, dev::BF16>)
-    return __bfloat162float(__float2bfloat16_rn(v));
-  else if constexpr (std::is_same_v<T, dev::F16>)
-    return __half2float(__float2half_rn(v));
-  else
-    return v;
-}
 
 // 4-bit weight as the kernel reads it.
 struct Q4 {
@@ -64,7 +55,7 @@ __device__ __forceinline__ void fma_rows(float (&acc)[MT], float w, const float*
                                          int rows, int64_t k) {
 #pragma unroll
   for (int m = 0; m < MT; ++m)
-    if (m < rows) acc[m] = fmaf(w, round_to<CT>(__ldg(x + m * K + k)), acc[m]);
+    if (m < rows) acc[m] = fmaf(w, dev::round_ct<CT>(__ldg(x + m * K + k)), acc[m]);
 }
 
 // Eight (or four, for f32) consecutive x values of each row, rounded, times the given weights.
@@ -78,21 +69,16 @@ __device__ __forceinline__ void fma_chunk(float (&acc)[MT], const float (&w)[C],
 #pragma unroll
     for (int j = 0; j < C / 4; ++j) {
       float4 v = __ldg(xp + j);
-      acc[m] = fmaf(w[4 * j + 0], round_to<CT>(v.x), acc[m]);
-      acc[m] = fmaf(w[4 * j + 1], round_to<CT>(v.y), acc[m]);
-      acc[m] = fmaf(w[4 * j + 2], round_to<CT>(v.z), acc[m]);
-      acc[m] = fmaf(w[4 * j + 3], round_to<CT>(v.w), acc[m]);
+      acc[m] = fmaf(w[4 * j + 0], dev::round_ct<CT>(v.x), acc[m]);
+      acc[m] = fmaf(w[4 * j + 1], dev::round_ct<CT>(v.y), acc[m]);
+      acc[m] = fmaf(w[4 * j + 2], dev::round_ct<CT>(v.z), acc[m]);
+      acc[m] = fmaf(w[4 * j + 3], dev::round_ct<CT>(v.w), acc[m]);
     }
   }
 }
 
 // Warp-reduces acc and writes out[m, n] = round(acc[m] + round(bias[n])).
 // Bias element n of dtype bdt (0 f32, 1 f16, 2 bf16): a run-time choice, one branch per row.
-__device__ __forceinline__ float load_bias(const void* bias, int bdt, int64_t n) {
-  if (bdt == 1) return dev::load1<dev::F16>(bias, n);
-  if (bdt == 2) return dev::load1<dev::BF16>(bias, n);
-  return dev::load1<dev::F32>(bias, n);
-}
 
 template <int MT, class CT>
 __device__ __forceinline__ void finish_rows(float (&acc)[MT], const void* bias, int bdt, int64_t n, int64_t N,
@@ -101,10 +87,10 @@ __device__ __forceinline__ void finish_rows(float (&acc)[MT], const void* bias, 
   for (int m = 0; m < MT; ++m)
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) acc[m] += __shfl_xor_sync(0xffffffffu, acc[m], o);
-  float b = bias ? round_to<CT>(load_bias(bias, bdt, n)) : 0.0f;
+  float b = bias ? dev::round_ct<CT>(dev::load_bias(bias, bdt, n)) : 0.0f;
 #pragma unroll
   for (int m = 0; m < MT; ++m)
-    if (m < rows && lane == m % 32) out[m * N + n] = round_to<CT>(bias ? acc[m] + b : acc[m]);
+    if (m < rows && lane == m % 32) out[m * N + n] = dev::round_ct<CT>(bias ? acc[m] + b : acc[m]);
 }
 
 // ---- fp weights ------------------------------------------------------------------------------
@@ -174,8 +160,8 @@ __global__ void __launch_bounds__(kWarps * 32)
 #pragma unroll
           for (int b = 0; b < 4; ++b) {  // byte b of the word: element 2b high nibble, 2b+1 low
             const uint32_t byte = (u[j] >> (8 * b)) & 0xffu;
-            wv[2 * b] = round_to<CT>(dev::mul_ftz(lut[byte >> 4], am));
-            wv[2 * b + 1] = round_to<CT>(dev::mul_ftz(lut[byte & 0xfu], am));
+            wv[2 * b] = dev::round_ct<CT>(dev::mul_ftz(lut[byte >> 4], am));
+            wv[2 * b + 1] = dev::round_ct<CT>(dev::mul_ftz(lut[byte & 0xfu], am));
           }
           fma_chunk<MT, CT, 8>(acc, wv, xm, K, rows, c * 32 + 8 * j);
         }
@@ -185,7 +171,7 @@ __global__ void __launch_bounds__(kWarps * 32)
         const int64_t e = n * K + k;
         const uint32_t byte = __ldg(q.packed + e / 2);
         const uint32_t code = (e & 1) ? byte & 0xfu : byte >> 4;
-        const float wv = round_to<CT>(dev::mul_ftz(lut[code], q.block_absmax(e / q.blocksize)));
+        const float wv = dev::round_ct<CT>(dev::mul_ftz(lut[code], q.block_absmax(e / q.blocksize)));
         fma_rows<MT, CT>(acc, wv, xm, K, rows, k);
       }
     }

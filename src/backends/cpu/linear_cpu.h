@@ -41,9 +41,10 @@ void linear_int8(const float* x, int64_t M, int64_t K, const int8_t* cb, const f
 
 // ---- building blocks (single-threaded unless noted) ----------------------------------------
 // out[m * ldo + n] = sum_k x[m * K + k] * w[n * K + k] for m < M, n < N (w: N rows of wdt),
-// f32 accumulation.
+// f32 accumulation. x_bf16: x holds bf16 values, none of them subnormal (lets bf16 weights go
+// through AVX512_BF16's exact products).
 void gemm_xwt_block(const float* x, int64_t M, int64_t K, const void* w, DType wdt, int64_t N, float* out,
-                    int64_t ldo);
+                    int64_t ldo, bool x_bf16 = false);
 // Elements [e0, e1) of a flattened 4-bit tensor, each quant_map[code] * absmax[i / blocksize]
 // in f32 (flush-to-zero, as the reference) then rounded to out_dt; out[0] is element e0.
 void dequantize_4bit_range(const uint8_t* packed, const float* absmax, int64_t blocksize, DType quant_type,
@@ -75,6 +76,15 @@ void gemm_i8_block(const int16_t* a16, int64_t M, int64_t K, const int8_t* b, in
 }  // namespace avx2
 
 namespace avx512 {
+// The packed GEMM for many rows (gemm_avx512.cpp): AVX-512 FMA, or with bf16 (x_bf16 as
+// gemm_xwt_block's, wdt BF16, AVX512_BF16 present) vdpbf16ps.
+void gemm_packed(const float* x, int64_t M, int64_t K, const void* w, DType wdt, int64_t N, float* out, int64_t ldo,
+                 bool bf16);
+// out[m * ldo + r] = x[m] . w[r] for r < N, M <= 4, with vdpbf16ps (linear_avx512.cpp); x
+// as gemm_xwt_block's x_bf16.
+void gemv_bf16(const float* x, int64_t M, int64_t K, const uint16_t* w, int64_t N, float* out, int64_t ldo);
+// Whether some x[i] (i < n), read as bf16 (its high 16 bits), is a subnormal.
+bool has_bf16_subnormal(const float* x, int64_t n);
 // The in-register 4-bit GEMV (linear4_avx512.cpp). bf16: the AVX512_BF16 kernel (compute dtype
 // bf16 only), else the f32-table kernel (any compute dtype). fits: the shape it takes (M <= 4,
 // K and blocksize multiples of 32, or 64 for bf16). pack_x: x [M, K] (already rounded to the
@@ -86,6 +96,17 @@ bool gemv_4bit_pack_x(const float* x, int64_t M, int64_t K, bool bf16, void* xp)
 void gemv_4bit(const void* xp, int64_t M, int64_t K, const uint8_t* packed, const float* absmax,
                int64_t blocksize, DType quant_type, DType compute_dtype, bool bf16, int64_t r0, int64_t nrows,
                float* out, int64_t ldo);
+
+// LLM.int8 with AVX512_VNNI (linear8_avx512.cpp). au: the int8 activations as unsigned bytes
+// a + 128 ([M, K], K < 2^16); out[m * ldo + n] = sum_k a[m, k] * b[n, k] exactly.
+void gemm_i8_block(const uint8_t* au, int64_t M, int64_t K, const int8_t* b, int64_t N, int32_t* out,
+                   int64_t ldo);
+// out[m * ldo + j] (j < nc) = the int8 part of linear_int8's output for acc[m * lda + j]: the
+// f16 dequantization with SCA sca[m], SCB scb[j], bias[j] (act-dtype-rounded; nullptr: none)
+// fused into the fma when fused_bias, else added after the f16 rounding; then rounded to
+// act_dtype (F16, BF16 or F32).
+void int8_dequant_rows(const int32_t* acc, int64_t lda, int64_t M, int64_t nc, const float* sca, const float* scb,
+                       const float* bias, bool fused_bias, DType act_dtype, float* out, int64_t ldo);
 }  // namespace avx512
 
 }  // namespace nibble::cpu

@@ -1,0 +1,97 @@
+// AVX512_BF16 GEMV for bf16 weights (decode through a bf16 model, and the bf16 output head
+// of 4-bit and int8 models): x (bf16 values, rounded by the caller) times W's rows as
+// stored, 32 elements per vdpbf16ps, which multiplies pairs of bf16 values exactly in f32 and
+// adds both to an f32 lane: only the summation order differs from the fp32 kernels. A W
+// register serves MR rows of x; MR x NR accumulators hide the latency.
+//
+// vdpbf16ps reads subnormal inputs as zero. x with a bf16 subnormal never comes here (the
+// caller checks); for W, each loaded vector is tested (exponent zero, mantissa not) and a
+// tile of rows that holds one is recomputed by the AVX2 fp32 kernel.
+// GCC 12's AVX-512 headers start intrinsics from _mm512_undefined_*() values, which -Wall
+// reports as uninitialized (GCC PR 105593, fixed in 13).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "backends/cpu/linear_cpu.h"
+
+#define NIBBLE_AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c")))
+
+namespace nibble::cpu::avx512 {
+
+namespace {
+
+NIBBLE_AVX512BF16 inline float hsum(__m512 v) {
+  return _mm512_reduce_add_ps(v);
+}
+
+// Rows 0 .. NR of w against MR rows of xb; false (out untouched) if a W value is subnormal.
+template <int MR, int NR>
+NIBBLE_AVX512BF16 bool tile(const uint16_t* xb, int64_t K, const uint16_t* w, float* out, int64_t ldo) {
+  __m512 acc[MR][NR];
+#pragma GCC unroll 8
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 8
+    for (int r = 0; r < NR; ++r) acc[m][r] = _mm512_setzero_ps();
+  const __m512i expo = _mm512_set1_epi16(0x7f80), mant = _mm512_set1_epi16(0x007f);
+  __mmask32 sub = 0;
+  for (int64_t k = 0; k < K; k += 32) {
+    const __mmask32 mk = K - k >= 32 ? ~__mmask32(0) : (__mmask32(1) << (K - k)) - 1;
+    __m512i xv[MR];
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; ++m) xv[m] = _mm512_maskz_loadu_epi16(mk, xb + m * K + k);
+#pragma GCC unroll 8
+    for (int r = 0; r < NR; ++r) {
+      const __m512i wv = _mm512_maskz_loadu_epi16(mk, w + r * K + k);
+      sub |= _mm512_mask_test_epi16_mask(_mm512_testn_epi16_mask(wv, expo), wv, mant);
+#pragma GCC unroll 8
+      for (int m = 0; m < MR; ++m) acc[m][r] = _mm512_dpbf16_ps(acc[m][r], (__m512bh)xv[m], (__m512bh)wv);
+    }
+  }
+  if (sub) return false;
+#pragma GCC unroll 8
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 8
+    for (int r = 0; r < NR; ++r) out[m * ldo + r] = hsum(acc[m][r]);
+  return true;
+}
+
+template <int MR, int NR>
+NIBBLE_AVX512BF16 void rows(const float* x, const uint16_t* xb, int64_t K, const uint16_t* w, int64_t N, float* out,
+                            int64_t ldo) {
+  int64_t r = 0;
+  for (; r + NR <= N; r += NR)
+    if (!tile<MR, NR>(xb, K, w + r * K, out + r, ldo)) avx2::gemm_xwt_block(x, MR, K, w + r * K, DType::BF16, NR, out + r, ldo);
+  for (; r < N; ++r)
+    if (!tile<MR, 1>(xb, K, w + r * K, out + r, ldo)) avx2::gemm_xwt_block(x, MR, K, w + r * K, DType::BF16, 1, out + r, ldo);
+}
+
+}  // namespace
+
+NIBBLE_AVX512BF16 void gemv_bf16(const float* x, int64_t M, int64_t K, const uint16_t* w, int64_t N, float* out,
+                                 int64_t ldo) {
+  static thread_local std::vector<uint16_t> xb;  // [M, K] x as bf16 bits
+  xb.resize(size_t(M * K));
+  for (int64_t i = 0; i < M * K; ++i) {  // x holds bf16 values: truncation is exact
+    uint32_t u;
+    std::memcpy(&u, x + i, 4);
+    xb[size_t(i)] = uint16_t(u >> 16);
+  }
+  const uint16_t* xp = xb.data();
+  switch (M) {
+    case 1:
+      return rows<1, 8>(x, xp, K, w, N, out, ldo);
+    case 2:
+      return rows<2, 4>(x, xp, K, w, N, out, ldo);
+    case 3:
+      return rows<3, 4>(x, xp, K, w, N, out, ldo);
+    default:
+      return rows<4, 4>(x, xp, K, w, N, out, ldo);
+  }
+}
+
+}  // namespace nibble::cpu::avx512

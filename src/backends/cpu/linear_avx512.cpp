@@ -7,6 +7,9 @@
 // vdpbf16ps reads subnormal inputs as zero. x with a bf16 subnormal never comes here (the
 // caller checks); for W, each loaded vector is tested (exponent zero, mantissa not) and a
 // tile of rows that holds one is recomputed by the AVX2 fp32 kernel.
+//
+// Also the elementwise rounding of the linear ops (x to the compute dtype, the epilogue's
+// bias add and rounding), 16 lanes at a time with the scalar code's exact rounding.
 // GCC 12's AVX-512 headers start intrinsics from _mm512_undefined_*() values, which -Wall
 // reports as uninitialized (GCC PR 105593, fixed in 13).
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -20,6 +23,7 @@
 #include "backends/cpu/linear_cpu.h"
 
 #define NIBBLE_AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c")))
+#define NIBBLE_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
 
 namespace nibble::cpu::avx512 {
 
@@ -70,7 +74,39 @@ NIBBLE_AVX512BF16 void rows(const float* x, const uint16_t* xb, int64_t K, const
     if (!tile<MR, 1>(xb, K, w + r * K, out + r, ldo)) avx2::gemm_xwt_block(x, MR, K, w + r * K, DType::BF16, 1, out + r, ldo);
 }
 
+// f32 -> bf16 -> f32, round to nearest even, NaN to quiet NaN (as f32_to_bf16).
+NIBBLE_AVX512 inline __m512 round_bf16(__m512 v) {
+  const __m512i u = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), lsb);
+  const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+  r = _mm512_mask_or_epi32(r, nan, u, _mm512_set1_epi32(0x00400000));
+  return _mm512_castsi512_ps(_mm512_and_si512(r, _mm512_set1_epi32(int(0xffff0000u))));
+}
+
+NIBBLE_AVX512 inline __m512 round_dt(__m512 v, DType dt) {
+  if (dt == DType::BF16) return round_bf16(v);
+  if (dt == DType::F16) return _mm512_cvtph_ps(_mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  return v;
+}
+
 }  // namespace
+
+NIBBLE_AVX512 void round_into(const float* x, float* y, int64_t n, DType dt) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 mk = n - i >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - i)) - 1);
+    _mm512_mask_storeu_ps(y + i, mk, round_dt(_mm512_maskz_loadu_ps(mk, x + i), dt));
+  }
+}
+
+NIBBLE_AVX512 void add_round(float* o, const float* bias, int64_t n, DType dt) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 mk = n - i >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - i)) - 1);
+    __m512 v = _mm512_maskz_loadu_ps(mk, o + i);
+    if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk, bias + i));
+    _mm512_mask_storeu_ps(o + i, mk, round_dt(v, dt));
+  }
+}
 
 NIBBLE_AVX512BF16 void gemv_bf16(const float* x, int64_t M, int64_t K, const uint16_t* w, int64_t N, float* out,
                                  int64_t ldo) {

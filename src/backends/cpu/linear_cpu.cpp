@@ -52,10 +52,13 @@ inline float round_to_dtype(float v, DType dt) {
 const float* rounded_input(const float* x, int64_t M, int64_t K, DType dt, std::vector<float>& buf) {
   if (dt == DType::F32) return x;
   buf.resize(size_t(M * K));
+  float* y = buf.data();
+  const bool simd = isa_at_least(Isa::Avx512);
   parallel_for(M * K, 1 << 16, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) buf[size_t(i)] = round_to_dtype(x[i], dt);
+    if (simd) return avx512::round_into(x + b, y + b, e - b, dt);
+    for (int64_t i = b; i < e; ++i) y[i] = round_to_dtype(x[i], dt);
   });
-  return buf.data();
+  return y;
 }
 
 // bias [N] as f32, rounded to round_to (transformers casts the bias to the compute dtype).
@@ -70,6 +73,11 @@ std::vector<float> bias_f32(const void* bias, DType bias_dt, int64_t N, DType ro
 // out[:, n0:n1) = round(out + bias)
 void epilogue(float* out, int64_t M, int64_t N, int64_t n0, int64_t n1, const std::vector<float>& bias,
               DType round_to) {
+  if (round_to == DType::F32 && bias.empty()) return;
+  if (isa_at_least(Isa::Avx512)) {
+    for (int64_t m = 0; m < M; ++m) avx512::add_round(out + m * N + n0, bias.empty() ? nullptr : bias.data() + n0, n1 - n0, round_to);
+    return;
+  }
   for (int64_t m = 0; m < M; ++m) {
     float* o = out + m * N;
     for (int64_t n = n0; n < n1; ++n) {
@@ -82,10 +90,11 @@ void epilogue(float* out, int64_t M, int64_t N, int64_t n0, int64_t n1, const st
 // Rows of x from which the packed GEMMs beat register tiles over W's rows.
 constexpr int64_t kGemmRows = 24;
 
-// Whether x [M, K] (rounded to dt) may take the bf16 kernels: dt is BF16, one of them will run
-// (the GEMM or the GEMV) and no value is a bf16 subnormal.
+// Whether x [M, K] (rounded to dt) may take the bf16 GEMV: dt is BF16, M <= 4 and no value is a
+// bf16 subnormal. (Prefill keeps the fp32 GEMM: on the Xeon this was measured on, vdpbf16ps
+// reached 69 GFLOP/s in gemm_avx512.cpp's kernel against 108 for AVX-512 FMAs.)
 bool x_is_bf16(const float* x, int64_t M, int64_t K, DType dt) {
-  return dt == DType::BF16 && (M >= kGemmRows || M <= 4) && isa_at_least(Isa::Avx512Bf16) &&
+  return dt == DType::BF16 && M <= 4 && isa_at_least(Isa::Avx512Bf16) &&
          !avx512::has_bf16_subnormal(x, M * K);
 }
 
@@ -135,7 +144,7 @@ void gemm_xwt_block(const float* x, int64_t M, int64_t K, const void* w, DType w
   if (x_bf16 && wdt == DType::BF16 && M <= 4 && isa >= Isa::Avx512Bf16)
     avx512::gemv_bf16(x, M, K, static_cast<const uint16_t*>(w), N, out, ldo);
   else if (isa >= Isa::Avx512 && M >= kGemmRows)
-    avx512::gemm_packed(x, M, K, w, wdt, N, out, ldo, x_bf16 && isa >= Isa::Avx512Bf16);
+    avx512::gemm_packed(x, M, K, w, wdt, N, out, ldo, false);
   else if (isa >= Isa::Avx2)
     avx2::gemm_xwt_block(x, M, K, w, wdt, N, out, ldo);
   else

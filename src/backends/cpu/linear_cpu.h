@@ -83,6 +83,10 @@ void gemm_packed(const float* x, int64_t M, int64_t K, const void* w, DType wdt,
 // out[m * ldo + r] = x[m] . w[r] for r < N, M <= 4, with vdpbf16ps (linear_avx512.cpp); x
 // as gemm_xwt_block's x_bf16.
 void gemv_bf16(const float* x, int64_t M, int64_t K, const uint16_t* w, int64_t N, float* out, int64_t ldo);
+// y[i] = x[i] rounded to dt (BF16, F16 or F32: a copy), i < n; y may be x.
+void round_into(const float* x, float* y, int64_t n, DType dt);
+// o[i] = round_dt(o[i] + bias[i]) (bias nullptr: no add), i < n.
+void add_round(float* o, const float* bias, int64_t n, DType dt);
 // Whether some x[i] (i < n), read as bf16 (its high 16 bits), is a subnormal.
 bool has_bf16_subnormal(const float* x, int64_t n);
 // The in-register 4-bit GEMV (linear4_avx512.cpp). bf16: the AVX512_BF16 kernel (compute dtype

@@ -39,6 +39,15 @@ namespace nibble::cpu::avx512 {
 
 namespace {
 
+// Software prefetch distance along the packed weights, in bytes. A group of rows is short
+// (K / 2 bytes a row: 1 KiB at K = 2048), too short for the hardware prefetcher to ramp up
+// on each row's stream; prefetching this far ahead on every row reaches into the next groups.
+// Measured on the 2-core Xeon (one thread, 48 NF4 matrices of 8192 x 2048 cycled, thread CPU
+// time): 4.8 GB/s without, 6.8 at 2 KiB, 7.7 at 4-12 KiB.
+inline int64_t prefetch_bytes() {
+  return 8192;
+}
+
 // |absmax| at least this: no product code * absmax is subnormal (the smallest nonzero code
 // magnitude is FP4's 1/192) and absmax itself is normal, so flush-to-zero changes nothing.
 constexpr float kNoFlushAbsmax = 1e-35f;
@@ -93,13 +102,16 @@ NIBBLE_AVX512 void rows_f32(const float* xp, int64_t K, const uint8_t* packed, c
   for (int m = 0; m < MR; ++m)
 #pragma GCC unroll 16
     for (int r = 0; r < NR; ++r) acc[m][r][0] = acc[m][r][1] = _mm512_setzero_ps();
-  const int64_t base = row * K;
+  // Row r's bytes start at w0 + r * rs (K is even, so rows start on whole bytes); its blocks
+  // at absmax + b + r * bpr (NR > 1 only where K % blocksize == 0).
+  const int64_t base = row * K, pf = prefetch_bytes(), rs = K / 2, bpr = K / blocksize;
+  const uint8_t* w0 = packed + base / 2;
   for (int64_t k = 0; k < K;) {
     const int64_t b = (base + k) / blocksize;
     const int64_t seg = std::min(K, (b + 1) * blocksize - base);
     __m512 tab[NR];
 #pragma GCC unroll 16
-    for (int r = 0; r < NR; ++r) tab[r] = table_f32(code, absmax[b + r * K / blocksize], cdt);
+    for (int r = 0; r < NR; ++r) tab[r] = table_f32(code, absmax[b + r * bpr], cdt);
     for (; k < seg; k += 32) {
       __m512 xv[MR][2];
 #pragma GCC unroll 16
@@ -109,7 +121,8 @@ NIBBLE_AVX512 void rows_f32(const float* xp, int64_t K, const uint8_t* packed, c
       }
 #pragma GCC unroll 16
       for (int r = 0; r < NR; ++r) {
-        const uint8_t* src = packed + (base + r * K + k) / 2;
+        const uint8_t* src = w0 + r * rs + k / 2;
+        if (pf && k % 128 == 0) _mm_prefetch(reinterpret_cast<const char*>(src + pf), _MM_HINT_T0);
         const __m512i idx = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src)));
         const __m512 w_even = _mm512_permutexvar_ps(_mm512_srli_epi32(idx, 4), tab[r]);
         const __m512 w_odd = _mm512_permutexvar_ps(idx, tab[r]);
@@ -137,7 +150,8 @@ NIBBLE_AVX512BF16 void rows_bf16(const uint16_t* xp, int64_t K, const uint8_t* p
 #pragma GCC unroll 16
     for (int r = 0; r < NR; ++r) acc[m][r][0] = acc[m][r][1] = _mm512_setzero_ps();
   const __m512i low4 = _mm512_set1_epi16(15);
-  const int64_t base = row * K;
+  const int64_t base = row * K, pf = prefetch_bytes(), rs = K / 2, bpr = K / blocksize;
+  const uint8_t* w0 = packed + base / 2;  // as rows_f32
   for (int64_t k = 0; k < K;) {
     const int64_t b = (base + k) / blocksize;
     const int64_t seg = std::min(K, (b + 1) * blocksize - base);
@@ -146,7 +160,7 @@ NIBBLE_AVX512BF16 void rows_bf16(const uint16_t* xp, int64_t K, const uint8_t* p
     for (int r = 0; r < NR; ++r) {
       // vcvtneps2bf16 rounds to nearest even and quiets NaNs as f32_to_bf16; its input is
       // flushed already and a normal f32 never rounds to a bf16 subnormal.
-      const __m256bh t = _mm512_cvtneps_pbh(scaled_codes(code, absmax[b + r * K / blocksize]));
+      const __m256bh t = _mm512_cvtneps_pbh(scaled_codes(code, absmax[b + r * bpr]));
       __m256i ti;
       std::memcpy(&ti, &t, sizeof ti);
       tab[r] = _mm512_castsi256_si512(ti);  // upper half unused: indices are < 16
@@ -160,7 +174,8 @@ NIBBLE_AVX512BF16 void rows_bf16(const uint16_t* xp, int64_t K, const uint8_t* p
       }
 #pragma GCC unroll 16
       for (int r = 0; r < NR; ++r) {
-        const uint8_t* src = packed + (base + r * K + k) / 2;
+        const uint8_t* src = w0 + r * rs + k / 2;
+        if (pf && k % 128 == 0) _mm_prefetch(reinterpret_cast<const char*>(src + pf), _MM_HINT_T0);
         const __m512i bytes = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src)));
         const __m512i w_even = _mm512_permutexvar_epi16(_mm512_srli_epi16(bytes, 4), tab[r]);
         const __m512i w_odd = _mm512_permutexvar_epi16(_mm512_and_si512(bytes, low4), tab[r]);
@@ -205,7 +220,7 @@ void gemv_m(const void* xp, int64_t M, int64_t K, const uint8_t* packed, const f
             int64_t ldo) {
   switch (M) {
     case 1:
-      return gemv_t<1, 4, BF16>(xp, K, packed, absmax, blocksize, quant_type, cdt, r0, nrows, out, ldo);
+      return gemv_t<1, 8, BF16>(xp, K, packed, absmax, blocksize, quant_type, cdt, r0, nrows, out, ldo);
     case 2:
       return gemv_t<2, 4, BF16>(xp, K, packed, absmax, blocksize, quant_type, cdt, r0, nrows, out, ldo);
     case 3:

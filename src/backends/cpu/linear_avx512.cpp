@@ -1,3 +1,9 @@
+// AVX-512 GEMV (M <= 4) for f32/f16/bf16 weights and f32 x (the model's fp linears: the
+// output head of every model, all layers of a bf16 one): W rows widened on load (bf16 by a
+// shift, f16 by vcvtph2ps), NR rows per pass so each x load serves NR rows, and a software
+// prefetch along each row, since the hardware prefetcher ramps up too slowly on NR short
+// interleaved streams.
+//
 // AVX512_BF16 GEMV for bf16 weights (decode through a bf16 model, and the bf16 output head
 // of 4-bit and int8 models): x (bf16 values, rounded by the caller) times W's rows as
 // stored, 32 elements per vdpbf16ps, which multiplies pairs of bf16 values exactly in f32 and
@@ -90,7 +96,81 @@ NIBBLE_AVX512 inline __m512 round_dt(__m512 v, DType dt) {
   return v;
 }
 
+constexpr int64_t kPrefetchBytes = 8192;
+
+template <int WT>  // 0 f32, 1 f16, 2 bf16
+NIBBLE_AVX512 inline __m512 load_w16(const char* w, int64_t i, __mmask16 mk) {
+  if constexpr (WT == 0) {
+    return _mm512_maskz_loadu_ps(mk, reinterpret_cast<const float*>(w) + i);
+  } else {
+    const __m256i h = _mm256_maskz_loadu_epi16(mk, reinterpret_cast<const uint16_t*>(w) + i);
+    if constexpr (WT == 1) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  }
+}
+
+template <int WT, int MR, int NR>
+NIBBLE_AVX512 void dense_tile(const float* x, int64_t K, const char* w, float* out, int64_t ldo) {
+  constexpr int64_t es = WT == 0 ? 4 : 2;
+  __m512 acc[MR][NR];
+#pragma GCC unroll 8
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 8
+    for (int r = 0; r < NR; ++r) acc[m][r] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; k += 16) {
+    const __mmask16 mk = K - k >= 16 ? __mmask16(0xffff) : __mmask16((1u << (K - k)) - 1);
+    __m512 xv[MR];
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; ++m) xv[m] = _mm512_maskz_loadu_ps(mk, x + m * K + k);
+#pragma GCC unroll 8
+    for (int r = 0; r < NR; ++r) {
+      const char* row = w + r * K * es;
+      if ((k * es) % 64 == 0) _mm_prefetch(row + k * es + kPrefetchBytes, _MM_HINT_T0);
+      const __m512 wv = load_w16<WT>(row, k, mk);
+#pragma GCC unroll 8
+      for (int m = 0; m < MR; ++m) acc[m][r] = _mm512_fmadd_ps(xv[m], wv, acc[m][r]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 8
+    for (int r = 0; r < NR; ++r) out[m * ldo + r] = _mm512_reduce_add_ps(acc[m][r]);
+}
+
+template <int WT, int MR>
+NIBBLE_AVX512 void dense_rows(const float* x, int64_t K, const char* w, int64_t N, float* out, int64_t ldo) {
+  constexpr int64_t es = WT == 0 ? 4 : 2;
+  constexpr int NR = MR == 1 ? 8 : 4;
+  int64_t r = 0;
+  for (; r + NR <= N; r += NR) dense_tile<WT, MR, NR>(x, K, w + r * K * es, out + r, ldo);
+  for (; r < N; ++r) dense_tile<WT, MR, 1>(x, K, w + r * K * es, out + r, ldo);
+}
+
+template <int WT>
+NIBBLE_AVX512 void dense_m(const float* x, int64_t M, int64_t K, const char* w, int64_t N, float* out, int64_t ldo) {
+  switch (M) {
+    case 1:
+      return dense_rows<WT, 1>(x, K, w, N, out, ldo);
+    case 2:
+      return dense_rows<WT, 2>(x, K, w, N, out, ldo);
+    case 3:
+      return dense_rows<WT, 3>(x, K, w, N, out, ldo);
+    default:
+      return dense_rows<WT, 4>(x, K, w, N, out, ldo);
+  }
+}
+
 }  // namespace
+
+void gemv_dense(const float* x, int64_t M, int64_t K, const void* w, DType wdt, int64_t N, float* out, int64_t ldo) {
+  const char* wc = static_cast<const char*>(w);
+  if (wdt == DType::F32)
+    dense_m<0>(x, M, K, wc, N, out, ldo);
+  else if (wdt == DType::F16)
+    dense_m<1>(x, M, K, wc, N, out, ldo);
+  else
+    dense_m<2>(x, M, K, wc, N, out, ldo);
+}
 
 NIBBLE_AVX512 void round_into(const float* x, float* y, int64_t n, DType dt) {
   for (int64_t i = 0; i < n; i += 16) {

@@ -141,10 +141,12 @@ void gemm_xwt_block(const float* x, int64_t M, int64_t K, const void* w, DType w
     return;
   }
   const Isa isa = active_isa();
-  if (x_bf16 && wdt == DType::BF16 && M <= 4 && isa >= Isa::Avx512Bf16)
+  if (x_bf16 && wdt == DType::BF16 && M >= 1 && M <= 4 && isa >= Isa::Avx512Bf16)
     avx512::gemv_bf16(x, M, K, static_cast<const uint16_t*>(w), N, out, ldo);
   else if (isa >= Isa::Avx512 && M >= kGemmRows)
     avx512::gemm_packed(x, M, K, w, wdt, N, out, ldo, false);
+  else if (isa >= Isa::Avx512 && M >= 1 && M <= 4)
+    avx512::gemv_dense(x, M, K, w, wdt, N, out, ldo);
   else if (isa >= Isa::Avx2)
     avx2::gemm_xwt_block(x, M, K, w, wdt, N, out, ldo);
   else

@@ -80,6 +80,8 @@ namespace avx512 {
 // gemm_xwt_block's, wdt BF16, AVX512_BF16 present) vdpbf16ps.
 void gemm_packed(const float* x, int64_t M, int64_t K, const void* w, DType wdt, int64_t N, float* out, int64_t ldo,
                  bool bf16);
+// out[m * ldo + r] = x[m] . w[r] for r < N, M <= 4, W f32/f16/bf16 widened to f32 (linear_avx512.cpp).
+void gemv_dense(const float* x, int64_t M, int64_t K, const void* w, DType wdt, int64_t N, float* out, int64_t ldo);
 // out[m * ldo + r] = x[m] . w[r] for r < N, M <= 4, with vdpbf16ps (linear_avx512.cpp); x
 // as gemm_xwt_block's x_bf16.
 void gemv_bf16(const float* x, int64_t M, int64_t K, const uint16_t* w, int64_t N, float* out, int64_t ldo);

@@ -2,16 +2,17 @@
 # nibble against llama.cpp on this machine's CPU: the same random-weight Llama-3.2-1B-shape HF
 # folder (bench/model_cpu --write-llama1b, with the Llama-3 tokenizer of the fixtures), the
 # same thread count, runs interleaved round by round, medians and ratios printed and written
-# to a JSON file. llama.cpp is built outside the repository (never committed) -- see
-# PEERS.md -- and its GGUF files come from its own convert_hf_to_gguf.py (or, with
-# CONVERT=bench/hf_to_gguf_min.py, from our minimal converter where torch is not installable).
+# to a JSON file. llama.cpp is built outside the repository (never committed; see PEERS.md)
+# and its GGUF files come from its own convert_hf_to_gguf.py, run through
+# bench/llamacpp_convert.py (which names the cropped fixture tokenizer's pre-tokenizer).
 #
 # Pairs (nibble variant : llama.cpp file):
 #   nf4  (NF4 + double quant, bf16 head)  : Q4_0 with a bf16 head (like for like), Q4_0 default
 #   int8 (LLM.int8, threshold 6.0)        : Q8_0
 #   stored (bf16)                         : BF16
 # nibble: decode = greedy steps after a 16-token prompt, prefill = forward of 512 ids with the
-# last row's logits only; llama-bench: tg128 from an empty cache and pp512 (last logits).
+# last row's logits only; llama-bench: tg$TG (default 64) from an empty cache and pp512 (last
+# logits).
 #
 #   LLAMA_BIN=/work/peer/build/bin PY=/work/peer/venv/bin/python \
 #   CONVERT=.../vendor/llama.cpp/convert_hf_to_gguf.py bench/vs_llamacpp.sh [OUT.json]
@@ -36,7 +37,7 @@ if [ ! -f "$WORK/hf/model.safetensors" ]; then
   cp "$TOK/tokenizer.json" "$TOK/tokenizer_config.json" "$WORK/hf/"
 fi
 if [ ! -f "$WORK/bf16.gguf" ]; then
-  "$PY" "$CONVERT" "$WORK/hf" --outtype bf16 --outfile "$WORK/bf16.gguf"
+  "$PY" bench/llamacpp_convert.py "$CONVERT" "$WORK/hf" --outtype bf16 --outfile "$WORK/bf16.gguf"
 fi
 quant() {  # name type [extra flags]
   local name=$1 type=$2

@@ -2,7 +2,8 @@
 // directly on fresh random inputs and odd shapes: the bf16 GEMM (vdpbf16ps; not dispatched,
 // slower than FMAs on the machine it was measured on) and the fp32 one, the bf16 GEMV with
 // subnormal weights (its fp32 fallback), and LLM.int8 bit for bit equal at every ISA level
-// (its int8 products and f16 epilogue are exact, so every level must give the same bits).
+// (its int8 products and f16 epilogue are exact, so every level must give the same bits) and
+// its activation quantization equal to the reference.
 // Each skips where the CPU lacks the level.
 #include <gtest/gtest.h>
 
@@ -13,10 +14,12 @@
 
 #include "backends/cpu/isa.h"
 #include "backends/cpu/linear_cpu.h"
+#include "backends/cpu/quant_cpu.h"
 #include "cpu_isa_mode.h"
 #include "nibble/quant.h"
 #include "ops/nn_ops.h"
 #include "ops/nn_ref.h"
+#include "quant/reference.h"
 #include "test_support.h"
 
 using namespace nibble;
@@ -147,6 +150,46 @@ TEST(CpuKernelsAvx512, Int8SameBitsAtEveryIsaLevel) {
           SCOPED_TRACE(cpu::isa_name(test::cpu_isas()[i]));
           EXPECT_EQ(0, std::memcmp(outs[i].data(), outs[0].data(), outs[0].size() * 4));
           for (int64_t j = 0; j < s.M * s.N; ++j) ASSERT_EQ(outs[i][size_t(j)], ref.data<float>()[j]) << j;
+        }
+      }
+}
+
+TEST(CpuKernelsAvx512, Int8ActivationQuantMatchesReferenceAtEveryIsaLevel) {
+  // LLM.int8's row-wise activation quantization: same bytes, scales and outlier columns as the
+  // reference, with outliers (|x| >= 6), NaN, infinities, an all-zero row, one row and many,
+  // widths off the 16-lane step.
+  const uint64_t seed = test::fresh_seed();
+  SCOPED_TRACE(testing::Message() << "seed " << seed);
+  std::mt19937_64 rng(seed);
+  for (int64_t rows : {1, 2, 7, 40})
+    for (int64_t cols : {1, 15, 16, 17, 100, 515})
+      for (float threshold : {0.0f, 6.0f}) {
+        SCOPED_TRACE(testing::Message() << "rows=" << rows << " cols=" << cols << " threshold=" << threshold);
+        Tensor a = test::random_normal({rows, cols}, DType::F16, rng, 2.0f);
+        uint16_t* p = a.data<uint16_t>();
+        for (int o = 0; o < 3; ++o) p[rng() % uint64_t(rows * cols)] = f32_to_f16((rng() % 2 ? 1 : -1) * 9.5f);
+        if (rows * cols > 10) {
+          p[rng() % uint64_t(rows * cols)] = 0x7e00;  // NaN
+          p[rng() % uint64_t(rows * cols)] = 0xfc00;  // -inf
+        }
+        if (rows > 2)
+          for (int64_t c = 0; c < cols; ++c) p[1 * cols + c] = 0;  // an all-zero row
+        std::vector<int8_t> c1(size_t(rows * cols));
+        std::vector<float> s1(static_cast<size_t>(rows));
+        std::vector<int64_t> o1;
+        quant::ref::int8_vectorwise_quant(p, rows, cols, threshold, c1.data(), s1.data(), &o1);
+        for (cpu::Isa isa : test::cpu_isas()) {
+          SCOPED_TRACE(cpu::isa_name(isa));
+          test::IsaMode mode(isa);
+          std::vector<int8_t> c2(size_t(rows * cols), 99);
+          std::vector<float> s2(static_cast<size_t>(rows), kNaN);
+          std::vector<int64_t> o2 = {-1};
+          cpu::int8_vectorwise_quant(p, rows, cols, threshold, c2.data(), s2.data(), &o2);
+          EXPECT_EQ(c1, c2);
+          EXPECT_EQ(0, std::memcmp(s1.data(), s2.data(), s1.size() * 4));
+          if (threshold > 0.0f) {
+            EXPECT_EQ(o1, o2);
+          }
         }
       }
 }

@@ -285,7 +285,9 @@ void linear_int8(const float* x, int64_t M, int64_t K, const int8_t* cb, const f
   ca.resize(size_t(M * K));
   sca.resize(size_t(M));
   uint16_t* xhp = xh.data();
+  const bool avx512 = isa_at_least(Isa::Avx512);
   parallel_for(M * K, 1 << 16, [&](int64_t b, int64_t e) {
+    if (avx512) return avx512::f32_to_f16_rows(x + b, e - b, xhp + b);
     for (int64_t i = b; i < e; ++i) xhp[i] = f32_to_f16(x[i]);
   });
   std::vector<int64_t> outliers;  // outlier column indices

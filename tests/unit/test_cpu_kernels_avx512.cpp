@@ -193,3 +193,39 @@ TEST(CpuKernelsAvx512, Int8ActivationQuantMatchesReferenceAtEveryIsaLevel) {
         }
       }
 }
+
+TEST(CpuKernelsAvx512, Gemv4bitNestedAbsmaxSameBitsAsF32Absmax) {
+  // The decode GEMV reading the double-quantized absmax bytes must give exactly what it gives
+  // with dequantize_absmax's f32 values (and both stay close to the reference).
+  const uint64_t seed = test::fresh_seed();
+  SCOPED_TRACE(testing::Message() << "seed " << seed);
+  std::mt19937_64 rng(seed);
+  for (int64_t M : {1, 2, 3, 4})
+    for (int64_t K : {64, 128, 576, 2048})
+      for (int64_t N : {1, 9, 40, 300})
+        for (DType qt : {DType::NF4, DType::FP4})
+          for (DType cdt : {DType::BF16, DType::F32, DType::F16}) {
+            const int64_t bs = int64_t(64) << (rng() % 2);
+            if (K % bs) continue;
+            SCOPED_TRACE(testing::Message() << "M=" << M << " N=" << N << " K=" << K << " bs=" << bs << " "
+                                            << dtype_name(qt) << " compute=" << dtype_name(cdt));
+            Tensor w = test::random_normal({N, K}, DType::BF16, rng, 0.1f);
+            Quantized4 q = quantize_4bit(w, qt, bs, true);
+            Tensor absmax = dequantize_absmax(q.state);
+            Tensor x = test::random_normal({M, K}, DType::F32, rng);
+            cpu::Absmax4 nested{.q = q.state.absmax.data<uint8_t>(),
+                                .absmax2 = q.state.nested_absmax.data<float>(),
+                                .code = dynamic_map_signed().data(),
+                                .offset = q.state.offset};
+            for (cpu::Isa isa : test::cpu_isas()) {
+              SCOPED_TRACE(cpu::isa_name(isa));
+              test::IsaMode mode(isa);
+              std::vector<float> a(size_t(M * N), kNaN), b(size_t(M * N), kNaN);
+              cpu::linear_4bit(x.data<float>(), M, K, q.packed.data<uint8_t>(), absmax.data<float>(), bs, qt, N,
+                               nullptr, DType::F32, cdt, a.data());
+              cpu::linear_4bit(x.data<float>(), M, K, q.packed.data<uint8_t>(), absmax.data<float>(), bs, qt, N,
+                               nullptr, DType::F32, cdt, b.data(), &nested);
+              ASSERT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * 4));
+            }
+          }
+}

@@ -95,7 +95,7 @@ NIBBLE_AVX512 inline float hsum(__m512 v) {
 // Rows r0 .. r0 + NR of W (x in pack order, fp32: 32 elements per step). Every NR rows see
 // block boundaries at the same offsets (the caller guarantees K % blocksize == 0 when NR > 1).
 template <int MR, int NR>
-NIBBLE_AVX512 void rows_f32(const float* xp, int64_t K, const uint8_t* packed, const float* absmax,
+NIBBLE_AVX512 void rows_f32(const float* xp, int64_t K, const uint8_t* packed, const Absmax4& absmax,
                             int64_t blocksize, __m512 code, DType cdt, int64_t row, float* out, int64_t ldo) {
   __m512 acc[MR][NR][2];
 #pragma GCC unroll 16
@@ -142,7 +142,7 @@ NIBBLE_AVX512 void rows_f32(const float* xp, int64_t K, const uint8_t* packed, c
 
 // The same with bf16 tables and vdpbf16ps (xp: bf16 in pack order, 64 elements per step).
 template <int MR, int NR>
-NIBBLE_AVX512BF16 void rows_bf16(const uint16_t* xp, int64_t K, const uint8_t* packed, const float* absmax,
+NIBBLE_AVX512BF16 void rows_bf16(const uint16_t* xp, int64_t K, const uint8_t* packed, const Absmax4& absmax,
                                  int64_t blocksize, __m512 code, int64_t row, float* out, int64_t ldo) {
   __m512 acc[MR][NR][2];
 #pragma GCC unroll 16
@@ -195,7 +195,7 @@ NIBBLE_AVX512BF16 void rows_bf16(const uint16_t* xp, int64_t K, const uint8_t* p
 
 // NR-row groups while they fit (and blocks line up across rows), then single rows.
 template <int MR, int NR, bool BF16>
-NIBBLE_AVX512 void gemv_t(const void* xp, int64_t K, const uint8_t* packed, const float* absmax,
+NIBBLE_AVX512 void gemv_t(const void* xp, int64_t K, const uint8_t* packed, const Absmax4& absmax,
                           int64_t blocksize, DType quant_type, DType cdt, int64_t r0, int64_t nrows,
                           float* out, int64_t ldo) {
   const __m512 code = _mm512_loadu_ps(dequant_table_4bit(quant_type));
@@ -215,7 +215,7 @@ NIBBLE_AVX512 void gemv_t(const void* xp, int64_t K, const uint8_t* packed, cons
 }
 
 template <bool BF16>
-void gemv_m(const void* xp, int64_t M, int64_t K, const uint8_t* packed, const float* absmax,
+void gemv_m(const void* xp, int64_t M, int64_t K, const uint8_t* packed, const Absmax4& absmax,
             int64_t blocksize, DType quant_type, DType cdt, int64_t r0, int64_t nrows, float* out,
             int64_t ldo) {
   switch (M) {
@@ -256,7 +256,7 @@ bool gemv_4bit_pack_x(const float* x, int64_t M, int64_t K, bool bf16, void* xp)
   return true;
 }
 
-void gemv_4bit(const void* xp, int64_t M, int64_t K, const uint8_t* packed, const float* absmax,
+void gemv_4bit(const void* xp, int64_t M, int64_t K, const uint8_t* packed, const Absmax4& absmax,
                int64_t blocksize, DType quant_type, DType compute_dtype, bool bf16, int64_t r0, int64_t nrows,
                float* out, int64_t ldo) {
   if (bf16)

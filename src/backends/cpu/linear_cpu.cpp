@@ -215,7 +215,7 @@ void linear(const float* x_in, int64_t M, int64_t K, const void* w, DType wdt, i
 
 void linear_4bit(const float* x_in, int64_t M, int64_t K, const uint8_t* packed, const float* absmax,
                  int64_t blocksize, DType quant_type, int64_t N, const void* bias, DType bias_dt,
-                 DType compute_dtype, float* out) {
+                 DType compute_dtype, float* out, const Absmax4* nested) {
   static thread_local std::vector<float> xbuf;  // [M, K] x rounded to the compute dtype
   const float* x = rounded_input(x_in, M, K, compute_dtype, xbuf);
   const std::vector<float> b = bias_f32(bias, bias_dt, N, compute_dtype);
@@ -231,9 +231,10 @@ void linear_4bit(const float* x_in, int64_t M, int64_t K, const uint8_t* packed,
     if (bf16 || avx512::gemv_4bit_fits(M, K, blocksize, false)) {
       if (!bf16) avx512::gemv_4bit_pack_x(x, M, K, false, xp.data());
       const float* xpd = xp.data();  // (a thread_local named inside the lambda would be the worker's)
+      const Absmax4 am = nested ? *nested : Absmax4{.f32 = absmax};
       parallel_for(gemv_units, grain_for(kRows * M * K), [&](int64_t u0, int64_t u1) {
         const int64_t n0 = u0 * kRows, n1 = std::min(N, u1 * kRows);
-        avx512::gemv_4bit(xpd, M, K, packed, absmax, blocksize, quant_type, compute_dtype, bf16, n0, n1 - n0,
+        avx512::gemv_4bit(xpd, M, K, packed, am, blocksize, quant_type, compute_dtype, bf16, n0, n1 - n0,
                           out + n0, N);
         epilogue(out, M, N, n0, n1, b, compute_dtype);
       });

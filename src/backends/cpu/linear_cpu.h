@@ -12,6 +12,7 @@
 #include <cstdint>
 
 #include "nibble/dtype.h"
+#include "quant/gpu_float.h"
 
 namespace nibble::cpu {
 
@@ -21,6 +22,18 @@ namespace nibble::cpu {
 bool use_avx2_kernels();
 void set_portable_kernels(bool on);
 
+// The absmax of 4-bit blocks as the in-register GEMV reads it: the f32 values, or (q set)
+// bitsandbytes' double quantization decoded per block -- mul_ftz(code[q[b]], absmax2[b / 256])
+// + offset, exactly dequantize_absmax's value -- so decode reads 1 byte per block, not 4.
+struct Absmax4 {
+  const float* f32 = nullptr;
+  const uint8_t* q = nullptr;
+  const float* absmax2 = nullptr;  // [ceil(n_blocks / 256)]
+  const float* code = nullptr;     // the 256 values of the signed dynamic map
+  float offset = 0.0f;
+  float operator[](int64_t b) const { return q ? quant::mul_ftz(code[q[b]], absmax2[b >> 8]) + offset : f32[b]; }
+};
+
 // ---- whole ops (threaded; pointers are contiguous host buffers) -----------------------------
 // out[M, N] = round(round(x) · W^T + round(bias)), rounding to round_to (F32: none). W: [N, K]
 // of wdt (f32/f16/bf16); bias: [N] of bias_dt or nullptr.
@@ -29,9 +42,10 @@ void linear(const float* x, int64_t M, int64_t K, const void* w, DType wdt, int6
 
 // The same with a packed 4-bit weight ([N, K] flattened; absmax f32 per block of the
 // flattened tensor), dequantized to compute_dtype exactly as bitsandbytes' dequantize_4bit.
+// nested: the same absmax double-quantized (nested blocksize 256), read by the decode GEMV.
 void linear_4bit(const float* x, int64_t M, int64_t K, const uint8_t* packed, const float* absmax,
                  int64_t blocksize, DType quant_type, int64_t N, const void* bias, DType bias_dt,
-                 DType compute_dtype, float* out);
+                 DType compute_dtype, float* out, const Absmax4* nested = nullptr);
 
 // LLM.int8 (bitsandbytes MatMul8bitLt inference). act_dtype is the dtype of the activations
 // in the model (A.dtype in bitsandbytes): the f16 result of the int8 part is converted to it
@@ -99,7 +113,7 @@ bool has_bf16_subnormal(const float* x, int64_t n);
 bool gemv_4bit_fits(int64_t M, int64_t K, int64_t blocksize, bool bf16);
 bool gemv_4bit_pack_x(const float* x, int64_t M, int64_t K, bool bf16, void* xp);
 // out[m * ldo + r] = x[m] . dequant(row r0 + r), r < nrows.
-void gemv_4bit(const void* xp, int64_t M, int64_t K, const uint8_t* packed, const float* absmax,
+void gemv_4bit(const void* xp, int64_t M, int64_t K, const uint8_t* packed, const Absmax4& absmax,
                int64_t blocksize, DType quant_type, DType compute_dtype, bool bf16, int64_t r0, int64_t nrows,
                float* out, int64_t ldo);
 

@@ -92,6 +92,28 @@ NIBBLE_AVX512 inline float hsum(__m512 v) {
   return _mm_cvtss_f32(h);
 }
 
+// Blocks whose absmax a row group caches (kMaxCached / NR per row): K = 8192 at blocksize 64.
+constexpr int64_t kMaxCached = 1024;
+
+// out[i] = absmax[b + i] for i < n, the double-quantized case decoded 16 blocks at a time
+// (gathers of the code and absmax2 values; the same flushed product and add as Absmax4).
+NIBBLE_AVX512 void absmax_run(const Absmax4& a, int64_t b, int64_t n, float* out) {
+  if (!a.q) {
+    std::memcpy(out, a.f32 + b, size_t(n) * sizeof(float));
+    return;
+  }
+  const __m512i iota = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 mk = n - i >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - i)) - 1);
+    const __m512i q = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mk, a.q + b + i));
+    const __m512 c = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mk, q, a.code, 4);
+    const __m512i j2 = _mm512_srli_epi32(_mm512_add_epi32(_mm512_set1_epi32(int(b + i)), iota), 8);
+    const __m512 a2 = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mk, j2, a.absmax2, 4);
+    const __m512 v = ftz16(_mm512_mul_ps(ftz16(c), ftz16(a2)));
+    _mm512_mask_storeu_ps(out + i, mk, _mm512_add_ps(v, _mm512_set1_ps(a.offset)));
+  }
+}
+
 // Rows r0 .. r0 + NR of W (x in pack order, fp32: 32 elements per step). Every NR rows see
 // block boundaries at the same offsets (the caller guarantees K % blocksize == 0 when NR > 1).
 template <int MR, int NR>
@@ -106,12 +128,18 @@ NIBBLE_AVX512 void rows_f32(const float* xp, int64_t K, const uint8_t* packed, c
   // at absmax + b + r * bpr (NR > 1 only where K % blocksize == 0).
   const int64_t base = row * K, pf = prefetch_bytes(), rs = K / 2, bpr = K / blocksize;
   const uint8_t* w0 = packed + base / 2;
+  // The group's absmax values decoded up front when its rows hold whole blocks (am[r * bpr + j]).
+  alignas(64) float am[kMaxCached];
+  const bool cached = K % blocksize == 0 && NR * bpr <= kMaxCached;
+  if (cached)
+    for (int r = 0; r < NR; ++r) absmax_run(absmax, base / blocksize + r * bpr, bpr, am + r * bpr);
   for (int64_t k = 0; k < K;) {
     const int64_t b = (base + k) / blocksize;
     const int64_t seg = std::min(K, (b + 1) * blocksize - base);
     __m512 tab[NR];
 #pragma GCC unroll 16
-    for (int r = 0; r < NR; ++r) tab[r] = table_f32(code, absmax[b + r * bpr], cdt);
+    for (int r = 0; r < NR; ++r)
+      tab[r] = table_f32(code, cached ? am[r * bpr + (b - base / blocksize)] : absmax[b + r * bpr], cdt);
     for (; k < seg; k += 32) {
       __m512 xv[MR][2];
 #pragma GCC unroll 16
@@ -152,6 +180,10 @@ NIBBLE_AVX512BF16 void rows_bf16(const uint16_t* xp, int64_t K, const uint8_t* p
   const __m512i low4 = _mm512_set1_epi16(15);
   const int64_t base = row * K, pf = prefetch_bytes(), rs = K / 2, bpr = K / blocksize;
   const uint8_t* w0 = packed + base / 2;  // as rows_f32
+  alignas(64) float am[kMaxCached];
+  const bool cached = K % blocksize == 0 && NR * bpr <= kMaxCached;
+  if (cached)
+    for (int r = 0; r < NR; ++r) absmax_run(absmax, base / blocksize + r * bpr, bpr, am + r * bpr);
   for (int64_t k = 0; k < K;) {
     const int64_t b = (base + k) / blocksize;
     const int64_t seg = std::min(K, (b + 1) * blocksize - base);
@@ -160,7 +192,8 @@ NIBBLE_AVX512BF16 void rows_bf16(const uint16_t* xp, int64_t K, const uint8_t* p
     for (int r = 0; r < NR; ++r) {
       // vcvtneps2bf16 rounds to nearest even and quiets NaNs as f32_to_bf16; its input is
       // flushed already and a normal f32 never rounds to a bf16 subnormal.
-      const __m256bh t = _mm512_cvtneps_pbh(scaled_codes(code, absmax[b + r * bpr]));
+      const __m256bh t =
+          _mm512_cvtneps_pbh(scaled_codes(code, cached ? am[r * bpr + (b - base / blocksize)] : absmax[b + r * bpr]));
       __m256i ti;
       std::memcpy(&ti, &t, sizeof ti);
       tab[r] = _mm512_castsi256_si512(ti);  // upper half unused: indices are < 16

@@ -2,7 +2,8 @@
 // counter; workers claim chunks with an atomic counter and the caller works too. Decode runs
 // a few hundred short parallel regions per token, so waking a worker through a condition
 // variable (tens of microseconds, more than a small GEMV takes) would dominate: workers and
-// the waiting caller spin on the counters for a short while (kSpin) before they block.
+// the waiting caller spin on the counters (yielding between polls) for a short while (kSpin)
+// before they block.
 #include "nibble/thread_pool.h"
 
 #include <algorithm>
@@ -48,6 +49,9 @@ bool spin_until(F ready) {
       cpu_relax();
     }
     if (std::chrono::steady_clock::now() - start > kSpin) return ready();
+    // On a machine with more runnable threads than cores, hand the core to them meanwhile
+    // (among them this pool's caller, when a worker spins); on an idle one this returns at once.
+    std::this_thread::yield();
   }
 }
 

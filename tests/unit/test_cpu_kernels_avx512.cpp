@@ -68,8 +68,9 @@ TEST(CpuKernelsAvx512, GemmPackedBf16AndF32MatchReference) {
       for (bool bf16 : {false, true}) {
         if (bf16 && (!has_bf16 || wdt != DType::BF16)) continue;
         for (bool subnormal : {false, true}) {
-          SCOPED_TRACE(testing::Message() << "M=" << s.M << " N=" << s.N << " K=" << s.K << " w=" << dtype_name(wdt)
-                                          << " bf16=" << bf16 << " subnormal=" << subnormal);
+          SCOPED_TRACE(testing::Message()
+                       << "M=" << s.M << " N=" << s.N << " K=" << s.K << " w=" << dtype_name(wdt)
+                       << " bf16=" << bf16 << " subnormal=" << subnormal);
           Tensor x = random_bf16_values({s.M, s.K}, rng);
           Tensor w = test::random_normal({s.N, s.K}, wdt, rng, 0.1f);
           if (subnormal && wdt == DType::BF16)  // a bf16 subnormal weight: that panel goes to the FMA kernel
@@ -81,7 +82,8 @@ TEST(CpuKernelsAvx512, GemmPackedBf16AndF32MatchReference) {
           Tensor ref = ops::ref::linear(x, w, Tensor(), DType::F32, &mag);
           expect_sums_close(out, ldo, s.M, s.N, ref, mag, s.K);
           for (int64_t m = 0; m < s.M; ++m)
-            for (int64_t n = s.N; n < ldo; ++n) EXPECT_TRUE(std::isnan(out[size_t(m * ldo + n)])) << "wrote past N";
+            for (int64_t n = s.N; n < ldo; ++n)
+              EXPECT_TRUE(std::isnan(out[size_t(m * ldo + n)])) << "wrote past N";
         }
       }
 }
@@ -95,7 +97,8 @@ TEST(CpuKernelsAvx512, GemvBf16MatchesReferenceWithSubnormalWeights) {
     for (int64_t K : {1, 31, 32, 64, 100, 2048})
       for (int64_t N : {1, 7, 8, 9, 37})
         for (bool subnormal : {false, true}) {
-          SCOPED_TRACE(testing::Message() << "M=" << M << " N=" << N << " K=" << K << " subnormal=" << subnormal);
+          SCOPED_TRACE(testing::Message()
+                       << "M=" << M << " N=" << N << " K=" << K << " subnormal=" << subnormal);
           Tensor x = random_bf16_values({M, K}, rng);
           Tensor w = test::random_normal({N, K}, DType::BF16, rng, 0.1f);
           if (subnormal) w.data<uint16_t>()[(rng() % uint64_t(N)) * K + rng() % uint64_t(K)] = 0x8003;
@@ -126,11 +129,12 @@ TEST(CpuKernelsAvx512, Int8SameBitsAtEveryIsaLevel) {
   struct S {
     int64_t M, N, K;
   };
-  for (S s : {S{1, 70, 64}, S{1, 9, 33}, S{2, 65, 127}, S{4, 33, 200}, S{5, 67, 65}, S{13, 130, 300}, S{30, 7, 1}})
+  for (S s :
+       {S{1, 70, 64}, S{1, 9, 33}, S{2, 65, 127}, S{4, 33, 200}, S{5, 67, 65}, S{13, 130, 300}, S{30, 7, 1}})
     for (DType act : {DType::F16, DType::BF16, DType::F32})
       for (int bias_kind = 0; bias_kind < 3; ++bias_kind) {
-        SCOPED_TRACE(testing::Message() << "M=" << s.M << " N=" << s.N << " K=" << s.K << " act=" << dtype_name(act)
-                                        << " bias=" << bias_kind);
+        SCOPED_TRACE(testing::Message() << "M=" << s.M << " N=" << s.N << " K=" << s.K
+                                        << " act=" << dtype_name(act) << " bias=" << bias_kind);
         Tensor w = test::random_normal({s.N, s.K}, DType::F16, rng, 0.05f);
         Int8Rowwise wq = int8_vectorwise_quant(w, 0.0f);
         Tensor x = test::random_normal({s.M, s.K}, DType::F32, rng);
@@ -141,8 +145,8 @@ TEST(CpuKernelsAvx512, Int8SameBitsAtEveryIsaLevel) {
           test::IsaMode mode(isa);
           std::vector<float> out(size_t(s.M * s.N), kNaN);
           cpu::linear_int8(x.data<float>(), s.M, s.K, wq.CA.data<int8_t>(), wq.SCA.data<float>(), s.N,
-                           b.defined() ? b.data_ptr() : nullptr, b.defined() ? b.dtype() : DType::F32, 6.0f, act,
-                           out.data());
+                           b.defined() ? b.data_ptr() : nullptr, b.defined() ? b.dtype() : DType::F32, 6.0f,
+                           act, out.data());
           outs.push_back(out);
         }
         Tensor ref = ops::ref::linear_int8(x, wq.CA, wq.SCA, b, 6.0f, act);
@@ -167,7 +171,8 @@ TEST(CpuKernelsAvx512, Int8ActivationQuantMatchesReferenceAtEveryIsaLevel) {
         SCOPED_TRACE(testing::Message() << "rows=" << rows << " cols=" << cols << " threshold=" << threshold);
         Tensor a = test::random_normal({rows, cols}, DType::F16, rng, 2.0f);
         uint16_t* p = a.data<uint16_t>();
-        for (int o = 0; o < 3; ++o) p[rng() % uint64_t(rows * cols)] = f32_to_f16((rng() % 2 ? 1 : -1) * 9.5f);
+        for (int o = 0; o < 3; ++o)
+          p[rng() % uint64_t(rows * cols)] = f32_to_f16((rng() % 2 ? 1 : -1) * 9.5f);
         if (rows * cols > 10) {
           p[rng() % uint64_t(rows * cols)] = 0x7e00;  // NaN
           p[rng() % uint64_t(rows * cols)] = 0xfc00;  // -inf
@@ -221,10 +226,10 @@ TEST(CpuKernelsAvx512, Gemv4bitNestedAbsmaxSameBitsAsF32Absmax) {
               SCOPED_TRACE(cpu::isa_name(isa));
               test::IsaMode mode(isa);
               std::vector<float> a(size_t(M * N), kNaN), b(size_t(M * N), kNaN);
-              cpu::linear_4bit(x.data<float>(), M, K, q.packed.data<uint8_t>(), absmax.data<float>(), bs, qt, N,
-                               nullptr, DType::F32, cdt, a.data());
-              cpu::linear_4bit(x.data<float>(), M, K, q.packed.data<uint8_t>(), absmax.data<float>(), bs, qt, N,
-                               nullptr, DType::F32, cdt, b.data(), &nested);
+              cpu::linear_4bit(x.data<float>(), M, K, q.packed.data<uint8_t>(), absmax.data<float>(), bs, qt,
+                               N, nullptr, DType::F32, cdt, a.data());
+              cpu::linear_4bit(x.data<float>(), M, K, q.packed.data<uint8_t>(), absmax.data<float>(), bs, qt,
+                               N, nullptr, DType::F32, cdt, b.data(), &nested);
               ASSERT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * 4));
             }
           }

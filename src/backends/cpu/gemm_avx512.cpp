@@ -91,10 +91,10 @@ NIBBLE_AVX512 void pack_f32_fast(const char* w, DType dt, int64_t K, int64_t n0,
     for (int64_t kb = 0; kb < kc; kb += 16) {
       for (int j = 0; j < 16; ++j) _mm512_store_ps(tmp[j], load16(w + ((n0 + c0 + j) * K + k0) * es, dt, kb));
       for (int k = 0; k < 16; ++k) {
-        const __m512i idx = _mm512_add_epi32(_mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7,
-                                                                                  6, 5, 4, 3, 2, 1, 0),
-                                                                _mm512_set1_epi32(16)),
-                                             _mm512_set1_epi32(k));
+        const __m512i idx = _mm512_add_epi32(
+            _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                               _mm512_set1_epi32(16)),
+            _mm512_set1_epi32(k));
         _mm512_storeu_ps(dst + (kb + k) * kNR, _mm512_i32gather_ps(idx, &tmp[0][0], 4));
       }
     }
@@ -102,8 +102,8 @@ NIBBLE_AVX512 void pack_f32_fast(const char* w, DType dt, int64_t K, int64_t n0,
 }
 
 template <int MR>
-NIBBLE_AVX512 void kernel_f32(const float* x, int64_t ldx, const float* strip, int64_t kc, float* out, int64_t ldo,
-                              int64_t ncols, bool accumulate) {
+NIBBLE_AVX512 void kernel_f32(const float* x, int64_t ldx, const float* strip, int64_t kc, float* out,
+                              int64_t ldo, int64_t ncols, bool accumulate) {
   __m512 acc[MR][2];
 #pragma GCC unroll 12
   for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
@@ -117,7 +117,9 @@ NIBBLE_AVX512 void kernel_f32(const float* x, int64_t ldx, const float* strip, i
     }
   }
   const __mmask16 m0 = ncols >= 16 ? __mmask16(0xffff) : __mmask16((1u << ncols) - 1);
-  const __mmask16 m1 = ncols >= 32 ? __mmask16(0xffff) : ncols <= 16 ? 0 : __mmask16((1u << (ncols - 16)) - 1);
+  const __mmask16 m1 = ncols >= 32   ? __mmask16(0xffff)
+                       : ncols <= 16 ? 0
+                                     : __mmask16((1u << (ncols - 16)) - 1);
 #pragma GCC unroll 12
   for (int i = 0; i < MR; ++i) {
     float* o = out + i * ldo;
@@ -131,10 +133,11 @@ NIBBLE_AVX512 void kernel_f32(const float* x, int64_t ldx, const float* strip, i
 }
 
 template <int MR>
-NIBBLE_AVX512 void strips_f32(const float* x, int64_t ldx, const float* bp, int64_t nc, int64_t kc, float* out,
-                              int64_t ldo, bool accumulate) {
+NIBBLE_AVX512 void strips_f32(const float* x, int64_t ldx, const float* bp, int64_t nc, int64_t kc,
+                              float* out, int64_t ldo, bool accumulate) {
   for (int64_t s = 0; s * kNR < nc; ++s)
-    kernel_f32<MR>(x, ldx, bp + s * kc * kNR, kc, out + s * kNR, ldo, std::min(kNR, nc - s * kNR), accumulate);
+    kernel_f32<MR>(x, ldx, bp + s * kc * kNR, kc, out + s * kNR, ldo, std::min(kNR, nc - s * kNR),
+                   accumulate);
 }
 
 // out[:, 0:nc) (+)= x[:, k0:k0+kc) · (packed panel), all M rows.
@@ -144,8 +147,8 @@ NIBBLE_AVX512 void rows_f32(const float* x, int64_t M, int64_t K, const float* b
     const float* xs = x + m0 * K;
     float* o = out + m0 * ldo;
     switch (std::min(kMR, M - m0)) {
-#define NIBBLE_CASE(R) \
-  case R:              \
+#define NIBBLE_CASE(R)                                    \
+  case R:                                                 \
     strips_f32<R>(xs, K, bp, nc, kc, o, ldo, accumulate); \
     break;
       NIBBLE_CASE(12)
@@ -195,8 +198,8 @@ bool pack_bf16(const char* w, int64_t K, int64_t n0, int64_t nc, int64_t k0, int
 }
 
 // The same, 16 columns x 32 k at a time through registers (2 x 16-bit words interleaved).
-NIBBLE_AVX512BF16 bool pack_bf16_fast(const char* w, int64_t K, int64_t n0, int64_t nc, int64_t k0, int64_t kc,
-                                      uint16_t* bp) {
+NIBBLE_AVX512BF16 bool pack_bf16_fast(const char* w, int64_t K, int64_t n0, int64_t nc, int64_t k0,
+                                      int64_t kc, uint16_t* bp) {
   if (nc % 16 != 0 || kc % 32 != 0) return pack_bf16(w, K, n0, nc, k0, kc, bp);
   const int64_t kp = kc / 2;
   const int64_t strips = (nc + kNR - 1) / kNR;
@@ -211,15 +214,17 @@ NIBBLE_AVX512BF16 bool pack_bf16_fast(const char* w, int64_t K, int64_t n0, int6
     uint16_t* dst = bp + (c0 / kNR) * kp * kNR * 2 + (c0 % kNR) * 2;
     for (int64_t kb = 0; kb < kc; kb += 32) {
       for (int j = 0; j < 16; ++j) {
-        const __m512i v = _mm512_loadu_si512(reinterpret_cast<const uint16_t*>(w) + (n0 + c0 + j) * K + k0 + kb);
+        const __m512i v =
+            _mm512_loadu_si512(reinterpret_cast<const uint16_t*>(w) + (n0 + c0 + j) * K + k0 + kb);
         sub |= _mm512_testn_epi16_mask(v, expo) & _mm512_test_epi16_mask(v, mant);
         _mm512_store_si512(tmp[j], v);
       }
-      const __m512i idx = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                             _mm512_set1_epi32(16));
+      const __m512i idx = _mm512_mullo_epi32(
+          _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), _mm512_set1_epi32(16));
       for (int p = 0; p < 16; ++p)  // pair p of 16 columns
-        _mm512_storeu_si512(dst + ((kb / 2 + p) * kNR) * 2,
-                            _mm512_i32gather_epi32(_mm512_add_epi32(idx, _mm512_set1_epi32(p)), &tmp[0][0], 4));
+        _mm512_storeu_si512(
+            dst + ((kb / 2 + p) * kNR) * 2,
+            _mm512_i32gather_epi32(_mm512_add_epi32(idx, _mm512_set1_epi32(p)), &tmp[0][0], 4));
     }
   }
   return sub == 0;
@@ -234,8 +239,9 @@ NIBBLE_AVX512 void pack_x_bf16(const float* x, int64_t M, int64_t K, uint32_t* x
     uint16_t* dst = reinterpret_cast<uint16_t*>(xa + i * kp);
     int64_t k = 0;
     for (; k + 16 <= K; k += 16)
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + k),
-                          _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(_mm512_loadu_ps(xr + k)), 16)));
+      _mm256_storeu_si256(
+          reinterpret_cast<__m256i*>(dst + k),
+          _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(_mm512_loadu_ps(xr + k)), 16)));
     for (; k < K; ++k) {
       uint32_t u;
       std::memcpy(&u, xr + k, 4);
@@ -246,13 +252,14 @@ NIBBLE_AVX512 void pack_x_bf16(const float* x, int64_t M, int64_t K, uint32_t* x
 }
 
 template <int MR>
-NIBBLE_AVX512BF16 void kernel_bf16(const uint32_t* ap, int64_t lda, int64_t kp, const uint16_t* strip, float* out,
-                                   int64_t ldo, int64_t ncols, bool accumulate) {
+NIBBLE_AVX512BF16 void kernel_bf16(const uint32_t* ap, int64_t lda, int64_t kp, const uint16_t* strip,
+                                   float* out, int64_t ldo, int64_t ncols, bool accumulate) {
   __m512 acc[MR][2];
 #pragma GCC unroll 12
   for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
   for (int64_t p = 0; p < kp; ++p) {
-    const __m512i b0 = _mm512_loadu_si512(strip + p * kNR * 2), b1 = _mm512_loadu_si512(strip + p * kNR * 2 + 32);
+    const __m512i b0 = _mm512_loadu_si512(strip + p * kNR * 2),
+                  b1 = _mm512_loadu_si512(strip + p * kNR * 2 + 32);
 #pragma GCC unroll 12
     for (int i = 0; i < MR; ++i) {
       const __m512i a = _mm512_set1_epi32(int(ap[i * lda + p]));
@@ -261,7 +268,9 @@ NIBBLE_AVX512BF16 void kernel_bf16(const uint32_t* ap, int64_t lda, int64_t kp, 
     }
   }
   const __mmask16 m0 = ncols >= 16 ? __mmask16(0xffff) : __mmask16((1u << ncols) - 1);
-  const __mmask16 m1 = ncols >= 32 ? __mmask16(0xffff) : ncols <= 16 ? 0 : __mmask16((1u << (ncols - 16)) - 1);
+  const __mmask16 m1 = ncols >= 32   ? __mmask16(0xffff)
+                       : ncols <= 16 ? 0
+                                     : __mmask16((1u << (ncols - 16)) - 1);
 #pragma GCC unroll 12
   for (int i = 0; i < MR; ++i) {
     float* o = out + i * ldo;
@@ -275,10 +284,11 @@ NIBBLE_AVX512BF16 void kernel_bf16(const uint32_t* ap, int64_t lda, int64_t kp, 
 }
 
 template <int MR>
-NIBBLE_AVX512BF16 void strips_bf16(const uint32_t* ap, int64_t lda, int64_t kp, const uint16_t* bp, int64_t nc,
-                                   float* out, int64_t ldo, bool accumulate) {
+NIBBLE_AVX512BF16 void strips_bf16(const uint32_t* ap, int64_t lda, int64_t kp, const uint16_t* bp,
+                                   int64_t nc, float* out, int64_t ldo, bool accumulate) {
   for (int64_t s = 0; s * kNR < nc; ++s)
-    kernel_bf16<MR>(ap, lda, kp, bp + s * kp * kNR * 2, out + s * kNR, ldo, std::min(kNR, nc - s * kNR), accumulate);
+    kernel_bf16<MR>(ap, lda, kp, bp + s * kp * kNR * 2, out + s * kNR, ldo, std::min(kNR, nc - s * kNR),
+                    accumulate);
 }
 
 // out[:, 0:nc) (+)= xa[:, pairs of this K slice] · (packed panel), all M rows; lda: pairs per
@@ -290,8 +300,8 @@ NIBBLE_AVX512BF16 void rows_bf16(const uint32_t* xa, int64_t M, int64_t lda, con
     const uint32_t* ap = xa + m0 * lda;
     float* o = out + m0 * ldo;
     switch (std::min(kMR, M - m0)) {
-#define NIBBLE_CASE(R) \
-  case R:              \
+#define NIBBLE_CASE(R)                                       \
+  case R:                                                    \
     strips_bf16<R>(ap, lda, kp, bp, nc, o, ldo, accumulate); \
     break;
       NIBBLE_CASE(12)
@@ -324,8 +334,8 @@ bool has_bf16_subnormal(const float* x, int64_t n) {
   return false;
 }
 
-void gemm_packed(const float* x, int64_t M, int64_t K, const void* w, DType wdt, int64_t N, float* out, int64_t ldo,
-                 bool bf16) {
+void gemm_packed(const float* x, int64_t M, int64_t K, const void* w, DType wdt, int64_t N, float* out,
+                 int64_t ldo, bool bf16) {
   static thread_local std::vector<float> bpf;     // [kNC / 32][kKC][32] the fp32 panel
   static thread_local std::vector<uint16_t> bph;  // [kNC / 32][kKC / 2][32][2] the bf16 panel
   static thread_local std::vector<uint32_t> xa;   // [M, (K + 1) / 2] x as bf16 pairs

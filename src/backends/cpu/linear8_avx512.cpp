@@ -71,16 +71,16 @@ NIBBLE_VNNI void tile(const uint8_t* au, int64_t lda, int64_t K, const int8_t* b
 }
 
 template <int MR, bool SUMS>
-NIBBLE_VNNI void rows(const uint8_t* au, int64_t lda, int64_t K, const int8_t* b, int64_t N, const int32_t* wsum,
-                      int32_t* out, int64_t ldo) {
+NIBBLE_VNNI void rows(const uint8_t* au, int64_t lda, int64_t K, const int8_t* b, int64_t N,
+                      const int32_t* wsum, int32_t* out, int64_t ldo) {
   int64_t n = 0;
   for (; n + 4 <= N; n += 4) tile<MR, 4, SUMS>(au, lda, K, b + n * K, wsum + n, out + n, ldo);
   for (; n < N; ++n) tile<MR, 1, SUMS>(au, lda, K, b + n * K, wsum + n, out + n, ldo);
 }
 
 template <bool SUMS>
-NIBBLE_VNNI void rows_m(const uint8_t* au, int64_t M, int64_t K, const int8_t* b, int64_t N, const int32_t* wsum,
-                        int32_t* out, int64_t ldo) {
+NIBBLE_VNNI void rows_m(const uint8_t* au, int64_t M, int64_t K, const int8_t* b, int64_t N,
+                        const int32_t* wsum, int32_t* out, int64_t ldo) {
   for (int64_t m = 0; m < M; m += 4) {
     const uint8_t* a = au + m * K;
     int32_t* o = out + m * ldo;
@@ -123,8 +123,8 @@ NIBBLE_VNNI inline __m512 round_bf16(__m512 v) {
 
 }  // namespace
 
-NIBBLE_VNNI void gemm_i8_block(const uint8_t* au, int64_t M, int64_t K, const int8_t* b, int64_t N, int32_t* out,
-                               int64_t ldo) {
+NIBBLE_VNNI void gemm_i8_block(const uint8_t* au, int64_t M, int64_t K, const int8_t* b, int64_t N,
+                               int32_t* out, int64_t ldo) {
   if (M <= 4) {
     rows_m<true>(au, M, K, b, N, nullptr, out, ldo);
     return;
@@ -137,7 +137,8 @@ NIBBLE_VNNI void gemm_i8_block(const uint8_t* au, int64_t M, int64_t K, const in
     for (int64_t n = 0; n < nb; ++n) {
       __m512i s = _mm512_setzero_si512();
       const int8_t* row = b + (n0 + n) * K;
-      for (int64_t k = 0; k < K; k += 64) s = _mm512_dpbusd_epi32(s, ones, _mm512_maskz_loadu_epi8(tail_mask(K - k), row + k));
+      for (int64_t k = 0; k < K; k += 64)
+        s = _mm512_dpbusd_epi32(s, ones, _mm512_maskz_loadu_epi8(tail_mask(K - k), row + k));
       wsum[n] = _mm512_reduce_add_epi32(s);
     }
     rows_m<false>(au, M, K, b + n0 * K, nb, wsum, out + n0, ldo);
@@ -157,7 +158,7 @@ NIBBLE_VNNI void int8_dequant_rows(const int32_t* acc, int64_t lda, int64_t M, i
       const __m512 p = ftz16(_mm512_mul_ps(ftz16(_mm512_mul_ps(a, _mm512_set1_ps(quant::ftz(sca[m])))), sb));
       __m512 v = round_f16(ftz16(_mm512_fmadd_ps(p, _mm512_set1_ps(6.200012e-05f), bias_h)));
       if (bias && !fused_bias) v = round_f16(_mm512_add_ps(v, bv));  // out.add_(bias)
-      if (act_dtype == DType::BF16) v = round_bf16(v);                // .to(A.dtype)
+      if (act_dtype == DType::BF16) v = round_bf16(v);               // .to(A.dtype)
       _mm512_mask_storeu_ps(out + m * ldo + j, mk, v);
     }
   }

@@ -71,13 +71,15 @@ NIBBLE_AVX512BF16 bool tile(const uint16_t* xb, int64_t K, const uint16_t* w, fl
 }
 
 template <int MR, int NR>
-NIBBLE_AVX512BF16 void rows(const float* x, const uint16_t* xb, int64_t K, const uint16_t* w, int64_t N, float* out,
-                            int64_t ldo) {
+NIBBLE_AVX512BF16 void rows(const float* x, const uint16_t* xb, int64_t K, const uint16_t* w, int64_t N,
+                            float* out, int64_t ldo) {
   int64_t r = 0;
   for (; r + NR <= N; r += NR)
-    if (!tile<MR, NR>(xb, K, w + r * K, out + r, ldo)) avx2::gemm_xwt_block(x, MR, K, w + r * K, DType::BF16, NR, out + r, ldo);
+    if (!tile<MR, NR>(xb, K, w + r * K, out + r, ldo))
+      avx2::gemm_xwt_block(x, MR, K, w + r * K, DType::BF16, NR, out + r, ldo);
   for (; r < N; ++r)
-    if (!tile<MR, 1>(xb, K, w + r * K, out + r, ldo)) avx2::gemm_xwt_block(x, MR, K, w + r * K, DType::BF16, 1, out + r, ldo);
+    if (!tile<MR, 1>(xb, K, w + r * K, out + r, ldo))
+      avx2::gemm_xwt_block(x, MR, K, w + r * K, DType::BF16, 1, out + r, ldo);
 }
 
 // f32 -> bf16 -> f32, round to nearest even, NaN to quiet NaN (as f32_to_bf16).
@@ -92,7 +94,8 @@ NIBBLE_AVX512 inline __m512 round_bf16(__m512 v) {
 
 NIBBLE_AVX512 inline __m512 round_dt(__m512 v, DType dt) {
   if (dt == DType::BF16) return round_bf16(v);
-  if (dt == DType::F16) return _mm512_cvtph_ps(_mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  if (dt == DType::F16)
+    return _mm512_cvtph_ps(_mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
   return v;
 }
 
@@ -147,7 +150,8 @@ NIBBLE_AVX512 void dense_rows(const float* x, int64_t K, const char* w, int64_t 
 }
 
 template <int WT>
-NIBBLE_AVX512 void dense_m(const float* x, int64_t M, int64_t K, const char* w, int64_t N, float* out, int64_t ldo) {
+NIBBLE_AVX512 void dense_m(const float* x, int64_t M, int64_t K, const char* w, int64_t N, float* out,
+                           int64_t ldo) {
   switch (M) {
     case 1:
       return dense_rows<WT, 1>(x, K, w, N, out, ldo);
@@ -162,7 +166,8 @@ NIBBLE_AVX512 void dense_m(const float* x, int64_t M, int64_t K, const char* w, 
 
 }  // namespace
 
-void gemv_dense(const float* x, int64_t M, int64_t K, const void* w, DType wdt, int64_t N, float* out, int64_t ldo) {
+void gemv_dense(const float* x, int64_t M, int64_t K, const void* w, DType wdt, int64_t N, float* out,
+                int64_t ldo) {
   const char* wc = static_cast<const char*>(w);
   if (wdt == DType::F32)
     dense_m<0>(x, M, K, wc, N, out, ldo);
@@ -188,8 +193,8 @@ NIBBLE_AVX512 void add_round(float* o, const float* bias, int64_t n, DType dt) {
   }
 }
 
-NIBBLE_AVX512BF16 void gemv_bf16(const float* x, int64_t M, int64_t K, const uint16_t* w, int64_t N, float* out,
-                                 int64_t ldo) {
+NIBBLE_AVX512BF16 void gemv_bf16(const float* x, int64_t M, int64_t K, const uint16_t* w, int64_t N,
+                                 float* out, int64_t ldo) {
   static thread_local std::vector<uint16_t> xb;  // [M, K] x as bf16 bits
   xb.resize(size_t(M * K));
   for (int64_t i = 0; i < M * K; ++i) {  // x holds bf16 values: truncation is exact

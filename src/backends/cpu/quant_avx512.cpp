@@ -71,8 +71,9 @@ NIBBLE_AVX512 void int8_quant_rows(const uint16_t* a, int64_t rows, int64_t cols
 NIBBLE_AVX512 void f32_to_f16_rows(const float* x, int64_t n, uint16_t* out) {
   for (int64_t i = 0; i < n; i += 16) {
     const __mmask16 mk = lanes(n - i);
-    _mm256_mask_storeu_epi16(out + i, mk,
-                             _mm512_cvtps_ph(_mm512_maskz_loadu_ps(mk, x + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    _mm256_mask_storeu_epi16(
+        out + i, mk,
+        _mm512_cvtps_ph(_mm512_maskz_loadu_ps(mk, x + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
   }
 }
 

@@ -8,10 +8,15 @@
 //
 //   model_cpu [--tinystories DIR] [--model DIR]... [--llama1b] [--no-tinystories]
 //             [--threads N] [--prefill T[,T...]] [--decode N] [--decode-1b N] [--tmp DIR]
-//             [--json PATH]
+//             [--variants stored,nf4,int8] [--prefill-last] [--no-breakdown] [--json PATH]
+//   model_cpu --write-llama1b DIR
 //
 // --llama1b writes a random-weight model of Llama-3.2-1B shape (bf16, ~2.5 GB) into a temporary
-// folder (under --tmp, default /tmp), benchmarks it, and deletes it at the end.
+// folder (under --tmp, default /tmp), benchmarks it, and deletes it at the end; --write-llama1b
+// only writes it (for bench/vs_llamacpp.sh, which converts the same folder for llama.cpp).
+// Variants: stored (the checkpoint's dtype), nf4 (NF4 + double quant), int8 (LLM.int8,
+// threshold 6.0); default stored,nf4. --prefill-last: prefill computes the logits of the last
+// row only (forward_last, as generation and llama-bench do) instead of all rows.
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -236,11 +241,13 @@ std::optional<BitsAndBytesConfig> nf4_config(const ModelConfig& c) {
                             .bnb_4bit_use_double_quant = true};
 }
 
-json run_child(const fs::path& dir, const std::string& variant, const std::vector<int64_t>& prefills, int64_t decode) {
+json run_child(const fs::path& dir, const std::string& variant, const std::vector<int64_t>& prefills, int64_t decode,
+              bool prefill_last) {
   json r;
   r["loadavg_start"] = loadavg();
   LoadOptions opts;
   if (variant == "nf4") opts.quantization_config = nf4_config(ModelConfig::from_file(dir / "config.json"));
+  if (variant == "int8") opts.quantization_config = BitsAndBytesConfig{.load_in_8bit = true};
   auto t0 = Clock::now();
   CausalLM model = AutoModelForCausalLM::from_pretrained(dir, opts);
   r["load_s"] = seconds_since(t0);
@@ -268,19 +275,21 @@ json run_child(const fs::path& dir, const std::string& variant, const std::vecto
   for (size_t i = 0; i < prefills.size(); ++i) {
     const int64_t T = prefills[i];
     auto ids = random_ids(T, V, 1000 + uint64_t(T));
+    auto fwd = [&] { return prefill_last ? model.forward_last(ids) : model.forward(ids); };
     auto a = Clock::now();
-    Tensor logits = model.forward(ids);
+    Tensor logits = fwd();
     double first = seconds_since(a);
-    if (logits.dim() != 2 || logits.size(0) != T || logits.size(1) != V)
+    if (logits.dim() != 2 || logits.size(0) != (prefill_last ? 1 : T) || logits.size(1) != V)
       throw std::runtime_error("prefill logits have shape " + shape_str(logits.shape()));
     if (!all_finite(logits)) throw std::runtime_error("prefill logits are not all finite (T=" + std::to_string(T) + ")");
-    auto [ts, share] = timed([&] { Tensor l2 = model.forward(ids); }, 3, 50, 1.0);
+    auto [ts, share] = timed([&] { Tensor l2 = fwd(); }, 3, 50, 1.0);
     double m = median(ts), best = *std::min_element(ts.begin(), ts.end());
     pf.push_back({{"tokens", T}, {"first_forward_s", first}, {"runs", ts.size()}, {"median_s", m},
                   {"tokens_per_s", double(T) / m}, {"best_tokens_per_s", double(T) / best},
                   {"cpu_share", share}});
   }
   r["prefill"] = pf;
+  r["prefill_logits"] = prefill_last ? "last row" : "all rows";
 
   if (decode > 0) {
     const int64_t T = prefills.front();
@@ -427,7 +436,9 @@ int main(int argc, char** argv) {
   int64_t decode = 32, decode_1b = -1;
   fs::path tmp = "/tmp", json_path, child_out, child_dir;
   std::string child_variant;
-  bool breakdown = false;
+  bool breakdown = false, prefill_last = false, with_breakdown = true;
+  std::vector<std::string> variants = {"stored", "nf4"};
+  fs::path write_dir;
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
     auto val = [&]() -> std::string {
@@ -451,19 +462,31 @@ int main(int argc, char** argv) {
     else if (a == "--child-dir") child_dir = val();
     else if (a == "--child-variant") child_variant = val();
     else if (a == "--child-breakdown") breakdown = true;
-    else {
+    else if (a == "--prefill-last") prefill_last = true;
+    else if (a == "--no-breakdown") with_breakdown = false;
+    else if (a == "--write-llama1b") write_dir = val();
+    else if (a == "--variants") {
+      variants.clear();
+      std::stringstream ss(val());
+      for (std::string v; std::getline(ss, v, ',');) variants.push_back(v);
+    } else {
       std::fprintf(stderr,
                    "usage: model_cpu [--tinystories DIR] [--no-tinystories] [--model DIR]... [--llama1b]\n"
                    "                 [--threads N] [--prefill T[,T..]] [--decode N] [--decode-1b N] [--tmp DIR]\n"
-                   "                 [--json PATH]\n");
+                   "                 [--variants stored,nf4,int8] [--prefill-last] [--no-breakdown] [--json PATH]\n"
+                   "       model_cpu --write-llama1b DIR\n");
       return 2;
     }
   }
   set_num_threads(threads);
+  if (!write_dir.empty()) {
+    write_llama1b(write_dir);
+    return 0;
+  }
 
   if (!child_out.empty()) {  // child: one measurement
     try {
-      json r = breakdown ? run_breakdown(child_dir) : run_child(child_dir, child_variant, prefills, decode);
+      json r = breakdown ? run_breakdown(child_dir) : run_child(child_dir, child_variant, prefills, decode, prefill_last);
       std::ofstream(child_out) << r.dump();
       return 0;
     } catch (const std::exception& e) {
@@ -537,16 +560,19 @@ int main(int argc, char** argv) {
       if (e.path().extension() == ".safetensors") fbytes += int64_t(e.file_size());
     mj["checkpoint_mib"] = double(fbytes) / (1024.0 * 1024.0);
     json vars = json::object();
-    for (const char* v : {"stored", "nf4"}) {
-      std::printf("%s / %s ...\n", job.name.c_str(), v);
+    for (const std::string& v : variants) {
+      std::printf("%s / %s ...\n", job.name.c_str(), v.c_str());
       std::vector<std::string> a = {"--child-dir", job.dir.string(), "--child-variant", v, "--threads",
                                     std::to_string(num_threads()), "--prefill", join(job.prefills), "--decode",
                                     std::to_string(job.decode)};
+      if (prefill_last) a.push_back("--prefill-last");
       vars[v] = spawn(a);
     }
-    std::printf("%s / nf4 load breakdown ...\n", job.name.c_str());
-    vars["nf4_load_breakdown"] = spawn({"--child-dir", job.dir.string(), "--child-breakdown", "--threads",
-                                        std::to_string(num_threads())});
+    if (with_breakdown) {
+      std::printf("%s / nf4 load breakdown ...\n", job.name.c_str());
+      vars["nf4_load_breakdown"] = spawn({"--child-dir", job.dir.string(), "--child-breakdown", "--threads",
+                                          std::to_string(num_threads())});
+    }
     mj["variants"] = vars;
     results.push_back(mj);
   }
@@ -563,8 +589,9 @@ int main(int argc, char** argv) {
   std::printf("%-34s %-6s %8s %9s %9s %9s %23s %11s %6s\n", "model", "var", "load s", "RSS MiB", "peak MiB",
               "fprnt MiB", "prefill tok/s @T", "decode t/s", "cpu%");
   for (const auto& mj : results) {
-    for (const char* v : {"stored", "nf4"}) {
-      const json& r = mj["variants"][v];
+    for (const std::string& vs : variants) {
+      const char* v = vs.c_str();
+      const json& r = mj["variants"][vs];
       if (r.contains("error")) {
         std::printf("%-34s %-6s %s\n", mj["model"].get<std::string>().c_str(), v, r["error"].get<std::string>().c_str());
         continue;
@@ -576,7 +603,7 @@ int main(int argc, char** argv) {
                       static_cast<long long>(p["tokens"].get<int64_t>()));
         pfs += b;
       }
-      std::string var = v == std::string("stored") ? mj["stored_dtype"].get<std::string>() : "nf4";
+      std::string var = vs == "stored" ? mj["stored_dtype"].get<std::string>() : vs;
       if (var == "bfloat16") var = "bf16";
       if (var == "float32") var = "f32";
       const bool dec = r.contains("decode");
@@ -586,6 +613,7 @@ int main(int argc, char** argv) {
                   dec ? r["decode"]["tokens_per_s"].get<double>() : 0.0,
                   dec ? 100.0 * r["decode"]["cpu_share"].get<double>() : 0.0);
     }
+    if (!mj["variants"].contains("nf4_load_breakdown")) continue;
     const json& b = mj["variants"]["nf4_load_breakdown"];
     if (!b.contains("error"))
       std::printf("  nf4 load parts (one process): from_pretrained %.3f s = touch checkpoint pages %.3f s + "

@@ -2,8 +2,12 @@
 // weight stored as bf16, NF4 (compute bf16) and LLM.int8, plus attention prefill/decode, on
 // one thread and on all threads. Prints weight GB/s (bytes of the stored weight per call /
 // time), GFLOP/s (2 M N K / time) and, as the floor a GEMV is held against, the measured
-// copy bandwidth of this machine. Median of several timed runs after a warm-up.
+// copy bandwidth of this machine. Median of several timed runs after a warm-up. "cpu ms" is
+// the calling thread's CPU time (CLOCK_THREAD_CPUTIME_ID; at 1 thread, the whole op's): on a
+// machine shared with other work it is steadier than wall time.
 //   nn_cpu [--quick]
+#include <time.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -23,23 +27,32 @@ using namespace nibble;
 namespace {
 
 struct Timing {
-  double median, best;
+  double median, best, cpu_median;
 };
+
+double thread_cpu_s() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
+}
 
 Timing time_runs(const std::function<void()>& fn, double budget_s) {
   fn();  // warm-up
-  std::vector<double> t;
+  std::vector<double> t, c;
   auto start = std::chrono::steady_clock::now();
   do {
     auto a = std::chrono::steady_clock::now();
+    const double c0 = thread_cpu_s();
     fn();
+    c.push_back(thread_cpu_s() - c0);
     auto b = std::chrono::steady_clock::now();
     t.push_back(std::chrono::duration<double>(b - a).count());
   } while (t.size() < 3 ||
            (std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() < budget_s &&
             t.size() < 50));
   std::sort(t.begin(), t.end());
-  return {t[t.size() / 2], t.front()};
+  std::sort(c.begin(), c.end());
+  return {t[t.size() / 2], t.front(), c[c.size() / 2]};
 }
 
 Tensor randn(const Shape& s, DType dt, std::mt19937_64& rng, float scale = 1.0f) {
@@ -84,7 +97,7 @@ int main(int argc, char** argv) {
   const int all = num_threads();
   std::printf("nibble CPU ops, %lld x %lld weight; threads available: %d\n", (long long)N, (long long)K, all);
   std::printf("median (best) of timed runs; weight GB/s and GFLOP/s from the median\n");
-  std::printf("%-34s %8s %18s %11s %10s\n", "case", "threads", "ms", "weight GB/s", "GFLOP/s");
+  std::printf("%-34s %8s %18s %11s %10s %9s\n", "case", "threads", "ms", "weight GB/s", "GFLOP/s", "cpu ms");
   for (int threads : {1, all}) {
     set_num_threads(threads);
     std::printf("%-34s %8d %18s %11.1f %10s\n", "memcpy (read+write, best)", threads, "-", copy_gbps(budget),
@@ -109,8 +122,8 @@ int main(int argc, char** argv) {
         Timing t = time_runs(c.fn, budget);
         char name[64];
         std::snprintf(name, sizeof name, "%s M=%lld", c.name, (long long)M);
-        std::printf("%-34s %8d %9.2f (%6.2f) %11.2f %10.1f\n", name, threads, t.median * 1e3, t.best * 1e3,
-                    c.bytes / t.median / 1e9, flop / t.median / 1e9);
+        std::printf("%-34s %8d %9.2f (%6.2f) %11.2f %10.1f %9.2f\n", name, threads, t.median * 1e3, t.best * 1e3,
+                    c.bytes / t.median / 1e9, flop / t.median / 1e9, t.cpu_median * 1e3);
       }
     }
     // attention, Llama-2-7B head shape (32 heads of 128), f32
@@ -125,8 +138,8 @@ int main(int argc, char** argv) {
       double fl = 2.0 * 2.0 * 128.0 * 32.0 * pairs;
       char name[64];
       std::snprintf(name, sizeof name, "attention T=%lld S=%lld", (long long)T, (long long)S);
-      std::printf("%-34s %8d %9.2f (%6.2f) %11s %10.1f\n", name, threads, t.median * 1e3, t.best * 1e3, "-",
-                  fl / t.median / 1e9);
+      std::printf("%-34s %8d %9.2f (%6.2f) %11s %10.1f %9.2f\n", name, threads, t.median * 1e3, t.best * 1e3, "-",
+                  fl / t.median / 1e9, t.cpu_median * 1e3);
     }
   }
   set_num_threads(all);

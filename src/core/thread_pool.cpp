@@ -1,9 +1,14 @@
-// The global CPU thread pool: workers wait on a condition variable for a job (a chunked range),
-// claim chunks with an atomic counter, and the caller works too.
+// The global CPU thread pool: a job (a chunked range) is published by bumping a generation
+// counter; workers claim chunks with an atomic counter and the caller works too. Decode runs
+// a few hundred short parallel regions per token, so waking a worker through a condition
+// variable (tens of microseconds, more than a small GEMV takes) would dominate: workers and
+// the waiting caller spin on the counters (yielding between polls) for a short while (kSpin)
+// before they block.
 #include "nibble/thread_pool.h"
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdlib>
 #include <exception>
@@ -12,18 +17,53 @@
 #include <thread>
 #include <vector>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
 namespace nibble {
 
 namespace {
+
+// How long an idle worker (or a caller waiting for the last chunks) polls before it sleeps:
+// longer than the gap between two regions of a decode step, short enough that a pool left
+// idle gives its cores back at once.
+constexpr std::chrono::microseconds kSpin{250};
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+// Polls ready() until it holds or kSpin has passed; true if it holds.
+template <class F>
+bool spin_until(F ready) {
+  if (ready()) return true;
+  const auto start = std::chrono::steady_clock::now();
+  for (;;) {
+    for (int i = 0; i < 64; ++i) {
+      if (ready()) return true;
+      cpu_relax();
+    }
+    if (std::chrono::steady_clock::now() - start > kSpin) return ready();
+    // On a machine with more runnable threads than cores, hand the core to them meanwhile
+    // (among them this pool's caller, when a worker spins); on an idle one this returns at once.
+    std::this_thread::yield();
+  }
+}
 
 // One parallel region: its own chunk counter, so a worker still finishing an old job can
 // never claim chunks of a newer one.
 struct Job {
   const std::function<void(int64_t, int64_t)>* fn;
   int64_t n, chunks;
-  std::atomic<int64_t> next{0};
-  int64_t done = 0;  // guarded by Pool::mu_
-  std::exception_ptr error;
+  alignas(64) std::atomic<int64_t> next{0};
+  alignas(64) std::atomic<int64_t> done{0};
+  std::mutex error_mu;
+  std::exception_ptr error;  // guarded by error_mu
 };
 
 class Pool {
@@ -37,7 +77,9 @@ class Pool {
     std::lock_guard<std::mutex> run_lock(run_mu_);
     stop();
     stopping_ = false;
-    for (int i = 1; i < n; ++i) workers_.emplace_back([this] { loop(); });
+    // A worker starts from the generation of now: a job published before it runs is still new to it.
+    const uint64_t gen = generation_.load(std::memory_order_acquire);
+    for (int i = 1; i < n; ++i) workers_.emplace_back([this, gen] { loop(gen); });
   }
 
   void run(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
@@ -59,16 +101,24 @@ class Pool {
     job->fn = &fn;
     job->n = n;
     job->chunks = std::min<int64_t>(max_chunks, int64_t(size()) * 4);
+    bool wake;
     {
       std::lock_guard<std::mutex> lk(mu_);
       job_ = job;
-      ++generation_;
+      generation_.fetch_add(1, std::memory_order_release);
+      wake = sleepers_ > 0;
     }
-    cv_.notify_all();
+    if (wake) cv_.notify_all();
     work(*job);
-    std::unique_lock<std::mutex> lk(mu_);
-    done_cv_.wait(lk, [&] { return job->done == job->chunks; });
-    job_.reset();
+    const auto all_done = [&] { return job->done.load(std::memory_order_acquire) == job->chunks; };
+    if (!spin_until(all_done)) {
+      std::unique_lock<std::mutex> lk(mu_);
+      done_cv_.wait(lk, all_done);
+    }
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      job_.reset();
+    }
     if (job->error) std::rethrow_exception(job->error);
   }
 
@@ -77,51 +127,59 @@ class Pool {
     {
       std::lock_guard<std::mutex> lk(mu_);
       stopping_ = true;
+      generation_.fetch_add(1, std::memory_order_release);
     }
     cv_.notify_all();
     for (auto& t : workers_) t.join();
     workers_.clear();
   }
 
-  void loop() {
+  void loop(uint64_t seen) {
     in_region_ = true;  // a worker is always inside some region
-    uint64_t seen = 0;
     for (;;) {
+      const auto fresh = [&] { return generation_.load(std::memory_order_acquire) != seen; };
       std::shared_ptr<Job> job;
-      {
+      if (!spin_until(fresh)) {
         std::unique_lock<std::mutex> lk(mu_);
-        cv_.wait(lk, [&] { return stopping_ || (job_ && generation_ != seen); });
+        ++sleepers_;
+        cv_.wait(lk, [&] { return stopping_ || fresh(); });
+        --sleepers_;
+      }
+      {
+        std::lock_guard<std::mutex> lk(mu_);
         if (stopping_) return;
-        seen = generation_;
+        seen = generation_.load(std::memory_order_relaxed);
         job = job_;
       }
-      work(*job);
+      if (job) work(*job);
     }
   }
 
   void work(Job& job) {
     for (;;) {
-      int64_t c = job.next.fetch_add(1);
+      int64_t c = job.next.fetch_add(1, std::memory_order_relaxed);
       if (c >= job.chunks) return;
       int64_t b = job.n * c / job.chunks, e = job.n * (c + 1) / job.chunks;
-      std::exception_ptr err;
       try {
         (*job.fn)(b, e);
       } catch (...) {
-        err = std::current_exception();
+        std::lock_guard<std::mutex> lk(job.error_mu);
+        if (!job.error) job.error = std::current_exception();
       }
-      std::lock_guard<std::mutex> lk(mu_);
-      if (err && !job.error) job.error = err;
-      if (++job.done == job.chunks) done_cv_.notify_all();
+      if (job.done.fetch_add(1, std::memory_order_acq_rel) + 1 == job.chunks) {
+        std::lock_guard<std::mutex> lk(mu_);  // the caller checks done under mu_ before it sleeps
+        done_cv_.notify_all();
+      }
     }
   }
 
   std::vector<std::thread> workers_;
   std::mutex run_mu_, mu_;
   std::condition_variable cv_, done_cv_;
-  std::shared_ptr<Job> job_;
-  uint64_t generation_ = 0;
-  bool stopping_ = false;
+  std::shared_ptr<Job> job_;                // guarded by mu_
+  std::atomic<uint64_t> generation_{0};     // bumped (under mu_) for each job and at stop
+  int sleepers_ = 0;                        // workers blocked on cv_; guarded by mu_
+  bool stopping_ = false;                   // guarded by mu_
   static thread_local bool in_region_;  // this thread is a worker or is running a region's chunks
 };
 

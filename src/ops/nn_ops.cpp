@@ -191,9 +191,19 @@ void linear_4bit(ExecContext& ctx, const Tensor& x_in, const Tensor& packed, con
         if (absmax_f32.numel() != state.n_blocks())
           throw ShapeError(str(op, ": absmax ", absmax_f32.str(), " does not have ", state.n_blocks(), " blocks"));
         Tensor xc = host_rows(x);
+        // Double-quantized absmax: the decode GEMV reads the bytes (bitsandbytes' layout) instead.
+        cpu::Absmax4 nested;
+        const bool use_nested = state.nested && state.nested_blocksize == 256 && state.absmax.dtype() == DType::U8 &&
+                                state.absmax.is_contiguous() && state.nested_absmax.defined() &&
+                                state.nested_absmax.dtype() == DType::F32 && state.nested_absmax.is_contiguous();
+        if (use_nested)
+          nested = {.q = state.absmax.data<uint8_t>(),
+                    .absmax2 = state.nested_absmax.data<float>(),
+                    .code = dynamic_map_signed().data(),
+                    .offset = state.offset};
         cpu::linear_4bit(xc.data<float>(), xm.rows, K, packed.data<uint8_t>(), absmax_f32.data<float>(),
                          state.blocksize, state.quant_type, N, ptr_or_null(bias), dtype_or_f32(bias), compute_dtype,
-                         out.data<float>());
+                         out.data<float>(), use_nested ? &nested : nullptr);
       },
       [&](auto& c) {
         cuda::Quant4Weight w;

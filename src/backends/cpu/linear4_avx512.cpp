@@ -39,6 +39,15 @@ namespace nibble::cpu::avx512 {
 
 namespace {
 
+// Software prefetch distance along the packed weights, in bytes. A group of rows is short
+// (K / 2 bytes a row: 1 KiB at K = 2048), too short for the hardware prefetcher to ramp up
+// on each row's stream; prefetching this far ahead on every row reaches into the next groups.
+// Measured on the 2-core Xeon (one thread, 48 NF4 matrices of 8192 x 2048 cycled, thread CPU
+// time): 4.8 GB/s without, 6.8 at 2 KiB, 7.7 at 4-12 KiB.
+inline int64_t prefetch_bytes() {
+  return 8192;
+}
+
 // |absmax| at least this: no product code * absmax is subnormal (the smallest nonzero code
 // magnitude is FP4's 1/192) and absmax itself is normal, so flush-to-zero changes nothing.
 constexpr float kNoFlushAbsmax = 1e-35f;
@@ -83,23 +92,54 @@ NIBBLE_AVX512 inline float hsum(__m512 v) {
   return _mm_cvtss_f32(h);
 }
 
+// Blocks whose absmax a row group caches (kMaxCached / NR per row): K = 8192 at blocksize 64.
+constexpr int64_t kMaxCached = 1024;
+
+// out[i] = absmax[b + i] for i < n, the double-quantized case decoded 16 blocks at a time
+// (gathers of the code and absmax2 values; the same flushed product and add as Absmax4).
+NIBBLE_AVX512 void absmax_run(const Absmax4& a, int64_t b, int64_t n, float* out) {
+  if (!a.q) {
+    std::memcpy(out, a.f32 + b, size_t(n) * sizeof(float));
+    return;
+  }
+  const __m512i iota = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 mk = n - i >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - i)) - 1);
+    const __m512i q = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mk, a.q + b + i));
+    const __m512 c = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mk, q, a.code, 4);
+    const __m512i j2 = _mm512_srli_epi32(_mm512_add_epi32(_mm512_set1_epi32(int(b + i)), iota), 8);
+    const __m512 a2 = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mk, j2, a.absmax2, 4);
+    const __m512 v = ftz16(_mm512_mul_ps(ftz16(c), ftz16(a2)));
+    _mm512_mask_storeu_ps(out + i, mk, _mm512_add_ps(v, _mm512_set1_ps(a.offset)));
+  }
+}
+
 // Rows r0 .. r0 + NR of W (x in pack order, fp32: 32 elements per step). Every NR rows see
 // block boundaries at the same offsets (the caller guarantees K % blocksize == 0 when NR > 1).
 template <int MR, int NR>
-NIBBLE_AVX512 void rows_f32(const float* xp, int64_t K, const uint8_t* packed, const float* absmax,
+NIBBLE_AVX512 void rows_f32(const float* xp, int64_t K, const uint8_t* packed, const Absmax4& absmax,
                             int64_t blocksize, __m512 code, DType cdt, int64_t row, float* out, int64_t ldo) {
   __m512 acc[MR][NR][2];
 #pragma GCC unroll 16
   for (int m = 0; m < MR; ++m)
 #pragma GCC unroll 16
     for (int r = 0; r < NR; ++r) acc[m][r][0] = acc[m][r][1] = _mm512_setzero_ps();
-  const int64_t base = row * K;
+  // Row r's bytes start at w0 + r * rs (K is even, so rows start on whole bytes); its blocks
+  // at absmax + b + r * bpr (NR > 1 only where K % blocksize == 0).
+  const int64_t base = row * K, pf = prefetch_bytes(), rs = K / 2, bpr = K / blocksize;
+  const uint8_t* w0 = packed + base / 2;
+  // The group's absmax values decoded up front when its rows hold whole blocks (am[r * bpr + j]).
+  alignas(64) float am[kMaxCached];
+  const bool cached = K % blocksize == 0 && NR * bpr <= kMaxCached;
+  if (cached)
+    for (int r = 0; r < NR; ++r) absmax_run(absmax, base / blocksize + r * bpr, bpr, am + r * bpr);
   for (int64_t k = 0; k < K;) {
     const int64_t b = (base + k) / blocksize;
     const int64_t seg = std::min(K, (b + 1) * blocksize - base);
     __m512 tab[NR];
 #pragma GCC unroll 16
-    for (int r = 0; r < NR; ++r) tab[r] = table_f32(code, absmax[b + r * K / blocksize], cdt);
+    for (int r = 0; r < NR; ++r)
+      tab[r] = table_f32(code, cached ? am[r * bpr + (b - base / blocksize)] : absmax[b + r * bpr], cdt);
     for (; k < seg; k += 32) {
       __m512 xv[MR][2];
 #pragma GCC unroll 16
@@ -109,7 +149,8 @@ NIBBLE_AVX512 void rows_f32(const float* xp, int64_t K, const uint8_t* packed, c
       }
 #pragma GCC unroll 16
       for (int r = 0; r < NR; ++r) {
-        const uint8_t* src = packed + (base + r * K + k) / 2;
+        const uint8_t* src = w0 + r * rs + k / 2;
+        if (pf && k % 128 == 0) _mm_prefetch(reinterpret_cast<const char*>(src + pf), _MM_HINT_T0);
         const __m512i idx = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src)));
         const __m512 w_even = _mm512_permutexvar_ps(_mm512_srli_epi32(idx, 4), tab[r]);
         const __m512 w_odd = _mm512_permutexvar_ps(idx, tab[r]);
@@ -129,7 +170,7 @@ NIBBLE_AVX512 void rows_f32(const float* xp, int64_t K, const uint8_t* packed, c
 
 // The same with bf16 tables and vdpbf16ps (xp: bf16 in pack order, 64 elements per step).
 template <int MR, int NR>
-NIBBLE_AVX512BF16 void rows_bf16(const uint16_t* xp, int64_t K, const uint8_t* packed, const float* absmax,
+NIBBLE_AVX512BF16 void rows_bf16(const uint16_t* xp, int64_t K, const uint8_t* packed, const Absmax4& absmax,
                                  int64_t blocksize, __m512 code, int64_t row, float* out, int64_t ldo) {
   __m512 acc[MR][NR][2];
 #pragma GCC unroll 16
@@ -137,7 +178,12 @@ NIBBLE_AVX512BF16 void rows_bf16(const uint16_t* xp, int64_t K, const uint8_t* p
 #pragma GCC unroll 16
     for (int r = 0; r < NR; ++r) acc[m][r][0] = acc[m][r][1] = _mm512_setzero_ps();
   const __m512i low4 = _mm512_set1_epi16(15);
-  const int64_t base = row * K;
+  const int64_t base = row * K, pf = prefetch_bytes(), rs = K / 2, bpr = K / blocksize;
+  const uint8_t* w0 = packed + base / 2;  // as rows_f32
+  alignas(64) float am[kMaxCached];
+  const bool cached = K % blocksize == 0 && NR * bpr <= kMaxCached;
+  if (cached)
+    for (int r = 0; r < NR; ++r) absmax_run(absmax, base / blocksize + r * bpr, bpr, am + r * bpr);
   for (int64_t k = 0; k < K;) {
     const int64_t b = (base + k) / blocksize;
     const int64_t seg = std::min(K, (b + 1) * blocksize - base);
@@ -146,7 +192,8 @@ NIBBLE_AVX512BF16 void rows_bf16(const uint16_t* xp, int64_t K, const uint8_t* p
     for (int r = 0; r < NR; ++r) {
       // vcvtneps2bf16 rounds to nearest even and quiets NaNs as f32_to_bf16; its input is
       // flushed already and a normal f32 never rounds to a bf16 subnormal.
-      const __m256bh t = _mm512_cvtneps_pbh(scaled_codes(code, absmax[b + r * K / blocksize]));
+      const __m256bh t =
+          _mm512_cvtneps_pbh(scaled_codes(code, cached ? am[r * bpr + (b - base / blocksize)] : absmax[b + r * bpr]));
       __m256i ti;
       std::memcpy(&ti, &t, sizeof ti);
       tab[r] = _mm512_castsi256_si512(ti);  // upper half unused: indices are < 16
@@ -160,7 +207,8 @@ NIBBLE_AVX512BF16 void rows_bf16(const uint16_t* xp, int64_t K, const uint8_t* p
       }
 #pragma GCC unroll 16
       for (int r = 0; r < NR; ++r) {
-        const uint8_t* src = packed + (base + r * K + k) / 2;
+        const uint8_t* src = w0 + r * rs + k / 2;
+        if (pf && k % 128 == 0) _mm_prefetch(reinterpret_cast<const char*>(src + pf), _MM_HINT_T0);
         const __m512i bytes = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src)));
         const __m512i w_even = _mm512_permutexvar_epi16(_mm512_srli_epi16(bytes, 4), tab[r]);
         const __m512i w_odd = _mm512_permutexvar_epi16(_mm512_and_si512(bytes, low4), tab[r]);
@@ -180,7 +228,7 @@ NIBBLE_AVX512BF16 void rows_bf16(const uint16_t* xp, int64_t K, const uint8_t* p
 
 // NR-row groups while they fit (and blocks line up across rows), then single rows.
 template <int MR, int NR, bool BF16>
-NIBBLE_AVX512 void gemv_t(const void* xp, int64_t K, const uint8_t* packed, const float* absmax,
+NIBBLE_AVX512 void gemv_t(const void* xp, int64_t K, const uint8_t* packed, const Absmax4& absmax,
                           int64_t blocksize, DType quant_type, DType cdt, int64_t r0, int64_t nrows,
                           float* out, int64_t ldo) {
   const __m512 code = _mm512_loadu_ps(dequant_table_4bit(quant_type));
@@ -200,12 +248,12 @@ NIBBLE_AVX512 void gemv_t(const void* xp, int64_t K, const uint8_t* packed, cons
 }
 
 template <bool BF16>
-void gemv_m(const void* xp, int64_t M, int64_t K, const uint8_t* packed, const float* absmax,
+void gemv_m(const void* xp, int64_t M, int64_t K, const uint8_t* packed, const Absmax4& absmax,
             int64_t blocksize, DType quant_type, DType cdt, int64_t r0, int64_t nrows, float* out,
             int64_t ldo) {
   switch (M) {
     case 1:
-      return gemv_t<1, 4, BF16>(xp, K, packed, absmax, blocksize, quant_type, cdt, r0, nrows, out, ldo);
+      return gemv_t<1, 8, BF16>(xp, K, packed, absmax, blocksize, quant_type, cdt, r0, nrows, out, ldo);
     case 2:
       return gemv_t<2, 4, BF16>(xp, K, packed, absmax, blocksize, quant_type, cdt, r0, nrows, out, ldo);
     case 3:
@@ -241,7 +289,7 @@ bool gemv_4bit_pack_x(const float* x, int64_t M, int64_t K, bool bf16, void* xp)
   return true;
 }
 
-void gemv_4bit(const void* xp, int64_t M, int64_t K, const uint8_t* packed, const float* absmax,
+void gemv_4bit(const void* xp, int64_t M, int64_t K, const uint8_t* packed, const Absmax4& absmax,
                int64_t blocksize, DType quant_type, DType compute_dtype, bool bf16, int64_t r0, int64_t nrows,
                float* out, int64_t ldo) {
   if (bf16)

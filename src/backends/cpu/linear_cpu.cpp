@@ -52,10 +52,13 @@ inline float round_to_dtype(float v, DType dt) {
 const float* rounded_input(const float* x, int64_t M, int64_t K, DType dt, std::vector<float>& buf) {
   if (dt == DType::F32) return x;
   buf.resize(size_t(M * K));
+  float* y = buf.data();
+  const bool simd = isa_at_least(Isa::Avx512);
   parallel_for(M * K, 1 << 16, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) buf[size_t(i)] = round_to_dtype(x[i], dt);
+    if (simd) return avx512::round_into(x + b, y + b, e - b, dt);
+    for (int64_t i = b; i < e; ++i) y[i] = round_to_dtype(x[i], dt);
   });
-  return buf.data();
+  return y;
 }
 
 // bias [N] as f32, rounded to round_to (transformers casts the bias to the compute dtype).
@@ -70,6 +73,11 @@ std::vector<float> bias_f32(const void* bias, DType bias_dt, int64_t N, DType ro
 // out[:, n0:n1) = round(out + bias)
 void epilogue(float* out, int64_t M, int64_t N, int64_t n0, int64_t n1, const std::vector<float>& bias,
               DType round_to) {
+  if (round_to == DType::F32 && bias.empty()) return;
+  if (isa_at_least(Isa::Avx512)) {
+    for (int64_t m = 0; m < M; ++m) avx512::add_round(out + m * N + n0, bias.empty() ? nullptr : bias.data() + n0, n1 - n0, round_to);
+    return;
+  }
   for (int64_t m = 0; m < M; ++m) {
     float* o = out + m * N;
     for (int64_t n = n0; n < n1; ++n) {
@@ -77,6 +85,17 @@ void epilogue(float* out, int64_t M, int64_t N, int64_t n0, int64_t n1, const st
       o[n] = round_to_dtype(v, round_to);
     }
   }
+}
+
+// Rows of x from which the packed GEMMs beat register tiles over W's rows.
+constexpr int64_t kGemmRows = 24;
+
+// Whether x [M, K] (rounded to dt) may take the bf16 GEMV: dt is BF16, M <= 4 and no value is a
+// bf16 subnormal. (Prefill keeps the fp32 GEMM: on the Xeon this was measured on, vdpbf16ps
+// reached 69 GFLOP/s in gemm_avx512.cpp's kernel against 108 for AVX-512 FMAs.)
+bool x_is_bf16(const float* x, int64_t M, int64_t K, DType dt) {
+  return dt == DType::BF16 && M <= 4 && isa_at_least(Isa::Avx512Bf16) &&
+         !avx512::has_bf16_subnormal(x, M * K);
 }
 
 // Units of work per task: at least ~64K multiply-adds, so small ops stay on one thread.
@@ -116,12 +135,19 @@ void gemm_xwt_portable(const float* x, int64_t M, int64_t K, const void* w, DTyp
 }  // namespace
 
 void gemm_xwt_block(const float* x, int64_t M, int64_t K, const void* w, DType wdt, int64_t N, float* out,
-                    int64_t ldo) {
+                    int64_t ldo, bool x_bf16) {
   if (K == 0) {  // empty sums (the blocked kernel's K loop would not touch out)
     for (int64_t m = 0; m < M; ++m) std::fill_n(out + m * ldo, N, 0.0f);
     return;
   }
-  if (use_avx2_kernels())
+  const Isa isa = active_isa();
+  if (x_bf16 && wdt == DType::BF16 && M >= 1 && M <= 4 && isa >= Isa::Avx512Bf16)
+    avx512::gemv_bf16(x, M, K, static_cast<const uint16_t*>(w), N, out, ldo);
+  else if (isa >= Isa::Avx512 && M >= kGemmRows)
+    avx512::gemm_packed(x, M, K, w, wdt, N, out, ldo, false);
+  else if (isa >= Isa::Avx512 && M >= 1 && M <= 4)
+    avx512::gemv_dense(x, M, K, w, wdt, N, out, ldo);
+  else if (isa >= Isa::Avx2)
     avx2::gemm_xwt_block(x, M, K, w, wdt, N, out, ldo);
   else
     gemm_xwt_portable(x, M, K, w, wdt, N, out, ldo);
@@ -177,18 +203,19 @@ void linear(const float* x_in, int64_t M, int64_t K, const void* w, DType wdt, i
   std::vector<float> xbuf;  // [M, K] x rounded to round_to
   const float* x = rounded_input(x_in, M, K, round_to, xbuf);
   const std::vector<float> b = bias_f32(bias, bias_dt, N, round_to);
+  const bool x_bf16 = x_is_bf16(x, M, K, round_to);
   constexpr int64_t kUnit = 8;  // output features per unit of work
   const int64_t units = (N + kUnit - 1) / kUnit;
   parallel_for(units, grain_for(kUnit * M * K), [&](int64_t u0, int64_t u1) {
     const int64_t n0 = u0 * kUnit, n1 = std::min(N, u1 * kUnit);
-    gemm_xwt_block(x, M, K, row_ptr(w, wdt, n0, K), wdt, n1 - n0, out + n0, N);
+    gemm_xwt_block(x, M, K, row_ptr(w, wdt, n0, K), wdt, n1 - n0, out + n0, N, x_bf16);
     epilogue(out, M, N, n0, n1, b, round_to);
   });
 }
 
 void linear_4bit(const float* x_in, int64_t M, int64_t K, const uint8_t* packed, const float* absmax,
                  int64_t blocksize, DType quant_type, int64_t N, const void* bias, DType bias_dt,
-                 DType compute_dtype, float* out) {
+                 DType compute_dtype, float* out, const Absmax4* nested) {
   static thread_local std::vector<float> xbuf;  // [M, K] x rounded to the compute dtype
   const float* x = rounded_input(x_in, M, K, compute_dtype, xbuf);
   const std::vector<float> b = bias_f32(bias, bias_dt, N, compute_dtype);
@@ -204,9 +231,10 @@ void linear_4bit(const float* x_in, int64_t M, int64_t K, const uint8_t* packed,
     if (bf16 || avx512::gemv_4bit_fits(M, K, blocksize, false)) {
       if (!bf16) avx512::gemv_4bit_pack_x(x, M, K, false, xp.data());
       const float* xpd = xp.data();  // (a thread_local named inside the lambda would be the worker's)
+      const Absmax4 am = nested ? *nested : Absmax4{.f32 = absmax};
       parallel_for(gemv_units, grain_for(kRows * M * K), [&](int64_t u0, int64_t u1) {
         const int64_t n0 = u0 * kRows, n1 = std::min(N, u1 * kRows);
-        avx512::gemv_4bit(xpd, M, K, packed, absmax, blocksize, quant_type, compute_dtype, bf16, n0, n1 - n0,
+        avx512::gemv_4bit(xpd, M, K, packed, am, blocksize, quant_type, compute_dtype, bf16, n0, n1 - n0,
                           out + n0, N);
         epilogue(out, M, N, n0, n1, b, compute_dtype);
       });
@@ -234,6 +262,7 @@ void linear_4bit(const float* x_in, int64_t M, int64_t K, const uint8_t* packed,
   rows = std::max<int64_t>(8, std::min(rows, (per_thread + 7) / 8 * 8));
   const int64_t units = (N + rows - 1) / rows;
   const int64_t es = elem_size(compute_dtype);
+  const bool x_bf16 = x_is_bf16(x, M, K, compute_dtype);
   parallel_for(units, grain_for(rows * M * K), [&](int64_t u0, int64_t u1) {
     static thread_local std::vector<char> wbuf;  // [rows, K] dequantized weight rows, compute dtype
     wbuf.resize(size_t(rows * K * es));
@@ -241,7 +270,7 @@ void linear_4bit(const float* x_in, int64_t M, int64_t K, const uint8_t* packed,
       const int64_t r0 = u * rows, r1 = std::min(N, r0 + rows);
       dequantize_4bit_range(packed, absmax, blocksize, quant_type, r0 * K, r1 * K, wbuf.data(),
                             compute_dtype);
-      gemm_xwt_block(x, M, K, wbuf.data(), compute_dtype, r1 - r0, out + r0, N);
+      gemm_xwt_block(x, M, K, wbuf.data(), compute_dtype, r1 - r0, out + r0, N, x_bf16);
     }
     epilogue(out, M, N, u0 * rows, std::min(N, u1 * rows), b, compute_dtype);
   });
@@ -250,18 +279,36 @@ void linear_4bit(const float* x_in, int64_t M, int64_t K, const uint8_t* packed,
 void linear_int8(const float* x, int64_t M, int64_t K, const int8_t* cb, const float* scb, int64_t N,
                  const void* bias, DType bias_dt, float threshold, DType act_dtype, float* out) {
   // 1. A.to(float16), then bitsandbytes' row-wise quantization (outlier columns zeroed).
-  std::vector<uint16_t> xh(static_cast<size_t>(M * K));  // [M, K] f16 bits
+  static thread_local std::vector<uint16_t> xh;  // [M, K] f16 bits
+  static thread_local std::vector<int8_t> ca;    // [M, K]
+  static thread_local std::vector<float> sca;    // [M]
+  xh.resize(size_t(M * K));
+  ca.resize(size_t(M * K));
+  sca.resize(size_t(M));
+  uint16_t* xhp = xh.data();
+  const bool avx512 = isa_at_least(Isa::Avx512);
   parallel_for(M * K, 1 << 16, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) xh[size_t(i)] = f32_to_f16(x[i]);
+    if (avx512) return avx512::f32_to_f16_rows(x + b, e - b, xhp + b);
+    for (int64_t i = b; i < e; ++i) xhp[i] = f32_to_f16(x[i]);
   });
-  std::vector<int8_t> ca(static_cast<size_t>(M * K));  // [M, K]
-  std::vector<float> sca(static_cast<size_t>(M));      // [M]
-  std::vector<int64_t> outliers;                       // outlier column indices
+  std::vector<int64_t> outliers;  // outlier column indices
   int8_vectorwise_quant(xh.data(), M, K, threshold, ca.data(), sca.data(), &outliers);
   if (threshold <= 0.0f) outliers.clear();
-  const bool simd = use_avx2_kernels();
-  std::vector<int16_t> ca16;  // [M, K] widened once for the AVX2 kernel
+  const Isa isa = active_isa();
+  // AVX512_VNNI comes with the Avx512Bf16 level (isa.h); its int32 sums are exact for K < 2^16.
+  const bool vnni = isa >= Isa::Avx512Bf16 && K < (int64_t(1) << 16);
+  const bool simd = !vnni && isa >= Isa::Avx2;
+  static thread_local std::vector<int16_t> ca16;  // [M, K] widened once for the AVX2 kernel
+  static thread_local std::vector<uint8_t> cau;   // [M, K] a + 128 for the VNNI kernel
   if (simd) ca16.assign(ca.begin(), ca.end());
+  if (vnni) {
+    cau.resize(size_t(M * K));
+    for (size_t i = 0; i < cau.size(); ++i) cau[i] = uint8_t(ca[i]) ^ 0x80;
+  }
+  const int16_t* ca16p = ca16.data();
+  const uint8_t* caup = cau.data();
+  const int8_t* cap = ca.data();
+  const float* scap = sca.data();
 
   // Outlier part, in act_dtype: subA = A[:, cols] (the input in its own dtype) and
   // subB = (CB[:, cols] * SCB * (1/127)).to(act_dtype), as int8_mixed_scaled_mm.
@@ -275,7 +322,8 @@ void linear_int8(const float* x, int64_t M, int64_t K, const int8_t* cb, const f
   // adds any other after the f16 rounding.
   const bool fused_bias = bias && act_dtype == DType::F16;
   const std::vector<float> bias_v = bias_f32(bias, bias_dt, N, act_dtype);  // [N]
-  constexpr int64_t kCols = 64;                                             // columns per int32 tile
+  const bool vec_epilogue = vnni && (act_dtype == DType::F16 || act_dtype == DType::BF16 || act_dtype == DType::F32);
+  constexpr int64_t kCols = 64;  // columns per int32 tile
   const int64_t units = (N + kCols - 1) / kCols;
   parallel_for(units, grain_for(kCols * M * K), [&](int64_t u0, int64_t u1) {
     static thread_local std::vector<int32_t> acc;  // [M, kCols] int32 products
@@ -283,22 +331,33 @@ void linear_int8(const float* x, int64_t M, int64_t K, const int8_t* cb, const f
     std::vector<float> sub_b(static_cast<size_t>(n_out));  // [n_out] one column of subB
     for (int64_t u = u0; u < u1; ++u) {
       const int64_t n0 = u * kCols, nc = std::min(N, n0 + kCols) - n0;
-      if (simd)
-        avx2::gemm_i8_block(ca16.data(), M, K, cb + n0 * K, nc, acc.data(), kCols);
+      if (vnni)
+        avx512::gemm_i8_block(caup, M, K, cb + n0 * K, nc, acc.data(), kCols);
+      else if (simd)
+        avx2::gemm_i8_block(ca16p, M, K, cb + n0 * K, nc, acc.data(), kCols);
       else
-        gemm_i8_block(ca.data(), M, K, cb + n0 * K, nc, acc.data(), kCols);
+        gemm_i8_block(cap, M, K, cb + n0 * K, nc, acc.data(), kCols);
+      if (vec_epilogue)
+        avx512::int8_dequant_rows(acc.data(), kCols, M, nc, scap, scb + n0, bias ? bias_v.data() + n0 : nullptr,
+                                  fused_bias, act_dtype, out + n0, N);
       for (int64_t j = 0; j < nc; ++j) {
         const int64_t n = n0 + j;
+        if (vec_epilogue && n_out == 0) break;
         // kdequant_mm_int32_fp16 (built with fast math: ftz): fmaf(v * SCA * SCB, 1/127^2, bias)
         const float bias_h = fused_bias ? bias_v[size_t(n)] : 0.0f;
         for (int64_t c = 0; c < n_out; ++c)
           sub_b[size_t(c)] = round_to_dtype(
               float(cb[n * K + outliers[size_t(c)]]) * scb[n] * 7.874015718698502e-3f, act_dtype);
         for (int64_t m = 0; m < M; ++m) {
-          float p = quant::mul_ftz(quant::mul_ftz(float(acc[size_t(m * kCols + j)]), sca[size_t(m)]), scb[n]);
-          float v = round_to_dtype(quant::ftz(std::fma(p, 6.200012e-05f, bias_h)), DType::F16);
-          if (bias && !fused_bias) v = round_to_dtype(v + bias_v[size_t(n)], DType::F16);  // out.add_(bias)
-          v = round_to_dtype(v, act_dtype);                                                // .to(A.dtype)
+          float v;
+          if (vec_epilogue) {
+            v = out[m * N + n];
+          } else {
+            float p = quant::mul_ftz(quant::mul_ftz(float(acc[size_t(m * kCols + j)]), scap[m]), scb[n]);
+            v = round_to_dtype(quant::ftz(std::fma(p, 6.200012e-05f, bias_h)), DType::F16);
+            if (bias && !fused_bias) v = round_to_dtype(v + bias_v[size_t(n)], DType::F16);  // out.add_(bias)
+            v = round_to_dtype(v, act_dtype);                                                // .to(A.dtype)
+          }
           if (n_out > 0) {  // output.addmm(subA, subB): f32 accumulation, one rounding
             float s = 0.0f;
             for (int64_t c = 0; c < n_out; ++c) s += sub_a[size_t(m * n_out + c)] * sub_b[size_t(c)];

@@ -12,6 +12,7 @@
 #include <cstdint>
 
 #include "nibble/dtype.h"
+#include "quant/gpu_float.h"
 
 namespace nibble::cpu {
 
@@ -21,6 +22,18 @@ namespace nibble::cpu {
 bool use_avx2_kernels();
 void set_portable_kernels(bool on);
 
+// The absmax of 4-bit blocks as the in-register GEMV reads it: the f32 values, or (q set)
+// bitsandbytes' double quantization decoded per block -- mul_ftz(code[q[b]], absmax2[b / 256])
+// + offset, exactly dequantize_absmax's value -- so decode reads 1 byte per block, not 4.
+struct Absmax4 {
+  const float* f32 = nullptr;
+  const uint8_t* q = nullptr;
+  const float* absmax2 = nullptr;  // [ceil(n_blocks / 256)]
+  const float* code = nullptr;     // the 256 values of the signed dynamic map
+  float offset = 0.0f;
+  float operator[](int64_t b) const { return q ? quant::mul_ftz(code[q[b]], absmax2[b >> 8]) + offset : f32[b]; }
+};
+
 // ---- whole ops (threaded; pointers are contiguous host buffers) -----------------------------
 // out[M, N] = round(round(x) · W^T + round(bias)), rounding to round_to (F32: none). W: [N, K]
 // of wdt (f32/f16/bf16); bias: [N] of bias_dt or nullptr.
@@ -29,9 +42,10 @@ void linear(const float* x, int64_t M, int64_t K, const void* w, DType wdt, int6
 
 // The same with a packed 4-bit weight ([N, K] flattened; absmax f32 per block of the
 // flattened tensor), dequantized to compute_dtype exactly as bitsandbytes' dequantize_4bit.
+// nested: the same absmax double-quantized (nested blocksize 256), read by the decode GEMV.
 void linear_4bit(const float* x, int64_t M, int64_t K, const uint8_t* packed, const float* absmax,
                  int64_t blocksize, DType quant_type, int64_t N, const void* bias, DType bias_dt,
-                 DType compute_dtype, float* out);
+                 DType compute_dtype, float* out, const Absmax4* nested = nullptr);
 
 // LLM.int8 (bitsandbytes MatMul8bitLt inference). act_dtype is the dtype of the activations
 // in the model (A.dtype in bitsandbytes): the f16 result of the int8 part is converted to it
@@ -41,9 +55,10 @@ void linear_int8(const float* x, int64_t M, int64_t K, const int8_t* cb, const f
 
 // ---- building blocks (single-threaded unless noted) ----------------------------------------
 // out[m * ldo + n] = sum_k x[m * K + k] * w[n * K + k] for m < M, n < N (w: N rows of wdt),
-// f32 accumulation.
+// f32 accumulation. x_bf16: x holds bf16 values, none of them subnormal (lets bf16 weights go
+// through AVX512_BF16's exact products).
 void gemm_xwt_block(const float* x, int64_t M, int64_t K, const void* w, DType wdt, int64_t N, float* out,
-                    int64_t ldo);
+                    int64_t ldo, bool x_bf16 = false);
 // Elements [e0, e1) of a flattened 4-bit tensor, each quant_map[code] * absmax[i / blocksize]
 // in f32 (flush-to-zero, as the reference) then rounded to out_dt; out[0] is element e0.
 void dequantize_4bit_range(const uint8_t* packed, const float* absmax, int64_t blocksize, DType quant_type,
@@ -75,6 +90,21 @@ void gemm_i8_block(const int16_t* a16, int64_t M, int64_t K, const int8_t* b, in
 }  // namespace avx2
 
 namespace avx512 {
+// The packed GEMM for many rows (gemm_avx512.cpp): AVX-512 FMA, or with bf16 (x_bf16 as
+// gemm_xwt_block's, wdt BF16, AVX512_BF16 present) vdpbf16ps.
+void gemm_packed(const float* x, int64_t M, int64_t K, const void* w, DType wdt, int64_t N, float* out, int64_t ldo,
+                 bool bf16);
+// out[m * ldo + r] = x[m] . w[r] for r < N, M <= 4, W f32/f16/bf16 widened to f32 (linear_avx512.cpp).
+void gemv_dense(const float* x, int64_t M, int64_t K, const void* w, DType wdt, int64_t N, float* out, int64_t ldo);
+// out[m * ldo + r] = x[m] . w[r] for r < N, M <= 4, with vdpbf16ps (linear_avx512.cpp); x
+// as gemm_xwt_block's x_bf16.
+void gemv_bf16(const float* x, int64_t M, int64_t K, const uint16_t* w, int64_t N, float* out, int64_t ldo);
+// y[i] = x[i] rounded to dt (BF16, F16 or F32: a copy), i < n; y may be x.
+void round_into(const float* x, float* y, int64_t n, DType dt);
+// o[i] = round_dt(o[i] + bias[i]) (bias nullptr: no add), i < n.
+void add_round(float* o, const float* bias, int64_t n, DType dt);
+// Whether some x[i] (i < n), read as bf16 (its high 16 bits), is a subnormal.
+bool has_bf16_subnormal(const float* x, int64_t n);
 // The in-register 4-bit GEMV (linear4_avx512.cpp). bf16: the AVX512_BF16 kernel (compute dtype
 // bf16 only), else the f32-table kernel (any compute dtype). fits: the shape it takes (M <= 4,
 // K and blocksize multiples of 32, or 64 for bf16). pack_x: x [M, K] (already rounded to the
@@ -83,9 +113,20 @@ namespace avx512 {
 bool gemv_4bit_fits(int64_t M, int64_t K, int64_t blocksize, bool bf16);
 bool gemv_4bit_pack_x(const float* x, int64_t M, int64_t K, bool bf16, void* xp);
 // out[m * ldo + r] = x[m] . dequant(row r0 + r), r < nrows.
-void gemv_4bit(const void* xp, int64_t M, int64_t K, const uint8_t* packed, const float* absmax,
+void gemv_4bit(const void* xp, int64_t M, int64_t K, const uint8_t* packed, const Absmax4& absmax,
                int64_t blocksize, DType quant_type, DType compute_dtype, bool bf16, int64_t r0, int64_t nrows,
                float* out, int64_t ldo);
+
+// LLM.int8 with AVX512_VNNI (linear8_avx512.cpp). au: the int8 activations as unsigned bytes
+// a + 128 ([M, K], K < 2^16); out[m * ldo + n] = sum_k a[m, k] * b[n, k] exactly.
+void gemm_i8_block(const uint8_t* au, int64_t M, int64_t K, const int8_t* b, int64_t N, int32_t* out,
+                   int64_t ldo);
+// out[m * ldo + j] (j < nc) = the int8 part of linear_int8's output for acc[m * lda + j]: the
+// f16 dequantization with SCA sca[m], SCB scb[j], bias[j] (act-dtype-rounded; nullptr: none)
+// fused into the fma when fused_bias, else added after the f16 rounding; then rounded to
+// act_dtype (F16, BF16 or F32).
+void int8_dequant_rows(const int32_t* acc, int64_t lda, int64_t M, int64_t nc, const float* sca, const float* scb,
+                       const float* bias, bool fused_bias, DType act_dtype, float* out, int64_t ldo);
 }  // namespace avx512
 
 }  // namespace nibble::cpu

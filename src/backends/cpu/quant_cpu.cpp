@@ -9,6 +9,8 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <vector>
 
 #include "nibble/quant.h"
 #include "nibble/thread_pool.h"
@@ -132,6 +134,29 @@ void dequantize_nested_absmax(const uint8_t* q, const float* absmax2, float offs
 
 void int8_vectorwise_quant(const uint16_t* a, int64_t rows, int64_t cols, float threshold, int8_t* ca,
                            float* sca, std::vector<int64_t>* outlier_cols) {
+  if (isa_at_least(Isa::Avx512)) {
+    // Rows in parallel, each chunk marking its outlier columns in its own flags; then the
+    // columns (sorted) and, with several rows, zeroed in every row as the reference does.
+    std::vector<uint8_t> flags(size_t(cols), 0);  // [cols] 1: some row has |value| >= threshold
+    std::mutex mu;
+    parallel_for(rows, std::max<int64_t>(1, 65536 / std::max<int64_t>(cols, 1)), [&](int64_t r0, int64_t r1) {
+      std::vector<uint8_t> local(size_t(threshold > 0.0f ? cols : 0), 0);
+      avx512::int8_quant_rows(a + r0 * cols, r1 - r0, cols, threshold, ca + r0 * cols, sca + r0, local.data());
+      if (local.empty()) return;
+      std::lock_guard<std::mutex> lk(mu);
+      for (int64_t c = 0; c < cols; ++c) flags[size_t(c)] |= local[size_t(c)];
+    });
+    if (threshold > 0.0f) {
+      if (outlier_cols) outlier_cols->clear();
+      for (int64_t c = 0; c < cols; ++c) {
+        if (!flags[size_t(c)]) continue;
+        if (outlier_cols) outlier_cols->push_back(c);
+        if (rows > 1)
+          for (int64_t r = 0; r < rows; ++r) ca[r * cols + c] = 0;
+      }
+    }
+    return;
+  }
   if (threshold > 0.0f) {
     // Outlier columns couple rows (a column is zeroed everywhere), so this stays one pass.
     ref::int8_vectorwise_quant(a, rows, cols, threshold, ca, sca, outlier_cols);

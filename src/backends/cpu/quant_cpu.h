@@ -38,4 +38,13 @@ void quantize_blockwise8_run(const void* x, DType dt, int64_t begin, int64_t cou
                              uint8_t* q);
 }  // namespace avx2
 
+namespace avx512 {
+// int8_vectorwise_quant's row pass for rows [0, rows) (quant_avx512.cpp): ca, sca, and
+// outlier_flags[c] = 1 where some row's |value| >= threshold (> 0; untouched otherwise).
+void int8_quant_rows(const uint16_t* a, int64_t rows, int64_t cols, float threshold, int8_t* ca, float* sca,
+                     uint8_t* outlier_flags);
+// out[i] = f32_to_f16(x[i]), i < n.
+void f32_to_f16_rows(const float* x, int64_t n, uint16_t* out);
+}  // namespace avx512
+
 }  // namespace nibble::cpu

@@ -47,6 +47,7 @@
 #include "nibble/quant.h"
 #include "nibble/safetensors.h"
 #include "nibble/thread_pool.h"
+#include "random_model.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -103,105 +104,9 @@ json machine_info() {
   return m;
 }
 
-// ---- fast PRNG -------------------------------------------------------------------------------
-struct SplitMix64 {
-  uint64_t s;
-  uint64_t next() {
-    uint64_t z = (s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-  }
-};
-
-// Fills n bf16 values with normal(0, sd) (Box-Muller on 2 x 32 random bits), on all threads.
-void fill_normal_bf16(uint16_t* out, int64_t n, float sd, uint64_t seed) {
-  const int64_t chunk = int64_t(1) << 20;
-  parallel_for((n + chunk - 1) / chunk, 1, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      SplitMix64 rng{seed * 0x100000001b3ull + uint64_t(c)};
-      const int64_t b = c * chunk, e = std::min(n, b + chunk);
-      for (int64_t i = b; i < e; i += 2) {
-        uint64_t r = rng.next();
-        float u1 = (float(uint32_t(r >> 40)) + 0.5f) * (1.0f / 16777216.0f);  // (0, 1)
-        float u2 = float(uint32_t(r) >> 8) * (1.0f / 16777216.0f);            // [0, 1)
-        float rad = sd * std::sqrt(-2.0f * std::log(u1));
-        float th = 6.28318530718f * u2;
-        out[i] = f32_to_bf16(rad * std::cos(th));
-        if (i + 1 < e) out[i + 1] = f32_to_bf16(rad * std::sin(th));
-      }
-    }
-  });
-}
-
-// ---- the random Llama-3.2-1B-shape checkpoint ------------------------------------------------
-void write_llama1b(const fs::path& dir) {
-  const int64_t C = 2048, F = 8192, L = 16, Hq = 32, Hkv = 8, D = 64, V = 128256;
-  fs::create_directories(dir);
-  json cfg = {
-      {"architectures", {"LlamaForCausalLM"}},
-      {"model_type", "llama"},
-      {"attention_bias", false},
-      {"attention_dropout", 0.0},
-      {"bos_token_id", 128000},
-      {"eos_token_id", 128001},
-      {"head_dim", D},
-      {"hidden_act", "silu"},
-      {"hidden_size", C},
-      {"initializer_range", 0.02},
-      {"intermediate_size", F},
-      {"max_position_embeddings", 131072},
-      {"mlp_bias", false},
-      {"num_attention_heads", Hq},
-      {"num_hidden_layers", L},
-      {"num_key_value_heads", Hkv},
-      {"pretraining_tp", 1},
-      {"rms_norm_eps", 1e-5},
-      {"rope_scaling",
-       {{"factor", 32.0},
-        {"high_freq_factor", 4.0},
-        {"low_freq_factor", 1.0},
-        {"original_max_position_embeddings", 8192},
-        {"rope_type", "llama3"}}},
-      {"rope_theta", 500000.0},
-      {"tie_word_embeddings", true},
-      {"torch_dtype", "bfloat16"},
-      {"use_cache", true},
-      {"vocab_size", V},
-  };
-  std::ofstream(dir / "config.json") << cfg.dump(2) << "\n";
-
-  std::map<std::string, Tensor> t;
-  uint64_t seed = 1;
-  auto randn = [&](const std::string& name, const Shape& s) {
-    Tensor x = Tensor::empty(s, DType::BF16);
-    fill_normal_bf16(x.data<uint16_t>(), x.numel(), 0.02f, seed++);
-    t[name] = x;
-  };
-  auto ones = [&](const std::string& name, int64_t n) {
-    std::vector<uint16_t> v(static_cast<size_t>(n), f32_to_bf16(1.0f));
-    t[name] = Tensor::from_vector({n}, DType::BF16, v);
-  };
-  randn("model.embed_tokens.weight", {V, C});
-  for (int64_t l = 0; l < L; ++l) {
-    const std::string p = "model.layers." + std::to_string(l) + ".";
-    ones(p + "input_layernorm.weight", C);
-    ones(p + "post_attention_layernorm.weight", C);
-    randn(p + "self_attn.q_proj.weight", {Hq * D, C});
-    randn(p + "self_attn.k_proj.weight", {Hkv * D, C});
-    randn(p + "self_attn.v_proj.weight", {Hkv * D, C});
-    randn(p + "self_attn.o_proj.weight", {C, Hq * D});
-    randn(p + "mlp.gate_proj.weight", {F, C});
-    randn(p + "mlp.up_proj.weight", {F, C});
-    randn(p + "mlp.down_proj.weight", {C, F});
-  }
-  ones("model.norm.weight", C);
-  save_safetensors(dir / "model.safetensors", t);
-}
-
 // ---- one measurement (runs in a child process) ---------------------------------------------
 std::vector<int64_t> random_ids(int64_t n, int64_t vocab, uint64_t seed) {
-  SplitMix64 r{seed};
+  bench::SplitMix64 r{seed};
   std::vector<int64_t> ids(static_cast<size_t>(n));
   for (auto& x : ids) x = int64_t(r.next() % uint64_t(vocab));
   return ids;
@@ -480,7 +385,7 @@ int main(int argc, char** argv) {
   }
   set_num_threads(threads);
   if (!write_dir.empty()) {
-    write_llama1b(write_dir);
+    bench::write_llama(bench::kLlama32_1b, write_dir);
     return 0;
   }
 
@@ -540,7 +445,7 @@ int main(int argc, char** argv) {
     }
     std::printf("generating random Llama-3.2-1B-shape bf16 checkpoint in %s ...\n", gen_dir.c_str());
     auto t0 = Clock::now();
-    write_llama1b(gen_dir);
+    bench::write_llama(bench::kLlama32_1b, gen_dir);
     double g = seconds_since(t0);
     std::printf("  %.1f s, %.2f GiB\n", g, double(fs::file_size(gen_dir / "model.safetensors")) / double(1ull << 30));
     out["llama1b_generate_s"] = g;

@@ -54,11 +54,12 @@ struct LlamaShape {
   int64_t C, F, L, Hq, Hkv, D, V;
   bool tied;
   bool llama3_rope;  // llama-3 rope scaling and theta 500000; else default rope, theta 10000
+  int64_t bos, eos;
 };
 
-inline const LlamaShape kLlama2_7b{"llama2_7b", 4096, 11008, 32, 32, 32, 128, 32000, false, false};
-inline const LlamaShape kLlama31_8b{"llama31_8b", 4096, 14336, 32, 32, 8, 128, 128256, false, true};
-inline const LlamaShape kLlama32_1b{"llama32_1b", 2048, 8192, 16, 32, 8, 64, 128256, true, true};
+inline const LlamaShape kLlama2_7b{"llama2_7b", 4096, 11008, 32, 32, 32, 128, 32000, false, false, 1, 2};
+inline const LlamaShape kLlama31_8b{"llama31_8b", 4096, 14336, 32, 32, 8, 128, 128256, false, true, 128000, 128001};
+inline const LlamaShape kLlama32_1b{"llama32_1b", 2048, 8192, 16, 32, 8, 64, 128256, true, true, 128000, 128001};
 
 // Parameters of the shape (embedding and head counted once when tied).
 inline int64_t llama_params(const LlamaShape& s) {
@@ -74,8 +75,8 @@ inline void write_llama(const LlamaShape& s, const std::filesystem::path& dir) {
       {"model_type", "llama"},
       {"attention_bias", false},
       {"attention_dropout", 0.0},
-      {"bos_token_id", 1},
-      {"eos_token_id", 2},
+      {"bos_token_id", s.bos},
+      {"eos_token_id", s.eos},
       {"head_dim", s.D},
       {"hidden_act", "silu"},
       {"hidden_size", s.C},

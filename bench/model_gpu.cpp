@@ -189,8 +189,9 @@ int main(int argc, char** argv) {
     } else if (a == "--prefill-only") {  // one load and one prefill-512 (for a profiler)
       prefill_only = true;
     } else {
-      std::fprintf(stderr, "usage: model_gpu [--shapes a,b] [--dir DIR] [--json PATH] [--batches 1,4,16] "
-                           "[--contexts 128,4096] [--steps N] [--keep] [--prefill-only]\n");
+      std::fprintf(stderr,
+                   "usage: model_gpu [--shapes a,b] [--dir DIR] [--json PATH] [--batches 1,4,16] "
+                   "[--contexts 128,4096] [--steps N] [--keep] [--prefill-only]\n");
       return 2;
     }
   }
@@ -200,8 +201,8 @@ int main(int argc, char** argv) {
   }
   const std::string dev_name = cuda::device_name(0);
   const double copy_bw = copy_bandwidth(), mm_rate = matmul_rate();
-  std::printf("device %s: D2D copy %.0f GB/s, bf16 GEMM 8192^3 %.0f TFLOP/s\n", dev_name.c_str(), copy_bw * 1e-9,
-              mm_rate * 1e-12);
+  std::printf("device %s: D2D copy %.0f GB/s, bf16 GEMM 8192^3 %.0f TFLOP/s\n", dev_name.c_str(),
+              copy_bw * 1e-9, mm_rate * 1e-12);
   json rows = json::array();
   for (const std::string& name : shapes) {
     const bench::LlamaShape* sp = name == "llama2_7b"    ? &bench::kLlama2_7b
@@ -246,9 +247,10 @@ int main(int argc, char** argv) {
     const cuda::PoolStats ps = cuda::pool_stats(0);
     const double held = double(ps.used - before), peak = double(ps.used_high - before);
     const Peer peer = peer_for(s.name);
-    std::printf("%s NF4+DQ bf16: load + quantize %.2f s (transformers + bnb %.2f s), held %.2f GB, peak during "
-                "load %.2f GB\n",
-                s.name, load_s, peer.bnb_load, held * 1e-9, peak * 1e-9);
+    std::printf(
+        "%s NF4+DQ bf16: load + quantize %.2f s (transformers + bnb %.2f s), held %.2f GB, peak during "
+        "load %.2f GB\n",
+        s.name, load_s, peer.bnb_load, held * 1e-9, peak * 1e-9);
     const int64_t V = s.V;
 
     // prefill 512: one sequence, logits of the last row
@@ -266,10 +268,11 @@ int main(int argc, char** argv) {
                          // attention: QK^T and PV over the causal half
                          2.0 * 2.0 * double(s.L) * double(s.Hq * s.D) * 512.0 * 512.0 / 2.0;
     const double prefill_floor = 512.0 / (flops / mm_rate);
-    std::printf("  prefill-512: %.0f tok/s (matrix floor %.0f tok/s: %.0f%%; llama.cpp Q4_0 %.0f, transformers "
-                "+ bnb %.0f)\n",
-                prefill_tok_s, prefill_floor, 100 * prefill_tok_s / prefill_floor, peer.llamacpp_q4_prefill,
-                peer.bnb_prefill);
+    std::printf(
+        "  prefill-512: %.0f tok/s (matrix floor %.0f tok/s: %.0f%%; llama.cpp Q4_0 %.0f, transformers "
+        "+ bnb %.0f)\n",
+        prefill_tok_s, prefill_floor, 100 * prefill_tok_s / prefill_floor, peer.llamacpp_q4_prefill,
+        peer.bnb_prefill);
     rows.push_back({{"device", dev_name},
                     {"model", s.name},
                     {"format", "nf4_dq"},
@@ -312,12 +315,14 @@ int main(int argc, char** argv) {
         const double dt = since(t1);
         const double tok_s = double(B * steps) / dt;
         // bytes a step must read: every weight once, each sequence's K and V (bf16)
-        const double kv = double(B) * 2.0 * double(s.L) * double(ctx + 4 + steps / 2) * double(s.Hkv * s.D) * 2.0;
+        const double kv =
+            double(B) * 2.0 * double(s.L) * double(ctx + 4 + steps / 2) * double(s.Hkv * s.D) * 2.0;
         const double floor_tok_s = double(B) / ((held + kv) / copy_bw);
-        std::printf("  decode B=%lld ctx=%lld: %.1f tok/s (bandwidth floor %.0f tok/s: %.0f%%; llama.cpp Q4_0 "
-                    "%.0f, transformers + bnb %.1f at B=1)\n",
-                    (long long)B, (long long)ctx, tok_s, floor_tok_s, 100 * tok_s / floor_tok_s,
-                    peer.llamacpp_q4_decode, peer.bnb_decode);
+        std::printf(
+            "  decode B=%lld ctx=%lld: %.1f tok/s (bandwidth floor %.0f tok/s: %.0f%%; llama.cpp Q4_0 "
+            "%.0f, transformers + bnb %.1f at B=1)\n",
+            (long long)B, (long long)ctx, tok_s, floor_tok_s, 100 * tok_s / floor_tok_s,
+            peer.llamacpp_q4_decode, peer.bnb_decode);
         rows.push_back({{"device", dev_name},
                         {"model", s.name},
                         {"format", "nf4_dq"},

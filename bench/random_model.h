@@ -58,8 +58,10 @@ struct LlamaShape {
 };
 
 inline const LlamaShape kLlama2_7b{"llama2_7b", 4096, 11008, 32, 32, 32, 128, 32000, false, false, 1, 2};
-inline const LlamaShape kLlama31_8b{"llama31_8b", 4096, 14336, 32, 32, 8, 128, 128256, false, true, 128000, 128001};
-inline const LlamaShape kLlama32_1b{"llama32_1b", 2048, 8192, 16, 32, 8, 64, 128256, true, true, 128000, 128001};
+inline const LlamaShape kLlama31_8b{"llama31_8b", 4096,   14336, 32,   32,     8,
+                                    128,          128256, false, true, 128000, 128001};
+inline const LlamaShape kLlama32_1b{"llama32_1b", 2048,   8192, 16,   32,     8,
+                                    64,           128256, true, true, 128000, 128001};
 
 // Parameters of the shape (embedding and head counted once when tied).
 inline int64_t llama_params(const LlamaShape& s) {

@@ -183,7 +183,8 @@ bool CausalLM::Impl::graph_eligible(const std::vector<std::vector<int64_t>>&, bo
   return false;
 }
 
-Tensor CausalLM::Impl::decode_graphed(const std::vector<std::vector<int64_t>>&, std::span<KVCache* const>) const {
+Tensor CausalLM::Impl::decode_graphed(const std::vector<std::vector<int64_t>>&,
+                                      std::span<KVCache* const>) const {
   throw InternalError("decode_graphed: this build has no CUDA backend");
 }
 

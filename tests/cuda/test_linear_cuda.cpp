@@ -161,11 +161,20 @@ TEST(LinearCuda, FourBitMatchesCpu) {
     int64_t K, N, bs;
   };
   // K % bs != 0 in several: blocks of the flattened tensor straddle rows (and K odd).
-  const Shape shapes[] = {{64, 33, 64},   {96, 21, 64},    {256, 37, 32},   {130, 19, 128}, {512, 45, 256},
-                          {320, 23, 512}, {1024, 9, 1024}, {2048, 5, 4096}, {77, 13, 64},
+  const Shape shapes[] = {{64, 33, 64},
+                          {96, 21, 64},
+                          {256, 37, 32},
+                          {130, 19, 128},
+                          {512, 45, 256},
+                          {320, 23, 512},
+                          {1024, 9, 1024},
+                          {2048, 5, 4096},
+                          {77, 13, 64},
                           // K % 128 == 0: the tensor-core GEMV for M <= 16 (K slices, partial
                           // row tiles, blocks of 32 and of whole rows), cuBLAS above
-                          {4096, 300, 64}, {1536, 77, 32}, {2560, 40, 512}};
+                          {4096, 300, 64},
+                          {1536, 77, 32},
+                          {2560, 40, 512}};
   const DType cts[] = {DType::F32, DType::BF16, DType::F16};
   const DType qts[] = {DType::NF4, DType::FP4};
   int cases = 0;
@@ -226,7 +235,6 @@ TEST(LinearCuda, FourBitMatchesCpu) {
   EXPECT_EQ(cases, 12 * 8 * 4);
 }
 
-
 // LLM.int8: random int8 weights and row scales, x with a few planted outliers (|x| >= 6 in some
 // columns of some rows, so whole columns become outliers), thresholds 6 and 0 (no outliers),
 // every activation dtype; the CUDA result equals the CPU backend's up to the f32 summation
@@ -247,15 +255,16 @@ TEST(LinearCuda, Int8MatchesCpu) {
         const bool with_bias = (cases % 2) == 0;
         auto x = randu(g, M * s.K, -3.0f, 3.0f);
         std::uniform_int_distribution<int64_t> col(0, s.K - 1), row(0, M - 1);
-        for (int o = 0; o < 3; ++o) x[size_t(row(g) * s.K + col(g))] = (o % 2 ? -1.0f : 1.0f) * (6.0f + float(o));
+        for (int o = 0; o < 3; ++o)
+          x[size_t(row(g) * s.K + col(g))] = (o % 2 ? -1.0f : 1.0f) * (6.0f + float(o));
         std::vector<int8_t> cb(size_t(s.N * s.K));
         std::uniform_int_distribution<int> q(-127, 127);
         for (auto& v : cb) v = int8_t(q(g));
         auto scb = randu(g, s.N, 0.01f, 2.0f);
         auto b = encode(randu(g, s.N), DType::F16);
         std::vector<float> ref(size_t(M * s.N));
-        cpu::linear_int8(x.data(), M, s.K, cb.data(), scb.data(), s.N, with_bias ? b.data() : nullptr, DType::F16,
-                         thr, act, ref.data());
+        cpu::linear_int8(x.data(), M, s.K, cb.data(), scb.data(), s.N, with_bias ? b.data() : nullptr,
+                         DType::F16, thr, act, ref.data());
         DevBuf dx(x), dcb(cb), dscb(scb), db(b);
         DevBuf dout(poison(M * s.N));
         const size_t wsb = cuda::linear_int8_workspace_bytes(M, s.K, s.N);
@@ -267,8 +276,9 @@ TEST(LinearCuda, Int8MatchesCpu) {
                           with_bias ? db.p : nullptr, DType::F16, thr, act, dout.as<float>());
         ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
         char what[160];
-        std::snprintf(what, sizeof what, "linear_int8 M=%lld K=%lld N=%lld thr=%g act=%s bias=%d", (long long)M,
-                      (long long)s.K, (long long)s.N, double(thr), dtype_name(act), int(with_bias));
+        std::snprintf(what, sizeof what, "linear_int8 M=%lld K=%lld N=%lld thr=%g act=%s bias=%d",
+                      (long long)M, (long long)s.K, (long long)s.N, double(thr), dtype_name(act),
+                      int(with_bias));
         expect_close(dout, ref, act == DType::F32 ? DType::F16 : act, what);
         with_outliers += thr > 0.0f;
         ++cases;

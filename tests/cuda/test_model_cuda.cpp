@@ -9,8 +9,8 @@
 #include <cstring>
 #include <filesystem>
 
-#include "models/causal_lm_impl.h"
 #include "model_check.h"
+#include "models/causal_lm_impl.h"
 #include "nibble/bnb_config.h"
 #include "nibble/model.h"
 #include "nibble/safetensors.h"
@@ -30,7 +30,8 @@ TEST(ModelCuda, FixtureLogitsAndGreedy) {
       if (!fs::exists(dir / variant / "config.json")) continue;
       for (bool saved : {false, true}) {
         if (saved && std::string(variant) == "fp32") continue;
-        SCOPED_TRACE(dir.filename().string() + "/" + variant + (saved ? " (saved)" : " (quantized on the GPU)"));
+        SCOPED_TRACE(dir.filename().string() + "/" + variant +
+                     (saved ? " (saved)" : " (quantized on the GPU)"));
         LoadOptions o;
         o.device_map = "cuda";
         if (!saved && std::string(variant) != "fp32")
@@ -136,9 +137,11 @@ TEST(ModelCuda, BlocksMatchCpuOneByOne) {
       EXPECT_LE(rel(hg, hc), 1e-5) << "decoder_layer " << li;
     }
     {  // the head's pieces: the weight bytes on the device, then the final norm, then the linear
-      Tensor wg = G.lm_head.lin.weight().to(Device::cpu()).contiguous(), wc = C.lm_head.lin.weight().contiguous();
+      Tensor wg = G.lm_head.lin.weight().to(Device::cpu()).contiguous(),
+             wc = C.lm_head.lin.weight().contiguous();
       EXPECT_EQ(wg.shape(), wc.shape());
-      EXPECT_EQ(0, std::memcmp(wg.data_ptr(), wc.data_ptr(), std::min(wg.nbytes(), wc.nbytes()))) << "lm_head weight";
+      EXPECT_EQ(0, std::memcmp(wg.data_ptr(), wc.data_ptr(), std::min(wg.nbytes(), wc.nbytes())))
+          << "lm_head weight";
       const int64_t R = hc.size(0), Cw = hc.size(1);
       Tensor xg = Tensor::empty({R, Cw}, DType::F32, G.device), xc = Tensor::empty({R, Cw}, DType::F32);
       G.norm_into(G.final_norm, hg, xg, gs);
@@ -163,7 +166,8 @@ TEST(ModelCuda, DecodeBatchEqualsAloneAndSaveMatchesCpu) {
     if (!fs::exists(dir / "nf4_dq" / "config.json")) continue;
     SCOPED_TRACE(dir.filename().string());
     BitsAndBytesConfig qc = BitsAndBytesConfig::from_config_json(dir / "nf4_dq" / "config.json");
-    CausalLM gpu = AutoModelForCausalLM::from_pretrained(dir / "fp32", {.quantization_config = qc, .device_map = "cuda"});
+    CausalLM gpu = AutoModelForCausalLM::from_pretrained(dir / "fp32",
+                                                         {.quantization_config = qc, .device_map = "cuda"});
     CausalLM cpu = AutoModelForCausalLM::from_pretrained(dir / "fp32", {.quantization_config = qc});
     Tensor ids = SafetensorsFile::open(dir / "reference.safetensors").get("input_ids");
     std::vector<std::unique_ptr<KVCache>> a, b;

@@ -1,10 +1,10 @@
 // Causal attention over a KV cache (nn_cuda.h). Prefill (32 or more query rows): a tiled kernel
-// whose key/value tiles in shared memory serve a block's rows. Otherwise flash-decoding style: the key range [0, S) is
-// cut into n_split chunks; block (split, i * Hq + h) runs an online softmax of query row i,
-// head h over its chunk (one warp per key, lanes over the head dim, lane + 32 e for e < 8 so
-// D <= 256 and the K/V loads of a warp are coalesced), the block's warps merge their
-// partials in shared memory, and a combine pass merges the splits (partials in the
-// workspace). With one split the block writes the output directly. Math in f32, as the CPU.
+// whose key/value tiles in shared memory serve a block's rows. Otherwise flash-decoding style: the key range
+// [0, S) is cut into n_split chunks; block (split, i * Hq + h) runs an online softmax of query row i, head h
+// over its chunk (one warp per key, lanes over the head dim, lane + 32 e for e < 8 so D <= 256 and the K/V
+// loads of a warp are coalesced), the block's warps merge their partials in shared memory, and a combine pass
+// merges the splits (partials in the workspace). With one split the block writes the output directly. Math in
+// f32, as the CPU.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -131,10 +131,11 @@ __global__ void __launch_bounds__(kPrefillWarps * 32) attn_prefill_kernel(Params
 #pragma unroll
   for (int e = 0; e < kMaxE; ++e) acc[e] = 0.0f;
   for (int64_t j0 = lo; j0 < hi; j0 += 32) {
-    __syncthreads();  // the previous tile is consumed (and Qs written)
+    __syncthreads();                                  // the previous tile is consumed (and Qs written)
     for (int r = warp; r < 32; r += kPrefillWarps) {  // a warp a key row, lanes over d
       const int64_t j = j0 + r;
-      for (int64_t d = lane; d < D; d += 32) Ks[r * kld + d] = j < hi ? dev::load1<KV>(p.k, j * p.ldk + g * D + d) : 0.0f;
+      for (int64_t d = lane; d < D; d += 32)
+        Ks[r * kld + d] = j < hi ? dev::load1<KV>(p.k, j * p.ldk + g * D + d) : 0.0f;
       for (int64_t d = lane; d < Dv; d += 32)
         Vs[r * Dv + d] = j < hi ? dev::load1<KV>(p.v, j * p.ldv + g * Dv + d) : 0.0f;
     }
@@ -148,7 +149,8 @@ __global__ void __launch_bounds__(kPrefillWarps * 32) attn_prefill_kernel(Params
       float dot = 0.0f;
       if (D % 4 == 0) {  // 16-byte shared loads: the row pitch D + 4 keeps them aligned
         for (int64_t d = 0; d < D; d += 4) {
-          const float4 a4 = *reinterpret_cast<const float4*>(qr + d), b4 = *reinterpret_cast<const float4*>(kr + d);
+          const float4 a4 = *reinterpret_cast<const float4*>(qr + d),
+                       b4 = *reinterpret_cast<const float4*>(kr + d);
           dot += a4.x * b4.x;
           dot += a4.y * b4.y;
           dot += a4.z * b4.z;
@@ -245,7 +247,8 @@ void check(const Attention& a) {
   if (a.Hkv <= 0 || a.Hq % a.Hkv != 0)
     throw ShapeError(detail::str("cuda::attention: Hq=", a.Hq, " is not a multiple of Hkv=", a.Hkv));
   if (a.pos && a.T != 1)
-    throw ShapeError(detail::str("cuda::attention: a position on the device needs one query row, got T=", a.T));
+    throw ShapeError(
+        detail::str("cuda::attention: a position on the device needs one query row, got T=", a.T));
 }
 
 }  // namespace
@@ -263,8 +266,8 @@ void attention(const Launch& l, const Attention& a) {
   NIBBLE_CUDA_CHECK(cudaGetDevice(&prev));
   if (prev != l.device) NIBBLE_CUDA_CHECK(cudaSetDevice(l.device));
   if (use_prefill(a)) {
-    Params p{a.T,     a.S,       a.Hq,    a.Hkv, a.D, a.Dv,   a.q_offset, a.window, a.ldq, a.ldk, a.ldv, 0,
-             a.scale, a.softcap, a.alibi, a.q,   a.k, a.v,    a.out,      nullptr,  1,     nullptr};
+    Params p{a.T, a.S,     a.Hq,      a.Hkv,   a.D, a.Dv, a.q_offset, a.window, a.ldq,   a.ldk, a.ldv,
+             0,   a.scale, a.softcap, a.alibi, a.q, a.k,  a.v,        a.out,    nullptr, 1,     nullptr};
     const dim3 grid(unsigned(ceil_div(a.T, kPrefillWarps)), unsigned(a.Hq));
     with_float_dtype("cuda::attention", a.kv_dtype, [&](auto KV) {
       attn_prefill_kernel<decltype(KV)>

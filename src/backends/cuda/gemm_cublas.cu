@@ -24,12 +24,12 @@ using dev::load_bias;
 using dev::pack2;
 using dev::round_ct;
 
-#define NIBBLE_CUBLAS_CHECK(call)                                                                        \
-  do {                                                                                                   \
-    cublasStatus_t st_ = (call);                                                                         \
-    if (st_ != CUBLAS_STATUS_SUCCESS)                                                                    \
-      throw ::nibble::Error(::nibble::detail::str("cuBLAS error ", int(st_), " (", cublasGetStatusString(st_), \
-                                                  ") in ", #call));                                      \
+#define NIBBLE_CUBLAS_CHECK(call)                                                               \
+  do {                                                                                          \
+    cublasStatus_t st_ = (call);                                                                \
+    if (st_ != CUBLAS_STATUS_SUCCESS)                                                           \
+      throw ::nibble::Error(::nibble::detail::str("cuBLAS error ", int(st_), " (",              \
+                                                  cublasGetStatusString(st_), ") in ", #call)); \
   } while (0)
 
 // One handle per (thread, device), created on first use; its stream is set per call.
@@ -68,14 +68,16 @@ __global__ void dequant4_kernel(Q4 q, int64_t n32, void* out) {
   __shared__ float lut[16];
   if (threadIdx.x < 16) lut[threadIdx.x] = q.quant_map[threadIdx.x];
   __syncthreads();
-  for (int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; c < n32; c += int64_t(gridDim.x) * blockDim.x) {
+  for (int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; c < n32;
+       c += int64_t(gridDim.x) * blockDim.x) {
     const uint4 raw = __ldg(reinterpret_cast<const uint4*>(q.packed) + c);
     const int64_t b = (c * 32) >> q.bs_log2;
     float am;
     if (q.absmax) {
       am = __ldg(q.absmax + b);
     } else {
-      am = dev::mul_ftz(__ldg(q.code2 + __ldg(q.absmax_q + b)), __ldg(q.absmax2 + b / q.nested_bs)) + q.offset;
+      am =
+          dev::mul_ftz(__ldg(q.code2 + __ldg(q.absmax_q + b)), __ldg(q.absmax2 + b / q.nested_bs)) + q.offset;
     }
     const uint32_t u[4] = {raw.x, raw.y, raw.z, raw.w};
     if constexpr (std::is_same_v<CT, dev::F32>) {
@@ -111,7 +113,8 @@ __global__ void dequant4_kernel(Q4 q, int64_t n32, void* out) {
 // xs = round(x) in CT, 2 values a thread.
 template <class CT>
 __global__ void round_x_kernel(const float* __restrict__ x, int64_t n2, uint32_t* __restrict__ xs) {
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n2; i += int64_t(gridDim.x) * blockDim.x) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n2;
+       i += int64_t(gridDim.x) * blockDim.x) {
     const float2 v = __ldg(reinterpret_cast<const float2*>(x) + i);
     xs[i] = pack2<CT>(v.x, v.y);
   }
@@ -121,7 +124,8 @@ __global__ void round_x_kernel(const float* __restrict__ x, int64_t n2, uint32_t
 template <class CT>
 __global__ void epilogue_kernel(float* __restrict__ out, int64_t M, int64_t N, const void* bias, int bdt) {
   const int64_t total = M * N;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * blockDim.x) {
     float v = out[i];
     if (bias) v += round_ct<CT>(load_bias(bias, bdt, i % N));
     out[i] = round_ct<CT>(v);
@@ -153,14 +157,14 @@ bool is_float_dt(DType dt) {
 }
 
 // out = xs . Ws^T (f32 result), then the epilogue.
-void gemm_and_finish(const Launch& l, const void* xs, const void* ws, DType ab_dt, int64_t M, int64_t K, int64_t N,
-                     const void* bias, int bdt, DType ct, float* out) {
+void gemm_and_finish(const Launch& l, const void* xs, const void* ws, DType ab_dt, int64_t M, int64_t K,
+                     int64_t N, const void* bias, int bdt, DType ct, float* out) {
   cublasHandle_t h = handle_for(l.device);
   NIBBLE_CUBLAS_CHECK(cublasSetStream(h, l.stream));
   const float alpha = 1.0f, beta = 0.0f;
   NIBBLE_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, int(N), int(M), int(K), &alpha, ws,
-                                   cuda_type(ab_dt), int(K), xs, cuda_type(ab_dt), int(K), &beta, out, CUDA_R_32F,
-                                   int(N), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+                                   cuda_type(ab_dt), int(K), xs, cuda_type(ab_dt), int(K), &beta, out,
+                                   CUDA_R_32F, int(N), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   if (bias || ct != DType::F32)
     with_ct(ct, [&](auto c) {
       epilogue_kernel<decltype(c)><<<grid_for(M * N, 256), 256, 0, l.stream>>>(out, M, N, bias, bdt);
@@ -182,7 +186,8 @@ const void* rounded_x(const Launch& l, const float* x, int64_t M, int64_t K, DTy
 }
 
 bool gemm_shape_ok(int64_t M, int64_t K, int64_t N) {
-  return M > 16 && K % 32 == 0 && K <= (int64_t(1) << 30) && N <= (int64_t(1) << 30) && M <= (int64_t(1) << 30);
+  return M > 16 && K % 32 == 0 && K <= (int64_t(1) << 30) && N <= (int64_t(1) << 30) &&
+         M <= (int64_t(1) << 30);
 }
 
 }  // namespace
@@ -222,7 +227,8 @@ bool gemm_4bit(const Launch& l, const float* x, int64_t M, int64_t K, const Quan
 
 bool gemm_fp(const Launch& l, const float* x, int64_t M, int64_t K, const void* w, DType wdt, int64_t N,
              const void* bias, int bias_code, DType round_to, float* out) {
-  if (!gemm_shape_ok(M, K, N) || wdt != round_to || !is_float_dt(wdt) || !aligned16(x) || !aligned16(w)) return false;
+  if (!gemm_shape_ok(M, K, N) || wdt != round_to || !is_float_dt(wdt) || !aligned16(x) || !aligned16(w))
+    return false;
   const size_t need = gemm_fp_workspace_bytes(M, K, N, wdt, round_to);
   if (l.workspace_bytes < need || (need && !aligned16(l.workspace))) return false;
   const void* xr = rounded_x(l, x, M, K, wdt, l.workspace);

@@ -117,9 +117,9 @@ struct Stage {
 // per k-step, so the products are exact and only the f32 summation order differs.
 template <bool FOUR, int NT, class CT, int U, bool SPLIT = false>
 __global__ void __launch_bounds__(kWarps * 32, 2) gemv_mma_kernel(Args a) {
-  constexpr int kVals = FOUR ? 32 : 8;   // values per 16-byte load
-  constexpr int kSteps = kVals / 4;      // mma k-steps per load
-  constexpr int64_t kWin = 4 * kVals;    // k covered by a quad's loads
+  constexpr int kVals = FOUR ? 32 : 8;  // values per 16-byte load
+  constexpr int kSteps = kVals / 4;     // mma k-steps per load
+  constexpr int64_t kWin = 4 * kVals;   // k covered by a quad's loads
   __shared__ float lut[16];
   __shared__ float code2[256];
   __shared__ float red[kWarps][32][4 * NT];

@@ -70,8 +70,8 @@ __device__ __forceinline__ float fma_ftz(float a, float b, float c) {
 
 constexpr int kThreads = 256;
 
-__global__ void __launch_bounds__(kThreads) rowquant_kernel(const float* __restrict__ x, int64_t K, float thr,
-                                                           Ws w) {
+__global__ void __launch_bounds__(kThreads)
+    rowquant_kernel(const float* __restrict__ x, int64_t K, float thr, Ws w) {
   __shared__ float red[kThreads / 32];
   const int64_t m = blockIdx.x;
   const float* row = x + m * K;
@@ -210,7 +210,8 @@ int act_code(DType dt) {
   if (dt == DType::F32) return 0;
   if (dt == DType::F16) return 1;
   if (dt == DType::BF16) return 2;
-  throw UnsupportedError(detail::str("linear_int8: activation dtype ", dtype_name(dt), " is not f32/f16/bf16"));
+  throw UnsupportedError(
+      detail::str("linear_int8: activation dtype ", dtype_name(dt), " is not f32/f16/bf16"));
 }
 
 int bias_code(const void* bias, DType dt) {
@@ -248,8 +249,8 @@ void linear_int8(const Launch& l, const float* x, int64_t M, int64_t K, const in
     NIBBLE_CUDA_CHECK_LAUNCH();
   }
   const bool vec = K % 16 == 0 && reinterpret_cast<uintptr_t>(cb) % 16 == 0;
-  gemv_kernel<<<unsigned((N + kWarps - 1) / kWarps), kWarps * 32, 0, l.stream>>>(x, M, K, cb, scb, N, bias, bdt, act,
-                                                                                  w, vec, out);
+  gemv_kernel<<<unsigned((N + kWarps - 1) / kWarps), kWarps * 32, 0, l.stream>>>(x, M, K, cb, scb, N, bias,
+                                                                                 bdt, act, w, vec, out);
   NIBBLE_CUDA_CHECK_LAUNCH();
   if (prev != l.device) NIBBLE_CUDA_CHECK(cudaSetDevice(prev));
 }

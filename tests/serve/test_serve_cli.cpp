@@ -163,3 +163,49 @@ TEST(ServeCli, GraceZeroCancelsInFlightAndBadPortFails) {
       << raw.substr(raw.size() > 600 ? raw.size() - 600 : 0);
   EXPECT_EQ(raw.find(R"("finish_reason":"length")"), std::string::npos);
 }
+
+// --adapter: a peft adapter trained here for a few steps is applied by the server as by
+// `nibble generate --adapter` (same greedy completion), and it changes that completion.
+TEST(ServeCli, AdapterIsAppliedAsInGenerate) {
+  TempDir work;
+  const std::string model = (shared_root() / "models" / "tinystories-656k").string();
+  {
+    std::ofstream data(work / "train.jsonl");
+    for (int i = 0; i < 4; ++i)
+      data << json{{"text",
+                    "Once upon a time there was a purple dragon who loved to sing songs to the moon."}}
+                  .dump()
+           << "\n";
+  }
+  const std::string adapter = (work / "adapter").string();
+  const CommandResult ft =
+      run_command(shell_quote(NIBBLE_CLI) + " --threads 1 finetune " + shell_quote(model) + " --data " +
+                  shell_quote((work / "train.jsonl").string()) + " --output-dir " + shell_quote(adapter) +
+                  " --lora-r 4 --lora-alpha 16 --max-steps 8 --learning-rate 5e-2 "
+                  "--per-device-train-batch-size 2 --seed 1");
+  ASSERT_EQ(ft.rc, 0) << ft.out << ft.err;
+  auto generated = [&](const std::string& extra) {
+    const CommandResult g = run_command(shell_quote(NIBBLE_CLI) + " --threads 1 generate " +
+                                        shell_quote(model) + " -p 'Once upon a time' -n 16 --json" + extra);
+    EXPECT_EQ(g.rc, 0) << g.err;
+    const json j = json::parse(g.out);
+    const auto ids = j["ids"].get<std::vector<int64_t>>();
+    return std::vector<int64_t>(ids.begin() + std::ptrdiff_t(j["prompt_ids"].size()), ids.end());
+  };
+  const std::vector<int64_t> with = generated(" --adapter " + shell_quote(adapter)), without = generated("");
+  EXPECT_NE(with, without) << "the adapter should change the greedy completion";
+
+  ServeProcess p({"--adapter", adapter});
+  ASSERT_GT(p.port, 0) << p.log();
+  httplib::Client c("127.0.0.1", p.port);
+  c.set_read_timeout(30, 0);
+  Reply h;
+  for (int i = 0; i < 400 && (h = get(c, "/health")).status != 200; ++i) std::this_thread::sleep_for(25ms);
+  ASSERT_EQ(h.status, 200) << p.log();
+  const Reply r = post(c, "/v1/completions",
+                       json{{"prompt", "Once upon a time"}, {"max_tokens", 16}, {"temperature", 0}});
+  ASSERT_EQ(r.status, 200) << r.body.dump();
+  EXPECT_EQ(r.body["choices"][0]["text"].get<std::string>(), reply_text(with));
+  ASSERT_EQ(kill(p.pid, SIGTERM), 0);
+  EXPECT_EQ(p.wait_exit(20s), 0) << p.log();
+}

@@ -45,6 +45,7 @@ void add_serve_command(CLI::App& app, ServeArgs& a) {
   cmd->add_option("--grace", a.grace_s, "seconds in-flight requests may finish after SIGTERM (default 10)")
       ->check(CLI::Range(0, 3600));
   add_quant_flags(*cmd, a.q);
+  add_adapter_flag(*cmd, a.q);
 }
 
 int run_serve(const ServeArgs& a) {

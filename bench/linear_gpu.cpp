@@ -95,6 +95,17 @@ struct Row {
 
 constexpr size_t kWorkingSet = size_t(256) << 20;  // > 4x the 60 MB L2
 
+// bitsandbytes' matmul_4bit at M = 1, bf16, as a fraction of copy bandwidth (../shared/PEERS.md,
+// one H200); -1 where PEERS.md has no row.
+double bnb_fraction(const Row& r) {
+  if (r.kind != "gemv_4bit" || r.M != 1 || r.K != 4096) return -1;
+  if (r.N == 4096) return 0.06;
+  if (r.N == 11008) return 0.12;
+  if (r.N == 14336) return 0.14;
+  if (r.N == 128256) return 0.28;
+  return -1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -248,7 +259,8 @@ int main(int argc, char** argv) {
                    {"median_us", r.us},
                    {"gbs", r.gbs},
                    {"copy_gbs", copy_gbs},
-                   {"fraction_of_copy", r.frac}});
+                   {"fraction_of_copy", r.frac},
+                   {"peer_bnb_matmul_4bit_fraction_of_copy_h200", bnb_fraction(r)}});
   }
   if (!json_path.empty()) std::ofstream(json_path) << out.dump(1) << "\n";
   return 0;

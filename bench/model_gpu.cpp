@@ -147,6 +147,16 @@ Peer peer_for(const std::string& shape) {
   return {0, 0, 0, 0, 0};
 }
 
+// The PEERS.md row beside each result (measured on an H200; 0 where PEERS.md has none).
+json peer_json(const Peer& p) {
+  return {{"source", "../shared/PEERS.md, one H200, 2026-12-01"},
+          {"llamacpp_q4_0_decode_tok_s", p.llamacpp_q4_decode},
+          {"llamacpp_q4_0_prefill512_tok_s", p.llamacpp_q4_prefill},
+          {"transformers_bnb_nf4_dq_decode_tok_s", p.bnb_decode},
+          {"transformers_bnb_nf4_dq_prefill512_tok_s", p.bnb_prefill},
+          {"transformers_bnb_load_s", p.bnb_load}};
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -286,7 +296,8 @@ int main(int argc, char** argv) {
                     {"peak_gpu_bytes", peak},
                     {"held_gpu_bytes", held},
                     {"copy_gbs", copy_bw * 1e-9},
-                    {"matmul_tflops", mm_rate * 1e-12}});
+                    {"matmul_tflops", mm_rate * 1e-12},
+                    {"peers_h200", peer_json(peer)}});
 
     // decode: B sequences at context ctx, greedy, one host round trip per step
     for (int64_t ctx : contexts)
@@ -335,7 +346,8 @@ int main(int argc, char** argv) {
                         {"load_s", load_s},
                         {"peak_gpu_bytes", peak},
                         {"held_gpu_bytes", held},
-                        {"copy_gbs", copy_bw * 1e-9}});
+                        {"copy_gbs", copy_bw * 1e-9},
+                        {"peers_h200", peer_json(peer)}});
       }
     if (!keep) fs::remove_all(mdir);
   }

@@ -8,6 +8,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 
 #include "backends/cuda/check.h"
 #include "backends/cuda/launch_util.cuh"
@@ -224,10 +225,17 @@ __global__ void attn_combine_kernel(const float* part, int n_split, int64_t Dv, 
   }
 }
 
+// The current device's multiprocessor count, asked once per device (called on every decode step).
 int sm_count() {
-  int dev = 0, n = 0;
+  static std::atomic<int> counts[64];
+  int dev = 0;
   NIBBLE_CUDA_CHECK(cudaGetDevice(&dev));
-  NIBBLE_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+  if (dev < 0 || dev >= 64) dev = 0;
+  int n = counts[dev].load(std::memory_order_relaxed);
+  if (n == 0) {
+    NIBBLE_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+    counts[dev].store(n, std::memory_order_relaxed);
+  }
   return n;
 }
 

@@ -179,7 +179,8 @@ class Unigram : public VocabModel {
     size_t pos = 0;
     while (pos < s.size()) {
       double here = best[pos].score;
-      size_t mblen = utf8_len(static_cast<unsigned char>(s[pos]));
+      // A normalizer may leave a cut character at the end: never step past it.
+      size_t mblen = std::min(utf8_len(static_cast<unsigned char>(s[pos])), s.size() - pos);
       bool single = false;
       size_t limit = std::min(max_len_, s.size() - pos);
       for (size_t len = 1; len <= limit; ++len) {

@@ -29,7 +29,7 @@ struct Value;
 // Bounds on one render, so that a hostile template (loops of loops, 'x' * 10**12, a width of a
 // billion) ends in a TemplateError, never a hang or an out-of-memory kill. Real chat templates
 // stay far below them: a long conversation takes thousands of steps and kilobytes of text.
-inline constexpr int64_t kMaxRenderSteps = 300'000;         // statements, range items, calls; loop iterations
+inline constexpr int64_t kMaxRenderSteps = 100'000;         // statements, range items, calls; loop iterations
 inline constexpr size_t kMaxStringBytes = size_t(4) << 20;  // one string, list or the output
 inline constexpr int64_t kMaxRenderBytes = int64_t(1) << 28;  // bytes of strings made in all
 // The render in progress on this thread (none outside Interpreter::render: no bounds).

@@ -578,6 +578,7 @@ Value Interpreter::binary(const Expr& e, Scope& s) {
     const Value* cnt = seq == &a ? &b : &a;
     if ((seq->is_string() || seq->is_plain_list()) && (cnt->kind == Kind::Int || cnt->kind == Kind::Bool)) {
       int64_t times = cnt->kind == Kind::Bool ? cnt->b : cnt->i;
+      if (seq->is_string() ? seq->s.empty() : seq->list->empty()) times = 0;  // '' * 10**9: no loop
       check_size(double(times) * double(seq->is_string() ? seq->s.size() : seq->list->size()), "'*'");
       if (seq->is_string()) {
         std::string rep;

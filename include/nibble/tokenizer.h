@@ -36,6 +36,12 @@ class Tokenizer {
   // Throws IoError / FormatError / UnsupportedError naming the file and the JSON field.
   static Tokenizer from_pretrained(const std::filesystem::path& dir);
   static Tokenizer from_file(const std::filesystem::path& tokenizer_json);
+  // The same from parsed JSON (tests, fuzzing, in-memory use): tokenizer.json alone, `origin`
+  // naming it in errors; or with tokenizer_config.json and special_tokens_map.json, each null
+  // when absent.
+  static Tokenizer from_json(const nlohmann::json& tokenizer, const std::string& origin);
+  static Tokenizer from_json(const nlohmann::json& tokenizer, const nlohmann::json& tokenizer_config,
+                             const nlohmann::json& special_tokens_map);
 
   Encoding encode(std::string_view text, bool add_special_tokens = true) const;
   // HF `tokenizers`' decode: skip_special_tokens skips the added tokens tokenizer.json marks

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <optional>
+#include <utility>
 
 namespace nibble::jinja {
 
@@ -24,6 +25,12 @@ void rethrow_unsupported_with_line(const UnsupportedError& err, int line) {
 }
 
 std::string Interpreter::render(const Body& body, Scope& globals) {
+  RenderBudget budget;
+  struct Active {  // this render's budget while it runs (an enclosing one's again after)
+    RenderBudget* outer;
+    explicit Active(RenderBudget* b) : outer(std::exchange(current_budget(), b)) {}
+    ~Active() { current_budget() = outer; }
+  } active(&budget);
   std::string out;
   exec(body, globals, out);
   return out;
@@ -45,12 +52,15 @@ Interpreter::Flow Interpreter::exec(const Body& body, Scope& s, std::string& out
 }
 
 Interpreter::Flow Interpreter::exec_node(const Node& n, Scope& s, std::string& out) {
+  charge_step();
   switch (n.kind) {
     case NodeKind::Text:
       out += n.text;
+      check_size(double(out.size()), "the rendered text");
       return Flow::Normal;
     case NodeKind::Output:
       out += to_str(eval(*n.expr, s));
+      check_size(double(out.size()), "the rendered text");
       return Flow::Normal;
     case NodeKind::If:
       for (size_t k = 0; k < n.conds.size(); ++k)
@@ -103,6 +113,8 @@ Interpreter::Flow Interpreter::exec_node(const Node& n, Scope& s, std::string& o
   return Flow::Normal;
 }
 
+static bool reads_name(const Body& body, const std::string& name);
+
 static void assign(Scope& s, const Node& n, const Value& v) {
   if (!n.tuple_target) {
     s.vars[n.targets[0]] = v;
@@ -131,8 +143,16 @@ Interpreter::Flow Interpreter::exec_for(const Node& n, Scope& s, std::string& ou
     items = std::move(kept);
   }
   const int64_t len = static_cast<int64_t>(items.size());
+  const bool uses_loop = reads_name(n.body, "loop");  // most bodies do not: no `loop` object to build
   for (int64_t k = 0; k < len; ++k) {
+    charge_step();
     Scope local{{}, &s};
+    assign(local, n, items[k]);
+    if (!uses_loop) {
+      if (exec(n.body, local, out) == Flow::Break) break;
+      continue;
+    }
+    charge_step(30);  // building `loop` costs about as much as thirty plain steps
     Value loop = Value::make_dict({
         {"index", Value::integer(k + 1)},
         {"index0", Value::integer(k)},
@@ -151,7 +171,6 @@ Interpreter::Flow Interpreter::exec_for(const Node& n, Scope& s, std::string& ou
                return a.args[k % a.args.size()];
              }));
     local.vars["loop"] = loop;
-    assign(local, n, items[k]);
     Flow f = exec(n.body, local, out);
     if (f == Flow::Break) break;
   }
@@ -197,7 +216,6 @@ void Interpreter::exec_set(const Node& n, Scope& s) {
 // a macro accepts extra positional / keyword arguments or a caller only if its body reads
 // varargs / kwargs / caller.
 static bool reads_name(const Expr& e, const std::string& name);
-static bool reads_name(const Body& body, const std::string& name);
 
 static bool reads_name(const Expr& e, const std::string& name) {
   if (e.kind == ExprKind::Name && e.name == name) return true;
@@ -237,6 +255,7 @@ Value Interpreter::make_macro(const Node& n, Scope& s) {
     if (!*alive)
       throw UnsupportedError(detail::str("calling macro '", node->name.empty() ? "caller" : node->name,
                                          "' after the scope that defined it ended"));
+    charge_step();
     if (++depth_ > 200) {
       depth_ = 0;
       throw TemplateError("macro recursion too deep");
@@ -559,9 +578,12 @@ Value Interpreter::binary(const Expr& e, Scope& s) {
     const Value* cnt = seq == &a ? &b : &a;
     if ((seq->is_string() || seq->is_plain_list()) && (cnt->kind == Kind::Int || cnt->kind == Kind::Bool)) {
       int64_t times = cnt->kind == Kind::Bool ? cnt->b : cnt->i;
+      if (seq->is_string() ? seq->s.empty() : seq->list->empty()) times = 0;  // '' * 10**9: no loop
+      check_size(double(times) * double(seq->is_string() ? seq->s.size() : seq->list->size()), "'*'");
       if (seq->is_string()) {
         std::string rep;
-        for (int64_t k = 0; k < times; ++k) rep += seq->s;
+        rep.reserve(size_t(std::max<int64_t>(times, 0)) * seq->s.size());
+        for (int64_t k = 0; k < times; ++k) rep.append(seq->s);
         return Value::string(rep);
       }
       List items;

@@ -12,6 +12,35 @@
 
 namespace nibble::jinja {
 
+RenderBudget*& current_budget() {
+  thread_local RenderBudget* budget = nullptr;
+  return budget;
+}
+
+void charge_step(int64_t n) {
+  RenderBudget* b = current_budget();
+  if (b && (b->steps += n) > kMaxRenderSteps)
+    throw TemplateError(detail::str("the template runs more than ", kMaxRenderSteps,
+                                    " steps (statements, loop iterations, calls)"));
+}
+
+void charge_bytes(size_t n) {
+  RenderBudget* b = current_budget();
+  if (!b) return;
+  if (n > kMaxStringBytes)
+    throw TemplateError(
+        detail::str("the template makes a string of ", n, " bytes (the limit is ", kMaxStringBytes, ")"));
+  b->bytes += int64_t(n);
+  if (b->bytes > kMaxRenderBytes)
+    throw TemplateError(detail::str("the template makes more than ", kMaxRenderBytes, " bytes of text"));
+}
+
+void check_size(double n, const char* what) {
+  if (!(n <= double(kMaxStringBytes)))
+    throw TemplateError(
+        detail::str(what, ": a result of ", n, " bytes or items (the limit is ", kMaxStringBytes, ")"));
+}
+
 const Value* Value::find(const std::string& key) const {
   if (kind != Kind::Map) return nullptr;
   for (const auto& [k, v] : *dict)
@@ -316,6 +345,7 @@ static void json_dump(std::string& out, const Value& v, int indent, int level, c
                       const std::string& key_sep, bool ascii) {
   auto newline = [&](int lv) {
     out += '\n';
+    check_size(double(out.size()) + double(indent) * lv, "tojson");
     out.append(static_cast<size_t>(indent) * lv, ' ');
   };
   switch (v.kind) {
@@ -367,7 +397,8 @@ static void json_dump(std::string& out, const Value& v, int indent, int level, c
         if (!first) out += item_sep;
         first = false;
         if (indent >= 0) newline(level + 1);
-        io::put_python_json_string(out, to_str(key_value(k)), ascii);  // json.dumps writes int keys as strings
+        io::put_python_json_string(out, to_str(key_value(k)),
+                                   ascii);  // json.dumps writes int keys as strings
         out += key_sep;
         json_dump(out, x, indent, level + 1, item_sep, key_sep, ascii);
       }

@@ -25,6 +25,25 @@ class TemplateError : public Error {
 };
 
 struct Value;
+
+// Bounds on one render, so that a hostile template (loops of loops, 'x' * 10**12, a width of a
+// billion) ends in a TemplateError, never a hang or an out-of-memory kill. Real chat templates
+// stay far below them: a long conversation takes thousands of steps and kilobytes of text.
+inline constexpr int64_t kMaxRenderSteps = 100'000;         // statements, range items, calls; loop iterations
+inline constexpr size_t kMaxStringBytes = size_t(4) << 20;  // one string, list or the output
+inline constexpr int64_t kMaxRenderBytes = int64_t(1) << 28;  // bytes of strings made in all
+// The render in progress on this thread (none outside Interpreter::render: no bounds).
+struct RenderBudget {
+  int64_t steps = 0, bytes = 0;
+};
+RenderBudget*& current_budget();
+// `n` steps of the current render; TemplateError past kMaxRenderSteps.
+void charge_step(int64_t n = 1);
+// A string of n bytes made; TemplateError past kMaxStringBytes, or kMaxRenderBytes in all.
+void charge_bytes(size_t n);
+// TemplateError when a string or list of n bytes / items (`what` names the operation) would
+// pass kMaxStringBytes; checked before it is built.
+void check_size(double n, const char* what);
 using List = std::vector<Value>;
 // Insertion-ordered, as Python dicts are; chat dicts are small, so lookup is linear.
 using Dict = std::vector<std::pair<std::string, Value>>;
@@ -92,6 +111,7 @@ struct Value {
     return v;
   }
   static Value string(std::string x) {
+    charge_bytes(x.size());
     Value v;
     v.kind = Kind::String;
     v.s = std::move(x);

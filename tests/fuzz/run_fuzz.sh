@@ -10,6 +10,8 @@
 # <out>/<harness>/corpus (new inputs; the committed seeds and regressions are read, never
 # written), <out>/<harness>/fuzz.log, <out>/<harness>/crash-* | leak-* | timeout-* | oom-*.
 # Ends with a table: harness, seconds, execs, edges (cov:), features (ft:), findings.
+# Run it on an otherwise idle machine: libFuzzer's 1 s timeout is wall-clock time, so a build
+# running beside it turns slow-scheduled inputs into false timeouts (replay them to check).
 set -eu
 cd "$(dirname "$0")/../.."
 seconds=600
@@ -25,7 +27,7 @@ while getopts t:j:n opt; do
 done
 shift $((OPTIND - 1))
 all=$(sed -n '/^set(NIBBLE_FUZZ_HARNESSES/,/)/p' tests/fuzz/CMakeLists.txt | tr -d '()' |
-  sed 's/set NIBBLE_FUZZ_HARNESSES//' | tr -s ' \n' '\n' | grep -v '^$')
+  sed 's/setNIBBLE_FUZZ_HARNESSES//' | tr -s ' \n' '\n' | grep -v '^$')
 if [ $# -eq 0 ] || [ "$1" = all ]; then set -- $all; fi
 for h in "$@"; do
   echo "$all" | grep -qx "$h" || { echo "run_fuzz.sh: no harness '$h' (have: $(echo $all))" >&2; exit 2; }

@@ -6,6 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "io/read_file.h"
 #include "nibble/chat_template.h"
 #include "nibble/error.h"
 #include "nibble/tokenizer.h"
@@ -89,7 +90,7 @@ SftData load_sft_jsonl(const std::filesystem::path& file, const Tokenizer* tok, 
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
     nlohmann::json o;
     try {
-      o = nlohmann::json::parse(line);
+      o = io::parse_json(line);
     } catch (const nlohmann::json::exception& e) {
       throw FormatError(where + ": not JSON (" + e.what() + ")");
     }

@@ -5,6 +5,7 @@
 // whitespace control, loops, scoping, macros, filters, tests, str/dict methods, Undefined.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <fstream>
 #include <string>
 
@@ -740,6 +741,59 @@ TEST(JinjaErrors, HostileNestingIsRefusedNotACrash) {
   EXPECT_THROW(ChatTemplate::from_string(ifs), FormatError);
   // Ordinary depth is fine.
   EXPECT_EQ(render("{{ " + std::string(50, '(') + "1" + std::string(50, ')') + " }}"), "1");
+}
+
+// Templates that would run without end or build gigabytes stop with a one-line TemplateError
+// naming the bound (interpreter.h, value.h), each in well under a second.
+TEST(JinjaLimits, HostileTemplatesEndInABoundedError) {
+  auto expect_bounded = [](const std::string& source, const std::string& want) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const std::string msg = error_of(source);
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    EXPECT_NE(msg.find(want), std::string::npos) << source << "\n -> " << msg;
+    EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
+    EXPECT_LT(s, 30.0) << source;  // a bound, not a hang (each takes well under a second alone)
+    std::printf("[ bound ] %.2f s: %s\n", s, msg.c_str());
+    return s;
+  };
+  // A loop without end: jinja2's range is capped at 100,000 items, but nested loops multiply.
+  expect_bounded("{% set r = range(100000) %}{% for a in r %}{% for b in r %}{% endfor %}{% endfor %}",
+                 "more than 5000000 steps");
+  // Exponential recursion (each macro call makes two).
+  expect_bounded(
+      "{% macro f(n) %}{% if n > 0 %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}{% endmacro %}{{ f(60) }}",
+      "steps");
+  // Gigabytes in one operation, refused before anything is built.
+  expect_bounded("{{ 'x' * 1000000000000 }}", "over the template limit of 67108864 bytes");
+  expect_bounded("{{ ['x'] * 1000000000 }}", "over the template limit");
+  expect_bounded("{{ 'x'|center(10000000000) }}", "exceeds the template limit");
+  expect_bounded("{{ ('a\n' * 1000)|indent(100000000) }}", "exceeds the template limit");
+  // Gigabytes by doubling: each step is small, the string is not.
+  expect_bounded(
+      "{% set ns = namespace(s='x') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
+      "exceeds the template limit");
+  expect_bounded(
+      "{% set ns = namespace(s='x' * 1000000) %}{% for i in range(100) %}{% set ns.s = ns.s + ns.s %}{% "
+      "endfor %}",
+      "exceeds the template limit");
+  // Rendering gigabytes: 100,000 x 100,000 bytes of output.
+  expect_bounded("{% set big = 'x' * 100000 %}{% for i in range(100000) %}{{ big }}{% endfor %}",
+                 "exceeds the template limit");
+  // Much work, little memory: a 100 MB string rebuilt again and again.
+  expect_bounded(
+      "{% set big = 'x' * 50000000 %}{% for i in range(100000) %}{% set y = big ~ 'a' %}{% endfor %}",
+      "bytes of strings and lists");
+  // Nesting that printing or freeing would recurse through.
+  expect_bounded(
+      "{% set ns = namespace(l=[]) %}{% for i in range(100000) %}{% set ns.l = [ns.l] %}{% endfor %}{{ ns.l "
+      "}}",
+      "nested deeper than 1000 levels");
+  // (-1) ** n would loop n times.
+  EXPECT_EQ(render("{{ (-1) ** 9223372036854775807 }}|{{ (-1) ** 10 }}|{{ 0 ** 5 }}|{{ 3 ** 3 }}"),
+            "-1|1|0|27");
+  // Ordinary work is well inside the bounds.
+  EXPECT_EQ(render("{% for i in range(1000) %}{% for j in range(100) %}{% endfor %}{% endfor %}ok"), "ok");
+  EXPECT_EQ(render("{{ ('x' * 1000000)|length }}"), "1000000");
 }
 
 TEST(JinjaErrors, UnsupportedConstructsAreNamed) {

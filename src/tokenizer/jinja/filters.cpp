@@ -125,6 +125,7 @@ Value f_join(Interpreter&, Value& v, CallArgs& a) {
     if (!first) out += sep;
     first = false;
     out += to_str(attribute ? attr_path(x, *attribute) : x);
+    check_string_size(out.size());
   }
   return Value::string(out);
 }
@@ -263,14 +264,17 @@ Value f_abs(Interpreter&, Value& v, CallArgs&) {
 
 Value f_indent(Interpreter&, Value& v, CallArgs& a) {
   const Value* w = arg(a, 0, "width");
+  const double width = w && !w->is_string() ? as_double(*w, "width") : 0;
+  check_string_size(width > 0 ? size_t(std::min(width, 1e18)) : 0);
   std::string indention = !w               ? "    "
                           : w->is_string() ? w->s
-                                           : std::string(static_cast<size_t>(as_double(*w, "width")), ' ');
+                                           : std::string(width > 0 ? size_t(width) : 0, ' ');
   bool first = arg_bool(a, 1, "first", false), blank = arg_bool(a, 2, "blank", false);
   if (!v.is_string())
     throw TemplateError(detail::str("can only concatenate str (not \"", type_name(v), "\") to str"));
   std::string s = need_str(v) + "\n";  // jinja2 appends a newline so splitlines keeps a trailing empty line
   std::vector<std::string> lines = py_splitlines(s);
+  check_string_size(s.size() + (lines.size() + 1) * indention.size());
   std::string rv;
   if (blank) {
     for (size_t k = 0; k < lines.size(); ++k) rv += (k ? "\n" + indention : "") + lines[k];
@@ -393,6 +397,7 @@ Value f_center(Interpreter&, Value& v, CallArgs& a) {
   std::string s = to_str(v);
   int64_t len = static_cast<int64_t>(utf8_length(s));
   if (width <= len) return Value::string(s);
+  check_string_size(s.size() + size_t(width - len));
   int64_t total = width - len, left = total / 2 + (total & width & 1);
   return Value::string(std::string(left, ' ') + s + std::string(total - left, ' '));
 }

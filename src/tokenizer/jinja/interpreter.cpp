@@ -25,8 +25,39 @@ void rethrow_unsupported_with_line(const UnsupportedError& err, int line) {
 
 std::string Interpreter::render(const Body& body, Scope& globals) {
   std::string out;
+  steps_ = 0;
+  work_ = 0;
+  depth_ = 0;
   exec(body, globals, out);
   return out;
+}
+
+void Interpreter::tick() {
+  if (++steps_ > kMaxSteps)
+    throw TemplateError(
+        detail::str("the template ran more than ", kMaxSteps, " steps (a loop without end?)"));
+}
+
+void Interpreter::charge(size_t bytes) {
+  work_ += bytes;
+  if (work_ > kMaxWorkBytes)
+    throw TemplateError(
+        detail::str("the template built more than ", kMaxWorkBytes, " bytes of strings and lists in all"));
+}
+
+// A value just built by an operator, a filter or a call, counted against the work bound.
+const Value& Interpreter::charged(const Value& v) {
+  if (v.kind == Kind::String)
+    charge(v.s.size());
+  else if (v.kind == Kind::Array && v.list)
+    charge(v.list->size() * sizeof(Value));
+  return v;
+}
+
+void Interpreter::append(std::string& out, const std::string& text) {
+  check_string_size(out.size() + text.size());
+  charge(text.size());
+  out += text;
 }
 
 Interpreter::Flow Interpreter::exec(const Body& body, Scope& s, std::string& out) {
@@ -45,12 +76,13 @@ Interpreter::Flow Interpreter::exec(const Body& body, Scope& s, std::string& out
 }
 
 Interpreter::Flow Interpreter::exec_node(const Node& n, Scope& s, std::string& out) {
+  tick();
   switch (n.kind) {
     case NodeKind::Text:
-      out += n.text;
+      append(out, n.text);
       return Flow::Normal;
     case NodeKind::Output:
-      out += to_str(eval(*n.expr, s));
+      append(out, to_str(eval(*n.expr, s)));
       return Flow::Normal;
     case NodeKind::If:
       for (size_t k = 0; k < n.conds.size(); ++k)
@@ -72,7 +104,7 @@ Interpreter::Flow Interpreter::exec_node(const Node& n, Scope& s, std::string& o
       Value fn = eval(*call_expr.children[0], s);
       CallArgs args = eval_args(call_expr, s, 1);
       args.kwargs.emplace_back("caller", caller);
-      out += to_str(call(fn, args, n.line));
+      append(out, to_str(call(fn, args, n.line)));
       return Flow::Normal;
     }
     case NodeKind::Break:
@@ -89,7 +121,7 @@ Interpreter::Flow Interpreter::exec_node(const Node& n, Scope& s, std::string& o
         CallArgs a = eval_args(f, s, 1);
         return apply_filter(f.name, v, a, f.line);
       };
-      out += to_str(apply(*n.expr));
+      append(out, to_str(apply(*n.expr)));
       return Flow::Normal;
     }
     case NodeKind::With: {
@@ -102,6 +134,8 @@ Interpreter::Flow Interpreter::exec_node(const Node& n, Scope& s, std::string& o
   }
   return Flow::Normal;
 }
+
+static bool reads_name(const Body& body, const std::string& name);
 
 static void assign(Scope& s, const Node& n, const Value& v) {
   if (!n.tuple_target) {
@@ -131,8 +165,16 @@ Interpreter::Flow Interpreter::exec_for(const Node& n, Scope& s, std::string& ou
     items = std::move(kept);
   }
   const int64_t len = static_cast<int64_t>(items.size());
+  // The `loop` object costs more than an empty iteration: only made for bodies that read it.
+  const bool uses_loop = reads_name(n.body, "loop");
   for (int64_t k = 0; k < len; ++k) {
+    tick();
     Scope local{{}, &s};
+    if (!uses_loop) {
+      assign(local, n, items[k]);
+      if (exec(n.body, local, out) == Flow::Break) break;
+      continue;
+    }
     Value loop = Value::make_dict({
         {"index", Value::integer(k + 1)},
         {"index0", Value::integer(k)},
@@ -397,6 +439,7 @@ static Value slice_of(const Value& obj, const Value& a, const Value& b, const Va
 }
 
 Value Interpreter::eval(const Expr& e, Scope& s) {
+  tick();
   switch (e.kind) {
     case ExprKind::Literal:
       return e.value;
@@ -427,7 +470,7 @@ Value Interpreter::eval(const Expr& e, Scope& s) {
       Value parts[3];
       for (int k = 0; k < 3; ++k)
         if (e.children[k + 1]) parts[k] = eval(*e.children[k + 1], s);
-      return slice_of(obj, parts[0], parts[1], parts[2], e.line);
+      return charged(slice_of(obj, parts[0], parts[1], parts[2], e.line));
     }
     case ExprKind::Call: {
       Value fn = eval(*e.children[0], s);
@@ -436,12 +479,12 @@ Value Interpreter::eval(const Expr& e, Scope& s) {
         std::string what = fn.s.empty() ? "value is undefined" : fn.s;
         throw TemplateError(detail::str("chat template line ", e.line, ": ", what));
       }
-      return call(fn, a, e.line);
+      return charged(call(fn, a, e.line));
     }
     case ExprKind::Filter: {
       Value v = eval(*e.children[0], s);
       CallArgs a = eval_args(e, s, 1);
-      return apply_filter(e.name, v, a, e.line);
+      return charged(apply_filter(e.name, v, a, e.line));
     }
     case ExprKind::Test: {
       Value v = eval(*e.children[0], s);
@@ -460,7 +503,7 @@ Value Interpreter::eval(const Expr& e, Scope& s) {
                                       ": '", type_name(v), "'"));
     }
     case ExprKind::Binary:
-      return binary(e, s);
+      return charged(binary(e, s));
     case ExprKind::Compare: {
       Value left = eval(*e.children[0], s);
       for (size_t k = 0; k < e.ops.size(); ++k) {
@@ -520,7 +563,24 @@ Value Interpreter::binary(const Expr& e, Scope& s) {
     throw TemplateError(detail::str("chat template line ", e.line, ": unsupported operand type(s) for ", op,
                                     ": '", type_name(a), "' and '", type_name(b), "'"));
   };
-  if (op == "~") return Value::string(to_str(a) + to_str(b));
+  // The bytes of a list as built (items are copied shallowly: a string item is copied, a
+  // nested list shared).
+  auto list_bytes = [](const List& items) {
+    size_t n = 0;
+    for (const Value& x : items) n += sizeof(Value) + x.s.size();
+    return n;
+  };
+  if (op == "~") {
+    if (a.is_string() && b.is_string()) {  // no copies of the operands: they may be large
+      check_string_size(a.s.size() + b.s.size());
+      std::string r;
+      r.reserve(a.s.size() + b.s.size());
+      return Value::string(r.append(a.s).append(b.s));
+    }
+    std::string x = to_str(a), y = to_str(b);
+    check_string_size(x.size() + y.size());
+    return Value::string(x + y);
+  }
   bool ints = (a.kind == Kind::Int || a.kind == Kind::Bool) && (b.kind == Kind::Int || b.kind == Kind::Bool);
   int64_t ai = a.kind == Kind::Bool ? a.b : a.i, bi = b.kind == Kind::Bool ? b.b : b.i;
   bool nums = a.is_number() && b.is_number();
@@ -534,6 +594,7 @@ Value Interpreter::binary(const Expr& e, Scope& s) {
     if (ints) return __builtin_add_overflow(ai, bi, &r) ? overflow() : Value::integer(r);
     if (nums) return Value::real(af + bf);
     if (a.is_string() && b.is_string()) {
+      check_string_size(a.s.size() + b.s.size());
       if (!a.is_markup && !b.is_markup) return Value::string(a.s + b.s);
       // Markup + str escapes the str (markupsafe), even with autoescape off.
       Value m = Value::string(html_escape(a).s + html_escape(b).s);
@@ -541,6 +602,7 @@ Value Interpreter::binary(const Expr& e, Scope& s) {
       return m;
     }
     if (a.is_plain_list() && b.is_plain_list() && a.is_tuple == b.is_tuple) {
+      check_string_size(list_bytes(*a.list) + list_bytes(*b.list));
       List items = *a.list;
       items.insert(items.end(), b.list->begin(), b.list->end());
       return Value::make_list(std::move(items), a.is_tuple);
@@ -559,6 +621,12 @@ Value Interpreter::binary(const Expr& e, Scope& s) {
     const Value* cnt = seq == &a ? &b : &a;
     if ((seq->is_string() || seq->is_plain_list()) && (cnt->kind == Kind::Int || cnt->kind == Kind::Bool)) {
       int64_t times = cnt->kind == Kind::Bool ? cnt->b : cnt->i;
+      // Checked before anything is built: 'x' * 10**12 is an error, not an OOM kill.
+      const size_t unit = seq->is_string() ? seq->s.size() : list_bytes(*seq->list);
+      if (times > 0 && unit > 0 && uint64_t(times) > kMaxStringBytes / unit)
+        throw TemplateError(detail::str("chat template line ", e.line, ": '*' would build ", times,
+                                        " copies of ", unit, " bytes, over the template limit of ",
+                                        kMaxStringBytes, " bytes"));
       if (seq->is_string()) {
         std::string rep;
         for (int64_t k = 0; k < times; ++k) rep += seq->s;
@@ -615,6 +683,7 @@ Value Interpreter::binary(const Expr& e, Scope& s) {
   }
   if (op == "**") {
     if (ints && bi >= 0) {
+      if (ai == -1) return Value::integer(bi % 2 ? -1 : 1);  // the loop below would run bi times
       r = 1;
       for (int64_t k = 0; k < bi && r != 0 && !(r == 1 && ai == 1); ++k)
         if (__builtin_mul_overflow(r, ai, &r)) return overflow();

@@ -112,6 +112,7 @@ std::string str_format(const std::string& fmt, CallArgs& a) {
         if (!v) throw TemplateError(detail::str("KeyError: '", field, "'"));
       }
       out += to_str(*v);
+      check_string_size(out.size());
       k = e;
     } else if (c == '}') {
       throw TemplateError("Single '}' encountered in format string");
@@ -179,6 +180,7 @@ Value string_method(const Value& self, const std::string& name) {
            if (!first) out += s.s;
            first = false;
            out += x.s;
+           check_string_size(out.size());
          }
          return Value::string(out);
        }},

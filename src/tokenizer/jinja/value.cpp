@@ -3,6 +3,7 @@
 // on these matching CPython exactly (float repr, string quoting, separators).
 #include "tokenizer/jinja/value.h"
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <cstdio>
@@ -19,7 +20,32 @@ const Value* Value::find(const std::string& key) const {
   return nullptr;
 }
 
+void check_string_size(size_t n) {
+  if (n > kMaxStringBytes)
+    throw TemplateError(
+        detail::str("a string of ", n, " bytes exceeds the template limit of ", kMaxStringBytes, " bytes"));
+}
+
+static uint32_t deeper(uint32_t deepest) {
+  if (deepest + 1 > kMaxNesting)
+    throw TemplateError(detail::str("lists and dicts nested deeper than ", kMaxNesting, " levels"));
+  return deepest + 1;
+}
+
+uint32_t Value::nest_of(const List& items) {
+  uint32_t d = 0;
+  for (const Value& x : items) d = std::max(d, x.nest);
+  return deeper(d);
+}
+
+uint32_t Value::nest_of(const Dict& items) {
+  uint32_t d = 0;
+  for (const auto& kv : items) d = std::max(d, kv.second.nest);
+  return deeper(d);
+}
+
 void Value::set(const std::string& key, Value v) {
+  nest = std::max(nest, deeper(v.nest));
   for (auto& [k, old] : *dict)
     if (k == key) {
       old = std::move(v);
@@ -161,6 +187,7 @@ std::string repr(const Value& v) {
       for (size_t k = 0; k < v.list->size(); ++k) {
         if (k) out += ", ";
         out += repr((*v.list)[k]);
+        check_string_size(out.size());
       }
       if (v.is_tuple && v.list->size() == 1) out += ",";
       return out + (v.is_tuple ? ")" : "]");
@@ -173,6 +200,7 @@ std::string repr(const Value& v) {
         if (!first) out += ", ";
         first = false;
         out += repr(key_value(k)) + ": " + repr(x);
+        check_string_size(out.size());
       }
       return out + "}";
     }
@@ -315,6 +343,7 @@ Value from_json(const nlohmann::json& j) {
 static void json_dump(std::string& out, const Value& v, int indent, int level, const std::string& item_sep,
                       const std::string& key_sep, bool ascii) {
   auto newline = [&](int lv) {
+    check_string_size(out.size() + 1 + static_cast<size_t>(indent) * lv);
     out += '\n';
     out.append(static_cast<size_t>(indent) * lv, ' ');
   };
@@ -350,6 +379,7 @@ static void json_dump(std::string& out, const Value& v, int indent, int level, c
         if (k) out += item_sep;
         if (indent >= 0) newline(level + 1);
         json_dump(out, (*v.list)[k], indent, level + 1, item_sep, key_sep, ascii);
+        check_string_size(out.size());
       }
       if (indent >= 0) newline(level);
       out += ']';
@@ -367,9 +397,11 @@ static void json_dump(std::string& out, const Value& v, int indent, int level, c
         if (!first) out += item_sep;
         first = false;
         if (indent >= 0) newline(level + 1);
-        io::put_python_json_string(out, to_str(key_value(k)), ascii);  // json.dumps writes int keys as strings
+        io::put_python_json_string(out, to_str(key_value(k)),
+                                   ascii);  // json.dumps writes int keys as strings
         out += key_sep;
         json_dump(out, x, indent, level + 1, item_sep, key_sep, ascii);
+        check_string_size(out.size());
       }
       if (indent >= 0) newline(level);
       out += '}';

@@ -24,6 +24,16 @@ class TemplateError : public Error {
   using Error::Error;
 };
 
+// Bounds on what a template can build, so a hostile one ends in a TemplateError instead of an
+// OOM kill or a stack overflow (the interpreter adds bounds on steps and total work):
+// - one string (or one list's bytes) at most kMaxStringBytes (64 MiB: twice what a tokenizer
+//   encodes in one call, Tokenizer::kMaxEncodeBytes), checked before it is built;
+// - lists and dicts nested at most kMaxNesting deep (printing, comparing and freeing recurse).
+inline constexpr size_t kMaxStringBytes = size_t(64) << 20;
+inline constexpr uint32_t kMaxNesting = 1000;
+// TemplateError naming the limit when a string of n bytes would exceed kMaxStringBytes.
+void check_string_size(size_t n);
+
 struct Value;
 using List = std::vector<Value>;
 // Insertion-ordered, as Python dicts are; chat dicts are small, so lookup is linear.
@@ -55,6 +65,7 @@ struct Value {
   Iter iter = Iter::None;
   std::shared_ptr<size_t> cursor;  // Generator / Reverse: items already consumed     // a String that is
                                    // markupsafe.Markup (from |safe, |escape): `+` escapes the other side
+  uint32_t nest = 0;               // Array/Map: 1 + the deepest nesting of an item (kMaxNesting at most)
   int64_t i = 0;
   double f = 0;
   std::string s;  // String text (UTF-8); for Undefined, the name that was missing (for errors)
@@ -100,6 +111,7 @@ struct Value {
   static Value make_list(List items = {}, bool tuple = false) {
     Value v;
     v.kind = Kind::Array;
+    v.nest = nest_of(items);
     v.list = std::make_shared<List>(std::move(items));
     v.is_tuple = tuple;
     return v;
@@ -113,6 +125,7 @@ struct Value {
   static Value make_dict(Dict items = {}) {
     Value v;
     v.kind = Kind::Map;
+    v.nest = nest_of(items);
     v.dict = std::make_shared<Dict>(std::move(items));
     return v;
   }
@@ -131,6 +144,10 @@ struct Value {
   bool single_pass() const { return cursor != nullptr; }
   bool is_dict() const { return kind == Kind::Map; }
   bool is_number() const { return kind == Kind::Int || kind == Kind::Float || kind == Kind::Bool; }
+
+  // 1 + the deepest item; TemplateError beyond kMaxNesting.
+  static uint32_t nest_of(const List& items);
+  static uint32_t nest_of(const Dict& items);
 
   // Dict lookup; nullptr when absent (or not a dict).
   const Value* find(const std::string& key) const;

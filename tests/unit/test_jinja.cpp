@@ -788,6 +788,11 @@ TEST(JinjaLimits, HostileTemplatesEndInABoundedError) {
       "{% set ns = namespace(l=[]) %}{% for i in range(100000) %}{% set ns.l = [ns.l] %}{% endfor %}{{ ns.l "
       "}}",
       "nested deeper than 1000 levels");
+  // Input nested 5,000 deep (a library caller's JSON, not a file: nothing bounded it before;
+  // much deeper and nlohmann's own copies recurse too far, in the caller, before nibble runs).
+  const ojson deep = ojson::parse(std::string(5000, '[') + std::string(5000, ']'));
+  EXPECT_NE(error_of("{{ x|length }}", {{"x", deep}}).find("JSON nested deeper than 1000 levels"),
+            std::string::npos);
   // (-1) ** n would loop n times.
   EXPECT_EQ(render("{{ (-1) ** 9223372036854775807 }}|{{ (-1) ** 10 }}|{{ 0 ** 5 }}|{{ 3 ** 3 }}"),
             "-1|1|0|27");

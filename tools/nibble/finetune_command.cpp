@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
+#include "io/read_file.h"
 #include "nibble/chat_template.h"
 #include "nibble/error.h"
 #include "nibble/model.h"
@@ -214,7 +215,13 @@ int run_finetune(const FinetuneArgs& a) {
   LoraTrainer tr(*peft, ta, total);
   if (!a.resume.empty()) {
     // the data order and the schedule follow from these: a resumed run must keep them
-    const auto st = nlohmann::json::parse(std::ifstream(fs::path(a.resume) / "trainer_state.json"));
+    const fs::path state_path = fs::path(a.resume) / "trainer_state.json";
+    nlohmann::json st;
+    try {
+      st = io::parse_json(io::read_text_file(state_path));
+    } catch (const nlohmann::json::exception& e) {
+      throw FormatError(state_path.string() + ": not valid JSON (" + e.what() + ")");
+    }
     const std::pair<const char*, int64_t> keep[] = {{"seed", int64_t(a.seed)},
                                                     {"per_device_train_batch_size", a.batch_size},
                                                     {"gradient_accumulation_steps", a.grad_accum},

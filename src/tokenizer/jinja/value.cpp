@@ -304,7 +304,10 @@ bool less(const Value& a, const Value& b) {
 }
 
 template <typename J>
-static Value from_json_any(const J& j) {
+static Value from_json_any(const J& j, uint32_t depth = 0) {
+  // Checked on the way down: the recursion itself must not go deeper than a Value may nest.
+  if (depth > kMaxNesting)
+    throw TemplateError(detail::str("chat template input: JSON nested deeper than ", kMaxNesting, " levels"));
   switch (j.type()) {
     case nlohmann::json::value_t::null:
       return Value::none();
@@ -320,12 +323,13 @@ static Value from_json_any(const J& j) {
       return Value::string(j.template get<std::string>());
     case nlohmann::json::value_t::array: {
       List items;
-      for (const auto& x : j) items.push_back(from_json_any(x));
+      for (const auto& x : j) items.push_back(from_json_any(x, depth + 1));
       return Value::make_list(std::move(items));
     }
     case nlohmann::json::value_t::object: {
       Dict items;
-      for (auto it = j.begin(); it != j.end(); ++it) items.emplace_back(it.key(), from_json_any(it.value()));
+      for (auto it = j.begin(); it != j.end(); ++it)
+        items.emplace_back(it.key(), from_json_any(it.value(), depth + 1));
       return Value::make_dict(std::move(items));
     }
     default:

@@ -7,14 +7,19 @@
 // TinyStories (656k parameters), so one save takes milliseconds.
 #include <gtest/gtest.h>
 
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <fstream>
 #include <functional>
 #include <map>
+#include <mutex>
 #include <thread>
 
 #include "nibble/model.h"
@@ -23,6 +28,39 @@
 
 namespace fs = std::filesystem;
 using namespace nibble;
+
+// The order of the durability calls, seen from inside the process: this binary's own fsync,
+// rename and renameat2 (the executable's definitions win over libc's when libnibble.a is linked
+// in) log each call while tracing is on, then make the system call itself.
+namespace trace {
+std::atomic<bool> on{false};
+std::mutex mu;
+std::vector<std::pair<std::string, std::string>> log;  // (call, path or "from -> to")
+
+std::string fd_path(int fd) {
+  char buf[4096];
+  const ssize_t n = ::readlink(("/proc/self/fd/" + std::to_string(fd)).c_str(), buf, sizeof buf - 1);
+  return n > 0 ? std::string(buf, size_t(n)) : "?";
+}
+void record(const char* call, std::string what) {
+  if (!on) return;
+  std::lock_guard lock(mu);
+  log.emplace_back(call, std::move(what));
+}
+}  // namespace trace
+
+extern "C" int fsync(int fd) {
+  trace::record("fsync", trace::fd_path(fd));
+  return int(::syscall(SYS_fsync, fd));
+}
+extern "C" int rename(const char* from, const char* to) noexcept {
+  trace::record("rename", std::string(from) + " -> " + to);
+  return int(::syscall(SYS_renameat2, AT_FDCWD, from, AT_FDCWD, to, 0));
+}
+extern "C" int renameat2(int from_fd, const char* from, int to_fd, const char* to, unsigned flags) noexcept {
+  trace::record(flags & RENAME_EXCHANGE ? "exchange" : "rename", std::string(from) + " -> " + to);
+  return int(::syscall(SYS_renameat2, from_fd, from, to_fd, to, flags));
+}
 
 namespace {
 
@@ -177,4 +215,55 @@ TEST(CrashSafeSave, TrainingCheckpointIsOldOrNew) {
   kill_writers(
       target, [&] { ta.save_checkpoint(target, a, "{\"global_step\": 1}"); },
       [&] { tb.save_checkpoint(target, b, "{\"global_step\": 2, \"log_history\": []}"); }, false);
+}
+
+// fsync before rename, as io::AtomicFile and io::AtomicDir claim: every file is fsynced under its
+// temporary name before it is renamed, its folder after; the staging folder is fsynced after its
+// last entry and before the exchange; the parent after the exchange.
+TEST(CrashSafeSave, FsyncBeforeEveryRename) {
+  CausalLM model = AutoModelForCausalLM::from_pretrained(tinystories_dir());
+  test::TempDir tmp;
+  const fs::path target = tmp / "model";
+  model.save_pretrained(target);  // the second save replaces a folder: the exchange path
+  {
+    std::lock_guard lock(trace::mu);
+    trace::log.clear();
+  }
+  trace::on = true;
+  model.save_pretrained(target, 1'000'000);
+  trace::on = false;
+  const auto log = trace::log;
+  auto index_of = [&](const std::string& call, const std::string& what, size_t from = 0) {
+    for (size_t i = from; i < log.size(); ++i)
+      if (log[i].first == call && log[i].second == what) return i;
+    return log.size();
+  };
+  std::string exchanged;
+  size_t exchange_at = log.size(), files = 0;
+  for (size_t i = 0; i < log.size(); ++i) {
+    const auto& [call, what] = log[i];
+    if (call == "exchange") {
+      exchanged = what;
+      exchange_at = i;
+    }
+    if (call != "rename") continue;
+    ++files;
+    const std::string from = what.substr(0, what.find(" -> ")), to = what.substr(what.find(" -> ") + 4);
+    EXPECT_LT(index_of("fsync", from), i) << "renamed before its fsync: " << what;
+    EXPECT_LT(index_of("fsync", fs::path(to).parent_path().string(), i), log.size())
+        << "no fsync of the folder after: " << what;
+  }
+  EXPECT_EQ(files, 6u);  // 3 shards, the index, config.json, generation_config.json
+  ASSERT_LT(exchange_at, log.size()) << "no RENAME_EXCHANGE";
+  const std::string staging = exchanged.substr(0, exchanged.find(" -> "));
+  EXPECT_EQ(exchanged.substr(exchanged.find(" -> ") + 4), target.string());
+  size_t last_rename = 0, staging_fsync = log.size();
+  for (size_t i = 0; i < exchange_at; ++i) {
+    if (log[i].first == "rename") last_rename = i;
+    if (log[i].first == "fsync" && log[i].second == staging) staging_fsync = i;
+  }
+  EXPECT_GT(staging_fsync, last_rename) << "the staging folder was not fsynced after its last entry";
+  EXPECT_LT(staging_fsync, exchange_at);
+  EXPECT_LT(index_of("fsync", tmp.path().string(), exchange_at), log.size())
+      << "parent not fsynced after the exchange";
 }

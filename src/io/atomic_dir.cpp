@@ -142,6 +142,12 @@ void AtomicDir::commit() {
   }
   fsync_tree(staging_);
   const fs::path parent = target_.parent_path();
+  // A process working inside the folder keeps working in it: the exchange moves the old inode
+  // away, so the working directory follows the name (cwd_inside: its path under target, if any).
+  std::error_code cwd_ec;
+  const fs::path cwd = fs::current_path(cwd_ec);
+  const fs::path cwd_inside = cwd_ec ? fs::path() : cwd.lexically_relative(target_);
+  const bool follow_cwd = !cwd_inside.empty() && *cwd_inside.begin() != "..";
   if (!replacing) {
     if (::rename(staging_.c_str(), target_.c_str()) != 0)
       throw IoError(os_error("write (rename)", target_, errno));
@@ -165,6 +171,7 @@ void AtomicDir::commit() {
   } else {
     throw IoError(os_error("write (exchange)", target_, errno));
   }
+  if (follow_cwd) (void)::chdir((target_ / cwd_inside).c_str());
   fsync_dir(parent);
   if (!staging_.empty()) {
     fs::remove_all(staging_, ec);

@@ -267,3 +267,22 @@ TEST(CrashSafeSave, FsyncBeforeEveryRename) {
   EXPECT_LT(index_of("fsync", tmp.path().string(), exchange_at), log.size())
       << "parent not fsynced after the exchange";
 }
+
+// Saving into the working directory: the exchange moves the old folder's inode away, so the
+// process's working directory must follow the name (not stay in the removed old content).
+TEST(CrashSafeSave, SaveIntoTheWorkingDirectory) {
+  CausalLM model = AutoModelForCausalLM::from_pretrained(tinystories_dir());
+  test::TempDir tmp;
+  const fs::path target = tmp / "model";
+  model.save_pretrained(target);
+  const fs::path before = fs::current_path();
+  fs::current_path(target);
+  model.save_pretrained(".", 1'000'000);
+  std::error_code ec;
+  const fs::path now = fs::current_path(ec);
+  fs::current_path(before);
+  EXPECT_FALSE(ec) << ec.message();
+  EXPECT_EQ(now, target);
+  EXPECT_TRUE(fs::exists(target / "model.safetensors.index.json"));
+  EXPECT_FALSE(fs::exists(target / "model.safetensors"));
+}

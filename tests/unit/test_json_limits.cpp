@@ -125,3 +125,21 @@ TEST(JsonLimits, ATextFileJustOverTheLimitIsRefused) {
   fs::resize_file(dir / "tokenizer.json", (uintmax_t(128) << 20) + 1);
   EXPECT_THROW(Tokenizer::from_pretrained(dir.path()), FormatError);
 }
+
+// Training data is read a line at a time, each line under the same bound: a line of a gigabyte
+// is refused once the bound is passed, naming the file and the line.
+TEST(JsonLimits, AGigabyteTrainingLineIsRefused) {
+  test::TempDir dir;
+  {
+    std::ofstream f(dir / "train.jsonl");
+    f << "{\"input_ids\": [1, 2, 3]}\n{\"text\": \"";
+  }
+  fs::resize_file(dir / "train.jsonl", (uintmax_t(1) << 30) + 2);
+  try {
+    load_sft_jsonl(dir / "train.jsonl", nullptr, nullptr, 64);
+    ADD_FAILURE() << "no error";
+  } catch (const FormatError& e) {
+    EXPECT_EQ(std::string(e.what()),
+              (dir / "train.jsonl").string() + ":2: a line longer than 134217728 bytes");
+  }
+}

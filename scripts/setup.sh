@@ -1,6 +1,6 @@
 #!/bin/sh
 # Installs what nibble builds with, from Debian 12 packages. Idempotent; run as root
-# (it re-runs itself through sudo when not root and sudo exists).
+# or as a user with sudo (apt-get then runs through sudo).
 set -eu
 PKGS="build-essential cmake ninja-build pkg-config nlohmann-json3-dev libcli11-dev \
 libgtest-dev libgmock-dev libbenchmark-dev libpcre2-dev libicu-dev zlib1g-dev \

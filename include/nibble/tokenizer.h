@@ -36,6 +36,12 @@ class Tokenizer {
   // Throws IoError / FormatError / UnsupportedError naming the file and the JSON field.
   static Tokenizer from_pretrained(const std::filesystem::path& dir);
   static Tokenizer from_file(const std::filesystem::path& tokenizer_json);
+  // The same from parsed JSON (tests, fuzzing, in-memory use): tokenizer.json alone, `origin`
+  // naming it in errors; or with tokenizer_config.json and special_tokens_map.json, each null
+  // when absent.
+  static Tokenizer from_json(const nlohmann::json& tokenizer, const std::string& origin);
+  static Tokenizer from_json(const nlohmann::json& tokenizer, const nlohmann::json& tokenizer_config,
+                             const nlohmann::json& special_tokens_map);
 
   // Input longer than kMaxEncodeBytes is a FormatError: an encoding holds ~100 bytes per token
   // and a token can be one byte of input, so the bound keeps one call within a few GB (HF has

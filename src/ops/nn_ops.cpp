@@ -297,7 +297,8 @@ std::pair<int64_t, int64_t> rows_cols(const char* op, const Tensor& x) {
 
 void rms_norm(ExecContext& ctx, const Tensor& x, const Tensor& w, float eps, bool add_unit_offset, const Tensor& out) {
   const char* op = "rms_norm";
-  auto [M, C] = rows_cols(op, x);
+  const auto mc = rows_cols(op, x);  // no structured binding: clang 14 lambdas cannot capture one
+  const int64_t M = std::get<0>(mc), C = std::get<1>(mc);
   require_vector(op, "weight", w, C, false);
   require_out(op, out, x.shape());
   dispatch(
@@ -320,7 +321,8 @@ Tensor rms_norm(const Tensor& x, const Tensor& w, float eps, bool add_unit_offse
 
 void layer_norm(ExecContext& ctx, const Tensor& x, const Tensor& w, const Tensor& b, float eps, const Tensor& out) {
   const char* op = "layer_norm";
-  auto [M, C] = rows_cols(op, x);
+  const auto mc = rows_cols(op, x);  // no structured binding: clang 14 lambdas cannot capture one
+  const int64_t M = std::get<0>(mc), C = std::get<1>(mc);
   require_vector(op, "weight", w, C, false);
   require_vector(op, "bias", b, C, true);
   require_out(op, out, x.shape());

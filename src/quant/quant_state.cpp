@@ -151,7 +151,7 @@ QuantState4 quant_state_from_dict(const std::map<std::string, Tensor>& d, const 
   } catch (const ShapeError& e) {
     throw FormatError(str(w, ": shape: ", e.what()));
   }
-  int64_t nb = (n + st.blocksize - 1) / st.blocksize;
+  int64_t nb = n / st.blocksize + (n % st.blocksize != 0);  // no overflow near INT64_MAX
 
   st.nested = d.count("nested_absmax") > 0;
   Tensor absmax = need(d, "absmax", where);

@@ -73,7 +73,7 @@ class Bpe : public VocabModel {
     for (auto it = v.begin(); it != v.end(); ++it) {
       if (!it.value().is_number_integer())
         format_error(w.at("vocab"), "entry '" + it.key() + "' is not an integer id");
-      vocab_.add(it.key(), it.value().get<int64_t>());
+      vocab_.add(it.key(), vocab_id(it.value(), it.key(), v.size(), w));
     }
     unk_ = get_string_or(j, "unk_token", "", w);
     has_unk_ = j.contains("unk_token") && j["unk_token"].is_string();
@@ -150,7 +150,6 @@ class Bpe : public VocabModel {
       tokens.push_back(*vocab_.token(id));
     }
   }
-
 
  private:
   static constexpr size_t kCacheCapacity = 1 << 16;

@@ -11,6 +11,18 @@
 
 namespace nibble::tok {
 
+int64_t vocab_id(const Json& id, const std::string& token, size_t entries, const Where& w) {
+  // Ids index a table: negative ones, and ones far past the entry count (a table of billions of
+  // empty slots), are refused. Real vocabularies are dense: ids below their size.
+  const int64_t x =
+      id.is_number_unsigned() && id.get<uint64_t>() > uint64_t(INT64_MAX) ? -1 : id.get<int64_t>();
+  const int64_t most = int64_t(entries) + (int64_t(1) << 20);
+  if (x < 0 || x >= most)
+    format_error(w.at("vocab"),
+                 detail::str("entry '", token, "' has id ", id.dump(), ", outside [0, ", most, ")"));
+  return x;
+}
+
 std::unique_ptr<Model> make_bpe(const Json& j, const Where& w);
 
 namespace {
@@ -21,7 +33,7 @@ void read_object_vocab(const Json& j, const Where& w, Vocab& vocab) {
   for (auto it = v.begin(); it != v.end(); ++it) {
     if (!it.value().is_number_integer())
       format_error(w.at("vocab"), "entry '" + it.key() + "' is not an integer id");
-    vocab.add(it.key(), it.value().get<int64_t>());
+    vocab.add(it.key(), vocab_id(it.value(), it.key(), v.size(), w));
   }
 }
 
@@ -169,7 +181,8 @@ class Unigram : public VocabModel {
     size_t pos = 0;
     while (pos < s.size()) {
       double here = best[pos].score;
-      size_t mblen = utf8_len(static_cast<unsigned char>(s[pos]));
+      // A normalizer may leave a cut character at the end: never step past it.
+      size_t mblen = std::min(utf8_len(static_cast<unsigned char>(s[pos])), s.size() - pos);
       bool single = false;
       size_t limit = std::min(max_len_, s.size() - pos);
       for (size_t len = 1; len <= limit; ++len) {

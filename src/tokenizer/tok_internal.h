@@ -27,6 +27,8 @@ struct Where {
 };
 
 [[noreturn]] void format_error(const Where& w, const std::string& what);
+// A vocabulary entry's id (`id`, of JSON entry `token` among `entries`), checked to index a table.
+int64_t vocab_id(const Json& id, const std::string& token, size_t entries, const Where& w);
 [[noreturn]] void unsupported_type(const Where& w, const std::string& type);
 // Typed field access that throws FormatError naming the field.
 const Json& field(const Json& j, const char* key, const Where& w);

@@ -75,10 +75,13 @@ Tokenizer::Tokenizer(Tokenizer&&) noexcept = default;
 Tokenizer& Tokenizer::operator=(Tokenizer&&) noexcept = default;
 
 Tokenizer Tokenizer::from_file(const fs::path& tokenizer_json) {
-  Json j = read_json(tokenizer_json);
+  return from_json(read_json(tokenizer_json), tokenizer_json.filename().string());
+}
+
+Tokenizer Tokenizer::from_json(const nlohmann::json& j, const std::string& origin) {
   Tokenizer t;
   Impl& m = *t.impl_;
-  Where root{tokenizer_json.filename().string(), ""};
+  Where root{origin, ""};
   try {
     if (!j.is_object()) tok::format_error(root, "top level is not a JSON object");
     auto part = [&](const char* key) -> const Json* {
@@ -105,16 +108,26 @@ Tokenizer Tokenizer::from_file(const fs::path& tokenizer_json) {
 Tokenizer Tokenizer::from_pretrained(const fs::path& dir) {
   fs::path tj = dir / "tokenizer.json";
   if (!fs::exists(tj)) throw IoError("no tokenizer.json in " + dir.string());
-  Tokenizer t = from_file(tj);
+  Json config = nullptr, map = nullptr;
+  if (fs::exists(dir / "tokenizer_config.json")) config = read_json(dir / "tokenizer_config.json");
+  if (fs::exists(dir / "special_tokens_map.json")) map = read_json(dir / "special_tokens_map.json");
+  return from_json(read_json(tj), config, map);
+}
+
+Tokenizer Tokenizer::from_json(const nlohmann::json& tokenizer, const nlohmann::json& tokenizer_config,
+                               const nlohmann::json& special_tokens_map) {
+  Tokenizer t = from_json(tokenizer, "tokenizer.json");
   Impl& m = *t.impl_;
   Json map = Json::object();
-  if (fs::exists(dir / "tokenizer_config.json")) {
-    m.config = read_json(dir / "tokenizer_config.json");
-    if (!m.config.is_object()) throw FormatError("tokenizer_config.json: top level is not a JSON object");
+  if (!tokenizer_config.is_null()) {
+    if (!tokenizer_config.is_object())
+      throw FormatError("tokenizer_config.json: top level is not a JSON object");
+    m.config = tokenizer_config;
   }
-  if (fs::exists(dir / "special_tokens_map.json")) {
-    map = read_json(dir / "special_tokens_map.json");
-    if (!map.is_object()) throw FormatError("special_tokens_map.json: top level is not a JSON object");
+  if (!special_tokens_map.is_null()) {
+    if (!special_tokens_map.is_object())
+      throw FormatError("special_tokens_map.json: top level is not a JSON object");
+    map = special_tokens_map;
   }
   // transformers lets special_tokens_map.json override tokenizer_config.json.
   auto pick = [&](const char* key) -> std::optional<std::string> {

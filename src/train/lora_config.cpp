@@ -1,7 +1,8 @@
 // LoraConfig: peft 0.21's fields, checks and adapter_config.json, and target-module matching.
 #include <algorithm>
+#include <charconv>
 #include <cmath>
-#include <regex>
+#include <memory>
 #include <set>
 
 #include "io/atomic_file.h"
@@ -9,6 +10,9 @@
 #include "io/read_file.h"
 #include "nibble/error.h"
 #include "nibble/lora.h"
+
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
 
 namespace nibble {
 
@@ -54,14 +58,67 @@ ojson number(double v) {
   return ojson(v);
 }
 
+// Python's re.fullmatch, with PCRE2 (Python's regex syntax is PCRE's, not ECMAScript's) and a
+// bound on backtracking: a pattern that would take exponential time is a ConfigError, not a hang.
+class FullMatch {
+ public:
+  explicit FullMatch(const std::string& pattern) : pattern_(pattern) {
+    int err = 0;
+    PCRE2_SIZE off = 0;
+    code_.reset(pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
+                              PCRE2_ANCHORED | PCRE2_ENDANCHORED | PCRE2_UTF, &err, &off, nullptr));
+    if (!code_) throw ConfigError(detail::str("bad regex '", pattern, "': ", message(err)));
+    context_.reset(pcre2_match_context_create(nullptr));
+    pcre2_set_match_limit(context_.get(), 100'000);
+    pcre2_set_depth_limit(context_.get(), 10'000);
+  }
+  // Whether the whole of s matches; *group1 gets the first group's text when given.
+  bool operator()(const std::string& s, std::string* group1 = nullptr) const {
+    std::unique_ptr<pcre2_match_data, decltype(&pcre2_match_data_free)> md(
+        pcre2_match_data_create_from_pattern(code_.get(), nullptr), pcre2_match_data_free);
+    int rc = pcre2_match(code_.get(), reinterpret_cast<PCRE2_SPTR>(s.data()), s.size(), 0, 0, md.get(),
+                         context_.get());
+    if (rc == PCRE2_ERROR_NOMATCH) return false;
+    if (rc < 0) throw ConfigError(detail::str("regex '", pattern_, "' cannot be matched: ", message(rc)));
+    if (group1) {
+      PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md.get());
+      *group1 = rc > 1 && ov[2] != PCRE2_UNSET ? s.substr(ov[2], ov[3] - ov[2]) : "";
+    }
+    return true;
+  }
+
+ private:
+  static std::string message(int code) {
+    PCRE2_UCHAR buf[256];
+    pcre2_get_error_message(code, buf, sizeof buf);
+    return reinterpret_cast<const char*>(buf);
+  }
+  struct CodeFree {
+    void operator()(pcre2_code* c) const { pcre2_code_free(c); }
+  };
+  struct ContextFree {
+    void operator()(pcre2_match_context* c) const { pcre2_match_context_free(c); }
+  };
+  std::string pattern_;
+  std::unique_ptr<pcre2_code, CodeFree> code_;
+  std::unique_ptr<pcre2_match_context, ContextFree> context_;
+};
+
 // Python's `layers.N.` layer index of a module name for layers_to_transform.
 std::optional<int64_t> layer_index(const std::string& name, const std::optional<std::string>& pattern) {
   static const std::vector<std::string> kDefault = {"layers", "h", "block", "blocks", "layer"};
   std::vector<std::string> pats = pattern ? std::vector<std::string>{*pattern} : kDefault;
   for (const auto& p : pats) {
-    std::smatch m;
-    const std::regex re(".*\\." + p + "\\.(\\d+)\\..*");
-    if (std::regex_match(name, m, re)) return std::stoll(m[1]);
+    std::string digits;
+    try {
+      if (!FullMatch(".*\\." + p + "\\.(\\d+)\\..*")(name, &digits)) continue;
+    } catch (const ConfigError& e) {
+      throw ConfigError(std::string("LoraConfig.layers_pattern: ") + e.what());
+    }
+    int64_t index = 0;
+    auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), index);
+    if (ec == std::errc() && end == digits.data() + digits.size()) return index;
+    return std::nullopt;  // past int64: no layer of ours, nor in layers_to_transform
   }
   return std::nullopt;
 }
@@ -264,21 +321,22 @@ std::vector<std::string> lora_target_names(const LoraConfig& cfg, const std::vec
   cfg.validate();
   std::vector<std::string> out;
   const bool all_linear = cfg.target_modules_str && *cfg.target_modules_str == "all-linear";
-  std::optional<std::regex> re;
-  if (cfg.target_modules_str && !all_linear) {
-    try {
-      re.emplace(*cfg.target_modules_str);
-    } catch (const std::regex_error& e) {
-      throw ConfigError("LoraConfig.target_modules: bad regex '" + *cfg.target_modules_str +
-                        "': " + e.what());
-    }
+  std::optional<FullMatch> re;
+  try {
+    if (cfg.target_modules_str && !all_linear) re.emplace(*cfg.target_modules_str);
+  } catch (const ConfigError& e) {
+    throw ConfigError(std::string("LoraConfig.target_modules: ") + e.what());
   }
   for (const auto& s : sites) {
     bool hit = false;
     if (all_linear)
       hit = !s.is_output_head;
     else if (re)
-      hit = std::regex_match(s.name, *re);
+      try {
+        hit = (*re)(s.name);
+      } catch (const ConfigError& e) {
+        throw ConfigError(std::string("LoraConfig.target_modules: ") + e.what());
+      }
     else
       for (const auto& t : cfg.target_modules) hit |= suffix_match(s.name, t);
     if (hit && cfg.layers_to_transform) {

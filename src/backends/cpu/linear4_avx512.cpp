@@ -226,6 +226,18 @@ NIBBLE_AVX512BF16 void rows_bf16(const uint16_t* xp, int64_t K, const uint8_t* p
     for (int r = 0; r < NR; ++r) out[m * ldo + r] = hsum(_mm512_add_ps(acc[m][r][0], acc[m][r][1]));
 }
 
+// kNr rows from row r0 + r, in the input's dtype. (A function, not a lambda in gemv_t: clang
+// does not give a lambda its enclosing function's target attribute, and __m512 arguments need it.)
+template <int MR, int kNr, bool BF16>
+NIBBLE_AVX512 inline void rows_at(const void* xp, int64_t K, const uint8_t* packed, const Absmax4& absmax,
+                                  int64_t blocksize, __m512 code, DType cdt, int64_t row, float* out,
+                                  int64_t ldo) {
+  if constexpr (BF16)
+    rows_bf16<MR, kNr>(static_cast<const uint16_t*>(xp), K, packed, absmax, blocksize, code, row, out, ldo);
+  else
+    rows_f32<MR, kNr>(static_cast<const float*>(xp), K, packed, absmax, blocksize, code, cdt, row, out, ldo);
+}
+
 // NR-row groups while they fit (and blocks line up across rows), then single rows.
 template <int MR, int NR, bool BF16>
 NIBBLE_AVX512 void gemv_t(const void* xp, int64_t K, const uint8_t* packed, const Absmax4& absmax,
@@ -233,18 +245,11 @@ NIBBLE_AVX512 void gemv_t(const void* xp, int64_t K, const uint8_t* packed, cons
                           float* out, int64_t ldo) {
   const __m512 code = _mm512_loadu_ps(dequant_table_4bit(quant_type));
   int64_t r = 0;
-  auto one = [&](auto nr) {
-    constexpr int kNr = decltype(nr)::value;
-    if constexpr (BF16)
-      rows_bf16<MR, kNr>(static_cast<const uint16_t*>(xp), K, packed, absmax, blocksize, code, r0 + r,
-                         out + r, ldo);
-    else
-      rows_f32<MR, kNr>(static_cast<const float*>(xp), K, packed, absmax, blocksize, code, cdt, r0 + r,
-                        out + r, ldo);
-  };
   if (K % blocksize == 0)
-    for (; r + NR <= nrows; r += NR) one(std::integral_constant<int, NR>{});
-  for (; r < nrows; ++r) one(std::integral_constant<int, 1>{});
+    for (; r + NR <= nrows; r += NR)
+      rows_at<MR, NR, BF16>(xp, K, packed, absmax, blocksize, code, cdt, r0 + r, out + r, ldo);
+  for (; r < nrows; ++r)
+    rows_at<MR, 1, BF16>(xp, K, packed, absmax, blocksize, code, cdt, r0 + r, out + r, ldo);
 }
 
 template <bool BF16>

@@ -23,7 +23,10 @@ bool arg_bool(CallArgs& a, size_t pos, const char* name, bool def) {
 int64_t arg_int(CallArgs& a, size_t pos, const char* name, int64_t def) {
   const Value* v = arg(a, pos, name);
   if (!v) return def;
-  return static_cast<int64_t>(as_double(*v, name));
+  const double x = as_double(*v, name);
+  if (!(x > -9.2e18 && x < 9.2e18))  // NaN, inf, past int64: Python's OverflowError / ValueError
+    throw TemplateError(detail::str("'", name, "' = ", float_repr(x), " is not a usable integer"));
+  return static_cast<int64_t>(x);
 }
 
 std::string need_str(const Value& v) {
@@ -85,7 +88,7 @@ Value f_tojson(Interpreter&, Value& v, CallArgs& a) {
   int indent = -1;
   if (ind && !ind->is_none()) {
     if (ind->kind == Kind::Int)
-      indent = static_cast<int>(std::max<int64_t>(0, ind->i));
+      indent = static_cast<int>(std::clamp<int64_t>(ind->i, 0, int64_t(kMaxStringBytes)));
     else
       throw UnsupportedError("tojson indent other than an integer is not supported");
   }
@@ -125,7 +128,7 @@ Value f_join(Interpreter&, Value& v, CallArgs& a) {
     if (!first) out += sep;
     first = false;
     out += to_str(attribute ? attr_path(x, *attribute) : x);
-    check_string_size(out.size());
+    check_size(double(out.size()), "join");
   }
   return Value::string(out);
 }
@@ -264,17 +267,19 @@ Value f_abs(Interpreter&, Value& v, CallArgs&) {
 
 Value f_indent(Interpreter&, Value& v, CallArgs& a) {
   const Value* w = arg(a, 0, "width");
-  const double width = w && !w->is_string() ? as_double(*w, "width") : 0;
-  check_string_size(width > 0 ? size_t(std::min(width, 1e18)) : 0);
-  std::string indention = !w               ? "    "
-                          : w->is_string() ? w->s
-                                           : std::string(width > 0 ? size_t(width) : 0, ' ');
+  std::string indention = "    ";
+  if (w && w->is_string()) {
+    indention = w->s;
+  } else if (w) {
+    const double width = as_double(*w, "width");
+    check_size(width, "indent");
+    indention = std::string(width > 0 ? static_cast<size_t>(width) : 0, ' ');
+  }
   bool first = arg_bool(a, 1, "first", false), blank = arg_bool(a, 2, "blank", false);
   if (!v.is_string())
     throw TemplateError(detail::str("can only concatenate str (not \"", type_name(v), "\") to str"));
   std::string s = need_str(v) + "\n";  // jinja2 appends a newline so splitlines keeps a trailing empty line
   std::vector<std::string> lines = py_splitlines(s);
-  check_string_size(s.size() + (lines.size() + 1) * indention.size());
   std::string rv;
   if (blank) {
     for (size_t k = 0; k < lines.size(); ++k) rv += (k ? "\n" + indention : "") + lines[k];
@@ -397,7 +402,7 @@ Value f_center(Interpreter&, Value& v, CallArgs& a) {
   std::string s = to_str(v);
   int64_t len = static_cast<int64_t>(utf8_length(s));
   if (width <= len) return Value::string(s);
-  check_string_size(s.size() + size_t(width - len));
+  check_size(double(width), "center");
   int64_t total = width - len, left = total / 2 + (total & width & 1);
   return Value::string(std::string(left, ' ') + s + std::string(total - left, ' '));
 }

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <optional>
+#include <utility>
 
 namespace nibble::jinja {
 
@@ -24,40 +25,15 @@ void rethrow_unsupported_with_line(const UnsupportedError& err, int line) {
 }
 
 std::string Interpreter::render(const Body& body, Scope& globals) {
+  RenderBudget budget;
+  struct Active {  // this render's budget while it runs (an enclosing one's again after)
+    RenderBudget* outer;
+    explicit Active(RenderBudget* b) : outer(std::exchange(current_budget(), b)) {}
+    ~Active() { current_budget() = outer; }
+  } active(&budget);
   std::string out;
-  steps_ = 0;
-  work_ = 0;
-  depth_ = 0;
   exec(body, globals, out);
   return out;
-}
-
-void Interpreter::tick() {
-  if (++steps_ > kMaxSteps)
-    throw TemplateError(
-        detail::str("the template ran more than ", kMaxSteps, " steps (a loop without end?)"));
-}
-
-void Interpreter::charge(size_t bytes) {
-  work_ += bytes;
-  if (work_ > kMaxWorkBytes)
-    throw TemplateError(
-        detail::str("the template built more than ", kMaxWorkBytes, " bytes of strings and lists in all"));
-}
-
-// A value just built by an operator, a filter or a call, counted against the work bound.
-const Value& Interpreter::charged(const Value& v) {
-  if (v.kind == Kind::String)
-    charge(v.s.size());
-  else if (v.kind == Kind::Array && v.list)
-    charge(v.list->size() * sizeof(Value));
-  return v;
-}
-
-void Interpreter::append(std::string& out, const std::string& text) {
-  check_string_size(out.size() + text.size());
-  charge(text.size());
-  out += text;
 }
 
 Interpreter::Flow Interpreter::exec(const Body& body, Scope& s, std::string& out) {
@@ -76,13 +52,15 @@ Interpreter::Flow Interpreter::exec(const Body& body, Scope& s, std::string& out
 }
 
 Interpreter::Flow Interpreter::exec_node(const Node& n, Scope& s, std::string& out) {
-  tick();
+  charge_step();
   switch (n.kind) {
     case NodeKind::Text:
-      append(out, n.text);
+      out += n.text;
+      check_size(double(out.size()), "the rendered text");
       return Flow::Normal;
     case NodeKind::Output:
-      append(out, to_str(eval(*n.expr, s)));
+      out += to_str(eval(*n.expr, s));
+      check_size(double(out.size()), "the rendered text");
       return Flow::Normal;
     case NodeKind::If:
       for (size_t k = 0; k < n.conds.size(); ++k)
@@ -104,7 +82,7 @@ Interpreter::Flow Interpreter::exec_node(const Node& n, Scope& s, std::string& o
       Value fn = eval(*call_expr.children[0], s);
       CallArgs args = eval_args(call_expr, s, 1);
       args.kwargs.emplace_back("caller", caller);
-      append(out, to_str(call(fn, args, n.line)));
+      out += to_str(call(fn, args, n.line));
       return Flow::Normal;
     }
     case NodeKind::Break:
@@ -121,7 +99,7 @@ Interpreter::Flow Interpreter::exec_node(const Node& n, Scope& s, std::string& o
         CallArgs a = eval_args(f, s, 1);
         return apply_filter(f.name, v, a, f.line);
       };
-      append(out, to_str(apply(*n.expr)));
+      out += to_str(apply(*n.expr));
       return Flow::Normal;
     }
     case NodeKind::With: {
@@ -165,16 +143,16 @@ Interpreter::Flow Interpreter::exec_for(const Node& n, Scope& s, std::string& ou
     items = std::move(kept);
   }
   const int64_t len = static_cast<int64_t>(items.size());
-  // The `loop` object costs more than an empty iteration: only made for bodies that read it.
-  const bool uses_loop = reads_name(n.body, "loop");
+  const bool uses_loop = reads_name(n.body, "loop");  // most bodies do not: no `loop` object to build
   for (int64_t k = 0; k < len; ++k) {
-    tick();
+    charge_step();
     Scope local{{}, &s};
+    assign(local, n, items[k]);
     if (!uses_loop) {
-      assign(local, n, items[k]);
       if (exec(n.body, local, out) == Flow::Break) break;
       continue;
     }
+    charge_step(30);  // building `loop` costs about as much as thirty plain steps
     Value loop = Value::make_dict({
         {"index", Value::integer(k + 1)},
         {"index0", Value::integer(k)},
@@ -193,7 +171,6 @@ Interpreter::Flow Interpreter::exec_for(const Node& n, Scope& s, std::string& ou
                return a.args[k % a.args.size()];
              }));
     local.vars["loop"] = loop;
-    assign(local, n, items[k]);
     Flow f = exec(n.body, local, out);
     if (f == Flow::Break) break;
   }
@@ -239,7 +216,6 @@ void Interpreter::exec_set(const Node& n, Scope& s) {
 // a macro accepts extra positional / keyword arguments or a caller only if its body reads
 // varargs / kwargs / caller.
 static bool reads_name(const Expr& e, const std::string& name);
-static bool reads_name(const Body& body, const std::string& name);
 
 static bool reads_name(const Expr& e, const std::string& name) {
   if (e.kind == ExprKind::Name && e.name == name) return true;
@@ -279,6 +255,7 @@ Value Interpreter::make_macro(const Node& n, Scope& s) {
     if (!*alive)
       throw UnsupportedError(detail::str("calling macro '", node->name.empty() ? "caller" : node->name,
                                          "' after the scope that defined it ended"));
+    charge_step();
     if (++depth_ > 200) {
       depth_ = 0;
       throw TemplateError("macro recursion too deep");
@@ -439,7 +416,6 @@ static Value slice_of(const Value& obj, const Value& a, const Value& b, const Va
 }
 
 Value Interpreter::eval(const Expr& e, Scope& s) {
-  tick();
   switch (e.kind) {
     case ExprKind::Literal:
       return e.value;
@@ -470,7 +446,7 @@ Value Interpreter::eval(const Expr& e, Scope& s) {
       Value parts[3];
       for (int k = 0; k < 3; ++k)
         if (e.children[k + 1]) parts[k] = eval(*e.children[k + 1], s);
-      return charged(slice_of(obj, parts[0], parts[1], parts[2], e.line));
+      return slice_of(obj, parts[0], parts[1], parts[2], e.line);
     }
     case ExprKind::Call: {
       Value fn = eval(*e.children[0], s);
@@ -479,12 +455,12 @@ Value Interpreter::eval(const Expr& e, Scope& s) {
         std::string what = fn.s.empty() ? "value is undefined" : fn.s;
         throw TemplateError(detail::str("chat template line ", e.line, ": ", what));
       }
-      return charged(call(fn, a, e.line));
+      return call(fn, a, e.line);
     }
     case ExprKind::Filter: {
       Value v = eval(*e.children[0], s);
       CallArgs a = eval_args(e, s, 1);
-      return charged(apply_filter(e.name, v, a, e.line));
+      return apply_filter(e.name, v, a, e.line);
     }
     case ExprKind::Test: {
       Value v = eval(*e.children[0], s);
@@ -503,7 +479,7 @@ Value Interpreter::eval(const Expr& e, Scope& s) {
                                       ": '", type_name(v), "'"));
     }
     case ExprKind::Binary:
-      return charged(binary(e, s));
+      return binary(e, s);
     case ExprKind::Compare: {
       Value left = eval(*e.children[0], s);
       for (size_t k = 0; k < e.ops.size(); ++k) {
@@ -563,24 +539,7 @@ Value Interpreter::binary(const Expr& e, Scope& s) {
     throw TemplateError(detail::str("chat template line ", e.line, ": unsupported operand type(s) for ", op,
                                     ": '", type_name(a), "' and '", type_name(b), "'"));
   };
-  // The bytes of a list as built (items are copied shallowly: a string item is copied, a
-  // nested list shared).
-  auto list_bytes = [](const List& items) {
-    size_t n = 0;
-    for (const Value& x : items) n += sizeof(Value) + x.s.size();
-    return n;
-  };
-  if (op == "~") {
-    if (a.is_string() && b.is_string()) {  // no copies of the operands: they may be large
-      check_string_size(a.s.size() + b.s.size());
-      std::string r;
-      r.reserve(a.s.size() + b.s.size());
-      return Value::string(r.append(a.s).append(b.s));
-    }
-    std::string x = to_str(a), y = to_str(b);
-    check_string_size(x.size() + y.size());
-    return Value::string(x + y);
-  }
+  if (op == "~") return Value::string(to_str(a) + to_str(b));
   bool ints = (a.kind == Kind::Int || a.kind == Kind::Bool) && (b.kind == Kind::Int || b.kind == Kind::Bool);
   int64_t ai = a.kind == Kind::Bool ? a.b : a.i, bi = b.kind == Kind::Bool ? b.b : b.i;
   bool nums = a.is_number() && b.is_number();
@@ -594,7 +553,6 @@ Value Interpreter::binary(const Expr& e, Scope& s) {
     if (ints) return __builtin_add_overflow(ai, bi, &r) ? overflow() : Value::integer(r);
     if (nums) return Value::real(af + bf);
     if (a.is_string() && b.is_string()) {
-      check_string_size(a.s.size() + b.s.size());
       if (!a.is_markup && !b.is_markup) return Value::string(a.s + b.s);
       // Markup + str escapes the str (markupsafe), even with autoescape off.
       Value m = Value::string(html_escape(a).s + html_escape(b).s);
@@ -602,7 +560,10 @@ Value Interpreter::binary(const Expr& e, Scope& s) {
       return m;
     }
     if (a.is_plain_list() && b.is_plain_list() && a.is_tuple == b.is_tuple) {
-      check_string_size(list_bytes(*a.list) + list_bytes(*b.list));
+      double bytes = 0;  // as for '*': doubling a list in a loop must stop at the bound
+      for (const List* l : {a.list.get(), b.list.get()})
+        for (const Value& x : *l) bytes += double(sizeof(Value) + x.s.size());
+      check_size(bytes, "'+'");
       List items = *a.list;
       items.insert(items.end(), b.list->begin(), b.list->end());
       return Value::make_list(std::move(items), a.is_tuple);
@@ -621,15 +582,17 @@ Value Interpreter::binary(const Expr& e, Scope& s) {
     const Value* cnt = seq == &a ? &b : &a;
     if ((seq->is_string() || seq->is_plain_list()) && (cnt->kind == Kind::Int || cnt->kind == Kind::Bool)) {
       int64_t times = cnt->kind == Kind::Bool ? cnt->b : cnt->i;
-      // Checked before anything is built: 'x' * 10**12 is an error, not an OOM kill.
-      const size_t unit = seq->is_string() ? seq->s.size() : list_bytes(*seq->list);
-      if (times > 0 && unit > 0 && uint64_t(times) > kMaxStringBytes / unit)
-        throw TemplateError(detail::str("chat template line ", e.line, ": '*' would build ", times,
-                                        " copies of ", unit, " bytes, over the template limit of ",
-                                        kMaxStringBytes, " bytes"));
+      if (seq->is_string() ? seq->s.empty() : seq->list->empty()) times = 0;  // '' * 10**9: no loop
+      // A list's bytes as copied: each item a Value, a string item with its text (a nested list
+      // is shared), so ['x' * 4000000] * 1000 is refused too.
+      double unit = double(seq->is_string() ? seq->s.size() : 0);
+      if (!seq->is_string())
+        for (const Value& x : *seq->list) unit += double(sizeof(Value) + x.s.size());
+      check_size(double(times) * unit, "'*'");
       if (seq->is_string()) {
         std::string rep;
-        for (int64_t k = 0; k < times; ++k) rep += seq->s;
+        rep.reserve(size_t(std::max<int64_t>(times, 0)) * seq->s.size());
+        for (int64_t k = 0; k < times; ++k) rep.append(seq->s);
         return Value::string(rep);
       }
       List items;

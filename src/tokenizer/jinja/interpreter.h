@@ -61,14 +61,6 @@ List iterate(const Value& v);
 // Python's `fmt % args` (printf-style) for the `%` operator and the `format` filter.
 std::string percent_format(const std::string& fmt, const Value& args);
 
-// Bounds on one render (besides value.h's on one string and on nesting), so a template that
-// loops without end or builds gigabytes stops with a TemplateError in about a second:
-// steps = nodes executed + expressions evaluated + loop iterations; work = the bytes of every
-// string and list the template built, summed (memory traffic, not memory held). A real chat
-// template takes ~100 steps and a few copies of the conversation per message.
-inline constexpr int64_t kMaxSteps = 5'000'000;
-inline constexpr uint64_t kMaxWorkBytes = uint64_t(512) << 20;
-
 class Interpreter {
  public:
   std::string render(const Body& body, Scope& globals);
@@ -87,13 +79,7 @@ class Interpreter {
   Value make_macro(const Node& n, Scope& s);
   Value binary(const Expr& e, Scope& s);
   CallArgs eval_args(const Expr& e, Scope& s, size_t first);
-  void tick();
-  void charge(size_t bytes);
-  const Value& charged(const Value& v);
-  void append(std::string& out, const std::string& text);
   int depth_ = 0;
-  int64_t steps_ = 0;
-  uint64_t work_ = 0;
 };
 
 // Prefixes a runtime error with its template line, once.

@@ -102,7 +102,12 @@ std::string str_format(const std::string& fmt, CallArgs& a) {
           throw TemplateError("Replacement index out of range for positional args tuple");
         v = &a.args[auto_idx++];
       } else if (std::isdigit(static_cast<unsigned char>(field[0]))) {
-        size_t idx = std::stoul(field);
+        size_t idx = 0;
+        for (char d : field) {
+          if (!std::isdigit(static_cast<unsigned char>(d)) || idx > a.args.size())
+            throw TemplateError(detail::str("KeyError: '", field, "'"));
+          idx = idx * 10 + size_t(d - '0');
+        }
         if (idx >= a.args.size())
           throw TemplateError("Replacement index out of range for positional args tuple");
         v = &a.args[idx];
@@ -112,7 +117,6 @@ std::string str_format(const std::string& fmt, CallArgs& a) {
         if (!v) throw TemplateError(detail::str("KeyError: '", field, "'"));
       }
       out += to_str(*v);
-      check_string_size(out.size());
       k = e;
     } else if (c == '}') {
       throw TemplateError("Single '}' encountered in format string");
@@ -180,7 +184,7 @@ Value string_method(const Value& self, const std::string& name) {
            if (!first) out += s.s;
            first = false;
            out += x.s;
-           check_string_size(out.size());
+           check_size(double(out.size()), "join");
          }
          return Value::string(out);
        }},
@@ -397,6 +401,36 @@ List iterate(const Value& v) {
   }
 }
 
+namespace {
+
+// snprintf into a string of the size it needs (a width of a billion is refused, not truncated).
+template <typename... A>
+std::string c_format(const std::string& f, A... a) {
+  double field = 0;  // each width / precision of the spec, checked before printf pads to it
+  for (char c : f) {
+    field = std::isdigit(static_cast<unsigned char>(c)) ? field * 10 + (c - '0') : 0;
+    check_size(field, "format");
+  }
+  const int n = std::snprintf(nullptr, 0, f.c_str(), a...);
+  if (n < 0) throw TemplateError(detail::str("format '", f, "': the field is too wide"));
+  check_size(double(n), "format");
+  std::string r(size_t(n) + 1, '\0');
+  std::snprintf(r.data(), r.size(), f.c_str(), a...);
+  r.resize(size_t(n));
+  return r;
+}
+
+// %d / %x of a number: Python's int(x), an error for NaN, infinities and what int64 cannot hold.
+long long format_int(const Value& v, const char* what) {
+  if (v.kind == Kind::Int) return static_cast<long long>(v.i);
+  const double x = as_double(v, what);
+  if (!(x > -9.2e18 && x < 9.2e18))
+    throw TemplateError(detail::str(what, " format: ", float_repr(x), " cannot be converted to an integer"));
+  return static_cast<long long>(x);
+}
+
+}  // namespace
+
 std::string percent_format(const std::string& fmt, const Value& args) {
   List positional;
   const Value* mapping = nullptr;
@@ -435,40 +469,28 @@ std::string percent_format(const std::string& fmt, const Value& args) {
       if (next >= positional.size()) throw TemplateError("not enough arguments for format string");
       v = &positional[next++];
     }
-    char buf[512];
     switch (type) {
       case 's':
       case 'r': {
         std::string s = type == 's' ? to_str(*v) : repr(*v);
-        std::snprintf(buf, sizeof buf, (spec + "s").c_str(), s.c_str());
-        out += spec == "%" ? s : std::string(buf);
+        out += spec == "%" ? s : c_format(spec + "s", s.c_str());
         break;
       }
       case 'd':
-      case 'i': {
-        int64_t x =
-            v->kind == Kind::Float ? static_cast<int64_t>(v->f) : static_cast<int64_t>(as_double(*v, "%d"));
-        std::snprintf(buf, sizeof buf, (spec + "lld").c_str(), static_cast<long long>(x));
-        out += buf;
+      case 'i':
+        out += c_format(spec + "lld", format_int(*v, "%d"));
         break;
-      }
       case 'f':
       case 'F':
       case 'e':
-      case 'g': {
-        double x = as_double(*v, "%f");
-        std::snprintf(buf, sizeof buf, (spec + type).c_str(), x);
-        out += buf;
+      case 'g':
+        out += c_format(spec + type, as_double(*v, "%f"));
         break;
-      }
       case 'x':
       case 'X':
-      case 'o': {
-        std::snprintf(buf, sizeof buf, (spec + "ll" + type).c_str(),
-                      static_cast<long long>(as_double(*v, "%x")));
-        out += buf;
+      case 'o':
+        out += c_format(spec + "ll" + type, format_int(*v, "%x"));
         break;
-      }
       default:
         throw UnsupportedError(detail::str("printf-style format '%", type, "' is not supported"));
     }
@@ -502,6 +524,7 @@ void add_globals(Scope& scope) {
     for (int64_t k = start; step > 0 ? k < stop : k > stop; k += step) {
       out.push_back(Value::integer(k));
       if (out.size() > 100000) throw TemplateError("range too big");
+      charge_step();
     }
     Value r = Value::make_iter(std::move(out), Iter::Range);
     r.s = step == 1 ? detail::str("range(", start, ", ", stop, ")")

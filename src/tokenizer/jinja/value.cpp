@@ -13,17 +13,33 @@
 
 namespace nibble::jinja {
 
-const Value* Value::find(const std::string& key) const {
-  if (kind != Kind::Map) return nullptr;
-  for (const auto& [k, v] : *dict)
-    if (k == key) return &v;
-  return nullptr;
+RenderBudget*& current_budget() {
+  thread_local RenderBudget* budget = nullptr;
+  return budget;
 }
 
-void check_string_size(size_t n) {
+void charge_step(int64_t n) {
+  RenderBudget* b = current_budget();
+  if (b && (b->steps += n) > kMaxRenderSteps)
+    throw TemplateError(detail::str("the template runs more than ", kMaxRenderSteps,
+                                    " steps (statements, loop iterations, calls)"));
+}
+
+void charge_bytes(size_t n) {
+  RenderBudget* b = current_budget();
+  if (!b) return;
   if (n > kMaxStringBytes)
     throw TemplateError(
-        detail::str("a string of ", n, " bytes exceeds the template limit of ", kMaxStringBytes, " bytes"));
+        detail::str("the template makes a string of ", n, " bytes (the limit is ", kMaxStringBytes, ")"));
+  b->bytes += int64_t(n);
+  if (b->bytes > kMaxRenderBytes)
+    throw TemplateError(detail::str("the template makes more than ", kMaxRenderBytes, " bytes of text"));
+}
+
+void check_size(double n, const char* what) {
+  if (!(n <= double(kMaxStringBytes)))
+    throw TemplateError(
+        detail::str(what, ": a result of ", n, " bytes or items (the limit is ", kMaxStringBytes, ")"));
 }
 
 static uint32_t deeper(uint32_t deepest) {
@@ -42,6 +58,13 @@ uint32_t Value::nest_of(const Dict& items) {
   uint32_t d = 0;
   for (const auto& kv : items) d = std::max(d, kv.second.nest);
   return deeper(d);
+}
+
+const Value* Value::find(const std::string& key) const {
+  if (kind != Kind::Map) return nullptr;
+  for (const auto& [k, v] : *dict)
+    if (k == key) return &v;
+  return nullptr;
 }
 
 void Value::set(const std::string& key, Value v) {
@@ -187,7 +210,7 @@ std::string repr(const Value& v) {
       for (size_t k = 0; k < v.list->size(); ++k) {
         if (k) out += ", ";
         out += repr((*v.list)[k]);
-        check_string_size(out.size());
+        check_size(double(out.size()), "repr");
       }
       if (v.is_tuple && v.list->size() == 1) out += ",";
       return out + (v.is_tuple ? ")" : "]");
@@ -200,7 +223,7 @@ std::string repr(const Value& v) {
         if (!first) out += ", ";
         first = false;
         out += repr(key_value(k)) + ": " + repr(x);
-        check_string_size(out.size());
+        check_size(double(out.size()), "repr");
       }
       return out + "}";
     }
@@ -347,8 +370,8 @@ Value from_json(const nlohmann::json& j) {
 static void json_dump(std::string& out, const Value& v, int indent, int level, const std::string& item_sep,
                       const std::string& key_sep, bool ascii) {
   auto newline = [&](int lv) {
-    check_string_size(out.size() + 1 + static_cast<size_t>(indent) * lv);
     out += '\n';
+    check_size(double(out.size()) + double(indent) * lv, "tojson");
     out.append(static_cast<size_t>(indent) * lv, ' ');
   };
   switch (v.kind) {
@@ -383,7 +406,7 @@ static void json_dump(std::string& out, const Value& v, int indent, int level, c
         if (k) out += item_sep;
         if (indent >= 0) newline(level + 1);
         json_dump(out, (*v.list)[k], indent, level + 1, item_sep, key_sep, ascii);
-        check_string_size(out.size());
+        check_size(double(out.size()), "tojson");
       }
       if (indent >= 0) newline(level);
       out += ']';
@@ -405,7 +428,7 @@ static void json_dump(std::string& out, const Value& v, int indent, int level, c
                                    ascii);  // json.dumps writes int keys as strings
         out += key_sep;
         json_dump(out, x, indent, level + 1, item_sep, key_sep, ascii);
-        check_string_size(out.size());
+        check_size(double(out.size()), "tojson");
       }
       if (indent >= 0) newline(level);
       out += '}';

@@ -24,17 +24,30 @@ class TemplateError : public Error {
   using Error::Error;
 };
 
-// Bounds on what a template can build, so a hostile one ends in a TemplateError instead of an
-// OOM kill or a stack overflow (the interpreter adds bounds on steps and total work):
-// - one string (or one list's bytes) at most kMaxStringBytes (64 MiB: twice what a tokenizer
-//   encodes in one call, Tokenizer::kMaxEncodeBytes), checked before it is built;
-// - lists and dicts nested at most kMaxNesting deep (printing, comparing and freeing recurse).
-inline constexpr size_t kMaxStringBytes = size_t(64) << 20;
-inline constexpr uint32_t kMaxNesting = 1000;
-// TemplateError naming the limit when a string of n bytes would exceed kMaxStringBytes.
-void check_string_size(size_t n);
-
 struct Value;
+
+// Bounds on one render, so that a hostile template (loops of loops, 'x' * 10**12, a width of a
+// billion) ends in a TemplateError, never a hang or an out-of-memory kill. Real chat templates
+// stay far below them: a long conversation takes thousands of steps and kilobytes of text.
+inline constexpr int64_t kMaxRenderSteps = 100'000;         // statements, range items, calls; loop iterations
+inline constexpr size_t kMaxStringBytes = size_t(4) << 20;  // one string, list or the output
+inline constexpr int64_t kMaxRenderBytes = int64_t(1) << 28;  // bytes of strings made in all
+// The render in progress on this thread (none outside Interpreter::render: no bounds).
+struct RenderBudget {
+  int64_t steps = 0, bytes = 0;
+};
+RenderBudget*& current_budget();
+// `n` steps of the current render; TemplateError past kMaxRenderSteps.
+void charge_step(int64_t n = 1);
+// A string of n bytes made; TemplateError past kMaxStringBytes, or kMaxRenderBytes in all.
+void charge_bytes(size_t n);
+// TemplateError when a string or list of n bytes / items (`what` names the operation) would
+// pass kMaxStringBytes; checked before it is built.
+void check_size(double n, const char* what);
+// Lists and dicts nest at most kMaxNesting deep: printing, comparing, converting and freeing a
+// value recurse once per level, so a template (or a caller's JSON) nesting 100,000 deep would
+// overflow the stack. Checked when a list or dict is built.
+inline constexpr uint32_t kMaxNesting = 1000;
 using List = std::vector<Value>;
 // Insertion-ordered, as Python dicts are; chat dicts are small, so lookup is linear.
 using Dict = std::vector<std::pair<std::string, Value>>;
@@ -103,6 +116,7 @@ struct Value {
     return v;
   }
   static Value string(std::string x) {
+    charge_bytes(x.size());
     Value v;
     v.kind = Kind::String;
     v.s = std::move(x);

@@ -85,8 +85,12 @@ struct LoraAdapter {
   // Generator: std::mt19937_64(seed) with our own uniform/normal transforms (documented in
   // lora.cpp), reproducible across platforms but NOT bit-equal to torch's RNG.
   static LoraAdapter init(const LoraConfig& cfg, const std::vector<LinearSite>& sites, uint64_t seed);
-  // adapter_config.json + adapter_model.safetensors (peft names, f32), both atomically.
+  // adapter_config.json + adapter_model.safetensors (peft names, f32), replacing the folder as
+  // a whole: a crash leaves the old adapter or the new one (io/atomic_dir.h).
   void save(const std::filesystem::path& dir) const;
+  // The same two files written into the existing folder dir, one after the other (for a
+  // writer that makes the whole folder crash-safe itself, as a training checkpoint does).
+  void write_files(const std::filesystem::path& dir) const;
   // Reads a peft adapter folder; checks every module exists in sites with matching shapes
   // (ShapeError naming the tensor) and that every A has a B.
   static LoraAdapter load(const std::filesystem::path& dir, const std::vector<LinearSite>& sites);

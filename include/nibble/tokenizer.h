@@ -43,6 +43,10 @@ class Tokenizer {
   static Tokenizer from_json(const nlohmann::json& tokenizer, const nlohmann::json& tokenizer_config,
                              const nlohmann::json& special_tokens_map);
 
+  // Input longer than kMaxEncodeBytes is a FormatError: an encoding holds ~100 bytes per token
+  // and a token can be one byte of input, so the bound keeps one call within a few GB (HF has
+  // no bound; 32 MiB is ~8M tokens, beyond any context nibble runs). Encode longer text in parts.
+  static constexpr size_t kMaxEncodeBytes = size_t(32) << 20;
   Encoding encode(std::string_view text, bool add_special_tokens = true) const;
   // HF `tokenizers`' decode: skip_special_tokens skips the added tokens tokenizer.json marks
   // special (and, for `normalized` ones, only by their decoded form, as HF does).

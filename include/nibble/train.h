@@ -60,6 +60,8 @@ class PeftModel {
   // adapter_config.json (inference_mode true, base_model_name_or_path the base's folder unless
   // set) + adapter_model.safetensors, as peft writes them, each file atomically.
   void save_pretrained(const std::filesystem::path& dir) const;
+  // The adapter as save_pretrained writes it (inference_mode, base_model_name_or_path set).
+  LoraAdapter adapter_to_save() const;
 
   // The base with the adapter folded in: every adapted weight dequantized to f32, W + s·B·A
   // added, then kept in f32 (requantize false: a plain fp model) or quantized again with the
@@ -152,6 +154,11 @@ class LoraTrainer {
   // Optimizer state (AdamW moments and step) for checkpoints: optimizer.safetensors in dir.
   void save_state(const std::filesystem::path& dir) const;
   void load_state(const std::filesystem::path& dir);
+  // A training checkpoint folder (transformers' checkpoint-N): peft's adapter files,
+  // optimizer.safetensors and trainer_state.json (the text given), replacing dir as a whole:
+  // a crash leaves the complete old folder or the complete new one (see io/atomic_dir.h).
+  void save_checkpoint(const std::filesystem::path& dir, const PeftModel& model,
+                       const std::string& trainer_state_json) const;
 
   struct Impl;
 

@@ -7,6 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "io/read_file.h"
 #include "nibble/error.h"
 #include "nibble/safetensors.h"
 
@@ -33,14 +34,12 @@ bool escapes_folder(const fs::path& p) {
 
 // weight_map of the index: tensor name -> shard file name (relative to the folder).
 std::map<std::string, std::string> read_weight_map(const fs::path& index) {
-  std::ifstream in(index, std::ios::binary);
-  if (!in) throw IoError("cannot read " + index.string());
-  std::stringstream ss;
-  ss << in.rdbuf();
-  if (in.bad()) throw IoError("cannot read " + index.string());
+  const std::string text = io::read_text_file(index);
   json j;
   try {
-    j = json::parse(ss.str());
+    j = io::parse_json(text);
+  } catch (const io::JsonLimitError& e) {
+    index_error(index, e.what());
   } catch (const json::exception&) {
     index_error(index, "not valid JSON");
   }
@@ -89,12 +88,14 @@ Checkpoint Checkpoint::open(const fs::path& dir) {
     c.files_.push_back(SafetensorsFile::open(p));
     const SafetensorsFile& f = c.files_.back();
     for (const std::string& n : names)
-      if (!f.contains(n)) index_error(index, "tensor '" + n + "' is mapped to shard '" + shard + "' but is not in it");
+      if (!f.contains(n))
+        index_error(index, "tensor '" + n + "' is mapped to shard '" + shard + "' but is not in it");
     for (const std::string& n : f.names()) {
       auto [it, fresh] = c.where_.emplace(n, c.files_.size() - 1);
       if (!fresh)
-        index_error(index, "tensor '" + n + "' is in both shard '" + c.files_[it->second].path().filename().string() +
-                               "' and shard '" + shard + "'");
+        index_error(index, "tensor '" + n + "' is in both shard '" +
+                               c.files_[it->second].path().filename().string() + "' and shard '" + shard +
+                               "'");
     }
   }
   return c;
@@ -109,13 +110,15 @@ std::vector<std::string> Checkpoint::names() const {
 
 const TensorInfo& Checkpoint::info(const std::string& name) const {
   auto it = where_.find(name);
-  if (it == where_.end()) throw FormatError(dir_.string() + ": no tensor named '" + name + "' in the checkpoint");
+  if (it == where_.end())
+    throw FormatError(dir_.string() + ": no tensor named '" + name + "' in the checkpoint");
   return files_[it->second].info(name);
 }
 
 Tensor Checkpoint::get(const std::string& name) const {
   auto it = where_.find(name);
-  if (it == where_.end()) throw FormatError(dir_.string() + ": no tensor named '" + name + "' in the checkpoint");
+  if (it == where_.end())
+    throw FormatError(dir_.string() + ": no tensor named '" + name + "' in the checkpoint");
   return files_[it->second].get(name);
 }
 

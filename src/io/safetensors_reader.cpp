@@ -20,6 +20,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "io/read_file.h"
 #include "io/utf8.h"
 #include "nibble/error.h"
 #include "nibble/safetensors.h"
@@ -67,7 +68,9 @@ std::string printable(const std::string& s) {
   return out;
 }
 
-std::string tensor_ctx(const std::string& name) { return "tensor " + quote_name(name) + ": "; }
+std::string tensor_ctx(const std::string& name) {
+  return "tensor " + quote_name(name) + ": ";
+}
 
 // Records the first duplicate key of any JSON object while nlohmann parses; nlohmann itself
 // keeps the last value silently, which would let two readers see different tensors.
@@ -96,7 +99,8 @@ struct DuplicateKeyFinder {
           else if (stack.size() == 1)
             duplicate = "duplicate key '__metadata__'";
           else
-            duplicate = "duplicate key " + quote_name(last_key) + " in entry " + quote_name(stack.back().owner);
+            duplicate =
+                "duplicate key " + quote_name(last_key) + " in entry " + quote_name(stack.back().owner);
         }
         break;
       }
@@ -120,8 +124,10 @@ const json& field(const std::string& origin, const std::string& name, const json
   return *it;
 }
 
-TensorInfo parse_entry(const std::string& origin, const std::string& name, const json& entry, uint64_t data_len) {
-  if (!entry.is_object()) fail(origin, tensor_ctx(name) + "entry is a JSON " + entry.type_name() + ", not a JSON object");
+TensorInfo parse_entry(const std::string& origin, const std::string& name, const json& entry,
+                       uint64_t data_len) {
+  if (!entry.is_object())
+    fail(origin, tensor_ctx(name) + "entry is a JSON " + entry.type_name() + ", not a JSON object");
   TensorInfo info;
   info.name = name;
 
@@ -136,8 +142,8 @@ TensorInfo parse_entry(const std::string& origin, const std::string& name, const
   // Checked like the Python library (checked_mul over the dims, then by the item size): a
   // huge dim overflows even when a later dim is 0.
   auto overflow = [&] {
-    fail(origin, tensor_ctx(name) + "shape " + printable(shape.dump()) + " of " + traits(info.dtype).safetensors +
-                     " overflows a 64-bit byte count");
+    fail(origin, tensor_ctx(name) + "shape " + printable(shape.dump()) + " of " +
+                     traits(info.dtype).safetensors + " overflows a 64-bit byte count");
   };
   int64_t numel = 1;
   for (const json& d : shape) {
@@ -156,13 +162,15 @@ TensorInfo parse_entry(const std::string& origin, const std::string& name, const
   std::optional<uint64_t> begin, end;
   if (offs.is_array() && offs.size() == 2) begin = as_index(offs[0]), end = as_index(offs[1]);
   if (!begin || !end)
-    fail(origin, tensor_ctx(name) + "data_offsets " + printable(offs.dump()) + " are not two non-negative integers");
+    fail(origin,
+         tensor_ctx(name) + "data_offsets " + printable(offs.dump()) + " are not two non-negative integers");
   info.begin = *begin;
   info.end = *end;
   std::string range = str("data_offsets [", info.begin, ", ", info.end, "]");
   if (info.begin > info.end) fail(origin, tensor_ctx(name) + range + ": begin is after end");
   if (info.end > data_len)
-    fail(origin, tensor_ctx(name) + range + " end beyond the data section of " + std::to_string(data_len) + " bytes");
+    fail(origin,
+         tensor_ctx(name) + range + " end beyond the data section of " + std::to_string(data_len) + " bytes");
   if (info.end - info.begin != uint64_t(nbytes))
     fail(origin, tensor_ctx(name) + str(range, " hold ", info.end - info.begin, " bytes but ",
                                         traits(info.dtype).safetensors, " ", shape_str(info.shape), " needs ",
@@ -171,7 +179,8 @@ TensorInfo parse_entry(const std::string& origin, const std::string& name, const
 }
 
 std::map<std::string, std::string> parse_metadata(const std::string& origin, const json& m) {
-  if (!m.is_object()) fail(origin, std::string("__metadata__ is a JSON ") + m.type_name() + ", not an object");
+  if (!m.is_object())
+    fail(origin, std::string("__metadata__ is a JSON ") + m.type_name() + ", not an object");
   std::map<std::string, std::string> out;
   for (const auto& [k, v] : m.items()) {
     if (!v.is_string())
@@ -188,26 +197,32 @@ SafetensorsHeader parse_safetensors_header(const uint8_t* data, size_t size, con
   uint64_t n = 0;
   for (int i = 7; i >= 0; --i) n = (n << 8) | data[i];  // little-endian u64
   if (n == 0) fail(origin, "header length 0: the file has no JSON header");
-  if (n > kMaxHeaderBytes) fail(origin, str("header length ", n, " exceeds the limit of ", kMaxHeaderBytes, " bytes"));
-  if (n > size - 8) fail(origin, str("header length ", n, " runs past the end of the file (", size, " bytes)"));
+  if (n > kMaxHeaderBytes)
+    fail(origin, str("header length ", n, " exceeds the limit of ", kMaxHeaderBytes, " bytes"));
+  if (n > size - 8)
+    fail(origin, str("header length ", n, " runs past the end of the file (", size, " bytes)"));
 
   const char* text = reinterpret_cast<const char*>(data) + 8;
   if (!io::valid_utf8(text, n)) fail(origin, "header is not valid UTF-8");
   // JSON text never holds a raw NUL (not even inside strings), but nlohmann stops at one as
   // if the input ended there, so "{}\0garbage" would pass; serde_json rejects it.
   if (const void* nul = std::memchr(text, 0, n))
-    fail(origin, str("header is not valid JSON: NUL byte at header offset ", static_cast<const char*>(nul) - text));
+    fail(origin,
+         str("header is not valid JSON: NUL byte at header offset ", static_cast<const char*>(nul) - text));
   DuplicateKeyFinder dups;
   json root;
   try {
-    root = json::parse(text, text + n,
-                       [&dups](int depth, json::parse_event_t ev, json& parsed) { return dups.on_event(depth, ev, parsed); });
+    io::check_json_depth(std::string_view(text, n));  // serde_json's own limit is 128
+    root = json::parse(text, text + n, [&dups](int depth, json::parse_event_t ev, json& parsed) {
+      return dups.on_event(depth, ev, parsed);
+    });
   } catch (const json::exception& e) {
     std::string what = e.what();
     if (auto p = what.find("] "); p != std::string::npos) what.erase(0, p + 2);  // drop "[json.exception...]"
     fail(origin, "header is not valid JSON: " + printable(what));
   }
-  if (!root.is_object()) fail(origin, std::string("header is a JSON ") + root.type_name() + ", not a JSON object");
+  if (!root.is_object())
+    fail(origin, std::string("header is a JSON ") + root.type_name() + ", not a JSON object");
   if (text[0] != '{') fail(origin, "header does not start with '{'");  // as safetensors >= 0.4 demands
   if (dups.duplicate) fail(origin, *dups.duplicate);
 
@@ -216,8 +231,10 @@ SafetensorsHeader parse_safetensors_header(const uint8_t* data, size_t size, con
   uint64_t data_len = size - 8 - n;
   h.tensors.reserve(root.size());
   for (const auto& [key, val] : root.items()) {
-    if (key == "__metadata__") h.metadata = parse_metadata(origin, val);
-    else h.tensors.push_back(parse_entry(origin, key, val, data_len));
+    if (key == "__metadata__")
+      h.metadata = parse_metadata(origin, val);
+    else
+      h.tensors.push_back(parse_entry(origin, key, val, data_len));
   }
 
   // The tensors, in offset order, must tile [0, data_len) with neither gaps nor overlaps.
@@ -229,11 +246,13 @@ SafetensorsHeader parse_safetensors_header(const uint8_t* data, size_t size, con
   for (const TensorInfo& t : h.tensors) {
     std::string range = str("data_offsets [", t.begin, ", ", t.end, "]");
     if (t.begin < covered)
-      fail(origin, tensor_ctx(t.name) + range + str(" overlap tensor ", quote_name(prev->name), " [", prev->begin,
-                                                      ", ", prev->end, "]"));
+      fail(origin,
+           tensor_ctx(t.name) + range +
+               str(" overlap tensor ", quote_name(prev->name), " [", prev->begin, ", ", prev->end, "]"));
     if (t.begin > covered)
-      fail(origin, tensor_ctx(t.name) + range + str(" leave a gap of ", t.begin - covered, " bytes after offset ",
-                                                      covered, " (tensors must tile the data section from 0)"));
+      fail(origin, tensor_ctx(t.name) + range +
+                       str(" leave a gap of ", t.begin - covered, " bytes after offset ", covered,
+                           " (tensors must tile the data section from 0)"));
     covered = t.end;
     if (t.end > t.begin || !prev) prev = &t;
   }
@@ -247,7 +266,7 @@ SafetensorsFile SafetensorsFile::open(const fs::path& path) {
   const std::string origin = path.string();
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) throw IoError(str("cannot open ", origin, ": ", std::strerror(errno)));
-  struct stat st{};
+  struct stat st {};
   if (::fstat(fd, &st) != 0) {
     int err = errno;
     ::close(fd);
@@ -305,6 +324,8 @@ void SafetensorsFile::release(const std::string& name) const {
   if (last > first) (void)::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
 }
 
-size_t SafetensorsFile::file_size() const { return map_ ? map_->nbytes() : 0; }
+size_t SafetensorsFile::file_size() const {
+  return map_ ? map_->nbytes() : 0;
+}
 
 }  // namespace nibble

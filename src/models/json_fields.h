@@ -130,7 +130,7 @@ class JsonFields {
 inline nlohmann::json read_json_file(const std::filesystem::path& p) {
   const std::string text = io::read_text_file(p);
   try {
-    return nlohmann::json::parse(text);
+    return io::parse_json(text);
   } catch (const nlohmann::json::exception& e) {
     throw FormatError(p.string() + ": not valid JSON (" + e.what() + ")");
   }

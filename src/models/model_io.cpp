@@ -7,6 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "io/atomic_dir.h"
 #include "models/causal_lm_impl.h"
 #include "nibble/error.h"
 
@@ -20,7 +21,8 @@ std::vector<ModuleInfo> CausalLM::modules() const {
   std::vector<ModuleInfo> out;
   const std::string P = s.prefix;
   out.push_back({P + s.embed, s.embed_class});
-  if (m.pos_embed.defined()) out.push_back({P + s.pos_embed, s.pos_offset ? "OPTLearnedPositionalEmbedding" : "Embedding"});
+  if (m.pos_embed.defined())
+    out.push_back({P + s.pos_embed, s.pos_offset ? "OPTLearnedPositionalEmbedding" : "Embedding"});
   if (m.embed_norm.defined()) out.push_back({P + s.embed_norm, s.norm_class});
   for (size_t i = 0; i < m.layers.size(); ++i) {
     const DecoderLayer& L = m.layers[i];
@@ -48,7 +50,8 @@ int64_t CausalLM::get_memory_footprint() const {
   auto norm_bytes = [&](const Norm& n) { return bytes(n.w) + bytes(n.b); };
   int64_t b = bytes(m.embed) + bytes(m.pos_embed) + norm_bytes(m.embed_norm) + norm_bytes(m.final_norm);
   for (const auto& L : m.layers) {
-    for (const Norm* n : {&L.attn_norm, &L.mlp_norm, &L.post_attn_norm, &L.post_mlp_norm, &L.q_norm, &L.k_norm})
+    for (const Norm* n :
+         {&L.attn_norm, &L.mlp_norm, &L.post_attn_norm, &L.post_mlp_norm, &L.q_norm, &L.k_norm})
       b += norm_bytes(*n);
     for (const auto& l : L.qkv) b += l.lin.footprint_bytes();
     b += L.o.lin.footprint_bytes();
@@ -92,7 +95,8 @@ namespace {
 // Greedy sharding in name order, as transformers splits a state dict: a new shard starts when
 // the next tensor would push the current one past the limit (a lone oversized tensor gets its
 // own shard).
-void save_weights(const std::filesystem::path& dir, const std::map<std::string, Tensor>& sd, int64_t max_shard) {
+void save_weights(const std::filesystem::path& dir, const std::map<std::string, Tensor>& sd,
+                  int64_t max_shard) {
   int64_t total = 0;
   for (const auto& [k, v] : sd) total += int64_t(v.nbytes());
   if (total <= max_shard) {
@@ -151,14 +155,22 @@ void CausalLM::save_pretrained(const std::filesystem::path& dir, int64_t max_sha
     if (!s.lm_head_tensor.empty()) head.name = s.lm_head_tensor;
     put_linear(sd, head);
   }
-  std::filesystem::create_directories(dir);
-  save_weights(dir, sd, max_shard_size);
+  // The folder is replaced as a whole (io::AtomicDir): a crash leaves the old model or the new
+  // one, never new weights beside an old config. Other files there (tokenizer, README) stay;
+  // old weight files (a shard count that changed) go, as transformers removes them.
+  io::AtomicDir out(dir, [](const std::string& n) {
+    return n == "config.json" || n == "generation_config.json" ||
+           (n.starts_with("model") &&
+            (n.ends_with(".safetensors") || n.ends_with(".safetensors.index.json")));
+  });
+  save_weights(out.path(), sd, max_shard_size);
   nlohmann::ordered_json config = m.config.raw;
   if (m.qc) config["quantization_config"] = nlohmann::ordered_json(m.qc->to_dict());
-  write_json(dir / "config.json", config);
+  write_json(out.path() / "config.json", config);
   nlohmann::ordered_json gen = m.generation.raw.is_null() ? nlohmann::ordered_json::object()
-                                                           : nlohmann::ordered_json(m.generation.raw);
-  write_json(dir / "generation_config.json", gen);
+                                                          : nlohmann::ordered_json(m.generation.raw);
+  write_json(out.path() / "generation_config.json", gen);
+  out.commit();
 }
 
 }  // namespace nibble

@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "io/pyjson.h"
+#include "io/read_file.h"
 #include "nibble/error.h"
 
 namespace nibble {
@@ -232,7 +233,8 @@ json BitsAndBytesConfig::to_diff_dict() const {
 
 std::string BitsAndBytesConfig::to_json_string(bool use_diff) const {
   try {
-    return io::python_json_dumps(use_diff ? to_diff_dict() : to_dict(), {.indent = 2, .sort_keys = true}) + "\n";
+    return io::python_json_dumps(use_diff ? to_diff_dict() : to_dict(), {.indent = 2, .sort_keys = true}) +
+           "\n";
   } catch (const FormatError& e) {  // a field holding bytes Python could not hold as a str
     throw ConfigError(str(kWho, e.what()));
   }
@@ -279,12 +281,11 @@ BitsAndBytesConfig BitsAndBytesConfig::from_dict(const json& d) {
 
 BitsAndBytesConfig BitsAndBytesConfig::from_config_json(const std::filesystem::path& config_json) {
   const std::string where = config_json.string();
-  std::ifstream f(config_json, std::ios::binary);
-  if (!f) throw IoError(str("cannot open ", where, ": ", std::strerror(errno)));
+  const std::string text = io::read_text_file(config_json);
   json root;
   try {
-    root = json::parse(f);
-  } catch (const json::parse_error& e) {
+    root = io::parse_json(text);
+  } catch (const json::exception& e) {
     throw FormatError(str(where, ": invalid JSON: ", e.what()));
   }
   if (!root.is_object()) throw FormatError(str(where, ": expected a JSON object at top level"));

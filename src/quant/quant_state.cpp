@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "io/pyjson.h"
+#include "io/read_file.h"
 #include "nibble/error.h"
 #include "nibble/quant.h"
 
@@ -25,7 +26,9 @@ int64_t QuantState4::state_bytes() const {
 
 namespace {
 
-const char* torch_name(DType t) { return traits(t).torch; }
+const char* torch_name(DType t) {
+  return traits(t).torch;
+}
 
 Tensor f32_vector(const float* p, int64_t n) {
   Tensor t = Tensor::empty({n}, DType::F32);
@@ -112,23 +115,31 @@ QuantState4 quant_state_from_dict(const std::map<std::string, Tensor>& d, const 
       ++found;
     }
   if (found != 1)
-    throw FormatError(str(where, ": expected exactly one quant_state.bitsandbytes__nf4|fp4 entry, found ", found));
+    throw FormatError(
+        str(where, ": expected exactly one quant_state.bitsandbytes__nf4|fp4 entry, found ", found));
   const Tensor& blob = d.at(key);
   if (blob.dtype() != DType::U8 || blob.dim() != 1)
     throw FormatError(str(where, ".", key, ": expected a 1-D uint8 tensor"));
   Tensor hb = blob.to(Device::cpu()).contiguous();
   std::string text(reinterpret_cast<const char*>(hb.data_ptr()), hb.nbytes());
-  nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
-  if (j.is_discarded() || !j.is_object()) throw FormatError(str(where, ".", key, ": not a JSON object"));
+  nlohmann::json j;
+  try {
+    j = io::parse_json(text);
+  } catch (const nlohmann::json::exception& e) {
+    throw FormatError(str(where, ".", key, ": not a JSON object (", e.what(), ")"));
+  }
+  if (!j.is_object()) throw FormatError(str(where, ".", key, ": not a JSON object"));
   std::string w = str(where, ".", key);
 
   QuantState4 st;
   auto qt = json_field<std::string>(j, "quant_type", w);
-  if (qt == "nf4") st.quant_type = DType::NF4;
-  else if (qt == "fp4") st.quant_type = DType::FP4;
-  else throw FormatError(str(w, ": quant_type '", qt, "' is not nf4 or fp4"));
-  if (key != blob_key(st.quant_type))
-    throw FormatError(str(w, ": key does not match quant_type '", qt, "'"));
+  if (qt == "nf4")
+    st.quant_type = DType::NF4;
+  else if (qt == "fp4")
+    st.quant_type = DType::FP4;
+  else
+    throw FormatError(str(w, ": quant_type '", qt, "' is not nf4 or fp4"));
+  if (key != blob_key(st.quant_type)) throw FormatError(str(w, ": key does not match quant_type '", qt, "'"));
   st.blocksize = json_field<int64_t>(j, "blocksize", w);
   if (!valid_blocksize_4bit(st.blocksize))
     throw FormatError(str(w, ": blocksize ", st.blocksize, " is not a power of two in 32..4096"));
@@ -154,7 +165,8 @@ QuantState4 quant_state_from_dict(const std::map<std::string, Tensor>& d, const 
   if (st.nested) {
     st.nested_blocksize = json_field<int64_t>(j, "nested_blocksize", w);
     if (st.nested_blocksize != 256)
-      throw FormatError(str(w, ": nested_blocksize ", st.nested_blocksize, " (only 256 is produced by bitsandbytes)"));
+      throw FormatError(
+          str(w, ": nested_blocksize ", st.nested_blocksize, " (only 256 is produced by bitsandbytes)"));
     st.nested_dtype = float_dtype(json_field<std::string>(j, "nested_dtype", w), w, "nested_dtype");
     if (st.nested_dtype != DType::F32) throw FormatError(str(w, ": nested_dtype must be float32"));
     st.offset = float(json_field<double>(j, "nested_offset", w));

@@ -8,10 +8,10 @@
 
 #include "io/read_file.h"
 #include "nibble/error.h"
-#include "tokenizer/tok_internal.h"
 #include "tokenizer/jinja/interpreter.h"
 #include "tokenizer/jinja/lexer.h"
 #include "tokenizer/jinja/parser.h"
+#include "tokenizer/tok_internal.h"
 
 namespace fs = std::filesystem;
 
@@ -34,7 +34,7 @@ namespace {
 
 nlohmann::ordered_json read_json(const fs::path& p) {
   try {
-    return nlohmann::ordered_json::parse(io::read_text_file(p));
+    return io::parse_json<nlohmann::ordered_json>(io::read_text_file(p));
   } catch (const nlohmann::json::exception& e) {
     throw FormatError(detail::str(p.string(), ": invalid JSON: ", e.what()));
   }

@@ -109,7 +109,9 @@ class WordLevel : public VocabModel {
 
 // Viterbi over all vocab pieces that start at each char boundary; a char no piece covers
 // becomes unk with score min_score - 10; consecutive unks fuse; unknown pieces may fall back
-// to <0xXX> byte tokens.
+// to <0xXX> byte tokens. Ties go as in HF's encode_optimized: starts visited left to right,
+// pieces by increasing length, a best path replaced only by a strictly better score (the first
+// of equal candidates stays), with the scores as serde_json reads them (serde_json_f64).
 class Unigram : public VocabModel {
  public:
   Unigram(const Json& j, const Where& w) {
@@ -122,7 +124,7 @@ class Unigram : public VocabModel {
         format_error(w.at("vocab").at(i), "is not [piece, score]");
       const std::string& piece = e[0].get_ref<const std::string&>();
       vocab_.add(piece, int64_t(i));
-      scores_.push_back(e[1].get<double>());
+      scores_.push_back(serde_json_f64(e[1].get<double>()));  // the score HF holds, to the ulp
       min_score_ = std::min(min_score_, scores_.back());
       max_len_ = std::max(max_len_, piece.size());
     }

@@ -36,6 +36,9 @@ std::string get_string(const Json& j, const char* key, const Where& w);
 std::string get_string_or(const Json& j, const char* key, const std::string& dflt, const Where& w);
 bool get_bool_or(const Json& j, const char* key, bool dflt, const Where& w);
 int64_t get_int_or(const Json& j, const char* key, int64_t dflt, const Where& w);
+// The f64 HF tokenizers holds for a JSON number that nlohmann read as x (see util.cpp): serde_json
+// without its float_roundtrip feature, which can be an ulp away from the correctly rounded x.
+double serde_json_f64(double x);
 std::string type_of(const Json& j, const Where& w);  // j["type"], a string
 
 // A piece of the text on its way through the pipeline (HF's Split of a PreTokenizedString).

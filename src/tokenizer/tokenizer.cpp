@@ -35,8 +35,8 @@ namespace {
 Json read_json(const fs::path& p) {
   const std::string text = io::read_text_file(p);
   try {
-    return Json::parse(text);
-  } catch (const Json::parse_error& e) {
+    return io::parse_json<Json>(text);
+  } catch (const Json::exception& e) {
     throw FormatError(p.filename().string() + ": malformed JSON (" + e.what() + ")");
   }
 }
@@ -147,6 +147,9 @@ Tokenizer Tokenizer::from_json(const nlohmann::json& tokenizer, const nlohmann::
 
 Encoding Tokenizer::encode(std::string_view text, bool add_special_tokens) const {
   const Impl& m = *impl_;
+  if (text.size() > kMaxEncodeBytes)
+    throw FormatError(detail::str("tokenizer: the input text is ", text.size(), " bytes, over the limit of ",
+                                  kMaxEncodeBytes, " bytes for one encode (encode it in parts)"));
   if (!tok::valid_utf8(text)) throw FormatError("tokenizer: the input text is not valid UTF-8");
   std::vector<tok::Piece> pieces;
   if (!text.empty()) pieces.push_back(tok::Piece{std::string(text), true, -1});

@@ -3,6 +3,9 @@
 // Oniguruma patterns), HF's split behaviours, and GPT-2's byte <-> char table.
 #include <algorithm>
 #include <array>
+#include <charconv>
+#include <cmath>
+#include <cstdlib>
 #include <unordered_map>
 
 #define PCRE2_CODE_UNIT_WIDTH 8
@@ -444,6 +447,52 @@ std::string byte_level_encode(std::string_view s) {
   out.reserve(s.size() * 2);
   for (char c : s) out += t.utf8[static_cast<unsigned char>(c)];
   return out;
+}
+
+// serde_json's default number reading (de.rs, f64_from_parts without float_roundtrip): the
+// decimal digits as a u64 significand (digits past u64's range dropped), converted to f64, then
+// one multiplication or division by 10^|exponent| from a table of f64 powers (by 1e308 first
+// while the exponent is beyond the table). Two roundings instead of one: "-12.130167007446289"
+// (a t5 Unigram score) becomes -12.130167007446287, one ulp off, and Unigram's near ties follow
+// that. nlohmann keeps no number text, so the digits are the shortest round-trip ones of x,
+// which is what both serde_json and Python's json write.
+double serde_json_f64(double x) {
+  if (!std::isfinite(x) || x == 0) return x;
+  static const std::array<double, 309> pow10 = [] {
+    std::array<double, 309> p{};
+    for (int k = 0; k < 309; ++k) p[size_t(k)] = std::strtod(("1e" + std::to_string(k)).c_str(), nullptr);
+    return p;
+  }();
+  char buf[64];
+  auto [end, ec] = std::to_chars(buf, buf + sizeof buf, std::fabs(x), std::chars_format::scientific);
+  if (ec != std::errc()) return x;
+  // d.dddde±XX: the digits, then the decimal exponent of the first one.
+  const char* e = std::find(buf, end, 'e');
+  uint64_t significand = 0;
+  int exponent = 0, digits = 0;
+  std::from_chars(e + 1 + (e + 1 < end && e[1] == '+'), end, exponent);
+  for (const char* p = buf; p < e; ++p) {
+    if (*p == '.') continue;
+    const uint64_t d = uint64_t(*p - '0');
+    if (significand >= UINT64_MAX / 10 && (significand > UINT64_MAX / 10 || d > UINT64_MAX % 10)) break;
+    significand = significand * 10 + d;
+    ++digits;
+  }
+  exponent -= digits - 1;
+  double f = double(significand);
+  while (true) {
+    if (std::abs(exponent) < 309) {
+      if (exponent >= 0)
+        f *= pow10[size_t(exponent)];
+      else
+        f /= pow10[size_t(-exponent)];
+      break;
+    }
+    if (f == 0.0 || exponent >= 0) break;  // serde errors on overflow; x is finite here
+    f /= 1e308;
+    exponent += 308;
+  }
+  return x < 0 ? -f : f;
 }
 
 }  // namespace nibble::tok

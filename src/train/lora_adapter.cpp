@@ -4,6 +4,7 @@
 #include <cmath>
 #include <random>
 
+#include "io/atomic_dir.h"
 #include "nibble/error.h"
 #include "nibble/lora.h"
 #include "nibble/safetensors.h"
@@ -64,8 +65,16 @@ LoraAdapter LoraAdapter::init(const LoraConfig& cfg, const std::vector<LinearSit
   return a;
 }
 
+// The folder is replaced as a whole (io::AtomicDir): never new weights beside an old config.
 void LoraAdapter::save(const std::filesystem::path& dir) const {
-  std::filesystem::create_directories(dir);
+  io::AtomicDir out(dir, [](const std::string& n) {
+    return n == "adapter_model.safetensors" || n == "adapter_config.json";
+  });
+  write_files(out.path());
+  out.commit();
+}
+
+void LoraAdapter::write_files(const std::filesystem::path& dir) const {
   std::map<std::string, Tensor> t;
   for (const auto& [name, p] : modules) {
     t[kPrefix + name + ".lora_A.weight"] = p.A;

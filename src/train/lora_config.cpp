@@ -301,7 +301,7 @@ LoraConfig LoraConfig::load(const std::filesystem::path& dir) {
   const std::string text = io::read_text_file(path);
   nlohmann::json j;
   try {
-    j = nlohmann::json::parse(text);
+    j = io::parse_json(text);
   } catch (const nlohmann::json::exception& e) {
     throw FormatError(path.string() + ": " + e.what());
   }

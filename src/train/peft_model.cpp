@@ -89,14 +89,18 @@ int64_t PeftModel::num_trainable_parameters() const {
   return n;
 }
 
-void PeftModel::save_pretrained(const std::filesystem::path& dir) const {
+LoraAdapter PeftModel::adapter_to_save() const {
   LoraAdapter a;
   a.config = adapter_.config;
   a.modules = adapter_.modules;
   a.config.inference_mode = true;  // peft's save_pretrained
   if (!a.config.base_model_name_or_path && !base_.impl().source_dir.empty())
     a.config.base_model_name_or_path = base_.impl().source_dir.string();
-  a.save(dir);
+  return a;
+}
+
+void PeftModel::save_pretrained(const std::filesystem::path& dir) const {
+  adapter_to_save().save(dir);
 }
 
 CausalLM PeftModel::merge_and_unload(bool requantize) && {

@@ -6,6 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "io/read_file.h"
 #include "nibble/chat_template.h"
 #include "nibble/error.h"
 #include "nibble/tokenizer.h"
@@ -73,6 +74,20 @@ SftExample from_messages(const nlohmann::json& msgs, const Tokenizer* tok, const
   return e;
 }
 
+// std::getline with a bound, so one hostile line cannot take gigabytes: false at the end of the
+// file, FormatError naming the line past max bytes (io::kMaxTextFileBytes, as for a JSON file).
+bool read_line(std::istream& in, std::string& line, const std::string& file, int64_t lineno) {
+  line.clear();
+  std::streambuf* sb = in.rdbuf();
+  for (int c = sb->sbumpc(); c != std::char_traits<char>::eof(); c = sb->sbumpc()) {
+    if (c == '\n') return true;
+    line.push_back(char(c));
+    if (line.size() > io::kMaxTextFileBytes)
+      throw FormatError(str(file, ":", lineno, ": a line longer than ", io::kMaxTextFileBytes, " bytes"));
+  }
+  return !line.empty();
+}
+
 }  // namespace
 
 SftData load_sft_jsonl(const std::filesystem::path& file, const Tokenizer* tok, const ChatTemplate* tmpl,
@@ -83,13 +98,13 @@ SftData load_sft_jsonl(const std::filesystem::path& file, const Tokenizer* tok, 
   SftData d;
   std::string line;
   int64_t lineno = 0;
-  while (std::getline(in, line)) {
+  while (read_line(in, line, file.string(), lineno + 1)) {
     ++lineno;
     const std::string where = str(file.string(), ":", lineno);
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
     nlohmann::json o;
     try {
-      o = nlohmann::json::parse(line);
+      o = io::parse_json(line);
     } catch (const nlohmann::json::exception& e) {
       throw FormatError(where + ": not JSON (" + e.what() + ")");
     }

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cmath>
 
+#include "io/atomic_dir.h"
 #include "models/causal_lm_impl.h"
 #include "nibble/safetensors.h"
 #include "nibble/train.h"
@@ -122,7 +123,8 @@ StepLog LoraTrainer::train_step(const std::vector<TrainBatch>& micro_batches) {
   const auto params = I.params();
   s.grad_norm = train::clip_grad_norm(params, I.args.max_grad_norm);
   if (!std::isfinite(s.grad_norm))
-    throw NonFiniteLossError(str("gradient norm is ", s.grad_norm, " at step ", I.step + 1, " (loss ", s.loss, ")"));
+    throw NonFiniteLossError(
+        str("gradient norm is ", s.grad_norm, " at step ", I.step + 1, " (loss ", s.loss, ")"));
   s.learning_rate = I.args.learning_rate * train::lr_lambda(I.args.lr_scheduler_type, I.step, I.warmup,
                                                             std::max<int64_t>(I.total_steps, 1));
   I.opt->step(s.learning_rate);
@@ -165,6 +167,15 @@ void LoraTrainer::save_state(const std::filesystem::path& dir) const {
   t["step"] = Tensor::from_vector({1}, DType::I64, std::vector<int64_t>{impl_->step});
   std::filesystem::create_directories(dir);
   save_safetensors(dir / "optimizer.safetensors", t);
+}
+
+void LoraTrainer::save_checkpoint(const std::filesystem::path& dir, const PeftModel& model,
+                                  const std::string& trainer_state_json) const {
+  io::AtomicDir out(dir, [](const std::string&) { return true; });  // nothing of an old checkpoint stays
+  model.adapter_to_save().write_files(out.path());
+  save_state(out.path());
+  write_file_atomic(out.path() / "trainer_state.json", trainer_state_json.data(), trainer_state_json.size());
+  out.commit();
 }
 
 void LoraTrainer::load_state(const std::filesystem::path& dir) {

@@ -72,11 +72,7 @@ bool same_json(const json& a, const json& b) {
 }
 
 std::vector<fs::path> model_dirs() {
-  std::vector<fs::path> dirs;
-  for (const auto& e : fs::directory_iterator(test::fixtures_root() / "models"))
-    if (fs::exists(e.path() / "reference.json")) dirs.push_back(e.path());
-  std::sort(dirs.begin(), dirs.end());
-  return dirs;
+  return test::fixture_model_dirs("reference.json");
 }
 
 // How to_json_string(false) appears inside config.json: as the value of a top-level key, so
@@ -96,7 +92,7 @@ std::string nested_block(const BitsAndBytesConfig& c) {
 
 TEST(BnbConfigFixtures, ReferenceDictsAndSavedConfigs) {
   auto dirs = model_dirs();
-  ASSERT_GE(dirs.size(), 7u) << "fixtures under " << test::fixtures_root();
+  ASSERT_EQ(dirs.size(), test::fixture_models().size()) << "fixtures under " << test::fixtures_root();
   for (const auto& dir : dirs) {
     json ref = read_json(dir / "reference.json");
     for (const std::string v : kVariants) {

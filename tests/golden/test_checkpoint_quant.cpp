@@ -30,12 +30,12 @@ bool same_bytes(const Tensor& a, const Tensor& b) {
 
 TEST(CheckpointQuant, ReproducesBitsandbytesCheckpoints) {
   auto dirs = test::fixture_model_dirs("fp32/model.safetensors");
-  ASSERT_GE(dirs.size(), 1u);
+  ASSERT_EQ(dirs.size(), test::fixture_models().size());
   int compared = 0;
   for (const auto& dir : dirs) {
     Checkpoint fp32 = Checkpoint::open(dir / "fp32");
     for (const char* variant : {"nf4_dq", "fp4", "int8"}) {
-      if (!fs::exists(dir / variant / "config.json")) continue;
+      if (!test::fixture_exists(dir / variant / "config.json")) continue;
       SCOPED_TRACE(dir.filename().string() + "/" + variant);
       BitsAndBytesConfig qc = BitsAndBytesConfig::from_config_json(dir / variant / "config.json");
       Checkpoint want = Checkpoint::open(dir / variant);
@@ -58,7 +58,8 @@ TEST(CheckpointQuant, ReproducesBitsandbytesCheckpoints) {
       CheckpointQuantization r;
       if (conv1d) {
         std::map<std::string, Tensor> t;
-        for (const auto& n : fp32.names()) t[n] = quantized.count(n) ? fp32.get(n).transpose(0, 1).contiguous() : fp32.get(n);
+        for (const auto& n : fp32.names())
+          t[n] = quantized.count(n) ? fp32.get(n).transpose(0, 1).contiguous() : fp32.get(n);
         test::TempDir tmp;
         save_safetensors(tmp / "model.safetensors", t);
         r = quantize_checkpoint(Checkpoint::open(tmp.path()), qc, opts);

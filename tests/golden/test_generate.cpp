@@ -57,7 +57,7 @@ TEST(Generate, GreedyEqualsFixtureModels) {
     SafetensorsFile ref = SafetensorsFile::open(dir / "reference.safetensors");
     Tensor ids = ref.get("input_ids");  // [B, T]
     for (const char* variant : {"fp32", "nf4_dq", "fp4"}) {
-      if (!fs::exists(dir / variant / "config.json")) continue;
+      if (!test::fixture_exists(dir / variant / "config.json")) continue;
       SCOPED_TRACE(dir.filename().string() + "/" + variant);
       CausalLM model = AutoModelForCausalLM::from_pretrained(dir / variant);
       Tensor greedy = ref.get(std::string(variant) + ".greedy");  // [1, 8 + 16]
@@ -70,7 +70,7 @@ TEST(Generate, GreedyEqualsFixtureModels) {
       ++checked;
     }
   }
-  EXPECT_GE(checked, 7);
+  EXPECT_EQ(checked, 3 * int(test::fixture_models().size()));  // fp32, nf4_dq, fp4 of each
 }
 
 TEST(Generate, TinyStoriesGreedyContinuations) {

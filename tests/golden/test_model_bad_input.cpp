@@ -15,7 +15,9 @@ using namespace nibble;
 
 namespace {
 
-fs::path llama(const char* variant) { return test::fixtures_root() / "models" / "llama" / variant; }
+fs::path llama(const char* variant) {
+  return test::fixtures_root() / "models" / "llama" / variant;
+}
 
 // Copies a model folder into dir, letting edit() change the tensors and config first.
 void copy_model(const fs::path& from, const fs::path& dir,
@@ -55,22 +57,28 @@ TEST(ModelBadInput, MissingTensor) {
 
 TEST(ModelBadInput, ExtraTensor) {
   test::TempDir d;
-  copy_model(llama("fp32"), d.path(), [](auto& t, auto&) { t["model.layers.0.surprise.weight"] = Tensor::zeros({4}, DType::F32); });
+  copy_model(llama("fp32"), d.path(),
+             [](auto& t, auto&) { t["model.layers.0.surprise.weight"] = Tensor::zeros({4}, DType::F32); });
   expect_error<FormatError>(d.path(), {"model.layers.0.surprise.weight"});
 }
 
 TEST(ModelBadInput, MisshapedTensor) {
   test::TempDir d;
-  copy_model(llama("fp32"), d.path(), [](auto& t, auto&) { t["model.layers.0.self_attn.q_proj.weight"] = Tensor::zeros({64, 63}, DType::F32); });
+  copy_model(llama("fp32"), d.path(), [](auto& t, auto&) {
+    t["model.layers.0.self_attn.q_proj.weight"] = Tensor::zeros({64, 63}, DType::F32);
+  });
   expect_error<FormatError>(d.path(), {"model.layers.0.self_attn.q_proj.weight", "[64, 63]"});
   test::TempDir d2;
-  copy_model(llama("fp32"), d2.path(), [](auto& t, auto&) { t["model.norm.weight"] = Tensor::zeros({65}, DType::F32); });
+  copy_model(llama("fp32"), d2.path(),
+             [](auto& t, auto&) { t["model.norm.weight"] = Tensor::zeros({65}, DType::F32); });
   expect_error<FormatError>(d2.path(), {"model.norm.weight"});
 }
 
 TEST(ModelBadInput, DtypeMismatch) {
   test::TempDir d;
-  copy_model(llama("fp32"), d.path(), [](auto& t, auto&) { t["model.layers.0.mlp.down_proj.weight"] = Tensor::zeros({64, 128}, DType::I32); });
+  copy_model(llama("fp32"), d.path(), [](auto& t, auto&) {
+    t["model.layers.0.mlp.down_proj.weight"] = Tensor::zeros({64, 128}, DType::I32);
+  });
   expect_error<FormatError>(d.path(), {"model.layers.0.mlp.down_proj.weight", "i32"});
 }
 
@@ -98,25 +106,33 @@ TEST(ModelBadInput, CorruptQuantStateJson) {
 
 TEST(ModelBadInput, FourBitWeightWithoutQuantState) {
   test::TempDir d;
-  copy_model(llama("nf4_dq"), d.path(),
-             [](auto& t, auto&) { t.erase("model.layers.1.mlp.down_proj.weight.quant_state.bitsandbytes__nf4"); });
+  copy_model(llama("nf4_dq"), d.path(), [](auto& t, auto&) {
+    t.erase("model.layers.1.mlp.down_proj.weight.quant_state.bitsandbytes__nf4");
+  });
   expect_error<FormatError>(d.path(), {"model.layers.1.mlp.down_proj.weight", "quant_state"});
 }
 
 TEST(ModelBadInput, FailedSaveLeavesNothing) {
   CausalLM model = AutoModelForCausalLM::from_pretrained(llama("fp32"));
   test::TempDir d;
-  fs::create_directories(d / "model.safetensors" / "blocker");  // the weights cannot be renamed into place
-  EXPECT_THROW(model.save_pretrained(d.path()), IoError);
+  std::ofstream(d / "model") << "a file, not a folder";
+  try {
+    model.save_pretrained(d / "model");
+    ADD_FAILURE() << "no error";
+  } catch (const IoError& e) {
+    EXPECT_NE(std::string(e.what()).find("it exists and is not a folder"), std::string::npos) << e.what();
+  }
   std::vector<std::string> left;
   for (const auto& e : fs::directory_iterator(d.path())) left.push_back(e.path().filename().string());
-  EXPECT_EQ(left, std::vector<std::string>{"model.safetensors"});  // only the blocking folder
+  EXPECT_EQ(left, std::vector<std::string>{"model"});  // no staging folder left beside it
+  EXPECT_EQ(fs::file_size(d / "model"), 20u);
 }
 
 TEST(ModelPerplexity, MeanNllMatchesTransformersLogits) {
   // transformers' loss: cross-entropy of logits[:-1] against ids[1:], averaged; computed here
   // from transformers' own logits and compared with nibble's.
-  SafetensorsFile ref = SafetensorsFile::open(test::fixtures_root() / "models" / "llama" / "reference.safetensors");
+  SafetensorsFile ref =
+      SafetensorsFile::open(test::fixtures_root() / "models" / "llama" / "reference.safetensors");
   Tensor ids = ref.get("input_ids"), logits = ref.get("fp32.logits");
   const int64_t T = ids.size(1), V = logits.size(2);
   std::vector<int64_t> row(ids.data<int64_t>(), ids.data<int64_t>() + T);

@@ -146,13 +146,13 @@ void check_fixture(const std::string& arch, const ModelConfig& c) {
 
 TEST(ModelConfigFixtures, EveryFixtureConfigParses) {
   const fs::path root = test::fixtures_root() / "models";
-  if (!fs::exists(root)) GTEST_SKIP() << "no fixtures under " << root;
+  NIBBLE_SKIP_WITHOUT_FIXTURE(root);
   int checked = 0;
-  for (const auto& e : fs::directory_iterator(root)) {
-    const std::string arch = e.path().filename().string();
+  for (const auto& dir : test::fixture_model_dirs("fp32")) {
+    const std::string arch = dir.filename().string();
     for (const char* variant : {"fp32", "nf4_dq", "fp4", "int8"}) {
-      const fs::path p = e.path() / variant / "config.json";
-      if (!fs::exists(p)) continue;
+      const fs::path p = dir / variant / "config.json";
+      if (!test::fixture_exists(p)) continue;
       ModelConfig c = ModelConfig::from_file(p);
       EXPECT_EQ(c.origin, p.string());
       if (c.rope) {
@@ -164,12 +164,12 @@ TEST(ModelConfigFixtures, EveryFixtureConfigParses) {
       }
     }
   }
-  EXPECT_GE(checked, 7);
+  EXPECT_EQ(checked, int(test::fixture_models().size()));
 }
 
 TEST(ModelConfigFixtures, TinyStoriesV4Config) {
   const fs::path p = test::shared_root() / "models" / "tinystories-656k" / "config.json";
-  if (!fs::exists(p)) GTEST_SKIP() << "no " << p;
+  NIBBLE_SKIP_WITHOUT_FIXTURE(p);
   ModelConfig c = ModelConfig::from_file(p);
   EXPECT_EQ(c.architecture, "LlamaForCausalLM");
   EXPECT_EQ(c.vocab_size, 2048);
@@ -193,7 +193,7 @@ TEST(ModelConfigFixtures, TinyStoriesV4Config) {
 
 TEST(ModelConfigFixtures, Bloom1b7Config) {
   const fs::path p = test::fixtures_root() / "configs" / "bloom-1b7" / "config.json";
-  if (!fs::exists(p)) GTEST_SKIP() << "no " << p;
+  NIBBLE_SKIP_WITHOUT_FIXTURE(p);
   ModelConfig c = ModelConfig::from_file(p);
   EXPECT_EQ(c.hidden_size, 2048);
   EXPECT_EQ(c.num_attention_heads, 16);  // n_head
@@ -223,7 +223,7 @@ TEST(GenerationConfigFixtures, EachFixtureFolder) {
   int checked = 0;
   for (const auto& [arch, ids] : want) {
     const fs::path dir = model_dir(arch);
-    if (!fs::exists(dir / "generation_config.json")) continue;
+    if (!test::fixture_exists(dir / "generation_config.json")) continue;
     SCOPED_TRACE(arch);
     GenerationConfig g = GenerationConfig::from_file(dir / "generation_config.json");
     EXPECT_EQ(g.bos_token_id, std::get<0>(ids));
@@ -239,7 +239,7 @@ TEST(GenerationConfigFixtures, EachFixtureFolder) {
     EXPECT_EQ(m.pad_token_id, g.pad_token_id);
     ++checked;
   }
-  if (checked == 0) GTEST_SKIP() << "no fixtures under " << test::fixtures_root();
+  EXPECT_EQ(checked, int(want.size()));
 }
 
 // ---- rope against transformers' own numbers ------------------------------------------------

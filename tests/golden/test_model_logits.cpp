@@ -9,11 +9,11 @@
 #include <cstdio>
 #include <filesystem>
 
+#include "model_check.h"
 #include "nibble/bnb_config.h"
 #include "nibble/error.h"
 #include "nibble/model.h"
 #include "nibble/safetensors.h"
-#include "model_check.h"
 #include "test_support.h"
 
 namespace fs = std::filesystem;
@@ -33,7 +33,7 @@ TEST(ModelLogits, Fp32) {
 TEST(ModelLogits, QuantizedWhileLoading) {
   for (const auto& dir : test::fixture_model_dirs("reference.safetensors")) {
     for (const char* variant : {"nf4_dq", "fp4", "int8"}) {
-      if (!fs::exists(dir / variant / "config.json")) continue;
+      if (!test::fixture_exists(dir / variant / "config.json")) continue;
       SCOPED_TRACE(dir.filename().string() + "/" + variant + " (quantized while loading)");
       LoadOptions opts;
       opts.quantization_config = BitsAndBytesConfig::from_config_json(dir / variant / "config.json");
@@ -46,7 +46,7 @@ TEST(ModelLogits, QuantizedWhileLoading) {
 TEST(ModelLogits, SavedQuantizedFolders) {
   for (const auto& dir : test::fixture_model_dirs("reference.safetensors")) {
     for (const char* variant : {"nf4_dq", "fp4", "int8"}) {
-      if (!fs::exists(dir / variant / "config.json")) continue;
+      if (!test::fixture_exists(dir / variant / "config.json")) continue;
       SCOPED_TRACE(dir.filename().string() + "/" + variant + " (saved by bitsandbytes)");
       CausalLM model = AutoModelForCausalLM::from_pretrained(dir / variant);
       ASSERT_TRUE(model.is_quantized());
@@ -71,7 +71,8 @@ TEST(ModelLogits, BatchRowsMatchSingleSequences) {
       Tensor one = model.forward(batch[size_t(b)]);
       double max_diff = 0;
       for (int64_t i = 0; i < T * V; ++i)
-        max_diff = std::max(max_diff, std::fabs(double(all.data<float>()[b * T * V + i]) - one.data<float>()[i]));
+        max_diff =
+            std::max(max_diff, std::fabs(double(all.data<float>()[b * T * V + i]) - one.data<float>()[i]));
       EXPECT_LE(max_diff, 1e-5) << "sequence " << b;
     }
     batch[1].pop_back();

@@ -1,12 +1,14 @@
 // The real model ../shared/models/tinystories-656k: greedy continuations (40 new tokens) of
 // transformers + bitsandbytes for fp32 and nf4 + double quant (quantized while loading, and
-// the saved nf4_dq/ folder), reported for int8; memory footprints as transformers counts them.
+// the saved nf4_dq/ folder), for int8 equal up to the first near tie (model_check.h); memory
+// footprints as transformers counts them.
 #include <gtest/gtest.h>
 
 #include <fstream>
 
 #include <nlohmann/json.hpp>
 
+#include "model_check.h"
 #include "nibble/bnb_config.h"
 #include "nibble/model.h"
 #include "test_support.h"
@@ -24,7 +26,9 @@ const nlohmann::json& reference() {
   return j;
 }
 
-fs::path model_dir() { return test::shared_root() / "models" / "tinystories-656k"; }
+fs::path model_dir() {
+  return test::shared_root() / "models" / "tinystories-656k";
+}
 
 void check_greedy(const CausalLM& model, const std::string& variant, bool required) {
   for (const auto& g : reference().at(variant).at("greedy")) {
@@ -34,10 +38,12 @@ void check_greedy(const CausalLM& model, const std::string& variant, bool requir
     if (required) {
       EXPECT_EQ(got, want) << variant << ": " << g.at("prompt");
     } else {
-      size_t same = 0;
-      while (same < got.size() && same < want.size() && got[same] == want[same]) ++same;
-      std::printf("[ info ] tinystories %s \"%s\": %zu of %zu tokens agree with transformers\n", variant.c_str(),
-                  g.at("prompt").get<std::string>().c_str(), same, want.size());
+      // LLM.int8: every step's reference token within int8's tolerance (2e-2 of max |logit|) of
+      // nibble's best, and the tokens equal up to the first step whose top-2 margin is inside
+      // it: N = 5 and 4 new tokens for the two prompts today (40 and 28 agree in fact; the 29th
+      // of the second prompt differs by 4.5e-3 of max |logit|, within the tolerance).
+      test::check_greedy_near_ties(model, want, prompt.size(), test::tolerance("int8"),
+                                   "tinystories/" + variant);
     }
   }
 }
@@ -52,7 +58,8 @@ TEST(TinyStories, Fp32Greedy) {
 
 TEST(TinyStories, Nf4QuantizedWhileLoading) {
   LoadOptions opts;
-  opts.quantization_config = BitsAndBytesConfig::from_config_json(test::fixtures_root() / "tinystories" / "nf4_dq" / "config.json");
+  opts.quantization_config =
+      BitsAndBytesConfig::from_config_json(test::fixtures_root() / "tinystories" / "nf4_dq" / "config.json");
   CausalLM model = AutoModelForCausalLM::from_pretrained(model_dir(), opts);
   check_greedy(model, "nf4_dq", true);
   EXPECT_EQ(model.get_memory_footprint(), reference().at("nf4_dq").at("footprint").get<int64_t>());
@@ -63,7 +70,7 @@ TEST(TinyStories, Nf4SavedFolder) {
   check_greedy(model, "nf4_dq", true);
 }
 
-TEST(TinyStories, Int8Reported) {
+TEST(TinyStories, Int8GreedyUpToNearTies) {
   BitsAndBytesConfig qc;
   qc.load_in_8bit = true;
   CausalLM model = AutoModelForCausalLM::from_pretrained(model_dir(), {.quantization_config = qc});

@@ -22,16 +22,6 @@ nlohmann::json read_json(const fs::path& p) {
   return nlohmann::json::parse(f);
 }
 
-std::vector<fs::path> folders(const std::string& sub) {
-  std::vector<fs::path> out;
-  fs::path root = test::fixtures_root() / sub;
-  if (!fs::is_directory(root)) return out;
-  for (const auto& e : fs::directory_iterator(root))
-    if (e.is_directory()) out.push_back(e.path());
-  std::sort(out.begin(), out.end());
-  return out;
-}
-
 // Checks every case; returns how many matched on all five fields.
 int check_cases(const Tokenizer& tok, const nlohmann::json& cases, const std::string& name) {
   int passed = 0;
@@ -67,11 +57,11 @@ int check_cases(const Tokenizer& tok, const nlohmann::json& cases, const std::st
 }  // namespace
 
 TEST(TokenizerFixtures, EveryFolderMatchesHf) {
-  auto dirs = folders("tokenizers");
-  ASSERT_FALSE(dirs.empty()) << "no fixtures under " << (test::fixtures_root() / "tokenizers");
+  auto dirs = test::fixture_dirs("tokenizers", test::fixture_tokenizers());
   int folders_checked = 0;
   for (const auto& d : dirs) {
     auto ref = read_json(d / "reference.json");
+    EXPECT_TRUE(ref.contains("cases")) << d;
     if (!ref.contains("cases")) continue;
     SCOPED_TRACE(d.filename().string());
     Tokenizer tok = Tokenizer::from_pretrained(d);
@@ -80,7 +70,7 @@ TEST(TokenizerFixtures, EveryFolderMatchesHf) {
                 passed, ref["cases"].size());
     ++folders_checked;
   }
-  EXPECT_GE(folders_checked, 1);
+  EXPECT_EQ(folders_checked, int(test::fixture_tokenizers().size()));
 }
 
 TEST(TokenizerFixtures, TinyStoriesModel) {
@@ -110,12 +100,11 @@ TEST(TokenizerFixtures, TinyStoriesDecodeTextAsTransformers) {
       ++checked;
     }
   }
-  EXPECT_GE(checked, 6);
+  EXPECT_EQ(checked, 6);  // two prompts for each of the three variants (fixtures README)
 }
 
 TEST(TokenizerFixtures, ExtraFoldersLoadAndRoundTrip) {
-  auto dirs = folders("tokenizers-extra");
-  ASSERT_FALSE(dirs.empty());
+  auto dirs = test::fixture_dirs("tokenizers-extra", test::fixture_tokenizers_extra());
   const std::string text = "Hello world! The year 2024 was great, wasn't it? 12345 ünïcödé 漢字 :-)";
   for (const auto& d : dirs) {
     SCOPED_TRACE(d.filename().string());

@@ -79,7 +79,7 @@ TEST(Verify, FixturesQuantizedWhileLoading) {
   for (const auto& dir : test::fixture_model_dirs("reference.safetensors")) {
     nlohmann::json refj = reference_json(dir);
     for (const char* variant : {"nf4_dq", "fp4", "int8"}) {
-      if (!fs::exists(dir / variant / "config.json")) continue;
+      if (!test::fixture_exists(dir / variant / "config.json")) continue;
       SCOPED_TRACE(dir.filename().string() + "/" + variant + " (quantized while loading)");
       LoadOptions lo;
       lo.quantization_config = BitsAndBytesConfig::from_config_json(dir / variant / "config.json");
@@ -98,7 +98,7 @@ TEST(Verify, FixturesPrequantizedWithReference) {
   for (const auto& dir : test::fixture_model_dirs("reference.safetensors")) {
     nlohmann::json refj = reference_json(dir);
     for (const char* variant : {"nf4_dq", "fp4", "int8"}) {
-      if (!fs::exists(dir / variant / "config.json")) continue;
+      if (!test::fixture_exists(dir / variant / "config.json")) continue;
       SCOPED_TRACE(dir.filename().string() + "/" + variant + " (saved by bitsandbytes)");
       CausalLM model = AutoModelForCausalLM::from_pretrained(dir / variant);
       VerifyOptions o = fixture_options(dir, variant);

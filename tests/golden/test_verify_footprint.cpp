@@ -57,7 +57,7 @@ TEST(VerifyFootprint, FixtureFootprintsFromConfigAndLoaded) {
     EXPECT_EQ(footprint_from_config(c, std::nullopt, DType::F32).footprint_bytes,
               refj.at("fp32_footprint").get<int64_t>());
     for (const char* variant : {"nf4_dq", "fp4", "int8"}) {
-      if (!fs::exists(dir / variant / "config.json")) continue;
+      if (!test::fixture_exists(dir / variant / "config.json")) continue;
       SCOPED_TRACE(variant);
       BitsAndBytesConfig qc = BitsAndBytesConfig::from_config_json(dir / variant / "config.json");
       FootprintReport fr = footprint_from_config(c, qc, DType::F32);

@@ -3,10 +3,12 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <iostream>
 
+#include "models/causal_lm_impl.h"  // KVCache
 #include "nibble/safetensors.h"
 #include "test_support.h"
 
@@ -21,7 +23,8 @@ double tolerance(const std::string& variant) {
   return 1e-3;
 }
 
-double check_model(const std::filesystem::path& dir, const std::string& variant, const CausalLM& model, bool check_greedy) {
+double check_model(const std::filesystem::path& dir, const std::string& variant, const CausalLM& model,
+                   bool check_greedy) {
   SafetensorsFile ref = SafetensorsFile::open(dir / "reference.safetensors");
   Tensor ids = ref.get("input_ids");  // [B, T]
   Tensor want = ref.get(variant + ".logits");
@@ -42,17 +45,58 @@ double check_model(const std::filesystem::path& dir, const std::string& variant,
   }
   double rel = max_diff / max_ref;
   EXPECT_LE(rel, tolerance(variant)) << "max diff " << max_diff << " of max |logit| " << max_ref;
-  std::printf("[ logits ] %-10s %-7s max|diff|/max|logit| = %.3e\n", dir.filename().string().c_str(), variant.c_str(), rel);
+  std::printf("[ logits ] %-10s %-7s max|diff|/max|logit| = %.3e\n", dir.filename().string().c_str(),
+              variant.c_str(), rel);
   Tensor greedy = ref.get(variant + ".greedy");  // [1, 8 + 16]
   std::vector<int64_t> prompt = row(ids, 0, 8);
   std::vector<int64_t> got = model.generate_greedy(prompt, greedy.size(1) - 8);
   std::vector<int64_t> expect = row(greedy, 0, greedy.size(1));
   if (check_greedy) {
     EXPECT_EQ(got, expect);
-  } else if (got != expect) {
-    std::cout << "[ info ] " << dir.filename().string() << "/" << variant << ": greedy tokens differ from transformers' (reported, not required)\n";
+  } else {
+    // A near tie: within twice the difference from transformers measured on this model's
+    // reference logits just above (~3e-7 of max |logit| for the fixtures, where all 16 new
+    // tokens are then asserted equal).
+    check_greedy_near_ties(model, expect, 8, 2 * rel, dir.filename().string() + "/" + variant);
   }
   return rel;
+}
+
+size_t check_greedy_near_ties(const CausalLM& model, const std::vector<int64_t>& want, size_t prompt_len,
+                              double tol, const std::string& label) {
+  const std::vector<int64_t> prompt(want.begin(), want.begin() + ptrdiff_t(prompt_len));
+  auto cache = model.new_cache(int64_t(want.size()));
+  Tensor logits = model.forward_last(prompt, cache.get()).to(Device::cpu());
+  size_t first_near_tie = want.size();
+  for (size_t t = prompt_len; t < want.size(); ++t) {
+    const float* l = logits.data<float>();
+    const int64_t V = logits.numel();
+    int64_t best = 0;
+    double max_abs = 0;
+    for (int64_t j = 0; j < V; ++j) {
+      if (l[j] > l[best]) best = j;
+      max_abs = std::max(max_abs, std::fabs(double(l[j])));
+    }
+    double second = -INFINITY;
+    for (int64_t j = 0; j < V; ++j)
+      if (j != best) second = std::max(second, double(l[j]));
+    const double slack = tol * max_abs;
+    EXPECT_GE(double(l[want[t]]), double(l[best]) - slack)
+        << label << ": step " << t - prompt_len << " the reference's token " << want[t] << " scores "
+        << l[want[t]] << ", nibble's best " << best << " " << l[best] << " (allowed " << slack << ")";
+    if (first_near_tie == want.size() && double(l[best]) - second <= slack) first_near_tie = t;
+    if (t + 1 < want.size()) logits = model.forward_last({want[t]}, cache.get()).to(Device::cpu());
+  }
+  const size_t n = first_near_tie - prompt_len;
+  const std::vector<int64_t> got = model.generate_greedy(prompt, int64_t(want.size() - prompt_len));
+  EXPECT_TRUE(std::equal(want.begin(), want.begin() + ptrdiff_t(prompt_len + n), got.begin()))
+      << label << ": the first " << n << " greedy tokens (before any near tie) differ from the reference";
+  size_t same = 0;
+  while (same + prompt_len < want.size() && got[prompt_len + same] == want[prompt_len + same]) ++same;
+  std::printf(
+      "[ greedy ] %-16s first near tie at new token %zu of %zu: asserted equal for N = %zu, %zu agree\n",
+      label.c_str(), n, want.size() - prompt_len, n, same);
+  return n;
 }
 
 }  // namespace nibble::test

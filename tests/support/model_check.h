@@ -17,4 +17,13 @@ double tolerance(const std::string& variant);
 double check_model(const std::filesystem::path& dir, const std::string& variant, const CausalLM& model,
                    bool check_greedy);
 
+// Greedy tokens that may part from the reference only where the reference's GPU summation order
+// can flip a near tie (LLM.int8: fp16 activations, bitsandbytes' int8 GEMM). The reference
+// sequence `want` is fed as transformers generated it (the prompt, then one token a step); at
+// every step the reference's token must score within tol * max|logit| of nibble's best, and
+// nibble's own greedy tokens must equal the reference's for the first N new tokens, N being the
+// steps before the first whose top-2 margin is within that tolerance. Returns N (printed).
+size_t check_greedy_near_ties(const CausalLM& model, const std::vector<int64_t>& want, size_t prompt_len,
+                              double tol, const std::string& label);
+
 }  // namespace nibble::test

@@ -2,12 +2,14 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cstdlib>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 
 #include <sys/wait.h>
+
+#include <gtest/gtest.h>
 
 #include "nibble/error.h"
 
@@ -15,26 +17,99 @@ namespace fs = std::filesystem;
 
 namespace nibble::test {
 
-fs::path shared_root() { return fs::path(NIBBLE_SOURCE_DIR) / ".." / "shared"; }
+fs::path shared_root() {
+  return fs::path(NIBBLE_SOURCE_DIR) / ".." / "shared";
+}
 
 fs::path fixtures_root() {
   if (const char* e = std::getenv("NIBBLE_FIXTURES"); e && *e) return fs::path(e);
   return shared_root() / "fixtures";
 }
 
+const std::vector<std::string>& fixture_models() {
+  static const std::vector<std::string> v = {"bloom", "gpt2", "gpt_neox", "llama", "opt", "phi3", "qwen2"};
+  return v;
+}
+
+const std::vector<std::string>& fixture_tokenizers() {
+  static const std::vector<std::string> v = {"bert_base_uncased",
+                                             "gemma_cropped_tiny",
+                                             "gpt2",
+                                             "llama2",
+                                             "llama3_regex_tiny",
+                                             "meta-llama-3-8b-instruct",
+                                             "minimind",
+                                             "mistral",
+                                             "phi-4-mini",
+                                             "phi3",
+                                             "qwen2.5",
+                                             "qwen2_regex_tiny",
+                                             "smollm",
+                                             "t5_small",
+                                             "tinyllama"};
+  return v;
+}
+
+const std::vector<std::string>& fixture_tokenizers_extra() {
+  static const std::vector<std::string> v = {"chatglm",
+                                             "clip",
+                                             "cohere",
+                                             "deepseek",
+                                             "falcon",
+                                             "gpt-oss",
+                                             "marian_nmt",
+                                             "models_gemma-4",
+                                             "models_phi-4",
+                                             "nvidia-mistral",
+                                             "phi-4-mini-reasoning",
+                                             "phi2",
+                                             "qwen3",
+                                             "roberta_base",
+                                             "tokenizer_wiki",
+                                             "v5_smollm3",
+                                             "whisper_large_v3"};
+  return v;
+}
+
+std::vector<fs::path> fixture_dirs(const std::string& sub, const std::vector<std::string>& expected) {
+  std::vector<fs::path> out;
+  std::vector<std::string> names;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(fixtures_root() / sub, ec))
+    if (e.is_directory()) out.push_back(e.path());
+  std::sort(out.begin(), out.end());
+  for (const auto& p : out) names.push_back(p.filename().string());
+  std::vector<std::string> want = expected;
+  std::sort(want.begin(), want.end());
+  EXPECT_EQ(names, want)
+      << "the fixture folders under " << (fixtures_root() / sub)
+      << " are not the ones the tests expect (missing, renamed or new: update test_support.cpp)";
+  return out;
+}
+
 std::vector<fs::path> fixture_model_dirs(const std::string& must_have) {
   std::vector<fs::path> out;
-  for (const auto& e : fs::directory_iterator(fixtures_root() / "models"))
-    if (fs::exists(e.path() / must_have)) out.push_back(e.path());
-  std::sort(out.begin(), out.end());
+  for (const auto& p : fixture_dirs("models", fixture_models()))
+    if (fixture_exists(p / must_have)) out.push_back(p);
   return out;
+}
+
+bool fixture_exists(const fs::path& p) {
+  if (fs::exists(p)) return true;
+  ADD_FAILURE() << "fixture missing: " << p;
+  return false;
+}
+
+bool in_ci() {
+  const char* e = std::getenv("CI");
+  return e && *e;
 }
 
 TempDir::TempDir() {
   static int counter = 0;
   auto stamp = std::chrono::steady_clock::now().time_since_epoch().count();
-  path_ = fs::temp_directory_path() /
-          ("nibble-test-" + std::to_string(stamp) + "-" + std::to_string(++counter));
+  path_ =
+      fs::temp_directory_path() / ("nibble-test-" + std::to_string(stamp) + "-" + std::to_string(++counter));
   fs::create_directories(path_);
 }
 

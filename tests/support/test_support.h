@@ -16,8 +16,22 @@ namespace nibble::test {
 std::filesystem::path fixtures_root();
 // <project>/../shared (models, tools).
 std::filesystem::path shared_root();
-// The folders under fixtures_root()/models holding `must_have`, sorted.
+
+// The fixture folders the golden tests expect, as the fixtures README lists them: a loop over
+// fixtures must not pass by checking fewer (a missing or renamed folder fails the test).
+const std::vector<std::string>& fixture_models();            // models/<arch>
+const std::vector<std::string>& fixture_tokenizers();        // tokenizers/<name>
+const std::vector<std::string>& fixture_tokenizers_extra();  // tokenizers-extra/<name>
+// The folders under fixtures_root()/sub, sorted; a test failure (not a skip) unless their
+// names are exactly `expected`.
+std::vector<std::filesystem::path> fixture_dirs(const std::string& sub,
+                                                const std::vector<std::string>& expected);
+// The fixture_models() folders, sorted; a test failure for each that lacks `must_have`.
 std::vector<std::filesystem::path> fixture_model_dirs(const std::string& must_have);
+// Whether p exists; a test failure naming p when it does not (for `if (!...) continue;`).
+bool fixture_exists(const std::filesystem::path& p);
+// Whether $CI is set (CI has ../shared: a missing fixture there is a failure, not a skip).
+bool in_ci();
 
 // A fresh empty folder under the system temp dir, removed when the object dies.
 class TempDir {
@@ -55,3 +69,12 @@ CommandResult run_command(const std::string& cmd, const std::string& input = "")
 std::string shell_quote(const std::string& s);
 
 }  // namespace nibble::test
+
+// Skips the test when the fixture path p is missing, except under CI, where that fails it.
+#define NIBBLE_SKIP_WITHOUT_FIXTURE(p)                                               \
+  do {                                                                               \
+    if (!std::filesystem::exists(p)) {                                               \
+      if (::nibble::test::in_ci()) FAIL() << "fixture missing (CI is set): " << (p); \
+      GTEST_SKIP() << "no " << (p);                                                  \
+    }                                                                                \
+  } while (0)

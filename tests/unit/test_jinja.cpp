@@ -5,6 +5,7 @@
 // whitespace control, loops, scoping, macros, filters, tests, str/dict methods, Undefined.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <fstream>
 #include <string>
 
@@ -740,6 +741,61 @@ TEST(JinjaErrors, HostileNestingIsRefusedNotACrash) {
   EXPECT_THROW(ChatTemplate::from_string(ifs), FormatError);
   // Ordinary depth is fine.
   EXPECT_EQ(render("{{ " + std::string(50, '(') + "1" + std::string(50, ')') + " }}"), "1");
+}
+
+// Templates that would run without end or build gigabytes stop with a one-line TemplateError
+// naming the bound (value.h: steps, one string or list, bytes in all, nesting), each quickly.
+TEST(JinjaLimits, HostileTemplatesEndInABoundedError) {
+  auto expect_bounded = [](const std::string& source, const std::string& want,
+                           const ojson& vars = ojson::object()) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const std::string msg = error_of(source, vars);
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    EXPECT_NE(msg.find(want), std::string::npos) << source << "\n -> " << msg;
+    EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
+    EXPECT_LT(s, 10.0) << source;  // a bound, not a hang (each takes well under a second)
+  };
+  // A loop without end: jinja2's range is capped at 100,000 items, but nested loops multiply.
+  expect_bounded("{% set r = range(100000) %}{% for a in r %}{% for b in r %}{% endfor %}{% endfor %}",
+                 "more than 100000 steps");
+  // Exponential recursion (each macro call makes two).
+  expect_bounded(
+      "{% macro f(n) %}{% if n > 0 %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}{% endmacro %}{{ f(60) }}",
+      "steps");
+  // Gigabytes in one operation, refused before anything is built.
+  expect_bounded("{{ 'x' * 1000000000000 }}", "'*': a result of");
+  expect_bounded("{{ ['x'] * 1000000000 }}", "'*': a result of");
+  expect_bounded("{{ ['x' * 4000000] * 1000 }}", "'*': a result of");  // the items' bytes count
+  expect_bounded("{{ 'x'|center(10000000000) }}", "center: a result of");
+  expect_bounded("{{ ('a\n' * 1000)|indent(100000000) }}", "indent: a result of");
+  expect_bounded("{% set l = ['x' * 4000000, 'y' * 4000000] %}{{ l|join }}", "join: a result of");
+  expect_bounded("{{ ('x' * 4000)|replace('', 'y' * 4000) }}", "replace: a result of");
+  // Gigabytes by doubling: each step is small, the string or list is not.
+  expect_bounded(
+      "{% set ns = namespace(s='x') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
+      "(the limit is 4194304)");
+  expect_bounded(
+      "{% set ns = namespace(l=['x']) %}{% for i in range(64) %}{% set ns.l = ns.l + ns.l %}{% endfor %}",
+      "'+': a result of");
+  // Rendering gigabytes: 1,000 x 1 MB of output.
+  expect_bounded("{% set big = 'x' * 1000000 %}{% for i in range(1000) %}{{ big }}{% endfor %}",
+                 "the rendered text: a result of");
+  // Much work, little memory: a 4 MB string rebuilt again and again.
+  expect_bounded("{% set big = 'x' * 4000000 %}{% for i in range(1000) %}{% set y = big ~ 'a' %}{% endfor %}",
+                 "more than 268435456 bytes of text");
+  // Nesting that printing or freeing would recurse through, from the template or its input
+  // (5,000 deep: much deeper and nlohmann's own copies recurse too far, in the caller).
+  expect_bounded(
+      "{% set ns = namespace(l=[]) %}{% for i in range(2000) %}{% set ns.l = [ns.l] %}{% endfor %}{{ ns.l }}",
+      "nested deeper than 1000 levels");
+  expect_bounded("{{ x|length }}", "JSON nested deeper than 1000 levels",
+                 {{"x", ojson::parse(std::string(5000, '[') + std::string(5000, ']'))}});
+  // (-1) ** n would loop n times.
+  EXPECT_EQ(render("{{ (-1) ** 9223372036854775807 }}|{{ (-1) ** 10 }}|{{ 0 ** 5 }}|{{ 3 ** 3 }}"),
+            "-1|1|0|27");
+  // Ordinary work is well inside the bounds.
+  EXPECT_EQ(render("{% for i in range(100) %}{% for j in range(100) %}{% endfor %}{% endfor %}ok"), "ok");
+  EXPECT_EQ(render("{{ ('x' * 1000000)|length }}"), "1000000");
 }
 
 TEST(JinjaErrors, UnsupportedConstructsAreNamed) {

@@ -31,7 +31,8 @@ Bytes raw(const std::string& header, size_t data_len, std::optional<uint64_t> n 
 // One F32 tensor entry.
 std::string entry(const std::string& name, const std::string& shape, const std::string& offsets,
                   const std::string& dtype = "\"F32\"") {
-  return "\"" + name + "\":{\"dtype\":" + dtype + ",\"shape\":" + shape + ",\"data_offsets\":" + offsets + "}";
+  return "\"" + name + "\":{\"dtype\":" + dtype + ",\"shape\":" + shape + ",\"data_offsets\":" + offsets +
+         "}";
 }
 
 // {"a": F32 [2, 2] at [0, 16]} with its 16 bytes, but with one part replaced.
@@ -49,16 +50,24 @@ struct Case {
 const Case kCases[] = {
     // --- the length field ---
     {"empty_file", [] { return Bytes{}; }, "0 bytes, shorter than the 8-byte header length"},
-    {"five_bytes", [] { return Bytes{1, 2, 3, 4, 5}; }, "5 bytes, shorter than the 8-byte"},
+    {"five_bytes",
+     [] {
+       return Bytes{1, 2, 3, 4, 5};
+     },
+     "5 bytes, shorter than the 8-byte"},
     {"header_length_zero", [] { return raw("", 16, 0); }, "header length 0"},
-    {"header_length_over_limit", [] { return raw("{}", 0, 100'000'001); }, "header length 100000001 exceeds the limit"},
+    {"header_length_over_limit", [] { return raw("{}", 0, 100'000'001); },
+     "header length 100000001 exceeds the limit"},
     {"header_length_max_u64", [] { return raw("{}", 0, ~uint64_t(0)); }, "exceeds the limit of 100000000"},
-    {"header_length_at_limit_past_end", [] { return raw("{}", 0, 100'000'000); }, "header length 100000000 runs past the end"},
-    {"header_length_past_end", [] { return raw("{}      ", 0, 9); }, "header length 9 runs past the end of the file (16 bytes)"},
+    {"header_length_at_limit_past_end", [] { return raw("{}", 0, 100'000'000); },
+     "header length 100000000 runs past the end"},
+    {"header_length_past_end", [] { return raw("{}      ", 0, 9); },
+     "header length 9 runs past the end of the file (16 bytes)"},
     // --- the header text ---
     {"invalid_json_cut_object", [] { return raw("{\"a\":   ", 0); }, "header is not valid JSON"},
     {"invalid_json_trailing_garbage", [] { return raw("{}garbage", 0); }, "header is not valid JSON"},
-    {"invalid_json_nul_padding", [] { return raw(std::string("{}\0\0\0\0\0\0", 8), 0); }, "header is not valid JSON"},
+    {"invalid_json_nul_padding", [] { return raw(std::string("{}\0\0\0\0\0\0", 8), 0); },
+     "header is not valid JSON"},
     {"invalid_json_single_quotes", [] { return raw("{'a': 1}", 0); }, "header is not valid JSON"},
     {"non_utf8_header", [] { return raw("{\"\xff\xfe\":{}}", 0); }, "header is not valid UTF-8"},
     {"overlong_utf8_slash", [] { return raw("{\"\xc0\xaf\":{}}", 0); }, "header is not valid UTF-8"},
@@ -68,68 +77,102 @@ const Case kCases[] = {
     {"json_null", [] { return raw("null", 0); }, "header is a JSON null"},
     {"leading_whitespace", [] { return raw(" {}", 0); }, "does not start with '{'"},
     // --- tensor entries ---
-    {"entry_number", [] { return raw("{\"a\":5}", 0); }, "tensor 'a': entry is a JSON number, not a JSON object"},
+    {"entry_number", [] { return raw("{\"a\":5}", 0); },
+     "tensor 'a': entry is a JSON number, not a JSON object"},
     {"entry_deeply_nested_array",
      [] { return raw("{\"a\":" + std::string(100000, '[') + std::string(100000, ']') + "}", 0); },
-     "tensor 'a': entry is a JSON array"},
-    {"missing_dtype", [] { return raw("{\"a\":{\"shape\":[2],\"data_offsets\":[0,8]}}", 8); }, "tensor 'a': missing field 'dtype'"},
-    {"missing_shape", [] { return raw("{\"a\":{\"dtype\":\"F32\",\"data_offsets\":[0,8]}}", 8); }, "tensor 'a': missing field 'shape'"},
-    {"missing_data_offsets", [] { return raw("{\"a\":{\"dtype\":\"F32\",\"shape\":[2]}}", 8); }, "missing field 'data_offsets'"},
+     "header is not valid JSON: JSON nested deeper than 256 levels"},
+    {"missing_dtype", [] { return raw("{\"a\":{\"shape\":[2],\"data_offsets\":[0,8]}}", 8); },
+     "tensor 'a': missing field 'dtype'"},
+    {"missing_shape", [] { return raw("{\"a\":{\"dtype\":\"F32\",\"data_offsets\":[0,8]}}", 8); },
+     "tensor 'a': missing field 'shape'"},
+    {"missing_data_offsets", [] { return raw("{\"a\":{\"dtype\":\"F32\",\"shape\":[2]}}", 8); },
+     "missing field 'data_offsets'"},
     {"dtype_not_string", [] { return one_tensor("[2,2]", "[0,16]", "32"); }, "field 'dtype' is not a string"},
-    {"unknown_dtype", [] { return one_tensor("[2,2]", "[0,16]", "\"F128\""); }, "tensor 'a': unknown dtype 'F128'"},
+    {"unknown_dtype", [] { return one_tensor("[2,2]", "[0,16]", "\"F128\""); },
+     "tensor 'a': unknown dtype 'F128'"},
     {"lowercase_dtype", [] { return one_tensor("[2,2]", "[0,16]", "\"f32\""); }, "unknown dtype 'f32'"},
     {"packed_dtype_name", [] { return one_tensor("[4]", "[0,2]", "\"NF4\"", 2); }, "unknown dtype 'NF4'"},
     {"shape_not_array", [] { return one_tensor("4"); }, "field 'shape' is not an array"},
     {"shape_negative_dim", [] { return one_tensor("[-2,-2]"); }, "shape [-2,-2] has a negative dimension"},
     {"shape_float_dim", [] { return one_tensor("[2.5,2]"); }, "has a non-integer dimension"},
-    {"shape_integral_float_dim", [] { return one_tensor("[2.0,2]"); }, "shape [2.0,2] has a non-integer dimension"},
+    {"shape_integral_float_dim", [] { return one_tensor("[2.0,2]"); },
+     "shape [2.0,2] has a non-integer dimension"},
     {"shape_string_dim", [] { return one_tensor("[\"2\",2]"); }, "has a non-integer dimension"},
-    {"shape_dim_beyond_u64", [] { return one_tensor("[100000000000000000000000,1]"); }, "non-integer dimension"},
-    {"shape_numel_overflow", [] { return one_tensor("[4294967296,4294967296,0]"); }, "overflows a 64-bit byte count"},
-    {"shape_bytes_overflow", [] { return one_tensor("[2305843009213693952]", "[0,16]", "\"F64\""); }, "F64 overflows"},
+    {"shape_dim_beyond_u64", [] { return one_tensor("[100000000000000000000000,1]"); },
+     "non-integer dimension"},
+    {"shape_numel_overflow", [] { return one_tensor("[4294967296,4294967296,0]"); },
+     "overflows a 64-bit byte count"},
+    {"shape_bytes_overflow", [] { return one_tensor("[2305843009213693952]", "[0,16]", "\"F64\""); },
+     "F64 overflows"},
     {"shape_dim_beyond_int64", [] { return one_tensor("[18446744073709551615]"); }, "overflows"},
-    {"offsets_one_element", [] { return one_tensor("[2,2]", "[16]"); }, "data_offsets [16] are not two non-negative integers"},
-    {"offsets_three_elements", [] { return one_tensor("[2,2]", "[0,8,16]"); }, "are not two non-negative integers"},
+    {"offsets_one_element", [] { return one_tensor("[2,2]", "[16]"); },
+     "data_offsets [16] are not two non-negative integers"},
+    {"offsets_three_elements", [] { return one_tensor("[2,2]", "[0,8,16]"); },
+     "are not two non-negative integers"},
     {"offsets_negative", [] { return one_tensor("[2,2]", "[-16,0]"); }, "data_offsets [-16,0] are not two"},
     {"offsets_float", [] { return one_tensor("[2,2]", "[0,16.0]"); }, "are not two non-negative integers"},
-    {"offsets_not_array", [] { return one_tensor("[2,2]", "\"0-16\""); }, "are not two non-negative integers"},
-    {"offsets_begin_after_end", [] { return one_tensor("[0]", "[16,0]"); }, "data_offsets [16, 0]: begin is after end"},
+    {"offsets_not_array", [] { return one_tensor("[2,2]", "\"0-16\""); },
+     "are not two non-negative integers"},
+    {"offsets_begin_after_end", [] { return one_tensor("[0]", "[16,0]"); },
+     "data_offsets [16, 0]: begin is after end"},
     {"offsets_end_beyond_data", [] { return one_tensor("[2,2]", "[0,16]", "\"F32\"", 12); },
      "data_offsets [0, 16] end beyond the data section of 12 bytes"},
+    // --- a header that claims more than the file holds: refused before anything is read ---
+    {"claims_terabytes", [] { return one_tensor("[1099511627776]", "[0,4398046511104]", "\"F32\"", 16); },
+     "tensor 'a': data_offsets [0, 4398046511104] end beyond the data section of 16 bytes"},
+    {"claims_2pow62_elements",
+     [] { return one_tensor("[4611686018427387904]", "[0,4611686018427387904]", "\"U8\"", 16); },
+     "data_offsets [0, 4611686018427387904] end beyond the data section of 16 bytes"},
+    {"claims_2pow62_f32_elements", [] { return one_tensor("[4611686018427387904]", "[0,16]"); },
+     "shape [4611686018427387904] of F32 overflows a 64-bit byte count"},
     {"size_mismatch", [] { return one_tensor("[2,2]", "[0,12]", "\"F32\"", 12); },
      "tensor 'a': data_offsets [0, 12] hold 12 bytes but F32 [2, 2] needs 16"},
-    {"size_mismatch_bf16", [] { return one_tensor("[3]", "[0,3]", "\"BF16\"", 3); }, "hold 3 bytes but BF16 [3] needs 6"},
+    {"size_mismatch_bf16", [] { return one_tensor("[3]", "[0,3]", "\"BF16\"", 3); },
+     "hold 3 bytes but BF16 [3] needs 6"},
     // --- layout of the data section ---
-    {"overlap", [] { return raw("{" + entry("a", "[4]", "[0,16]") + "," + entry("b", "[4]", "[8,24]") + "}", 24); },
+    {"overlap",
+     [] { return raw("{" + entry("a", "[4]", "[0,16]") + "," + entry("b", "[4]", "[8,24]") + "}", 24); },
      "tensor 'b': data_offsets [8, 24] overlap tensor 'a' [0, 16]"},
-    {"overlap_identical", [] { return raw("{" + entry("a", "[4]", "[0,16]") + "," + entry("b", "[4]", "[0,16]") + "}", 16); },
+    {"overlap_identical",
+     [] { return raw("{" + entry("a", "[4]", "[0,16]") + "," + entry("b", "[4]", "[0,16]") + "}", 16); },
      "overlap tensor 'a'"},
     {"empty_tensor_inside_another",
      [] { return raw("{" + entry("a", "[4]", "[0,16]") + "," + entry("e", "[0]", "[8,8]") + "}", 16); },
      "tensor 'e': data_offsets [8, 8] overlap"},
-    {"gap_between_tensors", [] { return raw("{" + entry("a", "[2]", "[0,8]") + "," + entry("b", "[2]", "[16,24]") + "}", 24); },
+    {"gap_between_tensors",
+     [] { return raw("{" + entry("a", "[2]", "[0,8]") + "," + entry("b", "[2]", "[16,24]") + "}", 24); },
      "tensor 'b': data_offsets [16, 24] leave a gap of 8 bytes"},
-    {"not_starting_at_zero", [] { return one_tensor("[2,2]", "[8,24]", "\"F32\"", 24); }, "leave a gap of 8 bytes after offset 0"},
+    {"not_starting_at_zero", [] { return one_tensor("[2,2]", "[8,24]", "\"F32\"", 24); },
+     "leave a gap of 8 bytes after offset 0"},
     {"trailing_bytes", [] { return one_tensor("[2,2]", "[0,16]", "\"F32\"", 20); },
      "tensors cover 16 bytes but the data section holds 20"},
-    {"no_tensors_but_data", [] { return raw("{}      ", 4); }, "tensors cover 0 bytes but the data section holds 4"},
+    {"no_tensors_but_data", [] { return raw("{}      ", 4); },
+     "tensors cover 0 bytes but the data section holds 4"},
     // --- duplicates ---
-    {"duplicate_tensor_name", [] { return raw("{" + entry("a", "[2]", "[0,8]") + "," + entry("a", "[2]", "[8,16]") + "}", 16); },
+    {"duplicate_tensor_name",
+     [] { return raw("{" + entry("a", "[2]", "[0,8]") + "," + entry("a", "[2]", "[8,16]") + "}", 16); },
      "duplicate tensor name 'a'"},
-    {"duplicate_field", [] { return raw("{\"a\":{\"dtype\":\"F32\",\"dtype\":\"I32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8); },
+    {"duplicate_field",
+     [] {
+       return raw("{\"a\":{\"dtype\":\"F32\",\"dtype\":\"I32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8);
+     },
      "duplicate key 'dtype' in entry 'a'"},
-    {"duplicate_metadata", [] { return raw("{\"__metadata__\":{},\"__metadata__\":{}}", 0); }, "duplicate key '__metadata__'"},
+    {"duplicate_metadata", [] { return raw("{\"__metadata__\":{},\"__metadata__\":{}}", 0); },
+     "duplicate key '__metadata__'"},
     {"duplicate_metadata_key", [] { return raw("{\"__metadata__\":{\"k\":\"1\",\"k\":\"2\"}}", 0); },
      "duplicate key 'k' in entry '__metadata__'"},
     // --- __metadata__ ---
-    {"metadata_string", [] { return raw("{\"__metadata__\":\"pt\"}", 0); }, "__metadata__ is a JSON string, not an object"},
+    {"metadata_string", [] { return raw("{\"__metadata__\":\"pt\"}", 0); },
+     "__metadata__ is a JSON string, not an object"},
     {"metadata_null", [] { return raw("{\"__metadata__\":null}", 0); }, "__metadata__ is a JSON null"},
     {"metadata_number_value", [] { return raw("{\"__metadata__\":{\"format\":1}}", 0); },
      "__metadata__ entry 'format' is a JSON number, not a string"},
     {"metadata_nested_value", [] { return raw("{\"__metadata__\":{\"x\":{\"y\":\"z\"}}}", 0); },
      "__metadata__ entry 'x' is a JSON object"},
     // --- a name with a newline stays on one line of message ---
-    {"control_chars_in_name", [] { return raw("{\"a\\nb\":7}", 0); }, "tensor 'a\\x0ab': entry is a JSON number"},
+    {"control_chars_in_name", [] { return raw("{\"a\\nb\":7}", 0); },
+     "tensor 'a\\x0ab': entry is a JSON number"},
     // --- plain garbage ---
     {"garbage_bytes",
      [] {
@@ -181,12 +224,14 @@ TEST(SafetensorsAccepts, EdgeCasesThePythonLibraryAccepts) {
   EXPECT_EQ(ok(raw("{" + entry("s", "[]", "[0,4]") + "}", 4)), 1u);  // scalar
   EXPECT_EQ(ok(raw("{" + entry("e", "[0,3]", "[0,0]") + "," + entry("f", "[0]", "[0,0]") + "}", 0)), 2u);
   // Empty tensors at the start, between and at the end of others.
-  EXPECT_EQ(ok(raw("{" + entry("a", "[1]", "[0,4]") + "," + entry("e1", "[0]", "[0,0]") + "," + entry("e2", "[0]", "[4,4]") +
-                   "," + entry("b", "[1]", "[4,8]") + "," + entry("e3", "[0]", "[8,8]") + "}",
+  EXPECT_EQ(ok(raw("{" + entry("a", "[1]", "[0,4]") + "," + entry("e1", "[0]", "[0,0]") + "," +
+                       entry("e2", "[0]", "[4,4]") + "," + entry("b", "[1]", "[4,8]") + "," +
+                       entry("e3", "[0]", "[8,8]") + "}",
                    8)),
             5u);
   // Whitespace inside and after the JSON; entries in any order; unknown extra fields.
-  Bytes b = raw("{ \"b\" : {\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]} ,\n" + entry("a", "[1]", "[0,4]") +
+  Bytes b = raw("{ \"b\" : {\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]} ,\n" +
+                    entry("a", "[1]", "[0,4]") +
                     ",\"c\":{\"data_offsets\":[8,8],\"shape\":[0],\"dtype\":\"U8\",\"extra\":[1,2]}}\t  ",
                 8);
   SafetensorsHeader h = parse_safetensors_header(b.data(), b.size(), "ok");

@@ -1,6 +1,7 @@
 // Malformed or unsupported tokenizer files fail with one line naming the file and the field.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <fstream>
 
 #include <nlohmann/json.hpp>
@@ -120,10 +121,49 @@ TEST(TokenizerErrors, MissingFileAndBadText) {
   EXPECT_EQ(t.eos_token(), "</s>");
   EXPECT_FALSE(t.pad_token().has_value());
   // special_tokens_map.json wins over tokenizer_config.json, as in transformers.
-  std::ofstream(dir / "special_tokens_map.json") << R"({"eos_token": {"content": "<eos>"}, "pad_token": "<pad>"})";
+  std::ofstream(dir / "special_tokens_map.json")
+      << R"({"eos_token": {"content": "<eos>"}, "pad_token": "<pad>"})";
   Tokenizer t2 = Tokenizer::from_pretrained(dir.path());
   EXPECT_EQ(t2.bos_token(), "<s>");
   EXPECT_EQ(t2.eos_token(), "<eos>");
   EXPECT_EQ(t2.pad_token(), "<pad>");
   EXPECT_THROW(t.encode("a\xFF"), FormatError);
+}
+
+// Hostile input sizes: 100 MB on one line is refused at once with one line (Tokenizer::
+// kMaxEncodeBytes), before any copy; a single 2 MB "word" (no pre-tokenizer: the whole input is
+// one piece for the model, the worst case of BPE merging and of the Unigram lattice) is
+// bounded work, seconds, not the hours a quadratic merge would take.
+TEST(TokenizerErrors, HugeInputIsRefusedAndLongWordsAreBoundedWork) {
+  test::TempDir dir;
+  std::ofstream(dir / "tokenizer.json") << minimal().dump();
+  Tokenizer t = Tokenizer::from_pretrained(dir.path());
+  const std::string huge(100u << 20, 'a');
+  auto t0 = std::chrono::steady_clock::now();
+  try {
+    t.encode(huge);
+    ADD_FAILURE() << "no error";
+  } catch (const FormatError& e) {
+    EXPECT_EQ(std::string(e.what()),
+              "tokenizer: the input text is 104857600 bytes, over the limit of 33554432 bytes for one encode "
+              "(encode it in parts)");
+  }
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 1.0);
+
+  std::string word;
+  for (size_t i = 0; i < (1u << 20); ++i) word += "ab";
+  t0 = std::chrono::steady_clock::now();
+  Encoding e = t.encode(word);
+  EXPECT_EQ(e.ids.size(), 1u << 20);  // every "a b" merged
+  EXPECT_EQ(e.ids.front(), 2);
+  json uni = {{"type", "Unigram"},
+              {"unk_id", 0},
+              {"vocab", json::array({json::array({"<unk>", 0.0}), json::array({"a", -1.0}),
+                                     json::array({"aa", -1.5}), json::array({"aaaa", -2.5})})}};
+  json j = minimal();
+  j["model"] = uni;
+  std::ofstream(dir / "tokenizer.json") << j.dump();
+  Tokenizer u = Tokenizer::from_pretrained(dir.path());
+  EXPECT_EQ(u.encode(std::string(2u << 20, 'a')).ids.size(), (2u << 20) / 4);
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 60.0);
 }

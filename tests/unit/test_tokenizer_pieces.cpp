@@ -3,6 +3,7 @@
 // Viterbi, decoders.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <fstream>
 
 #include <nlohmann/json.hpp>
@@ -182,6 +183,65 @@ TEST(TokenizerUnigram, ViterbiPicksBestScore) {
   Encoding e = t1.encode("acca");
   EXPECT_EQ(e.ids, (std::vector<int64_t>{1, 0, 1}));
   EXPECT_EQ(e.tokens, (std::vector<std::string>{"a", "cc", "a"}));
+}
+
+// Equal scores: a run of one character has many segmentations of the same score, and HF's
+// choice among them follows from tokenizers' Unigram::encode_optimized (model.rs):
+//   - start positions are visited left to right, and from each the trie offers the pieces by
+//     increasing length;
+//   - the best path ending at a position is replaced only when a candidate is strictly better
+//     (`candidate_best_path_score > target_node.best_path_score`), so of equal candidates the
+//     first offered stays: the one starting furthest left, i.e. the longest last piece;
+//   - the result is read back from the end, following those choices.
+// With x = -1, xx = -2, "xxxxx" ends in "xx" (offered from position 3 before "x" from 4), so do
+// the pieces before it, and the odd "x" comes first: x xx xx.
+// Scores that are not exact binary fractions tie only up to rounding, and then the rounding of
+// the sums decides; the sums are the same (piece score + best path so far) once the scores are.
+// They are not as a correctly rounded parse reads them: HF reads tokenizer.json with serde_json's
+// default number parser (digits as an integer, then one division by 10^15 here), and t5's
+// "---" = -12.130167007446289 becomes -12.130167007446287 there. With that score a run of 13
+// dashes ties "---" "---" "-" "---" "---" below the alternatives, which a correctly parsed
+// -12.130167007446289 orders "-" first.
+// (Every expectation here checked against tokenizers 0.23.3.)
+TEST(TokenizerUnigram, EqualScoresTieBreakAsHf) {
+  test::TempDir dir;
+  auto model = [](std::vector<std::pair<std::string, double>> pieces) {
+    json vocab = json::array({json::array({"<unk>", 0.0})});
+    for (const auto& [p, score] : pieces) vocab.push_back(json::array({p, score}));
+    return json{{"type", "Unigram"}, {"unk_id", 0}, {"vocab", vocab}};
+  };
+  using V = std::vector<std::string>;
+  Tokenizer t = load(dir, model({{"x", -1.0}, {"xx", -2.0}}));
+  EXPECT_EQ(t.encode("xx").tokens, (V{"xx"}));
+  EXPECT_EQ(t.encode("xxx").tokens, (V{"x", "xx"}));
+  EXPECT_EQ(t.encode("xxxxx").tokens, (V{"x", "xx", "xx"}));
+  EXPECT_EQ(t.encode("xxxxxx").tokens, (V{"xx", "xx", "xx"}));
+  V want(20, "xx");  // a long run: 39 = one x, then nineteen xx
+  want.front() = "x";
+  EXPECT_EQ(t.encode(std::string(39, 'x')).tokens, want);
+  // Three lengths: the longest piece ends last, the remainder goes first.
+  Tokenizer t3 = load(dir, model({{"x", -1.0}, {"xx", -2.0}, {"xxx", -3.0}}));
+  EXPECT_EQ(t3.encode("xxxx").tokens, (V{"x", "xxx"}));
+  EXPECT_EQ(t3.encode("xxxxxxxx").tokens, (V{"xx", "xxx", "xxx"}));
+  // Other characters: "xy" (from position 1) is offered before "y" (from 2) for the end.
+  Tokenizer ty = load(dir, model({{"x", -1.0}, {"xx", -2.0}, {"y", -1.0}, {"xy", -2.0}}));
+  EXPECT_EQ(ty.encode("xxy").tokens, (V{"x", "xy"}));
+  EXPECT_EQ(ty.encode("xxxy").tokens, (V{"xx", "xy"}));
+  // Scores that tie only up to rounding (-3.2 and -6.4): HF gives x xx xx x for six x's.
+  Tokenizer tr = load(dir, model({{"x", -3.2}, {"xx", -6.4}}));
+  EXPECT_EQ(tr.encode("xxxxxx").tokens, (V{"x", "xx", "xx", "x"}));
+  EXPECT_EQ(tr.encode("xxxxxxx").tokens, (V{"x", "xx", "xx", "xx"}));
+  // t5_small's scores of "-" and "---", as the file writes them.
+  Tokenizer td = load(dir, model({{"-", -5.129043102264404}, {"---", -12.130167007446289}}));
+  EXPECT_EQ(td.encode("-------").tokens, (V{"---", "---", "-"}));
+  EXPECT_EQ(td.encode("--------").tokens, (V{"-", "-", "---", "---"}));
+  EXPECT_EQ(td.encode("-----------").tokens, (V{"---", "---", "-", "---", "-"}));
+  EXPECT_EQ(td.encode(std::string(13, '-')).tokens, (V{"---", "---", "-", "---", "---"}));
+  EXPECT_EQ(td.encode(std::string(14, '-')).tokens, (V{"---", "---", "-", "---", "-", "---"}));
+  // The parse itself: serde_json's value, one ulp above the correctly rounded one.
+  EXPECT_EQ(tok::serde_json_f64(-12.130167007446289), std::nextafter(-12.130167007446289, 0.0));
+  EXPECT_EQ(tok::serde_json_f64(-5.129043102264404), -5.129043102264404);
+  EXPECT_EQ(tok::serde_json_f64(-2.0), -2.0);
 }
 
 TEST(TokenizerDecoders, ByteFallbackFuseStrip) {

@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
+#include "io/read_file.h"
 #include "nibble/chat_template.h"
 #include "nibble/error.h"
 #include "nibble/model.h"
@@ -90,12 +91,6 @@ std::string fmt_time(double s) {
   return b;
 }
 
-void write_text(const fs::path& p, const std::string& s) {
-  std::ofstream f(p);
-  f << s;
-  if (!f) throw IoError("cannot write " + p.string());
-}
-
 // The micro-batches of optimizer step `step` (0-based): micro-batch k of the run is batch
 // k % per_epoch of epoch k / per_epoch, each epoch a fresh permutation seeded by seed + epoch.
 std::vector<TrainBatch> micro_batches(const std::vector<SftExample>& ex, int64_t step, int64_t bs, int64_t ga,
@@ -135,18 +130,11 @@ std::vector<TrainBatch> eval_batches(const std::vector<SftExample>& ex, int64_t 
   return out;
 }
 
-// checkpoint-N: adapter, optimizer state, trainer_state.json; written under a temporary name
-// and renamed, so a checkpoint folder is complete or absent.
+// checkpoint-N: adapter, optimizer state, trainer_state.json, replacing the folder as a whole
+// (a crash leaves a complete checkpoint folder or none).
 void save_checkpoint(const fs::path& out, const PeftModel& peft, const LoraTrainer& tr,
                      const nlohmann::json& state) {
-  const fs::path final_dir = out / ("checkpoint-" + std::to_string(tr.global_step()));
-  const fs::path tmp = out / (".checkpoint-" + std::to_string(tr.global_step()) + ".tmp");
-  fs::remove_all(tmp);
-  peft.save_pretrained(tmp);
-  tr.save_state(tmp);
-  write_text(tmp / "trainer_state.json", state.dump(2));
-  fs::remove_all(final_dir);
-  fs::rename(tmp, final_dir);
+  tr.save_checkpoint(out / ("checkpoint-" + std::to_string(tr.global_step())), peft, state.dump(2));
 }
 
 }  // namespace
@@ -227,7 +215,13 @@ int run_finetune(const FinetuneArgs& a) {
   LoraTrainer tr(*peft, ta, total);
   if (!a.resume.empty()) {
     // the data order and the schedule follow from these: a resumed run must keep them
-    const auto st = nlohmann::json::parse(std::ifstream(fs::path(a.resume) / "trainer_state.json"));
+    const fs::path state_path = fs::path(a.resume) / "trainer_state.json";
+    nlohmann::json st;
+    try {
+      st = io::parse_json(io::read_text_file(state_path));
+    } catch (const nlohmann::json::exception& e) {
+      throw FormatError(state_path.string() + ": not valid JSON (" + e.what() + ")");
+    }
     const std::pair<const char*, int64_t> keep[] = {{"seed", int64_t(a.seed)},
                                                     {"per_device_train_batch_size", a.batch_size},
                                                     {"gradient_accumulation_steps", a.grad_accum},

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
+#include "io/read_file.h"
 #include "nibble/chat_template.h"
 #include "nibble/error.h"
 
@@ -25,7 +26,7 @@ void add_render_chat_command(CLI::App& app, RenderChatArgs& a) {
 int run_render_chat(const RenderChatArgs& a) {
   nlohmann::json j;
   try {
-    j = nlohmann::json::parse(read_text_file(a.messages));
+    j = io::parse_json(read_text_file(a.messages));
   } catch (const nlohmann::json::exception& e) {
     throw FormatError(a.messages + ": not valid JSON (" + e.what() + ")");
   }

@@ -128,6 +128,7 @@ Value f_join(Interpreter&, Value& v, CallArgs& a) {
     if (!first) out += sep;
     first = false;
     out += to_str(attribute ? attr_path(x, *attribute) : x);
+    check_size(double(out.size()), "join");
   }
   return Value::string(out);
 }

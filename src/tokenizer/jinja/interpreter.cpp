@@ -560,6 +560,10 @@ Value Interpreter::binary(const Expr& e, Scope& s) {
       return m;
     }
     if (a.is_plain_list() && b.is_plain_list() && a.is_tuple == b.is_tuple) {
+      double bytes = 0;  // as for '*': doubling a list in a loop must stop at the bound
+      for (const List* l : {a.list.get(), b.list.get()})
+        for (const Value& x : *l) bytes += double(sizeof(Value) + x.s.size());
+      check_size(bytes, "'+'");
       List items = *a.list;
       items.insert(items.end(), b.list->begin(), b.list->end());
       return Value::make_list(std::move(items), a.is_tuple);
@@ -579,7 +583,12 @@ Value Interpreter::binary(const Expr& e, Scope& s) {
     if ((seq->is_string() || seq->is_plain_list()) && (cnt->kind == Kind::Int || cnt->kind == Kind::Bool)) {
       int64_t times = cnt->kind == Kind::Bool ? cnt->b : cnt->i;
       if (seq->is_string() ? seq->s.empty() : seq->list->empty()) times = 0;  // '' * 10**9: no loop
-      check_size(double(times) * double(seq->is_string() ? seq->s.size() : seq->list->size()), "'*'");
+      // A list's bytes as copied: each item a Value, a string item with its text (a nested list
+      // is shared), so ['x' * 4000000] * 1000 is refused too.
+      double unit = double(seq->is_string() ? seq->s.size() : 0);
+      if (!seq->is_string())
+        for (const Value& x : *seq->list) unit += double(sizeof(Value) + x.s.size());
+      check_size(double(times) * unit, "'*'");
       if (seq->is_string()) {
         std::string rep;
         rep.reserve(size_t(std::max<int64_t>(times, 0)) * seq->s.size());
@@ -637,6 +646,7 @@ Value Interpreter::binary(const Expr& e, Scope& s) {
   }
   if (op == "**") {
     if (ints && bi >= 0) {
+      if (ai == -1) return Value::integer(bi % 2 ? -1 : 1);  // the loop below would run bi times
       r = 1;
       for (int64_t k = 0; k < bi && r != 0 && !(r == 1 && ai == 1); ++k)
         if (__builtin_mul_overflow(r, ai, &r)) return overflow();

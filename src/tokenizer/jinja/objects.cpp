@@ -184,6 +184,7 @@ Value string_method(const Value& self, const std::string& name) {
            if (!first) out += s.s;
            first = false;
            out += x.s;
+           check_size(double(out.size()), "join");
          }
          return Value::string(out);
        }},

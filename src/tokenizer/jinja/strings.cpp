@@ -6,6 +6,7 @@
 #include <algorithm>
 
 #include "io/utf8.h"
+#include "tokenizer/jinja/value.h"
 
 namespace nibble::jinja {
 
@@ -139,6 +140,7 @@ std::string py_replace(const std::string& s, const std::string& old, const std::
       if (count < 0 || done < count) {
         out += repl;
         ++done;
+        check_size(double(out.size()), "replace");
       }
       if (k < u.size()) out += utf8_encode(u.substr(k, 1));
     }
@@ -149,6 +151,7 @@ std::string py_replace(const std::string& s, const std::string& old, const std::
     size_t q = s.find(old, p);
     if (q == std::string::npos) break;
     out += s.substr(p, q - p) + repl;
+    check_size(double(out.size() + s.size() - q), "replace");
     p = q + old.size();
     ++done;
   }

@@ -3,6 +3,7 @@
 // on these matching CPython exactly (float repr, string quoting, separators).
 #include "tokenizer/jinja/value.h"
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <cstdio>
@@ -41,6 +42,24 @@ void check_size(double n, const char* what) {
         detail::str(what, ": a result of ", n, " bytes or items (the limit is ", kMaxStringBytes, ")"));
 }
 
+static uint32_t deeper(uint32_t deepest) {
+  if (deepest + 1 > kMaxNesting)
+    throw TemplateError(detail::str("lists and dicts nested deeper than ", kMaxNesting, " levels"));
+  return deepest + 1;
+}
+
+uint32_t Value::nest_of(const List& items) {
+  uint32_t d = 0;
+  for (const Value& x : items) d = std::max(d, x.nest);
+  return deeper(d);
+}
+
+uint32_t Value::nest_of(const Dict& items) {
+  uint32_t d = 0;
+  for (const auto& kv : items) d = std::max(d, kv.second.nest);
+  return deeper(d);
+}
+
 const Value* Value::find(const std::string& key) const {
   if (kind != Kind::Map) return nullptr;
   for (const auto& [k, v] : *dict)
@@ -49,6 +68,7 @@ const Value* Value::find(const std::string& key) const {
 }
 
 void Value::set(const std::string& key, Value v) {
+  nest = std::max(nest, deeper(v.nest));
   for (auto& [k, old] : *dict)
     if (k == key) {
       old = std::move(v);
@@ -190,6 +210,7 @@ std::string repr(const Value& v) {
       for (size_t k = 0; k < v.list->size(); ++k) {
         if (k) out += ", ";
         out += repr((*v.list)[k]);
+        check_size(double(out.size()), "repr");
       }
       if (v.is_tuple && v.list->size() == 1) out += ",";
       return out + (v.is_tuple ? ")" : "]");
@@ -202,6 +223,7 @@ std::string repr(const Value& v) {
         if (!first) out += ", ";
         first = false;
         out += repr(key_value(k)) + ": " + repr(x);
+        check_size(double(out.size()), "repr");
       }
       return out + "}";
     }
@@ -305,7 +327,10 @@ bool less(const Value& a, const Value& b) {
 }
 
 template <typename J>
-static Value from_json_any(const J& j) {
+static Value from_json_any(const J& j, uint32_t depth = 0) {
+  // Checked on the way down: the recursion itself must not go deeper than a Value may nest.
+  if (depth > kMaxNesting)
+    throw TemplateError(detail::str("chat template input: JSON nested deeper than ", kMaxNesting, " levels"));
   switch (j.type()) {
     case nlohmann::json::value_t::null:
       return Value::none();
@@ -321,12 +346,13 @@ static Value from_json_any(const J& j) {
       return Value::string(j.template get<std::string>());
     case nlohmann::json::value_t::array: {
       List items;
-      for (const auto& x : j) items.push_back(from_json_any(x));
+      for (const auto& x : j) items.push_back(from_json_any(x, depth + 1));
       return Value::make_list(std::move(items));
     }
     case nlohmann::json::value_t::object: {
       Dict items;
-      for (auto it = j.begin(); it != j.end(); ++it) items.emplace_back(it.key(), from_json_any(it.value()));
+      for (auto it = j.begin(); it != j.end(); ++it)
+        items.emplace_back(it.key(), from_json_any(it.value(), depth + 1));
       return Value::make_dict(std::move(items));
     }
     default:
@@ -380,6 +406,7 @@ static void json_dump(std::string& out, const Value& v, int indent, int level, c
         if (k) out += item_sep;
         if (indent >= 0) newline(level + 1);
         json_dump(out, (*v.list)[k], indent, level + 1, item_sep, key_sep, ascii);
+        check_size(double(out.size()), "tojson");
       }
       if (indent >= 0) newline(level);
       out += ']';
@@ -401,6 +428,7 @@ static void json_dump(std::string& out, const Value& v, int indent, int level, c
                                    ascii);  // json.dumps writes int keys as strings
         out += key_sep;
         json_dump(out, x, indent, level + 1, item_sep, key_sep, ascii);
+        check_size(double(out.size()), "tojson");
       }
       if (indent >= 0) newline(level);
       out += '}';

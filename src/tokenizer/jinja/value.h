@@ -44,6 +44,10 @@ void charge_bytes(size_t n);
 // TemplateError when a string or list of n bytes / items (`what` names the operation) would
 // pass kMaxStringBytes; checked before it is built.
 void check_size(double n, const char* what);
+// Lists and dicts nest at most kMaxNesting deep: printing, comparing, converting and freeing a
+// value recurse once per level, so a template (or a caller's JSON) nesting 100,000 deep would
+// overflow the stack. Checked when a list or dict is built.
+inline constexpr uint32_t kMaxNesting = 1000;
 using List = std::vector<Value>;
 // Insertion-ordered, as Python dicts are; chat dicts are small, so lookup is linear.
 using Dict = std::vector<std::pair<std::string, Value>>;
@@ -74,6 +78,7 @@ struct Value {
   Iter iter = Iter::None;
   std::shared_ptr<size_t> cursor;  // Generator / Reverse: items already consumed     // a String that is
                                    // markupsafe.Markup (from |safe, |escape): `+` escapes the other side
+  uint32_t nest = 0;               // Array/Map: 1 + the deepest nesting of an item (kMaxNesting at most)
   int64_t i = 0;
   double f = 0;
   std::string s;  // String text (UTF-8); for Undefined, the name that was missing (for errors)
@@ -120,6 +125,7 @@ struct Value {
   static Value make_list(List items = {}, bool tuple = false) {
     Value v;
     v.kind = Kind::Array;
+    v.nest = nest_of(items);
     v.list = std::make_shared<List>(std::move(items));
     v.is_tuple = tuple;
     return v;
@@ -133,6 +139,7 @@ struct Value {
   static Value make_dict(Dict items = {}) {
     Value v;
     v.kind = Kind::Map;
+    v.nest = nest_of(items);
     v.dict = std::make_shared<Dict>(std::move(items));
     return v;
   }
@@ -151,6 +158,10 @@ struct Value {
   bool single_pass() const { return cursor != nullptr; }
   bool is_dict() const { return kind == Kind::Map; }
   bool is_number() const { return kind == Kind::Int || kind == Kind::Float || kind == Kind::Bool; }
+
+  // 1 + the deepest item; TemplateError beyond kMaxNesting.
+  static uint32_t nest_of(const List& items);
+  static uint32_t nest_of(const Dict& items);
 
   // Dict lookup; nullptr when absent (or not a dict).
   const Value* find(const std::string& key) const;

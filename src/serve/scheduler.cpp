@@ -130,8 +130,8 @@ bool Scheduler::admit() {
     // Cancelled before they got a slot: drop them now.
     for (auto it = queue_.begin(); it != queue_.end();) {
       if ((*it)->cancel_requested()) {
+        metrics_.on_cancelled();  // counted before the client can see the end
         (*it)->finish(FinishReason::Callback, true);
-        metrics_.on_cancelled();
         it = queue_.erase(it);
       } else {
         ++it;
@@ -169,8 +169,8 @@ void Scheduler::emit(Slot& s, int64_t token) {
   metrics_.on_tokens_out(1);
   s.job->push(token);
   if (s.decoder->done()) {
+    metrics_.on_finished();  // counted before the client can see the end (and read /metrics)
     s.job->finish(s.decoder->finish_reason(), false);
-    metrics_.on_finished();
     release(s);
   } else {
     s.next_input = token;
@@ -227,8 +227,8 @@ void Scheduler::loop() {
     }
     for (auto& s : slots_) {
       if (s->job && (cancel_all || s->job->cancel_requested())) {
-        s->job->finish(FinishReason::Callback, true);
         metrics_.on_cancelled();
+        s->job->finish(FinishReason::Callback, true);
         release(*s);
       }
     }

@@ -3,8 +3,11 @@
 // non-tensor fields, keyed "quant_state.bitsandbytes__<quant_type>". The JSON is Python's
 // json.dumps of a dict in insertion order, so we write it with the same key order and float
 // repr; when reading, blocksize/nesting/type come from that JSON, never from config.json.
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include <nlohmann/json.hpp>
 
@@ -86,11 +89,23 @@ void expect(const Tensor& t, DType dt, const Shape& shape, const std::string& wh
                           dtype_name(t.dtype()), " ", shape_str(t.shape())));
 }
 
+// A JSON integer that fits int64 (nlohmann's get<int64_t> of 1e300 is undefined behaviour).
+bool is_int64(const nlohmann::json& v) {
+  return v.is_number_integer() && !(v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(INT64_MAX));
+}
+
 template <typename T>
 T json_field(const nlohmann::json& j, const char* key, const std::string& where) {
   if (!j.contains(key)) throw FormatError(str(where, ": quant_state JSON lacks '", key, "'"));
+  const nlohmann::json& v = j.at(key);
+  bool ints = true;  // integer fields hold JSON integers only
+  if constexpr (std::is_same_v<T, int64_t>) ints = is_int64(v);
+  if constexpr (std::is_same_v<T, Shape>)
+    ints =
+        v.is_array() && std::all_of(v.begin(), v.end(), [](const nlohmann::json& e) { return is_int64(e); });
+  if (!ints) throw FormatError(str(where, ": quant_state JSON field '", key, "' is not an integer"));
   try {
-    return j.at(key).get<T>();
+    return v.get<T>();
   } catch (const nlohmann::json::exception&) {
     throw FormatError(str(where, ": quant_state JSON field '", key, "' has the wrong type"));
   }

@@ -221,6 +221,13 @@ LoraConfig LoraConfig::from_json(const nlohmann::json& j, const std::string& ori
     if (!v->is_string()) throw FormatError(origin + ": field '" + k + "' is not a string");
     return v->get<std::string>();
   };
+  // An integer field: a JSON integer in range (a float such as 1e300 converted to int64 would be
+  // undefined behaviour; peft needs integers here too).
+  auto int_value = [&](const nlohmann::json& v, const char* k) -> int64_t {
+    if (!v.is_number_integer() || (v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(INT64_MAX)))
+      throw FormatError(origin + ": field '" + k + "' is not an integer");
+    return v.get<int64_t>();
+  };
   auto str_list = [&](const char* k, std::vector<std::string>& out) -> bool {
     const auto* v = field(k);
     if (!v || v->is_null()) return false;
@@ -232,7 +239,7 @@ LoraConfig LoraConfig::from_json(const nlohmann::json& j, const std::string& ori
     return true;
   };
   try {
-    if (const auto* v = field("r")) c.r = v->get<int64_t>();
+    if (const auto* v = field("r")) c.r = int_value(*v, "r");
     if (const auto* v = field("lora_alpha")) c.lora_alpha = v->get<double>();
     if (const auto* v = field("lora_dropout")) c.lora_dropout = v->get<double>();
     if (const auto* v = field("target_modules")) {
@@ -251,12 +258,22 @@ LoraConfig LoraConfig::from_json(const nlohmann::json& j, const std::string& ori
     if (const auto* v = field("fan_in_fan_out")) c.fan_in_fan_out = v->get<bool>();
     c.modules_to_save_set = str_list("modules_to_save", c.modules_to_save);
     c.task_type = opt_string("task_type");
-    if (const auto* v = field("layers_to_transform"); v && !v->is_null())
-      c.layers_to_transform =
-          v->is_number() ? std::vector<int64_t>{v->get<int64_t>()} : v->get<std::vector<int64_t>>();
+    if (const auto* v = field("layers_to_transform"); v && !v->is_null()) {
+      if (v->is_number()) {
+        c.layers_to_transform = {int_value(*v, "layers_to_transform")};
+      } else {
+        if (!v->is_array())
+          throw FormatError(origin + ": field 'layers_to_transform' is not an integer or a list");
+        std::vector<int64_t> layers;
+        for (const auto& e : *v) layers.push_back(int_value(e, "layers_to_transform"));
+        c.layers_to_transform = std::move(layers);
+      }
+    }
     c.layers_pattern = opt_string("layers_pattern");
-    if (const auto* v = field("rank_pattern"); v && !v->is_null())
-      c.rank_pattern = v->get<std::map<std::string, int64_t>>();
+    if (const auto* v = field("rank_pattern"); v && !v->is_null()) {
+      if (!v->is_object()) throw FormatError(origin + ": field 'rank_pattern' is not an object");
+      for (const auto& [name, e] : v->items()) c.rank_pattern[name] = int_value(e, "rank_pattern");
+    }
     if (const auto* v = field("alpha_pattern"); v && !v->is_null())
       c.alpha_pattern = v->get<std::map<std::string, double>>();
     if (const auto* v = field("use_dora")) c.use_dora = v->get<bool>();

@@ -21,8 +21,14 @@ Tensor f32s(const float* p, int64_t n) {
 // The block count the blob's shape and blocksize give, when small enough to build tensors for.
 int64_t blocks_asked(const nlohmann::json& j) {
   try {
-    int64_t bs = j.at("blocksize").get<int64_t>();
-    auto shape = j.at("shape").get<std::vector<int64_t>>();
+    // integers only: nlohmann's get<int64_t> of a float such as 1e300 is undefined behaviour
+    const auto& jb = j.at("blocksize");
+    const auto& js = j.at("shape");
+    if (!jb.is_number_integer() || !js.is_array()) return 1;
+    for (const auto& e : js)
+      if (!e.is_number_integer()) return 1;
+    int64_t bs = jb.get<int64_t>();
+    auto shape = js.get<std::vector<int64_t>>();
     if (bs <= 0) return 1;
     int64_t n = nibble::shape_numel(shape);
     if (n > (int64_t(1) << 24)) return 1;

@@ -227,11 +227,16 @@ int run_finetune(const FinetuneArgs& a) {
                                                     {"gradient_accumulation_steps", a.grad_accum},
                                                     {"train_sequences", n},
                                                     {"total_steps", total}};
-    for (const auto& [k, v] : keep)
-      if (st.contains(k) && st[k].get<int64_t>() != v)
+    for (const auto& [k, v] : keep) {
+      if (!st.contains(k)) continue;
+      if (!st[k].is_number_integer())
+        throw FormatError(std::string("--resume-from-checkpoint: trainer_state.json: '") + k +
+                          "' is not an integer");
+      if (st[k].get<int64_t>() != v)
         throw ConfigError(std::string("--resume-from-checkpoint: ") + k + " is " + std::to_string(v) +
                           ", the checkpoint's run had " + std::to_string(st[k].get<int64_t>()) +
                           " (resume with the same data and flags)");
+    }
     tr.load_state(a.resume);
   }
 

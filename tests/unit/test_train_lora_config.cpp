@@ -2,6 +2,8 @@
 // peft's validation errors, target-module matching and the init distributions.
 #include <gtest/gtest.h>
 
+#include <nlohmann/json.hpp>
+
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -101,6 +103,32 @@ TEST(LoraConfig, PeftValidationErrors) {
         c.layers_to_transform = std::vector<int64_t>{0};
       },
       "`layers_to_transform` cannot be used when `target_modules` is a str.");
+}
+
+// Integer fields hold JSON integers: 1e300 (undefined behaviour if converted to int64) and 8.0
+// are refused with the field's name, as are integers past int64.
+TEST(LoraConfig, IntegerFieldsRefuseFloats) {
+  const char* cases[][2] = {{R"({"r": 1e300})", "'r'"},
+                            {R"({"r": 8.0})", "'r'"},
+                            {R"({"r": 18446744073709551615})", "'r'"},
+                            {R"({"r": 8, "layers_to_transform": [0, -1e300]})", "'layers_to_transform'"},
+                            {R"({"r": 8, "layers_to_transform": 2.5})", "'layers_to_transform'"},
+                            {R"({"r": 8, "rank_pattern": {"q_proj": 1e300}})", "'rank_pattern'"}};
+  for (const auto& [text, needle] : cases) {
+    nlohmann::json j = nlohmann::json::parse(text);
+    j["peft_type"] = "LORA";
+    j["target_modules"] = {"q_proj"};
+    try {
+      (void)LoraConfig::from_json(j, "adapter_config.json");
+      ADD_FAILURE() << "accepted " << text;
+    } catch (const FormatError& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("adapter_config.json"), std::string::npos) << e.what();
+    }
+  }
+  nlohmann::json ok = {
+      {"peft_type", "LORA"}, {"r", 8}, {"target_modules", {"q_proj"}}, {"layers_to_transform", 1}};
+  EXPECT_EQ(LoraConfig::from_json(ok, "adapter_config.json").r, 8);
 }
 
 TEST(LoraConfig, TargetMatching) {

@@ -44,6 +44,8 @@ Value attr_path(const Value& item, const Value& attribute) {
     std::string part = path.substr(p, q == std::string::npos ? std::string::npos : q - p);
     bool digits =
         !part.empty() && std::all_of(part.begin(), part.end(), [](char c) { return c >= '0' && c <= '9'; });
+    if (digits && part.size() > 18)  // past int64 (stoll would throw): no list is that long
+      throw TemplateError(detail::str("attribute index out of range: ", part));
     cur = digits ? get_item(cur, Value::integer(std::stoll(part))) : get_item(cur, Value::string(part));
     if (q == std::string::npos) return cur;
     p = q + 1;

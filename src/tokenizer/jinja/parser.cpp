@@ -562,7 +562,12 @@ class Parser {
         if (cur().type == Tok::Int) {
           auto g = make(ExprKind::GetItem, ln);
           auto k = make(ExprKind::Literal, ln);
-          k->value = Value::integer(std::stoll(t_[p_++].text));
+          const std::string& digits = t_[p_++].text;
+          try {
+            k->value = Value::integer(std::stoll(digits));
+          } catch (const std::exception&) {  // x.9223372036854775808: past int64
+            fail(detail::str("number out of range: ", digits));
+          }
           g->children.push_back(std::move(e));
           g->children.push_back(std::move(k));
           e = std::move(g);

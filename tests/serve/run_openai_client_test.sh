@@ -21,12 +21,13 @@ if ! "$tmp/venv/bin/pip" install --quiet --disable-pip-version-check openai; the
 fi
 "$tmp/venv/bin/python" -c "import openai; print('openai', openai.__version__)"
 
+: >"$tmp/log"  # exists before the loop reads it (the background shell opens it later)
 "$NIBBLE" --threads 1 serve "$MODEL" --port 0 --api-key testkey --alias tinystories 2>"$tmp/log" &
 pid=$!
 port=""
 i=0
 while [ -z "$port" ] && [ $i -lt 200 ]; do
-  port=$(sed -n 's/.*listening on http:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' "$tmp/log")
+  port=$(sed -n 's/.*listening on http:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' "$tmp/log" || true)
   i=$((i + 1)); sleep 0.05
 done
 [ -n "$port" ] || { echo "FAIL: the server did not start"; cat "$tmp/log"; exit 1; }

@@ -86,8 +86,16 @@ std::string key_of(const Value& key) {
   throw UnsupportedError(detail::str("dict keys of type ", type_name(key), " are not supported"));
 }
 
+// A key key_of stored for an integer, or a template's own string that happens to start with the
+// marker (then it stays a string).
 Value key_value(const std::string& stored) {
-  if (stored.rfind(kIntKey, 0) == 0) return Value::integer(std::stoll(stored.substr(sizeof kIntKey - 1)));
+  if (stored.rfind(kIntKey, 0) == 0) {
+    const char* b = stored.data() + (sizeof kIntKey - 1);
+    const char* e = stored.data() + stored.size();
+    int64_t i = 0;
+    const auto [end, ec] = std::from_chars(b, e, i);
+    if (ec == std::errc() && end == e && b != e) return Value::integer(i);
+  }
   return Value::string(stored);
 }
 

@@ -79,11 +79,13 @@ double copy_bandwidth_gbs(int reps) {
   return 2.0 * double(bytes) / us * 1e-3;
 }
 
-bool close_enough(const std::vector<float>& got, const std::vector<float>& ref) {
+// abs_tol: of max|ref|; the 4-bit decode path (gemv_lut.h) rounds code values, not scaled
+// weights, so it sits up to a weight rounding from the CPU's result (tested exactly in test_cuda).
+bool close_enough(const std::vector<float>& got, const std::vector<float>& ref, float abs_tol = 3e-5f) {
   float maxref = 0;
   for (float r : ref) maxref = std::fmax(maxref, std::fabs(r));
   for (size_t i = 0; i < ref.size(); ++i)
-    if (!(std::fabs(got[i] - ref[i]) <= 0x1p-7f * std::fabs(ref[i]) + 3e-5f * maxref)) return false;
+    if (!(std::fabs(got[i] - ref[i]) <= 0x1p-7f * std::fabs(ref[i]) + abs_tol * maxref)) return false;
   return maxref > 0;
 }
 
@@ -188,7 +190,7 @@ int main(int argc, char** argv) {
                          DType::BF16, ref.data());
         cuda::linear_4bit(l, d_x, M, K, ws[0], N, nullptr, DType::BF16, DType::BF16, d_out);
         NIBBLE_CUDA_CHECK(cudaMemcpy(got.data(), d_out, got.size() * 4, cudaMemcpyDeviceToHost));
-        if (!close_enough(got, ref)) {
+        if (!close_enough(got, ref, 4e-3f)) {
           std::printf("MISMATCH 4-bit N=%lld K=%lld M=%lld\n", (long long)N, (long long)K, (long long)M);
           return 1;
         }

@@ -92,7 +92,7 @@ case "${1:-}" in
         tests) ./.devcarry/bin/test_cuda 2>&1 | tee "$OUT/test_cuda.log" |
                  grep -E '^\[( +OK|  FAILED|  PASSED|  SKIPPED) |seed|Failure|error' | head -80
                [ "${PIPESTATUS[0]}" = 0 ] || rc=1 ;;
-        gemv) ./.devcarry/bin/linear_gpu --json "$OUT/linear_gpu.json" 2>&1 | tee "$OUT/linear_gpu.log" || rc=1 ;;
+        gemv) ./.devcarry/bin/linear_gpu ${GEMV_ARGS:-} --json "$OUT/linear_gpu.json" 2>&1 | tee "$OUT/linear_gpu.log" || rc=1 ;;
         model) ./.devcarry/bin/model_gpu --shapes "${SHAPES:-llama2_7b}" --dir /tmp/models --keep \
                  --json "$OUT/model_gpu.json" 2>&1 | tee "$OUT/model_gpu.log" || rc=1 ;;
       esac

@@ -3,7 +3,9 @@
 // nested absmax at blocksizes 32..4096 (K a multiple of the blocksize or not, so blocks
 // straddle rows), M in {1,2,3,7,16,17,64,513}, odd N and K, with and without bias. The output
 // is poisoned with NaN first so every element must be written. Summation order is the only
-// legitimate difference: |gpu - cpu| <= eps(dtype) * |cpu| + 3e-5 * max|cpu|.
+// legitimate difference: |gpu - cpu| <= eps(dtype) * |cpu| + 3e-5 * max|cpu|. The 4-bit decode
+// path of gemv_lut.h rounds the code value rather than the scaled weight: it is checked against
+// its own formula in double (f32 sums) and against the CPU backend within one weight rounding.
 // Skips without a CUDA device.
 #include <gtest/gtest.h>
 
@@ -110,6 +112,75 @@ std::vector<float> poison(int64_t n) {
   return std::vector<float>(static_cast<size_t>(n), std::nanf(""));
 }
 
+// The decode path of gemv_lut.h (M <= 16, K % 64 == 0, blocksize >= 64, 16-bit compute):
+// the absmax scales each block's sum of ct(code value) * ct(x) instead of each weight.
+bool lut_path(int64_t M, int64_t K, int64_t bs, DType ct) {
+  return M <= 16 && K % 64 == 0 && bs >= 64 && ct != DType::F32;
+}
+
+float round_to(float v, DType dt) {
+  return dt == DType::BF16 ? bf16_to_f32(f32_to_bf16(v)) : f16_to_f32(f32_to_f16(v));
+}
+
+// gemv_lut's result in double before its f32 summation and final rounding (ref), and the
+// sums of |terms| that bound how far it may lie from it (tight, f32 sums) and from the CPU
+// backend's dequantize-then-matmul result (wide: one weight rounding, 2^-8 or 2^-11 relative).
+struct LutRef {
+  std::vector<double> ref, abs_terms, abs_weights;
+};
+LutRef lut_reference(const std::vector<float>& x, int64_t M, int64_t K, const std::vector<uint8_t>& packed,
+                     const std::vector<float>& absmax, int64_t bs, DType qt, int64_t N, const float* bias,
+                     DType ct) {
+  const float* table = dequant_table_4bit(qt);
+  LutRef r;
+  r.ref.assign(size_t(M * N), 0.0);
+  r.abs_terms.assign(size_t(M * N), 0.0);
+  r.abs_weights.assign(size_t(M * N), 0.0);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) {
+      double acc = 0.0, at = 0.0, aw = 0.0;
+      for (int64_t k = 0; k < K; ++k) {
+        const int64_t e = n * K + k;
+        const uint8_t byte = packed[size_t(e / 2)];
+        const int code = e % 2 == 0 ? byte >> 4 : byte & 15;
+        const double am = absmax[size_t(e / bs)];
+        const double term =
+            am * double(round_to(table[code], ct)) * double(round_to(x[size_t(m * K + k)], ct));
+        acc += term;
+        at += std::fabs(term);
+        aw += std::fabs(double(table[code]) * am * double(x[size_t(m * K + k)]));
+      }
+      if (bias) acc += double(round_to(bias[n], ct));
+      r.ref[size_t(m * N + n)] = acc;
+      r.abs_terms[size_t(m * N + n)] = at;
+      r.abs_weights[size_t(m * N + n)] = aw;
+    }
+  return r;
+}
+
+// The lut path against its own formula (f32 sums: 2^-16 of the |terms|, plus the final
+// rounding) and against the CPU backend (the weight rounding: 2 u |w| |x| a term).
+void expect_lut_close(const DevBuf& d_out, const LutRef& lr, const std::vector<float>& cpu, DType ct,
+                      const char* what) {
+  std::vector<float> got(cpu.size());
+  ASSERT_EQ(cudaMemcpy(got.data(), d_out.p, got.size() * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+  const double u = ct == DType::BF16 ? 0x1p-8 : 0x1p-11;
+  int bad = 0;
+  for (size_t i = 0; i < cpu.size() && bad < 5; ++i) {
+    const double own = eps_of(ct) * std::fabs(lr.ref[i]) + 0x1p-16 * lr.abs_terms[i];
+    const double wide = eps_of(ct) * std::fabs(cpu[i]) + 2.5 * u * lr.abs_weights[i] + 1e-6;
+    if (!(std::fabs(got[i] - lr.ref[i]) <= own)) {
+      ADD_FAILURE() << what << ": element " << i << " gpu " << got[i] << " formula " << lr.ref[i] << " tol "
+                    << own;
+      ++bad;
+    }
+    if (!(std::fabs(got[i] - cpu[i]) <= wide)) {
+      ADD_FAILURE() << what << ": element " << i << " gpu " << got[i] << " cpu " << cpu[i] << " tol " << wide;
+      ++bad;
+    }
+  }
+}
+
 const int64_t kMs[] = {1, 2, 3, 7, 16, 17, 64, 513};
 
 TEST(LinearCuda, DenseMatchesCpu) {
@@ -173,11 +244,12 @@ TEST(LinearCuda, FourBitMatchesCpu) {
                           // K % 128 == 0: the tensor-core GEMV for M <= 16 (K slices, partial
                           // row tiles, blocks of 32 and of whole rows), cuBLAS above
                           {4096, 300, 64},
+                          {11008, 24, 64},  // 172 chunks of 64 codes: uneven K slices
                           {1536, 77, 32},
                           {2560, 40, 512}};
   const DType cts[] = {DType::F32, DType::BF16, DType::F16};
   const DType qts[] = {DType::NF4, DType::FP4};
-  int cases = 0;
+  int cases = 0, lut_cases = 0;
   for (const Shape s : shapes)
     for (int64_t M : kMs)
       for (DType qt : qts)
@@ -229,10 +301,21 @@ TEST(LinearCuda, FourBitMatchesCpu) {
                         "linear_4bit %s nested=%d M=%lld K=%lld N=%lld bs=%lld ct=%s bias=%d", dtype_name(qt),
                         nested, (long long)M, (long long)s.K, (long long)s.N, (long long)s.bs, dtype_name(ct),
                         int(with_bias));
-          expect_close(dout, ref, ct, what);
+          if (lut_path(M, s.K, s.bs, ct)) {
+            std::vector<float> bf(static_cast<size_t>(s.N));
+            for (int64_t i = 0; i < s.N; ++i)
+              bf[size_t(i)] = bf16_to_f32(uint16_t(b[size_t(2 * i)] | b[size_t(2 * i + 1)] << 8));
+            const LutRef lr =
+                lut_reference(x, M, s.K, packed, absmax, s.bs, qt, s.N, with_bias ? bf.data() : nullptr, ct);
+            expect_lut_close(dout, lr, ref, ct, what);
+            ++lut_cases;
+          } else {
+            expect_close(dout, ref, ct, what);
+          }
           ++cases;
         }
-  EXPECT_EQ(cases, 12 * 8 * 4);
+  EXPECT_EQ(cases, 13 * 8 * 4);
+  EXPECT_GT(lut_cases, 40);
 }
 
 // LLM.int8: random int8 weights and row scales, x with a few planted outliers (|x| >= 6 in some

@@ -8,11 +8,11 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <atomic>
 
 #include "backends/cuda/check.h"
 #include "backends/cuda/launch_util.cuh"
 #include "backends/cuda/nn_cuda.h"
+#include "backends/cuda/runtime.h"
 
 namespace nibble::cuda {
 namespace {
@@ -223,20 +223,6 @@ __global__ void attn_combine_kernel(const float* part, int n_split, int64_t Dv, 
     }
     out[row * Dv + d] = L > 0.0f ? a / L : 0.0f;
   }
-}
-
-// The current device's multiprocessor count, asked once per device (called on every decode step).
-int sm_count() {
-  static std::atomic<int> counts[64];
-  int dev = 0;
-  NIBBLE_CUDA_CHECK(cudaGetDevice(&dev));
-  if (dev < 0 || dev >= 64) dev = 0;
-  int n = counts[dev].load(std::memory_order_relaxed);
-  if (n == 0) {
-    NIBBLE_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
-    counts[dev].store(n, std::memory_order_relaxed);
-  }
-  return n;
 }
 
 // Splits so that about 8 blocks per multiprocessor run, with at least 16 keys per split (4 a

@@ -25,6 +25,7 @@
 
 #include "backends/cuda/check.h"
 #include "backends/cuda/compute_dtype.cuh"
+#include "backends/cuda/gemv_frag.cuh"
 #include "backends/cuda/gemv_mma.h"
 #include "backends/cuda/linear_cuda.h"
 #include "backends/cuda/quant_device.cuh"
@@ -32,37 +33,15 @@
 namespace nibble::cuda {
 namespace {
 
+using dev::ld_stream;
 using dev::load_bias;
+using dev::mma;
 using dev::pack2;
 using dev::round_ct;
+using dev::x_frag;
 
 constexpr int kWarps = 8;
 constexpr int kUnroll = 4;  // 16-byte W loads in flight per row per thread
-
-template <class CT>
-__device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  if constexpr (std::is_same_v<CT, dev::BF16>)
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  else
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// A streamed weight load: read once, so kept out of L1 (x lives there).
-__device__ __forceinline__ uint4 ld_stream(const void* p) {
-  uint4 r;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-               : "l"(p));
-  return r;
-}
 
 __device__ __forceinline__ uint32_t word(const uint4& v, int i) {
   return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
@@ -89,19 +68,6 @@ struct Args {
   float* out;
   int ks;  // K slices per row tile (1, 2, 4, 8)
 };
-
-// B fragment of x row m at physical k (4 consecutive values), rounded to CT; zero rows >= M.
-template <class CT>
-__device__ __forceinline__ void x_frag(const float* __restrict__ x, int64_t K, bool live, int m, int64_t k,
-                                       uint32_t& b0, uint32_t& b1) {
-  if (live) {
-    const float4 v = __ldg(reinterpret_cast<const float4*>(x + m * K + k));
-    b0 = pack2<CT>(v.x, v.y);
-    b1 = pack2<CT>(v.z, v.w);
-  } else {
-    b0 = b1 = 0u;
-  }
-}
 
 // U consecutive 16-byte loads of the thread's two W rows (and their absmax for 4-bit).
 template <int U>

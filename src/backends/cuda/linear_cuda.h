@@ -29,14 +29,16 @@ struct Quant4Weight {
   const float* absmax = nullptr;  // plain absmax, or nullptr when nested
   const uint8_t* absmax_q = nullptr;
   const float* absmax2 = nullptr;
-  const float* code2 = nullptr;   // [256]
+  const float* code2 = nullptr;  // [256]
   float offset = 0.0f;
   int64_t nested_blocksize = 256;
   const float* quant_map = nullptr;  // [16] device
 };
 
 // out[M, N] = round(round(x) · dequant(W)^T + round(bias)) with dequant(W) exactly
-// dequantize_4bit(W) to compute_dtype, round() rounding to compute_dtype.
+// dequantize_4bit(W) to compute_dtype, round() rounding to compute_dtype — except M <= 16 with
+// a 16-bit compute dtype and blocksize >= 64, where the absmax scales each block's sum of
+// round(code value) · round(x) (gemv_lut.h: one weight rounding apart).
 // M <= 16: fused dequantize + GEMV/skinny GEMM reading the packed bytes and the (nested)
 // absmax directly. Larger M: tensor-core GEMM over weight tiles dequantized on the fly (or a
 // one-layer compute-dtype scratch in the workspace + cuBLASLt).

@@ -18,6 +18,7 @@
 #include "backends/cuda/check.h"
 #include "backends/cuda/compute_dtype.cuh"
 #include "backends/cuda/gemm_cublas.h"
+#include "backends/cuda/gemv_lut.h"
 #include "backends/cuda/gemv_mma.h"
 #include "backends/cuda/linear_cuda.h"
 #include "backends/cuda/quant_device.cuh"
@@ -251,7 +252,8 @@ void linear(const Launch& l, const float* x, int64_t M, int64_t K, const void* w
   const int64_t C = wdt == DType::F32 ? 4 : 8;
   const bool vec = K % C == 0 && aligned16(w) && aligned16(x);
   const int bdt = bias_code("linear", bias, bias_dt);
-  if (gemv_mma_fp_ok(M, K, w, wdt, round_to, x)) return gemv_mma_fp(l, x, M, K, w, wdt, N, bias, bdt, round_to, out);
+  if (gemv_mma_fp_ok(M, K, w, wdt, round_to, x))
+    return gemv_mma_fp(l, x, M, K, w, wdt, N, bias, bdt, round_to, out);
   if (gemm_fp(l, x, M, K, w, wdt, N, bias, bdt, round_to, out)) return;
   const dim3 grid(unsigned((N + kWarps - 1) / kWarps));
   with_dtype("linear", wdt, [&](auto wt) {
@@ -286,6 +288,8 @@ void linear_4bit(const Launch& l, const float* x, int64_t M, int64_t K, const Qu
   while ((int64_t(1) << q.bs_log2) < w.blocksize) ++q.bs_log2;
   const bool vec = K % 32 == 0 && w.blocksize % 32 == 0 && aligned16(w.packed) && aligned16(x);
   const int bdt = bias_code("linear_4bit", bias, bias_dt);
+  if (gemv_lut_4bit_ok(M, K, w, compute_dtype, x))
+    return gemv_lut_4bit(l, x, M, K, w, N, bias, bdt, compute_dtype, out);
   if (gemv_mma_4bit_ok(M, K, w, compute_dtype, x))
     return gemv_mma_4bit(l, x, M, K, w, N, bias, bdt, compute_dtype, out);
   if (gemm_4bit(l, x, M, K, w, N, bias, bdt, compute_dtype, out)) return;

@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <mutex>
@@ -217,7 +218,8 @@ void memcpy_sync(void* dst, const void* src, size_t n, int kind, int device) {
 }
 
 void graph_capture_begin(void* stream) {
-  NIBBLE_CUDA_CHECK(cudaStreamBeginCapture(static_cast<cudaStream_t>(stream), cudaStreamCaptureModeThreadLocal));
+  NIBBLE_CUDA_CHECK(
+      cudaStreamBeginCapture(static_cast<cudaStream_t>(stream), cudaStreamCaptureModeThreadLocal));
 }
 
 void* graph_capture_end(void* stream) {
@@ -236,6 +238,20 @@ void graph_launch(void* exec, void* stream) {
 
 void graph_destroy(void* exec) noexcept {
   if (exec) cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(exec));
+}
+
+// Asked once per device (the decode kernels call it on every step).
+int sm_count() {
+  static std::atomic<int> counts[64];
+  int dev = 0;
+  NIBBLE_CUDA_CHECK(cudaGetDevice(&dev));
+  if (dev < 0 || dev >= 64) dev = 0;
+  int n = counts[dev].load(std::memory_order_relaxed);
+  if (n == 0) {
+    NIBBLE_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+    counts[dev].store(n, std::memory_order_relaxed);
+  }
+  return n;
 }
 
 }  // namespace nibble::cuda

@@ -19,6 +19,8 @@ int device_count();  // 0 when no driver/device
 // Free and total bytes of a device.
 void mem_info(int device, size_t* free_bytes, size_t* total_bytes);
 const char* device_name(int device);
+// The current device's multiprocessor count.
+int sm_count();
 
 // The calling thread's stream on a device (created on first use), as cudaStream_t.
 void* thread_stream(int device);

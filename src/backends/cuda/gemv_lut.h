@@ -1,0 +1,32 @@
+// Decode-shaped 4-bit linear (M <= 16 rows of x, bf16/f16 compute dtype) on the tensor cores,
+// with the absmax applied per block after the products (gemv_lut.cu):
+//
+//   out[m, n] = round( sum_b absmax[n, b] * sum_{k in b} ct(code_value[w[n, k]]) * ct(x[m, k]) )
+//
+// ct() rounding to the compute dtype, products exact in f32, f32 sums. It is not the
+// dequantize-then-matmul rounding of the CPU backend and gemv_mma.cu (ct(code_value * absmax)):
+// one weight differs by at most one rounding of the compute dtype (2^-8 relative for bf16,
+// 2^-11 for f16). bitsandbytes' own decode kernel (gemv_4bit) rounds more: the code value, the
+// absmax, their product and each product with x, all to the compute dtype.
+// A 16 x 256 pair table in shared memory turns each packed byte (two codes) into the mma's
+// packed 16-bit pair with one byte permute and one conflict-free shared load.
+//
+// NIBBLE_GEMV4=mma in the environment sends these calls to gemv_mma.cu instead (benchmarks).
+#pragma once
+
+#include <cstdint>
+
+#include "backends/cuda/launch.h"
+#include "nibble/dtype.h"
+
+namespace nibble::cuda {
+
+struct Quant4Weight;
+
+// True when this path takes the call: M in [1, 16], K % 64 == 0, blocksize >= 64, a 16-bit
+// compute dtype, x 16-byte aligned, and NIBBLE_GEMV4 not "mma".
+bool gemv_lut_4bit_ok(int64_t M, int64_t K, const Quant4Weight& w, DType compute_dtype, const float* x);
+void gemv_lut_4bit(const Launch& l, const float* x, int64_t M, int64_t K, const Quant4Weight& w, int64_t N,
+                   const void* bias, int bias_code, DType compute_dtype, float* out);
+
+}  // namespace nibble::cuda

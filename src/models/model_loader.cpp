@@ -14,6 +14,7 @@
 #include "models/causal_lm_impl.h"
 #include "nibble/error.h"
 #include "nibble/quant.h"
+#include "ops/nn_ops.h"
 
 namespace nibble {
 
@@ -153,7 +154,7 @@ struct Loader {
                                      qc.bnb_4bit_use_double_quant);
         nl.lin = nn::Linear::four_bit(q.packed, q.state, bias, compute_dtype);
       } else {
-        Int8Rowwise q = int8_vectorwise_quant(weight.to(DType::F16), 0.0f);
+        Int8Rowwise q = int8_vectorwise_quant(ops::to_dtype(weight, DType::F16), 0.0f);
         nl.lin = nn::Linear::int8(q.CA, q.SCA, bias, float(qc.llm_int8_threshold));
       }
       src.release(w);  // the original bytes are no longer needed in memory

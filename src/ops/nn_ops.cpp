@@ -579,7 +579,8 @@ void embedding(ExecContext& ctx, const Tensor& table, const Tensor& ids, int64_t
 
 void copy_(ExecContext& ctx, const Tensor& src, const Tensor& dst) {
   const char* op = "copy_";
-  require_f32(op, "source", src);
+  if (!src.defined() || !is_compute_float(src.dtype()))
+    throw ShapeError(str(op, ": source must be f32/f16/bf16, got ", src.defined() ? src.str() : "undefined"));
   if (!dst.defined() || !is_compute_float(dst.dtype()))
     throw ShapeError(str(op, ": destination must be f32/f16/bf16, got ", dst.defined() ? dst.str() : "undefined"));
   Mat s = mat_of(op, "source", src), d = mat_of(op, "destination", dst);
@@ -587,21 +588,22 @@ void copy_(ExecContext& ctx, const Tensor& src, const Tensor& dst) {
     throw ShapeError(str(op, ": source ", src.str(), " and destination ", dst.str(), " differ in shape"));
   dispatch(
       op, ctx, dst.dtype(), {src, dst},
-      [&] {
-        for (int64_t r = 0; r < s.rows; ++r) {
-          const float* sp = src.data<float>() + r * s.ld;
-          if (dst.dtype() == DType::F32) {
-            std::memcpy(dst.data<float>() + r * d.ld, sp, size_t(s.cols) * 4);
-            continue;
-          }
-          char* dp = static_cast<char*>(dst.data_ptr()) + r * d.ld * 2;
-          for (int64_t c = 0; c < s.cols; ++c) store_from_f32(dp, dst.dtype(), c, sp[c]);
-        }
-      },
+      [&] { cpu::convert_rows(src.data_ptr(), src.dtype(), s.ld, s.rows, s.cols, dst.data_ptr(), dst.dtype(), d.ld); },
       [&](auto& c) {
+        if (src.dtype() != DType::F32)
+          throw UnsupportedError(str(op, ": a CUDA source must be f32, got ", src.str()));
         cuda::copy_rows(make_launch(c, 0), src.template data<float>(), s.ld, s.rows, s.cols, dst.data_ptr(),
                         dst.dtype(), d.ld);
       });
+}
+
+Tensor to_dtype(const Tensor& x, DType dt) {
+  if (!x.defined() || x.dtype() == dt) return x;
+  if (x.dim() != 2 || !x.device().is_cpu() || !is_compute_float(x.dtype()) || !is_compute_float(dt))
+    return x.to(dt);
+  Tensor out = Tensor::empty(x.shape(), dt);
+  copy_(ExecContext::current(x.device()), x.contiguous(), out);
+  return out;
 }
 
 void copy_at_(ExecContext& ctx, const Tensor& src, const Tensor& dst, const Tensor& row0) {

@@ -6,6 +6,7 @@
 #include "models/causal_lm_impl.h"
 #include "nibble/quant.h"
 #include "nibble/train.h"
+#include "ops/nn_ops.h"
 
 namespace nibble {
 
@@ -129,7 +130,7 @@ CausalLM PeftModel::merge_and_unload(bool requantize) && {
         Quantized4 q = quantize_4bit(w, st.quant_type, st.blocksize, st.nested);
         nl.lin = nn::Linear::four_bit(q.packed, q.state, l.bias(), l.compute_dtype());
       } else {
-        Int8Rowwise q = int8_vectorwise_quant(w.to(DType::F16), 0.0f);
+        Int8Rowwise q = int8_vectorwise_quant(ops::to_dtype(w, DType::F16), 0.0f);
         nl.lin = nn::Linear::int8(q.CA, q.SCA, l.bias(), l.threshold());
       }
       return;

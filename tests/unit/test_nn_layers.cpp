@@ -13,6 +13,7 @@
 #include "backends/cpu/linear_cpu.h"
 #include "backends/cpu/nn_cpu.h"
 #include "ops/nn_ops.h"
+#include "cpu_isa_mode.h"
 #include "ops/nn_ref.h"
 #include "test_support.h"
 
@@ -255,6 +256,70 @@ TEST(NnOpsAttention, DevicePositionFormsEqualPlainForms) {
   ops::copy_at_(ctx, src, b, Tensor::from_vector({1}, DType::I64, std::vector<int64_t>{6}));
   EXPECT_EQ(0, std::memcmp(a.data_ptr(), b.data_ptr(), a.nbytes()));
   EXPECT_THROW(ops::copy_at_(ctx, src, b, Tensor::from_vector({1}, DType::I64, std::vector<int64_t>{9})),
+               ShapeError);
+}
+
+// Raw bits of one f32/f16/bf16 element of a contiguous tensor, widened for comparison.
+uint32_t bits_at(const Tensor& t, int64_t i) {
+  if (t.dtype() == DType::F32) {
+    uint32_t u;
+    std::memcpy(&u, t.data<float>() + i, 4);
+    return u;
+  }
+  return static_cast<const uint16_t*>(t.data_ptr())[i];
+}
+
+TEST(NnOpsCopy, ConvertsEveryFloatPairBitExactAtEveryIsa) {
+  // copy_ / to_dtype between f32, f16 and bf16 equal Tensor::to (load_as_f32, store_from_f32)
+  // bit for bit, at every SIMD level: values of every magnitude, specials (NaNs with payloads
+  // of either sign, infinities, signed zeros, f32 and f16 subnormals, values that round to
+  // f16 inf or to its subnormals, ties), strided rows, odd widths, and a copy large enough to
+  // be split over threads.
+  std::mt19937_64 rng(test::fresh_seed());
+  std::uniform_int_distribution<uint32_t> any;
+  const std::vector<uint32_t> specials = {0x7fc00000u, 0xffc00001u, 0x7f800001u, 0xff812345u, 0x7f800000u,
+                                          0xff800000u, 0x00000000u, 0x80000000u, 0x00000001u, 0x807fffffu,
+                                          0x33000000u, 0x33000001u, 0x387fe000u, 0x38800000u, 0x477fe000u,
+                                          0x477ff000u, 0xc77fefffu, 0x3f808000u, 0x3f818000u, 0x3f800fffu};
+  const DType kinds[] = {DType::F32, DType::F16, DType::BF16};
+  int checked = 0;
+  for (DType sdt : kinds)
+    for (DType ddt : kinds)
+      for (auto [rows, cols, pad] : {std::tuple<int64_t, int64_t, int64_t>{3, 37, 5}, {1, 16, 0}, {301, 700, 3}}) {
+        // f32 values from random bits, specials and exponents near the f16/bf16 edges, then
+        // stored in sdt (so f16/bf16 sources hold their own specials too).
+        Tensor wide = Tensor::empty({rows, cols + pad}, DType::F32);
+        float* w = wide.data<float>();
+        for (int64_t i = 0; i < wide.numel(); ++i) {
+          uint32_t u = any(rng);
+          if (i % 7 == 0) u = specials[size_t(i / 7) % specials.size()];
+          else if (i % 3 == 0) u = (u & 0x807fffffu) | ((uint32_t(100 + u % 60)) << 23);
+          std::memcpy(w + i, &u, 4);
+        }
+        Tensor src_full = wide.to(sdt);
+        Tensor src = src_full.slice(1, 0, cols);  // strided rows
+        Tensor want = src.contiguous().to(ddt);
+        for (cpu::Isa isa : test::cpu_isas()) {
+          test::IsaMode mode(isa);
+          Tensor got = Tensor::empty({rows, cols}, ddt);
+          std::memset(got.data_ptr(), 0x5a, size_t(got.nbytes()));
+          ops::copy_(ExecContext::current(Device::cpu()), src, got);
+          for (int64_t i = 0; i < rows * cols; ++i)
+            if (bits_at(got, i) != bits_at(want, i)) {
+              ADD_FAILURE() << dtype_name(sdt) << " -> " << dtype_name(ddt) << " at " << cpu::isa_name(isa)
+                            << ", element " << i << ": got 0x" << std::hex << bits_at(got, i) << ", want 0x"
+                            << bits_at(want, i);
+              break;
+            }
+          ++checked;
+        }
+        Tensor t = ops::to_dtype(src, ddt).contiguous();
+        ASSERT_EQ(t.dtype(), ddt);
+        EXPECT_EQ(0, std::memcmp(t.data_ptr(), want.data_ptr(), size_t(want.nbytes())));
+      }
+  EXPECT_EQ(checked, 27 * int(test::cpu_isas().size()));
+  EXPECT_THROW(ops::copy_(ExecContext::current(Device::cpu()), Tensor::zeros({2, 2}, DType::I32),
+                          Tensor::zeros({2, 2}, DType::F32)),
                ShapeError);
 }
 

@@ -10,6 +10,7 @@
 #include <limits>
 #include <vector>
 
+#include "backends/cpu/isa.h"
 #include "backends/cpu/linear_cpu.h"
 #include "nibble/thread_pool.h"
 
@@ -212,6 +213,27 @@ void attention(const float* q, const float* k, const float* v, const AttentionSh
                  a.alibi ? a.alibi[h] : 0.0f, a, simd, scores.data(), acc.data(), o);
     }
   });
+}
+
+void convert_rows(const void* src, DType sdt, int64_t lds, int64_t rows, int64_t cols, void* dst, DType ddt,
+                  int64_t ldd) {
+  const int64_t ss = dtype_nbytes(sdt, 1), ds = dtype_nbytes(ddt, 1);
+  const bool simd = isa_at_least(Isa::Avx512);
+  auto run = [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const char* s = static_cast<const char*>(src) + r * lds * ss;
+      char* d = static_cast<char*>(dst) + r * ldd * ds;
+      if (simd) {
+        avx512::convert_span(s, sdt, d, ddt, cols);
+        continue;
+      }
+      for (int64_t c = 0; c < cols; ++c) store_from_f32(d, ddt, c, load_as_f32(s, sdt, c));
+    }
+  };
+  // About 64K values a task: a small copy (one KV-cache row) stays on the calling thread.
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(cols, 1));
+  if (rows <= grain) run(0, rows);
+  else parallel_for(rows, grain, run);
 }
 
 }  // namespace nibble::cpu

@@ -38,6 +38,17 @@ struct AttentionShape {
 // q [T, Hq, D], k [S, Hkv, D], v [S, Hkv, Dv] -> out [T, Hq, Dv].
 void attention(const float* q, const float* k, const float* v, const AttentionShape& a, float* out);
 
+// dst[r * ldd + c] = src[r * lds + c] converted between f32, f16 and bf16 with
+// store_from_f32's rounding (bits equal to load_as_f32 then store_from_f32), r < rows,
+// c < cols; large copies are split over the thread pool by rows.
+void convert_rows(const void* src, DType sdt, int64_t lds, int64_t rows, int64_t cols, void* dst, DType ddt,
+                  int64_t ldd);
+
+namespace avx512 {
+// n values of src (f32/f16/bf16) into dst (f32/f16/bf16), contiguous.
+void convert_span(const void* src, DType sdt, void* dst, DType ddt, int64_t n);
+}  // namespace avx512
+
 namespace avx2 {
 // s[j] = q . k[j * ldk + 0:D] for j < n.
 void qk_dots(const float* q, const float* k, int64_t ldk, int64_t D, int64_t n, float* s);

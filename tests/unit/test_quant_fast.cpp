@@ -1,5 +1,5 @@
-// The fast CPU quantization paths (AVX2 + threads) against the scalar reference on fresh
-// random inputs: every blocksize, dtype and quant type, odd and partial sizes, zero blocks,
+// The fast CPU quantization paths (AVX2, AVX-512, threads) against the scalar reference on fresh
+// random inputs, at every SIMD level of the machine: every blocksize, dtype and quant type, odd and partial sizes, zero blocks,
 // NaN/inf values. Also the accuracy yardsticks of bitsandbytes' own tests.
 #include <gtest/gtest.h>
 
@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "backends/cpu/quant_cpu.h"
+#include "cpu_isa_mode.h"
 #include "nibble/quant.h"
 #include "nibble/thread_pool.h"
 #include "quant/reference.h"
@@ -46,12 +47,17 @@ TEST(QuantFast, FourBitMatchesReference) {
                                           << " kind=" << kind);
           Tensor x = awkward_input(n, dt, rng, kind);
           int64_t nb = (n + bs - 1) / bs;
-          std::vector<uint8_t> p_ref(size_t((n + 1) / 2), 0xAA), p_fast(size_t((n + 1) / 2), 0x55);
-          std::vector<float> a_ref(size_t(nb), -1), a_fast(size_t(nb), -2);
+          std::vector<uint8_t> p_ref(size_t((n + 1) / 2), 0xAA);
+          std::vector<float> a_ref(size_t(nb), -1);
           quant::ref::quantize_4bit(x.data_ptr(), dt, n, bs, qt, p_ref.data(), a_ref.data());
-          cpu::quantize_4bit(x.data_ptr(), dt, n, bs, qt, p_fast.data(), a_fast.data());
-          ASSERT_EQ(p_ref, p_fast);
-          ASSERT_EQ(0, std::memcmp(a_ref.data(), a_fast.data(), a_ref.size() * 4));
+          for (cpu::Isa isa : test::cpu_isas()) {
+            test::IsaMode mode(isa);
+            std::vector<uint8_t> p_fast(size_t((n + 1) / 2), 0x55);
+            std::vector<float> a_fast(size_t(nb), -2);
+            cpu::quantize_4bit(x.data_ptr(), dt, n, bs, qt, p_fast.data(), a_fast.data());
+            ASSERT_EQ(p_ref, p_fast) << cpu::isa_name(isa);
+            ASSERT_EQ(0, std::memcmp(a_ref.data(), a_fast.data(), a_ref.size() * 4)) << cpu::isa_name(isa);
+          }
           for (DType out_dt : {DType::F32, DType::F16, DType::BF16}) {
             Tensor o_ref = Tensor::empty({n}, out_dt), o_fast = Tensor::empty({n}, out_dt);
             std::memset(o_fast.data_ptr(), 0x7f, o_fast.nbytes());

@@ -10,8 +10,11 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
 
+#include <cstring>
+
 #include "backends/cpu/quant_cpu.h"
 #include "quant/gpu_float.h"
+#include "quant/reference.h"
 
 #define NIBBLE_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
 
@@ -25,6 +28,50 @@ NIBBLE_AVX512 inline __mmask16 lanes(int64_t left) {
 
 NIBBLE_AVX512 inline __m512 load_f16(const uint16_t* p, __mmask16 mk) {
   return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mk, p));
+}
+
+NIBBLE_AVX512 inline __m512 load16(const void* x, DType dt, int64_t i) {
+  switch (dt) {
+    case DType::F32:
+      return _mm512_loadu_ps(static_cast<const float*>(x) + i);
+    case DType::F16:
+      return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(x) + i)));
+    default:  // BF16
+      return _mm512_castsi512_ps(_mm512_slli_epi32(
+          _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(x) + i))),
+          16));
+  }
+}
+
+// |v| < FLT_MIN becomes a zero of the same sign (the GPU's .ftz), NaN kept.
+NIBBLE_AVX512 inline __m512 ftz16(__m512 v) {
+  const __mmask16 sub = _mm512_fpclass_ps_mask(v, 0x20);  // denormal class
+  return _mm512_castsi512_ps(_mm512_mask_and_epi32(_mm512_castps_si512(v), sub, _mm512_castps_si512(v),
+                                                   _mm512_set1_epi32(int(0x80000000u))));
+}
+
+// Number of sorted boundaries strictly below v (v > b), by a 4-step binary search over the
+// 15 boundaries in one register: the count quantize_nf4 takes (a NaN compares false: 0).
+NIBBLE_AVX512 inline __m512i codes_nf4(__m512 v, __m512 bounds) {
+  __m512i c = _mm512_setzero_si512();
+  for (int s = 8; s >= 1; s >>= 1) {
+    const __m512 b = _mm512_permutexvar_ps(_mm512_add_epi32(c, _mm512_set1_epi32(s - 1)), bounds);
+    c = _mm512_mask_add_epi32(c, _mm512_cmp_ps_mask(v, b, _CMP_GT_OQ), c, _mm512_set1_epi32(s));
+  }
+  return c;
+}
+
+// FP4: the magnitude's bin (7 boundaries, counted), its E2M1 code, the sign bit for v < 0.
+NIBBLE_AVX512 inline __m512i codes_fp4(__m512 v) {
+  const __m512 a = _mm512_abs_ps(v);
+  __m512i bin = _mm512_setzero_si512();
+  for (float b : quant::ref::kFp4Boundaries)
+    bin = _mm512_mask_add_epi32(bin, _mm512_cmp_ps_mask(a, _mm512_set1_ps(b), _CMP_GT_OQ), bin, _mm512_set1_epi32(1));
+  const auto& t = quant::ref::kFp4BinCode;
+  const __m512i table = _mm512_setr_epi32(t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], 0, 0, 0, 0, 0, 0, 0, 0);
+  const __m512i code = _mm512_permutexvar_epi32(bin, table);
+  return _mm512_mask_or_epi32(code, _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ), code,
+                              _mm512_set1_epi32(8));
 }
 
 }  // namespace
@@ -65,6 +112,28 @@ NIBBLE_AVX512 void int8_quant_rows(const uint16_t* a, int64_t rows, int64_t cols
       q = _mm512_mask_mov_epi32(q, zero, _mm512_setzero_si512());
       _mm_mask_storeu_epi8(ca + r * cols + c, mk, _mm512_cvtepi32_epi8(q));
     }
+  }
+}
+
+NIBBLE_AVX512 void quantize_4bit_block(const void* x, DType dt, int64_t begin, int64_t count, DType quant_type,
+                                       uint8_t* packed, float* absmax_out) {
+  // As avx2::quantize_4bit_block, 16 values a step: max(|x|, m) skips a NaN as fmaxf does.
+  __m512 m = _mm512_set1_ps(-3.402823466e38f);
+  for (int64_t i = 0; i < count; i += 16) m = _mm512_max_ps(_mm512_abs_ps(ftz16(load16(x, dt, begin + i))), m);
+  const float amax = _mm512_reduce_max_ps(m);
+  *absmax_out = amax;
+  const __m512 inv = _mm512_set1_ps(quant::rcp_approx(amax));
+  float b16[16] = {};
+  std::memcpy(b16, quant::ref::kNf4Boundaries, sizeof quant::ref::kNf4Boundaries);
+  const __m512 bounds = _mm512_loadu_ps(b16);
+  const bool nf4 = quant_type == DType::NF4;
+  uint8_t* dst = packed + begin / 2;
+  for (int64_t i = 0; i < count; i += 16) {
+    const __m512 v = ftz16(_mm512_mul_ps(ftz16(load16(x, dt, begin + i)), inv));
+    const __m512i c = nf4 ? codes_nf4(v, bounds) : codes_fp4(v);
+    // (even << 4) | odd in the low dword of each qword, then one byte per qword.
+    const __m512i p = _mm512_or_si512(_mm512_slli_epi64(c, 4), _mm512_srli_epi64(c, 32));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(dst + i / 2), _mm512_cvtepi64_epi8(p));
   }
 }
 

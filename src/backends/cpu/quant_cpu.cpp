@@ -46,11 +46,13 @@ int64_t grain_blocks(int64_t blocksize) {
 void quantize_4bit(const void* x, DType dt, int64_t n, int64_t blocksize, DType quant_type, uint8_t* packed,
                    float* absmax) {
   int64_t nb = (n + blocksize - 1) / blocksize;
-  const bool simd = has_avx2();
+  const bool simd = has_avx2(), wide = isa_at_least(Isa::Avx512);
   parallel_for(nb, grain_blocks(blocksize), [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       int64_t begin = b * blocksize, count = std::min(blocksize, n - begin);
-      if (simd && count == blocksize) {
+      if (wide && count == blocksize && blocksize % 16 == 0) {
+        avx512::quantize_4bit_block(x, dt, begin, count, quant_type, packed, absmax + b);
+      } else if (simd && count == blocksize) {
         avx2::quantize_4bit_block(x, dt, begin, count, quant_type, packed, absmax + b);
       } else {
         // the reference on this block alone: element 0 of the block is even, so bytes align

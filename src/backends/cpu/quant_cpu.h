@@ -39,6 +39,9 @@ void quantize_blockwise8_run(const void* x, DType dt, int64_t begin, int64_t cou
 }  // namespace avx2
 
 namespace avx512 {
+// As avx2::quantize_4bit_block, count a multiple of 16.
+void quantize_4bit_block(const void* x, DType dt, int64_t begin, int64_t count, DType quant_type, uint8_t* packed,
+                         float* absmax_out);
 // int8_vectorwise_quant's row pass for rows [0, rows) (quant_avx512.cpp): ca, sca, and
 // outlier_flags[c] = 1 where some row's |value| >= threshold (> 0; untouched otherwise).
 void int8_quant_rows(const uint16_t* a, int64_t rows, int64_t cols, float threshold, int8_t* ca, float* sca,

@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -102,6 +103,31 @@ json machine_info() {
     std::getline(mi, line);
   }
   return m;
+}
+
+// Read bandwidth of this machine with the benchmark's threads: a 1 GiB buffer (far past the
+// caches) summed by every thread over its own slice, best of 5 (GB/s). The decode floor of a
+// model is this over the bytes one token reads (its footprint: every weight once, the head
+// included).
+double read_gbps() {
+  const size_t n = size_t(1) << 27;  // uint64 values: 1 GiB
+  std::vector<uint64_t> a(n);
+  for (size_t i = 0; i < n; ++i) a[i] = i;
+  const int64_t chunks = 256;
+  double best = 0;
+  std::atomic<uint64_t> sink{0};
+  for (int rep = 0; rep < 5; ++rep) {
+    const auto t0 = std::chrono::steady_clock::now();
+    parallel_for(chunks, 1, [&](int64_t c0, int64_t c1) {
+      uint64_t acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      for (size_t i = size_t(c0) * (n / chunks); i < size_t(c1) * (n / chunks); i += 8)
+        for (int l = 0; l < 8; ++l) acc[l] += a[i + size_t(l)];
+      sink += acc[0] + acc[1] + acc[2] + acc[3] + acc[4] + acc[5] + acc[6] + acc[7];
+    });
+    const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    best = std::max(best, double(n * sizeof(uint64_t)) / sec / 1e9);
+  }
+  return sink.load() == 1 ? 0.0 : best;  // (sink read so the sums are kept)
 }
 
 // ---- one measurement (runs in a child process) ---------------------------------------------
@@ -418,6 +444,7 @@ int main(int argc, char** argv) {
   out["machine"] = machine_info();
   out["threads"] = num_threads();
   out["loadavg_start"] = loadavg();
+  out["read_gbps"] = read_gbps();
   out["notes"] =
       "Each (model, variant) in a fresh process. load_s: from_pretrained wall time, page cache warm "
       "(unquantized loads mmap the safetensors file, so their weights are paged in by the first forward: "
@@ -491,8 +518,12 @@ int main(int argc, char** argv) {
   // Table.
   std::printf("\nthreads %d, %s (%d logical cores)\n", num_threads(), out["machine"]["cpu"].get<std::string>().c_str(),
               out["machine"]["logical_cores"].get<int>());
-  std::printf("%-34s %-6s %8s %9s %9s %9s %23s %11s %6s\n", "model", "var", "load s", "RSS MiB", "peak MiB",
-              "fprnt MiB", "prefill tok/s @T", "decode t/s", "cpu%");
+  // floor: decode tok/s over read bandwidth / footprint (models of 256 MiB or more; smaller
+  // ones are read from the caches).
+  const double gbps = out["read_gbps"].get<double>();
+  std::printf("read bandwidth %.1f GB/s\n", gbps);
+  std::printf("%-34s %-6s %8s %9s %9s %9s %23s %11s %6s %6s\n", "model", "var", "load s", "RSS MiB", "peak MiB",
+              "fprnt MiB", "prefill tok/s @T", "decode t/s", "cpu%", "floor");
   for (const auto& mj : results) {
     for (const std::string& vs : variants) {
       const char* v = vs.c_str();
@@ -512,11 +543,15 @@ int main(int argc, char** argv) {
       if (var == "bfloat16") var = "bf16";
       if (var == "float32") var = "f32";
       const bool dec = r.contains("decode");
-      std::printf("%-34s %-6s %8.3f %9.1f %9.1f %9.1f %23s %11.2f %5.0f%%\n", mj["model"].get<std::string>().c_str(),
+      const double fp = r["footprint_mib"].get<double>();
+      char floor[16] = "-";
+      if (dec && fp >= 256.0)
+        std::snprintf(floor, sizeof floor, "%.0f%%",
+                      100.0 * r["decode"]["tokens_per_s"].get<double>() / (gbps * 1e9 / (fp * 1048576.0)));
+      std::printf("%-34s %-6s %8.3f %9.1f %9.1f %9.1f %23s %11.2f %5.0f%% %6s\n", mj["model"].get<std::string>().c_str(),
                   var.c_str(), r["load_s"].get<double>(), r["rss_after_load_mib"].get<double>(),
-                  r["peak_rss_mib"].get<double>(), r["footprint_mib"].get<double>(), pfs.c_str(),
-                  dec ? r["decode"]["tokens_per_s"].get<double>() : 0.0,
-                  dec ? 100.0 * r["decode"]["cpu_share"].get<double>() : 0.0);
+                  r["peak_rss_mib"].get<double>(), fp, pfs.c_str(), dec ? r["decode"]["tokens_per_s"].get<double>() : 0.0,
+                  dec ? 100.0 * r["decode"]["cpu_share"].get<double>() : 0.0, floor);
     }
     if (!mj["variants"].contains("nf4_load_breakdown")) continue;
     const json& b = mj["variants"]["nf4_load_breakdown"];

@@ -12,7 +12,10 @@
 #   stored (bf16)                         : BF16
 # nibble: decode = greedy steps after a 16-token prompt, prefill = forward of 512 ids with the
 # last row's logits only; llama-bench: tg$TG (default 64) from an empty cache and pp512 (last
-# logits).
+# logits). Also TinyStories-656K (../shared/models; f32, so nibble's NF4 computes in f32) against
+# its Q4_0 at 1 and 2 threads: decode of 256 tokens (llama-bench tg256).
+# The decode floor: nibble's measured read bandwidth (model_cpu) over the bytes a token reads
+# (nibble's footprint; llama.cpp's file size minus the embedding rows it does not read).
 #
 #   LLAMA_BIN=/work/peer/build/bin PY=/work/peer/venv/bin/python \
 #   CONVERT=.../vendor/llama.cpp/convert_hf_to_gguf.py bench/vs_llamacpp.sh [OUT.json]
@@ -47,12 +50,32 @@ quant() {  # name type [extra flags]
 quant q4_0 Q4_0
 quant q4_0_bf16head Q4_0 --token-embedding-type bf16 --output-tensor-type bf16
 quant q8_0 Q8_0
+TS=${TS:-../shared/models/tinystories-656k}
+mkdir -p "$WORK/ts"
+if [ ! -f "$WORK/ts/f32.gguf" ]; then
+  # The checkpoint holds only lm_head.weight (tied; transformers fills the embedding from it);
+  # llama.cpp wants token_embd too, so a copy with model.embed_tokens.weight added is converted.
+  mkdir -p "$WORK/ts/hf"
+  cp "$TS"/*.json "$WORK/ts/hf/"
+  "$PY" -c 'import sys; from safetensors.numpy import load_file, save_file
+t = load_file(sys.argv[1]); t.setdefault("model.embed_tokens.weight", t["lm_head.weight"].copy())
+save_file(t, sys.argv[2], metadata={"format": "pt"})' "$TS/model.safetensors" "$WORK/ts/hf/model.safetensors"
+  "$PY" bench/llamacpp_convert.py "$CONVERT" "$WORK/ts/hf" --outtype f32 --outfile "$WORK/ts/f32.gguf"
+fi
+[ -f "$WORK/ts/q4_0.gguf" ] || "$LLAMA_BIN/llama-quantize" "$WORK/ts/f32.gguf" "$WORK/ts/q4_0.gguf" Q4_0 "$THREADS"
 
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 for r in $(seq 1 "$ROUNDS"); do
   echo "round $r: nibble ($VARIANTS), load $(loadavg)"
   "$NIBBLE" --model "$WORK/hf" --no-tinystories --no-breakdown --variants "$VARIANTS" --threads "$THREADS" \
     --prefill 16,512 --decode 32 --prefill-last --json "$WORK/nibble_r$r.json" > "$WORK/nibble_r$r.log"
+  for t in 1 "$THREADS"; do
+    echo "round $r: tinystories at $t threads, load $(loadavg)"
+    "$NIBBLE" --tinystories "$TS" --no-breakdown --variants nf4 --threads "$t" --prefill 16 --decode 256 \
+      --json "$WORK/ts_nibble_t${t}_r$r.json" > "$WORK/ts_nibble_t${t}_r$r.log"
+    "$LLAMA_BIN/llama-bench" -m "$WORK/ts/q4_0.gguf" -t "$t" -p 0 -n 256 -r 1 -o json \
+      > "$WORK/ts_llama_t${t}_r$r.json" 2> "$WORK/ts_llama_t${t}_r$r.log"
+  done
   for m in $LLAMA_MODELS; do
     echo "round $r: llama.cpp $m, load $(loadavg)"
     "$LLAMA_BIN/llama-bench" -m "$WORK/$m.gguf" -t "$THREADS" -p 512 -n "$TG" -r 1 -o json \
@@ -84,6 +107,16 @@ for r in range(1, rounds + 1):
             for row in rows:
                 key = "prefill512" if row["n_prompt"] > 0 else "decode"
                 lcp.setdefault(m, {"decode": [], "prefill512": []})[key].append(row["avg_ts"])
+ts = {}
+for r in range(1, rounds + 1):
+    for t in sorted({1, threads}):
+        d = json.load(open(f"{work}/ts_nibble_t{t}_r{r}.json"))
+        ts.setdefault(f"nibble_nf4_t{t}", []).append(d["results"][0]["variants"]["nf4"]["decode"]["tokens_per_s"])
+        rows_ = json.load(open(f"{work}/ts_llama_t{t}_r{r}.json"))
+        ts.setdefault(f"llama_q4_0_t{t}", []).append([x["avg_ts"] for x in rows_ if x["n_gen"] > 0][0])
+tsm = {k: med(v) for k, v in ts.items()}
+gbps = med([json.load(open(f"{work}/nibble_r{r}.json"))["read_gbps"] for r in range(1, rounds + 1)])
+fp_mib = {v: json.load(open(f"{work}/nibble_r1.json"))["results"][0]["variants"][v]["footprint_mib"] for v in nib}
 nm = {v: {k: med(x) for k, x in d.items() if x} for v, d in nib.items()}
 lm = {m: {k: med(x) for k, x in d.items() if x} for m, d in lcp.items()}
 pairs = [("nf4", "q4_0_bf16head"), ("nf4", "q4_0"), ("int8", "q8_0"), ("stored", "bf16")]
@@ -95,9 +128,18 @@ for v, m in pairs:
     a, b = nm[v], lm[m]
     rd = a["decode"] / b["decode"]; rp = a["prefill512"] / b["prefill512"]
     print(f"{v:8} {m:15} {a['decode']:10.2f} vs {b['decode']:8.2f} {rd:6.2f} {a['prefill512']:11.1f} vs {b['prefill512']:9.1f} {rp:6.2f}")
+    floor = gbps * 1e9 / (fp_mib[v] * 1048576.0)
     rows.append({"nibble": v, "llama_cpp": m, "nibble_decode_tps": a["decode"], "llama_decode_tps": b["decode"],
+                 "nibble_bytes_per_token": fp_mib[v] * 1048576.0, "decode_floor_tps": floor,
+                 "nibble_decode_of_floor": a["decode"] / floor,
                  "decode_ratio": rd, "nibble_prefill512_tps": a["prefill512"], "llama_prefill512_tps": b["prefill512"],
                  "prefill_ratio": rp})
+print(f"decode floors at {gbps:.1f} GB/s read: " + ", ".join(
+    f"{v} {gbps * 1e9 / (fp_mib[v] * 1048576.0):.1f} tok/s ({nm[v]['decode'] / (gbps * 1e9 / (fp_mib[v] * 1048576.0)):.0%} reached)"
+    for v in nm))
+for t in sorted({1, threads}):
+    a, b = tsm[f"nibble_nf4_t{t}"], tsm[f"llama_q4_0_t{t}"]
+    print(f"tinystories decode, {t} thread(s): nibble nf4 {a:.0f} tok/s vs llama.cpp Q4_0 {b:.0f}: {a / b:.2f}")
 try:
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
 except Exception:
@@ -105,6 +147,7 @@ except Exception:
 res = {"bench": "vs_llamacpp", "machine": machine, "threads": threads, "rounds": rounds, "nibble_commit": commit,
        "loadavg_seen": loads, "nibble": {v: {"runs": nib[v], "median": nm[v]} for v in nib},
        "llama_cpp": {m: {"runs": lcp[m], "median": lm[m]} for m in lcp}, "pairs": rows,
+       "read_gbps": gbps, "tinystories_decode": {"runs": ts, "median": tsm},
        "notes": "llama.cpp ggml-org/llama.cpp@0c1e57098 (vendored in llama-cpp-python 0.3.36), built -DGGML_NATIVE=OFF "
                 "with AVX512/VBMI/VNNI/BF16 on and AMX off; llama-bench -p 512 -n TG -r 1 per round. nibble: "
                 "model_cpu --prefill 16,512 --decode 32 --prefill-last (decode after a 16-token prompt)."}

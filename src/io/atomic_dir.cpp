@@ -13,24 +13,17 @@
 #include <random>
 #include <vector>
 
+#include "io/fs_util.h"
 #include "nibble/error.h"
 
 namespace fs = std::filesystem;
 
 namespace nibble::io {
 
+using detail_fs::os_error;
+using detail_fs::random_suffix;
+
 namespace {
-
-std::string os_error(const std::string& what, const fs::path& path, int err) {
-  return detail::str("cannot ", what, " ", path.string(), ": ", std::strerror(err));
-}
-
-std::string random_suffix() {
-  static thread_local std::mt19937_64 rng{std::random_device{}()};
-  char buf[17];
-  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(rng()));
-  return buf;
-}
 
 // The folder as one path with a last component: "out/" and "out/." name "out"; a symlink to a
 // folder is followed, so the folder it points at is replaced and the link kept.
@@ -86,12 +79,9 @@ void carry_over(const fs::path& from, const fs::path& to) {
 }  // namespace
 
 void fsync_dir(const fs::path& dir) {
-  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd < 0) throw IoError(os_error("open folder", dir, errno));
-  int rc = ::fsync(dfd);
-  int err = errno;
-  ::close(dfd);
-  if (rc != 0 && err != EINVAL && err != EROFS) throw IoError(os_error("fsync folder", dir, err));
+  const int err = detail_fs::fsync_folder(dir);
+  if (err < 0) throw IoError(os_error("open folder", dir, errno));
+  if (err > 0) throw IoError(os_error("fsync folder", dir, err));
 }
 
 AtomicDir::AtomicDir(const fs::path& target, std::function<bool(const std::string&)> owned)

@@ -13,6 +13,7 @@
 #include <cstring>
 #include <random>
 
+#include "io/fs_util.h"
 #include "nibble/error.h"
 #include "nibble/safetensors.h"
 
@@ -20,18 +21,10 @@ namespace fs = std::filesystem;
 
 namespace nibble::io {
 
+using detail_fs::os_error;
+using detail_fs::random_suffix;
+
 namespace {
-
-std::string os_error(const std::string& what, const fs::path& path, int err) {
-  return detail::str("cannot ", what, " ", path.string(), ": ", std::strerror(err));
-}
-
-std::string random_suffix() {
-  static thread_local std::mt19937_64 rng{std::random_device{}()};
-  char buf[17];
-  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(rng()));
-  return buf;
-}
 
 fs::path parent_or_dot(const fs::path& p) {
   fs::path parent = p.parent_path();
@@ -85,13 +78,8 @@ void AtomicFile::commit() {
   committed_ = true;
   // Make the new directory entry durable. Some filesystems cannot fsync a folder (EINVAL);
   // the data itself is already safe there, so only real I/O errors are reported.
-  fs::path dir = parent_or_dot(target_);
-  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd < 0) return;
-  int rc = ::fsync(dfd);
-  int err = errno;
-  ::close(dfd);
-  if (rc != 0 && err != EINVAL && err != EROFS) throw IoError(os_error("write (fsync folder of)", target_, err));
+  const int err = detail_fs::fsync_folder(parent_or_dot(target_));
+  if (err > 0) throw IoError(os_error("write (fsync folder of)", target_, err));
 }
 
 }  // namespace nibble::io

@@ -12,8 +12,8 @@
 
 #include "backends/cpu/linear_cpu.h"
 #include "backends/cpu/nn_cpu.h"
-#include "ops/nn_ops.h"
 #include "cpu_isa_mode.h"
+#include "ops/nn_ops.h"
 #include "ops/nn_ref.h"
 #include "test_support.h"
 
@@ -285,15 +285,18 @@ TEST(NnOpsCopy, ConvertsEveryFloatPairBitExactAtEveryIsa) {
   int checked = 0;
   for (DType sdt : kinds)
     for (DType ddt : kinds)
-      for (auto [rows, cols, pad] : {std::tuple<int64_t, int64_t, int64_t>{3, 37, 5}, {1, 16, 0}, {301, 700, 3}}) {
+      for (auto [rows, cols, pad] :
+           {std::tuple<int64_t, int64_t, int64_t>{3, 37, 5}, {1, 16, 0}, {301, 700, 3}}) {
         // f32 values from random bits, specials and exponents near the f16/bf16 edges, then
         // stored in sdt (so f16/bf16 sources hold their own specials too).
         Tensor wide = Tensor::empty({rows, cols + pad}, DType::F32);
         float* w = wide.data<float>();
         for (int64_t i = 0; i < wide.numel(); ++i) {
           uint32_t u = any(rng);
-          if (i % 7 == 0) u = specials[size_t(i / 7) % specials.size()];
-          else if (i % 3 == 0) u = (u & 0x807fffffu) | ((uint32_t(100 + u % 60)) << 23);
+          if (i % 7 == 0)
+            u = specials[size_t(i / 7) % specials.size()];
+          else if (i % 3 == 0)
+            u = (u & 0x807fffffu) | ((uint32_t(100 + u % 60)) << 23);
           std::memcpy(w + i, &u, 4);
         }
         Tensor src_full = wide.to(sdt);

@@ -1,6 +1,6 @@
 // The fast CPU quantization paths (AVX2, AVX-512, threads) against the scalar reference on fresh
-// random inputs, at every SIMD level of the machine: every blocksize, dtype and quant type, odd and partial sizes, zero blocks,
-// NaN/inf values. Also the accuracy yardsticks of bitsandbytes' own tests.
+// random inputs, at every SIMD level of the machine: every blocksize, dtype and quant type, odd and partial
+// sizes, zero blocks, NaN/inf values. Also the accuracy yardsticks of bitsandbytes' own tests.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -43,8 +43,8 @@ TEST(QuantFast, FourBitMatchesReference) {
           int64_t n = std::uniform_int_distribution<int64_t>(1, 20000)(rng);
           if (kind == 0) n = n / bs * bs + (n % 2);  // mostly full blocks, sometimes one odd tail
           if (n == 0) n = bs;
-          SCOPED_TRACE(testing::Message() << dtype_name(qt) << " " << dtype_name(dt) << " bs=" << bs << " n=" << n
-                                          << " kind=" << kind);
+          SCOPED_TRACE(testing::Message() << dtype_name(qt) << " " << dtype_name(dt) << " bs=" << bs
+                                          << " n=" << n << " kind=" << kind);
           Tensor x = awkward_input(n, dt, rng, kind);
           int64_t nb = (n + bs - 1) / bs;
           std::vector<uint8_t> p_ref(size_t((n + 1) / 2), 0xAA);
@@ -63,7 +63,8 @@ TEST(QuantFast, FourBitMatchesReference) {
             std::memset(o_fast.data_ptr(), 0x7f, o_fast.nbytes());
             quant::ref::dequantize_4bit(p_ref.data(), a_ref.data(), n, bs, qt, o_ref.data_ptr(), out_dt);
             cpu::dequantize_4bit(p_ref.data(), a_ref.data(), n, bs, qt, o_fast.data_ptr(), out_dt);
-            ASSERT_EQ(0, std::memcmp(o_ref.data_ptr(), o_fast.data_ptr(), o_ref.nbytes())) << dtype_name(out_dt);
+            ASSERT_EQ(0, std::memcmp(o_ref.data_ptr(), o_fast.data_ptr(), o_ref.nbytes()))
+                << dtype_name(out_dt);
           }
         }
 }
@@ -78,7 +79,8 @@ TEST(QuantFast, ThreadCountDoesNotChangeBytes) {
   auto four = quantize_4bit(x, DType::NF4, 64, true);
   set_num_threads(before);
   ASSERT_EQ(0, std::memcmp(one.packed.data_ptr(), four.packed.data_ptr(), one.packed.nbytes()));
-  ASSERT_EQ(0, std::memcmp(one.state.absmax.data_ptr(), four.state.absmax.data_ptr(), one.state.absmax.nbytes()));
+  ASSERT_EQ(
+      0, std::memcmp(one.state.absmax.data_ptr(), four.state.absmax.data_ptr(), one.state.absmax.nbytes()));
   EXPECT_EQ(one.state.offset, four.state.offset);
 }
 
@@ -89,8 +91,10 @@ TEST(QuantFast, Blockwise8AndInt8MatchReference) {
     int64_t n = x.numel(), nb = (n + bs - 1) / bs;
     std::vector<uint8_t> q1(static_cast<size_t>(n)), q2(static_cast<size_t>(n));
     std::vector<float> a1(static_cast<size_t>(nb)), a2(static_cast<size_t>(nb));
-    quant::ref::quantize_blockwise8(x.data_ptr(), DType::F32, n, bs, dynamic_map_signed().data(), q1.data(), a1.data());
-    cpu::quantize_blockwise8(x.data_ptr(), DType::F32, n, bs, dynamic_map_signed().data(), q2.data(), a2.data());
+    quant::ref::quantize_blockwise8(x.data_ptr(), DType::F32, n, bs, dynamic_map_signed().data(), q1.data(),
+                                    a1.data());
+    cpu::quantize_blockwise8(x.data_ptr(), DType::F32, n, bs, dynamic_map_signed().data(), q2.data(),
+                             a2.data());
     ASSERT_EQ(q1, q2);
     ASSERT_EQ(0, std::memcmp(a1.data(), a2.data(), a1.size() * 4));
   }
@@ -107,9 +111,14 @@ TEST(QuantFast, Blockwise8AndInt8MatchReference) {
 TEST(QuantFast, AccuracyYardsticks) {
   std::mt19937_64 rng(test::fresh_seed());
   Tensor x = test::random_normal({1024, 1024}, DType::F32, rng);
-  struct Case { DType qt; bool dq; double abs_max, rel_max; };
-  for (Case c : {Case{DType::NF4, false, 0.0728 * 1.02, 0.2033 * 1.02}, Case{DType::FP4, false, 0.0965 * 1.02, 0.2601 * 1.02},
-                 Case{DType::NF4, true, 0.11, 0.28}, Case{DType::FP4, true, 0.11, 0.28}}) {
+  struct Case {
+    DType qt;
+    bool dq;
+    double abs_max, rel_max;
+  };
+  for (Case c : {Case{DType::NF4, false, 0.0728 * 1.02, 0.2033 * 1.02},
+                 Case{DType::FP4, false, 0.0965 * 1.02, 0.2601 * 1.02}, Case{DType::NF4, true, 0.11, 0.28},
+                 Case{DType::FP4, true, 0.11, 0.28}}) {
     auto q = quantize_4bit(x, c.qt, 64, c.dq);
     Tensor d = dequantize_4bit(q.packed, q.state);
     double abs_err = 0, rel_err = 0;
@@ -129,7 +138,8 @@ TEST(QuantFast, AccuracyYardsticks) {
   auto q8 = quantize_blockwise8(x, 256);
   Tensor d8 = dequantize_blockwise8(q8);
   double abs_err = 0;
-  for (int64_t i = 0; i < x.numel(); ++i) abs_err += std::fabs(double(x.data<float>()[i]) - d8.data<float>()[i]);
+  for (int64_t i = 0; i < x.numel(); ++i)
+    abs_err += std::fabs(double(x.data<float>()[i]) - d8.data<float>()[i]);
   EXPECT_LT(abs_err / double(x.numel()), 0.011);
 }
 

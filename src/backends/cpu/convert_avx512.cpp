@@ -24,9 +24,8 @@ NIBBLE_AVX512 inline __m512 load16(const void* p, DType dt, int64_t i, __mmask16
     case DType::F16:
       return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mk, static_cast<const uint16_t*>(p) + i));
     default:  // BF16
-      return _mm512_castsi512_ps(
-          _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mk, static_cast<const uint16_t*>(p) + i)),
-                            16));
+      return _mm512_castsi512_ps(_mm512_slli_epi32(
+          _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mk, static_cast<const uint16_t*>(p) + i)), 16));
   }
 }
 
@@ -42,7 +41,8 @@ NIBBLE_AVX512 inline void store16(void* p, DType dt, int64_t i, __mmask16 mk, __
     default: {  // BF16
       const __m512i u = _mm512_castps_si512(v);
       const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-      __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), lsb), 16);
+      __m512i r =
+          _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), lsb), 16);
       const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
       r = _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x0040));
       _mm256_mask_storeu_epi16(static_cast<uint16_t*>(p) + i, mk, _mm512_cvtepi32_epi16(r));

@@ -168,6 +168,16 @@ NIBBLE_AVX512 void rows_f32(const float* xp, int64_t K, const uint8_t* packed, c
     for (int r = 0; r < NR; ++r) out[m * ldo + r] = hsum(_mm512_add_ps(acc[m][r][0], acc[m][r][1]));
 }
 
+// The bf16 table of one block (16 values in a ymm). vcvtneps2bf16 rounds to nearest even and
+// quiets NaNs as f32_to_bf16; its input is flushed already and a normal f32 never rounds to a
+// bf16 subnormal.
+NIBBLE_AVX512BF16 inline __m256i table_bf16(__m512 code, float absmax) {
+  const __m256bh t = _mm512_cvtneps_pbh(scaled_codes(code, absmax));
+  __m256i ti;
+  std::memcpy(&ti, &t, sizeof ti);
+  return ti;
+}
+
 // The same with bf16 tables and vdpbf16ps (xp: bf16 in pack order, 64 elements per step).
 template <int MR, int NR>
 NIBBLE_AVX512BF16 void rows_bf16(const uint16_t* xp, int64_t K, const uint8_t* packed, const Absmax4& absmax,
@@ -180,24 +190,24 @@ NIBBLE_AVX512BF16 void rows_bf16(const uint16_t* xp, int64_t K, const uint8_t* p
   const __m512i low4 = _mm512_set1_epi16(15);
   const int64_t base = row * K, pf = prefetch_bytes(), rs = K / 2, bpr = K / blocksize;
   const uint8_t* w0 = packed + base / 2;  // as rows_f32
+  // The group's tables built up front when its rows hold whole blocks (tabs[r * bpr + j]):
+  // independent conversions that pipeline, where building each one just before its permutes
+  // put the conversion's latency on every block's path.
   alignas(64) float am[kMaxCached];
+  alignas(64) __m256i tabs[kMaxCached];
   const bool cached = K % blocksize == 0 && NR * bpr <= kMaxCached;
-  if (cached)
+  if (cached) {
     for (int r = 0; r < NR; ++r) absmax_run(absmax, base / blocksize + r * bpr, bpr, am + r * bpr);
+    for (int64_t i = 0; i < NR * bpr; ++i) tabs[i] = table_bf16(code, am[i]);
+  }
   for (int64_t k = 0; k < K;) {
     const int64_t b = (base + k) / blocksize;
     const int64_t seg = std::min(K, (b + 1) * blocksize - base);
     __m512i tab[NR];
 #pragma GCC unroll 16
-    for (int r = 0; r < NR; ++r) {
-      // vcvtneps2bf16 rounds to nearest even and quiets NaNs as f32_to_bf16; its input is
-      // flushed already and a normal f32 never rounds to a bf16 subnormal.
-      const __m256bh t =
-          _mm512_cvtneps_pbh(scaled_codes(code, cached ? am[r * bpr + (b - base / blocksize)] : absmax[b + r * bpr]));
-      __m256i ti;
-      std::memcpy(&ti, &t, sizeof ti);
-      tab[r] = _mm512_castsi256_si512(ti);  // upper half unused: indices are < 16
-    }
+    for (int r = 0; r < NR; ++r)  // upper half unused: indices are < 16
+      tab[r] = _mm512_castsi256_si512(cached ? tabs[r * bpr + (b - base / blocksize)]
+                                             : table_bf16(code, absmax[b + r * bpr]));
     for (; k < seg; k += 64) {
       __m512i xv[MR][2];
 #pragma GCC unroll 16

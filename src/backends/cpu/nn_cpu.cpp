@@ -232,8 +232,10 @@ void convert_rows(const void* src, DType sdt, int64_t lds, int64_t rows, int64_t
   };
   // About 64K values a task: a small copy (one KV-cache row) stays on the calling thread.
   const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(cols, 1));
-  if (rows <= grain) run(0, rows);
-  else parallel_for(rows, grain, run);
+  if (rows <= grain)
+    run(0, rows);
+  else
+    parallel_for(rows, grain, run);
 }
 
 }  // namespace nibble::cpu

@@ -35,10 +35,12 @@ NIBBLE_AVX512 inline __m512 load16(const void* x, DType dt, int64_t i) {
     case DType::F32:
       return _mm512_loadu_ps(static_cast<const float*>(x) + i);
     case DType::F16:
-      return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(x) + i)));
+      return _mm512_cvtph_ps(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(x) + i)));
     default:  // BF16
       return _mm512_castsi512_ps(_mm512_slli_epi32(
-          _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(x) + i))),
+          _mm512_cvtepu16_epi32(
+              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(x) + i))),
           16));
   }
 }
@@ -66,9 +68,11 @@ NIBBLE_AVX512 inline __m512i codes_fp4(__m512 v) {
   const __m512 a = _mm512_abs_ps(v);
   __m512i bin = _mm512_setzero_si512();
   for (float b : quant::ref::kFp4Boundaries)
-    bin = _mm512_mask_add_epi32(bin, _mm512_cmp_ps_mask(a, _mm512_set1_ps(b), _CMP_GT_OQ), bin, _mm512_set1_epi32(1));
+    bin = _mm512_mask_add_epi32(bin, _mm512_cmp_ps_mask(a, _mm512_set1_ps(b), _CMP_GT_OQ), bin,
+                                _mm512_set1_epi32(1));
   const auto& t = quant::ref::kFp4BinCode;
-  const __m512i table = _mm512_setr_epi32(t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], 0, 0, 0, 0, 0, 0, 0, 0);
+  const __m512i table =
+      _mm512_setr_epi32(t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], 0, 0, 0, 0, 0, 0, 0, 0);
   const __m512i code = _mm512_permutexvar_epi32(bin, table);
   return _mm512_mask_or_epi32(code, _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ), code,
                               _mm512_set1_epi32(8));
@@ -115,11 +119,12 @@ NIBBLE_AVX512 void int8_quant_rows(const uint16_t* a, int64_t rows, int64_t cols
   }
 }
 
-NIBBLE_AVX512 void quantize_4bit_block(const void* x, DType dt, int64_t begin, int64_t count, DType quant_type,
-                                       uint8_t* packed, float* absmax_out) {
+NIBBLE_AVX512 void quantize_4bit_block(const void* x, DType dt, int64_t begin, int64_t count,
+                                       DType quant_type, uint8_t* packed, float* absmax_out) {
   // As avx2::quantize_4bit_block, 16 values a step: max(|x|, m) skips a NaN as fmaxf does.
   __m512 m = _mm512_set1_ps(-3.402823466e38f);
-  for (int64_t i = 0; i < count; i += 16) m = _mm512_max_ps(_mm512_abs_ps(ftz16(load16(x, dt, begin + i))), m);
+  for (int64_t i = 0; i < count; i += 16)
+    m = _mm512_max_ps(_mm512_abs_ps(ftz16(load16(x, dt, begin + i))), m);
   const float amax = _mm512_reduce_max_ps(m);
   *absmax_out = amax;
   const __m512 inv = _mm512_set1_ps(quant::rcp_approx(amax));

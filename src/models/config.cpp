@@ -80,12 +80,19 @@ struct Shape {
   int64_t value;
   std::string key;  // the key it was read from
 };
-Shape shape_field(const JsonFields& f, const char* field, const char* override_key = nullptr) {
+// A size from config.json: positive and at most `max` (2^31 - 1 by default, so products of a
+// few sizes stay far inside int64; a file that claims more is refused, not allocated for).
+Shape shape_field(const JsonFields& f, const char* field, const char* override_key = nullptr,
+                  int64_t max = (int64_t(1) << 31) - 1) {
   std::string key = override_key && f.has(override_key) ? override_key : field;
   int64_t v = f.req_int(key);
   if (v <= 0) f.fail(key, "must be positive, got " + std::to_string(v));
+  if (v > max) f.fail(key, "must be at most " + std::to_string(max) + ", got " + std::to_string(v));
   return {v, key};
 }
+
+// Decoder layers a config may claim (per-layer lists are built from this count).
+constexpr int64_t kMaxLayers = 65536;
 
 // ---- rope ---------------------------------------------------------------------------------
 
@@ -228,7 +235,7 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& origin) {
   auto [head_field, head_override] = aliased(fam.heads_key, "num_attention_heads");
   c.vocab_size = shape_field(f, "vocab_size").value;
   c.hidden_size = shape_field(f, hid_field, hid_override).value;
-  c.num_hidden_layers = shape_field(f, lay_field, lay_override).value;
+  c.num_hidden_layers = shape_field(f, lay_field, lay_override, kMaxLayers).value;
   const Shape heads = shape_field(f, head_field, head_override);
   c.num_attention_heads = heads.value;
   if (t == "gpt2")

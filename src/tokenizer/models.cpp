@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "nibble/error.h"
+#include "tokenizer/piece_trie.h"
 #include "tokenizer/tok_internal.h"
 #include "tokenizer/vocab_model.h"
 
@@ -128,6 +129,10 @@ class Unigram : public VocabModel {
       min_score_ = std::min(min_score_, scores_.back());
       max_len_ = std::max(max_len_, piece.size());
     }
+    for (size_t i = 0; i < v.size(); ++i) {  // ids as the vocab resolved repeated pieces
+      const std::string& piece = v[i][0].get_ref<const std::string&>();
+      trie_.insert(piece, *vocab_.find(piece));
+    }
     if (j.contains("unk_id") && !j["unk_id"].is_null()) {
       unk_id_ = get_int_or(j, "unk_id", -1, w);
       if (unk_id_ < 0 || unk_id_ >= int64_t(v.size())) format_error(w.at("unk_id"), "is outside the vocab");
@@ -184,15 +189,12 @@ class Unigram : public VocabModel {
       // A normalizer may leave a cut character at the end: never step past it.
       size_t mblen = std::min(utf8_len(static_cast<unsigned char>(s[pos])), s.size() - pos);
       bool single = false;
-      size_t limit = std::min(max_len_, s.size() - pos);
-      for (size_t len = 1; len <= limit; ++len) {
-        const int64_t* id = vocab_.find(s.substr(pos, len));
-        if (!id) continue;
+      trie_.prefixes(s.substr(pos, std::min(max_len_, s.size() - pos)), [&](size_t len, int64_t id) {
         Node& t = best[pos + len];
-        double cand = scores_[size_t(*id)] + here;
-        if (t.start < 0 || cand > t.score) t = {*id, cand, int64_t(pos)};
+        double cand = scores_[size_t(id)] + here;
+        if (t.start < 0 || cand > t.score) t = {id, cand, int64_t(pos)};
         if (len == mblen) single = true;
-      }
+      });
       if (!single) {
         if (unk_id_ < 0) throw FormatError("tokenizer.json: model.unk_id is needed but is not set");
         Node& t = best[pos + mblen];
@@ -201,31 +203,35 @@ class Unigram : public VocabModel {
       }
       pos += mblen;
     }
+    // Walking back from the end, consecutive unknown pieces are fused into one (HF does): they
+    // are adjacent in s, so a run is the span [run_start, run_end) — kept as two offsets, not
+    // built by prepending (quadratic on a long unknown run).
     std::vector<std::string> out;
-    std::string unk_run;
+    size_t run_start = 0, run_end = 0;
     bool in_unk = false;
     size_t end = s.size();
     while (end > 0) {
       const Node& n = best[end];
       size_t start = size_t(n.start);
       if (unk_id_ >= 0 && n.id == unk_id_) {
-        unk_run.insert(0, s.substr(start, end - start));
+        if (!in_unk) run_end = end;
+        run_start = start;
         in_unk = true;
       } else {
         if (in_unk) {
-          out.push_back(std::move(unk_run));
-          unk_run.clear();
+          out.emplace_back(s.substr(run_start, run_end - run_start));
           in_unk = false;
         }
         out.emplace_back(s.substr(start, end - start));
       }
       end = start;
     }
-    if (in_unk) out.push_back(std::move(unk_run));
+    if (in_unk) out.emplace_back(s.substr(run_start, run_end - run_start));
     std::reverse(out.begin(), out.end());
     return out;
   }
 
+  PieceTrie trie_;
   std::vector<double> scores_;
   double min_score_ = std::numeric_limits<double>::infinity();
   size_t max_len_ = 0;

@@ -113,6 +113,7 @@ class ReplaceN : public Normalizer {
       out.append(s, prev, b - prev);
       out += content;
       prev = e;
+      check_normalized_size(out.size(), "Replace");
     }
     out.append(s, prev, std::string::npos);
     return out;

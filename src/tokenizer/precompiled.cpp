@@ -56,6 +56,7 @@ class Precompiled : public Normalizer {
     std::string out;
     out.reserve(s.size());
     for (std::string_view g : graphemes(s)) {
+      check_normalized_size(out.size(), "Precompiled");
       if (g.size() < 6) {
         if (auto r = transform(g)) {
           out += *r;
@@ -73,6 +74,7 @@ class Precompiled : public Normalizer {
           out += part;
       }
     }
+    check_normalized_size(out.size(), "Precompiled");
     return out;
   }
 

@@ -27,6 +27,10 @@ struct Where {
 };
 
 [[noreturn]] void format_error(const Where& w, const std::string& what);
+// Normalized text one encode may reach (Tokenizer::kMaxEncodeBytes, 32 MiB): a normalizer that
+// expands past it (a charsmap or a Replace can multiply the text) is a FormatError, checked as
+// the output grows, so the bound on one encode's memory holds after normalization too.
+void check_normalized_size(size_t bytes, const char* normalizer);
 // A vocabulary entry's id (`id`, of JSON entry `token` among `entries`), checked to index a table.
 int64_t vocab_id(const Json& id, const std::string& token, size_t entries, const Where& w);
 [[noreturn]] void unsupported_type(const Where& w, const std::string& type);

@@ -18,12 +18,19 @@
 
 #include "io/utf8.h"
 #include "nibble/error.h"
+#include "nibble/tokenizer.h"
 #include "tokenizer/tok_internal.h"
 
 namespace nibble::tok {
 
 void format_error(const Where& w, const std::string& what) {
   throw FormatError(w.file + ": " + (w.field.empty() ? "" : w.field + " ") + what);
+}
+
+void check_normalized_size(size_t bytes, const char* normalizer) {
+  if (bytes > Tokenizer::kMaxEncodeBytes)
+    throw FormatError(detail::str("tokenizer: the ", normalizer, " normalizer expands the text past ",
+                                  Tokenizer::kMaxEncodeBytes, " bytes, the limit for one encode (encode it in parts)"));
 }
 
 void unsupported_type(const Where& w, const std::string& type) {

@@ -82,6 +82,23 @@ TEST(ModelConfig, MissingAndMistypedFieldsNameFileAndField) {
   EXPECT_THROW(ModelConfig::from_json(json::array(), "x"), ConfigError);
 }
 
+TEST(ModelConfig, ClaimedSizesPastTheLimitsAreRefused) {
+  // A layer count in the quadrillions once reached the per-layer list's allocation (found by the
+  // model_config fuzzer); sizes past 2^31 - 1 and layer counts past 65536 are refused by name.
+  json j = llama_json();
+  j["num_hidden_layers"] = 7777777777777773LL;
+  expect_error(j, {"dir/config.json", "num_hidden_layers", "at most 65536"});
+  j["num_hidden_layers"] = 65537;
+  expect_error(j, {"num_hidden_layers", "at most 65536"});
+  j["num_hidden_layers"] = 65536;  // at the limit: parsed
+  EXPECT_EQ(parse(j).num_hidden_layers, 65536);
+  for (const char* key : {"vocab_size", "hidden_size", "intermediate_size", "num_attention_heads"}) {
+    j = llama_json();
+    j[key] = int64_t(1) << 31;
+    expect_error(j, {key, "at most 2147483647"});
+  }
+}
+
 TEST(ModelConfig, HeadsMustDivide) {
   json j = llama_json();
   j["num_attention_heads"] = 5;

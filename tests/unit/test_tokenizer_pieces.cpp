@@ -185,6 +185,41 @@ TEST(TokenizerUnigram, ViterbiPicksBestScore) {
   EXPECT_EQ(e.tokens, (std::vector<std::string>{"a", "cc", "a"}));
 }
 
+TEST(TokenizerUnigram, RepeatedPiecesLongPiecesAndLongUnknownRuns) {
+  // The prefix walk (PieceTrie) offers what the vocab holds: a repeated piece has the later id
+  // (as the vocab maps it), a piece longer than the text is never offered, and a long run of
+  // unknown characters fuses into one unk (kept as a span, not built by prepending).
+  test::TempDir dir;
+  json vocab = json::array({json::array({"<unk>", 0.0}), json::array({"ab", -1.0}), json::array({"a", -1.0}),
+                            json::array({"ab", -0.5}), json::array({"abcdefghij", -0.1})});
+  Tokenizer t = load(dir, {{"type", "Unigram"}, {"unk_id", 0}, {"vocab", vocab}});
+  Encoding e = t.encode("ab");
+  EXPECT_EQ(e.ids, (std::vector<int64_t>{3}));
+  EXPECT_EQ(t.encode("abcdefghi").tokens, (std::vector<std::string>{"ab", "cdefghi"}));
+  EXPECT_EQ(t.encode("abcdefghij").ids, (std::vector<int64_t>{4}));
+  const std::string unknown(100000, 'z');
+  e = t.encode("a" + unknown + "ab");
+  EXPECT_EQ(e.ids, (std::vector<int64_t>{2, 0, 3}));
+  EXPECT_EQ(e.tokens[1], unknown);
+}
+
+TEST(TokenizerNormalizers, ExpansionPastTheEncodeLimitIsRefused) {
+  // A Replace that multiplies the text (each "a" -> 1000 bytes) would turn a 40 KB input into
+  // 40 MB: past Tokenizer::kMaxEncodeBytes it is a FormatError naming the normalizer.
+  test::TempDir dir;
+  json norm = {{"type", "Replace"}, {"pattern", {{"String", "a"}}}, {"content", std::string(1000, 'x')}};
+  json vocab = json::array({json::array({"<unk>", 0.0}), json::array({"x", -1.0})});
+  Tokenizer t = load(dir, {{"type", "Unigram"}, {"unk_id", 0}, {"vocab", vocab}}, nullptr, norm);
+  EXPECT_EQ(t.encode(std::string(3, 'a')).ids.size(), 3000u);  // small inputs are fine
+  try {
+    t.encode(std::string(40000, 'a'));
+    ADD_FAILURE() << "no error";
+  } catch (const FormatError& err) {
+    EXPECT_NE(std::string(err.what()).find("Replace normalizer expands the text past 33554432"), std::string::npos)
+        << err.what();
+  }
+}
+
 // Equal scores: a run of one character has many segmentations of the same score, and HF's
 // choice among them follows from tokenizers' Unigram::encode_optimized (model.rs):
 //   - start positions are visited left to right, and from each the trie offers the pieces by

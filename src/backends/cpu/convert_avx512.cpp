@@ -9,6 +9,7 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
 
+#include "backends/cpu/avx512_common.h"
 #include "backends/cpu/nn_cpu.h"
 
 #define NIBBLE_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
@@ -16,18 +17,6 @@
 namespace nibble::cpu::avx512 {
 
 namespace {
-
-NIBBLE_AVX512 inline __m512 load16(const void* p, DType dt, int64_t i, __mmask16 mk) {
-  switch (dt) {
-    case DType::F32:
-      return _mm512_maskz_loadu_ps(mk, static_cast<const float*>(p) + i);
-    case DType::F16:
-      return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mk, static_cast<const uint16_t*>(p) + i));
-    default:  // BF16
-      return _mm512_castsi512_ps(_mm512_slli_epi32(
-          _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mk, static_cast<const uint16_t*>(p) + i)), 16));
-  }
-}
 
 NIBBLE_AVX512 inline void store16(void* p, DType dt, int64_t i, __mmask16 mk, __m512 v) {
   switch (dt) {

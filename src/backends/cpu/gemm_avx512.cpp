@@ -25,6 +25,7 @@
 #include <cstring>
 #include <vector>
 
+#include "backends/cpu/avx512_common.h"
 #include "backends/cpu/linear_cpu.h"
 
 #define NIBBLE_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
@@ -38,22 +39,6 @@ constexpr int64_t kMR = 12, kNR = 32, kKC = 256, kNC = 256;
 
 inline bool bf16_subnormal(uint16_t h) {
   return (h & 0x7f80) == 0 && (h & 0x007f) != 0;
-}
-
-// 16 consecutive elements of a W row widened to f32.
-NIBBLE_AVX512 inline __m512 load16(const char* w, DType dt, int64_t i) {
-  switch (dt) {
-    case DType::F32:
-      return _mm512_loadu_ps(reinterpret_cast<const float*>(w) + i);
-    case DType::F16:
-      return _mm512_cvtph_ps(
-          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(reinterpret_cast<const uint16_t*>(w) + i)));
-    default:
-      return _mm512_castsi512_ps(_mm512_slli_epi32(
-          _mm512_cvtepu16_epi32(
-              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(reinterpret_cast<const uint16_t*>(w) + i))),
-          16));
-  }
 }
 
 // ---- fp32 -----------------------------------------------------------------------------------

@@ -28,6 +28,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "backends/cpu/avx512_common.h"
 #include "backends/cpu/linear_cpu.h"
 #include "nibble/quant.h"
 #include "quant/gpu_float.h"
@@ -51,13 +52,6 @@ inline int64_t prefetch_bytes() {
 // |absmax| at least this: no product code * absmax is subnormal (the smallest nonzero code
 // magnitude is FP4's 1/192) and absmax itself is normal, so flush-to-zero changes nothing.
 constexpr float kNoFlushAbsmax = 1e-35f;
-
-// v with subnormal lanes replaced by zeros of the same sign (quant::ftz on each lane).
-NIBBLE_AVX512 inline __m512 ftz16(__m512 v) {
-  const __mmask16 sub = _mm512_fpclass_ps_mask(v, 0x20);  // denormal class
-  return _mm512_castsi512_ps(_mm512_mask_and_epi32(_mm512_castps_si512(v), sub, _mm512_castps_si512(v),
-                                                   _mm512_set1_epi32(int(0x80000000u))));
-}
 
 // code * absmax as quant::mul_ftz for all 16 codes.
 NIBBLE_AVX512 inline __m512 scaled_codes(__m512 code, float absmax) {

@@ -12,6 +12,7 @@
 
 #include <cstring>
 
+#include "backends/cpu/avx512_common.h"
 #include "backends/cpu/quant_cpu.h"
 #include "quant/gpu_float.h"
 #include "quant/reference.h"
@@ -22,34 +23,8 @@ namespace nibble::cpu::avx512 {
 
 namespace {
 
-NIBBLE_AVX512 inline __mmask16 lanes(int64_t left) {
-  return left >= 16 ? __mmask16(0xffff) : __mmask16((1u << left) - 1);
-}
-
 NIBBLE_AVX512 inline __m512 load_f16(const uint16_t* p, __mmask16 mk) {
   return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mk, p));
-}
-
-NIBBLE_AVX512 inline __m512 load16(const void* x, DType dt, int64_t i) {
-  switch (dt) {
-    case DType::F32:
-      return _mm512_loadu_ps(static_cast<const float*>(x) + i);
-    case DType::F16:
-      return _mm512_cvtph_ps(
-          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(x) + i)));
-    default:  // BF16
-      return _mm512_castsi512_ps(_mm512_slli_epi32(
-          _mm512_cvtepu16_epi32(
-              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(x) + i))),
-          16));
-  }
-}
-
-// |v| < FLT_MIN becomes a zero of the same sign (the GPU's .ftz), NaN kept.
-NIBBLE_AVX512 inline __m512 ftz16(__m512 v) {
-  const __mmask16 sub = _mm512_fpclass_ps_mask(v, 0x20);  // denormal class
-  return _mm512_castsi512_ps(_mm512_mask_and_epi32(_mm512_castps_si512(v), sub, _mm512_castps_si512(v),
-                                                   _mm512_set1_epi32(int(0x80000000u))));
 }
 
 // Number of sorted boundaries strictly below v (v > b), by a 4-step binary search over the

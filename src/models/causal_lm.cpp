@@ -175,6 +175,17 @@ void CausalLM::Impl::norm_into(const Norm& n, const Tensor& x, const Tensor& out
     ops::layer_norm(*st.ctx, x, n.w, n.b, float(config.norm_eps), out);
 }
 
+// h += r, then out = norm(h): fused into one pass for RMSNorm.
+void CausalLM::Impl::add_norm_into(const Norm& n, const Tensor& h, const Tensor& r, const Tensor& out,
+                                   const Step& st) const {
+  if (spec->norm == models::NormKind::RMS) {
+    ops::add_rms_norm_(*st.ctx, h, r, n.w, float(config.norm_eps), spec->norm_unit_offset, out);
+    return;
+  }
+  ops::add_(*st.ctx, h, r);
+  norm_into(n, h, out, st);
+}
+
 // ids [R] -> h [R, C]: token embeddings (times sqrt(C) rounded to f32 where the architecture
 // scales them), plus learned positions, then the embedding norm (Bloom).
 Tensor CausalLM::Impl::embed_block(const Step& st) const {
@@ -212,9 +223,11 @@ Tensor CausalLM::Impl::attention_block(const Step& st, size_t li, const Tensor& 
   Tensor q = empty_like_rows(R, Hq * D, device), k = empty_like_rows(R, Hkv * D, device),
          v = empty_like_rows(R, Hkv * D, device);  // [R, H * D] each
   if (L.qkv.size() == 3) {
-    L.qkv[0].forward(ctx, x, q);
-    L.qkv[1].forward(ctx, x, k);
-    L.qkv[2].forward(ctx, x, v);
+    const nn::Linear* ls[] = {&L.qkv[0].lin, &L.qkv[1].lin, &L.qkv[2].lin};
+    const Tensor outs[] = {q, k, v};
+    nn::forward_group(ctx, x, ls, outs);  // one launch on CUDA for 4-bit q, k, v
+    for (int i = 0; i < 3; ++i)
+      if (L.qkv[size_t(i)].lora.defined()) nn::lora_add(ctx, L.qkv[size_t(i)].lora, x, outs[i]);
   } else if (s.qkv == models::QkvKind::Concat) {
     Tensor y = empty_like_rows(R, (Hq + 2 * Hkv) * D, device);  // [R, (Hq + 2 Hkv) D]
     L.qkv[0].forward(ctx, x, y);
@@ -289,6 +302,12 @@ Tensor CausalLM::Impl::mlp_block(const Step& st, size_t li, const Tensor& x) con
     case models::MlpKind::Gated: {
       const int64_t F = L.mlp[0].lin.out_features();
       Tensor g = empty_like_rows(R, F, device), u = empty_like_rows(R, F, device);  // [R, F]
+      if (!L.mlp[0].lora.defined() && !L.mlp[1].lora.defined()) {
+        Tensor a = empty_like_rows(R, F, device);  // act(gate) * up: one launch on CUDA for 4-bit
+        nn::forward_gated(ctx, x, L.mlp[0].lin, L.mlp[1].lin, act, g, u, a);
+        L.mlp[2].forward(ctx, a, out);
+        break;
+      }
       L.mlp[0].forward(ctx, x, g);
       L.mlp[1].forward(ctx, x, u);
       ops::gated_activation(ctx, g, u, act, g);
@@ -315,13 +334,19 @@ Tensor CausalLM::Impl::mlp_block(const Step& st, size_t li, const Tensor& x) con
 }
 
 // h [R, C] in place: pre-norm attention and MLP with residuals (or GPT-NeoX/Phi's parallel
-// residual: h + attn(norm1 h) + mlp(norm2 h)), Gemma-2's post-norms.
-void CausalLM::Impl::decoder_layer(const Step& st, size_t li, Tensor& h) const {
+// residual: h + attn(norm1 h) + mlp(norm2 h)), Gemma-2's post-norms. The MLP's output is left
+// in `pending` (h + pending is the layer's output) so the next layer adds it inside its first
+// norm; pending is undefined where the layer added everything itself.
+void CausalLM::Impl::decoder_layer(const Step& st, size_t li, Tensor& h, Tensor& pending) const {
   const DecoderLayer& L = layers[li];
   ExecContext& ctx = *st.ctx;
   const int64_t R = st.R, C = config.hidden_size;
   Tensor x = empty_like_rows(R, C, device);  // [R, C]
-  norm_into(L.attn_norm, h, x, st);
+  if (pending.defined())
+    add_norm_into(L.attn_norm, h, pending, x, st);
+  else
+    norm_into(L.attn_norm, h, x, st);
+  pending = Tensor();
   Tensor o = attention_block(st, li, x);
   if (parallel_residual) {
     norm_into(L.mlp_norm, h, x, st);
@@ -331,15 +356,21 @@ void CausalLM::Impl::decoder_layer(const Step& st, size_t li, Tensor& h) const {
     h = mo;
     return;
   }
-  ops::add_(ctx, h, o);
-  norm_into(L.mlp_norm, h, x, st);
+  add_norm_into(L.mlp_norm, h, o, x, st);
   Tensor mo = mlp_block(st, li, x);
   if (L.post_mlp_norm.defined()) {
     Tensor mn = empty_like_rows(R, C, device);
     norm_into(L.post_mlp_norm, mo, mn, st);
     mo = mn;
   }
-  ops::add_(ctx, h, mo);
+  pending = mo;
+}
+
+// Every decoder layer over h [R, C] (the last one's pending residual added).
+void CausalLM::Impl::decoder_layers(const Step& st, Tensor& h) const {
+  Tensor pending;
+  for (size_t li = 0; li < layers.size(); ++li) decoder_layer(st, li, h, pending);
+  if (pending.defined()) ops::add_(*st.ctx, h, pending);
 }
 
 // h [R, C] -> logits [R, V] (or [B, V] of each sequence's last row): final norm, output head,
@@ -377,7 +408,7 @@ Tensor CausalLM::Impl::forward_batch(const std::vector<std::vector<int64_t>>& ba
   if (graph_eligible(batch, last_only)) return decode_graphed(batch, caches);
   Step st = plan(batch, caches);
   Tensor h = embed_block(st);  // [R, C]
-  for (size_t li = 0; li < layers.size(); ++li) decoder_layer(st, li, h);
+  decoder_layers(st, h);
   for (const Segment& sg : st.segs) sg.cache->len_ = sg.p0 + sg.T;
   return head_block(st, h, last_only);
 }

@@ -148,9 +148,12 @@ struct CausalLM::Impl {
   Step plan(const std::vector<std::vector<int64_t>>& batch, std::span<KVCache* const> caches) const;
   Tensor embed_block(const Step& st) const;                            // -> h [R, C]
   void norm_into(const Norm& n, const Tensor& x, const Tensor& out, const Step& st) const;
+  void add_norm_into(const Norm& n, const Tensor& h, const Tensor& r, const Tensor& out, const Step& st) const;
   Tensor attention_block(const Step& st, size_t li, const Tensor& x) const;  // x [R, C] normed -> o [R, C]
   Tensor mlp_block(const Step& st, size_t li, const Tensor& x) const;        // x [R, C] normed -> [R, C]
-  void decoder_layer(const Step& st, size_t li, Tensor& h) const;            // h [R, C] in place
+  // h [R, C] in place, up to the residual left in pending (see causal_lm.cpp)
+  void decoder_layer(const Step& st, size_t li, Tensor& h, Tensor& pending) const;
+  void decoder_layers(const Step& st, Tensor& h) const;  // every layer, h [R, C] in place
   // -> logits [R or B, V] (into out when given)
   Tensor head_block(const Step& st, const Tensor& h, bool last_only, const Tensor& out = Tensor()) const;
 

@@ -139,7 +139,7 @@ Tensor CausalLM::Impl::decode_graphed(const std::vector<std::vector<int64_t>>& b
 
   auto run = [&] {
     Tensor x = embed_block(st);  // [B, C]
-    for (size_t li = 0; li < layers.size(); ++li) decoder_layer(st, li, x);
+    decoder_layers(st, x);
     head_block(st, x, true, g->logits);
   };
   if (g->state == 1) {

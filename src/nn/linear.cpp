@@ -148,6 +148,40 @@ const FormatTraits kTraits[] = {
 
 }  // namespace
 
+namespace {
+bool same_4bit(const Linear& a, const Linear& b) {
+  return a.is_4bit() && b.is_4bit() && a.compute_dtype() == b.compute_dtype();
+}
+ops::Linear4Ref ref4(const Linear& l, const Tensor& out) {
+  return {l.weight(), l.quant_state(), l.absmax_f32(), l.bias(), out};
+}
+}  // namespace
+
+void forward_group(ExecContext& ctx, const Tensor& x, std::span<const Linear* const> ls,
+                   std::span<const Tensor> outs) {
+  if (ls.size() != outs.size()) throw InternalError("forward_group: weights and outputs differ in number");
+  bool grouped = !ls.empty() && ls.size() <= 3;
+  for (const Linear* l : ls) grouped = grouped && same_4bit(*l, *ls[0]);
+  if (!grouped) {
+    for (size_t i = 0; i < ls.size(); ++i) ls[i]->forward(ctx, x, outs[i]);
+    return;
+  }
+  std::vector<ops::Linear4Ref> refs;
+  for (size_t i = 0; i < ls.size(); ++i) refs.push_back(ref4(*ls[i], outs[i]));
+  ops::linear_4bit_group(ctx, x, refs, ls[0]->compute_dtype());
+}
+
+void forward_gated(ExecContext& ctx, const Tensor& x, const Linear& gate, const Linear& up, ops::Activation a,
+                   const Tensor& gate_out, const Tensor& up_out, const Tensor& out) {
+  if (same_4bit(gate, up)) {
+    ops::linear_4bit_gated(ctx, x, ref4(gate, gate_out), ref4(up, up_out), a, gate.compute_dtype(), out);
+    return;
+  }
+  gate.forward(ctx, x, gate_out);
+  up.forward(ctx, x, up_out);
+  ops::gated_activation(ctx, gate_out, up_out, a, out);
+}
+
 const FormatTraits& format_traits(WeightFormat f) {
   for (const FormatTraits& t : kTraits)
     if (t.format == f) return t;

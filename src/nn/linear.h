@@ -12,11 +12,13 @@
 #pragma once
 
 #include <map>
+#include <span>
 #include <string>
 
 #include "core/exec_context.h"
 #include "nibble/quant.h"
 #include "nibble/tensor.h"
+#include "ops/nn_ops.h"
 
 namespace nibble::nn {
 
@@ -85,5 +87,15 @@ class Linear {
   float threshold_ = 6.0f;
   int64_t in_ = 0, out_ = 0;
 };
+
+// outs[i] = ls[i]->forward(x) for weights of one input x: 4-bit weights of one compute dtype
+// go through ops::linear_4bit_group (one decode-GEMV launch for a decode step's q, k and v on
+// CUDA); any other mix runs one forward a weight.
+void forward_group(ExecContext& ctx, const Tensor& x, std::span<const Linear* const> ls,
+                   std::span<const Tensor> outs);
+// out = act(gate(x)) * up(x): one launch for 4-bit gate and up on CUDA (ops::linear_4bit_gated),
+// else the two forwards into gate_out / up_out [M, F] and gated_activation.
+void forward_gated(ExecContext& ctx, const Tensor& x, const Linear& gate, const Linear& up, ops::Activation a,
+                   const Tensor& gate_out, const Tensor& up_out, const Tensor& out);
 
 }  // namespace nibble::nn

@@ -13,6 +13,7 @@
 #include "nibble/error.h"
 #include "ops/dispatch.h"
 // CUDA-free declarations; only the CUDA build instantiates the branches that call them.
+#include "backends/cuda/gemv_lut.h"
 #include "backends/cuda/linear_cuda.h"
 #include "backends/cuda/nn_cuda.h"
 #include "backends/cuda/quant_cuda.h"
@@ -173,6 +174,28 @@ void check_4bit(const char* op, const Tensor& packed, const QuantState4& state) 
 }
 }  // namespace
 
+namespace {
+// The CUDA backend's view of a 4-bit weight on the device: the stored (nested) absmax as is.
+template <class T = Tensor>
+cuda::Quant4Weight quant4_weight(const T& packed, const QuantState4& state) {
+  cuda::Quant4Weight w;
+  w.packed = packed.template data<uint8_t>();
+  w.blocksize = state.blocksize;
+  w.quant_type = state.quant_type;
+  if (state.nested) {
+    w.absmax_q = state.absmax.template data<uint8_t>();
+    w.absmax2 = state.nested_absmax.template data<float>();
+    w.code2 = cuda::device_dynamic_map();
+    w.offset = state.offset;
+    w.nested_blocksize = state.nested_blocksize;
+  } else {
+    w.absmax = state.absmax.template data<float>();
+  }
+  w.quant_map = cuda::device_quant_map(state.quant_type);
+  return w;
+}
+}  // namespace
+
 void linear_4bit(ExecContext& ctx, const Tensor& x_in, const Tensor& packed, const QuantState4& state,
                  const Tensor& absmax_f32, const Tensor& bias, DType compute_dtype, const Tensor& out) {
   const char* op = "linear_4bit";
@@ -206,25 +229,81 @@ void linear_4bit(ExecContext& ctx, const Tensor& x_in, const Tensor& packed, con
                          out.data<float>(), use_nested ? &nested : nullptr);
       },
       [&](auto& c) {
-        cuda::Quant4Weight w;
-        w.packed = packed.data<uint8_t>();
-        w.blocksize = state.blocksize;
-        w.quant_type = state.quant_type;
-        if (state.nested) {
-          w.absmax_q = state.absmax.template data<uint8_t>();
-          w.absmax2 = state.nested_absmax.template data<float>();
-          w.code2 = cuda::device_dynamic_map();
-          w.offset = state.offset;
-          w.nested_blocksize = state.nested_blocksize;
-        } else {
-          w.absmax = state.absmax.template data<float>();
-        }
-        w.quant_map = cuda::device_quant_map(state.quant_type);
+        const cuda::Quant4Weight w = quant4_weight(packed, state);
         Tensor xc = xm.ld == K ? x : x.contiguous();
         cuda::linear_4bit(make_launch(c, cuda::linear_4bit_workspace_bytes(xm.rows, K, N, compute_dtype)),
                           xc.template data<float>(), xm.rows, K, w, N, ptr_or_null(bias), dtype_or_f32(bias),
                           compute_dtype, out.template data<float>());
       });
+}
+
+#ifdef NIBBLE_WITH_CUDA
+namespace {
+// The decode GEMV's targets for ws when every weight is on CUDA with x's K and the fused path
+// takes them (empty otherwise: the caller runs one linear_4bit a weight).
+std::vector<cuda::Gemv4Target> gemv_targets(const char* op, const Tensor& x,
+                                                              std::span<const Linear4Ref> ws,
+                                                              std::vector<cuda::Quant4Weight>& qs, DType ct) {
+  std::vector<cuda::Gemv4Target> ts;
+  if (!x.device().is_cuda() || x.dim() != 2 || !x.is_contiguous()) return ts;
+  const int64_t M = x.size(0), K = x.size(1);
+  qs.clear();
+  qs.reserve(ws.size());
+  for (const Linear4Ref& w : ws) {
+    check_4bit(op, w.packed, w.state);
+    const int64_t N = w.state.shape[0];
+    require_vector(op, "bias", w.bias, N, true);
+    if (w.state.shape[1] != K || w.out.shape() != Shape{M, N} || !w.out.is_contiguous() ||
+        w.out.dtype() != DType::F32 || w.packed.device() != x.device() || w.out.device() != x.device())
+      return {};
+    qs.push_back(quant4_weight(w.packed, w.state));
+  }
+  for (size_t i = 0; i < ws.size(); ++i)
+    ts.push_back({&qs[i], ws[i].state.shape[0], ptr_or_null(ws[i].bias),
+                  cuda::bias_dtype_code(op, ptr_or_null(ws[i].bias), dtype_or_f32(ws[i].bias)), ws[i].out.data<float>()});
+  if (!cuda::gemv_lut_4bit_group_ok(M, K, ts, ct, x.data<float>())) ts.clear();
+  return ts;
+}
+}  // namespace
+#endif
+
+void linear_4bit_group(ExecContext& ctx, const Tensor& x, std::span<const Linear4Ref> ws, DType compute_dtype) {
+  const char* op = "linear_4bit_group";
+#ifdef NIBBLE_WITH_CUDA
+  std::vector<cuda::Quant4Weight> qs;
+  if (ctx.device().is_cuda() && x.device() == ctx.device()) {
+    const auto ts = gemv_targets(op, x, ws, qs, compute_dtype);
+    if (!ts.empty()) {
+      cuda::gemv_lut_4bit_group(make_launch(ctx, 0), x.data<float>(), x.size(0), x.size(1), ts, compute_dtype);
+      return;
+    }
+  }
+#endif
+  (void)op;
+  for (const Linear4Ref& w : ws) linear_4bit(ctx, x, w.packed, w.state, w.absmax_f32, w.bias, compute_dtype, w.out);
+}
+
+void linear_4bit_gated(ExecContext& ctx, const Tensor& x, const Linear4Ref& gate, const Linear4Ref& up, Activation a,
+                       DType compute_dtype, const Tensor& out) {
+  const char* op = "linear_4bit_gated";
+#ifdef NIBBLE_WITH_CUDA
+  std::vector<cuda::Quant4Weight> qs;
+  const Linear4Ref pair[] = {gate, up};
+  if (ctx.device().is_cuda() && x.device() == ctx.device() && gate.state.shape[0] == up.state.shape[0] &&
+      out.defined() && out.device() == x.device() && out.dtype() == DType::F32 && out.is_contiguous() &&
+      out.shape() == gate.out.shape()) {
+    const auto ts = gemv_targets(op, x, pair, qs, compute_dtype);
+    if (!ts.empty()) {
+      cuda::gemv_lut_4bit_gated(make_launch(ctx, 0), x.data<float>(), x.size(0), x.size(1), ts[0], ts[1], to_cuda(a),
+                                compute_dtype, out.data<float>());
+      return;
+    }
+  }
+#endif
+  (void)op;
+  linear_4bit(ctx, x, gate.packed, gate.state, gate.absmax_f32, gate.bias, compute_dtype, gate.out);
+  linear_4bit(ctx, x, up.packed, up.state, up.absmax_f32, up.bias, compute_dtype, up.out);
+  gated_activation(ctx, gate.out, up.out, a, out);
 }
 
 Tensor linear_4bit(const Tensor& x, const Tensor& packed, const QuantState4& state, const Tensor& bias,
@@ -309,6 +388,28 @@ void rms_norm(ExecContext& ctx, const Tensor& x, const Tensor& w, float eps, boo
       [&](auto& c) {
         cuda::rms_norm(make_launch(c, 0), x.template data<float>(), M, C, w.data_ptr(), w.dtype(), eps,
                        add_unit_offset, out.template data<float>());
+      });
+}
+
+void add_rms_norm_(ExecContext& ctx, const Tensor& h, const Tensor& r, const Tensor& w, float eps,
+                   bool add_unit_offset, const Tensor& out) {
+  const char* op = "add_rms_norm_";
+  const auto mc = rows_cols(op, h);
+  const int64_t M = std::get<0>(mc), C = std::get<1>(mc);
+  require_f32(op, "residual", r);
+  if (r.shape() != h.shape() || !h.is_contiguous() || !r.is_contiguous())
+    throw ShapeError(str(op, ": ", h.str(), " and ", r.str(), " must be contiguous and of one shape"));
+  require_vector(op, "weight", w, C, false);
+  require_out(op, out, h.shape());
+  dispatch(
+      op, ctx, w.dtype(), {h, r, w, out},
+      [&] {
+        add_(ctx, h, r);
+        rms_norm(ctx, h, w, eps, add_unit_offset, out);
+      },
+      [&](auto& c) {
+        cuda::add_rms_norm(make_launch(c, 0), h.template data<float>(), r.template data<float>(), M, C, w.data_ptr(),
+                           w.dtype(), eps, add_unit_offset, out.template data<float>());
       });
 }
 

@@ -10,6 +10,8 @@
 // allocating `op(inputs...)` that returns a fresh output on the inputs' device.
 #pragma once
 
+#include <span>
+
 #include <cstdint>
 #include <optional>
 
@@ -87,9 +89,29 @@ void linear_4bit(ExecContext& ctx, const Tensor& x, const Tensor& packed, const 
                  const Tensor& absmax_f32, const Tensor& bias, DType compute_dtype, const Tensor& out);
 void linear_int8(ExecContext& ctx, const Tensor& x, const Tensor& cb, const Tensor& scb, const Tensor& bias,
                  float threshold, DType act_dtype, const Tensor& out);
+// One 4-bit weight of a grouped call (the arguments of linear_4bit above).
+struct Linear4Ref {
+  const Tensor& packed;
+  const QuantState4& state;
+  const Tensor& absmax_f32;
+  const Tensor& bias;
+  const Tensor& out;
+};
+// outs = linear_4bit(x, each weight) for weights of one K: on CUDA one launch of the decode
+// GEMV for all of them where it takes every one (q, k and v of a decode step), else a call each.
+void linear_4bit_group(ExecContext& ctx, const Tensor& x, std::span<const Linear4Ref> ws, DType compute_dtype);
+// out [M, F] = act(linear_4bit(x, gate)) * linear_4bit(x, up): on CUDA one launch of the decode
+// GEMV where it takes both (gate/up of a decode step), else the two products and
+// gated_activation. The same values either way.
+void linear_4bit_gated(ExecContext& ctx, const Tensor& x, const Linear4Ref& gate, const Linear4Ref& up, Activation a,
+                       DType compute_dtype, const Tensor& out);
 void rms_norm(ExecContext& ctx, const Tensor& x, const Tensor& w, float eps, bool add_unit_offset,
               const Tensor& out);
 void layer_norm(ExecContext& ctx, const Tensor& x, const Tensor& w, const Tensor& b, float eps, const Tensor& out);
+// h += r, then out = rms_norm(h): the residual add fused into the next norm (one pass over h
+// on CUDA), the same f32 arithmetic as add_ followed by rms_norm. h, r, out contiguous [M, C].
+void add_rms_norm_(ExecContext& ctx, const Tensor& h, const Tensor& r, const Tensor& w, float eps,
+                   bool add_unit_offset, const Tensor& out);
 void activate_(ExecContext& ctx, const Tensor& x, Activation a);
 // gate, up: [M, F] views (rows may be strided: the two halves of a fused gate_up output).
 void gated_activation(ExecContext& ctx, const Tensor& gate, const Tensor& up, Activation a, const Tensor& out);

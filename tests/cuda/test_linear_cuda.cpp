@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <random>
 #include <vector>
 
@@ -23,6 +24,7 @@
 #ifdef NIBBLE_WITH_CUDA
 #include <cuda_runtime.h>
 
+#include "backends/cuda/gemv_lut.h"
 #include "backends/cuda/linear_cuda.h"
 #endif
 
@@ -316,6 +318,122 @@ TEST(LinearCuda, FourBitMatchesCpu) {
         }
   EXPECT_EQ(cases, 13 * 8 * 4);
   EXPECT_GT(lut_cases, 40);
+}
+
+// One quantized weight on the device (NF4/FP4, plain or nested absmax) for the grouped tests.
+struct DevQ4 {
+  std::vector<uint8_t> packed;
+  std::vector<float> absmax;
+  std::unique_ptr<DevBuf> dp, dm, db, dq, da2, dc2, da;
+  cuda::Quant4Weight q;
+  DevQ4(std::mt19937& g, int64_t N, int64_t K, int64_t bs, DType qt, bool nested, const std::vector<uint8_t>& bias) {
+    const int64_t n = N * K, nb = (n + bs - 1) / bs;
+    auto wf = randu(g, n);
+    packed.resize(size_t((n + 1) / 2));
+    absmax.resize(size_t(nb));
+    quant::ref::quantize_4bit(wf.data(), DType::F32, n, bs, qt, packed.data(), absmax.data());
+    const std::vector<float> qmap(dequant_table_4bit(qt), dequant_table_4bit(qt) + 16);
+    dp = std::make_unique<DevBuf>(packed);
+    dm = std::make_unique<DevBuf>(qmap);
+    db = std::make_unique<DevBuf>(bias);
+    q.packed = dp->as<uint8_t>();
+    q.blocksize = bs;
+    q.quant_type = qt;
+    q.quant_map = dm->as<float>();
+    if (nested) {
+      const auto na = quant::ref::double_quantize_absmax(absmax.data(), nb);
+      dq = std::make_unique<DevBuf>(na.q);
+      da2 = std::make_unique<DevBuf>(na.absmax2);
+      q.absmax_q = dq->as<uint8_t>();
+      q.absmax2 = da2->as<float>();
+      q.code2 = nullptr;  // set by the caller: one table for the whole group, as the model has
+      q.offset = na.offset;
+    } else {
+      da = std::make_unique<DevBuf>(absmax);
+      q.absmax = da->as<float>();
+    }
+  }
+};
+
+std::vector<float> download(const DevBuf& d, size_t n) {
+  std::vector<float> h(n);
+  EXPECT_EQ(cudaMemcpy(h.data(), d.p, n * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+  return h;
+}
+
+// The grouped decode GEMV (q/k/v in one launch) and the gated one (act(gate) * up) against
+// one gemv_lut_4bit call a weight: the same formula, only the K-slice split (and so the f32
+// summation order) may differ, so each output is within 2 roundings of the compute dtype.
+TEST(LinearCuda, FourBitGroupedAndGatedMatchSingleCalls) {
+  SKIP_WITHOUT_CUDA();
+  std::mt19937 g(fresh_seed());
+  struct Shape {
+    int64_t K, N0, N1, N2, bs;
+  };
+  const Shape shapes[] = {{4096, 300, 64, 64, 64}, {1536, 77, 33, 33, 128}, {11008, 40, 17, 17, 64},
+                          {256, 5, 200, 200, 256}};
+  int cases = 0;
+  for (const Shape s : shapes)
+    for (int64_t M : {1, 3, 8, 9, 16})
+      for (int nested = 0; nested < 2; ++nested) {
+        const DType ct = cases % 2 ? DType::F16 : DType::BF16;
+        const DType qt = cases % 3 ? DType::NF4 : DType::FP4;
+        const bool with_bias = cases % 4 == 1;
+        const int64_t Ns[3] = {s.N0, s.N1, s.N2};
+        std::vector<std::unique_ptr<DevQ4>> ws;
+        const std::vector<float> code2(dynamic_map_signed().begin(), dynamic_map_signed().end());
+        DevBuf dc2(code2);
+        for (int64_t N : Ns) {
+          ws.push_back(std::make_unique<DevQ4>(g, N, s.K, s.bs, qt, nested, encode(randu(g, N), DType::BF16)));
+          if (nested) ws.back()->q.code2 = dc2.as<float>();
+        }
+        auto x = randu(g, M * s.K);
+        DevBuf dx(x);
+        std::vector<std::unique_ptr<DevBuf>> single, grouped;
+        std::vector<cuda::Gemv4Target> ts;
+        cuda::Launch l;
+        for (int i = 0; i < 3; ++i) {
+          single.push_back(std::make_unique<DevBuf>(poison(M * Ns[i])));
+          grouped.push_back(std::make_unique<DevBuf>(poison(M * Ns[i])));
+          ASSERT_TRUE(cuda::gemv_lut_4bit_ok(M, s.K, ws[size_t(i)]->q, ct, dx.as<float>()));
+          cuda::gemv_lut_4bit(l, dx.as<float>(), M, s.K, ws[size_t(i)]->q, Ns[i], with_bias ? ws[size_t(i)]->db->p : nullptr,
+                              2, ct, single.back()->as<float>());
+          ts.push_back({&ws[size_t(i)]->q, Ns[i], with_bias ? ws[size_t(i)]->db->p : nullptr, 2, grouped.back()->as<float>()});
+        }
+        ASSERT_TRUE(cuda::gemv_lut_4bit_group_ok(M, s.K, ts, ct, dx.as<float>()));
+        cuda::gemv_lut_4bit_group(l, dx.as<float>(), M, s.K, ts, ct);
+        // gated: weights 1 and 2 share N
+        DevBuf dgated(poison(M * s.N1));
+        for (auto act : {cuda::Act::SiLU, cuda::Act::GeluTanh}) {
+          cuda::gemv_lut_4bit_gated(l, dx.as<float>(), M, s.K, ts[1], ts[2], act, ct, dgated.as<float>());
+          ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+          const auto gs = download(*single[1], size_t(M * s.N1)), us = download(*single[2], size_t(M * s.N1));
+          const auto got = download(dgated, size_t(M * s.N1));
+          double mx = 0;
+          for (size_t i = 0; i < got.size(); ++i) {
+            const double gv = gs[i], a = act == cuda::Act::SiLU ? gv / (1 + std::exp(-gv))
+                                                                : 0.5 * gv * (1 + std::tanh(0.7978845608 * (gv + 0.044715 * gv * gv * gv)));
+            mx = std::max(mx, std::fabs(a * us[i]));
+          }
+          for (size_t i = 0; i < got.size(); ++i) {
+            const double gv = gs[i], a = act == cuda::Act::SiLU ? gv / (1 + std::exp(-gv))
+                                                                : 0.5 * gv * (1 + std::tanh(0.7978845608 * (gv + 0.044715 * gv * gv * gv)));
+            // gate and up may each differ by one rounding: act'(g) <= 1.1, so ~3 eps relative
+            const double tol = 3.5 * eps_of(ct) * (std::fabs(a) + std::fabs(gv)) * (std::fabs(us[i]) + eps_of(ct)) + 1e-5 * mx;
+            ASSERT_LE(std::fabs(got[i] - a * us[i]), tol) << "gated element " << i << " M " << M << " K " << s.K;
+          }
+        }
+        for (int i = 0; i < 3; ++i) {
+          const auto a = download(*single[size_t(i)], size_t(M * Ns[i])), b = download(*grouped[size_t(i)], size_t(M * Ns[i]));
+          double mx = 0;
+          for (float v : a) mx = std::max(mx, double(std::fabs(v)));
+          for (size_t j = 0; j < a.size(); ++j)
+            ASSERT_LE(std::fabs(double(a[j]) - b[j]), 2 * eps_of(ct) * std::fabs(a[j]) + 1e-6 * mx)
+                << "grouped weight " << i << " element " << j << " M " << M << " K " << s.K;
+        }
+        ++cases;
+      }
+  EXPECT_EQ(cases, 4 * 5 * 2);
 }
 
 // LLM.int8: random int8 weights and row scales, x with a few planted outliers (|x| >= 6 in some

@@ -14,6 +14,7 @@
 #include "nibble/bnb_config.h"
 #include "nibble/model.h"
 #include "nibble/safetensors.h"
+#include "ops/nn_ops.h"
 #include "test_support.h"
 
 namespace fs = std::filesystem;
@@ -132,8 +133,11 @@ TEST(ModelCuda, BlocksMatchCpuOneByOne) {
     Tensor hg = G.embed_block(gs), hc = C.embed_block(cs);
     EXPECT_LE(rel(hg, hc), 1e-5) << "embed_block";
     for (size_t li = 0; li < C.layers.size(); ++li) {
-      G.decoder_layer(gs, li, hg);
-      C.decoder_layer(cs, li, hc);
+      Tensor pg, pc;  // each layer's residual added here, so every layer's output is compared
+      G.decoder_layer(gs, li, hg, pg);
+      C.decoder_layer(cs, li, hc, pc);
+      ASSERT_EQ(pg.defined(), pc.defined());
+      if (pg.defined()) ops::add_(*gs.ctx, hg, pg), ops::add_(*cs.ctx, hc, pc);
       EXPECT_LE(rel(hg, hc), 1e-5) << "decoder_layer " << li;
     }
     {  // the head's pieces: the weight bytes on the device, then the final norm, then the linear

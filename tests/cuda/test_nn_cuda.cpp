@@ -104,6 +104,15 @@ TEST(NnCuda, NormsActivationsElementwise) {
           cpu::rms_norm(x.data(), M, C, wb.data(), wdt, 1e-6f, unit, ref.data());
           cuda::rms_norm(kL, dx.as<float>(), M, C, dw.p, wdt, 1e-6f, unit, dout.as<float>());
           EXPECT_TRUE(close(down<float>(dout, x.size()), ref, 1e-5)) << "rms_norm unit " << unit;
+          // the residual add fused in front: h = x + r written back, out = rms_norm(h)
+          auto r = randn(x.size(), rng, 2.0f), h = x;
+          for (size_t i = 0; i < h.size(); ++i) h[i] += r[i];
+          cpu::rms_norm(h.data(), M, C, wb.data(), wdt, 1e-6f, unit, ref.data());
+          Dev dh(x.size() * 4), dr(x.size() * 4);
+          up(dh, x), up(dr, r);
+          cuda::add_rms_norm(kL, dh.as<float>(), dr.as<float>(), M, C, dw.p, wdt, 1e-6f, unit, dout.as<float>());
+          EXPECT_EQ(down<float>(dh, x.size()), h) << "add_rms_norm's sum";
+          EXPECT_TRUE(close(down<float>(dout, x.size()), ref, 1e-5)) << "add_rms_norm unit " << unit;
         }
         for (bool bias : {false, true}) {
           cpu::layer_norm(x.data(), M, C, wb.data(), wdt, bias ? bb.data() : nullptr, wdt, 1e-5f, ref.data());

@@ -2,9 +2,9 @@
 // 16-row tile of W against up to 16 rows of x over a slice of K, 64 codes (one absmax block or
 // a part of one) at a time, with mma.m16n8k16:
 //
-//   A (16 x 16) = code values of W rows n0..n0+15   thread (g = lane/4, q = lane%4) holds rows
-//   B (16 x 8)  = x rows 0..7 (8..15)                g and g+8 of A, x row g (g+8) of B
-//   D (16 x 8)  = the tile's partial sums            rows n0+g, n0+g+8; x rows 2q, 2q+1
+//   A (16 x 16) = code values of W rows (tile rows 0..15)   thread (g = lane/4, q = lane%4) holds
+//   B (16 x 8)  = x rows 0..7 (8..15)                        tile rows g and g+8 of A, x row g
+//   D (16 x 8)  = the tile's partial sums                    (g+8) of B; D rows g, g+8, x rows 2q, 2q+1
 //
 // Thread q of a quad loads 8 bytes (16 codes) of each of its two rows at chunk offset 8q, so a
 // quad reads a chunk's 32 bytes a row and every mma k-step (4 codes a thread) lies in one absmax
@@ -16,19 +16,31 @@
 // lanes: lane l reads word l of a 256-byte row, so every lane of a lookup hits its own bank.
 // One byte permute builds the address (b << 8 | l << 2), one shared load gives two A elements.
 //
-// Blocks are persistent (at most as many as fit at once) and loop over 16-row groups, so the
-// 32 KB table is filled once a block. Warps of a block split K (KS slices) over RG = 8 / KS row
-// tiles, summed in slice order through shared memory: results are deterministic.
+// Per batch of kU chunks a warp decodes the (nested) absmax of its 16 rows once (a lane: one
+// row, four chunks) and shares them through shared memory, instead of every lane of a quad
+// decoding the same two; x is staged in shared memory once a block, rounded to the compute
+// dtype, when it fits (kXsBytes), so a k-step reads its B fragment with one 8-byte shared load.
+//
+// One launch may cover up to three weights of one K (q, k and v: tiles numbered across them),
+// or a gate/up pair whose tile is 8 features of both (A rows g from gate, g + 8 from up), so
+// the epilogue writes act(gate) * up directly.
+//
+// Blocks are persistent (at most as many as fit at once) and loop over groups of RG tiles, so
+// the table is filled once a block. Warps of a block split K (KS slices) over RG = 8 / KS row
+// tiles, summed in slice order through shared memory: results are deterministic. KS is chosen
+// by a cost model: the fewest rounds of groups times chunks a warp.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <atomic>
+#include <climits>
 #include <cstdlib>
 #include <cstring>
 #include <type_traits>
 
+#include "backends/cuda/act.cuh"
 #include "backends/cuda/check.h"
 #include "backends/cuda/compute_dtype.cuh"
 #include "backends/cuda/gemv_frag.cuh"
@@ -44,43 +56,65 @@ using dev::load_bias;
 using dev::mma;
 using dev::pack2;
 using dev::round_ct;
-using dev::x_frag;
 
 constexpr int kWarps = 8;
-constexpr int kU = 8;          // chunks a row in flight per thread
-constexpr int kRowWords = 64;  // a table row: 256 bytes, the first 32 words used
+constexpr int kU = 8;                       // chunks a row in flight per thread
+constexpr int kRowWords = 64;               // a table row: 256 bytes, the first 32 words used
 constexpr size_t kTableBytes = 256 * kRowWords * 4;
+constexpr int64_t kXsBytes = 32 * 1024;     // x staged in shared memory when M rows fit
+constexpr int kMaxMats = 3;
 
-struct Args {
-  const float* x;
-  int M;
-  int64_t K, N;
+// One weight of a launch.
+struct Mat {
   const uint8_t* w;
   const float* absmax;  // plain, or nullptr when nested
   const uint8_t* absmax_q;
   const float* absmax2;
-  const float* code2;
-  const float* quant_map;
   float offset;
-  int bs_log2;
-  int nbs_log2;  // nested blocksize as a shift, -1 when not a power of two
-  int64_t nested_bs;
+  int64_t N;
   const void* bias;
   int bdt;
   float* out;
-  int ks;          // K slices per row tile (1, 2, 4, 8)
-  int64_t groups;  // row groups of RG tiles
+  int64_t tile_end;  // tiles of this weight and the ones before it
 };
 
-size_t smem_bytes(int nt) {
-  return kTableBytes + 256 * 4 + size_t(kWarps) * 32 * 4 * nt * 4;
+struct Args {
+  const float* x;
+  int M;
+  int64_t K;
+  const float* quant_map;
+  const float* code2;  // one table for every nested weight (device_dynamic_map)
+  int bs_log2;
+  int nbs_log2;  // nested blocksize as a shift, -1 when not a power of two
+  int64_t nested_bs;
+  int nmat;
+  bool gated;  // m[0] gate, m[1] up: a tile is 8 features, out = act(gate) * up into m[0].out
+  Act act;
+  Mat m[kMaxMats];
+  int ks;          // K slices per row tile (1, 2, 4, 8)
+  int64_t tiles;   // row tiles in all
+  int64_t groups;  // groups of RG tiles
+  int64_t xs_stride;  // elements a staged x row (K + 8); 0: x read from global memory
+};
+
+size_t smem_bytes(int nt, int M, int64_t xs_stride) {
+  return kTableBytes + 256 * 4 + size_t(kWarps) * 16 * kU * 4 + size_t(kWarps) * 32 * 4 * nt * 4 +
+         size_t(xs_stride) * size_t(M) * 2;
 }
 
-// The absmax of flat block `b`, decoded when nested (as the CPU backend decodes it).
-__device__ __forceinline__ float absmax_of(const Args& a, const float* code2, int64_t b) {
-  if (a.absmax) return __ldg(a.absmax + b);
+// By value, from statically indexed parameters (a dynamic index or a reference into the
+// parameter space would make the compiler copy Args to local memory).
+__device__ __forceinline__ Mat mat_at(const Args& a, int i) {
+  if (i == 0) return a.m[0];
+  if (i == 1) return a.m[1];
+  return a.m[2];
+}
+
+// The absmax of flat block `b` of weight `w`, decoded when nested (as the CPU backend decodes it).
+__device__ __forceinline__ float absmax_of(const Args& a, const Mat& w, const float* code2, int64_t b) {
+  if (w.absmax) return __ldg(w.absmax + b);
   const int64_t nb = a.nbs_log2 >= 0 ? b >> a.nbs_log2 : b / a.nested_bs;
-  return dev::mul_ftz(code2[__ldg(a.absmax_q + b)], __ldg(a.absmax2 + nb)) + a.offset;
+  return dev::mul_ftz(code2[__ldg(w.absmax_q + b)], __ldg(w.absmax2 + nb)) + w.offset;
 }
 
 // Byte j of w as a table row, at this lane's word: (w.byte[j] << 8) | (lane << 2).
@@ -90,20 +124,39 @@ __device__ __forceinline__ uint32_t lookup(const char* table, uint32_t w, uint32
   return *reinterpret_cast<const uint32_t*>(table + off);
 }
 
-template <int NT, class CT>
+// Tile row r (0..15) of tile t: its weight and row (clamped into the weight; rows past it are
+// computed and never stored).
+struct RowRef {
+  int mat;
+  int64_t row;
+};
+__device__ __forceinline__ RowRef tile_row(const Args& a, int64_t t, int r) {
+  if (a.gated) {
+    const int mi = r < 8 ? 0 : 1;
+    return {mi, min(t * 8 + (r & 7), a.m[0].N - 1)};
+  }
+  const int mi = t < a.m[0].tile_end ? 0 : t < a.m[1].tile_end ? 1 : 2;
+  const int64_t t0 = mi == 0 ? 0 : mat_at(a, mi - 1).tile_end;
+  return {mi, min((t - t0) * 16 + r, mat_at(a, mi).N - 1)};
+}
+
+template <int NT, class CT, bool XS>
 __global__ void __launch_bounds__(kWarps * 32, 2) gemv_lut_kernel(Args a) {
   extern __shared__ __align__(16) uint32_t smem[];
   const char* table = reinterpret_cast<const char*>(smem);
   float* code2 = reinterpret_cast<float*>(smem + 256 * kRowWords);
-  float* red = code2 + 256;  // [kWarps][32][4 * NT]
+  float* am_all = code2 + 256;                                           // [kWarps][16][kU]
+  float* red = am_all + kWarps * 16 * kU;                                // [kWarps][32][4 * NT]
+  uint16_t* xs = reinterpret_cast<uint16_t*>(red + kWarps * 32 * 4 * NT);  // [M][xs_stride]
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, q = lane % 4;
   const int RG = kWarps / a.ks;
   const int rt = warp % RG, ks = warp / RG;
-  const int64_t N = a.N, K = a.K, chunks = K / 64;
+  const int64_t K = a.K, chunks = K / 64;
   const int64_t c0 = chunks * ks / a.ks, c1 = chunks * (ks + 1) / a.ks;
   const bool live0 = g < a.M, live1 = g + 8 < a.M;
   const uint32_t lane4 = uint32_t(lane) << 2;
+  float* am = am_all + warp * 16 * kU;
 
   {  // the table: warp w fills rows 32w..32w+31, 4 rows an instruction (8 lanes x 16 bytes each)
     const float v = __ldg(a.quant_map + (lane & 15));
@@ -113,31 +166,65 @@ __global__ void __launch_bounds__(kWarps * 32, 2) gemv_lut_kernel(Args a) {
       const uint32_t p = pack2<CT>(lo, hi);
       reinterpret_cast<uint4*>(smem + row * kRowWords)[lane % 8] = make_uint4(p, p, p, p);
     }
-    if (!a.absmax) code2[tid] = a.code2[tid];  // blockDim == 256
+    if (a.code2) code2[tid] = a.code2[tid];  // blockDim == 256
+    if constexpr (XS) {
+      const int64_t k4 = K / 4;
+      for (int64_t i = tid; i < a.M * k4; i += kWarps * 32) {
+        const int64_t m = i / k4, k = (i - m * k4) * 4;
+        const float4 v4 = __ldg(reinterpret_cast<const float4*>(a.x + m * K + k));
+        *reinterpret_cast<uint2*>(xs + m * a.xs_stride + k) =
+            make_uint2(pack2<CT>(v4.x, v4.y), pack2<CT>(v4.z, v4.w));
+      }
+    }
   }
   __syncthreads();
 
   for (int64_t grp = blockIdx.x; grp < a.groups; grp += gridDim.x) {
-    const int64_t n0 = (grp * RG + rt) * 16;
-    const int64_t ra = min(n0 + g, N - 1), rb = min(n0 + g + 8, N - 1);  // clamped: rows >= N unused
-    const uint8_t* pa = a.w + ra * K / 2 + 8 * q;
-    const uint8_t* pb = a.w + rb * K / 2 + 8 * q;
+    const int64_t t_raw = grp * RG + rt;
+    const bool tile_live = t_raw < a.tiles;
+    const int64_t t = min(t_raw, a.tiles - 1);
+    const RowRef ra = tile_row(a, t, g), rb = tile_row(a, t, g + 8);
+    const Mat wa_m = mat_at(a, ra.mat), wb_m = mat_at(a, rb.mat);
+    const uint8_t* pa = wa_m.w + ra.row * K / 2 + 8 * q;
+    const uint8_t* pb = wb_m.w + rb.row * K / 2 + 8 * q;
+    const RowRef rr = tile_row(a, t, lane >> 1);  // this lane's absmax row, chunks uh..uh+3
+    const Mat wr_m = mat_at(a, rr.mat);
+    const int uh = (lane & 1) * 4;
     float d[NT][4] = {};
     for (int64_t c = c0; c < c1; c += kU) {
       uint2 wa[kU], wb[kU];
-      float ama[kU], amb[kU];
 #pragma unroll
       for (int u = 0; u < kU; ++u) {
         if (c + u >= c1) break;
         wa[u] = ld_stream8(pa + (c + u) * 32);
         wb[u] = ld_stream8(pb + (c + u) * 32);
-        ama[u] = absmax_of(a, code2, (ra * K + (c + u) * 64) >> a.bs_log2);
-        amb[u] = absmax_of(a, code2, (rb * K + (c + u) * 64) >> a.bs_log2);
+      }
+      float4 mine;
+      {
+        float v[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int64_t cu = c + uh + i;
+          v[i] = cu < c1 ? absmax_of(a, wr_m, code2, (rr.row * K + cu * 64) >> a.bs_log2) : 0.0f;
+        }
+        mine = make_float4(v[0], v[1], v[2], v[3]);
+      }
+      __syncwarp();  // the previous batch's reads of am are done
+      reinterpret_cast<float4*>(am)[lane] = mine;
+      __syncwarp();
+      float ama[kU], amb[kU];
+      {
+        const float4* a4 = reinterpret_cast<const float4*>(am);
+        const float4 x0 = a4[2 * g], x1 = a4[2 * g + 1], y0 = a4[2 * g + 16], y1 = a4[2 * g + 17];
+        ama[0] = x0.x, ama[1] = x0.y, ama[2] = x0.z, ama[3] = x0.w;
+        ama[4] = x1.x, ama[5] = x1.y, ama[6] = x1.z, ama[7] = x1.w;
+        amb[0] = y0.x, amb[1] = y0.y, amb[2] = y0.z, amb[3] = y0.w;
+        amb[4] = y1.x, amb[5] = y1.y, amb[6] = y1.z, amb[7] = y1.w;
       }
 #pragma unroll
       for (int u = 0; u < kU; ++u) {
         if (c + u >= c1) break;
-        float t[NT][4] = {};
+        float tacc[NT][4] = {};
         const int64_t kq = (c + u) * 64 + 16 * q;
 #pragma unroll
         for (int s = 0; s < 4; ++s) {
@@ -151,20 +238,27 @@ __global__ void __launch_bounds__(kWarps * 32, 2) gemv_lut_kernel(Args a) {
             af[0] = lookup<2>(table, A, lane4), af[2] = lookup<3>(table, A, lane4);
             af[1] = lookup<2>(table, B, lane4), af[3] = lookup<3>(table, B, lane4);
           }
-          uint32_t b0, b1;
-          x_frag<CT>(a.x, K, live0, g, kq + 4 * s, b0, b1);
-          mma<CT>(t[0], af, b0, b1);
-          if constexpr (NT == 2) {
-            x_frag<CT>(a.x, K, live1, g + 8, kq + 4 * s, b0, b1);
-            mma<CT>(t[1], af, b0, b1);
+#pragma unroll
+          for (int i = 0; i < NT; ++i) {
+            const int m = g + 8 * i;
+            uint32_t b0 = 0u, b1 = 0u;
+            if constexpr (XS) {
+              if (i == 0 ? live0 : live1) {
+                const uint2 v = *reinterpret_cast<const uint2*>(xs + m * a.xs_stride + kq + 4 * s);
+                b0 = v.x, b1 = v.y;
+              }
+            } else {
+              dev::x_frag<CT>(a.x, K, i == 0 ? live0 : live1, m, kq + 4 * s, b0, b1);
+            }
+            mma<CT>(tacc[i], af, b0, b1);
           }
         }
 #pragma unroll
         for (int i = 0; i < NT; ++i) {
-          d[i][0] = fmaf(t[i][0], ama[u], d[i][0]);
-          d[i][1] = fmaf(t[i][1], ama[u], d[i][1]);
-          d[i][2] = fmaf(t[i][2], amb[u], d[i][2]);
-          d[i][3] = fmaf(t[i][3], amb[u], d[i][3]);
+          d[i][0] = fmaf(tacc[i][0], ama[u], d[i][0]);
+          d[i][1] = fmaf(tacc[i][1], ama[u], d[i][1]);
+          d[i][2] = fmaf(tacc[i][2], amb[u], d[i][2]);
+          d[i][3] = fmaf(tacc[i][3], amb[u], d[i][3]);
         }
       }
     }
@@ -183,56 +277,102 @@ __global__ void __launch_bounds__(kWarps * 32, 2) gemv_lut_kernel(Args a) {
 #pragma unroll
             for (int j = 0; j < 4; ++j) d[i][j] += red[((rt + s * RG) * 32 + lane) * 4 * NT + 4 * i + j];
     }
-    if (ks == 0) {
+    if (ks == 0 && tile_live) {
+      if (a.gated) {
+        const int64_t F = a.m[0].N, n = t * 8 + g;
 #pragma unroll
-      for (int i = 0; i < NT; ++i)
+        for (int i = 0; i < NT; ++i)
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const int64_t n = n0 + g + (j >= 2 ? 8 : 0);
-          const int m = 8 * i + 2 * q + (j & 1);
-          if (n >= N || m >= a.M) continue;
-          float v = d[i][j];
-          if (a.bias) v += round_ct<CT>(load_bias(a.bias, a.bdt, n));
-          a.out[int64_t(m) * N + n] = round_ct<CT>(v);
-        }
+          for (int j = 0; j < 2; ++j) {
+            const int m = 8 * i + 2 * q + j;
+            if (n >= F || m >= a.M) continue;
+            float gv = d[i][j], uv = d[i][j + 2];
+            if (a.m[0].bias) gv += round_ct<CT>(load_bias(a.m[0].bias, a.m[0].bdt, n));
+            if (a.m[1].bias) uv += round_ct<CT>(load_bias(a.m[1].bias, a.m[1].bdt, n));
+            a.m[0].out[int64_t(m) * F + n] = dev::act_f(round_ct<CT>(gv), a.act) * round_ct<CT>(uv);
+          }
+      } else {
+        const int mi = ra.mat;
+        const Mat w = mat_at(a, mi);
+        const int64_t n0 = (t - (mi == 0 ? 0 : mat_at(a, mi - 1).tile_end)) * 16;
+#pragma unroll
+        for (int i = 0; i < NT; ++i)
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            const int64_t n = n0 + g + (j >= 2 ? 8 : 0);
+            const int m = 8 * i + 2 * q + (j & 1);
+            if (n >= w.N || m >= a.M) continue;
+            float v = d[i][j];
+            if (w.bias) v += round_ct<CT>(load_bias(w.bias, w.bdt, n));
+            w.out[int64_t(m) * w.N + n] = round_ct<CT>(v);
+          }
+      }
     }
     if (a.ks > 1) __syncthreads();  // red is rewritten by the next group
   }
 }
 
-// K slices per 16-row tile: enough warps to keep HBM busy, at least 4 chunks per slice.
-int pick_slices(int64_t N, int64_t chunks) {
-  const int64_t tiles = (N + 15) / 16;
-  int ks = 1;
-  while (ks < kWarps && tiles * ks < 4096 && chunks >= 4 * ks) ks *= 2;
-  return ks;
+// K slices per row tile: the fewest rounds of groups (persistent blocks) times chunks a warp,
+// at least 4 chunks a slice; ties go to more slices.
+int pick_slices(int64_t tiles, int64_t chunks, int64_t blocks) {
+  int best = 1;
+  int64_t best_cost = INT64_MAX;
+  for (int ks = 1; ks <= kWarps; ks *= 2) {
+    if (ks > 1 && chunks < 4 * ks) break;
+    const int64_t rg = kWarps / ks, groups = (tiles + rg - 1) / rg, rounds = (groups + blocks - 1) / blocks;
+    const int64_t per = (chunks + ks - 1) / ks, batches = (per + kU - 1) / kU;
+    const int64_t cost = rounds * (batches * kU + 4);
+    if (cost <= best_cost) best_cost = cost, best = ks;
+  }
+  return best;
 }
 
-// Per kernel and device: the shared-memory opt-in done and the blocks that fit a multiprocessor.
-template <int NT, class CT>
-int blocks_per_sm() {
-  static std::atomic<int> fit[64];
+// Per kernel, size and device: the shared-memory opt-in done once, and the blocks that fit a
+// multiprocessor.
+template <int NT, class CT, bool XS>
+int blocks_per_sm(size_t bytes) {
+  static std::atomic<bool> opted[64];
   int dev = 0;
   NIBBLE_CUDA_CHECK(cudaGetDevice(&dev));
   if (dev < 0 || dev >= 64) dev = 0;
-  int n = fit[dev].load(std::memory_order_relaxed);
-  if (n == 0) {
-    const size_t bytes = smem_bytes(NT);
-    NIBBLE_CUDA_CHECK(cudaFuncSetAttribute(gemv_lut_kernel<NT, CT>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
-    NIBBLE_CUDA_CHECK(
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gemv_lut_kernel<NT, CT>, kWarps * 32, bytes));
-    n = std::max(n, 1);
-    fit[dev].store(n, std::memory_order_relaxed);
+  if (!opted[dev].load(std::memory_order_relaxed)) {
+    NIBBLE_CUDA_CHECK(cudaFuncSetAttribute(gemv_lut_kernel<NT, CT, XS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           int(smem_bytes(NT, 16, 0) + kXsBytes)));
+    opted[dev].store(true, std::memory_order_relaxed);
   }
-  return n;
+  // two blocks a multiprocessor when their shared memory fits (the registers always do)
+  int per_sm = 0;
+  NIBBLE_CUDA_CHECK(cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev));
+  return bytes * 2 + 2 * 1024 <= size_t(per_sm) ? 2 : 1;
 }
 
-template <int NT, class CT>
+template <int NT, class CT, bool XS>
 void launch(const Launch& l, Args a) {
-  const int64_t blocks = std::min<int64_t>(a.groups, int64_t(blocks_per_sm<NT, CT>()) * sm_count());
-  gemv_lut_kernel<NT, CT><<<unsigned(blocks), kWarps * 32, smem_bytes(NT), l.stream>>>(a);
+  const size_t bytes = smem_bytes(NT, a.M, a.xs_stride);
+  const int64_t blocks_max = int64_t(blocks_per_sm<NT, CT, XS>(bytes)) * sm_count();
+  a.ks = pick_slices(a.tiles, a.K / 64, blocks_max);
+  const int rg = kWarps / a.ks;
+  a.groups = (a.tiles + rg - 1) / rg;
+  const int64_t blocks = std::min<int64_t>(a.groups, blocks_max);
+  gemv_lut_kernel<NT, CT, XS><<<unsigned(blocks), kWarps * 32, bytes, l.stream>>>(a);
   NIBBLE_CUDA_CHECK_LAUNCH();
+}
+
+template <class CT>
+void launch_ct(const Launch& l, Args& a) {
+  const bool xs = int64_t(a.M) * (a.K + 8) * 2 <= kXsBytes;
+  a.xs_stride = xs ? a.K + 8 : 0;
+  if (a.M <= 8) {
+    if (xs)
+      launch<1, CT, true>(l, a);
+    else
+      launch<1, CT, false>(l, a);
+  } else {
+    if (xs)
+      launch<2, CT, true>(l, a);
+    else
+      launch<2, CT, false>(l, a);
+  }
 }
 
 bool forced_off() {
@@ -243,6 +383,38 @@ bool forced_off() {
   return off;
 }
 
+int log2_of(int64_t v) {
+  int s = 0;
+  while ((int64_t(1) << s) < v) ++s;
+  return s;
+}
+
+Args base_args(const float* x, int64_t M, int64_t K, const Quant4Weight& w) {
+  Args a{};
+  a.x = x, a.M = int(M), a.K = K;
+  a.quant_map = w.quant_map, a.code2 = nullptr;
+  a.bs_log2 = log2_of(w.blocksize);
+  a.nested_bs = w.nested_blocksize;
+  a.nbs_log2 = w.nested_blocksize > 0 && (w.nested_blocksize & (w.nested_blocksize - 1)) == 0
+                   ? log2_of(w.nested_blocksize)
+                   : -1;
+  return a;
+}
+
+Mat mat_of(const Quant4Weight& w, int64_t N, const void* bias, int bias_code, float* out) {
+  Mat m{};
+  m.w = w.packed, m.absmax = w.absmax, m.absmax_q = w.absmax_q, m.absmax2 = w.absmax2, m.offset = w.offset;
+  m.N = N, m.bias = bias, m.bdt = bias_code, m.out = out;
+  return m;
+}
+
+void run(const Launch& l, Args& a, DType ct) {
+  if (ct == DType::BF16)
+    launch_ct<dev::BF16>(l, a);
+  else
+    launch_ct<dev::F16>(l, a);
+}
+
 }  // namespace
 
 bool gemv_lut_4bit_ok(int64_t M, int64_t K, const Quant4Weight& w, DType ct, const float* x) {
@@ -251,33 +423,53 @@ bool gemv_lut_4bit_ok(int64_t M, int64_t K, const Quant4Weight& w, DType ct, con
          !forced_off();
 }
 
+bool gemv_lut_4bit_group_ok(int64_t M, int64_t K, std::span<const Gemv4Target> ts, DType ct, const float* x) {
+  if (ts.empty() || ts.size() > size_t(kMaxMats)) return false;
+  const Quant4Weight& w0 = *ts[0].w;
+  for (const Gemv4Target& t : ts) {
+    const Quant4Weight& w = *t.w;
+    if (!gemv_lut_4bit_ok(M, K, w, ct, x) || w.blocksize != w0.blocksize || w.quant_type != w0.quant_type ||
+        (w.absmax == nullptr) != (w0.absmax == nullptr) || w.code2 != w0.code2 ||
+        (!w.absmax && w.nested_blocksize != w0.nested_blocksize))
+      return false;
+  }
+  return true;
+}
+
 void gemv_lut_4bit(const Launch& l, const float* x, int64_t M, int64_t K, const Quant4Weight& w, int64_t N,
                    const void* bias, int bias_code, DType ct, float* out) {
-  Args a{};
-  a.x = x, a.M = int(M), a.K = K, a.N = N, a.w = w.packed;
-  a.absmax = w.absmax, a.absmax_q = w.absmax_q, a.absmax2 = w.absmax2, a.code2 = w.code2;
-  a.quant_map = w.quant_map, a.offset = w.offset, a.nested_bs = w.nested_blocksize;
-  while ((int64_t(1) << a.bs_log2) < w.blocksize) ++a.bs_log2;
-  a.nbs_log2 = -1;
-  if (w.nested_blocksize > 0 && (w.nested_blocksize & (w.nested_blocksize - 1)) == 0) {
-    a.nbs_log2 = 0;
-    while ((int64_t(1) << a.nbs_log2) < w.nested_blocksize) ++a.nbs_log2;
+  const Gemv4Target t{&w, N, bias, bias_code, out};
+  gemv_lut_4bit_group(l, x, M, K, std::span<const Gemv4Target>(&t, 1), ct);
+}
+
+void gemv_lut_4bit_group(const Launch& l, const float* x, int64_t M, int64_t K, std::span<const Gemv4Target> ts,
+                         DType ct) {
+  Args a = base_args(x, M, K, *ts[0].w);
+  a.code2 = ts[0].w->absmax ? nullptr : ts[0].w->code2;
+  a.nmat = int(ts.size());
+  int64_t tiles = 0;
+  for (size_t i = 0; i < ts.size(); ++i) {
+    a.m[i] = mat_of(*ts[i].w, ts[i].N, ts[i].bias, ts[i].bias_code, ts[i].out);
+    tiles += (ts[i].N + 15) / 16;
+    a.m[i].tile_end = tiles;
   }
-  a.bias = bias, a.bdt = bias_code, a.out = out;
-  a.ks = pick_slices(N, K / 64);
-  const int rg = kWarps / a.ks;
-  a.groups = (N + 16 * rg - 1) / (16 * rg);
-  if (ct == DType::BF16) {
-    if (M <= 8)
-      launch<1, dev::BF16>(l, a);
-    else
-      launch<2, dev::BF16>(l, a);
-  } else {
-    if (M <= 8)
-      launch<1, dev::F16>(l, a);
-    else
-      launch<2, dev::F16>(l, a);
-  }
+  for (int i = a.nmat; i < kMaxMats; ++i) a.m[i].tile_end = tiles;
+  a.tiles = tiles;
+  run(l, a, ct);
+}
+
+void gemv_lut_4bit_gated(const Launch& l, const float* x, int64_t M, int64_t K, const Gemv4Target& gate,
+                         const Gemv4Target& up, Act act, DType ct, float* out) {
+  Args a = base_args(x, M, K, *gate.w);
+  a.code2 = gate.w->absmax ? nullptr : gate.w->code2;
+  a.nmat = 2;
+  a.gated = true;
+  a.act = act;
+  a.m[0] = mat_of(*gate.w, gate.N, gate.bias, gate.bias_code, out);
+  a.m[1] = mat_of(*up.w, up.N, up.bias, up.bias_code, nullptr);
+  a.tiles = (gate.N + 7) / 8;
+  a.m[0].tile_end = a.m[1].tile_end = a.m[2].tile_end = a.tiles;
+  run(l, a, ct);
 }
 
 }  // namespace nibble::cuda

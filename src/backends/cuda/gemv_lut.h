@@ -15,8 +15,10 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 
 #include "backends/cuda/launch.h"
+#include "backends/cuda/nn_cuda.h"
 #include "nibble/dtype.h"
 
 namespace nibble::cuda {
@@ -28,5 +30,25 @@ struct Quant4Weight;
 bool gemv_lut_4bit_ok(int64_t M, int64_t K, const Quant4Weight& w, DType compute_dtype, const float* x);
 void gemv_lut_4bit(const Launch& l, const float* x, int64_t M, int64_t K, const Quant4Weight& w, int64_t N,
                    const void* bias, int bias_code, DType compute_dtype, float* out);
+
+// One weight of a grouped launch: out [M, N] = x · W^T (+ bias).
+struct Gemv4Target {
+  const Quant4Weight* w;
+  int64_t N;
+  const void* bias;  // nullptr or [N] of bias_code's dtype
+  int bias_code;
+  float* out;
+};
+// Up to three weights of one K read in one launch (q, k, v): each as gemv_lut_4bit would
+// compute it. The group is taken when every weight is, with one blocksize, quant type and
+// absmax kind.
+bool gemv_lut_4bit_group_ok(int64_t M, int64_t K, std::span<const Gemv4Target> ts, DType compute_dtype,
+                            const float* x);
+void gemv_lut_4bit_group(const Launch& l, const float* x, int64_t M, int64_t K, std::span<const Gemv4Target> ts,
+                         DType compute_dtype);
+// out [M, F] = act(gate(x)) * up(x), gate and up each rounded as gemv_lut_4bit rounds them and
+// the product in f32 as gated_activation computes it (gate.N == up.N == F; their out unused).
+void gemv_lut_4bit_gated(const Launch& l, const float* x, int64_t M, int64_t K, const Gemv4Target& gate,
+                         const Gemv4Target& up, Act act, DType compute_dtype, float* out);
 
 }  // namespace nibble::cuda

@@ -214,13 +214,6 @@ int act_code(DType dt) {
       detail::str("linear_int8: activation dtype ", dtype_name(dt), " is not f32/f16/bf16"));
 }
 
-int bias_code(const void* bias, DType dt) {
-  if (!bias || dt == DType::F32) return 0;
-  if (dt == DType::F16) return 1;
-  if (dt == DType::BF16) return 2;
-  throw UnsupportedError(detail::str("linear_int8: bias dtype ", dtype_name(dt), " is not f32/f16/bf16"));
-}
-
 }  // namespace
 
 size_t linear_int8_workspace_bytes(int64_t M, int64_t K, int64_t) {
@@ -235,7 +228,7 @@ void linear_int8(const Launch& l, const float* x, int64_t M, int64_t K, const in
   if (!l.workspace || l.workspace_bytes < linear_int8_workspace_bytes(M, K, N))
     throw Error(detail::str("linear_int8: the workspace holds ", l.workspace_bytes, " bytes, ",
                             linear_int8_workspace_bytes(M, K, N), " are needed"));
-  const int act = act_code(act_dtype), bdt = bias_code(bias, bias_dt);
+  const int act = act_code(act_dtype), bdt = bias_dtype_code("linear_int8", bias, bias_dt);
   int prev = 0;
   NIBBLE_CUDA_CHECK(cudaGetDevice(&prev));
   if (prev != l.device) NIBBLE_CUDA_CHECK(cudaSetDevice(l.device));

@@ -22,6 +22,10 @@ void linear(const Launch& l, const float* x, int64_t M, int64_t K, const void* w
 // and its absmax either plain (absmax f32 [n_blocks]) or nested (double quant:
 // absmax[b] = code2[absmax_q[b]] * absmax2[b / nested_blocksize] + offset, in f32, exactly
 // as the scalar reference's dequantize_absmax). quant_map: the 16 f32 code values.
+// A bias's dtype as the kernels take it: 0 f32 (or no bias), 1 f16, 2 bf16; other dtypes are
+// an UnsupportedError naming op.
+int bias_dtype_code(const char* op, const void* bias, DType dt);
+
 struct Quant4Weight {
   const uint8_t* packed = nullptr;
   int64_t blocksize = 64;

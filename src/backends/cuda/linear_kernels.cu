@@ -227,12 +227,6 @@ void with_rows(int64_t M, F&& f) {
 }
 
 // The bias dtype as the kernels' run-time code.
-int bias_code(const char* op, const void* bias, DType dt) {
-  if (!bias || dt == DType::F32) return 0;
-  if (dt == DType::F16) return 1;
-  if (dt == DType::BF16) return 2;
-  throw UnsupportedError(detail::str(op, ": bias dtype ", dtype_name(dt), " is not f32/f16/bf16"));
-}
 
 void check_shape(const char* op, int64_t M, int64_t K, int64_t N) {
   if (M < 0 || K <= 0 || N <= 0) throw ShapeError(detail::str(op, ": bad shape M=", M, " K=", K, " N=", N));
@@ -251,7 +245,7 @@ void linear(const Launch& l, const float* x, int64_t M, int64_t K, const void* w
   CurrentDevice dev_guard(l.device);
   const int64_t C = wdt == DType::F32 ? 4 : 8;
   const bool vec = K % C == 0 && aligned16(w) && aligned16(x);
-  const int bdt = bias_code("linear", bias, bias_dt);
+  const int bdt = bias_dtype_code("linear", bias, bias_dt);
   if (gemv_mma_fp_ok(M, K, w, wdt, round_to, x))
     return gemv_mma_fp(l, x, M, K, w, wdt, N, bias, bdt, round_to, out);
   if (gemm_fp(l, x, M, K, w, wdt, N, bias, bdt, round_to, out)) return;
@@ -271,6 +265,13 @@ size_t linear_4bit_workspace_bytes(int64_t M, int64_t K, int64_t N, DType comput
   return gemm_4bit_workspace_bytes(M, K, N, compute_dtype);
 }
 
+int bias_dtype_code(const char* op, const void* bias, DType dt) {
+  if (!bias || dt == DType::F32) return 0;
+  if (dt == DType::F16) return 1;
+  if (dt == DType::BF16) return 2;
+  throw UnsupportedError(detail::str(op, ": bias dtype ", dtype_name(dt), " is not f32/f16/bf16"));
+}
+
 void linear_4bit(const Launch& l, const float* x, int64_t M, int64_t K, const Quant4Weight& w, int64_t N,
                  const void* bias, DType bias_dt, DType compute_dtype, float* out) {
   check_shape("linear_4bit", M, K, N);
@@ -287,7 +288,7 @@ void linear_4bit(const Launch& l, const float* x, int64_t M, int64_t K, const Qu
        w.quant_map, w.offset, 0,          w.blocksize, w.nested_blocksize};
   while ((int64_t(1) << q.bs_log2) < w.blocksize) ++q.bs_log2;
   const bool vec = K % 32 == 0 && w.blocksize % 32 == 0 && aligned16(w.packed) && aligned16(x);
-  const int bdt = bias_code("linear_4bit", bias, bias_dt);
+  const int bdt = bias_dtype_code("linear_4bit", bias, bias_dt);
   if (gemv_lut_4bit_ok(M, K, w, compute_dtype, x))
     return gemv_lut_4bit(l, x, M, K, w, N, bias, bdt, compute_dtype, out);
   if (gemv_mma_4bit_ok(M, K, w, compute_dtype, x))

@@ -17,6 +17,9 @@ void rms_norm(const Launch& l, const float* x, int64_t M, int64_t C, const void*
               bool add_unit_offset, float* out);
 void layer_norm(const Launch& l, const float* x, int64_t M, int64_t C, const void* w, DType wdt, const void* b,
                 DType bdt, float eps, float* out);
+// h += r, then out = rms_norm(h) (h, r, out [M, C]; out must not alias h or r).
+void add_rms_norm(const Launch& l, float* h, const float* r, int64_t M, int64_t C, const void* w, DType wdt,
+                  float eps, bool add_unit_offset, float* out);
 
 enum class Act { SiLU, GeluErf, GeluTanh, ReLU };  // the same order as cpu::Act
 void activate(const Launch& l, float* x, int64_t n, Act a);

@@ -6,6 +6,7 @@
 
 #include <cfloat>
 
+#include "backends/cuda/act.cuh"
 #include "backends/cuda/check.h"
 #include "backends/cuda/launch_util.cuh"
 #include "backends/cuda/nn_cuda.h"
@@ -54,13 +55,24 @@ __device__ float block_max(float v, float* red) {
   return t;
 }
 
-template <class W>
-__global__ void rms_norm_kernel(const float* __restrict__ x, int64_t C, const void* __restrict__ w, float eps,
-                                float unit, float* out) {
+// kAdd: x += r first (the residual add fused in front of the norm; the same f32 sums as add
+// then rms_norm, since each thread reads back only the elements it wrote).
+template <class W, bool kAdd>
+__global__ void rms_norm_kernel(float* x, const float* __restrict__ r, int64_t C, const void* __restrict__ w,
+                                float eps, float unit, float* out) {
   __shared__ float red[32];
-  const float* xr = x + blockIdx.x * C;
+  float* xr = x + blockIdx.x * C;
   float ss = 0.0f;
-  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) ss += xr[c] * xr[c];
+  if constexpr (kAdd) {
+    const float* rr = r + blockIdx.x * C;
+    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+      const float v = xr[c] + rr[c];
+      xr[c] = v;
+      ss += v * v;
+    }
+  } else {
+    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) ss += xr[c] * xr[c];
+  }
   ss = block_sum(ss, red);
   const float inv = rsqrtf(ss / float(C) + eps);
   float* o = out + blockIdx.x * C;
@@ -83,23 +95,10 @@ __global__ void layer_norm_kernel(const float* __restrict__ x, int64_t C, const 
     o[c] = (xr[c] - mean) * rstd * dev::load1<W>(w, c) + (b ? dev::load1<B>(b, c) : 0.0f);
 }
 
-__device__ __forceinline__ float act_f(float x, Act a) {
-  switch (a) {
-    case Act::SiLU:
-      return x / (1.0f + expf(-x));
-    case Act::GeluErf:
-      return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
-    case Act::GeluTanh:
-      return 0.5f * x * (1.0f + tanhf(0.79788456080286536f * (x + 0.044715f * x * x * x)));
-    default:
-      return x > 0.0f ? x : 0.0f;
-  }
-}
-
 __global__ void activate_kernel(float* x, int64_t n, Act a) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x)
-    x[i] = act_f(x[i], a);
+    x[i] = dev::act_f(x[i], a);
 }
 
 __global__ void gated_kernel(const float* gate, int64_t ldg, const float* up, int64_t ldu, int64_t F, Act a,
@@ -107,7 +106,7 @@ __global__ void gated_kernel(const float* gate, int64_t ldg, const float* up, in
   const int64_t r = blockIdx.y;
   for (int64_t f = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; f < F;
        f += int64_t(gridDim.x) * blockDim.x)
-    out[r * F + f] = act_f(gate[r * ldg + f], a) * up[r * ldu + f];
+    out[r * F + f] = dev::act_f(gate[r * ldg + f], a) * up[r * ldu + f];
 }
 
 __global__ void add_kernel(float* a, const float* b, int64_t n) {
@@ -222,8 +221,19 @@ void rms_norm(const Launch& l, const float* x, int64_t M, int64_t C, const void*
   if (M == 0 || C == 0) return;
   DeviceScope ds(l.device);
   with_float_dtype("cuda::rms_norm", wdt, [&](auto W) {
-    rms_norm_kernel<decltype(W)><<<unsigned(M), kRowThreads, 0, as_stream(l.stream)>>>(
-        x, C, w, eps, add_unit_offset ? 1.0f : 0.0f, out);
+    rms_norm_kernel<decltype(W), false><<<unsigned(M), kRowThreads, 0, as_stream(l.stream)>>>(
+        const_cast<float*>(x), nullptr, C, w, eps, add_unit_offset ? 1.0f : 0.0f, out);
+  });
+  NIBBLE_CUDA_CHECK_LAUNCH();
+}
+
+void add_rms_norm(const Launch& l, float* h, const float* r, int64_t M, int64_t C, const void* w, DType wdt,
+                  float eps, bool add_unit_offset, float* out) {
+  if (M == 0 || C == 0) return;
+  DeviceScope ds(l.device);
+  with_float_dtype("cuda::add_rms_norm", wdt, [&](auto W) {
+    rms_norm_kernel<decltype(W), true><<<unsigned(M), kRowThreads, 0, as_stream(l.stream)>>>(
+        h, r, C, w, eps, add_unit_offset ? 1.0f : 0.0f, out);
   });
   NIBBLE_CUDA_CHECK_LAUNCH();
 }

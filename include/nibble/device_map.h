@@ -3,8 +3,9 @@
 // "balanced_low_0" | "sequential" under per-device memory budgets, from the config alone (no
 // weights read, no GPU needed when the budgets are given).
 //
-//   PlacementRequest r{.device_map = "balanced", .max_memory = parse_max_memory("cuda:0=20GiB,cuda:1=20GiB")};
-//   HfDeviceMap m = infer_device_map(config, r);   // {"model.embed_tokens": "cuda:0", ...}
+//   PlacementRequest r{.device_map = "balanced", .max_memory =
+//   parse_max_memory("cuda:0=20GiB,cuda:1=20GiB")}; HfDeviceMap m = infer_device_map(config, r);   //
+//   {"model.embed_tokens": "cuda:0", ...}
 //
 // Sizes are transformers' compute_module_sizes (4-bit Linear weights at half a byte, 8-bit at
 // one, tied weights counted once); the budgets go through get_balanced_memory (not for

@@ -37,16 +37,17 @@ struct Module {
 
 struct Tree {
   Module root;
-  std::vector<double> leaves;        // bytes of each module holding tensors directly
+  std::vector<double> leaves;  // bytes of each module holding tensors directly
   std::vector<std::string> leaf_names;
-  std::vector<std::string> tied;     // the tied group, sorted (lm_head.weight + the embedding's)
-  std::set<std::string> names;       // every module name
-  double max_layer = 0;              // the largest decoder layer (get_balanced_memory's buffer)
+  std::vector<std::string> tied;  // the tied group, sorted (lm_head.weight + the embedding's)
+  std::set<std::string> names;    // every module name
+  double max_layer = 0;           // the largest decoder layer (get_balanced_memory's buffer)
   bool has_layers = false;
 };
 
 void add_names(std::set<std::string>& names, const std::string& module) {
-  for (size_t p = module.find('.'); p != std::string::npos; p = module.find('.', p + 1)) names.insert(module.substr(0, p));
+  for (size_t p = module.find('.'); p != std::string::npos; p = module.find('.', p + 1))
+    names.insert(module.substr(0, p));
   names.insert(module);
 }
 
@@ -98,7 +99,8 @@ Tree build_tree(const ModelConfig& c, const std::optional<BitsAndBytesConfig>& q
         Module layer{name + "." + std::to_string(i), 0, true, {}};
         const std::string lp = layer.name + ".", ap = lp + spec.attn + ".";
         std::vector<std::pair<std::string, double>> parts;  // leaf modules of the layer
-        for (const std::string* n : {&spec.attn_norm, &spec.mlp_norm, &spec.post_attn_norm, &spec.post_mlp_norm})
+        for (const std::string* n :
+             {&spec.attn_norm, &spec.mlp_norm, &spec.post_attn_norm, &spec.post_mlp_norm})
           if (!n->empty()) parts.push_back({lp + *n, norm_bytes});
         if (!spec.q_norm.empty()) {
           parts.push_back({ap + spec.q_norm, double(D) * pb});
@@ -109,14 +111,16 @@ Tree build_tree(const ModelConfig& c, const std::optional<BitsAndBytesConfig>& q
           parts.push_back({ap + spec.qkv_names[1], linear_bytes(ap + spec.qkv_names[1], Hkv * D, C, ab)});
           parts.push_back({ap + spec.qkv_names[2], linear_bytes(ap + spec.qkv_names[2], Hkv * D, C, ab)});
         } else {
-          parts.push_back({ap + spec.qkv_names[0], linear_bytes(ap + spec.qkv_names[0], (Hq + 2 * Hkv) * D, C, ab)});
+          parts.push_back(
+              {ap + spec.qkv_names[0], linear_bytes(ap + spec.qkv_names[0], (Hq + 2 * Hkv) * D, C, ab)});
         }
         parts.push_back({ap + spec.o_proj, linear_bytes(ap + spec.o_proj, C, Hq * D, o_bias)});
         const std::string mp = spec.mlp.empty() ? lp : lp + spec.mlp + ".";
         const auto& mn = spec.mlp_names;
         const int64_t up = spec.mlp_kind == models::MlpKind::GatedFused ? 2 * F : F;
         parts.push_back({mp + mn[0], linear_bytes(mp + mn[0], up, C, mb)});
-        if (spec.mlp_kind == models::MlpKind::Gated) parts.push_back({mp + mn[1], linear_bytes(mp + mn[1], F, C, mb)});
+        if (spec.mlp_kind == models::MlpKind::Gated)
+          parts.push_back({mp + mn[1], linear_bytes(mp + mn[1], F, C, mb)});
         parts.push_back({mp + mn.back(), linear_bytes(mp + mn.back(), C, F, mb)});
         for (const auto& [n, b] : parts) {
           layer.bytes += b;
@@ -166,7 +170,9 @@ double py_floordiv(double a, double b) {
 
 // A max_memory dict in accelerate's order: GPUs by index, then the CPU.
 using Budgets = std::vector<std::pair<std::string, double>>;
-int gpu_index(const std::string& d) { return d.starts_with("cuda:") ? std::stoi(d.substr(5)) : -1; }
+int gpu_index(const std::string& d) {
+  return d.starts_with("cuda:") ? std::stoi(d.substr(5)) : -1;
+}
 double& at(Budgets& b, const std::string& d) {
   for (auto& [k, v] : b)
     if (k == d) return v;
@@ -198,7 +204,8 @@ Budgets get_max_memory(const std::optional<MaxMemory>& user, const std::string& 
   } else {
     const int n = cuda_device_count();
     if (n == 0)
-      throw ConfigError(str("device_map '", what, "': no CUDA device is visible, so name the budgets (max_memory, e.g. "
+      throw ConfigError(str("device_map '", what,
+                            "': no CUDA device is visible, so name the budgets (max_memory, e.g. "
                             "cuda:0=20GiB,cpu=64GiB) to compute a placement"));
     for (int i = 0; i < n; ++i) {
       size_t free_b = 0;
@@ -325,8 +332,10 @@ HfDeviceMap infer_auto(const Tree& t, const Budgets& mm) {
     double with_ties = size;
     std::vector<const Module*> tied_mods;
     for (const auto& p : tied_params) {
-      auto it = std::find_if(todo.begin(), todo.end(), [&](const Module* x) { return p.starts_with(x->name + "."); });
-      if (it == todo.end()) throw InternalError(str("device map: tied parameter ", p, " has no module left to place"));
+      auto it = std::find_if(todo.begin(), todo.end(),
+                             [&](const Module* x) { return p.starts_with(x->name + "."); });
+      if (it == todo.end())
+        throw InternalError(str("device map: tied parameter ", p, " has no module left to place"));
       if (std::find(tied_mods.begin(), tied_mods.end(), *it) == tied_mods.end()) {
         tied_mods.push_back(*it);
         with_ties += (*it)->bytes;
@@ -406,8 +415,9 @@ void check_quantized_offload(const HfDeviceMap& map, const std::optional<BitsAnd
   bool cpu = false, other = false;
   for (const auto& [k, v] : map) (v == "cpu" ? cpu : other) = true;
   if (cpu && other)
-    throw ConfigError("device_map puts some modules on the CPU: a bitsandbytes-quantized model must fit the GPUs "
-                      "(transformers refuses this map unless llm_int8_enable_fp32_cpu_offload is set)");
+    throw ConfigError(
+        "device_map puts some modules on the CPU: a bitsandbytes-quantized model must fit the GPUs "
+        "(transformers refuses this map unless llm_int8_enable_fp32_cpu_offload is set)");
 }
 
 HfDeviceMap check_explicit(const Tree& t, const HfDeviceMap& m) {
@@ -418,10 +428,12 @@ HfDeviceMap check_explicit(const Tree& t, const HfDeviceMap& m) {
     out.push_back({k, normalize_device(v)});
   }
   for (const auto& leaf : t.leaf_names) {
-    if (leaf.ends_with(".rotary_emb")) continue;  // non-persistent buffers: not in the state dict accelerate checks
+    if (leaf.ends_with(".rotary_emb"))
+      continue;  // non-persistent buffers: not in the state dict accelerate checks
     bool covered = false;
     for (const auto& [k, v] : m) covered = covered || k.empty() || leaf == k || leaf.starts_with(k + ".");
-    if (!covered) throw ConfigError(str("device_map places no prefix of '", leaf, "' (every module needs a device)"));
+    if (!covered)
+      throw ConfigError(str("device_map places no prefix of '", leaf, "' (every module needs a device)"));
   }
   return out;
 }
@@ -439,7 +451,8 @@ std::string normalize_device(const std::string& d) {
 
 int64_t parse_memory_size(const std::string& s) {
   auto bad = [&]() {
-    return ConfigError(str("memory size '", s, "' is not valid: give bytes or a number with a unit (20GiB, 20GB, 500MiB)"));
+    return ConfigError(
+        str("memory size '", s, "' is not valid: give bytes or a number with a unit (20GiB, 20GB, 500MiB)"));
   };
   std::string up = s;
   for (char& ch : up) ch = char(std::toupper(static_cast<unsigned char>(ch)));
@@ -448,8 +461,12 @@ int64_t parse_memory_size(const std::string& s) {
     double scale;
     bool bits_ok;
   };
-  static const Unit units[] = {{"GIB", 1073741824.0, false}, {"MIB", 1048576.0, false}, {"KIB", 1024.0, false},
-                               {"GB", 1e9, true},            {"MB", 1e6, true},         {"KB", 1e3, true}};
+  static const Unit units[] = {{"GIB", 1073741824.0, false},
+                               {"MIB", 1048576.0, false},
+                               {"KIB", 1024.0, false},
+                               {"GB", 1e9, true},
+                               {"MB", 1e6, true},
+                               {"KB", 1e3, true}};
   auto number = [&](const std::string& x) {
     size_t used = 0;
     double v = 0;
@@ -482,7 +499,8 @@ MaxMemory parse_max_memory(const std::string& spec) {
     const std::string item = spec.substr(start, end - start);
     const size_t eq = item.find('=');
     if (eq == std::string::npos)
-      throw ConfigError(str("max_memory '", spec, "': expected DEVICE=SIZE[,DEVICE=SIZE...], e.g. cuda:0=20GiB,cpu=64GiB"));
+      throw ConfigError(
+          str("max_memory '", spec, "': expected DEVICE=SIZE[,DEVICE=SIZE...], e.g. cuda:0=20GiB,cpu=64GiB"));
     const std::string dev = normalize_device(item.substr(0, eq));
     if (!m.emplace(dev, parse_memory_size(item.substr(eq + 1))).second)
       throw ConfigError(str("max_memory '", spec, "' names ", dev, " twice"));
@@ -523,7 +541,8 @@ HfDeviceMap infer_device_map(const ModelConfig& c, const PlacementRequest& r) {
   const std::string& s = r.device_map;
   if (s != "auto" && s != "balanced" && s != "balanced_low_0" && s != "sequential") {
     if (s == "cpu" || s == "cuda" || s.starts_with("cuda:")) return {{"", normalize_device(s)}};
-    throw ConfigError(str("device_map '", s, "' is not supported (auto, balanced, balanced_low_0, sequential, cpu, cuda, "
+    throw ConfigError(str("device_map '", s,
+                          "' is not supported (auto, balanced, balanced_low_0, sequential, cpu, cuda, "
                           "cuda:N or an explicit map)"));
   }
   Budgets mm = get_max_memory(r.max_memory, s);
@@ -536,8 +555,8 @@ HfDeviceMap infer_device_map(const ModelConfig& c, const PlacementRequest& r) {
   for (const auto& [k, v] : m)
     if (v == "disk") {
       Budgets given = get_max_memory(r.max_memory, s);
-      throw ConfigError(str("the model needs ", int64_t(t.root.bytes), " bytes (largest layer ", int64_t(t.max_layer),
-                            ") but max_memory allows ", budgets_str(given), ": '", k,
+      throw ConfigError(str("the model needs ", int64_t(t.root.bytes), " bytes (largest layer ",
+                            int64_t(t.max_layer), ") but max_memory allows ", budgets_str(given), ": '", k,
                             "' would have to go to disk, which nibble does not support"));
     }
   return m;
@@ -545,8 +564,8 @@ HfDeviceMap infer_device_map(const ModelConfig& c, const PlacementRequest& r) {
 
 Device resolve_load_device(const ModelConfig& c, const LoadOptions& o, DType dtype) {
   const std::string& s = o.device_map;
-  const bool placement = !o.device_map_modules.empty() || o.max_memory || s == "balanced" || s == "balanced_low_0" ||
-                         s == "sequential";
+  const bool placement = !o.device_map_modules.empty() || o.max_memory || s == "balanced" ||
+                         s == "balanced_low_0" || s == "sequential";
   if (!placement) return resolve_device_map(s);
   PlacementRequest r{s, o.device_map_modules, o.max_memory, o.quantization_config, dtype};
   const HfDeviceMap m = infer_device_map(c, r);

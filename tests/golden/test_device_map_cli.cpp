@@ -21,7 +21,8 @@ namespace {
 std::string budgets_flag(const nlohmann::json& mm) {
   std::string s;
   for (auto it = mm.begin(); it != mm.end(); ++it)
-    s += (s.empty() ? "" : ",") + it.key() + "=" + (it.value().is_string() ? it.value().get<std::string>() : it.value().dump());
+    s += (s.empty() ? "" : ",") + it.key() + "=" +
+         (it.value().is_string() ? it.value().get<std::string>() : it.value().dump());
   return s;
 }
 
@@ -36,13 +37,17 @@ TEST(DeviceMapCli, InspectPrintsTransformersMap) {
     const bool gpt2 = c.at("model") == "gpt2" && c.at("dtype") == "float32";
     const bool llama = c.at("model") == "llama-2-7b" && c.at("quant") == "nf4_dq";
     if ((!gpt2 && !llama) || c.contains("error") || c.at("hf_device_map").size() < 2) continue;
-    std::string args = "inspect " + q(fs::path(NIBBLE_SOURCE_DIR) / c.at("config").get<std::string>()).substr(0) +
+    std::string args = "inspect " +
+                       q(fs::path(NIBBLE_SOURCE_DIR) / c.at("config").get<std::string>()).substr(0) +
                        " --device-map " + c.at("device_map").get<std::string>() + " --max-memory " +
                        budgets_flag(c.at("max_memory")) + " --json";
-    if (gpt2) args = "inspect " + q(fs::path(NIBBLE_SOURCE_DIR) / "../shared/fixtures/models/gpt2/fp32") +
-                     args.substr(args.find(" --device-map"));
-    else args = "inspect --config-only" + args.substr(7) + " --dtype bfloat16 --load-in-4bit "
-                "--bnb-4bit-quant-type nf4 --bnb-4bit-use-double-quant --bnb-4bit-compute-dtype bfloat16";
+    if (gpt2)
+      args = "inspect " + q(fs::path(NIBBLE_SOURCE_DIR) / "../shared/fixtures/models/gpt2/fp32") +
+             args.substr(args.find(" --device-map"));
+    else
+      args = "inspect --config-only" + args.substr(7) +
+             " --dtype bfloat16 --load-in-4bit "
+             "--bnb-4bit-quant-type nf4 --bnb-4bit-use-double-quant --bnb-4bit-compute-dtype bfloat16";
     SCOPED_TRACE(args);
     test::CliRun r = nibble_cli(args);
     ASSERT_EQ(r.rc, 0) << r.err;
@@ -72,5 +77,6 @@ TEST(DeviceMapCli, ClearErrors) {
   // An explicit map is printed as given (GPUs as integers).
   r = nibble_cli("inspect " + model + " --device-map model=cuda:1,lm_head=cpu --json");
   ASSERT_EQ(r.rc, 0) << r.err;
-  EXPECT_EQ(nlohmann::json::parse(r.out).at("hf_device_map"), nlohmann::json::parse(R"({"model": 1, "lm_head": "cpu"})"));
+  EXPECT_EQ(nlohmann::json::parse(r.out).at("hf_device_map"),
+            nlohmann::json::parse(R"({"model": 1, "lm_head": "cpu"})"));
 }

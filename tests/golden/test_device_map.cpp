@@ -135,6 +135,19 @@ TEST(DeviceMap, SingleDeviceAndExplicitMaps) {
   EXPECT_THROW(resolve_load_device(c, lo, DType::F32), UnsupportedError);
 }
 
+TEST(DeviceMap, FromPretrainedLoadsAOneDevicePlacement) {
+  const fs::path dir = test::fixtures_root() / "models/llama/fp32";
+  LoadOptions lo;
+  lo.device_map = "balanced";
+  lo.max_memory = MaxMemory{{"cpu", 1 << 30}};
+  EXPECT_EQ(AutoModelForCausalLM::from_pretrained(dir, lo).device(), Device::cpu());
+  lo.device_map = "auto";
+  lo.device_map_modules = parse_explicit_device_map("model=cpu,lm_head=cpu");
+  EXPECT_EQ(AutoModelForCausalLM::from_pretrained(dir, lo).device(), Device::cpu());
+  lo.device_map_modules = parse_explicit_device_map("model=cpu,lm_head=cuda:0");
+  EXPECT_THROW(AutoModelForCausalLM::from_pretrained(dir, lo), UnsupportedError);
+}
+
 TEST(DeviceMap, MemorySizesAsAccelerateParsesThem) {
   EXPECT_EQ(parse_memory_size("20GiB"), 20LL << 30);
   EXPECT_EQ(parse_memory_size("20GB"), 20'000'000'000LL);

@@ -4,6 +4,7 @@
 // computes the footprint from a config without weights. With --device-map / --max-memory it prints
 // the placement transformers + accelerate would compute (hf_device_map), from the config alone:
 // `nibble inspect MODEL --device-map auto --max-memory cuda:0=20GiB,cpu=64GiB --json`.
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <map>
@@ -79,8 +80,12 @@ int inspect_placement(const InspectArgs& a, const BitsAndBytesConfig& qc) {
     if (device.starts_with("cuda:")) map[module] = std::stoi(device.substr(5));
     else map[module] = device;
   }
-  if (r.max_memory)
-    for (const auto& [device, bytes] : *r.max_memory) budgets[device] = bytes;
+  if (r.max_memory) {  // GPUs by index, then the CPU, as accelerate orders them
+    std::vector<std::pair<std::string, int64_t>> b(r.max_memory->begin(), r.max_memory->end());
+    auto rank = [](const std::string& d) { return d == "cpu" ? 1 << 30 : std::stoi(d.substr(5)); };
+    std::sort(b.begin(), b.end(), [&](const auto& x, const auto& y) { return rank(x.first) < rank(y.first); });
+    for (const auto& [device, bytes] : b) budgets[device] = bytes;
+  }
   nlohmann::ordered_json j{{"architecture", c.architecture},
                            {"device_map", r.explicit_map.empty() ? r.device_map : "explicit"},
                            {"max_memory", budgets},

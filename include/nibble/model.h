@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "nibble/bnb_config.h"
+#include "nibble/device_map.h"
 #include "nibble/model_config.h"
 #include "nibble/tensor.h"
 
@@ -21,12 +22,22 @@ namespace nibble {
 
 struct LoadOptions {
   std::optional<BitsAndBytesConfig> quantization_config;
-  // "cpu", "cuda", "cuda:N", or "auto" (the first GPU when there is one, else the CPU).
+  // "cpu", "cuda", "cuda:N", or "auto" (without max_memory: the first GPU when there is one,
+  // else the CPU), or "balanced", "balanced_low_0", "sequential": placed as transformers places
+  // them (nibble/device_map.h) under max_memory.
   std::string device_map = "cpu";
+  // An explicit placement {module prefix -> "cuda:N" | "cpu"}; when not empty it replaces device_map.
+  HfDeviceMap device_map_modules = {};
+  // Budgets per device ({"cuda:0": bytes, "cpu": bytes}; parse_max_memory reads "cuda:0=20GiB,cpu=64GiB").
+  std::optional<MaxMemory> max_memory = std::nullopt;
 };
 
 // The device a device_map string names (ConfigError / UnsupportedError when it names none).
 Device resolve_device_map(const std::string& device_map);
+// The one device from_pretrained loads a model of this config on: resolve_device_map's, or, for
+// a placement (an explicit map, max_memory, balanced/balanced_low_0/sequential), the device of
+// infer_device_map's map. UnsupportedError when that map splits the model (not run yet).
+Device resolve_load_device(const ModelConfig& config, const LoadOptions& opts, DType dtype);
 
 // One leaf module as transformers names it, with its class.
 struct ModuleInfo {

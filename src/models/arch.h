@@ -56,6 +56,11 @@ struct ArchSpec {
   bool norm_unit_offset = false;              // Gemma: RMSNorm weight applied as (1 + w)
   std::string default_act;                    // when config has no hidden_act
   std::vector<std::string> keep_in_fp32;      // transformers' _keep_in_fp32_modules
+  // Device placement (device_map.cpp): the decoder layer's class (the model's _no_split_modules)
+  // and the base model's children in transformers' order (parameterless ones included: they
+  // appear in an hf_device_map too).
+  std::string layer_class;                    // "LlamaDecoderLayer"
+  std::vector<std::string> base_children;     // {"embed_tokens", "layers", "norm", "rotary_emb"}
 };
 
 // Why transformers leaves Linear `module` unquantized under qc ("" when it quantizes it):

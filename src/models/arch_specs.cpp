@@ -26,6 +26,8 @@ ArchSpec llama_like(const std::string& arch, const std::string& norm_class) {
   s.mlp = "mlp";
   s.mlp_names = {"gate_proj", "up_proj", "down_proj"};
   s.default_act = "silu";
+  s.layer_class = arch.substr(0, arch.find("ForCausalLM")) + "DecoderLayer";
+  s.base_children = {"embed_tokens", "layers", "norm", "rotary_emb"};
   return s;
 }
 
@@ -62,6 +64,8 @@ std::map<std::string, ArchSpec> build() {
   {
     ArchSpec s;
     s.architecture = "GPT2LMHeadModel";
+    s.layer_class = "GPT2Block";
+    s.base_children = {"wte", "wpe", "drop", "h", "ln_f"};
     s.prefix = "transformer.";
     s.embed = "wte";
     s.pos_embed = "wpe";
@@ -87,6 +91,8 @@ std::map<std::string, ArchSpec> build() {
   {
     ArchSpec s;
     s.architecture = "GPTNeoXForCausalLM";
+    s.layer_class = "GPTNeoXLayer";
+    s.base_children = {"embed_in", "emb_dropout", "layers", "final_layer_norm", "rotary_emb"};
     s.prefix = "gpt_neox.";
     s.embed = "embed_in";
     s.layers = "layers";
@@ -110,6 +116,8 @@ std::map<std::string, ArchSpec> build() {
   {
     ArchSpec s;
     s.architecture = "OPTForCausalLM";
+    s.layer_class = "OPTDecoderLayer";
+    s.base_children = {"embed_tokens", "embed_positions", "final_layer_norm", "layers"};
     s.prefix = "model.decoder.";
     s.embed = "embed_tokens";
     s.pos_embed = "embed_positions";
@@ -134,6 +142,8 @@ std::map<std::string, ArchSpec> build() {
   {
     ArchSpec s;
     s.architecture = "BloomForCausalLM";
+    s.layer_class = "BloomBlock";
+    s.base_children = {"word_embeddings", "word_embeddings_layernorm", "h", "ln_f"};
     s.prefix = "transformer.";
     s.embed = "word_embeddings";
     s.embed_norm = "word_embeddings_layernorm";

@@ -200,7 +200,6 @@ CausalLM AutoModelForCausalLM::from_pretrained(const std::filesystem::path& dir,
 namespace {
 
 CausalLM load(const std::filesystem::path& dir, const LoadOptions& opts) {
-  const Device device = resolve_device_map(opts.device_map);
   CausalLM model;
   CausalLM::Impl& m = model.impl();
   m.config = ModelConfig::from_file(dir / "config.json");
@@ -215,6 +214,9 @@ CausalLM load(const std::filesystem::path& dir, const LoadOptions& opts) {
     m.qc->validate();
     if (!m.qc->is_quantizable()) m.qc.reset();
   }
+  LoadOptions placed = opts;
+  placed.quantization_config = m.qc;
+  const Device device = resolve_load_device(c, placed, c.torch_dtype.value_or(DType::F32));
 
   m.checkpoint.emplace(Checkpoint::open(dir));
   m.source_dir = dir;

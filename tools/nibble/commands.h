@@ -12,6 +12,7 @@
 #include "nibble/generate.h"
 
 namespace nibble {
+struct LoadOptions;
 class CausalLM;
 class Tokenizer;
 }  // namespace nibble
@@ -24,7 +25,9 @@ struct QuantFlags {
   std::string quant_type = "fp4", compute_dtype, quant_storage;
   double int8_threshold = 6.0;
   std::vector<std::string> skip_modules;
-  std::string device_map = "auto";  // cpu | cuda | cuda:N | auto (the first GPU if any)
+  std::string device_map = "auto";  // cpu | cuda | cuda:N | auto (the first GPU if any) | balanced | ...
+                                    // or an explicit map "model.layers.0=cuda:0,lm_head=cpu"
+  std::string max_memory;           // --max-memory cuda:0=20GiB,cpu=64GiB
   std::string adapter;              // --adapter: a peft LoRA adapter folder attached after loading
   BitsAndBytesConfig to_config() const;  // validated
   bool any() const;                      // --load-in-4bit or --load-in-8bit given
@@ -37,6 +40,8 @@ void add_adapter_flag(CLI::App& cmd, QuantFlags& f);
 // when stderr is a terminal.
 CausalLM load_model(const std::string& dir, const QuantFlags& q);
 bool stderr_is_terminal();
+// --device-map / --max-memory into LoadOptions (an explicit map when --device-map has '=').
+void apply_placement_flags(LoadOptions& opts, const QuantFlags& q);
 
 // The decoding flags of generate and chat (transformers' generate() kwargs); unset ones keep
 // the model's generation_config.json values.
@@ -59,9 +64,10 @@ void add_quantize_command(CLI::App& app, QuantizeArgs& a);
 int run_quantize(const QuantizeArgs& a);
 
 struct InspectArgs {
-  std::string model, config_only;
+  std::string model, config_only, dtype;
   QuantFlags q;
   bool json = false, tensors = false;
+  bool placement = false;  // --device-map or --max-memory given: print the hf_device_map
 };
 void add_inspect_command(CLI::App& app, InspectArgs& a);
 int run_inspect(const InspectArgs& a);

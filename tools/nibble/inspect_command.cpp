@@ -1,13 +1,19 @@
 // `nibble inspect MODEL [quant flags] [--json]`: the model's module tree (class, dtype, shape,
 // bytes) and its footprint, loaded as `from_pretrained` loads it (quantized on load with quant
 // flags). `--tensors` lists the checkpoint's raw tensors instead; `--config-only CONFIG.json`
-// computes the footprint from a config without weights.
+// computes the footprint from a config without weights. With --device-map / --max-memory it prints
+// the placement transformers + accelerate would compute (hf_device_map), from the config alone:
+// `nibble inspect MODEL --device-map auto --max-memory cuda:0=20GiB,cpu=64GiB --json`.
+#include <algorithm>
 #include <cstdio>
+#include <filesystem>
+#include <map>
 #include <set>
 
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
+#include "nibble/device_map.h"
 #include "nibble/error.h"
 #include "nibble/model.h"
 #include "nibble/safetensors.h"
@@ -23,7 +29,11 @@ void add_inspect_command(CLI::App& app, InspectArgs& a) {
   cmd->add_flag("--tensors", a.tensors, "list the checkpoint's tensors (name, dtype, shape, bytes) instead");
   cmd->add_option("--config-only", a.config_only,
                   "footprint of the model a config.json describes, without weights");
+  cmd->add_option("--dtype", a.dtype, "with --device-map: dtype of the unquantized parameters (float32 | bfloat16 | "
+                  "float16; default: the config's)");
   cmd->add_flag("--json", a.json, "machine-readable output");
+  for (const char* flag : {"--device-map", "--max-memory"})
+    cmd->get_option(flag)->each([&a](const std::string&) { a.placement = true; });
 }
 
 namespace {
@@ -43,6 +53,47 @@ void print_footprint(const FootprintReport& f) {
               static_cast<long long>(f.params_quantized));
   if (f.params_quantized) std::printf(" at %.4f bits/param", f.bits_per_param);
   std::printf("\n");
+}
+
+// The hf_device_map of the model (GPUs as integers, as transformers prints it).
+int inspect_placement(const InspectArgs& a, const BitsAndBytesConfig& qc) {
+  const std::filesystem::path cfg =
+      a.config_only.empty() ? std::filesystem::path(a.model) / "config.json" : std::filesystem::path(a.config_only);
+  ModelConfig c = ModelConfig::from_file(cfg);
+  LoadOptions lo;
+  apply_placement_flags(lo, a.q);
+  PlacementRequest r{lo.device_map, lo.device_map_modules, lo.max_memory, std::nullopt, c.torch_dtype.value_or(DType::F32)};
+  if (qc.is_quantizable()) r.quantization_config = qc;
+  if (!a.dtype.empty()) {
+    const std::map<std::string, DType> names{{"float32", DType::F32}, {"bfloat16", DType::BF16}, {"float16", DType::F16}};
+    auto it = names.find(a.dtype);
+    if (it == names.end()) throw ConfigError("inspect: --dtype '" + a.dtype + "' (float32, bfloat16 or float16)");
+    r.dtype = it->second;
+  }
+  HfDeviceMap m = infer_device_map(c, r);
+  if (!a.json) {
+    for (const auto& [module, device] : m) std::printf("%-40s %s\n", module.empty() ? "(whole model)" : module.c_str(), device.c_str());
+    return 0;
+  }
+  nlohmann::ordered_json map = nlohmann::ordered_json::object(), budgets = nlohmann::ordered_json::object();
+  for (const auto& [module, device] : m) {
+    if (device.starts_with("cuda:")) map[module] = std::stoi(device.substr(5));
+    else map[module] = device;
+  }
+  if (r.max_memory) {  // GPUs by index, then the CPU, as accelerate orders them
+    std::vector<std::pair<std::string, int64_t>> b(r.max_memory->begin(), r.max_memory->end());
+    auto rank = [](const std::string& d) { return d == "cpu" ? 1 << 30 : std::stoi(d.substr(5)); };
+    std::sort(b.begin(), b.end(), [&](const auto& x, const auto& y) { return rank(x.first) < rank(y.first); });
+    for (const auto& [device, bytes] : b) budgets[device] = bytes;
+  }
+  nlohmann::ordered_json j{{"architecture", c.architecture},
+                           {"device_map", r.explicit_map.empty() ? r.device_map : "explicit"},
+                           {"max_memory", budgets},
+                           {"dtype", traits(r.dtype).torch},
+                           {"quantization_method", r.quantization_config ? "bitsandbytes" : "none"},
+                           {"hf_device_map", map}};
+  std::printf("%s\n", j.dump(2).c_str());
+  return 0;
 }
 
 int inspect_tensors(const InspectArgs& a) {
@@ -76,6 +127,10 @@ int inspect_tensors(const InspectArgs& a) {
 
 int run_inspect(const InspectArgs& a) {
   BitsAndBytesConfig qc = a.q.to_config();
+  if (a.placement) {
+    if (a.model.empty() && a.config_only.empty()) throw ConfigError("inspect: give MODEL (or --config-only CONFIG.json)");
+    return inspect_placement(a, qc);
+  }
   if (!a.config_only.empty()) {
     ModelConfig c = ModelConfig::from_file(a.config_only);
     FootprintReport f = footprint_from_config(c, qc.is_quantizable() ? std::optional(qc) : std::nullopt);
@@ -90,7 +145,7 @@ int run_inspect(const InspectArgs& a) {
 
   LoadOptions lo;
   if (qc.is_quantizable()) lo.quantization_config = qc;
-  lo.device_map = a.q.device_map;
+  apply_placement_flags(lo, a.q);
   CausalLM model = AutoModelForCausalLM::from_pretrained(a.model, lo);
   std::vector<ModuleReport> mods = module_report(model);
   FootprintReport f = footprint_report(model);

@@ -39,7 +39,16 @@ void add_quant_flags(CLI::App& cmd, QuantFlags& f) {
   cmd.add_option("--llm-int8-skip-modules", f.skip_modules,
                  "modules left unquantized (default: the output head)");
   cmd.add_option("--device-map", f.device_map,
-                 "where the model runs: cpu, cuda, cuda:N or auto (default: the first GPU if any, else cpu)");
+                 "where the model runs: cpu, cuda, cuda:N or auto (default: the first GPU if any, else cpu); "
+                 "balanced, balanced_low_0, sequential; or MODULE=DEVICE,... (placement as transformers computes it)");
+  cmd.add_option("--max-memory", f.max_memory, "memory budgets for the placement, e.g. cuda:0=20GiB,cuda:1=20GiB,cpu=64GiB");
+}
+
+void apply_placement_flags(LoadOptions& opts, const QuantFlags& q) {
+  opts.device_map = q.device_map;
+  if (!q.max_memory.empty()) opts.max_memory = parse_max_memory(q.max_memory);
+  if (q.device_map.find('=') == std::string::npos) return;
+  opts.device_map_modules = parse_explicit_device_map(q.device_map);
 }
 
 void add_adapter_flag(CLI::App& cmd, QuantFlags& f) {
@@ -57,7 +66,7 @@ bool stderr_is_terminal() {
 CausalLM load_model(const std::string& dir, const QuantFlags& q) {
   LoadOptions opts;
   if (q.any()) opts.quantization_config = q.to_config();
-  opts.device_map = q.device_map;
+  apply_placement_flags(opts, q);
   if (!q.adapter.empty() && q.device_map == "auto") opts.device_map = "cpu";  // LoRA runs on the CPU
   const bool progress = stderr_is_terminal();
   if (progress) {

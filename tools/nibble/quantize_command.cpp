@@ -43,7 +43,9 @@ int run_quantize(const QuantizeArgs& a) {
   if (!a.out.empty()) {
     // save_pretrained of the quantized model: the folder transformers + bitsandbytes would write
     auto t0 = std::chrono::steady_clock::now();
-    CausalLM model = AutoModelForCausalLM::from_pretrained(a.model, {.quantization_config = qc, .device_map = a.q.device_map});
+    LoadOptions lo{.quantization_config = qc};
+    apply_placement_flags(lo, a.q);
+    CausalLM model = AutoModelForCausalLM::from_pretrained(a.model, lo);
     model.save_pretrained(a.out);
     double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     int64_t q = 0, all = 0;

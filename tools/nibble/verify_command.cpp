@@ -76,7 +76,7 @@ int run_verify(const VerifyArgs& a) {
   LoadOptions lo;
   BitsAndBytesConfig qc = a.q.to_config();
   if (qc.is_quantizable()) lo.quantization_config = qc;
-  lo.device_map = a.q.device_map;
+  apply_placement_flags(lo, a.q);
   if (!a.q.adapter.empty() && lo.device_map == "auto") lo.device_map = "cpu";  // LoRA runs on the CPU
   CausalLM model = AutoModelForCausalLM::from_pretrained(a.model, lo);
   if (!a.q.adapter.empty()) attach_adapter(model, a.q.adapter);  // the reference stays without it

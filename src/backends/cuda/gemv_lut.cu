@@ -157,6 +157,7 @@ __global__ void __launch_bounds__(kWarps * 32, 2) gemv_lut_kernel(Args a) {
   const bool live0 = g < a.M, live1 = g + 8 < a.M;
   const uint32_t lane4 = uint32_t(lane) << 2;
   float* am = am_all + warp * 16 * kU;
+  dev::pdl_launch_dependents();
 
   {  // the table: warp w fills rows 32w..32w+31, 4 rows an instruction (8 lanes x 16 bytes each)
     const float v = __ldg(a.quant_map + (lane & 15));
@@ -167,6 +168,7 @@ __global__ void __launch_bounds__(kWarps * 32, 2) gemv_lut_kernel(Args a) {
       reinterpret_cast<uint4*>(smem + row * kRowWords)[lane % 8] = make_uint4(p, p, p, p);
     }
     if (a.code2) code2[tid] = a.code2[tid];  // blockDim == 256
+    dev::pdl_wait();  // x is the previous kernel's output, out may be read by it
     if constexpr (XS) {
       const int64_t k4 = K / 4;
       for (int64_t i = tid; i < a.M * k4; i += kWarps * 32) {
@@ -312,6 +314,21 @@ __global__ void __launch_bounds__(kWarps * 32, 2) gemv_lut_kernel(Args a) {
   }
 }
 
+// Programmatic dependent launches: on by default on sm_90 and later; NIBBLE_PDL=0 turns them
+// off (benchmarks).
+bool pdl_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("NIBBLE_PDL");
+    if (v && std::strcmp(v, "0") == 0) return false;
+    int dev = 0, major = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess)
+      return false;
+    return major >= 9;
+  }();
+  return on;
+}
+
 // K slices per row tile: the fewest rounds of groups (persistent blocks) times chunks a warp,
 // at least 4 chunks a slice; ties go to more slices.
 int pick_slices(int64_t tiles, int64_t chunks, int64_t blocks) {
@@ -354,8 +371,23 @@ void launch(const Launch& l, Args a) {
   const int rg = kWarps / a.ks;
   a.groups = (a.tiles + rg - 1) / rg;
   const int64_t blocks = std::min<int64_t>(a.groups, blocks_max);
-  gemv_lut_kernel<NT, CT, XS><<<unsigned(blocks), kWarps * 32, bytes, l.stream>>>(a);
-  NIBBLE_CUDA_CHECK_LAUNCH();
+  if (pdl_enabled()) {
+    // the table fill of this launch overlaps the end of the previous kernel
+    cudaLaunchConfig_t cfg{};
+    cfg.gridDim = dim3(unsigned(blocks));
+    cfg.blockDim = dim3(kWarps * 32);
+    cfg.dynamicSmemBytes = bytes;
+    cfg.stream = l.stream;
+    cudaLaunchAttribute attr{};
+    attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr.val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = &attr;
+    cfg.numAttrs = 1;
+    NIBBLE_CUDA_CHECK(cudaLaunchKernelEx(&cfg, gemv_lut_kernel<NT, CT, XS>, a));
+  } else {
+    gemv_lut_kernel<NT, CT, XS><<<unsigned(blocks), kWarps * 32, bytes, l.stream>>>(a);
+    NIBBLE_CUDA_CHECK_LAUNCH();
+  }
 }
 
 template <class CT>

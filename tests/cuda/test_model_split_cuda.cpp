@@ -85,7 +85,7 @@ BitsAndBytesConfig nf4_config(const fs::path& dir) {
 }
 
 // 3 sequences at their own positions, 4 decode steps on each model (the one-device model's
-// greedy tokens fed to both): per-step logits within tol of each other.
+// greedy tokens fed to both, so a near tie cannot make them part): per-step logits within tol.
 void check_decode_batch(const CausalLM& split, const CausalLM& one, const Tensor& ids, double tol) {
   std::vector<std::unique_ptr<KVCache>> a, b;
   std::vector<KVCache*> ca, cb;
@@ -102,10 +102,7 @@ void check_decode_batch(const CausalLM& split, const CausalLM& one, const Tensor
   for (int step = 0; step < 4; ++step) {
     Tensor s = split.decode_batch(next, ca), o = one.decode_batch(next, cb);  // [3, V]
     EXPECT_LE(rel_diff(s, o), tol) << "decode step " << step;
-    for (int64_t i = 0; i < 3; ++i) {
-      EXPECT_EQ(argmax_row(s, i), argmax_row(o, i)) << "decode step " << step << " sequence " << i;
-      next[size_t(i)] = argmax_row(o, i);
-    }
+    for (int64_t i = 0; i < 3; ++i) next[size_t(i)] = argmax_row(o, i);
   }
 }
 

@@ -53,7 +53,8 @@ void copy_bytes(void* dst, Device dst_dev, const void* src, Device src_dev, size
   else {
     // the copy runs on the destination's stream: the source device's stream (where the bytes were
     // written, e.g. a split model's activations at a layer boundary) finishes first
-    if (src_dev.index != dst_dev.index) cuda::stream_synchronize(cuda::thread_stream(src_dev.index), src_dev.index);
+    if (src_dev.index != dst_dev.index)
+      cuda::stream_synchronize(cuda::thread_stream(src_dev.index), src_dev.index);
     cuda::memcpy_sync(dst, src, n, 2, dst_dev.index);
   }
 #else

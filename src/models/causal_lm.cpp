@@ -60,8 +60,9 @@ void CausalLM::Impl::to_devices(const models::DevicePlan& p) {
   }
   // a tied head stays one tensor with the embedding where both live on one device (a head placed
   // elsewhere gets its own copy there)
-  lm_head.lin = head_is_embed && p.lm_head == p.embed ? nn::Linear::fp(embed, moved(lm_head.lin.bias(), p.lm_head))
-                                                      : lm_head.lin.to(p.lm_head);
+  lm_head.lin = head_is_embed && p.lm_head == p.embed
+                    ? nn::Linear::fp(embed, moved(lm_head.lin.bias(), p.lm_head))
+                    : lm_head.lin.to(p.lm_head);
   device = p.embed;
   place = p;
 }
@@ -235,8 +236,9 @@ Tensor CausalLM::Impl::embed_block(const Step& st0) const {
       if (p + spec->pos_offset < 0 || p + spec->pos_offset >= P)
         throw ShapeError(str("position ", p, " is outside the position embedding of ", P, " rows"));
     Tensor pe = empty_like_rows(st.R, C, place.pos_embed);  // [R, C]
-    ops::embedding(*ps.ctx, pos_embed, ps.device_pos ? ps.seq_pos : upload(st.pos, DType::I64, place.pos_embed),
-                   spec->pos_offset, 1.0f, pe);
+    ops::embedding(*ps.ctx, pos_embed,
+                   ps.device_pos ? ps.seq_pos : upload(st.pos, DType::I64, place.pos_embed), spec->pos_offset,
+                   1.0f, pe);
     h = moved(h, place.pos_embed);
     ops::add_(*ps.ctx, h, pe);
   }
@@ -422,7 +424,8 @@ void CausalLM::Impl::decoder_layers(const Step& st, Tensor& h) const {
 
 // h [R, C] -> logits [R or B, V] (or [B, V] of each sequence's last row): final norm, output head,
 // final soft-capping; the norm on its device, the head on its own.
-Tensor CausalLM::Impl::head_block(const Step& st0, const Tensor& h_in, bool last_only, const Tensor& out) const {
+Tensor CausalLM::Impl::head_block(const Step& st0, const Tensor& h_in, bool last_only,
+                                  const Tensor& out) const {
   const Step& st = st0.on(place.final_norm);
   ExecContext& ctx = *st.ctx;
   const Device dev = place.final_norm;

@@ -9,13 +9,13 @@
 #include <string>
 #include <vector>
 
+#include "core/exec_context.h"
 #include "models/arch.h"
 #include "models/device_plan.h"
 #include "models/rope.h"
 #include "nibble/generation_config.h"
 #include "nibble/model.h"
 #include "nibble/safetensors.h"
-#include "core/exec_context.h"
 #include "nn/linear.h"
 #include "nn/lora.h"
 #include "ops/nn_ops.h"

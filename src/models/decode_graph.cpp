@@ -65,7 +65,8 @@ bool CausalLM::Impl::graph_eligible(const std::vector<std::vector<int64_t>>& bat
     const char* e = std::getenv("NIBBLE_CUDA_GRAPHS");
     return !(e && std::string(e) == "0");
   }();
-  if (!enabled || !device.is_cuda() || place.split() || !last_only || batch.empty() || batch.size() > 16) return false;
+  if (!enabled || !device.is_cuda() || place.split() || !last_only || batch.empty() || batch.size() > 16)
+    return false;
   for (const auto& s : batch)
     if (s.size() != 1) return false;
   return true;

@@ -361,7 +361,8 @@ Device resolve_device_map(const std::string& map) {
     if (index >= count) throw ConfigError(str("device_map '", map, "': only ", count, " CUDA device(s) visible"));
     return Device::cuda(index);
   }
-  throw ConfigError(str("device_map '", map, "' is not supported (cpu, cuda, cuda:N or auto; balanced, "
+  throw ConfigError(str("device_map '", map,
+                        "' is not supported (cpu, cuda, cuda:N or auto; balanced, "
                         "balanced_low_0, sequential or an explicit map place a model over devices)"));
 }
 

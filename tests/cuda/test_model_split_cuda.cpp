@@ -36,8 +36,10 @@ struct Split {
 };
 
 const Split kSplits[] = {
-    {"gpu-first-half", [](int64_t i, int64_t n) { return i < (n + 1) / 2 ? "cuda:0" : "cpu"; }, "cuda:0", "cpu"},
-    {"cpu-first-half", [](int64_t i, int64_t n) { return i < (n + 1) / 2 ? "cpu" : "cuda:0"; }, "cpu", "cuda:0"},
+    {"gpu-first-half", [](int64_t i, int64_t n) { return i < (n + 1) / 2 ? "cuda:0" : "cpu"; }, "cuda:0",
+     "cpu"},
+    {"cpu-first-half", [](int64_t i, int64_t n) { return i < (n + 1) / 2 ? "cpu" : "cuda:0"; }, "cpu",
+     "cuda:0"},
     {"alternating", [](int64_t i, int64_t) { return i % 2 == 0 ? "cuda:0" : "cpu"; }, "cuda:0", "cpu"},
 };
 
@@ -158,7 +160,8 @@ TEST(ModelSplitCuda, SplitEqualsOneDevice) {
         // save_pretrained: the one-device model's weight bytes
         test::TempDir saved;
         split.save_pretrained(saved.path());
-        EXPECT_EQ(test::read_file(saved / "model.safetensors"), test::read_file(one_saved / "model.safetensors"));
+        EXPECT_EQ(test::read_file(saved / "model.safetensors"),
+                  test::read_file(one_saved / "model.safetensors"));
         ++checked;
       }
     }
@@ -194,8 +197,8 @@ TEST(ModelSplitCuda, PlacedByMaxMemoryAndVerified) {
   VerifyOptions vo;
   vo.prompt_ids = test::row(ids, 0, 8);
   const VerifyReport r = verify(qsplit, vo);
-  for (const char* check : {"footprint", "layer_types", "weight_dtypes", "configuration", "round_trip", "layer_error",
-                            "logits"}) {
+  for (const char* check : {"footprint", "layer_types", "weight_dtypes", "configuration", "round_trip",
+                            "layer_error", "logits"}) {
     const VerifyCheck* ch = r.check(check);
     if (ch) {
       EXPECT_TRUE(ch->passed) << check << ": " << ch->detail;

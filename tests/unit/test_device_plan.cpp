@@ -49,8 +49,11 @@ TEST(DevicePlan, LongestPrefixPerModule) {
   EXPECT_TRUE(p.split());
   EXPECT_EQ(p.devices(), (std::vector<Device>{gpu0, cpu, gpu1}));  // module order, each once
   // "model.layers.1" must not catch "model.layers.10" and the like: a prefix ends at a dot
-  const DevicePlan q = plan(c, {{"model.layers.0", "cpu"}, {"model.layers.1", "cuda:0"}, {"model.embed_tokens", "cpu"},
-                                {"model.norm", "cuda:0"}, {"lm_head", "cpu"}});
+  const DevicePlan q = plan(c, {{"model.layers.0", "cpu"},
+                                {"model.layers.1", "cuda:0"},
+                                {"model.embed_tokens", "cpu"},
+                                {"model.norm", "cuda:0"},
+                                {"lm_head", "cpu"}});
   EXPECT_EQ(q.layers, (std::vector<Device>{cpu, gpu0}));
   EXPECT_EQ(q.devices(), (std::vector<Device>{cpu, gpu0}));
 }
@@ -59,9 +62,11 @@ TEST(DevicePlan, EmbeddingStageModulesAndTiedHead) {
   // GPT-2: wte + wpe, tied head absent from the map -> beside the embedding
   const ModelConfig g = fixture_config("gpt2");
   ASSERT_TRUE(g.tie_word_embeddings);
-  const DevicePlan p =
-      plan(g, {{"transformer.wte", "cuda:0"}, {"transformer.wpe", "cpu"}, {"transformer.drop", "cpu"},
-               {"transformer.h", "cpu"}, {"transformer.ln_f", "cpu"}});
+  const DevicePlan p = plan(g, {{"transformer.wte", "cuda:0"},
+                                {"transformer.wpe", "cpu"},
+                                {"transformer.drop", "cpu"},
+                                {"transformer.h", "cpu"},
+                                {"transformer.ln_f", "cpu"}});
   EXPECT_EQ(p.embed, gpu0);
   EXPECT_EQ(p.pos_embed, cpu);
   EXPECT_EQ(p.embed_norm, cpu);  // none: follows the positions
@@ -98,7 +103,8 @@ TEST(DevicePlan, FromInferDeviceMap) {
 TEST(DevicePlan, Refusals) {
   const ModelConfig c = fixture_config("llama");
   // a decoder layer over two devices
-  EXPECT_THROW(plan(c, {{"model", "cpu"}, {"model.layers.0.mlp", "cuda:0"}, {"lm_head", "cpu"}}), UnsupportedError);
+  EXPECT_THROW(plan(c, {{"model", "cpu"}, {"model.layers.0.mlp", "cuda:0"}, {"lm_head", "cpu"}}),
+               UnsupportedError);
   EXPECT_THROW(plan(c, {{"model.embed_tokens", "cpu"},
                         {"model.layers.0.self_attn", "cuda:0"},
                         {"model.layers.0.mlp", "cpu"},

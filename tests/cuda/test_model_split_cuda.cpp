@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <functional>
+#include <set>
 
 #include "model_check.h"
 #include "models/arch.h"
@@ -182,7 +183,14 @@ TEST(ModelSplitCuda, PlacedByMaxMemoryAndVerified) {
   const CausalLM one = AutoModelForCausalLM::from_pretrained(dir / "fp32", on_gpu);
   LoadOptions o;
   o.device_map = "sequential";
-  o.max_memory = MaxMemory{{"cuda:0", 400000}, {"cpu", int64_t(1) << 30}};
+  for (int64_t gpu_bytes = 100000; gpu_bytes < 1000000; gpu_bytes += 50000) {  // the first budget that splits
+    o.max_memory = MaxMemory{{"cuda:0", gpu_bytes}, {"cpu", int64_t(1) << 30}};
+    std::set<std::string> devices;
+    for (const auto& [k, v] :
+         infer_device_map(one.config(), {.device_map = "sequential", .max_memory = o.max_memory}))
+      devices.insert(v);
+    if (devices.size() > 1) break;
+  }
   const CausalLM split = AutoModelForCausalLM::from_pretrained(dir / "fp32", o);
   ASSERT_TRUE(split.impl().place.split()) << "the budget should leave part of the model on the CPU";
   EXPECT_LE(rel_diff(split.forward(seq), one.forward(seq)), 1e-5);

@@ -1,6 +1,6 @@
 // A causal language model loaded from a Hugging Face checkpoint folder, optionally quantized
 // while loading (BitsAndBytesConfig) or loaded pre-quantized (folders saved by transformers +
-// bitsandbytes), run on the CPU with a KV cache.
+// bitsandbytes), run on the CPU, a GPU, or split over devices by layer, with a KV cache.
 //
 //   auto model = AutoModelForCausalLM::from_pretrained("path", {.quantization_config = qc});
 //   Tensor logits = model.forward(ids);            // [T, vocab] f32
@@ -34,10 +34,11 @@ struct LoadOptions {
 
 // The device a device_map string names (ConfigError / UnsupportedError when it names none).
 Device resolve_device_map(const std::string& device_map);
-// The one device from_pretrained loads a model of this config on: resolve_device_map's, or, for
-// a placement (an explicit map, max_memory, balanced/balanced_low_0/sequential), the device of
-// infer_device_map's map. UnsupportedError when that map splits the model (not run yet).
-Device resolve_load_device(const ModelConfig& config, const LoadOptions& opts, DType dtype);
+// The hf_device_map from_pretrained places a model of this config by: {"" -> the device} when
+// device_map names one device (resolve_device_map's), infer_device_map's map for a placement
+// (an explicit map, max_memory, balanced/balanced_low_0/sequential), which may split the model
+// over devices. Every device it names must exist (ConfigError / UnsupportedError otherwise).
+HfDeviceMap resolve_load_map(const ModelConfig& config, const LoadOptions& opts, DType dtype);
 
 // One leaf module as transformers names it, with its class.
 struct ModuleInfo {
@@ -78,8 +79,12 @@ class CausalLM {
   // A KV cache for this model on its device; capacity > 0 preallocates that many positions once
   // (a forward past it is an error), 0 gives a cache that grows as needed.
   std::unique_ptr<KVCache> new_cache(int64_t capacity = 0) const;
-  // Where the weights live and the forward pass runs.
+  // Where the weights live and the forward pass runs; for a model split over devices, where the
+  // embedding lives (the forward pass starts there and moves with the layers).
   Device device() const;
+  // Where each module lives, as transformers' model.hf_device_map ({"" -> device} when the
+  // whole model is on one device).
+  const HfDeviceMap& hf_device_map() const;
   // prompt followed by max_new_tokens greedy tokens (stops early at an eos id when stop_at_eos).
   std::vector<int64_t> generate_greedy(const std::vector<int64_t>& prompt, int64_t max_new_tokens,
                                        bool stop_at_eos = false) const;

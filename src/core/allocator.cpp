@@ -50,7 +50,13 @@ void copy_bytes(void* dst, Device dst_dev, const void* src, Device src_dev, size
 #ifdef NIBBLE_WITH_CUDA
   if (src_dev.is_cpu()) cuda::memcpy_sync(dst, src, n, 0, dst_dev.index);
   else if (dst_dev.is_cpu()) cuda::memcpy_sync(dst, src, n, 1, src_dev.index);
-  else cuda::memcpy_sync(dst, src, n, 2, dst_dev.index);
+  else {
+    // the copy runs on the destination's stream: the source device's stream (where the bytes were
+    // written, e.g. a split model's activations at a layer boundary) finishes first
+    if (src_dev.index != dst_dev.index)
+      cuda::stream_synchronize(cuda::thread_stream(src_dev.index), src_dev.index);
+    cuda::memcpy_sync(dst, src, n, 2, dst_dev.index);
+  }
 #else
   throw UnsupportedError(str("copy between ", src_dev.str(), " and ", dst_dev.str(), ": this build has no CUDA backend"));
 #endif

@@ -24,6 +24,7 @@ const ModelConfig& CausalLM::config() const { return impl_->config; }
 const GenerationConfig& CausalLM::generation_config() const { return impl_->generation; }
 const std::optional<BitsAndBytesConfig>& CausalLM::quantization_config() const { return impl_->qc; }
 Device CausalLM::device() const { return impl_->device; }
+const HfDeviceMap& CausalLM::hf_device_map() const { return impl_->device_map; }
 
 namespace {
 Tensor moved(const Tensor& t, Device d) {
@@ -35,29 +36,39 @@ void move_norm(Norm& n, Device d) {
 }
 }  // namespace
 
-// Weights to dev, tensor by tensor (each host view of the mmap'd file copied up and released as
-// the Linear is replaced); the KV cache dtype follows the compute dtype there.
-void CausalLM::Impl::to_device(Device dev) {
+// Each module to its device of p, tensor by tensor (each host view of the mmap'd file copied up
+// and released as the Linear is replaced; modules already there stay as they are).
+void CausalLM::Impl::to_devices(const models::DevicePlan& p) {
   // the same tensor (not merely the same storage: every weight of a checkpoint file views one
   // mmap'd storage, so an untied head shares it with the embedding too)
   const bool head_is_embed = lm_head.lin.weight().data_ptr() == embed.data_ptr() &&
                              lm_head.lin.weight().shape() == embed.shape() && lm_head.lin.weight().dtype() == embed.dtype();
-  embed = moved(embed, dev);
-  pos_embed = moved(pos_embed, dev);
-  move_norm(embed_norm, dev);
-  move_norm(final_norm, dev);
-  for (DecoderLayer& L : layers) {
+  embed = moved(embed, p.embed);
+  pos_embed = moved(pos_embed, p.pos_embed);
+  move_norm(embed_norm, p.embed_norm);
+  move_norm(final_norm, p.final_norm);
+  for (size_t i = 0; i < layers.size(); ++i) {
+    DecoderLayer& L = layers[i];
+    const Device dev = p.layers[i];
     for (Norm* n : {&L.attn_norm, &L.mlp_norm, &L.post_attn_norm, &L.post_mlp_norm, &L.q_norm, &L.k_norm})
       move_norm(*n, dev);
     for (auto& l : L.qkv) l.lin = l.lin.to(dev);
     L.o.lin = L.o.lin.to(dev);
     for (auto& l : L.mlp) l.lin = l.lin.to(dev);
+    // one copy of the slopes per device, shared by its layers
+    L.alibi_slopes = i > 0 && p.layers[i - 1] == dev ? layers[i - 1].alibi_slopes : moved(alibi_slopes, dev);
   }
-  // a tied head stays one tensor with the embedding on the device too
-  lm_head.lin = head_is_embed ? nn::Linear::fp(embed, moved(lm_head.lin.bias(), dev)) : lm_head.lin.to(dev);
-  alibi_slopes = moved(alibi_slopes, dev);
-  device = dev;
-  cache_dtype = dev.is_cpu() ? DType::F32 : (qc && qc->load_in_4bit ? qc->compute_dtype() : DType::F32);
+  // a tied head stays one tensor with the embedding where both live on one device (a head placed
+  // elsewhere gets its own copy there)
+  lm_head.lin = head_is_embed && p.lm_head == p.embed
+                    ? nn::Linear::fp(embed, moved(lm_head.lin.bias(), p.lm_head))
+                    : lm_head.lin.to(p.lm_head);
+  device = p.embed;
+  place = p;
+}
+
+DType CausalLM::Impl::cache_dtype(Device d) const {
+  return d.is_cpu() ? DType::F32 : (qc && qc->load_in_4bit ? qc->compute_dtype() : DType::F32);
 }
 
 std::unique_ptr<KVCache> CausalLM::new_cache(int64_t capacity) const { return impl_->make_cache(capacity); }
@@ -80,14 +91,17 @@ void CausalLM::Impl::ensure_capacity(KVCache& cache, int64_t needed) const {
   allocate_cache(cache, std::max<int64_t>(needed, std::max<int64_t>(64, cache.capacity_ * 2)));
 }
 
+// Each layer's keys and values on the layer's device, in its cache dtype.
 void CausalLM::Impl::allocate_cache(KVCache& cache, int64_t cap) const {
   for (size_t l = 0; l < layers.size(); ++l) {
-    Tensor k = Tensor::empty({cap, n_kv_heads, head_dim}, cache_dtype, device);  // [cap, Hkv, D]
-    Tensor v = Tensor::empty({cap, n_kv_heads, head_dim}, cache_dtype, device);
+    const Device dev = place.layers[l];
+    const DType dt = cache_dtype(dev);
+    Tensor k = Tensor::empty({cap, n_kv_heads, head_dim}, dt, dev);  // [cap, Hkv, D]
+    Tensor v = Tensor::empty({cap, n_kv_heads, head_dim}, dt, dev);
     if (cache.len_ > 0) {
-      size_t bytes = size_t(dtype_nbytes(cache_dtype, cache.len_ * n_kv_heads * head_dim));
-      copy_bytes(k.data_ptr(), device, cache.k_[l].data_ptr(), device, bytes);
-      copy_bytes(v.data_ptr(), device, cache.v_[l].data_ptr(), device, bytes);
+      size_t bytes = size_t(dtype_nbytes(dt, cache.len_ * n_kv_heads * head_dim));
+      copy_bytes(k.data_ptr(), dev, cache.k_[l].data_ptr(), dev, bytes);
+      copy_bytes(v.data_ptr(), dev, cache.v_[l].data_ptr(), dev, bytes);
     }
     if (cache.k_.size() <= l) {
       cache.k_.push_back(k);
@@ -157,15 +171,35 @@ Step CausalLM::Impl::plan_host(const std::vector<std::vector<int64_t>>& batch,
   return st;
 }
 
+// plan_host's step with its inputs on the embedding's device, and a view with them on each
+// other device of a split model.
 Step CausalLM::Impl::plan(const std::vector<std::vector<int64_t>>& batch, std::span<KVCache* const> caches) const {
   Step st = plan_host(batch, caches);
-  st.ids_dev = upload(st.ids, DType::I64, device);
-  if (spec->pos == models::PosKind::Rope) {
-    const int64_t half = st.rot_dim / 2;
-    st.cos = upload(st.cos_h, DType::F32, device).view({st.R, half});
-    st.sin = upload(st.sin_h, DType::F32, device).view({st.R, half});
+  auto upload_inputs = [&](Step& s) {
+    const Device d = s.ctx->device();
+    s.ids_dev = upload(s.ids, DType::I64, d);
+    if (spec->pos == models::PosKind::Rope) {
+      const int64_t half = s.rot_dim / 2;
+      s.cos = upload(s.cos_h, DType::F32, d).view({s.R, half});
+      s.sin = upload(s.sin_h, DType::F32, d).view({s.R, half});
+    }
+  };
+  upload_inputs(st);
+  for (const Device d : place.devices()) {
+    if (d == device) continue;
+    Step v = st;
+    v.ctx = &ExecContext::current(d);
+    upload_inputs(v);
+    st.views.push_back(std::move(v));
   }
   return st;
+}
+
+const Step& Step::on(Device d) const {
+  if (ctx->device() == d) return *this;
+  for (const Step& v : views)
+    if (v.ctx->device() == d) return v;
+  throw InternalError(str("forward: the step has no view on ", d.str()));
 }
 
 void CausalLM::Impl::norm_into(const Norm& n, const Tensor& x, const Tensor& out, const Step& st) const {
@@ -187,26 +221,32 @@ void CausalLM::Impl::add_norm_into(const Norm& n, const Tensor& h, const Tensor&
 }
 
 // ids [R] -> h [R, C]: token embeddings (times sqrt(C) rounded to f32 where the architecture
-// scales them), plus learned positions, then the embedding norm (Bloom).
-Tensor CausalLM::Impl::embed_block(const Step& st) const {
+// scales them), plus learned positions, then the embedding norm (Bloom); each on its module's
+// device (h follows them).
+Tensor CausalLM::Impl::embed_block(const Step& st0) const {
   const int64_t C = config.hidden_size;
-  ExecContext& ctx = *st.ctx;
-  Tensor h = empty_like_rows(st.R, C, device);  // [R, C]
+  const Step& st = st0.on(place.embed);
+  Tensor h = empty_like_rows(st.R, C, place.embed);  // [R, C]
   const float scale = spec->scale_embeddings ? std::sqrt(float(C)) : 1.0f;
-  ops::embedding(ctx, embed, st.ids_dev, 0, scale, h);
+  ops::embedding(*st.ctx, embed, st.ids_dev, 0, scale, h);
   if (pos_embed.defined()) {
+    const Step& ps = st0.on(place.pos_embed);
     const int64_t P = pos_embed.size(0);
     for (int64_t p : st.pos)
       if (p + spec->pos_offset < 0 || p + spec->pos_offset >= P)
         throw ShapeError(str("position ", p, " is outside the position embedding of ", P, " rows"));
-    Tensor pe = empty_like_rows(st.R, C, device);  // [R, C]
-    ops::embedding(ctx, pos_embed, st.device_pos ? st.seq_pos : upload(st.pos, DType::I64, device), spec->pos_offset,
+    Tensor pe = empty_like_rows(st.R, C, place.pos_embed);  // [R, C]
+    ops::embedding(*ps.ctx, pos_embed,
+                   ps.device_pos ? ps.seq_pos : upload(st.pos, DType::I64, place.pos_embed), spec->pos_offset,
                    1.0f, pe);
-    ops::add_(ctx, h, pe);
+    h = moved(h, place.pos_embed);
+    ops::add_(*ps.ctx, h, pe);
   }
   if (embed_norm.defined()) {
-    Tensor o = empty_like_rows(st.R, C, device);
-    norm_into(embed_norm, h, o, st);
+    const Step& ns = st0.on(place.embed_norm);
+    h = moved(h, place.embed_norm);
+    Tensor o = empty_like_rows(st.R, C, place.embed_norm);
+    norm_into(embed_norm, h, o, ns);
     h = o;
   }
   return h;
@@ -219,9 +259,10 @@ Tensor CausalLM::Impl::attention_block(const Step& st, size_t li, const Tensor& 
   const DecoderLayer& L = layers[li];
   const models::ArchSpec& s = *spec;
   ExecContext& ctx = *st.ctx;
+  const Device dev = ctx.device();  // the layer's
   const int64_t R = st.R, D = head_dim, Hq = n_heads, Hkv = n_kv_heads, C = config.hidden_size;
-  Tensor q = empty_like_rows(R, Hq * D, device), k = empty_like_rows(R, Hkv * D, device),
-         v = empty_like_rows(R, Hkv * D, device);  // [R, H * D] each
+  Tensor q = empty_like_rows(R, Hq * D, dev), k = empty_like_rows(R, Hkv * D, dev),
+         v = empty_like_rows(R, Hkv * D, dev);  // [R, H * D] each
   if (L.qkv.size() == 3) {
     const nn::Linear* ls[] = {&L.qkv[0].lin, &L.qkv[1].lin, &L.qkv[2].lin};
     const Tensor outs[] = {q, k, v};
@@ -229,13 +270,13 @@ Tensor CausalLM::Impl::attention_block(const Step& st, size_t li, const Tensor& 
     for (int i = 0; i < 3; ++i)
       if (L.qkv[size_t(i)].lora.defined()) nn::lora_add(ctx, L.qkv[size_t(i)].lora, x, outs[i]);
   } else if (s.qkv == models::QkvKind::Concat) {
-    Tensor y = empty_like_rows(R, (Hq + 2 * Hkv) * D, device);  // [R, (Hq + 2 Hkv) D]
+    Tensor y = empty_like_rows(R, (Hq + 2 * Hkv) * D, dev);  // [R, (Hq + 2 Hkv) D]
     L.qkv[0].forward(ctx, x, y);
     ops::copy_(ctx, y.slice(1, 0, Hq * D), q);
     ops::copy_(ctx, y.slice(1, Hq * D, (Hq + Hkv) * D), k);
     ops::copy_(ctx, y.slice(1, (Hq + Hkv) * D, (Hq + 2 * Hkv) * D), v);
   } else {  // per head [q_h | k_h | v_h] (Hq == Hkv)
-    Tensor y = empty_like_rows(R, Hq * 3 * D, device);  // [R, H * 3D]
+    Tensor y = empty_like_rows(R, Hq * 3 * D, dev);  // [R, H * 3D]
     L.qkv[0].forward(ctx, x, y);
     Tensor yh = y.view({R * Hq, 3 * D});
     ops::copy_(ctx, yh.slice(1, 0, D), q.view({R * Hq, D}));
@@ -243,7 +284,7 @@ Tensor CausalLM::Impl::attention_block(const Step& st, size_t li, const Tensor& 
     ops::copy_(ctx, yh.slice(1, 2 * D, 3 * D), v.view({R * Hkv, D}));
   }
   if (L.q_norm.defined()) {
-    Tensor qn = empty_like_rows(R * Hq, D, device), kn = empty_like_rows(R * Hkv, D, device);
+    Tensor qn = empty_like_rows(R * Hq, D, dev), kn = empty_like_rows(R * Hkv, D, dev);
     ops::rms_norm(ctx, q.view({R * Hq, D}), L.q_norm.w, float(config.norm_eps), s.norm_unit_offset, qn);
     ops::rms_norm(ctx, k.view({R * Hkv, D}), L.k_norm.w, float(config.norm_eps), s.norm_unit_offset, kn);
     q = qn.view({R, Hq * D});
@@ -259,8 +300,8 @@ Tensor CausalLM::Impl::attention_block(const Step& st, size_t li, const Tensor& 
   if (config.scale_attn_by_inverse_layer_idx) ao.scale /= float(li + 1);
   if (L.sliding && config.sliding_window) ao.sliding_window = *config.sliding_window;
   ao.softcap = attn_softcap;
-  ao.alibi_slopes = alibi_slopes;
-  Tensor a = empty_like_rows(R, Hq * D, device);  // [R, Hq * D]
+  ao.alibi_slopes = L.alibi_slopes;
+  Tensor a = empty_like_rows(R, Hq * D, dev);  // [R, Hq * D]
   for (const Segment& sg : st.segs) {
     // the KV-cache write: rows of this sequence into positions [p0, p0 + T), in the cache dtype
     KVCache& cache = *sg.cache;
@@ -281,10 +322,10 @@ Tensor CausalLM::Impl::attention_block(const Step& st, size_t li, const Tensor& 
     ops::attention(ctx, q3.slice(0, sg.row0, sg.row0 + sg.T), kk, vv, ao,
                    a.slice(0, sg.row0, sg.row0 + sg.T).view({sg.T, Hq, D}));
   }
-  Tensor o = empty_like_rows(R, C, device);  // [R, C]
+  Tensor o = empty_like_rows(R, C, dev);  // [R, C]
   L.o.forward(ctx, a, o);
   if (L.post_attn_norm.defined()) {
-    Tensor on = empty_like_rows(R, C, device);
+    Tensor on = empty_like_rows(R, C, dev);
     norm_into(L.post_attn_norm, o, on, st);
     o = on;
   }
@@ -296,14 +337,15 @@ Tensor CausalLM::Impl::attention_block(const Step& st, size_t li, const Tensor& 
 Tensor CausalLM::Impl::mlp_block(const Step& st, size_t li, const Tensor& x) const {
   const DecoderLayer& L = layers[li];
   ExecContext& ctx = *st.ctx;
+  const Device dev = ctx.device();  // the layer's
   const int64_t R = st.R, C = config.hidden_size;
-  Tensor out = empty_like_rows(R, C, device);  // [R, C]
+  Tensor out = empty_like_rows(R, C, dev);  // [R, C]
   switch (spec->mlp_kind) {
     case models::MlpKind::Gated: {
       const int64_t F = L.mlp[0].lin.out_features();
-      Tensor g = empty_like_rows(R, F, device), u = empty_like_rows(R, F, device);  // [R, F]
+      Tensor g = empty_like_rows(R, F, dev), u = empty_like_rows(R, F, dev);  // [R, F]
       if (!L.mlp[0].lora.defined() && !L.mlp[1].lora.defined()) {
-        Tensor a = empty_like_rows(R, F, device);  // act(gate) * up: one launch on CUDA for 4-bit
+        Tensor a = empty_like_rows(R, F, dev);  // act(gate) * up: one launch on CUDA for 4-bit
         nn::forward_gated(ctx, x, L.mlp[0].lin, L.mlp[1].lin, act, g, u, a);
         L.mlp[2].forward(ctx, a, out);
         break;
@@ -316,14 +358,14 @@ Tensor CausalLM::Impl::mlp_block(const Step& st, size_t li, const Tensor& x) con
     }
     case models::MlpKind::GatedFused: {
       const int64_t F = L.mlp[0].lin.out_features() / 2;
-      Tensor y = empty_like_rows(R, 2 * F, device), a = empty_like_rows(R, F, device);  // [R, 2F], [R, F]
+      Tensor y = empty_like_rows(R, 2 * F, dev), a = empty_like_rows(R, F, dev);  // [R, 2F], [R, F]
       L.mlp[0].forward(ctx, x, y);
       ops::gated_activation(ctx, y.slice(1, 0, F), y.slice(1, F, 2 * F), act, a);
       L.mlp[1].forward(ctx, a, out);
       break;
     }
     case models::MlpKind::Plain: {
-      Tensor u = empty_like_rows(R, L.mlp[0].lin.out_features(), device);  // [R, F]
+      Tensor u = empty_like_rows(R, L.mlp[0].lin.out_features(), dev);  // [R, F]
       L.mlp[0].forward(ctx, x, u);
       ops::activate_(ctx, u, act);
       L.mlp[1].forward(ctx, u, out);
@@ -340,8 +382,9 @@ Tensor CausalLM::Impl::mlp_block(const Step& st, size_t li, const Tensor& x) con
 void CausalLM::Impl::decoder_layer(const Step& st, size_t li, Tensor& h, Tensor& pending) const {
   const DecoderLayer& L = layers[li];
   ExecContext& ctx = *st.ctx;
+  const Device dev = ctx.device();  // the layer's
   const int64_t R = st.R, C = config.hidden_size;
-  Tensor x = empty_like_rows(R, C, device);  // [R, C]
+  Tensor x = empty_like_rows(R, C, dev);  // [R, C]
   if (pending.defined())
     add_norm_into(L.attn_norm, h, pending, x, st);
   else
@@ -359,38 +402,50 @@ void CausalLM::Impl::decoder_layer(const Step& st, size_t li, Tensor& h, Tensor&
   add_norm_into(L.mlp_norm, h, o, x, st);
   Tensor mo = mlp_block(st, li, x);
   if (L.post_mlp_norm.defined()) {
-    Tensor mn = empty_like_rows(R, C, device);
+    Tensor mn = empty_like_rows(R, C, dev);
     norm_into(L.post_mlp_norm, mo, mn, st);
     mo = mn;
   }
   pending = mo;
 }
 
-// Every decoder layer over h [R, C] (the last one's pending residual added).
+// Every decoder layer over h [R, C] (the last one's pending residual added), each on its
+// device: h and the pending residual cross to the next layer's device at a boundary.
 void CausalLM::Impl::decoder_layers(const Step& st, Tensor& h) const {
   Tensor pending;
-  for (size_t li = 0; li < layers.size(); ++li) decoder_layer(st, li, h, pending);
-  if (pending.defined()) ops::add_(*st.ctx, h, pending);
+  for (size_t li = 0; li < layers.size(); ++li) {
+    const Device d = place.layers[li];
+    h = moved(h, d);
+    pending = moved(pending, d);
+    decoder_layer(st.on(d), li, h, pending);
+  }
+  if (pending.defined()) ops::add_(*st.on(h.device()).ctx, h, pending);
 }
 
-// h [R, C] -> logits [R, V] (or [B, V] of each sequence's last row): final norm, output head,
-// final soft-capping.
-Tensor CausalLM::Impl::head_block(const Step& st, const Tensor& h, bool last_only, const Tensor& out) const {
+// h [R, C] -> logits [R or B, V] (or [B, V] of each sequence's last row): final norm, output head,
+// final soft-capping; the norm on its device, the head on its own.
+Tensor CausalLM::Impl::head_block(const Step& st0, const Tensor& h_in, bool last_only,
+                                  const Tensor& out) const {
+  const Step& st = st0.on(place.final_norm);
   ExecContext& ctx = *st.ctx;
+  const Device dev = place.final_norm;
   const int64_t C = config.hidden_size, V = lm_head.lin.out_features();
+  const Tensor h = moved(h_in, dev);
   Tensor rows = h;
   if (last_only && int64_t(st.segs.size()) != st.R) {
-    rows = empty_like_rows(int64_t(st.segs.size()), C, device);  // [B, C]: the batch concat of last rows
+    rows = empty_like_rows(int64_t(st.segs.size()), C, dev);  // [B, C]: the batch concat of last rows
     for (size_t b = 0; b < st.segs.size(); ++b) {
       const Segment& sg = st.segs[b];
       ops::copy_(ctx, h.slice(0, sg.row0 + sg.T - 1, sg.row0 + sg.T), rows.slice(0, int64_t(b), int64_t(b) + 1));
     }
   }
-  Tensor x = empty_like_rows(rows.size(0), C, device);
+  Tensor x = empty_like_rows(rows.size(0), C, dev);
   norm_into(final_norm, rows, x, st);
-  Tensor logits = out.defined() ? out : empty_like_rows(rows.size(0), V, device);  // [R or B, V]
-  lm_head.forward(ctx, x, logits);
-  if (final_softcap) ops::softcap_(ctx, logits, *final_softcap);
+  const Step& hs = st0.on(place.lm_head);
+  x = moved(x, place.lm_head);
+  Tensor logits = out.defined() ? out : empty_like_rows(rows.size(0), V, place.lm_head);  // [R or B, V]
+  lm_head.forward(*hs.ctx, x, logits);
+  if (final_softcap) ops::softcap_(*hs.ctx, logits, *final_softcap);
   return logits;
 }
 
@@ -458,9 +513,9 @@ std::vector<int64_t> CausalLM::generate_greedy(const std::vector<int64_t>& promp
                                                bool stop_at_eos) const {
   std::vector<int64_t> out = prompt;
   auto cache = impl_->make_cache(int64_t(prompt.size()) + std::max<int64_t>(max_new_tokens, 1));
-  Tensor logits = impl_->forward(prompt, *cache, true);  // [1, V] on the device
-  ExecContext& ctx = ExecContext::current(impl_->device);
-  Tensor best_dev = Tensor::empty({1}, DType::I64, impl_->device);
+  Tensor logits = impl_->forward(prompt, *cache, true);  // [1, V] on the head's device
+  ExecContext& ctx = ExecContext::current(logits.device());
+  Tensor best_dev = Tensor::empty({1}, DType::I64, logits.device());
   for (int64_t n = 0; n < max_new_tokens; ++n) {
     ops::argmax_rows(ctx, logits, best_dev);  // first maximum, as torch.argmax; one id crosses back
     const int64_t best = to_host(best_dev).data<int64_t>()[0];

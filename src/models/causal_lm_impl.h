@@ -9,12 +9,13 @@
 #include <string>
 #include <vector>
 
+#include "core/exec_context.h"
 #include "models/arch.h"
+#include "models/device_plan.h"
 #include "models/rope.h"
 #include "nibble/generation_config.h"
 #include "nibble/model.h"
 #include "nibble/safetensors.h"
-#include "core/exec_context.h"
 #include "nn/linear.h"
 #include "nn/lora.h"
 #include "ops/nn_ops.h"
@@ -44,9 +45,10 @@ struct DecoderLayer {
   NamedLinear o;
   std::vector<NamedLinear> mlp;  // gate, up, down | gate_up, down | up, down
   bool sliding = false;
+  Tensor alibi_slopes;  // f32 [Hq] on the layer's device (Bloom), or undefined
 };
 
-// One sequence's keys and values, per layer [capacity, Hkv, D] on the model's device in the
+// One sequence's keys and values, per layer [capacity, Hkv, D] on that layer's device in its
 // cache dtype (f32 on the CPU; the compute dtype on CUDA), plus the sequence's own rope state
 // (dynamic / longrope tables follow its length). A cache made with a capacity is allocated once
 // and never grows; one made without grows by doubling on the host's convenience path.
@@ -71,7 +73,9 @@ struct Segment {
 };
 
 // What the blocks of one forward call share: the rows of all sequences stacked ([R, ...]), their
-// positions, the rope tables of each row, and the context the ops run on.
+// positions, the rope tables of each row, and the context the ops run on. A split model's step
+// carries a view per other device it uses (built once per forward): the same rows with the
+// context and the device-side inputs there; a block runs on on(its device).
 struct Step {
   ExecContext* ctx = nullptr;
   std::vector<Segment> segs;
@@ -86,6 +90,10 @@ struct Step {
   // attention read it at run time.
   bool device_pos = false;
   Tensor seq_pos;
+  std::vector<Step> views;  // a split model: this step on each of its other devices
+
+  // This step on device d (itself when its context is there).
+  const Step& on(Device d) const;
 };
 
 struct DecodeGraphs;  // decode_graph.cpp
@@ -106,9 +114,10 @@ struct CausalLM::Impl {
 
   GenerationConfig generation;
   std::optional<RopeState> rope;  // the initial rope state each new cache copies
-  Tensor alibi_slopes;            // f32 [Hq] on the device, or undefined
-  Device device;                  // where every weight lives and the forward runs
-  DType cache_dtype = DType::F32;
+  Tensor alibi_slopes;            // f32 [Hq] on the host, or undefined (each layer has its copy)
+  Device device;                  // where the embedding lives and the forward starts
+  models::DevicePlan place;       // where each module lives and runs (all `device` unless split)
+  HfDeviceMap device_map;         // the map `place` was read from ({"" -> device} unless split)
   ops::Activation act = ops::Activation::SiLU;
   float attn_scale = 1.0f;
   std::optional<float> attn_softcap, final_softcap;
@@ -139,8 +148,11 @@ struct CausalLM::Impl {
   std::unique_ptr<KVCache> make_cache(int64_t capacity) const;
   void ensure_capacity(KVCache& cache, int64_t needed) const;
   void allocate_cache(KVCache& cache, int64_t capacity) const;  // (re)allocates, keeping what it holds
-  // Every weight moved to dev (the loader's last step for device_map cuda).
-  void to_device(Device dev);
+  // Every module moved to its device of p (the loader's last step).
+  void to_devices(const models::DevicePlan& p);
+  // The KV cache dtype of a layer on d: f32 on the CPU; on CUDA the compute dtype of 4-bit
+  // weights (f32 otherwise).
+  DType cache_dtype(Device d) const;
 
   // ---- the blocks of the forward pass (causal_lm.cpp) ----
   // plan_host: ids, positions and rope rows on the host, caches grown; plan: that plus the upload.
@@ -158,8 +170,9 @@ struct CausalLM::Impl {
   Tensor head_block(const Step& st, const Tensor& h, bool last_only, const Tensor& out = Tensor()) const;
 
   // ---- decode steps as replayed CUDA graphs (decode_graph.cpp) ----
-  // True when forward_batch(batch, caches, last_only) may run as a graph: CUDA, one token per
-  // sequence, last rows only, at most 16 sequences, NIBBLE_CUDA_GRAPHS not 0.
+  // True when forward_batch(batch, caches, last_only) may run as a graph: the whole model on one
+  // CUDA device, one token per sequence, last rows only, at most 16 sequences,
+  // NIBBLE_CUDA_GRAPHS not 0.
   bool graph_eligible(const std::vector<std::vector<int64_t>>& batch, bool last_only) const;
   // The step's logits [B, V] on the device (valid until the next step of the same caches).
   Tensor decode_graphed(const std::vector<std::vector<int64_t>>& batch, std::span<KVCache* const> caches) const;

@@ -9,7 +9,8 @@
 //   later steps: copy ids / positions / rope rows into the graph's input buffers, launch.
 // The key holds every K/V buffer address, so a cache that grew (or a new cache that happens to
 // sit at an old one's address with other buffers) gets its own graph; at most kMaxGraphs are
-// kept. NIBBLE_CUDA_GRAPHS=0 turns graphs off.
+// kept. NIBBLE_CUDA_GRAPHS=0 turns graphs off; a model split over devices never captures (its
+// steps cross devices, and a graph is one stream's work).
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -64,7 +65,8 @@ bool CausalLM::Impl::graph_eligible(const std::vector<std::vector<int64_t>>& bat
     const char* e = std::getenv("NIBBLE_CUDA_GRAPHS");
     return !(e && std::string(e) == "0");
   }();
-  if (!enabled || !device.is_cuda() || !last_only || batch.empty() || batch.size() > 16) return false;
+  if (!enabled || !device.is_cuda() || place.split() || !last_only || batch.empty() || batch.size() > 16)
+    return false;
   for (const auto& s : batch)
     if (s.size() != 1) return false;
   return true;

@@ -562,23 +562,15 @@ HfDeviceMap infer_device_map(const ModelConfig& c, const PlacementRequest& r) {
   return m;
 }
 
-Device resolve_load_device(const ModelConfig& c, const LoadOptions& o, DType dtype) {
+HfDeviceMap resolve_load_map(const ModelConfig& c, const LoadOptions& o, DType dtype) {
   const std::string& s = o.device_map;
   const bool placement = !o.device_map_modules.empty() || o.max_memory || s == "balanced" ||
                          s == "balanced_low_0" || s == "sequential";
-  if (!placement) return resolve_device_map(s);
+  if (!placement) return {{"", resolve_device_map(s).str()}};
   PlacementRequest r{s, o.device_map_modules, o.max_memory, o.quantization_config, dtype};
-  const HfDeviceMap m = infer_device_map(c, r);
-  std::set<std::string> devices;
-  for (const auto& [k, v] : m) devices.insert(v);
-  if (devices.size() != 1) {
-    std::string list;
-    for (const auto& d : devices) list += (list.empty() ? "" : ", ") + d;
-    throw UnsupportedError(str("device_map '", m.size() > 1 && !o.device_map_modules.empty() ? "explicit" : s,
-                               "' places the model over ", list,
-                               "; running a model split over devices is not implemented yet"));
-  }
-  return resolve_device_map(*devices.begin());
+  HfDeviceMap m = infer_device_map(c, r);
+  for (const auto& [k, v] : m) (void)resolve_device_map(v);  // every device it names exists
+  return m;
 }
 
 }  // namespace nibble

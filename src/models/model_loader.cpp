@@ -59,7 +59,7 @@ struct Loader {
   const models::ArchSpec& spec;
   bool quantize_on_load = false;  // quantize fp weights as they are read
   DType compute_dtype = DType::F32;
-  Device target = Device::cpu();  // where the model goes: 4-bit weights are quantized there
+  Device target = Device::cpu();  // where the module being read goes: 4-bit weights are quantized there
   std::set<std::string>* used = nullptr;  // tensor names consumed (to report leftovers)
 
   Tensor take(const std::string& name) {
@@ -216,7 +216,9 @@ CausalLM load(const std::filesystem::path& dir, const LoadOptions& opts) {
   }
   LoadOptions placed = opts;
   placed.quantization_config = m.qc;
-  const Device device = resolve_load_device(c, placed, c.torch_dtype.value_or(DType::F32));
+  // where each module goes (a split model's layers over devices; 4-bit weights are quantized there)
+  m.device_map = resolve_load_map(c, placed, c.torch_dtype.value_or(DType::F32));
+  const models::DevicePlan place = models::device_plan(c, spec, m.device_map);
 
   m.checkpoint.emplace(Checkpoint::open(dir));
   m.source_dir = dir;
@@ -224,7 +226,7 @@ CausalLM load(const std::filesystem::path& dir, const LoadOptions& opts) {
   WeightSource src(*m.checkpoint);
   std::set<std::string> used;
   Loader L{m, src, spec};
-  L.target = device;
+  L.target = place.embed;
   L.used = &used;
   L.quantize_on_load = m.qc.has_value() && !prequantized;
   L.compute_dtype = m.qc ? m.qc->compute_dtype() : DType::F32;
@@ -254,6 +256,7 @@ CausalLM load(const std::filesystem::path& dir, const LoadOptions& opts) {
     std::string lp = P + spec.layers + "." + std::to_string(i) + ".";
     std::string ap = lp + spec.attn + ".";
     DecoderLayer layer;
+    L.target = place.layers[size_t(i)];
     layer.attn_norm = L.norm(lp + spec.attn_norm, C, ln);
     layer.mlp_norm = L.norm(lp + spec.mlp_norm, C, ln);
     if (!spec.post_attn_norm.empty()) layer.post_attn_norm = L.norm(lp + spec.post_attn_norm, C, ln);
@@ -294,6 +297,7 @@ CausalLM load(const std::filesystem::path& dir, const LoadOptions& opts) {
 
   // The output head: its own weight, or the embedding when tied and the head is absent.
   std::string head = spec.lm_head_tensor.empty() ? spec.lm_head : spec.lm_head_tensor;
+  L.target = place.lm_head;
   if (src.has(head + ".weight")) {
     m.lm_head = L.linear(head, V, C, spec.lm_head);
   } else if (c.tie_word_embeddings) {
@@ -327,7 +331,8 @@ CausalLM load(const std::filesystem::path& dir, const LoadOptions& opts) {
     if (!alias_used) throw FormatError(str("unexpected tensor '", name, "' in ", dir.string(), " for ", c.architecture));
   }
   m.device = Device::cpu();
-  if (!device.is_cpu()) m.to_device(device);
+  m.place = models::DevicePlan::uniform(Device::cpu(), c.num_hidden_layers);
+  m.to_devices(place);
   return model;
 }
 
@@ -356,8 +361,9 @@ Device resolve_device_map(const std::string& map) {
     if (index >= count) throw ConfigError(str("device_map '", map, "': only ", count, " CUDA device(s) visible"));
     return Device::cuda(index);
   }
-  throw ConfigError(str("device_map '", map, "' is not supported (cpu, cuda, cuda:N or auto; splitting a model over "
-                        "devices is not implemented yet)"));
+  throw ConfigError(str("device_map '", map,
+                        "' is not supported (cpu, cuda, cuda:N or auto; balanced, "
+                        "balanced_low_0, sequential or an explicit map place a model over devices)"));
 }
 
 }  // namespace nibble

@@ -410,7 +410,7 @@ std::vector<int64_t> targets_of(const TokenBatch& b) {
 
 PassResult run(const CausalLM::Impl& m, const TokenBatch& b, const Tensor& head_w, GradMap* grads,
                const PassOptions& o) {
-  if (!m.device.is_cpu())
+  if (!m.device.is_cpu() || m.place.split())
     throw UnsupportedError("LoRA training runs on the CPU only for now (load with device_map cpu)");
   if (m.lm_head.lin.bias().defined()) throw UnsupportedError("LoRA training: an output head with a bias");
   if (!b.labels.empty() && b.labels.size() != b.input_ids.size())

@@ -68,7 +68,7 @@ void PeftModel::attach() {
 }
 
 void attach_adapter(CausalLM& model, const std::filesystem::path& dir) {
-  if (!model.device().is_cpu())
+  if (!model.device().is_cpu() || model.impl().place.split())
     throw UnsupportedError(
         "--adapter: LoRA adapters run on the CPU only for now (load with --device-map cpu)");
   attach_lora(model.impl(), LoraAdapter::load(dir, linear_sites(model)));
@@ -106,7 +106,8 @@ void PeftModel::save_pretrained(const std::filesystem::path& dir) const {
 
 CausalLM PeftModel::merge_and_unload(bool requantize) && {
   CausalLM::Impl& m = base_.impl();
-  if (!m.device.is_cpu()) throw UnsupportedError("merge_and_unload: the model must be on the CPU");
+  if (!m.device.is_cpu() || m.place.split())
+    throw UnsupportedError("merge_and_unload: the model must be on the CPU");
   const std::optional<BitsAndBytesConfig> qc = m.qc;
   for_each_linear(m, [&](NamedLinear& nl) {
     const bool adapted = nl.lora.defined();

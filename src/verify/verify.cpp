@@ -274,7 +274,9 @@ struct Verifier {
       }
     } cleanup{dir};
     model.save_pretrained(dir);
-    CausalLM again = AutoModelForCausalLM::from_pretrained(dir);
+    LoadOptions lo;  // the same placement (a split model comes back split the same way)
+    lo.device_map_modules = model.hf_device_map();
+    CausalLM again = AutoModelForCausalLM::from_pretrained(dir, lo);
     const CausalLM::Impl& a = again.impl();
     if (!a.qc || a.qc->to_dict() != qc.to_dict())
       bad.push_back("quantization_config differs after save_pretrained + load");
@@ -282,7 +284,7 @@ struct Verifier {
       if (x.defined() != y.defined()) return false;
       if (!x.defined()) return true;
       if (x.dtype() != y.dtype() || x.numel() != y.numel()) return false;
-      Tensor cx = x.contiguous(), cy = y.contiguous();
+      Tensor cx = x.to(Device::cpu()).contiguous(), cy = y.to(Device::cpu()).contiguous();
       return std::memcmp(cx.data_ptr(), cy.data_ptr(), cx.nbytes()) == 0;
     };
     auto l0 = m.linears(), l1 = a.linears();

@@ -6,12 +6,14 @@
 // offload, a quantized model partly on the CPU). Plus the bad inputs a user can give.
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
 
 #include <nlohmann/json.hpp>
 
+#include "models/arch.h"
 #include "nibble/device_map.h"
 #include "nibble/error.h"
 #include "nibble/model.h"
@@ -126,13 +128,17 @@ TEST(DeviceMap, SingleDeviceAndExplicitMaps) {
   HfDeviceMap got = infer_device_map(c, {.explicit_map = ex});
   ASSERT_EQ(got.size(), ex.size());
   EXPECT_EQ(got[0].second, "cuda:0");
-  // from_pretrained loads on the one device a placement names; a split is not run yet.
+  // from_pretrained's map: one device, or a split whose devices must exist here.
   LoadOptions lo;
   lo.device_map = "sequential";
   lo.max_memory = MaxMemory{{"cpu", 1 << 30}};
-  EXPECT_EQ(resolve_load_device(c, lo, DType::F32), Device::cpu());
+  EXPECT_EQ(resolve_load_map(c, lo, DType::F32), (HfDeviceMap{{"", "cpu"}}));
   lo.max_memory = MaxMemory{{"cpu", 1 << 30}, {"cuda:0", 400000}};
-  EXPECT_THROW(resolve_load_device(c, lo, DType::F32), UnsupportedError);
+  if (cuda_available()) {
+    EXPECT_GT(resolve_load_map(c, lo, DType::F32).size(), 1u);
+  } else {
+    EXPECT_THROW(resolve_load_map(c, lo, DType::F32), UnsupportedError);  // names cuda:0
+  }
 }
 
 TEST(DeviceMap, FromPretrainedLoadsAOneDevicePlacement) {
@@ -144,8 +150,51 @@ TEST(DeviceMap, FromPretrainedLoadsAOneDevicePlacement) {
   lo.device_map = "auto";
   lo.device_map_modules = parse_explicit_device_map("model=cpu,lm_head=cpu");
   EXPECT_EQ(AutoModelForCausalLM::from_pretrained(dir, lo).device(), Device::cpu());
+  EXPECT_EQ(AutoModelForCausalLM::from_pretrained(dir, lo).hf_device_map(),
+            (HfDeviceMap{{"model", "cpu"}, {"lm_head", "cpu"}}));
   lo.device_map_modules = parse_explicit_device_map("model=cpu,lm_head=cuda:0");
-  EXPECT_THROW(AutoModelForCausalLM::from_pretrained(dir, lo), UnsupportedError);
+  if (!cuda_available()) {
+    EXPECT_THROW(AutoModelForCausalLM::from_pretrained(dir, lo), UnsupportedError);  // names cuda:0
+  }
+}
+
+// A map naming every module (all on the CPU) loads through the per-module plan and runs as the
+// plain model, bit for bit: Bloom (ALiBi, embedding norm, tied head) and GPT-2 (learned
+// positions, Conv1D, tied head) in fp32, Llama in NF4.
+TEST(DeviceMap, PerModuleMapOnOneDeviceRunsAsThePlainModel) {
+  for (const char* name : {"bloom", "gpt2", "llama"}) {
+    SCOPED_TRACE(name);
+    const fs::path dir = test::fixtures_root() / "models" / name;
+    if (!test::fixture_exists(dir / "fp32" / "config.json")) continue;
+    LoadOptions plain;
+    if (std::string(name) == "llama")
+      plain.quantization_config = BitsAndBytesConfig::from_config_json(dir / "nf4_dq" / "config.json");
+    const CausalLM a = AutoModelForCausalLM::from_pretrained(dir / "fp32", plain);
+    const models::ArchSpec& spec = models::arch_spec(a.config().architecture);
+    LoadOptions lo = plain;
+    for (const std::string& child : spec.base_children) {
+      if (child != spec.layers) {
+        lo.device_map_modules.push_back({spec.prefix + child, "cpu"});
+        continue;
+      }
+      for (int64_t i = 0; i < a.config().num_hidden_layers; ++i)
+        lo.device_map_modules.push_back({spec.prefix + child + "." + std::to_string(i), "cpu"});
+    }
+    lo.device_map_modules.push_back({spec.lm_head, "cpu"});
+    const CausalLM b = AutoModelForCausalLM::from_pretrained(dir / "fp32", lo);
+    EXPECT_EQ(a.hf_device_map(), (HfDeviceMap{{"", "cpu"}}));
+    EXPECT_EQ(b.hf_device_map(), lo.device_map_modules);
+    EXPECT_EQ(b.device(), Device::cpu());
+    const std::vector<std::vector<int64_t>> batch = {{1, 5, 9, 2, 7}, {3, 4, 8, 6, 0}};
+    const Tensor la = a.forward_batch(batch), lb = b.forward_batch(batch);
+    ASSERT_EQ(la.shape(), lb.shape());
+    EXPECT_EQ(0, std::memcmp(la.data_ptr(), lb.data_ptr(), la.nbytes()));
+    EXPECT_EQ(a.generate_greedy({1, 5, 9}, 6), b.generate_greedy({1, 5, 9}, 6));
+    test::TempDir ta, tb;
+    a.save_pretrained(ta.path());
+    b.save_pretrained(tb.path());
+    EXPECT_EQ(test::read_file(ta / "model.safetensors"), test::read_file(tb / "model.safetensors"));
+  }
 }
 
 TEST(DeviceMap, MemorySizesAsAccelerateParsesThem) {

@@ -235,11 +235,7 @@ TEST(ServeLoad, ManyIdleConnectionsDoNotBlockOthers) {
   getrlimit(RLIMIT_NOFILE, &lim);
   lim.rlim_cur = std::min<rlim_t>(lim.rlim_max, 4096);
   setrlimit(RLIMIT_NOFILE, &lim);
-#ifdef __SANITIZE_THREAD__
-  const rlim_t want = 100;  // ThreadSanitizer slows each of httplib's polling threads many times over
-#else
   const rlim_t want = 1000;
-#endif
   const int n = int(std::min<rlim_t>(want, (lim.rlim_cur - 100) / 2));
   auto s = start_server([] {
     serve::ServerOptions o;

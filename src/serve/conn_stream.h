@@ -33,6 +33,7 @@ struct Conn {
   bool continue_sent = false;       // the loop answered its "Expect: 100-continue"
   size_t served = 0;                // requests answered on this connection
   bool refused = false;             // over the connection cap: answered 503, lingering until closed
+  bool paused = false;              // not read for now: the loop holds too many request bytes
 };
 
 // httplib::Stream over a Conn: reads come from conn.in first, then from the socket (waiting up to

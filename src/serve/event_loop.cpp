@@ -35,7 +35,8 @@ constexpr auto kSweepEvery = 100ms;
 constexpr auto kLinger = 5s;                 // after a close we decided: the client's leftovers are dropped
 constexpr auto kRefusedLinger = 1s;          // a connection refused at the cap
 constexpr size_t kMaxRefusedLingering = 64;  // more refusals than this at once are closed at once
-constexpr size_t kReadPerEvent = size_t(1) << 20;  // fairness: bytes read from one socket per event
+// Bytes read from one socket per event: fairness, and how far the byte cap can be overshot.
+constexpr size_t kReadPerEvent = size_t(256) << 10;
 
 const char* reason(int status) {
   switch (status) {
@@ -215,6 +216,8 @@ void ConnectionLoop::run() {
       ev.data.fd = listen_fd_;
       epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, listen_fd_, &ev);
     }
+    if (!paused_.empty() && buffered_ <= opt_.max_buffered_bytes) resume_paused();
+    metrics_.set_buffered_bytes(buffered_);
     now = Clock::now();
     if (now >= next_sweep) {
       sweep(now);
@@ -294,7 +297,12 @@ void ConnectionLoop::on_event(Conn& c, Clock::time_point now) {
     return arm(c);
   }
   if (c.state == Conn::State::Busy) return;  // not armed; cannot happen
-  const bool open = read_available(c.fd, &c.in, kReadPerEvent, got);
+  // Past the byte cap, a connection reads no further than a head's worth.
+  if (over_budget(c)) return pause(c);
+  const size_t limit =
+      buffered_ > opt_.max_buffered_bytes ? opt_.max_head_bytes - c.in.size() : kReadPerEvent;
+  const bool open = read_available(c.fd, &c.in, limit, got);
+  buffered_ += got;
   if (!open) return close_conn(c);  // the client left (a half-closed client has nobody to answer)
   if (got > 0 && c.state == Conn::State::Idle) {
     c.state = Conn::State::Reading;
@@ -320,6 +328,7 @@ void ConnectionLoop::progress(Conn& c, Clock::time_point now) {
   const bool wait_body =
       !h.chunked && !h.bad_length && h.content_length <= opt_.max_body_bytes && c.in.size() < h.body_end();
   if (!wait_body) return dispatch(c);
+  if (over_budget(c)) return pause(c);
   if (h.expect_continue && !c.continue_sent) {  // the client waits for this before its body
     send_now(c.fd, "HTTP/1.1 100 Continue\r\n\r\n");
     c.continue_sent = true;
@@ -327,7 +336,28 @@ void ConnectionLoop::progress(Conn& c, Clock::time_point now) {
   arm(c);
 }
 
+bool ConnectionLoop::over_budget(const Conn& c) const {
+  return buffered_ > opt_.max_buffered_bytes && c.in.size() >= opt_.max_head_bytes;
+}
+
+void ConnectionLoop::pause(Conn& c) {
+  c.paused = true;  // read again once others' requests have moved on (resume_paused)
+  paused_.push_back(c.fd);
+}
+
+void ConnectionLoop::resume_paused() {
+  std::vector<int> fds;
+  fds.swap(paused_);
+  for (int fd : fds) {
+    Conn* c = conns_[size_t(fd)].get();
+    if (!c || !c->paused) continue;  // closed (or its number reused) meanwhile
+    c->paused = false;
+    arm(*c);  // pauses again if the cap is passed again
+  }
+}
+
 void ConnectionLoop::dispatch(Conn& c) {
+  buffered_ -= c.in.size();  // the worker's now
   c.state = Conn::State::Busy;
   Conn* p = &c;
   workers_.enqueue([this, p] {
@@ -356,12 +386,14 @@ void ConnectionLoop::back_from_worker(Conn& c, After a, Clock::time_point now) {
     c.deadline = now + opt_.idle_timeout;
     return arm(c);
   }
+  buffered_ += c.in.size();
   c.state = Conn::State::Reading;  // a pipelined request, whole or in part
   c.deadline = now + opt_.header_timeout;
   progress(c, now);
 }
 
 void ConnectionLoop::reject(Conn& c, int status, const std::string& message, Clock::time_point now) {
+  buffered_ -= c.in.size();  // a Reading connection's
   send_now(c.fd, canned(ApiError(status, message)));
   linger(c, now + kLinger);
 }
@@ -371,6 +403,7 @@ void ConnectionLoop::linger(Conn& c, Clock::time_point until) {
   // reads it: shut our side (the client sees the end after the answer), drop what still comes.
   ::shutdown(c.fd, SHUT_WR);
   c.state = Conn::State::Lingering;
+  c.paused = false;
   c.deadline = until;
   c.head.reset();
   std::string().swap(c.in);
@@ -379,6 +412,7 @@ void ConnectionLoop::linger(Conn& c, Clock::time_point until) {
 
 void ConnectionLoop::close_conn(Conn& c) {
   const int fd = c.fd;
+  if (c.state == Conn::State::Idle || c.state == Conn::State::Reading) buffered_ -= c.in.size();
   if (c.refused)
     --refused_lingering_;
   else

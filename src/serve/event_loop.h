@@ -2,8 +2,8 @@
 // worker thread is given a connection only once a whole request has arrived on it, and gives it
 // back after answering. An idle connection, or one whose request trickles in, costs a descriptor
 // and a few bytes, never a thread, so thousands of them do not keep others waiting. The loop
-// enforces the deadlines (idle, request head, body progress) and the cap on open connections,
-// answering 408 / 431 / 503 itself where no worker is needed.
+// enforces the deadlines (idle, request head, body progress), the cap on open connections and
+// one on the request bytes it holds, answering 408 / 431 / 503 itself where no worker is needed.
 //
 //   ConnectionLoop loop(opts, pool, [](Conn& c) { ...answer the request in c.in...; return After::KeepAlive;
 //   },
@@ -43,6 +43,12 @@ struct LoopOptions {
   std::chrono::milliseconds read_timeout{10000};    // between two pieces of a body
   size_t max_body_bytes = size_t(8) << 20;          // a larger declared body is not waited for (413)
   size_t max_head_bytes = size_t(64) << 10;         // a larger request head gets 431
+  // Request bytes the loop holds, all connections together. Past it, a connection is read no
+  // further than a head's worth (max_head_bytes): larger bodies wait in the kernel, their read
+  // timeout running, until others' requests move on; small requests go on. So clients that send
+  // most of a large body and stall make the server hold at most this, plus max_head_bytes a
+  // connection, plus one read (256 KiB).
+  size_t max_buffered_bytes = size_t(256) << 20;
 };
 
 // What a worker leaves a connection in.
@@ -86,6 +92,9 @@ class ConnectionLoop {
   void linger(Conn& c, Clock::time_point until);
   void arm(Conn& c, bool add = false);
   void close_conn(Conn& c);
+  bool over_budget(const Conn& c) const;  // the byte cap is passed and c holds a head's worth
+  void pause(Conn& c);
+  void resume_paused();
   void close_all(bool busy_too);
   void sweep(Clock::time_point now);
   void wake();
@@ -100,6 +109,8 @@ class ConnectionLoop {
   // The loop's thread only.
   std::vector<std::unique_ptr<Conn>> conns_;  // by descriptor
   size_t refused_lingering_ = 0;              // refused connections still lingering (not in open_)
+  size_t buffered_ = 0;                       // c.in bytes of Idle and Reading connections
+  std::vector<int> paused_;                   // connections not read while buffered_ is past its cap
   bool accept_paused_ = false;                // out of descriptors: the listener rests a moment
   Clock::time_point accept_resume_;
   std::atomic<size_t> open_{0};  // admitted connections, busy ones included

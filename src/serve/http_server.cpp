@@ -231,6 +231,8 @@ void Server::start() {
   lo.header_timeout = std::chrono::seconds(s.opt.header_timeout_s);
   lo.read_timeout = std::chrono::seconds(s.opt.read_timeout_s);
   lo.max_body_bytes = s.opt.max_body_bytes;
+  // Room for a request of the largest size to arrive whole, however many others are pending.
+  lo.max_buffered_bytes = std::max(s.opt.max_buffered_bytes, 2 * s.opt.max_body_bytes + lo.max_head_bytes);
   s.loop = std::make_unique<ConnectionLoop>(
       lo, *s.workers, [&s](Conn& c) { return serve_connection(s, c); }, s.metrics);
   s.port = s.loop->listen(s.opt.host, s.opt.port);

@@ -47,6 +47,9 @@ struct ServerOptions {
   int idle_timeout_s = 30;         // a connection with no request under way is closed after this
   size_t max_connections = 16384;  // open at once; past it a new one gets 503. Capped by RLIMIT_NOFILE
   size_t max_threads = 1024;       // requests answered at once (threads started on demand)
+  // Bytes of requests still arriving that the server holds, all connections together (at least
+  // 2 * max_body_bytes); past it, large bodies are read no further until others move on.
+  size_t max_buffered_bytes = size_t(256) << 20;
   std::chrono::milliseconds grace{10000};  // stop(): how long in-flight requests may finish
 };
 

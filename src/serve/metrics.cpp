@@ -84,6 +84,8 @@ std::string Metrics::prometheus() const {
   gauge("nibble_queue_depth", "requests waiting for a slot", queue_depth_);
   gauge("nibble_batch_size", "sequences in the last decode step", batch_size_);
   gauge("nibble_http_connections", "open HTTP connections (idle ones included)", connections_);
+  gauge("nibble_http_buffered_bytes", "bytes of requests still arriving, held by the connection loop",
+        buffered_);
   counter("nibble_http_connections_refused_total", "connections refused with 503: --max-connections reached",
           refused_);
   counter("nibble_http_request_timeouts_total",

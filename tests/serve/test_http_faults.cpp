@@ -292,3 +292,44 @@ TEST(ServeFaults, PastMaxConnectionsNewOnesGet503) {
   EXPECT_EQ(status, 200);
   EXPECT_GE(metric(c, "nibble_http_connections_refused_total"), 2);
 }
+
+// Clients that send most of a large body and stall cannot make the server hold more than its cap
+// on request bytes; small requests are served meanwhile, and the stallers time out.
+TEST(ServeFaults, StalledLargeBodiesStayWithinTheByteCap) {
+  auto s = start_server([] {
+    nibble::serve::ServerOptions o;
+    o.max_body_bytes = 1 << 20;
+    o.max_buffered_bytes = 3 << 20;
+    o.read_timeout_s = 2;
+    return o;
+  }());
+  const std::string head =
+      "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+      "Content-Length: " +
+      std::to_string((1 << 20) - 1) + "\r\n\r\n";
+  std::vector<std::unique_ptr<RawSocket>> stalled;
+  for (int i = 0; i < 12; ++i) {  // 9 MiB sent in all, 3/4 of each body
+    stalled.push_back(std::make_unique<RawSocket>(s->port()));
+    ASSERT_TRUE(stalled.back()->send_all(head + "{\"prompt\": \"" + std::string(768 << 10, 'a')));
+  }
+  std::this_thread::sleep_for(300ms);  // what the server would read, it has read
+  auto c = client(*s);
+  const double held = metric(c, "nibble_http_buffered_bytes");
+  std::printf("[ServeFaults] 12 stalled 3/4 bodies (9 MiB sent): the server holds %.2f MiB (cap 3 MiB)\n",
+              held / (1 << 20));
+  EXPECT_GT(held, 2 << 20);
+  EXPECT_LE(held, (3 << 20) + (256 << 10) + 12 * (64 << 10));  // the cap, one read, a head's worth each
+  const auto t0 = Clock::now();
+  EXPECT_EQ(post(c, "/v1/completions", json{{"prompt", "Once"}, {"max_tokens", 4}}).status, 200);
+  EXPECT_LT(seconds_since(t0), 2.0);
+  // Past the read timeout every one of them is answered 408 and the bytes are let go.
+  for (auto& st : stalled) {
+    bool closed = false;
+    const std::string got = read_until(*st, "\x01", 8000ms, closed);
+    EXPECT_NE(got.find(" 408 "), std::string::npos) << got.substr(0, 200);
+  }
+  EXPECT_EQ(metric(c, "nibble_http_buffered_bytes"), 0);
+  // A body of the largest size still arrives whole (and is judged: too long a prompt).
+  const Reply big = post(c, "/v1/completions", json{{"prompt", std::string((1 << 20) - 100, 'a')}}.dump());
+  EXPECT_EQ(big.status, 400) << big.raw.substr(0, 300);
+}

@@ -3,7 +3,7 @@
 // it against the context, submit a Job to the Scheduler, then answer in one JSON body or as
 // Server-Sent Events ending in `data: [DONE]`. A client that goes away cancels its job, which
 // frees its slot: streamed, by a failed write or the sink finding the socket closed; otherwise
-// by its socket found closed while the answer is generated (connection.h).
+// by its socket (the worker's, conn_stream.h) found closed while the answer is generated.
 #include <algorithm>
 #include <chrono>
 
@@ -11,6 +11,7 @@
 #include "nibble/generation_config.h"
 #include "nibble/model.h"
 #include "nibble/tokenizer.h"
+#include "serve/conn_stream.h"
 #include "serve/connection.h"
 #include "serve/openai_response.h"
 #include "serve/server_impl.h"
@@ -79,18 +80,16 @@ ApiError job_error(const Job::Update& u) {
   return ApiError(503, "The request was cancelled: the server is shutting down.", {}, "server_error");
 }
 
-void respond_whole(Server::Impl& s, const httplib::Request& req, httplib::Response& res, const Submitted& sub,
-                   Kind kind, const std::vector<std::string>& stops, const ResponseHead& head) {
+void respond_whole(Server::Impl& s, httplib::Response& res, const Submitted& sub, Kind kind,
+                   const std::vector<std::string>& stops, const ResponseHead& head) {
   std::vector<int64_t> out;
   Job::Update u;
-  // A client that leaves before its answer cancels the job. Its socket is looked up only when
-  // the answer takes a while (the lookup walks the process's descriptors).
-  int fd = -2;  // -2: not looked up yet, -1: not found
+  // A client that leaves before its answer cancels the job.
+  const int fd = current_request_socket();
   do {
     u = sub.job->wait(50ms);
     out.insert(out.end(), u.tokens.begin(), u.tokens.end());
     if (u.done) break;
-    if (fd == -2) fd = find_tcp_connection(req.local_port, req.remote_addr, req.remote_port);
     if (fd >= 0 && peer_closed(fd)) sub.job->cancel();
   } while (true);
   if (u.cancelled && fd >= 0 && peer_closed(fd))  // nobody to answer; 499 as nginx logs it
@@ -189,13 +188,13 @@ ResponseHead head_for(Server::Impl& s, Kind kind) {
   return h;
 }
 
-void answer(Server::Impl& s, const httplib::Request& req, httplib::Response& res, const Submitted& sub,
-            Kind kind, const SamplingRequest& r) {
+void answer(Server::Impl& s, httplib::Response& res, const Submitted& sub, Kind kind,
+            const SamplingRequest& r) {
   const ResponseHead head = head_for(s, kind);
   if (r.stream)
     respond_stream(s, res, sub, kind, r.stop, head, r.include_usage);
   else
-    respond_whole(s, req, res, sub, kind, r.stop, head);
+    respond_whole(s, res, sub, kind, r.stop, head);
 }
 
 }  // namespace
@@ -211,7 +210,7 @@ void handle_chat(Server::Impl& s, const httplib::Request& req, httplib::Response
   }
   Submitted sub =
       submit(s, s.tok->encode(rendered, /*add_special_tokens=*/false).ids, r.sampling, "messages");
-  answer(s, req, res, sub, Kind::Chat, r.sampling);
+  answer(s, res, sub, Kind::Chat, r.sampling);
 }
 
 void handle_completion(Server::Impl& s, const httplib::Request& req, httplib::Response& res) {
@@ -230,7 +229,7 @@ void handle_completion(Server::Impl& s, const httplib::Request& req, httplib::Re
             "prompt", "invalid_request_error", "invalid_value");
   }
   Submitted sub = submit(s, std::move(ids), r.sampling, "prompt");
-  answer(s, req, res, sub, Kind::Text, r.sampling);
+  answer(s, res, sub, Kind::Text, r.sampling);
 }
 
 }  // namespace nibble::serve

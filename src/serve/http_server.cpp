@@ -1,11 +1,11 @@
-// The server's lifecycle and its small endpoints. cpp-httplib runs each connection on a thread
-// of ElasticPool; handlers validate, then hand generation to the Scheduler's one model thread.
+// The server's lifecycle and its small endpoints. The connection loop (event_loop.h) hands each
+// request that has fully arrived to a thread of ElasticPool, where cpp-httplib parses and routes
+// it; handlers validate, then hand generation to the Scheduler's one model thread.
 // Errors leave every handler as OpenAI's {"error": {...}} with the matching status, including
 // the ones httplib produces itself (404, 413, 400 on a malformed request line).
 #include "serve/http_server.h"
 
-#include <sys/socket.h>
-
+#include <algorithm>
 #include <charconv>
 #include <chrono>
 
@@ -72,6 +72,8 @@ bool same_secret(const std::string& a, const std::string& b) {
   return diff == 0;
 }
 
+constexpr size_t kKeepAliveMax = 1000;  // requests on one connection before it is closed
+
 const char* status_message(int status) {
   switch (status) {
     case 400:
@@ -94,6 +96,37 @@ const char* status_message(int status) {
 void models(Server::Impl& s, const httplib::Request&, httplib::Response& res) {
   ojson m{{"id", s.opt.model_name}, {"object", "model"}, {"created", s.started_at}, {"owned_by", "nibble"}};
   res.set_content(dump(ojson{{"object", "list"}, {"data", ojson::array({m})}}), "application/json");
+}
+
+bool declared_too_long(const httplib::Request& req, size_t limit) {
+  const std::string length = req.get_header_value("Content-Length");
+  uint64_t n = 0;
+  const auto [end, ec] = std::from_chars(length.data(), length.data() + length.size(), n);
+  return !length.empty() && (ec == std::errc::result_out_of_range || (ec == std::errc() && n > limit));
+}
+
+ApiError too_long_error(size_t limit) {
+  return ApiError(413, detail::str("The request body is larger than the limit of ", limit, " bytes."));
+}
+
+// A worker answers the request that has fully arrived at the start of c.in (the loop parsed its
+// head), then hands the connection back: kept for the next request, or closed after the answer.
+After serve_connection(Server::Impl& s, Conn& c) {
+  const RequestHead h = *c.head;
+  // An oversize body was not waited for; a chunked or doubtful one has no end we know: close after.
+  const bool unread_body = !h.chunked && !h.bad_length && c.in.size() < h.body_end();
+  const bool close =
+      s.stopping.load() || c.served + 1 >= kKeepAliveMax || h.chunked || h.bad_length || unread_body;
+  ConnStream strm(c, std::chrono::seconds(s.opt.read_timeout_s), std::chrono::seconds(s.opt.write_timeout_s));
+  CurrentRequestSocket current(c.fd);
+  bool closed = false;
+  const bool ok = s.http.serve(strm, close, closed);
+  ++c.served;
+  if (!ok) return After::Close;  // the client is gone (or sent what httplib cannot read)
+  if (close || closed) return After::Linger;
+  // This request's bytes go, its whole body included even where a handler did not read it (401).
+  c.in.erase(0, std::max(strm.consumed(), h.body_end()));
+  return After::KeepAlive;
 }
 
 void health(Server::Impl& s, const httplib::Request&, httplib::Response& res) {
@@ -130,32 +163,21 @@ Server::Server(ServerOptions o) : impl_(std::make_unique<Impl>(std::move(o))) {
       std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
           .count();
   httplib::Server& h = s.http;
-  h.new_task_queue = [&s] { return new ElasticPool(s.opt.max_threads); };
-  h.set_read_timeout(s.opt.read_timeout_s, 0);
-  h.set_write_timeout(s.opt.write_timeout_s, 0);
-  h.set_keep_alive_timeout(s.opt.keep_alive_timeout_s);
-  h.set_keep_alive_max_count(1000);
-  h.set_payload_max_length(s.opt.max_body_bytes);
-  h.set_tcp_nodelay(true);  // SSE events go out as they are written
-  // SO_REUSEADDR (restart while old connections sit in TIME_WAIT) but not httplib's default
-  // SO_REUSEPORT, which would let a second server bind the same port and steal half the
-  // connections. The fd is kept to raise the listen backlog after bind (see start()).
-  h.set_socket_options([&s](socket_t fd) {
-    int yes = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
-    s.listen_fd = fd;
+  // Only for the Keep-Alive header httplib writes: the loop and the workers enforce both.
+  h.set_keep_alive_timeout(s.opt.idle_timeout_s);
+  h.set_keep_alive_max_count(kKeepAliveMax);
+  h.set_payload_max_length(s.opt.max_body_bytes);  // a chunked body past it: 413
+  // A client that asks before sending a body too large gets 413 instead of "100 Continue".
+  h.set_expect_100_continue_handler([&s](const httplib::Request& req, httplib::Response& res) {
+    if (!declared_too_long(req, s.opt.max_body_bytes)) return 100;
+    set_error(res, too_long_error(s.opt.max_body_bytes));
+    return 413;
   });
   h.set_pre_routing_handler([&s](const httplib::Request& req, httplib::Response& res) {
     // Runs before httplib reads the body: a declared length past the limit is refused at once,
-    // instead of httplib reading (and dropping) all of it first.
-    const std::string length = req.get_header_value("Content-Length");
-    uint64_t n = 0;
-    const auto [end, ec] = std::from_chars(length.data(), length.data() + length.size(), n);
-    const bool too_long =
-        ec == std::errc::result_out_of_range || (ec == std::errc() && n > s.opt.max_body_bytes);
-    if (!length.empty() && too_long) {
-      set_error(res, ApiError(413, detail::str("The request body is larger than the limit of ",
-                                               s.opt.max_body_bytes, " bytes.")));
+    // unread (the loop did not wait for it either; the connection closes after the answer).
+    if (declared_too_long(req, s.opt.max_body_bytes)) {
+      set_error(res, too_long_error(s.opt.max_body_bytes));
       return httplib::Server::HandlerResponse::Handled;
     }
     if (s.opt.api_key.empty() || req.path == "/health") return httplib::Server::HandlerResponse::Unhandled;
@@ -198,25 +220,32 @@ Server::~Server() {
 
 void Server::start() {
   Impl& s = *impl_;
-  if (s.listener.joinable()) throw ConfigError("serve: start() called twice");
-  s.port = s.opt.port == 0 ? s.http.bind_to_any_port(s.opt.host)
-                           : (s.http.bind_to_port(s.opt.host, s.opt.port) ? s.opt.port : -1);
-  if (s.port < 0)
-    throw IoError(detail::str("serve: cannot listen on ", s.opt.host, ":", s.opt.port,
-                              " (address in use, or not an address of this machine)"));
-  // httplib listens with its compiled-in backlog of 5: a burst of clients would see dropped SYNs
-  // and one-second retransmits. listen() again on a listening socket only resizes the backlog.
-  if (s.listen_fd >= 0) ::listen(s.listen_fd, 1024);
-  s.listener = std::thread([&s] {
-    s.http.listen_after_bind();
-    s.listen_returned = true;
-  });
-  while (!s.http.is_running() && !s.listen_returned)
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  if (s.loop) throw ConfigError("serve: start() called twice");
+  s.workers = std::make_unique<ElasticPool>(s.opt.max_threads);
+  LoopOptions lo;
+  // Every connection holds a descriptor; a few are kept for the model's files and the rest.
+  const uint64_t fds = fd_limit(), reserve = 128;
+  s.max_connections = std::min<uint64_t>(s.opt.max_connections, fds > 2 * reserve ? fds - reserve : fds / 2);
+  lo.max_connections = std::max<size_t>(1, s.max_connections);
+  lo.idle_timeout = std::chrono::seconds(s.opt.idle_timeout_s);
+  lo.header_timeout = std::chrono::seconds(s.opt.header_timeout_s);
+  lo.read_timeout = std::chrono::seconds(s.opt.read_timeout_s);
+  lo.max_body_bytes = s.opt.max_body_bytes;
+  // Room for a request of the largest size to arrive whole, however many others are pending.
+  lo.max_buffered_bytes = std::max(s.opt.max_buffered_bytes, 2 * s.opt.max_body_bytes + lo.max_head_bytes);
+  s.loop = std::make_unique<ConnectionLoop>(
+      lo, *s.workers, [&s](Conn& c) { return serve_connection(s, c); }, s.metrics);
+  s.port = s.loop->listen(s.opt.host, s.opt.port);
+  s.http.set_listening(s.loop->listen_fd());
+  s.loop->start();
 }
 
 int Server::port() const {
   return impl_->port;
+}
+
+size_t Server::max_connections() const {
+  return impl_->max_connections;
 }
 
 Metrics& Server::metrics() {
@@ -247,14 +276,13 @@ void Server::stop() {
   std::lock_guard lock(s.stop_mu);
   if (s.stopped) return;
   s.stopped = true;
-  // Not httplib's stop(): it marks the server as shutting down, and its chunked writer then stops
-  // calling our providers, cutting off every stream in flight. Shutting the listening socket
-  // down makes accept() fail instead: the accept loop closes the socket and waits for the
-  // connection threads, while streams go on until their jobs end.
-  if (s.listener.joinable() && s.listen_fd >= 0) ::shutdown(s.listen_fd, SHUT_RDWR);
+  s.stopping = true;  // answers from now on close their connections
+  // No new connections; idle ones (and requests still arriving) are closed. Not httplib's stop():
+  // nothing of its listening machinery runs, and its streaming writer must go on (HttpCore).
+  if (s.loop) s.loop->stop_accepting();
   if (s.scheduler) s.scheduler->stop(s.opt.grace);  // in-flight jobs finish or are cancelled
-  // Every connection thread has returned: streams ended, idle keep-alive connections timed out.
-  if (s.listener.joinable()) s.listener.join();
+  if (s.workers) s.workers->shutdown();             // every answer has been written
+  if (s.loop) s.loop->quit();
 }
 
 }  // namespace nibble::serve

@@ -1,6 +1,7 @@
 // `nibble serve`'s HTTP layer: OpenAI's API (POST /v1/chat/completions, /v1/completions,
 // GET /v1/models) plus llama-server's operational endpoints (GET /health, GET /metrics,
-// POST /tokenize, /detokenize) on cpp-httplib, in front of the continuous-batching Scheduler.
+// POST /tokenize, /detokenize) on cpp-httplib's request handling, behind our own accept + epoll
+// loop (event_loop.h), in front of the continuous-batching Scheduler.
 // The server listens before the model is loaded (/health answers 503 until attach()), so a
 // supervisor can watch it come up.
 //
@@ -37,11 +38,18 @@ struct ServerOptions {
   std::string model_name;  // the id GET /v1/models lists and responses carry
   int64_t ctx_size = 0;    // prompt + generated tokens per request; 0: max_position_embeddings
   SchedulerOptions scheduler;
-  size_t max_body_bytes = size_t(8) << 20;  // larger request bodies get 413
-  int read_timeout_s = 10;                  // a client that stalls mid-request is dropped after this
-  int write_timeout_s = 10;                 // a client that stops reading is dropped after this
-  int keep_alive_timeout_s = 5;
-  size_t max_threads = 1024;               // connections served at once (httplib: a thread per connection)
+  size_t max_body_bytes = size_t(8) << 20;  // larger request bodies get 413, without being read
+  // Connections wait for their bytes in one epoll loop; a worker thread answers a request once it
+  // has fully arrived (event_loop.h). The deadlines drop clients that trickle or stall.
+  int header_timeout_s = 10;       // from a request's first byte to the end of its headers, else 408
+  int read_timeout_s = 10;         // between two pieces of a request body, else 408
+  int write_timeout_s = 10;        // a client that stops reading is dropped after this
+  int idle_timeout_s = 30;         // a connection with no request under way is closed after this
+  size_t max_connections = 16384;  // open at once; past it a new one gets 503. Capped by RLIMIT_NOFILE
+  size_t max_threads = 1024;       // requests answered at once (threads started on demand)
+  // Bytes of requests still arriving that the server holds, all connections together (at least
+  // 2 * max_body_bytes); past it, large bodies are read no further until others move on.
+  size_t max_buffered_bytes = size_t(256) << 20;
   std::chrono::milliseconds grace{10000};  // stop(): how long in-flight requests may finish
 };
 
@@ -55,6 +63,9 @@ class Server {
   // Binds host:port and serves on a background thread; IoError when the address is taken.
   void start();
   int port() const;
+  // The cap on open connections in force: max_connections, lowered to fit the descriptor limit
+  // (RLIMIT_NOFILE, less a reserve). Known after start().
+  size_t max_connections() const;
   // The model is ready: generation endpoints serve. model, tok and tmpl must outlive stop().
   // tmpl null: chat requests render with the built-in ChatML template (llama-server's fallback).
   void attach(const CausalLM& model, const Tokenizer& tok, const ChatTemplate* tmpl);
@@ -71,5 +82,11 @@ class Server {
 
 // ChatML, used for models without a chat template (llama-server's default).
 const char* chatml_template();
+
+// Every open connection holds a descriptor. raise_fd_limit() raises RLIMIT_NOFILE's soft limit to
+// its hard limit (a server calls it at startup) and returns the soft limit in force after;
+// fd_limit() returns it.
+uint64_t raise_fd_limit();
+uint64_t fd_limit();
 
 }  // namespace nibble::serve

@@ -83,6 +83,13 @@ std::string Metrics::prometheus() const {
   counter("nibble_sequences_cancelled_total", "sequences cancelled (client gone, shutdown)", cancelled_);
   gauge("nibble_queue_depth", "requests waiting for a slot", queue_depth_);
   gauge("nibble_batch_size", "sequences in the last decode step", batch_size_);
+  gauge("nibble_http_connections", "open HTTP connections (idle ones included)", connections_);
+  gauge("nibble_http_buffered_bytes", "bytes of requests still arriving, held by the connection loop",
+        buffered_);
+  counter("nibble_http_connections_refused_total", "connections refused with 503: --max-connections reached",
+          refused_);
+  counter("nibble_http_request_timeouts_total",
+          "requests dropped with 408: head or body slower than --header-timeout / --timeout", timeouts_);
   batch_hist_.write(out, "nibble_decode_batch_size", "sequences per decode step");
   ttft_.write(out, "nibble_time_to_first_token_seconds", "from queueing to the first generated token");
   token_latency_.write(out, "nibble_inter_token_latency_seconds", "between two tokens of one sequence");

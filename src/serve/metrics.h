@@ -36,14 +36,18 @@ class Metrics {
   void on_finished() { ++finished_; }
   void on_cancelled() { ++cancelled_; }
   void set_queue_depth(size_t n) { queue_depth_ = n; }
+  void set_connections(size_t n) { connections_ = n; }  // open HTTP connections
+  void set_buffered_bytes(size_t n) { buffered_ = n; }  // request bytes the connection loop holds
+  void on_connection_refused() { ++refused_; }          // past --max-connections
+  void on_request_timeout() { ++timeouts_; }            // a request that arrived too slowly
   void observe_batch_size(size_t n);
   void observe_ttft(double seconds) { ttft_.observe(seconds); }
   void observe_token_latency(double seconds) { token_latency_.observe(seconds); }
   std::string prometheus() const;  // text format 0.0.4
 
  private:
-  std::atomic<uint64_t> tokens_in_{0}, tokens_out_{0}, finished_{0}, cancelled_{0};
-  std::atomic<size_t> queue_depth_{0}, batch_size_{0};
+  std::atomic<uint64_t> tokens_in_{0}, tokens_out_{0}, finished_{0}, cancelled_{0}, refused_{0}, timeouts_{0};
+  std::atomic<size_t> queue_depth_{0}, batch_size_{0}, connections_{0}, buffered_{0};
   mutable std::mutex mu_;
   std::vector<std::pair<int, uint64_t>> requests_by_status_;
   Histogram ttft_, token_latency_, batch_hist_;

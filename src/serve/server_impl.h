@@ -8,25 +8,38 @@
 #include <memory>
 #include <mutex>
 #include <random>
-#include <thread>
 
+#include "serve/event_loop.h"
 #include "serve/http_server.h"
 #include "serve/metrics.h"
 #include "serve/openai_request.h"
+#include "serve/task_queue.h"
 
 namespace nibble::serve {
+
+// httplib's request handling without its sockets: the protected process_request() reads one
+// request from a Stream, routes it and writes the answer. Its streaming writer stops when svr_sock_
+// is invalid (httplib's "shutting down"); ours stays valid until every worker has returned.
+class HttpCore : public httplib::Server {
+ public:
+  bool serve(httplib::Stream& strm, bool close_connection, bool& connection_closed) {
+    return process_request(strm, close_connection, connection_closed, nullptr);
+  }
+  void set_listening(socket_t fd) { svr_sock_ = fd; }
+};
 
 struct Server::Impl {
   explicit Impl(ServerOptions o) : opt(std::move(o)) {}
 
   ServerOptions opt;
   Metrics metrics;
-  httplib::Server http;
-  std::thread listener;
-  std::atomic<bool> listen_returned{false};  // listen_after_bind() has returned
+  HttpCore http;
+  std::unique_ptr<ElasticPool> workers;
+  std::unique_ptr<ConnectionLoop> loop;
+  std::atomic<bool> stopping{false};  // answers close their connections
   int port = -1;
-  int listen_fd = -1;
-  int64_t started_at = 0;  // unix seconds, for /v1/models' "created"
+  size_t max_connections = 0;  // in force, after start()
+  int64_t started_at = 0;      // unix seconds, for /v1/models' "created"
 
   // Set once by attach(), before `ready` turns true; read by handlers after they saw it true.
   std::atomic<bool> ready{false};

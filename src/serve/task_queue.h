@@ -1,9 +1,9 @@
-// The server's connection threads. cpp-httplib serves each connection on one thread of its
-// TaskQueue, for as long as the connection lives (an idle keep-alive connection holds its thread
-// until keep_alive_timeout); its default ThreadPool has max(8, cores - 1) threads, so a few
-// idle or slow clients would queue everyone else behind them. ElasticPool starts a thread
-// whenever a connection arrives and none is free, up to max_threads, and lets threads that
-// stay idle for a while exit.
+// The server's worker threads. The connection loop (event_loop.h) gives a worker a connection
+// only once a whole request has arrived on it; the worker holds it while it answers (for a
+// generation request: while the answer is generated and streamed), then gives it back. Workers
+// are needed for requests in flight, not for open connections. ElasticPool starts a thread
+// whenever a request arrives and none is free, up to max_threads, and lets threads that stay
+// idle for a while exit.
 #pragma once
 
 #include <httplib.h>

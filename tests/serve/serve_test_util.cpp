@@ -2,18 +2,30 @@
 #include "serve_test_util.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <signal.h>
+#include <spawn.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
+
+#include <fstream>
+#include <regex>
+#include <sstream>
+#include <thread>
 
 #include "nibble/generate.h"
 #include "nibble/generation_config.h"
 #include "test_support.h"
 
+extern char** environ;
+
 namespace nibble::test {
 
 using nlohmann::json;
+using namespace std::chrono_literals;
 
 const CausalLM& tiny_model() {
   static CausalLM m = AutoModelForCausalLM::from_pretrained(shared_root() / "models" / "tinystories-656k");
@@ -151,6 +163,70 @@ std::string RawSocket::read_some(int timeout_ms, bool& closed) {
     return {};
   }
   return std::string(buf, size_t(n));
+}
+
+ServeProcess::ServeProcess(std::vector<std::string> extra) {
+  std::vector<std::string> args{
+      NIBBLE_CLI, "--threads", "1", "serve", (shared_root() / "models" / "tinystories-656k").string(),
+      "--port",   "0"};
+  args.insert(args.end(), extra.begin(), extra.end());
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  const std::string err = (dir_ / "stderr.txt").string();
+  posix_spawn_file_actions_addopen(&fa, 2, err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (posix_spawn(&pid, NIBBLE_CLI, &fa, nullptr, argv.data(), environ) != 0) pid = -1;
+  posix_spawn_file_actions_destroy(&fa);
+  const std::regex re("listening on http://127\\.0\\.0\\.1:([0-9]+)");
+  for (int i = 0; i < 200 && pid > 0 && port < 0; ++i) {
+    std::smatch m;
+    const std::string l = log();
+    if (std::regex_search(l, m, re))
+      port = std::stoi(m[1]);
+    else
+      std::this_thread::sleep_for(25ms);
+  }
+}
+
+ServeProcess::~ServeProcess() {
+  if (pid > 0) {
+    kill(pid, SIGKILL);
+    waitpid(pid, nullptr, 0);
+  }
+}
+
+std::string ServeProcess::log() const {
+  std::ifstream f(dir_ / "stderr.txt");
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+bool ServeProcess::wait_ready(std::chrono::milliseconds timeout) {
+  if (port < 0) return false;
+  httplib::Client c("127.0.0.1", port);
+  c.set_read_timeout(5, 0);
+  const auto t0 = std::chrono::steady_clock::now();
+  while (std::chrono::steady_clock::now() - t0 < timeout) {
+    if (get(c, "/health").status == 200) return true;
+    std::this_thread::sleep_for(25ms);
+  }
+  return false;
+}
+
+int ServeProcess::wait_exit(std::chrono::milliseconds timeout) {
+  const auto t0 = std::chrono::steady_clock::now();
+  int status = 0;
+  while (std::chrono::steady_clock::now() - t0 < timeout) {
+    if (waitpid(pid, &status, WNOHANG) == pid) {
+      pid = -1;
+      return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    }
+    std::this_thread::sleep_for(10ms);
+  }
+  return -1;
 }
 
 std::vector<int64_t> greedy_alone(const std::vector<int64_t>& prompt, int64_t max_new_tokens) {

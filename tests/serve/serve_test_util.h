@@ -1,10 +1,13 @@
 // Helpers of the serve tests: the TinyStories model and tokenizer, an in-process server on a
-// free 127.0.0.1 port, JSON over httplib's client, Server-Sent Events parsing, raw sockets for
-// misbehaving clients.
+// free 127.0.0.1 port or the built `nibble serve` in a child process, JSON over httplib's client,
+// Server-Sent Events parsing, raw sockets for misbehaving clients.
 #pragma once
 
 #include <httplib.h>
 
+#include <sys/types.h>
+
+#include <chrono>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -13,6 +16,7 @@
 #include "nibble/model.h"
 #include "nibble/tokenizer.h"
 #include "serve/http_server.h"
+#include "test_support.h"
 
 namespace nibble::test {
 
@@ -57,6 +61,25 @@ class RawSocket {
 
  private:
   int fd_ = -1;
+};
+
+// `nibble --threads 1 serve TINYSTORIES --port 0 extra...` (the built binary) with stderr in a
+// file; port is the one it printed (-1 when it printed none). Killed on destruction.
+class ServeProcess {
+ public:
+  explicit ServeProcess(std::vector<std::string> extra);
+  ~ServeProcess();
+  ServeProcess(const ServeProcess&) = delete;
+  std::string log() const;  // its stderr so far
+  // Waits up to timeout for GET /health to answer 200.
+  bool wait_ready(std::chrono::milliseconds timeout);
+  // The exit status, or -1 if it did not exit within the timeout.
+  int wait_exit(std::chrono::milliseconds timeout);
+  pid_t pid = -1;
+  int port = -1;
+
+ private:
+  TempDir dir_;
 };
 
 // Greedy generate() of ids alone: the new tokens.

@@ -2,7 +2,6 @@
 // and on SIGTERM stops accepting, lets an in-flight streamed request finish, and exits 0.
 #include <gtest/gtest.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -18,68 +17,6 @@
 using namespace nibble::test;
 using nlohmann::json;
 using namespace std::chrono_literals;
-
-extern char** environ;
-
-namespace {
-
-// `nibble serve MODEL --port 0 args...` with stderr in a file; the port it printed.
-struct ServeProcess {
-  pid_t pid = -1;
-  int port = -1;
-  TempDir dir;
-  std::string log() const {
-    std::ifstream f(dir / "stderr.txt");
-    std::stringstream ss;
-    ss << f.rdbuf();
-    return ss.str();
-  }
-  explicit ServeProcess(std::vector<std::string> extra) {
-    std::vector<std::string> args{
-        NIBBLE_CLI, "--threads", "1", "serve", (shared_root() / "models" / "tinystories-656k").string(),
-        "--port",   "0"};
-    args.insert(args.end(), extra.begin(), extra.end());
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    const std::string err = (dir / "stderr.txt").string();
-    posix_spawn_file_actions_addopen(&fa, 2, err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (posix_spawn(&pid, NIBBLE_CLI, &fa, nullptr, argv.data(), environ) != 0) pid = -1;
-    posix_spawn_file_actions_destroy(&fa);
-    const std::regex re("listening on http://127\\.0\\.0\\.1:([0-9]+)");
-    for (int i = 0; i < 200 && pid > 0 && port < 0; ++i) {
-      std::smatch m;
-      const std::string l = log();
-      if (std::regex_search(l, m, re))
-        port = std::stoi(m[1]);
-      else
-        std::this_thread::sleep_for(25ms);
-    }
-  }
-  // The exit status, or -1 if it did not exit within the timeout (then it is killed).
-  int wait_exit(std::chrono::milliseconds timeout) {
-    const auto t0 = std::chrono::steady_clock::now();
-    int status = 0;
-    while (std::chrono::steady_clock::now() - t0 < timeout) {
-      if (waitpid(pid, &status, WNOHANG) == pid) {
-        pid = -1;
-        return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-      }
-      std::this_thread::sleep_for(10ms);
-    }
-    return -1;
-  }
-  ~ServeProcess() {
-    if (pid > 0) {
-      kill(pid, SIGKILL);
-      waitpid(pid, nullptr, 0);
-    }
-  }
-};
-
-}  // namespace
 
 TEST(ServeCli, SigtermFinishesInFlightStreamThenExitsZero) {
   ServeProcess p({"--parallel", "2", "--alias", "tiny"});

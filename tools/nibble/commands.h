@@ -136,7 +136,8 @@ struct FinetuneArgs {
   double lora_alpha = 8, lora_dropout = 0.0;
   std::vector<std::string> target_modules;  // empty: all-linear
   bool use_rslora = false;
-  double learning_rate = 2e-4, warmup_ratio = 0.0, num_train_epochs = 3.0, max_grad_norm = 1.0, weight_decay = 0.0;
+  double learning_rate = 2e-4, warmup_ratio = 0.0, num_train_epochs = 3.0, max_grad_norm = 1.0,
+         weight_decay = 0.0;
   double adam_beta1 = 0.9, adam_beta2 = 0.999, adam_epsilon = 1e-8;
   std::string lr_scheduler_type = "linear";
   int64_t warmup_steps = 0, max_steps = -1, batch_size = 8, grad_accum = 1, max_seq_length = 1024;
@@ -161,6 +162,8 @@ struct ServeArgs {
   int port = 8080, parallel = 4, queue = 64;
   int64_t ctx_size = 0;
   double grace_s = 10;
+  int timeout_s = 10, header_timeout_s = 10, idle_timeout_s = 30;
+  int64_t max_connections = 16384, threads_http = 1024;
 };
 void add_serve_command(CLI::App& app, ServeArgs& a);
 int run_serve(const ServeArgs& a);  // returns after SIGINT / SIGTERM

@@ -1,5 +1,6 @@
 // `nibble serve MODEL [quant flags] [--host H] [--port P] [--api-key K] [--parallel N]
-// [--ctx-size N]`: an OpenAI-compatible HTTP server (src/serve). It listens first and loads the
+// [--ctx-size N] [--max-connections N] [--threads-http N] [--timeout S] [--header-timeout S]
+// [--idle-timeout S]`: an OpenAI-compatible HTTP server (src/serve). It listens first and loads the
 // model after, so GET /health says 503 until the model is ready. SIGINT / SIGTERM stop it
 // gracefully: no new connections, in-flight requests finish within --grace seconds (the rest are
 // cancelled), exit 0. Signals are taken by sigwait() on a thread of ours, never in a handler.
@@ -44,6 +45,25 @@ void add_serve_command(CLI::App& app, ServeArgs& a) {
   cmd->add_option("--alias", a.alias, "model id in /v1/models and responses (default: MODEL as given)");
   cmd->add_option("--grace", a.grace_s, "seconds in-flight requests may finish after SIGTERM (default 10)")
       ->check(CLI::Range(0, 3600));
+  // Connections: one epoll loop holds them all; a worker thread takes a request only once it has
+  // fully arrived, so idle or trickling clients cost a descriptor each, not a thread.
+  cmd->add_option("--max-connections", a.max_connections,
+                  "open connections at once, idle ones included; past it a new one gets 503 "
+                  "(default 16384; lowered to fit RLIMIT_NOFILE, whose soft limit is raised to the hard one)")
+      ->check(CLI::Range(int64_t(1), int64_t(1) << 24));
+  cmd->add_option("--threads-http", a.threads_http,
+                  "most requests answered at once: threads started on demand (default 1024)")
+      ->check(CLI::Range(int64_t(1), int64_t(1) << 16));
+  cmd->add_option("--timeout", a.timeout_s,
+                  "seconds a client may pause in a request body or in reading an answer before it is "
+                  "dropped (default 10)")
+      ->check(CLI::Range(1, 86400));
+  cmd->add_option("--header-timeout", a.header_timeout_s,
+                  "seconds from a request's first byte to the end of its headers, else 408 (default 10)")
+      ->check(CLI::Range(1, 86400));
+  cmd->add_option("--idle-timeout", a.idle_timeout_s,
+                  "seconds a connection with no request under way stays open (default 30)")
+      ->check(CLI::Range(1, 86400));
   add_quant_flags(*cmd, a.q);
   add_adapter_flag(*cmd, a.q);
 }
@@ -65,10 +85,25 @@ int run_serve(const ServeArgs& a) {
   o.scheduler.parallel = a.parallel;
   o.scheduler.max_queue = a.queue;
   o.grace = std::chrono::milliseconds(int64_t(a.grace_s * 1000));
+  o.read_timeout_s = o.write_timeout_s = a.timeout_s;
+  o.header_timeout_s = a.header_timeout_s;
+  o.idle_timeout_s = a.idle_timeout_s;
+  o.max_connections = size_t(a.max_connections);
+  o.max_threads = size_t(a.threads_http);
+  // Each connection holds a descriptor; the default soft limit (often 1024) would cap them.
+  const uint64_t fds = serve::raise_fd_limit();
   serve::Server server(o);
   server.start();
   std::fprintf(stderr, "nibble serve: listening on http://%s:%d (loading %s)\n", a.host.c_str(),
                server.port(), a.model.c_str());
+  if (server.max_connections() < o.max_connections)
+    std::fprintf(stderr,
+                 "nibble serve: warning: at most %zu connections, not --max-connections %zu: "
+                 "RLIMIT_NOFILE is %llu (raise the hard limit: ulimit -Hn)\n",
+                 server.max_connections(), o.max_connections, static_cast<unsigned long long>(fds));
+  else
+    std::fprintf(stderr, "nibble serve: up to %zu connections (RLIMIT_NOFILE %llu)\n",
+                 server.max_connections(), static_cast<unsigned long long>(fds));
 
   std::mutex mu;
   std::condition_variable cv;

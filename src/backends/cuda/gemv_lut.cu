@@ -61,7 +61,11 @@ constexpr int kWarps = 8;
 constexpr int kU = 8;                       // chunks a row in flight per thread
 constexpr int kRowWords = 64;               // a table row: 256 bytes, the first 32 words used
 constexpr size_t kTableBytes = 256 * kRowWords * 4;
-constexpr int64_t kXsBytes = 32 * 1024;     // x staged in shared memory when M rows fit
+// x staged in shared memory when its M rows fit this: every block stages all of x (f32 reads,
+// ~half the block's weight bytes again from L2), which paid at K <= 11008 (4096 x 4096 M=1:
+// 9.5 us against 11.3 for the previous kernel) but not at K = 14336 (35.5 us against 28.9 on
+// an H100), so larger x is read per k-step from L1 instead.
+constexpr int64_t kXsBytes = 24 * 1024;
 constexpr int kMaxMats = 3;
 
 // One weight of a launch.

@@ -490,41 +490,45 @@ int64_t parse_memory_size(const std::string& s) {
   return std::stoll(s);
 }
 
-MaxMemory parse_max_memory(const std::string& spec) {
-  MaxMemory m;
+namespace {
+// Calls fn(key, value) for each "KEY=VALUE" of a comma-separated spec; an item without '=' is a
+// ConfigError with `expected` (what the spec should look like).
+template <class Fn>
+void for_each_pair(const std::string& spec, const std::string& expected, Fn&& fn) {
   size_t start = 0;
   while (start <= spec.size()) {
     size_t end = spec.find(',', start);
     if (end == std::string::npos) end = spec.size();
     const std::string item = spec.substr(start, end - start);
     const size_t eq = item.find('=');
-    if (eq == std::string::npos)
-      throw ConfigError(
-          str("max_memory '", spec, "': expected DEVICE=SIZE[,DEVICE=SIZE...], e.g. cuda:0=20GiB,cpu=64GiB"));
-    const std::string dev = normalize_device(item.substr(0, eq));
-    if (!m.emplace(dev, parse_memory_size(item.substr(eq + 1))).second)
-      throw ConfigError(str("max_memory '", spec, "' names ", dev, " twice"));
+    if (eq == std::string::npos) throw ConfigError(expected);
+    fn(item.substr(0, eq), item.substr(eq + 1));
     start = end + 1;
   }
+}
+}  // namespace
+
+MaxMemory parse_max_memory(const std::string& spec) {
+  MaxMemory m;
+  for_each_pair(spec,
+                str("max_memory '", spec, "': expected DEVICE=SIZE[,DEVICE=SIZE...], e.g. cuda:0=20GiB,cpu=64GiB"),
+                [&](const std::string& key, const std::string& value) {
+                  const std::string dev = normalize_device(key);
+                  if (!m.emplace(dev, parse_memory_size(value)).second)
+                    throw ConfigError(str("max_memory '", spec, "' names ", dev, " twice"));
+                });
   return m;
 }
 
 HfDeviceMap parse_explicit_device_map(const std::string& spec) {
   HfDeviceMap m;
-  size_t start = 0;
-  while (start <= spec.size()) {
-    size_t end = spec.find(',', start);
-    if (end == std::string::npos) end = spec.size();
-    const std::string item = spec.substr(start, end - start);
-    const size_t eq = item.find('=');
-    if (eq == std::string::npos)
-      throw ConfigError(str("device_map '", spec, "': expected MODULE=DEVICE[,MODULE=DEVICE...]"));
-    const std::string module = item.substr(0, eq);
-    for (const auto& [k, v] : m)
-      if (k == module) throw ConfigError(str("device_map '", spec, "' names module '", module, "' twice"));
-    m.push_back({module, normalize_device(item.substr(eq + 1))});
-    start = end + 1;
-  }
+  for_each_pair(spec, str("device_map '", spec, "': expected MODULE=DEVICE[,MODULE=DEVICE...]"),
+                [&](const std::string& module, const std::string& value) {
+                  for (const auto& [k, v] : m)
+                    if (k == module)
+                      throw ConfigError(str("device_map '", spec, "' names module '", module, "' twice"));
+                  m.push_back({module, normalize_device(value)});
+                });
   return m;
 }
 

@@ -161,6 +161,52 @@ __global__ void rope_kernel(float* x, int64_t ldx, int64_t H, int64_t D, const f
   }
 }
 
+// One decode step's rope and KV-cache write in one launch: block (t, j) over Hq + 2 Hkv heads
+// of token t. j < Hq: q head j rotated in place; next Hkv: k head rotated in place and its row
+// stored to kc at row0 + t; last Hkv: v head stored to vc. The same arithmetic as rope_kernel
+// followed by copy_rows_kernel.
+template <class T>
+__device__ __forceinline__ void store_as(void* base, int64_t i, float v) {
+  if constexpr (T::kBytes == 4)
+    static_cast<float*>(base)[i] = v;
+  else if constexpr (std::is_same_v<T, dev::F16>)
+    static_cast<__half*>(base)[i] = __float2half_rn(v);
+  else
+    static_cast<__nv_bfloat16*>(base)[i] = __float2bfloat16_rn(v);
+}
+
+template <class T>
+__global__ void rope_kv_kernel(RopeKv a) {
+  const int64_t heads = a.Hq + 2 * a.Hkv;
+  const int64_t t = blockIdx.x / heads, j = blockIdx.x % heads;
+  const int64_t row = (a.row0_dev ? *a.row0_dev : a.row0) + t;
+  const int64_t half = a.rot_dim / 2;
+  if (j < a.Hq + a.Hkv) {
+    const bool is_q = j < a.Hq;
+    const int64_t h = is_q ? j : j - a.Hq;
+    float* v = is_q ? a.q + t * a.ldq + h * a.D : a.k + t * a.ldk + h * a.D;
+    const float* c = a.cos + t * half;
+    const float* s = a.sin + t * half;
+    for (int64_t d = threadIdx.x; d < half; d += blockDim.x) {
+      const float x0 = v[d], x1 = v[d + half];
+      const float r0 = __fsub_rn(__fmul_rn(x0, c[d]), __fmul_rn(x1, s[d]));
+      const float r1 = __fadd_rn(__fmul_rn(x1, c[d]), __fmul_rn(x0, s[d]));
+      v[d] = r0, v[d + half] = r1;
+      if (!is_q) {
+        store_as<T>(a.kc, row * a.ldc + h * a.D + d, r0);
+        store_as<T>(a.kc, row * a.ldc + h * a.D + d + half, r1);
+      }
+    }
+    if (!is_q)
+      for (int64_t d = a.rot_dim + threadIdx.x; d < a.D; d += blockDim.x)
+        store_as<T>(a.kc, row * a.ldc + h * a.D + d, v[d]);
+    return;
+  }
+  const int64_t h = j - a.Hq - a.Hkv;
+  const float* v = a.v + t * a.ldv + h * a.D;
+  for (int64_t d = threadIdx.x; d < a.D; d += blockDim.x) store_as<T>(a.vc, row * a.ldc + h * a.D + d, v[d]);
+}
+
 __global__ void argmax_kernel(const float* x, int64_t V, int64_t* out) {
   __shared__ float bv[kRowThreads];
   __shared__ int64_t bi[kRowThreads];
@@ -308,6 +354,15 @@ void apply_rope(const Launch& l, float* x, int64_t ld_x, int64_t T, int64_t H, i
   if (T == 0 || H == 0 || rot_dim < 2) return;
   DeviceScope ds(l.device);
   rope_kernel<<<unsigned(T * H), 128, 0, as_stream(l.stream)>>>(x, ld_x, H, D, cos, sin, rot_dim / 2);
+  NIBBLE_CUDA_CHECK_LAUNCH();
+}
+
+void rope_kv_write(const Launch& l, const RopeKv& a, DType cache_dt) {
+  if (a.T == 0) return;
+  DeviceScope ds(l.device);
+  with_float_dtype("cuda::rope_kv_write", cache_dt, [&](auto T) {
+    rope_kv_kernel<decltype(T)><<<unsigned(a.T * (a.Hq + 2 * a.Hkv)), 128, 0, as_stream(l.stream)>>>(a);
+  });
   NIBBLE_CUDA_CHECK_LAUNCH();
 }
 

@@ -110,7 +110,8 @@ TEST(NnCuda, NormsActivationsElementwise) {
           cpu::rms_norm(h.data(), M, C, wb.data(), wdt, 1e-6f, unit, ref.data());
           Dev dh(x.size() * 4), dr(x.size() * 4);
           up(dh, x), up(dr, r);
-          cuda::add_rms_norm(kL, dh.as<float>(), dr.as<float>(), M, C, dw.p, wdt, 1e-6f, unit, dout.as<float>());
+          cuda::add_rms_norm(kL, dh.as<float>(), dr.as<float>(), M, C, dw.p, wdt, 1e-6f, unit,
+                             dout.as<float>());
           EXPECT_EQ(down<float>(dh, x.size()), h) << "add_rms_norm's sum";
           EXPECT_TRUE(close(down<float>(dout, x.size()), ref, 1e-5)) << "add_rms_norm unit " << unit;
         }
@@ -178,7 +179,8 @@ TEST(NnCuda, RopeKvWriteEqualsRopeThenCopies) {
         for (bool dev_row : {false, true}) {
           const int64_t Hq = 6, Hkv = 2, D = 64, cap = 12, row0 = 3;
           const int64_t rot = rot_frac == 0 ? 0 : D / rot_frac;
-          auto q = randn(size_t(T * Hq * D), rng), k = randn(size_t(T * Hkv * D), rng), v = randn(size_t(T * Hkv * D), rng);
+          auto q = randn(size_t(T * Hq * D), rng), k = randn(size_t(T * Hkv * D), rng),
+               v = randn(size_t(T * Hkv * D), rng);
           auto c = randn(size_t(T * std::max<int64_t>(rot / 2, 1)), rng), sn = randn(c.size(), rng);
           auto qr = q, kr = k;
           if (rot) {
@@ -191,8 +193,8 @@ TEST(NnCuda, RopeKvWriteEqualsRopeThenCopies) {
             store_from_f32(kref.data(), dt, row0 * Hkv * D + i, kr[size_t(i)]);
             store_from_f32(vref.data(), dt, row0 * Hkv * D + i, v[size_t(i)]);
           }
-          Dev dq(q.size() * 4), dk(k.size() * 4), dv(v.size() * 4), dc(c.size() * 4), ds(sn.size() * 4), dkc(cbytes),
-              dvc(cbytes), drow(8);
+          Dev dq(q.size() * 4), dk(k.size() * 4), dv(v.size() * 4), dc(c.size() * 4), ds(sn.size() * 4),
+              dkc(cbytes), dvc(cbytes), drow(8);
           up(dq, q), up(dk, k), up(dv, v), up(dc, c), up(ds, sn), up(drow, std::vector<int64_t>{row0});
           CK(cudaMemset(dkc.p, 0, cbytes));
           CK(cudaMemset(dvc.p, 0, cbytes));

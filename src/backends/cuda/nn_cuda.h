@@ -15,8 +15,8 @@ namespace nibble::cuda {
 // out[M, C]; w, b: [C] of wdt / bdt (b may be nullptr for layer_norm). out may equal x.
 void rms_norm(const Launch& l, const float* x, int64_t M, int64_t C, const void* w, DType wdt, float eps,
               bool add_unit_offset, float* out);
-void layer_norm(const Launch& l, const float* x, int64_t M, int64_t C, const void* w, DType wdt, const void* b,
-                DType bdt, float eps, float* out);
+void layer_norm(const Launch& l, const float* x, int64_t M, int64_t C, const void* w, DType wdt,
+                const void* b, DType bdt, float eps, float* out);
 // h += r, then out = rms_norm(h) (h, r, out [M, C]; out must not alias h or r).
 void add_rms_norm(const Launch& l, float* h, const float* r, int64_t M, int64_t C, const void* w, DType wdt,
                   float eps, bool add_unit_offset, float* out);

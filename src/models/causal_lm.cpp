@@ -291,10 +291,16 @@ Tensor CausalLM::Impl::attention_block(const Step& st, size_t li, const Tensor& 
     k = kn.view({R, Hkv * D});
   }
   Tensor q3 = q.view({R, Hq, D}), k3 = k.view({R, Hkv, D});
-  if (s.pos == models::PosKind::Rope) {
+  const bool rope = s.pos == models::PosKind::Rope;
+  const bool one_seq = st.segs.size() == 1;  // rope and the KV-cache write as one op
+  if (rope && !one_seq) {
     ops::apply_rope_(ctx, q3, st.cos, st.sin, st.rot_dim);
     ops::apply_rope_(ctx, k3, st.cos, st.sin, st.rot_dim);
   }
+  auto rope_kv = [&](const Tensor& kc, const Tensor& vc, const Tensor& row0, int64_t p0) {
+    ops::rope_kv_write_(ctx, q3, k3, v, rope ? st.cos : Tensor(), rope ? st.sin : Tensor(), rope ? st.rot_dim : 0,
+                        kc, vc, row0, p0);
+  };
   ops::AttentionOptions ao;
   ao.scale = attn_scale;
   if (config.scale_attn_by_inverse_layer_idx) ao.scale /= float(li + 1);
@@ -310,12 +316,20 @@ Tensor CausalLM::Impl::attention_block(const Step& st, size_t li, const Tensor& 
     if (st.device_pos) {  // the position is read on the device: the whole cache, q_pos
       const int64_t b = int64_t(&sg - st.segs.data());
       ao.q_pos = st.seq_pos.slice(0, b, b + 1);
-      ops::copy_at_(ctx, k.slice(0, sg.row0, sg.row0 + sg.T), kc, ao.q_pos);
-      ops::copy_at_(ctx, v.slice(0, sg.row0, sg.row0 + sg.T), vc, ao.q_pos);
+      if (one_seq) {
+        rope_kv(kc, vc, ao.q_pos, 0);
+      } else {
+        ops::copy_at_(ctx, k.slice(0, sg.row0, sg.row0 + sg.T), kc, ao.q_pos);
+        ops::copy_at_(ctx, v.slice(0, sg.row0, sg.row0 + sg.T), vc, ao.q_pos);
+      }
       kk = cache.k_[li], vv = cache.v_[li];
     } else {
-      ops::copy_(ctx, k.slice(0, sg.row0, sg.row0 + sg.T), kc.slice(0, sg.p0, sg.p0 + sg.T));
-      ops::copy_(ctx, v.slice(0, sg.row0, sg.row0 + sg.T), vc.slice(0, sg.p0, sg.p0 + sg.T));
+      if (one_seq) {
+        rope_kv(kc, vc, Tensor(), sg.p0);
+      } else {
+        ops::copy_(ctx, k.slice(0, sg.row0, sg.row0 + sg.T), kc.slice(0, sg.p0, sg.p0 + sg.T));
+        ops::copy_(ctx, v.slice(0, sg.row0, sg.row0 + sg.T), vc.slice(0, sg.p0, sg.p0 + sg.T));
+      }
       ao.q_offset = sg.p0;
       kk = cache.k_[li].slice(0, 0, sg.p0 + sg.T), vv = cache.v_[li].slice(0, 0, sg.p0 + sg.T);
     }

@@ -707,6 +707,63 @@ Tensor to_dtype(const Tensor& x, DType dt) {
   return out;
 }
 
+void rope_kv_write_(ExecContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& cos,
+                    const Tensor& sin, int64_t rot_dim, const Tensor& kc, const Tensor& vc, const Tensor& row0,
+                    int64_t p0) {
+  const char* op = "rope_kv_write_";
+  const bool rotate = cos.defined();
+  const int64_t T = q.size(0);
+  auto write = [&](const Tensor& src, const Tensor& dst) {
+    if (row0.defined())
+      copy_at_(ctx, src, dst, row0);
+    else
+      copy_(ctx, src, dst.slice(0, p0, p0 + T));
+  };
+  if (!ctx.device().is_cuda()) {
+    if (rotate) apply_rope_(ctx, q, cos, sin, rot_dim), apply_rope_(ctx, k, cos, sin, rot_dim);
+    write(k.view({T, -1}), kc);
+    write(v, vc);
+    return;
+  }
+  require_f32(op, "q", q);
+  require_f32(op, "k", k);
+  require_f32(op, "v", v);
+  if (q.dim() != 3 || k.dim() != 3 || q.strides()[2] != 1 || q.strides()[1] != q.size(2) || !k.is_contiguous() ||
+      k.size(0) != T || q.size(2) != k.size(2))
+    throw ShapeError(str(op, ": q ", q.str(), " and k ", k.str(), " must be [T, H, D] with contiguous heads"));
+  const int64_t Hkv = k.size(1), D = k.size(2);
+  Mat vm = mat_of(op, "v", v), km = mat_of(op, "k cache", kc), vcm = mat_of(op, "v cache", vc);
+  if (vm.rows != T || vm.cols != Hkv * D || km.cols != Hkv * D || vcm.cols != Hkv * D || km.ld != vcm.ld ||
+      kc.dtype() != vc.dtype() || kc.size(0) != vc.size(0))
+    throw ShapeError(str(op, ": v ", v.str(), " or the caches ", kc.str(), ", ", vc.str(), " do not match k ", k.str()));
+  if (rotate) {
+    if (rot_dim <= 0 || rot_dim % 2 != 0 || rot_dim > D || cos.shape() != Shape{T, rot_dim / 2} ||
+        sin.shape() != cos.shape() || !cos.is_contiguous() || !sin.is_contiguous())
+      throw ShapeError(str(op, ": rot_dim ", rot_dim, " or cos/sin ", cos.str(), " do not fit head size ", D));
+  }
+  if (row0.defined()) {
+    if (row0.dtype() != DType::I64 || row0.numel() != 1)
+      throw ShapeError(str(op, ": row0 must be i64 [1], got ", row0.str()));
+  } else if (p0 < 0 || p0 + T > kc.size(0)) {
+    throw ShapeError(str(op, ": rows [", p0, ", ", p0 + T, ") are outside ", kc.str()));
+  }
+  dispatch(
+      op, ctx, kc.dtype(), {q, k, v, cos, sin, kc, vc, row0}, [] {},
+      [&](auto& c) {
+        cuda::RopeKv a{};
+        a.q = q.template data<float>(), a.ldq = T > 1 ? q.strides()[0] : q.size(1) * D;
+        a.k = k.template data<float>(), a.ldk = Hkv * D;
+        a.v = v.template data<float>(), a.ldv = vm.ld;
+        a.T = T, a.Hq = q.size(1), a.Hkv = Hkv, a.D = D, a.rot_dim = rotate ? rot_dim : 0;
+        a.cos = rotate ? cos.template data<float>() : nullptr;
+        a.sin = rotate ? sin.template data<float>() : nullptr;
+        a.kc = kc.data_ptr(), a.vc = vc.data_ptr(), a.ldc = km.ld;
+        a.row0_dev = row0.defined() ? row0.template data<int64_t>() : nullptr;
+        a.row0 = p0;
+        cuda::rope_kv_write(make_launch(c, 0), a, kc.dtype());
+      });
+}
+
 void copy_at_(ExecContext& ctx, const Tensor& src, const Tensor& dst, const Tensor& row0) {
   const char* op = "copy_at_";
   require_f32(op, "source", src);

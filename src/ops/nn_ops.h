@@ -137,6 +137,14 @@ void copy_(ExecContext& ctx, const Tensor& src, const Tensor& dst);
 // x converted to dt as Tensor::to does it, bit for bit; a 2-D host tensor of f32/f16/bf16 into
 // one of those goes through copy_ (threads, SIMD), anything else through Tensor::to.
 Tensor to_dtype(const Tensor& x, DType dt);
+// One sequence's rope and KV-cache write in one op (one launch on CUDA): q [T, Hq, D] and
+// k [T, Hkv, D] rotated in place on [0, rot_dim) (cos/sin [T, rot_dim / 2]; undefined: no
+// rotation), then k and v (rows [T, Hkv * D]) stored to kc / vc [capacity, Hkv * D] at rows
+// row0 + t (row0 an i64 [1] tensor on the context's device, read at run time) or p0 + t when
+// row0 is undefined. The same values as apply_rope_ on q and k and two copies.
+void rope_kv_write_(ExecContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& cos,
+                    const Tensor& sin, int64_t rot_dim, const Tensor& kc, const Tensor& vc, const Tensor& row0,
+                    int64_t p0);
 // dst[*row0 + r, :] = src[r, :], row0 an i64 [1] tensor on the context's device read at run time
 // (the KV-cache write of a replayed decode step).
 void copy_at_(ExecContext& ctx, const Tensor& src, const Tensor& dst, const Tensor& row0);

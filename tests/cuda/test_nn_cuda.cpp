@@ -110,7 +110,8 @@ TEST(NnCuda, NormsActivationsElementwise) {
           cpu::rms_norm(h.data(), M, C, wb.data(), wdt, 1e-6f, unit, ref.data());
           Dev dh(x.size() * 4), dr(x.size() * 4);
           up(dh, x), up(dr, r);
-          cuda::add_rms_norm(kL, dh.as<float>(), dr.as<float>(), M, C, dw.p, wdt, 1e-6f, unit, dout.as<float>());
+          cuda::add_rms_norm(kL, dh.as<float>(), dr.as<float>(), M, C, dw.p, wdt, 1e-6f, unit,
+                             dout.as<float>());
           EXPECT_EQ(down<float>(dh, x.size()), h) << "add_rms_norm's sum";
           EXPECT_TRUE(close(down<float>(dout, x.size()), ref, 1e-5)) << "add_rms_norm unit " << unit;
         }
@@ -162,6 +163,55 @@ TEST(NnCuda, NormsActivationsElementwise) {
     for (size_t i = 0; i < x.size(); ++i) sref[i] = std::tanh(x[i] / 30.0f) * 30.0f;
     EXPECT_TRUE(close(down<float>(dx, size_t(n)), sref, 1e-6));
   }
+}
+
+// rope_kv_write: q and k rotated in place, k and v stored to the caches in their dtype at a
+// device-side or host row; the same values as cpu::apply_rope followed by the conversion.
+TEST(NnCuda, RopeKvWriteEqualsRopeThenCopies) {
+  SKIP_WITHOUT_CUDA();
+  const uint64_t seed = test::fresh_seed();
+  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  std::mt19937_64 rng(seed);
+  int cases = 0;
+  for (int64_t T : {1, 5})
+    for (int64_t rot_frac : {0, 1, 2})  // no rope, full, half
+      for (DType dt : {DType::F32, DType::BF16, DType::F16})
+        for (bool dev_row : {false, true}) {
+          const int64_t Hq = 6, Hkv = 2, D = 64, cap = 12, row0 = 3;
+          const int64_t rot = rot_frac == 0 ? 0 : D / rot_frac;
+          auto q = randn(size_t(T * Hq * D), rng), k = randn(size_t(T * Hkv * D), rng),
+               v = randn(size_t(T * Hkv * D), rng);
+          auto c = randn(size_t(T * std::max<int64_t>(rot / 2, 1)), rng), sn = randn(c.size(), rng);
+          auto qr = q, kr = k;
+          if (rot) {
+            cpu::apply_rope(qr.data(), T, Hq, D, c.data(), sn.data(), rot);
+            cpu::apply_rope(kr.data(), T, Hkv, D, c.data(), sn.data(), rot);
+          }
+          const size_t cbytes = size_t(dtype_nbytes(dt, cap * Hkv * D));
+          std::vector<uint8_t> kref(cbytes, 0), vref(cbytes, 0);
+          for (int64_t i = 0; i < T * Hkv * D; ++i) {
+            store_from_f32(kref.data(), dt, row0 * Hkv * D + i, kr[size_t(i)]);
+            store_from_f32(vref.data(), dt, row0 * Hkv * D + i, v[size_t(i)]);
+          }
+          Dev dq(q.size() * 4), dk(k.size() * 4), dv(v.size() * 4), dc(c.size() * 4), ds(sn.size() * 4),
+              dkc(cbytes), dvc(cbytes), drow(8);
+          up(dq, q), up(dk, k), up(dv, v), up(dc, c), up(ds, sn), up(drow, std::vector<int64_t>{row0});
+          CK(cudaMemset(dkc.p, 0, cbytes));
+          CK(cudaMemset(dvc.p, 0, cbytes));
+          cuda::RopeKv a{};
+          a.q = dq.as<float>(), a.ldq = Hq * D, a.k = dk.as<float>(), a.ldk = Hkv * D, a.v = dv.as<float>();
+          a.ldv = Hkv * D, a.T = T, a.Hq = Hq, a.Hkv = Hkv, a.D = D, a.rot_dim = rot;
+          a.cos = rot ? dc.as<float>() : nullptr, a.sin = rot ? ds.as<float>() : nullptr;
+          a.kc = dkc.p, a.vc = dvc.p, a.ldc = Hkv * D;
+          a.row0_dev = dev_row ? drow.as<int64_t>() : nullptr, a.row0 = dev_row ? 0 : row0;
+          cuda::rope_kv_write(kL, a, dt);
+          EXPECT_EQ(down<float>(dq, q.size()), qr) << "q";
+          EXPECT_EQ(down<float>(dk, k.size()), kr) << "k";
+          EXPECT_EQ(down<uint8_t>(dkc, cbytes), kref) << "k cache " << dtype_name(dt);
+          EXPECT_EQ(down<uint8_t>(dvc, cbytes), vref) << "v cache " << dtype_name(dt);
+          ++cases;
+        }
+  EXPECT_EQ(cases, 2 * 3 * 3 * 2);
 }
 
 TEST(NnCuda, EmbeddingCopyRopeArgmaxLse) {

@@ -12,6 +12,7 @@
 #include "backends/cuda/check.h"
 #include "backends/cuda/launch_util.cuh"
 #include "backends/cuda/nn_cuda.h"
+#include "backends/cuda/pdl.cuh"
 #include "backends/cuda/runtime.h"
 
 namespace nibble::cuda {
@@ -35,6 +36,8 @@ struct Params {
 
 template <class KV>
 __global__ void __launch_bounds__(kWarps * 32) attn_split_kernel(Params p) {
+  dev::pdl_launch_dependents();
+  dev::pdl_wait();
   __shared__ float sm[kWarps], sl[kWarps], sacc[kWarps][32 * kMaxE];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t split = blockIdx.x, row = blockIdx.y, i = row / p.Hq, h = row % p.Hq;
@@ -109,6 +112,8 @@ constexpr int kPrefillWarps = 8;
 
 template <class KV>
 __global__ void __launch_bounds__(kPrefillWarps * 32) attn_prefill_kernel(Params p) {
+  dev::pdl_launch_dependents();
+  dev::pdl_wait();
   extern __shared__ float sh[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t D = p.D, Dv = p.Dv, kld = D + 4;
@@ -206,6 +211,8 @@ bool use_prefill(const Attention& a) {
 
 // One block per (i, h): merges the n_split partials of that row.
 __global__ void attn_combine_kernel(const float* part, int n_split, int64_t Dv, float* out) {
+  dev::pdl_launch_dependents();
+  dev::pdl_wait();
   const int64_t row = blockIdx.x;
   const float* pr = part + row * n_split * (Dv + 2);
   float M = -INFINITY;
@@ -264,8 +271,8 @@ void attention(const Launch& l, const Attention& a) {
              0,   a.scale, a.softcap, a.alibi, a.q, a.k,  a.v,        a.out,    nullptr, 1,     nullptr};
     const dim3 grid(unsigned(ceil_div(a.T, kPrefillWarps)), unsigned(a.Hq));
     with_float_dtype("cuda::attention", a.kv_dtype, [&](auto KV) {
-      attn_prefill_kernel<decltype(KV)>
-          <<<grid, kPrefillWarps * 32, prefill_smem_bytes(a), as_stream(l.stream)>>>(p);
+      cuda::launch(attn_prefill_kernel<decltype(KV)>, grid, dim3(kPrefillWarps * 32), prefill_smem_bytes(a),
+                   as_stream(l.stream), p);
     });
     NIBBLE_CUDA_CHECK_LAUNCH();
     if (prev != l.device) NIBBLE_CUDA_CHECK(cudaSetDevice(prev));
@@ -284,11 +291,12 @@ void attention(const Launch& l, const Attention& a) {
            ns,      a.pos};
   const dim3 grid(unsigned(ns), unsigned(a.T * a.Hq));
   with_float_dtype("cuda::attention", a.kv_dtype, [&](auto KV) {
-    attn_split_kernel<decltype(KV)><<<grid, kWarps * 32, 0, as_stream(l.stream)>>>(p);
+    cuda::launch(attn_split_kernel<decltype(KV)>, grid, dim3(kWarps * 32), 0, as_stream(l.stream), p);
   });
   NIBBLE_CUDA_CHECK_LAUNCH();
   if (ns > 1) {
-    attn_combine_kernel<<<unsigned(a.T * a.Hq), 128, 0, as_stream(l.stream)>>>(p.part, ns, a.Dv, a.out);
+    cuda::launch(attn_combine_kernel, dim3(unsigned(a.T * a.Hq)), dim3(128), 0, as_stream(l.stream), p.part, ns,
+                 a.Dv, a.out);
     NIBBLE_CUDA_CHECK_LAUNCH();
   }
   if (prev != l.device) NIBBLE_CUDA_CHECK(cudaSetDevice(prev));

@@ -56,19 +56,4 @@ __device__ __forceinline__ void x_frag(const float* __restrict__ x, int64_t K, b
   }
 }
 
-// Programmatic dependent launch (sm_90): a kernel launched with launch_pdl may start while
-// the previous kernel of its stream is finishing. It lets its own dependents start early
-// (pdl_launch_dependents, first thing), and must pdl_wait() before it reads anything an earlier
-// kernel wrote or writes anything one reads; work before that touches only constant data.
-__device__ __forceinline__ void pdl_launch_dependents() {
-#if __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;");
-#endif
-}
-__device__ __forceinline__ void pdl_wait() {
-#if __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-
 }  // namespace nibble::cuda::dev

@@ -46,6 +46,7 @@
 #include "backends/cuda/gemv_frag.cuh"
 #include "backends/cuda/gemv_lut.h"
 #include "backends/cuda/linear_cuda.h"
+#include "backends/cuda/pdl.cuh"
 #include "backends/cuda/runtime.h"
 
 namespace nibble::cuda {
@@ -58,8 +59,8 @@ using dev::pack2;
 using dev::round_ct;
 
 constexpr int kWarps = 8;
-constexpr int kU = 8;                       // chunks a row in flight per thread
-constexpr int kRowWords = 64;               // a table row: 256 bytes, the first 32 words used
+constexpr int kU = 8;          // chunks a row in flight per thread
+constexpr int kRowWords = 64;  // a table row: 256 bytes, the first 32 words used
 constexpr size_t kTableBytes = 256 * kRowWords * 4;
 // x staged in shared memory when its M rows fit this: every block stages all of x (f32 reads,
 // ~half the block's weight bytes again from L2), which paid at K <= 11008 (4096 x 4096 M=1:
@@ -95,9 +96,9 @@ struct Args {
   bool gated;  // m[0] gate, m[1] up: a tile is 8 features, out = act(gate) * up into m[0].out
   Act act;
   Mat m[kMaxMats];
-  int ks;          // K slices per row tile (1, 2, 4, 8)
-  int64_t tiles;   // row tiles in all
-  int64_t groups;  // groups of RG tiles
+  int ks;             // K slices per row tile (1, 2, 4, 8)
+  int64_t tiles;      // row tiles in all
+  int64_t groups;     // groups of RG tiles
   int64_t xs_stride;  // elements a staged x row (K + 8); 0: x read from global memory
 };
 
@@ -149,8 +150,8 @@ __global__ void __launch_bounds__(kWarps * 32, 2) gemv_lut_kernel(Args a) {
   extern __shared__ __align__(16) uint32_t smem[];
   const char* table = reinterpret_cast<const char*>(smem);
   float* code2 = reinterpret_cast<float*>(smem + 256 * kRowWords);
-  float* am_all = code2 + 256;                                           // [kWarps][16][kU]
-  float* red = am_all + kWarps * 16 * kU;                                // [kWarps][32][4 * NT]
+  float* am_all = code2 + 256;                                             // [kWarps][16][kU]
+  float* red = am_all + kWarps * 16 * kU;                                  // [kWarps][32][4 * NT]
   uint16_t* xs = reinterpret_cast<uint16_t*>(red + kWarps * 32 * 4 * NT);  // [M][xs_stride]
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, q = lane % 4;
@@ -172,7 +173,7 @@ __global__ void __launch_bounds__(kWarps * 32, 2) gemv_lut_kernel(Args a) {
       reinterpret_cast<uint4*>(smem + row * kRowWords)[lane % 8] = make_uint4(p, p, p, p);
     }
     if (a.code2) code2[tid] = a.code2[tid];  // blockDim == 256
-    dev::pdl_wait();  // x is the previous kernel's output, out may be read by it
+    dev::pdl_wait();                         // x is the previous kernel's output, out may be read by it
     if constexpr (XS) {
       const int64_t k4 = K / 4;
       for (int64_t i = tid; i < a.M * k4; i += kWarps * 32) {
@@ -318,21 +319,6 @@ __global__ void __launch_bounds__(kWarps * 32, 2) gemv_lut_kernel(Args a) {
   }
 }
 
-// Programmatic dependent launches: on by default on sm_90 and later; NIBBLE_PDL=0 turns them
-// off (benchmarks).
-bool pdl_enabled() {
-  static const bool on = [] {
-    const char* v = std::getenv("NIBBLE_PDL");
-    if (v && std::strcmp(v, "0") == 0) return false;
-    int dev = 0, major = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess ||
-        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess)
-      return false;
-    return major >= 9;
-  }();
-  return on;
-}
-
 // K slices per row tile: the fewest rounds of groups (persistent blocks) times chunks a warp,
 // at least 4 chunks a slice; ties go to more slices.
 int pick_slices(int64_t tiles, int64_t chunks, int64_t blocks) {
@@ -357,7 +343,8 @@ int blocks_per_sm(size_t bytes) {
   NIBBLE_CUDA_CHECK(cudaGetDevice(&dev));
   if (dev < 0 || dev >= 64) dev = 0;
   if (!opted[dev].load(std::memory_order_relaxed)) {
-    NIBBLE_CUDA_CHECK(cudaFuncSetAttribute(gemv_lut_kernel<NT, CT, XS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    NIBBLE_CUDA_CHECK(cudaFuncSetAttribute(gemv_lut_kernel<NT, CT, XS>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            int(smem_bytes(NT, 16, 0) + kXsBytes)));
     opted[dev].store(true, std::memory_order_relaxed);
   }
@@ -368,30 +355,15 @@ int blocks_per_sm(size_t bytes) {
 }
 
 template <int NT, class CT, bool XS>
-void launch(const Launch& l, Args a) {
+void launch_lut(const Launch& l, Args a) {
   const size_t bytes = smem_bytes(NT, a.M, a.xs_stride);
   const int64_t blocks_max = int64_t(blocks_per_sm<NT, CT, XS>(bytes)) * sm_count();
   a.ks = pick_slices(a.tiles, a.K / 64, blocks_max);
   const int rg = kWarps / a.ks;
   a.groups = (a.tiles + rg - 1) / rg;
   const int64_t blocks = std::min<int64_t>(a.groups, blocks_max);
-  if (pdl_enabled()) {
-    // the table fill of this launch overlaps the end of the previous kernel
-    cudaLaunchConfig_t cfg{};
-    cfg.gridDim = dim3(unsigned(blocks));
-    cfg.blockDim = dim3(kWarps * 32);
-    cfg.dynamicSmemBytes = bytes;
-    cfg.stream = l.stream;
-    cudaLaunchAttribute attr{};
-    attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr.val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = &attr;
-    cfg.numAttrs = 1;
-    NIBBLE_CUDA_CHECK(cudaLaunchKernelEx(&cfg, gemv_lut_kernel<NT, CT, XS>, a));
-  } else {
-    gemv_lut_kernel<NT, CT, XS><<<unsigned(blocks), kWarps * 32, bytes, l.stream>>>(a);
-    NIBBLE_CUDA_CHECK_LAUNCH();
-  }
+  // a programmatic dependent launch: the table fill overlaps the end of the previous kernel
+  launch(gemv_lut_kernel<NT, CT, XS>, dim3(unsigned(blocks)), dim3(kWarps * 32), bytes, l.stream, a);
 }
 
 template <class CT>
@@ -400,14 +372,14 @@ void launch_ct(const Launch& l, Args& a) {
   a.xs_stride = xs ? a.K + 8 : 0;
   if (a.M <= 8) {
     if (xs)
-      launch<1, CT, true>(l, a);
+      launch_lut<1, CT, true>(l, a);
     else
-      launch<1, CT, false>(l, a);
+      launch_lut<1, CT, false>(l, a);
   } else {
     if (xs)
-      launch<2, CT, true>(l, a);
+      launch_lut<2, CT, true>(l, a);
     else
-      launch<2, CT, false>(l, a);
+      launch_lut<2, CT, false>(l, a);
   }
 }
 
@@ -478,8 +450,8 @@ void gemv_lut_4bit(const Launch& l, const float* x, int64_t M, int64_t K, const 
   gemv_lut_4bit_group(l, x, M, K, std::span<const Gemv4Target>(&t, 1), ct);
 }
 
-void gemv_lut_4bit_group(const Launch& l, const float* x, int64_t M, int64_t K, std::span<const Gemv4Target> ts,
-                         DType ct) {
+void gemv_lut_4bit_group(const Launch& l, const float* x, int64_t M, int64_t K,
+                         std::span<const Gemv4Target> ts, DType ct) {
   Args a = base_args(x, M, K, *ts[0].w);
   a.code2 = ts[0].w->absmax ? nullptr : ts[0].w->code2;
   a.nmat = int(ts.size());

@@ -15,8 +15,8 @@ namespace nibble::cuda {
 // out[M, C]; w, b: [C] of wdt / bdt (b may be nullptr for layer_norm). out may equal x.
 void rms_norm(const Launch& l, const float* x, int64_t M, int64_t C, const void* w, DType wdt, float eps,
               bool add_unit_offset, float* out);
-void layer_norm(const Launch& l, const float* x, int64_t M, int64_t C, const void* w, DType wdt, const void* b,
-                DType bdt, float eps, float* out);
+void layer_norm(const Launch& l, const float* x, int64_t M, int64_t C, const void* w, DType wdt,
+                const void* b, DType bdt, float eps, float* out);
 // h += r, then out = rms_norm(h) (h, r, out [M, C]; out must not alias h or r).
 void add_rms_norm(const Launch& l, float* h, const float* r, int64_t M, int64_t C, const void* w, DType wdt,
                   float eps, bool add_unit_offset, float* out);
@@ -37,6 +37,28 @@ void embedding(const Launch& l, const void* table, DType dt, int64_t C, const in
 // dst[r * ld_dst + c] = src[r * ld_src + c] converted to dst_dt (f32/f16/bf16), r < rows, c < cols.
 void copy_rows(const Launch& l, const float* src, int64_t ld_src, int64_t rows, int64_t cols, void* dst,
                DType dst_dt, int64_t ld_dst, const int64_t* dst_row0 = nullptr);
+
+// ---- one decode step's rope + KV-cache write ----------------------------------------------------
+// q [T, Hq, D] (token stride ldq) and k [T, Hkv, D] (ldk) rotated in place on dims [0, rot_dim)
+// (rot_dim 0: no rotation), then k and v [T, Hkv, D] (ldv) stored to kc / vc rows row0 + t
+// (row0 read on the device when row0_dev is set) in the cache dtype; ldc elements a cache row.
+struct RopeKv {
+  float* q;
+  int64_t ldq;
+  float* k;
+  int64_t ldk;
+  const float* v;
+  int64_t ldv;
+  int64_t T, Hq, Hkv, D, rot_dim;
+  const float* cos;  // [T, rot_dim / 2]
+  const float* sin;
+  void* kc;
+  void* vc;
+  int64_t ldc;
+  const int64_t* row0_dev;
+  int64_t row0;
+};
+void rope_kv_write(const Launch& l, const RopeKv& a, DType cache_dt);
 
 // ---- rotary embedding ------------------------------------------------------------------------
 // x [T, H, D] (row stride ld_x elements between tokens) in place, rotate_half on dims

@@ -10,6 +10,7 @@
 #include "backends/cuda/check.h"
 #include "backends/cuda/launch_util.cuh"
 #include "backends/cuda/nn_cuda.h"
+#include "backends/cuda/pdl.cuh"
 
 namespace nibble::cuda {
 namespace {
@@ -60,6 +61,8 @@ __device__ float block_max(float v, float* red) {
 template <class W, bool kAdd>
 __global__ void rms_norm_kernel(float* x, const float* __restrict__ r, int64_t C, const void* __restrict__ w,
                                 float eps, float unit, float* out) {
+  dev::pdl_launch_dependents();
+  dev::pdl_wait();
   __shared__ float red[32];
   float* xr = x + blockIdx.x * C;
   float ss = 0.0f;
@@ -82,6 +85,8 @@ __global__ void rms_norm_kernel(float* x, const float* __restrict__ r, int64_t C
 template <class W, class B>
 __global__ void layer_norm_kernel(const float* __restrict__ x, int64_t C, const void* __restrict__ w,
                                   const void* __restrict__ b, float eps, float* out) {
+  dev::pdl_launch_dependents();
+  dev::pdl_wait();
   __shared__ float red[32];
   const float* xr = x + blockIdx.x * C;
   float s = 0.0f;
@@ -96,6 +101,8 @@ __global__ void layer_norm_kernel(const float* __restrict__ x, int64_t C, const 
 }
 
 __global__ void activate_kernel(float* x, int64_t n, Act a) {
+  dev::pdl_launch_dependents();
+  dev::pdl_wait();
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x)
     x[i] = dev::act_f(x[i], a);
@@ -103,6 +110,8 @@ __global__ void activate_kernel(float* x, int64_t n, Act a) {
 
 __global__ void gated_kernel(const float* gate, int64_t ldg, const float* up, int64_t ldu, int64_t F, Act a,
                              float* out) {
+  dev::pdl_launch_dependents();
+  dev::pdl_wait();
   const int64_t r = blockIdx.y;
   for (int64_t f = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; f < F;
        f += int64_t(gridDim.x) * blockDim.x)
@@ -110,12 +119,16 @@ __global__ void gated_kernel(const float* gate, int64_t ldg, const float* up, in
 }
 
 __global__ void add_kernel(float* a, const float* b, int64_t n) {
+  dev::pdl_launch_dependents();
+  dev::pdl_wait();
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x)
     a[i] += b[i];
 }
 
 __global__ void softcap_kernel(float* x, int64_t n, float cap) {
+  dev::pdl_launch_dependents();
+  dev::pdl_wait();
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x)
     x[i] = tanhf(x[i] / cap) * cap;
@@ -124,6 +137,8 @@ __global__ void softcap_kernel(float* x, int64_t n, float cap) {
 template <class T>
 __global__ void embedding_kernel(const void* table, int64_t C, const int64_t* ids, int64_t offset,
                                  float scale, float* out) {
+  dev::pdl_launch_dependents();
+  dev::pdl_wait();
   const int64_t r = blockIdx.y, row = ids[r] + offset;
   for (int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; c < C;
        c += int64_t(gridDim.x) * blockDim.x)
@@ -133,6 +148,8 @@ __global__ void embedding_kernel(const void* table, int64_t C, const int64_t* id
 template <class T>
 __global__ void copy_rows_kernel(const float* src, int64_t lds, int64_t cols, void* dst, int64_t ldd,
                                  const int64_t* dst_row0) {
+  dev::pdl_launch_dependents();
+  dev::pdl_wait();
   const int64_t r = blockIdx.y;
   if (dst_row0) dst = static_cast<char*>(dst) + *dst_row0 * ldd * T::kBytes;
   for (int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; c < cols;
@@ -150,6 +167,8 @@ __global__ void copy_rows_kernel(const float* src, int64_t lds, int64_t cols, vo
 // One block per (token, head); thread d < rot_dim / 2 rotates the pair (d, d + half).
 __global__ void rope_kernel(float* x, int64_t ldx, int64_t H, int64_t D, const float* cos, const float* sin,
                             int64_t half) {
+  dev::pdl_launch_dependents();
+  dev::pdl_wait();
   const int64_t t = blockIdx.x / H, h = blockIdx.x % H;
   float* v = x + t * ldx + h * D;
   const float* c = cos + t * half;
@@ -161,7 +180,57 @@ __global__ void rope_kernel(float* x, int64_t ldx, int64_t H, int64_t D, const f
   }
 }
 
+// One decode step's rope and KV-cache write in one launch: block (t, j) over Hq + 2 Hkv heads
+// of token t. j < Hq: q head j rotated in place; next Hkv: k head rotated in place and its row
+// stored to kc at row0 + t; last Hkv: v head stored to vc. The same arithmetic as rope_kernel
+// followed by copy_rows_kernel.
+template <class T>
+__device__ __forceinline__ void store_as(void* base, int64_t i, float v) {
+  if constexpr (T::kBytes == 4)
+    static_cast<float*>(base)[i] = v;
+  else if constexpr (std::is_same_v<T, dev::F16>)
+    static_cast<__half*>(base)[i] = __float2half_rn(v);
+  else
+    static_cast<__nv_bfloat16*>(base)[i] = __float2bfloat16_rn(v);
+}
+
+template <class T>
+__global__ void rope_kv_kernel(RopeKv a) {
+  dev::pdl_launch_dependents();
+  dev::pdl_wait();
+  const int64_t heads = a.Hq + 2 * a.Hkv;
+  const int64_t t = blockIdx.x / heads, j = blockIdx.x % heads;
+  const int64_t row = (a.row0_dev ? *a.row0_dev : a.row0) + t;
+  const int64_t half = a.rot_dim / 2;
+  if (j < a.Hq + a.Hkv) {
+    const bool is_q = j < a.Hq;
+    const int64_t h = is_q ? j : j - a.Hq;
+    float* v = is_q ? a.q + t * a.ldq + h * a.D : a.k + t * a.ldk + h * a.D;
+    const float* c = a.cos + t * half;
+    const float* s = a.sin + t * half;
+    for (int64_t d = threadIdx.x; d < half; d += blockDim.x) {
+      const float x0 = v[d], x1 = v[d + half];
+      const float r0 = __fsub_rn(__fmul_rn(x0, c[d]), __fmul_rn(x1, s[d]));
+      const float r1 = __fadd_rn(__fmul_rn(x1, c[d]), __fmul_rn(x0, s[d]));
+      v[d] = r0, v[d + half] = r1;
+      if (!is_q) {
+        store_as<T>(a.kc, row * a.ldc + h * a.D + d, r0);
+        store_as<T>(a.kc, row * a.ldc + h * a.D + d + half, r1);
+      }
+    }
+    if (!is_q)
+      for (int64_t d = a.rot_dim + threadIdx.x; d < a.D; d += blockDim.x)
+        store_as<T>(a.kc, row * a.ldc + h * a.D + d, v[d]);
+    return;
+  }
+  const int64_t h = j - a.Hq - a.Hkv;
+  const float* v = a.v + t * a.ldv + h * a.D;
+  for (int64_t d = threadIdx.x; d < a.D; d += blockDim.x) store_as<T>(a.vc, row * a.ldc + h * a.D + d, v[d]);
+}
+
 __global__ void argmax_kernel(const float* x, int64_t V, int64_t* out) {
+  dev::pdl_launch_dependents();
+  dev::pdl_wait();
   __shared__ float bv[kRowThreads];
   __shared__ int64_t bi[kRowThreads];
   const float* xr = x + blockIdx.x * V;
@@ -198,6 +267,8 @@ __global__ void argmax_kernel(const float* x, int64_t V, int64_t* out) {
 }
 
 __global__ void lse_kernel(const float* x, int64_t V, float* out) {
+  dev::pdl_launch_dependents();
+  dev::pdl_wait();
   __shared__ float red[32];
   const float* xr = x + blockIdx.x * V;
   float m = -INFINITY;
@@ -221,8 +292,9 @@ void rms_norm(const Launch& l, const float* x, int64_t M, int64_t C, const void*
   if (M == 0 || C == 0) return;
   DeviceScope ds(l.device);
   with_float_dtype("cuda::rms_norm", wdt, [&](auto W) {
-    rms_norm_kernel<decltype(W), false><<<unsigned(M), kRowThreads, 0, as_stream(l.stream)>>>(
-        const_cast<float*>(x), nullptr, C, w, eps, add_unit_offset ? 1.0f : 0.0f, out);
+    cuda::launch(rms_norm_kernel<decltype(W), false>, dim3(unsigned(M)), dim3(kRowThreads), 0,
+                 as_stream(l.stream), const_cast<float*>(x), nullptr, C, w, eps,
+                 add_unit_offset ? 1.0f : 0.0f, out);
   });
   NIBBLE_CUDA_CHECK_LAUNCH();
 }
@@ -232,8 +304,8 @@ void add_rms_norm(const Launch& l, float* h, const float* r, int64_t M, int64_t 
   if (M == 0 || C == 0) return;
   DeviceScope ds(l.device);
   with_float_dtype("cuda::add_rms_norm", wdt, [&](auto W) {
-    rms_norm_kernel<decltype(W), true><<<unsigned(M), kRowThreads, 0, as_stream(l.stream)>>>(
-        h, r, C, w, eps, add_unit_offset ? 1.0f : 0.0f, out);
+    cuda::launch(rms_norm_kernel<decltype(W), true>, dim3(unsigned(M)), dim3(kRowThreads), 0,
+                 as_stream(l.stream), h, r, C, w, eps, add_unit_offset ? 1.0f : 0.0f, out);
   });
   NIBBLE_CUDA_CHECK_LAUNCH();
 }
@@ -244,8 +316,8 @@ void layer_norm(const Launch& l, const float* x, int64_t M, int64_t C, const voi
   DeviceScope ds(l.device);
   with_float_dtype("cuda::layer_norm", wdt, [&](auto W) {
     with_float_dtype("cuda::layer_norm", b ? bdt : DType::F32, [&](auto B) {
-      layer_norm_kernel<decltype(W), decltype(B)>
-          <<<unsigned(M), kRowThreads, 0, as_stream(l.stream)>>>(x, C, w, b, eps, out);
+      cuda::launch(layer_norm_kernel<decltype(W), decltype(B)>, dim3(unsigned(M)), dim3(kRowThreads), 0,
+                   as_stream(l.stream), x, C, w, b, eps, out);
     });
   });
   NIBBLE_CUDA_CHECK_LAUNCH();
@@ -254,7 +326,7 @@ void layer_norm(const Launch& l, const float* x, int64_t M, int64_t C, const voi
 void activate(const Launch& l, float* x, int64_t n, Act a) {
   if (n == 0) return;
   DeviceScope ds(l.device);
-  activate_kernel<<<grid_for(n), 256, 0, as_stream(l.stream)>>>(x, n, a);
+  cuda::launch(activate_kernel, dim3(grid_for(n)), dim3(256), 0, as_stream(l.stream), x, n, a);
   NIBBLE_CUDA_CHECK_LAUNCH();
 }
 
@@ -262,22 +334,22 @@ void gated_activation(const Launch& l, const float* gate, int64_t ld_gate, const
                       int64_t rows, int64_t F, Act a, float* out) {
   if (rows == 0 || F == 0) return;
   DeviceScope ds(l.device);
-  gated_kernel<<<dim3(grid_for(F), unsigned(rows)), 256, 0, as_stream(l.stream)>>>(gate, ld_gate, up, ld_up,
-                                                                                   F, a, out);
+  cuda::launch(gated_kernel, dim3(dim3(grid_for(F), unsigned(rows))), dim3(256), 0, as_stream(l.stream), gate,
+               ld_gate, up, ld_up, F, a, out);
   NIBBLE_CUDA_CHECK_LAUNCH();
 }
 
 void add(const Launch& l, float* a, const float* b, int64_t n) {
   if (n == 0) return;
   DeviceScope ds(l.device);
-  add_kernel<<<grid_for(n), 256, 0, as_stream(l.stream)>>>(a, b, n);
+  cuda::launch(add_kernel, dim3(grid_for(n)), dim3(256), 0, as_stream(l.stream), a, b, n);
   NIBBLE_CUDA_CHECK_LAUNCH();
 }
 
 void softcap(const Launch& l, float* x, int64_t n, float cap) {
   if (n == 0) return;
   DeviceScope ds(l.device);
-  softcap_kernel<<<grid_for(n), 256, 0, as_stream(l.stream)>>>(x, n, cap);
+  cuda::launch(softcap_kernel, dim3(grid_for(n)), dim3(256), 0, as_stream(l.stream), x, n, cap);
   NIBBLE_CUDA_CHECK_LAUNCH();
 }
 
@@ -286,8 +358,8 @@ void embedding(const Launch& l, const void* table, DType dt, int64_t C, const in
   if (R == 0 || C == 0) return;
   DeviceScope ds(l.device);
   with_float_dtype("cuda::embedding", dt, [&](auto T) {
-    embedding_kernel<decltype(T)>
-        <<<dim3(grid_for(C), unsigned(R)), 256, 0, as_stream(l.stream)>>>(table, C, ids, offset, scale, out);
+    cuda::launch(embedding_kernel<decltype(T)>, dim3(dim3(grid_for(C), unsigned(R))), dim3(256), 0,
+                 as_stream(l.stream), table, C, ids, offset, scale, out);
   });
   NIBBLE_CUDA_CHECK_LAUNCH();
 }
@@ -297,8 +369,8 @@ void copy_rows(const Launch& l, const float* src, int64_t ld_src, int64_t rows, 
   if (rows == 0 || cols == 0) return;
   DeviceScope ds(l.device);
   with_float_dtype("cuda::copy_rows", dst_dt, [&](auto T) {
-    copy_rows_kernel<decltype(T)><<<dim3(grid_for(cols), unsigned(rows)), 256, 0, as_stream(l.stream)>>>(
-        src, ld_src, cols, dst, ld_dst, dst_row0);
+    cuda::launch(copy_rows_kernel<decltype(T)>, dim3(dim3(grid_for(cols), unsigned(rows))), dim3(256), 0,
+                 as_stream(l.stream), src, ld_src, cols, dst, ld_dst, dst_row0);
   });
   NIBBLE_CUDA_CHECK_LAUNCH();
 }
@@ -307,21 +379,32 @@ void apply_rope(const Launch& l, float* x, int64_t ld_x, int64_t T, int64_t H, i
                 const float* sin, int64_t rot_dim) {
   if (T == 0 || H == 0 || rot_dim < 2) return;
   DeviceScope ds(l.device);
-  rope_kernel<<<unsigned(T * H), 128, 0, as_stream(l.stream)>>>(x, ld_x, H, D, cos, sin, rot_dim / 2);
+  cuda::launch(rope_kernel, dim3(unsigned(T * H)), dim3(128), 0, as_stream(l.stream), x, ld_x, H, D, cos, sin,
+               rot_dim / 2);
+  NIBBLE_CUDA_CHECK_LAUNCH();
+}
+
+void rope_kv_write(const Launch& l, const RopeKv& a, DType cache_dt) {
+  if (a.T == 0) return;
+  DeviceScope ds(l.device);
+  with_float_dtype("cuda::rope_kv_write", cache_dt, [&](auto T) {
+    cuda::launch(rope_kv_kernel<decltype(T)>, dim3(unsigned(a.T * (a.Hq + 2 * a.Hkv))), dim3(128), 0,
+                 as_stream(l.stream), a);
+  });
   NIBBLE_CUDA_CHECK_LAUNCH();
 }
 
 void argmax_rows(const Launch& l, const float* x, int64_t rows, int64_t V, int64_t* out) {
   if (rows == 0) return;
   DeviceScope ds(l.device);
-  argmax_kernel<<<unsigned(rows), kRowThreads, 0, as_stream(l.stream)>>>(x, V, out);
+  cuda::launch(argmax_kernel, dim3(unsigned(rows)), dim3(kRowThreads), 0, as_stream(l.stream), x, V, out);
   NIBBLE_CUDA_CHECK_LAUNCH();
 }
 
 void log_sum_exp_rows(const Launch& l, const float* x, int64_t rows, int64_t V, float* out) {
   if (rows == 0) return;
   DeviceScope ds(l.device);
-  lse_kernel<<<unsigned(rows), kRowThreads, 0, as_stream(l.stream)>>>(x, V, out);
+  cuda::launch(lse_kernel, dim3(unsigned(rows)), dim3(kRowThreads), 0, as_stream(l.stream), x, V, out);
   NIBBLE_CUDA_CHECK_LAUNCH();
 }
 

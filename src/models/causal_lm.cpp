@@ -291,14 +291,14 @@ Tensor CausalLM::Impl::attention_block(const Step& st, size_t li, const Tensor& 
     k = kn.view({R, Hkv * D});
   }
   Tensor q3 = q.view({R, Hq, D}), k3 = k.view({R, Hkv, D});
-  const bool rope = s.pos == models::PosKind::Rope;
+  const bool roped = s.pos == models::PosKind::Rope;
   const bool one_seq = st.segs.size() == 1;  // rope and the KV-cache write as one op
-  if (rope && !one_seq) {
+  if (roped && !one_seq) {
     ops::apply_rope_(ctx, q3, st.cos, st.sin, st.rot_dim);
     ops::apply_rope_(ctx, k3, st.cos, st.sin, st.rot_dim);
   }
   auto rope_kv = [&](const Tensor& kc, const Tensor& vc, const Tensor& row0, int64_t p0) {
-    ops::rope_kv_write_(ctx, q3, k3, v, rope ? st.cos : Tensor(), rope ? st.sin : Tensor(), rope ? st.rot_dim : 0,
+    ops::rope_kv_write_(ctx, q3, k3, v, roped ? st.cos : Tensor(), roped ? st.sin : Tensor(), roped ? st.rot_dim : 0,
                         kc, vc, row0, p0);
   };
   ops::AttentionOptions ao;

@@ -74,7 +74,8 @@ void put_linear(std::map<std::string, Tensor>& sd, const NamedLinear& nl, bool c
   std::map<std::string, Tensor> entries;
   l.traits().state_dict(l, entries);
   for (auto& [k, v] : entries) sd[nl.name + "." + k] = v;
-  if (conv1d && !l.traits().quantized) sd[nl.name + ".weight"] = l.weight().transpose(0, 1).contiguous();
+  if (conv1d && !l.traits().quantized)  // transposed on the host (a device tensor's strided copy is not an op)
+    sd[nl.name + ".weight"] = l.weight().to(Device::cpu()).transpose(0, 1).contiguous();
 }
 
 void put_norm(std::map<std::string, Tensor>& sd, const std::string& name, const Norm& n) {

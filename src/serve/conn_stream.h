@@ -28,6 +28,7 @@ struct Conn {
   int fd;
   State state = State::Idle;
   Clock::time_point deadline;       // Idle, Reading, Lingering: when the loop gives up on it
+  Clock::time_point started;        // Reading: the request's first byte arrived
   std::string in;                   // received, not yet consumed: the request under way, then pipelined ones
   std::optional<RequestHead> head;  // the request under way, once its head arrived
   bool continue_sent = false;       // the loop answered its "Expect: 100-continue"

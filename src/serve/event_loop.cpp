@@ -40,10 +40,16 @@ constexpr size_t kReadPerEvent = size_t(256) << 10;
 
 const char* reason(int status) {
   switch (status) {
+    case 400:
+      return "Bad Request";
     case 408:
       return "Request Timeout";
+    case 413:
+      return "Content Too Large";
     case 431:
       return "Request Header Fields Too Large";
+    case 501:
+      return "Not Implemented";
     case 503:
       return "Service Unavailable";
     default:
@@ -306,9 +312,10 @@ void ConnectionLoop::on_event(Conn& c, Clock::time_point now) {
   if (!open) return close_conn(c);  // the client left (a half-closed client has nobody to answer)
   if (got > 0 && c.state == Conn::State::Idle) {
     c.state = Conn::State::Reading;
-    c.deadline = now + opt_.header_timeout;  // the whole head by then, however slowly it trickles
+    c.started = now;
+    c.deadline = within_request(c, now + opt_.header_timeout);  // the whole head, however it trickles
   } else if (got > 0 && c.head) {
-    c.deadline = now + opt_.read_timeout;  // the body: each piece within the read timeout
+    c.deadline = within_request(c, now + opt_.read_timeout);  // the body: each piece within the read timeout
   }
   progress(c, now);
 }
@@ -322,11 +329,25 @@ void ConnectionLoop::progress(Conn& c, Clock::time_point now) {
       return reject(c, 431, detail::str("The request head is larger than ", opt_.max_head_bytes, " bytes."),
                     now);
     }
-    c.deadline = now + opt_.read_timeout;
+    c.deadline = within_request(c, now + opt_.read_timeout);
   }
-  const RequestHead& h = *c.head;
-  const bool wait_body =
-      !h.chunked && !h.bad_length && h.content_length <= opt_.max_body_bytes && c.in.size() < h.body_end();
+  RequestHead& h = *c.head;
+  if (h.other_coding)
+    return reject(c, 501, "The request's Transfer-Encoding is not supported (only chunked).", now);
+  if (h.chunked && h.has_length)  // which one ends the body is a request-smuggling question
+    return reject(c, 400, "The request has both Content-Length and Transfer-Encoding.", now);
+  bool wait_body = false;
+  if (h.chunked) {  // the whole chunked body arrives here too: a worker never waits on a client
+    const ChunkedScan b = scan_chunked_body(c.in, h.head_bytes, opt_.max_body_bytes, opt_.max_head_bytes);
+    if (b.state == ChunkedScan::State::TooLarge)
+      return reject(c, 413, detail::str("The request body is larger than the limit of ", opt_.max_body_bytes, " bytes."),
+                    now);
+    if (b.state == ChunkedScan::State::Malformed) return reject(c, 400, "The chunked request body is malformed.", now);
+    h.chunked_end = b.end;
+    wait_body = b.state == ChunkedScan::State::Incomplete;
+  } else {
+    wait_body = !h.bad_length && h.content_length <= opt_.max_body_bytes && c.in.size() < h.body_end();
+  }
   if (!wait_body) return dispatch(c);
   if (over_budget(c)) return pause(c);
   if (h.expect_continue && !c.continue_sent) {  // the client waits for this before its body
@@ -334,6 +355,10 @@ void ConnectionLoop::progress(Conn& c, Clock::time_point now) {
     c.continue_sent = true;
   }
   arm(c);
+}
+
+Clock::time_point ConnectionLoop::within_request(const Conn& c, Clock::time_point t) const {
+  return std::min(t, c.started + opt_.request_timeout);
 }
 
 bool ConnectionLoop::over_budget(const Conn& c) const {
@@ -388,7 +413,8 @@ void ConnectionLoop::back_from_worker(Conn& c, After a, Clock::time_point now) {
   }
   buffered_ += c.in.size();
   c.state = Conn::State::Reading;  // a pipelined request, whole or in part
-  c.deadline = now + opt_.header_timeout;
+  c.started = now;
+  c.deadline = within_request(c, now + opt_.header_timeout);
   progress(c, now);
 }
 

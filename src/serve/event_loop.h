@@ -41,6 +41,7 @@ struct LoopOptions {
   std::chrono::milliseconds idle_timeout{30000};    // no request under way (fresh, or between requests)
   std::chrono::milliseconds header_timeout{10000};  // from a request's first byte to its blank line
   std::chrono::milliseconds read_timeout{10000};    // between two pieces of a body
+  std::chrono::milliseconds request_timeout{60000};  // from a request's first byte to its last
   size_t max_body_bytes = size_t(8) << 20;          // a larger declared body is not waited for (413)
   size_t max_head_bytes = size_t(64) << 10;         // a larger request head gets 431
   // Request bytes the loop holds, all connections together. Past it, a connection is read no
@@ -61,7 +62,7 @@ enum class After {
 class ConnectionLoop {
  public:
   // serve runs on a worker with a Conn whose c.in starts with a request that has fully arrived
-  // (its head in c.head; its body too, unless chunked or larger than max_body_bytes).
+  // (its head in c.head; its body too, chunked or not, unless larger than max_body_bytes).
   using Serve = std::function<After(Conn&)>;
   ConnectionLoop(LoopOptions o, httplib::TaskQueue& workers, Serve serve, Metrics& metrics);
   ~ConnectionLoop();  // stop_accepting() and quit(); the workers must be idle by then
@@ -93,6 +94,8 @@ class ConnectionLoop {
   void arm(Conn& c, bool add = false);
   void close_conn(Conn& c);
   bool over_budget(const Conn& c) const;  // the byte cap is passed and c holds a head's worth
+  // t, or the end of c's request_timeout if sooner (c.started: its request's first byte).
+  Clock::time_point within_request(const Conn& c, Clock::time_point t) const;
   void pause(Conn& c);
   void resume_paused();
   void close_all(bool busy_too);

@@ -113,7 +113,8 @@ ApiError too_long_error(size_t limit) {
 // head), then hands the connection back: kept for the next request, or closed after the answer.
 After serve_connection(Server::Impl& s, Conn& c) {
   const RequestHead h = *c.head;
-  // An oversize body was not waited for; a chunked or doubtful one has no end we know: close after.
+  // An oversize body was not waited for, a doubtful one has no end we trust: close after (and
+  // after a chunked one, whose bytes httplib reads on its own terms).
   const bool unread_body = !h.chunked && !h.bad_length && c.in.size() < h.body_end();
   const bool close =
       s.stopping.load() || c.served + 1 >= kKeepAliveMax || h.chunked || h.bad_length || unread_body;
@@ -230,6 +231,7 @@ void Server::start() {
   lo.idle_timeout = std::chrono::seconds(s.opt.idle_timeout_s);
   lo.header_timeout = std::chrono::seconds(s.opt.header_timeout_s);
   lo.read_timeout = std::chrono::seconds(s.opt.read_timeout_s);
+  lo.request_timeout = std::chrono::seconds(s.opt.request_timeout_s);
   lo.max_body_bytes = s.opt.max_body_bytes;
   // Room for a request of the largest size to arrive whole, however many others are pending.
   lo.max_buffered_bytes = std::max(s.opt.max_buffered_bytes, 2 * s.opt.max_body_bytes + lo.max_head_bytes);

@@ -43,6 +43,7 @@ struct ServerOptions {
   // has fully arrived (event_loop.h). The deadlines drop clients that trickle or stall.
   int header_timeout_s = 10;       // from a request's first byte to the end of its headers, else 408
   int read_timeout_s = 10;         // between two pieces of a request body, else 408
+  int request_timeout_s = 60;      // from a request's first byte to its last, else 408 (drip-fed bodies)
   int write_timeout_s = 10;        // a client that stops reading is dropped after this
   int idle_timeout_s = 30;         // a connection with no request under way is closed after this
   size_t max_connections = 16384;  // open at once; past it a new one gets 503. Capped by RLIMIT_NOFILE

@@ -162,8 +162,9 @@ struct ServeArgs {
   int port = 8080, parallel = 4, queue = 64;
   int64_t ctx_size = 0;
   double grace_s = 10;
-  int timeout_s = 10, header_timeout_s = 10, idle_timeout_s = 30;
+  int timeout_s = 10, header_timeout_s = 10, idle_timeout_s = 30, request_timeout_s = 60;
   int64_t max_connections = 16384, threads_http = 1024;
+  int64_t max_body_bytes = int64_t(8) << 20, max_buffered_bytes = int64_t(256) << 20;
 };
 void add_serve_command(CLI::App& app, ServeArgs& a);
 int run_serve(const ServeArgs& a);  // returns after SIGINT / SIGTERM

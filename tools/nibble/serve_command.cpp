@@ -1,6 +1,6 @@
 // `nibble serve MODEL [quant flags] [--host H] [--port P] [--api-key K] [--parallel N]
 // [--ctx-size N] [--max-connections N] [--threads-http N] [--timeout S] [--header-timeout S]
-// [--idle-timeout S]`: an OpenAI-compatible HTTP server (src/serve). It listens first and loads the
+// [--request-timeout S] [--idle-timeout S] [--max-body-bytes N] [--max-buffered-bytes N]`: an OpenAI-compatible HTTP server (src/serve). It listens first and loads the
 // model after, so GET /health says 503 until the model is ready. SIGINT / SIGTERM stop it
 // gracefully: no new connections, in-flight requests finish within --grace seconds (the rest are
 // cancelled), exit 0. Signals are taken by sigwait() on a thread of ours, never in a handler.
@@ -61,6 +61,16 @@ void add_serve_command(CLI::App& app, ServeArgs& a) {
   cmd->add_option("--header-timeout", a.header_timeout_s,
                   "seconds from a request's first byte to the end of its headers, else 408 (default 10)")
       ->check(CLI::Range(1, 86400));
+  cmd->add_option("--request-timeout", a.request_timeout_s,
+                  "seconds from a request's first byte to its last (a drip-fed body), else 408 (default 60)")
+      ->check(CLI::Range(1, 86400));
+  cmd->add_option("--max-body-bytes", a.max_body_bytes,
+                  "largest request body, chunked or not; a larger one gets 413 (default 8 MiB)")
+      ->check(CLI::Range(int64_t(1024), int64_t(1) << 34));
+  cmd->add_option("--max-buffered-bytes", a.max_buffered_bytes,
+                  "request bytes still arriving that the server holds, all connections together; past "
+                  "it, large bodies wait in the kernel (default 256 MiB, at least 2x --max-body-bytes)")
+      ->check(CLI::Range(int64_t(1) << 20, int64_t(1) << 40));
   cmd->add_option("--idle-timeout", a.idle_timeout_s,
                   "seconds a connection with no request under way stays open (default 30)")
       ->check(CLI::Range(1, 86400));
@@ -87,7 +97,10 @@ int run_serve(const ServeArgs& a) {
   o.grace = std::chrono::milliseconds(int64_t(a.grace_s * 1000));
   o.read_timeout_s = o.write_timeout_s = a.timeout_s;
   o.header_timeout_s = a.header_timeout_s;
+  o.request_timeout_s = a.request_timeout_s;
   o.idle_timeout_s = a.idle_timeout_s;
+  o.max_body_bytes = size_t(a.max_body_bytes);
+  o.max_buffered_bytes = size_t(a.max_buffered_bytes);
   o.max_connections = size_t(a.max_connections);
   o.max_threads = size_t(a.threads_http);
   // Each connection holds a descriptor; the default soft limit (often 1024) would cap them.

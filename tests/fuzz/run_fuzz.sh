@@ -48,6 +48,7 @@ dict_for() {
     chat_template) cat $d/jinja.dict $d/json.dict $d/fields.dict ;;
     tokenizer_json) cat $d/json.dict $d/tokenizer.dict ;;
     tokenizer_text) cat $d/tokenizer.dict ;;
+    http_request) cat $d/http.dict ;;
     *) cat $d/json.dict $d/fields.dict ;;
   esac
 }

@@ -10,6 +10,11 @@
 
 #include "nibble/tensor.h"
 
+// The one GTEST_SKIP of the cuda tier: its tests need a GPU, so without one (CI) they skip, and
+// everything else in them runs.
+#define SKIP_WITHOUT_CUDA() \
+  if (!::nibble::cuda_available()) GTEST_SKIP() << "no CUDA device"
+
 namespace nibble::test {
 
 // $NIBBLE_FIXTURES, or <project>/../shared/fixtures.

@@ -6,12 +6,18 @@
 // step's matrix FLOPs) and beside the PEERS.md row measured on the H200 for the same shape.
 //   model_gpu [--shapes llama2_7b,llama32_1b,llama31_8b] [--dir DIR] [--json PATH]
 //             [--batches 1,4,16] [--contexts 128,4096] [--steps N] [--keep] [--prefill-only]
+//             [--max-memory cuda:0=2.5GiB,cpu=64GiB]
+// --max-memory places the model as device_map="auto" does under that budget (the layers past the
+// GPU's share run on the CPU, as transformers + accelerate with llm_int8_enable_fp32_cpu_offload);
+// the decode figures then also say how many layers each device holds and, from the same shape
+// measured on the GPU alone first, how a step's time splits between the GPU and the rest.
 // Prints "no CUDA device" and exits 0 without a GPU.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -19,6 +25,7 @@
 
 #include "models/causal_lm_impl.h"  // KVCache
 #include "nibble/bnb_config.h"
+#include "nibble/device_map.h"
 #include "nibble/model.h"
 #include "nibble/tensor.h"
 #include "random_model.h"
@@ -157,6 +164,34 @@ json peer_json(const Peer& p) {
           {"transformers_bnb_load_s", p.bnb_load}};
 }
 
+// Greedy decode of B sequences at context ctx (prefilled in chunks of 512), one host round trip
+// a step: tokens a second over `steps` steps after 4 warm-up steps.
+double decode_tok_s(const CausalLM& model, int64_t B, int64_t ctx, int64_t steps, int64_t V) {
+  std::vector<std::unique_ptr<KVCache>> caches;
+  std::vector<KVCache*> cp;
+  std::vector<int64_t> tok(static_cast<size_t>(B));
+  for (int64_t b = 0; b < B; ++b) {
+    caches.push_back(model.new_cache(ctx + steps + 8));
+    cp.push_back(caches.back().get());
+    auto ids = random_ids(ctx, V, uint64_t(1000 + b));
+    Tensor lg;
+    for (int64_t p = 0; p < ctx; p += 512) {
+      std::vector<int64_t> chunk(ids.begin() + p, ids.begin() + std::min<int64_t>(ctx, p + 512));
+      lg = model.forward_last(chunk, cp.back());
+    }
+    tok[size_t(b)] = argmax_row(lg, 0);
+  }
+  auto step = [&] {
+    Tensor lg = model.decode_batch(tok, cp);  // [B, V] on the host
+    for (int64_t b = 0; b < B; ++b) tok[size_t(b)] = argmax_row(lg, b);
+  };
+  for (int w = 0; w < 4; ++w) step();
+  auto t1 = Clock::now();
+  for (int64_t n = 0; n < steps; ++n) step();
+  const double dt = since(t1);
+  return double(B * steps) / dt;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -166,6 +201,7 @@ int main(int argc, char** argv) {
   std::vector<int64_t> batches = {1, 4, 16}, contexts = {128, 4096};
   int64_t steps = 64;
   bool keep = false, prefill_only = false;
+  std::string max_memory;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -196,12 +232,14 @@ int main(int argc, char** argv) {
       steps = std::stoll(next());
     } else if (a == "--keep") {
       keep = true;
+    } else if (a == "--max-memory") {
+      max_memory = next();
     } else if (a == "--prefill-only") {  // one load and one prefill-512 (for a profiler)
       prefill_only = true;
     } else {
       std::fprintf(stderr,
                    "usage: model_gpu [--shapes a,b] [--dir DIR] [--json PATH] [--batches 1,4,16] "
-                   "[--contexts 128,4096] [--steps N] [--keep] [--prefill-only]\n");
+                   "[--contexts 128,4096] [--steps N] [--keep] [--prefill-only] [--max-memory SPEC]\n");
       return 2;
     }
   }
@@ -262,6 +300,7 @@ int main(int argc, char** argv) {
         "load %.2f GB\n",
         s.name, load_s, peer.bnb_load, held * 1e-9, peak * 1e-9);
     const int64_t V = s.V;
+    std::map<std::pair<int64_t, int64_t>, double> one_gpu_tok_s;  // (B, ctx) -> decode tok/s
 
     // prefill 512: one sequence, logits of the last row
     std::vector<double> pt;
@@ -302,29 +341,8 @@ int main(int argc, char** argv) {
     // decode: B sequences at context ctx, greedy, one host round trip per step
     for (int64_t ctx : contexts)
       for (int64_t B : batches) {
-        std::vector<std::unique_ptr<KVCache>> caches;
-        std::vector<KVCache*> cp;
-        std::vector<int64_t> tok(static_cast<size_t>(B));
-        for (int64_t b = 0; b < B; ++b) {
-          caches.push_back(model.new_cache(ctx + steps + 8));
-          cp.push_back(caches.back().get());
-          auto ids = random_ids(ctx, V, uint64_t(1000 + b));
-          Tensor lg;
-          for (int64_t p = 0; p < ctx; p += 512) {
-            std::vector<int64_t> chunk(ids.begin() + p, ids.begin() + std::min<int64_t>(ctx, p + 512));
-            lg = model.forward_last(chunk, cp.back());
-          }
-          tok[size_t(b)] = argmax_row(lg, 0);
-        }
-        auto step = [&] {
-          Tensor lg = model.decode_batch(tok, cp);  // [B, V] on the host
-          for (int64_t b = 0; b < B; ++b) tok[size_t(b)] = argmax_row(lg, b);
-        };
-        for (int w = 0; w < 4; ++w) step();
-        auto t1 = Clock::now();
-        for (int64_t n = 0; n < steps; ++n) step();
-        const double dt = since(t1);
-        const double tok_s = double(B * steps) / dt;
+        const double tok_s = decode_tok_s(model, B, ctx, steps, V);
+        one_gpu_tok_s[{B, ctx}] = tok_s;
         // bytes a step must read: every weight once, each sequence's K and V (bf16)
         const double kv =
             double(B) * 2.0 * double(s.L) * double(ctx + 4 + steps / 2) * double(s.Hkv * s.D) * 2.0;
@@ -349,6 +367,48 @@ int main(int argc, char** argv) {
                         {"copy_gbs", copy_bw * 1e-9},
                         {"peers_h200", peer_json(peer)}});
       }
+    if (!max_memory.empty()) {  // the same shape split by device_map="auto" under --max-memory
+      LoadOptions so = lo;
+      so.device_map = "auto";
+      so.max_memory = parse_max_memory(max_memory);
+      so.quantization_config->llm_int8_enable_fp32_cpu_offload = true;
+      auto t2 = Clock::now();
+      CausalLM split = AutoModelForCausalLM::from_pretrained(mdir, so);
+      const double split_load_s = since(t2);
+      std::map<std::string, int64_t> layers_on;
+      for (const auto& [module, device] : split.hf_device_map())
+        if (module.find(".layers.") != std::string::npos) ++layers_on[device];
+      std::string where;
+      for (const auto& [device, n] : layers_on) where += detail::str(where.empty() ? "" : ", ", n, " on ", device);
+      std::printf("%s split under max_memory %s: layers %s (load %.2f s)\n", s.name, max_memory.c_str(),
+                  where.c_str(), split_load_s);
+      const int64_t gpu_layers = layers_on.count("cuda:0") ? layers_on["cuda:0"] : 0;
+      for (int64_t ctx : contexts)
+        for (int64_t B : batches) {
+          const double tok_s = decode_tok_s(split, B, ctx, steps, V), one = one_gpu_tok_s[{B, ctx}];
+          // a step's time, and the GPU layers' share of it estimated from the one-GPU step
+          const double step_ms = 1e3 * double(B) / tok_s, one_ms = 1e3 * double(B) / one;
+          const double gpu_ms = one_ms * double(gpu_layers) / double(s.L);
+          std::printf(
+              "  split decode B=%lld ctx=%lld: %.2f tok/s (one GPU %.1f): a step %.1f ms, of which the %lld GPU "
+              "layers ~%.1f ms and the %lld CPU layers, head and crossings ~%.1f ms\n",
+              (long long)B, (long long)ctx, tok_s, one, step_ms, (long long)gpu_layers, gpu_ms,
+              (long long)(s.L - gpu_layers), step_ms - gpu_ms);
+          rows.push_back({{"device", dev_name},
+                          {"model", s.name},
+                          {"format", "nf4_dq"},
+                          {"compute", "bf16"},
+                          {"batch", B},
+                          {"context", ctx},
+                          {"max_memory", max_memory},
+                          {"layers_on", layers_on},
+                          {"decode_tok_s", tok_s},
+                          {"one_gpu_decode_tok_s", one},
+                          {"step_ms", step_ms},
+                          {"gpu_layers_ms_estimate", gpu_ms},
+                          {"load_s", split_load_s}});
+        }
+    }
     if (!keep) fs::remove_all(mdir);
   }
   if (!json_path.empty()) std::ofstream(json_path) << rows.dump(1) << "\n";

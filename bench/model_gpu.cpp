@@ -6,7 +6,10 @@
 // step's matrix FLOPs) and beside the PEERS.md row measured on the H200 for the same shape.
 //   model_gpu [--shapes llama2_7b,llama32_1b,llama31_8b] [--dir DIR] [--json PATH]
 //             [--batches 1,4,16] [--contexts 128,4096] [--steps N] [--keep] [--prefill-only]
-//             [--max-memory cuda:0=2.5GiB,cpu=64GiB]
+//             [--max-memory cuda:0=2.5GiB,cpu=64GiB] [--profile-decode N]
+// --profile-decode N: one load, a prefill of the first --contexts value, 4 warm-up decode steps
+// at the first --batches value, then N steps between cudaProfilerStart/Stop (for
+// `ncu --profile-from-start off`: the kernels of a decode step and their times), nothing else.
 // --max-memory places the model as device_map="auto" does under that budget (the layers past the
 // GPU's share run on the CPU, as transformers + accelerate with llm_int8_enable_fp32_cpu_offload);
 // the decode figures then also say how many layers each device holds and, from the same shape
@@ -31,6 +34,7 @@
 #include "random_model.h"
 #ifdef NIBBLE_WITH_CUDA
 #include <cublas_v2.h>
+#include <cuda_profiler_api.h>
 #include <cuda_runtime.h>
 
 #include "backends/cuda/check.h"
@@ -166,7 +170,9 @@ json peer_json(const Peer& p) {
 
 // Greedy decode of B sequences at context ctx (prefilled in chunks of 512), one host round trip
 // a step: tokens a second over `steps` steps after 4 warm-up steps.
-double decode_tok_s(const CausalLM& model, int64_t B, int64_t ctx, int64_t steps, int64_t V) {
+// profiled > 0: then `profiled` more steps between cudaProfilerStart and cudaProfilerStop.
+double decode_tok_s(const CausalLM& model, int64_t B, int64_t ctx, int64_t steps, int64_t V,
+                    int64_t profiled = 0) {
   std::vector<std::unique_ptr<KVCache>> caches;
   std::vector<KVCache*> cp;
   std::vector<int64_t> tok(static_cast<size_t>(B));
@@ -189,6 +195,13 @@ double decode_tok_s(const CausalLM& model, int64_t B, int64_t ctx, int64_t steps
   auto t1 = Clock::now();
   for (int64_t n = 0; n < steps; ++n) step();
   const double dt = since(t1);
+  if (profiled > 0) {
+    NIBBLE_CUDA_CHECK(cudaDeviceSynchronize());
+    NIBBLE_CUDA_CHECK(cudaProfilerStart());
+    for (int64_t n = 0; n < profiled; ++n) step();
+    NIBBLE_CUDA_CHECK(cudaDeviceSynchronize());
+    NIBBLE_CUDA_CHECK(cudaProfilerStop());
+  }
   return double(B * steps) / dt;
 }
 
@@ -202,6 +215,7 @@ int main(int argc, char** argv) {
   int64_t steps = 64;
   bool keep = false, prefill_only = false;
   std::string max_memory;
+  int64_t profile_steps = 0;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -232,6 +246,8 @@ int main(int argc, char** argv) {
       steps = std::stoll(next());
     } else if (a == "--keep") {
       keep = true;
+    } else if (a == "--profile-decode") {
+      profile_steps = std::stoll(next());
     } else if (a == "--max-memory") {
       max_memory = next();
     } else if (a == "--prefill-only") {  // one load and one prefill-512 (for a profiler)
@@ -239,7 +255,8 @@ int main(int argc, char** argv) {
     } else {
       std::fprintf(stderr,
                    "usage: model_gpu [--shapes a,b] [--dir DIR] [--json PATH] [--batches 1,4,16] "
-                   "[--contexts 128,4096] [--steps N] [--keep] [--prefill-only] [--max-memory SPEC]\n");
+                   "[--contexts 128,4096] [--steps N] [--keep] [--prefill-only] [--max-memory SPEC] "
+                   "[--profile-decode N]\n");
       return 2;
     }
   }
@@ -275,6 +292,13 @@ int main(int argc, char** argv) {
                                                 .bnb_4bit_compute_dtype = "bfloat16",
                                                 .bnb_4bit_quant_type = "nf4",
                                                 .bnb_4bit_use_double_quant = true};
+    if (profile_steps > 0) {
+      CausalLM m1 = AutoModelForCausalLM::from_pretrained(mdir, lo);
+      const double tok_s = decode_tok_s(m1, batches[0], contexts[0], 4, s.V, profile_steps);
+      std::printf("%s decode B=%lld ctx=%lld under the profiler: %.1f tok/s\n", s.name, (long long)batches[0],
+                  (long long)contexts[0], tok_s);
+      continue;
+    }
     if (prefill_only) {
       CausalLM m1 = AutoModelForCausalLM::from_pretrained(mdir, lo);
       auto cache = m1.new_cache(512);

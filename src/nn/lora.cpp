@@ -22,6 +22,13 @@ std::vector<float> transposed(const float* a, int64_t rows, int64_t cols) {
 }
 }  // namespace
 
+std::vector<uint8_t> dropout_mask(int64_t n, float p, uint64_t seed) {
+  std::vector<uint8_t> mask(static_cast<size_t>(n));
+  std::mt19937_64 g(seed);
+  for (auto& m : mask) m = double(g() >> 11) * 0x1p-53 >= p;
+  return mask;
+}
+
 void lora_forward(const float* x, int64_t M, int64_t in, const float* A, const float* B, int64_t r,
                   int64_t out, float scale, float dropout, uint64_t seed, float* y, LoraSaved* saved) {
   if (!(dropout >= 0.0f && dropout < 1.0f)) throw ConfigError("lora_dropout must be in [0, 1)");
@@ -30,14 +37,9 @@ void lora_forward(const float* x, int64_t M, int64_t in, const float* A, const f
   const float* xs = x;
   if (dropout > 0.0f) {
     xd.resize(size_t(M * in));
-    mask.resize(size_t(M * in));
-    std::mt19937_64 g(seed);
+    mask = dropout_mask(M * in, dropout, seed);
     const float keep = 1.0f / (1.0f - dropout);
-    for (int64_t i = 0; i < M * in; ++i) {
-      const double u = double(g() >> 11) * 0x1p-53;
-      mask[size_t(i)] = u >= dropout;
-      xd[size_t(i)] = mask[size_t(i)] ? x[i] * keep : 0.0f;
-    }
+    for (int64_t i = 0; i < M * in; ++i) xd[size_t(i)] = mask[size_t(i)] ? x[i] * keep : 0.0f;
     xs = xd.data();
   }
   std::vector<float> h(size_t(M * r)), t(size_t(M * out));  // [M, r], [M, out]

@@ -49,4 +49,29 @@ void lora_backward(const float* dy, const float* x, int64_t M, int64_t in, const
 // forward uses it (4-bit: bitsandbytes' dequantization; int8: CB * SCB / 127).
 void linear_backward_dx(const Linear& base, const float* dy, int64_t M, float* dx);
 
+// The inverted-dropout keep mask of n inputs (1: kept) drawn from std::mt19937_64(seed), as
+// lora_forward draws it. Both devices use this host mask, so a CUDA pass drops what the CPU drops.
+std::vector<uint8_t> dropout_mask(int64_t n, float p, uint64_t seed);
+
+// ---- forms with an execution context (nn/lora_ops.cpp) -------------------------------------------
+// The functions above on tensors of ctx's device, dispatched through ops/dispatch.h (the CPU
+// branch calls the host functions, so CPU results are theirs bit for bit). A and B of w, x, dy,
+// out, dx and the gradients are contiguous f32 on ctx's device.
+
+// What the backward needs from one forward call, on the forward's device.
+struct LoraCache {
+  Tensor xd;    // [M, in] dropout(x); undefined when p == 0
+  Tensor mask;  // u8 [M, in] keep mask; undefined when p == 0
+  float keep_scale = 1.0f;
+  Tensor h;  // [M, r] A · dropout(x)
+};
+// out [M, out] += s · B (A · dropout(x)) for x [M, in]; dropout p (0: none) with dropout_mask(seed).
+void lora_forward(ExecContext& ctx, const LoraWeights& w, const Tensor& x, float dropout, uint64_t seed,
+                  const Tensor& out, LoraCache* saved);
+// dA [r, in] and dB [out, r] accumulate; dx [M, in] (undefined: not needed) accumulates.
+void lora_backward(ExecContext& ctx, const LoraWeights& w, const Tensor& x, const Tensor& dy,
+                   const LoraCache& saved, const Tensor& dA, const Tensor& dB, const Tensor& dx);
+// dx [M, in] += dy [M, out] · W of the frozen base (W a tile of rows at a time on either device).
+void linear_backward_dx(ExecContext& ctx, const Linear& base, const Tensor& dy, const Tensor& dx);
+
 }  // namespace nibble::nn

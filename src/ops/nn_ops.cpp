@@ -12,6 +12,7 @@
 #include "backends/cpu/nn_cpu.h"
 #include "nibble/error.h"
 #include "ops/dispatch.h"
+#include "ops/quant4_view.h"
 // CUDA-free declarations; only the CUDA build instantiates the branches that call them.
 #include "backends/cuda/gemv_lut.h"
 #include "backends/cuda/linear_cuda.h"
@@ -171,28 +172,6 @@ void check_4bit(const char* op, const Tensor& packed, const QuantState4& state) 
   if (!packed.defined() || packed.dtype() != DType::U8 || packed.numel() != (n + 1) / 2 || !packed.is_contiguous())
     throw ShapeError(str(op, ": packed weight ", packed.defined() ? packed.str() : "undefined", " does not hold ", n,
                          " 4-bit values"));
-}
-}  // namespace
-
-namespace {
-// The CUDA backend's view of a 4-bit weight on the device: the stored (nested) absmax as is.
-template <class T = Tensor>
-cuda::Quant4Weight quant4_weight(const T& packed, const QuantState4& state) {
-  cuda::Quant4Weight w;
-  w.packed = packed.template data<uint8_t>();
-  w.blocksize = state.blocksize;
-  w.quant_type = state.quant_type;
-  if (state.nested) {
-    w.absmax_q = state.absmax.template data<uint8_t>();
-    w.absmax2 = state.nested_absmax.template data<float>();
-    w.code2 = cuda::device_dynamic_map();
-    w.offset = state.offset;
-    w.nested_blocksize = state.nested_blocksize;
-  } else {
-    w.absmax = state.absmax.template data<float>();
-  }
-  w.quant_map = cuda::device_quant_map(state.quant_type);
-  return w;
 }
 }  // namespace
 

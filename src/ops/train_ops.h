@@ -1,9 +1,17 @@
-// Backward ops for training (f32 host buffers, row-major). Each is the exact derivative of the
-// forward op nibble runs, checked in tests/unit/test_train_ops.cpp against a double reference and
-// finite differences. (Scalar reference code; the CPU backend split comes with the decoder backward.)
+// Backward ops for training (f32, row-major). Each is the exact derivative of the forward op
+// nibble runs, checked in tests/unit/test_train_ops.cpp against a double reference and finite
+// differences. Two forms, as the forward ops (nn_ops.h): the host-pointer functions below are the
+// scalar reference and the CPU backend; the `op(ctx, tensors...)` forms at the end check shapes
+// (ShapeError naming the op and tensor) and dispatch once on the context's device
+// (ops/dispatch.h): the CPU branch calls the host function, the CUDA branch the kernels of
+// backends/cuda/train_cuda.h.
 #pragma once
 
 #include <cstdint>
+
+#include "core/exec_context.h"
+#include "nibble/tensor.h"
+#include "ops/nn_ops.h"
 
 namespace nibble::ops {
 
@@ -70,5 +78,45 @@ void attention_backward(const float* q, const float* k, const float* v, int64_t 
 
 // Embedding: dW[ids[t]] += dy[t] (scatter-add); ids out of range -> ShapeError.
 void embedding_backward(const int64_t* ids, int64_t T, const float* dy, int64_t H, int64_t V, float* dW);
+
+// ---- forms with an execution context ------------------------------------------------------------
+// Every tensor on ctx's device; activations and gradients contiguous f32; outputs caller-provided
+// (overwritten unless "accumulated" is said). Norm weights may be f32/f16/bf16.
+
+// dx [M, C] of rms_norm(x [M, C], w [C]); dw [C] accumulated, or undefined (frozen).
+void rms_norm_backward(ExecContext& ctx, const Tensor& x, const Tensor& w, float eps, bool add_unit_offset,
+                       const Tensor& dy, const Tensor& dx, const Tensor& dw);
+// dx [M, C] of layer_norm(x, w, b); dw, db [C] accumulated, or undefined (frozen).
+void layer_norm_backward(ExecContext& ctx, const Tensor& x, const Tensor& w, float eps, const Tensor& dy,
+                         const Tensor& dx, const Tensor& dw, const Tensor& db);
+// dx = dy * act'(x) (all one shape).
+void act_backward(ExecContext& ctx, Activation a, const Tensor& x, const Tensor& dy, const Tensor& dx);
+// y = act(gate) * up: dgate, dup (all one shape).
+void gated_act_backward(ExecContext& ctx, Activation a, const Tensor& gate, const Tensor& up,
+                        const Tensor& dy, const Tensor& dgate, const Tensor& dup);
+// dy *= 1 - (y / cap)^2 in place (y, dy one shape; y the capped output).
+void softcap_backward_(ExecContext& ctx, const Tensor& y, float cap, const Tensor& dy);
+// dx [T, H, D] in place: the inverse rotation of apply_rope_ (cos/sin [T, rot_dim / 2] f32).
+void rope_backward_(ExecContext& ctx, const Tensor& dx, const Tensor& cos, const Tensor& sin,
+                    int64_t rot_dim);
+// One sequence's causal self-attention from position 0 (opts.q_offset must be 0, no q_pos):
+// q [T, Hq, D], k [T, Hkv, D], v [T, Hkv, Dv], dout [T, Hq, Dv]; dq, dk, dv of their shapes.
+void attention_backward(ExecContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v,
+                        const AttentionOptions& opts, const Tensor& dout, const Tensor& dq, const Tensor& dk,
+                        const Tensor& dv);
+// dW [V, H] += scatter of dy [T, H] at ids (i64 [T]). Out-of-range ids: ShapeError on the CPU;
+// the CUDA kernel skips them (the caller checks ids on the host, where they come from).
+void embedding_backward(ExecContext& ctx, const Tensor& ids, const Tensor& dy, const Tensor& dW);
+
+// cross_entropy_head_backward above: h [T, H], W [V, H] f32, targets i64 [T] (-100: none), dh
+// [T, H] overwritten (undefined: loss only). The loss and the target count come back to the host
+// (on CUDA: one copy of T per-row losses, summed in double there).
+struct HeadLoss {
+  double loss_sum = 0;
+  int64_t n_targets = 0;
+};
+HeadLoss cross_entropy_head_backward(ExecContext& ctx, const Tensor& h, const Tensor& W,
+                                     const Tensor& targets, float softcap, int64_t chunk, float grad_scale,
+                                     const Tensor& dh);
 
 }  // namespace nibble::ops

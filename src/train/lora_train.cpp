@@ -5,7 +5,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 
 #include "nibble/error.h"
 #include "nn/lora.h"
@@ -17,7 +16,7 @@ using detail::str;
 
 namespace {
 
-// What one decoder layer's backward needs (buffers f32 on the host; shapes in comments).
+// What one decoder layer's backward needs (f32 buffers on the model's device; shapes in comments).
 struct LayerCache {
   Tensor h_in;                      // [R, C] the layer's input
   Tensor x1;                        // [R, C] attention norm output
@@ -30,104 +29,85 @@ struct LayerCache {
   Tensor g, u;                      // [R, F] gate / up before the activation (plain MLP: u only)
   Tensor act;                       // [R, F] the down projection's input
   Tensor m_raw;                     // [R, C] MLP output before the post-MLP norm (only with it)
-  std::vector<nn::LoraSaved> lora;  // per Linear of the layer: qkv..., o, mlp...
+  std::vector<nn::LoraCache> lora;  // per Linear of the layer: qkv..., o, mlp...
 };
 
-Tensor rows(int64_t R, int64_t C) {
-  return Tensor::empty({R, C}, DType::F32);
-}
-Tensor zero_rows(int64_t R, int64_t C) {
-  return Tensor::zeros({R, C}, DType::F32);
-}
-float* f(const Tensor& t) {
-  return const_cast<float*>(t.data<float>());
-}
 Tensor f32(const Tensor& t) {
   return t.dtype() == DType::F32 ? t : t.to(DType::F32);
 }
 
-ops::Act act_kind(ops::Activation a) {
-  switch (a) {
-    case ops::Activation::SiLU:
-      return ops::Act::Silu;
-    case ops::Activation::GeluErf:
-      return ops::Act::GeluErf;
-    case ops::Activation::GeluTanh:
-      return ops::Act::GeluTanh;
-    case ops::Activation::ReLU:
-      return ops::Act::Relu;
-  }
-  throw InternalError("act_kind: unknown activation");
-}
+// One pass's adapter gradients on the model's device (dA, dB per adapted Linear), added into the
+// host GradMap at the end of the pass.
+struct DeviceGrad {
+  Tensor A, B;
+};
+using DeviceGrads = std::map<const NamedLinear*, DeviceGrad>;
 
-// The forward and backward of one model pass; holds the per-call state.
+// The forward and backward of one model pass; holds the per-call state. Every activation and
+// gradient is a Tensor on the model's device and every computation an op of ops/ or nn/lora.h.
 struct Pass {
   const CausalLM::Impl& m;
   const PassOptions& o;
-  GradMap* grads;  // null: no backward
+  DeviceGrads* grads;  // null: no backward
   Step st;
   ExecContext* ctx = nullptr;
   int64_t R = 0, C = 0;
+
+  Tensor rows(int64_t r, int64_t c) const { return Tensor::empty({r, c}, DType::F32, m.device); }
+  Tensor zero_rows(int64_t r, int64_t c) const { return Tensor::zeros({r, c}, DType::F32, m.device); }
 
   uint64_t seed(size_t li, size_t idx) const {
     return o.dropout_seed * 0x9E3779B97F4A7C15ull + uint64_t(li) * 1000003ull + uint64_t(idx) * 7919ull + 1;
   }
 
   // out = lin(x) (+ LoRA, its saved state in save).
-  void lin_fwd(const NamedLinear& nl, const Tensor& x, const Tensor& out, nn::LoraSaved& save,
+  void lin_fwd(const NamedLinear& nl, const Tensor& x, const Tensor& out, nn::LoraCache& save,
                uint64_t sd) const {
     nl.lin.forward(*ctx, x, out);
     if (!nl.lora.defined()) return;
-    const Tensor xc = x.is_contiguous() ? x : x.contiguous();
-    nn::lora_forward(xc.data<float>(), xc.size(0), xc.size(1), nl.lora.A.data<float>(),
-                     nl.lora.B.data<float>(), nl.lora.r(), out.size(1), nl.lora.scale,
-                     o.train ? nl.lora.dropout : 0.0f, sd, f(out), grads ? &save : nullptr);
+    nn::lora_forward(*ctx, nl.lora, x, o.train ? nl.lora.dropout : 0.0f, sd, out, grads ? &save : nullptr);
   }
 
-  // dx (may be null: not needed) += d/dx of lin for dy [R, out]; the adapter's grads accumulate.
-  void lin_bwd(const NamedLinear& nl, const Tensor& x, const float* dy, float* dx,
-               const nn::LoraSaved& save) const {
-    if (dx) nn::linear_backward_dx(nl.lin, dy, R, dx);
+  // dx (undefined: not needed) += d/dx of lin for dy [R, out]; the adapter's grads accumulate.
+  void lin_bwd(const NamedLinear& nl, const Tensor& x, const Tensor& dy, const Tensor& dx,
+               const nn::LoraCache& save) const {
+    if (dx.defined()) nn::linear_backward_dx(*ctx, nl.lin, dy, dx);
     if (!nl.lora.defined()) return;
-    LoraGrad& g = (*grads)[&nl];
-    if (g.A.empty()) g.A.assign(size_t(nl.lora.A.numel()), 0.0f), g.B.assign(size_t(nl.lora.B.numel()), 0.0f);
-    const Tensor xc = x.is_contiguous() ? x : x.contiguous();
-    nn::lora_backward(dy, xc.data<float>(), R, nl.lin.in_features(), nl.lora.A.data<float>(),
-                      nl.lora.B.data<float>(), nl.lora.r(), nl.lin.out_features(), nl.lora.scale, save,
-                      g.A.data(), g.B.data(), dx);
+    DeviceGrad& g = (*grads)[&nl];
+    if (!g.A.defined()) {
+      g.A = Tensor::zeros(nl.lora.A.shape(), DType::F32, m.device);
+      g.B = Tensor::zeros(nl.lora.B.shape(), DType::F32, m.device);
+    }
+    nn::lora_backward(*ctx, nl.lora, x, dy, save, g.A, g.B, dx);
   }
 
   void norm_fwd(const Norm& n, const Tensor& x, const Tensor& out) const { m.norm_into(n, x, out, st); }
-  // dx (overwritten) of the norm at input x for dy.
-  void norm_bwd(const Norm& n, const Tensor& x, const float* dy, float* dx) const {
-    const int64_t rws = x.size(0), c = x.size(1);
-    const Tensor w = f32(n.w);
-    if (m.spec->norm == models::NormKind::RMS) {
-      std::vector<float> dw(static_cast<size_t>(c));  // frozen: discarded
-      ops::rms_norm_backward(x.data<float>(), w.data<float>(), rws, c, float(m.config.norm_eps),
-                             m.spec->norm_unit_offset ? 1.0f : 0.0f, dy, dx, dw.data());
-    } else {
-      ops::layer_norm_backward(x.data<float>(), w.data<float>(), rws, c, float(m.config.norm_eps), dy, dx,
-                               nullptr, nullptr);
-    }
+  // dx (overwritten) of the norm at input x for dy (the norm's weight is frozen).
+  void norm_bwd(const Norm& n, const Tensor& x, const Tensor& dy, const Tensor& dx) const {
+    if (m.spec->norm == models::NormKind::RMS)
+      ops::rms_norm_backward(*ctx, x, n.w, float(m.config.norm_eps), m.spec->norm_unit_offset, dy, dx,
+                             Tensor());
+    else
+      ops::layer_norm_backward(*ctx, x, n.w, float(m.config.norm_eps), dy, dx, Tensor(), Tensor());
   }
-  // h += norm_bwd(...)
-  void add_norm_bwd(const Norm& n, const Tensor& x, const float* dy, float* dh) const {
-    std::vector<float> t(size_t(x.numel()));
-    norm_bwd(n, x, dy, t.data());
-    for (size_t i = 0; i < t.size(); ++i) dh[i] += t[i];
+  // dh += norm_bwd(...)
+  void add_norm_bwd(const Norm& n, const Tensor& x, const Tensor& dy, const Tensor& dh) const {
+    const Tensor t = rows(x.size(0), x.size(1));
+    norm_bwd(n, x, dy, t);
+    ops::add_(*ctx, dh, t);
   }
 
-  ops::AttnBwdOptions attn_opts(size_t li, const DecoderLayer& L) const {
-    ops::AttnBwdOptions a;
+  // The attention options of layer li, for the forward and the backward alike.
+  ops::AttentionOptions attn_opts(size_t li, const DecoderLayer& L) const {
+    ops::AttentionOptions a;
     a.scale = m.attn_scale;
     if (m.config.scale_attn_by_inverse_layer_idx) a.scale /= float(li + 1);
-    if (L.sliding && m.config.sliding_window) a.sliding_window = *m.config.sliding_window;
-    a.softcap = m.attn_softcap ? *m.attn_softcap : 0.0f;
-    a.alibi_slopes = m.alibi_slopes.defined() ? m.alibi_slopes.data<float>() : nullptr;
+    if (L.sliding && m.config.sliding_window && *m.config.sliding_window)
+      a.sliding_window = *m.config.sliding_window;
+    a.softcap = m.attn_softcap;
+    a.alibi_slopes = m.alibi_slopes;
     return a;
   }
-
   // ---- forward -------------------------------------------------------------------------------
   // x1 -> o [R, C]; fills the attention part of c.
   Tensor attention_fwd(size_t li, LayerCache& c) const {
@@ -170,12 +150,7 @@ struct Pass {
     c.q = q;
     c.k = k;
     c.v = v;
-    ops::AttentionOptions ao;
-    const ops::AttnBwdOptions bo = attn_opts(li, L);
-    ao.scale = bo.scale;
-    if (bo.sliding_window) ao.sliding_window = bo.sliding_window;
-    ao.softcap = m.attn_softcap;
-    ao.alibi_slopes = m.alibi_slopes;
+    ops::AttentionOptions ao = attn_opts(li, L);
     c.a = rows(R, Hq * D);
     for (const Segment& sg : st.segs) {
       ao.q_offset = 0;
@@ -217,8 +192,10 @@ struct Pass {
         Tensor y = rows(R, 2 * F);
         c.act = rows(R, F);
         lin_fwd(L.mlp[0], c.x2, y, c.lora[i0], seed(li, i0));
-        c.g = y.slice(1, 0, F).contiguous();
-        c.u = y.slice(1, F, 2 * F).contiguous();
+        c.g = rows(R, F);
+        c.u = rows(R, F);
+        ops::copy_(*ctx, y.slice(1, 0, F), c.g);
+        ops::copy_(*ctx, y.slice(1, F, 2 * F), c.u);
         ops::gated_activation(*ctx, c.g, c.u, m.act, c.act);
         lin_fwd(L.mlp[1], c.act, out, c.lora[i0 + 1], seed(li, i0 + 1));
         break;
@@ -246,7 +223,7 @@ struct Pass {
   Tensor layer_fwd(size_t li, const Tensor& h, LayerCache& c) const {
     const DecoderLayer& L = m.layers[li];
     c.h_in = h;
-    c.lora.assign(L.qkv.size() + 1 + L.mlp.size(), nn::LoraSaved{});
+    c.lora.assign(L.qkv.size() + 1 + L.mlp.size(), nn::LoraCache{});
     c.x1 = rows(R, C);
     norm_fwd(L.attn_norm, h, c.x1);
     Tensor ao = attention_fwd(li, c);
@@ -256,7 +233,7 @@ struct Pass {
       norm_fwd(L.mlp_norm, h, c.x2);
       Tensor mo = mlp_fwd(li, c);
       // transformers: mlp_output + attn_output + residual
-      std::memcpy(f(out), mo.data<float>(), size_t(R * C) * 4);
+      ops::copy_(*ctx, mo, out);
       ops::add_(*ctx, out, ao);
       ops::add_(*ctx, out, h);
       return out;
@@ -266,55 +243,52 @@ struct Pass {
     c.x2 = rows(R, C);
     norm_fwd(L.mlp_norm, c.h_mid, c.x2);
     Tensor mo = mlp_fwd(li, c);
-    std::memcpy(f(out), c.h_mid.data<float>(), size_t(R * C) * 4);
+    ops::copy_(*ctx, c.h_mid, out);
     ops::add_(*ctx, out, mo);
     return out;
   }
 
   // ---- backward ------------------------------------------------------------------------------
-  // d(attention block output) -> dx1 (accumulated; null at layer 0, where it is not needed).
-  void attention_bwd(size_t li, const LayerCache& c, const float* dout, float* dx1) const {
+  // d(attention block output) -> dx1 (accumulated; undefined at layer 0, where it is not needed).
+  void attention_bwd(size_t li, const LayerCache& c, Tensor dout, const Tensor& dx1) const {
     const DecoderLayer& L = m.layers[li];
     const models::ArchSpec& s = *m.spec;
     const int64_t D = m.head_dim, Hq = m.n_heads, Hkv = m.n_kv_heads;
-    std::vector<float> dpost;
     if (L.post_attn_norm.defined()) {
-      dpost.resize(size_t(R * C));
-      norm_bwd(L.post_attn_norm, c.o_raw, dout, dpost.data());
-      dout = dpost.data();
+      const Tensor t = rows(R, C);
+      norm_bwd(L.post_attn_norm, c.o_raw, dout, t);
+      dout = t;
     }
     const size_t io = L.qkv.size();
     Tensor da = zero_rows(R, Hq * D);
-    lin_bwd(L.o, c.a, dout, f(da), c.lora[io]);
+    lin_bwd(L.o, c.a, dout, da, c.lora[io]);
     Tensor dq = rows(R, Hq * D), dk = rows(R, Hkv * D), dv = rows(R, Hkv * D);
-    const ops::AttnBwdOptions bo = attn_opts(li, L);
-    for (const Segment& sg : st.segs) {
-      const int64_t r0 = sg.row0;
-      ops::attention_backward(c.q.data<float>() + r0 * Hq * D, c.k.data<float>() + r0 * Hkv * D,
-                              c.v.data<float>() + r0 * Hkv * D, sg.T, Hq, Hkv, D, D, bo,
-                              da.data<float>() + r0 * Hq * D, f(dq) + r0 * Hq * D, f(dk) + r0 * Hkv * D,
-                              f(dv) + r0 * Hkv * D);
-    }
+    const ops::AttentionOptions ao = attn_opts(li, L);
+    const auto heads = [&](const Tensor& t, int64_t H, const Segment& sg) {
+      return t.view({R, H, D}).slice(0, sg.row0, sg.row0 + sg.T);
+    };
+    for (const Segment& sg : st.segs)
+      ops::attention_backward(*ctx, heads(c.q, Hq, sg), heads(c.k, Hkv, sg), heads(c.v, Hkv, sg), ao,
+                              heads(da, Hq, sg), heads(dq, Hq, sg), heads(dk, Hkv, sg), heads(dv, Hkv, sg));
     if (s.pos == models::PosKind::Rope) {
-      ops::rope_backward_(f(dq), R, Hq, D, st.cos.data<float>(), st.sin.data<float>(), st.rot_dim);
-      ops::rope_backward_(f(dk), R, Hkv, D, st.cos.data<float>(), st.sin.data<float>(), st.rot_dim);
+      ops::rope_backward_(*ctx, dq.view({R, Hq, D}), st.cos, st.sin, st.rot_dim);
+      ops::rope_backward_(*ctx, dk.view({R, Hkv, D}), st.cos, st.sin, st.rot_dim);
     }
     if (L.q_norm.defined()) {
+      const float eps = float(m.config.norm_eps);
       Tensor t = rows(R, Hq * D);
-      std::vector<float> dw(static_cast<size_t>(D));
-      const float off = s.norm_unit_offset ? 1.0f : 0.0f, eps = float(m.config.norm_eps);
-      ops::rms_norm_backward(c.q_raw.data<float>(), f32(L.q_norm.w).data<float>(), R * Hq, D, eps, off,
-                             dq.data<float>(), f(t), dw.data());
+      ops::rms_norm_backward(*ctx, c.q_raw.view({R * Hq, D}), L.q_norm.w, eps, s.norm_unit_offset,
+                             dq.view({R * Hq, D}), t.view({R * Hq, D}), Tensor());
       dq = t;
       t = rows(R, Hkv * D);
-      ops::rms_norm_backward(c.k_raw.data<float>(), f32(L.k_norm.w).data<float>(), R * Hkv, D, eps, off,
-                             dk.data<float>(), f(t), dw.data());
+      ops::rms_norm_backward(*ctx, c.k_raw.view({R * Hkv, D}), L.k_norm.w, eps, s.norm_unit_offset,
+                             dk.view({R * Hkv, D}), t.view({R * Hkv, D}), Tensor());
       dk = t;
     }
     if (L.qkv.size() == 3) {
-      lin_bwd(L.qkv[0], c.x1, dq.data<float>(), dx1, c.lora[0]);
-      lin_bwd(L.qkv[1], c.x1, dk.data<float>(), dx1, c.lora[1]);
-      lin_bwd(L.qkv[2], c.x1, dv.data<float>(), dx1, c.lora[2]);
+      lin_bwd(L.qkv[0], c.x1, dq, dx1, c.lora[0]);
+      lin_bwd(L.qkv[1], c.x1, dk, dx1, c.lora[1]);
+      lin_bwd(L.qkv[2], c.x1, dv, dx1, c.lora[2]);
       return;
     }
     Tensor dy;
@@ -330,46 +304,42 @@ struct Pass {
       ops::copy_(*ctx, dk.view({R * Hkv, D}), yh.slice(1, D, 2 * D));
       ops::copy_(*ctx, dv.view({R * Hkv, D}), yh.slice(1, 2 * D, 3 * D));
     }
-    lin_bwd(L.qkv[0], c.x1, dy.data<float>(), dx1, c.lora[0]);
+    lin_bwd(L.qkv[0], c.x1, dy, dx1, c.lora[0]);
   }
 
   // d(MLP block output) -> dx2 (accumulated).
-  void mlp_bwd(size_t li, const LayerCache& c, const float* dout, float* dx2) const {
+  void mlp_bwd(size_t li, const LayerCache& c, Tensor dout, const Tensor& dx2) const {
     const DecoderLayer& L = m.layers[li];
     const size_t i0 = L.qkv.size() + 1;
-    std::vector<float> dpost;
     if (L.post_mlp_norm.defined()) {
-      dpost.resize(size_t(R * C));
-      norm_bwd(L.post_mlp_norm, c.m_raw, dout, dpost.data());
-      dout = dpost.data();
+      const Tensor t = rows(R, C);
+      norm_bwd(L.post_mlp_norm, c.m_raw, dout, t);
+      dout = t;
     }
-    const ops::Act a = act_kind(m.act);
     const int64_t F = c.act.size(1);
     Tensor dact = zero_rows(R, F);
     const NamedLinear& down = L.mlp.back();
-    lin_bwd(down, c.act, dout, f(dact), c.lora[i0 + L.mlp.size() - 1]);
+    lin_bwd(down, c.act, dout, dact, c.lora[i0 + L.mlp.size() - 1]);
     switch (m.spec->mlp_kind) {
       case models::MlpKind::Gated: {
         Tensor dg = rows(R, F), du = rows(R, F);
-        ops::gated_act_backward(a, c.g.data<float>(), c.u.data<float>(), dact.data<float>(), R * F, f(dg),
-                                f(du));
-        lin_bwd(L.mlp[0], c.x2, dg.data<float>(), dx2, c.lora[i0]);
-        lin_bwd(L.mlp[1], c.x2, du.data<float>(), dx2, c.lora[i0 + 1]);
+        ops::gated_act_backward(*ctx, m.act, c.g, c.u, dact, dg, du);
+        lin_bwd(L.mlp[0], c.x2, dg, dx2, c.lora[i0]);
+        lin_bwd(L.mlp[1], c.x2, du, dx2, c.lora[i0 + 1]);
         break;
       }
       case models::MlpKind::GatedFused: {
         Tensor dg = rows(R, F), du = rows(R, F), dy = rows(R, 2 * F);
-        ops::gated_act_backward(a, c.g.data<float>(), c.u.data<float>(), dact.data<float>(), R * F, f(dg),
-                                f(du));
+        ops::gated_act_backward(*ctx, m.act, c.g, c.u, dact, dg, du);
         ops::copy_(*ctx, dg, dy.slice(1, 0, F));
         ops::copy_(*ctx, du, dy.slice(1, F, 2 * F));
-        lin_bwd(L.mlp[0], c.x2, dy.data<float>(), dx2, c.lora[i0]);
+        lin_bwd(L.mlp[0], c.x2, dy, dx2, c.lora[i0]);
         break;
       }
       case models::MlpKind::Plain: {
         Tensor du = rows(R, F);
-        ops::act_backward(a, c.u.data<float>(), dact.data<float>(), R * F, f(du));
-        lin_bwd(L.mlp[0], c.x2, du.data<float>(), dx2, c.lora[i0]);
+        ops::act_backward(*ctx, m.act, c.u, dact, du);
+        lin_bwd(L.mlp[0], c.x2, du, dx2, c.lora[i0]);
         break;
       }
     }
@@ -377,22 +347,22 @@ struct Pass {
 
   // dh [R, C]: d(layer output) in, d(layer input) out (in place); at layer 0 only the adapters'
   // gradients matter, so the input gradient is not formed.
-  void layer_bwd(size_t li, const LayerCache& c, Tensor& dh) const {
+  void layer_bwd(size_t li, const LayerCache& c, const Tensor& dh) const {
     const DecoderLayer& L = m.layers[li];
     const bool need_dx = li > 0;
-    Tensor dx2 = zero_rows(R, C), dx1 = zero_rows(R, C);
+    Tensor dx2 = zero_rows(R, C), dx1 = need_dx ? zero_rows(R, C) : Tensor();
     if (m.parallel_residual) {
-      mlp_bwd(li, c, dh.data<float>(), f(dx2));
-      attention_bwd(li, c, dh.data<float>(), need_dx ? f(dx1) : nullptr);
+      mlp_bwd(li, c, dh, dx2);
+      attention_bwd(li, c, dh, dx1);
       if (!need_dx) return;
-      add_norm_bwd(L.mlp_norm, c.h_in, dx2.data<float>(), f(dh));
-      add_norm_bwd(L.attn_norm, c.h_in, dx1.data<float>(), f(dh));
+      add_norm_bwd(L.mlp_norm, c.h_in, dx2, dh);
+      add_norm_bwd(L.attn_norm, c.h_in, dx1, dh);
       return;
     }
-    mlp_bwd(li, c, dh.data<float>(), f(dx2));
-    add_norm_bwd(L.mlp_norm, c.h_mid, dx2.data<float>(), f(dh));  // dh is now d(h_mid)
-    attention_bwd(li, c, dh.data<float>(), need_dx ? f(dx1) : nullptr);
-    if (need_dx) add_norm_bwd(L.attn_norm, c.h_in, dx1.data<float>(), f(dh));
+    mlp_bwd(li, c, dh, dx2);
+    add_norm_bwd(L.mlp_norm, c.h_mid, dx2, dh);  // dh is now d(h_mid)
+    attention_bwd(li, c, dh, dx1);
+    if (need_dx) add_norm_bwd(L.attn_norm, c.h_in, dx1, dh);
   }
 };
 
@@ -416,7 +386,8 @@ PassResult run(const CausalLM::Impl& m, const TokenBatch& b, const Tensor& head_
   if (!b.labels.empty() && b.labels.size() != b.input_ids.size())
     throw ShapeError(str("labels for ", b.labels.size(), " sequences, input_ids has ", b.input_ids.size()));
   const std::vector<int64_t> targets = targets_of(b);
-  Pass p{m, o, grads, {}, nullptr, 0, m.config.hidden_size};
+  DeviceGrads dgrads;
+  Pass p{m, o, grads ? &dgrads : nullptr, {}, nullptr, 0, m.config.hidden_size};
   std::vector<std::unique_ptr<KVCache>> caches;
   std::vector<KVCache*> cp;
   for (const auto& s : b.input_ids) {
@@ -426,7 +397,7 @@ PassResult run(const CausalLM::Impl& m, const TokenBatch& b, const Tensor& head_
   p.st = m.plan(b.input_ids, cp);
   p.ctx = p.st.ctx;
   p.R = p.st.R;
-  const int64_t R = p.R, C = p.C, V = head_w.size(0);
+  const int64_t R = p.R, C = p.C;
   const size_t nl = m.layers.size();
   std::vector<LayerCache> cache(nl);
   Tensor h = m.embed_block(p.st);  // [R, C]
@@ -440,18 +411,20 @@ PassResult run(const CausalLM::Impl& m, const TokenBatch& b, const Tensor& head_
     }
     h = next;
   }
-  Tensor xf = rows(R, C);  // [R, C] final norm output
+  Tensor xf = p.rows(R, C);  // [R, C] final norm output
   p.norm_fwd(m.final_norm, h, xf);
   PassResult res;
   res.n_tokens = R;
-  Tensor dxf = rows(R, C);
+  const Tensor dxf = grads ? p.rows(R, C) : Tensor();
   const float softcap = m.final_softcap ? *m.final_softcap : 0.0f;
-  res.loss_sum = ops::cross_entropy_head_backward(xf.data<float>(), R, C, head_w.data<float>(), V,
-                                                  targets.data(), softcap, o.vocab_chunk, o.grad_scale,
-                                                  grads ? f(dxf) : nullptr, &res.n_targets);
+  const Tensor tg = Tensor::from_vector({R}, DType::I64, targets).to(m.device);
+  const ops::HeadLoss hl =
+      ops::cross_entropy_head_backward(*p.ctx, xf, head_w, tg, softcap, o.vocab_chunk, o.grad_scale, dxf);
+  res.loss_sum = hl.loss_sum;
+  res.n_targets = hl.n_targets;
   if (!grads) return res;
-  Tensor dh = rows(R, C);
-  p.norm_bwd(m.final_norm, h, dxf.data<float>(), f(dh));
+  Tensor dh = p.rows(R, C);
+  p.norm_bwd(m.final_norm, h, dxf, dh);
   for (size_t li = nl; li-- > 0;) {
     if (o.checkpointing) {
       LayerCache full;
@@ -461,6 +434,14 @@ PassResult run(const CausalLM::Impl& m, const TokenBatch& b, const Tensor& head_
       p.layer_bwd(li, cache[li], dh);
     }
     cache[li] = LayerCache{};  // free as we go
+  }
+  // The pass's adapter gradients, copied to the host and added to the step's.
+  for (const auto& [nl_ptr, dg] : dgrads) {
+    LoraGrad& g = (*grads)[nl_ptr];
+    if (g.A.empty()) g.A.assign(size_t(dg.A.numel()), 0.0f), g.B.assign(size_t(dg.B.numel()), 0.0f);
+    const Tensor a = dg.A.to(Device::cpu()), bb = dg.B.to(Device::cpu());
+    for (size_t i = 0; i < g.A.size(); ++i) g.A[i] += a.data<float>()[i];
+    for (size_t i = 0; i < g.B.size(); ++i) g.B[i] += bb.data<float>()[i];
   }
   return res;
 }

@@ -12,38 +12,31 @@
 
 #include "backends/cuda/check.h"
 #include "backends/cuda/compute_dtype.cuh"
+#include "backends/cuda/cublas_util.h"
 #include "backends/cuda/gemm_cublas.h"
 #include "backends/cuda/linear_cuda.h"
 #include "backends/cuda/quant_device.cuh"
 #include "nibble/error.h"
 
 namespace nibble::cuda {
-namespace {
-
-using dev::load_bias;
-using dev::pack2;
-using dev::round_ct;
-
-#define NIBBLE_CUBLAS_CHECK(call)                                                               \
-  do {                                                                                          \
-    cublasStatus_t st_ = (call);                                                                \
-    if (st_ != CUBLAS_STATUS_SUCCESS)                                                           \
-      throw ::nibble::Error(::nibble::detail::str("cuBLAS error ", int(st_), " (",              \
-                                                  cublasGetStatusString(st_), ") in ", #call)); \
-  } while (0)
 
 // One handle per (thread, device), created on first use; its stream is set per call.
-cublasHandle_t handle_for(int device) {
+cublasHandle_t cublas_handle(int device) {
   thread_local std::map<int, cublasHandle_t> handles;
   auto it = handles.find(device);
   if (it != handles.end()) return it->second;
   cublasHandle_t h = nullptr;
   NIBBLE_CUBLAS_CHECK(cublasCreate(&h));
-  // default math: tensor cores for 16-bit inputs; f32 inputs stay f32 (TF32 only on request)
   NIBBLE_CUBLAS_CHECK(cublasSetMathMode(h, CUBLAS_DEFAULT_MATH));
   handles[device] = h;
   return h;
 }
+
+namespace {
+
+using dev::load_bias;
+using dev::pack2;
+using dev::round_ct;
 
 size_t align256(size_t n) {
   return (n + 255) / 256 * 256;
@@ -159,7 +152,7 @@ bool is_float_dt(DType dt) {
 // out = xs . Ws^T (f32 result), then the epilogue.
 void gemm_and_finish(const Launch& l, const void* xs, const void* ws, DType ab_dt, int64_t M, int64_t K,
                      int64_t N, const void* bias, int bdt, DType ct, float* out) {
-  cublasHandle_t h = handle_for(l.device);
+  cublasHandle_t h = cublas_handle(l.device);
   NIBBLE_CUBLAS_CHECK(cublasSetStream(h, l.stream));
   const float alpha = 1.0f, beta = 0.0f;
   NIBBLE_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, int(N), int(M), int(K), &alpha, ws,

@@ -8,6 +8,7 @@
 
 #include "backends/cuda/act.cuh"
 #include "backends/cuda/check.h"
+#include "backends/cuda/kernel_util.cuh"
 #include "backends/cuda/launch_util.cuh"
 #include "backends/cuda/nn_cuda.h"
 #include "backends/cuda/pdl.cuh"
@@ -17,44 +18,8 @@ namespace {
 
 constexpr int kRowThreads = 256;
 
-class DeviceScope {  // makes l.device current for one entry point
- public:
-  explicit DeviceScope(int dev) {
-    NIBBLE_CUDA_CHECK(cudaGetDevice(&prev_));
-    if (prev_ != dev)
-      NIBBLE_CUDA_CHECK(cudaSetDevice(dev));
-    else
-      prev_ = -1;
-  }
-  ~DeviceScope() {
-    if (prev_ >= 0) cudaSetDevice(prev_);
-  }
-
- private:
-  int prev_ = -1;
-};
-
-// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets it.
-__device__ float block_sum(float v, float* red) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  const int w = threadIdx.x / 32, nw = blockDim.x / 32;
-  __syncthreads();  // red may still be read by a previous call
-  if ((threadIdx.x & 31) == 0) red[w] = v;
-  __syncthreads();
-  float t = 0.0f;
-  for (int i = 0; i < nw; ++i) t += red[i];
-  return t;
-}
-__device__ float block_max(float v, float* red) {
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  const int w = threadIdx.x / 32, nw = blockDim.x / 32;
-  __syncthreads();
-  if ((threadIdx.x & 31) == 0) red[w] = v;
-  __syncthreads();
-  float t = -FLT_MAX;
-  for (int i = 0; i < nw; ++i) t = fmaxf(t, red[i]);
-  return t;
-}
+using dev::block_max;
+using dev::block_sum;
 
 // kAdd: x += r first (the residual add fused in front of the norm; the same f32 sums as add
 // then rms_norm, since each thread reads back only the elements it wrote).
@@ -281,9 +246,6 @@ __global__ void lse_kernel(const float* x, int64_t V, float* out) {
   if (threadIdx.x == 0) out[blockIdx.x] = m == -INFINITY ? m : m + logf(s);
 }
 
-unsigned grid_for(int64_t n, int threads = 256) {
-  return unsigned(std::min<int64_t>(std::max<int64_t>(ceil_div(n, threads), 1), 65535));
-}
 
 }  // namespace
 

@@ -1,0 +1,274 @@
+// The training backward ops on CUDA (ops/train_ops.h and nn/lora.h, through ops::dispatch into
+// backends/cuda/train_*.cu) against the same ops on the CPU (the host reference) on fresh random
+// inputs (seed printed; NIBBLE_TEST_SEED repeats a run). Errors are measured relative to the
+// largest |CPU value| of each output. Tolerances:
+//   1e-5  elementwise ops and the norms: the same f32 formulas, only libm ulps and the norms'
+//         row sums (f32 on the GPU, double on the host) differ, so errors are a few f32 ulps.
+//   1e-4  GEMM-based ops (LoRA, the frozen base's dX, the loss's dh) and attention: sums of up to
+//         a few hundred products in another order (cuBLAS; atomicAdd into dk/dv), about
+//         sqrt(K) * 6e-8 ~ 1e-6 relative, with two orders of margin. A wrong index, mask,
+//         scale or transposition gives errors of order 1.
+// Skips without a device.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "core/exec_context.h"
+#include "nibble/quant.h"
+#include "nibble/tensor.h"
+#include "nn/linear.h"
+#include "nn/lora.h"
+#include "ops/train_ops.h"
+#include "test_support.h"
+
+using namespace nibble;
+
+#ifdef NIBBLE_WITH_CUDA
+namespace {
+
+#define SKIP_WITHOUT_CUDA()           \
+  if (!cuda_available()) {            \
+    GTEST_SKIP() << "no CUDA device"; \
+  }
+
+constexpr double kElementwiseTol = 1e-5;
+constexpr double kGemmTol = 1e-4;
+
+const Device kGpu = Device::cuda(0);
+
+ExecContext& cpu_ctx() {
+  return ExecContext::current(Device::cpu());
+}
+ExecContext& gpu_ctx() {
+  return ExecContext::current(kGpu);
+}
+Tensor on_gpu(const Tensor& t) {
+  return t.defined() ? t.to(kGpu) : t;
+}
+// The device result on the host, after the context's stream has finished.
+Tensor on_host(const Tensor& t) {
+  gpu_ctx().synchronize();
+  return t.to(Device::cpu());
+}
+Tensor zeros(const Shape& s, Device d = Device::cpu()) {
+  return Tensor::zeros(s, DType::F32, d);
+}
+
+// max |got - want| / max |want| (want on the host, got on either device).
+double rel_err(const Tensor& got_any, const Tensor& want) {
+  const Tensor got = got_any.device().is_cpu() ? got_any : on_host(got_any);
+  EXPECT_EQ(got.shape(), want.shape());
+  double num = 0, den = 1e-30;
+  for (int64_t i = 0; i < want.numel(); ++i) {
+    const double w = want.data<float>()[i], g = got.data<float>()[i];
+    if (!std::isfinite(g)) return INFINITY;
+    num = std::max(num, std::abs(g - w));
+    den = std::max(den, std::abs(w));
+  }
+  return num / den;
+}
+
+struct Seeded {
+  uint64_t seed = test::fresh_seed();
+  std::mt19937_64 rng{seed};
+  Tensor randn(const Shape& s, float scale = 1.0f, DType dt = DType::F32) {
+    return test::random_normal(s, dt, rng, scale);
+  }
+};
+#define SEEDED(name) \
+  Seeded name;       \
+  SCOPED_TRACE("seed " + std::to_string(name.seed))
+
+TEST(TrainCuda, NormBackward) {
+  SKIP_WITHOUT_CUDA();
+  SEEDED(r);
+  for (DType wdt : {DType::F32, DType::BF16}) {
+    for (int64_t C : {7, 256, 1031}) {
+      const int64_t M = 5;
+      const Tensor x = r.randn({M, C}), dy = r.randn({M, C}), w = r.randn({C}, 0.5f, wdt);
+      for (bool unit : {false, true}) {
+        Tensor dx = zeros({M, C}), dw = zeros({C}), gdx = zeros({M, C}, kGpu), gdw = zeros({C}, kGpu);
+        ops::rms_norm_backward(cpu_ctx(), x, w, 1e-6f, unit, dy, dx, dw);
+        ops::rms_norm_backward(gpu_ctx(), on_gpu(x), on_gpu(w), 1e-6f, unit, on_gpu(dy), gdx, gdw);
+        EXPECT_LT(rel_err(gdx, dx), kElementwiseTol) << "rms dx C=" << C;
+        EXPECT_LT(rel_err(gdw, dw), kElementwiseTol) << "rms dw C=" << C;
+      }
+      Tensor dx = zeros({M, C}), dw = zeros({C}), db = zeros({C});
+      Tensor gdx = zeros({M, C}, kGpu), gdw = zeros({C}, kGpu), gdb = zeros({C}, kGpu);
+      ops::layer_norm_backward(cpu_ctx(), x, w, 1e-5f, dy, dx, dw, db);
+      ops::layer_norm_backward(gpu_ctx(), on_gpu(x), on_gpu(w), 1e-5f, on_gpu(dy), gdx, gdw, gdb);
+      EXPECT_LT(rel_err(gdx, dx), kElementwiseTol) << "layer dx C=" << C;
+      EXPECT_LT(rel_err(gdw, dw), kElementwiseTol) << "layer dw C=" << C;
+      EXPECT_LT(rel_err(gdb, db), kElementwiseTol) << "layer db C=" << C;
+    }
+  }
+}
+
+TEST(TrainCuda, ActivationsSoftcapRope) {
+  SKIP_WITHOUT_CUDA();
+  SEEDED(r);
+  const Shape s{9, 333};
+  const Tensor x = r.randn(s, 2.0f), u = r.randn(s), dy = r.randn(s);
+  for (ops::Activation a :
+       {ops::Activation::SiLU, ops::Activation::GeluErf, ops::Activation::GeluTanh, ops::Activation::ReLU}) {
+    Tensor dx = zeros(s), gdx = zeros(s, kGpu);
+    ops::act_backward(cpu_ctx(), a, x, dy, dx);
+    ops::act_backward(gpu_ctx(), a, on_gpu(x), on_gpu(dy), gdx);
+    EXPECT_LT(rel_err(gdx, dx), kElementwiseTol) << "act " << int(a);
+    Tensor dg = zeros(s), du = zeros(s), gdg = zeros(s, kGpu), gdu = zeros(s, kGpu);
+    ops::gated_act_backward(cpu_ctx(), a, x, u, dy, dg, du);
+    ops::gated_act_backward(gpu_ctx(), a, on_gpu(x), on_gpu(u), on_gpu(dy), gdg, gdu);
+    EXPECT_LT(rel_err(gdg, dg), kElementwiseTol) << "gated dgate " << int(a);
+    EXPECT_LT(rel_err(gdu, du), kElementwiseTol) << "gated dup " << int(a);
+  }
+  // softcap: y = cap * tanh(x / cap) as the forward leaves it
+  const float cap = 3.0f;
+  Tensor y = x.clone();
+  for (int64_t i = 0; i < y.numel(); ++i) y.data<float>()[i] = cap * std::tanh(y.data<float>()[i] / cap);
+  Tensor d = dy.clone(), gd = on_gpu(dy);
+  ops::softcap_backward_(cpu_ctx(), y, cap, d);
+  ops::softcap_backward_(gpu_ctx(), on_gpu(y), cap, gd);
+  EXPECT_LT(rel_err(gd, d), kElementwiseTol) << "softcap";
+  // rope: partial rotation (rot_dim < D) over 3 heads
+  const int64_t T = 6, H = 3, D = 20, rot = 12;
+  const Tensor g = r.randn({T, H, D}), cs = r.randn({T, rot / 2}), sn = r.randn({T, rot / 2});
+  Tensor rg = g.clone(), grg = on_gpu(g);
+  ops::rope_backward_(cpu_ctx(), rg, cs, sn, rot);
+  ops::rope_backward_(gpu_ctx(), grg, on_gpu(cs), on_gpu(sn), rot);
+  EXPECT_LT(rel_err(grg, rg), kElementwiseTol) << "rope";
+}
+
+TEST(TrainCuda, EmbeddingBackward) {
+  SKIP_WITHOUT_CUDA();
+  SEEDED(r);
+  const int64_t T = 40, H = 70, V = 13;  // T > V: ids repeat, so rows receive several adds
+  std::vector<int64_t> idv(static_cast<size_t>(T));
+  for (auto& i : idv) i = int64_t(r.rng() % uint64_t(V));
+  const Tensor ids = Tensor::from_vector({T}, DType::I64, idv), dy = r.randn({T, H}), w0 = r.randn({V, H});
+  Tensor dw = w0.clone(), gdw = on_gpu(w0);
+  ops::embedding_backward(cpu_ctx(), ids, dy, dw);
+  ops::embedding_backward(gpu_ctx(), on_gpu(ids), on_gpu(dy), gdw);
+  EXPECT_LT(rel_err(gdw, dw), kElementwiseTol);
+}
+
+TEST(TrainCuda, AttentionBackwardEveryVariant) {
+  SKIP_WITHOUT_CUDA();
+  SEEDED(r);
+  struct Case {
+    int64_t T, Hq, Hkv, D;
+    int64_t window;
+    float softcap;
+    bool alibi;
+  };
+  const Case cases[] = {{1, 2, 2, 16, 0, 0, false},   {37, 4, 4, 32, 0, 0, false},
+                        {37, 8, 2, 64, 0, 0, false},  {50, 4, 1, 24, 7, 0, false},
+                        {33, 4, 2, 32, 0, 20, false}, {29, 6, 3, 16, 0, 0, true},
+                        {300, 2, 1, 128, 0, 0, false}};
+  for (const Case& c : cases) {
+    SCOPED_TRACE("T " + std::to_string(c.T) + " Hq " + std::to_string(c.Hq) + " Hkv " +
+                 std::to_string(c.Hkv) + " D " + std::to_string(c.D));
+    const Tensor q = r.randn({c.T, c.Hq, c.D}), k = r.randn({c.T, c.Hkv, c.D}),
+                 v = r.randn({c.T, c.Hkv, c.D});
+    const Tensor dout = r.randn({c.T, c.Hq, c.D});
+    ops::AttentionOptions o;
+    o.scale = 1.0f / std::sqrt(float(c.D));
+    if (c.window) o.sliding_window = c.window;
+    if (c.softcap > 0) o.softcap = c.softcap;
+    if (c.alibi) o.alibi_slopes = r.randn({c.Hq}, 0.1f);
+    Tensor dq = zeros(q.shape()), dk = zeros(k.shape()), dv = zeros(v.shape());
+    ops::attention_backward(cpu_ctx(), q, k, v, o, dout, dq, dk, dv);
+    ops::AttentionOptions go = o;
+    go.alibi_slopes = on_gpu(o.alibi_slopes);
+    Tensor gdq = zeros(q.shape(), kGpu), gdk = zeros(k.shape(), kGpu), gdv = zeros(v.shape(), kGpu);
+    ops::attention_backward(gpu_ctx(), on_gpu(q), on_gpu(k), on_gpu(v), go, on_gpu(dout), gdq, gdk, gdv);
+    EXPECT_LT(rel_err(gdq, dq), kGemmTol) << "dq";
+    EXPECT_LT(rel_err(gdk, dk), kGemmTol) << "dk";
+    EXPECT_LT(rel_err(gdv, dv), kGemmTol) << "dv";
+  }
+}
+
+TEST(TrainCuda, CrossEntropyHeadBackward) {
+  SKIP_WITHOUT_CUDA();
+  SEEDED(r);
+  const int64_t T = 19, H = 48, V = 1000;
+  const Tensor h = r.randn({T, H}), W = r.randn({V, H}, 0.2f);
+  std::vector<int64_t> tv(static_cast<size_t>(T));
+  for (auto& t : tv) t = r.rng() % 4 == 0 ? -100 : int64_t(r.rng() % uint64_t(V));
+  const Tensor tg = Tensor::from_vector({T}, DType::I64, tv);
+  for (float softcap : {0.0f, 15.0f}) {
+    for (int64_t chunk : {int64_t(128), int64_t(333), int64_t(4096)}) {  // uneven last chunk, one chunk
+      SCOPED_TRACE("softcap " + std::to_string(softcap) + " chunk " + std::to_string(chunk));
+      Tensor dh = zeros({T, H}), gdh = zeros({T, H}, kGpu);
+      const ops::HeadLoss c = ops::cross_entropy_head_backward(cpu_ctx(), h, W, tg, softcap, chunk, 0.1f, dh);
+      const ops::HeadLoss g = ops::cross_entropy_head_backward(gpu_ctx(), on_gpu(h), on_gpu(W), on_gpu(tg),
+                                                               softcap, chunk, 0.1f, gdh);
+      EXPECT_EQ(g.n_targets, c.n_targets);
+      EXPECT_NEAR(g.loss_sum, c.loss_sum, kElementwiseTol * std::abs(c.loss_sum));
+      EXPECT_LT(rel_err(gdh, dh), kGemmTol);
+    }
+  }
+}
+
+TEST(TrainCuda, LoraForwardBackwardWithDropout) {
+  SKIP_WITHOUT_CUDA();
+  SEEDED(r);
+  const int64_t M = 23, in = 96, out = 80, rank = 8;
+  nn::LoraWeights w;
+  w.A = r.randn({rank, in}, 0.1f);
+  w.B = r.randn({out, rank}, 0.1f);
+  w.scale = 2.0f;
+  nn::LoraWeights gw = w;
+  gw.A = on_gpu(w.A);
+  gw.B = on_gpu(w.B);
+  const Tensor x = r.randn({M, in}), y0 = r.randn({M, out}), dy = r.randn({M, out});
+  for (float p : {0.0f, 0.25f}) {
+    SCOPED_TRACE("dropout " + std::to_string(p));
+    Tensor y = y0.clone(), gy = on_gpu(y0);
+    nn::LoraCache cs, gs;
+    nn::lora_forward(cpu_ctx(), w, x, p, 1234, y, &cs);
+    nn::lora_forward(gpu_ctx(), gw, on_gpu(x), p, 1234, gy, &gs);
+    EXPECT_LT(rel_err(gy, y), kGemmTol) << "out";
+    EXPECT_LT(rel_err(gs.h, cs.h), kGemmTol) << "h";
+    const Tensor dA0 = r.randn({rank, in}), dB0 = r.randn({out, rank}), dx0 = r.randn({M, in});
+    Tensor dA = dA0.clone(), dB = dB0.clone(), dx = dx0.clone();
+    Tensor gdA = on_gpu(dA0), gdB = on_gpu(dB0), gdx = on_gpu(dx0);
+    nn::lora_backward(cpu_ctx(), w, x, dy, cs, dA, dB, dx);
+    nn::lora_backward(gpu_ctx(), gw, on_gpu(x), on_gpu(dy), gs, gdA, gdB, gdx);
+    EXPECT_LT(rel_err(gdA, dA), kGemmTol) << "dA";
+    EXPECT_LT(rel_err(gdB, dB), kGemmTol) << "dB";
+    EXPECT_LT(rel_err(gdx, dx), kGemmTol) << "dx";
+  }
+}
+
+TEST(TrainCuda, BaseDxEveryFormat) {
+  SKIP_WITHOUT_CUDA();
+  SEEDED(r);
+  const int64_t M = 7, in = 4096,
+                out = 200;  // in = 4096: a tile of 64 rows, so several tiles and a partial one
+  const Tensor w = r.randn({out, in}, 0.05f);
+  std::vector<std::pair<std::string, nn::Linear>> cases;
+  cases.push_back({"fp32", nn::Linear::fp(w, Tensor())});
+  cases.push_back({"bf16", nn::Linear::fp(w.to(DType::BF16), Tensor())});
+  for (DType qt : {DType::NF4, DType::FP4})
+    for (bool nested : {false, true})
+      for (DType ct : {DType::F32, DType::BF16}) {
+        Quantized4 q = quantize_4bit(w, qt, 64, nested);
+        cases.push_back({std::string(dtype_name(qt)) + (nested ? " nested " : " ") + dtype_name(ct),
+                         nn::Linear::four_bit(q.packed, q.state, Tensor(), ct)});
+      }
+  Int8Rowwise q8 = int8_vectorwise_quant(w.to(DType::F16), 0.0f);
+  cases.push_back({"int8", nn::Linear::int8(q8.CA, q8.SCA, Tensor(), 6.0f)});
+  const Tensor dy = r.randn({M, out}), dx0 = r.randn({M, in});
+  for (const auto& [name, lin] : cases) {
+    Tensor dx = dx0.clone(), gdx = on_gpu(dx0);
+    nn::linear_backward_dx(cpu_ctx(), lin, dy, dx);
+    nn::linear_backward_dx(gpu_ctx(), lin.to(kGpu), on_gpu(dy), gdx);
+    EXPECT_LT(rel_err(gdx, dx), kGemmTol) << name;
+  }
+}
+
+}  // namespace
+#endif

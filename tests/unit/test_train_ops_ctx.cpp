@@ -1,0 +1,179 @@
+// The context forms of the training ops (ops/train_ops.h, nn/lora.h) on the CPU: each gives the
+// host reference function's bytes on the same inputs (the CPU branch is that function, so any
+// argument wired wrongly shows here), and a bad shape is a one-line ShapeError naming the op and
+// the tensor.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/exec_context.h"
+#include "nibble/error.h"
+#include "nn/lora.h"
+#include "ops/train_ops.h"
+#include "test_support.h"
+
+using namespace nibble;
+
+namespace {
+
+ExecContext& ctx() {
+  return ExecContext::current(Device::cpu());
+}
+Tensor zeros(const Shape& s) {
+  return Tensor::zeros(s, DType::F32);
+}
+bool same_bytes(const Tensor& a, const std::vector<float>& b) {
+  return a.numel() == int64_t(b.size()) && std::memcmp(a.data<float>(), b.data(), b.size() * 4) == 0;
+}
+std::vector<float> zero_vec(size_t n) {
+  return std::vector<float>(n, 0.0f);
+}
+// The op throws a ShapeError of one line naming `op` and `what`.
+template <class F>
+void expect_shape_error(F&& f, const std::string& op, const std::string& what) {
+  try {
+    f();
+    ADD_FAILURE() << op << " accepted a bad " << what;
+  } catch (const ShapeError& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find(op), std::string::npos) << m;
+    EXPECT_NE(m.find(what), std::string::npos) << m;
+    EXPECT_EQ(m.find('\n'), std::string::npos) << m;
+  }
+}
+
+TEST(TrainOpsCtx, CpuBranchIsTheHostReference) {
+  const uint64_t seed = test::fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  const int64_t M = 6, C = 40;
+  const Tensor x = test::random_normal({M, C}, DType::F32, rng),
+               dy = test::random_normal({M, C}, DType::F32, rng);
+  const Tensor w = test::random_normal({C}, DType::F32, rng);
+  {
+    Tensor dx = zeros({M, C}), dw = zeros({C});
+    ops::rms_norm_backward(ctx(), x, w, 1e-6f, true, dy, dx, dw);
+    auto rdx = zero_vec(M * C), rdw = zero_vec(C);
+    ops::rms_norm_backward(x.data<float>(), w.data<float>(), M, C, 1e-6f, 1.0f, dy.data<float>(), rdx.data(),
+                           rdw.data());
+    EXPECT_TRUE(same_bytes(dx, rdx));
+    EXPECT_TRUE(same_bytes(dw, rdw));
+  }
+  {
+    Tensor dg = zeros({M, C}), du = zeros({M, C});
+    ops::gated_act_backward(ctx(), ops::Activation::GeluTanh, x, dy, dy, dg, du);
+    auto rg = zero_vec(M * C), ru = zero_vec(M * C);
+    ops::gated_act_backward(ops::Act::GeluTanh, x.data<float>(), dy.data<float>(), dy.data<float>(), M * C,
+                            rg.data(), ru.data());
+    EXPECT_TRUE(same_bytes(dg, rg));
+    EXPECT_TRUE(same_bytes(du, ru));
+  }
+  {
+    const int64_t T = 5, Hq = 4, Hkv = 2, D = 8;
+    const Tensor q = test::random_normal({T, Hq, D}, DType::F32, rng),
+                 k = test::random_normal({T, Hkv, D}, DType::F32, rng),
+                 v = test::random_normal({T, Hkv, D}, DType::F32, rng),
+                 g = test::random_normal({T, Hq, D}, DType::F32, rng);
+    ops::AttentionOptions o;
+    o.scale = 0.3f;
+    o.sliding_window = 3;
+    o.softcap = 5.0f;
+    Tensor dq = zeros({T, Hq, D}), dk = zeros({T, Hkv, D}), dv = zeros({T, Hkv, D});
+    ops::attention_backward(ctx(), q, k, v, o, g, dq, dk, dv);
+    auto rq = zero_vec(T * Hq * D), rk = zero_vec(T * Hkv * D), rv = zero_vec(T * Hkv * D);
+    ops::AttnBwdOptions ro;
+    ro.scale = 0.3f;
+    ro.sliding_window = 3;
+    ro.softcap = 5.0f;
+    ops::attention_backward(q.data<float>(), k.data<float>(), v.data<float>(), T, Hq, Hkv, D, D, ro,
+                            g.data<float>(), rq.data(), rk.data(), rv.data());
+    EXPECT_TRUE(same_bytes(dq, rq));
+    EXPECT_TRUE(same_bytes(dk, rk));
+    EXPECT_TRUE(same_bytes(dv, rv));
+  }
+  {
+    const int64_t V = 30;
+    const Tensor W = test::random_normal({V, C}, DType::F32, rng);
+    std::vector<int64_t> tv = {3, -100, 7, 29, 0, -100};
+    const Tensor tg = Tensor::from_vector({M}, DType::I64, tv);
+    Tensor dh = zeros({M, C});
+    const ops::HeadLoss l = ops::cross_entropy_head_backward(ctx(), x, W, tg, 4.0f, 7, 0.25f, dh);
+    auto rdh = zero_vec(M * C);
+    int64_t n = 0;
+    const double want = ops::cross_entropy_head_backward(x.data<float>(), M, C, W.data<float>(), V, tv.data(),
+                                                         4.0f, 7, 0.25f, rdh.data(), &n);
+    EXPECT_EQ(l.loss_sum, want);
+    EXPECT_EQ(l.n_targets, 4);
+    EXPECT_EQ(n, 4);
+    EXPECT_TRUE(same_bytes(dh, rdh));
+  }
+  {
+    const int64_t r = 3, N = 11;
+    nn::LoraWeights lw;
+    lw.A = test::random_normal({r, C}, DType::F32, rng);
+    lw.B = test::random_normal({N, r}, DType::F32, rng);
+    lw.scale = 0.5f;
+    const Tensor g = test::random_normal({M, N}, DType::F32, rng);
+    Tensor y = zeros({M, N}), dA = zeros({r, C}), dB = zeros({N, r}), dx = zeros({M, C});
+    nn::LoraCache cache;
+    nn::lora_forward(ctx(), lw, x, 0.3f, 99, y, &cache);
+    nn::lora_backward(ctx(), lw, x, g, cache, dA, dB, dx);
+    auto ry = zero_vec(M * N), rA = zero_vec(r * C), rB = zero_vec(N * r), rx = zero_vec(M * C);
+    nn::LoraSaved s;
+    nn::lora_forward(x.data<float>(), M, C, lw.A.data<float>(), lw.B.data<float>(), r, N, 0.5f, 0.3f, 99,
+                     ry.data(), &s);
+    nn::lora_backward(g.data<float>(), x.data<float>(), M, C, lw.A.data<float>(), lw.B.data<float>(), r, N,
+                      0.5f, s, rA.data(), rB.data(), rx.data());
+    EXPECT_TRUE(same_bytes(y, ry));
+    EXPECT_TRUE(same_bytes(dA, rA));
+    EXPECT_TRUE(same_bytes(dB, rB));
+    EXPECT_TRUE(same_bytes(dx, rx));
+  }
+}
+
+TEST(TrainOpsCtx, BadShapesAreOneLineShapeErrors) {
+  const Tensor x = zeros({4, 8}), w = zeros({8}), dy = zeros({4, 8}), dx = zeros({4, 8});
+  expect_shape_error([&] { ops::rms_norm_backward(ctx(), x, zeros({7}), 1e-6f, false, dy, dx, Tensor()); },
+                     "rms_norm_backward", "weight");
+  expect_shape_error(
+      [&] {
+        ops::layer_norm_backward(ctx(), x, w, 1e-5f, dy, zeros({4, 9}), Tensor(), Tensor());
+      },
+      "layer_norm_backward", "dx");
+  expect_shape_error(
+      [&] {
+        ops::act_backward(ctx(), ops::Activation::SiLU, x, zeros({8, 4}), dx);
+      },
+      "act_backward", "dy");
+  expect_shape_error(
+      [&] {
+        ops::rope_backward_(ctx(), zeros({4, 2, 8}), zeros({4, 3}), zeros({4, 4}), 8);
+      },
+      "rope_backward_", "cos");
+  expect_shape_error(
+      [&] {
+        ops::attention_backward(ctx(), zeros({4, 3, 8}), zeros({4, 2, 8}), zeros({4, 2, 8}),
+                                ops::AttentionOptions(), zeros({4, 3, 8}), zeros({4, 3, 8}), zeros({4, 2, 8}),
+                                zeros({4, 2, 8}));
+      },
+      "attention_backward", "multiple");
+  expect_shape_error(
+      [&] {
+        ops::cross_entropy_head_backward(ctx(), x, zeros({10, 8}), Tensor::zeros({3}, DType::I64), 0.0f, 4,
+                                         1.0f, Tensor());
+      },
+      "cross_entropy_head_backward", "targets");
+  nn::LoraWeights lw;
+  lw.A = zeros({2, 8});
+  lw.B = zeros({5, 2});
+  expect_shape_error(
+      [&] {
+        nn::lora_forward(ctx(), lw, x, 0.0f, 0, zeros({4, 6}), nullptr);
+      },
+      "lora_forward", "out");
+}
+
+}  // namespace

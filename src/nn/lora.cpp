@@ -5,6 +5,7 @@
 
 #include "backends/cpu/linear_cpu.h"
 #include "nibble/error.h"
+#include "ops/nn_ops.h"
 
 namespace nibble::nn {
 
@@ -55,13 +56,12 @@ void lora_forward(const float* x, int64_t M, int64_t in, const float* A, const f
 }
 
 void lora_add(ExecContext& ctx, const LoraWeights& w, const Tensor& x, const Tensor& out) {
-  (void)ctx;
-  if (!out.device().is_cpu())
-    throw UnsupportedError("LoRA adapters run on the CPU only for now (the model is on " +
-                           out.device().str() + ")");
-  const Tensor xc = x.is_contiguous() ? x : x.contiguous();
-  lora_forward(xc.data<float>(), xc.size(0), xc.size(1), w.A.data<float>(), w.B.data<float>(), w.r(),
-               out.size(1), w.scale, 0.0f, 0, out.data<float>(), nullptr);
+  Tensor xc = x;
+  if (!x.is_contiguous()) {  // strided rows (a slice of a fused output): a contiguous copy
+    xc = Tensor::empty({x.size(0), x.size(1)}, DType::F32, x.device());
+    ops::copy_(ctx, x, xc);
+  }
+  lora_forward(ctx, w, xc, 0.0f, 0, out, nullptr);
 }
 
 void lora_backward(const float* dy, const float* x, int64_t M, int64_t in, const float* A, const float* B,

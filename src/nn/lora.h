@@ -11,9 +11,10 @@
 
 namespace nibble::nn {
 
-// An adapter attached to one Linear: A f32 [r, in], B f32 [out, r] on the host (shared storage
-// with the adapter that owns them, so an optimizer step is seen by the next forward), the
-// scaling s and the dropout p used when training.
+// An adapter attached to one Linear: A f32 [r, in], B f32 [out, r] on the model's device (on the
+// CPU shared storage with the adapter that owns them, so an optimizer step is seen by the next
+// forward; on CUDA a copy that PeftModel::copy_adapter_to_device refreshes), the scaling s and
+// the dropout p used when training.
 struct LoraWeights {
   Tensor A, B;
   float scale = 0.0f;
@@ -22,8 +23,8 @@ struct LoraWeights {
   int64_t r() const { return A.size(0); }
 };
 
-// out [M, out] += s · B (A x) for x [M, in] (rows may be strided), no dropout (inference).
-// CPU only: UnsupportedError on another device.
+// out [M, out] += s · B (A x) for x [M, in] (rows may be strided), no dropout (inference), on
+// ctx's device (lora_forward below).
 void lora_add(ExecContext& ctx, const LoraWeights& w, const Tensor& x, const Tensor& out);
 
 // What the backward needs from one forward call.

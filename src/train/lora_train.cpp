@@ -380,8 +380,8 @@ std::vector<int64_t> targets_of(const TokenBatch& b) {
 
 PassResult run(const CausalLM::Impl& m, const TokenBatch& b, const Tensor& head_w, GradMap* grads,
                const PassOptions& o) {
-  if (!m.device.is_cpu() || m.place.split())
-    throw UnsupportedError("LoRA training runs on the CPU only for now (load with device_map cpu)");
+  if (m.place.split())
+    throw UnsupportedError("LoRA training runs on a model on one device (load with device_map cpu or cuda)");
   if (m.lm_head.lin.bias().defined()) throw UnsupportedError("LoRA training: an output head with a bias");
   if (!b.labels.empty() && b.labels.size() != b.input_ids.size())
     throw ShapeError(str("labels for ", b.labels.size(), " sequences, input_ids has ", b.input_ids.size()));
@@ -456,6 +456,15 @@ int64_t count_targets(const TokenBatch& b) {
 
 Tensor head_weight_f32(const CausalLM::Impl& m) {
   const nn::Linear& l = m.lm_head.lin;
+  if (!l.device().is_cpu()) {
+    if (l.format() == nn::WeightFormat::Fp && l.weight().dtype() == DType::F32 && l.weight().is_contiguous())
+      return l.weight();
+    // converted or dequantized once on the host (the conversions are host code), then moved back
+    const nn::Linear h = l.to(Device::cpu());
+    const Tensor w =
+        h.format() == nn::WeightFormat::Fp ? f32(h.weight()).contiguous() : h.traits().dequantize(h);
+    return w.to(l.device());
+  }
   if (l.format() == nn::WeightFormat::Fp) return f32(l.weight()).contiguous();
   return l.traits().dequantize(l);
 }

@@ -38,6 +38,17 @@ void require_weight(const char* op, const char* what, const Tensor& w, int64_t C
       (w.dtype() != DType::F32 && w.dtype() != DType::F16 && w.dtype() != DType::BF16))
     throw ShapeError(str(op, ": ", what, " must be a contiguous f32/f16/bf16 [", C, "], got ", str_of(w)));
 }
+// A norm backward's tensors: x, dy, dx [M, C], weight [C], dw and db [C] or undefined: {M, C}.
+std::pair<int64_t, int64_t> require_norm(const char* op, const Tensor& x, const Tensor& w, const Tensor& dy,
+                                         const Tensor& dx, const Tensor& dw, const Tensor& db) {
+  const auto mc = require_rows(op, "x", x);
+  require_weight(op, "weight", w, mc.second);
+  require_f32_shape(op, "dy", dy, x.shape());
+  require_f32_shape(op, "dx", dx, x.shape());
+  if (dw.defined()) require_f32_shape(op, "dw", dw, {mc.second});
+  if (db.defined()) require_f32_shape(op, "db", db, {mc.second});
+  return mc;
+}
 // The host reference takes f32 weights.
 Tensor host_f32(const Tensor& w) {
   return w.dtype() == DType::F32 ? w : w.to(DType::F32);
@@ -68,12 +79,8 @@ Act to_ref(Activation a) {
 void rms_norm_backward(ExecContext& ctx, const Tensor& x, const Tensor& w, float eps, bool add_unit_offset,
                        const Tensor& dy, const Tensor& dx, const Tensor& dw) {
   const char* op = "rms_norm_backward";
-  const auto mc = require_rows(op, "x", x);
+  const auto mc = require_norm(op, x, w, dy, dx, dw, Tensor());
   const int64_t M = mc.first, C = mc.second;
-  require_weight(op, "weight", w, C);
-  require_f32_shape(op, "dy", dy, x.shape());
-  require_f32_shape(op, "dx", dx, x.shape());
-  if (dw.defined()) require_f32_shape(op, "dw", dw, {C});
   const float offset = add_unit_offset ? 1.0f : 0.0f;
   dispatch(
       op, ctx, DType::F32, {x, w, dy, dx, dw},
@@ -92,13 +99,8 @@ void rms_norm_backward(ExecContext& ctx, const Tensor& x, const Tensor& w, float
 void layer_norm_backward(ExecContext& ctx, const Tensor& x, const Tensor& w, float eps, const Tensor& dy,
                          const Tensor& dx, const Tensor& dw, const Tensor& db) {
   const char* op = "layer_norm_backward";
-  const auto mc = require_rows(op, "x", x);
+  const auto mc = require_norm(op, x, w, dy, dx, dw, db);
   const int64_t M = mc.first, C = mc.second;
-  require_weight(op, "weight", w, C);
-  require_f32_shape(op, "dy", dy, x.shape());
-  require_f32_shape(op, "dx", dx, x.shape());
-  if (dw.defined()) require_f32_shape(op, "dw", dw, {C});
-  if (db.defined()) require_f32_shape(op, "db", db, {C});
   dispatch(
       op, ctx, DType::F32, {x, w, dy, dx, dw, db},
       [&] {

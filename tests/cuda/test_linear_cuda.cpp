@@ -21,6 +21,7 @@
 #include "nibble/quant.h"
 #include "nibble/tensor.h"
 #include "quant/reference.h"
+#include "test_support.h"
 #ifdef NIBBLE_WITH_CUDA
 #include <cuda_runtime.h>
 
@@ -32,11 +33,6 @@ using namespace nibble;
 
 #ifdef NIBBLE_WITH_CUDA
 namespace {
-
-#define SKIP_WITHOUT_CUDA()           \
-  if (!cuda_available()) {            \
-    GTEST_SKIP() << "no CUDA device"; \
-  }
 
 // A device copy of a host vector, freed at scope exit.
 struct DevBuf {

@@ -20,9 +20,6 @@
 namespace fs = std::filesystem;
 using namespace nibble;
 
-#define SKIP_WITHOUT_CUDA() \
-  if (!cuda_available()) GTEST_SKIP() << "no CUDA device"
-
 TEST(ModelCuda, FixtureLogitsAndGreedy) {
   SKIP_WITHOUT_CUDA();
   int checked = 0;

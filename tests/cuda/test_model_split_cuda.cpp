@@ -23,9 +23,6 @@
 namespace fs = std::filesystem;
 using namespace nibble;
 
-#define SKIP_WITHOUT_CUDA() \
-  if (!cuda_available()) GTEST_SKIP() << "no CUDA device"
-
 namespace {
 
 // An explicit map over the model's modules, by role: the embedding stage, each layer, the tail.

@@ -24,9 +24,6 @@ using namespace nibble;
 #ifdef NIBBLE_WITH_CUDA
 namespace {
 
-#define SKIP_WITHOUT_CUDA() \
-  if (!cuda_available()) GTEST_SKIP() << "no CUDA device"
-
 #define CK(x) ASSERT_EQ((x), cudaSuccess) << #x
 
 // A device buffer of n bytes, freed on scope exit.

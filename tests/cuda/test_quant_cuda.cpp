@@ -31,9 +31,6 @@ using namespace nibble;
 
 namespace {
 
-#define SKIP_WITHOUT_CUDA() \
-  if (!cuda_available()) GTEST_SKIP() << "no CUDA device"
-
 Tensor host(const Tensor& t) {
   return t.to(Device::cpu()).contiguous();
 }

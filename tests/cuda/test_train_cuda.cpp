@@ -29,11 +29,6 @@ using namespace nibble;
 #ifdef NIBBLE_WITH_CUDA
 namespace {
 
-#define SKIP_WITHOUT_CUDA()           \
-  if (!cuda_available()) {            \
-    GTEST_SKIP() << "no CUDA device"; \
-  }
-
 constexpr double kElementwiseTol = 1e-5;
 constexpr double kGemmTol = 1e-4;
 

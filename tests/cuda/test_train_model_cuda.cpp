@@ -16,6 +16,7 @@
 #include "nibble/model.h"
 #include "nibble/safetensors.h"
 #include "nibble/train.h"
+#include "model_check.h"
 #include "test_support.h"
 
 namespace fs = std::filesystem;
@@ -23,11 +24,6 @@ using namespace nibble;
 
 #ifdef NIBBLE_WITH_CUDA
 namespace {
-
-#define SKIP_WITHOUT_CUDA()           \
-  if (!cuda_available()) {            \
-    GTEST_SKIP() << "no CUDA device"; \
-  }
 
 fs::path llama() {
   return test::fixtures_root() / "models" / "llama";
@@ -43,12 +39,7 @@ std::vector<double> eight_losses(const std::string& device_map) {
   lo.device_map = device_map;
   PeftModel p = PeftModel::from_pretrained(AutoModelForCausalLM::from_pretrained(llama() / "nf4_dq", lo),
                                            llama() / "lora_init");
-  TrainingArguments a;
-  a.learning_rate = 1e-3;
-  a.lr_scheduler_type = "constant";
-  a.weight_decay = 0.0;
-  a.max_grad_norm = 0.0;  // the reference loop does not clip
-  LoraTrainer tr(p, a, 8);
+  LoraTrainer tr(p, test::qlora_fixture_args(), 8);
   std::vector<double> out;
   for (int i = 0; i < 8; ++i) out.push_back(tr.train_step({TrainBatch{batch(), {}}}).loss);
   return out;

@@ -10,6 +10,13 @@
 
 #include "nibble/tensor.h"
 
+// At the top of a test that needs a GPU: skips it when this build has no CUDA backend or no
+// device is visible (the CUDA tier must pass, skipped, on machines without one).
+#define SKIP_WITHOUT_CUDA()           \
+  if (!::nibble::cuda_available()) {  \
+    GTEST_SKIP() << "no CUDA device"; \
+  }
+
 namespace nibble::test {
 
 // $NIBBLE_FIXTURES, or <project>/../shared/fixtures.

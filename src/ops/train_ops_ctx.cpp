@@ -3,6 +3,7 @@
 // branch calls the host reference function on the tensors' data, so CPU results are those of
 // the reference bit for bit; the CUDA branch calls backends/cuda/train_cuda.h.
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "nibble/error.h"
@@ -112,6 +113,15 @@ void layer_norm_backward(ExecContext& ctx, const Tensor& x, const Tensor& w, flo
                                   eps, dy.template data<float>(), dx.template data<float>(), ptr_or_null(dw),
                                   ptr_or_null(db));
       });
+}
+
+void zero_(ExecContext& ctx, const Tensor& t) {
+  const char* op = "zero_";
+  if (!t.defined() || !t.is_contiguous())
+    throw ShapeError(str(op, ": the tensor must be contiguous, got ", str_of(t)));
+  dispatch(
+      op, ctx, t.dtype(), {t}, [&] { std::memset(t.data_ptr(), 0, t.nbytes()); },
+      [&](auto& c) { cuda::zero(make_launch(c, 0), t.data_ptr(), t.nbytes()); });
 }
 
 void act_backward(ExecContext& ctx, Activation a, const Tensor& x, const Tensor& dy, const Tensor& dx) {

@@ -54,7 +54,12 @@ struct Pass {
   int64_t R = 0, C = 0;
 
   Tensor rows(int64_t r, int64_t c) const { return Tensor::empty({r, c}, DType::F32, m.device); }
-  Tensor zero_rows(int64_t r, int64_t c) const { return Tensor::zeros({r, c}, DType::F32, m.device); }
+  Tensor zeros(const Shape& s) const {
+    Tensor t = Tensor::empty(s, DType::F32, m.device);
+    ops::zero_(*ctx, t);
+    return t;
+  }
+  Tensor zero_rows(int64_t r, int64_t c) const { return zeros({r, c}); }
 
   uint64_t seed(size_t li, size_t idx) const {
     return o.dropout_seed * 0x9E3779B97F4A7C15ull + uint64_t(li) * 1000003ull + uint64_t(idx) * 7919ull + 1;
@@ -75,8 +80,8 @@ struct Pass {
     if (!nl.lora.defined()) return;
     DeviceGrad& g = (*grads)[&nl];
     if (!g.A.defined()) {
-      g.A = Tensor::zeros(nl.lora.A.shape(), DType::F32, m.device);
-      g.B = Tensor::zeros(nl.lora.B.shape(), DType::F32, m.device);
+      g.A = zeros(nl.lora.A.shape());
+      g.B = zeros(nl.lora.B.shape());
     }
     nn::lora_backward(*ctx, nl.lora, x, dy, save, g.A, g.B, dx);
   }

@@ -54,8 +54,13 @@ class PeftModel {
   // term (s · B A x, no dropout).
   const CausalLM& model() const { return base_; }
   CausalLM& model() { return base_; }
+  // The adapter's tensors live on the host (the optimizer updates them there). On the CPU the
+  // model's Linears share their storage; on a CUDA model they hold device copies, which
+  // copy_adapter_to_device() refreshes after the host tensors changed (LoraTrainer calls it after
+  // every optimizer step; a no-op on the CPU).
   const LoraAdapter& adapter() const { return adapter_; }
   LoraAdapter& adapter() { return adapter_; }
+  void copy_adapter_to_device();
   int64_t num_trainable_parameters() const;
   // adapter_config.json (inference_mode true, base_model_name_or_path the base's folder unless
   // set) + adapter_model.safetensors, as peft writes them, each file atomically.

@@ -69,6 +69,9 @@ bool CausalLM::Impl::graph_eligible(const std::vector<std::vector<int64_t>>& bat
     return false;
   for (const auto& s : batch)
     if (s.size() != 1) return false;
+  // A LoRA adapter's term allocates its temporaries per call (nn::lora_forward): not captured.
+  for (const NamedLinear* nl : linears())
+    if (nl->lora.defined()) return false;
   return true;
 }
 

@@ -5,6 +5,7 @@
 
 #include "backends/cpu/linear_cpu.h"
 #include "nibble/error.h"
+#include "ops/nn_ops.h"
 
 namespace nibble::nn {
 
@@ -22,53 +23,66 @@ std::vector<float> transposed(const float* a, int64_t rows, int64_t cols) {
 }
 }  // namespace
 
+void dropout_mask(uint8_t* mask, int64_t n, float p, uint64_t seed) {
+  std::mt19937_64 g(seed);
+  for (int64_t i = 0; i < n; ++i) mask[i] = double(g() >> 11) * 0x1p-53 >= p;
+}
 std::vector<uint8_t> dropout_mask(int64_t n, float p, uint64_t seed) {
   std::vector<uint8_t> mask(static_cast<size_t>(n));
-  std::mt19937_64 g(seed);
-  for (auto& m : mask) m = double(g() >> 11) * 0x1p-53 >= p;
+  dropout_mask(mask.data(), n, p, seed);
   return mask;
 }
 
 void lora_forward(const float* x, int64_t M, int64_t in, const float* A, const float* B, int64_t r,
-                  int64_t out, float scale, float dropout, uint64_t seed, float* y, LoraSaved* saved) {
+                  int64_t out, float scale, float dropout, uint64_t seed, float* y, float* xd, uint8_t* mask,
+                  float* h) {
   if (!(dropout >= 0.0f && dropout < 1.0f)) throw ConfigError("lora_dropout must be in [0, 1)");
-  std::vector<float> xd;
-  std::vector<uint8_t> mask;
   const float* xs = x;
   if (dropout > 0.0f) {
-    xd.resize(size_t(M * in));
-    mask = dropout_mask(M * in, dropout, seed);
+    dropout_mask(mask, M * in, dropout, seed);
     const float keep = 1.0f / (1.0f - dropout);
-    for (int64_t i = 0; i < M * in; ++i) xd[size_t(i)] = mask[size_t(i)] ? x[i] * keep : 0.0f;
-    xs = xd.data();
+    for (int64_t i = 0; i < M * in; ++i) xd[i] = mask[i] ? x[i] * keep : 0.0f;
+    xs = xd;
   }
-  std::vector<float> h(size_t(M * r)), t(size_t(M * out));  // [M, r], [M, out]
-  mm_xwt(xs, M, in, A, r, h.data());
-  mm_xwt(h.data(), M, r, B, out, t.data());
+  std::vector<float> t(size_t(M * out));  // [M, out]
+  mm_xwt(xs, M, in, A, r, h);
+  mm_xwt(h, M, r, B, out, t.data());
   for (int64_t i = 0; i < M * out; ++i) y[i] += scale * t[size_t(i)];
-  if (saved) {
-    saved->xd = std::move(xd);
-    saved->mask = std::move(mask);
-    saved->keep_scale = dropout > 0.0f ? 1.0f / (1.0f - dropout) : 1.0f;
-    saved->h = std::move(h);
-  }
+}
+
+void lora_forward(const float* x, int64_t M, int64_t in, const float* A, const float* B, int64_t r,
+                  int64_t out, float scale, float dropout, uint64_t seed, float* y, LoraSaved* saved) {
+  LoraSaved s;
+  if (dropout > 0.0f) s.xd.resize(size_t(M * in)), s.mask.resize(size_t(M * in));
+  s.h.resize(size_t(M * r));
+  lora_forward(x, M, in, A, B, r, out, scale, dropout, seed, y, s.xd.data(), s.mask.data(), s.h.data());
+  if (!saved) return;
+  s.keep_scale = dropout > 0.0f ? 1.0f / (1.0f - dropout) : 1.0f;
+  *saved = std::move(s);
 }
 
 void lora_add(ExecContext& ctx, const LoraWeights& w, const Tensor& x, const Tensor& out) {
-  (void)ctx;
-  if (!out.device().is_cpu())
-    throw UnsupportedError("LoRA adapters run on the CPU only for now (the model is on " +
-                           out.device().str() + ")");
-  const Tensor xc = x.is_contiguous() ? x : x.contiguous();
-  lora_forward(xc.data<float>(), xc.size(0), xc.size(1), w.A.data<float>(), w.B.data<float>(), w.r(),
-               out.size(1), w.scale, 0.0f, 0, out.data<float>(), nullptr);
+  Tensor xc = x;
+  if (!x.is_contiguous()) {  // strided rows (a slice of a fused output): a contiguous copy
+    xc = Tensor::empty({x.size(0), x.size(1)}, DType::F32, x.device());
+    ops::copy_(ctx, x, xc);
+  }
+  lora_forward(ctx, w, xc, 0.0f, 0, out, nullptr);
 }
 
 void lora_backward(const float* dy, const float* x, int64_t M, int64_t in, const float* A, const float* B,
                    int64_t r, int64_t out, float scale, const LoraSaved& saved, float* dA, float* dB,
                    float* dx) {
-  const float* xs = saved.xd.empty() ? x : saved.xd.data();
-  const float* h = saved.h.data();
+  const LoraSavedRef ref{saved.xd.empty() ? nullptr : saved.xd.data(),
+                         saved.mask.empty() ? nullptr : saved.mask.data(), saved.keep_scale, saved.h.data()};
+  lora_backward(dy, x, M, in, A, B, r, out, scale, ref, dA, dB, dx);
+}
+
+void lora_backward(const float* dy, const float* x, int64_t M, int64_t in, const float* A, const float* B,
+                   int64_t r, int64_t out, float scale, const LoraSavedRef& saved, float* dA, float* dB,
+                   float* dx) {
+  const float* xs = saved.xd ? saved.xd : x;
+  const float* h = saved.h;
   // dh [M, r] = s · dy · B
   std::vector<float> dh(size_t(M * r)), Bt = transposed(B, out, r), tmp;
   mm_xwt(dy, M, out, Bt.data(), r, dh.data());
@@ -90,7 +104,7 @@ void lora_backward(const float* dy, const float* x, int64_t M, int64_t in, const
   mm_xwt(dh.data(), M, r, At.data(), in, tmp.data());
   for (int64_t i = 0; i < M * in; ++i) {
     float v = tmp[size_t(i)];
-    if (!saved.mask.empty()) v = saved.mask[size_t(i)] ? v * saved.keep_scale : 0.0f;
+    if (saved.mask) v = saved.mask[i] ? v * saved.keep_scale : 0.0f;
     dx[i] += v;
   }
 }

@@ -11,9 +11,10 @@
 
 namespace nibble::nn {
 
-// An adapter attached to one Linear: A f32 [r, in], B f32 [out, r] on the host (shared storage
-// with the adapter that owns them, so an optimizer step is seen by the next forward), the
-// scaling s and the dropout p used when training.
+// An adapter attached to one Linear: A f32 [r, in], B f32 [out, r] on the model's device (on the
+// CPU shared storage with the adapter that owns them, so an optimizer step is seen by the next
+// forward; on CUDA a copy that PeftModel::copy_adapter_to_device refreshes), the scaling s and
+// the dropout p used when training.
 struct LoraWeights {
   Tensor A, B;
   float scale = 0.0f;
@@ -22,8 +23,8 @@ struct LoraWeights {
   int64_t r() const { return A.size(0); }
 };
 
-// out [M, out] += s · B (A x) for x [M, in] (rows may be strided), no dropout (inference).
-// CPU only: UnsupportedError on another device.
+// out [M, out] += s · B (A x) for x [M, in] (rows may be strided), no dropout (inference), on
+// ctx's device (lora_forward below).
 void lora_add(ExecContext& ctx, const LoraWeights& w, const Tensor& x, const Tensor& out);
 
 // What the backward needs from one forward call.
@@ -39,10 +40,26 @@ struct LoraSaved {
 void lora_forward(const float* x, int64_t M, int64_t in, const float* A, const float* B, int64_t r,
                   int64_t out, float scale, float dropout, uint64_t seed, float* y, LoraSaved* saved);
 
+// The same writing the saved state into caller-provided buffers: xd and mask [M, in] (used only
+// when p > 0), h [M, r].
+void lora_forward(const float* x, int64_t M, int64_t in, const float* A, const float* B, int64_t r,
+                  int64_t out, float scale, float dropout, uint64_t seed, float* y, float* xd, uint8_t* mask,
+                  float* h);
+
 // Given dy [M, out]: dA [r, in] and dB [out, r] accumulate (+=); dx [M, in] (may be null)
 // accumulates the LoRA path's part. x is the forward input (used when p == 0).
 void lora_backward(const float* dy, const float* x, int64_t M, int64_t in, const float* A, const float* B,
                    int64_t r, int64_t out, float scale, const LoraSaved& saved, float* dA, float* dB,
+                   float* dx);
+// The same with the saved state given by pointers (xd and mask null when p == 0).
+struct LoraSavedRef {
+  const float* xd = nullptr;
+  const uint8_t* mask = nullptr;
+  float keep_scale = 1.0f;
+  const float* h = nullptr;
+};
+void lora_backward(const float* dy, const float* x, int64_t M, int64_t in, const float* A, const float* B,
+                   int64_t r, int64_t out, float scale, const LoraSavedRef& saved, float* dA, float* dB,
                    float* dx);
 
 // dx [M, in] += dy [M, out] · W [out, in] for the frozen base of `base` (any format), W as the
@@ -52,6 +69,7 @@ void linear_backward_dx(const Linear& base, const float* dy, int64_t M, float* d
 // The inverted-dropout keep mask of n inputs (1: kept) drawn from std::mt19937_64(seed), as
 // lora_forward draws it. Both devices use this host mask, so a CUDA pass drops what the CPU drops.
 std::vector<uint8_t> dropout_mask(int64_t n, float p, uint64_t seed);
+void dropout_mask(uint8_t* mask, int64_t n, float p, uint64_t seed);
 
 // ---- forms with an execution context (nn/lora_ops.cpp) -------------------------------------------
 // The functions above on tensors of ctx's device, dispatched through ops/dispatch.h (the CPU

@@ -32,11 +32,6 @@ int64_t check_adapter(const char* op, const LoraWeights& w, const Tensor& x) {
   require_mat(op, "lora_B", w.B, w.B.size(0), w.r());
   return x.size(0);
 }
-template <class T>
-std::vector<T> host_vector(const Tensor& t) {
-  const T* p = t.data<T>();
-  return std::vector<T>(p, p + t.numel());
-}
 
 }  // namespace
 
@@ -49,16 +44,17 @@ void lora_forward(ExecContext& ctx, const LoraWeights& w, const Tensor& x, float
   ops::dispatch(
       op, ctx, DType::F32, {w.A, w.B, x, out},
       [&] {
-        LoraSaved s;
-        lora_forward(x.data<float>(), M, in, w.A.data<float>(), w.B.data<float>(), r, N, w.scale, dropout,
-                     seed, out.data<float>(), saved ? &s : nullptr);
-        if (!saved) return;
-        saved->keep_scale = s.keep_scale;
-        saved->h = Tensor::from_vector({M, r}, DType::F32, s.h);
-        if (!s.mask.empty()) {
-          saved->xd = Tensor::from_vector({M, in}, DType::F32, s.xd);
-          saved->mask = Tensor::from_vector({M, in}, DType::U8, s.mask);
+        LoraCache s;
+        s.h = Tensor::empty({M, r}, DType::F32);
+        if (dropout > 0.0f) {
+          s.keep_scale = 1.0f / (1.0f - dropout);
+          s.xd = Tensor::empty({M, in}, DType::F32);
+          s.mask = Tensor::empty({M, in}, DType::U8);
         }
+        lora_forward(x.data<float>(), M, in, w.A.data<float>(), w.B.data<float>(), r, N, w.scale, dropout,
+                     seed, out.data<float>(), s.xd.defined() ? s.xd.data<float>() : nullptr,
+                     s.mask.defined() ? s.mask.data<uint8_t>() : nullptr, s.h.data<float>());
+        if (saved) *saved = std::move(s);
       },
       [&](auto& c) {
         const Device dev = ctx.device();
@@ -95,11 +91,9 @@ void lora_backward(ExecContext& ctx, const LoraWeights& w, const Tensor& x, cons
   ops::dispatch(
       op, ctx, DType::F32, {w.A, w.B, x, dy, saved.h, saved.xd, saved.mask, dA, dB, dx},
       [&] {
-        LoraSaved s;
-        s.keep_scale = saved.keep_scale;
-        s.h = host_vector<float>(saved.h);
-        if (saved.mask.defined())
-          s.xd = host_vector<float>(saved.xd), s.mask = host_vector<uint8_t>(saved.mask);
+        const LoraSavedRef s{saved.mask.defined() ? saved.xd.data<float>() : nullptr,
+                             saved.mask.defined() ? saved.mask.data<uint8_t>() : nullptr, saved.keep_scale,
+                             saved.h.data<float>()};
         lora_backward(dy.data<float>(), x.data<float>(), M, in, w.A.data<float>(), w.B.data<float>(), r, N,
                       w.scale, s, dA.data<float>(), dB.data<float>(),
                       dx.defined() ? dx.data<float>() : nullptr);

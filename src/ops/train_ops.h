@@ -89,6 +89,9 @@ void rms_norm_backward(ExecContext& ctx, const Tensor& x, const Tensor& w, float
 // dx [M, C] of layer_norm(x, w, b); dw, db [C] accumulated, or undefined (frozen).
 void layer_norm_backward(ExecContext& ctx, const Tensor& x, const Tensor& w, float eps, const Tensor& dy,
                          const Tensor& dx, const Tensor& dw, const Tensor& db);
+// t = 0 (any contiguous tensor; on CUDA an asynchronous memset on the context's stream, where
+// Tensor::zeros would fill a host buffer and copy it).
+void zero_(ExecContext& ctx, const Tensor& t);
 // dx = dy * act'(x) (all one shape).
 void act_backward(ExecContext& ctx, Activation a, const Tensor& x, const Tensor& dy, const Tensor& dx);
 // y = act(gate) * up: dgate, dup (all one shape).

@@ -3,6 +3,7 @@
 // branch calls the host reference function on the tensors' data, so CPU results are those of
 // the reference bit for bit; the CUDA branch calls backends/cuda/train_cuda.h.
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "nibble/error.h"
@@ -38,6 +39,17 @@ void require_weight(const char* op, const char* what, const Tensor& w, int64_t C
       (w.dtype() != DType::F32 && w.dtype() != DType::F16 && w.dtype() != DType::BF16))
     throw ShapeError(str(op, ": ", what, " must be a contiguous f32/f16/bf16 [", C, "], got ", str_of(w)));
 }
+// A norm backward's tensors: x, dy, dx [M, C], weight [C], dw and db [C] or undefined: {M, C}.
+std::pair<int64_t, int64_t> require_norm(const char* op, const Tensor& x, const Tensor& w, const Tensor& dy,
+                                         const Tensor& dx, const Tensor& dw, const Tensor& db) {
+  const auto mc = require_rows(op, "x", x);
+  require_weight(op, "weight", w, mc.second);
+  require_f32_shape(op, "dy", dy, x.shape());
+  require_f32_shape(op, "dx", dx, x.shape());
+  if (dw.defined()) require_f32_shape(op, "dw", dw, {mc.second});
+  if (db.defined()) require_f32_shape(op, "db", db, {mc.second});
+  return mc;
+}
 // The host reference takes f32 weights.
 Tensor host_f32(const Tensor& w) {
   return w.dtype() == DType::F32 ? w : w.to(DType::F32);
@@ -68,12 +80,8 @@ Act to_ref(Activation a) {
 void rms_norm_backward(ExecContext& ctx, const Tensor& x, const Tensor& w, float eps, bool add_unit_offset,
                        const Tensor& dy, const Tensor& dx, const Tensor& dw) {
   const char* op = "rms_norm_backward";
-  const auto mc = require_rows(op, "x", x);
+  const auto mc = require_norm(op, x, w, dy, dx, dw, Tensor());
   const int64_t M = mc.first, C = mc.second;
-  require_weight(op, "weight", w, C);
-  require_f32_shape(op, "dy", dy, x.shape());
-  require_f32_shape(op, "dx", dx, x.shape());
-  if (dw.defined()) require_f32_shape(op, "dw", dw, {C});
   const float offset = add_unit_offset ? 1.0f : 0.0f;
   dispatch(
       op, ctx, DType::F32, {x, w, dy, dx, dw},
@@ -92,13 +100,8 @@ void rms_norm_backward(ExecContext& ctx, const Tensor& x, const Tensor& w, float
 void layer_norm_backward(ExecContext& ctx, const Tensor& x, const Tensor& w, float eps, const Tensor& dy,
                          const Tensor& dx, const Tensor& dw, const Tensor& db) {
   const char* op = "layer_norm_backward";
-  const auto mc = require_rows(op, "x", x);
+  const auto mc = require_norm(op, x, w, dy, dx, dw, db);
   const int64_t M = mc.first, C = mc.second;
-  require_weight(op, "weight", w, C);
-  require_f32_shape(op, "dy", dy, x.shape());
-  require_f32_shape(op, "dx", dx, x.shape());
-  if (dw.defined()) require_f32_shape(op, "dw", dw, {C});
-  if (db.defined()) require_f32_shape(op, "db", db, {C});
   dispatch(
       op, ctx, DType::F32, {x, w, dy, dx, dw, db},
       [&] {
@@ -110,6 +113,15 @@ void layer_norm_backward(ExecContext& ctx, const Tensor& x, const Tensor& w, flo
                                   eps, dy.template data<float>(), dx.template data<float>(), ptr_or_null(dw),
                                   ptr_or_null(db));
       });
+}
+
+void zero_(ExecContext& ctx, const Tensor& t) {
+  const char* op = "zero_";
+  if (!t.defined() || !t.is_contiguous())
+    throw ShapeError(str(op, ": the tensor must be contiguous, got ", str_of(t)));
+  dispatch(
+      op, ctx, t.dtype(), {t}, [&] { std::memset(t.data_ptr(), 0, t.nbytes()); },
+      [&](auto& c) { cuda::zero(make_launch(c, 0), t.data_ptr(), t.nbytes()); });
 }
 
 void act_backward(ExecContext& ctx, Activation a, const Tensor& x, const Tensor& dy, const Tensor& dx) {

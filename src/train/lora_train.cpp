@@ -54,7 +54,12 @@ struct Pass {
   int64_t R = 0, C = 0;
 
   Tensor rows(int64_t r, int64_t c) const { return Tensor::empty({r, c}, DType::F32, m.device); }
-  Tensor zero_rows(int64_t r, int64_t c) const { return Tensor::zeros({r, c}, DType::F32, m.device); }
+  Tensor zeros(const Shape& s) const {
+    Tensor t = Tensor::empty(s, DType::F32, m.device);
+    ops::zero_(*ctx, t);
+    return t;
+  }
+  Tensor zero_rows(int64_t r, int64_t c) const { return zeros({r, c}); }
 
   uint64_t seed(size_t li, size_t idx) const {
     return o.dropout_seed * 0x9E3779B97F4A7C15ull + uint64_t(li) * 1000003ull + uint64_t(idx) * 7919ull + 1;
@@ -75,8 +80,8 @@ struct Pass {
     if (!nl.lora.defined()) return;
     DeviceGrad& g = (*grads)[&nl];
     if (!g.A.defined()) {
-      g.A = Tensor::zeros(nl.lora.A.shape(), DType::F32, m.device);
-      g.B = Tensor::zeros(nl.lora.B.shape(), DType::F32, m.device);
+      g.A = zeros(nl.lora.A.shape());
+      g.B = zeros(nl.lora.B.shape());
     }
     nn::lora_backward(*ctx, nl.lora, x, dy, save, g.A, g.B, dx);
   }
@@ -380,8 +385,8 @@ std::vector<int64_t> targets_of(const TokenBatch& b) {
 
 PassResult run(const CausalLM::Impl& m, const TokenBatch& b, const Tensor& head_w, GradMap* grads,
                const PassOptions& o) {
-  if (!m.device.is_cpu() || m.place.split())
-    throw UnsupportedError("LoRA training runs on the CPU only for now (load with device_map cpu)");
+  if (m.place.split())
+    throw UnsupportedError("LoRA training runs on a model on one device (load with device_map cpu or cuda)");
   if (m.lm_head.lin.bias().defined()) throw UnsupportedError("LoRA training: an output head with a bias");
   if (!b.labels.empty() && b.labels.size() != b.input_ids.size())
     throw ShapeError(str("labels for ", b.labels.size(), " sequences, input_ids has ", b.input_ids.size()));
@@ -456,6 +461,15 @@ int64_t count_targets(const TokenBatch& b) {
 
 Tensor head_weight_f32(const CausalLM::Impl& m) {
   const nn::Linear& l = m.lm_head.lin;
+  if (!l.device().is_cpu()) {
+    if (l.format() == nn::WeightFormat::Fp && l.weight().dtype() == DType::F32 && l.weight().is_contiguous())
+      return l.weight();
+    // converted or dequantized once on the host (the conversions are host code), then moved back
+    const nn::Linear h = l.to(Device::cpu());
+    const Tensor w =
+        h.format() == nn::WeightFormat::Fp ? f32(h.weight()).contiguous() : h.traits().dequantize(h);
+    return w.to(l.device());
+  }
   if (l.format() == nn::WeightFormat::Fp) return f32(l.weight()).contiguous();
   return l.traits().dequantize(l);
 }

@@ -3,7 +3,7 @@
 // only the gradients of the adapters attached to the model's Linears (NamedLinear::lora), and
 // d(loss)/d(hidden) stops at the first decoder layer's input. With gradient checkpointing the
 // forward keeps only each decoder layer's input and the backward recomputes the layer.
-// Host (CPU) f32 only.
+// f32 on the model's device (CPU, or one CUDA device); the gradients come back to the host.
 #pragma once
 
 #include <cstdint>

@@ -51,8 +51,9 @@ void attach_lora(CausalLM::Impl& m, const LoraAdapter& a) {
     nl.lora = {};
     auto it = a.modules.find(nl.name);
     if (it == a.modules.end()) return;
-    nl.lora.A = it->second.A;
-    nl.lora.B = it->second.B;
+    // the same storage on the CPU; a device copy on a CUDA model (copy_adapter_to_device)
+    nl.lora.A = it->second.A.to(m.device);
+    nl.lora.B = it->second.B.to(m.device);
     // alpha_pattern: peft picks a module's alpha by the first matching key
     double r = double(nl.lora.A.size(0)), alpha = c.lora_alpha;
     for (const auto& [k, al] : c.alpha_pattern)
@@ -67,10 +68,20 @@ void PeftModel::attach() {
   attach_lora(base_.impl(), adapter_);
 }
 
+void PeftModel::copy_adapter_to_device() {
+  CausalLM::Impl& m = base_.impl();
+  if (m.device.is_cpu()) return;  // shared storage
+  for_each_linear(m, [&](NamedLinear& nl) {
+    if (!nl.lora.defined()) return;
+    const LoraPair& p = adapter_.modules.at(nl.name);
+    nl.lora.A.copy_from(p.A);
+    nl.lora.B.copy_from(p.B);
+  });
+}
+
 void attach_adapter(CausalLM& model, const std::filesystem::path& dir) {
-  if (!model.device().is_cpu() || model.impl().place.split())
-    throw UnsupportedError(
-        "--adapter: LoRA adapters run on the CPU only for now (load with --device-map cpu)");
+  if (model.impl().place.split())
+    throw UnsupportedError("--adapter: LoRA adapters run on a model on one device (not split over devices)");
   attach_lora(model.impl(), LoraAdapter::load(dir, linear_sites(model)));
 }
 

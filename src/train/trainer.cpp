@@ -38,32 +38,31 @@ struct LoraTrainer::Impl {
     if (!lc.modules_to_save.empty())
       throw UnsupportedError("LoraTrainer: modules_to_save (fully trained modules) is not supported");
     head_w = train::head_weight_f32(mi);
-    std::vector<train::ParamRef> params;
     for (const NamedLinear* nl : mi.linears()) {
       if (!nl->lora.defined()) continue;
       train::LoraGrad& g = grads[nl];
       g.A.assign(size_t(nl->lora.A.numel()), 0.0f);
       g.B.assign(size_t(nl->lora.B.numel()), 0.0f);
       names.push_back(nl->name);
-      // peft's parameter order within a module: lora_A, then lora_B
-      params.push_back({const_cast<float*>(nl->lora.A.data<float>()), g.A.data(), nl->lora.A.numel()});
-      params.push_back({const_cast<float*>(nl->lora.B.data<float>()), g.B.data(), nl->lora.B.numel()});
     }
-    if (params.empty()) throw ConfigError("LoraTrainer: the model has no LoRA adapter attached");
-    opt = std::make_unique<train::AdamW>(params, a.learning_rate, a.adam_beta1, a.adam_beta2, a.adam_epsilon,
-                                         a.weight_decay);
+    if (grads.empty()) throw ConfigError("LoraTrainer: the model has no LoRA adapter attached");
+    opt = std::make_unique<train::AdamW>(params(), a.learning_rate, a.adam_beta1, a.adam_beta2,
+                                         a.adam_epsilon, a.weight_decay);
     warmup = train::warmup_steps_for(total_steps, a.warmup_steps, a.warmup_ratio);
     train::lr_lambda(a.lr_scheduler_type, 0, warmup,
                      std::max<int64_t>(total_steps, 1));  // validates the name
   }
 
+  // The adapter's host tensors with their gradients, in peft's parameter order (modules in
+  // order; lora_A, then lora_B within one). On a CUDA model the Linears hold device copies.
   std::vector<train::ParamRef> params() const {
     std::vector<train::ParamRef> p;
     for (const NamedLinear* nl : model.model().impl().linears()) {
       if (!nl->lora.defined()) continue;
       auto& g = const_cast<train::LoraGrad&>(grads.at(nl));
-      p.push_back({const_cast<float*>(nl->lora.A.data<float>()), g.A.data(), nl->lora.A.numel()});
-      p.push_back({const_cast<float*>(nl->lora.B.data<float>()), g.B.data(), nl->lora.B.numel()});
+      const LoraPair& w = model.adapter().modules.at(nl->name);
+      p.push_back({const_cast<float*>(w.A.data<float>()), g.A.data(), w.A.numel()});
+      p.push_back({const_cast<float*>(w.B.data<float>()), g.B.data(), w.B.numel()});
     }
     return p;
   }
@@ -128,6 +127,7 @@ StepLog LoraTrainer::train_step(const std::vector<TrainBatch>& micro_batches) {
   s.learning_rate = I.args.learning_rate * train::lr_lambda(I.args.lr_scheduler_type, I.step, I.warmup,
                                                             std::max<int64_t>(I.total_steps, 1));
   I.opt->step(s.learning_rate);
+  I.model.copy_adapter_to_device();
   s.step = ++I.step;
   s.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return s;

@@ -15,6 +15,7 @@
 #include "nibble/model.h"
 #include "nibble/safetensors.h"
 #include "nibble/train.h"
+#include "model_check.h"
 #include "test_support.h"
 
 namespace fs = std::filesystem;
@@ -65,12 +66,7 @@ void eight_steps(CausalLM base, const char* what) {
   SCOPED_TRACE(what);
   nlohmann::json ref = nlohmann::json::parse(std::ifstream(llama() / "reference.json"))["lora"];
   PeftModel p = PeftModel::from_pretrained(std::move(base), llama() / "lora_init");
-  TrainingArguments a;
-  a.learning_rate = 1e-3;
-  a.lr_scheduler_type = "constant";
-  a.weight_decay = 0.0;
-  a.max_grad_norm = 0.0;  // the reference loop does not clip
-  LoraTrainer tr(p, a, 8);
+  LoraTrainer tr(p, test::qlora_fixture_args(), 8);
   const auto want = ref["losses"].get<std::vector<double>>();
   ASSERT_EQ(want.size(), 8u);
   for (size_t i = 0; i < want.size(); ++i) {

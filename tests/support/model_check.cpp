@@ -99,4 +99,13 @@ size_t check_greedy_near_ties(const CausalLM& model, const std::vector<int64_t>&
   return n;
 }
 
+TrainingArguments qlora_fixture_args() {
+  TrainingArguments a;
+  a.learning_rate = 1e-3;
+  a.lr_scheduler_type = "constant";
+  a.weight_decay = 0.0;
+  a.max_grad_norm = 0.0;  // the reference loop does not clip
+  return a;
+}
+
 }  // namespace nibble::test

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "nibble/model.h"
+#include "nibble/train.h"
 
 namespace nibble::test {
 
@@ -25,5 +26,9 @@ double check_model(const std::filesystem::path& dir, const std::string& variant,
 // steps before the first whose top-2 margin is within that tolerance. Returns N (printed).
 size_t check_greedy_near_ties(const CausalLM& model, const std::vector<int64_t>& want, size_t prompt_len,
                               double tol, const std::string& label);
+
+// The TrainingArguments of the QLoRA fixture's reference loop (fixtures/models/llama,
+// reference.json "lora"): lr 1e-3 constant, no weight decay, no gradient clipping.
+TrainingArguments qlora_fixture_args();
 
 }  // namespace nibble::test

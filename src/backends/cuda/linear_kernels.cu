@@ -20,6 +20,7 @@
 #include "backends/cuda/gemm_cublas.h"
 #include "backends/cuda/gemv_lut.h"
 #include "backends/cuda/gemv_mma.h"
+#include "backends/cuda/kernel_util.cuh"
 #include "backends/cuda/linear_cuda.h"
 #include "backends/cuda/quant_device.cuh"
 #include "nibble/error.h"
@@ -180,26 +181,6 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 }
 
-// Makes l.device current for the call and restores the caller's device.
-class CurrentDevice {
- public:
-  explicit CurrentDevice(int device) {
-    NIBBLE_CUDA_CHECK(cudaGetDevice(&prev_));
-    if (prev_ != device)
-      NIBBLE_CUDA_CHECK(cudaSetDevice(device));
-    else
-      prev_ = -1;
-  }
-  ~CurrentDevice() {
-    if (prev_ >= 0) cudaSetDevice(prev_);
-  }
-  CurrentDevice(const CurrentDevice&) = delete;
-  CurrentDevice& operator=(const CurrentDevice&) = delete;
-
- private:
-  int prev_ = -1;
-};
-
 bool aligned16(const void* p) {
   return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 }
@@ -242,7 +223,7 @@ void linear(const Launch& l, const float* x, int64_t M, int64_t K, const void* w
             const void* bias, DType bias_dt, DType round_to, float* out) {
   check_shape("linear", M, K, N);
   if (M == 0) return;
-  CurrentDevice dev_guard(l.device);
+  DeviceScope dev_guard(l.device);
   const int64_t C = wdt == DType::F32 ? 4 : 8;
   const bool vec = K % C == 0 && aligned16(w) && aligned16(x);
   const int bdt = bias_dtype_code("linear", bias, bias_dt);
@@ -283,7 +264,7 @@ void linear_4bit(const Launch& l, const float* x, int64_t M, int64_t K, const Qu
   if (!w.packed || !w.quant_map || (!w.absmax && (!w.absmax_q || !w.absmax2 || !w.code2)))
     throw Error("linear_4bit: missing packed weight, quant_map or absmax state");
   if (M == 0) return;
-  CurrentDevice dev_guard(l.device);
+  DeviceScope dev_guard(l.device);
   Q4 q{w.packed,    w.absmax, w.absmax_q, w.absmax2,   w.code2,
        w.quant_map, w.offset, 0,          w.blocksize, w.nested_blocksize};
   while ((int64_t(1) << q.bs_log2) < w.blocksize) ++q.bs_log2;

@@ -25,6 +25,7 @@ void layer_norm_backward(const Launch& l, const float* x, int64_t M, int64_t C, 
                          float eps, const float* dy, float* dx, float* dw, float* db);
 
 // ---- elementwise (train_elementwise.cu) -------------------------------------------------------
+void zero(const Launch& l, void* p, size_t bytes);  // cudaMemsetAsync on l.stream
 void act_backward(const Launch& l, Act a, const float* x, const float* dy, int64_t n, float* dx);
 void gated_act_backward(const Launch& l, Act a, const float* gate, const float* up, const float* dy,
                         int64_t n, float* dgate, float* dup);

@@ -87,6 +87,12 @@ __global__ void masked_add_kernel(const float* t, const uint8_t* mask, float kee
 
 }  // namespace
 
+void zero(const Launch& l, void* p, size_t bytes) {
+  if (bytes == 0) return;
+  DeviceScope ds(l.device);
+  NIBBLE_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, as_stream(l.stream)));
+}
+
 void act_backward(const Launch& l, Act a, const float* x, const float* dy, int64_t n, float* dx) {
   if (n == 0) return;
   DeviceScope ds(l.device);

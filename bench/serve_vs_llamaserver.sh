@@ -9,8 +9,9 @@
 # Models (nibble : llama-server):
 #   tinystories  TinyStories-656K f32 checkpoint, NF4 + double quant at load (f32 compute)
 #                : its Q4_0 GGUF
-#   llama1b      the random-weight Llama-3.2-1B-shape bf16 folder (bench/model_cpu --write-llama1b),
-#                NF4 + double quant at load (bf16 compute, bf16 head)
+#   llama1b      the random-weight Llama-3.2-1B-shape bf16 folder (bench/model_cpu --write-llama1b)
+#                with its tokenizer's vocabulary filled up (hf_fullvocab, below), NF4 + double
+#                quant at load (bf16 compute, bf16 head)
 #                : Q4_0 with bf16 token embedding and output (like for like)
 # Both servers: $THREADS compute threads, $PARALLEL sequences decoded at once (nibble --parallel,
 # llama-server -np with -c $PARALLEL x $CTX_PER_SLOT), greedy (temperature 0), every request
@@ -24,7 +25,7 @@
 #   LLAMA_BIN=/work/peer/build/bin PY=/work/peer/venv/bin/python \
 #   CONVERT=.../vendor/llama.cpp/convert_hf_to_gguf.py bench/serve_vs_llamaserver.sh [OUT.json]
 #   env: ROUNDS=2 THREADS=2 PARALLEL=8 MAX_TOKENS=64 MODELS="tinystories llama1b"
-#        TS_LEVELS=1,8,32 TS_REQUESTS=64,64,64 L1B_LEVELS=1,8,32 L1B_REQUESTS=8,32,64 PORT=18080
+#        TS_LEVELS=1,8,32 TS_REQUESTS=128,256,256 L1B_LEVELS=1,8,32 L1B_REQUESTS=8,32,64 PORT=18080
 set -euo pipefail
 cd "$(dirname "$0")/.."
 die() {
@@ -42,7 +43,7 @@ CTX_PER_SLOT=${CTX_PER_SLOT:-512}
 MAX_TOKENS=${MAX_TOKENS:-64}
 MODELS=${MODELS:-tinystories llama1b}
 TS_LEVELS=${TS_LEVELS:-1,8,32}
-TS_REQUESTS=${TS_REQUESTS:-64,64,64}
+TS_REQUESTS=${TS_REQUESTS:-128,256,256}
 L1B_LEVELS=${L1B_LEVELS:-1,8,32}
 L1B_REQUESTS=${L1B_REQUESTS:-8,32,64}
 PORT=${PORT:-18080}
@@ -69,12 +70,31 @@ case " $MODELS " in *" llama1b "*)
     "$NIBBLE" --write-llama1b "$WORK/hf"
     cp "$TOK/tokenizer.json" "$TOK/tokenizer_config.json" "$WORK/hf/"
   fi
-  if [ ! -f "$WORK/q4_0_bf16head.gguf" ]; then
+  # The fixtures' tokenizer is cropped to 2,003 of the config's 128,256 ids: a random model's
+  # greedy tokens mostly fall outside it and decode to no text on either server, which leaves no
+  # streamed events to time. hf_fullvocab is the same folder (the weights linked, not copied)
+  # with the vocabulary filled up by placeholder tokens "Ġw<id>" (text " w<id>"; the ids that
+  # tokenizer_config.json names as special tokens stay theirs), no merges, so prompts tokenize as
+  # before and every generated token but those specials is text on both servers.
+  if [ ! -f "$WORK/hf_fullvocab/tokenizer.json" ]; then
+    mkdir -p "$WORK/hf_fullvocab"
+    ln -sf "$WORK/hf/model.safetensors" "$WORK/hf_fullvocab/model.safetensors"
+    cp "$WORK/hf/config.json" "$WORK/hf/tokenizer_config.json" "$WORK/hf_fullvocab/"
+    python3 -c 'import json, sys
+t = json.load(open(sys.argv[1] + "/tokenizer.json")); n = json.load(open(sys.argv[1] + "/config.json"))["vocab_size"]
+c = json.load(open(sys.argv[1] + "/tokenizer_config.json")).get("added_tokens_decoder", {})
+v = t["model"]["vocab"]; used = set(v.values()) | {a["id"] for a in t["added_tokens"]} | {int(i) for i in c}
+for i in range(n):
+    if i not in used:
+        assert "\u0120w%d" % i not in v; v["\u0120w%d" % i] = i
+json.dump(t, open(sys.argv[2] + "/tokenizer.json", "w"), ensure_ascii=False)' "$WORK/hf" "$WORK/hf_fullvocab"
+  fi
+  if [ ! -f "$WORK/fullvocab_q4_0_bf16head.gguf" ]; then
     [ -f "$CONVERT" ] || die "CONVERT=$CONVERT: no convert_hf_to_gguf.py there"
-    [ -f "$WORK/bf16.gguf" ] ||
-      "$PY" bench/llamacpp_convert.py "$CONVERT" "$WORK/hf" --outtype bf16 --outfile "$WORK/bf16.gguf"
+    [ -f "$WORK/fullvocab_bf16.gguf" ] || "$PY" bench/llamacpp_convert.py "$CONVERT" "$WORK/hf_fullvocab" \
+      --outtype bf16 --outfile "$WORK/fullvocab_bf16.gguf"
     "$LLAMA_BIN/llama-quantize" --token-embedding-type bf16 --output-tensor-type bf16 \
-      "$WORK/bf16.gguf" "$WORK/q4_0_bf16head.gguf" Q4_0 "$THREADS"
+      "$WORK/fullvocab_bf16.gguf" "$WORK/fullvocab_q4_0_bf16head.gguf" Q4_0 "$THREADS"
   fi
   ;;
 esac
@@ -125,7 +145,7 @@ start_llama() {  # name gguf
 for m in $MODELS; do
   case $m in
     tinystories) nib_model=$TS gguf=$WORK/ts/q4_0.gguf levels=$TS_LEVELS reqs=$TS_REQUESTS ;;
-    llama1b) nib_model=$WORK/hf gguf=$WORK/q4_0_bf16head.gguf levels=$L1B_LEVELS reqs=$L1B_REQUESTS ;;
+    llama1b) nib_model=$WORK/hf_fullvocab gguf=$WORK/fullvocab_q4_0_bf16head.gguf levels=$L1B_LEVELS reqs=$L1B_REQUESTS ;;
     *) die "unknown model $m (tinystories, llama1b)" ;;
   esac
   start_llama "$m" "$gguf"
@@ -152,7 +172,8 @@ llama_version, models, work, ts = sys.argv[7], sys.argv[8].split(), sys.argv[9],
 med = statistics.median
 KEYS = ["requests_per_s", "tokens_per_s", "ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p99_ms"]
 files = {"tinystories": {"nibble": [os.path.join(ts, "model.safetensors")], "llama_server": [f"{work}/ts/q4_0.gguf"]},
-         "llama1b": {"nibble": [f"{work}/hf/model.safetensors"], "llama_server": [f"{work}/q4_0_bf16head.gguf"]}}
+         "llama1b": {"nibble": [f"{work}/hf_fullvocab (model.safetensors -> hf/model.safetensors)"],
+                     "llama_server": [f"{work}/fullvocab_q4_0_bf16head.gguf"]}}
 errors, busy, res_models, machine = [], [], {}, None
 for m in models:
     sides = {}

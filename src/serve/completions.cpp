@@ -56,6 +56,9 @@ Submitted submit(Server::Impl& s, std::vector<int64_t> prompt, const SamplingReq
   o.frequency_penalty = r.frequency_penalty;
   o.seed = r.seed ? *r.seed : s.random_seed();
   o.stop_strings = r.stop;
+  // ignore_eos: no end token at all, so every request runs to max_tokens (what a benchmark that
+  // compares servers by tokens generated needs); the eos id is then ordinary text.
+  if (r.ignore_eos) o.eos_token_id = std::vector<int64_t>{};
   const Tokenizer* tok = s.tok;
   o.decode = [tok](const std::vector<int64_t>& ids) { return tok->decode(ids, false); };
   DecodingParams d;

@@ -82,6 +82,10 @@ SamplingRequest parse_sampling(const json& body) {
   s.min_p = get_number(body, "min_p", 0, 1);
   s.repetition_penalty = get_number(body, "repetition_penalty", 0, 100);
   if (s.repetition_penalty && *s.repetition_penalty == 0) bad_value("repetition_penalty", "must be > 0.");
+  if (const json* v = field(body, "ignore_eos")) {
+    if (!v->is_boolean()) bad_type("ignore_eos", *v, "a boolean");
+    s.ignore_eos = v->get<bool>();
+  }
   s.presence_penalty = get_number(body, "presence_penalty", -2, 2).value_or(0);
   s.frequency_penalty = get_number(body, "frequency_penalty", -2, 2).value_or(0);
   if (auto seed = get_int(body, "seed")) s.seed = uint64_t(*seed);

@@ -54,6 +54,7 @@ struct SamplingRequest {
   std::optional<int64_t> top_k;                        // llama-server's extension; 0 = off
   std::optional<double> min_p;                         // llama-server's extension, [0, 1]
   std::optional<double> repetition_penalty;            // llama-server's extension, > 0
+  bool ignore_eos = false;  // llama-server's and vLLM's extension: generate past eos (benchmarks)
   double presence_penalty = 0, frequency_penalty = 0;  // [-2, 2]
   std::optional<uint64_t> seed;
   std::vector<std::string> stop;  // at most 4, none empty

@@ -61,6 +61,27 @@ TEST(ServeApi, GreedyCompletionEqualsGenerateAloneWithUsage) {
   EXPECT_EQ(r2.body["choices"][0]["text"], r.body["choices"][0]["text"]);
 }
 
+TEST(ServeApi, IgnoreEosRunsToMaxTokens) {
+  // llama-server's (and vLLM's) extension, for benchmarks that compare servers by tokens made.
+  auto c = client(shared_server());
+  const std::string prompt = "Once upon a time";  // ends with eos greedily within 300 tokens
+  const std::vector<int64_t> ids = tiny_tokenizer().encode(prompt, true).ids;
+  ASSERT_LT(greedy_alone(ids, 400).size(), 400u) << "the prompt should reach eos greedily";
+  json req{{"prompt", prompt}, {"max_tokens", 400}, {"temperature", 0}};
+  Reply plain = post(c, "/v1/completions", req);
+  ASSERT_EQ(plain.status, 200) << plain.raw;
+  EXPECT_EQ(plain.body["choices"][0]["finish_reason"], "stop");
+  req["ignore_eos"] = true;
+  Reply all = post(c, "/v1/completions", req);
+  ASSERT_EQ(all.status, 200) << all.raw;
+  EXPECT_EQ(all.body["choices"][0]["finish_reason"], "length");
+  EXPECT_EQ(all.body["usage"]["completion_tokens"], 400);
+  const std::string text = all.body["choices"][0]["text"];
+  EXPECT_EQ(text.rfind(plain.body["choices"][0]["text"].get<std::string>(), 0), 0u);
+  req["ignore_eos"] = "yes";
+  EXPECT_EQ(post(c, "/v1/completions", req).status, 400);
+}
+
 TEST(ServeApi, ChatUsesTheTemplateAndTokenizeAgrees) {
   auto c = client(shared_server());
   const json messages =

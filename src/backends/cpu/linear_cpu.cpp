@@ -90,11 +90,12 @@ void epilogue(float* out, int64_t M, int64_t N, int64_t n0, int64_t n1, const st
 // Rows of x from which the packed GEMMs beat register tiles over W's rows.
 constexpr int64_t kGemmRows = 24;
 
-// Whether x [M, K] (rounded to dt) may take the bf16 GEMV: dt is BF16, M <= 4 and no value is a
-// bf16 subnormal. (Prefill keeps the fp32 GEMM: on the Xeon this was measured on, vdpbf16ps
-// reached 69 GFLOP/s in gemm_avx512.cpp's kernel against 108 for AVX-512 FMAs.)
+// Whether x [M, K] (rounded to dt) may take the bf16 GEMV: dt is BF16, M < kGemmRows (the GEMV
+// runs 4 rows of x at a time) and no value is a bf16 subnormal. (Prefill keeps the fp32 GEMM: on
+// the Xeon this was measured on, vdpbf16ps reached 69 GFLOP/s in gemm_avx512.cpp's kernel
+// against 108 for AVX-512 FMAs.)
 bool x_is_bf16(const float* x, int64_t M, int64_t K, DType dt) {
-  return dt == DType::BF16 && M <= 4 && isa_at_least(Isa::Avx512Bf16) &&
+  return dt == DType::BF16 && M < kGemmRows && isa_at_least(Isa::Avx512Bf16) &&
          !avx512::has_bf16_subnormal(x, M * K);
 }
 
@@ -147,6 +148,15 @@ void gemm_xwt_block(const float* x, int64_t M, int64_t K, const void* w, DType w
     avx512::gemm_packed(x, M, K, w, wdt, N, out, ldo, false);
   else if (isa >= Isa::Avx512 && M >= 1 && M <= 4)
     avx512::gemv_dense(x, M, K, w, wdt, N, out, ldo);
+  else if (isa >= Isa::Avx512 && M > 4) {
+    // 5..23 rows (a server's decode batch): the GEMV, 4 rows of x at a time over a ~64 KB slice
+    // of W's rows, which stays in cache for the passes after the first.
+    const int64_t slice = std::max<int64_t>(8, (int64_t(1) << 16) / std::max<int64_t>(K * elem_size(wdt), 1));
+    for (int64_t n0 = 0; n0 < N; n0 += slice)
+      for (int64_t m0 = 0; m0 < M; m0 += 4)
+        gemm_xwt_block(x + m0 * K, std::min<int64_t>(4, M - m0), K, row_ptr(w, wdt, n0, K), wdt,
+                       std::min(slice, N - n0), out + m0 * ldo + n0, ldo, x_bf16);
+  }
   else if (isa >= Isa::Avx2)
     avx2::gemm_xwt_block(x, M, K, w, wdt, N, out, ldo);
   else
@@ -222,20 +232,32 @@ void linear_4bit(const float* x_in, int64_t M, int64_t K, const uint8_t* packed,
   const Isa isa = active_isa();
   constexpr int64_t kRows = 8;  // GEMV rows per unit of work
   const int64_t gemv_units = (N + kRows - 1) / kRows;
-  if (isa >= Isa::Avx512) {                     // GEMV: decode in registers, no weight buffer
+  // GEMV: decode in registers, no weight buffer. Up to 4 rows of x per pass; 5..23 rows (a
+  // server's decode batch) take several passes over each slice of W's rows, which stays in cache
+  // between them, instead of dequantizing every weight to a buffer for the register-tile GEMM.
+  const int64_t gemv_m = std::min<int64_t>(M, 4);
+  if (isa >= Isa::Avx512 && M < kGemmRows) {
     static thread_local std::vector<float> xp;  // [M, K] x in the decoder's order (f32 or bf16)
     xp.resize(size_t(M * K));
     bool bf16 = isa >= Isa::Avx512Bf16 && compute_dtype == DType::BF16 &&
-                avx512::gemv_4bit_fits(M, K, blocksize, true);
+                avx512::gemv_4bit_fits(gemv_m, K, blocksize, true);
     if (bf16) bf16 = avx512::gemv_4bit_pack_x(x, M, K, true, xp.data());
-    if (bf16 || avx512::gemv_4bit_fits(M, K, blocksize, false)) {
+    if (bf16 || avx512::gemv_4bit_fits(gemv_m, K, blocksize, false)) {
       if (!bf16) avx512::gemv_4bit_pack_x(x, M, K, false, xp.data());
-      const float* xpd = xp.data();  // (a thread_local named inside the lambda would be the worker's)
+      const char* xpd = reinterpret_cast<const char*>(xp.data());  // (a thread_local named inside
+                                                                    // the lambda would be the worker's)
+      const int64_t x_row_bytes = K * (bf16 ? 2 : 4);  // one packed row of x (rows are packed apart)
       const Absmax4 am = nested ? *nested : Absmax4{.f32 = absmax};
+      // W rows per pass when M > 4: ~64 KB of packed weights, a multiple of kRows.
+      const int64_t slice = std::max<int64_t>(kRows, (int64_t(1) << 17) / std::max<int64_t>(K, 1) / kRows * kRows);
       parallel_for(gemv_units, grain_for(kRows * M * K), [&](int64_t u0, int64_t u1) {
         const int64_t n0 = u0 * kRows, n1 = std::min(N, u1 * kRows);
-        avx512::gemv_4bit(xpd, M, K, packed, am, blocksize, quant_type, compute_dtype, bf16, n0, n1 - n0,
-                          out + n0, N);
+        for (int64_t s0 = n0; s0 < n1; s0 += M > 4 ? slice : n1 - n0) {
+          const int64_t s1 = M > 4 ? std::min(n1, s0 + slice) : n1;
+          for (int64_t m0 = 0; m0 < M; m0 += 4)
+            avx512::gemv_4bit(xpd + m0 * x_row_bytes, std::min<int64_t>(4, M - m0), K, packed, am, blocksize,
+                              quant_type, compute_dtype, bf16, s0, s1 - s0, out + m0 * N + s0, N);
+        }
         epilogue(out, M, N, n0, n1, b, compute_dtype);
       });
       return;

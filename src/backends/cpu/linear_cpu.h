@@ -2,9 +2,11 @@
 // main idea: every variant is out[M, n-range] = x · W[n-range]^T computed per thread on a
 // contiguous range of output features, so W is streamed from memory once per call whatever M
 // is. Inner kernels by shape (AVX2+FMA+F16C, picked at run time; a portable C++ fallback):
-//   M < 24   register tiles of dot products along K over W's rows as stored (GEMV at M = 1);
+//   M < 24   register tiles of dot products along K over W's rows as stored (GEMV at M = 1;
+//            with AVX-512, 4 rows of x at a time over a slice of W that stays in cache);
 //   M >= 24  a packed GEMM (W panels widened and transposed once, 6 x 16 register tile);
-//   4-bit, M <= 4: weights decoded in registers by table lookup (no buffer);
+//   4-bit, M <= 4 (AVX-512: M < 24, 4 rows of x per pass over a cached slice of W): weights
+//            decoded in registers by table lookup (no buffer);
 //   4-bit, larger M: a few rows dequantized into a thread-local compute-dtype buffer, then
 //            the dense kernels.
 #pragma once

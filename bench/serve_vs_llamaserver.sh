@@ -26,6 +26,7 @@
 #   CONVERT=.../vendor/llama.cpp/convert_hf_to_gguf.py bench/serve_vs_llamaserver.sh [OUT.json]
 #   env: ROUNDS=2 THREADS=2 PARALLEL=8 MAX_TOKENS=64 MODELS="tinystories llama1b"
 #        TS_LEVELS=1,8,32 TS_REQUESTS=128,256,256 L1B_LEVELS=1,8,32 L1B_REQUESTS=8,32,64 PORT=18080
+#        RUN_TIMEOUT=1800 (seconds per serve_load run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 die() {
@@ -47,6 +48,7 @@ TS_REQUESTS=${TS_REQUESTS:-128,256,256}
 L1B_LEVELS=${L1B_LEVELS:-1,8,32}
 L1B_REQUESTS=${L1B_REQUESTS:-8,32,64}
 PORT=${PORT:-18080}
+RUN_TIMEOUT=${RUN_TIMEOUT:-1800}  # seconds one serve_load run may take (a server under contention can crawl)
 MACHINE=${MACHINE:-xeon2c}
 NIBBLE=${NIBBLE:-build/default/bin/model_cpu}
 SERVE_LOAD=${SERVE_LOAD:-build/default/bin/serve_load}
@@ -152,11 +154,11 @@ for m in $MODELS; do
   echo "$m: llama-server ${LLAMA_ARGS[*]}" > "$RUN/${m}_llama_args.txt"
   for r in $(seq 1 "$ROUNDS"); do
     echo "round $r: $m, nibble serve (in-process), load $(loadavg)"
-    "$SERVE_LOAD" "$nib_model" --quant nf4 --threads "$THREADS" --parallel "$PARALLEL" --concurrency "$levels" \
+    timeout "$RUN_TIMEOUT" "$SERVE_LOAD" "$nib_model" --quant nf4 --threads "$THREADS" --parallel "$PARALLEL" --concurrency "$levels" \
       --requests "$reqs" --max-tokens "$MAX_TOKENS" --machine "$MACHINE" \
       > "$RUN/${m}_nibble_r$r.json" 2> "$RUN/${m}_nibble_r$r.log" || die "serve_load (nibble) failed: $RUN/${m}_nibble_r$r.log"
     echo "round $r: $m, llama-server, load $(loadavg)"
-    "$SERVE_LOAD" --url "http://127.0.0.1:$PORT" --concurrency "$levels" --requests "$reqs" \
+    timeout "$RUN_TIMEOUT" "$SERVE_LOAD" --url "http://127.0.0.1:$PORT" --concurrency "$levels" --requests "$reqs" \
       --max-tokens "$MAX_TOKENS" --machine "$MACHINE" \
       > "$RUN/${m}_llama_r$r.json" 2> "$RUN/${m}_llama_r$r.log" || die "serve_load (llama-server) failed: $RUN/${m}_llama_r$r.log"
   done

@@ -325,6 +325,11 @@ int main(int argc, char** argv) {
         s.name, load_s, peer.bnb_load, held * 1e-9, peak * 1e-9);
     const int64_t V = s.V;
     std::map<std::pair<int64_t, int64_t>, double> one_gpu_tok_s;  // (B, ctx) -> decode tok/s
+    // A decode result's row of the JSON (the callers add their own fields).
+    auto decode_row = [&](int64_t B, int64_t ctx, double tok_s, double load) {
+      return json{{"device", dev_name}, {"model", s.name}, {"format", "nf4_dq"}, {"compute", "bf16"},
+                  {"batch", B},         {"context", ctx},  {"decode_tok_s", tok_s}, {"load_s", load}};
+    };
 
     // prefill 512: one sequence, logits of the last row
     std::vector<double> pt;
@@ -376,20 +381,14 @@ int main(int argc, char** argv) {
             "%.0f, transformers + bnb %.1f at B=1)\n",
             (long long)B, (long long)ctx, tok_s, floor_tok_s, 100 * tok_s / floor_tok_s,
             peer.llamacpp_q4_decode, peer.bnb_decode);
-        rows.push_back({{"device", dev_name},
-                        {"model", s.name},
-                        {"format", "nf4_dq"},
-                        {"compute", "bf16"},
-                        {"batch", B},
-                        {"context", ctx},
-                        {"decode_tok_s", tok_s},
-                        {"decode_floor_tok_s", floor_tok_s},
-                        {"prefill_tok_s", nullptr},
-                        {"load_s", load_s},
-                        {"peak_gpu_bytes", peak},
-                        {"held_gpu_bytes", held},
-                        {"copy_gbs", copy_bw * 1e-9},
-                        {"peers_h200", peer_json(peer)}});
+        json row = decode_row(B, ctx, tok_s, load_s);
+        row.update({{"decode_floor_tok_s", floor_tok_s},
+                    {"prefill_tok_s", nullptr},
+                    {"peak_gpu_bytes", peak},
+                    {"held_gpu_bytes", held},
+                    {"copy_gbs", copy_bw * 1e-9},
+                    {"peers_h200", peer_json(peer)}});
+        rows.push_back(row);
       }
     if (!max_memory.empty()) {  // the same shape split by device_map="auto" under --max-memory
       LoadOptions so = lo;
@@ -418,19 +417,15 @@ int main(int argc, char** argv) {
               "layers ~%.1f ms and the %lld CPU layers, head and crossings ~%.1f ms\n",
               (long long)B, (long long)ctx, tok_s, one, step_ms, (long long)gpu_layers, gpu_ms,
               (long long)(s.L - gpu_layers), step_ms - gpu_ms);
-          rows.push_back({{"device", dev_name},
-                          {"model", s.name},
-                          {"format", "nf4_dq"},
-                          {"compute", "bf16"},
-                          {"batch", B},
-                          {"context", ctx},
-                          {"max_memory", max_memory},
-                          {"layers_on", layers_on},
-                          {"decode_tok_s", tok_s},
-                          {"one_gpu_decode_tok_s", one},
-                          {"step_ms", step_ms},
-                          {"gpu_layers_ms_estimate", gpu_ms},
-                          {"load_s", split_load_s}});
+          json row = decode_row(B, ctx, tok_s, split_load_s);
+          row.update({{"max_memory", max_memory},
+                      {"layers_on", layers_on},
+                      {"one_gpu_decode_tok_s", one},
+                      {"step_ms", step_ms},
+                      {"gpu_layers_ms_estimate", gpu_ms},
+                      {"decode_floor_tok_s", nullptr},  // CPU and GPU bandwidth mixed: see one_gpu_decode_tok_s
+                      {"peers_h200", peer_json(peer)}});
+          rows.push_back(row);
         }
     }
     if (!keep) fs::remove_all(mdir);

@@ -101,17 +101,9 @@ json.dump(t, open(sys.argv[2] + "/tokenizer.json", "w"), ensure_ascii=False)' "$
   ;;
 esac
 case " $MODELS " in *" tinystories "*)
-  if [ ! -f "$WORK/ts/f32.gguf" ]; then
-    # The checkpoint holds only lm_head.weight (tied); llama.cpp wants token_embd too.
-    [ -f "$CONVERT" ] || die "CONVERT=$CONVERT: no convert_hf_to_gguf.py there"
-    mkdir -p "$WORK/ts/hf"
-    cp "$TS"/*.json "$WORK/ts/hf/"
-    "$PY" -c 'import sys; from safetensors.numpy import load_file, save_file
-t = load_file(sys.argv[1]); t.setdefault("model.embed_tokens.weight", t["lm_head.weight"].copy())
-save_file(t, sys.argv[2], metadata={"format": "pt"})' "$TS/model.safetensors" "$WORK/ts/hf/model.safetensors"
-    "$PY" bench/llamacpp_convert.py "$CONVERT" "$WORK/ts/hf" --outtype f32 --outfile "$WORK/ts/f32.gguf"
-  fi
-  [ -f "$WORK/ts/q4_0.gguf" ] || "$LLAMA_BIN/llama-quantize" "$WORK/ts/f32.gguf" "$WORK/ts/q4_0.gguf" Q4_0 "$THREADS"
+    [ -f "$WORK/ts/f32.gguf" ] || [ -f "$CONVERT" ] || die "CONVERT=$CONVERT: no convert_hf_to_gguf.py there"
+    . bench/tinystories_gguf.sh
+    tinystories_gguf
   ;;
 esac
 

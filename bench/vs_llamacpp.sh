@@ -52,17 +52,8 @@ quant q4_0_bf16head Q4_0 --token-embedding-type bf16 --output-tensor-type bf16
 quant q8_0 Q8_0
 TS=${TS:-../shared/models/tinystories-656k}
 mkdir -p "$WORK/ts"
-if [ ! -f "$WORK/ts/f32.gguf" ]; then
-  # The checkpoint holds only lm_head.weight (tied; transformers fills the embedding from it);
-  # llama.cpp wants token_embd too, so a copy with model.embed_tokens.weight added is converted.
-  mkdir -p "$WORK/ts/hf"
-  cp "$TS"/*.json "$WORK/ts/hf/"
-  "$PY" -c 'import sys; from safetensors.numpy import load_file, save_file
-t = load_file(sys.argv[1]); t.setdefault("model.embed_tokens.weight", t["lm_head.weight"].copy())
-save_file(t, sys.argv[2], metadata={"format": "pt"})' "$TS/model.safetensors" "$WORK/ts/hf/model.safetensors"
-  "$PY" bench/llamacpp_convert.py "$CONVERT" "$WORK/ts/hf" --outtype f32 --outfile "$WORK/ts/f32.gguf"
-fi
-[ -f "$WORK/ts/q4_0.gguf" ] || "$LLAMA_BIN/llama-quantize" "$WORK/ts/f32.gguf" "$WORK/ts/q4_0.gguf" Q4_0 "$THREADS"
+. bench/tinystories_gguf.sh
+tinystories_gguf
 
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 for r in $(seq 1 "$ROUNDS"); do

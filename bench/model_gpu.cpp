@@ -177,7 +177,7 @@ double decode_tok_s(const CausalLM& model, int64_t B, int64_t ctx, int64_t steps
   std::vector<KVCache*> cp;
   std::vector<int64_t> tok(static_cast<size_t>(B));
   for (int64_t b = 0; b < B; ++b) {
-    caches.push_back(model.new_cache(ctx + steps + 8));
+    caches.push_back(model.new_cache(ctx + 4 + steps + profiled + 8));  // warm-up, timed, profiled
     cp.push_back(caches.back().get());
     auto ids = random_ids(ctx, V, uint64_t(1000 + b));
     Tensor lg;

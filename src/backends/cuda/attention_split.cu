@@ -209,24 +209,35 @@ bool use_prefill(const Attention& a) {
   return a.T >= 32 && !a.pos && prefill_smem_bytes(a) <= size_t(48) << 10;
 }
 
-// One block per (i, h): merges the n_split partials of that row.
+// One block per (i, h): merges the n_split partials of that row. The splits' maxima and sums
+// are read once, in parallel, into shared memory (dynamic: 2 * n_split floats) and each thread
+// then issues its n_split partial loads independently; the sums run in split order as before.
 __global__ void attn_combine_kernel(const float* part, int n_split, int64_t Dv, float* out) {
+  extern __shared__ float ml[];  // [n_split] maxima, then [n_split] weights exp(m_s - M)
   dev::pdl_launch_dependents();
   dev::pdl_wait();
   const int64_t row = blockIdx.x;
   const float* pr = part + row * n_split * (Dv + 2);
+  for (int s = threadIdx.x; s < n_split; s += blockDim.x) ml[s] = pr[s * (Dv + 2) + Dv];
+  __syncthreads();
   float M = -INFINITY;
-  for (int s = 0; s < n_split; ++s) M = fmaxf(M, pr[s * (Dv + 2) + Dv]);
-  float L = 0.0f;
-  for (int s = 0; s < n_split; ++s) {
-    const float ms = pr[s * (Dv + 2) + Dv];
-    if (ms != -INFINITY) L += pr[s * (Dv + 2) + Dv + 1] * expf(ms - M);
+  for (int s = 0; s < n_split; ++s) M = fmaxf(M, ml[s]);
+  __syncthreads();
+  for (int s = threadIdx.x; s < n_split; s += blockDim.x) {
+    const float ms = ml[s];
+    ml[n_split + s] = ms != -INFINITY ? expf(ms - M) : 0.0f;
+    ml[s] = ms != -INFINITY ? pr[s * (Dv + 2) + Dv + 1] : 0.0f;  // the split's sum
   }
+  __syncthreads();
+  const float* e = ml + n_split;
+  float L = 0.0f;
+  for (int s = 0; s < n_split; ++s) L += ml[s] * e[s];
   for (int64_t d = threadIdx.x; d < Dv; d += blockDim.x) {
     float a = 0.0f;
+#pragma unroll 8
     for (int s = 0; s < n_split; ++s) {
-      const float ms = pr[s * (Dv + 2) + Dv];
-      if (ms != -INFINITY) a += pr[s * (Dv + 2) + d] * expf(ms - M);
+      const float p = pr[s * (Dv + 2) + d];
+      if (e[s] != 0.0f) a += p * e[s];
     }
     out[row * Dv + d] = L > 0.0f ? a / L : 0.0f;
   }
@@ -295,8 +306,8 @@ void attention(const Launch& l, const Attention& a) {
   });
   NIBBLE_CUDA_CHECK_LAUNCH();
   if (ns > 1) {
-    cuda::launch(attn_combine_kernel, dim3(unsigned(a.T * a.Hq)), dim3(128), 0, as_stream(l.stream), p.part, ns,
-                 a.Dv, a.out);
+    cuda::launch(attn_combine_kernel, dim3(unsigned(a.T * a.Hq)), dim3(128), size_t(2 * ns) * sizeof(float),
+                 as_stream(l.stream), p.part, ns, a.Dv, a.out);
     NIBBLE_CUDA_CHECK_LAUNCH();
   }
   if (prev != l.device) NIBBLE_CUDA_CHECK(cudaSetDevice(prev));

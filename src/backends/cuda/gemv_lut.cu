@@ -100,6 +100,7 @@ struct Args {
   int64_t tiles;      // row tiles in all
   int64_t groups;     // groups of RG tiles
   int64_t xs_stride;  // elements a staged x row (K + 8); 0: x read from global memory
+  bool pipe;          // gemv_pipe_kernel takes it (pipe_ok for every weight)
 };
 
 size_t smem_bytes(int nt, int M, int64_t xs_stride) {
@@ -145,6 +146,145 @@ __device__ __forceinline__ RowRef tile_row(const Args& a, int64_t t, int r) {
   return {mi, min((t - t0) * 16 + r, mat_at(a, mi).N - 1)};
 }
 
+// The shared-memory prologue of both kernels: the pair table (each warp an equal run of rows,
+// 4 rows an instruction: 8 lanes x 16 bytes each), the nested-absmax code table, then (after the wait on the
+// previous kernel, which wrote x) x staged in the compute dtype when XS.
+template <class CT, bool XS>
+__device__ __forceinline__ void fill_shared(const Args& a, uint32_t* smem, float* code2, uint16_t* xs,
+                                            int tid, int warp, int lane) {
+  const int64_t K = a.K;
+  {
+    const float v = __ldg(a.quant_map + (lane & 15));
+    const int rows = 256 / int(blockDim.x / 32);  // 8 or 16 warps: 32 or 16 rows each
+    for (int r0 = rows * warp; r0 < rows * warp + rows; r0 += 4) {
+      const int row = r0 + lane / 8;
+      const float lo = __shfl_sync(0xffffffffu, v, row >> 4), hi = __shfl_sync(0xffffffffu, v, row & 15);
+      const uint32_t p = pack2<CT>(lo, hi);
+      reinterpret_cast<uint4*>(smem + row * kRowWords)[lane % 8] = make_uint4(p, p, p, p);
+    }
+    if (a.code2)
+      for (int i = tid; i < 256; i += blockDim.x) code2[i] = a.code2[i];
+    dev::pdl_wait();  // x is the previous kernel's output, out may be read by it
+    if constexpr (XS) {
+      // x fits kXsBytes, so M * K < 2^31: 32-bit indices, kXLoads loads in flight a thread
+      constexpr int kXLoads = 4;
+      const int k4 = int(K / 4), n4 = a.M * k4, stride = int(a.xs_stride);
+      for (int i0 = tid; i0 < n4; i0 += kXLoads * int(blockDim.x)) {
+        float4 v4[kXLoads];
+#pragma unroll
+        for (int j = 0; j < kXLoads; ++j) {
+          const int i = i0 + j * int(blockDim.x);
+          if (i < n4) v4[j] = __ldg(reinterpret_cast<const float4*>(a.x) + i);
+        }
+#pragma unroll
+        for (int j = 0; j < kXLoads; ++j) {
+          const int i = i0 + j * int(blockDim.x);
+          if (i >= n4) break;
+          const int m = i / k4, k = (i - m * k4) * 4;
+          *reinterpret_cast<uint2*>(xs + m * stride + k) =
+              make_uint2(pack2<CT>(v4[j].x, v4[j].y), pack2<CT>(v4[j].z, v4[j].w));
+        }
+      }
+    }
+  }
+}
+
+// One chunk (64 codes of the tile's 16 rows, 16 a quad lane pair) into d: four mma k-steps into
+// a zeroed accumulator, then scaled row by row by the chunk's absmax.
+template <int NT, class CT, bool XS>
+__device__ __forceinline__ void chunk(const Args& a, const char* table, const uint16_t* xs, uint2 wa,
+                                      uint2 wb, int64_t kq, float ama, float amb, bool live0, bool live1,
+                                      int g, uint32_t lane4, float (&d)[NT][4]) {
+  float tacc[NT][4] = {};
+#pragma unroll
+  for (int s = 0; s < 4; ++s) {
+    // bytes 2s, 2s + 1 of the thread's 8: codes kq + 4s .. kq + 4s + 3
+    const uint32_t A = s < 2 ? wa.x : wa.y, B = s < 2 ? wb.x : wb.y;
+    uint32_t af[4];
+    if (s % 2 == 0) {
+      af[0] = lookup<0>(table, A, lane4), af[2] = lookup<1>(table, A, lane4);
+      af[1] = lookup<0>(table, B, lane4), af[3] = lookup<1>(table, B, lane4);
+    } else {
+      af[0] = lookup<2>(table, A, lane4), af[2] = lookup<3>(table, A, lane4);
+      af[1] = lookup<2>(table, B, lane4), af[3] = lookup<3>(table, B, lane4);
+    }
+#pragma unroll
+    for (int i = 0; i < NT; ++i) {
+      const int m = g + 8 * i;
+      uint32_t b0 = 0u, b1 = 0u;
+      if constexpr (XS) {
+        if (i == 0 ? live0 : live1) {
+          const uint2 v = *reinterpret_cast<const uint2*>(xs + m * a.xs_stride + kq + 4 * s);
+          b0 = v.x, b1 = v.y;
+        }
+      } else {
+        dev::x_frag<CT>(a.x, a.K, i == 0 ? live0 : live1, m, kq + 4 * s, b0, b1);
+      }
+      mma<CT>(tacc[i], af, b0, b1);
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < NT; ++i) {
+    d[i][0] = fmaf(tacc[i][0], ama, d[i][0]);
+    d[i][1] = fmaf(tacc[i][1], ama, d[i][1]);
+    d[i][2] = fmaf(tacc[i][2], amb, d[i][2]);
+    d[i][3] = fmaf(tacc[i][3], amb, d[i][3]);
+  }
+}
+
+// The end of a row tile: its K slices summed in slice order through red (slice ks of row tile
+// rt is warp rt + ks * RG), then slice 0 rounds and stores (act(gate) * up when gated).
+template <int NT, class CT>
+__device__ __forceinline__ void finish_tile(const Args& a, float* red, float (&d)[NT][4], int64_t t,
+                                            bool tile_live, int mat, int warp, int lane, int rt, int ks,
+                                            int RG, int g, int q) {
+  // sum the K slices of each row tile in slice order, then round and store
+  if (a.ks > 1) {
+#pragma unroll
+    for (int i = 0; i < NT; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) red[(warp * 32 + lane) * 4 * NT + 4 * i + j] = d[i][j];
+    __syncthreads();
+    if (ks == 0)
+      for (int s = 1; s < a.ks; ++s)
+#pragma unroll
+        for (int i = 0; i < NT; ++i)
+#pragma unroll
+          for (int j = 0; j < 4; ++j) d[i][j] += red[((rt + s * RG) * 32 + lane) * 4 * NT + 4 * i + j];
+  }
+  if (ks == 0 && tile_live) {
+    if (a.gated) {
+      const int64_t F = a.m[0].N, n = t * 8 + g;
+#pragma unroll
+      for (int i = 0; i < NT; ++i)
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int m = 8 * i + 2 * q + j;
+          if (n >= F || m >= a.M) continue;
+          float gv = d[i][j], uv = d[i][j + 2];
+          if (a.m[0].bias) gv += round_ct<CT>(load_bias(a.m[0].bias, a.m[0].bdt, n));
+          if (a.m[1].bias) uv += round_ct<CT>(load_bias(a.m[1].bias, a.m[1].bdt, n));
+          a.m[0].out[int64_t(m) * F + n] = dev::act_f(round_ct<CT>(gv), a.act) * round_ct<CT>(uv);
+        }
+    } else {
+      const int mi = mat;
+      const Mat w = mat_at(a, mi);
+      const int64_t n0 = (t - (mi == 0 ? 0 : mat_at(a, mi - 1).tile_end)) * 16;
+#pragma unroll
+      for (int i = 0; i < NT; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int64_t n = n0 + g + (j >= 2 ? 8 : 0);
+          const int m = 8 * i + 2 * q + (j & 1);
+          if (n >= w.N || m >= a.M) continue;
+          float v = d[i][j];
+          if (w.bias) v += round_ct<CT>(load_bias(w.bias, w.bdt, n));
+          w.out[int64_t(m) * w.N + n] = round_ct<CT>(v);
+        }
+    }
+  }
+}
+
 template <int NT, class CT, bool XS>
 __global__ void __launch_bounds__(kWarps * 32, 2) gemv_lut_kernel(Args a) {
   extern __shared__ __align__(16) uint32_t smem[];
@@ -164,26 +304,7 @@ __global__ void __launch_bounds__(kWarps * 32, 2) gemv_lut_kernel(Args a) {
   float* am = am_all + warp * 16 * kU;
   dev::pdl_launch_dependents();
 
-  {  // the table: warp w fills rows 32w..32w+31, 4 rows an instruction (8 lanes x 16 bytes each)
-    const float v = __ldg(a.quant_map + (lane & 15));
-    for (int r0 = 32 * warp; r0 < 32 * warp + 32; r0 += 4) {
-      const int row = r0 + lane / 8;
-      const float lo = __shfl_sync(0xffffffffu, v, row >> 4), hi = __shfl_sync(0xffffffffu, v, row & 15);
-      const uint32_t p = pack2<CT>(lo, hi);
-      reinterpret_cast<uint4*>(smem + row * kRowWords)[lane % 8] = make_uint4(p, p, p, p);
-    }
-    if (a.code2) code2[tid] = a.code2[tid];  // blockDim == 256
-    dev::pdl_wait();                         // x is the previous kernel's output, out may be read by it
-    if constexpr (XS) {
-      const int64_t k4 = K / 4;
-      for (int64_t i = tid; i < a.M * k4; i += kWarps * 32) {
-        const int64_t m = i / k4, k = (i - m * k4) * 4;
-        const float4 v4 = __ldg(reinterpret_cast<const float4*>(a.x + m * K + k));
-        *reinterpret_cast<uint2*>(xs + m * a.xs_stride + k) =
-            make_uint2(pack2<CT>(v4.x, v4.y), pack2<CT>(v4.z, v4.w));
-      }
-    }
-  }
+  fill_shared<CT, XS>(a, smem, code2, xs, tid, warp, lane);
   __syncthreads();
 
   for (int64_t grp = blockIdx.x; grp < a.groups; grp += gridDim.x) {
@@ -231,90 +352,158 @@ __global__ void __launch_bounds__(kWarps * 32, 2) gemv_lut_kernel(Args a) {
 #pragma unroll
       for (int u = 0; u < kU; ++u) {
         if (c + u >= c1) break;
-        float tacc[NT][4] = {};
-        const int64_t kq = (c + u) * 64 + 16 * q;
-#pragma unroll
-        for (int s = 0; s < 4; ++s) {
-          // bytes 2s, 2s + 1 of the thread's 8: codes kq + 4s .. kq + 4s + 3
-          const uint32_t A = s < 2 ? wa[u].x : wa[u].y, B = s < 2 ? wb[u].x : wb[u].y;
-          uint32_t af[4];
-          if (s % 2 == 0) {
-            af[0] = lookup<0>(table, A, lane4), af[2] = lookup<1>(table, A, lane4);
-            af[1] = lookup<0>(table, B, lane4), af[3] = lookup<1>(table, B, lane4);
-          } else {
-            af[0] = lookup<2>(table, A, lane4), af[2] = lookup<3>(table, A, lane4);
-            af[1] = lookup<2>(table, B, lane4), af[3] = lookup<3>(table, B, lane4);
-          }
-#pragma unroll
-          for (int i = 0; i < NT; ++i) {
-            const int m = g + 8 * i;
-            uint32_t b0 = 0u, b1 = 0u;
-            if constexpr (XS) {
-              if (i == 0 ? live0 : live1) {
-                const uint2 v = *reinterpret_cast<const uint2*>(xs + m * a.xs_stride + kq + 4 * s);
-                b0 = v.x, b1 = v.y;
-              }
-            } else {
-              dev::x_frag<CT>(a.x, K, i == 0 ? live0 : live1, m, kq + 4 * s, b0, b1);
-            }
-            mma<CT>(tacc[i], af, b0, b1);
-          }
-        }
-#pragma unroll
-        for (int i = 0; i < NT; ++i) {
-          d[i][0] = fmaf(tacc[i][0], ama[u], d[i][0]);
-          d[i][1] = fmaf(tacc[i][1], ama[u], d[i][1]);
-          d[i][2] = fmaf(tacc[i][2], amb[u], d[i][2]);
-          d[i][3] = fmaf(tacc[i][3], amb[u], d[i][3]);
-        }
+        chunk<NT, CT, XS>(a, table, xs, wa[u], wb[u], (c + u) * 64 + 16 * q, ama[u], amb[u], live0, live1, g,
+                          lane4, d);
       }
     }
 
-    // sum the K slices of each row tile in slice order, then round and store
-    if (a.ks > 1) {
+    finish_tile<NT, CT>(a, red, d, t, tile_live, ra.mat, warp, lane, rt, ks, RG, g, q);
+    if (a.ks > 1) __syncthreads();  // red is rewritten by the next group
+  }
+}
+
+// ---- The pipelined kernel (blocksize 64, K % 256 == 0, plain or 256-nested absmax) ----------
+// One block of kPW warps a multiprocessor. Each warp streams its stages (kPU chunks of its row
+// tile's 16 rows, with their absmax bytes) into a ring of kStages slots in shared memory with
+// cp.async, kStages - 1 stages ahead and across row-tile boundaries, so the weight stream does
+// not stop while a stage is computed or a tile is reduced and stored. The first stages are
+// issued before the table fill and the wait on the previous kernel (weights are constants).
+// Stages start at multiples of kPU chunks, so a stage's 4 absmax bytes (one 32-bit word a row)
+// and its nested absmax2 (one float a row) are aligned single copies.
+constexpr int kPW = 16;
+constexpr int kPU = 4;
+constexpr int kStages = 3;
+constexpr int kStageW = kPU * 16 * 32;      // weights: [kPU][16 rows][32 bytes]
+constexpr int kStageBytes = kStageW + 256;  // + plain absmax [16][kPU] f32, or q words [16] + absmax2 [16]
+
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(uint32_t(__cvta_generic_to_shared(dst))),
+               "l"(src));
+}
+__device__ __forceinline__ void cp_async4(void* dst, const void* src) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(uint32_t(__cvta_generic_to_shared(dst))),
+               "l"(src));
+}
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::);
+}
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// A warp's position in its sequence of stages: group grp (row tile grp * RG + rt), chunk c of
+// its K slice [c0, c1).
+struct StageIt {
+  int64_t grp, c;
+};
+
+// Issue the copies of stage `it` into `slot`: lane (row lane / 2, half lane % 2) copies 16
+// bytes of each of the kPU chunks; lanes 0-15 the q word (or plain absmax) of row lane, lanes
+// 16-31 the absmax2 of row lane - 16.
+__device__ __forceinline__ void issue_stage(const Args& a, StageIt it, int rt, int RG, int lane, char* slot) {
+  const int64_t t = min(it.grp * RG + rt, a.tiles - 1);
+  {
+    const RowRef r = tile_row(a, t, lane >> 1);
+    const uint8_t* src = mat_at(a, r.mat).w + r.row * (a.K / 2) + it.c * 32 + (lane & 1) * 16;
+    char* dst = slot + (lane >> 1) * 32 + (lane & 1) * 16;
 #pragma unroll
-      for (int i = 0; i < NT; ++i)
+    for (int u = 0; u < kPU; ++u) cp_async16(dst + u * 16 * 32, src + u * 32);
+  }
+  const RowRef r = tile_row(a, t, lane & 15);
+  const Mat w = mat_at(a, r.mat);
+  const int64_t b0 = r.row * (a.K / 64) + it.c;  // the stage's first absmax block (a multiple of 4)
+  char* dst = slot + kStageW;
+  if (w.absmax) {
+    if (lane < 16) cp_async16(dst + lane * 16, w.absmax + b0);
+  } else if (lane < 16) {
+    cp_async4(dst + lane * 4, w.absmax_q + b0);
+  } else {
+    cp_async4(dst + 64 + (lane - 16) * 4, w.absmax2 + (b0 >> 8));
+  }
+}
+
+template <int NT, class CT, bool XS>
+__global__ void __launch_bounds__(kPW * 32, 1) gemv_pipe_kernel(Args a) {
+  extern __shared__ __align__(16) uint32_t smem[];
+  const char* table = reinterpret_cast<const char*>(smem);
+  float* code2 = reinterpret_cast<float*>(smem + 256 * kRowWords);
+  float* am_all = code2 + 256;                                    // [kPW][16][kPU]
+  float* red = am_all + kPW * 16 * kPU;                           // [kPW][32][4 * NT]
+  char* ring = reinterpret_cast<char*>(red + kPW * 32 * 4 * NT);  // [kPW][kStages][kStageBytes]
+  uint16_t* xs = reinterpret_cast<uint16_t*>(ring + kPW * kStages * kStageBytes);  // [M][xs_stride]
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, q = lane % 4;
+  const int RG = kPW / a.ks;
+  const int rt = warp % RG, ks = warp / RG;
+  const int64_t stages = a.K / (64 * kPU);  // of the whole K
+  const int64_t c0 = stages * ks / a.ks * kPU, c1 = stages * (ks + 1) / a.ks * kPU;
+  const bool live0 = g < a.M, live1 = g + 8 < a.M;
+  const uint32_t lane4 = uint32_t(lane) << 2;
+  float* am = am_all + warp * 16 * kPU;
+  char* my_ring = ring + warp * kStages * kStageBytes;
+  dev::pdl_launch_dependents();
+
+  StageIt next{c0 < c1 ? int64_t(blockIdx.x) : a.groups, c0};  // an empty slice issues nothing
+  auto advance = [&](StageIt& it) {
+    it.c += kPU;
+    if (it.c >= c1) it.c = c0, it.grp += gridDim.x;
+  };
 #pragma unroll
-        for (int j = 0; j < 4; ++j) red[(warp * 32 + lane) * 4 * NT + 4 * i + j] = d[i][j];
-      __syncthreads();
-      if (ks == 0)
-        for (int s = 1; s < a.ks; ++s)
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (next.grp < a.groups) issue_stage(a, next, rt, RG, lane, my_ring + s * kStageBytes);
+    cp_async_commit();
+    advance(next);
+  }
+
+  fill_shared<CT, XS>(a, smem, code2, xs, tid, warp, lane);
+  __syncthreads();
+
+  int64_t j = 0;  // this warp's stage count
+  for (int64_t grp = blockIdx.x; grp < a.groups; grp += gridDim.x) {
+    const int64_t t_raw = grp * RG + rt;
+    const bool tile_live = t_raw < a.tiles;
+    const int64_t t = min(t_raw, a.tiles - 1);
+    const int mat_a = tile_row(a, t, g).mat;
+    const RowRef rr = tile_row(a, t, lane >> 1);  // this lane's absmax row, chunks 2 (lane % 2) + 0, 1
+    const float offset = mat_at(a, rr.mat).offset;
+    const bool plain = mat_at(a, rr.mat).absmax != nullptr;
+    float d[NT][4] = {};
+    for (int64_t c = c0; c < c1; c += kPU, ++j) {
+      __syncwarp();  // every lane is done with the slot the next issue refills
+      if (next.grp < a.groups)
+        issue_stage(a, next, rt, RG, lane, my_ring + ((j + kStages - 1) % kStages) * kStageBytes);
+      cp_async_commit();
+      advance(next);
+      cp_async_wait<kStages - 1>();
+      __syncwarp();
+      const char* slot = my_ring + (j % kStages) * kStageBytes;
+      {  // this lane's two absmax (row lane / 2, chunks h, h + 1), shared through am
+        const int r = lane >> 1, h = (lane & 1) * 2;
+        float2 v;
+        if (plain) {
+          v = *reinterpret_cast<const float2*>(slot + kStageW + r * 16 + h * 4);
+        } else {
+          const uint32_t qw = *reinterpret_cast<const uint32_t*>(slot + kStageW + r * 4);
+          const float a2 = *reinterpret_cast<const float*>(slot + kStageW + 64 + r * 4);
+          v.x = dev::mul_ftz(code2[(qw >> (8 * h)) & 0xFFu], a2) + offset;
+          v.y = dev::mul_ftz(code2[(qw >> (8 * h + 8)) & 0xFFu], a2) + offset;
+        }
+        reinterpret_cast<float2*>(am)[lane] = v;
+      }
+      __syncwarp();
+      const float4 ama = reinterpret_cast<const float4*>(am)[g],
+                   amb = reinterpret_cast<const float4*>(am)[g + 8];
+      const float am_a[kPU] = {ama.x, ama.y, ama.z, ama.w}, am_b[kPU] = {amb.x, amb.y, amb.z, amb.w};
 #pragma unroll
-          for (int i = 0; i < NT; ++i)
-#pragma unroll
-            for (int j = 0; j < 4; ++j) d[i][j] += red[((rt + s * RG) * 32 + lane) * 4 * NT + 4 * i + j];
-    }
-    if (ks == 0 && tile_live) {
-      if (a.gated) {
-        const int64_t F = a.m[0].N, n = t * 8 + g;
-#pragma unroll
-        for (int i = 0; i < NT; ++i)
-#pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int m = 8 * i + 2 * q + j;
-            if (n >= F || m >= a.M) continue;
-            float gv = d[i][j], uv = d[i][j + 2];
-            if (a.m[0].bias) gv += round_ct<CT>(load_bias(a.m[0].bias, a.m[0].bdt, n));
-            if (a.m[1].bias) uv += round_ct<CT>(load_bias(a.m[1].bias, a.m[1].bdt, n));
-            a.m[0].out[int64_t(m) * F + n] = dev::act_f(round_ct<CT>(gv), a.act) * round_ct<CT>(uv);
-          }
-      } else {
-        const int mi = ra.mat;
-        const Mat w = mat_at(a, mi);
-        const int64_t n0 = (t - (mi == 0 ? 0 : mat_at(a, mi - 1).tile_end)) * 16;
-#pragma unroll
-        for (int i = 0; i < NT; ++i)
-#pragma unroll
-          for (int j = 0; j < 4; ++j) {
-            const int64_t n = n0 + g + (j >= 2 ? 8 : 0);
-            const int m = 8 * i + 2 * q + (j & 1);
-            if (n >= w.N || m >= a.M) continue;
-            float v = d[i][j];
-            if (w.bias) v += round_ct<CT>(load_bias(w.bias, w.bdt, n));
-            w.out[int64_t(m) * w.N + n] = round_ct<CT>(v);
-          }
+      for (int u = 0; u < kPU; ++u) {
+        const uint2 wa = *reinterpret_cast<const uint2*>(slot + (u * 16 + g) * 32 + 8 * q);
+        const uint2 wb = *reinterpret_cast<const uint2*>(slot + (u * 16 + g + 8) * 32 + 8 * q);
+        chunk<NT, CT, XS>(a, table, xs, wa, wb, (c + u) * 64 + 16 * q, am_a[u], am_b[u], live0, live1, g,
+                          lane4, d);
       }
     }
+    finish_tile<NT, CT>(a, red, d, t, tile_live, mat_a, warp, lane, rt, ks, RG, g, q);
     if (a.ks > 1) __syncthreads();  // red is rewritten by the next group
   }
 }
@@ -366,29 +555,91 @@ void launch_lut(const Launch& l, Args a) {
   launch(gemv_lut_kernel<NT, CT, XS>, dim3(unsigned(blocks)), dim3(kWarps * 32), bytes, l.stream, a);
 }
 
+size_t pipe_smem_bytes(int nt, int M, int64_t xs_stride) {
+  return kTableBytes + 256 * 4 + size_t(kPW) * 16 * kPU * 4 + size_t(kPW) * 32 * 4 * nt * 4 +
+         size_t(kPW) * kStages * kStageBytes + size_t(xs_stride) * size_t(M) * 2;
+}
+
+// K slices for the pipelined kernel: each at least one stage; the fewest rounds of groups times
+// (stages a warp + one for the tile's reduction and store), ties to more slices.
+int pick_pipe_slices(int64_t tiles, int64_t stages, int64_t blocks) {
+  int best = 1;
+  int64_t best_cost = INT64_MAX;
+  for (int ks = 1; ks <= kPW && ks <= stages; ks *= 2) {
+    const int64_t rg = kPW / ks, groups = (tiles + rg - 1) / rg, rounds = (groups + blocks - 1) / blocks;
+    const int64_t cost = rounds * ((stages + ks - 1) / ks + 1);
+    if (cost <= best_cost) best_cost = cost, best = ks;
+  }
+  return best;
+}
+
+template <int NT, class CT, bool XS>
+void launch_pipe(const Launch& l, Args a) {
+  const size_t bytes = pipe_smem_bytes(NT, a.M, a.xs_stride);
+  static std::atomic<bool> opted[64];
+  int dev = 0;
+  NIBBLE_CUDA_CHECK(cudaGetDevice(&dev));
+  if (dev < 0 || dev >= 64) dev = 0;
+  if (!opted[dev].load(std::memory_order_relaxed)) {
+    NIBBLE_CUDA_CHECK(cudaFuncSetAttribute(gemv_pipe_kernel<NT, CT, XS>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           int(pipe_smem_bytes(NT, 16, 0) + kXsBytes)));
+    opted[dev].store(true, std::memory_order_relaxed);
+  }
+  const int64_t blocks_max = sm_count();
+  a.ks = pick_pipe_slices(a.tiles, a.K / (64 * kPU), blocks_max);
+  const int rg = kPW / a.ks;
+  a.groups = (a.tiles + rg - 1) / rg;
+  const int64_t blocks = std::min<int64_t>(a.groups, blocks_max);
+  launch(gemv_pipe_kernel<NT, CT, XS>, dim3(unsigned(blocks)), dim3(kPW * 32), bytes, l.stream, a);
+}
+
+template <int NT, class CT, bool XS>
+void launch_one(const Launch& l, const Args& a) {
+  if (a.pipe)
+    launch_pipe<NT, CT, XS>(l, a);
+  else
+    launch_lut<NT, CT, XS>(l, a);
+}
+
 template <class CT>
 void launch_ct(const Launch& l, Args& a) {
   const bool xs = int64_t(a.M) * (a.K + 8) * 2 <= kXsBytes;
   a.xs_stride = xs ? a.K + 8 : 0;
   if (a.M <= 8) {
     if (xs)
-      launch_lut<1, CT, true>(l, a);
+      launch_one<1, CT, true>(l, a);
     else
-      launch_lut<1, CT, false>(l, a);
+      launch_one<1, CT, false>(l, a);
   } else {
     if (xs)
-      launch_lut<2, CT, true>(l, a);
+      launch_one<2, CT, true>(l, a);
     else
-      launch_lut<2, CT, false>(l, a);
+      launch_one<2, CT, false>(l, a);
   }
 }
 
+// NIBBLE_GEMV4 (benchmarks): "mma" sends these calls to gemv_mma.cu, "lut" keeps them off the
+// pipelined kernel.
+const char* gemv4_env() {
+  static const char* v = std::getenv("NIBBLE_GEMV4");
+  return v ? v : "";
+}
 bool forced_off() {
-  static const bool off = [] {
-    const char* v = std::getenv("NIBBLE_GEMV4");
-    return v && std::strcmp(v, "mma") == 0;
-  }();
-  return off;
+  return std::strcmp(gemv4_env(), "mma") == 0;
+}
+
+bool aligned(const void* p, uintptr_t n) {
+  return reinterpret_cast<uintptr_t>(p) % n == 0;
+}
+
+// The pipelined kernel's layout: blocks of 64 (a stage's absmax in one aligned copy a row),
+// K % 256 == 0 (whole stages, aligned), the nested absmax in blocks of 256.
+bool pipe_ok(int64_t K, const Quant4Weight& w) {
+  if (std::strcmp(gemv4_env(), "lut") == 0 || w.blocksize != 64 || K % 256 != 0 || !aligned(w.packed, 16))
+    return false;
+  if (w.absmax) return aligned(w.absmax, 16);
+  return w.nested_blocksize == 256 && aligned(w.absmax_q, 4) && aligned(w.absmax2, 4);
 }
 
 int log2_of(int64_t v) {
@@ -463,6 +714,7 @@ void gemv_lut_4bit_group(const Launch& l, const float* x, int64_t M, int64_t K,
   }
   for (int i = a.nmat; i < kMaxMats; ++i) a.m[i].tile_end = tiles;
   a.tiles = tiles;
+  a.pipe = std::all_of(ts.begin(), ts.end(), [&](const Gemv4Target& t) { return pipe_ok(K, *t.w); });
   run(l, a, ct);
 }
 
@@ -477,6 +729,7 @@ void gemv_lut_4bit_gated(const Launch& l, const float* x, int64_t M, int64_t K, 
   a.m[1] = mat_of(*up.w, up.N, up.bias, up.bias_code, nullptr);
   a.tiles = (gate.N + 7) / 8;
   a.m[0].tile_end = a.m[1].tile_end = a.m[2].tile_end = a.tiles;
+  a.pipe = pipe_ok(K, *gate.w) && pipe_ok(K, *up.w);
   run(l, a, ct);
 }
 

@@ -4,6 +4,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cfloat>
 
 #include "backends/cuda/act.cuh"
@@ -23,28 +24,74 @@ using dev::block_sum;
 
 // kAdd: x += r first (the residual add fused in front of the norm; the same f32 sums as add
 // then rms_norm, since each thread reads back only the elements it wrote).
+// Rows of at most kNormThreads * kNormPer elements (every decoder's hidden size up to 8192) stay
+// in registers: the weight is loaded before the wait on the previous kernel and every load of
+// x and r is issued at once, so a row costs one memory round trip (the loop below it, one per
+// element a thread: a decode step's norms were 16 us each on an H100, most of it waiting).
+constexpr int kNormThreads = 1024;
+constexpr int kNormPer = 8;
+
+// Threads for a row of C: about four elements a thread, whole warps, at most kNormThreads.
+unsigned norm_threads(int64_t C) {
+  return unsigned(std::clamp<int64_t>((ceil_div(C, 4) + 31) / 32 * 32, 32, kNormThreads));
+}
+
 template <class W, bool kAdd>
-__global__ void rms_norm_kernel(float* x, const float* __restrict__ r, int64_t C, const void* __restrict__ w,
-                                float eps, float unit, float* out) {
+__global__ void __launch_bounds__(kNormThreads)
+    rms_norm_kernel(float* x, const float* __restrict__ r, int64_t C, const void* __restrict__ w, float eps,
+                    float unit, float* out) {
   dev::pdl_launch_dependents();
-  dev::pdl_wait();
   __shared__ float red[32];
   float* xr = x + blockIdx.x * C;
+  float* o = out + blockIdx.x * C;
+  const int tid = threadIdx.x, nt = blockDim.x;
+  if (C <= int64_t(kNormPer) * nt) {
+    float v[kNormPer], wv[kNormPer];
+#pragma unroll
+    for (int i = 0; i < kNormPer; ++i) {
+      const int64_t c = tid + int64_t(i) * nt;
+      wv[i] = c < C ? dev::load1<W>(w, c) + unit : 0.0f;
+    }
+    dev::pdl_wait();
+#pragma unroll
+    for (int i = 0; i < kNormPer; ++i) {
+      const int64_t c = tid + int64_t(i) * nt;
+      v[i] = c < C ? xr[c] : 0.0f;
+      if constexpr (kAdd) v[i] += c < C ? r[blockIdx.x * C + c] : 0.0f;
+    }
+    float ss = 0.0f;
+#pragma unroll
+    for (int i = 0; i < kNormPer; ++i) {
+      const int64_t c = tid + int64_t(i) * nt;
+      if (c < C) {
+        if constexpr (kAdd) xr[c] = v[i];
+        ss += v[i] * v[i];
+      }
+    }
+    ss = block_sum(ss, red);
+    const float inv = rsqrtf(ss / float(C) + eps);
+#pragma unroll
+    for (int i = 0; i < kNormPer; ++i) {
+      const int64_t c = tid + int64_t(i) * nt;
+      if (c < C) o[c] = wv[i] * (v[i] * inv);
+    }
+    return;
+  }
+  dev::pdl_wait();
   float ss = 0.0f;
   if constexpr (kAdd) {
     const float* rr = r + blockIdx.x * C;
-    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+    for (int64_t c = tid; c < C; c += nt) {
       const float v = xr[c] + rr[c];
       xr[c] = v;
       ss += v * v;
     }
   } else {
-    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) ss += xr[c] * xr[c];
+    for (int64_t c = tid; c < C; c += nt) ss += xr[c] * xr[c];
   }
   ss = block_sum(ss, red);
   const float inv = rsqrtf(ss / float(C) + eps);
-  float* o = out + blockIdx.x * C;
-  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) o[c] = (dev::load1<W>(w, c) + unit) * (xr[c] * inv);
+  for (int64_t c = tid; c < C; c += nt) o[c] = (dev::load1<W>(w, c) + unit) * (xr[c] * inv);
 }
 
 template <class W, class B>
@@ -246,7 +293,6 @@ __global__ void lse_kernel(const float* x, int64_t V, float* out) {
   if (threadIdx.x == 0) out[blockIdx.x] = m == -INFINITY ? m : m + logf(s);
 }
 
-
 }  // namespace
 
 void rms_norm(const Launch& l, const float* x, int64_t M, int64_t C, const void* w, DType wdt, float eps,
@@ -254,7 +300,7 @@ void rms_norm(const Launch& l, const float* x, int64_t M, int64_t C, const void*
   if (M == 0 || C == 0) return;
   DeviceScope ds(l.device);
   with_float_dtype("cuda::rms_norm", wdt, [&](auto W) {
-    cuda::launch(rms_norm_kernel<decltype(W), false>, dim3(unsigned(M)), dim3(kRowThreads), 0,
+    cuda::launch(rms_norm_kernel<decltype(W), false>, dim3(unsigned(M)), dim3(norm_threads(C)), 0,
                  as_stream(l.stream), const_cast<float*>(x), nullptr, C, w, eps,
                  add_unit_offset ? 1.0f : 0.0f, out);
   });
@@ -266,7 +312,7 @@ void add_rms_norm(const Launch& l, float* h, const float* r, int64_t M, int64_t 
   if (M == 0 || C == 0) return;
   DeviceScope ds(l.device);
   with_float_dtype("cuda::add_rms_norm", wdt, [&](auto W) {
-    cuda::launch(rms_norm_kernel<decltype(W), true>, dim3(unsigned(M)), dim3(kRowThreads), 0,
+    cuda::launch(rms_norm_kernel<decltype(W), true>, dim3(unsigned(M)), dim3(norm_threads(C)), 0,
                  as_stream(l.stream), h, r, C, w, eps, add_unit_offset ? 1.0f : 0.0f, out);
   });
   NIBBLE_CUDA_CHECK_LAUNCH();

@@ -48,6 +48,7 @@
 #include "backends/cuda/linear_cuda.h"
 #include "backends/cuda/pdl.cuh"
 #include "backends/cuda/runtime.h"
+#include "nibble/quant.h"
 
 namespace nibble::cuda {
 namespace {
@@ -88,6 +89,7 @@ struct Args {
   int M;
   int64_t K;
   const float* quant_map;
+  float qmap[16];      // the same 16 code values by value (the pipelined kernel's table fill)
   const float* code2;  // one table for every nested weight (device_dynamic_map)
   int bs_log2;
   int nbs_log2;  // nested blocksize as a shift, -1 when not a power of two
@@ -146,15 +148,23 @@ __device__ __forceinline__ RowRef tile_row(const Args& a, int64_t t, int r) {
   return {mi, min((t - t0) * 16 + r, mat_at(a, mi).N - 1)};
 }
 
-// The shared-memory prologue of both kernels: the pair table (each warp an equal run of rows,
-// 4 rows an instruction: 8 lanes x 16 bytes each), the nested-absmax code table, then (after the wait on the
+// The shared-memory prologue of both kernels: the pair table (each warp an equal run of rows, 4
+// rows an instruction: 8 lanes x 16 bytes each; the code values from quant_map, or from the
+// parameters when kParamMap), the nested-absmax code table, then (after the wait on the
 // previous kernel, which wrote x) x staged in the compute dtype when XS.
-template <class CT, bool XS>
+template <class CT, bool XS, bool kParamMap = false>
 __device__ __forceinline__ void fill_shared(const Args& a, uint32_t* smem, float* code2, uint16_t* xs,
                                             int tid, int warp, int lane) {
   const int64_t K = a.K;
   {
-    const float v = __ldg(a.quant_map + (lane & 15));
+    float v;
+    if constexpr (kParamMap) {  // a select chain over static indices: no load in front of the fill
+      v = a.qmap[0];
+#pragma unroll
+      for (int i = 1; i < 16; ++i) v = (lane & 15) == i ? a.qmap[i] : v;
+    } else {
+      v = __ldg(a.quant_map + (lane & 15));
+    }
     const int rows = 256 / int(blockDim.x / 32);  // 8 or 16 warps: 32 or 16 rows each
     for (int r0 = rows * warp; r0 < rows * warp + rows; r0 += 4) {
       const int row = r0 + lane / 8;
@@ -392,35 +402,50 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
-// A warp's position in its sequence of stages: group grp (row tile grp * RG + rt), chunk c of
-// its K slice [c0, c1).
-struct StageIt {
+// A warp's position in its sequence of stages (group grp: row tile grp * RG + rt; chunk c of its
+// K slice) and, for the group being issued, this lane's sources: 16 bytes of row lane / 2 (half
+// lane % 2) of each chunk; lanes 0-15 row lane's absmax (plain: 16 bytes; nested: the q word),
+// lanes 16-31 row lane - 16's absmax2 (nested only). Set once a group, so a stage's issue is
+// kPU + 1 copies and a few adds.
+struct Issue {
   int64_t grp, c;
+  const uint8_t* w;  // row lane / 2 at chunk 0, + half
+  const char* am;    // plain absmax or q bytes of row lane & 15 at chunk 0; absmax2 base for lanes 16-31
+  int64_t b0;        // absmax block of row lane & 15 at chunk 0
+  int mode;          // 0: plain (lanes < 16), 1: q word (lanes < 16), 2: absmax2 (lanes >= 16), 3: none
 };
 
-// Issue the copies of stage `it` into `slot`: lane (row lane / 2, half lane % 2) copies 16
-// bytes of each of the kPU chunks; lanes 0-15 the q word (or plain absmax) of row lane, lanes
-// 16-31 the absmax2 of row lane - 16.
-__device__ __forceinline__ void issue_stage(const Args& a, StageIt it, int rt, int RG, int lane, char* slot) {
-  const int64_t t = min(it.grp * RG + rt, a.tiles - 1);
-  {
-    const RowRef r = tile_row(a, t, lane >> 1);
-    const uint8_t* src = mat_at(a, r.mat).w + r.row * (a.K / 2) + it.c * 32 + (lane & 1) * 16;
-    char* dst = slot + (lane >> 1) * 32 + (lane & 1) * 16;
-#pragma unroll
-    for (int u = 0; u < kPU; ++u) cp_async16(dst + u * 16 * 32, src + u * 32);
-  }
+__device__ __forceinline__ void issue_group(const Args& a, Issue& is, int rt, int RG, int lane) {
+  if (is.grp >= a.groups) return;
+  const int64_t t = min(is.grp * RG + rt, a.tiles - 1);
+  const RowRef rw = tile_row(a, t, lane >> 1);
+  is.w = mat_at(a, rw.mat).w + rw.row * (a.K / 2) + (lane & 1) * 16;
   const RowRef r = tile_row(a, t, lane & 15);
-  const Mat w = mat_at(a, r.mat);
-  const int64_t b0 = r.row * (a.K / 64) + it.c;  // the stage's first absmax block (a multiple of 4)
-  char* dst = slot + kStageW;
-  if (w.absmax) {
-    if (lane < 16) cp_async16(dst + lane * 16, w.absmax + b0);
-  } else if (lane < 16) {
-    cp_async4(dst + lane * 4, w.absmax_q + b0);
+  const Mat m = mat_at(a, r.mat);
+  is.b0 = r.row * (a.K / 64);
+  if (m.absmax) {
+    is.mode = lane < 16 ? 0 : 3;
+    is.am = reinterpret_cast<const char*>(m.absmax + is.b0);
   } else {
-    cp_async4(dst + 64 + (lane - 16) * 4, w.absmax2 + (b0 >> 8));
+    is.mode = lane < 16 ? 1 : 2;
+    is.am = lane < 16 ? reinterpret_cast<const char*>(m.absmax_q + is.b0)
+                      : reinterpret_cast<const char*>(m.absmax2);
   }
+}
+
+// Copy the stage at is.c into slot ([kPU][16][32] weights, then the absmax words).
+__device__ __forceinline__ void issue_stage(const Issue& is, int lane, char* slot) {
+  const uint8_t* src = is.w + is.c * 32;
+  char* dst = slot + (lane >> 1) * 32 + (lane & 1) * 16;
+#pragma unroll
+  for (int u = 0; u < kPU; ++u) cp_async16(dst + u * 16 * 32, src + u * 32);
+  char* adst = slot + kStageW;
+  if (is.mode == 0)
+    cp_async16(adst + lane * 16, is.am + is.c * 4);
+  else if (is.mode == 1)
+    cp_async4(adst + lane * 4, is.am + is.c);
+  else if (is.mode == 2)
+    cp_async4(adst + 64 + (lane - 16) * 4, is.am + ((is.b0 + is.c) >> 8) * 4);
 }
 
 template <int NT, class CT, bool XS>
@@ -444,22 +469,26 @@ __global__ void __launch_bounds__(kPW * 32, 1) gemv_pipe_kernel(Args a) {
   char* my_ring = ring + warp * kStages * kStageBytes;
   dev::pdl_launch_dependents();
 
-  StageIt next{c0 < c1 ? int64_t(blockIdx.x) : a.groups, c0};  // an empty slice issues nothing
-  auto advance = [&](StageIt& it) {
-    it.c += kPU;
-    if (it.c >= c1) it.c = c0, it.grp += gridDim.x;
+  Issue next{c0 < c1 ? int64_t(blockIdx.x) : a.groups, c0};  // an empty slice issues nothing
+  issue_group(a, next, rt, RG, lane);
+  auto advance = [&] {
+    next.c += kPU;
+    if (next.c >= c1) {
+      next.c = c0, next.grp += gridDim.x;
+      issue_group(a, next, rt, RG, lane);
+    }
   };
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
-    if (next.grp < a.groups) issue_stage(a, next, rt, RG, lane, my_ring + s * kStageBytes);
+    if (next.grp < a.groups) issue_stage(next, lane, my_ring + s * kStageBytes);
     cp_async_commit();
-    advance(next);
+    advance();
   }
 
-  fill_shared<CT, XS>(a, smem, code2, xs, tid, warp, lane);
+  fill_shared<CT, XS, true>(a, smem, code2, xs, tid, warp, lane);
   __syncthreads();
 
-  int64_t j = 0;  // this warp's stage count
+  int slot_c = 0, slot_i = kStages - 1;  // the ring slots computed and issued next
   for (int64_t grp = blockIdx.x; grp < a.groups; grp += gridDim.x) {
     const int64_t t_raw = grp * RG + rt;
     const bool tile_live = t_raw < a.tiles;
@@ -469,15 +498,16 @@ __global__ void __launch_bounds__(kPW * 32, 1) gemv_pipe_kernel(Args a) {
     const float offset = mat_at(a, rr.mat).offset;
     const bool plain = mat_at(a, rr.mat).absmax != nullptr;
     float d[NT][4] = {};
-    for (int64_t c = c0; c < c1; c += kPU, ++j) {
+    for (int64_t c = c0; c < c1; c += kPU) {
       __syncwarp();  // every lane is done with the slot the next issue refills
-      if (next.grp < a.groups)
-        issue_stage(a, next, rt, RG, lane, my_ring + ((j + kStages - 1) % kStages) * kStageBytes);
+      if (next.grp < a.groups) issue_stage(next, lane, my_ring + slot_i * kStageBytes);
       cp_async_commit();
-      advance(next);
+      advance();
       cp_async_wait<kStages - 1>();
       __syncwarp();
-      const char* slot = my_ring + (j % kStages) * kStageBytes;
+      const char* slot = my_ring + slot_c * kStageBytes;
+      slot_c = slot_c + 1 == kStages ? 0 : slot_c + 1;
+      slot_i = slot_i + 1 == kStages ? 0 : slot_i + 1;
       {  // this lane's two absmax (row lane / 2, chunks h, h + 1), shared through am
         const int r = lane >> 1, h = (lane & 1) * 2;
         float2 v;
@@ -652,6 +682,7 @@ Args base_args(const float* x, int64_t M, int64_t K, const Quant4Weight& w) {
   Args a{};
   a.x = x, a.M = int(M), a.K = K;
   a.quant_map = w.quant_map, a.code2 = nullptr;
+  std::copy_n(dequant_table_4bit(w.quant_type), 16, a.qmap);
   a.bs_log2 = log2_of(w.blocksize);
   a.nested_bs = w.nested_blocksize;
   a.nbs_log2 = w.nested_blocksize > 0 && (w.nested_blocksize & (w.nested_blocksize - 1)) == 0

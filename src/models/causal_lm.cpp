@@ -293,7 +293,8 @@ Tensor CausalLM::Impl::attention_block(const Step& st, size_t li, const Tensor& 
   Tensor q3 = q.view({R, Hq, D}), k3 = k.view({R, Hkv, D});
   const bool roped = s.pos == models::PosKind::Rope;
   const bool one_seq = st.segs.size() == 1;  // rope and the KV-cache write as one op
-  if (roped && !one_seq) {
+  const bool batched = st.device_pos && !one_seq && st.kv_table.defined();  // ... for every sequence
+  if (roped && !one_seq && !batched) {
     ops::apply_rope_(ctx, q3, st.cos, st.sin, st.rot_dim);
     ops::apply_rope_(ctx, k3, st.cos, st.sin, st.rot_dim);
   }
@@ -308,7 +309,21 @@ Tensor CausalLM::Impl::attention_block(const Step& st, size_t li, const Tensor& 
   ao.softcap = attn_softcap;
   ao.alibi_slopes = L.alibi_slopes;
   Tensor a = empty_like_rows(R, Hq * D, dev);  // [R, Hq * D]
+  if (batched) {                       // one row a sequence: the caches through the layer's address table
+    const Segment* big = &st.segs[0];  // the longest cache sizes the attention's splits
+    for (const Segment& sg : st.segs)
+      if (sg.cache->capacity_ > big->cache->capacity_) big = &sg;
+    KVCache& c0 = *big->cache;
+    const Tensor tab = st.kv_table.slice(0, int64_t(li), int64_t(li) + 1).view({2, R});
+    ops::rope_kv_write_(ctx, q3, k3, v, roped ? st.cos : Tensor(), roped ? st.sin : Tensor(),
+                        roped ? st.rot_dim : 0, c0.k_[li].view({c0.capacity_, Hkv * D}),
+                        c0.v_[li].view({c0.capacity_, Hkv * D}), st.seq_pos, 0, tab);
+    ao.q_pos = st.seq_pos;
+    ao.kv_table = tab;
+    ops::attention(ctx, q3, c0.k_[li], c0.v_[li], ao, a.view({R, Hq, D}));
+  }
   for (const Segment& sg : st.segs) {
+    if (batched) break;
     // the KV-cache write: rows of this sequence into positions [p0, p0 + T), in the cache dtype
     KVCache& cache = *sg.cache;
     Tensor kc = cache.k_[li].view({cache.capacity_, Hkv * D}), vc = cache.v_[li].view({cache.capacity_, Hkv * D});

@@ -90,6 +90,9 @@ struct Step {
   // attention read it at run time.
   bool device_pos = false;
   Tensor seq_pos;
+  // With device_pos and B > 1: i64 [L, 2, B] on the device, each layer's K and V cache
+  // addresses of the B sequences, so the KV write and attention of a layer are one launch each.
+  Tensor kv_table;
   std::vector<Step> views;  // a split model: this step on each of its other devices
 
   // This step on device d (itself when its context is there).

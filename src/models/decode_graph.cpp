@@ -35,6 +35,7 @@ struct DecodeGraph {
   int state = 0;  // 0: run uncaptured next; 1: capture next; 2: captured; -1: never capture
   void* exec = nullptr;
   Tensor ids, pos, cos, sin;  // device inputs: i64 [B], i64 [B], f32 [B, half] x 2
+  Tensor kv_table;            // i64 [L, 2, B] cache addresses (B > 1), fixed by the key
   Tensor logits;              // f32 [B, V] on the device
   void* host = nullptr;       // pinned mirror of the inputs, packed
   size_t host_bytes = 0;
@@ -110,6 +111,18 @@ Tensor CausalLM::Impl::decode_graphed(const std::vector<std::vector<int64_t>>& b
       e->sin = Tensor::empty({B, half}, DType::F32, device);
     }
     e->logits = Tensor::empty({B, V}, DType::F32, device);
+    if (B > 1) {  // the key holds these addresses, so the table is this graph's for good
+      const int64_t L = int64_t(layers.size());
+      Tensor tab = Tensor::empty({L, 2, B}, DType::I64);
+      int64_t* t = tab.data<int64_t>();
+      for (int64_t l = 0; l < L; ++l)
+        for (int64_t b = 0; b < B; ++b) {
+          const KVCache& c = *st.segs[size_t(b)].cache;
+          t[(l * 2 + 0) * B + b] = int64_t(reinterpret_cast<uintptr_t>(c.k_[size_t(l)].data_ptr()));
+          t[(l * 2 + 1) * B + b] = int64_t(reinterpret_cast<uintptr_t>(c.v_[size_t(l)].data_ptr()));
+        }
+      e->kv_table = tab.to(device);
+    }
     e->host_bytes = size_t(2 * B) * 8 + size_t(2 * B * half) * 4;
     e->host = cuda::host_pinned_malloc(e->host_bytes);
     g = e.get();
@@ -138,6 +151,7 @@ Tensor CausalLM::Impl::decode_graphed(const std::vector<std::vector<int64_t>>& b
   }
   st.ids_dev = g->ids;
   st.seq_pos = g->pos;
+  st.kv_table = g->kv_table;
   st.cos = g->cos;
   st.sin = g->sin;
   st.device_pos = true;

@@ -521,6 +521,27 @@ int64_t token_stride(const char* op, const char* what, const Tensor& t) {
 }
 }  // namespace
 
+namespace {
+
+// A batched decode step's K/V table (i64 [2, T] on the context's device) and row0/q_pos (i64 [T]).
+void check_kv_table(const char* op, ExecContext& ctx, const Tensor& table, const Tensor& pos, int64_t T) {
+  if (table.dtype() != DType::I64 || table.numel() != 2 * T || !table.is_contiguous() ||
+      table.device() != ctx.device())
+    throw ShapeError(
+        str(op, ": kv_table must be i64 [2, ", T, "] on ", ctx.device().str(), ", got ", table.str()));
+  if (!pos.defined() || pos.dtype() != DType::I64 || pos.numel() != T || !pos.is_contiguous())
+    throw ShapeError(
+        str(op, ": a kv_table needs positions i64 [", T, "], got ", pos.defined() ? pos.str() : "undefined"));
+}
+
+// The host tensor shaped as `like` at a table address (the CPU form of a batched step).
+Tensor view_at(int64_t addr, const Tensor& like) {
+  auto st = std::make_shared<Storage>(reinterpret_cast<void*>(addr), like.nbytes(), like.device(), nullptr);
+  return Tensor::from_storage(std::move(st), 0, like.shape(), like.dtype());
+}
+
+}  // namespace
+
 void attention(ExecContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& opts,
                const Tensor& out) {
   const char* op = "attention";
@@ -550,7 +571,24 @@ void attention(ExecContext& ctx, const Tensor& q, const Tensor& k, const Tensor&
       (opts.alibi_slopes.dtype() != DType::F32 || opts.alibi_slopes.numel() != a.Hq))
     throw ShapeError(str(op, ": alibi slopes must be f32 [", a.Hq, "], got ", opts.alibi_slopes.str()));
   require_out(op, out, {a.T, a.Hq, a.Dv});
-  if (opts.q_pos.defined()) {
+  if (opts.kv_table.defined()) {
+    check_kv_table(op, ctx, opts.kv_table, opts.q_pos, a.T);
+    if (ctx.device().is_cpu()) {  // one sequence at a time, each over keys [0, pos]
+      const int64_t* tab = opts.kv_table.data<int64_t>();
+      for (int64_t t = 0; t < a.T; ++t) {
+        AttentionOptions o = opts;
+        o.kv_table = Tensor();
+        o.q_pos = Tensor();
+        o.q_offset = opts.q_pos.data<int64_t>()[t];
+        if (o.q_offset < 0 || o.q_offset >= a.S)
+          throw ShapeError(
+              str(op, ": q_pos[", t, "] = ", o.q_offset, " is outside the cache of ", a.S, " positions"));
+        attention(ctx, q.slice(0, t, t + 1), view_at(tab[t], k).slice(0, 0, o.q_offset + 1),
+                  view_at(tab[a.T + t], v).slice(0, 0, o.q_offset + 1), o, out.slice(0, t, t + 1));
+      }
+      return;
+    }
+  } else if (opts.q_pos.defined()) {
     if (opts.q_pos.dtype() != DType::I64 || opts.q_pos.numel() != 1 || a.T != 1)
       throw ShapeError(str(op, ": q_pos must be i64 [1] with one query row, got ", opts.q_pos.str(), " and T=", a.T));
     if (ctx.device().is_cpu()) {  // the position is at hand: the plain form over keys [0, pos]
@@ -569,9 +607,10 @@ void attention(ExecContext& ctx, const Tensor& q, const Tensor& k, const Tensor&
   a.window = opts.sliding_window.value_or(0);
   a.softcap = opts.softcap.value_or(0.0f);
   dispatch(
-      op, ctx, k.dtype(), {q, k, v, out, opts.alibi_slopes},
+      op, ctx, k.dtype(), {q, k, v, out, opts.alibi_slopes, opts.q_pos, opts.kv_table},
       [&] {
-        if (k.dtype() != DType::F32) throw UnsupportedError(str(op, ": no kernel for (cpu, ", dtype_name(k.dtype()), ") K/V"));
+        if (k.dtype() != DType::F32)
+          throw UnsupportedError(str(op, ": no kernel for (cpu, ", dtype_name(k.dtype()), ") K/V"));
         Tensor qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
         a.alibi = opts.alibi_slopes.defined() ? opts.alibi_slopes.data<float>() : nullptr;
         cpu::attention(qc.data<float>(), kc.data<float>(), vc.data<float>(), a, out.data<float>());
@@ -585,6 +624,7 @@ void attention(ExecContext& ctx, const Tensor& q, const Tensor& k, const Tensor&
         g.k = k.data_ptr(), g.v = v.data_ptr(), g.kv_dtype = k.dtype(), g.ldk = ldk, g.ldv = ldv;
         g.out = out.template data<float>();
         g.pos = opts.q_pos.defined() ? opts.q_pos.template data<int64_t>() : nullptr;
+        g.kv_table = opts.kv_table.defined() ? opts.kv_table.template data<int64_t>() : nullptr;
         cuda::attention(make_launch(c, cuda::attention_workspace_bytes(g)), g);
       });
 }
@@ -687,11 +727,23 @@ Tensor to_dtype(const Tensor& x, DType dt) {
 }
 
 void rope_kv_write_(ExecContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& cos,
-                    const Tensor& sin, int64_t rot_dim, const Tensor& kc, const Tensor& vc, const Tensor& row0,
-                    int64_t p0) {
+                    const Tensor& sin, int64_t rot_dim, const Tensor& kc, const Tensor& vc,
+                    const Tensor& row0, int64_t p0, const Tensor& kv_table) {
   const char* op = "rope_kv_write_";
   const bool rotate = cos.defined();
   const int64_t T = q.size(0);
+  if (kv_table.defined()) {
+    check_kv_table(op, ctx, kv_table, row0, T);
+    if (!ctx.device().is_cuda()) {  // one sequence at a time, as the single form does it
+      if (rotate) apply_rope_(ctx, q, cos, sin, rot_dim), apply_rope_(ctx, k, cos, sin, rot_dim);
+      const int64_t* tab = kv_table.data<int64_t>();
+      for (int64_t t = 0; t < T; ++t) {
+        copy_at_(ctx, k.slice(0, t, t + 1).view({1, -1}), view_at(tab[t], kc), row0.slice(0, t, t + 1));
+        copy_at_(ctx, v.slice(0, t, t + 1), view_at(tab[T + t], vc), row0.slice(0, t, t + 1));
+      }
+      return;
+    }
+  }
   auto write = [&](const Tensor& src, const Tensor& dst) {
     if (row0.defined())
       copy_at_(ctx, src, dst, row0);
@@ -720,14 +772,15 @@ void rope_kv_write_(ExecContext& ctx, const Tensor& q, const Tensor& k, const Te
         sin.shape() != cos.shape() || !cos.is_contiguous() || !sin.is_contiguous())
       throw ShapeError(str(op, ": rot_dim ", rot_dim, " or cos/sin ", cos.str(), " do not fit head size ", D));
   }
-  if (row0.defined()) {
+  if (kv_table.defined()) {  // checked above
+  } else if (row0.defined()) {
     if (row0.dtype() != DType::I64 || row0.numel() != 1)
       throw ShapeError(str(op, ": row0 must be i64 [1], got ", row0.str()));
   } else if (p0 < 0 || p0 + T > kc.size(0)) {
     throw ShapeError(str(op, ": rows [", p0, ", ", p0 + T, ") are outside ", kc.str()));
   }
   dispatch(
-      op, ctx, kc.dtype(), {q, k, v, cos, sin, kc, vc, row0}, [] {},
+      op, ctx, kc.dtype(), {q, k, v, cos, sin, kc, vc, row0, kv_table}, [] {},
       [&](auto& c) {
         cuda::RopeKv a{};
         a.q = q.template data<float>(), a.ldq = T > 1 ? q.strides()[0] : q.size(1) * D;
@@ -739,6 +792,7 @@ void rope_kv_write_(ExecContext& ctx, const Tensor& q, const Tensor& k, const Te
         a.kc = kc.data_ptr(), a.vc = vc.data_ptr(), a.ldc = km.ld;
         a.row0_dev = row0.defined() ? row0.template data<int64_t>() : nullptr;
         a.row0 = p0;
+        a.table = kv_table.defined() ? kv_table.template data<int64_t>() : nullptr;
         cuda::rope_kv_write(make_launch(c, 0), a, kc.dtype());
       });
 }

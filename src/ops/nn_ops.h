@@ -73,6 +73,11 @@ struct AttentionOptions {
   // time (q_offset = *q_pos, keys [0, *q_pos]; k/v are the whole cache), so a replayed CUDA graph
   // of a decode step stays right as the sequence grows.
   Tensor q_pos;
+  // With q_pos i64 [T] (T > 1 allowed): a batched decode step, row t its own sequence at position
+  // q_pos[t], its K and V caches at the addresses kv_table[0][t] and kv_table[1][t] (i64 [2, T]
+  // on q's device); k and v give their shape and dtype (each cache as long as k or shorter than
+  // it, positions inside each).
+  Tensor kv_table;
 };
 // Causal attention. q [T, Hq, D], k [S, Hkv, D], v [S, Hkv, Dv] (f32; Hq a multiple of Hkv),
 // query i sits at position q_offset + i and sees keys j <= q_offset + i. Out [T, Hq, Dv].
@@ -142,9 +147,12 @@ Tensor to_dtype(const Tensor& x, DType dt);
 // rotation), then k and v (rows [T, Hkv * D]) stored to kc / vc [capacity, Hkv * D] at rows
 // row0 + t (row0 an i64 [1] tensor on the context's device, read at run time) or p0 + t when
 // row0 is undefined. The same values as apply_rope_ on q and k and two copies.
+// kv_table (i64 [2, T] on the context's device) makes it T sequences of one row each: row t
+// goes to the caches at the addresses kv_table[0][t] / kv_table[1][t] (shaped as kc / vc) at
+// row row0[t] (row0 i64 [T]).
 void rope_kv_write_(ExecContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& cos,
-                    const Tensor& sin, int64_t rot_dim, const Tensor& kc, const Tensor& vc, const Tensor& row0,
-                    int64_t p0);
+                    const Tensor& sin, int64_t rot_dim, const Tensor& kc, const Tensor& vc,
+                    const Tensor& row0, int64_t p0, const Tensor& kv_table = Tensor());
 // dst[*row0 + r, :] = src[r, :], row0 an i64 [1] tensor on the context's device read at run time
 // (the KV-cache write of a replayed decode step).
 void copy_at_(ExecContext& ctx, const Tensor& src, const Tensor& dst, const Tensor& row0);

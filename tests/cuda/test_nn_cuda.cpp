@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "backends/cpu/nn_cpu.h"
+#include "batched_decode_check.h"
 #include "nibble/dtype.h"
 #include "nibble/tensor.h"
 #include "test_support.h"
@@ -365,3 +366,12 @@ TEST(NnCuda, Attention) {
 
 }  // namespace
 #endif
+
+// The table forms of a batched decode step (one launch a layer for every sequence's KV write and
+// attention) against one call a sequence: caches and rotated q/k bit for bit, attention within
+// f32 summation order (the splits differ with the row count).
+TEST(NnCuda, BatchedDecodeTableEqualsPerSequence) {
+  SKIP_WITHOUT_CUDA();
+  for (DType dt : {DType::F32, DType::BF16, DType::F16})
+    test::check_batched_decode(Device::cuda(0), dt, test::fresh_seed(), 1e-5);
+}

@@ -12,6 +12,7 @@
 
 #include "backends/cpu/linear_cpu.h"
 #include "backends/cpu/quant_cpu.h"
+#include "batched_decode_check.h"
 #include "cpu_isa_mode.h"
 #include "nibble/quant.h"
 #include "nibble/thread_pool.h"
@@ -436,4 +437,10 @@ TEST(NnOpsErrors, WrongShapesAndDtypesThrow) {
   EXPECT_THROW(ops::linear_int8(x, wq.CA, wq.SCA, Tensor(), -1.0f), ShapeError);
   EXPECT_THROW(ops::linear_int8(test::random_normal({3, 9}, DType::F32, rng), wq.CA, wq.SCA, Tensor(), 6.0f),
                ShapeError);
+}
+
+// A batched decode step's table forms of the KV write and attention against one call a
+// sequence (CPU: the same kernels a sequence at a time, so bit for bit).
+TEST(NnOpsAttention, BatchedDecodeTableEqualsPerSequence) {
+  test::check_batched_decode(Device::cpu(), DType::F32, test::fresh_seed(), 0.0);
 }

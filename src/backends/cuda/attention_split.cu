@@ -32,7 +32,8 @@ struct Params {
   float* out;   // [T, Hq, Dv] when n_split == 1
   float* part;  // [T * Hq, n_split, Dv + 2] partials (acc, m, l) otherwise
   int n_split;
-  const int64_t* pos_dev;  // decode position on the device, or nullptr
+  const int64_t* pos_dev;   // decode position on the device, or nullptr
+  const int64_t* kv_table;  // a batched decode step: row i's K and V caches (Attention::kv_table)
 };
 
 template <class KV>
@@ -42,8 +43,14 @@ __global__ void __launch_bounds__(kWarps * 32) attn_split_kernel(Params p) {
   __shared__ float sm[kWarps], sl[kWarps], sacc[kWarps][32 * kMaxE];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t split = blockIdx.x, row = blockIdx.y, i = row / p.Hq, h = row % p.Hq;
-  const int64_t q_offset = p.pos_dev ? *p.pos_dev : p.q_offset, S = p.pos_dev ? q_offset + 1 : p.S;
-  const int64_t g = h / (p.Hq / p.Hkv), pos = q_offset + i;
+  const bool batched = p.kv_table != nullptr;  // row i: sequence i at position pos_dev[i]
+  const int64_t q_offset = batched ? p.pos_dev[i] : p.pos_dev ? *p.pos_dev : p.q_offset;
+  const int64_t S = p.pos_dev ? q_offset + 1 : p.S;
+  const int64_t g = h / (p.Hq / p.Hkv), pos = batched ? q_offset : q_offset + i;
+  if (batched) {
+    p.k = reinterpret_cast<const void*>(p.kv_table[i]);
+    p.v = reinterpret_cast<const void*>(p.kv_table[p.T + i]);
+  }
   int64_t lo = split * p.chunk, hi = lo + p.chunk < S ? lo + p.chunk : S;
   if (hi > pos + 1) hi = pos + 1;
   if (p.window > 0 && lo < pos - p.window + 1) lo = pos - p.window + 1;
@@ -269,9 +276,11 @@ void check(const Attention& a) {
         detail::str("cuda::attention: head dims D=", a.D, " Dv=", a.Dv, " (at most ", 32 * kMaxE, ")"));
   if (a.Hkv <= 0 || a.Hq % a.Hkv != 0)
     throw ShapeError(detail::str("cuda::attention: Hq=", a.Hq, " is not a multiple of Hkv=", a.Hkv));
-  if (a.pos && a.T != 1)
+  if (a.pos && a.T != 1 && !a.kv_table)
     throw ShapeError(
         detail::str("cuda::attention: a position on the device needs one query row, got T=", a.T));
+  if (a.kv_table && !a.pos)
+    throw ShapeError("cuda::attention: a K/V table needs the positions on the device");
 }
 
 }  // namespace
@@ -289,8 +298,8 @@ void attention(const Launch& l, const Attention& a) {
   NIBBLE_CUDA_CHECK(cudaGetDevice(&prev));
   if (prev != l.device) NIBBLE_CUDA_CHECK(cudaSetDevice(l.device));
   if (use_prefill(a)) {
-    Params p{a.T, a.S,     a.Hq,      a.Hkv,   a.D, a.Dv, a.q_offset, a.window, a.ldq,   a.ldk, a.ldv,
-             0,   a.scale, a.softcap, a.alibi, a.q, a.k,  a.v,        a.out,    nullptr, 1,     nullptr};
+    Params p{a.T,     a.S,       a.Hq,    a.Hkv, a.D, a.Dv, a.q_offset, a.window, a.ldq, a.ldk,   a.ldv,  0,
+             a.scale, a.softcap, a.alibi, a.q,   a.k, a.v,  a.out,      nullptr,  1,     nullptr, nullptr};
     const dim3 grid(unsigned(ceil_div(a.T, kPrefillWarps)), unsigned(a.Hq));
     with_float_dtype("cuda::attention", a.kv_dtype, [&](auto KV) {
       cuda::launch(attn_prefill_kernel<decltype(KV)>, grid, dim3(kPrefillWarps * 32), prefill_smem_bytes(a),
@@ -310,7 +319,7 @@ void attention(const Launch& l, const Attention& a) {
            a.ldq,   a.ldk,     a.ldv,      ceil_div(std::max<int64_t>(a.S, 1), ns),
            a.scale, a.softcap, a.alibi,    a.q,
            a.k,     a.v,       a.out,      static_cast<float*>(l.workspace),
-           ns,      a.pos};
+           ns,      a.pos,     a.kv_table};
   const dim3 grid(unsigned(ns), unsigned(a.T * a.Hq));
   with_float_dtype("cuda::attention", a.kv_dtype, [&](auto KV) {
     cuda::launch(attn_split_kernel<decltype(KV)>, grid, dim3(kWarps * 32), 0, as_stream(l.stream), p);

@@ -57,6 +57,9 @@ struct RopeKv {
   int64_t ldc;
   const int64_t* row0_dev;
   int64_t row0;
+  // Or one sequence a row (a batched decode step): row t goes to the caches at addresses
+  // table[t] (K) and table[T + t] (V), row row0_dev[t]; kc / vc unused.
+  const int64_t* table = nullptr;
 };
 void rope_kv_write(const Launch& l, const RopeKv& a, DType cache_dt);
 
@@ -90,6 +93,10 @@ struct Attention {
   // every step): q_offset = *pos and S = *pos + 1 are read at run time; S above is then the
   // cache capacity, which sizes the splits and the workspace.
   const int64_t* pos = nullptr;
+  // A batched decode step: T sequences of one query row each, row t's K and V caches at the
+  // addresses kv_table[t] and kv_table[T + t] (k and v above unused) and its position pos[t];
+  // S is then the largest cache capacity.
+  const int64_t* kv_table = nullptr;
 };
 size_t attention_workspace_bytes(const Attention& a);
 void attention(const Launch& l, const Attention& a);

@@ -212,7 +212,11 @@ __global__ void rope_kv_kernel(RopeKv a) {
   dev::pdl_wait();
   const int64_t heads = a.Hq + 2 * a.Hkv;
   const int64_t t = blockIdx.x / heads, j = blockIdx.x % heads;
-  const int64_t row = (a.row0_dev ? *a.row0_dev : a.row0) + t;
+  const int64_t row = a.table ? a.row0_dev[t] : (a.row0_dev ? *a.row0_dev : a.row0) + t;
+  if (a.table) {
+    a.kc = reinterpret_cast<void*>(a.table[t]);
+    a.vc = reinterpret_cast<void*>(a.table[a.T + t]);
+  }
   const int64_t half = a.rot_dim / 2;
   if (j < a.Hq + a.Hkv) {
     const bool is_q = j < a.Hq;

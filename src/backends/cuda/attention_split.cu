@@ -251,11 +251,8 @@ __global__ void attn_combine_kernel(const float* part, int n_split, int64_t Dv, 
   }
 }
 
-// Splits so that about 8 blocks per multiprocessor run, with at least 8 keys per split (2 a
-// warp): each warp walks its keys one after another, so short splits keep the latency of a
-// decode step's attention low even at short contexts.
-// At least 8 keys a split (7B decode on an H100: 16 -> 8 keys 303 -> 308 tok/s, 4 keys 304);
-// NIBBLE_ATTN_SPLIT_KEYS (benchmarks) overrides it.
+// At least 8 keys a split, 2 a warp (7B decode on an H100, B=1 context 128: 16 -> 8 keys 303 ->
+// 308 tok/s, 4 keys 304); NIBBLE_ATTN_SPLIT_KEYS (benchmarks) overrides it.
 int64_t min_split_keys() {
   static const int64_t k = [] {
     const char* v = std::getenv("NIBBLE_ATTN_SPLIT_KEYS");
@@ -264,9 +261,26 @@ int64_t min_split_keys() {
   return k;
 }
 
+// Split blocks aimed at a multiprocessor: 8 (B=1 context 4096: 8 -> 32 -> 64 a multiprocessor
+// 181 -> 157 -> 139 tok/s); NIBBLE_ATTN_BLOCKS_PER_SM overrides it (benchmarks).
+int64_t blocks_per_sm() {
+  static const int64_t n = [] {
+    const char* v = std::getenv("NIBBLE_ATTN_BLOCKS_PER_SM");
+    return v && std::atoi(v) > 0 ? int64_t(std::atoi(v)) : int64_t(8);
+  }();
+  return n;
+}
+
+// Splits: about blocks_per_sm() blocks a multiprocessor, and splits of at most kMaxSplitKeys
+// keys whatever the row count (a warp walks its keys one after another: 7B decode, 16 sequences
+// at context 4096 on an H100: 3 splits of 1365 keys 290 tok/s, 9 of 455 keys 392, 16 of 256
+// keys 375), at least min_split_keys() keys each.
+constexpr int64_t kMaxSplitKeys = 512;
+
 int n_splits(const Attention& a) {
   const int64_t rows = a.T * a.Hq;
-  const int64_t want = ceil_div(8 * int64_t(sm_count()), std::max<int64_t>(rows, 1));
+  const int64_t want = std::max(ceil_div(blocks_per_sm() * int64_t(sm_count()), std::max<int64_t>(rows, 1)),
+                                ceil_div(a.S, kMaxSplitKeys));
   return int(std::clamp<int64_t>(want, 1, std::max<int64_t>(ceil_div(a.S, min_split_keys()), 1)));
 }
 

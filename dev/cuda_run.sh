@@ -64,9 +64,9 @@ case "${1:-}" in
     cmake -S . -B build/cuda -G Ninja -DNIBBLE_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES='90' -DNIBBLE_WERROR=ON \
       -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_COMPILER=/usr/local/cuda/bin/nvcc \
       -DCMAKE_CUDA20_STANDARD_COMPILE_OPTION=-std=c++20
-    cmake --build build/cuda --target test_cuda linear_gpu model_gpu nibble_cli
+    cmake --build build/cuda --target test_cuda linear_gpu model_gpu train_gpu nibble_cli
     mkdir -p .devcarry/bin .devcarry/shared/fixtures .devcarry/shared/models
-    for b in tests/test_cuda bin/linear_gpu bin/model_gpu bin/nibble; do
+    for b in tests/test_cuda bin/linear_gpu bin/model_gpu bin/train_gpu bin/nibble; do
       [ -f build/cuda/$b ] && strip -o .devcarry/bin/$(basename $b) build/cuda/$b
     done
     for f in bnb models tinystories configs; do

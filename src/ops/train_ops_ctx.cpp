@@ -238,7 +238,7 @@ void attention_backward(ExecContext& ctx, const Tensor& q, const Tensor& k, cons
         a.q = q.template data<float>(), a.k = k.template data<float>(), a.v = v.template data<float>();
         a.dout = dout.template data<float>();
         a.dq = dq.template data<float>(), a.dk = dk.template data<float>(), a.dv = dv.template data<float>();
-        cuda::attention_backward(make_launch(c, 0), a);
+        cuda::attention_backward(make_launch(c, cuda::attention_backward_workspace_bytes(a)), a);
       });
 }
 

@@ -1,9 +1,12 @@
 // Backward of causal self-attention (train_cuda.h), recomputing the probabilities as the host
-// reference (ops/train_attention.cpp) does: one block per (query row i, query head h), the keys
-// j of row i spread over the threads, three passes over them (the row max; the softmax sum and
-// sum_j p_j dp_j; the gradients). dq of the row is summed in shared memory; dk and dv rows are
-// shared by every query row and by the heads of a GQA group, so they take atomicAdd. Nothing of
-// size [H, T, T] exists. Correctness first: a flash-style tiled kernel is the next step.
+// reference (ops/train_attention.cpp) does, in two kernels with no atomics. A warp owns one row
+// of a result and its lanes own head dims (lane + 32 c), so every q·k and dO·v is a warp sum:
+//   rows: warp (query row i, head h) walks keys j <= i twice: an online softmax gives the row's
+//         log-sum-exp and Dsum = sum_j p_j dp_j (kept in the workspace), then
+//         dq_i = sum_j ds_ij k_j with ds_ij = p_ij (dp_ij - Dsum_i) d(logit)/d(q.k);
+//   keys: warp (key j, kv head g) walks the query rows i >= j (in the window) of every head of
+//         its GQA group: dv_j = sum p_ij dO_i, dk_j = sum ds_ij q_i, from the saved statistics.
+// Nothing of size [H, T, T] exists; each result is written once (dq, dk, dv overwritten).
 #include <cuda_runtime.h>
 
 #include <cfloat>
@@ -11,22 +14,45 @@
 #include "backends/cuda/kernel_util.cuh"
 #include "backends/cuda/pdl.cuh"
 #include "backends/cuda/train_cuda.h"
+#include "nibble/error.h"
 
 namespace nibble::cuda {
 namespace {
 
-constexpr int kThreads = 128;
+constexpr int kWarps = 4;  // warps a block, one row each
+constexpr int kMaxE = 8;   // head dims up to 32 * kMaxE
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// This lane's dims of a head vector (zero past n).
+__device__ __forceinline__ void load_dims(float (&r)[kMaxE], const float* p, int64_t n, int lane) {
+#pragma unroll
+  for (int c = 0; c < kMaxE; ++c) {
+    const int64_t e = lane + 32 * c;
+    r[c] = e < n ? p[e] : 0.0f;
+  }
+}
+
+__device__ __forceinline__ float dot_dims(const float (&x)[kMaxE], const float* p, int64_t n, int lane) {
+  float acc = 0.0f;
+#pragma unroll
+  for (int c = 0; c < kMaxE; ++c) {
+    const int64_t e = lane + 32 * c;
+    if (e < n) acc += x[c] * p[e];
+  }
+  return warp_sum(acc);
+}
 
 struct Score {
   float s;       // the logit after scale, softcap and ALiBi
   float dlogit;  // d(logit) / d(q.k)
 };
 
-__device__ __forceinline__ Score score(const AttentionBackward& a, const float* q_sh, const float* kj,
-                                       int64_t h, int64_t j) {
-  float acc = 0.0f;
-  for (int64_t e = 0; e < a.D; ++e) acc += q_sh[e] * kj[e];
-  Score r{acc * a.scale, a.scale};
+__device__ __forceinline__ Score score(const AttentionBackward& a, float qk, int64_t h, int64_t j) {
+  Score r{qk * a.scale, a.scale};
   if (a.softcap > 0.0f) {
     const float t = tanhf(r.s / a.softcap);
     r.s = t * a.softcap;
@@ -36,80 +62,110 @@ __device__ __forceinline__ Score score(const AttentionBackward& a, const float* 
   return r;
 }
 
-__device__ __forceinline__ float dot(const float* x, const float* y, int64_t n) {
-  float acc = 0.0f;
-  for (int64_t e = 0; e < n; ++e) acc += x[e] * y[e];
-  return acc;
-}
-
-// Dynamic shared memory: q_i [D], dout_i [Dv], dq_i [D].
-__global__ void attention_bwd_kernel(AttentionBackward a) {
+// stats: [2][T * Hq] (log-sum-exp, Dsum) of each (i, h).
+__global__ void __launch_bounds__(kWarps * 32) attn_bwd_rows_kernel(AttentionBackward a, float* stats) {
   dev::pdl_launch_dependents();
   dev::pdl_wait();
-  extern __shared__ float sh[];
-  __shared__ float red[32];
-  const int64_t i = blockIdx.x, h = blockIdx.y, kvh = h / (a.Hq / a.Hkv);
-  float* q_sh = sh;
-  float* do_sh = sh + a.D;
-  float* dq_sh = do_sh + a.Dv;
-  for (int64_t e = threadIdx.x; e < a.D; e += blockDim.x) {
-    q_sh[e] = a.q[(i * a.Hq + h) * a.D + e];
-    dq_sh[e] = 0.0f;
-  }
-  for (int64_t e = threadIdx.x; e < a.Dv; e += blockDim.x) do_sh[e] = a.dout[(i * a.Hq + h) * a.Dv + e];
-  __syncthreads();
-  const int64_t lo = a.window > 0 ? max(int64_t(0), i - a.window + 1) : 0;
-  const float* kh = a.k + kvh * a.D;  // key j at kh + j * Hkv * D
-  const float* vh = a.v + kvh * a.Dv;
+  const int lane = threadIdx.x & 31;
+  const int64_t r = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;
+  if (r >= a.T * a.Hq) return;
+  const int64_t i = r / a.Hq, h = r % a.Hq, g = h / (a.Hq / a.Hkv);
   const int64_t ks = a.Hkv * a.D, vs = a.Hkv * a.Dv;
-  float mx = -FLT_MAX;
-  for (int64_t j = lo + threadIdx.x; j <= i; j += blockDim.x)
-    mx = fmaxf(mx, score(a, q_sh, kh + j * ks, h, j).s);
-  mx = dev::block_max(mx, red);
-  float sum = 0.0f, edp = 0.0f;
-  for (int64_t j = lo + threadIdx.x; j <= i; j += blockDim.x) {
-    const float e = expf(score(a, q_sh, kh + j * ks, h, j).s - mx);
-    sum += e;
-    edp += e * dot(do_sh, vh + j * vs, a.Dv);
+  const float* kh = a.k + g * a.D;  // key j at kh + j * ks
+  const float* vh = a.v + g * a.Dv;
+  float q[kMaxE], dout[kMaxE];
+  load_dims(q, a.q + r * a.D, a.D, lane);
+  load_dims(dout, a.dout + r * a.Dv, a.Dv, lane);
+  const int64_t lo = a.window > 0 ? max(int64_t(0), i - a.window + 1) : 0;
+  float m = -FLT_MAX, l = 0.0f, pd = 0.0f;
+  for (int64_t j = lo; j <= i; ++j) {
+    const float s = score(a, dot_dims(q, kh + j * ks, a.D, lane), h, j).s;
+    const float dp = dot_dims(dout, vh + j * vs, a.Dv, lane);
+    const float mn = fmaxf(m, s), corr = expf(m - mn), e = expf(s - mn);
+    l = l * corr + e;
+    pd = pd * corr + e * dp;
+    m = mn;
   }
-  sum = dev::block_sum(sum, red);
-  const float pdp = dev::block_sum(edp, red) / sum;  // sum_l p_l dp_l
-  const float inv = 1.0f / sum;
-  for (int64_t j = lo + threadIdx.x; j <= i; j += blockDim.x) {
+  const float lse = m + logf(l), dsum = pd / l;
+  float dq[kMaxE] = {};
+  for (int64_t j = lo; j <= i; ++j) {
     const float* kj = kh + j * ks;
-    const float* vj = vh + j * vs;
-    const Score sc = score(a, q_sh, kj, h, j);
-    const float p = expf(sc.s - mx) * inv;
-    const float ds = p * (dot(do_sh, vj, a.Dv) - pdp) * sc.dlogit;
-    float* dvj = a.dv + j * vs + kvh * a.Dv;
-    for (int64_t e = 0; e < a.Dv; ++e) atomicAdd(dvj + e, p * do_sh[e]);
-    if (ds == 0.0f) continue;
-    float* dkj = a.dk + j * ks + kvh * a.D;
-    for (int64_t e = 0; e < a.D; ++e) {
-      atomicAdd(dkj + e, ds * q_sh[e]);
-      atomicAdd(dq_sh + e, ds * kj[e]);
+    const Score sc = score(a, dot_dims(q, kj, a.D, lane), h, j);
+    const float p = expf(sc.s - lse);
+    const float ds = p * (dot_dims(dout, vh + j * vs, a.Dv, lane) - dsum) * sc.dlogit;
+#pragma unroll
+    for (int c = 0; c < kMaxE; ++c) {
+      const int64_t e = lane + 32 * c;
+      if (e < a.D) dq[c] += ds * kj[e];
     }
   }
-  __syncthreads();
-  for (int64_t e = threadIdx.x; e < a.D; e += blockDim.x) a.dq[(i * a.Hq + h) * a.D + e] = dq_sh[e];
+#pragma unroll
+  for (int c = 0; c < kMaxE; ++c) {
+    const int64_t e = lane + 32 * c;
+    if (e < a.D) a.dq[r * a.D + e] = dq[c];
+  }
+  if (lane == 0) stats[r] = lse, stats[a.T * a.Hq + r] = dsum;
+}
+
+__global__ void __launch_bounds__(kWarps * 32) attn_bwd_keys_kernel(AttentionBackward a, const float* stats) {
+  dev::pdl_launch_dependents();
+  dev::pdl_wait();
+  const int lane = threadIdx.x & 31;
+  const int64_t r = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;
+  if (r >= a.T * a.Hkv) return;
+  const int64_t j = r / a.Hkv, g = r % a.Hkv, rep = a.Hq / a.Hkv;
+  float k[kMaxE], v[kMaxE], dk[kMaxE] = {}, dv[kMaxE] = {};
+  load_dims(k, a.k + r * a.D, a.D, lane);
+  load_dims(v, a.v + r * a.Dv, a.Dv, lane);
+  const int64_t hi = a.window > 0 ? min(a.T - 1, j + a.window - 1) : a.T - 1;
+  for (int64_t h = g * rep; h < (g + 1) * rep; ++h)
+    for (int64_t i = j; i <= hi; ++i) {
+      const int64_t qi = i * a.Hq + h;
+      const float* q = a.q + qi * a.D;
+      const float* dout = a.dout + qi * a.Dv;
+      const Score sc = score(a, dot_dims(k, q, a.D, lane), h, j);
+      const float p = expf(sc.s - stats[qi]);
+      const float ds = p * (dot_dims(v, dout, a.Dv, lane) - stats[a.T * a.Hq + qi]) * sc.dlogit;
+#pragma unroll
+      for (int c = 0; c < kMaxE; ++c) {
+        const int64_t e = lane + 32 * c;
+        if (e < a.Dv) dv[c] += p * dout[e];
+        if (e < a.D) dk[c] += ds * q[e];
+      }
+    }
+#pragma unroll
+  for (int c = 0; c < kMaxE; ++c) {
+    const int64_t e = lane + 32 * c;
+    if (e < a.D) a.dk[r * a.D + e] = dk[c];
+    if (e < a.Dv) a.dv[r * a.Dv + e] = dv[c];
+  }
 }
 
 }  // namespace
 
+size_t attention_backward_workspace_bytes(const AttentionBackward& a) {
+  return size_t(2 * a.T * a.Hq) * sizeof(float);
+}
+
 void attention_backward(const Launch& l, const AttentionBackward& a) {
   if (a.T == 0 || a.Hq == 0) return;
-  if (a.Hkv <= 0 || a.Hq % a.Hkv != 0 || a.Hq > 65535)
+  if (a.Hkv <= 0 || a.Hq % a.Hkv != 0)
     throw ShapeError(
         detail::str("cuda::attention_backward: Hq ", a.Hq, " and Hkv ", a.Hkv, " not supported"));
+  if (a.D > 32 * kMaxE || a.Dv > 32 * kMaxE || a.D <= 0 || a.Dv <= 0)
+    throw UnsupportedError(detail::str("cuda::attention_backward: head dims D=", a.D, " Dv=", a.Dv,
+                                       " (at most ", 32 * kMaxE, ")"));
+  const size_t need = attention_backward_workspace_bytes(a);
+  if (need > l.workspace_bytes || !l.workspace)
+    throw InternalError(
+        detail::str("cuda::attention_backward: workspace of ", l.workspace_bytes, " bytes, need ", need));
   DeviceScope ds(l.device);
   const cudaStream_t s = as_stream(l.stream);
-  NIBBLE_CUDA_CHECK(cudaMemsetAsync(a.dk, 0, size_t(a.T * a.Hkv * a.D) * sizeof(float), s));
-  NIBBLE_CUDA_CHECK(cudaMemsetAsync(a.dv, 0, size_t(a.T * a.Hkv * a.Dv) * sizeof(float), s));
-  const size_t smem = size_t(2 * a.D + a.Dv) * sizeof(float);
-  if (smem > 48 * 1024)
-    NIBBLE_CUDA_CHECK(
-        cudaFuncSetAttribute(attention_bwd_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  cuda::launch(attention_bwd_kernel, dim3(unsigned(a.T), unsigned(a.Hq)), dim3(kThreads), smem, s, a);
+  float* stats = static_cast<float*>(l.workspace);
+  cuda::launch(attn_bwd_rows_kernel, dim3(unsigned(ceil_div(a.T * a.Hq, kWarps))), dim3(kWarps * 32), 0, s, a,
+               stats);
+  cuda::launch(attn_bwd_keys_kernel, dim3(unsigned(ceil_div(a.T * a.Hkv, kWarps))), dim3(kWarps * 32), 0, s,
+               a, static_cast<const float*>(stats));
 }
 
 }  // namespace nibble::cuda

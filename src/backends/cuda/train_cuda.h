@@ -49,6 +49,8 @@ struct AttentionBackward {
   const float *q = nullptr, *k = nullptr, *v = nullptr, *dout = nullptr;
   float *dq = nullptr, *dk = nullptr, *dv = nullptr;
 };
+// Workspace: attention_backward_workspace_bytes (each row's softmax statistics).
+size_t attention_backward_workspace_bytes(const AttentionBackward& a);
 void attention_backward(const Launch& l, const AttentionBackward& a);
 
 // ---- loss and GEMMs through cuBLAS (train_gemm.cu) ------------------------------------------------

@@ -1,0 +1,165 @@
+// QLoRA training on one GPU: random-weight Llama shapes written at run time (random_model.h),
+// quantized to NF4 + double quant (bf16 compute) while loading, a LoRA adapter r 16 (alpha 32)
+// on q/k/v/o/gate/up/down, whole optimizer steps (forward, backward, clipping, AdamW) on random
+// token batches: tokens/s (median of the timed steps after one warm-up step), seconds a step and
+// the peak of the device memory pool, beside ../shared/PEERS.md's transformers + peft +
+// bitsandbytes rows (measured on an H200).
+//   train_gpu [--shapes llama32_1b,llama2_7b] [--dir DIR] [--steps N] [--checkpointing 0|1|both]
+//             [--json PATH]
+// Prints "no CUDA device" and exits 0 when the build or the machine has no GPU.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "nibble/bnb_config.h"
+#include "nibble/model.h"
+#include "nibble/tensor.h"
+#include "nibble/train.h"
+#include "random_model.h"
+#ifdef NIBBLE_WITH_CUDA
+#include "backends/cuda/runtime.h"
+#endif
+
+using namespace nibble;
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+#ifdef NIBBLE_WITH_CUDA
+namespace {
+
+struct Run {
+  const bench::LlamaShape* shape;
+  int64_t batch, seq;
+  double peer_tok_s, peer_peak_gib;  // PEERS.md (H200), 0 where it has none
+};
+
+TrainBatch random_batch(int64_t B, int64_t T, int64_t V, uint64_t seed) {
+  bench::SplitMix64 rng{seed};
+  TrainBatch b;
+  for (int64_t i = 0; i < B; ++i) {
+    b.input_ids.emplace_back();
+    for (int64_t t = 0; t < T; ++t) b.input_ids.back().push_back(int64_t(rng.next() % uint64_t(V)));
+  }
+  return b;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> names = {"llama32_1b", "llama2_7b"};
+  fs::path dir = fs::temp_directory_path() / "nibble_model_gpu";
+  std::string json_path, ckpt_arg = "1";
+  int64_t steps = 4;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string a = argv[i], v = argv[i + 1];
+    if (a == "--shapes") {
+      names.clear();
+      for (size_t p = 0; p <= v.size();) {
+        const size_t q = std::min(v.find(',', p), v.size());
+        names.push_back(v.substr(p, q - p));
+        p = q + 1;
+      }
+    } else if (a == "--dir") {
+      dir = v;
+    } else if (a == "--steps") {
+      steps = std::max<int64_t>(2, std::stoll(v));
+    } else if (a == "--checkpointing") {
+      ckpt_arg = v;
+    } else if (a == "--json") {
+      json_path = v;
+    } else {
+      std::fprintf(stderr, "train_gpu: unknown option %s\n", a.c_str());
+      return 2;
+    }
+  }
+  if (!cuda_available()) {
+    std::printf("no CUDA device\n");
+    return 0;
+  }
+  std::vector<bool> ckpts;
+  if (ckpt_arg == "0" || ckpt_arg == "both") ckpts.push_back(false);
+  if (ckpt_arg == "1" || ckpt_arg == "both") ckpts.push_back(true);
+  const std::string dev_name = cuda::device_name(0);
+  json rows = json::array();
+  for (const std::string& name : names) {
+    Run r{};
+    if (name == "llama2_7b")
+      r = {&bench::kLlama2_7b, 1, 1024, 3373, 14.4};
+    else if (name == "llama32_1b")
+      r = {&bench::kLlama32_1b, 4, 512, 12909, 0};
+    else if (name == "llama31_8b")
+      r = {&bench::kLlama31_8b, 1, 1024, 0, 0};
+    else {
+      std::fprintf(stderr, "train_gpu: unknown shape %s (llama32_1b, llama2_7b, llama31_8b)\n", name.c_str());
+      return 2;
+    }
+    const bench::LlamaShape& s = *r.shape;
+    const fs::path mdir = dir / s.name;
+    if (!fs::exists(mdir / "model.safetensors")) bench::write_llama(s, mdir);
+    for (bool ckpt : ckpts) {
+      LoadOptions lo;
+      lo.device_map = "cuda";
+      lo.quantization_config = BitsAndBytesConfig{.load_in_4bit = true,
+                                                  .bnb_4bit_compute_dtype = "bfloat16",
+                                                  .bnb_4bit_quant_type = "nf4",
+                                                  .bnb_4bit_use_double_quant = true};
+      LoraConfig cfg;
+      cfg.r = 16;
+      cfg.lora_alpha = 32;
+      cfg.target_modules_str = "all-linear";
+      cuda::reset_pool_peak(0);
+      PeftModel p = PeftModel::get_peft_model(AutoModelForCausalLM::from_pretrained(mdir, lo), cfg, 1);
+      TrainingArguments a;
+      a.learning_rate = 2e-4;
+      a.gradient_checkpointing = ckpt;
+      LoraTrainer tr(p, a, steps);
+      std::vector<double> rate, secs, losses;
+      for (int64_t i = 0; i < steps; ++i) {
+        const StepLog l = tr.train_step({random_batch(r.batch, r.seq, s.V, uint64_t(100 + i))});
+        losses.push_back(l.loss);
+        if (i == 0) continue;  // warm-up: workspaces, kernels' first launches
+        rate.push_back(double(l.n_tokens) / l.seconds);
+        secs.push_back(l.seconds);
+      }
+      std::sort(rate.begin(), rate.end());
+      std::sort(secs.begin(), secs.end());
+      const double peak_gib = double(cuda::pool_stats(0).used_high) / double(1ull << 30);
+      json row{{"device", dev_name},
+               {"model", s.name},
+               {"format", "nf4_dq"},
+               {"compute", "bf16"},
+               {"lora", "r 16, alpha 32, q/k/v/o/gate/up/down"},
+               {"batch", r.batch},
+               {"seq", r.seq},
+               {"gradient_checkpointing", ckpt},
+               {"timed_steps", int64_t(rate.size())},
+               {"tokens_per_s_median", rate[rate.size() / 2]},
+               {"seconds_per_step_median", secs[secs.size() / 2]},
+               {"peak_pool_gib", peak_gib},
+               {"losses", losses},
+               {"peers_h200", {{"source", "../shared/PEERS.md, one H200"},
+                               {"transformers_peft_bnb_tok_s", r.peer_tok_s},
+                               {"transformers_peft_bnb_peak_gib", r.peer_peak_gib}}}};
+      std::printf("%s %lld x %lld%s: %.0f tok/s (%.2f s a step), peak pool %.2f GiB (transformers + peft + bnb on an "
+                  "H200: %.0f tok/s, %.1f GiB)\n",
+                  s.name, (long long)r.batch, (long long)r.seq, ckpt ? " checkpointing" : "",
+                  rate[rate.size() / 2], secs[secs.size() / 2], peak_gib, r.peer_tok_s, r.peer_peak_gib);
+      std::fflush(stdout);
+      rows.push_back(row);
+    }
+  }
+  if (!json_path.empty()) std::ofstream(json_path) << rows.dump(1) << "\n";
+  return 0;
+}
+#else
+int main() {
+  std::printf("no CUDA device\n");
+  return 0;
+}
+#endif

@@ -160,7 +160,8 @@ int run_finetune(const FinetuneArgs& a) {
                .examples;
 
   QuantFlags q = a.q;
-  if (q.device_map == "auto") q.device_map = "cpu";  // training runs on the CPU
+  // training runs on one device: the first GPU when there is one (auto), else the CPU
+  if (q.device_map == "auto") q.device_map = cuda_available() ? "cuda" : "cpu";
   CausalLM base = load_model(a.model, q);
   std::optional<PeftModel> peft;
   if (!a.resume.empty()) {

@@ -30,7 +30,7 @@ namespace nibble::cli {
 
 void add_finetune_command(CLI::App& app, FinetuneArgs& a) {
   CLI::App* cmd =
-      app.add_subcommand("finetune", "train a LoRA adapter on a (quantized) model (QLoRA), on the CPU");
+      app.add_subcommand("finetune", "train a LoRA adapter on a (quantized) model (QLoRA), on one GPU or the CPU");
   cmd->add_option("MODEL", a.model, "base model folder")->required();
   cmd->add_option("--data", a.data,
                   "JSONL training data: {text} | {prompt, completion} | {messages} | {input_ids[, labels]}")
@@ -257,6 +257,7 @@ int run_finetune(const FinetuneArgs& a) {
               {"max_seq_length", a.max_seq_length},
               {"total_steps", total},
               {"trainable_parameters", peft->num_trainable_parameters()},
+              {"device", peft->model().device().str()},
               {"threads", num_threads()}});
   auto state_json = [&]() {
     return nlohmann::json{{"global_step", tr.global_step()},

@@ -155,7 +155,7 @@ void linear_backward_dx(ExecContext& ctx, const Linear& base, const Tensor& dy, 
             w.scb = base.scb().template data<float>();
             break;
         }
-        cuda::linear_backward_dx(ops::make_launch(c, cuda::linear_backward_dx_workspace_bytes(N, in)), w,
+        cuda::linear_backward_dx(ops::make_launch(c, cuda::linear_backward_dx_workspace_bytes(w, M)), w,
                                  dy.template data<float>(), M, dx.template data<float>());
       });
 }

@@ -3,9 +3,16 @@
 // dequantized and rounded to the compute dtype as bitsandbytes' dequantize_4bit to it, int8 as
 // CB * SCB / 127), then dx += dy[:, tile] · tile through cuBLAS. The tile is the host reference's
 // (nn::linear_backward_dx): about 1 MiB, so no whole dequantized copy of W exists.
+// A 4-bit weight with bf16 compute takes the tensor cores instead: its tile is exact in bf16, and
+// dy is split once into three bf16 terms whose sum is dy (8 + 8 + 8 significand bits: to 2^-24), so
+// three bf16 GEMMs with f32 accumulation give the same products as the f32 path (only the order
+// of the f32 sums differs); tiles of up to 8 MiB keep each GEMM's inner dimension large.
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include "backends/cuda/check.h"
 #include "backends/cuda/compute_dtype.cuh"
+#include "backends/cuda/cublas_util.h"
 #include "backends/cuda/kernel_util.cuh"
 #include "backends/cuda/pdl.cuh"
 #include "backends/cuda/quant_device.cuh"
@@ -43,6 +50,34 @@ __global__ void quant4_tile_kernel(Quant4Weight q, int64_t e0, int64_t n, float*
   }
 }
 
+// The same values as quant4_tile_kernel<BF16>, stored as bf16 (exact: they are bf16-rounded).
+__global__ void quant4_tile_bf16_kernel(Quant4Weight q, int64_t e0, int64_t n, __nv_bfloat16* tile) {
+  dev::pdl_launch_dependents();
+  dev::pdl_wait();
+  NIBBLE_TILE_LOOP(i, n) {
+    const int64_t e = e0 + i, b = e / q.blocksize;
+    const uint8_t byte = q.packed[e / 2];
+    const int code = (e % 2 == 0) ? byte >> 4 : byte & 15;
+    const float am = q.absmax
+                         ? q.absmax[b]
+                         : dev::mul_ftz(q.code2[q.absmax_q[b]], q.absmax2[b / q.nested_blocksize]) + q.offset;
+    tile[i] = __float2bfloat16_rn(dev::round_ct<dev::BF16>(q.quant_map[code] * am));
+  }
+}
+
+// dy [n] as hi + mid + lo, each bf16 ([3][n]); every rounding residual is exact in f32.
+__global__ void split3_bf16_kernel(const float* dy, int64_t n, __nv_bfloat16* out) {
+  dev::pdl_launch_dependents();
+  dev::pdl_wait();
+  NIBBLE_TILE_LOOP(i, n) {
+    const float x = dy[i];
+    const __nv_bfloat16 hi = __float2bfloat16_rn(x);
+    const float r = x - __bfloat162float(hi);
+    const __nv_bfloat16 mid = __float2bfloat16_rn(r);
+    out[i] = hi, out[n + i] = mid, out[2 * n + i] = __float2bfloat16_rn(r - __bfloat162float(mid));
+  }
+}
+
 __global__ void int8_tile_kernel(const int8_t* cb, const float* scb, int64_t K, int64_t e0, int64_t n,
                                  float* tile) {
   dev::pdl_launch_dependents();
@@ -61,17 +96,56 @@ int64_t base_tile_rows(int64_t N, int64_t K) {
   return std::min(std::max<int64_t>(32, (int64_t(1) << 18) / std::max<int64_t>(K, 1) / 32 * 32), N);
 }
 
-size_t linear_backward_dx_workspace_bytes(int64_t N, int64_t K) {
-  return size_t(base_tile_rows(N, K) * K) * sizeof(float);
+namespace {
+
+bool tensor_core_dx(const BaseWeight& w) {
+  return w.kind == BaseWeight::Kind::Quant4 && w.compute_dtype == DType::BF16;
+}
+
+int64_t tc_tile_rows(int64_t N, int64_t K) {  // tiles of up to 4M bf16 values
+  return std::min(std::max<int64_t>(64, (int64_t(1) << 22) / std::max<int64_t>(K, 1) / 64 * 64), N);
+}
+
+size_t align256(size_t b) {
+  return (b + 255) / 256 * 256;
+}
+
+}  // namespace
+
+size_t linear_backward_dx_workspace_bytes(const BaseWeight& w, int64_t M) {
+  if (tensor_core_dx(w)) return align256(size_t(3 * M * w.N) * 2) + size_t(tc_tile_rows(w.N, w.K) * w.K) * 2;
+  return size_t(base_tile_rows(w.N, w.K) * w.K) * sizeof(float);
 }
 
 void linear_backward_dx(const Launch& l, const BaseWeight& w, const float* dy, int64_t M, float* dx) {
   if (M == 0 || w.N == 0 || w.K == 0) return;
-  const int64_t tile_rows = base_tile_rows(w.N, w.K);
-  if (l.workspace_bytes < linear_backward_dx_workspace_bytes(w.N, w.K))
+  if (l.workspace_bytes < linear_backward_dx_workspace_bytes(w, M))
     throw InternalError("cuda::linear_backward_dx: workspace too small");
   DeviceScope ds(l.device);
   const cudaStream_t s = as_stream(l.stream);
+  if (tensor_core_dx(w)) {
+    __nv_bfloat16* parts = static_cast<__nv_bfloat16*>(l.workspace);  // [3][M][N]
+    __nv_bfloat16* tile =
+        reinterpret_cast<__nv_bfloat16*>(static_cast<char*>(l.workspace) + align256(size_t(3 * M * w.N) * 2));
+    cuda::launch(split3_bf16_kernel, dim3(grid_for(M * w.N)), dim3(256), 0, s, dy, M * w.N, parts);
+    cublasHandle_t h = cublas_handle(l.device);
+    NIBBLE_CUBLAS_CHECK(cublasSetStream(h, s));
+    const int64_t tile_rows = tc_tile_rows(w.N, w.K);
+    const float one = 1.0f;
+    for (int64_t n0 = 0; n0 < w.N; n0 += tile_rows) {
+      const int64_t nt = std::min(tile_rows, w.N - n0), n = nt * w.K;
+      cuda::launch(quant4_tile_bf16_kernel, dim3(grid_for(n)), dim3(256), 0, s, w.q4, n0 * w.K, n, tile);
+      // dx [M, K] += part[:, n0:n0+nt] [M, nt] (row stride N) · tile [nt, K], for each part
+      // (row-major, so column-major dx^T = tile^T · part^T)
+      for (int p = 0; p < 3; ++p)
+        NIBBLE_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, int(w.K), int(M), int(nt), &one, tile,
+                                         CUDA_R_16BF, int(w.K), parts + size_t(p) * size_t(M * w.N) + n0,
+                                         CUDA_R_16BF, int(w.N), &one, dx, CUDA_R_32F, int(w.K),
+                                         CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    }
+    return;
+  }
+  const int64_t tile_rows = base_tile_rows(w.N, w.K);
   float* tile = static_cast<float*>(l.workspace);
   for (int64_t n0 = 0; n0 < w.N; n0 += tile_rows) {
     const int64_t nt = std::min(tile_rows, w.N - n0), e0 = n0 * w.K, n = nt * w.K;

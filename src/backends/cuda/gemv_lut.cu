@@ -553,20 +553,27 @@ int pick_slices(int64_t tiles, int64_t chunks, int64_t blocks) {
   return best;
 }
 
+// A kernel's shared-memory opt-in up to max_bytes, once a device (opted: that kernel's flags);
+// returns the current device.
+template <class Kernel>
+int opt_in_smem(Kernel kernel, size_t max_bytes, std::atomic<bool> (&opted)[64]) {
+  int dev = 0;
+  NIBBLE_CUDA_CHECK(cudaGetDevice(&dev));
+  const int slot = dev >= 0 && dev < 64 ? dev : 0;
+  if (!opted[slot].load(std::memory_order_relaxed)) {
+    NIBBLE_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(max_bytes)));
+    opted[slot].store(true, std::memory_order_relaxed);
+  }
+  return dev;
+}
+
 // Per kernel, size and device: the shared-memory opt-in done once, and the blocks that fit a
 // multiprocessor.
 template <int NT, class CT, bool XS>
 int blocks_per_sm(size_t bytes) {
   static std::atomic<bool> opted[64];
-  int dev = 0;
-  NIBBLE_CUDA_CHECK(cudaGetDevice(&dev));
-  if (dev < 0 || dev >= 64) dev = 0;
-  if (!opted[dev].load(std::memory_order_relaxed)) {
-    NIBBLE_CUDA_CHECK(cudaFuncSetAttribute(gemv_lut_kernel<NT, CT, XS>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           int(smem_bytes(NT, 16, 0) + kXsBytes)));
-    opted[dev].store(true, std::memory_order_relaxed);
-  }
+  const int dev = opt_in_smem(gemv_lut_kernel<NT, CT, XS>, smem_bytes(NT, 16, 0) + kXsBytes, opted);
   // two blocks a multiprocessor when their shared memory fits (the registers always do)
   int per_sm = 0;
   NIBBLE_CUDA_CHECK(cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev));
@@ -607,15 +614,7 @@ template <int NT, class CT, bool XS>
 void launch_pipe(const Launch& l, Args a) {
   const size_t bytes = pipe_smem_bytes(NT, a.M, a.xs_stride);
   static std::atomic<bool> opted[64];
-  int dev = 0;
-  NIBBLE_CUDA_CHECK(cudaGetDevice(&dev));
-  if (dev < 0 || dev >= 64) dev = 0;
-  if (!opted[dev].load(std::memory_order_relaxed)) {
-    NIBBLE_CUDA_CHECK(cudaFuncSetAttribute(gemv_pipe_kernel<NT, CT, XS>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           int(pipe_smem_bytes(NT, 16, 0) + kXsBytes)));
-    opted[dev].store(true, std::memory_order_relaxed);
-  }
+  opt_in_smem(gemv_pipe_kernel<NT, CT, XS>, pipe_smem_bytes(NT, 16, 0) + kXsBytes, opted);
   const int64_t blocks_max = sm_count();
   a.ks = pick_pipe_slices(a.tiles, a.K / (64 * kPU), blocks_max);
   const int rg = kPW / a.ks;

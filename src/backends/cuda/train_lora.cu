@@ -33,36 +33,32 @@ __global__ void fp_tile_kernel(const void* w, int64_t e0, int64_t n, float* tile
   NIBBLE_TILE_LOOP(i, n) tile[i] = dev::load1<W>(w, e0 + i);
 }
 
-// A code of the packed weight (first value of a byte in the high nibble) times its block's absmax
-// (plain, or nested as dequantize_absmax: code2[q] * absmax2[b / nested] + offset).
+// Element e of the weight: its code (first value of a byte in the high nibble) times its block's
+// absmax (plain, or nested as dequantize_absmax: code2[q] * absmax2[b / nested] + offset),
+// rounded to the compute dtype.
+template <class CT>
+__device__ __forceinline__ float quant4_value(const Quant4Weight& q, int64_t e) {
+  const int64_t b = e / q.blocksize;
+  const uint8_t byte = q.packed[e / 2];
+  const int code = (e % 2 == 0) ? byte >> 4 : byte & 15;
+  const float am = q.absmax
+                       ? q.absmax[b]
+                       : dev::mul_ftz(q.code2[q.absmax_q[b]], q.absmax2[b / q.nested_blocksize]) + q.offset;
+  return dev::round_ct<CT>(q.quant_map[code] * am);
+}
+
 template <class CT>
 __global__ void quant4_tile_kernel(Quant4Weight q, int64_t e0, int64_t n, float* tile) {
   dev::pdl_launch_dependents();
   dev::pdl_wait();
-  NIBBLE_TILE_LOOP(i, n) {
-    const int64_t e = e0 + i, b = e / q.blocksize;
-    const uint8_t byte = q.packed[e / 2];
-    const int code = (e % 2 == 0) ? byte >> 4 : byte & 15;
-    const float am = q.absmax
-                         ? q.absmax[b]
-                         : dev::mul_ftz(q.code2[q.absmax_q[b]], q.absmax2[b / q.nested_blocksize]) + q.offset;
-    tile[i] = dev::round_ct<CT>(q.quant_map[code] * am);
-  }
+  NIBBLE_TILE_LOOP(i, n) tile[i] = quant4_value<CT>(q, e0 + i);
 }
 
 // The same values as quant4_tile_kernel<BF16>, stored as bf16 (exact: they are bf16-rounded).
 __global__ void quant4_tile_bf16_kernel(Quant4Weight q, int64_t e0, int64_t n, __nv_bfloat16* tile) {
   dev::pdl_launch_dependents();
   dev::pdl_wait();
-  NIBBLE_TILE_LOOP(i, n) {
-    const int64_t e = e0 + i, b = e / q.blocksize;
-    const uint8_t byte = q.packed[e / 2];
-    const int code = (e % 2 == 0) ? byte >> 4 : byte & 15;
-    const float am = q.absmax
-                         ? q.absmax[b]
-                         : dev::mul_ftz(q.code2[q.absmax_q[b]], q.absmax2[b / q.nested_blocksize]) + q.offset;
-    tile[i] = __float2bfloat16_rn(dev::round_ct<dev::BF16>(q.quant_map[code] * am));
-  }
+  NIBBLE_TILE_LOOP(i, n) tile[i] = __float2bfloat16_rn(quant4_value<dev::BF16>(q, e0 + i));
 }
 
 // dy [n] as hi + mid + lo, each bf16 ([3][n]); every rounding residual is exact in f32.

@@ -293,7 +293,10 @@ Tensor CausalLM::Impl::attention_block(const Step& st, size_t li, const Tensor& 
   Tensor q3 = q.view({R, Hq, D}), k3 = k.view({R, Hkv, D});
   const bool roped = s.pos == models::PosKind::Rope;
   const bool one_seq = st.segs.size() == 1;  // rope and the KV-cache write as one op
-  const bool batched = st.device_pos && !one_seq && st.kv_table.defined();  // ... for every sequence
+  // a device-position step of several sequences (decode_graph.cpp): all of them in one op each
+  const bool batched = st.device_pos && !one_seq;
+  if (batched && !st.kv_table.defined())
+    throw InternalError("attention_block: a batched device-position step without its K/V table");
   if (roped && !one_seq && !batched) {
     ops::apply_rope_(ctx, q3, st.cos, st.sin, st.rot_dim);
     ops::apply_rope_(ctx, k3, st.cos, st.sin, st.rot_dim);
@@ -321,35 +324,30 @@ Tensor CausalLM::Impl::attention_block(const Step& st, size_t li, const Tensor& 
     ao.q_pos = st.seq_pos;
     ao.kv_table = tab;
     ops::attention(ctx, q3, c0.k_[li], c0.v_[li], ao, a.view({R, Hq, D}));
-  }
-  for (const Segment& sg : st.segs) {
-    if (batched) break;
-    // the KV-cache write: rows of this sequence into positions [p0, p0 + T), in the cache dtype
-    KVCache& cache = *sg.cache;
-    Tensor kc = cache.k_[li].view({cache.capacity_, Hkv * D}), vc = cache.v_[li].view({cache.capacity_, Hkv * D});
-    Tensor kk, vv;
-    if (st.device_pos) {  // the position is read on the device: the whole cache, q_pos
-      const int64_t b = int64_t(&sg - st.segs.data());
-      ao.q_pos = st.seq_pos.slice(0, b, b + 1);
-      if (one_seq) {
+  } else {
+    for (const Segment& sg : st.segs) {
+      // the KV-cache write: rows of this sequence into positions [p0, p0 + T), in the cache dtype
+      KVCache& cache = *sg.cache;
+      Tensor kc = cache.k_[li].view({cache.capacity_, Hkv * D}),
+             vc = cache.v_[li].view({cache.capacity_, Hkv * D});
+      Tensor kk, vv;
+      if (st.device_pos) {  // one sequence, its position read on the device: the whole cache, q_pos
+        ao.q_pos = st.seq_pos;
         rope_kv(kc, vc, ao.q_pos, 0);
+        kk = cache.k_[li], vv = cache.v_[li];
       } else {
-        ops::copy_at_(ctx, k.slice(0, sg.row0, sg.row0 + sg.T), kc, ao.q_pos);
-        ops::copy_at_(ctx, v.slice(0, sg.row0, sg.row0 + sg.T), vc, ao.q_pos);
+        if (one_seq) {
+          rope_kv(kc, vc, Tensor(), sg.p0);
+        } else {
+          ops::copy_(ctx, k.slice(0, sg.row0, sg.row0 + sg.T), kc.slice(0, sg.p0, sg.p0 + sg.T));
+          ops::copy_(ctx, v.slice(0, sg.row0, sg.row0 + sg.T), vc.slice(0, sg.p0, sg.p0 + sg.T));
+        }
+        ao.q_offset = sg.p0;
+        kk = cache.k_[li].slice(0, 0, sg.p0 + sg.T), vv = cache.v_[li].slice(0, 0, sg.p0 + sg.T);
       }
-      kk = cache.k_[li], vv = cache.v_[li];
-    } else {
-      if (one_seq) {
-        rope_kv(kc, vc, Tensor(), sg.p0);
-      } else {
-        ops::copy_(ctx, k.slice(0, sg.row0, sg.row0 + sg.T), kc.slice(0, sg.p0, sg.p0 + sg.T));
-        ops::copy_(ctx, v.slice(0, sg.row0, sg.row0 + sg.T), vc.slice(0, sg.p0, sg.p0 + sg.T));
-      }
-      ao.q_offset = sg.p0;
-      kk = cache.k_[li].slice(0, 0, sg.p0 + sg.T), vv = cache.v_[li].slice(0, 0, sg.p0 + sg.T);
+      ops::attention(ctx, q3.slice(0, sg.row0, sg.row0 + sg.T), kk, vv, ao,
+                     a.slice(0, sg.row0, sg.row0 + sg.T).view({sg.T, Hq, D}));
     }
-    ops::attention(ctx, q3.slice(0, sg.row0, sg.row0 + sg.T), kk, vv, ao,
-                   a.slice(0, sg.row0, sg.row0 + sg.T).view({sg.T, Hq, D}));
   }
   Tensor o = empty_like_rows(R, C, dev);  // [R, C]
   L.o.forward(ctx, a, o);

@@ -2,8 +2,10 @@
 // quantized to NF4 + double quant (bf16 compute) while loading, a LoRA adapter r 16 (alpha 32)
 // on q/k/v/o/gate/up/down, whole optimizer steps (forward, backward, clipping, AdamW) on random
 // token batches: tokens/s (median of the timed steps after one warm-up step), seconds a step and
-// the peak of the device memory pool, beside ../shared/PEERS.md's transformers + peft +
-// bitsandbytes rows (measured on an H200).
+// the peak of the device memory pool, beside the matrix floor (the projections' and the head's
+// FLOPs a token — forward, dX backward, and the forward again under gradient checkpointing —
+// over the bf16 GEMM rate measured in the same run; attention and the LoRA terms not counted)
+// and ../shared/PEERS.md's transformers + peft + bitsandbytes rows (measured on an H200).
 //   train_gpu [--shapes llama32_1b,llama2_7b] [--dir DIR] [--steps N] [--checkpointing 0|1|both]
 //             [--json PATH]
 // Prints "no CUDA device" and exits 0 when the build or the machine has no GPU.
@@ -24,6 +26,7 @@
 #include "random_model.h"
 #ifdef NIBBLE_WITH_CUDA
 #include "backends/cuda/runtime.h"
+#include "gpu_rates.h"
 #endif
 
 using namespace nibble;
@@ -86,6 +89,8 @@ int main(int argc, char** argv) {
   if (ckpt_arg == "0" || ckpt_arg == "both") ckpts.push_back(false);
   if (ckpt_arg == "1" || ckpt_arg == "both") ckpts.push_back(true);
   const std::string dev_name = cuda::device_name(0);
+  const double mm_rate = bench::matmul_rate();
+  std::printf("device %s: bf16 GEMM 8192^3 %.0f TFLOP/s\n", dev_name.c_str(), mm_rate * 1e-12);
   json rows = json::array();
   for (const std::string& name : names) {
     Run r{};
@@ -130,6 +135,12 @@ int main(int argc, char** argv) {
       std::sort(rate.begin(), rate.end());
       std::sort(secs.begin(), secs.end());
       const double peak_gib = double(cuda::pool_stats(0).used_high) / double(1ull << 30);
+      // matrix FLOPs a token: decoder projections (forward, dX, + forward again when checkpointing)
+      // and the head (forward and dX)
+      const double proj =
+          double(s.L) * double(s.C * s.D * (s.Hq + 2 * s.Hkv) + s.Hq * s.D * s.C + 3 * s.C * s.F);
+      const double flops_tok = 2.0 * proj * (ckpt ? 3 : 2) + 2.0 * double(s.V * s.C) * 2;
+      const double floor_tok_s = mm_rate / flops_tok;
       json row{{"device", dev_name},
                {"model", s.name},
                {"format", "nf4_dq"},
@@ -142,14 +153,19 @@ int main(int argc, char** argv) {
                {"tokens_per_s_median", rate[rate.size() / 2]},
                {"seconds_per_step_median", secs[secs.size() / 2]},
                {"peak_pool_gib", peak_gib},
+               {"matmul_tflops", mm_rate * 1e-12},
+               {"matrix_floor_tok_s", floor_tok_s},
                {"losses", losses},
-               {"peers_h200", {{"source", "../shared/PEERS.md, one H200"},
-                               {"transformers_peft_bnb_tok_s", r.peer_tok_s},
-                               {"transformers_peft_bnb_peak_gib", r.peer_peak_gib}}}};
-      std::printf("%s %lld x %lld%s: %.0f tok/s (%.2f s a step), peak pool %.2f GiB (transformers + peft + bnb on an "
-                  "H200: %.0f tok/s, %.1f GiB)\n",
-                  s.name, (long long)r.batch, (long long)r.seq, ckpt ? " checkpointing" : "",
-                  rate[rate.size() / 2], secs[secs.size() / 2], peak_gib, r.peer_tok_s, r.peer_peak_gib);
+               {"peers_h200",
+                {{"source", "../shared/PEERS.md, one H200"},
+                 {"transformers_peft_bnb_tok_s", r.peer_tok_s},
+                 {"transformers_peft_bnb_peak_gib", r.peer_peak_gib}}}};
+      std::printf(
+          "%s %lld x %lld%s: %.0f tok/s (%.2f s a step; matrix floor %.0f tok/s: %.0f%%), peak pool %.2f GiB "
+          "(transformers + peft + bnb on an H200: %.0f tok/s, %.1f GiB)\n",
+          s.name, (long long)r.batch, (long long)r.seq, ckpt ? " checkpointing" : "", rate[rate.size() / 2],
+          secs[secs.size() / 2], floor_tok_s, 100.0 * rate[rate.size() / 2] / floor_tok_s, peak_gib,
+          r.peer_tok_s, r.peer_peak_gib);
       std::fflush(stdout);
       rows.push_back(row);
     }

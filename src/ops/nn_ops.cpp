@@ -772,11 +772,10 @@ void rope_kv_write_(ExecContext& ctx, const Tensor& q, const Tensor& k, const Te
         sin.shape() != cos.shape() || !cos.is_contiguous() || !sin.is_contiguous())
       throw ShapeError(str(op, ": rot_dim ", rot_dim, " or cos/sin ", cos.str(), " do not fit head size ", D));
   }
-  if (kv_table.defined()) {  // checked above
-  } else if (row0.defined()) {
+  if (row0.defined() && !kv_table.defined()) {  // (with a table, row0 was checked beside it)
     if (row0.dtype() != DType::I64 || row0.numel() != 1)
       throw ShapeError(str(op, ": row0 must be i64 [1], got ", row0.str()));
-  } else if (p0 < 0 || p0 + T > kc.size(0)) {
+  } else if (!row0.defined() && (p0 < 0 || p0 + T > kc.size(0))) {
     throw ShapeError(str(op, ": rows [", p0, ", ", p0 + T, ") are outside ", kc.str()));
   }
   dispatch(

@@ -1,8 +1,8 @@
 // The AVX-512 kernels that the dispatch in linear_cpu.cpp does not always reach, called
 // directly on fresh random inputs and odd shapes: the bf16 GEMM (vdpbf16ps; not dispatched,
 // slower than FMAs on the machine it was measured on) and the fp32 one, the bf16 GEMV with
-// subnormal weights (its fp32 fallback), and LLM.int8 bit for bit equal at every ISA level
-// (its int8 products and f16 epilogue are exact, so every level must give the same bits) and
+// subnormal weights (its fp32 fallback), and LLM.int8 bit for bit equal at every ISA level, AMX
+// included (its int8 products and f16 epilogue are exact, so every level must give the same bits) and
 // its activation quantization equal to the reference.
 // Each skips where the CPU lacks the level.
 #include <gtest/gtest.h>
@@ -129,8 +129,9 @@ TEST(CpuKernelsAvx512, Int8SameBitsAtEveryIsaLevel) {
   struct S {
     int64_t M, N, K;
   };
-  for (S s :
-       {S{1, 70, 64}, S{1, 9, 33}, S{2, 65, 127}, S{4, 33, 200}, S{5, 67, 65}, S{13, 130, 300}, S{30, 7, 1}})
+  // the last three take the AMX kernel where granted (M >= 24, K % 64 == 0; 4160: three chunks of K)
+  for (S s : {S{1, 70, 64}, S{1, 9, 33}, S{2, 65, 127}, S{4, 33, 200}, S{5, 67, 65}, S{13, 130, 300},
+              S{30, 7, 1}, S{30, 70, 128}, S{67, 100, 640}, S{40, 130, 4160}})
     for (DType act : {DType::F16, DType::BF16, DType::F32})
       for (int bias_kind = 0; bias_kind < 3; ++bias_kind) {
         SCOPED_TRACE(testing::Message() << "M=" << s.M << " N=" << s.N << " K=" << s.K

@@ -310,8 +310,16 @@ NIBBLE_AVX512BF16 void rows_bf16(const uint32_t* xa, int64_t M, int64_t lda, con
 
 }  // namespace
 
-bool has_bf16_subnormal(const float* x, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) {
+NIBBLE_AVX512 bool has_bf16_subnormal(const float* x, int64_t n) {
+  const __m512i exp = _mm512_set1_epi32(0x7f800000), man = _mm512_set1_epi32(0x007f0000);
+  __mmask16 any = 0;
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {  // the high 16 bits of each value: exponent zero, mantissa not
+    const __m512i v = _mm512_loadu_si512(x + i);
+    any |= _mm512_testn_epi32_mask(v, exp) & _mm512_test_epi32_mask(v, man);
+  }
+  if (any) return true;
+  for (; i < n; ++i) {
     uint32_t u;
     std::memcpy(&u, x + i, 4);
     if (bf16_subnormal(uint16_t(u >> 16))) return true;

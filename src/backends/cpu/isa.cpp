@@ -1,9 +1,12 @@
 // Run-time ISA detection. CPUID says what the core implements; XGETBV says which register
 // state the OS saves on a context switch (without it AVX/AVX-512 instructions fault or lose
 // state), so a level needs both. AMX needs more: Linux hands out tile data state only after
-// arch_prctl(ARCH_REQ_XCOMP_PERM), and in some VMs even a granted ldtilecfg faults (seen on
-// the 2-core CI machine), so a tile instruction is tried in a forked child first.
+// arch_prctl(ARCH_REQ_XCOMP_PERM), and a VM may still fault on tile instructions, so one is
+// tried in a forked child first. (The probe's own GCC 12 _tile_loadconfig once lost the tile
+// shape and faulted, which read as "AMX faults here"; see amx_tiles.h.)
 #include "backends/cpu/isa.h"
+
+#include "backends/cpu/amx_tiles.h"
 
 #include <atomic>
 #include <cstdlib>
@@ -60,12 +63,8 @@ Isa detect_simd() {
 
 // Runs in the forked child: configure one 16 x 64-byte tile, zero it, release.
 __attribute__((target("amx-tile"))) void amx_probe_child() {
-  alignas(64) unsigned char cfg[64];
-  std::memset(cfg, 0, sizeof cfg);
-  cfg[0] = 1;    // palette 1
-  cfg[16] = 64;  // tile 0: 64 bytes per row (colsb[0], little-endian uint16)
-  cfg[48] = 16;  // tile 0: 16 rows
-  _tile_loadconfig(cfg);
+  const TileConfig cfg = tiles_16x64(1);
+  load_tile_config(cfg);
   _tile_zero(0);
   _tile_release();
 }
@@ -105,12 +104,11 @@ bool available(Isa isa) {
   return int(isa) <= int(detect_simd());
 }
 
-// NIBBLE_CPU_ISA, or the detected SIMD level (AMX only when asked for: no kernel uses it yet,
-// and the probe costs a fork).
+// NIBBLE_CPU_ISA, or the detected level (AMX included when granted and the probe ran).
 Isa base_isa() {
   static const Isa base = [] {
     const char* env = std::getenv("NIBBLE_CPU_ISA");
-    if (!env || !*env) return detect_simd();
+    if (!env || !*env) return detected_isa();
     for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16, Isa::Amx})
       if (std::strcmp(env, isa_name(isa)) == 0) {
         if (!available(isa))

@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstring>
+#include <functional>
 #include <vector>
 
 #include "backends/cpu/isa.h"
@@ -97,6 +99,33 @@ constexpr int64_t kGemmRows = 24;
 bool x_is_bf16(const float* x, int64_t M, int64_t K, DType dt) {
   return dt == DType::BF16 && M < kGemmRows && isa_at_least(Isa::Avx512Bf16) &&
          !avx512::has_bf16_subnormal(x, M * K);
+}
+
+// Whether the AMX GEMM takes x [M, K] (already rounded to round_to): the Amx level, bf16
+// compute, at least kGemmRows rows, K a multiple of 32 and no x value a bf16 subnormal.
+bool takes_amx(const float* x, int64_t M, int64_t K, DType round_to) {
+  return round_to == DType::BF16 && M >= kGemmRows && isa_at_least(Isa::Amx) && amx::usable(K) &&
+         !avx512::has_bf16_subnormal(x, M * K);
+}
+
+// out[:, 0:N) through the AMX GEMM, threads splitting W's rows; W's rows come from `w` a chunk at
+// a time. Rows whose W holds a bf16 subnormal are computed by fallback(n0, n1) instead. Then the
+// epilogue (bias, rounding to round_to).
+void linear_amx(const float* x, int64_t M, int64_t K, int64_t N, const amx::WChunkFn& w,
+                const std::function<void(int64_t, int64_t)>& fallback, const std::vector<float>& bias,
+                DType round_to, float* out) {
+  static thread_local std::vector<uint32_t> xp;  // x packed as the AMX B operand
+  xp.resize(amx::packed_x_words(M, K));
+  uint32_t* xpd = xp.data();
+  const int64_t blocks = (M + 31) / 32 * 2;  // 16-row blocks, the last pair zero-padded
+  parallel_for(blocks, 1, [&](int64_t b0, int64_t b1) { amx::pack_x(x, M, K, b0, b1, xpd); });
+  constexpr int64_t kUnit = 32;  // W rows per unit of work
+  const int64_t units = (N + kUnit - 1) / kUnit;
+  parallel_for(units, 1, [&](int64_t u0, int64_t u1) {
+    const int64_t n0 = u0 * kUnit, n1 = std::min(N, u1 * kUnit);
+    if (!amx::gemm_rows(xpd, M, K, w, n0, n1 - n0, out + n0, N)) fallback(n0, n1);
+    epilogue(out, M, N, n0, n1, bias, round_to);
+  });
 }
 
 // Units of work per task: at least ~64K multiply-adds, so small ops stay on one thread.
@@ -213,6 +242,16 @@ void linear(const float* x_in, int64_t M, int64_t K, const void* w, DType wdt, i
   std::vector<float> xbuf;  // [M, K] x rounded to round_to
   const float* x = rounded_input(x_in, M, K, round_to, xbuf);
   const std::vector<float> b = bias_f32(bias, bias_dt, N, round_to);
+  if (wdt == DType::BF16 && takes_amx(x, M, K, round_to)) {
+    const auto* wh = static_cast<const uint16_t*>(w);
+    const auto rows = [&](int64_t r0, int64_t nr, int64_t k0, int64_t kc, uint16_t* dst, int64_t ld) {
+      for (int64_t r = 0; r < nr; ++r) std::memcpy(dst + r * ld, wh + (r0 + r) * K + k0, size_t(kc) * 2);
+    };
+    const auto fallback = [&](int64_t n0, int64_t n1) {
+      gemm_xwt_block(x, M, K, row_ptr(w, wdt, n0, K), wdt, n1 - n0, out + n0, N);
+    };
+    return linear_amx(x, M, K, N, rows, fallback, b, round_to, out);
+  }
   const bool x_bf16 = x_is_bf16(x, M, K, round_to);
   constexpr int64_t kUnit = 8;  // output features per unit of work
   const int64_t units = (N + kUnit - 1) / kUnit;
@@ -276,6 +315,19 @@ void linear_4bit(const float* x_in, int64_t M, int64_t K, const uint8_t* packed,
     });
     return;
   }
+  if (takes_amx(x, M, K, compute_dtype)) {
+    const auto rows = [&](int64_t r0, int64_t nr, int64_t k0, int64_t kc, uint16_t* dst, int64_t ld) {
+      for (int64_t r = 0; r < nr; ++r)
+        dequantize_4bit_range(packed, absmax, blocksize, quant_type, (r0 + r) * K + k0,
+                              (r0 + r) * K + k0 + kc, dst + r * ld, DType::BF16);
+    };
+    const auto fallback = [&](int64_t n0, int64_t n1) {  // the fp32 GEMM over the dequantized rows
+      std::vector<uint16_t> wr(size_t((n1 - n0) * K));
+      dequantize_4bit_range(packed, absmax, blocksize, quant_type, n0 * K, n1 * K, wr.data(), DType::BF16);
+      gemm_xwt_block(x, M, K, wr.data(), DType::BF16, n1 - n0, out + n0, N);
+    };
+    return linear_amx(x, M, K, N, rows, fallback, b, compute_dtype, out);
+  }
   // Rows of W dequantized per step: a few for GEMV (buffer in L1/L2), more when many rows of
   // x pass over each chunk; a multiple of 8, and small enough to give every thread work.
   const int64_t target = M < 4 ? (int64_t(1) << 15) : (int64_t(1) << 18);
@@ -323,16 +375,25 @@ void linear_int8(const float* x, int64_t M, int64_t K, const int8_t* cb, const f
   const Isa isa = active_isa();
   // AVX512_VNNI comes with the Avx512Bf16 level (isa.h); its int32 sums are exact for K < 2^16.
   const bool vnni = isa >= Isa::Avx512Bf16 && K < (int64_t(1) << 16);
+  // AMX (TDPBSSD) for prefill-sized M: the same exact int32 sums.
+  const bool amx = vnni && M >= kGemmRows && isa >= Isa::Amx && amx::usable_i8(K);
   const bool simd = !vnni && isa >= Isa::Avx2;
   static thread_local std::vector<int16_t> ca16;  // [M, K] widened once for the AVX2 kernel
   static thread_local std::vector<uint8_t> cau;   // [M, K] a + 128 for the VNNI kernel
+  static thread_local std::vector<uint32_t> cap4;  // [M, K] packed for the AMX kernel
   if (simd) ca16.assign(ca.begin(), ca.end());
-  if (vnni) {
+  if (amx) {
+    cap4.resize(amx::packed_i8_words(M, K));
+    uint32_t* dst = cap4.data();
+    const int8_t* src = ca.data();
+    parallel_for((M + 31) / 32 * 2, 1, [&](int64_t b0, int64_t b1) { amx::pack_i8(src, M, K, b0, b1, dst); });
+  } else if (vnni) {
     cau.resize(size_t(M * K));
     for (size_t i = 0; i < cau.size(); ++i) cau[i] = uint8_t(ca[i]) ^ 0x80;
   }
   const int16_t* ca16p = ca16.data();
   const uint8_t* caup = cau.data();
+  const uint32_t* cap4p = cap4.data();
   const int8_t* cap = ca.data();
   const float* scap = sca.data();
 
@@ -357,7 +418,9 @@ void linear_int8(const float* x, int64_t M, int64_t K, const int8_t* cb, const f
     std::vector<float> sub_b(static_cast<size_t>(n_out));  // [n_out] one column of subB
     for (int64_t u = u0; u < u1; ++u) {
       const int64_t n0 = u * kCols, nc = std::min(N, n0 + kCols) - n0;
-      if (vnni)
+      if (amx)
+        amx::gemm_i8_rows(cap4p, M, K, cb + n0 * K, nc, acc.data(), kCols);
+      else if (vnni)
         avx512::gemm_i8_block(caup, M, K, cb + n0 * K, nc, acc.data(), kCols);
       else if (simd)
         avx2::gemm_i8_block(ca16p, M, K, cb + n0 * K, nc, acc.data(), kCols);

@@ -11,7 +11,9 @@
 //            the dense kernels.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <functional>
 
 #include "nibble/dtype.h"
 #include "quant/gpu_float.h"
@@ -130,5 +132,31 @@ void gemm_i8_block(const uint8_t* au, int64_t M, int64_t K, const int8_t* b, int
 void int8_dequant_rows(const int32_t* acc, int64_t lda, int64_t M, int64_t nc, const float* sca, const float* scb,
                        const float* bias, bool fused_bias, DType act_dtype, float* out, int64_t ldo);
 }  // namespace avx512
+
+namespace amx {
+// The AMX bf16 GEMM (gemm_amx.cpp), for isa.h's Amx level, x and W holding bf16 values and
+// no x value a bf16 subnormal. usable: the shapes it takes (K a multiple of 32).
+bool usable(int64_t K);
+// x [M, K] packed as TDPBF16PS' B operand, [ceil(M / 32) * 2][K / 2][16] bf16 pairs (rows past
+// M zero); pack_x writes the 16-row blocks [b0, b1) (threads may split the blocks).
+size_t packed_x_words(int64_t M, int64_t K);
+void pack_x(const float* x, int64_t M, int64_t K, int64_t b0, int64_t b1, uint32_t* xp);
+// Writes W's rows [r0, r0 + nr) x columns [k0, k0 + kc) as bf16: row r at dst + r * ld.
+using WChunkFn =
+    std::function<void(int64_t r0, int64_t nr, int64_t k0, int64_t kc, uint16_t* dst, int64_t ld)>;
+// out[m * ldo + r] = sum_k x[m, k] * W[r0 + r, k] for m < M, r < nr (one thread), f32 sums.
+// False when a value of these W rows is a bf16 subnormal (TDPBF16PS would read it as zero):
+// out's columns are then partly written and the caller computes them another way.
+bool gemm_rows(const uint32_t* xp, int64_t M, int64_t K, const WChunkFn& w, int64_t r0, int64_t nr,
+               float* out, int64_t ldo);
+// LLM.int8's int8 products with TDPBSSD (exact int32 sums, as the VNNI kernel's): a [M, K]
+// int8 packed by pack_i8 ([ceil(M / 32) * 2][K / 4][16] groups of 4 values, rows past M zero);
+// out[m * ldo + r] = sum_k a[m, k] * w[r, k] for r < nr (w: nr rows of K). K % 64 == 0.
+bool usable_i8(int64_t K);
+size_t packed_i8_words(int64_t M, int64_t K);
+void pack_i8(const int8_t* a, int64_t M, int64_t K, int64_t b0, int64_t b1, uint32_t* ap);
+void gemm_i8_rows(const uint32_t* ap, int64_t M, int64_t K, const int8_t* w, int64_t nr, int32_t* out,
+                  int64_t ldo);
+}  // namespace amx
 
 }  // namespace nibble::cpu

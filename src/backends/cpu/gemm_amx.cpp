@@ -1,0 +1,243 @@
+// AMX bf16 GEMM for many rows of x (prefill, batches from kGemmRows rows): out[M, rows of W] =
+// x · W^T where x and W both hold bf16 values (bf16 compute dtype: x rounded by the caller, W
+// stored in bf16 or dequantized to it). Products of two bf16 values are exact in f32 and
+// TDPBF16PS sums them in f32, so only the summation order differs from the fp32 kernels; like
+// vdpbf16ps it reads bf16 subnormals as zero, so x with one is refused by the caller and a W
+// chunk with one makes gemm_rows return false (the caller computes those rows another way).
+//
+// The orientation is C^T = W · X^T: W's rows are the A operand as they come out of the
+// dequantizer (row-major bf16, no repacking), x is the B operand, packed once per call as bf16
+// pairs along K ([m / 16][K / 2][16][2], the layout TDPBF16PS reads), and each 16 x 16 f32 C^T
+// tile is transposed into out at the end of a panel. Blocking, per thread and panel of kNp W
+// rows: K in chunks of kKc (the W chunk, kNp x kKc bf16 = 256 KB, stays in L2),
+// C^T for the panel in a thread-local [kNp][M] f32 buffer (loaded and stored as tiles once per
+// chunk), 2 x 2 tiles of 16 x 16 (tiles 0-3 accumulate, 4-5 hold W, 6-7 hold x) per step of 32
+// along K.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "backends/cpu/amx_tiles.h"
+#include "backends/cpu/linear_cpu.h"
+
+#define NIBBLE_AMX __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
+
+namespace nibble::cpu::amx {
+
+namespace {
+
+// Measured on the 2-core Xeon (AMX in a VM): 0.42-0.56 TFLOP/s a core over panels of 64-256
+// rows and chunks of 512-8192, the best at 64 x 2048 (256 KB of W). The loop is bound by tile
+// loads there (~18 ns for 1 KB from L1, against ~7 ns for a TDPBF16PS), which 2 x 2 blocking
+// (one load per multiply, the most 8 tiles allow) leaves at about 2.5 loads' time per step.
+constexpr int64_t kNp = 64;    // W rows per panel (a multiple of 32)
+constexpr int64_t kKc = 2048;  // K values per W chunk (a multiple of 32)
+constexpr int64_t kPad = 32;   // bf16 values past each W chunk row (spreads the rows over L1 sets)
+
+int64_t round_up(int64_t v, int64_t to) {
+  return (v + to - 1) / to * to;
+}
+
+// r[i] (16 lanes of 32 bits each) becomes column i of the 16 x 16 block.
+NIBBLE_AMX inline void transpose16(__m512i r[16]) {
+  __m512i t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+    r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+    r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+    r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+  }
+  for (int i = 0; i < 16; i += 8)
+    for (int j = 0; j < 4; ++j) {
+      t[i + j] = _mm512_shuffle_i32x4(r[i + j], r[i + j + 4], 0x88);
+      t[i + j + 4] = _mm512_shuffle_i32x4(r[i + j], r[i + j + 4], 0xdd);
+    }
+  for (int j = 0; j < 8; ++j) {
+    r[j] = _mm512_shuffle_i32x4(t[j], t[j + 8], 0x88);
+    r[j + 8] = _mm512_shuffle_i32x4(t[j], t[j + 8], 0xdd);
+  }
+}
+
+// Whether one of the n bf16 values at p (n a multiple of 32) is a subnormal.
+NIBBLE_AMX bool any_bf16_subnormal(const uint16_t* p, int64_t n) {
+  __mmask32 any = 0;
+  const __m512i exp = _mm512_set1_epi16(0x7f80), man = _mm512_set1_epi16(0x007f);
+  for (int64_t i = 0; i < n; i += 32) {
+    const __m512i v = _mm512_loadu_si512(p + i);
+    any |= _mm512_testn_epi16_mask(v, exp) & _mm512_test_epi16_mask(v, man);
+  }
+  return any != 0;
+}
+
+// out[m * ldo + r] = ct[r * ldc + m] for r < nr, m < M (16 x 16 blocks through registers).
+template <class Acc>  // f32 or int32: 32-bit lanes either way
+NIBBLE_AMX void store_transposed(const Acc* ct, int64_t ldc, int64_t nr, int64_t M, Acc* out, int64_t ldo) {
+  for (int64_t r0 = 0; r0 < nr; r0 += 16) {
+    const int64_t rn = std::min<int64_t>(16, nr - r0);
+    const __mmask16 rmask = rn == 16 ? __mmask16(0xffff) : __mmask16((1u << rn) - 1);
+    for (int64_t m0 = 0; m0 < M; m0 += 16) {
+      __m512i v[16];
+      for (int i = 0; i < 16; ++i)  // rows past nr are read from the zeroed tail of ct
+        v[i] = _mm512_loadu_si512(ct + (r0 + i) * ldc + m0);
+      transpose16(v);
+      const int64_t mn = std::min<int64_t>(16, M - m0);
+      for (int64_t i = 0; i < mn; ++i) _mm512_mask_storeu_epi32(out + (m0 + i) * ldo + r0, rmask, v[i]);
+    }
+  }
+}
+
+}  // namespace
+
+bool usable(int64_t K) {
+  return K > 0 && K % 32 == 0;
+}
+
+size_t packed_x_words(int64_t M, int64_t K) {
+  return size_t(round_up(M, 32) * (K / 2));
+}
+
+NIBBLE_AMX void pack_x(const float* x, int64_t M, int64_t K, int64_t b0, int64_t b1, uint32_t* xp) {
+  const int64_t half = K / 2;
+  for (int64_t b = b0; b < b1; ++b) {  // 16 rows of x
+    uint32_t* dst = xp + b * half * 16;
+    for (int64_t k = 0; k < K; k += 32) {
+      __m512i v[16];
+      for (int i = 0; i < 16; ++i) {
+        const int64_t m = b * 16 + i;
+        if (m >= M) {
+          v[i] = _mm512_setzero_si512();
+          continue;
+        }
+        const float* row = x + m * K + k;  // bf16 values held in f32: the conversion is exact
+        v[i] =
+            reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(_mm512_loadu_ps(row + 16), _mm512_loadu_ps(row)));
+      }
+      transpose16(v);  // v[j] = pair k / 2 + j of the 16 rows
+      for (int j = 0; j < 16; ++j) _mm512_storeu_si512(dst + (k / 2 + j) * 16, v[j]);
+    }
+  }
+}
+
+namespace {
+
+// The kernel for both element types: T = uint16_t (bf16 values, TDPBF16PS into f32) or int8_t
+// (TDPBSSD into int32). A tile step covers 64 bytes of K (32 bf16 or 64 int8 values); xp holds
+// x in groups of 4 / sizeof(T) values a 32-bit word ([m / 16][K / per][16]).
+template <class T, class Acc, class Chunk>
+NIBBLE_AMX bool gemm_rows_t(const uint32_t* xp, int64_t M, int64_t K, const Chunk& w, int64_t r0, int64_t nr,
+                            Acc* out, int64_t ldo) {
+  constexpr int64_t per = 4 / int64_t(sizeof(T)), step = 16 * per;  // values a word, a tile row
+  const int64_t Mp = round_up(M, 32), words = K / per;
+  static thread_local std::vector<T> wbuf;    // [kNp][kKc + kPad] a W chunk
+  static thread_local std::vector<Acc> cbuf;  // [kNp][Mp] C^T of the panel
+  wbuf.resize(size_t(kNp * (kKc + kPad)));
+  cbuf.resize(size_t(kNp * Mp));
+  load_tile_config(tiles_16x64(8));
+  bool ok = true;
+  for (int64_t p0 = 0; p0 < nr && ok; p0 += kNp) {
+    const int64_t np = std::min(kNp, nr - p0), npp = round_up(np, 32);
+    for (int64_t k0 = 0; k0 < K && ok; k0 += kKc) {
+      const int64_t kc = std::min(kKc, K - k0), ldw = kc + kPad;
+      w(r0 + p0, np, k0, kc, wbuf.data(), ldw);
+      for (int64_t r = np; r < npp; ++r) std::memset(wbuf.data() + r * ldw, 0, size_t(kc) * sizeof(T));
+      if constexpr (sizeof(T) == 2)
+        for (int64_t r = 0; r < np && ok; ++r) ok = !any_bf16_subnormal(wbuf.data() + r * ldw, kc);
+      if (!ok) break;
+      for (int64_t m = 0; m < Mp; m += 32) {
+        const uint32_t* b0 = xp + ((m / 16) * words + k0 / per) * 16;  // x rows m .. m + 15
+        const uint32_t* b1 = b0 + words * 16;                          // x rows m + 16 .. m + 31
+        for (int64_t n = 0; n < npp; n += 32) {
+          Acc* c0 = cbuf.data() + n * Mp + m;  // C^T rows n .. n + 15
+          Acc* c1 = c0 + 16 * Mp;              // C^T rows n + 16 .. n + 31
+          const int64_t ldc = Mp * 4;
+          if (k0 == 0) {
+            _tile_zero(0);
+            _tile_zero(1);
+            _tile_zero(2);
+            _tile_zero(3);
+          } else {
+            _tile_loadd(0, c0, ldc);
+            _tile_loadd(1, c0 + 16, ldc);
+            _tile_loadd(2, c1, ldc);
+            _tile_loadd(3, c1 + 16, ldc);
+          }
+          const T* a0 = wbuf.data() + n * ldw;
+          const T* a1 = a0 + 16 * ldw;
+          for (int64_t k = 0; k < kc; k += step) {
+            _tile_loadd(4, a0 + k, ldw * int64_t(sizeof(T)));
+            _tile_loadd(5, a1 + k, ldw * int64_t(sizeof(T)));
+            _tile_loadd(6, b0 + k / per * 16, 64);
+            _tile_loadd(7, b1 + k / per * 16, 64);
+            if constexpr (sizeof(T) == 2) {
+              _tile_dpbf16ps(0, 4, 6);
+              _tile_dpbf16ps(1, 4, 7);
+              _tile_dpbf16ps(2, 5, 6);
+              _tile_dpbf16ps(3, 5, 7);
+            } else {
+              _tile_dpbssd(0, 4, 6);
+              _tile_dpbssd(1, 4, 7);
+              _tile_dpbssd(2, 5, 6);
+              _tile_dpbssd(3, 5, 7);
+            }
+          }
+          _tile_stored(0, c0, ldc);
+          _tile_stored(1, c0 + 16, ldc);
+          _tile_stored(2, c1, ldc);
+          _tile_stored(3, c1 + 16, ldc);
+        }
+      }
+    }
+    if (ok) store_transposed(cbuf.data(), Mp, np, M, out + p0, ldo);
+  }
+  _tile_release();
+  return ok;
+}
+
+}  // namespace
+
+bool gemm_rows(const uint32_t* xp, int64_t M, int64_t K, const WChunkFn& w, int64_t r0, int64_t nr,
+               float* out, int64_t ldo) {
+  return gemm_rows_t<uint16_t>(xp, M, K, w, r0, nr, out, ldo);
+}
+
+bool usable_i8(int64_t K) {
+  return K > 0 && K % 64 == 0;
+}
+
+size_t packed_i8_words(int64_t M, int64_t K) {
+  return size_t(round_up(M, 32) * (K / 4));
+}
+
+NIBBLE_AMX void pack_i8(const int8_t* a, int64_t M, int64_t K, int64_t b0, int64_t b1, uint32_t* ap) {
+  const int64_t words = K / 4;
+  for (int64_t b = b0; b < b1; ++b) {  // 16 rows of a
+    uint32_t* dst = ap + b * words * 16;
+    for (int64_t k = 0; k < K; k += 64) {
+      __m512i v[16];
+      for (int i = 0; i < 16; ++i) {
+        const int64_t m = b * 16 + i;
+        v[i] = m < M ? _mm512_loadu_si512(a + m * K + k) : _mm512_setzero_si512();
+      }
+      transpose16(v);  // v[j] = values k + 4 j .. k + 4 j + 3 of the 16 rows
+      for (int j = 0; j < 16; ++j) _mm512_storeu_si512(dst + (k / 4 + j) * 16, v[j]);
+    }
+  }
+}
+
+void gemm_i8_rows(const uint32_t* ap, int64_t M, int64_t K, const int8_t* w, int64_t nr, int32_t* out,
+                  int64_t ldo) {
+  const auto rows = [&](int64_t r0, int64_t n, int64_t k0, int64_t kc, int8_t* dst, int64_t ld) {
+    for (int64_t r = 0; r < n; ++r) std::memcpy(dst + r * ld, w + (r0 + r) * K + k0, size_t(kc));
+  };
+  gemm_rows_t<int8_t>(ap, M, K, rows, 0, nr, out, ldo);
+}
+
+}  // namespace nibble::cpu::amx

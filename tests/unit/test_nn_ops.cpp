@@ -340,6 +340,44 @@ TEST(NnOpsLinear4bit, DequantizeRangeMatchesReference) {
     }
 }
 
+TEST(NnOpsLinear4bit, DequantizeRangeToBf16SameBitsAtEveryIsaLevel) {
+  // The bf16 dequantization (the AMX GEMM's weight supply; 32 values a step with AVX512_BF16):
+  // ranges on and off the 32-value steps, every level, absmax specials (subnormal: flushed,
+  // huge: products overflow to inf, NaN, zero, subnormal products) and values that round to
+  // even in bf16.
+  const uint64_t seed = test::fresh_seed();
+  SCOPED_TRACE(testing::Message() << "seed " << seed);
+  std::mt19937_64 rng(seed);
+  const int64_t n = 64 * 40;
+  Tensor w = test::random_normal({n}, DType::F32, rng);
+  for (DType qt : {DType::NF4, DType::FP4})
+    for (int64_t bs : {32, 64, 128}) {
+      Quantized4 q = quantize_4bit(w, qt, bs, false);
+      float* am = q.state.absmax.data<float>();
+      am[1] = 1e-39f;                                   // subnormal: every value flushes to zero
+      am[2] = 3.0e38f;                                  // products past FLT_MAX: inf
+      am[3] = std::numeric_limits<float>::quiet_NaN();  // NaN stays NaN
+      am[4] = 0.0f;
+      am[5] = 1.00390625f;  // 1 + 2^-8: products land halfway between bf16 values
+      am[6] = 2.0e-38f;     // normal, but its products with the small codes are subnormal: flushed
+      Tensor full = Tensor::empty({n}, DType::BF16);
+      quant::ref::dequantize_4bit(q.packed.data<uint8_t>(), am, n, bs, qt, full.data_ptr(), DType::BF16);
+      const std::vector<std::pair<int64_t, int64_t>> ranges = {
+          {0, n}, {32, 32 * 9}, {5, 700}, {64, 64 + 33}, {n - 40, n}, {31, 33}, {96, 96 + 32 * 5}};
+      for (cpu::Isa isa : cpu_isas()) {
+        IsaMode mode(isa);
+        for (auto [e0, e1] : ranges) {
+          SCOPED_TRACE(testing::Message() << dtype_name(qt) << " bs=" << bs << " " << cpu::isa_name(isa)
+                                          << " [" << e0 << ", " << e1 << ")");
+          std::vector<uint16_t> out(size_t(e1 - e0 + 1), 0xffff);
+          cpu::dequantize_4bit_range(q.packed.data<uint8_t>(), am, bs, qt, e0, e1, out.data(), DType::BF16);
+          ASSERT_EQ(0, std::memcmp(out.data(), full.data<uint16_t>() + e0, size_t(e1 - e0) * 2));
+          ASSERT_EQ(0xffff, out[size_t(e1 - e0)]) << "wrote past the range";
+        }
+      }
+    }
+}
+
 TEST(NnOpsLinearInt8, MatchesBitsandbytesAlgorithm) {
   const uint64_t seed = test::fresh_seed();
   SCOPED_TRACE(testing::Message() << "seed " << seed);

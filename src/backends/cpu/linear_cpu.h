@@ -8,7 +8,10 @@
 //   4-bit, M <= 4 (AVX-512: M < 24, 4 rows of x per pass over a cached slice of W): weights
 //            decoded in registers by table lookup (no buffer);
 //   4-bit, larger M: a few rows dequantized into a thread-local compute-dtype buffer, then
-//            the dense kernels.
+//            the dense kernels;
+//   AMX (where the OS grants tiles), bf16 compute from 8 rows (4-bit, or bf16 weights with
+//            bf16 rounding) and LLM.int8 from 16 rows: the weight dequantized to bf16 (or copied)
+//            in chunks and multiplied on tiles (gemm_amx.cpp).
 #pragma once
 
 #include <cstddef>

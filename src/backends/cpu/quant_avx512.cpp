@@ -14,10 +14,12 @@
 
 #include "backends/cpu/avx512_common.h"
 #include "backends/cpu/quant_cpu.h"
+#include "nibble/quant.h"
 #include "quant/gpu_float.h"
 #include "quant/reference.h"
 
 #define NIBBLE_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
+#define NIBBLE_AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c")))
 
 namespace nibble::cpu::avx512 {
 
@@ -123,6 +125,27 @@ NIBBLE_AVX512 void f32_to_f16_rows(const float* x, int64_t n, uint16_t* out) {
     _mm256_mask_storeu_epi16(
         out + i, mk,
         _mm512_cvtps_ph(_mm512_maskz_loadu_ps(mk, x + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+}
+
+// 32 values a step: 16 packed bytes split into high (even element) and low nibbles,
+// interleaved back into element order, looked up in a 16-float table, scaled by the block's
+// absmax and rounded to bf16 by vcvtne2ps2bf16: round to nearest even, NaN quieted with its
+// sign (as f32_to_bf16), and subnormal inputs read as zero, which is mul_ftz's flush of a
+// subnormal product (the test's absmax of 2e-38 checks it).
+NIBBLE_AVX512BF16 void dequantize_4bit_bf16(const uint8_t* packed, const float* absmax, int64_t blocksize,
+                                            DType quant_type, int64_t begin, int64_t count, uint16_t* out) {
+  const __m512 lut = _mm512_loadu_ps(dequant_table_4bit(quant_type));
+  const __m128i low4 = _mm_set1_epi8(0x0f);
+  for (int64_t i = 0; i < count; i += 32) {
+    const int64_t e = begin + i;
+    const __m512 a = _mm512_set1_ps(quant::ftz(absmax[e / blocksize]));
+    const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(packed + e / 2));
+    const __m128i hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), low4), lo = _mm_and_si128(bytes, low4);
+    const __m512 v0 = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(hi, lo)), lut);
+    const __m512 v1 = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_unpackhi_epi8(hi, lo)), lut);
+    const __m512bh h = _mm512_cvtne2ps_pbh(_mm512_mul_ps(v1, a), _mm512_mul_ps(v0, a));
+    _mm512_storeu_si512(out + i, reinterpret_cast<__m512i>(h));
   }
 }
 

@@ -48,6 +48,10 @@ void int8_quant_rows(const uint16_t* a, int64_t rows, int64_t cols, float thresh
                      uint8_t* outlier_flags);
 // out[i] = f32_to_f16(x[i]), i < n.
 void f32_to_f16_rows(const float* x, int64_t n, uint16_t* out);
+// dequantize_4bit to bf16 of count values from element begin (AVX512_BF16): begin, count and
+// blocksize multiples of 32; out[0] is element begin. Same bits as the reference.
+void dequantize_4bit_bf16(const uint8_t* packed, const float* absmax, int64_t blocksize, DType quant_type,
+                          int64_t begin, int64_t count, uint16_t* out);
 }  // namespace avx512
 
 }  // namespace nibble::cpu

@@ -172,6 +172,26 @@ NIBBLE_AVX512BF16 inline __m256i table_bf16(__m512 code, float absmax) {
   return ti;
 }
 
+// tabs[i] = table_bf16(code, am[i]) for i < n. Where no |absmax| is below kNoFlushAbsmax (a
+// vectorized check), two tables per vcvtne2ps2bf16 and one 64-byte store, without the
+// per-block branch: the conversions were a quarter of the decode GEMV's time one at a time.
+NIBBLE_AVX512BF16 void tables_bf16(__m512 code, const float* am, int64_t n, __m256i* tabs) {
+  __mmask16 tiny = 0;
+  const __m512 limit = _mm512_set1_ps(kNoFlushAbsmax);
+  for (int64_t i = 0; i < n; i += 16) {  // NaN compares false: its table is the general one's
+    const __mmask16 mk = n - i >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - i)) - 1);
+    tiny |= _mm512_mask_cmp_ps_mask(mk, _mm512_abs_ps(_mm512_maskz_loadu_ps(mk, am + i)), limit, _CMP_LT_OQ);
+  }
+  int64_t i = 0;
+  if (!tiny)
+    for (; i + 2 <= n; i += 2) {
+      const __m512bh t = _mm512_cvtne2ps_pbh(_mm512_mul_ps(code, _mm512_set1_ps(am[i + 1])),
+                                             _mm512_mul_ps(code, _mm512_set1_ps(am[i])));
+      _mm512_store_si512(tabs + i, reinterpret_cast<__m512i>(t));
+    }
+  for (; i < n; ++i) tabs[i] = table_bf16(code, am[i]);
+}
+
 // The same with bf16 tables and vdpbf16ps (xp: bf16 in pack order, 64 elements per step).
 template <int MR, int NR>
 NIBBLE_AVX512BF16 void rows_bf16(const uint16_t* xp, int64_t K, const uint8_t* packed, const Absmax4& absmax,
@@ -192,7 +212,7 @@ NIBBLE_AVX512BF16 void rows_bf16(const uint16_t* xp, int64_t K, const uint8_t* p
   const bool cached = K % blocksize == 0 && NR * bpr <= kMaxCached;
   if (cached) {
     for (int r = 0; r < NR; ++r) absmax_run(absmax, base / blocksize + r * bpr, bpr, am + r * bpr);
-    for (int64_t i = 0; i < NR * bpr; ++i) tabs[i] = table_bf16(code, am[i]);
+    tables_bf16(code, am, NR * bpr, tabs);
   }
   for (int64_t k = 0; k < K;) {
     const int64_t b = (base + k) / blocksize;

@@ -62,34 +62,45 @@ TEST(CpuKernelsAmx, GemmRowsMatchesReferenceOnTileEdges) {
   SCOPED_TRACE(testing::Message() << "seed " << seed);
   std::mt19937_64 rng(seed);
   int runs = 0;
+  // M: one block of 16 (4 x 1 tiles), pairs (2 x 2), pairs and a last block; K: 2112 is two
+  // chunks; pack order (K % 64 == 0): W and x both in the 4-bit decoder's order
   for (int64_t M : {1, 16, 24, 31, 33, 64, 97})
-    for (int64_t K : {32, 96, 544, 2080})  // 2080: two chunks of K
-      for (int64_t nr : {1, 15, 33, 128, 161}) {
-        const int64_t r0 = int64_t(rng() % 3), N = r0 + nr + int64_t(rng() % 2), ldo = nr + 5;
-        SCOPED_TRACE(testing::Message() << "M=" << M << " K=" << K << " rows " << r0 << "+" << nr);
-        Tensor x = random_bf16_values({M, K}, rng);
-        Tensor w = test::random_normal({N, K}, DType::BF16, rng, 0.2f);
-        std::vector<uint32_t> xp(cpu::amx::packed_x_words(M, K));
-        cpu::amx::pack_x(x.data<float>(), M, K, 0, (M + 31) / 32 * 2, xp.data());
-        const uint16_t* wh = w.data<uint16_t>();
-        const cpu::amx::WChunkFn rows = [&](int64_t a, int64_t n, int64_t k0, int64_t kc, uint16_t* dst,
-                                            int64_t ld) {
-          ASSERT_GE(a, r0);
-          ASSERT_LE(a + n, r0 + nr);
-          for (int64_t r = 0; r < n; ++r)
-            for (int64_t k = 0; k < kc; ++k) dst[r * ld + k] = wh[(a + r) * K + k0 + k];
-        };
-        std::vector<float> out(size_t(M * ldo), kNaN);
-        ASSERT_TRUE(cpu::amx::gemm_rows(xp.data(), M, K, rows, r0, nr, out.data(), ldo));
-        Tensor mag;
-        Tensor ref = ops::ref::linear(x, w.slice(0, r0, r0 + nr).contiguous(), Tensor(), DType::F32, &mag);
-        expect_close(out.data(), ldo, M, nr, ref, mag, K, DType::F32);
-        for (int64_t m = 0; m < M; ++m)
-          for (int64_t n = nr; n < ldo; ++n)
-            ASSERT_TRUE(std::isnan(out[size_t(m * ldo + n)])) << "wrote past the block at " << m << "," << n;
-        ++runs;
-      }
-  EXPECT_EQ(runs, 7 * 4 * 5);
+    for (int64_t K : {32, 96, 576, 2112})
+      for (int64_t nr : {1, 15, 33, 128, 161})
+        for (bool pack_order : {false, true}) {
+          if (pack_order && K % 64 != 0) continue;
+          const int64_t r0 = int64_t(rng() % 3), N = r0 + nr + int64_t(rng() % 2), ldo = nr + 5;
+          SCOPED_TRACE(testing::Message() << "M=" << M << " K=" << K << " rows " << r0 << "+" << nr
+                                          << " pack order " << pack_order);
+          Tensor x = random_bf16_values({M, K}, rng);
+          Tensor w = test::random_normal({N, K}, DType::BF16, rng, 0.2f);
+          std::vector<uint32_t> xp(cpu::amx::packed_x_words(M, K));
+          cpu::amx::pack_x(x.data<float>(), M, K, 0, (M + 15) / 16, xp.data(), pack_order);
+          const uint16_t* wh = w.data<uint16_t>();
+          const auto element = [&](int64_t p) {  // the element at position p of a row
+            if (!pack_order) return p;
+            const int64_t c = p / 64 * 64, q = p % 64;
+            return c + (q < 32 ? 2 * q : 2 * (q - 32) + 1);
+          };
+          const cpu::amx::WChunkFn rows = [&](int64_t a, int64_t n, int64_t k0, int64_t kc, uint16_t* dst,
+                                              int64_t ld) {
+            ASSERT_GE(a, r0);
+            ASSERT_LE(a + n, r0 + nr);
+            for (int64_t r = 0; r < n; ++r)
+              for (int64_t k = 0; k < kc; ++k) dst[r * ld + k] = wh[(a + r) * K + element(k0 + k)];
+          };
+          std::vector<float> out(size_t(M * ldo), kNaN);
+          ASSERT_TRUE(cpu::amx::gemm_rows(xp.data(), M, K, rows, r0, nr, out.data(), ldo));
+          Tensor mag;
+          Tensor ref = ops::ref::linear(x, w.slice(0, r0, r0 + nr).contiguous(), Tensor(), DType::F32, &mag);
+          expect_close(out.data(), ldo, M, nr, ref, mag, K, DType::F32);
+          for (int64_t m = 0; m < M; ++m)
+            for (int64_t n = nr; n < ldo; ++n)
+              ASSERT_TRUE(std::isnan(out[size_t(m * ldo + n)]))
+                  << "wrote past the block at " << m << "," << n;
+          ++runs;
+        }
+  EXPECT_EQ(runs, 7 * (4 + 2) * 5);
 }
 
 TEST(CpuKernelsAmx, LinearOpsTakeItAndMatchReference) {
@@ -144,7 +155,7 @@ TEST(CpuKernelsAmx, BF16SubnormalsNeverReadAsZero) {
   ASSERT_NE(ref.data<double>()[3], 0.0);
   // the kernel itself reports the rows it cannot compute
   std::vector<uint32_t> xp(cpu::amx::packed_x_words(M, K));
-  cpu::amx::pack_x(x.data<float>(), M, K, 0, (M + 31) / 32 * 2, xp.data());
+  cpu::amx::pack_x(x.data<float>(), M, K, 0, (M + 15) / 16, xp.data());
   const uint16_t* wh = wb.data<uint16_t>();
   const cpu::amx::WChunkFn rows = [&](int64_t a, int64_t n, int64_t k0, int64_t kc, uint16_t* dst,
                                       int64_t ld) {

@@ -129,7 +129,8 @@ TEST(CpuKernelsAvx512, Int8SameBitsAtEveryIsaLevel) {
   struct S {
     int64_t M, N, K;
   };
-  // the last four take the AMX kernel where granted (M >= 16, K % 64 == 0; 4160: three chunks of K)
+  // the last four take the AMX kernel where granted (M >= 8, K % 64 == 0; 4160: three chunks of K;
+  // 16: one block of x rows, 4 x 1 tiles)
   for (S s : {S{1, 70, 64}, S{1, 9, 33}, S{2, 65, 127}, S{4, 33, 200}, S{5, 67, 65}, S{13, 130, 300},
               S{30, 7, 1}, S{16, 33, 192}, S{30, 70, 128}, S{67, 100, 640}, S{40, 130, 4160}})
     for (DType act : {DType::F16, DType::BF16, DType::F32})

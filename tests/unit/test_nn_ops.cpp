@@ -375,6 +375,19 @@ TEST(NnOpsLinear4bit, DequantizeRangeToBf16SameBitsAtEveryIsaLevel) {
           ASSERT_EQ(0xffff, out[size_t(e1 - e0)]) << "wrote past the range";
         }
       }
+      // the AMX GEMM's pack order (64-value steps: the 32 even elements, then the 32 odd ones)
+      if (bs % 64 == 0 && cpu::detected_isa() >= cpu::Isa::Avx512Bf16)
+        for (auto [e0, count] : std::vector<std::pair<int64_t, int64_t>>{{0, n}, {64, 128}, {n - 64, 64}}) {
+          SCOPED_TRACE(testing::Message() << dtype_name(qt) << " bs=" << bs << " pack order from " << e0);
+          std::vector<uint16_t> out(size_t(count + 1), 0xffff);
+          cpu::avx512::dequantize_4bit_bf16_pack_order(q.packed.data<uint8_t>(), am, bs, qt, e0, count,
+                                                       out.data());
+          for (int64_t p = 0; p < count; ++p) {
+            const int64_t c = p / 64 * 64, r = p % 64, e = e0 + c + (r < 32 ? 2 * r : 2 * (r - 32) + 1);
+            ASSERT_EQ(out[size_t(p)], full.data<uint16_t>()[e]) << "position " << p;
+          }
+          ASSERT_EQ(0xffff, out[size_t(count)]) << "wrote past the range";
+        }
     }
 }
 

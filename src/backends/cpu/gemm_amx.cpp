@@ -1,18 +1,21 @@
-// AMX bf16 GEMM for many rows of x (prefill, batches from kGemmRows rows): out[M, rows of W] =
-// x · W^T where x and W both hold bf16 values (bf16 compute dtype: x rounded by the caller, W
-// stored in bf16 or dequantized to it). Products of two bf16 values are exact in f32 and
-// TDPBF16PS sums them in f32, so only the summation order differs from the fp32 kernels; like
-// vdpbf16ps it reads bf16 subnormals as zero, so x with one is refused by the caller and a W
-// chunk with one makes gemm_rows return false (the caller computes those rows another way).
+// AMX GEMMs for 8 or more rows of x (prefill, a server's decode batch): out[M, rows of W] =
+// x · W^T, bf16 (TDPBF16PS) where x and W both hold bf16 values (bf16 compute dtype: x rounded
+// by the caller, W stored in bf16 or dequantized to it), and LLM.int8's int8 products
+// (TDPBSSD, exact). Products of two bf16 values are exact in f32 and TDPBF16PS sums them in
+// f32, so only the summation order differs from the fp32 kernels; like vdpbf16ps it reads bf16
+// subnormals as zero, so x with one is refused by the caller and a W chunk with one makes
+// gemm_rows return false (the caller computes those rows another way).
 //
 // The orientation is C^T = W · X^T: W's rows are the A operand as they come out of the
-// dequantizer (row-major bf16, no repacking), x is the B operand, packed once per call as bf16
-// pairs along K ([m / 16][K / 2][16][2], the layout TDPBF16PS reads), and each 16 x 16 f32 C^T
-// tile is transposed into out at the end of a panel. Blocking, per thread and panel of kNp W
-// rows: K in chunks of kKc (the W chunk, kNp x kKc bf16 = 256 KB, stays in L2),
-// C^T for the panel in a thread-local [kNp][M] f32 buffer (loaded and stored as tiles once per
-// chunk), 2 x 2 tiles of 16 x 16 (tiles 0-3 accumulate, 4-5 hold W, 6-7 hold x) per step of 32
-// along K.
+// dequantizer (row-major, no repacking), x is the B operand, packed once per call in groups of
+// 4 bytes along K ([m / 16][K / per][16], the layout the tile multiplies read), and each
+// 16 x 16 C^T tile is transposed into out at the end of a panel. Any permutation of K shared
+// by W and x gives the same dot products: the 4-bit dequantizer's pack order (of each 64
+// values, the even ones then the odd ones) lets it decode 32 weights per permute. Blocking, per
+// thread and panel of kNp W rows: K in chunks of kKc (the W chunk, kNp x kKc bf16 = 256 KB,
+// stays in L2), C^T for the panel in a thread-local [kNp][M] buffer (loaded and stored as tiles
+// once per chunk); tiles 0-3 accumulate: 2 x 2 blocks of 16 x 16 (W rows x x rows) for pairs of
+// 16-row blocks of x, 4 x 1 for a last single block (64 W rows, 5 tile loads for 4 multiplies).
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
@@ -101,11 +104,15 @@ bool usable(int64_t K) {
 }
 
 size_t packed_x_words(int64_t M, int64_t K) {
-  return size_t(round_up(M, 32) * (K / 2));
+  return size_t(round_up(M, 16) * (K / 2));
 }
 
-NIBBLE_AMX void pack_x(const float* x, int64_t M, int64_t K, int64_t b0, int64_t b1, uint32_t* xp) {
+NIBBLE_AMX void pack_x(const float* x, int64_t M, int64_t K, int64_t b0, int64_t b1, uint32_t* xp,
+                       bool pack_order) {
   const int64_t half = K / 2;
+  // pack order: of each 64 values, the 32 even ones, then the 32 odd ones
+  const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
   for (int64_t b = b0; b < b1; ++b) {  // 16 rows of x
     uint32_t* dst = xp + b * half * 16;
     for (int64_t k = 0; k < K; k += 32) {
@@ -116,9 +123,17 @@ NIBBLE_AMX void pack_x(const float* x, int64_t M, int64_t K, int64_t b0, int64_t
           v[i] = _mm512_setzero_si512();
           continue;
         }
-        const float* row = x + m * K + k;  // bf16 values held in f32: the conversion is exact
-        v[i] =
-            reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(_mm512_loadu_ps(row + 16), _mm512_loadu_ps(row)));
+        __m512 lo, hi;  // the 32 values at positions k .. k + 31 (bf16 values held in f32)
+        if (pack_order) {
+          const float* c = x + m * K + k / 64 * 64;
+          const __m512i sel = k % 64 == 0 ? even : odd;
+          lo = _mm512_permutex2var_ps(_mm512_loadu_ps(c), sel, _mm512_loadu_ps(c + 16));
+          hi = _mm512_permutex2var_ps(_mm512_loadu_ps(c + 32), sel, _mm512_loadu_ps(c + 48));
+        } else {
+          lo = _mm512_loadu_ps(x + m * K + k);
+          hi = _mm512_loadu_ps(x + m * K + k + 16);
+        }
+        v[i] = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(hi, lo));  // exact: bf16 values
       }
       transpose16(v);  // v[j] = pair k / 2 + j of the 16 rows
       for (int j = 0; j < 16; ++j) _mm512_storeu_si512(dst + (k / 2 + j) * 16, v[j]);
@@ -128,6 +143,16 @@ NIBBLE_AMX void pack_x(const float* x, int64_t M, int64_t K, int64_t b0, int64_t
 
 namespace {
 
+// C tile += A tile . B tile: TDPBF16PS for bf16 values, TDPBSSD for int8. (A macro: GCC's
+// tile intrinsics paste their arguments into register names, so they must be literals.)
+#define NIBBLE_TILE_DOT(C, A, B)  \
+  do {                            \
+    if constexpr (sizeof(T) == 2) \
+      _tile_dpbf16ps(C, A, B);    \
+    else                          \
+      _tile_dpbssd(C, A, B);      \
+  } while (0)
+
 // The kernel for both element types: T = uint16_t (bf16 values, TDPBF16PS into f32) or int8_t
 // (TDPBSSD into int32). A tile step covers 64 bytes of K (32 bf16 or 64 int8 values); xp holds
 // x in groups of 4 / sizeof(T) values a 32-bit word ([m / 16][K / per][16]).
@@ -135,7 +160,7 @@ template <class T, class Acc, class Chunk>
 NIBBLE_AMX bool gemm_rows_t(const uint32_t* xp, int64_t M, int64_t K, const Chunk& w, int64_t r0, int64_t nr,
                             Acc* out, int64_t ldo) {
   constexpr int64_t per = 4 / int64_t(sizeof(T)), step = 16 * per;  // values a word, a tile row
-  const int64_t Mp = round_up(M, 32), words = K / per;
+  const int64_t Mp = round_up(M, 16), words = K / per, ldc = Mp * 4;
   static thread_local std::vector<T> wbuf;    // [kNp][kKc + kPad] a W chunk
   static thread_local std::vector<Acc> cbuf;  // [kNp][Mp] C^T of the panel
   wbuf.resize(size_t(kNp * (kKc + kPad)));
@@ -143,21 +168,21 @@ NIBBLE_AMX bool gemm_rows_t(const uint32_t* xp, int64_t M, int64_t K, const Chun
   load_tile_config(tiles_16x64(8));
   bool ok = true;
   for (int64_t p0 = 0; p0 < nr && ok; p0 += kNp) {
-    const int64_t np = std::min(kNp, nr - p0), npp = round_up(np, 32);
+    const int64_t np = std::min(kNp, nr - p0), npp = round_up(np, 64);  // rows past np are zero
     for (int64_t k0 = 0; k0 < K && ok; k0 += kKc) {
-      const int64_t kc = std::min(kKc, K - k0), ldw = kc + kPad;
+      const int64_t kc = std::min(kKc, K - k0), ldw = kc + kPad, lda = ldw * int64_t(sizeof(T));
       w(r0 + p0, np, k0, kc, wbuf.data(), ldw);
       for (int64_t r = np; r < npp; ++r) std::memset(wbuf.data() + r * ldw, 0, size_t(kc) * sizeof(T));
       if constexpr (sizeof(T) == 2)
         for (int64_t r = 0; r < np && ok; ++r) ok = !any_bf16_subnormal(wbuf.data() + r * ldw, kc);
       if (!ok) break;
-      for (int64_t m = 0; m < Mp; m += 32) {
+      int64_t m = 0;
+      for (; m + 32 <= Mp; m += 32) {  // 2 x 2 tiles: W rows n .. n + 31, x rows m .. m + 31
         const uint32_t* b0 = xp + ((m / 16) * words + k0 / per) * 16;  // x rows m .. m + 15
         const uint32_t* b1 = b0 + words * 16;                          // x rows m + 16 .. m + 31
         for (int64_t n = 0; n < npp; n += 32) {
           Acc* c0 = cbuf.data() + n * Mp + m;  // C^T rows n .. n + 15
           Acc* c1 = c0 + 16 * Mp;              // C^T rows n + 16 .. n + 31
-          const int64_t ldc = Mp * 4;
           if (k0 == 0) {
             _tile_zero(0);
             _tile_zero(1);
@@ -172,26 +197,53 @@ NIBBLE_AMX bool gemm_rows_t(const uint32_t* xp, int64_t M, int64_t K, const Chun
           const T* a0 = wbuf.data() + n * ldw;
           const T* a1 = a0 + 16 * ldw;
           for (int64_t k = 0; k < kc; k += step) {
-            _tile_loadd(4, a0 + k, ldw * int64_t(sizeof(T)));
-            _tile_loadd(5, a1 + k, ldw * int64_t(sizeof(T)));
+            _tile_loadd(4, a0 + k, lda);
+            _tile_loadd(5, a1 + k, lda);
             _tile_loadd(6, b0 + k / per * 16, 64);
             _tile_loadd(7, b1 + k / per * 16, 64);
-            if constexpr (sizeof(T) == 2) {
-              _tile_dpbf16ps(0, 4, 6);
-              _tile_dpbf16ps(1, 4, 7);
-              _tile_dpbf16ps(2, 5, 6);
-              _tile_dpbf16ps(3, 5, 7);
-            } else {
-              _tile_dpbssd(0, 4, 6);
-              _tile_dpbssd(1, 4, 7);
-              _tile_dpbssd(2, 5, 6);
-              _tile_dpbssd(3, 5, 7);
-            }
+            NIBBLE_TILE_DOT(0, 4, 6);
+            NIBBLE_TILE_DOT(1, 4, 7);
+            NIBBLE_TILE_DOT(2, 5, 6);
+            NIBBLE_TILE_DOT(3, 5, 7);
           }
           _tile_stored(0, c0, ldc);
           _tile_stored(1, c0 + 16, ldc);
           _tile_stored(2, c1, ldc);
           _tile_stored(3, c1 + 16, ldc);
+        }
+      }
+      if (m < Mp) {  // one block of 16 x rows left (a decode batch of up to 16): 4 x 1 tiles over
+                     // 64 W rows, 5 tile loads a step for 4 multiplies
+        const uint32_t* b0 = xp + ((m / 16) * words + k0 / per) * 16;
+        for (int64_t n = 0; n < npp; n += 64) {
+          Acc* c = cbuf.data() + n * Mp + m;  // C^T rows n + 16 j, j < 4
+          if (k0 == 0) {
+            _tile_zero(0);
+            _tile_zero(1);
+            _tile_zero(2);
+            _tile_zero(3);
+          } else {
+            _tile_loadd(0, c, ldc);
+            _tile_loadd(1, c + 16 * Mp, ldc);
+            _tile_loadd(2, c + 32 * Mp, ldc);
+            _tile_loadd(3, c + 48 * Mp, ldc);
+          }
+          const T* a = wbuf.data() + n * ldw;
+          for (int64_t k = 0; k < kc; k += step) {
+            _tile_loadd(7, b0 + k / per * 16, 64);
+            _tile_loadd(4, a + k, lda);
+            NIBBLE_TILE_DOT(0, 4, 7);
+            _tile_loadd(5, a + 16 * ldw + k, lda);
+            NIBBLE_TILE_DOT(1, 5, 7);
+            _tile_loadd(6, a + 32 * ldw + k, lda);
+            NIBBLE_TILE_DOT(2, 6, 7);
+            _tile_loadd(4, a + 48 * ldw + k, lda);
+            NIBBLE_TILE_DOT(3, 4, 7);
+          }
+          _tile_stored(0, c, ldc);
+          _tile_stored(1, c + 16 * Mp, ldc);
+          _tile_stored(2, c + 32 * Mp, ldc);
+          _tile_stored(3, c + 48 * Mp, ldc);
         }
       }
     }
@@ -213,7 +265,7 @@ bool usable_i8(int64_t K) {
 }
 
 size_t packed_i8_words(int64_t M, int64_t K) {
-  return size_t(round_up(M, 32) * (K / 4));
+  return size_t(round_up(M, 16) * (K / 4));
 }
 
 NIBBLE_AMX void pack_i8(const int8_t* a, int64_t M, int64_t K, int64_t b0, int64_t b1, uint32_t* ap) {

@@ -297,6 +297,22 @@ void gemv_m(const void* xp, int64_t M, int64_t K, const uint8_t* packed, const A
 
 }  // namespace
 
+NIBBLE_AVX512BF16 void dequantize_4bit_bf16_pack_order(const uint8_t* packed, const float* absmax,
+                                                       int64_t blocksize, DType quant_type, int64_t begin,
+                                                       int64_t count, uint16_t* out) {
+  const __m512 code = _mm512_loadu_ps(dequant_table_4bit(quant_type));
+  const __m512i low4 = _mm512_set1_epi16(15);
+  __m512i tab = _mm512_setzero_si512();
+  for (int64_t i = 0; i < count; i += 64) {
+    const int64_t e = begin + i;
+    if (i == 0 || e % blocksize == 0) tab = _mm512_castsi256_si512(table_bf16(code, absmax[e / blocksize]));
+    const __m512i bytes =
+        _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(packed + e / 2)));
+    _mm512_storeu_si512(out + i, _mm512_permutexvar_epi16(_mm512_srli_epi16(bytes, 4), tab));
+    _mm512_storeu_si512(out + i + 32, _mm512_permutexvar_epi16(_mm512_and_si512(bytes, low4), tab));
+  }
+}
+
 bool gemv_4bit_fits(int64_t M, int64_t K, int64_t blocksize, bool bf16) {
   const int64_t step = bf16 ? 64 : 32;
   return M >= 1 && M <= 4 && K % step == 0 && blocksize % step == 0;

@@ -102,11 +102,11 @@ bool x_is_bf16(const float* x, int64_t M, int64_t K, DType dt) {
 }
 
 // Rows of x from which the AMX GEMMs take over (from the GEMVs below kGemmRows: a server's
-// decode batch). Measured on the 2-core Xeon, 2 threads, an 8192 x 2048 NF4 + DQ weight (bf16
-// compute): the 4-bit GEMV 1.3 / 2.7 / 5.6 ms at M = 4 / 8 / 16, the AMX path 2.2 / 1.9 / 2.0 ms
-// (bound by the bf16 dequantization, not the tiles); LLM.int8: VNNI 0.70 / 0.89 / 1.08 ms at
-// M = 8 / 12 / 16, AMX 0.90 / 0.89 / 0.86 ms.
-constexpr int64_t kAmxRows = 8, kAmxRowsInt8 = 16;
+// decode batch). Measured on the 2-core Xeon, 2 threads, an 8192 x 2048 weight in L3, best of 5:
+// NF4 + DQ (bf16 compute) GEMV 1.0-1.3 / 2.4-2.7 / 4.8-5.6 ms at M = 4 / 8 / 16, AMX 1.7 ms at 8
+// and 16 (bound by the dequantization to bf16, not the tiles); LLM.int8 VNNI 0.38 / 0.68 / 0.89
+// ms at M = 4 / 8 / 12, AMX 0.57 / 0.59 / 0.61 ms.
+constexpr int64_t kAmxRows = 8, kAmxRowsInt8 = 8;
 
 // Whether the AMX GEMM takes x [M, K] (already rounded to round_to): the Amx level, bf16
 // compute, at least kAmxRows rows, K a multiple of 32 and no x value a bf16 subnormal.
@@ -120,12 +120,12 @@ bool takes_amx(const float* x, int64_t M, int64_t K, DType round_to) {
 // epilogue (bias, rounding to round_to).
 void linear_amx(const float* x, int64_t M, int64_t K, int64_t N, const amx::WChunkFn& w,
                 const std::function<void(int64_t, int64_t)>& fallback, const std::vector<float>& bias,
-                DType round_to, float* out) {
+                DType round_to, float* out, bool pack_order = false) {
   static thread_local std::vector<uint32_t> xp;  // x packed as the AMX B operand
   xp.resize(amx::packed_x_words(M, K));
   uint32_t* xpd = xp.data();
-  const int64_t blocks = (M + 31) / 32 * 2;  // 16-row blocks, the last pair zero-padded
-  parallel_for(blocks, 1, [&](int64_t b0, int64_t b1) { amx::pack_x(x, M, K, b0, b1, xpd); });
+  const int64_t blocks = (M + 15) / 16;  // 16-row blocks, the last zero-padded
+  parallel_for(blocks, 1, [&](int64_t b0, int64_t b1) { amx::pack_x(x, M, K, b0, b1, xpd, pack_order); });
   constexpr int64_t kUnit = 32;  // W rows per unit of work
   const int64_t units = (N + kUnit - 1) / kUnit;
   parallel_for(units, 1, [&](int64_t u0, int64_t u1) {
@@ -291,11 +291,16 @@ void linear_4bit(const float* x_in, int64_t M, int64_t K, const uint8_t* packed,
   // server's decode batch) take several passes over each slice of W's rows, which stays in cache
   // between them, instead of dequantizing every weight to a buffer for the register-tile GEMM.
   if (takes_amx(x, M, K, compute_dtype)) {
+    // W (and x) in pack order where blocks hold whole 64-value steps: one bf16 table a block and
+    // two permutes per 64 weights (vs. f32 lookups, products and conversions per value).
+    const bool pack_order = blocksize % 64 == 0 && K % 64 == 0;
     const bool whole_steps = blocksize % 32 == 0;  // K and the chunks are multiples of 32, too
     const auto rows = [&](int64_t r0, int64_t nr, int64_t k0, int64_t kc, uint16_t* dst, int64_t ld) {
       for (int64_t r = 0; r < nr; ++r) {
         const int64_t e = (r0 + r) * K + k0;
-        if (whole_steps)
+        if (pack_order)
+          avx512::dequantize_4bit_bf16_pack_order(packed, absmax, blocksize, quant_type, e, kc, dst + r * ld);
+        else if (whole_steps)
           avx512::dequantize_4bit_bf16(packed, absmax, blocksize, quant_type, e, kc, dst + r * ld);
         else
           dequantize_4bit_range(packed, absmax, blocksize, quant_type, e, e + kc, dst + r * ld, DType::BF16);
@@ -306,7 +311,7 @@ void linear_4bit(const float* x_in, int64_t M, int64_t K, const uint8_t* packed,
       dequantize_4bit_range(packed, absmax, blocksize, quant_type, n0 * K, n1 * K, wr.data(), DType::BF16);
       gemm_xwt_block(x, M, K, wr.data(), DType::BF16, n1 - n0, out + n0, N);
     };
-    return linear_amx(x, M, K, N, rows, fallback, b, compute_dtype, out);
+    return linear_amx(x, M, K, N, rows, fallback, b, compute_dtype, out, pack_order);
   }
   const int64_t gemv_m = std::min<int64_t>(M, 4);
   if (isa >= Isa::Avx512 && M < kGemmRows) {
@@ -407,7 +412,7 @@ void linear_int8(const float* x, int64_t M, int64_t K, const int8_t* cb, const f
     cap4.resize(amx::packed_i8_words(M, K));
     uint32_t* dst = cap4.data();
     const int8_t* src = ca.data();
-    parallel_for((M + 31) / 32 * 2, 1, [&](int64_t b0, int64_t b1) { amx::pack_i8(src, M, K, b0, b1, dst); });
+    parallel_for((M + 15) / 16, 1, [&](int64_t b0, int64_t b1) { amx::pack_i8(src, M, K, b0, b1, dst); });
   } else if (vnni) {
     cau.resize(size_t(M * K));
     for (size_t i = 0; i < cau.size(); ++i) cau[i] = uint8_t(ca[i]) ^ 0x80;

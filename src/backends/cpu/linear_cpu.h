@@ -9,9 +9,9 @@
 //            decoded in registers by table lookup (no buffer);
 //   4-bit, larger M: a few rows dequantized into a thread-local compute-dtype buffer, then
 //            the dense kernels;
-//   AMX (where the OS grants tiles), bf16 compute from 8 rows (4-bit, or bf16 weights with
-//            bf16 rounding) and LLM.int8 from 16 rows: the weight dequantized to bf16 (or copied)
-//            in chunks and multiplied on tiles (gemm_amx.cpp).
+//   AMX (where the OS grants tiles), from 8 rows: bf16 compute (4-bit, or bf16 weights with
+//            bf16 rounding) and LLM.int8: the weight dequantized to bf16 (or copied) in chunks and
+//            multiplied on tiles (gemm_amx.cpp).
 #pragma once
 
 #include <cstddef>
@@ -118,6 +118,11 @@ bool has_bf16_subnormal(const float* x, int64_t n);
 // compute dtype) into the decoder's order, f32 or bf16 ([M, K] either way); false if bf16 and
 // some x is a bf16 subnormal (vdpbf16ps would read it as zero: use the f32 kernel then).
 bool gemv_4bit_fits(int64_t M, int64_t K, int64_t blocksize, bool bf16);
+// The bf16 dequantization (values exactly dequantize_4bit's) of count values from element begin
+// (begin, count and blocksize multiples of 64; absmax f32 per block) in pack order: of each 64,
+// the 32 even elements then the 32 odd ones, decoded by one bf16 table per block (AVX512_BF16).
+void dequantize_4bit_bf16_pack_order(const uint8_t* packed, const float* absmax, int64_t blocksize,
+                                     DType quant_type, int64_t begin, int64_t count, uint16_t* out);
 bool gemv_4bit_pack_x(const float* x, int64_t M, int64_t K, bool bf16, void* xp);
 // out[m * ldo + r] = x[m] . dequant(row r0 + r), r < nrows.
 void gemv_4bit(const void* xp, int64_t M, int64_t K, const uint8_t* packed, const Absmax4& absmax,
@@ -140,10 +145,13 @@ namespace amx {
 // The AMX bf16 GEMM (gemm_amx.cpp), for isa.h's Amx level, x and W holding bf16 values and
 // no x value a bf16 subnormal. usable: the shapes it takes (K a multiple of 32).
 bool usable(int64_t K);
-// x [M, K] packed as TDPBF16PS' B operand, [ceil(M / 32) * 2][K / 2][16] bf16 pairs (rows past
-// M zero); pack_x writes the 16-row blocks [b0, b1) (threads may split the blocks).
+// x [M, K] packed as TDPBF16PS' B operand, [ceil(M / 16)][K / 2][16] bf16 pairs (rows past M
+// zero); pack_x writes the 16-row blocks [b0, b1) (threads may split the blocks). pack_order:
+// each 64 values of a row taken as the 32 even ones then the 32 odd ones (K % 64 == 0), the
+// order dequantize_4bit_bf16_pack_order writes W in (the dot products are the same).
 size_t packed_x_words(int64_t M, int64_t K);
-void pack_x(const float* x, int64_t M, int64_t K, int64_t b0, int64_t b1, uint32_t* xp);
+void pack_x(const float* x, int64_t M, int64_t K, int64_t b0, int64_t b1, uint32_t* xp,
+            bool pack_order = false);
 // Writes W's rows [r0, r0 + nr) x columns [k0, k0 + kc) as bf16: row r at dst + r * ld.
 using WChunkFn =
     std::function<void(int64_t r0, int64_t nr, int64_t k0, int64_t kc, uint16_t* dst, int64_t ld)>;
@@ -153,7 +161,7 @@ using WChunkFn =
 bool gemm_rows(const uint32_t* xp, int64_t M, int64_t K, const WChunkFn& w, int64_t r0, int64_t nr,
                float* out, int64_t ldo);
 // LLM.int8's int8 products with TDPBSSD (exact int32 sums, as the VNNI kernel's): a [M, K]
-// int8 packed by pack_i8 ([ceil(M / 32) * 2][K / 4][16] groups of 4 values, rows past M zero);
+// int8 packed by pack_i8 ([ceil(M / 16)][K / 4][16] groups of 4 values, rows past M zero);
 // out[m * ldo + r] = sum_k a[m, k] * w[r, k] for r < nr (w: nr rows of K). K % 64 == 0.
 bool usable_i8(int64_t K);
 size_t packed_i8_words(int64_t M, int64_t K);

@@ -158,7 +158,7 @@ namespace {
 // x in groups of 4 / sizeof(T) values a 32-bit word ([m / 16][K / per][16]).
 template <class T, class Acc, class Chunk>
 NIBBLE_AMX bool gemm_rows_t(const uint32_t* xp, int64_t M, int64_t K, const Chunk& w, int64_t r0, int64_t nr,
-                            Acc* out, int64_t ldo) {
+                            Acc* out, int64_t ldo, bool check_subnormals = false) {
   constexpr int64_t per = 4 / int64_t(sizeof(T)), step = 16 * per;  // values a word, a tile row
   const int64_t Mp = round_up(M, 16), words = K / per, ldc = Mp * 4;
   static thread_local std::vector<T> wbuf;    // [kNp][kKc + kPad] a W chunk
@@ -174,7 +174,8 @@ NIBBLE_AMX bool gemm_rows_t(const uint32_t* xp, int64_t M, int64_t K, const Chun
       w(r0 + p0, np, k0, kc, wbuf.data(), ldw);
       for (int64_t r = np; r < npp; ++r) std::memset(wbuf.data() + r * ldw, 0, size_t(kc) * sizeof(T));
       if constexpr (sizeof(T) == 2)
-        for (int64_t r = 0; r < np && ok; ++r) ok = !any_bf16_subnormal(wbuf.data() + r * ldw, kc);
+        if (check_subnormals)
+          for (int64_t r = 0; r < np && ok; ++r) ok = !any_bf16_subnormal(wbuf.data() + r * ldw, kc);
       if (!ok) break;
       int64_t m = 0;
       for (; m + 32 <= Mp; m += 32) {  // 2 x 2 tiles: W rows n .. n + 31, x rows m .. m + 31
@@ -255,9 +256,10 @@ NIBBLE_AMX bool gemm_rows_t(const uint32_t* xp, int64_t M, int64_t K, const Chun
 
 }  // namespace
 
+// (In pack order or not: W and x share the order, the sums are the same.)
 bool gemm_rows(const uint32_t* xp, int64_t M, int64_t K, const WChunkFn& w, int64_t r0, int64_t nr,
-               float* out, int64_t ldo) {
-  return gemm_rows_t<uint16_t>(xp, M, K, w, r0, nr, out, ldo);
+               float* out, int64_t ldo, bool w_may_be_subnormal) {
+  return gemm_rows_t<uint16_t>(xp, M, K, w, r0, nr, out, ldo, w_may_be_subnormal);
 }
 
 bool usable_i8(int64_t K) {

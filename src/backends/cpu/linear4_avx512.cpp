@@ -302,14 +302,22 @@ NIBBLE_AVX512BF16 void dequantize_4bit_bf16_pack_order(const uint8_t* packed, co
                                                        int64_t count, uint16_t* out) {
   const __m512 code = _mm512_loadu_ps(dequant_table_4bit(quant_type));
   const __m512i low4 = _mm512_set1_epi16(15);
-  __m512i tab = _mm512_setzero_si512();
-  for (int64_t i = 0; i < count; i += 64) {
-    const int64_t e = begin + i;
-    if (i == 0 || e % blocksize == 0) tab = _mm512_castsi256_si512(table_bf16(code, absmax[e / blocksize]));
-    const __m512i bytes =
-        _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(packed + e / 2)));
-    _mm512_storeu_si512(out + i, _mm512_permutexvar_epi16(_mm512_srli_epi16(bytes, 4), tab));
-    _mm512_storeu_si512(out + i + 32, _mm512_permutexvar_epi16(_mm512_and_si512(bytes, low4), tab));
+  constexpr int64_t kTables = 64;  // block tables built at a time (two per conversion)
+  alignas(64) __m256i tabs[kTables];
+  for (int64_t i0 = 0; i0 < count;) {
+    const int64_t b0 = (begin + i0) / blocksize;
+    const int64_t nb = std::min(kTables, (begin + count - 1) / blocksize - b0 + 1);
+    tables_bf16(code, absmax + b0, nb, tabs);
+    const int64_t i1 = std::min(count, (b0 + nb) * blocksize - begin);
+    for (int64_t i = i0; i < i1; i += 64) {
+      const int64_t e = begin + i;
+      const __m512i tab = _mm512_castsi256_si512(tabs[e / blocksize - b0]);
+      const __m512i bytes =
+          _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(packed + e / 2)));
+      _mm512_storeu_si512(out + i, _mm512_permutexvar_epi16(_mm512_srli_epi16(bytes, 4), tab));
+      _mm512_storeu_si512(out + i + 32, _mm512_permutexvar_epi16(_mm512_and_si512(bytes, low4), tab));
+    }
+    i0 = i1;
   }
 }
 

@@ -120,7 +120,7 @@ bool takes_amx(const float* x, int64_t M, int64_t K, DType round_to) {
 // epilogue (bias, rounding to round_to).
 void linear_amx(const float* x, int64_t M, int64_t K, int64_t N, const amx::WChunkFn& w,
                 const std::function<void(int64_t, int64_t)>& fallback, const std::vector<float>& bias,
-                DType round_to, float* out, bool pack_order = false) {
+                DType round_to, float* out, bool w_may_be_subnormal, bool pack_order = false) {
   static thread_local std::vector<uint32_t> xp;  // x packed as the AMX B operand
   xp.resize(amx::packed_x_words(M, K));
   uint32_t* xpd = xp.data();
@@ -130,7 +130,7 @@ void linear_amx(const float* x, int64_t M, int64_t K, int64_t N, const amx::WChu
   const int64_t units = (N + kUnit - 1) / kUnit;
   parallel_for(units, 1, [&](int64_t u0, int64_t u1) {
     const int64_t n0 = u0 * kUnit, n1 = std::min(N, u1 * kUnit);
-    if (!amx::gemm_rows(xpd, M, K, w, n0, n1 - n0, out + n0, N)) fallback(n0, n1);
+    if (!amx::gemm_rows(xpd, M, K, w, n0, n1 - n0, out + n0, N, w_may_be_subnormal)) fallback(n0, n1);
     epilogue(out, M, N, n0, n1, bias, round_to);
   });
 }
@@ -266,7 +266,7 @@ void linear(const float* x_in, int64_t M, int64_t K, const void* w, DType wdt, i
     const auto fallback = [&](int64_t n0, int64_t n1) {
       gemm_xwt_block(x, M, K, row_ptr(w, wdt, n0, K), wdt, n1 - n0, out + n0, N);
     };
-    return linear_amx(x, M, K, N, rows, fallback, b, round_to, out);
+    return linear_amx(x, M, K, N, rows, fallback, b, round_to, out, true);
   }
   const bool x_bf16 = x_is_bf16(x, M, K, round_to);
   constexpr int64_t kUnit = 8;  // output features per unit of work
@@ -311,7 +311,8 @@ void linear_4bit(const float* x_in, int64_t M, int64_t K, const uint8_t* packed,
       dequantize_4bit_range(packed, absmax, blocksize, quant_type, n0 * K, n1 * K, wr.data(), DType::BF16);
       gemm_xwt_block(x, M, K, wr.data(), DType::BF16, n1 - n0, out + n0, N);
     };
-    return linear_amx(x, M, K, N, rows, fallback, b, compute_dtype, out, pack_order);
+    // (dequantized 4-bit weights are never bf16 subnormals: gemm_rows needs no check)
+    return linear_amx(x, M, K, N, rows, fallback, b, compute_dtype, out, false, pack_order);
   }
   const int64_t gemv_m = std::min<int64_t>(M, 4);
   if (isa >= Isa::Avx512 && M < kGemmRows) {

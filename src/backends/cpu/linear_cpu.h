@@ -156,10 +156,12 @@ void pack_x(const float* x, int64_t M, int64_t K, int64_t b0, int64_t b1, uint32
 using WChunkFn =
     std::function<void(int64_t r0, int64_t nr, int64_t k0, int64_t kc, uint16_t* dst, int64_t ld)>;
 // out[m * ldo + r] = sum_k x[m, k] * W[r0 + r, k] for m < M, r < nr (one thread), f32 sums.
-// False when a value of these W rows is a bf16 subnormal (TDPBF16PS would read it as zero):
-// out's columns are then partly written and the caller computes them another way.
+// w_may_be_subnormal: each W chunk is checked, and the call returns false when a value of these
+// rows is a bf16 subnormal (TDPBF16PS would read it as zero): out's columns are then partly
+// written and the caller computes them another way. Dequantized 4-bit weights never are (the
+// products are flushed to zero, and a normal f32 rounds to a normal bf16): no check needed.
 bool gemm_rows(const uint32_t* xp, int64_t M, int64_t K, const WChunkFn& w, int64_t r0, int64_t nr,
-               float* out, int64_t ldo);
+               float* out, int64_t ldo, bool w_may_be_subnormal = true);
 // LLM.int8's int8 products with TDPBSSD (exact int32 sums, as the VNNI kernel's): a [M, K]
 // int8 packed by pack_i8 ([ceil(M / 16)][K / 4][16] groups of 4 values, rows past M zero);
 // out[m * ldo + r] = sum_k a[m, k] * w[r, k] for r < nr (w: nr rows of K). K % 64 == 0.

@@ -153,6 +153,30 @@ namespace {
       _tile_dpbssd(C, A, B);      \
   } while (0)
 
+// The accumulator tiles 0-3 from c[0..3] (rows ldc bytes apart), or zeroed (the first chunk).
+template <class Acc>
+NIBBLE_AMX inline void load_acc(bool zero, Acc* const c[4], int64_t ldc) {
+  if (zero) {
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+  } else {
+    _tile_loadd(0, c[0], ldc);
+    _tile_loadd(1, c[1], ldc);
+    _tile_loadd(2, c[2], ldc);
+    _tile_loadd(3, c[3], ldc);
+  }
+}
+
+template <class Acc>
+NIBBLE_AMX inline void store_acc(Acc* const c[4], int64_t ldc) {
+  _tile_stored(0, c[0], ldc);
+  _tile_stored(1, c[1], ldc);
+  _tile_stored(2, c[2], ldc);
+  _tile_stored(3, c[3], ldc);
+}
+
 // The kernel for both element types: T = uint16_t (bf16 values, TDPBF16PS into f32) or int8_t
 // (TDPBSSD into int32). A tile step covers 64 bytes of K (32 bf16 or 64 int8 values); xp holds
 // x in groups of 4 / sizeof(T) values a 32-bit word ([m / 16][K / per][16]).
@@ -184,17 +208,8 @@ NIBBLE_AMX bool gemm_rows_t(const uint32_t* xp, int64_t M, int64_t K, const Chun
         for (int64_t n = 0; n < npp; n += 32) {
           Acc* c0 = cbuf.data() + n * Mp + m;  // C^T rows n .. n + 15
           Acc* c1 = c0 + 16 * Mp;              // C^T rows n + 16 .. n + 31
-          if (k0 == 0) {
-            _tile_zero(0);
-            _tile_zero(1);
-            _tile_zero(2);
-            _tile_zero(3);
-          } else {
-            _tile_loadd(0, c0, ldc);
-            _tile_loadd(1, c0 + 16, ldc);
-            _tile_loadd(2, c1, ldc);
-            _tile_loadd(3, c1 + 16, ldc);
-          }
+          Acc* const c[4] = {c0, c0 + 16, c1, c1 + 16};
+          load_acc(k0 == 0, c, ldc);
           const T* a0 = wbuf.data() + n * ldw;
           const T* a1 = a0 + 16 * ldw;
           for (int64_t k = 0; k < kc; k += step) {
@@ -207,29 +222,17 @@ NIBBLE_AMX bool gemm_rows_t(const uint32_t* xp, int64_t M, int64_t K, const Chun
             NIBBLE_TILE_DOT(2, 5, 6);
             NIBBLE_TILE_DOT(3, 5, 7);
           }
-          _tile_stored(0, c0, ldc);
-          _tile_stored(1, c0 + 16, ldc);
-          _tile_stored(2, c1, ldc);
-          _tile_stored(3, c1 + 16, ldc);
+          store_acc(c, ldc);
         }
       }
       if (m < Mp) {  // one block of 16 x rows left (a decode batch of up to 16): 4 x 1 tiles over
                      // 64 W rows, 5 tile loads a step for 4 multiplies
         const uint32_t* b0 = xp + ((m / 16) * words + k0 / per) * 16;
         for (int64_t n = 0; n < npp; n += 64) {
-          Acc* c = cbuf.data() + n * Mp + m;  // C^T rows n + 16 j, j < 4
-          if (k0 == 0) {
-            _tile_zero(0);
-            _tile_zero(1);
-            _tile_zero(2);
-            _tile_zero(3);
-          } else {
-            _tile_loadd(0, c, ldc);
-            _tile_loadd(1, c + 16 * Mp, ldc);
-            _tile_loadd(2, c + 32 * Mp, ldc);
-            _tile_loadd(3, c + 48 * Mp, ldc);
-          }
-          const T* a = wbuf.data() + n * ldw;
+          Acc* const c0 = cbuf.data() + n * Mp + m;  // C^T rows n + 16 j, j < 4
+          Acc* const c[4] = {c0, c0 + 16 * Mp, c0 + 32 * Mp, c0 + 48 * Mp};
+          load_acc(k0 == 0, c, ldc);
+          const T* a = wbuf.data() + n * ldw;  // W rows n .. n + 63
           for (int64_t k = 0; k < kc; k += step) {
             _tile_loadd(7, b0 + k / per * 16, 64);
             _tile_loadd(4, a + k, lda);
@@ -241,10 +244,7 @@ NIBBLE_AMX bool gemm_rows_t(const uint32_t* xp, int64_t M, int64_t K, const Chun
             _tile_loadd(4, a + 48 * ldw + k, lda);
             NIBBLE_TILE_DOT(3, 4, 7);
           }
-          _tile_stored(0, c, ldc);
-          _tile_stored(1, c + 16 * Mp, ldc);
-          _tile_stored(2, c + 32 * Mp, ldc);
-          _tile_stored(3, c + 48 * Mp, ldc);
+          store_acc(c, ldc);
         }
       }
     }

@@ -107,38 +107,64 @@ size_t packed_x_words(int64_t M, int64_t K) {
   return size_t(round_up(M, 16) * (K / 2));
 }
 
-NIBBLE_AMX void pack_x(const float* x, int64_t M, int64_t K, int64_t b0, int64_t b1, uint32_t* xp,
-                       bool pack_order) {
-  const int64_t half = K / 2;
-  // pack order: of each 64 values, the 32 even ones, then the 32 odd ones
-  const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
-  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
-  for (int64_t b = b0; b < b1; ++b) {  // 16 rows of x
-    uint32_t* dst = xp + b * half * 16;
-    for (int64_t k = 0; k < K; k += 32) {
+namespace {
+
+// The 16-row blocks [b0, b1) of a row-major source as the tiles' B operand: 16 words (64 bytes)
+// of each row at a time, transposed so a word of the 16 rows is contiguous ([b][words][16]);
+// rows past M are zero. load(m, w0): the 16 words of row m from word w0.
+template <class Load>
+NIBBLE_AMX void pack_blocks(const Load& load, int64_t M, int64_t words, int64_t b0, int64_t b1,
+                            uint32_t* out) {
+  for (int64_t b = b0; b < b1; ++b) {
+    uint32_t* dst = out + b * words * 16;
+    for (int64_t w0 = 0; w0 < words; w0 += 16) {
       __m512i v[16];
       for (int i = 0; i < 16; ++i) {
         const int64_t m = b * 16 + i;
-        if (m >= M) {
-          v[i] = _mm512_setzero_si512();
-          continue;
-        }
-        __m512 lo, hi;  // the 32 values at positions k .. k + 31 (bf16 values held in f32)
-        if (pack_order) {
-          const float* c = x + m * K + k / 64 * 64;
-          const __m512i sel = k % 64 == 0 ? even : odd;
-          lo = _mm512_permutex2var_ps(_mm512_loadu_ps(c), sel, _mm512_loadu_ps(c + 16));
-          hi = _mm512_permutex2var_ps(_mm512_loadu_ps(c + 32), sel, _mm512_loadu_ps(c + 48));
-        } else {
-          lo = _mm512_loadu_ps(x + m * K + k);
-          hi = _mm512_loadu_ps(x + m * K + k + 16);
-        }
-        v[i] = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(hi, lo));  // exact: bf16 values
+        v[i] = m < M ? load(m, w0) : _mm512_setzero_si512();
       }
-      transpose16(v);  // v[j] = pair k / 2 + j of the 16 rows
-      for (int j = 0; j < 16; ++j) _mm512_storeu_si512(dst + (k / 2 + j) * 16, v[j]);
+      transpose16(v);  // v[j] = word w0 + j of the 16 rows
+      for (int j = 0; j < 16; ++j) _mm512_storeu_si512(dst + (w0 + j) * 16, v[j]);
     }
   }
+}
+
+// Word w of row m: bf16 values 2w and 2w + 1 of x (held in f32: the conversion is exact), or in
+// pack order (of each 64 values, the 32 even ones, then the 32 odd ones) the values there.
+struct Bf16Words {
+  const float* x;
+  int64_t K;
+  bool pack_order;
+  NIBBLE_AMX __m512i operator()(int64_t m, int64_t w0) const {
+    const int64_t k = 2 * w0;
+    __m512 lo, hi;  // the 32 values at positions k .. k + 31
+    if (pack_order) {
+      const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+      const __m512i sel = k % 64 == 0 ? even : _mm512_add_epi32(even, _mm512_set1_epi32(1));
+      const float* c = x + m * K + k / 64 * 64;
+      lo = _mm512_permutex2var_ps(_mm512_loadu_ps(c), sel, _mm512_loadu_ps(c + 16));
+      hi = _mm512_permutex2var_ps(_mm512_loadu_ps(c + 32), sel, _mm512_loadu_ps(c + 48));
+    } else {
+      lo = _mm512_loadu_ps(x + m * K + k);
+      hi = _mm512_loadu_ps(x + m * K + k + 16);
+    }
+    return reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(hi, lo));
+  }
+};
+
+// Word w of row m: int8 values 4w .. 4w + 3 of a.
+struct Int8Words {
+  const int8_t* a;
+  int64_t K;
+  NIBBLE_AMX __m512i operator()(int64_t m, int64_t w0) const {
+    return _mm512_loadu_si512(a + m * K + 4 * w0);
+  }
+};
+
+}  // namespace
+
+void pack_x(const float* x, int64_t M, int64_t K, int64_t b0, int64_t b1, uint32_t* xp, bool pack_order) {
+  pack_blocks(Bf16Words{x, K, pack_order}, M, K / 2, b0, b1, xp);
 }
 
 namespace {
@@ -270,20 +296,8 @@ size_t packed_i8_words(int64_t M, int64_t K) {
   return size_t(round_up(M, 16) * (K / 4));
 }
 
-NIBBLE_AMX void pack_i8(const int8_t* a, int64_t M, int64_t K, int64_t b0, int64_t b1, uint32_t* ap) {
-  const int64_t words = K / 4;
-  for (int64_t b = b0; b < b1; ++b) {  // 16 rows of a
-    uint32_t* dst = ap + b * words * 16;
-    for (int64_t k = 0; k < K; k += 64) {
-      __m512i v[16];
-      for (int i = 0; i < 16; ++i) {
-        const int64_t m = b * 16 + i;
-        v[i] = m < M ? _mm512_loadu_si512(a + m * K + k) : _mm512_setzero_si512();
-      }
-      transpose16(v);  // v[j] = values k + 4 j .. k + 4 j + 3 of the 16 rows
-      for (int j = 0; j < 16; ++j) _mm512_storeu_si512(dst + (k / 4 + j) * 16, v[j]);
-    }
-  }
+void pack_i8(const int8_t* a, int64_t M, int64_t K, int64_t b0, int64_t b1, uint32_t* ap) {
+  pack_blocks(Int8Words{a, K}, M, K / 4, b0, b1, ap);
 }
 
 void gemm_i8_rows(const uint32_t* ap, int64_t M, int64_t K, const int8_t* w, int64_t nr, int32_t* out,

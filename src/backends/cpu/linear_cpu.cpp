@@ -293,15 +293,13 @@ void linear_4bit(const float* x_in, int64_t M, int64_t K, const uint8_t* packed,
   if (takes_amx(x, M, K, compute_dtype)) {
     // W (and x) in pack order where blocks hold whole 64-value steps: one bf16 table a block and
     // two permutes per 64 weights (vs. f32 lookups, products and conversions per value).
+    // (Otherwise dequantize_4bit_range, whose bf16 output takes the AVX512_BF16 kernel too.)
     const bool pack_order = blocksize % 64 == 0 && K % 64 == 0;
-    const bool whole_steps = blocksize % 32 == 0;  // K and the chunks are multiples of 32, too
     const auto rows = [&](int64_t r0, int64_t nr, int64_t k0, int64_t kc, uint16_t* dst, int64_t ld) {
       for (int64_t r = 0; r < nr; ++r) {
         const int64_t e = (r0 + r) * K + k0;
         if (pack_order)
           avx512::dequantize_4bit_bf16_pack_order(packed, absmax, blocksize, quant_type, e, kc, dst + r * ld);
-        else if (whole_steps)
-          avx512::dequantize_4bit_bf16(packed, absmax, blocksize, quant_type, e, kc, dst + r * ld);
         else
           dequantize_4bit_range(packed, absmax, blocksize, quant_type, e, e + kc, dst + r * ld, DType::BF16);
       }

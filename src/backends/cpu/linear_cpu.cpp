@@ -116,11 +116,11 @@ bool takes_amx(const float* x, int64_t M, int64_t K, DType round_to) {
 }
 
 // out[:, 0:N) through the AMX GEMM, threads splitting W's rows; W's rows come from `w` a chunk at
-// a time. Rows whose W holds a bf16 subnormal are computed by fallback(n0, n1) instead. Then the
-// epilogue (bias, rounding to round_to).
+// a time. With a fallback, W is checked for bf16 subnormals and rows holding one are computed by
+// fallback(n0, n1) instead (no fallback: W cannot hold one). Then the epilogue (bias, rounding).
 void linear_amx(const float* x, int64_t M, int64_t K, int64_t N, const amx::WChunkFn& w,
                 const std::function<void(int64_t, int64_t)>& fallback, const std::vector<float>& bias,
-                DType round_to, float* out, bool w_may_be_subnormal, bool pack_order = false) {
+                DType round_to, float* out, bool pack_order = false) {
   static thread_local std::vector<uint32_t> xp;  // x packed as the AMX B operand
   xp.resize(amx::packed_x_words(M, K));
   uint32_t* xpd = xp.data();
@@ -130,7 +130,7 @@ void linear_amx(const float* x, int64_t M, int64_t K, int64_t N, const amx::WChu
   const int64_t units = (N + kUnit - 1) / kUnit;
   parallel_for(units, 1, [&](int64_t u0, int64_t u1) {
     const int64_t n0 = u0 * kUnit, n1 = std::min(N, u1 * kUnit);
-    if (!amx::gemm_rows(xpd, M, K, w, n0, n1 - n0, out + n0, N, w_may_be_subnormal)) fallback(n0, n1);
+    if (!amx::gemm_rows(xpd, M, K, w, n0, n1 - n0, out + n0, N, bool(fallback))) fallback(n0, n1);
     epilogue(out, M, N, n0, n1, bias, round_to);
   });
 }
@@ -266,7 +266,7 @@ void linear(const float* x_in, int64_t M, int64_t K, const void* w, DType wdt, i
     const auto fallback = [&](int64_t n0, int64_t n1) {
       gemm_xwt_block(x, M, K, row_ptr(w, wdt, n0, K), wdt, n1 - n0, out + n0, N);
     };
-    return linear_amx(x, M, K, N, rows, fallback, b, round_to, out, true);
+    return linear_amx(x, M, K, N, rows, fallback, b, round_to, out);
   }
   const bool x_bf16 = x_is_bf16(x, M, K, round_to);
   constexpr int64_t kUnit = 8;  // output features per unit of work
@@ -287,9 +287,6 @@ void linear_4bit(const float* x_in, int64_t M, int64_t K, const uint8_t* packed,
   const Isa isa = active_isa();
   constexpr int64_t kRows = 8;  // GEMV rows per unit of work
   const int64_t gemv_units = (N + kRows - 1) / kRows;
-  // GEMV: decode in registers, no weight buffer. Up to 4 rows of x per pass; 5..23 rows (a
-  // server's decode batch) take several passes over each slice of W's rows, which stays in cache
-  // between them, instead of dequantizing every weight to a buffer for the register-tile GEMM.
   if (takes_amx(x, M, K, compute_dtype)) {
     // W (and x) in pack order where blocks hold whole 64-value steps: one bf16 table a block and
     // two permutes per 64 weights (vs. f32 lookups, products and conversions per value).
@@ -304,14 +301,12 @@ void linear_4bit(const float* x_in, int64_t M, int64_t K, const uint8_t* packed,
           dequantize_4bit_range(packed, absmax, blocksize, quant_type, e, e + kc, dst + r * ld, DType::BF16);
       }
     };
-    const auto fallback = [&](int64_t n0, int64_t n1) {  // the fp32 GEMM over the dequantized rows
-      std::vector<uint16_t> wr(size_t((n1 - n0) * K));
-      dequantize_4bit_range(packed, absmax, blocksize, quant_type, n0 * K, n1 * K, wr.data(), DType::BF16);
-      gemm_xwt_block(x, M, K, wr.data(), DType::BF16, n1 - n0, out + n0, N);
-    };
-    // (dequantized 4-bit weights are never bf16 subnormals: gemm_rows needs no check)
-    return linear_amx(x, M, K, N, rows, fallback, b, compute_dtype, out, false, pack_order);
+    // dequantized 4-bit weights are never bf16 subnormals: no check, so no fallback
+    return linear_amx(x, M, K, N, rows, nullptr, b, compute_dtype, out, pack_order);
   }
+  // GEMV: decode in registers, no weight buffer. Up to 4 rows of x per pass; 5..23 rows (a
+  // server's decode batch, where AMX is not taken) take several passes over each slice of W's
+  // rows, which stays in cache between them, instead of dequantizing every weight to a buffer.
   const int64_t gemv_m = std::min<int64_t>(M, 4);
   if (isa >= Isa::Avx512 && M < kGemmRows) {
     static thread_local std::vector<float> xp;  // [M, K] x in the decoder's order (f32 or bf16)
@@ -400,7 +395,7 @@ void linear_int8(const float* x, int64_t M, int64_t K, const int8_t* cb, const f
   const Isa isa = active_isa();
   // AVX512_VNNI comes with the Avx512Bf16 level (isa.h); its int32 sums are exact for K < 2^16.
   const bool vnni = isa >= Isa::Avx512Bf16 && K < (int64_t(1) << 16);
-  // AMX (TDPBSSD) for prefill-sized M: the same exact int32 sums.
+  // AMX (TDPBSSD) from kAmxRowsInt8 rows: the same exact int32 sums.
   const bool amx = vnni && M >= kAmxRowsInt8 && isa >= Isa::Amx && amx::usable_i8(K);
   const bool simd = !vnni && isa >= Isa::Avx2;
   static thread_local std::vector<int16_t> ca16;  // [M, K] widened once for the AVX2 kernel

@@ -17,6 +17,7 @@
 #ifdef NIBBLE_WITH_CUDA
 #include <cuda_runtime.h>
 
+#include "backends/cuda/attention_tc.h"
 #include "backends/cuda/nn_cuda.h"
 #endif
 
@@ -171,11 +172,11 @@ TEST(NnCuda, RopeKvWriteEqualsRopeThenCopies) {
   SCOPED_TRACE(::testing::Message() << "seed " << seed);
   std::mt19937_64 rng(seed);
   int cases = 0;
-  for (int64_t T : {1, 5})
+  for (int64_t T : {1, 5, 20, 41})      // a block a head (decode), a block a token (from 16)
     for (int64_t rot_frac : {0, 1, 2})  // no rope, full, half
       for (DType dt : {DType::F32, DType::BF16, DType::F16})
         for (bool dev_row : {false, true}) {
-          const int64_t Hq = 6, Hkv = 2, D = 64, cap = 12, row0 = 3;
+          const int64_t Hq = 6, Hkv = 2, D = 64, cap = 48, row0 = 3;
           const int64_t rot = rot_frac == 0 ? 0 : D / rot_frac;
           auto q = randn(size_t(T * Hq * D), rng), k = randn(size_t(T * Hkv * D), rng),
                v = randn(size_t(T * Hkv * D), rng);
@@ -209,7 +210,7 @@ TEST(NnCuda, RopeKvWriteEqualsRopeThenCopies) {
           EXPECT_EQ(down<uint8_t>(dvc, cbytes), vref) << "v cache " << dtype_name(dt);
           ++cases;
         }
-  EXPECT_EQ(cases, 2 * 3 * 3 * 2);
+  EXPECT_EQ(cases, 4 * 3 * 3 * 2);
 }
 
 TEST(NnCuda, EmbeddingCopyRopeArgmaxLse) {
@@ -298,6 +299,7 @@ struct AttnCase {
   float softcap;
   bool alibi;
   DType kv;
+  bool tc = false;  // the case takes the tensor-core prefill kernel
 };
 
 void check_attention(const AttnCase& c, std::mt19937_64& rng) {
@@ -317,30 +319,49 @@ void check_attention(const AttnCase& c, std::mt19937_64& rng) {
     std::copy_n(k.begin() + s * ldk, c.Hkv * D, kc.begin() + s * c.Hkv * D);
     std::copy_n(v.begin() + s * ldv, c.Hkv * D, vc.begin() + s * c.Hkv * D);
   }
-  cpu::AttentionShape sh;
-  sh.T = c.T, sh.S = c.S, sh.Hq = c.Hq, sh.Hkv = c.Hkv, sh.D = D, sh.Dv = D;
-  sh.scale = 1.0f / std::sqrt(float(D)), sh.q_offset = c.q_offset, sh.window = c.window,
-  sh.softcap = c.softcap;
-  sh.alibi = c.alibi ? slopes.data() : nullptr;
-  std::vector<float> ref(size_t(c.T * c.Hq * D));
-  cpu::attention(qc.data(), kc.data(), vc.data(), sh, ref.data());
-
-  Dev dq(q.size() * 4), dk(kb.size()), dv(vb.size()), ds(slopes.size() * 4), dout(ref.size() * 4);
+  Dev dq(q.size() * 4), dk(kb.size()), dv(vb.size()), ds(slopes.size() * 4), dout(qc.size() * 4);
   up(dq, q), up(dk, kb), up(dv, vb), up(ds, slopes);
-  std::vector<float> poison(ref.size(), NAN);
+  std::vector<float> poison(qc.size(), NAN);
   up(dout, poison);
   cuda::Attention a;
-  a.T = c.T, a.S = c.S, a.Hq = c.Hq, a.Hkv = c.Hkv, a.D = D, a.Dv = D, a.scale = sh.scale;
+  a.T = c.T, a.S = c.S, a.Hq = c.Hq, a.Hkv = c.Hkv, a.D = D, a.Dv = D, a.scale = 1.0f / std::sqrt(float(D));
   a.q_offset = c.q_offset, a.window = c.window, a.softcap = c.softcap,
   a.alibi = c.alibi ? ds.as<float>() : nullptr;
   a.q = dq.as<float>(), a.ldq = ldq, a.k = dk.p, a.v = dv.p, a.kv_dtype = c.kv, a.ldk = ldk, a.ldv = ldv;
   a.out = dout.as<float>();
+  // tensor cores round q and the softmax weights to the cache dtype: the reference takes q so rounded
+  const bool tc = cuda::attention_prefill_tc_fits(a);
+  EXPECT_EQ(tc, c.tc) << "which kernel the case is meant for";
+  if (tc) encode(qc, c.kv);
+  cpu::AttentionShape sh;
+  sh.T = c.T, sh.S = c.S, sh.Hq = c.Hq, sh.Hkv = c.Hkv, sh.D = D, sh.Dv = D;
+  sh.scale = a.scale, sh.q_offset = c.q_offset, sh.window = c.window, sh.softcap = c.softcap;
+  sh.alibi = c.alibi ? slopes.data() : nullptr;
+  std::vector<float> ref(qc.size());
+  cpu::attention(qc.data(), kc.data(), vc.data(), sh, ref.data());
   const size_t wb = cuda::attention_workspace_bytes(a);
   Dev dw(wb);
   cuda::Launch l;
   l.workspace = dw.p, l.workspace_bytes = wb;
   cuda::attention(l, a);
-  EXPECT_TRUE(close(down<float>(dout, ref.size()), ref, 2e-5));
+  const auto got = down<float>(dout, ref.size());
+  if (!tc) {
+    EXPECT_TRUE(close(got, ref, 2e-5));
+    return;
+  }
+  // Each weight p_j is rounded once (relative error <= u, u = 2^-9 bf16, 2^-12 f16), so an output
+  // is off by at most u * max |v| and, the roundings being independent, by about u / sqrt(3) of the
+  // output's scale in the mean square (a key missed or counted twice is ~1 / sqrt(S) of it).
+  const double u = c.kv == DType::BF16 ? 0x1p-9 : 0x1p-12;
+  double vmax = 0.0, e2 = 0.0, r2 = 0.0, emax = 0.0;
+  for (float x : vc) vmax = std::max(vmax, double(std::fabs(x)));
+  for (size_t i = 0; i < ref.size(); ++i) {
+    const double e = double(got[i]) - double(ref[i]);
+    e2 += e * e, r2 += double(ref[i]) * double(ref[i]);
+    emax = std::max(emax, std::isnan(e) ? INFINITY : std::fabs(e));
+  }
+  EXPECT_LE(emax, 1.01 * u * vmax + 1e-5);
+  EXPECT_LE(std::sqrt(e2), 2.0 * u * std::sqrt(r2)) << "root mean square error against the output's";
 }
 
 TEST(NnCuda, Attention) {
@@ -349,18 +370,27 @@ TEST(NnCuda, Attention) {
   SCOPED_TRACE(::testing::Message() << "seed " << seed);
   std::mt19937_64 rng(seed);
   for (DType kv : {DType::F32, DType::BF16, DType::F16}) {
+    const bool half = kv != DType::F32;  // a 16-bit cache: prefill (16 or more rows) on tensor cores
     for (int64_t T : {1, 2, 5, 16, 100, 513})
       for (int64_t off : {int64_t(0), int64_t(37)})
-        check_attention({T, T + off, 4, 2, 64, off, 0, 0, false, kv}, rng);
+        check_attention({T, T + off, 4, 2, 64, off, 0, 0, false, kv, half && T >= 16}, rng);
     for (int64_t D : {64, 80, 96, 128, 256, 40, 200})
       check_attention({3, 300, 8, 2, D, 297, 0, 0, false, kv}, rng);
     check_attention({1, 4999, 8, 1, 128, 4998, 0, 0, false, kv}, rng);  // long decode, many splits
-    check_attention({16, 2000, 4, 4, 128, 1984, 0, 0, false, kv}, rng);
+    check_attention({16, 2000, 4, 4, 128, 1984, 0, 0, false, kv, half}, rng);
     check_attention({5, 700, 4, 2, 128, 695, 256, 0, false, kv}, rng);  // sliding window
-    check_attention({100, 100, 4, 2, 64, 0, 17, 0, false, kv}, rng);
+    check_attention({100, 100, 4, 2, 64, 0, 17, 0, false, kv, half}, rng);
     check_attention({9, 509, 8, 4, 256, 500, 0, 50.0f, false, kv}, rng);  // Gemma-2 softcap
     check_attention({7, 333, 6, 6, 96, 326, 0, 0, true, kv}, rng);        // ALiBi
-    check_attention({50, 50, 4, 1, 80, 0, 0, 0, true, kv}, rng);
+    check_attention({50, 50, 4, 1, 80, 0, 0, 0, true, kv, half}, rng);
+    // prefill shapes for the tensor-core kernel: every head dim it takes, GQA 8:1, a window over
+    // several key tiles, soft-capping, chunked prefill after a long cache, and D = 256 (not taken)
+    for (int64_t D : {32, 80, 96, 128}) check_attention({77, 207, 6, 3, D, 130, 0, 0, false, kv, half}, rng);
+    check_attention({200, 200, 8, 1, 128, 0, 0, 0, false, kv, half}, rng);
+    check_attention({300, 1000, 4, 2, 128, 700, 100, 0, false, kv, half}, rng);
+    check_attention({64, 200, 4, 2, 128, 136, 0, 30.0f, false, kv, half}, rng);
+    check_attention({130, 130, 4, 2, 64, 0, 0, 0, true, kv, half}, rng);
+    check_attention({40, 40, 2, 1, 256, 0, 0, 0, false, kv}, rng);
   }
 }
 

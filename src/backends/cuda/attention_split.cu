@@ -1,4 +1,5 @@
-// Causal attention over a KV cache (nn_cuda.h). Prefill (32 or more query rows): a tiled kernel
+// Causal attention over a KV cache (nn_cuda.h). Prefill over a 16-bit cache: tensor cores where the
+// shape fits (attention_tc.cu). Other prefill (32 or more query rows): a tiled kernel
 // whose key/value tiles in shared memory serve a block's rows. Otherwise flash-decoding style: the key range
 // [0, S) is cut into n_split chunks; block (split, i * Hq + h) runs an online softmax of query row i, head h
 // over its chunk (one warp per key, lanes over the head dim, lane + 32 e for e < 8 so D <= 256 and the K/V
@@ -10,6 +11,7 @@
 #include <algorithm>
 #include <cstdlib>
 
+#include "backends/cuda/attention_tc.h"
 #include "backends/cuda/check.h"
 #include "backends/cuda/launch_util.cuh"
 #include "backends/cuda/nn_cuda.h"
@@ -300,7 +302,7 @@ void check(const Attention& a) {
 }  // namespace
 
 size_t attention_workspace_bytes(const Attention& a) {
-  if (use_prefill(a)) return 0;
+  if (use_prefill(a) || attention_prefill_tc_fits(a)) return 0;
   const int ns = n_splits(a);
   return ns == 1 ? 0 : size_t(a.T * a.Hq) * size_t(ns) * size_t(a.Dv + 2) * sizeof(float);
 }
@@ -311,6 +313,11 @@ void attention(const Launch& l, const Attention& a) {
   int prev = 0;
   NIBBLE_CUDA_CHECK(cudaGetDevice(&prev));
   if (prev != l.device) NIBBLE_CUDA_CHECK(cudaSetDevice(l.device));
+  if (attention_prefill_tc_fits(a)) {  // 16-bit caches: tensor cores (attention_tc.cu)
+    attention_prefill_tc(l, a);
+    if (prev != l.device) NIBBLE_CUDA_CHECK(cudaSetDevice(prev));
+    return;
+  }
   if (use_prefill(a)) {
     Params p{a.T,     a.S,       a.Hq,    a.Hkv, a.D, a.Dv, a.q_offset, a.window, a.ldq, a.ldk,   a.ldv,  0,
              a.scale, a.softcap, a.alibi, a.q,   a.k, a.v,  a.out,      nullptr,  1,     nullptr, nullptr};

@@ -76,6 +76,9 @@ void apply_rope(const Launch& l, float* x, int64_t ld_x, int64_t T, int64_t H, i
 // j <= q_offset + i (and i + q_offset - j < window when window > 0); softcap > 0 caps the
 // logits; alibi (device [Hq] or nullptr) adds slope * j. Decode (small T) splits S over blocks
 // (flash decoding) so long contexts fill the GPU; the split's partials live in the workspace.
+// Math in f32, except prefill (16 or more rows) over a 16-bit cache on tensor cores: q and the
+// softmax weights are then rounded to the cache dtype before their products, as flash attention
+// does in bf16/f16 (NIBBLE_ATTN_TC=0 keeps the f32 kernels).
 struct Attention {
   int64_t T = 0, S = 0, Hq = 0, Hkv = 0, D = 0, Dv = 0;
   float scale = 1.0f;

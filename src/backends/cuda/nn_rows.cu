@@ -206,17 +206,12 @@ __device__ __forceinline__ void store_as(void* base, int64_t i, float v) {
     static_cast<__nv_bfloat16*>(base)[i] = __float2bfloat16_rn(v);
 }
 
+// Head j of token t: threads i, i + n, ... of the ones given over its dims.
 template <class T>
-__global__ void rope_kv_kernel(RopeKv a) {
-  dev::pdl_launch_dependents();
-  dev::pdl_wait();
-  const int64_t heads = a.Hq + 2 * a.Hkv;
-  const int64_t t = blockIdx.x / heads, j = blockIdx.x % heads;
+__device__ __forceinline__ void rope_kv_head(const RopeKv& a, int64_t t, int64_t j, int i, int n) {
   const int64_t row = a.table ? a.row0_dev[t] : (a.row0_dev ? *a.row0_dev : a.row0) + t;
-  if (a.table) {
-    a.kc = reinterpret_cast<void*>(a.table[t]);
-    a.vc = reinterpret_cast<void*>(a.table[a.T + t]);
-  }
+  void* kc = a.table ? reinterpret_cast<void*>(a.table[t]) : a.kc;
+  void* vc = a.table ? reinterpret_cast<void*>(a.table[a.T + t]) : a.vc;
   const int64_t half = a.rot_dim / 2;
   if (j < a.Hq + a.Hkv) {
     const bool is_q = j < a.Hq;
@@ -224,24 +219,42 @@ __global__ void rope_kv_kernel(RopeKv a) {
     float* v = is_q ? a.q + t * a.ldq + h * a.D : a.k + t * a.ldk + h * a.D;
     const float* c = a.cos + t * half;
     const float* s = a.sin + t * half;
-    for (int64_t d = threadIdx.x; d < half; d += blockDim.x) {
+    for (int64_t d = i; d < half; d += n) {
       const float x0 = v[d], x1 = v[d + half];
       const float r0 = __fsub_rn(__fmul_rn(x0, c[d]), __fmul_rn(x1, s[d]));
       const float r1 = __fadd_rn(__fmul_rn(x1, c[d]), __fmul_rn(x0, s[d]));
       v[d] = r0, v[d + half] = r1;
       if (!is_q) {
-        store_as<T>(a.kc, row * a.ldc + h * a.D + d, r0);
-        store_as<T>(a.kc, row * a.ldc + h * a.D + d + half, r1);
+        store_as<T>(kc, row * a.ldc + h * a.D + d, r0);
+        store_as<T>(kc, row * a.ldc + h * a.D + d + half, r1);
       }
     }
     if (!is_q)
-      for (int64_t d = a.rot_dim + threadIdx.x; d < a.D; d += blockDim.x)
-        store_as<T>(a.kc, row * a.ldc + h * a.D + d, v[d]);
+      for (int64_t d = a.rot_dim + i; d < a.D; d += n) store_as<T>(kc, row * a.ldc + h * a.D + d, v[d]);
     return;
   }
   const int64_t h = j - a.Hq - a.Hkv;
   const float* v = a.v + t * a.ldv + h * a.D;
-  for (int64_t d = threadIdx.x; d < a.D; d += blockDim.x) store_as<T>(a.vc, row * a.ldc + h * a.D + d, v[d]);
+  for (int64_t d = i; d < a.D; d += n) store_as<T>(vc, row * a.ldc + h * a.D + d, v[d]);
+}
+
+// Few tokens (decode): block (t, j), its threads over the head's dims.
+template <class T>
+__global__ void rope_kv_kernel(RopeKv a) {
+  dev::pdl_launch_dependents();
+  dev::pdl_wait();
+  const int64_t heads = a.Hq + 2 * a.Hkv;
+  rope_kv_head<T>(a, blockIdx.x / heads, blockIdx.x % heads, threadIdx.x, blockDim.x);
+}
+
+// Many tokens (prefill): block t, a warp a head at a time (7B prefill-512 on an H100: the block
+// a head form launched 49k blocks of 128 threads, half of them idle, 61 us a layer).
+template <class T>
+__global__ void rope_kv_rows_kernel(RopeKv a) {
+  dev::pdl_launch_dependents();
+  dev::pdl_wait();
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  for (int64_t j = warp; j < a.Hq + 2 * a.Hkv; j += warps) rope_kv_head<T>(a, blockIdx.x, j, lane, 32);
 }
 
 __global__ void argmax_kernel(const float* x, int64_t V, int64_t* out) {
@@ -396,12 +409,18 @@ void apply_rope(const Launch& l, float* x, int64_t ld_x, int64_t T, int64_t H, i
   NIBBLE_CUDA_CHECK_LAUNCH();
 }
 
+// Tokens from which rope_kv_write launches a block a token rather than a block a head.
+constexpr int64_t kRopeRowsFrom = 16;
+
 void rope_kv_write(const Launch& l, const RopeKv& a, DType cache_dt) {
   if (a.T == 0) return;
   DeviceScope ds(l.device);
   with_float_dtype("cuda::rope_kv_write", cache_dt, [&](auto T) {
-    cuda::launch(rope_kv_kernel<decltype(T)>, dim3(unsigned(a.T * (a.Hq + 2 * a.Hkv))), dim3(128), 0,
-                 as_stream(l.stream), a);
+    if (a.T >= kRopeRowsFrom)
+      cuda::launch(rope_kv_rows_kernel<decltype(T)>, dim3(unsigned(a.T)), dim3(256), 0, as_stream(l.stream), a);
+    else
+      cuda::launch(rope_kv_kernel<decltype(T)>, dim3(unsigned(a.T * (a.Hq + 2 * a.Hkv))), dim3(128), 0,
+                   as_stream(l.stream), a);
   });
   NIBBLE_CUDA_CHECK_LAUNCH();
 }

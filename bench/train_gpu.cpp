@@ -7,7 +7,9 @@
 // over the bf16 GEMM rate measured in the same run; attention and the LoRA terms not counted)
 // and ../shared/PEERS.md's transformers + peft + bitsandbytes rows (measured on an H200).
 //   train_gpu [--shapes llama32_1b,llama2_7b] [--dir DIR] [--steps N] [--checkpointing 0|1|both]
-//             [--json PATH]
+//             [--json PATH] [--profile 1]
+// --profile 1: after the warm-up steps, one more step between cudaProfilerStart and cudaProfilerStop
+// (for `ncu --profile-from-start off`: the kernels of a whole optimizer step), printed apart.
 // Prints "no CUDA device" and exits 0 when the build or the machine has no GPU.
 #include <algorithm>
 #include <chrono>
@@ -25,6 +27,9 @@
 #include "nibble/train.h"
 #include "random_model.h"
 #ifdef NIBBLE_WITH_CUDA
+#include <cuda_profiler_api.h>
+#include <cuda_runtime.h>
+
 #include "backends/cuda/runtime.h"
 #include "gpu_rates.h"
 #endif
@@ -59,6 +64,7 @@ int main(int argc, char** argv) {
   fs::path dir = fs::temp_directory_path() / "nibble_model_gpu";
   std::string json_path, ckpt_arg = "1";
   int64_t steps = 4;
+  bool profile = false;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i], v = argv[i + 1];
     if (a == "--shapes") {
@@ -76,6 +82,8 @@ int main(int argc, char** argv) {
       ckpt_arg = v;
     } else if (a == "--json") {
       json_path = v;
+    } else if (a == "--profile") {
+      profile = v == "1";
     } else {
       std::fprintf(stderr, "train_gpu: unknown option %s\n", a.c_str());
       return 2;
@@ -131,6 +139,14 @@ int main(int argc, char** argv) {
         if (i == 0) continue;  // warm-up: workspaces, kernels' first launches
         rate.push_back(double(l.n_tokens) / l.seconds);
         secs.push_back(l.seconds);
+      }
+      if (profile) {
+        cudaDeviceSynchronize();
+        cudaProfilerStart();
+        const StepLog l = tr.train_step({random_batch(r.batch, r.seq, s.V, uint64_t(100 + steps))});
+        cudaDeviceSynchronize();
+        cudaProfilerStop();
+        std::printf("%s profiled step: %.3f s, loss %.4f\n", s.name, l.seconds, l.loss);
       }
       std::sort(rate.begin(), rate.end());
       std::sort(secs.begin(), secs.end());

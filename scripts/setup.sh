@@ -5,9 +5,13 @@ set -eu
 PKGS="build-essential cmake ninja-build pkg-config nlohmann-json3-dev libcli11-dev \
 libgtest-dev libgmock-dev libbenchmark-dev libpcre2-dev libicu-dev zlib1g-dev \
 libcpp-httplib-dev curl python3-venv"
+# installed for this machine's architecture (or for all): a foreign one (arm64 libraries of a
+# cross build, say) does not count
+arch=$(dpkg --print-architecture)
 missing=""
 for p in $PKGS; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+  dpkg-query -W -f='${Architecture} ${Status}\n' "$p" 2>/dev/null |
+    grep -qE "^($arch|all) install ok installed" || missing="$missing $p"
 done
 if [ -z "$missing" ]; then
   echo "setup: all packages present"

@@ -9,17 +9,19 @@ WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 fail() { echo "test_setup: $*" >&2; exit 1; }
 
-# $1 = uid the fake `id -u` reports, $2 = "sudo" to provide a sudo, $3 = "missing"/"present"
+# $1 = uid the fake `id -u` reports, $2 = "sudo" to provide a sudo, $3 = "missing"/"present"/
+# "foreign" (installed only for another architecture, as a cross build's arm64 libraries are)
 run_case() {
   bin="$WORK/bin.$1.$2.$3"; log="$WORK/log.$1.$2.$3"
   mkdir -p "$bin"; : > "$log"
   for tool in grep cat; do ln -sf "$(command -v $tool)" "$bin/$tool"; done
   printf '#!/bin/sh\necho %s\n' "$1" > "$bin/id"
-  if [ "$3" = missing ]; then
-    printf '#!/bin/sh\nexit 1\n' > "$bin/dpkg-query"
-  else
-    printf '#!/bin/sh\nprintf "install ok installed"\n' > "$bin/dpkg-query"
-  fi
+  printf '#!/bin/sh\necho amd64\n' > "$bin/dpkg"
+  case "$3" in
+    missing) printf '#!/bin/sh\nexit 1\n' > "$bin/dpkg-query" ;;
+    present) printf '#!/bin/sh\nprintf "amd64 install ok installed\\n"\n' > "$bin/dpkg-query" ;;
+    foreign) printf '#!/bin/sh\nprintf "arm64 install ok installed\\n"\n' > "$bin/dpkg-query" ;;
+  esac
   printf '#!/bin/sh\necho "apt-get $*" >> %s\n' "$log" > "$bin/apt-get"
   if [ "$2" = sudo ]; then
     printf '#!/bin/sh\necho "sudo $1" >> %s\nexec "$@"\n' "$log" > "$bin/sudo"
@@ -58,4 +60,10 @@ grep -q 'run this script as root' "$WORK/out" || fail "user without sudo: no cle
 # everything present: nothing run, for root and user alike.
 run_case 1000 nosudo present
 [ "$rc" = 0 ] && [ ! -s "$log" ] || fail "packages present: setup failed or installed something"
-echo "test_setup: 5 cases pass"
+
+# present only for another architecture: installed for this one.
+run_case 0 nosudo foreign
+[ "$rc" = 0 ] || fail "foreign architecture: exit $rc: $(cat "$WORK/out")"
+grep -q '^apt-get install -y --no-install-recommends .*libpcre2-dev' "$log" ||
+  fail "foreign architecture: the packages were taken as installed"
+echo "test_setup: 6 cases pass"

@@ -158,58 +158,77 @@ TEST(NnOpsAttention, MatchesReference) {
   struct Case {
     int64_t T, q_offset, S, Hq, Hkv, D, Dv;
   };
-  const std::vector<Case> cases = {
-      {1, 0, 1, 1, 1, 8, 8},     {1, 40, 41, 4, 4, 64, 64}, {5, 0, 5, 4, 2, 13, 13},
-      {17, 3, 20, 8, 2, 80, 80}, {7, 0, 7, 2, 1, 16, 24},   {4, 9, 13, 6, 3, 33, 33},
-      {33, 0, 33, 4, 1, 64, 64}, {3, 0, 2, 2, 2, 8, 8},     {1, 150, 151, 8, 2, 128, 128}};
-  for (const Case& c : cases)
-    for (int variant = 0; variant < 6; ++variant) {
-      ops::AttentionOptions o;
-      o.scale = 1.0f / std::sqrt(float(c.D));
-      o.q_offset = c.q_offset;
-      if (variant == 1 || variant == 4) o.sliding_window = 1 + int64_t(rng() % 8);
-      if (variant == 2 || variant == 4) {
-        o.softcap = 2.0f;
-        o.scale = 1.0f;  // scores of a few units, so the cap bends them
+  const std::vector<Case> cases = {{1, 0, 1, 1, 1, 8, 8},
+                                   {1, 40, 41, 4, 4, 64, 64},
+                                   {5, 0, 5, 4, 2, 13, 13},
+                                   {17, 3, 20, 8, 2, 80, 80},
+                                   {7, 0, 7, 2, 1, 16, 24},
+                                   {4, 9, 13, 6, 3, 33, 33},
+                                   {33, 0, 33, 4, 1, 64, 64},
+                                   {3, 0, 2, 2, 2, 8, 8},
+                                   {1, 150, 151, 8, 2, 128, 128},
+                                   // AVX-512 tiles of 8 rows: a partial last tile, head dims off 16, chunked
+                                   // prefill, keys fewer than rows (q_offset + T > S)
+                                   {12, 0, 12, 2, 1, 16, 24},
+                                   {20, 5, 25, 4, 2, 13, 13},
+                                   {70, 30, 100, 4, 2, 64, 64},
+                                   {9, 0, 9, 3, 3, 40, 40},
+                                   {16, 0, 12, 2, 1, 32, 32}};
+  // the levels below the detected one whose attention differs: scalar (variant % 2), AVX2, tiles
+  std::vector<cpu::Isa> levels = {cpu::detected_isa()};
+  if (cpu::detected_isa() >= cpu::Isa::Avx512) levels.push_back(cpu::Isa::Avx2);
+  for (const cpu::Isa level : levels)
+    for (const Case& c : cases)
+      for (int variant = 0; variant < 6; ++variant) {
+        ops::AttentionOptions o;
+        o.scale = 1.0f / std::sqrt(float(c.D));
+        o.q_offset = c.q_offset;
+        if (variant == 1 || variant == 4) o.sliding_window = 1 + int64_t(rng() % 8);
+        if (variant == 2 || variant == 4) {
+          o.softcap = 2.0f;
+          o.scale = 1.0f;  // scores of a few units, so the cap bends them
+        }
+        std::vector<float> slopes(static_cast<size_t>(c.Hq));
+        for (int64_t h = 0; h < c.Hq; ++h)
+          slopes[size_t(h)] = std::pow(2.0f, -8.0f * float(h + 1) / float(c.Hq));
+        if (variant == 3 || variant == 5) o.alibi_slopes = Tensor::from_vector({c.Hq}, DType::F32, slopes);
+        const bool portable = variant % 2 == 1;
+        if (portable && level != levels[0]) continue;  // the scalar path once
+        test::IsaMode isa(portable ? cpu::Isa::Scalar : level);
+        SCOPED_TRACE(testing::Message()
+                     << "isa " << cpu::isa_name(level) << " "
+                     << "T=" << c.T << " off=" << c.q_offset << " S=" << c.S << " Hq=" << c.Hq
+                     << " Hkv=" << c.Hkv << " D=" << c.D << " Dv=" << c.Dv << " variant=" << variant);
+        Tensor q = test::random_normal({c.T, c.Hq, c.D}, DType::F32, rng);
+        Tensor k = test::random_normal({c.S, c.Hkv, c.D}, DType::F32, rng);
+        Tensor v = test::random_normal({c.S, c.Hkv, c.Dv}, DType::F32, rng);
+        double vmax = 0;
+        for (int64_t i = 0; i < v.numel(); ++i) vmax = std::max(vmax, std::fabs(f(v, i)));
+        Tensor ref = ops::ref::attention(q, k, v, o);
+        Tensor y = ops::attention(q, k, v, o);
+        ASSERT_EQ(y.shape(), (Shape{c.T, c.Hq, c.Dv}));
+        cpu::AttentionShape a{c.T,
+                              c.S,
+                              c.Hq,
+                              c.Hkv,
+                              c.D,
+                              c.Dv,
+                              o.scale,
+                              o.q_offset,
+                              o.sliding_window.value_or(0),
+                              o.softcap.value_or(0.0f),
+                              o.alibi_slopes.defined() ? slopes.data() : nullptr};
+        std::vector<float> out(static_cast<size_t>(y.numel()), kNaN);
+        cpu::attention(q.data<float>(), k.data<float>(), v.data<float>(), a, out.data());
+        // score errors of a few f32 ulps of sum |q k| (times the alibi/scale magnitudes) move the
+        // probabilities by that relative amount
+        const double tol = 1e-5 * vmax;
+        for (int64_t i = 0; i < y.numel(); ++i) {
+          ASSERT_LE(std::fabs(y.data<float>()[i] - ref.data<double>()[i]), tol) << "element " << i;
+          ASSERT_LE(std::fabs(out[size_t(i)] - ref.data<double>()[i]), tol)
+              << "element " << i << " (backend)";
+        }
       }
-      std::vector<float> slopes(static_cast<size_t>(c.Hq));
-      for (int64_t h = 0; h < c.Hq; ++h)
-        slopes[size_t(h)] = std::pow(2.0f, -8.0f * float(h + 1) / float(c.Hq));
-      if (variant == 3 || variant == 5) o.alibi_slopes = Tensor::from_vector({c.Hq}, DType::F32, slopes);
-      const bool portable = variant % 2 == 1;
-      SCOPED_TRACE(testing::Message()
-                   << "T=" << c.T << " off=" << c.q_offset << " S=" << c.S << " Hq=" << c.Hq
-                   << " Hkv=" << c.Hkv << " D=" << c.D << " Dv=" << c.Dv << " variant=" << variant);
-      Tensor q = test::random_normal({c.T, c.Hq, c.D}, DType::F32, rng);
-      Tensor k = test::random_normal({c.S, c.Hkv, c.D}, DType::F32, rng);
-      Tensor v = test::random_normal({c.S, c.Hkv, c.Dv}, DType::F32, rng);
-      double vmax = 0;
-      for (int64_t i = 0; i < v.numel(); ++i) vmax = std::max(vmax, std::fabs(f(v, i)));
-      Tensor ref = ops::ref::attention(q, k, v, o);
-      KernelMode mode(portable);
-      Tensor y = ops::attention(q, k, v, o);
-      ASSERT_EQ(y.shape(), (Shape{c.T, c.Hq, c.Dv}));
-      cpu::AttentionShape a{c.T,
-                            c.S,
-                            c.Hq,
-                            c.Hkv,
-                            c.D,
-                            c.Dv,
-                            o.scale,
-                            o.q_offset,
-                            o.sliding_window.value_or(0),
-                            o.softcap.value_or(0.0f),
-                            o.alibi_slopes.defined() ? slopes.data() : nullptr};
-      std::vector<float> out(static_cast<size_t>(y.numel()), kNaN);
-      cpu::attention(q.data<float>(), k.data<float>(), v.data<float>(), a, out.data());
-      // score errors of a few f32 ulps of sum |q k| (times the alibi/scale magnitudes) move the
-      // probabilities by that relative amount
-      const double tol = 1e-5 * vmax;
-      for (int64_t i = 0; i < y.numel(); ++i) {
-        ASSERT_LE(std::fabs(y.data<float>()[i] - ref.data<double>()[i]), tol) << "element " << i;
-        ASSERT_LE(std::fabs(out[size_t(i)] - ref.data<double>()[i]), tol) << "element " << i << " (backend)";
-      }
-    }
 }
 
 TEST(NnOpsAttention, DecodeRowEqualsLastPrefillRow) {

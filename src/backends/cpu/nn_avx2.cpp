@@ -5,6 +5,9 @@
 // exponentials: a vector exp (range reduction + polynomial, ~1 ulp).
 #include <immintrin.h>
 
+#include <algorithm>
+#include <limits>
+
 #include <cmath>
 
 #include "backends/cpu/nn_cpu.h"
@@ -78,6 +81,26 @@ NIBBLE_AVX2 void qk_dots(const float* q, const float* k, int64_t ldk, int64_t D,
     for (int64_t d = d8; d < D; ++d) r += q[d] * kj[d];
     s[j] = r;
   }
+}
+
+NIBBLE_AVX2 float scale_max(float* s, int64_t n, float scale) {
+  const __m256 sc = _mm256_set1_ps(scale);
+  __m256 m8 = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const __m256 x = _mm256_mul_ps(_mm256_loadu_ps(s + j), sc);
+    _mm256_storeu_ps(s + j, x);
+    m8 = _mm256_max_ps(m8, x);
+  }
+  alignas(32) float m[8];
+  _mm256_store_ps(m, m8);
+  float mx = m[0];
+  for (int l = 1; l < 8; ++l) mx = std::max(mx, m[l]);
+  for (; j < n; ++j) {
+    s[j] *= scale;
+    mx = std::max(mx, s[j]);
+  }
+  return mx;
 }
 
 NIBBLE_AVX2 float exp_sum(float* s, int64_t n, float mx) {

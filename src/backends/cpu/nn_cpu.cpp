@@ -128,6 +128,27 @@ void apply_rope(float* x, int64_t T, int64_t H, int64_t D, const float* cos, con
 
 namespace {
 
+// Scores s[0:n) of one row for keys lo, lo + 1, ...: scaled, soft-capped, ALiBi added, then
+// exp(s - max) in place; returns their sum.
+float softmax_scores(float* s, int64_t n, int64_t lo, float slope, const AttentionShape& a, bool simd) {
+  if (simd && !(a.softcap > 0.0f) && !a.alibi) return avx2::exp_sum(s, n, avx2::scale_max(s, n, a.scale));
+  float mx = -std::numeric_limits<float>::infinity();
+  for (int64_t j = 0; j < n; ++j) {
+    float x = s[j] * a.scale;
+    if (a.softcap > 0.0f) x = std::tanh(x / a.softcap) * a.softcap;  // Gemma2, before the mask
+    if (a.alibi) x += slope * float(lo + j);                         // Bloom: slope * key index
+    s[j] = x;
+    mx = std::max(mx, x);
+  }
+  if (simd) return avx2::exp_sum(s, n, mx);
+  float sum = 0.0f;
+  for (int64_t j = 0; j < n; ++j) {
+    s[j] = std::exp(s[j] - mx);
+    sum += s[j];
+  }
+  return sum;
+}
+
 // One query row against keys [lo, lo + n): k0/v0 point at key lo of this row's kv head, rows
 // ldk/ldv floats apart. s: [n] scratch; acc: [Dv] scratch; o: [Dv] output.
 void attend_row(const float* qi, const float* k0, int64_t ldk, const float* v0, int64_t ldv, int64_t lo,
@@ -137,23 +158,10 @@ void attend_row(const float* qi, const float* k0, int64_t ldk, const float* v0, 
   } else {
     for (int64_t j = 0; j < n; ++j) s[j] = dot_portable(qi, k0 + j * ldk, a.D);
   }
-  float mx = -std::numeric_limits<float>::infinity();
-  for (int64_t j = 0; j < n; ++j) {
-    float x = s[j] * a.scale;
-    if (a.softcap > 0.0f) x = std::tanh(x / a.softcap) * a.softcap;  // Gemma2, before the mask
-    if (a.alibi) x += slope * float(lo + j);                         // Bloom: slope * key index
-    s[j] = x;
-    mx = std::max(mx, x);
-  }
-  float sum = 0.0f;
+  const float sum = softmax_scores(s, n, lo, slope, a, simd);
   if (simd) {
-    sum = avx2::exp_sum(s, n, mx);
     avx2::pv_sum(s, v0, ldv, a.Dv, n, acc);
   } else {
-    for (int64_t j = 0; j < n; ++j) {
-      s[j] = std::exp(s[j] - mx);
-      sum += s[j];
-    }
     std::fill(acc, acc + a.Dv, 0.0f);
     for (int64_t j = 0; j < n; ++j)
       for (int64_t d = 0; d < a.Dv; ++d) acc[d] += s[j] * v0[j * ldv + d];
@@ -162,9 +170,81 @@ void attend_row(const float* qi, const float* k0, int64_t ldk, const float* v0, 
   for (int64_t d = 0; d < a.Dv; ++d) o[d] = acc[d] * inv;
 }
 
+// AVX-512, any T: tiles of up to kAttnTileRows query rows of one head (attention_avx512.cpp).
+// Tile rows see keys [lo, hi] of the tile (the first row's window start to the last row's
+// position); each row's own range gets the softmax and the rest of its scores are zeroed
+// before the weighted sum, so a row's result is the same in any tile (decode or prefill).
+void attention_tiles(const float* q, const float* k, const float* v, const AttentionShape& a, float* out) {
+  constexpr int64_t R = kAttnTileRows;
+  const int64_t group = a.Hq / a.Hkv;
+  const int64_t ldq = a.Hq * a.D, ldk = a.Hkv * a.D, ldv = a.Hkv * a.Dv;
+  const int64_t s_used = std::min(a.S, a.q_offset + a.T);
+  const bool copy_kv = a.T >= 8 && a.Hkv > 1;  // as attention() below: contiguous K/V a kv head
+  const int64_t tiles = (a.T + R - 1) / R, rows = std::min(R, a.T);
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(rows * s_used * a.D, 1));
+  parallel_for(a.Hq * tiles, grain, [&](int64_t b, int64_t e) {
+    static thread_local std::vector<float> kbuf, vbuf, sc, acc;  // [S, D], [S, Dv], [R, S], [R, Dv]
+    sc.resize(size_t(R * std::max<int64_t>(s_used, 1)));
+    acc.resize(size_t(R * a.Dv));
+    const int64_t ldsc = std::max<int64_t>(s_used, 1);
+    int64_t copied = -1;  // kv head now in kbuf/vbuf
+    for (int64_t item = b; item < e; ++item) {
+      const int64_t h = item / tiles, i0 = (item % tiles) * R, kvh = h / group;
+      const int64_t nr = std::min(R, a.T - i0);
+      const int64_t lo = a.window > 0 ? std::max<int64_t>(0, a.q_offset + i0 - a.window + 1) : 0;
+      const int64_t hi = std::min(a.S - 1, a.q_offset + i0 + nr - 1);
+      if (hi < lo) {  // no row of the tile sees a key: zeros (torch would give NaN)
+        for (int64_t r = 0; r < nr; ++r) std::fill_n(out + ((i0 + r) * a.Hq + h) * a.Dv, a.Dv, 0.0f);
+        continue;
+      }
+      const float* kh = k + kvh * a.D;
+      const float* vh = v + kvh * a.Dv;
+      int64_t lk = ldk, lv = ldv;
+      if (copy_kv) {
+        if (copied != kvh) {
+          kbuf.resize(size_t(s_used * a.D));
+          vbuf.resize(size_t(s_used * a.Dv));
+          for (int64_t j = 0; j < s_used; ++j) {
+            std::copy_n(kh + j * ldk, a.D, kbuf.data() + j * a.D);
+            std::copy_n(vh + j * ldv, a.Dv, vbuf.data() + j * a.Dv);
+          }
+          copied = kvh;
+        }
+        kh = kbuf.data(), vh = vbuf.data(), lk = a.D, lv = a.Dv;
+      }
+      const int64_t n = hi - lo + 1;
+      avx512::qk_tile(q + i0 * ldq + h * a.D, ldq, int(nr), a.D, kh + lo * lk, lk, n, sc.data(), ldsc);
+      float sums[R];
+      for (int64_t r = 0; r < nr; ++r) {
+        const int64_t pos = a.q_offset + i0 + r;
+        const int64_t rhi = std::min(a.S - 1, pos);
+        const int64_t rlo = a.window > 0 ? std::max<int64_t>(0, pos - a.window + 1) : 0;
+        float* s = sc.data() + r * ldsc;
+        sums[r] = 0.0f;
+        if (rhi >= rlo)
+          sums[r] = softmax_scores(s + (rlo - lo), rhi - rlo + 1, rlo, a.alibi ? a.alibi[h] : 0.0f, a, true);
+        std::fill(s, s + std::clamp<int64_t>(rlo - lo, 0, n), 0.0f);  // keys outside the row's range
+        std::fill(s + std::clamp<int64_t>(rhi - lo + 1, 0, n), s + n, 0.0f);
+      }
+      avx512::pv_tile(sc.data(), ldsc, int(nr), vh + lo * lv, lv, a.Dv, n, acc.data(), a.Dv);
+      for (int64_t r = 0; r < nr; ++r) {
+        float* o = out + ((i0 + r) * a.Hq + h) * a.Dv;
+        const float* ar = acc.data() + r * a.Dv;
+        if (sums[r] == 0.0f) {  // no visible key
+          std::fill_n(o, a.Dv, 0.0f);
+          continue;
+        }
+        const float inv = 1.0f / sums[r];
+        for (int64_t d = 0; d < a.Dv; ++d) o[d] = ar[d] * inv;
+      }
+    }
+  });
+}
+
 }  // namespace
 
 void attention(const float* q, const float* k, const float* v, const AttentionShape& a, float* out) {
+  if (isa_at_least(Isa::Avx512)) return attention_tiles(q, k, v, a, out);
   const int64_t group = a.Hq / a.Hkv;
   const int64_t ldq = a.Hq * a.D, ldk = a.Hkv * a.D, ldv = a.Hkv * a.Dv;
   const bool simd = use_avx2_kernels();

@@ -2,7 +2,9 @@
 // attention, on contiguous f32 host buffers. Row-wise ops thread over rows; attention threads
 // over (head, query row) pairs with the rows of one head kept together so that head's K/V
 // stay in cache. Math is as transformers does it in f32 (see nn_ops.h for the definitions);
-// attention's dot products, exponentials and weighted sums have AVX2 versions.
+// attention's dot products, exponentials and weighted sums have AVX2 versions, and at the
+// AVX-512 level attention runs in tiles of up to kAttnTileRows rows of a head (a row's result
+// independent of the tile it is in).
 #pragma once
 
 #include <cstdint>
@@ -47,11 +49,21 @@ void convert_rows(const void* src, DType sdt, int64_t lds, int64_t rows, int64_t
 namespace avx512 {
 // n values of src (f32/f16/bf16) into dst (f32/f16/bf16), contiguous.
 void convert_span(const void* src, DType sdt, void* dst, DType ddt, int64_t n);
+// Attention tiles of R <= kAttnTileRows query rows (attention_avx512.cpp). Scores:
+// sc[r * ldsc + j] = q[r * ldq + 0:D] . kT[0:D][j] (kT[d * ldt + j]) for j < n, n a multiple of 16.
+void qk_tile(const float* q, int64_t ldq, int R, int64_t D, const float* kT, int64_t ldt, int64_t n,
+             float* sc, int64_t ldsc);
+// acc[r * lda + 0:Dv] = sum_j p[r * ldp + j] * v[j * ldv + 0:Dv] for j < n, in order.
+void pv_tile(const float* p, int64_t ldp, int R, const float* v, int64_t ldv, int64_t Dv, int64_t n,
+             float* acc, int64_t lda);
 }  // namespace avx512
+inline constexpr int kAttnTileRows = 8;
 
 namespace avx2 {
 // s[j] = q . k[j * ldk + 0:D] for j < n.
 void qk_dots(const float* q, const float* k, int64_t ldk, int64_t D, int64_t n, float* s);
+// s[j] *= scale for j < n; returns their maximum (NaN-free scores: as std::max over j).
+float scale_max(float* s, int64_t n, float scale);
 // s[j] = exp(s[j] - mx) for j < n; returns the sum.
 float exp_sum(float* s, int64_t n, float mx);
 // acc[0:Dv] = sum_j p[j] * v[j * ldv + 0:Dv].

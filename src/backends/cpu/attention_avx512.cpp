@@ -27,44 +27,51 @@ NIBBLE_AVX512_ATTN inline __m128 hsum4x16(__m512 a0, __m512 a1, __m512 a2, __m51
   return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
 }
 
-// Rows [r0, r0 + R) against the four keys k4[0..3]: lane l of a row's accumulator sums
-// q[d] k[d] over d = l mod 16 in order (the last step masked), then hsum4x16.
-template <int R>
-NIBBLE_AVX512_ATTN inline void qk_quad(const float* q, int64_t ldq, int64_t D, const float* const (&k4)[4],
-                                       __m128 (&out)[R]) {
-  __m512 acc[R][4];
-#pragma GCC unroll 4
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 4
-    for (int c = 0; c < 4; ++c) acc[r][c] = _mm512_setzero_ps();
-  for (int64_t d = 0; d < D; d += 16) {
-    const __mmask16 m = lanes(D - d);
-    __m512 kv[4];
-#pragma GCC unroll 4
-    for (int c = 0; c < 4; ++c) kv[c] = _mm512_maskz_loadu_ps(m, k4[c] + d);
-#pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) {
-      const __m512 qv = _mm512_maskz_loadu_ps(m, q + r * ldq + d);
-#pragma GCC unroll 4
-      for (int c = 0; c < 4; ++c) acc[r][c] = _mm512_fmadd_ps(qv, kv[c], acc[r][c]);
-    }
-  }
-#pragma GCC unroll 4
-  for (int r = 0; r < R; ++r) out[r] = hsum4x16(acc[r][0], acc[r][1], acc[r][2], acc[r][3]);
-}
-
-// Rows [r0, r0 + R) against keys [0, n), four at a time (a last partial quad repeats key n - 1).
+// Rows [0, R) against keys [0, n), four at a time (a last partial quad repeats key n - 1):
+// lane l of a (row, key) accumulator sums q[d] k[d] over d = l mod 16 in order (the last step
+// masked), then hsum4x16.
 template <int R>
 NIBBLE_AVX512_ATTN void qk_rows(const float* q, int64_t ldq, int64_t D, const float* k, int64_t ldk,
                                 int64_t n, float* sc, int64_t ldsc) {
+  const int64_t d16 = D / 16 * 16;
+  const __mmask16 tail = lanes(D - d16);
   for (int64_t j = 0; j < n; j += 4) {
-    const float* const k4[4] = {k + j * ldk, k + std::min(j + 1, n - 1) * ldk,
-                                k + std::min(j + 2, n - 1) * ldk, k + std::min(j + 3, n - 1) * ldk};
-    __m128 s[R];
-    qk_quad<R>(q, ldq, D, k4, s);
+    const float* k0 = k + j * ldk;
+    const float* k1 = k + std::min(j + 1, n - 1) * ldk;
+    const float* k2 = k + std::min(j + 2, n - 1) * ldk;
+    const float* k3 = k + std::min(j + 3, n - 1) * ldk;
+    __m512 a0[R], a1[R], a2[R], a3[R];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) a0[r] = a1[r] = a2[r] = a3[r] = _mm512_setzero_ps();
+    int64_t d = 0;
+    for (; d < d16; d += 16) {
+      const __m512 c0 = _mm512_loadu_ps(k0 + d), c1 = _mm512_loadu_ps(k1 + d), c2 = _mm512_loadu_ps(k2 + d),
+                   c3 = _mm512_loadu_ps(k3 + d);
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) {
+        const __m512 qv = _mm512_loadu_ps(q + r * ldq + d);
+        a0[r] = _mm512_fmadd_ps(qv, c0, a0[r]);
+        a1[r] = _mm512_fmadd_ps(qv, c1, a1[r]);
+        a2[r] = _mm512_fmadd_ps(qv, c2, a2[r]);
+        a3[r] = _mm512_fmadd_ps(qv, c3, a3[r]);
+      }
+    }
+    if (d < D) {
+      const __m512 c0 = _mm512_maskz_loadu_ps(tail, k0 + d), c1 = _mm512_maskz_loadu_ps(tail, k1 + d),
+                   c2 = _mm512_maskz_loadu_ps(tail, k2 + d), c3 = _mm512_maskz_loadu_ps(tail, k3 + d);
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) {
+        const __m512 qv = _mm512_maskz_loadu_ps(tail, q + r * ldq + d);
+        a0[r] = _mm512_fmadd_ps(qv, c0, a0[r]);
+        a1[r] = _mm512_fmadd_ps(qv, c1, a1[r]);
+        a2[r] = _mm512_fmadd_ps(qv, c2, a2[r]);
+        a3[r] = _mm512_fmadd_ps(qv, c3, a3[r]);
+      }
+    }
     const __mmask8 m = n - j >= 4 ? __mmask8(15) : __mmask8((1u << (n - j)) - 1);
 #pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) _mm_mask_storeu_ps(sc + r * ldsc + j, m, s[r]);
+    for (int r = 0; r < R; ++r)
+      _mm_mask_storeu_ps(sc + r * ldsc + j, m, hsum4x16(a0[r], a1[r], a2[r], a3[r]));
   }
 }
 

@@ -113,13 +113,15 @@ void embedding_backward(ExecContext& ctx, const Tensor& ids, const Tensor& dy, c
 
 // cross_entropy_head_backward above: h [T, H], W [V, H] f32, targets i64 [T] (-100: none), dh
 // [T, H] overwritten (undefined: loss only). The loss and the target count come back to the host
-// (on CUDA: one copy of T per-row losses, summed in double there).
+// (on CUDA: one copy of T per-row losses, summed in double there). tf32 (a head stored in 16
+// bits): on CUDA the head's GEMMs run on TF32 tensor cores (cuda::cross_entropy_head); the CPU
+// ignores it.
 struct HeadLoss {
   double loss_sum = 0;
   int64_t n_targets = 0;
 };
 HeadLoss cross_entropy_head_backward(ExecContext& ctx, const Tensor& h, const Tensor& W,
                                      const Tensor& targets, float softcap, int64_t chunk, float grad_scale,
-                                     const Tensor& dh);
+                                     const Tensor& dh, bool tf32 = false);
 
 }  // namespace nibble::ops

@@ -260,7 +260,7 @@ void embedding_backward(ExecContext& ctx, const Tensor& ids, const Tensor& dy, c
 
 HeadLoss cross_entropy_head_backward(ExecContext& ctx, const Tensor& h, const Tensor& W,
                                      const Tensor& targets, float softcap, int64_t chunk, float grad_scale,
-                                     const Tensor& dh) {
+                                     const Tensor& dh, bool tf32) {
   const char* op = "cross_entropy_head_backward";
   const auto th = require_rows(op, "h", h);
   const int64_t T = th.first, H = th.second;
@@ -294,7 +294,7 @@ HeadLoss cross_entropy_head_backward(ExecContext& ctx, const Tensor& h, const Te
         cuda::cross_entropy_head(make_launch(c, cuda::cross_entropy_workspace_bytes(T, V, chunk)),
                                  h.template data<float>(), T, H, W.template data<float>(), V,
                                  targets.template data<int64_t>(), softcap, chunk, grad_scale,
-                                 ptr_or_null(dh), nll.data());
+                                 ptr_or_null(dh), nll.data(), tf32);
         for (double v : nll) res.loss_sum += v;
       });
   return res;

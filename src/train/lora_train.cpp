@@ -423,8 +423,13 @@ PassResult run(const CausalLM::Impl& m, const TokenBatch& b, const Tensor& head_
   const Tensor dxf = grads ? p.rows(R, C) : Tensor();
   const float softcap = m.final_softcap ? *m.final_softcap : 0.0f;
   const Tensor tg = Tensor::from_vector({R}, DType::I64, targets).to(m.device);
-  const ops::HeadLoss hl =
-      ops::cross_entropy_head_backward(*p.ctx, xf, head_w, tg, softcap, o.vocab_chunk, o.grad_scale, dxf);
+  // a head stored in 16 bits (its values exact in TF32; transformers rounds its logits to 16
+  // bits): the loss's GEMMs on TF32 tensor cores on CUDA
+  const nn::Linear& head = m.lm_head.lin;
+  const bool tf32 = head.format() == nn::WeightFormat::Fp &&
+                    (head.weight().dtype() == DType::BF16 || head.weight().dtype() == DType::F16);
+  const ops::HeadLoss hl = ops::cross_entropy_head_backward(*p.ctx, xf, head_w, tg, softcap, o.vocab_chunk,
+                                                            o.grad_scale, dxf, tf32);
   res.loss_sum = hl.loss_sum;
   res.n_targets = hl.n_targets;
   if (!grads) return res;

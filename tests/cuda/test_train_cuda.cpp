@@ -189,20 +189,30 @@ TEST(TrainCuda, CrossEntropyHeadBackward) {
   SKIP_WITHOUT_CUDA();
   SEEDED(r);
   const int64_t T = 19, H = 48, V = 1000;
-  const Tensor h = r.randn({T, H}), W = r.randn({V, H}, 0.2f);
+  // bf16 values: the TF32 path's logits are then exact products (only the summation order differs)
+  const Tensor h = r.randn({T, H}).to(DType::BF16).to(DType::F32),
+               W = r.randn({V, H}, 0.2f).to(DType::BF16).to(DType::F32);
   std::vector<int64_t> tv(static_cast<size_t>(T));
   for (auto& t : tv) t = r.rng() % 4 == 0 ? -100 : int64_t(r.rng() % uint64_t(V));
   const Tensor tg = Tensor::from_vector({T}, DType::I64, tv);
   for (float softcap : {0.0f, 15.0f}) {
     for (int64_t chunk : {int64_t(128), int64_t(333), int64_t(4096)}) {  // uneven last chunk, one chunk
       SCOPED_TRACE("softcap " + std::to_string(softcap) + " chunk " + std::to_string(chunk));
-      Tensor dh = zeros({T, H}), gdh = zeros({T, H}, kGpu);
+      Tensor dh = zeros({T, H}), gdh = zeros({T, H}, kGpu), tdh = zeros({T, H}, kGpu);
       const ops::HeadLoss c = ops::cross_entropy_head_backward(cpu_ctx(), h, W, tg, softcap, chunk, 0.1f, dh);
       const ops::HeadLoss g = ops::cross_entropy_head_backward(gpu_ctx(), on_gpu(h), on_gpu(W), on_gpu(tg),
                                                                softcap, chunk, 0.1f, gdh);
       EXPECT_EQ(g.n_targets, c.n_targets);
       EXPECT_NEAR(g.loss_sum, c.loss_sum, kElementwiseTol * std::abs(c.loss_sum));
       EXPECT_LT(rel_err(gdh, dh), kGemmTol);
+      // TF32 (a 16-bit head): logits of bf16 values are exact products, so the loss is as close;
+      // dh takes the softmax gradient rounded to 11 significant bits (2^-11 = 4.9e-4 a term)
+      const ops::HeadLoss t = ops::cross_entropy_head_backward(gpu_ctx(), on_gpu(h), on_gpu(W), on_gpu(tg),
+                                                               softcap, chunk, 0.1f, tdh, true);
+      EXPECT_EQ(t.n_targets, c.n_targets);
+      EXPECT_NEAR(t.loss_sum, c.loss_sum, kElementwiseTol * std::abs(c.loss_sum)) << "tf32";
+      EXPECT_LT(rel_err(tdh, dh), 1e-3) << "tf32";
+      EXPECT_GT(rel_err(tdh, gdh), 1e-5) << "the TF32 path ran in f32";
     }
   }
 }

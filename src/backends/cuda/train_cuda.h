@@ -57,16 +57,19 @@ void attention_backward(const Launch& l, const AttentionBackward& a);
 // The chunked causal-LM loss with the frozen head (ops::cross_entropy_head_backward): h [T, H],
 // W [V, H], targets [T] (-100: none; the rest in range, checked by the caller), dh [T, H]
 // overwritten (nullptr: loss only). nll_host [T] gets each row's NLL (0 for ignored rows) after
-// the call has finished on l.stream. Workspace: cross_entropy_workspace_bytes.
+// the call has finished on l.stream. Workspace: cross_entropy_workspace_bytes. tf32: the head's
+// GEMMs on TF32 tensor cores (for a head stored in 16 bits: its logits exact but for the
+// summation order when h is 16-bit too; dh from the softmax gradient rounded to TF32).
 size_t cross_entropy_workspace_bytes(int64_t T, int64_t V, int64_t chunk);
 void cross_entropy_head(const Launch& l, const float* h, int64_t T, int64_t H, const float* W, int64_t V,
                         const int64_t* targets, float softcap, int64_t chunk, float grad_scale, float* dh,
-                        double* nll_host);
+                        double* nll_host, bool tf32 = false);
 
 // Row-major C [M, N] = alpha · op(A) · op(B) + beta · C, op(X) = X or X^T; lda/ldb/ldc are row
-// strides of the stored matrices (f32, cuBLAS without TF32).
+// strides of the stored matrices (f32, cuBLAS; tf32: inputs rounded to TF32 on the tensor cores).
 void gemm_f32(const Launch& l, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-              const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+              const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc,
+              bool tf32 = false);
 
 // ---- LoRA and the frozen base's dX (train_lora.cu) -----------------------------------------------
 // xd [n] = mask ? x * keep : 0 (inverted dropout with a mask drawn on the host).

@@ -106,16 +106,23 @@ __global__ void grad_chunk_kernel(float* logits, int64_t nc, int64_t v0, const i
 }  // namespace
 
 void gemm_f32(const Launch& l, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-              const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+              const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc,
+              bool tf32) {
   if (M == 0 || N == 0) return;
   DeviceScope ds(l.device);
   cublasHandle_t h = cublas_handle(l.device);
   NIBBLE_CUBLAS_CHECK(cublasSetStream(h, as_stream(l.stream)));
   // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: the operands swap, each
   // keeping its own transpose flag (a row-major matrix read column-major is its transpose).
-  NIBBLE_CUBLAS_CHECK(cublasSgemm(h, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
-                                  int(N), int(M), int(K), &alpha, B, int(ldb), A, int(lda), &beta, C,
-                                  int(ldc)));
+  const cublasOperation_t ob = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, oa = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+  if (tf32) {
+    NIBBLE_CUBLAS_CHECK(cublasGemmEx(h, ob, oa, int(N), int(M), int(K), &alpha, B, CUDA_R_32F, int(ldb), A,
+                                     CUDA_R_32F, int(lda), &beta, C, CUDA_R_32F, int(ldc),
+                                     CUBLAS_COMPUTE_32F_FAST_TF32, CUBLAS_GEMM_DEFAULT));
+    return;
+  }
+  NIBBLE_CUBLAS_CHECK(
+      cublasSgemm(h, ob, oa, int(N), int(M), int(K), &alpha, B, int(ldb), A, int(lda), &beta, C, int(ldc)));
 }
 
 size_t cross_entropy_workspace_bytes(int64_t T, int64_t V, int64_t chunk) {
@@ -126,7 +133,7 @@ size_t cross_entropy_workspace_bytes(int64_t T, int64_t V, int64_t chunk) {
 
 void cross_entropy_head(const Launch& l, const float* h, int64_t T, int64_t H, const float* W, int64_t V,
                         const int64_t* targets, float softcap, int64_t chunk, float grad_scale, float* dh,
-                        double* nll_host) {
+                        double* nll_host, bool tf32) {
   if (T == 0) return;
   if (l.workspace_bytes < cross_entropy_workspace_bytes(T, V, chunk))
     throw InternalError("cuda::cross_entropy_head: workspace too small");
@@ -146,7 +153,7 @@ void cross_entropy_head(const Launch& l, const float* h, int64_t T, int64_t H, c
   const int64_t nchunks = (V + chunk - 1) / chunk;
   for (int64_t c = 0; c < nchunks; ++c) {
     const int64_t v0 = c * chunk, nc = std::min(chunk, V - v0);
-    gemm_f32(l, false, true, T, nc, H, 1.0f, h, H, W + v0 * H, H, 0.0f, logits, nc);
+    gemm_f32(l, false, true, T, nc, H, 1.0f, h, H, W + v0 * H, H, 0.0f, logits, nc, tf32);
     cuda::launch(lse_chunk_kernel, dim3(unsigned(T)), dim3(kRowThreads), 0, s, logits, nc, v0, targets,
                  softcap, c == 0, st);
   }
@@ -155,10 +162,10 @@ void cross_entropy_head(const Launch& l, const float* h, int64_t T, int64_t H, c
     NIBBLE_CUDA_CHECK(cudaMemsetAsync(dh, 0, size_t(T * H) * sizeof(float), s));
     for (int64_t c = 0; c < nchunks; ++c) {
       const int64_t v0 = c * chunk, nc = std::min(chunk, V - v0);
-      gemm_f32(l, false, true, T, nc, H, 1.0f, h, H, W + v0 * H, H, 0.0f, logits, nc);
+      gemm_f32(l, false, true, T, nc, H, 1.0f, h, H, W + v0 * H, H, 0.0f, logits, nc, tf32);
       cuda::launch(grad_chunk_kernel, dim3(unsigned(T)), dim3(kRowThreads), 0, s, logits, nc, v0, targets,
                    softcap, grad_scale, st);
-      gemm_f32(l, false, false, T, H, nc, 1.0f, logits, nc, W + v0 * H, H, 1.0f, dh, H);
+      gemm_f32(l, false, false, T, H, nc, 1.0f, logits, nc, W + v0 * H, H, 1.0f, dh, H, tf32);
     }
   }
   NIBBLE_CUDA_CHECK(cudaMemcpyAsync(nll_host, st.nll, size_t(T) * sizeof(double), cudaMemcpyDeviceToHost, s));

@@ -36,15 +36,31 @@ __device__ __forceinline__ void load_dims(float (&r)[kMaxE], const float* p, int
   }
 }
 
-__device__ __forceinline__ float dot_dims(const float (&x)[kMaxE], const float* p, int64_t n, int lane) {
+// This lane's part of x . p (its dims, in order).
+__device__ __forceinline__ float dot_part(const float (&x)[kMaxE], const float* p, int64_t n, int lane) {
   float acc = 0.0f;
 #pragma unroll
   for (int c = 0; c < kMaxE; ++c) {
     const int64_t e = lane + 32 * c;
     if (e < n) acc += x[c] * p[e];
   }
-  return warp_sum(acc);
+  return acc;
 }
+
+__device__ __forceinline__ float dot_dims(const float (&x)[kMaxE], const float* p, int64_t n, int lane) {
+  return warp_sum(dot_part(x, p, n, lane));
+}
+
+// warp_sum of each of v[0..N): the same butterfly a value, the N interleaved so their shuffles
+// overlap (one dependent chain of 5 shuffles a key was what bounded these kernels).
+template <int N>
+__device__ __forceinline__ void warp_sum_n(float (&v)[N]) {
+  for (int o = 16; o > 0; o >>= 1)
+#pragma unroll
+    for (int u = 0; u < N; ++u) v[u] += __shfl_xor_sync(0xffffffffu, v[u], o);
+}
+
+constexpr int kU = 4;  // keys (or query rows) whose dot products are reduced together
 
 struct Score {
   float s;       // the logit after scale, softcap and ALiBi
@@ -78,27 +94,52 @@ __global__ void __launch_bounds__(kWarps * 32) attn_bwd_rows_kernel(AttentionBac
   load_dims(dout, a.dout + r * a.Dv, a.Dv, lane);
   const int64_t lo = a.window > 0 ? max(int64_t(0), i - a.window + 1) : 0;
   float m = -FLT_MAX, l = 0.0f, pd = 0.0f;
-  for (int64_t j = lo; j <= i; ++j) {
-    const float s = score(a, dot_dims(q, kh + j * ks, a.D, lane), h, j).s;
-    const float dp = dot_dims(dout, vh + j * vs, a.Dv, lane);
+  // keys in groups of kU (q.k and dout.v reduced together), then one at a time; in key order
+  auto fold = [&](float qk, float dp, int64_t j) {
+    const float s = score(a, qk, h, j).s;
     const float mn = fmaxf(m, s), corr = expf(m - mn), e = expf(s - mn);
     l = l * corr + e;
     pd = pd * corr + e * dp;
     m = mn;
+  };
+  int64_t j = lo;
+  for (; j + kU <= i + 1; j += kU) {
+    float v[2 * kU];
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      v[u] = dot_part(q, kh + (j + u) * ks, a.D, lane);
+      v[kU + u] = dot_part(dout, vh + (j + u) * vs, a.Dv, lane);
+    }
+    warp_sum_n(v);
+#pragma unroll
+    for (int u = 0; u < kU; ++u) fold(v[u], v[kU + u], j + u);
   }
+  for (; j <= i; ++j) fold(dot_dims(q, kh + j * ks, a.D, lane), dot_dims(dout, vh + j * vs, a.Dv, lane), j);
   const float lse = m + logf(l), dsum = pd / l;
   float dq[kMaxE] = {};
-  for (int64_t j = lo; j <= i; ++j) {
+  auto add_dq = [&](float qk, float dp, int64_t j) {
     const float* kj = kh + j * ks;
-    const Score sc = score(a, dot_dims(q, kj, a.D, lane), h, j);
+    const Score sc = score(a, qk, h, j);
     const float p = expf(sc.s - lse);
-    const float ds = p * (dot_dims(dout, vh + j * vs, a.Dv, lane) - dsum) * sc.dlogit;
+    const float ds = p * (dp - dsum) * sc.dlogit;
 #pragma unroll
     for (int c = 0; c < kMaxE; ++c) {
       const int64_t e = lane + 32 * c;
       if (e < a.D) dq[c] += ds * kj[e];
     }
+  };
+  for (j = lo; j + kU <= i + 1; j += kU) {
+    float v[2 * kU];
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      v[u] = dot_part(q, kh + (j + u) * ks, a.D, lane);
+      v[kU + u] = dot_part(dout, vh + (j + u) * vs, a.Dv, lane);
+    }
+    warp_sum_n(v);
+#pragma unroll
+    for (int u = 0; u < kU; ++u) add_dq(v[u], v[kU + u], j + u);
   }
+  for (; j <= i; ++j) add_dq(dot_dims(q, kh + j * ks, a.D, lane), dot_dims(dout, vh + j * vs, a.Dv, lane), j);
 #pragma unroll
   for (int c = 0; c < kMaxE; ++c) {
     const int64_t e = lane + 32 * c;
@@ -118,21 +159,40 @@ __global__ void __launch_bounds__(kWarps * 32) attn_bwd_keys_kernel(AttentionBac
   load_dims(k, a.k + r * a.D, a.D, lane);
   load_dims(v, a.v + r * a.Dv, a.Dv, lane);
   const int64_t hi = a.window > 0 ? min(a.T - 1, j + a.window - 1) : a.T - 1;
-  for (int64_t h = g * rep; h < (g + 1) * rep; ++h)
-    for (int64_t i = j; i <= hi; ++i) {
-      const int64_t qi = i * a.Hq + h;
-      const float* q = a.q + qi * a.D;
-      const float* dout = a.dout + qi * a.Dv;
-      const Score sc = score(a, dot_dims(k, q, a.D, lane), h, j);
-      const float p = expf(sc.s - stats[qi]);
-      const float ds = p * (dot_dims(v, dout, a.Dv, lane) - stats[a.T * a.Hq + qi]) * sc.dlogit;
+  // query rows i in groups of kU (k.q and v.dout reduced together), then one at a time; in order
+  auto add = [&](float kq, float vd, int64_t h, int64_t i) {
+    const int64_t qi = i * a.Hq + h;
+    const float* q = a.q + qi * a.D;
+    const float* dout = a.dout + qi * a.Dv;
+    const Score sc = score(a, kq, h, j);
+    const float p = expf(sc.s - stats[qi]);
+    const float ds = p * (vd - stats[a.T * a.Hq + qi]) * sc.dlogit;
 #pragma unroll
-      for (int c = 0; c < kMaxE; ++c) {
-        const int64_t e = lane + 32 * c;
-        if (e < a.Dv) dv[c] += p * dout[e];
-        if (e < a.D) dk[c] += ds * q[e];
-      }
+    for (int c = 0; c < kMaxE; ++c) {
+      const int64_t e = lane + 32 * c;
+      if (e < a.Dv) dv[c] += p * dout[e];
+      if (e < a.D) dk[c] += ds * q[e];
     }
+  };
+  for (int64_t h = g * rep; h < (g + 1) * rep; ++h) {
+    int64_t i = j;
+    for (; i + kU <= hi + 1; i += kU) {
+      float t[2 * kU];
+#pragma unroll
+      for (int u = 0; u < kU; ++u) {
+        const int64_t qi = (i + u) * a.Hq + h;
+        t[u] = dot_part(k, a.q + qi * a.D, a.D, lane);
+        t[kU + u] = dot_part(v, a.dout + qi * a.Dv, a.Dv, lane);
+      }
+      warp_sum_n(t);
+#pragma unroll
+      for (int u = 0; u < kU; ++u) add(t[u], t[kU + u], h, i + u);
+    }
+    for (; i <= hi; ++i) {
+      const int64_t qi = i * a.Hq + h;
+      add(dot_dims(k, a.q + qi * a.D, a.D, lane), dot_dims(v, a.dout + qi * a.Dv, a.Dv, lane), h, i);
+    }
+  }
 #pragma unroll
   for (int c = 0; c < kMaxE; ++c) {
     const int64_t e = lane + 32 * c;

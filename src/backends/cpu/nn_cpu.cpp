@@ -128,6 +128,31 @@ void apply_rope(float* x, int64_t T, int64_t H, int64_t D, const float* cos, con
 
 namespace {
 
+// With many query rows a head, a task copies its kv head's K and V rows into contiguous buffers:
+// in [S, Hkv, D] one head's rows are Hkv * D floats apart, a stride that maps them onto few cache
+// sets, so they would not stay cached across query rows. kh/vh/lk/lv: that head's first key and
+// value rows and their strides, pointed at the buffers (filled once a head: copied).
+struct KvHead {
+  std::vector<float>& kbuf;
+  std::vector<float>& vbuf;
+  int64_t copied = -1;
+  void use(bool copy, const float* k, const float* v, int64_t kvh, const AttentionShape& a, int64_t s_used,
+           const float*& kh, const float*& vh, int64_t& lk, int64_t& lv) {
+    kh = k + kvh * a.D, vh = v + kvh * a.Dv, lk = a.Hkv * a.D, lv = a.Hkv * a.Dv;
+    if (!copy) return;
+    if (copied != kvh) {
+      kbuf.resize(size_t(s_used * a.D));
+      vbuf.resize(size_t(s_used * a.Dv));
+      for (int64_t j = 0; j < s_used; ++j) {
+        std::copy_n(kh + j * lk, a.D, kbuf.data() + j * a.D);
+        std::copy_n(vh + j * lv, a.Dv, vbuf.data() + j * a.Dv);
+      }
+      copied = kvh;
+    }
+    kh = kbuf.data(), vh = vbuf.data(), lk = a.D, lv = a.Dv;
+  }
+};
+
 // Scores s[0:n) of one row for keys lo, lo + 1, ...: scaled, soft-capped, ALiBi added, then
 // exp(s - max) in place; returns their sum.
 float softmax_scores(float* s, int64_t n, int64_t lo, float slope, const AttentionShape& a, bool simd) {
@@ -177,9 +202,9 @@ void attend_row(const float* qi, const float* k0, int64_t ldk, const float* v0, 
 void attention_tiles(const float* q, const float* k, const float* v, const AttentionShape& a, float* out) {
   constexpr int64_t R = kAttnTileRows;
   const int64_t group = a.Hq / a.Hkv;
-  const int64_t ldq = a.Hq * a.D, ldk = a.Hkv * a.D, ldv = a.Hkv * a.Dv;
+  const int64_t ldq = a.Hq * a.D;
   const int64_t s_used = std::min(a.S, a.q_offset + a.T);
-  const bool copy_kv = a.T >= 8 && a.Hkv > 1;  // as attention() below: contiguous K/V a kv head
+  const bool copy_kv = a.T >= 8 && a.Hkv > 1;  // KvHead
   const int64_t tiles = (a.T + R - 1) / R, rows = std::min(R, a.T);
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(rows * s_used * a.D, 1));
   parallel_for(a.Hq * tiles, grain, [&](int64_t b, int64_t e) {
@@ -187,7 +212,7 @@ void attention_tiles(const float* q, const float* k, const float* v, const Atten
     sc.resize(size_t(R * std::max<int64_t>(s_used, 1)));
     acc.resize(size_t(R * a.Dv));
     const int64_t ldsc = std::max<int64_t>(s_used, 1);
-    int64_t copied = -1;  // kv head now in kbuf/vbuf
+    KvHead kv{kbuf, vbuf};
     for (int64_t item = b; item < e; ++item) {
       const int64_t h = item / tiles, i0 = (item % tiles) * R, kvh = h / group;
       const int64_t nr = std::min(R, a.T - i0);
@@ -197,21 +222,9 @@ void attention_tiles(const float* q, const float* k, const float* v, const Atten
         for (int64_t r = 0; r < nr; ++r) std::fill_n(out + ((i0 + r) * a.Hq + h) * a.Dv, a.Dv, 0.0f);
         continue;
       }
-      const float* kh = k + kvh * a.D;
-      const float* vh = v + kvh * a.Dv;
-      int64_t lk = ldk, lv = ldv;
-      if (copy_kv) {
-        if (copied != kvh) {
-          kbuf.resize(size_t(s_used * a.D));
-          vbuf.resize(size_t(s_used * a.Dv));
-          for (int64_t j = 0; j < s_used; ++j) {
-            std::copy_n(kh + j * ldk, a.D, kbuf.data() + j * a.D);
-            std::copy_n(vh + j * ldv, a.Dv, vbuf.data() + j * a.Dv);
-          }
-          copied = kvh;
-        }
-        kh = kbuf.data(), vh = vbuf.data(), lk = a.D, lv = a.Dv;
-      }
+      const float *kh, *vh;
+      int64_t lk, lv;
+      kv.use(copy_kv, k, v, kvh, a, s_used, kh, vh, lk, lv);
       const int64_t n = hi - lo + 1;
       avx512::qk_tile(q + i0 * ldq + h * a.D, ldq, int(nr), a.D, kh + lo * lk, lk, n, sc.data(), ldsc);
       float sums[R];
@@ -246,21 +259,18 @@ void attention_tiles(const float* q, const float* k, const float* v, const Atten
 void attention(const float* q, const float* k, const float* v, const AttentionShape& a, float* out) {
   if (isa_at_least(Isa::Avx512)) return attention_tiles(q, k, v, a, out);
   const int64_t group = a.Hq / a.Hkv;
-  const int64_t ldq = a.Hq * a.D, ldk = a.Hkv * a.D, ldv = a.Hkv * a.Dv;
+  const int64_t ldq = a.Hq * a.D;
   const bool simd = use_avx2_kernels();
   // Keys any query row can see: [0, min(S, q_offset + T)).
   const int64_t s_used = std::min(a.S, a.q_offset + a.T);
-  // With many query rows per head, a task first copies its kv head's K and V rows into
-  // contiguous buffers: in [S, Hkv, D] one head's rows are Hkv * D floats apart, a stride
-  // that maps them onto few cache sets, so they would not stay cached across query rows.
-  const bool copy_kv = a.T >= 8 && a.Hkv > 1;
+  const bool copy_kv = a.T >= 8 && a.Hkv > 1;  // KvHead
   // Work items ordered (head, row): consecutive items share the head's K/V in cache.
   const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(a.S * a.D, 1));
   parallel_for(a.Hq * a.T, grain, [&](int64_t b, int64_t e) {
     static thread_local std::vector<float> scores, acc, kbuf, vbuf;  // [S], [Dv], [S, D], [S, Dv]
     scores.resize(size_t(std::max<int64_t>(a.S, 1)));
     acc.resize(size_t(std::max<int64_t>(a.Dv, 1)));
-    int64_t copied = -1;  // kv head now in kbuf/vbuf
+    KvHead kv{kbuf, vbuf};
     for (int64_t item = b; item < e; ++item) {
       const int64_t h = item / a.T, i = item % a.T, kvh = h / group;
       const int64_t pos = a.q_offset + i;
@@ -271,24 +281,9 @@ void attention(const float* q, const float* k, const float* v, const AttentionSh
         std::fill(o, o + a.Dv, 0.0f);
         continue;
       }
-      const float* kh = k + kvh * a.D;  // key 0 of this kv head
-      const float* vh = v + kvh * a.Dv;
-      int64_t lk = ldk, lv = ldv;
-      if (copy_kv) {
-        if (copied != kvh) {
-          kbuf.resize(size_t(s_used * a.D));
-          vbuf.resize(size_t(s_used * a.Dv));
-          for (int64_t j = 0; j < s_used; ++j) {
-            std::copy_n(kh + j * ldk, a.D, kbuf.data() + j * a.D);
-            std::copy_n(vh + j * ldv, a.Dv, vbuf.data() + j * a.Dv);
-          }
-          copied = kvh;
-        }
-        kh = kbuf.data();
-        vh = vbuf.data();
-        lk = a.D;
-        lv = a.Dv;
-      }
+      const float *kh, *vh;  // key and value 0 of this kv head
+      int64_t lk, lv;
+      kv.use(copy_kv, k, v, kvh, a, s_used, kh, vh, lk, lv);
       attend_row(q + i * ldq + h * a.D, kh + lo * lk, lk, vh + lo * lv, lv, lo, hi - lo + 1,
                  a.alibi ? a.alibi[h] : 0.0f, a, simd, scores.data(), acc.data(), o);
     }

@@ -62,6 +62,27 @@ __device__ __forceinline__ void warp_sum_n(float (&v)[N]) {
 
 constexpr int kU = 4;  // keys (or query rows) whose dot products are reduced together
 
+// f(x . a_t, y . b_t, t) for t = t0 .. t1 in order, the two dot products of kU consecutive t
+// reduced together, then one t at a time: a_t = a0 + t * sa, b_t = b0 + t * sb.
+template <class F>
+__device__ __forceinline__ void walk_dots(const float (&x)[kMaxE], const float* a0, int64_t sa, int64_t na,
+                                          const float (&y)[kMaxE], const float* b0, int64_t sb, int64_t nb,
+                                          int64_t t0, int64_t t1, int lane, F&& f) {
+  int64_t t = t0;
+  for (; t + kU <= t1 + 1; t += kU) {
+    float v[2 * kU];
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      v[u] = dot_part(x, a0 + (t + u) * sa, na, lane);
+      v[kU + u] = dot_part(y, b0 + (t + u) * sb, nb, lane);
+    }
+    warp_sum_n(v);
+#pragma unroll
+    for (int u = 0; u < kU; ++u) f(v[u], v[kU + u], t + u);
+  }
+  for (; t <= t1; ++t) f(dot_dims(x, a0 + t * sa, na, lane), dot_dims(y, b0 + t * sb, nb, lane), t);
+}
+
 struct Score {
   float s;       // the logit after scale, softcap and ALiBi
   float dlogit;  // d(logit) / d(q.k)
@@ -102,19 +123,7 @@ __global__ void __launch_bounds__(kWarps * 32) attn_bwd_rows_kernel(AttentionBac
     pd = pd * corr + e * dp;
     m = mn;
   };
-  int64_t j = lo;
-  for (; j + kU <= i + 1; j += kU) {
-    float v[2 * kU];
-#pragma unroll
-    for (int u = 0; u < kU; ++u) {
-      v[u] = dot_part(q, kh + (j + u) * ks, a.D, lane);
-      v[kU + u] = dot_part(dout, vh + (j + u) * vs, a.Dv, lane);
-    }
-    warp_sum_n(v);
-#pragma unroll
-    for (int u = 0; u < kU; ++u) fold(v[u], v[kU + u], j + u);
-  }
-  for (; j <= i; ++j) fold(dot_dims(q, kh + j * ks, a.D, lane), dot_dims(dout, vh + j * vs, a.Dv, lane), j);
+  walk_dots(q, kh, ks, a.D, dout, vh, vs, a.Dv, lo, i, lane, fold);
   const float lse = m + logf(l), dsum = pd / l;
   float dq[kMaxE] = {};
   auto add_dq = [&](float qk, float dp, int64_t j) {
@@ -128,18 +137,7 @@ __global__ void __launch_bounds__(kWarps * 32) attn_bwd_rows_kernel(AttentionBac
       if (e < a.D) dq[c] += ds * kj[e];
     }
   };
-  for (j = lo; j + kU <= i + 1; j += kU) {
-    float v[2 * kU];
-#pragma unroll
-    for (int u = 0; u < kU; ++u) {
-      v[u] = dot_part(q, kh + (j + u) * ks, a.D, lane);
-      v[kU + u] = dot_part(dout, vh + (j + u) * vs, a.Dv, lane);
-    }
-    warp_sum_n(v);
-#pragma unroll
-    for (int u = 0; u < kU; ++u) add_dq(v[u], v[kU + u], j + u);
-  }
-  for (; j <= i; ++j) add_dq(dot_dims(q, kh + j * ks, a.D, lane), dot_dims(dout, vh + j * vs, a.Dv, lane), j);
+  walk_dots(q, kh, ks, a.D, dout, vh, vs, a.Dv, lo, i, lane, add_dq);
 #pragma unroll
   for (int c = 0; c < kMaxE; ++c) {
     const int64_t e = lane + 32 * c;
@@ -174,25 +172,9 @@ __global__ void __launch_bounds__(kWarps * 32) attn_bwd_keys_kernel(AttentionBac
       if (e < a.D) dk[c] += ds * q[e];
     }
   };
-  for (int64_t h = g * rep; h < (g + 1) * rep; ++h) {
-    int64_t i = j;
-    for (; i + kU <= hi + 1; i += kU) {
-      float t[2 * kU];
-#pragma unroll
-      for (int u = 0; u < kU; ++u) {
-        const int64_t qi = (i + u) * a.Hq + h;
-        t[u] = dot_part(k, a.q + qi * a.D, a.D, lane);
-        t[kU + u] = dot_part(v, a.dout + qi * a.Dv, a.Dv, lane);
-      }
-      warp_sum_n(t);
-#pragma unroll
-      for (int u = 0; u < kU; ++u) add(t[u], t[kU + u], h, i + u);
-    }
-    for (; i <= hi; ++i) {
-      const int64_t qi = i * a.Hq + h;
-      add(dot_dims(k, a.q + qi * a.D, a.D, lane), dot_dims(v, a.dout + qi * a.Dv, a.Dv, lane), h, i);
-    }
-  }
+  for (int64_t h = g * rep; h < (g + 1) * rep; ++h)  // query row i of head h: qi = i * Hq + h
+    walk_dots(k, a.q + h * a.D, a.Hq * a.D, a.D, v, a.dout + h * a.Dv, a.Hq * a.Dv, a.Dv, j, hi, lane,
+              [&](float kq, float vd, int64_t i) { add(kq, vd, h, i); });
 #pragma unroll
   for (int c = 0; c < kMaxE; ++c) {
     const int64_t e = lane + 32 * c;

@@ -20,8 +20,11 @@ asm(".section .rodata\n"
     ".incbin \"" NIBBLE_RCP_TABLE "\"\n"
     "nibble_rcp_table_end:\n"
     ".previous\n");
-extern "C" const unsigned char nibble_rcp_table_begin[];
-extern "C" const unsigned char nibble_rcp_table_end[];
+// Hidden: the labels are in this object, so the compiler addresses them PC-relative. Otherwise
+// aarch64's PIE code loads them from GOT entries for `.rodata + offset` (local labels), and the
+// linked binaries read the wrong bytes there (zlib: Z_DATA_ERROR).
+extern "C" __attribute__((visibility("hidden"))) const unsigned char nibble_rcp_table_begin[];
+extern "C" __attribute__((visibility("hidden"))) const unsigned char nibble_rcp_table_end[];
 
 namespace nibble::quant {
 

@@ -50,9 +50,9 @@ namespace avx512 {
 // n values of src (f32/f16/bf16) into dst (f32/f16/bf16), contiguous.
 void convert_span(const void* src, DType sdt, void* dst, DType ddt, int64_t n);
 // Attention tiles of R <= kAttnTileRows query rows (attention_avx512.cpp). Scores:
-// sc[r * ldsc + j] = q[r * ldq + 0:D] . kT[0:D][j] (kT[d * ldt + j]) for j < n, n a multiple of 16.
-void qk_tile(const float* q, int64_t ldq, int R, int64_t D, const float* kT, int64_t ldt, int64_t n,
-             float* sc, int64_t ldsc);
+// sc[r * ldsc + j] = q[r * ldq + 0:D] . k[j * ldk + 0:D] for j < n (a row's values whatever R).
+void qk_tile(const float* q, int64_t ldq, int R, int64_t D, const float* k, int64_t ldk, int64_t n, float* sc,
+             int64_t ldsc);
 // acc[r * lda + 0:Dv] = sum_j p[r * ldp + j] * v[j * ldv + 0:Dv] for j < n, in order.
 void pv_tile(const float* p, int64_t ldp, int R, const float* v, int64_t ldv, int64_t Dv, int64_t n,
              float* acc, int64_t lda);

@@ -46,6 +46,9 @@ void gemm_i8_block(const int16_t*, int64_t, int64_t, const int8_t*, int64_t, int
 void qk_dots(const float*, const float*, int64_t, int64_t, int64_t, float*) {
   x86_only("avx2::qk_dots");
 }
+float scale_max(float*, int64_t, float) {
+  x86_only("avx2::scale_max");
+}
 float exp_sum(float*, int64_t, float) {
   x86_only("avx2::exp_sum");
 }
@@ -108,6 +111,12 @@ void int8_dequant_rows(const int32_t*, int64_t, int64_t, int64_t, const float*, 
 // nn_cpu.h
 void convert_span(const void*, DType, void*, DType, int64_t) {
   x86_only("avx512::convert_span");
+}
+void qk_tile(const float*, int64_t, int, int64_t, const float*, int64_t, int64_t, float*, int64_t) {
+  x86_only("avx512::qk_tile");
+}
+void pv_tile(const float*, int64_t, int, const float*, int64_t, int64_t, int64_t, float*, int64_t) {
+  x86_only("avx512::pv_tile");
 }
 // quant_cpu.h
 void quantize_4bit_block(const void*, DType, int64_t, int64_t, DType, uint8_t*, float*) {

@@ -225,15 +225,9 @@ __global__ void __launch_bounds__(kWarps * 32) attn_prefill_tc_kernel(Params p) 
 template <class KV, int D>
 void launch_tc(const Launch& l, const Params& p) {
   static std::atomic<bool> opted[64];
-  int dev = 0;
-  NIBBLE_CUDA_CHECK(cudaGetDevice(&dev));
   auto kernel = attn_prefill_tc_kernel<KV, D>;
   const size_t bytes = smem_bytes<D>();
-  std::atomic<bool>& o = opted[dev >= 0 && dev < 64 ? dev : 0];
-  if (!o.load(std::memory_order_relaxed)) {
-    NIBBLE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
-    o.store(true, std::memory_order_relaxed);
-  }
+  opt_in_smem(kernel, bytes, opted);
   const dim3 grid(unsigned(ceil_div(p.T, kRows)), unsigned(p.Hq));
   cuda::launch(kernel, grid, dim3(kWarps * 32), bytes, as_stream(l.stream), p);
   NIBBLE_CUDA_CHECK_LAUNCH();

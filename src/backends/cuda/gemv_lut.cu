@@ -45,6 +45,7 @@
 #include "backends/cuda/compute_dtype.cuh"
 #include "backends/cuda/gemv_frag.cuh"
 #include "backends/cuda/gemv_lut.h"
+#include "backends/cuda/launch_util.cuh"
 #include "backends/cuda/linear_cuda.h"
 #include "backends/cuda/pdl.cuh"
 #include "backends/cuda/runtime.h"
@@ -551,21 +552,6 @@ int pick_slices(int64_t tiles, int64_t chunks, int64_t blocks) {
     if (cost <= best_cost) best_cost = cost, best = ks;
   }
   return best;
-}
-
-// A kernel's shared-memory opt-in up to max_bytes, once a device (opted: that kernel's flags);
-// returns the current device.
-template <class Kernel>
-int opt_in_smem(Kernel kernel, size_t max_bytes, std::atomic<bool> (&opted)[64]) {
-  int dev = 0;
-  NIBBLE_CUDA_CHECK(cudaGetDevice(&dev));
-  const int slot = dev >= 0 && dev < 64 ? dev : 0;
-  if (!opted[slot].load(std::memory_order_relaxed)) {
-    NIBBLE_CUDA_CHECK(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(max_bytes)));
-    opted[slot].store(true, std::memory_order_relaxed);
-  }
-  return dev;
 }
 
 // Per kernel, size and device: the shared-memory opt-in done once, and the blocks that fit a

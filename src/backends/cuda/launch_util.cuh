@@ -3,6 +3,7 @@
 // that makes those calls synchronous.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 
 #include <cuda_runtime.h>
@@ -50,6 +51,21 @@ class DeviceGuard {
  private:
   int prev_ = -1;
 };
+
+// A kernel's shared-memory opt-in up to max_bytes, once a device (opted: that kernel's flags);
+// returns the current device.
+template <class Kernel>
+int opt_in_smem(Kernel kernel, size_t max_bytes, std::atomic<bool> (&opted)[64]) {
+  int dev = 0;
+  NIBBLE_CUDA_CHECK(cudaGetDevice(&dev));
+  const int slot = dev >= 0 && dev < 64 ? dev : 0;
+  if (!opted[slot].load(std::memory_order_relaxed)) {
+    NIBBLE_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(max_bytes)));
+    opted[slot].store(true, std::memory_order_relaxed);
+  }
+  return dev;
+}
 
 // Calls f(tag) with the element-type tag (dev::F32/F16/BF16) of a float dtype.
 template <class F>

@@ -708,11 +708,12 @@ void copy_(ExecContext& ctx, const Tensor& src, const Tensor& dst) {
     throw ShapeError(str(op, ": source ", src.str(), " and destination ", dst.str(), " differ in shape"));
   dispatch(
       op, ctx, dst.dtype(), {src, dst},
-      [&] { cpu::convert_rows(src.data_ptr(), src.dtype(), s.ld, s.rows, s.cols, dst.data_ptr(), dst.dtype(), d.ld); },
+      [&] {
+        cpu::convert_rows(src.data_ptr(), src.dtype(), s.ld, s.rows, s.cols, dst.data_ptr(), dst.dtype(),
+                          d.ld);
+      },
       [&](auto& c) {
-        if (src.dtype() != DType::F32)
-          throw UnsupportedError(str(op, ": a CUDA source must be f32, got ", src.str()));
-        cuda::copy_rows(make_launch(c, 0), src.template data<float>(), s.ld, s.rows, s.cols, dst.data_ptr(),
+        cuda::copy_rows(make_launch(c, 0), src.data_ptr(), src.dtype(), s.ld, s.rows, s.cols, dst.data_ptr(),
                         dst.dtype(), d.ld);
       });
 }

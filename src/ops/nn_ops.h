@@ -135,9 +135,9 @@ void softcap_(ExecContext& ctx, const Tensor& x, float cap);
 // in range (the caller checks on the host, where the ids come from).
 void embedding(ExecContext& ctx, const Tensor& table, const Tensor& ids, int64_t offset, float scale,
                const Tensor& out);
-// dst = src converted to dst's dtype (f32/f16/bf16 → f32/f16/bf16 on the CPU, f32 → any of
-// them on CUDA), rounding as store_from_f32; both 2-D [rows, cols] views with unit column
-// stride (head splits, KV-cache writes, the batch concat, weights converted while loading).
+// dst = src converted to dst's dtype (f32/f16/bf16 → f32/f16/bf16), rounding as store_from_f32;
+// both 2-D [rows, cols] views with unit column stride (head splits, KV-cache writes, the batch
+// concat, weights converted while loading).
 void copy_(ExecContext& ctx, const Tensor& src, const Tensor& dst);
 // x converted to dt as Tensor::to does it, bit for bit; a 2-D host tensor of f32/f16/bf16 into
 // one of those goes through copy_ (threads, SIMD), anything else through Tensor::to.

@@ -103,7 +103,11 @@ void softcap_backward_(ExecContext& ctx, const Tensor& y, float cap, const Tenso
 void rope_backward_(ExecContext& ctx, const Tensor& dx, const Tensor& cos, const Tensor& sin,
                     int64_t rot_dim);
 // One sequence's causal self-attention from position 0 (opts.q_offset must be 0, no q_pos):
-// q [T, Hq, D], k [T, Hkv, D], v [T, Hkv, Dv], dout [T, Hq, Dv]; dq, dk, dv of their shapes.
+// q [T, Hq, D], k [T, Hkv, D], v [T, Hkv, Dv], dout [T, Hq, Dv]; dq, dk, dv (f32) of their shapes.
+// k and v may be f16/bf16 (as the forward's KV cache on CUDA): the CPU computes on their exact
+// values in f32; CUDA takes the tensor cores (cuda::attention_backward_tc_fits), rounding q, dout,
+// the probabilities and dS to that dtype as flash attention's backward does, or else the f32
+// kernels on their values.
 void attention_backward(ExecContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v,
                         const AttentionOptions& opts, const Tensor& dout, const Tensor& dq, const Tensor& dk,
                         const Tensor& dv);

@@ -8,6 +8,7 @@
 
 #include "nibble/error.h"
 #include "ops/dispatch.h"
+#include "ops/nn_ops.h"
 #include "ops/train_ops.h"
 // CUDA-free declarations; only the CUDA build instantiates the branches that call them.
 #include "backends/cuda/train_cuda.h"
@@ -202,8 +203,12 @@ void attention_backward(ExecContext& ctx, const Tensor& q, const Tensor& k, cons
                         const Tensor& dv) {
   const char* op = "attention_backward";
   for (const auto& [what, t] : {std::pair<const char*, const Tensor*>{"q", &q}, {"k", &k}, {"v", &v}})
-    if (!t->defined() || t->dim() != 3 || t->dtype() != DType::F32 || !t->is_contiguous())
-      throw ShapeError(str(op, ": ", what, " must be a contiguous f32 [T, heads, dim], got ", str_of(*t)));
+    if (!t->defined() || t->dim() != 3 || !t->is_contiguous() ||
+        t->dtype() != (t == &q ? DType::F32 : k.dtype()) ||
+        (t->dtype() != DType::F32 && t->dtype() != DType::F16 && t->dtype() != DType::BF16))
+      throw ShapeError(str(op, ": ", what,
+                           " must be a contiguous [T, heads, dim] (q f32; k and v f32, f16 or ",
+                           "bf16, one dtype), got ", str_of(*t)));
   const int64_t T = q.size(0), Hq = q.size(1), D = q.size(2), Hkv = k.size(1), Dv = v.size(2);
   if (k.shape() != Shape{T, Hkv, D} || v.size(0) != T || v.size(1) != Hkv || Hkv == 0 || Hq % Hkv)
     throw ShapeError(str(op, ": q ", q.str(), ", k ", k.str(), ", v ", v.str(),
@@ -218,14 +223,16 @@ void attention_backward(ExecContext& ctx, const Tensor& q, const Tensor& k, cons
   const int64_t window = opts.sliding_window ? *opts.sliding_window : 0;
   const float cap = opts.softcap ? *opts.softcap : 0.0f;
   dispatch(
-      op, ctx, DType::F32, {q, k, v, dout, dq, dk, dv, opts.alibi_slopes},
+      op, ctx, k.dtype(), {q, k, v, dout, dq, dk, dv, opts.alibi_slopes},
       [&] {
         AttnBwdOptions o;
         o.scale = opts.scale;
         o.sliding_window = window;
         o.softcap = cap;
         o.alibi_slopes = opts.alibi_slopes.defined() ? opts.alibi_slopes.data<float>() : nullptr;
-        attention_backward(q.data<float>(), k.data<float>(), v.data<float>(), T, Hq, Hkv, D, Dv, o,
+        const bool f32 = k.dtype() == DType::F32;  // 16-bit k/v: their exact values
+        const Tensor kf = f32 ? k : k.to(DType::F32), vf = f32 ? v : v.to(DType::F32);
+        attention_backward(q.data<float>(), kf.data<float>(), vf.data<float>(), T, Hq, Hkv, D, Dv, o,
                            dout.data<float>(), dq.data<float>(), dk.data<float>(), dv.data<float>());
       },
       [&](auto& c) {
@@ -235,9 +242,17 @@ void attention_backward(ExecContext& ctx, const Tensor& q, const Tensor& k, cons
         a.window = window;
         a.softcap = cap;
         a.alibi = opts.alibi_slopes.defined() ? opts.alibi_slopes.template data<float>() : nullptr;
-        a.q = q.template data<float>(), a.k = k.template data<float>(), a.v = v.template data<float>();
-        a.dout = dout.template data<float>();
+        a.q = q.template data<float>(), a.dout = dout.template data<float>();
+        a.k = k.data_ptr(), a.v = v.data_ptr(), a.kv_dtype = k.dtype();
         a.dq = dq.template data<float>(), a.dk = dk.template data<float>(), a.dv = dv.template data<float>();
+        Tensor kf, vf;  // 16-bit k/v the tensor cores do not take: the f32 kernels on their values
+        if (a.kv_dtype != DType::F32 && !cuda::attention_backward_tc_fits(a)) {
+          kf = Tensor::empty(k.shape(), DType::F32, k.device());
+          vf = Tensor::empty(v.shape(), DType::F32, v.device());
+          copy_(c, k.view({T * Hkv, D}), kf.view({T * Hkv, D}));
+          copy_(c, v.view({T * Hkv, Dv}), vf.view({T * Hkv, Dv}));
+          a.k = kf.data_ptr(), a.v = vf.data_ptr(), a.kv_dtype = DType::F32;
+        }
         cuda::attention_backward(make_launch(c, cuda::attention_backward_workspace_bytes(a)), a);
       });
 }

@@ -21,7 +21,8 @@ struct LayerCache {
   Tensor h_in;                      // [R, C] the layer's input
   Tensor x1;                        // [R, C] attention norm output
   Tensor q_raw, k_raw;              // [R, H * D] before the q/k norms (only with them)
-  Tensor q, k, v;                   // [R, H * D] as attention saw them (normed, rotated)
+  Tensor q, k, v;                   // [R, H * D] as attention saw them (normed, rotated; k and v
+                                    // in the KV cache's dtype: 16-bit on CUDA with a 16-bit compute)
   Tensor a;                         // [R, Hq * D] attention output (o_proj input)
   Tensor o_raw;                     // [R, C] o_proj output before the post-attention norm (only with it)
   Tensor h_mid;                     // [R, C] h + attention (sequential residual)
@@ -151,6 +152,17 @@ struct Pass {
     if (s.pos == models::PosKind::Rope) {
       ops::apply_rope_(*ctx, q3, st.cos, st.sin, st.rot_dim);
       ops::apply_rope_(*ctx, k3, st.cos, st.sin, st.rot_dim);
+    }
+    const DType kv_dt = m.cache_dtype(m.device);
+    if (kv_dt != DType::F32) {  // k and v in the KV cache's dtype, as inference keeps them there
+      Tensor kc = Tensor::empty({R, Hkv * D}, kv_dt, m.device),
+             vc = Tensor::empty({R, Hkv * D}, kv_dt, m.device);
+      ops::copy_(*ctx, k, kc);
+      ops::copy_(*ctx, v, vc);
+      k = kc;
+      v = vc;
+      k3 = k.view({R, Hkv, D});
+      v3 = v.view({R, Hkv, D});
     }
     c.q = q;
     c.k = k;

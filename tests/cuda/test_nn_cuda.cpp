@@ -248,6 +248,16 @@ TEST(NnCuda, EmbeddingCopyRopeArgmaxLse) {
         const size_t es = want.size(), at = size_t(r * ldd + c) * es;
         ASSERT_TRUE(std::equal(want.begin(), want.end(), gb.begin() + long(at))) << r << "," << c;
       }
+    // copy_rows from dt: the dt rows just written back to f32 (strided both ways), exactly
+    Dev back(size_t(rows * lds) * 4);
+    up(back, std::vector<float>(size_t(rows * lds), -7.0f));
+    cuda::copy_rows(kL, dd.p, dt, ldd, rows, cols, back.p, DType::F32, lds);
+    auto fb = down<float>(back, size_t(rows * lds));
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < lds; ++c) {
+        const float want = c < cols ? load_as_f32(gb.data(), dt, r * ldd + c) : -7.0f;
+        ASSERT_EQ(fb[size_t(r * lds + c)], want) << "from " << dtype_name(dt) << " " << r << "," << c;
+      }
   }
   // rope, partial rotary, strided tokens
   for (int64_t D : {64, 80, 128})

@@ -14,8 +14,10 @@
 #include <algorithm>
 #include <cmath>
 #include <random>
+#include <tuple>
 #include <vector>
 
+#include "backends/cuda/train_cuda.h"
 #include "core/exec_context.h"
 #include "nibble/quant.h"
 #include "nibble/tensor.h"
@@ -182,6 +184,75 @@ TEST(TrainCuda, AttentionBackwardEveryVariant) {
     EXPECT_LT(rel_err(gdq, dq), kGemmTol) << "dq";
     EXPECT_LT(rel_err(gdk, dk), kGemmTol) << "dk";
     EXPECT_LT(rel_err(gdv, dv), kGemmTol) << "dv";
+  }
+}
+
+// 16-bit k/v (the KV cache's dtype when training with a 16-bit compute dtype): the tensor-core
+// backward. It rounds q and dout to that dtype (the reference below takes them rounded too), then
+// the probabilities P and dS (one rounding, at most u = 2^-9 bf16 / 2^-12 f16 relative, a term of
+// dv = P^T dO, dk = dS^T q, dq = dS k), with f32 sums. So each result is off by about u times
+// the RMS of its terms: bounds RMS(err) <= 2u RMS(ref) and max err <= 8u max|ref|. A key or row
+// missed, a wrong mask or a wrong scale is an error of order 1/sqrt(T) of the RMS or more.
+TEST(TrainCuda, AttentionBackwardTensorCores) {
+  SKIP_WITHOUT_CUDA();
+  SEEDED(r);
+  struct Case {
+    int64_t T, Hq, Hkv, D;
+    int64_t window;
+    float softcap;
+    bool alibi;
+  };
+  const Case cases[] = {{1, 2, 2, 64, 0, 0, false},    {5, 2, 1, 32, 0, 0, false},
+                        {37, 4, 4, 32, 0, 0, false},   {100, 8, 2, 64, 0, 0, false},
+                        {130, 4, 1, 128, 0, 0, false}, {77, 4, 2, 80, 20, 0, false},
+                        {65, 4, 2, 96, 0, 20, false},  {70, 6, 3, 64, 0, 0, true},
+                        {300, 2, 1, 128, 0, 0, false}, {200, 4, 2, 64, 64, 30, true}};
+  const auto rms = [](const Tensor& a, const Tensor* b) {
+    double s = 0;
+    for (int64_t i = 0; i < a.numel(); ++i) {
+      const double d = a.data<float>()[i] - (b ? b->data<float>()[i] : 0.0f);
+      s += d * d;
+    }
+    return std::sqrt(s / double(std::max<int64_t>(a.numel(), 1)));
+  };
+  for (DType dt : {DType::BF16, DType::F16}) {
+    const double u = dt == DType::BF16 ? 1.0 / 512 : 1.0 / 4096;
+    for (const Case& c : cases) {
+      SCOPED_TRACE(std::string(dtype_name(dt)) + " T " + std::to_string(c.T) + " Hq " + std::to_string(c.Hq) +
+                   " Hkv " + std::to_string(c.Hkv) + " D " + std::to_string(c.D) + " window " +
+                   std::to_string(c.window) + " softcap " + std::to_string(c.softcap) + " alibi " +
+                   std::to_string(c.alibi));
+      const Tensor q = r.randn({c.T, c.Hq, c.D}), dout = r.randn({c.T, c.Hq, c.D});
+      const Tensor k = r.randn({c.T, c.Hkv, c.D}).to(dt), v = r.randn({c.T, c.Hkv, c.D}).to(dt);
+      const Tensor qr = q.to(dt).to(DType::F32), doutr = dout.to(dt).to(DType::F32);
+      ops::AttentionOptions o;
+      o.scale = 1.0f / std::sqrt(float(c.D));
+      if (c.window) o.sliding_window = c.window;
+      if (c.softcap > 0) o.softcap = c.softcap;
+      if (c.alibi) o.alibi_slopes = r.randn({c.Hq}, 0.1f);
+      Tensor dq = zeros(q.shape()), dk = zeros(k.shape()), dv = zeros(v.shape());
+      ops::attention_backward(cpu_ctx(), qr, k, v, o, doutr, dq, dk, dv);
+      ops::AttentionOptions go = o;
+      go.alibi_slopes = on_gpu(o.alibi_slopes);
+      const Tensor gq = on_gpu(q), gk = on_gpu(k), gv = on_gpu(v), gdout = on_gpu(dout);
+      Tensor gdq = zeros(q.shape(), kGpu), gdk = zeros(k.shape(), kGpu), gdv = zeros(v.shape(), kGpu);
+      cuda::AttentionBackward a;  // the shape as the op passes it: it takes the tensor cores
+      a.T = c.T, a.Hq = c.Hq, a.Hkv = c.Hkv, a.D = a.Dv = c.D, a.kv_dtype = dt;
+      a.q = gq.data<float>(), a.dout = gdout.data<float>(), a.k = gk.data_ptr(), a.v = gv.data_ptr();
+      EXPECT_TRUE(cuda::attention_backward_tc_fits(a));
+      ops::attention_backward(gpu_ctx(), gq, gk, gv, go, gdout, gdq, gdk, gdv);
+      for (const auto& [name, got_dev, want] :
+           {std::tuple<const char*, const Tensor*, const Tensor*>{"dq", &gdq, &dq},
+            {"dk", &gdk, &dk},
+            {"dv", &gdv, &dv}}) {
+        const Tensor got = on_host(*got_dev);
+        const double e = rel_err(got, *want), er = rms(got, want) / rms(*want, nullptr);
+        std::printf("  %s T %lld D %lld %s: max err %.2fu, rms err %.2fu\n", dtype_name(dt), (long long)c.T,
+                    (long long)c.D, name, e / u, er / u);
+        EXPECT_LE(e, 8 * u) << name;
+        EXPECT_LE(er, 2 * u) << name;
+      }
+    }
   }
 }
 

@@ -95,6 +95,31 @@ TEST(TrainOpsCtx, CpuBranchIsTheHostReference) {
     EXPECT_TRUE(same_bytes(dv, rv));
   }
   {
+    // 16-bit k/v (a 16-bit KV cache): the reference on their exact values; mixed dtypes refused
+    const int64_t T = 6, Hq = 2, Hkv = 1, D = 8;
+    const Tensor q = test::random_normal({T, Hq, D}, DType::F32, rng),
+                 g = test::random_normal({T, Hq, D}, DType::F32, rng);
+    for (DType dt : {DType::BF16, DType::F16}) {
+      const Tensor k = test::random_normal({T, Hkv, D}, dt, rng),
+                   v = test::random_normal({T, Hkv, D}, dt, rng);
+      ops::AttentionOptions o;
+      o.scale = 0.4f;
+      Tensor dq = zeros({T, Hq, D}), dk = zeros({T, Hkv, D}), dv = zeros({T, Hkv, D});
+      ops::attention_backward(ctx(), q, k, v, o, g, dq, dk, dv);
+      auto rq = zero_vec(T * Hq * D), rk = zero_vec(T * Hkv * D), rv = zero_vec(T * Hkv * D);
+      ops::AttnBwdOptions ro;
+      ro.scale = 0.4f;
+      const Tensor kf = k.to(DType::F32), vf = v.to(DType::F32);
+      ops::attention_backward(q.data<float>(), kf.data<float>(), vf.data<float>(), T, Hq, Hkv, D, D, ro,
+                              g.data<float>(), rq.data(), rk.data(), rv.data());
+      EXPECT_TRUE(same_bytes(dq, rq));
+      EXPECT_TRUE(same_bytes(dk, rk));
+      EXPECT_TRUE(same_bytes(dv, rv));
+      expect_shape_error([&] { ops::attention_backward(ctx(), q, k, vf, o, g, dq, dk, dv); },
+                         "attention_backward", "one dtype");
+    }
+  }
+  {
     const int64_t V = 30;
     const Tensor W = test::random_normal({V, C}, DType::F32, rng);
     std::vector<int64_t> tv = {3, -100, 7, 29, 0, -100};

@@ -15,11 +15,20 @@
 #include "backends/cuda/check.h"
 #include "backends/cuda/gemv_frag.cuh"
 #include "backends/cuda/launch_util.cuh"
+#include "backends/cuda/mma_smem.cuh"
 #include "backends/cuda/pdl.cuh"
 #include "backends/cuda/runtime.h"
 
 namespace nibble::cuda {
 namespace {
+
+using dev::a_frag;
+using dev::b_pair;
+using dev::bt_pair;
+using dev::cp_async16;
+using dev::cp_async_commit;
+using dev::cp_async_wait_all;
+using dev::smem_addr;
 
 constexpr int kWarps = 4;
 constexpr int kRows = 16 * kWarps;  // query rows a block
@@ -35,32 +44,6 @@ struct Params {
   const uint16_t* v;
   float* out;  // [T, Hq, D]
 };
-
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16 bytes global -> shared, bypassing L1; zero-filled when !valid (src then unread).
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() {
-  asm volatile("cp.async.commit_group;\n" ::);
-}
-__device__ __forceinline__ void cp_async_wait_all() {
-  asm volatile("cp.async.wait_group 0;\n" ::: "memory");
-}
-
-__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
 
 template <int D>
 constexpr size_t smem_bytes() {
@@ -110,7 +93,7 @@ __global__ void __launch_bounds__(kWarps * 32) attn_prefill_tc_kernel(Params p) 
   uint32_t qf[D / 16][4];
 #pragma unroll
   for (int kk = 0; kk < D / 16; ++kk)
-    ldsm_x4(qf[kk], smem_addr(Qs + (warp * 16 + (lane & 15)) * P + kk * 16 + (lane >> 4) * 8));
+    a_frag(qf[kk], Qs, P, warp * 16, kk * 16, lane);
 
   float o[D / 8][4];
 #pragma unroll
@@ -138,7 +121,7 @@ __global__ void __launch_bounds__(kWarps * 32) attn_prefill_tc_kernel(Params p) 
 #pragma unroll
       for (int n = 0; n < kKeys / 8; n += 2) {
         uint32_t b[4];
-        ldsm_x4(b, smem_addr(Kb + (n * 8 + (lane & 7) + ((lane >> 4) << 3)) * P + kk * 16 + ((lane >> 3) & 1) * 8));
+        b_pair(b, Kb, P, n, kk * 16, lane);
         dev::mma<KV>(s[n], qf[kk], b[0], b[1]);
         dev::mma<KV>(s[n + 1], qf[kk], b[2], b[3]);
       }
@@ -199,7 +182,7 @@ __global__ void __launch_bounds__(kWarps * 32) attn_prefill_tc_kernel(Params p) 
 #pragma unroll
       for (int n = 0; n < D / 8; n += 2) {
         uint32_t b[4];
-        ldsm_x4_trans(b, smem_addr(Vb + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * P + n * 8 + (lane >> 4) * 8));
+        bt_pair(b, Vb, P, n, kk * 16, lane);
         dev::mma<KV>(o[n], a, b[0], b[1]);
         dev::mma<KV>(o[n + 1], a, b[2], b[3]);
       }
@@ -251,8 +234,9 @@ void launch_d(const Launch& l, const Params& p, int64_t D) {
   }
 }
 
-// NIBBLE_ATTN_TC=0 sends prefill to the f32 SIMT kernel (benchmarks, A/B checks).
-bool tc_enabled() {
+}  // namespace
+
+bool attention_tc_enabled() {
   static const bool on = [] {
     const char* v = std::getenv("NIBBLE_ATTN_TC");
     return !(v && v[0] == '0');
@@ -260,12 +244,10 @@ bool tc_enabled() {
   return on;
 }
 
-}  // namespace
-
 bool attention_prefill_tc_fits(const Attention& a) {
   const bool half = a.kv_dtype == DType::BF16 || a.kv_dtype == DType::F16;
   const bool dim = a.D == a.Dv && (a.D == 32 || a.D == 64 || a.D == 80 || a.D == 96 || a.D == 128);
-  return tc_enabled() && half && dim && a.T >= 16 && !a.pos && !a.kv_table && a.ldk % 8 == 0 && a.ldv % 8 == 0 &&
+  return attention_tc_enabled() && half && dim && a.T >= 16 && !a.pos && !a.kv_table && a.ldk % 8 == 0 && a.ldv % 8 == 0 &&
          aligned(a.k, 16) && aligned(a.v, 16);
 }
 

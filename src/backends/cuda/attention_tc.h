@@ -8,6 +8,9 @@
 
 namespace nibble::cuda {
 
+// NIBBLE_ATTN_TC=0 keeps attention (prefill, and the training backward) on the f32 SIMT kernels
+// (benchmarks, A/B checks).
+bool attention_tc_enabled();
 bool attention_prefill_tc_fits(const Attention& a);
 void attention_prefill_tc(const Launch& l, const Attention& a);
 

@@ -34,7 +34,10 @@ void softcap(const Launch& l, float* x, int64_t n, float cap);   // x = tanh(x /
 // (already range-checked by the caller).
 void embedding(const Launch& l, const void* table, DType dt, int64_t C, const int64_t* ids, int64_t R,
                int64_t offset, float scale, float* out);
-// dst[r * ld_dst + c] = src[r * ld_src + c] converted to dst_dt (f32/f16/bf16), r < rows, c < cols.
+// dst[r * ld_dst + c] = src[r * ld_src + c] converted from src_dt to dst_dt (each f32/f16/bf16;
+// the f32-source form below), r < rows, c < cols.
+void copy_rows(const Launch& l, const void* src, DType src_dt, int64_t ld_src, int64_t rows, int64_t cols,
+               void* dst, DType dst_dt, int64_t ld_dst, const int64_t* dst_row0 = nullptr);
 void copy_rows(const Launch& l, const float* src, int64_t ld_src, int64_t rows, int64_t cols, void* dst,
                DType dst_dt, int64_t ld_dst, const int64_t* dst_row0 = nullptr);
 

@@ -157,8 +157,8 @@ __global__ void embedding_kernel(const void* table, int64_t C, const int64_t* id
     out[r * C + c] = dev::load1<T>(table, row * C + c) * scale;
 }
 
-template <class T>
-__global__ void copy_rows_kernel(const float* src, int64_t lds, int64_t cols, void* dst, int64_t ldd,
+template <class S, class T>
+__global__ void copy_rows_kernel(const void* src, int64_t lds, int64_t cols, void* dst, int64_t ldd,
                                  const int64_t* dst_row0) {
   dev::pdl_launch_dependents();
   dev::pdl_wait();
@@ -166,7 +166,7 @@ __global__ void copy_rows_kernel(const float* src, int64_t lds, int64_t cols, vo
   if (dst_row0) dst = static_cast<char*>(dst) + *dst_row0 * ldd * T::kBytes;
   for (int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; c < cols;
        c += int64_t(gridDim.x) * blockDim.x) {
-    const float v = src[r * lds + c];
+    const float v = dev::load1<S>(src, r * lds + c);
     if constexpr (T::kBytes == 4)
       static_cast<float*>(dst)[r * ldd + c] = v;
     else if constexpr (std::is_same_v<T, dev::F16>)
@@ -389,15 +389,22 @@ void embedding(const Launch& l, const void* table, DType dt, int64_t C, const in
   NIBBLE_CUDA_CHECK_LAUNCH();
 }
 
-void copy_rows(const Launch& l, const float* src, int64_t ld_src, int64_t rows, int64_t cols, void* dst,
-               DType dst_dt, int64_t ld_dst, const int64_t* dst_row0) {
+void copy_rows(const Launch& l, const void* src, DType src_dt, int64_t ld_src, int64_t rows, int64_t cols,
+               void* dst, DType dst_dt, int64_t ld_dst, const int64_t* dst_row0) {
   if (rows == 0 || cols == 0) return;
   DeviceScope ds(l.device);
-  with_float_dtype("cuda::copy_rows", dst_dt, [&](auto T) {
-    cuda::launch(copy_rows_kernel<decltype(T)>, dim3(dim3(grid_for(cols), unsigned(rows))), dim3(256), 0,
-                 as_stream(l.stream), src, ld_src, cols, dst, ld_dst, dst_row0);
+  with_float_dtype("cuda::copy_rows", src_dt, [&](auto S) {
+    with_float_dtype("cuda::copy_rows", dst_dt, [&](auto T) {
+      cuda::launch(copy_rows_kernel<decltype(S), decltype(T)>, dim3(dim3(grid_for(cols), unsigned(rows))),
+                   dim3(256), 0, as_stream(l.stream), src, ld_src, cols, dst, ld_dst, dst_row0);
+    });
   });
   NIBBLE_CUDA_CHECK_LAUNCH();
+}
+
+void copy_rows(const Launch& l, const float* src, int64_t ld_src, int64_t rows, int64_t cols, void* dst,
+               DType dst_dt, int64_t ld_dst, const int64_t* dst_row0) {
+  copy_rows(l, src, DType::F32, ld_src, rows, cols, dst, dst_dt, ld_dst, dst_row0);
 }
 
 void apply_rope(const Launch& l, float* x, int64_t ld_x, int64_t T, int64_t H, int64_t D, const float* cos,

@@ -13,6 +13,7 @@
 
 #include "backends/cuda/kernel_util.cuh"
 #include "backends/cuda/pdl.cuh"
+#include "backends/cuda/train_attention_tc.h"
 #include "backends/cuda/train_cuda.h"
 #include "nibble/error.h"
 
@@ -108,8 +109,8 @@ __global__ void __launch_bounds__(kWarps * 32) attn_bwd_rows_kernel(AttentionBac
   if (r >= a.T * a.Hq) return;
   const int64_t i = r / a.Hq, h = r % a.Hq, g = h / (a.Hq / a.Hkv);
   const int64_t ks = a.Hkv * a.D, vs = a.Hkv * a.Dv;
-  const float* kh = a.k + g * a.D;  // key j at kh + j * ks
-  const float* vh = a.v + g * a.Dv;
+  const float* kh = static_cast<const float*>(a.k) + g * a.D;  // key j at kh + j * ks
+  const float* vh = static_cast<const float*>(a.v) + g * a.Dv;
   float q[kMaxE], dout[kMaxE];
   load_dims(q, a.q + r * a.D, a.D, lane);
   load_dims(dout, a.dout + r * a.Dv, a.Dv, lane);
@@ -154,8 +155,8 @@ __global__ void __launch_bounds__(kWarps * 32) attn_bwd_keys_kernel(AttentionBac
   if (r >= a.T * a.Hkv) return;
   const int64_t j = r / a.Hkv, g = r % a.Hkv, rep = a.Hq / a.Hkv;
   float k[kMaxE], v[kMaxE], dk[kMaxE] = {}, dv[kMaxE] = {};
-  load_dims(k, a.k + r * a.D, a.D, lane);
-  load_dims(v, a.v + r * a.Dv, a.Dv, lane);
+  load_dims(k, static_cast<const float*>(a.k) + r * a.D, a.D, lane);
+  load_dims(v, static_cast<const float*>(a.v) + r * a.Dv, a.Dv, lane);
   const int64_t hi = a.window > 0 ? min(a.T - 1, j + a.window - 1) : a.T - 1;
   // query rows i in groups of kU (k.q and v.dout reduced together), then one at a time; in order
   auto add = [&](float kq, float vd, int64_t h, int64_t i) {
@@ -186,11 +187,13 @@ __global__ void __launch_bounds__(kWarps * 32) attn_bwd_keys_kernel(AttentionBac
 }  // namespace
 
 size_t attention_backward_workspace_bytes(const AttentionBackward& a) {
-  return size_t(2 * a.T * a.Hq) * sizeof(float);
+  const size_t stats = size_t(2 * a.T * a.Hq) * sizeof(float);
+  return a.kv_dtype == DType::F32 ? stats : stats + attention_backward_tc_partials_bytes(a);
 }
 
 void attention_backward(const Launch& l, const AttentionBackward& a) {
   if (a.T == 0 || a.Hq == 0) return;
+  if (a.kv_dtype != DType::F32) return attention_backward_tc(l, a);
   if (a.Hkv <= 0 || a.Hq % a.Hkv != 0)
     throw ShapeError(
         detail::str("cuda::attention_backward: Hq ", a.Hq, " and Hkv ", a.Hkv, " not supported"));

@@ -37,20 +37,30 @@ void rope_backward(const Launch& l, float* dx, int64_t T, int64_t H, int64_t D, 
 void embedding_backward(const Launch& l, const int64_t* ids, int64_t T, const float* dy, int64_t H, int64_t V,
                         float* dW);
 
-// ---- attention (train_attention.cu) ------------------------------------------------------------
+// ---- attention (train_attention.cu, train_attention_tc.cu) ---------------------------------------
 // Causal self-attention of one sequence from position 0 (as ops::attention_backward): q
 // [T, Hq, D], k [T, Hkv, D], v [T, Hkv, Dv], dout [T, Hq, Dv] contiguous; dq, dk, dv overwritten.
+// k and v in kv_dtype: f32 (the SIMT kernels, f32 throughout) or f16/bf16 (the tensor cores,
+// where attention_backward_tc_fits: q, dout, the probabilities P and dS rounded to that dtype
+// as flash attention's backward does in it, f32 accumulation; deterministic, no atomics).
 struct AttentionBackward {
   int64_t T = 0, Hq = 0, Hkv = 0, D = 0, Dv = 0;
   float scale = 1.0f;
   int64_t window = 0;            // 0: none
   float softcap = 0.0f;          // 0: none
   const float* alibi = nullptr;  // [Hq] or nullptr
-  const float *q = nullptr, *k = nullptr, *v = nullptr, *dout = nullptr;
+  const float *q = nullptr, *dout = nullptr;
+  const void *k = nullptr, *v = nullptr;
+  DType kv_dtype = DType::F32;
   float *dq = nullptr, *dk = nullptr, *dv = nullptr;
 };
-// Workspace: attention_backward_workspace_bytes (each row's softmax statistics).
+// Workspace: attention_backward_workspace_bytes (each row's softmax statistics; on the tensor
+// cores with Hq > Hkv also each query head's dk/dv, summed over its group in order afterwards).
 size_t attention_backward_workspace_bytes(const AttentionBackward& a);
+// 16-bit k/v that the tensor-core kernels take: D = Dv in {32, 64, 80, 96, 128}, 16-byte aligned
+// rows, and NIBBLE_ATTN_TC not 0. A 16-bit call that does not fit is an InternalError here (the
+// ops layer converts k/v to f32 first).
+bool attention_backward_tc_fits(const AttentionBackward& a);
 void attention_backward(const Launch& l, const AttentionBackward& a);
 
 // ---- loss and GEMMs through cuBLAS (train_gemm.cu) ------------------------------------------------

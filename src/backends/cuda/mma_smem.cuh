@@ -1,0 +1,61 @@
+// Shared-memory staging and ldmatrix fragment loads of the tensor-core attention kernels
+// (attention_tc.cu, train_attention_tc.cu): 16-byte cp.async copies global -> shared that
+// bypass L1 (zero-filled when out of range), and ldmatrix x4 (plain and transposed) of four
+// 8 x 8 tiles of 16-bit elements, the A/B operands of mma.m16n8k16 (gemv_frag.cuh).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace nibble::cuda::dev {
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16 bytes global -> shared, bypassing L1; zero-filled when !valid (src then unread).
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::);
+}
+__device__ __forceinline__ void cp_async_wait_all() {
+  asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+}
+
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
+// Shared tiles of 16-bit rows, `pitch` elements apart (padded so ldmatrix is conflict-free).
+// The three operand patterns of a warp's mma.m16n8k16 (rows of a tile start at `base`):
+//   a_frag:   A [16 rows x 16 k] from rows r0.. at columns k0.. (row-major A, e.g. Q, dO, K)
+//   b_pair:   B of n-blocks n and n+1 from rows n*8.. that hold B^T (an [n][k] tile, e.g. K as
+//             keys x dims for S = Q K^T): b[0], b[1] for block n, b[2], b[3] for n + 1
+//   bt_pair:  B of n-blocks n and n+1 from rows k0.. of a [k][n] tile (transposed load, e.g. V
+//             as keys x dims for O = P V)
+__device__ __forceinline__ void a_frag(uint32_t (&a)[4], const uint16_t* base, int pitch, int r0, int k0,
+                                       int lane) {
+  ldsm_x4(a, smem_addr(base + (r0 + (lane & 15)) * pitch + k0 + (lane >> 4) * 8));
+}
+__device__ __forceinline__ void b_pair(uint32_t (&b)[4], const uint16_t* base, int pitch, int n, int k0,
+                                       int lane) {
+  ldsm_x4(b,
+          smem_addr(base + (n * 8 + (lane & 7) + ((lane >> 4) << 3)) * pitch + k0 + ((lane >> 3) & 1) * 8));
+}
+__device__ __forceinline__ void bt_pair(uint32_t (&b)[4], const uint16_t* base, int pitch, int n, int k0,
+                                        int lane) {
+  ldsm_x4_trans(
+      b, smem_addr(base + (k0 + (lane & 7) + ((lane >> 3) & 1) * 8) * pitch + n * 8 + (lane >> 4) * 8));
+}
+
+}  // namespace nibble::cuda::dev

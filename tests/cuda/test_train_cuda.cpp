@@ -246,7 +246,8 @@ TEST(TrainCuda, AttentionBackwardTensorCores) {
             {"dk", &gdk, &dk},
             {"dv", &gdv, &dv}}) {
         const Tensor got = on_host(*got_dev);
-        const double e = rel_err(got, *want), er = rms(got, want) / rms(*want, nullptr);
+        // (T = 1: dq and dk are exactly 0, one key's softmax has no gradient; max err covers it)
+        const double e = rel_err(got, *want), er = rms(got, want) / std::max(rms(*want, nullptr), 1e-30);
         std::printf("  %s T %lld D %lld %s: max err %.2fu, rms err %.2fu\n", dtype_name(dt), (long long)c.T,
                     (long long)c.D, name, e / u, er / u);
         EXPECT_LE(e, 8 * u) << name;

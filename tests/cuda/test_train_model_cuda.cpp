@@ -10,6 +10,8 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -56,6 +58,39 @@ TEST(QLoRACuda, EightAdamWStepsMatchPeftOnTheGpu) {
                 std::abs(gpu[i] - want[i]) / want[i]);
     EXPECT_NEAR(gpu[i], want[i], 1e-4 * want[i]) << "step " << i + 1;
     EXPECT_NEAR(gpu[i], cpu[i], 1e-4 * cpu[i]) << "step " << i + 1;
+  }
+}
+
+// With a bf16 compute dtype the GPU keeps k and v in bf16 (its KV cache's dtype) and takes the
+// tensor-core attention forward and backward, which round q, the probabilities, dout and dS to
+// bf16 (2^-9 relative each); the CPU keeps f32 attention. The same 8 steps from fp32 quantized on
+// load (NF4 + double quant, bf16 compute) must track the CPU's: each loss within 2e-3 relative
+// (bf16 rounding of the attention's terms moves a loss by ~1e-4; a gradient of the wrong sign or
+// scale through q/k/v moves the trajectory by more than that over 8 steps).
+std::vector<double> eight_bf16_losses(const std::string& device_map) {
+  LoadOptions lo;
+  lo.device_map = device_map;
+  lo.quantization_config = BitsAndBytesConfig{.load_in_4bit = true,
+                                              .bnb_4bit_compute_dtype = "bfloat16",
+                                              .bnb_4bit_quant_type = "nf4",
+                                              .bnb_4bit_use_double_quant = true};
+  PeftModel p = PeftModel::from_pretrained(AutoModelForCausalLM::from_pretrained(llama() / "fp32", lo),
+                                           llama() / "lora_init");
+  LoraTrainer tr(p, test::qlora_fixture_args(), 8);
+  std::vector<double> out;
+  for (int i = 0; i < 8; ++i) out.push_back(tr.train_step({TrainBatch{batch(), {}}}).loss);
+  return out;
+}
+
+TEST(QLoRACuda, Bf16ComputeTracksTheCpu) {
+  SKIP_WITHOUT_CUDA();
+  const std::vector<double> gpu = eight_bf16_losses("cuda"), cpu = eight_bf16_losses("cpu");
+  ASSERT_EQ(gpu.size(), 8u);
+  EXPECT_LT(gpu.back(), gpu.front() - 0.1);  // it trains
+  for (size_t i = 0; i < gpu.size(); ++i) {
+    std::printf("bf16 step %zu loss gpu %.9f cpu %.9f rel %.2e\n", i + 1, gpu[i], cpu[i],
+                std::abs(gpu[i] - cpu[i]) / cpu[i]);
+    EXPECT_NEAR(gpu[i], cpu[i], 2e-3 * cpu[i]) << "step " << i + 1;
   }
 }
 

@@ -237,4 +237,24 @@ void embedding_backward(const int64_t* ids, int64_t T, const float* dy, int64_t 
   }
 }
 
+void adamw_update(float* x, const float* g, float* m, float* v, int64_t n, const AdamWStep& s) {
+  for (int64_t k = 0; k < n; ++k) {
+    x[k] *= s.decay;
+    m[k] += (g[k] - m[k]) * (1.0f - s.b1);  // torch: exp_avg.lerp_(grad, 1 - beta1)
+    v[k] = v[k] * s.b2 + (1.0f - s.b2) * g[k] * g[k];
+    const float denom = std::sqrt(v[k]) / s.bc2_sqrt + s.eps;
+    x[k] -= s.step_size * (m[k] / denom);
+  }
+}
+
+double sum_squares(const float* x, int64_t n) {
+  double s = 0;
+  for (int64_t k = 0; k < n; ++k) s += double(x[k]) * x[k];
+  return s;
+}
+
+void scale_by(float* x, int64_t n, double coef) {
+  for (int64_t k = 0; k < n; ++k) x[k] = float(x[k] * coef);
+}
+
 }  // namespace nibble::ops

@@ -79,6 +79,19 @@ void attention_backward(const float* q, const float* k, const float* v, int64_t 
 // Embedding: dW[ids[t]] += dy[t] (scatter-add); ids out of range -> ShapeError.
 void embedding_backward(const int64_t* ids, int64_t T, const float* dy, int64_t H, int64_t V, float* dW);
 
+// ---- optimizer pieces (torch.optim.AdamW's _single_tensor_adamw, clip_grad_norm_) -------------------
+// The f32 scalars of one AdamW step at step count t (train::AdamW computes them in double as torch
+// does): step_size = lr / (1 - b1^t), bc2_sqrt = sqrt(1 - b2^t), decay = 1 - lr * weight_decay.
+struct AdamWStep {
+  float step_size = 0, bc2_sqrt = 1, decay = 1, b1 = 0.9f, b2 = 0.999f, eps = 1e-8f;
+};
+// x *= decay; m += (g - m) (1 - b1); v = v b2 + (1 - b2) g g; x -= step_size m / (sqrt(v) / bc2_sqrt + eps).
+void adamw_update(float* x, const float* g, float* m, float* v, int64_t n, const AdamWStep& s);
+// sum of double(x[i])^2 in order.
+double sum_squares(const float* x, int64_t n);
+// x[i] = float(double(x[i]) * coef) (clip_grad_norm_'s scaling as the host does it).
+void scale_by(float* x, int64_t n, double coef);
+
 // ---- forms with an execution context ------------------------------------------------------------
 // Every tensor on ctx's device; activations and gradients contiguous f32; outputs caller-provided
 // (overwritten unless "accumulated" is said). Norm weights may be f32/f16/bf16.
@@ -114,6 +127,17 @@ void attention_backward(ExecContext& ctx, const Tensor& q, const Tensor& k, cons
 // dW [V, H] += scatter of dy [T, H] at ids (i64 [T]). Out-of-range ids: ShapeError on the CPU;
 // the CUDA kernel skips them (the caller checks ids on the host, where they come from).
 void embedding_backward(ExecContext& ctx, const Tensor& ids, const Tensor& dy, const Tensor& dW);
+
+// AdamW on one contiguous f32 tensor x with its gradient g and moments m, v (one shape, one
+// device): the same f32 arithmetic on both devices (CUDA built without fused multiply-adds: the
+// same bits).
+void adamw_(ExecContext& ctx, const Tensor& x, const Tensor& g, const Tensor& m, const Tensor& v,
+            const AdamWStep& s);
+// out[i] = sum of double(x)^2 over contiguous f32 x; out an f64 tensor on ctx's device (CUDA: a
+// fixed-order tree, the same value every run, not the host's order).
+void sum_squares(ExecContext& ctx, const Tensor& x, const Tensor& out, int64_t i);
+// x = float(double(x) * coef) over contiguous f32 x.
+void scale_(ExecContext& ctx, const Tensor& x, double coef);
 
 // cross_entropy_head_backward above: h [T, H], W [V, H] f32, targets i64 [T] (-100: none), dh
 // [T, H] overwritten (undefined: loss only). The loss and the target count come back to the host

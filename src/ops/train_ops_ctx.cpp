@@ -257,6 +257,45 @@ void attention_backward(ExecContext& ctx, const Tensor& q, const Tensor& k, cons
       });
 }
 
+void adamw_(ExecContext& ctx, const Tensor& x, const Tensor& g, const Tensor& m, const Tensor& v,
+            const AdamWStep& s) {
+  const char* op = "adamw_";
+  require_f32_shape(op, "param", x, x.shape());
+  require_f32_shape(op, "grad", g, x.shape());
+  require_f32_shape(op, "exp_avg", m, x.shape());
+  require_f32_shape(op, "exp_avg_sq", v, x.shape());
+  dispatch(
+      op, ctx, DType::F32, {x, g, m, v},
+      [&] { adamw_update(x.data<float>(), g.data<float>(), m.data<float>(), v.data<float>(), x.numel(), s); },
+      [&](auto& c) {
+        cuda::adamw(make_launch(c, 0), x.template data<float>(), g.template data<float>(),
+                    m.template data<float>(), v.template data<float>(), x.numel(),
+                    cuda::AdamWScalars{s.step_size, s.bc2_sqrt, s.decay, s.b1, s.b2, s.eps});
+      });
+}
+
+void sum_squares(ExecContext& ctx, const Tensor& x, const Tensor& out, int64_t i) {
+  const char* op = "sum_squares";
+  require_f32_shape(op, "x", x, x.shape());
+  if (!out.defined() || out.dtype() != DType::F64 || out.dim() != 1 || !out.is_contiguous() || i < 0 ||
+      i >= out.size(0))
+    throw ShapeError(str(op, ": out must be a contiguous f64 [n] with n > ", i, ", got ", str_of(out)));
+  dispatch(
+      op, ctx, DType::F32, {x, out}, [&] { out.data<double>()[i] = sum_squares(x.data<float>(), x.numel()); },
+      [&](auto& c) {
+        cuda::sum_squares(make_launch(c, 0), x.template data<float>(), x.numel(),
+                          out.template data<double>() + i);
+      });
+}
+
+void scale_(ExecContext& ctx, const Tensor& x, double coef) {
+  const char* op = "scale_";
+  require_f32_shape(op, "x", x, x.shape());
+  dispatch(
+      op, ctx, DType::F32, {x}, [&] { scale_by(x.data<float>(), x.numel(), coef); },
+      [&](auto& c) { cuda::scale(make_launch(c, 0), x.template data<float>(), x.numel(), coef); });
+}
+
 void embedding_backward(ExecContext& ctx, const Tensor& ids, const Tensor& dy, const Tensor& dW) {
   const char* op = "embedding_backward";
   if (!ids.defined() || ids.dtype() != DType::I64 || ids.dim() != 1 || !ids.is_contiguous())

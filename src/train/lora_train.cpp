@@ -403,7 +403,10 @@ PassResult run(const CausalLM::Impl& m, const TokenBatch& b, const Tensor& head_
   if (!b.labels.empty() && b.labels.size() != b.input_ids.size())
     throw ShapeError(str("labels for ", b.labels.size(), " sequences, input_ids has ", b.input_ids.size()));
   const std::vector<int64_t> targets = targets_of(b);
-  DeviceGrads dgrads;
+  DeviceGrads dgrads;  // the step's device accumulators where the caller gave them, else this pass's
+  if (grads)
+    for (const auto& [nl, g] : *grads)
+      if (g.dA.defined()) dgrads[nl] = DeviceGrad{g.dA, g.dB};
   Pass p{m, o, grads ? &dgrads : nullptr, {}, nullptr, 0, m.config.hidden_size};
   std::vector<std::unique_ptr<KVCache>> caches;
   std::vector<KVCache*> cp;
@@ -460,6 +463,7 @@ PassResult run(const CausalLM::Impl& m, const TokenBatch& b, const Tensor& head_
   // The pass's adapter gradients, copied to the host and added to the step's.
   for (const auto& [nl_ptr, dg] : dgrads) {
     LoraGrad& g = (*grads)[nl_ptr];
+    if (g.dA.defined()) continue;  // accumulated in place
     if (g.A.empty()) g.A.assign(size_t(dg.A.numel()), 0.0f), g.B.assign(size_t(dg.B.numel()), 0.0f);
     const Tensor a = dg.A.to(Device::cpu()), bb = dg.B.to(Device::cpu());
     for (size_t i = 0; i < g.A.size(); ++i) g.A[i] += a.data<float>()[i];

@@ -14,9 +14,12 @@
 
 namespace nibble::train {
 
-// Gradients of one adapted Linear: dA [r, in], dB [out, r].
+// Gradients of one adapted Linear: dA [r, in], dB [out, r], added to by each pass: into the host
+// vectors, or, when dA/dB are defined (f32 tensors on the model's device: a CUDA model whose
+// optimizer steps there), into those in place (the host vectors then unused).
 struct LoraGrad {
   std::vector<float> A, B;
+  Tensor dA, dB;
 };
 using GradMap = std::map<const NamedLinear*, LoraGrad>;
 

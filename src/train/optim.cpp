@@ -4,6 +4,7 @@
 #include <numbers>
 
 #include "nibble/error.h"
+#include "ops/train_ops.h"
 
 namespace nibble::train {
 
@@ -21,40 +22,42 @@ AdamW::AdamW(std::vector<ParamRef> params, double lr, double beta1, double beta2
   for (const auto& p : p_) m_.emplace_back(size_t(p.n), 0.0f), v_.emplace_back(size_t(p.n), 0.0f);
 }
 
-void AdamW::step(double lr) {
+ops::AdamWStep AdamW::next_step(double lr) {
   ++t_;
   // torch's _single_tensor_adamw: bias corrections in Python floats (double), step_size and
   // bias_correction2_sqrt double, the tensor math in f32.
   const double bc1 = 1.0 - std::pow(b1_, double(t_)), bc2 = 1.0 - std::pow(b2_, double(t_));
-  const float step_size = float(lr / bc1), bc2_sqrt = float(std::sqrt(bc2));
-  const float decay = float(1.0 - lr * wd_), b1 = float(b1_), b2 = float(b2_), eps = float(eps_);
-  for (size_t i = 0; i < p_.size(); ++i) {
-    float *x = p_[i].value, *g = p_[i].grad, *m = m_[i].data(), *v = v_[i].data();
-    for (int64_t k = 0; k < p_[i].n; ++k) {
-      x[k] *= decay;
-      m[k] += (g[k] - m[k]) * (1.0f - b1);  // torch: exp_avg.lerp_(grad, 1 - beta1)
-      v[k] = v[k] * b2 + (1.0f - b2) * g[k] * g[k];
-      const float denom = std::sqrt(v[k]) / bc2_sqrt + eps;
-      x[k] -= step_size * (m[k] / denom);
-    }
-  }
+  ops::AdamWStep s;
+  s.step_size = float(lr / bc1);
+  s.bc2_sqrt = float(std::sqrt(bc2));
+  s.decay = float(1.0 - lr * wd_);
+  s.b1 = float(b1_);
+  s.b2 = float(b2_);
+  s.eps = float(eps_);
+  return s;
+}
+
+void AdamW::step(double lr) {
+  const ops::AdamWStep s = next_step(lr);
+  for (size_t i = 0; i < p_.size(); ++i)
+    ops::adamw_update(p_[i].value, p_[i].grad, m_[i].data(), v_[i].data(), p_[i].n, s);
 }
 
 void AdamW::zero_grad() {
   for (auto& p : p_) std::fill(p.grad, p.grad + p.n, 0.0f);
 }
 
+double clip_coef(double total, double max_norm) {
+  return max_norm > 0 ? std::min(1.0, max_norm / (total + 1e-6)) : 1.0;
+}
+
 double clip_grad_norm(const std::vector<ParamRef>& params, double max_norm) {
   double s = 0;
   for (const auto& p : params)
     for (int64_t k = 0; k < p.n; ++k) s += double(p.grad[k]) * p.grad[k];
-  const double total = std::sqrt(s);
-  if (max_norm > 0) {
-    const double coef = std::min(1.0, max_norm / (total + 1e-6));
-    if (coef < 1.0)
-      for (const auto& p : params)
-        for (int64_t k = 0; k < p.n; ++k) p.grad[k] = float(p.grad[k] * coef);
-  }
+  const double total = std::sqrt(s), coef = clip_coef(total, max_norm);
+  if (coef < 1.0)
+    for (const auto& p : params) ops::scale_by(p.grad, p.n, coef);
   return total;
 }
 

@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "ops/train_ops.h"
+
 namespace nibble::train {
 
 struct ParamRef {
@@ -23,6 +25,9 @@ class AdamW {
   // p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps), in f32 as torch's foreach path.
   void step(double lr);
   void step() { step(lr_); }
+  // The step count advanced and that step's scalars, for a caller that updates the parameters
+  // itself (the device copies of a CUDA model: ops::adamw_ per tensor, its own moments).
+  ops::AdamWStep next_step(double lr);
   void zero_grad();
   int64_t steps() const { return t_; }
   const std::vector<std::vector<float>>& exp_avg() const { return m_; }
@@ -43,6 +48,9 @@ class AdamW {
 // here), every grad scaled by min(1, max_norm / (total + 1e-6)). Returns total. max_norm <= 0:
 // no clipping (transformers' --max-grad-norm 0), the norm is still returned.
 double clip_grad_norm(const std::vector<ParamRef>& params, double max_norm);
+// The scale clip_grad_norm_ applies for a total norm: min(1, max_norm / (total + 1e-6)), 1 when
+// max_norm <= 0.
+double clip_coef(double total, double max_norm);
 
 // transformers' get_warmup_steps: warmup_steps if > 0, else ceil(warmup_ratio * total).
 int64_t warmup_steps_for(int64_t total_steps, int64_t warmup_steps, double warmup_ratio);

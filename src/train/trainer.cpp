@@ -4,11 +4,13 @@
 // lora_train.cpp.
 #include <chrono>
 #include <cmath>
+#include <tuple>
 
 #include "io/atomic_dir.h"
 #include "models/causal_lm_impl.h"
 #include "nibble/safetensors.h"
 #include "nibble/train.h"
+#include "ops/train_ops.h"
 #include "train/lora_train.h"
 #include "train/optim.h"
 
@@ -25,6 +27,14 @@ struct LoraTrainer::Impl {
   std::vector<std::string> names;  // of the adapted Linears, in grads' parameter order
   std::unique_ptr<train::AdamW> opt;
   int64_t step = 0;
+  // A CUDA model's optimizer runs on the device: per parameter (peft's order) the Linear's device
+  // tensor, its gradient (the step's accumulator, LoraGrad::dA/dB), the moments, and the adapter's
+  // host tensor, refreshed after each step (saving and merging read it). Empty on the CPU, where
+  // the host AdamW updates the host tensors the Linears share.
+  struct DeviceParam {
+    Tensor x, g, m, v, host;
+  };
+  std::vector<DeviceParam> dev;
 
   Impl(PeftModel& m, const TrainingArguments& a, int64_t total) : model(m), args(a), total_steps(total) {
     CausalLM::Impl& mi = m.model().impl();
@@ -46,6 +56,18 @@ struct LoraTrainer::Impl {
       names.push_back(nl->name);
     }
     if (grads.empty()) throw ConfigError("LoraTrainer: the model has no LoRA adapter attached");
+    if (!mi.device.is_cpu())
+      for (const NamedLinear* nl : mi.linears()) {
+        if (!nl->lora.defined()) continue;
+        train::LoraGrad& g = grads[nl];
+        const LoraPair& w = m.adapter().modules.at(nl->name);
+        for (auto [x, gd, host] :
+             {std::tuple{&nl->lora.A, &g.dA, &w.A}, std::tuple{&nl->lora.B, &g.dB, &w.B}}) {
+          *gd = Tensor::zeros(x->shape(), DType::F32, mi.device);
+          dev.push_back({*x, *gd, Tensor::zeros(x->shape(), DType::F32, mi.device),
+                         Tensor::zeros(x->shape(), DType::F32, mi.device), *host});
+        }
+      }
     opt = std::make_unique<train::AdamW>(params(), a.learning_rate, a.adam_beta1, a.adam_beta2,
                                          a.adam_epsilon, a.weight_decay);
     warmup = train::warmup_steps_for(total_steps, a.warmup_steps, a.warmup_ratio);
@@ -67,10 +89,43 @@ struct LoraTrainer::Impl {
     return p;
   }
 
+  ExecContext& dev_ctx() const { return ExecContext::current(model.model().impl().device); }
+
   void zero_grad() {
+    for (const DeviceParam& p : dev) ops::zero_(dev_ctx(), p.g);
     for (auto& [nl, g] : grads) {
       std::fill(g.A.begin(), g.A.end(), 0.0f);
       std::fill(g.B.begin(), g.B.end(), 0.0f);
+    }
+  }
+
+  // clip_grad_norm_ on the device gradients: each tensor's sum of squares in double, one copy of
+  // them to the host, the total in order there; the gradients scaled on the device. Returns it.
+  double device_clip() {
+    ExecContext& ctx = dev_ctx();
+    const Tensor sq = Tensor::empty({int64_t(dev.size())}, DType::F64, ctx.device());
+    for (size_t i = 0; i < dev.size(); ++i) ops::sum_squares(ctx, dev[i].g, sq, int64_t(i));
+    const Tensor h = sq.to(Device::cpu());
+    double sum = 0;
+    for (size_t i = 0; i < dev.size(); ++i) sum += h.data<double>()[i];
+    const double total = std::sqrt(sum), coef = train::clip_coef(total, args.max_grad_norm);
+    if (coef < 1.0)
+      for (const DeviceParam& p : dev) ops::scale_(ctx, p.g, coef);
+    return total;
+  }
+  // The device moments into the host optimizer's (saving), or back (loading).
+  void moments_to_host() {
+    for (size_t i = 0; i < dev.size(); ++i) {
+      const Tensor m = dev[i].m.to(Device::cpu()), v = dev[i].v.to(Device::cpu());
+      std::copy(m.data<float>(), m.data<float>() + m.numel(), opt->exp_avg()[i].begin());
+      std::copy(v.data<float>(), v.data<float>() + v.numel(), opt->exp_avg_sq()[i].begin());
+    }
+  }
+  void moments_to_device() {
+    for (size_t i = 0; i < dev.size(); ++i) {
+      const Shape& sh = dev[i].m.shape();
+      dev[i].m.copy_from(Tensor::from_vector(sh, DType::F32, opt->exp_avg()[i]));
+      dev[i].v.copy_from(Tensor::from_vector(sh, DType::F32, opt->exp_avg_sq()[i]));
     }
   }
 
@@ -119,15 +174,19 @@ StepLog LoraTrainer::train_step(const std::vector<TrainBatch>& micro_batches) {
   s.n_targets = r.n_targets;
   if (!std::isfinite(s.loss))
     throw NonFiniteLossError(str("training loss is ", s.loss, " at step ", I.step + 1));
-  const auto params = I.params();
-  s.grad_norm = train::clip_grad_norm(params, I.args.max_grad_norm);
+  s.grad_norm = I.dev.empty() ? train::clip_grad_norm(I.params(), I.args.max_grad_norm) : I.device_clip();
   if (!std::isfinite(s.grad_norm))
     throw NonFiniteLossError(
         str("gradient norm is ", s.grad_norm, " at step ", I.step + 1, " (loss ", s.loss, ")"));
   s.learning_rate = I.args.learning_rate * train::lr_lambda(I.args.lr_scheduler_type, I.step, I.warmup,
                                                             std::max<int64_t>(I.total_steps, 1));
-  I.opt->step(s.learning_rate);
-  I.model.copy_adapter_to_device();
+  if (I.dev.empty()) {
+    I.opt->step(s.learning_rate);
+  } else {
+    const ops::AdamWStep st = I.opt->next_step(s.learning_rate);
+    for (const auto& p : I.dev) ops::adamw_(I.dev_ctx(), p.x, p.g, p.m, p.v, st);
+    for (auto& p : I.dev) p.host.copy_from(p.x);
+  }
   s.step = ++I.step;
   s.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return s;
@@ -149,7 +208,12 @@ std::map<std::string, std::pair<std::vector<float>, std::vector<float>>> LoraTra
     const TrainBatch& b) {
   impl_->accumulate({b});
   std::map<std::string, std::pair<std::vector<float>, std::vector<float>>> out;
-  for (const auto& [nl, g] : impl_->grads) out[nl->name] = {g.A, g.B};
+  const auto host = [](const Tensor& t) {
+    const Tensor h = t.to(Device::cpu());
+    return std::vector<float>(h.data<float>(), h.data<float>() + h.numel());
+  };
+  for (const auto& [nl, g] : impl_->grads)
+    out[nl->name] = g.dA.defined() ? std::pair{host(g.dA), host(g.dB)} : std::pair{g.A, g.B};
   return out;
 }
 
@@ -157,6 +221,7 @@ std::map<std::string, std::pair<std::vector<float>, std::vector<float>>> LoraTra
 // order, and "step" (i64 [1]).
 void LoraTrainer::save_state(const std::filesystem::path& dir) const {
   std::map<std::string, Tensor> t;
+  impl_->moments_to_host();
   const train::AdamW& opt = *impl_->opt;
   const auto& m = opt.exp_avg();
   const auto& v = opt.exp_avg_sq();
@@ -196,6 +261,7 @@ void LoraTrainer::load_state(const std::filesystem::path& dir) {
   const int64_t s = f.get("step").data<int64_t>()[0];
   impl_->step = s;
   impl_->opt->set_steps(s);
+  impl_->moments_to_device();
 }
 
 }  // namespace nibble

@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <tuple>
 #include <vector>
@@ -254,6 +255,40 @@ TEST(TrainCuda, AttentionBackwardTensorCores) {
         EXPECT_LE(er, 2 * u) << name;
       }
     }
+  }
+}
+
+// The optimizer on the device: AdamW and the clip's scaling give the host's bits (no fused
+// multiply-adds, IEEE sqrt and division); the sum of squares is a double sum in another order
+// (within 1e-12 relative).
+TEST(TrainCuda, OptimizerStep) {
+  SKIP_WITHOUT_CUDA();
+  SEEDED(r);
+  for (int64_t n : {int64_t(1), int64_t(1000), int64_t(300001)}) {
+    SCOPED_TRACE("n " + std::to_string(n));
+    const Tensor x = r.randn({n}), g = r.randn({n}, 0.01f), m = r.randn({n}, 0.001f);
+    Tensor v = r.randn({n}, 0.001f);
+    for (int64_t i = 0; i < n; ++i) v.data<float>()[i] *= v.data<float>()[i];  // >= 0
+    ops::AdamWStep st;
+    st.step_size = 1e-3f / 0.19f, st.bc2_sqrt = 0.0447f, st.decay = 0.99999f;
+    Tensor hx = x.clone(), hm = m.clone(), hv = v.clone();
+    ops::adamw_(cpu_ctx(), hx, g, hm, hv, st);
+    Tensor gx = on_gpu(x), gm = on_gpu(m), gv = on_gpu(v);
+    ops::adamw_(gpu_ctx(), gx, on_gpu(g), gm, gv, st);
+    for (const auto& [name, a, b] :
+         {std::tuple<const char*, Tensor*, Tensor*>{"x", &gx, &hx}, {"m", &gm, &hm}, {"v", &gv, &hv}}) {
+      const Tensor got = on_host(*a);
+      EXPECT_EQ(std::memcmp(got.data_ptr(), b->data_ptr(), size_t(b->nbytes())), 0) << name;
+    }
+    const Tensor sq = Tensor::zeros({2}, DType::F64, kGpu);
+    ops::sum_squares(gpu_ctx(), on_gpu(g), sq, 1);
+    const double want = ops::sum_squares(g.data<float>(), n), got = on_host(sq).data<double>()[1];
+    EXPECT_NEAR(got, want, 1e-12 * want);
+    EXPECT_EQ(on_host(sq).data<double>()[0], 0.0);
+    Tensor hs = g.clone(), gs = on_gpu(g);
+    ops::scale_(cpu_ctx(), hs, 0.37);
+    ops::scale_(gpu_ctx(), gs, 0.37);
+    EXPECT_EQ(std::memcmp(on_host(gs).data_ptr(), hs.data_ptr(), size_t(hs.nbytes())), 0);
   }
 }
 

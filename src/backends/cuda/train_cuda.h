@@ -63,6 +63,17 @@ size_t attention_backward_workspace_bytes(const AttentionBackward& a);
 bool attention_backward_tc_fits(const AttentionBackward& a);
 void attention_backward(const Launch& l, const AttentionBackward& a);
 
+// ---- optimizer (train_optim.cu) ------------------------------------------------------------------
+// ops::adamw_update's arithmetic per element (the same bits: no fused multiply-adds in this build).
+struct AdamWScalars {
+  float step_size, bc2_sqrt, decay, b1, b2, eps;
+};
+void adamw(const Launch& l, float* x, const float* g, float* m, float* v, int64_t n, const AdamWScalars& s);
+// *out = sum of double(x[i])^2: one block, each thread's strided sum then a fixed tree.
+void sum_squares(const Launch& l, const float* x, int64_t n, double* out);
+// x[i] = float(double(x[i]) * coef).
+void scale(const Launch& l, float* x, int64_t n, double coef);
+
 // ---- loss and GEMMs through cuBLAS (train_gemm.cu) ------------------------------------------------
 // The chunked causal-LM loss with the frozen head (ops::cross_entropy_head_backward): h [T, H],
 // W [V, H], targets [T] (-100: none; the rest in range, checked by the caller), dh [T, H]

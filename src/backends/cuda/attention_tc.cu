@@ -24,7 +24,6 @@ namespace {
 
 using dev::a_frag;
 using dev::b_pair;
-using dev::bt_pair;
 using dev::cp_async16;
 using dev::cp_async_commit;
 using dev::cp_async_wait_all;
@@ -174,19 +173,7 @@ __global__ void __launch_bounds__(kWarps * 32) attn_prefill_tc_kernel(Params p) 
       o[n][0] *= corr[0], o[n][1] *= corr[0];
       o[n][2] *= corr[1], o[n][3] *= corr[1];
     }
-#pragma unroll
-    for (int kk = 0; kk < kKeys / 16; ++kk) {
-      const uint32_t a[4] = {dev::pack2<KV>(s[2 * kk][0], s[2 * kk][1]), dev::pack2<KV>(s[2 * kk][2], s[2 * kk][3]),
-                             dev::pack2<KV>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                             dev::pack2<KV>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-#pragma unroll
-      for (int n = 0; n < D / 8; n += 2) {
-        uint32_t b[4];
-        bt_pair(b, Vb, P, n, kk * 16, lane);
-        dev::mma<KV>(o[n], a, b[0], b[1]);
-        dev::mma<KV>(o[n + 1], a, b[2], b[3]);
-      }
-    }
+    dev::mma_c_bt<KV, kKeys, D>(o, s, Vb, P, lane);
   }
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -218,20 +205,7 @@ void launch_tc(const Launch& l, const Params& p) {
 
 template <class KV>
 void launch_d(const Launch& l, const Params& p, int64_t D) {
-  switch (D) {
-    case 32:
-      return launch_tc<KV, 32>(l, p);
-    case 64:
-      return launch_tc<KV, 64>(l, p);
-    case 80:
-      return launch_tc<KV, 80>(l, p);
-    case 96:
-      return launch_tc<KV, 96>(l, p);
-    case 128:
-      return launch_tc<KV, 128>(l, p);
-    default:
-      throw InternalError(detail::str("cuda::attention: no tensor-core prefill for D=", D));
-  }
+  with_tc_head_dim("cuda::attention", D, [&](auto d) { launch_tc<KV, decltype(d)::value>(l, p); });
 }
 
 }  // namespace
@@ -246,7 +220,7 @@ bool attention_tc_enabled() {
 
 bool attention_prefill_tc_fits(const Attention& a) {
   const bool half = a.kv_dtype == DType::BF16 || a.kv_dtype == DType::F16;
-  const bool dim = a.D == a.Dv && (a.D == 32 || a.D == 64 || a.D == 80 || a.D == 96 || a.D == 128);
+  const bool dim = a.D == a.Dv && (attention_tc_head_dim(a.D));
   return attention_tc_enabled() && half && dim && a.T >= 16 && !a.pos && !a.kv_table && a.ldk % 8 == 0 && a.ldv % 8 == 0 &&
          aligned(a.k, 16) && aligned(a.v, 16);
 }

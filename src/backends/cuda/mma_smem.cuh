@@ -7,6 +7,10 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
+
+#include "backends/cuda/gemv_frag.cuh"
+#include "nibble/error.h"
 
 namespace nibble::cuda::dev {
 
@@ -58,4 +62,52 @@ __device__ __forceinline__ void bt_pair(uint32_t (&b)[4], const uint16_t* base, 
       b, smem_addr(base + (k0 + (lane & 7) + ((lane >> 3) & 1) * 8) * pitch + n * 8 + (lane >> 4) * 8));
 }
 
+// acc (16 rows x N) += A · B for A the 16 x K matrix held as C fragments c[0 .. K/8) (the
+// result layout of an earlier mma, e.g. softmax weights, rounded to KV) and B the K x N tile in
+// shared rows from `base` (bt_pair: rows are the K index).
+template <class KV, int K, int N>
+__device__ __forceinline__ void mma_c_bt(float (&acc)[N / 8][4], const float (&c)[K / 8][4],
+                                         const uint16_t* base, int pitch, int lane) {
+#pragma unroll
+  for (int kk = 0; kk < K / 16; ++kk) {
+    const uint32_t a[4] = {pack2<KV>(c[2 * kk][0], c[2 * kk][1]), pack2<KV>(c[2 * kk][2], c[2 * kk][3]),
+                           pack2<KV>(c[2 * kk + 1][0], c[2 * kk + 1][1]),
+                           pack2<KV>(c[2 * kk + 1][2], c[2 * kk + 1][3])};
+#pragma unroll
+    for (int n = 0; n < N / 8; n += 2) {
+      uint32_t b[4];
+      bt_pair(b, base, pitch, n, kk * 16, lane);
+      mma<KV>(acc[n], a, b[0], b[1]);
+      mma<KV>(acc[n + 1], a, b[2], b[3]);
+    }
+  }
+}
+
 }  // namespace nibble::cuda::dev
+
+namespace nibble::cuda {
+
+// The head dims the tensor-core attention kernels are built for, and f(std::integral_constant<int,
+// D>) for one of them (InternalError naming `op` otherwise).
+inline bool attention_tc_head_dim(int64_t D) {
+  return D == 32 || D == 64 || D == 80 || D == 96 || D == 128;
+}
+template <class F>
+void with_tc_head_dim(const char* op, int64_t D, F&& f) {
+  switch (D) {
+    case 32:
+      return f(std::integral_constant<int, 32>{});
+    case 64:
+      return f(std::integral_constant<int, 64>{});
+    case 80:
+      return f(std::integral_constant<int, 80>{});
+    case 96:
+      return f(std::integral_constant<int, 96>{});
+    case 128:
+      return f(std::integral_constant<int, 128>{});
+    default:
+      throw InternalError(detail::str(op, ": no tensor-core kernel for head dim ", D));
+  }
+}
+
+}  // namespace nibble::cuda

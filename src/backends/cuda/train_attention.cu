@@ -11,6 +11,7 @@
 
 #include <cfloat>
 
+#include "backends/cuda/attn_logit.cuh"
 #include "backends/cuda/kernel_util.cuh"
 #include "backends/cuda/pdl.cuh"
 #include "backends/cuda/train_attention_tc.h"
@@ -84,20 +85,10 @@ __device__ __forceinline__ void walk_dots(const float (&x)[kMaxE], const float* 
   for (; t <= t1; ++t) f(dot_dims(x, a0 + t * sa, na, lane), dot_dims(y, b0 + t * sb, nb, lane), t);
 }
 
-struct Score {
-  float s;       // the logit after scale, softcap and ALiBi
-  float dlogit;  // d(logit) / d(q.k)
-};
+using Score = dev::Logit;
 
 __device__ __forceinline__ Score score(const AttentionBackward& a, float qk, int64_t h, int64_t j) {
-  Score r{qk * a.scale, a.scale};
-  if (a.softcap > 0.0f) {
-    const float t = tanhf(r.s / a.softcap);
-    r.s = t * a.softcap;
-    r.dlogit *= 1.0f - t * t;
-  }
-  if (a.alibi) r.s += a.alibi[h] * float(j);
-  return r;
+  return dev::attn_logit(qk, a.scale, a.softcap, a.alibi != nullptr, a.alibi ? a.alibi[h] : 0.0f, j);
 }
 
 // stats: [2][T * Hq] (log-sum-exp, Dsum) of each (i, h).
@@ -131,7 +122,7 @@ __global__ void __launch_bounds__(kWarps * 32) attn_bwd_rows_kernel(AttentionBac
     const float* kj = kh + j * ks;
     const Score sc = score(a, qk, h, j);
     const float p = expf(sc.s - lse);
-    const float ds = p * (dp - dsum) * sc.dlogit;
+    const float ds = p * (dp - dsum) * sc.dl;
 #pragma unroll
     for (int c = 0; c < kMaxE; ++c) {
       const int64_t e = lane + 32 * c;
@@ -165,7 +156,7 @@ __global__ void __launch_bounds__(kWarps * 32) attn_bwd_keys_kernel(AttentionBac
     const float* dout = a.dout + qi * a.Dv;
     const Score sc = score(a, kq, h, j);
     const float p = expf(sc.s - stats[qi]);
-    const float ds = p * (vd - stats[a.T * a.Hq + qi]) * sc.dlogit;
+    const float ds = p * (vd - stats[a.T * a.Hq + qi]) * sc.dl;
 #pragma unroll
     for (int c = 0; c < kMaxE; ++c) {
       const int64_t e = lane + 32 * c;

@@ -19,6 +19,7 @@
 #include <atomic>
 
 #include "backends/cuda/attention_tc.h"
+#include "backends/cuda/attn_logit.cuh"
 #include "backends/cuda/gemv_frag.cuh"
 #include "backends/cuda/kernel_util.cuh"
 #include "backends/cuda/launch_util.cuh"
@@ -31,7 +32,6 @@ namespace {
 
 using dev::a_frag;
 using dev::b_pair;
-using dev::bt_pair;
 
 constexpr int kWarps = 4;
 constexpr int kTile = 16 * kWarps;  // query rows of a dq block, keys of a dkv block
@@ -51,20 +51,10 @@ struct Params {
   float* stats;  // [2][T * Hq]: log-sum-exp, Dsum of row (i, h) at i * Hq + h
 };
 
-struct Logit {
-  float s;   // after scale, softcap and ALiBi
-  float dl;  // d(logit) / d(q.k)
-};
+using dev::Logit;
 
 __device__ __forceinline__ Logit logit(const Params& p, float qk, float slope, int64_t j) {
-  Logit r{qk * p.scale, p.scale};
-  if (p.softcap > 0.0f) {
-    const float t = tanhf(r.s / p.softcap);
-    r.s = t * p.softcap;
-    r.dl *= 1.0f - t * t;
-  }
-  if (p.alibi) r.s += slope * float(j);
-  return r;
+  return dev::attn_logit(qk, p.scale, p.softcap, p.alibi != nullptr, slope, j);
 }
 
 // Whether query row i sees key j (causal from position 0, the window).
@@ -99,14 +89,6 @@ __device__ __forceinline__ void stage_kv(uint16_t* dst, const uint16_t* src, con
     const bool ok = j < end;
     dev::cp_async16(dev::smem_addr(dst + r * P + ch * 8), src + ((ok ? j : j0) * p.Hkv + g) * D + ch * 8, ok);
   }
-}
-
-template <class KV>
-__device__ __forceinline__ void pack_a(uint32_t (&a)[4], const float (&lo)[4], const float (&hi)[4]) {
-  a[0] = dev::pack2<KV>(lo[0], lo[1]);
-  a[1] = dev::pack2<KV>(lo[2], lo[3]);
-  a[2] = dev::pack2<KV>(hi[0], hi[1]);
-  a[3] = dev::pack2<KV>(hi[2], hi[3]);
 }
 
 template <int N>
@@ -265,18 +247,7 @@ __global__ void __launch_bounds__(kWarps * 32) attn_bwd_dq_tc_kernel(Params p) {
         }
         s[n][e] = ds;
       }
-#pragma unroll
-    for (int kk = 0; kk < kTile / 16; ++kk) {
-      uint32_t a[4];
-      pack_a<KV>(a, s[2 * kk], s[2 * kk + 1]);
-#pragma unroll
-      for (int n = 0; n < D / 8; n += 2) {
-        uint32_t b[4];
-        bt_pair(b, Kb, P, n, kk * 16, lane);
-        dev::mma<KV>(dq[n], a, b[0], b[1]);
-        dev::mma<KV>(dq[n + 1], a, b[2], b[3]);
-      }
-    }
+    dev::mma_c_bt<KV, kTile, D>(dq, s, Kb, P, lane);
   });
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -369,22 +340,8 @@ __global__ void __launch_bounds__(kWarps * 32) attn_bwd_dkv_tc_kernel(Params p) 
         s[n][e] = pv;
         dp[n][e] = ds;
       }
-#pragma unroll
-    for (int kk = 0; kk < QT / 16; ++kk) {
-      uint32_t ap[4], ads[4];
-      pack_a<KV>(ap, s[2 * kk], s[2 * kk + 1]);
-      pack_a<KV>(ads, dp[2 * kk], dp[2 * kk + 1]);
-#pragma unroll
-      for (int n = 0; n < D / 8; n += 2) {
-        uint32_t b[4];
-        bt_pair(b, dOs, P, n, kk * 16, lane);
-        dev::mma<KV>(dv[n], ap, b[0], b[1]);
-        dev::mma<KV>(dv[n + 1], ap, b[2], b[3]);
-        bt_pair(b, Qs, P, n, kk * 16, lane);
-        dev::mma<KV>(dk[n], ads, b[0], b[1]);
-        dev::mma<KV>(dk[n + 1], ads, b[2], b[3]);
-      }
-    }
+    dev::mma_c_bt<KV, QT, D>(dv, s, dOs, P, lane);   // dv += P^T dO
+    dev::mma_c_bt<KV, QT, D>(dk, dp, Qs, P, lane);   // dk += dS^T q
   }
   const int64_t heads = rep == 1 ? p.Hkv : p.Hq, hh = rep == 1 ? g : h;
 #pragma unroll
@@ -435,27 +392,14 @@ void launch_tc(const Launch& l, const Params& p) {
 
 template <class KV>
 void launch_d(const Launch& l, const Params& p, int64_t D) {
-  switch (D) {
-    case 32:
-      return launch_tc<KV, 32>(l, p);
-    case 64:
-      return launch_tc<KV, 64>(l, p);
-    case 80:
-      return launch_tc<KV, 80>(l, p);
-    case 96:
-      return launch_tc<KV, 96>(l, p);
-    case 128:
-      return launch_tc<KV, 128>(l, p);
-    default:
-      throw InternalError(detail::str("cuda::attention_backward: no tensor-core kernel for D=", D));
-  }
+  with_tc_head_dim("cuda::attention_backward", D, [&](auto d) { launch_tc<KV, decltype(d)::value>(l, p); });
 }
 
 }  // namespace
 
 bool attention_backward_tc_fits(const AttentionBackward& a) {
   const bool half = a.kv_dtype == DType::BF16 || a.kv_dtype == DType::F16;
-  const bool dim = a.D == a.Dv && (a.D == 32 || a.D == 64 || a.D == 80 || a.D == 96 || a.D == 128);
+  const bool dim = a.D == a.Dv && (attention_tc_head_dim(a.D));
   return attention_tc_enabled() && half && dim && aligned(a.k, 16) && aligned(a.v, 16) && aligned(a.q, 16) &&
          aligned(a.dout, 16);
 }

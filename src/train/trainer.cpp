@@ -51,8 +51,10 @@ struct LoraTrainer::Impl {
     for (const NamedLinear* nl : mi.linears()) {
       if (!nl->lora.defined()) continue;
       train::LoraGrad& g = grads[nl];
-      g.A.assign(size_t(nl->lora.A.numel()), 0.0f);
-      g.B.assign(size_t(nl->lora.B.numel()), 0.0f);
+      if (mi.device.is_cpu()) {  // a CUDA model's gradients live on the device (dA, dB below)
+        g.A.assign(size_t(nl->lora.A.numel()), 0.0f);
+        g.B.assign(size_t(nl->lora.B.numel()), 0.0f);
+      }
       names.push_back(nl->name);
     }
     if (grads.empty()) throw ConfigError("LoraTrainer: the model has no LoRA adapter attached");
@@ -76,7 +78,8 @@ struct LoraTrainer::Impl {
   }
 
   // The adapter's host tensors with their gradients, in peft's parameter order (modules in
-  // order; lora_A, then lora_B within one). On a CUDA model the Linears hold device copies.
+  // order; lora_A, then lora_B within one). On a CUDA model the Linears hold device copies and
+  // the grads are null (the device optimizer steps there).
   std::vector<train::ParamRef> params() const {
     std::vector<train::ParamRef> p;
     for (const NamedLinear* nl : model.model().impl().linears()) {

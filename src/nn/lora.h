@@ -19,6 +19,9 @@ struct LoraWeights {
   Tensor A, B;
   float scale = 0.0f;
   float dropout = 0.0f;
+  // Training on CUDA: lora_forward / lora_backward's GEMMs on TF32 tensor cores (set for a model
+  // with a 16-bit compute dtype, whose adapter GEMMs autocast runs in bf16; TF32 keeps 3 more bits).
+  bool tf32 = false;
   bool defined() const { return A.defined(); }
   int64_t r() const { return A.size(0); }
 };

@@ -71,9 +71,10 @@ void lora_forward(ExecContext& ctx, const LoraWeights& w, const Tensor& x, float
         }
         s.h = Tensor::empty({M, r}, DType::F32, dev);
         float* h = s.h.template data<float>();
-        cuda::gemm_f32(l, false, true, M, r, in, 1.0f, xs, in, w.A.template data<float>(), in, 0.0f, h, r);
+        cuda::gemm_f32(l, false, true, M, r, in, 1.0f, xs, in, w.A.template data<float>(), in, 0.0f, h, r,
+                       w.tf32);
         cuda::gemm_f32(l, false, true, M, N, r, w.scale, h, r, w.B.template data<float>(), r, 1.0f,
-                       out.template data<float>(), N);
+                       out.template data<float>(), N, w.tf32);
         if (saved) *saved = std::move(s);
       });
 }
@@ -106,17 +107,22 @@ void lora_backward(ExecContext& ctx, const LoraWeights& w, const Tensor& x, cons
         const float* xs = saved.mask.defined() ? saved.xd.template data<float>() : x.template data<float>();
         const Tensor dh_t = Tensor::empty({M, r}, DType::F32, dev);
         float* dh = dh_t.template data<float>();
-        cuda::gemm_f32(l, false, false, M, r, N, w.scale, g, N, w.B.template data<float>(), r, 0.0f, dh, r);
-        cuda::gemm_f32(l, true, false, N, r, M, w.scale, g, N, h, r, 1.0f, dB.template data<float>(), r);
-        cuda::gemm_f32(l, true, false, r, in, M, 1.0f, dh, r, xs, in, 1.0f, dA.template data<float>(), in);
+        cuda::gemm_f32(l, false, false, M, r, N, w.scale, g, N, w.B.template data<float>(), r, 0.0f, dh, r,
+                       w.tf32);
+        cuda::gemm_f32(l, true, false, N, r, M, w.scale, g, N, h, r, 1.0f, dB.template data<float>(), r,
+                       w.tf32);
+        cuda::gemm_f32(l, true, false, r, in, M, 1.0f, dh, r, xs, in, 1.0f, dA.template data<float>(), in,
+                       w.tf32);
         if (!dx.defined()) return;
         const float* A = w.A.template data<float>();
         if (!saved.mask.defined()) {
-          cuda::gemm_f32(l, false, false, M, in, r, 1.0f, dh, r, A, in, 1.0f, dx.template data<float>(), in);
+          cuda::gemm_f32(l, false, false, M, in, r, 1.0f, dh, r, A, in, 1.0f, dx.template data<float>(), in,
+                         w.tf32);
           return;
         }
         const Tensor t = Tensor::empty({M, in}, DType::F32, dev);
-        cuda::gemm_f32(l, false, false, M, in, r, 1.0f, dh, r, A, in, 0.0f, t.template data<float>(), in);
+        cuda::gemm_f32(l, false, false, M, in, r, 1.0f, dh, r, A, in, 0.0f, t.template data<float>(), in,
+                       w.tf32);
         cuda::masked_add(l, t.template data<float>(), saved.mask.template data<uint8_t>(), saved.keep_scale,
                          M * in, dx.template data<float>());
       });

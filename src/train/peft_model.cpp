@@ -60,6 +60,7 @@ void attach_lora(CausalLM::Impl& m, const LoraAdapter& a) {
       if (nl.name == k || nl.name.ends_with("." + k)) alpha = al;
     nl.lora.scale = float(c.use_rslora ? alpha / std::sqrt(r) : alpha / r);
     nl.lora.dropout = float(c.lora_dropout);
+    nl.lora.tf32 = !m.device.is_cpu() && m.cache_dtype(m.device) != DType::F32;
   });
 }
 }  // namespace

@@ -116,7 +116,8 @@ struct BaseWeight {
 int64_t base_tile_rows(int64_t N, int64_t K);
 size_t linear_backward_dx_workspace_bytes(const BaseWeight& w, int64_t M);
 // dx [M, K] += dy [M, N] · W, W a tile of rows at a time (never a whole dequantized copy); a
-// 4-bit W with bf16 compute on the tensor cores (dy as three exact bf16 terms, f32 sums).
+// 4-bit W with bf16 compute on the tensor cores with dy rounded to bf16 (bitsandbytes' backward
+// under bf16 autocast), f32 sums.
 void linear_backward_dx(const Launch& l, const BaseWeight& w, const float* dy, int64_t M, float* dx);
 
 }  // namespace nibble::cuda

@@ -3,10 +3,10 @@
 // dequantized and rounded to the compute dtype as bitsandbytes' dequantize_4bit to it, int8 as
 // CB * SCB / 127), then dx += dy[:, tile] · tile through cuBLAS. The tile is the host reference's
 // (nn::linear_backward_dx): about 1 MiB, so no whole dequantized copy of W exists.
-// A 4-bit weight with bf16 compute takes the tensor cores instead: its tile is exact in bf16, and
-// dy is split once into three bf16 terms whose sum is dy (8 + 8 + 8 significand bits: to 2^-24), so
-// three bf16 GEMMs with f32 accumulation give the same products as the f32 path (only the order
-// of the f32 sums differs); tiles of up to 8 MiB keep each GEMM's inner dimension large.
+// A 4-bit weight with bf16 compute takes the tensor cores instead, as bitsandbytes' backward does
+// under bf16 autocast (grad_input = grad_output @ dequantize_4bit(W).t() with grad_output in bf16):
+// its tile is exact in bf16, dy is rounded to bf16 once, and one bf16 GEMM a tile sums in f32;
+// tiles of up to 8 MiB keep each GEMM's inner dimension large.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -61,17 +61,11 @@ __global__ void quant4_tile_bf16_kernel(Quant4Weight q, int64_t e0, int64_t n, _
   NIBBLE_TILE_LOOP(i, n) tile[i] = __float2bfloat16_rn(quant4_value<dev::BF16>(q, e0 + i));
 }
 
-// dy [n] as hi + mid + lo, each bf16 ([3][n]); every rounding residual is exact in f32.
-__global__ void split3_bf16_kernel(const float* dy, int64_t n, __nv_bfloat16* out) {
+// dy [n] rounded to bf16 (grad_output in the compute dtype).
+__global__ void round_bf16_kernel(const float* dy, int64_t n, __nv_bfloat16* out) {
   dev::pdl_launch_dependents();
   dev::pdl_wait();
-  NIBBLE_TILE_LOOP(i, n) {
-    const float x = dy[i];
-    const __nv_bfloat16 hi = __float2bfloat16_rn(x);
-    const float r = x - __bfloat162float(hi);
-    const __nv_bfloat16 mid = __float2bfloat16_rn(r);
-    out[i] = hi, out[n + i] = mid, out[2 * n + i] = __float2bfloat16_rn(r - __bfloat162float(mid));
-  }
+  NIBBLE_TILE_LOOP(i, n) out[i] = __float2bfloat16_rn(dy[i]);
 }
 
 __global__ void int8_tile_kernel(const int8_t* cb, const float* scb, int64_t K, int64_t e0, int64_t n,
@@ -109,7 +103,7 @@ size_t align256(size_t b) {
 }  // namespace
 
 size_t linear_backward_dx_workspace_bytes(const BaseWeight& w, int64_t M) {
-  if (tensor_core_dx(w)) return align256(size_t(3 * M * w.N) * 2) + size_t(tc_tile_rows(w.N, w.K) * w.K) * 2;
+  if (tensor_core_dx(w)) return align256(size_t(M * w.N) * 2) + size_t(tc_tile_rows(w.N, w.K) * w.K) * 2;
   return size_t(base_tile_rows(w.N, w.K) * w.K) * sizeof(float);
 }
 
@@ -120,10 +114,10 @@ void linear_backward_dx(const Launch& l, const BaseWeight& w, const float* dy, i
   DeviceScope ds(l.device);
   const cudaStream_t s = as_stream(l.stream);
   if (tensor_core_dx(w)) {
-    __nv_bfloat16* parts = static_cast<__nv_bfloat16*>(l.workspace);  // [3][M][N]
+    __nv_bfloat16* dy16 = static_cast<__nv_bfloat16*>(l.workspace);  // [M][N]
     __nv_bfloat16* tile =
-        reinterpret_cast<__nv_bfloat16*>(static_cast<char*>(l.workspace) + align256(size_t(3 * M * w.N) * 2));
-    cuda::launch(split3_bf16_kernel, dim3(grid_for(M * w.N)), dim3(256), 0, s, dy, M * w.N, parts);
+        reinterpret_cast<__nv_bfloat16*>(static_cast<char*>(l.workspace) + align256(size_t(M * w.N) * 2));
+    cuda::launch(round_bf16_kernel, dim3(grid_for(M * w.N)), dim3(256), 0, s, dy, M * w.N, dy16);
     cublasHandle_t h = cublas_handle(l.device);
     NIBBLE_CUBLAS_CHECK(cublasSetStream(h, s));
     const int64_t tile_rows = tc_tile_rows(w.N, w.K);
@@ -131,13 +125,11 @@ void linear_backward_dx(const Launch& l, const BaseWeight& w, const float* dy, i
     for (int64_t n0 = 0; n0 < w.N; n0 += tile_rows) {
       const int64_t nt = std::min(tile_rows, w.N - n0), n = nt * w.K;
       cuda::launch(quant4_tile_bf16_kernel, dim3(grid_for(n)), dim3(256), 0, s, w.q4, n0 * w.K, n, tile);
-      // dx [M, K] += part[:, n0:n0+nt] [M, nt] (row stride N) · tile [nt, K], for each part
-      // (row-major, so column-major dx^T = tile^T · part^T)
-      for (int p = 0; p < 3; ++p)
-        NIBBLE_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, int(w.K), int(M), int(nt), &one, tile,
-                                         CUDA_R_16BF, int(w.K), parts + size_t(p) * size_t(M * w.N) + n0,
-                                         CUDA_R_16BF, int(w.N), &one, dx, CUDA_R_32F, int(w.K),
-                                         CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+      // dx [M, K] += dy16[:, n0:n0+nt] [M, nt] (row stride N) · tile [nt, K] (row-major, so
+      // column-major dx^T = tile^T · dy16^T)
+      NIBBLE_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, int(w.K), int(M), int(nt), &one, tile,
+                                       CUDA_R_16BF, int(w.K), dy16 + n0, CUDA_R_16BF, int(w.N), &one, dx,
+                                       CUDA_R_32F, int(w.K), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     }
     return;
   }

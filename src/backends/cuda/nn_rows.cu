@@ -176,16 +176,18 @@ __global__ void copy_rows_kernel(const void* src, int64_t lds, int64_t cols, voi
   }
 }
 
-// One block per (token, head); thread d < rot_dim / 2 rotates the pair (d, d + half).
+// One block per token; its threads walk the (head h, pair d) of the token, d < rot_dim / 2
+// rotating the pair (d, d + half).
 __global__ void rope_kernel(float* x, int64_t ldx, int64_t H, int64_t D, const float* cos, const float* sin,
                             int64_t half) {
   dev::pdl_launch_dependents();
   dev::pdl_wait();
-  const int64_t t = blockIdx.x / H, h = blockIdx.x % H;
-  float* v = x + t * ldx + h * D;
+  const int64_t t = blockIdx.x;
   const float* c = cos + t * half;
   const float* s = sin + t * half;
-  for (int64_t d = threadIdx.x; d < half; d += blockDim.x) {
+  for (int64_t hd = threadIdx.x; hd < H * half; hd += blockDim.x) {
+    const int64_t h = hd / half, d = hd % half;
+    float* v = x + t * ldx + h * D;
     const float a = v[d], b = v[d + half];
     v[d] = __fsub_rn(__fmul_rn(a, c[d]), __fmul_rn(b, s[d]));
     v[d + half] = __fadd_rn(__fmul_rn(b, c[d]), __fmul_rn(a, s[d]));
@@ -411,7 +413,7 @@ void apply_rope(const Launch& l, float* x, int64_t ld_x, int64_t T, int64_t H, i
                 const float* sin, int64_t rot_dim) {
   if (T == 0 || H == 0 || rot_dim < 2) return;
   DeviceScope ds(l.device);
-  cuda::launch(rope_kernel, dim3(unsigned(T * H)), dim3(128), 0, as_stream(l.stream), x, ld_x, H, D, cos, sin,
+  cuda::launch(rope_kernel, dim3(unsigned(T)), dim3(256), 0, as_stream(l.stream), x, ld_x, H, D, cos, sin,
                rot_dim / 2);
   NIBBLE_CUDA_CHECK_LAUNCH();
 }

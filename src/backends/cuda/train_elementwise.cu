@@ -40,17 +40,18 @@ __global__ void softcap_bwd_kernel(const float* y, float cap, int64_t n, float* 
   }
 }
 
-// Block per (token, head): forward y1 = a c - b s, y2 = b c + a s, so da = g1 c + g2 s,
-// db = g2 c - g1 s.
+// Block per token, its threads over (head, pair): forward y1 = a c - b s, y2 = b c + a s, so
+// da = g1 c + g2 s, db = g2 c - g1 s.
 __global__ void rope_bwd_kernel(float* dx, int64_t H, int64_t D, const float* cos, const float* sin,
                                 int64_t half) {
   dev::pdl_launch_dependents();
   dev::pdl_wait();
-  const int64_t th = blockIdx.x, t = th / H;
-  float* g = dx + th * D;
+  const int64_t t = blockIdx.x;
   const float* c = cos + t * half;
   const float* s = sin + t * half;
-  for (int64_t d = threadIdx.x; d < half; d += blockDim.x) {
+  for (int64_t hd = threadIdx.x; hd < H * half; hd += blockDim.x) {
+    const int64_t h = hd / half, d = hd % half;
+    float* g = dx + (t * H + h) * D;
     const float g1 = g[d], g2 = g[d + half];
     g[d] = g1 * c[d] + g2 * s[d];
     g[d + half] = g2 * c[d] - g1 * s[d];
@@ -117,7 +118,7 @@ void rope_backward(const Launch& l, float* dx, int64_t T, int64_t H, int64_t D, 
                    const float* sin, int64_t rot_dim) {
   if (T == 0 || H == 0 || rot_dim < 2) return;
   DeviceScope ds(l.device);
-  cuda::launch(rope_bwd_kernel, dim3(unsigned(T * H)), dim3(128), 0, as_stream(l.stream), dx, H, D, cos, sin,
+  cuda::launch(rope_bwd_kernel, dim3(unsigned(T)), dim3(256), 0, as_stream(l.stream), dx, H, D, cos, sin,
                rot_dim / 2);
 }
 

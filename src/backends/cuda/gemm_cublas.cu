@@ -58,15 +58,16 @@ struct Q4 {
 // 16-bit values) are contiguous: out = round(lut[code] * absmax) in CT (f32 CT: the f32
 // product), as dequantize_4bit computes it. (32 codes a thread, 64 bytes of stores 64 bytes
 // apart across the warp, ran at ~50% of copy bandwidth: 10.5 ms of a 7B prefill-512 on an H100.)
+// Groups c0 .. c0 + n8 - 1 of 8 elements (elements 8 c0 ..) to out from its start.
 template <class CT>
-__global__ void dequant4_kernel(Q4 q, int64_t n8, void* out) {
+__global__ void dequant4_kernel(Q4 q, int64_t c0, int64_t n8, void* out) {
   __shared__ float lut[16];
   if (threadIdx.x < 16) lut[threadIdx.x] = q.quant_map[threadIdx.x];
   __syncthreads();
   for (int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; c < n8;
        c += int64_t(gridDim.x) * blockDim.x) {
-    const uint32_t u = __ldg(reinterpret_cast<const uint32_t*>(q.packed) + c);
-    const int64_t b = (c * 8) >> q.bs_log2;
+    const uint32_t u = __ldg(reinterpret_cast<const uint32_t*>(q.packed) + c0 + c);
+    const int64_t b = ((c0 + c) * 8) >> q.bs_log2;
     float am;
     if (q.absmax) {
       am = __ldg(q.absmax + b);
@@ -199,11 +200,24 @@ bool gemm_4bit(const Launch& l, const float* x, int64_t M, int64_t K, const Quan
   void* xs = ws + align256(size_t(N * K) * e);
   const int64_t n8 = N * K / 8;
   with_ct(ct, [&](auto c) {
-    dequant4_kernel<decltype(c)><<<grid_for(n8, 256), 256, 0, l.stream>>>(q, n8, wscratch);
+    dequant4_kernel<decltype(c)><<<grid_for(n8, 256), 256, 0, l.stream>>>(q, 0, n8, wscratch);
     NIBBLE_CUDA_CHECK_LAUNCH();
   });
   const void* xr = rounded_x(l, x, M, K, ct, xs);
   gemm_and_finish(l, xr, wscratch, ct, M, K, N, bias, bias_code, ct, out);
+  return true;
+}
+
+bool dequant4_range(const Launch& l, const Quant4Weight& w, DType ct, int64_t e0, int64_t n, void* out) {
+  if (e0 % 8 || n % 8 || w.blocksize < 32 || !aligned16(w.packed) || !aligned16(out)) return false;
+  Q4 q{w.packed, w.absmax, w.absmax_q, w.absmax2, w.code2, w.quant_map, w.offset, 0, w.nested_blocksize};
+  while ((int64_t(1) << q.bs_log2) < w.blocksize) ++q.bs_log2;
+  if ((int64_t(1) << q.bs_log2) != w.blocksize) return false;
+  if (n == 0) return true;
+  with_ct(ct, [&](auto c) {
+    dequant4_kernel<decltype(c)><<<grid_for(n / 8, 256), 256, 0, l.stream>>>(q, e0 / 8, n / 8, out);
+    NIBBLE_CUDA_CHECK_LAUNCH();
+  });
   return true;
 }
 

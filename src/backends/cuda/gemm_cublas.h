@@ -28,6 +28,10 @@ size_t gemm_fp_workspace_bytes(int64_t M, int64_t K, int64_t N, DType wdt, DType
 // are not covered, and the caller uses its own kernel.
 bool gemm_4bit(const Launch& l, const float* x, int64_t M, int64_t K, const Quant4Weight& w, int64_t N,
                const void* bias, int bias_code, DType compute_dtype, float* out);
+// Elements [e0, e0 + n) of a 4-bit weight (row-major, flattened) dequantized to ct as gemm_4bit's
+// scratch holds them (dequantize_4bit's values), written from out; false (nothing enqueued) unless
+// e0 and n are multiples of 8, the blocksize a power of two >= 32, and packed and out 16-byte aligned.
+bool dequant4_range(const Launch& l, const Quant4Weight& w, DType ct, int64_t e0, int64_t n, void* out);
 bool gemm_fp(const Launch& l, const float* x, int64_t M, int64_t K, const void* w, DType wdt, int64_t N,
              const void* bias, int bias_code, DType round_to, float* out);
 

@@ -13,6 +13,7 @@
 #include "backends/cuda/check.h"
 #include "backends/cuda/compute_dtype.cuh"
 #include "backends/cuda/cublas_util.h"
+#include "backends/cuda/gemm_cublas.h"
 #include "backends/cuda/kernel_util.cuh"
 #include "backends/cuda/pdl.cuh"
 #include "backends/cuda/quant_device.cuh"
@@ -124,7 +125,9 @@ void linear_backward_dx(const Launch& l, const BaseWeight& w, const float* dy, i
     const float one = 1.0f;
     for (int64_t n0 = 0; n0 < w.N; n0 += tile_rows) {
       const int64_t nt = std::min(tile_rows, w.N - n0), n = nt * w.K;
-      cuda::launch(quant4_tile_bf16_kernel, dim3(grid_for(n)), dim3(256), 0, s, w.q4, n0 * w.K, n, tile);
+      // the forward's dequantization kernel (gemm_4bit's scratch values) where it takes the range
+      if (!dequant4_range(l, w.q4, DType::BF16, n0 * w.K, n, tile))
+        cuda::launch(quant4_tile_bf16_kernel, dim3(grid_for(n)), dim3(256), 0, s, w.q4, n0 * w.K, n, tile);
       // dx [M, K] += dy16[:, n0:n0+nt] [M, nt] (row stride N) · tile [nt, K] (row-major, so
       // column-major dx^T = tile^T · dy16^T)
       NIBBLE_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, int(w.K), int(M), int(nt), &one, tile,

@@ -57,6 +57,13 @@ inline uint16_t f32_to_bf16(float f) {
 float f16_to_f32(uint16_t h);
 uint16_t f32_to_f16(float f);
 
+// v rounded to dt (BF16, F16; any other dtype: unchanged), as torch's cast to that dtype.
+inline float round_to_dtype(float v, DType dt) {
+  if (dt == DType::BF16) return bf16_to_f32(f32_to_bf16(v));
+  if (dt == DType::F16) return f16_to_f32(f32_to_f16(v));
+  return v;
+}
+
 // FP8 (OCP): E4M3 "fn" (no inf, 0x7f/0xff NaN, max 448) and E5M2 (IEEE-like), as torch converts.
 float f8e4m3_to_f32(uint8_t v);
 float f8e5m2_to_f32(uint8_t v);

@@ -14,7 +14,7 @@ namespace nibble::ops {
 
 double cross_entropy_head_backward(const float* h, int64_t T, int64_t H, const float* W, int64_t V,
                                    const int64_t* targets, float softcap, int64_t chunk, float grad_scale,
-                                   float* dh, int64_t* n_targets) {
+                                   float* dh, int64_t* n_targets, DType round_g) {
   if (chunk <= 0) throw ConfigError("cross_entropy_head_backward: chunk must be > 0");
   int64_t n = 0;
   for (int64_t t = 0; t < T; ++t) {
@@ -95,6 +95,8 @@ double cross_entropy_head_backward(const float* h, int64_t T, int64_t H, const f
           const float p = float(std::exp(double(lr[v]) - lse[size_t(b0 + i)]));
           lr[v] = (p - (v0 + v == y ? 1.0f : 0.0f)) * grad_scale * dc[v];
         }
+        if (round_g != DType::F32)
+          for (int64_t v = 0; v < nc; ++v) lr[v] = round_to_dtype(lr[v], round_g);
       }
       cpu::linear(logits.data(), mb, nc, wt.data(), DType::F32, H, nullptr, DType::F32, DType::F32,
                   part.data());

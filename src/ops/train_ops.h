@@ -28,10 +28,11 @@ double causal_lm_loss_backward(const float* h, int64_t T, int64_t H, const float
 // row t (-100: none; the caller shifted within each sequence), the gradient of
 // sum(nll) * grad_scale goes to dh (overwritten; null: loss only; grad_scale = 1 / the number of targets of
 // the whole optimizer step, transformers' num_items_in_batch). Returns the summed NLL (double) and the number
-// of targets through n_targets. Rows run in parallel.
+// of targets through n_targets. Rows run in parallel. round_g (bf16/f16): the softmax gradient
+// rounded to it before dh = G W (a 16-bit head under autocast; the caller rounds h and W).
 double cross_entropy_head_backward(const float* h, int64_t T, int64_t H, const float* W, int64_t V,
                                    const int64_t* targets, float softcap, int64_t chunk, float grad_scale,
-                                   float* dh, int64_t* n_targets);
+                                   float* dh, int64_t* n_targets, DType round_g = DType::F32);
 
 // y = x / rms(x) * (offset + w), rms = sqrt(mean(x^2) + eps) (offset 1: Gemma's unit offset).
 // dx [rows, n] overwritten; dw [n] accumulated.
@@ -139,11 +140,13 @@ void sum_squares(ExecContext& ctx, const Tensor& x, const Tensor& out, int64_t i
 // x = float(double(x) * coef) over contiguous f32 x.
 void scale_(ExecContext& ctx, const Tensor& x, double coef);
 
-// cross_entropy_head_backward above: h [T, H], W [V, H] f32, targets i64 [T] (-100: none), dh
-// [T, H] overwritten (undefined: loss only). The loss and the target count come back to the host
-// (on CUDA: one copy of T per-row losses, summed in double there). tf32 (a head stored in 16
-// bits): on CUDA the head's GEMMs run on TF32 tensor cores (cuda::cross_entropy_head); the CPU
-// ignores it.
+// cross_entropy_head_backward above: h [T, H], W [V, H] f32, bf16 or f16, targets i64 [T] (-100:
+// none), dh [T, H] overwritten (undefined: loss only). The loss and the target count come back to
+// the host (on CUDA: one copy of T per-row losses, summed in double there). A 16-bit W is the
+// head under bitsandbytes' autocast: h rounded to W's dtype, f32 logits, the softmax gradient
+// rounded to W's dtype before dh = G W (CUDA: cuda::cross_entropy_head16, whole rows at a time;
+// chunk applies to the host). tf32 (an f32 W holding a 16-bit head's values): on CUDA the head's
+// GEMMs run on TF32 tensor cores (cuda::cross_entropy_head); the CPU ignores it.
 struct HeadLoss {
   double loss_sum = 0;
   int64_t n_targets = 0;

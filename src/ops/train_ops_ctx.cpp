@@ -318,8 +318,11 @@ HeadLoss cross_entropy_head_backward(ExecContext& ctx, const Tensor& h, const Te
   const char* op = "cross_entropy_head_backward";
   const auto th = require_rows(op, "h", h);
   const int64_t T = th.first, H = th.second;
-  if (!W.defined() || W.dtype() != DType::F32 || W.dim() != 2 || W.size(1) != H || !W.is_contiguous())
-    throw ShapeError(str(op, ": head weight must be a contiguous f32 [V, ", H, "], got ", str_of(W)));
+  if (!W.defined() || (W.dtype() != DType::F32 && W.dtype() != DType::BF16 && W.dtype() != DType::F16) ||
+      W.dim() != 2 || W.size(1) != H || !W.is_contiguous())
+    throw ShapeError(
+        str(op, ": head weight must be a contiguous f32/bf16/f16 [V, ", H, "], got ", str_of(W)));
+  const bool w16 = W.dtype() != DType::F32;
   const int64_t V = W.size(0);
   if (!targets.defined() || targets.dtype() != DType::I64 || targets.shape() != Shape{T} ||
       !targets.is_contiguous())
@@ -330,9 +333,15 @@ HeadLoss cross_entropy_head_backward(ExecContext& ctx, const Tensor& h, const Te
   dispatch(
       op, ctx, DType::F32, {h, W, targets, dh},
       [&] {
-        res.loss_sum =
-            cross_entropy_head_backward(h.data<float>(), T, H, W.data<float>(), V, targets.data<int64_t>(),
-                                        softcap, chunk, grad_scale, ptr_or_null(dh), &res.n_targets);
+        Tensor hr = h;
+        if (w16) {  // h rounded to the head's dtype; W's values exact in f32
+          hr = Tensor::empty(h.shape(), DType::F32, h.device());
+          for (int64_t i = 0; i < h.numel(); ++i)
+            hr.data<float>()[i] = round_to_dtype(h.data<float>()[i], W.dtype());
+        }
+        res.loss_sum = cross_entropy_head_backward(hr.data<float>(), T, H, host_f32(W).data<float>(), V,
+                                                   targets.data<int64_t>(), softcap, chunk, grad_scale,
+                                                   ptr_or_null(dh), &res.n_targets, W.dtype());
       },
       [&](auto& c) {
         // The targets come from the host's tokenizer; they are checked (and counted) there.
@@ -345,10 +354,16 @@ HeadLoss cross_entropy_head_backward(ExecContext& ctx, const Tensor& h, const Te
           ++res.n_targets;
         }
         std::vector<double> nll(static_cast<size_t>(T));
-        cuda::cross_entropy_head(make_launch(c, cuda::cross_entropy_workspace_bytes(T, V, chunk)),
-                                 h.template data<float>(), T, H, W.template data<float>(), V,
-                                 targets.template data<int64_t>(), softcap, chunk, grad_scale,
-                                 ptr_or_null(dh), nll.data(), tf32);
+        if (w16)
+          cuda::cross_entropy_head16(make_launch(c, cuda::cross_entropy16_workspace_bytes(T, H, V)),
+                                     h.template data<float>(), T, H, W.data_ptr(), W.dtype(), V,
+                                     targets.template data<int64_t>(), softcap, grad_scale, ptr_or_null(dh),
+                                     nll.data());
+        else
+          cuda::cross_entropy_head(make_launch(c, cuda::cross_entropy_workspace_bytes(T, V, chunk)),
+                                   h.template data<float>(), T, H, W.template data<float>(), V,
+                                   targets.template data<int64_t>(), softcap, chunk, grad_scale,
+                                   ptr_or_null(dh), nll.data(), tf32);
         for (double v : nll) res.loss_sum += v;
       });
   return res;

@@ -480,9 +480,15 @@ int64_t count_targets(const TokenBatch& b) {
   return n;
 }
 
-Tensor head_weight_f32(const CausalLM::Impl& m) {
+Tensor head_weight(const CausalLM::Impl& m) {
   const nn::Linear& l = m.lm_head.lin;
   if (!l.device().is_cpu()) {
+    // a 16-bit head with a 16-bit compute dtype on CUDA: the loss computes in the head's dtype
+    // as bitsandbytes' training under autocast does (ops::cross_entropy_head_backward)
+    const DType wd = l.format() == nn::WeightFormat::Fp ? l.weight().dtype() : DType::F32;
+    if ((wd == DType::BF16 || wd == DType::F16) && m.cache_dtype(m.device) != DType::F32 &&
+        l.weight().is_contiguous())
+      return l.weight();
     if (l.format() == nn::WeightFormat::Fp && l.weight().dtype() == DType::F32 && l.weight().is_contiguous())
       return l.weight();
     // converted or dequantized once on the host (the conversions are host code), then moved back

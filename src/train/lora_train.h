@@ -46,12 +46,13 @@ struct PassResult {
 // The targets a batch has: labels shifted within each sequence (transformers' shift).
 int64_t count_targets(const TokenBatch& b);
 
-// f32 [V, C] of the output head as the forward computes with it (converted/dequantized once).
-Tensor head_weight_f32(const CausalLM::Impl& m);
+// The output head [V, C] as the loss computes with it: f32 (converted/dequantized once), or on
+// CUDA with a 16-bit compute dtype a 16-bit head as stored (the loss then computes in its dtype).
+Tensor head_weight(const CausalLM::Impl& m);
 
 // Forward and backward of one micro-batch: accumulates the adapters' gradients into grads (an
 // entry for every Linear with an adapter; made on first use) and returns the summed loss.
-// head_w: head_weight_f32(m).
+// head_w: head_weight(m).
 PassResult forward_backward(const CausalLM::Impl& m, const TokenBatch& b, const Tensor& head_w,
                             GradMap& grads, const PassOptions& o);
 

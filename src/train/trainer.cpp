@@ -47,7 +47,7 @@ struct LoraTrainer::Impl {
                              "\" (training the base biases) is not supported; use bias=\"none\"");
     if (!lc.modules_to_save.empty())
       throw UnsupportedError("LoraTrainer: modules_to_save (fully trained modules) is not supported");
-    head_w = train::head_weight_f32(mi);
+    head_w = train::head_weight(mi);
     for (const NamedLinear* nl : mi.linears()) {
       if (!nl->lora.defined()) continue;
       train::LoraGrad& g = grads[nl];

@@ -324,6 +324,38 @@ TEST(TrainCuda, CrossEntropyHeadBackward) {
   }
 }
 
+// A head stored in 16 bits (bitsandbytes' autocast): cuda::cross_entropy_head16, whole rows at a
+// time (T = 300 > its 256 rows: two row chunks), against the CPU branch's arithmetic.
+TEST(TrainCuda, CrossEntropyHead16) {
+  SKIP_WITHOUT_CUDA();
+  SEEDED(r);
+  const int64_t T = 300, H = 48, V = 1000;
+  const Tensor h = r.randn({T, H}), W32 = r.randn({V, H}, 0.2f);
+  std::vector<int64_t> tv(static_cast<size_t>(T));
+  for (auto& t : tv) t = r.rng() % 4 == 0 ? -100 : int64_t(r.rng() % uint64_t(V));
+  const Tensor tg = Tensor::from_vector({T}, DType::I64, tv);
+  for (DType wd : {DType::BF16, DType::F16})
+    for (float softcap : {0.0f, 15.0f}) {
+      SCOPED_TRACE(std::string(dtype_name(wd)) + " softcap " + std::to_string(softcap));
+      const Tensor W = W32.to(wd);
+      Tensor dh = zeros({T, H}), gdh = zeros({T, H}, kGpu), fdh = zeros({T, H});
+      const ops::HeadLoss c = ops::cross_entropy_head_backward(cpu_ctx(), h, W, tg, softcap, 256, 0.1f, dh);
+      const ops::HeadLoss g = ops::cross_entropy_head_backward(gpu_ctx(), on_gpu(h), on_gpu(W), on_gpu(tg),
+                                                               softcap, 256, 0.1f, gdh);
+      EXPECT_EQ(g.n_targets, c.n_targets);
+      EXPECT_NEAR(g.loss_sum, c.loss_sum, kElementwiseTol * std::abs(c.loss_sum));
+      // the same roundings; G's 16-bit rounding may go the other way where the f32 GEMMs' orders
+      // straddle a boundary (rare: one 16-bit ulp on an element)
+      EXPECT_LT(rel_err(gdh, dh), 1e-3);
+      ops::cross_entropy_head_backward(cpu_ctx(), h.to(wd).to(DType::F32), W.to(DType::F32), tg, softcap, 256,
+                                       0.1f, fdh);
+      EXPECT_GT(rel_err(gdh, fdh), 1e-5) << "G was not rounded to " << dtype_name(wd);
+    }
+  EXPECT_THROW(ops::cross_entropy_head_backward(gpu_ctx(), on_gpu(h), Tensor::zeros({V, H}, DType::I32, kGpu),
+                                                on_gpu(tg), 0.0f, 256, 0.1f, zeros({T, H}, kGpu)),
+               ShapeError);
+}
+
 TEST(TrainCuda, LoraForwardBackwardWithDropout) {
   SKIP_WITHOUT_CUDA();
   SEEDED(r);

@@ -4,6 +4,8 @@
 // the tensor.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <random>
 #include <string>
@@ -134,6 +136,56 @@ TEST(TrainOpsCtx, CpuBranchIsTheHostReference) {
     EXPECT_EQ(l.n_targets, 4);
     EXPECT_EQ(n, 4);
     EXPECT_TRUE(same_bytes(dh, rdh));
+    // A 16-bit head (autocast): h rounded to its dtype, f32 logits, the softmax gradient G rounded
+    // to its dtype before dh = G W; against that arithmetic in double, with and without G's
+    // rounding. Where the f32 logits straddle a 16-bit rounding boundary of G the op and the
+    // reference round apart (rare), so the op must be far closer to the rounded reference than to
+    // the unrounded one rather than equal to it.
+    const int64_t V16 = 512;
+    Tensor Wb = test::random_normal({V16, C}, DType::F32, rng);
+    for (int64_t i = 0; i < Wb.numel(); ++i) Wb.data<float>()[i] *= 0.2f;
+    std::vector<int64_t> t16 = {5, -100, 511, 0, 77, 300};
+    const Tensor tg16 = Tensor::from_vector({M}, DType::I64, t16);
+    for (DType wd : {DType::BF16, DType::F16}) {
+      SCOPED_TRACE(dtype_name(wd));
+      const Tensor W16 = Wb.to(wd), Wr = W16.to(DType::F32), xr = x.to(wd).to(DType::F32);
+      Tensor dh16 = zeros({M, C});
+      const ops::HeadLoss l16 = ops::cross_entropy_head_backward(ctx(), x, W16, tg16, 0.0f, 100, 0.25f, dh16);
+      double loss = 0;
+      std::vector<double> refr(size_t(M * C), 0.0), refu(size_t(M * C), 0.0);
+      for (int64_t t = 0; t < M; ++t) {
+        const int64_t y = t16[size_t(t)];
+        if (y == -100) continue;
+        std::vector<double> z(static_cast<size_t>(V16));
+        double mx = -1e300, sum = 0;
+        for (int64_t v = 0; v < V16; ++v) {
+          for (int64_t k = 0; k < C; ++k)
+            z[size_t(v)] += double(xr.data<float>()[t * C + k]) * Wr.data<float>()[v * C + k];
+          mx = std::max(mx, z[size_t(v)]);
+        }
+        for (double zv : z) sum += std::exp(zv - mx);
+        const double lse = mx + std::log(sum);
+        loss += lse - z[size_t(y)];
+        for (int64_t v = 0; v < V16; ++v) {
+          const double g = (std::exp(z[size_t(v)] - lse) - (v == y ? 1.0 : 0.0)) * 0.25,
+                       gr = round_to_dtype(float(g), wd);
+          for (int64_t k = 0; k < C; ++k) {
+            refr[size_t(t * C + k)] += gr * Wr.data<float>()[v * C + k];
+            refu[size_t(t * C + k)] += g * Wr.data<float>()[v * C + k];
+          }
+        }
+      }
+      EXPECT_EQ(l16.n_targets, 5);
+      EXPECT_NEAR(l16.loss_sum, loss, 1e-5 * std::abs(loss));
+      double er = 0, eu = 0, den = 0;
+      for (int64_t i = 0; i < M * C; ++i) {
+        er += std::pow(dh16.data<float>()[i] - refr[size_t(i)], 2);
+        eu += std::pow(dh16.data<float>()[i] - refu[size_t(i)], 2);
+        den += refr[size_t(i)] * refr[size_t(i)];
+      }
+      EXPECT_LT(std::sqrt(er / den), 1e-3);
+      EXPECT_LT(std::sqrt(er), 0.25 * std::sqrt(eu)) << "G was not rounded to " << dtype_name(wd);
+    }
   }
   {
     const int64_t r = 3, N = 11;

@@ -38,18 +38,6 @@ const char* row_ptr(const void* w, DType dt, int64_t row, int64_t K) {
   return static_cast<const char*>(w) + row * K * elem_size(dt);
 }
 
-// v rounded to dt (F32: unchanged), as torch's cast to that dtype.
-inline float round_to_dtype(float v, DType dt) {
-  switch (dt) {
-    case DType::BF16:
-      return bf16_to_f32(f32_to_bf16(v));
-    case DType::F16:
-      return f16_to_f32(f32_to_f16(v));
-    default:
-      return v;
-  }
-}
-
 // x [M, K] rounded to dt, or x itself when dt is F32.
 const float* rounded_input(const float* x, int64_t M, int64_t K, DType dt, std::vector<float>& buf) {
   if (dt == DType::F32) return x;

@@ -86,6 +86,17 @@ void cross_entropy_head(const Launch& l, const float* h, int64_t T, int64_t H, c
                         const int64_t* targets, float softcap, int64_t chunk, float grad_scale, float* dh,
                         double* nll_host, bool tf32 = false);
 
+// The same loss with a head stored in 16 bits (wdt bf16/f16) as bitsandbytes' training computes it
+// under autocast: h rounded to wdt, logits on the tensor cores in f32 (not rounded), the softmax
+// gradient rounded to wdt for dh = G W (f32 sums). Rows are taken cross_entropy16_rows at a time
+// with the whole vocabulary ([rows, V] f32 logits and their 16-bit gradient in the workspace), so
+// each logit is computed once.
+int64_t cross_entropy16_rows(int64_t T, int64_t V);
+size_t cross_entropy16_workspace_bytes(int64_t T, int64_t H, int64_t V);
+void cross_entropy_head16(const Launch& l, const float* h, int64_t T, int64_t H, const void* W, DType wdt,
+                          int64_t V, const int64_t* targets, float softcap, float grad_scale, float* dh,
+                          double* nll_host);
+
 // Row-major C [M, N] = alpha · op(A) · op(B) + beta · C, op(X) = X or X^T; lda/ldb/ldc are row
 // strides of the stored matrices (f32, cuBLAS; tf32: inputs rounded to TF32 on the tensor cores).
 void gemm_f32(const Launch& l, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,

@@ -13,6 +13,7 @@
 #include "backends/cuda/cublas_util.h"
 #include "backends/cuda/kernel_util.cuh"
 #include "backends/cuda/pdl.cuh"
+#include "backends/cuda/quant_device.cuh"
 #include "backends/cuda/train_cuda.h"
 
 namespace nibble::cuda {
@@ -103,6 +104,46 @@ __global__ void grad_chunk_kernel(float* logits, int64_t nc, int64_t v0, const i
   }
 }
 
+// grad_chunk_kernel's G over whole rows [Tc, V], written rounded to the head's 16-bit dtype into g
+// (the operand of dh = G W on the tensor cores; the logits are not overwritten).
+template <class T>
+__global__ void grad_rows16_kernel(const float* logits, int64_t V, const int64_t* targets, float cap,
+                                   float grad_scale, RowState st, void* g) {
+  dev::pdl_launch_dependents();
+  dev::pdl_wait();
+  const int64_t r = blockIdx.x, y = targets[r];
+  const float* lr = logits + r * V;
+  void* gr = static_cast<char*>(g) + size_t(r * V) * 2;
+  if (y == -100) {
+    for (int64_t v = threadIdx.x; v < V; v += blockDim.x) dev::store1<T>(gr, v, 0.0f);
+    return;
+  }
+  const double lse = st.sum[r];
+  for (int64_t v = threadIdx.x; v < V; v += blockDim.x) {
+    float x = lr[v], dcap = 1.0f;
+    if (cap > 0.0f) {
+      const float t = tanhf(x / cap);
+      x = cap * t;
+      dcap = 1.0f - t * t;
+    }
+    const float p = float(exp(double(x) - lse));
+    dev::store1<T>(gr, v, (p - (v == y ? 1.0f : 0.0f)) * grad_scale * dcap);
+  }
+}
+
+// Row-major C [M, N] (f32) = A [M, K] · op(B) with A, B 16-bit of dtype dt, f32 accumulation;
+// trans_b: B stored [N, K], else [K, N].
+void gemm16_f32out(const Launch& l, DType dt, bool trans_b, int64_t M, int64_t N, int64_t K, const void* A,
+                   const void* B, float* C) {
+  cublasHandle_t h = cublas_handle(l.device);
+  NIBBLE_CUBLAS_CHECK(cublasSetStream(h, as_stream(l.stream)));
+  const cudaDataType_t t = dt == DType::BF16 ? CUDA_R_16BF : CUDA_R_16F;
+  const float alpha = 1.0f, beta = 0.0f;
+  NIBBLE_CUBLAS_CHECK(cublasGemmEx(h, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, CUBLAS_OP_N, int(N), int(M), int(K),
+                                   &alpha, B, t, int(trans_b ? K : N), A, t, int(K), &beta, C, CUDA_R_32F,
+                                   int(N), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
 }  // namespace
 
 void gemm_f32(const Launch& l, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
@@ -123,6 +164,65 @@ void gemm_f32(const Launch& l, bool trans_a, bool trans_b, int64_t M, int64_t N,
   }
   NIBBLE_CUBLAS_CHECK(
       cublasSgemm(h, ob, oa, int(N), int(M), int(K), &alpha, B, int(ldb), A, int(lda), &beta, C, int(ldc)));
+}
+
+int64_t cross_entropy16_rows(int64_t T, int64_t V) {
+  const int64_t fit = std::max<int64_t>(16, std::min<int64_t>(256, (int64_t(1) << 25) / std::max<int64_t>(V, 1)));
+  return std::max<int64_t>(1, std::min(T, fit / 16 * 16));
+}
+
+size_t cross_entropy16_workspace_bytes(int64_t T, int64_t H, int64_t V) {
+  const size_t t = size_t(T), rc = size_t(cross_entropy16_rows(T, V));
+  return align256(t * size_t(H) * 2) + align256(rc * size_t(V) * sizeof(float)) + align256(rc * size_t(V) * 2) +
+         2 * align256(t * sizeof(float)) + 2 * align256(t * sizeof(double));
+}
+
+void cross_entropy_head16(const Launch& l, const float* h, int64_t T, int64_t H, const void* W, DType wdt,
+                          int64_t V, const int64_t* targets, float softcap, float grad_scale, float* dh,
+                          double* nll_host) {
+  if (T == 0) return;
+  if (wdt != DType::BF16 && wdt != DType::F16)
+    throw InternalError("cuda::cross_entropy_head16: the head must be bf16 or f16");
+  if (l.workspace_bytes < cross_entropy16_workspace_bytes(T, H, V))
+    throw InternalError("cuda::cross_entropy_head16: workspace too small");
+  DeviceScope ds(l.device);
+  const cudaStream_t s = as_stream(l.stream);
+  const int64_t rc = cross_entropy16_rows(T, V);
+  char* ws = static_cast<char*>(l.workspace);
+  void* hb = ws;  // [T, H] h rounded to the head's dtype
+  ws += align256(size_t(T) * size_t(H) * 2);
+  float* logits = reinterpret_cast<float*>(ws);  // [rc, V]
+  ws += align256(size_t(rc) * size_t(V) * sizeof(float));
+  void* g = ws;  // [rc, V] the rows' gradient, 16-bit
+  ws += align256(size_t(rc) * size_t(V) * 2);
+  RowState st;
+  st.mx = reinterpret_cast<float*>(ws);
+  ws += align256(size_t(T) * sizeof(float));
+  st.tgt = reinterpret_cast<float*>(ws);
+  ws += align256(size_t(T) * sizeof(float));
+  st.sum = reinterpret_cast<double*>(ws);
+  ws += align256(size_t(T) * sizeof(double));
+  st.nll = reinterpret_cast<double*>(ws);
+  copy_rows(l, h, H, T, H, hb, wdt, H);
+  const size_t esz = 2;
+  for (int64_t r0 = 0; r0 < T; r0 += rc) {
+    const int64_t n = std::min(rc, T - r0);
+    const RowState sr{st.mx + r0, st.sum + r0, st.tgt + r0, st.nll + r0};
+    gemm16_f32out(l, wdt, true, n, V, H, static_cast<const char*>(hb) + size_t(r0 * H) * esz, W, logits);
+    cuda::launch(lse_chunk_kernel, dim3(unsigned(n)), dim3(kRowThreads), 0, s, logits, V, int64_t(0),
+                 targets + r0, softcap, true, sr);
+    cuda::launch(nll_kernel, dim3(grid_for(n)), dim3(256), 0, s, targets + r0, n, sr);
+    if (!dh) continue;
+    if (wdt == DType::BF16)
+      cuda::launch(grad_rows16_kernel<dev::BF16>, dim3(unsigned(n)), dim3(kRowThreads), 0, s, logits, V,
+                   targets + r0, softcap, grad_scale, sr, g);
+    else
+      cuda::launch(grad_rows16_kernel<dev::F16>, dim3(unsigned(n)), dim3(kRowThreads), 0, s, logits, V,
+                   targets + r0, softcap, grad_scale, sr, g);
+    gemm16_f32out(l, wdt, false, n, H, V, g, W, dh + r0 * H);
+  }
+  NIBBLE_CUDA_CHECK(cudaMemcpyAsync(nll_host, st.nll, size_t(T) * sizeof(double), cudaMemcpyDeviceToHost, s));
+  NIBBLE_CUDA_CHECK(cudaStreamSynchronize(s));
 }
 
 size_t cross_entropy_workspace_bytes(int64_t T, int64_t V, int64_t chunk) {

@@ -54,13 +54,22 @@ class PeftModel {
   // term (s · B A x, no dropout).
   const CausalLM& model() const { return base_; }
   CausalLM& model() { return base_; }
-  // The adapter's tensors live on the host (the optimizer updates them there). On the CPU the
-  // model's Linears share their storage; on a CUDA model they hold device copies, which
-  // copy_adapter_to_device() refreshes after the host tensors changed (LoraTrainer calls it after
-  // every optimizer step; a no-op on the CPU).
-  const LoraAdapter& adapter() const { return adapter_; }
-  LoraAdapter& adapter() { return adapter_; }
+  // The adapter's tensors on the host. On the CPU the model's Linears share their storage (the
+  // optimizer updates them there); on a CUDA model the Linears hold device copies:
+  // copy_adapter_to_device() refreshes those after the host tensors changed (a no-op on the CPU),
+  // and device_adapter_changed() says the device copies are newer (LoraTrainer's device optimizer
+  // steps there), so the host tensors are refreshed from the device when next read through
+  // adapter() (saving, merging, inspection) rather than after every step.
+  const LoraAdapter& adapter() const {
+    sync_host();
+    return adapter_;
+  }
+  LoraAdapter& adapter() {
+    sync_host();
+    return adapter_;
+  }
   void copy_adapter_to_device();
+  void device_adapter_changed() { host_stale_ = true; }
   int64_t num_trainable_parameters() const;
   // adapter_config.json (inference_mode true, base_model_name_or_path the base's folder unless
   // set) + adapter_model.safetensors, as peft writes them, each file atomically.
@@ -76,8 +85,10 @@ class PeftModel {
  private:
   PeftModel(CausalLM base, LoraAdapter adapter);
   void attach();
+  void sync_host() const;
   CausalLM base_;
-  LoraAdapter adapter_;
+  mutable LoraAdapter adapter_;  // refreshed from the device by sync_host() when host_stale_
+  mutable bool host_stale_ = false;
 };
 
 // transformers' TrainingArguments that LoRA training uses (same names and defaults).

@@ -69,8 +69,20 @@ void PeftModel::attach() {
   attach_lora(base_.impl(), adapter_);
 }
 
+void PeftModel::sync_host() const {
+  if (!host_stale_) return;
+  host_stale_ = false;
+  for (const NamedLinear* nl : base_.impl().linears()) {
+    if (!nl->lora.defined()) continue;
+    LoraPair& p = adapter_.modules.at(nl->name);
+    p.A.copy_from(nl->lora.A);
+    p.B.copy_from(nl->lora.B);
+  }
+}
+
 void PeftModel::copy_adapter_to_device() {
   CausalLM::Impl& m = base_.impl();
+  host_stale_ = false;
   if (m.device.is_cpu()) return;  // shared storage
   for_each_linear(m, [&](NamedLinear& nl) {
     if (!nl.lora.defined()) return;
@@ -103,6 +115,7 @@ int64_t PeftModel::num_trainable_parameters() const {
 }
 
 LoraAdapter PeftModel::adapter_to_save() const {
+  sync_host();
   LoraAdapter a;
   a.config = adapter_.config;
   a.modules = adapter_.modules;
@@ -117,6 +130,7 @@ void PeftModel::save_pretrained(const std::filesystem::path& dir) const {
 }
 
 CausalLM PeftModel::merge_and_unload(bool requantize) && {
+  sync_host();
   CausalLM::Impl& m = base_.impl();
   if (!m.device.is_cpu() || m.place.split())
     throw UnsupportedError("merge_and_unload: the model must be on the CPU");

@@ -28,11 +28,11 @@ struct LoraTrainer::Impl {
   std::unique_ptr<train::AdamW> opt;
   int64_t step = 0;
   // A CUDA model's optimizer runs on the device: per parameter (peft's order) the Linear's device
-  // tensor, its gradient (the step's accumulator, LoraGrad::dA/dB), the moments, and the adapter's
-  // host tensor, refreshed after each step (saving and merging read it). Empty on the CPU, where
-  // the host AdamW updates the host tensors the Linears share.
+  // tensor, its gradient (the step's accumulator, LoraGrad::dA/dB) and the moments; the adapter's
+  // host tensors are refreshed from the device when read (PeftModel::device_adapter_changed).
+  // Empty on the CPU, where the host AdamW updates the host tensors the Linears share.
   struct DeviceParam {
-    Tensor x, g, m, v, host;
+    Tensor x, g, m, v;
   };
   std::vector<DeviceParam> dev;
 
@@ -62,12 +62,10 @@ struct LoraTrainer::Impl {
       for (const NamedLinear* nl : mi.linears()) {
         if (!nl->lora.defined()) continue;
         train::LoraGrad& g = grads[nl];
-        const LoraPair& w = m.adapter().modules.at(nl->name);
-        for (auto [x, gd, host] :
-             {std::tuple{&nl->lora.A, &g.dA, &w.A}, std::tuple{&nl->lora.B, &g.dB, &w.B}}) {
+        for (auto [x, gd] : {std::pair{&nl->lora.A, &g.dA}, std::pair{&nl->lora.B, &g.dB}}) {
           *gd = Tensor::zeros(x->shape(), DType::F32, mi.device);
           dev.push_back({*x, *gd, Tensor::zeros(x->shape(), DType::F32, mi.device),
-                         Tensor::zeros(x->shape(), DType::F32, mi.device), *host});
+                         Tensor::zeros(x->shape(), DType::F32, mi.device)});
         }
       }
     opt = std::make_unique<train::AdamW>(params(), a.learning_rate, a.adam_beta1, a.adam_beta2,
@@ -188,7 +186,7 @@ StepLog LoraTrainer::train_step(const std::vector<TrainBatch>& micro_batches) {
   } else {
     const ops::AdamWStep st = I.opt->next_step(s.learning_rate);
     for (const auto& p : I.dev) ops::adamw_(I.dev_ctx(), p.x, p.g, p.m, p.v, st);
-    for (auto& p : I.dev) p.host.copy_from(p.x);
+    I.model.device_adapter_changed();
   }
   s.step = ++I.step;
   s.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -22,7 +22,7 @@ struct LoraTrainer::Impl {
   PeftModel& model;
   TrainingArguments args;
   int64_t total_steps = 0, warmup = 0;
-  Tensor head_w;  // [V, C] f32, frozen
+  Tensor head_w;  // [V, C] frozen, as the loss computes with it (train::head_weight)
   train::GradMap grads;
   std::vector<std::string> names;  // of the adapted Linears, in grads' parameter order
   std::unique_ptr<train::AdamW> opt;

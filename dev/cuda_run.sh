@@ -76,7 +76,8 @@ case "${1:-}" in
     du -shc .devcarry/*
     ;;
   infer)
-    # there: CUDA tests (skip with "tests"), the GEMV table and the model benchmark; logs to $OUT
+    # there: CUDA tests (skip with "tests"), the GEMV table and the model benchmark; logs to $OUT.
+    # "train": the QLoRA step benchmark (TRAIN_SHAPES); "train-profile": its kernels by ncu
     OUT="${OUT:-/tmp/out}"
     mkdir -p "$OUT"
     nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$OUT/device.txt"
@@ -87,6 +88,7 @@ case "${1:-}" in
     rc=0
     shift
     [ $# -gt 0 ] || set -- tests gemv model
+    TRAIN_SHAPES="${TRAIN_SHAPES:-llama32_1b,llama2_7b}"
     for what in "$@"; do
       case "$what" in
         tests) ./.devcarry/bin/test_cuda 2>&1 | tee "$OUT/test_cuda.log" |
@@ -95,12 +97,23 @@ case "${1:-}" in
         gemv) ./.devcarry/bin/linear_gpu ${GEMV_ARGS:-} --json "$OUT/linear_gpu.json" 2>&1 | tee "$OUT/linear_gpu.log" || rc=1 ;;
         model) ./.devcarry/bin/model_gpu --shapes "${SHAPES:-llama2_7b}" --dir /tmp/models --keep \
                  --json "$OUT/model_gpu.json" 2>&1 | tee "$OUT/model_gpu.log" || rc=1 ;;
+        train) ./.devcarry/bin/train_gpu --shapes "${TRAIN_SHAPES:-llama32_1b,llama2_7b}" --steps 3 \
+                 --checkpointing both --dir /tmp/train_models --json "$OUT/train_gpu.json" 2>&1 |
+                 tee "$OUT/train_gpu.log" | tail -6
+               [ "${PIPESTATUS[0]}" = 0 ] || rc=1 ;;
+        train-profile)  # one step's kernels under Nsight Compute, summed by name
+          for shape in ${TRAIN_SHAPES//,/ }; do
+            timeout 200 ncu --profile-from-start off --metrics gpu__time_duration.sum --csv ./.devcarry/bin/train_gpu \
+              --shapes "$shape" --steps 2 --checkpointing 0 --profile 1 --dir /tmp/train_models \
+              > "$OUT/ncu_$shape.csv" 2> "$OUT/ncu_$shape.err" || rc=1
+            python3 dev/ncu_sum.py "$OUT/ncu_$shape.csv" 30
+          done ;;
       esac
     done
     exit $rc
     ;;
   *)
-    echo "usage: dev/cuda_run.sh build|device|infer-build|infer [tests] [gemv] [model]" >&2
+    echo "usage: dev/cuda_run.sh build|device|infer-build|infer [tests] [gemv] [model] [train] [train-profile]" >&2
     exit 2
     ;;
 esac

@@ -33,8 +33,33 @@ struct RowState {
   double* nll;  // [T] lse - target logit (0: ignored row)
 };
 
+size_t row_state_bytes(int64_t T) {
+  return 2 * align256(size_t(T) * sizeof(float)) + 2 * align256(size_t(T) * sizeof(double));
+}
+
+// The four [T] arrays of a RowState, carved from ws in this order: mx, tgt, sum, nll.
+RowState row_state(char* ws, int64_t T) {
+  RowState st;
+  st.mx = reinterpret_cast<float*>(ws);
+  ws += align256(size_t(T) * sizeof(float));
+  st.tgt = reinterpret_cast<float*>(ws);
+  ws += align256(size_t(T) * sizeof(float));
+  st.sum = reinterpret_cast<double*>(ws);
+  ws += align256(size_t(T) * sizeof(double));
+  st.nll = reinterpret_cast<double*>(ws);
+  return st;
+}
+
 __device__ __forceinline__ float capped(float x, float cap) {
   return cap > 0.0f ? cap * tanhf(x / cap) : x;
+}
+
+// x = capped(x, cap) in place; returns d(capped)/d(raw).
+__device__ __forceinline__ float cap_in_place(float& x, float cap) {
+  if (cap <= 0.0f) return 1.0f;
+  const float t = tanhf(x / cap);
+  x = cap * t;
+  return 1.0f - t * t;
 }
 
 // Block per row over one chunk's raw logits [T, nc]: folds the chunk into the row's state.
@@ -79,55 +104,27 @@ __global__ void nll_kernel(const int64_t* targets, int64_t T, RowState st) {
   }
 }
 
-// Block per row: logits [T, nc] -> G = (softmax - onehot) * grad_scale * d(capped)/d(raw); 0 on
-// ignored rows.
+// Block per row: logits [T, nc] (columns v0 ..) -> G = (softmax - onehot) * grad_scale *
+// d(capped)/d(raw), 0 on ignored rows; T = F32 writes G over the logits in place, a 16-bit T
+// rounds it into g [T, nc] (the operand of dh = G W on the tensor cores).
+template <class T>
 __global__ void grad_chunk_kernel(float* logits, int64_t nc, int64_t v0, const int64_t* targets, float cap,
-                                  float grad_scale, RowState st) {
+                                  float grad_scale, RowState st, void* g) {
   dev::pdl_launch_dependents();
   dev::pdl_wait();
   const int64_t r = blockIdx.x, y = targets[r];
-  float* lr = logits + r * nc;
+  const float* lr = logits + r * nc;
+  void* out = T::kBytes == 4 ? static_cast<void*>(logits + r * nc) : static_cast<char*>(g) + size_t(r * nc) * 2;
   if (y == -100) {
-    for (int64_t v = threadIdx.x; v < nc; v += blockDim.x) lr[v] = 0.0f;
+    for (int64_t v = threadIdx.x; v < nc; v += blockDim.x) dev::store1<T>(out, v, 0.0f);
     return;
   }
   const double lse = st.sum[r];
   for (int64_t v = threadIdx.x; v < nc; v += blockDim.x) {
-    float x = lr[v], dcap = 1.0f;
-    if (cap > 0.0f) {
-      const float t = tanhf(x / cap);
-      x = cap * t;
-      dcap = 1.0f - t * t;
-    }
+    float x = lr[v];
+    const float dcap = cap_in_place(x, cap);
     const float p = float(exp(double(x) - lse));
-    lr[v] = (p - (v0 + v == y ? 1.0f : 0.0f)) * grad_scale * dcap;
-  }
-}
-
-// grad_chunk_kernel's G over whole rows [Tc, V], written rounded to the head's 16-bit dtype into g
-// (the operand of dh = G W on the tensor cores; the logits are not overwritten).
-template <class T>
-__global__ void grad_rows16_kernel(const float* logits, int64_t V, const int64_t* targets, float cap,
-                                   float grad_scale, RowState st, void* g) {
-  dev::pdl_launch_dependents();
-  dev::pdl_wait();
-  const int64_t r = blockIdx.x, y = targets[r];
-  const float* lr = logits + r * V;
-  void* gr = static_cast<char*>(g) + size_t(r * V) * 2;
-  if (y == -100) {
-    for (int64_t v = threadIdx.x; v < V; v += blockDim.x) dev::store1<T>(gr, v, 0.0f);
-    return;
-  }
-  const double lse = st.sum[r];
-  for (int64_t v = threadIdx.x; v < V; v += blockDim.x) {
-    float x = lr[v], dcap = 1.0f;
-    if (cap > 0.0f) {
-      const float t = tanhf(x / cap);
-      x = cap * t;
-      dcap = 1.0f - t * t;
-    }
-    const float p = float(exp(double(x) - lse));
-    dev::store1<T>(gr, v, (p - (v == y ? 1.0f : 0.0f)) * grad_scale * dcap);
+    dev::store1<T>(out, v, (p - (v0 + v == y ? 1.0f : 0.0f)) * grad_scale * dcap);
   }
 }
 
@@ -174,7 +171,7 @@ int64_t cross_entropy16_rows(int64_t T, int64_t V) {
 size_t cross_entropy16_workspace_bytes(int64_t T, int64_t H, int64_t V) {
   const size_t t = size_t(T), rc = size_t(cross_entropy16_rows(T, V));
   return align256(t * size_t(H) * 2) + align256(rc * size_t(V) * sizeof(float)) + align256(rc * size_t(V) * 2) +
-         2 * align256(t * sizeof(float)) + 2 * align256(t * sizeof(double));
+         row_state_bytes(T);
 }
 
 void cross_entropy_head16(const Launch& l, const float* h, int64_t T, int64_t H, const void* W, DType wdt,
@@ -195,14 +192,7 @@ void cross_entropy_head16(const Launch& l, const float* h, int64_t T, int64_t H,
   ws += align256(size_t(rc) * size_t(V) * sizeof(float));
   void* g = ws;  // [rc, V] the rows' gradient, 16-bit
   ws += align256(size_t(rc) * size_t(V) * 2);
-  RowState st;
-  st.mx = reinterpret_cast<float*>(ws);
-  ws += align256(size_t(T) * sizeof(float));
-  st.tgt = reinterpret_cast<float*>(ws);
-  ws += align256(size_t(T) * sizeof(float));
-  st.sum = reinterpret_cast<double*>(ws);
-  ws += align256(size_t(T) * sizeof(double));
-  st.nll = reinterpret_cast<double*>(ws);
+  const RowState st = row_state(ws, T);
   copy_rows(l, h, H, T, H, hb, wdt, H);
   const size_t esz = 2;
   for (int64_t r0 = 0; r0 < T; r0 += rc) {
@@ -214,11 +204,11 @@ void cross_entropy_head16(const Launch& l, const float* h, int64_t T, int64_t H,
     cuda::launch(nll_kernel, dim3(grid_for(n)), dim3(256), 0, s, targets + r0, n, sr);
     if (!dh) continue;
     if (wdt == DType::BF16)
-      cuda::launch(grad_rows16_kernel<dev::BF16>, dim3(unsigned(n)), dim3(kRowThreads), 0, s, logits, V,
-                   targets + r0, softcap, grad_scale, sr, g);
+      cuda::launch(grad_chunk_kernel<dev::BF16>, dim3(unsigned(n)), dim3(kRowThreads), 0, s, logits, V,
+                   int64_t(0), targets + r0, softcap, grad_scale, sr, g);
     else
-      cuda::launch(grad_rows16_kernel<dev::F16>, dim3(unsigned(n)), dim3(kRowThreads), 0, s, logits, V,
-                   targets + r0, softcap, grad_scale, sr, g);
+      cuda::launch(grad_chunk_kernel<dev::F16>, dim3(unsigned(n)), dim3(kRowThreads), 0, s, logits, V,
+                   int64_t(0), targets + r0, softcap, grad_scale, sr, g);
     gemm16_f32out(l, wdt, false, n, H, V, g, W, dh + r0 * H);
   }
   NIBBLE_CUDA_CHECK(cudaMemcpyAsync(nll_host, st.nll, size_t(T) * sizeof(double), cudaMemcpyDeviceToHost, s));
@@ -227,8 +217,7 @@ void cross_entropy_head16(const Launch& l, const float* h, int64_t T, int64_t H,
 
 size_t cross_entropy_workspace_bytes(int64_t T, int64_t V, int64_t chunk) {
   const size_t t = size_t(T), cw = size_t(std::min(chunk, V));
-  return align256(t * cw * sizeof(float)) + 2 * align256(t * sizeof(float)) +
-         2 * align256(t * sizeof(double));
+  return align256(t * cw * sizeof(float)) + row_state_bytes(T);
 }
 
 void cross_entropy_head(const Launch& l, const float* h, int64_t T, int64_t H, const float* W, int64_t V,
@@ -242,14 +231,7 @@ void cross_entropy_head(const Launch& l, const float* h, int64_t T, int64_t H, c
   char* ws = static_cast<char*>(l.workspace);
   float* logits = reinterpret_cast<float*>(ws);
   ws += align256(size_t(T) * size_t(std::min(chunk, V)) * sizeof(float));
-  RowState st;
-  st.mx = reinterpret_cast<float*>(ws);
-  ws += align256(size_t(T) * sizeof(float));
-  st.tgt = reinterpret_cast<float*>(ws);
-  ws += align256(size_t(T) * sizeof(float));
-  st.sum = reinterpret_cast<double*>(ws);
-  ws += align256(size_t(T) * sizeof(double));
-  st.nll = reinterpret_cast<double*>(ws);
+  const RowState st = row_state(ws, T);
   const int64_t nchunks = (V + chunk - 1) / chunk;
   for (int64_t c = 0; c < nchunks; ++c) {
     const int64_t v0 = c * chunk, nc = std::min(chunk, V - v0);
@@ -263,8 +245,8 @@ void cross_entropy_head(const Launch& l, const float* h, int64_t T, int64_t H, c
     for (int64_t c = 0; c < nchunks; ++c) {
       const int64_t v0 = c * chunk, nc = std::min(chunk, V - v0);
       gemm_f32(l, false, true, T, nc, H, 1.0f, h, H, W + v0 * H, H, 0.0f, logits, nc, tf32);
-      cuda::launch(grad_chunk_kernel, dim3(unsigned(T)), dim3(kRowThreads), 0, s, logits, nc, v0, targets,
-                   softcap, grad_scale, st);
+      cuda::launch(grad_chunk_kernel<dev::F32>, dim3(unsigned(T)), dim3(kRowThreads), 0, s, logits, nc, v0,
+                   targets, softcap, grad_scale, st, nullptr);
       gemm_f32(l, false, false, T, H, nc, 1.0f, logits, nc, W + v0 * H, H, 1.0f, dh, H, tf32);
     }
   }

@@ -62,13 +62,6 @@ __global__ void quant4_tile_bf16_kernel(Quant4Weight q, int64_t e0, int64_t n, _
   NIBBLE_TILE_LOOP(i, n) tile[i] = __float2bfloat16_rn(quant4_value<dev::BF16>(q, e0 + i));
 }
 
-// dy [n] rounded to bf16 (grad_output in the compute dtype).
-__global__ void round_bf16_kernel(const float* dy, int64_t n, __nv_bfloat16* out) {
-  dev::pdl_launch_dependents();
-  dev::pdl_wait();
-  NIBBLE_TILE_LOOP(i, n) out[i] = __float2bfloat16_rn(dy[i]);
-}
-
 __global__ void int8_tile_kernel(const int8_t* cb, const float* scb, int64_t K, int64_t e0, int64_t n,
                                  float* tile) {
   dev::pdl_launch_dependents();
@@ -118,7 +111,7 @@ void linear_backward_dx(const Launch& l, const BaseWeight& w, const float* dy, i
     __nv_bfloat16* dy16 = static_cast<__nv_bfloat16*>(l.workspace);  // [M][N]
     __nv_bfloat16* tile =
         reinterpret_cast<__nv_bfloat16*>(static_cast<char*>(l.workspace) + align256(size_t(M * w.N) * 2));
-    cuda::launch(round_bf16_kernel, dim3(grid_for(M * w.N)), dim3(256), 0, s, dy, M * w.N, dy16);
+    copy_rows(l, dy, w.N, M, w.N, dy16, DType::BF16, w.N);  // grad_output in the compute dtype
     cublasHandle_t h = cublas_handle(l.device);
     NIBBLE_CUBLAS_CHECK(cublasSetStream(h, s));
     const int64_t tile_rows = tc_tile_rows(w.N, w.K);

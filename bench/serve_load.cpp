@@ -11,8 +11,9 @@
 // reports the usage counts it got (completion tokens min/max, requests without usage) so a
 // caller can check that two servers generated the same number of tokens.
 //
-//   serve_load MODEL [--parallel 8] [--quant nf4|int8] [--threads N]
+//   serve_load MODEL [--parallel 8] [--quant nf4|int8] [--threads N] [--device-map cpu|cuda|auto]
 //                                            # starts `nibble serve` in-process on a free port
+//                                            # (the model on the CPU unless --device-map says otherwise)
 //   serve_load --url http://127.0.0.1:8080  # or measures a running server (llama-server too)
 //   options: --concurrency 1,8,32 --requests 64 (or one count per level: 8,32,64) --max-tokens 64
 //            --machine NAME   (JSON on stdout)
@@ -189,7 +190,7 @@ std::string cpu_name() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string model, url, machine, quant;
+  std::string model, url, machine, quant, device_map = "cpu";
   std::vector<int> levels{1, 8, 32}, requests{64};
   int max_tokens = 64, parallel = 8, threads = 0;
   auto int_list = [](const std::string& s) {
@@ -218,6 +219,8 @@ int main(int argc, char** argv) {
       parallel = std::stoi(next());
     else if (a == "--machine")
       machine = next();
+    else if (a == "--device-map")
+      device_map = next();
     else if (a == "--concurrency")
       levels = int_list(next());
     else if (a.rfind("--", 0) != 0)
@@ -228,10 +231,11 @@ int main(int argc, char** argv) {
     }
   }
   if (model.empty() == url.empty()) {
-    std::fprintf(stderr,
-                 "usage: serve_load MODEL [--parallel N] [--quant nf4|int8] [--threads N] | --url "
-                 "http://HOST:PORT  [--concurrency 1,8,32] [--requests N or N,N,N] [--max-tokens N] "
-                 "[--machine NAME]\n");
+    std::fprintf(
+        stderr,
+        "usage: serve_load MODEL [--parallel N] [--quant nf4|int8] [--threads N] [--device-map D] | --url "
+        "http://HOST:PORT  [--concurrency 1,8,32] [--requests N or N,N,N] [--max-tokens N] "
+        "[--machine NAME]\n");
     return 2;
   }
   if (requests.size() == 1) requests.resize(levels.size(), requests[0]);
@@ -252,6 +256,7 @@ int main(int argc, char** argv) {
   double load_s = 0;
   if (!model.empty()) {
     nibble::LoadOptions lo;
+    lo.device_map = device_map;
     if (quant == "nf4") {
       // NF4 + double quant; bf16 compute for a bf16 checkpoint, f32 otherwise (bench/model_cpu's).
       const nibble::ModelConfig c = nibble::ModelConfig::from_file(std::string(model) + "/config.json");
@@ -299,6 +304,8 @@ int main(int argc, char** argv) {
   if (!model.empty()) {
     out["load_s"] = load_s;
     out["threads"] = nibble::num_threads();
+    out["device_map"] = device_map;
+    out["device"] = m->device().str();
   }
   out["loadavg_start"] = loadavg();
   for (size_t i = 0; i < levels.size(); ++i) {

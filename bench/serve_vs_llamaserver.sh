@@ -24,7 +24,10 @@
 #
 #   LLAMA_BIN=/work/peer/build/bin PY=/work/peer/venv/bin/python \
 #   CONVERT=.../vendor/llama.cpp/convert_hf_to_gguf.py bench/serve_vs_llamaserver.sh [OUT.json]
-#   env: ROUNDS=2 THREADS=2 PARALLEL=8 MAX_TOKENS=64 MODELS="tinystories llama1b"
+#   On the GPU machine: DEVICE=cuda (nibble serve with --device-map cuda, llama-server with
+#   LLAMA_GPU_ARGS, default "-ngl 99 -fa on": every layer on the GPU, flash attention on), with
+#   both binaries built for CUDA (bench/serve_load from the NIBBLE_CUDA build).
+#   env: ROUNDS=2 THREADS=2 PARALLEL=8 MAX_TOKENS=64 MODELS="tinystories llama1b" DEVICE=cpu
 #        TS_LEVELS=1,8,32 TS_REQUESTS=128,256,256 L1B_LEVELS=1,8,32 L1B_REQUESTS=8,32,64 PORT=18080
 #        RUN_TIMEOUT=1800 (seconds per serve_load run)
 set -euo pipefail
@@ -50,6 +53,12 @@ L1B_REQUESTS=${L1B_REQUESTS:-8,32,64}
 PORT=${PORT:-18080}
 RUN_TIMEOUT=${RUN_TIMEOUT:-1800}  # seconds one serve_load run may take (a server under contention can crawl)
 MACHINE=${MACHINE:-xeon2c}
+DEVICE=${DEVICE:-cpu}
+case $DEVICE in
+  cpu) LLAMA_GPU_ARGS=() ;;
+  cuda) read -r -a LLAMA_GPU_ARGS <<< "${LLAMA_GPU_ARGS:--ngl 99 -fa on}" ;;
+  *) echo "serve_vs_llamaserver: DEVICE is cpu or cuda, not $DEVICE" >&2; exit 1 ;;
+esac
 NIBBLE=${NIBBLE:-build/default/bin/model_cpu}
 SERVE_LOAD=${SERVE_LOAD:-build/default/bin/serve_load}
 OUT=${1:-bench/results/serve_vs_llamaserver_xeon2c.json}
@@ -122,7 +131,7 @@ trap stop_llama EXIT
 start_llama() {  # name gguf
   curl -s -o /dev/null "http://127.0.0.1:$PORT/health" && die "port $PORT is taken: set PORT"
   LLAMA_ARGS=(-m "$2" --host 127.0.0.1 --port "$PORT" -t "$THREADS" -tb "$THREADS" -np "$PARALLEL"
-    -c $((PARALLEL * CTX_PER_SLOT)) --temp 0)
+    -c $((PARALLEL * CTX_PER_SLOT)) --temp 0 "${LLAMA_GPU_ARGS[@]}")
   "$LLAMA_BIN/llama-server" "${LLAMA_ARGS[@]}" > "$RUN/llama_server_$1.log" 2>&1 &
   LPID=$!
   for _ in $(seq 1 600); do
@@ -145,8 +154,9 @@ for m in $MODELS; do
   start_llama "$m" "$gguf"
   echo "$m: llama-server ${LLAMA_ARGS[*]}" > "$RUN/${m}_llama_args.txt"
   for r in $(seq 1 "$ROUNDS"); do
-    echo "round $r: $m, nibble serve (in-process), load $(loadavg)"
-    timeout "$RUN_TIMEOUT" "$SERVE_LOAD" "$nib_model" --quant nf4 --threads "$THREADS" --parallel "$PARALLEL" --concurrency "$levels" \
+    echo "round $r: $m, nibble serve (in-process, $DEVICE), load $(loadavg)"
+    timeout "$RUN_TIMEOUT" "$SERVE_LOAD" "$nib_model" --quant nf4 --threads "$THREADS" --parallel "$PARALLEL" \
+      --device-map "$DEVICE" --concurrency "$levels" \
       --requests "$reqs" --max-tokens "$MAX_TOKENS" --machine "$MACHINE" \
       > "$RUN/${m}_nibble_r$r.json" 2> "$RUN/${m}_nibble_r$r.log" || die "serve_load (nibble) failed: $RUN/${m}_nibble_r$r.log"
     echo "round $r: $m, llama-server, load $(loadavg)"
@@ -159,10 +169,10 @@ done
 echo "done, load $(loadavg)"
 
 LLAMA_VERSION=$("$LLAMA_BIN/llama-server" --version 2>&1 | grep -m1 version || true)
-python3 - "$RUN" "$ROUNDS" "$OUT" "$THREADS" "$PARALLEL" "$MAX_TOKENS" "$LLAMA_VERSION" "$MODELS" "$WORK" "$TS" <<'PY'
+python3 - "$RUN" "$ROUNDS" "$OUT" "$THREADS" "$PARALLEL" "$MAX_TOKENS" "$LLAMA_VERSION" "$MODELS" "$WORK" "$TS" "$DEVICE" <<'PY'
 import json, os, statistics, subprocess, sys
 run, rounds, out, threads, parallel, max_tokens = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
-llama_version, models, work, ts = sys.argv[7], sys.argv[8].split(), sys.argv[9], sys.argv[10]
+llama_version, models, work, ts, device = sys.argv[7], sys.argv[8].split(), sys.argv[9], sys.argv[10], sys.argv[11]
 med = statistics.median
 KEYS = ["requests_per_s", "tokens_per_s", "ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p99_ms"]
 files = {"tinystories": {"nibble": [os.path.join(ts, "model.safetensors")], "llama_server": [f"{work}/ts/q4_0.gguf"]},
@@ -205,7 +215,7 @@ for e in errors:
 if errors:
     sys.exit("serve_vs_llamaserver: the servers did not generate the same tokens (above); no result written")
 
-print(f"\n{threads} threads, {parallel} slots, {max_tokens} tokens per request, medians of {rounds} interleaved rounds")
+print(f"\n{device}: {threads} threads, {parallel} slots, {max_tokens} tokens per request, medians of {rounds} interleaved rounds")
 print("ratio = nibble / llama-server (throughput: > 1 nibble faster; latency: < 1 nibble faster)")
 print(f"{'model':12} {'C':>3} {'req/s nib/llama':>18} {'tok/s nib / llama':>22} {'ratio':>6} "
       f"{'TTFT p50 ms':>18} {'TPOT p50 ms':>16} {'TPOT p99 ms':>16}")
@@ -217,17 +227,22 @@ for m, d in res_models.items():
               f" {a['tpot_p50_ms']:7.2f}/{b['tpot_p50_ms']:<7.2f} {a['tpot_p99_ms']:7.2f}/{b['tpot_p99_ms']:<7.2f}")
 for b in busy:
     print("busy:", b)
-git = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True).stdout.strip()
-commit = git("rev-parse", "HEAD") + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+def git(*a):
+    try:
+        return subprocess.run(["git", *a], capture_output=True, text=True).stdout.strip()
+    except OSError:  # no git where it runs (the GPU machine's copy of the tree)
+        return ""
+commit = os.environ.get("NIBBLE_COMMIT") or git("rev-parse", "HEAD") + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
 args = {m: open(f"{run}/{m}_llama_args.txt").read().strip() for m in models}
-res = {"bench": "serve_vs_llamaserver", "machine": machine, "threads": threads, "parallel": parallel,
+res = {"bench": "serve_vs_llamaserver", "machine": machine, "device": device, "threads": threads, "parallel": parallel,
        "max_tokens": max_tokens, "rounds": rounds, "nibble_commit": commit, "llama_cpp": llama_version,
        "llama_server_command": args, "busy_runs": busy, "models": res_models,
        "notes": "serve_load (bench/serve_load.cpp): streamed greedy /v1/completions with usage, ignore_eos and "
                 "cache_prompt false; each level sends its requests from C clients at once. nibble serve in-process "
-                "(NF4 + double quant at load, --parallel as above, compute threads as above); llama-server built "
-                "outside the repository from llama.cpp as vendored in llama-cpp-python 0.3.36 (ggml-org/llama.cpp@0c1e57098), "
-                "-DGGML_NATIVE=OFF with AVX512/VBMI/VNNI/BF16 on and AMX off. TTFT includes the wait for a slot "
+                "(NF4 + double quant at load, --parallel as above, compute threads as above, on the device above); llama-server "
+                "built outside the repository from llama.cpp as vendored in llama-cpp-python 0.3.36 (ggml-org/llama.cpp@0c1e57098), "
+                + ("-DGGML_NATIVE=OFF with AVX512/VBMI/VNNI/BF16 on and AMX off" if device == "cpu" else
+                   "-DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90, every layer on the GPU, flash attention on") + ". TTFT includes the wait for a slot "
                 "(C = 32 > slots). TPOT: a request's first-to-last text event time over its completion tokens - 1."}
 json.dump(res, open(out, "w"), indent=2)
 print("wrote", out)

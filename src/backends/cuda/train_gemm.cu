@@ -123,8 +123,44 @@ __global__ void grad_chunk_kernel(float* logits, int64_t nc, int64_t v0, const i
   for (int64_t v = threadIdx.x; v < nc; v += blockDim.x) {
     float x = lr[v];
     const float dcap = cap_in_place(x, cap);
-    const float p = float(exp(double(x) - lse));
+    // a 16-bit G is rounded to 16 bits: f32 exp is ample there
+    const float p = T::kBytes == 4 ? float(exp(double(x) - lse)) : expf(x - float(lse));
     dev::store1<T>(out, v, (p - (v0 + v == y ? 1.0f : 0.0f)) * grad_scale * dcap);
+  }
+}
+
+constexpr int kRow16Threads = 1024;
+
+// Block per row over whole rows [Tc, V] in one pass: each thread's running max and sum of
+// exponentials (rescaled when its max grows), then the block's; the row's log-sum-exp into
+// st.sum and its NLL into st.nll (0 for an ignored row).
+__global__ void __launch_bounds__(kRow16Threads)
+    lse_rows16_kernel(const float* logits, int64_t V, const int64_t* targets, float cap, RowState st) {
+  dev::pdl_launch_dependents();
+  dev::pdl_wait();
+  __shared__ float red[32];
+  const int64_t r = blockIdx.x, y = targets[r];
+  if (y == -100) {
+    if (threadIdx.x == 0) st.nll[r] = 0.0;
+    return;
+  }
+  const float* lr = logits + r * V;
+  float m = -FLT_MAX, l = 0.0f;
+  for (int64_t v = threadIdx.x; v < V; v += blockDim.x) {
+    const float x = capped(lr[v], cap);
+    if (x > m) {
+      l = l * expf(m - x) + 1.0f;
+      m = x;
+    } else {
+      l += expf(x - m);
+    }
+  }
+  const float mx = dev::block_max(m, red);
+  const float sum = dev::block_sum(l * expf(m - mx), red);
+  if (threadIdx.x == 0) {
+    const double lse = double(mx) + log(double(sum));
+    st.sum[r] = lse;
+    st.nll[r] = lse - double(capped(lr[y], cap));
   }
 }
 
@@ -199,15 +235,14 @@ void cross_entropy_head16(const Launch& l, const float* h, int64_t T, int64_t H,
     const int64_t n = std::min(rc, T - r0);
     const RowState sr{st.mx + r0, st.sum + r0, st.tgt + r0, st.nll + r0};
     gemm16_f32out(l, wdt, true, n, V, H, static_cast<const char*>(hb) + size_t(r0 * H) * esz, W, logits);
-    cuda::launch(lse_chunk_kernel, dim3(unsigned(n)), dim3(kRowThreads), 0, s, logits, V, int64_t(0),
-                 targets + r0, softcap, true, sr);
-    cuda::launch(nll_kernel, dim3(grid_for(n)), dim3(256), 0, s, targets + r0, n, sr);
+    cuda::launch(lse_rows16_kernel, dim3(unsigned(n)), dim3(kRow16Threads), 0, s, logits, V, targets + r0,
+                 softcap, sr);
     if (!dh) continue;
     if (wdt == DType::BF16)
-      cuda::launch(grad_chunk_kernel<dev::BF16>, dim3(unsigned(n)), dim3(kRowThreads), 0, s, logits, V,
+      cuda::launch(grad_chunk_kernel<dev::BF16>, dim3(unsigned(n)), dim3(kRow16Threads), 0, s, logits, V,
                    int64_t(0), targets + r0, softcap, grad_scale, sr, g);
     else
-      cuda::launch(grad_chunk_kernel<dev::F16>, dim3(unsigned(n)), dim3(kRowThreads), 0, s, logits, V,
+      cuda::launch(grad_chunk_kernel<dev::F16>, dim3(unsigned(n)), dim3(kRow16Threads), 0, s, logits, V,
                    int64_t(0), targets + r0, softcap, grad_scale, sr, g);
     gemm16_f32out(l, wdt, false, n, H, V, g, W, dh + r0 * H);
   }

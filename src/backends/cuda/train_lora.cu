@@ -6,7 +6,7 @@
 // A 4-bit weight with bf16 compute takes the tensor cores instead, as bitsandbytes' backward does
 // under bf16 autocast (grad_input = grad_output @ dequantize_4bit(W).t() with grad_output in bf16):
 // its tile is exact in bf16, dy is rounded to bf16 once, and one bf16 GEMM a tile sums in f32;
-// tiles of up to 8 MiB keep each GEMM's inner dimension large.
+// tiles of up to 32 MiB keep each GEMM's inner dimension large.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -86,8 +86,11 @@ bool tensor_core_dx(const BaseWeight& w) {
   return w.kind == BaseWeight::Kind::Quant4 && w.compute_dtype == DType::BF16;
 }
 
-int64_t tc_tile_rows(int64_t N, int64_t K) {  // tiles of up to 4M bf16 values
-  return std::min(std::max<int64_t>(64, (int64_t(1) << 22) / std::max<int64_t>(K, 1) / 64 * 64), N);
+// Tiles of up to 16M bf16 values (32 MiB): one tile for every Llama-3.2-1B projection and for
+// Llama-2-7B's attention ones, three for its MLP's; fewer tiles mean fewer passes of dx's f32
+// accumulation and a longer inner dimension per GEMM.
+int64_t tc_tile_rows(int64_t N, int64_t K) {
+  return std::min(std::max<int64_t>(64, (int64_t(1) << 24) / std::max<int64_t>(K, 1) / 64 * 64), N);
 }
 
 size_t align256(size_t b) {

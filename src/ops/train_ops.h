@@ -134,9 +134,11 @@ void embedding_backward(ExecContext& ctx, const Tensor& ids, const Tensor& dy, c
 // same bits).
 void adamw_(ExecContext& ctx, const Tensor& x, const Tensor& g, const Tensor& m, const Tensor& v,
             const AdamWStep& s);
-// out[i] = sum of double(x)^2 over contiguous f32 x; out an f64 tensor on ctx's device (CUDA: a
-// fixed-order tree, the same value every run, not the host's order).
-void sum_squares(ExecContext& ctx, const Tensor& x, const Tensor& out, int64_t i);
+// out[k] = sum of double(x[e])^2 over segment k of contiguous f32 x, e in [ends[k-1], ends[k])
+// (ends[-1] = 0; ends i64 [n] on x's device, non-decreasing, ends[n-1] <= numel), out f64 [n] on
+// ctx's device: one launch for every segment (the tensors of an optimizer's flat gradient). CUDA:
+// a block a segment, a fixed-order tree (the same value every run, not the host's order).
+void sum_squares(ExecContext& ctx, const Tensor& x, const Tensor& ends, const Tensor& out);
 // x = float(double(x) * coef) over contiguous f32 x.
 void scale_(ExecContext& ctx, const Tensor& x, double coef);
 

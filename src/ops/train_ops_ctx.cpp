@@ -274,17 +274,32 @@ void adamw_(ExecContext& ctx, const Tensor& x, const Tensor& g, const Tensor& m,
       });
 }
 
-void sum_squares(ExecContext& ctx, const Tensor& x, const Tensor& out, int64_t i) {
+void sum_squares(ExecContext& ctx, const Tensor& x, const Tensor& ends, const Tensor& out) {
   const char* op = "sum_squares";
   require_f32_shape(op, "x", x, x.shape());
-  if (!out.defined() || out.dtype() != DType::F64 || out.dim() != 1 || !out.is_contiguous() || i < 0 ||
-      i >= out.size(0))
-    throw ShapeError(str(op, ": out must be a contiguous f64 [n] with n > ", i, ", got ", str_of(out)));
+  if (!ends.defined() || ends.dtype() != DType::I64 || ends.dim() != 1 || !ends.is_contiguous())
+    throw ShapeError(str(op, ": ends must be a contiguous i64 [n], got ", str_of(ends)));
+  const int64_t n = ends.size(0);
+  if (!out.defined() || out.dtype() != DType::F64 || out.shape() != Shape{n} || !out.is_contiguous())
+    throw ShapeError(str(op, ": out must be a contiguous f64 [", n, "], got ", str_of(out)));
+  // the segment ends are checked on the host (the caller made them there)
+  const Tensor eh = ends.to(Device::cpu());
+  for (int64_t k = 0; k < n; ++k) {
+    const int64_t e = eh.data<int64_t>()[k], b = k ? eh.data<int64_t>()[k - 1] : 0;
+    if (e < b || e > x.numel())
+      throw ShapeError(str(op, ": ends[", k, "] = ", e, " outside [", b, ", ", x.numel(), "]"));
+  }
   dispatch(
-      op, ctx, DType::F32, {x, out}, [&] { out.data<double>()[i] = sum_squares(x.data<float>(), x.numel()); },
+      op, ctx, DType::F32, {x, ends, out},
+      [&] {
+        for (int64_t k = 0; k < n; ++k) {
+          const int64_t b = k ? eh.data<int64_t>()[k - 1] : 0;
+          out.data<double>()[k] = sum_squares(x.data<float>() + b, eh.data<int64_t>()[k] - b);
+        }
+      },
       [&](auto& c) {
-        cuda::sum_squares(make_launch(c, 0), x.template data<float>(), x.numel(),
-                          out.template data<double>() + i);
+        cuda::sum_squares(make_launch(c, 0), x.template data<float>(), ends.template data<int64_t>(), n,
+                          out.template data<double>());
       });
 }
 

@@ -28,13 +28,16 @@ struct LoraTrainer::Impl {
   std::unique_ptr<train::AdamW> opt;
   int64_t step = 0;
   // A CUDA model's optimizer runs on the device: per parameter (peft's order) the Linear's device
-  // tensor, its gradient (the step's accumulator, LoraGrad::dA/dB) and the moments; the adapter's
+  // tensor, its gradient (the step's accumulator, LoraGrad::dA/dB) and the moments, each a view
+  // of one flat buffer (x, g, m, v below: the Linears' adapter tensors are moved into x), so the
+  // optimizer, the clip's sums of squares and its scaling are one launch each; the adapter's
   // host tensors are refreshed from the device when read (PeftModel::device_adapter_changed).
   // Empty on the CPU, where the host AdamW updates the host tensors the Linears share.
   struct DeviceParam {
     Tensor x, g, m, v;
   };
   std::vector<DeviceParam> dev;
+  Tensor flat_x, flat_g, flat_m, flat_v, flat_ends;  // f32 [n] x4; i64 [params]: each one's end
 
   Impl(PeftModel& m, const TrainingArguments& a, int64_t total) : model(m), args(a), total_steps(total) {
     CausalLM::Impl& mi = m.model().impl();
@@ -58,21 +61,39 @@ struct LoraTrainer::Impl {
       names.push_back(nl->name);
     }
     if (grads.empty()) throw ConfigError("LoraTrainer: the model has no LoRA adapter attached");
-    if (!mi.device.is_cpu())
-      for (const NamedLinear* nl : mi.linears()) {
-        if (!nl->lora.defined()) continue;
-        train::LoraGrad& g = grads[nl];
-        for (auto [x, gd] : {std::pair{&nl->lora.A, &g.dA}, std::pair{&nl->lora.B, &g.dB}}) {
-          *gd = Tensor::zeros(x->shape(), DType::F32, mi.device);
-          dev.push_back({*x, *gd, Tensor::zeros(x->shape(), DType::F32, mi.device),
-                         Tensor::zeros(x->shape(), DType::F32, mi.device)});
-        }
-      }
+    if (!mi.device.is_cpu()) flatten_device_params(mi);
     opt = std::make_unique<train::AdamW>(params(), a.learning_rate, a.adam_beta1, a.adam_beta2,
                                          a.adam_epsilon, a.weight_decay);
     warmup = train::warmup_steps_for(total_steps, a.warmup_steps, a.warmup_ratio);
     train::lr_lambda(a.lr_scheduler_type, 0, warmup,
                      std::max<int64_t>(total_steps, 1));  // validates the name
+  }
+
+  void flatten_device_params(CausalLM::Impl& mi) {
+    int64_t total = 0;
+    for (const NamedLinear* nl : mi.linears())
+      if (nl->lora.defined()) total += nl->lora.A.numel() + nl->lora.B.numel();
+    flat_x = Tensor::empty({total}, DType::F32, mi.device);
+    for (Tensor* t : {&flat_g, &flat_m, &flat_v}) *t = Tensor::zeros({total}, DType::F32, mi.device);
+    std::vector<int64_t> ends;
+    int64_t off = 0;
+    for (const NamedLinear* cnl : mi.linears()) {
+      if (!cnl->lora.defined()) continue;
+      NamedLinear* nl = const_cast<NamedLinear*>(cnl);  // the model's adapter tensors move into flat_x
+      train::LoraGrad& g = grads[cnl];
+      for (auto [x, gd] : {std::pair{&nl->lora.A, &g.dA}, std::pair{&nl->lora.B, &g.dB}}) {
+        const int64_t n = x->numel();
+        const auto at = [&](const Tensor& f) { return f.slice(0, off, off + n).view(x->shape()); };
+        Tensor xs = at(flat_x);
+        xs.copy_from(*x);
+        *x = xs;
+        *gd = at(flat_g);
+        dev.push_back({xs, *gd, at(flat_m), at(flat_v)});
+        off += n;
+        ends.push_back(off);
+      }
+    }
+    flat_ends = Tensor::from_vector({int64_t(ends.size())}, DType::I64, ends).to(mi.device);
   }
 
   // The adapter's host tensors with their gradients, in peft's parameter order (modules in
@@ -93,7 +114,7 @@ struct LoraTrainer::Impl {
   ExecContext& dev_ctx() const { return ExecContext::current(model.model().impl().device); }
 
   void zero_grad() {
-    for (const DeviceParam& p : dev) ops::zero_(dev_ctx(), p.g);
+    if (flat_g.defined()) ops::zero_(dev_ctx(), flat_g);
     for (auto& [nl, g] : grads) {
       std::fill(g.A.begin(), g.A.end(), 0.0f);
       std::fill(g.B.begin(), g.B.end(), 0.0f);
@@ -105,13 +126,12 @@ struct LoraTrainer::Impl {
   double device_clip() {
     ExecContext& ctx = dev_ctx();
     const Tensor sq = Tensor::empty({int64_t(dev.size())}, DType::F64, ctx.device());
-    for (size_t i = 0; i < dev.size(); ++i) ops::sum_squares(ctx, dev[i].g, sq, int64_t(i));
+    ops::sum_squares(ctx, flat_g, flat_ends, sq);
     const Tensor h = sq.to(Device::cpu());
     double sum = 0;
     for (size_t i = 0; i < dev.size(); ++i) sum += h.data<double>()[i];
     const double total = std::sqrt(sum), coef = train::clip_coef(total, args.max_grad_norm);
-    if (coef < 1.0)
-      for (const DeviceParam& p : dev) ops::scale_(ctx, p.g, coef);
+    if (coef < 1.0) ops::scale_(ctx, flat_g, coef);
     return total;
   }
   // The device moments into the host optimizer's (saving), or back (loading).
@@ -185,7 +205,7 @@ StepLog LoraTrainer::train_step(const std::vector<TrainBatch>& micro_batches) {
     I.opt->step(s.learning_rate);
   } else {
     const ops::AdamWStep st = I.opt->next_step(s.learning_rate);
-    for (const auto& p : I.dev) ops::adamw_(I.dev_ctx(), p.x, p.g, p.m, p.v, st);
+    ops::adamw_(I.dev_ctx(), I.flat_x, I.flat_g, I.flat_m, I.flat_v, st);
     I.model.device_adapter_changed();
   }
   s.step = ++I.step;

@@ -280,11 +280,20 @@ TEST(TrainCuda, OptimizerStep) {
       const Tensor got = on_host(*a);
       EXPECT_EQ(std::memcmp(got.data_ptr(), b->data_ptr(), size_t(b->nbytes())), 0) << name;
     }
-    const Tensor sq = Tensor::zeros({2}, DType::F64, kGpu);
-    ops::sum_squares(gpu_ctx(), on_gpu(g), sq, 1);
-    const double want = ops::sum_squares(g.data<float>(), n), got = on_host(sq).data<double>()[1];
-    EXPECT_NEAR(got, want, 1e-12 * want);
-    EXPECT_EQ(on_host(sq).data<double>()[0], 0.0);
+    // segments: empty, the first third, empty, the rest
+    const std::vector<int64_t> ends = {0, n / 3, n / 3, n};
+    const Tensor sq = Tensor::zeros({4}, DType::F64, kGpu), hsq = Tensor::zeros({4}, DType::F64);
+    ops::sum_squares(gpu_ctx(), on_gpu(g), on_gpu(Tensor::from_vector({4}, DType::I64, ends)), sq);
+    ops::sum_squares(cpu_ctx(), g, Tensor::from_vector({4}, DType::I64, ends), hsq);
+    const Tensor got = on_host(sq);
+    for (int k = 0; k < 4; ++k) {
+      const int64_t b = k ? ends[size_t(k - 1)] : 0;
+      const double want = ops::sum_squares(g.data<float>() + b, ends[size_t(k)] - b);
+      EXPECT_EQ(hsq.data<double>()[k], want) << k;
+      EXPECT_NEAR(got.data<double>()[k], want, 1e-12 * want) << k;
+    }
+    EXPECT_EQ(got.data<double>()[0], 0.0);
+    EXPECT_EQ(got.data<double>()[2], 0.0);
     Tensor hs = g.clone(), gs = on_gpu(g);
     ops::scale_(cpu_ctx(), hs, 0.37);
     ops::scale_(gpu_ctx(), gs, 0.37);

@@ -243,6 +243,32 @@ TEST(TrainOpsCtx, BadShapesAreOneLineShapeErrors) {
                                          1.0f, Tensor());
       },
       "cross_entropy_head_backward", "targets");
+  const auto i64 = [](std::vector<int64_t> v) {
+    return Tensor::from_vector({int64_t(v.size())}, DType::I64, v);
+  };
+  expect_shape_error(
+      [&] {
+        ops::sum_squares(ctx(), zeros({10}), i64({4, 3}), Tensor::zeros({2}, DType::F64));
+      },
+      "sum_squares", "ends[1]");
+  expect_shape_error(
+      [&] {
+        ops::sum_squares(ctx(), zeros({10}), i64({4, 11}), Tensor::zeros({2}, DType::F64));
+      },
+      "sum_squares", "ends[1]");
+  expect_shape_error(
+      [&] {
+        ops::sum_squares(ctx(), zeros({10}), i64({4, 10}), Tensor::zeros({3}, DType::F64));
+      },
+      "sum_squares", "out");
+  {
+    Tensor out = Tensor::zeros({3}, DType::F64), v = zeros({10});
+    for (int i = 0; i < 10; ++i) v.data<float>()[i] = float(i);
+    ops::sum_squares(ctx(), v, i64({2, 2, 10}), out);
+    EXPECT_EQ(out.data<double>()[0], 1.0);
+    EXPECT_EQ(out.data<double>()[1], 0.0);
+    EXPECT_EQ(out.data<double>()[2], 284.0);  // 4 + 9 + ... + 81
+  }
   nn::LoraWeights lw;
   lw.A = zeros({2, 8});
   lw.B = zeros({5, 2});

@@ -69,8 +69,9 @@ struct AdamWScalars {
   float step_size, bc2_sqrt, decay, b1, b2, eps;
 };
 void adamw(const Launch& l, float* x, const float* g, float* m, float* v, int64_t n, const AdamWScalars& s);
-// *out = sum of double(x[i])^2: one block, each thread's strided sum then a fixed tree.
-void sum_squares(const Launch& l, const float* x, int64_t n, double* out);
+// out[k] = sum of double(x[i])^2 over [ends[k-1], ends[k]) (ends[-1] = 0; ends, out [n] on the
+// device): a block a segment, each thread's strided sum then a fixed tree.
+void sum_squares(const Launch& l, const float* x, const int64_t* ends, int64_t n, double* out);
 // x[i] = float(double(x[i]) * coef).
 void scale(const Launch& l, float* x, int64_t n, double coef);
 

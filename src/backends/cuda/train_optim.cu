@@ -1,6 +1,6 @@
 // The optimizer step on the device (train_cuda.h): AdamW per element with ops::adamw_update's f32
 // arithmetic (this build compiles without fused multiply-adds, and sqrt and division are IEEE, so
-// the bits are the host's), the sum of squares behind clip_grad_norm_ in double (one block: each
+// the bits are the host's), the sums of squares behind clip_grad_norm_ in double (a block a tensor: each
 // thread's strided sum, then a fixed tree, so a run repeats its value), and the clip's scaling.
 #include <cuda_runtime.h>
 
@@ -30,10 +30,14 @@ __global__ void adamw_kernel(float* x, const float* g, float* m, float* v, int64
   }
 }
 
-__global__ void __launch_bounds__(kSumThreads) sum_squares_kernel(const float* x, int64_t n, double* out) {
+__global__ void __launch_bounds__(kSumThreads)
+    sum_squares_kernel(const float* x_all, const int64_t* ends, double* out_all) {
   dev::pdl_launch_dependents();
   dev::pdl_wait();
   __shared__ double part[kSumThreads];
+  const int64_t b = blockIdx.x ? ends[blockIdx.x - 1] : 0, n = ends[blockIdx.x] - b;
+  const float* x = x_all + b;
+  double* out = out_all + blockIdx.x;
   double s = 0;
   for (int64_t k = threadIdx.x; k < n; k += kSumThreads) s += double(x[k]) * x[k];
   part[threadIdx.x] = s;
@@ -61,9 +65,10 @@ void adamw(const Launch& l, float* x, const float* g, float* m, float* v, int64_
   cuda::launch(adamw_kernel, dim3(grid_for(n)), dim3(256), 0, as_stream(l.stream), x, g, m, v, n, s);
 }
 
-void sum_squares(const Launch& l, const float* x, int64_t n, double* out) {
+void sum_squares(const Launch& l, const float* x, const int64_t* ends, int64_t n, double* out) {
+  if (n == 0) return;
   DeviceScope ds(l.device);
-  cuda::launch(sum_squares_kernel, dim3(1), dim3(kSumThreads), 0, as_stream(l.stream), x, n, out);
+  cuda::launch(sum_squares_kernel, dim3(unsigned(n)), dim3(kSumThreads), 0, as_stream(l.stream), x, ends, out);
 }
 
 void scale(const Launch& l, float* x, int64_t n, double coef) {

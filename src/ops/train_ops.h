@@ -121,10 +121,12 @@ void rope_backward_(ExecContext& ctx, const Tensor& dx, const Tensor& cos, const
 // k and v may be f16/bf16 (as the forward's KV cache on CUDA): the CPU computes on their exact
 // values in f32; CUDA takes the tensor cores (cuda::attention_backward_tc_fits), rounding q, dout,
 // the probabilities and dS to that dtype as flash attention's backward does, or else the f32
-// kernels on their values.
+// kernels on their values. `out`, when given, is the forward's output (f32 [T, Hq, Dv]): the
+// tensor cores then take each row's Dsum = sum_j p_j dp_j as dO . O (flash attention's way)
+// instead of a second product with V; the other paths check its shape and compute without it.
 void attention_backward(ExecContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v,
                         const AttentionOptions& opts, const Tensor& dout, const Tensor& dq, const Tensor& dk,
-                        const Tensor& dv);
+                        const Tensor& dv, const Tensor& out = Tensor());
 // dW [V, H] += scatter of dy [T, H] at ids (i64 [T]). Out-of-range ids: ShapeError on the CPU;
 // the CUDA kernel skips them (the caller checks ids on the host, where they come from).
 void embedding_backward(ExecContext& ctx, const Tensor& ids, const Tensor& dy, const Tensor& dW);

@@ -286,7 +286,8 @@ struct Pass {
     };
     for (const Segment& sg : st.segs)
       ops::attention_backward(*ctx, heads(c.q, Hq, sg), heads(c.k, Hkv, sg), heads(c.v, Hkv, sg), ao,
-                              heads(da, Hq, sg), heads(dq, Hq, sg), heads(dk, Hkv, sg), heads(dv, Hkv, sg));
+                              heads(da, Hq, sg), heads(dq, Hq, sg), heads(dk, Hkv, sg), heads(dv, Hkv, sg),
+                              heads(c.a, Hq, sg));
     if (s.pos == models::PosKind::Rope) {
       ops::rope_backward_(*ctx, dq.view({R, Hq, D}), st.cos, st.sin, st.rot_dim);
       ops::rope_backward_(*ctx, dk.view({R, Hkv, D}), st.cos, st.sin, st.rot_dim);

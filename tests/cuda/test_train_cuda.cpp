@@ -24,6 +24,7 @@
 #include "nibble/tensor.h"
 #include "nn/linear.h"
 #include "nn/lora.h"
+#include "ops/nn_ops.h"
 #include "ops/train_ops.h"
 #include "test_support.h"
 
@@ -241,18 +242,25 @@ TEST(TrainCuda, AttentionBackwardTensorCores) {
       a.T = c.T, a.Hq = c.Hq, a.Hkv = c.Hkv, a.D = a.Dv = c.D, a.kv_dtype = dt;
       a.q = gq.data<float>(), a.dout = gdout.data<float>(), a.k = gk.data_ptr(), a.v = gv.data_ptr();
       EXPECT_TRUE(cuda::attention_backward_tc_fits(a));
-      ops::attention_backward(gpu_ctx(), gq, gk, gv, go, gdout, gdq, gdk, gdv);
-      for (const auto& [name, got_dev, want] :
-           {std::tuple<const char*, const Tensor*, const Tensor*>{"dq", &gdq, &dq},
-            {"dk", &gdk, &dk},
-            {"dv", &gdv, &dv}}) {
-        const Tensor got = on_host(*got_dev);
-        // (T = 1: dq and dk are exactly 0, one key's softmax has no gradient; max err covers it)
-        const double e = rel_err(got, *want), er = rms(got, want) / std::max(rms(*want, nullptr), 1e-30);
-        std::printf("  %s T %lld D %lld %s: max err %.2fu, rms err %.2fu\n", dtype_name(dt), (long long)c.T,
-                    (long long)c.D, name, e / u, er / u);
-        EXPECT_LE(e, 8 * u) << name;
-        EXPECT_LE(er, 2 * u) << name;
+      // twice: Dsum from a second product with V, then from the forward's output (as training
+      // passes it: the GPU forward's own output)
+      const Tensor gout = Tensor::empty({c.T, c.Hq, c.D}, DType::F32, kGpu);
+      ops::attention(gpu_ctx(), gq, gk, gv, go, gout);
+      for (const Tensor* fwd_out : {static_cast<const Tensor*>(nullptr), &gout}) {
+        ops::attention_backward(gpu_ctx(), gq, gk, gv, go, gdout, gdq, gdk, gdv,
+                                fwd_out ? *fwd_out : Tensor());
+        for (const auto& [name, got_dev, want] :
+             {std::tuple<const char*, const Tensor*, const Tensor*>{"dq", &gdq, &dq},
+              {"dk", &gdk, &dk},
+              {"dv", &gdv, &dv}}) {
+          const Tensor got = on_host(*got_dev);
+          // (T = 1: dq and dk are exactly 0, one key's softmax has no gradient; max err covers it)
+          const double e = rel_err(got, *want), er = rms(got, want) / std::max(rms(*want, nullptr), 1e-30);
+          std::printf("  %s T %lld D %lld %s%s: max err %.2fu, rms err %.2fu\n", dtype_name(dt),
+                      (long long)c.T, (long long)c.D, name, fwd_out ? " (Dsum from O)" : "", e / u, er / u);
+          EXPECT_LE(e, 8 * u) << name << (fwd_out ? " with O" : "");
+          EXPECT_LE(er, 2 * u) << name << (fwd_out ? " with O" : "");
+        }
       }
     }
   }

@@ -14,6 +14,7 @@
 #include "core/exec_context.h"
 #include "nibble/error.h"
 #include "nn/lora.h"
+#include "ops/nn_ops.h"
 #include "ops/train_ops.h"
 #include "test_support.h"
 
@@ -95,6 +96,17 @@ TEST(TrainOpsCtx, CpuBranchIsTheHostReference) {
     EXPECT_TRUE(same_bytes(dq, rq));
     EXPECT_TRUE(same_bytes(dk, rk));
     EXPECT_TRUE(same_bytes(dv, rv));
+    // the forward's output, when given, is checked (the CPU computes the same without it)
+    const Tensor fwd = zeros({T, Hq, D});
+    ops::attention(ctx(), q, k, v, o, fwd);
+    ops::attention_backward(ctx(), q, k, v, o, g, dq, dk, dv, fwd);
+    EXPECT_TRUE(same_bytes(dq, rq));
+    EXPECT_TRUE(same_bytes(dk, rk));
+    expect_shape_error(
+        [&] {
+          ops::attention_backward(ctx(), q, k, v, o, g, dq, dk, dv, zeros({T, Hq, D + 1}));
+        },
+        "attention_backward", "out must be");
   }
   {
     // 16-bit k/v (a 16-bit KV cache): the reference on their exact values; mixed dtypes refused

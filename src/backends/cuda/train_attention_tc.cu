@@ -20,6 +20,7 @@
 
 #include "backends/cuda/attention_tc.h"
 #include "backends/cuda/attn_logit.cuh"
+#include "backends/cuda/compute_dtype.cuh"
 #include "backends/cuda/gemv_frag.cuh"
 #include "backends/cuda/kernel_util.cuh"
 #include "backends/cuda/launch_util.cuh"
@@ -49,6 +50,7 @@ struct Params {
   float* dk;  // [T, Hkv, D], or each query head's [T, Hq, D] when Hq > Hkv
   float* dv;
   float* stats;  // [2][T * Hq]: log-sum-exp, Dsum of row (i, h) at i * Hq + h
+  const float* o;  // the forward's output [T, Hq, D], or nullptr: Dsum from pass 1's dP
 };
 
 using dev::Logit;
@@ -152,33 +154,38 @@ __global__ void __launch_bounds__(kWarps * 32) attn_bwd_dq_tc_kernel(Params p) {
       f(Ks + buf * kTile * P, Vs + buf * kTile * P, j0);
     }
   };
-  // S = Q K^T and dP = dO V^T of the warp's 16 rows and a tile's keys.
-  auto scores = [&](const uint16_t* Kb, const uint16_t* Vb, float(&s)[kTile / 8][4],
-                    float(&dp)[kTile / 8][4]) {
+  // S = Q K^T and (with_dp) dP = dO V^T of the warp's 16 rows and a tile's keys.
+  auto scores = [&](const uint16_t* Kb, const uint16_t* Vb, float(&s)[kTile / 8][4], float(&dp)[kTile / 8][4],
+                    auto with_dp) {
     zero_acc(s);
-    zero_acc(dp);
+    if constexpr (decltype(with_dp)::value) zero_acc(dp);
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
       uint32_t da[4];
-      a_frag(da, dOs, P, warp * 16, kk * 16, lane);
+      if constexpr (decltype(with_dp)::value) a_frag(da, dOs, P, warp * 16, kk * 16, lane);
 #pragma unroll
       for (int n = 0; n < kTile / 8; n += 2) {
         uint32_t b[4];
         b_pair(b, Kb, P, n, kk * 16, lane);
         dev::mma<KV>(s[n], qf[kk], b[0], b[1]);
         dev::mma<KV>(s[n + 1], qf[kk], b[2], b[3]);
-        b_pair(b, Vb, P, n, kk * 16, lane);
-        dev::mma<KV>(dp[n], da, b[0], b[1]);
-        dev::mma<KV>(dp[n + 1], da, b[2], b[3]);
+        if constexpr (decltype(with_dp)::value) {
+          b_pair(b, Vb, P, n, kk * 16, lane);
+          dev::mma<KV>(dp[n], da, b[0], b[1]);
+          dev::mma<KV>(dp[n + 1], da, b[2], b[3]);
+        }
       }
     }
   };
+  using DP = std::true_type;
 
-  // pass 1: log-sum-exp and Dsum of each row
+  // pass 1: log-sum-exp of each row, and Dsum = sum_j p_j dp_j online unless the forward's
+  // output O is given: then Dsum = dO . O (sum_j p_j (dO . v_j) = dO . sum_j p_j v_j, dO as
+  // rounded for dP) and pass 1 needs only S.
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, pd[2] = {0.0f, 0.0f};
-  walk([&](const uint16_t* Kb, const uint16_t* Vb, int64_t j0) {
+  auto pass1_tile = [&](const uint16_t* Kb, const uint16_t* Vb, int64_t j0, auto with_dp) {
     float s[kTile / 8][4], dp[kTile / 8][4];
-    scores(Kb, Vb, s, dp);
+    scores(Kb, Vb, s, dp, with_dp);
     float tmax[2] = {-INFINITY, -INFINITY};
 #pragma unroll
     for (int n = 0; n < kTile / 8; ++n)
@@ -204,14 +211,39 @@ __global__ void __launch_bounds__(kWarps * 32) attn_bwd_dq_tc_kernel(Params p) {
       for (int e = 0; e < 4; ++e) {
         const float pv = s[n][e] == -INFINITY ? 0.0f : expf(s[n][e] - m[e >> 1]);
         ls[e >> 1] += pv;
-        lp[e >> 1] += pv * dp[n][e];
+        if constexpr (decltype(with_dp)::value) lp[e >> 1] += pv * dp[n][e];
       }
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       l[r] = l[r] * corr[r] + ls[r];
       pd[r] = pd[r] * corr[r] + lp[r];
     }
-  });
+  };
+  const auto pass1 = [&](auto with_dp) {
+    walk([&](const uint16_t* Kb, const uint16_t* Vb, int64_t j0) { pass1_tile(Kb, Vb, j0, with_dp); });
+  };
+  if (p.o) {
+    pass1(std::false_type());
+    // pd = dO . O * l (divided by l below): a quad's four lanes take a quarter of D each
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int64_t i = row_a + 8 * r;
+      if (i >= p.T) continue;
+      const float* orow = p.o + (i * p.Hq + h) * D + (lane & 3) * (D / 4);
+      const float* drow = p.dout + (i * p.Hq + h) * D + (lane & 3) * (D / 4);
+      float acc = 0.0f;
+#pragma unroll
+      for (int d = 0; d < D / 4; d += 4) {
+        const float4 a = *reinterpret_cast<const float4*>(orow + d);
+        const float4 b = *reinterpret_cast<const float4*>(drow + d);
+        acc += a.x * dev::round_ct<KV>(b.x) + a.y * dev::round_ct<KV>(b.y) + a.z * dev::round_ct<KV>(b.z) +
+               a.w * dev::round_ct<KV>(b.w);
+      }
+      pd[r] = acc;
+    }
+  } else {
+    pass1(DP());
+  }
   float lse[2], dsum[2];
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -221,7 +253,7 @@ __global__ void __launch_bounds__(kWarps * 32) attn_bwd_dq_tc_kernel(Params p) {
     pd[r] += __shfl_xor_sync(0xffffffffu, pd[r], 2);
     const bool live = l[r] > 0.0f;  // rows past T see no key
     lse[r] = live ? m[r] + logf(l[r]) : 0.0f;
-    dsum[r] = live ? pd[r] / l[r] : 0.0f;
+    dsum[r] = live ? (p.o ? pd[r] : pd[r] / l[r]) : 0.0f;
     const int64_t i = row_a + 8 * r;
     if ((lane & 3) == 0 && i < p.T) {
       p.stats[i * p.Hq + h] = lse[r];
@@ -234,7 +266,7 @@ __global__ void __launch_bounds__(kWarps * 32) attn_bwd_dq_tc_kernel(Params p) {
   zero_acc(dq);
   walk([&](const uint16_t* Kb, const uint16_t* Vb, int64_t j0) {
     float s[kTile / 8][4], dp[kTile / 8][4];
-    scores(Kb, Vb, s, dp);
+    scores(Kb, Vb, s, dp, DP());
 #pragma unroll
     for (int n = 0; n < kTile / 8; ++n)
 #pragma unroll
@@ -437,7 +469,8 @@ void attention_backward_tc(const Launch& l, const AttentionBackward& a) {
                  a.dq,
                  rep == 1 ? a.dk : part,
                  rep == 1 ? a.dv : part + a.T * a.Hq * a.D,
-                 stats};
+                 stats,
+                 a.out};
   if (a.kv_dtype == DType::BF16)
     launch_d<dev::BF16>(l, p, a.D);
   else

@@ -53,6 +53,9 @@ struct AttentionBackward {
   const void *k = nullptr, *v = nullptr;
   DType kv_dtype = DType::F32;
   float *dq = nullptr, *dk = nullptr, *dv = nullptr;
+  // The forward's output [T, Hq, Dv] f32, or nullptr. The tensor-core kernels take each row's
+  // Dsum = sum_j p_j dp_j as dO . O from it instead of a second product with V.
+  const float* out = nullptr;
 };
 // Workspace: attention_backward_workspace_bytes (each row's softmax statistics; on the tensor
 // cores with Hq > Hkv also each query head's dk/dv, summed over its group in order afterwards).

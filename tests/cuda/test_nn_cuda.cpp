@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <random>
 #include <vector>
@@ -232,32 +233,36 @@ TEST(NnCuda, EmbeddingCopyRopeArgmaxLse) {
       for (int64_t c = 0; c < C; ++c)
         ASSERT_EQ(got[size_t(r * C + c)], tab[size_t((ids[size_t(r)] + off) * C + c)] * 0.5f)
             << r << "," << c;
-    // copy_rows: strided f32 -> dt
-    const int64_t rows = 5, cols = 23, lds = 31, ldd = 29;
-    auto src = randn(size_t(rows * lds), rng);
-    Dev ds(src.size() * 4), dd(size_t(dtype_nbytes(dt, rows * ldd)));
-    up(ds, src);
-    std::vector<uint8_t> poison(size_t(dtype_nbytes(dt, rows * ldd)), 0x5a);
-    up(dd, poison);
-    cuda::copy_rows(kL, ds.as<float>(), lds, rows, cols, dd.p, dt, ldd);
-    auto gb = down<uint8_t>(dd, poison.size());
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t c = 0; c < ldd; ++c) {
-        std::vector<uint8_t> want(size_t(dtype_nbytes(dt, 1)), 0x5a);
-        if (c < cols) store_from_f32(want.data(), dt, 0, src[size_t(r * lds + c)]);
-        const size_t es = want.size(), at = size_t(r * ldd + c) * es;
-        ASSERT_TRUE(std::equal(want.begin(), want.end(), gb.begin() + long(at))) << r << "," << c;
-      }
-    // copy_rows from dt: the dt rows just written back to f32 (strided both ways), exactly
-    Dev back(size_t(rows * lds) * 4);
-    up(back, std::vector<float>(size_t(rows * lds), -7.0f));
-    cuda::copy_rows(kL, dd.p, dt, ldd, rows, cols, back.p, DType::F32, lds);
-    auto fb = down<float>(back, size_t(rows * lds));
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t c = 0; c < lds; ++c) {
-        const float want = c < cols ? load_as_f32(gb.data(), dt, r * ldd + c) : -7.0f;
-        ASSERT_EQ(fb[size_t(r * lds + c)], want) << "from " << dtype_name(dt) << " " << r << "," << c;
-      }
+    // copy_rows: strided f32 -> dt, a shape of the element-wise kernel and one of the
+    // four-column kernel (columns and strides multiples of 4)
+    for (const auto& [rows, cols, lds, ldd] : {std::array<int64_t, 4>{5, 23, 31, 29}, {6, 40, 48, 44}}) {
+      SCOPED_TRACE("copy_rows " + std::to_string(cols) + " of " + std::to_string(lds) + " -> " +
+                   std::to_string(ldd));
+      auto src = randn(size_t(rows * lds), rng);
+      Dev ds(src.size() * 4), dd(size_t(dtype_nbytes(dt, rows * ldd)));
+      up(ds, src);
+      std::vector<uint8_t> poison(size_t(dtype_nbytes(dt, rows * ldd)), 0x5a);
+      up(dd, poison);
+      cuda::copy_rows(kL, ds.as<float>(), lds, rows, cols, dd.p, dt, ldd);
+      auto gb = down<uint8_t>(dd, poison.size());
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t c = 0; c < ldd; ++c) {
+          std::vector<uint8_t> want(size_t(dtype_nbytes(dt, 1)), 0x5a);
+          if (c < cols) store_from_f32(want.data(), dt, 0, src[size_t(r * lds + c)]);
+          const size_t es = want.size(), at = size_t(r * ldd + c) * es;
+          ASSERT_TRUE(std::equal(want.begin(), want.end(), gb.begin() + long(at))) << r << "," << c;
+        }
+      // copy_rows from dt: the dt rows just written back to f32 (strided both ways), exactly
+      Dev back(size_t(rows * lds) * 4);
+      up(back, std::vector<float>(size_t(rows * lds), -7.0f));
+      cuda::copy_rows(kL, dd.p, dt, ldd, rows, cols, back.p, DType::F32, lds);
+      auto fb = down<float>(back, size_t(rows * lds));
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t c = 0; c < lds; ++c) {
+          const float want = c < cols ? load_as_f32(gb.data(), dt, r * ldd + c) : -7.0f;
+          ASSERT_EQ(fb[size_t(r * lds + c)], want) << "from " << dtype_name(dt) << " " << r << "," << c;
+        }
+    }
   }
   // rope, partial rotary, strided tokens
   for (int64_t D : {64, 80, 128})

@@ -130,6 +130,13 @@ __global__ void __launch_bounds__(kWarps * 32) attn_bwd_dq_tc_kernel(Params p) {
   const float slope = p.alibi ? p.alibi[h] : 0.0f;
   const int64_t w_first = r0 + warp * 16;
   const int64_t w_hi = min(hi, w_first + 16);  // the warp's keys end
+  // No softcap or ALiBi: the logit is scale * q.k and its derivative the scale.
+  const bool plain = p.softcap <= 0.0f && !p.alibi;
+  // Whether every row of the warp sees every key of tile j0 (rows below T, keys at or before
+  // the first row, inside the last row's window): then no element needs its mask.
+  const auto rows_see_all = [&](int64_t j0) {
+    return j0 + kTile - 1 <= w_first && w_first + 15 < p.T && (p.window <= 0 || j0 > w_first + 15 - p.window);
+  };
 
   // The key tiles of the block through two shared buffers, f(K tile, V tile, j0) for those the
   // warp's rows see.
@@ -187,29 +194,39 @@ __global__ void __launch_bounds__(kWarps * 32) attn_bwd_dq_tc_kernel(Params p) {
     float s[kTile / 8][4], dp[kTile / 8][4];
     scores(Kb, Vb, s, dp, with_dp);
     float tmax[2] = {-INFINITY, -INFINITY};
+    if (plain && rows_see_all(j0)) {
 #pragma unroll
-    for (int n = 0; n < kTile / 8; ++n)
+      for (int n = 0; n < kTile / 8; ++n)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int64_t j = j0 + n * 8 + 2 * (lane & 3) + (e & 1), i = row_a + (e >> 1) * 8;
-        const float x = visible(p, i, j) ? logit(p, s[n][e], slope, j).s : -INFINITY;
-        s[n][e] = x;
-        tmax[e >> 1] = fmaxf(tmax[e >> 1], x);
-      }
+        for (int e = 0; e < 4; ++e) {
+          s[n][e] *= p.scale;
+          tmax[e >> 1] = fmaxf(tmax[e >> 1], s[n][e]);
+        }
+    } else {
+#pragma unroll
+      for (int n = 0; n < kTile / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int64_t j = j0 + n * 8 + 2 * (lane & 3) + (e & 1), i = row_a + (e >> 1) * 8;
+          const float x = visible(p, i, j) ? logit(p, s[n][e], slope, j).s : -INFINITY;
+          s[n][e] = x;
+          tmax[e >> 1] = fmaxf(tmax[e >> 1], x);
+        }
+    }
     float corr[2], ls[2] = {0.0f, 0.0f}, lp[2] = {0.0f, 0.0f};
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       tmax[r] = fmaxf(tmax[r], __shfl_xor_sync(0xffffffffu, tmax[r], 1));
       tmax[r] = fmaxf(tmax[r], __shfl_xor_sync(0xffffffffu, tmax[r], 2));
       const float mn = fmaxf(m[r], tmax[r]);
-      corr[r] = mn == -INFINITY ? 1.0f : expf(m[r] - mn);
+      corr[r] = mn == -INFINITY ? 1.0f : __expf(m[r] - mn);
       m[r] = mn;
     }
 #pragma unroll
     for (int n = 0; n < kTile / 8; ++n)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const float pv = s[n][e] == -INFINITY ? 0.0f : expf(s[n][e] - m[e >> 1]);
+        const float pv = s[n][e] == -INFINITY ? 0.0f : __expf(s[n][e] - m[e >> 1]);
         ls[e >> 1] += pv;
         if constexpr (decltype(with_dp)::value) lp[e >> 1] += pv * dp[n][e];
       }
@@ -267,18 +284,26 @@ __global__ void __launch_bounds__(kWarps * 32) attn_bwd_dq_tc_kernel(Params p) {
   walk([&](const uint16_t* Kb, const uint16_t* Vb, int64_t j0) {
     float s[kTile / 8][4], dp[kTile / 8][4];
     scores(Kb, Vb, s, dp, DP());
+    if (plain && rows_see_all(j0)) {
 #pragma unroll
-    for (int n = 0; n < kTile / 8; ++n)
+      for (int n = 0; n < kTile / 8; ++n)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int64_t j = j0 + n * 8 + 2 * (lane & 3) + (e & 1), i = row_a + (e >> 1) * 8;
-        float ds = 0.0f;
-        if (visible(p, i, j)) {
-          const Logit lg = logit(p, s[n][e], slope, j);
-          ds = expf(lg.s - lse[e >> 1]) * (dp[n][e] - dsum[e >> 1]) * lg.dl;
+        for (int e = 0; e < 4; ++e)
+          s[n][e] = __expf(s[n][e] * p.scale - lse[e >> 1]) * (dp[n][e] - dsum[e >> 1]) * p.scale;
+    } else {
+#pragma unroll
+      for (int n = 0; n < kTile / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int64_t j = j0 + n * 8 + 2 * (lane & 3) + (e & 1), i = row_a + (e >> 1) * 8;
+          float ds = 0.0f;
+          if (visible(p, i, j)) {
+            const Logit lg = logit(p, s[n][e], slope, j);
+            ds = __expf(lg.s - lse[e >> 1]) * (dp[n][e] - dsum[e >> 1]) * lg.dl;
+          }
+          s[n][e] = ds;
         }
-        s[n][e] = ds;
-      }
+    }
     dev::mma_c_bt<KV, kTile, D>(dq, s, Kb, P, lane);
   });
 #pragma unroll
@@ -321,6 +346,7 @@ __global__ void __launch_bounds__(kWarps * 32) attn_bwd_dkv_tc_kernel(Params p) 
   const int64_t jw = j0 + warp * 16;       // the warp's first key
   const int64_t key_a = jw + (lane >> 2);  // the thread's keys: key_a and key_a + 8
   const float slope = p.alibi ? p.alibi[h] : 0.0f;
+  const bool plain = p.softcap <= 0.0f && !p.alibi;  // the logit is scale * q.k
   const int64_t i_end = p.window > 0 ? min(p.T, j0 + kTile - 1 + p.window) : p.T;  // rows below
   float dk[D / 8][4], dv[D / 8][4];
   zero_acc(dk);
@@ -357,21 +383,35 @@ __global__ void __launch_bounds__(kWarps * 32) attn_bwd_dkv_tc_kernel(Params p) 
         dev::mma<KV>(dp[n + 1], va, b[2], b[3]);
       }
     }
+    // every key of the warp seen by every row of the tile (rows below T, at or after the last
+    // key, the first key inside the last row's window): no element needs its mask
+    if (plain && i0 >= jw + 15 && i0 + QT - 1 < p.T && (p.window <= 0 || i0 + QT - 1 - p.window < jw)) {
 #pragma unroll
-    for (int n = 0; n < QT / 8; ++n)
+      for (int n = 0; n < QT / 8; ++n)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int c = n * 8 + 2 * (lane & 3) + (e & 1);
-        const int64_t j = key_a + (e >> 1) * 8, i = i0 + c;
-        float pv = 0.0f, ds = 0.0f;
-        if (visible(p, i, j)) {
-          const Logit lg = logit(p, s[n][e], slope, j);
-          pv = expf(lg.s - st[c]);
-          ds = pv * (dp[n][e] - st[QT + c]) * lg.dl;
+        for (int e = 0; e < 4; ++e) {
+          const int c = n * 8 + 2 * (lane & 3) + (e & 1);
+          const float pv = __expf(s[n][e] * p.scale - st[c]);
+          s[n][e] = pv;
+          dp[n][e] = pv * (dp[n][e] - st[QT + c]) * p.scale;
         }
-        s[n][e] = pv;
-        dp[n][e] = ds;
-      }
+    } else {
+#pragma unroll
+      for (int n = 0; n < QT / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int c = n * 8 + 2 * (lane & 3) + (e & 1);
+          const int64_t j = key_a + (e >> 1) * 8, i = i0 + c;
+          float pv = 0.0f, ds = 0.0f;
+          if (visible(p, i, j)) {
+            const Logit lg = logit(p, s[n][e], slope, j);
+            pv = __expf(lg.s - st[c]);
+            ds = pv * (dp[n][e] - st[QT + c]) * lg.dl;
+          }
+          s[n][e] = pv;
+          dp[n][e] = ds;
+        }
+    }
     dev::mma_c_bt<KV, QT, D>(dv, s, dOs, P, lane);   // dv += P^T dO
     dev::mma_c_bt<KV, QT, D>(dk, dp, Qs, P, lane);   // dk += dS^T q
   }

@@ -137,6 +137,13 @@ __global__ void __launch_bounds__(kWarps * 32) attn_bwd_dq_tc_kernel(Params p) {
   const auto rows_see_all = [&](int64_t j0) {
     return j0 + kTile - 1 <= w_first && w_first + 15 < p.T && (p.window <= 0 || j0 > w_first + 15 - p.window);
   };
+  // f(n, e, i, j) for each accumulator element [n][e] of the warp's rows x tile j0's keys: row i, key j.
+  const auto elements = [&](int64_t j0, auto&& f) {
+#pragma unroll
+    for (int n = 0; n < kTile / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) f(n, e, row_a + (e >> 1) * 8, j0 + n * 8 + 2 * (lane & 3) + (e & 1));
+  };
 
   // The key tiles of the block through two shared buffers, f(K tile, V tile, j0) for those the
   // warp's rows see.
@@ -194,25 +201,16 @@ __global__ void __launch_bounds__(kWarps * 32) attn_bwd_dq_tc_kernel(Params p) {
     float s[kTile / 8][4], dp[kTile / 8][4];
     scores(Kb, Vb, s, dp, with_dp);
     float tmax[2] = {-INFINITY, -INFINITY};
-    if (plain && rows_see_all(j0)) {
-#pragma unroll
-      for (int n = 0; n < kTile / 8; ++n)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          s[n][e] *= p.scale;
-          tmax[e >> 1] = fmaxf(tmax[e >> 1], s[n][e]);
-        }
-    } else {
-#pragma unroll
-      for (int n = 0; n < kTile / 8; ++n)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int64_t j = j0 + n * 8 + 2 * (lane & 3) + (e & 1), i = row_a + (e >> 1) * 8;
-          const float x = visible(p, i, j) ? logit(p, s[n][e], slope, j).s : -INFINITY;
-          s[n][e] = x;
-          tmax[e >> 1] = fmaxf(tmax[e >> 1], x);
-        }
-    }
+    if (plain && rows_see_all(j0))
+      elements(j0, [&](int n, int e, int64_t, int64_t) {
+        s[n][e] *= p.scale;
+        tmax[e >> 1] = fmaxf(tmax[e >> 1], s[n][e]);
+      });
+    else
+      elements(j0, [&](int n, int e, int64_t i, int64_t j) {
+        s[n][e] = visible(p, i, j) ? logit(p, s[n][e], slope, j).s : -INFINITY;
+        tmax[e >> 1] = fmaxf(tmax[e >> 1], s[n][e]);
+      });
     float corr[2], ls[2] = {0.0f, 0.0f}, lp[2] = {0.0f, 0.0f};
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
@@ -284,26 +282,19 @@ __global__ void __launch_bounds__(kWarps * 32) attn_bwd_dq_tc_kernel(Params p) {
   walk([&](const uint16_t* Kb, const uint16_t* Vb, int64_t j0) {
     float s[kTile / 8][4], dp[kTile / 8][4];
     scores(Kb, Vb, s, dp, DP());
-    if (plain && rows_see_all(j0)) {
-#pragma unroll
-      for (int n = 0; n < kTile / 8; ++n)
-#pragma unroll
-        for (int e = 0; e < 4; ++e)
-          s[n][e] = __expf(s[n][e] * p.scale - lse[e >> 1]) * (dp[n][e] - dsum[e >> 1]) * p.scale;
-    } else {
-#pragma unroll
-      for (int n = 0; n < kTile / 8; ++n)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int64_t j = j0 + n * 8 + 2 * (lane & 3) + (e & 1), i = row_a + (e >> 1) * 8;
-          float ds = 0.0f;
-          if (visible(p, i, j)) {
-            const Logit lg = logit(p, s[n][e], slope, j);
-            ds = __expf(lg.s - lse[e >> 1]) * (dp[n][e] - dsum[e >> 1]) * lg.dl;
-          }
-          s[n][e] = ds;
+    if (plain && rows_see_all(j0))
+      elements(j0, [&](int n, int e, int64_t, int64_t) {
+        s[n][e] = __expf(s[n][e] * p.scale - lse[e >> 1]) * (dp[n][e] - dsum[e >> 1]) * p.scale;
+      });
+    else
+      elements(j0, [&](int n, int e, int64_t i, int64_t j) {
+        float ds = 0.0f;
+        if (visible(p, i, j)) {
+          const Logit lg = logit(p, s[n][e], slope, j);
+          ds = __expf(lg.s - lse[e >> 1]) * (dp[n][e] - dsum[e >> 1]) * lg.dl;
         }
-    }
+        s[n][e] = ds;
+      });
     dev::mma_c_bt<KV, kTile, D>(dq, s, Kb, P, lane);
   });
 #pragma unroll

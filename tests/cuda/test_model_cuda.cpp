@@ -8,6 +8,9 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <memory>
+#include <thread>
+#include <vector>
 
 #include "model_check.h"
 #include "models/causal_lm_impl.h"
@@ -199,4 +202,42 @@ TEST(ModelCuda, DecodeBatchEqualsAloneAndSaveMatchesCpu) {
     EXPECT_EQ(test::read_file(tg / "model.safetensors"), test::read_file(tc / "model.safetensors"));
     return;  // one model is enough here; the fixture loop above covers the rest
   }
+}
+
+// A thread that ran the model on the GPU (as a server's scheduler thread does: prefill, batched
+// decode steps through the graph path, its own context and workspace) ends, and the model goes
+// on: the same logits from this thread, and the buffers made on the ended thread's stream are
+// used and freed afterwards (freeing them once crashed: its stream was destroyed at thread exit).
+TEST(ModelCuda, ModelOutlivesTheThreadThatRanIt) {
+  SKIP_WITHOUT_CUDA();
+  const auto dirs = test::fixture_model_dirs("reference.safetensors");
+  ASSERT_FALSE(dirs.empty());
+  const fs::path dir = dirs.front();
+  LoadOptions lo;
+  lo.device_map = "cuda";
+  auto gpu = std::make_unique<CausalLM>(AutoModelForCausalLM::from_pretrained(dir / "nf4_dq", lo));
+  Tensor ids = SafetensorsFile::open(dir / "reference.safetensors").get("input_ids");
+  const auto run = [&] {
+    std::vector<std::unique_ptr<KVCache>> caches;
+    std::vector<KVCache*> cs;
+    std::vector<int64_t> next;
+    for (int64_t len : {2, 4}) {
+      caches.push_back(gpu->new_cache(32));
+      cs.push_back(caches.back().get());
+      gpu->forward_last(test::row(ids, 0, len), cs.back());
+      next.push_back(len + 1);
+    }
+    Tensor last;
+    for (int step = 0; step < 4; ++step) last = gpu->decode_batch(next, cs).to(Device::cpu());
+    return last;
+  };
+  Tensor on_thread;
+  std::thread t([&] { on_thread = run(); });
+  t.join();
+  const Tensor here = run();
+  ASSERT_EQ(here.shape(), on_thread.shape());
+  EXPECT_EQ(std::memcmp(here.data_ptr(), on_thread.data_ptr(), here.nbytes()), 0);
+  gpu.reset();  // frees what the ended thread allocated
+  Tensor after = Tensor::zeros({4}, DType::F32, Device::cuda(0)).to(Device::cpu());
+  EXPECT_EQ(after.data<float>()[0], 0.0f);
 }

@@ -61,12 +61,14 @@ void init_pool(int device) {
   });
 }
 
+// A thread's streams are never destroyed: memory is freed stream-ordered on the stream it was
+// allocated on (device_free), and that may happen after the allocating thread has ended — a
+// model's decode buffers made on a server's scheduler thread and freed with the model, or the
+// thread's own ExecContext workspace, whose thread_local dies after this one. Destroying them at
+// thread exit made cudaFreeAsync use a destroyed stream (a crash when `nibble serve` stopped on
+// the GPU). One stream a thread that ever ran CUDA work is what this keeps.
 struct ThreadStreams {
   std::vector<cudaStream_t> s;
-  ~ThreadStreams() {
-    for (cudaStream_t st : s)
-      if (st) cudaStreamDestroy(st);
-  }
 };
 
 }  // namespace

@@ -2,15 +2,18 @@
 // mma.m16n8k16 with f32 accumulation, q and dout rounded to the k/v dtype as they are staged in
 // shared memory, the probabilities P and dS rounded to it as the A operands of their products.
 // Two kernels, no atomics (deterministic), nothing of size [H, T, T]:
-//   dq:  block (64 query rows, head h), a warp 16 rows. Pass 1 over the key tiles: S = Q K^T and
-//        dP = dO V^T give each row's log-sum-exp and Dsum = sum_j p_j dp_j (online, as the SIMT
-//        rows kernel; kept in the workspace); pass 2: P = exp(S - lse), dS = P (dP - Dsum)
+//   dq:  block (64 query rows, head h), a warp 16 rows. Pass 1 over the key tiles: S = Q K^T
+//        gives each row's log-sum-exp; Dsum = sum_j p_j dp_j is dO . O when the forward's output
+//        O is given, else pass 1 also computes dP = dO V^T for it (online, as the SIMT rows
+//        kernel); both kept in the workspace. Pass 2: P = exp(S - lse), dS = P (dP - Dsum)
 //        d(logit)/d(q.k), dq += dS K.
 //   dkv: block (64 keys, query head h), a warp 16 keys, over the query rows i >= j in tiles:
 //        S^T = K Q^T, dP^T = V dO^T, dv += P^T dO, dk += dS^T Q with the saved statistics.
 //        With Hq > Hkv each query head's dk/dv goes to the workspace and a last kernel sums the
 //        heads of a group in order.
 // K/V tiles are copied by cp.async; shared rows are padded by 8 elements (conflict-free ldmatrix).
+// A tile whose every (row, key) pair is visible, with no softcap or ALiBi, skips the per-element
+// mask, index and logit work (most tiles of a causal sequence).
 #include "backends/cuda/train_attention_tc.h"
 
 #include <cuda_runtime.h>

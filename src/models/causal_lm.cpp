@@ -255,7 +255,8 @@ Tensor CausalLM::Impl::embed_block(const Step& st0) const {
 // x [R, C] (normed) -> o [R, C]: q/k/v projections (separate, one fused [q | k | v], or fused
 // per head [q_h | k_h | v_h]), q/k norms, rope, each sequence's K/V appended to its cache and
 // attended over, then the output projection (and Gemma-2's post-attention norm).
-Tensor CausalLM::Impl::attention_block(const Step& st, size_t li, const Tensor& x) const {
+Tensor CausalLM::Impl::attention_block(const Step& st, size_t li, const Tensor& x_in,
+                                       const ops::RmsNormInput* in) const {
   const DecoderLayer& L = layers[li];
   const models::ArchSpec& s = *spec;
   ExecContext& ctx = *st.ctx;
@@ -263,10 +264,16 @@ Tensor CausalLM::Impl::attention_block(const Step& st, size_t li, const Tensor& 
   const int64_t R = st.R, D = head_dim, Hq = n_heads, Hkv = n_kv_heads, C = config.hidden_size;
   Tensor q = empty_like_rows(R, Hq * D, dev), k = empty_like_rows(R, Hkv * D, dev),
          v = empty_like_rows(R, Hkv * D, dev);  // [R, H * D] each
+  const bool fused = in && L.qkv.size() == 3 && !L.qkv[0].lora.defined() && !L.qkv[1].lora.defined() &&
+                     !L.qkv[2].lora.defined();
+  const Tensor x = in && !fused ? ops::rms_norm_input(ctx, *in) : x_in;
   if (L.qkv.size() == 3) {
     const nn::Linear* ls[] = {&L.qkv[0].lin, &L.qkv[1].lin, &L.qkv[2].lin};
     const Tensor outs[] = {q, k, v};
-    nn::forward_group(ctx, x, ls, outs);  // one launch on CUDA for 4-bit q, k, v
+    if (fused)
+      nn::forward_group(ctx, *in, ls, outs);  // the norm inside the same launch on CUDA
+    else
+      nn::forward_group(ctx, x, ls, outs);  // one launch on CUDA for 4-bit q, k, v
     for (int i = 0; i < 3; ++i)
       if (L.qkv[size_t(i)].lora.defined()) nn::lora_add(ctx, L.qkv[size_t(i)].lora, x, outs[i]);
   } else if (s.qkv == models::QkvKind::Concat) {
@@ -361,19 +368,26 @@ Tensor CausalLM::Impl::attention_block(const Step& st, size_t li, const Tensor& 
 
 // x [R, C] (normed) -> [R, C]: act(gate) * up -> down (separate or fused gate_up), or
 // act(up) -> down.
-Tensor CausalLM::Impl::mlp_block(const Step& st, size_t li, const Tensor& x) const {
+Tensor CausalLM::Impl::mlp_block(const Step& st, size_t li, const Tensor& x_in,
+                                 const ops::RmsNormInput* in) const {
   const DecoderLayer& L = layers[li];
   ExecContext& ctx = *st.ctx;
   const Device dev = ctx.device();  // the layer's
   const int64_t R = st.R, C = config.hidden_size;
   Tensor out = empty_like_rows(R, C, dev);  // [R, C]
+  const bool gated_no_lora =
+      spec->mlp_kind == models::MlpKind::Gated && !L.mlp[0].lora.defined() && !L.mlp[1].lora.defined();
+  const Tensor x = in && !gated_no_lora ? ops::rms_norm_input(ctx, *in) : x_in;
   switch (spec->mlp_kind) {
     case models::MlpKind::Gated: {
       const int64_t F = L.mlp[0].lin.out_features();
       Tensor g = empty_like_rows(R, F, dev), u = empty_like_rows(R, F, dev);  // [R, F]
-      if (!L.mlp[0].lora.defined() && !L.mlp[1].lora.defined()) {
+      if (gated_no_lora) {
         Tensor a = empty_like_rows(R, F, dev);  // act(gate) * up: one launch on CUDA for 4-bit
-        nn::forward_gated(ctx, x, L.mlp[0].lin, L.mlp[1].lin, act, g, u, a);
+        if (in)
+          nn::forward_gated(ctx, *in, L.mlp[0].lin, L.mlp[1].lin, act, g, u, a);  // and the norm
+        else
+          nn::forward_gated(ctx, x, L.mlp[0].lin, L.mlp[1].lin, act, g, u, a);
         L.mlp[2].forward(ctx, a, out);
         break;
       }
@@ -402,7 +416,13 @@ Tensor CausalLM::Impl::mlp_block(const Step& st, size_t li, const Tensor& x) con
   return out;
 }
 
-// h [R, C] in place: pre-norm attention and MLP with residuals (or GPT-NeoX/Phi's parallel
+bool CausalLM::Impl::fused_norms(const Step& st) const {
+  return spec->norm == models::NormKind::RMS && st.ctx->device().is_cuda() && st.R <= 16 &&
+         !parallel_residual;
+}
+
+// h [R, C] (in place, or replaced by the residual sum the fused norms write): pre-norm attention
+// and MLP with residuals (or GPT-NeoX/Phi's parallel
 // residual: h + attn(norm1 h) + mlp(norm2 h)), Gemma-2's post-norms. The MLP's output is left
 // in `pending` (h + pending is the layer's output) so the next layer adds it inside its first
 // norm; pending is undefined where the layer added everything itself.
@@ -412,12 +432,22 @@ void CausalLM::Impl::decoder_layer(const Step& st, size_t li, Tensor& h, Tensor&
   const Device dev = ctx.device();  // the layer's
   const int64_t R = st.R, C = config.hidden_size;
   Tensor x = empty_like_rows(R, C, dev);  // [R, C]
-  if (pending.defined())
-    add_norm_into(L.attn_norm, h, pending, x, st);
-  else
-    norm_into(L.attn_norm, h, x, st);
+  const bool fuse = fused_norms(st);
+  const float eps = float(config.norm_eps);
+  Tensor o;
+  if (pending.defined() && fuse) {  // h + pending and its norm inside the q/k/v launch
+    Tensor h2 = empty_like_rows(R, C, dev);
+    const ops::RmsNormInput in{h, pending, L.attn_norm.w, eps, spec->norm_unit_offset, h2};
+    o = attention_block(st, li, Tensor(), &in);
+    h = h2;
+  } else {
+    if (pending.defined())
+      add_norm_into(L.attn_norm, h, pending, x, st);
+    else
+      norm_into(L.attn_norm, h, x, st);
+    o = attention_block(st, li, x);
+  }
   pending = Tensor();
-  Tensor o = attention_block(st, li, x);
   if (parallel_residual) {
     norm_into(L.mlp_norm, h, x, st);
     Tensor mo = mlp_block(st, li, x);
@@ -426,8 +456,16 @@ void CausalLM::Impl::decoder_layer(const Step& st, size_t li, Tensor& h, Tensor&
     h = mo;
     return;
   }
-  add_norm_into(L.mlp_norm, h, o, x, st);
-  Tensor mo = mlp_block(st, li, x);
+  Tensor mo;
+  if (fuse) {  // h + o and its norm inside the gate/up launch
+    Tensor h2 = empty_like_rows(R, C, dev);
+    const ops::RmsNormInput in{h, o, L.mlp_norm.w, eps, spec->norm_unit_offset, h2};
+    mo = mlp_block(st, li, Tensor(), &in);
+    h = h2;
+  } else {
+    add_norm_into(L.mlp_norm, h, o, x, st);
+    mo = mlp_block(st, li, x);
+  }
   if (L.post_mlp_norm.defined()) {
     Tensor mn = empty_like_rows(R, C, dev);
     norm_into(L.post_mlp_norm, mo, mn, st);

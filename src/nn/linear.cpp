@@ -182,6 +182,24 @@ void forward_gated(ExecContext& ctx, const Tensor& x, const Linear& gate, const 
   ops::gated_activation(ctx, gate_out, up_out, a, out);
 }
 
+void forward_group(ExecContext& ctx, const ops::RmsNormInput& in, std::span<const Linear* const> ls,
+                   std::span<const Tensor> outs) {
+  if (ls.size() != outs.size()) throw InternalError("forward_group: weights and outputs differ in number");
+  bool grouped = !ls.empty() && ls.size() <= 3;
+  for (const Linear* l : ls) grouped = grouped && same_4bit(*l, *ls[0]);
+  if (!grouped) return forward_group(ctx, ops::rms_norm_input(ctx, in), ls, outs);
+  std::vector<ops::Linear4Ref> refs;
+  for (size_t i = 0; i < ls.size(); ++i) refs.push_back(ref4(*ls[i], outs[i]));
+  ops::linear_4bit_group(ctx, in, refs, ls[0]->compute_dtype());
+}
+
+void forward_gated(ExecContext& ctx, const ops::RmsNormInput& in, const Linear& gate, const Linear& up,
+                   ops::Activation a, const Tensor& gate_out, const Tensor& up_out, const Tensor& out) {
+  if (!same_4bit(gate, up))
+    return forward_gated(ctx, ops::rms_norm_input(ctx, in), gate, up, a, gate_out, up_out, out);
+  ops::linear_4bit_gated(ctx, in, ref4(gate, gate_out), ref4(up, up_out), a, gate.compute_dtype(), out);
+}
+
 const FormatTraits& format_traits(WeightFormat f) {
   for (const FormatTraits& t : kTraits)
     if (t.format == f) return t;

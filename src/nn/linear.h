@@ -97,5 +97,11 @@ void forward_group(ExecContext& ctx, const Tensor& x, std::span<const Linear* co
 // else the two forwards into gate_out / up_out [M, F] and gated_activation.
 void forward_gated(ExecContext& ctx, const Tensor& x, const Linear& gate, const Linear& up, ops::Activation a,
                    const Tensor& gate_out, const Tensor& up_out, const Tensor& out);
+// The same two with the input given as a residual sum and its RMSNorm (ops::RmsNormInput):
+// one launch computing the norm too on CUDA for 4-bit weights, else x is formed first.
+void forward_group(ExecContext& ctx, const ops::RmsNormInput& in, std::span<const Linear* const> ls,
+                   std::span<const Tensor> outs);
+void forward_gated(ExecContext& ctx, const ops::RmsNormInput& in, const Linear& gate, const Linear& up,
+                   ops::Activation a, const Tensor& gate_out, const Tensor& up_out, const Tensor& out);
 
 }  // namespace nibble::nn

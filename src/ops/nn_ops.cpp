@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <optional>
 
 #include "backends/cpu/linear_cpu.h"
 #include "backends/cpu/nn_cpu.h"
@@ -283,6 +284,75 @@ void linear_4bit_gated(ExecContext& ctx, const Tensor& x, const Linear4Ref& gate
   linear_4bit(ctx, x, gate.packed, gate.state, gate.absmax_f32, gate.bias, compute_dtype, gate.out);
   linear_4bit(ctx, x, up.packed, up.state, up.absmax_f32, up.bias, compute_dtype, up.out);
   gated_activation(ctx, gate.out, up.out, a, out);
+}
+
+Tensor rms_norm_input(ExecContext& ctx, const RmsNormInput& in) {
+  copy_(ctx, in.h, in.h_out);
+  Tensor x = Tensor::empty(in.h.shape(), DType::F32, in.h.device());
+  add_rms_norm_(ctx, in.h_out, in.r, in.w, in.eps, in.add_unit_offset, x);
+  return x;
+}
+
+#ifdef NIBBLE_WITH_CUDA
+namespace {
+// The fused form's arguments when the decode GEMV can stage x = rms_norm(h + r) (nullopt: the
+// caller forms x first).
+std::optional<cuda::Gemv4Rms> gemv_rms(const char* op, ExecContext& ctx, const RmsNormInput& in) {
+  const Tensor& h = in.h;
+  if (!ctx.device().is_cuda() || h.device() != ctx.device() || h.dim() != 2 || !h.is_contiguous() ||
+      h.dtype() != DType::F32 || !in.r.defined() || in.r.shape() != h.shape() || !in.r.is_contiguous() ||
+      in.r.dtype() != DType::F32 || in.r.device() != h.device() || in.h_out.shape() != h.shape() ||
+      !in.h_out.is_contiguous() || in.h_out.dtype() != DType::F32 || in.h_out.device() != h.device() ||
+      in.h_out.data_ptr() == h.data_ptr() || in.w.dim() != 1 || in.w.numel() != h.size(1) ||
+      !in.w.is_contiguous() || in.w.device() != h.device() || !is_float(in.w.dtype()) ||
+      !cuda::gemv_lut_4bit_rms_ok(h.size(0), h.size(1)))
+    return std::nullopt;
+  return cuda::Gemv4Rms{in.h.data<float>(),
+                        in.r.data<float>(),
+                        in.w.data_ptr(),
+                        cuda::bias_dtype_code(op, in.w.data_ptr(), in.w.dtype()),
+                        in.eps,
+                        in.add_unit_offset ? 1.0f : 0.0f,
+                        in.h_out.data<float>()};
+}
+}  // namespace
+#endif
+
+void linear_4bit_group(ExecContext& ctx, const RmsNormInput& in, std::span<const Linear4Ref> ws,
+                       DType compute_dtype) {
+#ifdef NIBBLE_WITH_CUDA
+  const char* op = "linear_4bit_group";
+  if (const auto rms = gemv_rms(op, ctx, in)) {
+    std::vector<cuda::Quant4Weight> qs;
+    const auto ts = gemv_targets(op, in.h, ws, qs, compute_dtype);
+    if (!ts.empty()) {
+      cuda::gemv_lut_4bit_group(make_launch(ctx, 0), nullptr, in.h.size(0), in.h.size(1), ts, compute_dtype,
+                                &*rms);
+      return;
+    }
+  }
+#endif
+  linear_4bit_group(ctx, rms_norm_input(ctx, in), ws, compute_dtype);
+}
+
+void linear_4bit_gated(ExecContext& ctx, const RmsNormInput& in, const Linear4Ref& gate, const Linear4Ref& up,
+                       Activation a, DType compute_dtype, const Tensor& out) {
+#ifdef NIBBLE_WITH_CUDA
+  const char* op = "linear_4bit_gated";
+  if (const auto rms = gemv_rms(op, ctx, in);
+      rms && gate.state.shape[0] == up.state.shape[0] && out.defined() && out.device() == in.h.device() &&
+      out.dtype() == DType::F32 && out.is_contiguous() && out.shape() == gate.out.shape()) {
+    std::vector<cuda::Quant4Weight> qs;
+    const Linear4Ref pair[] = {gate, up};
+    const auto ts = gemv_targets(op, in.h, pair, qs, compute_dtype);
+    if (!ts.empty()) {
+      cuda::gemv_lut_4bit_gated(make_launch(ctx, 0), nullptr, in.h.size(0), in.h.size(1), ts[0], ts[1],
+                                to_cuda(a), compute_dtype, out.data<float>(), &*rms);
+      return;
+    }
+  }
+#endif
+  linear_4bit_gated(ctx, rms_norm_input(ctx, in), gate, up, a, compute_dtype, out);
 }
 
 Tensor linear_4bit(const Tensor& x, const Tensor& packed, const QuantState4& state, const Tensor& bias,

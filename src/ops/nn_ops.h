@@ -110,6 +110,24 @@ void linear_4bit_group(ExecContext& ctx, const Tensor& x, std::span<const Linear
 // gated_activation. The same values either way.
 void linear_4bit_gated(ExecContext& ctx, const Tensor& x, const Linear4Ref& gate, const Linear4Ref& up, Activation a,
                        DType compute_dtype, const Tensor& out);
+// The input of a grouped or gated 4-bit call given as a residual sum and its RMSNorm:
+// h_out = h + r (h unchanged) and x = rms_norm(h_out) as add_rms_norm_ computes them. On CUDA the
+// decode GEMV computes x while it stages it (a decode step's attention and MLP norms, no norm
+// launch); elsewhere h_out and x are formed first. h, r, h_out contiguous f32 [M, C].
+struct RmsNormInput {
+  const Tensor& h;
+  const Tensor& r;
+  const Tensor& w;
+  float eps;
+  bool add_unit_offset;
+  const Tensor& h_out;
+};
+void linear_4bit_group(ExecContext& ctx, const RmsNormInput& in, std::span<const Linear4Ref> ws,
+                       DType compute_dtype);
+void linear_4bit_gated(ExecContext& ctx, const RmsNormInput& in, const Linear4Ref& gate, const Linear4Ref& up,
+                       Activation a, DType compute_dtype, const Tensor& out);
+// x [M, C] = rms_norm(h + r) with h_out = h + r: the unfused form of the two calls above.
+Tensor rms_norm_input(ExecContext& ctx, const RmsNormInput& in);
 void rms_norm(ExecContext& ctx, const Tensor& x, const Tensor& w, float eps, bool add_unit_offset,
               const Tensor& out);
 void layer_norm(ExecContext& ctx, const Tensor& x, const Tensor& w, const Tensor& b, float eps, const Tensor& out);

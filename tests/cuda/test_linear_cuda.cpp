@@ -27,6 +27,7 @@
 
 #include "backends/cuda/gemv_lut.h"
 #include "backends/cuda/linear_cuda.h"
+#include "backends/cuda/nn_cuda.h"
 #endif
 
 using namespace nibble;
@@ -430,6 +431,81 @@ TEST(LinearCuda, FourBitGroupedAndGatedMatchSingleCalls) {
         ++cases;
       }
   EXPECT_EQ(cases, 4 * 5 * 2);
+}
+
+// The decode GEMV with its input given as rms_norm(h + r) (the norm computed while x is staged)
+// against the unfused kernels: add_rms_norm in place, then the same grouped / gated launch on
+// its output. h + r is written bit for bit; the outputs differ only where the norm's f32
+// reduction order moves an x element across a rounding of the compute dtype.
+TEST(LinearCuda, FourBitWithRmsNormInputMatchesNormThenGemv) {
+  SKIP_WITHOUT_CUDA();
+  std::mt19937 g(fresh_seed());
+  struct Shape {
+    int64_t K, N0, N1, bs;
+  };
+  const Shape shapes[] = {{4096, 300, 40, 64}, {1536, 77, 33, 128}, {11008, 40, 17, 64}, {256, 5, 200, 64}};
+  int cases = 0;
+  for (const Shape s : shapes)
+    for (int64_t M : {1, 2, 3, 9})  // 9: the two-tile kernels
+      for (int nested = 0; nested < 2; ++nested) {
+        if (!cuda::gemv_lut_4bit_rms_ok(M, s.K)) continue;
+        const DType ct = cases % 2 ? DType::F16 : DType::BF16;
+        const DType qt = cases % 3 ? DType::NF4 : DType::FP4;
+        const DType wdt = cases % 4 < 2 ? DType::BF16 : DType::F32;  // the norm weight
+        const bool unit = cases % 5 == 3;                            // Gemma's 1 + w
+        const std::vector<float> code2(dynamic_map_signed().begin(), dynamic_map_signed().end());
+        DevBuf dc2(code2);
+        std::vector<std::unique_ptr<DevQ4>> ws;
+        for (int64_t N : {s.N0, s.N1, s.N1}) {
+          ws.push_back(
+              std::make_unique<DevQ4>(g, N, s.K, s.bs, qt, nested, encode(randu(g, N), DType::BF16)));
+          if (nested) ws.back()->q.code2 = dc2.as<float>();
+        }
+        auto h = randu(g, M * s.K, -2.0f, 2.0f), r = randu(g, M * s.K, -0.5f, 0.5f);
+        DevBuf dh(h), dr(r), dh_ref(h), dw(encode(randu(g, s.K, 0.5f, 1.5f), wdt)), dx(poison(M * s.K));
+        DevBuf dh_out(poison(M * s.K));
+        cuda::Launch l;
+        cuda::add_rms_norm(l, dh_ref.as<float>(), dr.as<float>(), M, s.K, dw.p, wdt, 1e-5f, unit,
+                           dx.as<float>());
+        const cuda::Gemv4Rms rms{
+            dh.as<float>(),     dr.as<float>(),    dw.p, wdt == DType::BF16 ? 2 : 0, 1e-5f,
+            unit ? 1.0f : 0.0f, dh_out.as<float>()};
+        const int64_t Ns[3] = {s.N0, s.N1, s.N1};
+        std::vector<std::unique_ptr<DevBuf>> ref, got;
+        std::vector<cuda::Gemv4Target> tr, tg;
+        for (int i = 0; i < 3; ++i) {
+          ref.push_back(std::make_unique<DevBuf>(poison(M * Ns[i])));
+          got.push_back(std::make_unique<DevBuf>(poison(M * Ns[i])));
+          tr.push_back({&ws[size_t(i)]->q, Ns[i], nullptr, 0, ref.back()->as<float>()});
+          tg.push_back({&ws[size_t(i)]->q, Ns[i], nullptr, 0, got.back()->as<float>()});
+        }
+        ASSERT_TRUE(cuda::gemv_lut_4bit_group_ok(M, s.K, tr, ct, dx.as<float>()));
+        cuda::gemv_lut_4bit_group(l, dx.as<float>(), M, s.K, tr, ct);
+        cuda::gemv_lut_4bit_group(l, nullptr, M, s.K, tg, ct, &rms);
+        DevBuf dgr(poison(M * s.N1)), dgg(poison(M * s.N1));
+        cuda::gemv_lut_4bit_gated(l, dx.as<float>(), M, s.K, tr[1], tr[2], cuda::Act::SiLU, ct,
+                                  dgr.as<float>());
+        cuda::gemv_lut_4bit_gated(l, nullptr, M, s.K, tg[1], tg[2], cuda::Act::SiLU, ct, dgg.as<float>(),
+                                  &rms);
+        ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+        const auto ho = download(dh_out, size_t(M * s.K)), hr = download(dh_ref, size_t(M * s.K)),
+                   hin = download(dh, size_t(M * s.K));
+        ASSERT_EQ(std::memcmp(ho.data(), hr.data(), ho.size() * 4), 0) << "h + r, K " << s.K << " M " << M;
+        ASSERT_EQ(std::memcmp(hin.data(), h.data(), h.size() * 4), 0) << "h was written";
+        auto compare = [&](const DevBuf& a_buf, const DevBuf& b_buf, int64_t n, const char* what) {
+          const auto a = download(a_buf, size_t(n)), b = download(b_buf, size_t(n));
+          double mx = 0;
+          for (float v : a) mx = std::max(mx, double(std::fabs(v)));
+          ASSERT_GT(mx, 0.0) << what;
+          for (size_t j = 0; j < a.size(); ++j)
+            ASSERT_LE(std::fabs(double(a[j]) - b[j]), 2 * eps_of(ct) * std::fabs(a[j]) + 2e-3 * mx)
+                << what << " element " << j << " M " << M << " K " << s.K << " nested " << nested;
+        };
+        for (int i = 0; i < 3; ++i) compare(*ref[size_t(i)], *got[size_t(i)], M * Ns[i], "grouped");
+        compare(dgr, dgg, M * s.N1, "gated");
+        ++cases;
+      }
+  EXPECT_GE(cases, 16);
 }
 
 // LLM.int8: random int8 weights and row scales, x with a few planted outliers (|x| >= 6 in some

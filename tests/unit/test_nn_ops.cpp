@@ -13,6 +13,7 @@
 #include "backends/cpu/linear_cpu.h"
 #include "backends/cpu/quant_cpu.h"
 #include "batched_decode_check.h"
+#include "core/exec_context.h"
 #include "cpu_isa_mode.h"
 #include "nibble/quant.h"
 #include "nibble/thread_pool.h"
@@ -212,6 +213,60 @@ TEST(NnOpsLinear4bit, MatchesDequantizeThenMatmul) {
                            cdt, out.data());
           expect_close(out.data(), ref, mag, s.K, cdt);
         }
+}
+
+// The grouped and gated calls with the input given as RmsNormInput (the decode step's form):
+// on the CPU, h_out = h + r and the outputs are bit for bit those of add_rms_norm_ followed by
+// the plain calls; h is left as it was.
+TEST(NnOpsLinear4bit, RmsNormInputEqualsNormThenCall) {
+  const uint64_t seed = test::fresh_seed();
+  SCOPED_TRACE(testing::Message() << "seed " << seed);
+  std::mt19937_64 rng(seed);
+  ExecContext& ctx = ExecContext::current(Device::cpu());
+  for (int64_t M : {1, 3})
+    for (DType cdt : {DType::F32, DType::BF16}) {
+      const int64_t K = 128, N0 = 40, N1 = 24;
+      Tensor h = test::random_normal({M, K}, DType::F32, rng),
+             r = test::random_normal({M, K}, DType::F32, rng);
+      Tensor nw = test::random_normal({K}, DType::BF16, rng, 0.2f);
+      std::vector<Quantized4> qs;
+      for (int64_t N : {N0, N1, N1})
+        qs.push_back(
+            quantize_4bit(test::random_normal({N, K}, DType::BF16, rng, 0.1f), DType::NF4, 64, true));
+      std::vector<Tensor> absmax, outs_a, outs_b;
+      const Tensor none;
+      for (int i = 0; i < 3; ++i) {
+        absmax.push_back(dequantize_absmax(qs[size_t(i)].state));
+        outs_a.push_back(Tensor::empty({M, qs[size_t(i)].state.shape[0]}, DType::F32, Device::cpu()));
+        outs_b.push_back(Tensor::empty({M, qs[size_t(i)].state.shape[0]}, DType::F32, Device::cpu()));
+      }
+      auto refs = [&](std::vector<Tensor>& outs) {
+        std::vector<ops::Linear4Ref> v;
+        for (int i = 0; i < 3; ++i)
+          v.push_back({qs[size_t(i)].packed, qs[size_t(i)].state, absmax[size_t(i)], none, outs[size_t(i)]});
+        return v;
+      };
+      const auto ra = refs(outs_a), rb = refs(outs_b);
+      // unfused: h2 = h + r in place, x = rms_norm(h2)
+      Tensor h2 = h.contiguous().clone(), x = Tensor::empty({M, K}, DType::F32, Device::cpu());
+      ops::add_rms_norm_(ctx, h2, r, nw, 1e-6f, true, x);
+      ops::linear_4bit_group(ctx, x, ra, cdt);
+      Tensor ga = Tensor::empty({M, N1}, DType::F32, Device::cpu()),
+             gb = Tensor::empty({M, N1}, DType::F32, Device::cpu());
+      ops::linear_4bit_gated(ctx, x, ra[1], ra[2], ops::Activation::SiLU, cdt, ga);
+      // fused form
+      Tensor h_in = h.clone(), h_out = Tensor::empty({M, K}, DType::F32, Device::cpu());
+      const ops::RmsNormInput in{h_in, r, nw, 1e-6f, true, h_out};
+      ops::linear_4bit_group(ctx, in, rb, cdt);
+      ops::linear_4bit_gated(ctx, in, rb[1], rb[2], ops::Activation::SiLU, cdt, gb);
+      EXPECT_EQ(0, std::memcmp(h_out.data_ptr(), h2.data_ptr(), h2.nbytes()));
+      EXPECT_EQ(0, std::memcmp(h_in.data_ptr(), h.data_ptr(), h.nbytes())) << "h was changed";
+      for (int i = 0; i < 3; ++i)
+        EXPECT_EQ(0, std::memcmp(outs_a[size_t(i)].data_ptr(), outs_b[size_t(i)].data_ptr(),
+                                 outs_a[size_t(i)].nbytes()))
+            << "weight " << i;
+      EXPECT_EQ(0, std::memcmp(ga.data_ptr(), gb.data_ptr(), ga.nbytes()));
+    }
 }
 
 TEST(NnOpsLinear4bit, GemvPathsMatchReference) {

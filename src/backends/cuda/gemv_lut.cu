@@ -45,6 +45,7 @@
 #include "backends/cuda/compute_dtype.cuh"
 #include "backends/cuda/gemv_frag.cuh"
 #include "backends/cuda/gemv_lut.h"
+#include "backends/cuda/kernel_util.cuh"
 #include "backends/cuda/launch_util.cuh"
 #include "backends/cuda/linear_cuda.h"
 #include "backends/cuda/pdl.cuh"
@@ -104,6 +105,14 @@ struct Args {
   int64_t groups;     // groups of RG tiles
   int64_t xs_stride;  // elements a staged x row (K + 8); 0: x read from global memory
   bool pipe;          // gemv_pipe_kernel takes it (pipe_ok for every weight)
+  // x = rms_norm(h + r) computed while staging (nh set; x unused): weight nw (+ unit), dtype
+  // code nw_code as bias codes; block 0 writes h + r into h_out
+  const float* nh;
+  const float* nr;
+  const void* nw;
+  int nw_code;
+  float eps, unit;
+  float* h_out;
 };
 
 size_t smem_bytes(int nt, int M, int64_t xs_stride) {
@@ -153,9 +162,37 @@ __device__ __forceinline__ RowRef tile_row(const Args& a, int64_t t, int r) {
 // rows an instruction: 8 lanes x 16 bytes each; the code values from quant_map, or from the
 // parameters when kParamMap), the nested-absmax code table, then (after the wait on the
 // previous kernel, which wrote x) x staged in the compute dtype when XS.
+// x staged as ct(rms_norm(h + r)) (the formula of rms_norm_kernel, f32), h + r written by
+// block 0; scratch: 32 floats of shared memory.
+template <class CT>
+__device__ __forceinline__ void stage_rms(const Args& a, uint16_t* xs, float* scratch, int tid) {
+  const int k4 = int(a.K / 4), stride = int(a.xs_stride), nt = int(blockDim.x);
+  for (int m = 0; m < a.M; ++m) {
+    const float4* h = reinterpret_cast<const float4*>(a.nh + int64_t(m) * a.K);
+    const float4* r = reinterpret_cast<const float4*>(a.nr + int64_t(m) * a.K);
+    float ss = 0.0f;
+    for (int i = tid; i < k4; i += nt) {
+      const float4 u = h[i], v = r[i];
+      const float x0 = u.x + v.x, x1 = u.y + v.y, x2 = u.z + v.z, x3 = u.w + v.w;
+      ss += x0 * x0 + x1 * x1 + x2 * x2 + x3 * x3;
+    }
+    const float inv = rsqrtf(dev::block_sum(ss, scratch) / float(a.K) + a.eps);
+    for (int i = tid; i < k4; i += nt) {
+      const float4 u = h[i], v = r[i];
+      const float4 x = make_float4(u.x + v.x, u.y + v.y, u.z + v.z, u.w + v.w);
+      if (blockIdx.x == 0) reinterpret_cast<float4*>(a.h_out + int64_t(m) * a.K)[i] = x;
+      float o[4];
+      const float xv[4] = {x.x, x.y, x.z, x.w};
+#pragma unroll
+      for (int j = 0; j < 4; ++j) o[j] = (load_bias(a.nw, a.nw_code, 4 * i + j) + a.unit) * (xv[j] * inv);
+      *reinterpret_cast<uint2*>(xs + m * stride + 4 * i) = make_uint2(pack2<CT>(o[0], o[1]), pack2<CT>(o[2], o[3]));
+    }
+  }
+}
+
 template <class CT, bool XS, bool kParamMap = false>
 __device__ __forceinline__ void fill_shared(const Args& a, uint32_t* smem, float* code2, uint16_t* xs,
-                                            int tid, int warp, int lane) {
+                                            int tid, int warp, int lane, float* scratch = nullptr) {
   const int64_t K = a.K;
   {
     float v;
@@ -166,8 +203,8 @@ __device__ __forceinline__ void fill_shared(const Args& a, uint32_t* smem, float
     } else {
       v = __ldg(a.quant_map + (lane & 15));
     }
-    const int rows = 256 / int(blockDim.x / 32);  // 8 or 16 warps: 32 or 16 rows each
-    for (int r0 = rows * warp; r0 < rows * warp + rows; r0 += 4) {
+    const int nw = int(blockDim.x / 32);
+    for (int r0 = 4 * warp; r0 < 256; r0 += 4 * nw) {
       const int row = r0 + lane / 8;
       const float lo = __shfl_sync(0xffffffffu, v, row >> 4), hi = __shfl_sync(0xffffffffu, v, row & 15);
       const uint32_t p = pack2<CT>(lo, hi);
@@ -177,6 +214,7 @@ __device__ __forceinline__ void fill_shared(const Args& a, uint32_t* smem, float
       for (int i = tid; i < 256; i += blockDim.x) code2[i] = a.code2[i];
     dev::pdl_wait();  // x is the previous kernel's output, out may be read by it
     if constexpr (XS) {
+      if (a.nh) return stage_rms<CT>(a, xs, scratch, tid);
       // x fits kXsBytes, so M * K < 2^31: 32-bit indices, kXLoads loads in flight a thread
       constexpr int kXLoads = 4;
       const int k4 = int(K / 4), n4 = a.M * k4, stride = int(a.xs_stride);
@@ -315,7 +353,7 @@ __global__ void __launch_bounds__(kWarps * 32, 2) gemv_lut_kernel(Args a) {
   float* am = am_all + warp * 16 * kU;
   dev::pdl_launch_dependents();
 
-  fill_shared<CT, XS>(a, smem, code2, xs, tid, warp, lane);
+  fill_shared<CT, XS>(a, smem, code2, xs, tid, warp, lane, red);
   __syncthreads();
 
   for (int64_t grp = blockIdx.x; grp < a.groups; grp += gridDim.x) {
@@ -486,7 +524,7 @@ __global__ void __launch_bounds__(kPW * 32, 1) gemv_pipe_kernel(Args a) {
     advance();
   }
 
-  fill_shared<CT, XS, true>(a, smem, code2, xs, tid, warp, lane);
+  fill_shared<CT, XS, true>(a, smem, code2, xs, tid, warp, lane, red);
   __syncthreads();
 
   int slot_c = 0, slot_i = kStages - 1;  // the ring slots computed and issued next
@@ -539,6 +577,109 @@ __global__ void __launch_bounds__(kPW * 32, 1) gemv_pipe_kernel(Args a) {
   }
 }
 
+// ---- The register-streamed kernel (M <= 8, blocksize 64, K % 256 == 0, plain or 256-nested) ---
+// One block of kRW warps a multiprocessor, persistent over groups of RG row tiles, KS warps a
+// tile splitting its stages (4 chunks each). Weights go straight from global memory into
+// registers, one 16-byte load a lane a chunk: lane (g, q) loads bytes 16 (q % 2) .. + 16 of the
+// chunk's 32 of row g (q < 2) or g + 8 (q >= 2), so a warp's load covers the tile's 16 rows x 32
+// bytes. One exchange with lane ^ 2 (two shuffles) leaves each lane 8 bytes of row g and the same
+// 8 bytes of row g + 8: bytes 16 (q % 2) + 8 (q / 2) .., which chunk() takes as its codes kq.. of
+// the chunk (a permutation of K that x follows). The next stage's loads are in flight while a
+// stage is computed, and the first stage's before the table fill. No shared-memory staging of
+// the weights and no absmax exchange: against gemv_pipe_kernel about a third fewer shared-memory
+// instructions a chunk, and more warps a multiprocessor.
+constexpr int kRW = 20;
+
+__device__ __forceinline__ void load_stage(const uint8_t* p, int c, uint4 (&w)[4]) {
+#pragma unroll
+  for (int u = 0; u < 4; ++u) w[u] = dev::ld_stream(p + (c + u) * 32);
+}
+
+// The absmax of rows r (chunks c .. c + 3), decoded.
+__device__ __forceinline__ void stage_absmax(const Args& a, const Mat& m, int64_t row, int64_t c,
+                                             const float* code2, float (&am)[4]) {
+  const int64_t b = row * (a.K / 64) + c;  // c: a chunk, a multiple of 4
+  if (m.absmax) {
+    const float4 v = __ldg(reinterpret_cast<const float4*>(m.absmax + b));
+    am[0] = v.x, am[1] = v.y, am[2] = v.z, am[3] = v.w;
+    return;
+  }
+  const uint32_t qw = __ldg(reinterpret_cast<const uint32_t*>(m.absmax_q + b));
+  const float a2 = __ldg(m.absmax2 + (b >> 8));
+#pragma unroll
+  for (int u = 0; u < 4; ++u) am[u] = dev::mul_ftz(code2[(qw >> (8 * u)) & 0xFFu], a2) + m.offset;
+}
+
+template <class CT, bool XS>
+__global__ void __launch_bounds__(kRW * 32, 1) gemv_reg_kernel(Args a) {
+  extern __shared__ __align__(16) uint32_t smem[];
+  const char* table = reinterpret_cast<const char*>(smem);
+  float* code2 = reinterpret_cast<float*>(smem + 256 * kRowWords);
+  float* red = code2 + 256;                                       // [kRW][32][4]
+  uint16_t* xs = reinterpret_cast<uint16_t*>(red + kRW * 32 * 4);  // [M][xs_stride]
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, q = lane % 4;
+  const bool hi = q >= 2;  // this lane loads row g + 8
+  const int RG = kRW / a.ks;
+  const int rt = warp % RG, ks = warp / RG;
+  const int stages = int(a.K / 256);  // 32-bit chunk counters: fewer registers
+  const int c0 = stages * ks / a.ks * 4, c1 = stages * (ks + 1) / a.ks * 4;
+  const bool live0 = g < a.M;
+  const uint32_t lane4 = uint32_t(lane) << 2;
+  const int koff = 32 * (q & 1) + 16 * (q >> 1);  // this lane's codes within a chunk
+  dev::pdl_launch_dependents();
+
+  // the first group's first stage, before the table fill (weights are constants)
+  auto row_ptr = [&](int64_t grp) {
+    const int64_t t = min(grp * RG + rt, a.tiles - 1);
+    const RowRef r = tile_row(a, t, g + (hi ? 8 : 0));
+    return mat_at(a, r.mat).w + r.row * (a.K / 2) + (q & 1) * 16;
+  };
+  uint4 wn[4];
+  if (c0 < c1 && int64_t(blockIdx.x) < a.groups) load_stage(row_ptr(blockIdx.x), c0, wn);
+
+  fill_shared<CT, XS, true>(a, smem, code2, xs, tid, warp, lane, red);
+  __syncthreads();
+
+  for (int64_t grp = blockIdx.x; grp < a.groups; grp += gridDim.x) {
+    const int64_t t_raw = grp * RG + rt;
+    const bool tile_live = t_raw < a.tiles;
+    const int64_t t = min(t_raw, a.tiles - 1);
+    const int mat_a = tile_row(a, t, g).mat;
+    const RowRef ro = tile_row(a, t, g + (hi ? 8 : 0));  // the row this lane loads
+    const Mat mo = mat_at(a, ro.mat);
+    const uint8_t* p = mo.w + ro.row * (a.K / 2) + (q & 1) * 16;
+    float d[1][4] = {};
+    for (int c = c0; c < c1; c += 4) {
+      // the next stage (this tile's, or the first of the next group's) replaces each chunk as
+      // it is taken: four chunks a lane in flight
+      const bool more = c + 4 < c1, next_grp = !more && grp + gridDim.x < a.groups;
+      const uint8_t* pn = more ? p : next_grp ? row_ptr(grp + gridDim.x) : nullptr;
+      const int cn = more ? c + 4 : c0;
+      float amo[4];  // this lane's row's absmax; lane ^ 2 has the other row's
+      stage_absmax(a, mo, ro.row, c, code2, amo);
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        // keeps the compiler from hoisting the next chunks' table lookups (registers: more warps
+        // a multiprocessor hide the latency instead)
+        asm volatile("" ::: "memory");
+        const uint4 wu = wn[u];
+        if (pn) wn[u] = dev::ld_stream(pn + (cn + u) * 32);
+        // rows g (wa) and g + 8 (wb), 8 bytes each: half from this lane, half from lane ^ 2
+        const uint32_t s0 = hi ? wu.x : wu.z, s1 = hi ? wu.y : wu.w;
+        const uint32_t r0 = __shfl_xor_sync(0xffffffffu, s0, 2), r1 = __shfl_xor_sync(0xffffffffu, s1, 2);
+        const uint2 wa = hi ? make_uint2(r0, r1) : make_uint2(wu.x, wu.y);
+        const uint2 wb = hi ? make_uint2(wu.z, wu.w) : make_uint2(r0, r1);
+        const float amx = __shfl_xor_sync(0xffffffffu, amo[u], 2);
+        chunk<1, CT, XS>(a, table, xs, wa, wb, int64_t((c + u) * 64 + koff), hi ? amx : amo[u], hi ? amo[u] : amx, live0,
+                         false, g, lane4, d);
+      }
+    }
+    finish_tile<1, CT>(a, red, d, t, tile_live, mat_a, warp, lane, rt, ks, RG, g, q);
+    if (a.ks > 1) __syncthreads();  // red is rewritten by the next group
+  }
+}
+
 // K slices per row tile: the fewest rounds of groups (persistent blocks) times chunks a warp,
 // at least 4 chunks a slice; ties go to more slices.
 int pick_slices(int64_t tiles, int64_t chunks, int64_t blocks) {
@@ -578,6 +719,16 @@ void launch_lut(const Launch& l, Args a) {
   launch(gemv_lut_kernel<NT, CT, XS>, dim3(unsigned(blocks)), dim3(kWarps * 32), bytes, l.stream, a);
 }
 
+// NIBBLE_GEMV4 (benchmarks): "mma" sends these calls to gemv_mma.cu, "lut" keeps them off the
+// pipelined and register-streamed kernels, "pipe" off the register-streamed one.
+const char* gemv4_env() {
+  static const char* v = std::getenv("NIBBLE_GEMV4");
+  return v ? v : "";
+}
+bool use_pipe() {
+  return std::strcmp(gemv4_env(), "pipe") == 0;
+}
+
 size_t pipe_smem_bytes(int nt, int M, int64_t xs_stride) {
   return kTableBytes + 256 * 4 + size_t(kPW) * 16 * kPU * 4 + size_t(kPW) * 32 * 4 * nt * 4 +
          size_t(kPW) * kStages * kStageBytes + size_t(xs_stride) * size_t(M) * 2;
@@ -609,8 +760,42 @@ void launch_pipe(const Launch& l, Args a) {
   launch(gemv_pipe_kernel<NT, CT, XS>, dim3(unsigned(blocks)), dim3(kPW * 32), bytes, l.stream, a);
 }
 
+size_t reg_smem_bytes(int M, int64_t xs_stride) {
+  return kTableBytes + 256 * 4 + size_t(kRW) * 32 * 4 * 4 + size_t(xs_stride) * size_t(M) * 2;
+}
+
+// K slices for the register-streamed kernel (divisors of kRW, each at least one stage): the
+// fewest rounds of groups times (stages a warp + one for the tile's reduction), ties to more slices.
+int pick_reg_slices(int64_t tiles, int64_t stages, int64_t blocks) {
+  int best = 1;
+  int64_t best_cost = INT64_MAX;
+  for (int ks = 1; ks <= kRW && ks <= stages; ++ks) {
+    if (kRW % ks) continue;
+    const int64_t rg = kRW / ks, groups = (tiles + rg - 1) / rg, rounds = (groups + blocks - 1) / blocks;
+    const int64_t cost = rounds * ((stages + ks - 1) / ks + 1);
+    if (cost <= best_cost) best_cost = cost, best = ks;
+  }
+  return best;
+}
+
+template <class CT, bool XS>
+void launch_reg(const Launch& l, Args a) {
+  const size_t bytes = reg_smem_bytes(a.M, a.xs_stride);
+  static std::atomic<bool> opted[64];
+  opt_in_smem(gemv_reg_kernel<CT, XS>, reg_smem_bytes(8, 0) + kXsBytes, opted);
+  const int64_t blocks_max = sm_count();
+  a.ks = pick_reg_slices(a.tiles, a.K / 256, blocks_max);
+  const int rg = kRW / a.ks;
+  a.groups = (a.tiles + rg - 1) / rg;
+  const int64_t blocks = std::min<int64_t>(a.groups, blocks_max);
+  launch(gemv_reg_kernel<CT, XS>, dim3(unsigned(blocks)), dim3(kRW * 32), bytes, l.stream, a);
+}
+
 template <int NT, class CT, bool XS>
 void launch_one(const Launch& l, const Args& a) {
+  if constexpr (NT == 1) {
+    if (a.pipe && a.M <= 8 && !use_pipe()) return launch_reg<CT, XS>(l, a);
+  }
   if (a.pipe)
     launch_pipe<NT, CT, XS>(l, a);
   else
@@ -634,12 +819,6 @@ void launch_ct(const Launch& l, Args& a) {
   }
 }
 
-// NIBBLE_GEMV4 (benchmarks): "mma" sends these calls to gemv_mma.cu, "lut" keeps them off the
-// pipelined kernel.
-const char* gemv4_env() {
-  static const char* v = std::getenv("NIBBLE_GEMV4");
-  return v ? v : "";
-}
 bool forced_off() {
   return std::strcmp(gemv4_env(), "mma") == 0;
 }
@@ -717,9 +896,24 @@ void gemv_lut_4bit(const Launch& l, const float* x, int64_t M, int64_t K, const 
   gemv_lut_4bit_group(l, x, M, K, std::span<const Gemv4Target>(&t, 1), ct);
 }
 
+namespace {
+void set_rms(Args& a, const Gemv4Rms* rms) {
+  if (!rms) return;
+  if (!gemv_lut_4bit_rms_ok(a.M, a.K) || !rms->h || !rms->r || !rms->w || !rms->h_out)
+    throw InternalError("gemv_lut_4bit: a fused RMSNorm input the launch cannot stage");
+  a.nh = rms->h, a.nr = rms->r, a.nw = rms->w, a.nw_code = rms->w_code;
+  a.eps = rms->eps, a.unit = rms->unit, a.h_out = rms->h_out;
+}
+}  // namespace
+
+bool gemv_lut_4bit_rms_ok(int64_t M, int64_t K) {
+  return M >= 1 && M <= 16 && K % 4 == 0 && M * (K + 8) * 2 <= kXsBytes;
+}
+
 void gemv_lut_4bit_group(const Launch& l, const float* x, int64_t M, int64_t K,
-                         std::span<const Gemv4Target> ts, DType ct) {
+                         std::span<const Gemv4Target> ts, DType ct, const Gemv4Rms* rms) {
   Args a = base_args(x, M, K, *ts[0].w);
+  set_rms(a, rms);
   a.code2 = ts[0].w->absmax ? nullptr : ts[0].w->code2;
   a.nmat = int(ts.size());
   int64_t tiles = 0;
@@ -735,8 +929,9 @@ void gemv_lut_4bit_group(const Launch& l, const float* x, int64_t M, int64_t K,
 }
 
 void gemv_lut_4bit_gated(const Launch& l, const float* x, int64_t M, int64_t K, const Gemv4Target& gate,
-                         const Gemv4Target& up, Act act, DType ct, float* out) {
+                         const Gemv4Target& up, Act act, DType ct, float* out, const Gemv4Rms* rms) {
   Args a = base_args(x, M, K, *gate.w);
+  set_rms(a, rms);
   a.code2 = gate.w->absmax ? nullptr : gate.w->code2;
   a.nmat = 2;
   a.gated = true;

@@ -11,9 +11,11 @@
 // A 16 x 256 pair table in shared memory turns each packed byte (two codes) into the mma's
 // packed 16-bit pair with one byte permute and one conflict-free shared load.
 //
-// Weights in blocks of 64 with K % 256 == 0 (the bitsandbytes default on every decoder shape) take
-// the pipelined kernel: weights and absmax stream into shared memory with cp.async, stages ahead
-// and across row tiles; the rest (and NIBBLE_GEMV4=lut) the register-staged kernel. Same math.
+// Weights in blocks of 64 with K % 256 == 0 (the bitsandbytes default on every decoder shape) take,
+// for M <= 8, the register-streamed kernel (16-byte loads straight into registers, one shuffle
+// exchange a chunk into the mma's fragments; NIBBLE_GEMV4=pipe turns it off), and for M > 8 the
+// pipelined kernel (weights and absmax stream into shared memory with cp.async, stages ahead
+// and across row tiles); the rest (and NIBBLE_GEMV4=lut) the register-staged kernel. Same math.
 // NIBBLE_GEMV4=mma in the environment sends these calls to gemv_mma.cu instead (benchmarks).
 #pragma once
 
@@ -42,16 +44,31 @@ struct Gemv4Target {
   int bias_code;
   float* out;
 };
+// The input computed inside the launch instead of read from x: x = rms_norm(h + r) (h, r
+// [M, K] f32; weight w [K] of bias dtype code w_code, plus unit; rms_norm_kernel's f32 formula),
+// staged in the compute dtype; the launch's first block also writes h + r into h_out (not h).
+// Taken where gemv_lut_4bit_rms_ok(M, K): the staged x fits shared memory.
+struct Gemv4Rms {
+  const float* h;
+  const float* r;
+  const void* w;
+  int w_code;
+  float eps, unit;
+  float* h_out;
+};
+bool gemv_lut_4bit_rms_ok(int64_t M, int64_t K);
+
 // Up to three weights of one K read in one launch (q, k, v): each as gemv_lut_4bit would
 // compute it. The group is taken when every weight is, with one blocksize, quant type and
 // absmax kind.
 bool gemv_lut_4bit_group_ok(int64_t M, int64_t K, std::span<const Gemv4Target> ts, DType compute_dtype,
                             const float* x);
-void gemv_lut_4bit_group(const Launch& l, const float* x, int64_t M, int64_t K, std::span<const Gemv4Target> ts,
-                         DType compute_dtype);
+void gemv_lut_4bit_group(const Launch& l, const float* x, int64_t M, int64_t K,
+                         std::span<const Gemv4Target> ts, DType compute_dtype, const Gemv4Rms* rms = nullptr);
 // out [M, F] = act(gate(x)) * up(x), gate and up each rounded as gemv_lut_4bit rounds them and
 // the product in f32 as gated_activation computes it (gate.N == up.N == F; their out unused).
 void gemv_lut_4bit_gated(const Launch& l, const float* x, int64_t M, int64_t K, const Gemv4Target& gate,
-                         const Gemv4Target& up, Act act, DType compute_dtype, float* out);
+                         const Gemv4Target& up, Act act, DType compute_dtype, float* out,
+                         const Gemv4Rms* rms = nullptr);
 
 }  // namespace nibble::cuda

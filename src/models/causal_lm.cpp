@@ -3,6 +3,7 @@
 // architecture-specific comes from the ArchSpec and ModelConfig the loader filled in.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <span>
 
@@ -417,8 +418,13 @@ Tensor CausalLM::Impl::mlp_block(const Step& st, size_t li, const Tensor& x_in,
 }
 
 bool CausalLM::Impl::fused_norms(const Step& st) const {
-  return spec->norm == models::NormKind::RMS && st.ctx->device().is_cuda() && st.R <= 16 &&
-         !parallel_residual;
+  // NIBBLE_FUSED_NORM=0 (benchmarks): the norms as separate launches
+  static const bool off = [] {
+    const char* v = std::getenv("NIBBLE_FUSED_NORM");
+    return v != nullptr && std::strcmp(v, "0") == 0;
+  }();
+  return !off && spec->norm == models::NormKind::RMS && !parallel_residual &&
+         ops::rms_norm_input_fuses(*st.ctx, st.R, config.hidden_size);
 }
 
 // h [R, C] (in place, or replaced by the residual sum the fused norms write): pre-norm attention

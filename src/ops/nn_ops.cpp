@@ -293,6 +293,15 @@ Tensor rms_norm_input(ExecContext& ctx, const RmsNormInput& in) {
   return x;
 }
 
+bool rms_norm_input_fuses(const ExecContext& ctx, int64_t M, int64_t C) {
+#ifdef NIBBLE_WITH_CUDA
+  return ctx.device().is_cuda() && cuda::gemv_lut_4bit_rms_ok(M, C);
+#else
+  (void)ctx, (void)M, (void)C;
+  return false;
+#endif
+}
+
 #ifdef NIBBLE_WITH_CUDA
 namespace {
 // The fused form's arguments when the decode GEMV can stage x = rms_norm(h + r) (nullopt: the

@@ -128,6 +128,9 @@ void linear_4bit_gated(ExecContext& ctx, const RmsNormInput& in, const Linear4Re
                        Activation a, DType compute_dtype, const Tensor& out);
 // x [M, C] = rms_norm(h + r) with h_out = h + r: the unfused form of the two calls above.
 Tensor rms_norm_input(ExecContext& ctx, const RmsNormInput& in);
+// Whether the calls above can compute the norm inside the launch for M rows of C on ctx's
+// device (otherwise they form x first, with a copy of h: callers then use add_rms_norm_).
+bool rms_norm_input_fuses(const ExecContext& ctx, int64_t M, int64_t C);
 void rms_norm(ExecContext& ctx, const Tensor& x, const Tensor& w, float eps, bool add_unit_offset,
               const Tensor& out);
 void layer_norm(ExecContext& ctx, const Tensor& x, const Tensor& w, const Tensor& b, float eps, const Tensor& out);

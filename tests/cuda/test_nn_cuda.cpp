@@ -394,7 +394,7 @@ TEST(NnCuda, Attention) {
     check_attention({1, 4999, 8, 1, 128, 4998, 0, 0, false, kv}, rng);  // long decode, many splits
     check_attention({16, 2000, 4, 4, 128, 1984, 0, 0, false, kv, half}, rng);
     check_attention({5, 700, 4, 2, 128, 695, 256, 0, false, kv}, rng);  // sliding window
-    // up to 512 keys: the one-pass decode kernel (a window, GQA, a group of keys past the end)
+    // a window over a short cache with GQA, and a decode row at the last of 512 keys
     check_attention({4, 302, 8, 2, 128, 298, 100, 0, false, kv}, rng);
     check_attention({1, 512, 4, 4, 128, 511, 0, 0, false, kv}, rng);
     check_attention({100, 100, 4, 2, 64, 0, 17, 0, false, kv, half}, rng);

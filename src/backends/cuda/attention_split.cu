@@ -113,99 +113,6 @@ __global__ void __launch_bounds__(kWarps * 32) attn_split_kernel(Params p) {
   }
 }
 
-// Short key ranges (decode at contexts up to kDecodeMaxKeys): one block of kDecodeWarps warps
-// per (i, h) and no combine pass. Warp w takes keys w * 4 .. + 3, then every kDecodeWarps * 4-th
-// group, loading the four K and V rows at once (a dependent load chain a group instead of one a
-// key) and updating its online softmax once a group; the warps merge in shared memory as the
-// split kernel's do. Same f32 math; only the summation order differs. A decode step of a
-// 7B-shaped model at context 128 ran split + combine (two launches, 19 splits of 8 keys) here.
-constexpr int kDecodeWarps = 16;
-constexpr int64_t kDecodeMaxKeys = 512;
-
-template <class KV, int E>
-__global__ void __launch_bounds__(kDecodeWarps * 32) attn_decode_kernel(Params p) {
-  dev::pdl_launch_dependents();
-  dev::pdl_wait();
-  __shared__ float sm[kDecodeWarps], sl[kDecodeWarps], sacc[kDecodeWarps][32 * E];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int64_t row = blockIdx.x, i = row / p.Hq, h = row % p.Hq;
-  const bool batched = p.kv_table != nullptr;
-  const int64_t q_offset = batched ? p.pos_dev[i] : p.pos_dev ? *p.pos_dev : p.q_offset;
-  const int64_t S = p.pos_dev ? q_offset + 1 : p.S;
-  const int64_t g = h / (p.Hq / p.Hkv), pos = batched ? q_offset : q_offset + i;
-  if (batched) {
-    p.k = reinterpret_cast<const void*>(p.kv_table[i]);
-    p.v = reinterpret_cast<const void*>(p.kv_table[p.T + i]);
-  }
-  const int64_t hi = min(S, pos + 1);
-  const int64_t lo = p.window > 0 ? max(int64_t(0), pos - p.window + 1) : 0;
-  float q[E], acc[E];
-#pragma unroll
-  for (int e = 0; e < E; ++e) {
-    const int64_t d = lane + 32 * e;
-    q[e] = d < p.D ? p.q[i * p.ldq + h * p.D + d] : 0.0f;
-    acc[e] = 0.0f;
-  }
-  const float slope = p.alibi ? p.alibi[h] : 0.0f;
-  float m = -INFINITY, l = 0.0f;
-  for (int64_t j0 = lo + 4 * warp; j0 < hi; j0 += 4 * kDecodeWarps) {
-    float kv[4][E], vv[4][E], s[4];
-#pragma unroll
-    for (int b = 0; b < 4; ++b) {
-      const int64_t j = j0 + b;
-      const int64_t kb = j * p.ldk + g * p.D, vb = j * p.ldv + g * p.Dv;
-#pragma unroll
-      for (int e = 0; e < E; ++e) {
-        const int64_t d = lane + 32 * e;
-        kv[b][e] = j < hi && d < p.D ? dev::load1<KV>(p.k, kb + d) : 0.0f;
-        vv[b][e] = j < hi && d < p.Dv ? dev::load1<KV>(p.v, vb + d) : 0.0f;
-      }
-    }
-#pragma unroll
-    for (int b = 0; b < 4; ++b) {
-      s[b] = 0.0f;
-#pragma unroll
-      for (int e = 0; e < E; ++e) s[b] += q[e] * kv[b][e];
-    }
-    for (int o = 16; o > 0; o >>= 1)
-#pragma unroll
-      for (int b = 0; b < 4; ++b) s[b] += __shfl_xor_sync(0xffffffffu, s[b], o);
-    float mn = m;
-#pragma unroll
-    for (int b = 0; b < 4; ++b) {
-      s[b] *= p.scale;
-      if (p.softcap > 0.0f) s[b] = p.softcap * tanhf(s[b] / p.softcap);
-      if (p.alibi) s[b] += slope * float(j0 + b);
-      if (j0 + b >= hi) s[b] = -INFINITY;
-      mn = fmaxf(mn, s[b]);
-    }
-    const float corr = expf(m - mn);  // key j0 is always valid, so mn is finite
-    float es[4];
-#pragma unroll
-    for (int b = 0; b < 4; ++b) es[b] = expf(s[b] - mn);
-    l = l * corr + ((es[0] + es[1]) + (es[2] + es[3]));
-#pragma unroll
-    for (int e = 0; e < E; ++e)
-      acc[e] = acc[e] * corr + ((es[0] * vv[0][e] + es[1] * vv[1][e]) + (es[2] * vv[2][e] + es[3] * vv[3][e]));
-    m = mn;
-  }
-  if (lane == 0) sm[warp] = m, sl[warp] = l;
-  __syncthreads();
-  float M = -INFINITY;
-  for (int w = 0; w < kDecodeWarps; ++w) M = fmaxf(M, sm[w]);
-  const float f = m == -INFINITY ? 0.0f : expf(m - M);
-#pragma unroll
-  for (int e = 0; e < E; ++e) sacc[warp][lane + 32 * e] = acc[e] * f;
-  __syncthreads();
-  float L = 0.0f;
-  for (int w = 0; w < kDecodeWarps; ++w) L += sm[w] == -INFINITY ? 0.0f : sl[w] * expf(sm[w] - M);
-  for (int64_t d = threadIdx.x; d < p.Dv; d += blockDim.x) {
-    float a = 0.0f;
-    for (int w = 0; w < kDecodeWarps; ++w) a += sacc[w][d];
-    p.out[row * p.Dv + d] = L > 0.0f ? a / L : 0.0f;
-  }
-}
-
 // Prefill (many query rows): block (row tile, head) of kPrefillWarps query rows, one a warp,
 // walks the keys in tiles of 32 staged in shared memory as f32 (K rows padded to D + 4 floats so
 // lane j's row reads are conflict-free), shared by the block's rows. Lane j scores key j (an
@@ -392,23 +299,10 @@ void check(const Attention& a) {
     throw ShapeError("cuda::attention: a K/V table needs the positions on the device");
 }
 
-// NIBBLE_ATTN_SPLIT in the environment (benchmarks, tests): short decodes take the split path too.
-bool split_forced() {
-  static const bool v = std::getenv("NIBBLE_ATTN_SPLIT") != nullptr;
-  return v;
-}
-
-// Decode over at most kDecodeMaxKeys keys (the cache's capacity when the position is on the
-// device: the launch is fixed when a graph captures it) takes the one-pass kernel.
-bool use_decode(const Attention& a) {
-  return !use_prefill(a) && !attention_prefill_tc_fits(a) && a.S <= kDecodeMaxKeys &&
-         std::max(a.D, a.Dv) <= 32 * kMaxE && !split_forced();
-}
-
 }  // namespace
 
 size_t attention_workspace_bytes(const Attention& a) {
-  if (use_prefill(a) || attention_prefill_tc_fits(a) || use_decode(a)) return 0;
+  if (use_prefill(a) || attention_prefill_tc_fits(a)) return 0;
   const int ns = n_splits(a);
   return ns == 1 ? 0 : size_t(a.T * a.Hq) * size_t(ns) * size_t(a.Dv + 2) * sizeof(float);
 }
@@ -431,19 +325,6 @@ void attention(const Launch& l, const Attention& a) {
     with_float_dtype("cuda::attention", a.kv_dtype, [&](auto KV) {
       cuda::launch(attn_prefill_kernel<decltype(KV)>, grid, dim3(kPrefillWarps * 32), prefill_smem_bytes(a),
                    as_stream(l.stream), p);
-    });
-    NIBBLE_CUDA_CHECK_LAUNCH();
-    if (prev != l.device) NIBBLE_CUDA_CHECK(cudaSetDevice(prev));
-    return;
-  }
-  if (use_decode(a)) {
-    Params p{a.T,     a.S,       a.Hq,    a.Hkv, a.D, a.Dv, a.q_offset, a.window, a.ldq, a.ldk,  a.ldv,      0,
-             a.scale, a.softcap, a.alibi, a.q,   a.k, a.v,  a.out,      nullptr,  1,     a.pos, a.kv_table};
-    const int64_t dmax = std::max(a.D, a.Dv);
-    with_float_dtype("cuda::attention", a.kv_dtype, [&](auto KV) {
-      using T = decltype(KV);
-      auto k = dmax <= 64 ? attn_decode_kernel<T, 2> : dmax <= 128 ? attn_decode_kernel<T, 4> : attn_decode_kernel<T, 8>;
-      cuda::launch(k, dim3(unsigned(a.T * a.Hq)), dim3(kDecodeWarps * 32), 0, as_stream(l.stream), p);
     });
     NIBBLE_CUDA_CHECK_LAUNCH();
     if (prev != l.device) NIBBLE_CUDA_CHECK(cudaSetDevice(prev));

@@ -577,109 +577,6 @@ __global__ void __launch_bounds__(kPW * 32, 1) gemv_pipe_kernel(Args a) {
   }
 }
 
-// ---- The register-streamed kernel (M <= 8, blocksize 64, K % 256 == 0, plain or 256-nested) ---
-// One block of kRW warps a multiprocessor, persistent over groups of RG row tiles, KS warps a
-// tile splitting its stages (4 chunks each). Weights go straight from global memory into
-// registers, one 16-byte load a lane a chunk: lane (g, q) loads bytes 16 (q % 2) .. + 16 of the
-// chunk's 32 of row g (q < 2) or g + 8 (q >= 2), so a warp's load covers the tile's 16 rows x 32
-// bytes. One exchange with lane ^ 2 (two shuffles) leaves each lane 8 bytes of row g and the same
-// 8 bytes of row g + 8: bytes 16 (q % 2) + 8 (q / 2) .., which chunk() takes as its codes kq.. of
-// the chunk (a permutation of K that x follows). The next stage's loads are in flight while a
-// stage is computed, and the first stage's before the table fill. No shared-memory staging of
-// the weights and no absmax exchange: against gemv_pipe_kernel about a third fewer shared-memory
-// instructions a chunk, and more warps a multiprocessor.
-constexpr int kRW = 20;
-
-__device__ __forceinline__ void load_stage(const uint8_t* p, int c, uint4 (&w)[4]) {
-#pragma unroll
-  for (int u = 0; u < 4; ++u) w[u] = dev::ld_stream(p + (c + u) * 32);
-}
-
-// The absmax of rows r (chunks c .. c + 3), decoded.
-__device__ __forceinline__ void stage_absmax(const Args& a, const Mat& m, int64_t row, int64_t c,
-                                             const float* code2, float (&am)[4]) {
-  const int64_t b = row * (a.K / 64) + c;  // c: a chunk, a multiple of 4
-  if (m.absmax) {
-    const float4 v = __ldg(reinterpret_cast<const float4*>(m.absmax + b));
-    am[0] = v.x, am[1] = v.y, am[2] = v.z, am[3] = v.w;
-    return;
-  }
-  const uint32_t qw = __ldg(reinterpret_cast<const uint32_t*>(m.absmax_q + b));
-  const float a2 = __ldg(m.absmax2 + (b >> 8));
-#pragma unroll
-  for (int u = 0; u < 4; ++u) am[u] = dev::mul_ftz(code2[(qw >> (8 * u)) & 0xFFu], a2) + m.offset;
-}
-
-template <class CT, bool XS>
-__global__ void __launch_bounds__(kRW * 32, 1) gemv_reg_kernel(Args a) {
-  extern __shared__ __align__(16) uint32_t smem[];
-  const char* table = reinterpret_cast<const char*>(smem);
-  float* code2 = reinterpret_cast<float*>(smem + 256 * kRowWords);
-  float* red = code2 + 256;                                       // [kRW][32][4]
-  uint16_t* xs = reinterpret_cast<uint16_t*>(red + kRW * 32 * 4);  // [M][xs_stride]
-
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, q = lane % 4;
-  const bool hi = q >= 2;  // this lane loads row g + 8
-  const int RG = kRW / a.ks;
-  const int rt = warp % RG, ks = warp / RG;
-  const int stages = int(a.K / 256);  // 32-bit chunk counters: fewer registers
-  const int c0 = stages * ks / a.ks * 4, c1 = stages * (ks + 1) / a.ks * 4;
-  const bool live0 = g < a.M;
-  const uint32_t lane4 = uint32_t(lane) << 2;
-  const int koff = 32 * (q & 1) + 16 * (q >> 1);  // this lane's codes within a chunk
-  dev::pdl_launch_dependents();
-
-  // the first group's first stage, before the table fill (weights are constants)
-  auto row_ptr = [&](int64_t grp) {
-    const int64_t t = min(grp * RG + rt, a.tiles - 1);
-    const RowRef r = tile_row(a, t, g + (hi ? 8 : 0));
-    return mat_at(a, r.mat).w + r.row * (a.K / 2) + (q & 1) * 16;
-  };
-  uint4 wn[4];
-  if (c0 < c1 && int64_t(blockIdx.x) < a.groups) load_stage(row_ptr(blockIdx.x), c0, wn);
-
-  fill_shared<CT, XS, true>(a, smem, code2, xs, tid, warp, lane, red);
-  __syncthreads();
-
-  for (int64_t grp = blockIdx.x; grp < a.groups; grp += gridDim.x) {
-    const int64_t t_raw = grp * RG + rt;
-    const bool tile_live = t_raw < a.tiles;
-    const int64_t t = min(t_raw, a.tiles - 1);
-    const int mat_a = tile_row(a, t, g).mat;
-    const RowRef ro = tile_row(a, t, g + (hi ? 8 : 0));  // the row this lane loads
-    const Mat mo = mat_at(a, ro.mat);
-    const uint8_t* p = mo.w + ro.row * (a.K / 2) + (q & 1) * 16;
-    float d[1][4] = {};
-    for (int c = c0; c < c1; c += 4) {
-      // the next stage (this tile's, or the first of the next group's) replaces each chunk as
-      // it is taken: four chunks a lane in flight
-      const bool more = c + 4 < c1, next_grp = !more && grp + gridDim.x < a.groups;
-      const uint8_t* pn = more ? p : next_grp ? row_ptr(grp + gridDim.x) : nullptr;
-      const int cn = more ? c + 4 : c0;
-      float amo[4];  // this lane's row's absmax; lane ^ 2 has the other row's
-      stage_absmax(a, mo, ro.row, c, code2, amo);
-#pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        // keeps the compiler from hoisting the next chunks' table lookups (registers: more warps
-        // a multiprocessor hide the latency instead)
-        asm volatile("" ::: "memory");
-        const uint4 wu = wn[u];
-        if (pn) wn[u] = dev::ld_stream(pn + (cn + u) * 32);
-        // rows g (wa) and g + 8 (wb), 8 bytes each: half from this lane, half from lane ^ 2
-        const uint32_t s0 = hi ? wu.x : wu.z, s1 = hi ? wu.y : wu.w;
-        const uint32_t r0 = __shfl_xor_sync(0xffffffffu, s0, 2), r1 = __shfl_xor_sync(0xffffffffu, s1, 2);
-        const uint2 wa = hi ? make_uint2(r0, r1) : make_uint2(wu.x, wu.y);
-        const uint2 wb = hi ? make_uint2(wu.z, wu.w) : make_uint2(r0, r1);
-        const float amx = __shfl_xor_sync(0xffffffffu, amo[u], 2);
-        chunk<1, CT, XS>(a, table, xs, wa, wb, int64_t((c + u) * 64 + koff), hi ? amx : amo[u], hi ? amo[u] : amx, live0,
-                         false, g, lane4, d);
-      }
-    }
-    finish_tile<1, CT>(a, red, d, t, tile_live, mat_a, warp, lane, rt, ks, RG, g, q);
-    if (a.ks > 1) __syncthreads();  // red is rewritten by the next group
-  }
-}
-
 // K slices per row tile: the fewest rounds of groups (persistent blocks) times chunks a warp,
 // at least 4 chunks a slice; ties go to more slices.
 int pick_slices(int64_t tiles, int64_t chunks, int64_t blocks) {
@@ -720,13 +617,10 @@ void launch_lut(const Launch& l, Args a) {
 }
 
 // NIBBLE_GEMV4 (benchmarks): "mma" sends these calls to gemv_mma.cu, "lut" keeps them off the
-// pipelined and register-streamed kernels, "pipe" off the register-streamed one.
+// pipelined kernel.
 const char* gemv4_env() {
   static const char* v = std::getenv("NIBBLE_GEMV4");
   return v ? v : "";
-}
-bool use_pipe() {
-  return std::strcmp(gemv4_env(), "pipe") == 0;
 }
 
 size_t pipe_smem_bytes(int nt, int M, int64_t xs_stride) {
@@ -760,42 +654,8 @@ void launch_pipe(const Launch& l, Args a) {
   launch(gemv_pipe_kernel<NT, CT, XS>, dim3(unsigned(blocks)), dim3(kPW * 32), bytes, l.stream, a);
 }
 
-size_t reg_smem_bytes(int M, int64_t xs_stride) {
-  return kTableBytes + 256 * 4 + size_t(kRW) * 32 * 4 * 4 + size_t(xs_stride) * size_t(M) * 2;
-}
-
-// K slices for the register-streamed kernel (divisors of kRW, each at least one stage): the
-// fewest rounds of groups times (stages a warp + one for the tile's reduction), ties to more slices.
-int pick_reg_slices(int64_t tiles, int64_t stages, int64_t blocks) {
-  int best = 1;
-  int64_t best_cost = INT64_MAX;
-  for (int ks = 1; ks <= kRW && ks <= stages; ++ks) {
-    if (kRW % ks) continue;
-    const int64_t rg = kRW / ks, groups = (tiles + rg - 1) / rg, rounds = (groups + blocks - 1) / blocks;
-    const int64_t cost = rounds * ((stages + ks - 1) / ks + 1);
-    if (cost <= best_cost) best_cost = cost, best = ks;
-  }
-  return best;
-}
-
-template <class CT, bool XS>
-void launch_reg(const Launch& l, Args a) {
-  const size_t bytes = reg_smem_bytes(a.M, a.xs_stride);
-  static std::atomic<bool> opted[64];
-  opt_in_smem(gemv_reg_kernel<CT, XS>, reg_smem_bytes(8, 0) + kXsBytes, opted);
-  const int64_t blocks_max = sm_count();
-  a.ks = pick_reg_slices(a.tiles, a.K / 256, blocks_max);
-  const int rg = kRW / a.ks;
-  a.groups = (a.tiles + rg - 1) / rg;
-  const int64_t blocks = std::min<int64_t>(a.groups, blocks_max);
-  launch(gemv_reg_kernel<CT, XS>, dim3(unsigned(blocks)), dim3(kRW * 32), bytes, l.stream, a);
-}
-
 template <int NT, class CT, bool XS>
 void launch_one(const Launch& l, const Args& a) {
-  if constexpr (NT == 1) {
-    if (a.pipe && a.M <= 8 && !use_pipe()) return launch_reg<CT, XS>(l, a);
-  }
   if (a.pipe)
     launch_pipe<NT, CT, XS>(l, a);
   else

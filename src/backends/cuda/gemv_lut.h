@@ -11,11 +11,9 @@
 // A 16 x 256 pair table in shared memory turns each packed byte (two codes) into the mma's
 // packed 16-bit pair with one byte permute and one conflict-free shared load.
 //
-// Weights in blocks of 64 with K % 256 == 0 (the bitsandbytes default on every decoder shape) take,
-// for M <= 8, the register-streamed kernel (16-byte loads straight into registers, one shuffle
-// exchange a chunk into the mma's fragments; NIBBLE_GEMV4=pipe turns it off), and for M > 8 the
-// pipelined kernel (weights and absmax stream into shared memory with cp.async, stages ahead
-// and across row tiles); the rest (and NIBBLE_GEMV4=lut) the register-staged kernel. Same math.
+// Weights in blocks of 64 with K % 256 == 0 (the bitsandbytes default on every decoder shape) take
+// the pipelined kernel: weights and absmax stream into shared memory with cp.async, stages ahead
+// and across row tiles; the rest (and NIBBLE_GEMV4=lut) the register-staged kernel. Same math.
 // NIBBLE_GEMV4=mma in the environment sends these calls to gemv_mma.cu instead (benchmarks).
 #pragma once
 

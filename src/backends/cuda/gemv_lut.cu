@@ -105,14 +105,7 @@ struct Args {
   int64_t groups;     // groups of RG tiles
   int64_t xs_stride;  // elements a staged x row (K + 8); 0: x read from global memory
   bool pipe;          // gemv_pipe_kernel takes it (pipe_ok for every weight)
-  // x = rms_norm(h + r) computed while staging (nh set; x unused): weight nw (+ unit), dtype
-  // code nw_code as bias codes; block 0 writes h + r into h_out
-  const float* nh;
-  const float* nr;
-  const void* nw;
-  int nw_code;
-  float eps, unit;
-  float* h_out;
+  Gemv4Rms rms;  // rms.h set: x = rms_norm(h + r) computed while staging (x unused)
 };
 
 size_t smem_bytes(int nt, int M, int64_t xs_stride) {
@@ -168,23 +161,23 @@ template <class CT>
 __device__ __forceinline__ void stage_rms(const Args& a, uint16_t* xs, float* scratch, int tid) {
   const int k4 = int(a.K / 4), stride = int(a.xs_stride), nt = int(blockDim.x);
   for (int m = 0; m < a.M; ++m) {
-    const float4* h = reinterpret_cast<const float4*>(a.nh + int64_t(m) * a.K);
-    const float4* r = reinterpret_cast<const float4*>(a.nr + int64_t(m) * a.K);
+    const float4* h = reinterpret_cast<const float4*>(a.rms.h + int64_t(m) * a.K);
+    const float4* r = reinterpret_cast<const float4*>(a.rms.r + int64_t(m) * a.K);
     float ss = 0.0f;
     for (int i = tid; i < k4; i += nt) {
       const float4 u = h[i], v = r[i];
       const float x0 = u.x + v.x, x1 = u.y + v.y, x2 = u.z + v.z, x3 = u.w + v.w;
       ss += x0 * x0 + x1 * x1 + x2 * x2 + x3 * x3;
     }
-    const float inv = rsqrtf(dev::block_sum(ss, scratch) / float(a.K) + a.eps);
+    const float inv = rsqrtf(dev::block_sum(ss, scratch) / float(a.K) + a.rms.eps);
     for (int i = tid; i < k4; i += nt) {
       const float4 u = h[i], v = r[i];
       const float4 x = make_float4(u.x + v.x, u.y + v.y, u.z + v.z, u.w + v.w);
-      if (blockIdx.x == 0) reinterpret_cast<float4*>(a.h_out + int64_t(m) * a.K)[i] = x;
+      if (blockIdx.x == 0) reinterpret_cast<float4*>(a.rms.h_out + int64_t(m) * a.K)[i] = x;
       float o[4];
       const float xv[4] = {x.x, x.y, x.z, x.w};
 #pragma unroll
-      for (int j = 0; j < 4; ++j) o[j] = (load_bias(a.nw, a.nw_code, 4 * i + j) + a.unit) * (xv[j] * inv);
+      for (int j = 0; j < 4; ++j) o[j] = (load_bias(a.rms.w, a.rms.w_code, 4 * i + j) + a.rms.unit) * (xv[j] * inv);
       *reinterpret_cast<uint2*>(xs + m * stride + 4 * i) = make_uint2(pack2<CT>(o[0], o[1]), pack2<CT>(o[2], o[3]));
     }
   }
@@ -214,7 +207,7 @@ __device__ __forceinline__ void fill_shared(const Args& a, uint32_t* smem, float
       for (int i = tid; i < 256; i += blockDim.x) code2[i] = a.code2[i];
     dev::pdl_wait();  // x is the previous kernel's output, out may be read by it
     if constexpr (XS) {
-      if (a.nh) return stage_rms<CT>(a, xs, scratch, tid);
+      if (a.rms.h) return stage_rms<CT>(a, xs, scratch, tid);
       // x fits kXsBytes, so M * K < 2^31: 32-bit indices, kXLoads loads in flight a thread
       constexpr int kXLoads = 4;
       const int k4 = int(K / 4), n4 = a.M * k4, stride = int(a.xs_stride);
@@ -761,8 +754,7 @@ void set_rms(Args& a, const Gemv4Rms* rms) {
   if (!rms) return;
   if (!gemv_lut_4bit_rms_ok(a.M, a.K) || !rms->h || !rms->r || !rms->w || !rms->h_out)
     throw InternalError("gemv_lut_4bit: a fused RMSNorm input the launch cannot stage");
-  a.nh = rms->h, a.nr = rms->r, a.nw = rms->w, a.nw_code = rms->w_code;
-  a.eps = rms->eps, a.unit = rms->unit, a.h_out = rms->h_out;
+  a.rms = *rms;
 }
 }  // namespace
 

@@ -438,10 +438,13 @@ void CausalLM::Impl::decoder_layer(const Step& st, size_t li, Tensor& h, Tensor&
   const Device dev = ctx.device();  // the layer's
   const int64_t R = st.R, C = config.hidden_size;
   Tensor x = empty_like_rows(R, C, dev);  // [R, C]
+  // fused only where the grouped 4-bit launches take the norm (others would form x anyway)
   const bool fuse = fused_norms(st);
+  const bool fuse_attn = fuse && L.qkv.size() == 3 && L.qkv[0].lin.is_4bit();
+  const bool fuse_mlp = fuse && spec->mlp_kind == models::MlpKind::Gated && L.mlp[0].lin.is_4bit();
   const float eps = float(config.norm_eps);
   Tensor o;
-  if (pending.defined() && fuse) {  // h + pending and its norm inside the q/k/v launch
+  if (pending.defined() && fuse_attn) {  // h + pending and its norm inside the q/k/v launch
     Tensor h2 = empty_like_rows(R, C, dev);
     const ops::RmsNormInput in{h, pending, L.attn_norm.w, eps, spec->norm_unit_offset, h2};
     o = attention_block(st, li, Tensor(), &in);
@@ -463,7 +466,7 @@ void CausalLM::Impl::decoder_layer(const Step& st, size_t li, Tensor& h, Tensor&
     return;
   }
   Tensor mo;
-  if (fuse) {  // h + o and its norm inside the gate/up launch
+  if (fuse_mlp) {  // h + o and its norm inside the gate/up launch
     Tensor h2 = empty_like_rows(R, C, dev);
     const ops::RmsNormInput in{h, o, L.mlp_norm.w, eps, spec->norm_unit_offset, h2};
     mo = mlp_block(st, li, Tensor(), &in);

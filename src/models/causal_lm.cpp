@@ -265,13 +265,13 @@ Tensor CausalLM::Impl::attention_block(const Step& st, size_t li, const Tensor& 
   const int64_t R = st.R, D = head_dim, Hq = n_heads, Hkv = n_kv_heads, C = config.hidden_size;
   Tensor q = empty_like_rows(R, Hq * D, dev), k = empty_like_rows(R, Hkv * D, dev),
          v = empty_like_rows(R, Hkv * D, dev);  // [R, H * D] each
-  const bool fused = in && L.qkv.size() == 3 && !L.qkv[0].lora.defined() && !L.qkv[1].lora.defined() &&
-                     !L.qkv[2].lora.defined();
-  const Tensor x = in && !fused ? ops::rms_norm_input(ctx, *in) : x_in;
+  if (in && !qkv_takes_norm(L))
+    throw InternalError("attention_block: a norm input the q/k/v group cannot take");
+  const Tensor& x = x_in;  // undefined with `in`
   if (L.qkv.size() == 3) {
     const nn::Linear* ls[] = {&L.qkv[0].lin, &L.qkv[1].lin, &L.qkv[2].lin};
     const Tensor outs[] = {q, k, v};
-    if (fused)
+    if (in)
       nn::forward_group(ctx, *in, ls, outs);  // the norm inside the same launch on CUDA
     else
       nn::forward_group(ctx, x, ls, outs);  // one launch on CUDA for 4-bit q, k, v
@@ -376,14 +376,13 @@ Tensor CausalLM::Impl::mlp_block(const Step& st, size_t li, const Tensor& x_in,
   const Device dev = ctx.device();  // the layer's
   const int64_t R = st.R, C = config.hidden_size;
   Tensor out = empty_like_rows(R, C, dev);  // [R, C]
-  const bool gated_no_lora =
-      spec->mlp_kind == models::MlpKind::Gated && !L.mlp[0].lora.defined() && !L.mlp[1].lora.defined();
-  const Tensor x = in && !gated_no_lora ? ops::rms_norm_input(ctx, *in) : x_in;
+  if (in && !mlp_takes_norm(L)) throw InternalError("mlp_block: a norm input the gate/up pair cannot take");
+  const Tensor& x = x_in;  // undefined with `in`
   switch (spec->mlp_kind) {
     case models::MlpKind::Gated: {
       const int64_t F = L.mlp[0].lin.out_features();
       Tensor g = empty_like_rows(R, F, dev), u = empty_like_rows(R, F, dev);  // [R, F]
-      if (gated_no_lora) {
+      if (!L.mlp[0].lora.defined() && !L.mlp[1].lora.defined()) {
         Tensor a = empty_like_rows(R, F, dev);  // act(gate) * up: one launch on CUDA for 4-bit
         if (in)
           nn::forward_gated(ctx, *in, L.mlp[0].lin, L.mlp[1].lin, act, g, u, a);  // and the norm
@@ -417,6 +416,17 @@ Tensor CausalLM::Impl::mlp_block(const Step& st, size_t li, const Tensor& x_in,
   return out;
 }
 
+// The norm goes into a launch only where the grouped 4-bit q/k/v or the gated gate/up pair
+// takes it (no LoRA: its A x needs x itself).
+bool CausalLM::Impl::qkv_takes_norm(const DecoderLayer& L) const {
+  return L.qkv.size() == 3 && L.qkv[0].lin.is_4bit() && !L.qkv[0].lora.defined() &&
+         !L.qkv[1].lora.defined() && !L.qkv[2].lora.defined();
+}
+bool CausalLM::Impl::mlp_takes_norm(const DecoderLayer& L) const {
+  return spec->mlp_kind == models::MlpKind::Gated && L.mlp[0].lin.is_4bit() && !L.mlp[0].lora.defined() &&
+         !L.mlp[1].lora.defined();
+}
+
 bool CausalLM::Impl::fused_norms(const Step& st) const {
   // NIBBLE_FUSED_NORM=0 (benchmarks): the norms as separate launches
   static const bool off = [] {
@@ -438,10 +448,8 @@ void CausalLM::Impl::decoder_layer(const Step& st, size_t li, Tensor& h, Tensor&
   const Device dev = ctx.device();  // the layer's
   const int64_t R = st.R, C = config.hidden_size;
   Tensor x = empty_like_rows(R, C, dev);  // [R, C]
-  // fused only where the grouped 4-bit launches take the norm (others would form x anyway)
   const bool fuse = fused_norms(st);
-  const bool fuse_attn = fuse && L.qkv.size() == 3 && L.qkv[0].lin.is_4bit();
-  const bool fuse_mlp = fuse && spec->mlp_kind == models::MlpKind::Gated && L.mlp[0].lin.is_4bit();
+  const bool fuse_attn = fuse && qkv_takes_norm(L), fuse_mlp = fuse && mlp_takes_norm(L);
   const float eps = float(config.norm_eps);
   Tensor o;
   if (pending.defined() && fuse_attn) {  // h + pending and its norm inside the q/k/v launch

@@ -164,15 +164,18 @@ struct CausalLM::Impl {
   Tensor embed_block(const Step& st) const;                            // -> h [R, C]
   void norm_into(const Norm& n, const Tensor& x, const Tensor& out, const Step& st) const;
   void add_norm_into(const Norm& n, const Tensor& h, const Tensor& r, const Tensor& out, const Step& st) const;
-  // x [R, C] normed -> o [R, C]; or, with `in`, x = rms_norm(h + r) given as ops::RmsNormInput
-  // (computed inside the decode GEMV on CUDA; in.h_out = h + r written either way)
+  // x [R, C] normed -> o [R, C]; or, with `in` (where qkv_takes_norm / mlp_takes_norm),
+  // x = rms_norm(h + r) given as ops::RmsNormInput (inside the decode GEMV on CUDA; in.h_out = h + r)
   Tensor attention_block(const Step& st, size_t li, const Tensor& x,
                          const ops::RmsNormInput* in = nullptr) const;
   Tensor mlp_block(const Step& st, size_t li, const Tensor& x,  // x [R, C] normed -> [R, C]; in as above
                    const ops::RmsNormInput* in = nullptr) const;
   // Whether the layer's norms go into the decode GEMVs as RmsNormInput (CUDA, RMSNorm, few rows).
   bool fused_norms(const Step& st) const;
-  // h [R, C] in place, up to the residual left in pending (see causal_lm.cpp)
+  bool qkv_takes_norm(const DecoderLayer& L) const;  // the layer's q/k/v / gate-up launches take one
+  bool mlp_takes_norm(const DecoderLayer& L) const;
+  // h [R, C] in place (or replaced by the fused norms' h + r), up to the residual left in pending
+  // (see causal_lm.cpp)
   void decoder_layer(const Step& st, size_t li, Tensor& h, Tensor& pending) const;
   void decoder_layers(const Step& st, Tensor& h) const;  // every layer, h [R, C] in place
   // -> logits [R or B, V] (into out when given)

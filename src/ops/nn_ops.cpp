@@ -244,43 +244,71 @@ std::vector<cuda::Gemv4Target> gemv_targets(const char* op, const Tensor& x,
   if (!cuda::gemv_lut_4bit_group_ok(M, K, ts, ct, x.data<float>())) ts.clear();
   return ts;
 }
+
+// The fused norm's arguments when the decode GEMV can stage x = rms_norm(h + r) (nullopt: the
+// caller forms x first).
+std::optional<cuda::Gemv4Rms> gemv_rms(const char* op, const RmsNormInput& in) {
+  const Tensor& h = in.h;
+  if (h.dim() != 2 || !h.is_contiguous() || h.dtype() != DType::F32 || !in.r.defined() ||
+      in.r.shape() != h.shape() || !in.r.is_contiguous() || in.r.dtype() != DType::F32 ||
+      in.r.device() != h.device() || in.h_out.shape() != h.shape() || !in.h_out.is_contiguous() ||
+      in.h_out.dtype() != DType::F32 || in.h_out.device() != h.device() ||
+      in.h_out.data_ptr() == h.data_ptr() || in.w.dim() != 1 || in.w.numel() != h.size(1) ||
+      !in.w.is_contiguous() || in.w.device() != h.device() || !is_float(in.w.dtype()) ||
+      !cuda::gemv_lut_4bit_rms_ok(h.size(0), h.size(1)))
+    return std::nullopt;
+  return cuda::Gemv4Rms{in.h.data<float>(),
+                        in.r.data<float>(),
+                        in.w.data_ptr(),
+                        cuda::bias_dtype_code(op, in.w.data_ptr(), in.w.dtype()),
+                        in.eps,
+                        in.add_unit_offset ? 1.0f : 0.0f,
+                        in.h_out.data<float>()};
+}
+
+// One decode-GEMV launch for the group (x, or with rms the norm's input h) when it takes it.
+bool try_gemv_group(const char* op, ExecContext& ctx, const Tensor& x, std::span<const Linear4Ref> ws,
+                    DType ct, const cuda::Gemv4Rms* rms = nullptr) {
+  if (!ctx.device().is_cuda() || x.device() != ctx.device()) return false;
+  std::vector<cuda::Quant4Weight> qs;
+  const auto ts = gemv_targets(op, x, ws, qs, ct);
+  if (ts.empty()) return false;
+  cuda::gemv_lut_4bit_group(make_launch(ctx, 0), rms ? nullptr : x.data<float>(), x.size(0), x.size(1), ts,
+                            ct, rms);
+  return true;
+}
+
+bool try_gemv_gated(const char* op, ExecContext& ctx, const Tensor& x, const Linear4Ref& gate,
+                    const Linear4Ref& up, Activation a, DType ct, const Tensor& out,
+                    const cuda::Gemv4Rms* rms = nullptr) {
+  if (!ctx.device().is_cuda() || x.device() != ctx.device() || gate.state.shape[0] != up.state.shape[0] ||
+      !out.defined() || out.device() != x.device() || out.dtype() != DType::F32 || !out.is_contiguous() ||
+      out.shape() != gate.out.shape())
+    return false;
+  std::vector<cuda::Quant4Weight> qs;
+  const Linear4Ref pair[] = {gate, up};
+  const auto ts = gemv_targets(op, x, pair, qs, ct);
+  if (ts.empty()) return false;
+  cuda::gemv_lut_4bit_gated(make_launch(ctx, 0), rms ? nullptr : x.data<float>(), x.size(0), x.size(1), ts[0],
+                            ts[1], to_cuda(a), ct, out.data<float>(), rms);
+  return true;
+}
 }  // namespace
 #endif
 
-void linear_4bit_group(ExecContext& ctx, const Tensor& x, std::span<const Linear4Ref> ws, DType compute_dtype) {
-  const char* op = "linear_4bit_group";
+void linear_4bit_group(ExecContext& ctx, const Tensor& x, std::span<const Linear4Ref> ws,
+                       DType compute_dtype) {
 #ifdef NIBBLE_WITH_CUDA
-  std::vector<cuda::Quant4Weight> qs;
-  if (ctx.device().is_cuda() && x.device() == ctx.device()) {
-    const auto ts = gemv_targets(op, x, ws, qs, compute_dtype);
-    if (!ts.empty()) {
-      cuda::gemv_lut_4bit_group(make_launch(ctx, 0), x.data<float>(), x.size(0), x.size(1), ts, compute_dtype);
-      return;
-    }
-  }
+  if (try_gemv_group("linear_4bit_group", ctx, x, ws, compute_dtype)) return;
 #endif
-  (void)op;
   for (const Linear4Ref& w : ws) linear_4bit(ctx, x, w.packed, w.state, w.absmax_f32, w.bias, compute_dtype, w.out);
 }
 
-void linear_4bit_gated(ExecContext& ctx, const Tensor& x, const Linear4Ref& gate, const Linear4Ref& up, Activation a,
-                       DType compute_dtype, const Tensor& out) {
-  const char* op = "linear_4bit_gated";
+void linear_4bit_gated(ExecContext& ctx, const Tensor& x, const Linear4Ref& gate, const Linear4Ref& up,
+                       Activation a, DType compute_dtype, const Tensor& out) {
 #ifdef NIBBLE_WITH_CUDA
-  std::vector<cuda::Quant4Weight> qs;
-  const Linear4Ref pair[] = {gate, up};
-  if (ctx.device().is_cuda() && x.device() == ctx.device() && gate.state.shape[0] == up.state.shape[0] &&
-      out.defined() && out.device() == x.device() && out.dtype() == DType::F32 && out.is_contiguous() &&
-      out.shape() == gate.out.shape()) {
-    const auto ts = gemv_targets(op, x, pair, qs, compute_dtype);
-    if (!ts.empty()) {
-      cuda::gemv_lut_4bit_gated(make_launch(ctx, 0), x.data<float>(), x.size(0), x.size(1), ts[0], ts[1], to_cuda(a),
-                                compute_dtype, out.data<float>());
-      return;
-    }
-  }
+  if (try_gemv_gated("linear_4bit_gated", ctx, x, gate, up, a, compute_dtype, out)) return;
 #endif
-  (void)op;
   linear_4bit(ctx, x, gate.packed, gate.state, gate.absmax_f32, gate.bias, compute_dtype, gate.out);
   linear_4bit(ctx, x, up.packed, up.state, up.absmax_f32, up.bias, compute_dtype, up.out);
   gated_activation(ctx, gate.out, up.out, a, out);
@@ -302,44 +330,12 @@ bool rms_norm_input_fuses(const ExecContext& ctx, int64_t M, int64_t C) {
 #endif
 }
 
-#ifdef NIBBLE_WITH_CUDA
-namespace {
-// The fused form's arguments when the decode GEMV can stage x = rms_norm(h + r) (nullopt: the
-// caller forms x first).
-std::optional<cuda::Gemv4Rms> gemv_rms(const char* op, ExecContext& ctx, const RmsNormInput& in) {
-  const Tensor& h = in.h;
-  if (!ctx.device().is_cuda() || h.device() != ctx.device() || h.dim() != 2 || !h.is_contiguous() ||
-      h.dtype() != DType::F32 || !in.r.defined() || in.r.shape() != h.shape() || !in.r.is_contiguous() ||
-      in.r.dtype() != DType::F32 || in.r.device() != h.device() || in.h_out.shape() != h.shape() ||
-      !in.h_out.is_contiguous() || in.h_out.dtype() != DType::F32 || in.h_out.device() != h.device() ||
-      in.h_out.data_ptr() == h.data_ptr() || in.w.dim() != 1 || in.w.numel() != h.size(1) ||
-      !in.w.is_contiguous() || in.w.device() != h.device() || !is_float(in.w.dtype()) ||
-      !cuda::gemv_lut_4bit_rms_ok(h.size(0), h.size(1)))
-    return std::nullopt;
-  return cuda::Gemv4Rms{in.h.data<float>(),
-                        in.r.data<float>(),
-                        in.w.data_ptr(),
-                        cuda::bias_dtype_code(op, in.w.data_ptr(), in.w.dtype()),
-                        in.eps,
-                        in.add_unit_offset ? 1.0f : 0.0f,
-                        in.h_out.data<float>()};
-}
-}  // namespace
-#endif
-
 void linear_4bit_group(ExecContext& ctx, const RmsNormInput& in, std::span<const Linear4Ref> ws,
                        DType compute_dtype) {
 #ifdef NIBBLE_WITH_CUDA
   const char* op = "linear_4bit_group";
-  if (const auto rms = gemv_rms(op, ctx, in)) {
-    std::vector<cuda::Quant4Weight> qs;
-    const auto ts = gemv_targets(op, in.h, ws, qs, compute_dtype);
-    if (!ts.empty()) {
-      cuda::gemv_lut_4bit_group(make_launch(ctx, 0), nullptr, in.h.size(0), in.h.size(1), ts, compute_dtype,
-                                &*rms);
-      return;
-    }
-  }
+  if (const auto rms = gemv_rms(op, in); rms && try_gemv_group(op, ctx, in.h, ws, compute_dtype, &*rms))
+    return;
 #endif
   linear_4bit_group(ctx, rms_norm_input(ctx, in), ws, compute_dtype);
 }
@@ -348,18 +344,9 @@ void linear_4bit_gated(ExecContext& ctx, const RmsNormInput& in, const Linear4Re
                        Activation a, DType compute_dtype, const Tensor& out) {
 #ifdef NIBBLE_WITH_CUDA
   const char* op = "linear_4bit_gated";
-  if (const auto rms = gemv_rms(op, ctx, in);
-      rms && gate.state.shape[0] == up.state.shape[0] && out.defined() && out.device() == in.h.device() &&
-      out.dtype() == DType::F32 && out.is_contiguous() && out.shape() == gate.out.shape()) {
-    std::vector<cuda::Quant4Weight> qs;
-    const Linear4Ref pair[] = {gate, up};
-    const auto ts = gemv_targets(op, in.h, pair, qs, compute_dtype);
-    if (!ts.empty()) {
-      cuda::gemv_lut_4bit_gated(make_launch(ctx, 0), nullptr, in.h.size(0), in.h.size(1), ts[0], ts[1],
-                                to_cuda(a), compute_dtype, out.data<float>(), &*rms);
-      return;
-    }
-  }
+  if (const auto rms = gemv_rms(op, in);
+      rms && try_gemv_gated(op, ctx, in.h, gate, up, a, compute_dtype, out, &*rms))
+    return;
 #endif
   linear_4bit_gated(ctx, rms_norm_input(ctx, in), gate, up, a, compute_dtype, out);
 }

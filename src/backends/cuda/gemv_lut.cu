@@ -151,10 +151,6 @@ __device__ __forceinline__ RowRef tile_row(const Args& a, int64_t t, int r) {
   return {mi, min((t - t0) * 16 + r, mat_at(a, mi).N - 1)};
 }
 
-// The shared-memory prologue of both kernels: the pair table (each warp an equal run of rows, 4
-// rows an instruction: 8 lanes x 16 bytes each; the code values from quant_map, or from the
-// parameters when kParamMap), the nested-absmax code table, then (after the wait on the
-// previous kernel, which wrote x) x staged in the compute dtype when XS.
 // x staged as ct(rms_norm(h + r)) (the formula of rms_norm_kernel, f32), h + r written by
 // block 0; scratch: 32 floats of shared memory.
 template <class CT>
@@ -183,9 +179,14 @@ __device__ __forceinline__ void stage_rms(const Args& a, uint16_t* xs, float* sc
   }
 }
 
+// The shared-memory prologue of both kernels: the pair table (each warp an equal run of rows, 4
+// rows an instruction: 8 lanes x 16 bytes each; the code values from quant_map, or from the
+// parameters when kParamMap), the nested-absmax code table, then (after the wait on the
+// previous kernel, which wrote x) x staged in the compute dtype when XS (or computed,
+// stage_rms); scratch: 32 floats of shared memory.
 template <class CT, bool XS, bool kParamMap = false>
 __device__ __forceinline__ void fill_shared(const Args& a, uint32_t* smem, float* code2, uint16_t* xs,
-                                            int tid, int warp, int lane, float* scratch = nullptr) {
+                                            int tid, int warp, int lane, float* scratch) {
   const int64_t K = a.K;
   {
     float v;
@@ -196,8 +197,8 @@ __device__ __forceinline__ void fill_shared(const Args& a, uint32_t* smem, float
     } else {
       v = __ldg(a.quant_map + (lane & 15));
     }
-    const int nw = int(blockDim.x / 32);
-    for (int r0 = 4 * warp; r0 < 256; r0 += 4 * nw) {
+    const int rows = 256 / int(blockDim.x / 32);  // 8 or 16 warps: 32 or 16 rows each
+    for (int r0 = rows * warp; r0 < rows * warp + rows; r0 += 4) {
       const int row = r0 + lane / 8;
       const float lo = __shfl_sync(0xffffffffu, v, row >> 4), hi = __shfl_sync(0xffffffffu, v, row & 15);
       const uint32_t p = pack2<CT>(lo, hi);
@@ -609,13 +610,6 @@ void launch_lut(const Launch& l, Args a) {
   launch(gemv_lut_kernel<NT, CT, XS>, dim3(unsigned(blocks)), dim3(kWarps * 32), bytes, l.stream, a);
 }
 
-// NIBBLE_GEMV4 (benchmarks): "mma" sends these calls to gemv_mma.cu, "lut" keeps them off the
-// pipelined kernel.
-const char* gemv4_env() {
-  static const char* v = std::getenv("NIBBLE_GEMV4");
-  return v ? v : "";
-}
-
 size_t pipe_smem_bytes(int nt, int M, int64_t xs_stride) {
   return kTableBytes + 256 * 4 + size_t(kPW) * 16 * kPU * 4 + size_t(kPW) * 32 * 4 * nt * 4 +
          size_t(kPW) * kStages * kStageBytes + size_t(xs_stride) * size_t(M) * 2;
@@ -672,6 +666,12 @@ void launch_ct(const Launch& l, Args& a) {
   }
 }
 
+// NIBBLE_GEMV4 (benchmarks): "mma" sends these calls to gemv_mma.cu, "lut" keeps them off the
+// pipelined kernel.
+const char* gemv4_env() {
+  static const char* v = std::getenv("NIBBLE_GEMV4");
+  return v ? v : "";
+}
 bool forced_off() {
   return std::strcmp(gemv4_env(), "mma") == 0;
 }

@@ -6,8 +6,10 @@
 // FLOPs a token — forward, dX backward, and the forward again under gradient checkpointing —
 // over the bf16 GEMM rate measured in the same run; attention and the LoRA terms not counted)
 // and ../shared/PEERS.md's transformers + peft + bitsandbytes rows (measured on an H200).
-//   train_gpu [--shapes llama32_1b,llama2_7b] [--dir DIR] [--steps N] [--checkpointing 0|1|both]
+//   train_gpu [--shapes llama32_1b,llama2_7b] [--dir DIR] [--steps N] [--checkpointing LIST]
 //             [--json PATH] [--profile 1]
+// --checkpointing: a comma list of 0 (none), 1 (full recomputation), selective, selective:N (the
+// first N layers whole); both = 0,1 (default 1).
 // --profile 1: after the warm-up steps, one more step between cudaProfilerStart and cudaProfilerStop
 // (for `ncu --profile-from-start off`: the kernels of a whole optimizer step), printed apart.
 // Prints "no CUDA device" and exits 0 when the build or the machine has no GPU.
@@ -16,6 +18,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -40,6 +43,34 @@ using json = nlohmann::json;
 
 #ifdef NIBBLE_WITH_CUDA
 namespace {
+
+// One --checkpointing entry.
+struct Ckpt {
+  bool on = false;
+  bool selective = false;
+  int64_t full_layers = 0;
+  std::string label() const {
+    if (!on) return "none";
+    if (!selective) return "full";
+    return full_layers ? "selective+" + std::to_string(full_layers) + " full" : "selective";
+  }
+};
+
+std::vector<Ckpt> parse_ckpts(const std::string& v) {
+  std::vector<Ckpt> out;
+  for (size_t p = 0; p <= v.size();) {
+    const size_t q = std::min(v.find(',', p), v.size());
+    const std::string e = v.substr(p, q - p);
+    p = q + 1;
+    if (e == "0" || e == "both") out.push_back({});
+    if (e == "1" || e == "both") out.push_back({true, false, 0});
+    if (e.rfind("selective", 0) == 0)
+      out.push_back({true, true, e.size() > 10 && e[9] == ':' ? std::stoll(e.substr(10)) : 0});
+    if (e != "0" && e != "1" && e != "both" && e.rfind("selective", 0) != 0)
+      throw std::invalid_argument("--checkpointing: " + e + " (0, 1, both, selective, selective:N)");
+  }
+  return out;
+}
 
 struct Run {
   const bench::LlamaShape* shape;
@@ -93,9 +124,13 @@ int main(int argc, char** argv) {
     std::printf("no CUDA device\n");
     return 0;
   }
-  std::vector<bool> ckpts;
-  if (ckpt_arg == "0" || ckpt_arg == "both") ckpts.push_back(false);
-  if (ckpt_arg == "1" || ckpt_arg == "both") ckpts.push_back(true);
+  std::vector<Ckpt> ckpts;
+  try {
+    ckpts = parse_ckpts(ckpt_arg);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "train_gpu: %s\n", e.what());
+    return 2;
+  }
   const std::string dev_name = cuda::device_name(0);
   const double mm_rate = bench::matmul_rate();
   std::printf("device %s: bf16 GEMM 8192^3 %.0f TFLOP/s\n", dev_name.c_str(), mm_rate * 1e-12);
@@ -115,7 +150,7 @@ int main(int argc, char** argv) {
     const bench::LlamaShape& s = *r.shape;
     const fs::path mdir = dir / s.name;
     if (!fs::exists(mdir / "model.safetensors")) bench::write_llama(s, mdir);
-    for (bool ckpt : ckpts) {
+    for (const Ckpt& ck : ckpts) {
       LoadOptions lo;
       lo.device_map = "cuda";
       lo.quantization_config = BitsAndBytesConfig{.load_in_4bit = true,
@@ -130,7 +165,9 @@ int main(int argc, char** argv) {
       PeftModel p = PeftModel::get_peft_model(AutoModelForCausalLM::from_pretrained(mdir, lo), cfg, 1);
       TrainingArguments a;
       a.learning_rate = 2e-4;
-      a.gradient_checkpointing = ckpt;
+      a.gradient_checkpointing = ck.on;
+      a.recompute_granularity = ck.selective ? "selective" : "full";
+      a.recompute_num_layers = ck.full_layers;
       LoraTrainer tr(p, a, steps);
       std::vector<double> rate, secs, losses;
       for (int64_t i = 0; i < steps; ++i) {
@@ -151,11 +188,14 @@ int main(int argc, char** argv) {
       std::sort(rate.begin(), rate.end());
       std::sort(secs.begin(), secs.end());
       const double peak_gib = double(cuda::pool_stats(0).used_high) / double(1ull << 30);
-      // matrix FLOPs a token: decoder projections (forward, dX, + forward again when checkpointing)
-      // and the head (forward and dX)
+      // matrix FLOPs a token: decoder projections (forward, dX, + forward again for the layers
+      // recomputed whole) and the head (forward and dX)
       const double proj =
           double(s.L) * double(s.C * s.D * (s.Hq + 2 * s.Hkv) + s.Hq * s.D * s.C + 3 * s.C * s.F);
-      const double flops_tok = 2.0 * proj * (ckpt ? 3 : 2) + 2.0 * double(s.V * s.C) * 2;
+      const double whole = !ck.on         ? 0.0
+                           : ck.selective ? double(std::min<int64_t>(ck.full_layers, s.L)) / double(s.L)
+                                          : 1.0;
+      const double flops_tok = 2.0 * proj * (2.0 + whole) + 2.0 * double(s.V * s.C) * 2;
       const double floor_tok_s = mm_rate / flops_tok;
       json row{{"device", dev_name},
                {"model", s.name},
@@ -164,7 +204,8 @@ int main(int argc, char** argv) {
                {"lora", "r 16, alpha 32, q/k/v/o/gate/up/down"},
                {"batch", r.batch},
                {"seq", r.seq},
-               {"gradient_checkpointing", ckpt},
+               {"gradient_checkpointing", ck.on},
+               {"recompute", ck.label()},
                {"timed_steps", int64_t(rate.size())},
                {"tokens_per_s_median", rate[rate.size() / 2]},
                {"seconds_per_step_median", secs[secs.size() / 2]},
@@ -179,9 +220,9 @@ int main(int argc, char** argv) {
       std::printf(
           "%s %lld x %lld%s: %.0f tok/s (%.2f s a step; matrix floor %.0f tok/s: %.0f%%), peak pool %.2f GiB "
           "(transformers + peft + bnb on an H200: %.0f tok/s, %.1f GiB)\n",
-          s.name, (long long)r.batch, (long long)r.seq, ckpt ? " checkpointing" : "", rate[rate.size() / 2],
-          secs[secs.size() / 2], floor_tok_s, 100.0 * rate[rate.size() / 2] / floor_tok_s, peak_gib,
-          r.peer_tok_s, r.peer_peak_gib);
+          s.name, (long long)r.batch, (long long)r.seq, (" recompute " + ck.label()).c_str(),
+          rate[rate.size() / 2], secs[secs.size() / 2], floor_tok_s,
+          100.0 * rate[rate.size() / 2] / floor_tok_s, peak_gib, r.peer_tok_s, r.peer_peak_gib);
       std::fflush(stdout);
       rows.push_back(row);
     }

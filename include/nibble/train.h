@@ -102,6 +102,15 @@ struct TrainingArguments {
   double max_grad_norm = 1.0;  // 0: no clipping
   uint64_t seed = 42;          // LoRA dropout masks (and the data order in the CLI)
   bool gradient_checkpointing = false;
+  // With gradient checkpointing, what a decoder layer keeps for the backward (Megatron-LM's
+  // --recompute-granularity): "full" its input only, the whole layer recomputed (transformers'
+  // gradient checkpointing); "selective" the residual stream, q/k/v and the MLP's gate/up outputs
+  // in the compute dtype, the norms, the attention core and the activation recomputed (no
+  // projection is computed twice).
+  std::string recompute_granularity = "full";
+  // With "selective": the first this many decoder layers recomputed whole (Megatron-LM's
+  // --recompute-num-layers, block method), to trade time for memory layer by layer.
+  int64_t recompute_num_layers = 0;
 };
 
 // One micro-batch: sequences of any lengths, labels unshifted as transformers takes them (empty:

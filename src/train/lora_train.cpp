@@ -114,6 +114,93 @@ struct Pass {
     a.alibi_slopes = m.alibi_slopes;
     return a;
   }
+  // t in the cache dtype (what Selective keeps; k and v always): t itself when it is in it.
+  Tensor saved(const Tensor& t) const {
+    const DType dt = m.cache_dtype(m.device);
+    if (!t.defined() || t.dtype() == dt) return t;
+    Tensor out = Tensor::empty(t.shape(), dt, m.device);
+    ops::copy_(*ctx, t, out);
+    return out;
+  }
+  // t as f32 on the model's device (a new buffer when t is 16-bit).
+  Tensor widened(const Tensor& t) const {
+    if (!t.defined() || t.dtype() == DType::F32) return t;
+    Tensor out = Tensor::empty(t.shape(), DType::F32, m.device);
+    ops::copy_(*ctx, t, out);
+    return out;
+  }
+
+  // c.a [R, Hq * D] = causal attention of each sequence over c.q, c.k, c.v ([R, H * D], as
+  // attention_fwd leaves them).
+  void attention_core(size_t li, const LayerCache& c) const {
+    const int64_t D = m.head_dim, Hq = m.n_heads, Hkv = m.n_kv_heads;
+    const Tensor q3 = c.q.view({R, Hq, D}), k3 = c.k.view({R, Hkv, D}), v3 = c.v.view({R, Hkv, D});
+    ops::AttentionOptions ao = attn_opts(li, m.layers[li]);
+    ao.q_offset = 0;
+    for (const Segment& sg : st.segs) {
+      const int64_t r0 = sg.row0, r1 = sg.row0 + sg.T;
+      ops::attention(*ctx, q3.slice(0, r0, r1), k3.slice(0, r0, r1), v3.slice(0, r0, r1), ao,
+                     c.a.slice(0, r0, r1).view({sg.T, Hq, D}));
+    }
+  }
+
+  // act [R, F] = the MLP's activation of c.g / c.u (as mlp_fwd forms it).
+  void activation(const LayerCache& c, const Tensor& act) const {
+    if (m.spec->mlp_kind == models::MlpKind::Plain) {
+      ops::copy_(*ctx, c.u, act);
+      ops::activate_(*ctx, act, m.act);
+    } else {
+      ops::gated_activation(*ctx, c.g, c.u, m.act, act);
+    }
+  }
+
+  // ---- what the backward keeps (PassOptions::recompute) -----------------------------------------
+  // Selective: of a layer's full cache, the residual stream, q/k/v, the MLP's pre-activation
+  // outputs and the raw outputs of post-norms, in the cache dtype; the adapters' caches as they are.
+  LayerCache keep_selective(LayerCache&& c) const {
+    LayerCache s;
+    s.h_in = saved(c.h_in);
+    s.h_mid = saved(c.h_mid);
+    s.q_raw = saved(c.q_raw);
+    s.k_raw = saved(c.k_raw);
+    s.q = saved(c.q);
+    s.k = c.k;
+    s.v = c.v;
+    s.o_raw = saved(c.o_raw);
+    s.g = saved(c.g);
+    s.u = saved(c.u);
+    s.m_raw = saved(c.m_raw);
+    s.lora = std::move(c.lora);
+    return s;
+  }
+  // The full f32 cache of layer li from keep_selective's: the norms, the attention core and the
+  // activation recomputed (the norms' and the activation's formulas on the kept values).
+  LayerCache restore(size_t li, const LayerCache& s) const {
+    const DecoderLayer& L = m.layers[li];
+    LayerCache c;
+    c.h_in = widened(s.h_in);
+    c.h_mid = widened(s.h_mid);
+    c.x1 = rows(R, C);
+    norm_fwd(L.attn_norm, c.h_in, c.x1);
+    c.x2 = rows(R, C);
+    norm_fwd(L.mlp_norm, m.parallel_residual ? c.h_in : c.h_mid, c.x2);
+    c.q_raw = widened(s.q_raw);
+    c.k_raw = widened(s.k_raw);
+    c.q = widened(s.q);
+    c.k = s.k;
+    c.v = s.v;
+    c.a = rows(R, m.n_heads * m.head_dim);
+    attention_core(li, c);
+    c.o_raw = widened(s.o_raw);
+    c.g = widened(s.g);
+    c.u = widened(s.u);
+    c.act = rows(R, c.u.size(1));
+    activation(c, c.act);
+    c.m_raw = widened(s.m_raw);
+    c.lora = s.lora;
+    return c;
+  }
+
   // ---- forward -------------------------------------------------------------------------------
   // x1 -> o [R, C]; fills the attention part of c.
   Tensor attention_fwd(size_t li, LayerCache& c) const {
@@ -148,33 +235,18 @@ struct Pass {
       q = qn.view({R, Hq * D});
       k = kn.view({R, Hkv * D});
     }
-    Tensor q3 = q.view({R, Hq, D}), k3 = k.view({R, Hkv, D}), v3 = v.view({R, Hkv, D});
     if (s.pos == models::PosKind::Rope) {
-      ops::apply_rope_(*ctx, q3, st.cos, st.sin, st.rot_dim);
-      ops::apply_rope_(*ctx, k3, st.cos, st.sin, st.rot_dim);
+      ops::apply_rope_(*ctx, q.view({R, Hq, D}), st.cos, st.sin, st.rot_dim);
+      ops::apply_rope_(*ctx, k.view({R, Hkv, D}), st.cos, st.sin, st.rot_dim);
     }
-    const DType kv_dt = m.cache_dtype(m.device);
-    if (kv_dt != DType::F32) {  // k and v in the KV cache's dtype, as inference keeps them there
-      Tensor kc = Tensor::empty({R, Hkv * D}, kv_dt, m.device),
-             vc = Tensor::empty({R, Hkv * D}, kv_dt, m.device);
-      ops::copy_(*ctx, k, kc);
-      ops::copy_(*ctx, v, vc);
-      k = kc;
-      v = vc;
-      k3 = k.view({R, Hkv, D});
-      v3 = v.view({R, Hkv, D});
-    }
+    // k and v in the KV cache's dtype, as inference keeps them there
+    k = saved(k);
+    v = saved(v);
     c.q = q;
     c.k = k;
     c.v = v;
-    ops::AttentionOptions ao = attn_opts(li, L);
     c.a = rows(R, Hq * D);
-    for (const Segment& sg : st.segs) {
-      ao.q_offset = 0;
-      const int64_t r0 = sg.row0, r1 = sg.row0 + sg.T;
-      ops::attention(*ctx, q3.slice(0, r0, r1), k3.slice(0, r0, r1), v3.slice(0, r0, r1), ao,
-                     c.a.slice(0, r0, r1).view({sg.T, Hq, D}));
-    }
+    attention_core(li, c);
     const size_t io = L.qkv.size();
     Tensor out = rows(R, C);
     lin_fwd(L.o, c.a, out, c.lora[io], seed(li, io));
@@ -200,7 +272,7 @@ struct Pass {
         c.act = rows(R, F);
         lin_fwd(L.mlp[0], c.x2, c.g, c.lora[i0], seed(li, i0));
         lin_fwd(L.mlp[1], c.x2, c.u, c.lora[i0 + 1], seed(li, i0 + 1));
-        ops::gated_activation(*ctx, c.g, c.u, m.act, c.act);
+        activation(c, c.act);
         lin_fwd(L.mlp[2], c.act, out, c.lora[i0 + 2], seed(li, i0 + 2));
         break;
       }
@@ -213,7 +285,7 @@ struct Pass {
         c.u = rows(R, F);
         ops::copy_(*ctx, y.slice(1, 0, F), c.g);
         ops::copy_(*ctx, y.slice(1, F, 2 * F), c.u);
-        ops::gated_activation(*ctx, c.g, c.u, m.act, c.act);
+        activation(c, c.act);
         lin_fwd(L.mlp[1], c.act, out, c.lora[i0 + 1], seed(li, i0 + 1));
         break;
       }
@@ -221,8 +293,8 @@ struct Pass {
         const int64_t F = L.mlp[0].lin.out_features();
         c.u = rows(R, F);
         lin_fwd(L.mlp[0], c.x2, c.u, c.lora[i0], seed(li, i0));
-        c.act = c.u.clone();
-        ops::activate_(*ctx, c.act, m.act);
+        c.act = rows(R, F);
+        activation(c, c.act);
         lin_fwd(L.mlp[1], c.act, out, c.lora[i0 + 1], seed(li, i0 + 1));
         break;
       }
@@ -422,14 +494,23 @@ PassResult run(const CausalLM::Impl& m, const TokenBatch& b, const Tensor& head_
   const size_t nl = m.layers.size();
   std::vector<LayerCache> cache(nl);
   Tensor h = m.embed_block(p.st);  // [R, C]
+  const auto policy = [&](size_t li) {
+    return o.recompute == Recompute::Selective && int64_t(li) < o.full_layers ? Recompute::Full : o.recompute;
+  };
   for (size_t li = 0; li < nl; ++li) {
     LayerCache full;
     Tensor next = p.layer_fwd(li, h, full);
-    if (grads && o.checkpointing) {
-      cache[li].h_in = h;  // recomputed in the backward
-    } else if (grads) {
-      cache[li] = std::move(full);
-    }
+    if (grads) switch (policy(li)) {
+        case Recompute::None:
+          cache[li] = std::move(full);
+          break;
+        case Recompute::Selective:
+          cache[li] = p.keep_selective(std::move(full));
+          break;
+        case Recompute::Full:
+          cache[li].h_in = h;
+          break;  // the layer is recomputed in the backward
+      }
     h = next;
   }
   Tensor xf = p.rows(R, C);  // [R, C] final norm output
@@ -452,12 +533,19 @@ PassResult run(const CausalLM::Impl& m, const TokenBatch& b, const Tensor& head_
   Tensor dh = p.rows(R, C);
   p.norm_bwd(m.final_norm, h, dxf, dh);
   for (size_t li = nl; li-- > 0;) {
-    if (o.checkpointing) {
-      LayerCache full;
-      p.layer_fwd(li, cache[li].h_in, full);
-      p.layer_bwd(li, full, dh);
-    } else {
-      p.layer_bwd(li, cache[li], dh);
+    switch (policy(li)) {
+      case Recompute::None:
+        p.layer_bwd(li, cache[li], dh);
+        break;
+      case Recompute::Selective:
+        p.layer_bwd(li, p.restore(li, cache[li]), dh);
+        break;
+      case Recompute::Full: {
+        LayerCache full;
+        p.layer_fwd(li, cache[li].h_in, full);
+        p.layer_bwd(li, full, dh);
+        break;
+      }
     }
     cache[li] = LayerCache{};  // free as we go
   }

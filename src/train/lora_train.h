@@ -1,8 +1,8 @@
 // The training forward and backward of the generic decoder (causal_lm.cpp's blocks, with what
 // the backward needs saved) for LoRA fine-tuning: the base is frozen, so the backward produces
 // only the gradients of the adapters attached to the model's Linears (NamedLinear::lora), and
-// d(loss)/d(hidden) stops at the first decoder layer's input. With gradient checkpointing the
-// forward keeps only each decoder layer's input and the backward recomputes the layer.
+// d(loss)/d(hidden) stops at the first decoder layer's input. What the forward keeps for the
+// backward is PassOptions::recompute's choice, per decoder layer.
 // f32 on the model's device (CPU, or one CUDA device); the gradients come back to the host.
 #pragma once
 
@@ -29,9 +29,19 @@ struct TokenBatch {
   std::vector<std::vector<int64_t>> input_ids, labels;
 };
 
+// What one decoder layer's forward keeps for its backward (Megatron-LM's recompute granularity):
+//   None: every intermediate, f32 (the fastest; the most memory);
+//   Selective: the residual stream at the layer's input and between its blocks, q/k/v as attention
+//     saw them (after rope) and the MLP's gate/up outputs, in the model's cache dtype (the compute
+//     dtype on CUDA with a 16-bit compute, as autocast saves a matmul's output; f32 elsewhere); the
+//     norms, the attention core and the activation are recomputed in the backward (no projection);
+//   Full: the layer's input only; the whole layer is recomputed (transformers' gradient checkpointing).
+enum class Recompute { None, Selective, Full };
+
 struct PassOptions {
-  float grad_scale = 1.0f;     // d(sum of token NLLs * grad_scale): 1 / targets of the step
-  bool checkpointing = false;  // recompute each decoder layer in the backward
+  float grad_scale = 1.0f;  // d(sum of token NLLs * grad_scale): 1 / targets of the step
+  Recompute recompute = Recompute::None;
+  int64_t full_layers = 0;     // with Selective: the first this many decoder layers Full (block method)
   bool train = true;           // dropout on (a training pass)
   uint64_t dropout_seed = 0;   // the step's seed for LoRA dropout masks
   int64_t vocab_chunk = 4096;  // columns of the output head per chunk of the loss

@@ -4,6 +4,7 @@
 // lora_train.cpp.
 #include <chrono>
 #include <cmath>
+#include <string>
 #include <tuple>
 
 #include "io/atomic_dir.h"
@@ -48,6 +49,12 @@ struct LoraTrainer::Impl {
     if (lc.bias != "none")
       throw UnsupportedError("LoraTrainer: bias=\"" + lc.bias +
                              "\" (training the base biases) is not supported; use bias=\"none\"");
+    if (a.recompute_granularity != "full" && a.recompute_granularity != "selective")
+      throw ConfigError("TrainingArguments.recompute_granularity: \"" + a.recompute_granularity +
+                        "\" is not one of full, selective");
+    if (a.recompute_num_layers < 0)
+      throw ConfigError("TrainingArguments.recompute_num_layers: " + std::to_string(a.recompute_num_layers) +
+                        " is negative");
     if (!lc.modules_to_save.empty())
       throw UnsupportedError("LoraTrainer: modules_to_save (fully trained modules) is not supported");
     head_w = train::head_weight(mi);
@@ -162,7 +169,10 @@ struct LoraTrainer::Impl {
           "train_step: the batch has no targets (every label is -100, or sequences of one token)");
     train::PassOptions o;
     o.grad_scale = 1.0f / float(n);
-    o.checkpointing = args.gradient_checkpointing;
+    o.recompute = !args.gradient_checkpointing                ? train::Recompute::None
+                  : args.recompute_granularity == "selective" ? train::Recompute::Selective
+                                                              : train::Recompute::Full;
+    o.full_layers = args.recompute_num_layers;
     zero_grad();
     for (size_t i = 0; i < micro.size(); ++i) {
       o.dropout_seed = args.seed * 1000003ull + uint64_t(step) * 1009ull + i;

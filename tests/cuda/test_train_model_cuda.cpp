@@ -36,12 +36,23 @@ std::vector<std::vector<int64_t>> batch() {
   return {test::row(ids, 0, ids.size(1)), test::row(ids, 1, ids.size(1))};
 }
 
-std::vector<double> eight_losses(const std::string& device_map) {
+// The fixture's TrainingArguments with gradient checkpointing by selective recomputation (the
+// first `full_layers` layers recomputed whole).
+TrainingArguments selective(int64_t full_layers) {
+  TrainingArguments a = test::qlora_fixture_args();
+  a.gradient_checkpointing = true;
+  a.recompute_granularity = "selective";
+  a.recompute_num_layers = full_layers;
+  return a;
+}
+
+std::vector<double> eight_losses(const std::string& device_map,
+                                 const TrainingArguments& args = test::qlora_fixture_args()) {
   LoadOptions lo;
   lo.device_map = device_map;
   PeftModel p = PeftModel::from_pretrained(AutoModelForCausalLM::from_pretrained(llama() / "nf4_dq", lo),
                                            llama() / "lora_init");
-  LoraTrainer tr(p, test::qlora_fixture_args(), 8);
+  LoraTrainer tr(p, args, 8);
   std::vector<double> out;
   for (int i = 0; i < 8; ++i) out.push_back(tr.train_step({TrainBatch{batch(), {}}}).loss);
   return out;
@@ -52,12 +63,17 @@ TEST(QLoRACuda, EightAdamWStepsMatchPeftOnTheGpu) {
   nlohmann::json ref = nlohmann::json::parse(std::ifstream(llama() / "reference.json"))["lora"];
   const auto want = ref["losses"].get<std::vector<double>>();
   ASSERT_EQ(want.size(), 8u);
-  const std::vector<double> gpu = eight_losses("cuda"), cpu = eight_losses("cpu");
+  const std::vector<double> gpu = eight_losses("cuda"), cpu = eight_losses("cpu"),
+                            sel = eight_losses("cuda", selective(0)),
+                            sel1 = eight_losses("cuda", selective(1));
   for (size_t i = 0; i < want.size(); ++i) {
-    std::printf("step %zu loss gpu %.9f cpu %.9f peft %.9f rel %.2e\n", i + 1, gpu[i], cpu[i], want[i],
-                std::abs(gpu[i] - want[i]) / want[i]);
+    std::printf("step %zu loss gpu %.9f cpu %.9f selective %.9f / %.9f peft %.9f rel %.2e\n", i + 1, gpu[i],
+                cpu[i], sel[i], sel1[i], want[i], std::abs(gpu[i] - want[i]) / want[i]);
     EXPECT_NEAR(gpu[i], want[i], 1e-4 * want[i]) << "step " << i + 1;
     EXPECT_NEAR(gpu[i], cpu[i], 1e-4 * cpu[i]) << "step " << i + 1;
+    // compute float32: selective recomputation keeps f32 values, so it follows the same steps
+    EXPECT_NEAR(sel[i], want[i], 1e-4 * want[i]) << "selective, step " << i + 1;
+    EXPECT_NEAR(sel1[i], want[i], 1e-4 * want[i]) << "selective + 1 layer whole, step " << i + 1;
   }
 }
 
@@ -67,7 +83,8 @@ TEST(QLoRACuda, EightAdamWStepsMatchPeftOnTheGpu) {
 // load (NF4 + double quant, bf16 compute) must track the CPU's: each loss within 2e-3 relative
 // (bf16 rounding of the attention's terms moves a loss by ~1e-4; a gradient of the wrong sign or
 // scale through q/k/v moves the trajectory by more than that over 8 steps).
-std::vector<double> eight_bf16_losses(const std::string& device_map) {
+std::vector<double> eight_bf16_losses(const std::string& device_map,
+                                      const TrainingArguments& args = test::qlora_fixture_args()) {
   LoadOptions lo;
   lo.device_map = device_map;
   lo.quantization_config = BitsAndBytesConfig{.load_in_4bit = true,
@@ -76,21 +93,27 @@ std::vector<double> eight_bf16_losses(const std::string& device_map) {
                                               .bnb_4bit_use_double_quant = true};
   PeftModel p = PeftModel::from_pretrained(AutoModelForCausalLM::from_pretrained(llama() / "fp32", lo),
                                            llama() / "lora_init");
-  LoraTrainer tr(p, test::qlora_fixture_args(), 8);
+  LoraTrainer tr(p, args, 8);
   std::vector<double> out;
   for (int i = 0; i < 8; ++i) out.push_back(tr.train_step({TrainBatch{batch(), {}}}).loss);
   return out;
 }
 
+// Selective recomputation with a bf16 compute keeps the residual stream, q/k/v and gate/up in bf16
+// (2^-9 relative each, as autocast keeps a matmul's output): the backward's terms move by that
+// much, the losses by about as much as the attention's rounding does.
 TEST(QLoRACuda, Bf16ComputeTracksTheCpu) {
   SKIP_WITHOUT_CUDA();
-  const std::vector<double> gpu = eight_bf16_losses("cuda"), cpu = eight_bf16_losses("cpu");
+  const std::vector<double> gpu = eight_bf16_losses("cuda"), cpu = eight_bf16_losses("cpu"),
+                            sel = eight_bf16_losses("cuda", selective(1));
   ASSERT_EQ(gpu.size(), 8u);
   EXPECT_LT(gpu.back(), gpu.front() - 0.1);  // it trains
+  EXPECT_LT(sel.back(), sel.front() - 0.1);
   for (size_t i = 0; i < gpu.size(); ++i) {
-    std::printf("bf16 step %zu loss gpu %.9f cpu %.9f rel %.2e\n", i + 1, gpu[i], cpu[i],
-                std::abs(gpu[i] - cpu[i]) / cpu[i]);
+    std::printf("bf16 step %zu loss gpu %.9f selective %.9f cpu %.9f rel %.2e / %.2e\n", i + 1, gpu[i],
+                sel[i], cpu[i], std::abs(gpu[i] - cpu[i]) / cpu[i], std::abs(sel[i] - cpu[i]) / cpu[i]);
     EXPECT_NEAR(gpu[i], cpu[i], 2e-3 * cpu[i]) << "step " << i + 1;
+    EXPECT_NEAR(sel[i], cpu[i], 2e-3 * cpu[i]) << "selective, step " << i + 1;
   }
 }
 

@@ -79,6 +79,15 @@ void check_arch(const fs::path& dir, bool nf4) {
   a.gradient_checkpointing = true;
   LoraTrainer tc(p, a, 1);
   EXPECT_EQ(tc.gradients(b), grads) << "gradient checkpointing changes the gradients";
+  // selective recomputation (f32 on the CPU: the kept values are the forward's own), alone and
+  // with the first layer recomputed whole
+  a.recompute_granularity = "selective";
+  for (const int64_t full_layers : {0, 1}) {
+    a.recompute_num_layers = full_layers;
+    LoraTrainer ts(p, a, 1);
+    EXPECT_EQ(ts.gradients(b), grads)
+        << "selective recomputation (" << full_layers << " layers whole) changes the gradients";
+  }
   // finite differences on each module's largest |dA| and |dB| entries and one other entry
   int checked = 0;
   for (auto& [name, pair] : p.adapter().modules) {
@@ -155,6 +164,9 @@ TEST(QLoRAGrad, DropoutMasksReproducibleUnderCheckpointing) {
   a.gradient_checkpointing = true;
   LoraTrainer ck(p, a, 1);
   EXPECT_EQ(ck.gradients(b), g);
+  a.recompute_granularity = "selective";
+  LoraTrainer sel(p, a, 1);
+  EXPECT_EQ(sel.gradients(b), g);
   // the same adapter without dropout gives other gradients
   test::TempDir t;
   p.save_pretrained(t.path());
@@ -164,6 +176,30 @@ TEST(QLoRAGrad, DropoutMasksReproducibleUnderCheckpointing) {
   PeftModel q = PeftModel::from_pretrained(AutoModelForCausalLM::from_pretrained(dir / "fp32"), t.path());
   LoraTrainer nodrop(q, TrainingArguments{}, 1);
   EXPECT_NE(nodrop.gradients(b), g);
+}
+
+// The recomputation options are checked when the trainer is made: one clear error naming the field.
+TEST(QLoRAGrad, RecomputeOptionsValidated) {
+  LoraConfig cfg;
+  cfg.target_modules_str = "all-linear";
+  PeftModel p = PeftModel::get_peft_model(
+      AutoModelForCausalLM::from_pretrained(test::fixtures_root() / "models" / "llama" / "fp32"), cfg, 5);
+  TrainingArguments a;
+  a.gradient_checkpointing = true;
+  a.recompute_granularity = "partial";
+  EXPECT_THROW(
+      {
+        try {
+          LoraTrainer t(p, a, 1);
+        } catch (const ConfigError& e) {
+          EXPECT_NE(std::string(e.what()).find("recompute_granularity"), std::string::npos) << e.what();
+          throw;
+        }
+      },
+      ConfigError);
+  a.recompute_granularity = "selective";
+  a.recompute_num_layers = -1;
+  EXPECT_THROW(LoraTrainer(p, a, 1), ConfigError);
 }
 
 // Gradient accumulation as transformers >= 4.46: the micro-batches' losses are summed over the

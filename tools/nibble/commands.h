@@ -143,6 +143,8 @@ struct FinetuneArgs {
   int64_t warmup_steps = 0, max_steps = -1, batch_size = 8, grad_accum = 1, max_seq_length = 1024;
   int64_t logging_steps = 10, save_steps = 500;
   bool packing = false, gradient_checkpointing = false;
+  std::string recompute_granularity = "full";
+  int64_t recompute_num_layers = 0;
   uint64_t seed = 42;
 };
 void add_finetune_command(CLI::App& app, FinetuneArgs& a);

@@ -67,6 +67,14 @@ void add_finetune_command(CLI::App& app, FinetuneArgs& a) {
                   "true: concatenate examples into max-seq-length blocks (default false)");
   cmd->add_option("--gradient-checkpointing", a.gradient_checkpointing,
                   "true: recompute each decoder layer in the backward (default false)");
+  cmd->add_option("--recompute-granularity", a.recompute_granularity,
+                  "with --gradient-checkpointing: full (the whole layer) or selective (keep the residual "
+                  "stream, q/k/v and gate/up in the compute dtype; recompute the norms, attention and "
+                  "activation) (default full)")
+      ->check(CLI::IsMember({"full", "selective"}));
+  cmd->add_option("--recompute-num-layers", a.recompute_num_layers,
+                  "with selective granularity: the first N layers recomputed whole (default 0)")
+      ->check(CLI::NonNegativeNumber);
   cmd->add_option("--max-grad-norm", a.max_grad_norm, "clip the global gradient norm (0: off; default 1.0)");
   cmd->add_option("--weight-decay", a.weight_decay, "AdamW weight decay (default 0)");
   cmd->add_option("--adam-beta1", a.adam_beta1, "default 0.9");
@@ -213,6 +221,8 @@ int run_finetune(const FinetuneArgs& a) {
   ta.max_grad_norm = a.max_grad_norm;
   ta.seed = a.seed;
   ta.gradient_checkpointing = a.gradient_checkpointing;
+  ta.recompute_granularity = a.recompute_granularity;
+  ta.recompute_num_layers = a.recompute_num_layers;
   LoraTrainer tr(*peft, ta, total);
   if (!a.resume.empty()) {
     // the data order and the schedule follow from these: a resumed run must keep them

@@ -339,7 +339,8 @@ struct Pass {
 
   // ---- backward ------------------------------------------------------------------------------
   // d(attention block output) -> dx1 (accumulated; undefined at layer 0, where it is not needed).
-  void attention_bwd(size_t li, const LayerCache& c, Tensor dout, const Tensor& dx1) const {
+  // The entries of c are released as they stop being needed (the layer's peak is lower).
+  void attention_bwd(size_t li, LayerCache& c, Tensor dout, const Tensor& dx1) const {
     const DecoderLayer& L = m.layers[li];
     const models::ArchSpec& s = *m.spec;
     const int64_t D = m.head_dim, Hq = m.n_heads, Hkv = m.n_kv_heads;
@@ -360,6 +361,7 @@ struct Pass {
       ops::attention_backward(*ctx, heads(c.q, Hq, sg), heads(c.k, Hkv, sg), heads(c.v, Hkv, sg), ao,
                               heads(da, Hq, sg), heads(dq, Hq, sg), heads(dk, Hkv, sg), heads(dv, Hkv, sg),
                               heads(c.a, Hq, sg));
+    c.q = c.k = c.v = c.a = da = Tensor();
     if (s.pos == models::PosKind::Rope) {
       ops::rope_backward_(*ctx, dq.view({R, Hq, D}), st.cos, st.sin, st.rot_dim);
       ops::rope_backward_(*ctx, dk.view({R, Hkv, D}), st.cos, st.sin, st.rot_dim);
@@ -397,8 +399,8 @@ struct Pass {
     lin_bwd(L.qkv[0], c.x1, dy, dx1, c.lora[0]);
   }
 
-  // d(MLP block output) -> dx2 (accumulated).
-  void mlp_bwd(size_t li, const LayerCache& c, Tensor dout, const Tensor& dx2) const {
+  // d(MLP block output) -> dx2 (accumulated); c's entries released as attention_bwd does.
+  void mlp_bwd(size_t li, LayerCache& c, Tensor dout, const Tensor& dx2) const {
     const DecoderLayer& L = m.layers[li];
     const size_t i0 = L.qkv.size() + 1;
     if (L.post_mlp_norm.defined()) {
@@ -410,10 +412,12 @@ struct Pass {
     Tensor dact = zero_rows(R, F);
     const NamedLinear& down = L.mlp.back();
     lin_bwd(down, c.act, dout, dact, c.lora[i0 + L.mlp.size() - 1]);
+    c.act = Tensor();
     switch (m.spec->mlp_kind) {
       case models::MlpKind::Gated: {
         Tensor dg = rows(R, F), du = rows(R, F);
         ops::gated_act_backward(*ctx, m.act, c.g, c.u, dact, dg, du);
+        c.g = c.u = dact = Tensor();
         lin_bwd(L.mlp[0], c.x2, dg, dx2, c.lora[i0]);
         lin_bwd(L.mlp[1], c.x2, du, dx2, c.lora[i0 + 1]);
         break;
@@ -421,6 +425,7 @@ struct Pass {
       case models::MlpKind::GatedFused: {
         Tensor dg = rows(R, F), du = rows(R, F), dy = rows(R, 2 * F);
         ops::gated_act_backward(*ctx, m.act, c.g, c.u, dact, dg, du);
+        c.g = c.u = dact = Tensor();
         ops::copy_(*ctx, dg, dy.slice(1, 0, F));
         ops::copy_(*ctx, du, dy.slice(1, F, 2 * F));
         lin_bwd(L.mlp[0], c.x2, dy, dx2, c.lora[i0]);
@@ -437,7 +442,7 @@ struct Pass {
 
   // dh [R, C]: d(layer output) in, d(layer input) out (in place); at layer 0 only the adapters'
   // gradients matter, so the input gradient is not formed.
-  void layer_bwd(size_t li, const LayerCache& c, const Tensor& dh) const {
+  void layer_bwd(size_t li, LayerCache& c, const Tensor& dh) const {
     const DecoderLayer& L = m.layers[li];
     const bool need_dx = li > 0;
     Tensor dx2 = zero_rows(R, C), dx1 = need_dx ? zero_rows(R, C) : Tensor();
@@ -500,17 +505,15 @@ PassResult run(const CausalLM::Impl& m, const TokenBatch& b, const Tensor& head_
   for (size_t li = 0; li < nl; ++li) {
     LayerCache full;
     Tensor next = p.layer_fwd(li, h, full);
-    if (grads) switch (policy(li)) {
-        case Recompute::None:
-          cache[li] = std::move(full);
-          break;
-        case Recompute::Selective:
-          cache[li] = p.keep_selective(std::move(full));
-          break;
-        case Recompute::Full:
-          cache[li].h_in = h;
-          break;  // the layer is recomputed in the backward
-      }
+    if (grads) {
+      const Recompute pol = policy(li);
+      if (pol == Recompute::None)
+        cache[li] = std::move(full);
+      else if (pol == Recompute::Selective)
+        cache[li] = p.keep_selective(std::move(full));
+      else
+        cache[li].h_in = h;  // the layer is recomputed in the backward
+    }
     h = next;
   }
   Tensor xf = p.rows(R, C);  // [R, C] final norm output
@@ -537,9 +540,11 @@ PassResult run(const CausalLM::Impl& m, const TokenBatch& b, const Tensor& head_
       case Recompute::None:
         p.layer_bwd(li, cache[li], dh);
         break;
-      case Recompute::Selective:
-        p.layer_bwd(li, p.restore(li, cache[li]), dh);
+      case Recompute::Selective: {
+        LayerCache full = p.restore(li, cache[li]);
+        p.layer_bwd(li, full, dh);
         break;
+      }
       case Recompute::Full: {
         LayerCache full;
         p.layer_fwd(li, cache[li].h_in, full);

@@ -163,6 +163,7 @@ int main(int argc, char** argv) {
       cfg.target_modules_str = "all-linear";
       cuda::reset_pool_peak(0);
       PeftModel p = PeftModel::get_peft_model(AutoModelForCausalLM::from_pretrained(mdir, lo), cfg, 1);
+      const double model_gib = double(cuda::pool_stats(0).used) / double(1ull << 30);
       TrainingArguments a;
       a.learning_rate = 2e-4;
       a.gradient_checkpointing = ck.on;
@@ -210,6 +211,7 @@ int main(int argc, char** argv) {
                {"tokens_per_s_median", rate[rate.size() / 2]},
                {"seconds_per_step_median", secs[secs.size() / 2]},
                {"peak_pool_gib", peak_gib},
+               {"model_pool_gib", model_gib},
                {"matmul_tflops", mm_rate * 1e-12},
                {"matrix_floor_tok_s", floor_tok_s},
                {"losses", losses},
@@ -218,11 +220,11 @@ int main(int argc, char** argv) {
                  {"transformers_peft_bnb_tok_s", r.peer_tok_s},
                  {"transformers_peft_bnb_peak_gib", r.peer_peak_gib}}}};
       std::printf(
-          "%s %lld x %lld%s: %.0f tok/s (%.2f s a step; matrix floor %.0f tok/s: %.0f%%), peak pool %.2f GiB "
-          "(transformers + peft + bnb on an H200: %.0f tok/s, %.1f GiB)\n",
+          "%s %lld x %lld%s: %.0f tok/s (%.3f s a step; matrix floor %.0f tok/s: %.0f%%), peak pool %.2f GiB "
+          "(model + adapter %.2f) (transformers + peft + bnb on an H200: %.0f tok/s, %.1f GiB)\n",
           s.name, (long long)r.batch, (long long)r.seq, (" recompute " + ck.label()).c_str(),
           rate[rate.size() / 2], secs[secs.size() / 2], floor_tok_s,
-          100.0 * rate[rate.size() / 2] / floor_tok_s, peak_gib, r.peer_tok_s, r.peer_peak_gib);
+          100.0 * rate[rate.size() / 2] / floor_tok_s, peak_gib, model_gib, r.peer_tok_s, r.peer_peak_gib);
       std::fflush(stdout);
       rows.push_back(row);
     }

@@ -133,7 +133,7 @@ Tensor empty_like_rows(int64_t R, int64_t C, Device dev) {
 // The per-row inputs of a forward call: stacked ids and positions (checked on the host), each
 // row's rope cos/sin from its own sequence's rope state, caches grown to fit.
 Step CausalLM::Impl::plan_host(const std::vector<std::vector<int64_t>>& batch,
-                               std::span<KVCache* const> caches) const {
+                               std::span<KVCache* const> caches, bool kv) const {
   const int64_t B = int64_t(batch.size());
   if (B == 0) throw ShapeError("forward: empty batch");
   if (int64_t(caches.size()) != B) throw InternalError(str("forward: ", caches.size(), " caches for a batch of ", B));
@@ -146,7 +146,7 @@ Step CausalLM::Impl::plan_host(const std::vector<std::vector<int64_t>>& batch,
     if (!cache) throw ShapeError(str("forward: cache ", b, " is null"));
     if (seq.empty()) throw ShapeError(b == 0 && B == 1 ? "forward: no input ids" : str("forward: sequence ", b, " has no ids"));
     Segment sg{st.R, int64_t(seq.size()), cache->len_, cache};
-    ensure_capacity(*cache, sg.p0 + sg.T);
+    if (kv) ensure_capacity(*cache, sg.p0 + sg.T);
     for (int64_t t = 0; t < sg.T; ++t) {
       const int64_t id = seq[size_t(t)];
       if (id < 0 || id >= V) throw ShapeError(str("index ", id, " is outside the embedding of ", V, " rows"));
@@ -174,8 +174,9 @@ Step CausalLM::Impl::plan_host(const std::vector<std::vector<int64_t>>& batch,
 
 // plan_host's step with its inputs on the embedding's device, and a view with them on each
 // other device of a split model.
-Step CausalLM::Impl::plan(const std::vector<std::vector<int64_t>>& batch, std::span<KVCache* const> caches) const {
-  Step st = plan_host(batch, caches);
+Step CausalLM::Impl::plan(const std::vector<std::vector<int64_t>>& batch, std::span<KVCache* const> caches,
+                          bool kv) const {
+  Step st = plan_host(batch, caches, kv);
   auto upload_inputs = [&](Step& s) {
     const Device d = s.ctx->device();
     s.ids_dev = upload(s.ids, DType::I64, d);

@@ -159,8 +159,12 @@ struct CausalLM::Impl {
 
   // ---- the blocks of the forward pass (causal_lm.cpp) ----
   // plan_host: ids, positions and rope rows on the host, caches grown; plan: that plus the upload.
-  Step plan_host(const std::vector<std::vector<int64_t>>& batch, std::span<KVCache* const> caches) const;
-  Step plan(const std::vector<std::vector<int64_t>>& batch, std::span<KVCache* const> caches) const;
+  // kv false: the caches are not grown (a training pass, whose attention runs on its own k and v;
+  // the caches then give only the positions and the rope state).
+  Step plan_host(const std::vector<std::vector<int64_t>>& batch, std::span<KVCache* const> caches,
+                 bool kv = true) const;
+  Step plan(const std::vector<std::vector<int64_t>>& batch, std::span<KVCache* const> caches,
+            bool kv = true) const;
   Tensor embed_block(const Step& st) const;                            // -> h [R, C]
   void norm_into(const Norm& n, const Tensor& x, const Tensor& out, const Step& st) const;
   void add_norm_into(const Norm& n, const Tensor& h, const Tensor& r, const Tensor& out, const Step& st) const;

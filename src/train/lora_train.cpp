@@ -488,11 +488,11 @@ PassResult run(const CausalLM::Impl& m, const TokenBatch& b, const Tensor& head_
   Pass p{m, o, grads ? &dgrads : nullptr, {}, nullptr, 0, m.config.hidden_size};
   std::vector<std::unique_ptr<KVCache>> caches;
   std::vector<KVCache*> cp;
-  for (const auto& s : b.input_ids) {
-    caches.push_back(m.make_cache(int64_t(std::max<size_t>(s.size(), 1))));
+  for (size_t s = 0; s < b.input_ids.size(); ++s) {
+    caches.push_back(m.make_cache(0));  // positions and rope state only: no K/V storage
     cp.push_back(caches.back().get());
   }
-  p.st = m.plan(b.input_ids, cp);
+  p.st = m.plan(b.input_ids, cp, /*kv=*/false);
   p.ctx = p.st.ctx;
   p.R = p.st.R;
   const int64_t R = p.R, C = p.C;

@@ -177,10 +177,11 @@ __global__ void copy_rows_kernel(const void* src, int64_t lds, int64_t cols, voi
   }
 }
 
-// copy_rows_kernel four f32 columns a thread (16-byte loads, 8- or 16-byte stores) for rows,
-// strides and pointers that allow it: the same values (the dy and head rounding of training).
-template <class T>
-__global__ void copy_rows4_kernel(const float* src, int64_t lds, int64_t cols4, void* dst, int64_t ldd,
+// copy_rows_kernel four columns a thread for rows, strides and pointers that allow it, the same
+// values: f32 to any (16-byte loads, 8- or 16-byte stores: the dy and head rounding of training),
+// or 16-bit to f32 (8-byte loads, 16-byte stores: the widening of training's kept activations).
+template <class S, class T>
+__global__ void copy_rows4_kernel(const void* src, int64_t lds, int64_t cols4, void* dst, int64_t ldd,
                                   const int64_t* dst_row0) {
   dev::pdl_launch_dependents();
   dev::pdl_wait();
@@ -188,7 +189,14 @@ __global__ void copy_rows4_kernel(const float* src, int64_t lds, int64_t cols4, 
   if (dst_row0) dst = static_cast<char*>(dst) + *dst_row0 * ldd * T::kBytes;
   for (int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; c < cols4;
        c += int64_t(gridDim.x) * blockDim.x) {
-    const float4 v = reinterpret_cast<const float4*>(src + r * lds)[c];
+    float4 v;
+    if constexpr (S::kBytes == 4) {
+      v = reinterpret_cast<const float4*>(static_cast<const float*>(src) + r * lds)[c];
+    } else {
+      const uint2 u = reinterpret_cast<const uint2*>(static_cast<const uint16_t*>(src) + r * lds)[c];
+      dev::unpack2<S>(u.x, v.x, v.y);
+      dev::unpack2<S>(u.y, v.z, v.w);
+    }
     if constexpr (T::kBytes == 4)
       reinterpret_cast<float4*>(static_cast<float*>(dst) + r * ldd)[c] = v;
     else
@@ -416,14 +424,15 @@ void copy_rows(const Launch& l, const void* src, DType src_dt, int64_t ld_src, i
                void* dst, DType dst_dt, int64_t ld_dst, const int64_t* dst_row0) {
   if (rows == 0 || cols == 0) return;
   DeviceScope ds(l.device);
-  const bool four = src_dt == DType::F32 && cols % 4 == 0 && ld_src % 4 == 0 && ld_dst % 4 == 0 &&
-                    aligned(src, 16) && aligned(dst, 4 * dtype_nbytes(dst_dt, 1));
+  const bool four = (src_dt == DType::F32 || dst_dt == DType::F32) && cols % 4 == 0 && ld_src % 4 == 0 &&
+                    ld_dst % 4 == 0 && aligned(src, 4 * dtype_nbytes(src_dt, 1)) &&
+                    aligned(dst, 4 * dtype_nbytes(dst_dt, 1));
   with_float_dtype("cuda::copy_rows", src_dt, [&](auto S) {
     with_float_dtype("cuda::copy_rows", dst_dt, [&](auto T) {
       if (four)
-        cuda::launch(copy_rows4_kernel<decltype(T)>, dim3(dim3(grid_for(cols / 4), unsigned(rows))), dim3(256),
-                     0, as_stream(l.stream), static_cast<const float*>(src), ld_src, cols / 4, dst, ld_dst,
-                     dst_row0);
+        cuda::launch(copy_rows4_kernel<decltype(S), decltype(T)>,
+                     dim3(dim3(grid_for(cols / 4), unsigned(rows))), dim3(256), 0, as_stream(l.stream), src,
+                     ld_src, cols / 4, dst, ld_dst, dst_row0);
       else
         cuda::launch(copy_rows_kernel<decltype(S), decltype(T)>, dim3(dim3(grid_for(cols), unsigned(rows))),
                      dim3(256), 0, as_stream(l.stream), src, ld_src, cols, dst, ld_dst, dst_row0);

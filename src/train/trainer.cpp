@@ -55,6 +55,15 @@ struct LoraTrainer::Impl {
     if (a.recompute_num_layers < 0)
       throw ConfigError("TrainingArguments.recompute_num_layers: " + std::to_string(a.recompute_num_layers) +
                         " is negative");
+    if (!a.gradient_checkpointing && (a.recompute_granularity != "full" || a.recompute_num_layers > 0))
+      throw ConfigError(
+          "TrainingArguments.recompute_granularity / recompute_num_layers apply with "
+          "gradient_checkpointing (--gradient-checkpointing true)");
+    if (a.recompute_granularity == "full" && a.recompute_num_layers > 0)
+      throw ConfigError(
+          "TrainingArguments.recompute_num_layers: the first N layers recomputed whole is a "
+          "choice of selective granularity (--recompute-granularity selective); full "
+          "recomputes every layer");
     if (!lc.modules_to_save.empty())
       throw UnsupportedError("LoraTrainer: modules_to_save (fully trained modules) is not supported");
     head_w = train::head_weight(mi);

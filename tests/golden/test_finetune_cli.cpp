@@ -159,6 +159,10 @@ TEST(FinetuneCli, BadInputOneLineExit2) {
   const std::string ok = ids_jsonl(4, 9);
   expect_error(ft(ok, {"--target-modules", "nope"}),
                "not found in the base model. Linear modules: model.layers.0.self_attn.q_proj");
+  expect_error(ft(ok, {"--recompute-granularity", "selective"}),
+               "apply with gradient_checkpointing (--gradient-checkpointing true)");
+  expect_error(ft(ok, {"--gradient-checkpointing", "true", "--recompute-granularity", "partial"}),
+               "--recompute-granularity");
   // an adapter made for another base: qwen2's k_proj has 16 outputs, llama's 32
   const auto qwen = (test::fixtures_root() / "models" / "qwen2" / "fp32").string();
   auto r =

@@ -200,6 +200,14 @@ TEST(QLoRAGrad, RecomputeOptionsValidated) {
   a.recompute_granularity = "selective";
   a.recompute_num_layers = -1;
   EXPECT_THROW(LoraTrainer(p, a, 1), ConfigError);
+  a.recompute_num_layers = 1;
+  a.gradient_checkpointing = false;  // the recomputation options without checkpointing
+  EXPECT_THROW(LoraTrainer(p, a, 1), ConfigError);
+  a.gradient_checkpointing = true;
+  a.recompute_granularity = "full";  // whole layers are what full recomputes anyway
+  EXPECT_THROW(LoraTrainer(p, a, 1), ConfigError);
+  a.recompute_granularity = "selective";
+  EXPECT_NO_THROW(LoraTrainer(p, a, 1));
 }
 
 // Gradient accumulation as transformers >= 4.46: the micro-batches' losses are summed over the

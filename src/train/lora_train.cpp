@@ -114,21 +114,16 @@ struct Pass {
     a.alibi_slopes = m.alibi_slopes;
     return a;
   }
-  // t in the cache dtype (what Selective keeps; k and v always): t itself when it is in it.
-  Tensor saved(const Tensor& t) const {
-    const DType dt = m.cache_dtype(m.device);
+  // t in dtype dt on the model's device: t itself when it is in it, else a converted copy.
+  Tensor converted(const Tensor& t, DType dt) const {
     if (!t.defined() || t.dtype() == dt) return t;
     Tensor out = Tensor::empty(t.shape(), dt, m.device);
     ops::copy_(*ctx, t, out);
     return out;
   }
-  // t as f32 on the model's device (a new buffer when t is 16-bit).
-  Tensor widened(const Tensor& t) const {
-    if (!t.defined() || t.dtype() == DType::F32) return t;
-    Tensor out = Tensor::empty(t.shape(), DType::F32, m.device);
-    ops::copy_(*ctx, t, out);
-    return out;
-  }
+  // In the cache dtype (what Selective keeps; k and v always), and back to f32.
+  Tensor saved(const Tensor& t) const { return converted(t, m.cache_dtype(m.device)); }
+  Tensor widened(const Tensor& t) const { return converted(t, DType::F32); }
 
   // c.a [R, Hq * D] = causal attention of each sequence over c.q, c.k, c.v ([R, H * D], as
   // attention_fwd leaves them).

@@ -64,9 +64,9 @@ std::vector<Ckpt> parse_ckpts(const std::string& v) {
     p = q + 1;
     if (e == "0" || e == "both") out.push_back({});
     if (e == "1" || e == "both") out.push_back({true, false, 0});
-    if (e.rfind("selective", 0) == 0)
-      out.push_back({true, true, e.size() > 10 && e[9] == ':' ? std::stoll(e.substr(10)) : 0});
-    if (e != "0" && e != "1" && e != "both" && e.rfind("selective", 0) != 0)
+    if (e == "selective") out.push_back({true, true, 0});
+    if (e.rfind("selective:", 0) == 0) out.push_back({true, true, std::stoll(e.substr(10))});
+    if (e != "0" && e != "1" && e != "both" && e != "selective" && e.rfind("selective:", 0) != 0)
       throw std::invalid_argument("--checkpointing: " + e + " (0, 1, both, selective, selective:N)");
   }
   return out;

@@ -16,7 +16,8 @@ using detail::str;
 
 namespace {
 
-// What one decoder layer's backward needs (f32 buffers on the model's device; shapes in comments).
+// What one decoder layer's backward needs (f32 buffers on the model's device, or, as
+// keep_selective leaves it, some entries in the cache dtype and others undefined; shapes in comments).
 struct LayerCache {
   Tensor h_in;                      // [R, C] the layer's input
   Tensor x1;                        // [R, C] attention norm output

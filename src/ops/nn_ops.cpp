@@ -608,8 +608,8 @@ Tensor view_at(int64_t addr, const Tensor& like) {
 
 }  // namespace
 
-void attention(ExecContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& opts,
-               const Tensor& out) {
+bool attention(ExecContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v,
+               const AttentionOptions& opts, const Tensor& out, const Tensor& lse) {
   const char* op = "attention";
   require_f32(op, "q", q);
   if (!k.defined() || !v.defined() || k.dtype() != v.dtype() || !is_compute_float(k.dtype()))
@@ -637,6 +637,7 @@ void attention(ExecContext& ctx, const Tensor& q, const Tensor& k, const Tensor&
       (opts.alibi_slopes.dtype() != DType::F32 || opts.alibi_slopes.numel() != a.Hq))
     throw ShapeError(str(op, ": alibi slopes must be f32 [", a.Hq, "], got ", opts.alibi_slopes.str()));
   require_out(op, out, {a.T, a.Hq, a.Dv});
+  if (lse.defined()) require_out(op, lse, {a.T, a.Hq});
   if (opts.kv_table.defined()) {
     check_kv_table(op, ctx, opts.kv_table, opts.q_pos, a.T);
     if (ctx.device().is_cpu()) {  // one sequence at a time, each over keys [0, pos]
@@ -652,7 +653,7 @@ void attention(ExecContext& ctx, const Tensor& q, const Tensor& k, const Tensor&
         attention(ctx, q.slice(0, t, t + 1), view_at(tab[t], k).slice(0, 0, o.q_offset + 1),
                   view_at(tab[a.T + t], v).slice(0, 0, o.q_offset + 1), o, out.slice(0, t, t + 1));
       }
-      return;
+      return false;
     }
   } else if (opts.q_pos.defined()) {
     if (opts.q_pos.dtype() != DType::I64 || opts.q_pos.numel() != 1 || a.T != 1)
@@ -664,7 +665,7 @@ void attention(ExecContext& ctx, const Tensor& q, const Tensor& k, const Tensor&
       if (o.q_offset < 0 || o.q_offset >= a.S)
         throw ShapeError(str(op, ": q_pos ", o.q_offset, " is outside the cache of ", a.S, " positions"));
       attention(ctx, q, k.slice(0, 0, o.q_offset + 1), v.slice(0, 0, o.q_offset + 1), o, out);
-      return;
+      return false;
     }
   }
   const int64_t ldq = token_stride(op, "q", q), ldk = token_stride(op, "k", k), ldv = token_stride(op, "v", v);
@@ -672,8 +673,9 @@ void attention(ExecContext& ctx, const Tensor& q, const Tensor& k, const Tensor&
   a.q_offset = opts.q_offset;
   a.window = opts.sliding_window.value_or(0);
   a.softcap = opts.softcap.value_or(0.0f);
+  bool wrote_lse = false;
   dispatch(
-      op, ctx, k.dtype(), {q, k, v, out, opts.alibi_slopes, opts.q_pos, opts.kv_table},
+      op, ctx, k.dtype(), {q, k, v, out, lse, opts.alibi_slopes, opts.q_pos, opts.kv_table},
       [&] {
         if (k.dtype() != DType::F32)
           throw UnsupportedError(str(op, ": no kernel for (cpu, ", dtype_name(k.dtype()), ") K/V"));
@@ -691,8 +693,11 @@ void attention(ExecContext& ctx, const Tensor& q, const Tensor& k, const Tensor&
         g.out = out.template data<float>();
         g.pos = opts.q_pos.defined() ? opts.q_pos.template data<int64_t>() : nullptr;
         g.kv_table = opts.kv_table.defined() ? opts.kv_table.template data<int64_t>() : nullptr;
+        g.lse = lse.defined() ? lse.template data<float>() : nullptr;
+        wrote_lse = cuda::attention_writes_lse(g);
         cuda::attention(make_launch(c, cuda::attention_workspace_bytes(g)), g);
       });
+  return wrote_lse;
 }
 
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& opts) {

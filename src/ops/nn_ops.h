@@ -144,9 +144,12 @@ void gated_activation(ExecContext& ctx, const Tensor& gate, const Tensor& up, Ac
 // x [T, H, D] (token stride may exceed H * D: q/k columns of a fused qkv output).
 void apply_rope_(ExecContext& ctx, const Tensor& x, const Tensor& cos, const Tensor& sin, int64_t rot_dim);
 // k, v: [S, Hkv, D] views of a KV cache (f32; CUDA also f16/bf16), q [T, Hq, D] (token stride
-// may be larger), out [T, Hq, Dv] contiguous.
-void attention(ExecContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& opts,
-               const Tensor& out);
+// may be larger), out [T, Hq, Dv] contiguous. lse (optional, f32 [T, Hq] contiguous): each query
+// row's log-sum-exp of its logits, for the training backward (attention_backward); written only
+// where the kernel taken computes it (CUDA's tensor-core prefill), and the return value says
+// whether it was.
+bool attention(ExecContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v,
+               const AttentionOptions& opts, const Tensor& out, const Tensor& lse = Tensor());
 
 // a += b (same shape, contiguous f32).
 void add_(ExecContext& ctx, const Tensor& a, const Tensor& b);

@@ -189,9 +189,10 @@ void act_backward(Act a, const float* x, const float* dy, int64_t n, float* dx) 
 
 void gated_act_backward(Act a, const float* gate, const float* up, const float* dy, int64_t n, float* dgate,
                         float* dup) {
-  for (int64_t i = 0; i < n; ++i) {
-    dgate[i] = dy[i] * up[i] * act_grad(a, gate[i]);
-    dup[i] = dy[i] * act_value(a, gate[i]);
+  for (int64_t i = 0; i < n; ++i) {  // loads first: the outputs may be the inputs' storage
+    const float g = gate[i], u = up[i], d = dy[i];
+    dgate[i] = d * u * act_grad(a, g);
+    dup[i] = d * act_value(a, g);
   }
 }
 

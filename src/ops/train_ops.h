@@ -42,7 +42,7 @@ void rms_norm_backward(const float* x, const float* w, int64_t rows, int64_t n, 
 // d/dx of silu(x), gelu (erf), gelu (tanh approximation), relu: dx = dy * f'(x).
 enum class Act { Silu, GeluErf, GeluTanh, Relu };
 void act_backward(Act a, const float* x, const float* dy, int64_t n, float* dx);
-// y = act(gate) * up: dgate, dup overwritten.
+// y = act(gate) * up: dgate, dup overwritten (each may be gate's, up's or dy's storage).
 void gated_act_backward(Act a, const float* gate, const float* up, const float* dy, int64_t n, float* dgate,
                         float* dup);
 
@@ -108,7 +108,8 @@ void layer_norm_backward(ExecContext& ctx, const Tensor& x, const Tensor& w, flo
 void zero_(ExecContext& ctx, const Tensor& t);
 // dx = dy * act'(x) (all one shape).
 void act_backward(ExecContext& ctx, Activation a, const Tensor& x, const Tensor& dy, const Tensor& dx);
-// y = act(gate) * up: dgate, dup (all one shape).
+// y = act(gate) * up: dgate, dup (all one shape; each may be the tensor gate, up or dy itself,
+// element for element: dgate = gate, dup = up computes in place).
 void gated_act_backward(ExecContext& ctx, Activation a, const Tensor& gate, const Tensor& up,
                         const Tensor& dy, const Tensor& dgate, const Tensor& dup);
 // dy *= 1 - (y / cap)^2 in place (y, dy one shape; y the capped output).
@@ -124,9 +125,12 @@ void rope_backward_(ExecContext& ctx, const Tensor& dx, const Tensor& cos, const
 // kernels on their values. `out`, when given, is the forward's output (f32 [T, Hq, Dv]): the
 // tensor cores then take each row's Dsum = sum_j p_j dp_j as dO . O (flash attention's way)
 // instead of a second product with V; the other paths check its shape and compute without it.
+// `lse` (with `out`), when given, is each row's log-sum-exp as ops::attention wrote it (f32
+// [T, Hq]): the tensor cores take the softmax statistics from it instead of a first pass over the
+// keys; the other paths check its shape and compute without it.
 void attention_backward(ExecContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v,
                         const AttentionOptions& opts, const Tensor& dout, const Tensor& dq, const Tensor& dk,
-                        const Tensor& dv, const Tensor& out = Tensor());
+                        const Tensor& dv, const Tensor& out = Tensor(), const Tensor& lse = Tensor());
 // dW [V, H] += scatter of dy [T, H] at ids (i64 [T]). Out-of-range ids: ShapeError on the CPU;
 // the CUDA kernel skips them (the caller checks ids on the host, where they come from).
 void embedding_backward(ExecContext& ctx, const Tensor& ids, const Tensor& dy, const Tensor& dW);

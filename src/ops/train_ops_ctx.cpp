@@ -200,7 +200,7 @@ void rope_backward_(ExecContext& ctx, const Tensor& dx, const Tensor& cos, const
 
 void attention_backward(ExecContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v,
                         const AttentionOptions& opts, const Tensor& dout, const Tensor& dq, const Tensor& dk,
-                        const Tensor& dv, const Tensor& out) {
+                        const Tensor& dv, const Tensor& out, const Tensor& lse) {
   const char* op = "attention_backward";
   for (const auto& [what, t] : {std::pair<const char*, const Tensor*>{"q", &q}, {"k", &k}, {"v", &v}})
     if (!t->defined() || t->dim() != 3 || !t->is_contiguous() ||
@@ -218,13 +218,17 @@ void attention_backward(ExecContext& ctx, const Tensor& q, const Tensor& k, cons
   require_f32_shape(op, "dk", dk, k.shape());
   require_f32_shape(op, "dv", dv, v.shape());
   if (out.defined()) require_f32_shape(op, "out", out, {T, Hq, Dv});
+  if (lse.defined()) {
+    if (!out.defined()) throw ShapeError(str(op, ": lse is given without the forward's output"));
+    require_f32_shape(op, "lse", lse, {T, Hq});
+  }
   if (opts.q_offset != 0 || opts.q_pos.defined())
     throw ShapeError(str(op, ": only a whole sequence from position 0 (q_offset 0, no q_pos)"));
   if (opts.alibi_slopes.defined()) require_f32_shape(op, "alibi_slopes", opts.alibi_slopes, {Hq});
   const int64_t window = opts.sliding_window ? *opts.sliding_window : 0;
   const float cap = opts.softcap ? *opts.softcap : 0.0f;
   dispatch(
-      op, ctx, k.dtype(), {q, k, v, dout, dq, dk, dv, opts.alibi_slopes, out},
+      op, ctx, k.dtype(), {q, k, v, dout, dq, dk, dv, opts.alibi_slopes, out, lse},
       [&] {
         AttnBwdOptions o;
         o.scale = opts.scale;
@@ -247,6 +251,7 @@ void attention_backward(ExecContext& ctx, const Tensor& q, const Tensor& k, cons
         a.k = k.data_ptr(), a.v = v.data_ptr(), a.kv_dtype = k.dtype();
         a.dq = dq.template data<float>(), a.dk = dk.template data<float>(), a.dv = dv.template data<float>();
         if (out.defined()) a.out = out.template data<float>();
+        if (lse.defined()) a.lse = lse.template data<float>();
         Tensor kf, vf;  // 16-bit k/v the tensor cores do not take: the f32 kernels on their values
         if (a.kv_dtype != DType::F32 && !cuda::attention_backward_tc_fits(a)) {
           kf = Tensor::empty(k.shape(), DType::F32, k.device());

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 
 #include "nibble/error.h"
 #include "nn/lora.h"
@@ -25,6 +26,7 @@ struct LayerCache {
   Tensor q, k, v;                   // [R, H * D] as attention saw them (normed, rotated; k and v
                                     // in the KV cache's dtype: 16-bit on CUDA with a 16-bit compute)
   Tensor a;                         // [R, Hq * D] attention output (o_proj input)
+  Tensor lse;                       // [R, Hq] each row's log-sum-exp, where the attention wrote it
   Tensor o_raw;                     // [R, C] o_proj output before the post-attention norm (only with it)
   Tensor h_mid;                     // [R, C] h + attention (sequential residual)
   Tensor x2;                        // [R, C] MLP norm output
@@ -33,6 +35,16 @@ struct LayerCache {
   Tensor m_raw;                     // [R, C] MLP output before the post-MLP norm (only with it)
   std::vector<nn::LoraCache> lora;  // per Linear of the layer: qkv..., o, mlp...
 };
+
+// NIBBLE_TRAIN_LSE=0 (benchmarks, A/B runs): the backward computes the softmax statistics itself
+// instead of taking the forward's.
+bool forward_lse() {
+  static const bool on = [] {
+    const char* v = std::getenv("NIBBLE_TRAIN_LSE");
+    return !(v && v[0] == '0');
+  }();
+  return on;
+}
 
 Tensor f32(const Tensor& t) {
   return t.dtype() == DType::F32 ? t : t.to(DType::F32);
@@ -127,17 +139,23 @@ struct Pass {
   Tensor widened(const Tensor& t) const { return converted(t, DType::F32); }
 
   // c.a [R, Hq * D] = causal attention of each sequence over c.q, c.k, c.v ([R, H * D], as
-  // attention_fwd leaves them).
-  void attention_core(size_t li, const LayerCache& c) const {
+  // attention_fwd leaves them); with a backward to come, c.lse [R, Hq] where every sequence's
+  // kernel wrote it (the backward's softmax statistics), else undefined.
+  void attention_core(size_t li, LayerCache& c) const {
     const int64_t D = m.head_dim, Hq = m.n_heads, Hkv = m.n_kv_heads;
     const Tensor q3 = c.q.view({R, Hq, D}), k3 = c.k.view({R, Hkv, D}), v3 = c.v.view({R, Hkv, D});
     ops::AttentionOptions ao = attn_opts(li, m.layers[li]);
     ao.q_offset = 0;
+    c.lse = grads && !m.device.is_cpu() && forward_lse() ? Tensor::empty({R, Hq}, DType::F32, m.device)
+                                                         : Tensor();
+    bool all = true;
     for (const Segment& sg : st.segs) {
       const int64_t r0 = sg.row0, r1 = sg.row0 + sg.T;
-      ops::attention(*ctx, q3.slice(0, r0, r1), k3.slice(0, r0, r1), v3.slice(0, r0, r1), ao,
-                     c.a.slice(0, r0, r1).view({sg.T, Hq, D}));
+      all &= ops::attention(*ctx, q3.slice(0, r0, r1), k3.slice(0, r0, r1), v3.slice(0, r0, r1), ao,
+                            c.a.slice(0, r0, r1).view({sg.T, Hq, D}),
+                            c.lse.defined() ? c.lse.slice(0, r0, r1) : Tensor());
     }
+    if (!all) c.lse = Tensor();
   }
 
   // act [R, F] = the MLP's activation of c.g / c.u (as mlp_fwd forms it).
@@ -169,17 +187,32 @@ struct Pass {
     s.lora = std::move(c.lora);
     return s;
   }
-  // The full f32 cache of layer li from keep_selective's: the norms, the attention core and the
-  // activation recomputed (the norms' and the activation's formulas on the kept values).
-  LayerCache restore(size_t li, const LayerCache& s) const {
+  // The f32 cache of layer li from keep_selective's, in two parts so that one block's restored
+  // values are not held while the other block's backward runs: restore_mlp before the MLP's
+  // backward (the MLP norm and the activation recomputed), restore_attention before the
+  // attention's (the attention norm and the attention core recomputed). Each drops the kept
+  // entries it has restored.
+  LayerCache restore_mlp(size_t li, LayerCache& s) const {
     const DecoderLayer& L = m.layers[li];
     LayerCache c;
-    c.h_in = widened(s.h_in);
+    c.h_in = s.h_in;  // widened by restore_attention
     c.h_mid = widened(s.h_mid);
+    c.x2 = rows(R, C);
+    norm_fwd(L.mlp_norm, m.parallel_residual ? widened(s.h_in) : c.h_mid, c.x2);
+    c.g = widened(s.g);
+    c.u = widened(s.u);
+    c.act = rows(R, c.u.size(1));
+    activation(c, c.act);
+    c.m_raw = widened(s.m_raw);
+    c.lora = std::move(s.lora);
+    s.h_mid = s.g = s.u = s.m_raw = Tensor();
+    return c;
+  }
+  void restore_attention(size_t li, LayerCache& s, LayerCache& c) const {
+    const DecoderLayer& L = m.layers[li];
+    c.h_in = widened(s.h_in);
     c.x1 = rows(R, C);
     norm_fwd(L.attn_norm, c.h_in, c.x1);
-    c.x2 = rows(R, C);
-    norm_fwd(L.mlp_norm, m.parallel_residual ? c.h_in : c.h_mid, c.x2);
     c.q_raw = widened(s.q_raw);
     c.k_raw = widened(s.k_raw);
     c.q = widened(s.q);
@@ -188,13 +221,7 @@ struct Pass {
     c.a = rows(R, m.n_heads * m.head_dim);
     attention_core(li, c);
     c.o_raw = widened(s.o_raw);
-    c.g = widened(s.g);
-    c.u = widened(s.u);
-    c.act = rows(R, c.u.size(1));
-    activation(c, c.act);
-    c.m_raw = widened(s.m_raw);
-    c.lora = s.lora;
-    return c;
+    s = LayerCache{};
   }
 
   // ---- forward -------------------------------------------------------------------------------
@@ -356,8 +383,9 @@ struct Pass {
     for (const Segment& sg : st.segs)
       ops::attention_backward(*ctx, heads(c.q, Hq, sg), heads(c.k, Hkv, sg), heads(c.v, Hkv, sg), ao,
                               heads(da, Hq, sg), heads(dq, Hq, sg), heads(dk, Hkv, sg), heads(dv, Hkv, sg),
-                              heads(c.a, Hq, sg));
-    c.q = c.k = c.v = c.a = da = Tensor();
+                              heads(c.a, Hq, sg),
+                              c.lse.defined() ? c.lse.slice(0, sg.row0, sg.row0 + sg.T) : Tensor());
+    c.q = c.k = c.v = c.a = c.lse = da = Tensor();
     if (s.pos == models::PosKind::Rope) {
       ops::rope_backward_(*ctx, dq.view({R, Hq, D}), st.cos, st.sin, st.rot_dim);
       ops::rope_backward_(*ctx, dk.view({R, Hkv, D}), st.cos, st.sin, st.rot_dim);
@@ -411,7 +439,8 @@ struct Pass {
     c.act = Tensor();
     switch (m.spec->mlp_kind) {
       case models::MlpKind::Gated: {
-        Tensor dg = rows(R, F), du = rows(R, F);
+        // in place: g and u are not needed after this (restored or the forward's, the pass's own)
+        Tensor dg = c.g, du = c.u;
         ops::gated_act_backward(*ctx, m.act, c.g, c.u, dact, dg, du);
         c.g = c.u = dact = Tensor();
         lin_bwd(L.mlp[0], c.x2, dg, dx2, c.lora[i0]);
@@ -419,7 +448,7 @@ struct Pass {
         break;
       }
       case models::MlpKind::GatedFused: {
-        Tensor dg = rows(R, F), du = rows(R, F), dy = rows(R, 2 * F);
+        Tensor dg = c.g, du = c.u, dy = rows(R, 2 * F);
         ops::gated_act_backward(*ctx, m.act, c.g, c.u, dact, dg, du);
         c.g = c.u = dact = Tensor();
         ops::copy_(*ctx, dg, dy.slice(1, 0, F));
@@ -437,23 +466,24 @@ struct Pass {
   }
 
   // dh [R, C]: d(layer output) in, d(layer input) out (in place); at layer 0 only the adapters'
-  // gradients matter, so the input gradient is not formed.
-  void layer_bwd(size_t li, LayerCache& c, const Tensor& dh) const {
+  // gradients matter, so the input gradient is not formed. kept (Selective): c holds restore_mlp's
+  // part, and the attention's is restored from kept once the MLP's backward is done.
+  void layer_bwd(size_t li, LayerCache& c, const Tensor& dh, LayerCache* kept = nullptr) const {
     const DecoderLayer& L = m.layers[li];
     const bool need_dx = li > 0;
-    Tensor dx2 = zero_rows(R, C), dx1 = need_dx ? zero_rows(R, C) : Tensor();
-    if (m.parallel_residual) {
-      mlp_bwd(li, c, dh, dx2);
-      attention_bwd(li, c, dh, dx1);
-      if (!need_dx) return;
-      add_norm_bwd(L.mlp_norm, c.h_in, dx2, dh);
-      add_norm_bwd(L.attn_norm, c.h_in, dx1, dh);
-      return;
-    }
+    Tensor dx2 = zero_rows(R, C);
     mlp_bwd(li, c, dh, dx2);
-    add_norm_bwd(L.mlp_norm, c.h_mid, dx2, dh);  // dh is now d(h_mid)
+    c.x2 = Tensor();
+    if (!m.parallel_residual) {
+      add_norm_bwd(L.mlp_norm, c.h_mid, dx2, dh);  // dh is now d(h_mid)
+      c.h_mid = dx2 = Tensor();
+    }
+    if (kept) restore_attention(li, *kept, c);
+    const Tensor dx1 = need_dx ? zero_rows(R, C) : Tensor();
     attention_bwd(li, c, dh, dx1);
-    if (need_dx) add_norm_bwd(L.attn_norm, c.h_in, dx1, dh);
+    if (!need_dx) return;
+    if (m.parallel_residual) add_norm_bwd(L.mlp_norm, c.h_in, dx2, dh);
+    add_norm_bwd(L.attn_norm, c.h_in, dx1, dh);
   }
 };
 
@@ -537,8 +567,8 @@ PassResult run(const CausalLM::Impl& m, const TokenBatch& b, const Tensor& head_
         p.layer_bwd(li, cache[li], dh);
         break;
       case Recompute::Selective: {
-        LayerCache full = p.restore(li, cache[li]);
-        p.layer_bwd(li, full, dh);
+        LayerCache full = p.restore_mlp(li, cache[li]);
+        p.layer_bwd(li, full, dh, &cache[li]);
         break;
       }
       case Recompute::Full: {

@@ -242,13 +242,45 @@ TEST(TrainCuda, AttentionBackwardTensorCores) {
       a.T = c.T, a.Hq = c.Hq, a.Hkv = c.Hkv, a.D = a.Dv = c.D, a.kv_dtype = dt;
       a.q = gq.data<float>(), a.dout = gdout.data<float>(), a.k = gk.data_ptr(), a.v = gv.data_ptr();
       EXPECT_TRUE(cuda::attention_backward_tc_fits(a));
-      // twice: Dsum from a second product with V, then from the forward's output (as training
-      // passes it: the GPU forward's own output)
+      // three times: Dsum from a second product with V, then from the forward's output (as
+      // training passes it: the GPU forward's own output), then also with the forward's
+      // log-sum-exp of each row (written by the tensor-core forward, which takes T >= 16)
       const Tensor gout = Tensor::empty({c.T, c.Hq, c.D}, DType::F32, kGpu);
-      ops::attention(gpu_ctx(), gq, gk, gv, go, gout);
-      for (const Tensor* fwd_out : {static_cast<const Tensor*>(nullptr), &gout}) {
+      const Tensor glse = Tensor::empty({c.T, c.Hq}, DType::F32, kGpu);
+      const bool wrote = ops::attention(gpu_ctx(), gq, gk, gv, go, gout, glse);
+      EXPECT_EQ(wrote, c.T >= 16);
+      if (wrote) {  // lse against the logits of the rounded q and k, in double
+        const Tensor hl = on_host(glse), kf = k.to(DType::F32);
+        double worst = 0;
+        for (int64_t i = 0; i < c.T; ++i)
+          for (int64_t h = 0; h < c.Hq; ++h) {
+            const int64_t g = h / (c.Hq / c.Hkv);
+            std::vector<double> lg;
+            for (int64_t j = 0; j <= i; ++j) {
+              if (c.window && j <= i - c.window) continue;
+              double d = 0;
+              for (int64_t e = 0; e < c.D; ++e)
+                d += double(qr.data<float>()[(i * c.Hq + h) * c.D + e]) *
+                     kf.data<float>()[(j * c.Hkv + g) * c.D + e];
+              d *= o.scale;
+              if (c.softcap > 0) d = c.softcap * std::tanh(d / c.softcap);
+              if (c.alibi) d += double(o.alibi_slopes.data<float>()[h]) * double(j);
+              lg.push_back(d);
+            }
+            const double mx = *std::max_element(lg.begin(), lg.end());
+            double sum = 0;
+            for (double x : lg) sum += std::exp(x - mx);
+            worst = std::max(worst, std::abs(hl.data<float>()[i * c.Hq + h] - (mx + std::log(sum))));
+          }
+        std::printf("  %s T %lld D %lld lse: max abs err %.2e\n", dtype_name(dt), (long long)c.T,
+                    (long long)c.D, worst);
+        EXPECT_LE(worst, 1e-4);
+      }
+      const std::pair<const Tensor*, const Tensor*> variants[] = {
+          {nullptr, nullptr}, {&gout, nullptr}, {&gout, wrote ? &glse : nullptr}};
+      for (const auto& [fwd_out, fwd_lse] : variants) {
         ops::attention_backward(gpu_ctx(), gq, gk, gv, go, gdout, gdq, gdk, gdv,
-                                fwd_out ? *fwd_out : Tensor());
+                                fwd_out ? *fwd_out : Tensor(), fwd_lse ? *fwd_lse : Tensor());
         for (const auto& [name, got_dev, want] :
              {std::tuple<const char*, const Tensor*, const Tensor*>{"dq", &gdq, &dq},
               {"dk", &gdk, &dk},
@@ -267,10 +299,11 @@ TEST(TrainCuda, AttentionBackwardTensorCores) {
           for (int64_t i = 0; i < scale->numel(); ++i)
             size = std::max(size, double(std::abs(scale->data<float>()[i])));
           const double e = diff / size, er = rms(got, want) / std::max(rms(*scale, nullptr), 1e-30);
+          const char* how = fwd_lse ? " with O and lse" : fwd_out ? " with O" : "";
           std::printf("  %s T %lld D %lld %s%s: max err %.2fu, rms err %.2fu\n", dtype_name(dt),
-                      (long long)c.T, (long long)c.D, name, fwd_out ? " (Dsum from O)" : "", e / u, er / u);
-          EXPECT_LE(e, 8 * u) << name << (fwd_out ? " with O" : "");
-          EXPECT_LE(er, 2 * u) << name << (fwd_out ? " with O" : "");
+                      (long long)c.T, (long long)c.D, name, how, e / u, er / u);
+          EXPECT_LE(e, 8 * u) << name << how;
+          EXPECT_LE(er, 2 * u) << name << how;
         }
       }
     }

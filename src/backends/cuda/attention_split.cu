@@ -307,6 +307,10 @@ size_t attention_workspace_bytes(const Attention& a) {
   return ns == 1 ? 0 : size_t(a.T * a.Hq) * size_t(ns) * size_t(a.Dv + 2) * sizeof(float);
 }
 
+bool attention_writes_lse(const Attention& a) {
+  return a.lse && a.T > 0 && a.Hq > 0 && attention_prefill_tc_fits(a);
+}
+
 void attention(const Launch& l, const Attention& a) {
   if (a.T == 0 || a.Hq == 0) return;
   check(a);

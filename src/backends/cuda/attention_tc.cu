@@ -3,7 +3,8 @@
 // kKeys, staged by cp.async into two shared buffers (the next tile loads while this one is used). Per
 // tile a warp computes its 16 x kKeys scores S = Q K^T (Q rounded to the cache dtype once, kept in
 // registers as A fragments), masks, scales, soft-caps and adds ALiBi as the SIMT kernels do (in f32),
-// keeps an online softmax per row, and adds P V with P rounded to the cache dtype (as flash attention
+// keeps an online softmax per row in base 2 (the logits times log2(e); each row's log-sum-exp is
+// written when asked, for the training backward), and adds P V with P rounded to the cache dtype (as flash attention
 // does in a 16-bit dtype). Rows are padded by 8 elements in shared memory so ldmatrix is conflict-free.
 #include "backends/cuda/attention_tc.h"
 
@@ -33,6 +34,7 @@ constexpr int kWarps = 4;
 constexpr int kRows = 16 * kWarps;  // query rows a block
 constexpr int kKeys = 64;           // keys a tile
 constexpr int kPad = 8;             // elements of padding a shared row
+constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
 
 struct Params {
   int64_t T, S, Hq, Hkv, q_offset, window, ldq, ldk, ldv;
@@ -42,6 +44,7 @@ struct Params {
   const uint16_t* k;
   const uint16_t* v;
   float* out;  // [T, Hq, D]
+  float* lse;  // [T, Hq] or nullptr
 };
 
 template <int D>
@@ -103,6 +106,8 @@ __global__ void __launch_bounds__(kWarps * 32) attn_prefill_tc_kernel(Params p) 
   const float slope = p.alibi ? p.alibi[h] : 0.0f;
   const int64_t w_first = p.q_offset + r0 + warp * 16;                             // the warp's first position
   const int64_t w_hi = min(hi, p.q_offset + min(p.T - 1, r0 + warp * 16 + 15) + 1);  // its keys end
+  const bool plain = p.softcap <= 0.0f && !p.alibi;
+  const float scale2 = p.scale * kLog2e;
   int buf = 0;
   for (int64_t j0 = lo; j0 < hi; j0 += kKeys, buf ^= 1) {
     cp_async_wait_all();
@@ -125,25 +130,39 @@ __global__ void __launch_bounds__(kWarps * 32) attn_prefill_tc_kernel(Params p) 
         dev::mma<KV>(s[n + 1], qf[kk], b[2], b[3]);
       }
     }
-    // Every key of the tile visible to every row of the warp: no mask (the common case).
+    // Every key of the tile visible to every row of the warp: no mask (the common case). The
+    // softmax runs in base 2: x = logit * log2(e), p = 2^(x - max) (= e^(logit - max)); with no
+    // softcap or ALiBi the scale and log2(e) are one multiply.
     const bool full = j0 + kKeys <= w_first + 1 && j0 + kKeys <= hi &&
                       (p.window <= 0 || j0 > w_first + 15 - p.window) && r0 + warp * 16 + 15 < p.T;
     float tmax[2] = {-INFINITY, -INFINITY};
+    if (full && plain) {
 #pragma unroll
-    for (int n = 0; n < kKeys / 8; ++n) {
+      for (int n = 0; n < kKeys / 8; ++n)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int64_t j = j0 + n * 8 + 2 * (lane & 3) + (e & 1);
-        float x = s[n][e] * p.scale;
-        if (p.softcap > 0.0f) x = p.softcap * tanhf(x / p.softcap);
-        if (p.alibi) x += slope * float(j);
-        if (!full) {
-          const int64_t pos = pos_a + (e >> 1) * 8;
-          const bool valid = row_a + (e >> 1) * 8 < p.T && j < hi && j <= pos && (p.window <= 0 || j > pos - p.window);
-          if (!valid) x = -INFINITY;
+        for (int e = 0; e < 4; ++e) {
+          s[n][e] *= scale2;
+          tmax[e >> 1] = fmaxf(tmax[e >> 1], s[n][e]);
         }
-        s[n][e] = x;
-        tmax[e >> 1] = fmaxf(tmax[e >> 1], x);
+    } else {
+#pragma unroll
+      for (int n = 0; n < kKeys / 8; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int64_t j = j0 + n * 8 + 2 * (lane & 3) + (e & 1);
+          float x = s[n][e] * p.scale;
+          if (p.softcap > 0.0f) x = p.softcap * tanhf(x / p.softcap);
+          if (p.alibi) x += slope * float(j);
+          x *= kLog2e;
+          if (!full) {
+            const int64_t pos = pos_a + (e >> 1) * 8;
+            const bool valid =
+                row_a + (e >> 1) * 8 < p.T && j < hi && j <= pos && (p.window <= 0 || j > pos - p.window);
+            if (!valid) x = -INFINITY;
+          }
+          s[n][e] = x;
+          tmax[e >> 1] = fmaxf(tmax[e >> 1], x);
+        }
       }
     }
     float corr[2];
@@ -152,7 +171,7 @@ __global__ void __launch_bounds__(kWarps * 32) attn_prefill_tc_kernel(Params p) 
       tmax[r] = fmaxf(tmax[r], __shfl_xor_sync(0xffffffffu, tmax[r], 1));
       tmax[r] = fmaxf(tmax[r], __shfl_xor_sync(0xffffffffu, tmax[r], 2));
       const float mn = fmaxf(m[r], tmax[r]);
-      corr[r] = mn == -INFINITY ? 1.0f : expf(m[r] - mn);
+      corr[r] = mn == -INFINITY ? 1.0f : exp2f(m[r] - mn);
       m[r] = mn;
     }
     float ls[2] = {0.0f, 0.0f};
@@ -161,7 +180,7 @@ __global__ void __launch_bounds__(kWarps * 32) attn_prefill_tc_kernel(Params p) 
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const float x = s[n][e];
-        const float pv = x == -INFINITY ? 0.0f : expf(x - m[e >> 1]);
+        const float pv = x == -INFINITY ? 0.0f : exp2f(x - m[e >> 1]);
         s[n][e] = pv;
         ls[e >> 1] += pv;
       }
@@ -184,6 +203,8 @@ __global__ void __launch_bounds__(kWarps * 32) attn_prefill_tc_kernel(Params p) 
   for (int r = 0; r < 2; ++r) {
     const int64_t i = row_a + 8 * r;
     if (i >= p.T) continue;
+    // the row's log-sum-exp of its logits (natural log; the training backward's statistics)
+    if (p.lse && (lane & 3) == 0) p.lse[i * p.Hq + h] = l[r] > 0.0f ? m[r] * kLn2 + logf(l[r]) : 0.0f;
     float* orow = p.out + (i * p.Hq + h) * D + 2 * (lane & 3);
 #pragma unroll
     for (int n = 0; n < D / 8; ++n)
@@ -229,7 +250,7 @@ void attention_prefill_tc(const Launch& l, const Attention& a) {
   const Params p{a.T,     a.S,       a.Hq,    a.Hkv, a.q_offset,
                  a.window, a.ldq,    a.ldk,   a.ldv, a.scale,
                  a.softcap, a.alibi, a.q,     static_cast<const uint16_t*>(a.k),
-                 static_cast<const uint16_t*>(a.v), a.out};
+                 static_cast<const uint16_t*>(a.v), a.out, a.lse};
   if (a.kv_dtype == DType::BF16)
     launch_d<dev::BF16>(l, p, a.D);
   else

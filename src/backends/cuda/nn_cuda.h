@@ -103,9 +103,14 @@ struct Attention {
   // addresses kv_table[t] and kv_table[T + t] (k and v above unused) and its position pos[t];
   // S is then the largest cache capacity.
   const int64_t* kv_table = nullptr;
+  // [T, Hq] f32 (row t, head h at t * Hq + h), or nullptr: each query row's log-sum-exp of its
+  // logits, written by the tensor-core prefill kernel only (attention_prefill_tc_fits).
+  float* lse = nullptr;
 };
 size_t attention_workspace_bytes(const Attention& a);
 void attention(const Launch& l, const Attention& a);
+// Whether attention(l, a) writes a.lse (a.lse set and the tensor-core prefill kernel taken).
+bool attention_writes_lse(const Attention& a);
 
 // ---- logits ------------------------------------------------------------------------------------
 // out[r] = index of the first maximum of x[r, 0:V] (torch.argmax), r < rows.

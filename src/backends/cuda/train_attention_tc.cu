@@ -5,7 +5,8 @@
 //   dq:  block (64 query rows, head h), a warp 16 rows. Pass 1 over the key tiles: S = Q K^T
 //        gives each row's log-sum-exp; Dsum = sum_j p_j dp_j is dO . O when the forward's output
 //        O is given, else pass 1 also computes dP = dO V^T for it (online, as the SIMT rows
-//        kernel); both kept in the workspace. Pass 2: P = exp(S - lse), dS = P (dP - Dsum)
+//        kernel); both kept in the workspace. With O and the forward's log-sum-exp given
+//        (attention_prefill_tc writes it) there is no pass 1. Pass 2: P = exp(S - lse), dS = P (dP - Dsum)
 //        d(logit)/d(q.k), dq += dS K.
 //   dkv: block (64 keys, query head h), a warp 16 keys, over the query rows i >= j in tiles:
 //        S^T = K Q^T, dP^T = V dO^T, dv += P^T dO, dk += dS^T Q with the saved statistics.
@@ -54,6 +55,7 @@ struct Params {
   float* dv;
   float* stats;  // [2][T * Hq]: log-sum-exp, Dsum of row (i, h) at i * Hq + h
   const float* o;  // the forward's output [T, Hq, D], or nullptr: Dsum from pass 1's dP
+  const float* lse;  // the forward's log-sum-exp of each row [T * Hq], or nullptr (with o: no pass 1)
 };
 
 using dev::Logit;
@@ -241,7 +243,16 @@ __global__ void __launch_bounds__(kWarps * 32) attn_bwd_dq_tc_kernel(Params p) {
     walk([&](const uint16_t* Kb, const uint16_t* Vb, int64_t j0) { pass1_tile(Kb, Vb, j0, with_dp); });
   };
   if (p.o) {
-    pass1(std::false_type());
+    if (p.lse) {  // the forward's statistics: l = 1 at m = lse
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int64_t i = row_a + 8 * r;
+        m[r] = i < p.T ? p.lse[i * p.Hq + h] : 0.0f;
+        l[r] = i < p.T && (lane & 3) == 0 ? 1.0f : 0.0f;  // summed over the quad below
+      }
+    } else {
+      pass1(std::false_type());
+    }
     // pd = dO . O * l (divided by l below): a quad's four lanes take a quarter of D each
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
@@ -504,7 +515,8 @@ void attention_backward_tc(const Launch& l, const AttentionBackward& a) {
                  rep == 1 ? a.dk : part,
                  rep == 1 ? a.dv : part + a.T * a.Hq * a.D,
                  stats,
-                 a.out};
+                 a.out,
+                 a.out ? a.lse : nullptr};
   if (a.kv_dtype == DType::BF16)
     launch_d<dev::BF16>(l, p, a.D);
   else

@@ -56,6 +56,9 @@ struct AttentionBackward {
   // The forward's output [T, Hq, Dv] f32, or nullptr. The tensor-core kernels take each row's
   // Dsum = sum_j p_j dp_j as dO . O from it instead of a second product with V.
   const float* out = nullptr;
+  // With out: each row's log-sum-exp of its logits as the forward computed it ([T, Hq] f32,
+  // cuda::Attention::lse), or nullptr. The tensor-core kernels then skip their first pass.
+  const float* lse = nullptr;
 };
 // Workspace: attention_backward_workspace_bytes (each row's softmax statistics; on the tensor
 // cores with Hq > Hkv also each query head's dk/dv, summed over its group in order afterwards).

@@ -25,9 +25,10 @@ __global__ void gated_act_bwd_kernel(Act a, const float* gate, const float* up, 
                                      float* dgate, float* dup) {
   dev::pdl_launch_dependents();
   dev::pdl_wait();
-  NIBBLE_GRID_STRIDE(i, n) {
-    dgate[i] = dy[i] * up[i] * dev::act_grad(gate[i], a);
-    dup[i] = dy[i] * dev::act_f(gate[i], a);
+  NIBBLE_GRID_STRIDE(i, n) {  // loads first: the outputs may be the inputs' storage
+    const float g = gate[i], u = up[i], d = dy[i];
+    dgate[i] = d * u * dev::act_grad(g, a);
+    dup[i] = d * dev::act_f(g, a);
   }
 }
 

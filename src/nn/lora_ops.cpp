@@ -1,7 +1,6 @@
 // The context forms of the LoRA pieces of a training pass (nn/lora.h): checks, then one dispatch
 // each (ops/dispatch.h). The CPU branches call the host functions of lora.cpp on the tensors'
 // data; the CUDA branches run the small GEMMs through cuBLAS (backends/cuda/train_cuda.h).
-#include <algorithm>
 #include <vector>
 
 #include "nibble/error.h"
@@ -59,9 +58,7 @@ void lora_forward(ExecContext& ctx, const LoraWeights& w, const Tensor& x, float
       },
       [&](auto& c) {
         const Device dev = ctx.device();
-        // the down product on lora_down where it fits (x [M, in] is contiguous), else cuBLAS
-        const bool fast = cuda::lora_gemm_fits(r, in, in, x.template data<float>());
-        const cuda::Launch l = ops::make_launch(c, fast ? cuda::lora_down_workspace_bytes(M, in) : 0);
+        const cuda::Launch l = ops::make_launch(c, 0);
         LoraCache s;
         const float* xs = x.template data<float>();
         if (dropout > 0.0f) {
@@ -74,11 +71,8 @@ void lora_forward(ExecContext& ctx, const LoraWeights& w, const Tensor& x, float
         }
         s.h = Tensor::empty({M, r}, DType::F32, dev);
         float* h = s.h.template data<float>();
-        if (fast)
-          cuda::lora_down(l, xs, in, M, in, w.A.template data<float>(), in, 1, r, 1.0f, 0.0f, h, r);
-        else
-          cuda::gemm_f32(l, false, true, M, r, in, 1.0f, xs, in, w.A.template data<float>(), in, 0.0f, h, r,
-                         w.tf32);
+        cuda::gemm_f32(l, false, true, M, r, in, 1.0f, xs, in, w.A.template data<float>(), in, 0.0f, h, r,
+                       w.tf32);
         cuda::gemm_f32(l, false, true, M, N, r, w.scale, h, r, w.B.template data<float>(), r, 1.0f,
                        out.template data<float>(), N, w.tf32);
         if (saved) *saved = std::move(s);
@@ -107,31 +101,18 @@ void lora_backward(ExecContext& ctx, const LoraWeights& w, const Tensor& x, cons
       },
       [&](auto& c) {
         const Device dev = ctx.device();
+        const cuda::Launch l = ops::make_launch(c, 0);
         const float* g = dy.template data<float>();
         const float* h = saved.h.template data<float>();
         const float* xs = saved.mask.defined() ? saved.xd.template data<float>() : x.template data<float>();
-        // dh, dB and dA on lora_down / lora_reduce where they fit (dy and x contiguous), else cuBLAS
-        const bool fast_dy = cuda::lora_gemm_fits(r, N, N, g), fast_x = cuda::lora_gemm_fits(r, in, in, xs);
-        const size_t ws = std::max({fast_dy ? cuda::lora_down_workspace_bytes(M, N) : size_t(0),
-                                    fast_dy ? cuda::lora_reduce_workspace_bytes(M, N) : size_t(0),
-                                    fast_x ? cuda::lora_reduce_workspace_bytes(M, in) : size_t(0)});
-        const cuda::Launch l = ops::make_launch(c, ws);
         const Tensor dh_t = Tensor::empty({M, r}, DType::F32, dev);
         float* dh = dh_t.template data<float>();
-        float* dBp = dB.template data<float>();
-        float* dAp = dA.template data<float>();
-        if (fast_dy) {
-          cuda::lora_down(l, g, N, M, N, w.B.template data<float>(), 1, r, r, w.scale, 0.0f, dh, r);
-          cuda::lora_reduce(l, h, r, g, N, M, N, r, w.scale, 1.0f, dBp, 1, r);
-        } else {
-          cuda::gemm_f32(l, false, false, M, r, N, w.scale, g, N, w.B.template data<float>(), r, 0.0f, dh, r,
-                         w.tf32);
-          cuda::gemm_f32(l, true, false, N, r, M, w.scale, g, N, h, r, 1.0f, dBp, r, w.tf32);
-        }
-        if (fast_x)
-          cuda::lora_reduce(l, dh, r, xs, in, M, in, r, 1.0f, 1.0f, dAp, in, 1);
-        else
-          cuda::gemm_f32(l, true, false, r, in, M, 1.0f, dh, r, xs, in, 1.0f, dAp, in, w.tf32);
+        cuda::gemm_f32(l, false, false, M, r, N, w.scale, g, N, w.B.template data<float>(), r, 0.0f, dh, r,
+                       w.tf32);
+        cuda::gemm_f32(l, true, false, N, r, M, w.scale, g, N, h, r, 1.0f, dB.template data<float>(), r,
+                       w.tf32);
+        cuda::gemm_f32(l, true, false, r, in, M, 1.0f, dh, r, xs, in, 1.0f, dA.template data<float>(), in,
+                       w.tf32);
         if (!dx.defined()) return;
         const float* A = w.A.template data<float>();
         if (!saved.mask.defined()) {

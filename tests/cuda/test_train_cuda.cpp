@@ -417,136 +417,41 @@ TEST(TrainCuda, CrossEntropyHead16) {
                ShapeError);
 }
 
-// lora_down / lora_reduce (the adapter's rank-r products, f32 fused multiply-adds) against a double
-// reference: each element within 1e-5 of the sum of its terms' magnitudes (f32 sums of up to 11008
-// terms, in another order), both W and G layouts, beta 0 and 1, odd row counts and K not a
-// multiple of the 128-column stage.
-TEST(TrainCuda, LoraRankProducts) {
-  SKIP_WITHOUT_CUDA();
-  SEEDED(rng);
-  struct Case {
-    int64_t M, K, r;
-  };
-  const Case cases[] = {{1, 4, 1},        {37, 132, 7},    {130, 260, 16},
-                        {1024, 4096, 16}, {300, 11008, 8}, {5, 11008, 16}};
-  for (const Case& c : cases) {
-    SCOPED_TRACE("M " + std::to_string(c.M) + " K " + std::to_string(c.K) + " r " + std::to_string(c.r));
-    const Tensor X = rng.randn({c.M, c.K}), A = rng.randn({c.r, c.K}, 0.1f), B = rng.randn({c.K, c.r}, 0.1f);
-    const Tensor Y = rng.randn({c.M, c.r}), out0 = rng.randn({c.M, c.r}), G0 = rng.randn({c.r, c.K});
-    const Tensor gX = on_gpu(X), gA = on_gpu(A), gB = on_gpu(B), gY = on_gpu(Y);
-    ASSERT_TRUE(cuda::lora_gemm_fits(c.r, c.K, c.K, gX.data<float>()));
-    const size_t ws =
-        std::max(cuda::lora_down_workspace_bytes(c.M, c.K), cuda::lora_reduce_workspace_bytes(c.M, c.K));
-    const Tensor work = Tensor::empty({int64_t(ws / 4) + 1}, DType::F32, kGpu);
-    cuda::Launch l;
-    l.stream = static_cast<cuda::Stream>(gpu_ctx().stream());
-    l.workspace = work.data_ptr();
-    l.workspace_bytes = ws;
-    const float* x = X.data<float>();
-    int64_t checked = 0;
-    const auto check = [&](const Tensor& got_dev, const Tensor& want, const Tensor& bound, const char* what) {
-      const Tensor got = on_host(got_dev);
-      double worst = 0;
-      for (int64_t i = 0; i < want.numel(); ++i) {
-        const double e =
-            std::abs(got.data<float>()[i] - want.data<float>()[i]) / (bound.data<float>()[i] + 1e-30);
-        worst = std::max(worst, std::isfinite(e) ? e : INFINITY);
-        ++checked;
-      }
-      std::printf("  M %lld K %lld r %lld %s: max err %.2e of the terms' magnitudes\n", (long long)c.M,
-                  (long long)c.K, (long long)c.r, what, worst);
-      EXPECT_LE(worst, 1e-5) << what;
-    };
-    for (float beta : {0.0f, 1.0f}) {
-      // down, W = A [r, K] and W = B^T ([K, r]): out = 0.5 X W^T + beta out
-      for (bool transposed : {false, true}) {
-        const float* w = (transposed ? B : A).data<float>();
-        const int64_t wj = transposed ? 1 : c.K, wk = transposed ? c.r : 1;
-        Tensor want = zeros({c.M, c.r}), bound = zeros({c.M, c.r});
-        for (int64_t m = 0; m < c.M; ++m)
-          for (int64_t j = 0; j < c.r; ++j) {
-            double s = 0, a = 0;
-            for (int64_t k = 0; k < c.K; ++k) {
-              const double t = double(x[m * c.K + k]) * w[j * wj + k * wk];
-              s += t, a += std::abs(t);
-            }
-            const double o = out0.data<float>()[m * c.r + j];
-            want.data<float>()[m * c.r + j] = float(0.5 * s + beta * o);
-            bound.data<float>()[m * c.r + j] = float(0.5 * a + beta * std::abs(o));
-          }
-        Tensor got = on_gpu(out0);
-        cuda::lora_down(l, gX.data<float>(), c.K, c.M, c.K, (transposed ? gB : gA).data<float>(), wj, wk, c.r,
-                        0.5f, beta, got.data<float>(), c.r);
-        check(got, want, bound, transposed ? "down (W = B^T)" : "down (W = A)");
-      }
-      // reduce into G = [r, K] (gj = K) and into G^T = [K, r] (gj = 1): G = 0.5 Y^T X + beta G
-      for (bool transposed : {false, true}) {
-        const int64_t gj = transposed ? 1 : c.K, gk = transposed ? c.r : 1;
-        Tensor g0 = zeros({c.r * c.K}), want = zeros({c.r * c.K}), bound = zeros({c.r * c.K});
-        for (int64_t j = 0; j < c.r; ++j)
-          for (int64_t k = 0; k < c.K; ++k) {
-            double s = 0, a = 0;
-            for (int64_t m = 0; m < c.M; ++m) {
-              const double t = double(Y.data<float>()[m * c.r + j]) * x[m * c.K + k];
-              s += t, a += std::abs(t);
-            }
-            const int64_t at = j * gj + k * gk;
-            const double o = G0.data<float>()[j * c.K + k];
-            g0.data<float>()[at] = float(o);
-            want.data<float>()[at] = float(0.5 * s + beta * o);
-            bound.data<float>()[at] = float(0.5 * a + beta * std::abs(o));
-          }
-        Tensor got = on_gpu(g0);
-        cuda::lora_reduce(l, gY.data<float>(), c.r, gX.data<float>(), c.K, c.M, c.K, c.r, 0.5f, beta,
-                          got.data<float>(), gj, gk);
-        check(got, want, bound, transposed ? "reduce (G^T)" : "reduce (G)");
-      }
-    }
-    EXPECT_GT(checked, 0);
-  }
-  EXPECT_FALSE(cuda::lora_gemm_fits(17, 64, 64, nullptr));  // the nn layer then takes cuBLAS
-  EXPECT_FALSE(cuda::lora_gemm_fits(16, 66, 66, nullptr));
-}
-
 TEST(TrainCuda, LoraForwardBackwardWithDropout) {
   SKIP_WITHOUT_CUDA();
   SEEDED(r);
-  // rank 8 takes lora_down / lora_reduce, rank 20 cuBLAS
-  for (const int64_t rank : {int64_t(8), int64_t(20)}) {
-    SCOPED_TRACE("rank " + std::to_string(rank));
-    const int64_t M = 23, in = 96, out = 80;
-    nn::LoraWeights w;
-    w.A = r.randn({rank, in}, 0.1f);
-    w.B = r.randn({out, rank}, 0.1f);
-    w.scale = 2.0f;
-    nn::LoraWeights gw = w;
-    gw.A = on_gpu(w.A);
-    gw.B = on_gpu(w.B);
-    const Tensor x = r.randn({M, in}), y0 = r.randn({M, out}), dy = r.randn({M, out});
-    // tf32 (a model with a 16-bit compute dtype): each GEMM's inputs rounded to TF32 (2^-11
-    // relative), so a sum of products is off by at most 2^-10 of the sum of their magnitudes; with
-    // these shapes and the accumulated f32 inputs, 4e-3 of the largest value
-    for (bool tf32 : {false, true})
-      for (float p : {0.0f, 0.25f}) {
-        SCOPED_TRACE("dropout " + std::to_string(p) + (tf32 ? " tf32" : ""));
-        gw.tf32 = tf32;
-        const double tol = tf32 ? 4e-3 : kGemmTol;
-        Tensor y = y0.clone(), gy = on_gpu(y0);
-        nn::LoraCache cs, gs;
-        nn::lora_forward(cpu_ctx(), w, x, p, 1234, y, &cs);
-        nn::lora_forward(gpu_ctx(), gw, on_gpu(x), p, 1234, gy, &gs);
-        EXPECT_LT(rel_err(gy, y), tol) << "out";
-        EXPECT_LT(rel_err(gs.h, cs.h), tol) << "h";
-        const Tensor dA0 = r.randn({rank, in}), dB0 = r.randn({out, rank}), dx0 = r.randn({M, in});
-        Tensor dA = dA0.clone(), dB = dB0.clone(), dx = dx0.clone();
-        Tensor gdA = on_gpu(dA0), gdB = on_gpu(dB0), gdx = on_gpu(dx0);
-        nn::lora_backward(cpu_ctx(), w, x, dy, cs, dA, dB, dx);
-        nn::lora_backward(gpu_ctx(), gw, on_gpu(x), on_gpu(dy), gs, gdA, gdB, gdx);
-        EXPECT_LT(rel_err(gdA, dA), tol) << "dA";
-        EXPECT_LT(rel_err(gdB, dB), tol) << "dB";
-        EXPECT_LT(rel_err(gdx, dx), tol) << "dx";
-      }
-  }
+  const int64_t M = 23, in = 96, out = 80, rank = 8;
+  nn::LoraWeights w;
+  w.A = r.randn({rank, in}, 0.1f);
+  w.B = r.randn({out, rank}, 0.1f);
+  w.scale = 2.0f;
+  nn::LoraWeights gw = w;
+  gw.A = on_gpu(w.A);
+  gw.B = on_gpu(w.B);
+  const Tensor x = r.randn({M, in}), y0 = r.randn({M, out}), dy = r.randn({M, out});
+  // tf32 (a model with a 16-bit compute dtype): each GEMM's inputs rounded to TF32 (2^-11
+  // relative), so a sum of products is off by at most 2^-10 of the sum of their magnitudes; with
+  // these shapes and the accumulated f32 inputs, 4e-3 of the largest value
+  for (bool tf32 : {false, true})
+    for (float p : {0.0f, 0.25f}) {
+      SCOPED_TRACE("dropout " + std::to_string(p) + (tf32 ? " tf32" : ""));
+      gw.tf32 = tf32;
+      const double tol = tf32 ? 4e-3 : kGemmTol;
+      Tensor y = y0.clone(), gy = on_gpu(y0);
+      nn::LoraCache cs, gs;
+      nn::lora_forward(cpu_ctx(), w, x, p, 1234, y, &cs);
+      nn::lora_forward(gpu_ctx(), gw, on_gpu(x), p, 1234, gy, &gs);
+      EXPECT_LT(rel_err(gy, y), tol) << "out";
+      EXPECT_LT(rel_err(gs.h, cs.h), tol) << "h";
+      const Tensor dA0 = r.randn({rank, in}), dB0 = r.randn({out, rank}), dx0 = r.randn({M, in});
+      Tensor dA = dA0.clone(), dB = dB0.clone(), dx = dx0.clone();
+      Tensor gdA = on_gpu(dA0), gdB = on_gpu(dB0), gdx = on_gpu(dx0);
+      nn::lora_backward(cpu_ctx(), w, x, dy, cs, dA, dB, dx);
+      nn::lora_backward(gpu_ctx(), gw, on_gpu(x), on_gpu(dy), gs, gdA, gdB, gdx);
+      EXPECT_LT(rel_err(gdA, dA), tol) << "dA";
+      EXPECT_LT(rel_err(gdB, dB), tol) << "dB";
+      EXPECT_LT(rel_err(gdx, dx), tol) << "dx";
+    }
 }
 
 TEST(TrainCuda, BaseDxEveryFormat) {

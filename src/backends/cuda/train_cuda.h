@@ -110,23 +110,6 @@ void gemm_f32(const Launch& l, bool trans_a, bool trans_b, int64_t M, int64_t N,
               const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc,
               bool tf32 = false);
 
-// ---- LoRA's rank-r products (train_lora_gemm.cu) -------------------------------------------------
-// For r <= kLoraRank, K % 4 == 0 and X 16-byte aligned with ldx % 4 == 0 (lora_gemm_fits): f32
-// fused multiply-adds, X read once, deterministic sums through the workspace (*_workspace_bytes);
-// NIBBLE_LORA_GEMM=cublas turns them off (lora_gemm_fits false: A/B runs).
-constexpr int kLoraRank = 16;
-bool lora_gemm_fits(int64_t r, int64_t K, int64_t ldx, const float* X);
-size_t lora_down_workspace_bytes(int64_t M, int64_t K);
-size_t lora_reduce_workspace_bytes(int64_t M, int64_t K);
-// out [M, r] (row stride ldo) = alpha · X [M, K] · W^T + beta · out, W(j, k) at W[j * wj + k * wk]
-// (A [r, K]: wj = K, wk = 1; B [K, r] as W = B^T: wj = 1, wk = r); beta 0: out not read.
-void lora_down(const Launch& l, const float* X, int64_t ldx, int64_t M, int64_t K, const float* W, int64_t wj,
-               int64_t wk, int64_t r, float alpha, float beta, float* out, int64_t ldo);
-// G(j, k) = alpha · sum_m Y [m, j] X [m, k] + beta · G(j, k) for j < r, k < K, G(j, k) at
-// G[j * gj + k * gk] (dA [r, K]: gj = K, gk = 1; dB [K, r]: gj = 1, gk = r); Y [M, r] row stride ldy.
-void lora_reduce(const Launch& l, const float* Y, int64_t ldy, const float* X, int64_t ldx, int64_t M,
-                 int64_t K, int64_t r, float alpha, float beta, float* G, int64_t gj, int64_t gk);
-
 // ---- LoRA and the frozen base's dX (train_lora.cu) -----------------------------------------------
 // xd [n] = mask ? x * keep : 0 (inverted dropout with a mask drawn on the host).
 void dropout_apply(const Launch& l, const float* x, const uint8_t* mask, float keep, int64_t n, float* xd);

@@ -122,7 +122,8 @@ TEST(NnCuda, NormsActivationsElementwise) {
           EXPECT_TRUE(close(down<float>(dout, x.size()), ref, 1e-5)) << "layer_norm bias " << bias;
         }
       }
-  for (int64_t n : {1, 33, 100003}) {
+  // 4096: the four-column gated and add kernels (rows and sizes multiples of 4)
+  for (int64_t n : {1, 33, 4096, 100003}) {
     auto x = randn(size_t(n), rng, 4.0f), y = randn(size_t(n), rng);
     Dev dx(size_t(n) * 4), dy(size_t(n) * 4), dout(size_t(n) * 4);
     for (int a = 0; a < 4; ++a) {

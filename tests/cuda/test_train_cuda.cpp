@@ -483,6 +483,20 @@ TEST(TrainCuda, BaseDxEveryFormat) {
                          name.ends_with("bf16");
     EXPECT_LT(rel_err(gdx, dx), bf16_dy ? 2.0 / 512 : kGemmTol) << name;
   }
+  // 4-bit with bf16 compute over several tensor-core tiles (16M values each): a wide weight in
+  // column tiles (2048 x 8320: 8192 + 128 columns), a tall one in row tiles (8320 x 2048)
+  for (const auto& [n_out, n_in] : {std::pair<int64_t, int64_t>{2048, 8320}, {8320, 2048}}) {
+    const Tensor wb = r.randn({n_out, n_in}, 0.02f), dyb = r.randn({M, n_out}), dxb = r.randn({M, n_in});
+    for (bool nested : {false, true}) {
+      SCOPED_TRACE(std::to_string(n_out) + " x " + std::to_string(n_in) + (nested ? " nested" : ""));
+      Quantized4 q = quantize_4bit(wb, DType::NF4, 64, nested);
+      const nn::Linear lin = nn::Linear::four_bit(q.packed, q.state, Tensor(), DType::BF16);
+      Tensor dx = dxb.clone(), gdx = on_gpu(dxb);
+      nn::linear_backward_dx(cpu_ctx(), lin, dyb, dx);
+      nn::linear_backward_dx(gpu_ctx(), lin.to(kGpu), on_gpu(dyb), gdx);
+      EXPECT_LT(rel_err(gdx, dx), 2.0 / 512);
+    }
+  }
 }
 
 }  // namespace

@@ -54,42 +54,58 @@ struct Q4 {
   int64_t nested_bs;
 };
 
+// Group g of 8 elements (elements 8 g .. 8 g + 7) of the weight to group o of out: out =
+// round(lut[code] * absmax) in CT (f32 CT: the f32 product), as dequantize_4bit computes it.
+template <class CT>
+__device__ __forceinline__ void dequant8(const Q4& q, const float* lut, int64_t g, int64_t o, void* out) {
+  const uint32_t u = __ldg(reinterpret_cast<const uint32_t*>(q.packed) + g);
+  const int64_t b = (g * 8) >> q.bs_log2;
+  float am;
+  if (q.absmax) {
+    am = __ldg(q.absmax + b);
+  } else {
+    am = dev::mul_ftz(__ldg(q.code2 + __ldg(q.absmax_q + b)), __ldg(q.absmax2 + b / q.nested_bs)) + q.offset;
+  }
+  float v[8];
+#pragma unroll
+  for (int b8 = 0; b8 < 4; ++b8) {
+    const uint32_t byte = (u >> (8 * b8)) & 0xffu;
+    v[2 * b8] = dev::mul_ftz(lut[byte >> 4], am);
+    v[2 * b8 + 1] = dev::mul_ftz(lut[byte & 15u], am);
+  }
+  if constexpr (std::is_same_v<CT, dev::F32>) {
+    float4* w = reinterpret_cast<float4*>(out) + o * 2;
+    w[0] = make_float4(v[0], v[1], v[2], v[3]);
+    w[1] = make_float4(v[4], v[5], v[6], v[7]);
+  } else {
+    reinterpret_cast<uint4*>(out)[o] =
+        make_uint4(pack2<CT>(v[0], v[1]), pack2<CT>(v[2], v[3]), pack2<CT>(v[4], v[5]), pack2<CT>(v[6], v[7]));
+  }
+}
+
 // 8 codes (4 bytes) a thread and step, so a warp's loads (128 bytes) and stores (512 bytes of
-// 16-bit values) are contiguous: out = round(lut[code] * absmax) in CT (f32 CT: the f32
-// product), as dequantize_4bit computes it. (32 codes a thread, 64 bytes of stores 64 bytes
-// apart across the warp, ran at ~50% of copy bandwidth: 10.5 ms of a 7B prefill-512 on an H100.)
+// 16-bit values) are contiguous. (32 codes a thread, 64 bytes of stores 64 bytes apart across
+// the warp, ran at ~50% of copy bandwidth: 10.5 ms of a 7B prefill-512 on an H100.)
 // Groups c0 .. c0 + n8 - 1 of 8 elements (elements 8 c0 ..) to out from its start.
 template <class CT>
 __global__ void dequant4_kernel(Q4 q, int64_t c0, int64_t n8, void* out) {
   __shared__ float lut[16];
   if (threadIdx.x < 16) lut[threadIdx.x] = q.quant_map[threadIdx.x];
   __syncthreads();
-  for (int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; c < n8;
-       c += int64_t(gridDim.x) * blockDim.x) {
-    const uint32_t u = __ldg(reinterpret_cast<const uint32_t*>(q.packed) + c0 + c);
-    const int64_t b = ((c0 + c) * 8) >> q.bs_log2;
-    float am;
-    if (q.absmax) {
-      am = __ldg(q.absmax + b);
-    } else {
-      am =
-          dev::mul_ftz(__ldg(q.code2 + __ldg(q.absmax_q + b)), __ldg(q.absmax2 + b / q.nested_bs)) + q.offset;
-    }
-    float v[8];
-#pragma unroll
-    for (int b8 = 0; b8 < 4; ++b8) {
-      const uint32_t byte = (u >> (8 * b8)) & 0xffu;
-      v[2 * b8] = dev::mul_ftz(lut[byte >> 4], am);
-      v[2 * b8 + 1] = dev::mul_ftz(lut[byte & 15u], am);
-    }
-    if constexpr (std::is_same_v<CT, dev::F32>) {
-      float4* o = reinterpret_cast<float4*>(out) + c * 2;
-      o[0] = make_float4(v[0], v[1], v[2], v[3]);
-      o[1] = make_float4(v[4], v[5], v[6], v[7]);
-    } else {
-      reinterpret_cast<uint4*>(out)[c] =
-          make_uint4(pack2<CT>(v[0], v[1]), pack2<CT>(v[2], v[3]), pack2<CT>(v[4], v[5]), pack2<CT>(v[6], v[7]));
-    }
+  for (int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; c < n8; c += int64_t(gridDim.x) * blockDim.x)
+    dequant8<CT>(q, lut, c0 + c, c, out);
+}
+
+// Columns [8 k08, 8 (k08 + kt8)) of every row of a weight of K = 8 K8 columns, as a row-major
+// [rows, 8 kt8] tile (n8 = rows * kt8 groups).
+template <class CT>
+__global__ void dequant4_cols_kernel(Q4 q, int64_t K8, int64_t k08, int64_t kt8, int64_t n8, void* out) {
+  __shared__ float lut[16];
+  if (threadIdx.x < 16) lut[threadIdx.x] = q.quant_map[threadIdx.x];
+  __syncthreads();
+  for (int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; c < n8; c += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t n = c / kt8;
+    dequant8<CT>(q, lut, n * K8 + k08 + (c - n * kt8), c, out);
   }
 }
 
@@ -216,6 +232,21 @@ bool dequant4_range(const Launch& l, const Quant4Weight& w, DType ct, int64_t e0
   if (n == 0) return true;
   with_ct(ct, [&](auto c) {
     dequant4_kernel<decltype(c)><<<grid_for(n / 8, 256), 256, 0, l.stream>>>(q, e0 / 8, n / 8, out);
+    NIBBLE_CUDA_CHECK_LAUNCH();
+  });
+  return true;
+}
+
+bool dequant4_cols(const Launch& l, const Quant4Weight& w, DType ct, int64_t N, int64_t K, int64_t k0, int64_t kt,
+                   void* out) {
+  if (K % 8 || k0 % 8 || kt % 8 || w.blocksize < 32 || !aligned16(w.packed) || !aligned16(out)) return false;
+  Q4 q{w.packed, w.absmax, w.absmax_q, w.absmax2, w.code2, w.quant_map, w.offset, 0, w.nested_blocksize};
+  while ((int64_t(1) << q.bs_log2) < w.blocksize) ++q.bs_log2;
+  if ((int64_t(1) << q.bs_log2) != w.blocksize) return false;
+  if (N == 0 || kt == 0) return true;
+  with_ct(ct, [&](auto c) {
+    dequant4_cols_kernel<decltype(c)>
+        <<<grid_for(N * kt / 8, 256), 256, 0, l.stream>>>(q, K / 8, k0 / 8, kt / 8, N * kt / 8, out);
     NIBBLE_CUDA_CHECK_LAUNCH();
   });
   return true;

@@ -32,6 +32,11 @@ bool gemm_4bit(const Launch& l, const float* x, int64_t M, int64_t K, const Quan
 // scratch holds them (dequantize_4bit's values), written from out; false (nothing enqueued) unless
 // e0 and n are multiples of 8, the blocksize a power of two >= 32, and packed and out 16-byte aligned.
 bool dequant4_range(const Launch& l, const Quant4Weight& w, DType ct, int64_t e0, int64_t n, void* out);
+// Columns [k0, k0 + kt) of every row of a 4-bit weight [N, K] as a row-major [N, kt] tile, the
+// same values; false (nothing enqueued) unless K, k0 and kt are multiples of 8, the blocksize a
+// power of two >= 32, and packed and out 16-byte aligned.
+bool dequant4_cols(const Launch& l, const Quant4Weight& w, DType ct, int64_t N, int64_t K, int64_t k0,
+                   int64_t kt, void* out);
 bool gemm_fp(const Launch& l, const float* x, int64_t M, int64_t K, const void* w, DType wdt, int64_t N,
              const void* bias, int bias_code, DType round_to, float* out);
 

@@ -6,9 +6,12 @@
 // A 4-bit weight with bf16 compute takes the tensor cores instead, as bitsandbytes' backward does
 // under bf16 autocast (grad_input = grad_output @ dequantize_4bit(W).t() with grad_output in bf16):
 // its tile is exact in bf16, dy is rounded to bf16 once, and one bf16 GEMM a tile sums in f32;
-// tiles of up to 32 MiB keep each GEMM's inner dimension large.
+// tiles of up to 32 MiB keep each GEMM's inner dimension large (row tiles, or column tiles of a
+// weight no taller than wide, which then sum over all of N).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
+
+#include <algorithm>
 
 #include "backends/cuda/check.h"
 #include "backends/cuda/compute_dtype.cuh"
@@ -92,6 +95,14 @@ bool tensor_core_dx(const BaseWeight& w) {
 int64_t tc_tile_rows(int64_t N, int64_t K) {
   return std::min(std::max<int64_t>(64, (int64_t(1) << 24) / std::max<int64_t>(K, 1) / 64 * 64), N);
 }
+// A weight no taller than wide that takes several tiles (Llama-2-7B's down projection, 4096 x
+// 11008) is tiled by columns instead: each tile [N, kt] holds whole columns of W, so its GEMM
+// sums over all N at once and writes its columns of dx once (row tiles of such a weight are
+// short GEMMs, each reading and writing all of dx in f32). Columns a tile, a multiple of 64.
+int64_t tc_tile_cols(int64_t N, int64_t K) {
+  if (N > K || N * K <= (int64_t(1) << 24) || K % 8) return 0;
+  return std::min(std::max<int64_t>(64, (int64_t(1) << 24) / std::max<int64_t>(N, 1) / 64 * 64), K);
+}
 
 size_t align256(size_t b) {
   return (b + 255) / 256 * 256;
@@ -100,7 +111,9 @@ size_t align256(size_t b) {
 }  // namespace
 
 size_t linear_backward_dx_workspace_bytes(const BaseWeight& w, int64_t M) {
-  if (tensor_core_dx(w)) return align256(size_t(M * w.N) * 2) + size_t(tc_tile_rows(w.N, w.K) * w.K) * 2;
+  if (tensor_core_dx(w))
+    return align256(size_t(M * w.N) * 2) +
+           size_t(std::max(tc_tile_rows(w.N, w.K) * w.K, tc_tile_cols(w.N, w.K) * w.N)) * 2;
   return size_t(base_tile_rows(w.N, w.K) * w.K) * sizeof(float);
 }
 
@@ -117,8 +130,21 @@ void linear_backward_dx(const Launch& l, const BaseWeight& w, const float* dy, i
     copy_rows(l, dy, w.N, M, w.N, dy16, DType::BF16, w.N);  // grad_output in the compute dtype
     cublasHandle_t h = cublas_handle(l.device);
     NIBBLE_CUBLAS_CHECK(cublasSetStream(h, s));
-    const int64_t tile_rows = tc_tile_rows(w.N, w.K);
     const float one = 1.0f;
+    const int64_t tile_cols = tc_tile_cols(w.N, w.K);
+    // (kt 0: only whether dequant4_cols takes this weight)
+    if (tile_cols > 0 && dequant4_cols(l, w.q4, DType::BF16, w.N, w.K, 0, 0, tile)) {
+      for (int64_t k0 = 0; k0 < w.K; k0 += tile_cols) {
+        const int64_t kt = std::min(tile_cols, w.K - k0);
+        dequant4_cols(l, w.q4, DType::BF16, w.N, w.K, k0, kt, tile);
+        // dx[:, k0:k0+kt] [M, kt] (row stride K) += dy16 [M, N] · tile [N, kt]
+        NIBBLE_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, int(kt), int(M), int(w.N), &one, tile,
+                                         CUDA_R_16BF, int(kt), dy16, CUDA_R_16BF, int(w.N), &one, dx + k0,
+                                         CUDA_R_32F, int(w.K), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+      }
+      return;
+    }
+    const int64_t tile_rows = tc_tile_rows(w.N, w.K);
     for (int64_t n0 = 0; n0 < w.N; n0 += tile_rows) {
       const int64_t nt = std::min(tile_rows, w.N - n0), n = nt * w.K;
       // the forward's dequantization kernel (gemm_4bit's scratch values) where it takes the range

@@ -12,6 +12,8 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 
 #include "backends/cuda/check.h"
 #include "backends/cuda/compute_dtype.cuh"
@@ -99,8 +101,13 @@ int64_t tc_tile_rows(int64_t N, int64_t K) {
 // 11008) is tiled by columns instead: each tile [N, kt] holds whole columns of W, so its GEMM
 // sums over all N at once and writes its columns of dx once (row tiles of such a weight are
 // short GEMMs, each reading and writing all of dx in f32). Columns a tile, a multiple of 64.
+// NIBBLE_DX_TILES=rows (benchmarks, A/B runs) keeps every weight in row tiles.
 int64_t tc_tile_cols(int64_t N, int64_t K) {
-  if (N > K || N * K <= (int64_t(1) << 24) || K % 8) return 0;
+  static const bool rows_only = [] {
+    const char* v = std::getenv("NIBBLE_DX_TILES");
+    return v && std::strcmp(v, "rows") == 0;
+  }();
+  if (rows_only || N > K || N * K <= (int64_t(1) << 24) || K % 8) return 0;
   return std::min(std::max<int64_t>(64, (int64_t(1) << 24) / std::max<int64_t>(N, 1) / 64 * 64), K);
 }
 

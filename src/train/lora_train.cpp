@@ -195,10 +195,11 @@ struct Pass {
   LayerCache restore_mlp(size_t li, LayerCache& s) const {
     const DecoderLayer& L = m.layers[li];
     LayerCache c;
-    c.h_in = s.h_in;  // widened by restore_attention
+    // h_in widened here when the MLP norm reads it (parallel residual), else by restore_attention
+    c.h_in = m.parallel_residual ? widened(s.h_in) : s.h_in;
     c.h_mid = widened(s.h_mid);
     c.x2 = rows(R, C);
-    norm_fwd(L.mlp_norm, m.parallel_residual ? widened(s.h_in) : c.h_mid, c.x2);
+    norm_fwd(L.mlp_norm, m.parallel_residual ? c.h_in : c.h_mid, c.x2);
     c.g = widened(s.g);
     c.u = widened(s.u);
     c.act = rows(R, c.u.size(1));
@@ -210,7 +211,7 @@ struct Pass {
   }
   void restore_attention(size_t li, LayerCache& s, LayerCache& c) const {
     const DecoderLayer& L = m.layers[li];
-    c.h_in = widened(s.h_in);
+    c.h_in = widened(c.h_in);  // restore_mlp's (f32 already with a parallel residual)
     c.x1 = rows(R, C);
     norm_fwd(L.attn_norm, c.h_in, c.x1);
     c.q_raw = widened(s.q_raw);

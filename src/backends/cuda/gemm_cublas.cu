@@ -54,6 +54,13 @@ struct Q4 {
   int64_t nested_bs;
 };
 
+// A 4-bit weight's dequantization parameters (bs_log2: the blocksize's exponent, rounded up).
+Q4 q4_of(const Quant4Weight& w) {
+  Q4 q{w.packed, w.absmax, w.absmax_q, w.absmax2, w.code2, w.quant_map, w.offset, 0, w.nested_blocksize};
+  while ((int64_t(1) << q.bs_log2) < w.blocksize) ++q.bs_log2;
+  return q;
+}
+
 // Group g of 8 elements (elements 8 g .. 8 g + 7) of the weight to group o of out: out =
 // round(lut[code] * absmax) in CT (f32 CT: the f32 product), as dequantize_4bit computes it.
 template <class CT>
@@ -208,8 +215,7 @@ bool gemm_4bit(const Launch& l, const float* x, int64_t M, int64_t K, const Quan
   if (need == 0 || l.workspace_bytes < need || w.blocksize < 32 || !aligned16(w.packed) || !aligned16(x) ||
       !aligned16(l.workspace))
     return false;
-  Q4 q{w.packed, w.absmax, w.absmax_q, w.absmax2, w.code2, w.quant_map, w.offset, 0, w.nested_blocksize};
-  while ((int64_t(1) << q.bs_log2) < w.blocksize) ++q.bs_log2;
+  const Q4 q = q4_of(w);
   char* ws = static_cast<char*>(l.workspace);
   const size_t e = size_t(dtype_nbytes(ct, 1));
   void* wscratch = ws;
@@ -224,11 +230,13 @@ bool gemm_4bit(const Launch& l, const float* x, int64_t M, int64_t K, const Quan
   return true;
 }
 
+bool dequant4_takes(const Quant4Weight& w) {
+  return w.blocksize >= 32 && (w.blocksize & (w.blocksize - 1)) == 0 && aligned16(w.packed);
+}
+
 bool dequant4_range(const Launch& l, const Quant4Weight& w, DType ct, int64_t e0, int64_t n, void* out) {
-  if (e0 % 8 || n % 8 || w.blocksize < 32 || !aligned16(w.packed) || !aligned16(out)) return false;
-  Q4 q{w.packed, w.absmax, w.absmax_q, w.absmax2, w.code2, w.quant_map, w.offset, 0, w.nested_blocksize};
-  while ((int64_t(1) << q.bs_log2) < w.blocksize) ++q.bs_log2;
-  if ((int64_t(1) << q.bs_log2) != w.blocksize) return false;
+  if (e0 % 8 || n % 8 || !dequant4_takes(w) || !aligned16(out)) return false;
+  const Q4 q = q4_of(w);
   if (n == 0) return true;
   with_ct(ct, [&](auto c) {
     dequant4_kernel<decltype(c)><<<grid_for(n / 8, 256), 256, 0, l.stream>>>(q, e0 / 8, n / 8, out);
@@ -239,10 +247,8 @@ bool dequant4_range(const Launch& l, const Quant4Weight& w, DType ct, int64_t e0
 
 bool dequant4_cols(const Launch& l, const Quant4Weight& w, DType ct, int64_t N, int64_t K, int64_t k0, int64_t kt,
                    void* out) {
-  if (K % 8 || k0 % 8 || kt % 8 || w.blocksize < 32 || !aligned16(w.packed) || !aligned16(out)) return false;
-  Q4 q{w.packed, w.absmax, w.absmax_q, w.absmax2, w.code2, w.quant_map, w.offset, 0, w.nested_blocksize};
-  while ((int64_t(1) << q.bs_log2) < w.blocksize) ++q.bs_log2;
-  if ((int64_t(1) << q.bs_log2) != w.blocksize) return false;
+  if (K % 8 || k0 % 8 || kt % 8 || !dequant4_takes(w) || !aligned16(out)) return false;
+  const Q4 q = q4_of(w);
   if (N == 0 || kt == 0) return true;
   with_ct(ct, [&](auto c) {
     dequant4_cols_kernel<decltype(c)>

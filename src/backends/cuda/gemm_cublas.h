@@ -28,6 +28,9 @@ size_t gemm_fp_workspace_bytes(int64_t M, int64_t K, int64_t N, DType wdt, DType
 // are not covered, and the caller uses its own kernel.
 bool gemm_4bit(const Launch& l, const float* x, int64_t M, int64_t K, const Quant4Weight& w, int64_t N,
                const void* bias, int bias_code, DType compute_dtype, float* out);
+// Whether dequant4_range / dequant4_cols take this weight: a blocksize that is a power of two >=
+// 32, packed 16-byte aligned (their own shape and output conditions aside).
+bool dequant4_takes(const Quant4Weight& w);
 // Elements [e0, e0 + n) of a 4-bit weight (row-major, flattened) dequantized to ct as gemm_4bit's
 // scratch holds them (dequantize_4bit's values), written from out; false (nothing enqueued) unless
 // e0 and n are multiples of 8, the blocksize a power of two >= 32, and packed and out 16-byte aligned.

@@ -139,11 +139,11 @@ void linear_backward_dx(const Launch& l, const BaseWeight& w, const float* dy, i
     NIBBLE_CUBLAS_CHECK(cublasSetStream(h, s));
     const float one = 1.0f;
     const int64_t tile_cols = tc_tile_cols(w.N, w.K);
-    // (kt 0: only whether dequant4_cols takes this weight)
-    if (tile_cols > 0 && dequant4_cols(l, w.q4, DType::BF16, w.N, w.K, 0, 0, tile)) {
+    if (tile_cols > 0 && dequant4_takes(w.q4)) {
       for (int64_t k0 = 0; k0 < w.K; k0 += tile_cols) {
         const int64_t kt = std::min(tile_cols, w.K - k0);
-        dequant4_cols(l, w.q4, DType::BF16, w.N, w.K, k0, kt, tile);
+        if (!dequant4_cols(l, w.q4, DType::BF16, w.N, w.K, k0, kt, tile))
+          throw InternalError("cuda::linear_backward_dx: a column tile dequant4_cols does not take");
         // dx[:, k0:k0+kt] [M, kt] (row stride K) += dy16 [M, N] · tile [N, kt]
         NIBBLE_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, int(kt), int(M), int(w.N), &one, tile,
                                          CUDA_R_16BF, int(kt), dy16, CUDA_R_16BF, int(w.N), &one, dx + k0,

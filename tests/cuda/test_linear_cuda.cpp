@@ -25,7 +25,6 @@
 #ifdef NIBBLE_WITH_CUDA
 #include <cuda_runtime.h>
 
-#include "backends/cuda/gemm_cublas.h"
 #include "backends/cuda/gemv_lut.h"
 #include "backends/cuda/linear_cuda.h"
 #include "backends/cuda/nn_cuda.h"
@@ -316,53 +315,6 @@ TEST(LinearCuda, FourBitMatchesCpu) {
         }
   EXPECT_EQ(cases, 13 * 8 * 4);
   EXPECT_GT(lut_cases, 40);
-}
-
-// The prefill GEMM over a weight larger than one dequantization tile: the row tiles' GEMMs write
-// their own columns of out (the last tile shorter), the epilogue runs once over all of them.
-TEST(LinearCuda, FourBitGemmInRowTilesMatchesCpu) {
-  SKIP_WITHOUT_CUDA();
-  std::mt19937 g(fresh_seed());
-  const int64_t K = 4096, N = 2300, bs = 64;
-  int cases = 0;
-  for (DType ct : {DType::BF16, DType::F32})
-    for (int64_t M : {17, 64}) {
-      const int64_t tile = cuda::gemm_4bit_tile_rows(K, N, ct);
-      ASSERT_LT(tile, N) << "one tile holds the whole weight: the test would not run several";
-      ASSERT_NE(N % tile, 0) << "the last tile should be shorter";
-      const int64_t n = N * K, nb = n / bs;
-      auto wf = randu(g, n);
-      std::vector<uint8_t> packed(static_cast<size_t>(n / 2));
-      std::vector<float> absmax(static_cast<size_t>(nb));
-      quant::ref::quantize_4bit(wf.data(), DType::F32, n, bs, DType::NF4, packed.data(), absmax.data());
-      auto x = randu(g, M * K);
-      auto b = encode(randu(g, N), DType::BF16);
-      std::vector<float> ref(size_t(M * N));
-      cpu::linear_4bit(x.data(), M, K, packed.data(), absmax.data(), bs, DType::NF4, N, b.data(), DType::BF16, ct,
-                       ref.data());
-      std::vector<float> qmap(dequant_table_4bit(DType::NF4), dequant_table_4bit(DType::NF4) + 16);
-      DevBuf dx(x), dp(packed), da(absmax), dm(qmap), db(b), dout(poison(M * N));
-      cuda::Quant4Weight q;
-      q.packed = dp.as<uint8_t>();
-      q.blocksize = bs;
-      q.quant_type = DType::NF4;
-      q.quant_map = dm.as<float>();
-      q.absmax = da.as<float>();
-      const size_t wsb = cuda::linear_4bit_workspace_bytes(M, K, N, ct);
-      ASSERT_LT(wsb, size_t(N * K) * size_t(dtype_nbytes(ct, 1))) << "the scratch should hold one tile";
-      DevBuf dws(wsb);
-      cuda::Launch l;
-      l.workspace = dws.p;
-      l.workspace_bytes = wsb;
-      cuda::linear_4bit(l, dx.as<float>(), M, K, q, N, db.p, DType::BF16, ct, dout.as<float>());
-      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-      char what[120];
-      std::snprintf(what, sizeof what, "linear_4bit row tiles of %lld M=%lld ct=%s", (long long)tile, (long long)M,
-                    dtype_name(ct));
-      expect_close(dout, ref, ct, what);
-      ++cases;
-    }
-  EXPECT_EQ(cases, 4);
 }
 
 // One quantized weight on the device (NF4/FP4, plain or nested absmax) for the grouped tests.

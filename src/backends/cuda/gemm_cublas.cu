@@ -7,8 +7,6 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
-#include <algorithm>
-#include <cstdlib>
 #include <map>
 #include <type_traits>
 
@@ -42,17 +40,6 @@ using dev::round_ct;
 
 size_t align256(size_t n) {
   return (n + 255) / 256 * 256;
-}
-
-// Bytes of dequantized weight a GEMM tile holds (gemm_tile_rows); NIBBLE_DEQUANT_TILE_MB
-// overrides (0: the whole weight at once) for A/B runs.
-constexpr int64_t kDequantTileMiB = 16;
-int64_t dequant_tile_bytes() {
-  static const int64_t b = [] {
-    const char* v = std::getenv("NIBBLE_DEQUANT_TILE_MB");
-    return int64_t(v ? std::atoll(v) : kDequantTileMiB) << 20;
-  }();
-  return b;
 }
 
 struct Q4 {
@@ -175,19 +162,15 @@ bool is_float_dt(DType dt) {
   return dt == DType::F32 || dt == DType::F16 || dt == DType::BF16;
 }
 
-// out [M, N] (row stride ldo) = xs [M, K] . Ws [N, K]^T, f32.
-void gemm_f32_out(const Launch& l, const void* xs, const void* ws, DType ab_dt, int64_t M, int64_t K, int64_t N,
-                  float* out, int64_t ldo) {
+// out = xs . Ws^T (f32 result), then the epilogue.
+void gemm_and_finish(const Launch& l, const void* xs, const void* ws, DType ab_dt, int64_t M, int64_t K,
+                     int64_t N, const void* bias, int bdt, DType ct, float* out) {
   cublasHandle_t h = cublas_handle(l.device);
   NIBBLE_CUBLAS_CHECK(cublasSetStream(h, l.stream));
   const float alpha = 1.0f, beta = 0.0f;
   NIBBLE_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, int(N), int(M), int(K), &alpha, ws,
                                    cuda_type(ab_dt), int(K), xs, cuda_type(ab_dt), int(K), &beta, out,
-                                   CUDA_R_32F, int(ldo), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-}
-
-// The epilogue: out = round(out + round(bias)) in ct (nothing to do for f32 without a bias).
-void finish(const Launch& l, int64_t M, int64_t N, const void* bias, int bdt, DType ct, float* out) {
+                                   CUDA_R_32F, int(N), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   if (bias || ct != DType::F32)
     with_ct(ct, [&](auto c) {
       epilogue_kernel<decltype(c)><<<grid_for(M * N, 256), 256, 0, l.stream>>>(out, M, N, bias, bdt);
@@ -213,28 +196,12 @@ bool gemm_shape_ok(int64_t M, int64_t K, int64_t N) {
          M <= (int64_t(1) << 30);
 }
 
-// The 4-bit path dequantizes W in row tiles of at most dequant_tile_bytes() (whole when that is 0)
-// into one scratch, each tile's GEMM right after its dequantization: a tile that fits the L2
-// cache is read back by the GEMM from there, and the next tile overwrites its lines before they
-// are written back (the whole-weight scratch of a 7B MLP projection, 90 MB bf16, went to DRAM and
-// back). Tiles of equal height, a multiple of 128 rows (the GEMM's tile).
-int64_t gemm_tile_rows(int64_t N, int64_t K, size_t e) {
-  const int64_t budget = dequant_tile_bytes(), bytes = N * K * int64_t(e);
-  if (budget <= 0 || bytes <= budget) return N;
-  const int64_t tiles = (bytes + budget - 1) / budget, rows = (N + tiles - 1) / tiles;
-  return std::min(N, (rows + 127) / 128 * 128);
-}
-
 }  // namespace
-
-int64_t gemm_4bit_tile_rows(int64_t K, int64_t N, DType ct) {
-  return gemm_tile_rows(N, K, size_t(dtype_nbytes(ct, 1)));
-}
 
 size_t gemm_4bit_workspace_bytes(int64_t M, int64_t K, int64_t N, DType ct) {
   if (!gemm_shape_ok(M, K, N) || !is_float_dt(ct)) return 0;
   const size_t e = size_t(dtype_nbytes(ct, 1));
-  return align256(size_t(gemm_tile_rows(N, K, e) * K) * e) + (ct == DType::F32 ? 0 : align256(size_t(M * K) * e));
+  return align256(size_t(N * K) * e) + (ct == DType::F32 ? 0 : align256(size_t(M * K) * e));
 }
 
 size_t gemm_fp_workspace_bytes(int64_t M, int64_t K, int64_t N, DType wdt, DType round_to) {
@@ -251,20 +218,15 @@ bool gemm_4bit(const Launch& l, const float* x, int64_t M, int64_t K, const Quan
   const Q4 q = q4_of(w);
   char* ws = static_cast<char*>(l.workspace);
   const size_t e = size_t(dtype_nbytes(ct, 1));
-  const int64_t tile_rows = gemm_tile_rows(N, K, e);
   void* wscratch = ws;
-  void* xs = ws + align256(size_t(tile_rows * K) * e);
+  void* xs = ws + align256(size_t(N * K) * e);
+  const int64_t n8 = N * K / 8;
+  with_ct(ct, [&](auto c) {
+    dequant4_kernel<decltype(c)><<<grid_for(n8, 256), 256, 0, l.stream>>>(q, 0, n8, wscratch);
+    NIBBLE_CUDA_CHECK_LAUNCH();
+  });
   const void* xr = rounded_x(l, x, M, K, ct, xs);
-  // row tiles of W through one scratch: each tile's GEMM writes out's columns [n0, n0 + nt)
-  for (int64_t n0 = 0; n0 < N; n0 += tile_rows) {
-    const int64_t nt = std::min(tile_rows, N - n0), n8 = nt * K / 8;
-    with_ct(ct, [&](auto c) {
-      dequant4_kernel<decltype(c)><<<grid_for(n8, 256), 256, 0, l.stream>>>(q, n0 * K / 8, n8, wscratch);
-      NIBBLE_CUDA_CHECK_LAUNCH();
-    });
-    gemm_f32_out(l, xr, wscratch, ct, M, K, nt, out + n0, N);
-  }
-  finish(l, M, N, bias, bias_code, ct, out);
+  gemm_and_finish(l, xr, wscratch, ct, M, K, N, bias, bias_code, ct, out);
   return true;
 }
 
@@ -303,8 +265,7 @@ bool gemm_fp(const Launch& l, const float* x, int64_t M, int64_t K, const void* 
   const size_t need = gemm_fp_workspace_bytes(M, K, N, wdt, round_to);
   if (l.workspace_bytes < need || (need && !aligned16(l.workspace))) return false;
   const void* xr = rounded_x(l, x, M, K, wdt, l.workspace);
-  gemm_f32_out(l, xr, w, wdt, M, K, N, out, N);
-  finish(l, M, N, bias, bias_code, wdt, out);
+  gemm_and_finish(l, xr, w, wdt, M, K, N, bias, bias_code, wdt, out);
   return true;
 }
 

@@ -23,8 +23,6 @@ struct Quant4Weight;
 // Workspace the GEMM path needs for this shape (0 when it would not be taken).
 size_t gemm_4bit_workspace_bytes(int64_t M, int64_t K, int64_t N, DType compute_dtype);
 size_t gemm_fp_workspace_bytes(int64_t M, int64_t K, int64_t N, DType wdt, DType round_to);
-// Rows of W a 4-bit GEMM dequantizes at a time (N when the whole weight fits one tile).
-int64_t gemm_4bit_tile_rows(int64_t K, int64_t N, DType compute_dtype);
 
 // True when taken (the output is being computed on l.stream); false when the shape or dtypes
 // are not covered, and the caller uses its own kernel.

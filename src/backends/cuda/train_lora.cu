@@ -94,16 +94,8 @@ bool tensor_core_dx(const BaseWeight& w) {
 // Tiles of up to 16M bf16 values (32 MiB): one tile for every Llama-3.2-1B projection and for
 // Llama-2-7B's attention ones, three for its MLP's; fewer tiles mean fewer passes of dx's f32
 // accumulation and a longer inner dimension per GEMM.
-// NIBBLE_DX_TILE_MB (A/B runs) sets a tile's bytes instead.
-int64_t tc_tile_values() {
-  static const int64_t v = [] {
-    const char* e = std::getenv("NIBBLE_DX_TILE_MB");
-    return e && std::atoll(e) > 0 ? (std::atoll(e) << 20) / 2 : int64_t(1) << 24;
-  }();
-  return v;
-}
 int64_t tc_tile_rows(int64_t N, int64_t K) {
-  return std::min(std::max<int64_t>(64, tc_tile_values() / std::max<int64_t>(K, 1) / 64 * 64), N);
+  return std::min(std::max<int64_t>(64, (int64_t(1) << 24) / std::max<int64_t>(K, 1) / 64 * 64), N);
 }
 // A weight no taller than wide that takes several tiles (Llama-2-7B's down projection, 4096 x
 // 11008) is tiled by columns instead: each tile [N, kt] holds whole columns of W, so its GEMM
@@ -115,8 +107,8 @@ int64_t tc_tile_cols(int64_t N, int64_t K) {
     const char* v = std::getenv("NIBBLE_DX_TILES");
     return v && std::strcmp(v, "rows") == 0;
   }();
-  if (rows_only || N > K || N * K <= tc_tile_values() || K % 8) return 0;
-  return std::min(std::max<int64_t>(64, tc_tile_values() / std::max<int64_t>(N, 1) / 64 * 64), K);
+  if (rows_only || N > K || N * K <= (int64_t(1) << 24) || K % 8) return 0;
+  return std::min(std::max<int64_t>(64, (int64_t(1) << 24) / std::max<int64_t>(N, 1) / 64 * 64), K);
 }
 
 size_t align256(size_t b) {

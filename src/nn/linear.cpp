@@ -87,15 +87,14 @@ int64_t Linear::footprint_bytes() const {
 
 namespace {
 
-bool forward_fp(ExecContext& ctx, const Linear& l, const Tensor& x, const Tensor& out, const ops::LoraUp* up) {
-  return ops::linear(ctx, x, l.weight(), l.bias(), DType::F32, out, up);
+void forward_fp(ExecContext& ctx, const Linear& l, const Tensor& x, const Tensor& out) {
+  ops::linear(ctx, x, l.weight(), l.bias(), DType::F32, out);
 }
-bool forward_4bit(ExecContext& ctx, const Linear& l, const Tensor& x, const Tensor& out, const ops::LoraUp* up) {
-  return ops::linear_4bit(ctx, x, l.weight(), l.quant_state(), l.absmax_f32(), l.bias(), l.compute_dtype(), out, up);
+void forward_4bit(ExecContext& ctx, const Linear& l, const Tensor& x, const Tensor& out) {
+  ops::linear_4bit(ctx, x, l.weight(), l.quant_state(), l.absmax_f32(), l.bias(), l.compute_dtype(), out);
 }
-bool forward_int8(ExecContext& ctx, const Linear& l, const Tensor& x, const Tensor& out, const ops::LoraUp*) {
+void forward_int8(ExecContext& ctx, const Linear& l, const Tensor& x, const Tensor& out) {
   ops::linear_int8(ctx, x, l.weight(), l.scb(), l.bias(), l.threshold(), DType::F16, out);
-  return false;
 }
 
 Tensor host(const Tensor& t) {

@@ -34,9 +34,8 @@ struct FormatTraits {
   // bitsandbytes' accuracy yardstick for the mean abs error of a randn weight (FORMATS.md §6),
   // 0 for fp.
   double error_yardstick;
-  // out [M, out] = x [M, in] · W^T (+ b) on ctx's device; up (may be null): a LoRA up projection
-  // the format's op may add in its own pass over out (ops::LoraUp). Returns whether it did.
-  bool (*forward)(ExecContext& ctx, const Linear& l, const Tensor& x, const Tensor& out, const ops::LoraUp* up);
+  // out [M, out] = x [M, in] · W^T (+ b) on ctx's device.
+  void (*forward)(ExecContext& ctx, const Linear& l, const Tensor& x, const Tensor& out);
   // The weight as computed with: f32 [out, in] on the host.
   Tensor (*dequantize)(const Linear& l);
   // Bytes of the quantization state beside the weight (absmax, nested state, code tables, SCB).
@@ -57,14 +56,7 @@ class Linear {
   // x: f32 [M, in] -> f32 [M, out], on the weight's device.
   Tensor forward(const Tensor& x) const;
   // The same into out [M, out] (contiguous f32) on ctx's device; x may have strided rows.
-  void forward(ExecContext& ctx, const Tensor& x, const Tensor& out) const {
-    traits().forward(ctx, *this, x, out, nullptr);
-  }
-  // The same with out += up.scale · up.h · up.B^T where the op can fuse it (ops::LoraUp); returns
-  // whether it did, so the caller adds the term itself otherwise.
-  bool forward(ExecContext& ctx, const Tensor& x, const Tensor& out, const ops::LoraUp& up) const {
-    return traits().forward(ctx, *this, x, out, &up);
-  }
+  void forward(ExecContext& ctx, const Tensor& x, const Tensor& out) const { traits().forward(ctx, *this, x, out); }
 
   // This Linear with every tensor on dev (4-bit state included; the CPU absmax cache is kept
   // only on the CPU).

@@ -33,8 +33,9 @@ std::vector<uint8_t> dropout_mask(int64_t n, float p, uint64_t seed) {
   return mask;
 }
 
-void lora_down(const float* x, int64_t M, int64_t in, const float* A, int64_t r, float dropout, uint64_t seed,
-               float* xd, uint8_t* mask, float* h) {
+void lora_forward(const float* x, int64_t M, int64_t in, const float* A, const float* B, int64_t r,
+                  int64_t out, float scale, float dropout, uint64_t seed, float* y, float* xd, uint8_t* mask,
+                  float* h) {
   if (!(dropout >= 0.0f && dropout < 1.0f)) throw ConfigError("lora_dropout must be in [0, 1)");
   const float* xs = x;
   if (dropout > 0.0f) {
@@ -43,20 +44,10 @@ void lora_down(const float* x, int64_t M, int64_t in, const float* A, int64_t r,
     for (int64_t i = 0; i < M * in; ++i) xd[i] = mask[i] ? x[i] * keep : 0.0f;
     xs = xd;
   }
-  mm_xwt(xs, M, in, A, r, h);
-}
-
-void lora_up(const float* h, int64_t M, const float* B, int64_t r, int64_t out, float scale, float* y) {
   std::vector<float> t(size_t(M * out));  // [M, out]
+  mm_xwt(xs, M, in, A, r, h);
   mm_xwt(h, M, r, B, out, t.data());
   for (int64_t i = 0; i < M * out; ++i) y[i] += scale * t[size_t(i)];
-}
-
-void lora_forward(const float* x, int64_t M, int64_t in, const float* A, const float* B, int64_t r,
-                  int64_t out, float scale, float dropout, uint64_t seed, float* y, float* xd, uint8_t* mask,
-                  float* h) {
-  lora_down(x, M, in, A, r, dropout, seed, xd, mask, h);
-  lora_up(h, M, B, r, out, scale, y);
 }
 
 void lora_forward(const float* x, int64_t M, int64_t in, const float* A, const float* B, int64_t r,

@@ -49,11 +49,6 @@ void lora_forward(const float* x, int64_t M, int64_t in, const float* A, const f
                   int64_t out, float scale, float dropout, uint64_t seed, float* y, float* xd, uint8_t* mask,
                   float* h);
 
-// Its two halves: h = A · dropout(x) (xd and mask as above), then y += s · B h.
-void lora_down(const float* x, int64_t M, int64_t in, const float* A, int64_t r, float dropout, uint64_t seed,
-               float* xd, uint8_t* mask, float* h);
-void lora_up(const float* h, int64_t M, const float* B, int64_t r, int64_t out, float scale, float* y);
-
 // Given dy [M, out]: dA [r, in] and dB [out, r] accumulate (+=); dx [M, in] (may be null)
 // accumulates the LoRA path's part. x is the forward input (used when p == 0).
 void lora_backward(const float* dy, const float* x, int64_t M, int64_t in, const float* A, const float* B,
@@ -94,15 +89,6 @@ struct LoraCache {
 // out [M, out] += s · B (A · dropout(x)) for x [M, in]; dropout p (0: none) with dropout_mask(seed).
 void lora_forward(ExecContext& ctx, const LoraWeights& w, const Tensor& x, float dropout, uint64_t seed,
                   const Tensor& out, LoraCache* saved);
-// Its two halves: the saved state (h = A · dropout(x), and the mask), then out += s · B h. A
-// training pass runs the first, then the base linear with the second as its ops::LoraUp (fused
-// into the base's last pass over out where the op can), then the second if it was not.
-LoraCache lora_down(ExecContext& ctx, const LoraWeights& w, const Tensor& x, float dropout, uint64_t seed);
-void lora_up(ExecContext& ctx, const LoraWeights& w, const Tensor& h, const Tensor& out);
-// Base linear + adapter: out = base(x) + s · B (A · dropout(x)), the adapter's state in *saved
-// (may be null); the up projection fused into the base's op where it can be.
-void linear_lora_forward(ExecContext& ctx, const Linear& base, const LoraWeights& w, const Tensor& x,
-                         float dropout, uint64_t seed, const Tensor& out, LoraCache* saved);
 // dA [r, in] and dB [out, r] accumulate; dx [M, in] (undefined: not needed) accumulates.
 void lora_backward(ExecContext& ctx, const LoraWeights& w, const Tensor& x, const Tensor& dy,
                    const LoraCache& saved, const Tensor& dA, const Tensor& dB, const Tensor& dx);

@@ -35,27 +35,31 @@ int64_t check_adapter(const char* op, const LoraWeights& w, const Tensor& x) {
 
 }  // namespace
 
-LoraCache lora_down(ExecContext& ctx, const LoraWeights& w, const Tensor& x, float dropout, uint64_t seed) {
+void lora_forward(ExecContext& ctx, const LoraWeights& w, const Tensor& x, float dropout, uint64_t seed,
+                  const Tensor& out, LoraCache* saved) {
   const char* op = "lora_forward";
   if (!(dropout >= 0.0f && dropout < 1.0f)) throw ConfigError("lora_dropout must be in [0, 1)");
-  const int64_t M = check_adapter(op, w, x), in = x.size(1), r = w.r();
-  LoraCache s;
+  const int64_t M = check_adapter(op, w, x), in = x.size(1), r = w.r(), N = w.B.size(0);
+  require_mat(op, "out", out, M, N);
   ops::dispatch(
-      op, ctx, DType::F32, {w.A, x},
+      op, ctx, DType::F32, {w.A, w.B, x, out},
       [&] {
+        LoraCache s;
         s.h = Tensor::empty({M, r}, DType::F32);
         if (dropout > 0.0f) {
           s.keep_scale = 1.0f / (1.0f - dropout);
           s.xd = Tensor::empty({M, in}, DType::F32);
           s.mask = Tensor::empty({M, in}, DType::U8);
         }
-        lora_down(x.data<float>(), M, in, w.A.data<float>(), r, dropout, seed,
-                  s.xd.defined() ? s.xd.data<float>() : nullptr, s.mask.defined() ? s.mask.data<uint8_t>() : nullptr,
-                  s.h.data<float>());
+        lora_forward(x.data<float>(), M, in, w.A.data<float>(), w.B.data<float>(), r, N, w.scale, dropout,
+                     seed, out.data<float>(), s.xd.defined() ? s.xd.data<float>() : nullptr,
+                     s.mask.defined() ? s.mask.data<uint8_t>() : nullptr, s.h.data<float>());
+        if (saved) *saved = std::move(s);
       },
       [&](auto& c) {
         const Device dev = ctx.device();
         const cuda::Launch l = ops::make_launch(c, 0);
+        LoraCache s;
         const float* xs = x.template data<float>();
         if (dropout > 0.0f) {
           s.keep_scale = 1.0f / (1.0f - dropout);
@@ -66,41 +70,13 @@ LoraCache lora_down(ExecContext& ctx, const LoraWeights& w, const Tensor& x, flo
           xs = s.xd.template data<float>();
         }
         s.h = Tensor::empty({M, r}, DType::F32, dev);
-        cuda::gemm_f32(l, false, true, M, r, in, 1.0f, xs, in, w.A.template data<float>(), in, 0.0f,
-                       s.h.template data<float>(), r, w.tf32);
+        float* h = s.h.template data<float>();
+        cuda::gemm_f32(l, false, true, M, r, in, 1.0f, xs, in, w.A.template data<float>(), in, 0.0f, h, r,
+                       w.tf32);
+        cuda::gemm_f32(l, false, true, M, N, r, w.scale, h, r, w.B.template data<float>(), r, 1.0f,
+                       out.template data<float>(), N, w.tf32);
+        if (saved) *saved = std::move(s);
       });
-  return s;
-}
-
-void lora_up(ExecContext& ctx, const LoraWeights& w, const Tensor& h, const Tensor& out) {
-  const char* op = "lora_forward";
-  const int64_t r = w.r(), N = w.B.size(0);
-  if (!h.defined() || h.dim() != 2) throw ShapeError(str(op, ": h must be 2-D, got ", h.defined() ? h.str() : "undefined"));
-  const int64_t M = h.size(0);
-  require_mat(op, "h", h, M, r);
-  require_mat(op, "lora_B", w.B, N, r);
-  require_mat(op, "out", out, M, N);
-  ops::dispatch(
-      op, ctx, DType::F32, {w.B, h, out},
-      [&] { lora_up(h.data<float>(), M, w.B.data<float>(), r, N, w.scale, out.data<float>()); },
-      [&](auto& c) {
-        cuda::gemm_f32(ops::make_launch(c, 0), false, true, M, N, r, w.scale, h.template data<float>(), r,
-                       w.B.template data<float>(), r, 1.0f, out.template data<float>(), N, w.tf32);
-      });
-}
-
-void lora_forward(ExecContext& ctx, const LoraWeights& w, const Tensor& x, float dropout, uint64_t seed,
-                  const Tensor& out, LoraCache* saved) {
-  LoraCache s = lora_down(ctx, w, x, dropout, seed);
-  lora_up(ctx, w, s.h, out);
-  if (saved) *saved = std::move(s);
-}
-
-void linear_lora_forward(ExecContext& ctx, const Linear& base, const LoraWeights& w, const Tensor& x,
-                         float dropout, uint64_t seed, const Tensor& out, LoraCache* saved) {
-  LoraCache s = lora_down(ctx, w, x, dropout, seed);
-  if (!base.forward(ctx, x, out, ops::LoraUp{s.h, w.B, w.scale})) lora_up(ctx, w, s.h, out);
-  if (saved) *saved = std::move(s);
 }
 
 void lora_backward(ExecContext& ctx, const LoraWeights& w, const Tensor& x, const Tensor& dy,

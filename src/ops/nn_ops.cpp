@@ -126,24 +126,8 @@ cpu::Act to_cpu(Activation a) {
 
 // ---- linear ---------------------------------------------------------------------------------
 
-namespace {
-// up's tensors checked against an [M, N] output on out's device; the backend's view of them.
-[[maybe_unused]] cuda::LoraUp lora_up_of(const char* op, const LoraUp* up, int64_t M, int64_t N, const Tensor& out) {
-  if (!up) return {};
-  const int64_t r = up->h.defined() && up->h.dim() == 2 ? up->h.size(1) : -1;
-  auto ok = [&](const Tensor& t, int64_t rows) {
-    return t.defined() && t.dtype() == DType::F32 && t.shape() == Shape{rows, r} && t.is_contiguous() &&
-           t.device() == out.device();
-  };
-  if (r <= 0 || !ok(up->h, M) || !ok(up->B, N))
-    throw ShapeError(str(op, ": LoRA up h ", up->h.defined() ? up->h.str() : "undefined", " and B ",
-                         up->B.defined() ? up->B.str() : "undefined", " do not fit an output [", M, ", ", N, "]"));
-  return {up->h.data<float>(), up->B.data<float>(), r, up->scale};
-}
-}  // namespace
-
-bool linear(ExecContext& ctx, const Tensor& x_in, const Tensor& w, const Tensor& bias, DType round_to,
-            const Tensor& out, const LoraUp* up) {
+void linear(ExecContext& ctx, const Tensor& x_in, const Tensor& w, const Tensor& bias, DType round_to,
+            const Tensor& out) {
   const char* op = "linear";
   require_f32(op, "input", x_in);
   if (!w.defined() || w.dim() != 2 || !is_compute_float(w.dtype()) || !w.is_contiguous())
@@ -155,8 +139,6 @@ bool linear(ExecContext& ctx, const Tensor& x_in, const Tensor& w, const Tensor&
   Tensor x = as_rows(op, x_in, K);
   Mat xm = mat_of(op, "input", x);
   require_out(op, out, {xm.rows, N});
-  const cuda::LoraUp cup = lora_up_of(op, up, xm.rows, N, out);
-  bool up_done = false;
   dispatch(
       op, ctx, w.dtype(), {x, w, bias, out},
       [&] {
@@ -166,11 +148,10 @@ bool linear(ExecContext& ctx, const Tensor& x_in, const Tensor& w, const Tensor&
       },
       [&](auto& c) {
         Tensor xc = xm.ld == K ? x : x.contiguous();
-        up_done = cuda::linear(make_launch(c, cuda::linear_workspace_bytes(xm.rows, K, N, w.dtype(), round_to)),
+        cuda::linear(make_launch(c, cuda::linear_workspace_bytes(xm.rows, K, N, w.dtype(), round_to)),
                      xc.template data<float>(), xm.rows, K, w.data_ptr(), w.dtype(), N, ptr_or_null(bias),
-                     dtype_or_f32(bias), round_to, out.template data<float>(), up ? &cup : nullptr);
+                     dtype_or_f32(bias), round_to, out.template data<float>());
       });
-  return up_done;
 }
 
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias, DType round_to) {
@@ -195,9 +176,8 @@ void check_4bit(const char* op, const Tensor& packed, const QuantState4& state) 
 }
 }  // namespace
 
-bool linear_4bit(ExecContext& ctx, const Tensor& x_in, const Tensor& packed, const QuantState4& state,
-                 const Tensor& absmax_f32, const Tensor& bias, DType compute_dtype, const Tensor& out,
-                 const LoraUp* up) {
+void linear_4bit(ExecContext& ctx, const Tensor& x_in, const Tensor& packed, const QuantState4& state,
+                 const Tensor& absmax_f32, const Tensor& bias, DType compute_dtype, const Tensor& out) {
   const char* op = "linear_4bit";
   require_f32(op, "input", x_in);
   check_4bit(op, packed, state);
@@ -207,8 +187,6 @@ bool linear_4bit(ExecContext& ctx, const Tensor& x_in, const Tensor& packed, con
   Tensor x = as_rows(op, x_in, K);
   Mat xm = mat_of(op, "input", x);
   require_out(op, out, {xm.rows, N});
-  const cuda::LoraUp cup = lora_up_of(op, up, xm.rows, N, out);
-  bool up_done = false;
   dispatch(
       op, ctx, state.quant_type, {x, packed, bias, out, state.absmax},
       [&] {
@@ -233,11 +211,10 @@ bool linear_4bit(ExecContext& ctx, const Tensor& x_in, const Tensor& packed, con
       [&](auto& c) {
         const cuda::Quant4Weight w = quant4_weight(packed, state);
         Tensor xc = xm.ld == K ? x : x.contiguous();
-        up_done = cuda::linear_4bit(make_launch(c, cuda::linear_4bit_workspace_bytes(xm.rows, K, N, compute_dtype)),
+        cuda::linear_4bit(make_launch(c, cuda::linear_4bit_workspace_bytes(xm.rows, K, N, compute_dtype)),
                           xc.template data<float>(), xm.rows, K, w, N, ptr_or_null(bias), dtype_or_f32(bias),
-                          compute_dtype, out.template data<float>(), up ? &cup : nullptr);
+                          compute_dtype, out.template data<float>());
       });
-  return up_done;
 }
 
 #ifdef NIBBLE_WITH_CUDA

@@ -86,21 +86,12 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Attent
 // ---- forms with an execution context and a caller-provided output ------------------------------
 // Outputs are contiguous f32 of the shape the allocating form returns. Inputs x are [M, K] 2-D
 // views whose rows may be strided (stride(1) == 1), e.g. column slices of a fused projection.
-// up (optional): a LoRA adapter's up projection, out += scale · h · B^T (h [M, r], B [N, r],
-// contiguous f32 on the linear's device), which the linear may add in its own last pass over
-// out (CUDA's GEMM path with a 16-bit compute dtype, no bias, r of 8, 16 or 32: the f32 result
-// is read and written once less). Returns whether it did; otherwise the caller adds it.
-struct LoraUp {
-  Tensor h, B;
-  float scale = 0.0f;
-};
-bool linear(ExecContext& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, DType round_to,
-            const Tensor& out, const LoraUp* up = nullptr);
+void linear(ExecContext& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, DType round_to,
+            const Tensor& out);
 // The stored bitsandbytes state: on the CPU the f32 absmax (absmax_f32, see above) is used;
 // CUDA reads the stored (nested) absmax directly and ignores absmax_f32.
-bool linear_4bit(ExecContext& ctx, const Tensor& x, const Tensor& packed, const QuantState4& state,
-                 const Tensor& absmax_f32, const Tensor& bias, DType compute_dtype, const Tensor& out,
-                 const LoraUp* up = nullptr);
+void linear_4bit(ExecContext& ctx, const Tensor& x, const Tensor& packed, const QuantState4& state,
+                 const Tensor& absmax_f32, const Tensor& bias, DType compute_dtype, const Tensor& out);
 void linear_int8(ExecContext& ctx, const Tensor& x, const Tensor& cb, const Tensor& scb, const Tensor& bias,
                  float threshold, DType act_dtype, const Tensor& out);
 // One 4-bit weight of a grouped call (the arguments of linear_4bit above).

@@ -82,9 +82,9 @@ struct Pass {
   // out = lin(x) (+ LoRA, its saved state in save).
   void lin_fwd(const NamedLinear& nl, const Tensor& x, const Tensor& out, nn::LoraCache& save,
                uint64_t sd) const {
-    if (!nl.lora.defined()) return nl.lin.forward(*ctx, x, out);
-    nn::linear_lora_forward(*ctx, nl.lin, nl.lora, x, o.train ? nl.lora.dropout : 0.0f, sd, out,
-                            grads ? &save : nullptr);
+    nl.lin.forward(*ctx, x, out);
+    if (!nl.lora.defined()) return;
+    nn::lora_forward(*ctx, nl.lora, x, o.train ? nl.lora.dropout : 0.0f, sd, out, grads ? &save : nullptr);
   }
 
   // dx (undefined: not needed) += d/dx of lin for dy [R, out]; the adapter's grads accumulate.

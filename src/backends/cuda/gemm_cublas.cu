@@ -165,42 +165,6 @@ __global__ void widen_kernel(const uint16_t* __restrict__ ys, int64_t n, float* 
     out[i] = widen1<CT>(ys[i]);
 }
 
-// widen_kernel plus a LoRA up projection: out[m, n] = ys[m, n] + scale · Σ_j h[m, j] B[n, j].
-// Block: 64 columns x 64 rows, 8 warps of 8 rows; lane l holds B's rows n0 + 2l, n0 + 2l + 1 in
-// registers, each row's h is one broadcast load. N even.
-constexpr int kUpCols = 64, kUpRows = 64;
-template <class CT, int R>
-__global__ void __launch_bounds__(256) widen_lora_kernel(const uint16_t* __restrict__ ys, int64_t M, int64_t N,
-                                                         const float* __restrict__ h, const float* __restrict__ B,
-                                                         float scale, float* __restrict__ out) {
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int64_t n = int64_t(blockIdx.x) * kUpCols + 2 * lane;
-  if (n >= N) return;
-  float b0[R], b1[R];
-#pragma unroll
-  for (int j = 0; j < R; j += 4) {
-    const float4 u = __ldg(reinterpret_cast<const float4*>(B + n * R + j));
-    const float4 v = __ldg(reinterpret_cast<const float4*>(B + (n + 1) * R + j));
-    b0[j] = u.x, b0[j + 1] = u.y, b0[j + 2] = u.z, b0[j + 3] = u.w;
-    b1[j] = v.x, b1[j + 1] = v.y, b1[j + 2] = v.z, b1[j + 3] = v.w;
-  }
-  const int64_t m0 = int64_t(blockIdx.y) * kUpRows + warp * (kUpRows / 8);
-  for (int64_t m = m0; m < m0 + kUpRows / 8 && m < M; ++m) {
-    const uint32_t y = __ldg(reinterpret_cast<const uint32_t*>(ys + m * N + n));
-    float s0 = 0.0f, s1 = 0.0f;
-#pragma unroll
-    for (int j = 0; j < R; j += 4) {
-      const float4 hv = __ldg(reinterpret_cast<const float4*>(h + m * R + j));
-      s0 = fmaf(hv.x, b0[j], s0), s1 = fmaf(hv.x, b1[j], s1);
-      s0 = fmaf(hv.y, b0[j + 1], s0), s1 = fmaf(hv.y, b1[j + 1], s1);
-      s0 = fmaf(hv.z, b0[j + 2], s0), s1 = fmaf(hv.z, b1[j + 2], s1);
-      s0 = fmaf(hv.w, b0[j + 3], s0), s1 = fmaf(hv.w, b1[j + 3], s1);
-    }
-    *reinterpret_cast<float2*>(out + m * N + n) =
-        make_float2(widen1<CT>(uint16_t(y)) + scale * s0, widen1<CT>(uint16_t(y >> 16)) + scale * s1);
-  }
-}
-
 unsigned grid_for(int64_t n, int threads) {
   const int64_t b = (n + threads - 1) / threads;
   return unsigned(b < 4096 ? (b > 0 ? b : 1) : 4096);
@@ -237,22 +201,9 @@ bool out16_enabled() {
   return on;
 }
 
-// Whether widen_lora_kernel takes up for an [M, N] result. NIBBLE_LORA_UP_FUSED=0 (A/B runs)
-// leaves every up projection to the caller.
-bool up_fits(const LoraUp* up, int64_t N) {
-  static const bool on = [] {
-    const char* v = std::getenv("NIBBLE_LORA_UP_FUSED");
-    return !(v && std::strcmp(v, "0") == 0);
-  }();
-  return on && up && (up->r == 8 || up->r == 16 || up->r == 32) && N % 2 == 0 && aligned16(up->h) &&
-         aligned16(up->B);
-}
-
-// out = xs . Ws^T (f32 result), then the epilogue; ys: [M, N] of ct for the 16-bit result. A
-// LoRA up projection goes into the widening pass when it fits (returns whether it did).
-bool gemm_and_finish(const Launch& l, const void* xs, const void* ws, DType ab_dt, int64_t M, int64_t K,
-                     int64_t N, const void* bias, int bdt, DType ct, float* out, void* ys,
-                     const LoraUp* up = nullptr) {
+// out = xs . Ws^T (f32 result), then the epilogue; ys: [M, N] of ct for the 16-bit result.
+void gemm_and_finish(const Launch& l, const void* xs, const void* ws, DType ab_dt, int64_t M, int64_t K,
+                     int64_t N, const void* bias, int bdt, DType ct, float* out, void* ys) {
   cublasHandle_t h = cublas_handle(l.device);
   NIBBLE_CUBLAS_CHECK(cublasSetStream(h, l.stream));
   const float alpha = 1.0f, beta = 0.0f;
@@ -260,22 +211,14 @@ bool gemm_and_finish(const Launch& l, const void* xs, const void* ws, DType ab_d
     NIBBLE_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, int(N), int(M), int(K), &alpha, ws,
                                      cuda_type(ab_dt), int(K), xs, cuda_type(ab_dt), int(K), &beta, ys,
                                      cuda_type(ct), int(N), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-    const bool fuse = up_fits(up, N);
     with_ct(ct, [&](auto c) {
-      using C = decltype(c);
-      if constexpr (!std::is_same_v<C, dev::F32>) {
-        const auto* y16 = static_cast<const uint16_t*>(ys);
-        if (!fuse) {
-          widen_kernel<C><<<grid_for(M * N / 8, 256), 256, 0, l.stream>>>(y16, M * N, out);
-        } else {
-          const dim3 grid(unsigned((N + kUpCols - 1) / kUpCols), unsigned((M + kUpRows - 1) / kUpRows));
-          auto k = up->r == 8 ? widen_lora_kernel<C, 8> : up->r == 16 ? widen_lora_kernel<C, 16> : widen_lora_kernel<C, 32>;
-          k<<<grid, 256, 0, l.stream>>>(y16, M, N, up->h, up->B, up->scale, out);
-        }
+      if constexpr (!std::is_same_v<decltype(c), dev::F32>) {
+        widen_kernel<decltype(c)><<<grid_for(M * N / 8, 256), 256, 0, l.stream>>>(static_cast<const uint16_t*>(ys),
+                                                                                   M * N, out);
         NIBBLE_CUDA_CHECK_LAUNCH();
       }
     });
-    return fuse;
+    return;
   }
   NIBBLE_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, int(N), int(M), int(K), &alpha, ws,
                                    cuda_type(ab_dt), int(K), xs, cuda_type(ab_dt), int(K), &beta, out,
@@ -285,7 +228,6 @@ bool gemm_and_finish(const Launch& l, const void* xs, const void* ws, DType ab_d
       epilogue_kernel<decltype(c)><<<grid_for(M * N, 256), 256, 0, l.stream>>>(out, M, N, bias, bdt);
       NIBBLE_CUDA_CHECK_LAUNCH();
     });
-  return false;
 }
 
 // x rounded to ct into xs (16-bit ct); f32 ct uses x itself.
@@ -320,7 +262,7 @@ size_t gemm_fp_workspace_bytes(int64_t M, int64_t K, int64_t N, DType wdt, DType
 }
 
 bool gemm_4bit(const Launch& l, const float* x, int64_t M, int64_t K, const Quant4Weight& w, int64_t N,
-               const void* bias, int bias_code, DType ct, float* out, const LoraUp* up, bool* up_done) {
+               const void* bias, int bias_code, DType ct, float* out) {
   const size_t need = gemm_4bit_workspace_bytes(M, K, N, ct);
   if (need == 0 || l.workspace_bytes < need || w.blocksize < 32 || !aligned16(w.packed) || !aligned16(x) ||
       !aligned16(l.workspace))
@@ -337,8 +279,7 @@ bool gemm_4bit(const Launch& l, const float* x, int64_t M, int64_t K, const Quan
   });
   const void* xr = rounded_x(l, x, M, K, ct, xs);
   void* ys = ct == DType::F32 ? nullptr : static_cast<char*>(xs) + align256(size_t(M * K) * e);
-  const bool done = gemm_and_finish(l, xr, wscratch, ct, M, K, N, bias, bias_code, ct, out, ys, up);
-  if (up_done) *up_done = done;
+  gemm_and_finish(l, xr, wscratch, ct, M, K, N, bias, bias_code, ct, out, ys);
   return true;
 }
 
@@ -371,15 +312,14 @@ bool dequant4_cols(const Launch& l, const Quant4Weight& w, DType ct, int64_t N, 
 }
 
 bool gemm_fp(const Launch& l, const float* x, int64_t M, int64_t K, const void* w, DType wdt, int64_t N,
-             const void* bias, int bias_code, DType round_to, float* out, const LoraUp* up, bool* up_done) {
+             const void* bias, int bias_code, DType round_to, float* out) {
   if (!gemm_shape_ok(M, K, N) || wdt != round_to || !is_float_dt(wdt) || !aligned16(x) || !aligned16(w))
     return false;
   const size_t need = gemm_fp_workspace_bytes(M, K, N, wdt, round_to);
   if (l.workspace_bytes < need || (need && !aligned16(l.workspace))) return false;
   const void* xr = rounded_x(l, x, M, K, wdt, l.workspace);
   void* ys = wdt == DType::F32 ? nullptr : static_cast<char*>(l.workspace) + align256(size_t(M * K) * 2);
-  const bool done = gemm_and_finish(l, xr, w, wdt, M, K, N, bias, bias_code, wdt, out, ys, up);
-  if (up_done) *up_done = done;
+  gemm_and_finish(l, xr, w, wdt, M, K, N, bias, bias_code, wdt, out, ys);
   return true;
 }
 

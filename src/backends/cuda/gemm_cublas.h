@@ -19,7 +19,6 @@
 namespace nibble::cuda {
 
 struct Quant4Weight;
-struct LoraUp;
 
 // Workspace the GEMM path needs for this shape (0 when it would not be taken).
 size_t gemm_4bit_workspace_bytes(int64_t M, int64_t K, int64_t N, DType compute_dtype);
@@ -27,11 +26,8 @@ size_t gemm_fp_workspace_bytes(int64_t M, int64_t K, int64_t N, DType wdt, DType
 
 // True when taken (the output is being computed on l.stream); false when the shape or dtypes
 // are not covered, and the caller uses its own kernel.
-// up (may be null): a LoRA up projection added in the last pass over out when it can be;
-// *up_done says whether it was.
 bool gemm_4bit(const Launch& l, const float* x, int64_t M, int64_t K, const Quant4Weight& w, int64_t N,
-               const void* bias, int bias_code, DType compute_dtype, float* out, const LoraUp* up = nullptr,
-               bool* up_done = nullptr);
+               const void* bias, int bias_code, DType compute_dtype, float* out);
 // Whether dequant4_range / dequant4_cols take this weight: a blocksize that is a power of two >=
 // 32, packed 16-byte aligned (their own shape and output conditions aside).
 bool dequant4_takes(const Quant4Weight& w);
@@ -45,7 +41,6 @@ bool dequant4_range(const Launch& l, const Quant4Weight& w, DType ct, int64_t e0
 bool dequant4_cols(const Launch& l, const Quant4Weight& w, DType ct, int64_t N, int64_t K, int64_t k0,
                    int64_t kt, void* out);
 bool gemm_fp(const Launch& l, const float* x, int64_t M, int64_t K, const void* w, DType wdt, int64_t N,
-             const void* bias, int bias_code, DType round_to, float* out, const LoraUp* up = nullptr,
-             bool* up_done = nullptr);
+             const void* bias, int bias_code, DType round_to, float* out);
 
 }  // namespace nibble::cuda

@@ -12,23 +12,11 @@
 
 namespace nibble::cuda {
 
-// A LoRA adapter's up projection added to a linear's result: out[m, n] += scale · Σ_j h[m, j] ·
-// B[n, j] (h [M, r] = A · x, B [N, r], f32, device), summed in f32 in order j = 0 .. r - 1.
-// The linears below apply it in their last pass over out where they can (a 16-bit compute or
-// round_to dtype, no bias, M > 16, r of 8, 16 or 32) and return whether they did; otherwise
-// the caller adds it.
-struct LoraUp {
-  const float* h = nullptr;
-  const float* B = nullptr;
-  int64_t r = 0;
-  float scale = 0.0f;
-};
-
 // out[M, N] = round(round(x) · W^T + round(bias)), W [N, K] f32/f16/bf16, bias [N] or nullptr.
 // Tensor cores (cuBLASLt) for 16-bit W; M <= 16 a GEMV/skinny kernel.
 size_t linear_workspace_bytes(int64_t M, int64_t K, int64_t N, DType wdt, DType round_to);
-bool linear(const Launch& l, const float* x, int64_t M, int64_t K, const void* w, DType wdt, int64_t N,
-            const void* bias, DType bias_dt, DType round_to, float* out, const LoraUp* up = nullptr);
+void linear(const Launch& l, const float* x, int64_t M, int64_t K, const void* w, DType wdt, int64_t N,
+            const void* bias, DType bias_dt, DType round_to, float* out);
 
 // A bitsandbytes 4-bit weight as stored: packed codes [N*K/2] (first value in the high nibble),
 // and its absmax either plain (absmax f32 [n_blocks]) or nested (double quant:
@@ -59,8 +47,8 @@ struct Quant4Weight {
 // absmax directly. Larger M: tensor-core GEMM over weight tiles dequantized on the fly (or a
 // one-layer compute-dtype scratch in the workspace + cuBLASLt).
 size_t linear_4bit_workspace_bytes(int64_t M, int64_t K, int64_t N, DType compute_dtype);
-bool linear_4bit(const Launch& l, const float* x, int64_t M, int64_t K, const Quant4Weight& w, int64_t N,
-                 const void* bias, DType bias_dt, DType compute_dtype, float* out, const LoraUp* up = nullptr);
+void linear_4bit(const Launch& l, const float* x, int64_t M, int64_t K, const Quant4Weight& w, int64_t N,
+                 const void* bias, DType bias_dt, DType compute_dtype, float* out);
 
 // LLM.int8 as the CPU backend's linear_int8 (bitsandbytes MatMul8bitLt inference): cb [N, K]
 // int8, scb [N] f32, outlier columns (any |x| >= threshold over all M rows; none when

@@ -219,20 +219,17 @@ size_t linear_workspace_bytes(int64_t M, int64_t K, int64_t N, DType wdt, DType 
   return gemm_fp_workspace_bytes(M, K, N, wdt, round_to);
 }
 
-bool linear(const Launch& l, const float* x, int64_t M, int64_t K, const void* w, DType wdt, int64_t N,
-            const void* bias, DType bias_dt, DType round_to, float* out, const LoraUp* up) {
+void linear(const Launch& l, const float* x, int64_t M, int64_t K, const void* w, DType wdt, int64_t N,
+            const void* bias, DType bias_dt, DType round_to, float* out) {
   check_shape("linear", M, K, N);
-  if (M == 0) return false;
+  if (M == 0) return;
   DeviceScope dev_guard(l.device);
   const int64_t C = wdt == DType::F32 ? 4 : 8;
   const bool vec = K % C == 0 && aligned16(w) && aligned16(x);
   const int bdt = bias_dtype_code("linear", bias, bias_dt);
-  if (gemv_mma_fp_ok(M, K, w, wdt, round_to, x)) {
-    gemv_mma_fp(l, x, M, K, w, wdt, N, bias, bdt, round_to, out);
-    return false;
-  }
-  bool up_done = false;
-  if (gemm_fp(l, x, M, K, w, wdt, N, bias, bdt, round_to, out, up, &up_done)) return up_done;
+  if (gemv_mma_fp_ok(M, K, w, wdt, round_to, x))
+    return gemv_mma_fp(l, x, M, K, w, wdt, N, bias, bdt, round_to, out);
+  if (gemm_fp(l, x, M, K, w, wdt, N, bias, bdt, round_to, out)) return;
   const dim3 grid(unsigned((N + kWarps - 1) / kWarps));
   with_dtype("linear", wdt, [&](auto wt) {
     with_dtype("linear", round_to, [&](auto ct) {
@@ -243,7 +240,6 @@ bool linear(const Launch& l, const float* x, int64_t M, int64_t K, const void* w
       });
     });
   });
-  return false;
 }
 
 size_t linear_4bit_workspace_bytes(int64_t M, int64_t K, int64_t N, DType compute_dtype) {
@@ -257,8 +253,8 @@ int bias_dtype_code(const char* op, const void* bias, DType dt) {
   throw UnsupportedError(detail::str(op, ": bias dtype ", dtype_name(dt), " is not f32/f16/bf16"));
 }
 
-bool linear_4bit(const Launch& l, const float* x, int64_t M, int64_t K, const Quant4Weight& w, int64_t N,
-                 const void* bias, DType bias_dt, DType compute_dtype, float* out, const LoraUp* up) {
+void linear_4bit(const Launch& l, const float* x, int64_t M, int64_t K, const Quant4Weight& w, int64_t N,
+                 const void* bias, DType bias_dt, DType compute_dtype, float* out) {
   check_shape("linear_4bit", M, K, N);
   if (w.quant_type != DType::NF4 && w.quant_type != DType::FP4)
     throw UnsupportedError(
@@ -267,23 +263,18 @@ bool linear_4bit(const Launch& l, const float* x, int64_t M, int64_t K, const Qu
     throw ShapeError(detail::str("linear_4bit: blocksize ", w.blocksize, " is not a power of two"));
   if (!w.packed || !w.quant_map || (!w.absmax && (!w.absmax_q || !w.absmax2 || !w.code2)))
     throw Error("linear_4bit: missing packed weight, quant_map or absmax state");
-  if (M == 0) return false;
+  if (M == 0) return;
   DeviceScope dev_guard(l.device);
   Q4 q{w.packed,    w.absmax, w.absmax_q, w.absmax2,   w.code2,
        w.quant_map, w.offset, 0,          w.blocksize, w.nested_blocksize};
   while ((int64_t(1) << q.bs_log2) < w.blocksize) ++q.bs_log2;
   const bool vec = K % 32 == 0 && w.blocksize % 32 == 0 && aligned16(w.packed) && aligned16(x);
   const int bdt = bias_dtype_code("linear_4bit", bias, bias_dt);
-  if (gemv_lut_4bit_ok(M, K, w, compute_dtype, x)) {
-    gemv_lut_4bit(l, x, M, K, w, N, bias, bdt, compute_dtype, out);
-    return false;
-  }
-  if (gemv_mma_4bit_ok(M, K, w, compute_dtype, x)) {
-    gemv_mma_4bit(l, x, M, K, w, N, bias, bdt, compute_dtype, out);
-    return false;
-  }
-  bool up_done = false;
-  if (gemm_4bit(l, x, M, K, w, N, bias, bdt, compute_dtype, out, up, &up_done)) return up_done;
+  if (gemv_lut_4bit_ok(M, K, w, compute_dtype, x))
+    return gemv_lut_4bit(l, x, M, K, w, N, bias, bdt, compute_dtype, out);
+  if (gemv_mma_4bit_ok(M, K, w, compute_dtype, x))
+    return gemv_mma_4bit(l, x, M, K, w, N, bias, bdt, compute_dtype, out);
+  if (gemm_4bit(l, x, M, K, w, N, bias, bdt, compute_dtype, out)) return;
   const dim3 grid(unsigned((N + kWarps - 1) / kWarps));
   with_dtype("linear_4bit", compute_dtype, [&](auto ct) {
     with_rows(M, [&](auto mt) {
@@ -292,7 +283,6 @@ bool linear_4bit(const Launch& l, const float* x, int64_t M, int64_t K, const Qu
       NIBBLE_CUDA_CHECK_LAUNCH();
     });
   });
-  return false;
 }
 
 }  // namespace nibble::cuda

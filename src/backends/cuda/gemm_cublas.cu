@@ -7,8 +7,6 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
-#include <cstdlib>
-#include <cstring>
 #include <map>
 #include <type_traits>
 
@@ -140,31 +138,6 @@ __global__ void epilogue_kernel(float* __restrict__ out, int64_t M, int64_t N, c
   }
 }
 
-// out[i] = ys[i] widened to f32 (ys: the GEMM's result rounded to CT by cuBLAS), 8 a thread.
-template <class CT>
-__device__ __forceinline__ float widen1(uint16_t v) {
-  if constexpr (std::is_same_v<CT, dev::BF16>)
-    return __uint_as_float(uint32_t(v) << 16);
-  else
-    return __half2float(__ushort_as_half(v));
-}
-template <class CT>
-__global__ void widen_kernel(const uint16_t* __restrict__ ys, int64_t n, float* __restrict__ out) {
-  const int64_t n8 = n / 8, stride = int64_t(gridDim.x) * blockDim.x;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n8; i += stride) {
-    const uint4 u = __ldg(reinterpret_cast<const uint4*>(ys) + i);
-    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-    float v[8];
-#pragma unroll
-    for (int j = 0; j < 4; ++j) v[2 * j] = widen1<CT>(uint16_t(w[j])), v[2 * j + 1] = widen1<CT>(uint16_t(w[j] >> 16));
-    float4* o = reinterpret_cast<float4*>(out) + 2 * i;
-    o[0] = make_float4(v[0], v[1], v[2], v[3]);
-    o[1] = make_float4(v[4], v[5], v[6], v[7]);
-  }
-  for (int64_t i = 8 * n8 + int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
-    out[i] = widen1<CT>(ys[i]);
-}
-
 unsigned grid_for(int64_t n, int threads) {
   const int64_t b = (n + threads - 1) / threads;
   return unsigned(b < 4096 ? (b > 0 ? b : 1) : 4096);
@@ -189,37 +162,12 @@ bool is_float_dt(DType dt) {
   return dt == DType::F32 || dt == DType::F16 || dt == DType::BF16;
 }
 
-// With a 16-bit compute dtype and no bias, cuBLAS writes the result rounded to it (its f32 sum
-// rounded to nearest even, as round_ct does) into ys and widen_kernel copies it to out: 2 + 2 + 4
-// bytes a value instead of the f32 result's 4 and the rounding epilogue's 4 + 4.
-// NIBBLE_GEMM_OUT16=0 (A/B runs) keeps the f32 result and the epilogue.
-bool out16_enabled() {
-  static const bool on = [] {
-    const char* v = std::getenv("NIBBLE_GEMM_OUT16");
-    return !(v && std::strcmp(v, "0") == 0);
-  }();
-  return on;
-}
-
-// out = xs . Ws^T (f32 result), then the epilogue; ys: [M, N] of ct for the 16-bit result.
+// out = xs . Ws^T (f32 result), then the epilogue.
 void gemm_and_finish(const Launch& l, const void* xs, const void* ws, DType ab_dt, int64_t M, int64_t K,
-                     int64_t N, const void* bias, int bdt, DType ct, float* out, void* ys) {
+                     int64_t N, const void* bias, int bdt, DType ct, float* out) {
   cublasHandle_t h = cublas_handle(l.device);
   NIBBLE_CUBLAS_CHECK(cublasSetStream(h, l.stream));
   const float alpha = 1.0f, beta = 0.0f;
-  if (ys && !bias && ct == ab_dt && ct != DType::F32 && aligned16(out) && out16_enabled()) {
-    NIBBLE_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, int(N), int(M), int(K), &alpha, ws,
-                                     cuda_type(ab_dt), int(K), xs, cuda_type(ab_dt), int(K), &beta, ys,
-                                     cuda_type(ct), int(N), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-    with_ct(ct, [&](auto c) {
-      if constexpr (!std::is_same_v<decltype(c), dev::F32>) {
-        widen_kernel<decltype(c)><<<grid_for(M * N / 8, 256), 256, 0, l.stream>>>(static_cast<const uint16_t*>(ys),
-                                                                                   M * N, out);
-        NIBBLE_CUDA_CHECK_LAUNCH();
-      }
-    });
-    return;
-  }
   NIBBLE_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, int(N), int(M), int(K), &alpha, ws,
                                    cuda_type(ab_dt), int(K), xs, cuda_type(ab_dt), int(K), &beta, out,
                                    CUDA_R_32F, int(N), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
@@ -253,12 +201,12 @@ bool gemm_shape_ok(int64_t M, int64_t K, int64_t N) {
 size_t gemm_4bit_workspace_bytes(int64_t M, int64_t K, int64_t N, DType ct) {
   if (!gemm_shape_ok(M, K, N) || !is_float_dt(ct)) return 0;
   const size_t e = size_t(dtype_nbytes(ct, 1));
-  return align256(size_t(N * K) * e) + (ct == DType::F32 ? 0 : align256(size_t(M * K) * e) + align256(size_t(M * N) * e));
+  return align256(size_t(N * K) * e) + (ct == DType::F32 ? 0 : align256(size_t(M * K) * e));
 }
 
 size_t gemm_fp_workspace_bytes(int64_t M, int64_t K, int64_t N, DType wdt, DType round_to) {
   if (!gemm_shape_ok(M, K, N) || wdt != round_to || !is_float_dt(wdt)) return 0;
-  return wdt == DType::F32 ? 0 : align256(size_t(M * K) * 2) + align256(size_t(M * N) * 2);
+  return wdt == DType::F32 ? 0 : align256(size_t(M * K) * size_t(dtype_nbytes(wdt, 1)));
 }
 
 bool gemm_4bit(const Launch& l, const float* x, int64_t M, int64_t K, const Quant4Weight& w, int64_t N,
@@ -278,8 +226,7 @@ bool gemm_4bit(const Launch& l, const float* x, int64_t M, int64_t K, const Quan
     NIBBLE_CUDA_CHECK_LAUNCH();
   });
   const void* xr = rounded_x(l, x, M, K, ct, xs);
-  void* ys = ct == DType::F32 ? nullptr : static_cast<char*>(xs) + align256(size_t(M * K) * e);
-  gemm_and_finish(l, xr, wscratch, ct, M, K, N, bias, bias_code, ct, out, ys);
+  gemm_and_finish(l, xr, wscratch, ct, M, K, N, bias, bias_code, ct, out);
   return true;
 }
 
@@ -318,8 +265,7 @@ bool gemm_fp(const Launch& l, const float* x, int64_t M, int64_t K, const void* 
   const size_t need = gemm_fp_workspace_bytes(M, K, N, wdt, round_to);
   if (l.workspace_bytes < need || (need && !aligned16(l.workspace))) return false;
   const void* xr = rounded_x(l, x, M, K, wdt, l.workspace);
-  void* ys = wdt == DType::F32 ? nullptr : static_cast<char*>(l.workspace) + align256(size_t(M * K) * 2);
-  gemm_and_finish(l, xr, w, wdt, M, K, N, bias, bias_code, wdt, out, ys);
+  gemm_and_finish(l, xr, w, wdt, M, K, N, bias, bias_code, wdt, out);
   return true;
 }
 

@@ -6,10 +6,6 @@
 
 #include <algorithm>
 #include <cfloat>
-#include <climits>
-#include <cstdint>
-#include <cstdlib>
-#include <cstring>
 
 #include "backends/cuda/act.cuh"
 #include "backends/cuda/check.h"
@@ -36,25 +32,12 @@ using dev::block_sum;
 constexpr int kNormThreads = 1024;
 constexpr int kNormPer = 8;
 
-// Threads for a row of C: about `per` elements a thread, whole warps, at most kNormThreads.
-unsigned norm_threads(int64_t C, int per = 4) {
-  return unsigned(std::clamp<int64_t>((ceil_div(C, per) + 31) / 32 * 32, 32, kNormThreads));
+// Threads for a row of C: about four elements a thread, whole warps, at most kNormThreads.
+unsigned norm_threads(int64_t C) {
+  return unsigned(std::clamp<int64_t>((ceil_div(C, 4) + 31) / 32 * 32, 32, kNormThreads));
 }
 
-// Many rows (a prefill, a training pass): about 16 elements a thread (kPer 16), so a block is a
-// quarter as wide and a whole batch of rows is resident at once (7B training, 1024 rows of 4096:
-// 4 waves of 1024-thread blocks, 28.7 us a launch on an H100). Few rows (decode): about 4, the
-// row's memory round trip spread over many threads.
-// NIBBLE_NORM_WIDE=1 (A/B runs) keeps the few-row launch for every row count.
-int64_t many_rows() {
-  static const int64_t n = [] {
-    const char* v = std::getenv("NIBBLE_NORM_WIDE");
-    return v && std::strcmp(v, "1") == 0 ? INT64_MAX : int64_t(64);
-  }();
-  return n;
-}
-
-template <class W, bool kAdd, int kPer = kNormPer>
+template <class W, bool kAdd>
 __global__ void __launch_bounds__(kNormThreads)
     rms_norm_kernel(float* x, const float* __restrict__ r, int64_t C, const void* __restrict__ w, float eps,
                     float unit, float* out) {
@@ -63,23 +46,23 @@ __global__ void __launch_bounds__(kNormThreads)
   float* xr = x + blockIdx.x * C;
   float* o = out + blockIdx.x * C;
   const int tid = threadIdx.x, nt = blockDim.x;
-  if (C <= int64_t(kPer) * nt) {
-    float v[kPer], wv[kPer];
+  if (C <= int64_t(kNormPer) * nt) {
+    float v[kNormPer], wv[kNormPer];
 #pragma unroll
-    for (int i = 0; i < kPer; ++i) {
+    for (int i = 0; i < kNormPer; ++i) {
       const int64_t c = tid + int64_t(i) * nt;
       wv[i] = c < C ? dev::load1<W>(w, c) + unit : 0.0f;
     }
     dev::pdl_wait();
 #pragma unroll
-    for (int i = 0; i < kPer; ++i) {
+    for (int i = 0; i < kNormPer; ++i) {
       const int64_t c = tid + int64_t(i) * nt;
       v[i] = c < C ? xr[c] : 0.0f;
       if constexpr (kAdd) v[i] += c < C ? r[blockIdx.x * C + c] : 0.0f;
     }
     float ss = 0.0f;
 #pragma unroll
-    for (int i = 0; i < kPer; ++i) {
+    for (int i = 0; i < kNormPer; ++i) {
       const int64_t c = tid + int64_t(i) * nt;
       if (c < C) {
         if constexpr (kAdd) xr[c] = v[i];
@@ -89,7 +72,7 @@ __global__ void __launch_bounds__(kNormThreads)
     ss = block_sum(ss, red);
     const float inv = rsqrtf(ss / float(C) + eps);
 #pragma unroll
-    for (int i = 0; i < kPer; ++i) {
+    for (int i = 0; i < kNormPer; ++i) {
       const int64_t c = tid + int64_t(i) * nt;
       if (c < C) o[c] = wv[i] * (v[i] * inv);
     }
@@ -392,14 +375,9 @@ void rms_norm(const Launch& l, const float* x, int64_t M, int64_t C, const void*
   if (M == 0 || C == 0) return;
   DeviceScope ds(l.device);
   with_float_dtype("cuda::rms_norm", wdt, [&](auto W) {
-    if (M >= many_rows())
-      cuda::launch(rms_norm_kernel<decltype(W), false, 16>, dim3(unsigned(M)), dim3(norm_threads(C, 16)), 0,
-                   as_stream(l.stream), const_cast<float*>(x), nullptr, C, w, eps, add_unit_offset ? 1.0f : 0.0f,
-                   out);
-    else
-      cuda::launch(rms_norm_kernel<decltype(W), false>, dim3(unsigned(M)), dim3(norm_threads(C)), 0,
-                   as_stream(l.stream), const_cast<float*>(x), nullptr, C, w, eps, add_unit_offset ? 1.0f : 0.0f,
-                   out);
+    cuda::launch(rms_norm_kernel<decltype(W), false>, dim3(unsigned(M)), dim3(norm_threads(C)), 0,
+                 as_stream(l.stream), const_cast<float*>(x), nullptr, C, w, eps,
+                 add_unit_offset ? 1.0f : 0.0f, out);
   });
   NIBBLE_CUDA_CHECK_LAUNCH();
 }
@@ -409,12 +387,8 @@ void add_rms_norm(const Launch& l, float* h, const float* r, int64_t M, int64_t 
   if (M == 0 || C == 0) return;
   DeviceScope ds(l.device);
   with_float_dtype("cuda::add_rms_norm", wdt, [&](auto W) {
-    if (M >= many_rows())
-      cuda::launch(rms_norm_kernel<decltype(W), true, 16>, dim3(unsigned(M)), dim3(norm_threads(C, 16)), 0,
-                   as_stream(l.stream), h, r, C, w, eps, add_unit_offset ? 1.0f : 0.0f, out);
-    else
-      cuda::launch(rms_norm_kernel<decltype(W), true>, dim3(unsigned(M)), dim3(norm_threads(C)), 0,
-                   as_stream(l.stream), h, r, C, w, eps, add_unit_offset ? 1.0f : 0.0f, out);
+    cuda::launch(rms_norm_kernel<decltype(W), true>, dim3(unsigned(M)), dim3(norm_threads(C)), 0,
+                 as_stream(l.stream), h, r, C, w, eps, add_unit_offset ? 1.0f : 0.0f, out);
   });
   NIBBLE_CUDA_CHECK_LAUNCH();
 }

@@ -77,7 +77,8 @@ case "${1:-}" in
     ;;
   infer)
     # there: CUDA tests (skip with "tests"), the GEMV table and the model benchmark; logs to $OUT.
-    # "train": the QLoRA step benchmark (TRAIN_SHAPES); "train-profile": its kernels by ncu
+    # "train": the QLoRA step benchmark (TRAIN_SHAPES); "train-profile": its kernels by ncu;
+    # "gemv-profile": the decode GEMV's launches of one layer under ncu with stall reasons
     OUT="${OUT:-/tmp/out}"
     mkdir -p "$OUT"
     nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$OUT/device.txt"
@@ -108,12 +109,23 @@ case "${1:-}" in
               > "$OUT/ncu_$shape.csv" 2> "$OUT/ncu_$shape.err" || rc=1
             python3 dev/ncu_sum.py "$OUT/ncu_$shape.csv" 30
           done ;;
+        gemv-profile)  # one decode layer's four 4-bit GEMV launches (B=1) with stall reasons and per-instruction counters
+          timeout 200 ncu --profile-from-start off -k regex:gemv_pipe --launch-count 4 --section SpeedOfLight \
+            --section MemoryWorkloadAnalysis --section WarpStateStats --section SchedulerStats --section Occupancy \
+            --section LaunchStats --section InstructionStats --section SourceCounters -o "$OUT/gemv" \
+            ./.devcarry/bin/model_gpu --shapes llama2_7b --batches 1 --contexts 128 --dir /tmp/models --keep \
+            --profile-decode 1 > "$OUT/gemv_ncu_run.log" 2>&1 || rc=1
+          ncu --import "$OUT/gemv.ncu-rep" --page details > "$OUT/gemv_details.log" 2>&1
+          ncu --import "$OUT/gemv.ncu-rep" --page source --csv --print-source sass > "$OUT/gemv_source.log" 2>&1
+          rm -f "$OUT/gemv.ncu-rep"
+          grep -E "Duration|DRAM Throughput|Eligible|Issued Warp|Achieved Occupancy|No Eligible" "$OUT/gemv_details.log" |
+            head -40 ;;
       esac
     done
     exit $rc
     ;;
   *)
-    echo "usage: dev/cuda_run.sh build|device|infer-build|infer [tests] [gemv] [model] [train] [train-profile]" >&2
+    echo "usage: dev/cuda_run.sh build|device|infer-build|infer [tests] [gemv] [model] [train] [train-profile] [gemv-profile]" >&2
     exit 2
     ;;
 esac

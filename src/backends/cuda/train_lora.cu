@@ -94,8 +94,13 @@ bool tensor_core_dx(const BaseWeight& w) {
 // Tiles of up to 16M bf16 values (32 MiB): one tile for every Llama-3.2-1B projection and for
 // Llama-2-7B's attention ones, three for its MLP's; fewer tiles mean fewer passes of dx's f32
 // accumulation and a longer inner dimension per GEMM.
+constexpr int64_t kTileValues = int64_t(1) << 24;
+// Rows (or columns) of `full` a tile holds when each is `width` values long: a multiple of 64.
+int64_t tile_span(int64_t width, int64_t full) {
+  return std::min(std::max<int64_t>(64, kTileValues / std::max<int64_t>(width, 1) / 64 * 64), full);
+}
 int64_t tc_tile_rows(int64_t N, int64_t K) {
-  return std::min(std::max<int64_t>(64, (int64_t(1) << 24) / std::max<int64_t>(K, 1) / 64 * 64), N);
+  return tile_span(K, N);
 }
 // A weight no taller than wide that takes several tiles (Llama-2-7B's down projection, 4096 x
 // 11008) is tiled by columns instead: each tile [N, kt] holds whole columns of W, so its GEMM
@@ -107,8 +112,8 @@ int64_t tc_tile_cols(int64_t N, int64_t K) {
     const char* v = std::getenv("NIBBLE_DX_TILES");
     return v && std::strcmp(v, "rows") == 0;
   }();
-  if (rows_only || N > K || N * K <= (int64_t(1) << 24) || K % 8) return 0;
-  return std::min(std::max<int64_t>(64, (int64_t(1) << 24) / std::max<int64_t>(N, 1) / 64 * 64), K);
+  if (rows_only || N > K || N * K <= kTileValues || K % 8) return 0;
+  return tile_span(N, K);
 }
 
 size_t align256(size_t b) {

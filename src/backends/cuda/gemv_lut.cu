@@ -615,6 +615,17 @@ size_t pipe_smem_bytes(int nt, int M, int64_t xs_stride) {
          size_t(kPW) * kStages * kStageBytes + size_t(xs_stride) * size_t(M) * 2;
 }
 
+// NIBBLE_GEMV4_KS (benchmarks): K slices for the pipelined kernel, 1-16 (a power of two), instead of
+// pick_pipe_slices' choice; 0 or unset: the cost model.
+int forced_pipe_slices() {
+  static const int ks = [] {
+    const char* v = std::getenv("NIBBLE_GEMV4_KS");
+    const int n = v ? std::atoi(v) : 0;
+    return n >= 1 && n <= kPW && (n & (n - 1)) == 0 ? n : 0;
+  }();
+  return ks;
+}
+
 // K slices for the pipelined kernel: each at least one stage; the fewest rounds of groups times
 // (stages a warp + one for the tile's reduction and store), ties to more slices.
 int pick_pipe_slices(int64_t tiles, int64_t stages, int64_t blocks) {
@@ -635,6 +646,7 @@ void launch_pipe(const Launch& l, Args a) {
   opt_in_smem(gemv_pipe_kernel<NT, CT, XS>, pipe_smem_bytes(NT, 16, 0) + kXsBytes, opted);
   const int64_t blocks_max = sm_count();
   a.ks = pick_pipe_slices(a.tiles, a.K / (64 * kPU), blocks_max);
+  if (const int ks = forced_pipe_slices(); ks > 0 && ks <= a.K / (64 * kPU)) a.ks = ks;
   const int rg = kPW / a.ks;
   a.groups = (a.tiles + rg - 1) / rg;
   const int64_t blocks = std::min<int64_t>(a.groups, blocks_max);

@@ -2,8 +2,9 @@
 // shape fits (attention_tc.cu). Other prefill (32 or more query rows): a tiled kernel
 // whose key/value tiles in shared memory serve a block's rows. Otherwise flash-decoding style: the key range
 // [0, S) is cut into n_split chunks; block (split, i * Hq + h) runs an online softmax of query row i, head h
-// over its chunk (one warp per key, lanes over the head dim, lane + 32 e for e < 8 so D <= 256 and the K/V
-// loads of a warp are coalesced), the block's warps merge their partials in shared memory, and a combine pass
+// over its chunk (a warp scores 4 keys at a time, their K and V rows loaded together; lanes over the head
+// dim, lane + 32 e for e < 8 so D <= 256 and the K/V loads of a warp are coalesced), the block's warps
+// merge their partials in shared memory, and a combine pass
 // merges the splits (partials in the workspace). With one split the block writes the output directly. Math in
 // f32, as the CPU.
 #include <cuda_runtime.h>
@@ -38,7 +39,8 @@ struct Params {
   const int64_t* kv_table;  // a batched decode step: row i's K and V caches (Attention::kv_table)
 };
 
-template <class KV>
+// kKeys: keys a warp scores at once (4; 1 for benchmarks, NIBBLE_ATTN_KEYS=1).
+template <class KV, int kKeys>
 __global__ void __launch_bounds__(kWarps * 32) attn_split_kernel(Params p) {
   dev::pdl_launch_dependents();
   dev::pdl_wait();
@@ -53,7 +55,11 @@ __global__ void __launch_bounds__(kWarps * 32) attn_split_kernel(Params p) {
     p.k = reinterpret_cast<const void*>(p.kv_table[i]);
     p.v = reinterpret_cast<const void*>(p.kv_table[p.T + i]);
   }
-  int64_t lo = split * p.chunk, hi = lo + p.chunk < S ? lo + p.chunk : S;
+  // the split's keys: chunks of p.chunk, or with the position on the device (a graph replayed at
+  // every step: p.chunk sized for the cache's capacity) of ceil(S / n_split) for the S of this step,
+  // so every split has keys however far the cache is filled
+  const int64_t chunk = p.pos_dev ? (S + p.n_split - 1) / p.n_split : p.chunk;
+  int64_t lo = split * chunk, hi = lo + chunk < S ? lo + chunk : S;
   if (hi > pos + 1) hi = pos + 1;
   if (p.window > 0 && lo < pos - p.window + 1) lo = pos - p.window + 1;
   float q[kMaxE], acc[kMaxE];
@@ -65,24 +71,52 @@ __global__ void __launch_bounds__(kWarps * 32) attn_split_kernel(Params p) {
   }
   const float slope = p.alibi ? p.alibi[h] : 0.0f;
   float m = -INFINITY, l = 0.0f;
-  for (int64_t j = lo + warp; j < hi; j += kWarps) {
-    const int64_t kb = j * p.ldk + g * p.D, vb = j * p.ldv + g * p.Dv;
-    float s = 0.0f;
+  // kKeys keys a warp at a time (their K and V rows loaded together, so a warp has that many rows
+  // in flight), one online-softmax update for them; key j0 + u of the group, u < kKeys
+  for (int64_t j0 = lo + warp * kKeys; j0 < hi; j0 += kWarps * kKeys) {
+    float kr[kKeys][kMaxE], vr[kKeys][kMaxE];
 #pragma unroll
-    for (int e = 0; e < kMaxE; ++e) {
-      const int64_t d = lane + 32 * e;
-      if (d < p.D) s += q[e] * dev::load1<KV>(p.k, kb + d);
+    for (int u = 0; u < kKeys; ++u) {
+      const int64_t j = j0 + u < hi ? j0 + u : j0;  // past hi: key j0 again, weighted 0 below
+      const int64_t kb = j * p.ldk + g * p.D, vb = j * p.ldv + g * p.Dv;
+#pragma unroll
+      for (int e = 0; e < kMaxE; ++e) {
+        const int64_t d = lane + 32 * e;
+        kr[u][e] = d < p.D ? dev::load1<KV>(p.k, kb + d) : 0.0f;
+        vr[u][e] = d < p.Dv ? dev::load1<KV>(p.v, vb + d) : 0.0f;
+      }
     }
-    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-    s *= p.scale;
-    if (p.softcap > 0.0f) s = p.softcap * tanhf(s / p.softcap);
-    if (p.alibi) s += slope * float(j);
-    const float mn = fmaxf(m, s), corr = expf(m - mn), e_s = expf(s - mn);
-    l = l * corr + e_s;
+    float s[kKeys];
+#pragma unroll
+    for (int u = 0; u < kKeys; ++u) {
+      s[u] = 0.0f;
+#pragma unroll
+      for (int e = 0; e < kMaxE; ++e) s[u] += q[e] * kr[u][e];
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+#pragma unroll
+      for (int u = 0; u < kKeys; ++u) s[u] += __shfl_xor_sync(0xffffffffu, s[u], o);
+    float mn = m;
+#pragma unroll
+    for (int u = 0; u < kKeys; ++u) {
+      s[u] *= p.scale;
+      if (p.softcap > 0.0f) s[u] = p.softcap * tanhf(s[u] / p.softcap);
+      if (p.alibi) s[u] += slope * float(j0 + u);
+      if (j0 + u >= hi) s[u] = -INFINITY;
+      mn = fmaxf(mn, s[u]);
+    }
+    const float corr = expf(m - mn);  // key j0 is in range, so mn is finite
+    float e_s[kKeys];
+    l *= corr;
+#pragma unroll
+    for (int u = 0; u < kKeys; ++u) e_s[u] = expf(s[u] - mn), l += e_s[u];
 #pragma unroll
     for (int e = 0; e < kMaxE; ++e) {
-      const int64_t d = lane + 32 * e;
-      acc[e] = acc[e] * corr + (d < p.Dv ? e_s * dev::load1<KV>(p.v, vb + d) : 0.0f);
+      float a = acc[e] * corr;
+#pragma unroll
+      for (int u = 0; u < kKeys; ++u) a += e_s[u] * vr[u][e];
+      acc[e] = a;
     }
     m = mn;
   }
@@ -273,6 +307,15 @@ int64_t blocks_per_sm() {
   return n;
 }
 
+// Keys a warp of the split kernel scores at once: 4; NIBBLE_ATTN_KEYS=1 (benchmarks) one.
+int keys_at_once() {
+  static const int k = [] {
+    const char* v = std::getenv("NIBBLE_ATTN_KEYS");
+    return v && std::atoi(v) == 1 ? 1 : 4;
+  }();
+  return k;
+}
+
 // Splits: about blocks_per_sm() blocks a multiprocessor, and splits of at most kMaxSplitKeys
 // keys whatever the row count (a warp walks its keys one after another: 7B decode, 16 sequences
 // at context 4096 on an H100: 3 splits of 1365 keys 290 tok/s, 9 of 455 keys 392, 16 of 256
@@ -347,7 +390,10 @@ void attention(const Launch& l, const Attention& a) {
            ns,      a.pos,     a.kv_table};
   const dim3 grid(unsigned(ns), unsigned(a.T * a.Hq));
   with_float_dtype("cuda::attention", a.kv_dtype, [&](auto KV) {
-    cuda::launch(attn_split_kernel<decltype(KV)>, grid, dim3(kWarps * 32), 0, as_stream(l.stream), p);
+    if (keys_at_once() == 1)
+      cuda::launch(attn_split_kernel<decltype(KV), 1>, grid, dim3(kWarps * 32), 0, as_stream(l.stream), p);
+    else
+      cuda::launch(attn_split_kernel<decltype(KV), 4>, grid, dim3(kWarps * 32), 0, as_stream(l.stream), p);
   });
   NIBBLE_CUDA_CHECK_LAUNCH();
   if (ns > 1) {

@@ -2,11 +2,11 @@
 // shape fits (attention_tc.cu). Other prefill (32 or more query rows): a tiled kernel
 // whose key/value tiles in shared memory serve a block's rows. Otherwise flash-decoding style: the key range
 // [0, S) is cut into n_split chunks; block (split, i * Hq + h) runs an online softmax of query row i, head h
-// over its chunk (a warp scores 4 keys at a time, their K and V rows loaded together; lanes over the head
-// dim, lane + 32 e for e < 8 so D <= 256 and the K/V loads of a warp are coalesced), the block's warps
-// merge their partials in shared memory, and a combine pass
-// merges the splits (partials in the workspace). With one split the block writes the output directly. Math in
-// f32, as the CPU.
+// over its chunk (a warp scores 8 keys at a time, 4 when D > 128, their K and V rows loaded together;
+// lanes over the head dim, lane + 32 e for e < 8 so D <= 256 and the K/V loads of a warp are coalesced),
+// the block's warps merge their partials in shared memory, and a combine pass merges the splits
+// (partials in the workspace). With one split the block writes the output directly. Math in f32, as
+// the CPU.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -39,12 +39,12 @@ struct Params {
   const int64_t* kv_table;  // a batched decode step: row i's K and V caches (Attention::kv_table)
 };
 
-// kKeys: keys a warp scores at once (4; 1 for benchmarks, NIBBLE_ATTN_KEYS=1).
-template <class KV, int kKeys>
+// kKeys: keys a warp scores at once; kE: head-dim elements a lane (D, Dv <= 32 * kE).
+template <class KV, int kKeys, int kE>
 __global__ void __launch_bounds__(kWarps * 32) attn_split_kernel(Params p) {
   dev::pdl_launch_dependents();
   dev::pdl_wait();
-  __shared__ float sm[kWarps], sl[kWarps], sacc[kWarps][32 * kMaxE];
+  __shared__ float sm[kWarps], sl[kWarps], sacc[kWarps][32 * kE];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t split = blockIdx.x, row = blockIdx.y, i = row / p.Hq, h = row % p.Hq;
   const bool batched = p.kv_table != nullptr;  // row i: sequence i at position pos_dev[i]
@@ -62,9 +62,9 @@ __global__ void __launch_bounds__(kWarps * 32) attn_split_kernel(Params p) {
   int64_t lo = split * chunk, hi = lo + chunk < S ? lo + chunk : S;
   if (hi > pos + 1) hi = pos + 1;
   if (p.window > 0 && lo < pos - p.window + 1) lo = pos - p.window + 1;
-  float q[kMaxE], acc[kMaxE];
+  float q[kE], acc[kE];
 #pragma unroll
-  for (int e = 0; e < kMaxE; ++e) {
+  for (int e = 0; e < kE; ++e) {
     const int64_t d = lane + 32 * e;
     q[e] = d < p.D ? p.q[i * p.ldq + h * p.D + d] : 0.0f;
     acc[e] = 0.0f;
@@ -74,13 +74,13 @@ __global__ void __launch_bounds__(kWarps * 32) attn_split_kernel(Params p) {
   // kKeys keys a warp at a time (their K and V rows loaded together, so a warp has that many rows
   // in flight), one online-softmax update for them; key j0 + u of the group, u < kKeys
   for (int64_t j0 = lo + warp * kKeys; j0 < hi; j0 += kWarps * kKeys) {
-    float kr[kKeys][kMaxE], vr[kKeys][kMaxE];
+    float kr[kKeys][kE], vr[kKeys][kE];
 #pragma unroll
     for (int u = 0; u < kKeys; ++u) {
       const int64_t j = j0 + u < hi ? j0 + u : j0;  // past hi: key j0 again, weighted 0 below
       const int64_t kb = j * p.ldk + g * p.D, vb = j * p.ldv + g * p.Dv;
 #pragma unroll
-      for (int e = 0; e < kMaxE; ++e) {
+      for (int e = 0; e < kE; ++e) {
         const int64_t d = lane + 32 * e;
         kr[u][e] = d < p.D ? dev::load1<KV>(p.k, kb + d) : 0.0f;
         vr[u][e] = d < p.Dv ? dev::load1<KV>(p.v, vb + d) : 0.0f;
@@ -91,7 +91,7 @@ __global__ void __launch_bounds__(kWarps * 32) attn_split_kernel(Params p) {
     for (int u = 0; u < kKeys; ++u) {
       s[u] = 0.0f;
 #pragma unroll
-      for (int e = 0; e < kMaxE; ++e) s[u] += q[e] * kr[u][e];
+      for (int e = 0; e < kE; ++e) s[u] += q[e] * kr[u][e];
     }
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1)
@@ -112,7 +112,7 @@ __global__ void __launch_bounds__(kWarps * 32) attn_split_kernel(Params p) {
 #pragma unroll
     for (int u = 0; u < kKeys; ++u) e_s[u] = expf(s[u] - mn), l += e_s[u];
 #pragma unroll
-    for (int e = 0; e < kMaxE; ++e) {
+    for (int e = 0; e < kE; ++e) {
       float a = acc[e] * corr;
 #pragma unroll
       for (int u = 0; u < kKeys; ++u) a += e_s[u] * vr[u][e];
@@ -127,7 +127,7 @@ __global__ void __launch_bounds__(kWarps * 32) attn_split_kernel(Params p) {
   for (int w = 0; w < kWarps; ++w) M = fmaxf(M, sm[w]);
   const float f = m == -INFINITY ? 0.0f : expf(m - M);
 #pragma unroll
-  for (int e = 0; e < kMaxE; ++e) sacc[warp][lane + 32 * e] = acc[e] * f;
+  for (int e = 0; e < kE; ++e) sacc[warp][lane + 32 * e] = acc[e] * f;
   __syncthreads();
   float L = 0.0f;
   for (int w = 0; w < kWarps; ++w) L += sm[w] == -INFINITY ? 0.0f : sl[w] * expf(sm[w] - M);
@@ -307,11 +307,13 @@ int64_t blocks_per_sm() {
   return n;
 }
 
-// Keys a warp of the split kernel scores at once: 4; NIBBLE_ATTN_KEYS=1 (benchmarks) one.
+// Keys a warp of the split kernel scores at once: 8 for head dims up to 128 (4 elements a lane),
+// else 4; NIBBLE_ATTN_KEYS=1 or 4 (benchmarks) sets it.
 int keys_at_once() {
   static const int k = [] {
     const char* v = std::getenv("NIBBLE_ATTN_KEYS");
-    return v && std::atoi(v) == 1 ? 1 : 4;
+    const int n = v ? std::atoi(v) : 0;
+    return n == 1 || n == 4 ? n : 8;
   }();
   return k;
 }
@@ -390,10 +392,16 @@ void attention(const Launch& l, const Attention& a) {
            ns,      a.pos,     a.kv_table};
   const dim3 grid(unsigned(ns), unsigned(a.T * a.Hq));
   with_float_dtype("cuda::attention", a.kv_dtype, [&](auto KV) {
-    if (keys_at_once() == 1)
-      cuda::launch(attn_split_kernel<decltype(KV), 1>, grid, dim3(kWarps * 32), 0, as_stream(l.stream), p);
+    using T = decltype(KV);
+    const int keys = keys_at_once();
+    const dim3 block(kWarps * 32);
+    const cudaStream_t st = as_stream(l.stream);
+    if (keys == 1)
+      cuda::launch(attn_split_kernel<T, 1, kMaxE>, grid, block, 0, st, p);
+    else if (keys == 8 && std::max(a.D, a.Dv) <= 32 * kMaxE / 2)
+      cuda::launch(attn_split_kernel<T, 8, kMaxE / 2>, grid, block, 0, st, p);
     else
-      cuda::launch(attn_split_kernel<decltype(KV), 4>, grid, dim3(kWarps * 32), 0, as_stream(l.stream), p);
+      cuda::launch(attn_split_kernel<T, 4, kMaxE>, grid, block, 0, st, p);
   });
   NIBBLE_CUDA_CHECK_LAUNCH();
   if (ns > 1) {

@@ -296,7 +296,8 @@ Tensor CausalLM::Impl::attention_block(const Step& st, size_t li, const Tensor& 
     ops::copy_(ctx, yh.slice(1, 2 * D, 3 * D), v.view({R * Hkv, D}));
   }
   // a decode step (the GEMV's rows): the output projection's weight is fetched into the GPU's
-  // L2 cache while rope, the KV write and attention run, which leave the memory bus idle
+  // L2 cache while rope, the KV write and attention run, which leave the memory bus idle (on CUDA
+  // opt-in for now: NIBBLE_PREFETCH=1, nn_cuda.h)
   if (R <= kDecodeGemvRows) nn::prefetch(ctx, L.o.lin);
   if (L.q_norm.defined()) {
     Tensor qn = empty_like_rows(R * Hq, D, dev), kn = empty_like_rows(R * Hkv, D, dev);

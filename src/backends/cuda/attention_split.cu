@@ -2,11 +2,11 @@
 // shape fits (attention_tc.cu). Other prefill (32 or more query rows): a tiled kernel
 // whose key/value tiles in shared memory serve a block's rows. Otherwise flash-decoding style: the key range
 // [0, S) is cut into n_split chunks; block (split, i * Hq + h) runs an online softmax of query row i, head h
-// over its chunk (a warp scores 8 keys at a time, 4 when D > 128, their K and V rows loaded together;
-// lanes over the head dim, lane + 32 e for e < 8 so D <= 256 and the K/V loads of a warp are coalesced),
-// the block's warps merge their partials in shared memory, and a combine pass merges the splits
-// (partials in the workspace). With one split the block writes the output directly. Math in f32, as
-// the CPU.
+// over its chunk (a warp scores one key at a time, or in the opt-in many-key form 8, 4 when D > 128,
+// their K and V rows loaded together; lanes over the head dim, lane + 32 e for e < 8 so D <= 256 and
+// the K/V loads of a warp are coalesced), the block's warps merge their partials in shared memory,
+// and a combine pass merges the splits (partials in the workspace). With one split the block writes
+// the output directly. Math in f32, as the CPU.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -55,10 +55,10 @@ __global__ void __launch_bounds__(kWarps * 32) attn_split_kernel(Params p) {
     p.k = reinterpret_cast<const void*>(p.kv_table[i]);
     p.v = reinterpret_cast<const void*>(p.kv_table[p.T + i]);
   }
-  // the split's keys: chunks of p.chunk, or with the position on the device (a graph replayed at
-  // every step: p.chunk sized for the cache's capacity) of ceil(S / n_split) for the S of this step,
-  // so every split has keys however far the cache is filled
-  const int64_t chunk = p.pos_dev ? (S + p.n_split - 1) / p.n_split : p.chunk;
+  // the split's keys: chunks of p.chunk; in the many-key form with the position on the device (a
+  // graph replayed at every step: p.chunk sized for the cache's capacity), ceil(S / n_split) of
+  // this step's S, so every split has keys however far the cache is filled
+  const int64_t chunk = kKeys > 1 && p.pos_dev ? (S + p.n_split - 1) / p.n_split : p.chunk;
   int64_t lo = split * chunk, hi = lo + chunk < S ? lo + chunk : S;
   if (hi > pos + 1) hi = pos + 1;
   if (p.window > 0 && lo < pos - p.window + 1) lo = pos - p.window + 1;
@@ -107,16 +107,16 @@ __global__ void __launch_bounds__(kWarps * 32) attn_split_kernel(Params p) {
       mn = fmaxf(mn, s[u]);
     }
     const float corr = expf(m - mn);  // key j0 is in range, so mn is finite
-    float e_s[kKeys];
-    l *= corr;
+    float e_s[kKeys], e_sum = 0.0f;
 #pragma unroll
-    for (int u = 0; u < kKeys; ++u) e_s[u] = expf(s[u] - mn), l += e_s[u];
+    for (int u = 0; u < kKeys; ++u) e_s[u] = expf(s[u] - mn), e_sum += e_s[u];
+    l = l * corr + e_sum;
 #pragma unroll
     for (int e = 0; e < kE; ++e) {
-      float a = acc[e] * corr;
+      float pv = 0.0f;
 #pragma unroll
-      for (int u = 0; u < kKeys; ++u) a += e_s[u] * vr[u][e];
-      acc[e] = a;
+      for (int u = 0; u < kKeys; ++u) pv += e_s[u] * vr[u][e];
+      acc[e] = acc[e] * corr + pv;
     }
     m = mn;
   }
@@ -307,13 +307,14 @@ int64_t blocks_per_sm() {
   return n;
 }
 
-// Keys a warp of the split kernel scores at once: 8 for head dims up to 128 (4 elements a lane),
-// else 4; NIBBLE_ATTN_KEYS=1 or 4 (benchmarks) sets it.
+// Keys a warp of the split kernel scores at once: 1, the form run on GPUs so far. The many-key
+// forms (NIBBLE_ATTN_KEYS=8: 8 for head dims up to 128, else 4; NIBBLE_ATTN_KEYS=4: 4) are
+// built but not yet run on a GPU: opt-in until their tests and A/B have run there.
 int keys_at_once() {
   static const int k = [] {
     const char* v = std::getenv("NIBBLE_ATTN_KEYS");
     const int n = v ? std::atoi(v) : 0;
-    return n == 1 || n == 4 ? n : 8;
+    return n == 4 || n == 8 ? n : 1;
   }();
   return k;
 }
@@ -396,12 +397,12 @@ void attention(const Launch& l, const Attention& a) {
     const int keys = keys_at_once();
     const dim3 block(kWarps * 32);
     const cudaStream_t st = as_stream(l.stream);
-    if (keys == 1)
-      cuda::launch(attn_split_kernel<T, 1, kMaxE>, grid, block, 0, st, p);
-    else if (keys == 8 && std::max(a.D, a.Dv) <= 32 * kMaxE / 2)
+    if (keys == 8 && std::max(a.D, a.Dv) <= 32 * kMaxE / 2)
       cuda::launch(attn_split_kernel<T, 8, kMaxE / 2>, grid, block, 0, st, p);
-    else
+    else if (keys > 1)
       cuda::launch(attn_split_kernel<T, 4, kMaxE>, grid, block, 0, st, p);
+    else
+      cuda::launch(attn_split_kernel<T, 1, kMaxE>, grid, block, 0, st, p);
   });
   NIBBLE_CUDA_CHECK_LAUNCH();
   if (ns > 1) {

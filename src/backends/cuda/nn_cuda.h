@@ -30,7 +30,8 @@ void gated_activation(const Launch& l, const float* gate, int64_t ld_gate, const
 // ---- elementwise / data movement ---------------------------------------------------------------
 // A hint that the bytes of up to kMaxPrefetch ranges [p, p + bytes) will be read soon (the next
 // decode GEMV's weight while attention runs): bulk prefetches into the L2 cache on sm_90 and
-// later, nothing below. Reads nothing an earlier kernel writes; NIBBLE_PREFETCH=0 turns it off.
+// later, nothing below. Reads nothing an earlier kernel writes. Built but not yet run on a GPU:
+// opt-in (NIBBLE_PREFETCH=1) until its A/B has run there; otherwise nothing is launched.
 constexpr int kMaxPrefetch = 4;
 struct PrefetchRange {
   const void* p = nullptr;

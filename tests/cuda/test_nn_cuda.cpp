@@ -316,12 +316,16 @@ struct AttnCase {
   bool alibi;
   DType kv;
   bool tc = false;  // the case takes the tensor-core prefill kernel
+  // one decode row whose position q_offset is read on the device (a replayed decode graph): S is
+  // then the cache's capacity, of which the first q_offset + 1 rows are attended over
+  bool device_pos = false;
 };
 
 void check_attention(const AttnCase& c, std::mt19937_64& rng) {
   SCOPED_TRACE(::testing::Message() << "T " << c.T << " S " << c.S << " Hq " << c.Hq << " Hkv " << c.Hkv
                                     << " D " << c.D << " off " << c.q_offset << " win " << c.window << " cap "
-                                    << c.softcap << " alibi " << c.alibi << " kv " << dtype_name(c.kv));
+                                    << c.softcap << " alibi " << c.alibi << " kv " << dtype_name(c.kv)
+                                    << " device pos " << c.device_pos);
   const int64_t D = c.D, ldq = c.Hq * D + 3, ldk = c.Hkv * D + 8, ldv = c.Hkv * D + 16;
   auto q = randn(size_t(c.T * ldq), rng), k = randn(size_t(c.S * ldk), rng),
        v = randn(size_t(c.S * ldv), rng);
@@ -345,12 +349,18 @@ void check_attention(const AttnCase& c, std::mt19937_64& rng) {
   a.alibi = c.alibi ? ds.as<float>() : nullptr;
   a.q = dq.as<float>(), a.ldq = ldq, a.k = dk.p, a.v = dv.p, a.kv_dtype = c.kv, a.ldk = ldk, a.ldv = ldv;
   a.out = dout.as<float>();
+  Dev dpos(8);
+  if (c.device_pos) {
+    ASSERT_EQ(c.T, 1);
+    up(dpos, std::vector<int64_t>{c.q_offset});
+    a.pos = dpos.as<int64_t>();
+  }
   // tensor cores round q and the softmax weights to the cache dtype: the reference takes q so rounded
   const bool tc = cuda::attention_prefill_tc_fits(a);
   EXPECT_EQ(tc, c.tc) << "which kernel the case is meant for";
   if (tc) encode(qc, c.kv);
   cpu::AttentionShape sh;
-  sh.T = c.T, sh.S = c.S, sh.Hq = c.Hq, sh.Hkv = c.Hkv, sh.D = D, sh.Dv = D;
+  sh.T = c.T, sh.S = c.device_pos ? c.q_offset + 1 : c.S, sh.Hq = c.Hq, sh.Hkv = c.Hkv, sh.D = D, sh.Dv = D;
   sh.scale = a.scale, sh.q_offset = c.q_offset, sh.window = c.window, sh.softcap = c.softcap;
   sh.alibi = c.alibi ? slopes.data() : nullptr;
   std::vector<float> ref(qc.size());
@@ -410,6 +420,16 @@ TEST(NnCuda, Attention) {
     check_attention({64, 200, 4, 2, 128, 136, 0, 30.0f, false, kv, half}, rng);
     check_attention({130, 130, 4, 2, 64, 0, 0, 0, true, kv, half}, rng);
     check_attention({40, 40, 2, 1, 256, 0, 0, 0, false, kv}, rng);
+    // decode with the position on the device and the cache filled anywhere from its first row to
+    // its last (the splits are sized for the capacity): GQA, head dims on both sides of 128, a
+    // window, soft-capping, ALiBi
+    for (int64_t pos : {0, 5, 130, 4998})
+      check_attention({1, 4999, 8, 2, 128, pos, 0, 0, false, kv, false, true}, rng);
+    check_attention({1, 600, 4, 4, 80, 77, 0, 0, false, kv, false, true}, rng);
+    check_attention({1, 1000, 8, 2, 256, 700, 0, 0, false, kv, false, true}, rng);
+    check_attention({1, 1000, 8, 2, 128, 700, 256, 0, false, kv, false, true}, rng);
+    check_attention({1, 509, 8, 4, 64, 300, 0, 50.0f, false, kv, false, true}, rng);
+    check_attention({1, 333, 6, 6, 96, 200, 0, 0, true, kv, false, true}, rng);
   }
 }
 

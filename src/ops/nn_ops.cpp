@@ -740,6 +740,7 @@ void prefetch(ExecContext& ctx, std::span<const Tensor> ts) {
   dispatch(
       op, ctx, DType::U8, {}, [] {},  // a hint: nothing to do on the CPU
       [&](auto& c) {
+        if (!cuda::prefetch_enabled()) return;
         cuda::PrefetchRange rs[cuda::kMaxPrefetch];
         int k = 0;
         for (const Tensor& t : ts)

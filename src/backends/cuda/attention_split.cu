@@ -3,8 +3,8 @@
 // whose key/value tiles in shared memory serve a block's rows. Otherwise flash-decoding style: the key range
 // [0, S) is cut into n_split chunks; block (split, i * Hq + h) runs an online softmax of query row i, head h
 // over its chunk (a warp scores one key at a time, or in the opt-in many-key form 8, 4 when D > 128,
-// their K and V rows loaded together; lanes over the head dim, lane + 32 e for e < 8 so D <= 256 and
-// the K/V loads of a warp are coalesced), the block's warps merge their partials in shared memory,
+// their K and V rows loaded together; lanes over the head dim, lane + 32 e for e < 8 (4 in the 8-key
+// form) so D <= 256 and the K/V loads of a warp are coalesced), the block's warps merge their partials in shared memory,
 // and a combine pass merges the splits (partials in the workspace). With one split the block writes
 // the output directly. Math in f32, as the CPU.
 #include <cuda_runtime.h>
@@ -57,8 +57,10 @@ __global__ void __launch_bounds__(kWarps * 32) attn_split_kernel(Params p) {
   }
   // the split's keys: chunks of p.chunk; in the many-key form with the position on the device (a
   // graph replayed at every step: p.chunk sized for the cache's capacity), ceil(S / n_split) of
-  // this step's S, so every split has keys however far the cache is filled
-  const int64_t chunk = kKeys > 1 && p.pos_dev ? (S + p.n_split - 1) / p.n_split : p.chunk;
+  // this step's S but at least a block's group of keys, so the keys spread over the splits however
+  // far the cache is filled and no split is mostly masked duplicates
+  const int64_t chunk =
+      kKeys > 1 && p.pos_dev ? max((S + p.n_split - 1) / p.n_split, int64_t(kWarps * kKeys)) : p.chunk;
   int64_t lo = split * chunk, hi = lo + chunk < S ? lo + chunk : S;
   if (hi > pos + 1) hi = pos + 1;
   if (p.window > 0 && lo < pos - p.window + 1) lo = pos - p.window + 1;

@@ -175,11 +175,13 @@ struct PrefetchArgs {
 };
 
 // Lane 0 of each block issues bulk L2 prefetches of 32 KB pieces of the ranges (16-byte aligned
-// inside each range), pieces dealt to blocks in turn; then it waits on the previous kernel like
-// every other, so the next kernel's wait still covers the kernels before this one.
+// inside each range), pieces dealt to blocks in turn. It first waits on the previous kernel like
+// every other (so the next kernel's wait still covers the kernels before this one, and the
+// prefetches run beside the kernels after it, not beside the previous GEMV's weight stream).
 constexpr int64_t kPrefetchPiece = 32 << 10;
 __global__ void prefetch_l2_kernel(PrefetchArgs a) {
   dev::pdl_launch_dependents();
+  dev::pdl_wait();
 #if __CUDA_ARCH__ >= 900
   if (threadIdx.x == 0) {
     int64_t piece = blockIdx.x;
@@ -196,7 +198,6 @@ __global__ void prefetch_l2_kernel(PrefetchArgs a) {
     }
   }
 #endif
-  dev::pdl_wait();
 }
 
 __global__ void softcap_kernel(float* x, int64_t n, float cap) {
@@ -470,22 +471,32 @@ void add(const Launch& l, float* a, const float* b, int64_t n) {
   NIBBLE_CUDA_CHECK_LAUNCH();
 }
 
-void prefetch_l2(const Launch& l, const PrefetchRange* rs, int n) {
+bool prefetch_enabled() {
   static const bool on = [] {  // opt-in until it has run on a GPU (nn_cuda.h)
     const char* v = std::getenv("NIBBLE_PREFETCH");
     return v && std::strcmp(v, "1") == 0;
   }();
-  if (!on || n <= 0) return;
+  return on;
+}
+
+void prefetch_l2(const Launch& l, const PrefetchRange* rs, int n) {
+  if (n <= 0) return;
   if (n > kMaxPrefetch) throw InternalError(detail::str("cuda::prefetch_l2: ", n, " ranges, at most ", kMaxPrefetch));
+  DeviceScope ds(l.device);
+  // at most half the L2 cache in all (the ranges' leading bytes): more would evict itself and
+  // the lines the kernels in between read
+  int dev = 0, l2 = 0;
+  NIBBLE_CUDA_CHECK(cudaGetDevice(&dev));
+  NIBBLE_CUDA_CHECK(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, dev));
+  int64_t budget = int64_t(l2) / 2, pieces = 0;
   PrefetchArgs a{};
-  int64_t pieces = 0;
   for (int i = 0; i < n; ++i) {
-    a.r[i] = rs[i];
-    pieces += ceil_div(std::max<int64_t>(rs[i].bytes, 0), kPrefetchPiece);
+    a.r[i] = {rs[i].p, std::clamp<int64_t>(rs[i].bytes, 0, budget)};
+    budget -= a.r[i].bytes;
+    pieces += ceil_div(a.r[i].bytes, kPrefetchPiece);
   }
   a.n = n;
   if (pieces == 0) return;
-  DeviceScope ds(l.device);
   const int64_t blocks = std::min<int64_t>(pieces, 2 * int64_t(sm_count()));
   cuda::launch(prefetch_l2_kernel, dim3(unsigned(blocks)), dim3(32), 0, as_stream(l.stream), a);
   NIBBLE_CUDA_CHECK_LAUNCH();

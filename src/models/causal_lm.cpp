@@ -254,9 +254,6 @@ Tensor CausalLM::Impl::embed_block(const Step& st0) const {
   return h;
 }
 
-// Rows up to which a projection runs as a decode GEMV on CUDA (gemv_lut.h).
-constexpr int64_t kDecodeGemvRows = 16;
-
 // x [R, C] (normed) -> o [R, C]: q/k/v projections (separate, one fused [q | k | v], or fused
 // per head [q_h | k_h | v_h]), q/k norms, rope, each sequence's K/V appended to its cache and
 // attended over, then the output projection (and Gemma-2's post-attention norm).
@@ -295,10 +292,6 @@ Tensor CausalLM::Impl::attention_block(const Step& st, size_t li, const Tensor& 
     ops::copy_(ctx, yh.slice(1, D, 2 * D), k.view({R * Hkv, D}));
     ops::copy_(ctx, yh.slice(1, 2 * D, 3 * D), v.view({R * Hkv, D}));
   }
-  // a decode step (the GEMV's rows): the output projection's weight is fetched into the GPU's
-  // L2 cache while rope, the KV write and attention run, which leave the memory bus idle (on CUDA
-  // opt-in for now: NIBBLE_PREFETCH=1, nn_cuda.h)
-  if (R <= kDecodeGemvRows) nn::prefetch(ctx, L.o.lin);
   if (L.q_norm.defined()) {
     Tensor qn = empty_like_rows(R * Hq, D, dev), kn = empty_like_rows(R * Hkv, D, dev);
     ops::rms_norm(ctx, q.view({R * Hq, D}), L.q_norm.w, float(config.norm_eps), s.norm_unit_offset, qn);

@@ -157,13 +157,6 @@ ops::Linear4Ref ref4(const Linear& l, const Tensor& out) {
 }
 }  // namespace
 
-void prefetch(ExecContext& ctx, const Linear& l) {
-  const QuantState4& st = l.quant_state();
-  const Tensor ts[] = {l.weight(), l.bias(), l.is_4bit() ? st.absmax : l.scb(),
-                       l.is_4bit() && st.nested ? st.nested_absmax : Tensor()};
-  ops::prefetch(ctx, ts);
-}
-
 void forward_group(ExecContext& ctx, const Tensor& x, std::span<const Linear* const> ls,
                    std::span<const Tensor> outs) {
   if (ls.size() != outs.size()) throw InternalError("forward_group: weights and outputs differ in number");

@@ -88,9 +88,6 @@ class Linear {
   int64_t in_ = 0, out_ = 0;
 };
 
-// A hint that l's forward runs soon: its weight, quantization state and bias prefetched
-// (ops::prefetch; into the L2 cache on CUDA, nothing on the CPU).
-void prefetch(ExecContext& ctx, const Linear& l);
 // outs[i] = ls[i]->forward(x) for weights of one input x: 4-bit weights of one compute dtype
 // go through ops::linear_4bit_group (one decode-GEMV launch for a decode step's q, k and v on
 // CUDA); any other mix runs one forward a weight.

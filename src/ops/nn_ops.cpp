@@ -728,27 +728,6 @@ void add_(ExecContext& ctx, const Tensor& a, const Tensor& b) {
       [&](auto& c) { cuda::add(make_launch(c, 0), a.template data<float>(), b.template data<float>(), a.numel()); });
 }
 
-void prefetch(ExecContext& ctx, std::span<const Tensor> ts) {
-  const char* op = "prefetch";
-  int n = 0;
-  for (const Tensor& t : ts) {
-    if (!t.defined()) continue;
-    if (++n > cuda::kMaxPrefetch || !t.is_contiguous())
-      throw ShapeError(str(op, ": at most ", cuda::kMaxPrefetch, " contiguous tensors, got ", t.str()));
-    check_device(op, ctx, {t});
-  }
-  dispatch(
-      op, ctx, DType::U8, {}, [] {},  // a hint: nothing to do on the CPU
-      [&](auto& c) {
-        if (!cuda::prefetch_enabled()) return;
-        cuda::PrefetchRange rs[cuda::kMaxPrefetch];
-        int k = 0;
-        for (const Tensor& t : ts)
-          if (t.defined()) rs[k++] = {t.data_ptr(), int64_t(t.nbytes())};
-        cuda::prefetch_l2(make_launch(c, 0), rs, k);
-      });
-}
-
 void softcap_(ExecContext& ctx, const Tensor& x, float cap) {
   const char* op = "softcap_";
   require_f32(op, "input", x);

@@ -151,10 +151,6 @@ void apply_rope_(ExecContext& ctx, const Tensor& x, const Tensor& cos, const Ten
 bool attention(ExecContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v,
                const AttentionOptions& opts, const Tensor& out, const Tensor& lse = Tensor());
 
-// A hint that the contiguous tensors ts (at most 4, undefined ones skipped) will be read soon:
-// on CUDA their bytes are prefetched into the L2 cache (the next decode GEMV's weight while
-// attention runs); nothing on the CPU. Values are never changed.
-void prefetch(ExecContext& ctx, std::span<const Tensor> ts);
 // a += b (same shape, contiguous f32).
 void add_(ExecContext& ctx, const Tensor& a, const Tensor& b);
 // x = softcap * tanh(x / softcap) (contiguous f32).

@@ -166,23 +166,6 @@ TEST(NnCuda, NormsActivationsElementwise) {
   }
 }
 
-// prefetch_l2 is a hint: ranges unaligned at either end, shorter than 16 bytes, empty, several at
-// once and larger than the L2 cache all launch cleanly and leave the bytes as they were.
-TEST(NnCuda, PrefetchL2LeavesBytesAlone) {
-  SKIP_WITHOUT_CUDA();
-  const size_t n = size_t(96) << 20;  // above half of any current GPU's L2
-  std::vector<uint8_t> h(n);
-  for (size_t i = 0; i < n; ++i) h[i] = uint8_t(i * 2654435761u >> 13);
-  Dev d(n);
-  up(d, h);
-  const auto* b = static_cast<const uint8_t*>(d.p);
-  const cuda::PrefetchRange rs[] = {{b + 3, 1000}, {b + 5000, 7}, {b + 6001, 0}, {b + 7, int64_t(n) - 9}};
-  for (int k = 1; k <= cuda::kMaxPrefetch; ++k) cuda::prefetch_l2(kL, rs, k);
-  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-  ASSERT_EQ(cudaGetLastError(), cudaSuccess);
-  EXPECT_TRUE(down<uint8_t>(d, n) == h);
-}
-
 // rope_kv_write: q and k rotated in place, k and v stored to the caches in their dtype at a
 // device-side or host row; the same values as cpu::apply_rope followed by the conversion.
 TEST(NnCuda, RopeKvWriteEqualsRopeThenCopies) {

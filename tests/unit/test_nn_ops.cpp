@@ -5,7 +5,6 @@
 // alike. Also the shape/dtype errors.
 #include <gtest/gtest.h>
 
-#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -544,23 +543,6 @@ TEST(NnOpsErrors, WrongShapesAndDtypesThrow) {
   EXPECT_THROW(ops::linear_int8(x, wq.CA, wq.SCA, Tensor(), -1.0f), ShapeError);
   EXPECT_THROW(ops::linear_int8(test::random_normal({3, 9}, DType::F32, rng), wq.CA, wq.SCA, Tensor(), 6.0f),
                ShapeError);
-}
-
-// prefetch is a hint (nothing on the CPU, values untouched) that still refuses what no device
-// could take: more than four tensors, a strided view.
-TEST(NnOpsErrors, PrefetchTakesUpToFourContiguousTensors) {
-  std::mt19937_64 rng(2);
-  ExecContext& ctx = ExecContext::current(Device::cpu());
-  const Tensor a = test::random_normal({4, 6}, DType::F32, rng),
-               b = test::random_normal({7}, DType::BF16, rng);
-  const std::vector<float> before(a.data<float>(), a.data<float>() + a.numel());
-  const Tensor four[] = {a, b, Tensor(), a, b};  // the undefined one is skipped
-  EXPECT_NO_THROW(ops::prefetch(ctx, four));
-  EXPECT_TRUE(std::equal(before.begin(), before.end(), a.data<float>()));
-  const Tensor five[] = {a, b, a, b, a};
-  EXPECT_THROW(ops::prefetch(ctx, five), ShapeError);
-  const Tensor strided[] = {a.slice(1, 0, 3)};
-  EXPECT_THROW(ops::prefetch(ctx, strided), ShapeError);
 }
 
 // A batched decode step's table forms of the KV write and attention against one call a

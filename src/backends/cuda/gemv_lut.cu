@@ -105,7 +105,6 @@ struct Args {
   int64_t groups;     // groups of RG tiles
   int64_t xs_stride;  // elements a staged x row (K + 8); 0: x read from global memory
   bool pipe;          // gemv_pipe_kernel takes it (pipe_ok for every weight)
-  bool tile_bar;      // the pipelined kernel's slice sums synchronise a row tile's ks warps only
   Gemv4Rms rms;  // rms.h set: x = rms_norm(h + r) computed while staging (x unused)
 };
 
@@ -276,16 +275,6 @@ __device__ __forceinline__ void chunk(const Args& a, const char* table, const ui
   }
 }
 
-// The barrier around a group's slice sums: the whole block, or (tile_bar) only the ks warps of
-// row tile rt, on named barrier 1 + rt (RG <= 8 of them when ks > 1), so row tiles do not wait
-// for each other.
-__device__ __forceinline__ void slice_sync(const Args& a, int rt) {
-  if (a.tile_bar)
-    asm volatile("bar.sync %0, %1;" ::"r"(1 + rt), "r"(a.ks * 32) : "memory");
-  else
-    __syncthreads();
-}
-
 // The end of a row tile: its K slices summed in slice order through red (slice ks of row tile
 // rt is warp rt + ks * RG), then slice 0 rounds and stores (act(gate) * up when gated).
 template <int NT, class CT>
@@ -298,7 +287,7 @@ __device__ __forceinline__ void finish_tile(const Args& a, float* red, float (&d
     for (int i = 0; i < NT; ++i)
 #pragma unroll
       for (int j = 0; j < 4; ++j) red[(warp * 32 + lane) * 4 * NT + 4 * i + j] = d[i][j];
-    slice_sync(a, rt);
+    __syncthreads();
     if (ks == 0)
       for (int s = 1; s < a.ks; ++s)
 #pragma unroll
@@ -578,7 +567,7 @@ __global__ void __launch_bounds__(kPW * 32, 1) gemv_pipe_kernel(Args a) {
       }
     }
     finish_tile<NT, CT>(a, red, d, t, tile_live, mat_a, warp, lane, rt, ks, RG, g, q);
-    if (a.ks > 1) slice_sync(a, rt);  // red is rewritten by the next group
+    if (a.ks > 1) __syncthreads();  // red is rewritten by the next group
   }
 }
 
@@ -637,17 +626,6 @@ int forced_pipe_slices() {
   return ks;
 }
 
-// NIBBLE_GEMV4_TILE_BAR=1: the pipelined kernel's slice sums on a row tile's named barrier
-// instead of the block's (Args::tile_bar). Built but not yet run on a GPU: opt-in until its tests
-// and A/B have run there.
-bool tile_barriers() {
-  static const bool on = [] {
-    const char* v = std::getenv("NIBBLE_GEMV4_TILE_BAR");
-    return v && std::strcmp(v, "1") == 0;
-  }();
-  return on;
-}
-
 // K slices for the pipelined kernel: each at least one stage; the fewest rounds of groups times
 // (stages a warp + one for the tile's reduction and store), ties to more slices.
 int pick_pipe_slices(int64_t tiles, int64_t stages, int64_t blocks) {
@@ -669,7 +647,6 @@ void launch_pipe(const Launch& l, Args a) {
   const int64_t blocks_max = sm_count();
   a.ks = pick_pipe_slices(a.tiles, a.K / (64 * kPU), blocks_max);
   if (const int ks = forced_pipe_slices(); ks > 0 && ks <= a.K / (64 * kPU)) a.ks = ks;
-  a.tile_bar = tile_barriers() && a.ks > 1;
   const int rg = kPW / a.ks;
   a.groups = (a.tiles + rg - 1) / rg;
   const int64_t blocks = std::min<int64_t>(a.groups, blocks_max);

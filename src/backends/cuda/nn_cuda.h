@@ -28,20 +28,6 @@ void gated_activation(const Launch& l, const float* gate, int64_t ld_gate, const
                       int64_t rows, int64_t F, Act a, float* out);
 
 // ---- elementwise / data movement ---------------------------------------------------------------
-// A hint that the bytes of up to kMaxPrefetch ranges [p, p + bytes) will be read soon (the next
-// decode GEMV's weight while attention runs): bulk prefetches into the L2 cache on sm_90 and
-// later, nothing below; at most half the L2 cache's bytes in all (the ranges' leading bytes, in
-// order). Reads nothing an earlier kernel writes.
-constexpr int kMaxPrefetch = 4;
-struct PrefetchRange {
-  const void* p = nullptr;
-  int64_t bytes = 0;
-};
-void prefetch_l2(const Launch& l, const PrefetchRange* rs, int n);
-// Whether ops::prefetch calls prefetch_l2: built but not yet run on a GPU, so opt-in
-// (NIBBLE_PREFETCH=1) until its A/B has run there.
-bool prefetch_enabled();
-
 void add(const Launch& l, float* a, const float* b, int64_t n);  // a += b
 void softcap(const Launch& l, float* x, int64_t n, float cap);   // x = tanh(x / cap) * cap
 // out[r, c] = table[ids[r] + offset, c] (any float dtype) * scale, f32 [R, C]; ids on the device

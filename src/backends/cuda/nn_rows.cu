@@ -6,8 +6,6 @@
 
 #include <algorithm>
 #include <cfloat>
-#include <cstdlib>
-#include <cstring>
 
 #include "backends/cuda/act.cuh"
 #include "backends/cuda/check.h"
@@ -16,7 +14,6 @@
 #include "backends/cuda/nn_cuda.h"
 #include "backends/cuda/pdl.cuh"
 #include "backends/cuda/quant_device.cuh"
-#include "backends/cuda/runtime.h"
 
 namespace nibble::cuda {
 namespace {
@@ -167,37 +164,6 @@ __global__ void add4_kernel(float4* a, const float4* b, int64_t n4) {
     x.x += y.x, x.y += y.y, x.z += y.z, x.w += y.w;
     a[i] = x;
   }
-}
-
-struct PrefetchArgs {
-  PrefetchRange r[kMaxPrefetch];
-  int n;
-};
-
-// Lane 0 of each block issues bulk L2 prefetches of 32 KB pieces of the ranges (16-byte aligned
-// inside each range), pieces dealt to blocks in turn. It first waits on the previous kernel like
-// every other (so the next kernel's wait still covers the kernels before this one, and the
-// prefetches run beside the kernels after it, not beside the previous GEMV's weight stream).
-constexpr int64_t kPrefetchPiece = 32 << 10;
-__global__ void prefetch_l2_kernel(PrefetchArgs a) {
-  dev::pdl_launch_dependents();
-  dev::pdl_wait();
-#if __CUDA_ARCH__ >= 900
-  if (threadIdx.x == 0) {
-    int64_t piece = blockIdx.x;
-    for (int i = 0; i < a.n; ++i) {
-      const uintptr_t lo = (reinterpret_cast<uintptr_t>(a.r[i].p) + 15) & ~uintptr_t(15);
-      const uintptr_t hi = (reinterpret_cast<uintptr_t>(a.r[i].p) + uintptr_t(a.r[i].bytes)) & ~uintptr_t(15);
-      const int64_t n = hi > lo ? int64_t(hi - lo) : 0, pieces = (n + kPrefetchPiece - 1) / kPrefetchPiece;
-      for (; piece < pieces; piece += gridDim.x) {
-        const uintptr_t at = lo + uintptr_t(piece * kPrefetchPiece);
-        const uint32_t size = uint32_t(min(kPrefetchPiece, int64_t(hi - at)));
-        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(at), "r"(size) : "memory");
-      }
-      piece -= pieces;  // the next range's pieces continue the deal
-    }
-  }
-#endif
 }
 
 __global__ void softcap_kernel(float* x, int64_t n, float cap) {
@@ -468,37 +434,6 @@ void add(const Launch& l, float* a, const float* b, int64_t n) {
                  reinterpret_cast<const float4*>(b), n / 4);
   else
     cuda::launch(add_kernel, dim3(grid_for(n)), dim3(256), 0, as_stream(l.stream), a, b, n);
-  NIBBLE_CUDA_CHECK_LAUNCH();
-}
-
-bool prefetch_enabled() {
-  static const bool on = [] {  // opt-in until it has run on a GPU (nn_cuda.h)
-    const char* v = std::getenv("NIBBLE_PREFETCH");
-    return v && std::strcmp(v, "1") == 0;
-  }();
-  return on;
-}
-
-void prefetch_l2(const Launch& l, const PrefetchRange* rs, int n) {
-  if (n <= 0) return;
-  if (n > kMaxPrefetch) throw InternalError(detail::str("cuda::prefetch_l2: ", n, " ranges, at most ", kMaxPrefetch));
-  DeviceScope ds(l.device);
-  // at most half the L2 cache in all (the ranges' leading bytes): more would evict itself and
-  // the lines the kernels in between read
-  int dev = 0, l2 = 0;
-  NIBBLE_CUDA_CHECK(cudaGetDevice(&dev));
-  NIBBLE_CUDA_CHECK(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, dev));
-  int64_t budget = int64_t(l2) / 2, pieces = 0;
-  PrefetchArgs a{};
-  for (int i = 0; i < n; ++i) {
-    a.r[i] = {rs[i].p, std::clamp<int64_t>(rs[i].bytes, 0, budget)};
-    budget -= a.r[i].bytes;
-    pieces += ceil_div(a.r[i].bytes, kPrefetchPiece);
-  }
-  a.n = n;
-  if (pieces == 0) return;
-  const int64_t blocks = std::min<int64_t>(pieces, 2 * int64_t(sm_count()));
-  cuda::launch(prefetch_l2_kernel, dim3(unsigned(blocks)), dim3(32), 0, as_stream(l.stream), a);
   NIBBLE_CUDA_CHECK_LAUNCH();
 }
 

@@ -105,7 +105,6 @@ struct Args {
   int64_t groups;     // groups of RG tiles
   int64_t xs_stride;  // elements a staged x row (K + 8); 0: x read from global memory
   bool pipe;          // gemv_pipe_kernel takes it (pipe_ok for every weight)
-  bool row_lines;     // the pipelined kernel's weight copies: 4 rows x 128 bytes an instruction
   Gemv4Rms rms;  // rms.h set: x = rms_norm(h + r) computed while staging (x unused)
 };
 
@@ -443,9 +442,7 @@ __device__ __forceinline__ void cp_async_wait() {
 // kPU + 1 copies and a few adds.
 struct Issue {
   int64_t grp, c;
-  // row_lines: rows 4 i + lane / 8 (i < 4) at chunk 0, + 16 (lane % 8) bytes; else w[0]: row
-  // lane / 2 at chunk 0, + half
-  const uint8_t* w[4];
+  const uint8_t* w;  // row lane / 2 at chunk 0, + half
   const char* am;    // plain absmax or q bytes of row lane & 15 at chunk 0; absmax2 base for lanes 16-31
   int64_t b0;        // absmax block of row lane & 15 at chunk 0
   int mode;          // 0: plain (lanes < 16), 1: q word (lanes < 16), 2: absmax2 (lanes >= 16), 3: none
@@ -454,16 +451,8 @@ struct Issue {
 __device__ __forceinline__ void issue_group(const Args& a, Issue& is, int rt, int RG, int lane) {
   if (is.grp >= a.groups) return;
   const int64_t t = min(is.grp * RG + rt, a.tiles - 1);
-  if (a.row_lines) {
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const RowRef rw = tile_row(a, t, 4 * i + (lane >> 3));
-      is.w[i] = mat_at(a, rw.mat).w + rw.row * (a.K / 2) + (lane & 7) * 16;
-    }
-  } else {
-    const RowRef rw = tile_row(a, t, lane >> 1);
-    is.w[0] = mat_at(a, rw.mat).w + rw.row * (a.K / 2) + (lane & 1) * 16;
-  }
+  const RowRef rw = tile_row(a, t, lane >> 1);
+  is.w = mat_at(a, rw.mat).w + rw.row * (a.K / 2) + (lane & 1) * 16;
   const RowRef r = tile_row(a, t, lane & 15);
   const Mat m = mat_at(a, r.mat);
   is.b0 = r.row * (a.K / 64);
@@ -477,22 +466,12 @@ __device__ __forceinline__ void issue_group(const Args& a, Issue& is, int rt, in
   }
 }
 
-// Copy the stage at is.c into slot ([kPU][16][32] weights, then the absmax words). row_lines:
-// copy i takes rows 4 i .. 4 i + 3, a row's kPU chunks (128 contiguous bytes, one cache line)
-// by 8 lanes, so an instruction touches 4 lines; else copy u takes chunk u of all 16 rows (32
-// bytes of 16 lines, which costs the shared-memory pipe 4x the wavefronts: Nsight Compute).
-__device__ __forceinline__ void issue_stage(const Args& a, const Issue& is, int lane, char* slot) {
-  static_assert(kPU == 4, "row_lines: a row's stage is 4 chunks of 32 bytes, one 128-byte line");
-  if (a.row_lines) {
-    char* dst = slot + ((lane & 7) >> 1) * 16 * 32 + (lane >> 3) * 32 + (lane & 1) * 16;
+// Copy the stage at is.c into slot ([kPU][16][32] weights, then the absmax words).
+__device__ __forceinline__ void issue_stage(const Issue& is, int lane, char* slot) {
+  const uint8_t* src = is.w + is.c * 32;
+  char* dst = slot + (lane >> 1) * 32 + (lane & 1) * 16;
 #pragma unroll
-    for (int i = 0; i < 4; ++i) cp_async16(dst + i * 4 * 32, is.w[i] + is.c * 32);
-  } else {
-    const uint8_t* src = is.w[0] + is.c * 32;
-    char* dst = slot + (lane >> 1) * 32 + (lane & 1) * 16;
-#pragma unroll
-    for (int u = 0; u < kPU; ++u) cp_async16(dst + u * 16 * 32, src + u * 32);
-  }
+  for (int u = 0; u < kPU; ++u) cp_async16(dst + u * 16 * 32, src + u * 32);
   char* adst = slot + kStageW;
   if (is.mode == 0)
     cp_async16(adst + lane * 16, is.am + is.c * 4);
@@ -534,7 +513,7 @@ __global__ void __launch_bounds__(kPW * 32, 1) gemv_pipe_kernel(Args a) {
   };
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
-    if (next.grp < a.groups) issue_stage(a, next, lane, my_ring + s * kStageBytes);
+    if (next.grp < a.groups) issue_stage(next, lane, my_ring + s * kStageBytes);
     cp_async_commit();
     advance();
   }
@@ -554,7 +533,7 @@ __global__ void __launch_bounds__(kPW * 32, 1) gemv_pipe_kernel(Args a) {
     float d[NT][4] = {};
     for (int64_t c = c0; c < c1; c += kPU) {
       __syncwarp();  // every lane is done with the slot the next issue refills
-      if (next.grp < a.groups) issue_stage(a, next, lane, my_ring + slot_i * kStageBytes);
+      if (next.grp < a.groups) issue_stage(next, lane, my_ring + slot_i * kStageBytes);
       cp_async_commit();
       advance();
       cp_async_wait<kStages - 1>();
@@ -647,16 +626,6 @@ int forced_pipe_slices() {
   return ks;
 }
 
-// The pipelined kernel's weight copies a cache line a row (Args::row_lines); NIBBLE_GEMV4_ROWLINES=0
-// (benchmarks) keeps the chunk-a-copy order.
-bool row_line_copies() {
-  static const bool on = [] {
-    const char* v = std::getenv("NIBBLE_GEMV4_ROWLINES");
-    return !(v && std::strcmp(v, "0") == 0);
-  }();
-  return on;
-}
-
 // K slices for the pipelined kernel: each at least one stage; the fewest rounds of groups times
 // (stages a warp + one for the tile's reduction and store), ties to more slices.
 int pick_pipe_slices(int64_t tiles, int64_t stages, int64_t blocks) {
@@ -678,7 +647,6 @@ void launch_pipe(const Launch& l, Args a) {
   const int64_t blocks_max = sm_count();
   a.ks = pick_pipe_slices(a.tiles, a.K / (64 * kPU), blocks_max);
   if (const int ks = forced_pipe_slices(); ks > 0 && ks <= a.K / (64 * kPU)) a.ks = ks;
-  a.row_lines = row_line_copies();
   const int rg = kPW / a.ks;
   a.groups = (a.tiles + rg - 1) / rg;
   const int64_t blocks = std::min<int64_t>(a.groups, blocks_max);

@@ -79,7 +79,7 @@ case "${1:-}" in
     # there: CUDA tests (skip with "tests"), the GEMV table and the model benchmark; logs to $OUT.
     # "train": the QLoRA step benchmark (TRAIN_SHAPES); "train-profile": its kernels by ncu;
     # "gemv-profile": the decode GEMV's launches of one layer under ncu with stall reasons;
-    # "tests-optin", "attn-ab", "gemv-ks": the opt-in decode forms' tests and A/B, the GEMV's K slices
+    # "tests-optin", "attn-ab", "gemv-ks": the decode attention's other forms' tests and A/B, the GEMV's K slices
     OUT="${OUT:-/tmp/out}"
     mkdir -p "$OUT"
     nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$OUT/device.txt"
@@ -110,22 +110,20 @@ case "${1:-}" in
               > "$OUT/ncu_$shape.csv" 2> "$OUT/ncu_$shape.err" || rc=1
             python3 dev/ncu_sum.py "$OUT/ncu_$shape.csv" 30
           done ;;
-        tests-optin)  # the opt-in decode forms (many-key attention, the L2 prefetch) under the tests that take them
-          for cfg in "NIBBLE_ATTN_KEYS=8 NIBBLE_PREFETCH=1 NIBBLE_GEMV4_TILE_BAR=1" "NIBBLE_ATTN_KEYS=4"; do
+        tests-optin)  # the decode attention's other forms (one key a warp, 4 keys) under the tests that take them
+          for cfg in "NIBBLE_ATTN_KEYS=1" "NIBBLE_ATTN_KEYS=4"; do
             env $cfg ./.devcarry/bin/test_cuda --gtest_filter='NnCuda.*:ModelCuda.*:LinearCuda.*' > "$OUT/test_optin.log" 2>&1 || rc=1
             echo "== $cfg: $(grep -E '^\[  (PASSED|FAILED) ' "$OUT/test_optin.log" | tr '\n' ' ')"
           done ;;
-        attn-ab)  # decode with the one-key attention and no prefetch (the default) against the opt-in forms
-          for cfg in "X=0" "NIBBLE_ATTN_KEYS=8" "NIBBLE_ATTN_KEYS=8 NIBBLE_PREFETCH=1" "NIBBLE_ATTN_KEYS=4 NIBBLE_PREFETCH=1" \
-                     "NIBBLE_GEMV4_TILE_BAR=1" "X=1"; do
+        attn-ab)  # decode with the many-key attention (the default) against one key and 4 keys a warp
+          for cfg in "X=0" "NIBBLE_ATTN_KEYS=1" "NIBBLE_ATTN_KEYS=4" "X=1"; do
             env $cfg ./.devcarry/bin/model_gpu --shapes llama2_7b --batches 1,16 --contexts 128,4096 --dir /tmp/models \
               --keep > "$OUT/attn_ab.log" 2>&1 || rc=1
             echo "== $cfg: $(grep -E 'decode B=' "$OUT/attn_ab.log" | tr -s ' ' | cut -c1-40 | tr '\n' ' ')"
           done ;;
-        gemv-ks)  # the GEMV table with the pipelined kernel's K slices forced (0: the cost model's choice), block or row-tile barriers
-          for ks in 0 1 2 4 8 16 0tb 4tb 8tb; do  # tb: the row tiles' named barriers (NIBBLE_GEMV4_TILE_BAR)
-            NIBBLE_GEMV4_KS=${ks%tb} NIBBLE_GEMV4_TILE_BAR=$([ "$ks" != "${ks%tb}" ] && echo 1 || echo 0) \
-              ./.devcarry/bin/linear_gpu --quick --reps 100 > "$OUT/gemv_ks$ks.log" 2>&1 || rc=1
+        gemv-ks)  # the GEMV table with the pipelined kernel's K slices forced (0: the cost model's choice)
+          for ks in 0 1 2 4 8 16; do
+            NIBBLE_GEMV4_KS=$ks ./.devcarry/bin/linear_gpu --quick --reps 100 > "$OUT/gemv_ks$ks.log" 2>&1 || rc=1
             echo "== ks $ks"; grep -E "gemv_4bit +nf4_dq +1 " "$OUT/gemv_ks$ks.log"
           done ;;
         gemv-profile)  # one decode layer's four 4-bit GEMV launches (B=1) with stall reasons and per-instruction counters

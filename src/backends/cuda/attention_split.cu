@@ -289,23 +289,24 @@ __global__ void attn_combine_kernel(const float* part, int n_split, int64_t Dv, 
   }
 }
 
+// A positive integer from the environment variable `name` (benchmark knobs), else `fallback`.
+int64_t env_knob(const char* name, int64_t fallback) {
+  const char* v = std::getenv(name);
+  const int64_t n = v ? std::atoll(v) : 0;
+  return n > 0 ? n : fallback;
+}
+
 // At least 8 keys a split, 2 a warp (7B decode on an H100, B=1 context 128: 16 -> 8 keys 303 ->
 // 308 tok/s, 4 keys 304); NIBBLE_ATTN_SPLIT_KEYS (benchmarks) overrides it.
 int64_t min_split_keys() {
-  static const int64_t k = [] {
-    const char* v = std::getenv("NIBBLE_ATTN_SPLIT_KEYS");
-    return v && std::atoi(v) > 0 ? int64_t(std::atoi(v)) : int64_t(8);
-  }();
+  static const int64_t k = env_knob("NIBBLE_ATTN_SPLIT_KEYS", 8);
   return k;
 }
 
 // Split blocks aimed at a multiprocessor: 8 (B=1 context 4096: 8 -> 32 -> 64 a multiprocessor
 // 181 -> 157 -> 139 tok/s); NIBBLE_ATTN_BLOCKS_PER_SM overrides it (benchmarks).
 int64_t blocks_per_sm() {
-  static const int64_t n = [] {
-    const char* v = std::getenv("NIBBLE_ATTN_BLOCKS_PER_SM");
-    return v && std::atoi(v) > 0 ? int64_t(std::atoi(v)) : int64_t(8);
-  }();
+  static const int64_t n = env_knob("NIBBLE_ATTN_BLOCKS_PER_SM", 8);
   return n;
 }
 
@@ -315,17 +316,16 @@ int64_t blocks_per_sm() {
 // (benchmarks) sets it.
 int keys_at_once() {
   static const int k = [] {
-    const char* v = std::getenv("NIBBLE_ATTN_KEYS");
-    const int n = v ? std::atoi(v) : 0;
-    return n == 1 || n == 4 ? n : 8;
+    const int64_t n = env_knob("NIBBLE_ATTN_KEYS", 8);
+    return n == 1 || n == 4 ? int(n) : 8;
   }();
   return k;
 }
 
 // Splits: about blocks_per_sm() blocks a multiprocessor, and splits of at most kMaxSplitKeys
-// keys whatever the row count (a warp walks its keys one after another: 7B decode, 16 sequences
-// at context 4096 on an H100: 3 splits of 1365 keys 290 tok/s, 9 of 455 keys 392, 16 of 256
-// keys 375), at least min_split_keys() keys each.
+// keys whatever the row count (measured when a warp walked its keys one at a time: 7B decode, 16
+// sequences at context 4096 on an H100: 3 splits of 1365 keys 290 tok/s, 9 of 455 keys 392, 16 of
+// 256 keys 375; not re-tuned for the many-key kernel), at least min_split_keys() keys each.
 constexpr int64_t kMaxSplitKeys = 512;
 
 int n_splits(const Attention& a) {

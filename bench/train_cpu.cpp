@@ -4,7 +4,7 @@
 // without gradient checkpointing: tokens/s (median over steps after a warm-up), the training
 // loss at the start and the end, held-out perplexity before and after, and the peak RSS.
 //
-//   train_cpu [--model DIR] [--steps N] [--batch B] [--json PATH]
+//   train_cpu [--model DIR] [--steps N] [--batch B] [--threads 1,2] [--json PATH]
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -39,6 +39,7 @@ double peak_rss_mib() {
 int main(int argc, char** argv) {
   std::string model = std::string(NIBBLE_BENCH_SOURCE_DIR) + "/../shared/models/tinystories-656k", json_path;
   int64_t steps = 300, batch = 8;
+  std::vector<int> thread_counts{1, 2};
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--model"))
       model = argv[i + 1];
@@ -46,7 +47,15 @@ int main(int argc, char** argv) {
       steps = std::stoll(argv[i + 1]);
     else if (!std::strcmp(argv[i], "--batch"))
       batch = std::stoll(argv[i + 1]);
-    else if (!std::strcmp(argv[i], "--json"))
+    else if (!std::strcmp(argv[i], "--threads")) {
+      thread_counts.clear();
+      std::string list = argv[i + 1];
+      for (size_t p = 0; p <= list.size();) {
+        const size_t q = std::min(list.find(',', p), list.size());
+        thread_counts.push_back(std::stoi(list.substr(p, q - p)));
+        p = q + 1;
+      }
+    } else if (!std::strcmp(argv[i], "--json"))
       json_path = argv[i + 1];
   }
   Tokenizer tok = Tokenizer::from_pretrained(model);
@@ -62,7 +71,7 @@ int main(int argc, char** argv) {
   };
   const auto train = encode(test::toy_stories(400, 7)), held_out = encode(test::toy_stories(48, 12345));
   nlohmann::json runs = nlohmann::json::array();
-  for (int threads : {1, 2})
+  for (int threads : thread_counts)
     for (bool ckpt : {false, true}) {
       set_num_threads(threads);
       LoadOptions lo;

@@ -27,56 +27,65 @@ double cross_entropy_head_backward(const float* h, int64_t T, int64_t H, const f
   }
   if (n_targets) *n_targets = n;
   if (dh) std::fill(dh, dh + T * H, 0.0f);
-  // Rows with a target are taken in blocks of kRows; the logits of a block and a vocabulary
-  // chunk come from the threaded CPU GEMM ([kRows, chunk] is the only logits buffer). Pass 1
-  // (row blocks outer) gives each row's logsumexp; pass 2 (chunks outer) recomputes the
-  // logits, and dh += G . W with the chunk's W transposed once ([H, chunk], the only copy).
+  // Rows with a target are taken in blocks of kRows, the blocks in parallel (each with its own
+  // [kRows, chunk] logits buffer; the GEMM inside runs on the calling thread). Pass 1 (row blocks
+  // outer) gives each row's logsumexp; pass 2 (chunks outer) recomputes the logits, and dh += G . W
+  // with the chunk's W transposed once ([H, chunk], the only copy). A row's arithmetic does not
+  // depend on the thread count, and the loss is summed in row order.
   std::vector<int64_t> rows;
   for (int64_t t = 0; t < T; ++t)
     if (targets[t] != -100) rows.push_back(t);
   constexpr int64_t kRows = 64;
   const int64_t nchunks = (V + chunk - 1) / chunk, cw = std::min(chunk, V), R = int64_t(rows.size());
-  std::vector<float> hb(size_t(kRows * H)), logits(size_t(kRows * cw)), dcap(size_t(kRows * cw)),
-      part(size_t(kRows * H));  // [kRows, H], [kRows, chunk] x2, [kRows, H]
+  const int64_t nblocks = (R + kRows - 1) / kRows;
+  struct Buffers {
+    std::vector<float> hb, logits, dcap, part;  // [kRows, H], [kRows, chunk] x2, [kRows, H]
+  };
+  auto buffers = [&] {
+    return Buffers{std::vector<float>(size_t(kRows * H)), std::vector<float>(size_t(kRows * cw)),
+                   std::vector<float>(size_t(kRows * cw)), std::vector<float>(size_t(kRows * H))};
+  };
   std::vector<double> lse(static_cast<size_t>(R));
+  std::vector<float> tgt(static_cast<size_t>(R));
   // logits (softcapped) of rows [b0, b0 + mb) and columns [v0, v0 + nc); dcap = d(capped)/d(raw)
-  auto block_logits = [&](int64_t b0, int64_t mb, int64_t v0, int64_t nc) {
-    for (int64_t i = 0; i < mb; ++i) std::copy_n(h + rows[size_t(b0 + i)] * H, H, hb.begin() + i * H);
-    cpu::linear(hb.data(), mb, H, W + v0 * H, DType::F32, nc, nullptr, DType::F32, DType::F32, logits.data());
+  auto block_logits = [&](Buffers& b, int64_t b0, int64_t mb, int64_t v0, int64_t nc) {
+    for (int64_t i = 0; i < mb; ++i) std::copy_n(h + rows[size_t(b0 + i)] * H, H, b.hb.begin() + i * H);
+    cpu::linear(b.hb.data(), mb, H, W + v0 * H, DType::F32, nc, nullptr, DType::F32, DType::F32, b.logits.data());
     for (int64_t i = 0; i < mb * nc; ++i) {
       if (softcap > 0) {
-        const float t = std::tanh(logits[size_t(i)] / softcap);
-        logits[size_t(i)] = softcap * t;
-        dcap[size_t(i)] = 1.0f - t * t;
+        const float t = std::tanh(b.logits[size_t(i)] / softcap);
+        b.logits[size_t(i)] = softcap * t;
+        b.dcap[size_t(i)] = 1.0f - t * t;
       } else {
-        dcap[size_t(i)] = 1.0f;
+        b.dcap[size_t(i)] = 1.0f;
       }
     }
   };
-  double loss = 0;
   // Pass 1: online logsumexp over the chunks.
-  for (int64_t b0 = 0; b0 < R; b0 += kRows) {
-    const int64_t mb = std::min(kRows, R - b0);
-    std::vector<float> mx(size_t(mb), -std::numeric_limits<float>::infinity()), tgt(static_cast<size_t>(mb));
-    std::vector<double> sum(size_t(mb), 0.0);
-    for (int64_t c = 0; c < nchunks; ++c) {
-      const int64_t v0 = c * chunk, nc = std::min(chunk, V - v0);
-      block_logits(b0, mb, v0, nc);
-      for (int64_t i = 0; i < mb; ++i) {
-        const float* lr = logits.data() + i * nc;
-        const int64_t y = targets[rows[size_t(b0 + i)]];
-        const float cm = *std::max_element(lr, lr + nc);
-        if (cm > mx[size_t(i)])
-          sum[size_t(i)] *= std::exp(double(mx[size_t(i)]) - double(cm)), mx[size_t(i)] = cm;
-        for (int64_t v = 0; v < nc; ++v) sum[size_t(i)] += std::exp(double(lr[v]) - double(mx[size_t(i)]));
-        if (y >= v0 && y < v0 + nc) tgt[size_t(i)] = lr[y - v0];
+  parallel_for(nblocks, 1, [&](int64_t k0, int64_t k1) {
+    Buffers b = buffers();
+    for (int64_t k = k0; k < k1; ++k) {
+      const int64_t b0 = k * kRows, mb = std::min(kRows, R - b0);
+      std::vector<float> mx(size_t(mb), -std::numeric_limits<float>::infinity());
+      std::vector<double> sum(size_t(mb), 0.0);
+      for (int64_t c = 0; c < nchunks; ++c) {
+        const int64_t v0 = c * chunk, nc = std::min(chunk, V - v0);
+        block_logits(b, b0, mb, v0, nc);
+        for (int64_t i = 0; i < mb; ++i) {
+          const float* lr = b.logits.data() + i * nc;
+          const int64_t y = targets[rows[size_t(b0 + i)]];
+          const float cm = *std::max_element(lr, lr + nc);
+          if (cm > mx[size_t(i)])
+            sum[size_t(i)] *= std::exp(double(mx[size_t(i)]) - double(cm)), mx[size_t(i)] = cm;
+          for (int64_t v = 0; v < nc; ++v) sum[size_t(i)] += std::exp(double(lr[v]) - double(mx[size_t(i)]));
+          if (y >= v0 && y < v0 + nc) tgt[size_t(b0 + i)] = lr[y - v0];
+        }
       }
+      for (int64_t i = 0; i < mb; ++i) lse[size_t(b0 + i)] = double(mx[size_t(i)]) + std::log(sum[size_t(i)]);
     }
-    for (int64_t i = 0; i < mb; ++i) {
-      lse[size_t(b0 + i)] = double(mx[size_t(i)]) + std::log(sum[size_t(i)]);
-      loss += lse[size_t(b0 + i)] - double(tgt[size_t(i)]);
-    }
-  }
+  });
+  double loss = 0;
+  for (int64_t r = 0; r < R; ++r) loss += lse[size_t(r)] - double(tgt[size_t(r)]);
   if (!dh) return loss;
   // Pass 2: G = (softmax - onehot) * grad_scale through the softcap; dh += G . W.
   std::vector<float> wt(size_t(H * cw));  // [H, nc]: the chunk's W^T
@@ -84,27 +93,30 @@ double cross_entropy_head_backward(const float* h, int64_t T, int64_t H, const f
     const int64_t v0 = c * chunk, nc = std::min(chunk, V - v0);
     for (int64_t v = 0; v < nc; ++v)
       for (int64_t k = 0; k < H; ++k) wt[size_t(k * nc + v)] = W[(v0 + v) * H + k];
-    for (int64_t b0 = 0; b0 < R; b0 += kRows) {
-      const int64_t mb = std::min(kRows, R - b0);
-      block_logits(b0, mb, v0, nc);
-      for (int64_t i = 0; i < mb; ++i) {
-        const int64_t y = targets[rows[size_t(b0 + i)]];
-        float* lr = logits.data() + i * nc;
-        const float* dc = dcap.data() + i * nc;
-        for (int64_t v = 0; v < nc; ++v) {
-          const float p = float(std::exp(double(lr[v]) - lse[size_t(b0 + i)]));
-          lr[v] = (p - (v0 + v == y ? 1.0f : 0.0f)) * grad_scale * dc[v];
+    parallel_for(nblocks, 1, [&](int64_t k0, int64_t k1) {
+      Buffers b = buffers();
+      for (int64_t k = k0; k < k1; ++k) {
+        const int64_t b0 = k * kRows, mb = std::min(kRows, R - b0);
+        block_logits(b, b0, mb, v0, nc);
+        for (int64_t i = 0; i < mb; ++i) {
+          const int64_t y = targets[rows[size_t(b0 + i)]];
+          float* lr = b.logits.data() + i * nc;
+          const float* dc = b.dcap.data() + i * nc;
+          for (int64_t v = 0; v < nc; ++v) {
+            const float p = float(std::exp(double(lr[v]) - lse[size_t(b0 + i)]));
+            lr[v] = (p - (v0 + v == y ? 1.0f : 0.0f)) * grad_scale * dc[v];
+          }
+          if (round_g != DType::F32)
+            for (int64_t v = 0; v < nc; ++v) lr[v] = round_to_dtype(lr[v], round_g);
         }
-        if (round_g != DType::F32)
-          for (int64_t v = 0; v < nc; ++v) lr[v] = round_to_dtype(lr[v], round_g);
+        cpu::linear(b.logits.data(), mb, nc, wt.data(), DType::F32, H, nullptr, DType::F32, DType::F32,
+                    b.part.data());
+        for (int64_t i = 0; i < mb; ++i) {
+          float* dr = dh + rows[size_t(b0 + i)] * H;
+          for (int64_t e = 0; e < H; ++e) dr[e] += b.part[size_t(i * H + e)];
+        }
       }
-      cpu::linear(logits.data(), mb, nc, wt.data(), DType::F32, H, nullptr, DType::F32, DType::F32,
-                  part.data());
-      for (int64_t i = 0; i < mb; ++i) {
-        float* dr = dh + rows[size_t(b0 + i)] * H;
-        for (int64_t k = 0; k < H; ++k) dr[k] += part[size_t(i * H + k)];
-      }
-    }
+    });
   }
   return loss;
 }

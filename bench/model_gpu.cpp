@@ -113,7 +113,8 @@ json peer_json(const Peer& p) {
 }
 
 // Greedy decode of B sequences at context ctx (prefilled in chunks of 512), one host round trip
-// a step: tokens a second over `steps` steps after 4 warm-up steps.
+// a step (the B argmax ids, found on the device, as generate() and the server do for greedy
+// sequences): tokens a second over `steps` steps after 4 warm-up steps.
 // profiled > 0: then `profiled` more steps between cudaProfilerStart and cudaProfilerStop.
 double decode_tok_s(const CausalLM& model, int64_t B, int64_t ctx, int64_t steps, int64_t V,
                     int64_t profiled = 0) {
@@ -131,10 +132,7 @@ double decode_tok_s(const CausalLM& model, int64_t B, int64_t ctx, int64_t steps
     }
     tok[size_t(b)] = argmax_row(lg, 0);
   }
-  auto step = [&] {
-    Tensor lg = model.decode_batch(tok, cp);  // [B, V] on the host
-    for (int64_t b = 0; b < B; ++b) tok[size_t(b)] = argmax_row(lg, b);
-  };
+  auto step = [&] { tok = model.decode_batch_argmax(tok, cp); };
   for (int w = 0; w < 4; ++w) step();
   auto t1 = Clock::now();
   for (int64_t n = 0; n < steps; ++n) step();

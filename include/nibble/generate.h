@@ -88,7 +88,15 @@ class SequenceDecoder {
   SequenceDecoder(const DecodingParams& d, std::vector<int64_t> prompt, const GenerateOptions& o,
                   size_t index = 0);
   int64_t step(std::span<float> logits);  // logits [vocab], modified in place
-  void finish(FinishReason r);            // ends the sequence for a caller's reason
+  // Whether step() would take the first maximum of the logits as they are (greedy, and no
+  // processor changes a logit at this point: no penalty, no n-gram ban, min_length and
+  // min_new_tokens reached), so the caller may find it where the logits are and pass it to
+  // accept() instead.
+  bool argmax_only() const;
+  // Appends `token` (the argmax, when argmax_only()) and checks the stopping criteria as step()
+  // does after its pick; returns the token.
+  int64_t accept(int64_t token);
+  void finish(FinishReason r);  // ends the sequence for a caller's reason
   bool done() const { return done_; }
   FinishReason finish_reason() const { return reason_; }
   const std::vector<int64_t>& ids() const { return ids_; }  // prompt + new tokens

@@ -73,9 +73,15 @@ class CausalLM {
   // appended to caches[b] (which may hold different lengths). Logits [B, vocab] (f32). Results
   // per sequence equal forward({tokens[b]}, caches[b]) (continuous batching in a server).
   Tensor decode_batch(const std::vector<int64_t>& tokens, const std::vector<KVCache*>& caches) const;
+  // The first maximum of each row of decode_batch's logits (torch.argmax), found where the
+  // logits are: only the B ids cross back to the host (greedy decoding with no processor).
+  std::vector<int64_t> decode_batch_argmax(const std::vector<int64_t>& tokens,
+                                           const std::vector<KVCache*>& caches) const;
   // Logits [1, vocab] of the last position only (the output head runs on that row alone: what
   // generation needs after a prefill).
   Tensor forward_last(const std::vector<int64_t>& ids, KVCache* cache = nullptr) const;
+  // The first maximum of forward_last's logits, found where the logits are (one id crosses back).
+  int64_t forward_last_argmax(const std::vector<int64_t>& ids, KVCache* cache = nullptr) const;
   // A KV cache for this model on its device; capacity > 0 preallocates that many positions once
   // (a forward past it is an error), 0 gives a cache that grows as needed.
   std::unique_ptr<KVCache> new_cache(int64_t capacity = 0) const;

@@ -135,6 +135,18 @@ int64_t SequenceDecoder::step(std::span<float> x) {
   } else {
     token = logits::argmax(x);
   }
+  return accept(token);
+}
+
+bool SequenceDecoder::argmax_only() const {
+  const DecodingParams& d = d_;
+  return !d.do_sample && d.presence_penalty == 0 && d.frequency_penalty == 0 && d.repetition_penalty == 1.0 &&
+         d.no_repeat_ngram_size <= 0 && int64_t(ids_.size()) >= d.min_length && new_tokens() >= d.min_new_tokens;
+}
+
+int64_t SequenceDecoder::accept(int64_t token) {
+  NIBBLE_CHECK(!done_, "generation: accept() on a finished sequence");
+  const DecodingParams& d = d_;
   ids_.push_back(token);
 
   // Stopping criteria, as transformers checks them after appending the token.
@@ -176,22 +188,33 @@ std::vector<Generation> generate(const CausalLM& model, const std::vector<std::v
     caches.push_back(model.new_cache(int64_t(prompts[i].size()) + std::max<int64_t>(d.max_new_tokens, 1)));
     seqs.emplace_back(d, prompts[i], o, i);
   }
-  std::vector<std::vector<float>> last(seqs.size());  // [vocab] logits of each next position
-  for (size_t i = 0; i < seqs.size(); ++i) copy_last_row(model.forward_last(prompts[i], caches[i].get()), last[i]);
+  // Each sequence's next position: its logits [vocab] on the host when its processors need them,
+  // else only their argmax, found where the model ran (argmax_only: greedy with no processor).
+  std::vector<std::vector<float>> last(seqs.size());
+  std::vector<int64_t> best(seqs.size(), -1);
+  auto advance = [&](size_t i, const std::vector<int64_t>& ids) {
+    if (seqs[i].argmax_only()) {
+      best[i] = model.forward_last_argmax(ids, caches[i].get());
+    } else {
+      best[i] = -1;
+      copy_last_row(model.forward_last(ids, caches[i].get()), last[i]);
+    }
+  };
+  for (size_t i = 0; i < seqs.size(); ++i) advance(i, prompts[i]);
 
   for (bool any = !seqs.empty(); any;) {
     any = false;
     for (size_t i = 0; i < seqs.size(); ++i) {
       SequenceDecoder& s = seqs[i];
       if (s.done()) continue;
-      const int64_t token = s.step(last[i]);
+      const int64_t token = best[i] >= 0 ? s.accept(best[i]) : s.step(last[i]);
       if (o.on_token && !o.on_token(i, token)) s.finish(FinishReason::Callback);
       if (s.done()) {
         caches[i].reset();
         continue;
       }
       any = true;
-      copy_last_row(model.forward_last({token}, caches[i].get()), last[i]);
+      advance(i, {token});
     }
   }
 

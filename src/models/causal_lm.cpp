@@ -569,6 +569,23 @@ Tensor CausalLM::forward_last(const std::vector<int64_t>& ids, KVCache* cache) c
   return to_host(impl_->forward(ids, *fresh, true));
 }
 
+namespace {
+// The first maximum of each row of logits [R, V], found on their device; the R ids on the host.
+std::vector<int64_t> argmax_ids(const Tensor& logits) {
+  ExecContext& ctx = ExecContext::current(logits.device());
+  Tensor best = Tensor::empty({logits.size(0)}, DType::I64, logits.device());
+  ops::argmax_rows(ctx, logits, best);  // first maximum, as torch.argmax
+  const Tensor h = to_host(best);
+  return std::vector<int64_t>(h.data<int64_t>(), h.data<int64_t>() + h.numel());
+}
+}  // namespace
+
+int64_t CausalLM::forward_last_argmax(const std::vector<int64_t>& ids, KVCache* cache) const {
+  if (cache) return argmax_ids(impl_->forward(ids, *cache, true))[0];
+  auto fresh = impl_->make_cache(int64_t(ids.size()));
+  return argmax_ids(impl_->forward(ids, *fresh, true))[0];
+}
+
 Tensor CausalLM::forward_batch(const std::vector<std::vector<int64_t>>& batch) const {
   std::vector<std::unique_ptr<KVCache>> fresh;
   std::vector<KVCache*> caches;
@@ -592,16 +609,23 @@ Tensor CausalLM::decode_batch(const std::vector<int64_t>& tokens, const std::vec
   return to_host(impl_->forward_batch(batch, caches, true));  // [B, V]
 }
 
+std::vector<int64_t> CausalLM::decode_batch_argmax(const std::vector<int64_t>& tokens,
+                                                   const std::vector<KVCache*>& caches) const {
+  if (tokens.size() != caches.size())
+    throw ShapeError(str("decode_batch_argmax: ", tokens.size(), " tokens for ", caches.size(), " caches"));
+  if (tokens.empty()) throw ShapeError("decode_batch_argmax: empty batch");
+  std::vector<std::vector<int64_t>> batch;
+  for (int64_t t : tokens) batch.push_back({t});
+  return argmax_ids(impl_->forward_batch(batch, caches, true));  // [B, V] where the head ran
+}
+
 std::vector<int64_t> CausalLM::generate_greedy(const std::vector<int64_t>& prompt, int64_t max_new_tokens,
                                                bool stop_at_eos) const {
   std::vector<int64_t> out = prompt;
   auto cache = impl_->make_cache(int64_t(prompt.size()) + std::max<int64_t>(max_new_tokens, 1));
   Tensor logits = impl_->forward(prompt, *cache, true);  // [1, V] on the head's device
-  ExecContext& ctx = ExecContext::current(logits.device());
-  Tensor best_dev = Tensor::empty({1}, DType::I64, logits.device());
   for (int64_t n = 0; n < max_new_tokens; ++n) {
-    ops::argmax_rows(ctx, logits, best_dev);  // first maximum, as torch.argmax; one id crosses back
-    const int64_t best = to_host(best_dev).data<int64_t>()[0];
+    const int64_t best = argmax_ids(logits)[0];  // one id crosses back
     out.push_back(best);
     if (stop_at_eos) {
       if (impl_->generation.is_eos(best)) break;

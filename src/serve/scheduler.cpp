@@ -188,13 +188,21 @@ void Scheduler::prefill_one() {
   const size_t n = std::min<size_t>(prompt.size() - s.prefilled, size_t(opt_.prefill_chunk));
   const std::vector<int64_t> chunk(prompt.begin() + int64_t(s.prefilled),
                                    prompt.begin() + int64_t(s.prefilled + n));
-  Tensor logits = model_.forward(chunk, s.cache.get());  // [n, vocab]
+  const bool last_chunk = s.prefilled + n == prompt.size();
+  if (last_chunk && s.decoder->argmax_only()) {  // greedy: the argmax found where the model ran
+    const int64_t best = model_.forward_last_argmax(chunk, s.cache.get());
+    s.prefilled += n;
+    metrics_.on_tokens_in(n);
+    emit(s, s.decoder->accept(best));
+    return;
+  }
+  // only the chunk's last position has its logits computed and copied back (the head runs on it
+  // alone), and only the final chunk's are used
+  Tensor logits = model_.forward_last(chunk, s.cache.get());  // [1, vocab]
   s.prefilled += n;
   metrics_.on_tokens_in(n);
-  if (s.prefilled < prompt.size()) return;
-  const int64_t V = logits.size(1);
-  std::vector<float> last(logits.data<float>() + (logits.size(0) - 1) * V,
-                          logits.data<float>() + logits.size(0) * V);
+  if (!last_chunk) return;
+  std::vector<float> last(logits.data<float>(), logits.data<float>() + logits.size(1));
   emit(s, s.decoder->step(last));
 }
 
@@ -210,6 +218,13 @@ void Scheduler::decode_step() {
   }
   if (batch.empty()) return;
   metrics_.observe_batch_size(batch.size());
+  const bool argmax =
+      std::all_of(batch.begin(), batch.end(), [](const Slot* s) { return s->decoder->argmax_only(); });
+  if (argmax) {  // every sequence greedy with no processor: B ids cross back instead of [B, vocab] logits
+    const std::vector<int64_t> best = model_.decode_batch_argmax(tokens, caches);
+    for (size_t b = 0; b < batch.size(); ++b) emit(*batch[b], batch[b]->decoder->accept(best[b]));
+    return;
+  }
   Tensor logits = model_.decode_batch(tokens, caches);  // [B, vocab]
   const int64_t V = logits.size(1);
   for (size_t b = 0; b < batch.size(); ++b) {

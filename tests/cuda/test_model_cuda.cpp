@@ -1,10 +1,12 @@
 // The whole forward pass on the GPU: every fixture model loaded with device_map "cuda" (fp32,
 // quantized while loading on the GPU, and the folders bitsandbytes saved) against
 // transformers' logits and greedy tokens with the CPU path's tolerances; decode_batch on the
-// GPU equals sequences alone; save_pretrained from a GPU model writes the CPU path's bytes.
+// GPU equals sequences alone (its argmax form too); save_pretrained from a GPU model writes the CPU
+// path's bytes.
 // Skips without a CUDA device.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -174,20 +176,27 @@ TEST(ModelCuda, DecodeBatchEqualsAloneAndSaveMatchesCpu) {
                                                          {.quantization_config = qc, .device_map = "cuda"});
     CausalLM cpu = AutoModelForCausalLM::from_pretrained(dir / "fp32", {.quantization_config = qc});
     Tensor ids = SafetensorsFile::open(dir / "reference.safetensors").get("input_ids");
-    std::vector<std::unique_ptr<KVCache>> a, b;
+    std::vector<std::unique_ptr<KVCache>> a, b, g;  // g: the argmax forms, found on the device
     std::vector<int64_t> next;
     for (int64_t len : {2, 5, 8}) {
       a.push_back(gpu.new_cache(32));
       b.push_back(gpu.new_cache(32));
-      gpu.forward_last(test::row(ids, 0, len), a.back().get());
+      g.push_back(gpu.new_cache(32));
+      Tensor la = gpu.forward_last(test::row(ids, 0, len), a.back().get());
       gpu.forward_last(test::row(ids, 0, len), b.back().get());
+      EXPECT_EQ(gpu.forward_last_argmax(test::row(ids, 0, len), g.back().get()),
+                std::max_element(la.data<float>(), la.data<float>() + la.size(1)) - la.data<float>());
       next.push_back(len);
     }
-    std::vector<KVCache*> caches;
+    std::vector<KVCache*> caches, gcaches;
     for (auto& c : a) caches.push_back(c.get());
+    for (auto& c : g) gcaches.push_back(c.get());
     Tensor all = gpu.decode_batch(next, caches);
+    const std::vector<int64_t> best = gpu.decode_batch_argmax(next, gcaches);
     const int64_t V = all.size(1);
     for (size_t i = 0; i < next.size(); ++i) {
+      const float* row = all.data<float>() + int64_t(i) * V;
+      EXPECT_EQ(best[i], std::max_element(row, row + V) - row) << "sequence " << i;
       Tensor one = gpu.forward_last({next[i]}, b[i].get());
       double d = 0, s = 0;
       for (int64_t j = 0; j < V; ++j) {

@@ -216,6 +216,55 @@ TEST(GenerateDecoding, LengthsAndDefaults) {
   EXPECT_THROW(resolve_decoding(g, {}, 10, 512), UnsupportedError);
 }
 
+// argmax_only(): greedy with no processor changing a logit at this point, so a caller may take
+// the argmax where the logits are and accept() it; accept() then stops as step() would.
+TEST(GenerateDecoding, ArgmaxOnlyAndAccept) {
+  DecodingParams d;
+  d.max_new_tokens = 4;
+  d.eos_token_id = {2};
+  const std::vector<int64_t> prompt = {5, 6};
+  {
+    SequenceDecoder s(d, prompt, {});
+    EXPECT_TRUE(s.argmax_only());
+    std::vector<float> x = {0.0f, 3.0f, 1.0f, 3.0f};
+    EXPECT_EQ(s.step(x), 1);    // the first maximum
+    EXPECT_EQ(s.accept(3), 3);  // a token picked elsewhere
+    EXPECT_FALSE(s.done());
+    EXPECT_EQ(s.accept(2), 2);  // eos
+    EXPECT_TRUE(s.done());
+    EXPECT_EQ(s.finish_reason(), FinishReason::Eos);
+    EXPECT_EQ(s.ids(), (std::vector<int64_t>{5, 6, 1, 3, 2}));
+  }
+  {
+    SequenceDecoder s(d, prompt, {});
+    for (int i = 0; i < 4; ++i) s.accept(1);
+    EXPECT_TRUE(s.done());
+    EXPECT_EQ(s.finish_reason(), FinishReason::Length);
+  }
+  auto with = [&](auto edit) {
+    DecodingParams e = d;
+    edit(e);
+    return SequenceDecoder(e, prompt, {});
+  };
+  EXPECT_FALSE(with([](DecodingParams& e) { e.do_sample = true; }).argmax_only());
+  EXPECT_FALSE(with([](DecodingParams& e) { e.repetition_penalty = 1.2; }).argmax_only());
+  EXPECT_FALSE(with([](DecodingParams& e) { e.presence_penalty = 0.5; }).argmax_only());
+  EXPECT_FALSE(with([](DecodingParams& e) { e.frequency_penalty = 0.5; }).argmax_only());
+  EXPECT_FALSE(with([](DecodingParams& e) { e.no_repeat_ngram_size = 2; }).argmax_only());
+  // eos is suppressed until min_new_tokens / min_length are reached: not argmax_only until then
+  SequenceDecoder m = with([](DecodingParams& e) { e.min_new_tokens = 2; });
+  EXPECT_FALSE(m.argmax_only());
+  std::vector<float> x = {0.0f, 1.0f, 5.0f};  // eos (2) is the maximum but suppressed
+  EXPECT_EQ(m.step(x), 1);
+  EXPECT_FALSE(m.argmax_only());
+  m.accept(1);
+  EXPECT_TRUE(m.argmax_only());
+  SequenceDecoder l = with([](DecodingParams& e) { e.min_length = 3; });  // counts the prompt
+  EXPECT_FALSE(l.argmax_only());
+  l.accept(1);
+  EXPECT_TRUE(l.argmax_only());
+}
+
 namespace {
 
 // A tiny fake tokenizer: "▁" pieces become spaces and the decode drops the leading space (as

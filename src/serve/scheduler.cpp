@@ -188,20 +188,20 @@ void Scheduler::prefill_one() {
   const size_t n = std::min<size_t>(prompt.size() - s.prefilled, size_t(opt_.prefill_chunk));
   const std::vector<int64_t> chunk(prompt.begin() + int64_t(s.prefilled),
                                    prompt.begin() + int64_t(s.prefilled + n));
-  const bool last_chunk = s.prefilled + n == prompt.size();
-  if (last_chunk && s.decoder->argmax_only()) {  // greedy: the argmax found where the model ran
-    const int64_t best = model_.forward_last_argmax(chunk, s.cache.get());
-    s.prefilled += n;
-    metrics_.on_tokens_in(n);
-    emit(s, s.decoder->accept(best));
-    return;
-  }
-  // only the chunk's last position has its logits computed and copied back (the head runs on it
-  // alone), and only the final chunk's are used
-  Tensor logits = model_.forward_last(chunk, s.cache.get());  // [1, vocab]
+  // The head runs on the chunk's last position only, and only the final chunk's result is used:
+  // its argmax found where the model ran when the sequence is greedy with no processor, else its
+  // logits [1, vocab] on the host for the processors.
+  const bool last_chunk = s.prefilled + n == prompt.size(), argmax = last_chunk && s.decoder->argmax_only();
+  int64_t best = -1;
+  Tensor logits;
+  if (argmax)
+    best = model_.forward_last_argmax(chunk, s.cache.get());
+  else
+    logits = model_.forward_last(chunk, s.cache.get());
   s.prefilled += n;
   metrics_.on_tokens_in(n);
   if (!last_chunk) return;
+  if (argmax) return emit(s, s.decoder->accept(best));
   std::vector<float> last(logits.data<float>(), logits.data<float>() + logits.size(1));
   emit(s, s.decoder->step(last));
 }

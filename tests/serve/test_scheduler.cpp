@@ -1,6 +1,7 @@
 // The continuous-batching scheduler on TinyStories, driven from many threads at once (the
-// `serve` label runs under ThreadSanitizer in the tsan preset): every greedy job gives the same
-// tokens as generate() of its prompt alone, cancelled jobs free their slot, a full queue refuses.
+// `serve` label runs under ThreadSanitizer in the tsan preset): every greedy job (plain, or with a
+// repetition penalty or min_new_tokens) gives the same tokens as generate() of its prompt alone,
+// cancelled jobs free their slot, a full queue refuses.
 #include <gtest/gtest.h>
 
 #include <thread>
@@ -48,21 +49,28 @@ TEST(Scheduler, ConcurrentGreedyJobsMatchGenerateAlone) {
     for (int k = 0; k <= i % 5; ++k) p.push_back(100 + 37 * i + 11 * k);
     prompts.push_back(p);
   }
-  GenerateOptions o;
-  o.max_new_tokens = 12 + int64_t(prompts.size() % 3);
+  // Most jobs plain greedy (the argmax found where the model ran); every fourth with a
+  // repetition penalty and every fifth with min_new_tokens (their logits come to the host), so
+  // decode steps run both forms, alone and mixed in one batch.
+  std::vector<GenerateOptions> opts(prompts.size());
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    opts[i].max_new_tokens = 12 + int64_t(prompts.size() % 3);
+    if (i % 4 == 1) opts[i].repetition_penalty = 1.3;
+    if (i % 5 == 2) opts[i].min_new_tokens = 5;
+  }
   std::vector<std::vector<int64_t>> got(prompts.size());
   std::vector<std::thread> clients;
   for (size_t i = 0; i < prompts.size(); ++i)
     clients.emplace_back([&, i] {
-      DecodingParams d = resolve_decoding(m.generation_config(), o, int64_t(prompts[i].size()),
+      DecodingParams d = resolve_decoding(m.generation_config(), opts[i], int64_t(prompts[i].size()),
                                           m.config().max_position_embeddings);
-      auto job = std::make_shared<serve::Job>(prompts[i], d, o);
+      auto job = std::make_shared<serve::Job>(prompts[i], d, opts[i]);
       ASSERT_TRUE(sched.submit(job));
       got[i] = run_job(job);
     });
   for (auto& t : clients) t.join();
   for (size_t i = 0; i < prompts.size(); ++i) {
-    Generation alone = generate(m, prompts[i], o);
+    Generation alone = generate(m, prompts[i], opts[i]);
     EXPECT_EQ(got[i], alone.new_ids()) << "prompt " << i;
     EXPECT_FALSE(got[i].empty());
   }

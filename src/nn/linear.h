@@ -94,7 +94,8 @@ class Linear {
 void forward_group(ExecContext& ctx, const Tensor& x, std::span<const Linear* const> ls,
                    std::span<const Tensor> outs);
 // out = act(gate(x)) * up(x): one launch for 4-bit gate and up on CUDA (ops::linear_4bit_gated),
-// else the two forwards into gate_out / up_out [M, F] and gated_activation.
+// else the two forwards into gate_out / up_out [M, F] and gated_activation. gate_out and up_out
+// are scratch: what they hold afterwards depends on the path.
 void forward_gated(ExecContext& ctx, const Tensor& x, const Linear& gate, const Linear& up, ops::Activation a,
                    const Tensor& gate_out, const Tensor& up_out, const Tensor& out);
 // The same two with the input given as a residual sum and its RMSNorm (ops::RmsNormInput):

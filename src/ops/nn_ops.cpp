@@ -15,6 +15,7 @@
 #include "ops/dispatch.h"
 #include "ops/quant4_view.h"
 // CUDA-free declarations; only the CUDA build instantiates the branches that call them.
+#include "backends/cuda/gemm_cublas.h"
 #include "backends/cuda/gemv_lut.h"
 #include "backends/cuda/linear_cuda.h"
 #include "backends/cuda/nn_cuda.h"
@@ -219,11 +220,10 @@ void linear_4bit(ExecContext& ctx, const Tensor& x_in, const Tensor& packed, con
 
 #ifdef NIBBLE_WITH_CUDA
 namespace {
-// The decode GEMV's targets for ws when every weight is on CUDA with x's K and the fused path
-// takes them (empty otherwise: the caller runs one linear_4bit a weight).
-std::vector<cuda::Gemv4Target> gemv_targets(const char* op, const Tensor& x,
-                                                              std::span<const Linear4Ref> ws,
-                                                              std::vector<cuda::Quant4Weight>& qs, DType ct) {
+// ws as CUDA targets when every weight is on CUDA with x's K and a contiguous f32 output
+// (empty otherwise: the caller runs one linear_4bit a weight).
+std::vector<cuda::Gemv4Target> cuda_targets(const char* op, const Tensor& x, std::span<const Linear4Ref> ws,
+                                            std::vector<cuda::Quant4Weight>& qs) {
   std::vector<cuda::Gemv4Target> ts;
   if (!x.device().is_cuda() || x.dim() != 2 || !x.is_contiguous()) return ts;
   const int64_t M = x.size(0), K = x.size(1);
@@ -241,8 +241,26 @@ std::vector<cuda::Gemv4Target> gemv_targets(const char* op, const Tensor& x,
   for (size_t i = 0; i < ws.size(); ++i)
     ts.push_back({&qs[i], ws[i].state.shape[0], ptr_or_null(ws[i].bias),
                   cuda::bias_dtype_code(op, ptr_or_null(ws[i].bias), dtype_or_f32(ws[i].bias)), ws[i].out.data<float>()});
-  if (!cuda::gemv_lut_4bit_group_ok(M, K, ts, ct, x.data<float>())) ts.clear();
   return ts;
+}
+
+// The decode GEMV's targets: cuda_targets when the fused path takes them, else empty.
+std::vector<cuda::Gemv4Target> gemv_targets(const char* op, const Tensor& x, std::span<const Linear4Ref> ws,
+                                            std::vector<cuda::Quant4Weight>& qs, DType ct) {
+  std::vector<cuda::Gemv4Target> ts = cuda_targets(op, x, ws, qs);
+  if (!ts.empty() && !cuda::gemv_lut_4bit_group_ok(x.size(0), x.size(1), ts, ct, x.data<float>())) ts.clear();
+  return ts;
+}
+
+// The prefill path's launch for ts (x rounded once for all of them) with its workspace, or
+// nullopt when the cuBLAS path does not take the shape.
+std::optional<cuda::Launch> gemm_launch(ExecContext& ctx, const Tensor& x, std::span<const cuda::Gemv4Target> ts,
+                                        DType ct) {
+  int64_t n_max = 0;
+  for (const cuda::Gemv4Target& t : ts) n_max = std::max(n_max, t.N);
+  const size_t bytes = cuda::gemm_4bit_workspace_bytes(x.size(0), x.size(1), n_max, ct);
+  if (ts.empty() || bytes == 0) return std::nullopt;
+  return make_launch(ctx, bytes);
 }
 
 // The fused norm's arguments when the decode GEMV can stage x = rms_norm(h + r) (nullopt: the
@@ -278,13 +296,24 @@ bool try_gemv_group(const char* op, ExecContext& ctx, const Tensor& x, std::span
   return true;
 }
 
+// The same group through the prefill path: x rounded once, each weight's GEMM through cuBLAS.
+bool try_gemm_group(const char* op, ExecContext& ctx, const Tensor& x, std::span<const Linear4Ref> ws, DType ct) {
+  if (ws.size() < 2 || !ctx.device().is_cuda() || x.device() != ctx.device()) return false;
+  std::vector<cuda::Quant4Weight> qs;
+  const auto ts = cuda_targets(op, x, ws, qs);
+  const auto l = gemm_launch(ctx, x, ts, ct);
+  return l && cuda::gemm_4bit_group(*l, x.data<float>(), x.size(0), x.size(1), ts, ct);
+}
+
+bool gated_out_ok(const Tensor& x, const Linear4Ref& gate, const Linear4Ref& up, const Tensor& out) {
+  return gate.state.shape[0] == up.state.shape[0] && out.defined() && out.device() == x.device() &&
+         out.dtype() == DType::F32 && out.is_contiguous() && out.shape() == gate.out.shape();
+}
+
 bool try_gemv_gated(const char* op, ExecContext& ctx, const Tensor& x, const Linear4Ref& gate,
                     const Linear4Ref& up, Activation a, DType ct, const Tensor& out,
                     const cuda::Gemv4Rms* rms = nullptr) {
-  if (!ctx.device().is_cuda() || x.device() != ctx.device() || gate.state.shape[0] != up.state.shape[0] ||
-      !out.defined() || out.device() != x.device() || out.dtype() != DType::F32 || !out.is_contiguous() ||
-      out.shape() != gate.out.shape())
-    return false;
+  if (!ctx.device().is_cuda() || x.device() != ctx.device() || !gated_out_ok(x, gate, up, out)) return false;
   std::vector<cuda::Quant4Weight> qs;
   const Linear4Ref pair[] = {gate, up};
   const auto ts = gemv_targets(op, x, pair, qs, ct);
@@ -293,13 +322,30 @@ bool try_gemv_gated(const char* op, ExecContext& ctx, const Tensor& x, const Lin
                             ts[1], to_cuda(a), ct, out.data<float>(), rms);
   return true;
 }
+
+// The prefill form: both GEMMs' f32 sums into gate.out and up.out, then one pass for both
+// epilogues and the activation.
+bool try_gemm_gated(const char* op, ExecContext& ctx, const Tensor& x, const Linear4Ref& gate, const Linear4Ref& up,
+                    Activation a, DType ct, const Tensor& out) {
+  if (!ctx.device().is_cuda() || x.device() != ctx.device() || !gated_out_ok(x, gate, up, out) ||
+      gate.out.data_ptr() == up.out.data_ptr())
+    return false;
+  std::vector<cuda::Quant4Weight> qs;
+  const Linear4Ref pair[] = {gate, up};
+  const auto ts = cuda_targets(op, x, pair, qs);
+  const auto l = gemm_launch(ctx, x, ts, ct);
+  return l && cuda::gemm_4bit_gated(*l, x.data<float>(), x.size(0), x.size(1), ts[0], ts[1], to_cuda(a), ct,
+                                    out.data<float>());
+}
 }  // namespace
 #endif
 
 void linear_4bit_group(ExecContext& ctx, const Tensor& x, std::span<const Linear4Ref> ws,
                        DType compute_dtype) {
 #ifdef NIBBLE_WITH_CUDA
-  if (try_gemv_group("linear_4bit_group", ctx, x, ws, compute_dtype)) return;
+  if (try_gemv_group("linear_4bit_group", ctx, x, ws, compute_dtype) ||
+      try_gemm_group("linear_4bit_group", ctx, x, ws, compute_dtype))
+    return;
 #endif
   for (const Linear4Ref& w : ws) linear_4bit(ctx, x, w.packed, w.state, w.absmax_f32, w.bias, compute_dtype, w.out);
 }
@@ -307,7 +353,9 @@ void linear_4bit_group(ExecContext& ctx, const Tensor& x, std::span<const Linear
 void linear_4bit_gated(ExecContext& ctx, const Tensor& x, const Linear4Ref& gate, const Linear4Ref& up,
                        Activation a, DType compute_dtype, const Tensor& out) {
 #ifdef NIBBLE_WITH_CUDA
-  if (try_gemv_gated("linear_4bit_gated", ctx, x, gate, up, a, compute_dtype, out)) return;
+  if (try_gemv_gated("linear_4bit_gated", ctx, x, gate, up, a, compute_dtype, out) ||
+      try_gemm_gated("linear_4bit_gated", ctx, x, gate, up, a, compute_dtype, out))
+    return;
 #endif
   linear_4bit(ctx, x, gate.packed, gate.state, gate.absmax_f32, gate.bias, compute_dtype, gate.out);
   linear_4bit(ctx, x, up.packed, up.state, up.absmax_f32, up.bias, compute_dtype, up.out);

@@ -103,11 +103,14 @@ struct Linear4Ref {
   const Tensor& out;
 };
 // outs = linear_4bit(x, each weight) for weights of one K: on CUDA one launch of the decode
-// GEMV for all of them where it takes every one (q, k and v of a decode step), else a call each.
+// GEMV for all of them where it takes every one (q, k and v of a decode step); for more rows
+// (prefill) x rounded once for the group and a cuBLAS GEMM a weight; else a call each.
 void linear_4bit_group(ExecContext& ctx, const Tensor& x, std::span<const Linear4Ref> ws, DType compute_dtype);
 // out [M, F] = act(linear_4bit(x, gate)) * linear_4bit(x, up): on CUDA one launch of the decode
-// GEMV where it takes both (gate/up of a decode step), else the two products and
-// gated_activation. The same values either way.
+// GEMV where it takes both (gate/up of a decode step); for more rows x rounded once, the two
+// GEMMs' f32 sums in gate.out and up.out, and one pass for both epilogues and the activation;
+// else the two products and gated_activation. The same values of out either way; gate.out and
+// up.out are scratch (not the products on the prefill path).
 void linear_4bit_gated(ExecContext& ctx, const Tensor& x, const Linear4Ref& gate, const Linear4Ref& up, Activation a,
                        DType compute_dtype, const Tensor& out);
 // The input of a grouped or gated 4-bit call given as a residual sum and its RMSNorm:

@@ -17,9 +17,11 @@
 #include <vector>
 
 #include "backends/cpu/linear_cpu.h"
+#include "core/exec_context.h"
 #include "nibble/dtype.h"
 #include "nibble/quant.h"
 #include "nibble/tensor.h"
+#include "ops/nn_ops.h"
 #include "quant/reference.h"
 #include "test_support.h"
 #ifdef NIBBLE_WITH_CUDA
@@ -431,6 +433,73 @@ TEST(LinearCuda, FourBitGroupedAndGatedMatchSingleCalls) {
         ++cases;
       }
   EXPECT_EQ(cases, 4 * 5 * 2);
+}
+
+// The prefill forms through the ops (M > 16: x rounded once for a q/k/v group, a cuBLAS GEMM a
+// weight; the gated form's two epilogues and activation in one pass over the GEMMs' f32 sums)
+// against one ops::linear_4bit call a weight and ops::gated_activation on the same device:
+// the same formula, so an output may differ only if cuBLAS picks another kernel for it (2
+// roundings of the compute dtype). Outputs are poisoned first; the gated call gets its own
+// gate/up scratch, which it may overwrite.
+TEST(LinearCuda, FourBitPrefillGroupedAndGatedMatchSingleCalls) {
+  SKIP_WITHOUT_CUDA();
+  const Device gpu = Device::cuda(0);
+  ExecContext& ctx = ExecContext::current(gpu);
+  std::mt19937_64 rng(fresh_seed());
+  const Tensor none;
+  auto poisoned = [&](int64_t M, int64_t N) {
+    return Tensor::from_vector({M, N}, DType::F32, poison(M * N)).to(gpu);
+  };
+  auto host = [](const Tensor& t) {
+    const Tensor h = t.to(Device::cpu());
+    return std::vector<float>(h.data<float>(), h.data<float>() + h.numel());
+  };
+  auto expect_near = [](const std::vector<float>& a, const std::vector<float>& b, DType ct, const char* what) {
+    double mx = 0;
+    for (float v : a) mx = std::max(mx, double(std::fabs(v)));
+    ASSERT_GT(mx, 0.0) << what;
+    for (size_t j = 0; j < a.size(); ++j)
+      ASSERT_LE(std::fabs(double(a[j]) - b[j]), 2 * eps_of(ct) * std::fabs(a[j]) + 1e-6 * mx)
+          << what << " element " << j;
+  };
+  int cases = 0;
+  for (int64_t M : {17, 40, 300})
+    for (DType ct : {DType::BF16, DType::F16, DType::F32})
+      for (int nested = 0; nested < 2; ++nested) {
+        const int64_t K = 256 + 96 * (cases % 3), N0 = 96, N1 = 40;
+        const bool with_bias = cases % 2 == 1;
+        const DType qt = cases % 4 < 2 ? DType::NF4 : DType::FP4;
+        SCOPED_TRACE(testing::Message() << "M=" << M << " K=" << K << " ct=" << dtype_name(ct) << " nested="
+                                        << nested << " bias=" << with_bias << " " << dtype_name(qt));
+        std::vector<Quantized4> qs;
+        std::vector<Tensor> bias, single, grouped;
+        const int64_t Ns[3] = {N0, N1, N1};
+        for (int64_t N : Ns) {
+          qs.push_back(quantize_4bit(test::random_normal({N, K}, DType::BF16, rng, 0.1f).to(gpu), qt, 64, nested));
+          bias.push_back(with_bias ? test::random_normal({N}, DType::BF16, rng).to(gpu) : Tensor());
+          single.push_back(poisoned(M, N));
+          grouped.push_back(poisoned(M, N));
+        }
+        const Tensor x = test::random_normal({M, K}, DType::F32, rng).to(gpu);
+        std::vector<ops::Linear4Ref> refs;
+        for (int i = 0; i < 3; ++i) {
+          ops::linear_4bit(ctx, x, qs[size_t(i)].packed, qs[size_t(i)].state, none, bias[size_t(i)], ct,
+                           single[size_t(i)]);
+          refs.push_back({qs[size_t(i)].packed, qs[size_t(i)].state, none, bias[size_t(i)], grouped[size_t(i)]});
+        }
+        ops::linear_4bit_group(ctx, x, refs, ct);
+        for (int i = 0; i < 3; ++i) expect_near(host(single[size_t(i)]), host(grouped[size_t(i)]), ct, "grouped");
+        for (auto act : {ops::Activation::SiLU, ops::Activation::GeluTanh}) {
+          const Tensor g_out = poisoned(M, N1), u_out = poisoned(M, N1), out = poisoned(M, N1), ref = poisoned(M, N1);
+          const ops::Linear4Ref gate{qs[1].packed, qs[1].state, none, bias[1], g_out},
+              up{qs[2].packed, qs[2].state, none, bias[2], u_out};
+          ops::linear_4bit_gated(ctx, x, gate, up, act, ct, out);
+          ops::gated_activation(ctx, single[1], single[2], act, ref);
+          expect_near(host(ref), host(out), ct, "gated");
+        }
+        ++cases;
+      }
+  EXPECT_EQ(cases, 3 * 3 * 2);
 }
 
 // The decode GEMV with its input given as rms_norm(h + r) (the norm computed while x is staged)

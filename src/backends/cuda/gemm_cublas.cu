@@ -7,13 +7,18 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <map>
+#include <span>
 #include <type_traits>
 
+#include "backends/cuda/act.cuh"
 #include "backends/cuda/check.h"
 #include "backends/cuda/compute_dtype.cuh"
 #include "backends/cuda/cublas_util.h"
+#include "backends/cuda/gemv_lut.h"
 #include "backends/cuda/gemm_cublas.h"
+#include "backends/cuda/kernel_util.cuh"
 #include "backends/cuda/linear_cuda.h"
 #include "backends/cuda/quant_device.cuh"
 #include "nibble/error.h"
@@ -138,7 +143,24 @@ __global__ void epilogue_kernel(float* __restrict__ out, int64_t M, int64_t N, c
   }
 }
 
-unsigned grid_for(int64_t n, int threads) {
+// out[m, n] = act(round(g[m, n] + round(bg[n]))) * round(u[m, n] + round(bu[n])): the two
+// epilogues and the gated activation of the unfused path in one pass (g, u: raw GEMM results).
+template <class CT>
+__global__ void gated_epilogue_kernel(const float* __restrict__ g, const float* __restrict__ u, int64_t M,
+                                      int64_t N, const void* bg, int bdg, const void* bu, int bdu, Act act,
+                                      float* __restrict__ out) {
+  const int64_t total = M * N;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    float gv = g[i], uv = u[i];
+    if (bg) gv += round_ct<CT>(load_bias(bg, bdg, i % N));
+    if (bu) uv += round_ct<CT>(load_bias(bu, bdu, i % N));
+    out[i] = dev::act_f(round_ct<CT>(gv), act) * round_ct<CT>(uv);
+  }
+}
+
+// Blocks of a grid-stride loop: at most 4096 (the loops cover the rest).
+unsigned grid4k(int64_t n, int threads) {
   const int64_t b = (n + threads - 1) / threads;
   return unsigned(b < 4096 ? (b > 0 ? b : 1) : 4096);
 }
@@ -164,16 +186,16 @@ bool is_float_dt(DType dt) {
 
 // out = xs . Ws^T (f32 result), then the epilogue.
 void gemm_and_finish(const Launch& l, const void* xs, const void* ws, DType ab_dt, int64_t M, int64_t K,
-                     int64_t N, const void* bias, int bdt, DType ct, float* out) {
+                     int64_t N, const void* bias, int bdt, DType ct, float* out, bool finish = true) {
   cublasHandle_t h = cublas_handle(l.device);
   NIBBLE_CUBLAS_CHECK(cublasSetStream(h, l.stream));
   const float alpha = 1.0f, beta = 0.0f;
   NIBBLE_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, int(N), int(M), int(K), &alpha, ws,
                                    cuda_type(ab_dt), int(K), xs, cuda_type(ab_dt), int(K), &beta, out,
                                    CUDA_R_32F, int(N), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-  if (bias || ct != DType::F32)
+  if (finish && (bias || ct != DType::F32))
     with_ct(ct, [&](auto c) {
-      epilogue_kernel<decltype(c)><<<grid_for(M * N, 256), 256, 0, l.stream>>>(out, M, N, bias, bdt);
+      epilogue_kernel<decltype(c)><<<grid4k(M * N, 256), 256, 0, l.stream>>>(out, M, N, bias, bdt);
       NIBBLE_CUDA_CHECK_LAUNCH();
     });
 }
@@ -184,7 +206,7 @@ const void* rounded_x(const Launch& l, const float* x, int64_t M, int64_t K, DTy
   with_ct(ct, [&](auto c) {
     if constexpr (!std::is_same_v<decltype(c), dev::F32>) {
       round_x_kernel<decltype(c)>
-          <<<grid_for(M * K / 2, 256), 256, 0, l.stream>>>(x, M * K / 2, static_cast<uint32_t*>(xs));
+          <<<grid4k(M * K / 2, 256), 256, 0, l.stream>>>(x, M * K / 2, static_cast<uint32_t*>(xs));
       NIBBLE_CUDA_CHECK_LAUNCH();
     }
   });
@@ -209,24 +231,76 @@ size_t gemm_fp_workspace_bytes(int64_t M, int64_t K, int64_t N, DType wdt, DType
   return wdt == DType::F32 ? 0 : align256(size_t(M * K) * size_t(dtype_nbytes(wdt, 1)));
 }
 
-bool gemm_4bit(const Launch& l, const float* x, int64_t M, int64_t K, const Quant4Weight& w, int64_t N,
-               const void* bias, int bias_code, DType ct, float* out) {
-  const size_t need = gemm_4bit_workspace_bytes(M, K, N, ct);
-  if (need == 0 || l.workspace_bytes < need || w.blocksize < 32 || !aligned16(w.packed) || !aligned16(x) ||
-      !aligned16(l.workspace))
-    return false;
-  const Q4 q = q4_of(w);
-  char* ws = static_cast<char*>(l.workspace);
-  const size_t e = size_t(dtype_nbytes(ct, 1));
-  void* wscratch = ws;
-  void* xs = ws + align256(size_t(N * K) * e);
-  const int64_t n8 = N * K / 8;
+namespace {
+
+// Whether the scratch path takes these weights of one K for x (workspace for the largest N).
+bool gemm_4bit_takes(const Launch& l, const float* x, int64_t M, int64_t K, std::span<const Gemv4Target> ts,
+                     DType ct) {
+  if (ts.empty() || !aligned16(x) || !aligned16(l.workspace)) return false;
+  int64_t n_max = 0;
+  for (const Gemv4Target& t : ts) {
+    if (t.w->blocksize < 32 || !aligned16(t.w->packed)) return false;
+    n_max = std::max(n_max, t.N);
+  }
+  const size_t need = gemm_4bit_workspace_bytes(M, K, n_max, ct);
+  return need != 0 && l.workspace_bytes >= need;
+}
+
+// The workspace's x scratch (after a W scratch for the largest N of ts).
+void* x_scratch(const Launch& l, int64_t K, std::span<const Gemv4Target> ts, DType ct) {
+  int64_t n_max = 0;
+  for (const Gemv4Target& t : ts) n_max = std::max(n_max, t.N);
+  return static_cast<char*>(l.workspace) + align256(size_t(n_max * K) * size_t(dtype_nbytes(ct, 1)));
+}
+
+// t's weight dequantized into the W scratch, then its GEMM with the rounded x xr (and the
+// epilogue unless raw: out then holds the f32 sums).
+void gemm_4bit_one(const Launch& l, const void* xr, int64_t M, int64_t K, const Gemv4Target& t, DType ct,
+                   bool raw) {
+  const Q4 q = q4_of(*t.w);
+  const int64_t n8 = t.N * K / 8;
   with_ct(ct, [&](auto c) {
-    dequant4_kernel<decltype(c)><<<grid_for(n8, 256), 256, 0, l.stream>>>(q, 0, n8, wscratch);
+    dequant4_kernel<decltype(c)><<<grid4k(n8, 256), 256, 0, l.stream>>>(q, 0, n8, l.workspace);
     NIBBLE_CUDA_CHECK_LAUNCH();
   });
-  const void* xr = rounded_x(l, x, M, K, ct, xs);
-  gemm_and_finish(l, xr, wscratch, ct, M, K, N, bias, bias_code, ct, out);
+  gemm_and_finish(l, xr, l.workspace, ct, M, K, t.N, t.bias, t.bias_code, ct, t.out, !raw);
+}
+
+void gated_epilogue(const Launch& l, int64_t M, const Gemv4Target& gate, const Gemv4Target& up, Act act, DType ct,
+                    float* out) {
+  with_ct(ct, [&](auto c) {
+    gated_epilogue_kernel<decltype(c)><<<grid4k(M * gate.N, 256), 256, 0, l.stream>>>(
+        gate.out, up.out, M, gate.N, gate.bias, gate.bias_code, up.bias, up.bias_code, act, out);
+    NIBBLE_CUDA_CHECK_LAUNCH();
+  });
+}
+
+}  // namespace
+
+bool gemm_4bit(const Launch& l, const float* x, int64_t M, int64_t K, const Quant4Weight& w, int64_t N,
+               const void* bias, int bias_code, DType ct, float* out) {
+  const Gemv4Target t{&w, N, bias, bias_code, out};
+  return gemm_4bit_group(l, x, M, K, std::span<const Gemv4Target>(&t, 1), ct);
+}
+
+bool gemm_4bit_group(const Launch& l, const float* x, int64_t M, int64_t K, std::span<const Gemv4Target> ts,
+                     DType ct) {
+  if (!gemm_4bit_takes(l, x, M, K, ts, ct)) return false;
+  DeviceScope dev_guard(l.device);
+  const void* xr = rounded_x(l, x, M, K, ct, x_scratch(l, K, ts, ct));
+  for (const Gemv4Target& t : ts) gemm_4bit_one(l, xr, M, K, t, ct, false);
+  return true;
+}
+
+bool gemm_4bit_gated(const Launch& l, const float* x, int64_t M, int64_t K, const Gemv4Target& gate,
+                     const Gemv4Target& up, Act act, DType ct, float* out) {
+  const Gemv4Target pair[] = {gate, up};
+  if (gate.N != up.N || !gemm_4bit_takes(l, x, M, K, pair, ct)) return false;
+  DeviceScope dev_guard(l.device);
+  const void* xr = rounded_x(l, x, M, K, ct, x_scratch(l, K, pair, ct));
+  gemm_4bit_one(l, xr, M, K, gate, ct, true);
+  gemm_4bit_one(l, xr, M, K, up, ct, true);
+  gated_epilogue(l, M, gate, up, act, ct, out);
   return true;
 }
 
@@ -239,7 +313,7 @@ bool dequant4_range(const Launch& l, const Quant4Weight& w, DType ct, int64_t e0
   const Q4 q = q4_of(w);
   if (n == 0) return true;
   with_ct(ct, [&](auto c) {
-    dequant4_kernel<decltype(c)><<<grid_for(n / 8, 256), 256, 0, l.stream>>>(q, e0 / 8, n / 8, out);
+    dequant4_kernel<decltype(c)><<<grid4k(n / 8, 256), 256, 0, l.stream>>>(q, e0 / 8, n / 8, out);
     NIBBLE_CUDA_CHECK_LAUNCH();
   });
   return true;
@@ -252,7 +326,7 @@ bool dequant4_cols(const Launch& l, const Quant4Weight& w, DType ct, int64_t N, 
   if (N == 0 || kt == 0) return true;
   with_ct(ct, [&](auto c) {
     dequant4_cols_kernel<decltype(c)>
-        <<<grid_for(N * kt / 8, 256), 256, 0, l.stream>>>(q, K / 8, k0 / 8, kt / 8, N * kt / 8, out);
+        <<<grid4k(N * kt / 8, 256), 256, 0, l.stream>>>(q, K / 8, k0 / 8, kt / 8, N * kt / 8, out);
     NIBBLE_CUDA_CHECK_LAUNCH();
   });
   return true;

@@ -12,7 +12,9 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <span>
 
+#include "backends/cuda/gemv_lut.h"
 #include "backends/cuda/launch.h"
 #include "nibble/dtype.h"
 
@@ -28,6 +30,16 @@ size_t gemm_fp_workspace_bytes(int64_t M, int64_t K, int64_t N, DType wdt, DType
 // are not covered, and the caller uses its own kernel.
 bool gemm_4bit(const Launch& l, const float* x, int64_t M, int64_t K, const Quant4Weight& w, int64_t N,
                const void* bias, int bias_code, DType compute_dtype, float* out);
+// Several weights of one K on the same x (q, k, v): x rounded once, then one weight at a time
+// through the W scratch (workspace: gemm_4bit_workspace_bytes for the largest N). Each output
+// is what gemm_4bit gives it.
+bool gemm_4bit_group(const Launch& l, const float* x, int64_t M, int64_t K, std::span<const Gemv4Target> ts,
+                     DType compute_dtype);
+// out [M, N] = act(gate's output) * up's output, each output as gemm_4bit gives it and the
+// product as gated_activation forms it: x rounded once, both GEMMs write their f32 sums to
+// gate.out and up.out (scratch here), and one pass applies both epilogues and the activation.
+bool gemm_4bit_gated(const Launch& l, const float* x, int64_t M, int64_t K, const Gemv4Target& gate,
+                     const Gemv4Target& up, Act act, DType compute_dtype, float* out);
 // Whether dequant4_range / dequant4_cols take this weight: a blocksize that is a power of two >=
 // 32, packed 16-byte aligned (their own shape and output conditions aside).
 bool dequant4_takes(const Quant4Weight& w);

@@ -118,8 +118,13 @@ Tensor CausalLM::Impl::decode_graphed(const std::vector<std::vector<int64_t>>& b
       for (int64_t l = 0; l < L; ++l)
         for (int64_t b = 0; b < B; ++b) {
           const KVCache& c = *st.segs[size_t(b)].cache;
-          t[(l * 2 + 0) * B + b] = int64_t(reinterpret_cast<uintptr_t>(c.k_[size_t(l)].data_ptr()));
-          t[(l * 2 + 1) * B + b] = int64_t(reinterpret_cast<uintptr_t>(c.v_[size_t(l)].data_ptr()));
+          for (int kv = 0; kv < 2; ++kv) {
+            const auto a = reinterpret_cast<uintptr_t>((kv == 0 ? c.k_ : c.v_)[size_t(l)].data_ptr());
+            if (a % 16 != 0)  // the attention kernels' vector loads (cuda::Attention::kv_table)
+              throw InternalError("decode graph: a KV cache of layer " + std::to_string(l) +
+                                  " is not 16-byte aligned");
+            t[(l * 2 + kv) * B + b] = int64_t(a);
+          }
         }
       e->kv_table = tab.to(device);
     }

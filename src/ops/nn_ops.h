@@ -75,8 +75,8 @@ struct AttentionOptions {
   Tensor q_pos;
   // With q_pos i64 [T] (T > 1 allowed): a batched decode step, row t its own sequence at position
   // q_pos[t], its K and V caches at the addresses kv_table[0][t] and kv_table[1][t] (i64 [2, T]
-  // on q's device); k and v give their shape and dtype (each cache as long as k or shorter than
-  // it, positions inside each).
+  // on q's device, each 16-byte aligned); k and v give their shape and dtype (each cache as long
+  // as k or shorter than it, positions inside each).
   Tensor kv_table;
 };
 // Causal attention. q [T, Hq, D], k [S, Hkv, D], v [S, Hkv, Dv] (f32; Hq a multiple of Hkv),

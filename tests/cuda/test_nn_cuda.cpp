@@ -400,7 +400,9 @@ TEST(NnCuda, Attention) {
     for (int64_t T : {1, 2, 5, 16, 100, 513})
       for (int64_t off : {int64_t(0), int64_t(37)})
         check_attention({T, T + off, 4, 2, 64, off, 0, 0, false, kv, half && T >= 16}, rng);
-    for (int64_t D : {64, 80, 96, 128, 256, 40, 200})
+    // head dims a multiple of a lane's run of 4 (8 above 128) take the split kernel's vector loads,
+    // 50 and 196 its element loads
+    for (int64_t D : {64, 80, 96, 128, 256, 40, 200, 36, 50, 196})
       check_attention({3, 300, 8, 2, D, 297, 0, 0, false, kv}, rng);
     check_attention({1, 4999, 8, 1, 128, 4998, 0, 0, false, kv}, rng);  // long decode, many splits
     check_attention({16, 2000, 4, 4, 128, 1984, 0, 0, false, kv, half}, rng);

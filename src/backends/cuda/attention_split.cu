@@ -3,9 +3,10 @@
 // whose key/value tiles in shared memory serve a block's rows. Otherwise flash-decoding style: the key range
 // [0, S) is cut into n_split chunks; block (split, i * Hq + h) runs an online softmax of query row i, head h
 // over its chunk (a warp scores 8 keys at a time, 4 when D > 128, their K and V rows loaded together;
-// lanes over the head dim, lane + 32 e for e < 4, or 8 when D > 128, so D <= 256 and the K/V loads of
-// a warp are coalesced), the block's warps merge their partials in shared memory, and a combine pass
-// merges the splits (partials in the workspace). With one split the block writes the output
+// lane l holds head dims 4 l .. 4 l + 3, or 8 l .. 8 l + 7 when D > 128, so D <= 256 and a lane
+// loads its part of a K/V row with one or two vector loads where the cache's layout allows), the
+// block's warps merge their partials in shared memory, and a combine pass merges the splits
+// (partials in the workspace). With one split the block writes the output
 // directly. Math in f32, as the CPU.
 #include <cuda_runtime.h>
 
@@ -39,40 +40,51 @@ struct Params {
   const int64_t* kv_table;  // a batched decode step: row i's K and V caches (Attention::kv_table)
 };
 
-// kKeys: keys a warp scores at once; kE: head-dim elements a lane (D, Dv <= 32 * kE).
-template <class KV, int kKeys, int kE>
-__global__ void __launch_bounds__(kWarps * 32) attn_split_kernel(Params p) {
-  dev::pdl_launch_dependents();
-  dev::pdl_wait();
-  __shared__ float sm[kWarps], sl[kWarps], sacc[kWarps][32 * kE];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int64_t split = blockIdx.x, row = blockIdx.y, i = row / p.Hq, h = row % p.Hq;
-  const bool batched = p.kv_table != nullptr;  // row i: sequence i at position pos_dev[i]
-  const int64_t q_offset = batched ? p.pos_dev[i] : p.pos_dev ? *p.pos_dev : p.q_offset;
-  const int64_t S = p.pos_dev ? q_offset + 1 : p.S;
-  const int64_t g = h / (p.Hq / p.Hkv), pos = batched ? q_offset : q_offset + i;
-  if (batched) {
-    p.k = reinterpret_cast<const void*>(p.kv_table[i]);
-    p.v = reinterpret_cast<const void*>(p.kv_table[p.T + i]);
-  }
-  // the split's keys: chunks of p.chunk; in the many-key forms with the position on the device (a
-  // graph replayed at every step: p.chunk sized for the cache's capacity), ceil(S / n_split) of
-  // this step's S but at least a block's group of keys, so the keys spread over the splits however
-  // far the cache is filled and no split is mostly masked duplicates
-  const int64_t chunk =
-      kKeys > 1 && p.pos_dev ? max((S + p.n_split - 1) / p.n_split, int64_t(kWarps * kKeys)) : p.chunk;
-  int64_t lo = split * chunk, hi = lo + chunk < S ? lo + chunk : S;
-  if (hi > pos + 1) hi = pos + 1;
-  if (p.window > 0 && lo < pos - p.window + 1) lo = pos - p.window + 1;
-  float q[kE], acc[kE];
+// Elements d0 .. d0 + N - 1 of a K or V row starting at element `base` of p, as floats. kVec:
+// vector loads (N 16-bit elements: 8 or 16 bytes; N floats: 16-byte loads), for which base, d0
+// and n are multiples of N, d0 < n (a lane past the head reads its first run instead: the caller
+// ignores it) and p is aligned to min(16, N elements) (runs_vec); else one element at a time,
+// zeros past n.
+template <class KV, int N, bool kVec>
+__device__ __forceinline__ void load_run(const void* p, int64_t base, int64_t d0, int64_t n,
+                                         float (&out)[N]) {
+  if constexpr (kVec) {
+    if constexpr (KV::kBytes == 4) {
+      const float4* s = reinterpret_cast<const float4*>(static_cast<const float*>(p) + base + d0);
 #pragma unroll
-  for (int e = 0; e < kE; ++e) {
-    const int64_t d = lane + 32 * e;
-    q[e] = d < p.D ? p.q[i * p.ldq + h * p.D + d] : 0.0f;
-    acc[e] = 0.0f;
+      for (int c = 0; c < N / 4; ++c) {
+        const float4 v = s[c];
+        out[4 * c] = v.x, out[4 * c + 1] = v.y, out[4 * c + 2] = v.z, out[4 * c + 3] = v.w;
+      }
+    } else if constexpr (N == 4) {
+      const uint2 w = *reinterpret_cast<const uint2*>(static_cast<const uint16_t*>(p) + base + d0);
+      dev::unpack2<KV>(w.x, out[0], out[1]);
+      dev::unpack2<KV>(w.y, out[2], out[3]);
+    } else {
+      const uint4* s = reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(p) + base + d0);
+#pragma unroll
+      for (int c = 0; c < N / 8; ++c) {
+        const uint4 w = s[c];
+        dev::unpack2<KV>(w.x, out[8 * c], out[8 * c + 1]);
+        dev::unpack2<KV>(w.y, out[8 * c + 2], out[8 * c + 3]);
+        dev::unpack2<KV>(w.z, out[8 * c + 4], out[8 * c + 5]);
+        dev::unpack2<KV>(w.w, out[8 * c + 6], out[8 * c + 7]);
+      }
+    }
+  } else {
+#pragma unroll
+    for (int e = 0; e < N; ++e) out[e] = d0 + e < n ? dev::load1<KV>(p, base + d0 + e) : 0.0f;
   }
-  const float slope = p.alibi ? p.alibi[h] : 0.0f;
-  float m = -INFINITY, l = 0.0f;
+}
+
+// A warp's keys of [lo, hi) (kKeys at a time from lo + warp * kKeys) into its online softmax
+// (m, l, acc over dims d0 ..); kVec: K and V runs take vector loads (runs_vec).
+template <class KV, int kKeys, int kE, bool kVec>
+__device__ __forceinline__ void score_keys(const Params& p, int64_t lo, int64_t hi, int warp, int64_t d0,
+                                           int64_t g, const float (&q)[kE], float slope, float& m, float& l,
+                                           float (&acc)[kE]) {
+  // vector loads: a lane past the head dims reads dims 0 .. kE - 1 (its q is 0, its acc unused)
+  const int64_t dk = kVec && d0 >= p.D ? 0 : d0, dv = kVec && d0 >= p.Dv ? 0 : d0;
   // kKeys keys a warp at a time (their K and V rows loaded together, so a warp has that many rows
   // in flight), one online-softmax update for them; key j0 + u of the group, u < kKeys
   for (int64_t j0 = lo + warp * kKeys; j0 < hi; j0 += kWarps * kKeys) {
@@ -80,13 +92,8 @@ __global__ void __launch_bounds__(kWarps * 32) attn_split_kernel(Params p) {
 #pragma unroll
     for (int u = 0; u < kKeys; ++u) {
       const int64_t j = j0 + u < hi ? j0 + u : j0;  // past hi: key j0 again, weighted 0 below
-      const int64_t kb = j * p.ldk + g * p.D, vb = j * p.ldv + g * p.Dv;
-#pragma unroll
-      for (int e = 0; e < kE; ++e) {
-        const int64_t d = lane + 32 * e;
-        kr[u][e] = d < p.D ? dev::load1<KV>(p.k, kb + d) : 0.0f;
-        vr[u][e] = d < p.Dv ? dev::load1<KV>(p.v, vb + d) : 0.0f;
-      }
+      load_run<KV, kE, kVec>(p.k, j * p.ldk + g * p.D, dk, p.D, kr[u]);
+      load_run<KV, kE, kVec>(p.v, j * p.ldv + g * p.Dv, dv, p.Dv, vr[u]);
     }
     float s[kKeys];
 #pragma unroll
@@ -122,6 +129,46 @@ __global__ void __launch_bounds__(kWarps * 32) attn_split_kernel(Params p) {
     }
     m = mn;
   }
+}
+
+// kKeys: keys a warp scores at once; kE: head-dim elements a lane (D, Dv <= 32 * kE), dims
+// kE * lane .. kE * lane + kE - 1, so a lane's part of a K or V row is one run of loads; kVec:
+// those runs take vector loads (runs_vec).
+template <class KV, int kKeys, int kE, bool kVec>
+__global__ void __launch_bounds__(kWarps * 32) attn_split_kernel(Params p) {
+  dev::pdl_launch_dependents();
+  dev::pdl_wait();
+  __shared__ float sm[kWarps], sl[kWarps], sacc[kWarps][32 * kE];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t split = blockIdx.x, row = blockIdx.y, i = row / p.Hq, h = row % p.Hq;
+  const bool batched = p.kv_table != nullptr;  // row i: sequence i at position pos_dev[i]
+  const int64_t q_offset = batched ? p.pos_dev[i] : p.pos_dev ? *p.pos_dev : p.q_offset;
+  const int64_t S = p.pos_dev ? q_offset + 1 : p.S;
+  const int64_t g = h / (p.Hq / p.Hkv), pos = batched ? q_offset : q_offset + i;
+  if (batched) {
+    p.k = reinterpret_cast<const void*>(p.kv_table[i]);
+    p.v = reinterpret_cast<const void*>(p.kv_table[p.T + i]);
+  }
+  // the split's keys: chunks of p.chunk; in the many-key forms with the position on the device (a
+  // graph replayed at every step: p.chunk sized for the cache's capacity), ceil(S / n_split) of
+  // this step's S but at least a block's group of keys, so the keys spread over the splits however
+  // far the cache is filled and no split is mostly masked duplicates
+  const int64_t chunk =
+      kKeys > 1 && p.pos_dev ? max((S + p.n_split - 1) / p.n_split, int64_t(kWarps * kKeys)) : p.chunk;
+  int64_t lo = split * chunk, hi = lo + chunk < S ? lo + chunk : S;
+  if (hi > pos + 1) hi = pos + 1;
+  if (p.window > 0 && lo < pos - p.window + 1) lo = pos - p.window + 1;
+  float q[kE], acc[kE];
+  const int64_t d0 = int64_t(lane) * kE;
+#pragma unroll
+  for (int e = 0; e < kE; ++e) {
+    const int64_t d = d0 + e;
+    q[e] = d < p.D ? p.q[i * p.ldq + h * p.D + d] : 0.0f;
+    acc[e] = 0.0f;
+  }
+  const float slope = p.alibi ? p.alibi[h] : 0.0f;
+  float m = -INFINITY, l = 0.0f;
+  score_keys<KV, kKeys, kE, kVec>(p, lo, hi, warp, d0, g, q, slope, m, l, acc);
   // merge the warps
   if (lane == 0) sm[warp] = m, sl[warp] = l;
   __syncthreads();
@@ -129,7 +176,7 @@ __global__ void __launch_bounds__(kWarps * 32) attn_split_kernel(Params p) {
   for (int w = 0; w < kWarps; ++w) M = fmaxf(M, sm[w]);
   const float f = m == -INFINITY ? 0.0f : expf(m - M);
 #pragma unroll
-  for (int e = 0; e < kE; ++e) sacc[warp][lane + 32 * e] = acc[e] * f;
+  for (int e = 0; e < kE; ++e) sacc[warp][d0 + e] = acc[e] * f;
   __syncthreads();
   float L = 0.0f;
   for (int w = 0; w < kWarps; ++w) L += sm[w] == -INFINITY ? 0.0f : sl[w] * expf(sm[w] - M);
@@ -335,6 +382,26 @@ int n_splits(const Attention& a) {
   return int(std::clamp<int64_t>(want, 1, std::max<int64_t>(ceil_div(a.S, min_split_keys()), 1)));
 }
 
+// Whether a's K and V rows take the split kernel's vector loads of runs of N elements: head dims
+// and row pitches multiples of N, and the caches aligned to min(16, N elements) (a K/V table's
+// addresses are, nn_cuda.h).
+template <class KV, int N>
+bool runs_vec(const Attention& a) {
+  constexpr uintptr_t kAlign = N * KV::kBytes < 16 ? N * KV::kBytes : 16;
+  auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % kAlign == 0; };
+  return a.D % N == 0 && a.Dv % N == 0 && a.ldk % N == 0 && a.ldv % N == 0 &&
+         (a.kv_table || (aligned(a.k) && aligned(a.v)));
+}
+
+template <class KV, int kKeys, int kE>
+void launch_split(const Attention& a, const dim3& grid, cudaStream_t st, const Params& p) {
+  const dim3 block(kWarps * 32);
+  if (runs_vec<KV, kE>(a))
+    cuda::launch(attn_split_kernel<KV, kKeys, kE, true>, grid, block, 0, st, p);
+  else
+    cuda::launch(attn_split_kernel<KV, kKeys, kE, false>, grid, block, 0, st, p);
+}
+
 void check(const Attention& a) {
   if (a.D > 32 * kMaxE || a.Dv > 32 * kMaxE || a.D <= 0 || a.Dv <= 0)
     throw UnsupportedError(
@@ -398,14 +465,13 @@ void attention(const Launch& l, const Attention& a) {
   with_float_dtype("cuda::attention", a.kv_dtype, [&](auto KV) {
     using T = decltype(KV);
     const int keys = keys_at_once();
-    const dim3 block(kWarps * 32);
     const cudaStream_t st = as_stream(l.stream);
     if (keys == 8 && std::max(a.D, a.Dv) <= 32 * kMaxE / 2)
-      cuda::launch(attn_split_kernel<T, 8, kMaxE / 2>, grid, block, 0, st, p);
+      launch_split<T, 8, kMaxE / 2>(a, grid, st, p);
     else if (keys > 1)
-      cuda::launch(attn_split_kernel<T, 4, kMaxE>, grid, block, 0, st, p);
+      launch_split<T, 4, kMaxE>(a, grid, st, p);
     else
-      cuda::launch(attn_split_kernel<T, 1, kMaxE>, grid, block, 0, st, p);
+      launch_split<T, 1, kMaxE>(a, grid, st, p);
   });
   NIBBLE_CUDA_CHECK_LAUNCH();
   if (ns > 1) {

@@ -100,8 +100,8 @@ struct Attention {
   // cache capacity, which sizes the splits and the workspace.
   const int64_t* pos = nullptr;
   // A batched decode step: T sequences of one query row each, row t's K and V caches at the
-  // addresses kv_table[t] and kv_table[T + t] (k and v above unused) and its position pos[t];
-  // S is then the largest cache capacity.
+  // addresses kv_table[t] and kv_table[T + t] (k and v above unused; each 16-byte aligned) and
+  // its position pos[t]; S is then the largest cache capacity.
   const int64_t* kv_table = nullptr;
   // [T, Hq] f32 (row t, head h at t * Hq + h), or nullptr: each query row's log-sum-exp of its
   // logits, written by the tensor-core prefill kernel only (attention_prefill_tc_fits).
